@@ -1,0 +1,2 @@
+//! The `evergreen` command-line tool.
+fn main() {}

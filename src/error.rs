@@ -1,0 +1,255 @@
+//! The one error type of Evergreen.
+//!
+//! Every failure carries a stable [`ErrorKind`] whose name (`kind().as_str()`) is the
+//! same in Rust, in the C ABI (`EVG_<NAME>`) and in the CLI's `error[<name>]` line, and a
+//! message that says what was expected and what was found.
+
+use std::fmt;
+use std::path::Path;
+
+/// The stable category of an [`Error`]. The names never change; new kinds may be added.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The configuration (or a call's arguments) is invalid.
+    Config,
+    /// A local file-system operation failed.
+    Io,
+    /// A connection could not be made or broke.
+    Network,
+    /// The server did not answer within the configured timeout.
+    Timeout,
+    /// The server sent data slower than the configured minimum speed.
+    SlowRetrieval,
+    /// The server answered with an unexpected HTTP status.
+    HttpStatus,
+    /// The requested document or artifact does not exist on the server.
+    NotFound,
+    /// A signature is malformed or does not verify.
+    Signature,
+    /// Fewer distinct trusted keys signed than the threshold requires.
+    Threshold,
+    /// Signed metadata has expired.
+    Expired,
+    /// Signed metadata is older than what this device has already seen.
+    MetadataRollback,
+    /// Signed metadata is for another product, channel or document type.
+    WrongMetadata,
+    /// A document or artifact is larger than allowed or declared.
+    TooLarge,
+    /// Downloaded or installed bytes do not have the declared SHA-256.
+    HashMismatch,
+    /// An archive contains an entry that could escape or exhaust the slot.
+    UnsafeArchive,
+    /// The requested version is not in the channel.
+    NoSuchVersion,
+    /// The release has nothing for this device's target.
+    IncompatibleTarget,
+    /// The release's security version is below the device's anti-rollback floor.
+    SecurityFloor,
+    /// The operation is not valid in the current state (e.g. activate with nothing installed).
+    InvalidState,
+    /// Reading or writing the boot selector (GRUB / U-Boot environment, symlink) failed.
+    Bootloader,
+    /// The operation was cancelled by the host.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of their stable numeric codes (1, 2, …).
+    pub const ALL: [ErrorKind; 21] = [
+        ErrorKind::Config,
+        ErrorKind::Io,
+        ErrorKind::Network,
+        ErrorKind::Timeout,
+        ErrorKind::SlowRetrieval,
+        ErrorKind::HttpStatus,
+        ErrorKind::NotFound,
+        ErrorKind::Signature,
+        ErrorKind::Threshold,
+        ErrorKind::Expired,
+        ErrorKind::MetadataRollback,
+        ErrorKind::WrongMetadata,
+        ErrorKind::TooLarge,
+        ErrorKind::HashMismatch,
+        ErrorKind::UnsafeArchive,
+        ErrorKind::NoSuchVersion,
+        ErrorKind::IncompatibleTarget,
+        ErrorKind::SecurityFloor,
+        ErrorKind::InvalidState,
+        ErrorKind::Bootloader,
+        ErrorKind::Cancelled,
+    ];
+
+    /// The stable snake_case name, e.g. `"hash_mismatch"`.
+    ///
+    /// ```
+    /// assert_eq!(evergreen::ErrorKind::SlowRetrieval.as_str(), "slow_retrieval");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Io => "io",
+            ErrorKind::Network => "network",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::SlowRetrieval => "slow_retrieval",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Signature => "signature",
+            ErrorKind::Threshold => "threshold",
+            ErrorKind::Expired => "expired",
+            ErrorKind::MetadataRollback => "metadata_rollback",
+            ErrorKind::WrongMetadata => "wrong_metadata",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::HashMismatch => "hash_mismatch",
+            ErrorKind::UnsafeArchive => "unsafe_archive",
+            ErrorKind::NoSuchVersion => "no_such_version",
+            ErrorKind::IncompatibleTarget => "incompatible_target",
+            ErrorKind::SecurityFloor => "security_floor",
+            ErrorKind::InvalidState => "invalid_state",
+            ErrorKind::Bootloader => "bootloader",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+
+    /// The stable numeric code used by the C ABI (`evg_status`): 1-based, never reused.
+    ///
+    /// ```
+    /// assert_eq!(evergreen::ErrorKind::Config.code(), 1);
+    /// ```
+    pub fn code(self) -> i32 {
+        ErrorKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .map_or(0, |i| i as i32 + 1)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An Evergreen error: a stable [`ErrorKind`] plus a message naming what was expected and
+/// what was found.
+///
+/// ```
+/// use evergreen::{Error, ErrorKind};
+/// let e = Error::new(ErrorKind::HashMismatch, "blob abc: expected sha256 00.., found 11..");
+/// assert_eq!(e.kind(), ErrorKind::HashMismatch);
+/// assert_eq!(e.to_string(), "blob abc: expected sha256 00.., found 11..");
+/// ```
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause (kept for `source()`, not part of the message).
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// An [`ErrorKind::Io`] error for an operation on `path`.
+    pub fn io(what: &str, path: &Path, err: std::io::Error) -> Error {
+        Error::new(ErrorKind::Io, format!("{what} {}: {err}", path.display())).with_source(err)
+    }
+
+    /// An [`ErrorKind::Config`] error.
+    pub fn config(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    /// An [`ErrorKind::InvalidState`] error.
+    pub fn invalid_state(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidState, message)
+    }
+
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message alone (what was expected and what was found).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error with `context: ` put in front of its message.
+    pub fn context(mut self, context: impl fmt::Display) -> Error {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Shorthand for `Result<T, evergreen::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_codes_are_stable() {
+        let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "config",
+                "io",
+                "network",
+                "timeout",
+                "slow_retrieval",
+                "http_status",
+                "not_found",
+                "signature",
+                "threshold",
+                "expired",
+                "metadata_rollback",
+                "wrong_metadata",
+                "too_large",
+                "hash_mismatch",
+                "unsafe_archive",
+                "no_such_version",
+                "incompatible_target",
+                "security_floor",
+                "invalid_state",
+                "bootloader",
+                "cancelled"
+            ]
+        );
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.code(), i as i32 + 1);
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Evergreen: an embeddable updater.
+//!
+//! Signed channels, staged rollouts, resumable verified downloads, A/B slots with trial
+//! boots and automatic rollback, and a C ABI. The update server is static files only.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod manifest;
+pub mod time;
+pub mod trust;
+
+pub use error::{Error, ErrorKind, Result};
+pub use time::Timestamp;

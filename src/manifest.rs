@@ -1,0 +1,380 @@
+//! The channel manifest: its schema and the freshness rules (DESIGN §4.3, §5.1).
+//!
+//! A [`Verified<Manifest>`] can only be made by [`verify`], after the envelope met the
+//! threshold and every freshness rule passed, so code that receives one never has to ask.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::time::Timestamp;
+use crate::trust::{self, KeySet, MANIFEST_TYPE};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Default cap on root and manifest documents (DESIGN §5.1 rule 6).
+pub const DEFAULT_MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// A signed channel manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always `"manifest"`.
+    #[serde(rename = "type")]
+    pub doc_type: String,
+    /// Product id.
+    pub product: String,
+    /// Channel name.
+    pub channel: String,
+    /// Grows with every publication; clients refuse to go back.
+    pub sequence: u64,
+    /// When it was signed.
+    pub issued: Timestamp,
+    /// After this, clients refuse it.
+    pub expires: Timestamp,
+    /// The releases offered on the channel.
+    pub releases: Vec<Release>,
+}
+
+/// One version of the product.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Semver version.
+    pub version: Version,
+    /// When it was first published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Timestamp>,
+    /// Release notes shown to users.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    /// Devices below this version must first take a stepping stone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<Version>,
+    /// A forced update: not skippable, not deferred except to the maintenance window.
+    #[serde(default)]
+    pub critical: bool,
+    /// Anti-rollback counter; the device floor rises to it on confirm.
+    #[serde(default)]
+    pub security_version: u64,
+    /// Staged rollout; none means 100 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Components per target.
+    pub targets: BTreeMap<String, TargetRelease>,
+}
+
+/// A staged rollout: the percentage in force is that of the last stage whose `at` ≤ now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Stages in time order.
+    pub stages: Vec<RolloutStage>,
+}
+
+/// One step of a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStage {
+    /// From when this percentage holds.
+    pub at: Timestamp,
+    /// 0–100 (fractions allowed).
+    pub percent: f64,
+}
+
+impl Rollout {
+    /// The percentage in force at `now` (0 before the first stage).
+    ///
+    /// ```
+    /// use evergreen::manifest::{Rollout, RolloutStage};
+    /// let r = Rollout { stages: vec![
+    ///     RolloutStage { at: "2026-01-01T00:00:00Z".parse().unwrap(), percent: 1.0 },
+    ///     RolloutStage { at: "2026-01-02T00:00:00Z".parse().unwrap(), percent: 20.0 },
+    /// ]};
+    /// assert_eq!(r.percent_at("2025-12-31T00:00:00Z".parse().unwrap()), 0.0);
+    /// assert_eq!(r.percent_at("2026-01-03T00:00:00Z".parse().unwrap()), 20.0);
+    /// ```
+    pub fn percent_at(&self, now: Timestamp) -> f64 {
+        self.stages
+            .iter()
+            .filter(|s| s.at <= now)
+            .max_by_key(|s| s.at)
+            .map_or(0.0, |s| s.percent)
+    }
+}
+
+/// What a release holds for one target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRelease {
+    /// Components by name; each is installed to `<slot>/<name>/`.
+    pub components: BTreeMap<String, Component>,
+}
+
+/// A named, versioned part of a release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// The component's own version string.
+    pub version: String,
+    /// The blob that delivers it.
+    pub artifact: Artifact,
+}
+
+/// How an artifact is installed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// Extracted into the component directory.
+    Zip,
+    /// Placed as one file (`name`) in the component directory.
+    File,
+    /// A raw image written to a partition.
+    Image,
+}
+
+impl ArtifactKind {
+    /// `"zip"`, `"file"` or `"image"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::Zip => "zip",
+            ArtifactKind::File => "file",
+            ArtifactKind::Image => "image",
+        }
+    }
+}
+
+/// An immutable blob, named by its SHA-256 and size.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// `zip`, `file` or `image`.
+    pub kind: ArtifactKind,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// For zips: total bytes once extracted (a cap on inflation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_size: Option<u64>,
+    /// For files: the file name inside the component directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An absolute URL instead of `blobs/sha256/<sha256>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl Artifact {
+    /// The path of this blob relative to a repository base.
+    pub fn blob_path(&self) -> String {
+        format!("blobs/sha256/{}", self.sha256)
+    }
+}
+
+impl Manifest {
+    /// The release with exactly `version`.
+    pub fn release(&self, version: &Version) -> Option<&Release> {
+        self.releases.iter().find(|r| &r.version == version)
+    }
+
+    /// The manifest as JSON bytes, ready to be signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        b.push(b'\n');
+        b
+    }
+
+    /// Checks what serde cannot: names that become paths, hashes, percentages.
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::new(ErrorKind::WrongMetadata, msg));
+        if self.doc_type != "manifest" {
+            return bad(format!(
+                "expected type \"manifest\", found {:?}",
+                self.doc_type
+            ));
+        }
+        for r in &self.releases {
+            if self
+                .releases
+                .iter()
+                .filter(|o| o.version == r.version)
+                .count()
+                > 1
+            {
+                return bad(format!("version {} is listed twice", r.version));
+            }
+            for s in r.rollout.iter().flat_map(|ro| &ro.stages) {
+                if !(0.0..=100.0).contains(&s.percent) {
+                    return bad(format!(
+                        "release {}: expected a rollout percent in 0..=100, found {}",
+                        r.version, s.percent
+                    ));
+                }
+            }
+            for (target, t) in &r.targets {
+                for (name, c) in &t.components {
+                    let ctx = format!("release {} target {target} component {name:?}", r.version);
+                    if !is_safe_name(name) {
+                        return bad(format!("{ctx}: expected a plain file name, found {name:?}"));
+                    }
+                    let a = &c.artifact;
+                    if a.sha256.len() != 64
+                        || !a
+                            .sha256
+                            .bytes()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                    {
+                        return bad(format!(
+                            "{ctx}: expected 64 lowercase hex digits of sha256, found {:?}",
+                            a.sha256
+                        ));
+                    }
+                    match (&a.kind, &a.name) {
+                        (ArtifactKind::File, Some(n)) if is_safe_name(n) => {}
+                        (ArtifactKind::File, n) => return bad(format!(
+                            "{ctx}: expected a file artifact to have a plain `name`, found {n:?}"
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name that is safe as one path component on every platform.
+///
+/// ```
+/// assert!(evergreen::manifest::is_safe_name("app"));
+/// assert!(!evergreen::manifest::is_safe_name(".."));
+/// assert!(!evergreen::manifest::is_safe_name("a/b"));
+/// ```
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0', ':'])
+        && !name.chars().any(char::is_control)
+}
+
+/// A document that passed verification; only this module can make one.
+#[derive(Debug, Clone)]
+pub struct Verified<T> {
+    value: T,
+    envelope: Vec<u8>,
+    payload_sha256: String,
+}
+
+impl<T> std::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Verified<T> {
+    /// The envelope bytes exactly as received (to cache and re-verify later).
+    pub fn envelope(&self) -> &[u8] {
+        &self.envelope
+    }
+
+    /// Hex SHA-256 of the signed payload: "the same bytes" for the equal-sequence rule.
+    pub fn payload_sha256(&self) -> &str {
+        &self.payload_sha256
+    }
+}
+
+/// What the client already knows, for the freshness rules.
+#[derive(Debug, Clone, Default)]
+pub struct Freshness {
+    /// The sequence last accepted on this channel and the SHA-256 of its payload.
+    pub last_seen: Option<(u64, String)>,
+    /// The newest `issued` seen on any manifest (the clock never reads earlier).
+    pub newest_issued: Option<Timestamp>,
+}
+
+/// What the client asked for.
+#[derive(Debug, Clone)]
+pub struct Expect<'a> {
+    /// Product id.
+    pub product: &'a str,
+    /// Channel name.
+    pub channel: &'a str,
+    /// The one `now` of this run.
+    pub now: Timestamp,
+    /// Size cap in bytes.
+    pub max_bytes: u64,
+}
+
+/// Verifies a channel manifest envelope and applies every freshness rule of DESIGN §5.1:
+/// threshold of manifest keys, product and channel match, unexpired (with no time travel
+/// before the newest `issued` seen), and a sequence that never goes back (equal only for
+/// the same payload).
+pub fn verify(
+    envelope: &[u8],
+    keys: &KeySet,
+    expect: &Expect<'_>,
+    fresh: &Freshness,
+) -> Result<Verified<Manifest>> {
+    let payload = trust::open(envelope, MANIFEST_TYPE, keys, expect.max_bytes)
+        .map_err(|e| e.context(format!("manifest for channel {}", expect.channel)))?;
+    let manifest: Manifest = serde_json::from_slice(&payload).map_err(|e| {
+        Error::new(
+            ErrorKind::WrongMetadata,
+            format!("expected a channel manifest, found: {e}"),
+        )
+    })?;
+    manifest.validate()?;
+    if manifest.product != expect.product || manifest.channel != expect.channel {
+        return Err(Error::new(
+            ErrorKind::WrongMetadata,
+            format!(
+                "expected the manifest of product {:?} channel {:?}, found product {:?} channel {:?}",
+                expect.product, expect.channel, manifest.product, manifest.channel
+            ),
+        ));
+    }
+    let now = effective_now(expect.now, fresh.newest_issued);
+    if manifest.expires <= now {
+        return Err(Error::new(
+            ErrorKind::Expired,
+            format!(
+                "manifest of channel {} (sequence {}) expired at {}; it is now {now}",
+                manifest.channel, manifest.sequence, manifest.expires
+            ),
+        ));
+    }
+    let payload_sha256 = trust::sha256_hex(&payload);
+    if let Some((seen, seen_sha)) = &fresh.last_seen {
+        if manifest.sequence < *seen {
+            return Err(Error::new(
+                ErrorKind::MetadataRollback,
+                format!(
+                    "expected channel {} sequence {seen} or newer, found {}",
+                    manifest.channel, manifest.sequence
+                ),
+            ));
+        }
+        if manifest.sequence == *seen && payload_sha256 != *seen_sha {
+            return Err(Error::new(
+                ErrorKind::MetadataRollback,
+                format!(
+                    "channel {} sequence {seen} was seen with payload sha256 {seen_sha}, found different bytes ({payload_sha256}) under the same sequence",
+                    manifest.channel
+                ),
+            ));
+        }
+    }
+    Ok(Verified {
+        value: manifest,
+        envelope: envelope.to_vec(),
+        payload_sha256,
+    })
+}
+
+/// The clock of this run: never earlier than the newest `issued` already seen.
+pub fn effective_now(now: Timestamp, newest_issued: Option<Timestamp>) -> Timestamp {
+    newest_issued.map_or(now, |seen| now.max(seen))
+}

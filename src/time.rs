@@ -1,0 +1,248 @@
+//! UTC timestamps in RFC 3339, without a calendar dependency.
+//!
+//! Manifests, roots and the state carry times as RFC 3339 strings. Evergreen only needs
+//! whole seconds, UTC arithmetic and fixed offsets (maintenance windows name their own
+//! `utc_offset`), so a small civil-date conversion is all it takes.
+
+use crate::error::{Error, ErrorKind, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// Seconds since 1970-01-01T00:00:00Z.
+///
+/// ```
+/// use evergreen::Timestamp;
+/// let t: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+/// assert_eq!(t.to_string(), "2026-11-22T10:00:00Z");
+/// assert_eq!(t.plus_secs(86_400).to_string(), "2026-11-23T10:00:00Z");
+/// let offset: Timestamp = "2026-11-22T11:00:00+01:00".parse().unwrap();
+/// assert_eq!(offset, t);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The timestamp `secs` seconds after the Unix epoch.
+    pub const fn from_unix(secs: i64) -> Timestamp {
+        Timestamp(secs)
+    }
+
+    /// Seconds since the Unix epoch.
+    pub const fn unix(self) -> i64 {
+        self.0
+    }
+
+    /// The system clock, now.
+    pub fn now() -> Timestamp {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(d.as_secs() as i64)
+    }
+
+    /// This time plus `secs` seconds (negative goes back).
+    pub const fn plus_secs(self, secs: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(secs))
+    }
+
+    /// This time plus `days` days.
+    pub const fn plus_days(self, days: i64) -> Timestamp {
+        self.plus_secs(days.saturating_mul(86_400))
+    }
+
+    /// Day of the week, 0 = Monday … 6 = Sunday, of this time shifted by `offset_secs`.
+    pub fn weekday(self, offset_secs: i64) -> u32 {
+        // 1970-01-01 was a Thursday (index 3).
+        ((self.0 + offset_secs).div_euclid(86_400) + 3).rem_euclid(7) as u32
+    }
+
+    /// Seconds since local midnight, for a local time `offset_secs` ahead of UTC.
+    pub fn seconds_of_day(self, offset_secs: i64) -> u32 {
+        (self.0 + offset_secs).rem_euclid(86_400) as u32
+    }
+}
+
+// Howard Hinnant's days-from-civil algorithm, proleptic Gregorian calendar.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Parses a `+HH:MM` / `-HH:MM` / `Z` offset into seconds east of UTC.
+pub(crate) fn parse_offset(s: &str) -> Option<i64> {
+    if s == "Z" || s == "z" {
+        return Some(0);
+    }
+    let b = s.as_bytes();
+    if b.len() != 6 || b[3] != b':' {
+        return None;
+    }
+    let sign = match b[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let h = digits(&s[1..3])?;
+    let m = digits(&s[4..6])?;
+    if h > 23 || m > 59 {
+        return None;
+    }
+    Some(sign * (h as i64 * 3600 + m as i64 * 60))
+}
+
+fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let year = digits(&s[0..4])? as i64;
+    let month = digits(&s[5..7])?;
+    let day = digits(&s[8..10])?;
+    let (h, mi, sec) = (
+        digits(&s[11..13])?,
+        digits(&s[14..16])?,
+        digits(&s[17..19])?,
+    );
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &frac[n..];
+    }
+    let offset = parse_offset(rest)?;
+    let secs = days_from_civil(year, month, day) * 86_400
+        + i64::from(h) * 3600
+        + i64::from(mi) * 60
+        + i64::from(sec.min(59));
+    Some(Timestamp(secs - offset))
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Timestamp> {
+        parse_rfc3339(s).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("expected an RFC 3339 time like 2026-11-22T10:00:00Z, found {s:?}"),
+            )
+        })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = self.0.div_euclid(86_400);
+        let secs = self.0.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Timestamp, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse_rfc3339(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected an RFC 3339 time like 2026-11-22T10:00:00Z, found {s:?}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_across_eras() {
+        for secs in [-86_400 * 366, 0, 951_782_400, 1_709_164_800, 4_102_444_800] {
+            let t = Timestamp(secs);
+            assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
+        }
+        assert_eq!(
+            "2024-02-29T00:00:00Z".parse::<Timestamp>().unwrap().unix(),
+            1_709_164_800
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-22T10:00:00",
+            "2026-11-22T25:00:00Z",
+            "2026-11-22T10:00:00+1:00",
+            "2026-11-22T10:00:00.Z",
+        ] {
+            assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
+        }
+        assert!("2026-11-22T10:00:00.123Z".parse::<Timestamp>().is_ok());
+    }
+
+    #[test]
+    fn weekday_and_time_of_day() {
+        let t: Timestamp = "2026-11-23T01:30:00Z".parse().unwrap(); // a Monday
+        assert_eq!(t.weekday(0), 0);
+        assert_eq!(t.weekday(-2 * 3600), 6); // still Sunday at UTC-2
+        assert_eq!(t.seconds_of_day(3600), 2 * 3600 + 1800);
+    }
+}

@@ -1,0 +1,683 @@
+//! Signed envelopes, keys, thresholds and the root chain.
+//!
+//! Every signed document is a DSSE envelope. Verification happens in stages, each enforcing
+//! one rule of the design (DESIGN §4.1–4.2); nothing in a payload is parsed before its
+//! signature threshold is met, and what is parsed afterwards is exactly the verified bytes.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::time::Timestamp;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// `payloadType` of a root document.
+pub const ROOT_TYPE: &str = "application/vnd.evergreen.root+json";
+/// `payloadType` of a channel manifest.
+pub const MANIFEST_TYPE: &str = "application/vnd.evergreen.manifest+json";
+/// How many root versions one run may walk forward (DESIGN §4.2).
+pub const MAX_ROOT_STEPS: u64 = 32;
+/// How many signature entries an envelope may carry; more is a denial-of-service attempt.
+const MAX_SIGNATURES: usize = 64;
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+///
+/// ```
+/// assert_eq!(
+///     evergreen::trust::sha256_hex(b"abc"),
+///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// );
+/// ```
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Decodes base64 in the standard or the URL-safe alphabet, padded or not (DESIGN §4.1).
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let s = s.trim();
+    if s.contains(['-', '_']) {
+        URL_SAFE
+            .decode(s)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(s))
+            .ok()
+    } else {
+        STANDARD
+            .decode(s)
+            .or_else(|_| STANDARD_NO_PAD.decode(s))
+            .ok()
+    }
+}
+
+/// Standard padded base64 of `bytes`.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An ed25519 public key that is safe to trust (not of small order).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key: VerifyingKey,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", self.keyid())
+    }
+}
+
+impl PublicKey {
+    /// A key from its 32 raw bytes; refuses malformed and weak (small-order) keys.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PublicKey> {
+        let raw: [u8; 32] = bytes.try_into().map_err(|_| {
+            Error::config(format!(
+                "expected a 32-byte ed25519 public key, found {} bytes",
+                bytes.len()
+            ))
+        })?;
+        let key = VerifyingKey::from_bytes(&raw).map_err(|_| {
+            Error::config(format!(
+                "public key {} is not a valid ed25519 point",
+                hex(&raw)
+            ))
+        })?;
+        if key.is_weak() {
+            return Err(Error::config(format!(
+                "public key {} is a weak (small-order) key and cannot be trusted",
+                hex(&raw)
+            )));
+        }
+        Ok(PublicKey { key })
+    }
+
+    /// A key from base64 (standard or URL-safe) of its 32 raw bytes.
+    ///
+    /// ```
+    /// use evergreen::trust::{PublicKey, SecretKey};
+    /// let secret = SecretKey::generate().unwrap();
+    /// let public = PublicKey::from_base64(&secret.public().to_base64()).unwrap();
+    /// assert_eq!(public, secret.public());
+    /// ```
+    pub fn from_base64(s: &str) -> Result<PublicKey> {
+        let bytes = decode_base64(s).ok_or_else(|| {
+            Error::config(format!("expected a base64 ed25519 public key, found {s:?}"))
+        })?;
+        PublicKey::from_bytes(&bytes)
+    }
+
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.key.as_bytes()
+    }
+
+    /// Standard base64 of the raw key.
+    pub fn to_base64(&self) -> String {
+        encode_base64(self.as_bytes())
+    }
+
+    /// The key id: lowercase hex SHA-256 of the raw key. Only a hint in envelopes.
+    pub fn keyid(&self) -> String {
+        sha256_hex(self.as_bytes())
+    }
+
+    /// Checks `sig` over `msg` with `verify_strict`; the signature must be exactly 64 bytes.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
+        let sig: [u8; 64] = sig.try_into().map_err(|_| {
+            Error::new(
+                ErrorKind::Signature,
+                format!("expected a 64-byte signature, found {} bytes", sig.len()),
+            )
+        })?;
+        self.key
+            .verify_strict(msg, &Signature::from_bytes(&sig))
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Signature,
+                    format!("signature does not verify with key {}", self.keyid()),
+                )
+            })
+    }
+}
+
+/// An ed25519 signing key. Its bytes are never printed (`Debug` shows the key id only).
+pub struct SecretKey {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(keyid {})", self.public().keyid())
+    }
+}
+
+impl SecretKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<SecretKey> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    /// The key with this 32-byte seed (RFC 8032 secret key).
+    pub fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        SecretKey {
+            key: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// Reads the base64 seed written by [`SecretKey::to_base64`] (`evergreen keygen`).
+    pub fn from_base64(s: &str) -> Result<SecretKey> {
+        let seed: [u8; 32] = decode_base64(s)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::config("expected a base64 32-byte ed25519 secret key"))?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    /// Base64 of the 32-byte seed, the content of a key file.
+    pub fn to_base64(&self) -> String {
+        encode_base64(self.key.as_bytes())
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            key: self.key.verifying_key(),
+        }
+    }
+
+    /// Signs `msg`.
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.key.sign(msg).to_bytes()
+    }
+}
+
+/// A set of distinct trusted keys and how many of them must sign.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    keys: Vec<PublicKey>,
+    threshold: usize,
+}
+
+impl KeySet {
+    /// A key set; duplicates collapse into one key, and the threshold must be between 1
+    /// and the number of distinct keys.
+    ///
+    /// ```
+    /// use evergreen::trust::{KeySet, SecretKey};
+    /// let k = SecretKey::generate().unwrap().public();
+    /// assert!(KeySet::new(vec![k.clone()], 0).is_err());
+    /// // the same key twice is one key: a threshold of 2 cannot be met
+    /// assert!(KeySet::new(vec![k.clone(), k], 2).is_err());
+    /// ```
+    pub fn new(keys: Vec<PublicKey>, threshold: usize) -> Result<KeySet> {
+        let mut distinct: Vec<PublicKey> = Vec::with_capacity(keys.len());
+        for k in keys {
+            if !distinct.contains(&k) {
+                distinct.push(k);
+            }
+        }
+        if threshold == 0 {
+            return Err(Error::config(
+                "expected a signature threshold of at least 1, found 0",
+            ));
+        }
+        if threshold > distinct.len() {
+            return Err(Error::config(format!(
+                "expected a threshold no larger than the {} distinct keys, found {threshold}",
+                distinct.len()
+            )));
+        }
+        Ok(KeySet {
+            keys: distinct,
+            threshold,
+        })
+    }
+
+    /// The distinct keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// How many distinct keys must sign.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+}
+
+/// One signature of an envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvelopeSignature {
+    /// Hint: SHA-256 of the signer's public key. May be empty or wrong; never trusted.
+    #[serde(default)]
+    pub keyid: String,
+    /// Base64 of the 64-byte ed25519 signature.
+    pub sig: String,
+}
+
+/// A DSSE envelope as it travels (DESIGN §4.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// What the payload is; must be the type expected for the document.
+    #[serde(rename = "payloadType")]
+    pub payload_type: String,
+    /// Base64 of the exact document bytes that were signed.
+    pub payload: String,
+    /// The signatures over `PAE(payloadType, payload)`.
+    pub signatures: Vec<EnvelopeSignature>,
+}
+
+/// DSSE pre-authentication encoding: `"DSSEv1" SP LEN(type) SP type SP LEN(body) SP body`.
+///
+/// ```
+/// assert_eq!(evergreen::trust::pae("t", b"hi"), b"DSSEv1 1 t 2 hi");
+/// ```
+pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload_type.len() + body.len() + 32);
+    out.extend_from_slice(
+        format!(
+            "DSSEv1 {} {payload_type} {} ",
+            payload_type.len(),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    out
+}
+
+/// Signs `payload` as a `payload_type` envelope with every key in `keys`.
+///
+/// ```
+/// use evergreen::trust::{seal, open, KeySet, SecretKey};
+/// let key = SecretKey::generate().unwrap();
+/// let bytes = seal("text/plain", b"hello", &[&key]);
+/// let keys = KeySet::new(vec![key.public()], 1).unwrap();
+/// assert_eq!(open(&bytes, "text/plain", &keys, 1 << 20).unwrap(), b"hello");
+/// ```
+pub fn seal(payload_type: &str, payload: &[u8], keys: &[&SecretKey]) -> Vec<u8> {
+    let message = pae(payload_type, payload);
+    let envelope = Envelope {
+        payload_type: payload_type.to_string(),
+        payload: encode_base64(payload),
+        signatures: keys
+            .iter()
+            .map(|k| EnvelopeSignature {
+                keyid: k.public().keyid(),
+                sig: encode_base64(&k.sign(&message)),
+            })
+            .collect(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&envelope).expect("an envelope always serialises");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Decodes an envelope without verifying it: for tools that inspect or re-sign.
+pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Signature,
+            format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {e}"),
+        )
+    })
+}
+
+/// Verifies an envelope and returns its payload bytes, exactly as signed.
+///
+/// Stages, in order: size cap (`too_large`), envelope syntax (`signature`), payload type
+/// (`wrong_metadata`), payload base64 (`signature`), then the threshold of *distinct*
+/// trusted keys (`signature` when none verifies, `threshold` when too few do).
+pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> Result<Vec<u8>> {
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "expected a signed document of at most {max_bytes} bytes, found {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    let envelope = parse_envelope(bytes)?;
+    if envelope.payload_type != payload_type {
+        return Err(Error::new(
+            ErrorKind::WrongMetadata,
+            format!(
+                "expected payloadType {payload_type:?}, found {:?}",
+                envelope.payload_type
+            ),
+        ));
+    }
+    let payload = decode_base64(&envelope.payload).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Signature,
+            "expected a base64 payload, found invalid base64",
+        )
+    })?;
+    if envelope.signatures.len() > MAX_SIGNATURES {
+        return Err(Error::new(
+            ErrorKind::Signature,
+            format!(
+                "expected at most {MAX_SIGNATURES} signatures, found {}",
+                envelope.signatures.len()
+            ),
+        ));
+    }
+    let message = pae(payload_type, &payload);
+    let signed = count_signers(&message, &envelope.signatures, keys);
+    if signed >= keys.threshold() {
+        return Ok(payload);
+    }
+    let kind = if signed == 0 {
+        ErrorKind::Signature
+    } else {
+        ErrorKind::Threshold
+    };
+    Err(Error::new(
+        kind,
+        format!(
+            "expected valid signatures from {} distinct trusted key(s) over the {payload_type} payload, found {signed} (of {} signature entries)",
+            keys.threshold(),
+            envelope.signatures.len()
+        ),
+    ))
+}
+
+/// How many distinct keys of `keys` made one of `signatures` over `message`.
+///
+/// The keyid is only a hint: a key is counted at most once however many entries or keyids
+/// name it, and signatures under unknown keyids are simply not counted.
+fn count_signers(message: &[u8], signatures: &[EnvelopeSignature], keys: &KeySet) -> usize {
+    let mut counted = vec![false; keys.keys.len()];
+    for entry in signatures {
+        let Some(sig) = decode_base64(&entry.sig) else {
+            continue;
+        };
+        // Try the key the hint names first, then the others not yet counted.
+        let mut order: Vec<usize> = (0..keys.keys.len()).filter(|i| !counted[*i]).collect();
+        order.sort_by_key(|i| keys.keys[*i].keyid() != entry.keyid);
+        if let Some(i) = order
+            .into_iter()
+            .find(|i| keys.keys[*i].verify(message, &sig).is_ok())
+        {
+            counted[i] = true;
+        }
+    }
+    counted.iter().filter(|c| **c).count()
+}
+
+/// A key as listed in a root document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RootKey {
+    /// Always `"ed25519"`.
+    pub alg: String,
+    /// Base64 of the raw 32-byte public key.
+    pub public: String,
+}
+
+/// Which keys may sign for a role, and how many must.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// Key ids (into `Root::keys`).
+    pub keyids: Vec<String>,
+    /// Distinct keys required.
+    pub threshold: usize,
+}
+
+/// The root document (DESIGN §4.2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// Always `"root"`.
+    #[serde(rename = "type")]
+    pub doc_type: String,
+    /// The product this root is for.
+    pub product: String,
+    /// 1, 2, …: each rotation adds exactly one.
+    pub version: u64,
+    /// After this, the root must be replaced.
+    pub expires: Timestamp,
+    /// Keys by key id.
+    pub keys: BTreeMap<String, RootKey>,
+    /// `root` and `manifest` roles.
+    pub roles: BTreeMap<String, Role>,
+}
+
+impl Root {
+    /// The key set of `role` (`"root"` or `"manifest"`), checking every key id matches its key.
+    pub fn role_keys(&self, role: &str) -> Result<KeySet> {
+        let def = self.roles.get(role).ok_or_else(|| {
+            Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "root version {}: expected a {role:?} role, found none",
+                    self.version
+                ),
+            )
+        })?;
+        let mut keys = Vec::with_capacity(def.keyids.len());
+        for id in &def.keyids {
+            let entry = self.keys.get(id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!(
+                        "root version {}: role {role} names key {id}, which is not in keys",
+                        self.version
+                    ),
+                )
+            })?;
+            if entry.alg != "ed25519" {
+                return Err(Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!("key {id}: expected alg \"ed25519\", found {:?}", entry.alg),
+                ));
+            }
+            let key = PublicKey::from_base64(&entry.public).map_err(|e| {
+                Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!("key {id}: {}", e.message()),
+                )
+            })?;
+            if key.keyid() != *id {
+                return Err(Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!(
+                        "key id {id} does not match its key, whose id is {}",
+                        key.keyid()
+                    ),
+                ));
+            }
+            keys.push(key);
+        }
+        KeySet::new(keys, def.threshold).map_err(|e| e.context(format!("root role {role}")))
+    }
+
+    /// The root as JSON bytes, ready to be signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = serde_json::to_vec_pretty(self).expect("a root always serialises");
+        b.push(b'\n');
+        b
+    }
+}
+
+/// A root whose signatures were checked, with the envelope bytes it came from.
+#[derive(Debug, Clone)]
+pub struct TrustedRoot {
+    root: Root,
+    envelope: Vec<u8>,
+    root_keys: KeySet,
+    manifest_keys: KeySet,
+}
+
+impl TrustedRoot {
+    /// Loads the pinned root shipped with the device: it must be signed by a threshold of
+    /// its own root keys. (Its expiry is checked after the chain is walked.)
+    pub fn pinned(envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {
+        let payload = peek_payload(envelope, max_bytes)?;
+        let root = parse_root(&payload)?;
+        let root_keys = root.role_keys("root")?;
+        open(envelope, ROOT_TYPE, &root_keys, max_bytes)
+            .map_err(|e| e.context(format!("root version {}", root.version)))?;
+        TrustedRoot::new(root, envelope.to_vec())
+    }
+
+    fn new(root: Root, envelope: Vec<u8>) -> Result<TrustedRoot> {
+        Ok(TrustedRoot {
+            root_keys: root.role_keys("root")?,
+            manifest_keys: root.role_keys("manifest")?,
+            root,
+            envelope,
+        })
+    }
+
+    /// The verified root document.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// The envelope bytes, to persist as the newest trusted root.
+    pub fn envelope(&self) -> &[u8] {
+        &self.envelope
+    }
+
+    /// Keys that may sign channel manifests.
+    pub fn manifest_keys(&self) -> &KeySet {
+        &self.manifest_keys
+    }
+
+    /// Verifies `envelope` as the next root: signed by a threshold of this root's root
+    /// keys *and* of its own, for the same product, with exactly version + 1.
+    pub fn rotate(&self, envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {
+        let next_version = self.root.version + 1;
+        let ctx = |e: Error| e.context(format!("root version {next_version}"));
+        // Stage 1: the old root vouches for the new document before a byte of it is parsed.
+        let payload = open(envelope, ROOT_TYPE, &self.root_keys, max_bytes).map_err(ctx)?;
+        let root = parse_root(&payload).map_err(ctx)?;
+        // Stage 2: the new root's own keys sign it too (proves the new keys are held).
+        let new_keys = root.role_keys("root").map_err(ctx)?;
+        open(envelope, ROOT_TYPE, &new_keys, max_bytes).map_err(ctx)?;
+        // Stage 3: exactly the next version, same product.
+        if root.version != next_version {
+            return Err(Error::new(
+                ErrorKind::MetadataRollback,
+                format!(
+                    "expected root version {next_version}, found version {}",
+                    root.version
+                ),
+            ));
+        }
+        if root.product != self.root.product {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "expected a root for product {:?}, found {:?}",
+                    self.root.product, root.product
+                ),
+            ));
+        }
+        TrustedRoot::new(root, envelope.to_vec())
+    }
+
+    /// Walks forward through `root/<v+1>.json` … as long as `fetch_next` finds one (at most
+    /// [`MAX_ROOT_STEPS`]), then checks the final root is unexpired at `now`.
+    pub fn update(
+        self,
+        mut fetch_next: impl FnMut(u64) -> Result<Option<Vec<u8>>>,
+        now: Timestamp,
+        max_bytes: u64,
+    ) -> Result<TrustedRoot> {
+        let mut current = self;
+        for _ in 0..MAX_ROOT_STEPS {
+            match fetch_next(current.root.version + 1)? {
+                Some(bytes) => current = current.rotate(&bytes, max_bytes)?,
+                None => break,
+            }
+        }
+        current.check_unexpired(now)?;
+        Ok(current)
+    }
+
+    /// Fails with `expired` when this root's `expires` is not after `now`.
+    pub fn check_unexpired(&self, now: Timestamp) -> Result<()> {
+        if self.root.expires <= now {
+            return Err(Error::new(
+                ErrorKind::Expired,
+                format!(
+                    "root version {} expired at {}; it is now {now}",
+                    self.root.version, self.root.expires
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The payload of an envelope, decoded but **not verified** — only to learn which keys to
+/// verify a self-signed pinned root with. Never use the result for anything else.
+fn peek_payload(envelope: &[u8], max_bytes: u64) -> Result<Vec<u8>> {
+    if envelope.len() as u64 > max_bytes {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "expected a root of at most {max_bytes} bytes, found {} bytes",
+                envelope.len()
+            ),
+        ));
+    }
+    let e = parse_envelope(envelope)?;
+    decode_base64(&e.payload).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Signature,
+            "expected a base64 payload, found invalid base64",
+        )
+    })
+}
+
+fn parse_root(payload: &[u8]) -> Result<Root> {
+    let root: Root = serde_json::from_slice(payload).map_err(|e| {
+        Error::new(
+            ErrorKind::WrongMetadata,
+            format!("expected a root document, found: {e}"),
+        )
+    })?;
+    if root.doc_type != "root" {
+        return Err(Error::new(
+            ErrorKind::WrongMetadata,
+            format!("expected type \"root\", found {:?}", root.doc_type),
+        ));
+    }
+    Ok(root)
+}
+
+/// Where manifest keys come from: a root that can rotate, or a fixed key list (simple mode).
+#[derive(Debug, Clone)]
+pub enum Anchor {
+    /// A verified root (DESIGN §4.2).
+    Root(TrustedRoot),
+    /// `trust.keys` + `trust.threshold`: an implicit root that never rotates.
+    Keys(KeySet),
+}
+
+impl Anchor {
+    /// Keys that may sign channel manifests.
+    pub fn manifest_keys(&self) -> &KeySet {
+        match self {
+            Anchor::Root(r) => r.manifest_keys(),
+            Anchor::Keys(k) => k,
+        }
+    }
+}
