@@ -5,8 +5,10 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod fsutil;
 pub mod manifest;
 pub mod slots;
+pub mod state;
 pub mod time;
 pub mod trust;
 

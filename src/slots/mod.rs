@@ -4,6 +4,8 @@
 //! starts next. Apps use directory slots with a `current` symlink; firmware uses image
 //! slots with the GRUB or U-Boot environment.
 
+pub mod dir;
+
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,0 +1,155 @@
+//! Durable file-system steps shared by the state, the slots and the repository writer.
+//!
+//! Every write that must survive a crash goes through here: temp file → fsync → rename →
+//! fsync of the directory. With the `fault-injection` feature each step is also a numbered
+//! crash point, so the crash tests can stop the process at every one of them.
+
+use crate::error::{Error, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a reader sees the old content or the new, never a
+/// mix, and after return the new content survives a power cut.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    crash_point("write temp")?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        crash_point("fsync temp")?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        crash_point("rename")?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    crash_point("fsync dir")?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Creates `dir` and its parents.
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
+}
+
+/// Removes `path` (a file, a symlink or a whole tree) if it exists.
+pub fn remove_all(path: &Path) -> Result<()> {
+    crash_point("remove")?;
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("inspect", path, e)),
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).map_err(|e| Error::io("remove directory", path, e))
+        }
+        Ok(_) => fs::remove_file(path).map_err(|e| Error::io("remove", path, e)),
+    }
+}
+
+/// Points the symlink `link` at `target` atomically (new link beside it, then rename).
+pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.new-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    crash_point("symlink")?;
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
+    crash_point("rename symlink")?;
+    fs::rename(&tmp, link).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("replace symlink", link, e)
+    })?;
+    sync_dir(dir)
+}
+
+/// A numbered point where the crash tests may stop the process.
+///
+/// With the `fault-injection` feature and `EVERGREEN_CRASH_AT=k` in the environment, the
+/// k-th call (1-based, counted per process) aborts the process on the spot, as a power cut
+/// would. Without the feature this is a no-op the compiler removes.
+#[inline]
+pub fn crash_point(_what: &str) -> Result<()> {
+    #[cfg(feature = "fault-injection")]
+    fault::hit(_what);
+    Ok(())
+}
+
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    fn target() -> u64 {
+        static AT: OnceLock<u64> = OnceLock::new();
+        *AT.get_or_init(|| {
+            std::env::var("EVERGREEN_CRASH_AT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+
+    pub fn hit(what: &str) {
+        let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == target() {
+            eprintln!("crash point {n} ({what}): aborting");
+            std::process::abort();
+        }
+        if std::env::var_os("EVERGREEN_CRASH_COUNT").is_some() {
+            eprintln!("crash-point {n} {what}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn symlink_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("current");
+        replace_symlink(Path::new("slots/a"), &link).unwrap();
+        replace_symlink(Path::new("slots/b"), &link).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("slots/b"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Directory slots for applications: `<root>/slots/a`, `<root>/slots/b`, and the
+//! `<root>/current` symlink that names the primary one.
+
+use super::{BootSelector, Slot};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil;
+use std::path::{Path, PathBuf};
+
+/// The record each slot carries inside itself, so a slot is self-describing on disk.
+pub const SLOT_RECORD: &str = ".evergreen-slot.json";
+
+/// Two install directories under one root.
+///
+/// ```
+/// use evergreen::slots::{dir::DirSlots, Slot};
+/// let slots = DirSlots::new("/opt/gateway");
+/// assert_eq!(slots.slot_dir(Slot::B), std::path::Path::new("/opt/gateway/slots/b"));
+/// assert_eq!(slots.component_dir(Slot::A, "app"), std::path::Path::new("/opt/gateway/slots/a/app"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct DirSlots {
+    root: PathBuf,
+}
+
+impl DirSlots {
+    /// Slots under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> DirSlots {
+        DirSlots { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/slots/<slot>`.
+    pub fn slot_dir(&self, slot: Slot) -> PathBuf {
+        self.root.join("slots").join(slot.as_str())
+    }
+
+    /// `<root>/slots/<slot>/<component>`.
+    pub fn component_dir(&self, slot: Slot, component: &str) -> PathBuf {
+        self.slot_dir(slot).join(component)
+    }
+
+    /// `<root>/current`, the symlink to the primary slot.
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    /// Empties `slot` for a fresh install: the old tree is renamed aside first, so a crash
+    /// never leaves a half-deleted slot that looks complete, then removed. The new
+    /// directory is private (0700) while staging.
+    pub fn prepare(&self, slot: Slot) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.slot_dir(slot);
+        let slots = self.root.join("slots");
+        fsutil::create_dir_all(&slots)?;
+        let trash = slots.join(format!(".trash-{slot}"));
+        fsutil::remove_all(&trash)?;
+        if dir.exists() {
+            fsutil::crash_point("move slot aside")?;
+            std::fs::rename(&dir, &trash).map_err(|e| Error::io("move aside", &dir, e))?;
+            fsutil::remove_all(&trash)?;
+        }
+        fsutil::crash_point("create slot")?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io("create slot directory", &dir, e))?;
+        fsutil::sync_dir(&slots)?;
+        Ok(dir)
+    }
+
+    /// Seals a staged slot: writes its record, opens it to 0755 and makes the directory
+    /// entries durable. The caller has already made the files durable.
+    pub fn seal(&self, slot: Slot, record_json: &[u8]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.slot_dir(slot);
+        fsutil::write_atomic(&dir.join(SLOT_RECORD), record_json)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("set permissions of", &dir, e))?;
+        fsutil::sync_dir(&dir)
+    }
+}
+
+/// The boot selector of directory slots: `<root>/current` → `slots/<primary>`.
+///
+/// The symlink holds no trial counter: the updater's state counts tries for it, and the
+/// startup step re-points the link at the state's primary slot (which repairs a crash
+/// between committing the state and switching the link).
+#[derive(Debug, Clone)]
+pub struct SymlinkSelector {
+    slots: DirSlots,
+}
+
+impl SymlinkSelector {
+    /// The selector for `slots`.
+    pub fn new(slots: DirSlots) -> SymlinkSelector {
+        SymlinkSelector { slots }
+    }
+
+    /// Points `current` at `slot`.
+    pub fn point_at(&self, slot: Slot) -> Result<()> {
+        let target = Path::new("slots").join(slot.as_str());
+        fsutil::create_dir_all(self.slots.root())?;
+        fsutil::replace_symlink(&target, &self.slots.current_link()).map_err(|e| {
+            Error::new(
+                ErrorKind::Bootloader,
+                format!(
+                    "switching {} to slot {slot}: {}",
+                    self.slots.current_link().display(),
+                    e.message()
+                ),
+            )
+        })
+    }
+}
+
+impl BootSelector for SymlinkSelector {
+    fn disable(&mut self, _slot: Slot) -> Result<()> {
+        // `current` only ever names the primary slot, never the one being written.
+        Ok(())
+    }
+
+    fn activate(&mut self, slot: Slot, _tries: u32) -> Result<()> {
+        self.point_at(slot)
+    }
+
+    fn confirm(&mut self, _slot: Slot) -> Result<()> {
+        Ok(())
+    }
+
+    fn fall_back(&mut self, good: Slot, _bad: Slot) -> Result<()> {
+        self.point_at(good)
+    }
+
+    fn booted(&self) -> Result<Option<Slot>> {
+        let link = self.slots.current_link();
+        match std::fs::read_link(&link) {
+            Ok(target) => Ok(target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(Slot::parse)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read symlink", &link, e)),
+        }
+    }
+
+    fn counts_tries(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_empties_and_seal_opens() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let slots = DirSlots::new(root.path());
+        let dir = slots.prepare(Slot::B).unwrap();
+        std::fs::write(dir.join("old"), b"x").unwrap();
+        let dir = slots.prepare(Slot::B).unwrap();
+        assert!(!dir.join("old").exists());
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        slots.seal(Slot::B, b"{}").unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert!(dir.join(SLOT_RECORD).exists());
+    }
+
+    #[test]
+    fn symlink_follows_activate_and_fall_back() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sel = SymlinkSelector::new(DirSlots::new(root.path()));
+        assert_eq!(sel.booted().unwrap(), None);
+        sel.activate(Slot::B, 3).unwrap();
+        assert_eq!(sel.booted().unwrap(), Some(Slot::B));
+        sel.fall_back(Slot::A, Slot::B).unwrap();
+        assert_eq!(sel.booted().unwrap(), Some(Slot::A));
+        assert!(!sel.counts_tries());
+    }
+}

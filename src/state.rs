@@ -1,0 +1,358 @@
+//! The persisted state machine (DESIGN §5.7).
+//!
+//! One JSON document, `<state_dir>/state.json`, schema-versioned and always replaced
+//! atomically. Whatever instant the process dies at, the next start finds a parseable state
+//! whose primary slot is bootable and whose fallback is intact until the new slot is
+//! confirmed: the updater only ever changes the *inactive* slot's files, and marks it
+//! `installing` before the first byte and `installed` only after everything is durable.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil;
+use crate::slots::Slot;
+use crate::time::Timestamp;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+/// The schema this build reads and writes.
+pub const SCHEMA: u32 = 1;
+/// How many events the history keeps.
+pub const HISTORY_LEN: usize = 64;
+const FILE_NAME: &str = "state.json";
+
+/// Where a slot is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotStatus {
+    /// Nothing installed.
+    #[default]
+    Empty,
+    /// Being written; never bootable.
+    Installing,
+    /// Completely written and durable; ready to activate.
+    Installed,
+    /// Activated and on probation.
+    Trial,
+    /// Confirmed healthy.
+    Good,
+    /// Failed its trial or was rolled back; never booted again.
+    Bad,
+}
+
+impl SlotStatus {
+    /// The name used in `status --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotStatus::Empty => "empty",
+            SlotStatus::Installing => "installing",
+            SlotStatus::Installed => "installed",
+            SlotStatus::Trial => "trial",
+            SlotStatus::Good => "good",
+            SlotStatus::Bad => "bad",
+        }
+    }
+}
+
+/// One installed component: what was put into `<slot>/<name>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledComponent {
+    /// The component's version string.
+    pub version: String,
+    /// SHA-256 of the artifact it came from.
+    pub sha256: String,
+}
+
+/// What one slot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SlotRecord {
+    /// Life-cycle status.
+    pub status: SlotStatus,
+    /// Release version installed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// The release's anti-rollback counter.
+    #[serde(default)]
+    pub security_version: u64,
+    /// Channel the release came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Components by name.
+    #[serde(default)]
+    pub components: BTreeMap<String, InstalledComponent>,
+}
+
+/// A slot on probation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The slot on trial (always the primary).
+    pub slot: Slot,
+    /// Starts left before an automatic rollback.
+    pub tries_left: u32,
+}
+
+/// The last manifest accepted on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenManifest {
+    /// Its sequence.
+    pub sequence: u64,
+    /// SHA-256 of its payload.
+    pub payload_sha256: String,
+    /// The server's ETag, for `If-None-Match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+/// One line of history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at: Timestamp,
+    /// What (the event name, e.g. `activated`).
+    pub event: String,
+    /// Details.
+    pub detail: String,
+}
+
+/// Everything Evergreen remembers between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Schema version of this document.
+    pub schema: u32,
+    /// The slot that boots.
+    pub primary: Slot,
+    /// Slot `a`.
+    pub a: SlotRecord,
+    /// Slot `b`.
+    pub b: SlotRecord,
+    /// The primary slot's probation, if it is on trial.
+    #[serde(default)]
+    pub trial: Option<Trial>,
+    /// The channel this device follows.
+    pub channel: String,
+    /// Newest root version trusted.
+    #[serde(default)]
+    pub root_version: Option<u64>,
+    /// Last accepted manifest per channel.
+    #[serde(default)]
+    pub manifests: BTreeMap<String, SeenManifest>,
+    /// Newest `issued` seen on any manifest: the clock never reads earlier.
+    #[serde(default)]
+    pub newest_issued: Option<Timestamp>,
+    /// Anti-rollback floor: nothing with a lower `security_version` is installed.
+    #[serde(default)]
+    pub security_floor: u64,
+    /// Versions the user chose to skip.
+    #[serde(default)]
+    pub skipped: Vec<Version>,
+    /// Versions that failed on this device (rolled back); never offered again.
+    #[serde(default)]
+    pub failed: Vec<Version>,
+    /// When the last successful check ran.
+    #[serde(default)]
+    pub last_check: Option<Timestamp>,
+    /// Consecutive failed checks (for backoff).
+    #[serde(default)]
+    pub check_failures: u32,
+    /// Recent events, oldest first, at most [`HISTORY_LEN`].
+    #[serde(default)]
+    pub history: VecDeque<HistoryEntry>,
+}
+
+impl State {
+    /// The state of a device Evergreen has never run on: slot `a` primary, holding
+    /// `current_version` (installed by other means) or nothing.
+    pub fn initial(channel: &str, current_version: Option<Version>) -> State {
+        let a = SlotRecord {
+            status: if current_version.is_some() {
+                SlotStatus::Good
+            } else {
+                SlotStatus::Empty
+            },
+            version: current_version,
+            ..SlotRecord::default()
+        };
+        State {
+            schema: SCHEMA,
+            primary: Slot::A,
+            a,
+            b: SlotRecord::default(),
+            trial: None,
+            channel: channel.to_string(),
+            root_version: None,
+            manifests: BTreeMap::new(),
+            newest_issued: None,
+            security_floor: 0,
+            skipped: Vec::new(),
+            failed: Vec::new(),
+            last_check: None,
+            check_failures: 0,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// The path of the state file in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(FILE_NAME)
+    }
+
+    /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a
+    /// newer schema is an `invalid_state` error, never a silent reset.
+    pub fn load(dir: &Path) -> Result<Option<State>> {
+        let path = State::path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let schema = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("schema").and_then(|s| s.as_u64()));
+        match schema {
+            Some(s) if s > u64::from(SCHEMA) => {
+                return Err(Error::invalid_state(format!(
+                    "{}: expected state schema {SCHEMA} or older, found schema {s} (written by a newer Evergreen)",
+                    path.display()
+                )))
+            }
+            None => {
+                return Err(Error::invalid_state(format!(
+                    "{}: expected a JSON state document with a schema number, found a corrupt file ({} bytes); move it away to start afresh",
+                    path.display(),
+                    bytes.len()
+                )))
+            }
+            Some(_) => {}
+        }
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid_state(format!(
+                "{}: expected a valid state document, found: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Some(state))
+    }
+
+    /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
+        bytes.push(b'\n');
+        fsutil::write_atomic(&State::path(dir), &bytes)
+    }
+
+    /// The record of `slot`.
+    pub fn slot(&self, slot: Slot) -> &SlotRecord {
+        match slot {
+            Slot::A => &self.a,
+            Slot::B => &self.b,
+        }
+    }
+
+    /// The record of `slot`, to change.
+    pub fn slot_mut(&mut self, slot: Slot) -> &mut SlotRecord {
+        match slot {
+            Slot::A => &mut self.a,
+            Slot::B => &mut self.b,
+        }
+    }
+
+    /// The fallback slot: the one that is not primary.
+    pub fn fallback(&self) -> Slot {
+        self.primary.other()
+    }
+
+    /// The version running (or about to run) in the primary slot.
+    pub fn installed_version(&self) -> Option<&Version> {
+        self.slot(self.primary).version.as_ref()
+    }
+
+    /// Appends to the bounded history.
+    pub fn record(&mut self, at: Timestamp, event: &str, detail: impl Into<String>) {
+        self.history.push_back(HistoryEntry {
+            at,
+            event: event.to_string(),
+            detail: detail.into(),
+        });
+        while self.history.len() > HISTORY_LEN {
+            self.history.pop_front();
+        }
+    }
+
+    /// Checks the invariants every committed state must hold; the crash tests call this.
+    pub fn check_invariants(&self) -> Result<()> {
+        let primary = self.slot(self.primary);
+        if matches!(
+            primary.status,
+            SlotStatus::Installing | SlotStatus::Bad | SlotStatus::Installed
+        ) {
+            return Err(Error::invalid_state(format!(
+                "primary slot {} is {}, expected good, trial or empty",
+                self.primary,
+                primary.status.as_str()
+            )));
+        }
+        match self.trial {
+            Some(t) if t.slot != self.primary => Err(Error::invalid_state(format!(
+                "trial is on slot {}, expected the primary slot {}",
+                t.slot, self.primary
+            ))),
+            Some(_) if primary.status != SlotStatus::Trial => Err(Error::invalid_state(format!(
+                "primary slot {} has a trial but status {}",
+                self.primary,
+                primary.status.as_str()
+            ))),
+            None if primary.status == SlotStatus::Trial => Err(Error::invalid_state(format!(
+                "primary slot {} has status trial but no trial record",
+                self.primary
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_history_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(State::load(dir.path()).unwrap().is_none());
+        let mut s = State::initial("stable", Some(Version::new(1, 0, 0)));
+        for i in 0..100 {
+            s.record(Timestamp::from_unix(i), "checked", format!("#{i}"));
+        }
+        s.save(dir.path()).unwrap();
+        let back = State::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.history.len(), HISTORY_LEN);
+        assert_eq!(back.history[0].detail, "#36");
+        back.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_newer_state_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(State::path(dir.path()), b"{\"schema\": 1, \"prim").unwrap();
+        let e = State::load(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidState);
+        assert!(e.message().contains("corrupt"), "{e}");
+        let mut s = serde_json::to_value(State::initial("stable", None)).unwrap();
+        s["schema"] = 99.into();
+        std::fs::write(State::path(dir.path()), s.to_string()).unwrap();
+        let e = State::load(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidState);
+        assert!(e.message().contains("schema 99"), "{e}");
+    }
+
+    #[test]
+    fn invariants_catch_an_installing_primary() {
+        let mut s = State::initial("stable", None);
+        s.a.status = SlotStatus::Installing;
+        assert_eq!(
+            s.check_invariants().unwrap_err().kind(),
+            ErrorKind::InvalidState
+        );
+    }
+}
