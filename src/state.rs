@@ -77,6 +77,9 @@ pub struct SlotRecord {
     /// Channel the release came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// The release is a forced update (activation ignores `at` and `download_only`).
+    #[serde(default)]
+    pub critical: bool,
     /// Components by name.
     #[serde(default)]
     pub components: BTreeMap<String, InstalledComponent>,

@@ -1,0 +1,156 @@
+//! Events the updater reports to the host, which turns them into logs or notifications.
+
+use crate::slots::Slot;
+use crate::time::Timestamp;
+use serde::Serialize;
+use std::fmt;
+
+/// Something that happened. Serialises as JSON with an `event` tag (the C ABI passes that
+/// JSON to its event callback), e.g. `{"event":"confirmed","slot":"b","version":"1.1.0",…}`.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A check finished.
+    Checked {
+        /// Channel checked.
+        channel: String,
+        /// The manifest sequence in force.
+        sequence: u64,
+        /// True when the server answered 304 and the cached manifest was re-verified.
+        not_modified: bool,
+    },
+    /// A release is available.
+    Available {
+        /// Its version.
+        version: String,
+        /// Forced update.
+        critical: bool,
+    },
+    /// Download progress of one component's artifact.
+    Downloading {
+        /// Component name.
+        component: String,
+        /// Bytes so far.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// The new release is completely written into the inactive slot.
+    Staged {
+        /// The slot written.
+        slot: Slot,
+        /// Release version.
+        version: String,
+    },
+    /// Activation waits for the deploy policy.
+    Deferred {
+        /// Release version.
+        version: String,
+        /// When it may go ahead, if known.
+        until: Option<Timestamp>,
+        /// Why it waits.
+        reason: String,
+    },
+    /// A slot became primary.
+    Activated {
+        /// The new primary.
+        slot: Slot,
+        /// Release version.
+        version: String,
+    },
+    /// A trial started: the slot must be confirmed within `tries` starts.
+    TrialStarted {
+        /// Slot on trial.
+        slot: Slot,
+        /// Starts allowed before rollback.
+        tries: u32,
+    },
+    /// A start of the trial slot was counted.
+    TrialBoot {
+        /// Slot on trial.
+        slot: Slot,
+        /// Starts left after this one.
+        tries_left: u32,
+    },
+    /// The trial slot was confirmed healthy.
+    Confirmed {
+        /// The slot.
+        slot: Slot,
+        /// Release version.
+        version: String,
+        /// The anti-rollback floor now.
+        security_floor: u64,
+    },
+    /// The device went back to the fallback slot.
+    RolledBack {
+        /// The slot given up.
+        from: Slot,
+        /// The slot now primary.
+        to: Slot,
+        /// Version given up.
+        version: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// An operation failed.
+    Failed {
+        /// Which operation (`check`, `download`, …).
+        operation: String,
+        /// The stable error kind.
+        kind: String,
+        /// The error message.
+        message: String,
+    },
+}
+
+impl Event {
+    /// The event as one JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Checked { channel, sequence, not_modified } => write!(
+                f,
+                "checked channel {channel} (sequence {sequence}{})",
+                if *not_modified { ", not modified" } else { "" }
+            ),
+            Event::Available { version, critical } => write!(
+                f,
+                "version {version} is available{}",
+                if *critical { " (critical)" } else { "" }
+            ),
+            Event::Downloading { component, done, total } => {
+                write!(f, "downloading {component}: {done}/{total} bytes")
+            }
+            Event::Staged { slot, version } => write!(f, "{version} staged in slot {slot}"),
+            Event::Deferred { version, until, reason } => match until {
+                Some(t) => write!(f, "activation of {version} deferred until {t}: {reason}"),
+                None => write!(f, "activation of {version} deferred: {reason}"),
+            },
+            Event::Activated { slot, version } => write!(f, "slot {slot} ({version}) activated"),
+            Event::TrialStarted { slot, tries } => {
+                write!(f, "slot {slot} on trial: {tries} start(s) to confirm it")
+            }
+            Event::TrialBoot { slot, tries_left } => {
+                write!(f, "trial start of slot {slot}: {tries_left} left")
+            }
+            Event::Confirmed { slot, version, security_floor } => write!(
+                f,
+                "slot {slot} ({version}) confirmed good; security floor {security_floor}"
+            ),
+            Event::RolledBack { from, to, version, reason } => write!(
+                f,
+                "rolled back from slot {from} ({}) to slot {to}: {reason}",
+                version.as_deref().unwrap_or("-")
+            ),
+            Event::Failed { operation, kind, message } => {
+                write!(f, "{operation} failed: error[{kind}]: {message}")
+            }
+        }
+    }
+}

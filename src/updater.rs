@@ -1,0 +1,1162 @@
+//! The facade: wires trust, manifest, select, fetch, stage, slots and state together.
+//!
+//! Each public method is one step of the update flow of DESIGN §3; the logic of each step
+//! lives in its own module, and this file only sequences them, persists the state between
+//! them and reports events.
+
+use crate::config::{Config, SelectorConfig, SlotsConfig, TrustConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
+use crate::manifest::{self, ArtifactKind, Expect, Freshness, Manifest, Release, Verified};
+use crate::select::{self, Deploy, Device, Policy};
+use crate::slots::dir::{DirSlots, SymlinkSelector};
+use crate::slots::image::ImageSlots;
+use crate::slots::{BootSelector, Slot};
+use crate::stage::{self, ComponentChange, ComponentOp};
+use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
+use crate::time::Timestamp;
+use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
+use semver::Version;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
+type ClockFn = Box<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// What [`Updater::check`] found.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Nothing to do.
+    UpToDate,
+    /// A release to install.
+    Available(Offer),
+}
+
+/// A release offered to this device, with the component diff against the primary slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Offer {
+    /// Version offered.
+    pub version: Version,
+    /// Version installed now, if any.
+    pub current: Option<Version>,
+    /// Channel it comes from.
+    pub channel: String,
+    /// Forced update.
+    pub critical: bool,
+    /// Older than what is installed (a pin or a move to a safer channel).
+    pub downgrade: bool,
+    /// Release notes.
+    pub notes: String,
+    /// The release's anti-rollback counter.
+    pub security_version: u64,
+    /// Per component: added / removed / modified / unchanged.
+    pub components: Vec<ComponentChange>,
+    /// What the deploy policy says about activating it now.
+    #[serde(skip)]
+    pub deploy: Deploy,
+}
+
+impl Offer {
+    /// Bytes that must be downloaded (added and modified components only).
+    pub fn download_size(&self) -> u64 {
+        self.components
+            .iter()
+            .filter_map(|c| c.artifact.as_ref().filter(|_| needs_artifact(c.op)))
+            .map(|a| a.size)
+            .sum()
+    }
+}
+
+fn needs_artifact(op: ComponentOp) -> bool {
+    matches!(op, ComponentOp::Added | ComponentOp::Modified)
+}
+
+/// What [`Updater::startup`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// No trial running.
+    Normal,
+    /// The primary slot is on trial; it must be confirmed before `tries_left` more starts.
+    Trial {
+        /// Slot on trial.
+        slot: Slot,
+        /// Starts left.
+        tries_left: u32,
+    },
+    /// The trial slot failed and the fallback is primary again: restart into it.
+    RolledBack {
+        /// The slot given up.
+        from: Slot,
+        /// The slot now primary.
+        to: Slot,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`Updater::activate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// The new slot is primary and on trial.
+    Activated {
+        /// The new primary.
+        slot: Slot,
+        /// Its version.
+        version: Version,
+    },
+    /// The deploy policy holds it back.
+    Deferred {
+        /// When it may go ahead, if known.
+        until: Option<Timestamp>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The device's status, as `evergreen status --json` prints it (DESIGN §7.2).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Primary slot.
+    pub primary: Slot,
+    /// Fallback slot.
+    pub fallback: Slot,
+    /// The slot running now, when the selector can tell.
+    pub booted: Option<Slot>,
+    /// Channel followed.
+    pub channel: String,
+    /// Anti-rollback floor.
+    pub security_floor: u64,
+    /// Trial in progress.
+    pub trial: Option<TrialStatus>,
+    /// Per slot.
+    pub slots: BTreeMap<Slot, SlotStatusView>,
+    /// Last successful check.
+    pub last_check: Option<Timestamp>,
+}
+
+/// Trial part of [`Status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialStatus {
+    /// Slot on trial.
+    pub slot: Slot,
+    /// Starts left.
+    pub tries_left: u32,
+}
+
+/// One slot in [`Status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatusView {
+    /// `empty`, `installing`, `installed`, `trial`, `good` or `bad`.
+    pub status: &'static str,
+    /// Release version.
+    pub version: Option<Version>,
+}
+
+/// Where the slots live.
+enum Store {
+    Dir(DirSlots),
+    Image(ImageSlots),
+}
+
+/// Builds an [`Updater`] from a [`Config`] plus the parts only code can supply.
+///
+/// ```no_run
+/// use evergreen::{Config, Updater};
+/// let config = Config::from_json(r#"{
+///     "product": "com.acme.gateway", "server": "https://updates.acme.com/gateway/",
+///     "target": "x86_64-linux", "trust": {"root": "/etc/evergreen/root.json"},
+///     "state_dir": "/var/lib/evergreen", "slots": {"kind": "dir", "root": "/opt/gateway"}
+/// }"#)?;
+/// let updater = Updater::builder(config)
+///     .on_event(|e| eprintln!("{e}"))
+///     .build()?;
+/// updater.startup()?;
+/// # Ok::<(), evergreen::Error>(())
+/// ```
+pub struct UpdaterBuilder {
+    config: Config,
+    transport: Option<Box<dyn Transport>>,
+    selector: Option<Box<dyn BootSelector>>,
+    on_event: Option<EventFn>,
+    clock: Option<ClockFn>,
+}
+
+impl UpdaterBuilder {
+    /// Uses a host-supplied transport instead of HTTP/file (e.g. the device's own stack).
+    pub fn transport(mut self, transport: Box<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Uses a host-supplied boot selector (required for `"selector": {"kind": "custom"}`).
+    pub fn selector(mut self, selector: Box<dyn BootSelector>) -> Self {
+        self.selector = Some(selector);
+        self
+    }
+
+    /// Receives every [`Event`], on the thread that runs the operation.
+    pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Box::new(f));
+        self
+    }
+
+    /// Replaces the system clock (tests, demos, simulations).
+    pub fn clock(mut self, f: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Some(Box::new(f));
+        self
+    }
+
+    /// Validates everything and builds the updater. Nothing is written yet.
+    pub fn build(self) -> Result<Updater> {
+        let config = self.config;
+        config.validate()?;
+        let mut bases = vec![config.server.clone()];
+        bases.extend(config.mirrors.iter().cloned());
+        let options = fetch_options(&config);
+        let fetcher = match self.transport {
+            Some(t) => Fetcher::with_transport(bases, options, t),
+            None => Fetcher::new(bases, options)?,
+        };
+        let (store, selector) = match &config.slots {
+            SlotsConfig::Dir { root } => {
+                let slots = DirSlots::new(root);
+                let sel: Box<dyn BootSelector> = match self.selector {
+                    Some(s) => s,
+                    None => Box::new(SymlinkSelector::new(slots.clone())),
+                };
+                (Store::Dir(slots), sel)
+            }
+            SlotsConfig::Image { a, b, selector, booted_from } => {
+                let sel = match (self.selector, selector) {
+                    (Some(s), _) => s,
+                    (None, sel) => image_selector(sel, booted_from.as_ref())?,
+                };
+                (Store::Image(ImageSlots::new(a, b)), sel)
+            }
+        };
+        Ok(Updater {
+            config,
+            fetcher,
+            store,
+            selector: Mutex::new(selector),
+            on_event: self.on_event,
+            clock: self.clock.unwrap_or_else(|| Box::new(Timestamp::now)),
+        })
+    }
+}
+
+/// The updater: one per product installation. See the crate docs for the whole flow.
+pub struct Updater {
+    config: Config,
+    fetcher: Fetcher,
+    store: Store,
+    selector: Mutex<Box<dyn BootSelector>>,
+    on_event: Option<EventFn>,
+    clock: ClockFn,
+}
+
+impl Updater {
+    /// Starts building an updater from `config`.
+    pub fn builder(config: Config) -> UpdaterBuilder {
+        UpdaterBuilder {
+            config,
+            transport: None,
+            selector: None,
+            on_event: None,
+            clock: None,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Requests made and bytes received so far (for benchmarks and diagnostics).
+    pub fn fetch_stats(&self) -> crate::fetch::FetchStats {
+        self.fetcher.stats()
+    }
+
+    fn emit(&self, e: Event) {
+        if let Some(f) = &self.on_event {
+            f(&e);
+        }
+    }
+
+    /// Runs `op`, reporting a failure as a `failed` event.
+    fn reported<T>(&self, operation: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        op().inspect_err(|e| {
+            self.emit(Event::Failed {
+                operation: operation.to_string(),
+                kind: e.kind().as_str().to_string(),
+                message: e.message().to_string(),
+            })
+        })
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    /// Serialises operations across processes (CLI, launcher, host) with a lock file.
+    fn lock(&self) -> Result<std::fs::File> {
+        crate::fsutil::create_dir_all(self.state_dir())?;
+        let path = self.state_dir().join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        f.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(f)
+    }
+
+    fn load_state(&self) -> Result<State> {
+        Ok(State::load(self.state_dir())?.unwrap_or_else(|| {
+            State::initial(&self.config.channel, self.config.current_version.clone())
+        }))
+    }
+
+    fn save(&self, state: &State) -> Result<()> {
+        state.save(self.state_dir())
+    }
+
+    fn with_selector<T>(&self, f: impl FnOnce(&mut dyn BootSelector) -> Result<T>) -> Result<T> {
+        let mut guard = self
+            .selector
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Bootloader, "the boot selector panicked earlier"))?;
+        f(guard.as_mut())
+    }
+
+    /// The current status (no network).
+    pub fn status(&self) -> Result<Status> {
+        let st = self.load_state()?;
+        let booted = self.with_selector(|s| s.booted())?;
+        let view = |slot: Slot| SlotStatusView {
+            status: st.slot(slot).status.as_str(),
+            version: st.slot(slot).version.clone(),
+        };
+        Ok(Status {
+            primary: st.primary,
+            fallback: st.fallback(),
+            booted,
+            channel: st.channel.clone(),
+            security_floor: st.security_floor,
+            trial: st.trial.map(|t| TrialStatus {
+                slot: t.slot,
+                tries_left: t.tries_left,
+            }),
+            slots: [(Slot::A, view(Slot::A)), (Slot::B, view(Slot::B))].into(),
+            last_check: st.last_check,
+        })
+    }
+
+    /// The raw persisted state (for diagnostics and tests).
+    pub fn state(&self) -> Result<State> {
+        self.load_state()
+    }
+
+    /// The startup step: run it early on every start (or via `evergreen boot`).
+    ///
+    /// Counts a start of a slot on trial and rolls back to the fallback once the tries are
+    /// used up; with a bootloader selector it reads what the bootloader did instead.
+    pub fn startup(&self) -> Result<Startup> {
+        self.reported("startup", || {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            let counts = self.with_selector(|s| Ok(s.counts_tries()))?;
+            let outcome = if counts {
+                self.startup_bootloader(&mut st)?
+            } else {
+                self.startup_counting(&mut st)?
+            };
+            match &outcome {
+                Startup::RolledBack { from, to, reason } => self.emit(Event::RolledBack {
+                    from: *from,
+                    to: *to,
+                    version: st.slot(*from).version.as_ref().map(ToString::to_string),
+                    reason: reason.clone(),
+                }),
+                Startup::Trial { slot, tries_left } => self.emit(Event::TrialBoot {
+                    slot: *slot,
+                    tries_left: *tries_left,
+                }),
+                Startup::Normal => {}
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn startup_counting(&self, st: &mut State) -> Result<Startup> {
+        // Repair a crash between committing the state and switching the selector.
+        let booted = self.with_selector(|s| s.booted())?;
+        if booted != Some(st.primary) && st.slot(st.primary).status != SlotStatus::Empty {
+            let (p, f) = (st.primary, st.fallback());
+            self.with_selector(|s| s.fall_back(p, f))?;
+        }
+        let Some(trial) = st.trial else {
+            return Ok(Startup::Normal);
+        };
+        if trial.tries_left > 0 {
+            let tries_left = trial.tries_left - 1;
+            st.trial = Some(Trial { tries_left, ..trial });
+            self.save(st)?;
+            return Ok(Startup::Trial {
+                slot: trial.slot,
+                tries_left,
+            });
+        }
+        let tries = self.config.trial.tries;
+        let reason = format!(
+            "slot {} ({}) was started {tries} time(s) without being confirmed",
+            trial.slot,
+            version_str(st.slot(trial.slot).version.as_ref())
+        );
+        if st.slot(st.fallback()).status != SlotStatus::Good {
+            // Nothing better to go back to: keep running, but say so.
+            st.record((self.clock)(), "trial_exhausted", reason + "; no good fallback");
+            self.save(st)?;
+            return Ok(Startup::Trial {
+                slot: trial.slot,
+                tries_left: 0,
+            });
+        }
+        self.fall_back(st, &reason)
+    }
+
+    fn startup_bootloader(&self, st: &mut State) -> Result<Startup> {
+        let Some(trial) = st.trial else {
+            return Ok(Startup::Normal);
+        };
+        match self.with_selector(|s| s.booted())? {
+            Some(booted) if booted != trial.slot => {
+                let reason = format!(
+                    "the bootloader started slot {booted} after slot {} ({}) failed its trial",
+                    trial.slot,
+                    version_str(st.slot(trial.slot).version.as_ref())
+                );
+                self.fall_back(st, &reason)
+            }
+            _ => Ok(Startup::Trial {
+                slot: trial.slot,
+                tries_left: trial.tries_left,
+            }),
+        }
+    }
+
+    /// Marks the primary bad, makes the fallback primary, commits, then tells the selector.
+    fn fall_back(&self, st: &mut State, reason: &str) -> Result<Startup> {
+        let (from, to) = (st.primary, st.fallback());
+        let bad = st.slot_mut(from);
+        bad.status = SlotStatus::Bad;
+        if let Some(v) = bad.version.clone() {
+            if !st.failed.contains(&v) {
+                st.failed.push(v);
+            }
+        }
+        st.primary = to;
+        st.trial = None;
+        st.record((self.clock)(), "rolled_back", reason);
+        self.save(st)?;
+        self.with_selector(|s| s.fall_back(to, from))?;
+        Ok(Startup::RolledBack {
+            from,
+            to,
+            reason: reason.to_string(),
+        })
+    }
+
+    /// Checks the device's channel for an update.
+    pub fn check(&self) -> Result<Check> {
+        self.check_with(None, None)
+    }
+
+    /// Checks `channel` (default: the device's) for an update, or for exactly `version`
+    /// (a pin: newer or older, never below the security floor).
+    pub fn check_with(&self, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
+        self.reported("check", || {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            let now = manifest::effective_now((self.clock)(), st.newest_issued);
+            let channel = channel.unwrap_or(&st.channel).to_string();
+            let manifest = match self.fetch_manifest(&mut st, &channel, now) {
+                Ok(m) => m,
+                Err(e) => {
+                    st.check_failures = st.check_failures.saturating_add(1);
+                    self.save(&st)?;
+                    return Err(e);
+                }
+            };
+            st.check_failures = 0;
+            st.last_check = Some(now);
+            self.save(&st)?;
+            self.decide(&st, &manifest, version, now)
+        })
+    }
+
+    /// Turns a verified manifest into an offer (pure selection + the component diff).
+    fn decide(
+        &self,
+        st: &State,
+        manifest: &Verified<Manifest>,
+        pin: Option<&Version>,
+        now: Timestamp,
+    ) -> Result<Check> {
+        let device_id = self.device_id()?;
+        let installed = st
+            .installed_version()
+            .or(self.config.current_version.as_ref());
+        let device = Device {
+            product: &self.config.product,
+            target: &self.config.target,
+            device_id: &device_id,
+            installed,
+            security_floor: st.security_floor,
+            skipped: &st.skipped,
+            failed: &st.failed,
+        };
+        let policy = Policy {
+            pin: pin.or(self.config.pin_version.as_ref()),
+            allow_downgrade: self.config.allow_downgrade,
+        };
+        let choice = match select::select(manifest, &device, &policy, now)? {
+            select::Decision::UpToDate => return Ok(Check::UpToDate),
+            select::Decision::Update(c) => c,
+        };
+        let release = manifest
+            .release(&choice.version)
+            .ok_or_else(|| Error::new(ErrorKind::NoSuchVersion, format!("version {} vanished from the manifest", choice.version)))?;
+        let offer = self.offer(st, manifest, release, choice.downgrade, now)?;
+        self.emit(Event::Available {
+            version: offer.version.to_string(),
+            critical: offer.critical,
+        });
+        Ok(Check::Available(offer))
+    }
+
+    fn offer(
+        &self,
+        st: &State,
+        manifest: &Manifest,
+        release: &Release,
+        downgrade: bool,
+        now: Timestamp,
+    ) -> Result<Offer> {
+        let target = release.targets.get(&self.config.target).ok_or_else(|| {
+            Error::new(
+                ErrorKind::IncompatibleTarget,
+                format!(
+                    "release {} has no entry for target {:?} (it has {:?})",
+                    release.version,
+                    self.config.target,
+                    release.targets.keys().collect::<Vec<_>>()
+                ),
+            )
+        })?;
+        Ok(Offer {
+            version: release.version.clone(),
+            current: st
+                .installed_version()
+                .or(self.config.current_version.as_ref())
+                .cloned(),
+            channel: manifest.channel.clone(),
+            critical: release.critical,
+            downgrade,
+            notes: release.notes.clone(),
+            security_version: release.security_version,
+            components: stage::diff(&st.slot(st.primary).components, target),
+            deploy: select::deploy(&self.config.deploy, release.critical, now),
+        })
+    }
+
+    /// The device id for rollout buckets: configured, else `/etc/machine-id`, else one
+    /// generated once and kept in the state directory.
+    fn device_id(&self) -> Result<String> {
+        if let Some(id) = &self.config.device_id {
+            return Ok(id.clone());
+        }
+        if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
+            if !id.trim().is_empty() {
+                return Ok(id.trim().to_string());
+            }
+        }
+        let path = self.state_dir().join("device-id");
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            return Ok(id.trim().to_string());
+        }
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
+        let id = crate::trust::hex(&raw);
+        crate::fsutil::write_atomic(&path, id.as_bytes())?;
+        Ok(id)
+    }
+
+    /// Fetches and verifies `channel`'s manifest: conditional GET; on 304 the cached
+    /// envelope is verified again (expiry still applies). Only when the manifest changed is
+    /// the root chain walked first, so an unchanged check is a single request.
+    fn fetch_manifest(
+        &self,
+        st: &mut State,
+        channel: &str,
+        now: Timestamp,
+    ) -> Result<Verified<Manifest>> {
+        let max = self.config.limits.max_metadata_bytes;
+        let cache = self.state_dir().join("cache").join(format!("{channel}.json"));
+        let seen = st.manifests.get(channel).cloned();
+        let etag = seen
+            .as_ref()
+            .filter(|_| cache.exists())
+            .and_then(|s| s.etag.as_deref());
+        let path = format!("channels/{channel}.json");
+        let (bytes, new_etag, not_modified) = match self.fetcher.metadata(&path, etag, max)? {
+            Metadata::NotModified => {
+                let bytes = std::fs::read(&cache).map_err(|e| Error::io("read", &cache, e))?;
+                (bytes, seen.as_ref().and_then(|s| s.etag.clone()), true)
+            }
+            Metadata::Fetched { bytes, etag } => (bytes, etag, false),
+        };
+        let anchor = self.anchor(st, now, !not_modified)?;
+        let fresh = Freshness {
+            last_seen: seen.map(|s| (s.sequence, s.payload_sha256)),
+            newest_issued: st.newest_issued,
+        };
+        let expect = Expect {
+            product: &self.config.product,
+            channel,
+            now,
+            max_bytes: max,
+        };
+        let verified = manifest::verify(&bytes, anchor.manifest_keys(), &expect, &fresh)?;
+        // Persist only after every rule passed.
+        if !not_modified {
+            crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
+            crate::fsutil::write_atomic(&cache, &bytes)?;
+        }
+        st.manifests.insert(
+            channel.to_string(),
+            SeenManifest {
+                sequence: verified.sequence,
+                payload_sha256: verified.payload_sha256().to_string(),
+                etag: new_etag,
+            },
+        );
+        st.newest_issued = Some(st.newest_issued.map_or(verified.issued, |t| t.max(verified.issued)));
+        self.emit(Event::Checked {
+            channel: channel.to_string(),
+            sequence: verified.sequence,
+            not_modified,
+        });
+        Ok(verified)
+    }
+
+    /// The trust anchor: the configured keys, or the newest root (walking the chain on the
+    /// server when `walk` is set).
+    fn anchor(&self, st: &mut State, now: Timestamp, walk: bool) -> Result<Anchor> {
+        let max = self.config.limits.max_metadata_bytes;
+        let pinned_path = match &self.config.trust {
+            TrustConfig::Keys { keys, threshold } => {
+                let keys = keys
+                    .iter()
+                    .map(|k| PublicKey::from_base64(k))
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(Anchor::Keys(KeySet::new(keys, *threshold)?));
+            }
+            TrustConfig::Root { root } => root,
+        };
+        let saved = self.state_dir().join("root.json");
+        let source = if saved.exists() { &saved } else { pinned_path };
+        let bytes = std::fs::read(source).map_err(|e| Error::io("read trust root", source, e))?;
+        let mut root = TrustedRoot::pinned(&bytes, max)?;
+        // The configured root may be newer than the saved one (a reflashed device).
+        if source == &saved {
+            if let Ok(pinned) = std::fs::read(pinned_path).map_err(|_| ()).and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ())) {
+                if pinned.root().version > root.root().version {
+                    root = pinned;
+                }
+            }
+        }
+        let before = root.root().version;
+        let root = if walk {
+            root.update(
+                |v| match self.fetcher.metadata(&format!("root/{v}.json"), None, max) {
+                    Ok(Metadata::Fetched { bytes, .. }) => Ok(Some(bytes)),
+                    Ok(Metadata::NotModified) => Ok(None),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                },
+                now,
+                max,
+            )?
+        } else {
+            root.check_unexpired(now)?;
+            root
+        };
+        if root.root().version != before || !saved.exists() {
+            crate::fsutil::write_atomic(&saved, root.envelope())?;
+        }
+        st.root_version = Some(root.root().version);
+        Ok(Anchor::Root(root))
+    }
+
+    /// The diff of `offer` against the primary slot as it is now (DESIGN §5.5).
+    pub fn plan(&self, offer: &Offer) -> Result<Offer> {
+        let st = self.load_state()?;
+        let mut plan = offer.clone();
+        let primary = &st.slot(st.primary).components;
+        // Recompute against the current primary: the state may have moved since the check.
+        for c in &mut plan.components {
+            let installed = primary.get(&c.name);
+            c.from = installed.map(|i| i.version.clone());
+            c.op = match (installed, &c.artifact) {
+                (None, Some(_)) => ComponentOp::Added,
+                (Some(_), None) => ComponentOp::Removed,
+                (Some(i), Some(a)) if i.sha256 == a.sha256 => ComponentOp::Unchanged,
+                (Some(_), Some(_)) => ComponentOp::Modified,
+                (None, None) => ComponentOp::Removed,
+            };
+        }
+        plan.components.retain(|c| c.from.is_some() || c.artifact.is_some());
+        Ok(plan)
+    }
+
+    fn downloads_dir(&self) -> PathBuf {
+        self.state_dir().join("downloads")
+    }
+
+    /// Downloads and verifies the artifacts the plan needs (added and modified components
+    /// only). `progress(done, total)` covers all of them; `cancel` stops between chunks and
+    /// keeps partial files for the next call to resume.
+    pub fn download(
+        &self,
+        plan: &Offer,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        self.reported("download", || {
+            let dir = self.downloads_dir();
+            crate::fsutil::create_dir_all(&dir)?;
+            let total = plan.download_size();
+            let mut before = 0u64;
+            for c in plan.components.iter().filter(|c| needs_artifact(c.op)) {
+                let Some(a) = &c.artifact else { continue };
+                let spec = BlobSpec {
+                    sha256: a.sha256.clone(),
+                    size: a.size,
+                    url: a.url.clone(),
+                };
+                let mut last_event = 0u64;
+                self.fetcher.download(
+                    &spec,
+                    &dir,
+                    &mut |done, _| {
+                        progress(before + done, total);
+                        // Events are for humans and logs: one per MiB is plenty.
+                        if done == a.size || done >= last_event + (1 << 20) {
+                            last_event = done;
+                            self.emit(Event::Downloading {
+                                component: c.name.clone(),
+                                done,
+                                total: a.size,
+                            });
+                        }
+                    },
+                    cancel,
+                )?;
+                before += a.size;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes the plan into the inactive slot (which is marked `installing` before the
+    /// first byte and `installed` only when everything is durable). The primary slot is
+    /// never touched.
+    pub fn install(&self, plan: &Offer) -> Result<Slot> {
+        self.reported("install", || {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            if let Some(t) = st.trial {
+                return Err(Error::invalid_state(format!(
+                    "slot {} is on trial; confirm or roll back before installing another release",
+                    t.slot
+                )));
+            }
+            if plan.security_version < st.security_floor {
+                return Err(Error::new(
+                    ErrorKind::SecurityFloor,
+                    format!(
+                        "release {} has security version {}, below this device's floor {}",
+                        plan.version, plan.security_version, st.security_floor
+                    ),
+                ));
+            }
+            let files = self.open_downloads(plan)?;
+            let slot = st.fallback();
+            *st.slot_mut(slot) = SlotRecord {
+                status: SlotStatus::Installing,
+                version: Some(plan.version.clone()),
+                security_version: plan.security_version,
+                channel: Some(plan.channel.clone()),
+                critical: plan.critical,
+                components: BTreeMap::new(),
+            };
+            st.record((self.clock)(), "installing", format!("{} into slot {slot}", plan.version));
+            self.save(&st)?;
+            self.with_selector(|s| s.disable(slot))?;
+            match &self.store {
+                Store::Dir(slots) => self.install_dir(slots, st.primary, slot, plan, &files)?,
+                Store::Image(images) => self.install_image(images, slot, plan, files)?,
+            }
+            let record = st.slot_mut(slot);
+            record.status = SlotStatus::Installed;
+            record.components = installed_components(plan);
+            st.record((self.clock)(), "staged", format!("{} in slot {slot}", plan.version));
+            self.save(&st)?;
+            self.emit(Event::Staged {
+                slot,
+                version: plan.version.to_string(),
+            });
+            Ok(slot)
+        })
+    }
+
+    /// Opens every downloaded artifact the plan needs, before anything is written.
+    fn open_downloads(&self, plan: &Offer) -> Result<BTreeMap<String, std::fs::File>> {
+        let dir = self.downloads_dir();
+        let mut files = BTreeMap::new();
+        for c in plan.components.iter().filter(|c| needs_artifact(c.op)) {
+            let Some(a) = &c.artifact else { continue };
+            let path = dir.join(&a.sha256);
+            let f = std::fs::File::open(&path).map_err(|e| {
+                Error::invalid_state(format!(
+                    "component {}: expected the verified download {}, found none ({e}); download first",
+                    c.name,
+                    path.display()
+                ))
+            })?;
+            files.insert(c.name.clone(), f);
+        }
+        Ok(files)
+    }
+
+    fn install_dir(
+        &self,
+        slots: &DirSlots,
+        primary: Slot,
+        slot: Slot,
+        plan: &Offer,
+        files: &BTreeMap<String, std::fs::File>,
+    ) -> Result<()> {
+        let limits = self.config.archive_limits();
+        let dir = slots.prepare(slot)?;
+        for c in &plan.components {
+            let dest = slots.component_dir(slot, &c.name);
+            match (c.op, &c.artifact, files.get(&c.name)) {
+                (ComponentOp::Removed, _, _) => {}
+                (ComponentOp::Unchanged, _, _) => {
+                    stage::copy_tree(&slots.component_dir(primary, &c.name), &dest)?;
+                }
+                (_, Some(a), Some(file)) => match a.kind {
+                    ArtifactKind::Zip => {
+                        stage::extract_zip(file, &dest, a.installed_size, &limits)?;
+                    }
+                    ArtifactKind::File => {
+                        crate::fsutil::create_dir_all(&dest)?;
+                        let name = a.name.as_deref().unwrap_or(&c.name);
+                        stage::place_file(file, &dest, name)?;
+                    }
+                    ArtifactKind::Image => {
+                        return Err(Error::config(format!(
+                            "component {}: image artifacts need image slots, found dir slots",
+                            c.name
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(Error::invalid_state(format!(
+                        "component {}: no artifact to install",
+                        c.name
+                    )))
+                }
+            }
+            crate::fsutil::crash_point("component staged")?;
+        }
+        stage::make_durable(&dir)?;
+        let record = serde_json::json!({
+            "version": plan.version.to_string(),
+            "components": installed_components(plan),
+        });
+        slots.seal(slot, record.to_string().as_bytes())
+    }
+
+    fn install_image(
+        &self,
+        images: &ImageSlots,
+        slot: Slot,
+        plan: &Offer,
+        mut files: BTreeMap<String, std::fs::File>,
+    ) -> Result<()> {
+        let mut images_written = 0;
+        for c in &plan.components {
+            let Some(a) = &c.artifact else { continue };
+            if a.kind != ArtifactKind::Image {
+                return Err(Error::config(format!(
+                    "component {}: image slots take one image artifact, found a {} artifact",
+                    c.name,
+                    a.kind.as_str()
+                )));
+            }
+            images_written += 1;
+            if images_written > 1 {
+                return Err(Error::config(
+                    "image slots take exactly one image component per release",
+                ));
+            }
+            // An unchanged image is still rewritten: the inactive slot holds something else.
+            let mut file = match files.remove(&c.name) {
+                Some(f) => f,
+                None => {
+                    let path = self.downloads_dir().join(&a.sha256);
+                    std::fs::File::open(&path).map_err(|e| {
+                        Error::invalid_state(format!(
+                            "component {}: expected the verified download {}, found none ({e})",
+                            c.name,
+                            path.display()
+                        ))
+                    })?
+                }
+            };
+            let mut last = 0u64;
+            images.write_image(slot, &mut file, a.size, &a.sha256, &mut |done, total| {
+                if done == total || done >= last + (8 << 20) {
+                    last = done;
+                    self.emit(Event::Downloading {
+                        component: c.name.clone(),
+                        done,
+                        total,
+                    });
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes the installed slot primary, on trial — if the deploy policy allows it now
+    /// (`force` overrides the window and `at`; `download_only` never blocks an explicit
+    /// call). The state is committed before the boot selector is switched.
+    pub fn activate(&self, force: bool) -> Result<Activation> {
+        self.reported("activate", || {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            let slot = st.fallback();
+            let record = st.slot(slot).clone();
+            if record.status != SlotStatus::Installed {
+                return Err(Error::invalid_state(format!(
+                    "slot {slot} is {}, expected installed: install a release first",
+                    record.status.as_str()
+                )));
+            }
+            let version = record.version.clone().unwrap_or(Version::new(0, 0, 0));
+            if !force {
+                if let Deploy::Wait { until, reason } =
+                    select::deploy(&self.config.deploy, record.critical, (self.clock)())
+                {
+                    self.emit(Event::Deferred {
+                        version: version.to_string(),
+                        until: Some(until),
+                        reason: reason.clone(),
+                    });
+                    return Ok(Activation::Deferred {
+                        until: Some(until),
+                        reason,
+                    });
+                }
+            }
+            let tries = self.config.trial.tries;
+            st.slot_mut(slot).status = SlotStatus::Trial;
+            st.primary = slot;
+            st.trial = Some(Trial {
+                slot,
+                tries_left: tries,
+            });
+            if let Some(ch) = &record.channel {
+                st.channel = ch.clone();
+            }
+            st.record((self.clock)(), "activated", format!("{version} in slot {slot}"));
+            self.save(&st)?;
+            self.with_selector(|s| s.activate(slot, tries))?;
+            self.emit(Event::Activated {
+                slot,
+                version: version.to_string(),
+            });
+            self.emit(Event::TrialStarted { slot, tries });
+            Ok(Activation::Activated { slot, version })
+        })
+    }
+
+    /// Marks the trial slot good and raises the security floor to its release's.
+    /// Confirming a slot that is already good does nothing.
+    pub fn confirm(&self) -> Result<()> {
+        self.reported("confirm", || {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            let Some(trial) = st.trial else {
+                if st.slot(st.primary).status == SlotStatus::Good {
+                    return Ok(());
+                }
+                return Err(Error::invalid_state(format!(
+                    "slot {} is {}, expected a slot on trial to confirm",
+                    st.primary,
+                    st.slot(st.primary).status.as_str()
+                )));
+            };
+            let record = st.slot_mut(trial.slot);
+            record.status = SlotStatus::Good;
+            let (sv, version) = (record.security_version, record.version.clone());
+            st.security_floor = st.security_floor.max(sv);
+            st.trial = None;
+            st.record((self.clock)(), "confirmed", format!("slot {}", trial.slot));
+            self.save(&st)?;
+            self.with_selector(|s| s.confirm(trial.slot))?;
+            self.emit(Event::Confirmed {
+                slot: trial.slot,
+                version: version_str(version.as_ref()),
+                security_floor: st.security_floor,
+            });
+            Ok(())
+        })
+    }
+
+    /// Goes back to the fallback slot now (it must be `good`); the primary is marked bad.
+    pub fn rollback(&self) -> Result<Slot> {
+        self.reported("rollback", || {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            let fallback = st.fallback();
+            let status = st.slot(fallback).status;
+            if status != SlotStatus::Good {
+                return Err(Error::invalid_state(format!(
+                    "fallback slot {fallback} is {}, expected good: nothing to roll back to",
+                    status.as_str()
+                )));
+            }
+            let outcome = self.fall_back(&mut st, "rollback requested")?;
+            if let Startup::RolledBack { from, to, reason } = outcome {
+                self.emit(Event::RolledBack {
+                    from,
+                    to,
+                    version: st.slot(from).version.as_ref().map(ToString::to_string),
+                    reason,
+                });
+            }
+            Ok(fallback)
+        })
+    }
+
+    /// Skips `version`: checks no longer offer it (unless it is critical).
+    pub fn skip(&self, version: &Version) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        if !st.skipped.contains(version) {
+            st.skipped.push(version.clone());
+        }
+        self.save(&st)
+    }
+
+    /// Follows `channel` from now on; the next check applies the channel-switch rules.
+    pub fn set_channel(&self, channel: &str) -> Result<()> {
+        if !manifest::is_safe_name(channel) {
+            return Err(Error::config(format!(
+                "expected a channel name like stable, preview or nightly, found {channel:?}"
+            )));
+        }
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        st.record((self.clock)(), "channel", format!("{} -> {channel}", st.channel));
+        st.channel = channel.to_string();
+        self.save(&st)
+    }
+
+    /// An offer to install the installed version again (repair), with every component
+    /// fetched from its artifact. An explicit call, never a check result.
+    pub fn reinstall_offer(&self) -> Result<Offer> {
+        self.reported("reinstall", || {
+            let mut st = {
+                let _lock = self.lock()?;
+                self.load_state()?
+            };
+            let version = st.installed_version().cloned().ok_or_else(|| {
+                Error::invalid_state("nothing is installed through Evergreen: nothing to reinstall")
+            })?;
+            let now = manifest::effective_now((self.clock)(), st.newest_issued);
+            let channel = st
+                .slot(st.primary)
+                .channel
+                .clone()
+                .unwrap_or_else(|| st.channel.clone());
+            let manifest = {
+                let _lock = self.lock()?;
+                let m = self.fetch_manifest(&mut st, &channel, now)?;
+                self.save(&st)?;
+                m
+            };
+            let release = manifest.release(&version).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NoSuchVersion,
+                    format!("expected version {version} in channel {channel} to reinstall it, found it no longer published"),
+                )
+            })?;
+            let mut offer = self.offer(&st, &manifest, release, false, now)?;
+            for c in &mut offer.components {
+                if c.op == ComponentOp::Unchanged {
+                    c.op = ComponentOp::Modified;
+                }
+            }
+            Ok(offer)
+        })
+    }
+}
+
+fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
+    plan.components
+        .iter()
+        .filter(|c| c.op != ComponentOp::Removed)
+        .filter_map(|c| {
+            let a = c.artifact.as_ref()?;
+            Some((
+                c.name.clone(),
+                InstalledComponent {
+                    version: c.to.clone().unwrap_or_default(),
+                    sha256: a.sha256.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn version_str(v: Option<&Version>) -> String {
+    v.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+fn fetch_options(config: &Config) -> FetchOptions {
+    config.fetch_options()
+}
+
+fn image_selector(
+    selector: &SelectorConfig,
+    booted_from: Option<&crate::config::BootedFrom>,
+) -> Result<Box<dyn BootSelector>> {
+    let _ = booted_from;
+    match selector {
+        SelectorConfig::Custom => Err(Error::config(
+            "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_selector in C)",
+        )),
+        _ => Err(Error::config("selector not wired yet")),
+    }
+}
