@@ -1,0 +1,404 @@
+//! Device commands: `check`, `update`, `status`, `boot`, `confirm`, `rollback`,
+//! `reinstall`, `channel`, `activate`, `skip`. They read `--config FILE` (the library's
+//! JSON config) and print JSON with `--json`.
+
+use clap::Args;
+use evergreen::fetch::CancelToken;
+use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Startup, Updater};
+use semver::Version;
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// Exit code of `check` when an update is available.
+pub const EXIT_AVAILABLE: i32 = 10;
+
+/// Options of `check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Check this channel instead of the device's (does not switch).
+    #[arg(long, value_name = "C")]
+    pub channel: Option<String>,
+    /// Ask for exactly this version (newer or older; never below the security floor).
+    #[arg(long, value_name = "V")]
+    pub version: Option<Version>,
+}
+
+/// Options of `update`.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Switch to this channel first, then update from it.
+    #[arg(long, value_name = "C")]
+    pub channel: Option<String>,
+    /// Install exactly this version (a downgrade is allowed because it was asked for).
+    #[arg(long, value_name = "V")]
+    pub version: Option<Version>,
+    /// Download and verify only; do not install.
+    #[arg(long)]
+    pub download_only: bool,
+    /// Do not ask before installing.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// Options of `channel`.
+#[derive(Args, Debug)]
+pub struct ChannelArgs {
+    /// The channel to follow: stable, preview, nightly or any channel the repository has.
+    pub channel: String,
+}
+
+/// Options of `skip`.
+#[derive(Args, Debug)]
+pub struct SkipArgs {
+    /// The version checks should no longer offer (critical releases are still offered).
+    pub version: Version,
+}
+
+/// Options of `activate`.
+#[derive(Args, Debug)]
+pub struct ActivateArgs {
+    /// Ignore the maintenance window and the `at` time.
+    #[arg(long)]
+    pub now: bool,
+}
+
+/// Builds the updater from the config file, with `EVERGREEN_NOW` as the clock if set.
+pub fn updater(config: &Path, json: bool) -> Result<Updater> {
+    let cfg = Config::from_file(config)?;
+    let mut builder = Updater::builder(cfg);
+    if let Some(now) = crate::clock_override()? {
+        builder = builder.clock(move || now);
+    }
+    if !json {
+        builder = builder.on_event(|e| match e {
+            evergreen::Event::Downloading { .. } | evergreen::Event::Checked { .. } => {}
+            other => eprintln!("evergreen: {other}"),
+        });
+    }
+    builder.build()
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn offer_json(offer: &Offer) -> serde_json::Value {
+    json!({
+        "status": "available",
+        "current": offer.current.as_ref().map(ToString::to_string),
+        "version": offer.version.to_string(),
+        "channel": offer.channel,
+        "critical": offer.critical,
+        "downgrade": offer.downgrade,
+        "notes": offer.notes,
+        "download_bytes": offer.download_size(),
+        "components": offer.components,
+    })
+}
+
+fn print_offer(offer: &Offer) {
+    println!(
+        "update available: {} -> {} on {}{}{}",
+        offer.current.as_ref().map_or("(none)".to_string(), ToString::to_string),
+        offer.version,
+        offer.channel,
+        if offer.critical { " [critical]" } else { "" },
+        if offer.downgrade { " [downgrade]" } else { "" },
+    );
+    if !offer.notes.is_empty() {
+        println!("  notes: {}", offer.notes);
+    }
+    for c in &offer.components {
+        let op = serde_json::to_value(c.op).ok();
+        let op = op.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
+        println!(
+            "  {op:<10} {:<16} {} -> {}",
+            c.name,
+            c.from.as_deref().unwrap_or("-"),
+            c.to.as_deref().unwrap_or("-")
+        );
+    }
+    println!("  download: {} bytes", offer.download_size());
+}
+
+/// `evergreen check`: exit 0 when up to date, 10 when an update is available.
+pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
+    let up = updater(config, json)?;
+    let status = up.status()?;
+    match up.check_with(args.channel.as_deref(), args.version.as_ref())? {
+        Check::UpToDate => {
+            let current = up.state()?.installed_version().cloned();
+            let channel = args.channel.clone().unwrap_or(status.channel);
+            if json {
+                print_json(&json!({"status": "up_to_date",
+                    "current": current.as_ref().map(ToString::to_string),
+                    "channel": channel}));
+            } else {
+                println!(
+                    "up to date: {} on {channel}",
+                    current.map_or("(nothing installed)".to_string(), |v| v.to_string())
+                );
+            }
+            Ok(0)
+        }
+        Check::Available(offer) => {
+            if json {
+                print_json(&offer_json(&offer));
+            } else {
+                print_offer(&offer);
+            }
+            Ok(EXIT_AVAILABLE)
+        }
+    }
+}
+
+fn confirm_install(offer: &Offer) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::config(
+            "expected --yes to install without a terminal to ask on, found none",
+        ));
+    }
+    eprint!("install {}? [y/N] ", offer.version);
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("reading the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Downloads with a progress bar on a terminal, plain milestones otherwise.
+pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
+    let total = offer.download_size();
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("downloading {}", offer.version));
+        bar
+    });
+    let cancel = CancelToken::new();
+    let result = up.download(
+        offer,
+        &mut |done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+        },
+        &cancel,
+    );
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result
+}
+
+/// `evergreen update`: check, show the diff, ask, download, install, activate.
+pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
+    let up = updater(config, json)?;
+    if let Some(ch) = &args.channel {
+        up.set_channel(ch)?;
+    }
+    let offer = match up.check_with(None, args.version.as_ref())? {
+        Check::UpToDate => {
+            if json {
+                print_json(&json!({"status": "up_to_date"}));
+            } else {
+                println!("up to date");
+            }
+            return Ok(0);
+        }
+        Check::Available(offer) => offer,
+    };
+    if !json {
+        print_offer(&offer);
+    }
+    if !args.yes && !args.download_only && !confirm_install(&offer)? {
+        println!("not installed");
+        return Ok(0);
+    }
+    let plan = up.plan(&offer)?;
+    download(&up, &plan, json)?;
+    let report = |status: &str, extra: serde_json::Value| {
+        if json {
+            let mut v = json!({"status": status, "version": plan.version.to_string()});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            print_json(&v);
+        } else {
+            println!("{status}: {}", plan.version);
+        }
+    };
+    if args.download_only {
+        report("downloaded", json!({}));
+        return Ok(0);
+    }
+    let slot = up.install(&plan)?;
+    if plan.deploy == evergreen::select::Deploy::Manual {
+        report("staged", json!({"slot": slot}));
+        if !json {
+            println!("the deploy policy is download_only: run `evergreen activate` to switch");
+        }
+        return Ok(0);
+    }
+    match up.activate(false)? {
+        Activation::Activated { slot, .. } => {
+            report("activated", json!({"slot": slot}));
+            if !json {
+                println!("restart into slot {slot}, then run `evergreen confirm` once healthy");
+            }
+        }
+        Activation::Deferred { until, reason } => {
+            report("deferred", json!({"until": until, "reason": reason}))
+        }
+    }
+    Ok(0)
+}
+
+/// `evergreen status`.
+pub fn status(config: &Path, json: bool) -> Result<i32> {
+    let up = updater(config, json)?;
+    let s = up.status()?;
+    if json {
+        print_json(&serde_json::to_value(&s).unwrap_or_default());
+        return Ok(0);
+    }
+    println!(
+        "channel {}  primary {}  booted {}  security floor {}",
+        s.channel,
+        s.primary,
+        s.booted.map_or("-".to_string(), |b| b.to_string()),
+        s.security_floor
+    );
+    for (slot, v) in &s.slots {
+        let mark = if *slot == s.primary { "*" } else { " " };
+        println!(
+            "{mark} slot {slot}: {:<10} {}",
+            v.status,
+            v.version.as_ref().map_or("-".to_string(), ToString::to_string)
+        );
+    }
+    if let Some(t) = &s.trial {
+        println!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
+    }
+    println!(
+        "last check: {}",
+        s.last_check.map_or("never".to_string(), |t| t.to_string())
+    );
+    Ok(0)
+}
+
+/// `evergreen boot`: the startup step.
+pub fn boot(config: &Path, json: bool) -> Result<i32> {
+    let up = updater(config, json)?;
+    let outcome = up.startup()?;
+    let v = match &outcome {
+        Startup::Normal => json!({"status": "normal"}),
+        Startup::Trial { slot, tries_left } => {
+            json!({"status": "trial", "slot": slot, "tries_left": tries_left})
+        }
+        Startup::RolledBack { from, to, reason } => {
+            json!({"status": "rolled_back", "from": from, "to": to, "reason": reason})
+        }
+    };
+    if json {
+        print_json(&v);
+    } else if let Startup::Trial { slot, tries_left } = outcome {
+        println!("slot {slot} on trial: {tries_left} start(s) left; run `evergreen confirm` once healthy");
+    }
+    Ok(0)
+}
+
+/// `evergreen confirm`.
+pub fn confirm(config: &Path, json: bool) -> Result<i32> {
+    let up = updater(config, json)?;
+    up.confirm()?;
+    let s = up.status()?;
+    if json {
+        print_json(&json!({"status": "good", "slot": s.primary, "security_floor": s.security_floor}));
+    } else {
+        println!("slot {} is good", s.primary);
+    }
+    Ok(0)
+}
+
+/// `evergreen rollback`.
+pub fn rollback(config: &Path, json: bool) -> Result<i32> {
+    let up = updater(config, json)?;
+    let slot = up.rollback()?;
+    if json {
+        print_json(&json!({"status": "rolled_back", "slot": slot}));
+    } else {
+        println!("slot {slot} is primary again; restart into it");
+    }
+    Ok(0)
+}
+
+/// `evergreen reinstall`: installs the installed version again into the other slot.
+pub fn reinstall(config: &Path, json: bool) -> Result<i32> {
+    let up = updater(config, json)?;
+    let offer = up.reinstall_offer()?;
+    download(&up, &offer, json)?;
+    up.install(&offer)?;
+    let act = up.activate(true)?;
+    if json {
+        let slot = match act {
+            Activation::Activated { slot, .. } => Some(slot),
+            Activation::Deferred { .. } => None,
+        };
+        print_json(&json!({"status": "activated", "version": offer.version.to_string(), "slot": slot}));
+    } else {
+        println!("{} reinstalled; restart, then `evergreen confirm`", offer.version);
+    }
+    Ok(0)
+}
+
+/// `evergreen channel C`.
+pub fn channel(config: &Path, json: bool, args: &ChannelArgs) -> Result<i32> {
+    let up = updater(config, json)?;
+    up.set_channel(&args.channel)?;
+    if json {
+        print_json(&json!({"channel": args.channel}));
+    } else {
+        println!("following channel {}; run `evergreen check` or `evergreen update`", args.channel);
+    }
+    Ok(0)
+}
+
+/// `evergreen activate`.
+pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
+    let up = updater(config, json)?;
+    let v = match up.activate(args.now)? {
+        Activation::Activated { slot, version } => {
+            json!({"status": "activated", "slot": slot, "version": version.to_string()})
+        }
+        Activation::Deferred { until, reason } => {
+            json!({"status": "deferred", "until": until, "reason": reason})
+        }
+    };
+    if json {
+        print_json(&v);
+    } else {
+        println!("{}", v["status"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+/// `evergreen skip V`.
+pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
+    let up = updater(config, json)?;
+    up.skip(&args.version)?;
+    if json {
+        print_json(&json!({"skipped": args.version.to_string()}));
+    } else {
+        println!("{} will not be offered again (unless critical)", args.version);
+    }
+    Ok(0)
+}
