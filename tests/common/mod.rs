@@ -1,0 +1,246 @@
+//! Shared fixtures for the integration tests: a signed repository made with the real
+//! `evergreen` CLI, zips built in the test, and device configs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The CLI binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_evergreen"))
+}
+
+/// Runs the CLI with `args`, returning its output (never panics on a non-zero exit).
+pub fn run(args: &[&str]) -> Output {
+    run_env(args, &[])
+}
+
+/// Runs the CLI with extra environment variables.
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the evergreen binary runs")
+}
+
+/// Runs the CLI and panics with its stderr unless it exits 0.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "evergreen {args:?} failed ({:?}):\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stderr of a run as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Builds a zip (deflated) holding `files` (path → content); paths ending in `.sh` are
+/// executable.
+pub fn make_zip(path: &Path, files: &[(&str, &[u8])]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    for (name, body) in files {
+        let mode = if name.ends_with(".sh") { 0o755 } else { 0o644 };
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(mode);
+        z.start_file(*name, opts).unwrap();
+        z.write_all(body).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// A signed repository on disk, with its keys, published through the CLI.
+pub struct Repo {
+    /// Keeps the temp dir alive.
+    pub dir: tempfile::TempDir,
+    /// The repository root (what the server serves).
+    pub root: PathBuf,
+    /// Root key file (secret).
+    pub root_key: PathBuf,
+    /// Manifest key file (secret).
+    pub manifest_key: PathBuf,
+    /// Product id.
+    pub product: String,
+}
+
+impl Repo {
+    /// Keys + `evergreen init` for `product`.
+    pub fn new(product: &str) -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let root_key = keys.join("root.key");
+        let manifest_key = keys.join("manifest.key");
+        ok(&["keygen", "--out", root_key.to_str().unwrap()]);
+        ok(&["keygen", "--out", manifest_key.to_str().unwrap()]);
+        ok(&[
+            "init",
+            root.to_str().unwrap(),
+            "--product",
+            product,
+            "--root-key",
+            &format!("{}.pub", root_key.display()),
+            "--root-threshold",
+            "1",
+            "--manifest-key",
+            &format!("{}.pub", manifest_key.display()),
+            "--sign",
+            root_key.to_str().unwrap(),
+        ]);
+        Repo {
+            dir,
+            root,
+            root_key,
+            manifest_key,
+            product: product.to_string(),
+        }
+    }
+
+    /// A scratch directory inside the fixture.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Publishes `version` to `channel` for `target` with `components` (name → path,
+    /// kind from the extension), plus extra CLI flags.
+    pub fn release(
+        &self,
+        channel: &str,
+        version: &str,
+        target: &str,
+        components: &[(&str, &Path)],
+        extra: &[&str],
+    ) -> String {
+        let mut args: Vec<String> = vec![
+            "release".into(),
+            self.root.display().to_string(),
+            "--channel".into(),
+            channel.into(),
+            "--version".into(),
+            version.into(),
+            "--target".into(),
+            target.into(),
+        ];
+        for (name, path) in components {
+            args.push("--component".into());
+            args.push(format!("{name}={}", path.display()));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("--sign".into());
+        args.push(self.manifest_key.display().to_string());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&refs)
+    }
+
+    /// The pinned root a device ships with: a copy of `root/1.json`.
+    pub fn root_file(&self) -> PathBuf {
+        self.root.join("root/1.json")
+    }
+
+    /// Writes a device config (dir slots) for `server` and returns its path.
+    pub fn device(&self, name: &str, server: &str, extra: serde_json::Value) -> Device {
+        let base = self.scratch(name);
+        let mut cfg = serde_json::json!({
+            "product": self.product,
+            "server": server,
+            "channel": "stable",
+            "target": "x86_64-linux",
+            "trust": {"root": self.root_file()},
+            "state_dir": base.join("state"),
+            "slots": {"kind": "dir", "root": base.join("app")},
+            "device_id": format!("device-{name}"),
+            "limits": {"retries": 1},
+        });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        let config = base.join("config.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        Device {
+            config,
+            root: base.join("app"),
+            state: base.join("state"),
+        }
+    }
+}
+
+/// A device's paths.
+pub struct Device {
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its slot root (`slots/a`, `slots/b`, `current`).
+    pub root: PathBuf,
+    /// Its state dir.
+    pub state: PathBuf,
+}
+
+impl Device {
+    /// `evergreen <cmd> --config <cfg> [args]`.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> Output {
+        let mut all = vec![cmd, "--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Like `run`, but panics unless it exits with `code`.
+    pub fn expect(&self, cmd: &str, args: &[&str], code: i32) -> String {
+        let out = self.run(cmd, args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "evergreen {cmd} {args:?}:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `status --json` parsed.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.expect("status", &["--json"], 0)).unwrap()
+    }
+}
+
+/// Every file under `dir` (relative path → (mode, sha256)), for byte-identity checks.
+pub fn tree_digest(dir: &Path) -> BTreeMap<String, (u32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.file_type().is_symlink() {
+                out.insert(rel, (0, std::fs::read_link(&p).unwrap().display().to_string()));
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                out.insert(
+                    rel,
+                    (meta.permissions().mode() & 0o7777, evergreen::trust::sha256_hex(&bytes)),
+                );
+            }
+        }
+    }
+    out
+}
