@@ -79,7 +79,19 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// A key from its 32 raw bytes; refuses malformed and weak (small-order) keys.
+    /// A key from its 32 raw bytes; refuses malformed, non-canonical and weak (small-order)
+    /// keys with [`ErrorKind::Config`].
+    ///
+    /// ```
+    /// use evergreen::trust::PublicKey;
+    /// // the identity point: of order 1, it would "verify" forged signatures
+    /// let mut identity = [0u8; 32];
+    /// identity[0] = 1;
+    /// assert_eq!(
+    ///     PublicKey::from_bytes(&identity).unwrap_err().kind(),
+    ///     evergreen::ErrorKind::Config
+    /// );
+    /// ```
     pub fn from_bytes(bytes: &[u8]) -> Result<PublicKey> {
         let raw: [u8; 32] = bytes.try_into().map_err(|_| {
             Error::config(format!(
@@ -96,6 +108,14 @@ impl PublicKey {
         if key.is_weak() {
             return Err(Error::config(format!(
                 "public key {} is a weak (small-order) key and cannot be trusted",
+                hex(&raw)
+            )));
+        }
+        // A point has one canonical encoding; refusing the others keeps "distinct keys" and
+        // "distinct key bytes" the same thing, so one key cannot be counted twice.
+        if key.to_edwards().compress().as_bytes() != &raw {
+            return Err(Error::config(format!(
+                "public key {} is a non-canonical encoding of an ed25519 point",
                 hex(&raw)
             )));
         }
