@@ -489,41 +489,53 @@ impl Root {
                 ),
             )
         })?;
-        let mut keys = Vec::with_capacity(def.keyids.len());
-        for id in &def.keyids {
-            let entry = self.keys.get(id).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!(
-                        "root version {}: role {role} names key {id}, which is not in keys",
-                        self.version
-                    ),
-                )
-            })?;
-            if entry.alg != "ed25519" {
-                return Err(Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!("key {id}: expected alg \"ed25519\", found {:?}", entry.alg),
-                ));
-            }
-            let key = PublicKey::from_base64(&entry.public).map_err(|e| {
-                Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!("key {id}: {}", e.message()),
-                )
-            })?;
-            if key.keyid() != *id {
-                return Err(Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!(
-                        "key id {id} does not match its key, whose id is {}",
-                        key.keyid()
-                    ),
-                ));
-            }
-            keys.push(key);
-        }
+        let keys = def
+            .keyids
+            .iter()
+            .map(|id| self.key(id, role))
+            .collect::<Result<Vec<_>>>()?;
         KeySet::new(keys, def.threshold).map_err(|e| e.context(format!("root role {role}")))
+    }
+
+    /// Checks every listed key, used by a role or not: a trust root holding a weak or
+    /// malformed key is refused whole when it is loaded (DESIGN §4.1).
+    fn check_keys(&self) -> Result<()> {
+        self.keys
+            .keys()
+            .try_for_each(|id| self.key(id, "keys").map(drop))
+    }
+
+    /// The key listed under `id`; `role` only names where it was asked for in errors.
+    fn key(&self, id: &str, role: &str) -> Result<PublicKey> {
+        let entry = self.keys.get(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "root version {}: role {role} names key {id}, which is not in keys",
+                    self.version
+                ),
+            )
+        })?;
+        if entry.alg != "ed25519" {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!("key {id}: expected alg \"ed25519\", found {:?}", entry.alg),
+            ));
+        }
+        // Keeps the kind from `from_base64` (`config`): a bad key in a trust root is the
+        // operator's configuration to fix, like a threshold of 0.
+        let key = PublicKey::from_base64(&entry.public)
+            .map_err(|e| e.context(format!("root version {} key {id}", self.version)))?;
+        if key.keyid() != id {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "key id {id} does not match its key, whose id is {}",
+                    key.keyid()
+                ),
+            ));
+        }
+        Ok(key)
     }
 
     /// The root as JSON bytes, ready to be signed.
@@ -547,15 +559,18 @@ impl TrustedRoot {
     /// Loads the pinned root shipped with the device: it must be signed by a threshold of
     /// its own root keys. (Its expiry is checked after the chain is walked.)
     pub fn pinned(envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {
-        let payload = peek_payload(envelope, max_bytes)?;
-        let root = parse_root(&payload)?;
-        let root_keys = root.role_keys("root")?;
-        open(envelope, ROOT_TYPE, &root_keys, max_bytes)
-            .map_err(|e| e.context(format!("root version {}", root.version)))?;
-        TrustedRoot::new(root, envelope.to_vec())
+        // The unverified parse only names the keys to check with; the root kept is parsed
+        // again from the bytes `open` verified.
+        let unverified = parse_root(&peek_payload(envelope, max_bytes)?)?;
+        let ctx = |e: Error| e.context(format!("root version {}", unverified.version));
+        let root_keys = unverified.role_keys("root").map_err(ctx)?;
+        let payload = open(envelope, ROOT_TYPE, &root_keys, max_bytes).map_err(ctx)?;
+        TrustedRoot::new(parse_root(&payload)?, envelope.to_vec())
     }
 
     fn new(root: Root, envelope: Vec<u8>) -> Result<TrustedRoot> {
+        root.check_keys()
+            .map_err(|e| e.context(format!("root version {}", root.version)))?;
         Ok(TrustedRoot {
             root_keys: root.role_keys("root")?,
             manifest_keys: root.role_keys("manifest")?,
