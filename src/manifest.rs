@@ -59,6 +59,7 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
     /// Components per target.
+    #[serde(deserialize_with = "trust::unique_keys")]
     pub targets: BTreeMap<String, TargetRelease>,
 }
 
@@ -106,6 +107,7 @@ impl Rollout {
 #[serde(deny_unknown_fields)]
 pub struct TargetRelease {
     /// Components by name; each is installed to `<slot>/<name>/`.
+    #[serde(deserialize_with = "trust::unique_keys")]
     pub components: BTreeMap<String, Component>,
 }
 
@@ -230,9 +232,11 @@ impl Manifest {
                     }
                     match (&a.kind, &a.name) {
                         (ArtifactKind::File, Some(n)) if is_safe_name(n) => {}
-                        (ArtifactKind::File, n) => return bad(format!(
+                        (ArtifactKind::File, n) => {
+                            return bad(format!(
                             "{ctx}: expected a file artifact to have a plain `name`, found {n:?}"
-                        )),
+                        ))
+                        }
                         _ => {}
                     }
                 }

@@ -789,3 +789,41 @@ fn a_pinned_root_in_url_safe_base64_loads() {
         1
     );
 }
+
+#[test]
+fn a_key_given_twice_in_a_signed_map_is_wrong_metadata() {
+    // serde would keep the last "app" and another parser the first: refuse, don't pick.
+    let a = key(1);
+    let text = payload(&manifest_value(1));
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.matches(r#""app":"#).count(), 1);
+    let other = format!(
+        r#""app":{{"artifact":{{"kind":"file","name":"x","sha256":"{}","size":1}},"version":"0.1.0"}},"#,
+        "cd".repeat(32)
+    );
+    let twice = text.replacen(r#""app":"#, &format!(r#"{other}"app":"#), 1);
+    assert_eq!(twice.matches(r#""app":"#).count(), 2);
+    let mut single = manifest_value(1);
+    single["releases"][0]["targets"]["x86_64-linux"]["components"]["app"] =
+        serde_json::from_str(other.trim_start_matches(r#""app":"#).trim_end_matches(',')).unwrap();
+    // Either "app" alone is a valid manifest; only their being together is refused.
+    check(
+        &sealed_manifest(&single, &[&a]),
+        &keyset(&[&a], 1),
+        &Freshness::default(),
+    )
+    .expect("the first app alone");
+    let env = seal(MANIFEST_TYPE, twice.as_bytes(), &[&a]);
+    let got = check(&env, &keyset(&[&a], 1), &Freshness::default());
+    assert_eq!(kind_of(got), ErrorKind::WrongMetadata);
+    // The same holds for a root's roles.
+    let r = String::from_utf8(root(1, &[&a], 1, &[&key(101)]).to_bytes()).unwrap();
+    let doubled = r.replacen(
+        "\"roles\": {",
+        "\"roles\": {\n    \"root\": {\"keyids\": [], \"threshold\": 1},",
+        1,
+    );
+    assert_ne!(doubled, r);
+    let got = TrustedRoot::pinned(&seal(ROOT_TYPE, doubled.as_bytes(), &[&a]), MAX);
+    assert_eq!(kind_of(got), ErrorKind::WrongMetadata);
+}
