@@ -299,6 +299,24 @@ pub struct Freshness {
     pub newest_issued: Option<Timestamp>,
 }
 
+impl Freshness {
+    /// What the client knows once `manifest` is accepted, to persist for the next check: its
+    /// sequence and payload hash, and the newest `issued` (which never moves back).
+    ///
+    /// ```
+    /// use evergreen::manifest::Freshness;
+    /// // nothing seen yet: the first accepted manifest sets both rules' baselines
+    /// assert!(Freshness::default().last_seen.is_none());
+    /// ```
+    pub fn advanced(&self, manifest: &Verified<Manifest>) -> Freshness {
+        let issued = effective_now(manifest.issued, self.newest_issued);
+        Freshness {
+            last_seen: Some((manifest.sequence, manifest.payload_sha256.clone())),
+            newest_issued: Some(issued),
+        }
+    }
+}
+
 /// What the client asked for.
 #[derive(Debug, Clone)]
 pub struct Expect<'a> {

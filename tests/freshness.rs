@@ -827,3 +827,62 @@ fn a_key_given_twice_in_a_signed_map_is_wrong_metadata() {
     let got = TrustedRoot::pinned(&seal(ROOT_TYPE, doubled.as_bytes(), &[&a]), MAX);
     assert_eq!(kind_of(got), ErrorKind::WrongMetadata);
 }
+
+#[test]
+fn freshness_advances_to_the_accepted_manifest_and_never_back() {
+    let a = key(1);
+    let keys = keyset(&[&a], 1);
+    let m = check(
+        &sealed_manifest(&manifest_value(42), &[&a]),
+        &keys,
+        &Freshness::default(),
+    )
+    .unwrap();
+    let fresh = Freshness::default().advanced(&m);
+    assert_eq!(fresh.last_seen, seen(&manifest_value(42)).last_seen);
+    assert_eq!(fresh.newest_issued, Some(ts("2026-11-22T09:00:00Z")));
+    // A replay is refused against what was persisted.
+    let replay = check(&sealed_manifest(&manifest_value(41), &[&a]), &keys, &fresh);
+    assert_eq!(kind_of(replay), ErrorKind::MetadataRollback);
+    // A newer `issued` already seen is kept.
+    let later = Freshness {
+        newest_issued: Some(ts("2026-11-22T09:30:00Z")),
+        ..fresh
+    };
+    assert_eq!(
+        later.advanced(&m).newest_issued,
+        Some(ts("2026-11-22T09:30:00Z"))
+    );
+}
+
+#[test]
+fn invalid_base64_or_too_many_signatures_is_signature() {
+    let a = key(1);
+    let mut e = envelope(&sealed_manifest(&manifest_value(1), &[&a]));
+    let good = e.clone();
+    e.payload = "not base64!".into();
+    assert_eq!(
+        kind_of(check(
+            &to_bytes(&e),
+            &keyset(&[&a], 1),
+            &Freshness::default()
+        )),
+        ErrorKind::Signature
+    );
+    // A flood of entries is refused before any is verified.
+    let mut e = good;
+    let entry = e.signatures[0].clone();
+    e.signatures = vec![entry; 65];
+    assert_eq!(
+        kind_of(check(
+            &to_bytes(&e),
+            &keyset(&[&a], 1),
+            &Freshness::default()
+        )),
+        ErrorKind::Signature
+    );
+    assert_eq!(
+        kind_of(check(b"{}", &keyset(&[&a], 1), &Freshness::default())),
+        ErrorKind::Signature
+    );
+}
