@@ -59,6 +59,7 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
     /// Components per target.
+    #[serde(deserialize_with = "trust::unique_keys")]
     pub targets: BTreeMap<String, TargetRelease>,
 }
 
@@ -106,6 +107,7 @@ impl Rollout {
 #[serde(deny_unknown_fields)]
 pub struct TargetRelease {
     /// Components by name; each is installed to `<slot>/<name>/`.
+    #[serde(deserialize_with = "trust::unique_keys")]
     pub components: BTreeMap<String, Component>,
 }
 
@@ -295,6 +297,24 @@ pub struct Freshness {
     pub last_seen: Option<(u64, String)>,
     /// The newest `issued` seen on any manifest (the clock never reads earlier).
     pub newest_issued: Option<Timestamp>,
+}
+
+impl Freshness {
+    /// What the client knows once `manifest` is accepted, to persist for the next check: its
+    /// sequence and payload hash, and the newest `issued` (which never moves back).
+    ///
+    /// ```
+    /// use evergreen::manifest::Freshness;
+    /// // nothing seen yet: the first accepted manifest sets both rules' baselines
+    /// assert!(Freshness::default().last_seen.is_none());
+    /// ```
+    pub fn advanced(&self, manifest: &Verified<Manifest>) -> Freshness {
+        let issued = effective_now(manifest.issued, self.newest_issued);
+        Freshness {
+            last_seen: Some((manifest.sequence, manifest.payload_sha256.clone())),
+            newest_issued: Some(issued),
+        }
+    }
 }
 
 /// What the client asked for.

@@ -8,9 +8,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::time::Timestamp;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 /// `payloadType` of a root document.
 pub const ROOT_TYPE: &str = "application/vnd.evergreen.root+json";
@@ -79,7 +80,19 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// A key from its 32 raw bytes; refuses malformed and weak (small-order) keys.
+    /// A key from its 32 raw bytes; refuses malformed, non-canonical and weak (small-order)
+    /// keys with [`ErrorKind::Config`].
+    ///
+    /// ```
+    /// use evergreen::trust::PublicKey;
+    /// // the identity point: of order 1, it would "verify" forged signatures
+    /// let mut identity = [0u8; 32];
+    /// identity[0] = 1;
+    /// assert_eq!(
+    ///     PublicKey::from_bytes(&identity).unwrap_err().kind(),
+    ///     evergreen::ErrorKind::Config
+    /// );
+    /// ```
     pub fn from_bytes(bytes: &[u8]) -> Result<PublicKey> {
         let raw: [u8; 32] = bytes.try_into().map_err(|_| {
             Error::config(format!(
@@ -96,6 +109,14 @@ impl PublicKey {
         if key.is_weak() {
             return Err(Error::config(format!(
                 "public key {} is a weak (small-order) key and cannot be trusted",
+                hex(&raw)
+            )));
+        }
+        // A point has one canonical encoding; refusing the others keeps "distinct keys" and
+        // "distinct key bytes" the same thing, so one key cannot be counted twice.
+        if key.to_edwards().compress().as_bytes() != &raw {
+            return Err(Error::config(format!(
+                "public key {} is a non-canonical encoding of an ed25519 point",
                 hex(&raw)
             )));
         }
@@ -418,6 +439,47 @@ fn count_signers(message: &[u8], signatures: &[EnvelopeSignature], keys: &KeySet
     counted.iter().filter(|c| **c).count()
 }
 
+/// Deserializes a JSON object into a map, refusing a key that appears twice.
+///
+/// serde keeps the last duplicate silently while other JSON parsers keep the first, so a
+/// signer's tool and a device could read one signed document two ways (a key swapped in a
+/// role, a component replaced). Structs already refuse duplicate fields; this covers maps.
+pub(crate) fn unique_keys<'de, D, V>(
+    deserializer: D,
+) -> std::result::Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct UniqueKeys<V>(PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for UniqueKeys<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object whose keys are all different")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut entries: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some((key, value)) = entries.next_entry::<String, V>()? {
+                if map.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "expected each key once, found {key:?} twice"
+                    )));
+                }
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+
+    deserializer.deserialize_map(UniqueKeys(PhantomData))
+}
+
 /// A key as listed in a root document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -452,8 +514,10 @@ pub struct Root {
     /// After this, the root must be replaced.
     pub expires: Timestamp,
     /// Keys by key id.
+    #[serde(deserialize_with = "unique_keys")]
     pub keys: BTreeMap<String, RootKey>,
     /// `root` and `manifest` roles.
+    #[serde(deserialize_with = "unique_keys")]
     pub roles: BTreeMap<String, Role>,
 }
 
@@ -469,41 +533,53 @@ impl Root {
                 ),
             )
         })?;
-        let mut keys = Vec::with_capacity(def.keyids.len());
-        for id in &def.keyids {
-            let entry = self.keys.get(id).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!(
-                        "root version {}: role {role} names key {id}, which is not in keys",
-                        self.version
-                    ),
-                )
-            })?;
-            if entry.alg != "ed25519" {
-                return Err(Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!("key {id}: expected alg \"ed25519\", found {:?}", entry.alg),
-                ));
-            }
-            let key = PublicKey::from_base64(&entry.public).map_err(|e| {
-                Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!("key {id}: {}", e.message()),
-                )
-            })?;
-            if key.keyid() != *id {
-                return Err(Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!(
-                        "key id {id} does not match its key, whose id is {}",
-                        key.keyid()
-                    ),
-                ));
-            }
-            keys.push(key);
-        }
+        let keys = def
+            .keyids
+            .iter()
+            .map(|id| self.key(id, role))
+            .collect::<Result<Vec<_>>>()?;
         KeySet::new(keys, def.threshold).map_err(|e| e.context(format!("root role {role}")))
+    }
+
+    /// Checks every listed key, used by a role or not: a trust root holding a weak or
+    /// malformed key is refused whole when it is loaded (DESIGN §4.1).
+    fn check_keys(&self) -> Result<()> {
+        self.keys
+            .keys()
+            .try_for_each(|id| self.key(id, "keys").map(drop))
+    }
+
+    /// The key listed under `id`; `role` only names where it was asked for in errors.
+    fn key(&self, id: &str, role: &str) -> Result<PublicKey> {
+        let entry = self.keys.get(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "root version {}: role {role} names key {id}, which is not in keys",
+                    self.version
+                ),
+            )
+        })?;
+        if entry.alg != "ed25519" {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!("key {id}: expected alg \"ed25519\", found {:?}", entry.alg),
+            ));
+        }
+        // Keeps the kind from `from_base64` (`config`): a bad key in a trust root is the
+        // operator's configuration to fix, like a threshold of 0.
+        let key = PublicKey::from_base64(&entry.public)
+            .map_err(|e| e.context(format!("root version {} key {id}", self.version)))?;
+        if key.keyid() != id {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "key id {id} does not match its key, whose id is {}",
+                    key.keyid()
+                ),
+            ));
+        }
+        Ok(key)
     }
 
     /// The root as JSON bytes, ready to be signed.
@@ -527,15 +603,18 @@ impl TrustedRoot {
     /// Loads the pinned root shipped with the device: it must be signed by a threshold of
     /// its own root keys. (Its expiry is checked after the chain is walked.)
     pub fn pinned(envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {
-        let payload = peek_payload(envelope, max_bytes)?;
-        let root = parse_root(&payload)?;
-        let root_keys = root.role_keys("root")?;
-        open(envelope, ROOT_TYPE, &root_keys, max_bytes)
-            .map_err(|e| e.context(format!("root version {}", root.version)))?;
-        TrustedRoot::new(root, envelope.to_vec())
+        // The unverified parse only names the keys to check with; the root kept is parsed
+        // again from the bytes `open` verified.
+        let unverified = parse_root(&peek_payload(envelope, max_bytes)?)?;
+        let ctx = |e: Error| e.context(format!("root version {}", unverified.version));
+        let root_keys = unverified.role_keys("root").map_err(ctx)?;
+        let payload = open(envelope, ROOT_TYPE, &root_keys, max_bytes).map_err(ctx)?;
+        TrustedRoot::new(parse_root(&payload)?, envelope.to_vec())
     }
 
     fn new(root: Root, envelope: Vec<u8>) -> Result<TrustedRoot> {
+        root.check_keys()
+            .map_err(|e| e.context(format!("root version {}", root.version)))?;
         Ok(TrustedRoot {
             root_keys: root.role_keys("root")?,
             manifest_keys: root.role_keys("manifest")?,
