@@ -5,7 +5,9 @@
 #![deny(missing_docs)]
 
 pub mod error;
+mod fsutil;
 pub mod manifest;
+pub mod publish;
 pub mod slots;
 pub mod time;
 pub mod trust;
