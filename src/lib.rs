@@ -7,6 +7,7 @@
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod publish;
 pub mod slots;
 pub mod state;
 pub mod time;
