@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage. A failure prints exactly one line,
 //! `error[<kind>]: <message>`, on stderr, where `<kind>` is the stable error name.
 
+mod device;
 mod operator;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,15 @@ struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Device config file (the library's JSON config), for the device commands.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "EVERGREEN_CONFIG",
+        default_value = "/etc/evergreen/config.json"
+    )]
+    config: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,16 +40,19 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Operator(operator::Command),
+    #[command(flatten)]
+    Device(device::Command),
 }
 
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help / --version.
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Operator(cmd) => operator::run(cmd, cli.json),
+        Command::Operator(cmd) => operator::run(cmd, cli.json).map(|()| 0),
+        Command::Device(cmd) => device::run(cmd, &cli.config, cli.json),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             report(&e);
             ExitCode::FAILURE
