@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod manifest;
+pub mod select;
 pub mod slots;
 pub mod time;
 pub mod trust;
