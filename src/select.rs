@@ -101,12 +101,7 @@ pub fn select(
 ) -> Result<Decision> {
     match policy.pin {
         Some(pin) => select_pinned(manifest, device, pin),
-        None => Ok(select_newest(
-            manifest,
-            device,
-            policy.allow_downgrade,
-            now,
-        )),
+        None => Ok(select_newest(manifest, device, policy.allow_downgrade, now)),
     }
 }
 
@@ -198,9 +193,7 @@ fn select_newest(
         Some(cur) if best.version > *cur => choice(false),
         // Only when the whole channel is behind: a release merely halted (rollout 0) or
         // skipped must not pull devices that already run it back down.
-        Some(cur) if allow_downgrade && candidates.iter().all(|r| r.version < *cur) => {
-            choice(true)
-        }
+        Some(cur) if allow_downgrade && candidates.iter().all(|r| r.version < *cur) => choice(true),
         Some(_) => Decision::UpToDate,
     }
 }
@@ -537,7 +530,11 @@ impl Window {
         let offset = self.utc_offset.seconds();
         let day = t.weekday(offset);
         let midnight = t.plus_secs(-i64::from(t.seconds_of_day(offset)));
-        let start_on = |k: u32| midnight.plus_days(i64::from(k)).plus_secs(i64::from(self.start.seconds()));
+        let start_on = |k: u32| {
+            midnight
+                .plus_days(i64::from(k))
+                .plus_secs(i64::from(self.start.seconds()))
+        };
         // `days` is never empty, so one of the next eight local days has a start after `t`.
         (0..=7)
             .find(|&k| self.opens_on(day + k) && start_on(k) > t)
