@@ -4,6 +4,7 @@
 //! boots and automatic rollback, and a C ABI. The update server is static files only.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod manifest;
 pub mod select;
