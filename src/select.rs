@@ -405,7 +405,8 @@ impl fmt::Display for UtcOffset {
 
 /// A weekly maintenance window: on each of `days`, from `start` to `end` local time at a
 /// fixed `utc_offset`. When `end` is not after `start` the window crosses midnight, and the
-/// part after midnight belongs to the day the window started.
+/// part after midnight belongs to the day the window started (so `22:00`–`00:00` runs until
+/// midnight).
 ///
 /// ```
 /// use evergreen::select::{TimeOfDay, UtcOffset, Weekday, Window};
