@@ -4,10 +4,12 @@
 //! boots and automatic rollback, and a C ABI. The update server is static files only.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
 pub mod publish;
+pub mod select;
 pub mod slots;
 pub mod state;
 pub mod time;
