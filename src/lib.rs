@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod fetch;
 pub mod manifest;
 pub mod slots;
 pub mod time;
