@@ -226,7 +226,10 @@ impl Part {
             let _ = fs::remove_file(&self.path);
             return Err(Error::new(
                 ErrorKind::HashMismatch,
-                format!("{url}: expected sha256 {sha256}, found {found} ({} bytes)", self.len),
+                format!(
+                    "{url}: expected sha256 {sha256}, found {found} ({} bytes)",
+                    self.len
+                ),
             ));
         }
         self.file
@@ -346,11 +349,7 @@ impl Stream<'_, '_> {
         let mut probe = [0u8; 1];
         match read_some(body, &mut probe) {
             Ok(0) => Ok(()),
-            Ok(_) => Err(too_large(
-                self.url,
-                self.total,
-                "more bytes in the body",
-            )),
+            Ok(_) => Err(too_large(self.url, self.total, "more bytes in the body")),
             // Every declared byte has arrived and the hash will judge them; a connection
             // that breaks after them changes nothing.
             Err(_) => Ok(()),
@@ -472,7 +471,9 @@ mod tests {
         for i in 1..10 {
             assert!(m.check(t0 + Duration::from_millis(i * 100), i, "u").is_ok());
         }
-        let err = m.check(t0 + Duration::from_millis(1000), 10, "u").unwrap_err();
+        let err = m
+            .check(t0 + Duration::from_millis(1000), 10, "u")
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::SlowRetrieval);
     }
 
@@ -480,7 +481,9 @@ mod tests {
     fn window_slides_so_an_early_burst_does_not_hide_a_stall() {
         let t0 = Instant::now();
         let mut m = meter(1000, 1000, t0);
-        assert!(m.check(t0 + Duration::from_millis(200), 1_000_000, "u").is_ok());
+        assert!(m
+            .check(t0 + Duration::from_millis(200), 1_000_000, "u")
+            .is_ok());
         let mut t = 200;
         let mut outcome = Ok(());
         while t < 5000 && outcome.is_ok() {

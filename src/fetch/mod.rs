@@ -362,10 +362,15 @@ impl Fetcher {
         match last {
             Some(_) if only_not_found => Err(Error::new(
                 ErrorKind::NotFound,
-                format!("expected the file on one of {}, found it on none", urls.join(", ")),
+                format!(
+                    "expected the file on one of {}, found it on none",
+                    urls.join(", ")
+                ),
             )),
             Some(error) => Err(error),
-            None => Err(Error::config("expected at least one URL to fetch, found none")),
+            None => Err(Error::config(
+                "expected at least one URL to fetch, found none",
+            )),
         }
     }
 
@@ -434,7 +439,9 @@ fn status_failure(url: &str, response: &Response) -> Failure {
     }
     let mut message = format!("GET {url}: expected 200, found HTTP status {status}");
     if let Some(location) = &response.location {
-        message.push_str(&format!(" redirecting to {location} (redirects are not followed)"));
+        message.push_str(&format!(
+            " redirecting to {location} (redirects are not followed)"
+        ));
     }
     let error = Error::new(ErrorKind::HttpStatus, message);
     if status >= 500 {
@@ -491,7 +498,10 @@ mod tests {
     #[test]
     fn join_puts_one_slash() {
         assert_eq!(join("http://h/r/", "/blobs/x"), "http://h/r/blobs/x");
-        assert_eq!(join("/mnt/usb", "channels/stable.json"), "/mnt/usb/channels/stable.json");
+        assert_eq!(
+            join("/mnt/usb", "channels/stable.json"),
+            "/mnt/usb/channels/stable.json"
+        );
     }
 
     #[test]
