@@ -456,7 +456,7 @@ fn file_transport_serves_plain_paths_and_file_urls_and_resumes() {
     for base in [plain, file_url] {
         let downloads = TempDir::new().unwrap();
         std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
-        let f = fetcher(&[base.clone()], options());
+        let f = fetcher(std::slice::from_ref(&base), options());
         let path = download(&f, &repo.spec(), downloads.path()).unwrap();
         assert_eq!(std::fs::read(path).unwrap(), repo.blob, "{base}");
         assert_eq!(f.stats().bytes_received, SIZE as u64 / 2, "{base} resumed");
