@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod fsutil;
 pub mod manifest;
 pub mod publish;
