@@ -7,6 +7,7 @@
 pub mod error;
 pub mod manifest;
 pub mod slots;
+pub mod stage;
 pub mod time;
 pub mod trust;
 
