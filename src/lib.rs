@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod publish;
 pub mod select;
 pub mod slots;
+pub mod stage;
 pub mod state;
 pub mod time;
 pub mod trust;
