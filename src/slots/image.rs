@@ -1,0 +1,1 @@
+//! Image slots (placeholder, replaced below).
