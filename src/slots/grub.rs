@@ -326,7 +326,7 @@ fn is_canonical(bytes: &[u8], vars: &[(String, String)], rauc: &RaucVars) -> boo
 }
 
 /// Orders the single-byte changes from `old` to `new` so that every intermediate block
-/// boots what `old` or `new` boots (or nothing only when both boot nothing).
+/// boots what `old` or `new` boots (nothing only when `old` booted nothing already).
 fn safe_byte_order(old: &RaucVars, new: &RaucVars) -> Option<Vec<(usize, u8)>> {
     let from = old.canonical_lines().into_bytes();
     let to = new.canonical_lines().into_bytes();
@@ -386,7 +386,8 @@ fn intermediate_is_safe(lines: &[u8], allowed: &[Option<Slot>; 2]) -> bool {
     let pick = order
         .into_iter()
         .find(|s| rauc.ok[idx(*s)] && !rauc.tried[idx(*s)]);
-    allowed.contains(&pick) && (pick.is_some() || allowed.iter().all(Option::is_none))
+    // allowed[0] is what the old block boots: losing a bootable slot is never allowed.
+    allowed.contains(&pick) && (pick.is_some() || allowed[0].is_none())
 }
 
 /// The GRUB environment block selector (RAUC-compatible variables).
@@ -504,6 +505,12 @@ impl GrubEnv {
         let vars = parse_block(&self.path, &bytes)?;
         let old = RaucVars::from_vars(&vars);
         let new = old.with(change);
+        if new.pick().is_none() && old.pick().is_some() {
+            return Err(Error::invalid_state(format!(
+                "GRUB environment {}: {change:?} would leave no bootable slot (expected one of A/B with OK=1 and TRY=0)",
+                self.path.display()
+            )));
+        }
         if !is_canonical(&bytes, &vars, &old) {
             let block = canonical_block(&self.path, &new, &vars, bytes.len())?;
             return Ok(vec![self.full_write(block)]);
@@ -625,6 +632,9 @@ mod tests {
         for old in all_states() {
             for change in all_changes() {
                 let new = old.with(change);
+                if new.pick().is_none() && old.pick().is_some() {
+                    continue; // refused by `plan`
+                }
                 assert!(safe_byte_order(&old, &new).is_some(), "{old:?} {change:?}");
             }
         }
@@ -657,6 +667,18 @@ mod tests {
         let big = "x".repeat(2000);
         let err = env.set_vars(&[("big", &big)]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Bootloader);
+    }
+
+    #[test]
+    fn disabling_the_only_bootable_slot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = GrubEnv::init(dir.path().join("env")).unwrap();
+        let before = std::fs::read(env.path()).unwrap();
+        assert_eq!(
+            env.disable(Slot::A).unwrap_err().kind(),
+            ErrorKind::InvalidState
+        );
+        assert_eq!(std::fs::read(env.path()).unwrap(), before);
     }
 
     #[test]
