@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod fetch;
 pub mod fsutil;
 pub mod manifest;
@@ -16,6 +17,10 @@ pub mod stage;
 pub mod state;
 pub mod time;
 pub mod trust;
+mod updater;
 
+pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use event::Event;
+pub use updater::{Activation, Check, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater, UpdaterBuilder};
 pub use time::Timestamp;
