@@ -317,6 +317,12 @@ pub struct Limits {
     pub min_speed_bytes_per_s: u64,
     /// Retries per download, moving through the server and mirrors (default 3).
     pub retries: u32,
+    /// Wait before the first retry in milliseconds, doubling each round (default 1000).
+    /// An extension of DESIGN §7.1.
+    pub retry_backoff_ms: u64,
+    /// Window, in seconds, over which the minimum speed is averaged; also the grace
+    /// period before it is checked (default 30). An extension of DESIGN §7.1.
+    pub speed_window_s: u64,
 }
 
 impl Default for Limits {
@@ -327,6 +333,8 @@ impl Default for Limits {
             read_timeout_s: 30,
             min_speed_bytes_per_s: 1024,
             retries: 3,
+            retry_backoff_ms: 1000,
+            speed_window_s: 30,
         }
     }
 }
@@ -376,6 +384,32 @@ impl Default for ArchiveLimits {
 }
 
 impl Config {
+    /// The fetch settings these limits and network options make.
+    pub fn fetch_options(&self) -> crate::fetch::FetchOptions {
+        use std::time::Duration;
+        crate::fetch::FetchOptions {
+            connect_timeout: Duration::from_secs(self.limits.connect_timeout_s),
+            read_timeout: Duration::from_secs(self.limits.read_timeout_s),
+            min_speed_bytes_per_s: self.limits.min_speed_bytes_per_s,
+            speed_window: Duration::from_secs(self.limits.speed_window_s),
+            retries: self.limits.retries,
+            retry_backoff: Duration::from_millis(self.limits.retry_backoff_ms),
+            follow_redirects: self.follow_redirects,
+            ca_roots: self.ca_roots.clone(),
+            proxy: self.proxy.clone(),
+        }
+    }
+
+    /// The archive limits staging applies.
+    pub fn archive_limits(&self) -> crate::stage::ArchiveLimits {
+        crate::stage::ArchiveLimits {
+            max_installed_bytes: self.archive.max_installed_bytes,
+            max_entries: self.archive.max_entries,
+            max_ratio: self.archive.max_ratio,
+            allow_symlinks: self.archive.allow_symlinks,
+        }
+    }
+
     /// Parses and validates a JSON config.
     pub fn from_json(json: &str) -> Result<Config> {
         let config: Config = serde_json::from_str(json)
@@ -691,7 +725,9 @@ mod tests {
                 connect_timeout_s: 10,
                 read_timeout_s: 30,
                 min_speed_bytes_per_s: 1024,
-                retries: 3
+                retries: 3,
+                retry_backoff_ms: 1000,
+                speed_window_s: 30,
             }
         );
         assert_eq!(

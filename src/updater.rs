@@ -11,7 +11,10 @@ use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Trans
 use crate::manifest::{self, ArtifactKind, Expect, Freshness, Manifest, Release, Verified};
 use crate::select::{self, Deploy, Device, Policy};
 use crate::slots::dir::{DirSlots, SymlinkSelector};
+use crate::slots::cmdline::BootedFrom;
+use crate::slots::grub::GrubEnv;
 use crate::slots::image::ImageSlots;
+use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
 use crate::stage::{self, ComponentChange, ComponentOp};
 use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
@@ -215,7 +218,7 @@ impl UpdaterBuilder {
         config.validate()?;
         let mut bases = vec![config.server.clone()];
         bases.extend(config.mirrors.iter().cloned());
-        let options = fetch_options(&config);
+        let options: FetchOptions = config.fetch_options();
         let fetcher = match self.transport {
             Some(t) => Fetcher::with_transport(bases, options, t),
             None => Fetcher::new(bases, options)?,
@@ -232,7 +235,7 @@ impl UpdaterBuilder {
             SlotsConfig::Image { a, b, selector, booted_from } => {
                 let sel = match (self.selector, selector) {
                     (Some(s), _) => s,
-                    (None, sel) => image_selector(sel, booted_from.as_ref())?,
+                    (None, sel) => image_selector(sel, booted_from.as_ref(), config.trial.tries)?,
                 };
                 (Store::Image(ImageSlots::new(a, b)), sel)
             }
@@ -667,7 +670,7 @@ impl Updater {
                     .collect::<Result<Vec<_>>>()?;
                 return Ok(Anchor::Keys(KeySet::new(keys, *threshold)?));
             }
-            TrustConfig::Root { root } => root,
+            TrustConfig::Root(root) => root,
         };
         let saved = self.state_dir().join("root.json");
         let source = if saved.exists() { &saved } else { pinned_path };
@@ -1144,19 +1147,27 @@ fn version_str(v: Option<&Version>) -> String {
     v.map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
-fn fetch_options(config: &Config) -> FetchOptions {
-    config.fetch_options()
-}
 
 fn image_selector(
     selector: &SelectorConfig,
     booted_from: Option<&crate::config::BootedFrom>,
+    tries: u32,
 ) -> Result<Box<dyn BootSelector>> {
-    let _ = booted_from;
+    let booted = booted_from
+        .map(|b| BootedFrom {
+            cmdline: b.cmdline.clone(),
+            key: b.key.clone(),
+        })
+        .unwrap_or_default();
     match selector {
-        SelectorConfig::Custom => Err(Error::config(
+        SelectorConfig::Grub { env } => Ok(Box::new(GrubEnv::new(env).with_booted_from(booted))),
+        SelectorConfig::Uboot { config } => Ok(Box::new(
+            UBootEnv::open(config)?
+                .with_max_tries(tries)
+                .with_booted_from(booted),
+        )),
+        SelectorConfig::Custom {} => Err(Error::config(
             "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_selector in C)",
         )),
-        _ => Err(Error::config("selector not wired yet")),
     }
 }
