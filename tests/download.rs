@@ -3,7 +3,9 @@
 
 mod support;
 
-use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata};
+use evergreen::fetch::{
+    BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Request, Response, Transport,
+};
 use evergreen::trust::sha256_hex;
 use evergreen::{ErrorKind, Result};
 use std::path::{Path, PathBuf};
@@ -545,4 +547,75 @@ fn metadata_served_by_a_replacement_body_is_returned_as_is() {
     let f = fetcher(&[server.url()], options());
     let got = f.metadata("channels/stable.json", None, 1 << 20).unwrap();
     assert!(matches!(got, Metadata::Fetched { bytes, .. } if bytes == b"old"));
+}
+
+#[test]
+fn redirect_is_an_http_status_error_naming_the_location_unless_followed() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    let location = format!("{}/{}", mirror.url(), repo.blob_path());
+    server.set_fault("blobs/", Fault::Redirect(location.clone()));
+    let downloads = TempDir::new().unwrap();
+
+    let f = fetcher(&[server.url()], options());
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert!(
+        err.message().contains("302") && err.message().contains(&location),
+        "{err}"
+    );
+    assert!(mirror.requests(&repo.blob_path()).is_empty());
+
+    let follows = FetchOptions {
+        follow_redirects: true,
+        ..options()
+    };
+    download(
+        &fetcher(&[server.url()], follows),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap();
+    assert_eq!(mirror.requests(&repo.blob_path()).len(), 1);
+}
+
+/// A host transport serving one blob from memory, as a vendor SDK or a bus might.
+struct Memory {
+    blob: Vec<u8>,
+}
+
+impl Transport for Memory {
+    fn get(&self, url: &str, req: &Request) -> evergreen::Result<Response> {
+        assert!(url.starts_with("vendor://"), "{url}");
+        let from = req.range_from.unwrap_or(0) as usize;
+        Ok(Response {
+            status: 200,
+            etag: None,
+            content_length: Some((self.blob.len() - from) as u64),
+            content_range: None,
+            location: None,
+            body: Box::new(std::io::Cursor::new(self.blob.clone())),
+        })
+    }
+}
+
+#[test]
+fn a_host_transport_gets_the_same_verification() {
+    let repo = Repo::new(SIZE);
+    let downloads = TempDir::new().unwrap();
+    let good = Memory {
+        blob: repo.blob.clone(),
+    };
+    let f = Fetcher::with_transport(vec!["vendor://box".into()], options(), Box::new(good));
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+
+    let other = TempDir::new().unwrap();
+    let bad = Memory {
+        blob: vec![0; SIZE],
+    };
+    let f = Fetcher::with_transport(vec!["vendor://box".into()], options(), Box::new(bad));
+    let err = download(&f, &repo.spec(), other.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
 }

@@ -282,26 +282,26 @@ impl Fetcher {
         Ok(self.bases.iter().map(|b| join(b, path)).collect())
     }
 
-    fn transport(&self, url: &str) -> &dyn Transport {
+    fn transport(&self, url: &str) -> Result<&dyn Transport> {
         if let Some(custom) = &self.custom {
-            return custom.as_ref();
+            return Ok(custom.as_ref());
+        }
+        if !is_http(url) {
+            return Ok(&FileTransport);
         }
         #[cfg(feature = "http")]
-        if let Some(http) = self.http.as_ref().filter(|_| is_http(url)) {
-            return http;
+        if let Some(http) = &self.http {
+            return Ok(http);
         }
-        &FileTransport
+        Err(Error::config(format!(
+            "expected a file:// URL or a path, found {url} (this build has no HTTP)"
+        )))
     }
 
     fn get(&self, url: &str, request: &Request) -> Result<Response> {
-        #[cfg(not(feature = "http"))]
-        if self.custom.is_none() && is_http(url) {
-            return Err(Error::config(format!(
-                "expected a file:// URL or a path, found {url} (this build has no HTTP)"
-            )));
-        }
+        let transport = self.transport(url)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.transport(url).get(url, request)
+        transport.get(url, request)
     }
 
     fn count_received(&self, n: usize) {

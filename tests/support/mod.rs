@@ -47,6 +47,8 @@ pub enum Fault {
     Status(u16),
     /// Serve these bytes instead of the file (which need not exist).
     Replace(Vec<u8>),
+    /// Answer `302 Found` with this `Location`.
+    Redirect(String),
 }
 
 /// One request the server received.
@@ -259,6 +261,12 @@ struct Reply {
 fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
     let content = match fault {
         Some(Fault::Status(code)) => return plain(*code),
+        Some(Fault::Redirect(location)) => {
+            return Reply {
+                headers: vec![("Location", location.clone())],
+                ..plain(302)
+            }
+        }
         Some(Fault::Replace(bytes)) => Some(bytes.clone()),
         _ => read_file(&shared.root, &head.path),
     };
@@ -337,6 +345,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         206 => "Partial Content",
+        302 => "Found",
         304 => "Not Modified",
         404 => "Not Found",
         416 => "Range Not Satisfiable",
