@@ -23,7 +23,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = create_temp(&tmp)
         .and_then(|mut f| {
-            f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+            f.write_all(bytes)
+                .map_err(|e| Error::io("write", &tmp, e))?;
             Ok(f)
         })
         .and_then(|f| persist(f, &tmp, path));

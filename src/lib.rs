@@ -22,5 +22,7 @@ mod updater;
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
-pub use updater::{Activation, Check, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater, UpdaterBuilder};
 pub use time::Timestamp;
+pub use updater::{
+    Activation, Check, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater, UpdaterBuilder,
+};

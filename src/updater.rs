@@ -10,8 +10,8 @@ use crate::event::Event;
 use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
 use crate::manifest::{self, ArtifactKind, Expect, Freshness, Manifest, Release, Verified};
 use crate::select::{self, Deploy, Device, Policy};
-use crate::slots::dir::{DirSlots, SymlinkSelector};
 use crate::slots::cmdline::BootedFrom;
+use crate::slots::dir::{DirSlots, SymlinkSelector};
 use crate::slots::grub::GrubEnv;
 use crate::slots::image::ImageSlots;
 use crate::slots::uboot::UBootEnv;
@@ -232,7 +232,12 @@ impl UpdaterBuilder {
                 };
                 (Store::Dir(slots), sel)
             }
-            SlotsConfig::Image { a, b, selector, booted_from } => {
+            SlotsConfig::Image {
+                a,
+                b,
+                selector,
+                booted_from,
+            } => {
                 let sel = match (self.selector, selector) {
                     (Some(s), _) => s,
                     (None, sel) => image_selector(sel, booted_from.as_ref(), config.trial.tries)?,
@@ -407,7 +412,10 @@ impl Updater {
         };
         if trial.tries_left > 0 {
             let tries_left = trial.tries_left - 1;
-            st.trial = Some(Trial { tries_left, ..trial });
+            st.trial = Some(Trial {
+                tries_left,
+                ..trial
+            });
             self.save(st)?;
             return Ok(Startup::Trial {
                 slot: trial.slot,
@@ -422,7 +430,11 @@ impl Updater {
         );
         if st.slot(st.fallback()).status != SlotStatus::Good {
             // Nothing better to go back to: keep running, but say so.
-            st.record((self.clock)(), "trial_exhausted", reason + "; no good fallback");
+            st.record(
+                (self.clock)(),
+                "trial_exhausted",
+                reason + "; no good fallback",
+            );
             self.save(st)?;
             return Ok(Startup::Trial {
                 slot: trial.slot,
@@ -531,9 +543,12 @@ impl Updater {
             select::Decision::UpToDate => return Ok(Check::UpToDate),
             select::Decision::Update(c) => c,
         };
-        let release = manifest
-            .release(&choice.version)
-            .ok_or_else(|| Error::new(ErrorKind::NoSuchVersion, format!("version {} vanished from the manifest", choice.version)))?;
+        let release = manifest.release(&choice.version).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoSuchVersion,
+                format!("version {} vanished from the manifest", choice.version),
+            )
+        })?;
         let offer = self.offer(st, manifest, release, choice.downgrade, now)?;
         self.emit(Event::Available {
             version: offer.version.to_string(),
@@ -610,7 +625,10 @@ impl Updater {
         now: Timestamp,
     ) -> Result<Verified<Manifest>> {
         let max = self.config.limits.max_metadata_bytes;
-        let cache = self.state_dir().join("cache").join(format!("{channel}.json"));
+        let cache = self
+            .state_dir()
+            .join("cache")
+            .join(format!("{channel}.json"));
         let seen = st.manifests.get(channel).cloned();
         let etag = seen
             .as_ref()
@@ -649,7 +667,10 @@ impl Updater {
                 etag: new_etag,
             },
         );
-        st.newest_issued = Some(st.newest_issued.map_or(verified.issued, |t| t.max(verified.issued)));
+        st.newest_issued = Some(
+            st.newest_issued
+                .map_or(verified.issued, |t| t.max(verified.issued)),
+        );
         self.emit(Event::Checked {
             channel: channel.to_string(),
             sequence: verified.sequence,
@@ -678,7 +699,10 @@ impl Updater {
         let mut root = TrustedRoot::pinned(&bytes, max)?;
         // The configured root may be newer than the saved one (a reflashed device).
         if source == &saved {
-            if let Ok(pinned) = std::fs::read(pinned_path).map_err(|_| ()).and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ())) {
+            if let Ok(pinned) = std::fs::read(pinned_path)
+                .map_err(|_| ())
+                .and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ()))
+            {
                 if pinned.root().version > root.root().version {
                     root = pinned;
                 }
@@ -724,7 +748,8 @@ impl Updater {
                 (None, None) => ComponentOp::Removed,
             };
         }
-        plan.components.retain(|c| c.from.is_some() || c.artifact.is_some());
+        plan.components
+            .retain(|c| c.from.is_some() || c.artifact.is_some());
         Ok(plan)
     }
 
@@ -809,7 +834,11 @@ impl Updater {
                 critical: plan.critical,
                 components: BTreeMap::new(),
             };
-            st.record((self.clock)(), "installing", format!("{} into slot {slot}", plan.version));
+            st.record(
+                (self.clock)(),
+                "installing",
+                format!("{} into slot {slot}", plan.version),
+            );
             self.save(&st)?;
             self.with_selector(|s| s.disable(slot))?;
             match &self.store {
@@ -819,7 +848,11 @@ impl Updater {
             let record = st.slot_mut(slot);
             record.status = SlotStatus::Installed;
             record.components = installed_components(plan);
-            st.record((self.clock)(), "staged", format!("{} in slot {slot}", plan.version));
+            st.record(
+                (self.clock)(),
+                "staged",
+                format!("{} in slot {slot}", plan.version),
+            );
             self.save(&st)?;
             self.emit(Event::Staged {
                 slot,
@@ -991,7 +1024,11 @@ impl Updater {
             if let Some(ch) = &record.channel {
                 st.channel = ch.clone();
             }
-            st.record((self.clock)(), "activated", format!("{version} in slot {slot}"));
+            st.record(
+                (self.clock)(),
+                "activated",
+                format!("{version} in slot {slot}"),
+            );
             self.save(&st)?;
             self.with_selector(|s| s.activate(slot, tries))?;
             self.emit(Event::Activated {
@@ -1081,7 +1118,11 @@ impl Updater {
         }
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
-        st.record((self.clock)(), "channel", format!("{} -> {channel}", st.channel));
+        st.record(
+            (self.clock)(),
+            "channel",
+            format!("{} -> {channel}", st.channel),
+        );
         st.channel = channel.to_string();
         self.save(&st)
     }
@@ -1146,7 +1187,6 @@ fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
 fn version_str(v: Option<&Version>) -> String {
     v.map_or_else(|| "-".to_string(), ToString::to_string)
 }
-
 
 fn image_selector(
     selector: &SelectorConfig,

@@ -30,7 +30,13 @@ fn publish(repo: &Repo) {
         );
         let cfg = src.join(format!("settings-{v}.json"));
         std::fs::write(&cfg, format!("{{\"v\": \"{v}\"}}")).unwrap();
-        repo.release("stable", v, "x86_64-linux", &[("app", &zip), ("config", &cfg)], &[]);
+        repo.release(
+            "stable",
+            v,
+            "x86_64-linux",
+            &[("app", &zip), ("config", &cfg)],
+            &[],
+        );
         if v == "1.0.0" {
             // The device starts on 1.0.0; 1.1.0 is published afterwards.
             continue;
@@ -46,7 +52,11 @@ fn cli(dev: &Device, step: &[&str], env: &[(&str, &str)]) -> std::process::Outpu
 
 /// A device with 1.0.0 installed and confirmed, and 1.1.0 on the channel.
 fn fresh_device(repo: &Repo, name: &str) -> Device {
-    let dev = repo.device(name, repo.root.to_str().unwrap(), serde_json::json!({"pin_version": "1.0.0"}));
+    let dev = repo.device(
+        name,
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"pin_version": "1.0.0"}),
+    );
     for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
         let out = cli(&dev, step, &[]);
         assert!(out.status.success(), "{step:?}: {}", common::stderr(&out));
@@ -62,7 +72,10 @@ fn fresh_device(repo: &Repo, name: &str) -> Device {
 fn crash_points(dev: &Device, step: &[&str]) -> usize {
     let out = cli(dev, step, &[("EVERGREEN_CRASH_COUNT", "1")]);
     assert!(out.status.success(), "{step:?}: {}", common::stderr(&out));
-    common::stderr(&out).lines().filter(|l| l.starts_with("crash-point ")).count()
+    common::stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("crash-point "))
+        .count()
 }
 
 /// Checks the invariant of DESIGN §5.7 on `dev`; returns a description of each violation.
@@ -78,19 +91,40 @@ fn violations(dev: &Device, reference: &BTreeMap<String, Digest>, confirmed: boo
     }
     for slot in [evergreen::slots::Slot::A, evergreen::slots::Slot::B] {
         let rec = st.slot(slot);
-        if !matches!(rec.status, SlotStatus::Installed | SlotStatus::Trial | SlotStatus::Good) {
+        if !matches!(
+            rec.status,
+            SlotStatus::Installed | SlotStatus::Trial | SlotStatus::Good
+        ) {
             continue;
         }
-        let version = rec.version.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let version = rec
+            .version
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         let mut found = tree_digest(&dev.root.join("slots").join(slot.as_str()));
         found.remove(".evergreen-slot.json");
         if Some(&found) != reference.get(&version) {
-            bad.push(format!("slot {slot} is {:?} with {version} but its files differ", rec.status));
+            bad.push(format!(
+                "slot {slot} is {:?} with {version} but its files differ",
+                rec.status
+            ));
         }
     }
     // Until 1.1.0 is confirmed, 1.0.0 must still be there, good, to fall back to.
-    if !confirmed && !(st.a.version.as_ref().is_some_and(|v| v.to_string() == "1.0.0") && st.a.status == SlotStatus::Good
-        || st.b.version.as_ref().is_some_and(|v| v.to_string() == "1.0.0") && st.b.status == SlotStatus::Good)
+    if !confirmed
+        && !(st
+            .a
+            .version
+            .as_ref()
+            .is_some_and(|v| v.to_string() == "1.0.0")
+            && st.a.status == SlotStatus::Good
+            || st
+                .b
+                .version
+                .as_ref()
+                .is_some_and(|v| v.to_string() == "1.0.0")
+                && st.b.status == SlotStatus::Good)
     {
         bad.push("the 1.0.0 fallback is no longer good before confirm".into());
     }
@@ -114,7 +148,10 @@ fn every_crash_point_keeps_the_device_bootable() {
     let mut b = tree_digest(&dev.root.join("slots").join(st.fallback().as_str()));
     b.remove(".evergreen-slot.json");
     reference.insert("1.1.0".to_string(), b);
-    assert!(counts.iter().all(|c| *c > 0), "crash points per step: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c > 0),
+        "crash points per step: {counts:?}"
+    );
 
     let total: usize = counts.iter().sum();
     let mut tried = 0;
@@ -125,15 +162,25 @@ fn every_crash_point_keeps_the_device_bootable() {
             for step in &STEPS[..step_index] {
                 assert!(cli(&dev, step, &[]).status.success());
             }
-            let out = cli(&dev, STEPS[step_index], &[("EVERGREEN_CRASH_AT", &k.to_string())]);
-            assert!(!out.status.success(), "step {step_index} did not stop at point {k}");
+            let out = cli(
+                &dev,
+                STEPS[step_index],
+                &[("EVERGREEN_CRASH_AT", &k.to_string())],
+            );
+            assert!(
+                !out.status.success(),
+                "step {step_index} did not stop at point {k}"
+            );
             tried += 1;
             let confirmed = step_index > 2;
             let mut v = violations(&dev, &reference, confirmed);
             // Restart: the startup step must find a bootable primary and repair the link.
             let boot = cli(&dev, &["boot"], &[]);
             if !boot.status.success() {
-                v.push(format!("boot after the crash failed: {}", common::stderr(&boot)));
+                v.push(format!(
+                    "boot after the crash failed: {}",
+                    common::stderr(&boot)
+                ));
             }
             v.extend(violations(&dev, &reference, confirmed));
             let st = State::load(&dev.state).ok().flatten();
@@ -145,11 +192,17 @@ fn every_crash_point_keeps_the_device_bootable() {
                 }
             }
             if !v.is_empty() {
-                failures.push(format!("step {:?} crash point {k}: {v:?}", STEPS[step_index]));
+                failures.push(format!(
+                    "step {:?} crash point {k}: {v:?}",
+                    STEPS[step_index]
+                ));
             }
         }
     }
-    println!("crash points tried: {tried} of {total}; violations: {}", failures.len());
+    println!(
+        "crash points tried: {tried} of {total}; violations: {}",
+        failures.len()
+    );
     assert_eq!(tried, total);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

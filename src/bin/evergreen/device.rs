@@ -156,7 +156,10 @@ fn offer_json(offer: &Offer) -> serde_json::Value {
 fn print_offer(offer: &Offer) {
     println!(
         "update available: {} -> {} on {}{}{}",
-        offer.current.as_ref().map_or("(none)".to_string(), ToString::to_string),
+        offer
+            .current
+            .as_ref()
+            .map_or("(none)".to_string(), ToString::to_string),
         offer.version,
         offer.channel,
         if offer.critical { " [critical]" } else { "" },
@@ -338,7 +341,9 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         println!(
             "{mark} slot {slot}: {:<10} {}",
             v.status,
-            v.version.as_ref().map_or("-".to_string(), ToString::to_string)
+            v.version
+                .as_ref()
+                .map_or("-".to_string(), ToString::to_string)
         );
     }
     if let Some(t) = &s.trial {
@@ -378,7 +383,9 @@ pub fn confirm(config: &Path, json: bool) -> Result<i32> {
     up.confirm()?;
     let s = up.status()?;
     if json {
-        print_json(&json!({"status": "good", "slot": s.primary, "security_floor": s.security_floor}));
+        print_json(
+            &json!({"status": "good", "slot": s.primary, "security_floor": s.security_floor}),
+        );
     } else {
         println!("slot {} is good", s.primary);
     }
@@ -409,9 +416,14 @@ pub fn reinstall(config: &Path, json: bool) -> Result<i32> {
             Activation::Activated { slot, .. } => Some(slot),
             Activation::Deferred { .. } => None,
         };
-        print_json(&json!({"status": "activated", "version": offer.version.to_string(), "slot": slot}));
+        print_json(
+            &json!({"status": "activated", "version": offer.version.to_string(), "slot": slot}),
+        );
     } else {
-        println!("{} reinstalled; restart, then `evergreen confirm`", offer.version);
+        println!(
+            "{} reinstalled; restart, then `evergreen confirm`",
+            offer.version
+        );
     }
     Ok(0)
 }
@@ -423,7 +435,10 @@ pub fn channel(config: &Path, json: bool, args: &ChannelArgs) -> Result<i32> {
     if json {
         print_json(&json!({"channel": args.channel}));
     } else {
-        println!("following channel {}; run `evergreen check` or `evergreen update`", args.channel);
+        println!(
+            "following channel {}; run `evergreen check` or `evergreen update`",
+            args.channel
+        );
     }
     Ok(0)
 }
@@ -454,7 +469,10 @@ pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
     if json {
         print_json(&json!({"skipped": args.version.to_string()}));
     } else {
-        println!("{} will not be offered again (unless critical)", args.version);
+        println!(
+            "{} will not be offered again (unless critical)",
+            args.version
+        );
     }
     Ok(0)
 }
