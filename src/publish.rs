@@ -223,7 +223,8 @@ impl Repo {
     /// component's file into `blobs/sha256/`, adds the release (or this target to an
     /// existing release of the same version, keeping its other fields), bumps the sequence
     /// and signs with the manifest keys among `signers`. Each component's version is the
-    /// release version.
+    /// release version, unless its bytes are those of the same component in an earlier
+    /// release (then it keeps that version).
     pub fn release(
         &self,
         channel: &str,
@@ -251,13 +252,11 @@ impl Repo {
             let mut built = BTreeMap::new();
             for (name, path, kind) in components {
                 let artifact = self.add_blob(path, *kind)?;
-                built.insert(
-                    name.to_string(),
-                    Component {
-                        version: version.to_string(),
-                        artifact,
-                    },
-                );
+                // A component whose bytes did not change keeps the version it had, so the
+                // device's diff shows it unchanged.
+                let version = unchanged_version(m, target, name, &artifact.sha256)
+                    .unwrap_or_else(|| version.to_string());
+                built.insert(name.to_string(), Component { version, artifact });
             }
             let target_release = TargetRelease { components: built };
             match existing {
@@ -1038,6 +1037,17 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
     PublicKey::from_base64(&text).map_err(|e| e.context(path.display()))
+}
+
+/// The version of `name` in the newest release of `m` for `target` whose artifact has
+/// `sha256`, if any.
+fn unchanged_version(m: &Manifest, target: &str, name: &str, sha256: &str) -> Option<String> {
+    m.releases
+        .iter()
+        .filter_map(|r| Some((&r.version, r.targets.get(target)?.components.get(name)?)))
+        .filter(|(_, c)| c.artifact.sha256 == sha256)
+        .max_by(|a, b| a.0.cmp(b.0))
+        .map(|(_, c)| c.version.clone())
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use crate::config::{Config, SelectorConfig, SlotsConfig, TrustConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
-use crate::manifest::{self, ArtifactKind, Expect, Freshness, Manifest, Release, Verified};
+use crate::manifest::{
+    self, ArtifactKind, Expect, Freshness, Manifest, Release, TargetRelease, Verified,
+};
 use crate::select::{self, Deploy, Device, Policy};
 use crate::slots::cmdline::BootedFrom;
 use crate::slots::dir::{DirSlots, SymlinkSelector};
@@ -60,6 +62,9 @@ pub struct Offer {
     /// What the deploy policy says about activating it now.
     #[serde(skip)]
     pub deploy: Deploy,
+    /// The release's components for this target, to diff again at `plan` time.
+    #[serde(skip)]
+    target: TargetRelease,
 }
 
 impl Offer {
@@ -589,6 +594,7 @@ impl Updater {
             security_version: release.security_version,
             components: stage::diff(&st.slot(st.primary).components, target),
             deploy: select::deploy(&self.config.deploy, release.critical, now),
+            target: target.clone(),
         })
     }
 
@@ -731,25 +737,12 @@ impl Updater {
         Ok(Anchor::Root(root))
     }
 
-    /// The diff of `offer` against the primary slot as it is now (DESIGN §5.5).
+    /// The diff of `offer` against the primary slot as it is now (DESIGN §5.5): the state
+    /// may have moved since the check.
     pub fn plan(&self, offer: &Offer) -> Result<Offer> {
         let st = self.load_state()?;
         let mut plan = offer.clone();
-        let primary = &st.slot(st.primary).components;
-        // Recompute against the current primary: the state may have moved since the check.
-        for c in &mut plan.components {
-            let installed = primary.get(&c.name);
-            c.from = installed.map(|i| i.version.clone());
-            c.op = match (installed, &c.artifact) {
-                (None, Some(_)) => ComponentOp::Added,
-                (Some(_), None) => ComponentOp::Removed,
-                (Some(i), Some(a)) if i.sha256 == a.sha256 => ComponentOp::Unchanged,
-                (Some(_), Some(_)) => ComponentOp::Modified,
-                (None, None) => ComponentOp::Removed,
-            };
-        }
-        plan.components
-            .retain(|c| c.from.is_some() || c.artifact.is_some());
+        plan.components = stage::diff(&st.slot(st.primary).components, &offer.target);
         Ok(plan)
     }
 
@@ -826,6 +819,7 @@ impl Updater {
             }
             let files = self.open_downloads(plan)?;
             let slot = st.fallback();
+            let components = installed_components(plan, &st.slot(st.primary).components);
             *st.slot_mut(slot) = SlotRecord {
                 status: SlotStatus::Installing,
                 version: Some(plan.version.clone()),
@@ -842,12 +836,14 @@ impl Updater {
             self.save(&st)?;
             self.with_selector(|s| s.disable(slot))?;
             match &self.store {
-                Store::Dir(slots) => self.install_dir(slots, st.primary, slot, plan, &files)?,
+                Store::Dir(slots) => {
+                    self.install_dir(slots, st.primary, slot, plan, &files, &components)?
+                }
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
             let record = st.slot_mut(slot);
             record.status = SlotStatus::Installed;
-            record.components = installed_components(plan);
+            record.components = components;
             st.record(
                 (self.clock)(),
                 "staged",
@@ -888,6 +884,7 @@ impl Updater {
         slot: Slot,
         plan: &Offer,
         files: &BTreeMap<String, std::fs::File>,
+        components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
         let limits = self.config.archive_limits();
         let dir = slots.prepare(slot)?;
@@ -926,7 +923,7 @@ impl Updater {
         stage::make_durable(&dir)?;
         let record = serde_json::json!({
             "version": plan.version.to_string(),
-            "components": installed_components(plan),
+            "components": components,
         });
         slots.seal(slot, record.to_string().as_bytes())
     }
@@ -1167,19 +1164,22 @@ impl Updater {
     }
 }
 
-fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
+/// What the new slot holds: the plan's artifacts, and the primary's record for what is
+/// copied unchanged.
+fn installed_components(
+    plan: &Offer,
+    primary: &BTreeMap<String, InstalledComponent>,
+) -> BTreeMap<String, InstalledComponent> {
     plan.components
         .iter()
-        .filter(|c| c.op != ComponentOp::Removed)
         .filter_map(|c| {
-            let a = c.artifact.as_ref()?;
-            Some((
-                c.name.clone(),
-                InstalledComponent {
-                    version: c.to.clone().unwrap_or_default(),
-                    sha256: a.sha256.clone(),
-                },
-            ))
+            let sha256 = match (c.op, &c.artifact) {
+                (ComponentOp::Removed, _) => return None,
+                (ComponentOp::Unchanged, _) => primary.get(&c.name)?.sha256.clone(),
+                (_, a) => a.as_ref()?.sha256.clone(),
+            };
+            let version = c.to.clone().unwrap_or_default();
+            Some((c.name.clone(), InstalledComponent { version, sha256 }))
         })
         .collect()
 }

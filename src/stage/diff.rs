@@ -57,7 +57,7 @@ pub struct ComponentChange {
 }
 
 /// Compares what is installed with what the release holds for this target, by name
-/// (sorted). Modified means a different artifact sha256 or a different version.
+/// (sorted). Modified means a different artifact sha256.
 ///
 /// ```
 /// use evergreen::stage::{diff, ComponentOp};
@@ -89,9 +89,9 @@ fn change(
     let op = match (old, new) {
         (None, _) => ComponentOp::Added,
         (Some(_), None) => ComponentOp::Removed,
-        (Some(o), Some(n)) if o.sha256 == n.artifact.sha256 && o.version == n.version => {
-            ComponentOp::Unchanged
-        }
+        // The bytes decide: the same artifact is copied from the primary slot even if
+        // the publisher renamed its version.
+        (Some(o), Some(n)) if o.sha256 == n.artifact.sha256 => ComponentOp::Unchanged,
         (Some(_), Some(_)) => ComponentOp::Modified,
     };
     let needs_artifact = matches!(op, ComponentOp::Added | ComponentOp::Modified);
