@@ -230,9 +230,11 @@ impl Manifest {
                     }
                     match (&a.kind, &a.name) {
                         (ArtifactKind::File, Some(n)) if is_safe_name(n) => {}
-                        (ArtifactKind::File, n) => return bad(format!(
+                        (ArtifactKind::File, n) => {
+                            return bad(format!(
                             "{ctx}: expected a file artifact to have a plain `name`, found {n:?}"
-                        )),
+                        ))
+                        }
                         _ => {}
                     }
                 }
