@@ -279,7 +279,7 @@ pub fn make_durable(root: &Path) -> Result<()> {
         dirs.push(parent.to_path_buf());
     }
     let sync = |path: &PathBuf, data_only: bool| -> Result<()> {
-        let file = File::open(path).map_err(|e| Error::io("open for sync", path, e))?;
+        let file = open_for_sync(path).map_err(|e| Error::io("open for sync", path, e))?;
         let synced = if data_only {
             file.sync_data()
         } else {
@@ -289,4 +289,15 @@ pub fn make_durable(root: &Path) -> Result<()> {
     };
     run_parallel(&files, || Ok(()), |_, p| sync(p, true))?;
     run_parallel(&dirs, || Ok(()), |_, p| sync(p, false))
+}
+
+/// Any descriptor can be fsynced: a file copied with mode 0200 (or 0000, as root) is
+/// opened for writing when it can't be opened for reading.
+fn open_for_sync(path: &Path) -> io::Result<File> {
+    match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            OpenOptions::new().write(true).open(path)
+        }
+        other => other,
+    }
 }
