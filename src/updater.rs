@@ -32,6 +32,8 @@ type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
 type ClockFn = Box<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// What [`Updater::check`] found.
+// An offer is returned once per check; boxing it would only add noise for callers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Check {
     /// Nothing to do.

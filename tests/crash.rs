@@ -112,20 +112,10 @@ fn violations(dev: &Device, reference: &BTreeMap<String, Digest>, confirmed: boo
         }
     }
     // Until 1.1.0 is confirmed, 1.0.0 must still be there, good, to fall back to.
-    if !confirmed
-        && !(st
-            .a
-            .version
-            .as_ref()
-            .is_some_and(|v| v.to_string() == "1.0.0")
-            && st.a.status == SlotStatus::Good
-            || st
-                .b
-                .version
-                .as_ref()
-                .is_some_and(|v| v.to_string() == "1.0.0")
-                && st.b.status == SlotStatus::Good)
-    {
+    let holds_good_one = |r: &evergreen::state::SlotRecord| {
+        r.status == SlotStatus::Good && r.version.as_ref().is_some_and(|v| v.to_string() == "1.0.0")
+    };
+    if !confirmed && !holds_good_one(&st.a) && !holds_good_one(&st.b) {
         bad.push("the 1.0.0 fallback is no longer good before confirm".into());
     }
     bad

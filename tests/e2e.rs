@@ -15,7 +15,10 @@ fn launcher() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join("examples").join("launcher");
-    assert!(path.exists(), "build the launcher first: cargo build --example launcher");
+    assert!(
+        path.exists(),
+        "build the launcher first: cargo build --example launcher"
+    );
     path
 }
 
@@ -31,7 +34,10 @@ fn app_zip(dir: &Path, version: &str, healthy: bool) -> PathBuf {
     let path = dir.join(format!("app-{version}.zip"));
     make_zip(
         &path,
-        &[("run.sh", script.as_bytes()), ("VERSION", version.as_bytes())],
+        &[
+            ("run.sh", script.as_bytes()),
+            ("VERSION", version.as_bytes()),
+        ],
     );
     path
 }
@@ -58,14 +64,27 @@ fn a_failing_release_rolls_back_by_itself() {
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), fast());
 
-    repo.release("stable", "1.0.0", "x86_64-linux", &[("app", &app_zip(&src, "1.0.0", true))], &[]);
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.0.0", true))],
+        &[],
+    );
     dev.expect("update", &["--yes"], 0);
     let out = start(&dev);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
 
-    repo.release("stable", "1.1.0", "x86_64-linux", &[("app", &app_zip(&src, "1.1.0", true))], &[]);
-    let check: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    repo.release(
+        "stable",
+        "1.1.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.1.0", true))],
+        &[],
+    );
+    let check: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
     assert_eq!(check["version"], "1.1.0");
     assert_eq!(check["components"][0]["op"], "modified");
     dev.expect("update", &["--yes"], 0);
@@ -78,12 +97,21 @@ fn a_failing_release_rolls_back_by_itself() {
     assert_eq!(s["slots"]["a"]["status"], "good");
     assert_eq!(s["trial"], serde_json::Value::Null);
 
-    repo.release("stable", "1.2.0", "x86_64-linux", &[("app", &app_zip(&src, "1.2.0", false))], &[]);
+    repo.release(
+        "stable",
+        "1.2.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.2.0", false))],
+        &[],
+    );
     dev.expect("update", &["--yes"], 0);
     assert_eq!(dev.status()["primary"], "b");
     for n in 0..3 {
         let out = start(&dev);
-        assert!(!out.status.success(), "start {n} of the broken app should fail");
+        assert!(
+            !out.status.success(),
+            "start {n} of the broken app should fail"
+        );
         assert_eq!(dev.status()["trial"]["tries_left"], 2 - n);
     }
     // The fourth start finds the tries used up: back to 1.1.0, which runs.
@@ -108,8 +136,15 @@ fn a_failing_release_rolls_back_by_itself() {
     // 1.2.0 failed here: it is not offered again, but a newer release is.
     let up: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 0)).unwrap();
     assert_eq!(up["status"], "up_to_date");
-    repo.release("stable", "1.3.0", "x86_64-linux", &[("app", &app_zip(&src, "1.3.0", true))], &[]);
-    let check: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    repo.release(
+        "stable",
+        "1.3.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.3.0", true))],
+        &[],
+    );
+    let check: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
     assert_eq!(check["version"], "1.3.0");
 }
 
@@ -124,18 +159,26 @@ fn one_changed_component_of_ten_downloads_only_that_one() {
         std::fs::write(&p, body).unwrap();
         p
     };
-    let first: Vec<(String, PathBuf)> =
-        (0..10).map(|i| (format!("c{i}"), write(&format!("c{i}"), "v1"))).collect();
-    let refs: Vec<(&str, &Path)> = first.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    let first: Vec<(String, PathBuf)> = (0..10)
+        .map(|i| (format!("c{i}"), write(&format!("c{i}"), "v1")))
+        .collect();
+    let refs: Vec<(&str, &Path)> = first
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
     repo.release("stable", "1.0.0", "x86_64-linux", &refs, &[]);
     dev.expect("update", &["--yes"], 0);
     dev.expect("confirm", &[], 0);
 
     let mut second = first.clone();
     second[4].1 = write("c4", "v2");
-    let refs: Vec<(&str, &Path)> = second.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    let refs: Vec<(&str, &Path)> = second
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
     repo.release("stable", "1.1.0", "x86_64-linux", &refs, &[]);
-    let check: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    let check: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
     let ops: Vec<&str> = check["components"]
         .as_array()
         .unwrap()
@@ -148,8 +191,15 @@ fn one_changed_component_of_ten_downloads_only_that_one() {
     let blobs_before = blob_requests(&server, &repo.root);
     dev.expect("update", &["--yes"], 0);
     let blobs_after = blob_requests(&server, &repo.root);
-    assert_eq!(blobs_after - blobs_before, 1, "only the changed component is downloaded");
-    let slot = dev.root.join("slots").join(dev.status()["primary"].as_str().unwrap());
+    assert_eq!(
+        blobs_after - blobs_before,
+        1,
+        "only the changed component is downloaded"
+    );
+    let slot = dev
+        .root
+        .join("slots")
+        .join(dev.status()["primary"].as_str().unwrap());
     for i in 0..10 {
         let want = if i == 4 { "v2" } else { "v1" };
         let body = std::fs::read_to_string(slot.join(format!("c{i}/c{i}-{want}.txt"))).unwrap();
@@ -161,7 +211,14 @@ fn one_changed_component_of_ten_downloads_only_that_one() {
 fn blob_requests(server: &TestServer, repo: &Path) -> usize {
     std::fs::read_dir(repo.join("blobs/sha256"))
         .unwrap()
-        .map(|e| server.requests(&format!("blobs/sha256/{}", e.unwrap().file_name().to_string_lossy())).len())
+        .map(|e| {
+            server
+                .requests(&format!(
+                    "blobs/sha256/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                ))
+                .len()
+        })
         .sum()
 }
 
@@ -171,7 +228,13 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
     let src = repo.scratch("src");
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), fast());
-    repo.release("stable", "1.0.0", "x86_64-linux", &[("app", &app_zip(&src, "1.0.0", true))], &[]);
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.0.0", true))],
+        &[],
+    );
     dev.expect("update", &["--yes"], 0);
     dev.expect("confirm", &[], 0);
     let primary = dev.root.join("slots/b");
@@ -184,14 +247,21 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
     repo.release("stable", "1.1.0", "x86_64-linux", &[("app", &bomb)], &[]);
     let out = dev.run("update", &["--yes"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(common::stderr(&out).contains("error[unsafe_archive]"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("error[unsafe_archive]"),
+        "{}",
+        common::stderr(&out)
+    );
 
     assert_eq!(tree_digest(&primary), before, "the primary slot changed");
     let s = dev.status();
     assert_eq!(s["primary"], state_before["primary"]);
     assert_eq!(s["slots"]["b"], state_before["slots"]["b"]);
     assert_ne!(s["slots"]["a"]["status"], "installed");
-    assert_eq!(std::fs::read_link(dev.root.join("current")).unwrap(), Path::new("slots/b"));
+    assert_eq!(
+        std::fs::read_link(dev.root.join("current")).unwrap(),
+        Path::new("slots/b")
+    );
     // The verified download survives the failure.
     let sha = evergreen::trust::sha256_hex(&std::fs::read(&bomb).unwrap());
     assert!(dev.state.join("downloads").join(sha).exists());
