@@ -29,8 +29,7 @@ pub fn booted_from_cmdline(path: &Path, key: &str) -> Result<Option<Slot>> {
     Ok(text
         .split_whitespace()
         .filter_map(|word| word.split_once('='))
-        .filter(|(k, _)| *k == key)
-        .last()
+        .rfind(|(k, _)| *k == key)
         .and_then(|(_, v)| Slot::parse(v)))
 }
 
