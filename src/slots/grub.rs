@@ -641,6 +641,21 @@ mod tests {
     }
 
     #[test]
+    fn activating_b_writes_order_before_b_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = GrubEnv::init(dir.path().join("env")).unwrap();
+        let plan = env
+            .plan(BootChange::Activate {
+                slot: Slot::B,
+                tries: 1,
+            })
+            .unwrap();
+        let steps: Vec<(u64, u8)> = plan.iter().map(|w| (w.offset, w.data[0])).collect();
+        let h = HEADER.len() as u64;
+        assert_eq!(steps, [(h + 8, b'A'), (h + 6, b'B'), (h + 30, b'1')]);
+    }
+
+    #[test]
     fn escaping_round_trips_like_grub_editenv() {
         let dir = tempfile::tempdir().unwrap();
         let mut env = GrubEnv::init(dir.path().join("env")).unwrap();

@@ -240,6 +240,84 @@ mod tests {
         (dir, s)
     }
 
+    /// A deterministic stream of `len` pseudo-random bytes (xorshift), so a 64 MiB image
+    /// needs no 64 MiB buffer.
+    struct Pattern {
+        state: u64,
+        left: u64,
+    }
+
+    impl Read for Pattern {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.left as usize);
+            for b in &mut buf[..n] {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                *b = self.state as u8;
+            }
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+
+    fn pattern(len: u64) -> Pattern {
+        Pattern {
+            state: 0x9e37_79b9_7f4a_7c15,
+            left: len,
+        }
+    }
+
+    fn pattern_sha(len: u64) -> String {
+        let mut hasher = Sha256::new();
+        let mut src = pattern(len);
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                return hex(&hasher.finalize());
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+
+    const IMAGE: u64 = 64 << 20;
+
+    #[test]
+    fn a_64_mib_image_is_written_to_slot_b_and_verified_by_reading_back() {
+        let (_d, s) = slots();
+        let sha = pattern_sha(IMAGE);
+        let mut calls = 0u64;
+        let mut last = (0, 0);
+        s.write_image(
+            Slot::B,
+            &mut pattern(IMAGE),
+            IMAGE,
+            &sha,
+            &mut |done, total| {
+                calls += 1;
+                last = (done, total);
+            },
+        )
+        .unwrap();
+        assert_eq!(last, (IMAGE, IMAGE));
+        assert_eq!(calls, IMAGE / BUF_SIZE as u64);
+        assert_eq!(hash_prefix(s.path(Slot::B), IMAGE).unwrap(), sha);
+        assert!(!s.path(Slot::A).exists(), "slot a untouched");
+    }
+
+    #[test]
+    fn a_byte_flipped_after_writing_is_hash_mismatch() {
+        let (_d, s) = slots();
+        let s = s.corrupt_after_write(IMAGE / 2 + 12345);
+        let sha = pattern_sha(IMAGE);
+        let err = s
+            .write_image(Slot::B, &mut pattern(IMAGE), IMAGE, &sha, &mut |_, _| {})
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch);
+        assert!(err.message().contains(&sha), "{err}");
+    }
+
     #[test]
     fn short_source_is_io_and_bad_hash_text_is_config() {
         let (_d, s) = slots();
