@@ -453,6 +453,14 @@ impl Updater {
 
     fn startup_bootloader(&self, st: &mut State) -> Result<Startup> {
         let Some(trial) = st.trial else {
+            // RAUC's grub.cfg sets X_TRY=1 on every boot; a good slot must be marked good
+            // again each time, or the next boot ends in the rescue entry.
+            let primary = st.primary;
+            if st.slot(primary).status == SlotStatus::Good
+                && self.with_selector(|s| s.booted())? == Some(primary)
+            {
+                self.with_selector(|s| s.confirm(primary))?;
+            }
             return Ok(Startup::Normal);
         };
         match self.with_selector(|s| s.booted())? {
