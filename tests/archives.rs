@@ -752,13 +752,16 @@ fn diff_reports_added_removed_modified_unchanged() {
 }
 
 #[test]
-fn diff_of_a_version_change_with_the_same_artifact_is_modified() {
+fn diff_of_a_version_change_with_the_same_artifact_is_unchanged() {
+    // The bytes decide: the same artifact is copied from the primary slot, not downloaded.
     let t = target(&format!(
         r#"{{"components": {{"app": {}}}}}"#,
         component("1.1", 'a')
     ));
     let changes = diff(&installed(&[("app", "1.0", 'a')]), &t);
-    assert_eq!(changes[0].op, ComponentOp::Modified);
+    assert_eq!(changes[0].op, ComponentOp::Unchanged);
+    assert!(changes[0].artifact.is_none());
+    assert_eq!(changes[0].to.as_deref(), Some("1.1"));
     assert!(diff(&installed(&[("app", "1.1", 'a')]), &t)
         .iter()
         .all(|c| c.op == ComponentOp::Unchanged));
