@@ -128,7 +128,10 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     }
     if !json {
         builder = builder.on_event(|e| match e {
-            evergreen::Event::Downloading { .. } | evergreen::Event::Checked { .. } => {}
+            // A failure is reported once, as the `error[<kind>]` line.
+            evergreen::Event::Downloading { .. }
+            | evergreen::Event::Checked { .. }
+            | evergreen::Event::Failed { .. } => {}
             other => eprintln!("evergreen: {other}"),
         });
     }

@@ -1,0 +1,161 @@
+//! The device half of the CLI against a repository published with the operator half and
+//! served on loopback: exit codes, `--json` shapes (DESIGN §7.2) and `error[<kind>]` lines.
+
+mod common;
+mod support;
+
+use common::Repo;
+use support::{Fault, TestServer};
+
+fn publish(repo: &Repo, version: &str, channel: &str) {
+    let src = repo.scratch("src");
+    let file = src.join(format!("settings-{version}.json"));
+    std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
+    repo.release(
+        channel,
+        version,
+        "x86_64-linux",
+        &[("config", &file)],
+        &["--notes", "Fixes things."],
+    );
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn check_prints_the_offer_and_exits_10() {
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "0.9.0"}),
+    );
+
+    let text = dev.expect("check", &[], 10);
+    assert!(text.contains("0.9.0 -> 1.0.0"), "{text}");
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    assert_eq!(offer["status"], "available");
+    assert_eq!(offer["current"], "0.9.0");
+    assert_eq!(offer["version"], "1.0.0");
+    assert_eq!(offer["channel"], "stable");
+    assert_eq!(offer["critical"], false);
+    assert_eq!(offer["downgrade"], false);
+    assert_eq!(
+        offer["components"],
+        serde_json::json!([{"name": "config", "op": "added", "from": null, "to": "1.0.0"}])
+    );
+}
+
+#[test]
+fn a_replayed_older_manifest_is_metadata_rollback() {
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    let old = std::fs::read(repo.root.join("channels/stable.json")).unwrap();
+    publish(&repo, "1.1.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    dev.expect("check", &[], 10);
+    let before = std::fs::read(dev.state.join("state.json")).unwrap();
+
+    server.set_fault("channels/stable.json", Fault::Replace(old));
+    let out = dev.run("check", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(err.starts_with("error[metadata_rollback]: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+    // The failed check only counts the failure; nothing it learnt is kept.
+    let after: serde_json::Value = json(&String::from_utf8_lossy(
+        &std::fs::read(dev.state.join("state.json")).unwrap(),
+    ));
+    let before: serde_json::Value = json(&String::from_utf8_lossy(&before));
+    assert_eq!(after["manifests"], before["manifests"]);
+    assert_eq!(after["check_failures"], 1);
+}
+
+#[test]
+fn status_json_has_the_documented_shape() {
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let s = dev.status();
+    assert_eq!(s["primary"], "a");
+    assert_eq!(s["fallback"], "b");
+    assert_eq!(s["channel"], "stable");
+    assert_eq!(s["security_floor"], 0);
+    assert_eq!(s["trial"], serde_json::Value::Null);
+    assert_eq!(s["last_check"], serde_json::Value::Null);
+    assert_eq!(s["slots"]["a"]["status"], "empty");
+
+    let done = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(done["status"], "activated");
+    assert_eq!(done["slot"], "b");
+    let s = dev.status();
+    assert_eq!(s["primary"], "b");
+    assert_eq!(
+        s["trial"],
+        serde_json::json!({"slot": "b", "tries_left": 3})
+    );
+    assert_eq!(
+        s["slots"]["b"],
+        serde_json::json!({"status": "trial", "version": "1.0.0"})
+    );
+    assert!(s["last_check"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(json(&dev.expect("boot", &["--json"], 0))["tries_left"], 2);
+    dev.expect("confirm", &[], 0);
+    assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+    let up = json(&dev.expect("check", &["--json"], 0));
+    assert_eq!(up["status"], "up_to_date");
+    assert_eq!(up["current"], "1.0.0");
+}
+
+#[test]
+fn switching_channel_offers_what_the_riskier_channel_has() {
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    publish(&repo, "1.1.0-beta.1", "nightly");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "1.0.0"}),
+    );
+    dev.expect("check", &[], 0);
+    dev.expect("channel", &["nightly"], 0);
+    assert_eq!(dev.status()["channel"], "nightly");
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    assert_eq!(offer["version"], "1.1.0-beta.1");
+    assert_eq!(offer["channel"], "nightly");
+    // Back to stable: nightly's beta is newer than anything there, so the device stays.
+    dev.expect("channel", &["stable"], 0);
+    dev.expect("check", &[], 0);
+}
+
+#[test]
+fn bad_config_and_usage_errors_have_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(&cfg, r#"{"product": "x", "server": "/srv", "target": "t", "trust": {"keys": ["AAAA"], "threshold": 1}, "state_dir": "/tmp/x", "slots": {"kind": "dir", "root": "/tmp/y"}, "critcal": true}"#).unwrap();
+    let out = common::run(&["status", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.starts_with("error[config]: ") && err.contains("critcal"),
+        "{err}"
+    );
+    assert_eq!(
+        common::run(&["check", "--no-such-flag"]).status.code(),
+        Some(2)
+    );
+    let missing = common::run(&[
+        "status",
+        "--config",
+        dir.path().join("nope.json").to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(common::stderr(&missing).starts_with("error[io]: "));
+}
