@@ -23,6 +23,11 @@ pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
 pub use time::Timestamp;
+
+/// The README's examples are compiled as doctests, so the quickstart never rots.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use updater::{
     Activation, Check, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater, UpdaterBuilder,
 };
