@@ -760,6 +760,14 @@ impl Updater {
         self.state_dir().join("downloads")
     }
 
+    /// Removes the downloads a confirmed slot was installed from: they are in the slot
+    /// now, and devices have little disk. Best effort: a leftover file costs only space.
+    fn prune_downloads(&self, installed: &BTreeMap<String, InstalledComponent>) {
+        for c in installed.values() {
+            let _ = std::fs::remove_file(self.downloads_dir().join(&c.sha256));
+        }
+    }
+
     /// Downloads and verifies the artifacts the plan needs (added and modified components
     /// only). `progress(done, total)` covers all of them; `cancel` stops between chunks and
     /// keeps partial files for the next call to resume.
@@ -770,6 +778,8 @@ impl Updater {
         cancel: &CancelToken,
     ) -> Result<()> {
         self.reported("download", || {
+            // One writer per `.part`: a second process waits instead of interleaving.
+            let _lock = self.lock()?;
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
             let total = plan.download_size();
@@ -1071,6 +1081,7 @@ impl Updater {
             st.record((self.clock)(), "confirmed", format!("slot {}", trial.slot));
             self.save(&st)?;
             self.with_selector(|s| s.confirm(trial.slot))?;
+            self.prune_downloads(&st.slot(trial.slot).components);
             self.emit(Event::Confirmed {
                 slot: trial.slot,
                 version: version_str(version.as_ref()),

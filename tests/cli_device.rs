@@ -106,8 +106,21 @@ fn status_json_has_the_documented_shape() {
     );
     assert!(s["last_check"].as_str().unwrap().ends_with('Z'));
     assert_eq!(json(&dev.expect("boot", &["--json"], 0))["tries_left"], 2);
+    assert_eq!(
+        std::fs::read_dir(dev.state.join("downloads"))
+            .unwrap()
+            .count(),
+        1
+    );
     dev.expect("confirm", &[], 0);
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+    // Once confirmed, the artifact lives in the slot: its download is removed.
+    assert_eq!(
+        std::fs::read_dir(dev.state.join("downloads"))
+            .unwrap()
+            .count(),
+        0
+    );
     let up = json(&dev.expect("check", &["--json"], 0));
     assert_eq!(up["status"], "up_to_date");
     assert_eq!(up["current"], "1.0.0");
