@@ -145,6 +145,8 @@ pub struct Status {
     pub slots: BTreeMap<Slot, SlotStatusView>,
     /// Last successful check.
     pub last_check: Option<Timestamp>,
+    /// When the next check is due: the poll interval ± jitter, backing off after failures.
+    pub next_check: Timestamp,
 }
 
 /// Trial part of [`Status`].
@@ -368,7 +370,34 @@ impl Updater {
             }),
             slots: [(Slot::A, view(Slot::A)), (Slot::B, view(Slot::B))].into(),
             last_check: st.last_check,
+            next_check: self.next_check_of(&st)?,
         })
+    }
+
+    /// When the host should check next (DESIGN §5.3): the poll interval ± jitter after the
+    /// last check, backing off exponentially after failures (at most 4× the interval), so a
+    /// fleet never polls in lockstep.
+    pub fn next_check(&self) -> Result<Timestamp> {
+        self.next_check_of(&self.load_state()?)
+    }
+
+    fn next_check_of(&self, st: &State) -> Result<Timestamp> {
+        let now = (self.clock)();
+        let last = match st.last_check {
+            Some(t) if st.check_failures == 0 => t,
+            _ => now,
+        };
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
+        let poll = &self.config.poll;
+        Ok(select::next_check(
+            last,
+            poll.interval_s,
+            poll.jitter,
+            st.check_failures,
+            u64::from_le_bytes(raw),
+        ))
     }
 
     /// The raw persisted state (for diagnostics and tests).

@@ -104,7 +104,14 @@ fn status_json_has_the_documented_shape() {
         s["slots"]["b"],
         serde_json::json!({"status": "trial", "version": "1.0.0"})
     );
-    assert!(s["last_check"].as_str().unwrap().ends_with('Z'));
+    let last: evergreen::Timestamp = s["last_check"].as_str().unwrap().parse().unwrap();
+    let next: evergreen::Timestamp = s["next_check"].as_str().unwrap().parse().unwrap();
+    // Six hours ± 25 %.
+    let gap = next.unix() - last.unix();
+    assert!(
+        (16_200..=27_000).contains(&gap),
+        "next check {gap} s after the last"
+    );
     assert_eq!(json(&dev.expect("boot", &["--json"], 0))["tries_left"], 2);
     assert_eq!(
         std::fs::read_dir(dev.state.join("downloads"))

@@ -353,8 +353,9 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         println!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
     }
     println!(
-        "last check: {}",
-        s.last_check.map_or("never".to_string(), |t| t.to_string())
+        "last check: {}  next check due: {}",
+        s.last_check.map_or("never".to_string(), |t| t.to_string()),
+        s.next_check
     );
     Ok(0)
 }
