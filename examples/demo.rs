@@ -14,9 +14,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "demo/device.rs"]
 mod device;
+#[path = "demo/narrate.rs"]
 mod narrate;
+#[path = "demo/steps.rs"]
 mod steps;
+#[path = "demo/world.rs"]
 mod world;
 
 use narrate::{Console, Failure};

@@ -62,8 +62,8 @@ impl Setup {
     fn updater(&self, deploy: Value) -> Outcome<Updater> {
         let config = self.config(deploy);
         self.console.say(format!(
-            "config: channel {}, deploy {}, trial tries {}, device_id {DEVICE_ID}",
-            config["channel"], config["deploy"], config["trial"]["tries"]
+            "device config: deploy {}, trial tries {}, device_id {DEVICE_ID}",
+            config["deploy"], config["trial"]["tries"]
         ));
         let console = Arc::clone(&self.console);
         let clock = self.clock.clone();
@@ -119,7 +119,10 @@ impl Device {
     /// The version in the primary slot.
     pub fn running(&self) -> Outcome<Option<String>> {
         let s = self.status()?;
-        Ok(s.slots[&s.primary].version.as_ref().map(ToString::to_string))
+        Ok(s.slots[&s.primary]
+            .version
+            .as_ref()
+            .map(ToString::to_string))
     }
 
     /// Checks the device's channel and expects an offer of exactly `version`.
@@ -152,16 +155,23 @@ impl Device {
         self.show_diff(&plan);
         self.download(&plan)?;
         let slot = self.updater.install(&plan)?;
-        self.setup.console
-            .say(format!("installed {} into the inactive slot {slot}", plan.version));
+        self.setup.console.say(format!(
+            "installed {} into the inactive slot {slot}",
+            plan.version
+        ));
         Ok(self.updater.activate(false)?)
     }
 
     /// Prints the component diff shown before approval.
     pub fn show_diff(&self, plan: &Offer) {
-        let from = plan.current.as_ref().map_or("nothing".into(), |v| v.to_string());
-        self.setup.console
-            .say(format!("update {from} → {} from {}:", plan.version, plan.channel));
+        let from = plan
+            .current
+            .as_ref()
+            .map_or("nothing".into(), |v| v.to_string());
+        self.setup.console.say(format!(
+            "update {from} → {} from {}:",
+            plan.version, plan.channel
+        ));
         for c in &plan.components {
             let versions = match (&c.from, &c.to) {
                 (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
@@ -205,7 +215,8 @@ impl Device {
     pub fn start_app(&self) -> Outcome<AppRun> {
         match self.updater.startup()? {
             Startup::Normal => {
-                self.setup.console
+                self.setup
+                    .console
                     .say(format!("app {} runs", self.app_file("VERSION")?));
                 Ok(AppRun::Ran)
             }

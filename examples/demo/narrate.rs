@@ -57,7 +57,7 @@ impl Console {
     /// A step's heading.
     pub fn heading(&self, number: usize, title: &str) {
         self.line(&format!("\n{number}. {title}"));
-        self.line(&format!("{}", "─".repeat(title.chars().count() + 3)));
+        self.line(&"─".repeat(title.chars().count() + 3));
     }
 
     /// A line of narrative under the current step.
@@ -92,10 +92,14 @@ impl Console {
         bar
     }
 
-    /// Removes the bar; the step then prints what was downloaded as a line.
+    /// Leaves the finished bar on screen; the step then prints what was downloaded.
     pub fn finish_bar(&self) {
         if let Some(bar) = lock(&self.bar).take() {
             bar.finish();
+            // indicatif leaves the cursor at the end of the bar's line.
+            if !bar.is_hidden() {
+                eprintln!();
+            }
         }
     }
 

@@ -29,13 +29,28 @@ pub type Step = (&'static str, fn(&mut Demo) -> Outcome);
 
 /// The story in order.
 pub const STEPS: [Step; 7] = [
-    ("1.0.0 is installed on stable: fresh install, trial, confirm", install_first),
+    (
+        "1.0.0 is installed on stable: fresh install, trial, confirm",
+        install_first,
+    ),
     ("1.1.0 reaches nightly and preview before stable", channels),
-    ("A staged rollout of 1.1.0 on stable: 20%, then 100%", rollout),
-    ("The device joins preview and updates component by component", join_preview),
-    ("A broken 1.2.0 fails its health check and rolls back by itself", broken_release),
+    (
+        "A staged rollout of 1.1.0 on stable: 20%, then 100%",
+        rollout,
+    ),
+    (
+        "The device joins preview and updates component by component",
+        join_preview,
+    ),
+    (
+        "A broken 1.2.0 fails its health check and rolls back by itself",
+        broken_release,
+    ),
     ("A tampered manifest is refused", tampered_manifest),
-    ("A maintenance window defers an update until it opens", maintenance_window),
+    (
+        "A maintenance window defers an update until it opens",
+        maintenance_window,
+    ),
 ];
 
 impl Demo {
@@ -91,7 +106,11 @@ impl Demo {
         ];
         for name in extra {
             let (name, file, text) = match *name {
-                "legacy" => ("legacy", "compat.sh", "#!/bin/sh\nexec old-gateway \"$@\"\n"),
+                "legacy" => (
+                    "legacy",
+                    "compat.sh",
+                    "#!/bin/sh\nexec old-gateway \"$@\"\n",
+                ),
                 _ => ("plugin", "plugin.toml", "[plugin]\nname = \"metrics\"\n"),
             };
             parts.push(self.publisher.file(name, file, text)?);
@@ -103,7 +122,11 @@ impl Demo {
     fn expect_running(&self, version: &str, status: &str) -> Outcome<Slot> {
         let s = self.device.status()?;
         let primary = &s.slots[&s.primary];
-        expect_eq("running version", self.device.running()?, Some(version.into()))?;
+        expect_eq(
+            "running version",
+            self.device.running()?,
+            Some(version.into()),
+        )?;
         expect_eq("primary slot status", primary.status, status)?;
         self.ok(format!("slot {} runs {version} ({status})", s.primary));
         Ok(s.primary)
@@ -132,15 +155,17 @@ fn install_first(d: &mut Demo) -> Outcome {
     let v1 = Version::new(1, 0, 0);
     let parts = d.parts("1.0.0", true, &["legacy"])?;
     for channel in ["stable", "preview", "nightly"] {
-        d.publisher.release(channel, &v1, &parts, "First release.")?;
+        d.publisher
+            .release(channel, &v1, &parts, "First release.")?;
     }
     d.say("operator: 1.0.0 (app, assets, legacy) published on stable, preview and nightly");
     d.say("device: nothing installed, ships only the pinned root; it checks stable");
     let offer = d.device.expect_offer("1.0.0")?;
     let slot = d.update_now(&offer)?;
     d.say(format!(
-        "slot {slot} is primary on trial: the app must confirm it within 3 starts"
+        "slot {slot} (the inactive one: a running slot is never written) is primary now, on trial"
     ));
+    d.say("the app starts, passes its health check and confirms itself");
     d.start(AppRun::Confirmed)?;
     d.expect_running("1.0.0", "good")?;
     Ok(())
@@ -150,8 +175,12 @@ fn channels(d: &mut Demo) -> Outcome {
     let v11 = Version::new(1, 1, 0);
     d.days_pass(1);
     let parts = d.parts("1.1.0", true, &["plugin"])?;
-    d.publisher
-        .release("nightly", &v11, &parts, "Metrics plugin; legacy helper removed.")?;
+    d.publisher.release(
+        "nightly",
+        &v11,
+        &parts,
+        "Metrics plugin; legacy helper removed.",
+    )?;
     d.say("operator: 1.1.0 published on nightly (the riskiest channel, updated first)");
     d.days_pass(1);
     d.publisher.promote(&v11, "nightly", "preview", None)?;
@@ -166,7 +195,11 @@ fn channels(d: &mut Demo) -> Outcome {
             versions.join(", ")
         ));
         let has = c.versions.contains(&v11);
-        expect_eq(&format!("1.1.0 on {}", c.channel), has, c.channel != "stable")?;
+        expect_eq(
+            &format!("1.1.0 on {}", c.channel),
+            has,
+            c.channel != "stable",
+        )?;
     }
     d.device.expect_up_to_date()?;
     d.ok("check on stable: up to date, 1.1.0 is not on stable yet");
@@ -206,7 +239,7 @@ fn rollout(d: &mut Demo) -> Outcome {
 
 fn join_preview(d: &mut Demo) -> Outcome {
     d.device.updater.set_channel("preview")?;
-    d.say("the owner moves the device to the preview ring to get releases early");
+    d.say("the owner moves the device to the preview ring to get releases early (set_channel)");
     let offer = d.device.expect_offer("1.1.0")?;
     expect_eq("offer channel", offer.channel.as_str(), "preview")?;
     let ops: Vec<(&str, ComponentOp)> = offer
@@ -247,7 +280,7 @@ fn broken_release(d: &mut Demo) -> Outcome {
         d.say(format!("start {start} of slot {slot}:"));
         d.start(AppRun::Unhealthy)?;
     }
-    d.say("start 4: the tries are used up");
+    d.say("start 4: the tries are used up, so the startup step rolls back");
     d.start(AppRun::RolledBack)?;
     let reason = d
         .console
@@ -274,14 +307,23 @@ fn tampered_manifest(d: &mut Demo) -> Outcome {
     let tampered = flip_payload_char(&std::fs::read(&path)?)?;
     d.server
         .set_fault("channels/preview.json", Fault::Replace(tampered));
-    d.say("attacker: the server now serves channels/preview.json with one payload character changed");
+    d.say(
+        "attacker: the server now serves channels/preview.json with one payload character changed",
+    );
+    d.say("the device verifies the envelope's signature before it parses a byte of the payload");
     let before = d.device.updater.state()?;
     match d.device.updater.check() {
-        Err(e) if e.kind() == ErrorKind::Signature => {
-            d.ok(format!("check refused it: error[{}]: {}", e.kind(), e.message()))
-        }
+        Err(e) if e.kind() == ErrorKind::Signature => d.ok(format!(
+            "check refused it: error[{}]: {}",
+            e.kind(),
+            e.message()
+        )),
         Err(e) => return Err(e.into()),
-        Ok(_) => return Err(Failure("check: expected error[signature], found success".into())),
+        Ok(_) => {
+            return Err(Failure(
+                "check: expected error[signature], found success".into(),
+            ))
+        }
     }
     let mut after = d.device.updater.state()?;
     expect_eq("failed checks counted", after.check_failures, 1)?;
@@ -315,25 +357,40 @@ fn maintenance_window(d: &mut Demo) -> Outcome {
     d.days_pass(1);
     let now = d.clock.now();
     let parts = d.parts("1.3.0", true, &["plugin"])?;
-    d.publisher
-        .release("preview", &Version::new(1, 3, 0), &parts, "Fixed protocol stack.")?;
+    d.publisher.release(
+        "preview",
+        &Version::new(1, 3, 0),
+        &parts,
+        "Fixed protocol stack.",
+    )?;
     d.say("operator: 1.3.0 published on preview");
     d.say("the owner allows activations only in a 02:00–04:00 UTC maintenance window:");
     d.device.reconfigure(json!({"policy": "window",
         "window": {"start": "02:00", "end": "04:00", "utc_offset": "+00:00"}}))?;
     let opens = next_two_am(now);
     let offer = d.device.expect_offer("1.3.0")?;
-    ensure(matches!(offer.deploy, Deploy::Wait { until, .. } if until == opens), || {
-        format!("offer: expected to wait until {opens}, found {:?}", offer.deploy)
-    })?;
+    ensure(
+        matches!(offer.deploy, Deploy::Wait { until, .. } if until == opens),
+        || {
+            format!(
+                "offer: expected to wait until {opens}, found {:?}",
+                offer.deploy
+            )
+        },
+    )?;
     match d.device.update(&offer)? {
         Activation::Deferred { until, .. } => expect_eq("deferred until", until, Some(opens))?,
         other => return Err(Failure(format!("expected a deferral, found {other:?}"))),
     }
     d.expect_running("1.1.0", "good")?;
-    d.ok(format!("1.3.0 waits in the other slot, installed, until {opens}"));
+    d.ok(format!(
+        "1.3.0 waits in the other slot, installed, until {opens}"
+    ));
     d.clock.set(opens);
-    d.say(format!("(simulated clock: {}) the window opens", d.clock.now()));
+    d.say(format!(
+        "(simulated clock: {}) the window opens",
+        d.clock.now()
+    ));
     match d.device.updater.activate(false)? {
         Activation::Activated { version, .. } => {
             expect_eq("activated", version, Version::new(1, 3, 0))?

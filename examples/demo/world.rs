@@ -107,14 +107,9 @@ impl Publisher {
             .collect();
         let mut opts = ReleaseOptions::new(self.clock.now());
         opts.notes = notes.to_string();
-        let m = self.repo.release(
-            channel,
-            version,
-            TARGET,
-            &components,
-            &opts,
-            &[&self.key],
-        )?;
+        let m = self
+            .repo
+            .release(channel, version, TARGET, &components, &opts, &[&self.key])?;
         Ok(m.sequence)
     }
 
@@ -182,10 +177,9 @@ impl Publisher {
 
 /// Deterministic incompressible bytes, so artifacts have a real size on the wire.
 fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .bytes()
-        .fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-        | 1;
+    let mut x = seed.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
