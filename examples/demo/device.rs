@@ -163,7 +163,7 @@ impl Device {
     }
 
     /// Prints the component diff shown before approval.
-    pub fn show_diff(&self, plan: &Offer) {
+    fn show_diff(&self, plan: &Offer) {
         let from = plan
             .current
             .as_ref()
