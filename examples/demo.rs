@@ -1,0 +1,53 @@
+//! The whole product in one run, with no setup and no network beyond 127.0.0.1:
+//!
+//! ```text
+//! cargo run --example demo
+//! ```
+//!
+//! An operator makes keys and a signed repository with `evergreen::publish`, an
+//! in-process HTTP server serves it, and one device (an `Updater` over dir slots in a temp
+//! dir, on a simulated clock) lives through seven steps: a fresh install, channels, a staged
+//! rollout, a component-wise update, an automatic rollback, a tampered manifest and a
+//! maintenance window. Every step checks what it expects; the demo exits 0 only when all
+//! of them did, else it names the step that failed and exits 1. See `docs/demo.md`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[path = "demo/device.rs"]
+mod device;
+#[path = "demo/narrate.rs"]
+mod narrate;
+#[path = "demo/steps.rs"]
+mod steps;
+#[path = "demo/world.rs"]
+mod world;
+
+use narrate::{Console, Failure};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    let console = Arc::new(Console::default());
+    println!("Evergreen demo: one device, one signed repository, seven steps.");
+    match run(&console) {
+        Ok(()) => {
+            println!("\nAll {} steps behaved as expected.", steps::STEPS.len());
+            ExitCode::SUCCESS
+        }
+        Err((step, Failure(message))) => {
+            eprintln!("\ndemo FAILED at {step}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the steps in order, stopping at the first that misbehaves.
+fn run(console: &Arc<Console>) -> Result<(), (String, Failure)> {
+    let mut demo = steps::Demo::new(Arc::clone(console)).map_err(|f| ("setup".into(), f))?;
+    for (i, (title, step)) in steps::STEPS.iter().enumerate() {
+        console.heading(i + 1, title);
+        step(&mut demo).map_err(|f| (format!("step {} ({title})", i + 1), f))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The device's side: one `Updater` over dir slots in the temp dir, a simulated clock, and
+//! an "app" whose start runs the startup step and a health check, confirming when healthy.
+
+use super::narrate::{expect_eq, Console, Failure, Outcome};
+use super::world::{SimClock, PRODUCT, TARGET};
+use evergreen::fetch::CancelToken;
+use evergreen::stage::ComponentOp;
+use evergreen::{Activation, Check, Config, Offer, Startup, Status, Updater};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The device's fixed rollout identity (normally `/etc/machine-id`).
+pub const DEVICE_ID: &str = "gateway-0007";
+
+/// What one start of the app did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppRun {
+    /// Not on trial: it just ran.
+    Ran,
+    /// On trial and healthy: it confirmed itself.
+    Confirmed,
+    /// On trial and unhealthy: it exited without confirming.
+    Unhealthy,
+    /// The startup step rolled back; the restart runs the previous version.
+    RolledBack,
+}
+
+/// Where a device lives and what it is wired to: everything its config is made from.
+struct Setup {
+    dir: PathBuf,
+    server: String,
+    pinned_root: PathBuf,
+    clock: SimClock,
+    console: Arc<Console>,
+}
+
+impl Setup {
+    /// The device's config JSON, as a host would ship it, with `deploy` as its policy.
+    fn config(&self, deploy: Value) -> Value {
+        json!({
+            "product": PRODUCT,
+            "server": self.server,
+            "channel": "stable",
+            "target": TARGET,
+            "trust": {"root": self.pinned_root},
+            "state_dir": self.dir.join("state"),
+            "slots": {"kind": "dir", "root": self.app_root()},
+            "device_id": DEVICE_ID,
+            "deploy": deploy,
+            "trial": {"tries": 3},
+            "limits": {"retries": 1, "retry_backoff_ms": 10},
+        })
+    }
+
+    fn app_root(&self) -> PathBuf {
+        self.dir.join("app")
+    }
+
+    /// An updater over this config, reporting events to the console and reading the
+    /// simulated clock.
+    fn updater(&self, deploy: Value) -> Outcome<Updater> {
+        let config = self.config(deploy);
+        self.console.say(format!(
+            "device config: deploy {}, trial tries {}, device_id {DEVICE_ID}",
+            config["deploy"], config["trial"]["tries"]
+        ));
+        let console = Arc::clone(&self.console);
+        let clock = self.clock.clone();
+        Ok(Updater::builder(Config::from_json(&config.to_string())?)
+            .on_event(move |e| console.event(e))
+            .clock(move || clock.now())
+            .build()?)
+    }
+}
+
+/// One device: the updater the host application embeds, and its setup.
+pub struct Device {
+    /// The updater, as the host application embeds it.
+    pub updater: Updater,
+    setup: Setup,
+}
+
+impl Device {
+    /// A device under `dir` that ships with the repository's first root and follows stable.
+    pub fn new(
+        dir: &Path,
+        server: &str,
+        repo_root: &Path,
+        clock: SimClock,
+        console: Arc<Console>,
+    ) -> Outcome<Device> {
+        std::fs::create_dir_all(dir)?;
+        let pinned_root = dir.join("root.json");
+        std::fs::copy(repo_root.join("root/1.json"), &pinned_root)?;
+        let setup = Setup {
+            dir: dir.to_path_buf(),
+            server: server.to_string(),
+            pinned_root,
+            clock,
+            console,
+        };
+        let updater = setup.updater(json!({"policy": "immediate"}))?;
+        Ok(Device { updater, setup })
+    }
+
+    /// Rebuilds the updater with a new deploy policy, as a host does after its config
+    /// changed; the state on disk carries over.
+    pub fn reconfigure(&mut self, deploy: Value) -> Outcome {
+        self.updater = self.setup.updater(deploy)?;
+        Ok(())
+    }
+
+    /// The device's status (slots, versions, trial).
+    pub fn status(&self) -> Outcome<Status> {
+        Ok(self.updater.status()?)
+    }
+
+    /// The version in the primary slot.
+    pub fn running(&self) -> Outcome<Option<String>> {
+        let s = self.status()?;
+        Ok(s.slots[&s.primary]
+            .version
+            .as_ref()
+            .map(ToString::to_string))
+    }
+
+    /// Checks the device's channel and expects an offer of exactly `version`.
+    pub fn expect_offer(&self, version: &str) -> Outcome<Offer> {
+        match self.updater.check()? {
+            Check::Available(offer) => {
+                expect_eq("offered version", offer.version.to_string(), version.into())?;
+                Ok(offer)
+            }
+            Check::UpToDate => Err(Failure(format!(
+                "check: expected an offer of {version}, found up to date"
+            ))),
+        }
+    }
+
+    /// Checks the device's channel and expects nothing to do.
+    pub fn expect_up_to_date(&self) -> Outcome {
+        match self.updater.check()? {
+            Check::UpToDate => Ok(()),
+            Check::Available(offer) => Err(Failure(format!(
+                "check: expected up to date, found an offer of {}",
+                offer.version
+            ))),
+        }
+    }
+
+    /// Plans, downloads (with a progress bar), installs and tries to activate `offer`.
+    pub fn update(&self, offer: &Offer) -> Outcome<Activation> {
+        let plan = self.updater.plan(offer)?;
+        self.show_diff(&plan);
+        self.download(&plan)?;
+        let slot = self.updater.install(&plan)?;
+        self.setup.console.say(format!(
+            "installed {} into the inactive slot {slot}",
+            plan.version
+        ));
+        Ok(self.updater.activate(false)?)
+    }
+
+    /// Prints the component diff shown before approval.
+    fn show_diff(&self, plan: &Offer) {
+        let from = plan
+            .current
+            .as_ref()
+            .map_or("nothing".into(), |v| v.to_string());
+        self.setup.console.say(format!(
+            "update {from} → {} from {}:",
+            plan.version, plan.channel
+        ));
+        for c in &plan.components {
+            let versions = match (&c.from, &c.to) {
+                (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+                (_, Some(v)) | (Some(v), None) => v.clone(),
+                (None, None) => String::new(),
+            };
+            let note = match c.op {
+                ComponentOp::Unchanged => "copied from the running slot",
+                ComponentOp::Removed => "left out of the new slot",
+                _ => "downloaded",
+            };
+            self.setup.console.say(format!(
+                "  {:<10} {:<9} {versions:<16} {note}",
+                c.name,
+                c.op.as_str()
+            ));
+        }
+    }
+
+    fn download(&self, plan: &Offer) -> Outcome {
+        let before = self.updater.fetch_stats().bytes_received;
+        let bar = self.setup.console.start_bar(plan.download_size());
+        let result = self.updater.download(
+            plan,
+            &mut |done, _total| bar.set_position(done),
+            &CancelToken::new(),
+        );
+        self.setup.console.finish_bar();
+        result?;
+        let got = self.updater.fetch_stats().bytes_received - before;
+        self.setup.console.say(format!(
+            "downloaded {} bytes for {} bytes of changed artifacts (verified SHA-256)",
+            got,
+            plan.download_size()
+        ));
+        expect_eq("bytes downloaded", got, plan.download_size())
+    }
+
+    /// Starts the app once: the startup step first, then its health check, which confirms
+    /// the release when it passes while on trial.
+    pub fn start_app(&self) -> Outcome<AppRun> {
+        match self.updater.startup()? {
+            Startup::Normal => {
+                self.setup
+                    .console
+                    .say(format!("app {} runs", self.app_file("VERSION")?));
+                Ok(AppRun::Ran)
+            }
+            Startup::Trial { .. } if self.app_file("health")? == "ok" => {
+                self.updater.confirm()?;
+                Ok(AppRun::Confirmed)
+            }
+            Startup::Trial { .. } => {
+                self.setup.console.say(format!(
+                    "app {} fails its health check and exits without confirming",
+                    self.app_file("VERSION")?
+                ));
+                Ok(AppRun::Unhealthy)
+            }
+            Startup::RolledBack { .. } => Ok(AppRun::RolledBack),
+        }
+    }
+
+    /// The primary slot, through the `current` link the launcher follows.
+    pub fn current(&self) -> PathBuf {
+        self.setup.app_root().join("current")
+    }
+
+    /// A file of the app component in the primary slot.
+    fn app_file(&self, name: &str) -> Outcome<String> {
+        let path = self.current().join("app").join(name);
+        Ok(std::fs::read_to_string(path)?.trim().to_string())
+    }
+}
