@@ -89,6 +89,15 @@ impl Board {
         }
     }
 
+    /// Forgets the configured `current_version`: the factory image is unknown to Evergreen.
+    fn without_current_version(self) -> Board {
+        let mut cfg: Value =
+            serde_json::from_slice(&std::fs::read(&self.dev.config).unwrap()).unwrap();
+        cfg.as_object_mut().unwrap().remove("current_version");
+        std::fs::write(&self.dev.config, cfg.to_string()).unwrap();
+        self
+    }
+
     /// One power-on: the bootloader script decides and saves its environment, and the
     /// kernel gets `rauc.slot=<slot>` (`R`, the rescue entry, when it found none).
     fn power_on(&self) -> Option<Slot> {
@@ -216,22 +225,40 @@ fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_f
     assert_eq!(out["status"], "activated");
     assert_eq!(out["slot"], "b");
     assert!(board.slot_bytes(Slot::B) == std::fs::read(&good).unwrap());
-    assert!(board.slot_bytes(Slot::A) == factory, "the running slot A was written");
+    assert!(
+        board.slot_bytes(Slot::A) == factory,
+        "the running slot A was written"
+    );
     assert_eq!(board.grub("ORDER"), "B A");
-    assert_eq!((board.grub("B_OK"), board.grub("B_TRY")), ("1".into(), "0".into()));
+    assert_eq!(
+        (board.grub("B_OK"), board.grub("B_TRY")),
+        ("1".into(), "0".into())
+    );
     let s = board.dev.status();
     assert_eq!((&s["primary"], &s["booted"]), (&json!("b"), &json!("a")));
-    assert_eq!(s["slots"]["b"], json!({"status": "trial", "version": "2.0.0"}));
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "trial", "version": "2.0.0"})
+    );
 
     // GRUB tries B; the new system comes up and confirms itself.
     assert_eq!(board.power_on(), Some(Slot::B));
     let boot = board.boot();
-    assert_eq!((&boot["status"], &boot["slot"]), (&json!("trial"), &json!("b")));
+    assert_eq!(
+        (&boot["status"], &boot["slot"]),
+        (&json!("trial"), &json!("b"))
+    );
     board.dev.expect("confirm", &[], 0);
     let s = board.dev.status();
-    assert_eq!(s["slots"]["b"], json!({"status": "good", "version": "2.0.0"}));
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "good", "version": "2.0.0"})
+    );
     assert_eq!(s["trial"], Value::Null);
-    assert_eq!((board.grub("B_OK"), board.grub("B_TRY")), ("1".into(), "0".into()));
+    assert_eq!(
+        (board.grub("B_OK"), board.grub("B_TRY")),
+        ("1".into(), "0".into())
+    );
     // grub.cfg sets B_TRY=1 on every boot; the startup step marks B good again each time.
     for _ in 0..3 {
         assert_eq!(board.power_on(), Some(Slot::B));
@@ -243,20 +270,36 @@ fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_f
     let running = board.slot_bytes(Slot::B);
     let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
     assert_eq!(out["slot"], "a");
-    assert!(board.slot_bytes(Slot::B) == running, "the running slot B was written");
+    assert!(
+        board.slot_bytes(Slot::B) == running,
+        "the running slot B was written"
+    );
     assert!(board.slot_bytes(Slot::A) == std::fs::read(&bad).unwrap());
     assert_eq!(board.grub("ORDER"), "A B");
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot()["status"], "trial");
-    assert_eq!(board.power_on(), Some(Slot::B), "GRUB skips the tried slot A");
+    assert_eq!(
+        board.power_on(),
+        Some(Slot::B),
+        "GRUB skips the tried slot A"
+    );
     let boot = board.boot();
     assert_eq!(boot["status"], "rolled_back", "{boot}");
     assert_eq!((&boot["from"], &boot["to"]), (&json!("a"), &json!("b")));
     let s = board.dev.status();
     assert_eq!(s["primary"], "b");
-    assert_eq!(s["slots"]["a"], json!({"status": "bad", "version": "3.0.0"}));
-    assert_eq!(s["slots"]["b"], json!({"status": "good", "version": "2.0.0"}));
-    assert_eq!((board.grub("ORDER"), board.grub("A_OK")), ("B A".into(), "0".into()));
+    assert_eq!(
+        s["slots"]["a"],
+        json!({"status": "bad", "version": "3.0.0"})
+    );
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "good", "version": "2.0.0"})
+    );
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("A_OK")),
+        ("B A".into(), "0".into())
+    );
     assert_eq!(board.power_on(), Some(Slot::B));
     assert_eq!(board.boot(), json!({"status": "normal"}));
     // 3.0.0 failed on this board: it is not offered again.
@@ -271,7 +314,11 @@ fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
     let board = Board::new(&repo, &server, "uboot", Loader::UBoot);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.updater().startup().unwrap(), Startup::Normal);
-    assert_eq!(board.uboot("BOOT_A_LEFT"), "3", "a good slot gets its tries back");
+    assert_eq!(
+        board.uboot("BOOT_A_LEFT"),
+        "3",
+        "a good slot gets its tries back"
+    );
 
     let good = release_image(&repo, "2.0.0", 4 * MIB, 2);
     assert_eq!(update_with_library(&board.updater()), Slot::B);
@@ -292,7 +339,10 @@ fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
     let bad = release_image(&repo, "3.0.0", MIB, 3);
     let running = board.slot_bytes(Slot::B);
     assert_eq!(update_with_library(&board.updater()), Slot::A);
-    assert!(board.slot_bytes(Slot::B) == running, "the running slot B was written");
+    assert!(
+        board.slot_bytes(Slot::B) == running,
+        "the running slot B was written"
+    );
     assert!(board.slot_bytes(Slot::A) == std::fs::read(&bad).unwrap());
     assert_eq!(board.uboot("BOOT_ORDER"), "A B");
     // The boot script spends A's three tries, one per power-on.
@@ -340,15 +390,37 @@ fn a_fresh_board_running_slot_b_installs_into_slot_a() {
     let image = release_image(&repo, "2.0.0", MIB, 2);
     let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
     assert_eq!(out["slot"], "a");
-    assert!(board.slot_bytes(Slot::B) == factory, "the running slot B was written");
+    assert!(
+        board.slot_bytes(Slot::B) == factory,
+        "the running slot B was written"
+    );
     assert!(board.slot_bytes(Slot::A) == std::fs::read(&image).unwrap());
     let s = board.dev.status();
-    assert_eq!(s["slots"]["b"], json!({"status": "good", "version": "1.0.0"}));
-    assert_eq!(s["slots"]["a"], json!({"status": "trial", "version": "2.0.0"}));
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "good", "version": "1.0.0"})
+    );
+    assert_eq!(
+        s["slots"]["a"],
+        json!({"status": "trial", "version": "2.0.0"})
+    );
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot()["slot"], "a");
     board.dev.expect("confirm", &[], 0);
     assert_eq!(board.dev.status()["slots"]["a"]["status"], "good");
+}
+
+#[test]
+fn grub_keeps_booting_a_factory_image_evergreen_never_installed() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "factory", Loader::Grub).without_current_version();
+    // Without the startup step marking it good, every second boot would be the rescue entry.
+    for _ in 0..4 {
+        assert_eq!(board.power_on(), Some(Slot::A));
+        assert_eq!(board.boot(), json!({"status": "normal"}));
+    }
+    assert_eq!(board.dev.status()["slots"]["a"]["status"], "empty");
 }
 
 #[test]
@@ -392,7 +464,10 @@ fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
     assert_eq!(s["primary"], "a");
     assert_eq!(s["trial"], Value::Null);
     assert_eq!(s["slots"]["b"]["status"], "installing");
-    assert_eq!((board.grub("ORDER"), board.grub("B_OK")), ("A B".into(), "0".into()));
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("B_OK")),
+        ("A B".into(), "0".into())
+    );
     let out = board.dev.run("activate", &["--now"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(common::stderr(&out).starts_with("error[invalid_state]:"));
@@ -436,7 +511,10 @@ fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
         .unwrap();
     let err = up.install(&plan).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
-    assert!(board.slot_bytes(Slot::A) == running, "the running slot A was written");
+    assert!(
+        board.slot_bytes(Slot::A) == running,
+        "the running slot A was written"
+    );
     // After the restart into B, A is the idle slot and takes the release.
     assert_eq!(board.power_on(), Some(Slot::B));
     assert_eq!(up.startup().unwrap(), Startup::Normal);
