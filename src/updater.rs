@@ -1105,6 +1105,7 @@ impl Updater {
                     st.slot(st.primary).status.as_str()
                 )));
             };
+            self.check_trial_booted(trial.slot)?;
             let record = st.slot_mut(trial.slot);
             record.status = SlotStatus::Good;
             let (sv, version) = (record.security_version, record.version.clone());
@@ -1120,6 +1121,19 @@ impl Updater {
             });
             Ok(())
         })
+    }
+
+    /// A bootloader knows which slot runs: confirming a trial slot that has not booted yet
+    /// (`update && confirm` in one script) would vouch for a system that never ran.
+    fn check_trial_booted(&self, slot: Slot) -> Result<()> {
+        let booted =
+            self.with_selector(|s| Ok(if s.counts_tries() { s.booted()? } else { None }))?;
+        match booted {
+            Some(running) if running != slot => Err(Error::invalid_state(format!(
+                "expected slot {slot} (on trial) to be running to confirm it, found slot {running}: restart into slot {slot} first"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Goes back to the fallback slot now (it must be `good`); the primary is marked bad.
