@@ -432,7 +432,7 @@ fn confirming_before_the_new_slot_has_booted_is_refused() {
     release_image(&repo, "2.0.0", MIB, 2);
     board.dev.expect("update", &["--yes"], 0);
     // `update && confirm` in one script would vouch for a slot that never ran.
-    let out = board.dev.run("confirm", &[]);
+    let out = board.dev.run("confirm", &["--json"]);
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr(&out);
     assert!(err.starts_with("error[invalid_state]:"), "{err}");
@@ -454,7 +454,7 @@ fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
     let image = release_image(&repo, "2.0.0", 2 * MIB, 2);
     let config = board.dev.config.to_str().unwrap();
     let out = common::run_env(
-        &["update", "--config", config, "--yes"],
+        &["update", "--config", config, "--yes", "--json"],
         &[("EVERGREEN_CORRUPT_IMAGE_AT", "1048577")],
     );
     assert_eq!(out.status.code(), Some(1));
@@ -468,7 +468,7 @@ fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
         (board.grub("ORDER"), board.grub("B_OK")),
         ("A B".into(), "0".into())
     );
-    let out = board.dev.run("activate", &["--now"]);
+    let out = board.dev.run("activate", &["--now", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(common::stderr(&out).starts_with("error[invalid_state]:"));
     assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
