@@ -249,7 +249,7 @@ impl UpdaterBuilder {
                     (Some(s), _) => s,
                     (None, sel) => image_selector(sel, booted_from.as_ref(), config.trial.tries)?,
                 };
-                (Store::Image(ImageSlots::new(a, b)), sel)
+                (Store::Image(image_slots(a, b)), sel)
             }
         };
         Ok(Updater {
@@ -1252,6 +1252,21 @@ fn installed_components(
 
 fn version_str(v: Option<&Version>) -> String {
     v.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+/// The image slots of the config. With the `fault-injection` feature (tests only),
+/// `EVERGREEN_CORRUPT_IMAGE_AT=<offset>` makes every image read back with the byte at
+/// `offset` flipped, so a test can drive a failing read-back through the CLI.
+fn image_slots(a: &Path, b: &Path) -> ImageSlots {
+    let slots = ImageSlots::new(a, b);
+    #[cfg(feature = "fault-injection")]
+    if let Some(offset) = std::env::var("EVERGREEN_CORRUPT_IMAGE_AT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return slots.corrupt_after_write(offset);
+    }
+    slots
 }
 
 fn image_selector(
