@@ -429,6 +429,7 @@ fn confirming_before_the_new_slot_has_booted_is_refused() {
     let server = TestServer::serve(&repo.root);
     let board = Board::new(&repo, &server, "early", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
     release_image(&repo, "2.0.0", MIB, 2);
     board.dev.expect("update", &["--yes"], 0);
     // `update && confirm` in one script would vouch for a slot that never ran.
@@ -451,6 +452,7 @@ fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
     let server = TestServer::serve(&repo.root);
     let board = Board::new(&repo, &server, "corrupt", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
     let image = release_image(&repo, "2.0.0", 2 * MIB, 2);
     let config = board.dev.config.to_str().unwrap();
     let out = common::run_env(
