@@ -251,7 +251,7 @@ impl UpdaterBuilder {
                     (Some(s), _) => s,
                     (None, sel) => image_selector(sel, booted_from.as_ref(), config.trial.tries)?,
                 };
-                (Store::Image(ImageSlots::new(a, b)), sel)
+                (Store::Image(image_slots(a, b)), sel)
             }
         };
         Ok(Updater {
@@ -482,12 +482,16 @@ impl Updater {
 
     fn startup_bootloader(&self, st: &mut State) -> Result<Startup> {
         let Some(trial) = st.trial else {
-            // RAUC's grub.cfg sets X_TRY=1 on every boot; a good slot must be marked good
-            // again each time, or the next boot ends in the rescue entry.
+            let booted = self.with_selector(|s| s.booted())?;
+            if self.follow_booted(st, booted) {
+                self.save(st)?;
+            }
+            // RAUC's grub.cfg sets X_TRY=1 on every boot; the running slot must be marked
+            // good again each time, or the next boot ends in the rescue entry. That holds
+            // for a factory image Evergreen never installed (`empty`) as for a good one.
             let primary = st.primary;
-            if st.slot(primary).status == SlotStatus::Good
-                && self.with_selector(|s| s.booted())? == Some(primary)
-            {
+            let status = st.slot(primary).status;
+            if matches!(status, SlotStatus::Good | SlotStatus::Empty) && booted == Some(primary) {
                 self.with_selector(|s| s.confirm(primary))?;
             }
             return Ok(Startup::Normal);
@@ -867,7 +871,7 @@ impl Updater {
                 ));
             }
             let files = self.open_downloads(plan)?;
-            let slot = st.fallback();
+            let slot = self.install_slot(&mut st)?;
             let components = installed_components(plan, &st.slot(st.primary).components);
             *st.slot_mut(slot) = SlotRecord {
                 status: SlotStatus::Installing,
@@ -905,6 +909,44 @@ impl Updater {
             });
             Ok(slot)
         })
+    }
+
+    /// The slot to write: the fallback, and never the slot the selector says is running.
+    ///
+    /// A board provisioned with its first image in slot b runs b while a fresh state says
+    /// a is primary; the state then follows what runs. Any other mismatch (a rollback not
+    /// yet restarted into) is refused until the restart.
+    fn install_slot(&self, st: &mut State) -> Result<Slot> {
+        let booted = self.with_selector(|s| s.booted())?;
+        self.follow_booted(st, booted);
+        let slot = st.fallback();
+        if booted == Some(slot) {
+            return Err(Error::invalid_state(format!(
+                "expected to install into the idle slot {slot}, found it running (primary is {}): restart into slot {} first",
+                st.primary, st.primary
+            )));
+        }
+        Ok(slot)
+    }
+
+    /// A board provisioned with its first image in slot b runs b while a fresh state says
+    /// a is primary: the state's record of what runs moves to b, which becomes primary.
+    /// Returns true when the state changed (the caller saves it).
+    fn follow_booted(&self, st: &mut State, booted: Option<Slot>) -> bool {
+        let other = st.fallback();
+        if booted != Some(other) || st.trial.is_some() || st.slot(other).status != SlotStatus::Empty
+        {
+            return false;
+        }
+        let running = std::mem::take(st.slot_mut(st.primary));
+        *st.slot_mut(other) = running;
+        st.primary = other;
+        st.record(
+            (self.clock)(),
+            "booted_other",
+            format!("slot {other} is running: it becomes primary"),
+        );
+        true
     }
 
     /// Opens every downloaded artifact the plan needs, before anything is written.
@@ -1102,6 +1144,7 @@ impl Updater {
                     st.slot(st.primary).status.as_str()
                 )));
             };
+            self.check_trial_booted(trial.slot)?;
             let record = st.slot_mut(trial.slot);
             record.status = SlotStatus::Good;
             let (sv, version) = (record.security_version, record.version.clone());
@@ -1118,6 +1161,19 @@ impl Updater {
             });
             Ok(())
         })
+    }
+
+    /// A bootloader knows which slot runs: confirming a trial slot that has not booted yet
+    /// (`update && confirm` in one script) would vouch for a system that never ran.
+    fn check_trial_booted(&self, slot: Slot) -> Result<()> {
+        let booted =
+            self.with_selector(|s| Ok(if s.counts_tries() { s.booted()? } else { None }))?;
+        match booted {
+            Some(running) if running != slot => Err(Error::invalid_state(format!(
+                "expected slot {slot} (on trial) to be running to confirm it, found slot {running}: restart into slot {slot} first"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Goes back to the fallback slot now (it must be `good`); the primary is marked bad.
@@ -1236,6 +1292,21 @@ fn installed_components(
 
 fn version_str(v: Option<&Version>) -> String {
     v.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+/// The image slots of the config. With the `fault-injection` feature (tests only),
+/// `EVERGREEN_CORRUPT_IMAGE_AT=<offset>` makes every image read back with the byte at
+/// `offset` flipped, so a test can drive a failing read-back through the CLI.
+fn image_slots(a: &Path, b: &Path) -> ImageSlots {
+    let slots = ImageSlots::new(a, b);
+    #[cfg(feature = "fault-injection")]
+    if let Some(offset) = std::env::var("EVERGREEN_CORRUPT_IMAGE_AT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return slots.corrupt_after_write(offset);
+    }
+    slots
 }
 
 fn image_selector(

@@ -1,0 +1,524 @@
+//! Firmware updates end to end (DESIGN §6): two image slots in plain files, a GRUB
+//! environment block or a redundant U-Boot environment, and a repository published with
+//! the real CLI and served on loopback.
+//!
+//! Between steps the board "powers on": RAUC's own boot logic (`support_bootsim.rs`, written
+//! from RAUC's grub.cfg and boot script, not from our selectors) runs against the
+//! environment file and writes the slot it picked into a fake kernel command line, which is
+//! all Evergreen ever learns about the boot. Every device step then goes through the same
+//! config JSON, either with the `evergreen` CLI or with the library.
+
+#[path = "support_bootsim.rs"]
+mod bootsim;
+mod common;
+mod support;
+
+use common::{Device, Repo};
+use evergreen::fetch::CancelToken;
+use evergreen::slots::grub::GrubEnv;
+use evergreen::slots::uboot::UBootEnv;
+use evergreen::slots::{BootSelector, Slot};
+use evergreen::state::SlotStatus;
+use evergreen::{Activation, Check, Config, ErrorKind, Startup, Updater};
+use semver::Version;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use support::TestServer;
+
+const PRODUCT: &str = "com.acme.board";
+const TARGET: &str = "acme-board-rev2";
+const MIB: usize = 1 << 20;
+
+/// What picks the slot at power-on.
+#[derive(Clone, Copy)]
+enum Loader {
+    Grub,
+    UBoot,
+}
+
+/// A board: two slot files, a bootloader environment, a kernel command line and the
+/// device config that names them.
+struct Board {
+    dev: Device,
+    a: PathBuf,
+    b: PathBuf,
+    cmdline: PathBuf,
+    loader: Loader,
+    /// The GRUB block, or the `fw_env.config` of the U-Boot environment.
+    env: PathBuf,
+}
+
+impl Board {
+    /// A factory-fresh board running 1.0.0 from slot A, with slot B blank.
+    fn new(repo: &Repo, server: &TestServer, name: &str, loader: Loader) -> Board {
+        let base = repo.scratch(name);
+        let (a, b) = (base.join("a.img"), base.join("b.img"));
+        pattern_file(&a, MIB, 1);
+        std::fs::write(&b, vec![0u8; MIB]).unwrap();
+        let cmdline = base.join("cmdline");
+        std::fs::write(&cmdline, "console=ttyS0 quiet\n").unwrap();
+        let (env, selector) = match loader {
+            Loader::Grub => {
+                let env = base.join("grubenv");
+                GrubEnv::init(&env).unwrap();
+                (env.clone(), json!({"kind": "grub", "env": env}))
+            }
+            Loader::UBoot => {
+                let config = uboot_env(&base);
+                (config.clone(), json!({"kind": "uboot", "config": config}))
+            }
+        };
+        let dev = repo.device(
+            name,
+            &server.url(),
+            json!({
+                "target": TARGET,
+                "current_version": "1.0.0",
+                "slots": {"kind": "image", "a": a, "b": b, "selector": selector,
+                          "booted_from": {"cmdline": cmdline, "key": "rauc.slot"}},
+                "limits": {"retries": 1, "retry_backoff_ms": 10},
+            }),
+        );
+        Board {
+            dev,
+            a,
+            b,
+            cmdline,
+            loader,
+            env,
+        }
+    }
+
+    /// Forgets the configured `current_version`: the factory image is unknown to Evergreen.
+    fn without_current_version(self) -> Board {
+        let mut cfg: Value =
+            serde_json::from_slice(&std::fs::read(&self.dev.config).unwrap()).unwrap();
+        cfg.as_object_mut().unwrap().remove("current_version");
+        std::fs::write(&self.dev.config, cfg.to_string()).unwrap();
+        self
+    }
+
+    /// One power-on: the bootloader script decides and saves its environment, and the
+    /// kernel gets `rauc.slot=<slot>` (`R`, the rescue entry, when it found none).
+    fn power_on(&self) -> Option<Slot> {
+        let slot = match self.loader {
+            Loader::Grub => bootsim::grub_boot(&mut GrubEnv::new(&self.env)),
+            Loader::UBoot => bootsim::uboot_boot(&mut UBootEnv::open(&self.env).unwrap()),
+        };
+        let name = slot.map_or("R", Slot::upper);
+        std::fs::write(
+            &self.cmdline,
+            format!("console=ttyS0 root=/dev/mmcblk0p2 rauc.slot={name} quiet\n"),
+        )
+        .unwrap();
+        slot
+    }
+
+    /// `evergreen boot --json`, parsed.
+    fn boot(&self) -> Value {
+        serde_json::from_str(&self.dev.expect("boot", &["--json"], 0)).unwrap()
+    }
+
+    /// The library, built from the same config file the CLI reads.
+    fn updater(&self) -> Updater {
+        let config = Config::from_file(&self.dev.config).unwrap();
+        Updater::builder(config).build().unwrap()
+    }
+
+    fn grub(&self, name: &str) -> String {
+        GrubEnv::new(&self.env)
+            .get(name)
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    fn uboot(&self, name: &str) -> String {
+        UBootEnv::open(&self.env)
+            .unwrap()
+            .get(name)
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    fn slot_bytes(&self, slot: Slot) -> Vec<u8> {
+        std::fs::read(match slot {
+            Slot::A => &self.a,
+            Slot::B => &self.b,
+        })
+        .unwrap()
+    }
+}
+
+/// A redundant U-Boot environment: two 16 KiB copies in one file, blank like erased flash,
+/// initialised the way a board's first boot would (A first with 3 tries, B with none).
+fn uboot_env(base: &Path) -> PathBuf {
+    let storage = base.join("uboot.env");
+    std::fs::write(&storage, vec![0xffu8; 0x8000]).unwrap();
+    let config = base.join("fw_env.config");
+    std::fs::write(
+        &config,
+        format!(
+            "# device offset size\n{0} 0x0 0x4000\n{0} 0x4000 0x4000\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    UBootEnv::open(&config).unwrap().init().unwrap();
+    config
+}
+
+/// Writes `len` pseudo-random bytes (xorshift from `seed`) to `path`.
+fn pattern_file(path: &Path, len: usize, seed: u64) {
+    let mut state = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Publishes `version` with one `image` component, `rootfs`, made of `len` bytes.
+fn release_image(repo: &Repo, version: &str, len: usize, seed: u64) -> PathBuf {
+    let image = repo.scratch("images").join(format!("rootfs-{version}.img"));
+    pattern_file(&image, len, seed);
+    let spec = PathBuf::from(format!("{}:image", image.display()));
+    repo.release("stable", version, TARGET, &[("rootfs", &spec)], &[]);
+    image
+}
+
+fn json_out(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+/// Check, download, install and activate with the library, as a host would.
+fn update_with_library(up: &Updater) -> Slot {
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("expected an update to be available");
+    };
+    let plan = up.plan(&offer).unwrap();
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let slot = up.install(&plan).unwrap();
+    match up.activate(false).unwrap() {
+        Activation::Activated { slot: active, .. } => assert_eq!(active, slot),
+        other => panic!("expected the new slot activated, found {other:?}"),
+    }
+    slot
+}
+
+#[test]
+fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_falls_back() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "grub", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let factory = board.slot_bytes(Slot::A);
+
+    // 2.0.0: a 64 MiB root file system, written into B while A runs.
+    let good = release_image(&repo, "2.0.0", 64 * MIB, 2);
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(out["status"], "activated");
+    assert_eq!(out["slot"], "b");
+    assert!(board.slot_bytes(Slot::B) == std::fs::read(&good).unwrap());
+    assert!(
+        board.slot_bytes(Slot::A) == factory,
+        "the running slot A was written"
+    );
+    assert_eq!(board.grub("ORDER"), "B A");
+    assert_eq!(
+        (board.grub("B_OK"), board.grub("B_TRY")),
+        ("1".into(), "0".into())
+    );
+    let s = board.dev.status();
+    assert_eq!((&s["primary"], &s["booted"]), (&json!("b"), &json!("a")));
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "trial", "version": "2.0.0"})
+    );
+
+    // GRUB tries B; the new system comes up and confirms itself.
+    assert_eq!(board.power_on(), Some(Slot::B));
+    let boot = board.boot();
+    assert_eq!(
+        (&boot["status"], &boot["slot"]),
+        (&json!("trial"), &json!("b"))
+    );
+    board.dev.expect("confirm", &[], 0);
+    let s = board.dev.status();
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "good", "version": "2.0.0"})
+    );
+    assert_eq!(s["trial"], Value::Null);
+    assert_eq!(
+        (board.grub("B_OK"), board.grub("B_TRY")),
+        ("1".into(), "0".into())
+    );
+    // grub.cfg sets B_TRY=1 on every boot; the startup step marks B good again each time.
+    for _ in 0..3 {
+        assert_eq!(board.power_on(), Some(Slot::B));
+        assert_eq!(board.boot(), json!({"status": "normal"}));
+    }
+
+    // 3.0.0 boots but never confirms: GRUB gives it one try, then starts B again.
+    let bad = release_image(&repo, "3.0.0", MIB, 3);
+    let running = board.slot_bytes(Slot::B);
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(out["slot"], "a");
+    assert!(
+        board.slot_bytes(Slot::B) == running,
+        "the running slot B was written"
+    );
+    assert!(board.slot_bytes(Slot::A) == std::fs::read(&bad).unwrap());
+    assert_eq!(board.grub("ORDER"), "A B");
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot()["status"], "trial");
+    assert_eq!(
+        board.power_on(),
+        Some(Slot::B),
+        "GRUB skips the tried slot A"
+    );
+    let boot = board.boot();
+    assert_eq!(boot["status"], "rolled_back", "{boot}");
+    assert_eq!((&boot["from"], &boot["to"]), (&json!("a"), &json!("b")));
+    let s = board.dev.status();
+    assert_eq!(s["primary"], "b");
+    assert_eq!(
+        s["slots"]["a"],
+        json!({"status": "bad", "version": "3.0.0"})
+    );
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "good", "version": "2.0.0"})
+    );
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("A_OK")),
+        ("B A".into(), "0".into())
+    );
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    // 3.0.0 failed on this board: it is not offered again.
+    let check = json_out(&board.dev.expect("check", &["--json"], 0));
+    assert_eq!(check["status"], "up_to_date");
+}
+
+#[test]
+fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "uboot", Loader::UBoot);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.updater().startup().unwrap(), Startup::Normal);
+    assert_eq!(
+        board.uboot("BOOT_A_LEFT"),
+        "3",
+        "a good slot gets its tries back"
+    );
+
+    let good = release_image(&repo, "2.0.0", 4 * MIB, 2);
+    assert_eq!(update_with_library(&board.updater()), Slot::B);
+    assert!(board.slot_bytes(Slot::B) == std::fs::read(&good).unwrap());
+    assert_eq!(board.uboot("BOOT_ORDER"), "B A");
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "2");
+    let up = board.updater();
+    assert!(matches!(
+        up.startup().unwrap(),
+        Startup::Trial { slot: Slot::B, .. }
+    ));
+    up.confirm().unwrap();
+    assert_eq!(up.state().unwrap().b.status, SlotStatus::Good);
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
+
+    let bad = release_image(&repo, "3.0.0", MIB, 3);
+    let running = board.slot_bytes(Slot::B);
+    assert_eq!(update_with_library(&board.updater()), Slot::A);
+    assert!(
+        board.slot_bytes(Slot::B) == running,
+        "the running slot B was written"
+    );
+    assert!(board.slot_bytes(Slot::A) == std::fs::read(&bad).unwrap());
+    assert_eq!(board.uboot("BOOT_ORDER"), "A B");
+    // The boot script spends A's three tries, one per power-on.
+    for left in ["2", "1", "0"] {
+        assert_eq!(board.power_on(), Some(Slot::A));
+        assert_eq!(board.uboot("BOOT_A_LEFT"), left);
+        assert!(matches!(
+            board.updater().startup().unwrap(),
+            Startup::Trial { slot: Slot::A, .. }
+        ));
+    }
+    assert_eq!(board.power_on(), Some(Slot::B), "no tries left for A");
+    let up = board.updater();
+    match up.startup().unwrap() {
+        Startup::RolledBack { from, to, .. } => assert_eq!((from, to), (Slot::A, Slot::B)),
+        other => panic!("expected a rollback, found {other:?}"),
+    }
+    let st = up.state().unwrap();
+    assert_eq!((st.primary, st.a.status), (Slot::B, SlotStatus::Bad));
+    assert_eq!(st.failed, [Version::new(3, 0, 0)]);
+    assert_eq!(board.uboot("BOOT_ORDER"), "B A");
+    assert_eq!(board.uboot("BOOT_A_LEFT"), "0");
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
+    assert!(matches!(up.check().unwrap(), Check::UpToDate));
+    for _ in 0..4 {
+        assert_eq!(board.power_on(), Some(Slot::B));
+        assert_eq!(board.updater().startup().unwrap(), Startup::Normal);
+    }
+}
+
+#[test]
+fn a_fresh_board_running_slot_b_installs_into_slot_a() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "fromb", Loader::Grub);
+    // Provisioned with the factory image in B: GRUB boots B, A is the idle slot.
+    std::fs::copy(&board.a, &board.b).unwrap();
+    let mut env = GrubEnv::init(&board.env).unwrap();
+    env.activate(Slot::B, 1).unwrap();
+    env.confirm(Slot::B).unwrap();
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["status"], "normal");
+    let factory = board.slot_bytes(Slot::B);
+
+    let image = release_image(&repo, "2.0.0", MIB, 2);
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(out["slot"], "a");
+    assert!(
+        board.slot_bytes(Slot::B) == factory,
+        "the running slot B was written"
+    );
+    assert!(board.slot_bytes(Slot::A) == std::fs::read(&image).unwrap());
+    let s = board.dev.status();
+    assert_eq!(
+        s["slots"]["b"],
+        json!({"status": "good", "version": "1.0.0"})
+    );
+    assert_eq!(
+        s["slots"]["a"],
+        json!({"status": "trial", "version": "2.0.0"})
+    );
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot()["slot"], "a");
+    board.dev.expect("confirm", &[], 0);
+    assert_eq!(board.dev.status()["slots"]["a"]["status"], "good");
+}
+
+#[test]
+fn grub_keeps_booting_a_factory_image_evergreen_never_installed() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "factory", Loader::Grub).without_current_version();
+    // Without the startup step marking it good, every second boot would be the rescue entry.
+    for _ in 0..4 {
+        assert_eq!(board.power_on(), Some(Slot::A));
+        assert_eq!(board.boot(), json!({"status": "normal"}));
+    }
+    assert_eq!(board.dev.status()["slots"]["a"]["status"], "empty");
+}
+
+#[test]
+fn confirming_before_the_new_slot_has_booted_is_refused() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "early", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    release_image(&repo, "2.0.0", MIB, 2);
+    board.dev.expect("update", &["--yes"], 0);
+    // `update && confirm` in one script would vouch for a slot that never ran.
+    let out = board.dev.run("confirm", &["--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(err.starts_with("error[invalid_state]:"), "{err}");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+    assert_eq!(board.power_on(), Some(Slot::B));
+    board.dev.expect("confirm", &[], 0);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "good");
+}
+
+/// The slot's device returns one flipped byte after the write (the `fault-injection`
+/// hook `EVERGREEN_CORRUPT_IMAGE_AT`): the read-back refuses the slot.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "corrupt", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let image = release_image(&repo, "2.0.0", 2 * MIB, 2);
+    let config = board.dev.config.to_str().unwrap();
+    let out = common::run_env(
+        &["update", "--config", config, "--yes", "--json"],
+        &[("EVERGREEN_CORRUPT_IMAGE_AT", "1048577")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(err.starts_with("error[hash_mismatch]:"), "{err}");
+    let s = board.dev.status();
+    assert_eq!(s["primary"], "a");
+    assert_eq!(s["trial"], Value::Null);
+    assert_eq!(s["slots"]["b"]["status"], "installing");
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("B_OK")),
+        ("A B".into(), "0".into())
+    );
+    let out = board.dev.run("activate", &["--now", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::stderr(&out).starts_with("error[invalid_state]:"));
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+
+    // A healthy device takes the same download (not fetched again) without complaint.
+    let sha = evergreen::trust::sha256_hex(&std::fs::read(&image).unwrap());
+    let blob = format!("blobs/sha256/{sha}");
+    assert_eq!(server.requests(&blob).len(), 1);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(server.requests(&blob).len(), 1);
+    assert!(board.slot_bytes(Slot::B) == std::fs::read(&image).unwrap());
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+}
+
+#[test]
+fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "rolled", Loader::UBoot);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    release_image(&repo, "2.0.0", MIB, 2);
+    assert_eq!(update_with_library(&board.updater()), Slot::B);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    let up = board.updater();
+    up.startup().unwrap();
+    up.confirm().unwrap();
+    release_image(&repo, "3.0.0", MIB, 3);
+    assert_eq!(update_with_library(&up), Slot::A);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    up.startup().unwrap();
+    // The operator rolls back by hand: B is primary again, but A runs until the restart.
+    assert_eq!(up.rollback().unwrap(), Slot::B);
+    release_image(&repo, "3.1.0", MIB, 4);
+    let running = board.slot_bytes(Slot::A);
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("expected 3.1.0 to be offered");
+    };
+    let plan = up.plan(&offer).unwrap();
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let err = up.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert!(
+        board.slot_bytes(Slot::A) == running,
+        "the running slot A was written"
+    );
+    // After the restart into B, A is the idle slot and takes the release.
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(up.startup().unwrap(), Startup::Normal);
+    assert_eq!(up.install(&plan).unwrap(), Slot::A);
+}
