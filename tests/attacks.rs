@@ -170,7 +170,12 @@ fn attack_clock_set_back_before_the_newest_issued_seen() {
     let before = dev.snapshot();
     dev.set_clock(t0().plus_days(1));
     let err = refused(dev.updater.check(), ErrorKind::Expired);
-    assert!(err.message().contains("2027-01-01T10:00:00Z"), "{err}");
+    let stable_expired = t0().plus_days(30).to_string();
+    let reads_as = t0().plus_days(40).to_string();
+    assert!(
+        err.message().contains(&stable_expired) && err.message().contains(&reads_as),
+        "{err}"
+    );
     before.assert_unchanged(&dev);
 }
 
@@ -544,7 +549,7 @@ fn hostile_install(zip: &[u8], device: serde_json::Value, escapes: &[PathBuf]) -
         );
     }
     let base = dev.app.parent().unwrap();
-    assert_eq!(listing(base), ["app", "root.json", "state"]);
+    assert_eq!(listing(base), ["app", "config.json", "root.json", "state"]);
     assert_eq!(listing(&dev.app), ["current", "slots"]);
     assert_eq!(listing(&dev.app.join("slots")), ["a", "b"]);
     let inactive = dev.slot_dir(before.primary.other());
@@ -800,4 +805,61 @@ fn attack_redirected_manifest_is_still_verified() {
     refused(dev.updater.check(), ErrorKind::WrongMetadata);
     before.assert_unchanged(&dev);
     assert_eq!(evil.requests(STABLE).len(), 1);
+}
+
+// ---- through the CLI -----------------------------------------------------------------
+
+/// `evergreen <cmd>` fails with exit 1 and one `error[<kind>]` line on stderr; returns
+/// `evergreen status --json` from before and after.
+fn cli_refused(
+    dev: &Dev,
+    cmd: &str,
+    args: &[&str],
+    kind: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let before = dev.cli_status();
+    let out = dev.cli(cmd, args);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Progress lines may precede it; the failure itself is one `error[kind]` line, last.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error[")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].starts_with(&format!("error[{kind}]: ")), "{err}");
+    assert_eq!(err.trim_end().lines().last(), Some(errors[0]), "{err}");
+    (before, dev.cli_status())
+}
+
+/// "Arbitrary software installation" through the device CLI: a manifest signed by an
+/// attacker's key, refused by `evergreen check` and `evergreen update`.
+#[test]
+fn attack_forged_manifest_through_the_cli() {
+    let (w, dev) = World::installed();
+    let snapshot = dev.snapshot();
+    let forged = w.forge("stable", &[&key(ATTACKER_KEY)], evil_release);
+    w.serve(STABLE, forged);
+    for (cmd, args) in [("check", &["--json"][..]), ("update", &["--yes"][..])] {
+        let (before, after) = cli_refused(&dev, cmd, args, "signature");
+        assert_eq!(after, before, "evergreen {cmd}");
+    }
+    snapshot.assert_unchanged(&dev);
+}
+
+/// Zip slip through `evergreen update --yes`: refused, nothing written outside the slot.
+/// (The update's own check legitimately records the new manifest and the check time.)
+#[test]
+fn attack_zip_slip_through_the_cli() {
+    let (w, dev) = World::installed();
+    let name = format!("../../../../tmp/{}", unique("cli-evil.txt"));
+    w.publish("stable", "1.1.0", &slip(&name), at(t0()));
+    let snapshot = dev.snapshot();
+    let (mut before, mut after) = cli_refused(&dev, "update", &["--yes"], "unsafe_archive");
+    let inactive = snapshot.primary.other().as_str();
+    for s in [&mut before, &mut after] {
+        s.as_object_mut().unwrap().remove("last_check");
+        s["slots"].as_object_mut().unwrap().remove(inactive);
+    }
+    assert_eq!(after, before);
+    snapshot.assert_booted_intact(&dev);
+    assert_ne!(dev.state_json()[inactive]["status"], "installed");
+    assert!(std::fs::symlink_metadata(in_tmp("cli-evil.txt")).is_err());
 }

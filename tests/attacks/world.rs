@@ -20,9 +20,12 @@ use std::sync::{Arc, Mutex};
 pub const PRODUCT: &str = "com.acme.attacked";
 pub const TARGET: &str = "x86_64-linux";
 
-/// When the honest repository was made; every device clock starts here.
+/// When the honest repository was made, and where every device clock starts: the start
+/// of today (UTC), fixed once per run, so that the CLI, which reads the real clock, sees
+/// the same fresh repository as the library devices.
 pub fn t0() -> Timestamp {
-    "2026-11-22T10:00:00Z".parse().unwrap()
+    static T0: std::sync::OnceLock<Timestamp> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| Timestamp::from_unix(Timestamp::now().unix().div_euclid(86_400) * 86_400))
 }
 
 /// A deterministic key per number, so a failure reproduces.
@@ -216,6 +219,8 @@ impl World {
             "limits": {"retries": 0, "retry_backoff_ms": 10},
         });
         merge(&mut cfg, extra);
+        let config_path = base.join("config.json");
+        std::fs::write(&config_path, cfg.to_string()).unwrap();
         let config = Config::from_json(&cfg.to_string()).unwrap();
         let clock = Arc::new(Mutex::new(t0()));
         let reading = Arc::clone(&clock);
@@ -225,6 +230,7 @@ impl World {
             .unwrap();
         Dev {
             updater,
+            config: config_path,
             app: base.join("app"),
             state: base.join("state"),
             clock,
@@ -266,12 +272,28 @@ pub fn manifest_of(envelope: &[u8]) -> Manifest {
 /// A device: the updater, its directories and its clock.
 pub struct Dev {
     pub updater: Updater,
+    /// The same config as a file, for the CLI.
+    pub config: PathBuf,
     pub app: PathBuf,
     pub state: PathBuf,
     clock: Arc<Mutex<Timestamp>>,
 }
 
 impl Dev {
+    /// `evergreen <cmd> --config <config> <args>`: the device's CLI, on the real clock.
+    pub fn cli(&self, cmd: &str, args: &[&str]) -> std::process::Output {
+        let mut all = vec![cmd, "--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        crate::common::run(&all)
+    }
+
+    /// `evergreen status --json`, parsed.
+    pub fn cli_status(&self) -> Value {
+        let out = self.cli("status", &["--json"]);
+        assert!(out.status.success(), "{}", crate::common::stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn set_clock(&self, t: Timestamp) {
         *self.clock.lock().unwrap() = t;
     }
@@ -424,7 +446,8 @@ impl Snapshot {
         self.assert_primary_intact(dev);
     }
 
-    fn assert_primary_intact(&self, dev: &Dev) {
+    /// The same primary slot, byte for byte, and the boot link pointing at it.
+    pub fn assert_booted_intact(&self, dev: &Dev) {
         assert_eq!(dev.primary(), self.primary, "the primary slot moved");
         assert_eq!(
             tree_digest(&dev.slot_dir(self.primary)),
@@ -436,6 +459,10 @@ impl Snapshot {
             self.current,
             "the boot link changed"
         );
+    }
+
+    fn assert_primary_intact(&self, dev: &Dev) {
+        self.assert_booted_intact(dev);
         let mut status = serde_json::to_value(dev.updater.status().unwrap()).unwrap();
         let mut before = self.status.clone();
         let inactive = self.primary.other().as_str();
