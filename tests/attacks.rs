@@ -33,10 +33,12 @@ fn evil_release(m: &mut Manifest) {
     m.releases.push(evil);
 }
 
-/// Serves `envelope` as the stable manifest and asserts a check refuses it with `kind`,
-/// leaving the device as it was.
+/// Serves `envelope` as the stable manifest (instead of any earlier fault: the server
+/// applies the first matching one) and asserts a check refuses it with `kind`, leaving the
+/// device as it was.
 fn check_refused(w: &World, dev: &Dev, envelope: Vec<u8>, kind: ErrorKind) -> evergreen::Error {
     let before = dev.snapshot();
+    w.server.clear_faults();
     w.serve(STABLE, envelope);
     let err = refused(dev.updater.check(), kind);
     before.assert_unchanged(dev);
@@ -57,11 +59,11 @@ fn to_bytes(e: &Envelope) -> Vec<u8> {
 #[test]
 fn attack_unsigned_manifest() {
     let (w, dev) = World::installed();
-    let mut e = envelope(&w.forge("stable", &[], evil_release));
-    e.signatures.clear();
-    check_refused(&w, &dev, to_bytes(&e), ErrorKind::Signature);
+    let unsigned = w.forge("stable", &[], evil_release);
+    assert!(envelope(&unsigned).signatures.is_empty());
+    check_refused(&w, &dev, unsigned.clone(), ErrorKind::Signature);
     // Nor a bare, unenveloped manifest.
-    let payload = trust::decode_base64(&e.payload).unwrap();
+    let payload = trust::decode_base64(&envelope(&unsigned).payload).unwrap();
     check_refused(&w, &dev, payload, ErrorKind::Signature);
 }
 
@@ -409,7 +411,6 @@ fn attack_root_rotation_signed_only_by_new_keys() {
     let before = dev.snapshot();
     refused(dev.updater.check(), ErrorKind::Signature);
     before.assert_unchanged(&dev);
-    assert_eq!(before.primary, dev.primary());
     assert_eq!(dev.state_json()["root_version"], 1);
 }
 

@@ -181,7 +181,8 @@ impl World {
         trust::seal(MANIFEST_TYPE, &m.to_bytes(), signers)
     }
 
-    /// Serves `bytes` at `path` instead of the repository's file, until cleared.
+    /// Serves `bytes` at `path` instead of the repository's file, until cleared. The
+    /// server applies the first fault set for a path, so clear before serving another.
     pub fn serve(&self, path: &str, bytes: Vec<u8>) {
         self.server.set_fault(path, Fault::Replace(bytes));
     }
@@ -192,12 +193,9 @@ impl World {
             manifest_keys: Some(vec![key(n).public()]),
             ..RotateOptions::default()
         };
-        let root = self
-            .repo
+        self.repo
             .rotate(&opts, &[&key(ROOT_KEY), &key(n)], now)
-            .unwrap();
-        self.repo.trusted_root().unwrap();
-        root
+            .unwrap()
     }
 
     /// A device following `stable`, with fast retries; `extra` overrides config fields.
