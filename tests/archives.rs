@@ -5,6 +5,9 @@
 //! writer would not produce the attack. Every refusal asserts `unsafe_archive` and that
 //! nothing exists outside the destination.
 
+mod common;
+
+use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_size, Item};
 use evergreen::manifest::TargetRelease;
 use evergreen::stage::{
     copy_tree, diff, extract_zip, make_durable, place_file, ArchiveLimits, ComponentOp,
@@ -13,57 +16,13 @@ use evergreen::stage::{
 use evergreen::ErrorKind;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Cursor, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipWriter};
+use zip::CompressionMethod;
 
-enum Item<'a> {
-    File(&'a str, &'a [u8], u32),
-    Dir(&'a str),
-    Link(&'a str, &'a str),
-}
 use Item::{Dir, File, Link};
-
-fn build(items: &[Item]) -> Vec<u8> {
-    build_with(items, SimpleFileOptions::default())
-}
-
-fn build_with(items: &[Item], base: SimpleFileOptions) -> Vec<u8> {
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    for item in items {
-        match item {
-            File(name, data, mode) => {
-                // `unix_permissions` keeps only 0o777; the raw attributes carry setuid too.
-                let attrs = (0o100000 | mode) << 16;
-                w.start_file(*name, base.external_attributes(attrs))
-                    .unwrap();
-                w.write_all(data).unwrap();
-            }
-            Dir(name) => w.add_directory(*name, base).unwrap(),
-            Link(name, target) => w.add_symlink(*name, *target, base).unwrap(),
-        }
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// Replaces every occurrence of `from` (local header, central directory) by `to`.
-fn patch_all(bytes: &mut [u8], from: &[u8], to: &[u8]) {
-    assert_eq!(from.len(), to.len());
-    let mut found = 0;
-    let mut i = 0;
-    while i + from.len() <= bytes.len() {
-        if &bytes[i..i + from.len()] == from {
-            bytes[i..i + from.len()].copy_from_slice(to);
-            found += 1;
-            i += from.len();
-        } else {
-            i += 1;
-        }
-    }
-    assert!(found > 0, "nothing to patch");
-}
 
 /// A temp dir holding `archive.zip` and `out/`; extraction goes to `out/dest`.
 struct Case {
@@ -461,15 +420,7 @@ fn more_than_the_configured_cap_is_refused() {
 #[test]
 fn overlapping_entries_bomb_is_refused() {
     // Several central-directory entries share one compressed body (Fifield's bomb).
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    w.start_file("kernel.bin", SimpleFileOptions::default())
-        .unwrap();
-    w.write_all(&vec![0u8; 1 << 20]).unwrap();
-    for i in 0..8 {
-        w.shallow_copy_file("kernel.bin", &format!("copy{i}.bin"))
-            .unwrap();
-    }
-    let bytes = w.finish().unwrap().into_inner();
+    let bytes = overlapping_bomb(8);
     let lenient = ArchiveLimits {
         max_ratio: u64::MAX,
         ..limits()
@@ -494,37 +445,6 @@ fn too_many_entries_are_refused() {
         ..limits()
     };
     Case::new(&bytes).extract(None, &eleven).unwrap();
-}
-
-/// Sets the uncompressed size in the ZIP64 extra field of every central-directory entry.
-fn patch_zip64_size(bytes: &mut [u8], size: u64) {
-    let mut i = 0;
-    let mut patched = 0;
-    while i + 46 <= bytes.len() {
-        if bytes[i..i + 4] != [0x50, 0x4b, 0x01, 0x02] {
-            i += 1;
-            continue;
-        }
-        let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-        let (name_len, extra_len) = (u16_at(bytes, i + 28), u16_at(bytes, i + 30));
-        let mut e = i + 46 + name_len;
-        let end = e + extra_len;
-        while e + 4 <= end {
-            let (id, len) = (u16_at(bytes, e), u16_at(bytes, e + 2));
-            if id == 1 {
-                assert_eq!(
-                    &bytes[i + 24..i + 28],
-                    &[0xff; 4],
-                    "size lives in the extra field"
-                );
-                bytes[e + 4..e + 12].copy_from_slice(&size.to_le_bytes());
-                patched += 1;
-            }
-            e += 4 + len;
-        }
-        i = end;
-    }
-    assert!(patched > 0, "no ZIP64 extra field found");
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! `evergreen` CLI, zips built in the test, and device configs.
 #![allow(dead_code)]
 
+pub mod zips;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

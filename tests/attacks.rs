@@ -1,0 +1,866 @@
+//! The attack matrix (DESIGN §11): one test per attack of The Update Framework's threat
+//! model, plus zip slip, symlink escapes and zip bombs, each against a real loopback
+//! server in front of a repository signed with `evergreen::publish`, each driving a device
+//! that had installed and confirmed 1.0.0 honestly. Every test asserts the exact error
+//! kind and that the primary slot, the boot link, `status` and `state.json` (and the
+//! trusted root, manifest cache and verified downloads) are as they were.
+
+mod common;
+mod support;
+#[path = "attacks/world.rs"]
+mod world;
+
+use common::zips::{self, Item};
+use evergreen::manifest::Manifest;
+use evergreen::trust::{self, Envelope, EnvelopeSignature, Root, SecretKey, ROOT_TYPE};
+use evergreen::{Check, ErrorKind};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::Fault;
+use world::{
+    app_zip, at, key, manifest_of, refused, t0, Dev, Setup, World, ATTACKER_KEY, MANIFEST_KEY,
+    ROOT_KEY, SECOND_MANIFEST_KEY,
+};
+
+const STABLE: &str = "channels/stable.json";
+
+/// An extra release an attacker wants installed: 1.0.0's components under version 6.6.6.
+fn evil_release(m: &mut Manifest) {
+    let mut evil = m.releases[0].clone();
+    evil.version = "6.6.6".parse().unwrap();
+    evil.notes = "totally legit".into();
+    m.releases.push(evil);
+}
+
+/// Serves `envelope` as the stable manifest (instead of any earlier fault: the server
+/// applies the first matching one) and asserts a check refuses it with `kind`, leaving the
+/// device as it was.
+fn check_refused(w: &World, dev: &Dev, envelope: Vec<u8>, kind: ErrorKind) -> evergreen::Error {
+    let before = dev.snapshot();
+    w.server.clear_faults();
+    w.serve(STABLE, envelope);
+    let err = refused(dev.updater.check(), kind);
+    before.assert_unchanged(dev);
+    err
+}
+
+fn envelope(bytes: &[u8]) -> Envelope {
+    trust::parse_envelope(bytes).unwrap()
+}
+
+fn to_bytes(e: &Envelope) -> Vec<u8> {
+    serde_json::to_vec(e).unwrap()
+}
+
+// ---- arbitrary software --------------------------------------------------------------
+
+/// TUF "arbitrary software installation": a manifest with no signature at all.
+#[test]
+fn attack_unsigned_manifest() {
+    let (w, dev) = World::installed();
+    let unsigned = w.forge("stable", &[], evil_release);
+    assert!(envelope(&unsigned).signatures.is_empty());
+    check_refused(&w, &dev, unsigned.clone(), ErrorKind::Signature);
+    // Nor a bare, unenveloped manifest.
+    let payload = trust::decode_base64(&envelope(&unsigned).payload).unwrap();
+    check_refused(&w, &dev, payload, ErrorKind::Signature);
+}
+
+/// TUF "arbitrary software installation": a manifest signed by a key the root never named.
+#[test]
+fn attack_manifest_signed_by_a_wrong_key() {
+    let (w, dev) = World::installed();
+    let forged = w.forge("stable", &[&key(ATTACKER_KEY)], evil_release);
+    let err = check_refused(&w, &dev, forged, ErrorKind::Signature);
+    assert!(err.message().contains("found 0"), "{err}");
+}
+
+fn two_of_two() -> Setup {
+    Setup {
+        manifest_keys: vec![MANIFEST_KEY, SECOND_MANIFEST_KEY],
+        manifest_threshold: 2,
+        ..Setup::default()
+    }
+}
+
+/// TUF "arbitrary software installation": the root asks for two manifest signatures and the
+/// served manifest, otherwise genuine, carries one.
+#[test]
+fn attack_manifest_below_threshold() {
+    let (w, dev) = World::installed_with(two_of_two(), json!({}));
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let mut e = envelope(&w.channel_bytes("stable"));
+    assert_eq!(e.signatures.len(), 2);
+    e.signatures.truncate(1);
+    check_refused(&w, &dev, to_bytes(&e), ErrorKind::Threshold);
+}
+
+/// TUF "key compromise below threshold": one of two manifest keys is stolen; the attacker
+/// signs a new manifest with it, listing the signature twice and under the other keyid.
+#[test]
+fn attack_key_compromise_below_threshold() {
+    let (w, dev) = World::installed_with(two_of_two(), json!({}));
+    let stolen = key(SECOND_MANIFEST_KEY);
+    let mut e = envelope(&w.forge("stable", &[&stolen], evil_release));
+    let sig = e.signatures[0].clone();
+    e.signatures.push(sig.clone());
+    e.signatures.push(EnvelopeSignature {
+        keyid: key(MANIFEST_KEY).public().keyid(),
+        sig: sig.sig,
+    });
+    let err = check_refused(&w, &dev, to_bytes(&e), ErrorKind::Threshold);
+    assert!(err.message().contains("found 1"), "{err}");
+}
+
+// ---- rollback ------------------------------------------------------------------------
+
+/// TUF "rollback attack": the manifest of sequence 1 replayed after sequence 2 was seen.
+#[test]
+fn attack_metadata_rollback() {
+    let (w, dev) = World::installed();
+    let old = w.channel_bytes("stable");
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
+    let err = check_refused(&w, &dev, old, ErrorKind::MetadataRollback);
+    assert!(err.message().contains("sequence 2"), "{err}");
+}
+
+/// TUF "rollback attack", variant: the seen sequence number with different signed bytes
+/// (a compromised key re-signing history).
+#[test]
+fn attack_same_sequence_different_bytes() {
+    let (w, dev) = World::installed();
+    let seen = manifest_of(&w.channel_bytes("stable"));
+    let forged = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        m.sequence = seen.sequence;
+        evil_release(m);
+    });
+    check_refused(&w, &dev, forged, ErrorKind::MetadataRollback);
+}
+
+// ---- indefinite freeze ---------------------------------------------------------------
+
+/// TUF "indefinite freeze": the server keeps serving the last manifest past its expiry.
+#[test]
+fn attack_expired_manifest() {
+    let (w, dev) = World::installed();
+    let before = dev.snapshot();
+    dev.set_clock(t0().plus_days(31));
+    refused(dev.updater.check(), ErrorKind::Expired);
+    before.assert_unchanged(&dev);
+    // Whether the server answers 304 or the body again.
+    w.serve(STABLE, w.channel_bytes("stable"));
+    refused(dev.updater.check(), ErrorKind::Expired);
+    before.assert_unchanged(&dev);
+}
+
+/// TUF "indefinite freeze" with the device's clock set back: a clock earlier than the
+/// newest `issued` seen reads as that `issued`, so an expired manifest stays expired.
+#[test]
+fn attack_clock_set_back_before_the_newest_issued_seen() {
+    let (w, dev) = World::installed();
+    // A later manifest on another channel, seen 40 days on (stable expired at day 30).
+    w.publish(
+        "preview",
+        "1.1.0",
+        &app_zip("1.1.0"),
+        at(t0().plus_days(40)),
+    );
+    dev.set_clock(t0().plus_days(40));
+    dev.updater.check_with(Some("preview"), None).unwrap();
+    let before = dev.snapshot();
+    dev.set_clock(t0().plus_days(1));
+    let err = refused(dev.updater.check(), ErrorKind::Expired);
+    let stable_expired = t0().plus_days(30).to_string();
+    let reads_as = t0().plus_days(40).to_string();
+    assert!(
+        err.message().contains(&stable_expired) && err.message().contains(&reads_as),
+        "{err}"
+    );
+    before.assert_unchanged(&dev);
+}
+
+/// TUF "indefinite freeze" of the trust root: root 1 was never renewed; past its expiry
+/// nothing is trusted, however fresh the manifest.
+#[test]
+fn attack_expired_root() {
+    let setup = Setup {
+        root_days: 20,
+        ..Setup::default()
+    };
+    let (w, dev) = World::installed_with(setup, json!({}));
+    let before = dev.snapshot();
+    // A fresh manifest, signed the day after the root expired.
+    w.repo
+        .resign("stable", None, &[&key(MANIFEST_KEY)], t0().plus_days(21))
+        .unwrap();
+    dev.set_clock(t0().plus_days(21));
+    let err = refused(dev.updater.check(), ErrorKind::Expired);
+    assert!(err.message().contains("root"), "{err}");
+    before.assert_unchanged(&dev);
+}
+
+// ---- endless data --------------------------------------------------------------------
+
+/// TUF "endless data attack" on metadata: a validly signed manifest larger than the
+/// device's `max_metadata_bytes`, then a manifest whose body never ends.
+#[test]
+fn attack_manifest_larger_than_max_metadata_bytes() {
+    let (w, dev) = World::installed_with(
+        Setup::default(),
+        json!({"limits": {"max_metadata_bytes": 4096}}),
+    );
+    let huge = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        m.releases[0].notes = "x".repeat(8192);
+    });
+    check_refused(&w, &dev, huge, ErrorKind::TooLarge);
+    let before = dev.snapshot();
+    w.server.clear_faults();
+    // A new manifest (so no 304 answers for the cached one), followed by endless junk.
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    w.server.set_fault(STABLE, Fault::AppendJunk(64 << 20));
+    refused(dev.updater.check(), ErrorKind::TooLarge);
+    before.assert_unchanged(&dev);
+}
+
+/// TUF "endless data attack" on an artifact: the blob's body runs on past its declared
+/// size; the download stops there and the partial file never grows beyond it.
+#[test]
+fn attack_blob_longer_than_declared() {
+    let (w, dev) = World::installed();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let offer = dev.offer();
+    let artifact = offer.components[0].artifact.clone().unwrap();
+    let part = dev
+        .state
+        .join(format!("downloads/{}.part", artifact.sha256));
+    let before = dev.snapshot();
+    w.server.set_fault(
+        &format!("blobs/sha256/{}", artifact.sha256),
+        Fault::AppendJunk(4 << 20),
+    );
+    let mut largest = 0;
+    let result = dev.updater.download(
+        &dev.updater.plan(&offer).unwrap(),
+        &mut |done, total| {
+            assert!(done <= total);
+            largest = largest.max(std::fs::metadata(&part).map_or(0, |m| m.len()));
+        },
+        &evergreen::fetch::CancelToken::new(),
+    );
+    refused(result, ErrorKind::TooLarge);
+    assert!(largest <= artifact.size, "the .part grew to {largest}");
+    assert!(!part.exists(), "bytes past the declared size are not kept");
+    before.assert_unchanged(&dev);
+}
+
+// ---- slow retrieval ------------------------------------------------------------------
+
+/// TUF "slow retrieval attack": the blob trickles in far below `min_speed_bytes_per_s`
+/// averaged over `speed_window_s`; the download gives up by itself.
+#[test]
+fn attack_slow_retrieval() {
+    let limits = json!({"limits": {"min_speed_bytes_per_s": 65536, "speed_window_s": 1,
+                                   "read_timeout_s": 5}});
+    let (w, dev) = World::installed_with(Setup::default(), limits);
+    // Incompressible, so the blob is far larger than what trickles in during the window.
+    let noise: Vec<u8> = (0u32..200_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let zip = zips::build_with(&[Item::File("noise.bin", &noise, 0o644)], stored);
+    w.publish("stable", "1.1.0", &zip, at(t0()));
+    let offer = dev.offer();
+    let before = dev.snapshot();
+    w.server.set_fault(
+        "blobs/",
+        Fault::Trickle {
+            bytes: 64,
+            every: Duration::from_millis(20),
+        },
+    );
+    refused(dev.download(&offer), ErrorKind::SlowRetrieval);
+    before.assert_unchanged(&dev);
+}
+
+// ---- mix and match -------------------------------------------------------------------
+
+/// TUF "mix-and-match attack": another product's manifest, signed by the same operator's
+/// key, served as this product's.
+#[test]
+fn attack_another_products_manifest() {
+    let (w, dev) = World::installed();
+    let other = World::with(Setup {
+        product: "com.acme.other",
+        ..Setup::default()
+    });
+    other.publish("stable", "6.6.6", &app_zip("6.6.6"), at(t0()));
+    let err = check_refused(
+        &w,
+        &dev,
+        other.channel_bytes("stable"),
+        ErrorKind::WrongMetadata,
+    );
+    assert!(err.message().contains("com.acme.other"), "{err}");
+}
+
+/// TUF "mix-and-match attack": the nightly manifest, genuinely signed, served under the
+/// stable channel's name.
+#[test]
+fn attack_another_channels_manifest() {
+    let (w, dev) = World::installed();
+    for n in 0..3 {
+        // A higher sequence than stable's, so only the channel name can refuse it.
+        w.publish("nightly", &format!("2.0.{n}"), &app_zip("2.0.0"), at(t0()));
+    }
+    let err = check_refused(
+        &w,
+        &dev,
+        w.channel_bytes("nightly"),
+        ErrorKind::WrongMetadata,
+    );
+    assert!(err.message().contains("nightly"), "{err}");
+}
+
+// ---- wrong software ------------------------------------------------------------------
+
+/// TUF "wrong software installation": 1.0.0's genuine blob (same length) served at 1.1.0's
+/// blob path.
+#[test]
+fn attack_blob_of_another_release() {
+    let (w, dev) = World::installed();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let offer = dev.offer();
+    let wanted = offer.components[0].artifact.clone().unwrap();
+    let m = manifest_of(&w.channel_bytes("stable"));
+    let old = &m.releases[0].targets[world::TARGET].components["app"].artifact;
+    let old_bytes = w.blob(&old.sha256);
+    assert_eq!(
+        old_bytes.len() as u64,
+        wanted.size,
+        "same length, other bytes"
+    );
+    let before = dev.snapshot();
+    w.serve(&format!("blobs/sha256/{}", wanted.sha256), old_bytes);
+    let err = refused(dev.download(&offer), ErrorKind::HashMismatch);
+    assert!(err.message().contains(&wanted.sha256), "{err}");
+    before.assert_unchanged(&dev);
+}
+
+/// TUF "wrong software installation": a release built for another target is never
+/// offered, and pinning it is `incompatible_target`.
+#[test]
+fn attack_release_without_this_target() {
+    let (w, dev) = World::installed();
+    w.publish_for(
+        "stable",
+        "1.1.0",
+        "aarch64-linux",
+        &app_zip("1.1.0"),
+        at(t0()),
+    );
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    let before = dev.snapshot();
+    let pin = "1.1.0".parse().unwrap();
+    refused(
+        dev.updater.check_with(None, Some(&pin)),
+        ErrorKind::IncompatibleTarget,
+    );
+    before.assert_unchanged(&dev);
+}
+
+// ---- root rotation -------------------------------------------------------------------
+
+/// The honest root 1 document, to derive hostile successors from.
+fn root_one(w: &World) -> Root {
+    let bytes = std::fs::read(w.repo.path().join("root/1.json")).unwrap();
+    let e = envelope(&bytes);
+    serde_json::from_slice(&trust::decode_base64(&e.payload).unwrap()).unwrap()
+}
+
+/// `root` with its root role moved to `new_key`.
+fn with_root_key(mut root: Root, version: u64, new_key: &SecretKey) -> Root {
+    let id = new_key.public().keyid();
+    root.version = version;
+    root.keys.insert(
+        id.clone(),
+        trust::RootKey {
+            alg: "ed25519".into(),
+            public: new_key.public().to_base64(),
+        },
+    );
+    root.roles.get_mut("root").unwrap().keyids = vec![id];
+    root
+}
+
+/// TUF root rotation: an attacker's root 2 signed only by its own new key, not by a
+/// threshold of root 1's keys.
+#[test]
+fn attack_root_rotation_signed_only_by_new_keys() {
+    let (w, dev) = World::installed();
+    let attacker = key(ATTACKER_KEY);
+    let next = with_root_key(root_one(&w), 2, &attacker);
+    w.serve(
+        "root/2.json",
+        trust::seal(ROOT_TYPE, &next.to_bytes(), &[&attacker]),
+    );
+    // Only a changed manifest walks the chain.
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let before = dev.snapshot();
+    refused(dev.updater.check(), ErrorKind::Signature);
+    before.assert_unchanged(&dev);
+    assert_eq!(dev.state_json()["root_version"], 1);
+}
+
+/// TUF root rotation: `root/2.json` holding a document that says version 3 (skipping the
+/// version an auditor would read), signed by old and new keys alike.
+#[test]
+fn attack_root_version_jump() {
+    let (w, dev) = World::installed();
+    let new_key = key(2);
+    let jump = with_root_key(root_one(&w), 3, &new_key);
+    let signed = trust::seal(ROOT_TYPE, &jump.to_bytes(), &[&key(ROOT_KEY), &new_key]);
+    w.serve("root/2.json", signed);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let before = dev.snapshot();
+    refused(dev.updater.check(), ErrorKind::MetadataRollback);
+    before.assert_unchanged(&dev);
+    assert_eq!(dev.state_json()["root_version"], 1);
+}
+
+/// TUF root rollback: a device that trusts root 2 is served the chain as it was before
+/// the rotation (no `root/2.json`, root 1 replayed as `root/3.json`, the old manifest
+/// key's signature): it never goes back to root 1's keys.
+#[test]
+fn attack_root_rollback() {
+    let (w, dev) = World::installed();
+    let pre_rotation = manifest_of(&w.channel_bytes("stable"));
+    w.rotate_manifest_key(12, t0());
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(dev.state_json()["root_version"], 2);
+    let before = dev.snapshot();
+    // The attacker holds the rotated-out manifest key and a copy of the old repository.
+    let mut m = pre_rotation;
+    m.sequence = 100;
+    evil_release(&mut m);
+    let forged = trust::seal(trust::MANIFEST_TYPE, &m.to_bytes(), &[&key(MANIFEST_KEY)]);
+    let old_root = std::fs::read(w.repo.path().join("root/1.json")).unwrap();
+    w.server.set_fault("root/2.json", Fault::Status(404));
+    w.serve("root/3.json", old_root);
+    w.serve(STABLE, forged.clone());
+    refused(dev.updater.check(), ErrorKind::MetadataRollback);
+    before.assert_unchanged(&dev);
+    // Without the replayed root 1, the old key's manifest is simply not trusted.
+    w.server.clear_faults();
+    w.server.set_fault("root/2.json", Fault::Status(404));
+    w.serve(STABLE, forged);
+    refused(dev.updater.check(), ErrorKind::Signature);
+    before.assert_unchanged(&dev);
+    assert_eq!(dev.state_json()["root_version"], 2);
+}
+
+/// TUF key revocation: root 2 leaves the old manifest key out; a device catching up
+/// through the genuine chain refuses a manifest the old (stolen) key signed.
+#[test]
+fn attack_rotated_out_manifest_key() {
+    let (w, dev) = World::installed();
+    w.rotate_manifest_key(12, t0());
+    let forged = w.forge("stable", &[&key(MANIFEST_KEY)], evil_release);
+    let before = dev.snapshot();
+    w.serve(STABLE, forged);
+    refused(dev.updater.check(), ErrorKind::Signature);
+    // The device walked the genuine chain to root 2 (which is why the old key is refused)
+    // and keeps trusting it; nothing else moved.
+    assert_eq!(dev.state_json()["root_version"], 2);
+    before.assert_unchanged_but_root(&dev);
+}
+
+// ---- security-version downgrade -------------------------------------------------------
+
+/// A device that confirmed 1.1.0 with security version 2 (its floor is now 2).
+fn past_a_security_fix() -> (World, Dev) {
+    let (w, dev) = World::installed();
+    let mut fix = at(t0());
+    fix.security_version = 2;
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), fix);
+    dev.update_to("1.1.0");
+    assert_eq!(dev.updater.status().unwrap().security_floor, 2);
+    (w, dev)
+}
+
+/// Anti-rollback (the "downgrade to a vulnerable version" of TUF's "rollback attacks" and
+/// Android's rollback index): an explicit pin below the security floor is refused.
+#[test]
+fn attack_pin_below_the_security_floor() {
+    let (_w, dev) = past_a_security_fix();
+    let before = dev.snapshot();
+    let old = "1.0.0".parse().unwrap();
+    let err = refused(
+        dev.updater.check_with(None, Some(&old)),
+        ErrorKind::SecurityFloor,
+    );
+    assert!(err.message().contains("floor"), "{err}");
+    before.assert_unchanged(&dev);
+}
+
+/// Anti-rollback: the vulnerable build re-published under a higher semver with its lower
+/// security version is not offered, and pinning it is refused.
+#[test]
+fn attack_republished_lower_security_version() {
+    let (w, dev) = past_a_security_fix();
+    let mut vulnerable = at(t0());
+    vulnerable.security_version = 1;
+    w.publish("stable", "1.2.0", &app_zip("1.0.0"), vulnerable);
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    let before = dev.snapshot();
+    let pin = "1.2.0".parse().unwrap();
+    refused(
+        dev.updater.check_with(None, Some(&pin)),
+        ErrorKind::SecurityFloor,
+    );
+    before.assert_unchanged(&dev);
+}
+
+// ---- malicious archives through the whole update path ---------------------------------
+
+/// A name unique to this test process, for escape paths in shared directories.
+fn unique(tag: &str) -> String {
+    format!("evergreen-attacks-{}-{tag}", std::process::id())
+}
+
+/// Publishes `zip` as 1.1.0 (signed: the hostile archive came through the build), lets the
+/// device check and download it, and asserts the install is `unsafe_archive`, nothing
+/// exists at `escapes` or anywhere outside the inactive slot, and the device is intact.
+fn hostile_install(zip: &[u8], device: serde_json::Value, escapes: &[PathBuf]) -> String {
+    let (w, dev) = World::installed_with(Setup::default(), device);
+    w.publish("stable", "1.1.0", zip, at(t0()));
+    let offer = dev.offer();
+    dev.download(&offer).unwrap();
+    let before = dev.snapshot();
+    let plan = dev.updater.plan(&offer).unwrap();
+    let err = refused(dev.updater.install(&plan), ErrorKind::UnsafeArchive);
+    before.assert_unchanged_but_inactive(&dev);
+    for p in escapes {
+        assert!(
+            std::fs::symlink_metadata(p).is_err(),
+            "{} exists",
+            p.display()
+        );
+    }
+    let base = dev.app.parent().unwrap();
+    assert_eq!(listing(base), ["app", "config.json", "root.json", "state"]);
+    assert_eq!(listing(&dev.app), ["current", "slots"]);
+    assert_eq!(listing(&dev.app.join("slots")), ["a", "b"]);
+    let inactive = dev.slot_dir(before.primary.other());
+    for entry in walk(&inactive) {
+        assert!(
+            std::fs::symlink_metadata(&entry).unwrap().is_dir(),
+            "{} was left in the inactive slot",
+            entry.display()
+        );
+    }
+    err.to_string()
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every path under `dir`, not following symlinks.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A zip with a harmless entry, then `name`.
+fn slip(name: &str) -> Vec<u8> {
+    zips::build(&[
+        Item::File("run.sh", b"#!/bin/sh\n", 0o755),
+        Item::File(name, b"evil", 0o644),
+    ])
+}
+
+fn in_tmp(tag: &str) -> PathBuf {
+    PathBuf::from("/tmp").join(unique(tag))
+}
+
+/// Zip slip (Snyk 2018; CVE-2018-1002200 shape): `../../../../tmp/evil.txt`.
+#[test]
+fn attack_zip_slip_parent_traversal() {
+    let name = format!("../../../../tmp/{}", unique("evil.txt"));
+    let msg = hostile_install(&slip(&name), json!({}), &[in_tmp("evil.txt")]);
+    assert!(msg.contains("`..`"), "{msg}");
+}
+
+/// Zip slip with Windows separators (CVE-2018-1002201 shape): `..\..\Temp\evil.txt`.
+#[test]
+fn attack_zip_slip_backslash_traversal() {
+    let msg = hostile_install(&slip(r"..\..\Temp\evil.txt"), json!({}), &[]);
+    assert!(msg.contains("backslash"), "{msg}");
+}
+
+/// Zip slip by absolute path: `/tmp/moo`.
+#[test]
+fn attack_zip_slip_absolute_path() {
+    let name = format!("/tmp/{}", unique("moo"));
+    let msg = hostile_install(&slip(&name), json!({}), &[in_tmp("moo")]);
+    assert!(msg.contains("absolute"), "{msg}");
+}
+
+/// Zip slip by a doubled-slash absolute path, which naive `strip_prefix('/')` misses:
+/// `//tmp/moo`.
+#[test]
+fn attack_zip_slip_double_slash_absolute_path() {
+    let name = format!("//tmp/{}", unique("moo2"));
+    let msg = hostile_install(&slip(&name), json!({}), &[in_tmp("moo2")]);
+    assert!(msg.contains("absolute"), "{msg}");
+}
+
+/// Zip slip hidden behind a real directory component: `tmp/../../moo`.
+#[test]
+fn attack_zip_slip_inner_traversal() {
+    let msg = hostile_install(&slip("tmp/../../moo"), json!({}), &[]);
+    assert!(msg.contains("`..`"), "{msg}");
+}
+
+/// Symlink escape (CVE-2021-21300 / tar-slip shape): a symlink entry to `/tmp`, then a
+/// file written through it — refused whether symlinks are allowed or not.
+#[test]
+fn attack_zip_symlink_then_file_through_it() {
+    let through = format!("link/{}", unique("via-link.txt"));
+    let zip = zips::build(&[
+        Item::Link("link", "/tmp"),
+        Item::File(&through, b"evil", 0o644),
+    ]);
+    let escape = in_tmp("via-link.txt");
+    let msg = hostile_install(&zip, json!({}), std::slice::from_ref(&escape));
+    assert!(msg.contains("symlink"), "{msg}");
+    let allowed = json!({"archive": {"allow_symlinks": true}});
+    let msg = hostile_install(&zip, allowed, &[escape]);
+    assert!(msg.contains("symlink"), "{msg}");
+}
+
+/// Zip bomb by declaration: a ZIP64 entry claiming 2^50 bytes, refused before writing.
+#[test]
+fn attack_zip64_entry_declaring_a_huge_size() {
+    let msg = hostile_install(&zips::zip64_declaring(1 << 50), json!({}), &[]);
+    assert!(msg.contains("1125899906842624"), "{msg}");
+}
+
+/// Fifield's overlapping-entries zip bomb ("A better zip bomb", 2019): many entries share
+/// one compressed body; refused even with the ratio rule turned off.
+#[test]
+fn attack_zip_overlapping_entries_bomb() {
+    let lenient = json!({"archive": {"max_ratio": u64::MAX}});
+    let msg = hostile_install(&zips::overlapping_bomb(8), lenient, &[]);
+    assert!(msg.contains("overlap"), "{msg}");
+}
+
+/// Classic zip bomb (42.zip shape): one entry inflating over 1000 times its size.
+#[test]
+fn attack_zip_ratio_bomb() {
+    let zip = zips::build(&[Item::File("zeros.bin", &vec![0u8; 8 << 20], 0o644)]);
+    assert!(
+        zip.len() < 16 << 10,
+        "the bomb compresses to {} bytes",
+        zip.len()
+    );
+    let msg = hostile_install(&zip, json!({}), &[]);
+    assert!(msg.contains("ratio") || msg.contains("times"), "{msg}");
+}
+
+// ---- malformed documents -------------------------------------------------------------
+
+/// Parser attacks on the envelope (the unverified part): broken JSON, broken base64 in
+/// the payload or the signature. Nothing past the envelope is parsed: `signature`.
+#[test]
+fn attack_malformed_envelope() {
+    let (w, dev) = World::installed();
+    let good = w.forge("stable", &[&key(MANIFEST_KEY)], |_| {});
+    let text = String::from_utf8(good.clone()).unwrap();
+    let mut bad_payload = envelope(&good);
+    bad_payload.payload = format!("{}!*", &bad_payload.payload[..40]);
+    let mut bad_sig = envelope(&good);
+    bad_sig.signatures[0].sig = "not//base64%%".into();
+    let cases = [
+        good[..good.len() / 2].to_vec(),
+        b"\xff\xfe garbage".to_vec(),
+        text.replacen("\"payload\"", "\"payload\": 1, \"x\"", 1)
+            .into_bytes(),
+        b"[]".to_vec(),
+        to_bytes(&bad_payload),
+        to_bytes(&bad_sig),
+    ];
+    for case in cases {
+        check_refused(&w, &dev, case, ErrorKind::Signature);
+    }
+}
+
+/// Parser attacks under a valid signature (a compromised signer or a buggy publisher):
+/// broken JSON, wrong shapes, a hash that is not hex, a key given twice. All
+/// `wrong_metadata`, nothing of it acted on.
+#[test]
+fn attack_malformed_payload_under_a_valid_signature() {
+    let (w, dev) = World::installed();
+    let m = manifest_of(&w.forge("stable", &[], evil_release));
+    let text = String::from_utf8(m.to_bytes()).unwrap();
+    let sha = m.releases[0].targets[world::TARGET].components["app"]
+        .artifact
+        .sha256
+        .clone();
+    let cases = [
+        text[..text.len() / 2].to_string(),
+        "[]".to_string(),
+        "null".to_string(),
+        text.replacen("\"sequence\": ", "\"sequence\": -", 1),
+        text.replace(&sha, &format!("{}zz", &sha[..62])),
+        text.replacen("\"releases\": [", "\"releases\": [1, ", 1),
+        text.replacen("\"app\": {", "\"app\": {}, \"app\": {", 1),
+    ];
+    for payload in cases {
+        assert_ne!(payload, text);
+        let sealed = trust::seal(
+            trust::MANIFEST_TYPE,
+            payload.as_bytes(),
+            &[&key(MANIFEST_KEY)],
+        );
+        check_refused(&w, &dev, sealed, ErrorKind::WrongMetadata);
+    }
+}
+
+// ---- redirects -----------------------------------------------------------------------
+
+/// Redirection to an attacker's host or scheme (DNS / CDN hijack shape): refused as
+/// `http_status` unless `follow_redirects` is set; when followed, the blob is still
+/// verified against the signed hash.
+#[test]
+fn attack_redirect_to_another_host_or_scheme() {
+    let (w, dev) = World::installed();
+    let follower = w.device("follower", json!({"follow_redirects": true}));
+    follower.update_to("1.0.0");
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let (offer, follower_offer) = (dev.offer(), follower.offer());
+    let blob = format!(
+        "blobs/sha256/{}",
+        offer.components[0].artifact.as_ref().unwrap().sha256
+    );
+    let evil = support::TestServer::serve(w.repo.path());
+    evil.set_fault(&blob, Fault::Replace(app_zip("6.6.6")));
+    let (before, follower_before) = (dev.snapshot(), follower.snapshot());
+
+    for location in [
+        format!("{}/{blob}", evil.url()),
+        "file:///etc/passwd".into(),
+    ] {
+        w.server
+            .set_fault("blobs/", Fault::Redirect(location.clone()));
+        let err = refused(dev.download(&offer), ErrorKind::HttpStatus);
+        assert!(err.message().contains(&location), "{err}");
+        before.assert_unchanged(&dev);
+        w.server.clear_faults();
+    }
+    assert!(
+        evil.requests(&blob).is_empty(),
+        "the other host was never asked"
+    );
+
+    w.server
+        .set_fault("blobs/", Fault::Redirect(format!("{}/{blob}", evil.url())));
+    refused(follower.download(&follower_offer), ErrorKind::HashMismatch);
+    follower_before.assert_unchanged(&follower);
+    evil.clear_faults();
+    follower.download(&follower_offer).unwrap();
+    assert_eq!(evil.requests(&blob).len(), 2, "followed both times");
+}
+
+/// Redirection of metadata: the manifest's URL redirected to a host serving another
+/// channel's genuine manifest; followed, it is still checked (`wrong_metadata`).
+#[test]
+fn attack_redirected_manifest_is_still_verified() {
+    let (w, dev) = World::installed_with(Setup::default(), json!({"follow_redirects": true}));
+    for n in 0..3 {
+        w.publish("nightly", &format!("2.0.{n}"), &app_zip("2.0.0"), at(t0()));
+    }
+    let evil = support::TestServer::serve(w.repo.path());
+    evil.set_fault(STABLE, Fault::Replace(w.channel_bytes("nightly")));
+    w.server
+        .set_fault(STABLE, Fault::Redirect(format!("{}/{STABLE}", evil.url())));
+    let before = dev.snapshot();
+    refused(dev.updater.check(), ErrorKind::WrongMetadata);
+    before.assert_unchanged(&dev);
+    assert_eq!(evil.requests(STABLE).len(), 1);
+}
+
+// ---- through the CLI -----------------------------------------------------------------
+
+/// `evergreen <cmd>` fails with exit 1 and one `error[<kind>]` line on stderr; returns
+/// `evergreen status --json` from before and after.
+fn cli_refused(
+    dev: &Dev,
+    cmd: &str,
+    args: &[&str],
+    kind: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let before = dev.cli_status();
+    let out = dev.cli(cmd, args);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Progress lines may precede it; the failure itself is one `error[kind]` line, last.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error[")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].starts_with(&format!("error[{kind}]: ")), "{err}");
+    assert_eq!(err.trim_end().lines().last(), Some(errors[0]), "{err}");
+    (before, dev.cli_status())
+}
+
+/// "Arbitrary software installation" through the device CLI: a manifest signed by an
+/// attacker's key, refused by `evergreen check` and `evergreen update`.
+#[test]
+fn attack_forged_manifest_through_the_cli() {
+    let (w, dev) = World::installed();
+    let snapshot = dev.snapshot();
+    let forged = w.forge("stable", &[&key(ATTACKER_KEY)], evil_release);
+    w.serve(STABLE, forged);
+    for (cmd, args) in [("check", &["--json"][..]), ("update", &["--yes"][..])] {
+        let (before, after) = cli_refused(&dev, cmd, args, "signature");
+        assert_eq!(after, before, "evergreen {cmd}");
+    }
+    snapshot.assert_unchanged(&dev);
+}
+
+/// Zip slip through `evergreen update --yes`: refused, nothing written outside the slot.
+/// (The update's own check legitimately records the new manifest and the check time.)
+#[test]
+fn attack_zip_slip_through_the_cli() {
+    let (w, dev) = World::installed();
+    let name = format!("../../../../tmp/{}", unique("cli-evil.txt"));
+    w.publish("stable", "1.1.0", &slip(&name), at(t0()));
+    let snapshot = dev.snapshot();
+    let (mut before, mut after) = cli_refused(&dev, "update", &["--yes"], "unsafe_archive");
+    let inactive = snapshot.primary.other().as_str();
+    for s in [&mut before, &mut after] {
+        s.as_object_mut().unwrap().remove("last_check");
+        s["slots"].as_object_mut().unwrap().remove(inactive);
+    }
+    assert_eq!(after, before);
+    snapshot.assert_booted_intact(&dev);
+    assert_ne!(dev.state_json()[inactive]["status"], "installed");
+    assert!(std::fs::symlink_metadata(in_tmp("cli-evil.txt")).is_err());
+}
