@@ -138,12 +138,17 @@ impl TestServer {
             .collect()
     }
 
+    /// The newest rule is consulted first, so a second fault for the same path replaces
+    /// the first (until the newer one is used up, when it has a count).
     fn add_rule(&self, prefix: &str, fault: Fault, times: Option<u32>) {
-        lock(&self.shared.rules).push(Rule {
-            prefix: prefix.trim_start_matches('/').to_owned(),
-            fault,
-            times,
-        });
+        lock(&self.shared.rules).insert(
+            0,
+            Rule {
+                prefix: prefix.trim_start_matches('/').to_owned(),
+                fault,
+                times,
+            },
+        );
     }
 }
 
