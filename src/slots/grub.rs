@@ -28,7 +28,7 @@
 //! is not power-fail safe. [`GrubEnv::init`] does it at provisioning time.
 
 use super::cmdline::BootedFrom;
-use super::{BootSelector, Slot};
+use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
@@ -569,36 +569,20 @@ fn create_file(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("syncing directory", &dir, e))
 }
 
-impl BootSelector for GrubEnv {
-    fn disable(&mut self, slot: Slot) -> Result<()> {
-        self.apply(BootChange::Disable(slot))
+impl super::EnvSelector for GrubEnv {
+    fn apply_change(&mut self, change: BootChange) -> Result<()> {
+        self.apply(change)
     }
 
-    /// GRUB gives one attempt whatever `tries` is (see the module docs).
-    fn activate(&mut self, slot: Slot, tries: u32) -> Result<()> {
-        self.apply(BootChange::Activate { slot, tries })
-    }
-
-    fn confirm(&mut self, slot: Slot) -> Result<()> {
-        self.apply(BootChange::Confirm(slot))
-    }
-
-    fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()> {
-        self.apply(BootChange::FallBack { good, bad })
-    }
-
-    fn booted(&self) -> Result<Option<Slot>> {
-        self.booted_from.read()
-    }
-
-    fn counts_tries(&self) -> bool {
-        true
+    fn booted_from(&self) -> &BootedFrom {
+        &self.booted_from
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::BootSelector;
 
     fn all_states() -> Vec<RaucVars> {
         let mut out = Vec::new();

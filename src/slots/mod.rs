@@ -85,3 +85,39 @@ pub trait BootSelector: Send {
     /// startup step only reads what the bootloader did.
     fn counts_tries(&self) -> bool;
 }
+
+/// A bootloader environment (GRUB, U-Boot) that applies RAUC-style boot changes and learns
+/// the running slot from the kernel command line; it is a [`BootSelector`] by that alone.
+pub trait EnvSelector: Send {
+    /// Writes one change to the environment, power-fail safely.
+    fn apply_change(&mut self, change: grub::BootChange) -> Result<()>;
+    /// Where the running slot is read from.
+    fn booted_from(&self) -> &cmdline::BootedFrom;
+}
+
+impl<T: EnvSelector> BootSelector for T {
+    fn disable(&mut self, slot: Slot) -> Result<()> {
+        self.apply_change(grub::BootChange::Disable(slot))
+    }
+
+    /// GRUB gives one attempt whatever `tries` is; U-Boot counts `tries`.
+    fn activate(&mut self, slot: Slot, tries: u32) -> Result<()> {
+        self.apply_change(grub::BootChange::Activate { slot, tries })
+    }
+
+    fn confirm(&mut self, slot: Slot) -> Result<()> {
+        self.apply_change(grub::BootChange::Confirm(slot))
+    }
+
+    fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()> {
+        self.apply_change(grub::BootChange::FallBack { good, bad })
+    }
+
+    fn booted(&self) -> Result<Option<Slot>> {
+        self.booted_from().read()
+    }
+
+    fn counts_tries(&self) -> bool {
+        true
+    }
+}

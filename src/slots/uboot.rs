@@ -33,7 +33,7 @@
 
 use super::cmdline::BootedFrom;
 use super::grub::{apply_all, BootChange, EnvWrite};
-use super::{BootSelector, Slot};
+use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -520,29 +520,13 @@ impl UBootEnv {
     }
 }
 
-impl BootSelector for UBootEnv {
-    fn disable(&mut self, slot: Slot) -> Result<()> {
-        self.apply(BootChange::Disable(slot))
+impl super::EnvSelector for UBootEnv {
+    fn apply_change(&mut self, change: BootChange) -> Result<()> {
+        self.apply(change)
     }
 
-    fn activate(&mut self, slot: Slot, tries: u32) -> Result<()> {
-        self.apply(BootChange::Activate { slot, tries })
-    }
-
-    fn confirm(&mut self, slot: Slot) -> Result<()> {
-        self.apply(BootChange::Confirm(slot))
-    }
-
-    fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()> {
-        self.apply(BootChange::FallBack { good, bad })
-    }
-
-    fn booted(&self) -> Result<Option<Slot>> {
-        self.booted_from.read()
-    }
-
-    fn counts_tries(&self) -> bool {
-        true
+    fn booted_from(&self) -> &BootedFrom {
+        &self.booted_from
     }
 }
 
