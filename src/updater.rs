@@ -1217,7 +1217,7 @@ fn image_selector(
                 .with_booted_from(booted),
         )),
         SelectorConfig::Custom {} => Err(Error::config(
-            "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_selector in C)",
+            "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_hooks in C)",
         )),
     }
 }
