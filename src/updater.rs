@@ -1167,6 +1167,8 @@ impl Updater {
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;
+                    // The diff gives unchanged components no artifact; a repair needs it.
+                    c.artifact = offer.target.components.get(&c.name).map(|t| t.artifact.clone());
                 }
             }
             Ok(offer)

@@ -12,7 +12,11 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> evg_status
     // The handles hold no invariants a half-finished operation could break beyond what
     // the persisted state's crash safety already covers, so unwinding past them is safe.
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => evg_status::EVG_OK,
+        Ok(Ok(())) => {
+            // A nested call from a callback may have failed; this call did not.
+            clear_last_error();
+            evg_status::EVG_OK
+        }
         Ok(Err(e)) => fail(&e),
         Err(payload) => {
             set_last_error(&panic_message(name, payload.as_ref()));
