@@ -577,6 +577,9 @@ void evg_offer_free(struct evg_offer *offer);
  * Panics inside the boundary with `message`, so that tests of a host can check that a
  * panic comes back as `EVG_PANIC` with the message, and that the library still works
  * afterwards. Only in builds with the `fault-injection` feature; never in a product.
+ *
+ * # Safety
+ * `message` is NULL or a NUL-terminated string.
  */
 enum evg_status evg_debug_panic(const char *message);
 #endif

@@ -51,6 +51,9 @@ fn panic_message(name: &str, payload: &(dyn Any + Send)) -> String {
 /// Panics inside the boundary with `message`, so that tests of a host can check that a
 /// panic comes back as `EVG_PANIC` with the message, and that the library still works
 /// afterwards. Only in builds with the `fault-injection` feature; never in a product.
+///
+/// # Safety
+/// `message` is NULL or a NUL-terminated string.
 #[cfg(feature = "fault-injection")]
 #[no_mangle]
 pub unsafe extern "C" fn evg_debug_panic(message: *const std::ffi::c_char) -> evg_status {
