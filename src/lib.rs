@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod fetch;
+pub mod ffi;
 pub mod fsutil;
 pub mod manifest;
 pub mod publish;

@@ -1263,6 +1263,8 @@ impl Updater {
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;
+                    // The diff gives unchanged components no artifact; a repair needs it.
+                    c.artifact = offer.target.components.get(&c.name).map(|t| t.artifact.clone());
                 }
             }
             Ok(offer)
@@ -1328,7 +1330,7 @@ fn image_selector(
                 .with_booted_from(booted),
         )),
         SelectorConfig::Custom {} => Err(Error::config(
-            "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_selector in C)",
+            "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_hooks in C)",
         )),
     }
 }

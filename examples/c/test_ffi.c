@@ -1,0 +1,437 @@
+/*
+ * test_ffi: the C ABI's contract, tested from C (run under valgrind by run.sh).
+ *
+ *   test_ffi BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json
+ *
+ * BAD_SIGNATURE_CONFIG trusts a key that did not sign the repository. HOOKS_CONFIG has a
+ * plain directory as its server and dir slots; this program serves it through its own
+ * transport (stdio) and boots through its own selector, as firmware would.
+ * Needs a library built with the fault-injection feature (for evg_debug_panic).
+ */
+#define EVG_FAULT_INJECTION 1
+#include "evergreen.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            const char *m_ = evg_last_error_message();                                   \
+            fprintf(stderr, "FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__,    \
+                    #cond, m_ ? m_ : "none");                                            \
+            failures++;                                                                  \
+        }                                                                                \
+    } while (0)
+
+#define CHECK_STATUS(call, expected)                                                     \
+    do {                                                                                 \
+        evg_status s_ = (call);                                                          \
+        if (s_ != (expected)) {                                                          \
+            const char *m_ = evg_last_error_message();                                   \
+            fprintf(stderr, "FAIL %s:%d: %s = %s, expected %s (last error: %s)\n",        \
+                    __FILE__, __LINE__, #call, evg_status_name(s_),                      \
+                    evg_status_name(expected), m_ ? m_ : "none");                        \
+            failures++;                                                                  \
+        }                                                                                \
+    } while (0)
+
+static int contains(const char *haystack, const char *needle) {
+    return haystack && strstr(haystack, needle) != NULL;
+}
+
+static char *read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long len;
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        text = malloc((size_t)len + 1);
+        if (text && fread(text, 1, (size_t)len, f) == (size_t)len) {
+            text[len] = '\0';
+        } else {
+            free(text);
+            text = NULL;
+        }
+    }
+    fclose(f);
+    return text;
+}
+
+/* ---- a host transport over stdio: URLs are file paths ---- */
+
+struct transport {
+    int gets;
+    int range_gets;
+    int lie; /* read claims one byte more than it was asked for */
+};
+
+struct body {
+    FILE *file;
+    char content_range[96];
+};
+
+static int t_get(void *user, const char *url, int64_t range_from, const char *if_none_match,
+                 evg_response *out) {
+    struct transport *t = user;
+    struct body *b;
+    FILE *f;
+    long len;
+    (void)if_none_match; /* no entity tags: every poll is a full 200 */
+    t->gets++;
+    if (!(f = fopen(url, "rb"))) {
+        out->status = 404;
+        out->content_length = 0;
+        return 0;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0) {
+        fclose(f);
+        return EVG_NETWORK;
+    }
+    if (range_from >= 0) {
+        t->range_gets++;
+        if (range_from >= len) {
+            fclose(f);
+            out->status = 416;
+            out->content_length = 0;
+            return 0;
+        }
+    }
+    if (!(b = malloc(sizeof *b))) {
+        fclose(f);
+        return EVG_NETWORK;
+    }
+    b->file = f;
+    fseek(f, range_from >= 0 ? (long)range_from : 0, SEEK_SET);
+    if (range_from >= 0) {
+        snprintf(b->content_range, sizeof b->content_range, "bytes %lld-%ld/%ld",
+                 (long long)range_from, len - 1, len);
+        out->status = 206;
+        out->content_range = b->content_range;
+        out->content_length = len - range_from;
+    } else {
+        out->status = 200;
+        out->content_length = len;
+    }
+    out->body = b;
+    return 0;
+}
+
+static int t_read(void *user, void *body, uint8_t *buf, size_t len, size_t *n) {
+    struct transport *t = user;
+    struct body *b = body;
+    *n = fread(buf, 1, len, b->file);
+    if (ferror(b->file)) return EVG_NETWORK;
+    if (t->lie) *n = len + 1;
+    return 0;
+}
+
+static void t_close(void *user, void *body) {
+    struct body *b = body;
+    (void)user;
+    fclose(b->file);
+    free(b);
+}
+
+/* ---- a host boot selector: remembers what it was told ---- */
+
+struct selector {
+    evg_slot booted, next;
+    int disables, activates, confirms, fall_backs;
+    uint32_t tries;
+};
+
+static int s_disable(void *user, evg_slot slot) {
+    struct selector *s = user;
+    (void)slot;
+    s->disables++;
+    return 0;
+}
+
+static int s_activate(void *user, evg_slot slot, uint32_t tries) {
+    struct selector *s = user;
+    s->activates++;
+    s->next = slot;
+    s->tries = tries;
+    return 0;
+}
+
+static int s_confirm(void *user, evg_slot slot) {
+    struct selector *s = user;
+    (void)slot;
+    s->confirms++;
+    return 0;
+}
+
+static int s_fall_back(void *user, evg_slot good, evg_slot bad) {
+    struct selector *s = user;
+    (void)bad;
+    s->fall_backs++;
+    s->next = good;
+    return 0;
+}
+
+static int s_booted(void *user, evg_slot *out) {
+    struct selector *s = user;
+    *out = s->booted;
+    return 0;
+}
+
+/* ---- callbacks ---- */
+
+struct events {
+    int count;
+    int confirmed;
+    int panic_inside; /* provoke a panic from inside the callback chain */
+    evg_status inner_status;
+};
+
+static void on_event(void *user, const char *event_json) {
+    struct events *e = user;
+    e->count++;
+    if (contains(event_json, "\"event\":\"confirmed\"")) e->confirmed++;
+    if (e->panic_inside) {
+        e->panic_inside = 0;
+        e->inner_status = evg_debug_panic("deliberate panic inside an event callback");
+    }
+}
+
+struct progress {
+    int calls;
+    int cancel_at_half;
+    uint64_t first_done, last_done, total;
+};
+
+static int on_progress(void *user, uint64_t done, uint64_t total) {
+    struct progress *p = user;
+    if (p->calls++ == 0) p->first_done = done;
+    p->last_done = done;
+    p->total = total;
+    return p->cancel_at_half && done >= total / 2;
+}
+
+/* ---- tests ---- */
+
+static void test_names(void) {
+    CHECK(strcmp(evg_status_name(EVG_OK), "ok") == 0);
+    CHECK(strcmp(evg_status_name(EVG_HASH_MISMATCH), "hash_mismatch") == 0);
+    CHECK(strcmp(evg_status_name(EVG_CANCELLED), "cancelled") == 0);
+    CHECK(strcmp(evg_status_name(EVG_PANIC), "panic") == 0);
+    CHECK(strcmp(evg_status_name(42), "unknown") == 0);
+    CHECK(EVG_CONFIG == 1 && EVG_CANCELLED == 21 && EVG_PANIC == 100);
+    CHECK(strlen(evg_version()) > 0);
+}
+
+static void test_bad_config(void) {
+    evg_updater *up = (evg_updater *)&failures; /* a sentinel: must stay untouched */
+    CHECK_STATUS(evg_updater_new("{\"product\": ", &up), EVG_CONFIG);
+    CHECK(up == (evg_updater *)&failures);
+    CHECK(contains(evg_last_error_message(), "config"));
+    CHECK_STATUS(evg_updater_new("{\"product\": \"x\"}", &up), EVG_CONFIG);
+    CHECK(evg_last_error_message() && strlen(evg_last_error_message()) > 10);
+    CHECK_STATUS(evg_updater_new("{\"product\": \"\xff\xfe\"}", &up), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "UTF-8"));
+    CHECK(up == (evg_updater *)&failures);
+}
+
+static void test_null_arguments(void) {
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL;
+    char *json = NULL;
+    CHECK_STATUS(evg_updater_new(NULL, &up), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "config_json"));
+    CHECK_STATUS(evg_updater_new("{}", NULL), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "out"));
+    CHECK_STATUS(evg_check(NULL, &offer), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "updater"));
+    CHECK_STATUS(evg_confirm(NULL), EVG_CONFIG);
+    CHECK_STATUS(evg_download(NULL, NULL, NULL, NULL), EVG_CONFIG);
+    CHECK_STATUS(evg_status_json(NULL, &json), EVG_CONFIG);
+    CHECK_STATUS(evg_offer_json(NULL, &json), EVG_CONFIG);
+    CHECK(json == NULL && offer == NULL && up == NULL);
+    CHECK(evg_offer_version(NULL) == NULL);
+    CHECK(contains(evg_last_error_message(), "offer"));
+    CHECK(evg_offer_component_count(NULL) == 0);
+    CHECK(!evg_offer_critical(NULL));
+    /* _free(NULL) is a no-op */
+    evg_updater_free(NULL);
+    evg_offer_free(NULL);
+    evg_string_free(NULL);
+}
+
+static void test_bad_signature(const char *config_path) {
+    char *config = read_file(config_path);
+    evg_updater *up = NULL;
+    evg_offer *offer = (evg_offer *)&failures;
+    CHECK(config != NULL);
+    if (!config) return;
+    CHECK_STATUS(evg_updater_new(config, &up), EVG_OK);
+    free(config);
+    CHECK_STATUS(evg_check(up, &offer), EVG_SIGNATURE);
+    CHECK(contains(evg_last_error_message(), "signature"));
+    CHECK(offer == (evg_offer *)&failures);
+    evg_updater_free(up);
+}
+
+static void test_hook_validation(const char *config, struct transport *t) {
+    evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
+    evg_hooks hooks;
+    evg_updater *up = NULL;
+    memset(&hooks, 0, sizeof hooks);
+    hooks.struct_size = sizeof hooks;
+    hooks.transport = &transport;
+    transport.user = t;
+    transport.read = NULL;
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "evg_transport.read"));
+    transport.read = t_read;
+    hooks.struct_size = 8;
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "struct_size"));
+    CHECK(up == NULL);
+}
+
+static void test_update_through_hooks(const char *config_path) {
+    char *config = read_file(config_path), *json = NULL;
+    struct transport t = {0, 0, 0};
+    struct selector s;
+    struct events ev = {0, 0, 0, EVG_OK};
+    struct progress p;
+    evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
+    evg_selector selector = {sizeof(evg_selector), NULL, s_disable, s_activate, s_confirm,
+                             s_fall_back, s_booted, 0};
+    evg_hooks hooks;
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL, *none = (evg_offer *)&failures;
+    evg_component c;
+    evg_activation act;
+    evg_startup_result start;
+    int ranged;
+
+    CHECK(config != NULL);
+    if (!config) return;
+    memset(&s, 0, sizeof s);
+    s.booted = EVG_SLOT_A;
+    s.next = EVG_SLOT_A;
+    transport.user = &t;
+    selector.user = &s;
+    memset(&hooks, 0, sizeof hooks);
+    hooks.struct_size = sizeof hooks;
+    hooks.transport = &transport;
+    hooks.selector = &selector;
+    hooks.on_event = on_event;
+    hooks.event_user = &ev;
+
+    test_hook_validation(config, &t);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
+    CHECK(evg_last_error_message() == NULL); /* a success clears the last error */
+    free(config);
+    if (!up) return;
+
+    /* check: the newest release, with its diff */
+    CHECK_STATUS(evg_check(up, &offer), EVG_OK);
+    CHECK(offer != NULL);
+    if (!offer) goto out;
+    CHECK(t.gets >= 2); /* root/2.json (404) and the channel */
+    CHECK(strcmp(evg_offer_version(offer), "1.1.0") == 0);
+    CHECK(evg_offer_current(offer) == NULL);
+    CHECK(evg_offer_component_count(offer) == 2);
+    CHECK_STATUS(evg_offer_component(offer, 0, &c), EVG_OK);
+    CHECK(strcmp(c.name, "app") == 0 && c.op == EVG_COMPONENT_ADDED && c.from == NULL);
+    CHECK(c.to && strcmp(c.to, "1.1.0") == 0);
+    CHECK_STATUS(evg_offer_component(offer, 2, &c), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "index"));
+    CHECK_STATUS(evg_offer_json(offer, &json), EVG_OK);
+    CHECK(contains(json, "\"version\":\"1.1.0\""));
+    evg_string_free(json);
+
+    /* pins: a version the channel lacks, and one that is no version */
+    CHECK_STATUS(evg_check_version(up, NULL, "9.9.9", &none), EVG_NO_SUCH_VERSION);
+    CHECK_STATUS(evg_check_version(up, NULL, "nine", &none), EVG_CONFIG);
+    CHECK_STATUS(evg_check_version(up, "lab", NULL, &none), EVG_NOT_FOUND);
+    CHECK(none == (evg_offer *)&failures);
+
+    /* a download cancelled half way keeps its .part; the next one resumes it */
+    memset(&p, 0, sizeof p);
+    p.cancel_at_half = 1;
+    CHECK_STATUS(evg_download(up, offer, on_progress, &p), EVG_CANCELLED);
+    CHECK(p.calls >= 1 && p.last_done < p.total);
+    ranged = t.range_gets;
+    memset(&p, 0, sizeof p);
+    CHECK_STATUS(evg_download(up, offer, on_progress, &p), EVG_OK);
+    CHECK(t.range_gets > ranged);
+    CHECK(p.total > 0 && p.last_done == p.total);
+    CHECK(p.first_done > p.total / 2); /* resumed, not restarted */
+
+    /* install, activate on trial, "restart", count the start, confirm */
+    CHECK_STATUS(evg_install(up, offer), EVG_OK);
+    CHECK(s.disables == 1);
+    CHECK_STATUS(evg_activate(up, 1, &act), EVG_OK);
+    CHECK(act.activated && act.slot == s.next && s.activates == 1 && s.tries == 3);
+    s.booted = s.next;
+    CHECK_STATUS(evg_startup(up, &start), EVG_OK);
+    CHECK(start.kind == EVG_STARTUP_TRIAL && start.slot == s.booted && start.tries_left == 2);
+    CHECK_STATUS(evg_confirm(up), EVG_OK);
+    CHECK(s.confirms == 1 && ev.confirmed == 1 && ev.count >= 5);
+    CHECK_STATUS(evg_confirm(up), EVG_OK); /* already good: nothing to do */
+    CHECK_STATUS(evg_status_json(up, &json), EVG_OK);
+    CHECK(contains(json, "\"good\"") && contains(json, "1.1.0"));
+    evg_string_free(json);
+    CHECK_STATUS(evg_check(up, &none), EVG_OK);
+    CHECK(none == NULL); /* up to date */
+
+    /* error paths on a live handle */
+    CHECK_STATUS(evg_rollback(up, NULL), EVG_INVALID_STATE); /* the fallback is empty */
+    CHECK_STATUS(evg_set_channel(up, "../etc"), EVG_CONFIG);
+    CHECK_STATUS(evg_skip(up, "1.2.0"), EVG_OK);
+    CHECK_STATUS(evg_activate(up, 1, &act), EVG_INVALID_STATE);
+
+    /* a transport that claims more bytes than it was given room for: an error, no crash */
+    t.lie = 1;
+    CHECK_STATUS(evg_check(up, &none), EVG_NETWORK);
+    CHECK(contains(evg_last_error_message(), "host transport read"));
+    t.lie = 0;
+
+    /* a panic inside the callback chain comes back as EVG_PANIC to the callback, and
+       the outer call still completes */
+    ev.panic_inside = 1;
+    CHECK_STATUS(evg_set_channel(up, "stable"), EVG_OK); /* emits nothing */
+    CHECK_STATUS(evg_reinstall(up, NULL, NULL), EVG_OK); /* emits events */
+    CHECK(ev.inner_status == EVG_PANIC);
+
+    /* events can be switched off and on at any time */
+    CHECK_STATUS(evg_set_event_callback(up, NULL, NULL), EVG_OK);
+
+out:
+    evg_offer_free(offer);
+    evg_updater_free(up);
+}
+
+static void test_panic(void) {
+    CHECK_STATUS(evg_debug_panic("deliberate panic"), EVG_PANIC);
+    CHECK(contains(evg_last_error_message(), "deliberate panic"));
+    CHECK_STATUS(evg_debug_panic(NULL), EVG_CONFIG);
+    CHECK(strcmp(evg_status_name(EVG_OK), "ok") == 0);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json\n", argv[0]);
+        return 2;
+    }
+    test_names();
+    test_bad_config();
+    test_null_arguments();
+    test_bad_signature(argv[1]);
+    test_update_through_hooks(argv[2]);
+    test_panic();
+    if (failures) {
+        fprintf(stderr, "test_ffi: %d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("test_ffi: all checks passed\n");
+    return 0;
+}

@@ -1,0 +1,410 @@
+//! Host-supplied parts for firmware: a transport over the device's own network stack and
+//! a boot selector over its own bootloader interface, as C callbacks.
+//!
+//! Both are called only on the thread that called the `evg_` function, synchronously.
+//! A non-zero return from a callback is an error: the transport's number is read as an
+//! `evg_status` (`EVG_TIMEOUT`, `EVG_NOT_FOUND`, anything else is `EVG_NETWORK`), the
+//! selector's is always `EVG_BOOTLOADER`.
+
+use super::callbacks::evg_event_cb;
+use super::error::evg_status;
+use super::handle::evg_slot;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fetch::{Request, Response, Transport};
+use crate::slots::{BootSelector, Slot};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::io::Read;
+use std::sync::Arc;
+
+/// What the host's `get` reports. Evergreen zeroes it and sets `content_length` to -1
+/// before the call. The strings are copied by Evergreen; they must stay valid until
+/// `close` is called for `body` (or until `get` returns when `body` is NULL).
+#[repr(C)]
+pub struct evg_response {
+    /// The HTTP status (200, 206, 304, 404, 416, …), or its equivalent.
+    pub status: u16,
+    /// The length of this body (not of the whole file), or -1 when unknown.
+    pub content_length: i64,
+    /// The `ETag` header with its quotes, or NULL.
+    pub etag: *const c_char,
+    /// The `Content-Range` header of a 206 (`bytes 100-199/200`), or NULL.
+    pub content_range: *const c_char,
+    /// The `Location` header of a redirect, or NULL.
+    pub location: *const c_char,
+    /// The host's handle for `read` and `close`; NULL for an empty body.
+    pub body: *mut c_void,
+}
+
+/// Starts a GET of `url`. `range_from` is -1, or the offset to send as
+/// `Range: bytes=<range_from>-`; `if_none_match` is NULL or the entity tag to send as
+/// `If-None-Match`. Returns 0 with `*out` filled for any HTTP answer (a 404 or 503 is an
+/// answer, not an error), or an `evg_status` number when no answer came.
+pub type evg_transport_get_fn = Option<
+    unsafe extern "C" fn(
+        user: *mut c_void,
+        url: *const c_char,
+        range_from: i64,
+        if_none_match: *const c_char,
+        out: *mut evg_response,
+    ) -> c_int,
+>;
+
+/// Reads at most `len` bytes of `body` into `buf` and stores the count in `*n` (0 at the
+/// end of the body). Returns 0, or an `evg_status` number (`EVG_TIMEOUT` for an idle
+/// timeout, anything else is a network error).
+pub type evg_transport_read_fn = Option<
+    unsafe extern "C" fn(
+        user: *mut c_void,
+        body: *mut c_void,
+        buf: *mut u8,
+        len: usize,
+        n: *mut usize,
+    ) -> c_int,
+>;
+
+/// Releases `body`; called exactly once for every non-NULL body, read to the end or not.
+pub type evg_transport_close_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, body: *mut c_void)>;
+
+/// A transport implemented by the host (e.g. over its own HTTP stack). All three
+/// callbacks are required.
+#[repr(C)]
+pub struct evg_transport {
+    /// `sizeof(evg_transport)`, so that later versions can add fields.
+    pub struct_size: usize,
+    /// Passed back to every callback.
+    pub user: *mut c_void,
+    /// Starts a request.
+    pub get: evg_transport_get_fn,
+    /// Reads a response body.
+    pub read: evg_transport_read_fn,
+    /// Releases a response body.
+    pub close: evg_transport_close_fn,
+}
+
+/// Marks `slot` unbootable before anything is written into it. Returns 0 or non-zero.
+pub type evg_selector_slot_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, slot: evg_slot) -> c_int>;
+/// Makes `slot` the next to boot, on trial with `tries` attempts. Returns 0 or non-zero.
+pub type evg_selector_activate_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, slot: evg_slot, tries: u32) -> c_int>;
+/// Boot `good` from now on and never `bad` again. Returns 0 or non-zero.
+pub type evg_selector_fall_back_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, good: evg_slot, bad: evg_slot) -> c_int>;
+/// Stores the running slot in `*out` (`EVG_SLOT_NONE` when unknown). Returns 0 or non-zero.
+pub type evg_selector_booted_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, out: *mut evg_slot) -> c_int>;
+
+/// A boot selector implemented by the host, for `"selector": {"kind": "custom"}` image
+/// slots or in place of the `current` symlink of dir slots. All callbacks are required.
+#[repr(C)]
+pub struct evg_selector {
+    /// `sizeof(evg_selector)`, so that later versions can add fields.
+    pub struct_size: usize,
+    /// Passed back to every callback.
+    pub user: *mut c_void,
+    /// Marks a slot unbootable.
+    pub disable: evg_selector_slot_fn,
+    /// Starts a trial of a slot.
+    pub activate: evg_selector_activate_fn,
+    /// The trial slot is healthy: keep booting it.
+    pub confirm: evg_selector_slot_fn,
+    /// Rolls back.
+    pub fall_back: evg_selector_fall_back_fn,
+    /// Reports the running slot.
+    pub booted: evg_selector_booted_fn,
+    /// Non-zero when the bootloader counts trial attempts itself; the startup step then
+    /// only reads what the bootloader did (through `booted`).
+    pub counts_tries: c_int,
+}
+
+/// Optional parts for `evg_updater_new_with_hooks`. Zero it, set `struct_size`, fill in
+/// what you need; NULL members mean "the built-in one". Evergreen copies the structs, but
+/// the `user` pointers must stay valid until `evg_updater_free`.
+#[repr(C)]
+pub struct evg_hooks {
+    /// `sizeof(evg_hooks)`, so that later versions can add fields.
+    pub struct_size: usize,
+    /// A host transport for every request, or NULL for HTTP(S) and files.
+    pub transport: *const evg_transport,
+    /// A host boot selector, or NULL for the one in the config.
+    pub selector: *const evg_selector,
+    /// An event callback from the start (as with `evg_set_event_callback`), or NULL.
+    pub on_event: evg_event_cb,
+    /// Passed back to `on_event`.
+    pub event_user: *mut c_void,
+}
+
+/// Refuses a struct older (smaller) than this library's: its missing fields would be
+/// read past its end.
+///
+/// # Safety
+/// `ptr` points to a struct whose first field is a `size_t` set by the host.
+pub(crate) unsafe fn check_size<T>(ptr: *const T, name: &str) -> Result<()> {
+    let given = unsafe { ptr.cast::<usize>().read() };
+    let expected = std::mem::size_of::<T>();
+    if given < expected {
+        return Err(Error::config(format!(
+            "{name}.struct_size: expected sizeof({name}) = {expected}, found {given}"
+        )));
+    }
+    Ok(())
+}
+
+fn required<F>(f: Option<F>, name: &str) -> Result<F> {
+    f.ok_or_else(|| Error::config(format!("{name}: expected a callback, found NULL")))
+}
+
+/// The host's transport callbacks, checked to be non-NULL.
+struct TransportFns {
+    user: *mut c_void,
+    get: unsafe extern "C" fn(
+        *mut c_void,
+        *const c_char,
+        i64,
+        *const c_char,
+        *mut evg_response,
+    ) -> c_int,
+    read: unsafe extern "C" fn(*mut c_void, *mut c_void, *mut u8, usize, *mut usize) -> c_int,
+    close: unsafe extern "C" fn(*mut c_void, *mut c_void),
+}
+
+// The host promises (docs/c-abi.md) that its callbacks may run with `user` on any thread
+// it calls Evergreen from; Evergreen calls them only on such threads.
+unsafe impl Send for TransportFns {}
+unsafe impl Sync for TransportFns {}
+
+/// A [`Transport`] that calls the host's `evg_transport`.
+pub(crate) struct CTransport(Arc<TransportFns>);
+
+impl CTransport {
+    /// Checks and copies `t`.
+    ///
+    /// # Safety
+    /// `t` points to a live `evg_transport`.
+    pub(crate) unsafe fn new(t: *const evg_transport) -> Result<CTransport> {
+        unsafe { check_size(t, "evg_transport")? };
+        let t = unsafe { &*t };
+        Ok(CTransport(Arc::new(TransportFns {
+            user: t.user,
+            get: required(t.get, "evg_transport.get")?,
+            read: required(t.read, "evg_transport.read")?,
+            close: required(t.close, "evg_transport.close")?,
+        })))
+    }
+}
+
+/// The error for a non-zero return `rc` of a transport callback.
+fn transport_error(what: &str, rc: c_int) -> Error {
+    let kind = match evg_status::from_code(rc).and_then(evg_status::kind) {
+        Some(k @ (ErrorKind::Timeout | ErrorKind::NotFound)) => k,
+        _ => ErrorKind::Network,
+    };
+    Error::new(
+        kind,
+        format!(
+            "host transport {what}: expected 0, found {rc} ({})",
+            evg_status::from_code(rc).map_or("unknown", evg_status::name)
+        ),
+    )
+}
+
+/// A header string the host set, copied; invalid UTF-8 is the host's error.
+fn header(ptr: *const c_char, name: &str, url: &str) -> Result<Option<String>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    let text = unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| {
+        Error::new(
+            ErrorKind::Network,
+            format!("host transport get {url}: expected UTF-8 in {name}, found invalid bytes"),
+        )
+    })?;
+    Ok(Some(text.to_string()))
+}
+
+impl Transport for CTransport {
+    fn get(&self, url: &str, req: &Request) -> Result<Response> {
+        let c_url =
+            CString::new(url).map_err(|_| Error::config(format!("URL {url:?} holds a NUL")))?;
+        let etag = req
+            .if_none_match
+            .as_deref()
+            .map(CString::new)
+            .transpose()
+            .map_err(|_| Error::config("an entity tag holds a NUL"))?;
+        let range_from = req
+            .range_from
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let mut out = evg_response {
+            status: 0,
+            content_length: -1,
+            etag: std::ptr::null(),
+            content_range: std::ptr::null(),
+            location: std::ptr::null(),
+            body: std::ptr::null_mut(),
+        };
+        let f = &self.0;
+        let etag_ptr = etag.as_ref().map_or(std::ptr::null(), |e| e.as_ptr());
+        let rc = unsafe { (f.get)(f.user, c_url.as_ptr(), range_from, etag_ptr, &mut out) };
+        if rc != 0 {
+            return Err(transport_error(&format!("get {url}"), rc));
+        }
+        // Owned before anything can fail, so the host's body is always closed.
+        let body = CBody {
+            fns: Arc::clone(&self.0),
+            body: out.body,
+        };
+        if !(100..=599).contains(&out.status) {
+            return Err(Error::new(
+                ErrorKind::Network,
+                format!(
+                    "host transport get {url}: expected an HTTP status 100-599, found {}",
+                    out.status
+                ),
+            ));
+        }
+        Ok(Response {
+            status: out.status,
+            etag: header(out.etag, "etag", url)?,
+            content_length: u64::try_from(out.content_length).ok(),
+            content_range: header(out.content_range, "content_range", url)?,
+            location: header(out.location, "location", url)?,
+            body: Box::new(body),
+        })
+    }
+}
+
+/// A response body owned by the host, closed on drop.
+struct CBody {
+    fns: Arc<TransportFns>,
+    body: *mut c_void,
+}
+
+// Only moved between the threads of one call (the fetcher reads on the calling thread).
+unsafe impl Send for CBody {}
+
+impl Read for CBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.body.is_null() || buf.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0usize;
+        let f = &self.fns;
+        let rc = unsafe { (f.read)(f.user, self.body, buf.as_mut_ptr(), buf.len(), &mut n) };
+        if rc != 0 {
+            let kind = if rc == evg_status::EVG_TIMEOUT as c_int {
+                std::io::ErrorKind::TimedOut
+            } else {
+                std::io::ErrorKind::Other
+            };
+            return Err(std::io::Error::new(
+                kind,
+                transport_error("read", rc).message().to_string(),
+            ));
+        }
+        if n > buf.len() {
+            return Err(std::io::Error::other(format!(
+                "host transport read: expected at most {} bytes, found {n} claimed",
+                buf.len()
+            )));
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for CBody {
+    fn drop(&mut self) {
+        if !self.body.is_null() {
+            unsafe { (self.fns.close)(self.fns.user, self.body) };
+        }
+    }
+}
+
+/// A [`BootSelector`] that calls the host's `evg_selector`.
+pub(crate) struct CSelector {
+    user: *mut c_void,
+    disable: unsafe extern "C" fn(*mut c_void, evg_slot) -> c_int,
+    activate: unsafe extern "C" fn(*mut c_void, evg_slot, u32) -> c_int,
+    confirm: unsafe extern "C" fn(*mut c_void, evg_slot) -> c_int,
+    fall_back: unsafe extern "C" fn(*mut c_void, evg_slot, evg_slot) -> c_int,
+    booted: unsafe extern "C" fn(*mut c_void, *mut evg_slot) -> c_int,
+    counts_tries: bool,
+}
+
+// As for the transport: the host's callbacks run only on threads that called Evergreen.
+unsafe impl Send for CSelector {}
+
+impl CSelector {
+    /// Checks and copies `s`.
+    ///
+    /// # Safety
+    /// `s` points to a live `evg_selector`.
+    pub(crate) unsafe fn new(s: *const evg_selector) -> Result<CSelector> {
+        unsafe { check_size(s, "evg_selector")? };
+        let s = unsafe { &*s };
+        Ok(CSelector {
+            user: s.user,
+            disable: required(s.disable, "evg_selector.disable")?,
+            activate: required(s.activate, "evg_selector.activate")?,
+            confirm: required(s.confirm, "evg_selector.confirm")?,
+            fall_back: required(s.fall_back, "evg_selector.fall_back")?,
+            booted: required(s.booted, "evg_selector.booted")?,
+            counts_tries: s.counts_tries != 0,
+        })
+    }
+}
+
+/// The error for a non-zero return of a selector callback.
+fn selector_result(what: std::fmt::Arguments<'_>, rc: c_int) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Bootloader,
+        format!("host boot selector {what}: expected 0, found {rc}"),
+    ))
+}
+
+impl BootSelector for CSelector {
+    fn disable(&mut self, slot: Slot) -> Result<()> {
+        let rc = unsafe { (self.disable)(self.user, slot.into()) };
+        selector_result(format_args!("disable({slot})"), rc)
+    }
+
+    fn activate(&mut self, slot: Slot, tries: u32) -> Result<()> {
+        let rc = unsafe { (self.activate)(self.user, slot.into(), tries) };
+        selector_result(format_args!("activate({slot}, {tries})"), rc)
+    }
+
+    fn confirm(&mut self, slot: Slot) -> Result<()> {
+        let rc = unsafe { (self.confirm)(self.user, slot.into()) };
+        selector_result(format_args!("confirm({slot})"), rc)
+    }
+
+    fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()> {
+        let rc = unsafe { (self.fall_back)(self.user, good.into(), bad.into()) };
+        selector_result(format_args!("fall_back({good}, {bad})"), rc)
+    }
+
+    fn booted(&self) -> Result<Option<Slot>> {
+        // Read back as a plain integer: the host may store any number, and only a valid
+        // one may become an `evg_slot` (or `Slot`) in Rust.
+        let mut raw: i32 = evg_slot::EVG_SLOT_NONE as i32;
+        let rc = unsafe { (self.booted)(self.user, (&mut raw as *mut i32).cast()) };
+        selector_result(format_args!("booted()"), rc)?;
+        match raw {
+            -1 => Ok(None),
+            0 => Ok(Some(Slot::A)),
+            1 => Ok(Some(Slot::B)),
+            n => Err(Error::new(
+                ErrorKind::Bootloader,
+                format!("host boot selector booted(): expected EVG_SLOT_NONE, EVG_SLOT_A or EVG_SLOT_B, found {n}"),
+            )),
+        }
+    }
+
+    fn counts_tries(&self) -> bool {
+        self.counts_tries
+    }
+}

@@ -1,0 +1,426 @@
+//! `evg_updater`: the handle over [`Updater`] and one export per facade operation.
+
+use super::callbacks::{evg_progress_cb, EventSink, Progress};
+use super::error::evg_status;
+use super::handle::{arg_ref, arg_str, evg_slot, into_c_string, opt_str, out_arg, parse_version};
+use super::hooks::{check_size, evg_hooks, CSelector, CTransport};
+use super::offer::evg_offer;
+use super::panic::guard;
+use crate::error::{Error, Result};
+use crate::{Activation, Check, Config, Offer, Startup, Updater};
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
+
+/// An updater for one product installation. Created by `evg_updater_new` or
+/// `evg_updater_new_with_hooks`; the caller owns it and frees it with `evg_updater_free`.
+/// It may be shared between threads; each callback runs on the thread whose call made it.
+pub struct evg_updater {
+    pub(crate) updater: Updater,
+    pub(crate) events: Arc<EventSink>,
+}
+
+/// Writes `value` to the out-param `out` (already checked non-NULL).
+fn write_out<T>(out: *mut T, value: T) {
+    // Only reached with a pointer `out_arg` accepted, on success.
+    unsafe { out.write(value) };
+}
+
+/// Builds the updater from the config JSON and the optional hooks.
+///
+/// # Safety
+/// `hooks` is NULL or points to a live `evg_hooks` whose pointers are NULL or live.
+unsafe fn build(config_json: &str, hooks: *const evg_hooks) -> Result<evg_updater> {
+    let config = Config::from_json(config_json)?;
+    let events = Arc::new(EventSink::default());
+    let sink = Arc::clone(&events);
+    let mut builder = Updater::builder(config).on_event(move |e| sink.emit(e));
+    if !hooks.is_null() {
+        unsafe { check_size(hooks, "evg_hooks")? };
+        let hooks = unsafe { &*hooks };
+        if !hooks.transport.is_null() {
+            builder = builder.transport(Box::new(unsafe { CTransport::new(hooks.transport)? }));
+        }
+        if !hooks.selector.is_null() {
+            builder = builder.selector(Box::new(unsafe { CSelector::new(hooks.selector)? }));
+        }
+        events.set(hooks.on_event, hooks.event_user);
+    }
+    Ok(evg_updater {
+        updater: builder.build()?,
+        events,
+    })
+}
+
+/// Creates an updater from `config_json` (the JSON config of DESIGN §7.1, the same as the
+/// CLI's `--config` file). Nothing is written yet. On success `*out` is the new handle,
+/// owned by the caller (free it with `evg_updater_free`).
+///
+/// # Safety
+/// `config_json` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_updater_new(
+    config_json: *const c_char,
+    out: *mut *mut evg_updater,
+) -> evg_status {
+    unsafe { evg_updater_new_with_hooks(config_json, std::ptr::null(), out) }
+}
+
+/// Like `evg_updater_new`, with host-supplied parts: a transport, a boot selector (needed
+/// for `"selector": {"kind": "custom"}`) and an event callback. `hooks` may be NULL; its
+/// structs are copied, the `user` pointers must stay valid until `evg_updater_free`.
+///
+/// # Safety
+/// As for `evg_updater_new`; `hooks` is NULL or points to a live `evg_hooks` whose
+/// `transport` and `selector` are NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn evg_updater_new_with_hooks(
+    config_json: *const c_char,
+    hooks: *const evg_hooks,
+    out: *mut *mut evg_updater,
+) -> evg_status {
+    guard("evg_updater_new", || {
+        let json = unsafe { arg_str(config_json, "config_json")? };
+        let out = out_arg(out, "out")?;
+        let updater = unsafe { build(json, hooks)? };
+        write_out(out, Box::into_raw(Box::new(updater)));
+        Ok(())
+    })
+}
+
+/// Frees an updater. NULL is fine. No callback runs after it returns.
+///
+/// # Safety
+/// `updater` is NULL or a handle that was not freed yet, and no other thread uses it.
+#[no_mangle]
+pub unsafe extern "C" fn evg_updater_free(updater: *mut evg_updater) {
+    if !updater.is_null() {
+        guard("evg_updater_free", || {
+            drop(unsafe { Box::from_raw(updater) });
+            Ok(())
+        });
+    }
+}
+
+/// What `evg_startup` found.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum evg_startup_kind {
+    /// No trial running.
+    EVG_STARTUP_NORMAL = 0,
+    /// The running slot is on trial: confirm it (`evg_confirm`) once healthy.
+    EVG_STARTUP_TRIAL = 1,
+    /// The trial slot failed and the fallback is primary again: restart into it.
+    EVG_STARTUP_ROLLED_BACK = 2,
+}
+
+/// The outcome of `evg_startup`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct evg_startup_result {
+    /// What happened.
+    pub kind: evg_startup_kind,
+    /// The slot on trial, or the slot now primary after a rollback; `EVG_SLOT_NONE` when
+    /// normal.
+    pub slot: evg_slot,
+    /// Starts left to confirm the trial slot (0 unless on trial).
+    pub tries_left: u32,
+    /// The slot given up by a rollback; `EVG_SLOT_NONE` otherwise.
+    pub rolled_back_from: evg_slot,
+}
+
+impl From<Startup> for evg_startup_result {
+    fn from(s: Startup) -> evg_startup_result {
+        let none = evg_slot::EVG_SLOT_NONE;
+        match s {
+            Startup::Normal => evg_startup_result {
+                kind: evg_startup_kind::EVG_STARTUP_NORMAL,
+                slot: none,
+                tries_left: 0,
+                rolled_back_from: none,
+            },
+            Startup::Trial { slot, tries_left } => evg_startup_result {
+                kind: evg_startup_kind::EVG_STARTUP_TRIAL,
+                slot: slot.into(),
+                tries_left,
+                rolled_back_from: none,
+            },
+            Startup::RolledBack { from, to, .. } => evg_startup_result {
+                kind: evg_startup_kind::EVG_STARTUP_ROLLED_BACK,
+                slot: to.into(),
+                tries_left: 0,
+                rolled_back_from: from.into(),
+            },
+        }
+    }
+}
+
+/// The startup step: call it early on every start. Counts a start of a slot on trial and
+/// rolls back once its tries are used up (see `evg_startup_result`).
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_startup(
+    updater: *mut evg_updater,
+    out: *mut evg_startup_result,
+) -> evg_status {
+    guard("evg_startup", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let out = out_arg(out, "out")?;
+        let result = u.updater.startup()?;
+        write_out(out, result.into());
+        Ok(())
+    })
+}
+
+/// Checks the device's channel for an update. On success `*out` is the offer (owned by the
+/// caller, free it with `evg_offer_free`), or NULL when up to date.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_check(
+    updater: *mut evg_updater,
+    out: *mut *mut evg_offer,
+) -> evg_status {
+    unsafe { evg_check_version(updater, std::ptr::null(), std::ptr::null(), out) }
+}
+
+/// Checks `channel` (NULL: the device's) for an update, or for exactly `version` (NULL:
+/// the newest; given: newer or older, never below the security floor). `*out` as for
+/// `evg_check`.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `channel` and `version` are NULL or NUL-terminated
+/// strings; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_check_version(
+    updater: *mut evg_updater,
+    channel: *const c_char,
+    version: *const c_char,
+    out: *mut *mut evg_offer,
+) -> evg_status {
+    guard("evg_check_version", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let channel = unsafe { opt_str(channel, "channel")? };
+        let version = unsafe { opt_str(version, "version")? }
+            .map(|v| parse_version(v, "version"))
+            .transpose()?;
+        let out = out_arg(out, "out")?;
+        let offer = match u.updater.check_with(channel, version.as_ref())? {
+            Check::UpToDate => std::ptr::null_mut(),
+            Check::Available(offer) => Box::into_raw(Box::new(evg_offer::new(offer))),
+        };
+        write_out(out, offer);
+        Ok(())
+    })
+}
+
+/// Downloads what `plan` needs, reporting to `progress`, which may cancel.
+fn download(
+    u: &evg_updater,
+    plan: &Offer,
+    progress: evg_progress_cb,
+    user: *mut c_void,
+) -> Result<()> {
+    let progress = Progress::new(progress, user);
+    u.updater.download(
+        plan,
+        &mut |done, total| progress.report(done, total),
+        &progress.cancel,
+    )
+}
+
+/// Downloads and verifies the artifacts `offer` needs (added and modified components,
+/// against the running slot as it is now). `progress` (may be NULL) is called with `user`
+/// between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
+/// partial download is kept for the next call to resume.
+///
+/// # Safety
+/// `updater` and `offer` are NULL or live handles; `progress` may be called with `user`
+/// until this returns.
+#[no_mangle]
+pub unsafe extern "C" fn evg_download(
+    updater: *mut evg_updater,
+    offer: *const evg_offer,
+    progress: evg_progress_cb,
+    user: *mut c_void,
+) -> evg_status {
+    guard("evg_download", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let o = unsafe { arg_ref(offer, "offer")? };
+        let plan = u.updater.plan(&o.offer)?;
+        download(u, &plan, progress, user)
+    })
+}
+
+/// Writes the downloaded `offer` into the inactive slot. The running slot is never
+/// touched; the slot is `installed` only once everything is durable.
+///
+/// # Safety
+/// `updater` and `offer` are NULL or live handles.
+#[no_mangle]
+pub unsafe extern "C" fn evg_install(
+    updater: *mut evg_updater,
+    offer: *const evg_offer,
+) -> evg_status {
+    guard("evg_install", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let o = unsafe { arg_ref(offer, "offer")? };
+        let plan = u.updater.plan(&o.offer)?;
+        u.updater.install(&plan).map(drop)
+    })
+}
+
+/// What `evg_activate` did.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct evg_activation {
+    /// True when the installed slot is now primary, on trial; false when the deploy policy
+    /// holds it back (nothing changed).
+    pub activated: bool,
+    /// The new primary slot, or `EVG_SLOT_NONE` when deferred.
+    pub slot: evg_slot,
+    /// When deferred: the Unix time (seconds) it may go ahead, or -1 when unknown. 0 when
+    /// activated.
+    pub deferred_until: i64,
+}
+
+impl From<Activation> for evg_activation {
+    fn from(a: Activation) -> evg_activation {
+        match a {
+            Activation::Activated { slot, .. } => evg_activation {
+                activated: true,
+                slot: slot.into(),
+                deferred_until: 0,
+            },
+            Activation::Deferred { until, .. } => evg_activation {
+                activated: false,
+                slot: evg_slot::EVG_SLOT_NONE,
+                deferred_until: until.map_or(-1, |t| t.unix()),
+            },
+        }
+    }
+}
+
+/// Makes the installed slot primary, on trial — if the deploy policy allows it now, or
+/// always when `force` is non-zero. Restart into it, then `evg_startup` and `evg_confirm`.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_activate(
+    updater: *mut evg_updater,
+    force: c_int,
+    out: *mut evg_activation,
+) -> evg_status {
+    guard("evg_activate", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let out = out_arg(out, "out")?;
+        let activation = u.updater.activate(force != 0)?;
+        write_out(out, activation.into());
+        Ok(())
+    })
+}
+
+/// Marks the slot on trial good (and raises the security floor). Confirming a slot that is
+/// already good does nothing.
+///
+/// # Safety
+/// `updater` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn evg_confirm(updater: *mut evg_updater) -> evg_status {
+    guard("evg_confirm", || {
+        unsafe { arg_ref(updater, "updater")? }.updater.confirm()
+    })
+}
+
+/// Goes back to the fallback slot now (it must be good); the primary is marked bad.
+/// `*out` (may be NULL when not wanted) receives the slot now primary.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_rollback(updater: *mut evg_updater, out: *mut evg_slot) -> evg_status {
+    guard("evg_rollback", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let slot = u.updater.rollback()?;
+        if !out.is_null() {
+            write_out(out, slot.into());
+        }
+        Ok(())
+    })
+}
+
+/// Repairs the installation: downloads the installed version again (every component,
+/// `progress` as for `evg_download`) and installs it into the inactive slot. Then call
+/// `evg_activate` as after `evg_install`.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `progress` may be called with `user` until this
+/// returns.
+#[no_mangle]
+pub unsafe extern "C" fn evg_reinstall(
+    updater: *mut evg_updater,
+    progress: evg_progress_cb,
+    user: *mut c_void,
+) -> evg_status {
+    guard("evg_reinstall", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let offer = u.updater.reinstall_offer()?;
+        download(u, &offer, progress, user)?;
+        u.updater.install(&offer).map(drop)
+    })
+}
+
+/// Follows `channel` (e.g. `"preview"`) from now on; the next check applies the
+/// channel-switch rules.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `channel` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn evg_set_channel(
+    updater: *mut evg_updater,
+    channel: *const c_char,
+) -> evg_status {
+    guard("evg_set_channel", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        u.updater
+            .set_channel(unsafe { arg_str(channel, "channel")? })
+    })
+}
+
+/// Skips `version` (e.g. `"1.4.2"`): checks no longer offer it, unless it is critical.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `version` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn evg_skip(updater: *mut evg_updater, version: *const c_char) -> evg_status {
+    guard("evg_skip", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let version = parse_version(unsafe { arg_str(version, "version")? }, "version")?;
+        u.updater.skip(&version)
+    })
+}
+
+/// The device's status as JSON, as `evergreen status --json` prints it (slots, versions,
+/// trial, channel, security floor, last check). The caller owns `*out` and frees it with
+/// `evg_string_free`.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_status_json(
+    updater: *mut evg_updater,
+    out: *mut *mut c_char,
+) -> evg_status {
+    guard("evg_status_json", || {
+        let u = unsafe { arg_ref(updater, "updater")? };
+        let out = out_arg(out, "out")?;
+        let status = u.updater.status()?;
+        let json = serde_json::to_string(&status)
+            .map_err(|e| Error::config(format!("status: expected serialisable JSON, found {e}")))?;
+        write_out(out, into_c_string(json));
+        Ok(())
+    })
+}
