@@ -164,7 +164,11 @@ private:
 
 /// What Updater::startup found.
 struct Startup {
-    enum class Kind { normal = EVG_STARTUP_NORMAL, trial = EVG_STARTUP_TRIAL, rolled_back = EVG_STARTUP_ROLLED_BACK };
+    enum class Kind {
+        normal = EVG_STARTUP_NORMAL,
+        trial = EVG_STARTUP_TRIAL,
+        rolled_back = EVG_STARTUP_ROLLED_BACK,
+    };
     Kind kind;
     /// The slot on trial, or the slot now primary after a rollback.
     Slot slot;

@@ -117,8 +117,8 @@ struct Repo {
         sh("mkdir -p '" + src + "'");
         write_file(src + "/payload.bin", body);
         cli("release '" + repo + "' --channel stable --version " + version +
-            " --target x86_64-linux --component 'app=" + src + "/payload.bin:file' --notes 'notes of " +
-            version + "' --sign '" + manifest_key + "'");
+            " --target x86_64-linux --component 'app=" + src +
+            "/payload.bin:file' --notes 'notes of " + version + "' --sign '" + manifest_key + "'");
     }
 
     std::string url() const { return g_url + "/" + repo.substr((g_work + "/www/").size()) + "/"; }
@@ -242,7 +242,8 @@ void rollback_returns_to_the_confirmed_slot() {
     EXPECT(trial != good);
     EXPECT(updater.rollback() == good);
     const std::string status = updater.status_json();
-    EXPECT(contains(status, "\"" + std::string(evergreen::slot_name(trial)) + "\":{\"status\":\"bad\""));
+    const std::string bad = evergreen::slot_name(trial);
+    EXPECT(contains(status, "\"" + bad + "\":{\"status\":\"bad\""));
 }
 
 void bad_config_is_a_config_error() {

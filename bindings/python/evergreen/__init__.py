@@ -152,7 +152,10 @@ class Offer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Offer(version={self.version!r}, channel={self.channel!r}, critical={self.critical})"
+        return (
+            f"Offer(version={self.version!r}, channel={self.channel!r}, "
+            f"critical={self.critical})"
+        )
 
 
 class _ProgressTrampoline:
@@ -186,7 +189,9 @@ def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
             return f.read()
     if isinstance(config, str):
         return config
-    raise TypeError(f"expected the config as a dict, JSON text or a path, found {type(config).__name__}")
+    raise TypeError(
+        f"expected the config as a dict, JSON text or a path, found {type(config).__name__}"
+    )
 
 
 def _free_updater(handle: "ctypes._Pointer[_ffi.evg_updater]", _callbacks: list) -> None:
@@ -254,11 +259,14 @@ class Updater:
             rolled_back_from=_SLOTS.get(r.rolled_back_from),
         )
 
-    def check(self, channel: Optional[str] = None, version: Optional[str] = None) -> Optional[Offer]:
+    def check(
+        self, channel: Optional[str] = None, version: Optional[str] = None
+    ) -> Optional[Offer]:
         """The update for this device, or None when up to date. `channel` checks another
         channel; `version` asks for exactly that release (newer or older)."""
         out = ctypes.POINTER(_ffi.evg_offer)()
-        check(_lib.evg_check_version(self._h, _encode(channel), _encode(version), ctypes.byref(out)))
+        ch, ver = _encode(channel), _encode(version)
+        check(_lib.evg_check_version(self._h, ch, ver, ctypes.byref(out)))
         return Offer(out) if out else None
 
     def download(self, offer: Offer, progress: Optional[Progress] = None) -> None:
@@ -278,7 +286,7 @@ class Updater:
         a = _ffi.evg_activation()
         check(_lib.evg_activate(self._h, 1 if force else 0, ctypes.byref(a)))
         deferred = None if a.activated or a.deferred_until < 0 else int(a.deferred_until)
-        return Activation(activated=bool(a.activated), slot=_SLOTS.get(a.slot), deferred_until=deferred)
+        return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
 
     def confirm(self) -> None:
         """Marks the slot on trial good (and raises the security floor)."""

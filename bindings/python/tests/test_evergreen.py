@@ -128,7 +128,7 @@ def recording() -> Tuple[List[Tuple[int, int]], "evergreen.Progress"]:
     return calls, progress
 
 
-def test_full_update_trial_confirm_then_rollback(world, tmp_path: Path) -> None:
+def test_full_update_trial_confirm_then_rollback(world) -> None:
     repo, src, settings, config = world
     events: List[dict] = []
     with evergreen.Updater(config) as updater:
@@ -316,5 +316,5 @@ def test_error_table_matches_the_library() -> None:
         assert (cls.code, cls.kind) == (code, kind)
     assert evergreen.status_name(0) == "ok"
     assert evergreen.status_name(99) == "unknown"
-    for name in ("SignatureError", "HashMismatchError", "CancelledError", "PanicError", "ConfigError"):
+    for name in ("SignatureError", "HashMismatchError", "CancelledError", "PanicError"):
         assert name in evergreen.__all__
