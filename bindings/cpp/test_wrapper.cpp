@@ -1,0 +1,380 @@
+// Tests of evergreen.hpp against the real library: repositories made with the real
+// `evergreen` CLI and served over loopback HTTP by the run script.
+//
+//   test_wrapper EVERGREEN_CLI WORK_DIR BASE_URL
+//
+// WORK_DIR/www is what BASE_URL serves; each test makes its repositories under it and
+// its devices under WORK_DIR/devices.
+
+#include "evergreen.hpp"
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <random>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+std::string g_cli, g_work, g_url;
+
+struct Failure {
+    std::string what;
+};
+
+#define EXPECT(cond)                                                                          \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            std::ostringstream msg_;                                                          \
+            msg_ << __FILE__ << ":" << __LINE__ << ": expected " #cond;                        \
+            throw Failure{msg_.str()};                                                        \
+        }                                                                                     \
+    } while (0)
+
+#define EXPECT_EQ(a, b)                                                                       \
+    do {                                                                                      \
+        const auto &a_ = (a);                                                                 \
+        const auto &b_ = (b);                                                                 \
+        if (!(a_ == b_)) {                                                                    \
+            std::ostringstream msg_;                                                          \
+            msg_ << __FILE__ << ":" << __LINE__ << ": expected " #a " == " #b ", found "      \
+                 << a_ << " vs " << b_;                                                       \
+            throw Failure{msg_.str()};                                                        \
+        }                                                                                     \
+    } while (0)
+
+/// Runs `f`, which must throw evergreen::Error of `kind`.
+template <typename F>
+void expect_error(const char *kind, F f, const char *where) {
+    try {
+        f();
+    } catch (const evergreen::Error &e) {
+        if (e.kind() != kind) {
+            throw Failure{std::string(where) + ": expected error kind " + kind + ", found " +
+                          e.kind() + ": " + e.what()};
+        }
+        if (std::string(e.what()).empty()) {
+            throw Failure{std::string(where) + ": expected a message, found none"};
+        }
+        return;
+    }
+    throw Failure{std::string(where) + ": expected error kind " + kind + ", found success"};
+}
+
+#define EXPECT_ERROR(kind, stmt) expect_error(kind, [&] { stmt; }, #stmt)
+
+void sh(const std::string &cmd) {
+    if (std::system(cmd.c_str()) != 0) {
+        throw Failure{"command failed: " + cmd};
+    }
+}
+
+std::string read_file(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_file(const std::string &path, const std::string &body) {
+    std::ofstream(path, std::ios::binary) << body;
+}
+
+/// `n` bytes that do not compress, so the download spans many 64 KiB chunks.
+std::string noise(size_t n, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::string s(n, '\0');
+    for (auto &c : s) {
+        c = static_cast<char>(rng());
+    }
+    return s;
+}
+
+const char *kProduct = "com.acme.cppbind";
+
+/// A signed repository made with the CLI, at WORK/www/NAME/repo.
+struct Repo {
+    std::string dir, repo, root_key, manifest_key;
+
+    explicit Repo(const std::string &name) : dir(g_work + "/www/" + name), repo(dir + "/repo") {
+        root_key = dir + "/keys/root.key";
+        manifest_key = dir + "/keys/manifest.key";
+        sh("mkdir -p '" + dir + "/keys' '" + dir + "/src'");
+        cli("keygen --out '" + root_key + "'");
+        cli("keygen --out '" + manifest_key + "'");
+        cli("init '" + repo + "' --product " + kProduct + " --root-key '" + root_key +
+            ".pub' --root-threshold 1 --manifest-key '" + manifest_key + ".pub' --sign '" +
+            root_key + "'");
+    }
+
+    static void cli(const std::string &args) { sh("'" + g_cli + "' " + args + " >/dev/null"); }
+
+    /// Publishes `version` with one file component `app` holding `body`.
+    void release(const std::string &version, const std::string &body) {
+        const std::string src = dir + "/src/" + version;
+        sh("mkdir -p '" + src + "'");
+        write_file(src + "/payload.bin", body);
+        cli("release '" + repo + "' --channel stable --version " + version +
+            " --target x86_64-linux --component 'app=" + src +
+            "/payload.bin:file' --notes 'notes of " + version + "' --sign '" + manifest_key + "'");
+    }
+
+    std::string url() const { return g_url + "/" + repo.substr((g_work + "/www/").size()) + "/"; }
+};
+
+/// A device config (dir slots) that trusts `trusted` and talks to `server`.
+struct Device {
+    std::string base;
+    std::string config;
+
+    Device(const std::string &name, const Repo &trusted, const Repo &server)
+        : base(g_work + "/devices/" + name) {
+        sh("mkdir -p '" + base + "'");
+        config = std::string("{\"product\":\"") + kProduct + "\",\"server\":\"" + server.url() +
+                 "\",\"channel\":\"stable\",\"target\":\"x86_64-linux\",\"trust\":{\"root\":\"" +
+                 trusted.repo + "/root/1.json\"},\"state_dir\":\"" + base +
+                 "/state\",\"slots\":{\"kind\":\"dir\",\"root\":\"" + base +
+                 "/app\"},\"device_id\":\"device-" + name +
+                 "\",\"limits\":{\"retries\":1,\"retry_backoff_ms\":10}}";
+    }
+};
+
+bool contains(const std::string &haystack, const std::string &needle) {
+    return haystack.find(needle) != std::string::npos;
+}
+
+// ---- tests -------------------------------------------------------------------------
+
+void full_update_with_trial_and_confirm() {
+    Repo repo("full");
+    const std::string body = noise(600 * 1024, 1);
+    repo.release("1.0.0", body);
+    Device dev("full", repo, repo);
+
+    evergreen::Updater updater(dev.config);
+    std::vector<std::string> events;
+    updater.on_event([&events](const std::string &e) { events.push_back(e); });
+    EXPECT(updater.startup().kind == evergreen::Startup::Kind::normal);
+
+    auto offer = updater.check();
+    EXPECT(offer.has_value());
+    EXPECT_EQ(offer->version(), "1.0.0");
+    EXPECT_EQ(offer->channel(), "stable");
+    EXPECT_EQ(offer->notes(), "notes of 1.0.0");
+    EXPECT(!offer->critical());
+    EXPECT(!offer->downgrade());
+    EXPECT(!offer->current().has_value());
+    EXPECT_EQ(offer->download_size(), body.size());
+    const auto components = offer->components();
+    EXPECT_EQ(components.size(), 1u);
+    EXPECT_EQ(components[0].name, "app");
+    EXPECT(components[0].op == evergreen::ComponentOp::added);
+    EXPECT(!components[0].from.has_value());
+    EXPECT(components[0].to == std::optional<std::string>("1.0.0"));
+    EXPECT(contains(offer->json(), "\"version\":\"1.0.0\""));
+
+    std::vector<std::pair<uint64_t, uint64_t>> calls;
+    updater.download(*offer, [&calls](uint64_t done, uint64_t total) {
+        calls.emplace_back(done, total);
+        return false;
+    });
+    EXPECT(calls.size() > 1);
+    for (size_t i = 1; i < calls.size(); ++i) {
+        EXPECT(calls[i - 1].first <= calls[i].first);
+        EXPECT_EQ(calls[i].second, body.size());
+    }
+    EXPECT_EQ(calls.back().first, body.size());
+
+    updater.install(*offer);
+    const auto activation = updater.activate();
+    EXPECT(activation.activated);
+    EXPECT(activation.slot != evergreen::Slot::none);
+    EXPECT_EQ(activation.deferred_until, 0);
+
+    const auto started = updater.startup();
+    EXPECT(started.kind == evergreen::Startup::Kind::trial);
+    EXPECT(started.slot == activation.slot);
+    EXPECT_EQ(started.tries_left, 2u);
+    updater.confirm();
+
+    const std::string slot = evergreen::slot_name(activation.slot);
+    const std::string status = updater.status_json();
+    EXPECT(contains(status, "\"primary\":\"" + slot + "\""));
+    EXPECT(contains(status, "\"trial\":null"));
+    EXPECT(contains(status, "\"" + slot + "\":{\"status\":\"good\",\"version\":\"1.0.0\"}"));
+    EXPECT(read_file(dev.base + "/app/current/app/payload.bin") == body);
+    EXPECT(!updater.check().has_value());
+
+    for (const char *name : {"\"checked\"", "\"activated\"", "\"trial_boot\"", "\"confirmed\""}) {
+        bool seen = false;
+        for (const auto &e : events) {
+            seen = seen || contains(e, std::string("\"event\":") + name);
+        }
+        if (!seen) {
+            throw Failure{std::string("expected an event ") + name};
+        }
+    }
+}
+
+void rollback_returns_to_the_confirmed_slot() {
+    Repo repo("rollback");
+    repo.release("1.0.0", noise(100 * 1024, 2));
+    Device dev("rollback", repo, repo);
+    evergreen::Updater updater(dev.config);
+    EXPECT_ERROR("invalid_state", updater.rollback());
+
+    auto first = updater.check();
+    updater.download(*first);
+    updater.install(*first);
+    const auto good = updater.activate().slot;
+    updater.confirm();
+
+    repo.release("1.1.0", noise(100 * 1024, 3));
+    auto second = updater.check();
+    EXPECT(second.has_value());
+    EXPECT(second->current() == std::optional<std::string>("1.0.0"));
+    EXPECT(second->components().at(0).op == evergreen::ComponentOp::modified);
+    updater.download(*second);
+    updater.install(*second);
+    const auto trial = updater.activate(true).slot;
+    EXPECT(trial != good);
+    EXPECT(updater.rollback() == good);
+    const std::string status = updater.status_json();
+    const std::string bad = evergreen::slot_name(trial);
+    EXPECT(contains(status, "\"" + bad + "\":{\"status\":\"bad\""));
+}
+
+void bad_config_is_a_config_error() {
+    for (const char *config : {"{not json", "{}", "{\"product\": 5}", ""}) {
+        try {
+            evergreen::Updater updater(config);
+            throw Failure{std::string("expected a config error for ") + config};
+        } catch (const evergreen::Error &e) {
+            EXPECT_EQ(e.kind(), "config");
+            EXPECT(e.status() == EVG_CONFIG);
+        }
+    }
+}
+
+void untrusted_signer_is_a_signature_error() {
+    Repo trusted("trusted");
+    Repo impostor("impostor");
+    impostor.release("6.6.6", noise(1024, 4));
+    Device dev("impostor", trusted, impostor);
+    evergreen::Updater updater(dev.config);
+    EXPECT_ERROR("signature", updater.check());
+    EXPECT(contains(updater.status_json(), "\"a\":{\"status\":\"empty\""));
+}
+
+void cancelled_download_then_a_second_completes() {
+    Repo repo("cancel");
+    const std::string body = noise(600 * 1024, 5);
+    repo.release("1.0.0", body);
+    Device dev("cancel", repo, repo);
+    evergreen::Updater updater(dev.config);
+    auto offer = updater.check();
+    EXPECT(offer.has_value());
+
+    int cancels = 0;
+    EXPECT_ERROR("cancelled", updater.download(*offer, [&cancels](uint64_t done, uint64_t total) {
+        ++cancels;
+        return done < total;
+    }));
+    EXPECT_EQ(cancels, 1);
+
+    uint64_t last = 0;
+    updater.download(*offer, [&last](uint64_t done, uint64_t) {
+        last = done;
+        return false;
+    });
+    EXPECT_EQ(last, body.size());
+    updater.install(*offer);
+    EXPECT(updater.activate().activated);
+}
+
+void exceptions_never_cross_into_c() {
+    Repo repo("throws");
+    repo.release("1.0.0", noise(300 * 1024, 6));
+    Device dev("throws", repo, repo);
+    evergreen::Updater updater(dev.config);
+    updater.on_event([](const std::string &) { throw std::runtime_error("from on_event"); });
+    auto offer = updater.check();  // events thrown away, the check goes on
+    EXPECT(offer.has_value());
+
+    struct Boom {};
+    bool caught = false;
+    try {
+        updater.download(*offer, [](uint64_t, uint64_t) -> bool { throw Boom{}; });
+    } catch (const Boom &) {
+        caught = true;
+    }
+    EXPECT(caught);
+    updater.on_event({});
+    updater.download(*offer);  // still usable, and resumes
+    updater.install(*offer);
+}
+
+void handles_are_move_only() {
+    static_assert(!std::is_copy_constructible_v<evergreen::Updater>);
+    static_assert(!std::is_copy_assignable_v<evergreen::Updater>);
+    static_assert(std::is_nothrow_move_constructible_v<evergreen::Updater>);
+    static_assert(!std::is_copy_constructible_v<evergreen::Offer>);
+    static_assert(std::is_nothrow_move_constructible_v<evergreen::Offer>);
+
+    Repo repo("moves");
+    repo.release("1.0.0", noise(1024, 7));
+    Device dev("moves", repo, repo);
+    evergreen::Updater a(dev.config);
+    int events = 0;
+    a.on_event([&events](const std::string &) { ++events; });
+    evergreen::Updater b(std::move(a));
+    EXPECT(b.check().has_value());
+    EXPECT(events > 0);  // the handler moved with the handle
+    bool refused = false;
+    try {
+        a.status_json();  // NOLINT(bugprone-use-after-move): that is the point
+    } catch (const std::logic_error &) {
+        refused = true;
+    }
+    EXPECT(refused);
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        std::cerr << "usage: test_wrapper EVERGREEN_CLI WORK_DIR BASE_URL\n";
+        return 2;
+    }
+    g_cli = argv[1];
+    g_work = argv[2];
+    g_url = argv[3];
+    const std::pair<const char *, void (*)()> tests[] = {
+        {"full_update_with_trial_and_confirm", full_update_with_trial_and_confirm},
+        {"rollback_returns_to_the_confirmed_slot", rollback_returns_to_the_confirmed_slot},
+        {"bad_config_is_a_config_error", bad_config_is_a_config_error},
+        {"untrusted_signer_is_a_signature_error", untrusted_signer_is_a_signature_error},
+        {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
+        {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},
+        {"handles_are_move_only", handles_are_move_only},
+    };
+    int failed = 0;
+    for (const auto &[name, test] : tests) {
+        try {
+            test();
+            std::cout << "ok   " << name << "\n";
+        } catch (const Failure &f) {
+            ++failed;
+            std::cout << "FAIL " << name << ": " << f.what << "\n";
+        } catch (const std::exception &e) {
+            ++failed;
+            std::cout << "FAIL " << name << ": unexpected exception: " << e.what() << "\n";
+        }
+    }
+    const auto total = sizeof(tests) / sizeof(tests[0]);
+    std::cout << (total - failed) << " passed, " << failed << " failed (evergreen "
+              << evergreen::version() << ")\n";
+    return failed == 0 ? 0 : 1;
+}

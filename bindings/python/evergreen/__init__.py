@@ -1,0 +1,327 @@
+"""Evergreen for Python: the embeddable updater's C ABI (libevergreen) through ctypes.
+
+    with evergreen.Updater(config) as updater:
+        updater.startup()
+        offer = updater.check()
+        if offer is not None:
+            updater.download(offer, progress=lambda done, total: False)
+            updater.install(offer)
+            updater.activate()
+
+Every call blocks and runs callbacks on the calling thread. Failures raise a subclass of
+`EvergreenError` named after the error kind (`SignatureError`, `CancelledError`, ...).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from . import _ffi
+from ._errors import BY_CODE, EvergreenError, check
+
+_lib = _ffi.lib
+
+EvergreenError.__module__ = __name__
+# One class per kind, e.g. SignatureError, HashMismatchError, CancelledError, PanicError.
+globals().update({cls.__name__: cls for cls in BY_CODE.values()})
+
+__all__ = [
+    "Activation",
+    "Component",
+    "EvergreenError",
+    "Offer",
+    "Startup",
+    "Updater",
+    "status_name",
+    "version",
+] + [cls.__name__ for cls in BY_CODE.values()]
+
+Progress = Callable[[int, int], Any]
+"""`progress(done, total)`; a true result cancels the download."""
+
+EventCallback = Callable[[Dict[str, Any]], Any]
+"""`on_event(event)` with the event as a dict, e.g. `{"event": "confirmed", ...}`."""
+
+_SLOTS = {-1: None, 0: "a", 1: "b"}
+_OPS = {0: "added", 1: "removed", 2: "modified", 3: "unchanged"}
+_STARTUP = {0: "normal", 1: "trial", 2: "rolled_back"}
+
+
+def version() -> str:
+    """The version of the loaded libevergreen, e.g. `"0.1.0"`."""
+    return _ffi.decode(_lib.evg_version()) or ""
+
+
+def status_name(code: int) -> str:
+    """The stable name of a C status number (`8` -> `"signature"`, unknown -> `"unknown"`)."""
+    return _ffi.decode(_lib.evg_status_name(code)) or "unknown"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One line of an offer's component diff."""
+
+    name: str
+    op: str
+    """`"added"`, `"removed"`, `"modified"` or `"unchanged"`."""
+    from_version: Optional[str]
+    """The installed version; None when the component is added."""
+    to_version: Optional[str]
+    """The offered version; None when the component is removed."""
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What `Updater.startup()` found."""
+
+    kind: str
+    """`"normal"`, `"trial"` (confirm once healthy) or `"rolled_back"` (restart)."""
+    slot: Optional[str]
+    """The slot on trial, or the slot now primary after a rollback."""
+    tries_left: int
+    rolled_back_from: Optional[str]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What `Updater.activate()` did."""
+
+    activated: bool
+    """False when the deploy policy holds the update back (nothing changed)."""
+    slot: Optional[str]
+    """The new primary slot, None when deferred."""
+    deferred_until: Optional[int]
+    """When deferred: the Unix time it may go ahead, None when unknown or activated."""
+
+
+class Offer:
+    """A release offered to this device, from `Updater.check()`. Its fields are read once;
+    the C handle is kept for `download` and `install` and freed by `close()` (or when
+    the object is collected)."""
+
+    def __init__(self, handle: "ctypes._Pointer[_ffi.evg_offer]"):
+        self._handle = handle
+        self._free = weakref.finalize(self, _lib.evg_offer_free, handle)
+        self.version: str = _ffi.decode(_lib.evg_offer_version(handle)) or ""
+        self.current: Optional[str] = _ffi.decode(_lib.evg_offer_current(handle))
+        self.channel: str = _ffi.decode(_lib.evg_offer_channel(handle)) or ""
+        self.notes: str = _ffi.decode(_lib.evg_offer_notes(handle)) or ""
+        self.critical: bool = bool(_lib.evg_offer_critical(handle))
+        self.downgrade: bool = bool(_lib.evg_offer_downgrade(handle))
+        self.download_size: int = int(_lib.evg_offer_download_size(handle))
+        count = _lib.evg_offer_component_count(handle)
+        self.components: List[Component] = [self._component(i) for i in range(count)]
+
+    def _component(self, index: int) -> Component:
+        c = _ffi.evg_component()
+        check(_lib.evg_offer_component(self._handle, index, ctypes.byref(c)))
+        return Component(
+            name=_ffi.decode(c.name) or "",
+            op=_OPS.get(c.op, "unknown"),
+            from_version=_ffi.decode(c.from_),
+            to_version=_ffi.decode(c.to),
+        )
+
+    @property
+    def handle(self) -> "ctypes._Pointer[_ffi.evg_offer]":
+        """The live C handle; ValueError once closed."""
+        if not self._free.alive:
+            raise ValueError("expected an open Offer, found it closed")
+        return self._handle
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The offer as `evergreen check --json` prints it."""
+        out = ctypes.POINTER(ctypes.c_char)()
+        check(_lib.evg_offer_json(self.handle, ctypes.byref(out)))
+        return json.loads(_ffi.take_string(out))
+
+    def close(self) -> None:
+        """Frees the C handle; calling it again does nothing."""
+        self._free()
+
+    def __enter__(self) -> "Offer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Offer(version={self.version!r}, channel={self.channel!r}, "
+            f"critical={self.critical})"
+        )
+
+
+class _ProgressTrampoline:
+    """Calls the Python progress callback from C. An exception there must not unwind
+    through C: it cancels the download and is raised again once the call returned."""
+
+    def __init__(self, fn: Optional[Progress]):
+        self.fn = fn
+        self.error: Optional[BaseException] = None
+        # Kept alive by this object for the whole C call.
+        self.c_fn = _ffi.PROGRESS_CB(self._call) if fn is not None else _ffi.PROGRESS_CB()
+
+    def _call(self, _user: Optional[int], done: int, total: int) -> int:
+        try:
+            return 1 if self.fn(done, total) else 0  # type: ignore[misc]
+        except BaseException as e:  # noqa: B036 - re-raised after the C call returns
+            self.error = e
+            return 1
+
+    def finish(self, status: int) -> None:
+        if self.error is not None:
+            raise self.error
+        check(status)
+
+
+def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
+    if isinstance(config, dict):
+        return json.dumps(config)
+    if isinstance(config, os.PathLike):
+        with open(config, encoding="utf-8") as f:
+            return f.read()
+    if isinstance(config, str):
+        return config
+    raise TypeError(
+        f"expected the config as a dict, JSON text or a path, found {type(config).__name__}"
+    )
+
+
+def _free_updater(handle: "ctypes._Pointer[_ffi.evg_updater]", _callbacks: list) -> None:
+    # `_callbacks` rides along so the event trampolines outlive the handle.
+    _lib.evg_updater_free(handle)
+
+
+class Updater:
+    """An updater for one product installation, from the JSON config of DESIGN §7.1 (a
+    dict, JSON text, or a path to a JSON file). Use it as a context manager or call
+    `close()`. Raises `ConfigError` for a bad config."""
+
+    def __init__(self, config: Union[Dict[str, Any], str, "os.PathLike[str]"]):
+        text = _config_text(config)
+        handle = ctypes.POINTER(_ffi.evg_updater)()
+        check(_lib.evg_updater_new(text.encode("utf-8"), ctypes.byref(handle)))
+        self._handle = handle
+        self._callbacks: list = []
+        self._free = weakref.finalize(self, _free_updater, handle, self._callbacks)
+
+    @property
+    def _h(self) -> "ctypes._Pointer[_ffi.evg_updater]":
+        if not self._free.alive:
+            raise ValueError("expected an open Updater, found it closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Frees the updater; no callback runs afterwards. Calling it again does nothing."""
+        self._free()
+
+    def __enter__(self) -> "Updater":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def on_event(self, callback: Optional[EventCallback]) -> None:
+        """Sends every event, as a dict, to `callback` (None stops events). It runs on the
+        thread of the call that emits the event; an exception in it is turned into a
+        RuntimeWarning, since it cannot unwind through C."""
+        if callback is None:
+            check(_lib.evg_set_event_callback(self._h, _ffi.EVENT_CB(), None))
+            return
+
+        def trampoline(_user: Optional[int], event_json: bytes) -> None:
+            try:
+                callback(json.loads(event_json.decode("utf-8")))
+            except Exception as e:
+                warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
+
+        c_fn = _ffi.EVENT_CB(trampoline)
+        check(_lib.evg_set_event_callback(self._h, c_fn, None))
+        # Every trampoline ever registered is kept until close: one may be replaced from
+        # inside itself while it still runs.
+        self._callbacks.append(c_fn)
+
+    def startup(self) -> Startup:
+        """The startup step: call it early on every start (trial bookkeeping, rollback)."""
+        r = _ffi.evg_startup_result()
+        check(_lib.evg_startup(self._h, ctypes.byref(r)))
+        return Startup(
+            kind=_STARTUP.get(r.kind, "unknown"),
+            slot=_SLOTS.get(r.slot),
+            tries_left=int(r.tries_left),
+            rolled_back_from=_SLOTS.get(r.rolled_back_from),
+        )
+
+    def check(
+        self, channel: Optional[str] = None, version: Optional[str] = None
+    ) -> Optional[Offer]:
+        """The update for this device, or None when up to date. `channel` checks another
+        channel; `version` asks for exactly that release (newer or older)."""
+        out = ctypes.POINTER(_ffi.evg_offer)()
+        ch, ver = _encode(channel), _encode(version)
+        check(_lib.evg_check_version(self._h, ch, ver, ctypes.byref(out)))
+        return Offer(out) if out else None
+
+    def download(self, offer: Offer, progress: Optional[Progress] = None) -> None:
+        """Downloads and verifies what `offer` needs. `progress(done, total)` returning
+        true cancels (`CancelledError`); the partial download is resumed next time. An
+        exception raised by `progress` cancels too and is raised here."""
+        tramp = _ProgressTrampoline(progress)
+        tramp.finish(_lib.evg_download(self._h, offer.handle, tramp.c_fn, None))
+
+    def install(self, offer: Offer) -> None:
+        """Writes the downloaded `offer` into the inactive slot."""
+        check(_lib.evg_install(self._h, offer.handle))
+
+    def activate(self, force: bool = False) -> Activation:
+        """Makes the installed slot primary, on trial, if the deploy policy allows it now
+        (always with `force`)."""
+        a = _ffi.evg_activation()
+        check(_lib.evg_activate(self._h, 1 if force else 0, ctypes.byref(a)))
+        deferred = None if a.activated or a.deferred_until < 0 else int(a.deferred_until)
+        return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
+
+    def confirm(self) -> None:
+        """Marks the slot on trial good (and raises the security floor)."""
+        check(_lib.evg_confirm(self._h))
+
+    def rollback(self) -> Optional[str]:
+        """Goes back to the fallback slot now; returns the slot now primary."""
+        slot = ctypes.c_int(-1)
+        check(_lib.evg_rollback(self._h, ctypes.byref(slot)))
+        return _SLOTS.get(slot.value)
+
+    def reinstall(self, progress: Optional[Progress] = None) -> None:
+        """Downloads the installed version again and installs it into the inactive slot
+        (repair); then `activate()`. `progress` as for `download`."""
+        tramp = _ProgressTrampoline(progress)
+        tramp.finish(_lib.evg_reinstall(self._h, tramp.c_fn, None))
+
+    def set_channel(self, channel: str) -> None:
+        """Follows `channel` from now on."""
+        check(_lib.evg_set_channel(self._h, _encode(channel)))
+
+    def skip(self, version: str) -> None:
+        """Checks no longer offer `version` (unless it is critical)."""
+        check(_lib.evg_skip(self._h, _encode(version)))
+
+    def status_json(self) -> str:
+        """The device's status as `evergreen status --json` prints it."""
+        out = ctypes.POINTER(ctypes.c_char)()
+        check(_lib.evg_status_json(self._h, ctypes.byref(out)))
+        return _ffi.take_string(out)
+
+    def status(self) -> Dict[str, Any]:
+        """`status_json()` parsed: slots, versions, trial, channel, security floor."""
+        return json.loads(self.status_json())
+
+
+def _encode(s: Optional[str]) -> Optional[bytes]:
+    return None if s is None else s.encode("utf-8")

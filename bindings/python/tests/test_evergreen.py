@@ -1,0 +1,320 @@
+"""The Python binding against the real library: repositories made with the real
+`evergreen` CLI, served over loopback HTTP, updated through `evergreen.Updater`."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import subprocess
+import threading
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+import evergreen
+from evergreen._errors import KINDS
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CLI = Path(os.environ.get("EVERGREEN_CLI", REPO_ROOT / "target" / "debug" / "evergreen"))
+PRODUCT = "com.acme.pybind"
+# Several 64 KiB chunks, so that progress is reported more than once and a cancel lands
+# in the middle of a download.
+PAYLOAD_SIZE = 600 * 1024
+
+
+def run_cli(*args: object) -> str:
+    assert CLI.is_file(), f"expected the evergreen CLI at {CLI}; build it with `cargo build`"
+    out = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"evergreen {args}: {out.stderr}"
+    return out.stdout
+
+
+class Repo:
+    """A signed repository made with the CLI: its own root and manifest keys."""
+
+    def __init__(self, base: Path):
+        self.path = base / "repo"
+        keys = base / "keys"
+        keys.mkdir(parents=True)
+        self.root_key, self.manifest_key = keys / "root.key", keys / "manifest.key"
+        run_cli("keygen", "--out", self.root_key)
+        run_cli("keygen", "--out", self.manifest_key)
+        run_cli(
+            "init", self.path, "--product", PRODUCT,
+            "--root-key", f"{self.root_key}.pub", "--root-threshold", "1",
+            "--manifest-key", f"{self.manifest_key}.pub", "--sign", self.root_key,
+        )  # fmt: skip
+
+    def release(self, version: str, components: Dict[str, Path]) -> None:
+        specs: List[str] = []
+        for name, path in components.items():
+            specs += ["--component", f"{name}={path}"]
+        run_cli(
+            "release", self.path, "--channel", "stable", "--version", version,
+            "--target", "x86_64-linux", *specs, "--notes", f"notes of {version}",
+            "--sign", self.manifest_key,
+        )  # fmt: skip
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Tuple[Path, str]]:
+    """A directory served over HTTP on 127.0.0.1 and its URL."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def device_config(base: Path, server: str, trusted: Repo) -> dict:
+    return {
+        "product": PRODUCT,
+        "server": server,
+        "channel": "stable",
+        "target": "x86_64-linux",
+        "trust": {"root": str(trusted.path / "root" / "1.json")},
+        "state_dir": str(base / "state"),
+        "slots": {"kind": "dir", "root": str(base / "app")},
+        "device_id": "device-py",
+        "limits": {"retries": 1, "retry_backoff_ms": 10},
+    }
+
+
+def app_zip(dir: Path, version: str) -> Path:
+    path = dir / f"app-{version}.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("VERSION", version)
+        z.writestr("payload.bin", os.urandom(PAYLOAD_SIZE))
+    return path
+
+
+@pytest.fixture
+def world(served: Tuple[Path, str], tmp_path: Path):
+    """A repository with release 1.0.0 (an app zip and a settings file), served, and a
+    device config that trusts it."""
+    root, url = served
+    repo = Repo(root / "good")
+    src = tmp_path / "src"
+    src.mkdir()
+    settings = src / "settings.json"
+    settings.write_text('{"level": 1}')
+    repo.release("1.0.0", {"app": app_zip(src, "1.0.0"), "settings": settings})
+    config = device_config(tmp_path / "device", f"{url}/good/repo/", repo)
+    return repo, src, settings, config
+
+
+def recording() -> Tuple[List[Tuple[int, int]], "evergreen.Progress"]:
+    calls: List[Tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> bool:
+        calls.append((done, total))
+        return False
+
+    return calls, progress
+
+
+def test_full_update_trial_confirm_then_rollback(world) -> None:
+    repo, src, settings, config = world
+    events: List[dict] = []
+    with evergreen.Updater(config) as updater:
+        updater.on_event(events.append)
+        assert updater.startup().kind == "normal"
+
+        offer = updater.check()
+        assert offer is not None
+        assert (offer.version, offer.channel, offer.notes) == ("1.0.0", "stable", "notes of 1.0.0")
+        assert not offer.critical and not offer.downgrade
+        assert offer.components == [
+            evergreen.Component("app", "added", None, "1.0.0"),
+            evergreen.Component("settings", "added", None, "1.0.0"),
+        ]
+        assert offer.to_dict()["version"] == "1.0.0"
+
+        calls, progress = recording()
+        updater.download(offer, progress)
+        assert len(calls) > 1
+        dones = [d for d, _ in calls]
+        assert dones == sorted(dones), "progress went backwards"
+        assert calls[-1] == (offer.download_size, offer.download_size)
+        assert all(t == offer.download_size for _, t in calls)
+
+        updater.install(offer)
+        activation = updater.activate()
+        assert activation.activated and activation.slot in ("a", "b")
+        assert activation.deferred_until is None
+
+        started = updater.startup()
+        assert (started.kind, started.slot) == ("trial", activation.slot)
+        assert started.tries_left == 2
+        updater.confirm()
+
+        status = updater.status()
+        assert status["primary"] == activation.slot
+        assert status["trial"] is None
+        assert status["slots"][activation.slot] == {"status": "good", "version": "1.0.0"}
+        current = Path(config["slots"]["root"]) / "current"
+        assert (current / "app" / "VERSION").read_text() == "1.0.0"
+        assert (current / "settings" / "settings.json").read_text() == settings.read_text()
+        assert updater.check() is None
+
+        # 1.1.0 changes only the app: only its artifact is downloaded.
+        repo.release("1.1.0", {"app": app_zip(src, "1.1.0"), "settings": settings})
+        offer2 = updater.check()
+        assert offer2 is not None and offer2.current == "1.0.0"
+        assert offer2.components == [
+            evergreen.Component("app", "modified", "1.0.0", "1.1.0"),
+            evergreen.Component("settings", "unchanged", "1.0.0", "1.0.0"),
+        ]
+        assert offer2.download_size < offer.download_size
+        updater.download(offer2)
+        updater.install(offer2)
+        second = updater.activate(force=True)
+        assert second.activated and second.slot != activation.slot
+
+        assert updater.rollback() == activation.slot
+        status = updater.status()
+        assert status["primary"] == activation.slot
+        assert status["slots"][second.slot]["status"] == "bad"
+        assert (current / "app" / "VERSION").read_text() == "1.0.0"
+
+    names = [e["event"] for e in events]
+    for expected in ("checked", "available", "staged", "activated", "trial_boot", "confirmed"):
+        assert expected in names, f"expected a {expected!r} event, found {names}"
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["{not json", "{}", '{"product": 5}', b"\xff".decode("latin-1")],
+    ids=["syntax", "missing-fields", "wrong-type", "latin-1-garbage"],
+)
+def test_bad_config_raises_config_error(config: str) -> None:
+    with pytest.raises(evergreen.ConfigError) as err:
+        evergreen.Updater(config)
+    assert isinstance(err.value, evergreen.EvergreenError)
+    assert (err.value.kind, err.value.code) == ("config", 1)
+    assert str(err.value), "expected a message that says what was wrong"
+
+
+def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
+    _, _, _, config = world
+    config["slots"] = {"kind": "floppy"}
+    with pytest.raises(evergreen.ConfigError):
+        evergreen.Updater(config)
+
+
+def test_repository_signed_by_an_untrusted_key_raises_signature_error(
+    served: Tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = served
+    trusted = Repo(tmp_path / "trusted")
+    impostor = Repo(root / "impostor")
+    src = tmp_path / "src"
+    src.mkdir()
+    impostor.release("6.6.6", {"app": app_zip(src, "6.6.6")})
+    config = device_config(tmp_path / "device", f"{url}/impostor/repo/", trusted)
+    with evergreen.Updater(config) as updater:
+        with pytest.raises(evergreen.SignatureError) as err:
+            updater.check()
+        assert err.value.kind == "signature" and err.value.code == 8
+        # Nothing was installed or recorded as current.
+        assert updater.status()["slots"]["a"]["status"] == "empty"
+
+
+def test_cancelled_download_then_a_second_one_completes(world) -> None:
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        cancels: List[Tuple[int, int]] = []
+
+        def cancel(done: int, total: int) -> bool:
+            cancels.append((done, total))
+            return True
+
+        with pytest.raises(evergreen.CancelledError) as err:
+            updater.download(offer, cancel)
+        assert err.value.kind == "cancelled"
+        assert len(cancels) == 1 and cancels[0][0] < cancels[0][1]
+
+        calls, progress = recording()
+        updater.download(offer, progress)
+        assert calls[-1] == (offer.download_size, offer.download_size)
+        updater.install(offer)
+        assert updater.activate().activated
+
+
+def test_an_exception_in_progress_cancels_and_is_raised(world) -> None:
+    _, _, _, config = world
+
+    def boom(done: int, total: int) -> bool:
+        raise KeyError("from the progress callback")
+
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        with pytest.raises(KeyError, match="from the progress callback"):
+            updater.download(offer, boom)
+        updater.download(offer)  # still usable, and resumes
+
+
+def test_an_exception_in_the_event_callback_is_a_warning(world) -> None:
+    _, _, _, config = world
+
+    def boom(event: dict) -> None:
+        raise RuntimeError("from the event callback")
+
+    with evergreen.Updater(config) as updater:
+        updater.on_event(boom)
+        with pytest.warns(RuntimeWarning, match="from the event callback"):
+            assert updater.check() is not None
+        updater.on_event(None)
+        assert updater.check() is not None
+
+
+def test_rollback_with_no_good_fallback_is_invalid_state(world) -> None:
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        with pytest.raises(evergreen.InvalidStateError) as err:
+            updater.rollback()
+        assert err.value.kind == "invalid_state"
+
+
+def test_closed_handles_refuse_calls(world) -> None:
+    _, _, _, config = world
+    updater = evergreen.Updater(config)
+    offer = updater.check()
+    assert offer is not None
+    offer.close()
+    with pytest.raises(ValueError, match="closed"):
+        updater.download(offer)
+    updater.close()
+    updater.close()
+    with pytest.raises(ValueError, match="closed"):
+        updater.status()
+
+
+def test_error_table_matches_the_library() -> None:
+    for code, kind in KINDS:
+        assert evergreen.status_name(code) == kind
+        cls = getattr(evergreen, evergreen._errors.class_name(kind))
+        assert issubclass(cls, evergreen.EvergreenError)
+        assert (cls.code, cls.kind) == (code, kind)
+    assert evergreen.status_name(0) == "ok"
+    assert evergreen.status_name(99) == "unknown"
+    for name in ("SignatureError", "HashMismatchError", "CancelledError", "PanicError"):
+        assert name in evergreen.__all__
