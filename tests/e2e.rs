@@ -266,3 +266,34 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
     let sha = evergreen::trust::sha256_hex(&std::fs::read(&bomb).unwrap());
     assert!(dev.state.join("downloads").join(sha).exists());
 }
+
+#[test]
+fn reinstall_puts_the_same_version_into_the_other_slot() {
+    let repo = Repo::new("com.acme.repair");
+    let src = repo.scratch("src");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.0.0", true))],
+        &[],
+    );
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("confirm", &[], 0);
+    let installed = tree_digest(&dev.root.join("slots/b/app"));
+    // Damage the running copy; a redeploy repairs it from the signed artifact.
+    std::fs::write(dev.root.join("slots/b/app/VERSION"), "tampered").unwrap();
+    // A redeploy is never a check result.
+    dev.expect("check", &[], 0);
+    dev.expect("reinstall", &[], 0);
+    let s = dev.status();
+    assert_eq!(s["primary"], "a");
+    assert_eq!(
+        s["slots"]["a"],
+        serde_json::json!({"status": "trial", "version": "1.0.0"})
+    );
+    assert_eq!(tree_digest(&dev.root.join("slots/a/app")), installed);
+    dev.expect("confirm", &[], 0);
+}
