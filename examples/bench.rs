@@ -98,8 +98,13 @@ fn run((quick, runs): (bool, usize)) -> Result<(), String> {
         blobs: BTreeMap::new(),
         zip_files: 0,
     };
-    eprintln!("publishing the fixtures in {} ({fs_name})", parent.display());
+    eprintln!(
+        "publishing the fixtures in {} ({fs_name})",
+        parent.display()
+    );
     rows::publish_all(&mut ctx)?;
+    // Other work on the machine slows both sides, but threads more than single processes.
+    let load_before = load_average();
     let mut table = Vec::new();
     let steps: [(&str, fn(&rows::Ctx) -> Vec<table::Row>); 8] = [
         ("full update", |c| vec![rows::full_update(c)]),
@@ -116,13 +121,23 @@ fn run((quick, runs): (bool, usize)) -> Result<(), String> {
         table.extend(step(&ctx));
     }
     println!(
-        "\nEvergreen benchmark{}: medians of {runs} runs; server: {}; files on {} ({fs_name})\n",
+        "\nEvergreen benchmark{}: medians of {runs} runs; server: {}; files on {} ({fs_name}); \
+         load average before {load_before}, after {}\n",
         if quick { " (--quick sizes)" } else { "" },
         ctx.server.name(),
-        parent.display()
+        parent.display(),
+        load_average()
     );
     table::print(&table);
     Ok(())
+}
+
+/// The 1-minute load average, as /proc/loadavg gives it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// /dev/shm when it has `needed` bytes free, else the system temp dir; with its file

@@ -129,7 +129,11 @@ fn publish_ten(ctx: &Ctx, version: &str, changed: Option<usize>) -> Result<(), S
         .map(|i| (format!("c{i}"), dir.join(format!("c{i}.bin"))))
         .collect();
     for (i, (_, path)) in paths.iter().enumerate() {
-        let seed = if changed == Some(i) { 1000 + i } else { 100 + i };
+        let seed = if changed == Some(i) {
+            1000 + i
+        } else {
+            100 + i
+        };
         fixtures::random_file(path, ctx.sizes.component, seed as u64).map_err(err)?;
     }
     let components: Vec<(&str, &Path, ArtifactKind)> = paths
@@ -429,7 +433,8 @@ pub fn peak_rss(ctx: &Ctx) -> Row {
             row.measured = format!("{} / {}", bytes(small), bytes(large));
             row.baseline = format!("{} (idle process)", bytes(idle));
             let limit = 16.0 * MIB as f64;
-            row.pass = Some(small <= limit && large <= limit && (large - small).abs() <= MIB as f64);
+            row.pass =
+                Some(small <= limit && large <= limit && (large - small).abs() <= MIB as f64);
             row.note = format!(
                 "the {} zip of {} files: {}",
                 bytes(ctx.sizes.zip as f64),
@@ -502,7 +507,11 @@ pub fn unchanged_check(ctx: &Ctx) -> Row {
         if all_304 { "304" } else { "not 304" },
         bytes(wire)
     );
-    row.baseline = format!("first check: {} request, {}", first.0, bytes(first.1 as f64));
+    row.baseline = format!(
+        "first check: {} request, {}",
+        first.0,
+        bytes(first.1 as f64)
+    );
     row.pass = Some(requests == 1.0 && all_304 && wire < 1024.0);
     row.note = "bytes counted by a TCP proxy: request and response, headers included".into();
     row
@@ -522,7 +531,7 @@ pub fn one_of_ten(ctx: &Ctx) -> Row {
                 confirm(&config)?;
                 Ok(config)
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, String>>()?;
         publish_ten(ctx, "1.1.0", Some(7))?;
         let mut downloaded = Vec::new();
         for config in &devices {
@@ -574,7 +583,7 @@ fn big_manifest(n: u64, now: Timestamp) -> Manifest {
     let releases = (0..n)
         .map(|i| {
             let version = semver::Version::new(1 + i / 100, i % 100, 0);
-            let mut artifact = |kind, size| Artifact {
+            let mut artifact = |kind, size: u64| Artifact {
                 kind,
                 sha256: hash(),
                 size,
@@ -596,7 +605,10 @@ fn big_manifest(n: u64, now: Timestamp) -> Manifest {
                 critical: false,
                 security_version: i / 50,
                 rollout: None,
-                targets: BTreeMap::from([(fixtures::TARGET.to_string(), TargetRelease { components })]),
+                targets: BTreeMap::from([(
+                    fixtures::TARGET.to_string(),
+                    TargetRelease { components },
+                )]),
                 version,
             }
         })
@@ -657,13 +669,25 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
     )
     .map(|s| median(&s))
     .unwrap_or(f64::NAN);
+    let open = time_runs(
+        runs,
+        || (),
+        |()| {
+            trust::open(&envelope, trust::MANIFEST_TYPE, &keys, expect.max_bytes)
+                .map(drop)
+                .map_err(err)
+        },
+    )
+    .map(|s| median(&s))
+    .unwrap_or(f64::NAN);
     row.measured = secs(ours);
     row.baseline = format!("{} (serde_json parse alone)", secs(parse));
     row.pass = Some(ours <= 1e-3);
     row.note = format!(
-        "envelope {}, payload {}",
+        "envelope {}, payload {}; of which base64 + ed25519 (SHA-512 of the payload) {}",
         bytes(envelope.len() as f64),
-        bytes(payload.len() as f64)
+        bytes(payload.len() as f64),
+        secs(open)
     );
     row
 }
@@ -727,7 +751,13 @@ pub fn startup(ctx: &Ctx) -> Vec<Row> {
                 .map_err(err)
         },
     );
-    fill_time_row(&mut in_process, ours, base, "read + parse state.json alone", 5e-3);
+    fill_time_row(
+        &mut in_process,
+        ours,
+        base,
+        "read + parse state.json alone",
+        5e-3,
+    );
     let cfg = config.to_str().unwrap_or("");
     let ours = evergreen_bin().and_then(|bin| {
         let bin = bin.to_str().unwrap_or("").to_string();
@@ -824,9 +854,6 @@ fn find_libcurl() -> Option<(String, u64)> {
         .find_map(|p| {
             let real = std::fs::canonicalize(&p).ok()?;
             let size = std::fs::metadata(&real).ok()?.len();
-            Some((
-                real.file_name()?.to_string_lossy().into_owned(),
-                size,
-            ))
+            Some((real.file_name()?.to_string_lossy().into_owned(), size))
         })
 }

@@ -98,7 +98,9 @@ fn start_nginx(binary: &Path, root: &Path, scratch: &Path) -> std::io::Result<Se
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
-            return Err(std::io::Error::other(format!("exited with {status}: {log}")));
+            return Err(std::io::Error::other(format!(
+                "exited with {status}: {log}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(25));
     }
