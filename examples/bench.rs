@@ -13,6 +13,8 @@
 
 #[path = "bench/fixtures.rs"]
 mod fixtures;
+#[path = "bench/rng.rs"]
+mod rng;
 #[path = "bench/rows.rs"]
 mod rows;
 #[path = "bench/server.rs"]
@@ -25,6 +27,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// One part of the benchmark: its rows.
+type Step = fn(&rows::Ctx) -> Vec<table::Row>;
+
 const USAGE: &str = "usage: bench [--quick] [--runs N]";
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
             args.get(1).map_or("", String::as_str),
         ))),
         Some("__idle") => Some(rows::child_idle()),
+        Some("__fetch") => Some(rows::child_fetch(&args[1..])),
         _ => None,
     };
     if let Some(result) = child {
@@ -106,7 +112,7 @@ fn run((quick, runs): (bool, usize)) -> Result<(), String> {
     // Other work on the machine slows both sides, but threads more than single processes.
     let load_before = load_average();
     let mut table = Vec::new();
-    let steps: [(&str, fn(&rows::Ctx) -> Vec<table::Row>); 8] = [
+    let steps: [(&str, Step); 8] = [
         ("full update", |c| vec![rows::full_update(c)]),
         ("blob download", |c| vec![rows::blob_download(c)]),
         ("peak RSS", |c| vec![rows::peak_rss(c)]),

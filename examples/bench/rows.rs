@@ -362,6 +362,26 @@ pub fn child_update(config: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// One `Fetcher::download` of `<base>/blobs/sha256/<sha256>` into `dir`, on its own, for
+/// profiling the hot path (`perf record bench __fetch …`).
+pub fn child_fetch(args: &[String]) -> Result<(), String> {
+    let [base, sha256, size, dir] = args else {
+        return Err("usage: bench __fetch BASE SHA256 SIZE DIR".into());
+    };
+    let spec = BlobSpec {
+        sha256: sha256.clone(),
+        size: size.parse().map_err(err)?,
+        url: None,
+    };
+    let fetcher = Fetcher::new(vec![base.clone()], FetchOptions::default()).map_err(err)?;
+    let t = Instant::now();
+    fetcher
+        .download(&spec, Path::new(dir), &mut |_, _| {}, &CancelToken::new())
+        .map_err(err)?;
+    println!("{}", secs(t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
 /// The idle child: the process's footprint before any work.
 pub fn child_idle() -> Result<(), String> {
     println!("VmHWM {}", peak_rss_kib()?);
@@ -447,8 +467,11 @@ pub fn peak_rss(ctx: &Ctx) -> Row {
     row
 }
 
+/// For each check, whether it was answered 304.
+type NotModifiedLog = Arc<Mutex<Vec<bool>>>;
+
 /// Builds an updater for `config` that records whether each check was answered 304.
-fn watched(config: &Path, server: &str) -> Result<(Updater, Arc<Mutex<Vec<bool>>>), String> {
+fn watched(config: &Path, server: &str) -> Result<(Updater, NotModifiedLog), String> {
     let mut cfg = Config::from_file(config).map_err(err)?;
     cfg.server = server.to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
