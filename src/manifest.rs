@@ -194,14 +194,10 @@ impl Manifest {
                 self.doc_type
             ));
         }
+        // A set, not a scan per release: a channel may list a thousand releases.
+        let mut versions = std::collections::HashSet::with_capacity(self.releases.len());
         for r in &self.releases {
-            if self
-                .releases
-                .iter()
-                .filter(|o| o.version == r.version)
-                .count()
-                > 1
-            {
+            if !versions.insert(&r.version) {
                 return bad(format!("version {} is listed twice", r.version));
             }
             for s in r.rollout.iter().flat_map(|ro| &ro.stages) {
@@ -214,9 +210,14 @@ impl Manifest {
             }
             for (target, t) in &r.targets {
                 for (name, c) in &t.components {
-                    let ctx = format!("release {} target {target} component {name:?}", r.version);
+                    // Only formatted on failure: this runs for every component of every release.
+                    let ctx =
+                        || format!("release {} target {target} component {name:?}", r.version);
                     if !is_safe_name(name) {
-                        return bad(format!("{ctx}: expected a plain file name, found {name:?}"));
+                        return bad(format!(
+                            "{}: expected a plain file name, found {name:?}",
+                            ctx()
+                        ));
                     }
                     let a = &c.artifact;
                     if a.sha256.len() != 64
@@ -226,7 +227,8 @@ impl Manifest {
                             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
                     {
                         return bad(format!(
-                            "{ctx}: expected 64 lowercase hex digits of sha256, found {:?}",
+                            "{}: expected 64 lowercase hex digits of sha256, found {:?}",
+                            ctx(),
                             a.sha256
                         ));
                     }
@@ -234,8 +236,9 @@ impl Manifest {
                         (ArtifactKind::File, Some(n)) if is_safe_name(n) => {}
                         (ArtifactKind::File, n) => {
                             return bad(format!(
-                            "{ctx}: expected a file artifact to have a plain `name`, found {n:?}"
-                        ))
+                                "{}: expected a file artifact to have a plain `name`, found {n:?}",
+                                ctx()
+                            ))
                         }
                         _ => {}
                     }

@@ -1,0 +1,185 @@
+//! The performance benchmark of DESIGN §12: every target, side by side with the plain
+//! tools (or the bare computation) measured in the same run, medians of at least 5 runs.
+//!
+//! ```text
+//! cargo run --release --example bench            # the real sizes (512 MiB zip, 1 GiB blob)
+//! cargo run --release --example bench -- --quick # small sizes, to check that it works
+//! ```
+//!
+//! The fixtures live on /dev/shm when it has room (else the system temp dir), so the
+//! download, the slots and the baseline's output share one file system. nginx serves them
+//! on loopback when it is installed; else the in-process test server does, for both sides.
+//! The table is printed in Markdown, for docs/benchmarks.md.
+
+#[path = "bench/fixtures.rs"]
+mod fixtures;
+#[path = "bench/rng.rs"]
+mod rng;
+#[path = "bench/rows.rs"]
+mod rows;
+#[path = "bench/server.rs"]
+mod server;
+#[path = "bench/table.rs"]
+mod table;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// One part of the benchmark: its rows.
+type Step = fn(&rows::Ctx) -> Vec<table::Row>;
+
+const USAGE: &str = "usage: bench [--quick] [--runs N]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Hidden subcommands: the child processes of the peak-RSS row.
+    let child = match args.first().map(String::as_str) {
+        Some("__update") => Some(rows::child_update(Path::new(
+            args.get(1).map_or("", String::as_str),
+        ))),
+        Some("__idle") => Some(rows::child_idle()),
+        Some("__fetch") => Some(rows::child_fetch(&args[1..])),
+        _ => None,
+    };
+    if let Some(result) = child {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match parse(&args).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(args: &[String]) -> Result<(bool, usize), String> {
+    let (mut quick, mut runs) = (false, 5);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--runs" => {
+                runs = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n >= 1)
+                    .ok_or(USAGE)?
+            }
+            _ => return Err(USAGE.into()),
+        }
+    }
+    Ok((quick, runs))
+}
+
+fn run((quick, runs): (bool, usize)) -> Result<(), String> {
+    let sizes = rows::Sizes::new(quick);
+    // The zip and the blob, their copies in the repo, a download, an extracted slot and the
+    // baseline's output at the same time.
+    let needed = 3 * sizes.zip + 2 * sizes.blob + 2 * sizes.small + 4 * sizes.zip;
+    let (parent, fs_name) = scratch_parent(needed);
+    let work = tempfile::Builder::new()
+        .prefix("evergreen-bench-")
+        .tempdir_in(&parent)
+        .map_err(rows::err)?;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(rows::err)?;
+    let fixture = fixtures::Fixture::new(work.path()).map_err(rows::err)?;
+    let server = server::Server::start(fixture.repo.path(), work.path());
+    let mut ctx = rows::Ctx {
+        quick,
+        runs,
+        work: work.path().to_owned(),
+        sizes,
+        fixture,
+        server,
+        blobs: BTreeMap::new(),
+        zip_files: 0,
+    };
+    eprintln!(
+        "publishing the fixtures in {} ({fs_name})",
+        parent.display()
+    );
+    rows::publish_all(&mut ctx)?;
+    // Other work on the machine slows both sides, but threads more than single processes.
+    let load_before = load_average();
+    let mut table = Vec::new();
+    let steps: [(&str, Step); 8] = [
+        ("full update", |c| vec![rows::full_update(c)]),
+        ("blob download", |c| vec![rows::blob_download(c)]),
+        ("peak RSS", |c| vec![rows::peak_rss(c)]),
+        ("unchanged check", |c| vec![rows::unchanged_check(c)]),
+        ("one of ten", |c| vec![rows::one_of_ten(c)]),
+        ("manifest", |c| vec![rows::manifest_verify(c)]),
+        ("startup", rows::startup),
+        ("cdylib", rows::cdylib),
+    ];
+    for (name, step) in steps {
+        eprintln!("measuring: {name}");
+        table.extend(step(&ctx));
+    }
+    println!(
+        "\nEvergreen benchmark{}: medians of {runs} runs; server: {}; files on {} ({fs_name}); \
+         load average before {load_before}, after {}\n",
+        if quick { " (--quick sizes)" } else { "" },
+        ctx.server.name(),
+        parent.display(),
+        load_average()
+    );
+    table::print(&table);
+    Ok(())
+}
+
+/// The 1-minute load average, as /proc/loadavg gives it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// /dev/shm when it has `needed` bytes free, else the system temp dir; with its file
+/// system's name.
+fn scratch_parent(needed: u64) -> (PathBuf, String) {
+    let shm = Path::new("/dev/shm");
+    if free_bytes(shm).is_some_and(|free| free >= needed) {
+        return (shm.to_owned(), fs_type(shm));
+    }
+    let tmp = std::env::temp_dir();
+    let name = fs_type(&tmp);
+    (tmp, name)
+}
+
+/// Free bytes of the file system holding `path`, from `df` (no libc in this crate).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn fs_type(path: &Path) -> String {
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown file system".into())
+}

@@ -1,0 +1,893 @@
+//! One function per row of DESIGN §12, each measuring Evergreen and its baseline in the
+//! same run.
+
+use super::fixtures::{self, Fixture, Rng};
+use super::server::{find_on_path, Proxy, Server};
+use super::table::{bytes, median, secs, time_runs, Row};
+use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher};
+use evergreen::manifest::{
+    self, Artifact, ArtifactKind, Component, Expect, Freshness, Manifest, Release, TargetRelease,
+};
+use evergreen::trust::{self, KeySet, SecretKey};
+use evergreen::{Check, Config, Event, Timestamp, Updater};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+const MIB: u64 = 1 << 20;
+
+/// Sizes of the fixtures: the real ones, or small ones for `--quick`.
+pub struct Sizes {
+    pub zip: u64,
+    pub blob: u64,
+    pub small: u64,
+    pub component: u64,
+}
+
+impl Sizes {
+    pub fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                zip: 32 * MIB,
+                blob: 64 * MIB,
+                small: 16 * MIB,
+                component: 256 << 10,
+            }
+        } else {
+            Sizes {
+                zip: 512 * MIB,
+                blob: 1024 * MIB,
+                small: 128 * MIB,
+                component: 4 * MIB,
+            }
+        }
+    }
+}
+
+/// Everything the rows share.
+pub struct Ctx {
+    pub quick: bool,
+    pub runs: usize,
+    pub work: PathBuf,
+    pub sizes: Sizes,
+    pub fixture: Fixture,
+    pub server: Server,
+    /// The hashes of the published big artifacts, by channel.
+    pub blobs: BTreeMap<&'static str, String>,
+    pub zip_files: u64,
+}
+
+pub fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Publishes every scenario's channel.
+pub fn publish_all(ctx: &mut Ctx) -> Result<(), String> {
+    let src = ctx.work.join("src");
+    std::fs::create_dir_all(&src).map_err(err)?;
+    let zip = src.join("app.zip");
+    let info = fixtures::build_zip(&zip, ctx.sizes.zip, 1).map_err(err)?;
+    eprintln!(
+        "zip: {} files, {} compressed, {} installed",
+        info.files,
+        bytes(info.size as f64),
+        bytes(info.installed as f64)
+    );
+    ctx.zip_files = info.files;
+    let sha = publish_one(ctx, "zip", "app", &zip, ArtifactKind::Zip)?;
+    ctx.blobs.insert("zip", sha);
+    for (channel, len, seed) in [
+        ("large", ctx.sizes.blob, 2),
+        ("small", ctx.sizes.small, 3),
+        ("tiny", 1024, 4),
+    ] {
+        let path = src.join(format!("{channel}.bin"));
+        fixtures::random_file(&path, len, seed).map_err(err)?;
+        let sha = publish_one(ctx, channel, "data", &path, ArtifactKind::File)?;
+        ctx.blobs.insert(channel, sha);
+    }
+    publish_ten(ctx, "1.0.0", None)?;
+    std::fs::remove_dir_all(&src).map_err(err)
+}
+
+fn publish_one(
+    ctx: &Ctx,
+    channel: &str,
+    name: &str,
+    path: &Path,
+    kind: ArtifactKind,
+) -> Result<String, String> {
+    ctx.fixture
+        .publish(channel, "1.0.0", &[(name, path, kind)])
+        .map_err(err)?;
+    let sha = sha256_of(path)?;
+    std::fs::remove_file(path).map_err(err)?;
+    Ok(sha)
+}
+
+fn sha256_of(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf).map_err(err)? {
+            0 => return Ok(trust::hex(&hasher.finalize())),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
+/// Ten components of `sizes.component` bytes; `changed` gets new bytes.
+fn publish_ten(ctx: &Ctx, version: &str, changed: Option<usize>) -> Result<(), String> {
+    let dir = ctx.work.join("ten-src");
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let paths: Vec<(String, PathBuf)> = (0..10)
+        .map(|i| (format!("c{i}"), dir.join(format!("c{i}.bin"))))
+        .collect();
+    for (i, (_, path)) in paths.iter().enumerate() {
+        let seed = if changed == Some(i) {
+            1000 + i
+        } else {
+            100 + i
+        };
+        fixtures::random_file(path, ctx.sizes.component, seed as u64).map_err(err)?;
+    }
+    let components: Vec<(&str, &Path, ArtifactKind)> = paths
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path(), ArtifactKind::File))
+        .collect();
+    ctx.fixture
+        .publish("ten", version, &components)
+        .map_err(err)?;
+    std::fs::remove_dir_all(&dir).map_err(err)
+}
+
+/// Time of each phase of one update.
+pub struct Phases {
+    pub check: f64,
+    pub download: f64,
+    pub install: f64,
+}
+
+/// check → plan → download → install → activate, as a host would run it.
+pub fn update(config: &Path) -> Result<Phases, String> {
+    let t = Instant::now();
+    let updater = Updater::builder(Config::from_file(config).map_err(err)?)
+        .build()
+        .map_err(err)?;
+    let Check::Available(offer) = updater.check().map_err(err)? else {
+        return Err("expected an update, found the device up to date".into());
+    };
+    let plan = updater.plan(&offer).map_err(err)?;
+    let check = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    updater
+        .download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .map_err(err)?;
+    let download = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    updater.install(&plan).map_err(err)?;
+    updater.activate(true).map_err(err)?;
+    Ok(Phases {
+        check,
+        download,
+        install: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Marks the slot on trial good, as the new version would once healthy.
+fn confirm(config: &Path) -> Result<(), String> {
+    Updater::builder(Config::from_file(config).map_err(err)?)
+        .build()
+        .and_then(|u| u.confirm())
+        .map_err(err)
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("{program}: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("{program} {args:?}: {status}"))
+}
+
+pub fn full_update(ctx: &Ctx) -> Row {
+    let what = format!(
+        "full update, {} zip of {} files (download, verify, install, synced)",
+        bytes(ctx.sizes.zip as f64),
+        ctx.zip_files
+    );
+    let mut row = Row::new(what, "≤ 0.5× curl + openssl + unzip");
+    let dev = ctx.work.join("dev-zip");
+    let mut phases = Vec::new();
+    let ours = time_runs(
+        ctx.runs,
+        || ctx.fixture.device(&dev, &ctx.server.url(), "zip"),
+        |config| {
+            phases.push(update(&config)?);
+            Ok(())
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dev);
+    let ours = match ours {
+        Ok(s) => median(&s),
+        Err(e) => return Row::skipped(row.what, row.target, e),
+    };
+    row.measured = secs(ours);
+    let part = |f: fn(&Phases) -> f64| secs(median(&phases.iter().map(f).collect::<Vec<_>>()));
+    let breakdown = format!(
+        "check {}, download+verify {}, install+sync {}",
+        part(|p| p.check),
+        part(|p| p.download),
+        part(|p| p.install)
+    );
+    match baseline_tools(ctx) {
+        Ok((base, missing)) => {
+            let ratio = ours / base;
+            row.baseline = format!("{} ({ratio:.2}×)", secs(base));
+            row.pass = Some(ratio <= 0.5 && missing.is_empty());
+            row.note = if missing.is_empty() {
+                breakdown
+            } else {
+                format!("{breakdown}; baseline without {}", missing.join(", "))
+            };
+        }
+        Err(e) => row.note = format!("{breakdown}; baseline failed: {e}"),
+    }
+    row
+}
+
+/// `curl -o` + `openssl dgst -sha256` + `unzip`, one after the other; returns the median
+/// and the tools that are not installed.
+fn baseline_tools(ctx: &Ctx) -> Result<(f64, Vec<&'static str>), String> {
+    let missing: Vec<&str> = ["curl", "openssl", "unzip"]
+        .into_iter()
+        .filter(|t| find_on_path(t).is_none())
+        .collect();
+    let out = ctx.work.join("baseline");
+    let zip = out.join("app.zip");
+    let x = out.join("x");
+    let url = format!("{}/blobs/sha256/{}", ctx.server.url(), ctx.blobs["zip"]);
+    let has = |t: &str| !missing.contains(&t);
+    let samples = time_runs(
+        ctx.runs,
+        || {
+            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::create_dir_all(&out);
+            // Without curl the zip comes from the repository directly (not timed).
+            if !has("curl") {
+                let blob = ctx
+                    .fixture
+                    .repo
+                    .path()
+                    .join("blobs/sha256")
+                    .join(&ctx.blobs["zip"]);
+                let _ = std::fs::copy(blob, &zip);
+            }
+        },
+        |()| {
+            let (zip, x) = (zip.to_str().unwrap_or(""), x.to_str().unwrap_or(""));
+            if has("curl") {
+                run_tool("curl", &["-s", "-f", "-o", zip, &url])?;
+            }
+            if has("openssl") {
+                run_tool("openssl", &["dgst", "-sha256", zip])?;
+            }
+            if has("unzip") {
+                run_tool("unzip", &["-q", zip, "-d", x])?;
+            }
+            Ok(())
+        },
+    )?;
+    let _ = std::fs::remove_dir_all(&out);
+    Ok((median(&samples), missing))
+}
+
+pub fn blob_download(ctx: &Ctx) -> Row {
+    let size = ctx.sizes.blob;
+    let mut row = Row::new(
+        format!("download + verify of a {} blob", bytes(size as f64)),
+        "≤ 1.1× sha2 hashing it in memory",
+    );
+    let dir = ctx.work.join("dl");
+    let spec = BlobSpec {
+        sha256: ctx.blobs["large"].clone(),
+        size,
+        url: None,
+    };
+    let fetcher = match Fetcher::new(vec![ctx.server.url()], FetchOptions::default()) {
+        Ok(f) => f,
+        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+    };
+    let ours = time_runs(
+        ctx.runs,
+        || {
+            let _ = std::fs::remove_dir_all(&dir);
+        },
+        |()| {
+            fetcher
+                .download(&spec, &dir, &mut |_, _| {}, &CancelToken::new())
+                .map(drop)
+                .map_err(err)
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let ours = match ours {
+        Ok(s) => median(&s),
+        Err(e) => return Row::skipped(row.what, row.target, e),
+    };
+    let base = median(&hash_in_memory(size, ctx.runs));
+    let ratio = ours / base;
+    row.measured = format!("{} ({:.0} MB/s)", secs(ours), size as f64 / ours / 1e6);
+    row.baseline = format!("{} ({ratio:.2}×)", secs(base));
+    row.pass = Some(ratio <= 1.1);
+    row
+}
+
+/// sha2 over `size` bytes already in memory (a 64 MiB buffer hashed again and again, so
+/// it comes from RAM, not the cache), in 64 KiB updates as a streaming reader would.
+fn hash_in_memory(size: u64, runs: usize) -> Vec<f64> {
+    let mut buf = vec![0u8; (64 * MIB).min(size) as usize];
+    Rng::new(9).fill(&mut buf);
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let mut hasher = Sha256::new();
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                for chunk in buf[..n].chunks(64 << 10) {
+                    hasher.update(chunk);
+                }
+                left -= n as u64;
+            }
+            std::hint::black_box(hasher.finalize());
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// The child's side of the RSS row: one update, then its own peak RSS on stdout.
+pub fn child_update(config: &Path) -> Result<(), String> {
+    update(config)?;
+    println!("VmHWM {}", peak_rss_kib()?);
+    Ok(())
+}
+
+/// One `Fetcher::download` of `<base>/blobs/sha256/<sha256>` into `dir`, on its own, for
+/// profiling the hot path (`perf record bench __fetch …`).
+pub fn child_fetch(args: &[String]) -> Result<(), String> {
+    let [base, sha256, size, dir] = args else {
+        return Err("usage: bench __fetch BASE SHA256 SIZE DIR".into());
+    };
+    let spec = BlobSpec {
+        sha256: sha256.clone(),
+        size: size.parse().map_err(err)?,
+        url: None,
+    };
+    let fetcher = Fetcher::new(vec![base.clone()], FetchOptions::default()).map_err(err)?;
+    let t = Instant::now();
+    fetcher
+        .download(&spec, Path::new(dir), &mut |_, _| {}, &CancelToken::new())
+        .map_err(err)?;
+    println!("{}", secs(t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// The idle child: the process's footprint before any work.
+pub fn child_idle() -> Result<(), String> {
+    println!("VmHWM {}", peak_rss_kib()?);
+    Ok(())
+}
+
+fn peak_rss_kib() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(err)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmHWM in /proc/self/status".to_string())
+}
+
+/// Peak RSS (bytes) of the bench binary re-run with `args`.
+fn child_rss(args: &[&str]) -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let out = Command::new(exe).args(args).output().map_err(err)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|kib| kib * 1024.0)
+        .ok_or_else(|| format!("child {args:?} printed no VmHWM: {stdout}"))
+}
+
+fn rss_of_updates(ctx: &Ctx, channel: &str) -> Result<f64, String> {
+    let dev = ctx.work.join(format!("dev-rss-{channel}"));
+    let mut samples = Vec::new();
+    for _ in 0..ctx.runs {
+        let config = ctx.fixture.device(&dev, &ctx.server.url(), channel);
+        samples.push(child_rss(&["__update", config.to_str().unwrap_or("")])?);
+    }
+    let _ = std::fs::remove_dir_all(&dev);
+    Ok(median(&samples))
+}
+
+pub fn peak_rss(ctx: &Ctx) -> Row {
+    let (s, l) = (ctx.sizes.small as f64, ctx.sizes.blob as f64);
+    let mut row = Row::new(
+        format!(
+            "peak RSS of a full update (child process), {} / {} artifact",
+            bytes(s),
+            bytes(l)
+        ),
+        "≤ 16 MiB, within 1 MiB of each other",
+    );
+    let measured = (|| -> Result<_, String> {
+        let small = rss_of_updates(ctx, "small")?;
+        let large = rss_of_updates(ctx, "large")?;
+        let zip = rss_of_updates(ctx, "zip")?;
+        let idle = median(
+            &(0..ctx.runs)
+                .map(|_| child_rss(&["__idle"]))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        Ok((small, large, zip, idle))
+    })();
+    match measured {
+        Ok((small, large, zip, idle)) => {
+            row.measured = format!("{} / {}", bytes(small), bytes(large));
+            row.baseline = format!("{} (idle process)", bytes(idle));
+            let limit = 16.0 * MIB as f64;
+            row.pass =
+                Some(small <= limit && large <= limit && (large - small).abs() <= MIB as f64);
+            row.note = format!(
+                "the {} zip of {} files: {}",
+                bytes(ctx.sizes.zip as f64),
+                ctx.zip_files,
+                bytes(zip)
+            );
+        }
+        Err(e) => row.note = e,
+    }
+    row
+}
+
+/// For each check, whether it was answered 304.
+type NotModifiedLog = Arc<Mutex<Vec<bool>>>;
+
+/// Builds an updater for `config` that records whether each check was answered 304.
+fn watched(config: &Path, server: &str) -> Result<(Updater, NotModifiedLog), String> {
+    let mut cfg = Config::from_file(config).map_err(err)?;
+    cfg.server = server.to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let updater = Updater::builder(cfg)
+        .on_event(move |e| {
+            if let Event::Checked { not_modified, .. } = e {
+                if let Ok(mut v) = log.lock() {
+                    v.push(*not_modified);
+                }
+            }
+        })
+        .build()
+        .map_err(err)?;
+    Ok((updater, seen))
+}
+
+/// Requests, wire bytes and whether the answer was 304, for one check through `proxy`.
+fn one_check(config: &Path, proxy: &Proxy) -> Result<(u64, u64, bool, bool), String> {
+    let (updater, seen) = watched(config, &proxy.url())?;
+    let (_, up0, down0) = proxy.wire.snapshot();
+    let available = matches!(updater.check().map_err(err)?, Check::Available(_));
+    let requests = updater.fetch_stats().requests;
+    drop(updater);
+    let (_, up1, down1) = proxy.wire.snapshot();
+    let not_modified = seen.lock().map(|v| *v == [true]).unwrap_or(false);
+    Ok((requests, up1 - up0 + down1 - down0, not_modified, available))
+}
+
+pub fn unchanged_check(ctx: &Ctx) -> Row {
+    let mut row = Row::new(
+        "a check when nothing changed",
+        "1 request, answered 304, < 1 KiB",
+    );
+    let measured = (|| -> Result<_, String> {
+        let proxy = Proxy::start(&ctx.server.url()).map_err(err)?;
+        let dev = ctx.work.join("dev-tiny");
+        let config = ctx.fixture.device(&dev, &proxy.url(), "tiny");
+        let first = one_check(&config, &proxy)?;
+        update(&config)?;
+        confirm(&config)?;
+        let checks = (0..ctx.runs)
+            .map(|_| one_check(&config, &proxy))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((first, checks))
+    })();
+    let (first, checks) = match measured {
+        Ok(m) => m,
+        Err(e) => return Row::skipped(row.what, row.target, e),
+    };
+    let wire = median(&checks.iter().map(|c| c.1 as f64).collect::<Vec<_>>());
+    let requests = median(&checks.iter().map(|c| c.0 as f64).collect::<Vec<_>>());
+    let all_304 = checks.iter().all(|c| c.2 && !c.3);
+    row.measured = format!(
+        "{requests} request, {}, {}",
+        if all_304 { "304" } else { "not 304" },
+        bytes(wire)
+    );
+    row.baseline = format!(
+        "first check: {} request, {}",
+        first.0,
+        bytes(first.1 as f64)
+    );
+    row.pass = Some(requests == 1.0 && all_304 && wire < 1024.0);
+    row.note = "bytes counted by a TCP proxy: request and response, headers included".into();
+    row
+}
+
+pub fn one_of_ten(ctx: &Ctx) -> Row {
+    let mut row = Row::new(
+        "one of ten components changed: bytes downloaded",
+        "only the changed component's artifact",
+    );
+    let measured = (|| -> Result<Vec<f64>, String> {
+        let devices: Vec<PathBuf> = (0..ctx.runs)
+            .map(|i| {
+                let dev = ctx.work.join(format!("dev-ten-{i}"));
+                let config = ctx.fixture.device(&dev, &ctx.server.url(), "ten");
+                update(&config)?;
+                confirm(&config)?;
+                Ok(config)
+            })
+            .collect::<Result<_, String>>()?;
+        publish_ten(ctx, "1.1.0", Some(7))?;
+        let mut downloaded = Vec::new();
+        for config in &devices {
+            let updater = Updater::builder(Config::from_file(config).map_err(err)?)
+                .build()
+                .map_err(err)?;
+            let Check::Available(offer) = updater.check().map_err(err)? else {
+                return Err("expected 1.1.0 to be offered".into());
+            };
+            let plan = updater.plan(&offer).map_err(err)?;
+            let before = updater.fetch_stats().bytes_received;
+            updater
+                .download(&plan, &mut |_, _| {}, &CancelToken::new())
+                .map_err(err)?;
+            downloaded.push((updater.fetch_stats().bytes_received - before) as f64);
+            updater.install(&plan).map_err(err)?;
+        }
+        for i in 0..ctx.runs {
+            let _ = std::fs::remove_dir_all(ctx.work.join(format!("dev-ten-{i}")));
+        }
+        Ok(downloaded)
+    })();
+    match measured {
+        Ok(d) => {
+            let got = median(&d);
+            let changed = ctx.sizes.component as f64;
+            row.measured = bytes(got);
+            row.baseline = format!(
+                "changed component {}; whole release {}",
+                bytes(changed),
+                bytes(changed * 10.0)
+            );
+            row.pass = Some(got == changed);
+        }
+        Err(e) => row.note = e,
+    }
+    row
+}
+
+/// A realistic manifest: `n` releases of one zip component each (it must stay under the
+/// default 1 MiB cap on metadata).
+fn big_manifest(n: u64, now: Timestamp) -> Manifest {
+    let mut rng = Rng::new(5);
+    let mut hash = || {
+        let mut raw = [0u8; 32];
+        rng.fill(&mut raw);
+        trust::hex(&raw)
+    };
+    let releases = (0..n)
+        .map(|i| {
+            let version = semver::Version::new(1 + i / 100, i % 100, 0);
+            let mut artifact = |kind, size: u64| Artifact {
+                kind,
+                sha256: hash(),
+                size,
+                installed_size: Some(size * 3),
+                name: None,
+                url: None,
+            };
+            let components = BTreeMap::from([(
+                "app".to_string(),
+                Component {
+                    version: version.to_string(),
+                    artifact: artifact(ArtifactKind::Zip, 48 << 20),
+                },
+            )]);
+            Release {
+                published: Some(now.plus_days(i as i64 - n as i64)),
+                notes: format!("Release {version}: fixes and improvements."),
+                min_version: None,
+                critical: false,
+                security_version: i / 50,
+                rollout: None,
+                targets: BTreeMap::from([(
+                    fixtures::TARGET.to_string(),
+                    TargetRelease { components },
+                )]),
+                version,
+            }
+        })
+        .collect();
+    Manifest {
+        doc_type: "manifest".into(),
+        product: fixtures::PRODUCT.into(),
+        channel: "stable".into(),
+        sequence: 1,
+        issued: now,
+        expires: now.plus_days(30),
+        releases,
+    }
+}
+
+pub fn manifest_verify(ctx: &Ctx) -> Row {
+    let mut row = Row::new("verify + parse a 1,000-release manifest", "≤ 1 ms");
+    let now = Timestamp::now();
+    let manifest = big_manifest(1000, now);
+    let payload = manifest.to_bytes();
+    let key = match SecretKey::generate() {
+        Ok(k) => k,
+        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+    };
+    let envelope = trust::seal(trust::MANIFEST_TYPE, &payload, &[&key]);
+    let keys = match KeySet::new(vec![key.public()], 1) {
+        Ok(k) => k,
+        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+    };
+    let expect = Expect {
+        product: fixtures::PRODUCT,
+        channel: "stable",
+        now,
+        max_bytes: manifest::DEFAULT_MAX_METADATA_BYTES,
+    };
+    let runs = ctx.runs.max(21);
+    let ours = time_runs(
+        runs,
+        || (),
+        |()| {
+            manifest::verify(&envelope, &keys, &expect, &Freshness::default())
+                .map(drop)
+                .map_err(err)
+        },
+    );
+    let ours = match ours {
+        Ok(s) => median(&s),
+        Err(e) => return Row::skipped(row.what, row.target, e),
+    };
+    let parse = time_runs(
+        runs,
+        || (),
+        |()| {
+            serde_json::from_slice::<Manifest>(&payload)
+                .map(drop)
+                .map_err(err)
+        },
+    )
+    .map(|s| median(&s))
+    .unwrap_or(f64::NAN);
+    let open = time_runs(
+        runs,
+        || (),
+        |()| {
+            trust::open(&envelope, trust::MANIFEST_TYPE, &keys, expect.max_bytes)
+                .map(drop)
+                .map_err(err)
+        },
+    )
+    .map(|s| median(&s))
+    .unwrap_or(f64::NAN);
+    row.measured = secs(ours);
+    row.baseline = format!("{} (serde_json parse alone)", secs(parse));
+    row.pass = Some(ours <= 1e-3);
+    row.note = format!(
+        "envelope {}, payload {}; of which base64 + ed25519 (SHA-512 of the payload) {}",
+        bytes(envelope.len() as f64),
+        bytes(payload.len() as f64),
+        secs(open)
+    );
+    row
+}
+
+/// The `evergreen` binary of this build (built if missing).
+fn evergreen_bin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("evergreen"))
+        .ok_or("no directory for the evergreen binary")?;
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run_tool(
+            &cargo,
+            &[
+                "build",
+                "--release",
+                "--bin",
+                "evergreen",
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ],
+        )?;
+    }
+    Ok(bin)
+}
+
+pub fn startup(ctx: &Ctx) -> Vec<Row> {
+    let mut in_process = Row::new("startup step, in process (build + `startup()`)", "≤ 5 ms");
+    let mut process = Row::new("startup step, `evergreen boot` as a process", "≤ 5 ms");
+    let dev = ctx.work.join("dev-startup");
+    let config = ctx.fixture.device(&dev, &ctx.server.url(), "tiny");
+    let setup = update(&config).and_then(|_| confirm(&config));
+    if let Err(e) = setup {
+        return vec![
+            Row::skipped(in_process.what, in_process.target, e.clone()),
+            Row::skipped(process.what, process.target, e),
+        ];
+    }
+    let runs = ctx.runs.max(21);
+    let state = dev.join("state/state.json");
+    let ours = time_runs(
+        runs,
+        || (),
+        |()| {
+            let updater = Updater::builder(Config::from_file(&config).map_err(err)?)
+                .build()
+                .map_err(err)?;
+            updater.startup().map(drop).map_err(err)
+        },
+    );
+    let base = time_runs(
+        runs,
+        || (),
+        |()| {
+            let text = std::fs::read(&state).map_err(err)?;
+            serde_json::from_slice::<serde_json::Value>(&text)
+                .map(drop)
+                .map_err(err)
+        },
+    );
+    fill_time_row(
+        &mut in_process,
+        ours,
+        base,
+        "read + parse state.json alone",
+        5e-3,
+    );
+    let cfg = config.to_str().unwrap_or("");
+    let ours = evergreen_bin().and_then(|bin| {
+        let bin = bin.to_str().unwrap_or("").to_string();
+        time_runs(runs, || (), |()| run_tool(&bin, &["boot", "--config", cfg]))
+    });
+    let base = time_runs(runs, || (), |()| run_tool("true", &[]));
+    fill_time_row(&mut process, ours, base, "`true` as a process", 5e-3);
+    let _ = std::fs::remove_dir_all(&dev);
+    vec![in_process, process]
+}
+
+fn fill_time_row(
+    row: &mut Row,
+    ours: Result<Vec<f64>, String>,
+    base: Result<Vec<f64>, String>,
+    base_name: &str,
+    target: f64,
+) {
+    match ours {
+        Ok(s) => {
+            let m = median(&s);
+            row.measured = secs(m);
+            row.pass = Some(m <= target);
+        }
+        Err(e) => row.note = e,
+    }
+    if let Ok(b) = base {
+        row.baseline = format!("{} ({base_name})", secs(median(&b)));
+    }
+}
+
+/// Sizes of the stripped `dist` cdylib, with default features and without.
+pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let variants = [
+        ("default features (HTTPS)", "target", 2.5, vec![]),
+        (
+            "`--no-default-features` (file transport only)",
+            "target/nodefault",
+            1.0,
+            vec!["--no-default-features"],
+        ),
+    ];
+    let libcurl = find_libcurl();
+    variants
+        .into_iter()
+        .map(|(name, target_dir, limit_mib, extra)| {
+            let mut row = Row::new(
+                format!("stripped `dist` cdylib, {name}"),
+                format!("≤ {limit_mib} MiB"),
+            );
+            let lib = root.join(target_dir).join("dist/libevergreen.so");
+            if !ctx.quick {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let manifest = root.join("Cargo.toml");
+                let target = root.join(target_dir);
+                let mut args = vec![
+                    "build",
+                    "--profile",
+                    "dist",
+                    "--lib",
+                    "--manifest-path",
+                    manifest.to_str().unwrap_or(""),
+                    "--target-dir",
+                    target.to_str().unwrap_or(""),
+                ];
+                args.extend(extra);
+                if let Err(e) = run_tool(&cargo, &args) {
+                    row.note = e;
+                    return row;
+                }
+            }
+            match std::fs::metadata(&lib) {
+                Ok(m) => {
+                    let size = m.len() as f64;
+                    row.measured = format!("{} ({} bytes)", bytes(size), m.len());
+                    if exports_c_abi(&lib) {
+                        row.pass = Some(size <= limit_mib * MIB as f64);
+                    } else {
+                        row.note = "exports no `evg_` function (the C ABI is not merged), so \
+                                    LTO drops most of the library: not meaningful yet"
+                            .into();
+                    }
+                }
+                Err(_) => row.note = "not built (run without --quick to build it)".into(),
+            }
+            if let Some((path, size)) = &libcurl {
+                row.baseline = format!("{} ({path})", bytes(*size as f64));
+            }
+            row
+        })
+        .collect()
+}
+
+/// Whether the library carries the C ABI's symbols at all.
+fn exports_c_abi(lib: &Path) -> bool {
+    std::fs::read(lib).is_ok_and(|b| b.windows(15).any(|w| w == b"evg_updater_new"))
+}
+
+/// The system's libcurl, an HTTPS client library, as a size reference.
+fn find_libcurl() -> Option<(String, u64)> {
+    ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"]
+        .iter()
+        .map(|d| Path::new(d).join("libcurl.so.4"))
+        .find_map(|p| {
+            let real = std::fs::canonicalize(&p).ok()?;
+            let size = std::fs::metadata(&real).ok()?.len();
+            Some((real.file_name()?.to_string_lossy().into_owned(), size))
+        })
+}

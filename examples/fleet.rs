@@ -1,0 +1,364 @@
+//! A fleet of devices polling one static update server through a staged rollout
+//! (1 % → 5 % → 20 % → 100 %, one stage a day), to show what the server sees.
+//!
+//! ```text
+//! cargo run --release --example fleet                  # 1,000,000 devices
+//! cargo run --release --example fleet -- --devices 50000
+//! ```
+//!
+//! Every device polls the channel manifest with `If-None-Match` on Evergreen's own
+//! schedule (`select::next_check`: 6 h ± 25 %), decides with the rollout rule
+//! (`select::rollout_bucket` / `select::in_rollout`) and downloads the blob once when it
+//! is in. The operator re-signs the manifest at each stage, so every device gets one 200
+//! per stage and 304s in between. It prints the requests per hour and the fraction
+//! updated at the end of each stage, and exits 1 when a stage's fraction is more than
+//! 0.5 percentage points off its percentage, or when the fraction ever runs ahead of the
+//! percentage in force.
+
+#[allow(dead_code)]
+#[path = "bench/rng.rs"]
+mod rng;
+
+use evergreen::manifest::{Release, Rollout, RolloutStage};
+use evergreen::select::{in_rollout, next_check, rollout_bucket};
+use evergreen::Timestamp;
+use rng::Rng;
+use semver::Version;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+const PRODUCT: &str = "com.acme.gateway";
+const HOUR: i64 = 3600;
+const DAY: i64 = 24 * HOUR;
+/// Evergreen's default polling: every 6 h ± 25 %.
+const INTERVAL_S: u64 = 6 * HOUR as u64;
+const JITTER: f64 = 0.25;
+/// What one response weighs, to estimate the egress: a 304 as measured by the benchmark,
+/// a 1-release manifest, and the artifact.
+const NOT_MODIFIED_BYTES: f64 = 312.0;
+const MANIFEST_BYTES: f64 = 2048.0;
+const BLOB_BYTES: f64 = 48.0 * 1048576.0;
+/// How far the fraction updated may be from the rollout percentage, in percentage points.
+const TOLERANCE_PP: f64 = 0.5;
+
+/// What the server saw in one hour.
+#[derive(Default, Clone, Copy)]
+struct Hour {
+    not_modified: u64,
+    fetched: u64,
+    blobs: u64,
+}
+
+impl Hour {
+    fn manifest_requests(&self) -> u64 {
+        self.not_modified + self.fetched
+    }
+
+    fn egress(&self) -> f64 {
+        self.not_modified as f64 * NOT_MODIFIED_BYTES
+            + self.fetched as f64 * MANIFEST_BYTES
+            + self.blobs as f64 * BLOB_BYTES
+    }
+}
+
+/// One device, as the server sees it.
+#[derive(Clone, Copy)]
+struct Device {
+    next: i64,
+    /// The manifest sequence the device holds (its `ETag`).
+    seen: u64,
+    updated: bool,
+    bucket: u16,
+}
+
+/// The release being rolled out and the manifest's sequence at each stage.
+struct Channel {
+    release: Release,
+    /// (from, sequence): the operator re-signs at every stage.
+    sequences: Vec<(i64, u64)>,
+}
+
+impl Channel {
+    fn new(start: Timestamp, percents: &[f64]) -> Channel {
+        let stages: Vec<RolloutStage> = percents
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RolloutStage {
+                at: start.plus_days(i as i64),
+                percent: *p,
+            })
+            .collect();
+        let sequences = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.at.unix(), i as u64 + 2))
+            .collect();
+        Channel {
+            release: Release {
+                version: Version::new(2, 0, 0),
+                published: Some(start),
+                notes: String::new(),
+                min_version: None,
+                critical: false,
+                security_version: 0,
+                rollout: Some(Rollout { stages }),
+                targets: BTreeMap::new(),
+            },
+            sequences,
+        }
+    }
+
+    /// The manifest's sequence at `t` (1: the manifest before the release).
+    fn sequence(&self, t: i64) -> u64 {
+        self.sequences
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= t)
+            .map_or(1, |(_, s)| *s)
+    }
+
+    fn percent(&self, t: i64) -> f64 {
+        self.release
+            .rollout
+            .as_ref()
+            .map_or(100.0, |r| r.percent_at(Timestamp::from_unix(t)))
+    }
+}
+
+struct Args {
+    devices: u32,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut devices = 1_000_000;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--devices" => {
+                devices = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n >= 1)
+                    .ok_or("--devices takes a positive number")?;
+            }
+            _ => return Err(format!("usage: fleet [--devices N]; found {a:?}")),
+        }
+    }
+    Ok(Args { devices })
+}
+
+fn device_id(i: u32) -> String {
+    format!("device-{i:07}")
+}
+
+/// The fleet in steady state: each device's next poll somewhere in the coming interval.
+fn fleet(n: u32, start: i64, version: &Version, rng: &mut Rng) -> Vec<Device> {
+    (0..n)
+        .map(|i| Device {
+            next: start + (rng.unit() * INTERVAL_S as f64) as i64,
+            seen: 1,
+            updated: false,
+            bucket: rollout_bucket(PRODUCT, &device_id(i), version) as u16,
+        })
+        .collect()
+}
+
+/// The simulation's results.
+struct Outcome {
+    hours: Vec<Hour>,
+    /// Fraction updated at the end of each hour.
+    updated: Vec<f64>,
+    /// Devices whose precomputed bucket disagreed with `in_rollout` (must be 0).
+    disagreements: u64,
+}
+
+/// Runs the fleet hour by hour for `hours` from `start`; within an hour the polls are
+/// processed in the order they were scheduled (the hour is the resolution of the report).
+fn simulate(devices: &mut [Device], channel: &Channel, start: i64, hours: usize) -> Outcome {
+    let mut rng = Rng::new(7);
+    let mut calendar: Vec<Vec<u32>> = vec![Vec::new(); hours + 1];
+    let slot = |t: i64| ((t - start).max(0) / HOUR) as usize;
+    for (i, d) in devices.iter().enumerate() {
+        calendar[slot(d.next).min(hours)].push(i as u32);
+    }
+    let mut out = Outcome {
+        hours: vec![Hour::default(); hours],
+        updated: Vec::with_capacity(hours),
+        disagreements: 0,
+    };
+    let mut updated = 0u64;
+    for h in 0..hours {
+        let due = std::mem::take(&mut calendar[h]);
+        for i in due {
+            let d = &mut devices[i as usize];
+            let now = d.next;
+            let stats = &mut out.hours[h];
+            let sequence = channel.sequence(now);
+            if d.seen == sequence {
+                stats.not_modified += 1;
+            } else {
+                stats.fetched += 1;
+                d.seen = sequence;
+            }
+            let percent = channel.percent(now);
+            let in_now = (d.bucket as f64) < percent * 100.0;
+            // Spot-check the precomputed bucket against the library's own rule.
+            if i % 997 == 0 {
+                let rule = in_rollout(
+                    &channel.release,
+                    PRODUCT,
+                    &device_id(i),
+                    Timestamp::from_unix(now),
+                );
+                out.disagreements += u64::from(rule != in_now);
+            }
+            if in_now && !d.updated {
+                d.updated = true;
+                updated += 1;
+                stats.blobs += 1;
+            }
+            d.next =
+                next_check(Timestamp::from_unix(now), INTERVAL_S, JITTER, 0, rng.next()).unix();
+            calendar[slot(d.next).min(hours)].push(i);
+        }
+        out.updated.push(updated as f64 / devices.len() as f64);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let percents = [1.0, 5.0, 20.0, 100.0];
+    let rollout_start = Timestamp::from_unix(1_795_000_000 / DAY * DAY);
+    // Half a day of steady state before the release, then one day per stage.
+    let start = rollout_start.unix() - DAY / 2;
+    let hours = (DAY / 2 + percents.len() as i64 * DAY) / HOUR;
+    let channel = Channel::new(rollout_start, &percents);
+    let mut rng = Rng::new(1);
+    let mut devices = fleet(args.devices, start, &channel.release.version, &mut rng);
+    let out = simulate(&mut devices, &channel, start, hours as usize);
+
+    println!(
+        "{} devices, polling every {} h ± {:.0} %; rollout {percents:?} % from {rollout_start}, one stage a day\n",
+        args.devices,
+        INTERVAL_S / 3600,
+        JITTER * 100.0
+    );
+    print_hours(&out, start);
+    let failures = check_stages(&out, &channel, start);
+    let failures = failures + check_never_ahead(&out, &channel, start);
+    print_herd(&out);
+    if out.disagreements > 0 {
+        println!(
+            "FAIL: {} bucket(s) disagreed with select::in_rollout",
+            out.disagreements
+        );
+    }
+    println!("\nsimulated in {:.1} s", started.elapsed().as_secs_f64());
+    if failures > 0 || out.disagreements > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_hours(out: &Outcome, start: i64) {
+    println!(
+        "| hour (UTC) | manifest requests | 304 | 200 | blob downloads | egress (est.) | updated |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (h, (s, u)) in out.hours.iter().zip(&out.updated).enumerate() {
+        let t = Timestamp::from_unix(start + h as i64 * HOUR);
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} GiB | {:.2} % |",
+            &t.to_string()[..16],
+            s.manifest_requests(),
+            s.not_modified,
+            s.fetched,
+            s.blobs,
+            s.egress() / (1u64 << 30) as f64,
+            u * 100.0
+        );
+    }
+}
+
+/// At the end of each stage, the fraction updated is within the tolerance of its percentage.
+fn check_stages(out: &Outcome, channel: &Channel, start: i64) -> u32 {
+    println!("\n| stage | from | updated at its end | expected | result |");
+    println!("|---|---|---:|---:|---|");
+    let mut failures = 0;
+    let stages = channel
+        .release
+        .rollout
+        .as_ref()
+        .map_or(&[][..], |r| &r.stages);
+    for (i, stage) in stages.iter().enumerate() {
+        let end = stage.at.unix() + DAY;
+        let hour = ((end - start) / HOUR) as usize;
+        let Some(fraction) = out.updated.get(hour.saturating_sub(1)) else {
+            continue;
+        };
+        let off = (fraction * 100.0 - stage.percent).abs();
+        let ok = off <= TOLERANCE_PP;
+        failures += u32::from(!ok);
+        println!(
+            "| {} | {} | {:.3} % | {} % | {} |",
+            i + 1,
+            stage.at,
+            fraction * 100.0,
+            stage.percent,
+            if ok {
+                "ok".to_string()
+            } else {
+                format!("FAIL: {off:.3} pp off")
+            }
+        );
+    }
+    failures
+}
+
+/// The fraction updated never runs ahead of the percentage in force.
+fn check_never_ahead(out: &Outcome, channel: &Channel, start: i64) -> u32 {
+    let mut failures = 0;
+    for (h, fraction) in out.updated.iter().enumerate() {
+        let end_of_hour = start + (h as i64 + 1) * HOUR - 1;
+        let percent = channel.percent(end_of_hour);
+        if fraction * 100.0 > percent + TOLERANCE_PP {
+            println!(
+                "FAIL: hour {h}: {:.3} % updated with {percent} % in force",
+                fraction * 100.0
+            );
+            failures += 1;
+        }
+    }
+    failures
+}
+
+/// The busiest hour against the average one: a fleet polling in lockstep would show a
+/// peak many times the mean.
+fn print_herd(out: &Outcome) {
+    let requests: Vec<u64> = out.hours.iter().map(Hour::manifest_requests).collect();
+    // The first interval is the fleet settling into its schedule; measure after it.
+    let settled = &requests[(INTERVAL_S / 3600) as usize..];
+    let mean = settled.iter().sum::<u64>() as f64 / settled.len() as f64;
+    let peak = settled.iter().copied().max().unwrap_or(0) as f64;
+    let blob_peak = out.hours.iter().map(|h| h.blobs).max().unwrap_or(0);
+    let egress_peak = out.hours.iter().map(Hour::egress).fold(0.0, f64::max);
+    println!(
+        "\nmanifest requests per hour: mean {mean:.0}, peak {peak:.0} ({:.2}× the mean, {:.1} per second at the peak)",
+        peak / mean,
+        peak / 3600.0
+    );
+    println!(
+        "blob downloads: peak {blob_peak} in one hour ({:.1} per second); peak egress {:.1} GiB/h",
+        blob_peak as f64 / 3600.0,
+        egress_peak / (1u64 << 30) as f64
+    );
+}
