@@ -37,7 +37,9 @@ fn parse_args() -> Result<Args, String> {
                 rest.extend(it.by_ref());
             }
             "-h" | "--help" => {
-                return Err("usage: launcher --config FILE --component NAME --entry PATH [-- ARGS…]".into())
+                return Err(
+                    "usage: launcher --config FILE --component NAME --entry PATH [-- ARGS…]".into(),
+                )
             }
             other => return Err(format!("unexpected argument {other:?}; see --help")),
         }
@@ -62,7 +64,11 @@ fn main() {
         let config = Config::from_file(&args.config)?;
         let root = match &config.slots {
             evergreen::config::SlotsConfig::Dir { root } => root.clone(),
-            _ => return Err(evergreen::Error::config("the launcher runs apps from dir slots")),
+            _ => {
+                return Err(evergreen::Error::config(
+                    "the launcher runs apps from dir slots",
+                ))
+            }
         };
         let updater = Updater::builder(config)
             .on_event(|e| eprintln!("launcher: {e}"))

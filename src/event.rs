@@ -114,7 +114,11 @@ impl Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Checked { channel, sequence, not_modified } => write!(
+            Event::Checked {
+                channel,
+                sequence,
+                not_modified,
+            } => write!(
                 f,
                 "checked channel {channel} (sequence {sequence}{})",
                 if *not_modified { ", not modified" } else { "" }
@@ -124,11 +128,19 @@ impl fmt::Display for Event {
                 "version {version} is available{}",
                 if *critical { " (critical)" } else { "" }
             ),
-            Event::Downloading { component, done, total } => {
+            Event::Downloading {
+                component,
+                done,
+                total,
+            } => {
                 write!(f, "downloading {component}: {done}/{total} bytes")
             }
             Event::Staged { slot, version } => write!(f, "{version} staged in slot {slot}"),
-            Event::Deferred { version, until, reason } => match until {
+            Event::Deferred {
+                version,
+                until,
+                reason,
+            } => match until {
                 Some(t) => write!(f, "activation of {version} deferred until {t}: {reason}"),
                 None => write!(f, "activation of {version} deferred: {reason}"),
             },
@@ -139,16 +151,29 @@ impl fmt::Display for Event {
             Event::TrialBoot { slot, tries_left } => {
                 write!(f, "trial start of slot {slot}: {tries_left} left")
             }
-            Event::Confirmed { slot, version, security_floor } => write!(
+            Event::Confirmed {
+                slot,
+                version,
+                security_floor,
+            } => write!(
                 f,
                 "slot {slot} ({version}) confirmed good; security floor {security_floor}"
             ),
-            Event::RolledBack { from, to, version, reason } => write!(
+            Event::RolledBack {
+                from,
+                to,
+                version,
+                reason,
+            } => write!(
                 f,
                 "rolled back from slot {from} ({}) to slot {to}: {reason}",
                 version.as_deref().unwrap_or("-")
             ),
-            Event::Failed { operation, kind, message } => {
+            Event::Failed {
+                operation,
+                kind,
+                message,
+            } => {
                 write!(f, "{operation} failed: error[{kind}]: {message}")
             }
         }

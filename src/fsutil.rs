@@ -7,40 +7,61 @@
 use crate::error::{Error, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `<file>.tmp-<pid>` next to `path`: same directory, so the rename never crosses a file
+/// system, and per process, so two writers never share a temp file.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
 
 /// Writes `bytes` to `path` atomically: a reader sees the old content or the new, never a
 /// mix, and after return the new content survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    crash_point("write temp")?;
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        crash_point("fsync temp")?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        crash_point("rename")?;
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))
-    })();
+    let tmp = temp_path(path);
+    let result = create_temp(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)
+                .map_err(|e| Error::io("write", &tmp, e))?;
+            Ok(f)
+        })
+        .and_then(|f| persist(f, &tmp, path));
     if result.is_err() {
+        // Best effort: a leftover temp file is harmless but untidy.
         let _ = fs::remove_file(&tmp);
     }
-    result?;
-    sync_dir(dir)
+    result
+}
+
+/// Creates (or truncates) a temp file for [`persist`].
+pub fn create_temp(tmp: &Path) -> Result<File> {
+    crash_point("create temp")?;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .map_err(|e| Error::io("create", tmp, e))
+}
+
+/// Makes the fully written temp file `file` (at `tmp`) durable and renames it to `dest`.
+pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
+    crash_point("fsync temp")?;
+    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    drop(file);
+    crash_point("rename")?;
+    fs::rename(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
+    sync_parent(dest)
+}
+
+/// Fsyncs the directory holding `path`, which is what makes a rename or a new entry durable.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
@@ -151,5 +172,27 @@ mod tests {
         replace_symlink(Path::new("slots/a"), &link).unwrap();
         replace_symlink(Path::new("slots/b"), &link).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("slots/b"));
+    }
+
+    #[test]
+    fn write_atomic_into_a_missing_directory_is_an_io_error_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("state.json");
+        let err = write_atomic(&path, b"x").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Io);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_the_old_file_and_removes_the_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory in the way makes the rename fail after the temp was written.
+        let path = dir.path().join("taken");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("child"), b"keep").unwrap();
+        let err = write_atomic(&path, b"new").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Io);
+        assert_eq!(fs::read(path.join("child")).unwrap(), b"keep");
+        assert!(!temp_path(&path).exists());
     }
 }

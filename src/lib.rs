@@ -4,13 +4,25 @@
 //! boots and automatic rollback, and a C ABI. The update server is static files only.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod error;
+pub mod event;
+pub mod fetch;
 pub mod fsutil;
 pub mod manifest;
+pub mod publish;
+pub mod select;
 pub mod slots;
+pub mod stage;
 pub mod state;
 pub mod time;
 pub mod trust;
+mod updater;
 
+pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use event::Event;
 pub use time::Timestamp;
+pub use updater::{
+    Activation, Check, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater, UpdaterBuilder,
+};

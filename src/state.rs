@@ -9,6 +9,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil;
 use crate::slots::Slot;
+pub use crate::stage::InstalledComponent;
 use crate::time::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -52,15 +53,6 @@ impl SlotStatus {
             SlotStatus::Bad => "bad",
         }
     }
-}
-
-/// One installed component: what was put into `<slot>/<name>/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstalledComponent {
-    /// The component's version string.
-    pub version: String,
-    /// SHA-256 of the artifact it came from.
-    pub sha256: String,
 }
 
 /// What one slot holds.

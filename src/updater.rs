@@ -8,10 +8,15 @@ use crate::config::{Config, SelectorConfig, SlotsConfig, TrustConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
-use crate::manifest::{self, ArtifactKind, Expect, Freshness, Manifest, Release, Verified};
+use crate::manifest::{
+    self, ArtifactKind, Expect, Freshness, Manifest, Release, TargetRelease, Verified,
+};
 use crate::select::{self, Deploy, Device, Policy};
+use crate::slots::cmdline::BootedFrom;
 use crate::slots::dir::{DirSlots, SymlinkSelector};
+use crate::slots::grub::GrubEnv;
 use crate::slots::image::ImageSlots;
+use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
 use crate::stage::{self, ComponentChange, ComponentOp};
 use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
@@ -27,6 +32,8 @@ type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
 type ClockFn = Box<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// What [`Updater::check`] found.
+// An offer is returned once per check; boxing it would only add noise for callers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Check {
     /// Nothing to do.
@@ -57,6 +64,9 @@ pub struct Offer {
     /// What the deploy policy says about activating it now.
     #[serde(skip)]
     pub deploy: Deploy,
+    /// The release's components for this target, to diff again at `plan` time.
+    #[serde(skip)]
+    target: TargetRelease,
 }
 
 impl Offer {
@@ -215,7 +225,7 @@ impl UpdaterBuilder {
         config.validate()?;
         let mut bases = vec![config.server.clone()];
         bases.extend(config.mirrors.iter().cloned());
-        let options = fetch_options(&config);
+        let options: FetchOptions = config.fetch_options();
         let fetcher = match self.transport {
             Some(t) => Fetcher::with_transport(bases, options, t),
             None => Fetcher::new(bases, options)?,
@@ -229,10 +239,15 @@ impl UpdaterBuilder {
                 };
                 (Store::Dir(slots), sel)
             }
-            SlotsConfig::Image { a, b, selector, booted_from } => {
+            SlotsConfig::Image {
+                a,
+                b,
+                selector,
+                booted_from,
+            } => {
                 let sel = match (self.selector, selector) {
                     (Some(s), _) => s,
-                    (None, sel) => image_selector(sel, booted_from.as_ref())?,
+                    (None, sel) => image_selector(sel, booted_from.as_ref(), config.trial.tries)?,
                 };
                 (Store::Image(ImageSlots::new(a, b)), sel)
             }
@@ -404,7 +419,10 @@ impl Updater {
         };
         if trial.tries_left > 0 {
             let tries_left = trial.tries_left - 1;
-            st.trial = Some(Trial { tries_left, ..trial });
+            st.trial = Some(Trial {
+                tries_left,
+                ..trial
+            });
             self.save(st)?;
             return Ok(Startup::Trial {
                 slot: trial.slot,
@@ -419,7 +437,11 @@ impl Updater {
         );
         if st.slot(st.fallback()).status != SlotStatus::Good {
             // Nothing better to go back to: keep running, but say so.
-            st.record((self.clock)(), "trial_exhausted", reason + "; no good fallback");
+            st.record(
+                (self.clock)(),
+                "trial_exhausted",
+                reason + "; no good fallback",
+            );
             self.save(st)?;
             return Ok(Startup::Trial {
                 slot: trial.slot,
@@ -431,6 +453,14 @@ impl Updater {
 
     fn startup_bootloader(&self, st: &mut State) -> Result<Startup> {
         let Some(trial) = st.trial else {
+            // RAUC's grub.cfg sets X_TRY=1 on every boot; a good slot must be marked good
+            // again each time, or the next boot ends in the rescue entry.
+            let primary = st.primary;
+            if st.slot(primary).status == SlotStatus::Good
+                && self.with_selector(|s| s.booted())? == Some(primary)
+            {
+                self.with_selector(|s| s.confirm(primary))?;
+            }
             return Ok(Startup::Normal);
         };
         match self.with_selector(|s| s.booted())? {
@@ -528,9 +558,12 @@ impl Updater {
             select::Decision::UpToDate => return Ok(Check::UpToDate),
             select::Decision::Update(c) => c,
         };
-        let release = manifest
-            .release(&choice.version)
-            .ok_or_else(|| Error::new(ErrorKind::NoSuchVersion, format!("version {} vanished from the manifest", choice.version)))?;
+        let release = manifest.release(&choice.version).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoSuchVersion,
+                format!("version {} vanished from the manifest", choice.version),
+            )
+        })?;
         let offer = self.offer(st, manifest, release, choice.downgrade, now)?;
         self.emit(Event::Available {
             version: offer.version.to_string(),
@@ -571,6 +604,7 @@ impl Updater {
             security_version: release.security_version,
             components: stage::diff(&st.slot(st.primary).components, target),
             deploy: select::deploy(&self.config.deploy, release.critical, now),
+            target: target.clone(),
         })
     }
 
@@ -607,7 +641,10 @@ impl Updater {
         now: Timestamp,
     ) -> Result<Verified<Manifest>> {
         let max = self.config.limits.max_metadata_bytes;
-        let cache = self.state_dir().join("cache").join(format!("{channel}.json"));
+        let cache = self
+            .state_dir()
+            .join("cache")
+            .join(format!("{channel}.json"));
         let seen = st.manifests.get(channel).cloned();
         let etag = seen
             .as_ref()
@@ -646,7 +683,10 @@ impl Updater {
                 etag: new_etag,
             },
         );
-        st.newest_issued = Some(st.newest_issued.map_or(verified.issued, |t| t.max(verified.issued)));
+        st.newest_issued = Some(
+            st.newest_issued
+                .map_or(verified.issued, |t| t.max(verified.issued)),
+        );
         self.emit(Event::Checked {
             channel: channel.to_string(),
             sequence: verified.sequence,
@@ -667,7 +707,7 @@ impl Updater {
                     .collect::<Result<Vec<_>>>()?;
                 return Ok(Anchor::Keys(KeySet::new(keys, *threshold)?));
             }
-            TrustConfig::Root { root } => root,
+            TrustConfig::Root(root) => root,
         };
         let saved = self.state_dir().join("root.json");
         let source = if saved.exists() { &saved } else { pinned_path };
@@ -675,7 +715,10 @@ impl Updater {
         let mut root = TrustedRoot::pinned(&bytes, max)?;
         // The configured root may be newer than the saved one (a reflashed device).
         if source == &saved {
-            if let Ok(pinned) = std::fs::read(pinned_path).map_err(|_| ()).and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ())) {
+            if let Ok(pinned) = std::fs::read(pinned_path)
+                .map_err(|_| ())
+                .and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ()))
+            {
                 if pinned.root().version > root.root().version {
                     root = pinned;
                 }
@@ -704,24 +747,12 @@ impl Updater {
         Ok(Anchor::Root(root))
     }
 
-    /// The diff of `offer` against the primary slot as it is now (DESIGN §5.5).
+    /// The diff of `offer` against the primary slot as it is now (DESIGN §5.5): the state
+    /// may have moved since the check.
     pub fn plan(&self, offer: &Offer) -> Result<Offer> {
         let st = self.load_state()?;
         let mut plan = offer.clone();
-        let primary = &st.slot(st.primary).components;
-        // Recompute against the current primary: the state may have moved since the check.
-        for c in &mut plan.components {
-            let installed = primary.get(&c.name);
-            c.from = installed.map(|i| i.version.clone());
-            c.op = match (installed, &c.artifact) {
-                (None, Some(_)) => ComponentOp::Added,
-                (Some(_), None) => ComponentOp::Removed,
-                (Some(i), Some(a)) if i.sha256 == a.sha256 => ComponentOp::Unchanged,
-                (Some(_), Some(_)) => ComponentOp::Modified,
-                (None, None) => ComponentOp::Removed,
-            };
-        }
-        plan.components.retain(|c| c.from.is_some() || c.artifact.is_some());
+        plan.components = stage::diff(&st.slot(st.primary).components, &offer.target);
         Ok(plan)
     }
 
@@ -798,6 +829,7 @@ impl Updater {
             }
             let files = self.open_downloads(plan)?;
             let slot = st.fallback();
+            let components = installed_components(plan, &st.slot(st.primary).components);
             *st.slot_mut(slot) = SlotRecord {
                 status: SlotStatus::Installing,
                 version: Some(plan.version.clone()),
@@ -806,17 +838,27 @@ impl Updater {
                 critical: plan.critical,
                 components: BTreeMap::new(),
             };
-            st.record((self.clock)(), "installing", format!("{} into slot {slot}", plan.version));
+            st.record(
+                (self.clock)(),
+                "installing",
+                format!("{} into slot {slot}", plan.version),
+            );
             self.save(&st)?;
             self.with_selector(|s| s.disable(slot))?;
             match &self.store {
-                Store::Dir(slots) => self.install_dir(slots, st.primary, slot, plan, &files)?,
+                Store::Dir(slots) => {
+                    self.install_dir(slots, st.primary, slot, plan, &files, &components)?
+                }
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
             let record = st.slot_mut(slot);
             record.status = SlotStatus::Installed;
-            record.components = installed_components(plan);
-            st.record((self.clock)(), "staged", format!("{} in slot {slot}", plan.version));
+            record.components = components;
+            st.record(
+                (self.clock)(),
+                "staged",
+                format!("{} in slot {slot}", plan.version),
+            );
             self.save(&st)?;
             self.emit(Event::Staged {
                 slot,
@@ -852,6 +894,7 @@ impl Updater {
         slot: Slot,
         plan: &Offer,
         files: &BTreeMap<String, std::fs::File>,
+        components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
         let limits = self.config.archive_limits();
         let dir = slots.prepare(slot)?;
@@ -890,7 +933,7 @@ impl Updater {
         stage::make_durable(&dir)?;
         let record = serde_json::json!({
             "version": plan.version.to_string(),
-            "components": installed_components(plan),
+            "components": components,
         });
         slots.seal(slot, record.to_string().as_bytes())
     }
@@ -988,7 +1031,11 @@ impl Updater {
             if let Some(ch) = &record.channel {
                 st.channel = ch.clone();
             }
-            st.record((self.clock)(), "activated", format!("{version} in slot {slot}"));
+            st.record(
+                (self.clock)(),
+                "activated",
+                format!("{version} in slot {slot}"),
+            );
             self.save(&st)?;
             self.with_selector(|s| s.activate(slot, tries))?;
             self.emit(Event::Activated {
@@ -1078,7 +1125,11 @@ impl Updater {
         }
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
-        st.record((self.clock)(), "channel", format!("{} -> {channel}", st.channel));
+        st.record(
+            (self.clock)(),
+            "channel",
+            format!("{} -> {channel}", st.channel),
+        );
         st.channel = channel.to_string();
         self.save(&st)
     }
@@ -1123,19 +1174,22 @@ impl Updater {
     }
 }
 
-fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
+/// What the new slot holds: the plan's artifacts, and the primary's record for what is
+/// copied unchanged.
+fn installed_components(
+    plan: &Offer,
+    primary: &BTreeMap<String, InstalledComponent>,
+) -> BTreeMap<String, InstalledComponent> {
     plan.components
         .iter()
-        .filter(|c| c.op != ComponentOp::Removed)
         .filter_map(|c| {
-            let a = c.artifact.as_ref()?;
-            Some((
-                c.name.clone(),
-                InstalledComponent {
-                    version: c.to.clone().unwrap_or_default(),
-                    sha256: a.sha256.clone(),
-                },
-            ))
+            let sha256 = match (c.op, &c.artifact) {
+                (ComponentOp::Removed, _) => return None,
+                (ComponentOp::Unchanged, _) => primary.get(&c.name)?.sha256.clone(),
+                (_, a) => a.as_ref()?.sha256.clone(),
+            };
+            let version = c.to.clone().unwrap_or_default();
+            Some((c.name.clone(), InstalledComponent { version, sha256 }))
         })
         .collect()
 }
@@ -1144,19 +1198,26 @@ fn version_str(v: Option<&Version>) -> String {
     v.map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
-fn fetch_options(config: &Config) -> FetchOptions {
-    config.fetch_options()
-}
-
 fn image_selector(
     selector: &SelectorConfig,
     booted_from: Option<&crate::config::BootedFrom>,
+    tries: u32,
 ) -> Result<Box<dyn BootSelector>> {
-    let _ = booted_from;
+    let booted = booted_from
+        .map(|b| BootedFrom {
+            cmdline: b.cmdline.clone(),
+            key: b.key.clone(),
+        })
+        .unwrap_or_default();
     match selector {
-        SelectorConfig::Custom => Err(Error::config(
+        SelectorConfig::Grub { env } => Ok(Box::new(GrubEnv::new(env).with_booted_from(booted))),
+        SelectorConfig::Uboot { config } => Ok(Box::new(
+            UBootEnv::open(config)?
+                .with_max_tries(tries)
+                .with_booted_from(booted),
+        )),
+        SelectorConfig::Custom {} => Err(Error::config(
             "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_selector in C)",
         )),
-        _ => Err(Error::config("selector not wired yet")),
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ed25519/");
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd-length hex {s:?}");
+    assert!(s.len().is_multiple_of(2), "odd-length hex {s:?}");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))

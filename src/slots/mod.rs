@@ -4,7 +4,11 @@
 //! starts next. Apps use directory slots with a `current` symlink; firmware uses image
 //! slots with the GRUB or U-Boot environment.
 
+pub mod cmdline;
 pub mod dir;
+pub mod grub;
+pub mod image;
+pub mod uboot;
 
 use crate::error::Result;
 use serde::{Deserialize, Serialize};

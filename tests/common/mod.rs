@@ -224,7 +224,9 @@ pub fn tree_digest(dir: &Path) -> BTreeMap<String, (u32, String)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             let meta = std::fs::symlink_metadata(&p).unwrap();
@@ -232,12 +234,18 @@ pub fn tree_digest(dir: &Path) -> BTreeMap<String, (u32, String)> {
             if meta.is_dir() {
                 stack.push(p);
             } else if meta.file_type().is_symlink() {
-                out.insert(rel, (0, std::fs::read_link(&p).unwrap().display().to_string()));
+                out.insert(
+                    rel,
+                    (0, std::fs::read_link(&p).unwrap().display().to_string()),
+                );
             } else {
                 let bytes = std::fs::read(&p).unwrap();
                 out.insert(
                     rel,
-                    (meta.permissions().mode() & 0o7777, evergreen::trust::sha256_hex(&bytes)),
+                    (
+                        meta.permissions().mode() & 0o7777,
+                        evergreen::trust::sha256_hex(&bytes),
+                    ),
                 );
             }
         }

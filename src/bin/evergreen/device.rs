@@ -2,7 +2,7 @@
 //! `reinstall`, `channel`, `activate`, `skip`. They read `--config FILE` (the library's
 //! JSON config) and print JSON with `--json`.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use evergreen::fetch::CancelToken;
 use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Startup, Updater};
 use semver::Version;
@@ -63,11 +63,67 @@ pub struct ActivateArgs {
     pub now: bool,
 }
 
+/// Device commands (they read `--config FILE`).
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check the channel for an update. Exit 0: up to date; 10: an update is available.
+    ///
+    /// Example: evergreen check --config /etc/evergreen/config.json --json
+    Check(CheckArgs),
+    /// Check, show the component diff, ask, then download, install into the inactive slot
+    /// and activate it on trial (as the deploy policy allows).
+    ///
+    /// Example: evergreen update --config /etc/evergreen/config.json --yes
+    Update(UpdateArgs),
+    /// Show slots, versions, the trial, the channel and the last check.
+    ///
+    /// Example: evergreen status --config /etc/evergreen/config.json --json
+    Status,
+    /// The startup step, for launchers and systemd: count a trial start, roll back when
+    /// the new slot used up its tries without being confirmed.
+    ///
+    /// Example: ExecStartPre=/usr/bin/evergreen boot --config /etc/evergreen/config.json
+    Boot,
+    /// Mark the slot on trial good (run it once the new version is healthy); raises the
+    /// security floor.
+    Confirm,
+    /// Go back to the fallback slot now; the current one is marked bad.
+    Rollback,
+    /// Install the installed version again into the other slot (repair) and activate it.
+    Reinstall,
+    /// Follow another channel from now on (stable, preview, nightly, …).
+    ///
+    /// Example: evergreen channel preview --config /etc/evergreen/config.json
+    Channel(ChannelArgs),
+    /// Activate a staged release (after `update` with the download_only policy, or one
+    /// deferred to a maintenance window).
+    Activate(ActivateArgs),
+    /// Never offer this version again (critical releases are still offered).
+    Skip(SkipArgs),
+}
+
+/// Runs a device command; returns the exit code.
+pub fn run(cmd: Command, config: &Path, json: bool) -> Result<i32> {
+    match cmd {
+        Command::Check(a) => check(config, json, &a),
+        Command::Update(a) => update(config, json, &a),
+        Command::Status => status(config, json),
+        Command::Boot => boot(config, json),
+        Command::Confirm => confirm(config, json),
+        Command::Rollback => rollback(config, json),
+        Command::Reinstall => reinstall(config, json),
+        Command::Channel(a) => channel(config, json, &a),
+        Command::Activate(a) => activate(config, json, &a),
+        Command::Skip(a) => skip(config, json, &a),
+    }
+}
+
 /// Builds the updater from the config file, with `EVERGREEN_NOW` as the clock if set.
 pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     let cfg = Config::from_file(config)?;
     let mut builder = Updater::builder(cfg);
-    if let Some(now) = crate::clock_override()? {
+    if std::env::var_os("EVERGREEN_NOW").is_some() {
+        let now = crate::now()?;
         builder = builder.clock(move || now);
     }
     if !json {
@@ -80,7 +136,7 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    println!("{v}");
 }
 
 fn offer_json(offer: &Offer) -> serde_json::Value {
@@ -100,7 +156,10 @@ fn offer_json(offer: &Offer) -> serde_json::Value {
 fn print_offer(offer: &Offer) {
     println!(
         "update available: {} -> {} on {}{}{}",
-        offer.current.as_ref().map_or("(none)".to_string(), ToString::to_string),
+        offer
+            .current
+            .as_ref()
+            .map_or("(none)".to_string(), ToString::to_string),
         offer.version,
         offer.channel,
         if offer.critical { " [critical]" } else { "" },
@@ -282,7 +341,9 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         println!(
             "{mark} slot {slot}: {:<10} {}",
             v.status,
-            v.version.as_ref().map_or("-".to_string(), ToString::to_string)
+            v.version
+                .as_ref()
+                .map_or("-".to_string(), ToString::to_string)
         );
     }
     if let Some(t) = &s.trial {
@@ -322,7 +383,9 @@ pub fn confirm(config: &Path, json: bool) -> Result<i32> {
     up.confirm()?;
     let s = up.status()?;
     if json {
-        print_json(&json!({"status": "good", "slot": s.primary, "security_floor": s.security_floor}));
+        print_json(
+            &json!({"status": "good", "slot": s.primary, "security_floor": s.security_floor}),
+        );
     } else {
         println!("slot {} is good", s.primary);
     }
@@ -353,9 +416,14 @@ pub fn reinstall(config: &Path, json: bool) -> Result<i32> {
             Activation::Activated { slot, .. } => Some(slot),
             Activation::Deferred { .. } => None,
         };
-        print_json(&json!({"status": "activated", "version": offer.version.to_string(), "slot": slot}));
+        print_json(
+            &json!({"status": "activated", "version": offer.version.to_string(), "slot": slot}),
+        );
     } else {
-        println!("{} reinstalled; restart, then `evergreen confirm`", offer.version);
+        println!(
+            "{} reinstalled; restart, then `evergreen confirm`",
+            offer.version
+        );
     }
     Ok(0)
 }
@@ -367,7 +435,10 @@ pub fn channel(config: &Path, json: bool, args: &ChannelArgs) -> Result<i32> {
     if json {
         print_json(&json!({"channel": args.channel}));
     } else {
-        println!("following channel {}; run `evergreen check` or `evergreen update`", args.channel);
+        println!(
+            "following channel {}; run `evergreen check` or `evergreen update`",
+            args.channel
+        );
     }
     Ok(0)
 }
@@ -398,7 +469,10 @@ pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
     if json {
         print_json(&json!({"skipped": args.version.to_string()}));
     } else {
-        println!("{} will not be offered again (unless critical)", args.version);
+        println!(
+            "{} will not be offered again (unless critical)",
+            args.version
+        );
     }
     Ok(0)
 }

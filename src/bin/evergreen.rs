@@ -1,2 +1,0 @@
-//! The `evergreen` command-line tool.
-fn main() {}

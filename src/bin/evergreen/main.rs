@@ -1,0 +1,87 @@
+//! The `evergreen` command-line tool (DESIGN §9): operator commands that build a signed
+//! repository, and device commands that update this machine.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage. A failure prints exactly one line,
+//! `error[<kind>]: <message>`, on stderr, where `<kind>` is the stable error name.
+
+mod device;
+mod operator;
+
+use clap::{Parser, Subcommand};
+use evergreen::{Error, Result, Timestamp};
+use std::process::ExitCode;
+
+/// Evergreen: signed update channels, staged rollouts and A/B slots.
+#[derive(Parser)]
+#[command(
+    name = "evergreen",
+    version,
+    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr), 2 usage.\n\
+                  Set EVERGREEN_NOW to an RFC 3339 time to run as if the clock read that time."
+)]
+struct Cli {
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Device config file (the library's JSON config), for the device commands.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "EVERGREEN_CONFIG",
+        default_value = "/etc/evergreen/config.json"
+    )]
+    config: std::path::PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Operator(operator::Command),
+    #[command(flatten)]
+    Device(device::Command),
+}
+
+fn main() -> ExitCode {
+    // clap exits with 2 on usage errors and 0 for --help / --version.
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Operator(cmd) => operator::run(cmd, cli.json).map(|()| 0),
+        Command::Device(cmd) => device::run(cmd, &cli.config, cli.json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `error[<kind>]: <message>` as one line, so scripts can match on the kind.
+fn report(e: &Error) {
+    let message = e.message().replace(['\n', '\r'], " ");
+    eprintln!("error[{}]: {message}", e.kind().as_str());
+}
+
+/// The clock of this run: `EVERGREEN_NOW` (RFC 3339) when set, for tests and demos that
+/// need a fixed time; the system clock otherwise.
+pub(crate) fn now() -> Result<Timestamp> {
+    match std::env::var("EVERGREEN_NOW") {
+        Ok(text) => text.parse().map_err(|e: Error| e.context("EVERGREEN_NOW")),
+        Err(std::env::VarError::NotPresent) => Ok(Timestamp::now()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::config(
+            "EVERGREEN_NOW: expected an RFC 3339 time, found non-UTF-8 bytes",
+        )),
+    }
+}
+
+/// Prints `value` as one line of JSON.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| Error::config(format!("expected printable JSON output, found: {e}")))?;
+    println!("{text}");
+    Ok(())
+}

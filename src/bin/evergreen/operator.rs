@@ -1,0 +1,499 @@
+//! Operator commands: keys, and a signed repository of static files (DESIGN §4, §9).
+//! They work offline on a local directory; secret keys never leave this machine.
+
+use crate::{now, print_json};
+use clap::{Args, Subcommand};
+use evergreen::manifest::{ArtifactKind, Manifest};
+use evergreen::publish::{self, ReleaseOptions, Repo, RotateOptions, DEFAULT_ROOT_DAYS};
+use evergreen::trust::{KeySet, PublicKey, SecretKey};
+use evergreen::{Error, Result};
+use semver::Version;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// The operator subcommands.
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create a signing key pair: KEYFILE (secret, mode 0600) and KEYFILE.pub.
+    #[command(after_help = "Example:\n  evergreen keygen --out keys/root1\n\n\
+        Prints the key id. The secret is never printed; keep KEYFILE offline.")]
+    Keygen(KeygenArgs),
+    /// Create a new repository with its first trust root (root/1.json).
+    #[command(
+        after_help = "Example:\n  evergreen init repo --product com.acme.gateway \\\n    \
+        --root-key keys/root1.pub --root-threshold 1 --manifest-key keys/release.pub \\\n    \
+        --sign keys/root1"
+    )]
+    Init(InitArgs),
+    /// Publish a version for one target on a channel (created if missing).
+    #[command(
+        after_help = "Example:\n  evergreen release repo --channel nightly --version 1.2.0 \\\n    \
+        --target x86_64-linux --component app=build/app.zip --component config=settings.json:file \\\n    \
+        --notes \"Fixes the reconnect loop.\" --rollout 10 --sign keys/release\n\n\
+        A component's kind defaults to zip for .zip files and file otherwise."
+    )]
+    Release(ReleaseArgs),
+    /// Copy a release (all its targets) from one channel to another.
+    #[command(
+        after_help = "Example:\n  evergreen promote repo --version 1.2.0 --from nightly --to stable --sign keys/release"
+    )]
+    Promote(PromoteArgs),
+    /// Set the rollout percentage of a release from now on; 0 halts it.
+    #[command(
+        after_help = "Example:\n  evergreen rollout repo --channel stable --version 1.2.0 --percent 20 --sign keys/release"
+    )]
+    Rollout(RolloutArgs),
+    /// Re-sign a channel unchanged with a fresh expiry (clients refuse expired manifests).
+    #[command(
+        after_help = "Example:\n  evergreen resign repo --channel stable --expires-in 30 --sign keys/release"
+    )]
+    Resign(ResignArgs),
+    /// Write the next trust root, signed by the current and the new root keys.
+    #[command(
+        after_help = "Example:\n  evergreen rotate repo --root-key keys/root2.pub --root-threshold 1 \\\n    \
+        --sign keys/root1 --sign keys/root2\n\n\
+        Keys and thresholds not given stay as they are. When the manifest keys change,\n\
+        every channel is re-signed with the new ones (give their secret keys with --sign)."
+    )]
+    Rotate(RotateArgs),
+    /// Check the whole repository offline, exactly as a client would.
+    #[command(after_help = "Example:\n  evergreen verify repo\n  evergreen verify repo --json")]
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `keygen`.
+#[derive(Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the secret key; the public key goes to KEYFILE.pub.
+    #[arg(long, value_name = "KEYFILE")]
+    out: PathBuf,
+}
+
+/// Arguments shared by commands that sign.
+#[derive(Args)]
+pub(crate) struct SignArgs {
+    /// A secret key file to sign with (repeat for several keys).
+    #[arg(long = "sign", value_name = "KEYFILE", required = true)]
+    sign: Vec<PathBuf>,
+}
+
+/// Arguments of `init`.
+#[derive(Args)]
+pub(crate) struct InitArgs {
+    /// The repository directory to create.
+    repo: PathBuf,
+    /// Product id, e.g. com.acme.gateway.
+    #[arg(long)]
+    product: String,
+    /// A public key (.pub) of the root role (repeat).
+    #[arg(long = "root-key", value_name = "K.pub", required = true)]
+    root_key: Vec<PathBuf>,
+    /// How many root keys must sign a new root.
+    #[arg(long)]
+    root_threshold: usize,
+    /// A public key (.pub) of the manifest role (repeat).
+    #[arg(long = "manifest-key", value_name = "K.pub", required = true)]
+    manifest_key: Vec<PathBuf>,
+    /// How many manifest keys must sign a channel manifest.
+    #[arg(long, default_value_t = 1)]
+    manifest_threshold: usize,
+    /// Days until the root expires.
+    #[arg(long = "expires-in", value_name = "DAYS", default_value_t = DEFAULT_ROOT_DAYS)]
+    expires_in: u32,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
+/// Arguments of `release`.
+#[derive(Args)]
+pub(crate) struct ReleaseArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// Channel to publish on.
+    #[arg(long)]
+    channel: String,
+    /// Semver version of the release.
+    #[arg(long)]
+    version: String,
+    /// Target (compatibility string) the components are for.
+    #[arg(long)]
+    target: String,
+    /// NAME=PATH[:zip|file|image] (repeat for each component).
+    #[arg(long = "component", value_name = "NAME=PATH[:KIND]", required = true)]
+    component: Vec<String>,
+    /// Release notes.
+    #[arg(long, default_value = "")]
+    notes: String,
+    /// Start a staged rollout at this percentage (default: everyone).
+    #[arg(long, value_name = "PERCENT")]
+    rollout: Option<f64>,
+    /// A forced update: devices cannot skip or defer it beyond the maintenance window.
+    #[arg(long)]
+    critical: bool,
+    /// Devices below this version take a stepping-stone release first.
+    #[arg(long, value_name = "V")]
+    min_version: Option<String>,
+    /// Anti-rollback counter of this release.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    security_version: u64,
+    /// Days until the channel manifest expires (default 30).
+    #[arg(long = "expires-in", value_name = "DAYS")]
+    expires_in: Option<u32>,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
+/// Arguments of `promote`.
+#[derive(Args)]
+pub(crate) struct PromoteArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The version to promote.
+    #[arg(long)]
+    version: String,
+    /// Channel it is on.
+    #[arg(long)]
+    from: String,
+    /// Channel to add it to.
+    #[arg(long)]
+    to: String,
+    /// Start a staged rollout on the new channel at this percentage (default: everyone).
+    #[arg(long, value_name = "PERCENT")]
+    rollout: Option<f64>,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
+/// Arguments of `rollout`.
+#[derive(Args)]
+pub(crate) struct RolloutArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// The release to ramp.
+    #[arg(long)]
+    version: String,
+    /// Percentage of devices, 0–100, from now on.
+    #[arg(long)]
+    percent: f64,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
+/// Arguments of `resign`.
+#[derive(Args)]
+pub(crate) struct ResignArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// Days until the manifest expires (default 30).
+    #[arg(long = "expires-in", value_name = "DAYS")]
+    expires_in: Option<u32>,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
+/// Arguments of `rotate`.
+#[derive(Args)]
+pub(crate) struct RotateArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// New root public key (repeat); default: keep the current ones.
+    #[arg(long = "root-key", value_name = "K.pub")]
+    root_key: Vec<PathBuf>,
+    /// New root threshold; default: keep the current one.
+    #[arg(long)]
+    root_threshold: Option<usize>,
+    /// New manifest public key (repeat); default: keep the current ones.
+    #[arg(long = "manifest-key", value_name = "K.pub")]
+    manifest_key: Vec<PathBuf>,
+    /// New manifest threshold; default: keep the current one.
+    #[arg(long)]
+    manifest_threshold: Option<usize>,
+    /// Days until the new root expires.
+    #[arg(long = "expires-in", value_name = "DAYS", default_value_t = DEFAULT_ROOT_DAYS)]
+    expires_in: u32,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
+/// Arguments of `verify`.
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// The repository directory.
+    repo: PathBuf,
+}
+
+/// Runs one operator command.
+pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
+    match cmd {
+        Command::Keygen(a) => keygen(&a, json),
+        Command::Init(a) => init(&a, json),
+        Command::Release(a) => release(&a, json),
+        Command::Promote(a) => {
+            let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+            let m = repo.promote(
+                &version(&a.version)?,
+                &a.from,
+                &a.to,
+                a.rollout,
+                &refs(&signers),
+                now()?,
+            )?;
+            print_channel(
+                &m,
+                &format!("promoted {} from {} to", a.version, a.from),
+                json,
+            )
+        }
+        Command::Rollout(a) => {
+            let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+            let v = version(&a.version)?;
+            let m = repo.rollout(&a.channel, &v, a.percent, &refs(&signers), now()?)?;
+            print_channel(&m, &format!("rollout of {v} at {}% on", a.percent), json)
+        }
+        Command::Resign(a) => {
+            let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+            let m = repo.resign(&a.channel, a.expires_in, &refs(&signers), now()?)?;
+            print_channel(&m, "re-signed", json)
+        }
+        Command::Rotate(a) => rotate(&a, json),
+        Command::Verify(a) => verify(&a, json),
+    }
+}
+
+fn keygen(a: &KeygenArgs, json: bool) -> Result<()> {
+    let public = publish::write_keypair(&a.out)?;
+    let public_path = publish::public_key_path(&a.out);
+    if json {
+        return print_json(&json!({
+            "keyid": public.keyid(),
+            "secret_key_file": a.out,
+            "public_key_file": public_path,
+        }));
+    }
+    println!("keyid {}", public.keyid());
+    println!(
+        "wrote {} (secret, keep offline) and {}",
+        a.out.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
+fn init(a: &InitArgs, json: bool) -> Result<()> {
+    let root_keys = KeySet::new(public_keys(&a.root_key)?, a.root_threshold)
+        .map_err(|e| e.context("--root-threshold"))?;
+    let manifest_keys = KeySet::new(public_keys(&a.manifest_key)?, a.manifest_threshold)
+        .map_err(|e| e.context("--manifest-threshold"))?;
+    let signers = secret_keys(&a.sign)?;
+    let repo = Repo::init(
+        &a.repo,
+        &a.product,
+        &root_keys,
+        &manifest_keys,
+        &refs(&signers),
+        a.expires_in,
+        now()?,
+    )?;
+    let root = repo.trusted_root()?;
+    if json {
+        return print_json(&json!({
+            "repo": a.repo,
+            "product": a.product,
+            "root_version": 1,
+            "expires": root.root().expires,
+        }));
+    }
+    println!(
+        "created {} for {} (root version 1, expires {})",
+        a.repo.display(),
+        a.product,
+        root.root().expires
+    );
+    println!(
+        "ship {} to devices as their pinned root",
+        a.repo.join("root/1.json").display()
+    );
+    Ok(())
+}
+
+fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
+    let repo = Repo::open(&a.repo)?;
+    let signers = secret_keys(&a.sign)?;
+    let parsed = a
+        .component
+        .iter()
+        .map(|c| parse_component(c))
+        .collect::<Result<Vec<_>>>()?;
+    let components: Vec<(&str, &Path, ArtifactKind)> = parsed
+        .iter()
+        .map(|(n, p, k)| (n.as_str(), p.as_path(), *k))
+        .collect();
+    let opts = ReleaseOptions {
+        notes: a.notes.clone(),
+        rollout_percent: a.rollout,
+        critical: a.critical,
+        min_version: a.min_version.as_deref().map(version).transpose()?,
+        security_version: a.security_version,
+        expires_in_days: a.expires_in,
+        now: now()?,
+    };
+    let v = version(&a.version)?;
+    let m = repo.release(
+        &a.channel,
+        &v,
+        &a.target,
+        &components,
+        &opts,
+        &refs(&signers),
+    )?;
+    if json {
+        return print_json(&json!({
+            "channel": m.channel,
+            "sequence": m.sequence,
+            "expires": m.expires,
+            "release": m.release(&v),
+        }));
+    }
+    print_channel(&m, &format!("released {v} ({}) on", a.target), false)?;
+    let target = m
+        .release(&v)
+        .and_then(|r| r.targets.get(&a.target))
+        .into_iter()
+        .flat_map(|t| &t.components);
+    for (name, c) in target {
+        let a = &c.artifact;
+        println!(
+            "  {name:<12} {:<5} {:>12} bytes  sha256 {}…",
+            a.kind.as_str(),
+            a.size,
+            &a.sha256[..12]
+        );
+    }
+    Ok(())
+}
+
+fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
+    let repo = Repo::open(&a.repo)?;
+    let signers = secret_keys(&a.sign)?;
+    let opts = RotateOptions {
+        root_keys: optional_keys(&a.root_key)?,
+        root_threshold: a.root_threshold,
+        manifest_keys: optional_keys(&a.manifest_key)?,
+        manifest_threshold: a.manifest_threshold,
+        expires_in_days: Some(a.expires_in),
+    };
+    let root = repo.rotate(&opts, &refs(&signers), now()?)?;
+    let doc = root.root();
+    if json {
+        return print_json(&json!({"root_version": doc.version, "expires": doc.expires}));
+    }
+    println!(
+        "wrote root/{}.json (expires {}): root threshold {}, manifest threshold {}",
+        doc.version,
+        doc.expires,
+        doc.roles.get("root").map_or(0, |r| r.threshold),
+        root.manifest_keys().threshold()
+    );
+    Ok(())
+}
+
+fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
+    let report = Repo::open(&a.repo)?.verify(now()?)?;
+    if json {
+        return print_json(&report);
+    }
+    println!(
+        "ok: {} root version {} (expires {})",
+        report.product, report.root_version, report.root_expires
+    );
+    for c in &report.channels {
+        let versions: Vec<String> = c.versions.iter().map(Version::to_string).collect();
+        println!(
+            "  {:<10} sequence {:<4} expires {}  versions [{}]  {} blob(s) checked",
+            c.channel,
+            c.sequence,
+            c.expires,
+            versions.join(", "),
+            c.blobs_checked
+        );
+    }
+    Ok(())
+}
+
+fn print_channel(m: &Manifest, what: &str, json: bool) -> Result<()> {
+    if json {
+        return print_json(&json!({
+            "channel": m.channel,
+            "sequence": m.sequence,
+            "expires": m.expires,
+        }));
+    }
+    println!(
+        "{what} {} (sequence {}, expires {})",
+        m.channel, m.sequence, m.expires
+    );
+    Ok(())
+}
+
+/// `NAME=PATH[:zip|file|image]`; without a kind, `.zip` files are zips and others files.
+fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
+    let (name, rest) = spec.split_once('=').ok_or_else(|| {
+        Error::config(format!(
+            "--component: expected NAME=PATH[:zip|file|image], found {spec:?}"
+        ))
+    })?;
+    let explicit = rest.rsplit_once(':').and_then(|(path, kind)| {
+        let kind = match kind {
+            "zip" => ArtifactKind::Zip,
+            "file" => ArtifactKind::File,
+            "image" => ArtifactKind::Image,
+            _ => return None,
+        };
+        Some((path, kind))
+    });
+    let (path, kind) = explicit.unwrap_or_else(|| {
+        let zip = rest.to_ascii_lowercase().ends_with(".zip");
+        (
+            rest,
+            if zip {
+                ArtifactKind::Zip
+            } else {
+                ArtifactKind::File
+            },
+        )
+    });
+    Ok((name.to_string(), PathBuf::from(path), kind))
+}
+
+fn version(text: &str) -> Result<Version> {
+    Version::parse(text)
+        .map_err(|e| Error::config(format!("expected a semver version, found {text:?}: {e}")))
+}
+
+fn public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
+    paths.iter().map(|p| publish::read_public_key(p)).collect()
+}
+
+fn optional_keys(paths: &[PathBuf]) -> Result<Option<Vec<PublicKey>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    public_keys(paths).map(Some)
+}
+
+fn secret_keys(args: &SignArgs) -> Result<Vec<SecretKey>> {
+    args.sign
+        .iter()
+        .map(|p| publish::read_secret_key(p))
+        .collect()
+}
+
+fn refs(keys: &[SecretKey]) -> Vec<&SecretKey> {
+    keys.iter().collect()
+}

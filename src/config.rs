@@ -1,0 +1,969 @@
+//! The one configuration of Evergreen (DESIGN §7.1): the same JSON for the library, the C
+//! ABI (`evg_updater_new`) and the CLI (`evergreen --config FILE`).
+//!
+//! Parsing is strict: unknown keys are errors (a misspelt `chanel` must not silently fall
+//! back to `stable`), and [`Config::validate`] checks what serde cannot. Every error is of
+//! kind `config` and names the field, what was expected and what was found.
+//!
+//! Besides the fields of DESIGN §7.1 the config has these extensions, all optional:
+//! - `poll` — `{"interval_s": 21600, "jitter": 0.25}`: how often to check (DESIGN §5.3);
+//! - `archive` — `{"allow_symlinks": false, "max_installed_bytes": 17179869184,
+//!   "max_entries": 100000, "max_ratio": 250}`: caps for zip extraction (DESIGN §5.5);
+//! - `follow_redirects` — `false`: whether HTTP redirects are followed at all;
+//! - `ca_roots` — `null`: a PEM bundle to trust instead of the built-in web roots;
+//! - `proxy` — `null`: an `http://`, `https://`, `socks4://` or `socks5://` proxy URL.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::{is_safe_name, DEFAULT_MAX_METADATA_BYTES};
+use crate::select::DeployPolicy;
+use crate::trust::{KeySet, PublicKey};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+/// The channel used when the config names none.
+pub const DEFAULT_CHANNEL: &str = "stable";
+
+/// Where the device id comes from when the config has none.
+pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
+
+/// A config file larger than this is refused before it is parsed.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The updater's configuration (DESIGN §7.1).
+///
+/// Only `product`, `server`, `target`, `trust`, `state_dir` and `slots` are required.
+///
+/// ```
+/// use evergreen::config::{Config, SlotsConfig, TrustConfig};
+/// use evergreen::select::DeployPolicy;
+/// let config = Config::from_json(r#"{
+///   "product": "com.acme.gateway",
+///   "server": "https://updates.acme.com/gateway/",
+///   "mirrors": ["https://cdn.example.net/gateway/"],
+///   "channel": "stable",
+///   "target": "x86_64-linux",
+///   "trust": {"root": "/etc/evergreen/root.json"},
+///   "state_dir": "/var/lib/evergreen",
+///   "slots": {"kind": "dir", "root": "/opt/gateway"},
+///   "current_version": "1.0.0",
+///   "device_id": null,
+///   "deploy": {"policy": "immediate"},
+///   "trial": {"tries": 3},
+///   "allow_downgrade": false,
+///   "pin_version": null,
+///   "limits": {"max_metadata_bytes": 1048576, "connect_timeout_s": 10, "read_timeout_s": 30,
+///              "min_speed_bytes_per_s": 1024, "retries": 3}
+/// }"#)?;
+/// assert_eq!(config.channel, "stable");
+/// assert_eq!(config.trust, TrustConfig::Root("/etc/evergreen/root.json".into()));
+/// assert_eq!(config.slots, SlotsConfig::Dir { root: "/opt/gateway".into() });
+/// assert_eq!(config.current_version, Some(semver::Version::new(1, 0, 0)));
+/// assert_eq!(config.deploy, DeployPolicy::Immediate);
+/// # Ok::<(), evergreen::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Product id, e.g. `com.acme.gateway`; must match the signed metadata.
+    pub product: String,
+    /// Repository base: `http(s)://`, `file://` or a plain directory path.
+    pub server: String,
+    /// Further repository bases with the same layout, tried after `server`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// The channel to follow.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// This device's compatibility target, e.g. `x86_64-linux`.
+    pub target: String,
+    /// Where trust starts.
+    pub trust: TrustConfig,
+    /// Where `state.json` and downloads live.
+    pub state_dir: PathBuf,
+    /// The two install locations.
+    pub slots: SlotsConfig,
+    /// The installed version, when it did not come through Evergreen.
+    #[serde(default)]
+    pub current_version: Option<Version>,
+    /// The rollout identity; `None` reads [`MACHINE_ID_PATH`] when needed (not at parse).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// When an installed update is activated.
+    #[serde(default)]
+    pub deploy: DeployPolicy,
+    /// Trial boots of a newly activated slot.
+    #[serde(default)]
+    pub trial: Trial,
+    /// Follow a channel whose newest release is older than the installed one.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// Install exactly this version, newer or older.
+    #[serde(default)]
+    pub pin_version: Option<Version>,
+    /// Network and size limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Polling interval and jitter (extension).
+    #[serde(default)]
+    pub poll: Poll,
+    /// Zip extraction caps (extension).
+    #[serde(default)]
+    pub archive: ArchiveLimits,
+    /// Follow HTTP redirects (extension); off, so the configured hosts are the only ones.
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// A PEM file of CA certificates to trust instead of the built-in roots (extension).
+    #[serde(default)]
+    pub ca_roots: Option<PathBuf>,
+    /// A proxy URL for HTTP(S) (extension).
+    #[serde(default)]
+    pub proxy: Option<String>,
+}
+
+fn default_channel() -> String {
+    DEFAULT_CHANNEL.to_string()
+}
+
+/// Where trust starts: a pinned root that can rotate, or fixed keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawTrust", into = "RawTrust")]
+pub enum TrustConfig {
+    /// `{"root": PATH}`: the initial root envelope, e.g. a copy of the repo's `root/1.json`.
+    Root(PathBuf),
+    /// `{"keys": [...], "threshold": N}`: base64 ed25519 public keys that sign manifests
+    /// directly, an implicit root that never rotates.
+    Keys {
+        /// Base64 public keys.
+        keys: Vec<String>,
+        /// How many distinct keys must sign.
+        threshold: usize,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keys: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    threshold: Option<usize>,
+}
+
+impl TryFrom<RawTrust> for TrustConfig {
+    type Error = Error;
+    fn try_from(raw: RawTrust) -> Result<TrustConfig> {
+        match raw {
+            RawTrust {
+                root: Some(root),
+                keys: None,
+                threshold: None,
+            } => Ok(TrustConfig::Root(root)),
+            RawTrust {
+                root: None,
+                keys: Some(keys),
+                threshold: Some(threshold),
+            } => Ok(TrustConfig::Keys { keys, threshold }),
+            RawTrust {
+                root,
+                keys,
+                threshold,
+            } => {
+                let found: Vec<&str> = [
+                    root.is_some().then_some("root"),
+                    keys.is_some().then_some("keys"),
+                    threshold.is_some().then_some("threshold"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Err(Error::config(format!(
+                    "`trust`: expected {{\"root\": PATH}} or {{\"keys\": [...], \"threshold\": N}}, found the keys [{}]",
+                    found.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+impl From<TrustConfig> for RawTrust {
+    fn from(t: TrustConfig) -> RawTrust {
+        match t {
+            TrustConfig::Root(root) => RawTrust {
+                root: Some(root),
+                keys: None,
+                threshold: None,
+            },
+            TrustConfig::Keys { keys, threshold } => RawTrust {
+                root: None,
+                keys: Some(keys),
+                threshold: Some(threshold),
+            },
+        }
+    }
+}
+
+impl TrustConfig {
+    /// The manifest keys of simple mode (`None` for a root file, which the updater reads).
+    pub fn key_set(&self) -> Result<Option<KeySet>> {
+        let TrustConfig::Keys { keys, threshold } = self else {
+            return Ok(None);
+        };
+        let keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                PublicKey::from_base64(k).map_err(|e| {
+                    Error::config(format!("config field `trust.keys[{i}]`: {}", e.message()))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        KeySet::new(keys, *threshold)
+            .map(Some)
+            .map_err(|e| Error::config(format!("config field `trust.threshold`: {}", e.message())))
+    }
+}
+
+/// The two install locations (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SlotsConfig {
+    /// `{"kind": "dir", "root": PATH}`: `<root>/slots/{a,b}` and the `<root>/current` link.
+    Dir {
+        /// The application's directory.
+        root: PathBuf,
+    },
+    /// `{"kind": "image", "a": PATH, "b": PATH, "selector": {...}}`: two block devices or
+    /// files, and the bootloader that picks one.
+    Image {
+        /// Slot `a`'s device or file.
+        a: PathBuf,
+        /// Slot `b`'s device or file.
+        b: PathBuf,
+        /// The boot selector.
+        selector: SelectorConfig,
+        /// Where to read the booted slot when the selector cannot tell.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        booted_from: Option<BootedFrom>,
+    },
+}
+
+/// The bootloader of image slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SelectorConfig {
+    /// `{"kind": "grub", "env": PATH}`: the GRUB environment block.
+    Grub {
+        /// e.g. `/boot/grub/grubenv`.
+        env: PathBuf,
+    },
+    /// `{"kind": "uboot", "config": PATH}`: the U-Boot environment as `fw_env.config` locates it.
+    Uboot {
+        /// e.g. `/etc/fw_env.config`.
+        config: PathBuf,
+    },
+    /// `{"kind": "custom"}`: the host supplies the selector (a trait object or C callbacks).
+    Custom {},
+}
+
+/// Reads the booted slot from the kernel command line, as RAUC does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootedFrom {
+    /// The file holding the command line.
+    pub cmdline: PathBuf,
+    /// The `key=value` whose value names the slot (`a`/`b`, `A`/`B`).
+    pub key: String,
+}
+
+impl Default for BootedFrom {
+    fn default() -> BootedFrom {
+        BootedFrom {
+            cmdline: "/proc/cmdline".into(),
+            key: "rauc.slot".into(),
+        }
+    }
+}
+
+/// Trial boots of a newly activated slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Trial {
+    /// Unconfirmed starts before Evergreen rolls back (default 3).
+    pub tries: u32,
+}
+
+impl Default for Trial {
+    fn default() -> Trial {
+        Trial { tries: 3 }
+    }
+}
+
+/// Network and size limits (DESIGN §5.1, §5.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Cap on root and manifest documents (default 1 MiB).
+    pub max_metadata_bytes: u64,
+    /// Connect timeout in seconds (default 10).
+    pub connect_timeout_s: u64,
+    /// Idle-read timeout in seconds (default 30).
+    pub read_timeout_s: u64,
+    /// Minimum average download speed; 0 turns the check off (default 1024).
+    pub min_speed_bytes_per_s: u64,
+    /// Retries per download, moving through the server and mirrors (default 3).
+    pub retries: u32,
+    /// Wait before the first retry in milliseconds, doubling each round (default 1000).
+    /// An extension of DESIGN §7.1.
+    pub retry_backoff_ms: u64,
+    /// Window, in seconds, over which the minimum speed is averaged; also the grace
+    /// period before it is checked (default 30). An extension of DESIGN §7.1.
+    pub speed_window_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
+            connect_timeout_s: 10,
+            read_timeout_s: 30,
+            min_speed_bytes_per_s: 1024,
+            retries: 3,
+            retry_backoff_ms: 1000,
+            speed_window_s: 30,
+        }
+    }
+}
+
+/// How often to check (DESIGN §5.3; see [`crate::select::next_check`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Poll {
+    /// Seconds between checks (default 21600, six hours).
+    pub interval_s: u64,
+    /// Spread of each interval as a fraction in `[0, 1)` (default 0.25).
+    pub jitter: f64,
+}
+
+impl Default for Poll {
+    fn default() -> Poll {
+        Poll {
+            interval_s: 21_600,
+            jitter: 0.25,
+        }
+    }
+}
+
+/// Caps for zip extraction (DESIGN §5.5), on top of each artifact's `installed_size`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveLimits {
+    /// Allow symlink entries that point inside their component (default false).
+    pub allow_symlinks: bool,
+    /// Bytes one archive may inflate to (default 16 GiB).
+    pub max_installed_bytes: u64,
+    /// Entries one archive may hold (default 100,000).
+    pub max_entries: u64,
+    /// Inflated / compressed size of an entry (default 250; deflate's own limit is ~1032).
+    pub max_ratio: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> ArchiveLimits {
+        ArchiveLimits {
+            allow_symlinks: false,
+            max_installed_bytes: 16 << 30,
+            max_entries: 100_000,
+            max_ratio: 250,
+        }
+    }
+}
+
+impl Config {
+    /// The fetch settings these limits and network options make.
+    pub fn fetch_options(&self) -> crate::fetch::FetchOptions {
+        use std::time::Duration;
+        crate::fetch::FetchOptions {
+            connect_timeout: Duration::from_secs(self.limits.connect_timeout_s),
+            read_timeout: Duration::from_secs(self.limits.read_timeout_s),
+            min_speed_bytes_per_s: self.limits.min_speed_bytes_per_s,
+            speed_window: Duration::from_secs(self.limits.speed_window_s),
+            retries: self.limits.retries,
+            retry_backoff: Duration::from_millis(self.limits.retry_backoff_ms),
+            follow_redirects: self.follow_redirects,
+            ca_roots: self.ca_roots.clone(),
+            proxy: self.proxy.clone(),
+        }
+    }
+
+    /// The archive limits staging applies.
+    pub fn archive_limits(&self) -> crate::stage::ArchiveLimits {
+        crate::stage::ArchiveLimits {
+            max_installed_bytes: self.archive.max_installed_bytes,
+            max_entries: self.archive.max_entries,
+            max_ratio: self.archive.max_ratio,
+            allow_symlinks: self.archive.allow_symlinks,
+        }
+    }
+
+    /// Parses and validates a JSON config.
+    pub fn from_json(json: &str) -> Result<Config> {
+        let config: Config = serde_json::from_str(json)
+            .map_err(|e| Error::config(format!("config: {e}")).with_source(e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a JSON config file (at most [`MAX_CONFIG_BYTES`]).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| Error::io("open config", path, e))?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io("read config", path, e))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(Error::config(format!(
+                "config {}: expected at most {MAX_CONFIG_BYTES} bytes, found more",
+                path.display()
+            )));
+        }
+        Config::from_json(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Checks what the types cannot; every error names the field.
+    pub fn validate(&self) -> Result<()> {
+        ensure(
+            is_word(&self.product),
+            "product",
+            NON_EMPTY_WORD,
+            &self.product,
+        )?;
+        ensure(
+            is_word(&self.target),
+            "target",
+            NON_EMPTY_WORD,
+            &self.target,
+        )?;
+        ensure(
+            is_safe_name(&self.channel),
+            "channel",
+            "a channel name usable as a file name",
+            &self.channel,
+        )?;
+        check_location("server", &self.server)?;
+        for (i, mirror) in self.mirrors.iter().enumerate() {
+            check_location(&format!("mirrors[{i}]"), mirror)?;
+        }
+        self.check_trust()?;
+        check_path("state_dir", &self.state_dir)?;
+        self.slots.validate()?;
+        if let Some(id) = &self.device_id {
+            ensure(is_word(id), "device_id", NON_EMPTY_WORD, id)?;
+        }
+        ensure(
+            self.trial.tries >= 1,
+            "trial.tries",
+            "at least 1",
+            self.trial.tries,
+        )?;
+        self.limits.validate()?;
+        self.poll.validate()?;
+        self.archive.validate()?;
+        if let Some(ca) = &self.ca_roots {
+            check_path("ca_roots", ca)?;
+        }
+        if let Some(proxy) = &self.proxy {
+            check_proxy(proxy)?;
+        }
+        Ok(())
+    }
+
+    fn check_trust(&self) -> Result<()> {
+        match &self.trust {
+            TrustConfig::Root(root) => check_path("trust.root", root),
+            TrustConfig::Keys { .. } => self.trust.key_set().map(drop),
+        }
+    }
+
+    /// The rollout identity: `device_id` from the config, else the contents of
+    /// [`MACHINE_ID_PATH`], read now (a config is often parsed before the system is up).
+    pub fn resolve_device_id(&self) -> Result<String> {
+        match &self.device_id {
+            Some(id) => Ok(id.clone()),
+            None => read_machine_id(Path::new(MACHINE_ID_PATH)),
+        }
+    }
+}
+
+/// Reads a machine id file such as `/etc/machine-id` (trimmed). An empty file or systemd's
+/// `uninitialized` placeholder is an error, since every such device would share one bucket.
+pub fn read_machine_id(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read device id", path, e))?;
+    let id = text.trim();
+    if id.is_empty() || id == "uninitialized" {
+        return Err(Error::config(format!(
+            "config field `device_id` is null and {}: expected a machine id, found {id:?}; set device_id in the config",
+            path.display()
+        )));
+    }
+    Ok(id.to_string())
+}
+
+impl SlotsConfig {
+    fn validate(&self) -> Result<()> {
+        match self {
+            SlotsConfig::Dir { root } => check_path("slots.root", root),
+            SlotsConfig::Image {
+                a,
+                b,
+                selector,
+                booted_from,
+            } => {
+                check_path("slots.a", a)?;
+                check_path("slots.b", b)?;
+                ensure(a != b, "slots.b", "a different device than slots.a", b)?;
+                selector.validate()?;
+                booted_from.as_ref().map_or(Ok(()), BootedFrom::validate)
+            }
+        }
+    }
+}
+
+impl SelectorConfig {
+    fn validate(&self) -> Result<()> {
+        match self {
+            SelectorConfig::Grub { env } => check_path("slots.selector.env", env),
+            SelectorConfig::Uboot { config } => check_path("slots.selector.config", config),
+            SelectorConfig::Custom {} => Ok(()),
+        }
+    }
+}
+
+impl BootedFrom {
+    fn validate(&self) -> Result<()> {
+        check_path("slots.booted_from.cmdline", &self.cmdline)?;
+        ensure(
+            is_word(&self.key),
+            "slots.booted_from.key",
+            NON_EMPTY_WORD,
+            &self.key,
+        )
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<()> {
+        ensure(
+            self.max_metadata_bytes >= 1,
+            "limits.max_metadata_bytes",
+            "at least 1",
+            self.max_metadata_bytes,
+        )?;
+        ensure(
+            self.connect_timeout_s >= 1,
+            "limits.connect_timeout_s",
+            "at least 1",
+            self.connect_timeout_s,
+        )?;
+        ensure(
+            self.read_timeout_s >= 1,
+            "limits.read_timeout_s",
+            "at least 1",
+            self.read_timeout_s,
+        )
+    }
+}
+
+impl Poll {
+    fn validate(&self) -> Result<()> {
+        ensure(
+            self.interval_s >= 1,
+            "poll.interval_s",
+            "at least 1",
+            self.interval_s,
+        )?;
+        ensure(
+            (0.0..1.0).contains(&self.jitter),
+            "poll.jitter",
+            "a fraction in [0, 1)",
+            self.jitter,
+        )
+    }
+}
+
+impl ArchiveLimits {
+    fn validate(&self) -> Result<()> {
+        let fields = [
+            ("archive.max_installed_bytes", self.max_installed_bytes),
+            ("archive.max_entries", self.max_entries),
+            ("archive.max_ratio", self.max_ratio),
+        ];
+        for (field, value) in fields {
+            ensure(value >= 1, field, "at least 1", value)?;
+        }
+        Ok(())
+    }
+}
+
+const NON_EMPTY_WORD: &str = "a non-empty string without spaces or control characters";
+
+fn is_word(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn ensure(ok: bool, field: &str, expected: &str, found: impl fmt::Debug) -> Result<()> {
+    if ok {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Config,
+        format!("config field `{field}`: expected {expected}, found {found:?}"),
+    ))
+}
+
+fn check_path(field: &str, path: &Path) -> Result<()> {
+    ensure(!path.as_os_str().is_empty(), field, "a path", path)
+}
+
+/// `server` and `mirrors`: an http(s):// URL with a host, a file:// URL, or a plain path.
+fn check_location(field: &str, s: &str) -> Result<()> {
+    const EXPECTED: &str = "an http://, https:// or file:// URL or a directory path";
+    let ok = match s.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => !rest.is_empty() && !rest.starts_with('/'),
+            "file" => !rest.is_empty(),
+            _ => false,
+        },
+        None => !s.trim().is_empty(),
+    };
+    ensure(ok, field, EXPECTED, s)
+}
+
+fn check_proxy(proxy: &str) -> Result<()> {
+    let ok = proxy.split_once("://").is_some_and(|(scheme, rest)| {
+        matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "http" | "https" | "socks4" | "socks4a" | "socks5"
+        ) && !rest.is_empty()
+    });
+    ensure(
+        ok,
+        "proxy",
+        "an http://, https://, socks4:// or socks5:// URL",
+        proxy,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn minimal() -> Value {
+        json!({
+            "product": "com.acme.gateway",
+            "server": "https://updates.acme.com/gateway/",
+            "target": "x86_64-linux",
+            "trust": {"root": "/etc/evergreen/root.json"},
+            "state_dir": "/var/lib/evergreen",
+            "slots": {"kind": "dir", "root": "/opt/gateway"}
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Config> {
+        Config::from_json(&v.to_string())
+    }
+
+    /// `minimal()` with `value` at the slash-separated `path` (objects made on the way),
+    /// or with the key removed when `value` is `None`.
+    fn with(path: &str, value: Option<Value>) -> Value {
+        let mut root = minimal();
+        let mut parts: Vec<&str> = path.split('/').collect();
+        let last = parts.pop().unwrap_or_default();
+        let mut node = &mut root;
+        for p in parts {
+            node = node
+                .as_object_mut()
+                .expect("test paths go through objects")
+                .entry(p)
+                .or_insert_with(|| json!({}));
+        }
+        let obj = node.as_object_mut().expect("test paths end in an object");
+        match value {
+            Some(v) => obj.insert(last.to_string(), v),
+            None => obj.remove(last),
+        };
+        root
+    }
+
+    fn key() -> String {
+        crate::trust::SecretKey::from_seed(&[7; 32])
+            .public()
+            .to_base64()
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(c.channel, "stable");
+        assert!(c.mirrors.is_empty());
+        assert_eq!(c.current_version, None);
+        assert_eq!(c.device_id, None);
+        assert_eq!(c.deploy, DeployPolicy::Immediate);
+        assert_eq!(c.trial.tries, 3);
+        assert!(!c.allow_downgrade);
+        assert_eq!(c.pin_version, None);
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_metadata_bytes: 1 << 20,
+                connect_timeout_s: 10,
+                read_timeout_s: 30,
+                min_speed_bytes_per_s: 1024,
+                retries: 3,
+                retry_backoff_ms: 1000,
+                speed_window_s: 30,
+            }
+        );
+        assert_eq!(
+            c.poll,
+            Poll {
+                interval_s: 21_600,
+                jitter: 0.25
+            }
+        );
+        assert!(!c.archive.allow_symlinks);
+        assert!(!c.follow_redirects);
+        assert_eq!((c.ca_roots, c.proxy), (None, None));
+    }
+
+    #[test]
+    fn partial_sections_keep_their_other_defaults() {
+        let c = parse(&with("limits/retries", Some(json!(7)))).unwrap();
+        assert_eq!(c.limits.retries, 7);
+        assert_eq!(c.limits.read_timeout_s, 30);
+    }
+
+    #[test]
+    fn firmware_slots_and_simple_trust_parse() {
+        let mut v = with(
+            "slots",
+            Some(
+                json!({"kind": "image", "a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3",
+                "selector": {"kind": "uboot", "config": "/etc/fw_env.config"},
+                "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot"}}),
+            ),
+        );
+        v["trust"] = json!({"keys": [key()], "threshold": 1});
+        v["deploy"] = json!({"policy": "at", "at": "2026-12-01T02:00:00Z"});
+        let c = parse(&v).unwrap();
+        assert!(matches!(
+            c.slots,
+            SlotsConfig::Image {
+                selector: SelectorConfig::Uboot { .. },
+                booted_from: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(c.trust.key_set().unwrap().unwrap().threshold(), 1);
+        for selector in [
+            json!({"kind": "grub", "env": "/boot/grub/grubenv"}),
+            json!({"kind": "custom"}),
+        ] {
+            v["slots"]["selector"] = selector;
+            assert!(parse(&v).is_ok(), "{}", v["slots"]);
+        }
+    }
+
+    #[test]
+    fn a_config_round_trips_through_json() {
+        let mut v = minimal();
+        v["trust"] = json!({"keys": [key()], "threshold": 1});
+        v["deploy"] = json!({"policy": "window",
+            "window": {"days": ["sat"], "start": "02:00", "end": "04:00", "utc_offset": "+01:00"}});
+        v["pin_version"] = json!("1.2.3-rc.1");
+        let c = parse(&v).unwrap();
+        let again = Config::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn each_bad_value_is_a_config_error_naming_the_field() {
+        let rows: Vec<(&str, Option<Value>, &str)> = vec![
+            ("product", None, "`product`"),
+            ("product", Some(json!("")), "`product`"),
+            ("target", Some(json!("x86 linux")), "`target`"),
+            ("chanel", Some(json!("beta")), "`chanel`"),
+            ("channel", Some(json!("../stable")), "`channel`"),
+            ("server", Some(json!("ftp://updates.acme.com/")), "`server`"),
+            ("server", Some(json!("https:///gateway")), "`server`"),
+            ("server", Some(json!("")), "`server`"),
+            (
+                "mirrors",
+                Some(json!(["https://a/", "gopher://b/"])),
+                "`mirrors[1]`",
+            ),
+            ("trust", Some(json!({})), "`trust`: expected"),
+            (
+                "trust",
+                Some(json!({"root": "/r.json", "threshold": 1})),
+                "`trust`",
+            ),
+            ("trust", Some(json!({"root": ""})), "`trust.root`"),
+            (
+                "trust",
+                Some(json!({"keys": [], "threshold": 1})),
+                "`trust.threshold`",
+            ),
+            (
+                "trust",
+                Some(json!({"keys": [key()], "threshold": 0})),
+                "`trust.threshold`",
+            ),
+            (
+                "trust",
+                Some(json!({"keys": [key(), key()], "threshold": 2})),
+                "`trust.threshold`",
+            ),
+            (
+                "trust",
+                Some(json!({"keys": ["bm90IGEga2V5"], "threshold": 1})),
+                "`trust.keys[0]`",
+            ),
+            ("state_dir", Some(json!("")), "`state_dir`"),
+            ("slots", Some(json!({"kind": "floppy"})), "floppy"),
+            (
+                "slots",
+                Some(json!({"kind": "dir", "root": ""})),
+                "`slots.root`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "dir", "root": "/x", "rooot": "/y"})),
+                "rooot",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/x",
+                "selector": {"kind": "custom"}})),
+                "`slots.b`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "grub"}})),
+                "`env`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "custom", "env": "/e"}})),
+                "env",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "custom"}, "booted_from": {"key": ""}})),
+                "`slots.booted_from.key`",
+            ),
+            ("device_id", Some(json!("")), "`device_id`"),
+            ("current_version", Some(json!("1.0")), "line 1"),
+            ("deploy", Some(json!({"policy": "weekly"})), "weekly"),
+            ("deploy", Some(json!({"policy": "window"})), "deploy"),
+            (
+                "deploy",
+                Some(json!({"policy": "window",
+                "window": {"start": "25:00", "end": "01:00"}})),
+                "HH:MM",
+            ),
+            ("trial/tries", Some(json!(0)), "`trial.tries`"),
+            (
+                "limits/max_metadata_bytes",
+                Some(json!(0)),
+                "`limits.max_metadata_bytes`",
+            ),
+            (
+                "limits/connect_timeout_s",
+                Some(json!(0)),
+                "`limits.connect_timeout_s`",
+            ),
+            (
+                "limits/read_timeout_s",
+                Some(json!(0)),
+                "`limits.read_timeout_s`",
+            ),
+            ("limits/retry", Some(json!(3)), "`retry`"),
+            ("poll/interval_s", Some(json!(0)), "`poll.interval_s`"),
+            ("poll/jitter", Some(json!(1.0)), "`poll.jitter`"),
+            ("poll/jitter", Some(json!(-0.1)), "`poll.jitter`"),
+            ("archive/max_ratio", Some(json!(0)), "`archive.max_ratio`"),
+            (
+                "archive/max_entries",
+                Some(json!(0)),
+                "`archive.max_entries`",
+            ),
+            ("ca_roots", Some(json!("")), "`ca_roots`"),
+            ("proxy", Some(json!("proxy.example:3128")), "`proxy`"),
+        ];
+        let mut failures = Vec::new();
+        for (path, value, names) in rows {
+            match parse(&with(path, value.clone())) {
+                Err(e) if e.kind() == ErrorKind::Config && e.to_string().contains(names) => {}
+                other => failures.push(format!(
+                    "{path} = {value:?}: expected a config error naming {names}, got {other:?}"
+                )),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn from_file_reads_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, minimal().to_string()).unwrap();
+        assert_eq!(
+            Config::from_file(&good).unwrap().product,
+            "com.acme.gateway"
+        );
+
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, with("trial/tries", Some(json!(0))).to_string()).unwrap();
+        let e = Config::from_file(&bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("bad.json"), "{e}");
+
+        let huge = dir.path().join("huge.json");
+        std::fs::write(&huge, vec![b' '; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        assert_eq!(
+            Config::from_file(&huge).unwrap_err().kind(),
+            ErrorKind::Config
+        );
+
+        let missing = dir.path().join("missing.json");
+        assert_eq!(
+            Config::from_file(&missing).unwrap_err().kind(),
+            ErrorKind::Io
+        );
+    }
+
+    #[test]
+    fn device_id_comes_from_the_config_or_the_machine_id_file() {
+        let c = parse(&with("device_id", Some(json!("dev-42")))).unwrap();
+        assert_eq!(c.resolve_device_id().unwrap(), "dev-42");
+
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("machine-id");
+        std::fs::write(&id, "0123456789abcdef\n").unwrap();
+        assert_eq!(read_machine_id(&id).unwrap(), "0123456789abcdef");
+        std::fs::write(&id, "uninitialized\n").unwrap();
+        assert_eq!(read_machine_id(&id).unwrap_err().kind(), ErrorKind::Config);
+        let absent = dir.path().join("absent");
+        assert_eq!(read_machine_id(&absent).unwrap_err().kind(), ErrorKind::Io);
+    }
+}

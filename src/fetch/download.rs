@@ -1,0 +1,505 @@
+//! Resumable, size-capped, hash-verified downloads of content-addressed blobs.
+//!
+//! The calling thread reads the network (it also runs the progress callback and sees the
+//! cancel token); a second thread writes and hashes, so hashing overlaps receiving.
+//! They pass a fixed pool of 64 KiB buffers back and forth over bounded channels, so
+//! memory stays flat whatever the blob's size.
+
+use super::{
+    read_error, status_failure, too_large, CancelToken, Failure, FetchOptions, Fetcher, Request,
+    Response,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::trust::hex;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+/// Size of one read from the network, one write and one hash update.
+const CHUNK: usize = 64 * 1024;
+/// Chunks that may wait for the hasher; the pool holds one more for the reader.
+const IN_FLIGHT: usize = 4;
+
+pub(super) fn download(
+    fetcher: &Fetcher,
+    spec: &super::BlobSpec,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: &CancelToken,
+) -> Result<PathBuf> {
+    check_sha256(&spec.sha256)?;
+    fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    let done_path = dir.join(&spec.sha256);
+    if is_complete(&done_path, spec)? {
+        return Ok(done_path);
+    }
+    let urls = match &spec.url {
+        Some(url) => vec![url.clone()],
+        None => fetcher.urls(&format!("blobs/sha256/{}", spec.sha256))?,
+    };
+    let target = Target {
+        spec,
+        part_path: dir.join(format!("{}.part", spec.sha256)),
+        done_path: done_path.clone(),
+    };
+    fetcher.with_retries(&urls, cancel, |url| {
+        target.attempt(fetcher, url, progress, cancel)
+    })?;
+    Ok(done_path)
+}
+
+/// The hash names a file in the download directory, so it must be exactly a hash.
+fn check_sha256(sha256: &str) -> Result<()> {
+    let is_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    if sha256.len() == 64 && sha256.bytes().all(|b| is_hex(&b)) {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "expected a lowercase hex SHA-256 (64 characters), found {sha256:?}"
+        )))
+    }
+}
+
+/// Whether a verified blob is already there; a wrong one is deleted.
+fn is_complete(path: &Path, spec: &super::BlobSpec) -> Result<bool> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let (hasher, len) = hash_to_end(&mut file).map_err(|e| Error::io("hashing", path, e))?;
+    drop(file);
+    if len == spec.size && hex(&hasher.finalize()) == spec.sha256 {
+        return Ok(true);
+    }
+    fs::remove_file(path).map_err(|e| Error::io("removing corrupt", path, e))?;
+    Ok(false)
+}
+
+fn hash_to_end(file: &mut File) -> io::Result<(Sha256, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; CHUNK];
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((hasher, len)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Target<'a> {
+    spec: &'a super::BlobSpec,
+    part_path: PathBuf,
+    done_path: PathBuf,
+}
+
+impl Target<'_> {
+    /// One try against one URL: resume or start the `.part`, stream, verify, rename.
+    fn attempt(
+        &self,
+        fetcher: &Fetcher,
+        url: &str,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+    ) -> Result<(), Failure> {
+        let size = self.spec.size;
+        let mut part = Part::open(&self.part_path, size)?;
+        if part.len < size {
+            let request = Request {
+                range_from: (part.len > 0).then_some(part.len),
+                if_none_match: None,
+            };
+            let response = fetcher.get(url, &request)?;
+            self.accept(url, &response, &mut part)?;
+            let stream = Stream {
+                fetcher,
+                url,
+                total: size,
+                progress,
+                cancel,
+            };
+            part = stream.pump(response.body, part).inspect_err(|e| {
+                if e.kind() == ErrorKind::TooLarge {
+                    // Bytes from a server that sends more than declared are not trusted.
+                    let _ = fs::remove_file(&self.part_path);
+                }
+            })?;
+        }
+        Ok(part.finish(&self.spec.sha256, &self.done_path, url)?)
+    }
+
+    /// Decides from the status what the body continues, or refuses it.
+    fn accept(&self, url: &str, response: &Response, part: &mut Part) -> Result<(), Failure> {
+        match response.status {
+            200 => part.restart()?,
+            206 => {
+                if let Err(e) = check_content_range(url, response, part.len, self.spec.size) {
+                    // Restart cleanly next time rather than trust this server's offsets.
+                    part.restart()?;
+                    return Err(Failure::retry(e));
+                }
+            }
+            _ => return Err(status_failure(url, response)),
+        }
+        let remaining = self.spec.size - part.len;
+        match response.content_length.filter(|len| *len > remaining) {
+            Some(len) => Err(too_large(url, remaining, &format!("{len} bytes declared")).into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Only a 206 continuing exactly where the `.part` ends, with the expected total, may be
+/// appended to it.
+fn check_content_range(url: &str, response: &Response, from: u64, size: u64) -> Result<()> {
+    let expected = format!("bytes {from}-{}/{size}", size.saturating_sub(1));
+    let found = response.content_range.as_deref().map(str::trim);
+    if found == Some(expected.as_str()) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::HttpStatus,
+        format!(
+            "GET {url}: expected 206 with Content-Range {expected:?}, found {}",
+            found.map_or("no Content-Range".to_owned(), |f| format!("{f:?}"))
+        ),
+    ))
+}
+
+/// The `.part` file, its length and the hash of its bytes so far.
+struct Part {
+    path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Part {
+    /// Opens (or creates) the `.part` and re-hashes what it holds, positioned at its end.
+    fn open(path: &Path, size: u64) -> Result<Part> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io("opening", path, e))?;
+        let (hasher, len) = hash_to_end(&mut file).map_err(|e| Error::io("hashing", path, e))?;
+        let mut part = Part {
+            path: path.to_owned(),
+            file,
+            hasher,
+            len,
+        };
+        if len > size {
+            part.restart()?;
+        }
+        Ok(part)
+    }
+
+    fn restart(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.seek(SeekFrom::Start(0)))
+            .map_err(|e| Error::io("truncating", &self.path, e))?;
+        self.hasher = Sha256::new();
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Verifies the hash, then makes the file durable under its final name; a wrong
+    /// file is deleted.
+    fn finish(self, sha256: &str, done_path: &Path, url: &str) -> Result<()> {
+        let found = hex(&self.hasher.finalize());
+        if found != sha256 {
+            drop(self.file);
+            let _ = fs::remove_file(&self.path);
+            return Err(Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "{url}: expected sha256 {sha256}, found {found} ({} bytes)",
+                    self.len
+                ),
+            ));
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("syncing", &self.path, e))?;
+        drop(self.file);
+        fs::rename(&self.path, done_path).map_err(|e| Error::io("renaming", &self.path, e))?;
+        sync_parent(done_path)
+    }
+}
+
+/// Makes a rename durable (a no-op where directories cannot be opened).
+fn sync_parent(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("syncing directory", dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// One response body being received into a [`Part`].
+struct Stream<'a, 'p> {
+    fetcher: &'a Fetcher,
+    url: &'a str,
+    total: u64,
+    progress: &'p mut dyn FnMut(u64, u64),
+    cancel: &'a CancelToken,
+}
+
+/// What the writer thread gives back: the file, the hash state, the bytes it wrote and
+/// whether writing failed.
+type Written = (File, Sha256, u64, io::Result<()>);
+
+impl Stream<'_, '_> {
+    /// Receives the rest of the blob, writing and hashing on another thread; returns the
+    /// `.part` grown by what arrived.
+    fn pump(mut self, mut body: Box<dyn Read + Send>, part: Part) -> Result<Part> {
+        let Part {
+            path,
+            file,
+            hasher,
+            len: start,
+        } = part;
+        let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 1);
+        for _ in 0..=IN_FLIGHT {
+            // Cannot fail: the channel has room for the whole pool.
+            let _ = free_tx.send(vec![0; CHUNK]);
+        }
+        let (received, written) = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || write_and_hash(file, hasher, full_rx, free_tx));
+            let received = self.receive(&mut *body, start, &full_tx, &free_rx);
+            drop(full_tx);
+            (received, writer.join())
+        });
+        let Ok((file, hasher, wrote, write_result)) = written else {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("writing {}: the hashing thread panicked", path.display()),
+            ));
+        };
+        write_result.map_err(|e| Error::io("writing", &path, e))?;
+        received?;
+        Ok(Part {
+            path,
+            file,
+            hasher,
+            len: start + wrote,
+        })
+    }
+
+    /// The reader's side: never asks for more than the declared size, then checks that
+    /// the body really ends there. Stops early (with `Ok`) if the writer failed; the
+    /// writer's error is reported instead.
+    fn receive(
+        &mut self,
+        body: &mut dyn Read,
+        start: u64,
+        full: &SyncSender<(Vec<u8>, usize)>,
+        free: &Receiver<Vec<u8>>,
+    ) -> Result<()> {
+        let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
+        let mut done = start;
+        while done < self.total {
+            self.cancel.check()?;
+            let Ok(mut buf) = free.recv() else {
+                return Ok(());
+            };
+            let want = (self.total - done).min(CHUNK as u64) as usize;
+            let n = read_some(body, &mut buf[..want]).map_err(|e| read_error(self.url, done, e))?;
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::Network,
+                    format!(
+                        "GET {}: expected {} bytes, found the body ended after {done}",
+                        self.url, self.total
+                    ),
+                ));
+            }
+            self.fetcher.count_received(n);
+            if full.send((buf, n)).is_err() {
+                return Ok(());
+            }
+            done += n as u64;
+            (self.progress)(done, self.total);
+            meter.check(Instant::now(), done - start, self.url)?;
+        }
+        self.check_body_ends(body)
+    }
+
+    /// A body longer than the declared size is refused, without keeping the excess.
+    fn check_body_ends(&self, body: &mut dyn Read) -> Result<()> {
+        let mut probe = [0u8; 1];
+        match read_some(body, &mut probe) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(too_large(self.url, self.total, "more bytes in the body")),
+            // Every declared byte has arrived and the hash will judge them; a connection
+            // that breaks after them changes nothing.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+fn read_some(body: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match body.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// The writer thread: appends each chunk, hashes it and hands the buffer back.
+fn write_and_hash(
+    mut file: File,
+    mut hasher: Sha256,
+    full: Receiver<(Vec<u8>, usize)>,
+    free: SyncSender<Vec<u8>>,
+) -> Written {
+    let mut wrote = 0;
+    for (buf, n) in full.iter() {
+        if let Err(e) = file.write_all(&buf[..n]) {
+            return (file, hasher, wrote, Err(e));
+        }
+        hasher.update(&buf[..n]);
+        wrote += n as u64;
+        // The reader may have stopped; the buffer is then simply freed.
+        let _ = free.send(buf);
+    }
+    (file, hasher, wrote, Ok(()))
+}
+
+/// The average speed over a sliding window, checked once the transfer is a window old.
+struct SpeedMeter {
+    min: u64,
+    window: Duration,
+    started: Instant,
+    /// (when, bytes so far), at least `window / 8` apart, the oldest at least a window
+    /// old once there is such a sample: at most about ten entries.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl SpeedMeter {
+    fn new(options: &FetchOptions, now: Instant) -> SpeedMeter {
+        SpeedMeter {
+            min: options.min_speed_bytes_per_s,
+            window: options.speed_window,
+            started: now,
+            samples: VecDeque::from([(now, 0)]),
+        }
+    }
+
+    fn check(&mut self, now: Instant, bytes: u64, url: &str) -> Result<()> {
+        if self.min == 0 || self.window.is_zero() {
+            return Ok(());
+        }
+        if let Some(horizon) = now.checked_sub(self.window) {
+            while self.samples.len() > 1 && self.samples[1].0 <= horizon {
+                self.samples.pop_front();
+            }
+        }
+        let Some(&(since, base)) = self.samples.front() else {
+            return Ok(());
+        };
+        if now.duration_since(self.started) >= self.window {
+            let elapsed = now.duration_since(since).as_secs_f64();
+            let speed = (bytes - base) as f64 / elapsed;
+            if speed < self.min as f64 {
+                return Err(Error::new(
+                    ErrorKind::SlowRetrieval,
+                    format!(
+                        "GET {url}: expected at least {} bytes/s, found {speed:.0} bytes/s \
+                         ({} bytes in the last {elapsed:.1} s)",
+                        self.min,
+                        bytes - base
+                    ),
+                ));
+            }
+        }
+        if self
+            .samples
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= self.window / 8)
+        {
+            self.samples.push_back((now, bytes));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter(min: u64, window_ms: u64, now: Instant) -> SpeedMeter {
+        let options = FetchOptions {
+            min_speed_bytes_per_s: min,
+            speed_window: Duration::from_millis(window_ms),
+            ..FetchOptions::default()
+        };
+        SpeedMeter::new(&options, now)
+    }
+
+    #[test]
+    fn slow_start_is_forgiven_during_the_grace_period() {
+        let t0 = Instant::now();
+        let mut m = meter(1000, 1000, t0);
+        assert!(m.check(t0 + Duration::from_millis(900), 1, "u").is_ok());
+    }
+
+    #[test]
+    fn trickle_fails_after_the_window() {
+        let t0 = Instant::now();
+        let mut m = meter(1000, 1000, t0);
+        for i in 1..10 {
+            assert!(m.check(t0 + Duration::from_millis(i * 100), i, "u").is_ok());
+        }
+        let err = m
+            .check(t0 + Duration::from_millis(1000), 10, "u")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SlowRetrieval);
+    }
+
+    #[test]
+    fn window_slides_so_an_early_burst_does_not_hide_a_stall() {
+        let t0 = Instant::now();
+        let mut m = meter(1000, 1000, t0);
+        assert!(m
+            .check(t0 + Duration::from_millis(200), 1_000_000, "u")
+            .is_ok());
+        let mut t = 200;
+        let mut outcome = Ok(());
+        while t < 5000 && outcome.is_ok() {
+            t += 100;
+            outcome = m.check(t0 + Duration::from_millis(t), 1_000_000 + t / 10, "u");
+        }
+        assert_eq!(outcome.unwrap_err().kind(), ErrorKind::SlowRetrieval);
+        assert!(t <= 1400, "stall noticed only at {t} ms");
+        assert!(m.samples.len() <= 10);
+    }
+
+    #[test]
+    fn hash_must_be_lowercase_hex() {
+        assert!(check_sha256(&"a".repeat(64)).is_ok());
+        for bad in ["../etc/passwd", &"A".repeat(64), &"a".repeat(63)] {
+            assert_eq!(check_sha256(bad).unwrap_err().kind(), ErrorKind::Config);
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! Getting metadata and artifacts from the server and its mirrors (DESIGN §5.4).
+//!
+//! A [`Fetcher`] knows a list of *bases* (the server, then each mirror: `http(s)://`
+//! URLs, `file://` URLs or plain directories) and picks a [`Transport`] per URL. It
+//! fetches small signed documents with [`Fetcher::metadata`] (size-capped, with
+//! `If-None-Match`) and artifacts with [`Fetcher::download`] (resumable, size-capped,
+//! SHA-256 verified while streaming). It knows nothing of manifests or slots.
+//!
+//! ```
+//! use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher};
+//! # let tmp = std::env::temp_dir().join(format!("evg-fetch-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(tmp.join("repo/blobs/sha256")).unwrap();
+//! let blob = b"firmware bytes";
+//! let sha256 = evergreen::trust::sha256_hex(blob);
+//! std::fs::write(tmp.join("repo/blobs/sha256").join(&sha256), blob).unwrap();
+//!
+//! // A plain directory works as a base, e.g. a mounted USB stick.
+//! let repo = tmp.join("repo").display().to_string();
+//! let fetcher = Fetcher::new(vec![repo], FetchOptions::default())?;
+//! let spec = BlobSpec { sha256: sha256.clone(), size: blob.len() as u64, url: None };
+//! let path = fetcher.download(&spec, &tmp.join("downloads"), &mut |_, _| {}, &CancelToken::new())?;
+//! assert_eq!(std::fs::read(&path).unwrap(), blob);
+//! assert!(path.ends_with(&sha256));
+//! # std::fs::remove_dir_all(&tmp).unwrap();
+//! # Ok::<(), evergreen::Error>(())
+//! ```
+
+mod download;
+#[cfg(feature = "http")]
+mod http;
+mod transport;
+
+#[cfg(feature = "http")]
+pub use http::HttpTransport;
+pub use transport::{FileTransport, Request, Response, Transport};
+
+use crate::error::{Error, ErrorKind, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and network settings of a [`Fetcher`]. The defaults are DESIGN §7.1's `limits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Bound on setting up a connection (TCP and TLS). Zero means no bound. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for the response headers and on each read of the body (an idle
+    /// timeout, not a bound on the whole transfer). Zero means no bound. Default 30 s.
+    pub read_timeout: Duration,
+    /// The slowest average speed accepted, over [`speed_window`](Self::speed_window).
+    /// Zero disables the check. Default 1024 B/s.
+    pub min_speed_bytes_per_s: u64,
+    /// The sliding window over which the speed is averaged. It is also the grace period:
+    /// nothing is checked until a transfer has run this long. So a trickling server fails
+    /// within `speed_window + read_timeout` per attempt. Default 30 s.
+    pub speed_window: Duration,
+    /// How many more rounds through the server and the mirrors after the first one.
+    /// Default 3.
+    pub retries: u32,
+    /// The wait before retry round `n` (from 0) is `retry_backoff * 2^n`. Default 1 s.
+    pub retry_backoff: Duration,
+    /// Follow HTTP redirects (up to 5). Off by default: a redirect is then an
+    /// [`ErrorKind::HttpStatus`] error naming the `Location`.
+    pub follow_redirects: bool,
+    /// A PEM file of root certificates to trust for HTTPS *instead of* the built-in Mozilla
+    /// roots (for a private CA). Needs the `tls` feature.
+    pub ca_roots: Option<PathBuf>,
+    /// An HTTP(S) or SOCKS proxy URL. `None` takes `ALL_PROXY` / `HTTPS_PROXY` /
+    /// `HTTP_PROXY` and `NO_PROXY` from the environment.
+    pub proxy: Option<String>,
+}
+
+impl Default for FetchOptions {
+    fn default() -> FetchOptions {
+        FetchOptions {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            min_speed_bytes_per_s: 1024,
+            speed_window: Duration::from_secs(30),
+            retries: 3,
+            retry_backoff: Duration::from_secs(1),
+            follow_redirects: false,
+            ca_roots: None,
+            proxy: None,
+        }
+    }
+}
+
+/// A flag the host sets to stop a download between chunks; clones share the flag, so one
+/// can be handed to another thread (or a C progress callback) to cancel.
+///
+/// ```
+/// let token = evergreen::fetch::CancelToken::new();
+/// let other = token.clone();
+/// other.cancel();
+/// assert!(token.is_cancelled());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Asks every holder of this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called on this token or a clone.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::new(
+                ErrorKind::Cancelled,
+                "expected to continue, found the operation cancelled by the host",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The result of [`Fetcher::metadata`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Metadata {
+    /// The server answered 304: the document still has the entity tag we sent.
+    NotModified,
+    /// The document, with its entity tag for the next poll.
+    Fetched {
+        /// The document's bytes, at most `max_bytes`.
+        bytes: Vec<u8>,
+        /// The `ETag` to send next time.
+        etag: Option<String>,
+    },
+}
+
+/// What to download: a content-addressed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobSpec {
+    /// Lowercase hex SHA-256 of the blob; also its file name.
+    pub sha256: String,
+    /// The exact size in bytes; nothing more is ever read.
+    pub size: u64,
+    /// An absolute URL that replaces `<base>/blobs/sha256/<sha256>` on every base.
+    pub url: Option<String>,
+}
+
+/// Counters of what a [`Fetcher`] did, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Requests started (one per transport `get`).
+    pub requests: u64,
+    /// Body bytes received, over all requests.
+    pub bytes_received: u64,
+}
+
+/// Fetches metadata and artifacts from a server and its mirrors, with retries, limits and
+/// verification. See the [module documentation](self).
+pub struct Fetcher {
+    bases: Vec<String>,
+    options: FetchOptions,
+    custom: Option<Box<dyn Transport>>,
+    #[cfg(feature = "http")]
+    http: Option<HttpTransport>,
+    requests: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("bases", &self.bases)
+            .field("options", &self.options)
+            .field("custom_transport", &self.custom.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// A fetcher over `bases` (the server first, then the mirrors), choosing HTTP(S) or
+    /// files per URL. Fails with [`ErrorKind::Config`] when `bases` is empty, a base is
+    /// `http(s)://` in a build without the `http` feature, or the options are unusable.
+    pub fn new(bases: Vec<String>, options: FetchOptions) -> Result<Fetcher> {
+        check_bases(&bases)?;
+        #[cfg(not(feature = "http"))]
+        if let Some(base) = bases.iter().find(|b| is_http(b)) {
+            return Err(Error::config(format!(
+                "expected a file:// URL or a directory, found {base} (this build has no HTTP)"
+            )));
+        }
+        Ok(Fetcher {
+            #[cfg(feature = "http")]
+            http: Some(HttpTransport::new(&options)?),
+            bases,
+            options,
+            custom: None,
+            requests: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+        })
+    }
+
+    /// A fetcher that sends every request, whatever its scheme, through the host's
+    /// `transport`. Retries, limits and verification are the same as with [`Fetcher::new`].
+    pub fn with_transport(
+        bases: Vec<String>,
+        options: FetchOptions,
+        transport: Box<dyn Transport>,
+    ) -> Fetcher {
+        Fetcher {
+            #[cfg(feature = "http")]
+            http: None,
+            bases,
+            options,
+            custom: Some(transport),
+            requests: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+        }
+    }
+
+    /// Fetches a small signed document (root, manifest) at `<base>/<path>`.
+    ///
+    /// With `etag`, sends `If-None-Match` and returns [`Metadata::NotModified`] on 304.
+    /// Never reads more than `max_bytes` ([`ErrorKind::TooLarge`]). A 404 on every base
+    /// is [`ErrorKind::NotFound`]; 5xx and network errors are retried as for downloads.
+    pub fn metadata(&self, path: &str, etag: Option<&str>, max_bytes: u64) -> Result<Metadata> {
+        let urls = self.urls(path)?;
+        let request = Request {
+            range_from: None,
+            if_none_match: etag.map(str::to_owned),
+        };
+        self.with_retries(&urls, &CancelToken::new(), |url| {
+            let response = self.get(url, &request)?;
+            match response.status {
+                304 => Ok(Metadata::NotModified),
+                200 => Ok(Metadata::Fetched {
+                    etag: response.etag.clone(),
+                    bytes: self.read_capped(url, response, max_bytes)?,
+                }),
+                _ => Err(status_failure(url, &response)),
+            }
+        })
+    }
+
+    /// Downloads a blob into `dir` and returns the path of the complete, verified file
+    /// `<dir>/<sha256>`.
+    ///
+    /// The bytes go to `<dir>/<sha256>.part`, hashed on a separate thread while they
+    /// arrive; on a hash match the file is fsynced and renamed. A verified `<sha256>`
+    /// already in `dir` is returned without any request; a `.part` is resumed with
+    /// `Range`. `progress(done, total)` is called between chunks and `cancel` checked
+    /// there: cancelling keeps the `.part` for a later call. Errors: see DESIGN §5.4 and
+    /// §10 (`not_found`, `http_status`, `network`, `timeout`, `slow_retrieval`,
+    /// `too_large`, `hash_mismatch`, `cancelled`, `io`, `config` for a malformed hash).
+    pub fn download(
+        &self,
+        spec: &BlobSpec,
+        dir: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+    ) -> Result<PathBuf> {
+        download::download(self, spec, dir, progress, cancel)
+    }
+
+    /// What this fetcher has done so far.
+    pub fn stats(&self) -> FetchStats {
+        FetchStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    fn urls(&self, path: &str) -> Result<Vec<String>> {
+        check_bases(&self.bases)?;
+        Ok(self.bases.iter().map(|b| join(b, path)).collect())
+    }
+
+    fn transport(&self, url: &str) -> Result<&dyn Transport> {
+        if let Some(custom) = &self.custom {
+            return Ok(custom.as_ref());
+        }
+        if !is_http(url) {
+            return Ok(&FileTransport);
+        }
+        #[cfg(feature = "http")]
+        if let Some(http) = &self.http {
+            return Ok(http);
+        }
+        Err(Error::config(format!(
+            "expected a file:// URL or a path, found {url} (this build has no HTTP)"
+        )))
+    }
+
+    fn get(&self, url: &str, request: &Request) -> Result<Response> {
+        let transport = self.transport(url)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        transport.get(url, request)
+    }
+
+    fn count_received(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn read_capped(&self, url: &str, response: Response, max_bytes: u64) -> Result<Vec<u8>> {
+        if let Some(len) = response.content_length.filter(|len| *len > max_bytes) {
+            return Err(too_large(url, max_bytes, &format!("{len} bytes declared")));
+        }
+        let mut bytes = Vec::new();
+        let read = response
+            .body
+            .take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes);
+        self.count_received(bytes.len());
+        read.map_err(|e| read_error(url, bytes.len() as u64, e))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(too_large(url, max_bytes, "more"));
+        }
+        Ok(bytes)
+    }
+
+    /// Runs `attempt` on each URL in turn, for `1 + retries` rounds with exponential
+    /// backoff between rounds, dropping a URL for good once it failed in a way a retry
+    /// cannot fix (404, wrong hash, too large, other 4xx).
+    fn with_retries<T>(
+        &self,
+        urls: &[String],
+        cancel: &CancelToken,
+        mut attempt: impl FnMut(&str) -> Result<T, Failure>,
+    ) -> Result<T> {
+        let mut live = vec![true; urls.len()];
+        let mut only_not_found = true;
+        let mut last = None;
+        for round in 0..=self.options.retries {
+            if round > 0 {
+                self.back_off(round - 1, cancel)?;
+            }
+            for (url, live) in urls.iter().zip(live.iter_mut()).filter(|(_, l)| **l) {
+                cancel.check()?;
+                let failure = match attempt(url) {
+                    Ok(value) => return Ok(value),
+                    Err(failure) => failure,
+                };
+                match failure.then {
+                    Then::Stop => return Err(failure.error),
+                    Then::NextBase => *live = false,
+                    Then::Retry => {}
+                }
+                only_not_found &= failure.error.kind() == ErrorKind::NotFound;
+                last = Some(failure.error);
+            }
+            if !live.contains(&true) {
+                break;
+            }
+        }
+        match last {
+            Some(_) if only_not_found => Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "expected the file on one of {}, found it on none",
+                    urls.join(", ")
+                ),
+            )),
+            Some(error) => Err(error),
+            None => Err(Error::config(
+                "expected at least one URL to fetch, found none",
+            )),
+        }
+    }
+
+    /// Sleeps `retry_backoff * 2^n` in short steps, so a cancel is seen promptly.
+    fn back_off(&self, n: u32, cancel: &CancelToken) -> Result<()> {
+        const STEP: Duration = Duration::from_millis(50);
+        let mut left = self.options.retry_backoff.saturating_mul(1 << n.min(16));
+        while !left.is_zero() {
+            cancel.check()?;
+            let step = left.min(STEP);
+            std::thread::sleep(step);
+            left -= step;
+        }
+        Ok(())
+    }
+}
+
+/// What the retry loop does after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Try the next base now and this one again next round (5xx, network, timeouts).
+    Retry,
+    /// This base cannot serve it; go on with the others.
+    NextBase,
+    /// Give up at once (cancelled, local I/O, configuration).
+    Stop,
+}
+
+struct Failure {
+    error: Error,
+    then: Then,
+}
+
+impl Failure {
+    fn retry(error: Error) -> Failure {
+        Failure {
+            error,
+            then: Then::Retry,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        let then = match error.kind() {
+            ErrorKind::Network | ErrorKind::Timeout | ErrorKind::SlowRetrieval => Then::Retry,
+            ErrorKind::NotFound
+            | ErrorKind::HttpStatus
+            | ErrorKind::TooLarge
+            | ErrorKind::HashMismatch => Then::NextBase,
+            _ => Then::Stop,
+        };
+        Failure { error, then }
+    }
+}
+
+/// The failure for a status the caller did not ask for.
+fn status_failure(url: &str, response: &Response) -> Failure {
+    let status = response.status;
+    if status == 404 {
+        return Error::new(
+            ErrorKind::NotFound,
+            format!("GET {url}: expected 200, found 404 Not Found"),
+        )
+        .into();
+    }
+    let mut message = format!("GET {url}: expected 200, found HTTP status {status}");
+    if let Some(location) = &response.location {
+        message.push_str(&format!(
+            " redirecting to {location} (redirects are not followed)"
+        ));
+    }
+    let error = Error::new(ErrorKind::HttpStatus, message);
+    if status >= 500 {
+        Failure::retry(error)
+    } else {
+        error.into()
+    }
+}
+
+fn too_large(url: &str, max: u64, found: &str) -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        format!("GET {url}: expected at most {max} bytes, found {found}"),
+    )
+}
+
+/// A body read error: a stall is a timeout, anything else a broken connection.
+fn read_error(url: &str, done: u64, err: std::io::Error) -> Error {
+    let kind = match err.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+        _ => ErrorKind::Network,
+    };
+    let message = format!("GET {url}: expected more of the body after {done} bytes, found {err}");
+    Error::new(kind, message).with_source(err)
+}
+
+fn check_bases(bases: &[String]) -> Result<()> {
+    if bases.is_empty() {
+        return Err(Error::config(
+            "expected at least one server or mirror base, found none",
+        ));
+    }
+    Ok(())
+}
+
+fn is_http(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// `base` + `/` + `path`, with exactly one slash between them.
+fn join(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_puts_one_slash() {
+        assert_eq!(join("http://h/r/", "/blobs/x"), "http://h/r/blobs/x");
+        assert_eq!(
+            join("/mnt/usb", "channels/stable.json"),
+            "/mnt/usb/channels/stable.json"
+        );
+    }
+
+    #[test]
+    fn no_bases_is_a_config_error() {
+        let err = Fetcher::new(vec![], FetchOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert!(is_http("HTTPS://x"));
+        assert!(!is_http("file:///x"));
+        assert!(!is_http("/srv/http://"));
+    }
+}

@@ -1,0 +1,1191 @@
+//! The operator side: make and maintain a signed update repository (DESIGN §4).
+//!
+//! A [`Repo`] is a directory of static files — `root/N.json`, `channels/<name>.json` and
+//! `blobs/sha256/<hex>` — that any HTTP server can serve. Every change re-reads and
+//! verifies what it modifies (nothing unverified is ever re-signed), checks that the given
+//! secret keys meet the role's threshold before anything is written, and writes each file
+//! atomically.
+//!
+//! ```
+//! use evergreen::manifest::ArtifactKind;
+//! use evergreen::publish::{ReleaseOptions, Repo};
+//! use evergreen::trust::{KeySet, SecretKey};
+//! use evergreen::Timestamp;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let key = SecretKey::generate().unwrap();
+//! let keys = KeySet::new(vec![key.public()], 1).unwrap();
+//! let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+//! let repo = Repo::init(dir.path().join("repo"), "com.acme.app", &keys, &keys, &[&key], 365, now).unwrap();
+//!
+//! let app = dir.path().join("app.bin");
+//! std::fs::write(&app, b"the program").unwrap();
+//! let version = "1.0.0".parse().unwrap();
+//! let manifest = repo
+//!     .release("stable", &version, "x86_64-linux", &[("app", app.as_path(), ArtifactKind::File)],
+//!              &ReleaseOptions::new(now), &[&key])
+//!     .unwrap();
+//! assert_eq!(manifest.sequence, 1);
+//! assert_eq!(repo.verify(now).unwrap().channels[0].versions, [version]);
+//! ```
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil;
+use crate::manifest::{
+    self, Artifact, ArtifactKind, Component, Expect, Freshness, Manifest, Release, Rollout,
+    RolloutStage, TargetRelease, DEFAULT_MAX_METADATA_BYTES,
+};
+use crate::time::Timestamp;
+use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, TrustedRoot};
+use semver::Version;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// How long a channel manifest stays valid when no expiry is given: clients refuse it
+/// afterwards, so an operator must re-sign (`resign`) at least this often.
+pub const DEFAULT_MANIFEST_DAYS: u32 = 30;
+/// How long a root stays valid when no expiry is given.
+pub const DEFAULT_ROOT_DAYS: u32 = 365;
+
+/// A signed update repository on disk.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+/// What a release carries besides its components.
+#[derive(Debug, Clone)]
+pub struct ReleaseOptions {
+    /// Release notes shown to users.
+    pub notes: String,
+    /// Start a staged rollout at this percentage (none: everyone at once).
+    pub rollout_percent: Option<f64>,
+    /// A forced update.
+    pub critical: bool,
+    /// Devices below this version must take a stepping stone first.
+    pub min_version: Option<Version>,
+    /// The anti-rollback counter of this release.
+    pub security_version: u64,
+    /// Validity of the re-signed manifest (default [`DEFAULT_MANIFEST_DAYS`]).
+    pub expires_in_days: Option<u32>,
+    /// The time of publication (issued, published, the first rollout stage).
+    pub now: Timestamp,
+}
+
+impl ReleaseOptions {
+    /// Defaults: no notes, no rollout, not critical, security version 0, 30 days.
+    pub fn new(now: Timestamp) -> ReleaseOptions {
+        ReleaseOptions {
+            notes: String::new(),
+            rollout_percent: None,
+            critical: false,
+            min_version: None,
+            security_version: 0,
+            expires_in_days: None,
+            now,
+        }
+    }
+}
+
+/// What a key rotation changes; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct RotateOptions {
+    /// The new root keys.
+    pub root_keys: Option<Vec<PublicKey>>,
+    /// The new root threshold.
+    pub root_threshold: Option<usize>,
+    /// The new manifest keys.
+    pub manifest_keys: Option<Vec<PublicKey>>,
+    /// The new manifest threshold.
+    pub manifest_threshold: Option<usize>,
+    /// Validity of the new root (default [`DEFAULT_ROOT_DAYS`]).
+    pub expires_in_days: Option<u32>,
+}
+
+/// The result of [`Repo::verify`].
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Product id.
+    pub product: String,
+    /// Version of the newest root.
+    pub root_version: u64,
+    /// When the newest root expires.
+    pub root_expires: Timestamp,
+    /// Every channel, by name.
+    pub channels: Vec<ChannelSummary>,
+}
+
+/// One verified channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelSummary {
+    /// Channel name.
+    pub channel: String,
+    /// Its manifest's sequence.
+    pub sequence: u64,
+    /// When its manifest expires.
+    pub expires: Timestamp,
+    /// The versions it offers.
+    pub versions: Vec<Version>,
+    /// How many artifact references were checked against their blobs.
+    pub blobs_checked: usize,
+}
+
+impl Repo {
+    /// Creates a repository at `root`: `root/1.json` signed by `signers` (a threshold of
+    /// `root_keys` must be among them, checked before anything is written), and empty
+    /// `channels/` and `blobs/sha256/`.
+    pub fn init(
+        root: impl AsRef<Path>,
+        product: &str,
+        root_keys: &KeySet,
+        manifest_keys: &KeySet,
+        signers: &[&SecretKey],
+        expires_in_days: u32,
+        now: Timestamp,
+    ) -> Result<Repo> {
+        let repo = Repo {
+            root: root.as_ref().to_path_buf(),
+        };
+        if product.is_empty() || product.chars().any(char::is_control) {
+            return Err(Error::config(format!(
+                "expected a product id such as com.acme.gateway, found {product:?}"
+            )));
+        }
+        let first = repo.root_path(1);
+        if first.exists() {
+            return Err(Error::config(format!(
+                "expected no repository at {}, found {}",
+                repo.root.display(),
+                first.display()
+            )));
+        }
+        let doc = root_document(
+            product,
+            1,
+            expiry(now, expires_in_days)?,
+            root_keys,
+            manifest_keys,
+        );
+        let envelope = sign(
+            trust::ROOT_TYPE,
+            &doc.to_bytes(),
+            &[("root", root_keys)],
+            signers,
+        )?;
+        TrustedRoot::pinned(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
+        for dir in ["root", "channels", "blobs/sha256"] {
+            let path = repo.root.join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
+        }
+        fsutil::write_atomic(&first, &envelope)?;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository, verifying its root chain from `root/1.json`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Repo> {
+        let repo = Repo {
+            root: root.as_ref().to_path_buf(),
+        };
+        repo.trusted_root()?;
+        Ok(repo)
+    }
+
+    /// The repository directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The newest root, reached from `root/1.json` through every `root/N.json`, each
+    /// signed by the previous root's keys and its own. Expiry is not checked here: an
+    /// operator must still be able to rotate an expired root; [`Repo::verify`] checks it.
+    pub fn trusted_root(&self) -> Result<TrustedRoot> {
+        let first = self.root_path(1);
+        let bytes = std::fs::read(&first)
+            .map_err(|e| Error::io("expected a repository root document at", &first, e))?;
+        let mut current = TrustedRoot::pinned(&bytes, DEFAULT_MAX_METADATA_BYTES)
+            .map_err(|e| e.context(first.display()))?;
+        loop {
+            let next = self.root_path(current.root().version + 1);
+            let Some(bytes) = read_optional(&next)? else {
+                return Ok(current);
+            };
+            current = current
+                .rotate(&bytes, DEFAULT_MAX_METADATA_BYTES)
+                .map_err(|e| e.context(next.display()))?;
+        }
+    }
+
+    /// Publishes `version` for `target` on `channel` (created if missing): copies each
+    /// component's file into `blobs/sha256/`, adds the release (or this target to an
+    /// existing release of the same version, keeping its other fields), bumps the sequence
+    /// and signs with the manifest keys among `signers`. Each component's version is the
+    /// release version, unless its bytes are those of the same component in an earlier
+    /// release (then it keeps that version).
+    pub fn release(
+        &self,
+        channel: &str,
+        version: &Version,
+        target: &str,
+        components: &[(&str, &Path, ArtifactKind)],
+        opts: &ReleaseOptions,
+        signers: &[&SecretKey],
+    ) -> Result<Manifest> {
+        check_components(components)?;
+        check_target(target)?;
+        if let Some(p) = opts.rollout_percent {
+            check_percent(p)?;
+        }
+        let trusted = self.trusted_root()?;
+        let edit = |m: &mut Manifest| {
+            let existing = m.releases.iter().position(|r| &r.version == version);
+            if let Some(r) = existing.map(|i| &m.releases[i]) {
+                if r.targets.contains_key(target) {
+                    return Err(Error::config(format!(
+                        "expected a new version or target, found {version} for {target} already on channel {channel}; publish a higher version instead"
+                    )));
+                }
+            }
+            let mut built = BTreeMap::new();
+            for (name, path, kind) in components {
+                let artifact = self.add_blob(path, *kind)?;
+                // A component whose bytes did not change keeps the version it had, so the
+                // device's diff shows it unchanged.
+                let version = unchanged_version(m, target, name, &artifact.sha256)
+                    .unwrap_or_else(|| version.to_string());
+                built.insert(name.to_string(), Component { version, artifact });
+            }
+            let target_release = TargetRelease { components: built };
+            match existing {
+                Some(i) => {
+                    m.releases[i]
+                        .targets
+                        .insert(target.to_string(), target_release);
+                }
+                None => {
+                    m.releases.push(Release {
+                        version: version.clone(),
+                        published: Some(opts.now),
+                        notes: opts.notes.clone(),
+                        min_version: opts.min_version.clone(),
+                        critical: opts.critical,
+                        security_version: opts.security_version,
+                        rollout: opts.rollout_percent.map(|p| single_stage(opts.now, p)),
+                        targets: BTreeMap::from([(target.to_string(), target_release)]),
+                    });
+                    m.releases.sort_by(|a, b| a.version.cmp(&b.version));
+                }
+            }
+            Ok(())
+        };
+        let change = Change {
+            channel,
+            create: true,
+            expires_in_days: opts.expires_in_days,
+            now: opts.now,
+        };
+        self.update_channel(&trusted, &change, signers, edit)
+    }
+
+    /// Copies release `version` (all its targets) from channel `from` to `to`, with a fresh
+    /// rollout at `rollout_percent` if given (else everyone at once), and bumps `to`'s
+    /// sequence.
+    pub fn promote(
+        &self,
+        version: &Version,
+        from: &str,
+        to: &str,
+        rollout_percent: Option<f64>,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<Manifest> {
+        if from == to {
+            return Err(Error::config(format!(
+                "expected two different channels, found {from:?} twice"
+            )));
+        }
+        if let Some(p) = rollout_percent {
+            check_percent(p)?;
+        }
+        let trusted = self.trusted_root()?;
+        let source = self
+            .load_channel(&trusted, from)?
+            .ok_or_else(|| missing(from))?;
+        let mut release = source
+            .release(version)
+            .cloned()
+            .ok_or_else(|| no_such_version(version, from))?;
+        release.rollout = rollout_percent.map(|p| single_stage(now, p));
+        let edit = |m: &mut Manifest| {
+            if m.release(version).is_some() {
+                return Err(Error::config(format!(
+                    "expected {version} not yet on channel {to}, found it already there"
+                )));
+            }
+            m.releases.push(release);
+            m.releases.sort_by(|a, b| a.version.cmp(&b.version));
+            Ok(())
+        };
+        let change = Change {
+            channel: to,
+            create: true,
+            expires_in_days: None,
+            now,
+        };
+        self.update_channel(&trusted, &change, signers, edit)
+    }
+
+    /// Sets the rollout of `version` on `channel` to `percent` from `now` on (0 halts it),
+    /// keeping the earlier stages as history.
+    pub fn rollout(
+        &self,
+        channel: &str,
+        version: &Version,
+        percent: f64,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<Manifest> {
+        check_percent(percent)?;
+        let trusted = self.trusted_root()?;
+        let edit = |m: &mut Manifest| {
+            let release = m
+                .releases
+                .iter_mut()
+                .find(|r| &r.version == version)
+                .ok_or_else(|| no_such_version(version, channel))?;
+            let stages = &mut release
+                .rollout
+                .get_or_insert(Rollout { stages: vec![] })
+                .stages;
+            if let Some(last) = stages.last().filter(|s| s.at > now) {
+                return Err(Error::config(format!(
+                    "expected a time at or after the last rollout stage ({}), found {now}",
+                    last.at
+                )));
+            }
+            stages.push(RolloutStage { at: now, percent });
+            Ok(())
+        };
+        let change = Change {
+            channel,
+            create: false,
+            expires_in_days: None,
+            now,
+        };
+        self.update_channel(&trusted, &change, signers, edit)
+    }
+
+    /// Re-signs `channel` unchanged with a new sequence, issue time and expiry.
+    pub fn resign(
+        &self,
+        channel: &str,
+        expires_in_days: Option<u32>,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<Manifest> {
+        let trusted = self.trusted_root()?;
+        let change = Change {
+            channel,
+            create: false,
+            expires_in_days,
+            now,
+        };
+        self.update_channel(&trusted, &change, signers, |_| Ok(()))
+    }
+
+    /// Writes the next root, signed by a threshold of the current root keys *and* of the
+    /// new ones (`signers` holds both), after checking it as a client would. When the
+    /// manifest keys change, every channel is re-signed with the new ones (new sequence,
+    /// expiry [`DEFAULT_MANIFEST_DAYS`] from `now`). Nothing is written unless every
+    /// document could be signed.
+    pub fn rotate(
+        &self,
+        opts: &RotateOptions,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<TrustedRoot> {
+        let current = self.trusted_root()?;
+        let doc = current.root();
+        let old_root_keys = doc.role_keys("root")?;
+        let root_keys = merge_keys(&old_root_keys, &opts.root_keys, opts.root_threshold)
+            .map_err(|e| e.context("new root role"))?;
+        let manifest_keys = merge_keys(
+            current.manifest_keys(),
+            &opts.manifest_keys,
+            opts.manifest_threshold,
+        )
+        .map_err(|e| e.context("new manifest role"))?;
+        let days = opts.expires_in_days.unwrap_or(DEFAULT_ROOT_DAYS);
+        let next_doc = root_document(
+            &doc.product,
+            doc.version + 1,
+            expiry(now, days)?,
+            &root_keys,
+            &manifest_keys,
+        );
+        let envelope = sign(
+            trust::ROOT_TYPE,
+            &next_doc.to_bytes(),
+            &[("current root", &old_root_keys), ("new root", &root_keys)],
+            signers,
+        )?;
+        let next = current.rotate(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
+        let mut resigned = Vec::new();
+        if !same_keys(current.manifest_keys(), next.manifest_keys()) {
+            for channel in self.channel_names()? {
+                let mut m = self
+                    .load_channel(&current, &channel)?
+                    .ok_or_else(|| missing(&channel))?;
+                bump(&mut m, now, None)?;
+                resigned.push((channel, self.seal_manifest(&next, &m, signers, now)?));
+            }
+        }
+        fsutil::write_atomic(&self.root_path(next.root().version), &envelope)?;
+        for (channel, bytes) in resigned {
+            fsutil::write_atomic(&self.channel_path(&channel), &bytes)?;
+        }
+        Ok(next)
+    }
+
+    /// Checks the whole repository offline, as a client at `now` would: the root chain and
+    /// the newest root's expiry, every channel manifest against the newest manifest keys,
+    /// and every referenced blob's size and SHA-256.
+    pub fn verify(&self, now: Timestamp) -> Result<VerifyReport> {
+        let trusted = self.trusted_root()?;
+        trusted.check_unexpired(now)?;
+        let product = trusted.root().product.clone();
+        let mut channels = Vec::new();
+        for channel in self.channel_names()? {
+            let path = self.channel_path(&channel);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+            let expect = Expect {
+                product: &product,
+                channel: &channel,
+                now,
+                max_bytes: DEFAULT_MAX_METADATA_BYTES,
+            };
+            let m = manifest::verify(
+                &bytes,
+                trusted.manifest_keys(),
+                &expect,
+                &Freshness::default(),
+            )
+            .map_err(|e| e.context(path.display()))?;
+            channels.push(self.check_blobs(&m)?);
+        }
+        Ok(VerifyReport {
+            product,
+            root_version: trusted.root().version,
+            root_expires: trusted.root().expires,
+            channels,
+        })
+    }
+
+    fn check_blobs(&self, m: &Manifest) -> Result<ChannelSummary> {
+        let mut blobs_checked = 0;
+        for r in &m.releases {
+            for (target, t) in &r.targets {
+                for (name, c) in &t.components {
+                    // An artifact with its own URL lives outside the repository.
+                    if c.artifact.url.is_some() {
+                        continue;
+                    }
+                    self.check_blob(&c.artifact).map_err(|e| {
+                        e.context(format!(
+                            "channel {} release {} target {target} component {name}",
+                            m.channel, r.version
+                        ))
+                    })?;
+                    blobs_checked += 1;
+                }
+            }
+        }
+        Ok(ChannelSummary {
+            channel: m.channel.clone(),
+            sequence: m.sequence,
+            expires: m.expires,
+            versions: m.releases.iter().map(|r| r.version.clone()).collect(),
+            blobs_checked,
+        })
+    }
+
+    fn check_blob(&self, artifact: &Artifact) -> Result<()> {
+        let path = self.root.join(artifact.blob_path());
+        if !path.is_file() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("expected blob {}, found none", path.display()),
+            ));
+        }
+        let (size, sha256) = hash_file(&path)?;
+        if size != artifact.size || sha256 != artifact.sha256 {
+            return Err(Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "blob {}: expected {} bytes with sha256 {}, found {size} bytes with sha256 {sha256}",
+                    path.display(),
+                    artifact.size,
+                    artifact.sha256
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies `edit` to the verified manifest of `change.channel`, then bumps, signs
+    /// and writes it. The signers are checked first, so a missing key changes nothing.
+    fn update_channel(
+        &self,
+        trusted: &TrustedRoot,
+        change: &Change<'_>,
+        signers: &[&SecretKey],
+        edit: impl FnOnce(&mut Manifest) -> Result<()>,
+    ) -> Result<Manifest> {
+        pick_signers("manifest", trusted.manifest_keys(), signers)?;
+        let mut m = match self.load_channel(trusted, change.channel)? {
+            Some(m) => m,
+            None if change.create => Manifest {
+                doc_type: "manifest".to_string(),
+                product: trusted.root().product.clone(),
+                channel: change.channel.to_string(),
+                sequence: 0,
+                issued: change.now,
+                expires: change.now,
+                releases: vec![],
+            },
+            None => return Err(missing(change.channel)),
+        };
+        edit(&mut m)?;
+        bump(&mut m, change.now, change.expires_in_days)?;
+        let bytes = self.seal_manifest(trusted, &m, signers, change.now)?;
+        fsutil::write_atomic(&self.channel_path(change.channel), &bytes)?;
+        Ok(m)
+    }
+
+    /// Signs `m` with the manifest keys of `trusted`, then verifies the result exactly as
+    /// a client will, so the repository never holds a manifest clients would refuse.
+    fn seal_manifest(
+        &self,
+        trusted: &TrustedRoot,
+        m: &Manifest,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<Vec<u8>> {
+        let keys = trusted.manifest_keys();
+        let bytes = sign(
+            trust::MANIFEST_TYPE,
+            &m.to_bytes(),
+            &[("manifest", keys)],
+            signers,
+        )?;
+        let expect = Expect {
+            product: &trusted.root().product,
+            channel: &m.channel,
+            now,
+            max_bytes: DEFAULT_MAX_METADATA_BYTES,
+        };
+        manifest::verify(&bytes, keys, &expect, &Freshness::default())?;
+        Ok(bytes)
+    }
+
+    /// The verified manifest of `channel`, or `None` when the channel does not exist yet.
+    fn load_channel(&self, trusted: &TrustedRoot, channel: &str) -> Result<Option<Manifest>> {
+        check_channel(channel)?;
+        let path = self.channel_path(channel);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        // Signatures, product, channel and schema are checked; expiry is not, because
+        // refreshing an expired manifest is exactly what an operator needs to do.
+        let expect = Expect {
+            product: &trusted.root().product,
+            channel,
+            now: Timestamp::from_unix(i64::MIN),
+            max_bytes: DEFAULT_MAX_METADATA_BYTES,
+        };
+        let verified = manifest::verify(
+            &bytes,
+            trusted.manifest_keys(),
+            &expect,
+            &Freshness::default(),
+        )
+        .map_err(|e| e.context(path.display()))?;
+        Ok(Some((*verified).clone()))
+    }
+
+    /// Copies `path` into `blobs/sha256/<hex>`, hashing the bytes as they are copied so the
+    /// blob's name always matches its content, and describes it as an artifact.
+    fn add_blob(&self, path: &Path, kind: ArtifactKind) -> Result<Artifact> {
+        let name = match kind {
+            ArtifactKind::File => Some(file_name(path)?),
+            _ => None,
+        };
+        let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let blobs = self.root.join("blobs").join("sha256");
+        let tmp = fsutil::temp_path(&blobs.join("incoming"));
+        let result = copy_hashed(&mut src, path, &tmp).and_then(|(file, size, sha256)| {
+            let installed_size = match kind {
+                ArtifactKind::Zip => Some(zip_installed_size(&tmp, path)?),
+                _ => None,
+            };
+            let dest = blobs.join(&sha256);
+            let artifact = Artifact {
+                kind,
+                sha256,
+                size,
+                installed_size,
+                name,
+                url: None,
+            };
+            if dest.exists() {
+                // Blobs are immutable: keep the existing one, but only if it is intact.
+                self.check_blob(&artifact)?;
+                drop(file);
+                std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
+            } else {
+                fsutil::persist(file, &tmp, &dest)?;
+            }
+            Ok(artifact)
+        });
+        if result.is_err() {
+            // Best effort: the temp copy is useless once the ingest failed.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn channel_names(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("channels");
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let file = entry.file_name();
+            if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) {
+                if manifest::is_safe_name(name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn root_path(&self, version: u64) -> PathBuf {
+        self.root.join("root").join(format!("{version}.json"))
+    }
+
+    fn channel_path(&self, channel: &str) -> PathBuf {
+        self.root.join("channels").join(format!("{channel}.json"))
+    }
+}
+
+/// Which channel a modification applies to, and how.
+struct Change<'a> {
+    channel: &'a str,
+    /// Whether a missing channel is started (release, promote) or an error (rollout, resign).
+    create: bool,
+    expires_in_days: Option<u32>,
+    now: Timestamp,
+}
+
+/// Every change is a new publication: clients refuse to go back in sequence.
+fn bump(m: &mut Manifest, now: Timestamp, expires_in_days: Option<u32>) -> Result<()> {
+    m.sequence = m.sequence.checked_add(1).ok_or_else(|| {
+        Error::config(format!(
+            "channel {}: the sequence cannot grow any further",
+            m.channel
+        ))
+    })?;
+    m.issued = now;
+    m.expires = expiry(now, expires_in_days.unwrap_or(DEFAULT_MANIFEST_DAYS))?;
+    Ok(())
+}
+
+fn expiry(now: Timestamp, days: u32) -> Result<Timestamp> {
+    if days == 0 {
+        return Err(Error::config(
+            "expected a validity of at least 1 day, found 0 (the document would be born expired)",
+        ));
+    }
+    Ok(now.plus_days(i64::from(days)))
+}
+
+fn single_stage(now: Timestamp, percent: f64) -> Rollout {
+    Rollout {
+        stages: vec![RolloutStage { at: now, percent }],
+    }
+}
+
+fn root_document(
+    product: &str,
+    version: u64,
+    expires: Timestamp,
+    root_keys: &KeySet,
+    manifest_keys: &KeySet,
+) -> Root {
+    let mut keys = BTreeMap::new();
+    let mut role = |set: &KeySet| {
+        let mut keyids = Vec::new();
+        for k in set.keys() {
+            keys.insert(
+                k.keyid(),
+                RootKey {
+                    alg: "ed25519".to_string(),
+                    public: k.to_base64(),
+                },
+            );
+            keyids.push(k.keyid());
+        }
+        Role {
+            keyids,
+            threshold: set.threshold(),
+        }
+    };
+    let roles = BTreeMap::from([
+        ("root".to_string(), role(root_keys)),
+        ("manifest".to_string(), role(manifest_keys)),
+    ]);
+    Root {
+        doc_type: "root".to_string(),
+        product: product.to_string(),
+        version,
+        expires,
+        keys,
+        roles,
+    }
+}
+
+/// The current key set with the given replacements.
+fn merge_keys(
+    current: &KeySet,
+    keys: &Option<Vec<PublicKey>>,
+    threshold: Option<usize>,
+) -> Result<KeySet> {
+    let keys = keys.clone().unwrap_or_else(|| current.keys().to_vec());
+    KeySet::new(keys, threshold.unwrap_or(current.threshold()))
+}
+
+fn same_keys(a: &KeySet, b: &KeySet) -> bool {
+    let ids = |s: &KeySet| {
+        let mut v: Vec<String> = s.keys().iter().map(PublicKey::keyid).collect();
+        v.sort();
+        v
+    };
+    a.threshold() == b.threshold() && ids(a) == ids(b)
+}
+
+/// Seals `payload` with every signer that belongs to one of `roles`, after checking each
+/// role's threshold is met by distinct keys.
+fn sign(
+    payload_type: &str,
+    payload: &[u8],
+    roles: &[(&str, &KeySet)],
+    signers: &[&SecretKey],
+) -> Result<Vec<u8>> {
+    let mut chosen: Vec<&SecretKey> = Vec::new();
+    for (role, keys) in roles {
+        for key in pick_signers(role, keys, signers)? {
+            if !chosen.iter().any(|c| c.public() == key.public()) {
+                chosen.push(key);
+            }
+        }
+    }
+    Ok(trust::seal(payload_type, payload, &chosen))
+}
+
+/// The distinct `signers` whose public key is in `keys`; a `threshold` error when fewer
+/// than the role's threshold.
+fn pick_signers<'a>(
+    role: &str,
+    keys: &KeySet,
+    signers: &[&'a SecretKey],
+) -> Result<Vec<&'a SecretKey>> {
+    let mut picked: Vec<&SecretKey> = Vec::new();
+    for s in signers {
+        let public = s.public();
+        if keys.keys().contains(&public) && !picked.iter().any(|p| p.public() == public) {
+            picked.push(s);
+        }
+    }
+    if picked.len() < keys.threshold() {
+        return Err(Error::new(
+            ErrorKind::Threshold,
+            format!(
+                "expected signing keys for {} of the {} {role} key(s), found {} among the {} given",
+                keys.threshold(),
+                keys.keys().len(),
+                picked.len(),
+                signers.len()
+            ),
+        ));
+    }
+    Ok(picked)
+}
+
+fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
+    if components.is_empty() {
+        return Err(Error::config("expected at least one component, found none"));
+    }
+    for (i, (name, _, _)) in components.iter().enumerate() {
+        if !manifest::is_safe_name(name) {
+            return Err(Error::config(format!(
+                "expected a component name usable as a directory name, found {name:?}"
+            )));
+        }
+        if components[..i].iter().any(|(n, _, _)| n == name) {
+            return Err(Error::config(format!(
+                "expected each component once, found {name:?} twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_target(target: &str) -> Result<()> {
+    if target.is_empty() || target.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::config(format!(
+            "expected a target such as x86_64-linux, found {target:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_channel(channel: &str) -> Result<()> {
+    if !manifest::is_safe_name(channel) {
+        return Err(Error::config(format!(
+            "expected a channel name usable as a file name, found {channel:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_percent(percent: f64) -> Result<()> {
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(Error::config(format!(
+            "expected a rollout percent from 0 to 100, found {percent}"
+        )));
+    }
+    Ok(())
+}
+
+fn missing(channel: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("expected channel {channel} to exist, found no channels/{channel}.json"),
+    )
+}
+
+fn no_such_version(version: &Version, channel: &str) -> Error {
+    Error::new(
+        ErrorKind::NoSuchVersion,
+        format!("expected version {version} on channel {channel}, found none"),
+    )
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| manifest::is_safe_name(n))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::config(format!(
+                "expected a file with a plain name, found {}",
+                path.display()
+            ))
+        })
+}
+
+/// The file's bytes, or `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Copies `src` into a new temp file at `tmp`, returning it with the size and SHA-256 of
+/// exactly the bytes written.
+fn copy_hashed(src: &mut File, src_path: &Path, tmp: &Path) -> Result<(File, u64, String)> {
+    let mut out = fsutil::create_temp(tmp)?;
+    let (size, sha256) = hash_reader(src, src_path, |chunk| {
+        out.write_all(chunk).map_err(|e| Error::io("write", tmp, e))
+    })?;
+    Ok((out, size, sha256))
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    hash_reader(&mut file, path, |_| Ok(()))
+}
+
+/// Size and SHA-256 of everything `src` yields, handing each chunk to `sink` as well.
+fn hash_reader(
+    src: &mut impl Read,
+    src_path: &Path,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", src_path, e)),
+        };
+        hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
+        size += n as u64;
+    }
+    Ok((size, trust::hex(&hasher.finalize())))
+}
+
+/// Sum of the uncompressed sizes the zip's central directory declares: the client caps
+/// the bytes it actually inflates at this.
+fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let bad = |e: zip::result::ZipError| {
+        Error::config(format!(
+            "expected a zip archive in {}, found: {e}",
+            shown_as.display()
+        ))
+    };
+    let mut archive = zip::ZipArchive::new(file).map_err(bad)?;
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let size = archive.by_index_raw(i).map_err(bad)?.size();
+        total = total.checked_add(size).ok_or_else(|| {
+            Error::config(format!(
+                "{}: the declared entry sizes overflow 64 bits",
+                shown_as.display()
+            ))
+        })?;
+    }
+    Ok(total)
+}
+
+/// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,
+/// never widened afterwards) and `path.pub` the base64 public key. Refuses to overwrite
+/// either file.
+pub fn write_keypair(path: &Path) -> Result<PublicKey> {
+    let public_path = public_key_path(path);
+    if public_path.exists() {
+        return Err(overwrite(&public_path));
+    }
+    let secret = SecretKey::generate()?;
+    write_new(path, &secret.to_base64(), 0o600)?;
+    if let Err(e) = write_new(&public_path, &secret.public().to_base64(), 0o644) {
+        // Without its public half the key is unusable for `init`; let the operator retry.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    fsutil::sync_parent(path)?;
+    Ok(secret.public())
+}
+
+/// `KEYFILE.pub` for `KEYFILE`.
+pub fn public_key_path(secret: &Path) -> PathBuf {
+    let mut name = secret.as_os_str().to_os_string();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+fn overwrite(path: &Path) -> Error {
+    Error::config(format!(
+        "expected a new key file, found {} already there; refusing to overwrite it",
+        path.display()
+    ))
+}
+
+/// Creates `path` (which must not exist) with `mode` and writes `line` and a newline.
+fn write_new(path: &Path, line: &str, mode: u32) -> Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => overwrite(path),
+        _ => Error::io("create", path, e),
+    })?;
+    file.write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("write", path, e))
+}
+
+/// Reads a secret key file written by [`write_keypair`].
+pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
+    SecretKey::from_base64(&text).map_err(|e| e.context(path.display()))
+}
+
+/// Reads a public key file (`KEYFILE.pub`). Only `.pub` files are accepted: a secret key
+/// file has the same shape, and taking it for a public key would publish the secret.
+pub fn read_public_key(path: &Path) -> Result<PublicKey> {
+    if path.extension().is_none_or(|e| e != "pub") {
+        return Err(Error::config(format!(
+            "expected a public key file ending in .pub, found {}",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
+    PublicKey::from_base64(&text).map_err(|e| e.context(path.display()))
+}
+
+/// The version of `name` in the newest release of `m` for `target` whose artifact has
+/// `sha256`, if any.
+fn unchanged_version(m: &Manifest, target: &str, name: &str, sha256: &str) -> Option<String> {
+    m.releases
+        .iter()
+        .filter_map(|r| Some((&r.version, r.targets.get(target)?.components.get(name)?)))
+        .filter(|(_, c)| c.artifact.sha256 == sha256)
+        .max_by(|a, b| a.0.cmp(b.0))
+        .map(|(_, c)| c.version.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-11-22T10:00:00Z".parse().unwrap()
+    }
+
+    fn setup() -> (tempfile::TempDir, Repo, SecretKey, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let keys = KeySet::new(vec![key.public()], 1).unwrap();
+        let repo = Repo::init(
+            dir.path().join("repo"),
+            "com.acme.app",
+            &keys,
+            &keys,
+            &[&key],
+            365,
+            now(),
+        )
+        .unwrap();
+        let file = dir.path().join("app.bin");
+        std::fs::write(&file, b"payload").unwrap();
+        (dir, repo, key, file)
+    }
+
+    fn publish(
+        repo: &Repo,
+        key: &SecretKey,
+        file: &Path,
+        version: &str,
+        target: &str,
+    ) -> Result<Manifest> {
+        repo.release(
+            "nightly",
+            &version.parse().unwrap(),
+            target,
+            &[("app", file, ArtifactKind::File)],
+            &ReleaseOptions::new(now()),
+            &[key],
+        )
+    }
+
+    #[test]
+    fn every_change_bumps_the_sequence() {
+        let (_dir, repo, key, file) = setup();
+        assert_eq!(
+            publish(&repo, &key, &file, "1.0.0", "x").unwrap().sequence,
+            1
+        );
+        assert_eq!(
+            publish(&repo, &key, &file, "1.0.0", "y").unwrap().sequence,
+            2
+        );
+        let v = "1.0.0".parse().unwrap();
+        assert_eq!(
+            repo.rollout("nightly", &v, 5.0, &[&key], now())
+                .unwrap()
+                .sequence,
+            3
+        );
+        assert_eq!(
+            repo.resign("nightly", Some(2), &[&key], now())
+                .unwrap()
+                .sequence,
+            4
+        );
+        let stable = repo
+            .promote(&v, "nightly", "stable", None, &[&key], now())
+            .unwrap();
+        assert_eq!(stable.sequence, 1);
+        let report = repo.verify(now()).unwrap();
+        let seqs: Vec<u64> = report.channels.iter().map(|c| c.sequence).collect();
+        assert_eq!(seqs, [4, 1]);
+    }
+
+    #[test]
+    fn the_same_version_and_target_twice_is_a_config_error() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let err = publish(&repo, &key, &file, "1.0.0", "x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(repo.verify(now()).unwrap().channels[0].sequence, 1);
+    }
+
+    #[test]
+    fn a_signer_outside_the_manifest_role_changes_nothing() {
+        let (_dir, repo, _key, file) = setup();
+        let stranger = SecretKey::generate().unwrap();
+        let err = publish(&repo, &stranger, &file, "1.0.0", "x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Threshold);
+        assert!(repo.verify(now()).unwrap().channels.is_empty());
+        let blobs = std::fs::read_dir(repo.path().join("blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(blobs, 0);
+    }
+
+    #[test]
+    fn rollout_of_an_unknown_version_is_no_such_version() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let err = repo
+            .rollout("nightly", &"2.0.0".parse().unwrap(), 5.0, &[&key], now())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSuchVersion);
+    }
+
+    #[test]
+    fn a_tampered_blob_fails_verify_with_hash_mismatch() {
+        let (_dir, repo, key, file) = setup();
+        let m = publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let blob = repo.path().join(
+            m.releases[0].targets["x"].components["app"]
+                .artifact
+                .blob_path(),
+        );
+        std::fs::write(&blob, b"PAYLOAD").unwrap();
+        assert_eq!(
+            repo.verify(now()).unwrap_err().kind(),
+            ErrorKind::HashMismatch
+        );
+    }
+
+    #[test]
+    fn a_secret_key_file_is_not_accepted_as_a_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let public = write_keypair(&path).unwrap();
+        assert_eq!(read_public_key(&public_key_path(&path)).unwrap(), public);
+        assert_eq!(read_secret_key(&path).unwrap().public(), public);
+        assert_eq!(
+            read_public_key(&path).unwrap_err().kind(),
+            ErrorKind::Config
+        );
+        assert_eq!(write_keypair(&path).unwrap_err().kind(), ErrorKind::Config);
+    }
+}

@@ -1,0 +1,722 @@
+//! Which release to offer, and when to activate it (DESIGN §5.2, §5.3).
+//!
+//! Everything here is a pure function of its inputs and of a `now` the caller fixes once
+//! per run: no clock, no files, no network, no randomness of its own. That keeps the rules
+//! table-testable and makes one run's decisions consistent with each other.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::{Manifest, Release};
+use crate::time::{parse_offset, Timestamp};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// What the selection needs to know about this device.
+#[derive(Debug, Clone, Copy)]
+pub struct Device<'a> {
+    /// Product id (part of the rollout bucket).
+    pub product: &'a str,
+    /// The device's compatibility target, e.g. `x86_64-linux`.
+    pub target: &'a str,
+    /// Stable device id (part of the rollout bucket), e.g. `/etc/machine-id`.
+    pub device_id: &'a str,
+    /// The installed version; `None` when nothing is installed yet.
+    pub installed: Option<&'a Version>,
+    /// Anti-rollback floor: nothing with a lower `security_version` is installed.
+    pub security_floor: u64,
+    /// Versions the user chose to skip (critical releases are offered anyway).
+    pub skipped: &'a [Version],
+    /// Versions that were rolled back on this device; they are never offered again.
+    pub failed: &'a [Version],
+}
+
+/// Local policy from the config or the call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy<'a> {
+    /// Select exactly this version, newer or older than the installed one.
+    pub pin: Option<&'a Version>,
+    /// Move to an older release when the channel's newest is older than the installed
+    /// version (a switch to a safer channel, or a release pulled from the channel).
+    pub allow_downgrade: bool,
+}
+
+/// The outcome of [`select`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing to install.
+    UpToDate,
+    /// Install this release.
+    Update(Choice),
+}
+
+/// The release chosen by [`select`] and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// The version to install.
+    pub version: Version,
+    /// The version is older than the installed one.
+    pub downgrade: bool,
+    /// A forced update: not skippable, held only by a maintenance window.
+    pub critical: bool,
+    /// A newer release exists, but its `min_version` is above the installed version; this
+    /// one is the step towards it.
+    pub stepping_stone: bool,
+}
+
+/// Chooses the release to offer this device now (DESIGN §5.2).
+///
+/// Candidates are the releases with an entry for `device.target`. A pin selects exactly its
+/// release (failing with `no_such_version`, `incompatible_target` or `security_floor`).
+/// Otherwise releases below the security floor, skipped (unless critical), failed on this
+/// device or outside this device's rollout are left out; the newest remaining one that the
+/// installed version may move to (its `min_version` is met) and that is newer than the
+/// installed version is the update. When every release of the channel is older than the
+/// installed version, the device stays put unless `policy.allow_downgrade`.
+///
+/// Versions are ordered by `semver::Version`'s `Ord`: pre-releases as the semver spec says
+/// (`1.1.0-rc.9 < 1.1.0-rc.10 < 1.1.0`), then build metadata as a tie-breaker.
+///
+/// ```
+/// use evergreen::select::{select, Decision, Device, Policy};
+/// let manifest: evergreen::manifest::Manifest = serde_json::from_str(r#"{
+///   "type": "manifest", "product": "p", "channel": "stable", "sequence": 1,
+///   "issued": "2026-11-01T00:00:00Z", "expires": "2026-12-01T00:00:00Z",
+///   "releases": [{"version": "1.1.0", "targets": {"x86_64-linux": {"components": {}}}}]
+/// }"#).unwrap();
+/// let installed = semver::Version::new(1, 0, 0);
+/// let device = Device { product: "p", target: "x86_64-linux", device_id: "d1",
+///     installed: Some(&installed), security_floor: 0, skipped: &[], failed: &[] };
+/// let now = "2026-11-22T00:00:00Z".parse().unwrap();
+/// match select(&manifest, &device, &Policy::default(), now).unwrap() {
+///     Decision::Update(choice) => assert_eq!(choice.version.to_string(), "1.1.0"),
+///     Decision::UpToDate => unreachable!(),
+/// }
+/// ```
+pub fn select(
+    manifest: &Manifest,
+    device: &Device<'_>,
+    policy: &Policy<'_>,
+    now: Timestamp,
+) -> Result<Decision> {
+    match policy.pin {
+        Some(pin) => select_pinned(manifest, device, pin),
+        None => Ok(select_newest(manifest, device, policy.allow_downgrade, now)),
+    }
+}
+
+/// A pin is an explicit request: rollout, skips and past failures do not hold it back,
+/// only the target and the security floor do.
+fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Result<Decision> {
+    let release = manifest.release(pin).ok_or_else(|| {
+        let listed: Vec<String> = manifest
+            .releases
+            .iter()
+            .map(|r| r.version.to_string())
+            .collect();
+        Error::new(
+            ErrorKind::NoSuchVersion,
+            format!(
+                "expected version {pin} in channel {}, found only [{}]",
+                manifest.channel,
+                listed.join(", ")
+            ),
+        )
+    })?;
+    if !release.targets.contains_key(device.target) {
+        let targets: Vec<&str> = release.targets.keys().map(String::as_str).collect();
+        return Err(Error::new(
+            ErrorKind::IncompatibleTarget,
+            format!(
+                "expected release {pin} to have an entry for target {:?}, found only [{}]",
+                device.target,
+                targets.join(", ")
+            ),
+        ));
+    }
+    if release.security_version < device.security_floor {
+        return Err(Error::new(
+            ErrorKind::SecurityFloor,
+            format!(
+                "expected a security version of at least {} (this device's floor), found {} in release {pin}",
+                device.security_floor, release.security_version
+            ),
+        ));
+    }
+    if device.installed == Some(pin) {
+        return Ok(Decision::UpToDate);
+    }
+    Ok(Decision::Update(Choice {
+        version: pin.clone(),
+        downgrade: device.installed.is_some_and(|cur| pin < cur),
+        critical: release.critical,
+        stepping_stone: false,
+    }))
+}
+
+fn select_newest(
+    manifest: &Manifest,
+    device: &Device<'_>,
+    allow_downgrade: bool,
+    now: Timestamp,
+) -> Decision {
+    let candidates: Vec<&Release> = manifest
+        .releases
+        .iter()
+        .filter(|r| r.targets.contains_key(device.target))
+        .collect();
+    let eligible: Vec<&Release> = candidates
+        .iter()
+        .copied()
+        .filter(|r| offerable(r, device, now))
+        .collect();
+    let Some(best) = eligible
+        .iter()
+        .copied()
+        .filter(|r| min_version_met(r, device.installed))
+        .max_by(|a, b| a.version.cmp(&b.version))
+    else {
+        return Decision::UpToDate;
+    };
+    // Everything eligible and newer than `best` was held back only by its min_version.
+    let stepping_stone = eligible.iter().any(|r| r.version > best.version);
+    let choice = |downgrade| {
+        Decision::Update(Choice {
+            version: best.version.clone(),
+            downgrade,
+            critical: best.critical,
+            stepping_stone,
+        })
+    };
+    match device.installed {
+        None => choice(false),
+        Some(cur) if best.version > *cur => choice(false),
+        // Only when the whole channel is behind: a release merely halted (rollout 0) or
+        // skipped must not pull devices that already run it back down.
+        Some(cur) if allow_downgrade && candidates.iter().all(|r| r.version < *cur) => choice(true),
+        Some(_) => Decision::UpToDate,
+    }
+}
+
+fn offerable(release: &Release, device: &Device<'_>, now: Timestamp) -> bool {
+    release.security_version >= device.security_floor
+        && (release.critical || !device.skipped.contains(&release.version))
+        && !device.failed.contains(&release.version)
+        && in_rollout(release, device.product, device.device_id, now)
+}
+
+fn min_version_met(release: &Release, installed: Option<&Version>) -> bool {
+    match (&release.min_version, installed) {
+        (Some(min), Some(cur)) => cur >= min,
+        _ => true,
+    }
+}
+
+/// The device's rollout bucket for `version`, in `0..10000` (DESIGN §5.2): the first 8
+/// bytes (big-endian) of SHA-256(`"evergreen-rollout\0" + product + "\0" + device_id +
+/// "\0" + version`), modulo 10000.
+///
+/// The bucket depends on the version, so the devices that go first differ from release
+/// to release; for one release it never changes, so a device stays in as a rollout grows.
+///
+/// ```
+/// let v = semver::Version::new(1, 4, 2);
+/// let b = evergreen::select::rollout_bucket("com.acme.gateway", "device-1", &v);
+/// assert!(b < 10_000);
+/// assert_eq!(b, evergreen::select::rollout_bucket("com.acme.gateway", "device-1", &v));
+/// ```
+pub fn rollout_bucket(product: &str, device_id: &str, version: &Version) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(b"evergreen-rollout\0");
+    hash.update(product.as_bytes());
+    hash.update(b"\0");
+    hash.update(device_id.as_bytes());
+    hash.update(b"\0");
+    hash.update(version.to_string().as_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) % 10_000
+}
+
+/// True when the device is in `release`'s rollout at `now`: its bucket is below the
+/// percentage in force × 100. A release without a rollout is for everyone.
+pub fn in_rollout(release: &Release, product: &str, device_id: &str, now: Timestamp) -> bool {
+    let percent = release
+        .rollout
+        .as_ref()
+        .map_or(100.0, |r| r.percent_at(now));
+    (rollout_bucket(product, device_id, &release.version) as f64) < percent * 100.0
+}
+
+/// A day of the week, written `mon` … `sun` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+impl Weekday {
+    /// Every day, Monday first.
+    pub const ALL: [Weekday; 7] = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+        Weekday::Sat,
+        Weekday::Sun,
+    ];
+
+    /// The day with index `i % 7`, 0 = Monday (as [`Timestamp::weekday`] counts).
+    pub fn from_index(i: u32) -> Weekday {
+        Weekday::ALL[(i % 7) as usize]
+    }
+
+    /// `"mon"` … `"sun"`.
+    pub fn as_str(self) -> &'static str {
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][self as usize]
+    }
+}
+
+/// A local time of day, `HH:MM` from `00:00` to `23:59`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TimeOfDay {
+    minutes: u16,
+}
+
+impl TimeOfDay {
+    /// `hour:minute`, or `None` outside 00:00–23:59.
+    pub fn new(hour: u8, minute: u8) -> Option<TimeOfDay> {
+        (hour < 24 && minute < 60).then(|| TimeOfDay {
+            minutes: u16::from(hour) * 60 + u16::from(minute),
+        })
+    }
+
+    /// Seconds after local midnight.
+    pub fn seconds(self) -> u32 {
+        u32::from(self.minutes) * 60
+    }
+}
+
+impl std::str::FromStr for TimeOfDay {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TimeOfDay> {
+        let b = s.as_bytes();
+        let two = |i: usize| {
+            let (hi, lo) = (b[i], b[i + 1]);
+            (hi.is_ascii_digit() && lo.is_ascii_digit()).then(|| (hi - b'0') * 10 + (lo - b'0'))
+        };
+        let parsed = if b.len() == 5 && b[2] == b':' {
+            two(0).zip(two(3)).and_then(|(h, m)| TimeOfDay::new(h, m))
+        } else {
+            None
+        };
+        parsed.ok_or_else(|| {
+            Error::config(format!(
+                "expected a time of day HH:MM from 00:00 to 23:59, found {s:?}"
+            ))
+        })
+    }
+}
+
+impl TryFrom<String> for TimeOfDay {
+    type Error = Error;
+    fn try_from(s: String) -> Result<TimeOfDay> {
+        s.parse()
+    }
+}
+
+impl From<TimeOfDay> for String {
+    fn from(t: TimeOfDay) -> String {
+        t.to_string()
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.minutes / 60, self.minutes % 60)
+    }
+}
+
+/// A fixed offset from UTC, `+HH:MM`, `-HH:MM` or `Z`. Windows use a fixed offset, not a
+/// time zone: a device that observes daylight saving time sees its window move by an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UtcOffset {
+    seconds: i32,
+}
+
+impl UtcOffset {
+    /// Seconds east of UTC.
+    pub fn seconds(self) -> i64 {
+        i64::from(self.seconds)
+    }
+}
+
+impl std::str::FromStr for UtcOffset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<UtcOffset> {
+        parse_offset(s)
+            .and_then(|secs| i32::try_from(secs).ok())
+            .map(|seconds| UtcOffset { seconds })
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "expected a UTC offset like +01:00, -05:30 or Z, found {s:?}"
+                ))
+            })
+    }
+}
+
+impl TryFrom<String> for UtcOffset {
+    type Error = Error;
+    fn try_from(s: String) -> Result<UtcOffset> {
+        s.parse()
+    }
+}
+
+impl From<UtcOffset> for String {
+    fn from(o: UtcOffset) -> String {
+        o.to_string()
+    }
+}
+
+impl fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.seconds < 0 { '-' } else { '+' };
+        let abs = self.seconds.unsigned_abs();
+        write!(f, "{sign}{:02}:{:02}", abs / 3600, abs / 60 % 60)
+    }
+}
+
+/// A weekly maintenance window: on each of `days`, from `start` to `end` local time at a
+/// fixed `utc_offset`. When `end` is not after `start` the window crosses midnight, and the
+/// part after midnight belongs to the day the window started (so `22:00`–`00:00` runs until
+/// midnight).
+///
+/// ```
+/// use evergreen::select::{TimeOfDay, UtcOffset, Weekday, Window};
+/// let w = Window::new(
+///     vec![Weekday::Fri],
+///     TimeOfDay::new(23, 0).unwrap(),
+///     TimeOfDay::new(1, 0).unwrap(),
+///     "+00:00".parse().unwrap(),
+/// ).unwrap();
+/// assert!(w.contains("2026-11-28T00:30:00Z".parse().unwrap())); // early Saturday
+/// assert!(!w.contains("2026-11-27T00:30:00Z".parse().unwrap())); // early Friday
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawWindow", into = "RawWindow")]
+pub struct Window {
+    days: Vec<Weekday>,
+    start: TimeOfDay,
+    end: TimeOfDay,
+    utc_offset: UtcOffset,
+}
+
+/// The config form of a [`Window`]; `days` defaults to every day, `utc_offset` to UTC.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    #[serde(default = "every_day")]
+    days: Vec<Weekday>,
+    start: TimeOfDay,
+    end: TimeOfDay,
+    #[serde(default)]
+    utc_offset: UtcOffset,
+}
+
+fn every_day() -> Vec<Weekday> {
+    Weekday::ALL.to_vec()
+}
+
+impl TryFrom<RawWindow> for Window {
+    type Error = Error;
+    fn try_from(raw: RawWindow) -> Result<Window> {
+        Window::new(raw.days, raw.start, raw.end, raw.utc_offset)
+    }
+}
+
+impl From<Window> for RawWindow {
+    fn from(w: Window) -> RawWindow {
+        RawWindow {
+            days: w.days,
+            start: w.start,
+            end: w.end,
+            utc_offset: w.utc_offset,
+        }
+    }
+}
+
+impl Window {
+    /// A window on at least one day, with `start` ≠ `end` (`config` error otherwise).
+    pub fn new(
+        mut days: Vec<Weekday>,
+        start: TimeOfDay,
+        end: TimeOfDay,
+        utc_offset: UtcOffset,
+    ) -> Result<Window> {
+        days.sort();
+        days.dedup();
+        if days.is_empty() {
+            return Err(Error::config(
+                "deploy.window.days: expected at least one day (mon … sun), found []",
+            ));
+        }
+        if start == end {
+            return Err(Error::config(format!(
+                "deploy.window: expected end to differ from start, found both {start}"
+            )));
+        }
+        Ok(Window {
+            days,
+            start,
+            end,
+            utc_offset,
+        })
+    }
+
+    /// The days the window opens on, Monday first.
+    pub fn days(&self) -> &[Weekday] {
+        &self.days
+    }
+
+    /// Local opening time.
+    pub fn start(&self) -> TimeOfDay {
+        self.start
+    }
+
+    /// Local closing time (the window is open before it, not at it).
+    pub fn end(&self) -> TimeOfDay {
+        self.end
+    }
+
+    /// The fixed offset of the local times.
+    pub fn utc_offset(&self) -> UtcOffset {
+        self.utc_offset
+    }
+
+    fn opens_on(&self, weekday: u32) -> bool {
+        self.days.contains(&Weekday::from_index(weekday))
+    }
+
+    /// True when the window is open at `t`.
+    pub fn contains(&self, t: Timestamp) -> bool {
+        let offset = self.utc_offset.seconds();
+        let (day, time) = (t.weekday(offset), t.seconds_of_day(offset));
+        let (start, end) = (self.start.seconds(), self.end.seconds());
+        if start < end {
+            self.opens_on(day) && (start..end).contains(&time)
+        } else {
+            (self.opens_on(day) && time >= start) || (self.opens_on(day + 6) && time < end)
+        }
+    }
+
+    /// The first opening strictly after `t`.
+    pub fn next_start(&self, t: Timestamp) -> Timestamp {
+        let offset = self.utc_offset.seconds();
+        let day = t.weekday(offset);
+        let midnight = t.plus_secs(-i64::from(t.seconds_of_day(offset)));
+        let start_on = |k: u32| {
+            midnight
+                .plus_days(i64::from(k))
+                .plus_secs(i64::from(self.start.seconds()))
+        };
+        // `days` is never empty, so one of the next eight local days has a start after `t`.
+        (0..=7)
+            .find(|&k| self.opens_on(day + k) && start_on(k) > t)
+            .map_or_else(|| t.plus_days(7), start_on)
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days: Vec<&str> = self.days.iter().map(|d| d.as_str()).collect();
+        write!(
+            f,
+            "{} {}–{} UTC{}",
+            days.join(","),
+            self.start,
+            self.end,
+            self.utc_offset
+        )
+    }
+}
+
+/// When a downloaded update is activated (DESIGN §5.3); the config's `deploy` object.
+///
+/// ```
+/// use evergreen::select::DeployPolicy;
+/// let p: DeployPolicy = serde_json::from_str(r#"{"policy": "window", "window":
+///     {"days": ["sat", "sun"], "start": "02:00", "end": "04:00", "utc_offset": "+01:00"}}"#).unwrap();
+/// assert!(matches!(p, DeployPolicy::Window(_)));
+/// assert_eq!(serde_json::to_string(&DeployPolicy::DownloadOnly).unwrap(),
+///            r#"{"policy":"download_only"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "RawDeploy", into = "RawDeploy")]
+pub enum DeployPolicy {
+    /// Activate as soon as the update is installed.
+    #[default]
+    Immediate,
+    /// Activate only inside the maintenance window.
+    Window(Window),
+    /// Activate at or after this time.
+    At(Timestamp),
+    /// Stage, never activate by itself: the host calls activate.
+    DownloadOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PolicyName {
+    Immediate,
+    Window,
+    At,
+    DownloadOnly,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    policy: PolicyName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    window: Option<Window>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<Timestamp>,
+}
+
+impl TryFrom<RawDeploy> for DeployPolicy {
+    type Error = Error;
+    fn try_from(raw: RawDeploy) -> Result<DeployPolicy> {
+        let policy = match (raw.policy, raw.window, raw.at) {
+            (PolicyName::Immediate, None, None) => DeployPolicy::Immediate,
+            (PolicyName::DownloadOnly, None, None) => DeployPolicy::DownloadOnly,
+            (PolicyName::Window, Some(w), None) => DeployPolicy::Window(w),
+            (PolicyName::At, None, Some(at)) => DeployPolicy::At(at),
+            (PolicyName::Window, None, _) => return Err(missing("window", "window")),
+            (PolicyName::At, _, None) => return Err(missing("at", "at")),
+            (name, window, _) => {
+                let extra = if window.is_some() { "window" } else { "at" };
+                return Err(Error::config(format!(
+                    "deploy: expected no \"{extra}\" with policy {name:?}, found one"
+                )));
+            }
+        };
+        Ok(policy)
+    }
+}
+
+fn missing(policy: &str, field: &str) -> Error {
+    Error::config(format!(
+        "deploy: expected policy \"{policy}\" to come with a \"{field}\" field, found none"
+    ))
+}
+
+impl From<DeployPolicy> for RawDeploy {
+    fn from(p: DeployPolicy) -> RawDeploy {
+        let (policy, window, at) = match p {
+            DeployPolicy::Immediate => (PolicyName::Immediate, None, None),
+            DeployPolicy::Window(w) => (PolicyName::Window, Some(w), None),
+            DeployPolicy::At(at) => (PolicyName::At, None, Some(at)),
+            DeployPolicy::DownloadOnly => (PolicyName::DownloadOnly, None, None),
+        };
+        RawDeploy { policy, window, at }
+    }
+}
+
+/// What to do with an installed update now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deploy {
+    /// Activate now.
+    Now,
+    /// Not yet: activate at `until`.
+    Wait {
+        /// The next window start or the `at` time.
+        until: Timestamp,
+        /// Why, for logs and status output.
+        reason: String,
+    },
+    /// Never by itself: the host calls activate (`download_only`).
+    Manual,
+}
+
+/// Applies the deploy policy at `now` (DESIGN §5.3). A `critical` release ignores `at` and
+/// `download_only` but still waits for the maintenance window.
+///
+/// ```
+/// use evergreen::select::{deploy, Deploy, DeployPolicy};
+/// let now = "2026-11-22T10:00:00Z".parse().unwrap();
+/// assert_eq!(deploy(&DeployPolicy::DownloadOnly, false, now), Deploy::Manual);
+/// assert_eq!(deploy(&DeployPolicy::DownloadOnly, true, now), Deploy::Now);
+/// ```
+pub fn deploy(policy: &DeployPolicy, critical: bool, now: Timestamp) -> Deploy {
+    match policy {
+        DeployPolicy::Immediate => Deploy::Now,
+        DeployPolicy::DownloadOnly if critical => Deploy::Now,
+        DeployPolicy::DownloadOnly => Deploy::Manual,
+        DeployPolicy::At(at) if critical || *at <= now => Deploy::Now,
+        DeployPolicy::At(at) => Deploy::Wait {
+            until: *at,
+            reason: format!("the deploy policy activates at {at}"),
+        },
+        DeployPolicy::Window(w) if w.contains(now) => Deploy::Now,
+        DeployPolicy::Window(w) => Deploy::Wait {
+            until: w.next_start(now),
+            reason: format!("outside the maintenance window ({w})"),
+        },
+    }
+}
+
+/// The longest backoff, as a multiple of the polling interval (DESIGN §5.3).
+pub const MAX_BACKOFF_FACTOR: u64 = 4;
+
+/// When to check next (DESIGN §5.3): `interval_s` after `last`, doubled for each
+/// consecutive failure up to [`MAX_BACKOFF_FACTOR`]× the interval, then spread by
+/// ±`jitter` (a fraction, e.g. 0.25) so a fleet does not poll in lockstep.
+///
+/// `random` is any uniformly random `u64` the caller draws, which keeps this function pure.
+/// A `jitter` outside `[0, 1)` is clamped into it.
+///
+/// ```
+/// use evergreen::select::next_check;
+/// let last = evergreen::Timestamp::from_unix(0);
+/// // the middle of the random range means no jitter at all
+/// assert_eq!(next_check(last, 3600, 0.25, 0, 1 << 63).unix(), 3600);
+/// assert_eq!(next_check(last, 3600, 0.25, 9, 1 << 63).unix(), 4 * 3600);
+/// ```
+pub fn next_check(
+    last: Timestamp,
+    interval_s: u64,
+    jitter: f64,
+    consecutive_failures: u32,
+    random: u64,
+) -> Timestamp {
+    let factor = 1u64
+        .checked_shl(consecutive_failures)
+        .map_or(MAX_BACKOFF_FACTOR, |f| f.min(MAX_BACKOFF_FACTOR));
+    let base = interval_s.saturating_mul(factor) as f64;
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 0.999)
+    } else {
+        0.0
+    };
+    // 53 random bits give a uniform fraction in [0, 1) exactly representable as f64.
+    let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+    let delay = base * (1.0 + jitter * (2.0 * unit - 1.0));
+    last.plus_secs(delay.round() as i64)
+}

@@ -1,0 +1,705 @@
+//! The GRUB environment block as a boot selector, with RAUC's variables.
+//!
+//! The block is a file of fixed size (1024 bytes by default) that starts with
+//! `# GRUB Environment Block\n`, holds `name=value\n` lines (a `\` in a value escapes a `\`
+//! or a newline, as `grub-editenv` writes them) and is padded with `#` to its exact size.
+//! GRUB's `save_env` overwrites the file's sectors in place, so the file must never be
+//! truncated, moved or resized; we write it in place too.
+//!
+//! The variables are RAUC's, so RAUC's documented `grub.cfg` works unchanged:
+//! `ORDER` (`"A B"`), `A_OK`/`A_TRY` and `B_OK`/`B_TRY`. A slot is bootable when
+//! `X_OK=1` and `X_TRY=0`; `grub.cfg` sets `X_TRY=1` when it boots `X`, so an unconfirmed
+//! slot is skipped on the next boot. **GRUB therefore gives exactly one trial attempt**,
+//! whatever `tries` [`BootSelector::activate`] is given.
+//!
+//! # Power-fail safety
+//!
+//! Our five variables live right after the header in a canonical fixed-width layout
+//! (`ORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\n`, then every other variable untouched).
+//! A change then differs from the old block in at most six bytes, all in the first sector.
+//! They are written one byte at a time, each followed by an fsync, in an order chosen so
+//! that after every single byte the block still parses and boots either the slot the old
+//! block would boot or the slot the new one will. A torn write therefore can't leave
+//! garbage or a block without a bootable slot, even on storage that doesn't write
+//! sectors atomically.
+//!
+//! A block that is not yet in that layout (a fresh `grub-editenv create`, or values edited
+//! by hand) has to be rewritten once as a whole; that single rewrite is the only one that
+//! is not power-fail safe. [`GrubEnv::init`] does it at provisioning time.
+
+use super::cmdline::BootedFrom;
+use super::{BootSelector, Slot};
+use crate::error::{Error, ErrorKind, Result};
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The first bytes of every GRUB environment block.
+pub const HEADER: &str = "# GRUB Environment Block\n";
+
+/// The size of a new block, the size GRUB and `grub-editenv create` use.
+pub const DEFAULT_SIZE: usize = 1024;
+
+/// A larger file can't be an environment block; refusing it avoids reading a disk image
+/// into memory by mistake.
+const MAX_SIZE: u64 = 1 << 20;
+
+/// One in-place write a selector makes to an environment file: `data` at `offset`,
+/// followed by an fsync. The file is never truncated.
+///
+/// Selectors expose the writes they are about to make ([`GrubEnv::plan`],
+/// [`super::uboot::UBootEnv::plan`]) so that power-fail tests can apply any prefix of
+/// them to a copy of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvWrite {
+    /// The file (or block device) written.
+    pub path: PathBuf,
+    /// The byte offset of the first byte written.
+    pub offset: u64,
+    /// The bytes written.
+    pub data: Vec<u8>,
+}
+
+impl EnvWrite {
+    /// Writes `data` at `offset` without truncating the file, then fsyncs it.
+    pub fn apply(&self) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| Error::io("opening for writing", &self.path, e))?;
+        file.seek(SeekFrom::Start(self.offset))
+            .and_then(|_| file.write_all(&self.data))
+            .map_err(|e| Error::io("writing", &self.path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("syncing", &self.path, e))
+    }
+}
+
+/// Applies `writes` in order, each one fsynced before the next starts.
+pub fn apply_all(writes: &[EnvWrite]) -> Result<()> {
+    writes.iter().try_for_each(EnvWrite::apply)
+}
+
+/// A change a bootloader selector makes, one per [`BootSelector`] method that writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootChange {
+    /// [`BootSelector::disable`].
+    Disable(Slot),
+    /// [`BootSelector::activate`].
+    Activate {
+        /// The slot to boot next, on trial.
+        slot: Slot,
+        /// Trial attempts (GRUB always gives one).
+        tries: u32,
+    },
+    /// [`BootSelector::confirm`].
+    Confirm(Slot),
+    /// [`BootSelector::fall_back`].
+    FallBack {
+        /// The slot to boot from now on.
+        good: Slot,
+        /// The slot never to boot again.
+        bad: Slot,
+    },
+}
+
+/// RAUC's GRUB variables, reduced to what `grub.cfg` tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RaucVars {
+    order: [Slot; 2],
+    ok: [bool; 2],
+    tried: [bool; 2],
+}
+
+fn idx(slot: Slot) -> usize {
+    match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }
+}
+
+/// GRUB's `[ "$X" -eq N ]` compares the leading integer of the string (0 when none).
+fn grub_int(value: Option<&str>) -> i64 {
+    let v = value.unwrap_or("").trim_start();
+    let (sign, digits) = match v.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, v.strip_prefix('+').unwrap_or(v)),
+    };
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse::<i64>().map_or(0, |n| sign * n)
+}
+
+impl RaucVars {
+    /// What a fresh device boots: slot A, with B empty.
+    const FRESH: RaucVars = RaucVars {
+        order: [Slot::A, Slot::B],
+        ok: [true, false],
+        tried: [false, false],
+    };
+
+    /// Reads the variables as RAUC's `grub.cfg` would (missing `X_OK` means 0); an `ORDER`
+    /// that is not `"A B"`/`"B A"` is reduced to the first of A/B it names.
+    fn from_vars(vars: &[(String, String)]) -> RaucVars {
+        let get = |name: &str| last_value(vars, name);
+        let first = get("ORDER")
+            .and_then(|o| o.split_whitespace().find_map(Slot::parse))
+            .unwrap_or(Slot::A);
+        let ok = |s: Slot| grub_int(get(&format!("{}_OK", s.upper()))) == 1;
+        let tried = |s: Slot| grub_int(get(&format!("{}_TRY", s.upper()))) != 0;
+        RaucVars {
+            order: [first, first.other()],
+            ok: [ok(Slot::A), ok(Slot::B)],
+            tried: [tried(Slot::A), tried(Slot::B)],
+        }
+    }
+
+    fn set_slot(&mut self, slot: Slot, ok: bool) {
+        self.ok[idx(slot)] = ok;
+        self.tried[idx(slot)] = false;
+    }
+
+    fn with(mut self, change: BootChange) -> RaucVars {
+        match change {
+            BootChange::Disable(slot) => self.set_slot(slot, false),
+            BootChange::Activate { slot, .. } => {
+                self.set_slot(slot, true);
+                self.order = [slot, slot.other()];
+            }
+            BootChange::Confirm(slot) => self.set_slot(slot, true),
+            BootChange::FallBack { good, bad } => {
+                self.set_slot(bad, false);
+                self.set_slot(good, true);
+                self.order = [good, bad];
+            }
+        }
+        self
+    }
+
+    /// The slot RAUC's `grub.cfg` boots: the first in `ORDER` with OK=1 and TRY=0.
+    fn pick(&self) -> Option<Slot> {
+        self.order
+            .into_iter()
+            .find(|s| self.ok[idx(*s)] && !self.tried[idx(*s)])
+    }
+
+    /// The canonical fixed-width lines, right after the header.
+    fn canonical_lines(&self) -> String {
+        let bit = |b: bool| if b { '1' } else { '0' };
+        format!(
+            "ORDER={} {}\nA_OK={}\nA_TRY={}\nB_OK={}\nB_TRY={}\n",
+            self.order[0].upper(),
+            self.order[1].upper(),
+            bit(self.ok[0]),
+            bit(self.tried[0]),
+            bit(self.ok[1]),
+            bit(self.tried[1]),
+        )
+    }
+}
+
+const RAUC_NAMES: [&str; 5] = ["ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"];
+
+fn last_value<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    vars.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Parses a block exactly as GRUB's `grub_envblk_iterate` does: `#` lines are skipped, a
+/// line without `=` or an unterminated value ends the list.
+fn parse_block(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    if !bytes.starts_with(HEADER.as_bytes()) {
+        let found = String::from_utf8_lossy(&bytes[..bytes.len().min(HEADER.len())]);
+        return Err(Error::new(
+            ErrorKind::Bootloader,
+            format!(
+                "GRUB environment {}: expected the header {HEADER:?}, found {found:?}",
+                path.display()
+            ),
+        ));
+    }
+    let mut vars = Vec::new();
+    let mut p = HEADER.len();
+    while p < bytes.len() {
+        if bytes[p] == b'#' {
+            p = next_line(bytes, p);
+            continue;
+        }
+        let Some(eq) = bytes[p..].iter().position(|&c| c == b'=').map(|i| p + i) else {
+            break;
+        };
+        let Some((value, end)) = unescape_value(bytes, eq + 1) else {
+            break;
+        };
+        let name = String::from_utf8_lossy(&bytes[p..eq]).into_owned();
+        vars.push((name, value));
+        p = end + 1;
+    }
+    Ok(vars)
+}
+
+fn next_line(bytes: &[u8], from: usize) -> usize {
+    bytes[from..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(bytes.len(), |i| from + i + 1)
+}
+
+/// The unescaped value starting at `start` and the index of its terminating newline.
+fn unescape_value(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+    let mut out = Vec::new();
+    let mut p = start;
+    while p < bytes.len() {
+        match bytes[p] {
+            b'\n' => return Some((String::from_utf8_lossy(&out).into_owned(), p)),
+            b'\\' => {
+                out.push(*bytes.get(p + 1)?);
+                p += 2;
+            }
+            c => {
+                out.push(c);
+                p += 1;
+            }
+        }
+    }
+    None
+}
+
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == '\\' || c == '\n' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Serialises `lines` (already `name=value\n`) after the header, padded with `#` to `size`.
+fn pad_block(path: &Path, body: &str, size: usize) -> Result<Vec<u8>> {
+    let mut block = format!("{HEADER}{body}").into_bytes();
+    if block.len() > size {
+        return Err(Error::new(
+            ErrorKind::Bootloader,
+            format!(
+                "GRUB environment {}: the variables need {} bytes, the block has {size}",
+                path.display(),
+                block.len()
+            ),
+        ));
+    }
+    block.resize(size, b'#');
+    Ok(block)
+}
+
+fn var_lines<'a>(vars: impl IntoIterator<Item = &'a (String, String)>) -> String {
+    vars.into_iter()
+        .map(|(n, v)| format!("{n}={}\n", escape_value(v)))
+        .collect()
+}
+
+/// The canonical block for `rauc` and the other variables of `vars`, padded to `size`.
+fn canonical_block(
+    path: &Path,
+    rauc: &RaucVars,
+    vars: &[(String, String)],
+    size: usize,
+) -> Result<Vec<u8>> {
+    let others = vars
+        .iter()
+        .filter(|(n, _)| !RAUC_NAMES.contains(&n.as_str()));
+    let body = format!("{}{}", rauc.canonical_lines(), var_lines(others));
+    pad_block(path, &body, size)
+}
+
+/// True when the block starts with our fixed-width lines and names none of them again.
+fn is_canonical(bytes: &[u8], vars: &[(String, String)], rauc: &RaucVars) -> bool {
+    let lines = rauc.canonical_lines();
+    let once = RAUC_NAMES
+        .iter()
+        .all(|name| vars.iter().filter(|(n, _)| n == name).count() == 1);
+    once && bytes[HEADER.len()..].starts_with(lines.as_bytes())
+}
+
+/// Orders the single-byte changes from `old` to `new` so that every intermediate block
+/// boots what `old` or `new` boots (nothing only when `old` booted nothing already).
+fn safe_byte_order(old: &RaucVars, new: &RaucVars) -> Option<Vec<(usize, u8)>> {
+    let from = old.canonical_lines().into_bytes();
+    let to = new.canonical_lines().into_bytes();
+    let diffs: Vec<(usize, u8)> = (0..from.len())
+        .filter(|&i| from[i] != to[i])
+        .map(|i| (i, to[i]))
+        .collect();
+    let allowed = [old.pick(), new.pick()];
+    let mut order = Vec::with_capacity(diffs.len());
+    let mut used = vec![false; diffs.len()];
+    search_order(&from, &diffs, &allowed, &mut used, &mut order).then_some(order)
+}
+
+/// Depth-first search over at most 6! orders, pruned at the first unsafe intermediate.
+fn search_order(
+    state: &[u8],
+    diffs: &[(usize, u8)],
+    allowed: &[Option<Slot>; 2],
+    used: &mut [bool],
+    order: &mut Vec<(usize, u8)>,
+) -> bool {
+    if order.len() == diffs.len() {
+        return true;
+    }
+    for i in 0..diffs.len() {
+        if used[i] {
+            continue;
+        }
+        let mut next = state.to_vec();
+        next[diffs[i].0] = diffs[i].1;
+        if !intermediate_is_safe(&next, allowed) {
+            continue;
+        }
+        used[i] = true;
+        order.push(diffs[i]);
+        if search_order(&next, diffs, allowed, used, order) {
+            return true;
+        }
+        order.pop();
+        used[i] = false;
+    }
+    false
+}
+
+fn intermediate_is_safe(lines: &[u8], allowed: &[Option<Slot>; 2]) -> bool {
+    let text = String::from_utf8_lossy(lines);
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    // `ORDER=A A` is a valid intermediate: grub.cfg just visits A twice.
+    let order: Vec<Slot> = last_value(&vars, "ORDER")
+        .map(|o| o.split_whitespace().filter_map(Slot::parse).collect())
+        .unwrap_or_default();
+    let rauc = RaucVars::from_vars(&vars);
+    let pick = order
+        .into_iter()
+        .find(|s| rauc.ok[idx(*s)] && !rauc.tried[idx(*s)]);
+    // allowed[0] is what the old block boots: losing a bootable slot is never allowed.
+    allowed.contains(&pick) && (pick.is_some() || allowed[0].is_none())
+}
+
+/// The GRUB environment block selector (RAUC-compatible variables).
+#[derive(Debug, Clone)]
+pub struct GrubEnv {
+    path: PathBuf,
+    booted_from: BootedFrom,
+}
+
+impl GrubEnv {
+    /// A selector for the block at `path` (e.g. `/boot/grub/grubenv`). Nothing is read
+    /// until it is used; the running slot comes from `rauc.slot` in `/proc/cmdline`.
+    pub fn new(path: impl Into<PathBuf>) -> GrubEnv {
+        GrubEnv {
+            path: path.into(),
+            booted_from: BootedFrom::default(),
+        }
+    }
+
+    /// Reads the running slot from another command line or key.
+    pub fn with_booted_from(mut self, booted_from: BootedFrom) -> GrubEnv {
+        self.booted_from = booted_from;
+        self
+    }
+
+    /// Provisions the block at `path` so that later writes are power-fail safe.
+    ///
+    /// A missing file is created (1024 bytes, slot A good and first, B not bootable) by
+    /// writing a temporary file and renaming it. An existing block keeps its size and its
+    /// other variables; when it is not yet in the canonical layout it is rewritten once,
+    /// in place — the one write that a power cut can tear — so run this at provisioning.
+    ///
+    /// ```
+    /// # fn main() -> evergreen::Result<()> {
+    /// use evergreen::slots::{grub::GrubEnv, BootSelector, Slot};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut env = GrubEnv::init(dir.path().join("grubenv"))?;
+    /// env.activate(Slot::B, 1)?;
+    /// assert_eq!(env.get("ORDER")?.as_deref(), Some("B A"));
+    /// assert_eq!(std::fs::metadata(env.path()).unwrap().len(), 1024);
+    /// # Ok(()) }
+    /// ```
+    pub fn init(path: impl Into<PathBuf>) -> Result<GrubEnv> {
+        let env = GrubEnv::new(path);
+        if env.path.exists() {
+            let bytes = env.read_bytes()?;
+            let vars = parse_block(&env.path, &bytes)?;
+            let rauc = RaucVars::from_vars(&vars);
+            if !is_canonical(&bytes, &vars, &rauc) {
+                let block = canonical_block(&env.path, &rauc, &vars, bytes.len())?;
+                env.full_write(block).apply()?;
+            }
+        } else {
+            let block = canonical_block(&env.path, &RaucVars::FRESH, &[], DEFAULT_SIZE)?;
+            create_file(&env.path, &block)?;
+        }
+        Ok(env)
+    }
+
+    /// The block's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_bytes(&self) -> Result<Vec<u8>> {
+        let meta =
+            std::fs::metadata(&self.path).map_err(|e| Error::io("reading", &self.path, e))?;
+        if meta.len() > MAX_SIZE {
+            return Err(Error::new(
+                ErrorKind::Bootloader,
+                format!(
+                    "GRUB environment {}: expected a block of at most {MAX_SIZE} bytes, found {}",
+                    self.path.display(),
+                    meta.len()
+                ),
+            ));
+        }
+        std::fs::read(&self.path).map_err(|e| Error::io("reading", &self.path, e))
+    }
+
+    /// Every variable in block order, as GRUB's `load_env` sees them.
+    pub fn vars(&self) -> Result<Vec<(String, String)>> {
+        parse_block(&self.path, &self.read_bytes()?)
+    }
+
+    /// One variable's value (the last one when a name repeats, as `load_env` leaves it).
+    pub fn get(&self, name: &str) -> Result<Option<String>> {
+        Ok(last_value(&self.vars()?, name).map(str::to_string))
+    }
+
+    /// Sets variables the way `grub-editenv set` does (replaced where they are, new ones
+    /// appended) but in place, in one write of the whole block, keeping its size.
+    ///
+    /// This is a general editor (and what a simulated GRUB `save_env` uses); the
+    /// [`BootSelector`] methods use the power-fail-safe byte-wise path instead.
+    pub fn set_vars(&mut self, updates: &[(&str, &str)]) -> Result<()> {
+        let bytes = self.read_bytes()?;
+        let mut vars = parse_block(&self.path, &bytes)?;
+        for (name, value) in updates {
+            match vars.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value.to_string(),
+                None => vars.push((name.to_string(), value.to_string())),
+            }
+        }
+        let block = pad_block(&self.path, &var_lines(&vars), bytes.len())?;
+        self.full_write(block).apply()
+    }
+
+    /// The writes that `change` takes, in order, without making them.
+    ///
+    /// On a canonical block these are single bytes in a power-fail-safe order (none when
+    /// nothing changes); otherwise one rewrite of the whole block (see the module docs).
+    pub fn plan(&self, change: BootChange) -> Result<Vec<EnvWrite>> {
+        let bytes = self.read_bytes()?;
+        let vars = parse_block(&self.path, &bytes)?;
+        let old = RaucVars::from_vars(&vars);
+        let new = old.with(change);
+        if new.pick().is_none() && old.pick().is_some() {
+            return Err(Error::invalid_state(format!(
+                "GRUB environment {}: {change:?} would leave no bootable slot (expected one of A/B with OK=1 and TRY=0)",
+                self.path.display()
+            )));
+        }
+        if !is_canonical(&bytes, &vars, &old) {
+            let block = canonical_block(&self.path, &new, &vars, bytes.len())?;
+            return Ok(vec![self.full_write(block)]);
+        }
+        let order = safe_byte_order(&old, &new).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Bootloader,
+                format!(
+                    "GRUB environment {}: expected a power-fail-safe order for {change:?}, found none",
+                    self.path.display()
+                ),
+            )
+        })?;
+        Ok(order
+            .into_iter()
+            .map(|(i, byte)| EnvWrite {
+                path: self.path.clone(),
+                offset: (HEADER.len() + i) as u64,
+                data: vec![byte],
+            })
+            .collect())
+    }
+
+    /// Makes `change` (see [`GrubEnv::plan`]).
+    pub fn apply(&mut self, change: BootChange) -> Result<()> {
+        apply_all(&self.plan(change)?)
+    }
+
+    fn full_write(&self, data: Vec<u8>) -> EnvWrite {
+        EnvWrite {
+            path: self.path.clone(),
+            offset: 0,
+            data,
+        }
+    }
+}
+
+/// Creates a new file atomically: temporary file, fsync, rename, fsync of the directory.
+fn create_file(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or("grubenv".into(), |n| n.to_string_lossy())
+    ));
+    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    file.write_all(data)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", &dir, e))
+}
+
+impl BootSelector for GrubEnv {
+    fn disable(&mut self, slot: Slot) -> Result<()> {
+        self.apply(BootChange::Disable(slot))
+    }
+
+    /// GRUB gives one attempt whatever `tries` is (see the module docs).
+    fn activate(&mut self, slot: Slot, tries: u32) -> Result<()> {
+        self.apply(BootChange::Activate { slot, tries })
+    }
+
+    fn confirm(&mut self, slot: Slot) -> Result<()> {
+        self.apply(BootChange::Confirm(slot))
+    }
+
+    fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()> {
+        self.apply(BootChange::FallBack { good, bad })
+    }
+
+    fn booted(&self) -> Result<Option<Slot>> {
+        self.booted_from.read()
+    }
+
+    fn counts_tries(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_states() -> Vec<RaucVars> {
+        let mut out = Vec::new();
+        for bits in 0..32u8 {
+            let first = if bits & 16 == 0 { Slot::A } else { Slot::B };
+            out.push(RaucVars {
+                order: [first, first.other()],
+                ok: [bits & 1 != 0, bits & 2 != 0],
+                tried: [bits & 4 != 0, bits & 8 != 0],
+            });
+        }
+        out
+    }
+
+    fn all_changes() -> Vec<BootChange> {
+        let mut out = Vec::new();
+        for s in [Slot::A, Slot::B] {
+            out.push(BootChange::Disable(s));
+            out.push(BootChange::Activate { slot: s, tries: 3 });
+            out.push(BootChange::Confirm(s));
+            out.push(BootChange::FallBack {
+                good: s,
+                bad: s.other(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_safe_byte_order_exists_for_every_state_and_change() {
+        for old in all_states() {
+            for change in all_changes() {
+                let new = old.with(change);
+                if new.pick().is_none() && old.pick().is_some() {
+                    continue; // refused by `plan`
+                }
+                assert!(safe_byte_order(&old, &new).is_some(), "{old:?} {change:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn activating_b_writes_order_before_b_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = GrubEnv::init(dir.path().join("env")).unwrap();
+        let plan = env
+            .plan(BootChange::Activate {
+                slot: Slot::B,
+                tries: 1,
+            })
+            .unwrap();
+        let steps: Vec<(u64, u8)> = plan.iter().map(|w| (w.offset, w.data[0])).collect();
+        let h = HEADER.len() as u64;
+        assert_eq!(steps, [(h + 8, b'A'), (h + 6, b'B'), (h + 30, b'1')]);
+    }
+
+    #[test]
+    fn escaping_round_trips_like_grub_editenv() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = GrubEnv::init(dir.path().join("env")).unwrap();
+        env.set_vars(&[("k", "a\\b\nc")]).unwrap();
+        let raw = std::fs::read(env.path()).unwrap();
+        assert!(raw.windows(8).any(|w| w == b"k=a\\\\b\\\n"));
+        assert_eq!(env.get("k").unwrap().as_deref(), Some("a\\b\nc"));
+    }
+
+    #[test]
+    fn bad_header_is_bootloader_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        std::fs::write(&path, vec![b'#'; 1024]).unwrap();
+        let err = GrubEnv::new(&path).vars().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+        assert!(err.message().contains("expected the header"), "{err}");
+    }
+
+    #[test]
+    fn too_many_variables_is_bootloader_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = GrubEnv::init(dir.path().join("env")).unwrap();
+        let big = "x".repeat(2000);
+        let err = env.set_vars(&[("big", &big)]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+    }
+
+    #[test]
+    fn disabling_the_only_bootable_slot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = GrubEnv::init(dir.path().join("env")).unwrap();
+        let before = std::fs::read(env.path()).unwrap();
+        assert_eq!(
+            env.disable(Slot::A).unwrap_err().kind(),
+            ErrorKind::InvalidState
+        );
+        assert_eq!(std::fs::read(env.path()).unwrap(), before);
+    }
+
+    #[test]
+    fn missing_file_is_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = GrubEnv::new(dir.path().join("nope"));
+        assert_eq!(env.confirm(Slot::A).unwrap_err().kind(), ErrorKind::Io);
+    }
+}

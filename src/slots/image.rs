@@ -1,0 +1,351 @@
+//! Image slots: two block devices (or files) that raw images are written to.
+//!
+//! An image is streamed into the inactive slot with 64 KiB buffers, fsynced, then read
+//! back and hashed: the slot is only reported written when the bytes the device returns
+//! have the artifact's SHA-256 (DESIGN §5.5). The read-back goes through the page cache,
+//! so it proves what the kernel will hand to a reader of the slot, which catches short
+//! writes, wrong offsets and a device smaller than it claims, not decay of the medium.
+
+use super::Slot;
+use crate::error::{Error, ErrorKind, Result};
+use crate::trust::hex;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const BUF_SIZE: usize = 64 * 1024;
+
+/// The two image slots `a` and `b`.
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// use evergreen::slots::{image::ImageSlots, Slot};
+/// let dir = tempfile::tempdir().unwrap();
+/// let slots = ImageSlots::new(dir.path().join("a.img"), dir.path().join("b.img"));
+/// let image = b"rootfs bytes";
+/// let sha = evergreen::trust::sha256_hex(image);
+/// slots.write_image(Slot::B, &mut &image[..], image.len() as u64, &sha, &mut |_, _| {})?;
+/// assert_eq!(std::fs::read(slots.path(Slot::B)).unwrap(), image);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ImageSlots {
+    a: PathBuf,
+    b: PathBuf,
+    corrupt_at: Option<u64>,
+}
+
+impl ImageSlots {
+    /// Slots at `a` and `b`: block devices (e.g. `/dev/mmcblk0p2`) or plain files.
+    pub fn new(a: impl Into<PathBuf>, b: impl Into<PathBuf>) -> ImageSlots {
+        ImageSlots {
+            a: a.into(),
+            b: b.into(),
+            corrupt_at: None,
+        }
+    }
+
+    /// The device or file of `slot`.
+    pub fn path(&self, slot: Slot) -> &Path {
+        match slot {
+            Slot::A => &self.a,
+            Slot::B => &self.b,
+        }
+    }
+
+    /// Test hook: after each write and fsync, flip the bits of the byte at `offset`, as a
+    /// faulty device would, so a test can show that the read-back refuses the slot.
+    #[doc(hidden)]
+    pub fn corrupt_after_write(mut self, offset: u64) -> ImageSlots {
+        self.corrupt_at = Some(offset);
+        self
+    }
+
+    /// Streams exactly `size` bytes of `src` into `slot`, fsyncs, reads them back and
+    /// checks their SHA-256 against `sha256` (lowercase hex).
+    ///
+    /// `progress(done, size)` is called after every 64 KiB written. A block device is
+    /// never written beyond its end (`too_large` before the first byte); a plain file is
+    /// created, grown or shrunk to `size`. A source shorter than `size` is an `io` error;
+    /// bytes that read back with another hash are `hash_mismatch`.
+    pub fn write_image(
+        &self,
+        slot: Slot,
+        src: &mut dyn Read,
+        size: u64,
+        sha256: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::config(format!(
+                "image for slot {slot}: expected a sha256 of 64 lowercase hex digits, found {sha256:?}"
+            )));
+        }
+        let path = self.path(slot);
+        let mut file = open_slot(path, size)?;
+        copy_exact(src, &mut file, path, size, progress)?;
+        file.sync_all().map_err(|e| Error::io("syncing", path, e))?;
+        drop(file);
+        if let Some(offset) = self.corrupt_at {
+            flip_byte(path, offset)?;
+        }
+        let found = hash_prefix(path, size)?;
+        if found != sha256 {
+            return Err(Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "image slot {slot} ({}): expected sha256 {sha256} when read back, found {found}",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_block_device(file: &File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        file.metadata()
+            .is_ok_and(|m| m.file_type().is_block_device())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+/// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
+/// file is sized to exactly `size`.
+fn open_slot(path: &Path, size: u64) -> Result<File> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io("opening for writing", path, e))?;
+    if is_block_device(&file) {
+        let capacity = file
+            .seek(SeekFrom::End(0))
+            .and_then(|c| file.seek(SeekFrom::Start(0)).map(|_| c))
+            .map_err(|e| Error::io("measuring", path, e))?;
+        if size > capacity {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "image slot {}: expected an image of at most {capacity} bytes, found {size}",
+                    path.display()
+                ),
+            ));
+        }
+    } else {
+        file.set_len(size)
+            .map_err(|e| Error::io("resizing", path, e))?;
+    }
+    Ok(file)
+}
+
+fn copy_exact(
+    src: &mut dyn Read,
+    dst: &mut File,
+    path: &Path,
+    size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut done = 0u64;
+    while done < size {
+        let want = (size - done).min(BUF_SIZE as u64) as usize;
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "image for {}: expected {size} bytes from the source, found {done}",
+                        path.display()
+                    ),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("reading the image for", path, e)),
+        };
+        dst.write_all(&buf[..n])
+            .map_err(|e| Error::io("writing", path, e))?;
+        done += n as u64;
+        progress(done, size);
+    }
+    Ok(())
+}
+
+fn flip_byte(path: &Path, offset: u64) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening", path, e))?;
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut byte))
+        .and_then(|_| file.seek(SeekFrom::Start(offset)))
+        .and_then(|_| file.write_all(&[!byte[0]]))
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io("corrupting", path, e))
+}
+
+/// The SHA-256 of the first `size` bytes of `path`.
+fn hash_prefix(path: &Path, size: u64) -> Result<String> {
+    let file = File::open(path).map_err(|e| Error::io("opening for read-back", path, e))?;
+    let mut reader = file.take(size);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut done = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading back", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    if done != size {
+        return Err(Error::new(
+            ErrorKind::HashMismatch,
+            format!(
+                "image slot {}: expected {size} bytes when read back, found {done}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::sha256_hex;
+
+    fn slots() -> (tempfile::TempDir, ImageSlots) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ImageSlots::new(dir.path().join("a"), dir.path().join("b"));
+        (dir, s)
+    }
+
+    /// A deterministic stream of `len` pseudo-random bytes (xorshift), so a 64 MiB image
+    /// needs no 64 MiB buffer.
+    struct Pattern {
+        state: u64,
+        left: u64,
+    }
+
+    impl Read for Pattern {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.left as usize);
+            for b in &mut buf[..n] {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                *b = self.state as u8;
+            }
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+
+    fn pattern(len: u64) -> Pattern {
+        Pattern {
+            state: 0x9e37_79b9_7f4a_7c15,
+            left: len,
+        }
+    }
+
+    fn pattern_sha(len: u64) -> String {
+        let mut hasher = Sha256::new();
+        let mut src = pattern(len);
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                return hex(&hasher.finalize());
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+
+    const IMAGE: u64 = 64 << 20;
+
+    #[test]
+    fn a_64_mib_image_is_written_to_slot_b_and_verified_by_reading_back() {
+        let (_d, s) = slots();
+        let sha = pattern_sha(IMAGE);
+        let mut calls = 0u64;
+        let mut last = (0, 0);
+        s.write_image(
+            Slot::B,
+            &mut pattern(IMAGE),
+            IMAGE,
+            &sha,
+            &mut |done, total| {
+                calls += 1;
+                last = (done, total);
+            },
+        )
+        .unwrap();
+        assert_eq!(last, (IMAGE, IMAGE));
+        assert_eq!(calls, IMAGE / BUF_SIZE as u64);
+        assert_eq!(hash_prefix(s.path(Slot::B), IMAGE).unwrap(), sha);
+        assert!(!s.path(Slot::A).exists(), "slot a untouched");
+    }
+
+    #[test]
+    fn a_byte_flipped_after_writing_is_hash_mismatch() {
+        let (_d, s) = slots();
+        let s = s.corrupt_after_write(IMAGE / 2 + 12345);
+        let sha = pattern_sha(IMAGE);
+        let err = s
+            .write_image(Slot::B, &mut pattern(IMAGE), IMAGE, &sha, &mut |_, _| {})
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch);
+        assert!(err.message().contains(&sha), "{err}");
+    }
+
+    #[test]
+    fn short_source_is_io_and_bad_hash_text_is_config() {
+        let (_d, s) = slots();
+        let sha = sha256_hex(b"abcdef");
+        let err = s
+            .write_image(Slot::A, &mut &b"abc"[..], 6, &sha, &mut |_, _| {})
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        let err = s
+            .write_image(Slot::A, &mut &b"abc"[..], 3, "ABC", &mut |_, _| {})
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn wrong_declared_hash_is_hash_mismatch_and_file_shrinks_to_size() {
+        let (_d, s) = slots();
+        std::fs::write(s.path(Slot::B), vec![7u8; 100]).unwrap();
+        let err = s
+            .write_image(
+                Slot::B,
+                &mut &b"abc"[..],
+                3,
+                &sha256_hex(b"abd"),
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch);
+        assert_eq!(std::fs::read(s.path(Slot::B)).unwrap(), b"abc");
+    }
+}

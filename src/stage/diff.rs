@@ -1,0 +1,105 @@
+//! The component diff shown before approval: Added / Removed / Modified / Unchanged.
+
+use crate::manifest::{Artifact, Component, TargetRelease};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A component as installed in a slot (what the state records).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InstalledComponent {
+    /// The component's version string.
+    pub version: String,
+    /// Lowercase hex SHA-256 of the artifact it was installed from.
+    pub sha256: String,
+}
+
+/// What an update does to one component.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ComponentOp {
+    /// New in this release: installed from its artifact.
+    Added,
+    /// Gone from this release: absent from the new slot.
+    Removed,
+    /// A different artifact (or version): installed from its artifact.
+    Modified,
+    /// The same artifact: copied from the primary slot, nothing downloaded.
+    Unchanged,
+}
+
+impl ComponentOp {
+    /// `"added"`, `"removed"`, `"modified"` or `"unchanged"`, as `--json` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentOp::Added => "added",
+            ComponentOp::Removed => "removed",
+            ComponentOp::Modified => "modified",
+            ComponentOp::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One line of the diff. Serialises as `{"name", "op", "from", "to"}` (DESIGN §7.2).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ComponentChange {
+    /// Component name (its directory in the slot).
+    pub name: String,
+    /// What happens to it.
+    pub op: ComponentOp,
+    /// The installed version, if any.
+    pub from: Option<String>,
+    /// The release's version, if the component is in the release.
+    pub to: Option<String>,
+    /// The artifact to download and install: set for Added and Modified only, so
+    /// "what must be fetched" is the changes that carry one.
+    #[serde(skip)]
+    pub artifact: Option<Artifact>,
+}
+
+/// Compares what is installed with what the release holds for this target, by name
+/// (sorted). Modified means a different artifact sha256.
+///
+/// ```
+/// use evergreen::stage::{diff, ComponentOp};
+/// use evergreen::manifest::TargetRelease;
+/// let target: TargetRelease = serde_json::from_str(r#"{"components": {"app": {"version": "2",
+///     "artifact": {"kind": "file", "name": "app", "sha256": "00000000000000000000000000000000000000000000000000000000000000aa", "size": 1}}}}"#).unwrap();
+/// let changes = diff(&Default::default(), &target);
+/// assert_eq!(changes[0].op, ComponentOp::Added);
+/// assert!(changes[0].artifact.is_some());
+/// ```
+pub fn diff(
+    installed: &BTreeMap<String, InstalledComponent>,
+    target: &TargetRelease,
+) -> Vec<ComponentChange> {
+    let mut names: Vec<&String> = installed.keys().chain(target.components.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| change(name, installed.get(name), target.components.get(name)))
+        .collect()
+}
+
+fn change(
+    name: &str,
+    old: Option<&InstalledComponent>,
+    new: Option<&Component>,
+) -> ComponentChange {
+    let op = match (old, new) {
+        (None, _) => ComponentOp::Added,
+        (Some(_), None) => ComponentOp::Removed,
+        // The bytes decide: the same artifact is copied from the primary slot even if
+        // the publisher renamed its version.
+        (Some(o), Some(n)) if o.sha256 == n.artifact.sha256 => ComponentOp::Unchanged,
+        (Some(_), Some(_)) => ComponentOp::Modified,
+    };
+    let needs_artifact = matches!(op, ComponentOp::Added | ComponentOp::Modified);
+    ComponentChange {
+        name: name.to_string(),
+        op,
+        from: old.map(|o| o.version.clone()),
+        to: new.map(|n| n.version.clone()),
+        artifact: new.filter(|_| needs_artifact).map(|n| n.artifact.clone()),
+    }
+}

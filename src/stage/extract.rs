@@ -1,0 +1,599 @@
+//! Safe zip extraction: our own loop over the zip crate's readers (never its `extract`
+//! helpers, which have had six advisories).
+//!
+//! Two phases. The *plan* reads only the central directory and the local headers, and
+//! refuses an archive before anything is written: entry count, raw names, duplicates and
+//! case collisions, overlapping entries, methods, encryption, declared sizes and ratios,
+//! symlinks. The *write* phase then creates the directories, inflates the files on all
+//! cores through a counting reader (the declared sizes are never trusted), and creates the
+//! symlinks last, so no entry is ever written while a symlink exists under `dest`.
+
+use super::tree::{create_new_file, StagingDir, DIR_MODE};
+use super::{run_parallel, ArchiveLimits, ExtractStats, BUF_SIZE, RATIO_GRACE_BYTES};
+use crate::error::{Error, ErrorKind, Result};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{DirBuilder, File, Permissions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use zip::{CompressionMethod, ZipArchive};
+
+/// Longest symlink target accepted (Linux's PATH_MAX).
+const MAX_LINK_TARGET: u64 = 4096;
+
+/// Extracts the zip in `archive` into the directory `dest`.
+///
+/// `archive` must be the same open file whose hash was verified: it is read positionally
+/// through a duplicate of its descriptor, never re-opened by path, so it can't be swapped
+/// after the check. `dest` is created (its parent must exist) or must be an empty
+/// directory; it is 0700 while staging and 0755 once complete. Directories get 0755; files
+/// 0755 when the entry has any execute bit, else 0644 (never setuid, setgid or sticky).
+///
+/// Refused with [`ErrorKind::UnsafeArchive`], naming the entry and the rule: names that are
+/// not UTF-8, absolute, with `..`, `.` or empty components, drive letters, backslashes,
+/// NUL or control characters; duplicate or case-colliding names, and a name used both as a
+/// file and a directory; overlapping entries; methods other than stored and deflate;
+/// encrypted entries; symlinks unless `limits.allow_symlinks`, and then any that is
+/// absolute, leaves the component or passes through another symlink, and any entry under
+/// a symlink; more than `limits.max_entries` entries; more bytes than `installed_size`
+/// (when given) or `limits.max_installed_bytes`, or a ratio above `limits.max_ratio`,
+/// counted on the bytes actually inflated; an entry whose inflated size differs from its
+/// declared size. On any failure nothing is left under `dest` (nor `dest` itself when this
+/// call created it). Nothing is synced: call [`super::make_durable`] once for the slot.
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// use std::io::Write;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.zip");
+/// let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+/// w.start_file("bin/app", zip::write::SimpleFileOptions::default()).unwrap();
+/// w.write_all(b"hello").unwrap();
+/// w.finish().unwrap();
+///
+/// let archive = std::fs::File::open(&path).unwrap();
+/// let limits = evergreen::stage::ArchiveLimits::default();
+/// let stats = evergreen::stage::extract_zip(&archive, &dir.path().join("app"), Some(5), &limits)?;
+/// assert_eq!((stats.files, stats.dirs, stats.bytes), (1, 1, 5));
+/// assert_eq!(std::fs::read(dir.path().join("app/bin/app")).unwrap(), b"hello");
+/// # Ok(()) }
+/// ```
+pub fn extract_zip(
+    archive: &File,
+    dest: &Path,
+    installed_size: Option<u64>,
+    limits: &ArchiveLimits,
+) -> Result<ExtractStats> {
+    let file = archive
+        .try_clone()
+        .map_err(|e| Error::io("duplicate the descriptor of", dest, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("inspect the archive for", dest, e))?
+        .len();
+    let budget = Budget::new(installed_size, limits, len);
+    let mut zip = ZipArchive::new(At {
+        file: Arc::new(file),
+        pos: 0,
+        len,
+    })
+    .map_err(|e| unsafe_archive(format!("expected a readable zip archive, found: {e}")))?;
+    let plan = plan(&mut zip, &budget, limits)?;
+
+    let staging = StagingDir::create(dest)?;
+    let stats = write(&zip, &plan, dest, &budget)?;
+    staging.finish(DIR_MODE)?;
+    Ok(stats)
+}
+
+fn unsafe_archive(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::UnsafeArchive, message)
+}
+
+fn refuse(name: &str, rule: impl std::fmt::Display) -> Error {
+    unsafe_archive(format!("zip entry {name:?}: {rule}"))
+}
+
+/// A positional reader over the verified open file: each clone keeps its own position,
+/// so threads share one descriptor without sharing (or racing on) its offset.
+#[derive(Clone)]
+struct At {
+    file: Arc<File>,
+    pos: u64,
+    len: u64,
+}
+
+impl Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for At {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the archive",
+            )
+        })?;
+        Ok(self.pos)
+    }
+}
+
+/// The byte budget shared by all threads: the bytes actually inflated so far, against the
+/// smallest of the three caps on the total.
+struct Budget {
+    installed_size: Option<u64>,
+    max_installed: u64,
+    ratio_cap: u64,
+    max_ratio: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    fn new(installed_size: Option<u64>, limits: &ArchiveLimits, archive_len: u64) -> Budget {
+        Budget {
+            installed_size,
+            max_installed: limits.max_installed_bytes,
+            ratio_cap: ratio_cap(limits.max_ratio, archive_len),
+            max_ratio: limits.max_ratio,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Why `total` bytes would be too many, if they would.
+    fn over(&self, total: u64) -> Option<String> {
+        if let Some(declared) = self.installed_size.filter(|d| total > *d) {
+            return Some(format!(
+                "the archive inflates to more than its declared installed_size of {declared} bytes"
+            ));
+        }
+        if total > self.max_installed {
+            return Some(format!(
+                "the archive inflates to more than the cap of {} bytes",
+                self.max_installed
+            ));
+        }
+        (total > self.ratio_cap).then(|| {
+            format!(
+                "the archive inflates to more than {} times its size (more than {} bytes)",
+                self.max_ratio, self.ratio_cap
+            )
+        })
+    }
+
+    /// Counts `n` more inflated bytes.
+    fn take(&self, n: u64, name: &str) -> Result<()> {
+        let total = self.used.fetch_add(n, Relaxed).saturating_add(n);
+        match self.over(total) {
+            Some(rule) => Err(refuse(name, rule)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The most bytes `compressed` bytes may inflate to under `max_ratio`.
+fn ratio_cap(max_ratio: u64, compressed: u64) -> u64 {
+    max_ratio.saturating_mul(compressed).max(RATIO_GRACE_BYTES)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One entry that passed every check of the plan.
+struct Entry {
+    index: usize,
+    /// Validated relative path, without a trailing `/`.
+    path: String,
+    kind: Kind,
+    mode: u32,
+    compressed: u64,
+    declared: u64,
+    /// For symlinks: the validated target.
+    target: String,
+}
+
+struct Plan {
+    /// Every directory to create, explicit or implied, parents first.
+    dirs: BTreeSet<String>,
+    /// Regular files, largest first so the threads finish together.
+    files: Vec<Entry>,
+    symlinks: Vec<Entry>,
+}
+
+fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Result<Plan> {
+    let count = zip.len() as u64;
+    if count > limits.max_entries {
+        return Err(unsafe_archive(format!(
+            "expected at most {} zip entries, found {count}",
+            limits.max_entries
+        )));
+    }
+    if zip.metadata().has_duplicate_names() {
+        return Err(unsafe_archive(
+            "zip entries: expected unique names, found a name listed more than once",
+        ));
+    }
+    let mut entries = Vec::with_capacity(zip.len());
+    let mut ranges = Vec::with_capacity(zip.len());
+    let mut declared_total = 0u64;
+    for index in 0..zip.len() {
+        let (entry, range) = read_entry(zip, index, limits)?;
+        declared_total = declared_total.saturating_add(entry.declared);
+        if let Some(rule) = budget.over(declared_total) {
+            return Err(refuse(&entry.path, format!("declared sizes: {rule}")));
+        }
+        ranges.push((range, entry.path.clone()));
+        entries.push(entry);
+    }
+    check_overlaps(ranges, zip.central_directory_start())?;
+    let dirs = check_tree(&entries)?;
+    let symlinks: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.kind == Kind::Symlink)
+        .map(|e| e.path.as_str())
+        .collect();
+    for e in entries.iter().filter(|e| e.kind == Kind::Symlink) {
+        check_link_target(&e.path, &e.target, &symlinks)?;
+    }
+    let (mut files, symlinks): (Vec<Entry>, Vec<Entry>) = entries
+        .into_iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .partition(|e| e.kind == Kind::File);
+    files.sort_by_key(|e| std::cmp::Reverse(e.declared.max(e.compressed)));
+    Ok(Plan {
+        dirs,
+        files,
+        symlinks,
+    })
+}
+
+/// Reads and checks one central-directory entry (and its local header, for the range).
+fn read_entry(
+    zip: &mut ZipArchive<At>,
+    index: usize,
+    limits: &ArchiveLimits,
+) -> Result<(Entry, std::ops::Range<u64>)> {
+    let raw = zip
+        .by_index_raw(index)
+        .map_err(|e| unsafe_archive(format!("zip entry #{index}: unreadable header: {e}")))?;
+    let (path, is_dir) = check_name(raw.name_raw()).map_err(|rule| {
+        unsafe_archive(format!(
+            "zip entry {:?}: {rule}",
+            String::from_utf8_lossy(raw.name_raw())
+        ))
+    })?;
+    let kind = match (is_dir, raw.is_symlink()) {
+        (true, true) => return Err(refuse(&path, "a directory name with a symlink mode")),
+        (true, false) => Kind::Dir,
+        (false, true) => Kind::Symlink,
+        (false, false) => Kind::File,
+    };
+    if raw.encrypted() {
+        return Err(refuse(&path, "encrypted entries are not supported"));
+    }
+    let method = raw.compression();
+    if !matches!(
+        method,
+        CompressionMethod::Stored | CompressionMethod::Deflated
+    ) {
+        return Err(refuse(
+            &path,
+            format!("expected the stored or deflate method, found {method}"),
+        ));
+    }
+    if kind == Kind::Symlink && !limits.allow_symlinks {
+        return Err(refuse(&path, "symlink entries are not allowed"));
+    }
+    let (compressed, declared) = (raw.compressed_size(), raw.size());
+    let entry_cap = ratio_cap(limits.max_ratio, compressed);
+    if declared > entry_cap {
+        return Err(refuse(
+            &path,
+            format!(
+                "declares {declared} bytes from {compressed} compressed, more than the ratio {}",
+                limits.max_ratio
+            ),
+        ));
+    }
+    let start = raw.header_start();
+    let end = raw
+        .data_start()
+        .and_then(|d| d.checked_add(compressed))
+        .ok_or_else(|| refuse(&path, "its data range cannot be located"))?;
+    let mode = match raw.unix_mode() {
+        Some(m) if kind == Kind::File && m & 0o111 != 0 => 0o755,
+        _ if kind == Kind::Dir => DIR_MODE,
+        _ => 0o644,
+    };
+    drop(raw);
+    let target = match kind {
+        Kind::Symlink => read_link_target(zip, index, &path)?,
+        _ => String::new(),
+    };
+    let entry = Entry {
+        index,
+        path,
+        kind,
+        mode,
+        compressed,
+        declared,
+        target,
+    };
+    Ok((entry, start..end))
+}
+
+/// Checks a raw entry name. Returns the path without its trailing `/` and whether it
+/// names a directory, or the rule it breaks. Refuses rather than strips: an archive that
+/// needs cleaning up is not what was released.
+fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
+    let name = std::str::from_utf8(raw).map_err(|_| "the name is not UTF-8")?;
+    if name.contains('\0') {
+        return Err("the name contains NUL");
+    }
+    if name.contains('\\') {
+        return Err("the name contains a backslash");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the name contains a control character");
+    }
+    if name.starts_with('/') {
+        return Err("the name is an absolute path");
+    }
+    let b = name.as_bytes();
+    if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+        return Err("the name starts with a drive letter");
+    }
+    let (path, is_dir) = match name.strip_suffix('/') {
+        Some(p) => (p, true),
+        None => (name, false),
+    };
+    for component in path.split('/') {
+        match component {
+            "" => return Err("the name has an empty path component"),
+            "." => return Err("the name has a `.` component"),
+            ".." => return Err("the name has a `..` component"),
+            _ => {}
+        }
+    }
+    Ok((path.to_string(), is_dir))
+}
+
+/// Refuses two entries whose local header + data ranges share a byte (the overlapping
+/// entries bomb reuses one compressed body for many entries), or that run into the
+/// central directory.
+fn check_overlaps(mut ranges: Vec<(std::ops::Range<u64>, String)>, dir_start: u64) -> Result<()> {
+    ranges.sort_by_key(|(r, _)| (r.start, r.end));
+    if let Some((_, name)) = ranges.iter().find(|(r, _)| r.end > dir_start) {
+        return Err(refuse(name, "its data overlaps the central directory"));
+    }
+    for pair in ranges.windows(2) {
+        let ((a, a_name), (b, b_name)) = (&pair[0], &pair[1]);
+        if a.end > b.start {
+            return Err(refuse(
+                b_name,
+                format!("its bytes overlap those of entry {a_name:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a path is, as far as the tree check knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    /// A directory only implied by a deeper entry.
+    Implied,
+    Entry(Kind),
+}
+
+/// Refuses duplicate and case-colliding paths (including the directories they imply), a
+/// path that is both a file and a directory, and any entry under a symlink (a write
+/// through it). Returns every directory to create.
+fn check_tree(entries: &[Entry]) -> Result<BTreeSet<String>> {
+    let mut seen: HashMap<String, (&str, Node)> = HashMap::with_capacity(entries.len() * 2);
+    for e in entries {
+        let mut end = 0;
+        while let Some(i) = e.path[end..].find('/') {
+            end += i;
+            add_node(&mut seen, &e.path[..end], Node::Implied, e)?;
+            end += 1;
+        }
+        add_node(&mut seen, &e.path, Node::Entry(e.kind), e)?;
+    }
+    Ok(seen
+        .into_values()
+        .filter(|(_, node)| matches!(node, Node::Implied | Node::Entry(Kind::Dir)))
+        .map(|(path, _)| path.to_string())
+        .collect())
+}
+
+fn add_node<'a>(
+    seen: &mut HashMap<String, (&'a str, Node)>,
+    path: &'a str,
+    node: Node,
+    owner: &Entry,
+) -> Result<()> {
+    let key = path.to_lowercase();
+    let Some((other, other_node)) = seen.get(&key).copied() else {
+        seen.insert(key, (path, node));
+        return Ok(());
+    };
+    if other != path {
+        return Err(refuse(
+            &owner.path,
+            format!("{path:?} collides case-insensitively with {other:?}"),
+        ));
+    }
+    let is_dir = |n: Node| matches!(n, Node::Implied | Node::Entry(Kind::Dir));
+    match (other_node, node) {
+        (a, b) if is_dir(a) && b == Node::Implied => Ok(()),
+        (Node::Implied, Node::Entry(Kind::Dir)) => {
+            seen.insert(key, (path, node));
+            Ok(())
+        }
+        (Node::Entry(Kind::Symlink), _) | (_, Node::Entry(Kind::Symlink)) => Err(refuse(
+            &owner.path,
+            format!("{path:?} is a symlink entry and a path written through it"),
+        )),
+        (a, b) if is_dir(a) != is_dir(b) => Err(refuse(
+            &owner.path,
+            format!("{path:?} is both a file and a directory"),
+        )),
+        _ => Err(refuse(&owner.path, "the name is listed twice")),
+    }
+}
+
+fn read_link_target(zip: &mut ZipArchive<At>, index: usize, path: &str) -> Result<String> {
+    let mut entry = zip
+        .by_index(index)
+        .map_err(|e| refuse(path, format!("unreadable symlink target: {e}")))?;
+    let mut target = Vec::new();
+    (&mut entry)
+        .take(MAX_LINK_TARGET + 1)
+        .read_to_end(&mut target)
+        .map_err(|e| refuse(path, format!("unreadable symlink target: {e}")))?;
+    if target.len() as u64 > MAX_LINK_TARGET {
+        return Err(refuse(
+            path,
+            format!("expected a symlink target of at most {MAX_LINK_TARGET} bytes"),
+        ));
+    }
+    String::from_utf8(target).map_err(|_| refuse(path, "the symlink target is not UTF-8"))
+}
+
+/// A symlink must be relative and, resolved from its own directory, stay inside the
+/// component without passing through another symlink (whose target would change where
+/// a later `..` lands).
+fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Result<()> {
+    let bad = |why: &str| Err(refuse(path, format!("symlink to {target:?} {why}")));
+    if target.is_empty() {
+        return bad("is empty");
+    }
+    if target.starts_with('/') {
+        return bad("is absolute");
+    }
+    if target.contains(['\0', '\\']) {
+        return bad("contains NUL or a backslash");
+    }
+    let mut at: Vec<&str> = path.split('/').collect();
+    at.pop();
+    let parts: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        if *part == ".." {
+            if at.pop().is_none() {
+                return bad("points outside the component");
+            }
+            continue;
+        }
+        at.push(part);
+        if i + 1 < parts.len() && symlinks.contains(at.join("/").as_str()) {
+            return bad("passes through another symlink");
+        }
+    }
+    Ok(())
+}
+
+fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Result<ExtractStats> {
+    let mut stats = ExtractStats::default();
+    for dir in &plan.dirs {
+        let path = dest.join(dir);
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&path)
+            .map_err(|e| Error::io("create directory", &path, e))?;
+        // No symlink exists under `dest` yet, so this path can't be redirected.
+        std::fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| Error::io("set the mode of", &path, e))?;
+        stats.dirs += 1;
+    }
+    let bytes = AtomicU64::new(0);
+    run_parallel(
+        &plan.files,
+        || Ok((zip.clone(), vec![0u8; BUF_SIZE])),
+        |(zip, buf), entry| {
+            let n = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
+            bytes.fetch_add(n, Relaxed);
+            Ok(())
+        },
+    )?;
+    stats.files = plan.files.len() as u64;
+    stats.bytes = bytes.into_inner();
+    for link in &plan.symlinks {
+        let path = dest.join(&link.path);
+        std::os::unix::fs::symlink(&link.target, &path)
+            .map_err(|e| Error::io("create symlink", &path, e))?;
+        stats.symlinks += 1;
+    }
+    Ok(stats)
+}
+
+/// Inflates one file entry into the new file `path`, counting every byte against the
+/// entry's ratio cap and the shared budget as it goes.
+fn inflate(
+    zip: &mut ZipArchive<At>,
+    entry: &Entry,
+    path: &Path,
+    budget: &Budget,
+    buf: &mut [u8],
+) -> Result<u64> {
+    let name = entry.path.as_str();
+    let corrupt = |e: &dyn std::fmt::Display| refuse(name, format!("corrupt data: {e}"));
+    let mut reader = zip.by_index(entry.index).map_err(|e| corrupt(&e))?;
+    let mut out = create_new_file(path, entry.mode)?;
+    let cap = ratio_cap(budget.max_ratio, entry.compressed);
+    let mut written = 0u64;
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_data_error(&e) => return Err(corrupt(&e)),
+            Err(e) => return Err(Error::io("read the archive for", path, e)),
+        };
+        written += n as u64;
+        if written > cap {
+            return Err(refuse(
+                name,
+                format!(
+                    "inflates to more than {} times its {} compressed bytes",
+                    budget.max_ratio, entry.compressed
+                ),
+            ));
+        }
+        budget.take(n as u64, name)?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", path, e))?;
+    }
+    if written != entry.declared {
+        return Err(refuse(
+            name,
+            format!("declares {} bytes, inflated to {written}", entry.declared),
+        ));
+    }
+    Ok(written)
+}
+
+fn is_data_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput
+    )
+}

@@ -1,0 +1,122 @@
+//! Staging: putting a release's components into the inactive slot (DESIGN §5.5).
+//!
+//! - [`extract_zip`] unpacks a `zip` artifact with our own extraction loop, refusing
+//!   anything that could escape the component directory or exhaust the disk;
+//! - [`place_file`] puts a `file` artifact in place;
+//! - [`copy_tree`] carries an Unchanged component over from the primary slot;
+//! - [`make_durable`] syncs a whole staged slot once, at the end;
+//! - [`diff`] says which components are Added / Removed / Modified / Unchanged.
+//!
+//! Nothing here syncs per write: the installer calls [`make_durable`] once for the slot
+//! before it marks the slot `installed`.
+
+mod diff;
+mod extract;
+mod tree;
+
+pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
+pub use extract::extract_zip;
+pub use tree::{copy_tree, make_durable, place_file};
+
+/// Limits that an archive must stay within, whatever its headers declare.
+///
+/// ```
+/// let limits = evergreen::stage::ArchiveLimits::default();
+/// assert_eq!(limits.max_installed_bytes, 8 << 30);
+/// assert!(!limits.allow_symlinks);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveLimits {
+    /// The most bytes an archive may inflate to in total (default 8 GiB), on top of the
+    /// artifact's own `installed_size`.
+    pub max_installed_bytes: u64,
+    /// The most entries (files, directories, symlinks) an archive may hold (default 100,000).
+    pub max_entries: u64,
+    /// The highest inflated/compressed ratio, per entry and for the whole archive
+    /// (default 1000). Outputs up to [`RATIO_GRACE_BYTES`] are exempt.
+    pub max_ratio: u64,
+    /// Whether symlink entries are extracted (default false: they are refused). Even when
+    /// allowed, a symlink must be relative and point inside the component.
+    pub allow_symlinks: bool,
+}
+
+/// Entries (and archives) that inflate to no more than this are exempt from the ratio
+/// rule: tiny, very regular files compress unpredictably well and cannot exhaust anything.
+pub const RATIO_GRACE_BYTES: u64 = 64 << 10;
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        ArchiveLimits {
+            max_installed_bytes: 8 << 30,
+            max_entries: 100_000,
+            max_ratio: 1000,
+            allow_symlinks: false,
+        }
+    }
+}
+
+/// What an extraction or a copy created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created below the destination (not counting the destination itself).
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Bytes written into regular files.
+    pub bytes: u64,
+}
+
+/// Buffer size for copies: large enough that syscalls are not the cost.
+const BUF_SIZE: usize = 256 << 10;
+
+/// How many threads share CPU-bound staging work.
+fn workers(items: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(items)
+        .max(1)
+}
+
+/// Runs `work` on every item, spread over [`workers`] threads that take the next item as
+/// they free up (callers sort big items first so the threads finish together). Each
+/// thread builds its own state with `init`. After the first failure the other threads stop
+/// taking items, and that first error is returned.
+fn run_parallel<T: Sync, S>(
+    items: &[T],
+    init: impl Fn() -> crate::Result<S> + Sync,
+    work: impl Fn(&mut S, &T) -> crate::Result<()> + Sync,
+) -> crate::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let worker = || -> crate::Result<()> {
+        let result = init().and_then(|mut state| loop {
+            if failed.load(Relaxed) {
+                return Ok(());
+            }
+            let Some(item) = items.get(next.fetch_add(1, Relaxed)) else {
+                return Ok(());
+            };
+            work(&mut state, item)?;
+        });
+        if result.is_err() {
+            failed.store(true, Relaxed);
+        }
+        result
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers(items.len())).map(|_| s.spawn(worker)).collect();
+        let mut first = Ok(());
+        for handle in handles {
+            match handle.join() {
+                Ok(Err(e)) if first.is_ok() => first = Err(e),
+                Ok(_) => {}
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        first
+    })
+}

@@ -1,0 +1,768 @@
+//! Staging against hostile archives (DESIGN §5.5, §11): zip slip, symlink escapes, bombs,
+//! and the copy / placement / diff a real update relies on.
+//!
+//! Every archive is built here with the zip crate's writer, plus byte surgery where the
+//! writer would not produce the attack. Every refusal asserts `unsafe_archive` and that
+//! nothing exists outside the destination.
+
+use evergreen::manifest::TargetRelease;
+use evergreen::stage::{
+    copy_tree, diff, extract_zip, make_durable, place_file, ArchiveLimits, ComponentOp,
+    InstalledComponent,
+};
+use evergreen::ErrorKind;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Cursor, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+enum Item<'a> {
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str),
+    Link(&'a str, &'a str),
+}
+use Item::{Dir, File, Link};
+
+fn build(items: &[Item]) -> Vec<u8> {
+    build_with(items, SimpleFileOptions::default())
+}
+
+fn build_with(items: &[Item], base: SimpleFileOptions) -> Vec<u8> {
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    for item in items {
+        match item {
+            File(name, data, mode) => {
+                // `unix_permissions` keeps only 0o777; the raw attributes carry setuid too.
+                let attrs = (0o100000 | mode) << 16;
+                w.start_file(*name, base.external_attributes(attrs))
+                    .unwrap();
+                w.write_all(data).unwrap();
+            }
+            Dir(name) => w.add_directory(*name, base).unwrap(),
+            Link(name, target) => w.add_symlink(*name, *target, base).unwrap(),
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Replaces every occurrence of `from` (local header, central directory) by `to`.
+fn patch_all(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut found = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            found += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(found > 0, "nothing to patch");
+}
+
+/// A temp dir holding `archive.zip` and `out/`; extraction goes to `out/dest`.
+struct Case {
+    tmp: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(bytes: &[u8]) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("archive.zip"), bytes).unwrap();
+        fs::create_dir(tmp.path().join("out")).unwrap();
+        Case { tmp }
+    }
+    fn out(&self) -> PathBuf {
+        self.tmp.path().join("out")
+    }
+    fn dest(&self) -> PathBuf {
+        self.out().join("dest")
+    }
+    fn extract(
+        &self,
+        installed: Option<u64>,
+        limits: &ArchiveLimits,
+    ) -> evergreen::Result<evergreen::stage::ExtractStats> {
+        let archive = fs::File::open(self.tmp.path().join("archive.zip")).unwrap();
+        extract_zip(&archive, &self.dest(), installed, limits)
+    }
+    /// Asserts the refusal and that nothing at all was left behind or escaped.
+    fn refused(&self, installed: Option<u64>, limits: &ArchiveLimits, escapes: &[&Path]) -> String {
+        let err = self.extract(installed, limits).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
+        assert_eq!(listing(&self.out()), Vec::<String>::new(), "{err}");
+        assert_eq!(listing(self.tmp.path()), ["archive.zip", "out"], "{err}");
+        for p in escapes {
+            assert!(fs::symlink_metadata(p).is_err(), "{} exists", p.display());
+        }
+        err.to_string()
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn limits() -> ArchiveLimits {
+    ArchiveLimits::default()
+}
+
+fn symlinks_allowed() -> ArchiveLimits {
+    ArchiveLimits {
+        allow_symlinks: true,
+        ..ArchiveLimits::default()
+    }
+}
+
+/// A name unique to this test process, for escape paths in shared directories like /tmp.
+fn unique(tag: &str) -> String {
+    format!("evergreen-stage-{}-{tag}", std::process::id())
+}
+
+// ---- normal extraction -------------------------------------------------------------
+
+#[test]
+fn extracts_nested_dirs_with_masked_modes() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let bytes = build(&[
+        Dir("empty/"),
+        File("bin/tool", b"#!/bin/sh\necho hi\n", 0o4755),
+        File("bin/private", b"secret", 0o600),
+        File("share/doc/deep/readme.txt", b"read me", 0o644),
+        File("share/big.bin", &big, 0o2700),
+        File("top.txt", b"", 0o666),
+    ]);
+    let case = Case::new(&bytes);
+    let total = 18 + 6 + 7 + big.len() as u64;
+    let stats = case.extract(Some(total), &limits()).unwrap();
+    assert_eq!(stats.files, 5);
+    assert_eq!(stats.bytes, total);
+    // empty, bin, share, share/doc, share/doc/deep
+    assert_eq!(stats.dirs, 5);
+    let d = case.dest();
+    assert_eq!(fs::read(d.join("share/big.bin")).unwrap(), big);
+    assert_eq!(
+        fs::read(d.join("share/doc/deep/readme.txt")).unwrap(),
+        b"read me"
+    );
+    assert_eq!(
+        mode(&d.join("bin/tool")),
+        0o755,
+        "exec bit kept, setuid dropped"
+    );
+    assert_eq!(mode(&d.join("share/big.bin")), 0o755, "setgid dropped");
+    assert_eq!(mode(&d.join("bin/private")), 0o644);
+    assert_eq!(mode(&d.join("top.txt")), 0o644, "world-writable dropped");
+    for dir in ["", "empty", "bin", "share/doc/deep"] {
+        assert_eq!(mode(&d.join(dir)), 0o755, "{dir}");
+    }
+    make_durable(&d).unwrap();
+}
+
+#[test]
+fn stored_entries_and_many_files_extract_on_all_threads() {
+    let names: Vec<String> = (0..200).map(|i| format!("d{}/f{i}.txt", i % 7)).collect();
+    let bodies: Vec<Vec<u8>> = (0..200)
+        .map(|i| vec![b'a' + (i % 26) as u8; i * 50])
+        .collect();
+    let items: Vec<Item> = names
+        .iter()
+        .zip(&bodies)
+        .map(|(n, b)| File(n, b, 0o644))
+        .collect();
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    for bytes in [build(&items), build_with(&items, stored)] {
+        let case = Case::new(&bytes);
+        let stats = case.extract(None, &limits()).unwrap();
+        assert_eq!((stats.files, stats.dirs), (200, 7));
+        for (n, b) in names.iter().zip(&bodies) {
+            assert_eq!(&fs::read(case.dest().join(n)).unwrap(), b);
+        }
+    }
+}
+
+#[test]
+fn an_existing_empty_dest_is_adopted_and_emptied_again_on_failure() {
+    let case = Case::new(&build(&[File("a", b"1", 0o644), File("A", b"2", 0o644)]));
+    fs::create_dir(case.dest()).unwrap();
+    let err = case.extract(None, &limits()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsafeArchive);
+    assert_eq!(listing(&case.dest()), Vec::<String>::new());
+
+    fs::write(case.dest().join("left-over"), b"x").unwrap();
+    let ok = Case::new(&build(&[File("a", b"1", 0o644)]));
+    let archive = fs::File::open(ok.tmp.path().join("archive.zip")).unwrap();
+    let err = extract_zip(&archive, &case.dest(), None, &limits()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert_eq!(
+        listing(&case.dest()),
+        ["left-over"],
+        "never cleans what it did not write"
+    );
+}
+
+#[test]
+fn not_a_zip_is_unsafe_archive() {
+    let case = Case::new(b"this is not a zip file at all");
+    case.refused(None, &limits(), &[]);
+}
+
+// ---- names -------------------------------------------------------------------------
+
+fn refused_name(name: &str, escape: &Path) -> String {
+    let bytes = build(&[File("ok.txt", b"fine", 0o644), File(name, b"evil", 0o644)]);
+    Case::new(&bytes).refused(None, &limits(), &[escape])
+}
+
+#[test]
+fn parent_traversal_is_refused() {
+    let name = format!("../../../../tmp/{}", unique("evil.txt"));
+    let escape = PathBuf::from("/tmp").join(unique("evil.txt"));
+    let msg = refused_name(&name, &escape);
+    assert!(msg.contains("`..`") && msg.contains(&name), "{msg}");
+}
+
+#[test]
+fn backslash_traversal_is_refused() {
+    let msg = refused_name(r"..\..\Temp\evil.txt", Path::new("/Temp/evil.txt"));
+    assert!(msg.contains("backslash"), "{msg}");
+}
+
+#[test]
+fn absolute_paths_are_refused() {
+    let escape = PathBuf::from("/tmp").join(unique("moo"));
+    for name in [
+        format!("/tmp/{}", unique("moo")),
+        format!("//tmp/{}", unique("moo")),
+    ] {
+        let msg = refused_name(&name, &escape);
+        assert!(msg.contains("absolute"), "{msg}");
+    }
+}
+
+#[test]
+fn inner_traversal_is_refused() {
+    let msg = refused_name("tmp/../../moo", Path::new("moo"));
+    assert!(msg.contains("`..`"), "{msg}");
+}
+
+#[test]
+fn drive_letters_are_refused() {
+    let msg = refused_name("C:/x", Path::new("C:"));
+    assert!(msg.contains("drive letter"), "{msg}");
+}
+
+#[test]
+fn empty_and_dot_components_are_refused() {
+    for name in ["a//b", "./a", "a/./b"] {
+        let msg = refused_name(name, Path::new("/nonexistent"));
+        assert!(msg.contains("component"), "{name}: {msg}");
+    }
+}
+
+#[test]
+fn nul_and_non_utf8_names_are_refused() {
+    for (bad, rule) in [(&b"ev\0l.txt"[..], "NUL"), (&b"ev\xffl.txt"[..], "UTF-8")] {
+        let mut bytes = build(&[
+            File("ok.txt", b"fine", 0o644),
+            File("evil.txt", b"x", 0o644),
+        ]);
+        patch_all(&mut bytes, b"evil.txt", bad);
+        let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+        assert!(msg.contains(rule), "{msg}");
+    }
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let mut bytes = build(&[
+        File("aaaa.txt", b"first", 0o644),
+        File("bbbb.txt", b"second", 0o644),
+    ]);
+    patch_all(&mut bytes, b"bbbb.txt", b"aaaa.txt");
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(msg.contains("unique"), "{msg}");
+}
+
+#[test]
+fn case_colliding_names_are_refused() {
+    for items in [
+        vec![
+            File("README.txt", b"1", 0o644),
+            File("readme.txt", b"2", 0o644),
+        ],
+        vec![File("Dir/a", b"1", 0o644), File("dir/b", b"2", 0o644)],
+        vec![File("Ä.txt", b"1", 0o644), File("ä.txt", b"2", 0o644)],
+    ] {
+        let msg = Case::new(&build(&items)).refused(None, &limits(), &[]);
+        assert!(msg.contains("case-insensitively"), "{msg}");
+    }
+}
+
+#[test]
+fn a_name_used_as_file_and_directory_is_refused() {
+    let bytes = build(&[
+        File("a", b"file", 0o644),
+        File("a/b", b"under a file", 0o644),
+    ]);
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(msg.contains("both a file and a directory"), "{msg}");
+}
+
+// ---- symlinks ----------------------------------------------------------------------
+
+#[test]
+fn symlink_out_then_write_through_is_refused() {
+    let escape = PathBuf::from("/tmp").join(unique("via-link.txt"));
+    let bytes = build(&[
+        Link("link", "/tmp"),
+        File(&format!("link/{}", unique("via-link.txt")), b"evil", 0o644),
+    ]);
+    let case = Case::new(&bytes);
+    let msg = case.refused(None, &limits(), &[&escape]);
+    assert!(msg.contains("symlink entries are not allowed"), "{msg}");
+    let msg = case.refused(None, &symlinks_allowed(), &[&escape]);
+    assert!(msg.contains("symlink"), "{msg}");
+}
+
+#[test]
+fn symlinks_pointing_outside_are_refused_even_when_allowed() {
+    for (name, target, rule) in [
+        ("link", "../outside", "outside"),
+        ("a/b/link", "../../../outside", "outside"),
+        ("link", "/etc/passwd", "absolute"),
+        ("link", "", "empty"),
+    ] {
+        let bytes = build(&[File("a/b/f", b"x", 0o644), Link(name, target)]);
+        let case = Case::new(&bytes);
+        let msg = case.refused(None, &symlinks_allowed(), &[&case.out().join("outside")]);
+        assert!(msg.contains(rule), "{name} -> {target}: {msg}");
+    }
+}
+
+#[test]
+fn inside_symlink_allowed_but_never_written_through() {
+    let items = [
+        File("sub/real.txt", b"real", 0o644),
+        Link("link", "sub"),
+        File("link/evil.txt", b"evil", 0o644),
+    ];
+    let case = Case::new(&build(&items));
+    case.refused(None, &limits(), &[]);
+    let msg = case.refused(None, &symlinks_allowed(), &[]);
+    assert!(msg.contains("written through"), "{msg}");
+
+    // The same write-through with the file listed before the symlink.
+    let case = Case::new(&build(&[
+        File("link/evil.txt", b"evil", 0o644),
+        Link("link", "sub"),
+    ]));
+    case.refused(None, &symlinks_allowed(), &[]);
+}
+
+#[test]
+fn symlink_chains_that_would_escape_are_refused() {
+    // a/l -> ".." stays inside, but a/l2 -> "l/.." would resolve through a/l to dest's
+    // parent on disk: refused.
+    let bytes = build(&[Link("a/l", ".."), Link("a/l2", "l/..")]);
+    let msg = Case::new(&bytes).refused(None, &symlinks_allowed(), &[]);
+    assert!(msg.contains("through another symlink"), "{msg}");
+}
+
+#[test]
+fn inside_symlinks_are_created_when_allowed() {
+    let bytes = build(&[
+        File("lib/libfoo.so.1.2", b"elf", 0o755),
+        Link("lib/libfoo.so", "libfoo.so.1.2"),
+        Link("current", "lib/./libfoo.so.1.2"),
+        Link("lib/up", ".."),
+    ]);
+    let case = Case::new(&bytes);
+    let stats = case.extract(None, &symlinks_allowed()).unwrap();
+    assert_eq!((stats.files, stats.symlinks, stats.dirs), (1, 3, 1));
+    let d = case.dest();
+    assert_eq!(
+        fs::read_link(d.join("lib/libfoo.so")).unwrap(),
+        Path::new("libfoo.so.1.2")
+    );
+    assert_eq!(fs::read(d.join("lib/libfoo.so")).unwrap(), b"elf");
+    assert_eq!(fs::read(d.join("current")).unwrap(), b"elf");
+    make_durable(&d).unwrap();
+}
+
+// ---- sizes, ratios, bombs ----------------------------------------------------------
+
+#[test]
+fn a_ratio_bomb_is_refused() {
+    let zeros = vec![0u8; 50_000_000];
+    let bytes = build(&[File("zeros.bin", &zeros, 0o644)]);
+    assert!(
+        bytes.len() < 60_000,
+        "the bomb compresses to {} bytes",
+        bytes.len()
+    );
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(msg.contains("ratio") || msg.contains("times"), "{msg}");
+}
+
+#[test]
+fn the_ratio_is_counted_on_inflated_bytes_not_declared_ones() {
+    // The central directory and the local header claim 1 byte; the body inflates to 10 MB.
+    let zeros = vec![0u8; 10_000_000];
+    let mut bytes = build(&[
+        File("ok.txt", b"fine", 0o644),
+        File("liar.bin", &zeros, 0o644),
+    ]);
+    patch_all(
+        &mut bytes,
+        &10_000_000u32.to_le_bytes(),
+        &1u32.to_le_bytes(),
+    );
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(msg.contains("liar.bin"), "{msg}");
+}
+
+#[test]
+fn more_than_the_declared_installed_size_is_refused() {
+    let body = vec![7u8; 100_000];
+    let bytes = build(&[File("a.bin", &body, 0o644), File("b.bin", &body, 0o644)]);
+    let msg = Case::new(&bytes).refused(Some(150_000), &limits(), &[]);
+    assert!(msg.contains("installed_size of 150000"), "{msg}");
+    // The exact size is fine.
+    Case::new(&bytes).extract(Some(200_000), &limits()).unwrap();
+}
+
+#[test]
+fn more_than_the_configured_cap_is_refused() {
+    let body = vec![7u8; 100_000];
+    let bytes = build(&[File("a.bin", &body, 0o644), File("b.bin", &body, 0o644)]);
+    let capped = ArchiveLimits {
+        max_installed_bytes: 199_999,
+        ..limits()
+    };
+    let msg = Case::new(&bytes).refused(None, &capped, &[]);
+    assert!(msg.contains("cap of 199999"), "{msg}");
+}
+
+#[test]
+fn overlapping_entries_bomb_is_refused() {
+    // Several central-directory entries share one compressed body (Fifield's bomb).
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    w.start_file("kernel.bin", SimpleFileOptions::default())
+        .unwrap();
+    w.write_all(&vec![0u8; 1 << 20]).unwrap();
+    for i in 0..8 {
+        w.shallow_copy_file("kernel.bin", &format!("copy{i}.bin"))
+            .unwrap();
+    }
+    let bytes = w.finish().unwrap().into_inner();
+    let lenient = ArchiveLimits {
+        max_ratio: u64::MAX,
+        ..limits()
+    };
+    let msg = Case::new(&bytes).refused(None, &lenient, &[]);
+    assert!(msg.contains("overlap"), "{msg}");
+}
+
+#[test]
+fn too_many_entries_are_refused() {
+    let names: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
+    let items: Vec<Item> = names.iter().map(|n| File(n, b"x", 0o644)).collect();
+    let bytes = build(&items);
+    let ten = ArchiveLimits {
+        max_entries: 10,
+        ..limits()
+    };
+    let msg = Case::new(&bytes).refused(None, &ten, &[]);
+    assert!(msg.contains("at most 10 zip entries, found 11"), "{msg}");
+    let eleven = ArchiveLimits {
+        max_entries: 11,
+        ..limits()
+    };
+    Case::new(&bytes).extract(None, &eleven).unwrap();
+}
+
+/// Sets the uncompressed size in the ZIP64 extra field of every central-directory entry.
+fn patch_zip64_size(bytes: &mut [u8], size: u64) {
+    let mut i = 0;
+    let mut patched = 0;
+    while i + 46 <= bytes.len() {
+        if bytes[i..i + 4] != [0x50, 0x4b, 0x01, 0x02] {
+            i += 1;
+            continue;
+        }
+        let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+        let (name_len, extra_len) = (u16_at(bytes, i + 28), u16_at(bytes, i + 30));
+        let mut e = i + 46 + name_len;
+        let end = e + extra_len;
+        while e + 4 <= end {
+            let (id, len) = (u16_at(bytes, e), u16_at(bytes, e + 2));
+            if id == 1 {
+                assert_eq!(
+                    &bytes[i + 24..i + 28],
+                    &[0xff; 4],
+                    "size lives in the extra field"
+                );
+                bytes[e + 4..e + 12].copy_from_slice(&size.to_le_bytes());
+                patched += 1;
+            }
+            e += 4 + len;
+        }
+        i = end;
+    }
+    assert!(patched > 0, "no ZIP64 extra field found");
+}
+
+#[test]
+fn a_huge_declared_zip64_size_is_refused_before_writing() {
+    let zip64 = SimpleFileOptions::default().large_file(true);
+    let mut bytes = build_with(
+        &[File("small.bin", b"tiny but declared huge", 0o644)],
+        zip64,
+    );
+    if bytes.windows(4).filter(|w| *w == [0xff; 4]).count() == 0 {
+        panic!("the writer did not produce ZIP64 sizes");
+    }
+    patch_zip64_size(&mut bytes, 1 << 50);
+    let case = Case::new(&bytes);
+    let msg = case.refused(None, &limits(), &[]);
+    assert!(
+        msg.contains("small.bin") && msg.contains("1125899906842624"),
+        "{msg}"
+    );
+    // Without the ratio rule, the size cap still refuses it before anything is written.
+    let no_ratio = ArchiveLimits {
+        max_ratio: u64::MAX,
+        ..limits()
+    };
+    let msg = case.refused(None, &no_ratio, &[]);
+    assert!(msg.contains("cap of 8589934592"), "{msg}");
+}
+
+// ---- methods and encryption -------------------------------------------------------
+
+#[test]
+fn encrypted_entries_are_refused() {
+    let mut bytes = build(&[File("secret.txt", b"data", 0o644)]);
+    // General-purpose flag bit 0, in the local header (offset 6) and central entry (8).
+    bytes[6] |= 1;
+    let cd = bytes
+        .windows(4)
+        .position(|w| w == [0x50, 0x4b, 0x01, 0x02])
+        .unwrap();
+    bytes[cd + 8] |= 1;
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(msg.contains("encrypted"), "{msg}");
+}
+
+#[test]
+fn methods_other_than_stored_and_deflate_are_refused() {
+    let mut bytes = build(&[File("b.txt", b"data", 0o644)]);
+    // Method bzip2 (12), in the local header (offset 8) and central entry (10).
+    bytes[8] = 12;
+    let cd = bytes
+        .windows(4)
+        .position(|w| w == [0x50, 0x4b, 0x01, 0x02])
+        .unwrap();
+    bytes[cd + 10] = 12;
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(msg.contains("stored or deflate"), "{msg}");
+}
+
+#[test]
+fn extraction_reads_the_open_file_not_the_path() {
+    let good = build(&[File("app", b"verified", 0o755)]);
+    let case = Case::new(&good);
+    let path = case.tmp.path().join("archive.zip");
+    let archive = fs::File::open(&path).unwrap();
+    // Swap the path after "verification": the open file still names the verified bytes.
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, build(&[File("app", b"swapped!", 0o755)])).unwrap();
+    extract_zip(&archive, &case.dest(), None, &limits()).unwrap();
+    assert_eq!(fs::read(case.dest().join("app")).unwrap(), b"verified");
+}
+
+// ---- place_file, copy_tree, make_durable ------------------------------------------
+
+#[test]
+fn place_file_copies_the_open_file_from_its_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = tmp.path().join("blob");
+    fs::write(&blob, b"{\"k\": 1}").unwrap();
+    let mut src = fs::File::open(&blob).unwrap();
+    src.read_to_end(&mut Vec::new()).unwrap(); // as the hash check leaves it
+    let dir = tmp.path().join("config");
+    assert_eq!(place_file(&src, &dir, "settings.json").unwrap(), 8);
+    assert_eq!(fs::read(dir.join("settings.json")).unwrap(), b"{\"k\": 1}");
+    assert_eq!(mode(&dir.join("settings.json")), 0o644);
+
+    let err = place_file(&src, &dir, "settings.json").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "never overwrites: {err}");
+    for bad in ["../x", "a/b", "", ".."] {
+        let err = place_file(&src, &dir, bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
+    }
+    assert_eq!(listing(&dir), ["settings.json"]);
+}
+
+#[test]
+fn copy_tree_keeps_symlinks_and_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("a/app");
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::create_dir_all(src.join("ro")).unwrap();
+    fs::write(src.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("private"), b"secret").unwrap();
+    fs::set_permissions(src.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(src.join("ro/file"), b"read only").unwrap();
+    std::os::unix::fs::symlink("bin/tool", src.join("link")).unwrap();
+    std::os::unix::fs::symlink("../../elsewhere", src.join("dangling")).unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+
+    let dst = tmp.path().join("b/app");
+    fs::create_dir(tmp.path().join("b")).unwrap();
+    let stats = copy_tree(&src, &dst).unwrap();
+    assert_eq!((stats.files, stats.dirs, stats.symlinks), (3, 2, 2));
+    assert_eq!(stats.bytes, 10 + 6 + 9);
+    assert_eq!(fs::read(dst.join("ro/file")).unwrap(), b"read only");
+    assert_eq!(mode(&dst.join("bin/tool")), 0o755);
+    assert_eq!(mode(&dst.join("private")), 0o600);
+    assert_eq!(mode(&dst.join("ro")), 0o555);
+    assert_eq!(mode(&dst), mode(&src));
+    assert_eq!(
+        fs::read_link(dst.join("link")).unwrap(),
+        Path::new("bin/tool")
+    );
+    assert_eq!(
+        fs::read_link(dst.join("dangling")).unwrap(),
+        Path::new("../../elsewhere")
+    );
+    make_durable(tmp.path().join("b").as_path()).unwrap();
+
+    // A destination that already holds something is refused and left as it was.
+    let err = copy_tree(&src, &dst).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    // A symlink is not a component directory.
+    let err = copy_tree(&src.join("link"), &tmp.path().join("c")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dst.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn make_durable_of_a_missing_root_is_io() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = make_durable(&tmp.path().join("missing")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+}
+
+// ---- diff --------------------------------------------------------------------------
+
+fn target(json: &str) -> TargetRelease {
+    serde_json::from_str(json).unwrap()
+}
+
+fn installed(items: &[(&str, &str, char)]) -> BTreeMap<String, InstalledComponent> {
+    items
+        .iter()
+        .map(|(name, version, hash)| {
+            let c = InstalledComponent {
+                version: version.to_string(),
+                sha256: hash.to_string().repeat(64),
+            };
+            (name.to_string(), c)
+        })
+        .collect()
+}
+
+fn component(version: &str, hash: char) -> String {
+    format!(
+        r#"{{"version": "{version}", "artifact": {{"kind": "zip", "sha256": "{}", "size": 10}}}}"#,
+        hash.to_string().repeat(64)
+    )
+}
+
+#[test]
+fn diff_reports_added_removed_modified_unchanged() {
+    let t = target(&format!(
+        r#"{{"components": {{"app": {}, "config": {}, "new": {}, "rehash": {}}}}}"#,
+        component("2.0", 'b'),
+        component("7", 'c'),
+        component("1", 'd'),
+        component("1.0", 'f'),
+    ));
+    let have = installed(&[
+        ("app", "1.0", 'a'),
+        ("config", "7", 'c'),
+        ("old", "3", 'e'),
+        ("rehash", "1.0", 'e'),
+    ]);
+    let changes = diff(&have, &t);
+    type Line<'a> = (&'a str, ComponentOp, Option<&'a str>, Option<&'a str>, bool);
+    let summary: Vec<Line> = changes
+        .iter()
+        .map(|c| {
+            let (from, to) = (c.from.as_deref(), c.to.as_deref());
+            (c.name.as_str(), c.op, from, to, c.artifact.is_some())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("app", ComponentOp::Modified, Some("1.0"), Some("2.0"), true),
+            (
+                "config",
+                ComponentOp::Unchanged,
+                Some("7"),
+                Some("7"),
+                false
+            ),
+            ("new", ComponentOp::Added, None, Some("1"), true),
+            ("old", ComponentOp::Removed, Some("3"), None, false),
+            (
+                "rehash",
+                ComponentOp::Modified,
+                Some("1.0"),
+                Some("1.0"),
+                true
+            ),
+        ]
+    );
+    assert_eq!(changes[0].artifact.as_ref().unwrap().sha256, "b".repeat(64));
+    let json = serde_json::to_value(&changes[0]).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"name": "app", "op": "modified", "from": "1.0", "to": "2.0"})
+    );
+}
+
+#[test]
+fn diff_of_a_version_change_with_the_same_artifact_is_unchanged() {
+    // The bytes decide: the same artifact is copied from the primary slot, not downloaded.
+    let t = target(&format!(
+        r#"{{"components": {{"app": {}}}}}"#,
+        component("1.1", 'a')
+    ));
+    let changes = diff(&installed(&[("app", "1.0", 'a')]), &t);
+    assert_eq!(changes[0].op, ComponentOp::Unchanged);
+    assert!(changes[0].artifact.is_none());
+    assert_eq!(changes[0].to.as_deref(), Some("1.1"));
+    assert!(diff(&installed(&[("app", "1.1", 'a')]), &t)
+        .iter()
+        .all(|c| c.op == ComponentOp::Unchanged));
+}

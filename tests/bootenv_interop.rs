@@ -1,0 +1,407 @@
+//! GRUB and U-Boot environments against the real tools (`grub-editenv`, `fw_printenv`,
+//! `fw_setenv`) and against RAUC's boot logic (the simulator in `support_bootsim.rs`).
+
+#[path = "support_bootsim.rs"]
+mod bootsim;
+
+use evergreen::slots::grub::GrubEnv;
+use evergreen::slots::uboot::UBootEnv;
+use evergreen::slots::{BootSelector, Slot};
+use evergreen::ErrorKind;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// True when `tool` can be run; otherwise says the test is skipped.
+fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        eprintln!("skipped: {tool} not installed");
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("tool runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn as_map(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn vars_map(vars: Vec<(String, String)>) -> BTreeMap<String, String> {
+    vars.into_iter().collect()
+}
+
+// ---- GRUB ----
+
+fn grub_list(path: &Path) -> BTreeMap<String, String> {
+    as_map(&run(Command::new("grub-editenv").arg(path).arg("list")))
+}
+
+#[test]
+fn grub_env_written_by_us_is_read_by_grub_editenv() {
+    if !have("grub-editenv") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grubenv");
+    let mut env = GrubEnv::init(&path).unwrap();
+    env.set_vars(&[("saved_entry", "1"), ("path", "C:\\boot")])
+        .unwrap();
+    env.activate(Slot::B, 1).unwrap();
+    let listed = grub_list(&path);
+    assert_eq!(listed["ORDER"], "B A");
+    assert_eq!(listed["B_OK"], "1");
+    assert_eq!(listed["B_TRY"], "0");
+    assert_eq!(listed["A_OK"], "1");
+    assert_eq!(listed["saved_entry"], "1");
+    assert_eq!(listed["path"], "C:\\boot");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
+}
+
+#[test]
+fn grub_env_written_by_grub_editenv_is_read_and_kept_by_us() {
+    if !have("grub-editenv") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grubenv");
+    run(Command::new("grub-editenv").arg(&path).arg("create"));
+    run(Command::new("grub-editenv")
+        .arg(&path)
+        .args(["set", "ORDER=B A", "A_OK=1", "B_OK=1", "B_TRY=1", "A_TRY=0"])
+        .arg("note=back\\slash"));
+    let env = GrubEnv::new(&path);
+    assert_eq!(env.get("ORDER").unwrap().as_deref(), Some("B A"));
+    assert_eq!(env.get("B_TRY").unwrap().as_deref(), Some("1"));
+    assert_eq!(env.get("note").unwrap().as_deref(), Some("back\\slash"));
+
+    // Provisioning rewrites it once into the canonical layout, keeping every value.
+    let mut env = GrubEnv::init(&path).unwrap();
+    let listed = grub_list(&path);
+    assert_eq!(listed, vars_map(env.vars().unwrap()));
+    assert_eq!(listed["note"], "back\\slash");
+    assert_eq!(listed["ORDER"], "B A");
+    // From then on every change is a series of one-byte writes.
+    let plan = env
+        .plan(evergreen::slots::grub::BootChange::FallBack {
+            good: Slot::A,
+            bad: Slot::B,
+        })
+        .unwrap();
+    assert!(!plan.is_empty() && plan.iter().all(|w| w.data.len() == 1));
+    env.fall_back(Slot::A, Slot::B).unwrap();
+    let listed = grub_list(&path);
+    assert_eq!(
+        (listed["ORDER"].as_str(), listed["B_OK"].as_str()),
+        ("A B", "0")
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
+}
+
+#[test]
+fn grub_env_keeps_the_size_of_a_larger_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grubenv");
+    let mut block = b"# GRUB Environment Block\nfoo=bar\n".to_vec();
+    block.resize(4096, b'#');
+    std::fs::write(&path, &block).unwrap();
+    let mut env = GrubEnv::init(&path).unwrap();
+    env.activate(Slot::B, 1).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+    assert_eq!(env.get("foo").unwrap().as_deref(), Some("bar"));
+}
+
+#[test]
+fn grub_trial_confirm_and_fallback_with_rauc_grub_cfg() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = GrubEnv::init(dir.path().join("grubenv")).unwrap();
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
+
+    // activate B → the next boot tries B once → confirm → B keeps booting.
+    env.disable(Slot::B).unwrap();
+    env.activate(Slot::B, 3).unwrap();
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::B));
+    assert_eq!(env.get("B_TRY").unwrap().as_deref(), Some("1"));
+    env.confirm(Slot::B).unwrap();
+    for _ in 0..3 {
+        assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::B));
+        env.confirm(Slot::B).unwrap();
+    }
+
+    // activate A with an image that never comes up: its one trial boot, then B again.
+    env.disable(Slot::A).unwrap();
+    env.activate(Slot::A, 3).unwrap();
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::B));
+    // The startup step sees B running and A unconfirmed, and records the rollback.
+    env.fall_back(Slot::B, Slot::A).unwrap();
+    assert_eq!(env.get("A_OK").unwrap().as_deref(), Some("0"));
+    // grub.cfg sets B_TRY=1 on every boot, so the running system marks B good on every
+    // boot (RAUC's mark-good service does the same); then B boots for ever.
+    for _ in 0..3 {
+        assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::B));
+        env.confirm(Slot::B).unwrap();
+    }
+}
+
+#[test]
+fn grub_slot_not_marked_good_after_boot_ends_in_the_rescue_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = GrubEnv::init(dir.path().join("grubenv")).unwrap();
+    // A boots, nobody marks it good: the next boot finds no slot with TRY=0 and takes
+    // RAUC's rescue entry, which resets the TRY flags, so A boots again after it.
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
+    assert_eq!(bootsim::grub_boot(&mut env), None);
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
+}
+
+// ---- U-Boot ----
+
+struct UBootFixture {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    defenv: PathBuf,
+    copies: Vec<PathBuf>,
+}
+
+const ENV_SIZE: usize = 0x2000;
+
+/// Blank (0xff, like erased flash) env storage: `copies` files, each holding its copy
+/// at offset 0x400 of a larger file, so offsets are exercised.
+fn uboot_fixture(copies: usize) -> UBootFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::from("# device offset size\n");
+    let mut paths = Vec::new();
+    for i in 0..copies {
+        let p = dir.path().join(format!("env{i}.bin"));
+        std::fs::write(&p, vec![0xffu8; ENV_SIZE + 0x800]).unwrap();
+        config.push_str(&format!("{} 0x400 {ENV_SIZE:#x}\n", p.display()));
+        paths.push(p);
+    }
+    let cfg = dir.path().join("fw_env.config");
+    std::fs::write(&cfg, config).unwrap();
+    let defenv = dir.path().join("default.env");
+    std::fs::write(&defenv, "bootdelay=3\n").unwrap();
+    UBootFixture {
+        _dir: dir,
+        config: cfg,
+        defenv,
+        copies: paths,
+    }
+}
+
+fn fw_printenv(f: &UBootFixture) -> BTreeMap<String, String> {
+    as_map(&run(Command::new("fw_printenv").arg("-c").arg(&f.config)))
+}
+
+fn fw_setenv(f: &UBootFixture, name: &str, value: &str) {
+    run(Command::new("fw_setenv")
+        .arg("-c")
+        .arg(&f.config)
+        .arg("-f")
+        .arg(&f.defenv)
+        .args([name, value]));
+}
+
+#[test]
+fn uboot_env_written_by_us_is_read_by_fw_printenv() {
+    if !have("fw_printenv") {
+        return;
+    }
+    for copies in [1, 2] {
+        let f = uboot_fixture(copies);
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        env.init().unwrap();
+        env.set_vars(&[("bootcmd", Some("run rauc; boot"))])
+            .unwrap();
+        env.activate(Slot::B, 5).unwrap();
+        let printed = fw_printenv(&f);
+        assert_eq!(printed["BOOT_ORDER"], "B A", "{copies} copies");
+        assert_eq!(printed["BOOT_B_LEFT"], "5");
+        assert_eq!(printed["bootcmd"], "run rauc; boot");
+        assert_eq!(printed, vars_map(env.vars().unwrap()));
+    }
+}
+
+#[test]
+fn uboot_env_written_by_fw_setenv_is_read_by_us_and_back() {
+    if !have("fw_setenv") || !have("fw_printenv") {
+        return;
+    }
+    for copies in [1, 2] {
+        let f = uboot_fixture(copies);
+        fw_setenv(&f, "BOOT_ORDER", "A B");
+        fw_setenv(&f, "BOOT_A_LEFT", "3");
+        fw_setenv(&f, "BOOT_B_LEFT", "0");
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        assert_eq!(vars_map(env.vars().unwrap()), fw_printenv(&f));
+        assert_eq!(env.tries_left(Slot::A).unwrap(), 3);
+        env.activate(Slot::B, 3).unwrap();
+        env.confirm(Slot::B).unwrap();
+        fw_setenv(&f, "after", "us");
+        let ours = vars_map(env.vars().unwrap());
+        assert_eq!(ours, fw_printenv(&f));
+        assert_eq!(ours["after"], "us");
+        assert_eq!(ours["BOOT_ORDER"], "B A");
+    }
+}
+
+/// A copy with `which=<tag>` and `flag`, built independently of the library.
+fn raw_copy(tag: &str, flag: u8) -> Vec<u8> {
+    let mut data = format!("BOOT_ORDER=A B\0which={tag}\0\0").into_bytes();
+    data.resize(ENV_SIZE - 5, 0);
+    let mut out = crc32fast::hash(&data).to_le_bytes().to_vec();
+    out.push(flag);
+    out.extend_from_slice(&data);
+    out
+}
+
+fn put_copy(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::read(path).unwrap();
+    file[0x400..0x400 + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn redundant_env_picks_the_copy_fw_printenv_picks() {
+    let tools = have("fw_printenv");
+    let cases: [(u8, u8, &str); 5] = [
+        (1, 2, "copy1"),
+        (2, 1, "copy0"),
+        (255, 0, "copy1"),
+        (0, 255, "copy0"),
+        (7, 7, "copy0"),
+    ];
+    for (f0, f1, expected) in cases {
+        let f = uboot_fixture(2);
+        put_copy(&f.copies[0], &raw_copy("copy0", f0));
+        put_copy(&f.copies[1], &raw_copy("copy1", f1));
+        let env = UBootEnv::open(&f.config).unwrap();
+        assert_eq!(
+            env.get("which").unwrap().as_deref(),
+            Some(expected),
+            "flags {f0} {f1}"
+        );
+        if tools {
+            assert_eq!(fw_printenv(&f)["which"], expected, "flags {f0} {f1}");
+        }
+    }
+}
+
+#[test]
+fn redundant_env_with_one_corrupt_copy_uses_the_other() {
+    let tools = have("fw_printenv");
+    for corrupt in [0usize, 1] {
+        let f = uboot_fixture(2);
+        put_copy(&f.copies[0], &raw_copy("copy0", 1));
+        put_copy(&f.copies[1], &raw_copy("copy1", 2));
+        let mut bad = raw_copy(&format!("copy{corrupt}"), corrupt as u8 + 1);
+        bad[100] ^= 0x55;
+        put_copy(&f.copies[corrupt], &bad);
+        let good = format!("copy{}", 1 - corrupt);
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        assert_eq!(env.get("which").unwrap().as_deref(), Some(good.as_str()));
+        if tools {
+            assert_eq!(fw_printenv(&f)["which"], good);
+        }
+        // Our next write replaces the corrupt copy, never the good one.
+        env.activate(Slot::B, 3).unwrap();
+        let untouched = std::fs::read(&f.copies[1 - corrupt]).unwrap();
+        assert_eq!(
+            &untouched[0x400..0x400 + 20],
+            &raw_copy(&good, (2 - corrupt) as u8)[..20]
+        );
+        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+        if tools {
+            assert_eq!(fw_printenv(&f)["BOOT_ORDER"], "B A");
+        }
+    }
+}
+
+#[test]
+fn env_with_no_valid_copy_is_a_bootloader_error() {
+    for copies in [1, 2] {
+        let f = uboot_fixture(copies);
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        let err = env.activate(Slot::B, 3).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+        assert!(err.message().contains("bad CRC"), "{err}");
+    }
+}
+
+#[test]
+fn unparsable_config_is_a_bootloader_error_and_missing_one_is_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fw_env.config");
+    std::fs::write(&cfg, "/dev/mtd0 0x0\n").unwrap();
+    let err = UBootEnv::open(&cfg).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bootloader);
+    assert!(err.message().contains("line 1"), "{err}");
+    let err = UBootEnv::open(&dir.path().join("missing")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+}
+
+#[test]
+fn uboot_trial_confirm_and_fallback_with_rauc_boot_script() {
+    let f = uboot_fixture(2);
+    let mut env = UBootEnv::open(&f.config).unwrap();
+    env.init().unwrap();
+    assert_eq!(bootsim::uboot_boot(&mut env), Some(Slot::A));
+    env.confirm(Slot::A).unwrap();
+
+    // activate B → boot B on trial → confirm → B good, tries restored.
+    env.disable(Slot::B).unwrap();
+    env.activate(Slot::B, 3).unwrap();
+    assert_eq!(bootsim::uboot_boot(&mut env), Some(Slot::B));
+    assert_eq!(env.tries_left(Slot::B).unwrap(), 2);
+    env.confirm(Slot::B).unwrap();
+    assert_eq!(env.tries_left(Slot::B).unwrap(), 3);
+
+    // activate A with an image that never confirms: three tries, then B.
+    env.disable(Slot::A).unwrap();
+    env.activate(Slot::A, 3).unwrap();
+    let boots: Vec<Option<Slot>> = (0..5).map(|_| bootsim::uboot_boot(&mut env)).collect();
+    assert_eq!(
+        boots,
+        [
+            Some(Slot::A),
+            Some(Slot::A),
+            Some(Slot::A),
+            Some(Slot::B),
+            Some(Slot::B)
+        ]
+    );
+    env.fall_back(Slot::B, Slot::A).unwrap();
+    assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+    assert_eq!(env.tries_left(Slot::A).unwrap(), 0);
+}
+
+#[test]
+fn booted_slot_comes_from_the_configured_cmdline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmdline = dir.path().join("cmdline");
+    std::fs::write(&cmdline, "root=/dev/mmcblk0p3 rauc.slot=B\n").unwrap();
+    let from = evergreen::slots::cmdline::BootedFrom {
+        cmdline,
+        key: "rauc.slot".into(),
+    };
+    let grub = GrubEnv::new(dir.path().join("grubenv")).with_booted_from(from.clone());
+    assert_eq!(grub.booted().unwrap(), Some(Slot::B));
+    assert!(grub.counts_tries());
+    let f = uboot_fixture(1);
+    let uboot = UBootEnv::open(&f.config).unwrap().with_booted_from(from);
+    assert_eq!(uboot.booted().unwrap(), Some(Slot::B));
+    assert!(uboot.counts_tries());
+}

@@ -1,0 +1,531 @@
+//! The operator half of the `evergreen` CLI, run as a real process in temp dirs.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const NOW: &str = "2026-11-22T10:00:00Z";
+
+fn evergreen(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evergreen"))
+        .current_dir(dir)
+        .env("EVERGREEN_NOW", NOW)
+        .args(args)
+        .output()
+        .expect("the evergreen binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = evergreen(dir, args);
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Runs a command that must fail with exit 1 and returns its one stderr line.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = evergreen(dir, args);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stdout(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "exactly one error line: {err}");
+    err
+}
+
+fn keygen(dir: &Path, name: &str) -> String {
+    ok(dir, &["keygen", "--out", name])
+}
+
+fn write_zip(path: &Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("bin/app", options).unwrap();
+    zip.write_all(&[7u8; 1000]).unwrap();
+    zip.start_file("share/readme.txt", options).unwrap();
+    zip.write_all(b"hello").unwrap();
+    zip.finish().unwrap();
+}
+
+/// A repo with one root key `root1` and one manifest key `release`.
+fn init_repo(dir: &Path) {
+    keygen(dir, "root1");
+    keygen(dir, "release");
+    ok(
+        dir,
+        &[
+            "init",
+            "repo",
+            "--product",
+            "com.acme.gateway",
+            "--root-key",
+            "root1.pub",
+            "--root-threshold",
+            "1",
+            "--manifest-key",
+            "release.pub",
+            "--sign",
+            "root1",
+        ],
+    );
+}
+
+fn release_nightly(dir: &Path) -> String {
+    write_zip(&dir.join("app.zip"));
+    std::fs::write(dir.join("settings.json"), br#"{"level": 3}"#).unwrap();
+    ok(
+        dir,
+        &[
+            "release",
+            "repo",
+            "--channel",
+            "nightly",
+            "--version",
+            "1.2.0",
+            "--target",
+            "x86_64-linux",
+            "--component",
+            "app=app.zip",
+            "--component",
+            "config=settings.json:file",
+            "--notes",
+            "Fixes the reconnect loop.",
+            "--sign",
+            "release",
+        ],
+    )
+}
+
+fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
+    let envelope: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("repo/channels/{channel}.json"))).unwrap(),
+    )
+    .unwrap();
+    let payload = evergreen::trust::decode_base64(envelope["payload"].as_str().unwrap()).unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_prints_only_the_keyid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keygen(dir.path(), "k");
+    let secret = std::fs::read_to_string(dir.path().join("k")).unwrap();
+    let public = std::fs::read_to_string(dir.path().join("k.pub")).unwrap();
+    let key = evergreen::trust::SecretKey::from_base64(&secret).unwrap();
+    assert_eq!(key.public().to_base64(), public.trim());
+    assert!(out.contains(&key.public().keyid()), "{out}");
+    assert!(
+        !out.contains(secret.trim()),
+        "the secret must never be printed"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("k"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // An existing key is never overwritten.
+    let err = fails(dir.path(), &["keygen", "--out", "k"]);
+    assert!(err.starts_with("error[config]"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("k")).unwrap(),
+        secret
+    );
+}
+
+#[test]
+fn the_operator_workflow_produces_a_repo_that_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    assert!(dir.join("repo/root/1.json").is_file());
+
+    let out = release_nightly(dir);
+    assert!(
+        out.contains("nightly") && out.contains("sequence 1"),
+        "{out}"
+    );
+    let nightly = read_manifest(dir, "nightly");
+    let app = &nightly["releases"][0]["targets"]["x86_64-linux"]["components"]["app"]["artifact"];
+    assert_eq!(app["kind"], "zip");
+    assert_eq!(app["installed_size"], 1005);
+    let config =
+        &nightly["releases"][0]["targets"]["x86_64-linux"]["components"]["config"]["artifact"];
+    assert_eq!(config["kind"], "file");
+    assert_eq!(config["name"], "settings.json");
+    let blob = dir
+        .join("repo/blobs/sha256")
+        .join(app["sha256"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(blob).unwrap(),
+        std::fs::read(dir.join("app.zip")).unwrap()
+    );
+
+    ok(
+        dir,
+        &[
+            "promote",
+            "repo",
+            "--version",
+            "1.2.0",
+            "--from",
+            "nightly",
+            "--to",
+            "stable",
+            "--sign",
+            "release",
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "rollout",
+            "repo",
+            "--channel",
+            "stable",
+            "--version",
+            "1.2.0",
+            "--percent",
+            "20",
+            "--sign",
+            "release",
+        ],
+    );
+    let stable = read_manifest(dir, "stable");
+    assert_eq!(stable["sequence"], 2);
+    assert_eq!(
+        stable["releases"][0]["rollout"]["stages"][0]["percent"],
+        20.0
+    );
+    ok(
+        dir,
+        &[
+            "resign",
+            "repo",
+            "--channel",
+            "stable",
+            "--expires-in",
+            "7",
+            "--sign",
+            "release",
+        ],
+    );
+    let stable = read_manifest(dir, "stable");
+    assert_eq!(stable["sequence"], 3);
+    assert_eq!(stable["expires"], "2026-11-29T10:00:00Z");
+
+    keygen(dir, "root2");
+    ok(
+        dir,
+        &[
+            "rotate",
+            "repo",
+            "--root-key",
+            "root2.pub",
+            "--sign",
+            "root1",
+            "--sign",
+            "root2",
+        ],
+    );
+    assert!(dir.join("repo/root/2.json").is_file());
+
+    let out = ok(dir, &["verify", "repo"]);
+    assert!(out.starts_with("ok:"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
+    assert_eq!(report["root_version"], 2);
+    assert_eq!(report["channels"][0]["channel"], "nightly");
+    assert_eq!(report["channels"][1]["channel"], "stable");
+    assert_eq!(report["channels"][1]["sequence"], 3);
+    assert_eq!(report["channels"][1]["blobs_checked"], 2);
+
+    // After the rotation the old root key alone can no longer rotate.
+    keygen(dir, "root3");
+    let err = fails(
+        dir,
+        &[
+            "rotate",
+            "repo",
+            "--root-key",
+            "root3.pub",
+            "--sign",
+            "root1",
+            "--sign",
+            "root3",
+        ],
+    );
+    assert!(err.starts_with("error[threshold]"), "{err}");
+}
+
+#[test]
+fn a_manifest_with_one_flipped_payload_byte_fails_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    release_nightly(dir);
+    let path = dir.join("repo/channels/nightly.json");
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut payload =
+        evergreen::trust::decode_base64(envelope["payload"].as_str().unwrap()).unwrap();
+    let at = payload.iter().position(|b| *b == b'1').unwrap();
+    payload[at] = b'2';
+    envelope["payload"] = evergreen::trust::encode_base64(&payload).into();
+    std::fs::write(&path, serde_json::to_vec(&envelope).unwrap()).unwrap();
+
+    let err = fails(dir, &["verify", "repo"]);
+    assert!(err.starts_with("error[signature]"), "{err}");
+    // Nothing is re-signed on top of a tampered manifest.
+    let err = fails(
+        dir,
+        &[
+            "resign",
+            "repo",
+            "--channel",
+            "nightly",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(err.starts_with("error[signature]"), "{err}");
+}
+
+#[test]
+fn a_rotation_signed_only_by_the_new_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    keygen(dir, "root2");
+    let err = fails(
+        dir,
+        &[
+            "rotate",
+            "repo",
+            "--root-key",
+            "root2.pub",
+            "--sign",
+            "root2",
+        ],
+    );
+    assert!(
+        err.starts_with("error[signature]") || err.starts_with("error[threshold]"),
+        "{err}"
+    );
+    assert!(!dir.join("repo/root/2.json").exists());
+}
+
+#[test]
+fn changing_the_manifest_key_resigns_every_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    release_nightly(dir);
+    keygen(dir, "release2");
+    ok(
+        dir,
+        &[
+            "rotate",
+            "repo",
+            "--manifest-key",
+            "release2.pub",
+            "--sign",
+            "root1",
+            "--sign",
+            "release2",
+        ],
+    );
+    assert_eq!(read_manifest(dir, "nightly")["sequence"], 2);
+    ok(dir, &["verify", "repo"]);
+    // The retired manifest key can no longer publish.
+    let err = fails(
+        dir,
+        &[
+            "resign",
+            "repo",
+            "--channel",
+            "nightly",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(err.starts_with("error[threshold]"), "{err}");
+}
+
+#[test]
+fn a_manifest_past_its_expiry_fails_verify_until_resigned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    release_nightly(dir);
+    let later = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_evergreen"))
+            .current_dir(dir)
+            .env("EVERGREEN_NOW", "2027-01-01T00:00:00Z")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = later(&["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error[expired]"), "{}", stderr(&o));
+    let o = later(&[
+        "resign",
+        "repo",
+        "--channel",
+        "nightly",
+        "--sign",
+        "release",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(later(&["verify", "repo"]).status.code(), Some(0));
+}
+
+#[test]
+fn usage_errors_exit_2_and_bad_values_are_config_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let o = evergreen(dir, &["release", "repo", "--channel"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = evergreen(dir, &["no-such-command"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    keygen(dir, "root1");
+    let err = fails(
+        dir,
+        &[
+            "init",
+            "repo",
+            "--product",
+            "p",
+            "--root-key",
+            "root1.pub",
+            "--root-threshold",
+            "0",
+            "--manifest-key",
+            "root1.pub",
+            "--sign",
+            "root1",
+        ],
+    );
+    assert!(err.starts_with("error[config]"), "{err}");
+    assert!(!dir.join("repo").exists());
+
+    // A signer outside the root role: refused before anything is written.
+    keygen(dir, "other");
+    let err = fails(
+        dir,
+        &[
+            "init",
+            "repo",
+            "--product",
+            "p",
+            "--root-key",
+            "root1.pub",
+            "--root-threshold",
+            "1",
+            "--manifest-key",
+            "root1.pub",
+            "--sign",
+            "other",
+        ],
+    );
+    assert!(err.starts_with("error[threshold]"), "{err}");
+    assert!(!dir.join("repo").exists());
+
+    // A secret key file where a public key is expected.
+    let err = fails(
+        dir,
+        &[
+            "init",
+            "repo",
+            "--product",
+            "p",
+            "--root-key",
+            "root1",
+            "--root-threshold",
+            "1",
+            "--manifest-key",
+            "root1.pub",
+            "--sign",
+            "root1",
+        ],
+    );
+    assert!(err.starts_with("error[config]"), "{err}");
+}
+
+#[test]
+fn publishing_the_same_version_and_target_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    release_nightly(dir);
+    let err = fails(
+        dir,
+        &[
+            "release",
+            "repo",
+            "--channel",
+            "nightly",
+            "--version",
+            "1.2.0",
+            "--target",
+            "x86_64-linux",
+            "--component",
+            "app=app.zip",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(err.starts_with("error[config]"), "{err}");
+    // Another target of the same version is fine.
+    let out = ok(
+        dir,
+        &[
+            "release",
+            "repo",
+            "--channel",
+            "nightly",
+            "--version",
+            "1.2.0",
+            "--target",
+            "acme-board-rev2",
+            "--component",
+            "rootfs=app.zip:image",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(out.contains("sequence 2"), "{out}");
+    let nightly = read_manifest(dir, "nightly");
+    assert_eq!(
+        nightly["releases"][0]["targets"]["acme-board-rev2"]["components"]["rootfs"]["artifact"]
+            ["kind"],
+        "image"
+    );
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in [
+        "keygen", "init", "release", "promote", "rollout", "resign", "rotate", "verify",
+    ] {
+        let out = ok(tmp.path(), &[cmd, "--help"]);
+        assert!(
+            out.contains("Example:") && out.contains("evergreen"),
+            "{cmd}: {out}"
+        );
+    }
+}

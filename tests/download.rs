@@ -1,0 +1,621 @@
+//! Downloads and metadata over real loopback HTTP against a misbehaving server, and from
+//! files (DESIGN §5.4).
+
+mod support;
+
+use evergreen::fetch::{
+    BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Request, Response, Transport,
+};
+use evergreen::trust::sha256_hex;
+use evergreen::{ErrorKind, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::{Fault, TestServer};
+use tempfile::TempDir;
+
+const SIZE: usize = 1024 * 1024;
+
+/// A repository directory holding one blob of pseudo-random bytes.
+struct Repo {
+    dir: TempDir,
+    blob: Vec<u8>,
+    sha256: String,
+}
+
+impl Repo {
+    fn new(size: usize) -> Repo {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let blob: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let sha256 = sha256_hex(&blob);
+        let dir = TempDir::new().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(dir.path().join("blobs/sha256").join(&sha256), &blob).unwrap();
+        Repo { dir, blob, sha256 }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn blob_path(&self) -> String {
+        format!("blobs/sha256/{}", self.sha256)
+    }
+
+    fn spec(&self) -> BlobSpec {
+        BlobSpec {
+            sha256: self.sha256.clone(),
+            size: self.blob.len() as u64,
+            url: None,
+        }
+    }
+}
+
+fn options() -> FetchOptions {
+    FetchOptions {
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
+        retries: 0,
+        retry_backoff: Duration::from_millis(1),
+        ..FetchOptions::default()
+    }
+}
+
+fn fetcher(bases: &[String], options: FetchOptions) -> Fetcher {
+    Fetcher::new(bases.to_vec(), options).unwrap()
+}
+
+fn download(fetcher: &Fetcher, spec: &BlobSpec, dir: &Path) -> Result<PathBuf> {
+    fetcher.download(spec, dir, &mut |_, _| {}, &CancelToken::new())
+}
+
+fn part_path(dir: &Path, repo: &Repo) -> PathBuf {
+    dir.join(format!("{}.part", repo.sha256))
+}
+
+fn assert_no_completed_file(dir: &Path, repo: &Repo) {
+    assert!(
+        !dir.join(&repo.sha256).exists(),
+        "a completed file was left behind"
+    );
+}
+
+#[test]
+fn cut_at_half_then_resume_with_range() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::DropAfter(SIZE as u64 / 2), 1);
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    let kept = std::fs::metadata(part_path(downloads.path(), &repo))
+        .unwrap()
+        .len();
+    assert!(kept > 0 && kept <= SIZE as u64 / 2, "kept {kept} bytes");
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), repo.blob);
+    assert!(!part_path(downloads.path(), &repo).exists());
+    let log = server.requests(&repo.blob_path());
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].range, None);
+    assert_eq!(log[1].range, Some(format!("bytes={kept}-")));
+    assert_eq!(log[1].status, 206);
+    assert_eq!(
+        f.stats().bytes_received,
+        SIZE as u64,
+        "no byte is fetched twice"
+    );
+}
+
+#[test]
+fn resume_within_one_call_when_retries_allow() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::DropAfter(1000), 1);
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            retries: 1,
+            ..options()
+        },
+    );
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert!(server.requests(&repo.blob_path())[1].range.is_some());
+}
+
+#[test]
+fn server_ignoring_range_restarts_from_zero_and_succeeds() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(&repo.blob_path(), Fault::IgnoreRange);
+    let downloads = TempDir::new().unwrap();
+    std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    let log = server.requests(&repo.blob_path());
+    assert_eq!(log[0].range, Some(format!("bytes={}-", SIZE / 2)));
+    assert_eq!(log[0].status, 200);
+    assert_eq!(f.stats().bytes_received, SIZE as u64);
+}
+
+#[test]
+fn wrong_content_range_is_refused_and_the_next_attempt_restarts_cleanly() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(&repo.blob_path(), Fault::WrongContentRange);
+    let downloads = TempDir::new().unwrap();
+    let part = part_path(downloads.path(), &repo);
+    std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    let expected = format!("bytes {}-{}/{SIZE}", SIZE / 2, SIZE - 1);
+    let found = format!("bytes 0-{}/{SIZE}", SIZE - 1);
+    assert!(err.message().contains(&expected), "{err}");
+    assert!(err.message().contains(&found), "{err}");
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len(),
+        0,
+        "nothing appended"
+    );
+    assert_no_completed_file(downloads.path(), &repo);
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_eq!(server.requests(&repo.blob_path())[1].range, None);
+}
+
+#[test]
+fn longer_body_is_too_large_and_the_file_never_grows_past_the_size() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(&repo.blob_path(), Fault::AppendJunk(512 * 1024));
+    let downloads = TempDir::new().unwrap();
+    let part = part_path(downloads.path(), &repo);
+    let f = fetcher(&[server.url()], options());
+
+    let mut largest = 0;
+    let result = f.download(
+        &repo.spec(),
+        downloads.path(),
+        &mut |done, total| {
+            assert!(done <= total);
+            largest = largest.max(std::fs::metadata(&part).map_or(0, |m| m.len()));
+        },
+        &CancelToken::new(),
+    );
+    assert_eq!(result.unwrap_err().kind(), ErrorKind::TooLarge);
+    assert!(largest <= SIZE as u64, "the .part grew to {largest}");
+    assert!(
+        !part.exists(),
+        "bytes from a server sending too much are not kept"
+    );
+    assert_no_completed_file(downloads.path(), &repo);
+}
+
+#[test]
+fn declared_length_above_the_size_is_refused_before_any_byte() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mut longer = repo.blob.clone();
+    longer.extend_from_slice(b"more");
+    server.set_fault(&repo.blob_path(), Fault::Replace(longer));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+    assert_eq!(f.stats().bytes_received, 0);
+    assert_no_completed_file(downloads.path(), &repo);
+}
+
+#[test]
+fn wrong_hash_is_hash_mismatch_and_leaves_nothing() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mut other = repo.blob.clone();
+    other[SIZE - 1] ^= 1;
+    server.set_fault(&repo.blob_path(), Fault::Replace(other));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    assert!(err.message().contains(&repo.sha256), "{err}");
+    assert!(!part_path(downloads.path(), &repo).exists());
+    assert_no_completed_file(downloads.path(), &repo);
+}
+
+#[test]
+fn trickling_server_fails_with_slow_retrieval_within_the_bound() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(
+        &repo.blob_path(),
+        Fault::Trickle {
+            bytes: 64,
+            every: Duration::from_millis(20),
+        },
+    );
+    let downloads = TempDir::new().unwrap();
+    let opts = FetchOptions {
+        min_speed_bytes_per_s: 64 * 1024,
+        speed_window: Duration::from_millis(500),
+        read_timeout: Duration::from_secs(2),
+        ..options()
+    };
+    let bound = opts.speed_window + opts.read_timeout;
+    let f = fetcher(&[server.url()], opts);
+
+    let started = Instant::now();
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlowRetrieval, "{err}");
+    // Generous: proves the download stops by itself, not how fast.
+    assert!(
+        started.elapsed() < bound * 4,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_no_completed_file(downloads.path(), &repo);
+}
+
+#[test]
+fn silent_server_times_out() {
+    let repo = Repo::new(1000);
+    // Accepted by the kernel's backlog, never answered.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[base],
+        FetchOptions {
+            read_timeout: Duration::from_millis(300),
+            ..options()
+        },
+    );
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}
+
+#[test]
+fn refused_connection_is_a_network_error() {
+    let repo = Repo::new(1000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[format!("http://127.0.0.1:{port}")], options());
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+}
+
+#[test]
+fn five_xx_twice_then_success() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::Status(503), 2);
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    let statuses: Vec<u16> = server
+        .requests(&repo.blob_path())
+        .iter()
+        .map(|l| l.status)
+        .collect();
+    assert_eq!(statuses, [503, 503, 200]);
+}
+
+#[test]
+fn five_xx_beyond_the_retries_is_http_status() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    server.set_fault("blobs/", Fault::Status(500));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert!(err.message().contains("500"), "{err}");
+    assert_eq!(server.requests(&repo.blob_path()).len(), 3);
+}
+
+#[test]
+fn mirror_serves_when_the_server_fails_or_lacks_the_blob() {
+    let repo = Repo::new(SIZE);
+    let empty = TempDir::new().unwrap();
+    let broken = TestServer::serve(repo.path());
+    broken.set_fault("", Fault::Status(500));
+    let lacking = TestServer::serve(empty.path());
+    let mirror = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[broken.url(), lacking.url(), mirror.url()], options());
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    for server in [&broken, &lacking, &mirror] {
+        assert_eq!(server.requests(&repo.blob_path()).len(), 1);
+    }
+}
+
+#[test]
+fn missing_on_every_base_is_not_found_without_retrying_them() {
+    let repo = Repo::new(1000);
+    let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (server, mirror) = (TestServer::serve(a.path()), TestServer::serve(b.path()));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[server.url(), mirror.url()],
+        FetchOptions {
+            retries: 3,
+            ..options()
+        },
+    );
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(server.requests(&repo.blob_path()).len(), 1);
+    assert_eq!(mirror.requests(&repo.blob_path()).len(), 1);
+}
+
+#[test]
+fn cancel_keeps_the_part_and_a_later_call_resumes_it() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+    let cancel = CancelToken::new();
+
+    let result = f.download(
+        &repo.spec(),
+        downloads.path(),
+        &mut |done, _| {
+            if done >= SIZE as u64 / 4 {
+                cancel.cancel();
+            }
+        },
+        &cancel,
+    );
+    assert_eq!(result.unwrap_err().kind(), ErrorKind::Cancelled);
+    let kept = std::fs::metadata(part_path(downloads.path(), &repo))
+        .unwrap()
+        .len();
+    assert!(kept >= SIZE as u64 / 4 && kept < SIZE as u64, "kept {kept}");
+    assert_no_completed_file(downloads.path(), &repo);
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    let log = server.requests(&repo.blob_path());
+    assert_eq!(log.last().unwrap().range, Some(format!("bytes={kept}-")));
+}
+
+#[test]
+fn a_verified_file_already_there_needs_no_request_and_a_corrupt_one_is_replaced() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+    let done = downloads.path().join(&repo.sha256);
+
+    std::fs::write(&done, &repo.blob).unwrap();
+    assert_eq!(download(&f, &repo.spec(), downloads.path()).unwrap(), done);
+    assert_eq!(f.stats().requests, 0);
+
+    std::fs::write(&done, b"corrupt").unwrap();
+    download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(&done).unwrap(), repo.blob);
+    assert_eq!(f.stats().requests, 1);
+}
+
+#[test]
+fn absolute_url_overrides_the_bases() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&["http://127.0.0.1:9/nothing-here".to_owned()], options());
+    let spec = BlobSpec {
+        url: Some(format!("{}/{}", server.url(), repo.blob_path())),
+        ..repo.spec()
+    };
+    download(&f, &spec, downloads.path()).unwrap();
+    assert_eq!(server.requests(&repo.blob_path()).len(), 1);
+}
+
+#[test]
+fn file_transport_serves_plain_paths_and_file_urls_and_resumes() {
+    let repo = Repo::new(SIZE);
+    let plain = repo.path().display().to_string();
+    let file_url = format!("file://{plain}");
+    for base in [plain, file_url] {
+        let downloads = TempDir::new().unwrap();
+        std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
+        let f = fetcher(std::slice::from_ref(&base), options());
+        let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), repo.blob, "{base}");
+        assert_eq!(f.stats().bytes_received, SIZE as u64 / 2, "{base} resumed");
+    }
+}
+
+#[test]
+fn file_transport_missing_blob_is_not_found() {
+    let repo = Repo::new(1000);
+    let empty = TempDir::new().unwrap();
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[format!("file://{}", empty.path().display())], options());
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+fn metadata_repo(doc: &[u8]) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    std::fs::create_dir_all(dir.path().join("channels")).unwrap();
+    std::fs::write(dir.path().join("channels/stable.json"), doc).unwrap();
+    dir
+}
+
+#[test]
+fn metadata_with_the_returned_etag_is_not_modified() {
+    let dir = metadata_repo(b"{\"sequence\": 1}");
+    let server = TestServer::serve(dir.path());
+    let f = fetcher(&[server.url()], options());
+
+    let Metadata::Fetched { bytes, etag } =
+        f.metadata("channels/stable.json", None, 1 << 20).unwrap()
+    else {
+        panic!("expected the document");
+    };
+    assert_eq!(bytes, b"{\"sequence\": 1}");
+    let etag = etag.expect("an ETag");
+    let again = f
+        .metadata("channels/stable.json", Some(&etag), 1 << 20)
+        .unwrap();
+    assert_eq!(again, Metadata::NotModified);
+    let log = server.requests("channels/stable.json");
+    assert_eq!(log[1].if_none_match.as_deref(), Some(etag.as_str()));
+    assert_eq!(log[1].status, 304);
+
+    std::fs::write(
+        dir.path().join("channels/stable.json"),
+        b"{\"sequence\": 2}",
+    )
+    .unwrap();
+    let changed = f
+        .metadata("channels/stable.json", Some(&etag), 1 << 20)
+        .unwrap();
+    assert!(matches!(changed, Metadata::Fetched { bytes, .. } if bytes == b"{\"sequence\": 2}"));
+}
+
+#[test]
+fn metadata_larger_than_the_cap_is_too_large() {
+    let doc = vec![b'x'; 4096];
+    let dir = metadata_repo(&doc);
+    let server = TestServer::serve(dir.path());
+    let f = fetcher(&[server.url()], options());
+
+    let err = f.metadata("channels/stable.json", None, 4095).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "declared: {err}");
+
+    server.set_fault("channels/", Fault::AppendJunk(1 << 20));
+    let err = f.metadata("channels/stable.json", None, 8192).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "undeclared: {err}");
+    assert!(f.stats().bytes_received <= 8193);
+}
+
+#[test]
+fn metadata_missing_everywhere_is_not_found() {
+    let dir = metadata_repo(b"{}");
+    let server = TestServer::serve(dir.path());
+    let f = fetcher(&[server.url(), dir.path().display().to_string()], options());
+    let err = f.metadata("root/2.json", None, 1 << 20).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+#[test]
+fn metadata_served_by_a_replacement_body_is_returned_as_is() {
+    let dir = metadata_repo(b"new");
+    let server = TestServer::serve(dir.path());
+    server.set_fault("channels/stable.json", Fault::Replace(b"old".to_vec()));
+    let f = fetcher(&[server.url()], options());
+    let got = f.metadata("channels/stable.json", None, 1 << 20).unwrap();
+    assert!(matches!(got, Metadata::Fetched { bytes, .. } if bytes == b"old"));
+}
+
+#[test]
+fn redirect_is_an_http_status_error_naming_the_location_unless_followed() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    let location = format!("{}/{}", mirror.url(), repo.blob_path());
+    server.set_fault("blobs/", Fault::Redirect(location.clone()));
+    let downloads = TempDir::new().unwrap();
+
+    let f = fetcher(&[server.url()], options());
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert!(
+        err.message().contains("302") && err.message().contains(&location),
+        "{err}"
+    );
+    assert!(mirror.requests(&repo.blob_path()).is_empty());
+
+    let follows = FetchOptions {
+        follow_redirects: true,
+        ..options()
+    };
+    download(
+        &fetcher(&[server.url()], follows),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap();
+    assert_eq!(mirror.requests(&repo.blob_path()).len(), 1);
+}
+
+/// A host transport serving one blob from memory, as a vendor SDK or a bus might.
+struct Memory {
+    blob: Vec<u8>,
+}
+
+impl Transport for Memory {
+    fn get(&self, url: &str, req: &Request) -> evergreen::Result<Response> {
+        assert!(url.starts_with("vendor://"), "{url}");
+        let from = req.range_from.unwrap_or(0) as usize;
+        Ok(Response {
+            status: 200,
+            etag: None,
+            content_length: Some((self.blob.len() - from) as u64),
+            content_range: None,
+            location: None,
+            body: Box::new(std::io::Cursor::new(self.blob.clone())),
+        })
+    }
+}
+
+#[test]
+fn a_host_transport_gets_the_same_verification() {
+    let repo = Repo::new(SIZE);
+    let downloads = TempDir::new().unwrap();
+    let good = Memory {
+        blob: repo.blob.clone(),
+    };
+    let f = Fetcher::with_transport(vec!["vendor://box".into()], options(), Box::new(good));
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+
+    let other = TempDir::new().unwrap();
+    let bad = Memory {
+        blob: vec![0; SIZE],
+    };
+    let f = Fetcher::with_transport(vec!["vendor://box".into()], options(), Box::new(bad));
+    let err = download(&f, &repo.spec(), other.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+}

@@ -1,0 +1,268 @@
+//! End-to-end over loopback HTTP with the real CLI and the launcher example: install,
+//! update with a trial, confirm, an update whose app fails its health check and comes back
+//! by itself, component deltas, and a failed install that loses nothing.
+
+mod common;
+mod support;
+
+use common::{make_zip, tree_digest, Device, Repo};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::TestServer;
+
+/// The launcher example, built by `cargo test` next to the test binaries.
+fn launcher() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples").join("launcher");
+    assert!(
+        path.exists(),
+        "build the launcher first: cargo build --example launcher"
+    );
+    path
+}
+
+/// An app whose `run.sh` confirms itself when healthy, or fails its health check.
+fn app_zip(dir: &Path, version: &str, healthy: bool) -> PathBuf {
+    let script = if healthy {
+        format!(
+            "#!/bin/sh\n\"$EVERGREEN\" confirm --config \"$EVERGREEN_CONFIG\" >/dev/null || exit 1\necho \"app {version} healthy\"\n"
+        )
+    } else {
+        format!("#!/bin/sh\necho \"app {version}: health check failed\" >&2\nexit 1\n")
+    };
+    let path = dir.join(format!("app-{version}.zip"));
+    make_zip(
+        &path,
+        &[
+            ("run.sh", script.as_bytes()),
+            ("VERSION", version.as_bytes()),
+        ],
+    );
+    path
+}
+
+/// Starts the app through the launcher, as a service manager would.
+fn start(dev: &Device) -> std::process::Output {
+    Command::new(launcher())
+        .args(["--config", dev.config.to_str().unwrap()])
+        .args(["--component", "app", "--entry", "run.sh"])
+        .env("EVERGREEN", common::bin())
+        .env("EVERGREEN_CONFIG", &dev.config)
+        .output()
+        .unwrap()
+}
+
+fn fast() -> serde_json::Value {
+    serde_json::json!({"limits": {"retries": 1, "retry_backoff_ms": 10}})
+}
+
+#[test]
+fn a_failing_release_rolls_back_by_itself() {
+    let repo = Repo::new("com.acme.e2e");
+    let src = repo.scratch("src");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.0.0", true))],
+        &[],
+    );
+    dev.expect("update", &["--yes"], 0);
+    let out = start(&dev);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+
+    repo.release(
+        "stable",
+        "1.1.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.1.0", true))],
+        &[],
+    );
+    let check: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    assert_eq!(check["version"], "1.1.0");
+    assert_eq!(check["components"][0]["op"], "modified");
+    dev.expect("update", &["--yes"], 0);
+    let s = dev.status();
+    assert_eq!(s["trial"]["slot"], "a");
+    assert_eq!(s["slots"]["a"]["status"], "trial");
+    let out = start(&dev);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app 1.1.0 healthy"));
+    let s = dev.status();
+    assert_eq!(s["slots"]["a"]["status"], "good");
+    assert_eq!(s["trial"], serde_json::Value::Null);
+
+    repo.release(
+        "stable",
+        "1.2.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.2.0", false))],
+        &[],
+    );
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["primary"], "b");
+    for n in 0..3 {
+        let out = start(&dev);
+        assert!(
+            !out.status.success(),
+            "start {n} of the broken app should fail"
+        );
+        assert_eq!(dev.status()["trial"]["tries_left"], 2 - n);
+    }
+    // The fourth start finds the tries used up: back to 1.1.0, which runs.
+    let out = start(&dev);
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app 1.1.0 healthy"));
+    assert!(
+        err.contains("rolled back from slot b (1.2.0) to slot a")
+            && err.contains("started 3 time(s) without being confirmed"),
+        "{err}"
+    );
+    let s = dev.status();
+    assert_eq!(s["primary"], "a");
+    assert_eq!(s["slots"]["a"]["version"], "1.1.0");
+    assert_eq!(s["slots"]["b"]["status"], "bad");
+    assert_eq!(s["slots"]["b"]["version"], "1.2.0");
+    assert_eq!(
+        std::fs::read_link(dev.root.join("current")).unwrap(),
+        Path::new("slots/a")
+    );
+    // 1.2.0 failed here: it is not offered again, but a newer release is.
+    let up: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 0)).unwrap();
+    assert_eq!(up["status"], "up_to_date");
+    repo.release(
+        "stable",
+        "1.3.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.3.0", true))],
+        &[],
+    );
+    let check: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    assert_eq!(check["version"], "1.3.0");
+}
+
+#[test]
+fn one_changed_component_of_ten_downloads_only_that_one() {
+    let repo = Repo::new("com.acme.delta");
+    let src = repo.scratch("src");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    let write = |name: &str, body: &str| {
+        let p = src.join(format!("{name}-{body}.txt"));
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let first: Vec<(String, PathBuf)> = (0..10)
+        .map(|i| (format!("c{i}"), write(&format!("c{i}"), "v1")))
+        .collect();
+    let refs: Vec<(&str, &Path)> = first
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    repo.release("stable", "1.0.0", "x86_64-linux", &refs, &[]);
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("confirm", &[], 0);
+
+    let mut second = first.clone();
+    second[4].1 = write("c4", "v2");
+    let refs: Vec<(&str, &Path)> = second
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    repo.release("stable", "1.1.0", "x86_64-linux", &refs, &[]);
+    let check: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    let ops: Vec<&str> = check["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops.iter().filter(|o| **o == "modified").count(), 1);
+    assert_eq!(ops.iter().filter(|o| **o == "unchanged").count(), 9);
+
+    let blobs_before = blob_requests(&server, &repo.root);
+    dev.expect("update", &["--yes"], 0);
+    let blobs_after = blob_requests(&server, &repo.root);
+    assert_eq!(
+        blobs_after - blobs_before,
+        1,
+        "only the changed component is downloaded"
+    );
+    let slot = dev
+        .root
+        .join("slots")
+        .join(dev.status()["primary"].as_str().unwrap());
+    for i in 0..10 {
+        let want = if i == 4 { "v2" } else { "v1" };
+        let body = std::fs::read_to_string(slot.join(format!("c{i}/c{i}-{want}.txt"))).unwrap();
+        assert_eq!(body, want);
+    }
+}
+
+/// GET requests for any blob so far.
+fn blob_requests(server: &TestServer, repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            server
+                .requests(&format!(
+                    "blobs/sha256/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                ))
+                .len()
+        })
+        .sum()
+}
+
+#[test]
+fn a_failed_install_leaves_the_primary_slot_byte_identical() {
+    let repo = Repo::new("com.acme.safe");
+    let src = repo.scratch("src");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.0.0", true))],
+        &[],
+    );
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("confirm", &[], 0);
+    let primary = dev.root.join("slots/b");
+    let before = tree_digest(&primary);
+    let state_before = dev.status();
+
+    // 1.1.0 is a zip bomb: 64 MiB of zeros, refused by the ratio cap while installing.
+    let bomb = src.join("bomb.zip");
+    make_zip(&bomb, &[("zeros.bin", &vec![0u8; 64 << 20])]);
+    repo.release("stable", "1.1.0", "x86_64-linux", &[("app", &bomb)], &[]);
+    let out = dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("error[unsafe_archive]"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    assert_eq!(tree_digest(&primary), before, "the primary slot changed");
+    let s = dev.status();
+    assert_eq!(s["primary"], state_before["primary"]);
+    assert_eq!(s["slots"]["b"], state_before["slots"]["b"]);
+    assert_ne!(s["slots"]["a"]["status"], "installed");
+    assert_eq!(
+        std::fs::read_link(dev.root.join("current")).unwrap(),
+        Path::new("slots/b")
+    );
+    // The verified download survives the failure.
+    let sha = evergreen::trust::sha256_hex(&std::fs::read(&bomb).unwrap());
+    assert!(dev.state.join("downloads").join(sha).exists());
+}

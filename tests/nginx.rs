@@ -1,0 +1,203 @@
+//! ETag and Range against a real nginx on loopback (DESIGN §11). Skipped, with a message,
+//! where nginx is not installed.
+
+use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata};
+use evergreen::trust::sha256_hex;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A running nginx, killed when dropped (also when a test panics).
+struct Nginx {
+    child: Child,
+    port: u16,
+    prefix: TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    /// Starts nginx serving `root` on a free loopback port, or `None` if it is not
+    /// installed.
+    fn serve(root: &Path) -> Option<Nginx> {
+        let binary = find_on_path("nginx")?;
+        let prefix = TempDir::new().unwrap();
+        let port = free_port();
+        let p = prefix.path().display();
+        // One process (no master), so killing the child stops everything; every path
+        // inside the temp dir so nothing on the machine is touched.
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
+             error_log {p}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
+             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+            root = root.display()
+        );
+        let conf_path = prefix.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.path().join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut nginx = Nginx {
+            child,
+            port,
+            prefix,
+        };
+        nginx.wait_until_listening();
+        Some(nginx)
+    }
+
+    fn wait_until_listening(&mut self) {
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("nginx exited with {status}: {}", self.log("error.log"));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "nginx is not listening after 5 s: {}",
+            self.log("error.log")
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.prefix.path().join(name)).unwrap_or_default()
+    }
+
+    /// The status of each request in the access log (combined format), oldest first.
+    fn statuses(&self) -> Vec<u16> {
+        self.log("access.log")
+            .lines()
+            .filter_map(|l| l.split('"').nth(2)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        println!("skipped: nginx not installed");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A served directory that nginx's workers can read even when it drops privileges.
+fn public_dir() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn write_public(dir: &Path, rel: &str, bytes: &[u8]) {
+    let path = dir.join(rel);
+    let mut parent = path.parent();
+    std::fs::create_dir_all(parent.unwrap()).unwrap();
+    while let Some(p) = parent.filter(|p| *p != dir) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        parent = p.parent();
+    }
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+fn options() -> FetchOptions {
+    FetchOptions {
+        retries: 0,
+        ..FetchOptions::default()
+    }
+}
+
+#[test]
+fn second_metadata_fetch_with_the_etag_is_one_request_answered_304() {
+    let root = public_dir();
+    write_public(root.path(), "channels/stable.json", b"{\"sequence\": 7}");
+    let Some(nginx) = Nginx::serve(root.path()) else {
+        return;
+    };
+    let fetcher = Fetcher::new(vec![nginx.url()], options()).unwrap();
+
+    let first = fetcher
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap();
+    let Metadata::Fetched { bytes, etag } = first else {
+        panic!("expected the document, found {first:?}");
+    };
+    assert_eq!(bytes, b"{\"sequence\": 7}");
+    let etag = etag.expect("nginx sends an ETag");
+
+    let before = fetcher.stats().requests;
+    let second = fetcher
+        .metadata("channels/stable.json", Some(&etag), 1 << 20)
+        .unwrap();
+    assert_eq!(second, Metadata::NotModified);
+    assert_eq!(fetcher.stats().requests - before, 1);
+    assert_eq!(nginx.statuses(), [200, 304]);
+}
+
+#[test]
+fn range_resume_against_nginx() {
+    let blob: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sha256 = sha256_hex(&blob);
+    let root = public_dir();
+    write_public(root.path(), &format!("blobs/sha256/{sha256}"), &blob);
+    let Some(nginx) = Nginx::serve(root.path()) else {
+        return;
+    };
+    let downloads = TempDir::new().unwrap();
+    let half = blob.len() / 2;
+    std::fs::write(
+        downloads.path().join(format!("{sha256}.part")),
+        &blob[..half],
+    )
+    .unwrap();
+    let fetcher = Fetcher::new(vec![nginx.url()], options()).unwrap();
+
+    let spec = BlobSpec {
+        sha256: sha256.clone(),
+        size: blob.len() as u64,
+        url: None,
+    };
+    let path = fetcher
+        .download(&spec, downloads.path(), &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), blob);
+    assert_eq!(fetcher.stats().bytes_received, (blob.len() - half) as u64);
+    assert_eq!(nginx.statuses(), [206]);
+}

@@ -1,0 +1,713 @@
+//! The selection and deploy rules of DESIGN §5.2–5.3, one table row per rule.
+
+use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
+use evergreen::select::{
+    deploy, in_rollout, next_check, rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy,
+    Device, Policy,
+};
+use evergreen::{ErrorKind, Timestamp};
+use semver::Version;
+use std::collections::BTreeMap;
+
+const TARGET: &str = "x86_64-linux";
+const NOW: &str = "2026-11-22T10:00:00Z";
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn v(s: &str) -> Version {
+    s.parse().unwrap()
+}
+
+fn rel(version: &str) -> Release {
+    Release {
+        version: v(version),
+        published: None,
+        notes: String::new(),
+        min_version: None,
+        critical: false,
+        security_version: 0,
+        rollout: None,
+        targets: BTreeMap::from([(TARGET.to_string(), no_components())]),
+    }
+}
+
+fn no_components() -> TargetRelease {
+    TargetRelease {
+        components: BTreeMap::new(),
+    }
+}
+
+/// Small modifiers so each table row reads like the rule it tests.
+trait ReleaseExt {
+    fn critical(self) -> Self;
+    fn security(self, n: u64) -> Self;
+    fn min(self, version: &str) -> Self;
+    fn stages(self, stages: &[(&str, f64)]) -> Self;
+    fn only_for(self, target: &str) -> Self;
+}
+
+impl ReleaseExt for Release {
+    fn critical(mut self) -> Self {
+        self.critical = true;
+        self
+    }
+    fn security(mut self, n: u64) -> Self {
+        self.security_version = n;
+        self
+    }
+    fn min(mut self, version: &str) -> Self {
+        self.min_version = Some(v(version));
+        self
+    }
+    fn stages(mut self, stages: &[(&str, f64)]) -> Self {
+        self.rollout = Some(Rollout {
+            stages: stages
+                .iter()
+                .map(|&(at, percent)| RolloutStage {
+                    at: ts(at),
+                    percent,
+                })
+                .collect(),
+        });
+        self
+    }
+    fn only_for(mut self, target: &str) -> Self {
+        self.targets = BTreeMap::from([(target.to_string(), no_components())]);
+        self
+    }
+}
+
+fn manifest(channel: &str, releases: Vec<Release>) -> Manifest {
+    Manifest {
+        doc_type: "manifest".into(),
+        product: "p".into(),
+        channel: channel.into(),
+        sequence: 1,
+        issued: ts("2026-11-01T00:00:00Z"),
+        expires: ts("2026-12-31T00:00:00Z"),
+        releases,
+    }
+}
+
+struct Row {
+    name: &'static str,
+    channel: &'static str,
+    releases: Vec<Release>,
+    installed: Option<&'static str>,
+    floor: u64,
+    skipped: &'static [&'static str],
+    failed: &'static [&'static str],
+    pin: Option<&'static str>,
+    allow_downgrade: bool,
+    expect: Result<Decision, ErrorKind>,
+}
+
+fn row() -> Row {
+    Row {
+        name: "",
+        channel: "stable",
+        releases: vec![],
+        installed: Some("1.0.0"),
+        floor: 0,
+        skipped: &[],
+        failed: &[],
+        pin: None,
+        allow_downgrade: false,
+        expect: Ok(Decision::UpToDate),
+    }
+}
+
+fn update(version: &str) -> Choice {
+    Choice {
+        version: v(version),
+        downgrade: false,
+        critical: false,
+        stepping_stone: false,
+    }
+}
+
+fn ok(c: Choice) -> Result<Decision, ErrorKind> {
+    Ok(Decision::Update(c))
+}
+
+fn run(r: &Row) -> Result<Decision, ErrorKind> {
+    let installed = r.installed.map(v);
+    let skipped: Vec<Version> = r.skipped.iter().map(|s| v(s)).collect();
+    let failed: Vec<Version> = r.failed.iter().map(|s| v(s)).collect();
+    let pin = r.pin.map(v);
+    let device = Device {
+        product: "p",
+        target: TARGET,
+        device_id: "device-1",
+        installed: installed.as_ref(),
+        security_floor: r.floor,
+        skipped: &skipped,
+        failed: &failed,
+    };
+    let policy = Policy {
+        pin: pin.as_ref(),
+        allow_downgrade: r.allow_downgrade,
+    };
+    select(
+        &manifest(r.channel, r.releases.clone()),
+        &device,
+        &policy,
+        ts(NOW),
+    )
+    .map_err(|e| e.kind())
+}
+
+fn selection_rows() -> Vec<Row> {
+    vec![
+        Row {
+            name: "up to date",
+            installed: Some("1.1.0"),
+            releases: vec![rel("1.0.0"), rel("1.1.0")],
+            ..row()
+        },
+        Row {
+            name: "newer available",
+            releases: vec![rel("1.0.0"), rel("1.1.0")],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "nothing installed takes the newest",
+            installed: None,
+            releases: vec![rel("1.1.0"), rel("1.2.0").min("1.1.0"), rel("1.0.0")],
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
+            name: "nothing for this target is not offered",
+            releases: vec![rel("2.0.0").only_for("acme-board-rev2")],
+            ..row()
+        },
+        Row {
+            name: "channel switch to a riskier channel takes its newest",
+            channel: "nightly",
+            installed: Some("1.4.0"),
+            releases: vec![rel("1.4.0"), rel("1.5.0-nightly.3")],
+            expect: ok(update("1.5.0-nightly.3")),
+            ..row()
+        },
+        Row {
+            name: "channel switch to a safer, older channel stays put",
+            installed: Some("1.5.0-nightly.3"),
+            releases: vec![rel("1.3.0"), rel("1.4.0")],
+            ..row()
+        },
+        Row {
+            name: "channel switch to a safer, older channel with allow_downgrade",
+            installed: Some("1.5.0-nightly.3"),
+            releases: vec![rel("1.3.0"), rel("1.4.0")],
+            allow_downgrade: true,
+            expect: ok(Choice {
+                downgrade: true,
+                ..update("1.4.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "allow_downgrade does not undo a halted rollout",
+            installed: Some("1.2.0"),
+            releases: vec![rel("1.1.0"), rel("1.2.0").stages(&[(NOW, 0.0)])],
+            allow_downgrade: true,
+            ..row()
+        },
+        Row {
+            name: "pin newer",
+            releases: vec![rel("1.1.0"), rel("1.2.0"), rel("1.3.0")],
+            pin: Some("1.2.0"),
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
+            name: "pin older is a downgrade",
+            installed: Some("1.3.0"),
+            releases: vec![rel("1.1.0"), rel("1.3.0")],
+            pin: Some("1.1.0"),
+            expect: ok(Choice {
+                downgrade: true,
+                ..update("1.1.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "pin equal to installed is up to date",
+            installed: Some("1.1.0"),
+            releases: vec![rel("1.1.0"), rel("1.2.0")],
+            pin: Some("1.1.0"),
+            ..row()
+        },
+        Row {
+            name: "pin ignores rollout, skips and failures",
+            releases: vec![rel("1.2.0").stages(&[(NOW, 0.0)])],
+            skipped: &["1.2.0"],
+            failed: &["1.2.0"],
+            pin: Some("1.2.0"),
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
+            name: "pin below the security floor",
+            installed: Some("1.3.0"),
+            floor: 3,
+            releases: vec![rel("1.1.0").security(2), rel("1.3.0").security(3)],
+            pin: Some("1.1.0"),
+            expect: Err(ErrorKind::SecurityFloor),
+            ..row()
+        },
+        Row {
+            name: "pin unknown",
+            releases: vec![rel("1.1.0")],
+            pin: Some("9.9.9"),
+            expect: Err(ErrorKind::NoSuchVersion),
+            ..row()
+        },
+        Row {
+            name: "pin for another target",
+            releases: vec![rel("1.1.0").only_for("acme-board-rev2")],
+            pin: Some("1.1.0"),
+            expect: Err(ErrorKind::IncompatibleTarget),
+            ..row()
+        },
+        Row {
+            name: "skipped is skipped",
+            releases: vec![rel("1.1.0"), rel("1.2.0")],
+            skipped: &["1.2.0"],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "skipped critical is not skipped",
+            releases: vec![rel("1.1.0").critical()],
+            skipped: &["1.1.0"],
+            expect: ok(Choice {
+                critical: true,
+                ..update("1.1.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "failed is never offered, even critical",
+            releases: vec![rel("1.1.0").critical()],
+            failed: &["1.1.0"],
+            ..row()
+        },
+        Row {
+            name: "failed, then re-published as a newer version",
+            releases: vec![rel("1.1.0"), rel("1.1.1")],
+            failed: &["1.1.0"],
+            expect: ok(update("1.1.1")),
+            ..row()
+        },
+        Row {
+            name: "below the floor is skipped",
+            floor: 5,
+            releases: vec![rel("1.1.0").security(5), rel("1.2.0").security(4)],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "min_version gives a stepping stone",
+            releases: vec![rel("1.5.0").min("1.0.0"), rel("2.0.0").min("1.5.0")],
+            expect: ok(Choice {
+                stepping_stone: true,
+                ..update("1.5.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "after the stepping stone the target release",
+            installed: Some("1.5.0"),
+            releases: vec![rel("1.5.0").min("1.0.0"), rel("2.0.0").min("1.5.0")],
+            expect: ok(update("2.0.0")),
+            ..row()
+        },
+        Row {
+            name: "no stepping stone reachable",
+            installed: Some("0.9.0"),
+            releases: vec![rel("2.0.0").min("1.5.0")],
+            ..row()
+        },
+        Row {
+            name: "pre-releases order numerically",
+            installed: Some("1.1.0-rc.2"),
+            releases: vec![rel("1.0.0"), rel("1.1.0-rc.9"), rel("1.1.0-rc.10")],
+            expect: ok(update("1.1.0-rc.10")),
+            ..row()
+        },
+        Row {
+            name: "a release is newer than its pre-releases",
+            installed: Some("1.1.0-rc.10"),
+            releases: vec![rel("1.1.0-rc.10"), rel("1.1.0")],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "a pre-release is older than its release",
+            installed: Some("1.1.0"),
+            releases: vec![rel("1.1.0-rc.10")],
+            ..row()
+        },
+        Row {
+            name: "rollout at 0%",
+            releases: vec![rel("1.1.0").stages(&[("2026-11-20T00:00:00Z", 0.0)])],
+            ..row()
+        },
+        Row {
+            name: "rollout at 100%",
+            releases: vec![rel("1.1.0").stages(&[
+                ("2026-11-20T00:00:00Z", 1.0),
+                ("2026-11-21T00:00:00Z", 100.0),
+            ])],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "rollout before its first stage",
+            releases: vec![rel("1.1.0").stages(&[("2026-11-23T00:00:00Z", 100.0)])],
+            ..row()
+        },
+    ]
+}
+
+#[test]
+fn selection_table() {
+    let mut failures = Vec::new();
+    for r in selection_rows() {
+        let got = run(&r);
+        if got != r.expect {
+            failures.push(format!(
+                "{}: expected {:?}, got {:?}",
+                r.name, r.expect, got
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn selection_errors_name_expected_and_found() {
+    let m = manifest("stable", vec![rel("1.1.0")]);
+    let pin = v("9.9.9");
+    let device = Device {
+        product: "p",
+        target: TARGET,
+        device_id: "d",
+        installed: None,
+        security_floor: 0,
+        skipped: &[],
+        failed: &[],
+    };
+    let policy = Policy {
+        pin: Some(&pin),
+        allow_downgrade: false,
+    };
+    let e = select(&m, &device, &policy, ts(NOW)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSuchVersion);
+    assert!(e.to_string().contains("9.9.9") && e.to_string().contains("1.1.0"));
+}
+
+#[test]
+fn bucket_is_the_documented_hash() {
+    // Pinned with Python's hashlib, an implementation independent of ours.
+    assert_eq!(
+        rollout_bucket("com.acme.gateway", "device-1", &v("1.4.2")),
+        5520
+    );
+    assert_eq!(rollout_bucket("p", "d", &v("0.1.0-rc.1")), 4029);
+}
+
+fn device_ids(n: usize) -> impl Iterator<Item = String> {
+    (0..n).map(|i| format!("device-{i:06}"))
+}
+
+#[test]
+fn rollout_set_only_grows_as_percent_grows() {
+    let percents = [0.0, 0.5, 1.0, 5.0, 20.0, 33.3, 50.0, 99.0, 99.99, 100.0];
+    let releases: Vec<Release> = percents
+        .iter()
+        .map(|&p| rel("1.4.2").stages(&[(NOW, p)]))
+        .collect();
+    let mut sizes = vec![0usize; percents.len()];
+    for id in device_ids(10_000) {
+        let mut was_in = false;
+        for (i, r) in releases.iter().enumerate() {
+            let is_in = in_rollout(r, "p", &id, ts(NOW));
+            assert!(
+                is_in || !was_in,
+                "{id} left the rollout at {}%",
+                percents[i]
+            );
+            was_in = is_in;
+            sizes[i] += usize::from(is_in);
+        }
+    }
+    assert_eq!(sizes[0], 0);
+    assert_eq!(sizes[percents.len() - 1], 10_000);
+}
+
+#[test]
+fn twenty_percent_rollout_reaches_twenty_percent_of_devices() {
+    let r = rel("1.4.2").stages(&[("2026-11-21T00:00:00Z", 20.0)]);
+    let n = 100_000;
+    let hits = device_ids(n)
+        .filter(|id| in_rollout(&r, "com.acme.gateway", id, ts(NOW)))
+        .count();
+    let fraction = hits as f64 / n as f64;
+    assert!((0.19..=0.21).contains(&fraction), "measured {fraction}");
+}
+
+fn policy(json: &str) -> DeployPolicy {
+    serde_json::from_str(json).unwrap()
+}
+
+const WEEKLY_MON: &str = r#"{"policy": "window", "window":
+    {"days": ["mon"], "start": "02:00", "end": "04:00", "utc_offset": "+01:00"}}"#;
+const FRIDAY_NIGHT: &str = r#"{"policy": "window", "window":
+    {"days": ["fri"], "start": "23:00", "end": "01:00", "utc_offset": "+00:00"}}"#;
+
+/// What a deploy row expects; `Wait` carries the RFC 3339 time it waits until.
+#[derive(Debug)]
+enum Want {
+    Now,
+    Wait(&'static str),
+    Manual,
+}
+
+#[test]
+fn deploy_table() {
+    // 2026-11-23 is a Monday; 2026-11-27 a Friday.
+    let rows: &[(&str, &str, bool, &str, Want)] = &[
+        (
+            "immediate",
+            r#"{"policy": "immediate"}"#,
+            false,
+            NOW,
+            Want::Now,
+        ),
+        (
+            "at in the future",
+            r#"{"policy": "at", "at": "2026-11-25T00:00:00Z"}"#,
+            false,
+            NOW,
+            Want::Wait("2026-11-25T00:00:00Z"),
+        ),
+        (
+            "at in the past",
+            r#"{"policy": "at", "at": "2026-11-20T00:00:00Z"}"#,
+            false,
+            NOW,
+            Want::Now,
+        ),
+        (
+            "critical ignores at",
+            r#"{"policy": "at", "at": "2026-11-25T00:00:00Z"}"#,
+            true,
+            NOW,
+            Want::Now,
+        ),
+        (
+            "download only",
+            r#"{"policy": "download_only"}"#,
+            false,
+            NOW,
+            Want::Manual,
+        ),
+        (
+            "critical in download only",
+            r#"{"policy": "download_only"}"#,
+            true,
+            NOW,
+            Want::Now,
+        ),
+        (
+            "inside the window",
+            WEEKLY_MON,
+            false,
+            "2026-11-23T01:30:00Z",
+            Want::Now,
+        ),
+        (
+            "before the window",
+            WEEKLY_MON,
+            false,
+            "2026-11-23T00:30:00Z",
+            Want::Wait("2026-11-23T01:00:00Z"),
+        ),
+        (
+            "at the window's end",
+            WEEKLY_MON,
+            false,
+            "2026-11-23T03:00:00Z",
+            Want::Wait("2026-11-30T01:00:00Z"),
+        ),
+        (
+            "outside the window on another day",
+            WEEKLY_MON,
+            false,
+            NOW,
+            Want::Wait("2026-11-23T01:00:00Z"),
+        ),
+        (
+            "critical waits for the window",
+            WEEKLY_MON,
+            true,
+            NOW,
+            Want::Wait("2026-11-23T01:00:00Z"),
+        ),
+        (
+            "critical inside the window",
+            WEEKLY_MON,
+            true,
+            "2026-11-23T02:59:59Z",
+            Want::Now,
+        ),
+        (
+            "crossing midnight, before midnight",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T23:30:00Z",
+            Want::Now,
+        ),
+        (
+            "crossing midnight, after midnight",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-28T00:30:00Z",
+            Want::Now,
+        ),
+        (
+            "crossing midnight, after it closed",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-28T01:00:00Z",
+            Want::Wait("2026-12-04T23:00:00Z"),
+        ),
+        (
+            "crossing midnight, early on the window's own day",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T00:30:00Z",
+            Want::Wait("2026-11-27T23:00:00Z"),
+        ),
+        (
+            "crossing midnight, the late evening before",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-26T23:30:00Z",
+            Want::Wait("2026-11-27T23:00:00Z"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, json, critical, now, expect) in rows {
+        let got = deploy(&policy(json), *critical, ts(now));
+        let matches = match (&got, expect) {
+            (Deploy::Now, Want::Now) | (Deploy::Manual, Want::Manual) => true,
+            (Deploy::Wait { until, reason }, Want::Wait(t)) => {
+                *until == ts(t) && !reason.is_empty()
+            }
+            _ => false,
+        };
+        if !matches {
+            failures.push(format!("{name}: expected {expect:?}, got {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn deploy_policy_round_trips_through_json() {
+    for json in [
+        r#"{"policy":"immediate"}"#,
+        r#"{"policy":"download_only"}"#,
+        r#"{"policy":"at","at":"2026-11-25T00:00:00Z"}"#,
+        r#"{"policy":"window","window":{"days":["mon","sat"],"start":"23:00","end":"01:30","utc_offset":"-05:30"}}"#,
+    ] {
+        let p = policy(json);
+        assert_eq!(serde_json::to_string(&p).unwrap(), json);
+    }
+}
+
+#[test]
+fn deploy_policy_refuses_malformed_objects() {
+    for bad in [
+        r#"{"policy": "weekly"}"#,
+        r#"{"policy": "window"}"#,
+        r#"{"policy": "at"}"#,
+        r#"{"policy": "immediate", "at": "2026-11-25T00:00:00Z"}"#,
+        r#"{"policy": "window", "window": {"days": ["mon"], "start": "2:00", "end": "04:00"}}"#,
+        r#"{"policy": "window", "window": {"days": ["mon"], "start": "24:00", "end": "04:00"}}"#,
+        r#"{"policy": "window", "window": {"days": ["mo"], "start": "02:00", "end": "04:00"}}"#,
+        r#"{"policy": "window", "window": {"days": [], "start": "02:00", "end": "04:00"}}"#,
+        r#"{"policy": "window", "window": {"start": "02:00", "end": "02:00"}}"#,
+        r#"{"policy": "window", "window": {"start": "02:00", "end": "04:00", "utc_offset": "+1"}}"#,
+        r#"{"policy": "window", "window": {"start": "02:00", "end": "04:00", "tz": "UTC"}}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<DeployPolicy>(bad).is_err(),
+            "accepted {bad}"
+        );
+    }
+}
+
+/// A small deterministic generator so the sampled `random` values cover the whole range.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn next_check_jitters_within_a_quarter_and_backs_off_to_four_times() {
+    let last = ts(NOW);
+    let interval: u64 = 21_600;
+    let mut seed = 7;
+    for (failures, factor) in [
+        (0, 1),
+        (1, 2),
+        (2, 4),
+        (3, 4),
+        (10, 4),
+        (64, 4),
+        (u32::MAX, 4),
+    ] {
+        let base = (interval * factor) as f64;
+        let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+        let randoms = (0..2_000).map(|_| splitmix(&mut seed)).chain([0, u64::MAX]);
+        for random in randoms {
+            let delay =
+                (next_check(last, interval, 0.25, failures, random).unix() - last.unix()) as f64;
+            assert!(
+                (base * 0.75 - 1.0..=base * 1.25 + 1.0).contains(&delay),
+                "failures {failures}: delay {delay} outside {base} ± 25%"
+            );
+            lo = lo.min(delay);
+            hi = hi.max(delay);
+        }
+        // the spread is real, not a constant offset
+        assert!(
+            hi - lo > base * 0.45,
+            "failures {failures}: spread {lo}..{hi}"
+        );
+    }
+}
+
+#[test]
+fn next_check_tolerates_nonsense_jitter() {
+    let last = ts(NOW);
+    for jitter in [f64::NAN, f64::INFINITY, -1.0] {
+        assert_eq!(
+            next_check(last, 100, jitter, 0, u64::MAX).unix() - last.unix(),
+            100
+        );
+    }
+    let far = next_check(last, u64::MAX, 0.25, u32::MAX, u64::MAX);
+    assert!(far > last);
+}
