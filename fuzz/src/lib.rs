@@ -71,7 +71,7 @@ pub fn manifest_payload(sequence: u64) -> Vec<u8> {
         "releases": [{
             "version": "1.4.2-rc.1+build.5",
             "published": "2026-11-20T00:00:00.250Z",
-            "notes": "Fixes the reconnect loop.",
+            "notes": "Fixes the reconnect loop — für Geräte ✓",
             "min_version": "1.0.0",
             "critical": true,
             "security_version": 3,
