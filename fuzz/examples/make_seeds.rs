@@ -5,14 +5,23 @@
 //! Run from the repository root: `cargo +nightly run --manifest-path fuzz/Cargo.toml --example make_seeds`.
 //! The output is deterministic (fixed keys, ed25519 signatures are deterministic).
 
+use evergreen::slots::grub::{GrubEnv, HEADER};
+use evergreen::slots::uboot::{FwEnvConfig, UBootEnv};
+use evergreen::slots::{BootSelector, Slot};
 use evergreen::trust::{parse_envelope, seal, Envelope, SecretKey, MANIFEST_TYPE, ROOT_TYPE};
 use evergreen_fuzz::{key, manifest_key, manifest_payload, root, root_keys, root_v1, seal_root};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use zip::write::SimpleFileOptions;
 
 fn main() -> std::io::Result<()> {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     write_all(&seeds.join("envelope_manifest"), &manifest_seeds())?;
     write_all(&seeds.join("root_chain"), &root_seeds())?;
+    write_all(&seeds.join("config_json"), &config_seeds())?;
+    write_all(&seeds.join("zip_stage"), &zip_seeds()?)?;
+    write_all(&seeds.join("grub_env"), &grub_seeds()?)?;
+    write_all(&seeds.join("uboot_env"), &uboot_seeds()?)?;
     Ok(())
 }
 
@@ -97,4 +106,152 @@ fn root_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("rotate_payload_three_of_three", input(3, &v2_all)),
         ("rotate_payload_skips_version", input(3, &v3)),
     ]
+}
+
+fn config_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let full = br#"{
+  "product": "com.acme.gateway",
+  "server": "https://updates.acme.com/gateway/",
+  "mirrors": ["https://cdn.example.net/gateway/", "file:///media/usb/gateway"],
+  "channel": "stable",
+  "target": "x86_64-linux",
+  "trust": {"root": "/etc/evergreen/root.json"},
+  "state_dir": "/var/lib/evergreen",
+  "slots": {"kind": "dir", "root": "/opt/gateway"},
+  "current_version": "1.0.0",
+  "device_id": null,
+  "deploy": {"policy": "window", "window": {"days": ["mon", "sat"], "start": "22:00", "end": "04:00", "utc_offset": "+01:00"}},
+  "trial": {"tries": 3},
+  "allow_downgrade": false,
+  "pin_version": null,
+  "limits": {"max_metadata_bytes": 1048576, "connect_timeout_s": 10, "read_timeout_s": 30,
+             "min_speed_bytes_per_s": 1024, "retries": 3}
+}"#;
+    let keys = format!(
+        r#"{{"product": "p", "server": "/srv/repo", "target": "t", "state_dir": "/s",
+  "trust": {{"keys": ["{}", "{}"], "threshold": 2}},
+  "slots": {{"kind": "dir", "root": "/opt/p"}}, "deploy": {{"policy": "at", "at": "2026-11-22T10:00:00Z"}},
+  "pin_version": "2.0.0-rc.1"}}"#,
+        manifest_key().public().to_base64(),
+        key(8).public().to_base64()
+    );
+    let grub = br#"{"product": "p", "server": "http://127.0.0.1:8080/", "target": "acme-board-rev2",
+  "trust": {"root": "root.json"}, "state_dir": "/data/evergreen",
+  "slots": {"kind": "image", "a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3",
+            "selector": {"kind": "grub", "env": "/boot/grub/grubenv"}},
+  "deploy": {"policy": "download_only"}}"#;
+    let uboot = br#"{"product": "p", "server": "https://u/", "target": "t", "trust": {"root": "r"},
+  "state_dir": "/d", "slots": {"kind": "image", "a": "/dev/a", "b": "/dev/b",
+  "selector": {"kind": "uboot", "config": "/etc/fw_env.config"},
+  "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot"}}}"#;
+    vec![
+        ("full", full.to_vec()),
+        ("simple_keys", keys.into_bytes()),
+        ("image_grub", grub.to_vec()),
+        ("image_uboot", uboot.to_vec()),
+    ]
+}
+
+enum Item<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Link(&'a str, &'a str),
+}
+
+fn zip_of(items: &[Item]) -> std::io::Result<Vec<u8>> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let base = SimpleFileOptions::default();
+    for item in items {
+        match item {
+            Item::Dir(name) => w.add_directory(*name, base),
+            Item::File(name, bytes, mode) => w
+                .start_file(*name, base.unix_permissions(*mode))
+                .and_then(|()| w.write_all(bytes).map_err(Into::into)),
+            Item::Link(name, target) => w.add_symlink(*name, *target, base),
+        }
+        .map_err(std::io::Error::other)?;
+    }
+    Ok(w.finish().map_err(std::io::Error::other)?.into_inner())
+}
+
+fn zip_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
+    use Item::*;
+    let app = zip_of(&[
+        Dir("bin/"),
+        File("bin/app", b"#!/bin/sh\necho hello\n", 0o4755),
+        File("share/doc/README", b"read me", 0o666),
+    ])?;
+    let links = zip_of(&[
+        File("lib/libx.so.1", b"\x7fELF", 0o755),
+        Link("lib/libx.so", "libx.so.1"),
+        Link("escape", "../../outside"),
+    ])?;
+    let slip = zip_of(&[File("a/../../evil", b"pwned", 0o644)])?;
+    let bomb = zip_of(&[File("zeros", &vec![0u8; 4 << 20], 0o644)])?;
+    Ok(vec![
+        ("app", input(0, &app)),
+        ("app_installed_size", input(2, &app)),
+        ("symlinks_allowed", input(1, &links)),
+        ("symlinks_refused", input(0, &links)),
+        ("zip_slip", input(0, &slip)),
+        ("bomb", input(0, &bomb)),
+    ])
+}
+
+fn grub_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("grubenv");
+    let mut env = GrubEnv::init(&path).map_err(std::io::Error::other)?;
+    env.set_vars(&[("saved_entry", "gnulinux-advanced"), ("note", "a\\b\nc")])
+        .map_err(std::io::Error::other)?;
+    let canonical = std::fs::read(&path)?;
+    env.activate(Slot::B, 1).map_err(std::io::Error::other)?;
+    let trial = std::fs::read(&path)?;
+    let mut editenv = HEADER.as_bytes().to_vec();
+    editenv.extend_from_slice(b"ORDER=B A\nB_OK=1\nB_TRY=1\nA_OK=1\nA_TRY=0\n");
+    editenv.resize(1024, b'#');
+    Ok(vec![
+        ("canonical_activate_b", input(0b011, &canonical)),
+        ("trial_fall_back_a", input(0b110, &trial)),
+        ("trial_confirm_b", input(0b101, &trial)),
+        ("grub_editenv_layout", input(0b010, &editenv)),
+    ])
+}
+
+fn uboot_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
+    let tmp = tempfile::tempdir()?;
+    let device = tmp.path().join("env");
+    let size = 0x200usize;
+    let mut seeds = Vec::new();
+    for (redundant, name) in [(false, "single"), (true, "redundant")] {
+        std::fs::write(&device, vec![0u8; size * 2])?;
+        let mut text = format!("{} 0 {size:x}\n", device.display());
+        if redundant {
+            text.push_str(&format!("{} {size:#x} {size:x}\n", device.display()));
+        }
+        let config = FwEnvConfig::parse(&text, Path::new("fw_env.config"))
+            .map_err(std::io::Error::other)?;
+        let mut env = UBootEnv::new(config);
+        env.init().map_err(std::io::Error::other)?;
+        env.set_vars(&[("bootcmd", Some("run distro_bootcmd")), ("bootdelay", Some("2"))])
+            .map_err(std::io::Error::other)?;
+        env.activate(Slot::B, 2).map_err(std::io::Error::other)?;
+        let mut image = std::fs::read(&device)?;
+        image.truncate(if redundant { size * 2 } else { size });
+        let mode = if redundant { 2 } else { 1 };
+        seeds.push((name, input(mode, &image)));
+        // confirm B (selector 0b101), the CRC recomputed by the target
+        seeds.push((
+            if redundant { "redundant_fix_crc_confirm" } else { "single_fix_crc_confirm" },
+            input(mode | 4 | (0b101 << 3), &image),
+        ));
+    }
+    seeds.push((
+        "fw_env_config",
+        input(
+            0,
+            b"# MTD device name  offset  size  erase size  sectors\n/dev/mtd1 0x0000 0x4000 0x10000 1\n/dev/mtd2 040000 4000\n",
+        ),
+    ));
+    Ok(seeds)
 }
