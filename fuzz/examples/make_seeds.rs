@@ -76,7 +76,10 @@ fn manifest_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 }),
             ),
         ),
-        ("raw_root_type", input(0, &seal(ROOT_TYPE, &payload, &[&k7]))),
+        (
+            "raw_root_type",
+            input(0, &seal(ROOT_TYPE, &payload, &[&k7])),
+        ),
         ("payload", input(1, &payload)),
         ("payload_minimal", input(1, minimal)),
         // freshness selector 0b1001: sequence 2 already seen
@@ -135,7 +138,8 @@ fn config_seeds() -> Vec<(&'static str, Vec<u8>)> {
         manifest_key().public().to_base64(),
         key(8).public().to_base64()
     );
-    let grub = br#"{"product": "p", "server": "http://127.0.0.1:8080/", "target": "acme-board-rev2",
+    let grub =
+        br#"{"product": "p", "server": "http://127.0.0.1:8080/", "target": "acme-board-rev2",
   "trust": {"root": "root.json"}, "state_dir": "/data/evergreen",
   "slots": {"kind": "image", "a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3",
             "selector": {"kind": "grub", "env": "/boot/grub/grubenv"}},
@@ -229,12 +233,15 @@ fn uboot_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
         if redundant {
             text.push_str(&format!("{} {size:#x} {size:x}\n", device.display()));
         }
-        let config = FwEnvConfig::parse(&text, Path::new("fw_env.config"))
-            .map_err(std::io::Error::other)?;
+        let config =
+            FwEnvConfig::parse(&text, Path::new("fw_env.config")).map_err(std::io::Error::other)?;
         let mut env = UBootEnv::new(config);
         env.init().map_err(std::io::Error::other)?;
-        env.set_vars(&[("bootcmd", Some("run distro_bootcmd")), ("bootdelay", Some("2"))])
-            .map_err(std::io::Error::other)?;
+        env.set_vars(&[
+            ("bootcmd", Some("run distro_bootcmd")),
+            ("bootdelay", Some("2")),
+        ])
+        .map_err(std::io::Error::other)?;
         env.activate(Slot::B, 2).map_err(std::io::Error::other)?;
         let mut image = std::fs::read(&device)?;
         image.truncate(if redundant { size * 2 } else { size });
@@ -242,7 +249,11 @@ fn uboot_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
         seeds.push((name, input(mode, &image)));
         // confirm B (selector 0b101), the CRC recomputed by the target
         seeds.push((
-            if redundant { "redundant_fix_crc_confirm" } else { "single_fix_crc_confirm" },
+            if redundant {
+                "redundant_fix_crc_confirm"
+            } else {
+                "single_fix_crc_confirm"
+            },
             input(mode | 4 | (0b101 << 3), &image),
         ));
     }

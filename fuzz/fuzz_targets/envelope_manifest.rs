@@ -47,7 +47,12 @@ fn open_raw(bytes: &[u8]) {
         let again = trust::open(&seal_manifest(&payload), MANIFEST_TYPE, &single, MAX_BYTES);
         assert_eq!(again.ok().as_deref(), Some(&payload[..]));
     }
-    let _ = trust::open(bytes, MANIFEST_TYPE, &keyset(&[&k7, &k8, &k9], 2), MAX_BYTES);
+    let _ = trust::open(
+        bytes,
+        MANIFEST_TYPE,
+        &keyset(&[&k7, &k8, &k9], 2),
+        MAX_BYTES,
+    );
 }
 
 fn accepted_manifest_holds(m: &Verified<Manifest>, fresh: &Freshness) {
@@ -60,8 +65,13 @@ fn accepted_manifest_holds(m: &Verified<Manifest>, fresh: &Freshness) {
     // sequence and any older sequence are refused as a rollback.
     let seen = fresh.advanced(m);
     verify(m.envelope(), &seen).expect("the same bytes at the same sequence are accepted");
-    let payload = trust::open(m.envelope(), MANIFEST_TYPE, &keyset(&[&manifest_key()], 1), MAX_BYTES)
-        .expect("an accepted envelope opens");
+    let payload = trust::open(
+        m.envelope(),
+        MANIFEST_TYPE,
+        &keyset(&[&manifest_key()], 1),
+        MAX_BYTES,
+    )
+    .expect("an accepted envelope opens");
     let mut other = payload.clone();
     other.push(b' ');
     let refused = verify(&seal_manifest(&other), &seen).expect_err("other bytes, same sequence");

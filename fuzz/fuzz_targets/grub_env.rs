@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let mut seen = Vec::new();
     for w in &writes {
         w.apply().expect("a planned write applies");
-        assert_eq!(std::fs::metadata(&path).expect("stat").len(), block.len() as u64);
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            block.len() as u64
+        );
         seen.push(env.vars().expect("the block reads after every write"));
     }
     let after = env.vars().expect("the block reads after the change");
@@ -49,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
             let order = value("ORDER").unwrap_or_default();
             assert_eq!(order.split_whitespace().next(), Some(slot.upper()));
             assert_eq!(value(&format!("{}_OK", slot.upper())).as_deref(), Some("1"));
-            assert_eq!(value(&format!("{}_TRY", slot.upper())).as_deref(), Some("0"));
+            assert_eq!(
+                value(&format!("{}_TRY", slot.upper())).as_deref(),
+                Some("0")
+            );
         }
         BootChange::Confirm(slot) => {
             assert_eq!(value(&format!("{}_OK", slot.upper())).as_deref(), Some("1"));
@@ -62,8 +68,14 @@ fuzz_target!(|data: &[u8]| {
         let new_boots = boots(&after);
         for vars in &seen {
             let now = boots(vars);
-            assert!(now == old_boots || now == new_boots, "an intermediate block boots {now:?}");
-            assert!(now.is_some() || old_boots.is_none(), "an intermediate block boots nothing");
+            assert!(
+                now == old_boots || now == new_boots,
+                "an intermediate block boots {now:?}"
+            );
+            assert!(
+                now.is_some() || old_boots.is_none(),
+                "an intermediate block boots nothing"
+            );
         }
     }
 });
@@ -82,7 +94,10 @@ fn change(mode: u8) -> BootChange {
 }
 
 fn last<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    vars.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    vars.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// What RAUC's `grub.cfg` boots from a canonical block (single-digit values): the first
@@ -97,5 +112,7 @@ fn boots(vars: &[(String, String)]) -> Option<Slot> {
 }
 
 fn others(vars: &[(String, String)]) -> Vec<&(String, String)> {
-    vars.iter().filter(|(n, _)| !RAUC_NAMES.contains(&n.as_str())).collect()
+    vars.iter()
+        .filter(|(n, _)| !RAUC_NAMES.contains(&n.as_str()))
+        .collect()
 }

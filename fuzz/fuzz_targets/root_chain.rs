@@ -55,7 +55,10 @@ fn rotated(envelope: &[u8]) {
     );
     // A server that offers it forever: the walk still ends.
     let looped = v1.update(|_| Ok(Some(envelope.to_vec())), now(), MAX_BYTES);
-    assert!(looped.is_err(), "the same root cannot be walked through twice");
+    assert!(
+        looped.is_err(),
+        "the same root cannot be walked through twice"
+    );
 
     let Ok(v2) = result else {
         assert!(updated.is_err(), "update accepted what rotate refused");
@@ -64,6 +67,8 @@ fn rotated(envelope: &[u8]) {
     assert_eq!(v2.root().version, 2);
     assert_eq!(v2.root().product, PRODUCT);
     assert_eq!(updated.is_ok(), v2.check_unexpired(now()).is_ok());
-    let twice = v2.rotate(envelope, MAX_BYTES).expect_err("a root applied twice");
+    let twice = v2
+        .rotate(envelope, MAX_BYTES)
+        .expect_err("a root applied twice");
     assert_eq!(twice.kind(), ErrorKind::MetadataRollback);
 }

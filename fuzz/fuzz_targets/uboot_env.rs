@@ -33,13 +33,19 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn environment(mode: u8, rest: &[u8], redundant: bool) {
-    let size = if redundant { rest.len() / 2 } else { rest.len() };
+    let size = if redundant {
+        rest.len() / 2
+    } else {
+        rest.len()
+    };
     if size <= 5 {
         return;
     }
     let mut image = rest[..size * (1 + usize::from(redundant))].to_vec();
     if mode & 4 != 0 {
-        image.chunks_mut(size).for_each(|copy| fix_crc(copy, redundant));
+        image
+            .chunks_mut(size)
+            .for_each(|copy| fix_crc(copy, redundant));
     }
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let device = tmp.path().join("env");
@@ -57,7 +63,11 @@ fn environment(mode: u8, rest: &[u8], redundant: bool) {
     let Ok(writes) = env.plan(change) else {
         return;
     };
-    assert!(writes.len() <= 1, "expected at most one write, found {}", writes.len());
+    assert!(
+        writes.len() <= 1,
+        "expected at most one write, found {}",
+        writes.len()
+    );
     let Some(write) = writes.first() else {
         return;
     };
@@ -73,15 +83,24 @@ fn environment(mode: u8, rest: &[u8], redundant: bool) {
         std::fs::write(&device, &image).expect("restore the environment");
         write.apply().expect("the planned write applies");
         let after = env.vars().expect("the environment reads after the change");
-        assert!(read == before || read == after, "a torn write read as a third environment");
+        assert!(
+            read == before || read == after,
+            "a torn write read as a third environment"
+        );
     } else {
         write.apply().expect("the planned write applies");
     }
     let written = std::fs::read(&device).expect("read the environment back");
     assert_eq!(written.len(), image.len(), "the device keeps its size");
-    let untouched = (0..image.len()).step_by(size).filter(|&o| o as u64 != write.offset);
+    let untouched = (0..image.len())
+        .step_by(size)
+        .filter(|&o| o as u64 != write.offset);
     for o in untouched {
-        assert_eq!(written[o..o + size], image[o..o + size], "the copy that was read changed");
+        assert_eq!(
+            written[o..o + size],
+            image[o..o + size],
+            "the copy that was read changed"
+        );
     }
     let after = env.vars().expect("the environment reads after the change");
     assert_eq!(others(&before), others(&after), "other variables changed");
@@ -101,7 +120,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -124,7 +147,10 @@ fn change(selector: u8) -> BootChange {
 fn made(env: &UBootEnv, change: BootChange) {
     let tries = |slot| env.tries_left(slot).expect("tries left");
     let first = || {
-        let order = env.get("BOOT_ORDER").expect("read BOOT_ORDER").unwrap_or_default();
+        let order = env
+            .get("BOOT_ORDER")
+            .expect("read BOOT_ORDER")
+            .unwrap_or_default();
         order.split_whitespace().next().and_then(Slot::parse)
     };
     match change {
@@ -144,5 +170,7 @@ fn made(env: &UBootEnv, change: BootChange) {
 
 fn others(vars: &[(String, String)]) -> Vec<&(String, String)> {
     const RAUC_NAMES: [&str; 3] = ["BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT"];
-    vars.iter().filter(|(n, _)| !RAUC_NAMES.contains(&n.as_str())).collect()
+    vars.iter()
+        .filter(|(n, _)| !RAUC_NAMES.contains(&n.as_str()))
+        .collect()
 }

@@ -53,14 +53,23 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(walk(&dest), stats);
         }
         // A refusal leaves nothing, not even the destination it created.
-        Err(_) => assert!(names(&slot).is_empty(), "a refused archive left {:?}", names(&slot)),
+        Err(_) => assert!(
+            names(&slot).is_empty(),
+            "a refused archive left {:?}",
+            names(&slot)
+        ),
     }
 });
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .expect("list a directory")
-        .map(|e| e.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     v.sort();
     v
@@ -77,7 +86,12 @@ fn walk(root: &Path) -> ExtractStats {
             let mode = meta.permissions().mode() & 0o7777;
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&path).expect("read a symlink");
-                assert!(stays_inside(root, &path, &target), "{} -> {}", path.display(), target.display());
+                assert!(
+                    stays_inside(root, &path, &target),
+                    "{} -> {}",
+                    path.display(),
+                    target.display()
+                );
                 stats.symlinks += 1;
             } else if meta.is_dir() {
                 assert_eq!(mode, 0o755, "{}", path.display());
@@ -85,7 +99,11 @@ fn walk(root: &Path) -> ExtractStats {
                 pending.push(path);
             } else {
                 assert!(meta.is_file(), "{} is not a regular file", path.display());
-                assert!(mode == 0o644 || mode == 0o755, "{} has mode {mode:o}", path.display());
+                assert!(
+                    mode == 0o644 || mode == 0o755,
+                    "{} has mode {mode:o}",
+                    path.display()
+                );
                 stats.files += 1;
                 stats.bytes += meta.len();
             }
