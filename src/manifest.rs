@@ -194,6 +194,14 @@ impl Manifest {
                 self.doc_type
             ));
         }
+        // Accepting a manifest moves the device clock up to its `issued` (rule 4); one that
+        // expires before it was issued would then be expired the moment it was accepted.
+        if self.expires <= self.issued {
+            return bad(format!(
+                "expected expires after issued, found issued {} and expires {}",
+                self.issued, self.expires
+            ));
+        }
         // A set, not a scan per release: a channel may list a thousand releases.
         let mut versions = std::collections::HashSet::with_capacity(self.releases.len());
         for r in &self.releases {

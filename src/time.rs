@@ -125,7 +125,11 @@ fn digits(s: &str) -> Option<u32> {
 
 fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+    // ASCII up to the seconds, so every slice below falls on a character boundary.
+    if b.len() < 20 || !b[..19].is_ascii() {
+        return None;
+    }
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
         return None;
     }
     if b[13] != b':' || b[16] != b':' {
@@ -158,8 +162,15 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         + i64::from(h) * 3600
         + i64::from(mi) * 60
         + i64::from(sec.min(59));
-    Some(Timestamp(secs - offset))
+    // An offset can carry a time across year 0 or 9999; such a time would print as a
+    // year that does not parse back (state.json and re-signed manifests must round-trip).
+    let t = secs - offset;
+    (FIRST..=LAST).contains(&t).then_some(Timestamp(t))
 }
+
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the times with a four-digit year.
+const FIRST: i64 = -62_167_219_200;
+const LAST: i64 = 253_402_300_799;
 
 impl std::str::FromStr for Timestamp {
     type Err = Error;
@@ -232,10 +243,19 @@ mod tests {
             "2026-11-22T25:00:00Z",
             "2026-11-22T10:00:00+1:00",
             "2026-11-22T10:00:00.Z",
+            // a multi-byte character where the seconds end (a slice off a char boundary)
+            "2026-11-22T10:00:0\u{e9}Z",
+            // offsets that carry the time outside the four-digit years
+            "9999-12-31T23:00:00-01:00",
+            "0000-01-01T00:00:00+01:00",
         ] {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
         }
         assert!("2026-11-22T10:00:00.123Z".parse::<Timestamp>().is_ok());
+        for edge in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
+            let t: Timestamp = edge.parse().unwrap();
+            assert_eq!(t.to_string(), edge);
+        }
     }
 
     #[test]
