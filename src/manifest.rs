@@ -178,11 +178,13 @@ impl Manifest {
         self.releases.iter().find(|r| &r.version == version)
     }
 
-    /// The manifest as JSON bytes, ready to be signed.
+    /// The manifest as compact JSON bytes, ready to be signed. Compact, because every
+    /// device downloads, hashes and parses these bytes on each change, and nobody reads
+    /// them directly: they travel base64-encoded inside the envelope.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
-        b.push(b'\n');
-        b
+        // Serialising plain data types to a Vec cannot fail; an empty payload would only
+        // fail verification, never panic.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// Checks what serde cannot: names that become paths, hashes, percentages.
