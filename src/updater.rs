@@ -963,6 +963,8 @@ impl Updater {
                     path.display()
                 ))
             })?;
+            stage::verify_artifact(&f, a)
+                .map_err(|e| e.context(format!("component {}", c.name)))?;
             files.insert(c.name.clone(), f);
         }
         Ok(files)

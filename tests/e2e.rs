@@ -297,3 +297,45 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
     assert_eq!(tree_digest(&dev.root.join("slots/a/app")), installed);
     dev.expect("confirm", &[], 0);
 }
+
+/// A download altered on disk between `download` and `install` (they may be days apart
+/// with `download_only`) is refused at install: what is installed is verified through the
+/// very file descriptor it is installed from.
+#[test]
+fn a_download_altered_before_install_is_refused() {
+    let repo = Repo::new("com.acme.toctou");
+    let src = repo.scratch("src");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app_zip(&src, "1.0.0", true))],
+        &[],
+    );
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config).build().unwrap();
+    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
+        panic!("1.0.0 is offered");
+    };
+    let plan = updater.plan(&offer).unwrap();
+    updater
+        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    let blob = std::fs::read_dir(dev.state.join("downloads"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let err = updater.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::HashMismatch, "{err}");
+    let s = updater.status().unwrap();
+    assert_eq!(s.primary, evergreen::slots::Slot::A);
+    assert_eq!(s.slots[&evergreen::slots::Slot::B].status, "empty");
+}

@@ -18,6 +18,8 @@ pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
 pub use extract::extract_zip;
 pub use tree::{copy_tree, make_durable, place_file};
 
+use crate::error::{Error, ErrorKind, Result};
+
 /// Limits that an archive must stay within, whatever its headers declare.
 ///
 /// ```
@@ -119,4 +121,45 @@ fn run_parallel<T: Sync, S>(
         }
         first
     })
+}
+
+/// Checks that the open `file` holds exactly `artifact`'s bytes (size and SHA-256), reading
+/// positionally so the file offset stays where it was.
+///
+/// Staging calls this on the descriptor it then installs from: a download may sit on disk
+/// for days before it is installed (`download_only`), and whatever it was verified as
+/// then, what is installed is what was verified now, through the same open file.
+pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifact) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("reading artifact {}: {e}", artifact.sha256),
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+        if offset > artifact.size {
+            break;
+        }
+    }
+    let found = crate::trust::hex(&hasher.finalize());
+    if offset != artifact.size || found != artifact.sha256 {
+        return Err(Error::new(
+            ErrorKind::HashMismatch,
+            format!(
+                "downloaded artifact: expected {} bytes with sha256 {}, found {offset} bytes with sha256 {found}",
+                artifact.size, artifact.sha256
+            ),
+        ));
+    }
+    Ok(())
 }
