@@ -270,24 +270,7 @@ pub enum SelectorConfig {
     Custom {},
 }
 
-/// Reads the booted slot from the kernel command line, as RAUC does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BootedFrom {
-    /// The file holding the command line.
-    pub cmdline: PathBuf,
-    /// The `key=value` whose value names the slot (`a`/`b`, `A`/`B`).
-    pub key: String,
-}
-
-impl Default for BootedFrom {
-    fn default() -> BootedFrom {
-        BootedFrom {
-            cmdline: "/proc/cmdline".into(),
-            key: "rauc.slot".into(),
-        }
-    }
-}
+pub use crate::slots::cmdline::BootedFrom;
 
 /// Trial boots of a newly activated slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,7 +511,7 @@ impl SlotsConfig {
                 check_path("slots.b", b)?;
                 ensure(a != b, "slots.b", "a different device than slots.a", b)?;
                 selector.validate()?;
-                booted_from.as_ref().map_or(Ok(()), BootedFrom::validate)
+                booted_from.as_ref().map_or(Ok(()), validate_booted_from)
             }
         }
     }
@@ -544,16 +527,14 @@ impl SelectorConfig {
     }
 }
 
-impl BootedFrom {
-    fn validate(&self) -> Result<()> {
-        check_path("slots.booted_from.cmdline", &self.cmdline)?;
-        ensure(
-            is_word(&self.key),
-            "slots.booted_from.key",
-            NON_EMPTY_WORD,
-            &self.key,
-        )
-    }
+fn validate_booted_from(b: &BootedFrom) -> Result<()> {
+    check_path("slots.booted_from.cmdline", &b.cmdline)?;
+    ensure(
+        is_word(&b.key),
+        "slots.booted_from.key",
+        NON_EMPTY_WORD,
+        &b.key,
+    )
 }
 
 impl Limits {

@@ -1315,15 +1315,10 @@ fn image_slots(a: &Path, b: &Path) -> ImageSlots {
 
 fn image_selector(
     selector: &SelectorConfig,
-    booted_from: Option<&crate::config::BootedFrom>,
+    booted_from: Option<&BootedFrom>,
     tries: u32,
 ) -> Result<Box<dyn BootSelector>> {
-    let booted = booted_from
-        .map(|b| BootedFrom {
-            cmdline: b.cmdline.clone(),
-            key: b.key.clone(),
-        })
-        .unwrap_or_default();
+    let booted = booted_from.cloned().unwrap_or_default();
     match selector {
         SelectorConfig::Grub { env } => Ok(Box::new(GrubEnv::new(env).with_booted_from(booted))),
         SelectorConfig::Uboot { config } => Ok(Box::new(

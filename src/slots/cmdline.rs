@@ -35,8 +35,10 @@ pub fn booted_from_cmdline(path: &Path, key: &str) -> Result<Option<Slot>> {
 
 /// Where a bootloader selector looks up the running slot: a command-line file and a key.
 ///
-/// The default is RAUC's convention, `/proc/cmdline` with `rauc.slot`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The default is RAUC's convention, `/proc/cmdline` with `rauc.slot`. In the config it is
+/// `"booted_from": {"cmdline": PATH, "key": "rauc.slot"}`, each field optional.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BootedFrom {
     /// The file holding the kernel command line, normally `/proc/cmdline`.
     pub cmdline: PathBuf,
