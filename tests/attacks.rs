@@ -729,10 +729,10 @@ fn attack_malformed_payload_under_a_valid_signature() {
         text[..text.len() / 2].to_string(),
         "[]".to_string(),
         "null".to_string(),
-        text.replacen("\"sequence\": ", "\"sequence\": -", 1),
+        text.replacen("\"sequence\":", "\"sequence\":-", 1),
         text.replace(&sha, &format!("{}zz", &sha[..62])),
-        text.replacen("\"releases\": [", "\"releases\": [1, ", 1),
-        text.replacen("\"app\": {", "\"app\": {}, \"app\": {", 1),
+        text.replacen("\"releases\":[", "\"releases\":[1,", 1),
+        text.replacen("\"app\":{", "\"app\":{},\"app\":{", 1),
     ];
     for payload in cases {
         assert_ne!(payload, text);
