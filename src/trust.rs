@@ -49,7 +49,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let s = s.trim();
-    if s.contains(['-', '_']) {
+    // Byte searches (memchr), not a char-pattern scan: payloads run to hundreds of KiB.
+    let b = s.as_bytes();
+    if b.contains(&b'-') || b.contains(&b'_') {
         URL_SAFE
             .decode(s)
             .or_else(|_| URL_SAFE_NO_PAD.decode(s))
