@@ -1104,7 +1104,7 @@ impl Updater {
                     });
                 }
             }
-            let tries = self.config.trial.tries;
+            let tries = self.with_selector(|s| Ok(s.trial_tries(self.config.trial.tries)))?;
             st.slot_mut(slot).status = SlotStatus::Trial;
             st.primary = slot;
             st.trial = Some(Trial {

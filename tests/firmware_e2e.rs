@@ -240,6 +240,8 @@ fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_f
         s["slots"]["b"],
         json!({"status": "trial", "version": "2.0.0"})
     );
+    // GRUB's variables give one attempt, whatever `trial.tries` says, and status says so.
+    assert_eq!(s["trial"], json!({"slot": "b", "tries_left": 1}));
 
     // GRUB tries B; the new system comes up and confirms itself.
     assert_eq!(board.power_on(), Some(Slot::B));

@@ -577,6 +577,11 @@ impl super::EnvSelector for GrubEnv {
     fn booted_from(&self) -> &BootedFrom {
         &self.booted_from
     }
+
+    /// RAUC's `X_OK`/`X_TRY` express one attempt, whatever is configured.
+    fn trial_tries(&self, _requested: u32) -> u32 {
+        1
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,11 @@ pub trait BootSelector: Send {
     /// True when the bootloader counts trial attempts itself (GRUB, U-Boot); then the
     /// startup step only reads what the bootloader did.
     fn counts_tries(&self) -> bool;
+    /// How many trial starts this selector really gives when `requested` are configured
+    /// (GRUB's RAUC variables express exactly one).
+    fn trial_tries(&self, requested: u32) -> u32 {
+        requested
+    }
 }
 
 /// A bootloader environment (GRUB, U-Boot) that applies RAUC-style boot changes and learns
@@ -93,6 +98,10 @@ pub trait EnvSelector: Send {
     fn apply_change(&mut self, change: grub::BootChange) -> Result<()>;
     /// Where the running slot is read from.
     fn booted_from(&self) -> &cmdline::BootedFrom;
+    /// Trial starts the bootloader gives when `requested` are configured.
+    fn trial_tries(&self, requested: u32) -> u32 {
+        requested
+    }
 }
 
 impl<T: EnvSelector> BootSelector for T {
@@ -119,5 +128,9 @@ impl<T: EnvSelector> BootSelector for T {
 
     fn counts_tries(&self) -> bool {
         true
+    }
+
+    fn trial_tries(&self, requested: u32) -> u32 {
+        EnvSelector::trial_tries(self, requested)
     }
 }
