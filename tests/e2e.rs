@@ -57,32 +57,49 @@ fn fast() -> serde_json::Value {
     serde_json::json!({"limits": {"retries": 1, "retry_backoff_ms": 10}})
 }
 
-#[test]
-fn a_failing_release_rolls_back_by_itself() {
-    let repo = Repo::new("com.acme.e2e");
+/// A repository served on loopback and one device with dir slots pointing at it.
+struct Setup {
+    repo: Repo,
+    src: PathBuf,
+    server: TestServer,
+    dev: Device,
+}
+
+fn setup(product: &str) -> Setup {
+    let repo = Repo::new(product);
     let src = repo.scratch("src");
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), fast());
+    Setup {
+        repo,
+        src,
+        server,
+        dev,
+    }
+}
 
-    repo.release(
-        "stable",
-        "1.0.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.0.0", true))],
-        &[],
-    );
+/// Publishes the app at `version` to stable.
+fn publish_app(repo: &Repo, src: &Path, version: &str, healthy: bool) {
+    let zip = app_zip(src, version, healthy);
+    repo.release("stable", version, "x86_64-linux", &[("app", &zip)], &[]);
+}
+
+#[test]
+fn a_failing_release_rolls_back_by_itself() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.e2e");
+
+    publish_app(&repo, &src, "1.0.0", true);
     dev.expect("update", &["--yes"], 0);
     let out = start(&dev);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
 
-    repo.release(
-        "stable",
-        "1.1.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.1.0", true))],
-        &[],
-    );
+    publish_app(&repo, &src, "1.1.0", true);
     let check: serde_json::Value =
         serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
     assert_eq!(check["version"], "1.1.0");
@@ -97,13 +114,7 @@ fn a_failing_release_rolls_back_by_itself() {
     assert_eq!(s["slots"]["a"]["status"], "good");
     assert_eq!(s["trial"], serde_json::Value::Null);
 
-    repo.release(
-        "stable",
-        "1.2.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.2.0", false))],
-        &[],
-    );
+    publish_app(&repo, &src, "1.2.0", false);
     dev.expect("update", &["--yes"], 0);
     assert_eq!(dev.status()["primary"], "b");
     for n in 0..3 {
@@ -136,13 +147,7 @@ fn a_failing_release_rolls_back_by_itself() {
     // 1.2.0 failed here: it is not offered again, but a newer release is.
     let up: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 0)).unwrap();
     assert_eq!(up["status"], "up_to_date");
-    repo.release(
-        "stable",
-        "1.3.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.3.0", true))],
-        &[],
-    );
+    publish_app(&repo, &src, "1.3.0", true);
     let check: serde_json::Value =
         serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
     assert_eq!(check["version"], "1.3.0");
@@ -150,10 +155,12 @@ fn a_failing_release_rolls_back_by_itself() {
 
 #[test]
 fn one_changed_component_of_ten_downloads_only_that_one() {
-    let repo = Repo::new("com.acme.delta");
-    let src = repo.scratch("src");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device("dev", &server.url(), fast());
+    let Setup {
+        repo,
+        src,
+        server,
+        dev,
+    } = setup("com.acme.delta");
     let write = |name: &str, body: &str| {
         let p = src.join(format!("{name}-{body}.txt"));
         std::fs::write(&p, body).unwrap();
@@ -224,17 +231,13 @@ fn blob_requests(server: &TestServer, repo: &Path) -> usize {
 
 #[test]
 fn a_failed_install_leaves_the_primary_slot_byte_identical() {
-    let repo = Repo::new("com.acme.safe");
-    let src = repo.scratch("src");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device("dev", &server.url(), fast());
-    repo.release(
-        "stable",
-        "1.0.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.0.0", true))],
-        &[],
-    );
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.safe");
+    publish_app(&repo, &src, "1.0.0", true);
     dev.expect("update", &["--yes"], 0);
     dev.expect("confirm", &[], 0);
     let primary = dev.root.join("slots/b");
@@ -269,17 +272,13 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
 
 #[test]
 fn reinstall_puts_the_same_version_into_the_other_slot() {
-    let repo = Repo::new("com.acme.repair");
-    let src = repo.scratch("src");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device("dev", &server.url(), fast());
-    repo.release(
-        "stable",
-        "1.0.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.0.0", true))],
-        &[],
-    );
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.repair");
+    publish_app(&repo, &src, "1.0.0", true);
     dev.expect("update", &["--yes"], 0);
     dev.expect("confirm", &[], 0);
     let installed = tree_digest(&dev.root.join("slots/b/app"));
@@ -303,17 +302,13 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
 /// very file descriptor it is installed from.
 #[test]
 fn a_download_altered_before_install_is_refused() {
-    let repo = Repo::new("com.acme.toctou");
-    let src = repo.scratch("src");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device("dev", &server.url(), fast());
-    repo.release(
-        "stable",
-        "1.0.0",
-        "x86_64-linux",
-        &[("app", &app_zip(&src, "1.0.0", true))],
-        &[],
-    );
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.toctou");
+    publish_app(&repo, &src, "1.0.0", true);
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     let updater = evergreen::Updater::builder(config).build().unwrap();
     let evergreen::Check::Available(offer) = updater.check().unwrap() else {
