@@ -644,17 +644,13 @@ impl Updater {
     /// The device id for rollout buckets: configured, else `/etc/machine-id`, else one
     /// generated once and kept in the state directory.
     fn device_id(&self) -> Result<String> {
-        if let Some(id) = &self.config.device_id {
-            return Ok(id.clone());
-        }
-        if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
-            if !id.trim().is_empty() {
-                return Ok(id.trim().to_string());
-            }
+        // A missing, empty or `uninitialized` machine id falls through to our own id.
+        if let Ok(id) = self.config.resolve_device_id() {
+            return Ok(id);
         }
         let path = self.state_dir().join("device-id");
-        if let Ok(id) = std::fs::read_to_string(&path) {
-            return Ok(id.trim().to_string());
+        if let Ok(id) = crate::config::read_machine_id(&path) {
+            return Ok(id);
         }
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw)
