@@ -241,21 +241,8 @@ impl Part {
             .map_err(|e| Error::io("syncing", &self.path, e))?;
         drop(self.file);
         fs::rename(&self.path, done_path).map_err(|e| Error::io("renaming", &self.path, e))?;
-        sync_parent(done_path)
+        crate::fsutil::sync_parent(done_path)
     }
-}
-
-/// Makes a rename durable (a no-op where directories cannot be opened).
-fn sync_parent(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("syncing directory", dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 /// One response body being received into a [`Part`].

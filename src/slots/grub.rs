@@ -442,7 +442,7 @@ impl GrubEnv {
             }
         } else {
             let block = canonical_block(&env.path, &RaucVars::FRESH, &[], DEFAULT_SIZE)?;
-            create_file(&env.path, &block)?;
+            crate::fsutil::write_atomic(&env.path, &block)?;
         }
         Ok(env)
     }
@@ -546,27 +546,6 @@ impl GrubEnv {
             data,
         }
     }
-}
-
-/// Creates a new file atomically: temporary file, fsync, rename, fsync of the directory.
-fn create_file(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map_or("grubenv".into(), |n| n.to_string_lossy())
-    ));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-    file.write_all(data)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing directory", &dir, e))
 }
 
 impl super::EnvSelector for GrubEnv {
