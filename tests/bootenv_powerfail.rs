@@ -85,20 +85,6 @@ fn for_each_cut(
     cuts
 }
 
-fn all_changes() -> Vec<BootChange> {
-    let mut out = Vec::new();
-    for s in [Slot::A, Slot::B] {
-        out.push(BootChange::Disable(s));
-        out.push(BootChange::Activate { slot: s, tries: 3 });
-        out.push(BootChange::Confirm(s));
-        out.push(BootChange::FallBack {
-            good: s,
-            bad: s.other(),
-        });
-    }
-    out
-}
-
 /// Tears every write of `change` at every byte and checks the GRUB invariant.
 fn grub_cut_all(env: &mut GrubEnv, change: BootChange) -> usize {
     let path = env.path().to_path_buf();
@@ -145,7 +131,7 @@ fn grub_every_change_from_every_state_survives_a_cut_at_every_byte() {
     let mut cuts = 0;
     let mut plans = 0;
     for bits in 0..32u8 {
-        for change in all_changes() {
+        for change in BootChange::every(3) {
             let bit = |b: u8| if bits & b != 0 { "1" } else { "0" };
             let order = if bits & 16 != 0 { "B A" } else { "A B" };
             env.set_vars(&[

@@ -103,6 +103,27 @@ pub enum BootChange {
     },
 }
 
+impl BootChange {
+    /// Every change a selector can be asked for, for both slots (activations with
+    /// `tries`): what the power-fail tests and the fuzz targets walk through.
+    pub fn every(tries: u32) -> Vec<BootChange> {
+        [Slot::A, Slot::B]
+            .into_iter()
+            .flat_map(|s| {
+                [
+                    BootChange::Disable(s),
+                    BootChange::Activate { slot: s, tries },
+                    BootChange::Confirm(s),
+                    BootChange::FallBack {
+                        good: s,
+                        bad: s.other(),
+                    },
+                ]
+            })
+            .collect()
+    }
+}
+
 /// RAUC's GRUB variables, reduced to what `grub.cfg` tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RaucVars {
@@ -581,24 +602,10 @@ mod tests {
         out
     }
 
-    fn all_changes() -> Vec<BootChange> {
-        let mut out = Vec::new();
-        for s in [Slot::A, Slot::B] {
-            out.push(BootChange::Disable(s));
-            out.push(BootChange::Activate { slot: s, tries: 3 });
-            out.push(BootChange::Confirm(s));
-            out.push(BootChange::FallBack {
-                good: s,
-                bad: s.other(),
-            });
-        }
-        out
-    }
-
     #[test]
     fn a_safe_byte_order_exists_for_every_state_and_change() {
         for old in all_states() {
-            for change in all_changes() {
+            for change in BootChange::every(3) {
                 let new = old.with(change);
                 if new.pick().is_none() && old.pick().is_some() {
                     continue; // refused by `plan`
