@@ -1,7 +1,7 @@
 //! GRUB and U-Boot environments against the real tools (`grub-editenv`, `fw_printenv`,
-//! `fw_setenv`) and against RAUC's boot logic (the simulator in `support_bootsim.rs`).
+//! `fw_setenv`) and against RAUC's boot logic (the simulator in `support/bootsim.rs`).
 
-#[path = "support_bootsim.rs"]
+#[path = "support/bootsim.rs"]
 mod bootsim;
 
 use evergreen::slots::grub::GrubEnv;

@@ -9,7 +9,7 @@
 //! - U-Boot, single copy: the old, the new, or a `bootloader` error (bad CRC) — never
 //!   other content.
 
-#[path = "support_bootsim.rs"]
+#[path = "support/bootsim.rs"]
 mod bootsim;
 
 use evergreen::slots::grub::{BootChange, EnvWrite, GrubEnv};

@@ -2,13 +2,13 @@
 //! environment block or a redundant U-Boot environment, and a repository published with
 //! the real CLI and served on loopback.
 //!
-//! Between steps the board "powers on": RAUC's own boot logic (`support_bootsim.rs`, written
+//! Between steps the board "powers on": RAUC's own boot logic (`support/bootsim.rs`, written
 //! from RAUC's grub.cfg and boot script, not from our selectors) runs against the
 //! environment file and writes the slot it picked into a fake kernel command line, which is
 //! all Evergreen ever learns about the boot. Every device step then goes through the same
 //! config JSON, either with the `evergreen` CLI or with the library.
 
-#[path = "support_bootsim.rs"]
+#[path = "support/bootsim.rs"]
 mod bootsim;
 mod common;
 mod support;

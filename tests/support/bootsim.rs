@@ -3,7 +3,7 @@
 //! would at power-on. It is written from the scripts, not from our selectors, so that a
 //! test checks our environment against what the bootloader actually does.
 //!
-//! Included by the bootenv tests with `#[path = "support_bootsim.rs"] mod bootsim;`.
+//! Included by the bootenv tests with `#[path = "support/bootsim.rs"] mod bootsim;`.
 #![allow(dead_code)]
 
 use evergreen::slots::grub::GrubEnv;
