@@ -346,7 +346,10 @@ impl Updater {
         let mut guard = self
             .selector
             .lock()
-            .map_err(|_| Error::new(ErrorKind::Bootloader, "the boot selector panicked earlier"))?;
+            .map_err(|_| Error::new(
+                ErrorKind::Bootloader,
+                "expected a usable boot selector, found one left poisoned by an earlier panic; rebuild the updater",
+            ))?;
         f(guard.as_mut())
     }
 
