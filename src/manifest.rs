@@ -280,7 +280,6 @@ pub fn is_safe_name(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Verified<T> {
     value: T,
-    envelope: Vec<u8>,
     payload_sha256: String,
 }
 
@@ -292,11 +291,6 @@ impl<T> std::ops::Deref for Verified<T> {
 }
 
 impl<T> Verified<T> {
-    /// The envelope bytes exactly as received (to cache and re-verify later).
-    pub fn envelope(&self) -> &[u8] {
-        &self.envelope
-    }
-
     /// Hex SHA-256 of the signed payload: "the same bytes" for the equal-sequence rule.
     pub fn payload_sha256(&self) -> &str {
         &self.payload_sha256
@@ -404,7 +398,6 @@ pub fn verify(
     }
     Ok(Verified {
         value: manifest,
-        envelope: envelope.to_vec(),
         payload_sha256,
     })
 }

@@ -48,6 +48,14 @@ impl Server {
         }
     }
 
+    /// The server's process id when it runs in a process of its own (nginx).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Server::Nginx { child, .. } => Some(child.id()),
+            Server::InProcess(_) => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Server::Nginx { .. } => "nginx",
