@@ -50,10 +50,10 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_version: Option<Version>,
     /// A forced update: not skippable, not deferred except to the maintenance window.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub critical: bool,
     /// Anti-rollback counter; the device floor rises to it on confirm.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub security_version: u64,
     /// Staged rollout; none means 100 %.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +259,16 @@ impl Manifest {
     }
 }
 
+// Defaults are left out of the signed bytes: every device downloads, hashes and parses
+// them, and a channel may list a thousand releases.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// A name that is safe as one path component on every platform.
 ///
 /// ```
@@ -405,4 +415,35 @@ pub fn verify(
 /// The clock of this run: never earlier than the newest `issued` already seen.
 pub fn effective_now(now: Timestamp, newest_issued: Option<Timestamp>) -> Timestamp {
     newest_issued.map_or(now, |seen| now.max(seen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str, extra: &str) -> String {
+        let sha = "ab".repeat(32);
+        format!(
+            r#"{{"version":"{version}"{extra},"targets":{{"t":{{"components":{{"app":{{"version":"1","artifact":{{"kind":"zip","sha256":"{sha}","size":1}}}}}}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn signed_bytes_leave_out_defaults_and_read_back_the_same() {
+        let text = format!(
+            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{},{}]}}"#,
+            release("1.0.0", r#","critical":false,"security_version":0"#),
+            release("1.1.0", r#","critical":true,"security_version":3"#),
+        );
+        let manifest: Manifest = serde_json::from_str(&text).unwrap();
+        let bytes = manifest.to_bytes();
+        let signed = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(signed.matches("\"critical\":true").count(), 1, "{signed}");
+        assert_eq!(signed.matches("critical").count(), 1, "{signed}");
+        assert_eq!(signed.matches("\"security_version\":3").count(), 1);
+        assert_eq!(signed.matches("security_version").count(), 1);
+        let back: Manifest = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.releases, manifest.releases);
+        assert!(!back.releases[0].critical && back.releases[0].security_version == 0);
+    }
 }
