@@ -338,20 +338,50 @@ pub fn blob_download(ctx: &Ctx) -> Row {
     row.measured = format!("{} ({:.0} MB/s)", secs(ours), size as f64 / ours / 1e6);
     row.baseline = format!("{} ({ratio:.2}×)", secs(base));
     row.pass = Some(ratio <= 1.1);
+    let mut notes = Vec::new();
     if let Some(cpu) = cpu_per_run {
         // Receiving, copying and writing cost CPU beside the hash; once they add up to more
         // than the cores can run beside it, the CPU time, not the hash, sets the floor.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        row.note = format!(
+        notes.push(format!(
             "CPU per download, client and server: {} (the hash is {} of it); on {cores} \
              cores no schedule finishes before {} ({:.2}× the hash)",
             secs(cpu),
             secs(base),
             secs(cpu / cores as f64),
             cpu / cores as f64 / base
-        );
+        ));
     }
+    if let Some(curl) = curl_to_file(ctx, &spec.sha256) {
+        notes.push(format!(
+            "`curl -o` of the same blob to the same file system, no hashing: {}",
+            secs(curl)
+        ));
+    }
+    row.note = notes.join("; ");
     row
+}
+
+/// The median time of `curl -o` fetching blob `sha256` into the work dir, or `None`
+/// without curl.
+fn curl_to_file(ctx: &Ctx, sha256: &str) -> Option<f64> {
+    find_on_path("curl")?;
+    let out = ctx.work.join("curl-blob");
+    let url = format!("{}/blobs/sha256/{sha256}", ctx.server.url());
+    let samples = time_runs(
+        ctx.runs,
+        || {
+            let _ = std::fs::remove_file(&out);
+        },
+        |()| {
+            run_tool(
+                "curl",
+                &["-s", "-f", "-o", out.to_str().unwrap_or(""), &url],
+            )
+        },
+    );
+    let _ = std::fs::remove_file(&out);
+    samples.ok().map(|s| median(&s))
 }
 
 /// CPU time (user + system) that process `pid` ("self" for this one) has used so far,
