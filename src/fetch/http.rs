@@ -206,15 +206,17 @@ fn pem_roots(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'stati
     Ok(certs)
 }
 
-/// rustls with ring (handed to ureq, whose `rustls` feature would also bundle Mozilla's
-/// roots) and `roots`.
+/// rustls with `roots` and the process's default crypto provider if the host installed
+/// one, else ring — what ureq's own `rustls` feature does, but that feature would also
+/// bundle Mozilla's roots.
 #[cfg(feature = "tls")]
 fn tls_config(roots: ureq::tls::RootCerts) -> ureq::tls::TlsConfig {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
     ureq::tls::TlsConfig::builder()
         .root_certs(roots)
-        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+        .unversioned_rustls_crypto_provider(provider)
         .build()
 }
 
