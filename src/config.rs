@@ -10,7 +10,9 @@
 //! - `archive` — `{"allow_symlinks": false, "max_installed_bytes": 17179869184,
 //!   "max_entries": 100000, "max_ratio": 250}`: caps for zip extraction (DESIGN §5.5);
 //! - `follow_redirects` — `false`: whether HTTP redirects are followed at all;
-//! - `ca_roots` — `null`: a PEM bundle to trust instead of the built-in web roots;
+//! - `ca_roots` — `null`: a PEM bundle to trust for HTTPS instead of the system's CA bundle
+//!   (`SSL_CERT_FILE`, else the distribution's usual file: `fetch::SYSTEM_ROOTS`) or, with
+//!   the `webpki-roots` feature, Mozilla's roots built into the library;
 //! - `proxy` — `null`: an `http://`, `https://`, `socks4://` or `socks5://` proxy URL.
 
 use crate::error::{Error, ErrorKind, Result};
@@ -115,7 +117,8 @@ pub struct Config {
     /// Follow HTTP redirects (extension); off, so the configured hosts are the only ones.
     #[serde(default)]
     pub follow_redirects: bool,
-    /// A PEM file of CA certificates to trust instead of the built-in roots (extension).
+    /// A PEM file of CA certificates to trust for HTTPS instead of the system's bundle (or
+    /// the built-in roots of the `webpki-roots` feature) (extension).
     #[serde(default)]
     pub ca_roots: Option<PathBuf>,
     /// A proxy URL for HTTP(S) (extension).

@@ -15,6 +15,7 @@ struct Nginx {
     child: Child,
     port: u16,
     prefix: TempDir,
+    scheme: &'static str,
 }
 
 impl Drop for Nginx {
@@ -28,10 +29,26 @@ impl Nginx {
     /// Starts nginx serving `root` on a free loopback port, or `None` if it is not
     /// installed.
     fn serve(root: &Path) -> Option<Nginx> {
+        Nginx::serve_with(root, None)
+    }
+
+    /// Like [`serve`](Self::serve), over HTTPS with the certificate chain and key of `tls`.
+    fn serve_with(root: &Path, tls: Option<(&Path, &Path)>) -> Option<Nginx> {
         let binary = find_on_path("nginx")?;
         let prefix = TempDir::new().unwrap();
         let port = free_port();
         let p = prefix.path().display();
+        let (scheme, listen) = match tls {
+            Some((cert, key)) => (
+                "https",
+                format!(
+                    "127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+            None => ("http", format!("127.0.0.1:{port};")),
+        };
         // One process (no master), so killing the child stops everything; every path
         // inside the temp dir so nothing on the machine is touched.
         let conf = format!(
@@ -40,7 +57,7 @@ impl Nginx {
              http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
              proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
              uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+             server {{ listen {listen} root {root}; }}\n}}\n",
             root = root.display()
         );
         let conf_path = prefix.path().join("nginx.conf");
@@ -61,6 +78,7 @@ impl Nginx {
             child,
             port,
             prefix,
+            scheme,
         };
         nginx.wait_until_listening();
         Some(nginx)
@@ -83,7 +101,7 @@ impl Nginx {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     fn log(&self, name: &str) -> String {
@@ -119,7 +137,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file());
     if found.is_none() {
-        println!("skipped: nginx not installed");
+        println!("skipped: {name} not installed");
     }
     found
 }
@@ -214,4 +232,106 @@ fn range_resume_against_nginx() {
     assert_eq!(std::fs::read(path).unwrap(), blob);
     assert_eq!(fetcher.stats().bytes_received, (blob.len() - half) as u64);
     assert_eq!(nginx.statuses_after(1), [206]);
+}
+
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 that it signed
+/// (`server.pem`, `server.key`), made with the openssl tool, or `None` without it.
+fn test_pki(dir: &Path) -> Option<()> {
+    let openssl = find_on_path("openssl")?;
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+        &["-days", "2", "-subj", "/CN=evergreen test CA"],
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
+        &["-addext", "keyUsage=critical,keyCertSign"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &["-keyout", "server.key", "-out", "server.csr"],
+        &["-subj", "/CN=127.0.0.1"],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    for file in ["server.pem", "server.key"] {
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    Some(())
+}
+
+#[test]
+#[cfg(feature = "tls")]
+fn https_with_ca_roots_and_not_without_them() {
+    let root = public_dir();
+    write_public(root.path(), "channels/stable.json", b"{\"sequence\": 7}");
+    let pki = public_dir();
+    if test_pki(pki.path()).is_none() {
+        return;
+    }
+    let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
+    let Some(nginx) = Nginx::serve_with(root.path(), Some((&cert, &key))) else {
+        return;
+    };
+    assert!(nginx.url().starts_with("https://"));
+
+    let trusting = FetchOptions {
+        ca_roots: Some(pki.path().join("ca.pem")),
+        ..options()
+    };
+    let fetcher = Fetcher::new(vec![nginx.url()], trusting).unwrap();
+    let fetched = fetcher
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap();
+    let Metadata::Fetched { bytes, .. } = fetched else {
+        panic!("expected the document, found {fetched:?}");
+    };
+    assert_eq!(bytes, b"{\"sequence\": 7}");
+
+    // The system's (or the built-in) roots do not know the test CA.
+    let fetcher = Fetcher::new(vec![nginx.url()], options()).unwrap();
+    let err = fetcher
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("UnknownIssuer") || err.kind() == evergreen::ErrorKind::Config,
+        "{err}"
+    );
 }

@@ -4,17 +4,29 @@ use super::transport::{Request, Response, Transport};
 use super::FetchOptions;
 use crate::error::{Error, ErrorKind, Result};
 use std::io::{self, Read};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// HTTP and HTTPS (with the `tls` feature: rustls, Mozilla's roots or
-/// [`FetchOptions::ca_roots`]) by ureq, with the timeouts, proxy and redirect policy of a
-/// [`FetchOptions`].
+/// HTTP and HTTPS (with the `tls` feature: rustls with ring, trusting the system's CA
+/// bundle, [`FetchOptions::ca_roots`], or with the `webpki-roots` feature Mozilla's roots
+/// built in) by ureq, with the timeouts, proxy and redirect policy of a [`FetchOptions`].
 ///
 /// The connect timeout bounds connection set-up (and the TLS handshake); the read timeout
 /// bounds the wait for the response headers and *each* read of the body, so a large
 /// download is never cut for being large, only for going quiet.
+///
+/// The system's bundle is read on the first request (see [`system_roots`]), not when the
+/// transport is made, so a device that only fetches `file://` or `http://` URLs needs none;
+/// without one, an `https://` request fails with [`ErrorKind::Config`] naming the paths
+/// tried.
 pub struct HttpTransport {
-    agent: ureq::Agent,
+    options: FetchOptions,
+    proxy: Option<ureq::Proxy>,
+    /// The TLS settings known up front: from `ca_roots`, or the built-in roots.
+    #[cfg(feature = "tls")]
+    tls: Option<ureq::tls::TlsConfig>,
+    /// Made on the first request; with it, when the system has no usable CA bundle, why.
+    agent: OnceLock<(ureq::Agent, Option<String>)>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -25,8 +37,52 @@ impl std::fmt::Debug for HttpTransport {
 
 impl HttpTransport {
     /// A transport configured by `options`. Fails with [`ErrorKind::Config`] for a bad
-    /// proxy URL or an unreadable or empty `ca_roots` file.
+    /// proxy URL or a `ca_roots` file without certificates, and [`ErrorKind::Io`] for an
+    /// unreadable one.
     pub fn new(options: &FetchOptions) -> Result<HttpTransport> {
+        let proxy = match &options.proxy {
+            Some(proxy) => Some(ureq::Proxy::new(proxy).map_err(|e| {
+                Error::config(format!("expected a proxy URL, found {proxy:?}: {e}"))
+            })?),
+            None => None,
+        };
+        #[cfg(feature = "tls")]
+        let tls = match &options.ca_roots {
+            Some(path) => Some(tls_config(ureq::tls::RootCerts::new_with_certs(
+                &pem_roots(path)?,
+            ))),
+            #[cfg(feature = "webpki-roots")]
+            None => Some(tls_config(ureq::tls::RootCerts::WebPki)),
+            #[cfg(not(feature = "webpki-roots"))]
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if let Some(path) = &options.ca_roots {
+            return Err(Error::config(format!(
+                "ca_roots {} given, but this build has no TLS (feature \"tls\")",
+                path.display()
+            )));
+        }
+        Ok(HttpTransport {
+            options: options.clone(),
+            proxy,
+            #[cfg(feature = "tls")]
+            tls,
+            agent: OnceLock::new(),
+        })
+    }
+
+    /// The agent for `url`, made on the first call.
+    fn agent(&self, url: &str) -> Result<&ureq::Agent> {
+        let (agent, no_roots) = self.agent.get_or_init(|| self.make_agent());
+        match no_roots {
+            Some(why) if is_https(url) => Err(Error::config(format!("GET {url}: {why}"))),
+            _ => Ok(agent),
+        }
+    }
+
+    fn make_agent(&self) -> (ureq::Agent, Option<String>) {
+        let options = &self.options;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(nonzero(options.connect_timeout))
@@ -34,26 +90,27 @@ impl HttpTransport {
             .timeout_per_read(nonzero(options.read_timeout))
             .max_redirects(if options.follow_redirects { 5 } else { 0 })
             .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")));
-        if let Some(proxy) = &options.proxy {
-            let proxy = ureq::Proxy::new(proxy).map_err(|e| {
-                Error::config(format!("expected a proxy URL, found {proxy:?}: {e}"))
-            })?;
-            config = config.proxy(Some(proxy));
+        if self.proxy.is_some() {
+            config = config.proxy(self.proxy.clone());
         }
-        if let Some(path) = &options.ca_roots {
-            #[cfg(feature = "tls")]
-            {
-                config = config.tls_config(tls_with_roots(path)?);
-            }
-            #[cfg(not(feature = "tls"))]
-            return Err(Error::config(format!(
-                "ca_roots {} given, but this build has no TLS (feature \"tls\")",
-                path.display()
-            )));
+        #[allow(unused_mut)]
+        let mut no_roots = None;
+        #[cfg(feature = "tls")]
+        {
+            let tls = match &self.tls {
+                Some(tls) => tls.clone(),
+                None => match system_roots() {
+                    Ok(certs) => tls_config(ureq::tls::RootCerts::new_with_certs(&certs)),
+                    Err(e) => {
+                        // Plain http:// still works; https:// fails in `agent` with this.
+                        no_roots = Some(e.to_string());
+                        tls_config(ureq::tls::RootCerts::new_with_certs(&[]))
+                    }
+                },
+            };
+            config = config.tls_config(tls);
         }
-        Ok(HttpTransport {
-            agent: ureq::Agent::new_with_config(config.build()),
-        })
+        (ureq::Agent::new_with_config(config.build()), no_roots)
     }
 }
 
@@ -62,9 +119,70 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The CA bundles of the common Linux distributions, in the order they are tried: Debian,
+/// Ubuntu, Alpine (`ca-certificates`); Fedora, RHEL; openSUSE; Alpine, Arch, BSDs.
 #[cfg(feature = "tls")]
-fn tls_with_roots(path: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
-    use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
+pub const SYSTEM_ROOTS: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA certificates: the PEM file `SSL_CERT_FILE` names if it is set (and not
+/// empty), else the first of [`SYSTEM_ROOTS`] that exists.
+///
+/// Fails with [`ErrorKind::Config`] naming every path tried when none exists, or when the
+/// file holds no certificate or invalid PEM, and with [`ErrorKind::Io`] when it cannot be
+/// read.
+#[cfg(feature = "tls")]
+pub fn system_roots() -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    system_roots_with(std::env::var_os("SSL_CERT_FILE"))
+}
+
+/// [`system_roots`] with `ssl_cert_file` for the environment's `SSL_CERT_FILE`.
+#[cfg(feature = "tls")]
+fn system_roots_with(
+    ssl_cert_file: Option<std::ffi::OsString>,
+) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    match ssl_cert_file.filter(|v| !v.is_empty()) {
+        Some(file) => roots_from(&[std::path::Path::new(&file)], "SSL_CERT_FILE"),
+        None => {
+            let paths = SYSTEM_ROOTS.map(std::path::Path::new);
+            roots_from(&paths, "the system's CA bundle")
+        }
+    }
+}
+
+/// The certificates of the first of `paths` that exists; `what` names the list in errors.
+#[cfg(feature = "tls")]
+fn roots_from(
+    paths: &[&std::path::Path],
+    what: &str,
+) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    match paths.iter().find(|p| p.exists()) {
+        Some(path) => pem_roots(path),
+        None => {
+            let tried: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            Err(Error::config(format!(
+                "expected CA certificates for https:// in {what} ({}), found no such file; \
+                 install the CA bundle, set SSL_CERT_FILE or `ca_roots`, or build with the \
+                 \"webpki-roots\" feature",
+                tried.join(", ")
+            )))
+        }
+    }
+}
+
+/// Every certificate of the PEM file at `path`.
+#[cfg(feature = "tls")]
+fn pem_roots(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    use ureq::tls::{parse_pem, PemItem};
     let pem = std::fs::read(path).map_err(|e| Error::io("reading CA roots", path, e))?;
     let mut certs = Vec::new();
     for item in parse_pem(&pem) {
@@ -85,14 +203,26 @@ fn tls_with_roots(path: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
             path.display()
         )));
     }
-    Ok(TlsConfig::builder()
-        .root_certs(RootCerts::new_with_certs(&certs))
-        .build())
+    Ok(certs)
+}
+
+/// rustls with `roots` and the process's default crypto provider if the host installed
+/// one, else ring — what ureq's own `rustls` feature does, but that feature would also
+/// bundle Mozilla's roots.
+#[cfg(feature = "tls")]
+fn tls_config(roots: ureq::tls::RootCerts) -> ureq::tls::TlsConfig {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    ureq::tls::TlsConfig::builder()
+        .root_certs(roots)
+        .unversioned_rustls_crypto_provider(provider)
+        .build()
 }
 
 impl Transport for HttpTransport {
     fn get(&self, url: &str, req: &Request) -> Result<Response> {
-        let mut request = self.agent.get(url);
+        let mut request = self.agent(url)?.get(url);
         if let Some(from) = req.range_from {
             request = request.header("Range", format!("bytes={from}-"));
         }
@@ -147,5 +277,125 @@ impl Read for Body {
             ureq::Error::Io(e) => e,
             other => io::Error::other(other),
         })
+    }
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A self-signed P-256 certificate (CN "evergreen test root").
+    const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBkjCCATmgAwIBAgIUQ3NNScf4dNdy4Kk5TE9nevqFn+8wCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTZXZlcmdyZWVuIHRlc3Qgcm9vdDAgFw0yNjExMjMxNzAyMDNa
+GA8yMTI2MTAzMDE3MDIwM1owHjEcMBoGA1UEAwwTZXZlcmdyZWVuIHRlc3Qgcm9v
+dDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABLprlvu89JuwLxfM4TUC/9kGuBUN
+yxFNLKEvunhlG9tj/nh1AjNK9jPVqiWL6Q+qSBrFZuvIP+S+ed6icxjUcdqjUzBR
+MB0GA1UdDgQWBBRND9PPMjbQaLW1ks+YK515b/GdETAfBgNVHSMEGDAWgBRND9PP
+MjbQaLW1ks+YK515b/GdETAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cA
+MEQCIADfjsJ07Ub9OFs1lBisMYw18lTr4+jleffG4fMO9QaGAiAV3/unPgoYz+sl
+rTPbyMtuh6A0S6makkfrf53PSPtBBA==
+-----END CERTIFICATE-----
+";
+
+    fn der(pem: &str) -> Vec<u8> {
+        use base64::Engine;
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bundle_loads_every_certificate_of_the_first_file_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("# a comment\n{CERT}\n{CERT}")).unwrap();
+        let missing = dir.path().join("missing.pem");
+        let certs = roots_from(&[&missing, &bundle], "the test bundle").unwrap();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0].der(), der(CERT));
+        // SSL_CERT_FILE names the file to use.
+        let certs = system_roots_with(Some(bundle.clone().into_os_string())).unwrap();
+        assert_eq!(certs.len(), 2);
+    }
+
+    #[test]
+    fn no_bundle_is_a_config_error_naming_every_path_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.pem"), dir.path().join("b.pem"));
+        let err = roots_from(&[&a, &b], "the test bundle").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let message = err.to_string();
+        for path in [&a, &b] {
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+        let err = system_roots_with(Some(a.clone().into_os_string())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("SSL_CERT_FILE"), "{err}");
+        assert!(err.to_string().contains(&a.display().to_string()), "{err}");
+        // The list tried without SSL_CERT_FILE is the distributions' usual places.
+        assert_eq!(SYSTEM_ROOTS[0], "/etc/ssl/certs/ca-certificates.crt");
+    }
+
+    #[test]
+    fn a_bundle_without_certificates_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = roots_from(&[&empty], "the test bundle").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("found none"), "{err}");
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = pem_roots(&bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("invalid PEM"), "{err}");
+        let err = pem_roots(Path::new("/nonexistent/evergreen/roots.pem")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+    }
+
+    #[test]
+    fn https_without_roots_is_a_config_error_and_http_still_works() {
+        let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
+        // As if the system had no bundle (set before the first request makes the agent).
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
+        let _ = transport.agent.set((agent, Some("no CA bundle".into())));
+        let request = Request {
+            range_from: None,
+            if_none_match: None,
+        };
+        let err = transport
+            .get("HTTPS://127.0.0.1:9/x", &request)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("no CA bundle"), "{err}");
+        // A plain http:// request gets as far as the network (nothing listens on port 9).
+        let err = transport.get("http://127.0.0.1:9/x", &request).unwrap_err();
+        assert_ne!(err.kind(), ErrorKind::Config, "{err}");
+    }
+
+    #[test]
+    fn ca_roots_are_read_when_the_transport_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = FetchOptions {
+            ca_roots: Some(dir.path().join("missing.pem")),
+            ..FetchOptions::default()
+        };
+        assert_eq!(
+            HttpTransport::new(&options).unwrap_err().kind(),
+            ErrorKind::Io
+        );
+        std::fs::write(dir.path().join("roots.pem"), CERT).unwrap();
+        let options = FetchOptions {
+            ca_roots: Some(dir.path().join("roots.pem")),
+            ..FetchOptions::default()
+        };
+        assert!(HttpTransport::new(&options).unwrap().tls.is_some());
     }
 }

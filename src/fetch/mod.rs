@@ -32,6 +32,8 @@ mod transport;
 
 #[cfg(feature = "http")]
 pub use http::HttpTransport;
+#[cfg(feature = "tls")]
+pub use http::{system_roots, SYSTEM_ROOTS};
 pub use transport::{FileTransport, Request, Response, Transport};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -64,8 +66,9 @@ pub struct FetchOptions {
     /// Follow HTTP redirects (up to 5). Off by default: a redirect is then an
     /// [`ErrorKind::HttpStatus`] error naming the `Location`.
     pub follow_redirects: bool,
-    /// A PEM file of root certificates to trust for HTTPS *instead of* the built-in Mozilla
-    /// roots (for a private CA). Needs the `tls` feature.
+    /// A PEM file of root certificates to trust for HTTPS *instead of* the system's CA
+    /// bundle (`system_roots`), or of Mozilla's roots built in with the `webpki-roots`
+    /// feature (for a private CA). Needs the `tls` feature.
     pub ca_roots: Option<PathBuf>,
     /// An HTTP(S) or SOCKS proxy URL. `None` takes `ALL_PROXY` / `HTTPS_PROXY` /
     /// `HTTP_PROXY` and `NO_PROXY` from the environment.
