@@ -915,11 +915,15 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
                 let manifest = root.join("Cargo.toml");
                 let target = root.join(target_dir);
+                // The C library alone, as docs/c-abi.md builds it: next to the rlib, LTO
+                // must keep every public Rust function, which costs about 0.6 MB.
                 let mut args = vec![
-                    "build",
+                    "rustc",
                     "--profile",
                     "dist",
                     "--lib",
+                    "--crate-type",
+                    "cdylib",
                     "--manifest-path",
                     manifest.to_str().unwrap_or(""),
                     "--target-dir",
