@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example bench            # the real sizes (512 MiB zip, 1 GiB blob)
 //! cargo run --release --example bench -- --quick # small sizes, to check that it works
+//! cargo run --release --example bench -- --only "blob download"   # one step
 //! ```
+//!
+//! Steps: full update, blob download, peak RSS, unchanged check, one of ten, manifest,
+//! startup, cdylib.
 //!
 //! The fixtures live on /dev/shm when it has room (else the system temp dir), so the
 //! download, the slots and the baseline's output share one file system. nginx serves them
@@ -30,7 +34,17 @@ use std::process::ExitCode;
 /// One part of the benchmark: its rows.
 type Step = fn(&rows::Ctx) -> Vec<table::Row>;
 
-const USAGE: &str = "usage: bench [--quick] [--runs N]";
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only STEP]...\n\
+    steps: full update, blob download, peak RSS, unchanged check, one of ten, manifest, \
+    startup, cdylib";
+
+/// What the command line asks for.
+struct Options {
+    quick: bool,
+    runs: usize,
+    /// The steps to run; all when empty.
+    only: Vec<String>,
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,26 +75,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse(args: &[String]) -> Result<(bool, usize), String> {
-    let (mut quick, mut runs) = (false, 5);
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        quick: false,
+        runs: 5,
+        only: Vec::new(),
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--quick" => quick = true,
+            "--quick" => options.quick = true,
             "--runs" => {
-                runs = it
+                options.runs = it
                     .next()
                     .and_then(|n| n.parse().ok())
                     .filter(|n| *n >= 1)
                     .ok_or(USAGE)?
             }
+            "--only" => options.only.push(it.next().ok_or(USAGE)?.clone()),
             _ => return Err(USAGE.into()),
         }
     }
-    Ok((quick, runs))
+    Ok(options)
 }
 
-fn run((quick, runs): (bool, usize)) -> Result<(), String> {
+fn run(options: Options) -> Result<(), String> {
+    let Options { quick, runs, only } = options;
+    let steps: [(&str, Step); 8] = [
+        ("full update", |c| vec![rows::full_update(c)]),
+        ("blob download", |c| vec![rows::blob_download(c)]),
+        ("peak RSS", |c| vec![rows::peak_rss(c)]),
+        ("unchanged check", |c| vec![rows::unchanged_check(c)]),
+        ("one of ten", |c| vec![rows::one_of_ten(c)]),
+        ("manifest", |c| vec![rows::manifest_verify(c)]),
+        ("startup", rows::startup),
+        ("cdylib", rows::cdylib),
+    ];
+    if let Some(unknown) = only.iter().find(|o| !steps.iter().any(|(n, _)| n == o)) {
+        return Err(format!("no step {unknown:?}\n{USAGE}"));
+    }
     let sizes = rows::Sizes::new(quick);
     // The zip and the blob, their copies in the repo, a download, an extracted slot and the
     // baseline's output at the same time.
@@ -112,17 +145,10 @@ fn run((quick, runs): (bool, usize)) -> Result<(), String> {
     // Other work on the machine slows both sides, but threads more than single processes.
     let load_before = load_average();
     let mut table = Vec::new();
-    let steps: [(&str, Step); 8] = [
-        ("full update", |c| vec![rows::full_update(c)]),
-        ("blob download", |c| vec![rows::blob_download(c)]),
-        ("peak RSS", |c| vec![rows::peak_rss(c)]),
-        ("unchanged check", |c| vec![rows::unchanged_check(c)]),
-        ("one of ten", |c| vec![rows::one_of_ten(c)]),
-        ("manifest", |c| vec![rows::manifest_verify(c)]),
-        ("startup", rows::startup),
-        ("cdylib", rows::cdylib),
-    ];
     for (name, step) in steps {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         eprintln!("measuring: {name}");
         table.extend(step(&ctx));
     }

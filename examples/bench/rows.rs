@@ -312,22 +312,26 @@ pub fn blob_download(ctx: &Ctx) -> Row {
         let server = server.as_deref().map_or(Some(0.0), cpu_seconds)?;
         Some(cpu_seconds("self")? + server)
     };
-    let cpu_before = cpu();
+    // Summed over the timed downloads only, not the removal of the previous one.
+    let mut cpu_used = Some(0.0);
     let ours = time_runs(
         ctx.runs,
         || {
             let _ = std::fs::remove_dir_all(&dir);
+            cpu()
         },
-        |()| {
-            fetcher
+        |before| {
+            let result = fetcher
                 .download(&spec, &dir, &mut |_, _| {}, &CancelToken::new())
                 .map(drop)
-                .map_err(err)
+                .map_err(err);
+            cpu_used = cpu_used
+                .zip(before.zip(cpu()))
+                .map(|(sum, (before, after))| sum + after - before);
+            result
         },
     );
-    let cpu_per_run = cpu_before
-        .zip(cpu())
-        .map(|(before, after)| (after - before) / ctx.runs as f64);
+    let cpu_per_run = cpu_used.map(|sum| sum / ctx.runs as f64);
     let _ = std::fs::remove_dir_all(&dir);
     let ours = match ours {
         Ok(s) => median(&s),
