@@ -735,7 +735,8 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
         now,
         max_bytes: manifest::DEFAULT_MAX_METADATA_BYTES,
     };
-    let runs = ctx.runs.max(21);
+    // Milliseconds each, and the allocator's page faults make single runs noisy: many runs.
+    let runs = ctx.runs.max(101);
     let ours = time_runs(
         runs,
         || (),
