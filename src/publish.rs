@@ -1128,6 +1128,29 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_devices_would_refuse_as_too_large_is_not_published() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let channel = repo.path().join("channels/nightly.json");
+        let before = std::fs::read(&channel).unwrap();
+        let mut options = ReleaseOptions::new(now());
+        // Over the devices' default cap once base64-encoded in the envelope.
+        options.notes = "n".repeat(800 << 10);
+        let err = repo
+            .release(
+                "nightly",
+                &"1.1.0".parse().unwrap(),
+                "x",
+                &[("app", &file, ArtifactKind::File)],
+                &options,
+                &[&key],
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+        assert_eq!(std::fs::read(&channel).unwrap(), before);
+    }
+
+    #[test]
     fn the_same_version_and_target_twice_is_a_config_error() {
         let (_dir, repo, key, file) = setup();
         publish(&repo, &key, &file, "1.0.0", "x").unwrap();
