@@ -40,7 +40,7 @@ use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, Trus
 use semver::Version;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -394,6 +394,75 @@ impl Repo {
             now,
         };
         self.update_channel(&trusted, &change, signers, |_| Ok(()))
+    }
+
+    /// Removes old releases from `channel`, re-signing it; returns the manifest and the
+    /// versions removed (newest first).
+    ///
+    /// A release stays when it is among the `keep` newest of some target it carries, or
+    /// when a release that stays names it as its `min_version` (the stepping stone older
+    /// devices need), and so on down such chains. Blobs are not touched: they are
+    /// immutable and other channels may list them. `keep` must be at least 1.
+    ///
+    /// ```
+    /// # use evergreen::publish::{Repo, ReleaseOptions};
+    /// # use evergreen::manifest::ArtifactKind;
+    /// # use evergreen::trust::{KeySet, SecretKey};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let key = SecretKey::generate()?;
+    /// # let keys = KeySet::new(vec![key.public()], 1)?;
+    /// # let now = evergreen::Timestamp::now();
+    /// # let repo = Repo::init(dir.path().join("repo"), "com.acme.app", &keys, &keys, &[&key], 365, now)?;
+    /// # let app = dir.path().join("app.bin");
+    /// # std::fs::write(&app, b"v")?;
+    /// for v in ["1.0.0", "1.1.0", "1.2.0"] {
+    ///     repo.release("nightly", &v.parse().unwrap(), "x86_64-linux",
+    ///         &[("app", app.as_path(), ArtifactKind::File)], &ReleaseOptions::new(now), &[&key])?;
+    /// }
+    /// let (manifest, removed) = repo.prune("nightly", 2, &[&key], now)?;
+    /// assert_eq!(removed, ["1.0.0".parse::<semver::Version>().unwrap()]);
+    /// assert_eq!(manifest.releases.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prune(
+        &self,
+        channel: &str,
+        keep: usize,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<(Manifest, Vec<Version>)> {
+        if keep == 0 {
+            return Err(Error::config(
+                "--keep: expected at least 1 release per target, found 0",
+            ));
+        }
+        let trusted = self.trusted_root()?;
+        let current = self
+            .load_channel(&trusted, channel)?
+            .ok_or_else(|| missing(channel))?;
+        if releases_to_keep(&current.releases, keep).len() == current.releases.len() {
+            // Nothing to remove: no new sequence for devices to fetch.
+            return Ok((current, Vec::new()));
+        }
+        let mut removed = Vec::new();
+        let edit = |m: &mut Manifest| {
+            let kept = releases_to_keep(&m.releases, keep);
+            let (stay, gone): (Vec<Release>, Vec<Release>) = std::mem::take(&mut m.releases)
+                .into_iter()
+                .partition(|r| kept.contains(&r.version));
+            m.releases = stay;
+            removed = gone.into_iter().map(|r| r.version).collect();
+            removed.sort_by(|a, b| b.cmp(a));
+            Ok(())
+        };
+        let change = Change {
+            channel,
+            create: false,
+            expires_in_days: None,
+            now,
+        };
+        let manifest = self.update_channel(&trusted, &change, signers, edit)?;
+        Ok((manifest, removed))
     }
 
     /// Writes the next root, signed by a threshold of the current root keys *and* of the
@@ -872,6 +941,37 @@ fn check_percent(percent: f64) -> Result<()> {
     Ok(())
 }
 
+/// The versions [`Repo::prune`] keeps: the `keep` newest of each target, then the
+/// `min_version` each kept release names, until nothing more is added.
+fn releases_to_keep(releases: &[Release], keep: usize) -> BTreeSet<Version> {
+    let mut by_target: BTreeMap<&str, Vec<&Version>> = BTreeMap::new();
+    for r in releases {
+        for target in r.targets.keys() {
+            by_target.entry(target).or_default().push(&r.version);
+        }
+    }
+    let mut kept = BTreeSet::new();
+    for versions in by_target.values_mut() {
+        versions.sort_by(|a, b| b.cmp(a));
+        kept.extend(versions.iter().take(keep).map(|v| (*v).clone()));
+    }
+    let listed: BTreeSet<&Version> = releases.iter().map(|r| &r.version).collect();
+    let mut todo: Vec<Version> = kept.iter().cloned().collect();
+    while let Some(v) = todo.pop() {
+        let stone = releases
+            .iter()
+            .find(|r| r.version == v)
+            .and_then(|r| r.min_version.as_ref())
+            .filter(|m| listed.contains(m));
+        if let Some(stone) = stone {
+            if kept.insert(stone.clone()) {
+                todo.push(stone.clone());
+            }
+        }
+    }
+    kept
+}
+
 fn missing(channel: &str) -> Error {
     Error::new(
         ErrorKind::NotFound,
@@ -1125,6 +1225,79 @@ mod tests {
         let report = repo.verify(now()).unwrap();
         let seqs: Vec<u64> = report.channels.iter().map(|c| c.sequence).collect();
         assert_eq!(seqs, [4, 1]);
+    }
+
+    fn publish_with(
+        repo: &Repo,
+        key: &SecretKey,
+        file: &Path,
+        version: &str,
+        target: &str,
+        min: Option<&str>,
+    ) {
+        let mut options = ReleaseOptions::new(now());
+        options.min_version = min.map(|m| m.parse().unwrap());
+        let components = [("app", file, ArtifactKind::File)];
+        repo.release(
+            "nightly",
+            &version.parse().unwrap(),
+            target,
+            &components,
+            &options,
+            &[key],
+        )
+        .unwrap();
+    }
+
+    fn versions(list: &[&str]) -> Vec<Version> {
+        list.iter().map(|v| v.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_of_each_target() {
+        let (_dir, repo, key, file) = setup();
+        for (v, target) in [
+            ("1.0.0", "x"),
+            ("1.1.0", "x"),
+            ("1.2.0", "y"),
+            ("1.3.0", "x"),
+        ] {
+            publish_with(&repo, &key, &file, v, target, None);
+        }
+        let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        assert_eq!(removed, versions(&["1.1.0", "1.0.0"]));
+        let left: Vec<Version> = m.releases.iter().map(|r| r.version.clone()).collect();
+        assert_eq!(left, versions(&["1.2.0", "1.3.0"]));
+        assert_eq!(m.sequence, 5);
+        // What was written is what a client accepts.
+        let report = repo.verify(now()).unwrap();
+        assert_eq!(report.channels[0].sequence, 5);
+    }
+
+    #[test]
+    fn prune_keeps_the_stepping_stones_kept_releases_name() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_with(&repo, &key, &file, "1.1.0", "x", None);
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
+        let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        assert_eq!(removed, versions(&["1.0.0"]));
+        assert_eq!(m.releases.len(), 3);
+    }
+
+    #[test]
+    fn prune_with_nothing_to_remove_writes_nothing_and_keep_zero_is_refused() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        let (m, removed) = repo.prune("nightly", 5, &[&key], now()).unwrap();
+        assert!(removed.is_empty());
+        assert_eq!(m.sequence, 1);
+        let err = repo.prune("nightly", 0, &[&key], now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let err = repo.prune("stable", 1, &[&key], now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(repo.verify(now()).unwrap().channels[0].sequence, 1);
     }
 
     #[test]

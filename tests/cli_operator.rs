@@ -520,7 +520,7 @@ fn publishing_the_same_version_and_target_twice_is_refused() {
 fn every_command_has_help_with_an_example() {
     let tmp = tempfile::tempdir().unwrap();
     for cmd in [
-        "keygen", "init", "release", "promote", "rollout", "resign", "rotate", "verify",
+        "keygen", "init", "release", "promote", "rollout", "resign", "prune", "rotate", "verify",
     ] {
         let out = ok(tmp.path(), &[cmd, "--help"]);
         assert!(
@@ -528,4 +528,67 @@ fn every_command_has_help_with_an_example() {
             "{cmd}: {out}"
         );
     }
+}
+
+#[test]
+fn prune_removes_old_releases_and_the_channel_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    for version in ["1.0.0", "1.1.0", "1.2.0"] {
+        ok(
+            dir,
+            &[
+                "release",
+                "repo",
+                "--channel",
+                "nightly",
+                "--version",
+                version,
+                "--target",
+                "x86_64-linux",
+                "--component",
+                "app=app.bin",
+                "--sign",
+                "release",
+            ],
+        );
+    }
+    let prune = [
+        "prune",
+        "repo",
+        "--channel",
+        "nightly",
+        "--keep",
+        "1",
+        "--sign",
+        "release",
+    ];
+    let out = ok(dir, &[&["--json"][..], &prune[..]].concat());
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["removed"], serde_json::json!(["1.1.0", "1.0.0"]));
+    assert_eq!(report["releases"], 1);
+    assert_eq!(report["sequence"], 4);
+    let nightly = read_manifest(dir, "nightly");
+    assert_eq!(nightly["releases"][0]["version"], "1.2.0");
+    assert_eq!(nightly["releases"].as_array().unwrap().len(), 1);
+    // Blobs stay; the repository verifies as a client would.
+    ok(dir, &["verify", "repo"]);
+    let again = ok(dir, &prune);
+    assert!(again.contains("nothing to prune"), "{again}");
+    let err = fails(
+        dir,
+        &[
+            "prune",
+            "repo",
+            "--channel",
+            "nightly",
+            "--keep",
+            "0",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(err.starts_with("error[config]"), "{err}");
 }

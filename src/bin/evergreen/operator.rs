@@ -48,6 +48,15 @@ pub(crate) enum Command {
         after_help = "Example:\n  evergreen resign repo --channel stable --expires-in 30 --sign keys/release"
     )]
     Resign(ResignArgs),
+    /// Remove old releases from a channel, keeping the newest of each target.
+    #[command(
+        after_help = "Example:\n  evergreen prune repo --channel nightly --keep 20 --sign keys/release\n\n\
+        Keeps the KEEP newest releases of each target, and every release a kept one names as\n\
+        its min_version (the stepping stone older devices need). Blobs stay: they are\n\
+        immutable and other channels may list them. Devices verify and parse the whole\n\
+        manifest on every change, and refuse one over 1 MiB: prune long-lived channels."
+    )]
+    Prune(PruneArgs),
     /// Write the next trust root, signed by the current and the new root keys.
     #[command(
         after_help = "Example:\n  evergreen rotate repo --root-key keys/root2.pub --root-threshold 1 \\\n    \
@@ -182,6 +191,21 @@ pub(crate) struct RolloutArgs {
     sign: SignArgs,
 }
 
+/// Arguments of `prune`.
+#[derive(Args)]
+pub(crate) struct PruneArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// How many of the newest releases of each target to keep.
+    #[arg(long, value_name = "N")]
+    keep: usize,
+    #[command(flatten)]
+    sign: SignArgs,
+}
+
 /// Arguments of `resign`.
 #[derive(Args)]
 pub(crate) struct ResignArgs {
@@ -261,9 +285,43 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let m = repo.resign(&a.channel, a.expires_in, &refs(&signers), now()?)?;
             print_channel(&m, "re-signed", json)
         }
+        Command::Prune(a) => prune(&a, json),
         Command::Rotate(a) => rotate(&a, json),
         Command::Verify(a) => verify(&a, json),
     }
+}
+
+fn prune(a: &PruneArgs, json: bool) -> Result<()> {
+    let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+    let (m, removed) = repo.prune(&a.channel, a.keep, &refs(&signers), now()?)?;
+    let removed: Vec<String> = removed.iter().map(Version::to_string).collect();
+    if json {
+        return print_json(&json!({
+            "channel": m.channel,
+            "sequence": m.sequence,
+            "expires": m.expires,
+            "removed": removed,
+            "releases": m.releases.len(),
+        }));
+    }
+    if removed.is_empty() {
+        println!(
+            "nothing to prune on {} ({} releases; sequence {} unchanged)",
+            m.channel,
+            m.releases.len(),
+            m.sequence
+        );
+        return Ok(());
+    }
+    print_channel(
+        &m,
+        &format!(
+            "removed {} ({} releases left) from",
+            removed.join(", "),
+            m.releases.len()
+        ),
+        false,
+    )
 }
 
 fn keygen(a: &KeygenArgs, json: bool) -> Result<()> {
