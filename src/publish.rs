@@ -369,12 +369,7 @@ impl Repo {
             stages.push(RolloutStage { at: now, percent });
             Ok(())
         };
-        let change = Change {
-            channel,
-            create: false,
-            expires_in_days: None,
-            now,
-        };
+        let change = Change::existing(channel, None, now);
         self.update_channel(&trusted, &change, signers, edit)
     }
 
@@ -387,12 +382,7 @@ impl Repo {
         now: Timestamp,
     ) -> Result<Manifest> {
         let trusted = self.trusted_root()?;
-        let change = Change {
-            channel,
-            create: false,
-            expires_in_days,
-            now,
-        };
+        let change = Change::existing(channel, expires_in_days, now);
         self.update_channel(&trusted, &change, signers, |_| Ok(()))
     }
 
@@ -455,12 +445,7 @@ impl Repo {
             removed.sort_by(|a, b| b.cmp(a));
             Ok(())
         };
-        let change = Change {
-            channel,
-            create: false,
-            expires_in_days: None,
-            now,
-        };
+        let change = Change::existing(channel, None, now);
         let manifest = self.update_channel(&trusted, &change, signers, edit)?;
         Ok((manifest, removed))
     }
@@ -759,6 +744,18 @@ struct Change<'a> {
     create: bool,
     expires_in_days: Option<u32>,
     now: Timestamp,
+}
+
+impl<'a> Change<'a> {
+    /// A change to a channel that must already exist.
+    fn existing(channel: &'a str, expires_in_days: Option<u32>, now: Timestamp) -> Change<'a> {
+        Change {
+            channel,
+            create: false,
+            expires_in_days,
+            now,
+        }
+    }
 }
 
 /// Every change is a new publication: clients refuse to go back in sequence.

@@ -81,27 +81,35 @@ fn init_repo(dir: &Path) {
 fn release_nightly(dir: &Path) -> String {
     write_zip(&dir.join("app.zip"));
     std::fs::write(dir.join("settings.json"), br#"{"level": 3}"#).unwrap();
-    ok(
+    release_version(
         dir,
+        "1.2.0",
         &[
-            "release",
-            "repo",
-            "--channel",
-            "nightly",
-            "--version",
-            "1.2.0",
-            "--target",
-            "x86_64-linux",
             "--component",
             "app=app.zip",
             "--component",
             "config=settings.json:file",
             "--notes",
             "Fixes the reconnect loop.",
-            "--sign",
-            "release",
         ],
     )
+}
+
+/// `evergreen release` of `version` on nightly for x86_64-linux, signed by `release`.
+fn release_version(dir: &Path, version: &str, rest: &[&str]) -> String {
+    let head = [
+        "release",
+        "repo",
+        "--channel",
+        "nightly",
+        "--version",
+        version,
+        "--target",
+        "x86_64-linux",
+        "--sign",
+        "release",
+    ];
+    ok(dir, &[&head[..], rest].concat())
 }
 
 fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
@@ -537,23 +545,7 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
     init_repo(dir);
     std::fs::write(dir.join("app.bin"), b"v").unwrap();
     for version in ["1.0.0", "1.1.0", "1.2.0"] {
-        ok(
-            dir,
-            &[
-                "release",
-                "repo",
-                "--channel",
-                "nightly",
-                "--version",
-                version,
-                "--target",
-                "x86_64-linux",
-                "--component",
-                "app=app.bin",
-                "--sign",
-                "release",
-            ],
-        );
+        release_version(dir, version, &["--component", "app=app.bin"]);
     }
     let prune = [
         "prune",
@@ -577,18 +569,8 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
     ok(dir, &["verify", "repo"]);
     let again = ok(dir, &prune);
     assert!(again.contains("nothing to prune"), "{again}");
-    let err = fails(
-        dir,
-        &[
-            "prune",
-            "repo",
-            "--channel",
-            "nightly",
-            "--keep",
-            "0",
-            "--sign",
-            "release",
-        ],
-    );
+    let mut keep_none = prune;
+    keep_none[5] = "0";
+    let err = fails(dir, &keep_none);
     assert!(err.starts_with("error[config]"), "{err}");
 }
