@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         seal_manifest(rest)
     };
     if let Ok(m) = verify(&envelope, &fresh) {
-        accepted_manifest_holds(&m, &fresh);
+        accepted_manifest_holds(&envelope, &m, &fresh);
     }
 });
 
@@ -55,18 +55,19 @@ fn open_raw(bytes: &[u8]) {
     );
 }
 
-fn accepted_manifest_holds(m: &Verified<Manifest>, fresh: &Freshness) {
+/// `envelope`: the bytes that verified to `m` (what the updater caches).
+fn accepted_manifest_holds(envelope: &[u8], m: &Verified<Manifest>, fresh: &Freshness) {
     // The cached envelope re-verifies to the same document.
-    let again = verify(m.envelope(), fresh).expect("an accepted envelope re-verifies");
+    let again = verify(envelope, fresh).expect("an accepted envelope re-verifies");
     assert_eq!(**m, *again);
     assert_eq!(m.payload_sha256(), again.payload_sha256());
 
     // Once accepted, the same bytes are accepted again, other bytes under the same
     // sequence and any older sequence are refused as a rollback.
     let seen = fresh.advanced(m);
-    verify(m.envelope(), &seen).expect("the same bytes at the same sequence are accepted");
+    verify(envelope, &seen).expect("the same bytes at the same sequence are accepted");
     let payload = trust::open(
-        m.envelope(),
+        envelope,
         MANIFEST_TYPE,
         &keyset(&[&manifest_key()], 1),
         MAX_BYTES,
@@ -81,7 +82,7 @@ fn accepted_manifest_holds(m: &Verified<Manifest>, fresh: &Freshness) {
             last_seen: Some((newer, String::new())),
             ..fresh.clone()
         };
-        let refused = verify(m.envelope(), &ahead).expect_err("an older sequence");
+        let refused = verify(envelope, &ahead).expect_err("an older sequence");
         assert_eq!(refused.kind(), ErrorKind::MetadataRollback);
     }
 
