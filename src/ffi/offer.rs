@@ -3,7 +3,7 @@
 //! to free what it only reads.
 
 use super::error::evg_status;
-use super::handle::{arg_ref, into_c_string, out_arg, to_c_string};
+use super::handle::{arg_ref, free_box, into_c_string, out_arg, to_c_string, write_out};
 use super::panic::{guard, guard_value};
 use crate::error::Error;
 use crate::stage::ComponentOp;
@@ -238,7 +238,7 @@ pub unsafe extern "C" fn evg_offer_component(
             from: opt_ptr(&strings.from),
             to: opt_ptr(&strings.to),
         };
-        unsafe { out.write(line) };
+        write_out(out, line);
         Ok(())
     })
 }
@@ -260,7 +260,7 @@ pub unsafe extern "C" fn evg_offer_json(
         let out = out_arg(out, "out")?;
         let json = serde_json::to_string(&o.offer)
             .map_err(|e| Error::config(format!("offer: expected serialisable JSON, found {e}")))?;
-        unsafe { out.write(into_c_string(json)) };
+        write_out(out, into_c_string(json));
         Ok(())
     })
 }
@@ -271,10 +271,5 @@ pub unsafe extern "C" fn evg_offer_json(
 /// `offer` is NULL or an offer returned to the caller that was not freed yet.
 #[no_mangle]
 pub unsafe extern "C" fn evg_offer_free(offer: *mut evg_offer) {
-    if !offer.is_null() {
-        guard("evg_offer_free", || {
-            drop(unsafe { Box::from_raw(offer) });
-            Ok(())
-        });
-    }
+    unsafe { free_box(offer, "evg_offer_free") }
 }

@@ -2,7 +2,9 @@
 
 use super::callbacks::{evg_progress_cb, EventSink, Progress};
 use super::error::evg_status;
-use super::handle::{arg_ref, arg_str, evg_slot, into_c_string, opt_str, out_arg, parse_version};
+use super::handle::{
+    arg_ref, arg_str, evg_slot, free_box, into_c_string, opt_str, out_arg, parse_version, write_out,
+};
 use super::hooks::{check_size, evg_hooks, CSelector, CTransport};
 use super::offer::evg_offer;
 use super::panic::guard;
@@ -17,12 +19,6 @@ use std::sync::Arc;
 pub struct evg_updater {
     pub(crate) updater: Updater,
     pub(crate) events: Arc<EventSink>,
-}
-
-/// Writes `value` to the out-param `out` (already checked non-NULL).
-fn write_out<T>(out: *mut T, value: T) {
-    // Only reached with a pointer `out_arg` accepted, on success.
-    unsafe { out.write(value) };
 }
 
 /// Builds the updater from the config JSON and the optional hooks.
@@ -93,12 +89,7 @@ pub unsafe extern "C" fn evg_updater_new_with_hooks(
 /// `updater` is NULL or a handle that was not freed yet, and no other thread uses it.
 #[no_mangle]
 pub unsafe extern "C" fn evg_updater_free(updater: *mut evg_updater) {
-    if !updater.is_null() {
-        guard("evg_updater_free", || {
-            drop(unsafe { Box::from_raw(updater) });
-            Ok(())
-        });
-    }
+    unsafe { free_box(updater, "evg_updater_free") }
 }
 
 /// What `evg_startup` found.
