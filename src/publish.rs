@@ -952,15 +952,15 @@ fn releases_to_keep(releases: &[Release], keep: usize) -> BTreeSet<Version> {
         versions.sort_by(|a, b| b.cmp(a));
         kept.extend(versions.iter().take(keep).map(|v| (*v).clone()));
     }
-    let listed: BTreeSet<&Version> = releases.iter().map(|r| &r.version).collect();
+    // Each listed version and the stepping stone it names, if that one is listed too.
+    let stone_of: BTreeMap<&Version, Option<&Version>> = releases
+        .iter()
+        .map(|r| (&r.version, r.min_version.as_ref()))
+        .collect();
     let mut todo: Vec<Version> = kept.iter().cloned().collect();
     while let Some(v) = todo.pop() {
-        let stone = releases
-            .iter()
-            .find(|r| r.version == v)
-            .and_then(|r| r.min_version.as_ref())
-            .filter(|m| listed.contains(m));
-        if let Some(stone) = stone {
+        let stone = stone_of.get(&v).copied().flatten();
+        if let Some(stone) = stone.filter(|m| stone_of.contains_key(m)) {
             if kept.insert(stone.clone()) {
                 todo.push(stone.clone());
             }
