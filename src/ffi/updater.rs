@@ -58,7 +58,7 @@ pub unsafe extern "C" fn evg_updater_new(
     config_json: *const c_char,
     out: *mut *mut evg_updater,
 ) -> evg_status {
-    unsafe { evg_updater_new_with_hooks(config_json, std::ptr::null(), out) }
+    unsafe { new_updater("evg_updater_new", config_json, std::ptr::null(), out) }
 }
 
 /// Like `evg_updater_new`, with host-supplied parts: a transport, a boot selector (needed
@@ -74,7 +74,21 @@ pub unsafe extern "C" fn evg_updater_new_with_hooks(
     hooks: *const evg_hooks,
     out: *mut *mut evg_updater,
 ) -> evg_status {
-    guard("evg_updater_new", || {
+    unsafe { new_updater("evg_updater_new_with_hooks", config_json, hooks, out) }
+}
+
+/// Both constructors, with the name of the export the host called (a panic message names
+/// it).
+///
+/// # Safety
+/// As for `evg_updater_new_with_hooks`.
+unsafe fn new_updater(
+    name: &'static str,
+    config_json: *const c_char,
+    hooks: *const evg_hooks,
+    out: *mut *mut evg_updater,
+) -> evg_status {
+    guard(name, || {
         let json = unsafe { arg_str(config_json, "config_json")? };
         let out = out_arg(out, "out")?;
         let updater = unsafe { build(json, hooks)? };
