@@ -423,7 +423,7 @@ impl Repo {
     ) -> Result<(Manifest, Vec<Version>)> {
         if keep == 0 {
             return Err(Error::config(
-                "--keep: expected at least 1 release per target, found 0",
+                "keep: expected at least 1 release per target to stay, found 0",
             ));
         }
         let trusted = self.trusted_root()?;
