@@ -207,9 +207,24 @@ impl Serialize for Timestamp {
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Timestamp, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        parse_rfc3339(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
+        // A visitor rather than a `String` or `Cow`: serde's `Cow<str>` always allocates,
+        // and a 1,000-release manifest holds a thousand times.
+        d.deserialize_str(TimestampVisitor)
+    }
+}
+
+struct TimestampVisitor;
+
+impl serde::de::Visitor<'_> for TimestampVisitor {
+    type Value = Timestamp;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an RFC 3339 time like 2026-11-22T10:00:00Z")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Timestamp, E> {
+        parse_rfc3339(s).ok_or_else(|| {
+            E::custom(format!(
                 "expected an RFC 3339 time like 2026-11-22T10:00:00Z, found {s:?}"
             ))
         })
@@ -256,6 +271,24 @@ mod tests {
             let t: Timestamp = edge.parse().unwrap();
             assert_eq!(t.to_string(), edge);
         }
+    }
+
+    #[test]
+    fn reads_from_json_with_or_without_escapes_and_names_what_it_found() {
+        let t: Timestamp = serde_json::from_str(r#""2026-11-22T10:00:00Z""#).unwrap();
+        assert_eq!(t.to_string(), "2026-11-22T10:00:00Z");
+        let escaped: Timestamp = serde_json::from_str(r#""2026-11-22\u005410:00:00Z""#).unwrap();
+        assert_eq!(escaped, t);
+        let from_reader: Timestamp =
+            serde_json::from_reader(&br#""2026-11-22T10:00:00Z""#[..]).unwrap();
+        assert_eq!(from_reader, t);
+        let err = serde_json::from_str::<Timestamp>(r#""yesterday""#).unwrap_err();
+        assert!(err.to_string().contains(r#"found "yesterday""#), "{err}");
+        let err = serde_json::from_str::<Timestamp>("1764000000").unwrap_err();
+        assert!(
+            err.to_string().contains("expected an RFC 3339 time"),
+            "{err}"
+        );
     }
 
     #[test]
