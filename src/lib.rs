@@ -10,6 +10,7 @@ pub mod event;
 pub mod fetch;
 pub mod ffi;
 pub mod fsutil;
+mod json;
 pub mod manifest;
 pub mod publish;
 pub mod select;

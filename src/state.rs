@@ -18,6 +18,13 @@ use std::path::{Path, PathBuf};
 
 /// The schema this build reads and writes.
 pub const SCHEMA: u32 = 1;
+
+/// Just the schema number of a state file, read before the rest so that a file written by
+/// a newer Evergreen is named as such instead of failing on a field this one does not know.
+#[derive(Deserialize)]
+struct SchemaOnly {
+    schema: Option<u64>,
+}
 /// How many events the history keeps.
 pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
@@ -200,9 +207,9 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let schema = serde_json::from_slice::<serde_json::Value>(&bytes)
+        let schema = crate::json::from_bytes::<SchemaOnly>(&bytes)
             .ok()
-            .and_then(|v| v.get("schema").and_then(|s| s.as_u64()));
+            .and_then(|s| s.schema);
         match schema {
             Some(s) if s > u64::from(SCHEMA) => {
                 return Err(Error::invalid_state(format!(
@@ -219,9 +226,9 @@ impl State {
             }
             Some(_) => {}
         }
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+        let state: State = crate::json::from_bytes(&bytes).map_err(|found| {
             Error::invalid_state(format!(
-                "{}: expected a valid state document, found: {e}",
+                "{}: expected a valid state document, found: {found}",
                 path.display()
             ))
         })?;

@@ -350,10 +350,10 @@ pub fn seal(payload_type: &str, payload: &[u8], keys: &[&SecretKey]) -> Vec<u8> 
 
 /// Decodes an envelope without verifying it: for tools that inspect or re-sign.
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    crate::json::from_bytes(bytes).map_err(|found| {
         Error::new(
             ErrorKind::Signature,
-            format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {e}"),
+            format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {found}"),
         )
     })
 }
@@ -729,10 +729,10 @@ fn peek_payload(envelope: &[u8], max_bytes: u64) -> Result<Vec<u8>> {
 }
 
 fn parse_root(payload: &[u8]) -> Result<Root> {
-    let root: Root = serde_json::from_slice(payload).map_err(|e| {
+    let root: Root = crate::json::from_bytes(payload).map_err(|found| {
         Error::new(
             ErrorKind::WrongMetadata,
-            format!("expected a root document, found: {e}"),
+            format!("expected a root document, found: {found}"),
         )
     })?;
     if root.doc_type != "root" {
