@@ -754,7 +754,9 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
         runs,
         || (),
         |()| {
-            serde_json::from_slice::<Manifest>(&payload)
+            // As the library reads it: UTF-8 checked once, then parsed from the str.
+            let text = std::str::from_utf8(&payload).map_err(err)?;
+            serde_json::from_str::<Manifest>(text)
                 .map(drop)
                 .map_err(err)
         },
