@@ -910,7 +910,7 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
         ),
     ];
     let libcurl = find_libcurl();
-    variants
+    let mut rows: Vec<Row> = variants
         .into_iter()
         .map(|(name, target_dir, limit_mib, extra)| {
             let mut row = Row::new(
@@ -961,7 +961,58 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
             }
             row
         })
-        .collect()
+        .collect();
+    rows.push(small_cdylib(ctx, &root, libcurl.as_ref()));
+    rows
+}
+
+/// The file-only library with the standard library rebuilt without its backtrace
+/// symboliser (`scripts/build-small-lib`, nightly with rust-src), as firmware ships it.
+fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>) -> Row {
+    let mut row = Row::new(
+        "stripped `dist` cdylib, file transport only, std rebuilt without backtraces \
+         (`scripts/build-small-lib --no-default-features`, nightly)",
+        "≤ 1 MiB",
+    );
+    let script = root.join("scripts/build-small-lib");
+    let target = root.join("target/small");
+    let lib = if ctx.quick {
+        // The last build, if there is one: --quick builds nothing.
+        std::fs::read_dir(&target).ok().and_then(|dirs| {
+            dirs.flatten()
+                .map(|d| d.path().join("dist/libevergreen.so"))
+                .find(|p| p.exists())
+        })
+    } else {
+        let out = std::process::Command::new(&script)
+            .arg("--no-default-features")
+            .env("EVG_SMALL_TARGET_DIR", &target)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()
+                .map(|l| root.join(l.trim())),
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                return Row::skipped(row.what, row.target, format!("skipped: {why}"));
+            }
+            Err(e) => return Row::skipped(row.what, row.target, err(e)),
+        }
+    };
+    let Some(size) = lib.and_then(|l| std::fs::metadata(l).ok()).map(|m| m.len()) else {
+        return Row::skipped(
+            row.what,
+            row.target,
+            "not built (run without --quick)".into(),
+        );
+    };
+    row.measured = format!("{} ({size} bytes)", bytes(size as f64));
+    row.pass = Some(size as f64 <= MIB as f64);
+    if let Some((path, curl)) = libcurl {
+        row.baseline = format!("{} ({path})", bytes(*curl as f64));
+    }
+    row
 }
 
 /// Whether the library carries the C ABI's symbols at all.
