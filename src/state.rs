@@ -25,6 +25,7 @@ pub const SCHEMA: u32 = 1;
 struct SchemaOnly {
     schema: Option<u64>,
 }
+
 /// How many events the history keeps.
 pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
