@@ -746,8 +746,9 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
                 .map_err(err)
         },
     );
-    let ours = match ours {
-        Ok(s) => median(&s),
+    // The fastest run too: on a shared machine the median follows the host's memory system.
+    let (ours, fastest) = match ours {
+        Ok(s) => (median(&s), s.iter().copied().fold(f64::INFINITY, f64::min)),
         Err(e) => return Row::skipped(row.what, row.target, e),
     };
     let parse = time_runs(
@@ -790,8 +791,9 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
     row.baseline = format!("{} (serde_json parse alone)", secs(parse));
     row.pass = Some(ours <= 1e-3);
     row.note = format!(
-        "envelope {}, payload {}; of which base64 + ed25519 {}, and SHA-512 of the payload \
-         alone {}",
+        "fastest of {runs} runs {}; envelope {}, payload {}; of which base64 + ed25519 {}, \
+         and SHA-512 of the payload alone {}",
+        secs(fastest),
         bytes(envelope.len() as f64),
         bytes(payload.len() as f64),
         secs(open),
