@@ -279,7 +279,7 @@ impl Repo {
                     m.releases.sort_by(|a, b| a.version.cmp(&b.version));
                 }
             }
-            Ok(())
+            Ok(Edit::Changed)
         };
         let change = Change {
             channel,
@@ -327,7 +327,7 @@ impl Repo {
             }
             m.releases.push(release);
             m.releases.sort_by(|a, b| a.version.cmp(&b.version));
-            Ok(())
+            Ok(Edit::Changed)
         };
         let change = Change {
             channel: to,
@@ -367,7 +367,7 @@ impl Repo {
                 )));
             }
             stages.push(RolloutStage { at: now, percent });
-            Ok(())
+            Ok(Edit::Changed)
         };
         let change = Change::existing(channel, None, now);
         self.update_channel(&trusted, &change, signers, edit)
@@ -383,7 +383,8 @@ impl Repo {
     ) -> Result<Manifest> {
         let trusted = self.trusted_root()?;
         let change = Change::existing(channel, expires_in_days, now);
-        self.update_channel(&trusted, &change, signers, |_| Ok(()))
+        // The new expiry and sequence are the change.
+        self.update_channel(&trusted, &change, signers, |_| Ok(Edit::Changed))
     }
 
     /// Removes old releases from `channel`, re-signing it; returns the manifest and the
@@ -427,23 +428,20 @@ impl Repo {
             ));
         }
         let trusted = self.trusted_root()?;
-        let current = self
-            .load_channel(&trusted, channel)?
-            .ok_or_else(|| missing(channel))?;
-        if releases_to_keep(&current.releases, keep).len() == current.releases.len() {
-            // Nothing to remove: no new sequence for devices to fetch.
-            return Ok((current, Vec::new()));
-        }
         let mut removed = Vec::new();
         let edit = |m: &mut Manifest| {
             let kept = releases_to_keep(&m.releases, keep);
+            if kept.len() == m.releases.len() {
+                // Nothing to remove: no new sequence for devices to fetch.
+                return Ok(Edit::Unchanged);
+            }
             let (stay, gone): (Vec<Release>, Vec<Release>) = std::mem::take(&mut m.releases)
                 .into_iter()
                 .partition(|r| kept.contains(&r.version));
             m.releases = stay;
             removed = gone.into_iter().map(|r| r.version).collect();
             removed.sort_by(|a, b| b.cmp(a));
-            Ok(())
+            Ok(Edit::Changed)
         };
         let change = Change::existing(channel, None, now);
         let manifest = self.update_channel(&trusted, &change, signers, edit)?;
@@ -596,7 +594,7 @@ impl Repo {
         trusted: &TrustedRoot,
         change: &Change<'_>,
         signers: &[&SecretKey],
-        edit: impl FnOnce(&mut Manifest) -> Result<()>,
+        edit: impl FnOnce(&mut Manifest) -> Result<Edit>,
     ) -> Result<Manifest> {
         pick_signers("manifest", trusted.manifest_keys(), signers)?;
         let mut m = match self.load_channel(trusted, change.channel)? {
@@ -612,7 +610,9 @@ impl Repo {
             },
             None => return Err(missing(change.channel)),
         };
-        edit(&mut m)?;
+        if edit(&mut m)? == Edit::Unchanged {
+            return Ok(m);
+        }
         bump(&mut m, change.now, change.expires_in_days)?;
         let bytes = self.seal_manifest(trusted, &m, signers, change.now)?;
         fsutil::write_atomic(&self.channel_path(change.channel), &bytes)?;
@@ -735,6 +735,13 @@ impl Repo {
     fn channel_path(&self, channel: &str) -> PathBuf {
         self.root.join("channels").join(format!("{channel}.json"))
     }
+}
+
+/// What an edit did to a channel: only a changed one is bumped, re-signed and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    Changed,
+    Unchanged,
 }
 
 /// Which channel a modification applies to, and how.
