@@ -21,10 +21,9 @@ mod rng;
 
 use evergreen::manifest::{Release, Rollout, RolloutStage};
 use evergreen::select::{in_rollout, next_check, rollout_bucket};
-use evergreen::Timestamp;
+use evergreen::{NameMap, Timestamp};
 use rng::Rng;
 use semver::Version;
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 const PRODUCT: &str = "com.acme.gateway";
@@ -102,7 +101,7 @@ impl Channel {
                 critical: false,
                 security_version: 0,
                 rollout: Some(Rollout { stages }),
-                targets: BTreeMap::new(),
+                targets: NameMap::new(),
             },
             sequences,
         }

@@ -12,6 +12,7 @@ pub mod ffi;
 pub mod fsutil;
 mod json;
 pub mod manifest;
+pub mod name_map;
 pub mod publish;
 pub mod select;
 pub mod slots;
@@ -24,6 +25,7 @@ mod updater;
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
+pub use name_map::NameMap;
 pub use time::Timestamp;
 
 /// The README's examples are compiled as doctests, so the quickstart never rots.

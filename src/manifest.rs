@@ -4,11 +4,11 @@
 //! threshold and every freshness rule passed, so code that receives one never has to ask.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::name_map::NameMap;
 use crate::time::Timestamp;
 use crate::trust::{self, KeySet, MANIFEST_TYPE};
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Default cap on root and manifest documents (DESIGN §5.1 rule 6).
 pub const DEFAULT_MAX_METADATA_BYTES: u64 = 1 << 20;
@@ -59,8 +59,7 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
     /// Components per target.
-    #[serde(deserialize_with = "trust::unique_keys")]
-    pub targets: BTreeMap<String, TargetRelease>,
+    pub targets: NameMap<TargetRelease>,
 }
 
 /// A staged rollout: the percentage in force is that of the last stage whose `at` ≤ now.
@@ -107,8 +106,7 @@ impl Rollout {
 #[serde(deny_unknown_fields)]
 pub struct TargetRelease {
     /// Components by name; each is installed to `<slot>/<name>/`.
-    #[serde(deserialize_with = "trust::unique_keys")]
-    pub components: BTreeMap<String, Component>,
+    pub components: NameMap<Component>,
 }
 
 /// A named, versioned part of a release.

@@ -35,6 +35,7 @@ use crate::manifest::{
     self, Artifact, ArtifactKind, Component, Expect, Freshness, Manifest, Release, Rollout,
     RolloutStage, TargetRelease, DEFAULT_MAX_METADATA_BYTES,
 };
+use crate::name_map::NameMap;
 use crate::time::Timestamp;
 use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, TrustedRoot};
 use semver::Version;
@@ -249,21 +250,19 @@ impl Repo {
                     )));
                 }
             }
-            let mut built = BTreeMap::new();
+            let mut built = NameMap::new();
             for (name, path, kind) in components {
                 let artifact = self.add_blob(path, *kind)?;
                 // A component whose bytes did not change keeps the version it had, so the
                 // device's diff shows it unchanged.
                 let version = unchanged_version(m, target, name, &artifact.sha256)
                     .unwrap_or_else(|| version.to_string());
-                built.insert(name.to_string(), Component { version, artifact });
+                built.insert(*name, Component { version, artifact });
             }
             let target_release = TargetRelease { components: built };
             match existing {
                 Some(i) => {
-                    m.releases[i]
-                        .targets
-                        .insert(target.to_string(), target_release);
+                    m.releases[i].targets.insert(target, target_release);
                 }
                 None => {
                     m.releases.push(Release {
@@ -274,7 +273,7 @@ impl Repo {
                         critical: opts.critical,
                         security_version: opts.security_version,
                         rollout: opts.rollout_percent.map(|p| single_stage(opts.now, p)),
-                        targets: BTreeMap::from([(target.to_string(), target_release)]),
+                        targets: NameMap::from([(target, target_release)]),
                     });
                     m.releases.sort_by(|a, b| a.version.cmp(&b.version));
                 }
@@ -800,7 +799,7 @@ fn root_document(
     root_keys: &KeySet,
     manifest_keys: &KeySet,
 ) -> Root {
-    let mut keys = BTreeMap::new();
+    let mut keys = NameMap::new();
     let mut role = |set: &KeySet| {
         let mut keyids = Vec::new();
         for k in set.keys() {
@@ -818,10 +817,7 @@ fn root_document(
             threshold: set.threshold(),
         }
     };
-    let roles = BTreeMap::from([
-        ("root".to_string(), role(root_keys)),
-        ("manifest".to_string(), role(manifest_keys)),
-    ]);
+    let roles = NameMap::from([("root", role(root_keys)), ("manifest", role(manifest_keys))]);
     Root {
         doc_type: "root".to_string(),
         product: product.to_string(),

@@ -5,13 +5,12 @@
 //! signature threshold is met, and what is parsed afterwards is exactly the verified bytes.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::name_map::NameMap;
 use crate::time::Timestamp;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::marker::PhantomData;
 
 /// `payloadType` of a root document.
 pub const ROOT_TYPE: &str = "application/vnd.evergreen.root+json";
@@ -441,47 +440,6 @@ fn count_signers(message: &[u8], signatures: &[EnvelopeSignature], keys: &KeySet
     counted.iter().filter(|c| **c).count()
 }
 
-/// Deserializes a JSON object into a map, refusing a key that appears twice.
-///
-/// serde keeps the last duplicate silently while other JSON parsers keep the first, so a
-/// signer's tool and a device could read one signed document two ways (a key swapped in a
-/// role, a component replaced). Structs already refuse duplicate fields; this covers maps.
-pub(crate) fn unique_keys<'de, D, V>(
-    deserializer: D,
-) -> std::result::Result<BTreeMap<String, V>, D::Error>
-where
-    D: Deserializer<'de>,
-    V: Deserialize<'de>,
-{
-    struct UniqueKeys<V>(PhantomData<V>);
-
-    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for UniqueKeys<V> {
-        type Value = BTreeMap<String, V>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object whose keys are all different")
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut entries: A,
-        ) -> std::result::Result<Self::Value, A::Error> {
-            let mut map = BTreeMap::new();
-            while let Some((key, value)) = entries.next_entry::<String, V>()? {
-                if map.contains_key(&key) {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "expected each key once, found {key:?} twice"
-                    )));
-                }
-                map.insert(key, value);
-            }
-            Ok(map)
-        }
-    }
-
-    deserializer.deserialize_map(UniqueKeys(PhantomData))
-}
-
 /// A key as listed in a root document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -516,11 +474,9 @@ pub struct Root {
     /// After this, the root must be replaced.
     pub expires: Timestamp,
     /// Keys by key id.
-    #[serde(deserialize_with = "unique_keys")]
-    pub keys: BTreeMap<String, RootKey>,
+    pub keys: NameMap<RootKey>,
     /// `root` and `manifest` roles.
-    #[serde(deserialize_with = "unique_keys")]
-    pub roles: BTreeMap<String, Role>,
+    pub roles: NameMap<Role>,
 }
 
 impl Root {

@@ -9,7 +9,6 @@ use evergreen::trust::{
 };
 use evergreen::{ErrorKind, Result, Timestamp};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 const PRODUCT: &str = "com.acme.gateway";
 const CHANNEL: &str = "stable";
@@ -503,16 +502,16 @@ fn root(
             .chain(manifest_keys)
             .map(|k| root_key(k))
             .collect(),
-        roles: BTreeMap::from([
+        roles: evergreen::NameMap::from([
             (
-                "root".into(),
+                "root",
                 Role {
                     keyids: ids(root_keys),
                     threshold,
                 },
             ),
             (
-                "manifest".into(),
+                "manifest",
                 Role {
                     keyids: ids(manifest_keys),
                     threshold: 1,

@@ -5,9 +5,8 @@ use evergreen::select::{
     deploy, in_rollout, next_check, rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy,
     Device, Policy,
 };
-use evergreen::{ErrorKind, Timestamp};
+use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
-use std::collections::BTreeMap;
 
 const TARGET: &str = "x86_64-linux";
 const NOW: &str = "2026-11-22T10:00:00Z";
@@ -29,13 +28,13 @@ fn rel(version: &str) -> Release {
         critical: false,
         security_version: 0,
         rollout: None,
-        targets: BTreeMap::from([(TARGET.to_string(), no_components())]),
+        targets: NameMap::from([(TARGET, no_components())]),
     }
 }
 
 fn no_components() -> TargetRelease {
     TargetRelease {
-        components: BTreeMap::new(),
+        components: NameMap::new(),
     }
 }
 
@@ -74,7 +73,7 @@ impl ReleaseExt for Release {
         self
     }
     fn only_for(mut self, target: &str) -> Self {
-        self.targets = BTreeMap::from([(target.to_string(), no_components())]);
+        self.targets = NameMap::from([(target, no_components())]);
         self
     }
 }

@@ -9,7 +9,7 @@ use evergreen::manifest::{
     self, Artifact, ArtifactKind, Component, Expect, Freshness, Manifest, Release, TargetRelease,
 };
 use evergreen::trust::{self, KeySet, SecretKey};
-use evergreen::{Check, Config, Event, Timestamp, Updater};
+use evergreen::{Check, Config, Event, NameMap, Timestamp, Updater};
 use sha2::{Digest, Sha256, Sha512};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -682,8 +682,8 @@ fn big_manifest(n: u64, now: Timestamp) -> Manifest {
                 name: None,
                 url: None,
             };
-            let components = BTreeMap::from([(
-                "app".to_string(),
+            let components = NameMap::from([(
+                "app",
                 Component {
                     version: version.to_string(),
                     artifact: artifact(ArtifactKind::Zip, 48 << 20),
@@ -696,10 +696,7 @@ fn big_manifest(n: u64, now: Timestamp) -> Manifest {
                 critical: false,
                 security_version: i / 50,
                 rollout: None,
-                targets: BTreeMap::from([(
-                    fixtures::TARGET.to_string(),
-                    TargetRelease { components },
-                )]),
+                targets: NameMap::from([(fixtures::TARGET, TargetRelease { components })]),
                 version,
             }
         })

@@ -5,8 +5,7 @@
 
 use evergreen::manifest::{Expect, Freshness, DEFAULT_MAX_METADATA_BYTES};
 use evergreen::trust::{KeySet, Role, Root, RootKey, SecretKey, MANIFEST_TYPE, ROOT_TYPE};
-use evergreen::Timestamp;
-use std::collections::BTreeMap;
+use evergreen::{NameMap, Timestamp};
 
 /// The product every fixture is for.
 pub const PRODUCT: &str = "com.acme.gateway";
@@ -93,7 +92,7 @@ pub fn manifest_payload(sequence: u64) -> Vec<u8> {
 /// manifest key 7.
 pub fn root(version: u64, root: &[&SecretKey], root_threshold: usize) -> Root {
     let manifest = manifest_key();
-    let mut keys = BTreeMap::new();
+    let mut keys = NameMap::new();
     for k in root.iter().copied().chain([&manifest]) {
         let public = k.public();
         keys.insert(
@@ -114,9 +113,9 @@ pub fn root(version: u64, root: &[&SecretKey], root_threshold: usize) -> Root {
         version,
         expires: now().plus_days(365),
         keys,
-        roles: BTreeMap::from([
-            ("root".into(), role(root, root_threshold)),
-            ("manifest".into(), role(&[&manifest], 1)),
+        roles: NameMap::from([
+            ("root", role(root, root_threshold)),
+            ("manifest", role(&[&manifest], 1)),
         ]),
     }
 }
