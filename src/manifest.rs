@@ -208,52 +208,63 @@ impl Manifest {
             if !versions.insert(&r.version) {
                 return bad(format!("version {} is listed twice", r.version));
             }
-            for s in r.rollout.iter().flat_map(|ro| &ro.stages) {
-                if !(0.0..=100.0).contains(&s.percent) {
-                    return bad(format!(
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Release {
+    fn validate(&self) -> Result<()> {
+        for s in self.rollout.iter().flat_map(|ro| &ro.stages) {
+            if !(0.0..=100.0).contains(&s.percent) {
+                return Err(Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!(
                         "release {}: expected a rollout percent in 0..=100, found {}",
-                        r.version, s.percent
-                    ));
-                }
+                        self.version, s.percent
+                    ),
+                ));
             }
-            for (target, t) in &r.targets {
-                for (name, c) in &t.components {
-                    // Only formatted on failure: this runs for every component of every release.
-                    let ctx =
-                        || format!("release {} target {target} component {name:?}", r.version);
-                    if !is_safe_name(name) {
-                        return bad(format!(
-                            "{}: expected a plain file name, found {name:?}",
-                            ctx()
-                        ));
-                    }
-                    let a = &c.artifact;
-                    if a.sha256.len() != 64
-                        || !a
-                            .sha256
-                            .bytes()
-                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                    {
-                        return bad(format!(
-                            "{}: expected 64 lowercase hex digits of sha256, found {:?}",
-                            ctx(),
-                            a.sha256
-                        ));
-                    }
-                    match (&a.kind, &a.name) {
-                        (ArtifactKind::File, Some(n)) if is_safe_name(n) => {}
-                        (ArtifactKind::File, n) => {
-                            return bad(format!(
-                                "{}: expected a file artifact to have a plain `name`, found {n:?}",
-                                ctx()
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
+        }
+        for (target, t) in &self.targets {
+            for (name, c) in &t.components {
+                c.validate(name).map_err(|problem| {
+                    Error::new(
+                        ErrorKind::WrongMetadata,
+                        format!(
+                            "release {} target {target} component {name:?}: {problem}",
+                            self.version
+                        ),
+                    )
+                })?;
             }
         }
         Ok(())
+    }
+}
+
+impl Component {
+    /// What is wrong with the component listed as `name`, as "expected …, found …".
+    fn validate(&self, name: &str) -> std::result::Result<(), String> {
+        if !is_safe_name(name) {
+            return Err(format!("expected a plain file name, found {name:?}"));
+        }
+        let a = &self.artifact;
+        let is_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if a.sha256.len() != 64 || !is_hex(&a.sha256) {
+            return Err(format!(
+                "expected 64 lowercase hex digits of sha256, found {:?}",
+                a.sha256
+            ));
+        }
+        match (a.kind, &a.name) {
+            (ArtifactKind::File, Some(n)) if is_safe_name(n) => Ok(()),
+            (ArtifactKind::File, n) => Err(format!(
+                "expected a file artifact to have a plain `name`, found {n:?}"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -471,5 +482,116 @@ mod tests {
         let back: Manifest = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back.releases, manifest.releases);
         assert!(!back.releases[0].critical && back.releases[0].security_version == 0);
+    }
+
+    #[test]
+    fn each_unsafe_field_is_refused_naming_where_and_what() {
+        let base: Manifest = serde_json::from_str(&format!(
+            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
+            release("1.0.0", "")
+        ))
+        .unwrap();
+        base.validate().expect("the base manifest is valid");
+        let app = |m: &mut Manifest| -> Component {
+            m.releases[0]
+                .targets
+                .get_mut("t")
+                .unwrap()
+                .components
+                .remove("app")
+                .unwrap()
+        };
+        type Edit = fn(&mut Manifest, Component);
+        let cases: [(Edit, &str); 6] = [
+            (
+                |m, c| {
+                    _ = m.releases[0]
+                        .targets
+                        .get_mut("t")
+                        .unwrap()
+                        .components
+                        .insert("../x", c)
+                },
+                r#"release 1.0.0 target t component "../x": expected a plain file name, found "../x""#,
+            ),
+            (
+                |m, mut c| {
+                    c.artifact.sha256 = "AB".repeat(32);
+                    m.releases[0]
+                        .targets
+                        .get_mut("t")
+                        .unwrap()
+                        .components
+                        .insert("app", c);
+                },
+                r#"component "app": expected 64 lowercase hex digits of sha256, found "ABAB"#,
+            ),
+            (
+                |m, mut c| {
+                    c.artifact.kind = ArtifactKind::File;
+                    m.releases[0]
+                        .targets
+                        .get_mut("t")
+                        .unwrap()
+                        .components
+                        .insert("app", c);
+                },
+                "expected a file artifact to have a plain `name`, found None",
+            ),
+            (
+                |m, mut c| {
+                    c.artifact.kind = ArtifactKind::File;
+                    c.artifact.name = Some("a/b".into());
+                    m.releases[0]
+                        .targets
+                        .get_mut("t")
+                        .unwrap()
+                        .components
+                        .insert("app", c);
+                },
+                r#"found Some("a/b")"#,
+            ),
+            (
+                |m, c| {
+                    m.releases[0]
+                        .targets
+                        .get_mut("t")
+                        .unwrap()
+                        .components
+                        .insert("app", c);
+                    m.releases[0].rollout = Some(Rollout {
+                        stages: vec![RolloutStage {
+                            at: m.issued,
+                            percent: 100.5,
+                        }],
+                    });
+                },
+                "release 1.0.0: expected a rollout percent in 0..=100, found 100.5",
+            ),
+            (
+                |m, c| {
+                    m.releases[0]
+                        .targets
+                        .get_mut("t")
+                        .unwrap()
+                        .components
+                        .insert("app", c);
+                    let again = m.releases[0].clone();
+                    m.releases.push(again);
+                },
+                "version 1.0.0 is listed twice",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut m = base.clone();
+            let c = app(&mut m);
+            edit(&mut m, c);
+            let err = m.validate().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::WrongMetadata);
+            assert!(
+                err.to_string().contains(expected),
+                "{err}\nwanted: {expected}"
+            );
+        }
     }
 }
