@@ -440,9 +440,11 @@ impl Updater {
     }
 
     fn startup_counting(&self, st: &mut State) -> Result<Startup> {
-        // Repair a crash between committing the state and switching the selector.
         let booted = self.with_selector(|s| s.booted())?;
-        if booted != Some(st.primary) && st.slot(st.primary).status != SlotStatus::Empty {
+        if self.follow_booted(st, booted) {
+            self.save(st)?;
+        } else if booted != Some(st.primary) && st.slot(st.primary).status != SlotStatus::Empty {
+            // Repair a crash between committing the state and switching the selector.
             let (p, f) = (st.primary, st.fallback());
             self.with_selector(|s| s.fall_back(p, f))?;
         }
@@ -484,35 +486,107 @@ impl Updater {
     }
 
     fn startup_bootloader(&self, st: &mut State) -> Result<Startup> {
+        let booted = self.with_selector(|s| s.booted())?;
         let Some(trial) = st.trial else {
-            let booted = self.with_selector(|s| s.booted())?;
-            if self.follow_booted(st, booted) {
+            if self.follow_booted(st, booted) || self.adopt_fallback(st, booted) {
                 self.save(st)?;
             }
-            // RAUC's grub.cfg sets X_TRY=1 on every boot; the running slot must be marked
-            // good again each time, or the next boot ends in the rescue entry. That holds
-            // for a factory image Evergreen never installed (`empty`) as for a good one.
-            let primary = st.primary;
-            let status = st.slot(primary).status;
-            if matches!(status, SlotStatus::Good | SlotStatus::Empty) && booted == Some(primary) {
-                self.with_selector(|s| s.confirm(primary))?;
-            }
+            self.settle_selector(st, booted)?;
             return Ok(Startup::Normal);
         };
-        match self.with_selector(|s| s.booted())? {
-            Some(booted) if booted != trial.slot => {
-                let reason = format!(
-                    "the bootloader started slot {booted} after slot {} ({}) failed its trial",
-                    trial.slot,
-                    version_str(st.slot(trial.slot).version.as_ref())
-                );
-                self.fall_back(st, &reason)
-            }
-            _ => Ok(Startup::Trial {
+        let Some(running) = booted.filter(|b| *b != trial.slot) else {
+            return Ok(Startup::Trial {
                 slot: trial.slot,
                 tries_left: trial.tries_left,
-            }),
+            });
+        };
+        let plan = self.with_selector(|s| s.boot_plan())?;
+        let gave_up = plan.is_none_or(|p| {
+            p.preferred == trial.slot && p.next != Some(trial.slot) && p.preferred_spent
+        });
+        if gave_up {
+            let reason = format!(
+                "the bootloader started slot {running} after slot {} ({}) failed its trial",
+                trial.slot,
+                version_str(st.slot(trial.slot).version.as_ref())
+            );
+            return self.fall_back(st, &reason);
         }
+        // The trial has not started: the bootloader never learnt of the activation (the
+        // power went between committing the state and writing its environment, or during
+        // that write), or it will start the slot at the next boot (this is another start
+        // before the reboot). Either way the running slot must stay a good fallback.
+        self.confirm_running(running, st)?;
+        if plan.is_some_and(|p| p.next != Some(trial.slot)) {
+            self.with_selector(|s| s.activate(trial.slot, trial.tries_left))?;
+            st.record(
+                (self.clock)(),
+                "activation_resumed",
+                format!(
+                    "slot {} was activated but the bootloader was not told before the restart; it is now, and the trial starts at the next boot",
+                    trial.slot
+                ),
+            );
+            self.save(st)?;
+        }
+        Ok(Startup::Normal)
+    }
+
+    /// With no trial, the environment must keep booting the primary.
+    fn settle_selector(&self, st: &State, booted: Option<Slot>) -> Result<()> {
+        let primary = st.primary;
+        let preferred = self.with_selector(|s| s.boot_plan())?.map(|p| p.preferred);
+        match booted {
+            Some(b) if b == primary && preferred.is_none_or(|p| p == primary) => {
+                self.confirm_running(b, st)
+            }
+            // The power went between committing a rollback and writing the environment:
+            // the bootloader started the slot the state gave up on, or the primary anyway
+            // because it had spent the other's attempt. Finish the rollback.
+            Some(_) => self.with_selector(|s| s.fall_back(primary, primary.other())),
+            None => Ok(()),
+        }
+    }
+
+    /// RAUC's boot scripts spend one attempt of the slot they start on every boot; the
+    /// running slot must get it back each time, or a later boot ends in the rescue path.
+    /// That holds for a factory image Evergreen never installed (`empty`) as for a good one.
+    fn confirm_running(&self, running: Slot, st: &State) -> Result<()> {
+        if matches!(
+            st.slot(running).status,
+            SlotStatus::Good | SlotStatus::Empty
+        ) {
+            self.with_selector(|s| s.confirm(running))?;
+        }
+        Ok(())
+    }
+
+    /// With no trial, the bootloader started the fallback on its own: the primary's
+    /// attempt was spent before the startup step ran (a power cut or a crash mid-boot),
+    /// and RAUC's scripts will not start it again until it is marked good from inside.
+    /// What runs is good, so it becomes primary, as RAUC's mark-good of the booted slot
+    /// would have it; the other slot keeps its record. Returns true when the state changed.
+    fn adopt_fallback(&self, st: &mut State, booted: Option<Slot>) -> bool {
+        let Some(running) = booted.filter(|b| *b != st.primary) else {
+            return false;
+        };
+        if !matches!(
+            st.slot(running).status,
+            SlotStatus::Good | SlotStatus::Empty
+        ) {
+            return false;
+        }
+        let left = st.primary;
+        st.primary = running;
+        st.record(
+            (self.clock)(),
+            "bootloader_fell_back",
+            format!(
+                "the bootloader started slot {running} instead of slot {left} ({}), whose boot attempt was spent; slot {running} is primary now",
+                version_str(st.slot(left).version.as_ref())
+            ),
+        );
+        true
     }
 
     /// Marks the primary bad, makes the fallback primary, commits, then tells the selector.
@@ -933,7 +1007,12 @@ impl Updater {
     /// Returns true when the state changed (the caller saves it).
     fn follow_booted(&self, st: &mut State, booted: Option<Slot>) -> bool {
         let other = st.fallback();
-        if booted != Some(other) || st.trial.is_some() || st.slot(other).status != SlotStatus::Empty
+        // A primary Evergreen installed (it has a channel) is not a provisioning guess:
+        // the other slot running then is a fallback, which `adopt_fallback` handles.
+        if booted != Some(other)
+            || st.trial.is_some()
+            || st.slot(other).status != SlotStatus::Empty
+            || st.slot(st.primary).channel.is_some()
         {
             return false;
         }

@@ -5,6 +5,7 @@ mod common;
 mod support;
 
 use common::Repo;
+use std::path::Path;
 use support::{Fault, TestServer};
 
 fn publish(repo: &Repo, version: &str, channel: &str) {
@@ -178,4 +179,48 @@ fn bad_config_and_usage_errors_have_their_exit_codes() {
     ]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(common::stderr(&missing).starts_with("error[io]: "));
+}
+
+/// The state file is lost on a device whose `current` points at slot b (moved away, as
+/// the error for a corrupt state suggests): `evergreen boot` starts a fresh state from
+/// what runs, and never re-points `current` at the other slot, which may hold anything.
+#[test]
+fn boot_after_the_state_is_lost_keeps_running_the_current_slot() {
+    let repo = Repo::new("com.acme.reset");
+    let src = repo.scratch("src");
+    for v in ["1.0.0", "1.1.0"] {
+        let cfg = src.join(format!("settings-{v}.json"));
+        std::fs::write(&cfg, format!("{{\"v\": \"{v}\"}}")).unwrap();
+        repo.release("stable", v, "x86_64-linux", &[("config", &cfg)], &[]);
+    }
+    let dev = repo.device(
+        "reset",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"current_version": "1.0.0"}),
+    );
+    std::fs::create_dir_all(dev.root.join("slots/a")).unwrap();
+    std::os::unix::fs::symlink("slots/a", dev.root.join("current")).unwrap();
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    let current = || std::fs::read_link(dev.root.join("current")).unwrap();
+    assert_eq!(current(), Path::new("slots/b"));
+
+    std::fs::write(dev.state.join("state.json"), b"{").unwrap();
+    let out = dev.run("status", &[]);
+    assert!(
+        common::stderr(&out).starts_with("error[invalid_state]:"),
+        "{}",
+        common::stderr(&out)
+    );
+    std::fs::rename(
+        dev.state.join("state.json"),
+        dev.state.join("state.json.bad"),
+    )
+    .unwrap();
+    dev.expect("boot", &[], 0);
+    assert_eq!(current(), Path::new("slots/b"), "current was re-pointed");
+    let s = dev.status();
+    assert_eq!(s["primary"], "b");
+    assert_eq!(s["slots"]["a"]["status"], "empty");
 }

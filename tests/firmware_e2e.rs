@@ -140,6 +140,31 @@ impl Board {
             .unwrap_or_default()
     }
 
+    /// The slot the environment prefers: the first of its boot order.
+    fn preferred(&self) -> Slot {
+        let order = match self.loader {
+            Loader::Grub => self.grub("ORDER"),
+            Loader::UBoot => self.uboot("BOOT_ORDER"),
+        };
+        order.split_whitespace().find_map(Slot::parse).unwrap()
+    }
+
+    /// Runs `evergreen <command> --config …` with the process killed at durable step
+    /// `crash_at`; it must have died there.
+    #[cfg(feature = "fault-injection")]
+    fn crash_during(&self, command: &[&str], crash_at: u32) {
+        let config = self.dev.config.to_str().unwrap();
+        let mut args = command.to_vec();
+        args.extend(["--config", config]);
+        let at = crash_at.to_string();
+        let out = common::run_env(&args, &[("EVERGREEN_CRASH_AT", &at)]);
+        let err = common::stderr(&out);
+        assert!(
+            err.contains(&format!("crash point {at} ")),
+            "{command:?}: {err}"
+        );
+    }
+
     fn slot_bytes(&self, slot: Slot) -> Vec<u8> {
         std::fs::read(match slot {
             Slot::A => &self.a,
@@ -523,4 +548,157 @@ fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
     assert_eq!(board.power_on(), Some(Slot::B));
     assert_eq!(up.startup().unwrap(), Startup::Normal);
     assert_eq!(up.install(&plan).unwrap(), Slot::A);
+}
+
+const LOADERS: [(Loader, &str); 2] = [(Loader::Grub, "grub"), (Loader::UBoot, "uboot")];
+
+/// The power goes after `activate` committed the state (4 durable steps: temp file, its
+/// fsync, the rename, the directory's fsync) and before the bootloader's environment was
+/// written. The next start finishes the activation: a release that never ran is not
+/// called failed, and the trial happens at the following boot.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_power_cut_before_the_bootloader_learns_of_an_activation_resumes_it() {
+    for (loader, name) in LOADERS {
+        let repo = Repo::new(PRODUCT);
+        let server = TestServer::serve(&repo.root);
+        let board = Board::new(&repo, &server, name, loader);
+        assert_eq!(board.power_on(), Some(Slot::A));
+        assert_eq!(board.boot(), json!({"status": "normal"}));
+        release_image(&repo, "2.0.0", MIB, 2);
+        let up = board.updater();
+        let Check::Available(offer) = up.check().unwrap() else {
+            panic!("{name}: expected 2.0.0 on offer")
+        };
+        let plan = up.plan(&offer).unwrap();
+        up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+            .unwrap();
+        assert_eq!(up.install(&plan).unwrap(), Slot::B, "{name}");
+        drop(up);
+        board.crash_during(&["activate", "--now"], 4);
+        assert_eq!(
+            board.dev.status()["slots"]["b"]["status"],
+            "trial",
+            "{name}"
+        );
+        assert_eq!(
+            board.preferred(),
+            Slot::A,
+            "{name}: the environment was not written"
+        );
+
+        assert_eq!(board.power_on(), Some(Slot::A), "{name}");
+        assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        assert_eq!(
+            board.preferred(),
+            Slot::B,
+            "{name}: the activation was finished"
+        );
+        // Another start before the reboot changes nothing.
+        assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        assert_eq!(board.power_on(), Some(Slot::B), "{name}");
+        assert_eq!(board.boot()["status"], "trial", "{name}");
+        board.dev.expect("confirm", &[], 0);
+        let s = board.dev.status();
+        assert_eq!(
+            s["slots"]["b"],
+            json!({"status": "good", "version": "2.0.0"}),
+            "{name}"
+        );
+        assert_eq!(
+            s["slots"]["a"]["status"], "good",
+            "{name}: the fallback stays good"
+        );
+    }
+}
+
+/// The power goes after `rollback` committed the state and before the environment was
+/// written: the bootloader starts the slot the state gave up on, and the startup step
+/// finishes the rollback so that the next boot is the good slot.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_power_cut_before_the_bootloader_learns_of_a_rollback_finishes_it() {
+    for (loader, name) in LOADERS {
+        let repo = Repo::new(PRODUCT);
+        let server = TestServer::serve(&repo.root);
+        let board = Board::new(&repo, &server, name, loader);
+        assert_eq!(board.power_on(), Some(Slot::A));
+        board.boot();
+        release_image(&repo, "2.0.0", MIB, 2);
+        board.dev.expect("update", &["--yes"], 0);
+        assert_eq!(board.power_on(), Some(Slot::B), "{name}");
+        assert_eq!(board.boot()["status"], "trial", "{name}");
+        board.crash_during(&["rollback"], 4);
+        assert_eq!(board.dev.status()["slots"]["b"]["status"], "bad", "{name}");
+        assert_eq!(
+            board.preferred(),
+            Slot::B,
+            "{name}: the environment was not written"
+        );
+
+        // U-Boot has tries of B left and starts it; GRUB spent B's one attempt.
+        let starts = match loader {
+            Loader::Grub => Slot::A,
+            Loader::UBoot => Slot::B,
+        };
+        assert_eq!(board.power_on(), Some(starts), "{name}");
+        assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        assert_eq!(
+            board.preferred(),
+            Slot::A,
+            "{name}: the rollback was finished"
+        );
+        for _ in 0..3 {
+            assert_eq!(board.power_on(), Some(Slot::A), "{name}");
+            assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        }
+    }
+}
+
+/// A confirmed slot whose boot attempt is spent before the startup step runs (the power
+/// goes mid-boot, every time for U-Boot's three tries): the bootloader starts the other,
+/// good slot. The startup step adopts it and gives it its attempt back, so the board
+/// never ends in the rescue entry, and the next update goes into the idle slot.
+#[test]
+fn a_good_slot_the_bootloader_gave_up_on_mid_boot_leaves_the_fallback_primary() {
+    for (loader, name) in LOADERS {
+        let repo = Repo::new(PRODUCT);
+        let server = TestServer::serve(&repo.root);
+        let board = Board::new(&repo, &server, name, loader);
+        assert_eq!(board.power_on(), Some(Slot::A));
+        board.boot();
+        release_image(&repo, "2.0.0", MIB, 2);
+        board.dev.expect("update", &["--yes"], 0);
+        assert_eq!(board.power_on(), Some(Slot::B), "{name}");
+        assert_eq!(board.boot()["status"], "trial", "{name}");
+        board.dev.expect("confirm", &[], 0);
+        // Power-ons of B that never reach the startup step, until the bootloader gives up.
+        let attempts = match loader {
+            Loader::Grub => 1,
+            Loader::UBoot => 3,
+        };
+        for _ in 0..attempts {
+            assert_eq!(board.power_on(), Some(Slot::B), "{name}");
+        }
+        assert_eq!(board.power_on(), Some(Slot::A), "{name}");
+        assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        let s = board.dev.status();
+        assert_eq!(s["primary"], "a", "{name}");
+        assert_eq!(
+            s["slots"]["a"],
+            json!({"status": "good", "version": "1.0.0"}),
+            "{name}"
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                board.power_on(),
+                Some(Slot::A),
+                "{name}: not the rescue entry"
+            );
+            assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        }
+        release_image(&repo, "2.1.0", MIB, 3);
+        let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+        assert_eq!(out["slot"], "b", "{name}: the idle slot");
+    }
 }

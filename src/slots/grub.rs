@@ -582,6 +582,15 @@ impl super::EnvSelector for GrubEnv {
     fn trial_tries(&self, _requested: u32) -> u32 {
         1
     }
+
+    fn boot_plan(&self) -> Result<super::BootPlan> {
+        let rauc = RaucVars::from_vars(&self.vars()?);
+        Ok(super::BootPlan {
+            preferred: rauc.order[0],
+            next: rauc.pick(),
+            preferred_spent: rauc.tried[idx(rauc.order[0])],
+        })
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,25 @@ pub trait BootSelector: Send {
     fn trial_tries(&self, requested: u32) -> u32 {
         requested
     }
+    /// What the bootloader will do at the next boot, when the selector can tell (GRUB,
+    /// U-Boot). The startup step needs it to tell a trial the bootloader gave up on from
+    /// one it was never told about or has not reached yet.
+    fn boot_plan(&self) -> Result<Option<BootPlan>> {
+        Ok(None)
+    }
+}
+
+/// A bootloader environment's view of the next boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootPlan {
+    /// The slot the environment was last told to prefer: the first of its boot order.
+    pub preferred: Slot,
+    /// The slot the bootloader starts next; `None` means its rescue path.
+    pub next: Option<Slot>,
+    /// The bootloader has spent the preferred slot's attempts: GRUB's `X_TRY` is set,
+    /// U-Boot's `BOOT_X_LEFT` is 0. A slot that is preferred but not bootable without
+    /// that (`X_OK=0` after a write cut short) was never started.
+    pub preferred_spent: bool,
 }
 
 /// A bootloader environment (GRUB, U-Boot) that applies RAUC-style boot changes and learns
@@ -102,6 +121,8 @@ pub trait EnvSelector: Send {
     fn trial_tries(&self, requested: u32) -> u32 {
         requested
     }
+    /// What the bootloader will do at the next boot, read from the environment.
+    fn boot_plan(&self) -> Result<BootPlan>;
 }
 
 impl<T: EnvSelector> BootSelector for T {
@@ -132,5 +153,9 @@ impl<T: EnvSelector> BootSelector for T {
 
     fn trial_tries(&self, requested: u32) -> u32 {
         EnvSelector::trial_tries(self, requested)
+    }
+
+    fn boot_plan(&self) -> Result<Option<BootPlan>> {
+        EnvSelector::boot_plan(self).map(Some)
     }
 }

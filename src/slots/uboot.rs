@@ -418,11 +418,7 @@ impl UBootEnv {
 
     /// One variable's value.
     pub fn get(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .vars()?
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v))
+        Ok(value_of(&self.vars()?, name).map(str::to_string))
     }
 
     /// Sets (`Some`) or deletes (`None`) variables, like `fw_setenv`, with one write to the
@@ -462,11 +458,7 @@ impl UBootEnv {
     pub fn plan(&self, change: BootChange) -> Result<Vec<EnvWrite>> {
         let loaded = self.load()?;
         let mut vars = loaded.vars.clone();
-        let order = loaded
-            .vars
-            .iter()
-            .find(|(n, _)| n == "BOOT_ORDER")
-            .map(|(_, v)| v.as_str());
+        let order = value_of(&loaded.vars, "BOOT_ORDER");
         let max = format!("{:x}", self.max_tries);
         match change {
             BootChange::Disable(slot) => set_var(&mut vars, &left_var(slot), Some("0")),
@@ -512,11 +504,21 @@ impl UBootEnv {
     /// Tries left for `slot` (`BOOT_X_LEFT`, hexadecimal as `setexpr` writes it); a
     /// missing variable counts as what RAUC's boot script defaults it to (3).
     pub fn tries_left(&self, slot: Slot) -> Result<u32> {
-        let value = self.get(&left_var(slot))?;
-        Ok(match value {
-            None => Self::DEFAULT_MAX_TRIES,
-            Some(v) => parse_hex(v.trim()).map_or(0, |n| n.min(u32::MAX as u64) as u32),
-        })
+        Ok(left_in(&self.vars()?, slot))
+    }
+}
+
+fn value_of<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    vars.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `BOOT_X_LEFT` as RAUC's boot script reads it: hexadecimal, 3 when missing.
+fn left_in(vars: &[(String, String)], slot: Slot) -> u32 {
+    match value_of(vars, &left_var(slot)) {
+        None => UBootEnv::DEFAULT_MAX_TRIES,
+        Some(v) => parse_hex(v.trim()).map_or(0, |n| n.min(u32::MAX as u64) as u32),
     }
 }
 
@@ -527,6 +529,22 @@ impl super::EnvSelector for UBootEnv {
 
     fn booted_from(&self) -> &BootedFrom {
         &self.booted_from
+    }
+
+    /// RAUC's boot script starts the first slot of `BOOT_ORDER` with tries left.
+    fn boot_plan(&self) -> Result<super::BootPlan> {
+        let vars = self.vars()?;
+        let order: Vec<Slot> = value_of(&vars, "BOOT_ORDER")
+            .unwrap_or("A B")
+            .split_whitespace()
+            .filter_map(Slot::parse)
+            .collect();
+        let preferred = order.first().copied().unwrap_or(Slot::A);
+        Ok(super::BootPlan {
+            preferred,
+            next: order.into_iter().find(|s| left_in(&vars, *s) > 0),
+            preferred_spent: left_in(&vars, preferred) == 0,
+        })
     }
 }
 
