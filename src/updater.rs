@@ -470,13 +470,20 @@ impl Updater {
             version_str(st.slot(trial.slot).version.as_ref())
         );
         if st.slot(st.fallback()).status != SlotStatus::Good {
-            // Nothing better to go back to: keep running, but say so.
-            st.record(
-                (self.clock)(),
-                "trial_exhausted",
-                reason + "; no good fallback",
-            );
-            self.save(st)?;
+            // Nothing better to go back to: keep running, but say so, once: a device that
+            // restarts often would otherwise push the rest of its history out.
+            if st
+                .history
+                .back()
+                .is_none_or(|h| h.event != "trial_exhausted")
+            {
+                st.record(
+                    (self.clock)(),
+                    "trial_exhausted",
+                    reason + "; no good fallback",
+                );
+                self.save(st)?;
+            }
             return Ok(Startup::Trial {
                 slot: trial.slot,
                 tries_left: 0,
@@ -1082,10 +1089,16 @@ impl Updater {
                         )))
                     }
                 },
-                _ => {
+                (op, artifact, _) => {
                     return Err(Error::invalid_state(format!(
-                        "component {}: no artifact to install",
-                        c.name
+                        "component {}: expected a verified download to install ({}), found {}",
+                        c.name,
+                        op.as_str(),
+                        if artifact.is_none() {
+                            "no artifact in the plan"
+                        } else {
+                            "none opened"
+                        }
                     )))
                 }
             }

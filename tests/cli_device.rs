@@ -224,3 +224,35 @@ fn boot_after_the_state_is_lost_keeps_running_the_current_slot() {
     assert_eq!(s["primary"], "b");
     assert_eq!(s["slots"]["a"]["status"], "empty");
 }
+
+/// The very first install has no good slot to go back to: once its trial starts are used
+/// up it keeps running, and says so once, not on every start (which would push the rest
+/// of the history out of the state).
+#[test]
+fn an_exhausted_first_trial_is_recorded_once() {
+    let repo = Repo::new("com.acme.first");
+    let cfg = repo.scratch("src").join("settings.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("config", &cfg)], &[]);
+    let dev = repo.device("first", repo.root.to_str().unwrap(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    for _ in 0..8 {
+        dev.expect("boot", &[], 0);
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.state.join("state.json")).unwrap()).unwrap();
+    let events: Vec<&str> = state["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "trial_exhausted").count(),
+        1,
+        "{events:?}"
+    );
+    let s = dev.status();
+    assert_eq!(s["primary"], "b");
+    assert_eq!(s["trial"]["tries_left"], 0);
+}

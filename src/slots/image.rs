@@ -125,6 +125,7 @@ fn is_block_device(file: &File) -> bool {
 /// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
 /// file is sized to exactly `size`.
 fn open_slot(path: &Path, size: u64) -> Result<File> {
+    let existed = path.exists();
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -148,6 +149,10 @@ fn open_slot(path: &Path, size: u64) -> Result<File> {
     } else {
         file.set_len(size)
             .map_err(|e| Error::io("resizing", path, e))?;
+        // A slot file made here must outlive a power cut as a name, not only as data.
+        if !existed {
+            crate::fsutil::sync_parent(path)?;
+        }
     }
     Ok(file)
 }
