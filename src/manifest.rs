@@ -492,100 +492,63 @@ mod tests {
         ))
         .unwrap();
         base.validate().expect("the base manifest is valid");
-        let app = |m: &mut Manifest| -> Component {
-            m.releases[0]
-                .targets
-                .get_mut("t")
-                .unwrap()
-                .components
-                .remove("app")
-                .unwrap()
-        };
-        type Edit = fn(&mut Manifest, Component);
-        let cases: [(Edit, &str); 6] = [
+        type EditComponent = fn(&mut Component);
+        type EditManifest = fn(&mut Manifest);
+        let keep: EditComponent = |_| {};
+        let same: EditManifest = |_| {};
+        let cases: [(&str, EditComponent, EditManifest, &str); 6] = [
             (
-                |m, c| {
-                    _ = m.releases[0]
-                        .targets
-                        .get_mut("t")
-                        .unwrap()
-                        .components
-                        .insert("../x", c)
-                },
+                "../x",
+                keep,
+                same,
                 r#"release 1.0.0 target t component "../x": expected a plain file name, found "../x""#,
             ),
             (
-                |m, mut c| {
-                    c.artifact.sha256 = "AB".repeat(32);
-                    m.releases[0]
-                        .targets
-                        .get_mut("t")
-                        .unwrap()
-                        .components
-                        .insert("app", c);
-                },
+                "app",
+                |c| c.artifact.sha256 = "AB".repeat(32),
+                same,
                 r#"component "app": expected 64 lowercase hex digits of sha256, found "ABAB"#,
             ),
             (
-                |m, mut c| {
-                    c.artifact.kind = ArtifactKind::File;
-                    m.releases[0]
-                        .targets
-                        .get_mut("t")
-                        .unwrap()
-                        .components
-                        .insert("app", c);
-                },
+                "app",
+                |c| c.artifact.kind = ArtifactKind::File,
+                same,
                 "expected a file artifact to have a plain `name`, found None",
             ),
             (
-                |m, mut c| {
+                "app",
+                |c| {
                     c.artifact.kind = ArtifactKind::File;
                     c.artifact.name = Some("a/b".into());
-                    m.releases[0]
-                        .targets
-                        .get_mut("t")
-                        .unwrap()
-                        .components
-                        .insert("app", c);
                 },
+                same,
                 r#"found Some("a/b")"#,
             ),
             (
-                |m, c| {
-                    m.releases[0]
-                        .targets
-                        .get_mut("t")
-                        .unwrap()
-                        .components
-                        .insert("app", c);
+                "app",
+                keep,
+                |m| {
+                    let at = m.issued;
                     m.releases[0].rollout = Some(Rollout {
-                        stages: vec![RolloutStage {
-                            at: m.issued,
-                            percent: 100.5,
-                        }],
+                        stages: vec![RolloutStage { at, percent: 100.5 }],
                     });
                 },
                 "release 1.0.0: expected a rollout percent in 0..=100, found 100.5",
             ),
             (
-                |m, c| {
-                    m.releases[0]
-                        .targets
-                        .get_mut("t")
-                        .unwrap()
-                        .components
-                        .insert("app", c);
-                    let again = m.releases[0].clone();
-                    m.releases.push(again);
-                },
+                "app",
+                keep,
+                |m| m.releases.push(m.releases[0].clone()),
                 "version 1.0.0 is listed twice",
             ),
         ];
-        for (edit, expected) in cases {
+        for (name, edit_component, edit_manifest, expected) in cases {
             let mut m = base.clone();
-            let c = app(&mut m);
-            edit(&mut m, c);
+            let components = &mut m.releases[0].targets.get_mut("t").unwrap().components;
+            let mut c = components.remove("app").unwrap();
+            edit_component(&mut c);
+            components.insert(name, c);
+            edit_manifest(&mut m);
             let err = m.validate().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::WrongMetadata);
             assert!(

@@ -552,6 +552,19 @@ fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
 
 const LOADERS: [(Loader, &str); 2] = [(Loader::Grub, "grub"), (Loader::UBoot, "uboot")];
 
+/// A board that updated from 1.0.0 in slot A to 2.0.0 in slot B and restarted into its
+/// trial.
+fn on_trial_of_2_0_0(repo: &Repo, server: &TestServer, name: &str, loader: Loader) -> Board {
+    let board = Board::new(repo, server, name, loader);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    board.boot();
+    release_image(repo, "2.0.0", MIB, 2);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(board.power_on(), Some(Slot::B), "{name}");
+    assert_eq!(board.boot()["status"], "trial", "{name}");
+    board
+}
+
 /// The power goes after `activate` committed the state (4 durable steps: temp file, its
 /// fsync, the rename, the directory's fsync) and before the bootloader's environment was
 /// written. The next start finishes the activation: a release that never ran is not
@@ -621,13 +634,7 @@ fn a_power_cut_before_the_bootloader_learns_of_a_rollback_finishes_it() {
     for (loader, name) in LOADERS {
         let repo = Repo::new(PRODUCT);
         let server = TestServer::serve(&repo.root);
-        let board = Board::new(&repo, &server, name, loader);
-        assert_eq!(board.power_on(), Some(Slot::A));
-        board.boot();
-        release_image(&repo, "2.0.0", MIB, 2);
-        board.dev.expect("update", &["--yes"], 0);
-        assert_eq!(board.power_on(), Some(Slot::B), "{name}");
-        assert_eq!(board.boot()["status"], "trial", "{name}");
+        let board = on_trial_of_2_0_0(&repo, &server, name, loader);
         board.crash_during(&["rollback"], 4);
         assert_eq!(board.dev.status()["slots"]["b"]["status"], "bad", "{name}");
         assert_eq!(
@@ -664,13 +671,7 @@ fn a_good_slot_the_bootloader_gave_up_on_mid_boot_leaves_the_fallback_primary() 
     for (loader, name) in LOADERS {
         let repo = Repo::new(PRODUCT);
         let server = TestServer::serve(&repo.root);
-        let board = Board::new(&repo, &server, name, loader);
-        assert_eq!(board.power_on(), Some(Slot::A));
-        board.boot();
-        release_image(&repo, "2.0.0", MIB, 2);
-        board.dev.expect("update", &["--yes"], 0);
-        assert_eq!(board.power_on(), Some(Slot::B), "{name}");
-        assert_eq!(board.boot()["status"], "trial", "{name}");
+        let board = on_trial_of_2_0_0(&repo, &server, name, loader);
         board.dev.expect("confirm", &[], 0);
         // Power-ons of B that never reach the startup step, until the bootloader gives up.
         let attempts = match loader {
