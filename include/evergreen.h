@@ -674,7 +674,8 @@ enum evg_status evg_activate(struct evg_updater *updater, int force, struct evg_
 
 /**
  * Marks the slot on trial good (and raises the security floor). Confirming a slot that is
- * already good does nothing.
+ * already good does nothing; one that has not started yet (no `evg_startup` counted) is
+ * `EVG_INVALID_STATE`.
  *
  * # Safety
  * `updater` is NULL or a live handle.

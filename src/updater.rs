@@ -1222,7 +1222,9 @@ impl Updater {
     }
 
     /// Marks the trial slot good and raises the security floor to its release's.
-    /// Confirming a slot that is already good does nothing.
+    /// Confirming a slot that is already good does nothing. A trial slot that has not
+    /// started yet (no startup step counted, or the bootloader runs the other slot) is
+    /// refused as `invalid_state`: nothing vouches for it.
     pub fn confirm(&self) -> Result<()> {
         self.reported("confirm", || {
             let _lock = self.lock()?;
@@ -1237,7 +1239,7 @@ impl Updater {
                     st.slot(st.primary).status.as_str()
                 )));
             };
-            self.check_trial_booted(trial.slot)?;
+            self.check_trial_started(trial)?;
             let record = st.slot_mut(trial.slot);
             record.status = SlotStatus::Good;
             let (sv, version) = (record.security_version, record.version.clone());
@@ -1256,14 +1258,25 @@ impl Updater {
         })
     }
 
-    /// A bootloader knows which slot runs: confirming a trial slot that has not booted yet
-    /// (`update && confirm` in one script) would vouch for a system that never ran.
-    fn check_trial_booted(&self, slot: Slot) -> Result<()> {
-        let booted =
-            self.with_selector(|s| Ok(if s.counts_tries() { s.booted()? } else { None }))?;
-        match booted {
-            Some(running) if running != slot => Err(Error::invalid_state(format!(
+    /// Confirming a trial slot that has not started yet (`update && confirm` in one
+    /// script) would vouch for a system that never ran. A bootloader knows which slot
+    /// runs; otherwise the startup step counts the trial's starts.
+    fn check_trial_started(&self, trial: Trial) -> Result<()> {
+        let slot = trial.slot;
+        let (booted, activated) = self.with_selector(|s| {
+            let counts = s.counts_tries();
+            let booted = if counts { s.booted()? } else { None };
+            Ok((
+                booted,
+                (!counts).then(|| s.trial_tries(self.config.trial.tries)),
+            ))
+        })?;
+        match (booted, activated) {
+            (Some(running), _) if running != slot => Err(Error::invalid_state(format!(
                 "expected slot {slot} (on trial) to be running to confirm it, found slot {running}: restart into slot {slot} first"
+            ))),
+            (_, Some(full)) if trial.tries_left >= full => Err(Error::invalid_state(format!(
+                "expected slot {slot} (on trial) to have started to confirm it, found no start counted: start it and run the startup step (`evergreen boot`, `startup()`) first"
             ))),
             _ => Ok(()),
         }

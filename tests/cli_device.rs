@@ -256,3 +256,26 @@ fn an_exhausted_first_trial_is_recorded_once() {
     assert_eq!(s["primary"], "b");
     assert_eq!(s["trial"]["tries_left"], 0);
 }
+
+/// `update && confirm` in one script would vouch for a version that never ran: with
+/// directory slots the startup step must have counted a start of the trial slot first.
+#[test]
+fn confirming_a_trial_slot_that_has_not_started_is_refused() {
+    let repo = Repo::new("com.acme.early");
+    let cfg = repo.scratch("src").join("settings.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("config", &cfg)], &[]);
+    let dev = repo.device("early", repo.root.to_str().unwrap(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    let out = dev.run("confirm", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.starts_with("error[invalid_state]: expected slot b (on trial) to have started"),
+        "{err}"
+    );
+    assert_eq!(dev.status()["slots"]["b"]["status"], "trial");
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+}

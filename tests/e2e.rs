@@ -175,6 +175,7 @@ fn one_changed_component_of_ten_downloads_only_that_one() {
         .collect();
     repo.release("stable", "1.0.0", "x86_64-linux", &refs, &[]);
     dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
 
     let mut second = first.clone();
@@ -239,6 +240,7 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
     } = setup("com.acme.safe");
     publish_app(&repo, &src, "1.0.0", true);
     dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
     let primary = dev.root.join("slots/b");
     let before = tree_digest(&primary);
@@ -280,6 +282,7 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
     } = setup("com.acme.repair");
     publish_app(&repo, &src, "1.0.0", true);
     dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
     let installed = tree_digest(&dev.root.join("slots/b/app"));
     // Damage the running copy; a redeploy repairs it from the signed artifact.
@@ -294,6 +297,7 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
         serde_json::json!({"status": "trial", "version": "1.0.0"})
     );
     assert_eq!(tree_digest(&dev.root.join("slots/a/app")), installed);
+    dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
 }
 

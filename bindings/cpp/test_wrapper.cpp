@@ -229,6 +229,7 @@ void rollback_returns_to_the_confirmed_slot() {
     updater.download(*first);
     updater.install(*first);
     const auto good = updater.activate().slot;
+    updater.startup();
     updater.confirm();
 
     repo.release("1.1.0", noise(100 * 1024, 3));

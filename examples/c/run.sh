@@ -81,8 +81,9 @@ config device "$url" "{\"root\": \"$work/repo/root/1.json\"}"
 config badsig "$work/repo" "{\"keys\": [\"$(cat "$work/keys/stranger.key.pub")\"], \"threshold\": 1}"
 config hooks "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
 
-# The device runs 1.0.0, installed and confirmed with the CLI.
+# The device runs 1.0.0, installed, started and confirmed with the CLI.
 "$evg" update --config "$work/device/config.json" --version 1.0.0 --yes >/dev/null
+"$evg" boot --config "$work/device/config.json" >/dev/null
 "$evg" confirm --config "$work/device/config.json" >/dev/null
 
 run() {

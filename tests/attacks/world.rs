@@ -314,7 +314,7 @@ impl Dev {
             .download(&plan, &mut |_, _| {}, &CancelToken::new())
     }
 
-    /// Check, download, install, activate and confirm `version`.
+    /// Check, download, install, activate, start and confirm `version`.
     pub fn update_to(&self, version: &str) {
         let offer = self.offer();
         assert_eq!(offer.version.to_string(), version);
@@ -323,6 +323,7 @@ impl Dev {
             .install(&self.updater.plan(&offer).unwrap())
             .unwrap();
         self.updater.activate(true).unwrap();
+        self.updater.startup().unwrap();
         self.updater.confirm().unwrap();
     }
 

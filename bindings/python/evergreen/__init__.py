@@ -289,7 +289,10 @@ class Updater:
         return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
 
     def confirm(self) -> None:
-        """Marks the slot on trial good (and raises the security floor)."""
+        """Marks the slot on trial good (and raises the security floor).
+
+        Raises `InvalidStateError` when the trial slot has not started yet:
+        call `startup()` in the new version first."""
         check(_lib.evg_confirm(self._h))
 
     def rollback(self) -> Optional[str]:
