@@ -225,17 +225,24 @@ fn boot_after_the_state_is_lost_keeps_running_the_current_slot() {
     assert_eq!(s["slots"]["a"]["status"], "empty");
 }
 
+/// A device with nothing installed that updated to 1.0.0 (one file component) from a
+/// file repository: 1.0.0 is on trial in slot b, and slot a is empty.
+fn first_install_on_trial(product: &str) -> (Repo, common::Device) {
+    let repo = Repo::new(product);
+    let cfg = repo.scratch("src").join("settings.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("config", &cfg)], &[]);
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    (repo, dev)
+}
+
 /// The very first install has no good slot to go back to: once its trial starts are used
 /// up it keeps running, and says so once, not on every start (which would push the rest
 /// of the history out of the state).
 #[test]
 fn an_exhausted_first_trial_is_recorded_once() {
-    let repo = Repo::new("com.acme.first");
-    let cfg = repo.scratch("src").join("settings.json");
-    std::fs::write(&cfg, "{}").unwrap();
-    repo.release("stable", "1.0.0", "x86_64-linux", &[("config", &cfg)], &[]);
-    let dev = repo.device("first", repo.root.to_str().unwrap(), serde_json::json!({}));
-    dev.expect("update", &["--yes"], 0);
+    let (_repo, dev) = first_install_on_trial("com.acme.first");
     for _ in 0..8 {
         dev.expect("boot", &[], 0);
     }
@@ -261,12 +268,7 @@ fn an_exhausted_first_trial_is_recorded_once() {
 /// directory slots the startup step must have counted a start of the trial slot first.
 #[test]
 fn confirming_a_trial_slot_that_has_not_started_is_refused() {
-    let repo = Repo::new("com.acme.early");
-    let cfg = repo.scratch("src").join("settings.json");
-    std::fs::write(&cfg, "{}").unwrap();
-    repo.release("stable", "1.0.0", "x86_64-linux", &[("config", &cfg)], &[]);
-    let dev = repo.device("early", repo.root.to_str().unwrap(), serde_json::json!({}));
-    dev.expect("update", &["--yes"], 0);
+    let (_repo, dev) = first_install_on_trial("com.acme.early");
     let out = dev.run("confirm", &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr(&out);
