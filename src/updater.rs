@@ -93,7 +93,8 @@ pub enum Startup {
     Trial {
         /// Slot on trial.
         slot: Slot,
-        /// Starts left.
+        /// Starts left after this one; with a bootloader selector, the bootloader's own
+        /// count.
         tries_left: u32,
     },
     /// The trial slot failed and the fallback is primary again: restart into it.
@@ -154,7 +155,8 @@ pub struct Status {
 pub struct TrialStatus {
     /// Slot on trial.
     pub slot: Slot,
-    /// Starts left.
+    /// Starts left before the trial fails; with a bootloader selector, the bootloader's
+    /// own count (see [`BootPlan::preferred_left`](crate::slots::BootPlan::preferred_left)).
     pub tries_left: u32,
 }
 
@@ -367,10 +369,13 @@ impl Updater {
             booted,
             channel: st.channel.clone(),
             security_floor: st.security_floor,
-            trial: st.trial.map(|t| TrialStatus {
-                slot: t.slot,
-                tries_left: t.tries_left,
-            }),
+            trial: match st.trial {
+                Some(t) => Some(TrialStatus {
+                    slot: t.slot,
+                    tries_left: self.tries_left(t)?,
+                }),
+                None => None,
+            },
             slots: [(Slot::A, view(Slot::A)), (Slot::B, view(Slot::B))].into(),
             last_check: st.last_check,
             next_check: self.next_check_of(&st)?,
@@ -504,7 +509,7 @@ impl Updater {
         let Some(running) = booted.filter(|b| *b != trial.slot) else {
             return Ok(Startup::Trial {
                 slot: trial.slot,
-                tries_left: trial.tries_left,
+                tries_left: self.tries_left(trial)?,
             });
         };
         let plan = self.with_selector(|s| s.boot_plan())?;
@@ -537,6 +542,17 @@ impl Updater {
             self.save(st)?;
         }
         Ok(Startup::Normal)
+    }
+
+    /// Starts left for `trial`: a bootloader counts them down itself, so its environment
+    /// has the number once it knows of the trial (it prefers the trial slot); before
+    /// that, and with the other selectors, the state has it.
+    fn tries_left(&self, trial: Trial) -> Result<u32> {
+        let plan = self.with_selector(|s| s.boot_plan())?;
+        Ok(match plan {
+            Some(p) if p.preferred == trial.slot => p.preferred_left,
+            _ => trial.tries_left,
+        })
     }
 
     /// With no trial, the environment must keep booting the primary.

@@ -10,7 +10,7 @@
 //! `ORDER` (`"A B"`), `A_OK`/`A_TRY` and `B_OK`/`B_TRY`. A slot is bootable when
 //! `X_OK=1` and `X_TRY=0`; `grub.cfg` sets `X_TRY=1` when it boots `X`, so an unconfirmed
 //! slot is skipped on the next boot. **GRUB therefore gives exactly one trial attempt**,
-//! whatever `tries` [`BootSelector::activate`] is given.
+//! whatever `tries` [`BootSelector::activate`](super::BootSelector::activate) is given.
 //!
 //! # Power-fail safety
 //!
@@ -80,21 +80,21 @@ pub fn apply_all(writes: &[EnvWrite]) -> Result<()> {
     writes.iter().try_for_each(EnvWrite::apply)
 }
 
-/// A change a bootloader selector makes, one per [`BootSelector`] method that writes.
+/// A change a bootloader selector makes, one per [`BootSelector`](super::BootSelector) method that writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootChange {
-    /// [`BootSelector::disable`].
+    /// [`BootSelector::disable`](super::BootSelector::disable).
     Disable(Slot),
-    /// [`BootSelector::activate`].
+    /// [`BootSelector::activate`](super::BootSelector::activate).
     Activate {
         /// The slot to boot next, on trial.
         slot: Slot,
         /// Trial attempts (GRUB always gives one).
         tries: u32,
     },
-    /// [`BootSelector::confirm`].
+    /// [`BootSelector::confirm`](super::BootSelector::confirm).
     Confirm(Slot),
-    /// [`BootSelector::fall_back`].
+    /// [`BootSelector::fall_back`](super::BootSelector::fall_back).
     FallBack {
         /// The slot to boot from now on.
         good: Slot,
@@ -503,7 +503,7 @@ impl GrubEnv {
     /// appended) but in place, in one write of the whole block, keeping its size.
     ///
     /// This is a general editor (and what a simulated GRUB `save_env` uses); the
-    /// [`BootSelector`] methods use the power-fail-safe byte-wise path instead.
+    /// [`BootSelector`](super::BootSelector) methods use the power-fail-safe byte-wise path instead.
     pub fn set_vars(&mut self, updates: &[(&str, &str)]) -> Result<()> {
         let bytes = self.read_bytes()?;
         let mut vars = parse_block(&self.path, &bytes)?;
@@ -589,6 +589,7 @@ impl super::EnvSelector for GrubEnv {
             preferred: rauc.order[0],
             next: rauc.pick(),
             preferred_spent: rauc.tried[idx(rauc.order[0])],
+            preferred_left: u32::from(rauc.pick() == Some(rauc.order[0])),
         })
     }
 }

@@ -108,6 +108,11 @@ pub struct BootPlan {
     /// U-Boot's `BOOT_X_LEFT` is 0. A slot that is preferred but not bootable without
     /// that (`X_OK=0` after a write cut short) was never started.
     pub preferred_spent: bool,
+    /// Starts the bootloader still gives the preferred slot before it falls back: GRUB's
+    /// one attempt until `X_TRY` is set, U-Boot's `BOOT_X_LEFT`. A trial's `tries_left` is
+    /// this count once the bootloader knows of the trial, not what the state recorded at
+    /// activation.
+    pub preferred_left: u32,
 }
 
 /// A bootloader environment (GRUB, U-Boot) that applies RAUC-style boot changes and learns

@@ -540,10 +540,17 @@ impl super::EnvSelector for UBootEnv {
             .filter_map(Slot::parse)
             .collect();
         let preferred = order.first().copied().unwrap_or(Slot::A);
+        // An empty order boots nothing: A stands in as preferred, with no starts left.
+        let preferred_left = if order.is_empty() {
+            0
+        } else {
+            left_in(&vars, preferred)
+        };
         Ok(super::BootPlan {
             preferred,
             next: order.into_iter().find(|s| left_in(&vars, *s) > 0),
             preferred_spent: left_in(&vars, preferred) == 0,
+            preferred_left,
         })
     }
 }
