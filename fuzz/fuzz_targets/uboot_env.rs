@@ -8,13 +8,14 @@
 //!
 //! Properties: no panic, no hang, bounded memory; an environment that reads is changed with
 //! at most one write, to one whole copy (the inactive one of a pair), keeps every variable
-//! that is not RAUC's, and ends with the change made; with a pair, a write cut in half (a
-//! power cut) reads as the old or the new environment.
+//! that is not RAUC's, and ends with the change made, as the variables and the boot plan
+//! read it; with a pair, a write cut in half (a power cut) reads as the old or the new
+//! environment.
 #![no_main]
 
 use evergreen::slots::grub::BootChange;
 use evergreen::slots::uboot::{FwEnvConfig, UBootEnv};
-use evergreen::slots::Slot;
+use evergreen::slots::{EnvSelector, Slot};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
@@ -153,17 +154,25 @@ fn made(env: &UBootEnv, change: BootChange) {
             .unwrap_or_default();
         order.split_whitespace().next().and_then(Slot::parse)
     };
+    // What the startup step reads back: the slot booted next and the starts it has left.
+    let plan = || {
+        let p = env.boot_plan().expect("a boot plan");
+        (p.preferred, p.next, p.preferred_left)
+    };
     match change {
         BootChange::Disable(slot) => assert_eq!(tries(slot), 0),
         BootChange::Activate { slot, tries: n } => {
             assert_eq!(first(), Some(slot));
             assert_eq!(tries(slot), n);
+            assert_eq!(plan(), (slot, Some(slot), n));
         }
         BootChange::Confirm(slot) => assert_eq!(tries(slot), UBootEnv::DEFAULT_MAX_TRIES),
         BootChange::FallBack { good, bad } => {
             assert_eq!(first(), Some(good));
             assert_eq!(tries(bad), 0);
             assert_eq!(tries(good), UBootEnv::DEFAULT_MAX_TRIES);
+            let max = UBootEnv::DEFAULT_MAX_TRIES;
+            assert_eq!(plan(), (good, Some(good), max));
         }
     }
 }
