@@ -7,12 +7,12 @@
 //! Properties: no panic, no hang, bounded memory; a block that reads is written in place
 //! (same size), still reads after every single write of the plan (a power cut between
 //! two writes), keeps every variable that is not one of RAUC's five, and ends with the
-//! change made. On the byte-wise path every intermediate block boots the slot the old or
+//! change made, as the variables and the boot plan read it. On the byte-wise path every intermediate block boots the slot the old or
 //! the new block boots.
 #![no_main]
 
 use evergreen::slots::grub::{BootChange, GrubEnv};
-use evergreen::slots::Slot;
+use evergreen::slots::{BootPlan, EnvSelector, Slot};
 use libfuzzer_sys::fuzz_target;
 
 const RAUC_NAMES: [&str; 5] = ["ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"];
@@ -56,6 +56,15 @@ fuzz_target!(|data: &[u8]| {
                 value(&format!("{}_TRY", slot.upper())).as_deref(),
                 Some("0")
             );
+            // What the startup step reads back: GRUB starts the slot next, once.
+            let plan = env.boot_plan().expect("a boot plan");
+            let next = BootPlan {
+                preferred: slot,
+                next: Some(slot),
+                preferred_spent: false,
+                preferred_left: 1,
+            };
+            assert_eq!(plan, next);
         }
         BootChange::Confirm(slot) => {
             assert_eq!(value(&format!("{}_OK", slot.upper())).as_deref(), Some("1"));
