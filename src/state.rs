@@ -30,6 +30,25 @@ struct SchemaOnly {
 pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
 
+thread_local! {
+    /// The state directories whose lock this thread holds (see [`State::lock`]).
+    static HELD: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The state lock of one operation (see [`State::lock`]); dropping it releases the lock.
+#[derive(Debug)]
+pub struct StateLock {
+    // Closing the file releases the `flock`.
+    _file: std::fs::File,
+    key: PathBuf,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        HELD.with(|held| held.borrow_mut().retain(|k| *k != self.key));
+    }
+}
+
 /// Where a slot is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -197,6 +216,36 @@ impl State {
     /// The path of the state file in `dir`.
     pub fn path(dir: &Path) -> PathBuf {
         dir.join(FILE_NAME)
+    }
+
+    /// Takes the lock that serialises every operation on the state in `dir`, across
+    /// processes and threads; it is released when the returned guard drops.
+    ///
+    /// Another thread or process waits for the lock. The thread that holds it gets
+    /// `invalid_state` instead: that is a call made from inside an event or progress
+    /// callback of an operation still running (through any handle on the same state),
+    /// which would otherwise wait for itself forever.
+    pub fn lock(dir: &Path) -> Result<StateLock> {
+        fsutil::create_dir_all(dir)?;
+        let path = dir.join("lock");
+        // One spelling per directory, so two handles configured with different paths to
+        // the same state are recognised.
+        let key = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+        if HELD.with(|held| held.borrow().contains(&key)) {
+            return Err(Error::invalid_state(format!(
+                "{}: expected no other operation on this state running on this thread, found one: call Evergreen from an event or progress callback only to read (status), and run other operations after the call that emitted it returns",
+                dir.display()
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        HELD.with(|held| held.borrow_mut().push(key.clone()));
+        Ok(StateLock { _file: file, key })
     }
 
     /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a

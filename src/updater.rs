@@ -212,6 +212,11 @@ impl UpdaterBuilder {
     }
 
     /// Receives every [`Event`], on the thread that runs the operation.
+    ///
+    /// Operations that change the state emit their events while they hold the state's
+    /// lock: such an operation called from `f` (through any updater on the same state
+    /// directory) fails with `invalid_state` rather than waiting for itself. Reading
+    /// (`status`) works.
     pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Box::new(f));
         self
@@ -321,17 +326,8 @@ impl Updater {
     }
 
     /// Serialises operations across processes (CLI, launcher, host) with a lock file.
-    fn lock(&self) -> Result<std::fs::File> {
-        crate::fsutil::create_dir_all(self.state_dir())?;
-        let path = self.state_dir().join("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        f.lock().map_err(|e| Error::io("lock", &path, e))?;
-        Ok(f)
+    fn lock(&self) -> Result<crate::state::StateLock> {
+        State::lock(self.state_dir())
     }
 
     fn load_state(&self) -> Result<State> {

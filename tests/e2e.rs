@@ -338,3 +338,41 @@ fn a_download_altered_before_install_is_refused() {
     assert_eq!(s.primary, evergreen::slots::Slot::A);
     assert_eq!(s.slots[&evergreen::slots::Slot::B].status, "empty");
 }
+
+/// A host that calls the updater from inside one of its events (on `available`, update;
+/// on `trial_boot`, confirm) would wait forever for the state lock its own thread holds.
+/// It gets `invalid_state` instead, and the outer operation finishes.
+#[test]
+fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.reentry");
+    publish_app(&repo, &src, "1.0.0", true);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    // A second handle on the same device, as a C host holding two would have.
+    let inner = evergreen::Updater::builder(config.clone()).build().unwrap();
+    let nested = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = nested.clone();
+    let updater = evergreen::Updater::builder(config)
+        .on_event(move |e| {
+            if let evergreen::Event::Available { .. } = e {
+                let kind = inner.check().map(|_| ()).map_err(|e| e.kind());
+                seen.lock().unwrap().push(kind);
+            }
+        })
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(updater.check().map(|_| ())).unwrap());
+    let outer = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("check finished instead of waiting for itself");
+    outer.unwrap();
+    assert_eq!(
+        *nested.lock().unwrap(),
+        [Err(evergreen::ErrorKind::InvalidState)]
+    );
+}

@@ -187,12 +187,18 @@ struct events {
     int confirmed;
     int panic_inside; /* provoke a panic from inside the callback chain */
     evg_status inner_status;
+    evg_updater *confirm_inside; /* confirm from inside the trial_boot event */
+    evg_status confirm_status;
 };
 
 static void on_event(void *user, const char *event_json) {
     struct events *e = user;
     e->count++;
     if (contains(event_json, "\"event\":\"confirmed\"")) e->confirmed++;
+    if (e->confirm_inside && contains(event_json, "\"event\":\"trial_boot\"")) {
+        e->confirm_status = evg_confirm(e->confirm_inside);
+        e->confirm_inside = NULL;
+    }
     if (e->panic_inside) {
         e->panic_inside = 0;
         e->inner_status = evg_debug_panic("deliberate panic inside an event callback");
@@ -298,7 +304,7 @@ static void test_update_through_hooks(const char *config_path) {
     char *config = read_file(config_path), *json = NULL;
     struct transport t = {0, 0, 0};
     struct selector s;
-    struct events ev = {0, 0, 0, EVG_OK};
+    struct events ev = {0, 0, 0, EVG_OK, NULL, EVG_OK};
     struct progress p;
     evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
     evg_selector selector = {sizeof(evg_selector), NULL, s_disable, s_activate, s_confirm,
@@ -372,8 +378,13 @@ static void test_update_through_hooks(const char *config_path) {
     CHECK_STATUS(evg_activate(up, 1, &act), EVG_OK);
     CHECK(act.activated && act.slot == s.next && s.activates == 1 && s.tries == 3);
     s.booted = s.next;
+    /* a call that changes the state, made from inside an event of a call that holds the
+       state's lock, is refused instead of waiting for itself; the outer call finishes */
+    ev.confirm_inside = up;
     CHECK_STATUS(evg_startup(up, &start), EVG_OK);
     CHECK(start.kind == EVG_STARTUP_TRIAL && start.slot == s.booted && start.tries_left == 2);
+    CHECK(ev.confirm_inside == NULL && ev.confirm_status == EVG_INVALID_STATE);
+    CHECK(s.confirms == 0);
     CHECK_STATUS(evg_confirm(up), EVG_OK);
     CHECK(s.confirms == 1 && ev.confirmed == 1 && ev.count >= 5);
     CHECK_STATUS(evg_confirm(up), EVG_OK); /* already good: nothing to do */

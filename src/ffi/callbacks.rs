@@ -1,5 +1,7 @@
 //! Progress and event callbacks into C. Both run on the thread that called the `evg_`
-//! function, synchronously, and no Evergreen lock is held while they run.
+//! function, synchronously. An operation that changes the state holds the state's lock
+//! while it calls them, so such an operation called from inside them is `EVG_INVALID_STATE`
+//! (`State::lock`); reading and replacing callbacks work.
 
 use super::error::evg_status;
 use super::handle::{arg_ref, to_c_string};

@@ -158,9 +158,25 @@ def test_full_update_trial_confirm_then_rollback(world) -> None:
         assert activation.activated and activation.slot in ("a", "b")
         assert activation.deferred_until is None
 
+        # Confirming from inside the trial_boot event is refused (startup holds the
+        # state's lock while it emits it); reading the status there works.
+        inside = []
+
+        def confirm_inside(event):
+            events.append(event)
+            if event["event"] == "trial_boot":
+                inside.append(updater.status()["trial"]["slot"])
+                try:
+                    updater.confirm()
+                except evergreen.EvergreenError as e:
+                    inside.append(e.kind)
+
+        updater.on_event(confirm_inside)
         started = updater.startup()
+        updater.on_event(events.append)
         assert (started.kind, started.slot) == ("trial", activation.slot)
         assert started.tries_left == 2
+        assert inside == [activation.slot, "invalid_state"]
         updater.confirm()
 
         status = updater.status()
