@@ -321,6 +321,7 @@ typedef int (*evg_selector_booted_fn)(void *user, enum evg_slot *out);
 /**
  * A boot selector implemented by the host, for `"selector": {"kind": "custom"}` image
  * slots or in place of the `current` symlink of dir slots. All callbacks are required.
+ * They must not call the updater that runs them: such a call is `EVG_INVALID_STATE`.
  */
 typedef struct evg_selector {
   /**

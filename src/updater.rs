@@ -272,6 +272,28 @@ impl UpdaterBuilder {
     }
 }
 
+thread_local! {
+    /// The updaters (by the address of their selector lock) whose boot selector this thread
+    /// is running; see `Updater::with_selector`.
+    static SELECTORS_IN_USE: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks a selector as running on this thread until dropped (also when it panics).
+struct SelectorInUse(usize);
+
+impl SelectorInUse {
+    fn enter(key: usize) -> SelectorInUse {
+        SELECTORS_IN_USE.with(|held| held.borrow_mut().push(key));
+        SelectorInUse(key)
+    }
+}
+
+impl Drop for SelectorInUse {
+    fn drop(&mut self) {
+        SELECTORS_IN_USE.with(|held| held.borrow_mut().retain(|k| *k != self.0));
+    }
+}
+
 /// The updater: one per product installation. See the crate docs for the whole flow.
 pub struct Updater {
     config: Config,
@@ -341,6 +363,14 @@ impl Updater {
     }
 
     fn with_selector<T>(&self, f: impl FnOnce(&mut dyn BootSelector) -> Result<T>) -> Result<T> {
+        // A selector that calls back into its own updater (a C host's callback asking for
+        // the status) would wait for this lock on the thread that holds it.
+        let key = std::ptr::from_ref(&self.selector) as usize;
+        if SELECTORS_IN_USE.with(|held| held.borrow().contains(&key)) {
+            return Err(Error::invalid_state(
+                "expected no call into the updater from inside its own boot selector, found one: the selector's methods must not call the updater that runs them",
+            ));
+        }
         let mut guard = self
             .selector
             .lock()
@@ -348,6 +378,7 @@ impl Updater {
                 ErrorKind::Bootloader,
                 "expected a usable boot selector, found one left poisoned by an earlier panic; rebuild the updater",
             ))?;
+        let _in_use = SelectorInUse::enter(key);
         f(guard.as_mut())
     }
 

@@ -376,3 +376,71 @@ fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock()
         [Err(evergreen::ErrorKind::InvalidState)]
     );
 }
+
+/// A host boot selector that asks its own updater for the status (say, to log it) would
+/// wait for the selector lock its own thread holds. It gets `invalid_state` instead.
+#[test]
+fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() {
+    use evergreen::slots::{BootSelector, Slot};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    struct Asking {
+        updater: Arc<OnceLock<evergreen::Updater>>,
+        answers: Arc<Mutex<Vec<evergreen::ErrorKind>>>,
+    }
+    impl BootSelector for Asking {
+        fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn fall_back(&mut self, _: Slot, _: Slot) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn booted(&self) -> evergreen::Result<Option<Slot>> {
+            if let Some(up) = self.updater.get() {
+                if let Err(e) = up.status() {
+                    self.answers.lock().unwrap().push(e.kind());
+                }
+            }
+            Ok(Some(Slot::A))
+        }
+        fn counts_tries(&self) -> bool {
+            false
+        }
+    }
+
+    let Setup {
+        repo: _repo,
+        server: _server,
+        dev,
+        ..
+    } = setup("com.acme.reentry-selector");
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let cell = Arc::new(OnceLock::new());
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let selector = Asking {
+        updater: cell.clone(),
+        answers: answers.clone(),
+    };
+    let updater = evergreen::Updater::builder(config)
+        .selector(Box::new(selector))
+        .build()
+        .unwrap();
+    assert!(cell.set(updater).is_ok());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = cell.clone();
+    std::thread::spawn(move || tx.send(handle.get().unwrap().status().map(|s| s.booted)));
+    let outer = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("status finished instead of waiting for itself");
+    assert_eq!(outer.unwrap(), Some(Slot::A));
+    assert_eq!(
+        *answers.lock().unwrap(),
+        [evergreen::ErrorKind::InvalidState]
+    );
+}

@@ -97,6 +97,7 @@ pub type evg_selector_booted_fn =
 
 /// A boot selector implemented by the host, for `"selector": {"kind": "custom"}` image
 /// slots or in place of the `current` symlink of dir slots. All callbacks are required.
+/// They must not call the updater that runs them: such a call is `EVG_INVALID_STATE`.
 #[repr(C)]
 pub struct evg_selector {
     /// `sizeof(evg_selector)`, so that later versions can add fields.

@@ -69,6 +69,9 @@ impl fmt::Display for Slot {
 ///
 /// The updater commits its own state first and then tells the selector, so a crash between
 /// the two leaves the previous slot booting.
+///
+/// The updater holds its selector's lock while a method runs: a method that calls the
+/// updater back gets `invalid_state`.
 pub trait BootSelector: Send {
     /// Marks `slot` unbootable before anything is written into it.
     fn disable(&mut self, slot: Slot) -> Result<()>;
