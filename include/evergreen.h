@@ -610,7 +610,8 @@ enum evg_status evg_updater_new_with_hooks(const char *config_json, const struct
  * Frees an updater. NULL is fine. No callback runs after it returns.
  *
  * # Safety
- * `updater` is NULL or a handle that was not freed yet, and no other thread uses it.
+ * `updater` is NULL or a handle that was not freed yet, and no call on it is running: not
+ * on another thread, and not on this one (never free an updater from its own callbacks).
  */
 void evg_updater_free(struct evg_updater *updater);
 

@@ -100,7 +100,8 @@ unsafe fn new_updater(
 /// Frees an updater. NULL is fine. No callback runs after it returns.
 ///
 /// # Safety
-/// `updater` is NULL or a handle that was not freed yet, and no other thread uses it.
+/// `updater` is NULL or a handle that was not freed yet, and no call on it is running: not
+/// on another thread, and not on this one (never free an updater from its own callbacks).
 #[no_mangle]
 pub unsafe extern "C" fn evg_updater_free(updater: *mut evg_updater) {
     unsafe { free_box(updater, "evg_updater_free") }
