@@ -179,11 +179,15 @@ pub fn update(config: &Path) -> Result<Phases, String> {
     })
 }
 
-/// Marks the slot on trial good, as the new version would once healthy.
+/// Starts the slot on trial and marks it good, as the new version would once healthy
+/// (a trial that has not started cannot be confirmed).
 fn confirm(config: &Path) -> Result<(), String> {
-    Updater::builder(Config::from_file(config).map_err(err)?)
+    let updater = Updater::builder(Config::from_file(config).map_err(err)?)
         .build()
-        .and_then(|u| u.confirm())
+        .map_err(err)?;
+    updater
+        .startup()
+        .and_then(|_| updater.confirm())
         .map_err(err)
 }
 
@@ -219,7 +223,7 @@ pub fn full_update(ctx: &Ctx) -> Row {
     let _ = std::fs::remove_dir_all(&dev);
     let ours = match ours {
         Ok(s) => median(&s),
-        Err(e) => return Row::skipped(row.what, row.target, e),
+        Err(e) => return Row::failed(row.what, row.target, e),
     };
     row.measured = secs(ours);
     let part = |f: fn(&Phases) -> f64| secs(median(&phases.iter().map(f).collect::<Vec<_>>()));
@@ -305,7 +309,7 @@ pub fn blob_download(ctx: &Ctx) -> Row {
     };
     let fetcher = match Fetcher::new(vec![ctx.server.url()], FetchOptions::default()) {
         Ok(f) => f,
-        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+        Err(e) => return Row::failed(row.what, row.target, err(e)),
     };
     let server = ctx.server.pid().map(|pid| pid.to_string());
     let cpu = || -> Option<f64> {
@@ -335,7 +339,7 @@ pub fn blob_download(ctx: &Ctx) -> Row {
     let _ = std::fs::remove_dir_all(&dir);
     let ours = match ours {
         Ok(s) => median(&s),
-        Err(e) => return Row::skipped(row.what, row.target, e),
+        Err(e) => return Row::failed(row.what, row.target, e),
     };
     let base = median(&hash_in_memory(size, ctx.runs));
     let ratio = ours / base;
@@ -588,7 +592,7 @@ pub fn unchanged_check(ctx: &Ctx) -> Row {
     })();
     let (first, checks) = match measured {
         Ok(m) => m,
-        Err(e) => return Row::skipped(row.what, row.target, e),
+        Err(e) => return Row::failed(row.what, row.target, e),
     };
     let wire = median(&checks.iter().map(|c| c.1 as f64).collect::<Vec<_>>());
     let requests = median(&checks.iter().map(|c| c.0 as f64).collect::<Vec<_>>());
@@ -719,12 +723,12 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
     let payload = manifest.to_bytes();
     let key = match SecretKey::generate() {
         Ok(k) => k,
-        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+        Err(e) => return Row::failed(row.what, row.target, err(e)),
     };
     let envelope = trust::seal(trust::MANIFEST_TYPE, &payload, &[&key]);
     let keys = match KeySet::new(vec![key.public()], 1) {
         Ok(k) => k,
-        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+        Err(e) => return Row::failed(row.what, row.target, err(e)),
     };
     let expect = Expect {
         product: fixtures::PRODUCT,
@@ -746,7 +750,7 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
     // The fastest run too: on a shared machine the median follows the host's memory system.
     let (ours, fastest) = match ours {
         Ok(s) => (median(&s), s.iter().copied().fold(f64::INFINITY, f64::min)),
-        Err(e) => return Row::skipped(row.what, row.target, e),
+        Err(e) => return Row::failed(row.what, row.target, e),
     };
     let parse = time_runs(
         runs,
@@ -832,8 +836,8 @@ pub fn startup(ctx: &Ctx) -> Vec<Row> {
     let setup = update(&config).and_then(|_| confirm(&config));
     if let Err(e) = setup {
         return vec![
-            Row::skipped(in_process.what, in_process.target, e.clone()),
-            Row::skipped(process.what, process.target, e),
+            Row::failed(in_process.what, in_process.target, e.clone()),
+            Row::failed(process.what, process.target, e),
         ];
     }
     let runs = ctx.runs.max(21);
@@ -992,10 +996,10 @@ fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>) -> Row 
             let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
             return Row::skipped(row.what, row.target, format!("skipped: {why}"));
         }
-        Err(e) => return Row::skipped(row.what, row.target, err(e)),
+        Err(e) => return Row::failed(row.what, row.target, err(e)),
     };
     let Some(size) = lib.and_then(|l| std::fs::metadata(l).ok()).map(|m| m.len()) else {
-        return Row::skipped(row.what, row.target, "the build left no library".into());
+        return Row::failed(row.what, row.target, "the build left no library".into());
     };
     row.measured = format!("{} ({size} bytes)", bytes(size as f64));
     row.pass = Some(size as f64 <= MIB as f64);

@@ -12,6 +12,8 @@ pub struct Row {
     pub pass: Option<bool>,
     /// Why it missed, or what else is worth knowing.
     pub note: String,
+    /// The step went wrong (not a tool that is missing): the run exits non-zero.
+    pub failed: bool,
 }
 
 impl Row {
@@ -23,13 +25,23 @@ impl Row {
             target: target.into(),
             pass: None,
             note: String::new(),
+            failed: false,
         }
     }
 
+    /// A row left out on purpose (a tool is missing, or `--quick`).
     pub fn skipped(what: impl Into<String>, target: impl Into<String>, why: String) -> Row {
         Row {
             note: why,
             ..Row::new(what, target)
+        }
+    }
+
+    /// A row whose measurement failed with `error`.
+    pub fn failed(what: impl Into<String>, target: impl Into<String>, error: String) -> Row {
+        Row {
+            failed: true,
+            ..Row::skipped(what, target, format!("failed: {error}"))
         }
     }
 }
