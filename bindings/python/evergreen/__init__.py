@@ -14,13 +14,15 @@ Every call blocks and runs callbacks on the calling thread. Failures raise a sub
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 from . import _ffi
 from ._errors import BY_CODE, EvergreenError, check
@@ -211,16 +213,35 @@ class Updater:
         self._handle = handle
         self._callbacks: list = []
         self._free = weakref.finalize(self, _free_updater, handle, self._callbacks)
+        # Calls in progress: the handle must outlive them (see `close`).
+        self._calls = 0
+        self._guard = threading.Lock()
 
-    @property
-    def _h(self) -> "ctypes._Pointer[_ffi.evg_updater]":
-        if not self._free.alive:
-            raise ValueError("expected an open Updater, found it closed")
-        return self._handle
+    @contextlib.contextmanager
+    def _open(self) -> Iterator["ctypes._Pointer[_ffi.evg_updater]"]:
+        """The handle, for one call; `close()` is refused until the call returns."""
+        with self._guard:
+            if not self._free.alive:
+                raise ValueError("expected an open Updater, found it closed")
+            self._calls += 1
+        try:
+            yield self._handle
+        finally:
+            with self._guard:
+                self._calls -= 1
 
     def close(self) -> None:
-        """Frees the updater; no callback runs afterwards. Calling it again does nothing."""
-        self._free()
+        """Frees the updater; no callback runs afterwards. Calling it again does nothing.
+
+        Raises `InvalidStateError` while a call on it is running (from one of its
+        callbacks, or on another thread): freeing it then would crash the process."""
+        with self._guard:
+            if self._calls:
+                raise BY_CODE[19](
+                    f"expected no call on this Updater in progress to close it, found "
+                    f"{self._calls}: close it after the call returns, not from its callbacks"
+                )
+            self._free()
 
     def __enter__(self) -> "Updater":
         return self
@@ -235,7 +256,8 @@ class Updater:
         (check, update, confirm, ...) made from inside it raise an `invalid_state` error:
         the call that emitted the event holds the state's lock. `status()` works."""
         if callback is None:
-            check(_lib.evg_set_event_callback(self._h, _ffi.EVENT_CB(), None))
+            with self._open() as h:
+                check(_lib.evg_set_event_callback(h, _ffi.EVENT_CB(), None))
             return
 
         def trampoline(_user: Optional[int], event_json: bytes) -> None:
@@ -245,7 +267,8 @@ class Updater:
                 warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
 
         c_fn = _ffi.EVENT_CB(trampoline)
-        check(_lib.evg_set_event_callback(self._h, c_fn, None))
+        with self._open() as h:
+            check(_lib.evg_set_event_callback(h, c_fn, None))
         # Every trampoline ever registered is kept until close: one may be replaced from
         # inside itself while it still runs.
         self._callbacks.append(c_fn)
@@ -253,7 +276,8 @@ class Updater:
     def startup(self) -> Startup:
         """The startup step: call it early on every start (trial bookkeeping, rollback)."""
         r = _ffi.evg_startup_result()
-        check(_lib.evg_startup(self._h, ctypes.byref(r)))
+        with self._open() as h:
+            check(_lib.evg_startup(h, ctypes.byref(r)))
         return Startup(
             kind=_STARTUP.get(r.kind, "unknown"),
             slot=_SLOTS.get(r.slot),
@@ -268,7 +292,8 @@ class Updater:
         channel; `version` asks for exactly that release (newer or older)."""
         out = ctypes.POINTER(_ffi.evg_offer)()
         ch, ver = _encode(channel), _encode(version)
-        check(_lib.evg_check_version(self._h, ch, ver, ctypes.byref(out)))
+        with self._open() as h:
+            check(_lib.evg_check_version(h, ch, ver, ctypes.byref(out)))
         return Offer(out) if out else None
 
     def download(self, offer: Offer, progress: Optional[Progress] = None) -> None:
@@ -276,17 +301,20 @@ class Updater:
         true cancels (`CancelledError`); the partial download is resumed next time. An
         exception raised by `progress` cancels too and is raised here."""
         tramp = _ProgressTrampoline(progress)
-        tramp.finish(_lib.evg_download(self._h, offer.handle, tramp.c_fn, None))
+        with self._open() as h:
+            tramp.finish(_lib.evg_download(h, offer.handle, tramp.c_fn, None))
 
     def install(self, offer: Offer) -> None:
         """Writes the downloaded `offer` into the inactive slot."""
-        check(_lib.evg_install(self._h, offer.handle))
+        with self._open() as h:
+            check(_lib.evg_install(h, offer.handle))
 
     def activate(self, force: bool = False) -> Activation:
         """Makes the installed slot primary, on trial, if the deploy policy allows it now
         (always with `force`)."""
         a = _ffi.evg_activation()
-        check(_lib.evg_activate(self._h, 1 if force else 0, ctypes.byref(a)))
+        with self._open() as h:
+            check(_lib.evg_activate(h, 1 if force else 0, ctypes.byref(a)))
         deferred = None if a.activated or a.deferred_until < 0 else int(a.deferred_until)
         return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
 
@@ -295,32 +323,38 @@ class Updater:
 
         Raises `InvalidStateError` when the trial slot has not started yet:
         call `startup()` in the new version first."""
-        check(_lib.evg_confirm(self._h))
+        with self._open() as h:
+            check(_lib.evg_confirm(h))
 
     def rollback(self) -> Optional[str]:
         """Goes back to the fallback slot now; returns the slot now primary."""
         slot = ctypes.c_int(-1)
-        check(_lib.evg_rollback(self._h, ctypes.byref(slot)))
+        with self._open() as h:
+            check(_lib.evg_rollback(h, ctypes.byref(slot)))
         return _SLOTS.get(slot.value)
 
     def reinstall(self, progress: Optional[Progress] = None) -> None:
         """Downloads the installed version again and installs it into the inactive slot
         (repair); then `activate()`. `progress` as for `download`."""
         tramp = _ProgressTrampoline(progress)
-        tramp.finish(_lib.evg_reinstall(self._h, tramp.c_fn, None))
+        with self._open() as h:
+            tramp.finish(_lib.evg_reinstall(h, tramp.c_fn, None))
 
     def set_channel(self, channel: str) -> None:
         """Follows `channel` from now on."""
-        check(_lib.evg_set_channel(self._h, _encode(channel)))
+        with self._open() as h:
+            check(_lib.evg_set_channel(h, _encode(channel)))
 
     def skip(self, version: str) -> None:
         """Checks no longer offer `version` (unless it is critical)."""
-        check(_lib.evg_skip(self._h, _encode(version)))
+        with self._open() as h:
+            check(_lib.evg_skip(h, _encode(version)))
 
     def status_json(self) -> str:
         """The device's status as `evergreen status --json` prints it."""
         out = ctypes.POINTER(ctypes.c_char)()
-        check(_lib.evg_status_json(self._h, ctypes.byref(out)))
+        with self._open() as h:
+            check(_lib.evg_status_json(h, ctypes.byref(out)))
         return _ffi.take_string(out)
 
     def status(self) -> Dict[str, Any]:
