@@ -102,14 +102,49 @@ class Activation:
     """When deferred: the Unix time it may go ahead, None when unknown or activated."""
 
 
+class _Handle:
+    """A C handle that is freed once, by `close()` or when its owner is collected, and
+    never while a call is using it: freeing it under a running call (from one of that
+    call's callbacks, or from another thread) would crash the process."""
+
+    def __init__(self, owner: object, what: str, free: Callable[..., None], *args: Any):
+        self.raw = args[0]
+        self._what = what
+        self._free = weakref.finalize(owner, free, *args)
+        self._calls = 0
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Any]:
+        """The handle, for one call."""
+        with self._guard:
+            if not self._free.alive:
+                raise ValueError(f"expected an open {self._what}, found it closed")
+            self._calls += 1
+        try:
+            yield self.raw
+        finally:
+            with self._guard:
+                self._calls -= 1
+
+    def close(self) -> None:
+        with self._guard:
+            if self._calls:
+                raise BY_CODE[19](
+                    f"expected no call using this {self._what} in progress to close it, "
+                    f"found {self._calls}: close it after the call returns, not from "
+                    "its callbacks"
+                )
+            self._free()
+
+
 class Offer:
     """A release offered to this device, from `Updater.check()`. Its fields are read once;
     the C handle is kept for `download` and `install` and freed by `close()` (or when
     the object is collected)."""
 
     def __init__(self, handle: "ctypes._Pointer[_ffi.evg_offer]"):
-        self._handle = handle
-        self._free = weakref.finalize(self, _lib.evg_offer_free, handle)
+        self._h = _Handle(self, "Offer", _lib.evg_offer_free, handle)
         self.version: str = _ffi.decode(_lib.evg_offer_version(handle)) or ""
         self.current: Optional[str] = _ffi.decode(_lib.evg_offer_current(handle))
         self.channel: str = _ffi.decode(_lib.evg_offer_channel(handle)) or ""
@@ -122,7 +157,8 @@ class Offer:
 
     def _component(self, index: int) -> Component:
         c = _ffi.evg_component()
-        check(_lib.evg_offer_component(self._handle, index, ctypes.byref(c)))
+        with self._h.use() as h:
+            check(_lib.evg_offer_component(h, index, ctypes.byref(c)))
         return Component(
             name=_ffi.decode(c.name) or "",
             op=_OPS.get(c.op, "unknown"),
@@ -133,19 +169,20 @@ class Offer:
     @property
     def handle(self) -> "ctypes._Pointer[_ffi.evg_offer]":
         """The live C handle; ValueError once closed."""
-        if not self._free.alive:
-            raise ValueError("expected an open Offer, found it closed")
-        return self._handle
+        with self._h.use() as h:
+            return h
 
     def to_dict(self) -> Dict[str, Any]:
         """The offer as `evergreen check --json` prints it."""
         out = ctypes.POINTER(ctypes.c_char)()
-        check(_lib.evg_offer_json(self.handle, ctypes.byref(out)))
+        with self._h.use() as h:
+            check(_lib.evg_offer_json(h, ctypes.byref(out)))
         return json.loads(_ffi.take_string(out))
 
     def close(self) -> None:
-        """Frees the C handle; calling it again does nothing."""
-        self._free()
+        """Frees the C handle; calling it again does nothing. Raises `InvalidStateError`
+        while a download or install of this offer is running."""
+        self._h.close()
 
     def __enter__(self) -> "Offer":
         return self
@@ -210,38 +247,14 @@ class Updater:
         text = _config_text(config)
         handle = ctypes.POINTER(_ffi.evg_updater)()
         check(_lib.evg_updater_new(text.encode("utf-8"), ctypes.byref(handle)))
-        self._handle = handle
         self._callbacks: list = []
-        self._free = weakref.finalize(self, _free_updater, handle, self._callbacks)
-        # Calls in progress: the handle must outlive them (see `close`).
-        self._calls = 0
-        self._guard = threading.Lock()
-
-    @contextlib.contextmanager
-    def _open(self) -> Iterator["ctypes._Pointer[_ffi.evg_updater]"]:
-        """The handle, for one call; `close()` is refused until the call returns."""
-        with self._guard:
-            if not self._free.alive:
-                raise ValueError("expected an open Updater, found it closed")
-            self._calls += 1
-        try:
-            yield self._handle
-        finally:
-            with self._guard:
-                self._calls -= 1
+        self._h = _Handle(self, "Updater", _free_updater, handle, self._callbacks)
 
     def close(self) -> None:
         """Frees the updater; no callback runs afterwards. Calling it again does nothing.
-
         Raises `InvalidStateError` while a call on it is running (from one of its
-        callbacks, or on another thread): freeing it then would crash the process."""
-        with self._guard:
-            if self._calls:
-                raise BY_CODE[19](
-                    f"expected no call on this Updater in progress to close it, found "
-                    f"{self._calls}: close it after the call returns, not from its callbacks"
-                )
-            self._free()
+        callbacks, or on another thread)."""
+        self._h.close()
 
     def __enter__(self) -> "Updater":
         return self
@@ -256,7 +269,7 @@ class Updater:
         (check, update, confirm, ...) made from inside it raise an `invalid_state` error:
         the call that emitted the event holds the state's lock. `status()` works."""
         if callback is None:
-            with self._open() as h:
+            with self._h.use() as h:
                 check(_lib.evg_set_event_callback(h, _ffi.EVENT_CB(), None))
             return
 
@@ -267,7 +280,7 @@ class Updater:
                 warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
 
         c_fn = _ffi.EVENT_CB(trampoline)
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_set_event_callback(h, c_fn, None))
         # Every trampoline ever registered is kept until close: one may be replaced from
         # inside itself while it still runs.
@@ -276,7 +289,7 @@ class Updater:
     def startup(self) -> Startup:
         """The startup step: call it early on every start (trial bookkeeping, rollback)."""
         r = _ffi.evg_startup_result()
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_startup(h, ctypes.byref(r)))
         return Startup(
             kind=_STARTUP.get(r.kind, "unknown"),
@@ -292,7 +305,7 @@ class Updater:
         channel; `version` asks for exactly that release (newer or older)."""
         out = ctypes.POINTER(_ffi.evg_offer)()
         ch, ver = _encode(channel), _encode(version)
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_check_version(h, ch, ver, ctypes.byref(out)))
         return Offer(out) if out else None
 
@@ -301,19 +314,19 @@ class Updater:
         true cancels (`CancelledError`); the partial download is resumed next time. An
         exception raised by `progress` cancels too and is raised here."""
         tramp = _ProgressTrampoline(progress)
-        with self._open() as h:
-            tramp.finish(_lib.evg_download(h, offer.handle, tramp.c_fn, None))
+        with self._h.use() as h, offer._h.use() as o:
+            tramp.finish(_lib.evg_download(h, o, tramp.c_fn, None))
 
     def install(self, offer: Offer) -> None:
         """Writes the downloaded `offer` into the inactive slot."""
-        with self._open() as h:
-            check(_lib.evg_install(h, offer.handle))
+        with self._h.use() as h, offer._h.use() as o:
+            check(_lib.evg_install(h, o))
 
     def activate(self, force: bool = False) -> Activation:
         """Makes the installed slot primary, on trial, if the deploy policy allows it now
         (always with `force`)."""
         a = _ffi.evg_activation()
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_activate(h, 1 if force else 0, ctypes.byref(a)))
         deferred = None if a.activated or a.deferred_until < 0 else int(a.deferred_until)
         return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
@@ -323,13 +336,13 @@ class Updater:
 
         Raises `InvalidStateError` when the trial slot has not started yet:
         call `startup()` in the new version first."""
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_confirm(h))
 
     def rollback(self) -> Optional[str]:
         """Goes back to the fallback slot now; returns the slot now primary."""
         slot = ctypes.c_int(-1)
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_rollback(h, ctypes.byref(slot)))
         return _SLOTS.get(slot.value)
 
@@ -337,23 +350,23 @@ class Updater:
         """Downloads the installed version again and installs it into the inactive slot
         (repair); then `activate()`. `progress` as for `download`."""
         tramp = _ProgressTrampoline(progress)
-        with self._open() as h:
+        with self._h.use() as h:
             tramp.finish(_lib.evg_reinstall(h, tramp.c_fn, None))
 
     def set_channel(self, channel: str) -> None:
         """Follows `channel` from now on."""
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_set_channel(h, _encode(channel)))
 
     def skip(self, version: str) -> None:
         """Checks no longer offer `version` (unless it is critical)."""
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_skip(h, _encode(version)))
 
     def status_json(self) -> str:
         """The device's status as `evergreen status --json` prints it."""
         out = ctypes.POINTER(ctypes.c_char)()
-        with self._open() as h:
+        with self._h.use() as h:
             check(_lib.evg_status_json(h, ctypes.byref(out)))
         return _ffi.take_string(out)
 

@@ -303,23 +303,27 @@ def test_an_exception_in_the_event_callback_is_a_warning(world) -> None:
 
 
 def test_closing_an_updater_inside_its_own_call_is_refused(world) -> None:
-    """Freeing the handle under a running call would crash the process."""
+    """Freeing a handle under a running call would crash the process."""
     _, _, _, config = world
     updater = evergreen.Updater(config)
     refused: List[str] = []
 
     def close_inside(done: int, total: int) -> bool:
-        try:
-            updater.close()
-        except evergreen.InvalidStateError as e:
-            refused.append(str(e))
+        for handle in (updater, offer):
+            try:
+                handle.close()
+            except evergreen.InvalidStateError as e:
+                refused.append(str(e))
         return False
 
     offer = updater.check()
     assert offer is not None
     updater.download(offer, close_inside)
-    assert refused and "in progress" in refused[0]
+    assert len(refused) >= 2 and "Updater in progress" in refused[0], refused
+    assert "Offer in progress" in refused[1], refused
     assert updater.status()["channel"] == "stable"  # still open
+    updater.install(offer)  # and so is the offer
+    offer.close()
     updater.close()
     updater.close()  # again: nothing to do
     with pytest.raises(ValueError, match="closed"):
