@@ -319,6 +319,34 @@ typedef int (*evg_selector_fall_back_fn)(void *user, enum evg_slot good, enum ev
 typedef int (*evg_selector_booted_fn)(void *user, enum evg_slot *out);
 
 /**
+ * What the bootloader will do at the next boot, as a host selector that counts tries
+ * reads it from its environment (see `evg_selector.boot_plan`).
+ */
+typedef struct evg_boot_plan {
+  /**
+   * The slot the environment prefers: the first of its boot order.
+   */
+  enum evg_slot preferred;
+  /**
+   * The slot the bootloader starts next; `EVG_SLOT_NONE` for its rescue path.
+   */
+  enum evg_slot next;
+  /**
+   * True when the bootloader has spent the preferred slot's attempts.
+   */
+  bool preferred_spent;
+  /**
+   * Starts the bootloader still gives the preferred slot.
+   */
+  uint32_t preferred_left;
+} evg_boot_plan;
+
+/**
+ * Fills `*out` with the bootloader's plan for the next boot. Returns 0 or non-zero.
+ */
+typedef int (*evg_selector_boot_plan_fn)(void *user, struct evg_boot_plan *out);
+
+/**
  * A boot selector implemented by the host, for `"selector": {"kind": "custom"}` image
  * slots or in place of the `current` symlink of dir slots. All callbacks are required.
  * They must not call the updater that runs them: such a call is `EVG_INVALID_STATE`.
@@ -354,9 +382,18 @@ typedef struct evg_selector {
   evg_selector_booted_fn booted;
   /**
    * Non-zero when the bootloader counts trial attempts itself; the startup step then
-   * only reads what the bootloader did (through `booted`).
+   * only reads what the bootloader did (through `booted`, and `boot_plan` when given).
    */
   int counts_tries;
+  /**
+   * Optional (NULL: unknown), for a selector that counts tries: what the bootloader
+   * will do at the next boot. With it the startup step tells a trial the bootloader
+   * gave up on from one it was never told about (a power cut between the state and the
+   * environment), and the trial's starts left are the bootloader's count. Added after
+   * the first release: a `struct_size` that ends before this field is accepted and
+   * reads as NULL.
+   */
+  evg_selector_boot_plan_fn boot_plan;
 } evg_selector;
 
 /**

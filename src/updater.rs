@@ -575,7 +575,13 @@ impl Updater {
     /// has the number once it knows of the trial (it prefers the trial slot); before
     /// that, and with the other selectors, the state has it.
     fn tries_left(&self, trial: Trial) -> Result<u32> {
-        let plan = self.with_selector(|s| s.boot_plan())?;
+        let plan = self.with_selector(|s| {
+            if s.counts_tries() {
+                s.boot_plan()
+            } else {
+                Ok(None)
+            }
+        })?;
         Ok(match plan {
             Some(p) if p.preferred == trial.slot => p.preferred_left,
             _ => trial.tries_left,

@@ -11,6 +11,7 @@
 #define EVG_FAULT_INJECTION 1
 #include "evergreen.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +308,25 @@ static void test_hook_validation(const char *config, struct transport *t) {
     CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_CONFIG);
     CHECK(contains(evg_last_error_message(), "struct_size"));
     CHECK(up == NULL);
+
+    /* a selector built against the first header, which ended before boot_plan, is
+       accepted; one smaller than that is not */
+    {
+        struct selector s;
+        evg_selector selector = {offsetof(evg_selector, boot_plan), &s, s_disable, s_activate,
+                                 s_confirm, s_fall_back, s_booted, 0, NULL};
+        memset(&s, 0, sizeof s);
+        hooks.struct_size = sizeof hooks;
+        hooks.transport = NULL;
+        hooks.selector = &selector;
+        CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
+        evg_updater_free(up);
+        up = NULL;
+        selector.struct_size -= 1;
+        CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_CONFIG);
+        CHECK(contains(evg_last_error_message(), "evg_selector.struct_size"));
+        CHECK(up == NULL);
+    }
 }
 
 static void test_update_through_hooks(const char *config_path) {
@@ -317,7 +337,7 @@ static void test_update_through_hooks(const char *config_path) {
     struct progress p;
     evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
     evg_selector selector = {sizeof(evg_selector), NULL, s_disable, s_activate, s_confirm,
-                             s_fall_back, s_booted, 0};
+                             s_fall_back, s_booted, 0, NULL};
     evg_hooks hooks;
     evg_updater *up = NULL;
     evg_offer *offer = NULL, *none = (evg_offer *)&failures;

@@ -11,7 +11,7 @@ use super::error::evg_status;
 use super::handle::evg_slot;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fetch::{Request, Response, Transport};
-use crate::slots::{BootSelector, Slot};
+use crate::slots::{BootPlan, BootSelector, Slot};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io::Read;
 use std::sync::Arc;
@@ -95,6 +95,25 @@ pub type evg_selector_fall_back_fn =
 pub type evg_selector_booted_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, out: *mut evg_slot) -> c_int>;
 
+/// What the bootloader will do at the next boot, as a host selector that counts tries
+/// reads it from its environment (see `evg_selector.boot_plan`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct evg_boot_plan {
+    /// The slot the environment prefers: the first of its boot order.
+    pub preferred: evg_slot,
+    /// The slot the bootloader starts next; `EVG_SLOT_NONE` for its rescue path.
+    pub next: evg_slot,
+    /// True when the bootloader has spent the preferred slot's attempts.
+    pub preferred_spent: bool,
+    /// Starts the bootloader still gives the preferred slot.
+    pub preferred_left: u32,
+}
+
+/// Fills `*out` with the bootloader's plan for the next boot. Returns 0 or non-zero.
+pub type evg_selector_boot_plan_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, out: *mut evg_boot_plan) -> c_int>;
+
 /// A boot selector implemented by the host, for `"selector": {"kind": "custom"}` image
 /// slots or in place of the `current` symlink of dir slots. All callbacks are required.
 /// They must not call the updater that runs them: such a call is `EVG_INVALID_STATE`.
@@ -115,8 +134,15 @@ pub struct evg_selector {
     /// Reports the running slot.
     pub booted: evg_selector_booted_fn,
     /// Non-zero when the bootloader counts trial attempts itself; the startup step then
-    /// only reads what the bootloader did (through `booted`).
+    /// only reads what the bootloader did (through `booted`, and `boot_plan` when given).
     pub counts_tries: c_int,
+    /// Optional (NULL: unknown), for a selector that counts tries: what the bootloader
+    /// will do at the next boot. With it the startup step tells a trial the bootloader
+    /// gave up on from one it was never told about (a power cut between the state and the
+    /// environment), and the trial's starts left are the bootloader's count. Added after
+    /// the first release: a `struct_size` that ends before this field is accepted and
+    /// reads as NULL.
+    pub boot_plan: evg_selector_boot_plan_fn,
 }
 
 /// Optional parts for `evg_updater_new_with_hooks`. Zero it, set `struct_size`, fill in
@@ -331,28 +357,69 @@ pub(crate) struct CSelector {
     fall_back: unsafe extern "C" fn(*mut c_void, evg_slot, evg_slot) -> c_int,
     booted: unsafe extern "C" fn(*mut c_void, *mut evg_slot) -> c_int,
     counts_tries: bool,
+    boot_plan: evg_selector_boot_plan_fn,
 }
 
 // As for the transport: the host's callbacks run only on threads that called Evergreen.
 unsafe impl Send for CSelector {}
 
 impl CSelector {
-    /// Checks and copies `s`.
+    /// Checks and copies `s`. A struct of the first release (it ends before
+    /// `boot_plan`) is accepted; its fields are read one by one, never past
+    /// `struct_size`.
     ///
     /// # Safety
-    /// `s` points to a live `evg_selector`.
+    /// `s` points to a live `evg_selector` of at least its `struct_size` bytes.
     pub(crate) unsafe fn new(s: *const evg_selector) -> Result<CSelector> {
-        unsafe { check_size(s, "evg_selector")? };
-        let s = unsafe { &*s };
+        let given = unsafe { s.cast::<usize>().read() };
+        let first_release = std::mem::offset_of!(evg_selector, boot_plan);
+        if given < first_release {
+            return Err(Error::config(format!(
+                "evg_selector.struct_size: expected sizeof(evg_selector) = {}, found {given}",
+                std::mem::size_of::<evg_selector>()
+            )));
+        }
+        // Raw reads: a reference would claim the whole struct, which an older host's
+        // smaller one is not.
+        let (user, disable, activate, confirm, fall_back, booted, counts_tries) = unsafe {
+            (
+                std::ptr::addr_of!((*s).user).read(),
+                std::ptr::addr_of!((*s).disable).read(),
+                std::ptr::addr_of!((*s).activate).read(),
+                std::ptr::addr_of!((*s).confirm).read(),
+                std::ptr::addr_of!((*s).fall_back).read(),
+                std::ptr::addr_of!((*s).booted).read(),
+                std::ptr::addr_of!((*s).counts_tries).read(),
+            )
+        };
+        let boot_plan = if given >= std::mem::size_of::<evg_selector>() {
+            unsafe { std::ptr::addr_of!((*s).boot_plan).read() }
+        } else {
+            None
+        };
         Ok(CSelector {
-            user: s.user,
-            disable: required(s.disable, "evg_selector.disable")?,
-            activate: required(s.activate, "evg_selector.activate")?,
-            confirm: required(s.confirm, "evg_selector.confirm")?,
-            fall_back: required(s.fall_back, "evg_selector.fall_back")?,
-            booted: required(s.booted, "evg_selector.booted")?,
-            counts_tries: s.counts_tries != 0,
+            user,
+            disable: required(disable, "evg_selector.disable")?,
+            activate: required(activate, "evg_selector.activate")?,
+            confirm: required(confirm, "evg_selector.confirm")?,
+            fall_back: required(fall_back, "evg_selector.fall_back")?,
+            booted: required(booted, "evg_selector.booted")?,
+            counts_tries: counts_tries != 0,
+            boot_plan,
         })
+    }
+}
+
+/// A slot number the host wrote, checked: only a valid one may become a `Slot`.
+fn host_slot(raw: i32, what: &str) -> Result<Option<Slot>> {
+    match raw {
+        -1 => Ok(None),
+        0 => Ok(Some(Slot::A)),
+        1 => Ok(Some(Slot::B)),
+        n => Err(Error::new(
+            ErrorKind::Bootloader,
+            format!("host boot selector {what}: expected EVG_SLOT_NONE, EVG_SLOT_A or EVG_SLOT_B, found {n}"),
+        )),
     }
 }
 
@@ -394,18 +461,138 @@ impl BootSelector for CSelector {
         let mut raw: i32 = evg_slot::EVG_SLOT_NONE as i32;
         let rc = unsafe { (self.booted)(self.user, (&mut raw as *mut i32).cast()) };
         selector_result(format_args!("booted()"), rc)?;
-        match raw {
-            -1 => Ok(None),
-            0 => Ok(Some(Slot::A)),
-            1 => Ok(Some(Slot::B)),
-            n => Err(Error::new(
-                ErrorKind::Bootloader,
-                format!("host boot selector booted(): expected EVG_SLOT_NONE, EVG_SLOT_A or EVG_SLOT_B, found {n}"),
-            )),
+        host_slot(raw, "booted()")
+    }
+
+    fn boot_plan(&self) -> Result<Option<BootPlan>> {
+        let Some(f) = self.boot_plan else {
+            return Ok(None);
+        };
+        // The same plain-integer view as in `booted`, for the slots and the flag.
+        #[repr(C)]
+        struct Raw {
+            preferred: i32,
+            next: i32,
+            preferred_spent: u8,
+            preferred_left: u32,
         }
+        const _: () = assert!(std::mem::size_of::<Raw>() == std::mem::size_of::<evg_boot_plan>());
+        let mut raw = Raw {
+            preferred: -1,
+            next: -1,
+            preferred_spent: 0,
+            preferred_left: 0,
+        };
+        let rc = unsafe { f(self.user, (&mut raw as *mut Raw).cast()) };
+        selector_result(format_args!("boot_plan()"), rc)?;
+        let Some(preferred) = host_slot(raw.preferred, "boot_plan().preferred")? else {
+            return Err(Error::new(
+                ErrorKind::Bootloader,
+                "host boot selector boot_plan().preferred: expected EVG_SLOT_A or EVG_SLOT_B, found EVG_SLOT_NONE",
+            ));
+        };
+        Ok(Some(BootPlan {
+            preferred,
+            next: host_slot(raw.next, "boot_plan().next")?,
+            preferred_spent: raw.preferred_spent != 0,
+            preferred_left: raw.preferred_left,
+        }))
     }
 
     fn counts_tries(&self) -> bool {
         self.counts_tries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn slot_ok(_: *mut c_void, _: evg_slot) -> c_int {
+        0
+    }
+    unsafe extern "C" fn activate_ok(_: *mut c_void, _: evg_slot, _: u32) -> c_int {
+        0
+    }
+    unsafe extern "C" fn fall_back_ok(_: *mut c_void, _: evg_slot, _: evg_slot) -> c_int {
+        0
+    }
+    unsafe extern "C" fn booted_b(_: *mut c_void, out: *mut evg_slot) -> c_int {
+        unsafe { out.write(evg_slot::EVG_SLOT_B) };
+        0
+    }
+    /// B next, one start left; `preferred` is the number in the `Cell` that `user` points
+    /// to, written as a C host may write any number.
+    unsafe extern "C" fn plan_b(user: *mut c_void, out: *mut evg_boot_plan) -> c_int {
+        let preferred = unsafe { (*user.cast::<std::cell::Cell<i32>>()).get() };
+        unsafe {
+            std::ptr::addr_of_mut!((*out).preferred)
+                .cast::<i32>()
+                .write(preferred);
+            std::ptr::addr_of_mut!((*out).next).write(evg_slot::EVG_SLOT_B);
+            std::ptr::addr_of_mut!((*out).preferred_spent).write(false);
+            std::ptr::addr_of_mut!((*out).preferred_left).write(1);
+        }
+        0
+    }
+
+    fn selector(user: *mut c_void) -> evg_selector {
+        evg_selector {
+            struct_size: std::mem::size_of::<evg_selector>(),
+            user,
+            disable: Some(slot_ok),
+            activate: Some(activate_ok),
+            confirm: Some(slot_ok),
+            fall_back: Some(fall_back_ok),
+            booted: Some(booted_b),
+            counts_tries: 1,
+            boot_plan: Some(plan_b),
+        }
+    }
+
+    #[test]
+    fn the_boot_plan_of_a_host_selector_is_read_and_checked() {
+        let preferred = std::cell::Cell::new(1i32);
+        let s = selector(std::ptr::from_ref(&preferred).cast_mut().cast());
+        let c = unsafe { CSelector::new(&s) }.unwrap();
+        let plan = BootPlan {
+            preferred: Slot::B,
+            next: Some(Slot::B),
+            preferred_spent: false,
+            preferred_left: 1,
+        };
+        assert_eq!(c.boot_plan().unwrap(), Some(plan));
+        preferred.set(7);
+        let e = c.boot_plan().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Bootloader);
+        assert!(e.message().contains("found 7"), "{e}");
+        preferred.set(-1);
+        assert!(c
+            .boot_plan()
+            .unwrap_err()
+            .message()
+            .contains("EVG_SLOT_NONE"));
+    }
+
+    #[test]
+    fn a_selector_of_the_first_release_is_accepted_without_a_boot_plan() {
+        let preferred = std::cell::Cell::new(1i32);
+        let mut s = selector(std::ptr::from_ref(&preferred).cast_mut().cast());
+        // What a host built against the first header passes: no `boot_plan` field. The
+        // field is set here, but past `struct_size`, so it must not be read.
+        s.struct_size = std::mem::offset_of!(evg_selector, boot_plan);
+        let c = unsafe { CSelector::new(&s) }.unwrap();
+        assert_eq!(c.boot_plan().unwrap(), None);
+        assert_eq!(c.booted().unwrap(), Some(Slot::B));
+        s.struct_size -= 1;
+        let e = unsafe { CSelector::new(&s) }.err().unwrap();
+        assert!(e.message().contains("struct_size"), "{e}");
+        s.struct_size += 1;
+        s.boot_plan = None;
+        s.struct_size = std::mem::size_of::<evg_selector>();
+        assert_eq!(
+            unsafe { CSelector::new(&s) }.unwrap().boot_plan().unwrap(),
+            None
+        );
     }
 }
