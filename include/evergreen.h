@@ -399,7 +399,8 @@ typedef struct evg_selector {
 /**
  * Optional parts for `evg_updater_new_with_hooks`. Zero it, set `struct_size`, fill in
  * what you need; NULL members mean "the built-in one". Evergreen copies the structs, but
- * the `user` pointers must stay valid until `evg_updater_free`.
+ * the `user` pointers must stay valid until the updater is released (when
+ * `evg_updater_free` returns, or, freed during a call, when that call returns).
  */
 typedef struct evg_hooks {
   /**
@@ -603,7 +604,8 @@ enum evg_status evg_offer_component(const struct evg_offer *offer, size_t index,
 enum evg_status evg_offer_json(const struct evg_offer *offer, char **out);
 
 /**
- * Frees an offer. NULL is fine.
+ * Frees an offer. NULL is fine. Called while a call using the offer runs (from one of
+ * its callbacks, or another thread), it releases the offer when that call returns.
  *
  * # Safety
  * `offer` is NULL or an offer returned to the caller that was not freed yet.
@@ -635,7 +637,7 @@ enum evg_status evg_updater_new(const char *config_json, struct evg_updater **ou
 /**
  * Like `evg_updater_new`, with host-supplied parts: a transport, a boot selector (needed
  * for `"selector": {"kind": "custom"}`) and an event callback. `hooks` may be NULL; its
- * structs are copied, the `user` pointers must stay valid until `evg_updater_free`.
+ * structs are copied, the `user` pointers must stay valid until the updater is released (when `evg_updater_free` returns, or, freed during a call, when that call returns).
  *
  * # Safety
  * As for `evg_updater_new`; `hooks` is NULL or points to a live `evg_hooks` whose
@@ -644,11 +646,19 @@ enum evg_status evg_updater_new(const char *config_json, struct evg_updater **ou
 enum evg_status evg_updater_new_with_hooks(const char *config_json, const struct evg_hooks *hooks, struct evg_updater **out);
 
 /**
- * Frees an updater. NULL is fine. No callback runs after it returns.
+ * Frees an updater. NULL is fine. No event or progress callback runs after it returns.
+ *
+ * Called while a call on the updater is running — from inside one of that call's
+ * callbacks, or from another thread — it releases the updater when the last such call
+ * returns. That call ends what it is doing without further event or progress callbacks:
+ * a download is cancelled (`EVG_CANCELLED`, the partial download kept) and
+ * `evg_reinstall` does not go on to install; a host transport or selector it is using may
+ * still be called until it returns. New calls on the handle are refused with
+ * `EVG_INVALID_STATE`, and a second free does nothing.
  *
  * # Safety
- * `updater` is NULL or a handle that was not freed yet, and no call on it is running: not
- * on another thread, and not on this one (never free an updater from its own callbacks).
+ * `updater` is NULL or a handle that was not freed yet (or was freed during a call that
+ * has not returned yet).
  */
 void evg_updater_free(struct evg_updater *updater);
 

@@ -229,6 +229,39 @@ static int on_progress(void *user, uint64_t done, uint64_t total) {
     return p->cancel_at_half && done >= total / 2;
 }
 
+/* Frees an updater from inside a callback of a call running on it, then counts the
+   callbacks that still arrive. */
+struct freer {
+    evg_updater *updater; /* freed at the first callback */
+    int freed;
+    int after;        /* callbacks after the free */
+    evg_status reuse; /* a call on the freed updater, from the same callback */
+};
+
+static void free_now(struct freer *f) {
+    char *json = NULL;
+    if (f->freed) {
+        f->after++;
+        return;
+    }
+    f->freed = 1;
+    evg_updater_free(f->updater);
+    f->reuse = evg_status_json(f->updater, &json); /* refused, not a use after free */
+    evg_updater_free(f->updater);                  /* a second free does nothing more */
+}
+
+static void free_on_event(void *user, const char *event_json) {
+    (void)event_json;
+    free_now(user);
+}
+
+static int free_on_progress(void *user, uint64_t done, uint64_t total) {
+    (void)done;
+    (void)total;
+    free_now(user);
+    return 0;
+}
+
 /* ---- tests ---- */
 
 static void test_names(void) {
@@ -329,6 +362,38 @@ static void test_hook_validation(const char *config, struct transport *t) {
     }
 }
 
+/* An updater freed from inside a callback of a call running on it is released when that
+   call returns (valgrind finds no use after free and no leak); from the free on, it calls
+   the host back no more, cancels its download, and refuses new calls. */
+static void test_free_inside_callbacks(evg_updater *up, const char *config,
+                                       const evg_hooks *hooks) {
+    struct freer f;
+    evg_updater *doomed = NULL;
+    evg_offer *older = NULL, *none = (evg_offer *)&failures;
+
+    /* from the check's event: the check still completes */
+    memset(&f, 0, sizeof f);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &doomed), EVG_OK);
+    f.updater = doomed;
+    CHECK_STATUS(evg_set_event_callback(doomed, free_on_event, &f), EVG_OK);
+    CHECK_STATUS(evg_check(doomed, &none), EVG_OK);
+    CHECK(none == NULL && f.freed && f.after == 0 && f.reuse == EVG_INVALID_STATE);
+
+    /* from the progress of a download: cancelled, with no progress or event after it
+       (a download of this size reports its end, then emits a "downloading" event) */
+    CHECK_STATUS(evg_check_version(up, NULL, "1.0.0", &older), EVG_OK);
+    CHECK(older != NULL);
+    if (!older) return;
+    memset(&f, 0, sizeof f);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &doomed), EVG_OK);
+    f.updater = doomed;
+    CHECK_STATUS(evg_set_event_callback(doomed, free_on_event, &f), EVG_OK);
+    CHECK_STATUS(evg_download(doomed, older, free_on_progress, &f), EVG_CANCELLED);
+    CHECK(contains(evg_last_error_message(), "freed"));
+    CHECK(f.freed && f.after == 0 && f.reuse == EVG_INVALID_STATE);
+    evg_offer_free(older);
+}
+
 static void test_update_through_hooks(const char *config_path) {
     char *config = read_file(config_path), *json = NULL;
     struct transport t = {0, 0, 0};
@@ -363,8 +428,7 @@ static void test_update_through_hooks(const char *config_path) {
     test_hook_validation(config, &t);
     CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
     CHECK(evg_last_error_message() == NULL); /* a success clears the last error */
-    free(config);
-    if (!up) return;
+    if (!up) goto out;
 
     /* check: the newest release, with its diff */
     CHECK_STATUS(evg_check(up, &offer), EVG_OK);
@@ -448,7 +512,10 @@ static void test_update_through_hooks(const char *config_path) {
     /* events can be switched off and on at any time */
     CHECK_STATUS(evg_set_event_callback(up, NULL, NULL), EVG_OK);
 
+    test_free_inside_callbacks(up, config, &hooks);
+
 out:
+    free(config);
     evg_offer_free(offer);
     evg_updater_free(up);
 }

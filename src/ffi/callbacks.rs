@@ -4,7 +4,8 @@
 //! (`State::lock`); reading and replacing callbacks work.
 
 use super::error::evg_status;
-use super::handle::{arg_ref, to_c_string};
+use super::handle::to_c_string;
+use super::lease::lease;
 use super::panic::guard;
 use super::updater::evg_updater;
 use crate::event::Event;
@@ -100,7 +101,7 @@ pub unsafe extern "C" fn evg_set_event_callback(
     user: *mut c_void,
 ) -> evg_status {
     guard("evg_set_event_callback", || {
-        let updater = unsafe { arg_ref(updater, "updater")? };
+        let updater = unsafe { lease(updater, "updater")? };
         updater.events.set(cb, user);
         Ok(())
     })

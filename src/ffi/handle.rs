@@ -28,20 +28,6 @@ pub(crate) fn write_out<T>(out: *mut T, value: T) {
     unsafe { out.write(value) };
 }
 
-/// Frees a handle Evergreen boxed and gave to the caller; NULL is fine. The drop runs
-/// inside the panic guard of `function`, since dropping a handle runs Rust code.
-///
-/// # Safety
-/// `ptr` is NULL or came from `Box::into_raw` and was not freed yet.
-pub(crate) unsafe fn free_box<T>(ptr: *mut T, function: &'static str) {
-    if !ptr.is_null() {
-        super::panic::guard(function, || {
-            drop(unsafe { Box::from_raw(ptr) });
-            Ok(())
-        });
-    }
-}
-
 /// The NUL-terminated UTF-8 string at `ptr`; NULL and invalid UTF-8 are config errors.
 ///
 /// # Safety

@@ -147,7 +147,8 @@ pub struct evg_selector {
 
 /// Optional parts for `evg_updater_new_with_hooks`. Zero it, set `struct_size`, fill in
 /// what you need; NULL members mean "the built-in one". Evergreen copies the structs, but
-/// the `user` pointers must stay valid until `evg_updater_free`.
+/// the `user` pointers must stay valid until the updater is released (when
+/// `evg_updater_free` returns, or, freed during a call, when that call returns).
 #[repr(C)]
 pub struct evg_hooks {
     /// `sizeof(evg_hooks)`, so that later versions can add fields.

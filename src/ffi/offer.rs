@@ -3,7 +3,8 @@
 //! to free what it only reads.
 
 use super::error::evg_status;
-use super::handle::{arg_ref, free_box, into_c_string, out_arg, to_c_string, write_out};
+use super::handle::{into_c_string, out_arg, to_c_string, write_out};
+use super::lease::{free, lease, Calls, Leased};
 use super::panic::{guard, guard_value};
 use crate::error::Error;
 use crate::stage::ComponentOp;
@@ -19,6 +20,15 @@ pub struct evg_offer {
     channel: CString,
     notes: CString,
     components: Vec<ComponentStrings>,
+    calls: Calls,
+}
+
+impl Leased for evg_offer {
+    const NAME: &'static str = "offer";
+
+    fn calls(&self) -> &Calls {
+        &self.calls
+    }
 }
 
 /// The C strings of one component, made once so that accessors can lend them.
@@ -47,6 +57,7 @@ impl evg_offer {
                 })
                 .collect(),
             offer,
+            calls: Calls::default(),
         }
     }
 }
@@ -106,7 +117,7 @@ unsafe fn read<T>(
     f: impl FnOnce(&evg_offer) -> T,
 ) -> T {
     guard_value(name, fallback, || {
-        Ok(f(unsafe { arg_ref(offer, "offer")? }))
+        Ok(f(&*unsafe { lease(offer, "offer")? }))
     })
 }
 
@@ -219,7 +230,7 @@ pub unsafe extern "C" fn evg_offer_component(
     out: *mut evg_component,
 ) -> evg_status {
     guard("evg_offer_component", || {
-        let o = unsafe { arg_ref(offer, "offer")? };
+        let o = unsafe { lease(offer, "offer")? };
         let out = out_arg(out, "out")?;
         let (change, strings) = o
             .offer
@@ -256,7 +267,7 @@ pub unsafe extern "C" fn evg_offer_json(
     out: *mut *mut c_char,
 ) -> evg_status {
     guard("evg_offer_json", || {
-        let o = unsafe { arg_ref(offer, "offer")? };
+        let o = unsafe { lease(offer, "offer")? };
         let out = out_arg(out, "out")?;
         let json = serde_json::to_string(&o.offer)
             .map_err(|e| Error::config(format!("offer: expected serialisable JSON, found {e}")))?;
@@ -265,11 +276,12 @@ pub unsafe extern "C" fn evg_offer_json(
     })
 }
 
-/// Frees an offer. NULL is fine.
+/// Frees an offer. NULL is fine. Called while a call using the offer runs (from one of
+/// its callbacks, or another thread), it releases the offer when that call returns.
 ///
 /// # Safety
 /// `offer` is NULL or an offer returned to the caller that was not freed yet.
 #[no_mangle]
 pub unsafe extern "C" fn evg_offer_free(offer: *mut evg_offer) {
-    unsafe { free_box(offer, "evg_offer_free") }
+    unsafe { free(offer, "evg_offer_free") }
 }

@@ -2,13 +2,12 @@
 
 use super::callbacks::{evg_progress_cb, EventSink, Progress};
 use super::error::evg_status;
-use super::handle::{
-    arg_ref, arg_str, evg_slot, free_box, into_c_string, opt_str, out_arg, parse_version, write_out,
-};
+use super::handle::{arg_str, evg_slot, into_c_string, opt_str, out_arg, parse_version, write_out};
 use super::hooks::{check_size, evg_hooks, CSelector, CTransport};
+use super::lease::{free, lease, Calls, Leased};
 use super::offer::evg_offer;
 use super::panic::guard;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::{Activation, Check, Config, Offer, Startup, Updater};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
@@ -19,6 +18,21 @@ use std::sync::Arc;
 pub struct evg_updater {
     pub(crate) updater: Updater,
     pub(crate) events: Arc<EventSink>,
+    calls: Calls,
+}
+
+impl Leased for evg_updater {
+    const NAME: &'static str = "updater";
+
+    fn calls(&self) -> &Calls {
+        &self.calls
+    }
+
+    fn on_free_deferred(&self) {
+        // `evg_updater_free` promises no callback after it returns; a running download
+        // sees `freed()` at its next chunk and is cancelled.
+        self.events.set(None, std::ptr::null_mut());
+    }
 }
 
 /// Builds the updater from the config JSON and the optional hooks.
@@ -44,6 +58,7 @@ unsafe fn build(config_json: &str, hooks: *const evg_hooks) -> Result<evg_update
     Ok(evg_updater {
         updater: builder.build()?,
         events,
+        calls: Calls::default(),
     })
 }
 
@@ -63,7 +78,7 @@ pub unsafe extern "C" fn evg_updater_new(
 
 /// Like `evg_updater_new`, with host-supplied parts: a transport, a boot selector (needed
 /// for `"selector": {"kind": "custom"}`) and an event callback. `hooks` may be NULL; its
-/// structs are copied, the `user` pointers must stay valid until `evg_updater_free`.
+/// structs are copied, the `user` pointers must stay valid until the updater is released (when `evg_updater_free` returns, or, freed during a call, when that call returns).
 ///
 /// # Safety
 /// As for `evg_updater_new`; `hooks` is NULL or points to a live `evg_hooks` whose
@@ -97,14 +112,22 @@ unsafe fn new_updater(
     })
 }
 
-/// Frees an updater. NULL is fine. No callback runs after it returns.
+/// Frees an updater. NULL is fine. No event or progress callback runs after it returns.
+///
+/// Called while a call on the updater is running — from inside one of that call's
+/// callbacks, or from another thread — it releases the updater when the last such call
+/// returns. That call ends what it is doing without further event or progress callbacks:
+/// a download is cancelled (`EVG_CANCELLED`, the partial download kept) and
+/// `evg_reinstall` does not go on to install; a host transport or selector it is using may
+/// still be called until it returns. New calls on the handle are refused with
+/// `EVG_INVALID_STATE`, and a second free does nothing.
 ///
 /// # Safety
-/// `updater` is NULL or a handle that was not freed yet, and no call on it is running: not
-/// on another thread, and not on this one (never free an updater from its own callbacks).
+/// `updater` is NULL or a handle that was not freed yet (or was freed during a call that
+/// has not returned yet).
 #[no_mangle]
 pub unsafe extern "C" fn evg_updater_free(updater: *mut evg_updater) {
-    unsafe { free_box(updater, "evg_updater_free") }
+    unsafe { free(updater, "evg_updater_free") }
 }
 
 /// What `evg_startup` found.
@@ -171,7 +194,7 @@ pub unsafe extern "C" fn evg_startup(
     out: *mut evg_startup_result,
 ) -> evg_status {
     guard("evg_startup", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let out = out_arg(out, "out")?;
         let result = u.updater.startup()?;
         write_out(out, result.into());
@@ -207,7 +230,7 @@ pub unsafe extern "C" fn evg_check_version(
     out: *mut *mut evg_offer,
 ) -> evg_status {
     guard("evg_check_version", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let channel = unsafe { opt_str(channel, "channel")? };
         let version = unsafe { opt_str(version, "version")? }
             .map(|v| parse_version(v, "version"))
@@ -232,9 +255,25 @@ fn download(
     let progress = Progress::new(progress, user);
     u.updater.download(
         plan,
-        &mut |done, total| progress.report(done, total),
+        &mut |done, total| {
+            if u.calls.freed() {
+                // Freed from a callback or another thread: stop, and call the host no more.
+                progress.cancel.cancel();
+            } else {
+                progress.report(done, total);
+            }
+        },
         &progress.cancel,
-    )
+    )?;
+    if u.calls.freed() {
+        // Freed during a download that had nothing left to receive: the call still stops
+        // here, so `evg_reinstall` does not go on to install for a host that has let go.
+        return Err(Error::new(
+            ErrorKind::Cancelled,
+            "expected to continue, found the updater freed by the host during the call",
+        ));
+    }
+    Ok(())
 }
 
 /// Downloads and verifies the artifacts `offer` needs (added and modified components,
@@ -253,10 +292,10 @@ pub unsafe extern "C" fn evg_download(
     user: *mut c_void,
 ) -> evg_status {
     guard("evg_download", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
-        let o = unsafe { arg_ref(offer, "offer")? };
+        let u = unsafe { lease(updater, "updater")? };
+        let o = unsafe { lease(offer, "offer")? };
         let plan = u.updater.plan(&o.offer)?;
-        download(u, &plan, progress, user)
+        download(&u, &plan, progress, user)
     })
 }
 
@@ -271,8 +310,8 @@ pub unsafe extern "C" fn evg_install(
     offer: *const evg_offer,
 ) -> evg_status {
     guard("evg_install", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
-        let o = unsafe { arg_ref(offer, "offer")? };
+        let u = unsafe { lease(updater, "updater")? };
+        let o = unsafe { lease(offer, "offer")? };
         let plan = u.updater.plan(&o.offer)?;
         u.updater.install(&plan).map(drop)
     })
@@ -321,7 +360,7 @@ pub unsafe extern "C" fn evg_activate(
     out: *mut evg_activation,
 ) -> evg_status {
     guard("evg_activate", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let out = out_arg(out, "out")?;
         let activation = u.updater.activate(force != 0)?;
         write_out(out, activation.into());
@@ -338,7 +377,7 @@ pub unsafe extern "C" fn evg_activate(
 #[no_mangle]
 pub unsafe extern "C" fn evg_confirm(updater: *mut evg_updater) -> evg_status {
     guard("evg_confirm", || {
-        unsafe { arg_ref(updater, "updater")? }.updater.confirm()
+        unsafe { lease(updater, "updater")? }.updater.confirm()
     })
 }
 
@@ -350,7 +389,7 @@ pub unsafe extern "C" fn evg_confirm(updater: *mut evg_updater) -> evg_status {
 #[no_mangle]
 pub unsafe extern "C" fn evg_rollback(updater: *mut evg_updater, out: *mut evg_slot) -> evg_status {
     guard("evg_rollback", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let slot = u.updater.rollback()?;
         if !out.is_null() {
             write_out(out, slot.into());
@@ -373,9 +412,9 @@ pub unsafe extern "C" fn evg_reinstall(
     user: *mut c_void,
 ) -> evg_status {
     guard("evg_reinstall", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let offer = u.updater.reinstall_offer()?;
-        download(u, &offer, progress, user)?;
+        download(&u, &offer, progress, user)?;
         u.updater.install(&offer).map(drop)
     })
 }
@@ -391,7 +430,7 @@ pub unsafe extern "C" fn evg_set_channel(
     channel: *const c_char,
 ) -> evg_status {
     guard("evg_set_channel", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         u.updater
             .set_channel(unsafe { arg_str(channel, "channel")? })
     })
@@ -404,7 +443,7 @@ pub unsafe extern "C" fn evg_set_channel(
 #[no_mangle]
 pub unsafe extern "C" fn evg_skip(updater: *mut evg_updater, version: *const c_char) -> evg_status {
     guard("evg_skip", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let version = parse_version(unsafe { arg_str(version, "version")? }, "version")?;
         u.updater.skip(&version)
     })
@@ -422,7 +461,7 @@ pub unsafe extern "C" fn evg_status_json(
     out: *mut *mut c_char,
 ) -> evg_status {
     guard("evg_status_json", || {
-        let u = unsafe { arg_ref(updater, "updater")? };
+        let u = unsafe { lease(updater, "updater")? };
         let out = out_arg(out, "out")?;
         let status = u.updater.status()?;
         let json = serde_json::to_string(&status)
