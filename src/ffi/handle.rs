@@ -4,14 +4,6 @@
 use crate::error::{Error, Result};
 use std::ffi::{c_char, CStr, CString};
 
-/// `ptr` as a shared reference, or a config error naming `name` when it is NULL.
-///
-/// # Safety
-/// `ptr` is NULL or points to a live `T` for the returned lifetime.
-pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
-    unsafe { ptr.as_ref() }.ok_or_else(|| null_argument(name))
-}
-
 /// Checks that the out-param `ptr` is not NULL, so it can be written on success.
 pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<*mut T> {
     if ptr.is_null() {
@@ -57,7 +49,8 @@ pub(crate) unsafe fn opt_str<'a>(ptr: *const c_char, name: &str) -> Result<Optio
     }
 }
 
-fn null_argument(name: &str) -> Error {
+/// The error for a required pointer argument `name` that is NULL.
+pub(crate) fn null_argument(name: &str) -> Error {
     Error::config(format!("argument {name}: expected a pointer, found NULL"))
 }
 

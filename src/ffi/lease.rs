@@ -4,7 +4,7 @@
 //! does not pull it from under the running call: the handle is released when the last
 //! lease ends, and calls that start after the free are refused.
 
-use super::handle::arg_ref;
+use super::handle::null_argument;
 use crate::error::{Error, Result};
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -72,7 +72,8 @@ impl<T: Leased> Drop for Lease<T> {
 /// # Safety
 /// `ptr` is NULL or a handle made by `Box::into_raw` whose release has not happened yet.
 pub(crate) unsafe fn lease<T: Leased>(ptr: *const T, arg: &str) -> Result<Lease<T>> {
-    let handle = NonNull::from(unsafe { arg_ref(ptr, arg)? });
+    // From the raw pointer, not through a reference: the last lease may release it.
+    let handle = NonNull::new(ptr.cast_mut()).ok_or_else(|| null_argument(arg))?;
     let before = unsafe { handle.as_ref() }
         .calls()
         .0
