@@ -233,7 +233,7 @@ impl TrustConfig {
 
 /// The two install locations (DESIGN §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase", try_from = "SlotsFields")]
 pub enum SlotsConfig {
     /// `{"kind": "dir", "root": PATH}`: `<root>/slots/{a,b}` and the `<root>/current` link.
     Dir {
@@ -257,7 +257,7 @@ pub enum SlotsConfig {
 
 /// The bootloader of image slots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase", try_from = "SelectorFields")]
 pub enum SelectorConfig {
     /// `{"kind": "grub", "env": PATH}`: the GRUB environment block.
     Grub {
@@ -274,6 +274,111 @@ pub enum SelectorConfig {
 }
 
 pub use crate::slots::cmdline::BootedFrom;
+
+// The tagged enums above are read through flat structs of every kind's fields: serde reads
+// an internally tagged enum by buffering the object first, and that machinery was 20 KB of
+// a firmware build (the file-only library must stay under 1 MiB, DESIGN §12).
+
+/// Every field any kind of `slots` has.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotsFields {
+    kind: String,
+    root: Option<PathBuf>,
+    a: Option<PathBuf>,
+    b: Option<PathBuf>,
+    selector: Option<SelectorConfig>,
+    booted_from: Option<BootedFrom>,
+}
+
+impl TryFrom<SlotsFields> for SlotsConfig {
+    type Error = String;
+
+    fn try_from(f: SlotsFields) -> std::result::Result<SlotsConfig, String> {
+        let what = format!("slots of kind {:?}", f.kind);
+        match f.kind.as_str() {
+            "dir" => {
+                let image_fields = [
+                    ("a", f.a.is_some()),
+                    ("b", f.b.is_some()),
+                    ("selector", f.selector.is_some()),
+                    ("booted_from", f.booted_from.is_some()),
+                ];
+                only(&what, &image_fields)?;
+                Ok(SlotsConfig::Dir {
+                    root: required(&what, "root", f.root)?,
+                })
+            }
+            "image" => {
+                only(&what, &[("root", f.root.is_some())])?;
+                Ok(SlotsConfig::Image {
+                    a: required(&what, "a", f.a)?,
+                    b: required(&what, "b", f.b)?,
+                    selector: required(&what, "selector", f.selector)?,
+                    booted_from: f.booted_from,
+                })
+            }
+            other => Err(format!(
+                "slots: expected kind \"dir\" or \"image\", found {other:?}"
+            )),
+        }
+    }
+}
+
+/// Every field any kind of `selector` has.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectorFields {
+    kind: String,
+    env: Option<PathBuf>,
+    config: Option<PathBuf>,
+}
+
+impl TryFrom<SelectorFields> for SelectorConfig {
+    type Error = String;
+
+    fn try_from(f: SelectorFields) -> std::result::Result<SelectorConfig, String> {
+        let what = format!("selector of kind {:?}", f.kind);
+        let env = ("env", f.env.is_some());
+        let config = ("config", f.config.is_some());
+        match f.kind.as_str() {
+            "grub" => {
+                only(&what, &[config])?;
+                Ok(SelectorConfig::Grub {
+                    env: required(&what, "env", f.env)?,
+                })
+            }
+            "uboot" => {
+                only(&what, &[env])?;
+                Ok(SelectorConfig::Uboot {
+                    config: required(&what, "config", f.config)?,
+                })
+            }
+            "custom" => {
+                only(&what, &[env, config])?;
+                Ok(SelectorConfig::Custom {})
+            }
+            other => Err(format!(
+                "selector: expected kind \"grub\", \"uboot\" or \"custom\", found {other:?}"
+            )),
+        }
+    }
+}
+
+/// `value` of the field `name` that `what` needs.
+fn required<T>(what: &str, name: &str, value: Option<T>) -> std::result::Result<T, String> {
+    value.ok_or_else(|| format!("{what}: expected the field `{name}`, found none"))
+}
+
+/// Refuses the fields of other kinds that are present (`fields`: name, present).
+fn only(what: &str, fields: &[(&str, bool)]) -> std::result::Result<(), String> {
+    match fields.iter().find(|(_, present)| *present) {
+        Some((name, _)) => Err(format!(
+            "{what}: expected no field `{name}` (it belongs to another kind), found one"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// Trial boots of a newly activated slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -821,6 +926,28 @@ mod tests {
             ),
             ("state_dir", Some(json!("")), "`state_dir`"),
             ("slots", Some(json!({"kind": "floppy"})), "floppy"),
+            (
+                "slots",
+                Some(json!({"kind": "dir"})),
+                "expected the field `root`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "dir", "root": "/x", "a": "/dev/x"})),
+                "expected no field `a`",
+            ),
+            ("slots", Some(json!({"root": "/x"})), "`kind`"),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y"})),
+                "expected the field `selector`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "lilo"}})),
+                "found \"lilo\"",
+            ),
             (
                 "slots",
                 Some(json!({"kind": "dir", "root": ""})),
