@@ -200,13 +200,19 @@ mod tests {
 
     #[test]
     fn a_free_racing_the_last_call_releases_exactly_once() {
+        /// The handle as a host thread holds it.
+        struct HostPtr(*mut Probe);
+        unsafe impl Send for HostPtr {}
+
         // Probe's drop panics on a second release; the count must also not leak one.
         for _ in 0..200 {
             let (ptr, released) = probe();
             let lease = unsafe { lease(ptr, "probe") }.unwrap();
-            let addr = ptr as usize;
-            let freer =
-                std::thread::spawn(move || unsafe { free(addr as *mut Probe, "probe_free") });
+            let host = HostPtr(ptr);
+            let freer = std::thread::spawn(move || {
+                let host = host;
+                unsafe { free(host.0, "probe_free") }
+            });
             drop(lease);
             freer.join().unwrap();
             assert!(released.load(Ordering::SeqCst));
