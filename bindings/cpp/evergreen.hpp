@@ -221,9 +221,15 @@ struct ProgressCall {
     }
 };
 
+/// What C is given for an Updater's event handler: a heap cell holding a shared
+/// reference. The trampoline takes a reference of its own before it calls the handler, so
+/// an Updater destroyed from inside that handler frees the handler only once it returns.
+using HandlerCell = std::shared_ptr<EventHandler>;
+
 inline void event_trampoline(void *user, const char *event_json) noexcept {
     try {
-        (*static_cast<const EventHandler *>(user))(str(event_json));
+        const HandlerCell keep = *static_cast<const HandlerCell *>(user);
+        (*keep)(str(event_json));
     } catch (...) {
         // An event is a notification: a failing handler must not break the update, and
         // nothing may unwind into C.
@@ -250,9 +256,13 @@ public:
 
     /// Sends every event to `handler` (an empty function stops events). The updater
     /// keeps its own copy, so `handler` may be a temporary; it runs on the thread of the
-    /// call that emits the event, and whatever it throws is swallowed.
+    /// call that emits the event, and whatever it throws is swallowed. The handler may
+    /// destroy this Updater (say, on "rolled_back"): it stays alive until it returns, and
+    /// the running call ends without further events (a download in it with "cancelled").
     void on_event(EventHandler handler) {
-        auto next = handler ? std::make_unique<EventHandler>(std::move(handler)) : nullptr;
+        auto next = handler ? std::make_unique<detail::HandlerCell>(
+                                  std::make_shared<EventHandler>(std::move(handler)))
+                            : nullptr;
         detail::check(evg_set_event_callback(get(), next ? &detail::event_trampoline : nullptr,
                                              next.get()));
         // Only now is the old handler unreachable from C.
@@ -346,7 +356,7 @@ public:
 private:
     // Declared before updater_ so that it is destroyed after it: no event may reach a
     // freed handler while evg_updater_free runs.
-    std::unique_ptr<EventHandler> events_;
+    std::unique_ptr<detail::HandlerCell> events_;
     std::unique_ptr<evg_updater, detail::UpdaterFree> updater_;
 };
 

@@ -342,6 +342,28 @@ void handles_are_move_only() {
     EXPECT(refused);
 }
 
+void an_updater_may_be_destroyed_by_its_own_event_handler() {
+    Repo repo("destroyed");
+    repo.release("1.0.0", noise(2048, 8));
+    Device dev("destroyed", repo, repo);
+    auto updater = std::make_unique<evergreen::Updater>(dev.config);
+    int calls = 0;
+    bool intact = false;
+    const std::string captured(64, 'x');  // on the heap, inside the handler's copy
+    updater->on_event([&updater, &calls, &intact, captured](const std::string &) {
+        if (++calls > 1) {
+            return;
+        }
+        updater.reset();  // destroys the Updater that owns this handler
+        intact = captured == std::string(64, 'x');
+    });
+    auto offer = updater->check();  // the first event destroys it; the check still returns
+    EXPECT(updater == nullptr);
+    EXPECT_EQ(calls, 1);  // no event after the destruction
+    EXPECT(intact);       // the handler was alive until it returned (valgrind checks too)
+    EXPECT(offer.has_value());
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -360,6 +382,8 @@ int main(int argc, char **argv) {
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},
         {"handles_are_move_only", handles_are_move_only},
+        {"an_updater_may_be_destroyed_by_its_own_event_handler",
+         an_updater_may_be_destroyed_by_its_own_event_handler},
     };
     int failed = 0;
     for (const auto &[name, test] : tests) {
