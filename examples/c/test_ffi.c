@@ -190,6 +190,75 @@ static int s_booted(void *user, evg_slot *out) {
     return 0;
 }
 
+/* ---- a bootloader that counts tries itself, as U-Boot does (BOOT_<slot>_LEFT) ---- */
+
+struct bootloader {
+    evg_slot preferred, booted;
+    uint32_t left[2]; /* attempts left, by slot (EVG_SLOT_A is 0, EVG_SLOT_B is 1) */
+    evg_slot asked;   /* the slot activate was last called with */
+    int activates;
+    int cut_power;    /* activate fails as a power cut before the environment write */
+};
+
+static evg_slot other_slot(evg_slot slot) {
+    return slot == EVG_SLOT_A ? EVG_SLOT_B : EVG_SLOT_A;
+}
+
+static int b_disable(void *user, evg_slot slot) {
+    struct bootloader *b = user;
+    b->left[slot] = 0;
+    return 0;
+}
+
+static int b_activate(void *user, evg_slot slot, uint32_t tries) {
+    struct bootloader *b = user;
+    b->activates++;
+    b->asked = slot;
+    if (b->cut_power) return EVG_IO;
+    b->preferred = slot;
+    b->left[slot] = tries;
+    return 0;
+}
+
+static int b_confirm(void *user, evg_slot slot) {
+    struct bootloader *b = user;
+    b->left[slot] = 3; /* a good slot gets its attempts back */
+    return 0;
+}
+
+static int b_fall_back(void *user, evg_slot good, evg_slot bad) {
+    struct bootloader *b = user;
+    b->preferred = good;
+    b->left[bad] = 0;
+    return 0;
+}
+
+static int b_booted(void *user, evg_slot *out) {
+    struct bootloader *b = user;
+    *out = b->booted;
+    return 0;
+}
+
+static int b_plan(void *user, evg_boot_plan *out) {
+    struct bootloader *b = user;
+    evg_slot other = other_slot(b->preferred);
+    out->preferred = b->preferred;
+    out->preferred_left = b->left[b->preferred];
+    out->preferred_spent = b->left[b->preferred] == 0;
+    out->next = !out->preferred_spent ? b->preferred : b->left[other] ? other : EVG_SLOT_NONE;
+    return 0;
+}
+
+/* Power on: the preferred slot while it has attempts (spending one), else the other. */
+static void b_power_on(struct bootloader *b) {
+    if (b->left[b->preferred] > 0) {
+        b->left[b->preferred]--;
+        b->booted = b->preferred;
+    } else {
+        b->booted = other_slot(b->preferred);
+    }
+}
+
 /* ---- callbacks ---- */
 
 struct events {
@@ -520,6 +589,74 @@ out:
     evg_updater_free(up);
 }
 
+/* The power goes after Evergreen commits a trial and before the host's bootloader
+   environment learns of it. At the restart the bootloader starts the old slot again; with
+   the selector's boot plan the startup step sees that the trial never started and tells
+   the bootloader now, instead of rolling back (and banning) a release that never ran. */
+static void test_power_cut_before_the_bootloader_learns(const char *config_path) {
+    char *config = read_file(config_path), *json = NULL;
+    struct transport t = {0, 0, 0};
+    struct bootloader b;
+    evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
+    evg_selector selector = {sizeof(evg_selector), NULL, b_disable, b_activate, b_confirm,
+                             b_fall_back, b_booted, 1, b_plan};
+    evg_hooks hooks;
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL;
+    evg_activation act;
+    evg_startup_result start;
+
+    CHECK(config != NULL);
+    if (!config) return;
+    memset(&b, 0, sizeof b);
+    b.preferred = b.booted = EVG_SLOT_A;
+    b.left[EVG_SLOT_A] = 3;
+    transport.user = &t;
+    selector.user = &b;
+    memset(&hooks, 0, sizeof hooks);
+    hooks.struct_size = sizeof hooks;
+    hooks.transport = &transport;
+    hooks.selector = &selector;
+
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
+    if (!up) goto out;
+    CHECK_STATUS(evg_startup(up, &start), EVG_OK);
+    CHECK_STATUS(evg_check(up, &offer), EVG_OK);
+    CHECK(offer != NULL);
+    if (!offer) goto out;
+    CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_OK);
+    CHECK_STATUS(evg_install(up, offer), EVG_OK);
+    b.cut_power = 1;
+    CHECK(evg_activate(up, 1, &act) != EVG_OK);
+    CHECK(b.activates == 1 && b.preferred == EVG_SLOT_A);
+    evg_updater_free(up); /* the process is gone */
+
+    /* the restart: the bootloader never heard of the trial and starts the old slot */
+    b.cut_power = 0;
+    b_power_on(&b);
+    CHECK(b.booted == EVG_SLOT_A);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
+    if (!up) goto out;
+    CHECK_STATUS(evg_startup(up, &start), EVG_OK);
+    CHECK(start.kind == EVG_STARTUP_NORMAL); /* not EVG_STARTUP_ROLLED_BACK */
+    CHECK(b.activates == 2 && b.preferred == b.asked && b.left[b.asked] == 3);
+    CHECK_STATUS(evg_status_json(up, &json), EVG_OK);
+    CHECK(json && contains(json, "\"trial\":{") && !contains(json, "\"bad\""));
+    evg_string_free(json);
+
+    /* the next boot starts the trial; its starts left are the bootloader's count */
+    b_power_on(&b);
+    CHECK(b.booted == b.asked);
+    CHECK_STATUS(evg_startup(up, &start), EVG_OK);
+    CHECK(start.kind == EVG_STARTUP_TRIAL && start.slot == b.asked && start.tries_left == 2);
+    CHECK_STATUS(evg_confirm(up), EVG_OK);
+
+out:
+    free(config);
+    evg_offer_free(offer);
+    evg_updater_free(up);
+}
+
 static void test_panic(void) {
     CHECK_STATUS(evg_debug_panic("deliberate panic"), EVG_PANIC);
     CHECK(contains(evg_last_error_message(), "deliberate panic"));
@@ -528,8 +665,9 @@ static void test_panic(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json\n", argv[0]);
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json\n",
+                argv[0]);
         return 2;
     }
     test_names();
@@ -537,6 +675,7 @@ int main(int argc, char **argv) {
     test_null_arguments();
     test_bad_signature(argv[1]);
     test_update_through_hooks(argv[2]);
+    test_power_cut_before_the_bootloader_learns(argv[3]);
     test_panic();
     if (failures) {
         fprintf(stderr, "test_ffi: %d check(s) failed\n", failures);
