@@ -1,20 +1,24 @@
 /*
  * test_ffi: the C ABI's contract, tested from C (run under valgrind by run.sh).
  *
- *   test_ffi BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json
+ *   test_ffi BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json
  *
- * BAD_SIGNATURE_CONFIG trusts a key that did not sign the repository. HOOKS_CONFIG has a
- * plain directory as its server and dir slots; this program serves it through its own
- * transport (stdio) and boots through its own selector, as firmware would.
+ * BAD_SIGNATURE_CONFIG trusts a key that did not sign the repository. HOOKS_CONFIG and
+ * POWER_CUT_CONFIG (two devices) have a plain directory as their server and dir slots;
+ * this program serves it through its own transport (stdio) and boots through its own
+ * selectors, as firmware would.
  * Needs a library built with the fault-injection feature (for evg_debug_panic).
  */
+#define _POSIX_C_SOURCE 200809L /* pthreads and clock_gettime under -std=c99 */
 #define EVG_FAULT_INJECTION 1
 #include "evergreen.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int failures = 0;
 
@@ -589,6 +593,82 @@ out:
     evg_updater_free(up);
 }
 
+/* One thread downloads; the other frees the updater while the download waits in its
+   progress callback. */
+struct cross {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    evg_updater *up;
+    evg_offer *offer;
+    int in_progress, freed, after;
+    evg_status status;
+};
+
+static int cross_progress(void *user, uint64_t done, uint64_t total) {
+    struct cross *x = user;
+    (void)done;
+    (void)total;
+    pthread_mutex_lock(&x->lock);
+    if (!x->in_progress) {
+        x->in_progress = 1;
+        pthread_cond_broadcast(&x->changed);
+        while (!x->freed) pthread_cond_wait(&x->changed, &x->lock);
+    } else {
+        x->after++;
+    }
+    pthread_mutex_unlock(&x->lock);
+    return 0;
+}
+
+static void *cross_download(void *arg) {
+    struct cross *x = arg;
+    x->status = evg_download(x->up, x->offer, cross_progress, x);
+    return NULL;
+}
+
+/* The updater freed on another thread while a download runs on it: released when the
+   download returns, which it does as cancelled, with no progress after the free. */
+static void test_free_from_another_thread(const char *config_path, const evg_hooks *hooks) {
+    char *config = read_file(config_path);
+    struct cross x;
+    pthread_t thread;
+    struct timespec deadline;
+    int waited = 0;
+
+    CHECK(config != NULL);
+    if (!config) return;
+    memset(&x, 0, sizeof x);
+    pthread_mutex_init(&x.lock, NULL);
+    pthread_cond_init(&x.changed, NULL);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &x.up), EVG_OK);
+    free(config);
+    if (!x.up) return;
+    CHECK_STATUS(evg_check_version(x.up, NULL, "1.0.0", &x.offer), EVG_OK);
+    if (!x.offer) {
+        evg_updater_free(x.up);
+        return;
+    }
+    CHECK(pthread_create(&thread, NULL, cross_download, &x) == 0);
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 20; /* bounded: a download that never reports fails the check */
+    pthread_mutex_lock(&x.lock);
+    while (!x.in_progress && waited == 0)
+        waited = pthread_cond_timedwait(&x.changed, &x.lock, &deadline);
+    pthread_mutex_unlock(&x.lock);
+    CHECK(x.in_progress);
+    if (x.in_progress) evg_updater_free(x.up);
+    pthread_mutex_lock(&x.lock);
+    x.freed = 1;
+    pthread_cond_broadcast(&x.changed);
+    pthread_mutex_unlock(&x.lock);
+    pthread_join(thread, NULL);
+    CHECK(x.status == EVG_CANCELLED && x.after == 0);
+    if (!x.in_progress) evg_updater_free(x.up);
+    evg_offer_free(x.offer);
+    pthread_cond_destroy(&x.changed);
+    pthread_mutex_destroy(&x.lock);
+}
+
 /* The power goes after Evergreen commits a trial and before the host's bootloader
    environment learns of it. At the restart the bootloader starts the old slot again; with
    the selector's boot plan the startup step sees that the trial never started and tells
@@ -650,6 +730,9 @@ static void test_power_cut_before_the_bootloader_learns(const char *config_path)
     CHECK_STATUS(evg_startup(up, &start), EVG_OK);
     CHECK(start.kind == EVG_STARTUP_TRIAL && start.slot == b.asked && start.tries_left == 2);
     CHECK_STATUS(evg_confirm(up), EVG_OK);
+
+    /* this device has never downloaded 1.0.0: a download for the next test to cut short */
+    test_free_from_another_thread(config_path, &hooks);
 
 out:
     free(config);
