@@ -252,7 +252,9 @@ impl Repo {
             }
             let mut built = NameMap::new();
             for (name, path, kind) in components {
-                let artifact = self.add_blob(path, *kind)?;
+                let artifact = self
+                    .add_blob(path, *kind)
+                    .map_err(|e| e.context(format!("component {name}")))?;
                 // A component whose bytes did not change keeps the version it had, so the
                 // device's diff shows it unchanged.
                 let version = unchanged_version(m, target, name, &artifact.sha256)

@@ -516,6 +516,34 @@ fn publishing_the_same_version_and_target_twice_is_refused() {
         ],
     );
     assert!(out.contains("sequence 2"), "{out}");
+    // A component file that is missing: the error names the component and the file, and
+    // the channel is left as it was.
+    let before = std::fs::read(dir.join("repo/channels/nightly.json")).unwrap();
+    let err = fails(
+        dir,
+        &[
+            "release",
+            "repo",
+            "--channel",
+            "nightly",
+            "--version",
+            "1.3.0",
+            "--target",
+            "x86_64-linux",
+            "--component",
+            "app=app.zip",
+            "--component",
+            "assets=missing.zip",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(
+        err.starts_with("error[io]: component assets: open missing.zip"),
+        "{err}"
+    );
+    let after = std::fs::read(dir.join("repo/channels/nightly.json")).unwrap();
+    assert_eq!(before, after, "a failed release changed the channel");
     let nightly = read_manifest(dir, "nightly");
     assert_eq!(
         nightly["releases"][0]["targets"]["acme-board-rev2"]["components"]["rootfs"]["artifact"]
