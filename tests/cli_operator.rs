@@ -97,6 +97,12 @@ fn release_nightly(dir: &Path) -> String {
 
 /// `evergreen release` of `version` on nightly for x86_64-linux, signed by `release`.
 fn release_version(dir: &Path, version: &str, rest: &[&str]) -> String {
+    ok(dir, &release_args(version, rest))
+}
+
+/// The arguments of `evergreen release` of `version` on nightly for x86_64-linux, signed
+/// by `release`, then `rest`.
+fn release_args<'a>(version: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     let head = [
         "release",
         "repo",
@@ -109,7 +115,7 @@ fn release_version(dir: &Path, version: &str, rest: &[&str]) -> String {
         "--sign",
         "release",
     ];
-    ok(dir, &[&head[..], rest].concat())
+    [&head[..], rest].concat()
 }
 
 fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
@@ -479,23 +485,7 @@ fn publishing_the_same_version_and_target_twice_is_refused() {
     let dir = tmp.path();
     init_repo(dir);
     release_nightly(dir);
-    let err = fails(
-        dir,
-        &[
-            "release",
-            "repo",
-            "--channel",
-            "nightly",
-            "--version",
-            "1.2.0",
-            "--target",
-            "x86_64-linux",
-            "--component",
-            "app=app.zip",
-            "--sign",
-            "release",
-        ],
-    );
+    let err = fails(dir, &release_args("1.2.0", &["--component", "app=app.zip"]));
     assert!(err.starts_with("error[config]"), "{err}");
     // Another target of the same version is fine.
     let out = ok(
@@ -519,25 +509,13 @@ fn publishing_the_same_version_and_target_twice_is_refused() {
     // A component file that is missing: the error names the component and the file, and
     // the channel is left as it was.
     let before = std::fs::read(dir.join("repo/channels/nightly.json")).unwrap();
-    let err = fails(
-        dir,
-        &[
-            "release",
-            "repo",
-            "--channel",
-            "nightly",
-            "--version",
-            "1.3.0",
-            "--target",
-            "x86_64-linux",
-            "--component",
-            "app=app.zip",
-            "--component",
-            "assets=missing.zip",
-            "--sign",
-            "release",
-        ],
-    );
+    let components = [
+        "--component",
+        "app=app.zip",
+        "--component",
+        "assets=missing.zip",
+    ];
+    let err = fails(dir, &release_args("1.3.0", &components));
     assert!(
         err.starts_with("error[io]: component assets: open missing.zip"),
         "{err}"
