@@ -335,6 +335,14 @@ static int free_on_progress(void *user, uint64_t done, uint64_t total) {
     return 0;
 }
 
+/* hooks with a transport and a selector (each may be NULL), nothing else */
+static void set_hooks(evg_hooks *hooks, evg_transport *transport, evg_selector *selector) {
+    memset(hooks, 0, sizeof *hooks);
+    hooks->struct_size = sizeof *hooks;
+    hooks->transport = transport;
+    hooks->selector = selector;
+}
+
 /* ---- tests ---- */
 
 static void test_names(void) {
@@ -402,9 +410,7 @@ static void test_hook_validation(const char *config, struct transport *t) {
     evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
     evg_hooks hooks;
     evg_updater *up = NULL;
-    memset(&hooks, 0, sizeof hooks);
-    hooks.struct_size = sizeof hooks;
-    hooks.transport = &transport;
+    set_hooks(&hooks, &transport, NULL);
     transport.user = t;
     transport.read = NULL;
     CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_CONFIG);
@@ -491,10 +497,7 @@ static void test_update_through_hooks(const char *config_path) {
     s.next = EVG_SLOT_A;
     transport.user = &t;
     selector.user = &s;
-    memset(&hooks, 0, sizeof hooks);
-    hooks.struct_size = sizeof hooks;
-    hooks.transport = &transport;
-    hooks.selector = &selector;
+    set_hooks(&hooks, &transport, &selector);
     hooks.on_event = on_event;
     hooks.event_user = &ev;
 
@@ -693,10 +696,7 @@ static void test_power_cut_before_the_bootloader_learns(const char *config_path)
     b.left[EVG_SLOT_A] = 3;
     transport.user = &t;
     selector.user = &b;
-    memset(&hooks, 0, sizeof hooks);
-    hooks.struct_size = sizeof hooks;
-    hooks.transport = &transport;
-    hooks.selector = &selector;
+    set_hooks(&hooks, &transport, &selector);
 
     CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
     if (!up) goto out;
