@@ -637,7 +637,8 @@ enum evg_status evg_updater_new(const char *config_json, struct evg_updater **ou
 /**
  * Like `evg_updater_new`, with host-supplied parts: a transport, a boot selector (needed
  * for `"selector": {"kind": "custom"}`) and an event callback. `hooks` may be NULL; its
- * structs are copied, the `user` pointers must stay valid until the updater is released (when `evg_updater_free` returns, or, freed during a call, when that call returns).
+ * structs are copied, the `user` pointers must stay valid until the updater is released
+ * (when `evg_updater_free` returns, or, freed during a call, when that call returns).
  *
  * # Safety
  * As for `evg_updater_new`; `hooks` is NULL or points to a live `evg_hooks` whose

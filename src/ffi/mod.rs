@@ -7,9 +7,9 @@
 //! this module by cbindgen and committed; `tests/header.rs` fails when it is stale.
 //!
 //! One file per concern: status codes and the per-thread last error (`error`), the panic
-//! boundary (`panic`), argument and string conversion (`handle`), handles held by running calls (`lease`), the updater's exports
-//! (`updater`), offers (`offer`), progress and event callbacks (`callbacks`) and the
-//! host-supplied transport and boot selector (`hooks`).
+//! boundary (`panic`), argument and string conversion (`handle`), handles held by running
+//! calls (`lease`), the updater's exports (`updater`), offers (`offer`), progress and event
+//! callbacks (`callbacks`) and the host-supplied transport and boot selector (`hooks`).
 // The C names (`evg_updater`, `EVG_OK`) are the ABI; Rust naming rules do not apply here.
 #![allow(non_camel_case_types)]
 #![allow(unsafe_code)]

@@ -78,7 +78,8 @@ pub unsafe extern "C" fn evg_updater_new(
 
 /// Like `evg_updater_new`, with host-supplied parts: a transport, a boot selector (needed
 /// for `"selector": {"kind": "custom"}`) and an event callback. `hooks` may be NULL; its
-/// structs are copied, the `user` pointers must stay valid until the updater is released (when `evg_updater_free` returns, or, freed during a call, when that call returns).
+/// structs are copied, the `user` pointers must stay valid until the updater is released
+/// (when `evg_updater_free` returns, or, freed during a call, when that call returns).
 ///
 /// # Safety
 /// As for `evg_updater_new`; `hooks` is NULL or points to a live `evg_hooks` whose
@@ -253,7 +254,7 @@ fn download(
     user: *mut c_void,
 ) -> Result<()> {
     let progress = Progress::new(progress, user);
-    u.updater.download(
+    let result = u.updater.download(
         plan,
         &mut |done, total| {
             if u.calls.freed() {
@@ -264,16 +265,20 @@ fn download(
             }
         },
         &progress.cancel,
-    )?;
-    if u.calls.freed() {
-        // Freed during a download that had nothing left to receive: the call still stops
-        // here, so `evg_reinstall` does not go on to install for a host that has let go.
+    );
+    // Freed during the download, the call stops here whether the download was cut short
+    // or had nothing left to receive (so `evg_reinstall` does not go on to install), and
+    // says why in one message; any other failure is the download's own.
+    let cut_short = result
+        .as_ref()
+        .map_or_else(|e| e.kind() == ErrorKind::Cancelled, |()| true);
+    if cut_short && u.calls.freed() {
         return Err(Error::new(
             ErrorKind::Cancelled,
             "expected to continue, found the updater freed by the host during the call",
         ));
     }
-    Ok(())
+    result
 }
 
 /// Downloads and verifies the artifacts `offer` needs (added and modified components,
