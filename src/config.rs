@@ -294,34 +294,36 @@ struct SlotsFields {
 impl TryFrom<SlotsFields> for SlotsConfig {
     type Error = String;
 
-    fn try_from(f: SlotsFields) -> std::result::Result<SlotsConfig, String> {
+    /// Each kind takes its fields; one that is left belongs to another kind.
+    fn try_from(mut f: SlotsFields) -> std::result::Result<SlotsConfig, String> {
         let what = format!("slots of kind {:?}", f.kind);
-        match f.kind.as_str() {
-            "dir" => {
-                let image_fields = [
-                    ("a", f.a.is_some()),
-                    ("b", f.b.is_some()),
-                    ("selector", f.selector.is_some()),
-                    ("booted_from", f.booted_from.is_some()),
-                ];
-                only(&what, &image_fields)?;
-                Ok(SlotsConfig::Dir {
-                    root: required(&what, "root", f.root)?,
-                })
+        let slots = match f.kind.as_str() {
+            "dir" => SlotsConfig::Dir {
+                root: required(&what, "root", f.root.take())?,
+            },
+            "image" => SlotsConfig::Image {
+                a: required(&what, "a", f.a.take())?,
+                b: required(&what, "b", f.b.take())?,
+                selector: required(&what, "selector", f.selector.take())?,
+                booted_from: f.booted_from.take(),
+            },
+            other => {
+                return Err(format!(
+                    "slots: expected kind \"dir\" or \"image\", found {other:?}"
+                ))
             }
-            "image" => {
-                only(&what, &[("root", f.root.is_some())])?;
-                Ok(SlotsConfig::Image {
-                    a: required(&what, "a", f.a)?,
-                    b: required(&what, "b", f.b)?,
-                    selector: required(&what, "selector", f.selector)?,
-                    booted_from: f.booted_from,
-                })
-            }
-            other => Err(format!(
-                "slots: expected kind \"dir\" or \"image\", found {other:?}"
-            )),
-        }
+        };
+        no_field_left(
+            &what,
+            &[
+                ("root", f.root.is_some()),
+                ("a", f.a.is_some()),
+                ("b", f.b.is_some()),
+                ("selector", f.selector.is_some()),
+                ("booted_from", f.booted_from.is_some()),
+            ],
+        )?;
+        Ok(slots)
     }
 }
 
@@ -337,31 +339,26 @@ struct SelectorFields {
 impl TryFrom<SelectorFields> for SelectorConfig {
     type Error = String;
 
-    fn try_from(f: SelectorFields) -> std::result::Result<SelectorConfig, String> {
+    /// Each kind takes its fields; one that is left belongs to another kind.
+    fn try_from(mut f: SelectorFields) -> std::result::Result<SelectorConfig, String> {
         let what = format!("selector of kind {:?}", f.kind);
-        let env = ("env", f.env.is_some());
-        let config = ("config", f.config.is_some());
-        match f.kind.as_str() {
-            "grub" => {
-                only(&what, &[config])?;
-                Ok(SelectorConfig::Grub {
-                    env: required(&what, "env", f.env)?,
-                })
+        let selector = match f.kind.as_str() {
+            "grub" => SelectorConfig::Grub {
+                env: required(&what, "env", f.env.take())?,
+            },
+            "uboot" => SelectorConfig::Uboot {
+                config: required(&what, "config", f.config.take())?,
+            },
+            "custom" => SelectorConfig::Custom {},
+            other => {
+                return Err(format!(
+                    "selector: expected kind \"grub\", \"uboot\" or \"custom\", found {other:?}"
+                ))
             }
-            "uboot" => {
-                only(&what, &[env])?;
-                Ok(SelectorConfig::Uboot {
-                    config: required(&what, "config", f.config)?,
-                })
-            }
-            "custom" => {
-                only(&what, &[env, config])?;
-                Ok(SelectorConfig::Custom {})
-            }
-            other => Err(format!(
-                "selector: expected kind \"grub\", \"uboot\" or \"custom\", found {other:?}"
-            )),
-        }
+        };
+        let left = [("env", f.env.is_some()), ("config", f.config.is_some())];
+        no_field_left(&what, &left)?;
+        Ok(selector)
     }
 }
 
@@ -370,8 +367,9 @@ fn required<T>(what: &str, name: &str, value: Option<T>) -> std::result::Result<
     value.ok_or_else(|| format!("{what}: expected the field `{name}`, found none"))
 }
 
-/// Refuses the fields of other kinds that are present (`fields`: name, present).
-fn only(what: &str, fields: &[(&str, bool)]) -> std::result::Result<(), String> {
+/// Refuses the first field still present (`fields`: name, present) once `what`'s kind has
+/// taken its own: it belongs to another kind.
+fn no_field_left(what: &str, fields: &[(&str, bool)]) -> std::result::Result<(), String> {
     match fields.iter().find(|(_, present)| *present) {
         Some((name, _)) => Err(format!(
             "{what}: expected no field `{name}` (it belongs to another kind), found one"
