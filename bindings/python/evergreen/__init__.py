@@ -103,22 +103,35 @@ class Activation:
 
 
 class _Handle:
-    """A C handle that is freed once, by `close()` or when its owner is collected, and
-    never while a call is using it: freeing it under a running call (from one of that
-    call's callbacks, or from another thread) would crash the process."""
+    """A C handle that is freed once: by `close()`, or when its owner is collected.
+
+    The C library keeps a handle freed during a call on it until that call returns
+    (c-abi.md, "Handles"), but only once the call has taken its hold on the handle, which
+    Python cannot see from another thread. So `close()` frees at once only when no call is
+    using the handle, or from inside a callback of such a call (C holds it then); else the
+    handle is marked closed and freed by the first of: that call's next callback, or the
+    end of the last call using it. Either way, once closed no new call starts with it."""
 
     def __init__(self, owner: object, what: str, free: Callable[..., None], *args: Any):
         self.raw = args[0]
         self._what = what
         self._free = weakref.finalize(owner, free, *args)
         self._calls = 0
+        self._closing = False
         self._guard = threading.Lock()
+        # Per thread: how deep this thread is in callbacks of calls that use the handle.
+        self._inside = threading.local()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called (the C handle may still be held by a call)."""
+        return self._closing or not self._free.alive
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Any]:
         """The handle, for one call."""
         with self._guard:
-            if not self._free.alive:
+            if self.closed:
                 raise ValueError(f"expected an open {self._what}, found it closed")
             self._calls += 1
         try:
@@ -126,16 +139,28 @@ class _Handle:
         finally:
             with self._guard:
                 self._calls -= 1
+                if self._closing and self._calls == 0:
+                    self._free()
+
+    @contextlib.contextmanager
+    def callback(self) -> Iterator[None]:
+        """Around a Python callback run by a C call that uses the handle: a `close()` from
+        in there, or one made earlier on another thread, frees it now."""
+        depth = getattr(self._inside, "depth", 0)
+        self._inside.depth = depth + 1
+        try:
+            with self._guard:
+                if self._closing:
+                    self._free()
+            yield
+        finally:
+            self._inside.depth = depth
 
     def close(self) -> None:
         with self._guard:
-            if self._calls:
-                raise BY_CODE[19](
-                    f"expected no call using this {self._what} in progress to close it, "
-                    f"found {self._calls}: close it after the call returns, not from "
-                    "its callbacks"
-                )
-            self._free()
+            self._closing = True
+            if self._calls == 0 or getattr(self._inside, "depth", 0):
+                self._free()
 
 
 class Offer:
@@ -180,8 +205,9 @@ class Offer:
         return json.loads(_ffi.take_string(out))
 
     def close(self) -> None:
-        """Frees the C handle; calling it again does nothing. Raises `InvalidStateError`
-        while a download or install of this offer is running."""
+        """Frees the C handle; calling it again does nothing. During a download or
+        install of this offer (from its progress callback, or another thread) the call
+        goes on, and the handle is freed when it returns; no new call takes the offer."""
         self._h.close()
 
     def __enter__(self) -> "Offer":
@@ -199,20 +225,29 @@ class Offer:
 
 class _ProgressTrampoline:
     """Calls the Python progress callback from C. An exception there must not unwind
-    through C: it cancels the download and is raised again once the call returned."""
+    through C: it cancels the download and is raised again once the call returned. Once
+    the updater is closed the callback is not called again and the download is cancelled,
+    as the C library does for a freed updater."""
 
-    def __init__(self, fn: Optional[Progress]):
+    def __init__(self, fn: Optional[Progress], updater: _Handle, *others: _Handle):
         self.fn = fn
         self.error: Optional[BaseException] = None
+        self._updater = updater
+        self._handles = (updater, *others)
         # Kept alive by this object for the whole C call.
         self.c_fn = _ffi.PROGRESS_CB(self._call) if fn is not None else _ffi.PROGRESS_CB()
 
     def _call(self, _user: Optional[int], done: int, total: int) -> int:
-        try:
-            return 1 if self.fn(done, total) else 0  # type: ignore[misc]
-        except BaseException as e:  # noqa: B036 - re-raised after the C call returns
-            self.error = e
-            return 1
+        with contextlib.ExitStack() as inside:
+            for h in self._handles:
+                inside.enter_context(h.callback())
+            if self._updater.closed:
+                return 1
+            try:
+                return 1 if self.fn(done, total) else 0  # type: ignore[misc]
+            except BaseException as e:  # noqa: B036 - re-raised after the C call returns
+                self.error = e
+                return 1
 
     def finish(self, status: int) -> None:
         if self.error is not None:
@@ -251,9 +286,11 @@ class Updater:
         self._h = _Handle(self, "Updater", _free_updater, handle, self._callbacks)
 
     def close(self) -> None:
-        """Frees the updater; no callback runs afterwards. Calling it again does nothing.
-        Raises `InvalidStateError` while a call on it is running (from one of its
-        callbacks, or on another thread)."""
+        """Frees the updater; no callback runs afterwards and calling it again does
+        nothing. It may be called while a call on the updater is running, from one of
+        that call's callbacks or from another thread: the call makes no more callbacks,
+        a download in it is cancelled (`CancelledError`), and the handle is freed when
+        it returns. Calls started after `close()` raise `ValueError`."""
         self._h.close()
 
     def __enter__(self) -> "Updater":
@@ -273,11 +310,16 @@ class Updater:
                 check(_lib.evg_set_event_callback(h, _ffi.EVENT_CB(), None))
             return
 
+        handle = self._h
+
         def trampoline(_user: Optional[int], event_json: bytes) -> None:
-            try:
-                callback(json.loads(event_json.decode("utf-8")))
-            except Exception as e:
-                warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
+            with handle.callback():
+                if handle.closed:
+                    return
+                try:
+                    callback(json.loads(event_json.decode("utf-8")))
+                except Exception as e:
+                    warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
 
         c_fn = _ffi.EVENT_CB(trampoline)
         with self._h.use() as h:
@@ -313,9 +355,14 @@ class Updater:
         """Downloads and verifies what `offer` needs. `progress(done, total)` returning
         true cancels (`CancelledError`); the partial download is resumed next time. An
         exception raised by `progress` cancels too and is raised here."""
-        tramp = _ProgressTrampoline(progress)
+        tramp = _ProgressTrampoline(progress, self._h, offer._h)
         with self._h.use() as h, offer._h.use() as o:
             tramp.finish(_lib.evg_download(h, o, tramp.c_fn, None))
+        if self._h.closed:
+            # Closed on another thread after the last progress callback: the library
+            # never saw the free, but the host asked the download to stop, as it would
+            # have stopped a moment earlier.
+            raise BY_CODE[21]("expected to continue, found the Updater closed during the call")
 
     def install(self, offer: Offer) -> None:
         """Writes the downloaded `offer` into the inactive slot."""
@@ -349,7 +396,7 @@ class Updater:
     def reinstall(self, progress: Optional[Progress] = None) -> None:
         """Downloads the installed version again and installs it into the inactive slot
         (repair); then `activate()`. `progress` as for `download`."""
-        tramp = _ProgressTrampoline(progress)
+        tramp = _ProgressTrampoline(progress, self._h)
         with self._h.use() as h:
             tramp.finish(_lib.evg_reinstall(h, tramp.c_fn, None))
 

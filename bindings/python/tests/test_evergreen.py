@@ -302,32 +302,112 @@ def test_an_exception_in_the_event_callback_is_a_warning(world) -> None:
         assert updater.check() is not None
 
 
-def test_closing_an_updater_inside_its_own_call_is_refused(world) -> None:
-    """Freeing a handle under a running call would crash the process."""
+def test_closing_the_updater_from_its_progress_callback_cancels_the_download(world) -> None:
+    """A host may close on the callback it shuts down from: the call stops making
+    callbacks, its download is cancelled, and the handle is freed when it returns."""
     _, _, _, config = world
     updater = evergreen.Updater(config)
-    refused: List[str] = []
-
-    def close_inside(done: int, total: int) -> bool:
-        for handle in (updater, offer):
-            try:
-                handle.close()
-            except evergreen.InvalidStateError as e:
-                refused.append(str(e))
-        return False
-
+    events: List[dict] = []
+    updater.on_event(events.append)
     offer = updater.check()
     assert offer is not None
-    updater.download(offer, close_inside)
-    assert len(refused) >= 2 and "Updater in progress" in refused[0], refused
-    assert "Offer in progress" in refused[1], refused
-    assert updater.status()["channel"] == "stable"  # still open
-    updater.install(offer)  # and so is the offer
-    offer.close()
-    updater.close()
-    updater.close()  # again: nothing to do
-    with pytest.raises(ValueError, match="closed"):
+    calls: List[int] = []
+    events_at_close: List[int] = []
+
+    def close_inside(done: int, total: int) -> bool:
+        calls.append(done)
+        events_at_close.append(len(events))
+        updater.close()
+        return False
+
+    with pytest.raises(evergreen.CancelledError, match="freed by the host during the call"):
+        updater.download(offer, close_inside)
+    assert len(calls) == 1 and calls[0] < offer.download_size, calls  # none after close
+    assert events_at_close == [len(events)], (events_at_close, events)
+    with pytest.raises(ValueError, match="found it closed"):
         updater.status()
+    updater.close()  # again: nothing to do
+    offer.close()
+
+
+def test_closing_the_updater_from_its_event_callback_stops_events(world) -> None:
+    _, _, _, config = world
+    updater = evergreen.Updater(config)
+    seen: List[str] = []
+
+    def close_on_first(event: dict) -> None:
+        seen.append(event["event"])
+        updater.close()
+
+    updater.on_event(close_on_first)
+    offer = updater.check()  # the check itself completes
+    assert len(seen) == 1, seen
+    with pytest.raises(ValueError, match="found it closed"):
+        updater.check()
+    if offer is not None:
+        offer.close()
+
+
+def test_closing_an_offer_during_its_download_lets_it_finish(world) -> None:
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        calls: List[Tuple[int, int]] = []
+
+        def close_offer(done: int, total: int) -> bool:
+            calls.append((done, total))
+            offer.close()
+            return False
+
+        updater.download(offer, close_offer)
+        assert calls[-1] == (offer.download_size, offer.download_size)
+        with pytest.raises(ValueError, match="expected an open Offer, found it closed"):
+            updater.install(offer)
+        # The download is kept: a fresh offer installs without fetching again.
+        again = updater.check()
+        assert again is not None
+        calls.clear()
+        updater.download(again, lambda done, total: calls.append((done, total)))
+        updater.install(again)
+        assert updater.activate().activated
+
+
+def test_closing_the_updater_from_another_thread_during_a_download(world) -> None:
+    _, _, _, config = world
+    updater = evergreen.Updater(config)
+    offer = updater.check()
+    assert offer is not None
+    in_progress, closed = threading.Event(), threading.Event()
+    calls: List[int] = []
+
+    def wait_for_close(done: int, total: int) -> bool:
+        calls.append(done)
+        if len(calls) == 1:
+            in_progress.set()
+            assert closed.wait(timeout=20), "the other thread did not close in 20 s"
+        return False
+
+    refused: List[str] = []
+
+    def close_from_other_thread() -> None:
+        if in_progress.wait(timeout=20):
+            updater.close()  # a call is running: the free waits for it
+            try:
+                updater.status()
+            except ValueError as e:
+                refused.append(str(e))
+        closed.set()
+
+    other = threading.Thread(target=close_from_other_thread)
+    other.start()
+    with pytest.raises(evergreen.CancelledError, match="freed by the host during the call"):
+        updater.download(offer, wait_for_close)
+    other.join(timeout=20)
+    assert not other.is_alive()
+    assert refused == ["expected an open Updater, found it closed"], refused
+    assert len(calls) == 1, calls  # the callback of the closing moment was the last
+    offer.close()
 
 
 def test_rollback_with_no_good_fallback_is_invalid_state(world) -> None:
