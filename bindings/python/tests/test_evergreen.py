@@ -410,6 +410,41 @@ def test_closing_the_updater_from_another_thread_during_a_download(world) -> Non
     offer.close()
 
 
+def test_closing_the_updater_during_a_reinstall_stops_it_before_the_install(world) -> None:
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        updater.download(offer)
+        updater.install(offer)
+        slot = updater.activate().slot
+        assert updater.startup().kind == "trial"
+        updater.confirm()  # prunes the downloads: a reinstall fetches again
+        offer.close()
+    other = "b" if slot == "a" else "a"
+
+    # Closed at the last progress call: the download is whole, the install must not run.
+    updater = evergreen.Updater(config)
+    calls: List[Tuple[int, int]] = []
+
+    def close_at_the_end(done: int, total: int) -> bool:
+        calls.append((done, total))
+        if done == total:
+            updater.close()
+        return False
+
+    with pytest.raises(evergreen.CancelledError, match="freed by the host during the call"):
+        updater.reinstall(close_at_the_end)
+    assert calls[-1][0] == calls[-1][1] and len(calls) > 1, calls
+    with evergreen.Updater(config) as fresh:
+        status = fresh.status()
+        assert status["primary"] == slot
+        assert status["slots"][other]["status"] == "empty", status  # nothing installed
+        # Without a close the same reinstall writes the other slot.
+        fresh.reinstall()
+        assert fresh.status()["slots"][other]["version"] == "1.0.0"
+
+
 def test_rollback_with_no_good_fallback_is_invalid_state(world) -> None:
     _, _, _, config = world
     with evergreen.Updater(config) as updater:
