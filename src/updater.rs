@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
 use crate::manifest::{
-    self, ArtifactKind, Expect, Freshness, Manifest, Release, TargetRelease, Verified,
+    self, Artifact, ArtifactKind, Expect, Freshness, Manifest, Release, TargetRelease, Verified,
 };
 use crate::select::{self, Deploy, Device, Policy};
 use crate::slots::cmdline::BootedFrom;
@@ -74,14 +74,10 @@ impl Offer {
     pub fn download_size(&self) -> u64 {
         self.components
             .iter()
-            .filter_map(|c| c.artifact.as_ref().filter(|_| needs_artifact(c.op)))
+            .filter_map(|c| c.artifact.as_ref())
             .map(|a| a.size)
             .sum()
     }
-}
-
-fn needs_artifact(op: ComponentOp) -> bool {
-    matches!(op, ComponentOp::Added | ComponentOp::Modified)
 }
 
 /// What [`Updater::startup`] did.
@@ -173,6 +169,19 @@ pub struct SlotStatusView {
 enum Store {
     Dir(DirSlots),
     Image(ImageSlots),
+}
+
+impl Store {
+    /// Whether an unchanged component is copied from the primary slot; an image is
+    /// written again from its download instead.
+    fn copies_unchanged(&self) -> bool {
+        matches!(self, Store::Dir(_))
+    }
+}
+
+/// The components of a plan that carry an artifact to fetch and install, with it.
+fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
+    c.artifact.as_ref().map(|a| (c, a))
 }
 
 /// Builds an [`Updater`] from a [`Config`] plus the parts only code can supply.
@@ -768,7 +777,11 @@ impl Updater {
             downgrade,
             notes: release.notes.clone(),
             security_version: release.security_version,
-            components: stage::diff(&st.slot(st.primary).components, target),
+            components: stage::diff(
+                &st.slot(st.primary).components,
+                target,
+                self.store.copies_unchanged(),
+            ),
             deploy: select::deploy(&self.config.deploy, release.critical, now),
             target: target.clone(),
         })
@@ -914,7 +927,11 @@ impl Updater {
     pub fn plan(&self, offer: &Offer) -> Result<Offer> {
         let st = self.load_state()?;
         let mut plan = offer.clone();
-        plan.components = stage::diff(&st.slot(st.primary).components, &offer.target);
+        plan.components = stage::diff(
+            &st.slot(st.primary).components,
+            &offer.target,
+            self.store.copies_unchanged(),
+        );
         Ok(plan)
     }
 
@@ -946,8 +963,7 @@ impl Updater {
             crate::fsutil::create_dir_all(&dir)?;
             let total = plan.download_size();
             let mut before = 0u64;
-            for c in plan.components.iter().filter(|c| needs_artifact(c.op)) {
-                let Some(a) = &c.artifact else { continue };
+            for (c, a) in plan.components.iter().filter_map(with_artifact) {
                 let spec = BlobSpec {
                     sha256: a.sha256.clone(),
                     size: a.size,
@@ -1087,8 +1103,7 @@ impl Updater {
     fn open_downloads(&self, plan: &Offer) -> Result<BTreeMap<String, std::fs::File>> {
         let dir = self.downloads_dir();
         let mut files = BTreeMap::new();
-        for c in plan.components.iter().filter(|c| needs_artifact(c.op)) {
-            let Some(a) = &c.artifact else { continue };
+        for (c, a) in plan.components.iter().filter_map(with_artifact) {
             let path = dir.join(&a.sha256);
             let f = std::fs::File::open(&path).map_err(|e| {
                 Error::invalid_state(format!(

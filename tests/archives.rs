@@ -632,7 +632,7 @@ fn diff_reports_added_removed_modified_unchanged() {
         ("old", "3", 'e'),
         ("rehash", "1.0", 'e'),
     ]);
-    let changes = diff(&have, &t);
+    let changes = diff(&have, &t, true);
     type Line<'a> = (&'a str, ComponentOp, Option<&'a str>, Option<&'a str>, bool);
     let summary: Vec<Line> = changes
         .iter()
@@ -678,11 +678,24 @@ fn diff_of_a_version_change_with_the_same_artifact_is_unchanged() {
         r#"{{"components": {{"app": {}}}}}"#,
         component("1.1", 'a')
     ));
-    let changes = diff(&installed(&[("app", "1.0", 'a')]), &t);
+    let changes = diff(&installed(&[("app", "1.0", 'a')]), &t, true);
     assert_eq!(changes[0].op, ComponentOp::Unchanged);
     assert!(changes[0].artifact.is_none());
     assert_eq!(changes[0].to.as_deref(), Some("1.1"));
-    assert!(diff(&installed(&[("app", "1.1", 'a')]), &t)
+    assert!(diff(&installed(&[("app", "1.1", 'a')]), &t, true)
         .iter()
         .all(|c| c.op == ComponentOp::Unchanged));
+}
+
+#[test]
+fn an_unchanged_component_that_cannot_be_copied_still_carries_its_artifact() {
+    // Image slots: the inactive partition holds something else, so the same image is
+    // written again. The diff still says unchanged, for the user.
+    let t = target(&format!(
+        r#"{{"components": {{"rootfs": {}}}}}"#,
+        component("1.1", 'a')
+    ));
+    let changes = diff(&installed(&[("rootfs", "1.0", 'a')]), &t, false);
+    assert_eq!(changes[0].op, ComponentOp::Unchanged);
+    assert_eq!(changes[0].artifact.as_ref().unwrap().sha256, "a".repeat(64));
 }

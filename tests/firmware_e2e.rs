@@ -711,3 +711,38 @@ fn a_good_slot_the_bootloader_gave_up_on_mid_boot_leaves_the_fallback_primary() 
         assert_eq!(out["slot"], "b", "{name}: the idle slot");
     }
 }
+
+#[test]
+fn an_unchanged_image_is_written_again_into_the_idle_slot() {
+    // 2.0.1 ships the same rootfs as 2.0.0. The idle slot still holds the factory image,
+    // so "unchanged" against the running slot must not mean "nothing to write".
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "sameimage", Loader::Grub);
+    let image = release_image(&repo, "2.0.0", MIB, 2);
+    assert_eq!(json_out(&board.dev.expect("update", &["--yes", "--json"], 0))["slot"], "b");
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["slot"], "b");
+    board.dev.expect("confirm", &[], 0);
+    let factory = board.slot_bytes(Slot::A);
+    assert!(factory != std::fs::read(&image).unwrap());
+
+    let same = release_image(&repo, "2.0.1", MIB, 2);
+    assert!(std::fs::read(&same).unwrap() == std::fs::read(&image).unwrap());
+    let check = json_out(&board.dev.expect("check", &["--json"], 10));
+    assert_eq!(check["components"][0]["op"], "unchanged", "{check}");
+    assert_eq!(check["download_bytes"], MIB, "{check}");
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(out["slot"], "a");
+    assert!(
+        board.slot_bytes(Slot::A) == std::fs::read(&image).unwrap(),
+        "slot A was activated without the image written into it"
+    );
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot()["slot"], "a");
+    board.dev.expect("confirm", &[], 0);
+    assert_eq!(
+        board.dev.status()["slots"]["a"],
+        json!({"status": "good", "version": "2.0.1"})
+    );
+}

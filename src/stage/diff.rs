@@ -50,34 +50,45 @@ pub struct ComponentChange {
     pub from: Option<String>,
     /// The release's version, if the component is in the release.
     pub to: Option<String>,
-    /// The artifact to download and install: set for Added and Modified only, so
+    /// The artifact to download and install: set for Added and Modified, and for
+    /// Unchanged when the slot store cannot copy it from the primary slot (images), so
     /// "what must be fetched" is the changes that carry one.
     #[serde(skip)]
     pub artifact: Option<Artifact>,
 }
 
 /// Compares what is installed with what the release holds for this target, by name
-/// (sorted). Modified means a different artifact sha256.
+/// (sorted). Modified means a different artifact sha256. With `copy_unchanged` false (image
+/// slots, whose inactive partition holds something else) an Unchanged component still
+/// carries its artifact, to be written again.
 ///
 /// ```
 /// use evergreen::stage::{diff, ComponentOp};
 /// use evergreen::manifest::TargetRelease;
 /// let target: TargetRelease = serde_json::from_str(r#"{"components": {"app": {"version": "2",
 ///     "artifact": {"kind": "file", "name": "app", "sha256": "00000000000000000000000000000000000000000000000000000000000000aa", "size": 1}}}}"#).unwrap();
-/// let changes = diff(&Default::default(), &target);
+/// let changes = diff(&Default::default(), &target, true);
 /// assert_eq!(changes[0].op, ComponentOp::Added);
 /// assert!(changes[0].artifact.is_some());
 /// ```
 pub fn diff(
     installed: &BTreeMap<String, InstalledComponent>,
     target: &TargetRelease,
+    copy_unchanged: bool,
 ) -> Vec<ComponentChange> {
     let mut names: Vec<&String> = installed.keys().chain(target.components.keys()).collect();
     names.sort();
     names.dedup();
     names
         .into_iter()
-        .map(|name| change(name, installed.get(name), target.components.get(name)))
+        .map(|name| {
+            change(
+                name,
+                installed.get(name),
+                target.components.get(name),
+                copy_unchanged,
+            )
+        })
         .collect()
 }
 
@@ -85,6 +96,7 @@ fn change(
     name: &str,
     old: Option<&InstalledComponent>,
     new: Option<&Component>,
+    copy_unchanged: bool,
 ) -> ComponentChange {
     let op = match (old, new) {
         (None, _) => ComponentOp::Added,
@@ -94,7 +106,11 @@ fn change(
         (Some(o), Some(n)) if o.sha256 == n.artifact.sha256 => ComponentOp::Unchanged,
         (Some(_), Some(_)) => ComponentOp::Modified,
     };
-    let needs_artifact = matches!(op, ComponentOp::Added | ComponentOp::Modified);
+    let needs_artifact = match op {
+        ComponentOp::Added | ComponentOp::Modified => true,
+        ComponentOp::Unchanged => !copy_unchanged,
+        ComponentOp::Removed => false,
+    };
     ComponentChange {
         name: name.to_string(),
         op,
