@@ -631,20 +631,35 @@ impl TrustedRoot {
 
     /// Walks forward through `root/<v+1>.json` … as long as `fetch_next` finds one (at most
     /// [`MAX_ROOT_STEPS`]), then checks the final root is unexpired at `now`.
+    ///
+    /// `keep` is called with each root as soon as it is verified, before the next is
+    /// fetched: a device persists it there, so a walk that fails later (a bad link, an
+    /// expired root where the step limit stopped it) starts from there next time instead
+    /// of from the beginning again.
     pub fn update(
         self,
         mut fetch_next: impl FnMut(u64) -> Result<Option<Vec<u8>>>,
+        mut keep: impl FnMut(&TrustedRoot) -> Result<()>,
         now: Timestamp,
         max_bytes: u64,
     ) -> Result<TrustedRoot> {
         let mut current = self;
-        for _ in 0..MAX_ROOT_STEPS {
-            match fetch_next(current.root.version + 1)? {
-                Some(bytes) => current = current.rotate(&bytes, max_bytes)?,
-                None => break,
-            }
+        let mut steps = 0;
+        while steps < MAX_ROOT_STEPS {
+            let Some(bytes) = fetch_next(current.root.version + 1)? else {
+                return current.check_unexpired(now).map(|()| current);
+            };
+            current = current.rotate(&bytes, max_bytes)?;
+            keep(&current)?;
+            steps += 1;
         }
-        current.check_unexpired(now)?;
+        current.check_unexpired(now).map_err(|e| {
+            e.context(format!(
+                "the walk stopped after {MAX_ROOT_STEPS} root versions, the most one check \
+                 takes; the next check goes on from version {}",
+                current.root.version
+            ))
+        })?;
         Ok(current)
     }
 

@@ -871,7 +871,7 @@ impl Updater {
     }
 
     /// The trust anchor: the configured keys, or the newest root (walking the chain on the
-    /// server when `walk` is set).
+    /// server when `walk` is set or the trusted root has expired).
     fn anchor(&self, st: &mut State, now: Timestamp, walk: bool) -> Result<Anchor> {
         let max = self.config.limits.max_metadata_bytes;
         let pinned_path = match &self.config.trust {
@@ -888,19 +888,26 @@ impl Updater {
         let source = if saved.exists() { &saved } else { pinned_path };
         let bytes = std::fs::read(source).map_err(|e| Error::io("read trust root", source, e))?;
         let mut root = TrustedRoot::pinned(&bytes, max)?;
+        let mut unsaved = source != &saved;
         // The configured root may be newer than the saved one (a reflashed device).
-        if source == &saved {
+        if !unsaved {
             if let Ok(pinned) = std::fs::read(pinned_path)
                 .map_err(|_| ())
                 .and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ()))
             {
                 if pinned.root().version > root.root().version {
                     root = pinned;
+                    unsaved = true;
                 }
             }
         }
-        let before = root.root().version;
-        let root = if walk {
+        if unsaved {
+            crate::fsutil::write_atomic(&saved, root.envelope())?;
+        }
+        // On a 304 the chain is walked only once the trusted root has expired: a root
+        // renewed on the server while the channel stayed the same is found then, instead
+        // of every check failing until the channel is signed again.
+        let root = if walk || root.check_unexpired(now).is_err() {
             root.update(
                 |v| match self.fetcher.metadata(&format!("root/{v}.json"), None, max) {
                     Ok(Metadata::Fetched { bytes, .. }) => Ok(Some(bytes)),
@@ -908,6 +915,8 @@ impl Updater {
                     Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(e),
                 },
+                // Each verified root is trusted whatever comes next: keep it at once.
+                |r| crate::fsutil::write_atomic(&saved, r.envelope()),
                 now,
                 max,
             )?
@@ -915,9 +924,6 @@ impl Updater {
             root.check_unexpired(now)?;
             root
         };
-        if root.root().version != before || !saved.exists() {
-            crate::fsutil::write_atomic(&saved, root.envelope())?;
-        }
         st.root_version = Some(root.root().version);
         Ok(Anchor::Root(root))
     }

@@ -12,6 +12,7 @@ mod world;
 
 use common::zips::{self, Item};
 use evergreen::manifest::Manifest;
+use evergreen::publish::RotateOptions;
 use evergreen::trust::{self, Envelope, EnvelopeSignature, Root, SecretKey, ROOT_TYPE};
 use evergreen::{Check, ErrorKind};
 use serde_json::json;
@@ -199,6 +200,45 @@ fn attack_expired_root() {
     let err = refused(dev.updater.check(), ErrorKind::Expired);
     assert!(err.message().contains("root"), "{err}");
     before.assert_unchanged(&dev);
+}
+
+/// The other side of the same rule: root 1 is renewed on the server (root 2, same keys)
+/// while the channel stays the same, so every check is answered 304. Until root 1 expires
+/// a check is still one request; after, the device walks to root 2 instead of failing.
+#[test]
+fn a_root_renewed_while_the_channel_is_unchanged_is_found_once_the_old_one_expires() {
+    let setup = Setup {
+        root_days: 20,
+        ..Setup::default()
+    };
+    let (w, dev) = World::installed_with(setup, json!({}));
+    let renew = RotateOptions {
+        expires_in_days: Some(365),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&renew, &[&key(ROOT_KEY)], t0().plus_days(10))
+        .unwrap();
+    // The install's first check looked for root 2 (404); count from here.
+    let walks = || w.server.requests("root/2.json").len();
+    let before = walks();
+    dev.set_clock(t0().plus_days(15));
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(
+        walks(),
+        before,
+        "a 304 before the root expires is one request"
+    );
+    assert_eq!(dev.state_json()["root_version"], 1);
+
+    dev.set_clock(t0().plus_days(21));
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(
+        w.server.requests(STABLE).last().map(|r| r.status),
+        Some(304)
+    );
+    assert_eq!(walks(), before + 1);
+    assert_eq!(dev.state_json()["root_version"], 2);
 }
 
 // ---- endless data --------------------------------------------------------------------

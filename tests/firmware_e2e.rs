@@ -720,7 +720,10 @@ fn an_unchanged_image_is_written_again_into_the_idle_slot() {
     let server = TestServer::serve(&repo.root);
     let board = Board::new(&repo, &server, "sameimage", Loader::Grub);
     let image = release_image(&repo, "2.0.0", MIB, 2);
-    assert_eq!(json_out(&board.dev.expect("update", &["--yes", "--json"], 0))["slot"], "b");
+    assert_eq!(
+        json_out(&board.dev.expect("update", &["--yes", "--json"], 0))["slot"],
+        "b"
+    );
     assert_eq!(board.power_on(), Some(Slot::B));
     assert_eq!(board.boot()["slot"], "b");
     board.dev.expect("confirm", &[], 0);

@@ -586,6 +586,7 @@ fn rotation_walks_1_to_2_to_3_and_the_new_manifest_keys_take_over() {
                 asked.push(v);
                 fetch(v)
             },
+            |_| Ok(()),
             now(),
             MAX,
         )
@@ -636,6 +637,7 @@ fn a_skipped_root_version_is_metadata_rollback() {
     let skipping = root(3, &[&key(2)], 1, &[&key(102)]);
     let got = pinned_v1().update(
         serve(vec![sign_root(&skipping, &[&key(1), &key(2)])]),
+        |_| Ok(()),
         now(),
         MAX,
     );
@@ -659,20 +661,21 @@ fn an_expired_final_root_is_expired_but_an_expired_intermediate_is_not() {
     let mut expired = root(2, &[&key(2)], 1, &[&key(102)]);
     expired.expires = now().plus_secs(-1);
     let link2 = sign_root(&expired, &[&key(1), &key(2)]);
-    let got = pinned_v1().update(serve(vec![link2.clone()]), now(), MAX);
+    let got = pinned_v1().update(serve(vec![link2.clone()]), |_| Ok(()), now(), MAX);
     assert_eq!(kind_of(got), ErrorKind::Expired);
     // Expiring exactly now is expired too.
     let mut at_now = root(2, &[&key(2)], 1, &[&key(102)]);
     at_now.expires = now();
     let got = pinned_v1().update(
         serve(vec![sign_root(&at_now, &[&key(1), &key(2)])]),
+        |_| Ok(()),
         now(),
         MAX,
     );
     assert_eq!(kind_of(got), ErrorKind::Expired);
     // Walking through an expired root to a fresh one is how an old device catches up.
     let r = pinned_v1()
-        .update(serve(vec![link2, chain_link(3)]), now(), MAX)
+        .update(serve(vec![link2, chain_link(3)]), |_| Ok(()), now(), MAX)
         .expect("the final root is fresh");
     assert_eq!(r.root().version, 3);
 }
@@ -689,6 +692,7 @@ fn the_root_chain_stops_after_32_steps() {
                 asked.push(v);
                 fetch(v)
             },
+            |_| Ok(()),
             now(),
             MAX,
         )
@@ -697,9 +701,78 @@ fn the_root_chain_stops_after_32_steps() {
     assert_eq!(asked, (2..=33).collect::<Vec<u64>>());
     // The next run carries on from there.
     let r = r
-        .update(serve((2..=40).map(chain_link).collect()), now(), MAX)
+        .update(
+            serve((2..=40).map(chain_link).collect()),
+            |_| Ok(()),
+            now(),
+            MAX,
+        )
         .unwrap();
     assert_eq!(r.root().version, 40);
+}
+
+/// Root `n` of the chain, expired an hour before [`now`].
+fn expired_link(n: u8) -> Vec<u8> {
+    let (own, manifest_key) = (key(n), key(100 + n));
+    let mut r = root(u64::from(n), &[&own], 1, &[&manifest_key]);
+    r.expires = now().plus_secs(-3600);
+    sign_root(&r, &[&key(n - 1), &own])
+}
+
+#[test]
+fn a_walk_stopped_at_an_expired_root_by_the_step_limit_is_kept_and_goes_on_next_time() {
+    // Roots 2..=33 expired long ago, 34 is fresh: a device pinned to 1 is 33 steps behind.
+    let links: Vec<Vec<u8>> = (2..=33).map(expired_link).chain([chain_link(34)]).collect();
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let got = pinned_v1().update(
+        serve(links.clone()),
+        |r| {
+            kept.push(r.envelope().to_vec());
+            Ok(())
+        },
+        now(),
+        MAX,
+    );
+    let err = got
+        .err()
+        .expect("root 33, where the walk stops, has expired");
+    assert_eq!(err.kind(), ErrorKind::Expired);
+    assert!(
+        err.to_string()
+            .contains("the next check goes on from version 33"),
+        "{err}"
+    );
+    assert_eq!(
+        kept.len(),
+        32,
+        "every verified root is kept as it is reached"
+    );
+    assert_eq!(kept.last(), links.get(31));
+    // The next run starts from the last kept root and reaches the fresh one.
+    let resumed = TrustedRoot::pinned(kept.last().unwrap(), MAX).unwrap();
+    let r = resumed
+        .update(serve(links), |_| Ok(()), now(), MAX)
+        .expect("root 34 is fresh");
+    assert_eq!(r.root().version, 34);
+}
+
+#[test]
+fn a_bad_link_later_in_the_walk_keeps_the_roots_before_it() {
+    let mut bad = root(3, &[&key(3)], 1, &[&key(103)]);
+    bad.product = "com.acme.other".into();
+    let links = vec![chain_link(2), sign_root(&bad, &[&key(2), &key(3)])];
+    let mut kept = Vec::new();
+    let got = pinned_v1().update(
+        serve(links),
+        |r| {
+            kept.push(r.root().version);
+            Ok(())
+        },
+        now(),
+        MAX,
+    );
+    assert_eq!(kind_of(got), ErrorKind::WrongMetadata);
+    assert_eq!(kept, [2]);
 }
 
 #[test]
@@ -711,6 +784,7 @@ fn a_fetch_failure_during_rotation_is_passed_on() {
                 "connection refused",
             ))
         },
+        |_| Ok(()),
         now(),
         MAX,
     );
