@@ -31,11 +31,12 @@ pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
 
 thread_local! {
-    /// The state directories whose lock this thread holds (see [`State::lock`]).
+    /// The lock files this thread holds (see [`State::lock`] and [`State::work_lock`]).
     static HELD: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The state lock of one operation (see [`State::lock`]); dropping it releases the lock.
+/// A lock of one operation (see [`State::lock`] and [`State::work_lock`]); dropping it
+/// releases the lock.
 #[derive(Debug)]
 pub struct StateLock {
     // Closing the file releases the `flock`.
@@ -47,6 +48,32 @@ impl Drop for StateLock {
     fn drop(&mut self) {
         HELD.with(|held| held.borrow_mut().retain(|k| *k != self.key));
     }
+}
+
+/// Takes the lock file `name` in `dir` for an operation that may `what`.
+fn lock_file(dir: &Path, name: &str, what: &str) -> Result<StateLock> {
+    fsutil::create_dir_all(dir)?;
+    let path = dir.join(name);
+    // One spelling per directory, so two handles configured with different paths to the
+    // same state are recognised.
+    let key = std::fs::canonicalize(dir)
+        .map_err(|e| Error::io("resolve", dir, e))?
+        .join(name);
+    if HELD.with(|held| held.borrow().contains(&key)) {
+        return Err(Error::invalid_state(format!(
+            "{}: expected no other operation that may {what} running on this thread, found one: call Evergreen from an event or progress callback only to read (status), and run other operations after the call that emitted it returns",
+            dir.display()
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    file.lock().map_err(|e| Error::io("lock", &path, e))?;
+    HELD.with(|held| held.borrow_mut().push(key.clone()));
+    Ok(StateLock { _file: file, key })
 }
 
 /// Where a slot is in its life.
@@ -96,6 +123,11 @@ pub struct SlotRecord {
     /// Channel the release came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// The channel the device followed when the release was staged. Activation moves the
+    /// device to `channel` only while it still follows this one: a switch made after
+    /// staging is the user's newer choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_channel: Option<String>,
     /// The release is a forced update (activation ignores `at` and `download_only`).
     #[serde(default)]
     pub critical: bool,
@@ -218,34 +250,37 @@ impl State {
         dir.join(FILE_NAME)
     }
 
-    /// Takes the lock that serialises every operation on the state in `dir`, across
-    /// processes and threads; it is released when the returned guard drops.
+    /// Takes the lock that serialises changes to the state in `dir`, across processes and
+    /// threads; it is released when the returned guard drops. It is held only while a
+    /// state is read, changed and saved, never across network or slot writes, so the
+    /// startup step on every boot does not wait for a download (see [`State::work_lock`]).
     ///
     /// Another thread or process waits for the lock. The thread that holds it gets
     /// `invalid_state` instead: that is a call made from inside an event or progress
     /// callback of an operation still running (through any handle on the same state),
     /// which would otherwise wait for itself forever.
     pub fn lock(dir: &Path) -> Result<StateLock> {
-        fsutil::create_dir_all(dir)?;
-        let path = dir.join("lock");
-        // One spelling per directory, so two handles configured with different paths to
-        // the same state are recognised.
-        let key = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
-        if HELD.with(|held| held.borrow().contains(&key)) {
-            return Err(Error::invalid_state(format!(
-                "{}: expected no other operation on this state running on this thread, found one: call Evergreen from an event or progress callback only to read (status), and run other operations after the call that emitted it returns",
-                dir.display()
-            )));
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        file.lock().map_err(|e| Error::io("lock", &path, e))?;
-        HELD.with(|held| held.borrow_mut().push(key.clone()));
-        Ok(StateLock { _file: file, key })
+        lock_file(dir, "lock", "change the state")
+    }
+
+    /// Takes the lock that serialises the long operations on the state in `dir`: checks
+    /// (network), downloads (one writer per `.part`) and installs (slot writes). Take it
+    /// before [`State::lock`], never while holding that. Waiting and re-entry are as for
+    /// [`State::lock`].
+    pub fn work_lock(dir: &Path) -> Result<StateLock> {
+        lock_file(dir, "work.lock", "check, download or install")
+    }
+
+    /// Takes what a check learned from `checked`, a copy of the state made before the check
+    /// went to the network: the manifests seen, the newest `issued`, the root version, and
+    /// when it checked and how many checks failed in a row. Everything else (slots, trial,
+    /// channel, floor) may have changed meanwhile and is kept.
+    pub fn adopt_check(&mut self, checked: &State) {
+        self.manifests.clone_from(&checked.manifests);
+        self.newest_issued = self.newest_issued.max(checked.newest_issued);
+        self.root_version = self.root_version.max(checked.root_version);
+        self.last_check = self.last_check.max(checked.last_check);
+        self.check_failures = checked.check_failures;
     }
 
     /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a

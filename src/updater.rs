@@ -179,6 +179,25 @@ impl Store {
     }
 }
 
+/// The channel a device following `following` moves to when it activates `record`: the
+/// release's channel, unless the device was switched to another channel after staging.
+fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<String> {
+    let staged_while = record.device_channel.as_deref().unwrap_or(following);
+    (staged_while == following)
+        .then(|| record.channel.clone())
+        .flatten()
+}
+
+/// Refuses a channel name that could not be a file name under `channels/` (and the cache).
+fn check_channel_name(channel: &str) -> Result<()> {
+    if manifest::is_safe_name(channel) {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "expected a channel name like stable, preview or nightly, found {channel:?}"
+    )))
+}
+
 /// The components of a plan that carry an artifact to fetch and install, with it.
 fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
     c.artifact.as_ref().map(|a| (c, a))
@@ -356,9 +375,26 @@ impl Updater {
         &self.config.state_dir
     }
 
-    /// Serialises operations across processes (CLI, launcher, host) with a lock file.
+    /// Serialises changes to the state across processes (CLI, launcher, host): held only
+    /// while the state is read, changed and saved.
     fn lock(&self) -> Result<crate::state::StateLock> {
         State::lock(self.state_dir())
+    }
+
+    /// Serialises checks, downloads and installs, which take long; taken before
+    /// [`Updater::lock`], so the startup step never waits for the network.
+    fn work_lock(&self) -> Result<crate::state::StateLock> {
+        State::work_lock(self.state_dir())
+    }
+
+    /// Saves what a check learned into the state as it is now: other operations may have
+    /// changed it while the check was on the network.
+    fn save_check(&self, checked: &State) -> Result<State> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        st.adopt_check(checked);
+        self.save(&st)?;
+        Ok(st)
     }
 
     fn load_state(&self) -> Result<State> {
@@ -659,7 +695,13 @@ impl Updater {
         let (from, to) = (st.primary, st.fallback());
         let bad = st.slot_mut(from);
         bad.status = SlotStatus::Bad;
-        if let Some(v) = bad.version.clone() {
+        // A failed repair (the fallback runs the same version) says nothing against the
+        // release: it stays offered.
+        if let Some(v) = bad
+            .version
+            .clone()
+            .filter(|v| st.slot(to).version.as_ref() != Some(v))
+        {
             if !st.failed.contains(&v) {
                 st.failed.push(v);
             }
@@ -685,7 +727,10 @@ impl Updater {
     /// (a pin: newer or older, never below the security floor).
     pub fn check_with(&self, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
         self.reported("check", || {
-            let _lock = self.lock()?;
+            if let Some(name) = channel {
+                check_channel_name(name)?;
+            }
+            let _work = self.work_lock()?;
             let mut st = self.load_state()?;
             let now = manifest::effective_now((self.clock)(), st.newest_issued);
             let channel = channel.unwrap_or(&st.channel).to_string();
@@ -693,13 +738,13 @@ impl Updater {
                 Ok(m) => m,
                 Err(e) => {
                     st.check_failures = st.check_failures.saturating_add(1);
-                    self.save(&st)?;
+                    self.save_check(&st)?;
                     return Err(e);
                 }
             };
             st.check_failures = 0;
             st.last_check = Some(now);
-            self.save(&st)?;
+            let st = self.save_check(&st)?;
             self.decide(&st, &manifest, version, now)
         })
     }
@@ -964,7 +1009,7 @@ impl Updater {
     ) -> Result<()> {
         self.reported("download", || {
             // One writer per `.part`: a second process waits instead of interleaving.
-            let _lock = self.lock()?;
+            let _work = self.work_lock()?;
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
             let total = plan.download_size();
@@ -1004,62 +1049,105 @@ impl Updater {
     /// never touched.
     pub fn install(&self, plan: &Offer) -> Result<Slot> {
         self.reported("install", || {
-            let _lock = self.lock()?;
-            let mut st = self.load_state()?;
-            if let Some(t) = st.trial {
-                return Err(Error::invalid_state(format!(
-                    "slot {} is on trial; confirm or roll back before installing another release",
-                    t.slot
-                )));
-            }
-            if plan.security_version < st.security_floor {
-                return Err(Error::new(
-                    ErrorKind::SecurityFloor,
-                    format!(
-                        "release {} has security version {}, below this device's floor {}",
-                        plan.version, plan.security_version, st.security_floor
-                    ),
-                ));
-            }
+            let _work = self.work_lock()?;
+            // Checked before the downloads are hashed, and again under the state lock.
+            self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
-            let slot = self.install_slot(&mut st)?;
-            let components = installed_components(plan, &st.slot(st.primary).components);
-            *st.slot_mut(slot) = SlotRecord {
-                status: SlotStatus::Installing,
-                version: Some(plan.version.clone()),
-                security_version: plan.security_version,
-                channel: Some(plan.channel.clone()),
-                critical: plan.critical,
-                components: BTreeMap::new(),
-            };
-            st.record(
-                (self.clock)(),
-                "installing",
-                format!("{} into slot {slot}", plan.version),
-            );
-            self.save(&st)?;
-            self.with_selector(|s| s.disable(slot))?;
+            let (slot, primary, components) = self.begin_install(plan)?;
+            // The slot is written without the state lock: the startup step, status and
+            // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
                 Store::Dir(slots) => {
-                    self.install_dir(slots, st.primary, slot, plan, &files, &components)?
+                    self.install_dir(slots, primary, slot, plan, &files, &components)?
                 }
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
-            let record = st.slot_mut(slot);
-            record.status = SlotStatus::Installed;
-            record.components = components;
-            st.record(
-                (self.clock)(),
-                "staged",
-                format!("{} in slot {slot}", plan.version),
-            );
-            self.save(&st)?;
+            self.finish_install(plan, slot, components)?;
             self.emit(Event::Staged {
                 slot,
                 version: plan.version.to_string(),
             });
             Ok(slot)
         })
+    }
+
+    /// Refuses an install during a trial or below the security floor.
+    fn check_installable(&self, st: &State, plan: &Offer) -> Result<()> {
+        if let Some(t) = st.trial {
+            return Err(Error::invalid_state(format!(
+                "slot {} is on trial; confirm or roll back before installing another release",
+                t.slot
+            )));
+        }
+        if plan.security_version < st.security_floor {
+            return Err(Error::new(
+                ErrorKind::SecurityFloor,
+                format!(
+                    "release {} has security version {}, below this device's floor {}",
+                    plan.version, plan.security_version, st.security_floor
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the slot to write `installing` and takes it out of the boot order. Returns
+    /// it, the primary it is staged from and what it will hold.
+    fn begin_install(
+        &self,
+        plan: &Offer,
+    ) -> Result<(Slot, Slot, BTreeMap<String, InstalledComponent>)> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        self.check_installable(&st, plan)?;
+        let slot = self.install_slot(&mut st)?;
+        let components = installed_components(plan, &st.slot(st.primary).components);
+        *st.slot_mut(slot) = SlotRecord {
+            status: SlotStatus::Installing,
+            version: Some(plan.version.clone()),
+            security_version: plan.security_version,
+            channel: Some(plan.channel.clone()),
+            device_channel: Some(st.channel.clone()),
+            critical: plan.critical,
+            components: BTreeMap::new(),
+        };
+        st.record(
+            (self.clock)(),
+            "installing",
+            format!("{} into slot {slot}", plan.version),
+        );
+        self.save(&st)?;
+        self.with_selector(|s| s.disable(slot))?;
+        Ok((slot, st.primary, components))
+    }
+
+    /// Marks the written slot `installed`, in the state as it is now.
+    fn finish_install(
+        &self,
+        plan: &Offer,
+        slot: Slot,
+        components: BTreeMap<String, InstalledComponent>,
+    ) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        let record = st.slot_mut(slot);
+        if record.status != SlotStatus::Installing || record.version.as_ref() != Some(&plan.version)
+        {
+            return Err(Error::invalid_state(format!(
+                "expected slot {slot} still being installed with {}, found it {} with {} (changed by another process during the install)",
+                plan.version,
+                record.status.as_str(),
+                record.version.as_ref().map_or("nothing".to_string(), Version::to_string)
+            )));
+        }
+        record.status = SlotStatus::Installed;
+        record.components = components;
+        st.record(
+            (self.clock)(),
+            "staged",
+            format!("{} in slot {slot}", plan.version),
+        );
+        self.save(&st)
     }
 
     /// The slot to write: the fallback, and never the slot the selector says is running.
@@ -1272,8 +1360,8 @@ impl Updater {
                 slot,
                 tries_left: tries,
             });
-            if let Some(ch) = &record.channel {
-                st.channel = ch.clone();
+            if let Some(ch) = channel_after_activation(&record, &st.channel) {
+                st.channel = ch;
             }
             st.record(
                 (self.clock)(),
@@ -1352,7 +1440,8 @@ impl Updater {
         }
     }
 
-    /// Goes back to the fallback slot now (it must be `good`); the primary is marked bad.
+    /// Goes back to the fallback slot now (it must be `good`, and not below the security
+    /// floor: `security_floor`); the primary is marked bad.
     pub fn rollback(&self) -> Result<Slot> {
         self.reported("rollback", || {
             let _lock = self.lock()?;
@@ -1364,6 +1453,20 @@ impl Updater {
                     "fallback slot {fallback} is {}, expected good: nothing to roll back to",
                     status.as_str()
                 )));
+            }
+            // The floor rose when the primary was confirmed; going back under it by hand
+            // would undo the anti-rollback protection it stands for.
+            let below = st.slot(fallback);
+            if below.security_version < st.security_floor {
+                return Err(Error::new(
+                    ErrorKind::SecurityFloor,
+                    format!(
+                        "expected a fallback at or above this device's security floor {}, found slot {fallback} with {} at security version {}",
+                        st.security_floor,
+                        below.version.as_ref().map_or("a release".to_string(), Version::to_string),
+                        below.security_version
+                    ),
+                ));
             }
             let outcome = self.fall_back(&mut st, "rollback requested")?;
             if let Startup::RolledBack { from, to, reason } = outcome {
@@ -1390,11 +1493,7 @@ impl Updater {
 
     /// Follows `channel` from now on; the next check applies the channel-switch rules.
     pub fn set_channel(&self, channel: &str) -> Result<()> {
-        if !manifest::is_safe_name(channel) {
-            return Err(Error::config(format!(
-                "expected a channel name like stable, preview or nightly, found {channel:?}"
-            )));
-        }
+        check_channel_name(channel)?;
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         st.record(
@@ -1410,10 +1509,8 @@ impl Updater {
     /// fetched from its artifact. An explicit call, never a check result.
     pub fn reinstall_offer(&self) -> Result<Offer> {
         self.reported("reinstall", || {
-            let mut st = {
-                let _lock = self.lock()?;
-                self.load_state()?
-            };
+            let _work = self.work_lock()?;
+            let mut st = self.load_state()?;
             let version = st.installed_version().cloned().ok_or_else(|| {
                 Error::invalid_state("nothing is installed through Evergreen: nothing to reinstall")
             })?;
@@ -1423,12 +1520,8 @@ impl Updater {
                 .channel
                 .clone()
                 .unwrap_or_else(|| st.channel.clone());
-            let manifest = {
-                let _lock = self.lock()?;
-                let m = self.fetch_manifest(&mut st, &channel, now)?;
-                self.save(&st)?;
-                m
-            };
+            let manifest = self.fetch_manifest(&mut st, &channel, now)?;
+            let st = self.save_check(&st)?;
             let release = manifest.release(&version).ok_or_else(|| {
                 Error::new(
                     ErrorKind::NoSuchVersion,

@@ -377,6 +377,81 @@ fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock()
     );
 }
 
+/// The startup step runs on every boot, often from the app's launcher while a background
+/// `evergreen update` runs. It must not wait for that update's download (network time) or
+/// its check: those hold only the work lock, never the state's.
+#[test]
+fn the_startup_step_does_not_wait_for_a_running_check_or_download() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.nowait");
+    publish_app(&repo, &src, "1.0.0", true);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let launcher = evergreen::Updater::builder(config.clone()).build().unwrap();
+    // From inside the check's `checked` event, on the checking thread itself.
+    let during_check = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = during_check.clone();
+    let inner = evergreen::Updater::builder(config.clone()).build().unwrap();
+    let updater = evergreen::Updater::builder(config)
+        .on_event(move |e| {
+            if let evergreen::Event::Checked { .. } = e {
+                seen.lock()
+                    .unwrap()
+                    .push(inner.startup().map_err(|e| e.kind()));
+            }
+        })
+        .build()
+        .unwrap();
+    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
+        panic!("expected 1.0.0 to be offered");
+    };
+    assert_eq!(
+        *during_check.lock().unwrap(),
+        [Ok(evergreen::Startup::Normal)]
+    );
+
+    // From another thread while the download waits in its progress callback.
+    let plan = updater.plan(&offer).unwrap();
+    let (started, booted) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+    let (in_download, release) = (started.0, std::sync::mpsc::channel::<()>());
+    let boot = std::thread::spawn(move || {
+        if started
+            .1
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .is_ok()
+        {
+            let _ = booted.0.send(launcher.startup().map_err(|e| e.kind()));
+        }
+    });
+    let mut first = true;
+    let mut outcome = None;
+    updater
+        .download(
+            &plan,
+            &mut |_, _| {
+                if std::mem::take(&mut first) {
+                    in_download.send(()).unwrap();
+                    outcome = booted
+                        .1
+                        .recv_timeout(std::time::Duration::from_secs(20))
+                        .ok();
+                }
+            },
+            &evergreen::fetch::CancelToken::new(),
+        )
+        .unwrap();
+    drop(release);
+    boot.join().unwrap();
+    assert!(
+        matches!(outcome, Some(Ok(evergreen::Startup::Normal))),
+        "the startup step waited for the download: {outcome:?}"
+    );
+    updater.install(&plan).unwrap();
+}
+
 /// A host boot selector that asks its own updater for the status (say, to log it) would
 /// wait for the selector lock its own thread holds. It gets `invalid_state` instead.
 #[test]

@@ -733,9 +733,9 @@ fn a_walk_stopped_at_an_expired_root_by_the_step_limit_is_kept_and_goes_on_next_
         now(),
         MAX,
     );
-    let err = got
-        .err()
-        .expect("root 33, where the walk stops, has expired");
+    let Err(err) = got else {
+        panic!("expected root 33, where the walk stops, to be expired");
+    };
     assert_eq!(err.kind(), ErrorKind::Expired);
     assert!(
         err.to_string()

@@ -1,7 +1,8 @@
 //! Progress and event callbacks into C. Both run on the thread that called the `evg_`
-//! function, synchronously. An operation that changes the state holds the state's lock
-//! while it calls them, so such an operation called from inside them is `EVG_INVALID_STATE`
-//! (`State::lock`); reading and replacing callbacks work.
+//! function, synchronously. An operation holds the work lock (check, download, install,
+//! reinstall) or the state lock (the others) while it calls them, so an operation that
+//! needs the same lock, called from inside them, is `EVG_INVALID_STATE` (`State::lock`,
+//! `State::work_lock`); reading and replacing callbacks work.
 
 use super::error::evg_status;
 use super::handle::to_c_string;

@@ -302,9 +302,10 @@ class Updater:
     def on_event(self, callback: Optional[EventCallback]) -> None:
         """Sends every event, as a dict, to `callback` (None stops events). It runs on the
         thread of the call that emits the event; an exception in it is turned into a
-        RuntimeWarning, since it cannot unwind through C. Calls that change the state
-        (check, update, confirm, ...) made from inside it raise an `invalid_state` error:
-        the call that emitted the event holds the state's lock. `status()` works."""
+        RuntimeWarning, since it cannot unwind through C. A call made from inside it that
+        needs the lock the emitting call holds raises `InvalidStateError` (check, download,
+        install and reinstall share one; startup, activate, confirm, rollback, skip and
+        set_channel another). `status()` works."""
         if callback is None:
             with self._h.use() as h:
                 check(_lib.evg_set_event_callback(h, _ffi.EVENT_CB(), None))

@@ -87,7 +87,8 @@ pub enum Command {
     /// Mark the slot on trial good (run it once the new version is healthy); raises the
     /// security floor.
     Confirm,
-    /// Go back to the fallback slot now; the current one is marked bad.
+    /// Go back to the fallback slot now; the current one is marked bad. Refused below the
+    /// security floor.
     Rollback,
     /// Install the installed version again into the other slot (repair) and activate it.
     Reinstall,

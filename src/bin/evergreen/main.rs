@@ -1,8 +1,9 @@
 //! The `evergreen` command-line tool (DESIGN §9): operator commands that build a signed
 //! repository, and device commands that update this machine.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage. A failure prints exactly one line,
-//! `error[<kind>]: <message>`, on stderr, where `<kind>` is the stable error name.
+//! Exit codes: 0 success, 1 failure, 2 usage, 10 update available (`check`). A failure
+//! prints exactly one line, `error[<kind>]: <message>`, on stderr, where `<kind>` is the
+//! stable error name.
 
 mod device;
 mod operator;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 #[command(
     name = "evergreen",
     version,
-    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr), 2 usage.\n\
+    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr), 2 usage, 10 update available (check).\n\
                   Set EVERGREEN_NOW to an RFC 3339 time to run as if the clock read that time."
 )]
 struct Cli {
