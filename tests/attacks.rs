@@ -325,6 +325,27 @@ fn attack_slow_retrieval() {
     before.assert_unchanged(&dev);
 }
 
+/// TUF "slow retrieval attack" on metadata: the manifest trickles in; the check gives up
+/// by itself instead of waiting for the whole document.
+#[test]
+fn attack_slow_retrieval_of_the_manifest() {
+    let limits = json!({"limits": {"min_speed_bytes_per_s": 65536, "speed_window_s": 1,
+                                   "read_timeout_s": 5}});
+    let (w, dev) = World::installed_with(Setup::default(), limits);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let before = dev.snapshot();
+    w.server.set_fault(
+        STABLE,
+        Fault::Trickle {
+            bytes: 4,
+            every: Duration::from_millis(20),
+        },
+    );
+    let err = refused(dev.updater.check(), ErrorKind::SlowRetrieval);
+    assert!(err.message().contains(STABLE), "{err}");
+    before.assert_unchanged(&dev);
+}
+
 // ---- mix and match -------------------------------------------------------------------
 
 /// TUF "mix-and-match attack": another product's manifest, signed by the same operator's

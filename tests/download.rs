@@ -273,6 +273,48 @@ fn trickling_server_fails_with_slow_retrieval_within_the_bound() {
     assert_no_completed_file(downloads.path(), &repo);
 }
 
+/// TUF "slow retrieval" on metadata: a manifest trickling in far below the minimum speed
+/// ends the fetch with `slow_retrieval`, as a blob would, not after the whole document.
+#[test]
+fn trickling_manifest_fails_with_slow_retrieval_within_the_bound() {
+    let dir = metadata_repo(&[b' '; 1024]);
+    let server = TestServer::serve(dir.path());
+    server.set_fault(
+        "channels/stable.json",
+        Fault::Trickle {
+            bytes: 4,
+            every: Duration::from_millis(100),
+        },
+    );
+    let opts = FetchOptions {
+        min_speed_bytes_per_s: 1024,
+        speed_window: Duration::from_millis(500),
+        read_timeout: Duration::from_secs(2),
+        ..options()
+    };
+    let bound = opts.speed_window + opts.read_timeout;
+    let f = fetcher(&[server.url()], opts);
+
+    let started = Instant::now();
+    let Err(err) = f.metadata("channels/stable.json", None, 1 << 20) else {
+        panic!(
+            "expected slow_retrieval, found the document after {:?}",
+            started.elapsed()
+        );
+    };
+    assert_eq!(err.kind(), ErrorKind::SlowRetrieval, "{err}");
+    // Generous: proves the fetch stops by itself, not how fast.
+    assert!(
+        started.elapsed() < bound * 4,
+        "took {:?}",
+        started.elapsed()
+    );
+    let url = format!("{}/channels/stable.json", server.url());
+    for wanted in [url.as_str(), "expected at least 1024 bytes/s", "found "] {
+        assert!(err.message().contains(wanted), "{wanted:?} in {err}");
+    }
+}
+
 #[test]
 fn silent_server_times_out() {
     let repo = Repo::new(1000);

@@ -5,14 +5,14 @@
 //! They pass a fixed pool of five 256 KiB buffers back and forth over bounded channels,
 //! so memory stays flat whatever the blob's size.
 
+use super::speed::SpeedMeter;
 use super::{
-    read_error, status_failure, too_large, CancelToken, Failure, FetchOptions, Fetcher, Request,
+    read_error, read_some, status_failure, too_large, CancelToken, Failure, Fetcher, Request,
     Response,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::trust::hex;
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -375,15 +375,6 @@ fn fill(body: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
     (n, None)
 }
 
-fn read_some(body: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match body.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
-    }
-}
-
 /// The writer thread: appends each chunk, hashes it and hands the buffer back.
 fn write_and_hash(
     mut file: File,
@@ -404,114 +395,9 @@ fn write_and_hash(
     (file, hasher, wrote, Ok(()))
 }
 
-/// The average speed over a sliding window, checked once the transfer is a window old.
-struct SpeedMeter {
-    min: u64,
-    window: Duration,
-    started: Instant,
-    /// (when, bytes so far), at least `window / 8` apart, the oldest at least a window
-    /// old once there is such a sample: at most about ten entries.
-    samples: VecDeque<(Instant, u64)>,
-}
-
-impl SpeedMeter {
-    fn new(options: &FetchOptions, now: Instant) -> SpeedMeter {
-        SpeedMeter {
-            min: options.min_speed_bytes_per_s,
-            window: options.speed_window,
-            started: now,
-            samples: VecDeque::from([(now, 0)]),
-        }
-    }
-
-    fn check(&mut self, now: Instant, bytes: u64, url: &str) -> Result<()> {
-        if self.min == 0 || self.window.is_zero() {
-            return Ok(());
-        }
-        if let Some(horizon) = now.checked_sub(self.window) {
-            while self.samples.len() > 1 && self.samples[1].0 <= horizon {
-                self.samples.pop_front();
-            }
-        }
-        let Some(&(since, base)) = self.samples.front() else {
-            return Ok(());
-        };
-        if now.duration_since(self.started) >= self.window {
-            let elapsed = now.duration_since(since).as_secs_f64();
-            let speed = (bytes - base) as f64 / elapsed;
-            if speed < self.min as f64 {
-                return Err(Error::new(
-                    ErrorKind::SlowRetrieval,
-                    format!(
-                        "GET {url}: expected at least {} bytes/s, found {speed:.0} bytes/s \
-                         ({} bytes in the last {elapsed:.1} s)",
-                        self.min,
-                        bytes - base
-                    ),
-                ));
-            }
-        }
-        if self
-            .samples
-            .back()
-            .is_none_or(|(t, _)| now.duration_since(*t) >= self.window / 8)
-        {
-            self.samples.push_back((now, bytes));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn meter(min: u64, window_ms: u64, now: Instant) -> SpeedMeter {
-        let options = FetchOptions {
-            min_speed_bytes_per_s: min,
-            speed_window: Duration::from_millis(window_ms),
-            ..FetchOptions::default()
-        };
-        SpeedMeter::new(&options, now)
-    }
-
-    #[test]
-    fn slow_start_is_forgiven_during_the_grace_period() {
-        let t0 = Instant::now();
-        let mut m = meter(1000, 1000, t0);
-        assert!(m.check(t0 + Duration::from_millis(900), 1, "u").is_ok());
-    }
-
-    #[test]
-    fn trickle_fails_after_the_window() {
-        let t0 = Instant::now();
-        let mut m = meter(1000, 1000, t0);
-        for i in 1..10 {
-            assert!(m.check(t0 + Duration::from_millis(i * 100), i, "u").is_ok());
-        }
-        let err = m
-            .check(t0 + Duration::from_millis(1000), 10, "u")
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::SlowRetrieval);
-    }
-
-    #[test]
-    fn window_slides_so_an_early_burst_does_not_hide_a_stall() {
-        let t0 = Instant::now();
-        let mut m = meter(1000, 1000, t0);
-        assert!(m
-            .check(t0 + Duration::from_millis(200), 1_000_000, "u")
-            .is_ok());
-        let mut t = 200;
-        let mut outcome = Ok(());
-        while t < 5000 && outcome.is_ok() {
-            t += 100;
-            outcome = m.check(t0 + Duration::from_millis(t), 1_000_000 + t / 10, "u");
-        }
-        assert_eq!(outcome.unwrap_err().kind(), ErrorKind::SlowRetrieval);
-        assert!(t <= 1400, "stall noticed only at {t} ms");
-        assert!(m.samples.len() <= 10);
-    }
 
     #[test]
     fn hash_must_be_lowercase_hex() {

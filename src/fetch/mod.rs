@@ -28,6 +28,7 @@
 mod download;
 #[cfg(feature = "http")]
 mod http;
+mod speed;
 mod transport;
 
 #[cfg(feature = "http")]
@@ -37,11 +38,12 @@ pub use http::{system_roots, SYSTEM_ROOTS};
 pub use transport::{FileTransport, Request, Response, Transport};
 
 use crate::error::{Error, ErrorKind, Result};
-use std::io::Read;
+use speed::SpeedMeter;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Limits and network settings of a [`Fetcher`]. The defaults are DESIGN §7.1's `limits`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +53,8 @@ pub struct FetchOptions {
     /// Bound on waiting for the response headers and on each read of the body (an idle
     /// timeout, not a bound on the whole transfer). Zero means no bound. Default 30 s.
     pub read_timeout: Duration,
-    /// The slowest average speed accepted, over [`speed_window`](Self::speed_window).
-    /// Zero disables the check. Default 1024 B/s.
+    /// The slowest average speed accepted, over [`speed_window`](Self::speed_window),
+    /// for metadata and blobs alike. Zero disables the check. Default 1024 B/s.
     pub min_speed_bytes_per_s: u64,
     /// The sliding window over which the speed is averaged. It is also the grace period:
     /// nothing is checked until a transfer has run this long. So a trickling server fails
@@ -231,8 +233,10 @@ impl Fetcher {
     /// Fetches a small signed document (root, manifest) at `<base>/<path>`.
     ///
     /// With `etag`, sends `If-None-Match` and returns [`Metadata::NotModified`] on 304.
-    /// Never reads more than `max_bytes` ([`ErrorKind::TooLarge`]). A 404 on every base
-    /// is [`ErrorKind::NotFound`]; 5xx and network errors are retried as for downloads.
+    /// Never reads more than `max_bytes` ([`ErrorKind::TooLarge`]). A body slower than
+    /// [`FetchOptions::min_speed_bytes_per_s`] is [`ErrorKind::SlowRetrieval`]. A 404 on
+    /// every base is [`ErrorKind::NotFound`]; 5xx, network errors, timeouts and slow
+    /// bodies are retried as for downloads.
     pub fn metadata(&self, path: &str, etag: Option<&str>, max_bytes: u64) -> Result<Metadata> {
         let urls = self.urls(path)?;
         let request = Request {
@@ -315,13 +319,21 @@ impl Fetcher {
         if let Some(len) = response.content_length.filter(|len| *len > max_bytes) {
             return Err(too_large(url, max_bytes, &format!("{len} bytes declared")));
         }
+        // One byte past the cap tells "exactly the cap" from "more" without reading on.
+        let mut body = response.body.take(max_bytes.saturating_add(1));
+        let mut meter = SpeedMeter::new(&self.options, Instant::now());
         let mut bytes = Vec::new();
-        let read = response
-            .body
-            .take(max_bytes.saturating_add(1))
-            .read_to_end(&mut bytes);
-        self.count_received(bytes.len());
-        read.map_err(|e| read_error(url, bytes.len() as u64, e))?;
+        let mut buf = [0u8; 8 * 1024];
+        loop {
+            let n = read_some(&mut body, &mut buf)
+                .map_err(|e| read_error(url, bytes.len() as u64, e))?;
+            if n == 0 {
+                break;
+            }
+            self.count_received(n);
+            bytes.extend_from_slice(&buf[..n]);
+            meter.check(Instant::now(), bytes.len() as u64, url)?;
+        }
         if bytes.len() as u64 > max_bytes {
             return Err(too_large(url, max_bytes, "more"));
         }
@@ -459,6 +471,16 @@ fn too_large(url: &str, max: u64, found: &str) -> Error {
         ErrorKind::TooLarge,
         format!("GET {url}: expected at most {max} bytes, found {found}"),
     )
+}
+
+/// One read, repeated when a signal interrupted it.
+fn read_some(body: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match body.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
 }
 
 /// A body read error: a stall is a timeout, anything else a broken connection.
