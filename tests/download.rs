@@ -240,6 +240,71 @@ fn wrong_hash_is_hash_mismatch_and_leaves_nothing() {
     assert_no_completed_file(downloads.path(), &repo);
 }
 
+/// Bytes that are not the blob's, as a torn write or another program might leave.
+fn garbage(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn corrupt_part_from_an_earlier_run_is_fetched_again_within_one_call() {
+    let repo = Repo::new(SIZE);
+    for kept in [SIZE / 2, SIZE] {
+        let server = TestServer::serve(repo.path());
+        let downloads = TempDir::new().unwrap();
+        std::fs::write(part_path(downloads.path(), &repo), garbage(kept)).unwrap();
+        // No retries: the fresh start is part of the one attempt on this server.
+        let f = fetcher(&[server.url()], options());
+
+        let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), repo.blob, "kept {kept}");
+        assert!(!part_path(downloads.path(), &repo).exists());
+        let ranges: Vec<Option<String>> = server
+            .requests(&repo.blob_path())
+            .into_iter()
+            .map(|l| l.range)
+            .collect();
+        let expected = if kept < SIZE {
+            vec![Some(format!("bytes={kept}-")), None]
+        } else {
+            vec![None]
+        };
+        assert_eq!(ranges, expected, "kept {kept}");
+    }
+}
+
+#[test]
+fn server_sending_wrong_bytes_after_a_corrupt_part_is_still_hash_mismatch() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mut other = repo.blob.clone();
+    other[0] ^= 1;
+    server.set_fault(&repo.blob_path(), Fault::Replace(other));
+    let downloads = TempDir::new().unwrap();
+    std::fs::write(part_path(downloads.path(), &repo), garbage(SIZE / 2)).unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    assert!(err.message().contains(&repo.sha256), "{err}");
+    assert!(
+        err.message().contains("fetched again from the start"),
+        "{err}"
+    );
+    assert_eq!(
+        server.requests(&repo.blob_path()).len(),
+        2,
+        "one resume, one fresh start, then the server is given up"
+    );
+    assert!(!part_path(downloads.path(), &repo).exists());
+    assert_no_completed_file(downloads.path(), &repo);
+}
+
 #[test]
 fn trickling_server_fails_with_slow_retrieval_within_the_bound() {
     let repo = Repo::new(SIZE);

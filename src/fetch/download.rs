@@ -109,6 +109,11 @@ struct Target<'a> {
 
 impl Target<'_> {
     /// One try against one URL: resume or start the `.part`, stream, verify, rename.
+    ///
+    /// Bytes kept in the `.part` from an earlier attempt are only as good as the disk and
+    /// whatever else wrote there (a torn write, another program): when the whole does not
+    /// match, the URL gets one fresh start before the mismatch counts against it, since
+    /// the retry loop gives up on a URL for a mismatch.
     fn attempt(
         &self,
         fetcher: &Fetcher,
@@ -116,30 +121,50 @@ impl Target<'_> {
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
     ) -> Result<(), Failure> {
-        let size = self.spec.size;
-        let mut part = Part::open(&self.part_path, size)?;
-        if part.len < size {
-            let request = Request {
-                range_from: (part.len > 0).then_some(part.len),
-                if_none_match: None,
-            };
-            let response = fetcher.get(url, &request)?;
-            self.accept(url, &response, &mut part)?;
-            let stream = Stream {
-                fetcher,
-                url,
-                total: size,
-                progress,
-                cancel,
-            };
-            part = stream.pump(response.body, part).inspect_err(|e| {
-                if e.kind() == ErrorKind::TooLarge {
-                    // Bytes from a server that sends more than declared are not trusted.
-                    let _ = fs::remove_file(&self.part_path);
-                }
-            })?;
+        let mut stream = Stream {
+            fetcher,
+            url,
+            total: self.spec.size,
+            progress,
+            cancel,
+        };
+        let part = self.fetch_rest(&mut stream, Part::open(&self.part_path, self.spec.size)?)?;
+        let kept = (part.kept > 0).then(|| kept_note(part.kept, part.len));
+        match (part.finish(&self.spec.sha256, &self.done_path, url), kept) {
+            (Err(e), Some(note)) if e.kind() == ErrorKind::HashMismatch => {
+                self.start_over(&mut stream).map_err(|f| f.context(note))
+            }
+            (result, _) => Ok(result?),
         }
-        Ok(part.finish(&self.spec.sha256, &self.done_path, url)?)
+    }
+
+    /// The same URL again from byte 0; a mismatch now is the server's.
+    fn start_over(&self, stream: &mut Stream<'_, '_>) -> Result<(), Failure> {
+        let mut part = Part::open(&self.part_path, self.spec.size)?;
+        // `finish` removed the file, but only as best it could.
+        part.restart()?;
+        let part = self.fetch_rest(stream, part)?;
+        Ok(part.finish(&self.spec.sha256, &self.done_path, stream.url)?)
+    }
+
+    /// Receives whatever the `.part` still lacks, resuming with `Range` where it can.
+    fn fetch_rest(&self, stream: &mut Stream<'_, '_>, mut part: Part) -> Result<Part, Failure> {
+        if part.len >= self.spec.size {
+            return Ok(part);
+        }
+        let request = Request {
+            range_from: (part.len > 0).then_some(part.len),
+            if_none_match: None,
+        };
+        let response = stream.fetcher.get(stream.url, &request)?;
+        self.accept(stream.url, &response, &mut part)?;
+        let part = stream.pump(response.body, part).inspect_err(|e| {
+            if e.kind() == ErrorKind::TooLarge {
+                // Bytes from a server that sends more than declared are not trusted.
+                let _ = fs::remove_file(&self.part_path);
+            }
+        })?;
+        Ok(part)
     }
 
     /// Decides from the status what the body continues, or refuses it.
@@ -180,12 +205,31 @@ fn check_content_range(url: &str, response: &Response, from: u64, size: u64) -> 
     ))
 }
 
+/// Why a download was started over: what the earlier bytes were, so the error that may
+/// follow does not read as the server's alone.
+fn kept_note(kept: u64, len: u64) -> String {
+    if kept == len {
+        format!(
+            "the partial download kept from an earlier attempt ({kept} bytes, none fetched \
+             now) did not match; fetched again from the start"
+        )
+    } else {
+        format!(
+            "the download resumed after {kept} bytes kept from an earlier attempt did not \
+             match; fetched again from the start"
+        )
+    }
+}
+
 /// The `.part` file, its length and the hash of its bytes so far.
 struct Part {
     path: PathBuf,
     file: File,
     hasher: Sha256,
     len: u64,
+    /// How many of the `len` bytes were already in the file when it was opened, rather
+    /// than received since.
+    kept: u64,
 }
 
 impl Part {
@@ -204,6 +248,7 @@ impl Part {
             file,
             hasher,
             len,
+            kept: len,
         };
         if len > size {
             part.restart()?;
@@ -218,6 +263,7 @@ impl Part {
             .map_err(|e| Error::io("truncating", &self.path, e))?;
         self.hasher = Sha256::new();
         self.len = 0;
+        self.kept = 0;
         Ok(())
     }
 
@@ -261,12 +307,13 @@ type Written = (File, Sha256, u64, io::Result<()>);
 impl Stream<'_, '_> {
     /// Receives the rest of the blob, writing and hashing on another thread; returns the
     /// `.part` grown by what arrived.
-    fn pump(mut self, mut body: Box<dyn Read + Send>, part: Part) -> Result<Part> {
+    fn pump(&mut self, mut body: Box<dyn Read + Send>, part: Part) -> Result<Part> {
         let Part {
             path,
             file,
             hasher,
             len: start,
+            kept,
         } = part;
         let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 1);
@@ -293,6 +340,7 @@ impl Stream<'_, '_> {
             file,
             hasher,
             len: start + wrote,
+            kept,
         })
     }
 

@@ -262,7 +262,8 @@ impl Fetcher {
     /// The bytes go to `<dir>/<sha256>.part`, hashed on a separate thread while they
     /// arrive; on a hash match the file is fsynced and renamed. A verified `<sha256>`
     /// already in `dir` is returned without any request; a `.part` is resumed with
-    /// `Range`. `progress(done, total)` is called between chunks and `cancel` checked
+    /// `Range`, and fetched again from byte 0 (once per attempt) if the result then fails
+    /// its hash. `progress(done, total)` is called between chunks and `cancel` checked
     /// there: cancelling keeps the `.part` for a later call. Errors: see DESIGN §5.4 and
     /// §10 (`not_found`, `http_status`, `network`, `timeout`, `slow_retrieval`,
     /// `too_large`, `hash_mismatch`, `cancelled`, `io`, `config` for a malformed hash).
@@ -424,6 +425,14 @@ impl Failure {
         Failure {
             error,
             then: Then::Retry,
+        }
+    }
+
+    /// The same failure, its message prefixed by `context`.
+    fn context(self, context: impl std::fmt::Display) -> Failure {
+        Failure {
+            error: self.error.context(context),
+            then: self.then,
         }
     }
 }
