@@ -158,7 +158,9 @@ pub struct Artifact {
     /// For files: the file name inside the component directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// An absolute URL instead of `blobs/sha256/<sha256>`.
+    /// An absolute URL instead of `blobs/sha256/<sha256>`: `http://`, `https://`, or
+    /// `file://` of an absolute path. Anything else makes the manifest
+    /// [`ErrorKind::WrongMetadata`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
@@ -256,6 +258,17 @@ impl Component {
             return Err(format!(
                 "expected 64 lowercase hex digits of sha256, found {:?}",
                 a.sha256
+            ));
+        }
+        // A relative path would be read from the device's working directory.
+        if let Some(url) = a
+            .url
+            .as_deref()
+            .filter(|u| !crate::fetch::is_absolute_url(u))
+        {
+            return Err(format!(
+                "expected an absolute http://, https:// or file:// URL as the artifact's url, \
+                 found {url:?}"
             ));
         }
         match (a.kind, &a.name) {
@@ -485,6 +498,25 @@ mod tests {
     }
 
     #[test]
+    fn absolute_artifact_urls_are_accepted() {
+        let mut m: Manifest = serde_json::from_str(&format!(
+            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
+            release("1.0.0", "")
+        ))
+        .unwrap();
+        for url in [
+            "https://cdn.example/b",
+            "HTTP://cdn.example/b",
+            "file:///srv/repo/b",
+            "file://localhost/srv/repo/b",
+        ] {
+            let t = m.releases[0].targets.get_mut("t").unwrap();
+            t.components.get_mut("app").unwrap().artifact.url = Some(url.into());
+            m.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    #[test]
     fn each_unsafe_field_is_refused_naming_where_and_what() {
         let base: Manifest = serde_json::from_str(&format!(
             r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
@@ -496,7 +528,7 @@ mod tests {
         type EditManifest = fn(&mut Manifest);
         let keep: EditComponent = |_| {};
         let same: EditManifest = |_| {};
-        let cases: [(&str, EditComponent, EditManifest, &str); 6] = [
+        let cases: [(&str, EditComponent, EditManifest, &str); 9] = [
             (
                 "../x",
                 keep,
@@ -540,6 +572,24 @@ mod tests {
                 keep,
                 |m| m.releases.push(m.releases[0].clone()),
                 "version 1.0.0 is listed twice",
+            ),
+            (
+                "app",
+                |c| c.artifact.url = Some("blobs/sha256/ab".into()),
+                same,
+                r#"component "app": expected an absolute http://, https:// or file:// URL as the artifact's url, found "blobs/sha256/ab""#,
+            ),
+            (
+                "app",
+                |c| c.artifact.url = Some("file://blobs/sha256/ab".into()),
+                same,
+                r#"found "file://blobs/sha256/ab""#,
+            ),
+            (
+                "app",
+                |c| c.artifact.url = Some("ftp://mirror/ab".into()),
+                same,
+                r#"found "ftp://mirror/ab""#,
             ),
         ];
         for (name, edit_component, edit_manifest, expected) in cases {

@@ -806,6 +806,51 @@ fn attack_malformed_payload_under_a_valid_signature() {
     }
 }
 
+/// A signed artifact `url` that is a relative path (a buggy publisher or a compromised
+/// signer) would make the device read a file relative to its working directory: the
+/// manifest is refused, naming the component. Absolute `http://` and `file://` URLs are
+/// accepted and downloaded.
+#[test]
+fn attack_artifact_url_relative_to_the_device() {
+    let (w, dev) = World::installed();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let m = manifest_of(&w.channel_bytes("stable"));
+    let sha256 = m.releases[1].targets[world::TARGET].components["app"]
+        .artifact
+        .sha256
+        .clone();
+    let with_url = |url: String| {
+        w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+            let app = m.releases[1].targets.get_mut(world::TARGET).unwrap();
+            app.components.get_mut("app").unwrap().artifact.url = Some(url);
+        })
+    };
+    let blob = format!("blobs/sha256/{sha256}");
+    for url in [blob.clone(), format!("ftp://mirror/{blob}")] {
+        let err = check_refused(&w, &dev, with_url(url.clone()), ErrorKind::WrongMetadata);
+        for wanted in ["component \"app\"", "expected", &url] {
+            assert!(err.message().contains(wanted), "{wanted:?} in {err}");
+        }
+    }
+
+    let elsewhere = support::TestServer::serve(w.repo.path());
+    let file_url = format!("file://{}/{blob}", w.repo.path().display());
+    for url in [format!("{}/{blob}", elsewhere.url()), file_url] {
+        let dev = w.device(&format!("dev-{}", &url[..4]), json!({}));
+        w.server.clear_faults();
+        w.serve(STABLE, with_url(url.clone()));
+        let offer = dev.offer();
+        assert_eq!(offer.version.to_string(), "1.1.0");
+        dev.download(&offer).unwrap();
+        assert!(dev.state.join("downloads").join(&sha256).is_file(), "{url}");
+    }
+    assert_eq!(elsewhere.requests(&blob).len(), 1);
+    assert!(
+        w.server.requests(&blob).is_empty(),
+        "the bases were not asked"
+    );
+}
+
 // ---- redirects -----------------------------------------------------------------------
 
 /// Redirection to an attacker's host or scheme (DNS / CDN hijack shape): refused as

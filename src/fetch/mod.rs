@@ -516,6 +516,17 @@ fn is_http(url: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
+/// Whether `url` names the same thing wherever the device runs: an `http(s)://` URL with
+/// a host, or a `file://` URL of an absolute path. Anything else would reach
+/// [`FileTransport`] as a path relative to the process's working directory.
+pub(crate) fn is_absolute_url(url: &str) -> bool {
+    if is_http(url) {
+        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+        return !rest.is_empty() && !rest.starts_with('/');
+    }
+    url.starts_with("file://") && transport::file_url_path(url).is_absolute()
+}
+
 /// `base` + `/` + `path`, with exactly one slash between them.
 fn join(base: &str, path: &str) -> String {
     format!(
@@ -542,6 +553,30 @@ mod tests {
     fn no_bases_is_a_config_error() {
         let err = Fetcher::new(vec![], FetchOptions::default()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn only_urls_naming_the_same_thing_everywhere_are_absolute() {
+        for url in [
+            "https://h/b",
+            "HTTP://h/b",
+            "file:///srv/b",
+            "file://localhost/srv/b",
+        ] {
+            assert!(is_absolute_url(url), "{url}");
+        }
+        for url in [
+            "blobs/sha256/ab",
+            "/srv/b",
+            "file://blobs/ab",
+            "FILE:///srv/b",
+            "https:///b",
+            "http://",
+            "ftp://h/b",
+            "vendor://box/b",
+        ] {
+            assert!(!is_absolute_url(url), "{url}");
+        }
     }
 
     #[test]
