@@ -463,8 +463,11 @@ impl Updater {
 
     fn next_check_of(&self, st: &State) -> Result<Timestamp> {
         let now = (self.clock)();
+        // `last_check` is on the clock pulled up to the newest `issued` seen; the host waits
+        // on its own clock, which may read far behind (an RTC that lost power), so a time
+        // after `now` would mean never.
         let last = match st.last_check {
-            Some(t) if st.check_failures == 0 => t,
+            Some(t) if st.check_failures == 0 => t.min(now),
             _ => now,
         };
         let mut raw = [0u8; 8];
@@ -872,6 +875,16 @@ impl Updater {
             .and_then(|s| s.etag.as_deref());
         let path = format!("channels/{channel}.json");
         let (bytes, new_etag, not_modified) = match self.fetcher.metadata(&path, etag, max)? {
+            // Only an answer to our If-None-Match may say "not modified": without a cached
+            // copy there is nothing it could refer to.
+            Metadata::NotModified if etag.is_none() => {
+                return Err(Error::new(
+                    ErrorKind::HttpStatus,
+                    format!(
+                        "{path}: expected 200 to a request without If-None-Match (no cached copy), found 304 Not Modified"
+                    ),
+                ));
+            }
             Metadata::NotModified => {
                 let bytes = std::fs::read(&cache).map_err(|e| Error::io("read", &cache, e))?;
                 (bytes, seen.as_ref().and_then(|s| s.etag.clone()), true)

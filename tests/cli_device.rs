@@ -375,3 +375,40 @@ fn rolling_back_below_the_security_floor_is_refused() {
     );
     assert_eq!(status(), before);
 }
+
+#[test]
+fn a_304_to_a_request_without_an_etag_is_the_servers_error() {
+    let repo = Repo::new("com.acme.nocache");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    server.set_fault("channels/stable.json", Fault::Status(304));
+    let out = dev.run("check", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.starts_with("error[http_status]: channels/stable.json: expected 200 to a request without If-None-Match (no cached copy), found 304"),
+        "{err}"
+    );
+    server.clear_faults();
+    dev.expect("check", &[], 10);
+}
+
+/// A device whose clock reads 1970 (an RTC that lost power) still gets a next check an
+/// interval from its own now: a time in 2026 would mean never for a host waiting on it.
+#[test]
+fn next_check_is_on_the_devices_own_clock_even_when_it_reads_far_behind() {
+    let (_repo, dev) = confirmed_1_0_0("com.acme.rtc");
+    let config = dev.config.to_str().unwrap();
+    let out = common::run_env(
+        &["status", "--json", "--config", config],
+        &[("EVERGREEN_NOW", "1970-01-02T00:00:00Z")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let status = json(&String::from_utf8_lossy(&out.stdout));
+    let next: evergreen::Timestamp = status["next_check"].as_str().unwrap().parse().unwrap();
+    let then: evergreen::Timestamp = "1970-01-02T00:00:00Z".parse().unwrap();
+    // The default interval is 6 h ± 25 %.
+    let after = next.unix() - then.unix();
+    assert!((4 * 3600..=8 * 3600).contains(&after), "{status}");
+}

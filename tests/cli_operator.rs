@@ -580,3 +580,26 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
     let err = fails(dir, &keep_none);
     assert!(err.starts_with("error[config]"), "{err}");
 }
+
+/// `evergreen init … | head -1`: the reader goes away before the output is written. The
+/// command still does its work and exits 0, with nothing on stderr (no panic).
+#[test]
+fn a_closed_stdout_neither_stops_the_work_nor_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evergreen"))
+        .current_dir(dir.path())
+        .env("EVERGREEN_NOW", NOW)
+        .args(["init", "repo", "--product", "com.acme.pipe"])
+        .args(["--root-key", "root.pub", "--root-threshold", "1"])
+        .args(["--manifest-key", "root.pub", "--sign", "root", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    assert!(dir.path().join("repo/root/1.json").is_file());
+}

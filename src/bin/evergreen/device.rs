@@ -140,7 +140,7 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{v}");
+    out!("{v}");
 }
 
 fn offer_json(offer: &Offer) -> serde_json::Value {
@@ -158,7 +158,7 @@ fn offer_json(offer: &Offer) -> serde_json::Value {
 }
 
 fn print_offer(offer: &Offer) {
-    println!(
+    out!(
         "update available: {} -> {} on {}{}{}",
         offer
             .current
@@ -170,19 +170,19 @@ fn print_offer(offer: &Offer) {
         if offer.downgrade { " [downgrade]" } else { "" },
     );
     if !offer.notes.is_empty() {
-        println!("  notes: {}", offer.notes);
+        out!("  notes: {}", offer.notes);
     }
     for c in &offer.components {
         let op = serde_json::to_value(c.op).ok();
         let op = op.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
-        println!(
+        out!(
             "  {op:<10} {:<16} {} -> {}",
             c.name,
             c.from.as_deref().unwrap_or("-"),
             c.to.as_deref().unwrap_or("-")
         );
     }
-    println!("  download: {} bytes", offer.download_size());
+    out!("  download: {} bytes", offer.download_size());
 }
 
 /// `evergreen check`: exit 0 when up to date, 10 when an update is available.
@@ -198,7 +198,7 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                     "current": current.as_ref().map(ToString::to_string),
                     "channel": channel}));
             } else {
-                println!(
+                out!(
                     "up to date: {} on {channel}",
                     current.map_or("(nothing installed)".to_string(), |v| v.to_string())
                 );
@@ -273,7 +273,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             if json {
                 print_json(&json!({"status": "up_to_date"}));
             } else {
-                println!("up to date");
+                out!("up to date");
             }
             return Ok(0);
         }
@@ -283,7 +283,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         print_offer(&offer);
     }
     if !args.yes && !args.download_only && !confirm_install(&offer)? {
-        println!("not installed");
+        out!("not installed");
         return Ok(0);
     }
     let plan = up.plan(&offer)?;
@@ -296,7 +296,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             }
             print_json(&v);
         } else {
-            println!("{status}: {}", plan.version);
+            out!("{status}: {}", plan.version);
         }
     };
     if args.download_only {
@@ -307,7 +307,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     if plan.deploy == evergreen::select::Deploy::Manual {
         report("staged", json!({"slot": slot}));
         if !json {
-            println!("the deploy policy is download_only: run `evergreen activate` to switch");
+            out!("the deploy policy is download_only: run `evergreen activate` to switch");
         }
         return Ok(0);
     }
@@ -315,7 +315,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         Activation::Activated { slot, .. } => {
             report("activated", json!({"slot": slot}));
             if !json {
-                println!("restart into slot {slot}, then run `evergreen confirm` once healthy");
+                out!("restart into slot {slot}, then run `evergreen confirm` once healthy");
             }
         }
         Activation::Deferred { until, reason } => {
@@ -333,7 +333,7 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         print_json(&serde_json::to_value(&s).unwrap_or_default());
         return Ok(0);
     }
-    println!(
+    out!(
         "channel {}  primary {}  booted {}  security floor {}",
         s.channel,
         s.primary,
@@ -342,7 +342,7 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
     );
     for (slot, v) in &s.slots {
         let mark = if *slot == s.primary { "*" } else { " " };
-        println!(
+        out!(
             "{mark} slot {slot}: {:<10} {}",
             v.status,
             v.version
@@ -351,9 +351,9 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         );
     }
     if let Some(t) = &s.trial {
-        println!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
+        out!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
     }
-    println!(
+    out!(
         "last check: {}  next check due: {}",
         s.last_check.map_or("never".to_string(), |t| t.to_string()),
         s.next_check
@@ -377,7 +377,7 @@ pub fn boot(config: &Path, json: bool) -> Result<i32> {
     if json {
         print_json(&v);
     } else if let Startup::Trial { slot, tries_left } = outcome {
-        println!("slot {slot} on trial: {tries_left} start(s) left; run `evergreen confirm` once healthy");
+        out!("slot {slot} on trial: {tries_left} start(s) left; run `evergreen confirm` once healthy");
     }
     Ok(0)
 }
@@ -392,7 +392,7 @@ pub fn confirm(config: &Path, json: bool) -> Result<i32> {
             &json!({"status": "good", "slot": s.primary, "security_floor": s.security_floor}),
         );
     } else {
-        println!("slot {} is good", s.primary);
+        out!("slot {} is good", s.primary);
     }
     Ok(0)
 }
@@ -404,7 +404,7 @@ pub fn rollback(config: &Path, json: bool) -> Result<i32> {
     if json {
         print_json(&json!({"status": "rolled_back", "slot": slot}));
     } else {
-        println!("slot {slot} is primary again; restart into it");
+        out!("slot {slot} is primary again; restart into it");
     }
     Ok(0)
 }
@@ -425,7 +425,7 @@ pub fn reinstall(config: &Path, json: bool) -> Result<i32> {
             &json!({"status": "activated", "version": offer.version.to_string(), "slot": slot}),
         );
     } else {
-        println!(
+        out!(
             "{} reinstalled; restart, then `evergreen confirm`",
             offer.version
         );
@@ -440,7 +440,7 @@ pub fn channel(config: &Path, json: bool, args: &ChannelArgs) -> Result<i32> {
     if json {
         print_json(&json!({"channel": args.channel}));
     } else {
-        println!(
+        out!(
             "following channel {}; run `evergreen check` or `evergreen update`",
             args.channel
         );
@@ -462,7 +462,7 @@ pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
     if json {
         print_json(&v);
     } else {
-        println!("{}", v["status"].as_str().unwrap_or(""));
+        out!("{}", v["status"].as_str().unwrap_or(""));
     }
     Ok(0)
 }
@@ -474,7 +474,7 @@ pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
     if json {
         print_json(&json!({"skipped": args.version.to_string()}));
     } else {
-        println!(
+        out!(
             "{} will not be offered again (unless critical)",
             args.version
         );

@@ -5,6 +5,16 @@
 //! prints exactly one line, `error[<kind>]: <message>`, on stderr, where `<kind>` is the
 //! stable error name.
 
+/// Prints a line on stdout. A closed stdout (`evergreen init … | head -1`) must not stop
+/// the work a command is doing halfway, nor panic: a failed write is dropped, and the exit
+/// code still tells the outcome.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod device;
 mod operator;
 
@@ -83,6 +93,6 @@ pub(crate) fn now() -> Result<Timestamp> {
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string(value)
         .map_err(|e| Error::config(format!("expected printable JSON output, found: {e}")))?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }

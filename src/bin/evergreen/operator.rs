@@ -305,7 +305,7 @@ fn prune(a: &PruneArgs, json: bool) -> Result<()> {
         }));
     }
     if removed.is_empty() {
-        println!(
+        out!(
             "nothing to prune on {} ({} releases; sequence {} unchanged)",
             m.channel,
             m.releases.len(),
@@ -334,8 +334,8 @@ fn keygen(a: &KeygenArgs, json: bool) -> Result<()> {
             "public_key_file": public_path,
         }));
     }
-    println!("keyid {}", public.keyid());
-    println!(
+    out!("keyid {}", public.keyid());
+    out!(
         "wrote {} (secret, keep offline) and {}",
         a.out.display(),
         public_path.display()
@@ -367,13 +367,13 @@ fn init(a: &InitArgs, json: bool) -> Result<()> {
             "expires": root.root().expires,
         }));
     }
-    println!(
+    out!(
         "created {} for {} (root version 1, expires {})",
         a.repo.display(),
         a.product,
         root.root().expires
     );
-    println!(
+    out!(
         "ship {} to devices as their pinned root",
         a.repo.join("root/1.json").display()
     );
@@ -426,7 +426,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         .flat_map(|t| &t.components);
     for (name, c) in target {
         let a = &c.artifact;
-        println!(
+        out!(
             "  {name:<12} {:<5} {:>12} bytes  sha256 {}…",
             a.kind.as_str(),
             a.size,
@@ -451,7 +451,7 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
     if json {
         return print_json(&json!({"root_version": doc.version, "expires": doc.expires}));
     }
-    println!(
+    out!(
         "wrote root/{}.json (expires {}): root threshold {}, manifest threshold {}",
         doc.version,
         doc.expires,
@@ -466,13 +466,15 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
     if json {
         return print_json(&report);
     }
-    println!(
+    out!(
         "ok: {} root version {} (expires {})",
-        report.product, report.root_version, report.root_expires
+        report.product,
+        report.root_version,
+        report.root_expires
     );
     for c in &report.channels {
         let versions: Vec<String> = c.versions.iter().map(Version::to_string).collect();
-        println!(
+        out!(
             "  {:<10} sequence {:<4} expires {}  versions [{}]  {} blob(s) checked",
             c.channel,
             c.sequence,
@@ -492,9 +494,11 @@ fn print_channel(m: &Manifest, what: &str, json: bool) -> Result<()> {
             "expires": m.expires,
         }));
     }
-    println!(
+    out!(
         "{what} {} (sequence {}, expires {})",
-        m.channel, m.sequence, m.expires
+        m.channel,
+        m.sequence,
+        m.expires
     );
     Ok(())
 }
