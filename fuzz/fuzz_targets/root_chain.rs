@@ -50,11 +50,17 @@ fn rotated(envelope: &[u8]) {
     let mut offered = false;
     let updated = v1.clone().update(
         |_| Ok((!std::mem::replace(&mut offered, true)).then(|| envelope.to_vec())),
+        |_| Ok(()),
         now(),
         MAX_BYTES,
     );
     // A server that offers it forever: the walk still ends.
-    let looped = v1.update(|_| Ok(Some(envelope.to_vec())), now(), MAX_BYTES);
+    let looped = v1.update(
+        |_| Ok(Some(envelope.to_vec())),
+        |_| Ok(()),
+        now(),
+        MAX_BYTES,
+    );
     assert!(
         looped.is_err(),
         "the same root cannot be walked through twice"
