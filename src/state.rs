@@ -46,7 +46,8 @@ pub struct StateLock {
 
 impl Drop for StateLock {
     fn drop(&mut self) {
-        HELD.with(|held| held.borrow_mut().retain(|k| *k != self.key));
+        // `try_with`: a lock may be dropped while the process exits (see `lock_file`).
+        let _ = HELD.try_with(|held| held.borrow_mut().retain(|k| *k != self.key));
     }
 }
 
@@ -59,7 +60,12 @@ fn lock_file(dir: &Path, name: &str, what: &str) -> Result<StateLock> {
     let key = std::fs::canonicalize(dir)
         .map_err(|e| Error::io("resolve", dir, e))?
         .join(name);
-    if HELD.with(|held| held.borrow().contains(&key)) {
+    // While the process exits (a C host's `atexit` handler) this thread's locals may be
+    // gone: then no call of this thread can be running either.
+    if HELD
+        .try_with(|held| held.borrow().contains(&key))
+        .unwrap_or(false)
+    {
         return Err(Error::invalid_state(format!(
             "{}: expected no other operation that may {what} running on this thread, found one: call Evergreen from an event or progress callback only to read (status), and run other operations after the call that emitted it returns",
             dir.display()
@@ -72,7 +78,7 @@ fn lock_file(dir: &Path, name: &str, what: &str) -> Result<StateLock> {
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
     file.lock().map_err(|e| Error::io("lock", &path, e))?;
-    HELD.with(|held| held.borrow_mut().push(key.clone()));
+    let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
     Ok(StateLock { _file: file, key })
 }
 

@@ -311,14 +311,16 @@ struct SelectorInUse(usize);
 
 impl SelectorInUse {
     fn enter(key: usize) -> SelectorInUse {
-        SELECTORS_IN_USE.with(|held| held.borrow_mut().push(key));
+        // `try_with`: a C host may call in while its process exits, after the thread's
+        // locals are gone; no selector of this thread can be in use then.
+        let _ = SELECTORS_IN_USE.try_with(|held| held.borrow_mut().push(key));
         SelectorInUse(key)
     }
 }
 
 impl Drop for SelectorInUse {
     fn drop(&mut self) {
-        SELECTORS_IN_USE.with(|held| held.borrow_mut().retain(|k| *k != self.0));
+        let _ = SELECTORS_IN_USE.try_with(|held| held.borrow_mut().retain(|k| *k != self.0));
     }
 }
 
@@ -411,7 +413,10 @@ impl Updater {
         // A selector that calls back into its own updater (a C host's callback asking for
         // the status) would wait for this lock on the thread that holds it.
         let key = std::ptr::from_ref(&self.selector) as usize;
-        if SELECTORS_IN_USE.with(|held| held.borrow().contains(&key)) {
+        if SELECTORS_IN_USE
+            .try_with(|held| held.borrow().contains(&key))
+            .unwrap_or(false)
+        {
             return Err(Error::invalid_state(
                 "expected no call into the updater from inside its own boot selector, found one: the selector's methods must not call the updater that runs them",
             ));

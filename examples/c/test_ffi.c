@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static int failures = 0;
 
@@ -751,6 +752,33 @@ static void test_panic(void) {
     CHECK(strcmp(evg_status_name(EVG_OK), "ok") == 0);
 }
 
+/* Hosts free their updater from an atexit handler or a C++ static's destructor, which run
+   after the exiting thread's locals are gone. Every call there must still work (or fail
+   with a status), never abort the process: run.sh checks the exit status. */
+static evg_updater *at_exit_updater;
+
+static void calls_at_exit(void) {
+    evg_updater *up = NULL;
+    char *status = NULL;
+    if (evg_updater_new("{\"product\": ", &up) != EVG_CONFIG)
+        _exit(3);
+    (void)evg_last_error_message(); /* NULL or the message: either is fine here */
+    if (evg_status_json(at_exit_updater, &status) != EVG_OK)
+        _exit(4);
+    evg_string_free(status);
+    evg_updater_free(at_exit_updater);
+}
+
+static void test_calls_at_exit(const char *config_path) {
+    char *config = read_file(config_path);
+    CHECK(config != NULL);
+    if (config == NULL)
+        return;
+    CHECK_STATUS(evg_updater_new(config, &at_exit_updater), EVG_OK);
+    free(config);
+    CHECK(atexit(calls_at_exit) == 0);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json\n",
@@ -764,6 +792,7 @@ int main(int argc, char **argv) {
     test_update_through_hooks(argv[2]);
     test_power_cut_before_the_bootloader_learns(argv[3]);
     test_panic();
+    test_calls_at_exit(argv[1]);
     if (failures) {
         fprintf(stderr, "test_ffi: %d check(s) failed\n", failures);
         return 1;

@@ -156,16 +156,21 @@ thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
+// A host may call in while its process exits (an `atexit` handler, a C++ static's
+// destructor), after this thread's locals are gone: `with` would panic there, in a
+// function that cannot unwind, and abort the process. Without the slot there is simply
+// no message.
+
 /// Records `message` as this thread's last error.
 pub(crate) fn set_last_error(message: &str) {
     // An interior NUL would truncate the message in C; show it instead of failing.
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(text));
+    let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = Some(text));
 }
 
 /// Forgets this thread's last error (at the start of every call).
 pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = None);
+    let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = None);
 }
 
 /// Records `err` and returns its status.
@@ -178,11 +183,13 @@ pub(crate) fn fail(err: &Error) -> evg_status {
 /// succeeded. Borrowed: valid until the next `evg_` call on this thread; do not free it.
 #[no_mangle]
 pub extern "C" fn evg_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|slot| {
-        slot.borrow()
-            .as_ref()
-            .map_or(std::ptr::null(), |m| m.as_ptr())
-    })
+    LAST_ERROR
+        .try_with(|slot| {
+            slot.borrow()
+                .as_ref()
+                .map_or(std::ptr::null(), |m| m.as_ptr())
+        })
+        .unwrap_or(std::ptr::null())
 }
 
 /// The stable name of `status` (`"ok"`, `"hash_mismatch"`, …, `"panic"`) as a static
