@@ -249,6 +249,7 @@ impl Repo {
                         "expected a new version or target, found {version} for {target} already on channel {channel}; publish a higher version instead"
                     )));
                 }
+                check_same_release(r, opts, target)?;
             }
             let mut built = NameMap::new();
             for (name, path, kind) in components {
@@ -589,7 +590,8 @@ impl Repo {
     }
 
     /// Applies `edit` to the verified manifest of `change.channel`, then bumps, signs
-    /// and writes it. The signers are checked first, so a missing key changes nothing.
+    /// and writes it. The signers are checked first, so a missing key changes nothing; an
+    /// expired root signs nothing either, since no device would accept the result.
     fn update_channel(
         &self,
         trusted: &TrustedRoot,
@@ -598,6 +600,15 @@ impl Repo {
         edit: impl FnOnce(&mut Manifest) -> Result<Edit>,
     ) -> Result<Manifest> {
         pick_signers("manifest", trusted.manifest_keys(), signers)?;
+        trusted.check_unexpired(change.now).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "{}; no device would accept what it signs: renew it first (evergreen rotate REPO --sign ROOT_KEY)",
+                    e.message()
+                ),
+            )
+        })?;
         let mut m = match self.load_channel(trusted, change.channel)? {
             Some(m) => m,
             None if change.create => Manifest {
@@ -934,6 +945,38 @@ fn check_channel(channel: &str) -> Result<()> {
     Ok(())
 }
 
+/// Adding `target` to a published release takes the release as it is: options that would
+/// change it are refused, since they would change it for every target.
+fn check_same_release(r: &Release, opts: &ReleaseOptions, target: &str) -> Result<()> {
+    let mut differs = Vec::new();
+    if !opts.notes.is_empty() && opts.notes != r.notes {
+        differs.push("--notes".to_string());
+    }
+    if opts.critical && !r.critical {
+        differs.push("--critical".to_string());
+    }
+    if opts.min_version.is_some() && opts.min_version != r.min_version {
+        differs.push("--min-version".to_string());
+    }
+    if opts.security_version != 0 && opts.security_version != r.security_version {
+        differs.push(format!(
+            "--security-version {} (the release has {})",
+            opts.security_version, r.security_version
+        ));
+    }
+    if opts.rollout_percent.is_some() {
+        differs.push("--rollout (use evergreen rollout for the whole release)".to_string());
+    }
+    if differs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "expected only components when adding target {target} to the published release {}, found {} that would change the release for every target",
+        r.version,
+        differs.join(", ")
+    )))
+}
+
 fn check_percent(percent: f64) -> Result<()> {
     if !(0.0..=100.0).contains(&percent) {
         return Err(Error::config(format!(
@@ -1074,8 +1117,16 @@ fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
 
 /// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,
 /// never widened afterwards) and `path.pub` the base64 public key. Refuses to overwrite
-/// either file.
+/// either file, and a `path` ending in `.pub`.
 pub fn write_keypair(path: &Path) -> Result<PublicKey> {
+    // `keygen --out x.pub` would put the secret where public keys are read from (and
+    // published in the root by `init`).
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(Error::config(format!(
+            "expected a secret key file name (its public half gets .pub added), found {} ending in .pub",
+            path.display()
+        )));
+    }
     let public_path = public_key_path(path);
     if public_path.exists() {
         return Err(overwrite(&public_path));

@@ -101,16 +101,18 @@ impl PublicKey {
                 bytes.len()
             ))
         })?;
+        // Named by their SHA-256, never by the bytes: what was given as a public key may
+        // be a secret seed by mistake, and errors end up in logs.
         let key = VerifyingKey::from_bytes(&raw).map_err(|_| {
             Error::config(format!(
-                "public key {} is not a valid ed25519 point",
-                hex(&raw)
+                "expected an ed25519 public key, found 32 bytes (sha256 {}) that are not a valid point; is it a secret key file?",
+                sha256_hex(&raw)
             ))
         })?;
         if key.is_weak() {
             return Err(Error::config(format!(
                 "public key {} is a weak (small-order) key and cannot be trusted",
-                hex(&raw)
+                sha256_hex(&raw)
             )));
         }
         // A point has one canonical encoding; refusing the others keeps "distinct keys" and
@@ -118,7 +120,7 @@ impl PublicKey {
         if key.to_edwards().compress().as_bytes() != &raw {
             return Err(Error::config(format!(
                 "public key {} is a non-canonical encoding of an ed25519 point",
-                hex(&raw)
+                sha256_hex(&raw)
             )));
         }
         Ok(PublicKey { key })

@@ -412,3 +412,19 @@ fn next_check_is_on_the_devices_own_clock_even_when_it_reads_far_behind() {
     let after = next.unix() - then.unix();
     assert!((4 * 3600..=8 * 3600).contains(&after), "{status}");
 }
+
+#[test]
+fn check_json_names_the_configured_current_version_when_up_to_date() {
+    let repo = Repo::new("com.acme.current");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"current_version": "2.0.0"}),
+    );
+    let out = json(&dev.expect("check", &["--json"], 0));
+    assert_eq!(
+        out,
+        serde_json::json!({"status": "up_to_date", "current": "2.0.0", "channel": "stable"})
+    );
+}

@@ -603,3 +603,78 @@ fn a_closed_stdout_neither_stops_the_work_nor_panics() {
     assert_eq!(stderr(&out), "");
     assert!(dir.path().join("repo/root/1.json").is_file());
 }
+
+#[test]
+fn keygen_refuses_to_name_a_secret_key_file_pub() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(dir.path(), &["keygen", "--out", "release.pub"]);
+    assert!(
+        err.starts_with("error[config]: expected a secret key file name"),
+        "{err}"
+    );
+    assert!(!dir.path().join("release.pub").exists());
+    assert!(!dir.path().join("release.pub.pub").exists());
+}
+
+#[test]
+fn signing_under_an_expired_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    init_repo(dir.path());
+    write_zip(&dir.path().join("app.zip"));
+    let before = std::fs::read_dir(dir.path().join("repo/channels"))
+        .unwrap()
+        .count();
+    // The root of init_repo is valid for 365 days from NOW.
+    let out = Command::new(env!("CARGO_BIN_EXE_evergreen"))
+        .current_dir(dir.path())
+        .env("EVERGREEN_NOW", "2030-01-01T00:00:00Z")
+        .args(release_args("1.0.0", &["--component", "app=app.zip"]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error[expired]: root version 1 expired at")
+            && err.contains("renew it first (evergreen rotate REPO --sign ROOT_KEY)"),
+        "{err}"
+    );
+    let after = std::fs::read_dir(dir.path().join("repo/channels"))
+        .unwrap()
+        .count();
+    assert_eq!(before, after, "a channel was written");
+}
+
+#[test]
+fn adding_a_target_to_a_published_release_refuses_options_that_would_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    init_repo(dir.path());
+    release_nightly(dir.path());
+    let before = read_manifest(dir.path(), "nightly");
+    let arm = |rest: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = release_args("1.2.0", &["--component", "app=app.zip"])
+            .iter()
+            .map(|s| s.replace("x86_64-linux", "aarch64-linux"))
+            .collect();
+        args.extend(rest.iter().map(|s| s.to_string()));
+        args
+    };
+    let refused = arm(&["--critical", "--security-version", "7", "--rollout", "5"]);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    let err = fails(dir.path(), &refused);
+    assert!(
+        err.starts_with("error[config]: expected only components when adding target aarch64-linux to the published release 1.2.0, found --critical, --security-version 7 (the release has 0), --rollout"),
+        "{err}"
+    );
+    assert_eq!(read_manifest(dir.path(), "nightly"), before);
+    // The same notes are no change; components alone add the target.
+    let same = arm(&["--notes", "Fixes the reconnect loop."]);
+    ok(
+        dir.path(),
+        &same.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let m = read_manifest(dir.path(), "nightly");
+    assert!(
+        m["releases"][0]["targets"]["aarch64-linux"].is_object(),
+        "{m}"
+    );
+}

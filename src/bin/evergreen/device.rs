@@ -191,7 +191,13 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     let status = up.status()?;
     match up.check_with(args.channel.as_deref(), args.version.as_ref())? {
         Check::UpToDate => {
-            let current = up.state()?.installed_version().cloned();
+            // As an offer's `current`: what Evergreen installed, else what the config says
+            // was installed by other means.
+            let current = up
+                .state()?
+                .installed_version()
+                .or(up.config().current_version.as_ref())
+                .cloned();
             let channel = args.channel.clone().unwrap_or(status.channel);
             if json {
                 print_json(&json!({"status": "up_to_date",
