@@ -35,6 +35,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Replaces several files that must agree with each other: every new content is written
+/// and made durable under its temp name first, and only then are they renamed into place,
+/// in the order given (put last the one that makes the others count). A failure while
+/// writing (a full disk, a permission) renames nothing and removes the temp files, so the
+/// set is never left half replaced by it.
+pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    let mut written: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        let tmp = temp_path(path);
+        let result = create_temp(&tmp).and_then(|mut f| {
+            f.write_all(bytes)
+                .map_err(|e| Error::io("write", &tmp, e))?;
+            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))
+        });
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            for (tmp, _) in &written {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        written.push((tmp, path));
+    }
+    for (tmp, path) in &written {
+        crash_point("rename")?;
+        fs::rename(tmp, path).map_err(|e| Error::io("rename into", path, e))?;
+        sync_parent(path)?;
+    }
+    Ok(())
+}
+
 /// Creates (or truncates) a temp file for [`persist`].
 pub fn create_temp(tmp: &Path) -> Result<File> {
     crash_point("create temp")?;

@@ -454,7 +454,9 @@ impl Repo {
     /// new ones (`signers` holds both), after checking it as a client would. When the
     /// manifest keys change, every channel is re-signed with the new ones (new sequence,
     /// expiry [`DEFAULT_MANIFEST_DAYS`] from `now`). Nothing is written unless every
-    /// document could be signed.
+    /// document could be signed and written: all are made durable under temp names before
+    /// any is renamed into place, the root last. A run cut off between the renames can be
+    /// run again: channels already signed by the new keys are taken as they are.
     pub fn rotate(
         &self,
         opts: &RotateOptions,
@@ -487,20 +489,23 @@ impl Repo {
             signers,
         )?;
         let next = current.rotate(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
-        let mut resigned = Vec::new();
+        let mut files = Vec::new();
         if !same_keys(current.manifest_keys(), next.manifest_keys()) {
             for channel in self.channel_names()? {
-                let mut m = self
-                    .load_channel(&current, &channel)?
-                    .ok_or_else(|| missing(&channel))?;
+                // A channel already signed by the new keys is what an interrupted run of
+                // this same rotation left: the new root vouches for it as much.
+                let loaded = self
+                    .load_channel(&current, &channel)
+                    .or_else(|e| self.load_channel(&next, &channel).map_err(|_| e))?;
+                let mut m = loaded.ok_or_else(|| missing(&channel))?;
                 bump(&mut m, now, None)?;
-                resigned.push((channel, self.seal_manifest(&next, &m, signers, now)?));
+                let bytes = self.seal_manifest(&next, &m, signers, now)?;
+                files.push((self.channel_path(&channel), bytes));
             }
         }
-        fsutil::write_atomic(&self.root_path(next.root().version), &envelope)?;
-        for (channel, bytes) in resigned {
-            fsutil::write_atomic(&self.channel_path(&channel), &bytes)?;
-        }
+        // The root goes in last: until it is there, the repository is the old one.
+        files.push((self.root_path(next.root().version), envelope));
+        fsutil::write_all_atomic(&files)?;
         Ok(next)
     }
 
@@ -1278,6 +1283,49 @@ mod tests {
         let report = repo.verify(now()).unwrap();
         let seqs: Vec<u64> = report.channels.iter().map(|c| c.sequence).collect();
         assert_eq!(seqs, [4, 1]);
+    }
+
+    /// A rotation of the manifest key that cannot write one of its documents writes none;
+    /// one that was cut off after some channels went in can be run again.
+    #[test]
+    fn a_rotation_is_written_whole_or_not_at_all() {
+        let (dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        repo.promote(
+            &"1.0.0".parse().unwrap(),
+            "nightly",
+            "stable",
+            None,
+            &[&key],
+            now(),
+        )
+        .unwrap();
+        let new_key = SecretKey::generate().unwrap();
+        let opts = RotateOptions {
+            manifest_keys: Some(vec![new_key.public()]),
+            ..RotateOptions::default()
+        };
+        let channels = dir.path().join("repo/channels");
+        let read = |c: &str| std::fs::read(channels.join(format!("{c}.json"))).unwrap();
+        let before = (read("nightly"), read("stable"));
+        // The temp file of the second channel cannot be created.
+        let blocker = fsutil::temp_path(&channels.join("stable.json"));
+        std::fs::create_dir(&blocker).unwrap();
+        let err = repo.rotate(&opts, &[&key, &new_key], now()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(!dir.path().join("repo/root/2.json").exists());
+        assert_eq!((read("nightly"), read("stable")), before);
+        assert!(!fsutil::temp_path(&channels.join("nightly.json")).exists());
+        std::fs::remove_dir(&blocker).unwrap();
+
+        // Cut off after the first channel went in: running the rotation again finishes it.
+        let next = repo.rotate(&opts, &[&key, &new_key], now()).unwrap();
+        std::fs::remove_file(dir.path().join("repo/root/2.json")).unwrap();
+        std::fs::write(channels.join("stable.json"), &before.1).unwrap();
+        assert_eq!(next.root().version, 2);
+        let again = repo.rotate(&opts, &[&key, &new_key], now()).unwrap();
+        assert_eq!(again.root().version, 2);
+        repo.verify(now()).unwrap();
     }
 
     fn publish_with(
