@@ -487,7 +487,10 @@ extern "C" {
  *
  * # Safety
  * `updater` is NULL or a live handle; `cb` may be called with `user` until it is replaced
- * or the updater is freed.
+ * or the updater is freed. Replaced while a call on another thread is emitting an event,
+ * the old `cb` may still get that one event after this returns: keep the old `user`
+ * valid until the calls running on other threads have returned (or until the updater is
+ * freed).
  */
 enum evg_status evg_set_event_callback(struct evg_updater *updater, evg_event_cb cb, void *user);
 

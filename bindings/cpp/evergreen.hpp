@@ -265,7 +265,12 @@ public:
                             : nullptr;
         detail::check(evg_set_event_callback(get(), next ? &detail::event_trampoline : nullptr,
                                              next.get()));
-        // Only now is the old handler unreachable from C.
+        // A call on another thread may still be delivering one event to the old handler
+        // (evg_set_event_callback's contract), so it is retired, not freed, until the
+        // Updater goes. Handlers are set a few times in a program's life.
+        if (events_) {
+            retired_.push_back(std::move(events_));
+        }
         events_ = std::move(next);
     }
 
@@ -357,6 +362,7 @@ private:
     // Declared before updater_ so that it is destroyed after it: no event may reach a
     // freed handler while evg_updater_free runs.
     std::unique_ptr<detail::HandlerCell> events_;
+    std::vector<std::unique_ptr<detail::HandlerCell>> retired_;
     std::unique_ptr<evg_updater, detail::UpdaterFree> updater_;
 };
 
