@@ -596,10 +596,10 @@ size_t evg_offer_component_count(const struct evg_offer *offer);
 enum evg_status evg_offer_component(const struct evg_offer *offer, size_t index, struct evg_component *out);
 
 /**
- * The offer as JSON, as `evergreen check --json` prints its fields: `version`,
- * `current`, `channel`, `critical`, `downgrade`, `notes`, `security_version` and
- * `components` (`[{"name","op","from","to"}]`). The caller owns `*out` and frees it with
- * `evg_string_free`.
+ * The offer as JSON, exactly as `evergreen check --json` prints it: `status`
+ * (`"available"`), `version`, `current`, `channel`, `critical`, `downgrade`, `notes`,
+ * `security_version`, `download_bytes` and `components` (`[{"name","op","from","to"}]`).
+ * The caller owns `*out` and frees it with `evg_string_free`.
  *
  * # Safety
  * `offer` is NULL or a live offer; `out` is NULL or writable.

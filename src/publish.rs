@@ -795,11 +795,20 @@ fn bump(m: &mut Manifest, now: Timestamp, expires_in_days: Option<u32>) -> Resul
     Ok(())
 }
 
+/// The longest validity a document may be given: a century, well inside the years an
+/// RFC 3339 time can write.
+const MAX_VALIDITY_DAYS: u32 = 36_500;
+
 fn expiry(now: Timestamp, days: u32) -> Result<Timestamp> {
     if days == 0 {
         return Err(Error::config(
             "expected a validity of at least 1 day, found 0 (the document would be born expired)",
         ));
+    }
+    if days > MAX_VALIDITY_DAYS {
+        return Err(Error::config(format!(
+            "expected a validity of at most {MAX_VALIDITY_DAYS} days, found {days} (--expires-in)"
+        )));
     }
     Ok(now.plus_days(i64::from(days)))
 }

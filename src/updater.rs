@@ -70,7 +70,27 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// Bytes that must be downloaded (added and modified components only).
+    /// The offer as `evergreen check --json` prints it (DESIGN §7.2), the same for the C
+    /// ABI's `evg_offer_json`: `status` (`"available"`), `version`, `current`, `channel`,
+    /// `critical`, `downgrade`, `notes`, `security_version`, `download_bytes` and
+    /// `components` (`[{"name","op","from","to"}]`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": "available",
+            "current": self.current.as_ref().map(ToString::to_string),
+            "version": self.version.to_string(),
+            "channel": self.channel,
+            "critical": self.critical,
+            "downgrade": self.downgrade,
+            "notes": self.notes,
+            "security_version": self.security_version,
+            "download_bytes": self.download_size(),
+            "components": self.components,
+        })
+    }
+
+    /// Bytes that must be downloaded: the components that carry an artifact (added and
+    /// modified ones, and unchanged images on image slots).
     pub fn download_size(&self) -> u64 {
         self.components
             .iter()

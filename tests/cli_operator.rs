@@ -678,3 +678,33 @@ fn adding_a_target_to_a_published_release_refuses_options_that_would_change_it()
         "{m}"
     );
 }
+
+#[test]
+fn a_validity_beyond_a_century_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "root1");
+    let err = fails(
+        dir.path(),
+        &[
+            "init",
+            "repo",
+            "--product",
+            "p",
+            "--root-key",
+            "root1.pub",
+            "--root-threshold",
+            "1",
+            "--manifest-key",
+            "root1.pub",
+            "--sign",
+            "root1",
+            "--expires-in",
+            "3000000",
+        ],
+    );
+    assert_eq!(
+        err.trim_end(),
+        "error[config]: expected a validity of at most 36500 days, found 3000000 (--expires-in)"
+    );
+    assert!(!dir.path().join("repo").exists());
+}

@@ -254,10 +254,10 @@ pub unsafe extern "C" fn evg_offer_component(
     })
 }
 
-/// The offer as JSON, as `evergreen check --json` prints its fields: `version`,
-/// `current`, `channel`, `critical`, `downgrade`, `notes`, `security_version` and
-/// `components` (`[{"name","op","from","to"}]`). The caller owns `*out` and frees it with
-/// `evg_string_free`.
+/// The offer as JSON, exactly as `evergreen check --json` prints it: `status`
+/// (`"available"`), `version`, `current`, `channel`, `critical`, `downgrade`, `notes`,
+/// `security_version`, `download_bytes` and `components` (`[{"name","op","from","to"}]`).
+/// The caller owns `*out` and frees it with `evg_string_free`.
 ///
 /// # Safety
 /// `offer` is NULL or a live offer; `out` is NULL or writable.
@@ -269,9 +269,7 @@ pub unsafe extern "C" fn evg_offer_json(
     guard("evg_offer_json", || {
         let o = unsafe { lease(offer, "offer")? };
         let out = out_arg(out, "out")?;
-        let json = serde_json::to_string(&o.offer)
-            .map_err(|e| Error::config(format!("offer: expected serialisable JSON, found {e}")))?;
-        write_out(out, into_c_string(json));
+        write_out(out, into_c_string(o.offer.to_json().to_string()));
         Ok(())
     })
 }

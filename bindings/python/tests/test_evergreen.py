@@ -143,7 +143,14 @@ def test_full_update_trial_confirm_then_rollback(world) -> None:
             evergreen.Component("app", "added", None, "1.0.0"),
             evergreen.Component("settings", "added", None, "1.0.0"),
         ]
-        assert offer.to_dict()["version"] == "1.0.0"
+        # The same fields as `evergreen check --json` prints.
+        as_json = offer.to_dict()
+        assert sorted(as_json) == sorted([
+            "status", "version", "current", "channel", "critical", "downgrade", "notes",
+            "security_version", "download_bytes", "components",
+        ])  # fmt: skip
+        assert (as_json["status"], as_json["version"]) == ("available", "1.0.0")
+        assert as_json["download_bytes"] == offer.download_size
 
         calls, progress = recording()
         updater.download(offer, progress)

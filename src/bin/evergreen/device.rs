@@ -143,20 +143,6 @@ fn print_json(v: &serde_json::Value) {
     out!("{v}");
 }
 
-fn offer_json(offer: &Offer) -> serde_json::Value {
-    json!({
-        "status": "available",
-        "current": offer.current.as_ref().map(ToString::to_string),
-        "version": offer.version.to_string(),
-        "channel": offer.channel,
-        "critical": offer.critical,
-        "downgrade": offer.downgrade,
-        "notes": offer.notes,
-        "download_bytes": offer.download_size(),
-        "components": offer.components,
-    })
-}
-
 fn print_offer(offer: &Offer) {
     out!(
         "update available: {} -> {} on {}{}{}",
@@ -213,7 +199,7 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
         }
         Check::Available(offer) => {
             if json {
-                print_json(&offer_json(&offer));
+                print_json(&offer.to_json());
             } else {
                 print_offer(&offer);
             }
