@@ -51,23 +51,36 @@ impl Drop for StateLock {
     }
 }
 
-/// Takes the lock file `name` in `dir` for an operation that may `what`.
-fn lock_file(dir: &Path, name: &str, what: &str) -> Result<StateLock> {
+/// The lock file of changes to the state.
+const STATE_LOCK: &str = "lock";
+/// The lock file of the long operations; always taken before [`STATE_LOCK`].
+const WORK_LOCK: &str = "work.lock";
+
+/// Takes the lock file `name` in `dir` for an operation that may `what`. Refused with
+/// `invalid_state` when this thread already holds it or any lock of `taken_after` (locks
+/// that are only ever taken after this one): waiting would be for itself, or the lock
+/// order another process keeps, and could deadlock.
+fn lock_file(dir: &Path, name: &str, taken_after: &[&str], what: &str) -> Result<StateLock> {
     fsutil::create_dir_all(dir)?;
     let path = dir.join(name);
     // One spelling per directory, so two handles configured with different paths to the
     // same state are recognised.
-    let key = std::fs::canonicalize(dir)
-        .map_err(|e| Error::io("resolve", dir, e))?
-        .join(name);
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+    let key = canonical.join(name);
+    let conflicts = |held: &Vec<PathBuf>| {
+        held.contains(&key)
+            || taken_after
+                .iter()
+                .any(|later| held.contains(&canonical.join(later)))
+    };
     // While the process exits (a C host's `atexit` handler) this thread's locals may be
     // gone: then no call of this thread can be running either.
     if HELD
-        .try_with(|held| held.borrow().contains(&key))
+        .try_with(|held| conflicts(&held.borrow()))
         .unwrap_or(false)
     {
         return Err(Error::invalid_state(format!(
-            "{}: expected no other operation that may {what} running on this thread, found one: call Evergreen from an event or progress callback only to read (status), and run other operations after the call that emitted it returns",
+            "{}: expected no Evergreen operation running on this thread to start one that may {what}, found one: call Evergreen from an event or progress callback only to read (status), and run other operations after the call that emitted it returns",
             dir.display()
         )));
     }
@@ -129,9 +142,9 @@ pub struct SlotRecord {
     /// Channel the release came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    /// The channel the device followed when the release was staged. Activation moves the
-    /// device to `channel` only while it still follows this one: a switch made after
-    /// staging is the user's newer choice.
+    /// The channel the device followed when it checked for the release. Activation moves
+    /// the device to `channel` only while it still follows this one: a switch made since
+    /// (even while the release was downloaded or installed) is the user's newer choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_channel: Option<String>,
     /// The release is a forced update (activation ignores `at` and `download_only`).
@@ -266,7 +279,7 @@ impl State {
     /// callback of an operation still running (through any handle on the same state),
     /// which would otherwise wait for itself forever.
     pub fn lock(dir: &Path) -> Result<StateLock> {
-        lock_file(dir, "lock", "change the state")
+        lock_file(dir, STATE_LOCK, &[], "change the state")
     }
 
     /// Takes the lock that serialises the long operations on the state in `dir`: checks
@@ -274,7 +287,7 @@ impl State {
     /// before [`State::lock`], never while holding that. Waiting and re-entry are as for
     /// [`State::lock`].
     pub fn work_lock(dir: &Path) -> Result<StateLock> {
-        lock_file(dir, "work.lock", "check, download or install")
+        lock_file(dir, WORK_LOCK, &[STATE_LOCK], "check, download or install")
     }
 
     /// Takes what a check learned from `checked`, a copy of the state made before the check

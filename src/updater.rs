@@ -67,6 +67,10 @@ pub struct Offer {
     /// The release's components for this target, to diff again at `plan` time.
     #[serde(skip)]
     target: TargetRelease,
+    /// The channel the device followed when it checked: a switch made after that, even
+    /// while this offer is downloaded or installed, is the user's newer choice.
+    #[serde(skip)]
+    device_channel: String,
 }
 
 impl Offer {
@@ -857,6 +861,7 @@ impl Updater {
             ),
             deploy: select::deploy(&self.config.deploy, release.critical, now),
             target: target.clone(),
+            device_channel: st.channel.clone(),
         })
     }
 
@@ -1145,7 +1150,7 @@ impl Updater {
             version: Some(plan.version.clone()),
             security_version: plan.security_version,
             channel: Some(plan.channel.clone()),
-            device_channel: Some(st.channel.clone()),
+            device_channel: Some(plan.device_channel.clone()),
             critical: plan.critical,
             components: BTreeMap::new(),
         };
@@ -1560,6 +1565,13 @@ impl Updater {
                 .unwrap_or_else(|| st.channel.clone());
             let manifest = self.fetch_manifest(&mut st, &channel, now)?;
             let st = self.save_check(&st)?;
+            // The state may have moved during the fetch (a rollback, from another process).
+            if st.installed_version() != Some(&version) {
+                return Err(Error::invalid_state(format!(
+                    "expected {version} still installed to reinstall it, found {} now (it changed during the check); run reinstall again",
+                    version_str(st.installed_version())
+                )));
+            }
             let release = manifest.release(&version).ok_or_else(|| {
                 Error::new(
                     ErrorKind::NoSuchVersion,

@@ -347,34 +347,83 @@ fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock()
     let Setup {
         repo,
         src,
-        server: _server,
+        server,
         dev,
     } = setup("com.acme.reentry");
     publish_app(&repo, &src, "1.0.0", true);
+    let server = std::sync::Arc::new(server);
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     // A second handle on the same device, as a C host holding two would have.
     let inner = evergreen::Updater::builder(config.clone()).build().unwrap();
     let nested = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = nested.clone();
+    let (seen, watched) = (nested.clone(), server.clone());
+    let manifest_gets = move || watched.requests("channels/stable.json").len();
     let updater = evergreen::Updater::builder(config)
         .on_event(move |e| {
-            if let evergreen::Event::Available { .. } = e {
-                let kind = inner.check().map(|_| ()).map_err(|e| e.kind());
-                seen.lock().unwrap().push(kind);
-            }
+            let (inside, before) = match e {
+                // Under the work lock of the check that found it.
+                evergreen::Event::Available { .. } => ("available", manifest_gets()),
+                // Under the state lock, which is only ever taken after the work lock: a
+                // check from here must not even start, or it could deadlock with another
+                // process's check waiting for the state lock.
+                evergreen::Event::Activated { .. } => ("activated", manifest_gets()),
+                _ => return,
+            };
+            let kind = inner.check().map(|_| ()).map_err(|e| e.kind());
+            let fetched = manifest_gets() - before;
+            seen.lock().unwrap().push((inside, kind, fetched));
         })
         .build()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(updater.check().map(|_| ())).unwrap());
+    std::thread::spawn(move || {
+        let result = (|| {
+            let evergreen::Check::Available(offer) = updater.check()? else {
+                panic!("expected 1.0.0 to be offered");
+            };
+            let plan = updater.plan(&offer)?;
+            updater.download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())?;
+            updater.install(&plan)?;
+            updater.activate(true).map(drop)
+        })();
+        tx.send(result).unwrap()
+    });
     let outer = rx
         .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("check finished instead of waiting for itself");
+        .expect("the update finished instead of waiting for itself");
     outer.unwrap();
+    let invalid = Err(evergreen::ErrorKind::InvalidState);
     assert_eq!(
         *nested.lock().unwrap(),
-        [Err(evergreen::ErrorKind::InvalidState)]
+        [("available", invalid, 0), ("activated", invalid, 0)]
     );
+}
+
+/// `evergreen channel` no longer waits for a running update; a switch made while the
+/// update downloads stands after the update is activated.
+#[test]
+fn a_channel_switched_while_an_update_runs_stands_after_its_activation() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.switch");
+    publish_app(&repo, &src, "1.0.0", true);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config).build().unwrap();
+    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
+        panic!("expected 1.0.0 to be offered");
+    };
+    // Another process, after the check.
+    dev.expect("channel", &["preview"], 0);
+    let plan = updater.plan(&offer).unwrap();
+    updater
+        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    updater.install(&plan).unwrap();
+    updater.activate(true).unwrap();
+    assert_eq!(dev.status()["channel"], "preview");
 }
 
 /// The startup step runs on every boot, often from the app's launcher while a background
