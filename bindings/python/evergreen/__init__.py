@@ -106,11 +106,13 @@ class _Handle:
     """A C handle that is freed once: by `close()`, or when its owner is collected.
 
     The C library keeps a handle freed during a call on it until that call returns
-    (c-abi.md, "Handles"), but only once the call has taken its hold on the handle, which
-    Python cannot see from another thread. So `close()` frees at once only when no call is
-    using the handle, or from inside a callback of such a call (C holds it then); else the
-    handle is marked closed and freed by the first of: that call's next callback, or the
-    end of the last call using it. Either way, once closed no new call starts with it."""
+    (c-abi.md, "Handles"), but only once the call has taken its hold on the handle. A
+    thread between `use()` and its C call has not, and Python cannot tell. So the C free
+    is made at once only when every call counted here is this thread's own and this
+    thread is inside a callback of one of them (C holds the handle then), or when no call
+    runs; else the handle is marked closed and freed by the first such moment: a callback
+    of this kind, or the end of the last call. Either way, once closed no new call starts
+    with it."""
 
     def __init__(self, owner: object, what: str, free: Callable[..., None], *args: Any):
         self.raw = args[0]
@@ -119,13 +121,26 @@ class _Handle:
         self._calls = 0
         self._closing = False
         self._guard = threading.Lock()
-        # Per thread: how deep this thread is in callbacks of calls that use the handle.
-        self._inside = threading.local()
+        # Per thread: its calls using the handle, and how deep it is in their callbacks.
+        self._mine = threading.local()
 
     @property
     def closed(self) -> bool:
         """Whether `close()` was called (the C handle may still be held by a call)."""
         return self._closing or not self._free.alive
+
+    def _count(self, name: str) -> int:
+        return int(getattr(self._mine, name, 0))
+
+    def _free_if_safe(self) -> None:
+        """With `_guard` held: frees the C handle if closing and no other thread has a
+        call counted that may not have reached C yet."""
+        if not self._closing:
+            return
+        if self._calls == 0 or (
+            self._calls == self._count("calls") and self._count("depth") > 0
+        ):
+            self._free()
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Any]:
@@ -134,33 +149,32 @@ class _Handle:
             if self.closed:
                 raise ValueError(f"expected an open {self._what}, found it closed")
             self._calls += 1
+            self._mine.calls = self._count("calls") + 1
         try:
             yield self.raw
         finally:
             with self._guard:
                 self._calls -= 1
-                if self._closing and self._calls == 0:
-                    self._free()
+                self._mine.calls = self._count("calls") - 1
+                self._free_if_safe()
 
     @contextlib.contextmanager
     def callback(self) -> Iterator[None]:
         """Around a Python callback run by a C call that uses the handle: a `close()` from
-        in there, or one made earlier on another thread, frees it now."""
-        depth = getattr(self._inside, "depth", 0)
-        self._inside.depth = depth + 1
+        in there, or one made earlier on another thread, frees it now if it safely can."""
+        depth = self._count("depth")
+        self._mine.depth = depth + 1
         try:
             with self._guard:
-                if self._closing:
-                    self._free()
+                self._free_if_safe()
             yield
         finally:
-            self._inside.depth = depth
+            self._mine.depth = depth
 
     def close(self) -> None:
         with self._guard:
             self._closing = True
-            if self._calls == 0 or getattr(self._inside, "depth", 0):
-                self._free()
+            self._free_if_safe()
 
 
 class Offer:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import http.server
 import os
 import subprocess
@@ -414,6 +415,49 @@ def test_closing_the_updater_from_another_thread_during_a_download(world) -> Non
     assert not other.is_alive()
     assert refused == ["expected an open Updater, found it closed"], refused
     assert len(calls) == 1, calls  # the callback of the closing moment was the last
+    offer.close()
+
+
+def test_a_close_never_frees_the_handle_under_a_call_on_its_way_into_c(world) -> None:
+    """Another thread has entered a call (counted) but not yet the C library, which has
+    taken no hold on the handle: a close from a callback must leave the free to it."""
+    import ctypes
+
+    from evergreen import _ffi
+
+    _, _, _, config = world
+    updater = evergreen.Updater(config)
+    offer = updater.check()
+    assert offer is not None
+    entered, go_on = threading.Event(), threading.Event()
+    seen: List[object] = []
+
+    def call_on_its_way() -> None:
+        # What `status_json()` does, paused between counting the call and entering C.
+        with updater._h.use() as h:
+            entered.set()
+            go_on.wait(timeout=20)
+            out = ctypes.POINTER(ctypes.c_char)()
+            status = _ffi.lib.evg_status_json(h, ctypes.byref(out))
+            seen.append(status)
+            if status == 0:
+                seen.append(json.loads(_ffi.take_string(out))["channel"])
+
+    other = threading.Thread(target=call_on_its_way)
+    other.start()
+    assert entered.wait(timeout=20)
+
+    def close_inside(done: int, total: int) -> bool:
+        updater.close()
+        return False
+
+    with pytest.raises(evergreen.CancelledError):
+        updater.download(offer, close_inside)
+    go_on.set()
+    other.join(timeout=20)
+    assert seen == [0, "stable"], seen  # the handle was still there for it
+    with pytest.raises(ValueError, match="found it closed"):
+        updater.status()
     offer.close()
 
 
