@@ -726,3 +726,26 @@ fn a_host_transport_gets_the_same_verification() {
     let err = download(&f, &repo.spec(), other.path()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
 }
+
+/// The root walk asks for `root/<v+1>.json` and ends at a 404. A mirror that is down must
+/// not turn that answer into a failed check (after every retry round).
+#[test]
+fn metadata_missing_on_the_server_is_not_found_even_when_a_mirror_is_down() {
+    let empty = TempDir::new().unwrap();
+    let (server, mirror) = (
+        TestServer::serve(empty.path()),
+        TestServer::serve(empty.path()),
+    );
+    mirror.set_fault("", Fault::Status(503));
+    let f = fetcher(
+        &[server.url(), mirror.url()],
+        FetchOptions {
+            retries: 3,
+            ..options()
+        },
+    );
+    let err = f.metadata("root/2.json", None, 1 << 20).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.message().contains("found 404 there"), "{err}");
+    assert_eq!(mirror.requests("root/2.json").len(), 1, "no retry rounds");
+}

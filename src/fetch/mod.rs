@@ -243,7 +243,10 @@ impl Fetcher {
             range_from: None,
             if_none_match: etag.map(str::to_owned),
         };
-        self.with_retries(&urls, &CancelToken::new(), |url| {
+        // A 404 from one base is the answer for metadata even when a mirror is down: the
+        // root walk ends at the first missing version, and a mirror that cannot be
+        // reached must not fail every check that walks it.
+        self.with_retries_or_absent(&urls, &CancelToken::new(), true, |url| {
             let response = self.get(url, &request)?;
             match response.status {
                 304 => Ok(Metadata::NotModified),
@@ -348,10 +351,23 @@ impl Fetcher {
         &self,
         urls: &[String],
         cancel: &CancelToken,
+        attempt: impl FnMut(&str) -> Result<T, Failure>,
+    ) -> Result<T> {
+        self.with_retries_or_absent(urls, cancel, false, attempt)
+    }
+
+    /// [`Fetcher::with_retries`]; with `one_404_is_absent`, a 404 from any base ends in
+    /// `not_found` when no base served the file, whatever the others failed with.
+    fn with_retries_or_absent<T>(
+        &self,
+        urls: &[String],
+        cancel: &CancelToken,
+        one_404_is_absent: bool,
         mut attempt: impl FnMut(&str) -> Result<T, Failure>,
     ) -> Result<T> {
         let mut live = vec![true; urls.len()];
         let mut only_not_found = true;
+        let mut absent_from: Option<&str> = None;
         let mut last = None;
         for round in 0..=self.options.retries {
             if round > 0 {
@@ -368,23 +384,32 @@ impl Fetcher {
                     Then::NextBase => *live = false,
                     Then::Retry => {}
                 }
-                only_not_found &= failure.error.kind() == ErrorKind::NotFound;
+                if failure.error.kind() == ErrorKind::NotFound {
+                    absent_from.get_or_insert(url);
+                } else {
+                    only_not_found = false;
+                }
                 last = Some(failure.error);
             }
-            if !live.contains(&true) {
+            // A round in which a base said 404 and none served the file is the answer.
+            if !live.contains(&true) || (one_404_is_absent && absent_from.is_some()) {
                 break;
             }
         }
-        match last {
-            Some(_) if only_not_found => Err(Error::new(
+        match (last, absent_from) {
+            (Some(_), _) if only_not_found => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "expected the file on one of {}, found it on none",
                     urls.join(", ")
                 ),
             )),
-            Some(error) => Err(error),
-            None => Err(Error::config(
+            (Some(other), Some(absent)) if one_404_is_absent => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("expected the file on {absent}, found 404 there (and {other})"),
+            )),
+            (Some(error), _) => Err(error),
+            (None, _) => Err(Error::config(
                 "expected at least one URL to fetch, found none",
             )),
         }
