@@ -1141,6 +1141,17 @@ pub fn write_keypair(path: &Path) -> Result<PublicKey> {
             path.display()
         )));
     }
+    // `keygen --out keys/root` as the examples write it: a missing directory is made,
+    // readable by its owner only.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+    }
     let public_path = public_key_path(path);
     if public_path.exists() {
         return Err(overwrite(&public_path));
@@ -1187,8 +1198,16 @@ fn write_new(path: &Path, line: &str, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("write", path, e))
 }
 
-/// Reads a secret key file written by [`write_keypair`].
+/// Reads a secret key file written by [`write_keypair`]. A `.pub` file is refused: it has
+/// the same shape, and signing with a public key only fails later, as a confusing
+/// threshold error.
 pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(Error::config(format!(
+            "expected a secret key file to sign with, found {}, a public key (drop the .pub)",
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
     SecretKey::from_base64(&text).map_err(|e| e.context(path.display()))
 }

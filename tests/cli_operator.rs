@@ -708,3 +708,33 @@ fn a_validity_beyond_a_century_is_a_config_error() {
     );
     assert!(!dir.path().join("repo").exists());
 }
+
+#[test]
+fn keygen_makes_its_directory_and_signing_with_a_pub_file_is_refused_by_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["keygen", "--out", "keys/root"]);
+    let keys = std::fs::metadata(dir.path().join("keys")).unwrap();
+    assert_eq!(keys.permissions().mode() & 0o777, 0o700);
+    let err = fails(
+        dir.path(),
+        &[
+            "init",
+            "repo",
+            "--product",
+            "p",
+            "--root-key",
+            "keys/root.pub",
+            "--root-threshold",
+            "1",
+            "--manifest-key",
+            "keys/root.pub",
+            "--sign",
+            "keys/root.pub",
+        ],
+    );
+    assert!(
+        err.starts_with("error[config]: expected a secret key file to sign with, found keys/root.pub, a public key"),
+        "{err}"
+    );
+}

@@ -276,7 +276,17 @@ def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
         with open(config, encoding="utf-8") as f:
             return f.read()
     if isinstance(config, str):
-        return config
+        # A config is a JSON object; any other text is the path of one.
+        if config.lstrip().startswith("{"):
+            return config
+        try:
+            with open(config, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise BY_CODE[1](
+                f"expected the config as JSON text or the path of a JSON file, found {config!r}"
+                f" ({e})"
+            ) from e
     raise TypeError(
         f"expected the config as a dict, JSON text or a path, found {type(config).__name__}"
     )

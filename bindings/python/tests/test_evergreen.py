@@ -234,6 +234,17 @@ def test_bad_config_raises_config_error(config: str) -> None:
     assert str(err.value), "expected a message that says what was wrong"
 
 
+def test_config_as_a_path_in_a_str_or_a_path(world, tmp_path: Path) -> None:
+    _, _, _, config = world
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    for given in (str(path), path):
+        with evergreen.Updater(given) as updater:
+            assert updater.status()["channel"] == "stable"
+    with pytest.raises(evergreen.ConfigError, match="the path of a JSON file"):
+        evergreen.Updater(str(tmp_path / "missing.json"))
+
+
 def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
     _, _, _, config = world
     config["slots"] = {"kind": "floppy"}

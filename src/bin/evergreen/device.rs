@@ -44,7 +44,8 @@ pub struct UpdateArgs {
 /// Options of `channel`.
 #[derive(Args, Debug)]
 pub struct ChannelArgs {
-    /// The channel to follow: stable, preview, nightly or any channel the repository has.
+    /// The channel to follow: stable, preview, nightly or any channel the repository has
+    /// (the next check finds out whether it exists).
     pub channel: String,
 }
 
@@ -307,7 +308,9 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         Activation::Activated { slot, .. } => {
             report("activated", json!({"slot": slot}));
             if !json {
-                out!("restart into slot {slot}, then run `evergreen confirm` once healthy");
+                out!(
+                    "restart into slot {slot} (the startup step, `evergreen boot` or your launcher, runs first), then run `evergreen confirm` once healthy"
+                );
             }
         }
         Activation::Deferred { until, reason } => {
