@@ -33,7 +33,9 @@ pub struct UpdateArgs {
     /// Install exactly this version (a downgrade is allowed because it was asked for).
     #[arg(long, value_name = "V")]
     pub version: Option<Version>,
-    /// Download and verify only; do not install.
+    /// Download and verify only; do not install (a later `update` installs from the
+    /// downloads without fetching them again). Unlike the `download_only` deploy policy,
+    /// which installs and waits for `evergreen activate`.
     #[arg(long)]
     pub download_only: bool,
     /// Do not ask before installing.
