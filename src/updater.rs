@@ -265,10 +265,12 @@ impl UpdaterBuilder {
 
     /// Receives every [`Event`], on the thread that runs the operation.
     ///
-    /// Operations that change the state emit their events while they hold the state's
-    /// lock: such an operation called from `f` (through any updater on the same state
-    /// directory) fails with `invalid_state` rather than waiting for itself. Reading
-    /// (`status`) works.
+    /// Operations emit their events while they hold a lock of the state directory: the
+    /// work lock (check, download, install, reinstall) or the state lock (startup,
+    /// activate, confirm, rollback, …). An operation called from `f` (through any updater
+    /// on the same state directory) that needs a lock the emitting one holds, or the work
+    /// lock under the state lock, fails with `invalid_state` rather than waiting for
+    /// itself. Reading (`status`) always works.
     pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Box::new(f));
         self

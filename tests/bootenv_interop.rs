@@ -405,3 +405,73 @@ fn booted_slot_comes_from_the_configured_cmdline() {
     assert_eq!(uboot.booted().unwrap(), Some(Slot::B));
     assert!(uboot.counts_tries());
 }
+
+// ---- `evergreen provision` ----
+
+/// Runs `evergreen provision --json` for image slots with `selector`; returns its JSON.
+fn provision(dir: &Path, selector: serde_json::Value) -> serde_json::Value {
+    let config = dir.join("config.json");
+    let cfg = serde_json::json!({
+        "product": "com.acme.board", "server": "http://127.0.0.1:9/", "target": "board",
+        "trust": {"root": dir.join("root.json")}, "state_dir": dir.join("state"),
+        "slots": {"kind": "image", "a": dir.join("a.img"), "b": dir.join("b.img"),
+                  "selector": selector},
+    });
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_evergreen"))
+        .args(["provision", "--json", "--config"])
+        .arg(&config));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn provision_puts_a_grub_editenv_block_into_the_power_safe_layout() {
+    if !have("grub-editenv") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grubenv");
+    run(Command::new("grub-editenv").arg(&path).arg("create"));
+    run(Command::new("grub-editenv")
+        .arg(&path)
+        .args(["set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0"])
+        .arg("kernel_args=quiet"));
+    let before = grub_list(&path);
+    let out = provision(dir.path(), serde_json::json!({"kind": "grub", "env": path}));
+    assert_eq!(out["status"], "provisioned");
+    assert_eq!(out["selector"], "grub");
+    assert_eq!(grub_list(&path), before, "every variable kept");
+    // Canonical now: the next change is one-byte writes only.
+    let env = GrubEnv::new(&path);
+    let plan = env
+        .plan(evergreen::slots::grub::BootChange::Activate {
+            slot: Slot::B,
+            tries: 1,
+        })
+        .unwrap();
+    assert!(!plan.is_empty() && plan.iter().all(|w| w.data.len() == 1));
+}
+
+#[test]
+fn provision_initialises_a_blank_redundant_uboot_environment() {
+    if !have("fw_printenv") {
+        return;
+    }
+    let f = uboot_fixture(2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = provision(
+        dir.path(),
+        serde_json::json!({"kind": "uboot", "config": f.config}),
+    );
+    assert_eq!(out["selector"], "uboot");
+    let printed = fw_printenv(&f);
+    assert_eq!(printed["BOOT_ORDER"], "A B", "{printed:?}");
+    assert_eq!(printed["BOOT_B_LEFT"], "0", "{printed:?}");
+    // A second run leaves a valid environment as it is.
+    fw_setenv(&f, "note", "kept");
+    provision(
+        dir.path(),
+        serde_json::json!({"kind": "uboot", "config": f.config}),
+    );
+    assert_eq!(fw_printenv(&f)["note"], "kept");
+}

@@ -3,7 +3,10 @@
 //! JSON config) and print JSON with `--json`.
 
 use clap::{Args, Subcommand};
+use evergreen::config::{SelectorConfig, SlotsConfig};
 use evergreen::fetch::CancelToken;
+use evergreen::slots::grub::GrubEnv;
+use evergreen::slots::uboot::UBootEnv;
 use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Startup, Updater};
 use semver::Version;
 use serde_json::json;
@@ -104,6 +107,13 @@ pub enum Command {
     Activate(ActivateArgs),
     /// Never offer this version again (critical releases are still offered).
     Skip(SkipArgs),
+    /// Prepare the bootloader environment of image slots once, when the image is built or
+    /// first flashed: the GRUB block in Evergreen's power-safe layout (A good, B not
+    /// bootable; other variables kept), or a blank redundant U-Boot environment
+    /// initialised. A U-Boot environment that already has a valid copy is left as it is.
+    ///
+    /// Example: evergreen provision --config /etc/evergreen/config.json
+    Provision,
 }
 
 /// Runs a device command; returns the exit code.
@@ -119,6 +129,7 @@ pub fn run(cmd: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Channel(a) => channel(config, json, &a),
         Command::Activate(a) => activate(config, json, &a),
         Command::Skip(a) => skip(config, json, &a),
+        Command::Provision => provision(config, json),
     }
 }
 
@@ -465,6 +476,40 @@ pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
 }
 
 /// `evergreen skip V`.
+/// `evergreen provision`: the one whole-block write of a bootloader environment, made
+/// before the device runs, so every later write is one of the small power-safe ones.
+pub fn provision(config: &Path, json: bool) -> Result<i32> {
+    let cfg = Config::from_file(config)?;
+    let SlotsConfig::Image { selector, .. } = &cfg.slots else {
+        return Err(Error::config(
+            "expected image slots with a grub or uboot selector to provision, found directory slots (nothing to prepare)",
+        ));
+    };
+    let (kind, path) = match selector {
+        SelectorConfig::Grub { env } => {
+            GrubEnv::init(env)?;
+            ("grub", env)
+        }
+        SelectorConfig::Uboot { config } => {
+            UBootEnv::open(config)?
+                .with_max_tries(cfg.trial.tries)
+                .init()?;
+            ("uboot", config)
+        }
+        SelectorConfig::Custom {} => {
+            return Err(Error::config(
+                "expected a grub or uboot selector to provision, found a custom one (the host prepares its own)",
+            ))
+        }
+    };
+    if json {
+        print_json(&json!({"status": "provisioned", "selector": kind, "path": path}));
+    } else {
+        out!("{kind} environment ready: {}", path.display());
+    }
+    Ok(0)
+}
+
 pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
     let up = updater(config, json)?;
     up.skip(&args.version)?;
