@@ -428,3 +428,16 @@ fn check_json_names_the_configured_current_version_when_up_to_date() {
         serde_json::json!({"status": "up_to_date", "current": "2.0.0", "channel": "stable"})
     );
 }
+
+#[test]
+fn rollback_json_names_both_slots_as_boot_does() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.rolljson");
+    publish(&repo, "1.0.1", "stable");
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    let out = json(&dev.expect("rollback", &["--json"], 0));
+    assert_eq!(
+        out,
+        serde_json::json!({"status": "rolled_back", "slot": "b", "from": "a", "to": "b"})
+    );
+}

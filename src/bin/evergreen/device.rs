@@ -410,7 +410,10 @@ pub fn rollback(config: &Path, json: bool) -> Result<i32> {
     let up = updater(config, json)?;
     let slot = up.rollback()?;
     if json {
-        print_json(&json!({"status": "rolled_back", "slot": slot}));
+        // `from`/`to` as `boot` reports an automatic rollback.
+        print_json(
+            &json!({"status": "rolled_back", "slot": slot, "from": slot.other(), "to": slot}),
+        );
     } else {
         out!("slot {slot} is primary again; restart into it");
     }
