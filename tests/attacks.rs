@@ -192,9 +192,10 @@ fn attack_expired_root() {
     };
     let (w, dev) = World::installed_with(setup, json!({}));
     let before = dev.snapshot();
-    // A fresh manifest, signed the day after the root expired.
+    // A manifest still fresh at day 21, signed the day before the root expired (the tools
+    // refuse to sign under an expired root).
     w.repo
-        .resign("stable", None, &[&key(MANIFEST_KEY)], t0().plus_days(21))
+        .resign("stable", None, &[&key(MANIFEST_KEY)], t0().plus_days(19))
         .unwrap();
     dev.set_clock(t0().plus_days(21));
     let err = refused(dev.updater.check(), ErrorKind::Expired);
