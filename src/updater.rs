@@ -67,8 +67,9 @@ pub struct Offer {
     /// The release's components for this target, to diff again at `plan` time.
     #[serde(skip)]
     target: TargetRelease,
-    /// The channel the device followed when it checked: a switch made after that, even
-    /// while this offer is downloaded or installed, is the user's newer choice.
+    /// The channel the device followed when the check began: a switch made after that,
+    /// even while the check or the download ran, is the user's newer choice. For a repair,
+    /// the release's own channel, so activating it never moves the device.
     #[serde(skip)]
     device_channel: String,
 }
@@ -779,8 +780,15 @@ impl Updater {
             };
             st.check_failures = 0;
             st.last_check = Some(now);
+            // The channel followed as the check began: a switch made while it was on the
+            // network is newer than this offer (see `channel_after_activation`).
+            let followed = st.channel.clone();
             let st = self.save_check(&st)?;
-            self.decide(&st, &manifest, version, now)
+            let mut found = self.decide(&st, &manifest, version, now)?;
+            if let Check::Available(offer) = &mut found {
+                offer.device_channel = followed;
+            }
+            Ok(found)
         })
     }
 
@@ -908,16 +916,6 @@ impl Updater {
             .and_then(|s| s.etag.as_deref());
         let path = format!("channels/{channel}.json");
         let (bytes, new_etag, not_modified) = match self.fetcher.metadata(&path, etag, max)? {
-            // Only an answer to our If-None-Match may say "not modified": without a cached
-            // copy there is nothing it could refer to.
-            Metadata::NotModified if etag.is_none() => {
-                return Err(Error::new(
-                    ErrorKind::HttpStatus,
-                    format!(
-                        "{path}: expected 200 to a request without If-None-Match (no cached copy), found 304 Not Modified"
-                    ),
-                ));
-            }
             Metadata::NotModified => {
                 let bytes = std::fs::read(&cache).map_err(|e| Error::io("read", &cache, e))?;
                 (bytes, seen.as_ref().and_then(|s| s.etag.clone()), true)
@@ -1582,6 +1580,9 @@ impl Updater {
                 )
             })?;
             let mut offer = self.offer(&st, &manifest, release, false, now)?;
+            // A repair never moves the device: activation moves it to the release's
+            // channel only when it already follows that one.
+            offer.device_channel = offer.channel.clone();
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;

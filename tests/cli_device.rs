@@ -387,7 +387,8 @@ fn a_304_to_a_request_without_an_etag_is_the_servers_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr(&out);
     assert!(
-        err.starts_with("error[http_status]: channels/stable.json: expected 200 to a request without If-None-Match (no cached copy), found 304"),
+        err.starts_with("error[http_status]: GET ")
+            && err.contains("/channels/stable.json: expected 200 to a request without If-None-Match (nothing cached), found 304"),
         "{err}"
     );
     server.clear_faults();
@@ -440,4 +441,14 @@ fn rollback_json_names_both_slots_as_boot_does() {
         out,
         serde_json::json!({"status": "rolled_back", "slot": "b", "from": "a", "to": "b"})
     );
+}
+
+#[test]
+fn a_repair_does_not_move_the_device_off_the_channel_it_follows() {
+    let (_repo, dev) = confirmed_1_0_0("com.acme.repairchannel");
+    dev.expect("channel", &["preview"], 0);
+    dev.expect("reinstall", &[], 0);
+    let status = dev.status();
+    assert_eq!(status["slots"]["a"]["status"], "trial", "{status}");
+    assert_eq!(status["channel"], "preview", "{status}");
 }

@@ -728,7 +728,7 @@ fn a_host_transport_gets_the_same_verification() {
 }
 
 /// The root walk asks for `root/<v+1>.json` and ends at a 404. A mirror that is down must
-/// not turn that answer into a failed check (after every retry round).
+/// not turn the server's 404 into a failed check (after every retry round).
 #[test]
 fn metadata_missing_on_the_server_is_not_found_even_when_a_mirror_is_down() {
     let empty = TempDir::new().unwrap();
@@ -748,4 +748,35 @@ fn metadata_missing_on_the_server_is_not_found_even_when_a_mirror_is_down() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.message().contains("found 404 there"), "{err}");
     assert_eq!(mirror.requests("root/2.json").len(), 1, "no retry rounds");
+}
+
+/// But a mirror's 404 is not the answer: mirrors lag, and a stale one must not end the
+/// walk before a rotation that the server, failing for a moment, has. Nor is a 304 to a
+/// request that sent no `If-None-Match`.
+#[test]
+fn a_mirrors_404_or_unasked_304_does_not_answer_for_a_failing_server() {
+    let repo = TempDir::new().unwrap();
+    std::fs::create_dir_all(repo.path().join("root")).unwrap();
+    std::fs::write(repo.path().join("root/2.json"), b"{}").unwrap();
+    let stale = TempDir::new().unwrap();
+    let server = TestServer::serve(repo.path());
+    let (lagging, unasked) = (
+        TestServer::serve(stale.path()),
+        TestServer::serve(stale.path()),
+    );
+    unasked.set_fault("", Fault::Status(304));
+    server.set_fault_times("root/", Fault::Status(503), 1);
+    let f = fetcher(
+        &[server.url(), lagging.url(), unasked.url()],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+    // Round one: 503, 404, 304; round two: the server answers.
+    match f.metadata("root/2.json", None, 1 << 20).unwrap() {
+        Metadata::Fetched { bytes, .. } => assert_eq!(bytes, b"{}"),
+        Metadata::NotModified => panic!("a 304 nobody asked for was taken as an answer"),
+    }
+    assert_eq!(server.requests("root/2.json").len(), 2);
 }

@@ -234,22 +234,32 @@ impl Fetcher {
     ///
     /// With `etag`, sends `If-None-Match` and returns [`Metadata::NotModified`] on 304.
     /// Never reads more than `max_bytes` ([`ErrorKind::TooLarge`]). A body slower than
-    /// [`FetchOptions::min_speed_bytes_per_s`] is [`ErrorKind::SlowRetrieval`]. A 404 on
-    /// every base is [`ErrorKind::NotFound`]; 5xx, network errors, timeouts and slow
-    /// bodies are retried as for downloads.
+    /// [`FetchOptions::min_speed_bytes_per_s`] is [`ErrorKind::SlowRetrieval`]. A 404 from
+    /// the server, or from every base, is [`ErrorKind::NotFound`] (a mirror's 404 alone is
+    /// not); 5xx, network errors, timeouts and slow bodies are retried as for downloads. A
+    /// 304 to a request without `etag` is [`ErrorKind::HttpStatus`].
     pub fn metadata(&self, path: &str, etag: Option<&str>, max_bytes: u64) -> Result<Metadata> {
         let urls = self.urls(path)?;
         let request = Request {
             range_from: None,
             if_none_match: etag.map(str::to_owned),
         };
-        // A 404 from one base is the answer for metadata even when a mirror is down: the
-        // root walk ends at the first missing version, and a mirror that cannot be
-        // reached must not fail every check that walks it.
+        // The server's 404 is the answer for metadata even when a mirror is down: the
+        // root walk ends at the first missing version, and a mirror that cannot be reached
+        // must not fail every check that walks it. A mirror's 404 is not: mirrors lag, and
+        // a stale one must not end the walk before a rotation the server has.
         self.with_retries_or_absent(&urls, &CancelToken::new(), true, |url| {
             let response = self.get(url, &request)?;
             match response.status {
-                304 => Ok(Metadata::NotModified),
+                304 if request.if_none_match.is_some() => Ok(Metadata::NotModified),
+                // "Not modified" compared with nothing: not an answer to this request.
+                304 => Err(Error::new(
+                    ErrorKind::HttpStatus,
+                    format!(
+                        "GET {url}: expected 200 to a request without If-None-Match (nothing cached), found 304 Not Modified"
+                    ),
+                )
+                .into()),
                 200 => Ok(Metadata::Fetched {
                     etag: response.etag.clone(),
                     bytes: self.read_capped(url, response, max_bytes)?,
@@ -356,18 +366,19 @@ impl Fetcher {
         self.with_retries_or_absent(urls, cancel, false, attempt)
     }
 
-    /// [`Fetcher::with_retries`]; with `one_404_is_absent`, a 404 from any base ends in
-    /// `not_found` when no base served the file, whatever the others failed with.
+    /// [`Fetcher::with_retries`]; with `server_404_is_absent`, a 404 from the server (the
+    /// first base) ends in `not_found` after the round it came in, whatever the mirrors
+    /// failed with.
     fn with_retries_or_absent<T>(
         &self,
         urls: &[String],
         cancel: &CancelToken,
-        one_404_is_absent: bool,
+        server_404_is_absent: bool,
         mut attempt: impl FnMut(&str) -> Result<T, Failure>,
     ) -> Result<T> {
         let mut live = vec![true; urls.len()];
         let mut only_not_found = true;
-        let mut absent_from: Option<&str> = None;
+        let mut absent_on_server = false;
         let mut last = None;
         for round in 0..=self.options.retries {
             if round > 0 {
@@ -384,19 +395,20 @@ impl Fetcher {
                     Then::NextBase => *live = false,
                     Then::Retry => {}
                 }
-                if failure.error.kind() == ErrorKind::NotFound {
-                    absent_from.get_or_insert(url);
-                } else {
+                if failure.error.kind() != ErrorKind::NotFound {
                     only_not_found = false;
+                } else if server_404_is_absent && Some(url) == urls.first() {
+                    absent_on_server = true;
                 }
                 last = Some(failure.error);
             }
-            // A round in which a base said 404 and none served the file is the answer.
-            if !live.contains(&true) || (one_404_is_absent && absent_from.is_some()) {
+            // A round in which the server said 404 and no mirror served the file is the
+            // answer.
+            if !live.contains(&true) || absent_on_server {
                 break;
             }
         }
-        match (last, absent_from) {
+        match (last, absent_on_server) {
             (Some(_), _) if only_not_found => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -404,9 +416,12 @@ impl Fetcher {
                     urls.join(", ")
                 ),
             )),
-            (Some(other), Some(absent)) if one_404_is_absent => Err(Error::new(
+            (Some(other), true) => Err(Error::new(
                 ErrorKind::NotFound,
-                format!("expected the file on {absent}, found 404 there (and {other})"),
+                format!(
+                    "expected the file on the server {}, found 404 there (and {other})",
+                    urls[0]
+                ),
             )),
             (Some(error), _) => Err(error),
             (None, _) => Err(Error::config(

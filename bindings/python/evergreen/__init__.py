@@ -329,7 +329,8 @@ class Updater:
         RuntimeWarning, since it cannot unwind through C. A call made from inside it that
         needs the lock the emitting call holds raises `InvalidStateError` (check, download,
         install and reinstall share one; startup, activate, confirm, rollback, skip and
-        set_channel another). `status()` works."""
+        set_channel another, and the first kind is refused inside an event of the second).
+        `status()` works."""
         if callback is None:
             with self._h.use() as h:
                 check(_lib.evg_set_event_callback(h, _ffi.EVENT_CB(), None))
