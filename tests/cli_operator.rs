@@ -78,6 +78,32 @@ fn init_repo(dir: &Path) {
     );
 }
 
+/// `evergreen init repo --product p` with `root_key` for the root role (threshold
+/// `threshold`), `manifest_key` for the manifest role, signed by `sign`, then `rest`.
+fn init_args<'a>(
+    root_key: &'a str,
+    threshold: &'a str,
+    manifest_key: &'a str,
+    sign: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let head = [
+        "init",
+        "repo",
+        "--product",
+        "p",
+        "--root-key",
+        root_key,
+        "--root-threshold",
+        threshold,
+        "--manifest-key",
+        manifest_key,
+        "--sign",
+        sign,
+    ];
+    [&head[..], rest].concat()
+}
+
 fn release_nightly(dir: &Path) -> String {
     write_zip(&dir.join("app.zip"));
     std::fs::write(dir.join("settings.json"), br#"{"level": 3}"#).unwrap();
@@ -416,66 +442,18 @@ fn usage_errors_exit_2_and_bad_values_are_config_errors() {
     assert_eq!(o.status.code(), Some(2));
 
     keygen(dir, "root1");
-    let err = fails(
-        dir,
-        &[
-            "init",
-            "repo",
-            "--product",
-            "p",
-            "--root-key",
-            "root1.pub",
-            "--root-threshold",
-            "0",
-            "--manifest-key",
-            "root1.pub",
-            "--sign",
-            "root1",
-        ],
-    );
+    let err = fails(dir, &init_args("root1.pub", "0", "root1.pub", "root1", &[]));
     assert!(err.starts_with("error[config]"), "{err}");
     assert!(!dir.join("repo").exists());
 
     // A signer outside the root role: refused before anything is written.
     keygen(dir, "other");
-    let err = fails(
-        dir,
-        &[
-            "init",
-            "repo",
-            "--product",
-            "p",
-            "--root-key",
-            "root1.pub",
-            "--root-threshold",
-            "1",
-            "--manifest-key",
-            "root1.pub",
-            "--sign",
-            "other",
-        ],
-    );
+    let err = fails(dir, &init_args("root1.pub", "1", "root1.pub", "other", &[]));
     assert!(err.starts_with("error[threshold]"), "{err}");
     assert!(!dir.join("repo").exists());
 
     // A secret key file where a public key is expected.
-    let err = fails(
-        dir,
-        &[
-            "init",
-            "repo",
-            "--product",
-            "p",
-            "--root-key",
-            "root1",
-            "--root-threshold",
-            "1",
-            "--manifest-key",
-            "root1.pub",
-            "--sign",
-            "root1",
-        ],
-    );
+    let err = fails(dir, &init_args("root1", "1", "root1.pub", "root1", &[]));
     assert!(err.starts_with("error[config]"), "{err}");
 }
 
@@ -685,22 +663,13 @@ fn a_validity_beyond_a_century_is_a_config_error() {
     keygen(dir.path(), "root1");
     let err = fails(
         dir.path(),
-        &[
-            "init",
-            "repo",
-            "--product",
-            "p",
-            "--root-key",
+        &init_args(
             "root1.pub",
-            "--root-threshold",
             "1",
-            "--manifest-key",
             "root1.pub",
-            "--sign",
             "root1",
-            "--expires-in",
-            "3000000",
-        ],
+            &["--expires-in", "3000000"],
+        ),
     );
     assert_eq!(
         err.trim_end(),
@@ -718,20 +687,7 @@ fn keygen_makes_its_directory_and_signing_with_a_pub_file_is_refused_by_name() {
     assert_eq!(keys.permissions().mode() & 0o777, 0o700);
     let err = fails(
         dir.path(),
-        &[
-            "init",
-            "repo",
-            "--product",
-            "p",
-            "--root-key",
-            "keys/root.pub",
-            "--root-threshold",
-            "1",
-            "--manifest-key",
-            "keys/root.pub",
-            "--sign",
-            "keys/root.pub",
-        ],
+        &init_args("keys/root.pub", "1", "keys/root.pub", "keys/root.pub", &[]),
     );
     assert!(
         err.starts_with("error[config]: expected a secret key file to sign with, found keys/root.pub, a public key"),
