@@ -45,6 +45,13 @@ fn vars_map(vars: Vec<(String, String)>) -> BTreeMap<String, String> {
 
 // ---- GRUB ----
 
+/// A block made the way a board's image build would without Evergreen: `grub-editenv
+/// create`, then `set` of `vars` (`NAME=value`).
+fn grub_editenv_block(path: &Path, vars: &[&str]) {
+    run(Command::new("grub-editenv").arg(path).arg("create"));
+    run(Command::new("grub-editenv").arg(path).arg("set").args(vars));
+}
+
 fn grub_list(path: &Path) -> BTreeMap<String, String> {
     as_map(&run(Command::new("grub-editenv").arg(path).arg("list")))
 }
@@ -77,11 +84,17 @@ fn grub_env_written_by_grub_editenv_is_read_and_kept_by_us() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grubenv");
-    run(Command::new("grub-editenv").arg(&path).arg("create"));
-    run(Command::new("grub-editenv")
-        .arg(&path)
-        .args(["set", "ORDER=B A", "A_OK=1", "B_OK=1", "B_TRY=1", "A_TRY=0"])
-        .arg("note=back\\slash"));
+    grub_editenv_block(
+        &path,
+        &[
+            "ORDER=B A",
+            "A_OK=1",
+            "B_OK=1",
+            "B_TRY=1",
+            "A_TRY=0",
+            "note=back\\slash",
+        ],
+    );
     let env = GrubEnv::new(&path);
     assert_eq!(env.get("ORDER").unwrap().as_deref(), Some("B A"));
     assert_eq!(env.get("B_TRY").unwrap().as_deref(), Some("1"));
@@ -431,11 +444,17 @@ fn provision_puts_a_grub_editenv_block_into_the_power_safe_layout() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grubenv");
-    run(Command::new("grub-editenv").arg(&path).arg("create"));
-    run(Command::new("grub-editenv")
-        .arg(&path)
-        .args(["set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0"])
-        .arg("kernel_args=quiet"));
+    grub_editenv_block(
+        &path,
+        &[
+            "ORDER=A B",
+            "A_OK=1",
+            "A_TRY=0",
+            "B_OK=0",
+            "B_TRY=0",
+            "kernel_args=quiet",
+        ],
+    );
     let before = grub_list(&path);
     let out = provision(dir.path(), serde_json::json!({"kind": "grub", "env": path}));
     assert_eq!(out["status"], "provisioned");
