@@ -246,7 +246,23 @@ pub fn in_rollout(release: &Release, product: &str, device_id: &str, now: Timest
         .rollout
         .as_ref()
         .map_or(100.0, |r| r.percent_at(now));
-    (rollout_bucket(product, device_id, &release.version) as f64) < percent * 100.0
+    bucket_in_rollout(
+        rollout_bucket(product, device_id, &release.version),
+        percent,
+    )
+}
+
+/// The rollout rule on a [`rollout_bucket`] already computed: in when `bucket` is below
+/// `percent` × 100 (so 0 % lets nobody in, 100 % everyone, and a device stays in as the
+/// percentage grows).
+///
+/// ```
+/// use evergreen::select::bucket_in_rollout;
+/// assert!(bucket_in_rollout(499, 5.0) && !bucket_in_rollout(500, 5.0));
+/// assert!(!bucket_in_rollout(0, 0.0) && bucket_in_rollout(9_999, 100.0));
+/// ```
+pub fn bucket_in_rollout(bucket: u64, percent: f64) -> bool {
+    (bucket as f64) < percent * 100.0
 }
 
 /// A day of the week, written `mon` … `sun` in the config.

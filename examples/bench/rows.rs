@@ -534,7 +534,7 @@ pub fn peak_rss(ctx: &Ctx) -> Row {
                 bytes(zip)
             );
         }
-        Err(e) => row.note = e,
+        Err(e) => row.fail(e),
     }
     row
 }
@@ -661,7 +661,7 @@ pub fn one_of_ten(ctx: &Ctx) -> Row {
             );
             row.pass = Some(got == changed);
         }
-        Err(e) => row.note = e,
+        Err(e) => row.fail(e),
     }
     row
 }
@@ -893,7 +893,7 @@ fn fill_time_row(
             row.measured = secs(m);
             row.pass = Some(m <= target);
         }
-        Err(e) => row.note = e,
+        Err(e) => row.fail(e),
     }
     if let Ok(b) = base {
         row.baseline = format!("{} ({base_name})", secs(median(&b)));
@@ -941,7 +941,7 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
                 ];
                 args.extend(extra);
                 if let Err(e) = run_tool(&cargo, &args) {
-                    row.note = e;
+                    row.fail(e);
                     return row;
                 }
             }

@@ -38,6 +38,12 @@ impl Row {
     }
 
     /// A row whose measurement failed with `error`.
+    /// Marks a row already under way as failed: its step went wrong.
+    pub fn fail(&mut self, error: String) {
+        self.note = format!("failed: {error}");
+        self.failed = true;
+    }
+
     pub fn failed(what: impl Into<String>, target: impl Into<String>, error: String) -> Row {
         Row {
             failed: true,
