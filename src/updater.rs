@@ -1145,6 +1145,25 @@ impl Updater {
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
         let slot = self.install_slot(&mut st)?;
+        // The plan was made against the primary of its time; what is copied unchanged
+        // comes from the primary of now. A rollback in between (another process) would
+        // stage the release with another release's files.
+        let primary = &st.slot(st.primary).components;
+        let copied_from_elsewhere = plan
+            .components
+            .iter()
+            .filter(|c| c.op == ComponentOp::Unchanged && c.artifact.is_none())
+            .find(|c| {
+                let have = primary.get(&c.name).map(|i| i.sha256.as_str());
+                let want = plan.target.components.get(&c.name);
+                have != want.map(|w| w.artifact.sha256.as_str())
+            });
+        if let Some(c) = copied_from_elsewhere {
+            return Err(Error::invalid_state(format!(
+                "expected component {} unchanged in the primary slot {} as when {} was planned, found it changed since (a rollback or another install); plan again",
+                c.name, st.primary, plan.version
+            )));
+        }
         let components = installed_components(plan, &st.slot(st.primary).components);
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,

@@ -434,6 +434,74 @@ fn a_channel_switched_while_an_update_runs_stands_after_its_activation() {
     assert_eq!(dev.status()["channel"], "preview");
 }
 
+/// An install copies unchanged components from the primary of the moment it runs. A
+/// rollback (another process) between the plan and the install must not stage the release
+/// with the other slot's files.
+#[test]
+fn an_install_planned_before_a_rollback_is_refused_not_staged_with_other_files() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.stale");
+    let settings = src.join("settings.json");
+    let release = |version: &str, level: u32| {
+        std::fs::write(&settings, format!("{{\"level\": {level}}}")).unwrap();
+        let zip = app_zip(&src, version, true);
+        repo.release(
+            "stable",
+            version,
+            "x86_64-linux",
+            &[("app", &zip), ("settings", &settings)],
+            &[],
+        );
+    };
+    // 1.0.0, then 2.0.0, each installed, started and confirmed: both slots good.
+    for (version, level) in [("1.0.0", 1), ("2.0.0", 2)] {
+        release(version, level);
+        dev.expect("update", &["--yes"], 0);
+        dev.expect("boot", &[], 0);
+        dev.expect("confirm", &[], 0);
+    }
+    release("3.0.0", 2); // 2.0.0's settings
+    let updater = evergreen::Updater::builder(evergreen::Config::from_file(&dev.config).unwrap())
+        .build()
+        .unwrap();
+    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
+        panic!("expected 3.0.0 to be offered");
+    };
+    let plan = updater.plan(&offer).unwrap();
+    let op = |plan: &evergreen::Offer, name: &str| {
+        plan.components.iter().find(|c| c.name == name).unwrap().op
+    };
+    assert_eq!(
+        op(&plan, "settings"),
+        evergreen::stage::ComponentOp::Unchanged
+    );
+    let cancel = evergreen::fetch::CancelToken::new();
+    updater.download(&plan, &mut |_, _| {}, &cancel).unwrap();
+    let before = dev.status();
+    dev.expect("rollback", &[], 0); // 1.0.0 is primary again: its settings differ
+    let err = updater.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert!(err.message().contains("component settings"), "{err}");
+    let after = dev.status();
+    assert_eq!(after["primary"], before["fallback"]);
+    assert_eq!(
+        after["slots"][before["primary"].as_str().unwrap()]["status"],
+        "bad"
+    );
+    // Planned again against the primary of now, it installs.
+    let plan = updater.plan(&offer).unwrap();
+    assert_eq!(
+        op(&plan, "settings"),
+        evergreen::stage::ComponentOp::Modified
+    );
+    updater.download(&plan, &mut |_, _| {}, &cancel).unwrap();
+    updater.install(&plan).unwrap();
+}
+
 /// The startup step runs on every boot, often from the app's launcher while a background
 /// `evergreen update` runs. It must not wait for that update's download (network time) or
 /// its check: those hold only the work lock, never the state's.
