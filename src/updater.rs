@@ -1094,6 +1094,9 @@ impl Updater {
     pub fn install(&self, plan: &Offer) -> Result<Slot> {
         self.reported("install", || {
             let _work = self.work_lock()?;
+            if let Store::Image(images) = &self.store {
+                images.check_distinct()?;
+            }
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;

@@ -749,3 +749,35 @@ fn an_unchanged_image_is_written_again_into_the_idle_slot() {
         json!({"status": "good", "version": "2.0.1"})
     );
 }
+
+#[test]
+fn a_slot_path_that_reaches_the_running_slot_is_refused_before_anything_changes() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "samedevice", Loader::Grub);
+    // Slot b configured as a symlink to slot a's storage (a by-partlabel link gone wrong).
+    std::fs::remove_file(&board.b).unwrap();
+    std::os::unix::fs::symlink(&board.a, &board.b).unwrap();
+    release_image(&repo, "2.0.0", MIB, 2);
+    let running = board.slot_bytes(Slot::A);
+    let status = board.dev.status();
+    let out = board.dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("error[config]: expected slots a") && err.contains("on different storage"),
+        "{err}"
+    );
+    assert!(
+        board.slot_bytes(Slot::A) == running,
+        "the running slot was written"
+    );
+    let mut after = board.dev.status();
+    let mut before = status;
+    for s in [&mut after, &mut before] {
+        let o = s.as_object_mut().unwrap();
+        o.remove("next_check");
+        o.remove("last_check");
+    }
+    assert_eq!(after, before, "nothing was marked installing");
+}

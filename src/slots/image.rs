@@ -37,6 +37,22 @@ pub struct ImageSlots {
 }
 
 impl ImageSlots {
+    /// Refuses slots that reach the same file or block device (a symlink such as
+    /// `/dev/disk/by-partlabel/…`, a hard link, two nodes of one device): writing one would
+    /// overwrite the other, perhaps the running system. [`ImageSlots::write_image`] checks
+    /// it first; an updater checks it before it marks a slot `installing`.
+    pub fn check_distinct(&self) -> Result<()> {
+        if !same_storage(&self.a, &self.b) {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "expected slots a ({}) and b ({}) on different storage, found both naming the same {}: writing one would overwrite the other",
+            self.a.display(),
+            self.b.display(),
+            if is_block_path(&self.a) { "block device" } else { "file" }
+        )))
+    }
+
     /// Slots at `a` and `b`: block devices (e.g. `/dev/mmcblk0p2`) or plain files.
     pub fn new(a: impl Into<PathBuf>, b: impl Into<PathBuf>) -> ImageSlots {
         ImageSlots {
@@ -86,6 +102,7 @@ impl ImageSlots {
                 "image for slot {slot}: expected a sha256 of 64 lowercase hex digits, found {sha256:?}"
             )));
         }
+        self.check_distinct()?;
         let path = self.path(slot);
         let mut file = open_slot(path, size)?;
         copy_exact(src, &mut file, path, size, progress)?;
@@ -120,6 +137,23 @@ fn is_block_device(file: &File) -> bool {
         let _ = file;
         false
     }
+}
+
+/// Whether `a` and `b` reach the same file or block device (through symlinks such as
+/// `/dev/disk/by-partlabel/…`, hard links, or two nodes of one device). The config only
+/// compares the paths as written.
+fn same_storage(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    let both_devices = ma.file_type().is_block_device() && mb.file_type().is_block_device();
+    (ma.dev() == mb.dev() && ma.ino() == mb.ino()) || (both_devices && ma.rdev() == mb.rdev())
+}
+
+fn is_block_path(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
@@ -287,6 +321,43 @@ mod tests {
     }
 
     const IMAGE: u64 = 64 << 20;
+
+    #[test]
+    fn a_slot_that_reaches_the_other_slot_through_a_symlink_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        std::fs::write(&a, b"RUNNING-SYSTEM-A").unwrap();
+        // As /dev/disk/by-partlabel/... names a partition.
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let s = ImageSlots::new(&a, &b);
+        let err = s
+            .write_image(
+                Slot::B,
+                &mut pattern(4096),
+                4096,
+                &pattern_sha(4096),
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains("both naming the same file"), "{err}");
+        assert_eq!(s.check_distinct().unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(std::fs::read(&a).unwrap(), b"RUNNING-SYSTEM-A");
+        // A hard link is the same file too; a distinct file is written.
+        std::fs::remove_file(&b).unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        assert!(same_storage(&a, &b));
+        std::fs::remove_file(&b).unwrap();
+        s.write_image(
+            Slot::B,
+            &mut pattern(4096),
+            4096,
+            &pattern_sha(4096),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"RUNNING-SYSTEM-A");
+    }
 
     #[test]
     fn a_64_mib_image_is_written_to_slot_b_and_verified_by_reading_back() {
