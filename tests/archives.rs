@@ -448,6 +448,31 @@ fn too_many_entries_are_refused() {
 }
 
 #[test]
+fn directories_implied_by_deep_names_count_against_the_entry_cap() {
+    // Two entries whose names imply 2 × 60 directories: a zip of a few KB that would
+    // create 122 inodes.
+    let deep: Vec<String> = (0..2)
+        .map(|i| format!("d{i}/{}f", "a/".repeat(59)))
+        .collect();
+    let items: Vec<Item> = deep.iter().map(|n| File(n, b"x", 0o644)).collect();
+    let bytes = build(&items);
+    let hundred = ArchiveLimits {
+        max_entries: 100,
+        ..limits()
+    };
+    let msg = Case::new(&bytes).refused(None, &hundred, &[]);
+    assert!(
+        msg.contains("at most 100 files, directories and links to create, found 122"),
+        "{msg}"
+    );
+    let enough = ArchiveLimits {
+        max_entries: 122,
+        ..limits()
+    };
+    Case::new(&bytes).extract(None, &enough).unwrap();
+}
+
+#[test]
 fn a_huge_declared_zip64_size_is_refused_before_writing() {
     let zip64 = SimpleFileOptions::default().large_file(true);
     let mut bytes = build_with(

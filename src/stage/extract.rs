@@ -242,6 +242,15 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
     }
     check_overlaps(ranges, zip.central_directory_start())?;
     let dirs = check_tree(&entries)?;
+    // The cap is on what extraction creates: 40 entries named a/a/a/…/f imply tens of
+    // thousands of directories, each a real inode and block, none counted in any size.
+    let nodes = dirs.len() as u64 + entries.iter().filter(|e| e.kind != Kind::Dir).count() as u64;
+    if nodes > limits.max_entries {
+        return Err(unsafe_archive(format!(
+            "expected at most {} files, directories and links to create, found {nodes} (the directories implied by the entry names included)",
+            limits.max_entries
+        )));
+    }
     let symlinks: HashSet<&str> = entries
         .iter()
         .filter(|e| e.kind == Kind::Symlink)

@@ -211,7 +211,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
                     .map_err(|e| Error::io("create symlink", &d, e))?;
                 stats.symlinks += 1;
             } else if kind.is_file() {
-                stats.bytes += copy_file(&s, &d, mode)?;
+                stats.bytes += copy_file(&s, &d, mode, &meta)?;
                 stats.files += 1;
             } else {
                 return Err(Error::new(
@@ -232,8 +232,22 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
     Ok(stats)
 }
 
-fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<u64> {
+/// Copies the regular file `src`, which `seen` describes, into a new `dst`.
+fn copy_file(src: &Path, dst: &Path, mode: u32, seen: &fs::Metadata) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let mut from = File::open(src).map_err(|e| Error::io("open", src, e))?;
+    // The app may write its own slot: a file swapped for a symlink between the look and
+    // the open would copy whatever the link names. What was opened must be what was seen.
+    let opened = from.metadata().map_err(|e| Error::io("inspect", src, e))?;
+    if (opened.dev(), opened.ino()) != (seen.dev(), seen.ino()) {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "copying {}: expected the regular file listed there, found it replaced while copying",
+                src.display()
+            ),
+        ));
+    }
     let mut to = create_new_file(dst, mode)?;
     // File-to-file `io::copy` uses copy_file_range on Linux: no user-space buffer, and a
     // reflink where the file system can.
@@ -299,5 +313,29 @@ fn open_for_sync(path: &Path) -> io::Result<File> {
             OpenOptions::new().write(true).open(path)
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_replaced_between_the_look_and_the_open_is_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listed, elsewhere) = (dir.path().join("listed"), dir.path().join("secret"));
+        fs::write(&listed, b"app data").unwrap();
+        fs::write(&elsewhere, b"not the app's").unwrap();
+        let seen = fs::symlink_metadata(&listed).unwrap();
+        // The swap: the name now leads to another file.
+        fs::remove_file(&listed).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &listed).unwrap();
+        let dst = dir.path().join("copy");
+        let err = copy_file(&listed, &dst, 0o644, &seen).unwrap_err();
+        assert!(err.message().contains("replaced while copying"), "{err}");
+        assert!(!dst.exists());
+        // Unswapped, it copies.
+        let seen = fs::metadata(&elsewhere).unwrap();
+        assert_eq!(copy_file(&elsewhere, &dst, 0o644, &seen).unwrap(), 13);
     }
 }
