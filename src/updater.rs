@@ -43,7 +43,7 @@ pub enum Check {
 }
 
 /// A release offered to this device, with the component diff against the primary slot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Offer {
     /// Version offered.
     pub version: Version,
@@ -62,16 +62,23 @@ pub struct Offer {
     /// Per component: added / removed / modified / unchanged.
     pub components: Vec<ComponentChange>,
     /// What the deploy policy says about activating it now.
-    #[serde(skip)]
     pub deploy: Deploy,
     /// The release's components for this target, to diff again at `plan` time.
-    #[serde(skip)]
     target: TargetRelease,
     /// The channel the device followed when the check began: a switch made after that,
     /// even while the check or the download ran, is the user's newer choice. For a repair,
     /// the release's own channel, so activating it never moves the device.
-    #[serde(skip)]
     device_channel: String,
+}
+
+/// Serialises as [`Offer::to_json`]: one shape for the CLI, the C ABI and Rust callers.
+impl Serialize for Offer {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
 }
 
 impl Offer {
@@ -784,11 +791,7 @@ impl Updater {
             // network is newer than this offer (see `channel_after_activation`).
             let followed = st.channel.clone();
             let st = self.save_check(&st)?;
-            let mut found = self.decide(&st, &manifest, version, now)?;
-            if let Check::Available(offer) = &mut found {
-                offer.device_channel = followed;
-            }
-            Ok(found)
+            self.decide(&st, &manifest, version, now, followed)
         })
     }
 
@@ -799,6 +802,7 @@ impl Updater {
         manifest: &Verified<Manifest>,
         pin: Option<&Version>,
         now: Timestamp,
+        followed: String,
     ) -> Result<Check> {
         let device_id = self.device_id()?;
         let installed = st
@@ -827,7 +831,7 @@ impl Updater {
                 format!("version {} vanished from the manifest", choice.version),
             )
         })?;
-        let offer = self.offer(st, manifest, release, choice.downgrade, now)?;
+        let offer = self.offer(st, manifest, release, choice.downgrade, now, followed)?;
         self.emit(Event::Available {
             version: offer.version.to_string(),
             critical: offer.critical,
@@ -842,6 +846,7 @@ impl Updater {
         release: &Release,
         downgrade: bool,
         now: Timestamp,
+        device_channel: String,
     ) -> Result<Offer> {
         let target = release.targets.get(&self.config.target).ok_or_else(|| {
             Error::new(
@@ -865,14 +870,10 @@ impl Updater {
             downgrade,
             notes: release.notes.clone(),
             security_version: release.security_version,
-            components: stage::diff(
-                &st.slot(st.primary).components,
-                target,
-                self.store.copies_unchanged(),
-            ),
+            components: self.diff_against_primary(st, target),
             deploy: select::deploy(&self.config.deploy, release.critical, now),
             target: target.clone(),
-            device_channel: st.channel.clone(),
+            device_channel,
         })
     }
 
@@ -1022,12 +1023,17 @@ impl Updater {
     pub fn plan(&self, offer: &Offer) -> Result<Offer> {
         let st = self.load_state()?;
         let mut plan = offer.clone();
-        plan.components = stage::diff(
-            &st.slot(st.primary).components,
-            &offer.target,
-            self.store.copies_unchanged(),
-        );
+        plan.components = self.diff_against_primary(&st, &offer.target);
         Ok(plan)
+    }
+
+    /// The component diff of `target` against what the primary slot of `st` holds.
+    fn diff_against_primary(&self, st: &State, target: &TargetRelease) -> Vec<ComponentChange> {
+        stage::diff(
+            &st.slot(st.primary).components,
+            target,
+            self.store.copies_unchanged(),
+        )
     }
 
     fn downloads_dir(&self) -> PathBuf {
@@ -1167,7 +1173,7 @@ impl Updater {
                 c.name, st.primary, plan.version
             )));
         }
-        let components = installed_components(plan, &st.slot(st.primary).components);
+        let components = installed_components(plan, primary);
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,
             version: Some(plan.version.clone()),
@@ -1203,7 +1209,7 @@ impl Updater {
                 "expected slot {slot} still being installed with {}, found it {} with {} (changed by another process during the install)",
                 plan.version,
                 record.status.as_str(),
-                record.version.as_ref().map_or("nothing".to_string(), Version::to_string)
+                version_str(record.version.as_ref())
             )));
         }
         record.status = SlotStatus::Installed;
@@ -1529,7 +1535,7 @@ impl Updater {
                     format!(
                         "expected a fallback at or above this device's security floor {}, found slot {fallback} with {} at security version {}",
                         st.security_floor,
-                        below.version.as_ref().map_or("a release".to_string(), Version::to_string),
+                        version_str(below.version.as_ref()),
                         below.security_version
                     ),
                 ));
@@ -1601,10 +1607,10 @@ impl Updater {
                     format!("expected version {version} in channel {channel} to reinstall it, found it no longer published"),
                 )
             })?;
-            let mut offer = self.offer(&st, &manifest, release, false, now)?;
             // A repair never moves the device: activation moves it to the release's
             // channel only when it already follows that one.
-            offer.device_channel = offer.channel.clone();
+            let mut offer =
+                self.offer(&st, &manifest, release, false, now, manifest.channel.clone())?;
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;
