@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example fleet                  # 1,000,000 devices
 //! cargo run --release --example fleet -- --devices 50000
+//! cargo run --release --example fleet -- --jitter 0 --synchronized   # a herd: exits 1
 //! ```
 //!
 //! Every device polls the channel manifest with `If-None-Match` on Evergreen's own
@@ -16,6 +17,11 @@
 //! percentage points off its percentage, when the fraction ever runs ahead of the
 //! percentage in force, or when, after the first two poll intervals, the busiest hour's
 //! requests exceed 1.2× the mean (a thundering herd).
+//!
+//! `--jitter F` sets the polling jitter (the config's `poll.jitter`, default 0.25) and
+//! `--synchronized` starts every device's schedule at the same instant, as after a
+//! fleet-wide power cut: together they show what the jitter is for, and
+//! `scripts/test-all` runs the fleet without it to see the herd check fail.
 
 #[allow(dead_code)]
 #[path = "bench/rng.rs"]
@@ -33,7 +39,6 @@ const HOUR: i64 = 3600;
 const DAY: i64 = 24 * HOUR;
 /// Evergreen's default polling: every 6 h ± 25 %.
 const INTERVAL_S: u64 = 6 * HOUR as u64;
-const JITTER: f64 = 0.25;
 /// What one response weighs, to estimate the egress: a 304 as measured by the benchmark,
 /// a 1-release manifest, and the artifact.
 const NOT_MODIFIED_BYTES: f64 = 312.0;
@@ -128,35 +133,58 @@ impl Channel {
 
 struct Args {
     devices: u32,
+    /// The polling jitter, as the config's `poll.jitter`.
+    jitter: f64,
+    /// Every device's schedule starts at the same instant.
+    synchronized: bool,
 }
 
+const USAGE: &str = "usage: fleet [--devices N] [--jitter F] [--synchronized]";
+
 fn parse_args() -> Result<Args, String> {
-    let mut devices = 1_000_000;
+    let mut args = Args {
+        devices: 1_000_000,
+        jitter: 0.25,
+        synchronized: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--devices" => {
-                devices = it
+                args.devices = it
                     .next()
                     .and_then(|n| n.parse().ok())
                     .filter(|n| *n >= 1)
                     .ok_or("--devices takes a positive number")?;
             }
-            _ => return Err(format!("usage: fleet [--devices N]; found {a:?}")),
+            "--jitter" => {
+                args.jitter = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|j| (0.0..1.0).contains(j))
+                    .ok_or("--jitter takes a fraction from 0 up to (not including) 1")?;
+            }
+            "--synchronized" => args.synchronized = true,
+            _ => return Err(format!("{USAGE}; found {a:?}")),
         }
     }
-    Ok(Args { devices })
+    Ok(args)
 }
 
 fn device_id(i: u32) -> String {
     format!("device-{i:07}")
 }
 
-/// The fleet in steady state: each device's next poll somewhere in the coming interval.
-fn fleet(n: u32, start: i64, version: &Version, rng: &mut Rng) -> Vec<Device> {
+/// The fleet in steady state (each device's next poll somewhere in the coming interval),
+/// or, `synchronized`, every device polling at `start`.
+fn fleet(n: u32, start: i64, synchronized: bool, version: &Version, rng: &mut Rng) -> Vec<Device> {
     (0..n)
         .map(|i| Device {
-            next: start + (rng.unit() * INTERVAL_S as f64) as i64,
+            next: if synchronized {
+                start
+            } else {
+                start + (rng.unit() * INTERVAL_S as f64) as i64
+            },
             seen: 1,
             updated: false,
             bucket: rollout_bucket(PRODUCT, &device_id(i), version) as u16,
@@ -175,7 +203,13 @@ struct Outcome {
 
 /// Runs the fleet hour by hour for `hours` from `start`; within an hour the polls are
 /// processed in the order they were scheduled (the hour is the resolution of the report).
-fn simulate(devices: &mut [Device], channel: &Channel, start: i64, hours: usize) -> Outcome {
+fn simulate(
+    devices: &mut [Device],
+    channel: &Channel,
+    jitter: f64,
+    start: i64,
+    hours: usize,
+) -> Outcome {
     let mut rng = Rng::new(7);
     let mut calendar: Vec<Vec<u32>> = vec![Vec::new(); hours + 1];
     let slot = |t: i64| ((t - start).max(0) / HOUR) as usize;
@@ -220,7 +254,7 @@ fn simulate(devices: &mut [Device], channel: &Channel, start: i64, hours: usize)
                 stats.blobs += 1;
             }
             d.next =
-                next_check(Timestamp::from_unix(now), INTERVAL_S, JITTER, 0, rng.next()).unix();
+                next_check(Timestamp::from_unix(now), INTERVAL_S, jitter, 0, rng.next()).unix();
             calendar[slot(d.next).min(hours)].push(i);
         }
         out.updated.push(updated as f64 / devices.len() as f64);
@@ -244,14 +278,16 @@ fn main() -> ExitCode {
     let hours = (DAY / 2 + percents.len() as i64 * DAY) / HOUR;
     let channel = Channel::new(rollout_start, &percents);
     let mut rng = Rng::new(1);
-    let mut devices = fleet(args.devices, start, &channel.release.version, &mut rng);
-    let out = simulate(&mut devices, &channel, start, hours as usize);
+    let version = &channel.release.version;
+    let mut devices = fleet(args.devices, start, args.synchronized, version, &mut rng);
+    let out = simulate(&mut devices, &channel, args.jitter, start, hours as usize);
 
     println!(
-        "{} devices, polling every {} h ± {:.0} %; rollout {percents:?} % from {rollout_start}, one stage a day\n",
+        "{} devices, polling every {} h ± {:.0} %{}; rollout {percents:?} % from {rollout_start}, one stage a day\n",
         args.devices,
         INTERVAL_S / 3600,
-        JITTER * 100.0
+        args.jitter * 100.0,
+        if args.synchronized { ", all starting at once" } else { "" }
     );
     print_hours(&out, start);
     let failures = check_stages(&out, &channel, start);

@@ -495,8 +495,8 @@ impl Updater {
 
     /// When the host should check next (DESIGN §5.3): the poll interval ± jitter after the
     /// last check, backing off exponentially after failures (the backoff is capped at 4×
-    /// the interval, before the jitter), so a fleet never polls in lockstep. The jitter is drawn anew on every call (and for `status`):
-    /// schedule on the value one call gave.
+    /// the interval, before the jitter), so a fleet never polls in lockstep. The jitter is
+    /// drawn anew on every call (and for `status`): schedule on the value one call gave.
     pub fn next_check(&self) -> Result<Timestamp> {
         self.next_check_of(&self.load_state()?)
     }
