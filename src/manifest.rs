@@ -204,11 +204,16 @@ impl Manifest {
                 self.issued, self.expires
             ));
         }
-        // A set, not a scan per release: a channel may list a thousand releases.
-        let mut versions = std::collections::HashSet::with_capacity(self.releases.len());
+        // A map, not a scan per release: a channel may list a thousand releases. Keyed by
+        // precedence: `1.0.0+a` and `1.0.0+b` are one version to selection, so a build
+        // could otherwise stand in for a release that failed on a device.
+        let mut versions = std::collections::HashMap::with_capacity(self.releases.len());
         for r in &self.releases {
-            if !versions.insert(&r.version) {
-                return bad(format!("version {} is listed twice", r.version));
+            let v = &r.version;
+            if let Some(first) = versions.insert((v.major, v.minor, v.patch, &v.pre), v) {
+                return bad(format!(
+                    "expected each version once (build metadata aside), found {first} and {v}"
+                ));
             }
             r.validate()?;
         }
@@ -528,7 +533,7 @@ mod tests {
         type EditManifest = fn(&mut Manifest);
         let keep: EditComponent = |_| {};
         let same: EditManifest = |_| {};
-        let cases: [(&str, EditComponent, EditManifest, &str); 9] = [
+        let cases: [(&str, EditComponent, EditManifest, &str); 10] = [
             (
                 "../x",
                 keep,
@@ -571,7 +576,17 @@ mod tests {
                 "app",
                 keep,
                 |m| m.releases.push(m.releases[0].clone()),
-                "version 1.0.0 is listed twice",
+                "expected each version once (build metadata aside), found 1.0.0 and 1.0.0",
+            ),
+            (
+                "app",
+                keep,
+                |m| {
+                    let mut build = m.releases[0].clone();
+                    build.version.build = semver::BuildMetadata::new("b").unwrap();
+                    m.releases.push(build);
+                },
+                "expected each version once (build metadata aside), found 1.0.0 and 1.0.0+b",
             ),
             (
                 "app",

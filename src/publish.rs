@@ -242,8 +242,19 @@ impl Repo {
         }
         let trusted = self.trusted_root()?;
         let edit = |m: &mut Manifest| {
-            let existing = m.releases.iter().position(|r| &r.version == version);
+            let existing = m
+                .releases
+                .iter()
+                .position(|r| r.version.cmp_precedence(version).is_eq());
             if let Some(r) = existing.map(|i| &m.releases[i]) {
+                // Devices order versions by precedence: another build of a listed version
+                // would be no update for them, and could stand in for one that failed.
+                if r.version != *version {
+                    return Err(Error::config(format!(
+                        "expected a new version, found {} already on channel {channel} (build metadata does not make {version} a new version); publish a higher version instead",
+                        r.version
+                    )));
+                }
                 if r.targets.contains_key(target) {
                     return Err(Error::config(format!(
                         "expected a new version or target, found {version} for {target} already on channel {channel}; publish a higher version instead"
@@ -1458,6 +1469,18 @@ mod tests {
         publish(&repo, &key, &file, "1.0.0", "x").unwrap();
         let err = publish(&repo, &key, &file, "1.0.0", "x").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(repo.verify(now()).unwrap().channels[0].sequence, 1);
+    }
+
+    #[test]
+    fn another_build_of_a_listed_version_is_a_config_error() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0+a", "x").unwrap();
+        for target in ["x", "y"] {
+            let err = publish(&repo, &key, &file, "1.0.0+b", target).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains("found 1.0.0+a already"), "{err}");
+        }
         assert_eq!(repo.verify(now()).unwrap().channels[0].sequence, 1);
     }
 

@@ -74,8 +74,10 @@ pub struct Choice {
 /// installed version is the update. When every release of the channel is older than the
 /// installed version, the device stays put unless `policy.allow_downgrade`.
 ///
-/// Versions are ordered by `semver::Version`'s `Ord`: pre-releases as the semver spec says
-/// (`1.1.0-rc.9 < 1.1.0-rc.10 < 1.1.0`), then build metadata as a tie-breaker.
+/// Versions are ordered by semver precedence: pre-releases as the semver spec says
+/// (`1.1.0-rc.9 < 1.1.0-rc.10 < 1.1.0`), and build metadata ignored, so `1.0.0+b` is
+/// neither newer than an installed `1.0.0+a` nor a way back for a release that failed or
+/// was skipped as `1.0.0` (a verified manifest never lists two of them: [`crate::manifest::verify`]).
 ///
 /// ```
 /// use evergreen::select::{select, Decision, Device, Policy};
@@ -148,7 +150,9 @@ fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Res
     }
     Ok(Decision::Update(Choice {
         version: pin.clone(),
-        downgrade: device.installed.is_some_and(|cur| pin < cur),
+        downgrade: device
+            .installed
+            .is_some_and(|cur| pin.cmp_precedence(cur).is_lt()),
         critical: release.critical,
         stepping_stone: false,
     }))
@@ -174,12 +178,12 @@ fn select_newest(
         .iter()
         .copied()
         .filter(|r| min_version_met(r, device.installed))
-        .max_by(|a, b| a.version.cmp(&b.version))
+        .max_by(|a, b| a.version.cmp_precedence(&b.version))
     else {
         return Decision::UpToDate;
     };
     // Everything eligible and newer than `best` was held back only by its min_version.
-    let stepping_stone = eligible.iter().any(|r| r.version > best.version);
+    let stepping_stone = eligible.iter().any(|r| newer(&r.version, &best.version));
     let choice = |downgrade| {
         Decision::Update(Choice {
             version: best.version.clone(),
@@ -190,26 +194,38 @@ fn select_newest(
     };
     match device.installed {
         None => choice(false),
-        Some(cur) if best.version > *cur => choice(false),
+        Some(cur) if newer(&best.version, cur) => choice(false),
         // Only when the whole channel is behind: a release merely halted (rollout 0) or
         // skipped must not pull devices that already run it back down.
-        Some(cur) if allow_downgrade && candidates.iter().all(|r| r.version < *cur) => choice(true),
+        Some(cur) if allow_downgrade && candidates.iter().all(|r| newer(cur, &r.version)) => {
+            choice(true)
+        }
         Some(_) => Decision::UpToDate,
     }
 }
 
 fn offerable(release: &Release, device: &Device<'_>, now: Timestamp) -> bool {
     release.security_version >= device.security_floor
-        && (release.critical || !device.skipped.contains(&release.version))
-        && !device.failed.contains(&release.version)
+        && (release.critical || !listed(device.skipped, &release.version))
+        && !listed(device.failed, &release.version)
         && in_rollout(release, device.product, device.device_id, now)
 }
 
 fn min_version_met(release: &Release, installed: Option<&Version>) -> bool {
     match (&release.min_version, installed) {
-        (Some(min), Some(cur)) => cur >= min,
+        (Some(min), Some(cur)) => !newer(min, cur),
         _ => true,
     }
+}
+
+/// `a` is newer than `b` by semver precedence (build metadata does not count).
+fn newer(a: &Version, b: &Version) -> bool {
+    a.cmp_precedence(b).is_gt()
+}
+
+/// `version` is in `list` by precedence: a failure or skip of `1.0.0+a` holds `1.0.0+b` too.
+fn listed(list: &[Version], version: &Version) -> bool {
+    list.iter().any(|v| v.cmp_precedence(version).is_eq())
 }
 
 /// The device's rollout bucket for `version`, in `0..10000` (DESIGN §5.2): the first 8
@@ -262,7 +278,10 @@ pub fn in_rollout(release: &Release, product: &str, device_id: &str, now: Timest
 /// assert!(!bucket_in_rollout(0, 0.0) && bucket_in_rollout(9_999, 100.0));
 /// ```
 pub fn bucket_in_rollout(bucket: u64, percent: f64) -> bool {
-    (bucket as f64) < percent * 100.0
+    // `percent * 100.0` rounds: 0.07 × 100 is 7.000000000000001, which would let bucket 7
+    // in. `bucket / 100` rounds the same way as the decimal the operator wrote, so equal
+    // values compare equal and the rule is exact for every percentage with two decimals.
+    (bucket as f64) / 100.0 < percent
 }
 
 /// A day of the week, written `mon` … `sun` in the config.

@@ -2,8 +2,8 @@
 
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
-    deploy, in_rollout, next_check, rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy,
-    Device, Policy,
+    bucket_in_rollout, deploy, in_rollout, next_check, rollout_bucket, select, Choice, Decision,
+    Deploy, DeployPolicy, Device, Policy,
 };
 use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
@@ -367,6 +367,46 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "another build of the installed version is not newer",
+            installed: Some("1.0.0+a"),
+            releases: vec![rel("1.0.0+b")],
+            ..row()
+        },
+        Row {
+            name: "another build of the installed version is not a downgrade",
+            installed: Some("1.0.0+b"),
+            releases: vec![rel("1.0.0+a")],
+            allow_downgrade: true,
+            ..row()
+        },
+        Row {
+            name: "a failed release re-published with other build metadata stays failed",
+            installed: Some("0.9.0"),
+            failed: &["1.0.0+build.1"],
+            releases: vec![rel("0.9.0"), rel("1.0.0+build.2")],
+            ..row()
+        },
+        Row {
+            name: "a skipped release re-published with build metadata stays skipped",
+            skipped: &["1.1.0"],
+            releases: vec![rel("1.1.0+x")],
+            ..row()
+        },
+        Row {
+            name: "a newer release is newer whatever its build metadata",
+            installed: Some("1.0.0+zzz"),
+            releases: vec![rel("1.0.1+aaa")],
+            expect: ok(update("1.0.1+aaa")),
+            ..row()
+        },
+        Row {
+            name: "min_version is met by another build of it",
+            installed: Some("1.0.0+a"),
+            releases: vec![rel("1.1.0").min("1.0.0+b")],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
             name: "rollout before its first stage",
             releases: vec![rel("1.1.0").stages(&[("2026-11-23T00:00:00Z", 100.0)])],
             ..row()
@@ -448,6 +488,29 @@ fn rollout_set_only_grows_as_percent_grows() {
     }
     assert_eq!(sizes[0], 0);
     assert_eq!(sizes[percents.len() - 1], 10_000);
+}
+
+/// DESIGN §5.2: in when `b < percent × 100`, exactly, for the percentages operators write.
+/// `0.07 * 100.0` is 7.000000000000001 in floating point, which let bucket 7 in.
+#[test]
+fn rollout_threshold_is_exact_for_every_two_decimal_percent() {
+    let mut wrong = Vec::new();
+    for hundredths in 0..=10_000u64 {
+        let written = format!("{}.{:02}", hundredths / 100, hundredths % 100);
+        let percent: f64 = serde_json::from_str(&written).unwrap();
+        // The last bucket in and the first one out (the rule is monotonic in the bucket).
+        let last_in = hundredths == 0 || bucket_in_rollout(hundredths - 1, percent);
+        let first_out = hundredths == 10_000 || !bucket_in_rollout(hundredths, percent);
+        if !(last_in && first_out) {
+            wrong.push(format!("{written} %"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 #[test]
