@@ -53,12 +53,12 @@ impl Timestamp {
     /// Day of the week, 0 = Monday … 6 = Sunday, of this time shifted by `offset_secs`.
     pub fn weekday(self, offset_secs: i64) -> u32 {
         // 1970-01-01 was a Thursday (index 3).
-        ((self.0 + offset_secs).div_euclid(86_400) + 3).rem_euclid(7) as u32
+        (self.0.saturating_add(offset_secs).div_euclid(86_400) + 3).rem_euclid(7) as u32
     }
 
     /// Seconds since local midnight, for a local time `offset_secs` ahead of UTC.
     pub fn seconds_of_day(self, offset_secs: i64) -> u32 {
-        (self.0 + offset_secs).rem_euclid(86_400) as u32
+        self.0.saturating_add(offset_secs).rem_euclid(86_400) as u32
     }
 }
 
@@ -165,6 +165,11 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     // An offset can carry a time across year 0 or 9999; such a time would print as a
     // year that does not parse back (state.json and re-signed manifests must round-trip).
     let t = secs - offset;
+    // A leap second is inserted at the end of a UTC day only (RFC 3339 §5.7), and reads
+    // as its 59th second.
+    if sec == 60 && t.rem_euclid(86_400) != 86_399 {
+        return None;
+    }
     (FIRST..=LAST).contains(&t).then_some(Timestamp(t))
 }
 
@@ -263,6 +268,9 @@ mod tests {
             // offsets that carry the time outside the four-digit years
             "9999-12-31T23:00:00-01:00",
             "0000-01-01T00:00:00+01:00",
+            // a leap second anywhere but at the end of a UTC day
+            "2026-11-22T10:05:60Z",
+            "2016-12-31T23:59:60+01:00",
         ] {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
         }
@@ -270,6 +278,10 @@ mod tests {
         for edge in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
             let t: Timestamp = edge.parse().unwrap();
             assert_eq!(t.to_string(), edge);
+        }
+        for leap in ["2016-12-31T23:59:60Z", "2016-12-31T15:59:60-08:00"] {
+            let t: Timestamp = leap.parse().unwrap();
+            assert_eq!(t.to_string(), "2016-12-31T23:59:59Z", "{leap}");
         }
     }
 
@@ -297,5 +309,10 @@ mod tests {
         assert_eq!(t.weekday(0), 0);
         assert_eq!(t.weekday(-2 * 3600), 6); // still Sunday at UTC-2
         assert_eq!(t.seconds_of_day(3600), 2 * 3600 + 1800);
+        // A host clock at the ends of the range saturates instead of overflowing.
+        for t in [Timestamp(i64::MAX), Timestamp(i64::MIN)] {
+            assert!(t.weekday(14 * 3600) < 7 && t.weekday(-14 * 3600) < 7);
+            assert!(t.seconds_of_day(14 * 3600) < 86_400);
+        }
     }
 }

@@ -501,6 +501,13 @@ impl Updater {
         self.next_check_of(&self.load_state()?)
     }
 
+    /// The clock of this run (DESIGN §5.1 rule 4): the host's, but never earlier than the
+    /// newest `issued` this device has verified. Selection and the deploy policy read it,
+    /// so a device whose clock lost power still honours a rollout halted since.
+    fn now(&self, st: &State) -> Timestamp {
+        manifest::effective_now((self.clock)(), st.newest_issued)
+    }
+
     fn next_check_of(&self, st: &State) -> Result<Timestamp> {
         let now = (self.clock)();
         // `last_check` is on the clock pulled up to the newest `issued` seen; the host waits
@@ -775,7 +782,7 @@ impl Updater {
             }
             let _work = self.work_lock()?;
             let mut st = self.load_state()?;
-            let now = manifest::effective_now((self.clock)(), st.newest_issued);
+            let now = self.now(&st);
             let channel = channel.unwrap_or(&st.channel).to_string();
             let manifest = match self.fetch_manifest(&mut st, &channel, now) {
                 Ok(m) => m,
@@ -785,6 +792,9 @@ impl Updater {
                     return Err(e);
                 }
             };
+            // The manifest just verified proves its `issued` has passed: a rollout halted
+            // then must not reach a device whose clock lags it.
+            let now = self.now(&st);
             st.check_failures = 0;
             st.last_check = Some(now);
             // The channel followed as the check began: a switch made while it was on the
@@ -1412,7 +1422,7 @@ impl Updater {
             let version = record.version.clone().unwrap_or(Version::new(0, 0, 0));
             if !force {
                 if let Deploy::Wait { until, reason } =
-                    select::deploy(&self.config.deploy, record.critical, (self.clock)())
+                    select::deploy(&self.config.deploy, record.critical, self.now(&st))
                 {
                     self.emit(Event::Deferred {
                         version: version.to_string(),
@@ -1586,13 +1596,14 @@ impl Updater {
             let version = st.installed_version().cloned().ok_or_else(|| {
                 Error::invalid_state("nothing is installed through Evergreen: nothing to reinstall")
             })?;
-            let now = manifest::effective_now((self.clock)(), st.newest_issued);
             let channel = st
                 .slot(st.primary)
                 .channel
                 .clone()
                 .unwrap_or_else(|| st.channel.clone());
-            let manifest = self.fetch_manifest(&mut st, &channel, now)?;
+            let before = self.now(&st);
+            let manifest = self.fetch_manifest(&mut st, &channel, before)?;
+            let now = self.now(&st);
             let st = self.save_check(&st)?;
             // The state may have moved during the fetch (a rollback, from another process).
             if st.installed_version() != Some(&version) {

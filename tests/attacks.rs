@@ -182,6 +182,33 @@ fn attack_clock_set_back_before_the_newest_issued_seen() {
     before.assert_unchanged(&dev);
 }
 
+/// A rollout halted (0 %) because the release is bad must not reach a device whose clock
+/// lost power: the halting manifest's own `issued` proves the halt is in force.
+#[test]
+fn a_halted_rollout_does_not_reach_a_device_whose_clock_lags_the_halt() {
+    let (w, dev) = World::installed();
+    let mut opts = at(t0().plus_days(1));
+    opts.rollout_percent = Some(100.0);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
+    dev.set_clock(t0().plus_days(1));
+    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
+    w.repo
+        .rollout(
+            "stable",
+            &"1.1.0".parse().unwrap(),
+            0.0,
+            &[&key(MANIFEST_KEY)],
+            t0().plus_days(2),
+        )
+        .unwrap();
+    // The RTC lost power: the device reads as the newest `issued` it had seen, day 1.
+    dev.set_clock(evergreen::Timestamp::from_unix(0));
+    assert!(
+        matches!(dev.updater.check().unwrap(), Check::UpToDate),
+        "the halted 1.1.0 was offered"
+    );
+}
+
 /// TUF "indefinite freeze" of the trust root: root 1 was never renewed; past its expiry
 /// nothing is trusted, however fresh the manifest.
 #[test]
