@@ -16,7 +16,7 @@
 //! - `proxy` — `null`: an `http://`, `https://`, `socks4://` or `socks5://` proxy URL.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::{is_safe_name, DEFAULT_MAX_METADATA_BYTES};
+use crate::manifest::{is_channel_name, DEFAULT_MAX_METADATA_BYTES};
 use crate::select::DeployPolicy;
 use crate::trust::{KeySet, PublicKey};
 use semver::Version;
@@ -501,8 +501,13 @@ impl Config {
 
     /// Parses and validates a JSON config.
     pub fn from_json(json: &str) -> Result<Config> {
-        let config: Config = serde_json::from_str(json)
-            .map_err(|e| Error::config(format!("config: {e}")).with_source(e))?;
+        let config: Config = serde_json::from_str(json).map_err(|e| {
+            let what = match crate::json::describe(json, &e) {
+                named if named.starts_with('`') => format!("config field {named}"),
+                other => format!("config: {other}"),
+            };
+            Error::config(what).with_source(e)
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -539,9 +544,9 @@ impl Config {
             &self.target,
         )?;
         ensure(
-            is_safe_name(&self.channel),
+            is_channel_name(&self.channel),
             "channel",
-            "a channel name usable as a file name",
+            "a channel name of ASCII letters, digits, '.', '_' and '-'",
             &self.channel,
         )?;
         check_location("server", &self.server)?;
@@ -551,6 +556,7 @@ impl Config {
         self.check_trust()?;
         check_path("state_dir", &self.state_dir)?;
         self.slots.validate()?;
+        self.check_state_dir_outside_slots()?;
         if let Some(id) = &self.device_id {
             ensure(is_word(id), "device_id", NON_EMPTY_WORD, id)?;
         }
@@ -570,6 +576,26 @@ impl Config {
             check_proxy(proxy)?;
         }
         Ok(())
+    }
+
+    /// The state must outlive every install: inside a slot it would be replaced with the
+    /// slot (or read through `current` from the other slot after a switch), and with it the
+    /// trial, the security floor and the sequences seen.
+    fn check_state_dir_outside_slots(&self) -> Result<()> {
+        let SlotsConfig::Dir { root } = &self.slots else {
+            return Ok(());
+        };
+        let state = lexically_normal(&self.state_dir);
+        let root = lexically_normal(root);
+        let inside = ["slots", "current"]
+            .iter()
+            .any(|name| state.starts_with(root.join(name)));
+        ensure(
+            !inside,
+            "state_dir",
+            "a directory outside the slots (not under slots.root's `slots` or `current`)",
+            &self.state_dir,
+        )
     }
 
     fn check_trust(&self) -> Result<()> {
@@ -617,6 +643,14 @@ impl SlotsConfig {
                 check_path("slots.b", b)?;
                 ensure(a != b, "slots.b", "a different device than slots.a", b)?;
                 selector.validate()?;
+                // A custom selector is the host's code, which knows the booted slot itself:
+                // `booted_from` would be silently ignored.
+                ensure(
+                    booted_from.is_none() || !matches!(selector, SelectorConfig::Custom {}),
+                    "slots.booted_from",
+                    "no booted_from with a custom selector (the host's selector reports the booted slot)",
+                    booted_from,
+                )?;
                 booted_from.as_ref().map_or(Ok(()), validate_booted_from)
             }
         }
@@ -636,9 +670,9 @@ impl SelectorConfig {
 fn validate_booted_from(b: &BootedFrom) -> Result<()> {
     check_path("slots.booted_from.cmdline", &b.cmdline)?;
     ensure(
-        is_word(&b.key),
+        is_word(&b.key) && !b.key.contains(['=', '"']),
         "slots.booted_from.key",
-        NON_EMPTY_WORD,
+        "a kernel parameter name (no spaces, `=` or quotes)",
         &b.key,
     )
 }
@@ -662,6 +696,14 @@ impl Limits {
             "limits.read_timeout_s",
             "at least 1",
             self.read_timeout_s,
+        )?;
+        // 0 would turn the slow-retrieval defence off; `min_speed_bytes_per_s: 0` is the
+        // one way to do that.
+        ensure(
+            self.speed_window_s >= 1,
+            "limits.speed_window_s",
+            "at least 1",
+            self.speed_window_s,
         )
     }
 }
@@ -669,9 +711,9 @@ impl Limits {
 impl Poll {
     fn validate(&self) -> Result<()> {
         ensure(
-            self.interval_s >= 1,
+            (1..=MAX_POLL_INTERVAL_S).contains(&self.interval_s),
             "poll.interval_s",
-            "at least 1",
+            "1 to 31536000 (a year)",
             self.interval_s,
         )?;
         ensure(
@@ -713,8 +755,30 @@ fn ensure(ok: bool, field: &str, expected: &str, found: impl fmt::Debug) -> Resu
     ))
 }
 
+/// The longest polling interval: a year (with backoff and jitter, the next check stays
+/// within the times `status` can print and read back).
+const MAX_POLL_INTERVAL_S: u64 = 365 * 86_400;
+
+/// Paths must be absolute: a relative one would resolve against the working directory of
+/// each process, so a service (started in `/`) and a shell would keep two states.
 fn check_path(field: &str, path: &Path) -> Result<()> {
-    ensure(!path.as_os_str().is_empty(), field, "a path", path)
+    ensure(path.is_absolute(), field, "an absolute path", path)
+}
+
+/// `path` with `.` and `..` resolved by name (no file system access; `path` is absolute).
+fn lexically_normal(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// `server` and `mirrors`: an http(s):// URL with a host, a file:// URL, or a plain path.
@@ -858,13 +922,11 @@ mod tests {
             }
         ));
         assert_eq!(c.trust.key_set().unwrap().unwrap().threshold(), 1);
-        for selector in [
-            json!({"kind": "grub", "env": "/boot/grub/grubenv"}),
-            json!({"kind": "custom"}),
-        ] {
-            v["slots"]["selector"] = selector;
-            assert!(parse(&v).is_ok(), "{}", v["slots"]);
-        }
+        v["slots"]["selector"] = json!({"kind": "grub", "env": "/boot/grub/grubenv"});
+        assert!(parse(&v).is_ok(), "{}", v["slots"]);
+        v["slots"]["selector"] = json!({"kind": "custom"});
+        v["slots"].as_object_mut().unwrap().remove("booted_from");
+        assert!(parse(&v).is_ok(), "{}", v["slots"]);
     }
 
     #[test]
@@ -977,11 +1039,70 @@ mod tests {
             (
                 "slots",
                 Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
-                "selector": {"kind": "custom"}, "booted_from": {"key": ""}})),
+                "selector": {"kind": "grub", "env": "/e"}, "booted_from": {"key": ""}})),
                 "`slots.booted_from.key`",
             ),
             ("device_id", Some(json!("")), "`device_id`"),
-            ("current_version", Some(json!("1.0")), "line 1"),
+            ("current_version", Some(json!("1.0")), "`current_version`"),
+            (
+                "trial/tries",
+                Some(json!(-1)),
+                "`trial.tries`: invalid value: integer `-1`",
+            ),
+            (
+                "limits/retries",
+                Some(json!("3")),
+                "`limits.retries`: invalid type",
+            ),
+            ("poll/interval_s", Some(json!(1.5)), "`poll.interval_s`"),
+            (
+                "poll/interval_s",
+                Some(json!(31_536_001)),
+                "`poll.interval_s`",
+            ),
+            ("allow_downgrade", Some(json!("yes")), "`allow_downgrade`"),
+            ("channel", Some(json!("my lab")), "`channel`"),
+            ("channel", Some(json!("lab#1")), "`channel`"),
+            (
+                "state_dir",
+                Some(json!("state")),
+                "`state_dir`: expected an absolute path",
+            ),
+            (
+                "state_dir",
+                Some(json!("/opt/gateway/slots/b/evergreen")),
+                "`state_dir`",
+            ),
+            (
+                "state_dir",
+                Some(json!("/opt/gateway/x/../current/evergreen")),
+                "`state_dir`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "dir", "root": "app"})),
+                "`slots.root`",
+            ),
+            ("trust", Some(json!({"root": "root.json"})), "`trust.root`"),
+            (
+                "limits/speed_window_s",
+                Some(json!(0)),
+                "`limits.speed_window_s`",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "custom"},
+                "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot"}})),
+                "`slots.booted_from`: expected no booted_from with a custom selector",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "grub", "env": "/boot/grub/grubenv"},
+                "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot="}})),
+                "`slots.booted_from.key`",
+            ),
             ("deploy", Some(json!({"policy": "weekly"})), "weekly"),
             ("deploy", Some(json!({"policy": "window"})), "deploy"),
             (

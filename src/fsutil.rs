@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `<file>.tmp-<pid>` next to `path`: same directory, so the rename never crosses a file
-/// system, and per process, so two writers never share a temp file.
+/// system, and per process, so two processes never share a temp file. Threads of one
+/// process do: every writer of one file holds that file's lock (the state lock, the work
+/// lock, the repository lock).
 pub fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
@@ -58,10 +60,17 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
         }
         written.push((tmp, path));
     }
-    for (tmp, path) in &written {
-        crash_point("rename")?;
-        fs::rename(tmp, path).map_err(|e| Error::io("rename into", path, e))?;
-        sync_parent(path)?;
+    for (i, (tmp, path)) in written.iter().enumerate() {
+        let renamed = crash_point("rename")
+            .and_then(|()| fs::rename(tmp, path).map_err(|e| Error::io("rename into", path, e)))
+            .and_then(|()| sync_parent(path));
+        if let Err(e) = renamed {
+            // The files not renamed yet would otherwise stay behind as temp files.
+            for (tmp, _) in &written[i..] {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -103,9 +112,19 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Creates `dir` and its parents.
+/// Creates `dir` and its missing parents, each made durable in its parent.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    // A new directory's entry is durable only once its parent is synced; without it a
+    // power cut could take the state directory, and the state, with it.
+    for d in created.iter().rev() {
+        sync_parent(d)?;
+    }
+    Ok(())
 }
 
 /// Removes `path` (a file, a symlink or a whole tree) if it exists.

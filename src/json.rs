@@ -12,7 +12,89 @@ use serde::de::DeserializeOwned;
 /// caller to put after its own "expected …".
 pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("bytes that are not UTF-8 ({e})"))?;
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    serde_json::from_str(text).map_err(|e| describe(text, &e))
+}
+
+/// serde_json's message, after the field it is about when there is one:
+/// `` `trial.tries`: invalid value: integer `-1`, expected u32 at line 1 column 20 ``.
+pub(crate) fn describe(text: &str, e: &serde_json::Error) -> String {
+    match path_at(text, e.line(), e.column()) {
+        path if path.is_empty() || e.is_syntax() || e.is_eof() => e.to_string(),
+        path => format!("`{path}`: {e}"),
+    }
+}
+
+/// The path (`limits.retries`, `releases[3].version`) of the value being read at `line`
+/// and `column` (1-based, in bytes, as serde_json reports them), for errors that serde
+/// reports by position only. Only the text before that position is scanned.
+fn path_at(text: &str, line: usize, column: usize) -> String {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let end = (line_start + column).min(text.len());
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut bytes = text.as_bytes()[..end].iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'"' => {
+                let s = read_string(&mut bytes);
+                if let Some(Frame::Key(key, expecting @ true)) = frames.last_mut() {
+                    *key = s;
+                    *expecting = false;
+                }
+            }
+            b'{' => frames.push(Frame::Key(String::new(), true)),
+            b'[' => frames.push(Frame::Index(0)),
+            b'}' | b']' => {
+                frames.pop();
+            }
+            b',' => match frames.last_mut() {
+                Some(Frame::Key(_, expecting)) => *expecting = true,
+                Some(Frame::Index(i)) => *i += 1,
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    let mut path = String::new();
+    for frame in &frames {
+        match frame {
+            Frame::Key(key, false) if path.is_empty() => path.push_str(key),
+            Frame::Key(key, false) => {
+                path.push('.');
+                path.push_str(key);
+            }
+            Frame::Key(_, true) => break,
+            Frame::Index(i) => path.push_str(&format!("[{i}]")),
+        }
+    }
+    path
+}
+
+/// Where [`path_at`] is inside a container: an object's key (and whether the next string
+/// is a key), or an array's index.
+enum Frame {
+    Key(String, bool),
+    Index(usize),
+}
+
+/// The rest of a string whose opening quote was read; escapes are kept as written, which
+/// is enough to name a key.
+fn read_string(bytes: &mut impl Iterator<Item = u8>) -> String {
+    let mut raw = Vec::new();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'"' => break,
+            b'\\' => {
+                raw.push(b);
+                raw.extend(bytes.next());
+            }
+            _ => raw.push(b),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
 }
 
 #[cfg(test)]
@@ -27,6 +109,37 @@ mod tests {
         let err = from_bytes::<BTreeMap<String, String>>(b"{\"k\":\"caf\xe9\"}").unwrap_err();
         assert!(err.starts_with("bytes that are not UTF-8"), "{err}");
         let err = from_bytes::<BTreeMap<String, String>>(b"{\"k\":1}").unwrap_err();
-        assert!(err.contains("invalid type: integer `1`"), "{err}");
+        assert!(err.starts_with("`k`: invalid type: integer `1`"), "{err}");
+    }
+
+    #[test]
+    fn names_the_field_an_error_is_about() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            a: Inner,
+            list: Vec<Inner>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            n: u32,
+            #[serde(default)]
+            s: String,
+        }
+        let cases = [
+            (r#"{"a": {"n": -1}, "list": []}"#, "`a.n`: invalid value: integer `-1`"),
+            (
+                "{\"a\": {\"s\": \"x,{[\\\"\", \"n\": 1},\n \"list\": [{\"n\": 1}, {\"n\": \"2\"}]}",
+                "`list[1].n`: invalid type: string \"2\"",
+            ),
+            (r#"{"a": {"n": 1}, "list": [{"s": "x"}]}"#, "`list[0]`: missing field `n`"),
+            // A syntax error is about no field: serde's position says it all.
+            (r#"{"a": {"n": 1,}}"#, "trailing comma at line 1"),
+        ];
+        for (text, expected) in cases {
+            let err = from_bytes::<Doc>(text.as_bytes()).unwrap_err();
+            assert!(err.starts_with(expected), "{text}: {err}");
+        }
     }
 }

@@ -296,6 +296,33 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// A channel name: ASCII letters, digits, `.`, `_` and `-`, not starting with `.`, at most
+/// 64 bytes. The name becomes both a file name (`channels/<name>.json`) and part of a URL,
+/// so nothing that a URL or a file system would read differently (spaces, `#`, `?`, `%`).
+///
+/// ```
+/// use evergreen::manifest::is_channel_name;
+/// assert!(is_channel_name("stable") && is_channel_name("lab-2.eu_west"));
+/// assert!(!is_channel_name("my lab") && !is_channel_name("lab#1") && !is_channel_name(".x"));
+/// ```
+pub fn is_channel_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// [`is_channel_name`] as an error: `config`, naming the name found.
+pub fn check_channel_name(name: &str) -> Result<()> {
+    if is_channel_name(name) {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "expected a channel name of ASCII letters, digits, '.', '_' and '-' (like stable, preview or nightly), found {name:?}"
+    )))
+}
+
 /// A name that is safe as one path component on every platform.
 ///
 /// ```

@@ -675,7 +675,7 @@ impl Repo {
 
     /// The verified manifest of `channel`, or `None` when the channel does not exist yet.
     fn load_channel(&self, trusted: &TrustedRoot, channel: &str) -> Result<Option<Manifest>> {
-        check_channel(channel)?;
+        manifest::check_channel_name(channel)?;
         let path = self.channel_path(channel);
         let Some(bytes) = read_optional(&path)? else {
             return Ok(None);
@@ -956,15 +956,6 @@ fn check_target(target: &str) -> Result<()> {
     if target.is_empty() || target.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::config(format!(
             "expected a target such as x86_64-linux, found {target:?}"
-        )));
-    }
-    Ok(())
-}
-
-fn check_channel(channel: &str) -> Result<()> {
-    if !manifest::is_safe_name(channel) {
-        return Err(Error::config(format!(
-            "expected a channel name usable as a file name, found {channel:?}"
         )));
     }
     Ok(())

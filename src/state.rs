@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub const SCHEMA: u32 = 1;
 
 /// Just the schema number of a state file, read before the rest so that a file written by
-/// a newer Evergreen is named as such instead of failing on a field this one does not know.
+/// a newer Evergreen is named as such instead of being read as if this one had written it.
 #[derive(Deserialize)]
 struct SchemaOnly {
     schema: Option<u64>,
@@ -321,6 +321,12 @@ impl State {
                     path.display()
                 )))
             }
+            Some(0) => {
+                return Err(Error::invalid_state(format!(
+                    "{}: expected state schema 1 to {SCHEMA}, found schema 0",
+                    path.display()
+                )))
+            }
             None => {
                 return Err(Error::invalid_state(format!(
                     "{}: expected a JSON state document with a schema number, found a corrupt file ({} bytes); move it away to start afresh",
@@ -339,12 +345,21 @@ impl State {
         Ok(Some(state))
     }
 
-    /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir).
+    /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir). A
+    /// `state.json` that is a symlink (into a writable partition, on a read-only root file
+    /// system) is written where it points, and stays a symlink.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
-        fsutil::write_atomic(&State::path(dir), &bytes)
+        let path = State::path(dir);
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        let target = if is_link {
+            std::fs::canonicalize(&path).map_err(|e| Error::io("follow the symlink", &path, e))?
+        } else {
+            path
+        };
+        fsutil::write_atomic(&target, &bytes)
     }
 
     /// The record of `slot`.
@@ -450,6 +465,26 @@ mod tests {
         let e = State::load(dir.path()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidState);
         assert!(e.message().contains("schema 99"), "{e}");
+        s["schema"] = 0.into();
+        std::fs::write(State::path(dir.path()), s.to_string()).unwrap();
+        let e = State::load(dir.path()).unwrap_err();
+        assert!(e.message().contains("found schema 0"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_state_file_is_written_where_it_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state_dir, data) = (dir.path().join("state"), dir.path().join("data"));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        State::initial("stable", None).save(&data).unwrap();
+        std::os::unix::fs::symlink(State::path(&data), State::path(&state_dir)).unwrap();
+        let mut s = State::load(&state_dir).unwrap().unwrap();
+        s.channel = "preview".into();
+        s.save(&state_dir).unwrap();
+        let link = std::fs::symlink_metadata(State::path(&state_dir)).unwrap();
+        assert!(link.file_type().is_symlink());
+        assert_eq!(State::load(&data).unwrap().unwrap().channel, "preview");
     }
 
     #[test]

@@ -221,15 +221,6 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
 }
 
 /// Refuses a channel name that could not be a file name under `channels/` (and the cache).
-fn check_channel_name(channel: &str) -> Result<()> {
-    if manifest::is_safe_name(channel) {
-        return Ok(());
-    }
-    Err(Error::config(format!(
-        "expected a channel name like stable, preview or nightly, found {channel:?}"
-    )))
-}
-
 /// The components of a plan that carry an artifact to fetch and install, with it.
 fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
     c.artifact.as_ref().map(|a| (c, a))
@@ -778,7 +769,7 @@ impl Updater {
     pub fn check_with(&self, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
         self.reported("check", || {
             if let Some(name) = channel {
-                check_channel_name(name)?;
+                manifest::check_channel_name(name)?;
             }
             let _work = self.work_lock()?;
             let mut st = self.load_state()?;
@@ -1575,7 +1566,7 @@ impl Updater {
 
     /// Follows `channel` from now on; the next check applies the channel-switch rules.
     pub fn set_channel(&self, channel: &str) -> Result<()> {
-        check_channel_name(channel)?;
+        manifest::check_channel_name(channel)?;
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         st.record(

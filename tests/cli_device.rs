@@ -314,7 +314,7 @@ fn a_channel_switched_after_staging_survives_the_activation() {
 #[test]
 fn check_refuses_a_channel_that_is_no_channel_name() {
     let (_repo, dev) = confirmed_1_0_0("com.acme.names");
-    for name in ["../../etc/x", "a/b", ""] {
+    for name in ["../../etc/x", "a/b", "", "my lab", "lab#1", "50%"] {
         let out = dev.run("check", &["--channel", name]);
         assert_eq!(out.status.code(), Some(1), "{name:?}");
         let err = common::stderr(&out);
@@ -323,6 +323,17 @@ fn check_refuses_a_channel_that_is_no_channel_name() {
             "{name:?}: {err}"
         );
     }
+}
+
+#[test]
+fn update_to_a_channel_whose_check_fails_keeps_the_channel_followed() {
+    let (_repo, dev) = confirmed_1_0_0("com.acme.nosuch");
+    let out = dev.run("update", &["--channel", "nosuch", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::stderr(&out).starts_with("error[not_found]"));
+    assert!(out.stdout.is_empty());
+    assert_eq!(dev.status()["channel"], "stable");
+    dev.expect("check", &[], 0);
 }
 
 #[test]

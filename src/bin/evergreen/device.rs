@@ -30,7 +30,8 @@ pub struct CheckArgs {
 /// Options of `update`.
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
-    /// Switch to this channel first, then update from it.
+    /// Switch to this channel first, then update from it. The switch is undone when the
+    /// channel's check fails (a channel the repository does not have, say).
     #[arg(long, value_name = "C")]
     pub channel: Option<String>,
     /// Install exactly this version (a downgrade is allowed because it was asked for).
@@ -268,13 +269,24 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     result
 }
 
+/// Checks for `update`, after switching to `channel` when given: a switch whose check
+/// fails is undone, so a misspelt channel does not fail every later check.
+fn check_on(up: &Updater, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
+    let Some(channel) = channel else {
+        return up.check_with(None, version);
+    };
+    let before = up.state()?.channel;
+    up.set_channel(channel)?;
+    up.check_with(None, version).inspect_err(|_| {
+        // Best effort: the check's error is the one to report.
+        let _ = up.set_channel(&before);
+    })
+}
+
 /// `evergreen update`: check, show the diff, ask, download, install, activate.
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
-    if let Some(ch) = &args.channel {
-        up.set_channel(ch)?;
-    }
-    let offer = match up.check_with(None, args.version.as_ref())? {
+    let offer = match check_on(&up, args.channel.as_deref(), args.version.as_ref())? {
         Check::UpToDate => {
             if json {
                 print_json(&json!({"status": "up_to_date"}));
@@ -289,7 +301,11 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         print_offer(&offer);
     }
     if !args.yes && !args.download_only && !confirm_install(&offer)? {
-        out!("not installed");
+        if json {
+            print_json(&json!({"status": "declined", "version": offer.version.to_string()}));
+        } else {
+            out!("not installed");
+        }
         return Ok(0);
     }
     let plan = up.plan(&offer)?;
