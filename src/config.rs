@@ -502,9 +502,9 @@ impl Config {
     /// Parses and validates a JSON config.
     pub fn from_json(json: &str) -> Result<Config> {
         let config: Config = serde_json::from_str(json).map_err(|e| {
-            let what = match crate::json::describe(json, &e) {
-                named if named.starts_with('`') => format!("config field {named}"),
-                other => format!("config: {other}"),
+            let what = match crate::json::field_of(json, &e) {
+                Some(field) => format!("config field `{field}`: {e}"),
+                None => format!("config: {e}"),
             };
             Error::config(what).with_source(e)
         })?;

@@ -12,16 +12,20 @@ use serde::de::DeserializeOwned;
 /// caller to put after its own "expected …".
 pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("bytes that are not UTF-8 ({e})"))?;
-    serde_json::from_str(text).map_err(|e| describe(text, &e))
+    serde_json::from_str(text).map_err(|e| match field_of(text, &e) {
+        Some(field) => format!("`{field}`: {e}"),
+        None => e.to_string(),
+    })
 }
 
-/// serde_json's message, after the field it is about when there is one:
-/// `` `trial.tries`: invalid value: integer `-1`, expected u32 at line 1 column 20 ``.
-pub(crate) fn describe(text: &str, e: &serde_json::Error) -> String {
-    match path_at(text, e.line(), e.column()) {
-        path if path.is_empty() || e.is_syntax() || e.is_eof() => e.to_string(),
-        path => format!("`{path}`: {e}"),
+/// The field (`trial.tries`, `releases[3].version`) serde_json's error `e` in `text` is
+/// about, when it is about one: a value of the wrong type or out of range, a missing or
+/// unknown field. A syntax error is about no field; its position says where it is.
+pub(crate) fn field_of(text: &str, e: &serde_json::Error) -> Option<String> {
+    if e.is_syntax() || e.is_eof() {
+        return None;
     }
+    Some(path_at(text, e.line(), e.column())).filter(|p| !p.is_empty())
 }
 
 /// The path (`limits.retries`, `releases[3].version`) of the value being read at `line`
