@@ -1506,6 +1506,11 @@ impl Updater {
             (Some(running), _) if running != slot => Err(Error::invalid_state(format!(
                 "expected slot {slot} (on trial) to be running to confirm it, found slot {running}: restart into slot {slot} first"
             ))),
+            // Run from the fallback after the bootloader gave up, a confirm would vouch for
+            // the slot that failed and send the bootloader back to it.
+            (None, None) => Err(Error::invalid_state(format!(
+                "expected to know the running slot to confirm slot {slot} (on trial), found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
+            ))),
             (_, Some(full)) if trial.tries_left >= full => Err(Error::invalid_state(format!(
                 "expected slot {slot} (on trial) to have started to confirm it, found no start counted: start it and run the startup step (`evergreen boot`, `startup()`) first"
             ))),

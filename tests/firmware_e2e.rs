@@ -478,6 +478,30 @@ fn confirming_before_the_new_slot_has_booted_is_refused() {
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "good");
 }
 
+/// A kernel command line without the `booted_from` key (a bootloader script that lost
+/// it, the rescue entry) says nothing of the running slot: this may be the fallback after
+/// the trial slot failed, so a confirm would vouch for the slot that failed.
+#[test]
+fn confirming_while_the_running_slot_is_unknown_is_refused() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "unknown", Loader::UBoot);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    release_image(&repo, "2.0.0", MIB, 2);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    std::fs::write(&board.cmdline, "console=ttyS0 root=/dev/mmcblk0p3 quiet\n").unwrap();
+    let out = board.dev.run("confirm", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.starts_with("error[invalid_state]: expected to know the running slot"),
+        "{err}"
+    );
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+}
+
 /// The slot's device returns one flipped byte after the write (the `fault-injection`
 /// hook `EVERGREEN_CORRUPT_IMAGE_AT`): the read-back refuses the slot.
 #[cfg(feature = "fault-injection")]
