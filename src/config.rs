@@ -781,13 +781,15 @@ fn lexically_normal(path: &Path) -> std::path::PathBuf {
     out
 }
 
-/// `server` and `mirrors`: an http(s):// URL with a host, a file:// URL, or a plain path.
+/// `server` and `mirrors`: an http(s):// URL with a host, a file:// URL of an absolute
+/// path (host empty or `localhost`), or a plain path. A URL is checked by the rule the
+/// fetcher opens it with, so nothing accepted here reaches it as a relative path.
 fn check_location(field: &str, s: &str) -> Result<()> {
-    const EXPECTED: &str = "an http://, https:// or file:// URL or a directory path";
+    const EXPECTED: &str = "an http://, https:// or file:// URL (of an absolute path, \
+                            host empty or localhost) or a directory path";
     let ok = match s.split_once("://") {
-        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-            "http" | "https" => !rest.is_empty() && !rest.starts_with('/'),
-            "file" => !rest.is_empty(),
+        Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" | "file" => crate::fetch::is_absolute_url(s),
             _ => false,
         },
         None => !s.trim().is_empty(),

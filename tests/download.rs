@@ -152,10 +152,35 @@ fn server_ignoring_range_restarts_from_zero_and_succeeds() {
 }
 
 #[test]
-fn wrong_content_range_is_refused_and_the_next_attempt_restarts_cleanly() {
+fn wrong_content_range_is_refused_and_the_whole_blob_asked_for_instead() {
     let repo = Repo::new(SIZE);
     let server = TestServer::serve(repo.path());
     server.set_fault(&repo.blob_path(), Fault::WrongContentRange);
+    let downloads = TempDir::new().unwrap();
+    let part = part_path(downloads.path(), &repo);
+    std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    // The 206 is not appended; the same server's 200 with the whole blob replaces the
+    // kept bytes, as for a server that ignores Range.
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    let log = server.requests(&repo.blob_path());
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].range, Some(format!("bytes={}-", SIZE / 2)));
+    assert_eq!(log[0].status, 206);
+    assert_eq!((log[1].range.as_deref(), log[1].status), (None, 200));
+}
+
+/// A 206 with the wrong offsets must not cost the bytes kept: when the base cannot serve
+/// the whole blob either, the `.part` is left as it was for the next attempt.
+#[test]
+fn wrong_content_range_keeps_the_partial_download() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    // Newest rule first: the Range request gets the wrong 206, the whole GET a 503.
+    server.set_fault_times(&repo.blob_path(), Fault::Status(503), 1);
+    server.set_fault_times(&repo.blob_path(), Fault::WrongContentRange, 1);
     let downloads = TempDir::new().unwrap();
     let part = part_path(downloads.path(), &repo);
     std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
@@ -167,16 +192,65 @@ fn wrong_content_range_is_refused_and_the_next_attempt_restarts_cleanly() {
     let found = format!("bytes 0-{}/{SIZE}", SIZE - 1);
     assert!(err.message().contains(&expected), "{err}");
     assert!(err.message().contains(&found), "{err}");
-    assert_eq!(
-        std::fs::metadata(&part).unwrap().len(),
-        0,
-        "nothing appended"
-    );
+    assert!(err.message().contains("503"), "{err}");
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert_eq!(kept, SIZE as u64 / 2, "the kept bytes are untouched");
     assert_no_completed_file(downloads.path(), &repo);
+
+    // The next attempt resumes them.
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_eq!(
+        server.requests(&repo.blob_path())[2].range,
+        Some(format!("bytes={}-", SIZE / 2))
+    );
+}
+
+/// A mirror that serves its "not found" page as a 200 must not wipe what the server
+/// delivered: it is refused from its Content-Length, and the server resumes.
+#[test]
+fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::DropAfter(SIZE as u64 * 3 / 4), 1);
+    let page = b"<html>Not Found</html>".to_vec();
+    mirror.set_fault("blobs/", Fault::ErrorPage(page.clone()));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[server.url(), mirror.url()],
+        FetchOptions {
+            retries: 1,
+            ..options()
+        },
+    );
 
     let path = download(&f, &repo.spec(), downloads.path()).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), repo.blob);
-    assert_eq!(server.requests(&repo.blob_path())[1].range, None);
+    let log = server.requests(&repo.blob_path());
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].range, Some(format!("bytes={}-", SIZE * 3 / 4)));
+    assert_eq!(
+        f.stats().bytes_received,
+        SIZE as u64,
+        "no byte fetched twice"
+    );
+
+    // Alone, the mirror is an http_status error naming what it declared.
+    let downloads = TempDir::new().unwrap();
+    let part = part_path(downloads.path(), &repo);
+    std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
+    let err = download(
+        &fetcher(&[mirror.url()], options()),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    let declared = format!("Content-Length {}", page.len());
+    assert!(err.message().contains(&declared), "{err}");
+    assert!(err.message().contains(&SIZE.to_string()), "{err}");
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), SIZE as u64 / 2);
 }
 
 #[test]
@@ -456,6 +530,33 @@ fn five_xx_beyond_the_retries_is_http_status() {
     assert_eq!(server.requests(&repo.blob_path()).len(), 3);
 }
 
+/// 408, 425 and 429 say "not now", as a 5xx does: the base is retried after the backoff.
+#[test]
+fn busy_and_timeout_statuses_are_retried() {
+    for status in [408, 425, 429] {
+        let repo = Repo::new(1000);
+        let server = TestServer::serve(repo.path());
+        server.set_fault_times(&repo.blob_path(), Fault::Status(status), 1);
+        let downloads = TempDir::new().unwrap();
+        let f = fetcher(
+            &[server.url()],
+            FetchOptions {
+                retries: 1,
+                ..options()
+            },
+        );
+        let path = download(&f, &repo.spec(), downloads.path())
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+        assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+        let statuses: Vec<u16> = server
+            .requests(&repo.blob_path())
+            .iter()
+            .map(|l| l.status)
+            .collect();
+        assert_eq!(statuses, [status, 200]);
+    }
+}
+
 #[test]
 fn mirror_serves_when_the_server_fails_or_lacks_the_blob() {
     let repo = Repo::new(SIZE);
@@ -582,6 +683,130 @@ fn file_transport_missing_blob_is_not_found() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
+/// A `file://` URL is read as RFC 8089 has it: the scheme in any case, `%XX` decoded,
+/// and only an empty host or `localhost`; anything else must not become a relative path.
+#[test]
+fn file_urls_in_any_case_and_percent_encoded_are_opened() {
+    let repo = Repo::new(1000);
+    let downloads = TempDir::new().unwrap();
+    let upper = format!("FILE://{}", repo.path().display());
+    let host = format!("file://LocalHost{}", repo.path().display());
+    for base in [upper, host] {
+        let f = fetcher(std::slice::from_ref(&base), options());
+        let path =
+            download(&f, &repo.spec(), downloads.path()).unwrap_or_else(|e| panic!("{base}: {e}"));
+        assert_eq!(std::fs::read(&path).unwrap(), repo.blob);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    let stick = TempDir::new().unwrap();
+    let root = stick.path().join("USB DISK");
+    std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+    std::fs::write(root.join(repo.blob_path()), &repo.blob).unwrap();
+    let base = format!("file://{}/USB%20DISK", stick.path().display());
+    let path = download(&fetcher(&[base], options()), &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), repo.blob);
+    std::fs::remove_file(path).unwrap();
+
+    // `localhostX` is another host, not `localhost` and the relative path `X/…`.
+    let cwd = std::env::current_dir().unwrap();
+    let relative = TempDir::new_in(&cwd).unwrap();
+    std::fs::create_dir_all(relative.path().join("blobs/sha256")).unwrap();
+    std::fs::write(relative.path().join(repo.blob_path()), &repo.blob).unwrap();
+    let name = relative.path().file_name().unwrap().to_str().unwrap();
+    let base = format!("file://localhost{name}");
+    let err = download(
+        &fetcher(std::slice::from_ref(&base), options()),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.message().contains(&base), "{err}");
+}
+
+/// Only the download directory's failures are `io`; a local base that cannot be read (a
+/// file where the directory should be, no permission, a failing stick) is retried and
+/// the other bases are tried, as for a server that does not answer.
+#[test]
+fn an_unreadable_local_base_goes_on_to_the_next_base() {
+    let repo = Repo::new(1000);
+    std::fs::create_dir_all(repo.path().join("channels")).unwrap();
+    std::fs::write(repo.path().join("channels/stable.json"), b"{}").unwrap();
+    let server = TestServer::serve(repo.path());
+    let junk = TempDir::new().unwrap();
+    let not_a_dir = junk.path().join("usb");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let local = not_a_dir.display().to_string();
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[local.clone(), server.url()], options());
+
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    let got = f.metadata("channels/stable.json", None, 1 << 20).unwrap();
+    assert!(matches!(got, Metadata::Fetched { bytes, .. } if bytes == b"{}"));
+
+    let alone = fetcher(std::slice::from_ref(&local), options());
+    let err = alone
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    assert!(err.message().contains(&local), "{err}");
+}
+
+#[test]
+fn a_directory_where_the_blob_should_be_is_not_found() {
+    let repo = Repo::new(1000);
+    let base = TempDir::new().unwrap();
+    std::fs::create_dir_all(base.path().join(repo.blob_path())).unwrap();
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[base.path().display().to_string()],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+/// A stalled body is a timeout that says how long it waited.
+#[test]
+fn a_stalled_body_names_the_read_timeout() {
+    use std::io::{Read, Write};
+    let repo = Repo::new(1000);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    let first = repo.blob[..10].to_vec();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf);
+        socket.write_all(&head).unwrap();
+        socket.write_all(&first).unwrap();
+        // Silent until the client gives up and closes.
+        let _ = socket.read(&mut buf);
+    });
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[base],
+        FetchOptions {
+            read_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.message().contains("no data for 1 s (read timeout)"),
+        "{err}"
+    );
+    drop(f);
+    server.join().unwrap();
+}
+
 fn metadata_repo(doc: &[u8]) -> TempDir {
     let dir = TempDir::new().unwrap();
     std::fs::create_dir_all(dir.path().join("channels")).unwrap();
@@ -685,6 +910,64 @@ fn redirect_is_an_http_status_error_naming_the_location_unless_followed() {
     )
     .unwrap();
     assert_eq!(mirror.requests(&repo.blob_path()).len(), 1);
+}
+
+/// A redirect to something that cannot be requested is the redirecting server's fault,
+/// not the configuration's: the next base is tried, and the error names the Location.
+#[test]
+fn a_redirect_that_cannot_be_followed_goes_on_to_the_next_base() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    let follows = FetchOptions {
+        follow_redirects: true,
+        ..options()
+    };
+    for location in ["ftp://127.0.0.1/x", "file:///etc/passwd", "http:///nohost"] {
+        server.clear_faults();
+        server.set_fault("blobs/", Fault::Redirect(location.into()));
+        let downloads = TempDir::new().unwrap();
+        let err = download(
+            &fetcher(&[server.url()], follows.clone()),
+            &repo.spec(),
+            downloads.path(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HttpStatus, "{location}: {err}");
+        assert!(err.message().contains(location), "{err}");
+
+        let before = mirror.requests(&repo.blob_path()).len();
+        let f = fetcher(&[server.url(), mirror.url()], follows.clone());
+        download(&f, &repo.spec(), downloads.path()).unwrap_or_else(|e| panic!("{location}: {e}"));
+        assert_eq!(mirror.requests(&repo.blob_path()).len(), before + 1);
+    }
+}
+
+/// A redirect loop is the server's: `http_status` naming the last Location, without
+/// retry rounds.
+#[test]
+fn too_many_redirects_is_http_status_without_retries() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let location = format!("{}/{}", server.url(), repo.blob_path());
+    server.set_fault("blobs/", Fault::Redirect(location.clone()));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            follow_redirects: true,
+            retries: 2,
+            ..options()
+        },
+    );
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert!(err.message().contains(&location), "{err}");
+    assert_eq!(
+        server.requests(&repo.blob_path()).len(),
+        6,
+        "1 + 5 redirects"
+    );
 }
 
 /// A host transport serving one blob from memory, as a vendor SDK or a bus might.

@@ -152,11 +152,14 @@ impl Target<'_> {
         if part.len >= self.spec.size {
             return Ok(part);
         }
-        let request = Request {
-            range_from: (part.len > 0).then_some(part.len),
-            if_none_match: None,
+        let response = self.request(stream, (part.len > 0).then_some(part.len))?;
+        let response = match self.check_range(stream.url, &response, &part) {
+            Ok(()) => response,
+            Err(wrong_range) => {
+                drop(response);
+                self.whole_after_wrong_range(stream, wrong_range)?
+            }
         };
-        let response = stream.fetcher.get(stream.url, &request)?;
         self.accept(stream.url, &response, &mut part)?;
         let part = stream.pump(response.body, part).inspect_err(|e| {
             if e.kind() == ErrorKind::TooLarge {
@@ -167,23 +170,80 @@ impl Target<'_> {
         Ok(part)
     }
 
-    /// Decides from the status what the body continues, or refuses it.
+    fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
+        let request = Request {
+            range_from,
+            if_none_match: None,
+        };
+        stream.fetcher.get(stream.url, &request)
+    }
+
+    /// A 206 must continue exactly where the `.part` ends; anything else passes here.
+    fn check_range(&self, url: &str, response: &Response, part: &Part) -> Result<()> {
+        if response.status != 206 {
+            return Ok(());
+        }
+        check_content_range(url, response, part.len, self.spec.size)
+    }
+
+    /// After a 206 with the wrong offsets, nothing this base sends is appended and the
+    /// kept bytes stay; it is asked once for the whole blob, which may replace them only
+    /// as any 200 may (see [`Target::accept`]). Without this, one base that mangles
+    /// ranges would fail every attempt for as long as the `.part` exists.
+    fn whole_after_wrong_range(
+        &self,
+        stream: &Stream<'_, '_>,
+        wrong_range: Error,
+    ) -> Result<Response, Failure> {
+        let then = match self.request(stream, None) {
+            Ok(response) if response.status == 200 => return Ok(response),
+            Ok(response) => format!("expected 200, found HTTP status {}", response.status),
+            Err(e) => e.to_string(),
+        };
+        // The error is the range's (`http_status`: go on to the other bases).
+        let message = format!("{wrong_range}; then without Range: {then}");
+        Err(Error::new(wrong_range.kind(), message).into())
+    }
+
+    /// Decides from the status what the body continues, or refuses it. Refusing never
+    /// touches the `.part`: a mirror answering with an error page must not cost the
+    /// bytes another base delivered.
     fn accept(&self, url: &str, response: &Response, part: &mut Part) -> Result<(), Failure> {
         match response.status {
-            200 => part.restart()?,
-            206 => {
-                if let Err(e) = check_content_range(url, response, part.len, self.spec.size) {
-                    // Restart cleanly next time rather than trust this server's offsets.
-                    part.restart()?;
-                    return Err(Failure::retry(e));
-                }
+            200 => {
+                self.check_whole_length(url, response)?;
+                // A 200 is the whole blob from byte 0. With its length right (or not
+                // declared: a chunked body cannot be judged before it arrives, and
+                // holding back the kept length would need that much memory or disk) it
+                // replaces the kept bytes; the hash judges the result, and a server that
+                // sends more than the size is cut off and its bytes removed.
+                part.restart()?;
             }
+            // `check_range` has vetted the offsets.
+            206 => {}
             _ => return Err(status_failure(url, response)),
         }
         let remaining = self.spec.size - part.len;
         match response.content_length.filter(|len| *len > remaining) {
             Some(len) => Err(too_large(url, remaining, &format!("{len} bytes declared")).into()),
             None => Ok(()),
+        }
+    }
+
+    /// A 200 declaring a length other than the blob's is not the blob: larger is
+    /// `too_large`, smaller (an error page served as 200) `http_status`.
+    fn check_whole_length(&self, url: &str, response: &Response) -> Result<()> {
+        let size = self.spec.size;
+        match response.content_length {
+            Some(len) if len > size => Err(too_large(url, size, &format!("{len} bytes declared"))),
+            Some(len) if len < size => Err(Error::new(
+                ErrorKind::HttpStatus,
+                format!(
+                    "GET {url}: expected 200 with the whole blob ({size} bytes), found 200 \
+                     with Content-Length {len}"
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 }

@@ -88,7 +88,8 @@ impl HttpTransport {
             .timeout_connect(nonzero(options.connect_timeout))
             .timeout_recv_response(nonzero(options.read_timeout))
             .timeout_per_read(nonzero(options.read_timeout))
-            .max_redirects(if options.follow_redirects { 5 } else { 0 })
+            // `get` follows redirects itself (with `follow_redirects`), hop by hop.
+            .max_redirects(0)
             .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")));
         if self.proxy.is_some() {
             config = config.proxy(self.proxy.clone());
@@ -220,16 +221,56 @@ fn tls_config(roots: ureq::tls::RootCerts) -> ureq::tls::TlsConfig {
         .build()
 }
 
+/// The most redirects followed for one request (with `follow_redirects`).
+const MAX_REDIRECTS: usize = 5;
+
 impl Transport for HttpTransport {
+    /// Follows redirects itself rather than leaving them to ureq, so that every hop's
+    /// `Location` is known: a failure after a redirect names it and is the redirect's
+    /// fault (`http_status`, next base), not the configuration's; an `https://` URL is
+    /// never left for a plain one; and too many hops name the last target.
     fn get(&self, url: &str, req: &Request) -> Result<Response> {
-        let mut request = self.agent(url)?.get(url);
+        let mut response = self
+            .get_once(url, req)
+            .map_err(|e| self.call_error(url, e))?;
+        if !self.options.follow_redirects {
+            return Ok(response);
+        }
+        let mut current = url.to_owned();
+        for _ in 0..MAX_REDIRECTS {
+            let Some(next) = redirect_target(&current, &response)? else {
+                return Ok(response);
+            };
+            drop(response);
+            response = self
+                .get_once(&next, req)
+                .map_err(|e| self.redirected_error(url, &next, e))?;
+            current = next;
+        }
+        match redirect_target(&current, &response)? {
+            None => Ok(response),
+            Some(next) => Err(Error::new(
+                ErrorKind::HttpStatus,
+                format!(
+                    "GET {url}: expected at most {MAX_REDIRECTS} redirects, found more (the \
+                     last from {current} to {next})"
+                ),
+            )),
+        }
+    }
+}
+
+impl HttpTransport {
+    /// One request, no redirect followed (ureq's `max_redirects` is 0).
+    fn get_once(&self, url: &str, req: &Request) -> Result<Response, CallError> {
+        let mut request = self.agent(url).map_err(CallError::Ours)?.get(url);
         if let Some(from) = req.range_from {
             request = request.header("Range", format!("bytes={from}-"));
         }
         if let Some(etag) = &req.if_none_match {
             request = request.header("If-None-Match", etag.as_str());
         }
-        let response = request.call().map_err(|e| call_error(url, e))?;
+        let response = request.call().map_err(CallError::Ureq)?;
         let header = |name: &str| {
             response
                 .headers()
@@ -244,39 +285,258 @@ impl Transport for HttpTransport {
             header("location"),
         );
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+        let body = Body {
+            reader: response.into_body().into_reader(),
+            read_timeout: self.options.read_timeout,
+        };
         Ok(Response {
             status,
             etag,
             content_length,
             content_range,
             location,
-            body: Box::new(Body(response.into_body().into_reader())),
+            body: Box::new(body),
         })
+    }
+
+    /// A failure of the request for the URL Evergreen built: a URL ureq cannot use is
+    /// the configuration's fault.
+    fn call_error(&self, url: &str, err: CallError) -> Error {
+        let err = match err {
+            CallError::Ours(e) => return e,
+            CallError::Ureq(e) => e,
+        };
+        let kind = match &err {
+            ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl => ErrorKind::Config,
+            _ => transfer_kind(&err),
+        };
+        let found = describe(&err, &self.options);
+        let message = format!("GET {url}: expected an HTTP response, found {found}");
+        Error::new(kind, message).with_source(err)
+    }
+
+    /// A failure of the request for a redirect's target. A target ureq cannot use is the
+    /// redirecting server's fault, not the configuration's: `http_status`, so that the
+    /// fetcher goes on to the other bases.
+    fn redirected_error(&self, url: &str, location: &str, err: CallError) -> Error {
+        let err = match err {
+            CallError::Ours(e) => return e.context(format!("GET {url} redirected")),
+            CallError::Ureq(e) => e,
+        };
+        let kind = match &err {
+            // ureq's `Http` is the `http` crate refusing the URL, e.g. `http:///x`.
+            ureq::Error::BadUri(_) | ureq::Error::Http(_) => ErrorKind::HttpStatus,
+            _ => transfer_kind(&err),
+        };
+        let found = describe(&err, &self.options);
+        let message = format!(
+            "GET {url}: expected an HTTP response from the redirect to {location}, found {found}"
+        );
+        Error::new(kind, message).with_source(err)
     }
 }
 
-fn call_error(url: &str, err: ureq::Error) -> Error {
-    let kind = match &err {
+/// Why [`HttpTransport::get_once`] failed: before ureq was asked (already an [`Error`]),
+/// or in ureq.
+enum CallError {
+    Ours(Error),
+    Ureq(ureq::Error),
+}
+
+/// The kind of a failure to get an answer: a timeout, a redirect ureq refused (never
+/// expected, since ureq follows none, but not worth retrying), else the network.
+fn transfer_kind(err: &ureq::Error) -> ErrorKind {
+    match err {
         ureq::Error::Timeout(_) => ErrorKind::Timeout,
         ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => ErrorKind::Timeout,
-        ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl => ErrorKind::Config,
+        ureq::Error::TooManyRedirects
+        | ureq::Error::RedirectFailed
+        | ureq::Error::RequireHttpsOnly(_) => ErrorKind::HttpStatus,
         _ => ErrorKind::Network,
+    }
+}
+
+/// What went wrong, in words; a timeout names the configured bound that ran out.
+fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
+    match err {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => format!(
+            "no connection within {} (connect timeout)",
+            duration_words(options.connect_timeout)
+        ),
+        ureq::Error::Timeout(ureq::Timeout::RecvResponse | ureq::Timeout::PerRead) => format!(
+            "no response within {} (read timeout)",
+            duration_words(options.read_timeout)
+        ),
+        ureq::Error::Timeout(other) => format!("a timeout ({other})"),
+        other => other.to_string(),
+    }
+}
+
+/// `1 s`, `1.5 s` or `300 ms`, for messages.
+fn duration_words(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// The absolute URL a redirect response points to, `None` if `response` is no
+/// redirect, or `http_status` for one that must not be followed: no `Location`, a
+/// scheme other than http(s), or a step down from `https://` to plain `http://` (which
+/// would hand the request, and what the server answers, to anyone on the path).
+fn redirect_target(current: &str, response: &Response) -> Result<Option<String>> {
+    let status = response.status;
+    if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+        return Ok(None);
+    }
+    let refuse = |expected: &str, found: &str| {
+        Err(Error::new(
+            ErrorKind::HttpStatus,
+            format!("GET {current}: expected {expected}, found {status} {found}"),
+        ))
     };
-    let message = format!("GET {url}: expected an HTTP response, found {err}");
-    Error::new(kind, message).with_source(err)
+    let Some(location) = response.location.as_deref() else {
+        return refuse("a Location with the redirect", "without one");
+    };
+    let target = resolve(current, location.trim());
+    if !super::is_http(&target) {
+        return refuse(
+            "a redirect to an http:// or https:// URL",
+            &format!("to {location}"),
+        );
+    }
+    if is_https(current) && !is_https(&target) {
+        return refuse(
+            "a redirect from https:// to another https:// URL",
+            &format!("to {location} (plain HTTP is not followed from HTTPS)"),
+        );
+    }
+    Ok(Some(target))
+}
+
+/// `location` resolved against `base` (RFC 3986 §5.2, without removing `.` and `..`
+/// segments, which the server resolves): absolute, `//host/…`, `/path` or `path`.
+fn resolve(base: &str, location: &str) -> String {
+    if has_scheme(location) {
+        return location.to_owned();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    if let Some(authority_and_path) = location.strip_prefix("//") {
+        return format!("{scheme}://{authority_and_path}");
+    }
+    let rest = &rest[..rest.find('#').unwrap_or(rest.len())];
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    let path = &path[..path.find('?').unwrap_or(path.len())];
+    if location.starts_with('?') || location.is_empty() {
+        return format!("{scheme}://{authority}{path}{location}");
+    }
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{scheme}://{authority}{dir}{location}")
+}
+
+/// Whether `s` starts with a URI scheme and `:` (RFC 3986 §3.1).
+fn has_scheme(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// The body, with ureq's timeouts surfaced as [`io::ErrorKind::TimedOut`] so the fetcher
-/// can tell a stalled server from a broken connection.
-struct Body(ureq::BodyReader<'static>);
+/// can tell a stalled server from a broken connection, saying how long it was silent.
+struct Body {
+    reader: ureq::BodyReader<'static>,
+    read_timeout: Duration,
+}
 
 impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| match ureq::Error::from(e) {
-            ureq::Error::Timeout(t) => io::Error::new(io::ErrorKind::TimedOut, format!("{t}")),
-            ureq::Error::Io(e) => e,
-            other => io::Error::other(other),
-        })
+        self.reader
+            .read(buf)
+            .map_err(|e| match ureq::Error::from(e) {
+                ureq::Error::Timeout(_) => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no data for {} (read timeout)",
+                        duration_words(self.read_timeout)
+                    ),
+                ),
+                ureq::Error::Io(e) => e,
+                other => io::Error::other(other),
+            })
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    fn redirect(status: u16, location: Option<&str>) -> Response {
+        Response {
+            status,
+            etag: None,
+            content_length: Some(0),
+            content_range: None,
+            location: location.map(str::to_owned),
+            body: Box::new(io::empty()),
+        }
+    }
+
+    #[test]
+    fn locations_resolve_against_the_current_url() {
+        let base = "https://h:8/repo/blobs/sha256/ab?x=1";
+        for (location, expected) in [
+            ("https://m/b", "https://m/b"),
+            ("//m/b", "https://m/b"),
+            ("/other/b", "https://h:8/other/b"),
+            ("cd", "https://h:8/repo/blobs/sha256/cd"),
+            ("?y=2", "https://h:8/repo/blobs/sha256/ab?y=2"),
+        ] {
+            assert_eq!(resolve(base, location), expected, "{location}");
+        }
+        assert_eq!(resolve("http://h", "b"), "http://h/b");
+    }
+
+    #[test]
+    fn https_is_never_left_for_plain_http() {
+        let from = "https://h/blobs/x";
+        for location in [
+            "http://h/blobs/x",
+            "HTTP://mirror/x",
+            "ftp://h/x",
+            "file:///x",
+        ] {
+            let err = redirect_target(from, &redirect(302, Some(location))).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::HttpStatus, "{location}");
+            assert!(err.message().contains(location), "{err}");
+        }
+        let to = redirect_target(from, &redirect(301, Some("HTTPS://m/x"))).unwrap();
+        assert_eq!(to.as_deref(), Some("HTTPS://m/x"));
+        // From plain HTTP, either is followed.
+        let to = redirect_target("http://h/x", &redirect(307, Some("https://m/x"))).unwrap();
+        assert_eq!(to.as_deref(), Some("https://m/x"));
+        let err = redirect_target(from, &redirect(302, None)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HttpStatus);
+        // 304 and 300 are no redirects to follow.
+        assert!(redirect_target(from, &redirect(304, None))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn durations_read_as_words() {
+        assert_eq!(duration_words(Duration::from_secs(1)), "1 s");
+        assert_eq!(duration_words(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(duration_words(Duration::from_millis(300)), "300 ms");
     }
 }
 

@@ -63,10 +63,14 @@ pub struct FetchOptions {
     /// How many more rounds through the server and the mirrors after the first one.
     /// Default 3.
     pub retries: u32,
-    /// The wait before retry round `n` (from 0) is `retry_backoff * 2^n`. Default 1 s.
+    /// The wait before retry round `n` (from 0) is `retry_backoff * 2^n`, at most
+    /// [`MAX_BACKOFF`] (60 s). Default 1 s.
     pub retry_backoff: Duration,
-    /// Follow HTTP redirects (up to 5). Off by default: a redirect is then an
-    /// [`ErrorKind::HttpStatus`] error naming the `Location`.
+    /// Follow HTTP redirects (up to 5, to `http(s)://` URLs only, and never from
+    /// `https://` to plain `http://`). A redirect that is not followed (all of them when
+    /// off, the default) is an [`ErrorKind::HttpStatus`] error naming the `Location`, and
+    /// the fetcher goes on to the next base, as it does when a redirect's target cannot
+    /// be requested.
     pub follow_redirects: bool,
     /// A PEM file of root certificates to trust for HTTPS *instead of* the system's CA
     /// bundle (`system_roots`), or of Mozilla's roots built in with the `webpki-roots`
@@ -430,10 +434,10 @@ impl Fetcher {
         }
     }
 
-    /// Sleeps `retry_backoff * 2^n` in short steps, so a cancel is seen promptly.
+    /// Sleeps [`backoff`] in short steps, so a cancel is seen promptly.
     fn back_off(&self, n: u32, cancel: &CancelToken) -> Result<()> {
         const STEP: Duration = Duration::from_millis(50);
-        let mut left = self.options.retry_backoff.saturating_mul(1 << n.min(16));
+        let mut left = backoff(self.options.retry_backoff, n);
         while !left.is_zero() {
             cancel.check()?;
             let step = left.min(STEP);
@@ -442,6 +446,17 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// The longest wait between two retry rounds. Without a cap, `retries: 10` and the
+/// default 1 s would wait 8.5 minutes before the last round (17 in all), the download
+/// and the check that runs it stalled meanwhile; a minute is long enough for a server
+/// to come back from a restart, and the poll interval's own backoff spaces the checks.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait before retry round `n` (from 0): `base * 2^n`, at most [`MAX_BACKOFF`].
+fn backoff(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1 << n.min(16)).min(MAX_BACKOFF)
 }
 
 /// What the retry loop does after a failed attempt.
@@ -508,11 +523,19 @@ fn status_failure(url: &str, response: &Response) -> Failure {
         ));
     }
     let error = Error::new(ErrorKind::HttpStatus, message);
-    if status >= 500 {
+    if is_transient(status) {
         Failure::retry(error)
     } else {
         error.into()
     }
+}
+
+/// Statuses that say "not now" rather than "not here": 5xx, 408 Request Timeout, 425 Too
+/// Early and 429 Too Many Requests. The base is tried again next round, after the
+/// backoff; any other 4xx drops it. (`Retry-After` is not read: [`Response`] does not
+/// carry it, and the capped backoff already spaces the rounds.)
+fn is_transient(status: u16) -> bool {
+    status >= 500 || matches!(status, 408 | 425 | 429)
 }
 
 fn too_large(url: &str, max: u64, found: &str) -> Error {
@@ -564,7 +587,7 @@ pub(crate) fn is_absolute_url(url: &str) -> bool {
         let rest = url.split_once("://").map_or("", |(_, rest)| rest);
         return !rest.is_empty() && !rest.starts_with('/');
     }
-    url.starts_with("file://") && transport::file_url_path(url).is_absolute()
+    transport::is_file_url(url) && transport::file_url_path(url).is_some_and(|p| p.is_absolute())
 }
 
 /// `base` + `/` + `path`, with exactly one slash between them.
@@ -602,6 +625,9 @@ mod tests {
             "HTTP://h/b",
             "file:///srv/b",
             "file://localhost/srv/b",
+            "FILE:///srv/b",
+            "File://LocalHost/srv/b",
+            "file:///mnt/USB%20DISK",
         ] {
             assert!(is_absolute_url(url), "{url}");
         }
@@ -609,13 +635,37 @@ mod tests {
             "blobs/sha256/ab",
             "/srv/b",
             "file://blobs/ab",
-            "FILE:///srv/b",
+            "file://localhostX/srv/b",
+            "file://server/srv/b",
+            "file:///srv/%zz",
+            "file:///srv/%00x",
             "https:///b",
             "http://",
             "ftp://h/b",
             "vendor://box/b",
         ] {
             assert!(!is_absolute_url(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let second = Duration::from_secs(1);
+        assert_eq!(backoff(second, 0), second);
+        assert_eq!(backoff(second, 3), Duration::from_secs(8));
+        assert_eq!(backoff(second, 6), MAX_BACKOFF);
+        assert_eq!(backoff(second, 40), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::from_secs(600), 0), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::ZERO, 9), Duration::ZERO);
+    }
+
+    #[test]
+    fn busy_and_timed_out_statuses_are_retried_other_4xx_are_not() {
+        for status in [408, 425, 429, 500, 503] {
+            assert!(is_transient(status), "{status}");
+        }
+        for status in [400, 403, 410, 416, 451] {
+            assert!(!is_transient(status), "{status}");
         }
     }
 

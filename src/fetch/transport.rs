@@ -50,7 +50,9 @@ impl std::fmt::Debug for Response {
 ///
 /// Non-2xx statuses are returned as a [`Response`], not as errors: the fetcher decides
 /// what they mean. Errors are for failing to get any answer: [`ErrorKind::Network`],
-/// [`ErrorKind::Timeout`], or [`ErrorKind::NotFound`] for a transport with no status codes.
+/// [`ErrorKind::Timeout`], or [`ErrorKind::NotFound`] for a transport with no status codes
+/// ([`ErrorKind::HttpStatus`] for a redirect the fetcher will not follow; any of these
+/// lets the fetcher try the other bases, while [`ErrorKind::Config`] stops it).
 pub trait Transport: Send + Sync {
     /// Starts a GET of `url`; the body is read by the caller.
     fn get(&self, url: &str, req: &Request) -> Result<Response>;
@@ -61,8 +63,10 @@ pub trait Transport: Send + Sync {
 ///
 /// It honours [`Request::range_from`] (answering 206 with a `Content-Range`, or 416 past
 /// the end) and [`Request::if_none_match`] against an entity tag made of the file's
-/// modification time and length (as nginx does). A missing file is
-/// [`ErrorKind::NotFound`].
+/// modification time and length (as nginx does). A missing file, or a directory where
+/// the file should be, is [`ErrorKind::NotFound`]; any other failure to open or read it
+/// is [`ErrorKind::Network`] naming the path, so the fetcher retries it and goes on to
+/// the other bases as for a server that does not answer.
 ///
 /// ```
 /// use evergreen::fetch::{FileTransport, Request, Transport};
@@ -84,11 +88,23 @@ pub struct FileTransport;
 
 impl Transport for FileTransport {
     fn get(&self, url: &str, req: &Request) -> Result<Response> {
-        let path = file_url_path(url);
+        let path = file_url_path(url).ok_or_else(|| {
+            Error::config(format!(
+                "expected a file:// URL of an absolute path (host empty or localhost) or a \
+                 plain path, found {url}"
+            ))
+        })?;
         let mut file = File::open(&path).map_err(|e| open_error(&path, e))?;
         let meta = file
             .metadata()
-            .map_err(|e| Error::io("reading metadata of", &path, e))?;
+            .map_err(|e| base_error("reading metadata of", &path, e))?;
+        if !meta.is_file() {
+            // A directory opens on Unix and has a size, but is no file to serve.
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("expected a file at {}, found a directory", path.display()),
+            ));
+        }
         let len = meta.len();
         let mtime = meta
             .modified()
@@ -109,7 +125,7 @@ impl Transport for FileTransport {
             return Ok(empty(416, Some(etag)));
         }
         file.seek(SeekFrom::Start(from))
-            .map_err(|e| Error::io("seeking in", &path, e))?;
+            .map_err(|e| base_error("seeking in", &path, e))?;
         Ok(Response {
             content_length: Some(len - from),
             content_range: Some(format!("bytes {from}-{}/{len}", len - 1)),
@@ -118,15 +134,77 @@ impl Transport for FileTransport {
     }
 }
 
-/// The local path named by a `file://` URL (`file:///abs`, `file://localhost/abs`) or a
-/// plain path.
-pub(crate) fn file_url_path(url: &str) -> PathBuf {
-    match url.strip_prefix("file://") {
-        Some(rest) => PathBuf::from(rest.strip_prefix("localhost").unwrap_or(rest)),
-        None => PathBuf::from(url),
+/// The local path named by a `file://` URL (`file:///abs`, `file://localhost/abs`, the
+/// scheme and `localhost` in any case, `%XX` escapes decoded) or by a plain path (taken
+/// as it is). `None` for a `file://` URL with another host (`file://server/x`, or
+/// `file://localhostX/y`, which must not become the relative path `X/y`), a bad escape,
+/// or an escaped NUL.
+///
+/// The config check and the manifest's `url` check use this too (through
+/// [`super::is_absolute_url`]), so what they accept is exactly what this opens.
+pub(crate) fn file_url_path(url: &str) -> Option<PathBuf> {
+    let Some(rest) = strip_file_scheme(url) else {
+        return Some(PathBuf::from(url));
+    };
+    let slash = rest.find('/').unwrap_or(rest.len());
+    let (host, path) = rest.split_at(slash);
+    if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
+        return None;
     }
+    percent_decode(path).map(bytes_to_path)
 }
 
+/// Whether `url` has the `file` scheme (in any case).
+pub(crate) fn is_file_url(url: &str) -> bool {
+    strip_file_scheme(url).is_some()
+}
+
+/// What follows `file://` (in any case), or `None` for anything else.
+fn strip_file_scheme(url: &str) -> Option<&str> {
+    const SCHEME: &str = "file://";
+    let head = url.get(..SCHEME.len())?;
+    head.eq_ignore_ascii_case(SCHEME)
+        .then(|| &url[SCHEME.len()..])
+}
+
+/// `%XX` escapes to bytes (RFC 3986); `None` for a malformed escape or a NUL, which no
+/// path can hold.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+        let byte = u8::from_str_radix(hex, 16).ok()?;
+        if byte == 0 || hex.starts_with(['+', '-']) {
+            return None;
+        }
+        out.push(byte);
+        i += 3;
+    }
+    Some(out)
+}
+
+#[cfg(unix)]
+fn bytes_to_path(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+#[cfg(not(unix))]
+fn bytes_to_path(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A file that is missing is `not_found`. Any other failure to open it (permissions, a
+/// base that is not a directory, an unplugged USB stick's I/O error) is this base failing
+/// to answer, like a network error: the fetcher retries it and tries the other bases.
+/// `io` is kept for the download directory, which no other base can replace.
 fn open_error(path: &Path, err: std::io::Error) -> Error {
     if err.kind() == std::io::ErrorKind::NotFound {
         Error::new(
@@ -135,8 +213,20 @@ fn open_error(path: &Path, err: std::io::Error) -> Error {
         )
         .with_source(err)
     } else {
-        Error::io("opening", path, err)
+        base_error("opening", path, err)
     }
+}
+
+/// A failure reading a base's file: [`ErrorKind::Network`], naming the path.
+fn base_error(doing: &str, path: &Path, err: std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::Network,
+        format!(
+            "{doing} {}: expected a readable file, found {err}",
+            path.display()
+        ),
+    )
+    .with_source(err)
 }
 
 fn empty(status: u16, etag: Option<String>) -> Response {
@@ -154,5 +244,35 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         content_range: None,
         location: None,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_decode_like_rfc_8089() {
+        for (url, path) in [
+            ("file:///srv/repo", "/srv/repo"),
+            ("FILE:///srv/repo", "/srv/repo"),
+            ("file://localhost/srv/repo", "/srv/repo"),
+            ("file://LOCALHOST/srv/repo", "/srv/repo"),
+            ("file:///mnt/USB%20DISK/r%25", "/mnt/USB DISK/r%"),
+            ("/mnt/USB%20DISK", "/mnt/USB%20DISK"),
+            ("relative/dir", "relative/dir"),
+        ] {
+            assert_eq!(file_url_path(url), Some(PathBuf::from(path)), "{url}");
+        }
+        for url in [
+            "file://localhostX/srv",
+            "file://server/share",
+            "file:///srv/%2",
+            "file:///srv/%zz",
+            "file:///srv/%+1",
+            "file:///srv/%00",
+        ] {
+            assert_eq!(file_url_path(url), None, "{url}");
+        }
     }
 }

@@ -49,6 +49,9 @@ pub enum Fault {
     Replace(Vec<u8>),
     /// Answer `302 Found` with this `Location`.
     Redirect(String),
+    /// Answer 200 with these bytes whatever was asked (`Range` too), as a misconfigured
+    /// mirror serving its "not found" page with status 200 does.
+    ErrorPage(Vec<u8>),
 }
 
 /// One request the server received.
@@ -273,6 +276,13 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
             }
         }
         Some(Fault::Replace(bytes)) => Some(bytes.clone()),
+        Some(Fault::ErrorPage(page)) => {
+            return Reply {
+                status: 200,
+                headers: vec![("Content-Type", "text/html".to_owned())],
+                body: page.clone(),
+            }
+        }
         _ => read_file(&shared.root, &head.path),
     };
     let Some(content) = content else {
@@ -353,6 +363,9 @@ fn reason(status: u16) -> &'static str {
         302 => "Found",
         304 => "Not Modified",
         404 => "Not Found",
+        408 => "Request Timeout",
+        425 => "Too Early",
+        429 => "Too Many Requests",
         416 => "Range Not Satisfiable",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
