@@ -336,6 +336,45 @@ fn update_to_a_channel_whose_check_fails_keeps_the_channel_followed() {
     dev.expect("check", &[], 0);
 }
 
+/// On a terminal `update` asks; a "no" under `--json` is still one JSON object on stdout.
+/// `script` (util-linux) gives the command a terminal.
+#[test]
+fn update_declined_on_a_terminal_prints_json() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: script not installed");
+        return;
+    }
+    let (repo, dev) = confirmed_1_0_0("com.acme.declined");
+    publish(&repo, "1.1.0", "stable");
+    let out_file = repo.scratch("declined").join("stdout.json");
+    let command = format!(
+        "'{}' update --json --config '{}' > '{}'",
+        common::bin().display(),
+        dev.config.display(),
+        out_file.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let printed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::json!({"status": "declined", "version": "1.1.0"})
+    );
+    assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
+}
+
 #[test]
 fn a_failed_repair_does_not_mark_the_running_version_failed() {
     let (_repo, dev) = confirmed_1_0_0("com.acme.repair");
