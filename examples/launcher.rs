@@ -10,11 +10,14 @@
 //!     --component app --entry bin/gateway -- --port 8080
 //! ```
 //! The app confirms itself once healthy with `evergreen confirm` (or `Updater::confirm`).
+//! When the startup step itself fails (say, a state file it cannot read), the launcher
+//! says so and starts the current slot all the same.
 
+use evergreen::config::SlotsConfig;
 use evergreen::slots::dir::DirSlots;
 use evergreen::{Config, Startup, Updater};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 struct Args {
@@ -60,34 +63,50 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let run = || -> evergreen::Result<(PathBuf, Startup)> {
-        let config = Config::from_file(&args.config)?;
-        let root = match &config.slots {
-            evergreen::config::SlotsConfig::Dir { root } => root.clone(),
-            _ => {
-                return Err(evergreen::Error::config(
-                    "the launcher runs apps from dir slots",
-                ))
-            }
-        };
-        let updater = Updater::builder(config)
-            .on_event(|e| eprintln!("launcher: {e}"))
-            .build()?;
-        let outcome = updater.startup()?;
-        Ok((DirSlots::new(root).current_link(), outcome))
-    };
-    let (current, outcome) = match run() {
+    let (config, root) = match load(&args.config) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error[{}]: {e}", e.kind().as_str());
             std::process::exit(1);
         }
     };
-    if let Startup::Trial { slot, tries_left } = outcome {
-        eprintln!("launcher: slot {slot} on trial, {tries_left} start(s) left");
+    // A startup step that fails (a state file it cannot read, a lock it cannot take)
+    // decided nothing: the slot `current` points at is still the one to run. An updater
+    // that fails must not keep the app from starting.
+    match startup(config) {
+        Ok(Startup::Trial { slot, tries_left }) => {
+            eprintln!("launcher: slot {slot} on trial, {tries_left} start(s) left");
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "launcher: the startup step failed, starting the current slot anyway: error[{}]: {e}",
+            e.kind().as_str()
+        ),
     }
+    let current = DirSlots::new(root).current_link();
     let program = current.join(&args.component).join(&args.entry);
     let err = Command::new(&program).args(&args.rest).exec();
     eprintln!("error[io]: exec {}: {err}", program.display());
     std::process::exit(1);
+}
+
+/// The config, and the root of its dir slots (the launcher runs apps from dir slots).
+fn load(path: &Path) -> evergreen::Result<(Config, PathBuf)> {
+    let config = Config::from_file(path)?;
+    match &config.slots {
+        SlotsConfig::Dir { root } => {
+            let root = root.clone();
+            Ok((config, root))
+        }
+        SlotsConfig::Image { .. } => Err(evergreen::Error::config(
+            "expected dir slots (`slots.kind` \"dir\") to run an app from, found image slots: the bootloader starts those",
+        )),
+    }
+}
+
+fn startup(config: Config) -> evergreen::Result<Startup> {
+    Updater::builder(config)
+        .on_event(|e| eprintln!("launcher: {e}"))
+        .build()?
+        .startup()
 }

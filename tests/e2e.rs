@@ -153,6 +153,38 @@ fn a_failing_release_rolls_back_by_itself() {
     assert_eq!(check["version"], "1.3.0");
 }
 
+/// The app keeps starting when the updater cannot run its startup step: the launcher
+/// says why and starts the slot `current` points at.
+#[test]
+fn the_launcher_starts_the_current_slot_when_the_startup_step_fails() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.launcher");
+    // An app that does not confirm itself (the state is unreadable for it too); it says
+    // that it ran.
+    publish_app(&repo, &src, "1.0.0", false);
+    dev.expect("update", &["--yes"], 0);
+    let state = dev.state.join("state.json");
+    std::fs::write(&state, b"{\"schema\": 1, \"prim").unwrap();
+    let out = start(&dev);
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(
+            "the startup step failed, starting the current slot anyway: error[invalid_state]"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("app 1.0.0: health check failed"),
+        "{stderr}"
+    );
+    // The corrupt state is left for a person to look at, never reset.
+    assert_eq!(std::fs::read(&state).unwrap(), b"{\"schema\": 1, \"prim");
+}
+
 #[test]
 fn one_changed_component_of_ten_downloads_only_that_one() {
     let Setup {
