@@ -786,13 +786,15 @@ fn lexically_normal(path: &Path) -> std::path::PathBuf {
 /// fetcher opens it with, so nothing accepted here reaches it as a relative path.
 fn check_location(field: &str, s: &str) -> Result<()> {
     const EXPECTED: &str = "an http://, https:// or file:// URL (of an absolute path, \
-                            host empty or localhost) or a directory path";
+                            host empty or localhost) or an absolute directory path";
     let ok = match s.split_once("://") {
         Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
             "http" | "https" | "file" => crate::fetch::is_absolute_url(s),
             _ => false,
         },
-        None => !s.trim().is_empty(),
+        // Absolute, as every path of the config (a relative one follows the working
+        // directory of each process).
+        None => Path::new(s).is_absolute(),
     };
     ensure(ok, field, EXPECTED, s)
 }
@@ -931,6 +933,23 @@ mod tests {
         assert!(parse(&v).is_ok(), "{}", v["slots"]);
     }
 
+    /// The fuzz target's seeds must be valid configs, or it stops at the parse and never
+    /// reaches the round trip it checks.
+    #[test]
+    fn the_fuzz_seeds_are_valid_configs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/config_json");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::from_json(&text) {
+                panic!("{}: {e}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 4, "{seen} seeds in {}", dir.display());
+    }
+
     #[test]
     fn a_config_round_trips_through_json() {
         let mut v = minimal();
@@ -954,6 +973,8 @@ mod tests {
             ("server", Some(json!("ftp://updates.acme.com/")), "`server`"),
             ("server", Some(json!("https:///gateway")), "`server`"),
             ("server", Some(json!("")), "`server`"),
+            ("server", Some(json!("repo")), "`server`"),
+            ("mirrors", Some(json!(["./repo"])), "`mirrors[0]`"),
             (
                 "mirrors",
                 Some(json!(["https://a/", "gopher://b/"])),

@@ -145,7 +145,12 @@ fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Res
             ),
         ));
     }
-    if device.installed == Some(pin) {
+    // Another build of the installed version is that version (a redeploy is never a
+    // check result, DESIGN §5.2 rule 6).
+    if device
+        .installed
+        .is_some_and(|cur| cur.cmp_precedence(pin).is_eq())
+    {
         return Ok(Decision::UpToDate);
     }
     Ok(Decision::Update(Choice {

@@ -26,6 +26,26 @@ struct SchemaOnly {
     schema: Option<u64>,
 }
 
+/// Where a write to `path` must go: `path` itself, or, when it is a symlink, the file it
+/// points to (followed link by link, a relative target read from the link's directory),
+/// which need not exist yet — a fresh data partition on the first boot.
+fn link_target(mut path: PathBuf) -> Result<PathBuf> {
+    // As many links as the kernel follows in one path lookup.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&path).map_err(|e| Error::io("read link", &path, e))?;
+                path = path.parent().map_or(to.clone(), |dir| dir.join(&to));
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(Error::invalid_state(format!(
+        "{}: expected a file or a chain of symlinks to one, found more than 40 links",
+        path.display()
+    )))
+}
+
 /// How many events the history keeps.
 pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
@@ -352,14 +372,7 @@ impl State {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
-        let path = State::path(dir);
-        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-        let target = if is_link {
-            std::fs::canonicalize(&path).map_err(|e| Error::io("follow the symlink", &path, e))?
-        } else {
-            path
-        };
-        fsutil::write_atomic(&target, &bytes)
+        fsutil::write_atomic(&link_target(State::path(dir))?, &bytes)
     }
 
     /// The record of `slot`.
@@ -485,6 +498,23 @@ mod tests {
         let link = std::fs::symlink_metadata(State::path(&state_dir)).unwrap();
         assert!(link.file_type().is_symlink());
         assert_eq!(State::load(&data).unwrap().unwrap().channel, "preview");
+
+        // A relative link to a file not written yet (the first boot on a fresh partition).
+        let fresh = dir.path().join("fresh");
+        std::fs::create_dir_all(fresh.join("state")).unwrap();
+        std::fs::create_dir_all(fresh.join("data")).unwrap();
+        std::os::unix::fs::symlink("../data/state.json", State::path(&fresh.join("state")))
+            .unwrap();
+        assert!(State::load(&fresh.join("state")).unwrap().is_none());
+        s.save(&fresh.join("state")).unwrap();
+        assert_eq!(
+            State::load(&fresh.join("data")).unwrap().unwrap().channel,
+            "preview"
+        );
+        assert!(std::fs::symlink_metadata(State::path(&fresh.join("state")))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

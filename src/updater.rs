@@ -220,7 +220,6 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
-/// Refuses a channel name that could not be a file name under `channels/` (and the cache).
 /// The components of a plan that carry an artifact to fetch and install, with it.
 fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
     c.artifact.as_ref().map(|a| (c, a))
@@ -292,6 +291,10 @@ impl UpdaterBuilder {
             Some(t) => Fetcher::with_transport(bases, options, t),
             None => Fetcher::new(bases, options)?,
         };
+        // GRUB and U-Boot as Evergreen drives them read the running slot from the kernel
+        // command line; a host's selector may not know it (`EVG_SLOT_NONE`).
+        let cmdline_booted =
+            self.selector.is_none() && matches!(config.slots, SlotsConfig::Image { .. });
         let (store, selector) = match &config.slots {
             SlotsConfig::Dir { root } => {
                 let slots = DirSlots::new(root);
@@ -319,6 +322,7 @@ impl UpdaterBuilder {
             fetcher,
             store,
             selector: Mutex::new(selector),
+            cmdline_booted,
             on_event: self.on_event,
             clock: self.clock.unwrap_or_else(|| Box::new(Timestamp::now)),
         })
@@ -355,6 +359,10 @@ pub struct Updater {
     fetcher: Fetcher,
     store: Store,
     selector: Mutex<Box<dyn BootSelector>>,
+    /// The selector is Evergreen's GRUB or U-Boot one, which learns the running slot from
+    /// the kernel command line (`booted_from`): not knowing it is a misconfigured line or
+    /// the rescue entry, never a selector that cannot tell.
+    cmdline_booted: bool,
     on_event: Option<EventFn>,
     clock: ClockFn,
 }
@@ -1507,8 +1515,9 @@ impl Updater {
                 "expected slot {slot} (on trial) to be running to confirm it, found slot {running}: restart into slot {slot} first"
             ))),
             // Run from the fallback after the bootloader gave up, a confirm would vouch for
-            // the slot that failed and send the bootloader back to it.
-            (None, None) => Err(Error::invalid_state(format!(
+            // the slot that failed and send the bootloader back to it. A host's selector
+            // that cannot tell (`EVG_SLOT_NONE`) is trusted as before.
+            (None, None) if self.cmdline_booted => Err(Error::invalid_state(format!(
                 "expected to know the running slot to confirm slot {slot} (on trial), found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
             ))),
             (_, Some(full)) if trial.tries_left >= full => Err(Error::invalid_state(format!(

@@ -206,6 +206,27 @@ fn wrong_content_range_keeps_the_partial_download() {
     );
 }
 
+/// A server that errs for a moment after a wrong range is tried again, as for any 503.
+#[test]
+fn a_503_after_a_wrong_range_is_retried() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::Status(503), 1);
+    server.set_fault_times(&repo.blob_path(), Fault::WrongContentRange, 1);
+    let downloads = TempDir::new().unwrap();
+    std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_eq!(server.requests(&repo.blob_path()).len(), 3);
+}
+
 /// A mirror that serves its "not found" page as a 200 must not wipe what the server
 /// delivered: it is refused from its Content-Length, and the server resumes.
 #[test]

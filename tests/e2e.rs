@@ -676,3 +676,57 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
         [evergreen::ErrorKind::InvalidState]
     );
 }
+
+/// A host's selector that counts tries but cannot name the running slot (`EVG_SLOT_NONE`)
+/// is trusted to confirm, as it always was: only Evergreen's own GRUB and U-Boot
+/// selectors, which read the kernel command line, refuse a confirm without it.
+#[test]
+fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
+    use evergreen::slots::{BootSelector, Slot};
+
+    struct Unnamed;
+    impl BootSelector for Unnamed {
+        fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn fall_back(&mut self, _: Slot, _: Slot) -> evergreen::Result<()> {
+            Ok(())
+        }
+        fn booted(&self) -> evergreen::Result<Option<Slot>> {
+            Ok(None)
+        }
+        fn counts_tries(&self) -> bool {
+            true
+        }
+    }
+
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.unnamed-selector");
+    publish_app(&repo, &src, "1.0.0", true);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let up = evergreen::Updater::builder(config)
+        .selector(Box::new(Unnamed))
+        .build()
+        .unwrap();
+    let evergreen::Check::Available(offer) = up.check().unwrap() else {
+        panic!("1.0.0 was not offered");
+    };
+    let plan = up.plan(&offer).unwrap();
+    up.download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    up.install(&plan).unwrap();
+    up.activate(true).unwrap();
+    up.startup().unwrap();
+    up.confirm().unwrap();
+    assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+}

@@ -367,6 +367,13 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "a pin of another build of the installed version is no redeploy",
+            installed: Some("1.0.0"),
+            releases: vec![rel("1.0.0+a")],
+            pin: Some("1.0.0+a"),
+            ..row()
+        },
+        Row {
             name: "another build of the installed version is not newer",
             installed: Some("1.0.0+a"),
             releases: vec![rel("1.0.0+b")],

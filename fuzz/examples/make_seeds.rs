@@ -140,11 +140,11 @@ fn config_seeds() -> Vec<(&'static str, Vec<u8>)> {
     );
     let grub =
         br#"{"product": "p", "server": "http://127.0.0.1:8080/", "target": "acme-board-rev2",
-  "trust": {"root": "root.json"}, "state_dir": "/data/evergreen",
+  "trust": {"root": "/etc/evergreen/root.json"}, "state_dir": "/data/evergreen",
   "slots": {"kind": "image", "a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3",
             "selector": {"kind": "grub", "env": "/boot/grub/grubenv"}},
   "deploy": {"policy": "download_only"}}"#;
-    let uboot = br#"{"product": "p", "server": "https://u/", "target": "t", "trust": {"root": "r"},
+    let uboot = br#"{"product": "p", "server": "https://u/", "target": "t", "trust": {"root": "/r"},
   "state_dir": "/d", "slots": {"kind": "image", "a": "/dev/a", "b": "/dev/b",
   "selector": {"kind": "uboot", "config": "/etc/fw_env.config"},
   "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot"}}}"#;

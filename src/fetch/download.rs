@@ -195,14 +195,14 @@ impl Target<'_> {
         stream: &Stream<'_, '_>,
         wrong_range: Error,
     ) -> Result<Response, Failure> {
-        let then = match self.request(stream, None) {
+        // That request's own failure decides what comes next (a 503 or a timeout is
+        // retried, a 404 ends this base), the wrong range named first.
+        let failure = match self.request(stream, None) {
             Ok(response) if response.status == 200 => return Ok(response),
-            Ok(response) => format!("expected 200, found HTTP status {}", response.status),
-            Err(e) => e.to_string(),
+            Ok(response) => status_failure(stream.url, &response),
+            Err(e) => Failure::from(e),
         };
-        // The error is the range's (`http_status`: go on to the other bases).
-        let message = format!("{wrong_range}; then without Range: {then}");
-        Err(Error::new(wrong_range.kind(), message).into())
+        Err(failure.context(format!("{wrong_range}; then without Range")))
     }
 
     /// Decides from the status what the body continues, or refuses it. Refusing never

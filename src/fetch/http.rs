@@ -320,7 +320,15 @@ impl HttpTransport {
     /// fetcher goes on to the other bases.
     fn redirected_error(&self, url: &str, location: &str, err: CallError) -> Error {
         let err = match err {
-            CallError::Ours(e) => return e.context(format!("GET {url} redirected")),
+            // E.g. an https:// target on a device without CA certificates: the redirect's
+            // fault, so the other bases are still tried.
+            CallError::Ours(e) => {
+                return Error::new(
+                    ErrorKind::HttpStatus,
+                    format!("GET {url} redirected to {location}: {}", e.message()),
+                )
+                .with_source(e)
+            }
             CallError::Ureq(e) => e,
         };
         let kind = match &err {
@@ -343,15 +351,12 @@ enum CallError {
     Ureq(ureq::Error),
 }
 
-/// The kind of a failure to get an answer: a timeout, a redirect ureq refused (never
-/// expected, since ureq follows none, but not worth retrying), else the network.
+/// The kind of a failure to get an answer: a timeout, else the network. (ureq follows
+/// no redirect here, so its redirect errors do not occur.)
 fn transfer_kind(err: &ureq::Error) -> ErrorKind {
     match err {
         ureq::Error::Timeout(_) => ErrorKind::Timeout,
         ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => ErrorKind::Timeout,
-        ureq::Error::TooManyRedirects
-        | ureq::Error::RedirectFailed
-        | ureq::Error::RequireHttpsOnly(_) => ErrorKind::HttpStatus,
         _ => ErrorKind::Network,
     }
 }
@@ -504,6 +509,21 @@ mod redirect_tests {
             assert_eq!(resolve(base, location), expected, "{location}");
         }
         assert_eq!(resolve("http://h", "b"), "http://h/b");
+    }
+
+    /// A redirect's target that cannot be requested for a reason of ours (an https://
+    /// target on a device without CA certificates) fails the redirect, not the config.
+    #[test]
+    fn a_target_refused_before_the_request_is_the_redirects_fault() {
+        let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
+        let ours = CallError::Ours(Error::config("no CA certificates"));
+        let e = transport.redirected_error("http://h/x", "https://m/x", ours);
+        assert_eq!(e.kind(), ErrorKind::HttpStatus);
+        assert!(
+            e.message()
+                .contains("redirected to https://m/x: no CA certificates"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -99,10 +99,14 @@ impl Transport for FileTransport {
             .metadata()
             .map_err(|e| base_error("reading metadata of", &path, e))?;
         if !meta.is_file() {
-            // A directory opens on Unix and has a size, but is no file to serve.
+            // A directory or a device opens on Unix and has a size, but is no file to serve.
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("expected a file at {}, found a directory", path.display()),
+                format!(
+                    "expected a file at {}, found {}",
+                    path.display(),
+                    file_type_name(meta.file_type())
+                ),
             ));
         }
         let len = meta.len();
@@ -244,6 +248,24 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         content_range: None,
         location: None,
         body,
+    }
+}
+
+/// What a path is, for a message: "a directory", "a character device", ….
+fn file_type_name(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "no regular file"
     }
 }
 
