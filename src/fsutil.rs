@@ -127,6 +127,21 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Takes an exclusive `flock` on `path` (created if missing), waiting while another
+/// holder has it; dropping the returned file releases it. Each open of the file is a lock
+/// of its own, so two threads of one process exclude each other as two processes do.
+/// Advisory: it orders the writers that take it, nothing else.
+pub fn lock_exclusive(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open lock file", path, e))?;
+    file.lock().map_err(|e| Error::io("lock", path, e))?;
+    Ok(file)
+}
+
 /// Removes `path` (a file, a symlink or a whole tree) if it exists.
 pub fn remove_all(path: &Path) -> Result<()> {
     crash_point("remove")?;

@@ -4,7 +4,8 @@
 //! `blobs/sha256/<hex>` — that any HTTP server can serve. Every change re-reads and
 //! verifies what it modifies (nothing unverified is ever re-signed), checks that the given
 //! secret keys meet the role's threshold before anything is written, and writes each file
-//! atomically.
+//! atomically. Each change holds the repository lock (`<repo>/.lock`) from its first read
+//! to its last write, so concurrent commands take turns instead of losing each other's work.
 //!
 //! ```
 //! use evergreen::manifest::ArtifactKind;
@@ -41,14 +42,18 @@ use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, Trus
 use semver::Version;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// How long a channel manifest stays valid when no expiry is given: clients refuse it
-/// afterwards, so an operator must re-sign (`resign`) at least this often.
+/// How long a new channel's manifest stays valid when no expiry is given: clients refuse
+/// it afterwards, so an operator must re-sign (`resign`) at least this often. A change to
+/// an existing channel without an expiry keeps the validity the channel has.
 pub const DEFAULT_MANIFEST_DAYS: u32 = 30;
+/// The lock file in the repository directory. It is local bookkeeping: nothing reads its
+/// content, `verify` ignores it and it need not be uploaded.
+pub const LOCK_FILE: &str = ".lock";
 /// How long a root stays valid when no expiry is given.
 pub const DEFAULT_ROOT_DAYS: u32 = 365;
 
@@ -71,14 +76,16 @@ pub struct ReleaseOptions {
     pub min_version: Option<Version>,
     /// The anti-rollback counter of this release.
     pub security_version: u64,
-    /// Validity of the re-signed manifest (default [`DEFAULT_MANIFEST_DAYS`]).
+    /// Validity of the re-signed manifest (default: the channel's current validity, or
+    /// [`DEFAULT_MANIFEST_DAYS`] for a new channel).
     pub expires_in_days: Option<u32>,
     /// The time of publication (issued, published, the first rollout stage).
     pub now: Timestamp,
 }
 
 impl ReleaseOptions {
-    /// Defaults: no notes, no rollout, not critical, security version 0, 30 days.
+    /// Defaults: no notes, no rollout, not critical, security version 0, the channel's
+    /// validity.
     pub fn new(now: Timestamp) -> ReleaseOptions {
         ReleaseOptions {
             notes: String::new(),
@@ -105,6 +112,9 @@ pub struct RotateOptions {
     pub manifest_threshold: Option<usize>,
     /// Validity of the new root (default [`DEFAULT_ROOT_DAYS`]).
     pub expires_in_days: Option<u32>,
+    /// Validity of the channels re-signed when the manifest keys change (default: each
+    /// channel's current validity).
+    pub manifest_expires_in_days: Option<u32>,
 }
 
 /// The result of [`Repo::verify`].
@@ -179,8 +189,9 @@ impl Repo {
         )?;
         TrustedRoot::pinned(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
         for dir in ["root", "channels", "blobs/sha256"] {
-            let path = repo.root.join(dir);
-            std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
+            // Durable in their parents: root/1.json is synced, and a power cut must not
+            // take the directory that holds it.
+            fsutil::create_dir_all(&repo.root.join(dir))?;
         }
         fsutil::write_atomic(&first, &envelope)?;
         Ok(repo)
@@ -226,6 +237,10 @@ impl Repo {
     /// and signs with the manifest keys among `signers`. Each component's version is the
     /// release version, unless its bytes are those of the same component in an earlier
     /// release (then it keeps that version).
+    ///
+    /// A new release is refused (`config`) when its `min_version` is not below its version,
+    /// or its security version is below that of an older release on the channel: devices
+    /// could never install it.
     pub fn release(
         &self,
         channel: &str,
@@ -240,6 +255,10 @@ impl Repo {
         if let Some(p) = opts.rollout_percent {
             check_percent(p)?;
         }
+        if let Some(min) = &opts.min_version {
+            check_min_version(version, min)?;
+        }
+        let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
         let edit = |m: &mut Manifest| {
             let existing = m
@@ -261,6 +280,9 @@ impl Repo {
                     )));
                 }
                 check_same_release(r, opts, target)?;
+            }
+            if existing.is_none() {
+                check_security_order(m, version, opts.security_version)?;
             }
             let mut built = NameMap::new();
             for (name, path, kind) in components {
@@ -305,13 +327,35 @@ impl Repo {
 
     /// Copies release `version` (all its targets) from channel `from` to `to`, with a fresh
     /// rollout at `rollout_percent` if given (else everyone at once), and bumps `to`'s
-    /// sequence.
+    /// sequence, keeping its validity. See [`Repo::promote_with_expiry`].
     pub fn promote(
         &self,
         version: &Version,
         from: &str,
         to: &str,
         rollout_percent: Option<f64>,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<Manifest> {
+        self.promote_with_expiry(version, from, to, rollout_percent, None, signers, now)
+    }
+
+    /// [`Repo::promote`], with `to` valid for `expires_in_days` (default: its current
+    /// validity, or [`DEFAULT_MANIFEST_DAYS`] for a new channel).
+    ///
+    /// Versions are looked up by precedence, as devices compare them. Refused (`config`)
+    /// when `to` already lists a build of `version`, when the release's security version
+    /// is below that of an older release on `to`, and when `to` lists releases below the
+    /// release's `min_version` for one of its targets but none from `min_version` up to
+    /// it: devices there would have no stepping stone.
+    #[allow(clippy::too_many_arguments)]
+    pub fn promote_with_expiry(
+        &self,
+        version: &Version,
+        from: &str,
+        to: &str,
+        rollout_percent: Option<f64>,
+        expires_in_days: Option<u32>,
         signers: &[&SecretKey],
         now: Timestamp,
     ) -> Result<Manifest> {
@@ -323,36 +367,43 @@ impl Repo {
         if let Some(p) = rollout_percent {
             check_percent(p)?;
         }
+        let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
         let source = self
             .load_channel(&trusted, from)?
             .ok_or_else(|| missing(from))?;
-        let mut release = source
-            .release(version)
-            .cloned()
-            .ok_or_else(|| no_such_version(version, from))?;
+        let mut release = source.releases[listed_release(&source, version)?].clone();
         release.rollout = rollout_percent.map(|p| single_stage(now, p));
         let edit = |m: &mut Manifest| {
-            if m.release(version).is_some() {
+            let same = m
+                .releases
+                .iter()
+                .find(|r| same_version(&r.version, version));
+            if let Some(r) = same {
                 return Err(Error::config(format!(
-                    "expected {version} not yet on channel {to}, found it already there"
+                    "expected {version} not yet on channel {to}, found {} already there",
+                    r.version
                 )));
             }
+            check_security_order(m, &release.version, release.security_version)?;
+            check_stepping_stone(m, &release)?;
             m.releases.push(release);
-            m.releases.sort_by(|a, b| a.version.cmp(&b.version));
+            m.releases
+                .sort_by(|a, b| a.version.cmp_precedence(&b.version));
             Ok(Edit::Changed)
         };
         let change = Change {
             channel: to,
             create: true,
-            expires_in_days: None,
+            expires_in_days,
             now,
         };
         self.update_channel(&trusted, &change, signers, edit)
     }
 
     /// Sets the rollout of `version` on `channel` to `percent` from `now` on (0 halts it),
-    /// keeping the earlier stages as history.
+    /// keeping the earlier stages as history and the channel's validity. See
+    /// [`Repo::rollout_with_expiry`].
     pub fn rollout(
         &self,
         channel: &str,
@@ -361,15 +412,27 @@ impl Repo {
         signers: &[&SecretKey],
         now: Timestamp,
     ) -> Result<Manifest> {
+        self.rollout_with_expiry(channel, version, percent, None, signers, now)
+    }
+
+    /// [`Repo::rollout`], with the channel valid for `expires_in_days` (default: its
+    /// current validity). The version is looked up by precedence; another build of it is
+    /// named in the `no_such_version` error rather than ramped.
+    pub fn rollout_with_expiry(
+        &self,
+        channel: &str,
+        version: &Version,
+        percent: f64,
+        expires_in_days: Option<u32>,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<Manifest> {
         check_percent(percent)?;
+        let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
         let edit = |m: &mut Manifest| {
-            let release = m
-                .releases
-                .iter_mut()
-                .find(|r| &r.version == version)
-                .ok_or_else(|| no_such_version(version, channel))?;
-            let stages = &mut release
+            let i = listed_release(m, version)?;
+            let stages = &mut m.releases[i]
                 .rollout
                 .get_or_insert(Rollout { stages: vec![] })
                 .stages;
@@ -382,11 +445,12 @@ impl Repo {
             stages.push(RolloutStage { at: now, percent });
             Ok(Edit::Changed)
         };
-        let change = Change::existing(channel, None, now);
+        let change = Change::existing(channel, expires_in_days, now);
         self.update_channel(&trusted, &change, signers, edit)
     }
 
-    /// Re-signs `channel` unchanged with a new sequence, issue time and expiry.
+    /// Re-signs `channel` unchanged with a new sequence, issue time and expiry (default:
+    /// the channel's current validity).
     pub fn resign(
         &self,
         channel: &str,
@@ -394,19 +458,23 @@ impl Repo {
         signers: &[&SecretKey],
         now: Timestamp,
     ) -> Result<Manifest> {
+        let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
         let change = Change::existing(channel, expires_in_days, now);
         // The new expiry and sequence are the change.
         self.update_channel(&trusted, &change, signers, |_| Ok(Edit::Changed))
     }
 
-    /// Removes old releases from `channel`, re-signing it; returns the manifest and the
-    /// versions removed (newest first).
+    /// Removes old releases from `channel`, re-signing it with its validity; returns the
+    /// manifest and the versions removed (newest first). See [`Repo::prune_with_expiry`].
     ///
-    /// A release stays when it is among the `keep` newest of some target it carries, or
-    /// when a release that stays names it as its `min_version` (the stepping stone older
-    /// devices need), and so on down such chains. Blobs are not touched: they are
-    /// immutable and other channels may list them. `keep` must be at least 1.
+    /// Per target, releases are kept from the newest down to the `keep`-th that is rolled
+    /// out to everyone at `now`: a release ramping or halted does not count, since the
+    /// devices outside its rollout still take the ones before it. Each kept release with a
+    /// `min_version` also keeps, per target, the oldest release from its `min_version` up
+    /// to it (the stepping stone a device below `min_version` steps through), and so on
+    /// down such chains. Blobs are not touched: they are immutable and other channels may
+    /// list them. `keep` must be at least 1.
     ///
     /// ```
     /// # use evergreen::publish::{Repo, ReleaseOptions};
@@ -435,15 +503,29 @@ impl Repo {
         signers: &[&SecretKey],
         now: Timestamp,
     ) -> Result<(Manifest, Vec<Version>)> {
+        self.prune_with_expiry(channel, keep, None, signers, now)
+    }
+
+    /// [`Repo::prune`], with the channel valid for `expires_in_days` (default: its current
+    /// validity) when something is removed.
+    pub fn prune_with_expiry(
+        &self,
+        channel: &str,
+        keep: usize,
+        expires_in_days: Option<u32>,
+        signers: &[&SecretKey],
+        now: Timestamp,
+    ) -> Result<(Manifest, Vec<Version>)> {
         if keep == 0 {
             return Err(Error::config(
                 "keep: expected at least 1 release per target to stay, found 0",
             ));
         }
+        let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
         let mut removed = Vec::new();
         let edit = |m: &mut Manifest| {
-            let kept = releases_to_keep(&m.releases, keep);
+            let kept = releases_to_keep(&m.releases, keep, now);
             if kept.len() == m.releases.len() {
                 // Nothing to remove: no new sequence for devices to fetch.
                 return Ok(Edit::Unchanged);
@@ -453,10 +535,10 @@ impl Repo {
                 .partition(|r| kept.contains(&r.version));
             m.releases = stay;
             removed = gone.into_iter().map(|r| r.version).collect();
-            removed.sort_by(|a, b| b.cmp(a));
+            removed.sort_by(|a, b| b.cmp_precedence(a));
             Ok(Edit::Changed)
         };
-        let change = Change::existing(channel, None, now);
+        let change = Change::existing(channel, expires_in_days, now);
         let manifest = self.update_channel(&trusted, &change, signers, edit)?;
         Ok((manifest, removed))
     }
@@ -464,7 +546,9 @@ impl Repo {
     /// Writes the next root, signed by a threshold of the current root keys *and* of the
     /// new ones (`signers` holds both), after checking it as a client would. When the
     /// manifest keys change, every channel is re-signed with the new ones (new sequence,
-    /// expiry [`DEFAULT_MANIFEST_DAYS`] from `now`). Nothing is written unless every
+    /// and the channel's validity unless `opts.manifest_expires_in_days`). A root document
+    /// outside the chain (past a gap) is refused first: the new root would take its
+    /// place in the chain ahead of it. Nothing is written unless every
     /// document could be signed and written: all are made durable under temp names before
     /// any is renamed into place, the root last. A run cut off between the renames can be
     /// run again: channels already signed by the new keys are taken as they are.
@@ -474,7 +558,9 @@ impl Repo {
         signers: &[&SecretKey],
         now: Timestamp,
     ) -> Result<TrustedRoot> {
+        let _lock = self.lock()?;
         let current = self.trusted_root()?;
+        self.check_root_files(current.root().version)?;
         let doc = current.root();
         let old_root_keys = doc.role_keys("root")?;
         let root_keys = merge_keys(&old_root_keys, &opts.root_keys, opts.root_threshold)
@@ -509,7 +595,7 @@ impl Repo {
                     .load_channel(&current, &channel)
                     .or_else(|e| self.load_channel(&next, &channel).map_err(|_| e))?;
                 let mut m = loaded.ok_or_else(|| missing(&channel))?;
-                bump(&mut m, now, None)?;
+                bump(&mut m, now, opts.manifest_expires_in_days)?;
                 let bytes = self.seal_manifest(&next, &m, signers, now)?;
                 files.push((self.channel_path(&channel), bytes));
             }
@@ -521,10 +607,12 @@ impl Repo {
     }
 
     /// Checks the whole repository offline, as a client at `now` would: the root chain and
-    /// the newest root's expiry, every channel manifest against the newest manifest keys,
-    /// and every referenced blob's size and SHA-256.
+    /// the newest root's expiry, that every `root/N.json` is part of that chain, every
+    /// channel manifest against the newest manifest keys, and every referenced blob's size
+    /// and SHA-256.
     pub fn verify(&self, now: Timestamp) -> Result<VerifyReport> {
         let trusted = self.trusted_root()?;
+        self.check_root_files(trusted.root().version)?;
         trusted.check_unexpired(now)?;
         let product = trusted.root().product.clone();
         let mut channels = Vec::new();
@@ -552,6 +640,22 @@ impl Repo {
             root_expires: trusted.root().expires,
             channels,
         })
+    }
+
+    /// Refuses a `root/N.json` that is not part of the chain ending at `newest` (see
+    /// [`stray_root`]).
+    fn check_root_files(&self, newest: u64) -> Result<()> {
+        let dir = self.root.join("root");
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let file = entry.file_name();
+            let stem = file.to_str().and_then(|f| f.strip_suffix(".json"));
+            if let Some(err) = stem.and_then(|stem| stray_root(stem, newest)) {
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     fn check_blobs(&self, m: &Manifest) -> Result<ChannelSummary> {
@@ -739,6 +843,13 @@ impl Repo {
         result
     }
 
+    /// The repository lock, held by every change from its first read to its last write:
+    /// two commands that both read sequence N would otherwise both write N + 1, and one
+    /// change would be lost. Waits while another command holds it.
+    fn lock(&self) -> Result<File> {
+        fsutil::lock_exclusive(&self.root.join(LOCK_FILE))
+    }
+
     fn channel_names(&self) -> Result<Vec<String>> {
         let dir = self.root.join("channels");
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
@@ -793,8 +904,22 @@ impl<'a> Change<'a> {
     }
 }
 
-/// Every change is a new publication: clients refuse to go back in sequence.
+/// Every change is a new publication: clients refuse to go back in sequence. The new
+/// manifest is valid for `expires_in_days`, or for as long as the channel was.
 fn bump(m: &mut Manifest, now: Timestamp, expires_in_days: Option<u32>) -> Result<()> {
+    // Devices treat their clock as at least the newest `issued` they saw (DESIGN §5.1), so
+    // a manifest issued before it would already be that much closer to expiry for them —
+    // and a later change from the right clock would look issued before this one.
+    if now < m.issued {
+        return Err(Error::config(format!(
+            "channel {}: expected a clock at or after the channel's last issued {}, found {now}",
+            m.channel, m.issued
+        )));
+    }
+    let expires = match expires_in_days {
+        Some(days) => expiry(now, days)?,
+        None => now.plus_secs(validity_secs(m)),
+    };
     m.sequence = m.sequence.checked_add(1).ok_or_else(|| {
         Error::config(format!(
             "channel {}: the sequence cannot grow any further",
@@ -802,8 +927,19 @@ fn bump(m: &mut Manifest, now: Timestamp, expires_in_days: Option<u32>) -> Resul
         ))
     })?;
     m.issued = now;
-    m.expires = expiry(now, expires_in_days.unwrap_or(DEFAULT_MANIFEST_DAYS))?;
+    m.expires = expires;
     Ok(())
+}
+
+/// How long `m` was valid when it was signed: a change that names no expiry keeps the
+/// period the operator chose (a weekly cron re-signing a 7-day channel must not find it
+/// at 30 days after a rollout). A new channel gets [`DEFAULT_MANIFEST_DAYS`].
+fn validity_secs(m: &Manifest) -> i64 {
+    let max = i64::from(MAX_VALIDITY_DAYS) * 86_400;
+    match m.expires.unix().saturating_sub(m.issued.unix()) {
+        secs if m.sequence > 0 && secs > 0 => secs.min(max),
+        _ => i64::from(DEFAULT_MANIFEST_DAYS) * 86_400,
+    }
 }
 
 /// The longest validity a document may be given: a century, well inside the years an
@@ -1002,35 +1138,174 @@ fn check_percent(percent: f64) -> Result<()> {
     Ok(())
 }
 
-/// The versions [`Repo::prune`] keeps: the `keep` newest of each target, then the
-/// `min_version` each kept release names, until nothing more is added.
-fn releases_to_keep(releases: &[Release], keep: usize) -> BTreeSet<Version> {
-    let mut by_target: BTreeMap<&str, Vec<&Version>> = BTreeMap::new();
-    for r in releases {
-        for target in r.targets.keys() {
-            by_target.entry(target).or_default().push(&r.version);
+/// The versions [`Repo::prune`] keeps: per target, the newest down to the `keep`-th
+/// rolled out to everyone at `now`, then the stepping stone of each kept release, until
+/// nothing more is added.
+fn releases_to_keep(releases: &[Release], keep: usize, now: Timestamp) -> BTreeSet<Version> {
+    let targets: BTreeSet<&str> = releases
+        .iter()
+        .flat_map(|r| r.targets.keys().map(String::as_str))
+        .collect();
+    let mut kept = BTreeSet::new();
+    for target in targets {
+        let mut carrying: Vec<&Release> = releases
+            .iter()
+            .filter(|r| r.targets.contains_key(target))
+            .collect();
+        carrying.sort_by(|a, b| b.version.cmp_precedence(&a.version));
+        let mut full = 0;
+        for r in carrying {
+            if full == keep {
+                break;
+            }
+            kept.insert(r.version.clone());
+            full += usize::from(rolled_out_to_everyone(r, now));
         }
     }
-    let mut kept = BTreeSet::new();
-    for versions in by_target.values_mut() {
-        versions.sort_by(|a, b| b.cmp(a));
-        kept.extend(versions.iter().take(keep).map(|v| (*v).clone()));
-    }
-    // Each listed version and the stepping stone it names, if that one is listed too.
-    let stone_of: BTreeMap<&Version, Option<&Version>> = releases
+    let mut todo: Vec<&Release> = releases
         .iter()
-        .map(|r| (&r.version, r.min_version.as_ref()))
+        .filter(|r| kept.contains(&r.version))
         .collect();
-    let mut todo: Vec<Version> = kept.iter().cloned().collect();
-    while let Some(v) = todo.pop() {
-        let stone = stone_of.get(&v).copied().flatten();
-        if let Some(stone) = stone.filter(|m| stone_of.contains_key(m)) {
-            if kept.insert(stone.clone()) {
-                todo.push(stone.clone());
+    while let Some(r) = todo.pop() {
+        for target in r.targets.keys() {
+            if let Some(stone) = stepping_stone(releases, r, target) {
+                if kept.insert(stone.version.clone()) {
+                    todo.push(stone);
+                }
             }
         }
     }
     kept
+}
+
+/// The release is offered to every device at `now` (no rollout, or one at 100%).
+fn rolled_out_to_everyone(r: &Release, now: Timestamp) -> bool {
+    r.rollout
+        .as_ref()
+        .is_none_or(|ro| ro.percent_at(now) >= 100.0)
+}
+
+/// The release through which a device of `target` below `r`'s `min_version` reaches `r`:
+/// the oldest one for `target` from `min_version` (by precedence, as devices compare, so
+/// `1.1.0+b7` meets `1.1.0` and `1.6.0` meets `1.5.0`) up to `r`. Older is safer: it is
+/// the one most likely to have no `min_version` of its own above the device.
+fn stepping_stone<'a>(releases: &'a [Release], r: &Release, target: &str) -> Option<&'a Release> {
+    let min = r.min_version.as_ref()?;
+    releases
+        .iter()
+        .filter(|s| s.targets.contains_key(target))
+        .filter(|s| s.version.cmp_precedence(min).is_ge())
+        .filter(|s| s.version.cmp_precedence(&r.version).is_lt())
+        .min_by(|a, b| a.version.cmp_precedence(&b.version))
+}
+
+/// Devices compare versions by precedence: two builds of one version are the same.
+fn same_version(a: &Version, b: &Version) -> bool {
+    a.cmp_precedence(b).is_eq()
+}
+
+/// The index of `version` in `m`, found by precedence. Another build of it is an error
+/// naming the listed one, not a match: the operator may mean a build that is not there.
+fn listed_release(m: &Manifest, version: &Version) -> Result<usize> {
+    let i = m
+        .releases
+        .iter()
+        .position(|r| same_version(&r.version, version))
+        .ok_or_else(|| no_such_version(version, &m.channel))?;
+    let listed = &m.releases[i].version;
+    if listed != version {
+        return Err(Error::new(
+            ErrorKind::NoSuchVersion,
+            format!(
+                "expected version {version} on channel {}, found {listed}, another build of it (name it as listed)",
+                m.channel
+            ),
+        ));
+    }
+    Ok(i)
+}
+
+/// A device below `min_version` cannot take the release, and one at or above the
+/// release's version does not need it: a `min_version` not below it makes a release no
+/// device could ever update to.
+fn check_min_version(version: &Version, min: &Version) -> Result<()> {
+    if min.cmp_precedence(version).is_lt() {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "expected a min_version below the release's version {version}, found {min} (no device could update to it)"
+    )))
+}
+
+/// A device's security floor rises to the security version of each release it confirms,
+/// and nothing below the floor is installed: a release whose security version is below
+/// that of an older release on the channel is one the devices that confirmed the older
+/// can never take.
+fn check_security_order(m: &Manifest, version: &Version, security_version: u64) -> Result<()> {
+    let highest_older = m
+        .releases
+        .iter()
+        .filter(|r| r.version.cmp_precedence(version).is_lt())
+        .max_by_key(|r| r.security_version);
+    match highest_older {
+        Some(r) if r.security_version > security_version => Err(Error::config(format!(
+            "expected a security version of at least {} for {version} (that of the older release {} on channel {}: devices that confirmed it could never install {version}), found {security_version}",
+            r.security_version, r.version, m.channel
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Devices of a target on `m`'s channel below `release`'s `min_version` need a stepping
+/// stone there, a release from `min_version` up to `release`. Refused when the channel
+/// lists releases below `min_version` (devices may run them) and no such stone.
+fn check_stepping_stone(m: &Manifest, release: &Release) -> Result<()> {
+    let Some(min) = &release.min_version else {
+        return Ok(());
+    };
+    for target in release.targets.keys() {
+        let below = m
+            .releases
+            .iter()
+            .filter(|r| r.targets.contains_key(target))
+            .filter(|r| r.version.cmp_precedence(min).is_lt())
+            .max_by(|a, b| a.version.cmp_precedence(&b.version));
+        let Some(below) = below else {
+            continue;
+        };
+        if stepping_stone(&m.releases, release, target).is_none() {
+            return Err(Error::config(format!(
+                "expected a stepping stone on channel {} for {target} devices below {min} (the min_version of {}): a release from {min} up to {}, found only {} and older; promote one first",
+                m.channel, release.version, release.version, below.version
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Devices walk `root/N.json` up from their pinned root and stop at the first missing
+/// version: a document past a gap, or under a name they never ask for (`0.json`,
+/// `02.json`), is never reached, though it looks in force to whoever reads the directory.
+/// The error for `root/<stem>.json` when it is such a document and the chain ends at
+/// `newest`; `None` for a chain member or a name that is no version at all.
+fn stray_root(stem: &str, newest: u64) -> Option<Error> {
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let canonical = stem.parse::<u64>().ok().filter(|n| n.to_string() == stem);
+    match canonical {
+        Some(n) if (1..=newest).contains(&n) => None,
+        Some(n) if n > newest => Some(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "expected root/{}.json before root/{stem}.json (devices walk the roots in order and stop at the first missing one, so they never reach it), found none",
+                newest + 1
+            ),
+        )),
+        _ => Some(Error::config(format!(
+            "expected root documents named 1.json to {newest}.json, found root/{stem}.json, which devices never ask for"
+        ))),
+    }
 }
 
 fn missing(channel: &str) -> Error {
@@ -1512,6 +1787,367 @@ mod tests {
             repo.verify(now()).unwrap_err().kind(),
             ErrorKind::HashMismatch
         );
+    }
+
+    /// Releases from several threads at once (each open of the lock file is its own
+    /// lock, so threads exclude each other as processes do): every one lands.
+    #[test]
+    fn concurrent_releases_all_land() {
+        let (_dir, repo, key, file) = setup();
+        let (rounds, threads) = (3, 4);
+        for round in 0..rounds {
+            let barrier = std::sync::Barrier::new(threads);
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let (repo, key, file, barrier) = (&repo, &key, &file, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        publish(repo, key, file, &format!("{round}.{t}.0"), "x").unwrap();
+                    });
+                }
+            });
+        }
+        let report = repo.verify(now()).unwrap();
+        assert_eq!(report.channels[0].versions.len(), rounds * threads);
+        assert_eq!(report.channels[0].sequence, (rounds * threads) as u64);
+    }
+
+    /// What `select` offers a device running `installed` on target `x`.
+    fn offer(m: &Manifest, installed: &str) -> Option<Version> {
+        let installed: Version = installed.parse().unwrap();
+        let device = crate::select::Device {
+            product: "com.acme.app",
+            target: "x",
+            device_id: "device-1",
+            installed: Some(&installed),
+            security_floor: 0,
+            skipped: &[],
+            failed: &[],
+        };
+        let policy = crate::select::Policy::default();
+        match crate::select::select(m, &device, &policy, now()).unwrap() {
+            crate::select::Decision::Update(c) => Some(c.version),
+            crate::select::Decision::UpToDate => None,
+        }
+    }
+
+    fn nightly(repo: &Repo) -> Manifest {
+        let trusted = repo.trusted_root().unwrap();
+        repo.load_channel(&trusted, "nightly").unwrap().unwrap()
+    }
+
+    /// A stepping stone is found by precedence, as devices find it: another build of the
+    /// `min_version`, or the oldest release above it when it is not listed itself.
+    #[test]
+    fn prune_keeps_the_stepping_stone_a_device_below_min_version_is_offered() {
+        for (releases, stone) in [
+            (
+                [
+                    ("1.0.0", None),
+                    ("1.1.0+b7", None),
+                    ("2.0.0", Some("1.1.0")),
+                ],
+                "1.1.0+b7",
+            ),
+            (
+                [("1.0.0", None), ("1.6.0", None), ("2.0.0", Some("1.5.0"))],
+                "1.6.0",
+            ),
+        ] {
+            let (_dir, repo, key, file) = setup();
+            for (v, min) in releases {
+                publish_with(&repo, &key, &file, v, "x", min);
+            }
+            let stone: Version = stone.parse().unwrap();
+            assert_eq!(offer(&nightly(&repo), "1.0.0"), Some(stone.clone()));
+            let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+            assert_eq!(removed, versions(&["1.0.0"]));
+            assert_eq!(offer(&m, "1.0.0"), Some(stone.clone()));
+            assert_eq!(
+                offer(&m, stone.to_string().as_str()),
+                Some(versions(&["2.0.0"])[0].clone())
+            );
+        }
+    }
+
+    /// Devices outside a ramping or halted release's rollout still take the release
+    /// before it: only releases rolled out to everyone count towards `keep`.
+    #[test]
+    fn prune_counts_only_releases_rolled_out_to_everyone() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        let mut ramping = ReleaseOptions::new(now());
+        ramping.rollout_percent = Some(20.0);
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        let v11: Version = "1.1.0".parse().unwrap();
+        repo.release("nightly", &v11, "x", &components, &ramping, &[&key])
+            .unwrap();
+        publish_with(&repo, &key, &file, "1.2.0", "x", None);
+        let v12 = "1.2.0".parse().unwrap();
+        repo.rollout("nightly", &v12, 0.0, &[&key], now()).unwrap();
+        let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        assert!(removed.is_empty(), "{removed:?}");
+        assert_eq!(m.releases.len(), 3);
+        // At 100% the ramp counts: 1.0.0 goes, the halted 1.2.0 stays above it.
+        let later = now().plus_secs(60);
+        repo.rollout("nightly", &v11, 100.0, &[&key], later)
+            .unwrap();
+        let (m, removed) = repo.prune("nightly", 1, &[&key], later).unwrap();
+        assert_eq!(removed, versions(&["1.0.0"]));
+        assert_eq!(m.releases.len(), 2);
+    }
+
+    fn publish_secure(
+        repo: &Repo,
+        key: &SecretKey,
+        file: &Path,
+        v: &str,
+        security: u64,
+    ) -> Result<Manifest> {
+        let mut options = ReleaseOptions::new(now());
+        options.security_version = security;
+        let components = [("app", file, ArtifactKind::File)];
+        repo.release(
+            "nightly",
+            &v.parse().unwrap(),
+            "x",
+            &components,
+            &options,
+            &[key],
+        )
+    }
+
+    #[test]
+    fn a_release_below_an_older_releases_security_version_is_refused() {
+        let (dir, repo, key, file) = setup();
+        publish_secure(&repo, &key, &file, "1.0.0", 3).unwrap();
+        let other = dir.path().join("other.bin");
+        std::fs::write(&other, b"other").unwrap();
+        let err = publish_secure(&repo, &key, &other, "1.1.0", 2).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("1.0.0") && message.contains("1.1.0"),
+            "{err}"
+        );
+        assert!(
+            message.contains("at least 3") && message.contains("found 2"),
+            "{err}"
+        );
+        // Refused before anything was written: no blob, no new sequence.
+        let blobs = std::fs::read_dir(repo.path().join("blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(blobs, 1);
+        assert_eq!(nightly(&repo).sequence, 1);
+        publish_secure(&repo, &key, &other, "1.1.0", 3).unwrap();
+    }
+
+    #[test]
+    fn a_min_version_not_below_the_version_is_refused() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        for min in ["1.3.0", "1.2.0", "1.2.0+b1"] {
+            let mut options = ReleaseOptions::new(now());
+            options.min_version = Some(min.parse().unwrap());
+            let components = [("app", file.as_path(), ArtifactKind::File)];
+            let v = "1.2.0".parse().unwrap();
+            let err = repo
+                .release("nightly", &v, "x", &components, &options, &[&key])
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{min}: {err}");
+            assert!(err.to_string().contains(&format!("found {min}")), "{err}");
+        }
+        assert_eq!(nightly(&repo).sequence, 1);
+    }
+
+    #[test]
+    fn promote_refuses_what_devices_on_the_target_channel_could_never_install() {
+        let (_dir, repo, key, file) = setup();
+        let v = |s: &str| -> Version { s.parse().unwrap() };
+        publish_secure(&repo, &key, &file, "1.0.0", 0).unwrap();
+        publish_secure(&repo, &key, &file, "1.1.0", 0).unwrap();
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        let promote =
+            |version: &str| repo.promote(&v(version), "nightly", "stable", None, &[&key], now());
+        promote("1.0.0").unwrap();
+        // stable lists 1.0.0 but nothing from 1.1.0 up: its devices could not reach 2.0.0.
+        let err = promote("2.0.0").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("stepping stone"), "{err}");
+        promote("1.1.0").unwrap();
+        promote("2.0.0").unwrap();
+
+        // A security version below that of an older release on the target channel.
+        let (_dir, repo, key, file) = setup();
+        publish_secure(&repo, &key, &file, "1.0.0", 0).unwrap();
+        repo.release(
+            "lab",
+            &v("1.5.0"),
+            "x",
+            &[("app", &file, ArtifactKind::File)],
+            &{
+                let mut o = ReleaseOptions::new(now());
+                o.security_version = 4;
+                o
+            },
+            &[&key],
+        )
+        .unwrap();
+        repo.promote(&v("1.5.0"), "lab", "stable", None, &[&key], now())
+            .unwrap();
+        let err = repo
+            .promote(&v("1.0.0"), "nightly", "stable", None, &[&key], now())
+            .err();
+        // 1.0.0 is older than 1.5.0: below it is fine. A newer one with less is not.
+        assert!(err.is_none(), "{err:?}");
+        publish_secure(&repo, &key, &file, "1.6.0", 1).unwrap();
+        let err = repo
+            .promote(&v("1.6.0"), "nightly", "stable", None, &[&key], now())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("1.5.0"), "{err}");
+    }
+
+    /// Devices compare by precedence: `1.0.0` finds `1.0.0+b7`, and the error names it.
+    #[test]
+    fn rollout_and_promote_name_another_build_of_the_version() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0+b7", "x").unwrap();
+        let plain: Version = "1.0.0".parse().unwrap();
+        let err = repo
+            .rollout("nightly", &plain, 5.0, &[&key], now())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSuchVersion, "{err}");
+        assert!(err.to_string().contains("found 1.0.0+b7"), "{err}");
+        let err = repo
+            .promote(&plain, "nightly", "stable", None, &[&key], now())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSuchVersion, "{err}");
+        assert!(err.to_string().contains("found 1.0.0+b7"), "{err}");
+
+        // Another build already on the target channel is a config error naming it.
+        let b7: Version = "1.0.0+b7".parse().unwrap();
+        repo.promote(&b7, "nightly", "stable", None, &[&key], now())
+            .unwrap();
+        let b8: Version = "1.0.0+b8".parse().unwrap();
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        repo.release(
+            "lab",
+            &b8,
+            "x",
+            &components,
+            &ReleaseOptions::new(now()),
+            &[&key],
+        )
+        .unwrap();
+        let err = repo
+            .promote(&b8, "lab", "stable", None, &[&key], now())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("found 1.0.0+b7 already"), "{err}");
+    }
+
+    fn validity(m: &Manifest) -> i64 {
+        m.expires.unix() - m.issued.unix()
+    }
+
+    /// A change that names no expiry keeps the validity the channel has.
+    #[test]
+    fn changes_without_an_expiry_keep_the_channels_validity() {
+        let (_dir, repo, key, file) = setup();
+        let week = 7 * 86_400;
+        let v: Version = "1.0.0".parse().unwrap();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        publish(&repo, &key, &file, "1.1.0", "x").unwrap();
+        let m = repo.resign("nightly", Some(7), &[&key], now()).unwrap();
+        assert_eq!(validity(&m), week);
+        let m = repo.rollout("nightly", &v, 50.0, &[&key], now()).unwrap();
+        assert_eq!(validity(&m), week);
+        let m = repo.resign("nightly", None, &[&key], now()).unwrap();
+        assert_eq!(validity(&m), week);
+        let m = publish(&repo, &key, &file, "1.2.0", "x").unwrap();
+        assert_eq!(validity(&m), week);
+        let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        assert_eq!(validity(&m), week);
+        let new_key = SecretKey::generate().unwrap();
+        let opts = RotateOptions {
+            manifest_keys: Some(vec![new_key.public()]),
+            ..RotateOptions::default()
+        };
+        repo.rotate(&opts, &[&key, &new_key], now()).unwrap();
+        assert_eq!(validity(&nightly(&repo)), week);
+        // A new channel gets the default; an expiry given is used.
+        let v12: Version = "1.2.0".parse().unwrap();
+        let m = repo
+            .promote(&v12, "nightly", "stable", None, &[&new_key], now())
+            .unwrap();
+        assert_eq!(validity(&m), i64::from(DEFAULT_MANIFEST_DAYS) * 86_400);
+        let m = repo
+            .rollout_with_expiry("stable", &v12, 60.0, Some(3), &[&new_key], now())
+            .unwrap();
+        assert_eq!(validity(&m), 3 * 86_400);
+        publish(&repo, &new_key, &file, "1.3.0", "x").unwrap();
+        let v13: Version = "1.3.0".parse().unwrap();
+        let m = repo
+            .promote_with_expiry(&v13, "nightly", "stable", None, Some(2), &[&new_key], now())
+            .unwrap();
+        assert_eq!(validity(&m), 2 * 86_400);
+        let (m, removed) = repo
+            .prune_with_expiry("stable", 1, Some(5), &[&new_key], now())
+            .unwrap();
+        assert_eq!(removed, [v12]);
+        assert_eq!(validity(&m), 5 * 86_400);
+    }
+
+    /// Devices hold their clock at the newest `issued` they saw: a manifest issued before
+    /// the channel's last one is refused before it is signed.
+    #[test]
+    fn a_clock_behind_the_channels_last_issued_is_refused() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let earlier = now().plus_secs(-3600);
+        let v: Version = "1.0.0".parse().unwrap();
+        let err = repo
+            .rollout("nightly", &v, 5.0, &[&key], earlier)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "expected a clock at or after the channel's last issued {}, found {earlier}",
+                now()
+            )),
+            "{err}"
+        );
+        let err = repo.resign("nightly", None, &[&key], earlier).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_eq!(nightly(&repo).sequence, 1);
+    }
+
+    /// Devices stop walking at the first missing root: one past a gap is never reached.
+    #[test]
+    fn verify_refuses_a_root_document_outside_the_chain() {
+        let (_dir, repo, key, _file) = setup();
+        let renew = RotateOptions::default();
+        repo.rotate(&renew, &[&key], now()).unwrap();
+        let roots = repo.path().join("root");
+        std::fs::rename(roots.join("2.json"), roots.join("3.json")).unwrap();
+        let err = repo.verify(now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(
+            err.to_string().contains("root/2.json before root/3.json"),
+            "{err}"
+        );
+        // Rotating now would put a root ahead of the stray one in the chain.
+        let err = repo.rotate(&renew, &[&key], now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(!roots.join("2.json").exists());
+        std::fs::rename(roots.join("3.json"), roots.join("01.json")).unwrap();
+        let err = repo.verify(now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("root/01.json"), "{err}");
+        std::fs::remove_file(roots.join("01.json")).unwrap();
+        repo.verify(now()).unwrap();
     }
 
     #[test]

@@ -694,3 +694,178 @@ fn keygen_makes_its_directory_and_signing_with_a_pub_file_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// `evergreen` run as if the clock read `now`.
+fn evergreen_at(dir: &Path, now: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evergreen"))
+        .current_dir(dir)
+        .env("EVERGREEN_NOW", now)
+        .args(args)
+        .output()
+        .expect("the evergreen binary runs")
+}
+
+/// Releases run at the same time take turns on the repository lock: none is lost.
+#[test]
+fn concurrent_releases_all_land() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    let (rounds, processes) = (2, 4);
+    for round in 0..rounds {
+        // All started before any is waited for.
+        let children: Vec<_> = (0..processes)
+            .map(|p| {
+                let version = format!("{round}.{p}.0");
+                Command::new(env!("CARGO_BIN_EXE_evergreen"))
+                    .current_dir(dir)
+                    .env("EVERGREEN_NOW", NOW)
+                    .args(release_args(&version, &["--component", "app=app.bin"]))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("the evergreen binary starts")
+            })
+            .collect();
+        for child in children {
+            let o = child.wait_with_output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        }
+    }
+    let _ = ok(dir, &["verify", "repo"]);
+    let nightly = read_manifest(dir, "nightly");
+    assert_eq!(
+        nightly["releases"].as_array().unwrap().len(),
+        rounds * processes
+    );
+    assert_eq!(nightly["sequence"], rounds * processes);
+    // The lock file is local bookkeeping: verify ignores it.
+    assert!(dir.join("repo/.lock").is_file());
+}
+
+/// promote, rollout and prune take `--expires-in`; without it a channel keeps its
+/// validity, and a clock behind the channel's last `issued` is refused.
+#[test]
+fn changes_keep_the_channels_validity_unless_given_and_refuse_a_clock_behind_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    for version in ["1.0.0", "1.1.0"] {
+        release_version(
+            dir,
+            version,
+            &["--component", "app=app.bin", "--expires-in", "7"],
+        );
+    }
+    let sign = ["--sign", "release"];
+    let rollout = [
+        "rollout",
+        "repo",
+        "--channel",
+        "nightly",
+        "--version",
+        "1.1.0",
+    ];
+    ok(dir, &[&rollout[..], &["--percent", "50"], &sign].concat());
+    let validity = |channel: &str| {
+        let m = read_manifest(dir, channel);
+        let t = |f: &str| {
+            m[f].as_str()
+                .unwrap()
+                .parse::<evergreen::Timestamp>()
+                .unwrap()
+        };
+        (t("expires").unix() - t("issued").unix()) / 86_400
+    };
+    assert_eq!(validity("nightly"), 7);
+    let promote = ["promote", "repo", "--version", "1.1.0", "--from", "nightly"];
+    ok(
+        dir,
+        &[
+            &promote[..],
+            &["--to", "stable", "--expires-in", "3"],
+            &sign,
+        ]
+        .concat(),
+    );
+    assert_eq!(validity("stable"), 3);
+    ok(
+        dir,
+        &[
+            &rollout[..],
+            &["--percent", "100", "--expires-in", "2"],
+            &sign,
+        ]
+        .concat(),
+    );
+    assert_eq!(validity("nightly"), 2);
+    let prune = ["prune", "repo", "--channel", "nightly", "--keep", "1"];
+    ok(dir, &[&prune[..], &["--expires-in", "4"], &sign].concat());
+    assert_eq!(validity("nightly"), 4);
+    assert_eq!(
+        read_manifest(dir, "nightly")["releases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let args = [
+        "resign",
+        "repo",
+        "--channel",
+        "nightly",
+        "--sign",
+        "release",
+    ];
+    let o = evergreen_at(dir, "2026-11-22T09:00:00Z", &args);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error[config]")
+            && err.contains(&format!("expected a clock at or after the channel's last issued {NOW}, found 2026-11-22T09:00:00Z")),
+        "{err}"
+    );
+}
+
+/// The commands that change a repository say in their help that they wait for it.
+#[test]
+fn the_help_of_every_change_says_it_waits_for_the_repository_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in ["release", "promote", "rollout", "resign", "prune", "rotate"] {
+        let out = ok(tmp.path(), &[cmd, "--help"]);
+        assert!(out.contains("Waits while another command"), "{cmd}: {out}");
+        assert!(out.contains("REPO/.lock"), "{cmd}: {out}");
+    }
+    for cmd in ["promote", "rollout", "prune"] {
+        let out = ok(tmp.path(), &[cmd, "--help"]);
+        assert!(out.contains("--expires-in"), "{cmd}: {out}");
+    }
+}
+
+/// `init` makes each directory it creates durable in its parent, as it does root/1.json
+/// (counted with the crash points of the fault-injection build).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn init_makes_its_directories_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    keygen(dir, "root1");
+    let o = Command::new(env!("CARGO_BIN_EXE_evergreen"))
+        .current_dir(dir)
+        .env("EVERGREEN_NOW", NOW)
+        .env("EVERGREEN_CRASH_COUNT", "1")
+        .args(init_args("root1.pub", "1", "root1.pub", "root1", &[]))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let syncs = stderr(&o)
+        .lines()
+        .filter(|l| l.ends_with(" fsync dir"))
+        .count();
+    // At least one for each of repo, repo/root, repo/channels, repo/blobs and
+    // repo/blobs/sha256, and one for root/1.json.
+    assert!(syncs >= 6, "{}", stderr(&o));
+}

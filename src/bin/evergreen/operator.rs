@@ -30,31 +30,43 @@ pub(crate) enum Command {
         after_help = "Example:\n  evergreen release repo --channel nightly --version 1.2.0 \\\n    \
         --target x86_64-linux --component app=build/app.zip --component config=settings.json:file \\\n    \
         --notes \"Fixes the reconnect loop.\" --rollout 10 --sign keys/release\n\n\
-        A component's kind defaults to zip for .zip files and file otherwise."
+        A component's kind defaults to zip for .zip files and file otherwise. Refused: a\n\
+        --min-version not below --version, and a --security-version below that of an older\n\
+        release on the channel (devices that confirmed it could never install this one).\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Release(ReleaseArgs),
     /// Copy a release (all its targets) from one channel to another.
     #[command(
-        after_help = "Example:\n  evergreen promote repo --version 1.2.0 --from nightly --to stable --sign keys/release"
+        after_help = "Example:\n  evergreen promote repo --version 1.2.0 --from nightly --to stable --sign keys/release\n\n\
+        Refused: a build of the version already on the target channel, a security version\n\
+        below that of an older release there, and a min_version with no stepping stone there\n\
+        for the devices below it (promote one first).\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Promote(PromoteArgs),
     /// Set the rollout percentage of a release from now on; 0 halts it.
     #[command(
-        after_help = "Example:\n  evergreen rollout repo --channel stable --version 1.2.0 --percent 20 --sign keys/release"
+        after_help = "Example:\n  evergreen rollout repo --channel stable --version 1.2.0 --percent 20 --sign keys/release\n\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Rollout(RolloutArgs),
     /// Re-sign a channel unchanged with a fresh expiry (clients refuse expired manifests).
     #[command(
-        after_help = "Example:\n  evergreen resign repo --channel stable --expires-in 30 --sign keys/release"
+        after_help = "Example:\n  evergreen resign repo --channel stable --expires-in 30 --sign keys/release\n\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Resign(ResignArgs),
     /// Remove old releases from a channel, keeping the newest of each target.
     #[command(
         after_help = "Example:\n  evergreen prune repo --channel nightly --keep 20 --sign keys/release\n\n\
-        Keeps the KEEP newest releases of each target, and every release a kept one names as\n\
-        its min_version (the stepping stone older devices need). Blobs stay: they are\n\
-        immutable and other channels may list them. Devices verify and parse the whole\n\
-        manifest on every change, and refuse one over 1 MiB: prune long-lived channels."
+        Per target, keeps the newest releases down to the KEEP-th one rolled out to everyone\n\
+        (a release ramping or halted does not count: devices outside its rollout need the\n\
+        ones before it), and for each kept release with a min_version the oldest release\n\
+        from that version up to it (the stepping stone older devices take). Blobs stay: they\n\
+        are immutable and other channels may list them. Devices verify and parse the whole\n\
+        manifest on every change, and refuse one over 1 MiB: prune long-lived channels.\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Prune(PruneArgs),
     /// Write the next trust root, signed by the current and the new root keys.
@@ -62,7 +74,9 @@ pub(crate) enum Command {
         after_help = "Example:\n  evergreen rotate repo --root-key keys/root2.pub --root-threshold 1 \\\n    \
         --sign keys/root1 --sign keys/root2\n\n\
         Keys and thresholds not given stay as they are. When the manifest keys change,\n\
-        every channel is re-signed with the new ones (give their secret keys with --sign)."
+        every channel is re-signed with the new ones (give their secret keys with --sign),\n\
+        keeping its validity unless --manifest-expires-in is given.\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Rotate(RotateArgs),
     /// Check the whole repository offline, exactly as a client would.
@@ -145,7 +159,8 @@ pub(crate) struct ReleaseArgs {
     /// Anti-rollback counter of this release.
     #[arg(long, value_name = "N", default_value_t = 0)]
     security_version: u64,
-    /// Days until the channel manifest expires (default 30).
+    /// Days until the channel manifest expires (default: the channel's current validity;
+    /// 30 for a new channel).
     #[arg(long = "expires-in", value_name = "DAYS")]
     expires_in: Option<u32>,
     #[command(flatten)]
@@ -169,6 +184,10 @@ pub(crate) struct PromoteArgs {
     /// Start a staged rollout on the new channel at this percentage (default: everyone).
     #[arg(long, value_name = "PERCENT")]
     rollout: Option<f64>,
+    /// Days until the target channel's manifest expires (default: its current validity;
+    /// 30 for a new channel).
+    #[arg(long = "expires-in", value_name = "DAYS")]
+    expires_in: Option<u32>,
     #[command(flatten)]
     sign: SignArgs,
 }
@@ -187,6 +206,9 @@ pub(crate) struct RolloutArgs {
     /// Percentage of devices, 0–100, from now on.
     #[arg(long)]
     percent: f64,
+    /// Days until the channel manifest expires (default: the channel's current validity).
+    #[arg(long = "expires-in", value_name = "DAYS")]
+    expires_in: Option<u32>,
     #[command(flatten)]
     sign: SignArgs,
 }
@@ -199,9 +221,12 @@ pub(crate) struct PruneArgs {
     /// The channel.
     #[arg(long)]
     channel: String,
-    /// How many of the newest releases of each target to keep.
+    /// How many releases rolled out to everyone to keep per target (newer ones stay too).
     #[arg(long, value_name = "N")]
     keep: usize,
+    /// Days until the channel manifest expires (default: the channel's current validity).
+    #[arg(long = "expires-in", value_name = "DAYS")]
+    expires_in: Option<u32>,
     #[command(flatten)]
     sign: SignArgs,
 }
@@ -214,7 +239,7 @@ pub(crate) struct ResignArgs {
     /// The channel.
     #[arg(long)]
     channel: String,
-    /// Days until the manifest expires (default 30).
+    /// Days until the manifest expires (default: the channel's current validity).
     #[arg(long = "expires-in", value_name = "DAYS")]
     expires_in: Option<u32>,
     #[command(flatten)]
@@ -241,6 +266,10 @@ pub(crate) struct RotateArgs {
     /// Days until the new root expires.
     #[arg(long = "expires-in", value_name = "DAYS", default_value_t = DEFAULT_ROOT_DAYS)]
     expires_in: u32,
+    /// Days until the re-signed channel manifests expire, when the manifest keys change
+    /// (default: each channel's current validity).
+    #[arg(long = "manifest-expires-in", value_name = "DAYS")]
+    manifest_expires_in: Option<u32>,
     #[command(flatten)]
     sign: SignArgs,
 }
@@ -260,11 +289,12 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Release(a) => release(&a, json),
         Command::Promote(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
-            let m = repo.promote(
+            let m = repo.promote_with_expiry(
                 &version(&a.version)?,
                 &a.from,
                 &a.to,
                 a.rollout,
+                a.expires_in,
                 &refs(&signers),
                 now()?,
             )?;
@@ -277,7 +307,15 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Rollout(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
             let v = version(&a.version)?;
-            let m = repo.rollout(&a.channel, &v, a.percent, &refs(&signers), now()?)?;
+            let signers = refs(&signers);
+            let m = repo.rollout_with_expiry(
+                &a.channel,
+                &v,
+                a.percent,
+                a.expires_in,
+                &signers,
+                now()?,
+            )?;
             print_channel(&m, &format!("rollout of {v} at {}% on", a.percent), json)
         }
         Command::Resign(a) => {
@@ -293,7 +331,9 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
 
 fn prune(a: &PruneArgs, json: bool) -> Result<()> {
     let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
-    let (m, removed) = repo.prune(&a.channel, a.keep, &refs(&signers), now()?)?;
+    let signers = refs(&signers);
+    let (m, removed) =
+        repo.prune_with_expiry(&a.channel, a.keep, a.expires_in, &signers, now()?)?;
     let removed: Vec<String> = removed.iter().map(Version::to_string).collect();
     if json {
         return print_json(&json!({
@@ -445,6 +485,7 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
         manifest_keys: optional_keys(&a.manifest_key)?,
         manifest_threshold: a.manifest_threshold,
         expires_in_days: Some(a.expires_in),
+        manifest_expires_in_days: a.manifest_expires_in,
     };
     let root = repo.rotate(&opts, &refs(&signers), now()?)?;
     let doc = root.root();
