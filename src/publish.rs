@@ -858,7 +858,7 @@ impl Repo {
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
             let file = entry.file_name();
             if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) {
-                if manifest::is_safe_name(name) {
+                if manifest::is_channel_name(name) {
                     names.push(name.to_string());
                 }
             }

@@ -599,9 +599,16 @@ fn attack_pin_below_the_security_floor() {
 #[test]
 fn attack_republished_lower_security_version() {
     let (w, dev) = past_a_security_fix();
-    let mut vulnerable = at(t0());
-    vulnerable.security_version = 1;
-    w.publish("stable", "1.2.0", &app_zip("1.0.0"), vulnerable);
+    // `evergreen release` refuses it (devices could never take it); a manifest key
+    // holder's own tooling, or a stolen key, can still sign it.
+    let forged = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let old = "1.0.0".parse().unwrap();
+        let mut vulnerable = m.release(&old).unwrap().clone();
+        vulnerable.version = "1.2.0".parse().unwrap();
+        vulnerable.security_version = 1;
+        m.releases.push(vulnerable);
+    });
+    w.serve(STABLE, forged);
     assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
     let before = dev.snapshot();
     let pin = "1.2.0".parse().unwrap();
