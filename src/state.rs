@@ -104,13 +104,7 @@ fn lock_file(dir: &Path, name: &str, taken_after: &[&str], what: &str) -> Result
             dir.display()
         )));
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
-    file.lock().map_err(|e| Error::io("lock", &path, e))?;
+    let file = fsutil::lock_exclusive(&path)?;
     let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
     Ok(StateLock { _file: file, key })
 }
