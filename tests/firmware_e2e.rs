@@ -15,7 +15,7 @@ mod support;
 
 use common::{Device, Repo};
 use evergreen::fetch::CancelToken;
-use evergreen::slots::grub::GrubEnv;
+use evergreen::slots::grub::{apply_all, BootChange, GrubEnv};
 use evergreen::slots::uboot::UBootEnv;
 use evergreen::slots::{BootSelector, Slot};
 use evergreen::state::SlotStatus;
@@ -655,6 +655,70 @@ fn a_power_cut_before_the_bootloader_learns_of_an_activation_resumes_it() {
             "{name}: the fallback stays good"
         );
     }
+}
+
+/// The power goes in the middle of the activation's GRUB write: after two of its three
+/// one-byte writes `ORDER=B A` names B first while `B_OK` is still 0. RAUC's grub.cfg sets
+/// `B_TRY=1` for every slot it visits, bootable or not, and boots A. B never ran: the
+/// startup step must not call its trial failed, and finishes the activation instead.
+#[test]
+fn grub_a_power_cut_in_the_middle_of_the_activation_write_does_not_fail_the_release() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "tornactivation", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    release_image(&repo, "2.0.0", MIB, 2);
+    let up = board.updater();
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("expected 2.0.0 on offer")
+    };
+    let plan = up.plan(&offer).unwrap();
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    let before = std::fs::read(&board.env).unwrap();
+    let writes = GrubEnv::new(&board.env)
+        .plan(BootChange::Activate {
+            slot: Slot::B,
+            tries: 1,
+        })
+        .unwrap();
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert!(matches!(
+        up.activate(false).unwrap(),
+        Activation::Activated { .. }
+    ));
+    drop(up);
+    // The cut: the environment as it was, then only the first two bytes written.
+    std::fs::write(&board.env, &before).unwrap();
+    apply_all(&writes[..2]).unwrap();
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("B_OK")),
+        ("B A".into(), "0".into())
+    );
+
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.grub("B_TRY"), "1", "grub.cfg visited B");
+    let boot = board.boot();
+    assert_eq!(boot, json!({"status": "normal"}), "{boot}");
+    assert_eq!(
+        board.dev.status()["slots"]["b"],
+        json!({"status": "trial", "version": "2.0.0"}),
+        "B never ran: not bad"
+    );
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("B_OK"), board.grub("B_TRY")),
+        ("B A".into(), "1".into(), "0".into()),
+        "the activation was finished"
+    );
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["status"], "trial");
+    board.dev.expect("confirm", &[], 0);
+    assert_eq!(
+        board.dev.status()["slots"]["b"],
+        json!({"status": "good", "version": "2.0.0"})
+    );
 }
 
 /// The power goes after `rollback` committed the state and before the environment was

@@ -588,7 +588,9 @@ impl super::EnvSelector for GrubEnv {
         Ok(super::BootPlan {
             preferred: rauc.order[0],
             next: rauc.pick(),
-            preferred_spent: rauc.tried[idx(rauc.order[0])],
+            // grub.cfg sets X_TRY for every slot it visits, bootable or not: only a slot
+            // with X_OK=1 was started (X_OK=0 is an activation cut short).
+            preferred_spent: rauc.tried[idx(rauc.order[0])] && rauc.ok[idx(rauc.order[0])],
             preferred_left: u32::from(rauc.pick() == Some(rauc.order[0])),
         })
     }
