@@ -494,3 +494,311 @@ fn provision_initialises_a_blank_redundant_uboot_environment() {
     );
     assert_eq!(fw_printenv(&f)["note"], "kept");
 }
+
+// ---- What the tools write, kept as they wrote it ----
+
+/// `cmd`'s standard output as bytes (the listings below hold bytes that are not UTF-8).
+fn run_raw(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("tool runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn os(bytes: &[u8]) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(bytes).to_owned()
+}
+
+fn has_line(listing: &[u8], line: &[u8]) -> bool {
+    listing.split(|&c| c == b'\n').any(|l| l == line)
+}
+
+#[test]
+fn grub_bytes_that_are_not_utf8_survive_provisioning_and_changes() {
+    if !have("grub-editenv") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grubenv");
+    run(Command::new("grub-editenv").arg(&path).arg("create"));
+    run(Command::new("grub-editenv")
+        .arg(&path)
+        .arg("set")
+        .arg(os(b"latin=caf\xe9"))
+        .arg("ORDER=A B"));
+    // The rewrite into the canonical layout, an activation, a general set.
+    let mut env = GrubEnv::init(&path).unwrap();
+    env.activate(Slot::B, 1).unwrap();
+    env.set_vars(&[("other", "1")]).unwrap();
+    let listed = run_raw(Command::new("grub-editenv").arg(&path).arg("list"));
+    assert!(
+        has_line(&listed, b"latin=caf\xe9"),
+        "{}",
+        String::from_utf8_lossy(&listed)
+    );
+    assert!(has_line(&listed, b"ORDER=B A"));
+    assert_eq!(env.get("latin").unwrap().as_deref(), Some("caf\u{fffd}"));
+}
+
+#[test]
+fn uboot_bytes_that_are_not_utf8_survive_changes() {
+    if !have("fw_setenv") || !have("fw_printenv") {
+        return;
+    }
+    for copies in [1, 2] {
+        let f = uboot_fixture(copies);
+        fw_setenv(&f, "BOOT_ORDER", "A B");
+        run(Command::new("fw_setenv")
+            .arg("-c")
+            .arg(&f.config)
+            .arg("-f")
+            .arg(&f.defenv)
+            .arg("latin")
+            .arg(os(b"caf\xe9")));
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        env.activate(Slot::B, 3).unwrap();
+        env.set_vars(&[("other", Some("1"))]).unwrap();
+        let listed = run_raw(Command::new("fw_printenv").arg("-c").arg(&f.config));
+        assert!(
+            has_line(&listed, b"latin=caf\xe9"),
+            "{copies} copies: {}",
+            String::from_utf8_lossy(&listed)
+        );
+        assert!(has_line(&listed, b"BOOT_ORDER=B A"));
+        assert_eq!(env.get("latin").unwrap().as_deref(), Some("caf\u{fffd}"));
+    }
+}
+
+#[test]
+fn names_and_values_an_environment_cannot_hold_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut grub = GrubEnv::init(dir.path().join("grubenv")).unwrap();
+    let before = std::fs::read(grub.path()).unwrap();
+    for (name, value) in [
+        ("a=b", "1"),
+        ("", "1"),
+        ("#x", "1"),
+        ("x\ny", "1"),
+        ("n\0ul", "1"),
+        ("x", "a\0b"),
+    ] {
+        let err = grub.set_vars(&[(name, value)]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains(&format!("{name:?}")), "{err}");
+    }
+    assert_eq!(std::fs::read(grub.path()).unwrap(), before);
+
+    let f = uboot_fixture(1);
+    let mut uboot = UBootEnv::open(&f.config).unwrap();
+    uboot.init().unwrap();
+    let before = std::fs::read(&f.copies[0]).unwrap();
+    for (name, value) in [
+        ("a=b", Some("1")),
+        ("a=b", None),
+        ("", Some("1")),
+        ("n\0ul", Some("1")),
+        ("x", Some("a\0b")),
+    ] {
+        let err = uboot.set_vars(&[(name, value)]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains(&format!("{name:?}")), "{err}");
+    }
+    assert_eq!(std::fs::read(&f.copies[0]).unwrap(), before);
+}
+
+/// A single copy with `data` (the entries and their end) and a valid CRC.
+fn raw_single_copy(data: &[u8]) -> Vec<u8> {
+    let mut data = data.to_vec();
+    data.resize(ENV_SIZE - 4, 0);
+    let mut out = crc32fast::hash(&data).to_le_bytes().to_vec();
+    out.extend_from_slice(&data);
+    out
+}
+
+#[test]
+fn uboot_repeated_names_read_and_write_the_last_like_fw_printenv() {
+    let tools = have("fw_printenv");
+    let f = uboot_fixture(1);
+    put_copy(
+        &f.copies[0],
+        &raw_single_copy(b"BOOT_ORDER=A B\0dup=1\0BOOT_ORDER=B A\0dup=2\0\0"),
+    );
+    let mut env = UBootEnv::open(&f.config).unwrap();
+    assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+    if tools {
+        let printed = fw_printenv(&f);
+        assert_eq!(
+            (printed["BOOT_ORDER"].as_str(), printed["dup"].as_str()),
+            ("B A", "2")
+        );
+    }
+    env.activate(Slot::A, 3).unwrap();
+    let raw = std::fs::read(&f.copies[0]).unwrap();
+    let entries: Vec<&[u8]> = raw[0x404..]
+        .split(|&c| c == 0)
+        .take_while(|e| !e.is_empty())
+        .collect();
+    let orders: Vec<&&[u8]> = entries
+        .iter()
+        .filter(|e| e.starts_with(b"BOOT_ORDER="))
+        .collect();
+    assert_eq!(
+        orders,
+        [&&b"BOOT_ORDER=A B"[..]],
+        "one BOOT_ORDER, the new one"
+    );
+    assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("A B"));
+    assert_eq!(env.get("dup").unwrap().as_deref(), Some("2"));
+    if tools {
+        let printed = fw_printenv(&f);
+        assert_eq!(
+            (printed["BOOT_ORDER"].as_str(), printed["dup"].as_str()),
+            ("A B", "2")
+        );
+    }
+}
+
+/// `fw_setenv` fills the data area to its last byte when a value just fits: the last
+/// entry's NUL is the area's last byte and no empty entry follows.
+#[test]
+fn uboot_a_full_environment_as_fw_setenv_writes_it_is_read_and_kept() {
+    if !have("fw_setenv") || !have("fw_printenv") {
+        return;
+    }
+    for copies in [1, 2] {
+        let f = uboot_fixture(copies);
+        fw_setenv(&f, "BOOT_ORDER", "A B");
+        fw_setenv(&f, "BOOT_A_LEFT", "3");
+        fw_setenv(&f, "BOOT_B_LEFT", "0");
+        let used: usize = fw_printenv(&f)
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        let area = ENV_SIZE - if copies == 2 { 5 } else { 4 };
+        let fill = "v".repeat(area - used - "fill".len() - 2);
+        fw_setenv(&f, "fill", &fill);
+        let full = f.copies.iter().any(|p| {
+            let raw = std::fs::read(p).unwrap();
+            raw[0x400 + ENV_SIZE - 2..0x400 + ENV_SIZE] == *b"v\0"
+        });
+        assert!(full, "{copies} copies: fw_setenv filled the data area");
+        let before: Vec<Vec<u8>> = f.copies.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        assert_eq!(
+            env.get("fill").unwrap(),
+            Some(fill.clone()),
+            "{copies} copies"
+        );
+        env.init().unwrap();
+        let after: Vec<Vec<u8>> = f.copies.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        assert!(
+            before == after,
+            "{copies} copies: provisioning left it alone"
+        );
+        // Same sizes: the new copy is full too, and reads back.
+        env.activate(Slot::B, 3).unwrap();
+        assert_eq!(env.get("fill").unwrap(), Some(fill.clone()));
+        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+        if copies == 1 {
+            let printed = fw_printenv(&f);
+            assert_eq!(
+                (printed["BOOT_ORDER"].as_str(), &printed["fill"]),
+                ("B A", &fill)
+            );
+        }
+    }
+}
+
+#[test]
+fn uboot_provisioning_never_overwrites_an_environment_it_could_not_read_whole() {
+    if !have("fw_setenv") {
+        return;
+    }
+    // A redundant pair written by fw_setenv, then copy 1's file cut short.
+    let f = uboot_fixture(2);
+    fw_setenv(&f, "ethaddr", "00:11:22:33:44:55");
+    fw_setenv(&f, "serial", "1234");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.copies[1])
+        .unwrap();
+    file.set_len(0x800).unwrap();
+    let before = std::fs::read(&f.copies[0]).unwrap();
+    let mut env = UBootEnv::open(&f.config).unwrap();
+    let err = env.init().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
+    let m = err.message();
+    let dev = f.copies[1].display().to_string();
+    assert!(
+        m.contains(&dev)
+            && m.contains("expected 0x2000 bytes at 0x400")
+            && m.contains("device of 0x800 bytes"),
+        "{m}"
+    );
+    assert_eq!(
+        std::fs::read(&f.copies[0]).unwrap(),
+        before,
+        "copy 0 was written"
+    );
+    // A missing copy is an I/O error, and nothing is written either.
+    std::fs::remove_file(&f.copies[1]).unwrap();
+    assert_eq!(env.init().unwrap_err().kind(), ErrorKind::Io);
+    assert_eq!(std::fs::read(&f.copies[0]).unwrap(), before);
+
+    // A copy whose CRC is right but whose entries never end is not a blank device.
+    let f = uboot_fixture(1);
+    put_copy(&f.copies[0], &raw_single_copy(&vec![b'x'; ENV_SIZE - 4]));
+    let before = std::fs::read(&f.copies[0]).unwrap();
+    let mut env = UBootEnv::open(&f.config).unwrap();
+    assert_eq!(env.init().unwrap_err().kind(), ErrorKind::Bootloader);
+    assert_eq!(std::fs::read(&f.copies[0]).unwrap(), before);
+}
+
+#[test]
+fn uboot_config_lines_as_libubootenv_reads_them() {
+    let tools = have("fw_printenv");
+    // A comment after the fields, columns after the fifth, a third line (ignored).
+    let f = uboot_fixture(2);
+    let [c0, c1] = [&f.copies[0], &f.copies[1]].map(|p| p.display().to_string());
+    std::fs::write(
+        &f.config,
+        format!("{c0} 0x400 0x2000 # copy 0\n{c1} 0x400 0x2000 0x2000 1 0 x\n{c0} 0 0x2000\n"),
+    )
+    .unwrap();
+    let mut env = UBootEnv::open(&f.config).unwrap();
+    env.init().unwrap();
+    env.activate(Slot::B, 3).unwrap();
+    if tools {
+        assert_eq!(fw_printenv(&f)["BOOT_ORDER"], "B A");
+    }
+    // A negative offset counts from the end of the device.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("disk");
+    std::fs::write(&dev, vec![0xffu8; 0x3000]).unwrap();
+    let cfg = dir.path().join("fw_env.config");
+    std::fs::write(&cfg, format!("{} -0x2000 0x2000\n", dev.display())).unwrap();
+    let mut env = UBootEnv::open(&cfg).unwrap();
+    env.init().unwrap();
+    let raw = std::fs::read(&dev).unwrap();
+    assert!(
+        raw[..0x1000].iter().all(|&b| b == 0xff),
+        "written at 0x1000"
+    );
+    assert!(raw[0x1004..].starts_with(b"BOOT_ORDER=A B\0"));
+    env.activate(Slot::B, 3).unwrap();
+    assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+    // Further back than the device is long: an error naming both.
+    std::fs::write(&cfg, format!("{} -0x4000 0x2000\n", dev.display())).unwrap();
+    let err = UBootEnv::open(&cfg).unwrap().init().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bootloader);
+    assert!(
+        err.message()
+            .contains("0x2000 bytes at 0x4000 before the end of")
+            && err.message().contains("found a device of 0x3000 bytes"),
+        "{err}"
+    );
+}

@@ -140,16 +140,19 @@ fn idx(slot: Slot) -> usize {
 }
 
 /// GRUB's `[ "$X" -eq N ]` compares the leading integer of the string (0 when none).
-fn grub_int(value: Option<&str>) -> i64 {
-    let v = value.unwrap_or("").trim_start();
-    let (sign, digits) = match v.strip_prefix('-') {
-        Some(rest) => (-1, rest),
-        None => (1, v.strip_prefix('+').unwrap_or(v)),
+fn grub_int(value: Option<&[u8]>) -> i64 {
+    let (sign, digits) = match value.unwrap_or_default().trim_ascii_start() {
+        [b'-', rest @ ..] => (-1, rest),
+        [b'+', rest @ ..] | rest => (1, rest),
     };
     let end = digits
-        .find(|c: char| !c.is_ascii_digit())
+        .iter()
+        .position(|c| !c.is_ascii_digit())
         .unwrap_or(digits.len());
-    digits[..end].parse::<i64>().map_or(0, |n| sign * n)
+    std::str::from_utf8(&digits[..end])
+        .ok()
+        .and_then(|d| d.parse::<i64>().ok())
+        .map_or(0, |n| sign * n)
 }
 
 impl RaucVars {
@@ -162,10 +165,10 @@ impl RaucVars {
 
     /// Reads the variables as RAUC's `grub.cfg` would (missing `X_OK` means 0); an `ORDER`
     /// that is not `"A B"`/`"B A"` is reduced to the first of A/B it names.
-    fn from_vars(vars: &[(String, String)]) -> RaucVars {
-        let get = |name: &str| last_value(vars, name);
+    fn from_vars(vars: &[RawVar]) -> RaucVars {
+        let get = |name: &str| last_raw(vars, name);
         let first = get("ORDER")
-            .and_then(|o| o.split_whitespace().find_map(Slot::parse))
+            .and_then(|o| slots_in(o).next())
             .unwrap_or(Slot::A);
         let ok = |s: Slot| grub_int(get(&format!("{}_OK", s.upper()))) == 1;
         let tried = |s: Slot| grub_int(get(&format!("{}_TRY", s.upper()))) != 0;
@@ -222,16 +225,75 @@ impl RaucVars {
 
 const RAUC_NAMES: [&str; 5] = ["ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"];
 
-fn last_value<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// One variable as stored: its name and (unescaped) value, byte for byte. Variables that
+/// are not Evergreen's are written back exactly as they were read, UTF-8 or not.
+pub(super) type RawVar = (Vec<u8>, Vec<u8>);
+
+/// The value of the last `name`: what GRUB's `load_env`, U-Boot and `fw_printenv` use.
+pub(super) fn last_raw<'a>(vars: &'a [RawVar], name: &str) -> Option<&'a [u8]> {
     vars.iter()
         .rev()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .find(|(n, _)| n == name.as_bytes())
+        .map(|(_, v)| v.as_slice())
+}
+
+/// A stored name or value as text, for what Evergreen reads or reports.
+pub(super) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub(super) fn decoded(vars: &[RawVar]) -> Vec<(String, String)> {
+    vars.iter().map(|(n, v)| (text(n), text(v))).collect()
+}
+
+/// The slots a boot order names, in order (words that are not A or B are skipped).
+pub(super) fn slots_in(order: &[u8]) -> impl Iterator<Item = Slot> + '_ {
+    order
+        .split(u8::is_ascii_whitespace)
+        .filter_map(|w| Slot::parse(std::str::from_utf8(w).ok()?))
+}
+
+/// `name=value` split at the first `=`; `None` without one.
+pub(super) fn split_eq(entry: &[u8]) -> Option<RawVar> {
+    let i = entry.iter().position(|&c| c == b'=')?;
+    Some((entry[..i].to_vec(), entry[i + 1..].to_vec()))
+}
+
+/// Sets `name` as the bootloaders read it back: the last one is updated (or it is
+/// appended) and earlier duplicates are dropped; `None` removes every one.
+pub(super) fn set_raw(vars: &mut Vec<RawVar>, name: &str, value: Option<&str>) {
+    let name = name.as_bytes();
+    // Removes every one; `at` ends where the last one was.
+    let mut at = vars.len();
+    while let Some(i) = vars.iter().position(|(n, _)| n == name) {
+        vars.remove(i);
+        at = i;
+    }
+    if let Some(v) = value {
+        vars.insert(at, (name.to_vec(), v.as_bytes().to_vec()));
+    }
+}
+
+/// Refuses a variable that `env` can't hold: an empty or `bad_name`, a value with NUL.
+pub(super) fn check_var(
+    env: &str,
+    rule: &str,
+    bad_name: bool,
+    name: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let value = value.unwrap_or_default();
+    if bad_name || name.is_empty() || value.contains('\0') {
+        return Err(Error::config(format!(
+            "{env}: expected a variable name {rule} and a value without NUL, found {name:?}={value:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a block exactly as GRUB's `grub_envblk_iterate` does: `#` lines are skipped, a
 /// line without `=` or an unterminated value ends the list.
-fn parse_block(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
+fn parse_block(path: &Path, bytes: &[u8]) -> Result<Vec<RawVar>> {
     if !bytes.starts_with(HEADER.as_bytes()) {
         let found = String::from_utf8_lossy(&bytes[..bytes.len().min(HEADER.len())]);
         return Err(Error::new(
@@ -255,8 +317,7 @@ fn parse_block(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
         let Some((value, end)) = unescape_value(bytes, eq + 1) else {
             break;
         };
-        let name = String::from_utf8_lossy(&bytes[p..eq]).into_owned();
-        vars.push((name, value));
+        vars.push((bytes[p..eq].to_vec(), value));
         p = end + 1;
     }
     Ok(vars)
@@ -270,12 +331,12 @@ fn next_line(bytes: &[u8], from: usize) -> usize {
 }
 
 /// The unescaped value starting at `start` and the index of its terminating newline.
-fn unescape_value(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+fn unescape_value(bytes: &[u8], start: usize) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::new();
     let mut p = start;
     while p < bytes.len() {
         match bytes[p] {
-            b'\n' => return Some((String::from_utf8_lossy(&out).into_owned(), p)),
+            b'\n' => return Some((out, p)),
             b'\\' => {
                 out.push(*bytes.get(p + 1)?);
                 p += 2;
@@ -289,11 +350,11 @@ fn unescape_value(bytes: &[u8], start: usize) -> Option<(String, usize)> {
     None
 }
 
-fn escape_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if c == '\\' || c == '\n' {
-            out.push('\\');
+fn escape_value(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for &c in value {
+        if c == b'\\' || c == b'\n' {
+            out.push(b'\\');
         }
         out.push(c);
     }
@@ -301,8 +362,8 @@ fn escape_value(value: &str) -> String {
 }
 
 /// Serialises `lines` (already `name=value\n`) after the header, padded with `#` to `size`.
-fn pad_block(path: &Path, body: &str, size: usize) -> Result<Vec<u8>> {
-    let mut block = format!("{HEADER}{body}").into_bytes();
+fn pad_block(path: &Path, body: &[u8], size: usize) -> Result<Vec<u8>> {
+    let mut block = [HEADER.as_bytes(), body].concat();
     if block.len() > size {
         return Err(Error::new(
             ErrorKind::Bootloader,
@@ -317,32 +378,33 @@ fn pad_block(path: &Path, body: &str, size: usize) -> Result<Vec<u8>> {
     Ok(block)
 }
 
-fn var_lines<'a>(vars: impl IntoIterator<Item = &'a (String, String)>) -> String {
-    vars.into_iter()
-        .map(|(n, v)| format!("{n}={}\n", escape_value(v)))
-        .collect()
+fn var_lines<'a>(vars: impl IntoIterator<Item = &'a RawVar>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in vars {
+        out.extend_from_slice(n);
+        out.push(b'=');
+        out.extend_from_slice(&escape_value(v));
+        out.push(b'\n');
+    }
+    out
 }
 
 /// The canonical block for `rauc` and the other variables of `vars`, padded to `size`.
-fn canonical_block(
-    path: &Path,
-    rauc: &RaucVars,
-    vars: &[(String, String)],
-    size: usize,
-) -> Result<Vec<u8>> {
+fn canonical_block(path: &Path, rauc: &RaucVars, vars: &[RawVar], size: usize) -> Result<Vec<u8>> {
     let others = vars
         .iter()
-        .filter(|(n, _)| !RAUC_NAMES.contains(&n.as_str()));
-    let body = format!("{}{}", rauc.canonical_lines(), var_lines(others));
+        .filter(|(n, _)| !RAUC_NAMES.iter().any(|r| r.as_bytes() == n));
+    let mut body = rauc.canonical_lines().into_bytes();
+    body.extend(var_lines(others));
     pad_block(path, &body, size)
 }
 
 /// True when the block starts with our fixed-width lines and names none of them again.
-fn is_canonical(bytes: &[u8], vars: &[(String, String)], rauc: &RaucVars) -> bool {
+fn is_canonical(bytes: &[u8], vars: &[RawVar], rauc: &RaucVars) -> bool {
     let lines = rauc.canonical_lines();
     let once = RAUC_NAMES
         .iter()
-        .all(|name| vars.iter().filter(|(n, _)| n == name).count() == 1);
+        .all(|name| vars.iter().filter(|(n, _)| n == name.as_bytes()).count() == 1);
     once && bytes[HEADER.len()..].starts_with(lines.as_bytes())
 }
 
@@ -393,15 +455,10 @@ fn search_order(
 }
 
 fn intermediate_is_safe(lines: &[u8], allowed: &[Option<Slot>; 2]) -> bool {
-    let text = String::from_utf8_lossy(lines);
-    let vars: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
+    let vars: Vec<RawVar> = lines.split(|&c| c == b'\n').filter_map(split_eq).collect();
     // `ORDER=A A` is a valid intermediate: grub.cfg just visits A twice.
-    let order: Vec<Slot> = last_value(&vars, "ORDER")
-        .map(|o| o.split_whitespace().filter_map(Slot::parse).collect())
+    let order: Vec<Slot> = last_raw(&vars, "ORDER")
+        .map(|o| slots_in(o).collect())
         .unwrap_or_default();
     let rauc = RaucVars::from_vars(&vars);
     let pick = order
@@ -490,17 +547,26 @@ impl GrubEnv {
     }
 
     /// Every variable in block order, as GRUB's `load_env` sees them.
+    ///
+    /// Bytes that are not UTF-8 read as U+FFFD here; the block keeps them as they are.
     pub fn vars(&self) -> Result<Vec<(String, String)>> {
+        Ok(decoded(&self.raw_vars()?))
+    }
+
+    fn raw_vars(&self) -> Result<Vec<RawVar>> {
         parse_block(&self.path, &self.read_bytes()?)
     }
 
     /// One variable's value (the last one when a name repeats, as `load_env` leaves it).
     pub fn get(&self, name: &str) -> Result<Option<String>> {
-        Ok(last_value(&self.vars()?, name).map(str::to_string))
+        Ok(last_raw(&self.raw_vars()?, name).map(text))
     }
 
     /// Sets variables the way `grub-editenv set` does (replaced where they are, new ones
-    /// appended) but in place, in one write of the whole block, keeping its size.
+    /// appended) but in place, in one write of the whole block, keeping its size. Of a
+    /// name that repeats, the last one (the one `load_env` uses) is set and the others
+    /// dropped. A name that is empty, starts with `#` or holds `=`, NUL or a newline, or a
+    /// value with NUL, can't be stored: `config` error, nothing written.
     ///
     /// This is a general editor (and what a simulated GRUB `save_env` uses); the
     /// [`BootSelector`](super::BootSelector) methods use the power-fail-safe byte-wise path instead.
@@ -508,10 +574,10 @@ impl GrubEnv {
         let bytes = self.read_bytes()?;
         let mut vars = parse_block(&self.path, &bytes)?;
         for (name, value) in updates {
-            match vars.iter_mut().find(|(n, _)| n == name) {
-                Some(slot) => slot.1 = value.to_string(),
-                None => vars.push((name.to_string(), value.to_string())),
-            }
+            let bad = name.starts_with('#') || name.bytes().any(|c| b"=\0\n".contains(&c));
+            let rule = "not starting with `#`, without `=`, NUL or newline";
+            check_var("GRUB environment", rule, bad, name, Some(value))?;
+            set_raw(&mut vars, name, Some(value));
         }
         let block = pad_block(&self.path, &var_lines(&vars), bytes.len())?;
         self.full_write(block).apply()
@@ -584,7 +650,7 @@ impl super::EnvSelector for GrubEnv {
     }
 
     fn boot_plan(&self) -> Result<super::BootPlan> {
-        let rauc = RaucVars::from_vars(&self.vars()?);
+        let rauc = RaucVars::from_vars(&self.raw_vars()?);
         Ok(super::BootPlan {
             preferred: rauc.order[0],
             next: rauc.pick(),

@@ -1,15 +1,18 @@
 //! The U-Boot environment as a boot selector, with RAUC's variables.
 //!
-//! An environment copy is `size` bytes: a CRC32 (IEEE, little-endian as on the boards that
-//! use it) over the whole data area, then — for a redundant pair only — one flag byte,
-//! then `name=value\0` entries ended by an empty one, padded with `0x00`. U-Boot's own
+//! An environment copy is `size` bytes: a CRC32 (IEEE, in the host's byte order as U-Boot
+//! and libubootenv store it) over the whole data area, then — for a redundant pair only —
+//! one flag byte, then `name=value\0` entries ended by an empty one or by the end of the
+//! data area (a full environment), padded with `0x00`. U-Boot's own
 //! `env export` pads with `0x00`; `fw_setenv` from libubootenv 0.3.2 leaves the padding
 //! as whatever was in its buffer (we measured it), so readers must only trust the CRC.
 //!
 //! Where the copies are comes from a `fw_env.config` file as libubootenv reads it:
-//! `device offset size [sector_size [sectors]]` per line, `#` comments, one line for a
-//! single copy, two for a redundant pair. `offset` is a C integer (`0x…`, `0…` octal or
-//! decimal), `size` and the sector fields are hexadecimal with or without `0x`.
+//! `device offset size [sector_size [sectors]]` per line (later columns and a `#` comment
+//! after them are ignored), `#` comment lines, one line for a single copy, two for a
+//! redundant pair (later lines are ignored). `offset` is a C integer (`0x…`, `0…` octal or
+//! decimal; negative counts from the end of the device), `size` and the sector fields are
+//! hexadecimal with or without `0x`. Raw flash (`/dev/mtd*`, `/dev/ubi*`) is refused.
 //!
 //! # Redundant copies and power cuts
 //!
@@ -30,9 +33,15 @@
 //! script decrements with `setexpr` (so they are read and written in hexadecimal, which is
 //! the same as decimal up to 9). Activate puts the slot first with `tries` left; confirm
 //! gives it the configured maximum back (3 by default); a bad slot gets 0.
+//!
+//! As in U-Boot and `fw_printenv`, the last of a repeated name counts; setting one drops
+//! the earlier ones. Every other variable is written back byte for byte.
 
 use super::cmdline::BootedFrom;
-use super::grub::{apply_all, BootChange, EnvWrite};
+use super::grub::{
+    apply_all, check_var, decoded, last_raw, set_raw, slots_in, split_eq, text, BootChange,
+    EnvWrite, RawVar,
+};
 use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
 use std::fs::File;
@@ -44,8 +53,8 @@ use std::path::{Path, PathBuf};
 pub struct EnvCopy {
     /// The device or plain file holding it.
     pub device: PathBuf,
-    /// Byte offset of the copy in `device`.
-    pub offset: u64,
+    /// Byte offset of the copy in `device`; a negative one counts from the device's end.
+    pub offset: i64,
     /// Size of the copy in bytes (CRC, flag and data area together).
     pub size: usize,
 }
@@ -57,21 +66,40 @@ pub struct FwEnvConfig {
     pub copies: Vec<EnvCopy>,
 }
 
-fn config_error(origin: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::Bootloader,
-        format!("U-Boot env config {} line {line}: {msg}", origin.display()),
-    )
+/// `U-Boot env config PATH[ line N]: expected …, found …`.
+fn config_error(origin: &Path, at: &str, expected: &str, found: &dyn std::fmt::Debug) -> Error {
+    bootloader(format!(
+        "U-Boot env config {}{at}: expected {expected}, found {found:?}",
+        origin.display()
+    ))
 }
 
-/// `strtoll(s, NULL, 0)`: hexadecimal with `0x`, octal with a leading `0`, else decimal.
-fn parse_c_int(s: &str) -> Option<u64> {
-    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+fn bootloader(msg: String) -> Error {
+    Error::new(ErrorKind::Bootloader, msg)
+}
+
+/// `strtoll(s, NULL, 0)`: hexadecimal with `0x`, octal with a leading `0`, else decimal,
+/// after an optional `-`.
+fn parse_c_int(s: &str) -> Option<i64> {
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let n = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         u64::from_str_radix(hex, 16).ok()
     } else if s.len() > 1 && s.starts_with('0') {
         u64::from_str_radix(&s[1..], 8).ok()
     } else {
         s.parse().ok()
+    };
+    let n = i64::try_from(n?).ok()?;
+    Some(if neg { -n } else { n })
+}
+
+/// An offset for messages: `0x400`, or `0x4000 before the end`.
+fn show_offset(offset: i64) -> String {
+    let abs = offset.unsigned_abs();
+    if offset < 0 {
+        format!("{abs:#x} before the end")
+    } else {
+        format!("{abs:#x}")
     }
 }
 
@@ -104,33 +132,47 @@ impl FwEnvConfig {
     /// ```
     pub fn parse(text: &str, origin: &Path) -> Result<FwEnvConfig> {
         let mut copies = Vec::new();
+        // libubootenv reads the first two environment lines and stops.
         for (n, line) in text.lines().enumerate() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.is_empty() || fields[0].starts_with('#') {
-                continue;
+            let fields: Vec<&str> = line
+                .split_whitespace()
+                .take_while(|f| !f.starts_with('#'))
+                .collect();
+            if !fields.is_empty() && copies.len() < 2 {
+                copies.push(parse_config_line(&fields, origin, n + 1)?);
             }
-            copies.push(parse_config_line(&fields, origin, n + 1)?);
         }
-        match copies.as_slice() {
-            [_] => Ok(FwEnvConfig { copies }),
-            [a, b] if a.size == b.size => Ok(FwEnvConfig { copies }),
-            [a, b] => Err(config_error(
-                origin,
-                0,
-                format!(
-                    "expected two copies of one size, found {:#x} and {:#x}",
-                    a.size, b.size
-                ),
-            )),
-            _ => Err(config_error(
-                origin,
-                0,
-                format!(
-                    "expected one or two environment lines, found {}",
-                    copies.len()
-                ),
-            )),
+        let error =
+            |expected, found: std::fmt::Arguments| Err(config_error(origin, "", expected, &found));
+        let [a, b] = copies.as_slice() else {
+            if copies.is_empty() {
+                return error(
+                    "one or two environment lines (`device offset size`)",
+                    format_args!("none"),
+                );
+            }
+            return Ok(FwEnvConfig { copies });
+        };
+        if a.size != b.size {
+            return error(
+                "two copies of one size",
+                format_args!("{:#x} and {:#x}", a.size, b.size),
+            );
         }
+        // Offsets of one sign compare directly; the same device at both is one range.
+        let starts_in = |x: &EnvCopy, y: &EnvCopy| {
+            (x.offset < 0) == (y.offset < 0)
+                && x.offset <= y.offset
+                && y.offset < x.offset + x.size as i64
+        };
+        if a.device == b.device && (starts_in(a, b) || starts_in(b, a)) {
+            let (x, y) = (show_offset(a.offset), show_offset(b.offset));
+            return error(
+                "two copies that don't overlap",
+                format_args!("both in {} at {x} and at {y}", a.device.display()),
+            );
+        }
+        Ok(FwEnvConfig { copies })
     }
 
     /// True for a redundant pair.
@@ -140,41 +182,31 @@ impl FwEnvConfig {
 }
 
 fn parse_config_line(fields: &[&str], origin: &Path, line: usize) -> Result<EnvCopy> {
+    let at = format!(" line {line}");
+    let error = |expected, found: &dyn std::fmt::Debug| config_error(origin, &at, expected, found);
     if fields.len() < 3 {
-        return Err(config_error(
-            origin,
-            line,
-            format!(
-                "expected `device offset size`, found {:?}",
-                fields.join(" ")
-            ),
-        ));
+        return Err(error("`device offset size`", &fields.join(" ")));
     }
-    let offset = parse_c_int(fields[1]).ok_or_else(|| {
-        config_error(
-            origin,
-            line,
-            format!("expected an offset, found {:?}", fields[1]),
-        )
-    })?;
+    if ["/dev/mtd", "/dev/ubi"]
+        .iter()
+        .any(|p| fields[0].starts_with(p))
+    {
+        let expected = "a block device or a file, not raw flash (MTD and UBI need erasing before writing: not supported)";
+        return Err(error(expected, &fields[0]));
+    }
+    let offset = parse_c_int(fields[1]).ok_or_else(|| error("an offset", &fields[1]))?;
     let size = parse_hex(fields[2])
         .filter(|&s| s > 5 && s <= 1 << 24)
         .ok_or_else(|| {
-            config_error(
-                origin,
-                line,
-                format!(
-                    "expected a hexadecimal size above 5 bytes, found {:?}",
-                    fields[2]
-                ),
-            )
+            let expected = "a hexadecimal size from 6 bytes to 0x1000000 (16 MiB)";
+            error(expected, &fields[2])
         })?;
-    if let Some(bad) = fields[3..].iter().find(|f| parse_hex(f).is_none()) {
-        return Err(config_error(
-            origin,
-            line,
-            format!("expected a hexadecimal sector field, found {bad:?}"),
-        ));
+    // libubootenv reads two sector fields and ignores any column after them.
+    if let Some(bad) = fields[3..fields.len().min(5)]
+        .iter()
+        .find(|f| parse_hex(f).is_none())
+    {
+        return Err(error("a hexadecimal sector field", bad));
     }
     Ok(EnvCopy {
         device: PathBuf::from(fields[0]),
@@ -183,12 +215,14 @@ fn parse_config_line(fields: &[&str], origin: &Path, line: usize) -> Result<EnvC
     })
 }
 
-/// The environment that reading found: its variables, the copy and that copy's flag.
+/// The environment that reading found: its variables, the copy and that copy's flag, and
+/// where each copy starts on its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Loaded {
-    vars: Vec<(String, String)>,
+    vars: Vec<RawVar>,
     current: usize,
     flag: u8,
+    starts: Vec<u64>,
 }
 
 /// libubootenv's choice between two valid copies: the greater flag, 0 after 255, copy 0
@@ -210,92 +244,65 @@ fn data_offset(redundant: bool) -> usize {
     }
 }
 
-/// Parses the data area: `k=v\0` entries up to an empty one; entries without `=` are
-/// skipped as libubootenv does.
-fn parse_data(data: &[u8]) -> std::result::Result<Vec<(String, String)>, String> {
+/// Parses the data area: `k=v\0` entries up to an empty one or the end of the area (a
+/// full environment, as `fw_setenv` writes it); entries without `=` are skipped as
+/// libubootenv does.
+fn parse_data(mut data: &[u8]) -> std::result::Result<Vec<RawVar>, String> {
     let mut vars = Vec::new();
-    let mut p = 0;
-    loop {
-        let Some(len) = data[p..].iter().position(|&c| c == 0) else {
-            return Err("expected entries ended by an empty one, found no end".into());
+    while data.first().is_some_and(|&c| c != 0) {
+        let Some(len) = data.iter().position(|&c| c == 0) else {
+            return Err("expected entries ended by NUL, found one running to the end".into());
         };
-        if len == 0 {
-            return Ok(vars);
-        }
-        let entry = String::from_utf8_lossy(&data[p..p + len]);
-        if let Some((k, v)) = entry.split_once('=') {
-            vars.push((k.to_string(), v.to_string()));
-        }
-        p += len + 1;
-        if p >= data.len() {
-            return Err("expected entries ended by an empty one, found no end".into());
-        }
+        vars.extend(split_eq(&data[..len]));
+        data = &data[len + 1..];
     }
+    Ok(vars)
+}
+
+/// The stored CRC (host byte order, as U-Boot and libubootenv write it) and the computed one.
+fn crcs(bytes: &[u8], redundant: bool) -> (u32, u32) {
+    let stored = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    (stored, crc32fast::hash(&bytes[data_offset(redundant)..]))
 }
 
 /// Checks and parses one copy: `Ok((flag, vars))` or why it is invalid.
-fn parse_copy(
-    bytes: &[u8],
-    redundant: bool,
-) -> std::result::Result<(u8, Vec<(String, String)>), String> {
-    let start = data_offset(redundant);
-    let stored = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let computed = crc32fast::hash(&bytes[start..]);
+fn parse_copy(bytes: &[u8], redundant: bool) -> std::result::Result<(u8, Vec<RawVar>), String> {
+    let (stored, computed) = crcs(bytes, redundant);
     if stored != computed {
         return Err(format!(
             "bad CRC: expected {computed:08x} (computed), found {stored:08x} (stored)"
         ));
     }
     let flag = if redundant { bytes[4] } else { 0 };
-    Ok((flag, parse_data(&bytes[start..])?))
+    Ok((flag, parse_data(&bytes[data_offset(redundant)..])?))
 }
 
-/// The bytes of one copy holding `vars` with `flag`.
-fn build_copy(
-    copy: &EnvCopy,
-    vars: &[(String, String)],
-    redundant: bool,
-    flag: u8,
-) -> Result<Vec<u8>> {
+/// The bytes of one copy holding `vars` with `flag`. When only the empty entry that ends
+/// the list doesn't fit, it is left out (the end of the data area ends it).
+fn build_copy(copy: &EnvCopy, vars: &[RawVar], redundant: bool, flag: u8) -> Result<Vec<u8>> {
     let start = data_offset(redundant);
     let mut image = vec![0u8; start];
     for (k, v) in vars {
-        image.extend_from_slice(k.as_bytes());
+        image.extend_from_slice(k);
         image.push(b'=');
-        image.extend_from_slice(v.as_bytes());
+        image.extend_from_slice(v);
         image.push(0);
     }
-    image.push(0);
     if image.len() > copy.size {
-        return Err(Error::new(
-            ErrorKind::Bootloader,
-            format!(
-                "U-Boot environment {}: the variables need {} bytes, the copy has {}",
-                copy.device.display(),
-                image.len(),
-                copy.size
-            ),
-        ));
+        return Err(bootloader(format!(
+            "U-Boot environment {}: the variables need {} bytes, the copy has {}",
+            copy.device.display(),
+            image.len(),
+            copy.size
+        )));
     }
     image.resize(copy.size, 0);
     let crc = crc32fast::hash(&image[start..]);
-    image[..4].copy_from_slice(&crc.to_le_bytes());
+    image[..4].copy_from_slice(&crc.to_ne_bytes());
     if redundant {
         image[4] = flag;
     }
     Ok(image)
-}
-
-fn set_var(vars: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
-    let pos = vars.iter().position(|(n, _)| n == name);
-    match (pos, value) {
-        (Some(i), Some(v)) => vars[i].1 = v.to_string(),
-        (Some(i), None) => {
-            vars.remove(i);
-        }
-        (None, Some(v)) => vars.push((name.to_string(), v.to_string())),
-        (None, None) => {}
-    }
 }
 
 /// `slot` first, then the rest of `order` as it was; the other slot is kept as fallback.
@@ -359,22 +366,54 @@ impl UBootEnv {
         &self.config
     }
 
-    fn read_copy(&self, copy: &EnvCopy) -> Result<Vec<u8>> {
+    /// Reads one copy: where it starts on its device, and its bytes. A device too short
+    /// for it is a `bootloader` error naming the device, the offset, the size and the
+    /// device's length.
+    fn read_copy(&self, copy: &EnvCopy) -> Result<(u64, Vec<u8>)> {
         let path = &copy.device;
+        let what = format!("{:#x} bytes at {} of", copy.size, show_offset(copy.offset));
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         let mut bytes = vec![0u8; copy.size];
-        file.seek(SeekFrom::Start(copy.offset))
-            .and_then(|_| file.read_exact(&mut bytes))
+        let len = file
+            .seek(SeekFrom::End(0))
             .map_err(|e| Error::io("reading", path, e))?;
-        Ok(bytes)
+        let start = if copy.offset < 0 {
+            len.checked_sub(copy.offset.unsigned_abs())
+        } else {
+            Some(copy.offset as u64)
+        };
+        let Some(start) = start.filter(|s| s + copy.size as u64 <= len) else {
+            return Err(bootloader(format!(
+                "U-Boot environment: expected {what} {}, found a device of {len:#x} bytes",
+                path.display()
+            )));
+        };
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| Error::io(&format!("reading {what}"), path, e))?;
+        Ok((start, bytes))
+    }
+
+    /// Every copy as read; any error reading one is returned, never taken for a blank copy.
+    fn read_copies(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut copies = Vec::new();
+        for copy in &self.config.copies {
+            copies.push(self.read_copy(copy)?);
+        }
+        Ok(copies)
     }
 
     fn load(&self) -> Result<Loaded> {
+        self.pick(self.read_copies()?)
+    }
+
+    fn pick(&self, copies: Vec<(u64, Vec<u8>)>) -> Result<Loaded> {
         let redundant = self.config.redundant();
-        let mut parsed = Vec::new();
-        for copy in &self.config.copies {
-            parsed.push(parse_copy(&self.read_copy(copy)?, redundant));
-        }
+        let starts = copies.iter().map(|c| c.0).collect();
+        let parsed: Vec<_> = copies
+            .iter()
+            .map(|(_, bytes)| parse_copy(bytes, redundant))
+            .collect();
         let current = match parsed.as_slice() {
             [Ok((f0, _)), Ok((f1, _))] => newer_copy(*f0, *f1),
             [Err(_), Ok(_)] => 1,
@@ -385,70 +424,83 @@ impl UBootEnv {
                 vars: vars.clone(),
                 current,
                 flag: *flag,
+                starts,
             });
         }
-        let reasons: Vec<String> = parsed
-            .into_iter()
-            .map(|p| p.err().unwrap_or_default())
-            .collect();
-        Err(self.no_valid_copy(&reasons))
-    }
-
-    fn no_valid_copy(&self, reasons: &[String]) -> Error {
         let what: Vec<String> = self
             .config
             .copies
             .iter()
-            .zip(reasons)
-            .map(|(c, r)| format!("{} at {:#x}: {r}", c.device.display(), c.offset))
+            .zip(parsed)
+            .map(|(c, r)| {
+                let why = r.err().unwrap_or_default();
+                format!("{} at {}: {why}", c.device.display(), show_offset(c.offset))
+            })
             .collect();
-        Error::new(
-            ErrorKind::Bootloader,
-            format!(
-                "U-Boot environment: expected a valid copy, found none ({})",
-                what.join("; ")
-            ),
-        )
+        Err(bootloader(format!(
+            "U-Boot environment: expected a valid copy, found none ({})",
+            what.join("; ")
+        )))
     }
 
-    /// Every variable of the current copy, in stored order.
+    /// Every variable of the current copy, in stored order (the last of a repeated name is
+    /// the one U-Boot uses). Bytes that are not UTF-8 read as U+FFFD here; the environment
+    /// keeps them as they are.
     pub fn vars(&self) -> Result<Vec<(String, String)>> {
-        Ok(self.load()?.vars)
+        Ok(decoded(&self.load()?.vars))
     }
 
-    /// One variable's value.
+    /// One variable's value (the last one when a name repeats, as U-Boot reads it).
     pub fn get(&self, name: &str) -> Result<Option<String>> {
-        Ok(value_of(&self.vars()?, name).map(str::to_string))
+        Ok(last_raw(&self.load()?.vars, name).map(text))
     }
 
     /// Sets (`Some`) or deletes (`None`) variables, like `fw_setenv`, with one write to the
-    /// inactive copy (or the only one).
+    /// inactive copy (or the only one). A repeated name keeps only its last entry. An empty
+    /// name, one with `=` or NUL, or a value with NUL is a `config` error, nothing written.
     pub fn set_vars(&mut self, updates: &[(&str, Option<&str>)]) -> Result<()> {
         let loaded = self.load()?;
         let mut vars = loaded.vars.clone();
         for (name, value) in updates {
-            set_var(&mut vars, name, *value);
+            let bad = name.bytes().any(|c| c == b'=' || c == 0);
+            check_var(
+                "U-Boot environment",
+                "without `=` or NUL",
+                bad,
+                name,
+                *value,
+            )?;
+            set_raw(&mut vars, name, *value);
         }
         apply_all(&self.plan_vars(&loaded, vars)?)
     }
 
     /// Writes a fresh environment (`BOOT_ORDER=A B`, A with the maximum tries, B with
-    /// none) when no copy is valid, e.g. on a blank device; otherwise does nothing.
+    /// none) when every copy was read and none has a valid CRC, e.g. on a blank device;
+    /// a valid environment is left as it is. A copy that can't be read, or one whose CRC is
+    /// valid but whose entries don't parse, is an error and nothing is written.
     pub fn init(&mut self) -> Result<()> {
-        if self.load().is_ok() {
-            return Ok(());
+        let copies = self.read_copies()?;
+        let redundant = self.config.redundant();
+        if copies.iter().any(|(_, b)| {
+            let (stored, computed) = crcs(b, redundant);
+            stored == computed
+        }) {
+            return self.pick(copies).map(drop);
         }
-        let vars = vec![
-            ("BOOT_ORDER".to_string(), "A B".to_string()),
-            (left_var(Slot::A), format!("{:x}", self.max_tries)),
-            (left_var(Slot::B), "0".to_string()),
-        ];
+        let vars: Vec<RawVar> = [
+            ("BOOT_ORDER", "A B".to_string()),
+            ("BOOT_A_LEFT", format!("{:x}", self.max_tries)),
+            ("BOOT_B_LEFT", "0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+        .collect();
         let copy = &self.config.copies[0];
-        let data = build_copy(copy, &vars, self.config.redundant(), 0)?;
         EnvWrite {
             path: copy.device.clone(),
-            offset: copy.offset,
-            data,
+            offset: copies[0].0,
+            data: build_copy(copy, &vars, redundant, 0)?,
         }
         .apply()
     }
@@ -458,30 +510,31 @@ impl UBootEnv {
     pub fn plan(&self, change: BootChange) -> Result<Vec<EnvWrite>> {
         let loaded = self.load()?;
         let mut vars = loaded.vars.clone();
-        let order = value_of(&loaded.vars, "BOOT_ORDER");
+        let order = last_raw(&loaded.vars, "BOOT_ORDER").map(text);
+        let order = order.as_deref();
         let max = format!("{:x}", self.max_tries);
         match change {
-            BootChange::Disable(slot) => set_var(&mut vars, &left_var(slot), Some("0")),
+            BootChange::Disable(slot) => set_raw(&mut vars, &left_var(slot), Some("0")),
             BootChange::Activate { slot, tries } => {
                 if tries == 0 {
                     return Err(Error::config(
                         "activate: expected at least 1 trial boot, found tries = 0",
                     ));
                 }
-                set_var(&mut vars, "BOOT_ORDER", Some(&order_first(order, slot)));
-                set_var(&mut vars, &left_var(slot), Some(&format!("{tries:x}")));
+                set_raw(&mut vars, "BOOT_ORDER", Some(&order_first(order, slot)));
+                set_raw(&mut vars, &left_var(slot), Some(&format!("{tries:x}")));
             }
-            BootChange::Confirm(slot) => set_var(&mut vars, &left_var(slot), Some(&max)),
+            BootChange::Confirm(slot) => set_raw(&mut vars, &left_var(slot), Some(&max)),
             BootChange::FallBack { good, bad } => {
-                set_var(&mut vars, "BOOT_ORDER", Some(&order_first(order, good)));
-                set_var(&mut vars, &left_var(bad), Some("0"));
-                set_var(&mut vars, &left_var(good), Some(&max));
+                set_raw(&mut vars, "BOOT_ORDER", Some(&order_first(order, good)));
+                set_raw(&mut vars, &left_var(bad), Some("0"));
+                set_raw(&mut vars, &left_var(good), Some(&max));
             }
         }
         self.plan_vars(&loaded, vars)
     }
 
-    fn plan_vars(&self, loaded: &Loaded, vars: Vec<(String, String)>) -> Result<Vec<EnvWrite>> {
+    fn plan_vars(&self, loaded: &Loaded, vars: Vec<RawVar>) -> Result<Vec<EnvWrite>> {
         if vars == loaded.vars {
             return Ok(Vec::new());
         }
@@ -491,7 +544,7 @@ impl UBootEnv {
         let data = build_copy(copy, &vars, redundant, loaded.flag.wrapping_add(1))?;
         Ok(vec![EnvWrite {
             path: copy.device.clone(),
-            offset: copy.offset,
+            offset: loaded.starts[target],
             data,
         }])
     }
@@ -504,21 +557,18 @@ impl UBootEnv {
     /// Tries left for `slot` (`BOOT_X_LEFT`, hexadecimal as `setexpr` writes it); a
     /// missing variable counts as what RAUC's boot script defaults it to (3).
     pub fn tries_left(&self, slot: Slot) -> Result<u32> {
-        Ok(left_in(&self.vars()?, slot))
+        Ok(left_in(&self.load()?.vars, slot))
     }
 }
 
-fn value_of<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    vars.iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// `BOOT_X_LEFT` as RAUC's boot script reads it: hexadecimal, 3 when missing.
-fn left_in(vars: &[(String, String)], slot: Slot) -> u32 {
-    match value_of(vars, &left_var(slot)) {
+fn left_in(vars: &[RawVar], slot: Slot) -> u32 {
+    match last_raw(vars, &left_var(slot)) {
         None => UBootEnv::DEFAULT_MAX_TRIES,
-        Some(v) => parse_hex(v.trim()).map_or(0, |n| n.min(u32::MAX as u64) as u32),
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| parse_hex(v.trim()))
+            .map_or(0, |n| n.min(u32::MAX as u64) as u32),
     }
 }
 
@@ -533,12 +583,8 @@ impl super::EnvSelector for UBootEnv {
 
     /// RAUC's boot script starts the first slot of `BOOT_ORDER` with tries left.
     fn boot_plan(&self) -> Result<super::BootPlan> {
-        let vars = self.vars()?;
-        let order: Vec<Slot> = value_of(&vars, "BOOT_ORDER")
-            .unwrap_or("A B")
-            .split_whitespace()
-            .filter_map(Slot::parse)
-            .collect();
+        let vars = self.load()?.vars;
+        let order: Vec<Slot> = slots_in(last_raw(&vars, "BOOT_ORDER").unwrap_or(b"A B")).collect();
         let preferred = order.first().copied().unwrap_or(Slot::A);
         // An empty order boots nothing: A stands in as preferred, with no starts left.
         let preferred_left = if order.is_empty() {
@@ -576,13 +622,100 @@ mod tests {
             "/dev/x zz 0x4000\n",
             "/dev/x 0 0\n",
             "a 0 10\nb 0 20\n",
-            "a 0 10\nb 0 10\nc 0 10\n",
+            "a 0 10\na 8 10\n",
+            "a -0x20 10\na -0x18 10\n",
+            "/dev/mtd1 0 0x4000\n",
+            "/dev/ubi0_1 0 0x4000\n",
         ] {
             let err = FwEnvConfig::parse(text, "cfg".as_ref()).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Bootloader, "{text:?}");
         }
         let cfg = FwEnvConfig::parse("d 010 20 1000 2\n", "cfg".as_ref()).unwrap();
         assert_eq!((cfg.copies[0].offset, cfg.copies[0].size), (8, 0x20));
+    }
+
+    /// Lines libubootenv reads: a comment after the fields, columns after the fifth, a
+    /// third environment line (ignored), a negative offset (from the end of the device).
+    #[test]
+    fn config_lines_libubootenv_accepts_are_accepted() {
+        let text = "/dev/mmcblk0 0x3f8000 0x4000 # primary\n\
+                    /dev/mmcblk0 -0x4000 0x4000 0x200 0x20 1 extra\n\
+                    /dev/mmcblk0 0 0x4000\n";
+        let cfg = FwEnvConfig::parse(text, "cfg".as_ref()).unwrap();
+        let copies: Vec<(i64, usize)> = cfg.copies.iter().map(|c| (c.offset, c.size)).collect();
+        assert_eq!(copies, [(0x3f8000, 0x4000), (-0x4000, 0x4000)]);
+        // Same device, ranges that touch but don't overlap.
+        FwEnvConfig::parse("a 0 10\na 0x10 10\n", "cfg".as_ref()).unwrap();
+    }
+
+    #[test]
+    fn config_errors_say_what_was_expected_and_where() {
+        let msg = |text: &str| {
+            FwEnvConfig::parse(text, "cfg".as_ref())
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
+        let m = msg("# nothing\n");
+        assert!(
+            !m.contains("line 0") && m.contains("expected one or two"),
+            "{m}"
+        );
+        let m = msg("a 0 10\n# c\nb 0 20\n");
+        assert!(
+            m.contains("expected two copies of one size, found 0x10 and 0x20"),
+            "{m}"
+        );
+        let m = msg("a 0 0x1000001\n");
+        assert!(
+            m.contains("line 1") && m.contains("to 0x1000000 (16 MiB)"),
+            "{m}"
+        );
+        let m = msg("a 0 10\na 0x8 10\n");
+        assert!(
+            m.contains("overlap") && m.contains("at 0x0 and at 0x8"),
+            "{m}"
+        );
+        let m = msg("/dev/mtd0 0 0x4000\n");
+        assert!(m.contains("line 1") && m.contains("/dev/mtd0"), "{m}");
+    }
+
+    #[test]
+    fn duplicates_read_and_write_the_last() {
+        let mut vars: Vec<RawVar> = parse_data(b"x=1\0y=a\0x=2\0\0").unwrap();
+        assert_eq!(last_raw(&vars, "x"), Some(&b"2"[..]));
+        set_raw(&mut vars, "x", Some("3"));
+        assert_eq!(
+            decoded(&vars),
+            [("y".into(), "a".into()), ("x".into(), "3".into())]
+        );
+        set_raw(&mut vars, "y", None);
+        set_raw(&mut vars, "z", Some(""));
+        assert_eq!(
+            decoded(&vars),
+            [("x".into(), "3".into()), ("z".into(), "".into())]
+        );
+    }
+
+    #[test]
+    fn a_full_data_area_ends_the_list() {
+        let vars = parse_data(b"a=1\0bb=22\0").unwrap();
+        assert_eq!(
+            decoded(&vars),
+            [("a".into(), "1".into()), ("bb".into(), "22".into())]
+        );
+        assert!(parse_data(b"a=1\0bb=22").is_err());
+        let copy = EnvCopy {
+            device: "d".into(),
+            offset: 0,
+            size: 4 + 10,
+        };
+        let bytes = build_copy(&copy, &vars, false, 0).unwrap();
+        assert_eq!(&bytes[4..], b"a=1\0bb=22\0");
+        let (stored, computed) = crcs(&bytes, false);
+        assert_eq!(stored, computed);
+        let copy = EnvCopy { size: 13, ..copy };
+        assert!(build_copy(&copy, &vars, false, 0).is_err());
     }
 
     #[test]
