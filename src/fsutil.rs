@@ -132,12 +132,17 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 /// of its own, so two threads of one process exclude each other as two processes do.
 /// Advisory: it orders the writers that take it, nothing else.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open lock file", path, e))?;
+    // Opened for reading when it exists: `flock` needs no more, and a lock file another
+    // user created (a repository shared by operators) may not be writable.
+    let file = match File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path),
+        other => other,
+    }
+    .map_err(|e| Error::io("open lock file", path, e))?;
     file.lock().map_err(|e| Error::io("lock", path, e))?;
     Ok(file)
 }
