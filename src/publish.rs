@@ -37,6 +37,7 @@ use crate::manifest::{
     RolloutStage, TargetRelease, DEFAULT_MAX_METADATA_BYTES,
 };
 use crate::name_map::NameMap;
+use crate::select;
 use crate::time::Timestamp;
 use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, TrustedRoot};
 use semver::Version;
@@ -238,9 +239,10 @@ impl Repo {
     /// release version, unless its bytes are those of the same component in an earlier
     /// release (then it keeps that version).
     ///
-    /// A new release is refused (`config`) when its `min_version` is not below its version,
-    /// or its security version is below that of an older release on the channel: devices
-    /// could never install it.
+    /// Refused (`config`) when its `min_version` is not below its version, or when, for
+    /// `target`, its security version is below that of an older release on the channel or
+    /// above that of a newer one: devices could never install it, or the newer one after
+    /// it. Adding a target is checked the same way, with the release's security version.
     pub fn release(
         &self,
         channel: &str,
@@ -281,9 +283,10 @@ impl Repo {
                 }
                 check_same_release(r, opts, target)?;
             }
-            if existing.is_none() {
-                check_security_order(m, version, opts.security_version)?;
-            }
+            // A target added to a release takes the release's security version.
+            let security_version =
+                existing.map_or(opts.security_version, |i| m.releases[i].security_version);
+            check_security_order(m, version, security_version, target)?;
             let mut built = NameMap::new();
             for (name, path, kind) in components {
                 let artifact = self
@@ -344,10 +347,12 @@ impl Repo {
     /// validity, or [`DEFAULT_MANIFEST_DAYS`] for a new channel).
     ///
     /// Versions are looked up by precedence, as devices compare them. Refused (`config`)
-    /// when `to` already lists a build of `version`, when the release's security version
-    /// is below that of an older release on `to`, and when `to` lists releases below the
-    /// release's `min_version` for one of its targets but none from `min_version` up to
-    /// it: devices there would have no stepping stone.
+    /// when `to` already lists a build of `version`; when, for one of the release's
+    /// targets, its security version is below that of an older release on `to` or above
+    /// that of a newer one; and when a device of one of its targets running a release on
+    /// `to` below the release's `min_version` would be offered nothing after the promotion,
+    /// though it was not held back before: it would have no stepping stone (releases in a
+    /// started rollout count as reaching it, a halted one does not).
     #[allow(clippy::too_many_arguments)]
     pub fn promote_with_expiry(
         &self,
@@ -385,8 +390,10 @@ impl Repo {
                     r.version
                 )));
             }
-            check_security_order(m, &release.version, release.security_version)?;
-            check_stepping_stone(m, &release)?;
+            for target in release.targets.keys() {
+                check_security_order(m, &release.version, release.security_version, target)?;
+            }
+            check_stepping_stone(m, &release, now)?;
             m.releases.push(release);
             m.releases
                 .sort_by(|a, b| a.version.cmp_precedence(&b.version));
@@ -471,10 +478,11 @@ impl Repo {
     /// Per target, releases are kept from the newest down to the `keep`-th that is rolled
     /// out to everyone at `now`: a release ramping or halted does not count, since the
     /// devices outside its rollout still take the ones before it. Each kept release with a
-    /// `min_version` also keeps, per target, the oldest release from its `min_version` up
-    /// to it (the stepping stone a device below `min_version` steps through), and so on
-    /// down such chains. Blobs are not touched: they are immutable and other channels may
-    /// list them. `keep` must be at least 1.
+    /// `min_version` also keeps, per target, the stepping stone a device below
+    /// `min_version` is offered — the newest release from `min_version` up to it that is
+    /// rolled out to everyone — and the releases between that stone and it (ramping or
+    /// halted: the next stone), and so on down such chains. Blobs are not touched: they
+    /// are immutable and other channels may list them. `keep` must be at least 1.
     ///
     /// ```
     /// # use evergreen::publish::{Repo, ReleaseOptions};
@@ -1139,7 +1147,7 @@ fn check_percent(percent: f64) -> Result<()> {
 }
 
 /// The versions [`Repo::prune`] keeps: per target, the newest down to the `keep`-th
-/// rolled out to everyone at `now`, then the stepping stone of each kept release, until
+/// rolled out to everyone at `now`, then the stepping stones of each kept release, until
 /// nothing more is added.
 fn releases_to_keep(releases: &[Release], keep: usize, now: Timestamp) -> BTreeSet<Version> {
     let targets: BTreeSet<&str> = releases
@@ -1168,7 +1176,7 @@ fn releases_to_keep(releases: &[Release], keep: usize, now: Timestamp) -> BTreeS
         .collect();
     while let Some(r) = todo.pop() {
         for target in r.targets.keys() {
-            if let Some(stone) = stepping_stone(releases, r, target) {
+            for stone in stepping_stones(releases, r, target, now) {
                 if kept.insert(stone.version.clone()) {
                     todo.push(stone);
                 }
@@ -1185,18 +1193,36 @@ fn rolled_out_to_everyone(r: &Release, now: Timestamp) -> bool {
         .is_none_or(|ro| ro.percent_at(now) >= 100.0)
 }
 
-/// The release through which a device of `target` below `r`'s `min_version` reaches `r`:
-/// the oldest one for `target` from `min_version` (by precedence, as devices compare, so
-/// `1.1.0+b7` meets `1.1.0` and `1.6.0` meets `1.5.0`) up to `r`. Older is safer: it is
-/// the one most likely to have no `min_version` of its own above the device.
-fn stepping_stone<'a>(releases: &'a [Release], r: &Release, target: &str) -> Option<&'a Release> {
-    let min = r.min_version.as_ref()?;
-    releases
+/// The releases of `target` a device below `r`'s `min_version` is offered on its way to
+/// `r`. Selection offers it the newest release it is in the rollout of and whose
+/// `min_version` it meets (DESIGN §5.2), so among those from `min_version` (by precedence,
+/// as devices compare: `1.1.0+b7` meets `1.1.0`, `1.6.0` an unlisted `1.5.0`) up to `r`,
+/// the newest rolled out to everyone at `now` is the stone: the older ones are offered to
+/// no device once it is there, whatever their rollout. The newer ones stay too: devices in
+/// their rollout take them, and one at 100% becomes the stone. With none at 100%, all stay.
+/// A stone's own `min_version` is the caller's to follow.
+fn stepping_stones<'a>(
+    releases: &'a [Release],
+    r: &Release,
+    target: &str,
+    now: Timestamp,
+) -> Vec<&'a Release> {
+    let Some(min) = &r.min_version else {
+        return Vec::new();
+    };
+    let between: Vec<&Release> = releases
         .iter()
         .filter(|s| s.targets.contains_key(target))
         .filter(|s| s.version.cmp_precedence(min).is_ge())
         .filter(|s| s.version.cmp_precedence(&r.version).is_lt())
-        .min_by(|a, b| a.version.cmp_precedence(&b.version))
+        .collect();
+    let stone = between
+        .iter()
+        .filter(|s| rolled_out_to_everyone(s, now))
+        .max_by(|a, b| a.version.cmp_precedence(&b.version));
+    let from_stone =
+        |s: &&Release| stone.is_none_or(|t| s.version.cmp_precedence(&t.version).is_ge());
+    between.iter().copied().filter(from_stone).collect()
 }
 
 /// Devices compare versions by precedence: two builds of one version are the same.
@@ -1238,49 +1264,128 @@ fn check_min_version(version: &Version, min: &Version) -> Result<()> {
 }
 
 /// A device's security floor rises to the security version of each release it confirms,
-/// and nothing below the floor is installed: a release whose security version is below
-/// that of an older release on the channel is one the devices that confirmed the older
-/// can never take.
-fn check_security_order(m: &Manifest, version: &Version, security_version: u64) -> Result<()> {
-    let highest_older = m
-        .releases
-        .iter()
+/// and nothing below the floor is installed. So for each target, a release's security
+/// version may be neither below that of an older release (devices that confirmed the
+/// older could never install it) nor above that of a newer one (devices that confirm it
+/// could never install the newer). Releases without `target` reach other devices.
+fn check_security_order(
+    m: &Manifest,
+    version: &Version,
+    security_version: u64,
+    target: &str,
+) -> Result<()> {
+    let others = || {
+        m.releases
+            .iter()
+            .filter(|r| r.targets.contains_key(target))
+            .filter(|r| !same_version(&r.version, version))
+    };
+    let older = others()
         .filter(|r| r.version.cmp_precedence(version).is_lt())
         .max_by_key(|r| r.security_version);
-    match highest_older {
-        Some(r) if r.security_version > security_version => Err(Error::config(format!(
-            "expected a security version of at least {} for {version} (that of the older release {} on channel {}: devices that confirmed it could never install {version}), found {security_version}",
+    if let Some(r) = older.filter(|r| r.security_version > security_version) {
+        return Err(Error::config(format!(
+            "expected a security version of at least {} for {version} on {target} (that of the older release {} on channel {}: devices that confirmed it could never install {version}), found {security_version}",
             r.security_version, r.version, m.channel
-        ))),
-        _ => Ok(()),
+        )));
     }
+    let newer = others()
+        .filter(|r| r.version.cmp_precedence(version).is_gt())
+        .min_by_key(|r| r.security_version);
+    if let Some(r) = newer.filter(|r| r.security_version < security_version) {
+        return Err(Error::config(format!(
+            "expected a security version of at most {} for {version} on {target} (that of the newer release {} on channel {}: devices that confirmed {version} could never install it), found {security_version}",
+            r.security_version, r.version, m.channel
+        )));
+    }
+    Ok(())
 }
 
-/// Devices of a target on `m`'s channel below `release`'s `min_version` need a stepping
-/// stone there, a release from `min_version` up to `release`. Refused when the channel
-/// lists releases below `min_version` (devices may run them) and no such stone.
-fn check_stepping_stone(m: &Manifest, release: &Release) -> Result<()> {
+/// A promoted release with a `min_version` must not strand the devices of the target
+/// channel below it. Adding a release whose `min_version` a device does not meet never
+/// changes what `select` offers that device, so what counts is whether a device running a
+/// release listed there below `min_version` (for one of the release's targets) is offered
+/// *something*, a step towards the release, now that a newer release exists that it can't
+/// take. A device already stranded by another release's `min_version` before is not this
+/// promotion's doing.
+fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Result<()> {
     let Some(min) = &release.min_version else {
         return Ok(());
     };
+    let before = Reach::new(m, now);
+    let mut promoted = release.clone();
+    // Its rollout will grow: devices outside it now are the ones it strands later.
+    promoted.rollout = None;
+    let mut with = m.clone();
+    with.releases.push(promoted);
+    let after = Reach::new(&with, now);
     for target in release.targets.keys() {
         let below = m
             .releases
             .iter()
             .filter(|r| r.targets.contains_key(target))
-            .filter(|r| r.version.cmp_precedence(min).is_lt())
-            .max_by(|a, b| a.version.cmp_precedence(&b.version));
-        let Some(below) = below else {
-            continue;
-        };
-        if stepping_stone(&m.releases, release, target).is_none() {
-            return Err(Error::config(format!(
-                "expected a stepping stone on channel {} for {target} devices below {min} (the min_version of {}): a release from {min} up to {}, found only {} and older; promote one first",
-                m.channel, release.version, release.version, below.version
-            )));
+            .filter(|r| r.version.cmp_precedence(min).is_lt());
+        for running in below {
+            if after.strands(target, running) && !before.strands(target, running) {
+                return Err(Error::config(format!(
+                    "expected a stepping stone on channel {} for {target} devices running {} (below {min}, the min_version of {}): a release from {min} up to {} rolled out to them, found none, so they would be offered nothing; promote or ramp one first",
+                    m.channel, running.version, release.version, release.version
+                )));
+            }
         }
     }
     Ok(())
+}
+
+/// What [`select::select`] offers the devices of a channel, as a device in every rollout
+/// that has started sees it (a ramp reaches everyone in time, a halt no one), with and
+/// without the channel's `min_version`s.
+struct Reach {
+    now: Timestamp,
+    with_mins: Manifest,
+    without_mins: Manifest,
+}
+
+impl Reach {
+    fn new(m: &Manifest, now: Timestamp) -> Reach {
+        let mut with_mins = m.clone();
+        for r in &mut with_mins.releases {
+            if r.rollout
+                .as_ref()
+                .is_some_and(|ro| ro.percent_at(now) > 0.0)
+            {
+                r.rollout = None;
+            }
+        }
+        let mut without_mins = with_mins.clone();
+        for r in &mut without_mins.releases {
+            r.min_version = None;
+        }
+        Reach {
+            now,
+            with_mins,
+            without_mins,
+        }
+    }
+
+    /// A device of `target` that confirmed `running` is offered nothing only because of a
+    /// `min_version` it does not meet.
+    fn strands(&self, target: &str, running: &Release) -> bool {
+        let device = select::Device {
+            product: &self.with_mins.product,
+            target,
+            device_id: "",
+            installed: Some(&running.version),
+            security_floor: running.security_version,
+            skipped: &[],
+            failed: &[],
+        };
+        let offered = |m: &Manifest| {
+            let decision = select::select(m, &device, &select::Policy::default(), self.now);
+            matches!(decision, Ok(select::Decision::Update(_)))
+        };
+        !offered(&self.with_mins) && offered(&self.without_mins)
+    }
 }
 
 /// Devices walk `root/N.json` up from their pinned root and stop at the first missing
@@ -1895,6 +2000,186 @@ mod tests {
         let (m, removed) = repo.prune("nightly", 1, &[&key], later).unwrap();
         assert_eq!(removed, versions(&["1.0.0"]));
         assert_eq!(m.releases.len(), 2);
+    }
+
+    /// Publishes `v` on `channel` for `target` with `security` and, when given, a rollout
+    /// at `percent`.
+    fn publish_on(
+        repo: &Repo,
+        key: &SecretKey,
+        file: &Path,
+        channel: &str,
+        (v, target): (&str, &str),
+        (security, percent): (u64, Option<f64>),
+    ) -> Result<Manifest> {
+        let mut options = ReleaseOptions::new(now());
+        options.security_version = security;
+        options.rollout_percent = percent;
+        let components = [("app", file, ArtifactKind::File)];
+        let version = v.parse().unwrap();
+        repo.release(channel, &version, target, &components, &options, &[key])
+    }
+
+    /// The stone kept is the one `select` offers a device below `min_version`: the newest
+    /// release from it up that is rolled out to everyone, not an older halted one; releases
+    /// between the stone and the kept release stay too (halted now, the next stone later).
+    #[test]
+    fn prune_keeps_the_stone_devices_take_not_a_halted_one() {
+        type Case<'a> = ([(&'a str, Option<f64>); 3], &'a str, &'a str, Vec<&'a str>);
+        let cases: [Case; 3] = [
+            (
+                [("1.0.0", None), ("1.1.0", Some(0.0)), ("1.2.0", None)],
+                "1.1.0",
+                "1.2.0",
+                vec!["1.1.0", "1.0.0"],
+            ),
+            (
+                [("1.0.0", None), ("1.6.0", Some(0.0)), ("1.7.0", None)],
+                "1.5.0",
+                "1.7.0",
+                vec!["1.6.0", "1.0.0"],
+            ),
+            (
+                [("1.0.0", None), ("1.1.0", None), ("1.2.0", Some(0.0))],
+                "1.1.0",
+                "1.1.0",
+                vec!["1.0.0"],
+            ),
+        ];
+        for (releases, min, stone, gone) in cases {
+            let (_dir, repo, key, file) = setup();
+            for (v, percent) in releases {
+                publish_on(&repo, &key, &file, "nightly", (v, "x"), (0, percent)).unwrap();
+            }
+            publish_with(&repo, &key, &file, "2.0.0", "x", Some(min));
+            let stone: Version = stone.parse().unwrap();
+            assert_eq!(offer(&nightly(&repo), "1.0.0"), Some(stone.clone()));
+            let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+            assert_eq!(removed, versions(&gone), "min {min}");
+            assert_eq!(offer(&m, "1.0.0"), Some(stone.clone()), "min {min}");
+            assert_eq!(
+                offer(&m, &stone.to_string()),
+                Some(versions(&["2.0.0"])[0].clone())
+            );
+        }
+    }
+
+    /// Devices of one target never see another target's releases, and a device that
+    /// confirms a release never installs a newer one with a lower security version: the
+    /// order is checked per target, both ways, also when a target is added.
+    #[test]
+    fn security_versions_are_ordered_per_target_both_ways() {
+        let (_dir, repo, key, file) = setup();
+        let on = |v: &str, target: &str, security: u64| {
+            publish_on(&repo, &key, &file, "nightly", (v, target), (security, None))
+        };
+        on("1.0.0", "arm", 2).unwrap();
+        // Another target: no device of x ever confirmed 1.0.0.
+        on("1.1.0", "x", 0).unwrap();
+        // Older than 1.1.0 with more: devices confirming 0.9.0 could never take 1.1.0.
+        let err = on("0.9.0", "x", 5).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        let message = err.to_string();
+        for part in ["at most 0", "found 5", "0.9.0 on x", "newer release 1.1.0"] {
+            assert!(message.contains(part), "{part}: {err}");
+        }
+        // Adding x to 1.0.0 (security 2, above the newer 1.1.0's 0): refused the same way.
+        let err = on("1.0.0", "x", 0).unwrap_err();
+        let message = err.to_string();
+        for part in ["at most 0", "found 2", "1.0.0 on x", "newer release 1.1.0"] {
+            assert!(message.contains(part), "{part}: {err}");
+        }
+        // Adding arm to 1.1.0 (security 0, after 1.0.0's 2 on arm): refused too.
+        let err = on("1.1.0", "arm", 0).unwrap_err();
+        let message = err.to_string();
+        for part in [
+            "at least 2",
+            "found 0",
+            "1.1.0 on arm",
+            "older release 1.0.0",
+        ] {
+            assert!(message.contains(part), "{part}: {err}");
+        }
+        assert_eq!(nightly(&repo).sequence, 2);
+    }
+
+    /// Promote checks the security order per target and both ways too.
+    #[test]
+    fn promote_orders_security_versions_per_target_both_ways() {
+        let (_dir, repo, key, file) = setup();
+        let v = |s: &str| -> Version { s.parse().unwrap() };
+        let lab = |ver: &str, target: &str, security: u64| {
+            publish_on(&repo, &key, &file, "lab", (ver, target), (security, None)).unwrap();
+        };
+        lab("1.0.0", "arm", 2);
+        lab("1.1.0", "x", 0);
+        publish_on(&repo, &key, &file, "old", ("0.9.0", "x"), (5, None)).unwrap();
+        let promote =
+            |ver: &str, from: &str| repo.promote(&v(ver), from, "stable", None, &[&key], now());
+        promote("1.0.0", "lab").unwrap();
+        promote("1.1.0", "lab").unwrap();
+        let err = promote("0.9.0", "old").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        let message = err.to_string();
+        for part in ["at most 0", "found 5", "newer release 1.1.0", "stable"] {
+            assert!(message.contains(part), "{part}: {err}");
+        }
+    }
+
+    /// What `select` offers a device of `x` running 1.0.0 is what counts: a newer release
+    /// without a `min_version` already takes it past the promoted one's `min_version`.
+    #[test]
+    fn promote_needs_no_stone_where_devices_are_offered_a_way_on() {
+        let (_dir, repo, key, file) = setup();
+        let v = |s: &str| -> Version { s.parse().unwrap() };
+        for ver in ["1.0.0", "3.0.0"] {
+            publish_with(&repo, &key, &file, ver, "x", None);
+        }
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.5.0"));
+        let promote = |ver: &str| repo.promote(&v(ver), "nightly", "stable", None, &[&key], now());
+        promote("1.0.0").unwrap();
+        promote("3.0.0").unwrap();
+        let m = promote("2.0.0").unwrap();
+        assert_eq!(offer(&m, "1.0.0"), Some(v("3.0.0")));
+    }
+
+    /// A halted release is no stone (devices are not offered it); a device already held
+    /// back by another release's `min_version` is not this promotion's doing.
+    #[test]
+    fn promote_counts_a_halted_stone_as_none_and_blames_only_new_strandings() {
+        let (_dir, repo, key, file) = setup();
+        let v = |s: &str| -> Version { s.parse().unwrap() };
+        for ver in ["1.0.0", "1.2.0"] {
+            publish_with(&repo, &key, &file, ver, "x", None);
+        }
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        let to_stable = |ver: &str, to: &str, percent| {
+            repo.promote(&v(ver), "nightly", to, percent, &[&key], now())
+        };
+        to_stable("1.0.0", "stable", None).unwrap();
+        to_stable("1.2.0", "stable", Some(0.0)).unwrap();
+        let err = to_stable("2.0.0", "stable", None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("devices running 1.0.0"), "{err}");
+        // Ramping, it is a stone for the devices in its rollout and, in time, all.
+        let later = now().plus_secs(60);
+        repo.rollout("stable", &v("1.2.0"), 10.0, &[&key], later)
+            .unwrap();
+        repo.promote(&v("2.0.0"), "nightly", "stable", None, &[&key], later)
+            .unwrap();
+
+        // 3.0.0 (min 1.5.0, published there directly) already strands 1.0.0 on beta:
+        // promoting 2.5.0 (min 1.5.0) leaves those devices no worse off.
+        let mut options = ReleaseOptions::new(later);
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        repo.release("beta", &v("1.0.0"), "x", &components, &options, &[&key])
+            .unwrap();
+        options.min_version = Some(v("1.5.0"));
+        repo.release("beta", &v("3.0.0"), "x", &components, &options, &[&key])
+            .unwrap();
+        publish_with(&repo, &key, &file, "2.5.0", "x", Some("1.5.0"));
+        repo.promote(&v("2.5.0"), "nightly", "beta", None, &[&key], later)
+            .unwrap();
     }
 
     fn publish_secure(

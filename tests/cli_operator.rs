@@ -869,3 +869,99 @@ fn init_makes_its_directories_durable() {
     // repo/blobs/sha256, and one for root/1.json.
     assert!(syncs >= 6, "{}", stderr(&o));
 }
+
+/// The security order is per target and both ways: an older release with a higher security
+/// version than a newer one is refused, naming both; another target's release does not
+/// count.
+#[test]
+fn security_versions_are_ordered_per_target_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    let app = ["--component", "app=app.bin"];
+    release_version(dir, "1.1.0", &app);
+    let older = release_args("1.0.0", &[&app[..], &["--security-version", "5"]].concat());
+    let err = fails(dir, &older);
+    assert!(
+        err.starts_with("error[config]: expected a security version of at most 0 for 1.0.0 on x86_64-linux (that of the newer release 1.1.0 on channel nightly"),
+        "{err}"
+    );
+    assert!(err.trim_end().ends_with("found 5"), "{err}");
+    let arm: Vec<&str> = older
+        .iter()
+        .map(|a| {
+            if *a == "x86_64-linux" {
+                "aarch64-linux"
+            } else {
+                a
+            }
+        })
+        .collect();
+    ok(dir, &arm);
+}
+
+/// Promote and prune go by what devices below a min_version are offered: a halted release
+/// is no stepping stone, a newer release without a min_version takes them past it (no
+/// stone needed), and prune keeps the release they take rather than an older halted one.
+#[test]
+fn stepping_stones_are_what_devices_below_min_version_are_offered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_repo(dir);
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    let app = ["--component", "app=app.bin"];
+    release_version(dir, "1.0.0", &app);
+    release_version(dir, "1.1.0", &[&app[..], &["--rollout", "0"]].concat());
+    release_version(dir, "1.2.0", &app);
+    release_version(
+        dir,
+        "2.0.0",
+        &[&app[..], &["--min-version", "1.1.0"]].concat(),
+    );
+    let promote = |version: &str, rest: &[&str]| {
+        let head = [
+            "promote",
+            "repo",
+            "--version",
+            version,
+            "--from",
+            "nightly",
+            "--to",
+            "stable",
+            "--sign",
+            "release",
+        ];
+        evergreen(dir, &[&head[..], rest].concat())
+    };
+    assert_eq!(promote("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(promote("1.1.0", &["--rollout", "0"]).status.code(), Some(0));
+    let refused = promote("2.0.0", &[]);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error[config]: expected a stepping stone on channel stable for x86_64-linux devices running 1.0.0 (below 1.1.0, the min_version of 2.0.0)"),
+        "{err}"
+    );
+
+    // Devices on 1.0.0 take 1.2.0 (1.1.0 is halted): it is the stone prune keeps.
+    let prune = [
+        "--json",
+        "prune",
+        "repo",
+        "--channel",
+        "nightly",
+        "--keep",
+        "1",
+        "--sign",
+        "release",
+    ];
+    let report: serde_json::Value = serde_json::from_str(&ok(dir, &prune)).unwrap();
+    assert_eq!(report["removed"], serde_json::json!(["1.1.0", "1.0.0"]));
+
+    // 3.0.0 has no min_version: devices on 1.0.0 take it, so 2.0.0 needs no stone there.
+    release_version(dir, "3.0.0", &app);
+    assert_eq!(promote("3.0.0", &[]).status.code(), Some(0));
+    let promoted = promote("2.0.0", &[]);
+    assert_eq!(promoted.status.code(), Some(0), "{}", stderr(&promoted));
+}

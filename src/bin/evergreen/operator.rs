@@ -32,7 +32,8 @@ pub(crate) enum Command {
         --notes \"Fixes the reconnect loop.\" --rollout 10 --sign keys/release\n\n\
         A component's kind defaults to zip for .zip files and file otherwise. Refused: a\n\
         --min-version not below --version, and a --security-version below that of an older\n\
-        release on the channel (devices that confirmed it could never install this one).\n\
+        release for the target on the channel, or above that of a newer one (devices that\n\
+        confirmed the one could never install the other), also when adding a target.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Release(ReleaseArgs),
@@ -40,8 +41,9 @@ pub(crate) enum Command {
     #[command(
         after_help = "Example:\n  evergreen promote repo --version 1.2.0 --from nightly --to stable --sign keys/release\n\n\
         Refused: a build of the version already on the target channel, a security version\n\
-        below that of an older release there, and a min_version with no stepping stone there\n\
-        for the devices below it (promote one first).\n\
+        out of order with the releases there (per target, as for release), and a min_version\n\
+        that leaves devices below it offered nothing: no release they take leads past it\n\
+        (a halted one does not count; promote or ramp a stepping stone first).\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Promote(PromoteArgs),
@@ -62,8 +64,9 @@ pub(crate) enum Command {
         after_help = "Example:\n  evergreen prune repo --channel nightly --keep 20 --sign keys/release\n\n\
         Per target, keeps the newest releases down to the KEEP-th one rolled out to everyone\n\
         (a release ramping or halted does not count: devices outside its rollout need the\n\
-        ones before it), and for each kept release with a min_version the oldest release\n\
-        from that version up to it (the stepping stone older devices take). Blobs stay: they\n\
+        ones before it), and for each kept release with a min_version the stepping stone\n\
+        older devices take (the newest release from that version up to it rolled out to\n\
+        everyone) and the releases between it and the kept one. Blobs stay: they\n\
         are immutable and other channels may list them. Devices verify and parse the whole\n\
         manifest on every change, and refuse one over 1 MiB: prune long-lived channels.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
