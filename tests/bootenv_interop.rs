@@ -180,6 +180,53 @@ fn grub_slot_not_marked_good_after_boot_ends_in_the_rescue_entry() {
     assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
 }
 
+/// A grubenv that is a symlink (to the ESP, say): its target is written and the link
+/// kept; a link whose target is missing is refused, not replaced by a file GRUB never reads.
+#[test]
+fn grub_env_symlink_is_followed_and_a_dangling_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp");
+    let target = esp.join("grubenv");
+    let link = dir.path().join("grubenv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = GrubEnv::init(&link).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
+    let m = err.message();
+    assert!(
+        m.contains(&link.display().to_string())
+            && m.contains(&target.display().to_string())
+            && m.contains("is the ESP mounted?"),
+        "{m}"
+    );
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(!target.exists() && !esp.exists());
+
+    // Mounted: a block from grub-editenv (or a blank one) is provisioned through the link.
+    std::fs::create_dir(&esp).unwrap();
+    if have("grub-editenv") {
+        grub_editenv_block(&target, &["saved_entry=1"]);
+    } else {
+        let mut block = b"# GRUB Environment Block\nsaved_entry=1\n".to_vec();
+        block.resize(1024, b'#');
+        std::fs::write(&target, block).unwrap();
+    }
+    let mut env = GrubEnv::init(&link).unwrap();
+    env.activate(Slot::B, 1).unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(
+        GrubEnv::new(&target).get("ORDER").unwrap().as_deref(),
+        Some("B A")
+    );
+    if have("grub-editenv") {
+        let listed = grub_list(&link);
+        assert_eq!(
+            (listed["ORDER"].as_str(), listed["saved_entry"].as_str()),
+            ("B A", "1")
+        );
+    }
+}
+
 // ---- U-Boot ----
 
 struct UBootFixture {
@@ -662,8 +709,16 @@ fn uboot_repeated_names_read_and_write_the_last_like_fw_printenv() {
     }
 }
 
+/// The bytes of every copy's file.
+fn files(f: &UBootFixture) -> Vec<Vec<u8>> {
+    f.copies.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
 /// `fw_setenv` fills the data area to its last byte when a value just fits: the last
-/// entry's NUL is the area's last byte and no empty entry follows.
+/// entry's NUL is the area's last byte and no empty entry follows. We read such an
+/// environment and keep it, but never write one (see the next test): a change that needs
+/// the whole area is a `bootloader` error and nothing is written. (Here `fw_setenv` fills
+/// copy 0 of the pair, which `fw_printenv` 0.3.2 then can't read.)
 #[test]
 fn uboot_a_full_environment_as_fw_setenv_writes_it_is_read_and_kept() {
     if !have("fw_setenv") || !have("fw_printenv") {
@@ -674,41 +729,79 @@ fn uboot_a_full_environment_as_fw_setenv_writes_it_is_read_and_kept() {
         fw_setenv(&f, "BOOT_ORDER", "A B");
         fw_setenv(&f, "BOOT_A_LEFT", "3");
         fw_setenv(&f, "BOOT_B_LEFT", "0");
-        let used: usize = fw_printenv(&f)
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 2)
-            .sum();
+        let mut expected = fw_printenv(&f);
+        let used: usize = expected.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         let area = ENV_SIZE - if copies == 2 { 5 } else { 4 };
         let fill = "v".repeat(area - used - "fill".len() - 2);
         fw_setenv(&f, "fill", &fill);
+        expected.insert("fill".into(), fill.clone());
         let full = f.copies.iter().any(|p| {
             let raw = std::fs::read(p).unwrap();
             raw[0x400 + ENV_SIZE - 2..0x400 + ENV_SIZE] == *b"v\0"
         });
         assert!(full, "{copies} copies: fw_setenv filled the data area");
-        let before: Vec<Vec<u8>> = f.copies.iter().map(|p| std::fs::read(p).unwrap()).collect();
-        let mut env = UBootEnv::open(&f.config).unwrap();
-        assert_eq!(
-            env.get("fill").unwrap(),
-            Some(fill.clone()),
-            "{copies} copies"
-        );
-        env.init().unwrap();
-        let after: Vec<Vec<u8>> = f.copies.iter().map(|p| std::fs::read(p).unwrap()).collect();
-        assert!(
-            before == after,
-            "{copies} copies: provisioning left it alone"
-        );
-        // Same sizes: the new copy is full too, and reads back.
-        env.activate(Slot::B, 3).unwrap();
-        assert_eq!(env.get("fill").unwrap(), Some(fill.clone()));
-        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
         if copies == 1 {
+            assert_eq!(fw_printenv(&f), expected);
+        }
+        let before = files(&f);
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        assert_eq!(vars_map(env.vars().unwrap()), expected, "{copies} copies");
+        assert_eq!(env.get("fill").unwrap(), Some(fill.clone()));
+        env.init().unwrap();
+        assert!(before == files(&f), "{copies} copies: provisioning wrote");
+        // Same sizes: the new copy would be full too, without the empty entry.
+        let err = env.activate(Slot::B, 3).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
+        let need = format!("need {} bytes, the copy has {ENV_SIZE}", ENV_SIZE + 1);
+        assert!(err.message().contains(&need), "{copies} copies: {err}");
+        assert!(
+            before == files(&f),
+            "{copies} copies: a full copy was written"
+        );
+        assert_eq!(vars_map(env.vars().unwrap()), expected);
+    }
+}
+
+/// Everything we write ends with the empty entry, so `fw_printenv` (libubootenv 0.3.2)
+/// reads it back: it reads entries past the end of a full data area, and for copy 0 of a
+/// pair runs into copy 1's CRC and fails. Filling the last byte is refused.
+#[test]
+fn uboot_never_writes_a_full_environment() {
+    let tools = have("fw_printenv");
+    for copies in [1, 2] {
+        let f = uboot_fixture(copies);
+        let mut env = UBootEnv::open(&f.config).unwrap();
+        env.init().unwrap();
+        if copies == 2 {
+            // Copy 1 is current now, so the next write goes to copy 0.
+            env.set_vars(&[("x", Some("1"))]).unwrap();
+        }
+        let used: usize = env
+            .vars()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        let start = if copies == 2 { 5 } else { 4 };
+        // A value that ends its entry on the data area's last byte.
+        let full = "v".repeat(ENV_SIZE - start - used - "fill".len() - 2);
+        let before = files(&f);
+        let err = env.set_vars(&[("fill", Some(&full))]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
+        let need = format!("need {} bytes, the copy has {ENV_SIZE}", ENV_SIZE + 1);
+        assert!(err.message().contains(&need), "{copies} copies: {err}");
+        assert!(
+            before == files(&f),
+            "{copies} copies: a full copy was written"
+        );
+        // One byte less fits with its empty entry, in copy 0, and fw_printenv reads it.
+        env.set_vars(&[("fill", Some(&full[1..]))]).unwrap();
+        let raw = std::fs::read(&f.copies[0]).unwrap();
+        assert_eq!(&raw[0x400 + ENV_SIZE - 3..0x400 + ENV_SIZE], b"v\0\0");
+        if tools {
             let printed = fw_printenv(&f);
-            assert_eq!(
-                (printed["BOOT_ORDER"].as_str(), &printed["fill"]),
-                ("B A", &fill)
-            );
+            assert_eq!(printed, vars_map(env.vars().unwrap()), "{copies} copies");
+            assert_eq!(printed["fill"], full[1..]);
         }
     }
 }
@@ -801,4 +894,53 @@ fn uboot_config_lines_as_libubootenv_reads_them() {
             && err.message().contains("found a device of 0x3000 bytes"),
         "{err}"
     );
+}
+
+/// Two copies sharing a byte of one device, however the config names them (offsets of
+/// either sign, another path to the same file): writing one would overwrite the copy
+/// that was read, so nothing is written and it is a `bootloader` error.
+#[test]
+fn uboot_overlapping_copies_are_refused_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("disk");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&dev, &link).unwrap();
+    let cfg = dir.path().join("fw_env.config");
+    let [d, l] = [&dev, &link].map(|p| p.display().to_string());
+    for (len, text) in [
+        (0x100, format!("{d} 0 0x100\n{d} -0x100 0x100\n")),
+        (0x180, format!("{d} 0x80 0x100\n{d} -0x100 0x100\n")),
+        (0x180, format!("{d} -0x100 0x100\n{d} 0 0x100\n")),
+        (0x200, format!("{d} 0 0x100\n{l} 0x80 0x100\n")),
+        (0x200, format!("{d} 0 0x100\n{d} 0xff 0x100\n")),
+    ] {
+        std::fs::write(&dev, vec![0xffu8; len]).unwrap();
+        std::fs::write(&cfg, &text).unwrap();
+        let mut env = UBootEnv::open(&cfg).unwrap();
+        let err = env.init().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader, "{text}: {err}");
+        assert!(err.message().contains("don't overlap"), "{text}: {err}");
+        assert!(
+            err.message().contains(&d) || err.message().contains(&l),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&dev).unwrap(), vec![0xffu8; len], "{text}");
+    }
+    // Copies that touch without sharing a byte are a pair, and fw_printenv reads it
+    // (libubootenv takes negative offsets on block devices only).
+    for text in [
+        format!("{d} 0 0x100\n{d} -0x100 0x100\n"),
+        format!("{d} 0 0x100\n{l} 0x100 0x100\n"),
+    ] {
+        std::fs::write(&dev, vec![0xffu8; 0x200]).unwrap();
+        std::fs::write(&cfg, &text).unwrap();
+        let mut env = UBootEnv::open(&cfg).unwrap();
+        env.init().unwrap();
+        env.activate(Slot::B, 3).unwrap();
+        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+        if !text.contains(" -") && have("fw_printenv") {
+            let printed = as_map(&run(Command::new("fw_printenv").arg("-c").arg(&cfg)));
+            assert_eq!(printed, vars_map(env.vars().unwrap()));
+        }
+    }
 }

@@ -494,9 +494,11 @@ impl GrubEnv {
     /// Provisions the block at `path` so that later writes are power-fail safe.
     ///
     /// A missing file is created (1024 bytes, slot A good and first, B not bootable) by
-    /// writing a temporary file and renaming it. An existing block keeps its size and its
-    /// other variables; when it is not yet in the canonical layout it is rewritten once,
-    /// in place — the one write that a power cut can tear — so run this at provisioning.
+    /// writing a temporary file and renaming it. A symlink is followed: its target is
+    /// written and the link kept; one whose target is missing is a `bootloader` error.
+    /// An existing block keeps its size and its other variables; when it is not yet in the
+    /// canonical layout it is rewritten once, in place — the one write that a power cut
+    /// can tear — so run this at provisioning.
     ///
     /// ```
     /// # fn main() -> evergreen::Result<()> {
@@ -518,6 +520,16 @@ impl GrubEnv {
                 let block = canonical_block(&env.path, &rauc, &vars, bytes.len())?;
                 env.full_write(block).apply()?;
             }
+        } else if let Ok(target) = std::fs::read_link(&env.path) {
+            // Renaming over a dangling link would put the block where GRUB never looks.
+            return Err(Error::new(
+                ErrorKind::Bootloader,
+                format!(
+                    "GRUB environment {}: expected the symlink's target {} to exist, found it missing (is the ESP mounted?)",
+                    env.path.display(),
+                    target.display()
+                ),
+            ));
         } else {
             let block = canonical_block(&env.path, &RaucVars::FRESH, &[], DEFAULT_SIZE)?;
             crate::fsutil::write_atomic(&env.path, &block)?;
