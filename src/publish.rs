@@ -533,7 +533,7 @@ impl Repo {
         let trusted = self.trusted_root()?;
         let mut removed = Vec::new();
         let edit = |m: &mut Manifest| {
-            let kept = releases_to_keep(&m.releases, keep, now);
+            let kept = releases_to_keep(m, keep, now);
             if kept.len() == m.releases.len() {
                 // Nothing to remove: no new sequence for devices to fetch.
                 return Ok(Edit::Unchanged);
@@ -1147,15 +1147,19 @@ fn check_percent(percent: f64) -> Result<()> {
 }
 
 /// The versions [`Repo::prune`] keeps: per target, the newest down to the `keep`-th
-/// rolled out to everyone at `now`, then the stepping stones of each kept release, until
-/// nothing more is added.
-fn releases_to_keep(releases: &[Release], keep: usize, now: Timestamp) -> BTreeSet<Version> {
+/// rolled out to everyone at `now`; then whatever else a device needs so that none is
+/// offered less than before. A device may run any listed release (or one older than all
+/// of them): if [`select::select`] offers it a release now, it must still be offered one
+/// from what is kept, or the one it is offered now stays. That keeps each stepping stone
+/// devices below a `min_version` take, and only those, until nothing more is added.
+fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTreeSet<Version> {
+    let releases = &m.releases;
     let targets: BTreeSet<&str> = releases
         .iter()
         .flat_map(|r| r.targets.keys().map(String::as_str))
         .collect();
     let mut kept = BTreeSet::new();
-    for target in targets {
+    for &target in &targets {
         let mut carrying: Vec<&Release> = releases
             .iter()
             .filter(|r| r.targets.contains_key(target))
@@ -1170,20 +1174,31 @@ fn releases_to_keep(releases: &[Release], keep: usize, now: Timestamp) -> BTreeS
             full += usize::from(rolled_out_to_everyone(r, now));
         }
     }
-    let mut todo: Vec<&Release> = releases
-        .iter()
-        .filter(|r| kept.contains(&r.version))
+    let all = reached(m, now);
+    let oldest = (Version::new(0, 0, 0), 0);
+    let running: Vec<(Version, u64)> = std::iter::once(oldest)
+        .chain(
+            releases
+                .iter()
+                .map(|r| (r.version.clone(), r.security_version)),
+        )
         .collect();
-    while let Some(r) = todo.pop() {
-        for target in r.targets.keys() {
-            for stone in stepping_stones(releases, r, target, now) {
-                if kept.insert(stone.version.clone()) {
-                    todo.push(stone);
-                }
-            }
+    // Each round adds at least one release, so this ends after as many rounds as there are.
+    loop {
+        let mut now_kept = all.clone();
+        now_kept.releases.retain(|r| kept.contains(&r.version));
+        let missing: Vec<Version> = targets
+            .iter()
+            .flat_map(|&target| running.iter().map(move |device| (target, device)))
+            .filter(|(target, device)| offered(&now_kept, target, device, now).is_none())
+            .filter_map(|(target, device)| offered(&all, target, device, now))
+            .collect();
+        let before = kept.len();
+        kept.extend(missing);
+        if kept.len() == before {
+            return kept;
         }
     }
-    kept
 }
 
 /// The release is offered to every device at `now` (no rollout, or one at 100%).
@@ -1193,36 +1208,42 @@ fn rolled_out_to_everyone(r: &Release, now: Timestamp) -> bool {
         .is_none_or(|ro| ro.percent_at(now) >= 100.0)
 }
 
-/// The releases of `target` a device below `r`'s `min_version` is offered on its way to
-/// `r`. Selection offers it the newest release it is in the rollout of and whose
-/// `min_version` it meets (DESIGN §5.2), so among those from `min_version` (by precedence,
-/// as devices compare: `1.1.0+b7` meets `1.1.0`, `1.6.0` an unlisted `1.5.0`) up to `r`,
-/// the newest rolled out to everyone at `now` is the stone: the older ones are offered to
-/// no device once it is there, whatever their rollout. The newer ones stay too: devices in
-/// their rollout take them, and one at 100% becomes the stone. With none at 100%, all stay.
-/// A stone's own `min_version` is the caller's to follow.
-fn stepping_stones<'a>(
-    releases: &'a [Release],
-    r: &Release,
+/// The channel as a device in every rollout that has started sees it: a ramp reaches
+/// everyone in time, a halt (0 %) no one.
+fn reached(m: &Manifest, now: Timestamp) -> Manifest {
+    let mut all = m.clone();
+    for r in &mut all.releases {
+        if r.rollout
+            .as_ref()
+            .is_some_and(|ro| ro.percent_at(now) > 0.0)
+        {
+            r.rollout = None;
+        }
+    }
+    all
+}
+
+/// What [`select::select`] offers a device of `target` running `(version, security
+/// version)` on `channel` (as [`reached`] gives it), with no skip or failure.
+fn offered(
+    channel: &Manifest,
     target: &str,
+    (version, security): &(Version, u64),
     now: Timestamp,
-) -> Vec<&'a Release> {
-    let Some(min) = &r.min_version else {
-        return Vec::new();
+) -> Option<Version> {
+    let device = select::Device {
+        product: "",
+        target,
+        device_id: "",
+        installed: Some(version),
+        security_floor: *security,
+        skipped: &[],
+        failed: &[],
     };
-    let between: Vec<&Release> = releases
-        .iter()
-        .filter(|s| s.targets.contains_key(target))
-        .filter(|s| s.version.cmp_precedence(min).is_ge())
-        .filter(|s| s.version.cmp_precedence(&r.version).is_lt())
-        .collect();
-    let stone = between
-        .iter()
-        .filter(|s| rolled_out_to_everyone(s, now))
-        .max_by(|a, b| a.version.cmp_precedence(&b.version));
-    let from_stone =
-        |s: &&Release| stone.is_none_or(|t| s.version.cmp_precedence(&t.version).is_ge());
-    between.iter().copied().filter(from_stone).collect()
+    match select::select(channel, &device, &select::Policy::default(), now) {
+        Ok(select::Decision::Update(choice)) => Some(choice.version),
+        _ => None,
+    }
 }
 
 /// Devices compare versions by precedence: two builds of one version are the same.
@@ -1348,15 +1369,7 @@ struct Reach {
 
 impl Reach {
     fn new(m: &Manifest, now: Timestamp) -> Reach {
-        let mut with_mins = m.clone();
-        for r in &mut with_mins.releases {
-            if r.rollout
-                .as_ref()
-                .is_some_and(|ro| ro.percent_at(now) > 0.0)
-            {
-                r.rollout = None;
-            }
-        }
+        let with_mins = reached(m, now);
         let mut without_mins = with_mins.clone();
         for r in &mut without_mins.releases {
             r.min_version = None;
@@ -1371,20 +1384,9 @@ impl Reach {
     /// A device of `target` that confirmed `running` is offered nothing only because of a
     /// `min_version` it does not meet.
     fn strands(&self, target: &str, running: &Release) -> bool {
-        let device = select::Device {
-            product: &self.with_mins.product,
-            target,
-            device_id: "",
-            installed: Some(&running.version),
-            security_floor: running.security_version,
-            skipped: &[],
-            failed: &[],
-        };
-        let offered = |m: &Manifest| {
-            let decision = select::select(m, &device, &select::Policy::default(), self.now);
-            matches!(decision, Ok(select::Decision::Update(_)))
-        };
-        !offered(&self.with_mins) && offered(&self.without_mins)
+        let device = (running.version.clone(), running.security_version);
+        offered(&self.with_mins, target, &device, self.now).is_none()
+            && offered(&self.without_mins, target, &device, self.now).is_some()
     }
 }
 
@@ -2021,8 +2023,7 @@ mod tests {
     }
 
     /// The stone kept is the one `select` offers a device below `min_version`: the newest
-    /// release from it up that is rolled out to everyone, not an older halted one; releases
-    /// between the stone and the kept release stay too (halted now, the next stone later).
+    /// release from it up that is rolled out to everyone, not an older halted one.
     #[test]
     fn prune_keeps_the_stone_devices_take_not_a_halted_one() {
         type Case<'a> = ([(&'a str, Option<f64>); 3], &'a str, &'a str, Vec<&'a str>);
@@ -2039,11 +2040,12 @@ mod tests {
                 "1.7.0",
                 vec!["1.6.0", "1.0.0"],
             ),
+            // A halted release below the newest full one is offered to no device: it goes.
             (
                 [("1.0.0", None), ("1.1.0", None), ("1.2.0", Some(0.0))],
                 "1.1.0",
                 "1.1.0",
-                vec!["1.0.0"],
+                vec!["1.2.0", "1.0.0"],
             ),
         ];
         for (releases, min, stone, gone) in cases {
@@ -2062,6 +2064,34 @@ mod tests {
                 Some(versions(&["2.0.0"])[0].clone())
             );
         }
+    }
+
+    /// Prune keeps what devices are offered, and only that: a stone with a `min_version` of
+    /// its own above the device is no stone, and releases sharing one `min_version` do not
+    /// pull each other in.
+    #[test]
+    fn prune_keeps_only_what_a_device_is_offered() {
+        let (_dir, repo, key, file) = setup();
+        for (v, min) in [("1.0.0", None), ("1.1.0", None), ("1.3.0", Some("1.2.0"))] {
+            publish_with(&repo, &key, &file, v, "x", min);
+        }
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        assert_eq!(
+            offer(&nightly(&repo), "1.0.0"),
+            Some(versions(&["1.1.0"])[0].clone())
+        );
+        let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        assert_eq!(offer(&m, "1.0.0"), Some(versions(&["1.1.0"])[0].clone()));
+
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_with(&repo, &key, &file, "2.0.0", "x", None);
+        for v in ["2.1.0", "2.2.0", "2.3.0", "2.4.0"] {
+            publish_with(&repo, &key, &file, v, "x", Some("2.0.0"));
+        }
+        let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        let kept: Vec<String> = m.releases.iter().map(|r| r.version.to_string()).collect();
+        assert_eq!(kept, ["2.0.0", "2.4.0"]);
     }
 
     /// Devices of one target never see another target's releases, and a device that
