@@ -112,6 +112,29 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
+/// Where a write to `path` must go: `path` itself, or, when it is a symlink, the file it
+/// points to (followed link by link, a relative target read from the link's directory),
+/// which need not exist yet — a fresh data partition on the first boot.
+pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
+    // As many links as the kernel follows in one path lookup.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&path).map_err(|e| Error::io("read link", &path, e))?;
+                path = path.parent().map_or(to.clone(), |dir| dir.join(&to));
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(Error::new(
+        crate::error::ErrorKind::Io,
+        format!(
+            "{}: expected a file or a chain of symlinks to one, found more than 40 links",
+            path.display()
+        ),
+    ))
+}
+
 /// Creates `dir` and its missing parents, each made durable in its parent.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     if dir.is_dir() {

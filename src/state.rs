@@ -26,26 +26,6 @@ struct SchemaOnly {
     schema: Option<u64>,
 }
 
-/// Where a write to `path` must go: `path` itself, or, when it is a symlink, the file it
-/// points to (followed link by link, a relative target read from the link's directory),
-/// which need not exist yet — a fresh data partition on the first boot.
-fn link_target(mut path: PathBuf) -> Result<PathBuf> {
-    // As many links as the kernel follows in one path lookup.
-    for _ in 0..40 {
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let to = std::fs::read_link(&path).map_err(|e| Error::io("read link", &path, e))?;
-                path = path.parent().map_or(to.clone(), |dir| dir.join(&to));
-            }
-            _ => return Ok(path),
-        }
-    }
-    Err(Error::invalid_state(format!(
-        "{}: expected a file or a chain of symlinks to one, found more than 40 links",
-        path.display()
-    )))
-}
-
 /// How many events the history keeps.
 pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
@@ -366,7 +346,7 @@ impl State {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
-        fsutil::write_atomic(&link_target(State::path(dir))?, &bytes)
+        fsutil::write_atomic(&fsutil::link_target(State::path(dir))?, &bytes)
     }
 
     /// The record of `slot`.

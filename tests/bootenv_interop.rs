@@ -183,7 +183,7 @@ fn grub_slot_not_marked_good_after_boot_ends_in_the_rescue_entry() {
 /// A grubenv that is a symlink (to the ESP, say): its target is written and the link
 /// kept; a link whose target is missing is refused, not replaced by a file GRUB never reads.
 #[test]
-fn grub_env_symlink_is_followed_and_a_dangling_one_refused() {
+fn grub_env_symlink_is_followed_and_one_into_a_missing_directory_refused() {
     let dir = tempfile::tempdir().unwrap();
     let esp = dir.path().join("esp");
     let target = esp.join("grubenv");
@@ -224,6 +224,15 @@ fn grub_env_symlink_is_followed_and_a_dangling_one_refused() {
             (listed["ORDER"].as_str(), listed["saved_entry"].as_str()),
             ("B A", "1")
         );
+    }
+
+    // Mounted but never provisioned: the fresh block is made where the link points.
+    std::fs::remove_file(&target).unwrap();
+    GrubEnv::init(&link).unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 1024);
+    if have("grub-editenv") {
+        assert_eq!(grub_list(&link)["ORDER"], "A B");
     }
 }
 
@@ -905,23 +914,30 @@ fn uboot_overlapping_copies_are_refused_when_read() {
     let dev = dir.path().join("disk");
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&dev, &link).unwrap();
+    let hard = dir.path().join("hard");
     let cfg = dir.path().join("fw_env.config");
-    let [d, l] = [&dev, &link].map(|p| p.display().to_string());
+    let [d, l, h] = [&dev, &link, &hard].map(|p| p.display().to_string());
     for (len, text) in [
         (0x100, format!("{d} 0 0x100\n{d} -0x100 0x100\n")),
+        // Another name of the same file: its real path differs, its inode does not.
+        (0x200, format!("{d} 0 0x100\n{h} 0x80 0x100\n")),
         (0x180, format!("{d} 0x80 0x100\n{d} -0x100 0x100\n")),
         (0x180, format!("{d} -0x100 0x100\n{d} 0 0x100\n")),
         (0x200, format!("{d} 0 0x100\n{l} 0x80 0x100\n")),
         (0x200, format!("{d} 0 0x100\n{d} 0xff 0x100\n")),
     ] {
         std::fs::write(&dev, vec![0xffu8; len]).unwrap();
+        let _ = std::fs::remove_file(&hard);
+        std::fs::hard_link(&dev, &hard).unwrap();
         std::fs::write(&cfg, &text).unwrap();
         let mut env = UBootEnv::open(&cfg).unwrap();
         let err = env.init().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Bootloader, "{text}: {err}");
         assert!(err.message().contains("don't overlap"), "{text}: {err}");
         assert!(
-            err.message().contains(&d) || err.message().contains(&l),
+            [&d, &l, &h]
+                .iter()
+                .any(|p| err.message().contains(p.as_str())),
             "{err}"
         );
         assert_eq!(std::fs::read(&dev).unwrap(), vec![0xffu8; len], "{text}");

@@ -520,19 +520,22 @@ impl GrubEnv {
                 let block = canonical_block(&env.path, &rauc, &vars, bytes.len())?;
                 env.full_write(block).apply()?;
             }
-        } else if let Ok(target) = std::fs::read_link(&env.path) {
-            // Renaming over a dangling link would put the block where GRUB never looks.
-            return Err(Error::new(
-                ErrorKind::Bootloader,
-                format!(
-                    "GRUB environment {}: expected the symlink's target {} to exist, found it missing (is the ESP mounted?)",
-                    env.path.display(),
-                    target.display()
-                ),
-            ));
         } else {
+            // A symlink to a block not made yet (on the ESP) gets it where it points:
+            // renaming over the link would put it where GRUB never looks.
+            let target = crate::fsutil::link_target(env.path.clone())?;
+            if !target.parent().is_some_and(Path::is_dir) {
+                return Err(Error::new(
+                    ErrorKind::Bootloader,
+                    format!(
+                        "GRUB environment {}: expected the directory of the symlink's target {} to exist, found it missing (is the ESP mounted?)",
+                        env.path.display(),
+                        target.display()
+                    ),
+                ));
+            }
             let block = canonical_block(&env.path, &RaucVars::FRESH, &[], DEFAULT_SIZE)?;
-            crate::fsutil::write_atomic(&env.path, &block)?;
+            crate::fsutil::write_atomic(&target, &block)?;
         }
         Ok(env)
     }

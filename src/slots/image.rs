@@ -42,7 +42,7 @@ impl ImageSlots {
     /// overwrite the other, perhaps the running system. [`ImageSlots::write_image`] checks
     /// it first; an updater checks it before it marks a slot `installing`.
     pub fn check_distinct(&self) -> Result<()> {
-        if !same_storage(&self.a, &self.b) {
+        if !super::same_storage(&self.a, &self.b) {
             return Ok(());
         }
         Err(Error::config(format!(
@@ -137,18 +137,6 @@ fn is_block_device(file: &File) -> bool {
         let _ = file;
         false
     }
-}
-
-/// Whether `a` and `b` reach the same file or block device (through symlinks such as
-/// `/dev/disk/by-partlabel/…`, hard links, or two nodes of one device). The config only
-/// compares the paths as written.
-fn same_storage(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
-        return false;
-    };
-    let both_devices = ma.file_type().is_block_device() && mb.file_type().is_block_device();
-    (ma.dev() == mb.dev() && ma.ino() == mb.ino()) || (both_devices && ma.rdev() == mb.rdev())
 }
 
 fn is_block_path(path: &Path) -> bool {
@@ -346,7 +334,7 @@ mod tests {
         // A hard link is the same file too; a distinct file is written.
         std::fs::remove_file(&b).unwrap();
         std::fs::hard_link(&a, &b).unwrap();
-        assert!(same_storage(&a, &b));
+        assert!(crate::slots::same_storage(&a, &b));
         std::fs::remove_file(&b).unwrap();
         s.write_image(
             Slot::B,

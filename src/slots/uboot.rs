@@ -398,19 +398,19 @@ impl UBootEnv {
     }
 
     /// Every copy as read; any error reading one is returned, never taken for a blank copy.
-    /// Two copies that share a byte of one device (by real path, as libubootenv resolves
-    /// it) are a `bootloader` error: writing one would overwrite the other.
+    /// Two copies that share a byte of one device (reached by any path: a symlink, another
+    /// node of the device) are a `bootloader` error: writing one would overwrite the other.
     fn read_copies(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut copies = Vec::new();
         for copy in &self.config.copies {
             copies.push(self.read_copy(copy)?);
         }
         if let ([a, b], [(x, _), (y, _)]) = (&self.config.copies[..], &copies[..]) {
-            let real = |c: &EnvCopy| std::fs::canonicalize(&c.device).ok();
-            if x.abs_diff(*y) < a.size as u64 && real(a) == real(b) {
+            if x.abs_diff(*y) < a.size as u64 && super::same_storage(&a.device, &b.device) {
                 return Err(bootloader(format!(
-                    "U-Boot environment: expected two copies that don't overlap, found both in {} from {x:#x} and from {y:#x}",
-                    a.device.display()
+                    "U-Boot environment: expected two copies that don't overlap, found {} from {x:#x} and {} from {y:#x} on the same storage",
+                    a.device.display(),
+                    b.device.display()
                 )));
             }
         }
