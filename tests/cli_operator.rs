@@ -440,6 +440,15 @@ fn usage_errors_exit_2_and_bad_values_are_config_errors() {
     assert_eq!(o.status.code(), Some(2));
     let o = evergreen(dir, &["no-such-command"]);
     assert_eq!(o.status.code(), Some(2));
+    // A malformed version is a usage error, as for the device commands' --version.
+    for bad in [
+        release_args("1.2", &["--component", "app=x"]),
+        release_args("1.2.0", &["--component", "app=x", "--min-version", "v1"]),
+    ] {
+        let o = evergreen(dir, &bad);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("version"), "{}", stderr(&o));
+    }
 
     keygen(dir, "root1");
     let err = fails(dir, &init_args("root1.pub", "0", "root1.pub", "root1", &[]));

@@ -140,7 +140,7 @@ pub(crate) struct ReleaseArgs {
     channel: String,
     /// Semver version of the release.
     #[arg(long)]
-    version: String,
+    version: Version,
     /// Target (compatibility string) the components are for.
     #[arg(long)]
     target: String,
@@ -158,7 +158,7 @@ pub(crate) struct ReleaseArgs {
     critical: bool,
     /// Devices below this version take a stepping-stone release first.
     #[arg(long, value_name = "V")]
-    min_version: Option<String>,
+    min_version: Option<Version>,
     /// Anti-rollback counter of this release.
     #[arg(long, value_name = "N", default_value_t = 0)]
     security_version: u64,
@@ -177,7 +177,7 @@ pub(crate) struct PromoteArgs {
     repo: PathBuf,
     /// The version to promote.
     #[arg(long)]
-    version: String,
+    version: Version,
     /// Channel it is on.
     #[arg(long)]
     from: String,
@@ -205,7 +205,7 @@ pub(crate) struct RolloutArgs {
     channel: String,
     /// The release to ramp.
     #[arg(long)]
-    version: String,
+    version: Version,
     /// Percentage of devices, 0–100, from now on.
     #[arg(long)]
     percent: f64,
@@ -293,7 +293,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Promote(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
             let m = repo.promote_with_expiry(
-                &version(&a.version)?,
+                &a.version,
                 &a.from,
                 &a.to,
                 a.rollout,
@@ -309,7 +309,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         }
         Command::Rollout(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
-            let v = version(&a.version)?;
+            let v = a.version.clone();
             let signers = refs(&signers);
             let m = repo.rollout_with_expiry(
                 &a.channel,
@@ -439,12 +439,12 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         notes: a.notes.clone(),
         rollout_percent: a.rollout,
         critical: a.critical,
-        min_version: a.min_version.as_deref().map(version).transpose()?,
+        min_version: a.min_version.clone(),
         security_version: a.security_version,
         expires_in_days: a.expires_in,
         now: now()?,
     };
-    let v = version(&a.version)?;
+    let v = a.version.clone();
     let m = repo.release(
         &a.channel,
         &v,
@@ -575,11 +575,6 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         )
     });
     Ok((name.to_string(), PathBuf::from(path), kind))
-}
-
-fn version(text: &str) -> Result<Version> {
-    Version::parse(text)
-        .map_err(|e| Error::config(format!("expected a semver version, found {text:?}: {e}")))
 }
 
 fn public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
