@@ -1174,31 +1174,59 @@ fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTreeSet<Versi
             full += usize::from(rolled_out_to_everyone(r, now));
         }
     }
-    let all = reached(m, now);
-    let oldest = (Version::new(0, 0, 0), 0);
-    let running: Vec<(Version, u64)> = std::iter::once(oldest)
-        .chain(
-            releases
-                .iter()
-                .map(|r| (r.version.clone(), r.security_version)),
-        )
-        .collect();
-    // Each round adds at least one release, so this ends after as many rounds as there are.
+    // Two views: the rollouts as they stand now (a halt reaches no one), and as they may
+    // stand later (a halted or scheduled release can be ramped up again).
+    let views = [reached(m, now, false), reached(m, now, true)];
+    let running = devices(releases);
+    // Each round adds the releases devices lost; an added release never takes an offer
+    // away, so few rounds are needed.
     loop {
-        let mut now_kept = all.clone();
-        now_kept.releases.retain(|r| kept.contains(&r.version));
-        let missing: Vec<Version> = targets
-            .iter()
-            .flat_map(|&target| running.iter().map(move |device| (target, device)))
-            .filter(|(target, device)| offered(&now_kept, target, device, now).is_none())
-            .filter_map(|(target, device)| offered(&all, target, device, now))
-            .collect();
+        let mut missing = Vec::new();
+        for all in &views {
+            let mut from_kept = all.clone();
+            from_kept.releases.retain(|r| kept.contains(&r.version));
+            for &target in &targets {
+                for device in &running {
+                    if offered(&from_kept, target, device, now).is_none() {
+                        missing.extend(offered(all, target, device, now));
+                    }
+                }
+            }
+        }
         let before = kept.len();
         kept.extend(missing);
         if kept.len() == before {
             return kept;
         }
     }
+}
+
+/// The devices a prune must not strand, as (running version, security floor): one on each
+/// listed release, one at each listed `min_version` (a release pruned before, or listed on
+/// another channel), with the floor of the newest listed release not above it, and one
+/// older than all of them.
+fn devices(releases: &[Release]) -> Vec<(Version, u64)> {
+    let floor_at = |v: &Version| {
+        releases
+            .iter()
+            .filter(|r| r.version.cmp_precedence(v).is_le())
+            .max_by(|a, b| a.version.cmp_precedence(&b.version))
+            .map_or(0, |r| r.security_version)
+    };
+    let listed = releases
+        .iter()
+        .map(|r| (r.version.clone(), r.security_version));
+    let mins = releases
+        .iter()
+        .filter_map(|r| r.min_version.clone())
+        .map(|v| {
+            let floor = floor_at(&v);
+            (v, floor)
+        });
+    std::iter::once((Version::new(0, 0, 0), 0))
+        .chain(listed)
+        .chain(mins)
+        .collect()
 }
 
 /// The release is offered to every device at `now` (no rollout, or one at 100%).
@@ -1209,14 +1237,15 @@ fn rolled_out_to_everyone(r: &Release, now: Timestamp) -> bool {
 }
 
 /// The channel as a device in every rollout that has started sees it: a ramp reaches
-/// everyone in time, a halt (0 %) no one.
-fn reached(m: &Manifest, now: Timestamp) -> Manifest {
+/// everyone in time, a halt (0 %) no one. With `later`, a rollout with any stage above
+/// 0 % (past or scheduled) reaches everyone: a halted release may be ramped up again.
+fn reached(m: &Manifest, now: Timestamp, later: bool) -> Manifest {
     let mut all = m.clone();
     for r in &mut all.releases {
-        if r.rollout
-            .as_ref()
-            .is_some_and(|ro| ro.percent_at(now) > 0.0)
-        {
+        let reaches = r.rollout.as_ref().is_some_and(|ro| {
+            ro.percent_at(now) > 0.0 || (later && ro.stages.iter().any(|s| s.percent > 0.0))
+        });
+        if reaches {
             r.rollout = None;
         }
     }
@@ -1369,7 +1398,7 @@ struct Reach {
 
 impl Reach {
     fn new(m: &Manifest, now: Timestamp) -> Reach {
-        let with_mins = reached(m, now);
+        let with_mins = reached(m, now, false);
         let mut without_mins = with_mins.clone();
         for r in &mut without_mins.releases {
             r.min_version = None;
@@ -2092,6 +2121,45 @@ mod tests {
         let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
         let kept: Vec<String> = m.releases.iter().map(|r| r.version.to_string()).collect();
         assert_eq!(kept, ["2.0.0", "2.4.0"]);
+    }
+
+    /// A stone halted for now may be ramped up again, and devices already on it need the
+    /// release after it: two prunes in a row keep both. A `min_version` naming no listed
+    /// release (pruned before) still keeps what its devices take.
+    #[test]
+    fn prune_keeps_a_halted_stone_and_what_devices_at_a_min_version_take() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_on(
+            &repo,
+            &key,
+            &file,
+            "nightly",
+            ("1.5.0", "x"),
+            (0, Some(30.0)),
+        )
+        .unwrap();
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.5.0"));
+        publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
+        let halted: Version = "1.5.0".parse().unwrap();
+        repo.rollout("nightly", &halted, 0.0, &[&key], now())
+            .unwrap();
+        for _ in 0..2 {
+            repo.prune("nightly", 1, &[&key], now()).unwrap();
+        }
+        let m = nightly(&repo);
+        assert!(m.release(&halted).is_some());
+        assert_eq!(offer(&m, "1.5.0"), Some(versions(&["2.0.0"])[0].clone()));
+
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.5.0"));
+        publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
+        repo.prune("nightly", 1, &[&key], now()).unwrap();
+        assert_eq!(
+            offer(&nightly(&repo), "1.5.0"),
+            Some(versions(&["2.0.0"])[0].clone())
+        );
     }
 
     /// Devices of one target never see another target's releases, and a device that
