@@ -116,6 +116,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// points to (followed link by link, a relative target read from the link's directory),
 /// which need not exist yet — a fresh data partition on the first boot.
 pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
+    let start = path.clone();
     // As many links as the kernel follows in one path lookup.
     for _ in 0..40 {
         match std::fs::symlink_metadata(&path) {
@@ -130,7 +131,7 @@ pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
         crate::error::ErrorKind::Io,
         format!(
             "{}: expected a file or a chain of symlinks to one, found more than 40 links",
-            path.display()
+            start.display()
         ),
     ))
 }

@@ -181,9 +181,10 @@ fn grub_slot_not_marked_good_after_boot_ends_in_the_rescue_entry() {
 }
 
 /// A grubenv that is a symlink (to the ESP, say): its target is written and the link
-/// kept; a link whose target is missing is refused, not replaced by a file GRUB never reads.
+/// kept; a link whose target is missing is refused, not replaced by a file GRUB never
+/// reads, unless the target's directory is on another file system (the ESP, mounted).
 #[test]
-fn grub_env_symlink_is_followed_and_one_into_a_missing_directory_refused() {
+fn grub_env_symlink_is_followed_and_a_dangling_one_refused_unless_on_another_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let esp = dir.path().join("esp");
     let target = esp.join("grubenv");
@@ -226,11 +227,30 @@ fn grub_env_symlink_is_followed_and_one_into_a_missing_directory_refused() {
         );
     }
 
-    // Mounted but never provisioned: the fresh block is made where the link points.
+    // A missing target in an existing directory of the same file system is refused too:
+    // an unmounted mount point looks just like that.
     std::fs::remove_file(&target).unwrap();
+    let err = GrubEnv::init(&link).unwrap_err();
+    assert!(err.message().contains("is the ESP mounted?"), "{err}");
+    assert!(!target.exists());
+
+    // On another file system (the ESP mounted, never provisioned), the fresh block is made
+    // where the link points. /dev/shm stands in for the ESP when it is another one.
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    };
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    if dev(shm.path()) == dev(dir.path()) {
+        eprintln!("skipped: /dev/shm is the temp dir's file system");
+        return;
+    }
+    let esp_target = shm.path().join("grubenv");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&esp_target, &link).unwrap();
     GrubEnv::init(&link).unwrap();
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-    assert_eq!(std::fs::metadata(&target).unwrap().len(), 1024);
+    assert_eq!(std::fs::metadata(&esp_target).unwrap().len(), 1024);
     if have("grub-editenv") {
         assert_eq!(grub_list(&link)["ORDER"], "A B");
     }

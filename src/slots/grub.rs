@@ -495,7 +495,9 @@ impl GrubEnv {
     ///
     /// A missing file is created (1024 bytes, slot A good and first, B not bootable) by
     /// writing a temporary file and renaming it. A symlink is followed: its target is
-    /// written and the link kept; one whose target is missing is a `bootloader` error.
+    /// written and the link kept; one whose target is missing is a `bootloader` error
+    /// unless the target's directory is on another file system (the ESP, mounted), where
+    /// the block is made.
     /// An existing block keeps its size and its other variables; when it is not yet in the
     /// canonical layout it is rewritten once, in place — the one write that a power cut
     /// can tear — so run this at provisioning.
@@ -521,14 +523,15 @@ impl GrubEnv {
                 env.full_write(block).apply()?;
             }
         } else {
-            // A symlink to a block not made yet (on the ESP) gets it where it points:
-            // renaming over the link would put it where GRUB never looks.
+            // Renaming over a symlink would put the block where GRUB never looks. One whose
+            // target is missing gets the block where it points only on another file system
+            // (the ESP mounted): an unmounted mount point is an empty directory of this one.
             let target = crate::fsutil::link_target(env.path.clone())?;
-            if !target.parent().is_some_and(Path::is_dir) {
+            if target != env.path && !on_other_file_system(&env.path, &target) {
                 return Err(Error::new(
                     ErrorKind::Bootloader,
                     format!(
-                        "GRUB environment {}: expected the directory of the symlink's target {} to exist, found it missing (is the ESP mounted?)",
+                        "GRUB environment {}: expected the symlink's target {} to exist or its directory to be on another file system, found neither (is the ESP mounted?)",
                         env.path.display(),
                         target.display()
                     ),
@@ -675,6 +678,16 @@ impl super::EnvSelector for GrubEnv {
             preferred_left: u32::from(rauc.pick() == Some(rauc.order[0])),
         })
     }
+}
+
+/// The directory of `target` exists on another file system than that of `link`.
+fn on_other_file_system(link: &Path, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir_of = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        std::fs::metadata(dir.unwrap_or(Path::new("."))).map(|m| m.dev())
+    };
+    matches!((dir_of(link), dir_of(target)), (Ok(a), Ok(b)) if a != b)
 }
 
 #[cfg(test)]
