@@ -1178,24 +1178,38 @@ fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTreeSet<Versi
     // stand later (a halted or scheduled release can be ramped up again).
     let views = [reached(m, now, false), reached(m, now, true)];
     let running = devices(releases);
+    // What each device is offered before the prune, per view: it does not change between
+    // rounds, so it is asked once.
+    let before: Vec<(usize, &str, &(Version, u64), Version)> = views
+        .iter()
+        .enumerate()
+        .flat_map(|(i, _)| targets.iter().map(move |&target| (i, target)))
+        .flat_map(|(i, target)| running.iter().map(move |device| (i, target, device)))
+        .filter_map(|(i, target, device)| {
+            offered(&views[i], target, device, now).map(|v| (i, target, device, v))
+        })
+        .collect();
     // Each round adds the releases devices lost; an added release never takes an offer
     // away, so few rounds are needed.
     loop {
-        let mut missing = Vec::new();
-        for all in &views {
-            let mut from_kept = all.clone();
-            from_kept.releases.retain(|r| kept.contains(&r.version));
-            for &target in &targets {
-                for device in &running {
-                    if offered(&from_kept, target, device, now).is_none() {
-                        missing.extend(offered(all, target, device, now));
-                    }
-                }
-            }
-        }
-        let before = kept.len();
+        let kept_views: Vec<Manifest> = views
+            .iter()
+            .map(|all| {
+                let mut from_kept = all.clone();
+                from_kept.releases.retain(|r| kept.contains(&r.version));
+                from_kept
+            })
+            .collect();
+        let missing: Vec<Version> = before
+            .iter()
+            .filter(|(i, target, device, _)| {
+                offered(&kept_views[*i], target, device, now).is_none()
+            })
+            .map(|(.., v)| v.clone())
+            .collect();
+        let before_len = kept.len();
         kept.extend(missing);
-        if kept.len() == before {
+        if kept.len() == before_len {
             return kept;
         }
     }
