@@ -503,12 +503,12 @@ impl UBootEnv {
             return self.pick(copies).map(drop);
         }
         let vars: Vec<RawVar> = [
-            ("BOOT_ORDER", "A B".to_string()),
-            ("BOOT_A_LEFT", format!("{:x}", self.max_tries)),
-            ("BOOT_B_LEFT", "0".to_string()),
+            ("BOOT_ORDER".to_string(), "A B".to_string()),
+            (left_var(Slot::A), format!("{:x}", self.max_tries)),
+            (left_var(Slot::B), "0".to_string()),
         ]
         .into_iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
         .collect();
         let copy = &self.config.copies[0];
         EnvWrite {
