@@ -36,7 +36,7 @@ pub(super) fn download(
     cancel: &CancelToken,
 ) -> Result<PathBuf> {
     check_sha256(&spec.sha256)?;
-    fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    crate::fsutil::create_dir_all(dir)?;
     let done_path = dir.join(&spec.sha256);
     if is_complete(&done_path, spec)? {
         return Ok(done_path);
