@@ -309,16 +309,10 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         }
         Command::Rollout(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
-            let v = a.version.clone();
+            let v = &a.version;
             let signers = refs(&signers);
-            let m = repo.rollout_with_expiry(
-                &a.channel,
-                &v,
-                a.percent,
-                a.expires_in,
-                &signers,
-                now()?,
-            )?;
+            let m =
+                repo.rollout_with_expiry(&a.channel, v, a.percent, a.expires_in, &signers, now()?)?;
             print_channel(&m, &format!("rollout of {v} at {}% on", a.percent), json)
         }
         Command::Resign(a) => {
@@ -444,10 +438,10 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         expires_in_days: a.expires_in,
         now: now()?,
     };
-    let v = a.version.clone();
+    let v = &a.version;
     let m = repo.release(
         &a.channel,
-        &v,
+        v,
         &a.target,
         &components,
         &opts,
@@ -458,7 +452,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
             "channel": m.channel,
             "sequence": m.sequence,
             "expires": m.expires,
-            "release": m.release(&v),
+            "release": m.release(v),
         }));
     }
     print_channel(&m, &format!("released {v} ({}) on", a.target), false)?;
