@@ -457,7 +457,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
     }
     print_channel(&m, &format!("released {v} ({}) on", a.target), false)?;
     let target = m
-        .release(&v)
+        .release(v)
         .and_then(|r| r.targets.get(&a.target))
         .into_iter()
         .flat_map(|t| &t.components);
