@@ -236,27 +236,25 @@ impl Transport for HttpTransport {
         if !self.options.follow_redirects {
             return Ok(response);
         }
-        let mut current = url.to_owned();
-        for _ in 0..MAX_REDIRECTS {
-            let Some(next) = redirect_target(&current, &response)? else {
-                return Ok(response);
-            };
+        let (mut current, mut hops) = (url.to_owned(), 0);
+        while let Some(next) = redirect_target(&current, &response)? {
+            if hops == MAX_REDIRECTS {
+                return Err(Error::new(
+                    ErrorKind::HttpStatus,
+                    format!(
+                        "GET {url}: expected at most {MAX_REDIRECTS} redirects, found more (the \
+                         last from {current} to {next})"
+                    ),
+                ));
+            }
+            hops += 1;
             drop(response);
             response = self
                 .get_once(&next, req)
                 .map_err(|e| self.redirected_error(url, &next, e))?;
             current = next;
         }
-        match redirect_target(&current, &response)? {
-            None => Ok(response),
-            Some(next) => Err(Error::new(
-                ErrorKind::HttpStatus,
-                format!(
-                    "GET {url}: expected at most {MAX_REDIRECTS} redirects, found more (the \
-                     last from {current} to {next})"
-                ),
-            )),
-        }
+        Ok(response)
     }
 }
 
