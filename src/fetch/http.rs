@@ -232,7 +232,7 @@ impl Transport for HttpTransport {
     fn get(&self, url: &str, req: &Request) -> Result<Response> {
         let mut response = self
             .get_once(url, req)
-            .map_err(|e| self.call_error(url, e))?;
+            .map_err(|e| self.call_error(url, None, e))?;
         if !self.options.follow_redirects {
             return Ok(response);
         }
@@ -251,7 +251,7 @@ impl Transport for HttpTransport {
             drop(response);
             response = self
                 .get_once(&next, req)
-                .map_err(|e| self.redirected_error(url, &next, e))?;
+                .map_err(|e| self.call_error(url, Some(&next), e))?;
             current = next;
         }
         Ok(response)
@@ -297,47 +297,36 @@ impl HttpTransport {
         })
     }
 
-    /// A failure of the request for the URL Evergreen built: a URL ureq cannot use is
-    /// the configuration's fault.
-    fn call_error(&self, url: &str, err: CallError) -> Error {
-        let err = match err {
-            CallError::Ours(e) => return e,
-            CallError::Ureq(e) => e,
-        };
-        let kind = match &err {
-            ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl => ErrorKind::Config,
-            _ => transfer_kind(&err),
-        };
-        let found = describe(&err, &self.options);
-        let message = format!("GET {url}: expected an HTTP response, found {found}");
-        Error::new(kind, message).with_source(err)
-    }
-
-    /// A failure of the request for a redirect's target. A target ureq cannot use is the
-    /// redirecting server's fault, not the configuration's: `http_status`, so that the
-    /// fetcher goes on to the other bases.
-    fn redirected_error(&self, url: &str, location: &str, err: CallError) -> Error {
-        let err = match err {
-            // E.g. an https:// target on a device without CA certificates: the redirect's
-            // fault, so the other bases are still tried.
-            CallError::Ours(e) => {
+    /// A failure of the request for `url` itself (`redirected_to` `None`) or for a
+    /// redirect's target. A URL ureq cannot use is the configuration's fault when
+    /// Evergreen built it (`config`, which stops), the redirecting server's when it came
+    /// from a `Location` (`http_status`, so the fetcher goes on to the other bases) — as
+    /// is an https:// target on a device without CA certificates.
+    fn call_error(&self, url: &str, redirected_to: Option<&str>, err: CallError) -> Error {
+        let err = match (err, redirected_to) {
+            (CallError::Ours(e), None) => return e,
+            (CallError::Ours(e), Some(location)) => {
                 return Error::new(
                     ErrorKind::HttpStatus,
                     format!("GET {url} redirected to {location}: {}", e.message()),
                 )
                 .with_source(e)
             }
-            CallError::Ureq(e) => e,
+            (CallError::Ureq(e), _) => e,
         };
-        let kind = match &err {
+        let kind = match (&err, redirected_to) {
+            (ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl, None) => ErrorKind::Config,
             // ureq's `Http` is the `http` crate refusing the URL, e.g. `http:///x`.
-            ureq::Error::BadUri(_) | ureq::Error::Http(_) => ErrorKind::HttpStatus,
+            (ureq::Error::BadUri(_) | ureq::Error::Http(_), Some(_)) => ErrorKind::HttpStatus,
             _ => transfer_kind(&err),
         };
         let found = describe(&err, &self.options);
-        let message = format!(
-            "GET {url}: expected an HTTP response from the redirect to {location}, found {found}"
-        );
+        let message = match redirected_to {
+            None => format!("GET {url}: expected an HTTP response, found {found}"),
+            Some(location) => format!(
+                "GET {url}: expected an HTTP response from the redirect to {location}, found {found}"
+            ),
+        };
         Error::new(kind, message).with_source(err)
     }
 }
@@ -515,7 +504,7 @@ mod redirect_tests {
     fn a_target_refused_before_the_request_is_the_redirects_fault() {
         let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
         let ours = CallError::Ours(Error::config("no CA certificates"));
-        let e = transport.redirected_error("http://h/x", "https://m/x", ours);
+        let e = transport.call_error("http://h/x", Some("https://m/x"), ours);
         assert_eq!(e.kind(), ErrorKind::HttpStatus);
         assert!(
             e.message()
