@@ -266,7 +266,7 @@ impl Repo {
             let existing = m
                 .releases
                 .iter()
-                .position(|r| r.version.cmp_precedence(version).is_eq());
+                .position(|r| same_version(&r.version, version));
             if let Some(r) = existing.map(|i| &m.releases[i]) {
                 // Devices order versions by precedence: another build of a listed version
                 // would be no update for them, and could stand in for one that failed.
@@ -314,7 +314,8 @@ impl Repo {
                         rollout: opts.rollout_percent.map(|p| single_stage(opts.now, p)),
                         targets: NameMap::from([(target, target_release)]),
                     });
-                    m.releases.sort_by(|a, b| a.version.cmp(&b.version));
+                    m.releases
+                        .sort_by(|a, b| a.version.cmp_precedence(&b.version));
                 }
             }
             Ok(Edit::Changed)
