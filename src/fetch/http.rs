@@ -121,8 +121,7 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 fn is_https(url: &str) -> bool {
-    url.get(..8)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    super::strip_scheme(url, "https://").is_some()
 }
 
 /// The CA bundles of the common Linux distributions, in the order they are tried: Debian,

@@ -575,8 +575,15 @@ fn check_bases(bases: &[String]) -> Result<()> {
 }
 
 fn is_http(url: &str) -> bool {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://")
+    strip_scheme(url, "http://").is_some() || strip_scheme(url, "https://").is_some()
+}
+
+/// `url` after `scheme` (`"https://"`), matched in any case as URL schemes are; `None`
+/// when it does not start with it.
+pub(crate) fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = url.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| &url[scheme.len()..])
 }
 
 /// Whether `url` names the same thing wherever the device runs: an `http(s)://` URL with

@@ -165,10 +165,7 @@ pub(crate) fn is_file_url(url: &str) -> bool {
 
 /// What follows `file://` (in any case), or `None` for anything else.
 fn strip_file_scheme(url: &str) -> Option<&str> {
-    const SCHEME: &str = "file://";
-    let head = url.get(..SCHEME.len())?;
-    head.eq_ignore_ascii_case(SCHEME)
-        .then(|| &url[SCHEME.len()..])
+    super::strip_scheme(url, "file://")
 }
 
 /// `%XX` escapes to bytes (RFC 3986); `None` for a malformed escape or a NUL, which no
