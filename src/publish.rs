@@ -118,6 +118,54 @@ pub struct RotateOptions {
     pub manifest_expires_in_days: Option<u32>,
 }
 
+/// Who signs a change to an existing or promoted-to channel, when, and for how long the
+/// re-signed manifest stays valid: the last argument of [`Repo::promote`],
+/// [`Repo::rollout`], [`Repo::resign`] and [`Repo::prune`].
+///
+/// ```
+/// # use evergreen::publish::Signing;
+/// # use evergreen::trust::SecretKey;
+/// let key = SecretKey::generate()?;
+/// let now: evergreen::Timestamp = "2026-11-22T10:00:00Z".parse()?;
+/// let signers = [&key];
+/// // The channel's current validity is kept...
+/// let keep = Signing::new(&signers, now);
+/// assert_eq!(keep.expires_in_days, None);
+/// // ...unless a new one is given.
+/// assert_eq!(keep.valid_for(Some(7)).expires_in_days, Some(7));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Signing<'a> {
+    /// The manifest keys that sign; a threshold of the root's manifest keys must be among
+    /// them, checked before anything is written.
+    pub signers: &'a [&'a SecretKey],
+    /// The time of the change: the manifest's `issued`, and the start of a rollout stage.
+    pub now: Timestamp,
+    /// Validity of the re-signed manifest in days (default: the channel's current
+    /// validity, or [`DEFAULT_MANIFEST_DAYS`] for a channel a promotion starts).
+    pub expires_in_days: Option<u32>,
+}
+
+impl<'a> Signing<'a> {
+    /// Signed by `signers` at `now`, keeping the channel's validity.
+    pub fn new(signers: &'a [&'a SecretKey], now: Timestamp) -> Signing<'a> {
+        Signing {
+            signers,
+            now,
+            expires_in_days: None,
+        }
+    }
+
+    /// The same, with the manifest valid for `days` (`None`: the channel's validity).
+    pub fn valid_for(self, days: Option<u32>) -> Signing<'a> {
+        Signing {
+            expires_in_days: days,
+            ..self
+        }
+    }
+}
+
 /// The result of [`Repo::verify`].
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -331,40 +379,18 @@ impl Repo {
 
     /// Copies release `version` (all its targets) from channel `from` to `to`, with a fresh
     /// rollout at `rollout_percent` if given (else everyone at once), and bumps `to`'s
-    /// sequence, keeping its validity. See [`Repo::promote_with_expiry`].
+    /// sequence, keeping its validity unless `sign` gives one (a new channel:
+    /// [`DEFAULT_MANIFEST_DAYS`]).
+    ///
     pub fn promote(
         &self,
         version: &Version,
         from: &str,
         to: &str,
         rollout_percent: Option<f64>,
-        signers: &[&SecretKey],
-        now: Timestamp,
+        sign: &Signing,
     ) -> Result<Manifest> {
-        self.promote_with_expiry(version, from, to, rollout_percent, None, signers, now)
-    }
-
-    /// [`Repo::promote`], with `to` valid for `expires_in_days` (default: its current
-    /// validity, or [`DEFAULT_MANIFEST_DAYS`] for a new channel).
-    ///
-    /// Versions are looked up by precedence, as devices compare them. Refused (`config`)
-    /// when `to` already lists a build of `version`; when, for one of the release's
-    /// targets, its security version is below that of an older release on `to` or above
-    /// that of a newer one; and when a device of one of its targets running a release on
-    /// `to` below the release's `min_version` would be offered nothing after the promotion,
-    /// though it was not held back before: it would have no stepping stone (releases in a
-    /// started rollout count as reaching it, a halted one does not).
-    #[allow(clippy::too_many_arguments)]
-    pub fn promote_with_expiry(
-        &self,
-        version: &Version,
-        from: &str,
-        to: &str,
-        rollout_percent: Option<f64>,
-        expires_in_days: Option<u32>,
-        signers: &[&SecretKey],
-        now: Timestamp,
-    ) -> Result<Manifest> {
+        let now = sign.now;
         if from == to {
             return Err(Error::config(format!(
                 "expected two different channels, found {from:?} twice"
@@ -403,38 +429,24 @@ impl Repo {
         let change = Change {
             channel: to,
             create: true,
-            expires_in_days,
+            expires_in_days: sign.expires_in_days,
             now,
         };
-        self.update_channel(&trusted, &change, signers, edit)
+        self.update_channel(&trusted, &change, sign.signers, edit)
     }
 
-    /// Sets the rollout of `version` on `channel` to `percent` from `now` on (0 halts it),
-    /// keeping the earlier stages as history and the channel's validity. See
-    /// [`Repo::rollout_with_expiry`].
+    /// Sets the rollout of `version` on `channel` to `percent` from `sign.now` on (0 halts
+    /// it), keeping the earlier stages as history and the channel's validity unless `sign`
+    /// gives one. The version is looked up by precedence; another build of it is named in
+    /// the `no_such_version` error rather than ramped.
     pub fn rollout(
         &self,
         channel: &str,
         version: &Version,
         percent: f64,
-        signers: &[&SecretKey],
-        now: Timestamp,
+        sign: &Signing,
     ) -> Result<Manifest> {
-        self.rollout_with_expiry(channel, version, percent, None, signers, now)
-    }
-
-    /// [`Repo::rollout`], with the channel valid for `expires_in_days` (default: its
-    /// current validity). The version is looked up by precedence; another build of it is
-    /// named in the `no_such_version` error rather than ramped.
-    pub fn rollout_with_expiry(
-        &self,
-        channel: &str,
-        version: &Version,
-        percent: f64,
-        expires_in_days: Option<u32>,
-        signers: &[&SecretKey],
-        now: Timestamp,
-    ) -> Result<Manifest> {
+        let now = sign.now;
         check_percent(percent)?;
         let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
@@ -453,28 +465,27 @@ impl Repo {
             stages.push(RolloutStage { at: now, percent });
             Ok(Edit::Changed)
         };
-        let change = Change::existing(channel, expires_in_days, now);
-        self.update_channel(&trusted, &change, signers, edit)
+        self.update_channel(
+            &trusted,
+            &Change::existing(channel, sign),
+            sign.signers,
+            edit,
+        )
     }
 
     /// Re-signs `channel` unchanged with a new sequence, issue time and expiry (default:
     /// the channel's current validity).
-    pub fn resign(
-        &self,
-        channel: &str,
-        expires_in_days: Option<u32>,
-        signers: &[&SecretKey],
-        now: Timestamp,
-    ) -> Result<Manifest> {
+    pub fn resign(&self, channel: &str, sign: &Signing) -> Result<Manifest> {
         let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
-        let change = Change::existing(channel, expires_in_days, now);
+        let change = Change::existing(channel, sign);
         // The new expiry and sequence are the change.
-        self.update_channel(&trusted, &change, signers, |_| Ok(Edit::Changed))
+        self.update_channel(&trusted, &change, sign.signers, |_| Ok(Edit::Changed))
     }
 
-    /// Removes old releases from `channel`, re-signing it with its validity; returns the
-    /// manifest and the versions removed (newest first). See [`Repo::prune_with_expiry`].
+    /// Removes old releases from `channel`, re-signing it when something is removed (with
+    /// its validity unless `sign` gives one); returns the manifest and the versions removed
+    /// (newest first).
     ///
     /// Per target, releases are kept from the newest down to the `keep`-th that is rolled
     /// out to everyone at `now`: a release ramping or halted does not count, since the
@@ -486,7 +497,7 @@ impl Repo {
     /// are immutable and other channels may list them. `keep` must be at least 1.
     ///
     /// ```
-    /// # use evergreen::publish::{Repo, ReleaseOptions};
+    /// # use evergreen::publish::{Repo, ReleaseOptions, Signing};
     /// # use evergreen::manifest::ArtifactKind;
     /// # use evergreen::trust::{KeySet, SecretKey};
     /// # let dir = tempfile::tempdir()?;
@@ -500,7 +511,7 @@ impl Repo {
     ///     repo.release("nightly", &v.parse().unwrap(), "x86_64-linux",
     ///         &[("app", app.as_path(), ArtifactKind::File)], &ReleaseOptions::new(now), &[&key])?;
     /// }
-    /// let (manifest, removed) = repo.prune("nightly", 2, &[&key], now)?;
+    /// let (manifest, removed) = repo.prune("nightly", 2, &Signing::new(&[&key], now))?;
     /// assert_eq!(removed, ["1.0.0".parse::<semver::Version>().unwrap()]);
     /// assert_eq!(manifest.releases.len(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -509,22 +520,9 @@ impl Repo {
         &self,
         channel: &str,
         keep: usize,
-        signers: &[&SecretKey],
-        now: Timestamp,
+        sign: &Signing,
     ) -> Result<(Manifest, Vec<Version>)> {
-        self.prune_with_expiry(channel, keep, None, signers, now)
-    }
-
-    /// [`Repo::prune`], with the channel valid for `expires_in_days` (default: its current
-    /// validity) when something is removed.
-    pub fn prune_with_expiry(
-        &self,
-        channel: &str,
-        keep: usize,
-        expires_in_days: Option<u32>,
-        signers: &[&SecretKey],
-        now: Timestamp,
-    ) -> Result<(Manifest, Vec<Version>)> {
+        let now = sign.now;
         if keep == 0 {
             return Err(Error::config(
                 "keep: expected at least 1 release per target to stay, found 0",
@@ -547,8 +545,8 @@ impl Repo {
             removed.sort_by(|a, b| b.cmp_precedence(a));
             Ok(Edit::Changed)
         };
-        let change = Change::existing(channel, expires_in_days, now);
-        let manifest = self.update_channel(&trusted, &change, signers, edit)?;
+        let change = Change::existing(channel, sign);
+        let manifest = self.update_channel(&trusted, &change, sign.signers, edit)?;
         Ok((manifest, removed))
     }
 
@@ -903,12 +901,12 @@ struct Change<'a> {
 
 impl<'a> Change<'a> {
     /// A change to a channel that must already exist.
-    fn existing(channel: &'a str, expires_in_days: Option<u32>, now: Timestamp) -> Change<'a> {
+    fn existing(channel: &'a str, sign: &Signing) -> Change<'a> {
         Change {
             channel,
             create: false,
-            expires_in_days,
-            now,
+            expires_in_days: sign.expires_in_days,
+            now: sign.now,
         }
     }
 }
@@ -1721,19 +1719,19 @@ mod tests {
         );
         let v = "1.0.0".parse().unwrap();
         assert_eq!(
-            repo.rollout("nightly", &v, 5.0, &[&key], now())
+            repo.rollout("nightly", &v, 5.0, &Signing::new(&[&key], now()))
                 .unwrap()
                 .sequence,
             3
         );
         assert_eq!(
-            repo.resign("nightly", Some(2), &[&key], now())
+            repo.resign("nightly", &Signing::new(&[&key], now()).valid_for(Some(2)))
                 .unwrap()
                 .sequence,
             4
         );
         let stable = repo
-            .promote(&v, "nightly", "stable", None, &[&key], now())
+            .promote(&v, "nightly", "stable", None, &Signing::new(&[&key], now()))
             .unwrap();
         assert_eq!(stable.sequence, 1);
         let report = repo.verify(now()).unwrap();
@@ -1752,8 +1750,7 @@ mod tests {
             "nightly",
             "stable",
             None,
-            &[&key],
-            now(),
+            &Signing::new(&[&key], now()),
         )
         .unwrap();
         let new_key = SecretKey::generate().unwrap();
@@ -1821,7 +1818,9 @@ mod tests {
         ] {
             publish_with(&repo, &key, &file, v, target, None);
         }
-        let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        let (m, removed) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(removed, versions(&["1.1.0", "1.0.0"]));
         let left: Vec<Version> = m.releases.iter().map(|r| r.version.clone()).collect();
         assert_eq!(left, versions(&["1.2.0", "1.3.0"]));
@@ -1838,7 +1837,9 @@ mod tests {
         publish_with(&repo, &key, &file, "1.1.0", "x", None);
         publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
         publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
-        let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        let (m, removed) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(removed, versions(&["1.0.0"]));
         assert_eq!(m.releases.len(), 3);
     }
@@ -1847,12 +1848,18 @@ mod tests {
     fn prune_with_nothing_to_remove_writes_nothing_and_keep_zero_is_refused() {
         let (_dir, repo, key, file) = setup();
         publish_with(&repo, &key, &file, "1.0.0", "x", None);
-        let (m, removed) = repo.prune("nightly", 5, &[&key], now()).unwrap();
+        let (m, removed) = repo
+            .prune("nightly", 5, &Signing::new(&[&key], now()))
+            .unwrap();
         assert!(removed.is_empty());
         assert_eq!(m.sequence, 1);
-        let err = repo.prune("nightly", 0, &[&key], now()).unwrap_err();
+        let err = repo
+            .prune("nightly", 0, &Signing::new(&[&key], now()))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
-        let err = repo.prune("stable", 1, &[&key], now()).unwrap_err();
+        let err = repo
+            .prune("stable", 1, &Signing::new(&[&key], now()))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert_eq!(repo.verify(now()).unwrap().channels[0].sequence, 1);
     }
@@ -1919,7 +1926,12 @@ mod tests {
         let (_dir, repo, key, file) = setup();
         publish(&repo, &key, &file, "1.0.0", "x").unwrap();
         let err = repo
-            .rollout("nightly", &"2.0.0".parse().unwrap(), 5.0, &[&key], now())
+            .rollout(
+                "nightly",
+                &"2.0.0".parse().unwrap(),
+                5.0,
+                &Signing::new(&[&key], now()),
+            )
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NoSuchVersion);
     }
@@ -2011,7 +2023,9 @@ mod tests {
             }
             let stone: Version = stone.parse().unwrap();
             assert_eq!(offer(&nightly(&repo), "1.0.0"), Some(stone.clone()));
-            let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+            let (m, removed) = repo
+                .prune("nightly", 1, &Signing::new(&[&key], now()))
+                .unwrap();
             assert_eq!(removed, versions(&["1.0.0"]));
             assert_eq!(offer(&m, "1.0.0"), Some(stone.clone()));
             assert_eq!(
@@ -2035,15 +2049,20 @@ mod tests {
             .unwrap();
         publish_with(&repo, &key, &file, "1.2.0", "x", None);
         let v12 = "1.2.0".parse().unwrap();
-        repo.rollout("nightly", &v12, 0.0, &[&key], now()).unwrap();
-        let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        repo.rollout("nightly", &v12, 0.0, &Signing::new(&[&key], now()))
+            .unwrap();
+        let (m, removed) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         assert!(removed.is_empty(), "{removed:?}");
         assert_eq!(m.releases.len(), 3);
         // At 100% the ramp counts: 1.0.0 goes, the halted 1.2.0 stays above it.
         let later = now().plus_secs(60);
-        repo.rollout("nightly", &v11, 100.0, &[&key], later)
+        repo.rollout("nightly", &v11, 100.0, &Signing::new(&[&key], later))
             .unwrap();
-        let (m, removed) = repo.prune("nightly", 1, &[&key], later).unwrap();
+        let (m, removed) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], later))
+            .unwrap();
         assert_eq!(removed, versions(&["1.0.0"]));
         assert_eq!(m.releases.len(), 2);
     }
@@ -2100,7 +2119,9 @@ mod tests {
             publish_with(&repo, &key, &file, "2.0.0", "x", Some(min));
             let stone: Version = stone.parse().unwrap();
             assert_eq!(offer(&nightly(&repo), "1.0.0"), Some(stone.clone()));
-            let (m, removed) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+            let (m, removed) = repo
+                .prune("nightly", 1, &Signing::new(&[&key], now()))
+                .unwrap();
             assert_eq!(removed, versions(&gone), "min {min}");
             assert_eq!(offer(&m, "1.0.0"), Some(stone.clone()), "min {min}");
             assert_eq!(
@@ -2124,7 +2145,9 @@ mod tests {
             offer(&nightly(&repo), "1.0.0"),
             Some(versions(&["1.1.0"])[0].clone())
         );
-        let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        let (m, _) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(offer(&m, "1.0.0"), Some(versions(&["1.1.0"])[0].clone()));
 
         let (_dir, repo, key, file) = setup();
@@ -2133,7 +2156,9 @@ mod tests {
         for v in ["2.1.0", "2.2.0", "2.3.0", "2.4.0"] {
             publish_with(&repo, &key, &file, v, "x", Some("2.0.0"));
         }
-        let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        let (m, _) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         let kept: Vec<String> = m.releases.iter().map(|r| r.version.to_string()).collect();
         assert_eq!(kept, ["2.0.0", "2.4.0"]);
     }
@@ -2157,10 +2182,11 @@ mod tests {
         publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.5.0"));
         publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
         let halted: Version = "1.5.0".parse().unwrap();
-        repo.rollout("nightly", &halted, 0.0, &[&key], now())
+        repo.rollout("nightly", &halted, 0.0, &Signing::new(&[&key], now()))
             .unwrap();
         for _ in 0..2 {
-            repo.prune("nightly", 1, &[&key], now()).unwrap();
+            repo.prune("nightly", 1, &Signing::new(&[&key], now()))
+                .unwrap();
         }
         let m = nightly(&repo);
         assert!(m.release(&halted).is_some());
@@ -2170,7 +2196,8 @@ mod tests {
         publish_with(&repo, &key, &file, "1.0.0", "x", None);
         publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.5.0"));
         publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
-        repo.prune("nightly", 1, &[&key], now()).unwrap();
+        repo.prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(
             offer(&nightly(&repo), "1.5.0"),
             Some(versions(&["2.0.0"])[0].clone())
@@ -2227,8 +2254,9 @@ mod tests {
         lab("1.0.0", "arm", 2);
         lab("1.1.0", "x", 0);
         publish_on(&repo, &key, &file, "old", ("0.9.0", "x"), (5, None)).unwrap();
-        let promote =
-            |ver: &str, from: &str| repo.promote(&v(ver), from, "stable", None, &[&key], now());
+        let promote = |ver: &str, from: &str| {
+            repo.promote(&v(ver), from, "stable", None, &Signing::new(&[&key], now()))
+        };
         promote("1.0.0", "lab").unwrap();
         promote("1.1.0", "lab").unwrap();
         let err = promote("0.9.0", "old").unwrap_err();
@@ -2249,7 +2277,15 @@ mod tests {
             publish_with(&repo, &key, &file, ver, "x", None);
         }
         publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.5.0"));
-        let promote = |ver: &str| repo.promote(&v(ver), "nightly", "stable", None, &[&key], now());
+        let promote = |ver: &str| {
+            repo.promote(
+                &v(ver),
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&key], now()),
+            )
+        };
         promote("1.0.0").unwrap();
         promote("3.0.0").unwrap();
         let m = promote("2.0.0").unwrap();
@@ -2267,7 +2303,13 @@ mod tests {
         }
         publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
         let to_stable = |ver: &str, to: &str, percent| {
-            repo.promote(&v(ver), "nightly", to, percent, &[&key], now())
+            repo.promote(
+                &v(ver),
+                "nightly",
+                to,
+                percent,
+                &Signing::new(&[&key], now()),
+            )
         };
         to_stable("1.0.0", "stable", None).unwrap();
         to_stable("1.2.0", "stable", Some(0.0)).unwrap();
@@ -2276,10 +2318,16 @@ mod tests {
         assert!(err.to_string().contains("devices running 1.0.0"), "{err}");
         // Ramping, it is a stone for the devices in its rollout and, in time, all.
         let later = now().plus_secs(60);
-        repo.rollout("stable", &v("1.2.0"), 10.0, &[&key], later)
+        repo.rollout("stable", &v("1.2.0"), 10.0, &Signing::new(&[&key], later))
             .unwrap();
-        repo.promote(&v("2.0.0"), "nightly", "stable", None, &[&key], later)
-            .unwrap();
+        repo.promote(
+            &v("2.0.0"),
+            "nightly",
+            "stable",
+            None,
+            &Signing::new(&[&key], later),
+        )
+        .unwrap();
 
         // 3.0.0 (min 1.5.0, published there directly) already strands 1.0.0 on beta:
         // promoting 2.5.0 (min 1.5.0) leaves those devices no worse off.
@@ -2291,8 +2339,14 @@ mod tests {
         repo.release("beta", &v("3.0.0"), "x", &components, &options, &[&key])
             .unwrap();
         publish_with(&repo, &key, &file, "2.5.0", "x", Some("1.5.0"));
-        repo.promote(&v("2.5.0"), "nightly", "beta", None, &[&key], later)
-            .unwrap();
+        repo.promote(
+            &v("2.5.0"),
+            "nightly",
+            "beta",
+            None,
+            &Signing::new(&[&key], later),
+        )
+        .unwrap();
     }
 
     fn publish_secure(
@@ -2366,8 +2420,15 @@ mod tests {
         publish_secure(&repo, &key, &file, "1.0.0", 0).unwrap();
         publish_secure(&repo, &key, &file, "1.1.0", 0).unwrap();
         publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
-        let promote =
-            |version: &str| repo.promote(&v(version), "nightly", "stable", None, &[&key], now());
+        let promote = |version: &str| {
+            repo.promote(
+                &v(version),
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&key], now()),
+            )
+        };
         promote("1.0.0").unwrap();
         // stable lists 1.0.0 but nothing from 1.1.0 up: its devices could not reach 2.0.0.
         let err = promote("2.0.0").unwrap_err();
@@ -2392,16 +2453,34 @@ mod tests {
             &[&key],
         )
         .unwrap();
-        repo.promote(&v("1.5.0"), "lab", "stable", None, &[&key], now())
-            .unwrap();
+        repo.promote(
+            &v("1.5.0"),
+            "lab",
+            "stable",
+            None,
+            &Signing::new(&[&key], now()),
+        )
+        .unwrap();
         let err = repo
-            .promote(&v("1.0.0"), "nightly", "stable", None, &[&key], now())
+            .promote(
+                &v("1.0.0"),
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&key], now()),
+            )
             .err();
         // 1.0.0 is older than 1.5.0: below it is fine. A newer one with less is not.
         assert!(err.is_none(), "{err:?}");
         publish_secure(&repo, &key, &file, "1.6.0", 1).unwrap();
         let err = repo
-            .promote(&v("1.6.0"), "nightly", "stable", None, &[&key], now())
+            .promote(
+                &v("1.6.0"),
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&key], now()),
+            )
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert!(err.to_string().contains("1.5.0"), "{err}");
@@ -2414,20 +2493,32 @@ mod tests {
         publish(&repo, &key, &file, "1.0.0+b7", "x").unwrap();
         let plain: Version = "1.0.0".parse().unwrap();
         let err = repo
-            .rollout("nightly", &plain, 5.0, &[&key], now())
+            .rollout("nightly", &plain, 5.0, &Signing::new(&[&key], now()))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NoSuchVersion, "{err}");
         assert!(err.to_string().contains("found 1.0.0+b7"), "{err}");
         let err = repo
-            .promote(&plain, "nightly", "stable", None, &[&key], now())
+            .promote(
+                &plain,
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&key], now()),
+            )
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NoSuchVersion, "{err}");
         assert!(err.to_string().contains("found 1.0.0+b7"), "{err}");
 
         // Another build already on the target channel is a config error naming it.
         let b7: Version = "1.0.0+b7".parse().unwrap();
-        repo.promote(&b7, "nightly", "stable", None, &[&key], now())
-            .unwrap();
+        repo.promote(
+            &b7,
+            "nightly",
+            "stable",
+            None,
+            &Signing::new(&[&key], now()),
+        )
+        .unwrap();
         let b8: Version = "1.0.0+b8".parse().unwrap();
         let components = [("app", file.as_path(), ArtifactKind::File)];
         repo.release(
@@ -2440,7 +2531,7 @@ mod tests {
         )
         .unwrap();
         let err = repo
-            .promote(&b8, "lab", "stable", None, &[&key], now())
+            .promote(&b8, "lab", "stable", None, &Signing::new(&[&key], now()))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert!(err.to_string().contains("found 1.0.0+b7 already"), "{err}");
@@ -2458,15 +2549,23 @@ mod tests {
         let v: Version = "1.0.0".parse().unwrap();
         publish(&repo, &key, &file, "1.0.0", "x").unwrap();
         publish(&repo, &key, &file, "1.1.0", "x").unwrap();
-        let m = repo.resign("nightly", Some(7), &[&key], now()).unwrap();
+        let m = repo
+            .resign("nightly", &Signing::new(&[&key], now()).valid_for(Some(7)))
+            .unwrap();
         assert_eq!(validity(&m), week);
-        let m = repo.rollout("nightly", &v, 50.0, &[&key], now()).unwrap();
+        let m = repo
+            .rollout("nightly", &v, 50.0, &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(validity(&m), week);
-        let m = repo.resign("nightly", None, &[&key], now()).unwrap();
+        let m = repo
+            .resign("nightly", &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(validity(&m), week);
         let m = publish(&repo, &key, &file, "1.2.0", "x").unwrap();
         assert_eq!(validity(&m), week);
-        let (m, _) = repo.prune("nightly", 1, &[&key], now()).unwrap();
+        let (m, _) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
         assert_eq!(validity(&m), week);
         let new_key = SecretKey::generate().unwrap();
         let opts = RotateOptions {
@@ -2478,21 +2577,42 @@ mod tests {
         // A new channel gets the default; an expiry given is used.
         let v12: Version = "1.2.0".parse().unwrap();
         let m = repo
-            .promote(&v12, "nightly", "stable", None, &[&new_key], now())
+            .promote(
+                &v12,
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&new_key], now()),
+            )
             .unwrap();
         assert_eq!(validity(&m), i64::from(DEFAULT_MANIFEST_DAYS) * 86_400);
         let m = repo
-            .rollout_with_expiry("stable", &v12, 60.0, Some(3), &[&new_key], now())
+            .rollout(
+                "stable",
+                &v12,
+                60.0,
+                &Signing::new(&[&new_key], now()).valid_for(Some(3)),
+            )
             .unwrap();
         assert_eq!(validity(&m), 3 * 86_400);
         publish(&repo, &new_key, &file, "1.3.0", "x").unwrap();
         let v13: Version = "1.3.0".parse().unwrap();
         let m = repo
-            .promote_with_expiry(&v13, "nightly", "stable", None, Some(2), &[&new_key], now())
+            .promote(
+                &v13,
+                "nightly",
+                "stable",
+                None,
+                &Signing::new(&[&new_key], now()).valid_for(Some(2)),
+            )
             .unwrap();
         assert_eq!(validity(&m), 2 * 86_400);
         let (m, removed) = repo
-            .prune_with_expiry("stable", 1, Some(5), &[&new_key], now())
+            .prune(
+                "stable",
+                1,
+                &Signing::new(&[&new_key], now()).valid_for(Some(5)),
+            )
             .unwrap();
         assert_eq!(removed, [v12]);
         assert_eq!(validity(&m), 5 * 86_400);
@@ -2507,7 +2627,7 @@ mod tests {
         let earlier = now().plus_secs(-3600);
         let v: Version = "1.0.0".parse().unwrap();
         let err = repo
-            .rollout("nightly", &v, 5.0, &[&key], earlier)
+            .rollout("nightly", &v, 5.0, &Signing::new(&[&key], earlier))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert!(
@@ -2517,7 +2637,9 @@ mod tests {
             )),
             "{err}"
         );
-        let err = repo.resign("nightly", None, &[&key], earlier).unwrap_err();
+        let err = repo
+            .resign("nightly", &Signing::new(&[&key], earlier))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert_eq!(nightly(&repo).sequence, 1);
     }

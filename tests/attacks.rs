@@ -12,7 +12,7 @@ mod world;
 
 use common::zips::{self, Item};
 use evergreen::manifest::Manifest;
-use evergreen::publish::RotateOptions;
+use evergreen::publish::{RotateOptions, Signing};
 use evergreen::trust::{self, Envelope, EnvelopeSignature, Root, SecretKey, ROOT_TYPE};
 use evergreen::{Check, ErrorKind};
 use serde_json::json;
@@ -197,8 +197,7 @@ fn a_halted_rollout_does_not_reach_a_device_whose_clock_lags_the_halt() {
             "stable",
             &"1.1.0".parse().unwrap(),
             0.0,
-            &[&key(MANIFEST_KEY)],
-            t0().plus_days(2),
+            &Signing::new(&[&key(MANIFEST_KEY)], t0().plus_days(2)),
         )
         .unwrap();
     // The RTC lost power: the device reads as the newest `issued` it had seen, day 1.
@@ -222,7 +221,10 @@ fn attack_expired_root() {
     // A manifest still fresh at day 21, signed the day before the root expired (the tools
     // refuse to sign under an expired root).
     w.repo
-        .resign("stable", None, &[&key(MANIFEST_KEY)], t0().plus_days(19))
+        .resign(
+            "stable",
+            &Signing::new(&[&key(MANIFEST_KEY)], t0().plus_days(19)),
+        )
         .unwrap();
     dev.set_clock(t0().plus_days(21));
     let err = refused(dev.updater.check(), ErrorKind::Expired);

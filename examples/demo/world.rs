@@ -3,7 +3,7 @@
 
 use super::narrate::Outcome;
 use evergreen::manifest::ArtifactKind;
-use evergreen::publish::{ReleaseOptions, Repo};
+use evergreen::publish::{ReleaseOptions, Repo, Signing};
 use evergreen::trust::{KeySet, SecretKey};
 use evergreen::Timestamp;
 use semver::Version;
@@ -121,17 +121,24 @@ impl Publisher {
         to: &str,
         percent: Option<f64>,
     ) -> Outcome<u64> {
-        let m = self
-            .repo
-            .promote(version, from, to, percent, &[&self.key], self.clock.now())?;
+        let m = self.repo.promote(
+            version,
+            from,
+            to,
+            percent,
+            &Signing::new(&[&self.key], self.clock.now()),
+        )?;
         Ok(m.sequence)
     }
 
     /// Ramps (or halts, with 0) the rollout of `version` on `channel`.
     pub fn rollout(&self, channel: &str, version: &Version, percent: f64) -> Outcome<u64> {
-        let m = self
-            .repo
-            .rollout(channel, version, percent, &[&self.key], self.clock.now())?;
+        let m = self.repo.rollout(
+            channel,
+            version,
+            percent,
+            &Signing::new(&[&self.key], self.clock.now()),
+        )?;
         Ok(m.sequence)
     }
 

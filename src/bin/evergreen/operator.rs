@@ -4,7 +4,7 @@
 use crate::{now, print_json};
 use clap::{Args, Subcommand};
 use evergreen::manifest::{ArtifactKind, Manifest};
-use evergreen::publish::{self, ReleaseOptions, Repo, RotateOptions, DEFAULT_ROOT_DAYS};
+use evergreen::publish::{self, ReleaseOptions, Repo, RotateOptions, Signing, DEFAULT_ROOT_DAYS};
 use evergreen::trust::{KeySet, PublicKey, SecretKey};
 use evergreen::{Error, Result};
 use semver::Version;
@@ -292,15 +292,9 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Release(a) => release(&a, json),
         Command::Promote(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
-            let m = repo.promote_with_expiry(
-                &a.version,
-                &a.from,
-                &a.to,
-                a.rollout,
-                a.expires_in,
-                &refs(&signers),
-                now()?,
-            )?;
+            let signers = refs(&signers);
+            let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
+            let m = repo.promote(&a.version, &a.from, &a.to, a.rollout, &sign)?;
             print_channel(
                 &m,
                 &format!("promoted {} from {} to", a.version, a.from),
@@ -311,13 +305,17 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
             let v = &a.version;
             let signers = refs(&signers);
-            let m =
-                repo.rollout_with_expiry(&a.channel, v, a.percent, a.expires_in, &signers, now()?)?;
+            let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
+            let m = repo.rollout(&a.channel, v, a.percent, &sign)?;
             print_channel(&m, &format!("rollout of {v} at {}% on", a.percent), json)
         }
         Command::Resign(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
-            let m = repo.resign(&a.channel, a.expires_in, &refs(&signers), now()?)?;
+            let signers = refs(&signers);
+            let m = repo.resign(
+                &a.channel,
+                &Signing::new(&signers, now()?).valid_for(a.expires_in),
+            )?;
             print_channel(&m, "re-signed", json)
         }
         Command::Prune(a) => prune(&a, json),
@@ -329,8 +327,8 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
 fn prune(a: &PruneArgs, json: bool) -> Result<()> {
     let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
     let signers = refs(&signers);
-    let (m, removed) =
-        repo.prune_with_expiry(&a.channel, a.keep, a.expires_in, &signers, now()?)?;
+    let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
+    let (m, removed) = repo.prune(&a.channel, a.keep, &sign)?;
     let removed: Vec<String> = removed.iter().map(Version::to_string).collect();
     if json {
         return print_json(&json!({
