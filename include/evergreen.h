@@ -497,6 +497,7 @@ enum evg_status evg_set_event_callback(struct evg_updater *updater, evg_event_cb
 /**
  * The message of the last failed `evg_` call on the calling thread, or NULL when it
  * succeeded. Borrowed: valid until the next `evg_` call on this thread; do not free it.
+ * The `_free` functions leave it as it is, so a host may clean up, then report.
  */
 const char *evg_last_error_message(void);
 

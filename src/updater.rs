@@ -1058,8 +1058,9 @@ impl Updater {
     }
 
     /// Downloads and verifies the artifacts the plan needs (added and modified components
-    /// only). `progress(done, total)` covers all of them; `cancel` stops between chunks and
-    /// keeps partial files for the next call to resume.
+    /// only). `progress(done, total)` covers all of them; `cancel` stops between chunks
+    /// (`cancelled`, also when set by the last progress call) and keeps partial and
+    /// finished files for the next call to resume.
     pub fn download(
         &self,
         plan: &Offer,
@@ -1098,6 +1099,10 @@ impl Updater {
                     cancel,
                 )?;
                 before += a.size;
+                // A cancel from the last progress call of a blob (the only one a small or
+                // already complete blob gets) stops the call too; the blob stays for the
+                // next one.
+                cancel.check()?;
             }
             Ok(())
         })

@@ -371,6 +371,52 @@ fn a_download_altered_before_install_is_refused() {
     assert_eq!(s.slots[&evergreen::slots::Slot::B].status, "empty");
 }
 
+/// A host's cancel from the last progress call of a download (the only call a small
+/// blob gets) is a cancel: the call says `cancelled`, not success, and the finished blob
+/// is kept, so the next call receives nothing again.
+#[test]
+fn a_cancel_from_the_last_progress_call_cancels_and_keeps_the_blob() {
+    let Setup {
+        repo,
+        src,
+        server,
+        dev,
+    } = setup("com.acme.lastcancel");
+    publish_app(&repo, &src, "1.0.0", true);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config).build().unwrap();
+    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
+        panic!("1.0.0 is offered");
+    };
+    let plan = updater.plan(&offer).unwrap();
+    let cancel = evergreen::fetch::CancelToken::new();
+    let mut calls = 0;
+    let err = updater
+        .download(
+            &plan,
+            &mut |done, total| {
+                calls += 1;
+                if done == total {
+                    cancel.cancel();
+                }
+            },
+            &cancel,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::Cancelled, "{err}");
+    assert_eq!(calls, 1, "the app's small zip arrives in one chunk");
+    let fetched = blob_requests(&server, &repo.root);
+    updater
+        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    assert_eq!(
+        blob_requests(&server, &repo.root),
+        fetched,
+        "the blob was kept"
+    );
+    updater.install(&plan).unwrap();
+}
+
 /// A host that calls the updater from inside one of its events (on `available`, update;
 /// on `trial_boot`, confirm) would wait forever for the state lock its own thread holds.
 /// It gets `invalid_state` instead, and the outer operation finishes.

@@ -63,8 +63,19 @@ inline std::optional<std::string> opt_str(const char *s) {
     return s ? std::optional<std::string>(s) : std::nullopt;
 }
 
-inline const char *c_str_or_null(const std::optional<std::string> &s) {
-    return s ? s->c_str() : nullptr;
+/// `s` for C, which reads up to the first NUL: one inside would silently cut it short.
+inline const char *text(const std::string &s, const char *name) {
+    auto nul = s.find('\0');
+    if (nul != std::string::npos) {
+        throw Error(EVG_CONFIG, std::string("argument ") + name +
+                                    ": expected text without NUL, found one at offset " +
+                                    std::to_string(nul));
+    }
+    return s.c_str();
+}
+
+inline const char *c_str_or_null(const std::optional<std::string> &s, const char *name) {
+    return s ? text(*s, name) : nullptr;
 }
 
 /// Takes ownership of a string the library handed over.
@@ -245,7 +256,7 @@ public:
     /// Throws Error with kind "config" when it is invalid.
     explicit Updater(const std::string &config_json) {
         evg_updater *u = nullptr;
-        detail::check(evg_updater_new(config_json.c_str(), &u));
+        detail::check(evg_updater_new(detail::text(config_json, "config_json"), &u));
         updater_.reset(u);
     }
 
@@ -290,8 +301,8 @@ public:
     std::optional<Offer> check(const std::optional<std::string> &channel,
                                const std::optional<std::string> &version) {
         evg_offer *o = nullptr;
-        detail::check(evg_check_version(get(), detail::c_str_or_null(channel),
-                                        detail::c_str_or_null(version), &o));
+        detail::check(evg_check_version(get(), detail::c_str_or_null(channel, "channel"),
+                                        detail::c_str_or_null(version, "version"), &o));
         if (o == nullptr) {
             return std::nullopt;
         }
@@ -337,11 +348,13 @@ public:
 
     /// Follows `channel` from now on.
     void set_channel(const std::string &channel) {
-        detail::check(evg_set_channel(get(), channel.c_str()));
+        detail::check(evg_set_channel(get(), detail::text(channel, "channel")));
     }
 
     /// Checks no longer offer `version` (unless it is critical).
-    void skip(const std::string &version) { detail::check(evg_skip(get(), version.c_str())); }
+    void skip(const std::string &version) {
+        detail::check(evg_skip(get(), detail::text(version, "version")));
+    }
 
     /// The device's status as `evergreen status --json` prints it.
     std::string status_json() {

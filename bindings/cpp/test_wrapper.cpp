@@ -259,6 +259,22 @@ void bad_config_is_a_config_error() {
     }
 }
 
+/// C reads text up to its first NUL: the wrapper refuses one instead of passing a
+/// shorter string ("preview\0x" would switch to "preview").
+void a_nul_inside_an_argument_is_a_config_error() {
+    Repo repo("nul");
+    repo.release("1.0.0", noise(1024, 4));
+    Device dev("nul", repo, repo);
+    evergreen::Updater updater(dev.config);
+    using namespace std::string_literals;
+    EXPECT_ERROR("config", updater.set_channel("preview\0junk"s));
+    EXPECT_ERROR("config", updater.skip("1.0.0\0junk"s));
+    EXPECT_ERROR("config", updater.check(std::nullopt, "1.0.0\0junk"s));
+    EXPECT(contains(updater.status_json(), "\"channel\":\"stable\""));
+    EXPECT(!contains(updater.status_json(), "1.0.0\"]"));
+    EXPECT(updater.check().has_value()); /* 1.0.0 was not skipped */
+}
+
 void untrusted_signer_is_a_signature_error() {
     Repo trusted("trusted");
     Repo impostor("impostor");
@@ -378,6 +394,7 @@ int main(int argc, char **argv) {
         {"full_update_with_trial_and_confirm", full_update_with_trial_and_confirm},
         {"rollback_returns_to_the_confirmed_slot", rollback_returns_to_the_confirmed_slot},
         {"bad_config_is_a_config_error", bad_config_is_a_config_error},
+        {"a_nul_inside_an_argument_is_a_config_error", a_nul_inside_an_argument_is_a_config_error},
         {"untrusted_signer_is_a_signature_error", untrusted_signer_is_a_signature_error},
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},

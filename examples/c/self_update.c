@@ -104,7 +104,7 @@ static int update(evg_updater *up) {
     print_offer(offer);
     st = evg_download(up, offer, progress_bar, &last);
     if (st == EVG_OK) st = evg_install(up, offer);
-    evg_offer_free(offer);
+    evg_offer_free(offer); /* the _free functions leave the last error for fail() */
     if (st != EVG_OK) return fail("download and install", st);
     if ((st = evg_activate(up, 0, &activation)) != EVG_OK) return fail("activate", st);
     if (!activation.activated) {

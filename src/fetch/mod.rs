@@ -125,7 +125,7 @@ impl CancelToken {
         self.0.load(Ordering::SeqCst)
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.is_cancelled() {
             Err(Error::new(
                 ErrorKind::Cancelled,

@@ -163,9 +163,15 @@ thread_local! {
 
 /// Records `message` as this thread's last error.
 pub(crate) fn set_last_error(message: &str) {
-    // An interior NUL would truncate the message in C; show it instead of failing.
-    let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    let text = super::handle::to_c_string(message.to_owned());
     let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = Some(text));
+}
+
+/// Records `message` unless a message is already there, which a host may still hold.
+pub(crate) fn set_last_error_if_none(message: &str) {
+    if LAST_ERROR.try_with(|slot| slot.borrow().is_none()) == Ok(true) {
+        set_last_error(message);
+    }
 }
 
 /// Forgets this thread's last error (at the start of every call).
@@ -181,6 +187,7 @@ pub(crate) fn fail(err: &Error) -> evg_status {
 
 /// The message of the last failed `evg_` call on the calling thread, or NULL when it
 /// succeeded. Borrowed: valid until the next `evg_` call on this thread; do not free it.
+/// The `_free` functions leave it as it is, so a host may clean up, then report.
 #[no_mangle]
 pub extern "C" fn evg_last_error_message() -> *const c_char {
     LAST_ERROR

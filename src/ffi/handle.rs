@@ -68,11 +68,13 @@ pub(crate) fn into_c_string(text: String) -> *mut c_char {
     to_c_string(text).into_raw()
 }
 
-/// `text` as an owned C string; an interior NUL (which no JSON or version contains) is
-/// shown as `\0` rather than cutting the string short.
+/// `text` as an owned C string; an interior NUL (which no JSON or version contains, but
+/// signed notes or a message may) is shown as `\0` rather than cutting the string short.
+/// Nothing else is escaped.
 pub(crate) fn to_c_string(text: String) -> CString {
     CString::new(text).unwrap_or_else(|e| {
-        CString::new(e.into_vec().escape_ascii().to_string()).unwrap_or_default()
+        let text = String::from_utf8_lossy(&e.into_vec()).replace('\0', "\\0");
+        CString::new(text).unwrap_or_default()
     })
 }
 
@@ -112,7 +114,10 @@ mod tests {
         assert_eq!(unsafe { CStr::from_ptr(p) }.to_str().unwrap(), "{\"a\":1}");
         unsafe { evg_string_free(p) };
         unsafe { evg_string_free(std::ptr::null_mut()) };
-        assert_eq!(to_c_string("a\0b".into()).to_str().unwrap(), "a\\x00b");
+        assert_eq!(to_c_string("a\0b".into()).to_str().unwrap(), "a\\0b");
+        // Only the NUL: quotes, backslashes and other languages' letters pass as they are.
+        let notes = to_c_string("Größe \"fix\" C:\\x\0".into());
+        assert_eq!(notes.to_str().unwrap(), "Größe \"fix\" C:\\x\\0");
     }
 }
 

@@ -102,7 +102,7 @@ pub(crate) unsafe fn free<T: Leased>(ptr: *mut T, function: &'static str) {
         return;
     };
     // Dropping a handle runs Rust code (and a host's hook destructors): inside the guard.
-    super::panic::guard(function, || {
+    super::panic::guard_release(function, || {
         let calls = unsafe { handle.as_ref() }.calls();
         let before = calls.0.fetch_or(FREED, Ordering::AcqRel);
         if before == 0 {
@@ -110,7 +110,6 @@ pub(crate) unsafe fn free<T: Leased>(ptr: *mut T, function: &'static str) {
         } else if before & FREED == 0 {
             unsafe { handle.as_ref() }.on_free_deferred();
         }
-        Ok(())
     });
 }
 
@@ -164,6 +163,21 @@ mod tests {
         unsafe { free(ptr, "probe_free") };
         assert!(released.load(Ordering::SeqCst));
         unsafe { free(std::ptr::null_mut::<Probe>(), "probe_free") };
+    }
+
+    /// Hosts clean up, then report: freeing a handle keeps the failed call's message, at
+    /// the same address.
+    #[test]
+    fn free_leaves_the_last_error_as_it_is() {
+        use super::super::error::{evg_last_error_message, set_last_error};
+        let (ptr, released) = probe();
+        set_last_error("expected a blob, found none");
+        let before = evg_last_error_message();
+        unsafe { free(ptr, "probe_free") };
+        assert!(released.load(Ordering::SeqCst));
+        assert_eq!(evg_last_error_message(), before);
+        let text = unsafe { std::ffi::CStr::from_ptr(before) };
+        assert_eq!(text.to_str().unwrap(), "expected a blob, found none");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The panic boundary every export runs in: a Rust panic never unwinds into C.
 
-use super::error::{clear_last_error, evg_status, fail, set_last_error};
+use super::error::{clear_last_error, evg_status, fail, set_last_error, set_last_error_if_none};
 use crate::error::Result;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +22,15 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> evg_status
             set_last_error(&panic_message(name, payload.as_ref()));
             evg_status::EVG_PANIC
         }
+    }
+}
+
+/// For the `_free` exports, which return nothing and cannot fail: the last error of the
+/// call before is left as it is and stays valid (hosts clean up, then report); a panic
+/// while releasing is recorded only when there is none.
+pub(crate) fn guard_release(name: &str, body: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
+        set_last_error_if_none(&panic_message(name, payload.as_ref()));
     }
 }
 

@@ -305,7 +305,7 @@ class Updater:
     def __init__(self, config: Union[Dict[str, Any], str, "os.PathLike[str]"]):
         text = _config_text(config)
         handle = ctypes.POINTER(_ffi.evg_updater)()
-        check(_lib.evg_updater_new(text.encode("utf-8"), ctypes.byref(handle)))
+        check(_lib.evg_updater_new(_encode(text, "config"), ctypes.byref(handle)))
         self._callbacks: list = []
         self._h = _Handle(self, "Updater", _free_updater, handle, self._callbacks)
 
@@ -372,7 +372,7 @@ class Updater:
         """The update for this device, or None when up to date. `channel` checks another
         channel; `version` asks for exactly that release (newer or older)."""
         out = ctypes.POINTER(_ffi.evg_offer)()
-        ch, ver = _encode(channel), _encode(version)
+        ch, ver = _encode(channel, "channel"), _encode(version, "version")
         with self._h.use() as h:
             check(_lib.evg_check_version(h, ch, ver, ctypes.byref(out)))
         return Offer(out) if out else None
@@ -429,12 +429,12 @@ class Updater:
     def set_channel(self, channel: str) -> None:
         """Follows `channel` from now on."""
         with self._h.use() as h:
-            check(_lib.evg_set_channel(h, _encode(channel)))
+            check(_lib.evg_set_channel(h, _encode(channel, "channel")))
 
     def skip(self, version: str) -> None:
         """Checks no longer offer `version` (unless it is critical)."""
         with self._h.use() as h:
-            check(_lib.evg_skip(h, _encode(version)))
+            check(_lib.evg_skip(h, _encode(version, "version")))
 
     def status_json(self) -> str:
         """The device's status as `evergreen status --json` prints it."""
@@ -448,5 +448,10 @@ class Updater:
         return json.loads(self.status_json())
 
 
-def _encode(s: Optional[str]) -> Optional[bytes]:
+def _encode(s: Optional[str], name: str) -> Optional[bytes]:
+    # C reads up to the first NUL: "preview\0x" would silently be "preview".
+    if s is not None and "\0" in s:
+        raise BY_CODE[1](
+            f"argument {name}: expected text without NUL, found one at offset {s.index(chr(0))}"
+        )
     return None if s is None else s.encode("utf-8")

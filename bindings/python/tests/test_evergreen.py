@@ -252,6 +252,23 @@ def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
         evergreen.Updater(config)
 
 
+def test_a_nul_inside_an_argument_is_a_config_error(world) -> None:
+    # C reads up to the first NUL: "preview\0junk" must not become "preview".
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        with pytest.raises(evergreen.ConfigError, match="argument channel: .* offset 7"):
+            updater.set_channel("preview\0junk")
+        with pytest.raises(evergreen.ConfigError, match="argument version"):
+            updater.skip("1.0.0\0junk")
+        with pytest.raises(evergreen.ConfigError, match="argument version"):
+            updater.check(version="1.0.0\0junk")
+        status = updater.status()
+        assert status["channel"] == "stable"
+        assert updater.check() is not None, "1.0.0 was not skipped"
+    with pytest.raises(evergreen.ConfigError, match="argument config"):
+        evergreen.Updater(json.dumps(config) + "\0")
+
+
 def test_repository_signed_by_an_untrusted_key_raises_signature_error(
     served: Tuple[Path, str], tmp_path: Path
 ) -> None:
