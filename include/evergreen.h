@@ -658,8 +658,10 @@ enum evg_status evg_updater_new_with_hooks(const char *config_json, const struct
  * returns. That call ends what it is doing without further event or progress callbacks:
  * a download is cancelled (`EVG_CANCELLED`, the partial download kept) and
  * `evg_reinstall` does not go on to install; a host transport or selector it is using may
- * still be called until it returns. New calls on the handle are refused with
- * `EVG_INVALID_STATE`, and a second free does nothing.
+ * still be called until it returns. An event or progress callback already running on
+ * another thread is waited for, so do not free while holding a lock that callback
+ * takes. New calls on the handle are refused with `EVG_INVALID_STATE`, and a second free
+ * does nothing.
  *
  * # Safety
  * `updater` is NULL or a handle that was not freed yet (or was freed during a call that

@@ -610,20 +610,41 @@ struct cross {
     pthread_cond_t changed;
     evg_updater *up;
     evg_offer *offer;
-    int in_progress, freed, after;
+    int in_progress, freeing, first_returned, after;
     evg_status status;
     int says_freed; /* the download's error message names the free */
 };
 
+/* `ms` milliseconds from now, for pthread_cond_timedwait. */
+static struct timespec in_ms(long ms) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
+/* The first progress call stays until the other thread is about to free the updater,
+   and a while longer: the free must wait for it to return. */
 static int cross_progress(void *user, uint64_t done, uint64_t total) {
     struct cross *x = user;
+    struct timespec deadline = in_ms(20000); /* bounded */
     (void)done;
     (void)total;
     pthread_mutex_lock(&x->lock);
     if (!x->in_progress) {
         x->in_progress = 1;
         pthread_cond_broadcast(&x->changed);
-        while (!x->freed) pthread_cond_wait(&x->changed, &x->lock);
+        while (!x->freeing && pthread_cond_timedwait(&x->changed, &x->lock, &deadline) == 0) {
+        }
+        deadline = in_ms(100); /* the free is under way now, or will be */
+        while (pthread_cond_timedwait(&x->changed, &x->lock, &deadline) == 0) {
+        }
+        x->first_returned = 1;
     } else {
         x->after++;
     }
@@ -640,13 +661,14 @@ static void *cross_download(void *arg) {
     return NULL;
 }
 
-/* The updater freed on another thread while a download runs on it: released when the
-   download returns, which it does as cancelled, with no progress after the free. */
+/* The updater freed on another thread while a download runs on it: the free waits for
+   the progress callback running there to return, and no callback runs after it; the
+   updater is released when the download returns, which it does as cancelled. */
 static void test_free_from_another_thread(const char *config_path, const evg_hooks *hooks) {
     char *config = read_file(config_path);
     struct cross x;
     pthread_t thread;
-    struct timespec deadline;
+    struct timespec deadline = in_ms(20000); /* bounded: a download that never reports fails */
     int waited = 0;
 
     CHECK(config != NULL);
@@ -663,18 +685,19 @@ static void test_free_from_another_thread(const char *config_path, const evg_hoo
         return;
     }
     CHECK(pthread_create(&thread, NULL, cross_download, &x) == 0);
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 20; /* bounded: a download that never reports fails the check */
     pthread_mutex_lock(&x.lock);
     while (!x.in_progress && waited == 0)
         waited = pthread_cond_timedwait(&x.changed, &x.lock, &deadline);
-    pthread_mutex_unlock(&x.lock);
-    CHECK(x.in_progress);
-    if (x.in_progress) evg_updater_free(x.up);
-    pthread_mutex_lock(&x.lock);
-    x.freed = 1;
+    x.freeing = 1;
     pthread_cond_broadcast(&x.changed);
     pthread_mutex_unlock(&x.lock);
+    CHECK(x.in_progress);
+    if (x.in_progress) {
+        evg_updater_free(x.up);
+        pthread_mutex_lock(&x.lock);
+        CHECK(x.first_returned); /* the free waited for the running callback */
+        pthread_mutex_unlock(&x.lock);
+    }
     pthread_join(thread, NULL);
     CHECK(x.status == EVG_CANCELLED && x.after == 0 && x.says_freed);
     if (!x.in_progress) evg_updater_free(x.up);

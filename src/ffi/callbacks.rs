@@ -12,7 +12,8 @@ use super::updater::evg_updater;
 use crate::event::Event;
 use crate::fetch::CancelToken;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::{self, ThreadId};
 
 /// Download progress: `done` of `total` bytes over all artifacts of the operation. Return
 /// 0 to go on, non-zero to cancel (the call then returns `EVG_CANCELLED` and keeps the
@@ -26,7 +27,7 @@ pub type evg_event_cb = Option<unsafe extern "C" fn(user: *mut c_void, event_jso
 
 /// A C callback and its `user` pointer.
 #[derive(Clone, Copy)]
-struct EventTarget {
+pub(crate) struct EventTarget {
     cb: unsafe extern "C" fn(*mut c_void, *const c_char),
     user: *mut c_void,
 }
@@ -36,25 +37,84 @@ struct EventTarget {
 unsafe impl Send for EventTarget {}
 unsafe impl Sync for EventTarget {}
 
-/// Where an updater's events go; replaceable at any time from C.
+/// Where an updater's events go; replaceable at any time from C. It also keeps the
+/// promise of `evg_updater_free` that no event or progress callback runs after it
+/// returns: it knows which threads are inside one.
 #[derive(Default)]
-pub(crate) struct EventSink(Mutex<Option<EventTarget>>);
+pub(crate) struct EventSink {
+    state: Mutex<Sink>,
+    returned: Condvar,
+}
+
+#[derive(Default)]
+struct Sink {
+    target: Option<EventTarget>,
+    /// Set by the free: no callback starts after it.
+    closed: bool,
+    /// The threads inside a callback of this updater now.
+    inside: Vec<ThreadId>,
+}
+
+/// Takes a thread out of [`Sink::inside`] when its callback returns (or unwinds).
+struct Inside<'a>(&'a EventSink);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        let me = thread::current().id();
+        let mut s = self.0.lock();
+        if let Some(i) = s.inside.iter().position(|t| *t == me) {
+            s.inside.swap_remove(i);
+        }
+        self.0.returned.notify_all();
+    }
+}
 
 impl EventSink {
+    fn lock(&self) -> MutexGuard<'_, Sink> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Sends events to `cb` from now on; NULL stops them.
     pub(crate) fn set(&self, cb: evg_event_cb, user: *mut c_void) {
-        let target = cb.map(|cb| EventTarget { cb, user });
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = target;
+        self.lock().target = cb.map(|cb| EventTarget { cb, user });
+    }
+
+    /// Runs `call` (which calls the host back) with the event target, unless the updater
+    /// was freed; says whether it ran. No lock is held while it runs: the host may call
+    /// `evg_set_event_callback` or free the updater from inside.
+    pub(crate) fn call_host(&self, call: impl FnOnce(Option<EventTarget>)) -> bool {
+        let target = {
+            let mut s = self.lock();
+            if s.closed {
+                return false;
+            }
+            s.inside.push(thread::current().id());
+            s.target
+        };
+        let _inside = Inside(self);
+        call(target);
+        true
     }
 
     /// Calls the host with `event` as JSON.
     pub(crate) fn emit(&self, event: &Event) {
-        // Copy the target out so the lock is released before C runs: the callback may
-        // itself call evg_set_event_callback.
-        let target = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = target {
-            let json = to_c_string(event.to_json());
-            unsafe { (t.cb)(t.user, json.as_ptr()) };
+        self.call_host(|target| {
+            if let Some(t) = target {
+                let json = to_c_string(event.to_json());
+                unsafe { (t.cb)(t.user, json.as_ptr()) };
+            }
+        });
+    }
+
+    /// The free of a handle a call still holds: no callback starts from now on, and one
+    /// running on another thread is waited for (one on this thread is the caller).
+    pub(crate) fn close(&self) {
+        let me = thread::current().id();
+        let mut s = self.lock();
+        s.closed = true;
+        s.target = None;
+        while s.inside.iter().any(|t| *t != me) {
+            s = self.returned.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -109,4 +169,57 @@ pub unsafe extern "C" fn evg_set_event_callback(
         updater.events.set(cb, user);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    /// The free's promise: once `close` returns, no callback is running or starts. A
+    /// callback already running on another thread is waited for.
+    #[test]
+    fn close_waits_for_a_callback_running_on_another_thread() {
+        let sink = Arc::new(EventSink::default());
+        let (entered, wait_entered) = mpsc::channel();
+        let (release, wait_release) = mpsc::channel::<()>();
+        let inside = {
+            let sink = Arc::clone(&sink);
+            thread::spawn(move || {
+                sink.call_host(|_| {
+                    entered.send(()).unwrap();
+                    wait_release.recv().unwrap();
+                })
+            })
+        };
+        wait_entered.recv().unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let closer = {
+            let (sink, closed) = (Arc::clone(&sink), Arc::clone(&closed));
+            thread::spawn(move || {
+                sink.close();
+                closed.store(true, Ordering::SeqCst);
+            })
+        };
+        thread::sleep(Duration::from_millis(100));
+        assert!(
+            !closed.load(Ordering::SeqCst),
+            "close returned while a callback was running"
+        );
+        release.send(()).unwrap();
+        assert!(inside.join().unwrap(), "the running callback ran");
+        closer.join().unwrap();
+        assert!(closed.load(Ordering::SeqCst));
+        assert!(!sink.call_host(|_| panic!("a callback after the close")));
+    }
+
+    /// A free from inside a callback on the same thread does not wait for itself.
+    #[test]
+    fn close_from_inside_a_callback_returns() {
+        let sink = EventSink::default();
+        assert!(sink.call_host(|_| sink.close()));
+        assert!(!sink.call_host(|_| panic!("a callback after the close")));
+    }
 }

@@ -29,9 +29,10 @@ impl Leased for evg_updater {
     }
 
     fn on_free_deferred(&self) {
-        // `evg_updater_free` promises no callback after it returns; a running download
-        // sees `freed()` at its next chunk and is cancelled.
-        self.events.set(None, std::ptr::null_mut());
+        // `evg_updater_free` promises no callback after it returns: none starts from now
+        // on, one running on another thread is waited for, and a running download is
+        // cancelled at its next chunk.
+        self.events.close();
     }
 }
 
@@ -120,8 +121,10 @@ unsafe fn new_updater(
 /// returns. That call ends what it is doing without further event or progress callbacks:
 /// a download is cancelled (`EVG_CANCELLED`, the partial download kept) and
 /// `evg_reinstall` does not go on to install; a host transport or selector it is using may
-/// still be called until it returns. New calls on the handle are refused with
-/// `EVG_INVALID_STATE`, and a second free does nothing.
+/// still be called until it returns. An event or progress callback already running on
+/// another thread is waited for, so do not free while holding a lock that callback
+/// takes. New calls on the handle are refused with `EVG_INVALID_STATE`, and a second free
+/// does nothing.
 ///
 /// # Safety
 /// `updater` is NULL or a handle that was not freed yet (or was freed during a call that
@@ -257,11 +260,9 @@ fn download(
     let result = u.updater.download(
         plan,
         &mut |done, total| {
-            if u.calls.freed() {
+            if !u.events.call_host(|_| progress.report(done, total)) {
                 // Freed from a callback or another thread: stop, and call the host no more.
                 progress.cancel.cancel();
-            } else {
-                progress.report(done, total);
             }
         },
         &progress.cancel,
