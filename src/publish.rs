@@ -340,9 +340,9 @@ impl Repo {
                 let artifact = self
                     .add_blob(path, *kind)
                     .map_err(|e| e.context(format!("component {name}")))?;
-                // A component whose bytes did not change keeps the version it had, so the
-                // device's diff shows it unchanged.
-                let version = unchanged_version(m, target, name, &artifact.sha256)
+                // A component installed as before (the same bytes, kind and file name)
+                // keeps the version it had, so the device's diff shows it unchanged.
+                let version = unchanged_version(m, target, name, &artifact)
                     .unwrap_or_else(|| version.to_string());
                 built.insert(*name, Component { version, artifact });
             }
@@ -1651,13 +1651,22 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey> {
     PublicKey::from_base64(&text).map_err(|e| e.context(path.display()))
 }
 
-/// The version of `name` in the newest release of `m` for `target` whose artifact has
-/// `sha256`, if any.
-fn unchanged_version(m: &Manifest, target: &str, name: &str, sha256: &str) -> Option<String> {
+/// The version of `name` in the newest release of `m` for `target` that installs it from
+/// `artifact` the same way a device's diff calls unchanged: the same sha256, kind and file
+/// name. A file renamed with the same bytes is a new version of its component.
+fn unchanged_version(
+    m: &Manifest,
+    target: &str,
+    name: &str,
+    artifact: &Artifact,
+) -> Option<String> {
     m.releases
         .iter()
         .filter_map(|r| Some((&r.version, r.targets.get(target)?.components.get(name)?)))
-        .filter(|(_, c)| c.artifact.sha256 == sha256)
+        .filter(|(_, c)| {
+            let a = &c.artifact;
+            (&a.sha256, a.kind, &a.name) == (&artifact.sha256, artifact.kind, &artifact.name)
+        })
         .max_by(|a, b| a.0.cmp(b.0))
         .map(|(_, c)| c.version.clone())
 }

@@ -1177,9 +1177,8 @@ impl Updater {
             .iter()
             .filter(|c| c.op == ComponentOp::Unchanged && c.artifact.is_none())
             .find(|c| {
-                let have = primary.get(&c.name).map(|i| i.sha256.as_str());
                 let want = plan.target.components.get(&c.name);
-                have != want.map(|w| w.artifact.sha256.as_str())
+                !matches!((primary.get(&c.name), want), (Some(i), Some(w)) if i.holds(&w.artifact))
             });
         if let Some(c) = copied_from_elsewhere {
             return Err(Error::invalid_state(format!(
@@ -1187,7 +1186,7 @@ impl Updater {
                 c.name, st.primary, plan.version
             )));
         }
-        let components = installed_components(plan, primary);
+        let components = installed_components(plan);
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,
             version: Some(plan.version.clone()),
@@ -1644,22 +1643,15 @@ impl Updater {
     }
 }
 
-/// What the new slot holds: the plan's artifacts, and the primary's record for what is
-/// copied unchanged.
-fn installed_components(
-    plan: &Offer,
-    primary: &BTreeMap<String, InstalledComponent>,
-) -> BTreeMap<String, InstalledComponent> {
-    plan.components
+/// What the new slot holds: the release's components, each installed from its artifact or
+/// copied from a primary that holds that same artifact (which `begin_install` checks).
+fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
+    plan.target
+        .components
         .iter()
-        .filter_map(|c| {
-            let sha256 = match (c.op, &c.artifact) {
-                (ComponentOp::Removed, _) => return None,
-                (ComponentOp::Unchanged, _) => primary.get(&c.name)?.sha256.clone(),
-                (_, a) => a.as_ref()?.sha256.clone(),
-            };
-            let version = c.to.clone().unwrap_or_default();
-            Some((c.name.clone(), InstalledComponent { version, sha256 }))
+        .map(|(name, c)| {
+            let record = InstalledComponent::new(c.version.clone(), &c.artifact);
+            (name.to_string(), record)
         })
         .collect()
 }

@@ -8,7 +8,7 @@
 mod common;
 
 use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_size, Item};
-use evergreen::manifest::TargetRelease;
+use evergreen::manifest::{ArtifactKind, TargetRelease};
 use evergreen::stage::{
     copy_tree, diff, extract_zip, make_durable, place_file, ArchiveLimits, ComponentOp,
     InstalledComponent,
@@ -629,6 +629,8 @@ fn installed(items: &[(&str, &str, char)]) -> BTreeMap<String, InstalledComponen
             let c = InstalledComponent {
                 version: version.to_string(),
                 sha256: hash.to_string().repeat(64),
+                kind: Some(ArtifactKind::Zip),
+                name: None,
             };
             (name.to_string(), c)
         })
@@ -710,6 +712,32 @@ fn diff_of_a_version_change_with_the_same_artifact_is_unchanged() {
     assert!(diff(&installed(&[("app", "1.1", 'a')]), &t, true)
         .iter()
         .all(|c| c.op == ComponentOp::Unchanged));
+}
+
+#[test]
+fn the_same_bytes_installed_another_way_are_modified() {
+    let t = target(&format!(
+        r#"{{"components": {{"app": {}}}}}"#,
+        component("1.0", 'a')
+    ));
+    let op = |have: &BTreeMap<String, InstalledComponent>| diff(have, &t, true)[0].op;
+    let mut have = installed(&[("app", "1.0", 'a')]);
+    assert_eq!(op(&have), ComponentOp::Unchanged);
+    // Placed as a file before, extracted now.
+    have.get_mut("app").unwrap().kind = Some(ArtifactKind::File);
+    assert_eq!(op(&have), ComponentOp::Modified);
+    // A name that the zip artifact does not carry.
+    have.get_mut("app").unwrap().kind = Some(ArtifactKind::Zip);
+    have.get_mut("app").unwrap().name = Some("app.zip".into());
+    assert_eq!(op(&have), ComponentOp::Modified);
+    // A state written before kinds were recorded says nothing of how it was installed.
+    let old: InstalledComponent = serde_json::from_str(&format!(
+        r#"{{"version": "1.0", "sha256": "{}"}}"#,
+        "a".repeat(64)
+    ))
+    .unwrap();
+    have.insert("app".into(), old);
+    assert_eq!(op(&have), ComponentOp::Modified);
 }
 
 #[test]

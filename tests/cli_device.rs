@@ -502,3 +502,72 @@ fn a_repair_does_not_move_the_device_off_the_channel_it_follows() {
     assert_eq!(status["slots"]["a"]["status"], "trial", "{status}");
     assert_eq!(status["channel"], "preview", "{status}");
 }
+
+/// Lists a directory's names, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Publishes `version` with an app zip and `config` (a path, with an optional `:kind`),
+/// updates the device to it, starts and confirms it. Returns what the check said of
+/// `config`.
+fn update_to(repo: &Repo, dev: &common::Device, version: &str, config: &str) -> serde_json::Value {
+    let src = repo.scratch("src");
+    let app = src.join(format!("app-{version}.zip"));
+    common::make_zip(&app, &[("run.sh", version.as_bytes())]);
+    repo.release(
+        "stable",
+        version,
+        "x86_64-linux",
+        &[("app", &app), ("config", Path::new(config))],
+        &[],
+    );
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    offer["components"][1].clone()
+}
+
+/// The bytes are not all that is installed: a file artifact's name and an artifact's kind
+/// are too. A release that changes either with the same blob installs it again, and the
+/// publisher gives it the new version.
+#[test]
+fn the_same_bytes_under_a_new_file_name_or_kind_are_installed_again() {
+    let repo = Repo::new("com.acme.rename");
+    let src = repo.scratch("src");
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    let (old, new) = (src.join("v1"), src.join("v2"));
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(old.join("settings.json"), b"{\"k\": 1}").unwrap();
+    std::fs::write(new.join("config.json"), b"{\"k\": 1}").unwrap();
+    let config = |dir: &Path, name: &str| dir.join(name).display().to_string();
+    update_to(&repo, &dev, "1.0.0", &config(&old, "settings.json"));
+    let current = dev.root.join("current/config");
+    assert_eq!(names(&current), ["settings.json"]);
+
+    let change = update_to(&repo, &dev, "1.1.0", &config(&new, "config.json"));
+    assert_eq!(change["op"], "modified", "{change}");
+    assert_eq!(change["to"], "1.1.0", "{change}");
+    assert_eq!(names(&current), ["config.json"]);
+    // The same name and bytes again: unchanged, with the version it had.
+    let change = update_to(&repo, &dev, "1.2.0", &config(&new, "config.json"));
+    assert_eq!(change["op"], "unchanged", "{change}");
+    assert_eq!(change["to"], "1.1.0", "{change}");
+    assert_eq!(names(&current), ["config.json"]);
+
+    // One zip placed as a file, then extracted.
+    let bundle = src.join("bundle.zip");
+    common::make_zip(&bundle, &[("run.sh", b"#!/bin/sh\n")]);
+    update_to(&repo, &dev, "1.3.0", &format!("{}:file", bundle.display()));
+    assert_eq!(names(&current), ["bundle.zip"]);
+    let change = update_to(&repo, &dev, "1.4.0", &format!("{}:zip", bundle.display()));
+    assert_eq!(change["op"], "modified", "{change}");
+    assert_eq!(names(&current), ["run.sh"]);
+}

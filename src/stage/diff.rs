@@ -1,6 +1,6 @@
 //! The component diff shown before approval: Added / Removed / Modified / Unchanged.
 
-use crate::manifest::{Artifact, Component, TargetRelease};
+use crate::manifest::{Artifact, ArtifactKind, Component, TargetRelease};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -11,6 +11,34 @@ pub struct InstalledComponent {
     pub version: String,
     /// Lowercase hex SHA-256 of the artifact it was installed from.
     pub sha256: String,
+    /// How that artifact was installed (extracted, placed as a file, written as an image).
+    /// None in a state written before it was recorded: such a component is never
+    /// `unchanged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ArtifactKind>,
+    /// The artifact's `name`: for a `file` artifact, the file in the component directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl InstalledComponent {
+    /// The record of a component installed, as `version`, from `artifact`.
+    pub fn new(version: String, artifact: &Artifact) -> InstalledComponent {
+        InstalledComponent {
+            version,
+            sha256: artifact.sha256.clone(),
+            kind: Some(artifact.kind),
+            name: artifact.name.clone(),
+        }
+    }
+
+    /// Whether installing `artifact` gives what this component holds: the same bytes,
+    /// installed the same way (its kind, and a file artifact's name).
+    pub fn holds(&self, artifact: &Artifact) -> bool {
+        self.sha256 == artifact.sha256
+            && self.kind == Some(artifact.kind)
+            && self.name == artifact.name
+    }
 }
 
 /// What an update does to one component.
@@ -23,7 +51,8 @@ pub enum ComponentOp {
     Removed,
     /// A different artifact (or version): installed from its artifact.
     Modified,
-    /// The same artifact: copied from the primary slot, nothing downloaded.
+    /// The same artifact, installed the same way: copied from the primary slot, nothing
+    /// downloaded.
     Unchanged,
 }
 
@@ -58,7 +87,8 @@ pub struct ComponentChange {
 }
 
 /// Compares what is installed with what the release holds for this target, by name
-/// (sorted). Modified means a different artifact sha256. With `copy_unchanged` false (image
+/// (sorted). Unchanged means the installed component [holds](InstalledComponent::holds)
+/// the release's artifact (same sha256, kind and file name); anything else is Modified. With `copy_unchanged` false (image
 /// slots, whose inactive partition holds something else) an Unchanged component still
 /// carries its artifact, to be written again.
 ///
@@ -101,9 +131,10 @@ fn change(
     let op = match (old, new) {
         (None, _) => ComponentOp::Added,
         (Some(_), None) => ComponentOp::Removed,
-        // The bytes decide: the same artifact is copied from the primary slot even if
-        // the publisher renamed its version.
-        (Some(o), Some(n)) if o.sha256 == n.artifact.sha256 => ComponentOp::Unchanged,
+        // What gets installed decides: the same bytes installed the same way are copied
+        // from the primary slot even if the publisher renamed the version. A file
+        // renamed, or a blob that was placed and is now extracted, is installed again.
+        (Some(o), Some(n)) if o.holds(&n.artifact) => ComponentOp::Unchanged,
         (Some(_), Some(_)) => ComponentOp::Modified,
     };
     let needs_artifact = match op {
