@@ -235,6 +235,17 @@ impl Release {
             }
         }
         for (target, t) in &self.targets {
+            // A release that installs nothing would leave an empty slot, or on image slots
+            // a partition that was never written, marked with its version.
+            if t.components.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!(
+                        "release {} target {target}: expected at least one component, found none",
+                        self.version
+                    ),
+                ));
+            }
             for (name, c) in &t.components {
                 c.validate(name).map_err(|problem| {
                     Error::new(
@@ -560,7 +571,18 @@ mod tests {
         type EditManifest = fn(&mut Manifest);
         let keep: EditComponent = |_| {};
         let same: EditManifest = |_| {};
-        let cases: [(&str, EditComponent, EditManifest, &str); 10] = [
+        let cases: [(&str, EditComponent, EditManifest, &str); 11] = [
+            (
+                "app",
+                keep,
+                |m| {
+                    let mut empty = m.releases[0].clone();
+                    empty.version = "1.1.0".parse().unwrap();
+                    empty.targets.get_mut("t").unwrap().components = NameMap::new();
+                    m.releases.push(empty);
+                },
+                "release 1.1.0 target t: expected at least one component, found none",
+            ),
             (
                 "../x",
                 keep,

@@ -1138,8 +1138,30 @@ impl Updater {
         })
     }
 
-    /// Refuses an install during a trial or below the security floor.
+    /// Refuses an install during a trial, below the security floor, or of artifacts the
+    /// slot store cannot take: dir slots take no image, and image slots take exactly one
+    /// image component and nothing else. All of it before the inactive slot is touched.
     fn check_installable(&self, st: &State, plan: &Offer) -> Result<()> {
+        let all = &plan.target.components;
+        let images = all
+            .iter()
+            .filter(|(_, c)| c.artifact.kind == ArtifactKind::Image)
+            .count();
+        let fits = match self.store {
+            Store::Dir(_) => images == 0,
+            Store::Image(_) => images == 1 && all.len() == 1,
+        };
+        if !fits {
+            let (slots, expected) = match self.store {
+                Store::Dir(_) => ("dir", "no image component"),
+                Store::Image(_) => ("image", "exactly one image component and nothing else"),
+            };
+            return Err(Error::config(format!(
+                "{slots} slots: expected {expected} for target {}, found {images} image(s) among {} component(s)",
+                self.config.target,
+                all.len()
+            )));
+        }
         if let Some(t) = st.trial {
             return Err(Error::invalid_state(format!(
                 "slot {} is on trial; confirm or roll back before installing another release",
@@ -1325,12 +1347,8 @@ impl Updater {
                         let name = a.name.as_deref().unwrap_or(&c.name);
                         stage::place_file(file, &dest, name)?;
                     }
-                    ArtifactKind::Image => {
-                        return Err(Error::config(format!(
-                            "component {}: image artifacts need image slots, found dir slots",
-                            c.name
-                        )))
-                    }
+                    // Refused by `check_installable`.
+                    ArtifactKind::Image => {}
                 },
                 (op, artifact, _) => {
                     return Err(Error::invalid_state(format!(
@@ -1362,22 +1380,9 @@ impl Updater {
         plan: &Offer,
         mut files: BTreeMap<String, std::fs::File>,
     ) -> Result<()> {
-        let mut images_written = 0;
+        // `check_installable` made sure the plan holds exactly one component, an image.
         for c in &plan.components {
             let Some(a) = &c.artifact else { continue };
-            if a.kind != ArtifactKind::Image {
-                return Err(Error::config(format!(
-                    "component {}: image slots take one image artifact, found a {} artifact",
-                    c.name,
-                    a.kind.as_str()
-                )));
-            }
-            images_written += 1;
-            if images_written > 1 {
-                return Err(Error::config(
-                    "image slots take exactly one image component per release",
-                ));
-            }
             // An unchanged image is still rewritten: the inactive slot holds something else.
             let mut file = match files.remove(&c.name) {
                 Some(f) => f,

@@ -571,3 +571,36 @@ fn the_same_bytes_under_a_new_file_name_or_kind_are_installed_again() {
     assert_eq!(change["op"], "modified", "{change}");
     assert_eq!(names(&current), ["run.sh"]);
 }
+
+/// Dir slots take no image. A release with one is refused before the idle slot, the last
+/// good release a manual rollback needs, is emptied.
+#[test]
+fn an_image_for_dir_slots_is_refused_before_the_idle_slot_is_emptied() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.dirimage");
+    publish(&repo, "1.0.1", "stable");
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    let idle = common::tree_digest(&dev.root.join("slots/b"));
+    let image = repo.scratch("src").join("rootfs.img");
+    std::fs::write(&image, b"not for dir slots").unwrap();
+    let spec = format!("{}:image", image.display());
+    repo.release(
+        "stable",
+        "1.1.0",
+        "x86_64-linux",
+        &[("rootfs", Path::new(&spec))],
+        &[],
+    );
+    let out = dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error[config]: dir slots: expected no image component for target x86_64-linux, found 1 image(s) among 1 component(s)"),
+        "{err}"
+    );
+    assert_eq!(common::tree_digest(&dev.root.join("slots/b")), idle);
+    let status = dev.status();
+    assert_eq!(status["slots"]["b"]["status"], "good", "{status}");
+    assert_eq!(status["slots"]["b"]["version"], "1.0.0", "{status}");
+}

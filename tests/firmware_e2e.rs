@@ -869,3 +869,61 @@ fn a_slot_path_that_reaches_the_running_slot_is_refused_before_anything_changes(
     }
     assert_eq!(after, before, "nothing was marked installing");
 }
+
+/// Image slots take one image per release and nothing else. A release that does not fit
+/// is refused before the idle slot is written or taken out of the boot order, so the
+/// slot keeps what it held for a manual rollback.
+#[test]
+fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_touched() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "notoneimage", Loader::Grub);
+    let src = repo.scratch("src");
+    let (image, config, app) = (
+        src.join("rootfs.img"),
+        src.join("cfg.json"),
+        src.join("app.zip"),
+    );
+    pattern_file(&image, MIB, 7);
+    std::fs::write(&config, b"{}").unwrap();
+    common::make_zip(&app, &[("run.sh", b"#!/bin/sh\n")]);
+    let image = PathBuf::from(format!("{}:image", image.display()));
+    let idle = board.slot_bytes(Slot::B);
+    let (status, order) = (board.dev.status(), board.grub("ORDER"));
+    let slots = |status: Value| (status["primary"].clone(), status["slots"].clone());
+    type Components<'a> = &'a [(&'a str, &'a Path)];
+    let cases: [(&str, Components, &str); 2] = [
+        (
+            "2.0.0",
+            &[("rootfs", &image), ("config", &config)],
+            "found 1 image(s) among 2",
+        ),
+        ("2.0.1", &[("app", &app)], "found 0 image(s) among 1"),
+    ];
+    for (version, components, found) in cases {
+        repo.release("stable", version, TARGET, components, &[]);
+        let out = board.dev.run("update", &["--yes"]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "error[config]: image slots: expected exactly one image component and nothing else for target {TARGET}, {found}"
+            )),
+            "{err}"
+        );
+        assert!(
+            board.slot_bytes(Slot::B) == idle,
+            "{version}: the idle slot was written"
+        );
+        assert_eq!(
+            board.grub("ORDER"),
+            order,
+            "{version}: the boot order changed"
+        );
+        assert_eq!(
+            slots(board.dev.status()),
+            slots(status.clone()),
+            "{version}: the idle slot was marked installing"
+        );
+    }
+}
