@@ -136,13 +136,25 @@ pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
     ))
 }
 
-/// Creates `dir` and its missing parents, each made durable in its parent.
+/// Creates `dir` and its missing parents, each made durable in its parent. They get mode
+/// 0755 less the umask: never writable by group or others, whatever the umask (a slots
+/// directory anyone could write would let anyone swap a slot).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
+    create_dir_all_mode(dir, 0o755)
+}
+
+/// [`create_dir_all`] with `mode` (less the umask) for the directories it creates.
+pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
     }
     let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| Error::io("create directory", dir, e))?;
     // A new directory's entry is durable only once its parent is synced; without it a
     // power cut could take the state directory, and the state, with it.
     for d in created.iter().rev() {

@@ -239,8 +239,9 @@ impl Repo {
         TrustedRoot::pinned(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
         for dir in ["root", "channels", "blobs/sha256"] {
             // Durable in their parents: root/1.json is synced, and a power cut must not
-            // take the directory that holds it.
-            fsutil::create_dir_all(&repo.root.join(dir))?;
+            // take the directory that holds it. The umask decides the mode: operators who
+            // share a repository give their group write with it.
+            fsutil::create_dir_all_mode(&repo.root.join(dir), 0o777)?;
         }
         fsutil::write_atomic(&first, &envelope)?;
         Ok(repo)

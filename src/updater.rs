@@ -1343,7 +1343,6 @@ impl Updater {
                         stage::extract_zip(file, &dest, a.installed_size, &limits)?;
                     }
                     ArtifactKind::File => {
-                        crate::fsutil::create_dir_all(&dest)?;
                         let name = a.name.as_deref().unwrap_or(&c.name);
                         stage::place_file(file, &dest, name)?;
                     }

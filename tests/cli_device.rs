@@ -604,3 +604,50 @@ fn an_image_for_dir_slots_is_refused_before_the_idle_slot_is_emptied() {
     assert_eq!(status["slots"]["b"]["status"], "good", "{status}");
     assert_eq!(status["slots"]["b"]["version"], "1.0.0", "{status}");
 }
+
+/// Under a umask of 000 (a service manager's `UMask=0000`, a container's entrypoint) the
+/// directories Evergreen creates are still not writable by group or others, and a file
+/// component's directory is 0755 like a zip component's.
+#[test]
+fn directories_evergreen_creates_are_not_writable_by_others_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::new("com.acme.umask");
+    let src = repo.scratch("src");
+    std::fs::write(src.join("settings.json"), b"{}").unwrap();
+    let app = src.join("app.zip");
+    common::make_zip(&app, &[("run.sh", b"#!/bin/sh\n")]);
+    let config = src.join("settings.json");
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app), ("config", &config)],
+        &[],
+    );
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(common::bin())
+        .args(["update", "--yes", "--config", dev.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let slot = dev.root.join("slots/b");
+    assert_eq!(mode(&slot.join("app")), 0o755, "zip component");
+    assert_eq!(mode(&slot.join("config")), 0o755, "file component");
+    for dir in [
+        dev.root.clone(),
+        dev.root.join("slots"),
+        dev.state.clone(),
+        dev.state.join("downloads"),
+    ] {
+        assert_eq!(
+            mode(&dir) & 0o022,
+            0,
+            "{} is {:o}",
+            dir.display(),
+            mode(&dir)
+        );
+    }
+}

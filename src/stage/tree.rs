@@ -114,8 +114,8 @@ pub(super) fn create_new_file(path: &Path, mode: u32) -> Result<File> {
 
 /// Places a `file` artifact as `dest_dir/name`, copying from the verified open file
 /// `src` (from its start; its offset is left at the end), so no one can swap the file
-/// between the hash check and the copy. `dest_dir` is created when missing; the file gets
-/// mode 0644 and must not exist yet. Returns the bytes written. Not synced: see
+/// between the hash check and the copy. `dest_dir` is created when missing, with mode 0755
+/// whatever the umask; the file gets mode 0644 and must not exist yet. Returns the bytes written. Not synced: see
 /// [`make_durable`].
 ///
 /// ```
@@ -135,7 +135,9 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
         )));
     }
     match DirBuilder::new().mode(DIR_MODE).create(dest_dir) {
-        Ok(()) => {}
+        // The umask may have cleared bits, or left group and other write set.
+        Ok(()) => fs::set_permissions(dest_dir, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| Error::io("set the mode of", dest_dir, e))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io("create directory", dest_dir, e)),
     }
