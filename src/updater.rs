@@ -1314,7 +1314,7 @@ impl Updater {
                 ))
             })?;
             stage::verify_artifact(&f, a)
-                .map_err(|e| e.context(format!("component {}", c.name)))?;
+                .map_err(|e| e.context(format!("component {}: downloaded artifact", c.name)))?;
             files.insert(c.name.clone(), f);
         }
         Ok(files)
@@ -1337,6 +1337,21 @@ impl Updater {
                 (ComponentOp::Removed, _, _) => {}
                 (ComponentOp::Unchanged, _, _) => {
                     stage::copy_tree(&slots.component_dir(primary, &c.name), &dest)?;
+                    // A placed file is checked against its artifact: the app may have
+                    // written its own slot. An extracted tree has no recorded hash.
+                    let artifact = plan.target.components.get(&c.name).map(|t| &t.artifact);
+                    if let Some(a) = artifact.filter(|a| a.kind == ArtifactKind::File) {
+                        let path = dest.join(a.name.as_deref().unwrap_or(&c.name));
+                        std::fs::File::open(&path)
+                            .map_err(|e| Error::io("open", &path, e))
+                            .and_then(|f| stage::verify_artifact(&f, a))
+                            .map_err(|e| {
+                                e.context(format!(
+                                    "component {} copied from slot {primary} (`reinstall` repairs it there)",
+                                    c.name
+                                ))
+                            })?;
+                    }
                 }
                 (_, Some(a), Some(file)) => match a.kind {
                     ArtifactKind::Zip => {

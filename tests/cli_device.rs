@@ -651,3 +651,39 @@ fn directories_evergreen_creates_are_not_writable_by_others_whatever_the_umask()
         );
     }
 }
+
+/// A file component copied unchanged from the running slot is checked against its
+/// artifact: the app may have written its own slot, and the new slot must not carry that
+/// under the signed artifact's hash.
+#[test]
+fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.reuse");
+    let running = dev.root.join("current/config/settings-1.0.0.json");
+    let signed = std::fs::read(&running).unwrap();
+    std::fs::write(&running, b"{\"version\": \"tampered\"}").unwrap();
+    // 1.0.1 ships the same config file and a new app.
+    let src = repo.scratch("src");
+    let app = src.join("app.zip");
+    common::make_zip(&app, &[("run.sh", b"#!/bin/sh\n")]);
+    let config = src.join("settings-1.0.0.json");
+    assert_eq!(std::fs::read(&config).unwrap(), signed);
+    repo.release(
+        "stable",
+        "1.0.1",
+        "x86_64-linux",
+        &[("app", &app), ("config", &config)],
+        &[],
+    );
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    assert_eq!(offer["components"][1]["op"], "unchanged", "{offer}");
+    let out = dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error[hash_mismatch]: component config copied from slot b (`reinstall` repairs it there): expected 20 bytes"),
+        "{err}"
+    );
+    let status = dev.status();
+    assert_eq!(status["primary"], "b", "{status}");
+    assert_ne!(status["slots"]["a"]["status"], "installed", "{status}");
+}

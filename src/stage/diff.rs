@@ -52,7 +52,9 @@ pub enum ComponentOp {
     /// A different artifact (or version): installed from its artifact.
     Modified,
     /// The same artifact, installed the same way: copied from the primary slot, nothing
-    /// downloaded.
+    /// downloaded. A `file` artifact's copy is checked against its SHA-256 (a mismatch is
+    /// `hash_mismatch`); an extracted `zip` is copied as the primary slot holds it, since
+    /// nothing records the hash of the tree it became (`reinstall` repairs a damaged one).
     Unchanged,
 }
 

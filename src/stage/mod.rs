@@ -128,7 +128,8 @@ fn run_parallel<T: Sync, S>(
 ///
 /// Staging calls this on the descriptor it then installs from: a download may sit on disk
 /// for days before it is installed (`download_only`), and whatever it was verified as
-/// then, what is installed is what was verified now, through the same open file.
+/// then, what is installed is what was verified now, through the same open file. It also
+/// checks a `file` artifact copied unchanged from the primary slot.
 pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifact) -> Result<()> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
@@ -156,7 +157,7 @@ pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifac
         return Err(Error::new(
             ErrorKind::HashMismatch,
             format!(
-                "downloaded artifact: expected {} bytes with sha256 {}, found {offset} bytes with sha256 {found}",
+                "expected {} bytes with sha256 {}, found {offset} bytes with sha256 {found}",
                 artifact.size, artifact.sha256
             ),
         ));
