@@ -36,6 +36,16 @@ pub enum Event {
         /// Bytes in all.
         total: u64,
     },
+    /// Progress of writing one component's image into the inactive slot (image slots), after
+    /// its download.
+    Installing {
+        /// Component name.
+        component: String,
+        /// Bytes written so far.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
     /// The new release is completely written into the inactive slot.
     Staged {
         /// The slot written.
@@ -135,6 +145,11 @@ impl fmt::Display for Event {
             } => {
                 write!(f, "downloading {component}: {done}/{total} bytes")
             }
+            Event::Installing {
+                component,
+                done,
+                total,
+            } => write!(f, "writing {component}: {done}/{total} bytes"),
             Event::Staged { slot, version } => write!(f, "{version} staged in slot {slot}"),
             Event::Deferred {
                 version,

@@ -1415,7 +1415,7 @@ impl Updater {
             images.write_image(slot, &mut file, a.size, &a.sha256, &mut |done, total| {
                 if done == total || done >= last + (8 << 20) {
                     last = done;
-                    self.emit(Event::Downloading {
+                    self.emit(Event::Installing {
                         component: c.name.clone(),
                         done,
                         total,

@@ -927,3 +927,44 @@ fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_to
         );
     }
 }
+
+/// Writing the image is reported as `installing`, not as a second download.
+#[test]
+fn writing_an_image_reports_installing_progress_not_downloading() {
+    use std::sync::{Arc, Mutex};
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "installevents", Loader::Grub);
+    release_image(&repo, "2.0.0", MIB, 2);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let up = Updater::builder(Config::from_file(&board.dev.config).unwrap())
+        .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("expected 2.0.0");
+    };
+    let plan = up.plan(&offer).unwrap();
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    events.lock().unwrap().clear();
+    up.install(&plan).unwrap();
+    let events = events.lock().unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, evergreen::Event::Downloading { .. })),
+        "{events:?}"
+    );
+    let last = evergreen::Event::Installing {
+        component: "rootfs".into(),
+        done: MIB as u64,
+        total: MIB as u64,
+    };
+    assert!(events.contains(&last), "{events:?}");
+    assert_eq!(
+        last.to_json(),
+        r#"{"event":"installing","component":"rootfs","done":1048576,"total":1048576}"#
+    );
+}

@@ -146,6 +146,7 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         builder = builder.on_event(|e| match e {
             // A failure is reported once, as the `error[<kind>]` line.
             evergreen::Event::Downloading { .. }
+            | evergreen::Event::Installing { .. }
             | evergreen::Event::Checked { .. }
             | evergreen::Event::Failed { .. } => {}
             other => eprintln!("evergreen: {other}"),
