@@ -457,17 +457,20 @@ pub struct ArchiveLimits {
     pub max_installed_bytes: u64,
     /// Entries one archive may hold (default 100,000).
     pub max_entries: u64,
-    /// Inflated / compressed size of an entry (default 250; deflate's own limit is ~1032).
+    /// Inflated / compressed size, per entry and for the whole archive (default 250;
+    /// deflate's own limit is ~1032). Outputs up to 64 KiB are exempt.
     pub max_ratio: u64,
 }
 
+/// The defaults of [`crate::stage::ArchiveLimits`]: one set of numbers.
 impl Default for ArchiveLimits {
     fn default() -> ArchiveLimits {
+        let d = crate::stage::ArchiveLimits::default();
         ArchiveLimits {
-            allow_symlinks: false,
-            max_installed_bytes: 16 << 30,
-            max_entries: 100_000,
-            max_ratio: 250,
+            allow_symlinks: d.allow_symlinks,
+            max_installed_bytes: d.max_installed_bytes,
+            max_entries: d.max_entries,
+            max_ratio: d.max_ratio,
         }
     }
 }

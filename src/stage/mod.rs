@@ -20,22 +20,26 @@ pub use tree::{copy_tree, make_durable, place_file};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Limits that an archive must stay within, whatever its headers declare.
+/// Limits that an archive must stay within, whatever its headers declare. The defaults are
+/// the config's (`archive` in the device config, [`crate::config::ArchiveLimits`]), which the
+/// updater applies.
 ///
 /// ```
 /// let limits = evergreen::stage::ArchiveLimits::default();
-/// assert_eq!(limits.max_installed_bytes, 8 << 30);
+/// assert_eq!(limits.max_installed_bytes, 16 << 30);
+/// assert_eq!(limits.max_ratio, 250);
 /// assert!(!limits.allow_symlinks);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchiveLimits {
-    /// The most bytes an archive may inflate to in total (default 8 GiB), on top of the
+    /// The most bytes an archive may inflate to in total (default 16 GiB), on top of the
     /// artifact's own `installed_size`.
     pub max_installed_bytes: u64,
     /// The most entries (files, directories, symlinks) an archive may hold (default 100,000).
     pub max_entries: u64,
     /// The highest inflated/compressed ratio, per entry and for the whole archive
-    /// (default 1000). Outputs up to [`RATIO_GRACE_BYTES`] are exempt.
+    /// (default 250; deflate's own limit is ~1032). Outputs up to [`RATIO_GRACE_BYTES`] are
+    /// exempt.
     pub max_ratio: u64,
     /// Whether symlink entries are extracted (default false: they are refused). Even when
     /// allowed, a symlink must be relative and point inside the component.
@@ -49,9 +53,9 @@ pub const RATIO_GRACE_BYTES: u64 = 64 << 10;
 impl Default for ArchiveLimits {
     fn default() -> Self {
         ArchiveLimits {
-            max_installed_bytes: 8 << 30,
+            max_installed_bytes: 16 << 30,
             max_entries: 100_000,
-            max_ratio: 1000,
+            max_ratio: 250,
             allow_symlinks: false,
         }
     }
