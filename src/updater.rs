@@ -1398,18 +1398,12 @@ impl Updater {
         for c in &plan.components {
             let Some(a) = &c.artifact else { continue };
             // An unchanged image is still rewritten: the inactive slot holds something else.
-            let mut file = match files.remove(&c.name) {
-                Some(f) => f,
-                None => {
-                    let path = self.downloads_dir().join(&a.sha256);
-                    std::fs::File::open(&path).map_err(|e| {
-                        Error::invalid_state(format!(
-                            "component {}: expected the verified download {}, found none ({e})",
-                            c.name,
-                            path.display()
-                        ))
-                    })?
-                }
+            // `open_downloads` opened and verified every artifact of the plan.
+            let Some(mut file) = files.remove(&c.name) else {
+                return Err(Error::invalid_state(format!(
+                    "component {}: expected its verified download open, found none",
+                    c.name
+                )));
             };
             let mut last = 0u64;
             images.write_image(slot, &mut file, a.size, &a.sha256, &mut |done, total| {
