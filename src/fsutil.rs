@@ -183,16 +183,44 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Removes `path` (a file, a symlink or a whole tree) if it exists.
+/// Removes `path` (a file, a symlink or a whole tree) if it exists. A directory inside
+/// that its owner made read-only (an app's slot may have one) is opened up first: an
+/// updater that is not root could not empty it, and every later install into the slot
+/// would fail.
 pub fn remove_all(path: &Path) -> Result<()> {
     crash_point("remove")?;
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("inspect", path, e)),
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(path).map_err(|e| Error::io("remove directory", path, e))
-        }
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    open_up_dirs(path);
+                    fs::remove_dir_all(path)
+                }
+                _ => Err(e),
+            })
+            .map_err(|e| Error::io("remove directory", path, e)),
         Ok(_) => fs::remove_file(path).map_err(|e| Error::io("remove", path, e)),
+    }
+}
+
+/// Gives the owner full access to `dir` and every directory under it, following no
+/// symlink; best effort (the removal that follows reports what still fails).
+fn open_up_dirs(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        match fs::symlink_metadata(&d) {
+            Ok(m) if m.is_dir() => {
+                let mode = m.permissions().mode() | 0o700;
+                let _ = fs::set_permissions(&d, fs::Permissions::from_mode(mode));
+            }
+            _ => continue,
+        }
+        if let Ok(entries) = fs::read_dir(&d) {
+            pending.extend(entries.flatten().map(|e| e.path()));
+        }
     }
 }
 
@@ -259,6 +287,31 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What lets an updater that is not root remove a slot with read-only directories:
+    /// every directory is opened to its owner, and no symlink is followed.
+    #[test]
+    fn read_only_directories_are_opened_to_their_owner_before_removal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("trash"), dir.path().join("outside"));
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m));
+        set(&outside, 0o555).unwrap();
+        set(&tree.join("a/b"), 0o000).unwrap();
+        set(&tree.join("a"), 0o555).unwrap();
+        open_up_dirs(&tree);
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode(&tree.join("a")), mode(&tree.join("a/b"))),
+            (0o755, 0o700)
+        );
+        assert_eq!(mode(&outside), 0o555, "a symlink was followed");
+        remove_all(&tree).unwrap();
+        assert!(!tree.exists());
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

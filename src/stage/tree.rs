@@ -158,7 +158,9 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
 
 /// Copies the component directory `src` (of the primary slot) to the new directory `dst`
 /// for an Unchanged component: regular files with their permission bits (setuid, setgid
-/// and sticky dropped), directories, and symlinks as symlinks (never followed). `dst` must
+/// and sticky dropped), directories (owner-writable: the slot is emptied for a later
+/// install), and symlinks as symlinks (never followed). A directory replaced while it is
+/// copied (by a symlink to elsewhere) fails the copy. `dst` must
 /// not exist or be empty; it is 0700 until the copy is complete. On failure nothing is
 /// left under `dst`. Not synced: see [`make_durable`].
 ///
@@ -190,8 +192,12 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
     // Directory modes are applied last, deepest first, so a read-only directory in the
     // source does not stop us from filling its copy.
     let mut dir_modes = Vec::new();
-    let mut pending = vec![(src.to_path_buf(), dst.to_path_buf())];
-    while let Some((from, to)) = pending.pop() {
+    let mut pending = vec![(src.to_path_buf(), dst.to_path_buf(), id(&root))];
+    while let Some((from, to, listed)) = pending.pop() {
+        // The app may write its own slot: a directory swapped for a symlink after it was
+        // listed would copy whatever that points to. Checked before and after its
+        // entries are copied; the copy fails either way, leaving nothing.
+        same_directory(&from, listed)?;
         let entries = fs::read_dir(&from).map_err(|e| Error::io("list", &from, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", &from, e))?;
@@ -205,8 +211,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
                     .create(&d)
                     .map_err(|e| Error::io("create directory", &d, e))?;
                 stats.dirs += 1;
-                dir_modes.push((d.clone(), mode));
-                pending.push((s, d));
+                // Owner-writable whatever the source says: the updater empties this slot
+                // for a later install, which a read-only directory would stop.
+                dir_modes.push((d.clone(), mode | 0o700));
+                pending.push((s, d, id(&meta)));
             } else if kind.is_symlink() {
                 let target = fs::read_link(&s).map_err(|e| Error::io("read symlink", &s, e))?;
                 std::os::unix::fs::symlink(&target, &d)
@@ -225,6 +233,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
                 ));
             }
         }
+        same_directory(&from, listed)?;
     }
     for (dir, mode) in dir_modes.iter().rev() {
         fs::set_permissions(dir, Permissions::from_mode(*mode))
@@ -234,14 +243,31 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
     Ok(stats)
 }
 
+/// A file's identity: device and inode.
+fn id(meta: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Refuses `dir` unless it is still the directory listed as `listed`.
+fn same_directory(dir: &Path, listed: (u64, u64)) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() && id(&m) == listed => Ok(()),
+        Ok(_) => Err(Error::invalid_state(format!(
+            "copying {}: expected the directory listed, found it replaced during the copy",
+            dir.display()
+        ))),
+        Err(e) => Err(Error::io("inspect", dir, e)),
+    }
+}
+
 /// Copies the regular file `src`, which `seen` describes, into a new `dst`.
 fn copy_file(src: &Path, dst: &Path, mode: u32, seen: &fs::Metadata) -> Result<u64> {
-    use std::os::unix::fs::MetadataExt;
     let mut from = File::open(src).map_err(|e| Error::io("open", src, e))?;
     // The app may write its own slot: a file swapped for a symlink between the look and
     // the open would copy whatever the link names. What was opened must be what was seen.
     let opened = from.metadata().map_err(|e| Error::io("inspect", src, e))?;
-    if (opened.dev(), opened.ino()) != (seen.dev(), seen.ino()) {
+    if id(&opened) != id(seen) {
         return Err(Error::new(
             ErrorKind::Io,
             format!(
@@ -321,6 +347,44 @@ fn open_for_sync(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The app may swap a directory of its slot for a symlink to elsewhere while the
+    /// copy walks it: the walk checks each directory is the one it listed.
+    #[test]
+    fn a_directory_replaced_by_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sub, elsewhere) = (dir.path().join("sub"), dir.path().join("elsewhere"));
+        fs::create_dir(&sub).unwrap();
+        fs::create_dir(&elsewhere).unwrap();
+        let listed = id(&fs::symlink_metadata(&sub).unwrap());
+        same_directory(&sub, listed).unwrap();
+        fs::rename(&sub, dir.path().join("sub.real")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
+        let err = same_directory(&sub, listed).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+        assert!(err.message().contains("replaced during the copy"), "{err}");
+    }
+
+    /// A read-only directory in the running slot is copied owner-writable, so the next
+    /// install can empty the slot.
+    #[test]
+    fn copied_directories_are_owner_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("old");
+        fs::create_dir_all(src.join("share/deep")).unwrap();
+        fs::write(src.join("share/deep/data"), b"x").unwrap();
+        for (d, mode) in [("share/deep", 0o555), ("share", 0o500)] {
+            fs::set_permissions(src.join(d), Permissions::from_mode(mode)).unwrap();
+        }
+        let dst = dir.path().join("new");
+        copy_tree(&src, &dst).unwrap();
+        let mode = |p: &str| fs::metadata(dst.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("share"), mode("share/deep")), (0o700, 0o755));
+        assert_eq!(fs::read(dst.join("share/deep/data")).unwrap(), b"x");
+        for d in ["share", "share/deep"] {
+            fs::set_permissions(src.join(d), Permissions::from_mode(0o755)).unwrap();
+        }
+    }
 
     #[test]
     fn a_file_replaced_between_the_look_and_the_open_is_not_copied() {
