@@ -362,8 +362,9 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
 /// Verifies an envelope and returns its payload bytes, exactly as signed.
 ///
 /// Stages, in order: size cap (`too_large`), envelope syntax (`signature`), payload type
-/// (`wrong_metadata`), payload base64 (`signature`), then the threshold of *distinct*
-/// trusted keys (`signature` when none verifies, `threshold` when too few do).
+/// (`wrong_metadata`), payload base64 (`signature`), at most 64 signature entries
+/// (`signature`), then the threshold of *distinct* trusted keys (`signature` when none
+/// verifies, `threshold` when too few do).
 pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> Result<Vec<u8>> {
     if bytes.len() as u64 > max_bytes {
         return Err(Error::new(
@@ -419,27 +420,59 @@ pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> 
     ))
 }
 
-/// How many distinct keys of `keys` made one of `signatures` over `message`.
+/// How many distinct keys of `keys` made one of `signatures` over `message`, counting no
+/// further than the threshold.
 ///
 /// The keyid is only a hint: a key is counted at most once however many entries or keyids
-/// name it, and signatures under unknown keyids are simply not counted.
+/// name it, and an entry counts under whichever trusted key it verifies with. Each entry is
+/// first tried against the key its keyid names, then, if it verified with none, against
+/// the others. The failed verifications of an envelope are bounded by the key set (keys ×
+/// threshold, enough for an honest envelope without keyids), never by how many entries it
+/// carries.
 fn count_signers(message: &[u8], signatures: &[EnvelopeSignature], keys: &KeySet) -> usize {
-    let mut counted = vec![false; keys.keys.len()];
-    for entry in signatures {
-        let Some(sig) = decode_base64(&entry.sig) else {
-            continue;
-        };
-        // Try the key the hint names first, then the others not yet counted.
-        let mut order: Vec<usize> = (0..keys.keys.len()).filter(|i| !counted[*i]).collect();
-        order.sort_by_key(|i| keys.keys[*i].keyid() != entry.keyid);
-        if let Some(i) = order
-            .into_iter()
-            .find(|i| keys.keys[*i].verify(message, &sig).is_ok())
-        {
-            counted[i] = true;
+    let ids: Vec<String> = keys.keys.iter().map(PublicKey::keyid).collect();
+    let mut counted = vec![false; ids.len()];
+    let mut done = vec![false; signatures.len()];
+    let mut signed = 0;
+    let mut failures_left = ids.len() * keys.threshold;
+    for hinted in [true, false] {
+        for (e, entry) in signatures.iter().enumerate() {
+            let named = ids.iter().position(|id| *id == entry.keyid);
+            // Anything but 64 bytes fails every key without a verification.
+            let Some(sig) = decode_base64(&entry.sig).filter(|s| s.len() == 64) else {
+                continue;
+            };
+            for (i, key) in keys.keys.iter().enumerate() {
+                if signed == keys.threshold || failures_left == 0 {
+                    return signed;
+                }
+                // Pass 1: the named key; pass 2: the others, for entries not yet counted.
+                let skip = if hinted {
+                    named != Some(i)
+                } else {
+                    done[e] || named == Some(i)
+                };
+                if counted[i] || skip {
+                    continue;
+                }
+                #[cfg(test)]
+                VERIFICATIONS.with(|v| v.set(v.get() + 1));
+                if key.verify(message, &sig).is_ok() {
+                    (counted[i], done[e]) = (true, true);
+                    signed += 1;
+                    break;
+                }
+                failures_left -= 1;
+            }
         }
     }
-    counted.iter().filter(|c| **c).count()
+    signed
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Signature verifications [`count_signers`] made on this thread.
+    static VERIFICATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A key as listed in a root document.
@@ -733,5 +766,82 @@ impl Anchor {
             Anchor::Root(r) => r.manifest_keys(),
             Anchor::Keys(k) => k,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verifications `open` makes of `envelope` under `keys`, and its result.
+    fn verifications(envelope: &[u8], keys: &KeySet) -> (usize, Result<Vec<u8>>) {
+        VERIFICATIONS.with(|v| v.set(0));
+        let r = open(envelope, "t", keys, 1 << 20);
+        (VERIFICATIONS.with(std::cell::Cell::get), r)
+    }
+
+    fn keys(n: u8) -> Vec<SecretKey> {
+        (1..=n).map(|i| SecretKey::from_seed(&[i; 32])).collect()
+    }
+
+    fn keyset(keys: &[SecretKey], threshold: usize) -> KeySet {
+        KeySet::new(keys.iter().map(SecretKey::public).collect(), threshold).unwrap()
+    }
+
+    /// `entries` copies of a well-formed signature by a key nobody trusts, under `keyid`.
+    fn junk(entries: usize, keyid: &str) -> Vec<u8> {
+        let payload = vec![b' '; 4096];
+        let sig = encode_base64(&SecretKey::from_seed(&[66; 32]).sign(&pae("t", &payload)));
+        let e = Envelope {
+            payload_type: "t".into(),
+            payload: encode_base64(&payload),
+            signatures: (0..entries)
+                .map(|_| EnvelopeSignature {
+                    keyid: keyid.into(),
+                    sig: sig.clone(),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&e).unwrap()
+    }
+
+    #[test]
+    fn junk_entries_cost_at_most_keys_times_threshold_verifications() {
+        let trusted = keys(3);
+        let set = keyset(&trusted, 1);
+        for hint in [String::new(), trusted[0].public().keyid()] {
+            let (n, r) = verifications(&junk(MAX_SIGNATURES, &hint), &set);
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Signature);
+            assert!(n <= 3, "{n} verifications for keyid {hint:?}");
+        }
+        let (n, _) = verifications(&junk(MAX_SIGNATURES, ""), &keyset(&trusted, 2));
+        assert!(n <= 6, "{n} verifications");
+    }
+
+    #[test]
+    fn counting_stops_at_the_threshold() {
+        let trusted = keys(3);
+        let all: Vec<&SecretKey> = trusted.iter().collect();
+        let (n, r) = verifications(&seal("t", b"x", &all), &keyset(&trusted, 1));
+        assert_eq!(r.unwrap(), b"x");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn keyids_stay_a_hint_for_honest_envelopes() {
+        let trusted = keys(3);
+        // Signed by the last two keys, listed last key first: without keyids each entry
+        // is tried against every key not yet counted, the worst order for the budget.
+        let mut e = parse_envelope(&seal("t", b"x", &[&trusted[2], &trusted[1]])).unwrap();
+        for s in &mut e.signatures {
+            s.keyid.clear();
+        }
+        let bytes = serde_json::to_vec(&e).unwrap();
+        assert_eq!(verifications(&bytes, &keyset(&trusted, 2)).1.unwrap(), b"x");
+        // Each under the other's keyid: tried there first, then against the rest.
+        e.signatures[0].keyid = trusted[1].public().keyid();
+        e.signatures[1].keyid = trusted[2].public().keyid();
+        let bytes = serde_json::to_vec(&e).unwrap();
+        assert_eq!(verifications(&bytes, &keyset(&trusted, 2)).1.unwrap(), b"x");
     }
 }
