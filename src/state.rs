@@ -11,6 +11,7 @@ use crate::fsutil;
 use crate::slots::Slot;
 pub use crate::stage::InstalledComponent;
 use crate::time::Timestamp;
+use crate::trust::KeySet;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -206,6 +207,10 @@ pub struct State {
     /// Newest `issued` seen on any manifest: the clock never reads earlier.
     #[serde(default)]
     pub newest_issued: Option<Timestamp>,
+    /// [`KeySet::fingerprint`] of the manifest keys `manifests` and `newest_issued` were
+    /// accepted under; other keys start both afresh (see [`State::trust_manifest_keys`]).
+    #[serde(default)]
+    pub manifest_keys: Option<String>,
     /// Anti-rollback floor: nothing with a lower `security_version` is installed.
     #[serde(default)]
     pub security_floor: u64,
@@ -249,6 +254,7 @@ impl State {
             root_version: None,
             manifests: BTreeMap::new(),
             newest_issued: None,
+            manifest_keys: None,
             security_floor: 0,
             skipped: Vec::new(),
             failed: Vec::new(),
@@ -285,15 +291,36 @@ impl State {
     }
 
     /// Takes what a check learned from `checked`, a copy of the state made before the check
-    /// went to the network: the manifests seen, the newest `issued`, the root version, and
-    /// when it checked and how many checks failed in a row. Everything else (slots, trial,
-    /// channel, floor) may have changed meanwhile and is kept.
+    /// went to the network: the manifests seen, the newest `issued` and the manifest keys
+    /// they were accepted under, the root version, and when it checked and how many checks
+    /// failed in a row. Everything else (slots, trial, channel, floor) may have changed
+    /// meanwhile and is kept.
     pub fn adopt_check(&mut self, checked: &State) {
+        // A check under other manifest keys started afresh (including its clock): take it.
+        if self.manifest_keys != checked.manifest_keys {
+            (self.newest_issued, self.last_check) = (None, None);
+        }
         self.manifests.clone_from(&checked.manifests);
+        self.manifest_keys.clone_from(&checked.manifest_keys);
         self.newest_issued = self.newest_issued.max(checked.newest_issued);
         self.root_version = self.root_version.max(checked.root_version);
         self.last_check = self.last_check.max(checked.last_check);
         self.check_failures = checked.check_failures;
+    }
+
+    /// Records `keys` as the manifest keys the freshness state is kept under (DESIGN §5.1
+    /// rule 7). Other keys than those it was built under (a root rotation, a new
+    /// `trust.keys`) start it afresh: the sequences and ETags seen and the newest `issued`,
+    /// as TUF drops its timestamp and snapshot metadata when their keys rotate, so a sequence
+    /// or an `issued` a revoked key signed far ahead does not bind its successor. A state
+    /// written before this record takes the keys as they are.
+    pub fn trust_manifest_keys(&mut self, keys: &KeySet) {
+        let id = keys.fingerprint();
+        if self.manifest_keys.as_ref().is_some_and(|k| *k != id) {
+            self.manifests.clear();
+            self.newest_issued = None;
+        }
+        self.manifest_keys = Some(id);
     }
 
     /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a

@@ -279,6 +279,16 @@ impl KeySet {
     pub fn threshold(&self) -> usize {
         self.threshold
     }
+
+    /// Lowercase hex SHA-256 of the threshold and the keys, in any order they were listed:
+    /// what tells one key set from another in the state (DESIGN §5.1 rule 7).
+    pub fn fingerprint(&self) -> String {
+        let mut keys: Vec<&[u8; 32]> = self.keys.iter().map(PublicKey::as_bytes).collect();
+        keys.sort();
+        let mut h = Sha256::new_with_prefix((self.threshold as u64).to_le_bytes());
+        keys.iter().for_each(|k| h.update(k));
+        hex(&h.finalize())
+    }
 }
 
 /// One signature of an envelope.

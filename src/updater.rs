@@ -781,9 +781,8 @@ impl Updater {
             }
             let _work = self.work_lock()?;
             let mut st = self.load_state()?;
-            let now = self.now(&st);
             let channel = channel.unwrap_or(&st.channel).to_string();
-            let manifest = match self.fetch_manifest(&mut st, &channel, now) {
+            let manifest = match self.fetch_manifest(&mut st, &channel) {
                 Ok(m) => m,
                 Err(e) => {
                     st.check_failures = st.check_failures.saturating_add(1);
@@ -908,12 +907,10 @@ impl Updater {
     /// Fetches and verifies `channel`'s manifest: conditional GET; on 304 the cached
     /// envelope is verified again (expiry still applies). Only when the manifest changed is
     /// the root chain walked first, so an unchanged check is a single request.
-    fn fetch_manifest(
-        &self,
-        st: &mut State,
-        channel: &str,
-        now: Timestamp,
-    ) -> Result<Verified<Manifest>> {
+    fn fetch_manifest(&self, st: &mut State, channel: &str) -> Result<Verified<Manifest>> {
+        // The host's clock, read once; each rule pulls it up to the newest `issued` seen
+        // under the manifest keys it checks with.
+        let clock = (self.clock)();
         let max = self.config.limits.max_metadata_bytes;
         let cache = self
             .state_dir()
@@ -932,15 +929,19 @@ impl Updater {
             }
             Metadata::Fetched { bytes, etag } => (bytes, etag, false),
         };
-        let anchor = self.anchor(st, now, !not_modified)?;
+        let anchor = self.anchor(st, clock, !not_modified)?;
+        // Read after the anchor: new manifest keys start the freshness state afresh.
         let fresh = Freshness {
-            last_seen: seen.map(|s| (s.sequence, s.payload_sha256)),
+            last_seen: st
+                .manifests
+                .get(channel)
+                .map(|s| (s.sequence, s.payload_sha256.clone())),
             newest_issued: st.newest_issued,
         };
         let expect = Expect {
             product: &self.config.product,
             channel,
-            now,
+            now: clock,
             max_bytes: max,
         };
         let verified = manifest::verify(&bytes, anchor.manifest_keys(), &expect, &fresh)?;
@@ -970,8 +971,10 @@ impl Updater {
     }
 
     /// The trust anchor: the configured keys, or the newest root (walking the chain on the
-    /// server when `walk` is set or the trusted root has expired).
-    fn anchor(&self, st: &mut State, now: Timestamp, walk: bool) -> Result<Anchor> {
+    /// server when `walk` is set or the trusted root has expired). Manifest keys other than
+    /// those `st`'s freshness state was built under start it afresh (DESIGN §5.1 rule 7);
+    /// `clock` is the host's, pulled up to the newest `issued` seen only after that.
+    fn anchor(&self, st: &mut State, clock: Timestamp, walk: bool) -> Result<Anchor> {
         let max = self.config.limits.max_metadata_bytes;
         let pinned_path = match &self.config.trust {
             TrustConfig::Keys { keys, threshold } => {
@@ -979,7 +982,9 @@ impl Updater {
                     .iter()
                     .map(|k| PublicKey::from_base64(k))
                     .collect::<Result<Vec<_>>>()?;
-                return Ok(Anchor::Keys(KeySet::new(keys, *threshold)?));
+                let keys = KeySet::new(keys, *threshold)?;
+                st.trust_manifest_keys(&keys);
+                return Ok(Anchor::Keys(keys));
             }
             TrustConfig::Root(root) => root,
         };
@@ -1006,6 +1011,7 @@ impl Updater {
         // On a 304 the chain is walked only once the trusted root has expired: a root
         // renewed on the server while the channel stayed the same is found then, instead
         // of every check failing until the channel is signed again.
+        let now = manifest::effective_now(clock, st.newest_issued);
         let root = if walk || root.check_unexpired(now).is_err() {
             root.update(
                 |v| match self.fetcher.metadata(&format!("root/{v}.json"), None, max) {
@@ -1016,14 +1022,16 @@ impl Updater {
                 },
                 // Each verified root is trusted whatever comes next: keep it at once.
                 |r| crate::fsutil::write_atomic(&saved, r.envelope()),
-                now,
+                // The final root's expiry is checked below, on the clock of its keys.
+                clock,
                 max,
             )?
         } else {
-            root.check_unexpired(now)?;
             root
         };
         st.root_version = Some(root.root().version);
+        st.trust_manifest_keys(root.manifest_keys());
+        root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
         Ok(Anchor::Root(root))
     }
 
@@ -1623,8 +1631,7 @@ impl Updater {
                 .channel
                 .clone()
                 .unwrap_or_else(|| st.channel.clone());
-            let before = self.now(&st);
-            let manifest = self.fetch_manifest(&mut st, &channel, before)?;
+            let manifest = self.fetch_manifest(&mut st, &channel)?;
             let now = self.now(&st);
             let st = self.save_check(&st)?;
             // The state may have moved during the fetch (a rollback, from another process).

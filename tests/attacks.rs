@@ -563,9 +563,74 @@ fn attack_rotated_out_manifest_key() {
     w.serve(STABLE, forged);
     refused(dev.updater.check(), ErrorKind::Signature);
     // The device walked the genuine chain to root 2 (which is why the old key is refused)
-    // and keeps trusting it; nothing else moved.
+    // and keeps trusting it, with the freshness state its new manifest key starts afresh;
+    // nothing else moved.
     assert_eq!(dev.state_json()["root_version"], 2);
     before.assert_unchanged_but_root(&dev);
+}
+
+// ---- fast-forward --------------------------------------------------------------------
+
+/// A device that accepted a manifest of `edit`ed freshness signed by the stolen manifest key
+/// 11, then the recovery TUF prescribes: the operator revokes key 11 (root 2 trusts 12)
+/// and publishes 1.1.0 with the new key. The device must follow it.
+fn recovers_after_rotating_out_a_fast_forwarding_key(edit: impl FnOnce(&mut Manifest)) {
+    let (mut w, dev) = World::installed();
+    w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], edit));
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    w.server.clear_faults();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    w.signers = vec![key(SECOND_MANIFEST_KEY)];
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    let state = dev.state_json();
+    assert_eq!(state["root_version"], 2);
+    assert_eq!(state["newest_issued"], json!(t0()));
+    // The fast-forwarded state is gone for good, and the old key's manifests with it.
+    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
+    let forged = w.forge("stable", &[&key(MANIFEST_KEY)], evil_release);
+    check_refused(&w, &dev, forged, ErrorKind::Signature);
+}
+
+/// TUF "fast-forward attack": the stolen key signs sequence u64::MAX, above anything the
+/// publisher can reach; rotating the key out resets the channel sequences.
+#[test]
+fn attack_fast_forwarded_sequence_is_undone_by_rotating_the_key_out() {
+    recovers_after_rotating_out_a_fast_forwarding_key(|m| m.sequence = u64::MAX);
+}
+
+/// The same key pulls every device's clock ten years ahead through `issued` (§5.1 rule
+/// 4), past every honest root's and manifest's expiry; rotating the key out undoes it.
+#[test]
+fn attack_fast_forwarded_clock_is_undone_by_rotating_the_key_out() {
+    recovers_after_rotating_out_a_fast_forwarding_key(|m| {
+        m.issued = t0().plus_days(3650);
+        m.expires = t0().plus_days(3651);
+    });
+}
+
+/// Simple mode: the device trusts `trust.keys`; replacing the stolen key in its config
+/// resets what that key fast-forwarded, sequence and clock.
+#[test]
+fn attack_fast_forward_is_undone_by_new_trust_keys() {
+    let trust = |n: u8| json!({"trust": {"root": null, "keys": [key(n).public().to_base64()], "threshold": 1}});
+    let (mut w, dev) = World::installed_with(Setup::default(), trust(MANIFEST_KEY));
+    w.serve(
+        STABLE,
+        w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+            m.sequence = u64::MAX;
+            m.issued = t0().plus_days(3650);
+            m.expires = t0().plus_days(3651);
+        }),
+    );
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    w.server.clear_faults();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    w.signers = vec![key(SECOND_MANIFEST_KEY)];
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let dev = w.device("dev", trust(SECOND_MANIFEST_KEY));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    assert_eq!(dev.state_json()["newest_issued"], json!(t0()));
 }
 
 // ---- security-version downgrade -------------------------------------------------------

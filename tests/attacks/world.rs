@@ -387,9 +387,16 @@ impl Snapshot {
     }
 
     /// As [`assert_unchanged`], except the trusted root, which a genuine rotation walked
-    /// during the refused check advances (TUF persists each verified root at once).
+    /// during the refused check advances (TUF persists each verified root at once), and
+    /// the freshness state, which the new root's manifest keys start afresh.
     pub fn assert_unchanged_but_root(&self, dev: &Dev) {
-        self.assert_unchanged_except(dev, &["root_version"], &["root.json"]);
+        let fields = [
+            "root_version",
+            "manifest_keys",
+            "manifests",
+            "newest_issued",
+        ];
+        self.assert_unchanged_except(dev, &fields, &["root.json"]);
     }
 
     fn assert_unchanged_except(&self, dev: &Dev, fields: &[&str], files: &[&str]) {
