@@ -1010,9 +1010,11 @@ impl Updater {
         }
         // On a 304 the chain is walked only once the trusted root has expired: a root
         // renewed on the server while the channel stayed the same is found then, instead
-        // of every check failing until the channel is signed again.
+        // of every check failing until the channel is signed again. Also when the root is
+        // older than one trusted before (see below).
         let now = manifest::effective_now(clock, st.newest_issued);
-        let root = if walk || root.check_unexpired(now).is_err() {
+        let behind = st.root_version > Some(root.root().version);
+        let root = if walk || behind || root.check_unexpired(now).is_err() {
             root.update(
                 |v| match self.fetcher.metadata(&format!("root/{v}.json"), None, max) {
                     Ok(Metadata::Fetched { bytes, .. }) => Ok(Some(bytes)),
@@ -1029,7 +1031,21 @@ impl Updater {
         } else {
             root
         };
-        st.root_version = Some(root.root().version);
+        // Never back to a root older than one trusted before (TUF's rollback rule across
+        // runs): `root.json` lost or replaced by an older copy, and the walk kept from
+        // finding the newer ones.
+        let version = root.root().version;
+        if let Some(newest) = st.root_version.filter(|v| *v > version) {
+            return Err(Error::new(
+                ErrorKind::MetadataRollback,
+                format!(
+                    "expected root version {newest} or newer, the newest this device trusted, found version {version}: {} is missing or older and the server has no root {}; restore it",
+                    saved.display(),
+                    version + 1
+                ),
+            ));
+        }
+        st.root_version = Some(version);
         st.trust_manifest_keys(root.manifest_keys());
         root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
         Ok(Anchor::Root(root))

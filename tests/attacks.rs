@@ -552,6 +552,34 @@ fn attack_root_rollback() {
     assert_eq!(dev.state_json()["root_version"], 2);
 }
 
+/// A device that trusts root 2 loses `root.json` (a partial restore, a cleaned state
+/// directory) and the attacker hides `root/2.json`: it must not fall back to root 1 and
+/// the manifest key root 2 revoked. With the chain served again it walks back to root 2.
+#[test]
+fn attack_root_rollback_through_a_lost_saved_root() {
+    let (w, dev) = World::installed();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(dev.state_json()["root_version"], 2);
+    std::fs::remove_file(dev.state.join("root.json")).unwrap();
+    let mut m = manifest_of(&w.channel_bytes("stable"));
+    m.sequence += 1;
+    evil_release(&mut m);
+    let forged = trust::seal(trust::MANIFEST_TYPE, &m.to_bytes(), &[&key(MANIFEST_KEY)]);
+    w.server.set_fault("root/2.json", Fault::Status(404));
+    w.serve(STABLE, forged);
+    let err = refused(dev.updater.check(), ErrorKind::MetadataRollback);
+    assert!(
+        err.message().contains("expected root version 2 or newer")
+            && err.message().contains("found version 1"),
+        "{err}"
+    );
+    assert_eq!(dev.state_json()["root_version"], 2);
+    w.server.clear_faults();
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(dev.state.join("root.json").exists());
+}
+
 /// TUF key revocation: root 2 leaves the old manifest key out; a device catching up
 /// through the genuine chain refuses a manifest the old (stolen) key signed.
 #[test]
