@@ -134,7 +134,12 @@ fn default_channel() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawTrust", into = "RawTrust")]
 pub enum TrustConfig {
-    /// `{"root": PATH}`: the initial root envelope, e.g. a copy of the repo's `root/1.json`.
+    /// `{"root": PATH}`: the initial root envelope, e.g. a copy of the repo's `root/1.json`,
+    /// for `product`. The device keeps the newest root of its chain in
+    /// `<state_dir>/root.json`; a configured root replaces it when newer. One no newer
+    /// whose root keys the device never trusted is of another chain: refused (`config`)
+    /// until it is copied over `root.json`, which moves the device to its chain (DESIGN
+    /// §13, decision 29).
     Root(PathBuf),
     /// `{"keys": [...], "threshold": N}`: base64 ed25519 public keys that sign manifests
     /// directly, an implicit root that never rotates.

@@ -201,6 +201,11 @@ pub struct State {
     /// Newest root version trusted.
     #[serde(default)]
     pub root_version: Option<u64>,
+    /// [`KeySet::fingerprint`] of the root keys of every root of the trusted chain: a
+    /// configured root whose keys are not among them is of another chain (DESIGN §13,
+    /// decision 29).
+    #[serde(default)]
+    pub root_keys: Vec<String>,
     /// Last accepted manifest per channel.
     #[serde(default)]
     pub manifests: BTreeMap<String, SeenManifest>,
@@ -252,6 +257,7 @@ impl State {
             trial: None,
             channel: channel.to_string(),
             root_version: None,
+            root_keys: Vec::new(),
             manifests: BTreeMap::new(),
             newest_issued: None,
             manifest_keys: None,
@@ -292,16 +298,18 @@ impl State {
 
     /// Takes what a check learned from `checked`, a copy of the state made before the check
     /// went to the network: the manifests seen, the newest `issued` and the manifest keys
-    /// they were accepted under, the root version, and when it checked and how many checks
+    /// they were accepted under, the root version and keys, and when it checked and how many checks
     /// failed in a row. Everything else (slots, trial, channel, floor) may have changed
     /// meanwhile and is kept.
     pub fn adopt_check(&mut self, checked: &State) {
-        // A check under other manifest keys started afresh (including its clock): take it.
-        if self.manifest_keys != checked.manifest_keys {
-            (self.newest_issued, self.last_check) = (None, None);
+        // A check under other manifest keys or on another chain started afresh (including
+        // its clock): take it.
+        if self.manifest_keys != checked.manifest_keys || self.root_keys != checked.root_keys {
+            (self.newest_issued, self.last_check, self.root_version) = (None, None, None);
         }
         self.manifests.clone_from(&checked.manifests);
         self.manifest_keys.clone_from(&checked.manifest_keys);
+        self.root_keys.clone_from(&checked.root_keys);
         self.newest_issued = self.newest_issued.max(checked.newest_issued);
         self.root_version = self.root_version.max(checked.root_version);
         self.last_check = self.last_check.max(checked.last_check);

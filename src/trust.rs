@@ -641,6 +641,11 @@ impl TrustedRoot {
         &self.manifest_keys
     }
 
+    /// Keys that may sign the next root.
+    pub fn root_keys(&self) -> &KeySet {
+        &self.root_keys
+    }
+
     /// Verifies `envelope` as the next root: signed by a threshold of this root's root
     /// keys *and* of its own, for the same product, with exactly version + 1.
     pub fn rotate(&self, envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {

@@ -989,25 +989,67 @@ impl Updater {
             TrustConfig::Root(root) => root,
         };
         let saved = self.state_dir().join("root.json");
-        let source = if saved.exists() { &saved } else { pinned_path };
-        let bytes = std::fs::read(source).map_err(|e| Error::io("read trust root", source, e))?;
-        let mut root = TrustedRoot::pinned(&bytes, max)?;
-        let mut unsaved = source != &saved;
-        // The configured root may be newer than the saved one (a reflashed device).
-        if !unsaved {
-            if let Ok(pinned) = std::fs::read(pinned_path)
-                .map_err(|_| ())
-                .and_then(|b| TrustedRoot::pinned(&b, max).map_err(|_| ()))
-            {
-                if pinned.root().version > root.root().version {
-                    root = pinned;
-                    unsaved = true;
-                }
+        let load = |path: &Path| -> Result<TrustedRoot> {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("read trust root", path, e))?;
+            let root = TrustedRoot::pinned(&bytes, max)?;
+            if root.root().product != self.config.product {
+                return Err(Error::config(format!(
+                    "{}: expected a root for product {:?}, found one for {:?}",
+                    path.display(),
+                    self.config.product,
+                    root.root().product
+                )));
             }
+            Ok(root)
+        };
+        let pinned = load(pinned_path)?;
+        let id = pinned.root_keys().fingerprint();
+        let kept = if saved.exists() {
+            Some(load(&saved)?)
+        } else {
+            None
+        };
+        // A state from before the record takes the roots it was configured with.
+        if st.root_keys.is_empty() {
+            st.root_keys.push(id.clone());
+            st.root_keys
+                .extend(kept.iter().map(|r| r.root_keys().fingerprint()));
         }
-        if unsaved {
-            crate::fsutil::write_atomic(&saved, root.envelope())?;
-        }
+        // The saved root wins over a configured one no newer, of the same chain (decision
+        // 29): a device given an older firmware keeps the roots it walked to.
+        let root = match kept {
+            Some(kept) if kept.root().version >= pinned.root().version => {
+                if !st.root_keys.contains(&id) {
+                    if kept.envelope() != pinned.envelope() {
+                        return Err(Error::config(format!(
+                            "{}: expected a root of the chain this device trusts ({}, version {}), found version {} under root keys it never trusted; configure a root of that chain, or copy this one to {} to move the device to its chain",
+                            pinned_path.display(),
+                            saved.display(),
+                            kept.root().version,
+                            pinned.root().version,
+                            saved.display()
+                        )));
+                    }
+                    // The configured root copied over the saved one: its chain starts afresh.
+                    st.root_keys.clear();
+                    st.manifests.clear();
+                    (st.root_version, st.newest_issued) = (None, None);
+                }
+                kept
+            }
+            // None saved yet, or the configured root is newer (a reflashed device).
+            _ => {
+                crate::fsutil::write_atomic(&saved, pinned.envelope())?;
+                pinned
+            }
+        };
+        let mut note = |r: &TrustedRoot| {
+            let id = r.root_keys().fingerprint();
+            if !st.root_keys.contains(&id) {
+                st.root_keys.push(id);
+            }
+        };
+        note(&root);
         // On a 304 the chain is walked only once the trusted root has expired: a root
         // renewed on the server while the channel stayed the same is found then, instead
         // of every check failing until the channel is signed again. Also when the root is
@@ -1023,7 +1065,10 @@ impl Updater {
                     Err(e) => Err(e),
                 },
                 // Each verified root is trusted whatever comes next: keep it at once.
-                |r| crate::fsutil::write_atomic(&saved, r.envelope()),
+                |r| {
+                    note(r);
+                    crate::fsutil::write_atomic(&saved, r.envelope())
+                },
                 // The final root's expiry is checked below, on the clock of its keys.
                 clock,
                 max,

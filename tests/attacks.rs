@@ -580,6 +580,121 @@ fn attack_root_rollback_through_a_lost_saved_root() {
     assert!(dev.state.join("root.json").exists());
 }
 
+/// A new chain (root and manifest keys 21 and 31, for the same product), as a vendor
+/// starts one when the old root keys are lost or stolen.
+fn new_chain(w: &World) -> PathBuf {
+    let keys = |n: u8| evergreen::trust::KeySet::new(vec![key(n).public()], 1).unwrap();
+    let path = w.tmp.path().join("repo2");
+    evergreen::publish::Repo::init(
+        &path,
+        world::PRODUCT,
+        &keys(21),
+        &keys(31),
+        &[&key(21)],
+        365,
+        t0(),
+    )
+    .unwrap();
+    path.join("root/1.json")
+}
+
+/// A device re-provisioned with the root of a new chain (its version no newer than the
+/// saved root's) is refused loudly instead of silently keeping the old chain and its
+/// stolen manifest key; copying the configured root over the saved one moves it.
+#[test]
+fn a_reprovisioned_root_of_another_chain_is_refused_until_the_device_is_moved() {
+    let (w, dev) = World::installed();
+    let pinned = dev.config.parent().unwrap().join("root.json");
+    std::fs::copy(new_chain(&w), &pinned).unwrap();
+    let before = dev.snapshot();
+    w.serve(
+        STABLE,
+        w.forge("stable", &[&key(MANIFEST_KEY)], evil_release),
+    );
+    let err = refused(dev.updater.check(), ErrorKind::Config);
+    let saved = dev.state.join("root.json");
+    for part in [pinned.display().to_string(), saved.display().to_string()] {
+        assert!(err.message().contains(&part), "{err}");
+    }
+    before.assert_unchanged(&dev);
+    // The move: the new chain's manifest key signs, the old one no longer does, and the
+    // new repository's sequences start afresh.
+    std::fs::copy(&pinned, &saved).unwrap();
+    w.server.clear_faults();
+    w.serve(
+        STABLE,
+        w.forge("stable", &[&key(MANIFEST_KEY)], evil_release),
+    );
+    refused(dev.updater.check(), ErrorKind::Signature);
+    w.server.clear_faults();
+    let chain2 = w.forge("stable", &[&key(31)], |m| {
+        m.sequence = 1;
+        m.releases[0].notes = "chain 2".into();
+    });
+    w.serve(STABLE, chain2);
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(dev.state_json()["manifests"]["stable"]["sequence"], 1);
+    assert_eq!(dev.state_json()["root_version"], 1);
+}
+
+/// Firmware rolled back to one that pins an older root. Of a root the device trusted, it
+/// keeps the saved newer root; of root keys it never trusted (the chain rotated its root
+/// keys before this device first saw it), it is refused rather than trusted again.
+#[test]
+fn an_older_configured_root_never_rolls_the_chain_back() {
+    let w = World::with(Setup::default());
+    w.publish("stable", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    let opts = RotateOptions {
+        root_keys: Some(vec![key(2).public()]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
+        .unwrap();
+    let old = w.device("old", json!({}));
+    assert!(matches!(old.updater.check().unwrap(), Check::Available(_)));
+    assert_eq!(old.state_json()["root_version"], 2);
+    assert!(matches!(old.updater.check().unwrap(), Check::Available(_)));
+    // Provisioned with root 2, then given firmware that pins root 1.
+    let new = w.device("new", json!({}));
+    let pinned = new.config.parent().unwrap().join("root.json");
+    std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap();
+    assert!(matches!(new.updater.check().unwrap(), Check::Available(_)));
+    std::fs::copy(w.repo.path().join("root/1.json"), &pinned).unwrap();
+    refused(new.updater.check(), ErrorKind::Config);
+    assert_eq!(new.state_json()["root_version"], 2);
+}
+
+/// A root for another product is refused, configured or saved.
+#[test]
+fn a_root_for_another_product_is_config() {
+    let (w, dev) = World::installed();
+    let other = w.tmp.path().join("other");
+    let keys = evergreen::trust::KeySet::new(vec![key(ROOT_KEY).public()], 1).unwrap();
+    evergreen::publish::Repo::init(
+        &other,
+        "com.acme.other",
+        &keys,
+        &keys,
+        &[&key(ROOT_KEY)],
+        365,
+        t0(),
+    )
+    .unwrap();
+    let saved = dev.state.join("root.json");
+    let good = std::fs::read(&saved).unwrap();
+    std::fs::copy(other.join("root/1.json"), &saved).unwrap();
+    let err = refused(dev.updater.check(), ErrorKind::Config);
+    assert!(err.message().contains("com.acme.other"), "{err}");
+    std::fs::write(&saved, good).unwrap();
+    std::fs::copy(
+        other.join("root/1.json"),
+        dev.config.parent().unwrap().join("root.json"),
+    )
+    .unwrap();
+    refused(dev.updater.check(), ErrorKind::Config);
+}
+
 /// TUF key revocation: root 2 leaves the old manifest key out; a device catching up
 /// through the genuine chain refuses a manifest the old (stolen) key signed.
 #[test]
