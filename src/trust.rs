@@ -3,6 +3,8 @@
 //! Every signed document is a DSSE envelope. Verification happens in stages, each enforcing
 //! one rule of the design (DESIGN §4.1–4.2); nothing in a payload is parsed before its
 //! signature threshold is met, and what is parsed afterwards is exactly the verified bytes.
+//! The one exception is a local, self-signed anchor ([`TrustedRoot::pinned`]): its payload
+//! is parsed first to learn the root keys it must be signed by.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::name_map::NameMap;
