@@ -201,11 +201,11 @@ pub struct State {
     /// Newest root version trusted.
     #[serde(default)]
     pub root_version: Option<u64>,
-    /// [`KeySet::fingerprint`] of the root keys of every root of the trusted chain: a
-    /// configured root whose keys are not among them is of another chain (DESIGN §13,
-    /// decision 29).
+    /// [`KeySet::fingerprint`]s of the root keys of every root of the trusted chain, each
+    /// after a space: a configured root whose keys are not among them is of another chain
+    /// (DESIGN §13, decision 29).
     #[serde(default)]
-    pub root_keys: Vec<String>,
+    pub root_keys: String,
     /// Last accepted manifest per channel.
     #[serde(default)]
     pub manifests: BTreeMap<String, SeenManifest>,
@@ -213,9 +213,10 @@ pub struct State {
     #[serde(default)]
     pub newest_issued: Option<Timestamp>,
     /// [`KeySet::fingerprint`] of the manifest keys `manifests` and `newest_issued` were
-    /// accepted under; other keys start both afresh (see [`State::trust_manifest_keys`]).
+    /// accepted under (empty before the first check); other keys start both afresh (see
+    /// [`State::trust_manifest_keys`]).
     #[serde(default)]
-    pub manifest_keys: Option<String>,
+    pub manifest_keys: String,
     /// Anti-rollback floor: nothing with a lower `security_version` is installed.
     #[serde(default)]
     pub security_floor: u64,
@@ -257,10 +258,10 @@ impl State {
             trial: None,
             channel: channel.to_string(),
             root_version: None,
-            root_keys: Vec::new(),
+            root_keys: String::new(),
             manifests: BTreeMap::new(),
             newest_issued: None,
-            manifest_keys: None,
+            manifest_keys: String::new(),
             security_floor: 0,
             skipped: Vec::new(),
             failed: Vec::new(),
@@ -324,11 +325,25 @@ impl State {
     /// written before this record takes the keys as they are.
     pub fn trust_manifest_keys(&mut self, keys: &KeySet) {
         let id = keys.fingerprint();
-        if self.manifest_keys.as_ref().is_some_and(|k| *k != id) {
+        if !self.manifest_keys.is_empty() && self.manifest_keys != id {
             self.manifests.clear();
             self.newest_issued = None;
         }
-        self.manifest_keys = Some(id);
+        self.manifest_keys = id;
+    }
+
+    /// Whether `keys` are the root keys of a root of the chain this device trusts.
+    pub fn trusts_root_keys(&self, keys: &KeySet) -> bool {
+        let id = keys.fingerprint();
+        self.root_keys.split(' ').any(|k| k == id)
+    }
+
+    /// Records `keys` among the root keys of the chain this device trusts.
+    pub fn trust_root_keys(&mut self, keys: &KeySet) {
+        if !self.trusts_root_keys(keys) {
+            self.root_keys.push(' ');
+            self.root_keys.push_str(&keys.fingerprint());
+        }
     }
 
     /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a

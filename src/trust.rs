@@ -282,14 +282,18 @@ impl KeySet {
         self.threshold
     }
 
-    /// Lowercase hex SHA-256 of the threshold and the keys, in any order they were listed:
-    /// what tells one key set from another in the state (DESIGN §5.1 rule 7).
+    /// Lowercase hex SHA-256 of the keys (the XOR of their SHA-256s, whatever order they
+    /// were listed in) and the threshold: what tells one key set from another in the state
+    /// (DESIGN §5.1 rule 7).
     pub fn fingerprint(&self) -> String {
-        let mut keys: Vec<&[u8; 32]> = self.keys.iter().map(PublicKey::as_bytes).collect();
-        keys.sort();
-        let mut h = Sha256::new_with_prefix((self.threshold as u64).to_le_bytes());
-        keys.iter().for_each(|k| h.update(k));
-        hex(&h.finalize())
+        let mut set = [0u8; 40];
+        set[32..].copy_from_slice(&(self.threshold as u64).to_le_bytes());
+        for k in &self.keys {
+            for (s, d) in set.iter_mut().zip(Sha256::digest(k.as_bytes())) {
+                *s ^= d;
+            }
+        }
+        sha256_hex(&set)
     }
 }
 

@@ -989,45 +989,29 @@ impl Updater {
             TrustConfig::Root(root) => root,
         };
         let saved = self.state_dir().join("root.json");
-        let load = |path: &Path| -> Result<TrustedRoot> {
-            let bytes = std::fs::read(path).map_err(|e| Error::io("read trust root", path, e))?;
-            let root = TrustedRoot::pinned(&bytes, max)?;
-            if root.root().product != self.config.product {
-                return Err(Error::config(format!(
-                    "{}: expected a root for product {:?}, found one for {:?}",
-                    path.display(),
-                    self.config.product,
-                    root.root().product
-                )));
-            }
-            Ok(root)
-        };
-        let pinned = load(pinned_path)?;
-        let id = pinned.root_keys().fingerprint();
+        let pinned = self.load_root(pinned_path)?;
         let kept = if saved.exists() {
-            Some(load(&saved)?)
+            Some(self.load_root(&saved)?)
         } else {
             None
         };
-        // A state from before the record takes the roots it was configured with.
+        // A state from before the record takes the roots it was configured with (the saved
+        // one is recorded below).
         if st.root_keys.is_empty() {
-            st.root_keys.push(id.clone());
-            st.root_keys
-                .extend(kept.iter().map(|r| r.root_keys().fingerprint()));
+            st.trust_root_keys(pinned.root_keys());
         }
         // The saved root wins over a configured one no newer, of the same chain (decision
         // 29): a device given an older firmware keeps the roots it walked to.
         let root = match kept {
             Some(kept) if kept.root().version >= pinned.root().version => {
-                if !st.root_keys.contains(&id) {
+                if !st.trusts_root_keys(pinned.root_keys()) {
                     if kept.envelope() != pinned.envelope() {
                         return Err(Error::config(format!(
-                            "{}: expected a root of the chain this device trusts ({}, version {}), found version {} under root keys it never trusted; configure a root of that chain, or copy this one to {} to move the device to its chain",
+                            "{}: expected a root of the chain of {} (version {}), found version {} under root keys this device never trusted; copy it over that file to move the device to its chain",
                             pinned_path.display(),
                             saved.display(),
                             kept.root().version,
-                            pinned.root().version,
-                            saved.display()
+                            pinned.root().version
                         )));
                     }
                     // The configured root copied over the saved one: its chain starts afresh.
@@ -1043,13 +1027,7 @@ impl Updater {
                 pinned
             }
         };
-        let mut note = |r: &TrustedRoot| {
-            let id = r.root_keys().fingerprint();
-            if !st.root_keys.contains(&id) {
-                st.root_keys.push(id);
-            }
-        };
-        note(&root);
+        st.trust_root_keys(root.root_keys());
         // On a 304 the chain is walked only once the trusted root has expired: a root
         // renewed on the server while the channel stayed the same is found then, instead
         // of every check failing until the channel is signed again. Also when the root is
@@ -1066,7 +1044,7 @@ impl Updater {
                 },
                 // Each verified root is trusted whatever comes next: keep it at once.
                 |r| {
-                    note(r);
+                    st.trust_root_keys(r.root_keys());
                     crate::fsutil::write_atomic(&saved, r.envelope())
                 },
                 // The final root's expiry is checked below, on the clock of its keys.
@@ -1084,9 +1062,8 @@ impl Updater {
             return Err(Error::new(
                 ErrorKind::MetadataRollback,
                 format!(
-                    "expected root version {newest} or newer, the newest this device trusted, found version {version}: {} is missing or older and the server has no root {}; restore it",
-                    saved.display(),
-                    version + 1
+                    "expected root version {newest} or newer (trusted before), found version {version}: restore {}",
+                    saved.display()
                 ),
             ));
         }
@@ -1094,6 +1071,21 @@ impl Updater {
         st.trust_manifest_keys(root.manifest_keys());
         root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
         Ok(Anchor::Root(root))
+    }
+
+    /// The self-signed root in `path`, which must be for this product.
+    fn load_root(&self, path: &Path) -> Result<TrustedRoot> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read trust root", path, e))?;
+        let root = TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)?;
+        if root.root().product != self.config.product {
+            return Err(Error::config(format!(
+                "{}: expected a root for product {:?}, found one for {:?}",
+                path.display(),
+                self.config.product,
+                root.root().product
+            )));
+        }
+        Ok(root)
     }
 
     /// The diff of `offer` against the primary slot as it is now (DESIGN §5.5): the state
