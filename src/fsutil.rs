@@ -183,6 +183,18 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Opens `path` for reading without following a symlink at its end (`io` error) and
+/// without waiting for a writer when it is a FIFO: a slot the app can write may hold
+/// either where a file was.
+pub fn open_no_follow(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))
+}
+
 /// Removes `path` (a file, a symlink or a whole tree) if it exists. A directory inside
 /// that its owner made read-only (an app's slot may have one) is opened up first: an
 /// updater that is not root could not empty it, and every later install into the slot

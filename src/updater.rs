@@ -220,6 +220,15 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
+/// Places the file artifact `a` of an unchanged component afresh from the primary slot's
+/// copy in `from`, alone and only when it is still the signed artifact: the app may have
+/// written its own slot (a changed file, a symlink to elsewhere, a FIFO, extra files).
+fn place_unchanged_file(from: &Path, dest: &Path, a: &Artifact, name: &str) -> Result<()> {
+    let file = crate::fsutil::open_no_follow(&from.join(name))?;
+    stage::verify_artifact(&file, a)?;
+    stage::place_file(&file, dest, name).map(drop)
+}
+
 /// The components of a plan that carry an artifact to fetch and install, with it.
 fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
     c.artifact.as_ref().map(|a| (c, a))
@@ -1129,6 +1138,7 @@ impl Updater {
         cancel: &CancelToken,
     ) -> Result<()> {
         self.reported("download", || {
+            self.check_store_takes(plan)?;
             // One writer per `.part`: a second process waits instead of interleaving.
             let _work = self.work_lock()?;
             let dir = self.downloads_dir();
@@ -1199,10 +1209,10 @@ impl Updater {
         })
     }
 
-    /// Refuses an install during a trial, below the security floor, or of artifacts the
-    /// slot store cannot take: dir slots take no image, and image slots take exactly one
-    /// image component and nothing else. All of it before the inactive slot is touched.
-    fn check_installable(&self, st: &State, plan: &Offer) -> Result<()> {
+    /// Refuses artifacts the slot store cannot take: dir slots take no image, and image
+    /// slots take exactly one image component and nothing else. Before the download, so
+    /// none is fetched in vain, and again before the inactive slot is touched.
+    fn check_store_takes(&self, plan: &Offer) -> Result<()> {
         let all = &plan.target.components;
         let images = all
             .iter()
@@ -1223,6 +1233,14 @@ impl Updater {
                 all.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Refuses an install during a trial, below the security floor, or of artifacts the
+    /// slot store cannot take ([`Updater::check_store_takes`]), before the inactive slot is
+    /// touched.
+    fn check_installable(&self, st: &State, plan: &Offer) -> Result<()> {
+        self.check_store_takes(plan)?;
         if let Some(t) = st.trial {
             return Err(Error::invalid_state(format!(
                 "slot {} is on trial; confirm or roll back before installing another release",
@@ -1397,21 +1415,23 @@ impl Updater {
             match (c.op, &c.artifact, files.get(&c.name)) {
                 (ComponentOp::Removed, _, _) => {}
                 (ComponentOp::Unchanged, _, _) => {
-                    stage::copy_tree(&slots.component_dir(primary, &c.name), &dest)?;
-                    // A placed file is checked against its artifact: the app may have
-                    // written its own slot. An extracted tree has no recorded hash.
+                    let from = slots.component_dir(primary, &c.name);
                     let artifact = plan.target.components.get(&c.name).map(|t| &t.artifact);
-                    if let Some(a) = artifact.filter(|a| a.kind == ArtifactKind::File) {
-                        let path = dest.join(a.name.as_deref().unwrap_or(&c.name));
-                        std::fs::File::open(&path)
-                            .map_err(|e| Error::io("open", &path, e))
-                            .and_then(|f| stage::verify_artifact(&f, a))
-                            .map_err(|e| {
-                                e.context(format!(
-                                    "component {} copied from slot {primary} (`reinstall` repairs it there)",
-                                    c.name
-                                ))
-                            })?;
+                    match artifact.filter(|a| a.kind == ArtifactKind::File) {
+                        Some(a) => {
+                            let name = a.name.as_deref().unwrap_or(&c.name);
+                            place_unchanged_file(&from, &dest, a, name)
+                        }
+                        .map_err(|e| {
+                            e.context(format!(
+                                "component {} copied from slot {primary} (`reinstall` repairs it there)",
+                                c.name
+                            ))
+                        })?,
+                        // An extracted tree has no recorded hash to check it against.
+                        None => {
+                            stage::copy_tree(&from, &dest)?;
+                        }
                     }
                 }
                 (_, Some(a), Some(file)) => match a.kind {

@@ -603,6 +603,12 @@ fn an_image_for_dir_slots_is_refused_before_the_idle_slot_is_emptied() {
     let status = dev.status();
     assert_eq!(status["slots"]["b"]["status"], "good", "{status}");
     assert_eq!(status["slots"]["b"]["version"], "1.0.0", "{status}");
+    // Refused before the download, too: nothing fetched in vain, nothing left behind.
+    // (The downloads of the confirmed 1.0.1 were removed at its confirmation.)
+    let left: Vec<_> = std::fs::read_dir(dev.state.join("downloads"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Under a umask of 000 (a service manager's `UMask=0000`, a container's entrypoint) the
@@ -652,21 +658,12 @@ fn directories_evergreen_creates_are_not_writable_by_others_whatever_the_umask()
     }
 }
 
-/// A file component copied unchanged from the running slot is checked against its
-/// artifact: the app may have written its own slot, and the new slot must not carry that
-/// under the signed artifact's hash.
-#[test]
-fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over() {
-    let (repo, dev) = confirmed_1_0_0("com.acme.reuse");
-    let running = dev.root.join("current/config/settings-1.0.0.json");
-    let signed = std::fs::read(&running).unwrap();
-    std::fs::write(&running, b"{\"version\": \"tampered\"}").unwrap();
-    // 1.0.1 ships the same config file and a new app.
+/// 1.0.1: the same config file as 1.0.0 (an unchanged component) and a new app.
+fn release_same_config(repo: &Repo) {
     let src = repo.scratch("src");
     let app = src.join("app.zip");
     common::make_zip(&app, &[("run.sh", b"#!/bin/sh\n")]);
     let config = src.join("settings-1.0.0.json");
-    assert_eq!(std::fs::read(&config).unwrap(), signed);
     repo.release(
         "stable",
         "1.0.1",
@@ -674,6 +671,59 @@ fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over()
         &[("app", &app), ("config", &config)],
         &[],
     );
+}
+
+/// The running slot's copy of an unchanged file is read as the file itself: a symlink in
+/// its place (to a copy of the signed bytes the app controls) is refused, a FIFO neither
+/// hangs the update nor is read, and files the app added beside it are not carried over.
+#[test]
+fn an_unchanged_file_component_is_taken_alone_never_through_a_link_or_a_fifo() {
+    for case in ["symlink", "fifo", "extra"] {
+        let (repo, dev) = confirmed_1_0_0(&format!("com.acme.reuse-{case}"));
+        let running = dev.root.join("current/config/settings-1.0.0.json");
+        match case {
+            "symlink" => {
+                let elsewhere = dev.root.join("apps-copy.json");
+                std::fs::rename(&running, &elsewhere).unwrap();
+                std::os::unix::fs::symlink(&elsewhere, &running).unwrap();
+            }
+            "fifo" => {
+                std::fs::remove_file(&running).unwrap();
+                let made = std::process::Command::new("mkfifo").arg(&running).status();
+                assert!(made.unwrap().success());
+            }
+            _ => std::fs::write(running.with_file_name("extra.txt"), b"the app's").unwrap(),
+        }
+        release_same_config(&repo);
+        let out = dev.run("update", &["--yes"]);
+        let err = common::stderr(&out);
+        if case == "extra" {
+            assert!(out.status.success(), "{err}");
+            let names: Vec<_> = std::fs::read_dir(dev.root.join("current/config"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["settings-1.0.0.json"], "{case}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{case}: {err}");
+            assert!(
+                err.contains("component config copied from slot b"),
+                "{case}: {err}"
+            );
+            assert_ne!(dev.status()["slots"]["a"]["status"], "installed", "{case}");
+        }
+    }
+}
+
+/// A file component copied unchanged from the running slot is checked against its
+/// artifact: the app may have written its own slot, and the new slot must not carry that
+/// under the signed artifact's hash.
+#[test]
+fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.reuse");
+    let running = dev.root.join("current/config/settings-1.0.0.json");
+    std::fs::write(&running, b"{\"version\": \"tampered\"}").unwrap();
+    release_same_config(&repo);
     let offer = json(&dev.expect("check", &["--json"], 10));
     assert_eq!(offer["components"][1]["op"], "unchanged", "{offer}");
     let out = dev.run("update", &["--yes"]);

@@ -17,7 +17,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path};
 
-/// Caps low enough that a bomb hits them in milliseconds, not the defaults' 8 GiB.
+/// Caps low enough that a bomb hits them in milliseconds, not the defaults' 16 GiB.
 fn limits(allow_symlinks: bool) -> ArchiveLimits {
     ArchiveLimits {
         max_installed_bytes: 32 << 20,

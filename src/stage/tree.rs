@@ -186,7 +186,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
             }
         )));
     }
-    let root_mode = root.permissions().mode() & 0o777;
+    let root_mode = owner_only_writes(root.permissions().mode());
     let staging = StagingDir::create(dst)?;
     let mut stats = ExtractStats::default();
     // Directory modes are applied last, deepest first, so a read-only directory in the
@@ -211,9 +211,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
                     .create(&d)
                     .map_err(|e| Error::io("create directory", &d, e))?;
                 stats.dirs += 1;
-                // Owner-writable whatever the source says: the updater empties this slot
-                // for a later install, which a read-only directory would stop.
-                dir_modes.push((d.clone(), mode | 0o700));
+                dir_modes.push((d.clone(), owner_only_writes(mode)));
                 pending.push((s, d, id(&meta)));
             } else if kind.is_symlink() {
                 let target = fs::read_link(&s).map_err(|e| Error::io("read symlink", &s, e))?;
@@ -243,6 +241,13 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractStats> {
     Ok(stats)
 }
 
+/// A copied directory's mode: writable by its owner, whatever the source says (the
+/// updater empties the slot for a later install, which a read-only directory would stop),
+/// and by no one else (a directory left 0777 by an old umask is not carried on).
+fn owner_only_writes(mode: u32) -> u32 {
+    (mode & 0o755) | 0o700
+}
+
 /// A file's identity: device and inode.
 fn id(meta: &fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -263,7 +268,7 @@ fn same_directory(dir: &Path, listed: (u64, u64)) -> Result<()> {
 
 /// Copies the regular file `src`, which `seen` describes, into a new `dst`.
 fn copy_file(src: &Path, dst: &Path, mode: u32, seen: &fs::Metadata) -> Result<u64> {
-    let mut from = File::open(src).map_err(|e| Error::io("open", src, e))?;
+    let mut from = crate::fsutil::open_no_follow(src)?;
     // The app may write its own slot: a file swapped for a symlink between the look and
     // the open would copy whatever the link names. What was opened must be what was seen.
     let opened = from.metadata().map_err(|e| Error::io("inspect", src, e))?;
@@ -393,10 +398,25 @@ mod tests {
         fs::write(&listed, b"app data").unwrap();
         fs::write(&elsewhere, b"not the app's").unwrap();
         let seen = fs::symlink_metadata(&listed).unwrap();
-        // The swap: the name now leads to another file.
-        fs::remove_file(&listed).unwrap();
+        // The swap: the name now leads to another file. (The listed file is kept aside,
+        // so that its inode number is not reused by what takes its place.)
+        fs::rename(&listed, dir.path().join("listed.real")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &listed).unwrap();
         let dst = dir.path().join("copy");
+        // A symlink is not followed.
+        let err = copy_file(&listed, &dst, 0o644, &seen).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(!dst.exists());
+        // Another file under the name is caught by its identity.
+        fs::remove_file(&listed).unwrap();
+        fs::hard_link(&elsewhere, &listed).unwrap();
+        let err = copy_file(&listed, &dst, 0o644, &seen).unwrap_err();
+        assert!(err.message().contains("replaced while copying"), "{err}");
+        assert!(!dst.exists());
+        // A FIFO is refused without waiting for a writer.
+        fs::remove_file(&listed).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&listed).status();
+        assert!(made.unwrap().success());
         let err = copy_file(&listed, &dst, 0o644, &seen).unwrap_err();
         assert!(err.message().contains("replaced while copying"), "{err}");
         assert!(!dst.exists());
