@@ -333,24 +333,26 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
     dev.expect("confirm", &[], 0);
 }
 
-/// A download altered on disk between `download` and `install` (they may be days apart
-/// with `download_only`) is refused at install: what is installed is verified through the
-/// very file descriptor it is installed from.
-#[test]
-fn a_download_altered_before_install_is_refused() {
-    let Setup {
-        repo,
-        src,
-        server: _server,
-        dev,
-    } = setup("com.acme.toctou");
-    publish_app(&repo, &src, "1.0.0", true);
-    let config = evergreen::Config::from_file(&dev.config).unwrap();
+/// A device with 1.0.0 published for it, its updater, and the plan to install it.
+fn planned_1_0_0(product: &str) -> (Setup, evergreen::Updater, evergreen::Offer) {
+    let setup = setup(product);
+    publish_app(&setup.repo, &setup.src, "1.0.0", true);
+    let config = evergreen::Config::from_file(&setup.dev.config).unwrap();
     let updater = evergreen::Updater::builder(config).build().unwrap();
     let evergreen::Check::Available(offer) = updater.check().unwrap() else {
         panic!("1.0.0 is offered");
     };
     let plan = updater.plan(&offer).unwrap();
+    (setup, updater, plan)
+}
+
+/// A download altered on disk between `download` and `install` (they may be days apart
+/// with `download_only`) is refused at install: what is installed is verified through the
+/// very file descriptor it is installed from.
+#[test]
+fn a_download_altered_before_install_is_refused() {
+    let (setup, updater, plan) = planned_1_0_0("com.acme.toctou");
+    let dev = &setup.dev;
     updater
         .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
         .unwrap();
@@ -376,19 +378,8 @@ fn a_download_altered_before_install_is_refused() {
 /// is kept, so the next call receives nothing again.
 #[test]
 fn a_cancel_from_the_last_progress_call_cancels_and_keeps_the_blob() {
-    let Setup {
-        repo,
-        src,
-        server,
-        dev,
-    } = setup("com.acme.lastcancel");
-    publish_app(&repo, &src, "1.0.0", true);
-    let config = evergreen::Config::from_file(&dev.config).unwrap();
-    let updater = evergreen::Updater::builder(config).build().unwrap();
-    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
-        panic!("1.0.0 is offered");
-    };
-    let plan = updater.plan(&offer).unwrap();
+    let (setup, updater, plan) = planned_1_0_0("com.acme.lastcancel");
+    let (repo, server) = (&setup.repo, &setup.server);
     let cancel = evergreen::fetch::CancelToken::new();
     let mut calls = 0;
     let err = updater
@@ -405,12 +396,12 @@ fn a_cancel_from_the_last_progress_call_cancels_and_keeps_the_blob() {
         .unwrap_err();
     assert_eq!(err.kind(), evergreen::ErrorKind::Cancelled, "{err}");
     assert_eq!(calls, 1, "the app's small zip arrives in one chunk");
-    let fetched = blob_requests(&server, &repo.root);
+    let fetched = blob_requests(server, &repo.root);
     updater
         .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
         .unwrap();
     assert_eq!(
-        blob_requests(&server, &repo.root),
+        blob_requests(server, &repo.root),
         fetched,
         "the blob was kept"
     );
