@@ -11,7 +11,7 @@ use crate::fsutil;
 use crate::slots::Slot;
 pub use crate::stage::InstalledComponent;
 use crate::time::Timestamp;
-use crate::trust::KeySet;
+use crate::trust::{KeySet, PublicKey};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -212,9 +212,9 @@ pub struct State {
     /// Newest `issued` seen on any manifest: the clock never reads earlier.
     #[serde(default)]
     pub newest_issued: Option<Timestamp>,
-    /// [`KeySet::fingerprint`] of the manifest keys `manifests` and `newest_issued` were
-    /// accepted under (empty before the first check); other keys start both afresh (see
-    /// [`State::trust_manifest_keys`]).
+    /// Key ids of the manifest keys `manifests` and `newest_issued` were accepted under,
+    /// separated by spaces (empty before the first check); one of them revoked starts both
+    /// afresh (see [`State::trust_manifest_keys`]).
     #[serde(default)]
     pub manifest_keys: String,
     /// Anti-rollback floor: nothing with a lower `security_version` is installed.
@@ -318,18 +318,24 @@ impl State {
     }
 
     /// Records `keys` as the manifest keys the freshness state is kept under (DESIGN §5.1
-    /// rule 7). Other keys than those it was built under (a root rotation, a new
-    /// `trust.keys`) start it afresh: the sequences and ETags seen and the newest `issued`,
-    /// as TUF drops its timestamp and snapshot metadata when their keys rotate, so a sequence
-    /// or an `issued` a revoked key signed far ahead does not bind its successor. A state
-    /// written before this record takes the keys as they are.
+    /// rule 7). When a key it was built under is no longer among them (revoked by a root
+    /// rotation or a new `trust.keys`), it starts afresh: the sequences and ETags seen and
+    /// the newest `issued`, as TUF drops its timestamp and snapshot metadata when their keys
+    /// rotate, so a sequence or an `issued` a revoked key signed far ahead does not bind its
+    /// successor. Keys added, or a threshold changed, revoke nothing and keep it: starting
+    /// afresh would let older manifests be replayed. A state written before this record
+    /// takes the keys as they are.
     pub fn trust_manifest_keys(&mut self, keys: &KeySet) {
-        let id = keys.fingerprint();
-        if !self.manifest_keys.is_empty() && self.manifest_keys != id {
+        let ids: Vec<String> = keys.keys().iter().map(PublicKey::keyid).collect();
+        let revoked = self
+            .manifest_keys
+            .split(' ')
+            .any(|old| !old.is_empty() && !ids.iter().any(|id| id == old));
+        if revoked {
             self.manifests.clear();
             self.newest_issued = None;
         }
-        self.manifest_keys = id;
+        self.manifest_keys = ids.join(" ");
     }
 
     /// Whether `keys` are the root keys of a root of the chain this device trusts.

@@ -998,11 +998,18 @@ impl Updater {
             TrustConfig::Root(root) => root,
         };
         let saved = self.state_dir().join("root.json");
-        let pinned = self.load_root(pinned_path)?;
         let kept = if saved.exists() {
             Some(self.load_root(&saved)?)
         } else {
             None
+        };
+        let pinned = match (self.load_root(pinned_path), &kept) {
+            (Ok(pinned), _) => pinned,
+            // The saved chain stands on its own: a configured root that cannot be read (a
+            // firmware that ships none, a damaged file) must not keep the device from the
+            // release that brings it back.
+            (Err(e), Some(kept)) if e.kind() == ErrorKind::Io => kept.clone(),
+            (Err(e), _) => return Err(e),
         };
         // A state from before the record takes the roots it was configured with (the saved
         // one is recorded below).

@@ -1215,3 +1215,168 @@ fn attack_zip_slip_through_the_cli() {
     assert_ne!(dev.state_json()[inactive]["status"], "installed");
     assert!(std::fs::symlink_metadata(in_tmp("cli-evil.txt")).is_err());
 }
+
+/// An honest manifest signed by the trusted key and by one more (the next manifest key,
+/// during an overlap before a rotation), through a DSSE signer that leaves keyids empty
+/// (DSSE makes them optional). The foreign entry comes first; the manifest is accepted.
+#[test]
+fn a_foreign_signature_first_without_keyids_does_not_hide_the_trusted_one() {
+    let (w, dev) = World::installed();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let m = manifest_of(&w.channel_bytes("stable"));
+    let sealed = trust::seal(
+        trust::MANIFEST_TYPE,
+        &m.to_bytes(),
+        &[&key(SECOND_MANIFEST_KEY), &key(MANIFEST_KEY)],
+    );
+    let mut e = envelope(&sealed);
+    for s in &mut e.signatures {
+        s.keyid.clear();
+    }
+    w.serve(STABLE, to_bytes(&e));
+    match dev.updater.check() {
+        Ok(Check::Available(o)) => assert_eq!(o.version.to_string(), "1.1.0"),
+        other => panic!("an honest envelope was refused: {other:?}"),
+    }
+}
+
+/// A root-key rotation (root 2: root key 2, signed by old key 1 and new key 2, in that
+/// order) whose envelope carries no keyids: verified under its own root keys {2}, key 1's
+/// entry comes first and must not keep key 2's from counting.
+#[test]
+fn a_root_key_rotation_without_keyids_is_walked() {
+    let (w, dev) = World::installed();
+    let opts = RotateOptions {
+        root_keys: Some(vec![key(2).public()]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
+        .unwrap();
+    let mut e = envelope(&std::fs::read(w.repo.path().join("root/2.json")).unwrap());
+    for s in &mut e.signatures {
+        s.keyid.clear();
+    }
+    w.server
+        .set_fault("root/2.json", Fault::Replace(to_bytes(&e)));
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    match dev.updater.check() {
+        Ok(Check::Available(o)) => assert_eq!(o.version.to_string(), "1.1.0"),
+        other => panic!("an honest root rotation was refused: {other:?}"),
+    }
+    assert_eq!(dev.state_json()["root_version"], 2);
+}
+
+/// An operator adds a second manifest key (none revoked: {11} -> {11, 12}). The sequences
+/// seen stay (DESIGN §5.1 rule 7 starts afresh only when a key is revoked): a replay of the
+/// older, still unexpired manifest signed by key 11 is refused, so 1.1.0 is not hidden.
+#[test]
+fn adding_a_manifest_key_keeps_the_sequences_seen() {
+    let (w, dev) = World::installed();
+    let old = w.channel_bytes("stable");
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
+    let seen = dev.state_json()["manifests"]["stable"]["sequence"].clone();
+    let opts = RotateOptions {
+        manifest_keys: Some(vec![
+            key(MANIFEST_KEY).public(),
+            key(SECOND_MANIFEST_KEY).public(),
+        ]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(MANIFEST_KEY)], t0())
+        .unwrap();
+    w.serve(STABLE, old);
+    let r = dev.updater.check();
+    let state = dev.state_json();
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::MetadataRollback),
+        "sequence {seen} was seen, an older manifest was accepted: {r:?}; stable sequence now {}",
+        state["manifests"]["stable"]["sequence"]
+    );
+}
+
+/// The same for the clock: a device whose RTC lost power (reads 2001) had its clock pulled
+/// up to t0 by the manifests it verified. A key added keeps the pull-up, so a manifest
+/// expired long ago by that clock is still refused.
+#[test]
+fn adding_a_manifest_key_keeps_the_clock_pulled_up() {
+    let w = World::with(Setup::default());
+    // An old manifest, 400 days before t0, valid 30 days.
+    w.publish(
+        "stable",
+        "0.9.0",
+        &app_zip("0.9.0"),
+        at(t0().plus_days(-400)),
+    );
+    let stale = w.channel_bytes("stable");
+    w.publish("stable", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    let dev = w.device("dev", json!({}));
+    dev.update_to("1.0.0");
+    dev.set_clock(evergreen::Timestamp::from_unix(1_000_000_000));
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    let opts = RotateOptions {
+        manifest_keys: Some(vec![
+            key(MANIFEST_KEY).public(),
+            key(SECOND_MANIFEST_KEY).public(),
+        ]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(MANIFEST_KEY)], t0())
+        .unwrap();
+    w.serve(STABLE, stale);
+    let r = dev.updater.check();
+    assert!(
+        r.is_err(),
+        "a manifest expired for 370 days was accepted: {r:?}"
+    );
+}
+
+/// A saved root 2 stays in use under a pinned root 1 of the same chain, without walking
+/// there again: with root/2.json hidden, checks still succeed.
+#[test]
+fn the_saved_root_wins_over_an_older_pinned_one_without_the_server() {
+    let w = World::with(Setup::default());
+    w.publish("stable", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    let opts = RotateOptions {
+        root_keys: Some(vec![key(2).public()]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
+        .unwrap();
+    let old = w.device("old", json!({}));
+    assert!(matches!(old.updater.check().unwrap(), Check::Available(_)));
+    w.server.set_fault("root/2.json", Fault::Status(404));
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert!(matches!(old.updater.check().unwrap(), Check::Available(_)));
+    assert_eq!(old.state_json()["root_version"], 2);
+}
+
+/// A device whose configured root file is gone (or unreadable) after it saved its own
+/// root.json keeps checking with the saved chain, so it can still fetch the release that
+/// brings the file back.
+#[test]
+fn a_missing_configured_root_leaves_the_saved_chain_in_use() {
+    let (w, dev) = World::installed();
+    std::fs::remove_file(dev.config.parent().unwrap().join("root.json")).unwrap();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let r = dev.updater.check();
+    assert!(matches!(r, Ok(Check::Available(_))), "{r:?}");
+}
+
+/// A state.json written before `root_keys` and `manifest_keys` existed still checks.
+#[test]
+fn a_state_from_before_the_trust_records_still_checks() {
+    let (w, dev) = World::installed();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    let path = dev.state.join("state.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    st.as_object_mut().unwrap().remove("root_keys");
+    st.as_object_mut().unwrap().remove("manifest_keys");
+    std::fs::write(&path, st.to_string()).unwrap();
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(dev.state_json()["root_version"], 2);
+}
