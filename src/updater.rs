@@ -225,8 +225,12 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
 /// written its own slot (a changed file, a symlink to elsewhere, a FIFO, extra files).
 fn place_unchanged_file(from: &Path, dest: &Path, a: &Artifact, name: &str) -> Result<()> {
     let file = crate::fsutil::open_no_follow(&from.join(name))?;
-    stage::verify_artifact(&file, a)?;
-    stage::place_file(&file, dest, name).map(drop)
+    stage::place_file(&file, dest, name)?;
+    // The copy is what is checked, in the new slot the app cannot write while it is
+    // staged: the running slot's file could change between a check and the copy.
+    let placed = dest.join(name);
+    let copy = std::fs::File::open(&placed).map_err(|e| Error::io("open", &placed, e))?;
+    stage::verify_artifact(&copy, a)
 }
 
 /// The components of a plan that carry an artifact to fetch and install, with it.

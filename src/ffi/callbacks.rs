@@ -11,9 +11,9 @@ use super::panic::guard;
 use super::updater::evg_updater;
 use crate::event::Event;
 use crate::fetch::CancelToken;
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::thread::{self, ThreadId};
 
 /// Download progress: `done` of `total` bytes over all artifacts of the operation. Return
 /// 0 to go on, non-zero to cancel (the call then returns `EVG_CANCELLED` and keeps the
@@ -39,7 +39,7 @@ unsafe impl Sync for EventTarget {}
 
 /// Where an updater's events go; replaceable at any time from C. It also keeps the
 /// promise of `evg_updater_free` that no event or progress callback runs after it
-/// returns: it knows which threads are inside one.
+/// returns: it counts the callbacks running.
 #[derive(Default)]
 pub(crate) struct EventSink {
     state: Mutex<Sink>,
@@ -51,20 +51,22 @@ struct Sink {
     target: Option<EventTarget>,
     /// Set by the free: no callback starts after it.
     closed: bool,
-    /// The threads inside a callback of this updater now.
-    inside: Vec<ThreadId>,
+    /// Callbacks of this updater running now, on any thread.
+    running: usize,
 }
 
-/// Takes a thread out of [`Sink::inside`] when its callback returns (or unwinds).
-struct Inside<'a>(&'a EventSink);
+thread_local! {
+    /// Callbacks (of any updater) this thread is inside of now.
+    static IN_CALLBACK: Cell<usize> = const { Cell::new(0) };
+}
 
-impl Drop for Inside<'_> {
+/// Counts a callback as returned when it returns (or unwinds).
+struct Running<'a>(&'a EventSink);
+
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let me = thread::current().id();
-        let mut s = self.0.lock();
-        if let Some(i) = s.inside.iter().position(|t| *t == me) {
-            s.inside.swap_remove(i);
-        }
+        let _ = IN_CALLBACK.try_with(|n| n.set(n.get() - 1));
+        self.0.lock().running -= 1;
         self.0.returned.notify_all();
     }
 }
@@ -88,10 +90,11 @@ impl EventSink {
             if s.closed {
                 return false;
             }
-            s.inside.push(thread::current().id());
+            s.running += 1;
             s.target
         };
-        let _inside = Inside(self);
+        let _ = IN_CALLBACK.try_with(|n| n.set(n.get() + 1));
+        let _running = Running(self);
         call(target);
         true
     }
@@ -106,14 +109,18 @@ impl EventSink {
         });
     }
 
-    /// The free of a handle a call still holds: no callback starts from now on, and one
-    /// running on another thread is waited for (one on this thread is the caller).
+    /// The free of a handle a call still holds: no callback starts from now on, and the
+    /// ones running are waited for. Not from inside a callback (of any updater): that one
+    /// would wait for itself, and two threads each freeing from a callback the updater
+    /// the other is in a callback of would wait for each other.
     pub(crate) fn close(&self) {
-        let me = thread::current().id();
         let mut s = self.lock();
         s.closed = true;
         s.target = None;
-        while s.inside.iter().any(|t| *t != me) {
+        if IN_CALLBACK.try_with(Cell::get).unwrap_or(0) > 0 {
+            return;
+        }
+        while s.running > 0 {
             s = self.returned.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -175,8 +182,37 @@ pub unsafe extern "C" fn evg_set_event_callback(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{mpsc, Arc};
+    use std::sync::{mpsc, Arc, Barrier};
+    use std::thread;
     use std::time::Duration;
+
+    /// Two threads, each inside a callback of one updater, each freeing the other: a free
+    /// from inside a callback does not wait, so neither waits for the other.
+    #[test]
+    fn frees_from_inside_callbacks_of_two_updaters_do_not_wait_for_each_other() {
+        let (s1, s2) = (
+            Arc::new(EventSink::default()),
+            Arc::new(EventSink::default()),
+        );
+        let barrier = Arc::new(Barrier::new(2));
+        let (done, finished) = mpsc::channel();
+        for (mine, other) in [(&s1, &s2), (&s2, &s1)] {
+            let (mine, other) = (Arc::clone(mine), Arc::clone(other));
+            let (barrier, done) = (Arc::clone(&barrier), done.clone());
+            thread::spawn(move || {
+                mine.call_host(|_| {
+                    barrier.wait();
+                    other.close();
+                });
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..2 {
+            let r = finished.recv_timeout(Duration::from_secs(10));
+            assert!(r.is_ok(), "each free waited for the other's callback");
+        }
+        assert!(!s1.call_host(|_| panic!("a callback after the close")));
+    }
 
     /// The free's promise: once `close` returns, no callback is running or starts. A
     /// callback already running on another thread is waited for.

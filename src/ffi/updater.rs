@@ -123,8 +123,9 @@ unsafe fn new_updater(
 /// `evg_reinstall` does not go on to install; a host transport or selector it is using may
 /// still be called until it returns. An event or progress callback already running on
 /// another thread is waited for, so do not free while holding a lock that callback
-/// takes. New calls on the handle are refused with `EVG_INVALID_STATE`, and a second free
-/// does nothing.
+/// takes; a free made from inside a callback (of any updater) does not wait, and such a
+/// callback may still be running when it returns. New calls on the handle are refused with
+/// `EVG_INVALID_STATE`, and a second free does nothing.
 ///
 /// # Safety
 /// `updater` is NULL or a handle that was not freed yet (or was freed during a call that
