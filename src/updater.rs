@@ -1043,7 +1043,7 @@ impl Updater {
             }
             // None saved yet, or the configured root is newer (a reflashed device).
             _ => {
-                crate::fsutil::write_atomic(&saved, pinned.envelope())?;
+                self.keep_root(st, &pinned, &saved)?;
                 pinned
             }
         };
@@ -1063,10 +1063,7 @@ impl Updater {
                     Err(e) => Err(e),
                 },
                 // Each verified root is trusted whatever comes next: keep it at once.
-                |r| {
-                    st.trust_root_keys(r.root_keys());
-                    crate::fsutil::write_atomic(&saved, r.envelope())
-                },
+                |r| self.keep_root(st, r, &saved),
                 // The final root's expiry is checked below, on the clock of its keys.
                 clock,
                 max,
@@ -1091,6 +1088,16 @@ impl Updater {
         st.trust_manifest_keys(root.manifest_keys());
         root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
         Ok(Anchor::Root(root))
+    }
+
+    /// Makes `root` the saved root. Its root keys are recorded in the state first, and the
+    /// state saved: a power cut between the two writes must not leave a `root.json` whose
+    /// keys the state does not know, which the next check would take for another chain
+    /// (decision 29).
+    fn keep_root(&self, st: &mut State, root: &TrustedRoot, saved: &Path) -> Result<()> {
+        st.trust_root_keys(root.root_keys());
+        self.save_check(st)?;
+        crate::fsutil::write_atomic(saved, root.envelope())
     }
 
     /// The self-signed root in `path`, which must be for this product.
@@ -1715,7 +1722,15 @@ impl Updater {
                 .channel
                 .clone()
                 .unwrap_or_else(|| st.channel.clone());
-            let manifest = self.fetch_manifest(&mut st, &channel)?;
+            // What the check learned (roots walked, keys recorded) is kept even when it
+            // fails, as `check_with` keeps it.
+            let manifest = match self.fetch_manifest(&mut st, &channel) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.save_check(&st)?;
+                    return Err(e);
+                }
+            };
             let now = self.now(&st);
             let st = self.save_check(&st)?;
             // The state may have moved during the fetch (a rollback, from another process).

@@ -1380,3 +1380,184 @@ fn a_state_from_before_the_trust_records_still_checks() {
     assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
     assert_eq!(dev.state_json()["root_version"], 2);
 }
+
+/// A new chain for the world's product, with a root 2 (same keys, renewed) served by the
+/// world's server at `root/2.json`; returns its directory.
+fn new_chain_with_root_2(w: &World) -> PathBuf {
+    let keys = |n: u8| evergreen::trust::KeySet::new(vec![key(n).public()], 1).unwrap();
+    let path = w.tmp.path().join("repo2");
+    let repo2 = evergreen::publish::Repo::init(
+        &path,
+        world::PRODUCT,
+        &keys(21),
+        &keys(31),
+        &[&key(21)],
+        365,
+        t0(),
+    )
+    .unwrap();
+    repo2
+        .rotate(&RotateOptions::default(), &[&key(21)], t0())
+        .unwrap();
+    w.serve(
+        "root/2.json",
+        std::fs::read(path.join("root/2.json")).unwrap(),
+    );
+    path
+}
+
+/// A device moved to a new chain by hand (decision 29) whose reinstall walks to that chain's
+/// root 2, then refuses the manifest: what the walk learned is kept, so root.json and the
+/// state agree and later checks work.
+#[test]
+fn a_failed_reinstall_after_walking_a_new_chain_keeps_what_it_learned() {
+    let (w, dev) = World::installed();
+    let repo2 = new_chain_with_root_2(&w);
+    let pinned = dev.config.parent().unwrap().join("root.json");
+    let saved = dev.state.join("root.json");
+    std::fs::copy(repo2.join("root/1.json"), &pinned).unwrap();
+    std::fs::copy(&pinned, &saved).unwrap(); // the move, by hand
+                                             // A network attacker (or a stale mirror) serves a changed manifest of the old chain:
+                                             // the device walks the genuine new chain to root 2, then refuses the manifest.
+    w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], |_| {}));
+    refused(dev.updater.reinstall_offer(), ErrorKind::Signature);
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(repo2.join("root/2.json")).unwrap()
+    );
+    w.server.clear_faults();
+    w.serve(
+        "root/2.json",
+        std::fs::read(repo2.join("root/2.json")).unwrap(),
+    );
+    let chain2 = w.forge("stable", &[&key(31)], |m| {
+        m.sequence = 1;
+        m.releases[0].notes = "chain 2".into();
+    });
+    w.serve(STABLE, chain2);
+    let r = dev.updater.check();
+    assert!(
+        r.is_ok(),
+        "after a failed reinstall every check fails: {r:?}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Runs `evergreen check` (the CLI, built with `fault-injection`) killed at each of its
+/// crash points in turn, each time from the device's state as it is now, and after each
+/// calls `after`, which asserts what a device must still do after such a power cut.
+fn at_every_crash_point_of_a_check(w: &World, dev: &Dev, after: impl Fn(&Dev) -> Vec<String>) {
+    let keep = w.tmp.path().join("state-before");
+    copy_dir(&dev.state, &keep);
+    let args = ["check", "--config", dev.config.to_str().unwrap()];
+    let out = common::run_env(&args, &[("EVERGREEN_CRASH_COUNT", "1")]);
+    let points: Vec<String> = common::stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("crash-point "))
+        .map(str::to_owned)
+        .collect();
+    assert!(!points.is_empty(), "{}", common::stderr(&out));
+    let mut failed = Vec::new();
+    for (k, point) in points.iter().enumerate() {
+        copy_dir(&keep, &dev.state);
+        let out = common::run_env(&args, &[("EVERGREEN_CRASH_AT", &(k + 1).to_string())]);
+        assert!(!out.status.success(), "check did not stop at {point}");
+        failed.extend(after(dev).into_iter().map(|e| format!("{point}: {e}")));
+    }
+    assert!(
+        failed.is_empty(),
+        "{} crash points:\n{}",
+        points.len(),
+        failed.join("\n")
+    );
+}
+
+/// Two checks after the power cut; what they say when they fail.
+fn checks_fail(dev: &Dev) -> Vec<String> {
+    (0..2)
+        .filter_map(|n| dev.updater.check().err().map(|e| format!("check {n}: {e}")))
+        .collect()
+}
+
+/// A device moved to a new chain by hand (decision 29) walks to that chain's root 2: a
+/// power cut anywhere in that check leaves root.json and the state agreeing (the root keys
+/// are recorded before root.json changes), so later checks work.
+#[test]
+fn a_power_cut_while_walking_a_new_chain_leaves_checks_working() {
+    let (w, dev) = World::installed();
+    let repo2 = new_chain_with_root_2(&w);
+    let pinned = dev.config.parent().unwrap().join("root.json");
+    std::fs::copy(repo2.join("root/1.json"), &pinned).unwrap();
+    std::fs::copy(&pinned, dev.state.join("root.json")).unwrap(); // the move, by hand
+    let chain2 = w.forge("stable", &[&key(31)], |m| {
+        m.sequence = 1;
+        m.releases[0].notes = "chain 2".into();
+    });
+    w.serve(STABLE, chain2);
+    at_every_crash_point_of_a_check(&w, &dev, checks_fail);
+}
+
+/// New firmware pins root 2 (root keys rotated 1 -> 2); its first check writes it over
+/// root.json and walks to root 3. A power cut anywhere in that check leaves later checks
+/// working.
+#[test]
+fn a_power_cut_after_a_newer_configured_root_leaves_checks_working() {
+    let (w, dev) = World::installed();
+    let opts = RotateOptions {
+        root_keys: Some(vec![key(2).public()]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
+        .unwrap();
+    let pinned = dev.config.parent().unwrap().join("root.json");
+    std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap(); // new firmware
+    w.repo
+        .rotate(&RotateOptions::default(), &[&key(2)], t0())
+        .unwrap(); // root 3
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0())); // the check walks
+    at_every_crash_point_of_a_check(&w, &dev, checks_fail);
+}
+
+/// The same firmware without a walk (the channel unchanged): a power cut after the newer
+/// root went into root.json must not look like a move to a new chain at the next check,
+/// which would drop the sequences seen: an older manifest replayed is still refused.
+#[test]
+fn a_power_cut_after_a_newer_configured_root_replays_no_older_manifest() {
+    let (w, dev) = World::installed();
+    let old = w.channel_bytes("stable");
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
+    let current = w.channel_bytes("stable");
+    let opts = RotateOptions {
+        root_keys: Some(vec![key(2).public()]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
+        .unwrap();
+    let pinned = dev.config.parent().unwrap().join("root.json");
+    std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap(); // new firmware
+    at_every_crash_point_of_a_check(&w, &dev, |dev| {
+        w.serve(STABLE, old.clone());
+        let replayed = dev.updater.check();
+        w.serve(STABLE, current.clone());
+        match replayed {
+            Err(e) if e.kind() == ErrorKind::MetadataRollback => vec![],
+            other => vec![format!("sequence 1 replayed after sequence 2: {other:?}")],
+        }
+    });
+}
