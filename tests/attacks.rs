@@ -644,13 +644,7 @@ fn a_reprovisioned_root_of_another_chain_is_refused_until_the_device_is_moved() 
 fn an_older_configured_root_never_rolls_the_chain_back() {
     let w = World::with(Setup::default());
     w.publish("stable", "1.0.0", &app_zip("1.0.0"), at(t0()));
-    let opts = RotateOptions {
-        root_keys: Some(vec![key(2).public()]),
-        ..RotateOptions::default()
-    };
-    w.repo
-        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
-        .unwrap();
+    w.rotate_root_key(t0());
     let old = w.device("old", json!({}));
     assert!(matches!(old.updater.check().unwrap(), Check::Available(_)));
     assert_eq!(old.state_json()["root_version"], 2);
@@ -1246,13 +1240,7 @@ fn a_foreign_signature_first_without_keyids_does_not_hide_the_trusted_one() {
 #[test]
 fn a_root_key_rotation_without_keyids_is_walked() {
     let (w, dev) = World::installed();
-    let opts = RotateOptions {
-        root_keys: Some(vec![key(2).public()]),
-        ..RotateOptions::default()
-    };
-    w.repo
-        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
-        .unwrap();
+    w.rotate_root_key(t0());
     let mut e = envelope(&std::fs::read(w.repo.path().join("root/2.json")).unwrap());
     for s in &mut e.signatures {
         s.keyid.clear();
@@ -1267,16 +1255,8 @@ fn a_root_key_rotation_without_keyids_is_walked() {
     assert_eq!(dev.state_json()["root_version"], 2);
 }
 
-/// An operator adds a second manifest key (none revoked: {11} -> {11, 12}). The sequences
-/// seen stay (DESIGN §5.1 rule 7 starts afresh only when a key is revoked): a replay of the
-/// older, still unexpired manifest signed by key 11 is refused, so 1.1.0 is not hidden.
-#[test]
-fn adding_a_manifest_key_keeps_the_sequences_seen() {
-    let (w, dev) = World::installed();
-    let old = w.channel_bytes("stable");
-    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
-    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
-    let seen = dev.state_json()["manifests"]["stable"]["sequence"].clone();
+/// Root 2 trusts a second manifest key beside the first: a key added, none revoked.
+fn add_second_manifest_key(w: &World) {
     let opts = RotateOptions {
         manifest_keys: Some(vec![
             key(MANIFEST_KEY).public(),
@@ -1287,6 +1267,19 @@ fn adding_a_manifest_key_keeps_the_sequences_seen() {
     w.repo
         .rotate(&opts, &[&key(ROOT_KEY), &key(MANIFEST_KEY)], t0())
         .unwrap();
+}
+
+/// An operator adds a second manifest key (none revoked: {11} -> {11, 12}). The sequences
+/// seen stay (DESIGN §5.1 rule 7 starts afresh only when a key is revoked): a replay of the
+/// older, still unexpired manifest signed by key 11 is refused, so 1.1.0 is not hidden.
+#[test]
+fn adding_a_manifest_key_keeps_the_sequences_seen() {
+    let (w, dev) = World::installed();
+    let old = w.channel_bytes("stable");
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
+    let seen = dev.state_json()["manifests"]["stable"]["sequence"].clone();
+    add_second_manifest_key(&w);
     w.serve(STABLE, old);
     let r = dev.updater.check();
     let state = dev.state_json();
@@ -1316,16 +1309,7 @@ fn adding_a_manifest_key_keeps_the_clock_pulled_up() {
     dev.update_to("1.0.0");
     dev.set_clock(evergreen::Timestamp::from_unix(1_000_000_000));
     assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
-    let opts = RotateOptions {
-        manifest_keys: Some(vec![
-            key(MANIFEST_KEY).public(),
-            key(SECOND_MANIFEST_KEY).public(),
-        ]),
-        ..RotateOptions::default()
-    };
-    w.repo
-        .rotate(&opts, &[&key(ROOT_KEY), &key(MANIFEST_KEY)], t0())
-        .unwrap();
+    add_second_manifest_key(&w);
     w.serve(STABLE, stale);
     let r = dev.updater.check();
     assert!(
@@ -1340,13 +1324,7 @@ fn adding_a_manifest_key_keeps_the_clock_pulled_up() {
 fn the_saved_root_wins_over_an_older_pinned_one_without_the_server() {
     let w = World::with(Setup::default());
     w.publish("stable", "1.0.0", &app_zip("1.0.0"), at(t0()));
-    let opts = RotateOptions {
-        root_keys: Some(vec![key(2).public()]),
-        ..RotateOptions::default()
-    };
-    w.repo
-        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
-        .unwrap();
+    w.rotate_root_key(t0());
     let old = w.device("old", json!({}));
     assert!(matches!(old.updater.check().unwrap(), Check::Available(_)));
     w.server.set_fault("root/2.json", Fault::Status(404));
@@ -1384,18 +1362,13 @@ fn a_state_from_before_the_trust_records_still_checks() {
 /// A new chain for the world's product, with a root 2 (same keys, renewed) served by the
 /// world's server at `root/2.json`; returns its directory.
 fn new_chain_with_root_2(w: &World) -> PathBuf {
-    let keys = |n: u8| evergreen::trust::KeySet::new(vec![key(n).public()], 1).unwrap();
-    let path = w.tmp.path().join("repo2");
-    let repo2 = evergreen::publish::Repo::init(
-        &path,
-        world::PRODUCT,
-        &keys(21),
-        &keys(31),
-        &[&key(21)],
-        365,
-        t0(),
-    )
-    .unwrap();
+    let path = new_chain(w)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let repo2 = evergreen::publish::Repo::open(&path).unwrap();
     repo2
         .rotate(&RotateOptions::default(), &[&key(21)], t0())
         .unwrap();
@@ -1516,13 +1489,7 @@ fn a_power_cut_while_walking_a_new_chain_leaves_checks_working() {
 #[test]
 fn a_power_cut_after_a_newer_configured_root_leaves_checks_working() {
     let (w, dev) = World::installed();
-    let opts = RotateOptions {
-        root_keys: Some(vec![key(2).public()]),
-        ..RotateOptions::default()
-    };
-    w.repo
-        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
-        .unwrap();
+    w.rotate_root_key(t0());
     let pinned = dev.config.parent().unwrap().join("root.json");
     std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap(); // new firmware
     w.repo
@@ -1542,13 +1509,7 @@ fn a_power_cut_after_a_newer_configured_root_replays_no_older_manifest() {
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
     assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
     let current = w.channel_bytes("stable");
-    let opts = RotateOptions {
-        root_keys: Some(vec![key(2).public()]),
-        ..RotateOptions::default()
-    };
-    w.repo
-        .rotate(&opts, &[&key(ROOT_KEY), &key(2)], t0())
-        .unwrap();
+    w.rotate_root_key(t0());
     let pinned = dev.config.parent().unwrap().join("root.json");
     std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap(); // new firmware
     at_every_crash_point_of_a_check(&w, &dev, |dev| {

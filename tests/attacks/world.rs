@@ -198,6 +198,17 @@ impl World {
             .unwrap()
     }
 
+    /// Rotates the root key from `ROOT_KEY` to key 2 (the next root, signed by both).
+    pub fn rotate_root_key(&self, now: Timestamp) -> TrustedRoot {
+        let opts = RotateOptions {
+            root_keys: Some(vec![key(2).public()]),
+            ..RotateOptions::default()
+        };
+        self.repo
+            .rotate(&opts, &[&key(ROOT_KEY), &key(2)], now)
+            .unwrap()
+    }
+
     /// A device following `stable`, with fast retries; `extra` overrides config fields.
     pub fn device(&self, name: &str, extra: Value) -> Dev {
         let base = self.tmp.path().join("devices").join(name);
