@@ -19,6 +19,25 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Removes the temp files of `path` ([`temp_path`]) that writes cut off by a power cut or a
+/// kill left behind. Only for a file whose writers all hold one lock, held now; best
+/// effort.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp-");
+    let prefix = prefix.as_encoded_bytes();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().as_encoded_bytes().starts_with(prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a reader sees the old content or the new, never a
 /// mix, and after return the new content survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

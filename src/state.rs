@@ -402,7 +402,12 @@ impl State {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
-        fsutil::write_atomic(&fsutil::link_target(State::path(dir))?, &bytes)
+        let path = fsutil::link_target(State::path(dir))?;
+        fsutil::write_atomic(&path, &bytes)?;
+        // Every save holds the state lock, so any other temp file is one a power cut or a
+        // kill left behind: without this they would pile up, one per process cut off.
+        fsutil::remove_stale_temps(&path);
+        Ok(())
     }
 
     /// The record of `slot`.
@@ -493,6 +498,21 @@ mod tests {
         assert_eq!(back.history.len(), HISTORY_LEN);
         assert_eq!(back.history[0].detail, "#36");
         back.check_invariants().unwrap();
+    }
+
+    /// A save cut off by a power cut leaves its temp file; the next save removes it.
+    #[test]
+    fn a_save_removes_the_temp_files_of_saves_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::initial("stable", None);
+        let stale = dir.path().join("state.json.tmp-4000000");
+        std::fs::write(&stale, b"{\"schema\": 1, \"prim").unwrap();
+        let other = dir.path().join("state.json.old");
+        std::fs::write(&other, b"kept").unwrap();
+        s.save(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists(), "only the state's temp files are removed");
+        assert_eq!(State::load(dir.path()).unwrap().unwrap(), s);
     }
 
     #[test]
