@@ -98,17 +98,21 @@ pub(crate) unsafe fn lease<T: Leased>(ptr: *const T, arg: &str) -> Result<Lease<
 /// # Safety
 /// `ptr` is NULL or a handle made by `Box::into_raw` whose release has not happened yet.
 pub(crate) unsafe fn free<T: Leased>(ptr: *mut T, function: &'static str) {
-    let Some(handle) = NonNull::new(ptr) else {
+    if ptr.is_null() {
         return;
-    };
+    }
     // Dropping a handle runs Rust code (and a host's hook destructors): inside the guard.
     super::panic::guard_release(function, || {
-        let calls = unsafe { handle.as_ref() }.calls();
-        let before = calls.0.fetch_or(FREED, Ordering::AcqRel);
-        if before == 0 {
-            drop(unsafe { Box::from_raw(handle.as_ptr()) });
-        } else if before & FREED == 0 {
-            unsafe { handle.as_ref() }.on_free_deferred();
+        // The free holds the handle like a call while it tells a running call to stop: that
+        // call returning meanwhile must not release the handle under it. Whichever of the
+        // two ends last releases it. Already freed (during a call still running): nothing
+        // more to do.
+        let Ok(held) = (unsafe { lease(ptr, function) }) else {
+            return;
+        };
+        let before = held.calls().0.fetch_or(FREED, Ordering::AcqRel);
+        if before & FREED == 0 && before > CALL {
+            held.on_free_deferred();
         }
     });
 }
