@@ -743,6 +743,24 @@ fn files(f: &UBootFixture) -> Vec<Vec<u8>> {
     f.copies.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
+/// `result` is the refusal of a write that would fill the data area to its last byte
+/// (no room for the empty entry), and no copy changed from `before`.
+fn refused_as_full(
+    result: evergreen::Result<()>,
+    f: &UBootFixture,
+    before: &[Vec<u8>],
+    copies: usize,
+) {
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
+    let need = format!("need {} bytes, the copy has {ENV_SIZE}", ENV_SIZE + 1);
+    assert!(err.message().contains(&need), "{copies} copies: {err}");
+    assert!(
+        before == files(f),
+        "{copies} copies: a full copy was written"
+    );
+}
+
 /// `fw_setenv` fills the data area to its last byte when a value just fits: the last
 /// entry's NUL is the area's last byte and no empty entry follows. We read such an
 /// environment and keep it, but never write one (see the next test): a change that needs
@@ -779,14 +797,7 @@ fn uboot_a_full_environment_as_fw_setenv_writes_it_is_read_and_kept() {
         env.init().unwrap();
         assert!(before == files(&f), "{copies} copies: provisioning wrote");
         // Same sizes: the new copy would be full too, without the empty entry.
-        let err = env.activate(Slot::B, 3).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
-        let need = format!("need {} bytes, the copy has {ENV_SIZE}", ENV_SIZE + 1);
-        assert!(err.message().contains(&need), "{copies} copies: {err}");
-        assert!(
-            before == files(&f),
-            "{copies} copies: a full copy was written"
-        );
+        refused_as_full(env.activate(Slot::B, 3).map(drop), &f, &before, copies);
         assert_eq!(vars_map(env.vars().unwrap()), expected);
     }
 }
@@ -815,14 +826,7 @@ fn uboot_never_writes_a_full_environment() {
         // A value that ends its entry on the data area's last byte.
         let full = "v".repeat(ENV_SIZE - start - used - "fill".len() - 2);
         let before = files(&f);
-        let err = env.set_vars(&[("fill", Some(&full))]).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Bootloader, "{err}");
-        let need = format!("need {} bytes, the copy has {ENV_SIZE}", ENV_SIZE + 1);
-        assert!(err.message().contains(&need), "{copies} copies: {err}");
-        assert!(
-            before == files(&f),
-            "{copies} copies: a full copy was written"
-        );
+        refused_as_full(env.set_vars(&[("fill", Some(&full))]), &f, &before, copies);
         // One byte less fits with its empty entry, in copy 0, and fw_printenv reads it.
         env.set_vars(&[("fill", Some(&full[1..]))]).unwrap();
         let raw = std::fs::read(&f.copies[0]).unwrap();

@@ -55,6 +55,17 @@ fn write_zip(path: &Path) {
     zip.finish().unwrap();
 }
 
+/// The component arguments of the app file `repo_with_app` writes.
+const APP: [&str; 2] = ["--component", "app=app.bin"];
+
+/// A temp directory with an initialised repository and an app file to release (`APP`).
+fn repo_with_app() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    init_repo(tmp.path());
+    std::fs::write(tmp.path().join("app.bin"), b"v").unwrap();
+    tmp
+}
+
 /// A repo with one root key `root1` and one manifest key `release`.
 fn init_repo(dir: &Path) {
     keygen(dir, "root1");
@@ -533,12 +544,10 @@ fn every_command_has_help_with_an_example() {
 
 #[test]
 fn prune_removes_old_releases_and_the_channel_still_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_app();
     let dir = tmp.path();
-    init_repo(dir);
-    std::fs::write(dir.join("app.bin"), b"v").unwrap();
     for version in ["1.0.0", "1.1.0", "1.2.0"] {
-        release_version(dir, version, &["--component", "app=app.bin"]);
+        release_version(dir, version, &APP);
     }
     let prune = [
         "prune",
@@ -717,10 +726,8 @@ fn evergreen_at(dir: &Path, now: &str, args: &[&str]) -> Output {
 /// Releases run at the same time take turns on the repository lock: none is lost.
 #[test]
 fn concurrent_releases_all_land() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_app();
     let dir = tmp.path();
-    init_repo(dir);
-    std::fs::write(dir.join("app.bin"), b"v").unwrap();
     let (rounds, processes) = (2, 4);
     for round in 0..rounds {
         // All started before any is waited for.
@@ -730,7 +737,7 @@ fn concurrent_releases_all_land() {
                 Command::new(env!("CARGO_BIN_EXE_evergreen"))
                     .current_dir(dir)
                     .env("EVERGREEN_NOW", NOW)
-                    .args(release_args(&version, &["--component", "app=app.bin"]))
+                    .args(release_args(&version, &APP))
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .spawn()
@@ -757,10 +764,8 @@ fn concurrent_releases_all_land() {
 /// validity, and a clock behind the channel's last `issued` is refused.
 #[test]
 fn changes_keep_the_channels_validity_unless_given_and_refuse_a_clock_behind_it() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_app();
     let dir = tmp.path();
-    init_repo(dir);
-    std::fs::write(dir.join("app.bin"), b"v").unwrap();
     for version in ["1.0.0", "1.1.0"] {
         release_version(
             dir,
@@ -884,11 +889,9 @@ fn init_makes_its_directories_durable() {
 /// count.
 #[test]
 fn security_versions_are_ordered_per_target_both_ways() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_app();
     let dir = tmp.path();
-    init_repo(dir);
-    std::fs::write(dir.join("app.bin"), b"v").unwrap();
-    let app = ["--component", "app=app.bin"];
+    let app = APP;
     release_version(dir, "1.1.0", &app);
     let older = release_args("1.0.0", &[&app[..], &["--security-version", "5"]].concat());
     let err = fails(dir, &older);
@@ -915,11 +918,9 @@ fn security_versions_are_ordered_per_target_both_ways() {
 /// stone needed), and prune keeps the release they take rather than an older halted one.
 #[test]
 fn stepping_stones_are_what_devices_below_min_version_are_offered() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_app();
     let dir = tmp.path();
-    init_repo(dir);
-    std::fs::write(dir.join("app.bin"), b"v").unwrap();
-    let app = ["--component", "app=app.bin"];
+    let app = APP;
     release_version(dir, "1.0.0", &app);
     release_version(dir, "1.1.0", &[&app[..], &["--rollout", "0"]].concat());
     release_version(dir, "1.2.0", &app);
