@@ -332,10 +332,16 @@ impl State {
             .split(' ')
             .any(|old| !old.is_empty() && !ids.iter().any(|id| id == old));
         if revoked {
-            self.manifests.clear();
-            self.newest_issued = None;
+            self.forget_freshness();
         }
         self.manifest_keys = ids.join(" ");
+    }
+
+    /// Forgets what rules 4 and 5 of DESIGN §5.1 hold a manifest to: the sequences and
+    /// ETags seen per channel and the newest `issued`.
+    pub fn forget_freshness(&mut self) {
+        self.manifests.clear();
+        self.newest_issued = None;
     }
 
     /// Whether `keys` are the root keys of a root of the chain this device trusts.

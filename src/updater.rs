@@ -1027,17 +1027,18 @@ impl Updater {
                 if !st.trusts_root_keys(pinned.root_keys()) {
                     if kept.envelope() != pinned.envelope() {
                         return Err(Error::config(format!(
-                            "{}: expected a root of the chain of {} (version {}), found version {} under root keys this device never trusted; copy it over that file to move the device to its chain",
+                            "{}: expected a root of the chain of {} (version {}), found version {} under root keys {} this device never trusted; copy it over that file to move the device to its chain",
                             pinned_path.display(),
                             saved.display(),
                             kept.root().version,
-                            pinned.root().version
+                            pinned.root().version,
+                            pinned.root_keys().fingerprint()
                         )));
                     }
                     // The configured root copied over the saved one: its chain starts afresh.
                     st.root_keys.clear();
-                    st.manifests.clear();
-                    (st.root_version, st.newest_issued) = (None, None);
+                    st.root_version = None;
+                    st.forget_freshness();
                 }
                 kept
             }
