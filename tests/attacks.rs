@@ -655,7 +655,12 @@ fn an_older_configured_root_never_rolls_the_chain_back() {
     std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap();
     assert!(matches!(new.updater.check().unwrap(), Check::Available(_)));
     std::fs::copy(w.repo.path().join("root/1.json"), &pinned).unwrap();
-    refused(new.updater.check(), ErrorKind::Config);
+    let err = refused(new.updater.check(), ErrorKind::Config);
+    assert!(
+        err.message().contains("found version 1 under root keys"),
+        "{err}"
+    );
+    assert!(err.message().contains("never trusted"), "{err}");
     assert_eq!(new.state_json()["root_version"], 2);
 }
 
@@ -686,7 +691,8 @@ fn a_root_for_another_product_is_config() {
         dev.config.parent().unwrap().join("root.json"),
     )
     .unwrap();
-    refused(dev.updater.check(), ErrorKind::Config);
+    let err = refused(dev.updater.check(), ErrorKind::Config);
+    assert!(err.message().contains("com.acme.other"), "{err}");
 }
 
 /// TUF key revocation: root 2 leaves the old manifest key out; a device catching up
