@@ -206,12 +206,17 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
 /// without waiting for a writer when it is a FIFO: a slot the app can write may hold
 /// either where a file was.
 pub fn open_no_follow(path: &Path) -> Result<File> {
+    try_open_no_follow(path).map_err(|e| Error::io("open", path, e))
+}
+
+/// [`open_no_follow`] with the bare `io::Error`, for callers that tell a symlink
+/// (`ELOOP`) or a missing file apart from other failures.
+pub fn try_open_no_follow(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| Error::io("open", path, e))
 }
 
 /// Removes `path` (a file, a symlink or a whole tree) if it exists. A directory inside

@@ -18,7 +18,7 @@ use crate::slots::grub::GrubEnv;
 use crate::slots::image::ImageSlots;
 use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
-use crate::stage::{self, ComponentChange, ComponentOp};
+use crate::stage::{self, ComponentChange, ComponentOp, TreeRecord};
 use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
 use crate::time::Timestamp;
 use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
@@ -1125,13 +1125,34 @@ impl Updater {
         Ok(plan)
     }
 
-    /// The component diff of `target` against what the primary slot of `st` holds.
+    /// The component diff of `target` against what the primary slot of `st` holds. An
+    /// unchanged tree is copied only when the primary slot kept the record of its
+    /// extraction, to check the copy against; without one (a slot installed before records
+    /// were kept, or provisioned by other means) it is extracted again from its artifact.
     fn diff_against_primary(&self, st: &State, target: &TargetRelease) -> Vec<ComponentChange> {
-        stage::diff(
+        let mut changes = stage::diff(
             &st.slot(st.primary).components,
             target,
             self.store.copies_unchanged(),
-        )
+        );
+        if let Store::Dir(slots) = &self.store {
+            let primary_dir = slots.slot_dir(st.primary);
+            for c in changes
+                .iter_mut()
+                .filter(|c| c.op == ComponentOp::Unchanged)
+            {
+                let zip = target
+                    .components
+                    .get(&c.name)
+                    .filter(|t| t.artifact.kind == ArtifactKind::Zip);
+                if let Some(t) = zip {
+                    if !TreeRecord::path(&primary_dir, &c.name).is_file() {
+                        c.artifact = Some(t.artifact.clone());
+                    }
+                }
+            }
+        }
+        changes
     }
 
     fn downloads_dir(&self) -> PathBuf {
@@ -1433,29 +1454,27 @@ impl Updater {
             let dest = slots.component_dir(slot, &c.name);
             match (c.op, &c.artifact, files.get(&c.name)) {
                 (ComponentOp::Removed, _, _) => {}
-                (ComponentOp::Unchanged, _, _) => {
-                    let from = slots.component_dir(primary, &c.name);
+                (ComponentOp::Unchanged, None, _) => {
                     let artifact = plan.target.components.get(&c.name).map(|t| &t.artifact);
-                    match artifact.filter(|a| a.kind == ArtifactKind::File) {
-                        Some(a) => {
-                            let name = a.name.as_deref().unwrap_or(&c.name);
-                            place_unchanged_file(&from, &dest, a, name)
-                        }
+                    let Some(a) = artifact else {
+                        return Err(Error::invalid_state(format!(
+                            "component {}: expected it in release {}, found it missing from the plan's target",
+                            c.name, plan.version
+                        )));
+                    };
+                    self.copy_unchanged(slots, primary, slot, &c.name, a)
                         .map_err(|e| {
                             e.context(format!(
                                 "component {} copied from slot {primary} (`reinstall` repairs it there)",
                                 c.name
                             ))
-                        })?,
-                        // An extracted tree has no recorded hash to check it against.
-                        None => {
-                            stage::copy_tree(&from, &dest)?;
-                        }
-                    }
+                        })?;
                 }
                 (_, Some(a), Some(file)) => match a.kind {
                     ArtifactKind::Zip => {
-                        stage::extract_zip(file, &dest, a.installed_size, &limits)?;
+                        let (_, tree) =
+                            stage::extract_zip_recorded(file, &dest, a.installed_size, &limits)?;
+                        tree.save(&dir, &c.name, &a.sha256)?;
                     }
                     ArtifactKind::File => {
                         let name = a.name.as_deref().unwrap_or(&c.name);
@@ -1485,6 +1504,36 @@ impl Updater {
             "components": components,
         });
         slots.seal(slot, record.to_string().as_bytes())
+    }
+
+    /// Copies the unchanged component `name` (artifact `a`) from the primary slot into the
+    /// slot being staged, checked: a file against the artifact's hash, an extracted tree
+    /// against the record its extraction kept (copied along, for the next update).
+    fn copy_unchanged(
+        &self,
+        slots: &DirSlots,
+        primary: Slot,
+        slot: Slot,
+        name: &str,
+        a: &Artifact,
+    ) -> Result<()> {
+        let (from, dest) = (
+            slots.component_dir(primary, name),
+            slots.component_dir(slot, name),
+        );
+        if a.kind == ArtifactKind::File {
+            return place_unchanged_file(&from, &dest, a, a.name.as_deref().unwrap_or(name));
+        }
+        let primary_dir = slots.slot_dir(primary);
+        let Some(tree) = TreeRecord::load(&primary_dir, name, &a.sha256)? else {
+            // `plan` carries the artifact of a tree with no record: this plan is older.
+            return Err(Error::invalid_state(format!(
+                "expected {} to hold the record of the extracted tree, found none; plan again",
+                TreeRecord::path(&primary_dir, name).display()
+            )));
+        };
+        stage::copy_recorded(&from, &dest, &tree)?;
+        tree.save(&slots.slot_dir(slot), name, &a.sha256)
     }
 
     fn install_image(

@@ -737,3 +737,110 @@ fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over()
     assert_eq!(status["primary"], "b", "{status}");
     assert_ne!(status["slots"]["a"]["status"], "installed", "{status}");
 }
+
+/// 1.0.1 (an app tree and the 1.0.0 config) installed and confirmed over 1.0.0, then 1.0.2
+/// published with the same app archive and a new config: the app is an unchanged tree.
+fn confirmed_app_tree_then_same_app(product: &str) -> (Repo, common::Device) {
+    let (repo, dev) = confirmed_1_0_0(product);
+    release_same_config(&repo);
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    let src = repo.scratch("src");
+    let config = src.join("settings-1.0.2.json");
+    std::fs::write(&config, b"{\"version\": \"1.0.2\"}").unwrap();
+    let app = src.join("app.zip");
+    repo.release(
+        "stable",
+        "1.0.2",
+        "x86_64-linux",
+        &[("app", &app), ("config", &config)],
+        &[],
+    );
+    (repo, dev)
+}
+
+/// The op and download size of `component` in the offer `check --json` prints.
+fn offered(dev: &common::Device, component: &str) -> (String, u64) {
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    let c = offer["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == component)
+        .unwrap_or_else(|| panic!("no {component} in {offer}"));
+    let op = c["op"].as_str().unwrap().to_string();
+    (op, offer["download_bytes"].as_u64().unwrap())
+}
+
+/// An unchanged app tree is copied from the running slot as its extraction recorded it:
+/// the files the app wrote beside it stay behind, and the record goes along for the next
+/// update. Nothing of it is downloaded.
+#[test]
+fn an_unchanged_tree_is_copied_as_extracted_with_its_record() {
+    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree");
+    let running = dev.root.join("current");
+    std::fs::write(running.join("app/app.log"), b"written by the app").unwrap();
+    let (op, bytes) = offered(&dev, "app");
+    assert_eq!(
+        (op.as_str(), bytes),
+        ("unchanged", 20),
+        "only the config is fetched"
+    );
+    dev.expect("update", &["--yes"], 0);
+    let staged = dev.root.join("slots/b");
+    assert_eq!(
+        std::fs::read(staged.join("app/run.sh")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    assert!(!staged.join("app/app.log").exists());
+    assert_eq!(
+        std::fs::read(staged.join(".evergreen-trees/app")).unwrap(),
+        std::fs::read(running.join(".evergreen-trees/app")).unwrap(),
+        "the record is carried along"
+    );
+}
+
+/// A file of an unchanged tree altered in the running slot refuses the install, naming the
+/// file, and the running slot stays primary.
+#[test]
+fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
+    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-altered");
+    std::fs::write(dev.root.join("current/app/run.sh"), b"#!/bin/sh\nevil\n").unwrap();
+    let out = dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("\nerror[hash_mismatch]: component app copied from slot a (`reinstall` repairs it there): "),
+        "{err}"
+    );
+    assert!(
+        err.contains("slots/a/app/run.sh: expected 10 bytes with sha256 ")
+            && err.ends_with(" as extracted, found 15 bytes\n"),
+        "{err}"
+    );
+    let status = dev.status();
+    assert_eq!(status["primary"], "a", "{status}");
+    assert_ne!(status["slots"]["b"]["status"], "installed", "{status}");
+    assert!(!dev.root.join("slots/b/app").exists());
+}
+
+/// A running slot without the record of its tree (installed by a version that kept none)
+/// has nothing to check a copy against: the unchanged tree is extracted again from its
+/// artifact, and the new slot gets a record.
+#[test]
+fn an_unchanged_tree_without_a_record_is_extracted_again() {
+    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-legacy");
+    std::fs::remove_dir_all(dev.root.join("current/.evergreen-trees")).unwrap();
+    std::fs::write(dev.root.join("current/app/run.sh"), b"#!/bin/sh\nedited\n").unwrap();
+    let (op, bytes) = offered(&dev, "app");
+    assert_eq!(op, "unchanged");
+    assert!(bytes > 20, "the app's archive is fetched too: {bytes}");
+    dev.expect("update", &["--yes"], 0);
+    let staged = dev.root.join("slots/b");
+    assert_eq!(
+        std::fs::read(staged.join("app/run.sh")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    assert!(staged.join(".evergreen-trees/app").is_file());
+}

@@ -52,9 +52,11 @@ pub enum ComponentOp {
     /// A different artifact (or version): installed from its artifact.
     Modified,
     /// The same artifact, installed the same way: copied from the primary slot, nothing
-    /// downloaded. A `file` artifact's copy is checked against its SHA-256 (a mismatch is
-    /// `hash_mismatch`); an extracted `zip` is copied as the primary slot holds it, since
-    /// nothing records the hash of the tree it became (`reinstall` repairs a damaged one).
+    /// downloaded. A `file` artifact's copy is checked against its SHA-256, an extracted
+    /// `zip` against the [record](crate::stage::TreeRecord) of what its extraction wrote (a
+    /// mismatch is `hash_mismatch`; `reinstall` repairs the primary slot). Where no copy can
+    /// be checked (image slots; a tree the primary slot kept no record of) it carries its
+    /// artifact and is written again.
     Unchanged,
 }
 
@@ -82,8 +84,9 @@ pub struct ComponentChange {
     /// The release's version, if the component is in the release.
     pub to: Option<String>,
     /// The artifact to download and install: set for Added and Modified, and for
-    /// Unchanged when the slot store cannot copy it from the primary slot (images), so
-    /// "what must be fetched" is the changes that carry one.
+    /// Unchanged when it cannot be copied from the primary slot (images; and, set by the
+    /// updater, a tree the primary slot kept no record of), so "what must be fetched" is
+    /// the changes that carry one.
     #[serde(skip)]
     pub artifact: Option<Artifact>,
 }

@@ -8,16 +8,17 @@
 //! cores through a counting reader (the declared sizes are never trusted), and creates the
 //! symlinks last, so no entry is ever written while a symlink exists under `dest`.
 
-use super::tree::{create_new_file, StagingDir, DIR_MODE};
+use super::record::{Hashed, RecordedFile, RecordedLink, TreeRecord};
+use super::tree::{create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE};
 use super::{run_parallel, ArchiveLimits, ExtractStats, BUF_SIZE, RATIO_GRACE_BYTES};
 use crate::error::{Error, ErrorKind, Result};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{DirBuilder, File, Permissions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use zip::{CompressionMethod, ZipArchive};
 
 /// Longest symlink target accepted (Linux's PATH_MAX).
@@ -66,6 +67,18 @@ pub fn extract_zip(
     installed_size: Option<u64>,
     limits: &ArchiveLimits,
 ) -> Result<ExtractStats> {
+    extract_zip_recorded(archive, dest, installed_size, limits).map(|(stats, _)| stats)
+}
+
+/// [`extract_zip`], also returning the [`TreeRecord`] of what it wrote: each file's SHA-256
+/// is taken from the bytes as they are inflated, so the record costs no second read. The
+/// updater keeps it in the slot to check a later Unchanged copy ([`super::copy_recorded`]).
+pub fn extract_zip_recorded(
+    archive: &File,
+    dest: &Path,
+    installed_size: Option<u64>,
+    limits: &ArchiveLimits,
+) -> Result<(ExtractStats, TreeRecord)> {
     let file = archive
         .try_clone()
         .map_err(|e| Error::io("duplicate the descriptor of", dest, e))?;
@@ -83,9 +96,9 @@ pub fn extract_zip(
     let plan = plan(&mut zip, &budget, limits)?;
 
     let staging = StagingDir::create(dest)?;
-    let stats = write(&zip, &plan, dest, &budget)?;
+    let written = write(&zip, &plan, dest, &budget)?;
     staging.finish(DIR_MODE)?;
-    Ok(stats)
+    Ok(written)
 }
 
 fn unsafe_archive(message: impl Into<String>) -> Error {
@@ -520,55 +533,62 @@ fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Resu
     Ok(())
 }
 
-fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Result<ExtractStats> {
-    let mut stats = ExtractStats::default();
-    for dir in &plan.dirs {
-        let path = dest.join(dir);
-        DirBuilder::new()
-            .mode(DIR_MODE)
-            .create(&path)
-            .map_err(|e| Error::io("create directory", &path, e))?;
-        // No symlink exists under `dest` yet, so this path can't be redirected.
-        std::fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
-            .map_err(|e| Error::io("set the mode of", &path, e))?;
-        stats.dirs += 1;
-    }
-    let bytes = AtomicU64::new(0);
+fn write(
+    zip: &ZipArchive<At>,
+    plan: &Plan,
+    dest: &Path,
+    budget: &Budget,
+) -> Result<(ExtractStats, TreeRecord)> {
+    let mut record = TreeRecord {
+        dirs: plan.dirs.iter().cloned().collect(),
+        files: Vec::with_capacity(plan.files.len()),
+        symlinks: plan
+            .symlinks
+            .iter()
+            .map(|e| RecordedLink {
+                path: e.path.clone(),
+                target: e.target.clone(),
+            })
+            .collect(),
+    };
+    let dirs = create_dirs(dest, &record.dirs)?;
+    let files = Mutex::new(Vec::with_capacity(plan.files.len()));
     run_parallel(
         &plan.files,
         || Ok((zip.clone(), vec![0u8; BUF_SIZE])),
         |(zip, buf), entry| {
-            let n = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
-            bytes.fetch_add(n, Relaxed);
+            let file = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
+            files.lock().unwrap_or_else(|e| e.into_inner()).push(file);
             Ok(())
         },
     )?;
-    stats.files = plan.files.len() as u64;
-    stats.bytes = bytes.into_inner();
-    for link in &plan.symlinks {
-        let path = dest.join(&link.path);
-        std::os::unix::fs::symlink(&link.target, &path)
-            .map_err(|e| Error::io("create symlink", &path, e))?;
-        stats.symlinks += 1;
-    }
-    Ok(stats)
+    record.files = files.into_inner().unwrap_or_else(|e| e.into_inner());
+    record.sort();
+    let symlinks = create_symlinks(dest, &record.symlinks)?;
+    let stats = ExtractStats {
+        files: record.files.len() as u64,
+        dirs,
+        symlinks,
+        bytes: record.files.iter().map(|f| f.size).sum(),
+    };
+    Ok((stats, record))
 }
 
 /// Inflates one file entry into the new file `path`, counting every byte against the
-/// entry's ratio cap and the shared budget as it goes.
+/// entry's ratio cap and the shared budget as it goes, and hashing it for the record.
 fn inflate(
     zip: &mut ZipArchive<At>,
     entry: &Entry,
     path: &Path,
     budget: &Budget,
     buf: &mut [u8],
-) -> Result<u64> {
+) -> Result<RecordedFile> {
     let name = entry.path.as_str();
     let corrupt = |e: &dyn std::fmt::Display| refuse(name, format!("corrupt data: {e}"));
     let mut reader = zip.by_index(entry.index).map_err(|e| corrupt(&e))?;
     let mut out = create_new_file(path, entry.mode)?;
     let cap = ratio_cap(budget.max_ratio, entry.compressed);
-    let mut written = 0u64;
+    let mut written = Hashed::default();
     loop {
         let n = match reader.read(buf) {
             Ok(0) => break,
@@ -577,8 +597,8 @@ fn inflate(
             Err(e) if is_data_error(&e) => return Err(corrupt(&e)),
             Err(e) => return Err(Error::io("read the archive for", path, e)),
         };
-        written += n as u64;
-        if written > cap {
+        written.update(&buf[..n]);
+        if written.len() > cap {
             return Err(refuse(
                 name,
                 format!(
@@ -591,13 +611,17 @@ fn inflate(
         out.write_all(&buf[..n])
             .map_err(|e| Error::io("write", path, e))?;
     }
-    if written != entry.declared {
+    if written.len() != entry.declared {
         return Err(refuse(
             name,
-            format!("declares {} bytes, inflated to {written}", entry.declared),
+            format!(
+                "declares {} bytes, inflated to {}",
+                entry.declared,
+                written.len()
+            ),
         ));
     }
-    Ok(written)
+    Ok(written.finish(name, entry.mode))
 }
 
 fn is_data_error(e: &io::Error) -> bool {

@@ -3,7 +3,9 @@
 //! - [`extract_zip`] unpacks a `zip` artifact with our own extraction loop, refusing
 //!   anything that could escape the component directory or exhaust the disk;
 //! - [`place_file`] puts a `file` artifact in place;
-//! - [`copy_tree`] carries an Unchanged component over from the primary slot;
+//! - [`copy_recorded`] carries an Unchanged `zip` component over from the primary slot,
+//!   checked against the [`TreeRecord`] its extraction kept; [`copy_tree`] copies a tree
+//!   as it is;
 //! - [`make_durable`] syncs a whole staged slot once, at the end;
 //! - [`diff`] says which components are Added / Removed / Modified / Unchanged.
 //!
@@ -12,10 +14,12 @@
 
 mod diff;
 mod extract;
+mod record;
 mod tree;
 
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
-pub use extract::extract_zip;
+pub use extract::{extract_zip, extract_zip_recorded};
+pub use record::{copy_recorded, RecordedFile, RecordedLink, TreeRecord, TREES_DIR};
 pub use tree::{copy_tree, make_durable, place_file};
 
 use crate::error::{Error, ErrorKind, Result};

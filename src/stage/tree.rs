@@ -1,6 +1,7 @@
 //! File-system work of staging: the staging directory, file placement, tree copies and
 //! durability.
 
+use super::record::RecordedLink;
 use super::{run_parallel, ExtractStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::is_safe_name;
@@ -92,6 +93,38 @@ fn expect_empty_dir(path: &Path) -> Result<()> {
         "staging {}: expected a new or empty directory, found {found}",
         path.display()
     )))
+}
+
+/// Creates the directories `dirs` (relative to `dest`, parents first) with mode 0755
+/// whatever the umask. Returns how many.
+pub(super) fn create_dirs<'a>(
+    dest: &Path,
+    dirs: impl IntoIterator<Item = &'a String>,
+) -> Result<u64> {
+    let mut count = 0;
+    for dir in dirs {
+        let path = dest.join(dir);
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&path)
+            .map_err(|e| Error::io("create directory", &path, e))?;
+        // Called before any symlink exists under `dest`, so this path can't be redirected.
+        fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| Error::io("set the mode of", &path, e))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Creates the symlinks `links` under `dest`: called last, so that no file is ever
+/// written while a symlink exists under `dest`. Returns how many.
+pub(super) fn create_symlinks(dest: &Path, links: &[RecordedLink]) -> Result<u64> {
+    for link in links {
+        let path = dest.join(&link.path);
+        std::os::unix::fs::symlink(&link.target, &path)
+            .map_err(|e| Error::io("create symlink", &path, e))?;
+    }
+    Ok(links.len() as u64)
 }
 
 /// Creates a new file for writing with `mode`; never opens an existing path.

@@ -1,0 +1,384 @@
+//! The record of an extracted tree, and the checked copy of an Unchanged `zip` component
+//! that it allows.
+//!
+//! A `zip` artifact's SHA-256 says nothing about the tree it became once extracted, and the
+//! app may write its own slot (logs, a settings file, an edit by hand). So extraction
+//! records what it wrote: every directory, every file with its mode, size and SHA-256 (hashed
+//! as it was inflated from the verified archive), every symlink with its target. The record
+//! is kept in the slot, in `.evergreen-trees/<component>`, and an Unchanged copy takes
+//! exactly what it lists, each file checked as it is copied, so the new slot holds the
+//! signed tree or the install fails with `hash_mismatch`.
+
+use super::tree::{create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE};
+use super::{run_parallel, ExtractStats, BUF_SIZE};
+use crate::error::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The directory of a slot that holds the tree records of its extracted components. Its
+/// name starts with a dot, which no component name may (`manifest::is_safe_name`).
+pub const TREES_DIR: &str = ".evergreen-trees";
+
+/// What extracting one archive wrote, relative to the component directory.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeRecord {
+    /// Directories, parents first (sorted).
+    pub dirs: Vec<String>,
+    /// Regular files, sorted by path.
+    pub files: Vec<RecordedFile>,
+    /// Symlinks, sorted by path.
+    pub symlinks: Vec<RecordedLink>,
+}
+
+/// A regular file of a [`TreeRecord`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RecordedFile {
+    /// Path relative to the component directory.
+    pub path: String,
+    /// Permission bits it was created with (0644 or 0755).
+    pub mode: u32,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of its content.
+    pub sha256: String,
+}
+
+/// A symlink of a [`TreeRecord`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RecordedLink {
+    /// Path relative to the component directory.
+    pub path: String,
+    /// What it points to, as extracted (relative, inside the component).
+    pub target: String,
+}
+
+/// The file a slot keeps a record in: the record and the artifact it came from.
+#[derive(Serialize, Deserialize)]
+struct RecordFile {
+    artifact: String,
+    tree: TreeRecord,
+}
+
+impl TreeRecord {
+    /// Where the slot directory `slot_dir` keeps the record of `component`.
+    pub fn path(slot_dir: &Path, component: &str) -> PathBuf {
+        slot_dir.join(TREES_DIR).join(component)
+    }
+
+    /// Writes the record of `component`, extracted from the artifact with SHA-256
+    /// `artifact`, into the slot being staged at `slot_dir`. Not synced: the slot is made
+    /// durable as a whole ([`super::make_durable`]).
+    pub fn save(&self, slot_dir: &Path, component: &str, artifact: &str) -> Result<()> {
+        let dir = slot_dir.join(TREES_DIR);
+        crate::fsutil::create_dir_all(&dir)?;
+        let path = Self::path(slot_dir, component);
+        let json = serde_json::to_vec(&RecordFile {
+            artifact: artifact.to_string(),
+            tree: self.clone(),
+        })
+        .map_err(|e| Error::new(ErrorKind::Io, format!("encoding {}: {e}", path.display())))?;
+        let mut file = create_new_file(&path, 0o644)?;
+        file.write_all(&json)
+            .map_err(|e| Error::io("write", &path, e))
+    }
+
+    /// The record of `component` in the slot at `slot_dir`, which must be of the artifact
+    /// with SHA-256 `artifact`. `None` when the slot has none (installed by a version that
+    /// kept no records, or provisioned by other means).
+    pub fn load(slot_dir: &Path, component: &str, artifact: &str) -> Result<Option<TreeRecord>> {
+        let path = Self::path(slot_dir, component);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let file: RecordFile = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "{}: expected the record of an extracted tree, found {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        if file.artifact != artifact {
+            return Err(Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "{}: expected the record of artifact {artifact}, found one of {}",
+                    path.display(),
+                    file.artifact
+                ),
+            ));
+        }
+        Ok(Some(file.tree))
+    }
+
+    /// Puts the lists in their documented order, whatever order the workers finished in.
+    pub(super) fn sort(&mut self) {
+        self.dirs.sort();
+        self.files.sort_by(|a, b| a.path.cmp(&b.path));
+        self.symlinks.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+}
+
+/// SHA-256 of a stream as it is written: the extraction's and the copy's shared hasher.
+#[derive(Default)]
+pub(super) struct Hashed {
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Hashed {
+    pub(super) fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The file's entry in a record.
+    pub(super) fn finish(self, path: &str, mode: u32) -> RecordedFile {
+        RecordedFile {
+            path: path.to_string(),
+            mode,
+            size: self.len,
+            sha256: crate::trust::hex(&self.hasher.finalize()),
+        }
+    }
+}
+
+/// Copies an Unchanged `zip` component from the primary slot's directory `src` into the
+/// new directory `dst`, taking exactly what `record` lists: its directories (0755) and
+/// symlinks are made from the record, and each file is read from `src` (never through a
+/// symlink; a FIFO or device is refused) and must have the recorded size and SHA-256.
+/// Anything else under `src` (files the app added) is left behind. A file missing or
+/// different is [`ErrorKind::HashMismatch`], naming it. `dst` must not exist or be empty;
+/// on failure nothing is left under it. Not synced: see [`super::make_durable`].
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// use evergreen::stage::{copy_recorded, extract_zip_recorded, ArchiveLimits};
+/// use std::io::Write;
+/// let dir = tempfile::tempdir().unwrap();
+/// let zip_path = dir.path().join("app.zip");
+/// let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+/// w.start_file("bin/app", zip::write::SimpleFileOptions::default()).unwrap();
+/// w.write_all(b"v1").unwrap();
+/// w.finish().unwrap();
+/// let archive = std::fs::File::open(&zip_path).unwrap();
+/// let old = dir.path().join("old");
+/// let (_, record) = extract_zip_recorded(&archive, &old, None, &ArchiveLimits::default())?;
+///
+/// std::fs::write(old.join("app.log"), b"written by the app").unwrap();
+/// let stats = copy_recorded(&old, &dir.path().join("new"), &record)?;
+/// assert_eq!((stats.files, stats.bytes), (1, 2));
+/// assert!(!dir.path().join("new/app.log").exists());
+///
+/// std::fs::write(old.join("bin/app"), b"v2").unwrap();
+/// let err = copy_recorded(&old, &dir.path().join("newer"), &record).unwrap_err();
+/// assert_eq!(err.kind(), evergreen::ErrorKind::HashMismatch);
+/// # Ok(()) }
+/// ```
+pub fn copy_recorded(src: &Path, dst: &Path, record: &TreeRecord) -> Result<ExtractStats> {
+    let staging = StagingDir::create(dst)?;
+    let dirs = create_dirs(dst, &record.dirs)?;
+    let mut by_size: Vec<&RecordedFile> = record.files.iter().collect();
+    by_size.sort_by_key(|f| std::cmp::Reverse(f.size));
+    run_parallel(
+        &by_size,
+        || Ok(vec![0u8; BUF_SIZE]),
+        |buf, file| copy_checked(src, dst, file, buf),
+    )?;
+    let symlinks = create_symlinks(dst, &record.symlinks)?;
+    staging.finish(DIR_MODE)?;
+    Ok(ExtractStats {
+        files: record.files.len() as u64,
+        dirs,
+        symlinks,
+        bytes: record.files.iter().map(|f| f.size).sum(),
+    })
+}
+
+/// Copies one recorded file, hashing it on the way. A file of another size is refused
+/// before it is read; one that grows while it is copied is read at most one buffer past
+/// its recorded size.
+fn copy_checked(src: &Path, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -> Result<()> {
+    let from_path = src.join(&file.path);
+    let differs = |found: &str| {
+        Error::new(
+            ErrorKind::HashMismatch,
+            format!(
+                "{}: expected {} bytes with sha256 {} as extracted, found {found}",
+                from_path.display(),
+                file.size,
+                file.sha256
+            ),
+        )
+    };
+    let mut from =
+        crate::fsutil::try_open_no_follow(&from_path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => differs("none"),
+            Some(libc::ELOOP) => differs("a symlink"),
+            Some(libc::ENOTDIR) => differs("a file where a directory of its path should be"),
+            _ => Error::io("open", &from_path, e),
+        })?;
+    let meta = from
+        .metadata()
+        .map_err(|e| Error::io("inspect", &from_path, e))?;
+    if !meta.is_file() {
+        return Err(differs("something other than a regular file"));
+    }
+    if meta.len() != file.size {
+        return Err(differs(&format!("{} bytes", meta.len())));
+    }
+    let to_path = dst.join(&file.path);
+    let mut to = create_new_file(&to_path, file.mode)?;
+    let mut hashed = Hashed::default();
+    while hashed.len() <= file.size {
+        let n = match from.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", &from_path, e)),
+        };
+        hashed.update(&buf[..n]);
+        to.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", &to_path, e))?;
+    }
+    // The size can still differ here: the app may write the file while it is copied.
+    let found = hashed.finish(&file.path, file.mode);
+    if found.size != file.size || found.sha256 != file.sha256 {
+        let (size, sha256) = (found.size, found.sha256);
+        return Err(differs(&format!("{size} bytes with sha256 {sha256}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{extract_zip_recorded, ArchiveLimits};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn extracted(dir: &Path, entries: &[(&str, &[u8])]) -> (PathBuf, TreeRecord) {
+        let zip_path = dir.join("app.zip");
+        let mut w = zip::ZipWriter::new(fs::File::create(&zip_path).unwrap());
+        for (name, data) in entries {
+            let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+            w.start_file(*name, options).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+        let archive = fs::File::open(&zip_path).unwrap();
+        let old = dir.join("old");
+        let (_, record) =
+            extract_zip_recorded(&archive, &old, None, &ArchiveLimits::default()).unwrap();
+        (old, record)
+    }
+
+    #[test]
+    fn extraction_records_every_file_with_its_hash_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, record) = extracted(dir.path(), &[("b/run", b"#!/bin/sh\n"), ("a.txt", b"")]);
+        assert_eq!(record.dirs, ["b"]);
+        let files: Vec<_> = record
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode, f.size))
+            .collect();
+        assert_eq!(files, [("a.txt", 0o755, 0), ("b/run", 0o755, 10)]);
+        assert_eq!(
+            record.files[0].sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn a_record_round_trips_and_names_its_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, record) = extracted(dir.path(), &[("f", b"x")]);
+        let slot = dir.path().join("slot");
+        record.save(&slot, "app", "aa").unwrap();
+        assert_eq!(TreeRecord::load(&slot, "app", "aa").unwrap(), Some(record));
+        assert_eq!(TreeRecord::load(&slot, "other", "aa").unwrap(), None);
+        let err = TreeRecord::load(&slot, "app", "bb").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch);
+        assert!(
+            err.message()
+                .contains("expected the record of artifact bb, found one of aa"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_copy_is_the_recorded_tree_with_its_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, record) = extracted(dir.path(), &[("bin/app", b"v1"), ("share/x", b"y")]);
+        fs::write(old.join("bin/extra"), b"the app's").unwrap();
+        fs::set_permissions(old.join("bin/app"), fs::Permissions::from_mode(0o600)).unwrap();
+        let new = dir.path().join("new");
+        copy_recorded(&old, &new, &record).unwrap();
+        let mode = |p: &str| fs::metadata(new.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode(""), mode("bin"), mode("bin/app")),
+            (0o755, 0o755, 0o755)
+        );
+        assert_eq!(fs::read(new.join("bin/app")).unwrap(), b"v1");
+        assert!(!new.join("bin/extra").exists());
+    }
+
+    /// Every way the running slot can differ from what was extracted fails the copy,
+    /// naming the file and what was found, and leaves nothing behind.
+    #[test]
+    fn a_tree_that_differs_from_its_record_is_not_copied() {
+        type Damage = fn(&Path);
+        let cases: [(&str, Damage); 6] = [
+            ("found none", |old| {
+                fs::remove_file(old.join("bin/app")).unwrap()
+            }),
+            ("found 2 bytes with sha256", |old| {
+                fs::write(old.join("bin/app"), b"v2").unwrap()
+            }),
+            ("found 11 bytes", |old| {
+                fs::write(old.join("bin/app"), b"v1 and more").unwrap()
+            }),
+            ("found a symlink", |old| {
+                let (app, elsewhere) = (old.join("bin/app"), old.join("../copy"));
+                fs::rename(&app, &elsewhere).unwrap();
+                std::os::unix::fs::symlink(&elsewhere, &app).unwrap();
+            }),
+            ("found something other than a regular file", |old| {
+                fs::remove_file(old.join("bin/app")).unwrap();
+                fs::create_dir(old.join("bin/app")).unwrap();
+            }),
+            ("found a file where a directory", |old| {
+                fs::remove_dir_all(old.join("bin")).unwrap();
+                fs::write(old.join("bin"), b"").unwrap();
+            }),
+        ];
+        for (found, damage) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (old, record) = extracted(dir.path(), &[("bin/app", b"v1")]);
+            damage(&old);
+            let new = dir.path().join("new");
+            let err = copy_recorded(&old, &new, &record).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::HashMismatch, "{found}: {err}");
+            let expected = format!(
+                "bin/app: expected 2 bytes with sha256 {}",
+                record.files[0].sha256
+            );
+            assert!(err.message().contains(&expected), "{found}: {err}");
+            assert!(
+                err.message().contains(&format!("as extracted, {found}")),
+                "{err}"
+            );
+            assert!(!new.exists(), "{found}");
+        }
+    }
+}
