@@ -6,6 +6,7 @@ mod common;
 mod support;
 
 use common::{make_zip, tree_digest, Device, Repo};
+use evergreen::slots::{BootSelector, Slot};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::TestServer;
@@ -59,6 +60,7 @@ fn fast() -> serde_json::Value {
 
 /// A repository served on loopback and one device with dir slots pointing at it.
 struct Setup {
+    /// Bind it (`repo: _repo`) even when unused: dropping it deletes the served directory.
     repo: Repo,
     src: PathBuf,
     server: TestServer,
@@ -84,6 +86,60 @@ fn publish_app(repo: &Repo, src: &Path, version: &str, healthy: bool) {
     repo.release("stable", version, "x86_64-linux", &[("app", &zip)], &[]);
 }
 
+/// A setup whose repository offers a healthy 1.0.0.
+fn setup_with_1_0_0(product: &str) -> Setup {
+    let setup = setup(product);
+    publish_app(&setup.repo, &setup.src, "1.0.0", true);
+    setup
+}
+
+/// Installs what the device is offered, starts it and confirms it: it is the good primary.
+fn install_and_confirm(dev: &Device) {
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+}
+
+/// `check --json`, which must exit with `code` (10: an update is available).
+fn check_json(dev: &Device, code: i32) -> serde_json::Value {
+    serde_json::from_str(&dev.expect("check", &["--json"], code)).unwrap()
+}
+
+/// Where the device's `current` link points.
+fn current(dev: &Device) -> PathBuf {
+    std::fs::read_link(dev.root.join("current")).unwrap()
+}
+
+/// A library handle on the device, as a host would build one from its config file.
+fn updater_for(dev: &Device) -> evergreen::Updater {
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    evergreen::Updater::builder(config).build().unwrap()
+}
+
+/// The offer of `version`, which the check must find.
+fn offer(updater: &evergreen::Updater, version: &str) -> evergreen::Offer {
+    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
+        panic!("expected {version} to be offered");
+    };
+    offer
+}
+
+/// Downloads `plan` with no progress callback and no cancel.
+fn download(updater: &evergreen::Updater, plan: &evergreen::Offer) {
+    updater
+        .download(plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+}
+
+/// Plans, downloads, installs and activates (with a trial) the offered `version`, as
+/// `evergreen update` does.
+fn update_to(updater: &evergreen::Updater, version: &str) {
+    let plan = updater.plan(&offer(updater, version)).unwrap();
+    download(updater, &plan);
+    updater.install(&plan).unwrap();
+    updater.activate(true).unwrap();
+}
+
 #[test]
 fn a_failing_release_rolls_back_by_itself() {
     let Setup {
@@ -100,8 +156,7 @@ fn a_failing_release_rolls_back_by_itself() {
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
 
     publish_app(&repo, &src, "1.1.0", true);
-    let check: serde_json::Value =
-        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    let check = check_json(&dev, 10);
     assert_eq!(check["version"], "1.1.0");
     assert_eq!(check["components"][0]["op"], "modified");
     dev.expect("update", &["--yes"], 0);
@@ -140,16 +195,12 @@ fn a_failing_release_rolls_back_by_itself() {
     assert_eq!(s["slots"]["a"]["version"], "1.1.0");
     assert_eq!(s["slots"]["b"]["status"], "bad");
     assert_eq!(s["slots"]["b"]["version"], "1.2.0");
-    assert_eq!(
-        std::fs::read_link(dev.root.join("current")).unwrap(),
-        Path::new("slots/a")
-    );
+    assert_eq!(current(&dev), Path::new("slots/a"));
     // 1.2.0 failed here: it is not offered again, but a newer release is.
-    let up: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 0)).unwrap();
+    let up = check_json(&dev, 0);
     assert_eq!(up["status"], "up_to_date");
     publish_app(&repo, &src, "1.3.0", true);
-    let check: serde_json::Value =
-        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    let check = check_json(&dev, 10);
     assert_eq!(check["version"], "1.3.0");
 }
 
@@ -206,9 +257,7 @@ fn one_changed_component_of_ten_downloads_only_that_one() {
         .map(|(n, p)| (n.as_str(), p.as_path()))
         .collect();
     repo.release("stable", "1.0.0", "x86_64-linux", &refs, &[]);
-    dev.expect("update", &["--yes"], 0);
-    dev.expect("boot", &[], 0);
-    dev.expect("confirm", &[], 0);
+    install_and_confirm(&dev);
 
     let mut second = first.clone();
     second[4].1 = write("c4", "v2");
@@ -217,8 +266,7 @@ fn one_changed_component_of_ten_downloads_only_that_one() {
         .map(|(n, p)| (n.as_str(), p.as_path()))
         .collect();
     repo.release("stable", "1.1.0", "x86_64-linux", &refs, &[]);
-    let check: serde_json::Value =
-        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    let check = check_json(&dev, 10);
     let ops: Vec<&str> = check["components"]
         .as_array()
         .unwrap()
@@ -269,11 +317,8 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
         src,
         server: _server,
         dev,
-    } = setup("com.acme.safe");
-    publish_app(&repo, &src, "1.0.0", true);
-    dev.expect("update", &["--yes"], 0);
-    dev.expect("boot", &[], 0);
-    dev.expect("confirm", &[], 0);
+    } = setup_with_1_0_0("com.acme.safe");
+    install_and_confirm(&dev);
     let primary = dev.root.join("slots/b");
     let before = tree_digest(&primary);
     let state_before = dev.status();
@@ -295,10 +340,7 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
     assert_eq!(s["primary"], state_before["primary"]);
     assert_eq!(s["slots"]["b"], state_before["slots"]["b"]);
     assert_ne!(s["slots"]["a"]["status"], "installed");
-    assert_eq!(
-        std::fs::read_link(dev.root.join("current")).unwrap(),
-        Path::new("slots/b")
-    );
+    assert_eq!(current(&dev), Path::new("slots/b"));
     // The verified download survives the failure.
     let sha = evergreen::trust::sha256_hex(&std::fs::read(&bomb).unwrap());
     assert!(dev.state.join("downloads").join(sha).exists());
@@ -307,15 +349,12 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
 #[test]
 fn reinstall_puts_the_same_version_into_the_other_slot() {
     let Setup {
-        repo,
-        src,
+        repo: _repo,
         server: _server,
         dev,
-    } = setup("com.acme.repair");
-    publish_app(&repo, &src, "1.0.0", true);
-    dev.expect("update", &["--yes"], 0);
-    dev.expect("boot", &[], 0);
-    dev.expect("confirm", &[], 0);
+        ..
+    } = setup_with_1_0_0("com.acme.repair");
+    install_and_confirm(&dev);
     let installed = tree_digest(&dev.root.join("slots/b/app"));
     // Damage the running copy; a redeploy repairs it from the signed artifact.
     std::fs::write(dev.root.join("slots/b/app/VERSION"), "tampered").unwrap();
@@ -335,14 +374,9 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
 
 /// A device with 1.0.0 published for it, its updater, and the plan to install it.
 fn planned_1_0_0(product: &str) -> (Setup, evergreen::Updater, evergreen::Offer) {
-    let setup = setup(product);
-    publish_app(&setup.repo, &setup.src, "1.0.0", true);
-    let config = evergreen::Config::from_file(&setup.dev.config).unwrap();
-    let updater = evergreen::Updater::builder(config).build().unwrap();
-    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
-        panic!("1.0.0 is offered");
-    };
-    let plan = updater.plan(&offer).unwrap();
+    let setup = setup_with_1_0_0(product);
+    let updater = updater_for(&setup.dev);
+    let plan = updater.plan(&offer(&updater, "1.0.0")).unwrap();
     (setup, updater, plan)
 }
 
@@ -353,9 +387,7 @@ fn planned_1_0_0(product: &str) -> (Setup, evergreen::Updater, evergreen::Offer)
 fn a_download_altered_before_install_is_refused() {
     let (setup, updater, plan) = planned_1_0_0("com.acme.toctou");
     let dev = &setup.dev;
-    updater
-        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
-        .unwrap();
+    download(&updater, &plan);
     let blob = std::fs::read_dir(dev.state.join("downloads"))
         .unwrap()
         .next()
@@ -397,9 +429,7 @@ fn a_cancel_from_the_last_progress_call_cancels_and_keeps_the_blob() {
     assert_eq!(err.kind(), evergreen::ErrorKind::Cancelled, "{err}");
     assert_eq!(calls, 1, "the app's small zip arrives in one chunk");
     let fetched = blob_requests(server, &repo.root);
-    updater
-        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
-        .unwrap();
+    download(&updater, &plan);
     assert_eq!(
         blob_requests(server, &repo.root),
         fetched,
@@ -414,12 +444,11 @@ fn a_cancel_from_the_last_progress_call_cancels_and_keeps_the_blob() {
 #[test]
 fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock() {
     let Setup {
-        repo,
-        src,
+        repo: _repo,
         server,
         dev,
-    } = setup("com.acme.reentry");
-    publish_app(&repo, &src, "1.0.0", true);
+        ..
+    } = setup_with_1_0_0("com.acme.reentry");
     let server = std::sync::Arc::new(server);
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     // A second handle on the same device, as a C host holding two would have.
@@ -473,12 +502,11 @@ fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock()
 #[test]
 fn a_channel_switched_while_an_update_runs_stands_after_its_activation() {
     let Setup {
-        repo,
-        src,
+        repo: _repo,
         server: _server,
         dev,
-    } = setup("com.acme.switch");
-    publish_app(&repo, &src, "1.0.0", true);
+        ..
+    } = setup_with_1_0_0("com.acme.switch");
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     // Another process switches while the check is fetching (a second handle, as a CLI
     // run in between would).
@@ -491,15 +519,7 @@ fn a_channel_switched_while_an_update_runs_stands_after_its_activation() {
         })
         .build()
         .unwrap();
-    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
-        panic!("expected 1.0.0 to be offered");
-    };
-    let plan = updater.plan(&offer).unwrap();
-    updater
-        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
-        .unwrap();
-    updater.install(&plan).unwrap();
-    updater.activate(true).unwrap();
+    update_to(&updater, "1.0.0");
     assert_eq!(dev.status()["channel"], "preview");
 }
 
@@ -529,17 +549,11 @@ fn an_install_planned_before_a_rollback_is_refused_not_staged_with_other_files()
     // 1.0.0, then 2.0.0, each installed, started and confirmed: both slots good.
     for (version, level) in [("1.0.0", 1), ("2.0.0", 2)] {
         release(version, level);
-        dev.expect("update", &["--yes"], 0);
-        dev.expect("boot", &[], 0);
-        dev.expect("confirm", &[], 0);
+        install_and_confirm(&dev);
     }
     release("3.0.0", 2); // 2.0.0's settings
-    let updater = evergreen::Updater::builder(evergreen::Config::from_file(&dev.config).unwrap())
-        .build()
-        .unwrap();
-    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
-        panic!("expected 3.0.0 to be offered");
-    };
+    let updater = updater_for(&dev);
+    let offer = offer(&updater, "3.0.0");
     let plan = updater.plan(&offer).unwrap();
     let op = |plan: &evergreen::Offer, name: &str| {
         plan.components.iter().find(|c| c.name == name).unwrap().op
@@ -577,12 +591,11 @@ fn an_install_planned_before_a_rollback_is_refused_not_staged_with_other_files()
 #[test]
 fn the_startup_step_does_not_wait_for_a_running_check_or_download() {
     let Setup {
-        repo,
-        src,
+        repo: _repo,
         server: _server,
         dev,
-    } = setup("com.acme.nowait");
-    publish_app(&repo, &src, "1.0.0", true);
+        ..
+    } = setup_with_1_0_0("com.acme.nowait");
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     let launcher = evergreen::Updater::builder(config.clone()).build().unwrap();
     // From inside the check's `checked` event, on the checking thread itself.
@@ -599,9 +612,7 @@ fn the_startup_step_does_not_wait_for_a_running_check_or_download() {
         })
         .build()
         .unwrap();
-    let evergreen::Check::Available(offer) = updater.check().unwrap() else {
-        panic!("expected 1.0.0 to be offered");
-    };
+    let offer = offer(&updater, "1.0.0");
     assert_eq!(
         *during_check.lock().unwrap(),
         [Ok(evergreen::Startup::Normal)]
@@ -646,42 +657,42 @@ fn the_startup_step_does_not_wait_for_a_running_check_or_download() {
     updater.install(&plan).unwrap();
 }
 
+/// A host's own boot selector, whose boot changes are no-ops: the tests differ only in
+/// what it says about the running slot and whether it counts tries.
+struct HostSelector<F> {
+    booted: F,
+    counts_tries: bool,
+}
+
+impl<F> BootSelector for HostSelector<F>
+where
+    F: Fn() -> evergreen::Result<Option<Slot>> + Send,
+{
+    fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn fall_back(&mut self, _: Slot, _: Slot) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn booted(&self) -> evergreen::Result<Option<Slot>> {
+        (self.booted)()
+    }
+    fn counts_tries(&self) -> bool {
+        self.counts_tries
+    }
+}
+
 /// A host boot selector that asks its own updater for the status (say, to log it) would
 /// wait for the selector lock its own thread holds. It gets `invalid_state` instead.
 #[test]
 fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() {
-    use evergreen::slots::{BootSelector, Slot};
     use std::sync::{Arc, Mutex, OnceLock};
-
-    struct Asking {
-        updater: Arc<OnceLock<evergreen::Updater>>,
-        answers: Arc<Mutex<Vec<evergreen::ErrorKind>>>,
-    }
-    impl BootSelector for Asking {
-        fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn fall_back(&mut self, _: Slot, _: Slot) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn booted(&self) -> evergreen::Result<Option<Slot>> {
-            if let Some(up) = self.updater.get() {
-                if let Err(e) = up.status() {
-                    self.answers.lock().unwrap().push(e.kind());
-                }
-            }
-            Ok(Some(Slot::A))
-        }
-        fn counts_tries(&self) -> bool {
-            false
-        }
-    }
 
     let Setup {
         repo: _repo,
@@ -690,11 +701,19 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
         ..
     } = setup("com.acme.reentry-selector");
     let config = evergreen::Config::from_file(&dev.config).unwrap();
-    let cell = Arc::new(OnceLock::new());
+    let cell = Arc::new(OnceLock::<evergreen::Updater>::new());
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let selector = Asking {
-        updater: cell.clone(),
-        answers: answers.clone(),
+    let (asked, answered) = (cell.clone(), answers.clone());
+    let selector = HostSelector {
+        booted: move || {
+            if let Some(up) = asked.get() {
+                if let Err(e) = up.status() {
+                    answered.lock().unwrap().push(e.kind());
+                }
+            }
+            Ok(Some(Slot::A))
+        },
+        counts_tries: false,
     };
     let updater = evergreen::Updater::builder(config)
         .selector(Box::new(selector))
@@ -719,50 +738,21 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
 /// selectors, which read the kernel command line, refuse a confirm without it.
 #[test]
 fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
-    use evergreen::slots::{BootSelector, Slot};
-
-    struct Unnamed;
-    impl BootSelector for Unnamed {
-        fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn fall_back(&mut self, _: Slot, _: Slot) -> evergreen::Result<()> {
-            Ok(())
-        }
-        fn booted(&self) -> evergreen::Result<Option<Slot>> {
-            Ok(None)
-        }
-        fn counts_tries(&self) -> bool {
-            true
-        }
-    }
-
     let Setup {
-        repo,
-        src,
+        repo: _repo,
         server: _server,
         dev,
-    } = setup("com.acme.unnamed-selector");
-    publish_app(&repo, &src, "1.0.0", true);
+        ..
+    } = setup_with_1_0_0("com.acme.unnamed-selector");
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     let up = evergreen::Updater::builder(config)
-        .selector(Box::new(Unnamed))
+        .selector(Box::new(HostSelector {
+            booted: || Ok(None),
+            counts_tries: true,
+        }))
         .build()
         .unwrap();
-    let evergreen::Check::Available(offer) = up.check().unwrap() else {
-        panic!("1.0.0 was not offered");
-    };
-    let plan = up.plan(&offer).unwrap();
-    up.download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
-        .unwrap();
-    up.install(&plan).unwrap();
-    up.activate(true).unwrap();
+    update_to(&up, "1.0.0");
     up.startup().unwrap();
     up.confirm().unwrap();
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
