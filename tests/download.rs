@@ -79,6 +79,36 @@ fn part_path(dir: &Path, repo: &Repo) -> PathBuf {
     dir.join(format!("{}.part", repo.sha256))
 }
 
+/// `options()` with `retries` more rounds through the bases.
+fn retrying(retries: u32) -> FetchOptions {
+    FetchOptions {
+        retries,
+        ..options()
+    }
+}
+
+/// A `.part` in `dir` holding the blob's first half, as an interrupted run leaves it.
+fn keep_first_half(dir: &Path, repo: &Repo) -> PathBuf {
+    let part = part_path(dir, repo);
+    std::fs::write(&part, &repo.blob[..repo.blob.len() / 2]).unwrap();
+    part
+}
+
+/// Downloads the blob into `dir`, which must succeed with the blob's exact bytes.
+fn assert_downloads_the_blob(f: &Fetcher, repo: &Repo, dir: &Path) {
+    let path = download(f, &repo.spec(), dir).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+}
+
+/// The statuses the server answered for the blob, oldest first.
+fn statuses(server: &TestServer, repo: &Repo) -> Vec<u16> {
+    server
+        .requests(&repo.blob_path())
+        .iter()
+        .map(|l| l.status)
+        .collect()
+}
+
 fn assert_no_completed_file(dir: &Path, repo: &Repo) {
     assert!(
         !dir.join(&repo.sha256).exists(),
@@ -122,15 +152,8 @@ fn resume_within_one_call_when_retries_allow() {
     let server = TestServer::serve(repo.path());
     server.set_fault_times(&repo.blob_path(), Fault::DropAfter(1000), 1);
     let downloads = TempDir::new().unwrap();
-    let f = fetcher(
-        &[server.url()],
-        FetchOptions {
-            retries: 1,
-            ..options()
-        },
-    );
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    let f = fetcher(&[server.url()], retrying(1));
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     assert!(server.requests(&repo.blob_path())[1].range.is_some());
 }
 
@@ -140,11 +163,10 @@ fn server_ignoring_range_restarts_from_zero_and_succeeds() {
     let server = TestServer::serve(repo.path());
     server.set_fault(&repo.blob_path(), Fault::IgnoreRange);
     let downloads = TempDir::new().unwrap();
-    std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
+    keep_first_half(downloads.path(), &repo);
     let f = fetcher(&[server.url()], options());
 
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     let log = server.requests(&repo.blob_path());
     assert_eq!(log[0].range, Some(format!("bytes={}-", SIZE / 2)));
     assert_eq!(log[0].status, 200);
@@ -157,14 +179,12 @@ fn wrong_content_range_is_refused_and_the_whole_blob_asked_for_instead() {
     let server = TestServer::serve(repo.path());
     server.set_fault(&repo.blob_path(), Fault::WrongContentRange);
     let downloads = TempDir::new().unwrap();
-    let part = part_path(downloads.path(), &repo);
-    std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
+    keep_first_half(downloads.path(), &repo);
     let f = fetcher(&[server.url()], options());
 
     // The 206 is not appended; the same server's 200 with the whole blob replaces the
     // kept bytes, as for a server that ignores Range.
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     let log = server.requests(&repo.blob_path());
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].range, Some(format!("bytes={}-", SIZE / 2)));
@@ -182,8 +202,7 @@ fn wrong_content_range_keeps_the_partial_download() {
     server.set_fault_times(&repo.blob_path(), Fault::Status(503), 1);
     server.set_fault_times(&repo.blob_path(), Fault::WrongContentRange, 1);
     let downloads = TempDir::new().unwrap();
-    let part = part_path(downloads.path(), &repo);
-    std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
+    let part = keep_first_half(downloads.path(), &repo);
     let f = fetcher(&[server.url()], options());
 
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
@@ -198,8 +217,7 @@ fn wrong_content_range_keeps_the_partial_download() {
     assert_no_completed_file(downloads.path(), &repo);
 
     // The next attempt resumes them.
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     assert_eq!(
         server.requests(&repo.blob_path())[2].range,
         Some(format!("bytes={}-", SIZE / 2))
@@ -214,16 +232,9 @@ fn a_503_after_a_wrong_range_is_retried() {
     server.set_fault_times(&repo.blob_path(), Fault::Status(503), 1);
     server.set_fault_times(&repo.blob_path(), Fault::WrongContentRange, 1);
     let downloads = TempDir::new().unwrap();
-    std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
-    let f = fetcher(
-        &[server.url()],
-        FetchOptions {
-            retries: 2,
-            ..options()
-        },
-    );
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    keep_first_half(downloads.path(), &repo);
+    let f = fetcher(&[server.url()], retrying(2));
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     assert_eq!(server.requests(&repo.blob_path()).len(), 3);
 }
 
@@ -238,16 +249,9 @@ fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
     let page = b"<html>Not Found</html>".to_vec();
     mirror.set_fault("blobs/", Fault::ErrorPage(page.clone()));
     let downloads = TempDir::new().unwrap();
-    let f = fetcher(
-        &[server.url(), mirror.url()],
-        FetchOptions {
-            retries: 1,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url(), mirror.url()], retrying(1));
 
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     let log = server.requests(&repo.blob_path());
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].range, Some(format!("bytes={}-", SIZE * 3 / 4)));
@@ -259,8 +263,7 @@ fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
 
     // Alone, the mirror is an http_status error naming what it declared.
     let downloads = TempDir::new().unwrap();
-    let part = part_path(downloads.path(), &repo);
-    std::fs::write(&part, &repo.blob[..SIZE / 2]).unwrap();
+    let part = keep_first_half(downloads.path(), &repo);
     let err = download(
         &fetcher(&[mirror.url()], options()),
         &repo.spec(),
@@ -376,13 +379,7 @@ fn server_sending_wrong_bytes_after_a_corrupt_part_is_still_hash_mismatch() {
     server.set_fault(&repo.blob_path(), Fault::Replace(other));
     let downloads = TempDir::new().unwrap();
     std::fs::write(part_path(downloads.path(), &repo), garbage(SIZE / 2)).unwrap();
-    let f = fetcher(
-        &[server.url()],
-        FetchOptions {
-            retries: 2,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url()], retrying(2));
 
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
@@ -513,22 +510,10 @@ fn five_xx_twice_then_success() {
     let server = TestServer::serve(repo.path());
     server.set_fault_times(&repo.blob_path(), Fault::Status(503), 2);
     let downloads = TempDir::new().unwrap();
-    let f = fetcher(
-        &[server.url()],
-        FetchOptions {
-            retries: 2,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url()], retrying(2));
 
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
-    let statuses: Vec<u16> = server
-        .requests(&repo.blob_path())
-        .iter()
-        .map(|l| l.status)
-        .collect();
-    assert_eq!(statuses, [503, 503, 200]);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
+    assert_eq!(statuses(&server, &repo), [503, 503, 200]);
 }
 
 #[test]
@@ -537,13 +522,7 @@ fn five_xx_beyond_the_retries_is_http_status() {
     let server = TestServer::serve(repo.path());
     server.set_fault("blobs/", Fault::Status(500));
     let downloads = TempDir::new().unwrap();
-    let f = fetcher(
-        &[server.url()],
-        FetchOptions {
-            retries: 2,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url()], retrying(2));
 
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
@@ -559,22 +538,11 @@ fn busy_and_timeout_statuses_are_retried() {
         let server = TestServer::serve(repo.path());
         server.set_fault_times(&repo.blob_path(), Fault::Status(status), 1);
         let downloads = TempDir::new().unwrap();
-        let f = fetcher(
-            &[server.url()],
-            FetchOptions {
-                retries: 1,
-                ..options()
-            },
-        );
+        let f = fetcher(&[server.url()], retrying(1));
         let path = download(&f, &repo.spec(), downloads.path())
             .unwrap_or_else(|e| panic!("{status}: {e}"));
         assert_eq!(std::fs::read(path).unwrap(), repo.blob);
-        let statuses: Vec<u16> = server
-            .requests(&repo.blob_path())
-            .iter()
-            .map(|l| l.status)
-            .collect();
-        assert_eq!(statuses, [status, 200]);
+        assert_eq!(statuses(&server, &repo), [status, 200]);
     }
 }
 
@@ -589,8 +557,7 @@ fn mirror_serves_when_the_server_fails_or_lacks_the_blob() {
     let downloads = TempDir::new().unwrap();
     let f = fetcher(&[broken.url(), lacking.url(), mirror.url()], options());
 
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     for server in [&broken, &lacking, &mirror] {
         assert_eq!(server.requests(&repo.blob_path()).len(), 1);
     }
@@ -602,13 +569,7 @@ fn missing_on_every_base_is_not_found_without_retrying_them() {
     let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     let (server, mirror) = (TestServer::serve(a.path()), TestServer::serve(b.path()));
     let downloads = TempDir::new().unwrap();
-    let f = fetcher(
-        &[server.url(), mirror.url()],
-        FetchOptions {
-            retries: 3,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url(), mirror.url()], retrying(3));
 
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
@@ -641,8 +602,7 @@ fn cancel_keeps_the_part_and_a_later_call_resumes_it() {
     assert!(kept >= SIZE as u64 / 4 && kept < SIZE as u64, "kept {kept}");
     assert_no_completed_file(downloads.path(), &repo);
 
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     let log = server.requests(&repo.blob_path());
     assert_eq!(log.last().unwrap().range, Some(format!("bytes={kept}-")));
 }
@@ -686,7 +646,7 @@ fn file_transport_serves_plain_paths_and_file_urls_and_resumes() {
     let file_url = format!("file://{plain}");
     for base in [plain, file_url] {
         let downloads = TempDir::new().unwrap();
-        std::fs::write(part_path(downloads.path(), &repo), &repo.blob[..SIZE / 2]).unwrap();
+        keep_first_half(downloads.path(), &repo);
         let f = fetcher(std::slice::from_ref(&base), options());
         let path = download(&f, &repo.spec(), downloads.path()).unwrap();
         assert_eq!(std::fs::read(path).unwrap(), repo.blob, "{base}");
@@ -762,8 +722,7 @@ fn an_unreadable_local_base_goes_on_to_the_next_base() {
     let downloads = TempDir::new().unwrap();
     let f = fetcher(&[local.clone(), server.url()], options());
 
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
     let got = f.metadata("channels/stable.json", None, 1 << 20).unwrap();
     assert!(matches!(got, Metadata::Fetched { bytes, .. } if bytes == b"{}"));
 
@@ -781,13 +740,7 @@ fn a_directory_where_the_blob_should_be_is_not_found() {
     let base = TempDir::new().unwrap();
     std::fs::create_dir_all(base.path().join(repo.blob_path())).unwrap();
     let downloads = TempDir::new().unwrap();
-    let f = fetcher(
-        &[base.path().display().to_string()],
-        FetchOptions {
-            retries: 2,
-            ..options()
-        },
-    );
+    let f = fetcher(&[base.path().display().to_string()], retrying(2));
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
@@ -1019,8 +972,7 @@ fn a_host_transport_gets_the_same_verification() {
         blob: repo.blob.clone(),
     };
     let f = Fetcher::with_transport(vec!["vendor://box".into()], options(), Box::new(good));
-    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    assert_downloads_the_blob(&f, &repo, downloads.path());
 
     let other = TempDir::new().unwrap();
     let bad = Memory {
@@ -1041,13 +993,7 @@ fn metadata_missing_on_the_server_is_not_found_even_when_a_mirror_is_down() {
         TestServer::serve(empty.path()),
     );
     mirror.set_fault("", Fault::Status(503));
-    let f = fetcher(
-        &[server.url(), mirror.url()],
-        FetchOptions {
-            retries: 3,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url(), mirror.url()], retrying(3));
     let err = f.metadata("root/2.json", None, 1 << 20).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.message().contains("found 404 there"), "{err}");
@@ -1070,13 +1016,7 @@ fn a_mirrors_404_or_unasked_304_does_not_answer_for_a_failing_server() {
     );
     unasked.set_fault("", Fault::Status(304));
     server.set_fault_times("root/", Fault::Status(503), 1);
-    let f = fetcher(
-        &[server.url(), lagging.url(), unasked.url()],
-        FetchOptions {
-            retries: 2,
-            ..options()
-        },
-    );
+    let f = fetcher(&[server.url(), lagging.url(), unasked.url()], retrying(2));
     // Round one: 503, 404, 304; round two: the server answers.
     match f.metadata("root/2.json", None, 1 << 20).unwrap() {
         Metadata::Fetched { bytes, .. } => assert_eq!(bytes, b"{}"),
