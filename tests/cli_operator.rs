@@ -6,13 +6,23 @@ use std::process::{Command, Output};
 
 const NOW: &str = "2026-11-22T10:00:00Z";
 
-fn evergreen(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evergreen"))
-        .current_dir(dir)
-        .env("EVERGREEN_NOW", NOW)
+/// The CLI in `dir`, its clock reading `now` (the repositories' validities depend on it).
+fn command_at(dir: &Path, now: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evergreen"));
+    cmd.current_dir(dir).env("EVERGREEN_NOW", now);
+    cmd
+}
+
+/// `evergreen` run as if the clock read `now`.
+fn evergreen_at(dir: &Path, now: &str, args: &[&str]) -> Output {
+    command_at(dir, now)
         .args(args)
         .output()
         .expect("the evergreen binary runs")
+}
+
+fn evergreen(dir: &Path, args: &[&str]) -> Output {
+    evergreen_at(dir, NOW, args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -55,19 +65,31 @@ fn write_zip(path: &Path) {
     zip.finish().unwrap();
 }
 
+/// Re-signs the nightly channel with the manifest key `release`.
+const RESIGN_NIGHTLY: [&str; 6] = [
+    "resign",
+    "repo",
+    "--channel",
+    "nightly",
+    "--sign",
+    "release",
+];
+
 /// The component arguments of the app file `repo_with_app` writes.
 const APP: [&str; 2] = ["--component", "app=app.bin"];
 
 /// A temp directory with an initialised repository and an app file to release (`APP`).
 fn repo_with_app() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    init_repo(tmp.path());
+    let tmp = init_repo();
     std::fs::write(tmp.path().join("app.bin"), b"v").unwrap();
     tmp
 }
 
-/// A repo with one root key `root1` and one manifest key `release`.
-fn init_repo(dir: &Path) {
+/// A temp directory with a repo (`repo`) with one root key `root1` and one manifest key
+/// `release`.
+fn init_repo() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     keygen(dir, "root1");
     keygen(dir, "release");
     ok(
@@ -87,6 +109,14 @@ fn init_repo(dir: &Path) {
             "root1",
         ],
     );
+    tmp
+}
+
+/// `init_repo` with `release_nightly` published.
+fn repo_with_nightly() -> tempfile::TempDir {
+    let tmp = init_repo();
+    release_nightly(tmp.path());
+    tmp
 }
 
 /// `evergreen init repo --product p` with `root_key` for the root role (threshold
@@ -197,9 +227,8 @@ fn keygen_writes_a_private_key_and_prints_only_the_keyid() {
 
 #[test]
 fn the_operator_workflow_produces_a_repo_that_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = init_repo();
     let dir = tmp.path();
-    init_repo(dir);
     assert!(dir.join("repo/root/1.json").is_file());
 
     let out = release_nightly(dir);
@@ -322,10 +351,8 @@ fn the_operator_workflow_produces_a_repo_that_verifies() {
 
 #[test]
 fn a_manifest_with_one_flipped_payload_byte_fails_verify() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_nightly();
     let dir = tmp.path();
-    init_repo(dir);
-    release_nightly(dir);
     let path = dir.join("repo/channels/nightly.json");
     let mut envelope: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -339,25 +366,14 @@ fn a_manifest_with_one_flipped_payload_byte_fails_verify() {
     let err = fails(dir, &["verify", "repo"]);
     assert!(err.starts_with("error[signature]"), "{err}");
     // Nothing is re-signed on top of a tampered manifest.
-    let err = fails(
-        dir,
-        &[
-            "resign",
-            "repo",
-            "--channel",
-            "nightly",
-            "--sign",
-            "release",
-        ],
-    );
+    let err = fails(dir, &RESIGN_NIGHTLY);
     assert!(err.starts_with("error[signature]"), "{err}");
 }
 
 #[test]
 fn a_rotation_signed_only_by_the_new_key_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = init_repo();
     let dir = tmp.path();
-    init_repo(dir);
     keygen(dir, "root2");
     let err = fails(
         dir,
@@ -379,10 +395,8 @@ fn a_rotation_signed_only_by_the_new_key_is_refused() {
 
 #[test]
 fn changing_the_manifest_key_resigns_every_channel() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_nightly();
     let dir = tmp.path();
-    init_repo(dir);
-    release_nightly(dir);
     keygen(dir, "release2");
     ok(
         dir,
@@ -400,45 +414,19 @@ fn changing_the_manifest_key_resigns_every_channel() {
     assert_eq!(read_manifest(dir, "nightly")["sequence"], 2);
     ok(dir, &["verify", "repo"]);
     // The retired manifest key can no longer publish.
-    let err = fails(
-        dir,
-        &[
-            "resign",
-            "repo",
-            "--channel",
-            "nightly",
-            "--sign",
-            "release",
-        ],
-    );
+    let err = fails(dir, &RESIGN_NIGHTLY);
     assert!(err.starts_with("error[threshold]"), "{err}");
 }
 
 #[test]
 fn a_manifest_past_its_expiry_fails_verify_until_resigned() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_nightly();
     let dir = tmp.path();
-    init_repo(dir);
-    release_nightly(dir);
-    let later = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_evergreen"))
-            .current_dir(dir)
-            .env("EVERGREEN_NOW", "2027-01-01T00:00:00Z")
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let later = |args: &[&str]| evergreen_at(dir, "2027-01-01T00:00:00Z", args);
     let o = later(&["verify", "repo"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).starts_with("error[expired]"), "{}", stderr(&o));
-    let o = later(&[
-        "resign",
-        "repo",
-        "--channel",
-        "nightly",
-        "--sign",
-        "release",
-    ]);
+    let o = later(&RESIGN_NIGHTLY);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(later(&["verify", "repo"]).status.code(), Some(0));
 }
@@ -479,10 +467,8 @@ fn usage_errors_exit_2_and_bad_values_are_config_errors() {
 
 #[test]
 fn publishing_the_same_version_and_target_twice_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = repo_with_nightly();
     let dir = tmp.path();
-    init_repo(dir);
-    release_nightly(dir);
     let err = fails(dir, &release_args("1.2.0", &["--component", "app=app.zip"]));
     assert!(err.starts_with("error[config]"), "{err}");
     // Another target of the same version is fine.
@@ -583,9 +569,7 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
 fn a_closed_stdout_neither_stops_the_work_nor_panics() {
     let dir = tempfile::tempdir().unwrap();
     keygen(dir.path(), "root");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evergreen"))
-        .current_dir(dir.path())
-        .env("EVERGREEN_NOW", NOW)
+    let mut child = command_at(dir.path(), NOW)
         .args(["init", "repo", "--product", "com.acme.pipe"])
         .args(["--root-key", "root.pub", "--root-threshold", "1"])
         .args(["--manifest-key", "root.pub", "--sign", "root", "--json"])
@@ -614,19 +598,17 @@ fn keygen_refuses_to_name_a_secret_key_file_pub() {
 
 #[test]
 fn signing_under_an_expired_root_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    init_repo(dir.path());
+    let dir = init_repo();
     write_zip(&dir.path().join("app.zip"));
     let before = std::fs::read_dir(dir.path().join("repo/channels"))
         .unwrap()
         .count();
     // The root of init_repo is valid for 365 days from NOW.
-    let out = Command::new(env!("CARGO_BIN_EXE_evergreen"))
-        .current_dir(dir.path())
-        .env("EVERGREEN_NOW", "2030-01-01T00:00:00Z")
-        .args(release_args("1.0.0", &["--component", "app=app.zip"]))
-        .output()
-        .unwrap();
+    let out = evergreen_at(
+        dir.path(),
+        "2030-01-01T00:00:00Z",
+        &release_args("1.0.0", &["--component", "app=app.zip"]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -642,9 +624,7 @@ fn signing_under_an_expired_root_is_refused() {
 
 #[test]
 fn adding_a_target_to_a_published_release_refuses_options_that_would_change_it() {
-    let dir = tempfile::tempdir().unwrap();
-    init_repo(dir.path());
-    release_nightly(dir.path());
+    let dir = repo_with_nightly();
     let before = read_manifest(dir.path(), "nightly");
     let arm = |rest: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = release_args("1.2.0", &["--component", "app=app.zip"])
@@ -713,16 +693,6 @@ fn keygen_makes_its_directory_and_signing_with_a_pub_file_is_refused_by_name() {
     );
 }
 
-/// `evergreen` run as if the clock read `now`.
-fn evergreen_at(dir: &Path, now: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evergreen"))
-        .current_dir(dir)
-        .env("EVERGREEN_NOW", now)
-        .args(args)
-        .output()
-        .expect("the evergreen binary runs")
-}
-
 /// Releases run at the same time take turns on the repository lock: none is lost.
 #[test]
 fn concurrent_releases_all_land() {
@@ -734,9 +704,7 @@ fn concurrent_releases_all_land() {
         let children: Vec<_> = (0..processes)
             .map(|p| {
                 let version = format!("{round}.{p}.0");
-                Command::new(env!("CARGO_BIN_EXE_evergreen"))
-                    .current_dir(dir)
-                    .env("EVERGREEN_NOW", NOW)
+                command_at(dir, NOW)
                     .args(release_args(&version, &APP))
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
@@ -782,7 +750,8 @@ fn changes_keep_the_channels_validity_unless_given_and_refuse_a_clock_behind_it(
         "--version",
         "1.1.0",
     ];
-    ok(dir, &[&rollout[..], &["--percent", "50"], &sign].concat());
+    let signed = |command: &[&str], rest: &[&str]| ok(dir, &[command, rest, &sign].concat());
+    signed(&rollout, &["--percent", "50"]);
     let validity = |channel: &str| {
         let m = read_manifest(dir, channel);
         let t = |f: &str| {
@@ -795,28 +764,12 @@ fn changes_keep_the_channels_validity_unless_given_and_refuse_a_clock_behind_it(
     };
     assert_eq!(validity("nightly"), 7);
     let promote = ["promote", "repo", "--version", "1.1.0", "--from", "nightly"];
-    ok(
-        dir,
-        &[
-            &promote[..],
-            &["--to", "stable", "--expires-in", "3"],
-            &sign,
-        ]
-        .concat(),
-    );
+    signed(&promote, &["--to", "stable", "--expires-in", "3"]);
     assert_eq!(validity("stable"), 3);
-    ok(
-        dir,
-        &[
-            &rollout[..],
-            &["--percent", "100", "--expires-in", "2"],
-            &sign,
-        ]
-        .concat(),
-    );
+    signed(&rollout, &["--percent", "100", "--expires-in", "2"]);
     assert_eq!(validity("nightly"), 2);
     let prune = ["prune", "repo", "--channel", "nightly", "--keep", "1"];
-    ok(dir, &[&prune[..], &["--expires-in", "4"], &sign].concat());
+    signed(&prune, &["--expires-in", "4"]);
     assert_eq!(validity("nightly"), 4);
     assert_eq!(
         read_manifest(dir, "nightly")["releases"]
@@ -826,15 +779,7 @@ fn changes_keep_the_channels_validity_unless_given_and_refuse_a_clock_behind_it(
         1
     );
 
-    let args = [
-        "resign",
-        "repo",
-        "--channel",
-        "nightly",
-        "--sign",
-        "release",
-    ];
-    let o = evergreen_at(dir, "2026-11-22T09:00:00Z", &args);
+    let o = evergreen_at(dir, "2026-11-22T09:00:00Z", &RESIGN_NIGHTLY);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
@@ -867,9 +812,7 @@ fn init_makes_its_directories_durable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     keygen(dir, "root1");
-    let o = Command::new(env!("CARGO_BIN_EXE_evergreen"))
-        .current_dir(dir)
-        .env("EVERGREEN_NOW", NOW)
+    let o = command_at(dir, NOW)
         .env("EVERGREEN_CRASH_COUNT", "1")
         .args(init_args("root1.pub", "1", "root1.pub", "root1", &[]))
         .output()
