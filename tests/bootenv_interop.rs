@@ -4,11 +4,12 @@
 #[path = "support/bootsim.rs"]
 mod bootsim;
 
-use evergreen::slots::grub::GrubEnv;
+use evergreen::slots::grub::{BootChange, GrubEnv};
 use evergreen::slots::uboot::UBootEnv;
 use evergreen::slots::{BootSelector, Slot};
 use evergreen::ErrorKind;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,13 +24,19 @@ fn have(tool: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> String {
+    String::from_utf8(run_raw(cmd)).expect("utf-8 output")
+}
+
+/// `cmd`'s standard output as bytes (some listings hold bytes that are not UTF-8); it
+/// must exit 0.
+fn run_raw(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("tool runs");
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    out.stdout
 }
 
 fn as_map(text: &str) -> BTreeMap<String, String> {
@@ -45,9 +52,16 @@ fn vars_map(vars: Vec<(String, String)>) -> BTreeMap<String, String> {
 
 // ---- GRUB ----
 
+/// A temp dir and the path of a `grubenv` in it, not yet created.
+fn grubenv_path() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grubenv");
+    (dir, path)
+}
+
 /// A block made the way a board's image build would without Evergreen: `grub-editenv
 /// create`, then `set` of `vars` (`NAME=value`).
-fn grub_editenv_block(path: &Path, vars: &[&str]) {
+fn grub_editenv_block<S: AsRef<OsStr>>(path: &Path, vars: &[S]) {
     run(Command::new("grub-editenv").arg(path).arg("create"));
     run(Command::new("grub-editenv").arg(path).arg("set").args(vars));
 }
@@ -56,13 +70,27 @@ fn grub_list(path: &Path) -> BTreeMap<String, String> {
     as_map(&run(Command::new("grub-editenv").arg(path).arg("list")))
 }
 
+/// A `size`-byte block holding `vars` (`NAME=value` lines) as GRUB lays one out, written
+/// without grub-editenv.
+fn write_grub_block(path: &Path, vars: &str, size: usize) {
+    let mut block = format!("# GRUB Environment Block\n{vars}").into_bytes();
+    block.resize(size, b'#');
+    std::fs::write(path, block).unwrap();
+}
+
+/// `change` would be made in the canonical layout's power-safe way: one-byte writes only
+/// (and at least one).
+fn assert_one_byte_writes(env: &GrubEnv, change: BootChange) {
+    let plan = env.plan(change).unwrap();
+    assert!(!plan.is_empty() && plan.iter().all(|w| w.data.len() == 1));
+}
+
 #[test]
 fn grub_env_written_by_us_is_read_by_grub_editenv() {
     if !have("grub-editenv") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("grubenv");
+    let (_dir, path) = grubenv_path();
     let mut env = GrubEnv::init(&path).unwrap();
     env.set_vars(&[("saved_entry", "1"), ("path", "C:\\boot")])
         .unwrap();
@@ -82,8 +110,7 @@ fn grub_env_written_by_grub_editenv_is_read_and_kept_by_us() {
     if !have("grub-editenv") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("grubenv");
+    let (_dir, path) = grubenv_path();
     grub_editenv_block(
         &path,
         &[
@@ -107,13 +134,13 @@ fn grub_env_written_by_grub_editenv_is_read_and_kept_by_us() {
     assert_eq!(listed["note"], "back\\slash");
     assert_eq!(listed["ORDER"], "B A");
     // From then on every change is a series of one-byte writes.
-    let plan = env
-        .plan(evergreen::slots::grub::BootChange::FallBack {
+    assert_one_byte_writes(
+        &env,
+        BootChange::FallBack {
             good: Slot::A,
             bad: Slot::B,
-        })
-        .unwrap();
-    assert!(!plan.is_empty() && plan.iter().all(|w| w.data.len() == 1));
+        },
+    );
     env.fall_back(Slot::A, Slot::B).unwrap();
     let listed = grub_list(&path);
     assert_eq!(
@@ -125,11 +152,8 @@ fn grub_env_written_by_grub_editenv_is_read_and_kept_by_us() {
 
 #[test]
 fn grub_env_keeps_the_size_of_a_larger_block() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("grubenv");
-    let mut block = b"# GRUB Environment Block\nfoo=bar\n".to_vec();
-    block.resize(4096, b'#');
-    std::fs::write(&path, &block).unwrap();
+    let (_dir, path) = grubenv_path();
+    write_grub_block(&path, "foo=bar\n", 4096);
     let mut env = GrubEnv::init(&path).unwrap();
     env.activate(Slot::B, 1).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
@@ -138,8 +162,8 @@ fn grub_env_keeps_the_size_of_a_larger_block() {
 
 #[test]
 fn grub_trial_confirm_and_fallback_with_rauc_grub_cfg() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = GrubEnv::init(dir.path().join("grubenv")).unwrap();
+    let (_dir, path) = grubenv_path();
+    let mut env = GrubEnv::init(&path).unwrap();
     assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
 
     // activate B → the next boot tries B once → confirm → B keeps booting.
@@ -171,8 +195,8 @@ fn grub_trial_confirm_and_fallback_with_rauc_grub_cfg() {
 
 #[test]
 fn grub_slot_not_marked_good_after_boot_ends_in_the_rescue_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = GrubEnv::init(dir.path().join("grubenv")).unwrap();
+    let (_dir, path) = grubenv_path();
+    let mut env = GrubEnv::init(&path).unwrap();
     // A boots, nobody marks it good: the next boot finds no slot with TRY=0 and takes
     // RAUC's rescue entry, which resets the TRY flags, so A boots again after it.
     assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
@@ -207,9 +231,7 @@ fn grub_env_symlink_is_followed_and_a_dangling_one_refused_unless_on_another_fil
     if have("grub-editenv") {
         grub_editenv_block(&target, &["saved_entry=1"]);
     } else {
-        let mut block = b"# GRUB Environment Block\nsaved_entry=1\n".to_vec();
-        block.resize(1024, b'#');
-        std::fs::write(&target, block).unwrap();
+        write_grub_block(&target, "saved_entry=1\n", 1024);
     }
     let mut env = GrubEnv::init(&link).unwrap();
     env.activate(Slot::B, 1).unwrap();
@@ -295,13 +317,28 @@ fn fw_printenv(f: &UBootFixture) -> BTreeMap<String, String> {
     as_map(&run(Command::new("fw_printenv").arg("-c").arg(&f.config)))
 }
 
-fn fw_setenv(f: &UBootFixture, name: &str, value: &str) {
+fn fw_setenv(f: &UBootFixture, name: &str, value: impl AsRef<OsStr>) {
     run(Command::new("fw_setenv")
         .arg("-c")
         .arg(&f.config)
         .arg("-f")
         .arg(&f.defenv)
-        .args([name, value]));
+        .arg(name)
+        .arg(value));
+}
+
+/// Slot A running, B empty, as a board's image build sets them with `fw_setenv`.
+fn fw_setenv_slots(f: &UBootFixture) {
+    fw_setenv(f, "BOOT_ORDER", "A B");
+    fw_setenv(f, "BOOT_A_LEFT", "3");
+    fw_setenv(f, "BOOT_B_LEFT", "0");
+}
+
+/// The environment of the fw_env.config at `config`, opened and provisioned.
+fn provisioned(config: &Path) -> UBootEnv {
+    let mut env = UBootEnv::open(config).unwrap();
+    env.init().unwrap();
+    env
 }
 
 #[test]
@@ -311,8 +348,7 @@ fn uboot_env_written_by_us_is_read_by_fw_printenv() {
     }
     for copies in [1, 2] {
         let f = uboot_fixture(copies);
-        let mut env = UBootEnv::open(&f.config).unwrap();
-        env.init().unwrap();
+        let mut env = provisioned(&f.config);
         env.set_vars(&[("bootcmd", Some("run rauc; boot"))])
             .unwrap();
         env.activate(Slot::B, 5).unwrap();
@@ -331,9 +367,7 @@ fn uboot_env_written_by_fw_setenv_is_read_by_us_and_back() {
     }
     for copies in [1, 2] {
         let f = uboot_fixture(copies);
-        fw_setenv(&f, "BOOT_ORDER", "A B");
-        fw_setenv(&f, "BOOT_A_LEFT", "3");
-        fw_setenv(&f, "BOOT_B_LEFT", "0");
+        fw_setenv_slots(&f);
         let mut env = UBootEnv::open(&f.config).unwrap();
         assert_eq!(vars_map(env.vars().unwrap()), fw_printenv(&f));
         assert_eq!(env.tries_left(Slot::A).unwrap(), 3);
@@ -445,8 +479,7 @@ fn unparsable_config_is_a_bootloader_error_and_missing_one_is_io() {
 #[test]
 fn uboot_trial_confirm_and_fallback_with_rauc_boot_script() {
     let f = uboot_fixture(2);
-    let mut env = UBootEnv::open(&f.config).unwrap();
-    env.init().unwrap();
+    let mut env = provisioned(&f.config);
     assert_eq!(bootsim::uboot_boot(&mut env), Some(Slot::A));
     env.confirm(Slot::A).unwrap();
 
@@ -518,8 +551,7 @@ fn provision_puts_a_grub_editenv_block_into_the_power_safe_layout() {
     if !have("grub-editenv") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("grubenv");
+    let (dir, path) = grubenv_path();
     grub_editenv_block(
         &path,
         &[
@@ -538,13 +570,13 @@ fn provision_puts_a_grub_editenv_block_into_the_power_safe_layout() {
     assert_eq!(grub_list(&path), before, "every variable kept");
     // Canonical now: the next change is one-byte writes only.
     let env = GrubEnv::new(&path);
-    let plan = env
-        .plan(evergreen::slots::grub::BootChange::Activate {
+    assert_one_byte_writes(
+        &env,
+        BootChange::Activate {
             slot: Slot::B,
             tries: 1,
-        })
-        .unwrap();
-    assert!(!plan.is_empty() && plan.iter().all(|w| w.data.len() == 1));
+        },
+    );
 }
 
 #[test]
@@ -573,17 +605,6 @@ fn provision_initialises_a_blank_redundant_uboot_environment() {
 
 // ---- What the tools write, kept as they wrote it ----
 
-/// `cmd`'s standard output as bytes (the listings below hold bytes that are not UTF-8).
-fn run_raw(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("tool runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn os(bytes: &[u8]) -> std::ffi::OsString {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::OsStr::from_bytes(bytes).to_owned()
@@ -598,14 +619,8 @@ fn grub_bytes_that_are_not_utf8_survive_provisioning_and_changes() {
     if !have("grub-editenv") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("grubenv");
-    run(Command::new("grub-editenv").arg(&path).arg("create"));
-    run(Command::new("grub-editenv")
-        .arg(&path)
-        .arg("set")
-        .arg(os(b"latin=caf\xe9"))
-        .arg("ORDER=A B"));
+    let (_dir, path) = grubenv_path();
+    grub_editenv_block(&path, &[os(b"latin=caf\xe9"), "ORDER=A B".into()]);
     // The rewrite into the canonical layout, an activation, a general set.
     let mut env = GrubEnv::init(&path).unwrap();
     env.activate(Slot::B, 1).unwrap();
@@ -628,13 +643,7 @@ fn uboot_bytes_that_are_not_utf8_survive_changes() {
     for copies in [1, 2] {
         let f = uboot_fixture(copies);
         fw_setenv(&f, "BOOT_ORDER", "A B");
-        run(Command::new("fw_setenv")
-            .arg("-c")
-            .arg(&f.config)
-            .arg("-f")
-            .arg(&f.defenv)
-            .arg("latin")
-            .arg(os(b"caf\xe9")));
+        fw_setenv(&f, "latin", os(b"caf\xe9"));
         let mut env = UBootEnv::open(&f.config).unwrap();
         env.activate(Slot::B, 3).unwrap();
         env.set_vars(&[("other", Some("1"))]).unwrap();
@@ -651,8 +660,8 @@ fn uboot_bytes_that_are_not_utf8_survive_changes() {
 
 #[test]
 fn names_and_values_an_environment_cannot_hold_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut grub = GrubEnv::init(dir.path().join("grubenv")).unwrap();
+    let (_dir, path) = grubenv_path();
+    let mut grub = GrubEnv::init(&path).unwrap();
     let before = std::fs::read(grub.path()).unwrap();
     for (name, value) in [
         ("a=b", "1"),
@@ -669,8 +678,7 @@ fn names_and_values_an_environment_cannot_hold_are_refused() {
     assert_eq!(std::fs::read(grub.path()).unwrap(), before);
 
     let f = uboot_fixture(1);
-    let mut uboot = UBootEnv::open(&f.config).unwrap();
-    uboot.init().unwrap();
+    let mut uboot = provisioned(&f.config);
     let before = std::fs::read(&f.copies[0]).unwrap();
     for (name, value) in [
         ("a=b", Some("1")),
@@ -773,9 +781,7 @@ fn uboot_a_full_environment_as_fw_setenv_writes_it_is_read_and_kept() {
     }
     for copies in [1, 2] {
         let f = uboot_fixture(copies);
-        fw_setenv(&f, "BOOT_ORDER", "A B");
-        fw_setenv(&f, "BOOT_A_LEFT", "3");
-        fw_setenv(&f, "BOOT_B_LEFT", "0");
+        fw_setenv_slots(&f);
         let mut expected = fw_printenv(&f);
         let used: usize = expected.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         let area = ENV_SIZE - if copies == 2 { 5 } else { 4 };
@@ -810,8 +816,7 @@ fn uboot_never_writes_a_full_environment() {
     let tools = have("fw_printenv");
     for copies in [1, 2] {
         let f = uboot_fixture(copies);
-        let mut env = UBootEnv::open(&f.config).unwrap();
-        env.init().unwrap();
+        let mut env = provisioned(&f.config);
         if copies == 2 {
             // Copy 1 is current now, so the next write goes to copy 0.
             env.set_vars(&[("x", Some("1"))]).unwrap();
@@ -895,8 +900,7 @@ fn uboot_config_lines_as_libubootenv_reads_them() {
         format!("{c0} 0x400 0x2000 # copy 0\n{c1} 0x400 0x2000 0x2000 1 0 x\n{c0} 0 0x2000\n"),
     )
     .unwrap();
-    let mut env = UBootEnv::open(&f.config).unwrap();
-    env.init().unwrap();
+    let mut env = provisioned(&f.config);
     env.activate(Slot::B, 3).unwrap();
     if tools {
         assert_eq!(fw_printenv(&f)["BOOT_ORDER"], "B A");
@@ -907,8 +911,7 @@ fn uboot_config_lines_as_libubootenv_reads_them() {
     std::fs::write(&dev, vec![0xffu8; 0x3000]).unwrap();
     let cfg = dir.path().join("fw_env.config");
     std::fs::write(&cfg, format!("{} -0x2000 0x2000\n", dev.display())).unwrap();
-    let mut env = UBootEnv::open(&cfg).unwrap();
-    env.init().unwrap();
+    let mut env = provisioned(&cfg);
     let raw = std::fs::read(&dev).unwrap();
     assert!(
         raw[..0x1000].iter().all(|&b| b == 0xff),
@@ -974,8 +977,7 @@ fn uboot_overlapping_copies_are_refused_when_read() {
     ] {
         std::fs::write(&dev, vec![0xffu8; 0x200]).unwrap();
         std::fs::write(&cfg, &text).unwrap();
-        let mut env = UBootEnv::open(&cfg).unwrap();
-        env.init().unwrap();
+        let mut env = provisioned(&cfg);
         env.activate(Slot::B, 3).unwrap();
         assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
         if !text.contains(" -") && have("fw_printenv") {
