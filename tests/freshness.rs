@@ -75,6 +75,17 @@ fn check(
     manifest::verify(envelope, keys, &expect_at(now()), fresh)
 }
 
+/// `check` by a device that has seen no manifest before.
+fn check_new(envelope: &[u8], keys: &KeySet) -> Result<manifest::Verified<manifest::Manifest>> {
+    check(envelope, keys, &Freshness::default())
+}
+
+/// `v` sealed by `signer` alone and checked as new against `signer` alone, so that only
+/// what `v` says can refuse it.
+fn check_own(v: &Value, signer: &SecretKey) -> Result<manifest::Verified<manifest::Manifest>> {
+    check_new(&sealed_manifest(v, &[signer]), &keyset(&[signer], 1))
+}
+
 fn kind_of<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
     r.expect_err("expected a refusal").kind()
 }
@@ -98,12 +109,7 @@ fn url_safe(standard: &str) -> String {
 #[test]
 fn a_manifest_signed_by_a_trusted_key_is_accepted() {
     let a = key(1);
-    let m = check(
-        &sealed_manifest(&manifest_value(42), &[&a]),
-        &keyset(&[&a], 1),
-        &Freshness::default(),
-    )
-    .expect("valid manifest");
+    let m = check_own(&manifest_value(42), &a).expect("valid manifest");
     assert_eq!(m.sequence, 42);
     assert_eq!(
         m.payload_sha256(),
@@ -115,7 +121,7 @@ fn a_manifest_signed_by_a_trusted_key_is_accepted() {
 fn wrong_key_is_signature() {
     let env = sealed_manifest(&manifest_value(1), &[&key(2)]);
     assert_eq!(
-        kind_of(check(&env, &keyset(&[&key(1)], 1), &Freshness::default())),
+        kind_of(check_new(&env, &keyset(&[&key(1)], 1))),
         ErrorKind::Signature
     );
 }
@@ -125,7 +131,7 @@ fn below_threshold_is_threshold() {
     let (a, b) = (key(1), key(2));
     let env = sealed_manifest(&manifest_value(1), &[&a]);
     assert_eq!(
-        kind_of(check(&env, &keyset(&[&a, &b], 2), &Freshness::default())),
+        kind_of(check_new(&env, &keyset(&[&a, &b], 2))),
         ErrorKind::Threshold
     );
 }
@@ -138,7 +144,7 @@ fn the_same_signature_entry_repeated_counts_once() {
     e.signatures.extend([entry.clone(), entry]);
     let keys = keyset(&[&a, &b], 2);
     assert_eq!(
-        kind_of(check(&to_bytes(&e), &keys, &Freshness::default())),
+        kind_of(check_new(&to_bytes(&e), &keys)),
         ErrorKind::Threshold
     );
 }
@@ -154,7 +160,7 @@ fn the_same_key_under_two_keyids_counts_once() {
     });
     let keys = keyset(&[&a, &b], 2);
     assert_eq!(
-        kind_of(check(&to_bytes(&e), &keys, &Freshness::default())),
+        kind_of(check_new(&to_bytes(&e), &keys)),
         ErrorKind::Threshold
     );
 }
@@ -189,8 +195,7 @@ fn unknown_keyids_and_junk_entries_are_ignored() {
         keyid: String::new(),
         sig: encode_base64(b"short"),
     });
-    let m =
-        check(&to_bytes(&e), &keyset(&[&a, &b], 2), &Freshness::default()).expect("threshold met");
+    let m = check_new(&to_bytes(&e), &keyset(&[&a, &b], 2)).expect("threshold met");
     assert_eq!(m.sequence, 1);
 }
 
@@ -202,11 +207,7 @@ fn a_tampered_payload_is_signature() {
     v["sequence"] = json!(1000);
     e.payload = encode_base64(&payload(&v));
     assert_eq!(
-        kind_of(check(
-            &to_bytes(&e),
-            &keyset(&[&a], 1),
-            &Freshness::default()
-        )),
+        kind_of(check_new(&to_bytes(&e), &keyset(&[&a], 1))),
         ErrorKind::Signature
     );
 }
@@ -221,11 +222,7 @@ fn a_tampered_payload_type_is_wrong_metadata() {
     ] {
         let mut e = envelope(&sealed_manifest(&manifest_value(1), &[&a]));
         e.payload_type = other.into();
-        let got = kind_of(check(
-            &to_bytes(&e),
-            &keyset(&[&a], 1),
-            &Freshness::default(),
-        ));
+        let got = kind_of(check_new(&to_bytes(&e), &keyset(&[&a], 1)));
         assert_eq!(got, ErrorKind::WrongMetadata, "payloadType {other:?}");
     }
 }
@@ -237,11 +234,7 @@ fn a_document_signed_as_another_type_does_not_verify_as_this_one() {
     let mut e = envelope(&seal(ROOT_TYPE, &payload(&manifest_value(1)), &[&a]));
     e.payload_type = MANIFEST_TYPE.into();
     assert_eq!(
-        kind_of(check(
-            &to_bytes(&e),
-            &keyset(&[&a], 1),
-            &Freshness::default()
-        )),
+        kind_of(check_new(&to_bytes(&e), &keyset(&[&a], 1))),
         ErrorKind::Signature
     );
 }
@@ -258,8 +251,7 @@ fn payload_and_signatures_in_url_safe_base64_are_accepted() {
     for s in &mut e.signatures {
         s.sig = url_safe(&s.sig);
     }
-    let m =
-        check(&to_bytes(&e), &keyset(&[&a], 1), &Freshness::default()).expect("URL-safe base64");
+    let m = check_new(&to_bytes(&e), &keyset(&[&a], 1)).expect("URL-safe base64");
     assert_eq!(m.sequence, 7);
     assert_eq!(
         m.payload_sha256(),
@@ -287,19 +279,15 @@ fn signatures_that_are_not_64_bytes_are_ignored() {
     ];
     let only_a = keyset(&[&a], 1);
     assert_eq!(
-        kind_of(check(&to_bytes(&e), &only_a, &Freshness::default())),
+        kind_of(check_new(&to_bytes(&e), &only_a)),
         ErrorKind::Signature
     );
     // Next to a valid signature they neither help nor hurt.
     let b_sig = envelope(&sealed_manifest(&manifest_value(1), &[&b])).signatures;
     e.signatures.extend(b_sig);
-    check(&to_bytes(&e), &keyset(&[&a, &b], 1), &Freshness::default()).expect("b alone meets 1");
+    check_new(&to_bytes(&e), &keyset(&[&a, &b], 1)).expect("b alone meets 1");
     assert_eq!(
-        kind_of(check(
-            &to_bytes(&e),
-            &keyset(&[&a, &b], 2),
-            &Freshness::default()
-        )),
+        kind_of(check_new(&to_bytes(&e), &keyset(&[&a, &b], 2))),
         ErrorKind::Threshold
     );
 }
@@ -383,11 +371,7 @@ fn another_product_or_channel_is_wrong_metadata() {
     for (field, value) in [("product", "com.acme.other"), ("channel", "nightly")] {
         let mut v = manifest_value(1);
         v[field] = json!(value);
-        let got = check(
-            &sealed_manifest(&v, &[&a]),
-            &keyset(&[&a], 1),
-            &Freshness::default(),
-        );
+        let got = check_own(&v, &a);
         assert_eq!(kind_of(got), ErrorKind::WrongMetadata, "{field} {value}");
     }
 }
@@ -397,7 +381,7 @@ fn an_oversized_document_is_too_large_before_it_is_parsed() {
     let a = key(1);
     let garbage = vec![b'{'; MAX as usize + 1];
     assert_eq!(
-        kind_of(check(&garbage, &keyset(&[&a], 1), &Freshness::default())),
+        kind_of(check_new(&garbage, &keyset(&[&a], 1))),
         ErrorKind::TooLarge
     );
     assert_eq!(
@@ -411,7 +395,7 @@ fn an_oversized_document_is_too_large_before_it_is_parsed() {
     // At the cap, the same garbage is a parse failure, proving the cap is what refused it.
     let garbage = &garbage[..MAX as usize];
     assert_eq!(
-        kind_of(check(garbage, &keyset(&[&a], 1), &Freshness::default())),
+        kind_of(check_new(garbage, &keyset(&[&a], 1))),
         ErrorKind::Signature
     );
     // A valid envelope over a small cap is refused for its size, not for anything else.
@@ -443,11 +427,7 @@ fn a_misspelt_field_is_wrong_metadata() {
     let mut v = manifest_value(1);
     v["releases"][0].as_object_mut().unwrap().remove("critical");
     v["releases"][0]["critcal"] = json!(true);
-    let got = check(
-        &sealed_manifest(&v, &[&a]),
-        &keyset(&[&a], 1),
-        &Freshness::default(),
-    );
+    let got = check_own(&v, &a);
     assert_eq!(kind_of(got), ErrorKind::WrongMetadata);
 }
 
@@ -461,11 +441,7 @@ fn a_component_name_that_is_a_path_is_wrong_metadata() {
             .unwrap();
         let app = components.remove("app").unwrap();
         components.insert(name.into(), app);
-        let got = check(
-            &sealed_manifest(&v, &[&a]),
-            &keyset(&[&a], 1),
-            &Freshness::default(),
-        );
+        let got = check_own(&v, &a);
         assert_eq!(kind_of(got), ErrorKind::WrongMetadata, "component {name:?}");
     }
 }
@@ -551,6 +527,27 @@ fn serve(links: Vec<Vec<u8>>) -> impl FnMut(u64) -> Result<Option<Vec<u8>>> {
     move |v| Ok(links.get(v as usize - 2).cloned())
 }
 
+/// The root walk from `from` through `links` (see [`serve`]) at [`now`], keeping nothing.
+fn walk(from: TrustedRoot, links: Vec<Vec<u8>>) -> Result<TrustedRoot> {
+    from.update(serve(links), |_| Ok(()), now(), MAX)
+}
+
+/// [`walk`], and the root versions it asked for, in order.
+fn walk_asking(from: TrustedRoot, links: Vec<Vec<u8>>) -> (Result<TrustedRoot>, Vec<u64>) {
+    let mut asked = Vec::new();
+    let mut fetch = serve(links);
+    let walked = from.update(
+        |v| {
+            asked.push(v);
+            fetch(v)
+        },
+        |_| Ok(()),
+        now(),
+        MAX,
+    );
+    (walked, asked)
+}
+
 #[test]
 fn a_pinned_root_loads_and_names_its_manifest_keys() {
     let r = pinned_v1();
@@ -577,35 +574,15 @@ fn a_pinned_root_not_signed_by_its_own_root_keys_is_refused() {
 
 #[test]
 fn rotation_walks_1_to_2_to_3_and_the_new_manifest_keys_take_over() {
-    let mut asked = Vec::new();
-    let links = vec![chain_link(2), chain_link(3)];
-    let mut fetch = serve(links);
-    let updated = pinned_v1()
-        .update(
-            |v| {
-                asked.push(v);
-                fetch(v)
-            },
-            |_| Ok(()),
-            now(),
-            MAX,
-        )
-        .expect("rotation");
+    let (updated, asked) = walk_asking(pinned_v1(), vec![chain_link(2), chain_link(3)]);
+    let updated = updated.expect("rotation");
     assert_eq!(updated.root().version, 3);
     assert_eq!(asked, [2, 3, 4]);
     assert_eq!(updated.envelope(), chain_link(3));
     let keys = updated.manifest_keys();
-    check(
-        &sealed_manifest(&manifest_value(1), &[&key(103)]),
-        keys,
-        &Freshness::default(),
-    )
-    .expect("the newest root's manifest key");
-    let old = check(
-        &sealed_manifest(&manifest_value(1), &[&key(101)]),
-        keys,
-        &Freshness::default(),
-    );
+    check_new(&sealed_manifest(&manifest_value(1), &[&key(103)]), keys)
+        .expect("the newest root's manifest key");
+    let old = check_new(&sealed_manifest(&manifest_value(1), &[&key(101)]), keys);
     assert_eq!(kind_of(old), ErrorKind::Signature);
 }
 
@@ -635,12 +612,7 @@ fn a_rotation_signed_only_by_the_old_keys_is_refused() {
 fn a_skipped_root_version_is_metadata_rollback() {
     // root/2.json holds a document that says version 3.
     let skipping = root(3, &[&key(2)], 1, &[&key(102)]);
-    let got = pinned_v1().update(
-        serve(vec![sign_root(&skipping, &[&key(1), &key(2)])]),
-        |_| Ok(()),
-        now(),
-        MAX,
-    );
+    let got = walk(pinned_v1(), vec![sign_root(&skipping, &[&key(1), &key(2)])]);
     assert_eq!(kind_of(got), ErrorKind::MetadataRollback);
     // The same version again (a replay of root 1 as root 2) is refused the same way.
     let again = root(1, &[&key(1)], 1, &[&key(101)]);
@@ -661,22 +633,15 @@ fn an_expired_final_root_is_expired_but_an_expired_intermediate_is_not() {
     let mut expired = root(2, &[&key(2)], 1, &[&key(102)]);
     expired.expires = now().plus_secs(-1);
     let link2 = sign_root(&expired, &[&key(1), &key(2)]);
-    let got = pinned_v1().update(serve(vec![link2.clone()]), |_| Ok(()), now(), MAX);
+    let got = walk(pinned_v1(), vec![link2.clone()]);
     assert_eq!(kind_of(got), ErrorKind::Expired);
     // Expiring exactly now is expired too.
     let mut at_now = root(2, &[&key(2)], 1, &[&key(102)]);
     at_now.expires = now();
-    let got = pinned_v1().update(
-        serve(vec![sign_root(&at_now, &[&key(1), &key(2)])]),
-        |_| Ok(()),
-        now(),
-        MAX,
-    );
+    let got = walk(pinned_v1(), vec![sign_root(&at_now, &[&key(1), &key(2)])]);
     assert_eq!(kind_of(got), ErrorKind::Expired);
     // Walking through an expired root to a fresh one is how an old device catches up.
-    let r = pinned_v1()
-        .update(serve(vec![link2, chain_link(3)]), |_| Ok(()), now(), MAX)
-        .expect("the final root is fresh");
+    let r = walk(pinned_v1(), vec![link2, chain_link(3)]).expect("the final root is fresh");
     assert_eq!(r.root().version, 3);
 }
 
@@ -684,30 +649,12 @@ fn an_expired_final_root_is_expired_but_an_expired_intermediate_is_not() {
 fn the_root_chain_stops_after_32_steps() {
     let links: Vec<Vec<u8>> = (2..=40).map(chain_link).collect();
     let start = TrustedRoot::pinned(&chain_link(1), MAX).unwrap();
-    let mut asked = Vec::new();
-    let mut fetch = serve(links);
-    let r = start
-        .update(
-            |v| {
-                asked.push(v);
-                fetch(v)
-            },
-            |_| Ok(()),
-            now(),
-            MAX,
-        )
-        .expect("32 steps");
+    let (r, asked) = walk_asking(start, links);
+    let r = r.expect("32 steps");
     assert_eq!(r.root().version, 33);
     assert_eq!(asked, (2..=33).collect::<Vec<u64>>());
     // The next run carries on from there.
-    let r = r
-        .update(
-            serve((2..=40).map(chain_link).collect()),
-            |_| Ok(()),
-            now(),
-            MAX,
-        )
-        .unwrap();
+    let r = walk(r, (2..=40).map(chain_link).collect()).unwrap();
     assert_eq!(r.root().version, 40);
 }
 
@@ -750,9 +697,7 @@ fn a_walk_stopped_at_an_expired_root_by_the_step_limit_is_kept_and_goes_on_next_
     assert_eq!(kept.last(), links.get(31));
     // The next run starts from the last kept root and reaches the fresh one.
     let resumed = TrustedRoot::pinned(kept.last().unwrap(), MAX).unwrap();
-    let r = resumed
-        .update(serve(links), |_| Ok(()), now(), MAX)
-        .expect("root 34 is fresh");
+    let r = walk(resumed, links).expect("root 34 is fresh");
     assert_eq!(r.root().version, 34);
 }
 
@@ -880,14 +825,9 @@ fn a_key_given_twice_in_a_signed_map_is_wrong_metadata() {
     single["releases"][0]["targets"]["x86_64-linux"]["components"]["app"] =
         serde_json::from_str(other.trim_start_matches(r#""app":"#).trim_end_matches(',')).unwrap();
     // Either "app" alone is a valid manifest; only their being together is refused.
-    check(
-        &sealed_manifest(&single, &[&a]),
-        &keyset(&[&a], 1),
-        &Freshness::default(),
-    )
-    .expect("the first app alone");
+    check_own(&single, &a).expect("the first app alone");
     let env = seal(MANIFEST_TYPE, twice.as_bytes(), &[&a]);
-    let got = check(&env, &keyset(&[&a], 1), &Freshness::default());
+    let got = check_new(&env, &keyset(&[&a], 1));
     assert_eq!(kind_of(got), ErrorKind::WrongMetadata);
     // The same holds for a root's roles.
     let r = String::from_utf8(root(1, &[&a], 1, &[&key(101)]).to_bytes()).unwrap();
@@ -905,12 +845,7 @@ fn a_key_given_twice_in_a_signed_map_is_wrong_metadata() {
 fn freshness_advances_to_the_accepted_manifest_and_never_back() {
     let a = key(1);
     let keys = keyset(&[&a], 1);
-    let m = check(
-        &sealed_manifest(&manifest_value(42), &[&a]),
-        &keys,
-        &Freshness::default(),
-    )
-    .unwrap();
+    let m = check_new(&sealed_manifest(&manifest_value(42), &[&a]), &keys).unwrap();
     let fresh = Freshness::default().advanced(&m);
     assert_eq!(fresh.last_seen, seen(&manifest_value(42)).last_seen);
     assert_eq!(fresh.newest_issued, Some(ts("2026-11-22T09:00:00Z")));
@@ -935,11 +870,7 @@ fn invalid_base64_or_too_many_signatures_is_signature() {
     let good = e.clone();
     e.payload = "not base64!".into();
     assert_eq!(
-        kind_of(check(
-            &to_bytes(&e),
-            &keyset(&[&a], 1),
-            &Freshness::default()
-        )),
+        kind_of(check_new(&to_bytes(&e), &keyset(&[&a], 1))),
         ErrorKind::Signature
     );
     // A flood of entries is refused before any is verified.
@@ -947,15 +878,11 @@ fn invalid_base64_or_too_many_signatures_is_signature() {
     let entry = e.signatures[0].clone();
     e.signatures = vec![entry; 65];
     assert_eq!(
-        kind_of(check(
-            &to_bytes(&e),
-            &keyset(&[&a], 1),
-            &Freshness::default()
-        )),
+        kind_of(check_new(&to_bytes(&e), &keyset(&[&a], 1))),
         ErrorKind::Signature
     );
     assert_eq!(
-        kind_of(check(b"{}", &keyset(&[&a], 1), &Freshness::default())),
+        kind_of(check_new(b"{}", &keyset(&[&a], 1))),
         ErrorKind::Signature
     );
 }
