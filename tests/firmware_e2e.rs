@@ -29,6 +29,26 @@ const PRODUCT: &str = "com.acme.board";
 const TARGET: &str = "acme-board-rev2";
 const MIB: usize = 1 << 20;
 
+/// A repository served on loopback and a factory-fresh board (see [`Board::new`]) on it.
+fn served_board(name: &str, loader: Loader) -> (Repo, TestServer, Board) {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, name, loader);
+    (repo, server, board)
+}
+
+/// The plan of the release the check must find (`panic`, the message when it finds none),
+/// downloaded.
+fn downloaded(up: &Updater, panic: &str) -> evergreen::Offer {
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("{panic}");
+    };
+    let plan = up.plan(&offer).unwrap();
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    plan
+}
+
 /// What picks the slot at power-on.
 #[derive(Clone, Copy)]
 enum Loader {
@@ -221,12 +241,7 @@ fn json_out(text: &str) -> Value {
 
 /// Check, download, install and activate with the library, as a host would.
 fn update_with_library(up: &Updater) -> Slot {
-    let Check::Available(offer) = up.check().unwrap() else {
-        panic!("expected an update to be available");
-    };
-    let plan = up.plan(&offer).unwrap();
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let plan = downloaded(up, "expected an update to be available");
     let slot = up.install(&plan).unwrap();
     match up.activate(false).unwrap() {
         Activation::Activated { slot: active, .. } => assert_eq!(active, slot),
@@ -237,9 +252,7 @@ fn update_with_library(up: &Updater) -> Slot {
 
 #[test]
 fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_falls_back() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "grub", Loader::Grub);
+    let (repo, _server, board) = served_board("grub", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
     let factory = board.slot_bytes(Slot::A);
@@ -340,9 +353,7 @@ fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_f
 
 #[test]
 fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "uboot", Loader::UBoot);
+    let (repo, _server, board) = served_board("uboot", Loader::UBoot);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.updater().startup().unwrap(), Startup::Normal);
     assert_eq!(
@@ -410,9 +421,7 @@ fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
 
 #[test]
 fn a_fresh_board_running_slot_b_installs_into_slot_a() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "fromb", Loader::Grub);
+    let (repo, _server, board) = served_board("fromb", Loader::Grub);
     // Provisioned with the factory image in B: GRUB boots B, A is the idle slot.
     std::fs::copy(&board.a, &board.b).unwrap();
     let mut env = GrubEnv::init(&board.env).unwrap();
@@ -447,9 +456,8 @@ fn a_fresh_board_running_slot_b_installs_into_slot_a() {
 
 #[test]
 fn grub_keeps_booting_a_factory_image_evergreen_never_installed() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "factory", Loader::Grub).without_current_version();
+    let (_repo, _server, board) = served_board("factory", Loader::Grub);
+    let board = board.without_current_version();
     // Without the startup step marking it good, every second boot would be the rescue entry.
     for _ in 0..4 {
         assert_eq!(board.power_on(), Some(Slot::A));
@@ -460,9 +468,7 @@ fn grub_keeps_booting_a_factory_image_evergreen_never_installed() {
 
 #[test]
 fn confirming_before_the_new_slot_has_booted_is_refused() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "early", Loader::Grub);
+    let (repo, _server, board) = served_board("early", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
     release_image(&repo, "2.0.0", MIB, 2);
@@ -483,9 +489,7 @@ fn confirming_before_the_new_slot_has_booted_is_refused() {
 /// the trial slot failed, so a confirm would vouch for the slot that failed.
 #[test]
 fn confirming_while_the_running_slot_is_unknown_is_refused() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "unknown", Loader::UBoot);
+    let (repo, _server, board) = served_board("unknown", Loader::UBoot);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
     release_image(&repo, "2.0.0", MIB, 2);
@@ -507,9 +511,7 @@ fn confirming_while_the_running_slot_is_unknown_is_refused() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "corrupt", Loader::Grub);
+    let (repo, server, board) = served_board("corrupt", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
     let image = release_image(&repo, "2.0.0", 2 * MIB, 2);
@@ -546,9 +548,7 @@ fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
 
 #[test]
 fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "rolled", Loader::UBoot);
+    let (repo, _server, board) = served_board("rolled", Loader::UBoot);
     assert_eq!(board.power_on(), Some(Slot::A));
     release_image(&repo, "2.0.0", MIB, 2);
     assert_eq!(update_with_library(&board.updater()), Slot::B);
@@ -564,12 +564,7 @@ fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
     assert_eq!(up.rollback().unwrap(), Slot::B);
     release_image(&repo, "3.1.0", MIB, 4);
     let running = board.slot_bytes(Slot::A);
-    let Check::Available(offer) = up.check().unwrap() else {
-        panic!("expected 3.1.0 to be offered");
-    };
-    let plan = up.plan(&offer).unwrap();
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let plan = downloaded(&up, "expected 3.1.0 to be offered");
     let err = up.install(&plan).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
     assert!(
@@ -605,19 +600,12 @@ fn on_trial_of_2_0_0(repo: &Repo, server: &TestServer, name: &str, loader: Loade
 #[test]
 fn a_power_cut_before_the_bootloader_learns_of_an_activation_resumes_it() {
     for (loader, name) in LOADERS {
-        let repo = Repo::new(PRODUCT);
-        let server = TestServer::serve(&repo.root);
-        let board = Board::new(&repo, &server, name, loader);
+        let (repo, _server, board) = served_board(name, loader);
         assert_eq!(board.power_on(), Some(Slot::A));
         assert_eq!(board.boot(), json!({"status": "normal"}));
         release_image(&repo, "2.0.0", MIB, 2);
         let up = board.updater();
-        let Check::Available(offer) = up.check().unwrap() else {
-            panic!("{name}: expected 2.0.0 on offer")
-        };
-        let plan = up.plan(&offer).unwrap();
-        up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-            .unwrap();
+        let plan = downloaded(&up, &format!("{name}: expected 2.0.0 on offer"));
         assert_eq!(up.install(&plan).unwrap(), Slot::B, "{name}");
         drop(up);
         board.crash_during(&["activate", "--now"], 4);
@@ -663,19 +651,12 @@ fn a_power_cut_before_the_bootloader_learns_of_an_activation_resumes_it() {
 /// startup step must not call its trial failed, and finishes the activation instead.
 #[test]
 fn grub_a_power_cut_in_the_middle_of_the_activation_write_does_not_fail_the_release() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "tornactivation", Loader::Grub);
+    let (repo, _server, board) = served_board("tornactivation", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
     release_image(&repo, "2.0.0", MIB, 2);
     let up = board.updater();
-    let Check::Available(offer) = up.check().unwrap() else {
-        panic!("expected 2.0.0 on offer")
-    };
-    let plan = up.plan(&offer).unwrap();
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let plan = downloaded(&up, "expected 2.0.0 on offer");
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
     let before = std::fs::read(&board.env).unwrap();
     let writes = GrubEnv::new(&board.env)
@@ -804,9 +785,7 @@ fn a_good_slot_the_bootloader_gave_up_on_mid_boot_leaves_the_fallback_primary() 
 fn an_unchanged_image_is_written_again_into_the_idle_slot() {
     // 2.0.1 ships the same rootfs as 2.0.0. The idle slot still holds the factory image,
     // so "unchanged" against the running slot must not mean "nothing to write".
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "sameimage", Loader::Grub);
+    let (repo, _server, board) = served_board("sameimage", Loader::Grub);
     let image = release_image(&repo, "2.0.0", MIB, 2);
     assert_eq!(
         json_out(&board.dev.expect("update", &["--yes", "--json"], 0))["slot"],
@@ -840,9 +819,7 @@ fn an_unchanged_image_is_written_again_into_the_idle_slot() {
 
 #[test]
 fn a_slot_path_that_reaches_the_running_slot_is_refused_before_anything_changes() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "samedevice", Loader::Grub);
+    let (repo, _server, board) = served_board("samedevice", Loader::Grub);
     // Slot b configured as a symlink to slot a's storage (a by-partlabel link gone wrong).
     std::fs::remove_file(&board.b).unwrap();
     std::os::unix::fs::symlink(&board.a, &board.b).unwrap();
@@ -875,9 +852,7 @@ fn a_slot_path_that_reaches_the_running_slot_is_refused_before_anything_changes(
 /// slot keeps what it held for a manual rollback.
 #[test]
 fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_touched() {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "notoneimage", Loader::Grub);
+    let (repo, _server, board) = served_board("notoneimage", Loader::Grub);
     let src = repo.scratch("src");
     let (image, config, app) = (
         src.join("rootfs.img"),
@@ -932,9 +907,7 @@ fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_to
 #[test]
 fn writing_an_image_reports_installing_progress_not_downloading() {
     use std::sync::{Arc, Mutex};
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, "installevents", Loader::Grub);
+    let (repo, _server, board) = served_board("installevents", Loader::Grub);
     release_image(&repo, "2.0.0", MIB, 2);
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
@@ -942,12 +915,7 @@ fn writing_an_image_reports_installing_progress_not_downloading() {
         .on_event(move |e| seen.lock().unwrap().push(e.clone()))
         .build()
         .unwrap();
-    let Check::Available(offer) = up.check().unwrap() else {
-        panic!("expected 2.0.0");
-    };
-    let plan = up.plan(&offer).unwrap();
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let plan = downloaded(&up, "expected 2.0.0");
     events.lock().unwrap().clear();
     up.install(&plan).unwrap();
     let events = events.lock().unwrap();
