@@ -220,19 +220,6 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
-/// Places the file artifact `a` of an unchanged component afresh from the primary slot's
-/// copy in `from`, alone and only when it is still the signed artifact: the app may have
-/// written its own slot (a changed file, a symlink to elsewhere, a FIFO, extra files).
-fn place_unchanged_file(from: &Path, dest: &Path, a: &Artifact, name: &str) -> Result<()> {
-    let file = crate::fsutil::open_no_follow(&from.join(name))?;
-    stage::place_file(&file, dest, name)?;
-    // The copy is what is checked, in the new slot the app cannot write while it is
-    // staged: the running slot's file could change between a check and the copy.
-    let placed = dest.join(name);
-    let copy = std::fs::File::open(&placed).map_err(|e| Error::io("open", &placed, e))?;
-    stage::verify_artifact(&copy, a)
-}
-
 /// The components of a plan that carry an artifact to fetch and install, with it.
 fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
     c.artifact.as_ref().map(|a| (c, a))
@@ -1522,7 +1509,8 @@ impl Updater {
             slots.component_dir(slot, name),
         );
         if a.kind == ArtifactKind::File {
-            return place_unchanged_file(&from, &dest, a, a.name.as_deref().unwrap_or(name));
+            let file = a.name.as_deref().unwrap_or(name);
+            return stage::copy_file_checked(&from, &dest, file, a).map(|_| ());
         }
         let primary_dir = slots.slot_dir(primary);
         let Some(tree) = TreeRecord::load(&primary_dir, name, &a.sha256)? else {

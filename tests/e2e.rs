@@ -585,6 +585,62 @@ fn an_install_planned_before_a_rollback_is_refused_not_staged_with_other_files()
     updater.install(&plan).unwrap();
 }
 
+/// A plan copies an unchanged tree because the running slot kept the record of its
+/// extraction; a record gone before the install (the slot emptied by hand, restored from a
+/// backup without it) refuses that plan instead of copying unchecked, and planned again
+/// the tree is fetched and extracted afresh.
+#[test]
+fn an_install_whose_tree_record_went_missing_is_planned_again() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.record");
+    let settings = src.join("settings.json");
+    let zip = app_zip(&src, "1.0.0", true);
+    for (version, level) in [("1.0.0", 1), ("1.0.1", 2)] {
+        std::fs::write(&settings, format!("{{\"level\": {level}}}")).unwrap();
+        let components = [("app", zip.as_path()), ("settings", settings.as_path())];
+        repo.release("stable", version, "x86_64-linux", &components, &[]);
+        if version == "1.0.0" {
+            install_and_confirm(&dev);
+        }
+    }
+    let updater = updater_for(&dev);
+    let offer = offer(&updater, "1.0.1");
+    let app = |plan: &evergreen::Offer| {
+        let c = plan.components.iter().find(|c| c.name == "app").unwrap();
+        (c.op, c.artifact.is_some())
+    };
+    let plan = updater.plan(&offer).unwrap();
+    assert_eq!(
+        app(&plan),
+        (evergreen::stage::ComponentOp::Unchanged, false)
+    );
+    download(&updater, &plan);
+    let record = dev.root.join("current/.evergreen-trees/app");
+    std::fs::remove_file(&record).unwrap();
+    let err = updater.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert!(
+        err.message().starts_with("component app copied from slot b (`reinstall` repairs it there): expected ")
+            && err.message().ends_with("/slots/b/.evergreen-trees/app to hold the record of the extracted tree, found none; plan again"),
+        "{err}"
+    );
+    let plan = updater.plan(&offer).unwrap();
+    assert_eq!(app(&plan), (evergreen::stage::ComponentOp::Unchanged, true));
+    download(&updater, &plan);
+    let slot = updater.install(&plan).unwrap();
+    let staged = dev.root.join("slots").join(slot.as_str());
+    assert_eq!(
+        tree_digest(&staged.join("app")),
+        tree_digest(&dev.root.join("current/app")),
+        "extracted again from the same archive"
+    );
+    assert!(staged.join(".evergreen-trees/app").is_file());
+}
+
 /// The startup step runs on every boot, often from the app's launcher while a background
 /// `evergreen update` runs. It must not wait for that update's download (network time) or
 /// its check: those hold only the work lock, never the state's.

@@ -19,7 +19,9 @@ mod tree;
 
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
 pub use extract::{extract_zip, extract_zip_recorded};
-pub use record::{copy_recorded, RecordedFile, RecordedLink, TreeRecord, TREES_DIR};
+pub use record::{
+    copy_file_checked, copy_recorded, RecordedFile, RecordedLink, TreeRecord, TREES_DIR,
+};
 pub use tree::{copy_tree, make_durable, place_file};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -136,8 +138,7 @@ fn run_parallel<T: Sync, S>(
 ///
 /// Staging calls this on the descriptor it then installs from: a download may sit on disk
 /// for days before it is installed (`download_only`), and whatever it was verified as
-/// then, what is installed is what was verified now, through the same open file. It also
-/// checks a `file` artifact copied unchanged from the primary slot.
+/// then, what is installed is what was verified now, through the same open file.
 pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifact) -> Result<()> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;

@@ -9,9 +9,12 @@
 //! exactly what it lists, each file checked as it is copied, so the new slot holds the
 //! signed tree or the install fails with `hash_mismatch`.
 
-use super::tree::{create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE};
+use super::tree::{
+    create_component_dir, create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE,
+};
 use super::{run_parallel, ExtractStats, BUF_SIZE};
 use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::{is_safe_name, Artifact};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -205,16 +208,59 @@ pub fn copy_recorded(src: &Path, dst: &Path, record: &TreeRecord) -> Result<Extr
     })
 }
 
-/// Copies one recorded file, hashing it on the way. A file of another size is refused
-/// before it is read; one that grows while it is copied is read at most one buffer past
-/// its recorded size.
+/// Places the `file` artifact `artifact` of an unchanged component as `dest_dir/name`,
+/// from the primary slot's copy `src_dir/name`: that one file (files the app added beside
+/// it stay behind), read without following a symlink (a FIFO or device is refused) and
+/// hashed as it is written, so what lands is what was checked even while the app writes
+/// its running slot. A file of another size or hash is [`ErrorKind::HashMismatch`].
+/// `dest_dir` is created (0755) when missing; the file gets 0644 and must not exist yet.
+/// Returns the bytes written. Not synced: see [`super::make_durable`].
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// std::fs::create_dir(dir.path().join("old")).unwrap();
+/// std::fs::write(dir.path().join("old/settings.json"), b"{}").unwrap();
+/// let artifact: evergreen::manifest::Artifact = serde_json::from_value(serde_json::json!({
+///     "kind": "file", "name": "settings.json", "size": 2,
+///     "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"})).unwrap();
+/// let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+/// evergreen::stage::copy_file_checked(&old, &new, "settings.json", &artifact)?;
+/// assert_eq!(std::fs::read(new.join("settings.json")).unwrap(), b"{}");
+/// # Ok(()) }
+/// ```
+pub fn copy_file_checked(
+    src_dir: &Path,
+    dest_dir: &Path,
+    name: &str,
+    artifact: &Artifact,
+) -> Result<u64> {
+    if !is_safe_name(name) {
+        return Err(Error::config(format!(
+            "copying a file artifact: expected a plain file name, found {name:?}"
+        )));
+    }
+    create_component_dir(dest_dir)?;
+    let file = RecordedFile {
+        path: name.to_string(),
+        mode: 0o644,
+        size: artifact.size,
+        sha256: artifact.sha256.clone(),
+    };
+    copy_checked(src_dir, dest_dir, &file, &mut vec![0u8; BUF_SIZE])?;
+    Ok(file.size)
+}
+
+/// Copies one recorded file, hashing it on the way; on failure the new file is removed.
+/// A file of another size is refused before it is read; one that grows while it is copied
+/// is read at most one buffer past its recorded size.
 fn copy_checked(src: &Path, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -> Result<()> {
     let from_path = src.join(&file.path);
     let differs = |found: &str| {
         Error::new(
             ErrorKind::HashMismatch,
             format!(
-                "{}: expected {} bytes with sha256 {} as extracted, found {found}",
+                "{}: expected {} bytes with sha256 {}, found {found}",
                 from_path.display(),
                 file.size,
                 file.sha256
@@ -239,25 +285,45 @@ fn copy_checked(src: &Path, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -> 
     }
     let to_path = dst.join(&file.path);
     let mut to = create_new_file(&to_path, file.mode)?;
-    let mut hashed = Hashed::default();
-    while hashed.len() <= file.size {
-        let n = match from.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read", &from_path, e)),
-        };
-        hashed.update(&buf[..n]);
-        to.write_all(&buf[..n])
-            .map_err(|e| Error::io("write", &to_path, e))?;
-    }
+    let copied = copy_hashed(&mut from, &from_path, &mut to, &to_path, file.size, buf);
+    let found = match copied {
+        Ok(hashed) => hashed.finish(&file.path, file.mode),
+        Err(e) => {
+            let _ = fs::remove_file(&to_path);
+            return Err(e);
+        }
+    };
     // The size can still differ here: the app may write the file while it is copied.
-    let found = hashed.finish(&file.path, file.mode);
     if found.size != file.size || found.sha256 != file.sha256 {
+        let _ = fs::remove_file(&to_path);
         let (size, sha256) = (found.size, found.sha256);
         return Err(differs(&format!("{size} bytes with sha256 {sha256}")));
     }
     Ok(())
+}
+
+/// Copies `from` into `to` until its end or past `size`, hashing what is written.
+fn copy_hashed(
+    from: &mut fs::File,
+    from_path: &Path,
+    to: &mut fs::File,
+    to_path: &Path,
+    size: u64,
+    buf: &mut [u8],
+) -> Result<Hashed> {
+    let mut hashed = Hashed::default();
+    while hashed.len() <= size {
+        let n = match from.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", from_path, e)),
+        };
+        hashed.update(&buf[..n]);
+        to.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", to_path, e))?;
+    }
+    Ok(hashed)
 }
 
 #[cfg(test)]
@@ -369,16 +435,38 @@ mod tests {
             let new = dir.path().join("new");
             let err = copy_recorded(&old, &new, &record).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::HashMismatch, "{found}: {err}");
-            let expected = format!(
-                "bin/app: expected 2 bytes with sha256 {}",
-                record.files[0].sha256
-            );
-            assert!(err.message().contains(&expected), "{found}: {err}");
-            assert!(
-                err.message().contains(&format!("as extracted, {found}")),
-                "{err}"
-            );
+            let sha256 = &record.files[0].sha256;
+            let expected = format!("bin/app: expected 2 bytes with sha256 {sha256}, {found}");
+            assert!(err.message().contains(&expected), "{err}");
             assert!(!new.exists(), "{found}");
         }
+    }
+
+    /// A file of the recorded size with other bytes is found by its hash, as it is copied,
+    /// and the copy does not stay.
+    #[test]
+    fn an_unchanged_file_with_other_bytes_of_its_size_is_not_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("settings.json"), b"{\"a\":2}").unwrap();
+        let artifact: Artifact = serde_json::from_value(serde_json::json!({
+            "kind": "file", "name": "settings.json", "size": 7,
+            "sha256": crate::trust::hex(&Sha256::digest(b"{\"a\":1}"))}))
+        .unwrap();
+        let err = copy_file_checked(&old, &new, "settings.json", &artifact).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+        let found = crate::trust::hex(&Sha256::digest(b"{\"a\":2}"));
+        assert!(
+            err.message()
+                .ends_with(&format!(", found 7 bytes with sha256 {found}")),
+            "{err}"
+        );
+        assert!(!new.join("settings.json").exists());
+        fs::write(old.join("settings.json"), b"{\"a\":1}").unwrap();
+        assert_eq!(
+            copy_file_checked(&old, &new, "settings.json", &artifact).unwrap(),
+            7
+        );
     }
 }

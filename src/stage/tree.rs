@@ -167,13 +167,7 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
             "placing a file artifact: expected a plain file name, found {name:?}"
         )));
     }
-    match DirBuilder::new().mode(DIR_MODE).create(dest_dir) {
-        // The umask may have cleared bits, or left group and other write set.
-        Ok(()) => fs::set_permissions(dest_dir, Permissions::from_mode(DIR_MODE))
-            .map_err(|e| Error::io("set the mode of", dest_dir, e))?,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io("create directory", dest_dir, e)),
-    }
+    create_component_dir(dest_dir)?;
     let dest = dest_dir.join(name);
     let mut out = create_new_file(&dest, 0o644)?;
     let mut reader = src;
@@ -186,6 +180,18 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
             let _ = fs::remove_file(&dest);
             Err(Error::io("copy the artifact to", &dest, e))
         }
+    }
+}
+
+/// Creates the component directory `dest_dir` of a file artifact, 0755 whatever the
+/// umask, unless it exists.
+pub(super) fn create_component_dir(dest_dir: &Path) -> Result<()> {
+    match DirBuilder::new().mode(DIR_MODE).create(dest_dir) {
+        // The umask may have cleared bits, or left group and other write set.
+        Ok(()) => fs::set_permissions(dest_dir, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| Error::io("set the mode of", dest_dir, e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("create directory", dest_dir, e)),
     }
 }
 
