@@ -4,8 +4,8 @@
 //!   anything that could escape the component directory or exhaust the disk;
 //! - [`place_file`] puts a `file` artifact in place;
 //! - [`copy_recorded`] carries an Unchanged `zip` component over from the primary slot,
-//!   checked against the [`TreeRecord`] its extraction kept; [`copy_tree`] copies a tree
-//!   as it is;
+//!   checked against the [`TreeRecord`] its extraction kept, and [`copy_file_checked`] an
+//!   Unchanged `file` component, checked against its artifact;
 //! - [`make_durable`] syncs a whole staged slot once, at the end;
 //! - [`diff`] says which components are Added / Removed / Modified / Unchanged.
 //!
@@ -22,7 +22,7 @@ pub use extract::{extract_zip, extract_zip_recorded};
 pub use record::{
     copy_file_checked, copy_recorded, RecordedFile, RecordedLink, TreeRecord, TREES_DIR,
 };
-pub use tree::{copy_tree, make_durable, place_file};
+pub use tree::{make_durable, place_file};
 
 use crate::error::{Error, ErrorKind, Result};
 
