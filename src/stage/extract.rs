@@ -362,7 +362,7 @@ fn read_entry(
 /// Checks a raw entry name. Returns the path without its trailing `/` and whether it
 /// names a directory, or the rule it breaks. Refuses rather than strips: an archive that
 /// needs cleaning up is not what was released.
-fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
+pub(super) fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
     let name = std::str::from_utf8(raw).map_err(|_| "the name is not UTF-8")?;
     if name.contains('\0') {
         return Err("the name contains NUL");
@@ -501,7 +501,7 @@ fn read_link_target(zip: &mut ZipArchive<At>, index: usize, path: &str) -> Resul
 /// A symlink must be relative and, resolved from its own directory, stay inside the
 /// component without passing through another symlink (whose target would change where
 /// a later `..` lands).
-fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Result<()> {
+pub(super) fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Result<()> {
     let bad = |why: &str| Err(refuse(path, format!("symlink to {target:?} {why}")));
     if target.is_empty() {
         return bad("is empty");

@@ -20,7 +20,8 @@ mod tree;
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
 pub use extract::{extract_zip, extract_zip_recorded};
 pub use record::{
-    copy_file_checked, copy_recorded, RecordedFile, RecordedLink, TreeRecord, TREES_DIR,
+    copy_file_checked, copy_recorded, RecordedFile, RecordedLink, TreeRecord, MAX_RECORD_BYTES,
+    TREES_DIR,
 };
 pub use tree::{make_durable, place_file};
 

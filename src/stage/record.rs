@@ -9,6 +9,7 @@
 //! exactly what it lists, each file checked as it is copied, so the new slot holds the
 //! signed tree or the install fails with `hash_mismatch`.
 
+use super::extract::{check_link_target, check_name};
 use super::tree::{
     create_component_dir, create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE,
 };
@@ -17,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{is_safe_name, Artifact};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +60,42 @@ pub struct RecordedLink {
     pub target: String,
 }
 
+/// The largest record read back: 100,000 entries (the default `max_entries`) of 600-byte
+/// paths fit.
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+/// The bytes of the record at `path`, read without following a symlink or waiting on a
+/// FIFO, and at most [`MAX_RECORD_BYTES`]; `None` when there is none.
+fn read_record(path: &Path) -> Result<Option<Vec<u8>>> {
+    let refused = |found: &str| {
+        Error::new(
+            ErrorKind::HashMismatch,
+            format!(
+                "{}: expected a record file of at most {MAX_RECORD_BYTES} bytes, found {found}",
+                path.display()
+            ),
+        )
+    };
+    let file = match crate::fsutil::try_open_no_follow(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused("a symlink")),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    if !meta.is_file() {
+        return Err(refused("something other than a regular file"));
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(refused(&format!("{} bytes", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_RECORD_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(Some(bytes))
+}
+
 /// The file a slot keeps a record in: the record and the artifact it came from.
 #[derive(Serialize, Deserialize)]
 struct RecordFile {
@@ -91,22 +129,28 @@ impl TreeRecord {
     /// The record of `component` in the slot at `slot_dir`, which must be of the artifact
     /// with SHA-256 `artifact`. `None` when the slot has none (installed by a version that
     /// kept no records, or provisioned by other means).
+    ///
+    /// The slot may be writable by the app, so the record is read as untrusted input: not
+    /// through a symlink, at most [`MAX_RECORD_BYTES`], and refused ([`ErrorKind::HashMismatch`])
+    /// unless it describes a tree extraction could have made (relative paths without `..`,
+    /// modes 0644 or 0755, symlinks inside the component). A record the app rewrote can then
+    /// only copy files of the running slot into the new one, never write elsewhere.
     pub fn load(slot_dir: &Path, component: &str, artifact: &str) -> Result<Option<TreeRecord>> {
         let path = Self::path(slot_dir, component);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", &path, e)),
+        let Some(bytes) = read_record(&path)? else {
+            return Ok(None);
         };
-        let file: RecordFile = serde_json::from_slice(&bytes).map_err(|e| {
+        let not_a_record = |found: &dyn std::fmt::Display| {
             Error::new(
                 ErrorKind::HashMismatch,
                 format!(
-                    "{}: expected the record of an extracted tree, found {e}",
+                    "{}: expected the record of an extracted tree, found {found}",
                     path.display()
                 ),
             )
-        })?;
+        };
+        let file: RecordFile = serde_json::from_slice(&bytes).map_err(|e| not_a_record(&e))?;
+        file.tree.check().map_err(|e| not_a_record(&e))?;
         if file.artifact != artifact {
             return Err(Error::new(
                 ErrorKind::HashMismatch,
@@ -118,6 +162,34 @@ impl TreeRecord {
             ));
         }
         Ok(Some(file.tree))
+    }
+
+    /// Refuses a record that names anything extraction would have refused: the copy writes
+    /// where the record says.
+    fn check(&self) -> std::result::Result<(), String> {
+        let safe = |path: &str| match check_name(path.as_bytes()) {
+            Ok((p, false)) if p == path => Ok(()),
+            Ok(_) => Err(format!("{path:?}: a directory name")),
+            Err(rule) => Err(format!("{path:?}: {rule}")),
+        };
+        for dir in &self.dirs {
+            safe(dir)?;
+        }
+        for f in &self.files {
+            safe(&f.path)?;
+            if f.mode != 0o644 && f.mode != 0o755 {
+                return Err(format!("{:?}: mode {:o}", f.path, f.mode));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{:?}: sha256 {:?}", f.path, f.sha256));
+            }
+        }
+        let links: HashSet<&str> = self.symlinks.iter().map(|l| l.path.as_str()).collect();
+        for l in &self.symlinks {
+            safe(&l.path)?;
+            check_link_target(&l.path, &l.target, &links).map_err(|e| e.message().to_string())?;
+        }
+        Ok(())
     }
 
     /// Puts the lists in their documented order, whatever order the workers finished in.
@@ -468,5 +540,62 @@ mod tests {
             copy_file_checked(&old, &new, "settings.json", &artifact).unwrap(),
             7
         );
+    }
+
+    /// The running slot's record is read as untrusted: one that names a path extraction
+    /// would refuse, a mode it never gives, a symlink leaving the component, or that is a
+    /// symlink itself, is refused before anything is copied.
+    #[test]
+    fn a_record_naming_what_extraction_would_refuse_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, record) = extracted(dir.path(), &[("bin/app", b"v1")]);
+        let slot = dir.path().join("slot");
+        type Tamper = fn(&mut TreeRecord);
+        let cases: [(&str, Tamper); 6] = [
+            (
+                "\"../../etc/cron.d/x\": the name has a `..` component",
+                |r| r.files[0].path = "../../etc/cron.d/x".into(),
+            ),
+            ("\"/etc/x\": the name is an absolute path", |r| {
+                r.dirs[0] = "/etc/x".into()
+            }),
+            ("\"bin/app\": mode 4755", |r| r.files[0].mode = 0o4755),
+            ("\"bin/\": a directory name", |r| {
+                r.files[0].path = "bin/".into()
+            }),
+            ("\"bin/app\": sha256 \"x\"", |r| {
+                r.files[0].sha256 = "x".into()
+            }),
+            (
+                "symlink to \"../../..\" points outside the component",
+                |r| {
+                    r.symlinks.push(RecordedLink {
+                        path: "up".into(),
+                        target: "../../..".into(),
+                    })
+                },
+            ),
+        ];
+        for (found, tamper) in cases {
+            let mut bad = record.clone();
+            tamper(&mut bad);
+            let _ = fs::remove_dir_all(&slot);
+            bad.save(&slot, "app", "aa").unwrap();
+            let err = TreeRecord::load(&slot, "app", "aa").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+            assert!(
+                err.message()
+                    .contains("expected the record of an extracted tree, found ")
+                    && err.message().contains(found),
+                "{found}: {err}"
+            );
+        }
+        let path = TreeRecord::path(&slot, "app");
+        fs::remove_file(&path).unwrap();
+        record.save(&slot, "real", "aa").unwrap();
+        std::os::unix::fs::symlink(TreeRecord::path(&slot, "real"), &path).unwrap();
+        let err = TreeRecord::load(&slot, "app", "aa").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+        assert!(err.message().ends_with(" bytes, found a symlink"), "{err}");
     }
 }
