@@ -595,6 +595,14 @@ impl Repo {
         )?;
         let next = current.rotate(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
         let mut files = Vec::new();
+        // Devices drop the newest `issued` they saw when a manifest key is revoked (DESIGN
+        // §5.1 rule 7): that is how a channel once signed with a clock far ahead is undone,
+        // so such a rotation may re-sign at a clock behind the channel's last `issued`.
+        let revokes = !current
+            .manifest_keys()
+            .keys()
+            .iter()
+            .all(|k| next.manifest_keys().keys().contains(k));
         if !same_keys(current.manifest_keys(), next.manifest_keys()) {
             for channel in self.channel_names()? {
                 // A channel already signed by the new keys is what an interrupted run of
@@ -603,7 +611,10 @@ impl Repo {
                     .load_channel(&current, &channel)
                     .or_else(|e| self.load_channel(&next, &channel).map_err(|_| e))?;
                 let mut m = loaded.ok_or_else(|| missing(&channel))?;
-                bump(&mut m, now, opts.manifest_expires_in_days)?;
+                if !revokes {
+                    check_clock(&m, now)?;
+                }
+                reissue(&mut m, now, opts.manifest_expires_in_days)?;
                 let bytes = self.seal_manifest(&next, &m, signers, now)?;
                 files.push((self.channel_path(&channel), bytes));
             }
@@ -915,15 +926,25 @@ impl<'a> Change<'a> {
 /// Every change is a new publication: clients refuse to go back in sequence. The new
 /// manifest is valid for `expires_in_days`, or for as long as the channel was.
 fn bump(m: &mut Manifest, now: Timestamp, expires_in_days: Option<u32>) -> Result<()> {
-    // Devices treat their clock as at least the newest `issued` they saw (DESIGN §5.1), so
-    // a manifest issued before it would already be that much closer to expiry for them —
-    // and a later change from the right clock would look issued before this one.
+    check_clock(m, now)?;
+    reissue(m, now, expires_in_days)
+}
+
+/// Devices treat their clock as at least the newest `issued` they saw (DESIGN §5.1), so a
+/// manifest issued before it would already be that much closer to expiry for them, and a
+/// later change from the right clock would look issued before this one.
+fn check_clock(m: &Manifest, now: Timestamp) -> Result<()> {
     if now < m.issued {
         return Err(Error::config(format!(
             "channel {}: expected a clock at or after the channel's last issued {}, found {now}",
             m.channel, m.issued
         )));
     }
+    Ok(())
+}
+
+/// [`bump`] without the clock check.
+fn reissue(m: &mut Manifest, now: Timestamp, expires_in_days: Option<u32>) -> Result<()> {
     let expires = match expires_in_days {
         Some(days) => expiry(now, days)?,
         None => now.plus_secs(validity_secs(m)),
@@ -2652,6 +2673,42 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert_eq!(nightly(&repo).sequence, 1);
+    }
+
+    /// A channel signed with a clock far ahead pulls every device's clock up to it; a
+    /// rotation that revokes the manifest key undoes that on devices (they drop what they
+    /// saw under it), so it may re-sign at the right clock. One that only adds a key may not.
+    #[test]
+    fn a_rotation_that_revokes_the_manifest_key_may_go_back_to_the_right_clock() {
+        let (_dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let ahead = now().plus_secs(200 * 86_400);
+        repo.resign("nightly", &Signing::new(&[&key], ahead))
+            .unwrap();
+        let (added, replacement) = (
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+        );
+        let add = RotateOptions {
+            manifest_keys: Some(vec![key.public(), added.public()]),
+            ..RotateOptions::default()
+        };
+        let err = repo.rotate(&add, &[&key, &added], now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "expected a clock at or after the channel's last issued {ahead}"
+            )),
+            "{err}"
+        );
+        let replace = RotateOptions {
+            manifest_keys: Some(vec![replacement.public()]),
+            ..RotateOptions::default()
+        };
+        repo.rotate(&replace, &[&key, &replacement], now()).unwrap();
+        let m = nightly(&repo);
+        assert_eq!((m.issued, m.sequence), (now(), 3));
+        repo.verify(now()).unwrap();
     }
 
     /// Devices stop walking at the first missing root: one past a gap is never reached.

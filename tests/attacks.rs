@@ -752,6 +752,26 @@ fn attack_fast_forwarded_clock_is_undone_by_rotating_the_key_out() {
     });
 }
 
+/// Not an attack but the same harm: the operator signs the channel with a clock 200 days
+/// ahead, and every device's clock follows it. Rotating the manifest key out at the right
+/// clock is allowed by the tools (they refuse any other change issued before the channel's
+/// last `issued`) and undoes it on the device.
+#[test]
+fn a_channel_signed_with_a_clock_far_ahead_is_undone_by_rotating_the_key_out() {
+    let (mut w, dev) = World::installed();
+    let ahead = t0().plus_days(200);
+    w.repo
+        .resign("stable", &Signing::new(&[&key(MANIFEST_KEY)], ahead))
+        .unwrap();
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(dev.state_json()["newest_issued"], json!(ahead));
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    w.signers = vec![key(SECOND_MANIFEST_KEY)];
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    assert_eq!(dev.state_json()["newest_issued"], json!(t0()));
+}
+
 /// Simple mode: the device trusts `trust.keys`; replacing the stolen key in its config
 /// resets what that key fast-forwarded, sequence and clock.
 #[test]
