@@ -18,7 +18,7 @@ use crate::slots::grub::GrubEnv;
 use crate::slots::image::ImageSlots;
 use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
-use crate::stage::{self, ComponentChange, ComponentOp, TreeRecord};
+use crate::stage::{self, ComponentChange, ComponentOp, RecordDigest, TreeRecord};
 use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
 use crate::time::Timestamp;
 use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
@@ -218,6 +218,72 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
     (staged_while == following)
         .then(|| record.channel.clone())
         .flatten()
+}
+
+/// What `begin_install` settled: the slot to write, the primary it is staged from, what
+/// that primary holds, and what the new slot will hold (record digests added as the
+/// trees are staged).
+struct Staging {
+    slot: Slot,
+    primary: Slot,
+    primary_holds: BTreeMap<String, InstalledComponent>,
+    components: BTreeMap<String, InstalledComponent>,
+}
+
+impl Staging {
+    fn keep_tree(&mut self, name: &str, tree: Option<RecordDigest>) {
+        if let Some(c) = self.components.get_mut(name) {
+            c.tree = tree;
+        }
+    }
+}
+
+/// Copies the unchanged component `name` (artifact `a`) from the primary slot into the
+/// slot being staged, checked: a file against the artifact's hash, an extracted tree
+/// against the record its extraction kept (`from`, as the state has it), which is copied
+/// along for the next update. Returns the new slot's record digest, for a tree.
+fn copy_unchanged(
+    slots: &DirSlots,
+    primary: Slot,
+    slot: Slot,
+    name: &str,
+    a: &Artifact,
+    from: Option<&InstalledComponent>,
+) -> Result<Option<RecordDigest>> {
+    let (src, dest) = (
+        slots.component_dir(primary, name),
+        slots.component_dir(slot, name),
+    );
+    if a.kind == ArtifactKind::File {
+        let file = a.name.as_deref().unwrap_or(name);
+        return stage::copy_file_checked(&src, &dest, file, a).map(|_| None);
+    }
+    let primary_dir = slots.slot_dir(primary);
+    let tree = load_tree(&primary_dir, name, from).map_err(|e| {
+        // `plan` carries the artifact of a tree with no usable record: this plan is older.
+        Error::invalid_state(format!("{}; plan again", e.message()))
+    })?;
+    stage::copy_recorded(&src, &dest, &tree)?;
+    tree.save(&slots.slot_dir(slot), name).map(Some)
+}
+
+/// The record of the tree `name` in the slot at `slot_dir`, as the state's `installed`
+/// describes it; an error when the state has no digest or the record is not those bytes.
+fn load_tree(
+    slot_dir: &Path,
+    name: &str,
+    installed: Option<&InstalledComponent>,
+) -> Result<TreeRecord> {
+    let digest = installed.and_then(|c| c.tree.as_ref()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::HashMismatch,
+            format!(
+                "{}: expected a record of the extracted tree in the state, found none (installed before records were kept)",
+                TreeRecord::path(slot_dir, name).display()
+            ),
+        )
+    })?;
+    TreeRecord::load(slot_dir, name, digest)
 }
 
 /// The components of a plan that carry an artifact to fetch and install, with it.
@@ -1113,9 +1179,10 @@ impl Updater {
     }
 
     /// The component diff of `target` against what the primary slot of `st` holds. An
-    /// unchanged tree is copied only when the primary slot kept the record of its
-    /// extraction, to check the copy against; without one (a slot installed before records
-    /// were kept, or provisioned by other means) it is extracted again from its artifact.
+    /// unchanged tree is copied only when the primary slot holds the record of its
+    /// extraction that the state's digest names, to check the copy against; otherwise (a
+    /// slot installed before records were kept, a record gone or rewritten) it is
+    /// extracted again from its artifact.
     fn diff_against_primary(&self, st: &State, target: &TargetRelease) -> Vec<ComponentChange> {
         let mut changes = stage::diff(
             &st.slot(st.primary).components,
@@ -1132,8 +1199,9 @@ impl Updater {
                     .components
                     .get(&c.name)
                     .filter(|t| t.artifact.kind == ArtifactKind::Zip);
+                let installed = st.slot(st.primary).components.get(&c.name);
                 if let Some(t) = zip {
-                    if !TreeRecord::path(&primary_dir, &c.name).is_file() {
+                    if load_tree(&primary_dir, &c.name, installed).is_err() {
                         c.artifact = Some(t.artifact.clone());
                     }
                 }
@@ -1218,16 +1286,15 @@ impl Updater {
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
-            let (slot, primary, components) = self.begin_install(plan)?;
+            let mut staging = self.begin_install(plan)?;
+            let slot = staging.slot;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
-                Store::Dir(slots) => {
-                    self.install_dir(slots, primary, slot, plan, &files, &components)?
-                }
+                Store::Dir(slots) => self.install_dir(slots, plan, &files, &mut staging)?,
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
-            self.finish_install(plan, slot, components)?;
+            self.finish_install(plan, slot, staging.components)?;
             self.emit(Event::Staged {
                 slot,
                 version: plan.version.to_string(),
@@ -1286,12 +1353,8 @@ impl Updater {
         Ok(())
     }
 
-    /// Marks the slot to write `installing` and takes it out of the boot order. Returns
-    /// it, the primary it is staged from and what it will hold.
-    fn begin_install(
-        &self,
-        plan: &Offer,
-    ) -> Result<(Slot, Slot, BTreeMap<String, InstalledComponent>)> {
+    /// Marks the slot to write `installing` and takes it out of the boot order.
+    fn begin_install(&self, plan: &Offer) -> Result<Staging> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
@@ -1331,7 +1394,12 @@ impl Updater {
         );
         self.save(&st)?;
         self.with_selector(|s| s.disable(slot))?;
-        Ok((slot, st.primary, components))
+        Ok(Staging {
+            slot,
+            primary: st.primary,
+            primary_holds: st.slot(st.primary).components.clone(),
+            components,
+        })
     }
 
     /// Marks the written slot `installed`, in the state as it is now.
@@ -1429,12 +1497,11 @@ impl Updater {
     fn install_dir(
         &self,
         slots: &DirSlots,
-        primary: Slot,
-        slot: Slot,
         plan: &Offer,
         files: &BTreeMap<String, std::fs::File>,
-        components: &BTreeMap<String, InstalledComponent>,
+        staging: &mut Staging,
     ) -> Result<()> {
+        let (slot, primary) = (staging.slot, staging.primary);
         let limits = self.config.archive_limits();
         let dir = slots.prepare(slot)?;
         for c in &plan.components {
@@ -1449,19 +1516,20 @@ impl Updater {
                             c.name, plan.version
                         )));
                     };
-                    self.copy_unchanged(slots, primary, slot, &c.name, a)
-                        .map_err(|e| {
-                            e.context(format!(
-                                "component {} copied from slot {primary} (`reinstall` repairs it there)",
-                                c.name
-                            ))
-                        })?;
+                    let from = staging.primary_holds.get(&c.name);
+                    let tree = copy_unchanged(slots, primary, slot, &c.name, a, from).map_err(|e| {
+                        e.context(format!(
+                            "component {} copied from slot {primary} (`reinstall` installs a fresh copy)",
+                            c.name
+                        ))
+                    })?;
+                    staging.keep_tree(&c.name, tree);
                 }
                 (_, Some(a), Some(file)) => match a.kind {
                     ArtifactKind::Zip => {
                         let (_, tree) =
                             stage::extract_zip_recorded(file, &dest, a.installed_size, &limits)?;
-                        tree.save(&dir, &c.name, &a.sha256)?;
+                        staging.keep_tree(&c.name, Some(tree.save(&dir, &c.name)?));
                     }
                     ArtifactKind::File => {
                         let name = a.name.as_deref().unwrap_or(&c.name);
@@ -1488,40 +1556,9 @@ impl Updater {
         stage::make_durable(&dir)?;
         let record = serde_json::json!({
             "version": plan.version.to_string(),
-            "components": components,
+            "components": staging.components,
         });
         slots.seal(slot, record.to_string().as_bytes())
-    }
-
-    /// Copies the unchanged component `name` (artifact `a`) from the primary slot into the
-    /// slot being staged, checked: a file against the artifact's hash, an extracted tree
-    /// against the record its extraction kept (copied along, for the next update).
-    fn copy_unchanged(
-        &self,
-        slots: &DirSlots,
-        primary: Slot,
-        slot: Slot,
-        name: &str,
-        a: &Artifact,
-    ) -> Result<()> {
-        let (from, dest) = (
-            slots.component_dir(primary, name),
-            slots.component_dir(slot, name),
-        );
-        if a.kind == ArtifactKind::File {
-            let file = a.name.as_deref().unwrap_or(name);
-            return stage::copy_file_checked(&from, &dest, file, a).map(|_| ());
-        }
-        let primary_dir = slots.slot_dir(primary);
-        let Some(tree) = TreeRecord::load(&primary_dir, name, &a.sha256)? else {
-            // `plan` carries the artifact of a tree with no record: this plan is older.
-            return Err(Error::invalid_state(format!(
-                "expected {} to hold the record of the extracted tree, found none; plan again",
-                TreeRecord::path(&primary_dir, name).display()
-            )));
-        };
-        stage::copy_recorded(&from, &dest, &tree)?;
-        tree.save(&slots.slot_dir(slot), name, &a.sha256)
     }
 
     fn install_image(

@@ -634,6 +634,7 @@ fn installed(items: &[(&str, &str, char)]) -> BTreeMap<String, InstalledComponen
         .iter()
         .map(|(name, version, hash)| {
             let c = InstalledComponent {
+                tree: None,
                 version: version.to_string(),
                 sha256: hash.to_string().repeat(64),
                 kind: Some(ArtifactKind::Zip),

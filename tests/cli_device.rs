@@ -5,6 +5,7 @@ mod common;
 mod support;
 
 use common::Repo;
+use sha2::Digest;
 use std::path::Path;
 use support::{Fault, TestServer};
 
@@ -730,7 +731,7 @@ fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over()
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("error[hash_mismatch]: component config copied from slot b (`reinstall` repairs it there): ")
+        err.contains("error[hash_mismatch]: component config copied from slot b (`reinstall` installs a fresh copy): ")
             && err.contains("/slots/b/config/settings-1.0.0.json: expected 20 bytes with sha256 ")
             && err.ends_with(", found 23 bytes\n"),
         "{err}"
@@ -813,7 +814,7 @@ fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("\nerror[hash_mismatch]: component app copied from slot a (`reinstall` repairs it there): "),
+        err.contains("\nerror[hash_mismatch]: component app copied from slot a (`reinstall` installs a fresh copy): "),
         "{err}"
     );
     assert!(
@@ -827,22 +828,50 @@ fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
     assert!(!dev.root.join("slots/b/app").exists());
 }
 
-/// A running slot without the record of its tree (installed by a version that kept none)
-/// has nothing to check a copy against: the unchanged tree is extracted again from its
-/// artifact, and the new slot gets a record.
+/// A running slot whose tree record cannot vouch for a copy has its unchanged tree
+/// extracted again from the artifact, and the new slot gets a record: the record gone, the
+/// state from before records were kept, or the app rewriting the record to match its own
+/// change (the state keeps the record's digest, which the app cannot write).
 #[test]
-fn an_unchanged_tree_without_a_record_is_extracted_again() {
-    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-legacy");
-    std::fs::remove_dir_all(dev.root.join("current/.evergreen-trees")).unwrap();
-    std::fs::write(dev.root.join("current/app/run.sh"), b"#!/bin/sh\nedited\n").unwrap();
-    let (op, bytes) = offered(&dev, "app");
-    assert_eq!(op, "unchanged");
-    assert!(bytes > 20, "the app's archive is fetched too: {bytes}");
-    dev.expect("update", &["--yes"], 0);
-    let staged = dev.root.join("slots/b");
-    assert_eq!(
-        std::fs::read(staged.join("app/run.sh")).unwrap(),
-        b"#!/bin/sh\n"
-    );
-    assert!(staged.join(".evergreen-trees/app").is_file());
+fn an_unchanged_tree_without_a_record_to_trust_is_extracted_again() {
+    for case in ["removed", "legacy state", "rewritten"] {
+        let product = format!("com.acme.tree-{}", case.replace(' ', "-"));
+        let (_repo, dev) = confirmed_app_tree_then_same_app(&product);
+        let running = dev.root.join("current");
+        let record = running.join(".evergreen-trees/app");
+        std::fs::write(running.join("app/run.sh"), b"#!/bin/sh\nedited\n").unwrap();
+        match case {
+            "removed" => std::fs::remove_dir_all(record.parent().unwrap()).unwrap(),
+            "legacy state" => {
+                let path = dev.state.join("state.json");
+                let mut state = json(&std::fs::read_to_string(&path).unwrap());
+                let app = &mut state["a"]["components"]["app"];
+                assert!(app["tree"]["sha256"].is_string(), "{state}");
+                app.as_object_mut().unwrap().remove("tree");
+                std::fs::write(&path, state.to_string()).unwrap();
+            }
+            _ => {
+                let mut tree = json(&std::fs::read_to_string(&record).unwrap());
+                assert_eq!(tree["files"][0]["path"], "run.sh", "{tree}");
+                let file = &mut tree["files"][0];
+                file["size"] = 17.into();
+                let edited = sha2::Sha256::digest(b"#!/bin/sh\nedited\n");
+                file["sha256"] = evergreen::trust::hex(&edited).into();
+                std::fs::write(&record, tree.to_string()).unwrap();
+            }
+        }
+        let (op, bytes) = offered(&dev, "app");
+        assert_eq!(op, "unchanged", "{case}");
+        assert!(
+            bytes > 20,
+            "{case}: the app's archive is fetched too: {bytes}"
+        );
+        dev.expect("update", &["--yes"], 0);
+        let staged = dev.root.join("slots/b");
+        let run = std::fs::read(staged.join("app/run.sh")).unwrap();
+        assert_eq!(run, b"#!/bin/sh\n", "{case}");
+        assert!(staged.join(".evergreen-trees/app").is_file(), "{case}");
+        let status = dev.status();
+        assert_eq!(status["slots"]["b"]["status"], "trial", "{case}: {status}");
+    }
 }

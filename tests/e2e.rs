@@ -624,8 +624,12 @@ fn an_install_whose_tree_record_went_missing_is_planned_again() {
     let err = updater.install(&plan).unwrap_err();
     assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
     assert!(
-        err.message().starts_with("component app copied from slot b (`reinstall` repairs it there): expected ")
-            && err.message().ends_with("/slots/b/.evergreen-trees/app to hold the record of the extracted tree, found none; plan again"),
+        err.message()
+            .starts_with("component app copied from slot b (`reinstall` installs a fresh copy): ")
+            && err.message().contains(
+                "/slots/b/.evergreen-trees/app: expected the record written at install ("
+            )
+            && err.message().ends_with(", found none; plan again"),
         "{err}"
     );
     let plan = updater.plan(&offer).unwrap();

@@ -1,5 +1,6 @@
 //! The component diff shown before approval: Added / Removed / Modified / Unchanged.
 
+use super::record::RecordDigest;
 use crate::manifest::{Artifact, ArtifactKind, Component, TargetRelease};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,6 +20,11 @@ pub struct InstalledComponent {
     /// The artifact's `name`: for a `file` artifact, the file in the component directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// For an extracted `zip`: the digest of the record its extraction (or its checked
+    /// copy) kept in the slot, without which the tree is never copied unchanged but
+    /// extracted again ([`crate::stage::TreeRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<RecordDigest>,
 }
 
 impl InstalledComponent {
@@ -29,6 +35,7 @@ impl InstalledComponent {
             sha256: artifact.sha256.clone(),
             kind: Some(artifact.kind),
             name: artifact.name.clone(),
+            tree: None,
         }
     }
 

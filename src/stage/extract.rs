@@ -362,7 +362,7 @@ fn read_entry(
 /// Checks a raw entry name. Returns the path without its trailing `/` and whether it
 /// names a directory, or the rule it breaks. Refuses rather than strips: an archive that
 /// needs cleaning up is not what was released.
-pub(super) fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
+fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
     let name = std::str::from_utf8(raw).map_err(|_| "the name is not UTF-8")?;
     if name.contains('\0') {
         return Err("the name contains NUL");
@@ -551,7 +551,7 @@ fn write(
             })
             .collect(),
     };
-    let dirs = create_dirs(dest, &record.dirs)?;
+    create_dirs(dest, &record.dirs)?;
     let files = Mutex::new(Vec::with_capacity(plan.files.len()));
     run_parallel(
         &plan.files,
@@ -564,14 +564,8 @@ fn write(
     )?;
     record.files = files.into_inner().unwrap_or_else(|e| e.into_inner());
     record.sort();
-    let symlinks = create_symlinks(dest, &record.symlinks)?;
-    let stats = ExtractStats {
-        files: record.files.len() as u64,
-        dirs,
-        symlinks,
-        bytes: record.files.iter().map(|f| f.size).sum(),
-    };
-    Ok((stats, record))
+    create_symlinks(dest, &record.symlinks)?;
+    Ok((record.stats(), record))
 }
 
 /// Inflates one file entry into the new file `path`, counting every byte against the

@@ -20,7 +20,7 @@ mod tree;
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
 pub use extract::{extract_zip, extract_zip_recorded};
 pub use record::{
-    copy_file_checked, copy_recorded, RecordedFile, RecordedLink, TreeRecord, MAX_RECORD_BYTES,
+    copy_file_checked, copy_recorded, RecordDigest, RecordedFile, RecordedLink, TreeRecord,
     TREES_DIR,
 };
 pub use tree::{make_durable, place_file};

@@ -1,24 +1,23 @@
-//! The record of an extracted tree, and the checked copy of an Unchanged `zip` component
-//! that it allows.
+//! The record of an extracted tree, and the checked copies of Unchanged components.
 //!
 //! A `zip` artifact's SHA-256 says nothing about the tree it became once extracted, and the
 //! app may write its own slot (logs, a settings file, an edit by hand). So extraction
 //! records what it wrote: every directory, every file with its mode, size and SHA-256 (hashed
 //! as it was inflated from the verified archive), every symlink with its target. The record
-//! is kept in the slot, in `.evergreen-trees/<component>`, and an Unchanged copy takes
-//! exactly what it lists, each file checked as it is copied, so the new slot holds the
-//! signed tree or the install fails with `hash_mismatch`.
+//! is kept in the slot, in `.evergreen-trees/<component>`, and its own size and SHA-256 (a
+//! [`RecordDigest`]) in the state, which the app cannot write: a record read back must be
+//! those bytes. An Unchanged copy then takes exactly what the record lists, each file
+//! reached without following a symlink anywhere on its path and checked as it is written,
+//! so the new slot holds the extracted tree or the install fails with `hash_mismatch`.
 
-use super::extract::{check_link_target, check_name};
 use super::tree::{
     create_component_dir, create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE,
 };
 use super::{run_parallel, ExtractStats, BUF_SIZE};
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::{is_safe_name, Artifact};
+use crate::manifest::Artifact;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -60,47 +59,14 @@ pub struct RecordedLink {
     pub target: String,
 }
 
-/// The largest record read back: 100,000 entries (the default `max_entries`) of 600-byte
-/// paths fit.
-pub const MAX_RECORD_BYTES: u64 = 64 << 20;
-
-/// The bytes of the record at `path`, read without following a symlink or waiting on a
-/// FIFO, and at most [`MAX_RECORD_BYTES`]; `None` when there is none.
-fn read_record(path: &Path) -> Result<Option<Vec<u8>>> {
-    let refused = |found: &str| {
-        Error::new(
-            ErrorKind::HashMismatch,
-            format!(
-                "{}: expected a record file of at most {MAX_RECORD_BYTES} bytes, found {found}",
-                path.display()
-            ),
-        )
-    };
-    let file = match crate::fsutil::try_open_no_follow(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused("a symlink")),
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
-    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
-    if !meta.is_file() {
-        return Err(refused("something other than a regular file"));
-    }
-    if meta.len() > MAX_RECORD_BYTES {
-        return Err(refused(&format!("{} bytes", meta.len())));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_RECORD_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    Ok(Some(bytes))
-}
-
-/// The file a slot keeps a record in: the record and the artifact it came from.
-#[derive(Serialize, Deserialize)]
-struct RecordFile {
-    artifact: String,
-    tree: TreeRecord,
+/// What the state keeps of a record: its length and SHA-256, so that one read back is
+/// known to be the bytes extraction wrote.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RecordDigest {
+    /// Length of the record file in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the record file.
+    pub sha256: String,
 }
 
 impl TreeRecord {
@@ -109,87 +75,69 @@ impl TreeRecord {
         slot_dir.join(TREES_DIR).join(component)
     }
 
-    /// Writes the record of `component`, extracted from the artifact with SHA-256
-    /// `artifact`, into the slot being staged at `slot_dir`. Not synced: the slot is made
-    /// durable as a whole ([`super::make_durable`]).
-    pub fn save(&self, slot_dir: &Path, component: &str, artifact: &str) -> Result<()> {
-        let dir = slot_dir.join(TREES_DIR);
-        crate::fsutil::create_dir_all(&dir)?;
+    /// Writes the record of `component` into the slot being staged at `slot_dir`, and
+    /// returns its digest for the state. Not synced: the slot is made durable as a whole
+    /// ([`super::make_durable`]).
+    pub fn save(&self, slot_dir: &Path, component: &str) -> Result<RecordDigest> {
+        crate::fsutil::create_dir_all(&slot_dir.join(TREES_DIR))?;
         let path = Self::path(slot_dir, component);
-        let json = serde_json::to_vec(&RecordFile {
-            artifact: artifact.to_string(),
-            tree: self.clone(),
-        })
-        .map_err(|e| Error::new(ErrorKind::Io, format!("encoding {}: {e}", path.display())))?;
+        let json = serde_json::to_vec(self)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("encoding {}: {e}", path.display())))?;
         let mut file = create_new_file(&path, 0o644)?;
         file.write_all(&json)
-            .map_err(|e| Error::io("write", &path, e))
+            .map_err(|e| Error::io("write", &path, e))?;
+        Ok(RecordDigest {
+            size: json.len() as u64,
+            sha256: crate::trust::hex(&Sha256::digest(&json)),
+        })
     }
 
-    /// The record of `component` in the slot at `slot_dir`, which must be of the artifact
-    /// with SHA-256 `artifact`. `None` when the slot has none (installed by a version that
-    /// kept no records, or provisioned by other means).
-    ///
-    /// The slot may be writable by the app, so the record is read as untrusted input: not
-    /// through a symlink, at most [`MAX_RECORD_BYTES`], and refused ([`ErrorKind::HashMismatch`])
-    /// unless it describes a tree extraction could have made (relative paths without `..`,
-    /// modes 0644 or 0755, symlinks inside the component). A record the app rewrote can then
-    /// only copy files of the running slot into the new one, never write elsewhere.
-    pub fn load(slot_dir: &Path, component: &str, artifact: &str) -> Result<Option<TreeRecord>> {
+    /// The record of `component` in the slot at `slot_dir`, which must be the bytes
+    /// `digest` describes (read without following a symlink at its end, and no more of
+    /// them than the digest's size). Anything else is [`ErrorKind::HashMismatch`]: a record
+    /// gone or changed cannot vouch for a copy.
+    pub fn load(slot_dir: &Path, component: &str, digest: &RecordDigest) -> Result<TreeRecord> {
         let path = Self::path(slot_dir, component);
-        let Some(bytes) = read_record(&path)? else {
-            return Ok(None);
-        };
-        let not_a_record = |found: &dyn std::fmt::Display| {
+        let differs = |found: &dyn std::fmt::Display| {
             Error::new(
                 ErrorKind::HashMismatch,
                 format!(
-                    "{}: expected the record of an extracted tree, found {found}",
-                    path.display()
+                    "{}: expected the record written at install ({} bytes with sha256 {}), found {found}",
+                    path.display(),
+                    digest.size,
+                    digest.sha256
                 ),
             )
         };
-        let file: RecordFile = serde_json::from_slice(&bytes).map_err(|e| not_a_record(&e))?;
-        file.tree.check().map_err(|e| not_a_record(&e))?;
-        if file.artifact != artifact {
-            return Err(Error::new(
-                ErrorKind::HashMismatch,
-                format!(
-                    "{}: expected the record of artifact {artifact}, found one of {}",
-                    path.display(),
-                    file.artifact
-                ),
-            ));
+        let file =
+            crate::fsutil::try_open_no_follow(&path).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => differs(&"none"),
+                Some(libc::ELOOP) => differs(&"a symlink"),
+                _ => Error::io("open", &path, e),
+            })?;
+        let mut bytes = Vec::new();
+        file.take(digest.size.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &path, e))?;
+        let sha256 = crate::trust::hex(&Sha256::digest(&bytes));
+        if bytes.len() as u64 != digest.size || sha256 != digest.sha256 {
+            let found = match bytes.len() as u64 {
+                n if n > digest.size => format!("more than {} bytes", digest.size),
+                n => format!("{n} bytes with sha256 {sha256}"),
+            };
+            return Err(differs(&found));
         }
-        Ok(Some(file.tree))
+        serde_json::from_slice(&bytes).map_err(|e| differs(&e))
     }
 
-    /// Refuses a record that names anything extraction would have refused: the copy writes
-    /// where the record says.
-    fn check(&self) -> std::result::Result<(), String> {
-        let safe = |path: &str| match check_name(path.as_bytes()) {
-            Ok((p, false)) if p == path => Ok(()),
-            Ok(_) => Err(format!("{path:?}: a directory name")),
-            Err(rule) => Err(format!("{path:?}: {rule}")),
-        };
-        for dir in &self.dirs {
-            safe(dir)?;
+    /// What copying or extracting this tree creates.
+    pub(super) fn stats(&self) -> ExtractStats {
+        ExtractStats {
+            files: self.files.len() as u64,
+            dirs: self.dirs.len() as u64,
+            symlinks: self.symlinks.len() as u64,
+            bytes: self.files.iter().map(|f| f.size).sum(),
         }
-        for f in &self.files {
-            safe(&f.path)?;
-            if f.mode != 0o644 && f.mode != 0o755 {
-                return Err(format!("{:?}: mode {:o}", f.path, f.mode));
-            }
-            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("{:?}: sha256 {:?}", f.path, f.sha256));
-            }
-        }
-        let links: HashSet<&str> = self.symlinks.iter().map(|l| l.path.as_str()).collect();
-        for l in &self.symlinks {
-            safe(&l.path)?;
-            check_link_target(&l.path, &l.target, &links).map_err(|e| e.message().to_string())?;
-        }
-        Ok(())
     }
 
     /// Puts the lists in their documented order, whatever order the workers finished in.
@@ -261,23 +209,46 @@ impl Hashed {
 /// # Ok(()) }
 /// ```
 pub fn copy_recorded(src: &Path, dst: &Path, record: &TreeRecord) -> Result<ExtractStats> {
+    let src = Source::open(src)?;
     let staging = StagingDir::create(dst)?;
-    let dirs = create_dirs(dst, &record.dirs)?;
+    create_dirs(dst, &record.dirs)?;
     let mut by_size: Vec<&RecordedFile> = record.files.iter().collect();
     by_size.sort_by_key(|f| std::cmp::Reverse(f.size));
     run_parallel(
         &by_size,
         || Ok(vec![0u8; BUF_SIZE]),
-        |buf, file| copy_checked(src, dst, file, buf),
+        |buf, file| copy_checked(&src, dst, file, buf),
     )?;
-    let symlinks = create_symlinks(dst, &record.symlinks)?;
+    create_symlinks(dst, &record.symlinks)?;
     staging.finish(DIR_MODE)?;
-    Ok(ExtractStats {
-        files: record.files.len() as u64,
-        dirs,
-        symlinks,
-        bytes: record.files.iter().map(|f| f.size).sum(),
-    })
+    Ok(record.stats())
+}
+
+/// The primary slot's component directory a copy reads from, open: every file is reached
+/// from it by [`crate::fsutil::open_beneath`].
+struct Source<'a> {
+    path: &'a Path,
+    dir: fs::File,
+}
+
+impl<'a> Source<'a> {
+    fn open(path: &'a Path) -> Result<Source<'a>> {
+        let dir = crate::fsutil::open_dir_no_follow(path).map_err(|e| {
+            let found = match e.raw_os_error() {
+                Some(libc::ENOENT) => "none",
+                Some(libc::ELOOP | libc::ENOTDIR) => "a file or a symlink",
+                _ => return Error::io("open", path, e),
+            };
+            Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "{}: expected the component's directory, found {found}",
+                    path.display()
+                ),
+            )
+        })?;
+        Ok(Source { path, dir })
+    }
 }
 
 /// Places the `file` artifact `artifact` of an unchanged component as `dest_dir/name`,
@@ -307,27 +278,23 @@ pub fn copy_file_checked(
     name: &str,
     artifact: &Artifact,
 ) -> Result<u64> {
-    if !is_safe_name(name) {
-        return Err(Error::config(format!(
-            "copying a file artifact: expected a plain file name, found {name:?}"
-        )));
-    }
-    create_component_dir(dest_dir)?;
+    create_component_dir(dest_dir, name)?;
     let file = RecordedFile {
         path: name.to_string(),
         mode: 0o644,
         size: artifact.size,
         sha256: artifact.sha256.clone(),
     };
-    copy_checked(src_dir, dest_dir, &file, &mut vec![0u8; BUF_SIZE])?;
+    let src = Source::open(src_dir)?;
+    copy_checked(&src, dest_dir, &file, &mut vec![0u8; BUF_SIZE])?;
     Ok(file.size)
 }
 
 /// Copies one recorded file, hashing it on the way; on failure the new file is removed.
 /// A file of another size is refused before it is read; one that grows while it is copied
 /// is read at most one buffer past its recorded size.
-fn copy_checked(src: &Path, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -> Result<()> {
-    let from_path = src.join(&file.path);
+fn copy_checked(src: &Source, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -> Result<()> {
+    let from_path = src.path.join(&file.path);
     let differs = |found: &str| {
         Error::new(
             ErrorKind::HashMismatch,
@@ -340,10 +307,13 @@ fn copy_checked(src: &Path, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -> 
         )
     };
     let mut from =
-        crate::fsutil::try_open_no_follow(&from_path).map_err(|e| match e.raw_os_error() {
+        crate::fsutil::open_beneath(&src.dir, &file.path).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) => differs("none"),
-            Some(libc::ELOOP) => differs("a symlink"),
-            Some(libc::ENOTDIR) => differs("a file where a directory of its path should be"),
+            Some(libc::ELOOP) => differs("a symlink in its place"),
+            // `O_DIRECTORY | O_NOFOLLOW` says ENOTDIR for a symlink too.
+            Some(libc::ENOTDIR) => {
+                differs("a file or a symlink where a directory of its path should be")
+            }
             _ => Error::io("open", &from_path, e),
         })?;
     let meta = from
@@ -437,21 +407,54 @@ mod tests {
         );
     }
 
+    /// A record reads back only as the bytes its digest names: gone, changed, grown, or a
+    /// symlink in its place, it vouches for nothing.
     #[test]
-    fn a_record_round_trips_and_names_its_artifact() {
+    fn a_record_loads_only_as_the_bytes_its_digest_names() {
         let dir = tempfile::tempdir().unwrap();
         let (_, record) = extracted(dir.path(), &[("f", b"x")]);
         let slot = dir.path().join("slot");
-        record.save(&slot, "app", "aa").unwrap();
-        assert_eq!(TreeRecord::load(&slot, "app", "aa").unwrap(), Some(record));
-        assert_eq!(TreeRecord::load(&slot, "other", "aa").unwrap(), None);
-        let err = TreeRecord::load(&slot, "app", "bb").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::HashMismatch);
-        assert!(
-            err.message()
-                .contains("expected the record of artifact bb, found one of aa"),
-            "{err}"
-        );
+        let digest = record.save(&slot, "app").unwrap();
+        assert_eq!(TreeRecord::load(&slot, "app", &digest).unwrap(), record);
+        let path = TreeRecord::path(&slot, "app");
+        let saved = fs::read(&path).unwrap();
+        let mut other = record.clone();
+        other.files[0].mode = 0o644;
+        let rewritten = serde_json::to_vec(&other).unwrap();
+        let linked = dir.path().join("elsewhere");
+        fs::write(&linked, &saved).unwrap();
+        type Change = Box<dyn Fn(&Path)>;
+        let cases: [(&str, Change); 4] = [
+            ("found none", Box::new(|p| fs::remove_file(p).unwrap())),
+            (
+                "bytes with sha256",
+                Box::new(move |p| fs::write(p, &rewritten).unwrap()),
+            ),
+            (
+                "found more than",
+                Box::new(move |p| fs::write(p, [&saved[..], b" "].concat()).unwrap()),
+            ),
+            (
+                "found a symlink",
+                Box::new(move |p| {
+                    fs::remove_file(p).unwrap();
+                    std::os::unix::fs::symlink(&linked, p).unwrap()
+                }),
+            ),
+        ];
+        for (found, change) in cases {
+            let _ = fs::remove_file(&path);
+            record.save(&slot, "app").unwrap();
+            change(&path);
+            let err = TreeRecord::load(&slot, "app", &digest).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+            let expected = format!(
+                "expected the record written at install ({} bytes with sha256 {}), ",
+                digest.size, digest.sha256
+            );
+            assert!(err.message().contains(&expected), "{err}");
+            assert!(err.message().contains(found), "{found}: {err}");
+        }
     }
 
     #[test]
@@ -486,7 +489,7 @@ mod tests {
             ("found 11 bytes", |old| {
                 fs::write(old.join("bin/app"), b"v1 and more").unwrap()
             }),
-            ("found a symlink", |old| {
+            ("found a symlink in its place", |old| {
                 let (app, elsewhere) = (old.join("bin/app"), old.join("../copy"));
                 fs::rename(&app, &elsewhere).unwrap();
                 std::os::unix::fs::symlink(&elsewhere, &app).unwrap();
@@ -495,7 +498,7 @@ mod tests {
                 fs::remove_file(old.join("bin/app")).unwrap();
                 fs::create_dir(old.join("bin/app")).unwrap();
             }),
-            ("found a file where a directory", |old| {
+            ("found a file or a symlink where a directory", |old| {
                 fs::remove_dir_all(old.join("bin")).unwrap();
                 fs::write(old.join("bin"), b"").unwrap();
             }),
@@ -542,60 +545,33 @@ mod tests {
         );
     }
 
-    /// The running slot's record is read as untrusted: one that names a path extraction
-    /// would refuse, a mode it never gives, a symlink leaving the component, or that is a
-    /// symlink itself, is refused before anything is copied.
+    /// A directory on a recorded file's path swapped for a symlink is never followed, even
+    /// to a file with the recorded bytes: nothing outside the component is read.
     #[test]
-    fn a_record_naming_what_extraction_would_refuse_is_not_loaded() {
+    fn a_symlink_on_the_path_of_a_recorded_file_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, record) = extracted(dir.path(), &[("bin/app", b"v1")]);
-        let slot = dir.path().join("slot");
-        type Tamper = fn(&mut TreeRecord);
-        let cases: [(&str, Tamper); 6] = [
-            (
-                "\"../../etc/cron.d/x\": the name has a `..` component",
-                |r| r.files[0].path = "../../etc/cron.d/x".into(),
-            ),
-            ("\"/etc/x\": the name is an absolute path", |r| {
-                r.dirs[0] = "/etc/x".into()
-            }),
-            ("\"bin/app\": mode 4755", |r| r.files[0].mode = 0o4755),
-            ("\"bin/\": a directory name", |r| {
-                r.files[0].path = "bin/".into()
-            }),
-            ("\"bin/app\": sha256 \"x\"", |r| {
-                r.files[0].sha256 = "x".into()
-            }),
-            (
-                "symlink to \"../../..\" points outside the component",
-                |r| {
-                    r.symlinks.push(RecordedLink {
-                        path: "up".into(),
-                        target: "../../..".into(),
-                    })
-                },
-            ),
-        ];
-        for (found, tamper) in cases {
-            let mut bad = record.clone();
-            tamper(&mut bad);
-            let _ = fs::remove_dir_all(&slot);
-            bad.save(&slot, "app", "aa").unwrap();
-            let err = TreeRecord::load(&slot, "app", "aa").unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
-            assert!(
-                err.message()
-                    .contains("expected the record of an extracted tree, found ")
-                    && err.message().contains(found),
-                "{found}: {err}"
-            );
-        }
-        let path = TreeRecord::path(&slot, "app");
-        fs::remove_file(&path).unwrap();
-        record.save(&slot, "real", "aa").unwrap();
-        std::os::unix::fs::symlink(TreeRecord::path(&slot, "real"), &path).unwrap();
-        let err = TreeRecord::load(&slot, "app", "aa").unwrap_err();
+        let (old, record) = extracted(dir.path(), &[("bin/app", b"v1")]);
+        let outside = dir.path().join("outside");
+        fs::rename(old.join("bin"), &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, old.join("bin")).unwrap();
+        let new = dir.path().join("new");
+        let err = copy_recorded(&old, &new, &record).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
-        assert!(err.message().ends_with(" bytes, found a symlink"), "{err}");
+        assert!(
+            err.message()
+                .ends_with(", found a file or a symlink where a directory of its path should be"),
+            "{err}"
+        );
+        assert!(!new.exists());
+        fs::remove_file(old.join("bin")).unwrap();
+        let err = copy_recorded(&outside, &new, &record).unwrap_err();
+        assert!(err.message().contains("bin/app: expected 2 bytes"), "{err}");
+        std::os::unix::fs::symlink(&outside, dir.path().join("linked")).unwrap();
+        let err = copy_recorded(&dir.path().join("linked"), &new, &record).unwrap_err();
+        assert!(
+            err.message()
+                .ends_with("linked: expected the component's directory, found a file or a symlink"),
+            "{err}"
+        );
     }
 }

@@ -162,12 +162,7 @@ pub(super) fn create_new_file(path: &Path, mode: u32) -> Result<File> {
 /// # Ok(()) }
 /// ```
 pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
-    if !is_safe_name(name) {
-        return Err(Error::config(format!(
-            "placing a file artifact: expected a plain file name, found {name:?}"
-        )));
-    }
-    create_component_dir(dest_dir)?;
+    create_component_dir(dest_dir, name)?;
     let dest = dest_dir.join(name);
     let mut out = create_new_file(&dest, 0o644)?;
     let mut reader = src;
@@ -183,9 +178,14 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
     }
 }
 
-/// Creates the component directory `dest_dir` of a file artifact, 0755 whatever the
-/// umask, unless it exists.
-pub(super) fn create_component_dir(dest_dir: &Path) -> Result<()> {
+/// Creates the component directory `dest_dir` of the file artifact `name`, 0755 whatever
+/// the umask, unless it exists; `name` must be a plain file name.
+pub(super) fn create_component_dir(dest_dir: &Path, name: &str) -> Result<()> {
+    if !is_safe_name(name) {
+        return Err(Error::config(format!(
+            "a file artifact: expected a plain file name, found {name:?}"
+        )));
+    }
     match DirBuilder::new().mode(DIR_MODE).create(dest_dir) {
         // The umask may have cleared bits, or left group and other write set.
         Ok(()) => fs::set_permissions(dest_dir, Permissions::from_mode(DIR_MODE))
