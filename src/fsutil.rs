@@ -229,6 +229,14 @@ pub fn open_dir_no_follow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// How [`open_beneath`] opens a directory on the way: on Linux as a path only, which needs
+/// the search permission a path lookup needs and not read permission too (a directory the
+/// app made 0111 is still walked).
+#[cfg(target_os = "linux")]
+const DIR_ON_PATH: libc::c_int = libc::O_PATH | libc::O_DIRECTORY;
+#[cfg(not(target_os = "linux"))]
+const DIR_ON_PATH: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY;
+
 /// Opens `rel` (a relative path of `/`-separated names) under the open directory `dir` for
 /// reading, one name at a time with `openat` and `O_NOFOLLOW`: a symlink anywhere on the
 /// path is `ELOOP`, a file where a directory should be `ENOTDIR`, so nothing outside `dir`
@@ -243,8 +251,8 @@ pub fn open_beneath(dir: &File, rel: &str) -> std::io::Result<File> {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
         let flags = match names.peek() {
-            Some(_) => libc::O_DIRECTORY,
-            None => libc::O_NONBLOCK,
+            Some(_) => DIR_ON_PATH,
+            None => libc::O_RDONLY | libc::O_NONBLOCK,
         };
         let name = std::ffi::CString::new(name)
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -255,7 +263,7 @@ pub fn open_beneath(dir: &File, rel: &str) -> std::io::Result<File> {
             libc::openat(
                 parent,
                 name.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
+                libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
             )
         };
         if fd < 0 {

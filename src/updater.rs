@@ -278,8 +278,7 @@ fn load_tree(
         Error::new(
             ErrorKind::HashMismatch,
             format!(
-                "{}: expected a record of the extracted tree in the state, found none (installed before records were kept)",
-                TreeRecord::path(slot_dir, name).display()
+                "component {name}: expected the state to hold the digest of its tree record, found none (installed before records were kept)"
             ),
         )
     })?;
@@ -1517,12 +1516,8 @@ impl Updater {
                         )));
                     };
                     let from = staging.primary_holds.get(&c.name);
-                    let tree = copy_unchanged(slots, primary, slot, &c.name, a, from).map_err(|e| {
-                        e.context(format!(
-                            "component {} copied from slot {primary} (`reinstall` installs a fresh copy)",
-                            c.name
-                        ))
-                    })?;
+                    let tree = copy_unchanged(slots, primary, slot, &c.name, a, from)
+                        .map_err(|e| self.copy_failed(primary, &c.name, e))?;
                     staging.keep_tree(&c.name, tree);
                 }
                 (_, Some(a), Some(file)) => match a.kind {
@@ -1559,6 +1554,35 @@ impl Updater {
             "components": staging.components,
         });
         slots.seal(slot, record.to_string().as_bytes())
+    }
+
+    /// The error of a checked copy of an unchanged component. When the primary slot's copy
+    /// differs from what was installed there, the state says so, and the next plan
+    /// installs the component from its artifact instead of failing the same way forever.
+    fn copy_failed(&self, primary: Slot, name: &str, e: Error) -> Error {
+        let marked = e.kind() == ErrorKind::HashMismatch && self.mark_altered(primary, name);
+        let next = if marked {
+            " (the next update installs it from its artifact)"
+        } else {
+            ""
+        };
+        e.context(format!("component {name} copied from slot {primary}{next}"))
+    }
+
+    /// Records that component `name` of `slot` no longer holds what was installed;
+    /// whether the state says so now.
+    fn mark_altered(&self, slot: Slot, name: &str) -> bool {
+        let marked = || -> Result<bool> {
+            let _lock = self.lock()?;
+            let mut st = self.load_state()?;
+            let Some(c) = st.slot_mut(slot).components.get_mut(name) else {
+                return Ok(false);
+            };
+            c.altered = true;
+            self.save(&st)?;
+            Ok(true)
+        };
+        marked().unwrap_or(false)
     }
 
     fn install_image(

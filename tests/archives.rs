@@ -635,6 +635,7 @@ fn installed(items: &[(&str, &str, char)]) -> BTreeMap<String, InstalledComponen
         .map(|(name, version, hash)| {
             let c = InstalledComponent {
                 tree: None,
+                altered: false,
                 version: version.to_string(),
                 sha256: hash.to_string().repeat(64),
                 kind: Some(ArtifactKind::Zip),

@@ -731,7 +731,7 @@ fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over()
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("error[hash_mismatch]: component config copied from slot b (`reinstall` installs a fresh copy): ")
+        err.contains("error[hash_mismatch]: component config copied from slot b (the next update installs it from its artifact): ")
             && err.contains("/slots/b/config/settings-1.0.0.json: expected 20 bytes with sha256 ")
             && err.ends_with(", found 23 bytes\n"),
         "{err}"
@@ -739,6 +739,11 @@ fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over()
     let status = dev.status();
     assert_eq!(status["primary"], "b", "{status}");
     assert_ne!(status["slots"]["a"]["status"], "installed", "{status}");
+    // Not stuck: the altered copy is no longer taken as the artifact, which is fetched.
+    assert_eq!(offered(&dev, "config").0, "modified");
+    dev.expect("update", &["--yes"], 0);
+    let placed = dev.root.join("slots/a/config/settings-1.0.0.json");
+    assert_eq!(std::fs::read(placed).unwrap(), b"{\"version\": \"1.0.0\"}");
 }
 
 /// 1.0.1 (an app tree and the 1.0.0 config) installed and confirmed over 1.0.0, then 1.0.2
@@ -802,10 +807,18 @@ fn an_unchanged_tree_is_copied_as_extracted_with_its_record() {
         std::fs::read(running.join(".evergreen-trees/app")).unwrap(),
         "the record is carried along"
     );
+    let state = json(&std::fs::read_to_string(dev.state.join("state.json")).unwrap());
+    let tree = |slot: &str| state[slot]["components"]["app"]["tree"].clone();
+    assert!(tree("b")["sha256"].is_string(), "{state}");
+    assert_eq!(
+        tree("b"),
+        tree("a"),
+        "and the state vouches for it: {state}"
+    );
 }
 
 /// A file of an unchanged tree altered in the running slot refuses the install, naming the
-/// file, and the running slot stays primary.
+/// file, and the running slot stays primary; the next update installs the tree afresh.
 #[test]
 fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
     let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-altered");
@@ -814,7 +827,7 @@ fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("\nerror[hash_mismatch]: component app copied from slot a (`reinstall` installs a fresh copy): "),
+        err.contains("\nerror[hash_mismatch]: component app copied from slot a (the next update installs it from its artifact): "),
         "{err}"
     );
     assert!(
@@ -826,6 +839,13 @@ fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
     assert_eq!(status["primary"], "a", "{status}");
     assert_ne!(status["slots"]["b"]["status"], "installed", "{status}");
     assert!(!dev.root.join("slots/b/app").exists());
+    // Not stuck: the altered tree is no longer taken as the artifact, which is fetched.
+    let (op, bytes) = offered(&dev, "app");
+    assert_eq!(op, "modified");
+    assert!(bytes > 20, "the app's archive is fetched: {bytes}");
+    dev.expect("update", &["--yes"], 0);
+    let run = std::fs::read(dev.root.join("slots/b/app/run.sh")).unwrap();
+    assert_eq!(run, b"#!/bin/sh\n");
 }
 
 /// A running slot whose tree record cannot vouch for a copy has its unchanged tree

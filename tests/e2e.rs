@@ -625,7 +625,7 @@ fn an_install_whose_tree_record_went_missing_is_planned_again() {
     assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
     assert!(
         err.message()
-            .starts_with("component app copied from slot b (`reinstall` installs a fresh copy): ")
+            .starts_with("component app copied from slot b: ")
             && err.message().contains(
                 "/slots/b/.evergreen-trees/app: expected the record written at install ("
             )

@@ -25,6 +25,11 @@ pub struct InstalledComponent {
     /// extracted again ([`crate::stage::TreeRecord`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<RecordDigest>,
+    /// Set when a checked copy found the slot's copy differing from what was installed
+    /// (the app wrote it, a bad block): it no longer [holds](Self::holds) its artifact, so
+    /// the next update installs the component from the artifact instead of copying it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub altered: bool,
 }
 
 impl InstalledComponent {
@@ -36,13 +41,16 @@ impl InstalledComponent {
             kind: Some(artifact.kind),
             name: artifact.name.clone(),
             tree: None,
+            altered: false,
         }
     }
 
     /// Whether installing `artifact` gives what this component holds: the same bytes,
-    /// installed the same way (its kind, and a file artifact's name).
+    /// installed the same way (its kind, and a file artifact's name), and not found
+    /// [altered](Self::altered) since.
     pub fn holds(&self, artifact: &Artifact) -> bool {
-        self.sha256 == artifact.sha256
+        !self.altered
+            && self.sha256 == artifact.sha256
             && self.kind == Some(artifact.kind)
             && self.name == artifact.name
     }
@@ -61,9 +69,10 @@ pub enum ComponentOp {
     /// The same artifact, installed the same way: copied from the primary slot, nothing
     /// downloaded. A `file` artifact's copy is checked against its SHA-256, an extracted
     /// `zip` against the [record](crate::stage::TreeRecord) of what its extraction wrote (a
-    /// mismatch is `hash_mismatch`; `reinstall` repairs the primary slot). Where no copy can
-    /// be checked (image slots; a tree the primary slot kept no record of) it carries its
-    /// artifact and is written again.
+    /// mismatch is `hash_mismatch`, and marks the primary's component
+    /// [altered](InstalledComponent::altered): the next update installs it as Modified).
+    /// Where no copy can be checked (image slots; a tree the primary slot kept no record
+    /// of) it carries its artifact and is written again.
     Unchanged,
 }
 

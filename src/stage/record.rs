@@ -6,9 +6,11 @@
 //! as it was inflated from the verified archive), every symlink with its target. The record
 //! is kept in the slot, in `.evergreen-trees/<component>`, and its own size and SHA-256 (a
 //! [`RecordDigest`]) in the state, which the app cannot write: a record read back must be
-//! those bytes. An Unchanged copy then takes exactly what the record lists, each file
-//! reached without following a symlink anywhere on its path and checked as it is written,
-//! so the new slot holds the extracted tree or the install fails with `hash_mismatch`.
+//! those bytes, reached without following a symlink anywhere on its path. An Unchanged
+//! copy then takes exactly what the record lists, each file reached the same way and
+//! checked as it is written, so the new slot holds the extracted tree or the copy fails
+//! with `hash_mismatch` (the updater then installs the component from its artifact at the
+//! next update; a record that cannot vouch for a copy makes the plan carry the artifact).
 
 use super::tree::{
     create_component_dir, create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE,
@@ -98,7 +100,7 @@ impl TreeRecord {
     /// gone or changed cannot vouch for a copy.
     pub fn load(slot_dir: &Path, component: &str, digest: &RecordDigest) -> Result<TreeRecord> {
         let path = Self::path(slot_dir, component);
-        let differs = |found: &dyn std::fmt::Display| {
+        let differs = |found: &str| {
             Error::new(
                 ErrorKind::HashMismatch,
                 format!(
@@ -109,25 +111,30 @@ impl TreeRecord {
                 ),
             )
         };
-        let file =
-            crate::fsutil::try_open_no_follow(&path).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT) => differs(&"none"),
-                Some(libc::ELOOP) => differs(&"a symlink"),
-                _ => Error::io("open", &path, e),
-            })?;
+        let slot = Source::open(slot_dir, "the slot's directory")?;
+        let rel = format!("{TREES_DIR}/{component}");
+        let (file, len) = open_regular(&slot.dir, &rel, &path, &differs)?;
+        if len != digest.size {
+            return Err(differs(&format!("{len} bytes")));
+        }
         let mut bytes = Vec::new();
         file.take(digest.size.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io("read", &path, e))?;
         let sha256 = crate::trust::hex(&Sha256::digest(&bytes));
         if bytes.len() as u64 != digest.size || sha256 != digest.sha256 {
-            let found = match bytes.len() as u64 {
-                n if n > digest.size => format!("more than {} bytes", digest.size),
-                n => format!("{n} bytes with sha256 {sha256}"),
-            };
+            let found = format!("{} bytes with sha256 {sha256}", bytes.len());
             return Err(differs(&found));
         }
-        serde_json::from_slice(&bytes).map_err(|e| differs(&e))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "{}: expected a tree record this version reads, found one it does not ({e})",
+                    path.display()
+                ),
+            )
+        })
     }
 
     /// What copying or extracting this tree creates.
@@ -209,7 +216,7 @@ impl Hashed {
 /// # Ok(()) }
 /// ```
 pub fn copy_recorded(src: &Path, dst: &Path, record: &TreeRecord) -> Result<ExtractStats> {
-    let src = Source::open(src)?;
+    let src = Source::open(src, "the component's directory")?;
     let staging = StagingDir::create(dst)?;
     create_dirs(dst, &record.dirs)?;
     let mut by_size: Vec<&RecordedFile> = record.files.iter().collect();
@@ -224,31 +231,54 @@ pub fn copy_recorded(src: &Path, dst: &Path, record: &TreeRecord) -> Result<Extr
     Ok(record.stats())
 }
 
-/// The primary slot's component directory a copy reads from, open: every file is reached
-/// from it by [`crate::fsutil::open_beneath`].
+/// A directory of the primary slot, open: every file is reached from it by
+/// [`crate::fsutil::open_beneath`], never by a path that could lead elsewhere.
 struct Source<'a> {
     path: &'a Path,
     dir: fs::File,
 }
 
 impl<'a> Source<'a> {
-    fn open(path: &'a Path) -> Result<Source<'a>> {
+    /// Opens `path`, which must be a directory itself (`what` names it in errors).
+    fn open(path: &'a Path, what: &str) -> Result<Source<'a>> {
         let dir = crate::fsutil::open_dir_no_follow(path).map_err(|e| {
             let found = match e.raw_os_error() {
                 Some(libc::ENOENT) => "none",
-                Some(libc::ELOOP | libc::ENOTDIR) => "a file or a symlink",
+                Some(libc::ELOOP | libc::ENOTDIR) => "something other than a directory",
                 _ => return Error::io("open", path, e),
             };
             Error::new(
                 ErrorKind::HashMismatch,
-                format!(
-                    "{}: expected the component's directory, found {found}",
-                    path.display()
-                ),
+                format!("{}: expected {what}, found {found}", path.display()),
             )
         })?;
         Ok(Source { path, dir })
     }
+}
+
+/// Opens the regular file `rel` beneath `dir` (at `path`, for errors) and returns it with
+/// its length. Anything else found there is described to `differs`: a tree that is not
+/// the recorded one.
+fn open_regular(
+    dir: &fs::File,
+    rel: &str,
+    path: &Path,
+    differs: &dyn Fn(&str) -> Error,
+) -> Result<(fs::File, u64)> {
+    let file = crate::fsutil::open_beneath(dir, rel).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => differs("none"),
+        Some(libc::ELOOP) => differs("a symlink in its place"),
+        // `O_DIRECTORY | O_NOFOLLOW` says ENOTDIR for a symlink too.
+        Some(libc::ENOTDIR) => differs("something other than a directory on its path"),
+        // A socket cannot be opened.
+        Some(libc::ENXIO) => differs("something other than a regular file"),
+        _ => Error::io("open", path, e),
+    })?;
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    if !meta.is_file() {
+        return Err(differs("something other than a regular file"));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Places the `file` artifact `artifact` of an unchanged component as `dest_dir/name`,
@@ -285,7 +315,7 @@ pub fn copy_file_checked(
         size: artifact.size,
         sha256: artifact.sha256.clone(),
     };
-    let src = Source::open(src_dir)?;
+    let src = Source::open(src_dir, "the component's directory")?;
     copy_checked(&src, dest_dir, &file, &mut vec![0u8; BUF_SIZE])?;
     Ok(file.size)
 }
@@ -306,24 +336,9 @@ fn copy_checked(src: &Source, dst: &Path, file: &RecordedFile, buf: &mut [u8]) -
             ),
         )
     };
-    let mut from =
-        crate::fsutil::open_beneath(&src.dir, &file.path).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => differs("none"),
-            Some(libc::ELOOP) => differs("a symlink in its place"),
-            // `O_DIRECTORY | O_NOFOLLOW` says ENOTDIR for a symlink too.
-            Some(libc::ENOTDIR) => {
-                differs("a file or a symlink where a directory of its path should be")
-            }
-            _ => Error::io("open", &from_path, e),
-        })?;
-    let meta = from
-        .metadata()
-        .map_err(|e| Error::io("inspect", &from_path, e))?;
-    if !meta.is_file() {
-        return Err(differs("something other than a regular file"));
-    }
-    if meta.len() != file.size {
-        return Err(differs(&format!("{} bytes", meta.len())));
+    let (mut from, len) = open_regular(&src.dir, &file.path, &from_path, &differs)?;
+    if len != file.size {
+        return Err(differs(&format!("{len} bytes")));
     }
     let to_path = dst.join(&file.path);
     let mut to = create_new_file(&to_path, file.mode)?;
@@ -418,20 +433,21 @@ mod tests {
         assert_eq!(TreeRecord::load(&slot, "app", &digest).unwrap(), record);
         let path = TreeRecord::path(&slot, "app");
         let saved = fs::read(&path).unwrap();
+        assert_eq!(saved.len(), 144, "the grown case below names 145 bytes");
         let mut other = record.clone();
         other.files[0].mode = 0o644;
         let rewritten = serde_json::to_vec(&other).unwrap();
         let linked = dir.path().join("elsewhere");
         fs::write(&linked, &saved).unwrap();
         type Change = Box<dyn Fn(&Path)>;
-        let cases: [(&str, Change); 4] = [
+        let cases: [(&str, Change); 6] = [
             ("found none", Box::new(|p| fs::remove_file(p).unwrap())),
             (
                 "bytes with sha256",
                 Box::new(move |p| fs::write(p, &rewritten).unwrap()),
             ),
             (
-                "found more than",
+                "found 145 bytes",
                 Box::new(move |p| fs::write(p, [&saved[..], b" "].concat()).unwrap()),
             ),
             (
@@ -441,8 +457,32 @@ mod tests {
                     std::os::unix::fs::symlink(&linked, p).unwrap()
                 }),
             ),
+            // A FIFO no one writes must not hang the check.
+            (
+                "found something other than a regular file",
+                Box::new(|p| {
+                    fs::remove_file(p).unwrap();
+                    let made = std::process::Command::new("mkfifo").arg(p).status();
+                    assert!(made.unwrap().success());
+                }),
+            ),
+            // The records' directory swapped for a symlink to a copy: never followed.
+            (
+                "found something other than a directory on its path",
+                Box::new(|p| {
+                    let trees = p.parent().unwrap();
+                    let aside = trees.with_file_name("aside");
+                    let _ = fs::remove_dir_all(&aside);
+                    fs::rename(trees, &aside).unwrap();
+                    std::os::unix::fs::symlink(&aside, trees).unwrap();
+                }),
+            ),
         ];
         for (found, change) in cases {
+            let trees = slot.join(TREES_DIR);
+            if trees.is_symlink() {
+                fs::remove_file(&trees).unwrap();
+            }
             let _ = fs::remove_file(&path);
             record.save(&slot, "app").unwrap();
             change(&path);
@@ -498,10 +538,13 @@ mod tests {
                 fs::remove_file(old.join("bin/app")).unwrap();
                 fs::create_dir(old.join("bin/app")).unwrap();
             }),
-            ("found a file or a symlink where a directory", |old| {
-                fs::remove_dir_all(old.join("bin")).unwrap();
-                fs::write(old.join("bin"), b"").unwrap();
-            }),
+            (
+                "found something other than a directory on its path",
+                |old| {
+                    fs::remove_dir_all(old.join("bin")).unwrap();
+                    fs::write(old.join("bin"), b"").unwrap();
+                },
+            ),
         ];
         for (found, damage) in cases {
             let dir = tempfile::tempdir().unwrap();
@@ -559,7 +602,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
         assert!(
             err.message()
-                .ends_with(", found a file or a symlink where a directory of its path should be"),
+                .ends_with(", found something other than a directory on its path"),
             "{err}"
         );
         assert!(!new.exists());
@@ -570,7 +613,7 @@ mod tests {
         let err = copy_recorded(&dir.path().join("linked"), &new, &record).unwrap_err();
         assert!(
             err.message()
-                .ends_with("linked: expected the component's directory, found a file or a symlink"),
+                .ends_with("linked: expected the component's directory, found something other than a directory"),
             "{err}"
         );
     }
