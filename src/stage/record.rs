@@ -95,9 +95,10 @@ impl TreeRecord {
     }
 
     /// The record of `component` in the slot at `slot_dir`, which must be the bytes
-    /// `digest` describes (read without following a symlink at its end, and no more of
-    /// them than the digest's size). Anything else is [`ErrorKind::HashMismatch`]: a record
-    /// gone or changed cannot vouch for a copy.
+    /// `digest` describes: a regular file reached from the slot's directory without
+    /// following a symlink anywhere on its path, of the digest's size, read no further.
+    /// Anything else is [`ErrorKind::HashMismatch`]: a record gone or changed cannot vouch
+    /// for a copy.
     pub fn load(slot_dir: &Path, component: &str, digest: &RecordDigest) -> Result<TreeRecord> {
         let path = Self::path(slot_dir, component);
         let differs = |found: &str| {
