@@ -35,9 +35,9 @@ typedef enum evg_component_op {
    */
   EVG_COMPONENT_MODIFIED = 2,
   /**
-   * The same artifact: copied from the running slot and checked, nothing downloaded;
-   * written again from its download where nothing can check a copy (an image slot, a
-   * tree the running slot kept no record of).
+   * The same artifact, nothing downloaded: installed from the download kept since it
+   * was installed (dir slots); downloaded again where none is kept (image slots, a
+   * download removed).
    */
   EVG_COMPONENT_UNCHANGED = 3,
 } evg_component_op;
@@ -574,8 +574,8 @@ bool evg_offer_critical(const struct evg_offer *offer);
 bool evg_offer_downgrade(const struct evg_offer *offer);
 
 /**
- * Bytes to download (added and modified components, and unchanged ones that cannot be
- * copied); 0 when `offer` is NULL.
+ * Bytes to download (added and modified components, and unchanged ones with no kept
+ * download); 0 when `offer` is NULL.
  *
  * # Safety
  * `offer` is NULL or a live offer.

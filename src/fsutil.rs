@@ -202,79 +202,6 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Opens `path` for reading without following a symlink at its end (`io` error) and
-/// without waiting for a writer when it is a FIFO: a slot the app can write may hold
-/// either where a file was.
-pub fn open_no_follow(path: &Path) -> Result<File> {
-    try_open_no_follow(path).map_err(|e| Error::io("open", path, e))
-}
-
-/// [`open_no_follow`] with the bare `io::Error`, for callers that tell a symlink
-/// (`ELOOP`) or a missing file apart from other failures.
-pub fn try_open_no_follow(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
-/// Opens the directory `path` for [`open_beneath`], refusing a symlink at its end (`ELOOP`)
-/// or anything but a directory (`ENOTDIR`).
-pub fn open_dir_no_follow(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
-        .open(path)
-}
-
-/// How [`open_beneath`] opens a directory on the way: on Linux as a path only, which needs
-/// the search permission a path lookup needs and not read permission too (a directory the
-/// app made 0111 is still walked).
-#[cfg(target_os = "linux")]
-const DIR_ON_PATH: libc::c_int = libc::O_PATH | libc::O_DIRECTORY;
-#[cfg(not(target_os = "linux"))]
-const DIR_ON_PATH: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY;
-
-/// Opens `rel` (a relative path of `/`-separated names) under the open directory `dir` for
-/// reading, one name at a time with `openat` and `O_NOFOLLOW`: a symlink anywhere on the
-/// path is `ELOOP`, a file where a directory should be `ENOTDIR`, so nothing outside `dir`
-/// is ever reached, whatever the app that can write `dir` has swapped in. The last name is
-/// opened without waiting on a FIFO.
-pub fn open_beneath(dir: &File, rel: &str) -> std::io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let mut names = rel.split('/').peekable();
-    let mut at: Option<File> = None;
-    while let Some(name) = names.next() {
-        if name.is_empty() || name == "." || name == ".." {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let flags = match names.peek() {
-            Some(_) => DIR_ON_PATH,
-            None => libc::O_RDONLY | libc::O_NONBLOCK,
-        };
-        let name = std::ffi::CString::new(name)
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        let parent = at.as_ref().unwrap_or(dir).as_raw_fd();
-        // SAFETY: `parent` is an open descriptor borrowed for the call and `name` a valid
-        // NUL-terminated string; a descriptor returned is owned by the `File` made of it.
-        let fd = unsafe {
-            libc::openat(
-                parent,
-                name.as_ptr(),
-                libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        at = Some(unsafe { File::from_raw_fd(fd) });
-    }
-    at.ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))
-}
-
 /// Removes `path` (a file, a symlink or a whole tree) if it exists. A directory inside
 /// that its owner made read-only (an app's slot may have one) is opened up first: an
 /// updater that is not root could not empty it, and every later install into the slot
@@ -379,35 +306,6 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Only plain names are walked, and never through a symlink.
-    #[test]
-    fn open_beneath_takes_plain_names_and_follows_no_symlink() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("d")).unwrap();
-        fs::write(dir.path().join("d/f"), b"x").unwrap();
-        std::os::unix::fs::symlink("d", dir.path().join("link")).unwrap();
-        let root = open_dir_no_follow(dir.path()).unwrap();
-        let mut text = String::new();
-        use std::io::Read;
-        open_beneath(&root, "d/f")
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, "x");
-        for (rel, errno) in [
-            ("link/f", libc::ENOTDIR),
-            ("link", libc::ELOOP),
-            ("d/../d/f", libc::EINVAL),
-            ("/d/f", libc::EINVAL),
-            ("d//f", libc::EINVAL),
-            ("d/missing", libc::ENOENT),
-            ("d/f/g", libc::ENOTDIR),
-        ] {
-            let err = open_beneath(&root, rel).unwrap_err();
-            assert_eq!(err.raw_os_error(), Some(errno), "{rel}: {err}");
-        }
-    }
 
     /// What lets an updater that is not root remove a slot with read-only directories:
     /// every directory is opened to its owner, and no symlink is followed.

@@ -18,7 +18,7 @@ use crate::slots::grub::GrubEnv;
 use crate::slots::image::ImageSlots;
 use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
-use crate::stage::{self, ComponentChange, ComponentOp, RecordDigest, TreeRecord};
+use crate::stage::{self, ComponentChange, ComponentOp};
 use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
 use crate::time::Timestamp;
 use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
@@ -204,9 +204,11 @@ enum Store {
 }
 
 impl Store {
-    /// Whether an unchanged component is copied from the primary slot; an image is
-    /// written again from its download instead.
-    fn copies_unchanged(&self) -> bool {
+    /// Whether the downloads a release was installed from are kept while it runs, so that
+    /// the next release installs its unchanged components from them, nothing fetched
+    /// (dir slots). Image slots keep none: an image is as large as its partition, and an
+    /// unchanged one is downloaded and written again.
+    fn keeps_downloads(&self) -> bool {
         matches!(self, Store::Dir(_))
     }
 }
@@ -220,69 +222,15 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
-/// What `begin_install` settled: the slot to write, the primary it is staged from, what
-/// that primary holds, and what the new slot will hold (record digests added as the
-/// trees are staged).
-struct Staging {
-    slot: Slot,
-    primary: Slot,
-    primary_holds: BTreeMap<String, InstalledComponent>,
-    components: BTreeMap<String, InstalledComponent>,
-}
-
-impl Staging {
-    fn keep_tree(&mut self, name: &str, tree: Option<RecordDigest>) {
-        if let Some(c) = self.components.get_mut(name) {
-            c.tree = tree;
-        }
+/// The artifact component `c` of `plan` is installed from: the one it carries to
+/// download, or for an unchanged component the release's own (kept since it was
+/// installed); none for a removed one.
+fn artifact_to_install<'a>(plan: &'a Offer, c: &'a ComponentChange) -> Option<&'a Artifact> {
+    match (c.op, &c.artifact) {
+        (ComponentOp::Removed, _) => None,
+        (_, Some(a)) => Some(a),
+        (_, None) => plan.target.components.get(&c.name).map(|t| &t.artifact),
     }
-}
-
-/// Copies the unchanged component `name` (artifact `a`) from the primary slot into the
-/// slot being staged, checked: a file against the artifact's hash, an extracted tree
-/// against the record its extraction kept (`from`, as the state has it), which is copied
-/// along for the next update. Returns the new slot's record digest, for a tree.
-fn copy_unchanged(
-    slots: &DirSlots,
-    primary: Slot,
-    slot: Slot,
-    name: &str,
-    a: &Artifact,
-    from: Option<&InstalledComponent>,
-) -> Result<Option<RecordDigest>> {
-    let (src, dest) = (
-        slots.component_dir(primary, name),
-        slots.component_dir(slot, name),
-    );
-    if a.kind == ArtifactKind::File {
-        let file = a.name.as_deref().unwrap_or(name);
-        return stage::copy_file_checked(&src, &dest, file, a).map(|_| None);
-    }
-    let primary_dir = slots.slot_dir(primary);
-    let tree = load_tree(&primary_dir, name, from).map_err(|e| {
-        // `plan` carries the artifact of a tree with no usable record: this plan is older.
-        Error::invalid_state(format!("{}; plan again", e.message()))
-    })?;
-    stage::copy_recorded(&src, &dest, &tree)?;
-    tree.save(&slots.slot_dir(slot), name).map(Some)
-}
-
-/// The record of the tree `name` in the slot at `slot_dir`, as the state's `installed`
-/// describes it; an error when the state has no digest or the record is not those bytes.
-fn load_tree(
-    slot_dir: &Path,
-    name: &str,
-    installed: Option<&InstalledComponent>,
-) -> Result<TreeRecord> {
-    let digest = installed.and_then(|c| c.tree.as_ref()).ok_or_else(|| {
-        Error::new(
-            ErrorKind::HashMismatch,
-            format!(
-                "component {name}: expected the state to hold the digest of its tree record, found none (installed before records were kept)"
-            ),
-        )
-    })?;
-    TreeRecord::load(slot_dir, name, digest)
 }
 
 /// The components of a plan that carry an artifact to fetch and install, with it.
@@ -1177,33 +1125,20 @@ impl Updater {
         Ok(plan)
     }
 
-    /// The component diff of `target` against what the primary slot of `st` holds. An
-    /// unchanged tree is copied only when the primary slot holds the record of its
-    /// extraction that the state's digest names, to check the copy against; otherwise (a
-    /// slot installed before records were kept, a record gone or rewritten) it is
-    /// extracted again from its artifact.
+    /// The component diff of `target` against what the primary slot of `st` holds. On dir
+    /// slots an unchanged component is installed from the download kept since it was
+    /// installed, never copied from the slot the app can write; one whose download is not
+    /// kept (installed before downloads were kept, removed by hand) is downloaded again.
     fn diff_against_primary(&self, st: &State, target: &TargetRelease) -> Vec<ComponentChange> {
-        let mut changes = stage::diff(
-            &st.slot(st.primary).components,
-            target,
-            self.store.copies_unchanged(),
-        );
-        if let Store::Dir(slots) = &self.store {
-            let primary_dir = slots.slot_dir(st.primary);
-            for c in changes
-                .iter_mut()
-                .filter(|c| c.op == ComponentOp::Unchanged)
-            {
-                let zip = target
-                    .components
-                    .get(&c.name)
-                    .filter(|t| t.artifact.kind == ArtifactKind::Zip);
-                let installed = st.slot(st.primary).components.get(&c.name);
-                if let Some(t) = zip {
-                    if load_tree(&primary_dir, &c.name, installed).is_err() {
-                        c.artifact = Some(t.artifact.clone());
-                    }
-                }
+        let keeps = self.store.keeps_downloads();
+        let mut changes = stage::diff(&st.slot(st.primary).components, target, keeps);
+        for c in changes
+            .iter_mut()
+            .filter(|c| keeps && c.op == ComponentOp::Unchanged)
+        {
+            let kept = target.components.get(&c.name).map(|t| &t.artifact);
+            if let Some(a) = kept.filter(|a| !self.downloads_dir().join(&a.sha256).is_file()) {
+                c.artifact = Some(a.clone());
             }
         }
         changes
@@ -1213,11 +1148,25 @@ impl Updater {
         self.state_dir().join("downloads")
     }
 
-    /// Removes the downloads a confirmed slot was installed from: they are in the slot
-    /// now, and devices have little disk. Best effort: a leftover file costs only space.
-    fn prune_downloads(&self, installed: &BTreeMap<String, InstalledComponent>) {
-        for c in installed.values() {
-            let _ = std::fs::remove_file(self.downloads_dir().join(&c.sha256));
+    /// After `slot` is confirmed, removes the downloads it does not keep: on dir slots
+    /// every finished download but those `slot` was installed from (kept for the next
+    /// release's unchanged components), on image slots every one. Partial downloads stay
+    /// for a later resume. Best effort: a leftover file costs only space.
+    fn prune_downloads(&self, st: &State, slot: Slot) {
+        let installed = &st.slot(slot).components;
+        let kept = |name: &str| {
+            self.store.keeps_downloads() && installed.values().any(|c| c.sha256 == name)
+        };
+        let Ok(entries) = std::fs::read_dir(self.downloads_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let finished = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if finished && !kept(name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 
@@ -1285,15 +1234,14 @@ impl Updater {
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
-            let mut staging = self.begin_install(plan)?;
-            let slot = staging.slot;
+            let (slot, components) = self.begin_install(plan)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
-                Store::Dir(slots) => self.install_dir(slots, plan, &files, &mut staging)?,
+                Store::Dir(slots) => self.install_dir(slots, slot, plan, &files, &components)?,
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
-            self.finish_install(plan, slot, staging.components)?;
+            self.finish_install(plan, slot, components)?;
             self.emit(Event::Staged {
                 slot,
                 version: plan.version.to_string(),
@@ -1352,30 +1300,13 @@ impl Updater {
         Ok(())
     }
 
-    /// Marks the slot to write `installing` and takes it out of the boot order.
-    fn begin_install(&self, plan: &Offer) -> Result<Staging> {
+    /// Marks the slot to write `installing` and takes it out of the boot order. Returns
+    /// it and what it will hold.
+    fn begin_install(&self, plan: &Offer) -> Result<(Slot, BTreeMap<String, InstalledComponent>)> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
         let slot = self.install_slot(&mut st)?;
-        // The plan was made against the primary of its time; what is copied unchanged
-        // comes from the primary of now. A rollback in between (another process) would
-        // stage the release with another release's files.
-        let primary = &st.slot(st.primary).components;
-        let copied_from_elsewhere = plan
-            .components
-            .iter()
-            .filter(|c| c.op == ComponentOp::Unchanged && c.artifact.is_none())
-            .find(|c| {
-                let want = plan.target.components.get(&c.name);
-                !matches!((primary.get(&c.name), want), (Some(i), Some(w)) if i.holds(&w.artifact))
-            });
-        if let Some(c) = copied_from_elsewhere {
-            return Err(Error::invalid_state(format!(
-                "expected component {} unchanged in the primary slot {} as when {} was planned, found it changed since (a rollback or another install); plan again",
-                c.name, st.primary, plan.version
-            )));
-        }
         let components = installed_components(plan);
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,
@@ -1393,12 +1324,7 @@ impl Updater {
         );
         self.save(&st)?;
         self.with_selector(|s| s.disable(slot))?;
-        Ok(Staging {
-            slot,
-            primary: st.primary,
-            primary_holds: st.slot(st.primary).components.clone(),
-            components,
-        })
+        Ok((slot, components))
     }
 
     /// Marks the written slot `installed`, in the state as it is now.
@@ -1477,11 +1403,18 @@ impl Updater {
     fn open_downloads(&self, plan: &Offer) -> Result<BTreeMap<String, std::fs::File>> {
         let dir = self.downloads_dir();
         let mut files = BTreeMap::new();
-        for (c, a) in plan.components.iter().filter_map(with_artifact) {
+        for c in &plan.components {
+            let Some(a) = artifact_to_install(plan, c) else {
+                continue;
+            };
             let path = dir.join(&a.sha256);
             let f = std::fs::File::open(&path).map_err(|e| {
+                let then = match c.artifact {
+                    Some(_) => "download first",
+                    None => "kept since it was installed; plan again",
+                };
                 Error::invalid_state(format!(
-                    "component {}: expected the verified download {}, found none ({e}); download first",
+                    "component {}: expected the verified download {}, found none ({e}); {then}",
                     c.name,
                     path.display()
                 ))
@@ -1496,93 +1429,44 @@ impl Updater {
     fn install_dir(
         &self,
         slots: &DirSlots,
+        slot: Slot,
         plan: &Offer,
         files: &BTreeMap<String, std::fs::File>,
-        staging: &mut Staging,
+        components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
-        let (slot, primary) = (staging.slot, staging.primary);
         let limits = self.config.archive_limits();
         let dir = slots.prepare(slot)?;
         for c in &plan.components {
+            let Some(a) = artifact_to_install(plan, c) else {
+                continue;
+            };
+            let file = files.get(&c.name).ok_or_else(|| {
+                Error::invalid_state(format!(
+                    "component {}: expected a verified download to install ({}), found none opened",
+                    c.name,
+                    c.op.as_str()
+                ))
+            })?;
             let dest = slots.component_dir(slot, &c.name);
-            match (c.op, &c.artifact, files.get(&c.name)) {
-                (ComponentOp::Removed, _, _) => {}
-                (ComponentOp::Unchanged, None, _) => {
-                    let artifact = plan.target.components.get(&c.name).map(|t| &t.artifact);
-                    let Some(a) = artifact else {
-                        return Err(Error::invalid_state(format!(
-                            "component {}: expected it in release {}, found it missing from the plan's target",
-                            c.name, plan.version
-                        )));
-                    };
-                    let from = staging.primary_holds.get(&c.name);
-                    let tree = copy_unchanged(slots, primary, slot, &c.name, a, from)
-                        .map_err(|e| self.copy_failed(primary, &c.name, e))?;
-                    staging.keep_tree(&c.name, tree);
+            match a.kind {
+                ArtifactKind::Zip => {
+                    stage::extract_zip(file, &dest, a.installed_size, &limits)?;
                 }
-                (_, Some(a), Some(file)) => match a.kind {
-                    ArtifactKind::Zip => {
-                        let (_, tree) =
-                            stage::extract_zip_recorded(file, &dest, a.installed_size, &limits)?;
-                        staging.keep_tree(&c.name, Some(tree.save(&dir, &c.name)?));
-                    }
-                    ArtifactKind::File => {
-                        let name = a.name.as_deref().unwrap_or(&c.name);
-                        stage::place_file(file, &dest, name)?;
-                    }
-                    // Refused by `check_installable`.
-                    ArtifactKind::Image => {}
-                },
-                (op, artifact, _) => {
-                    return Err(Error::invalid_state(format!(
-                        "component {}: expected a verified download to install ({}), found {}",
-                        c.name,
-                        op.as_str(),
-                        if artifact.is_none() {
-                            "no artifact in the plan"
-                        } else {
-                            "none opened"
-                        }
-                    )))
+                ArtifactKind::File => {
+                    let name = a.name.as_deref().unwrap_or(&c.name);
+                    stage::place_file(file, &dest, name)?;
                 }
+                // Refused by `check_installable`.
+                ArtifactKind::Image => {}
             }
             crate::fsutil::crash_point("component staged")?;
         }
         stage::make_durable(&dir)?;
         let record = serde_json::json!({
             "version": plan.version.to_string(),
-            "components": staging.components,
+            "components": components,
         });
         slots.seal(slot, record.to_string().as_bytes())
-    }
-
-    /// The error of a checked copy of an unchanged component. When the primary slot's copy
-    /// differs from what was installed there, the state says so, and the next plan
-    /// installs the component from its artifact instead of failing the same way forever.
-    fn copy_failed(&self, primary: Slot, name: &str, e: Error) -> Error {
-        let marked = e.kind() == ErrorKind::HashMismatch && self.mark_altered(primary, name);
-        let next = if marked {
-            " (the next update installs it from its artifact)"
-        } else {
-            ""
-        };
-        e.context(format!("component {name} copied from slot {primary}{next}"))
-    }
-
-    /// Records that component `name` of `slot` no longer holds what was installed;
-    /// whether the state says so now.
-    fn mark_altered(&self, slot: Slot, name: &str) -> bool {
-        let marked = || -> Result<bool> {
-            let _lock = self.lock()?;
-            let mut st = self.load_state()?;
-            let Some(c) = st.slot_mut(slot).components.get_mut(name) else {
-                return Ok(false);
-            };
-            c.altered = true;
-            self.save(&st)?;
-            Ok(true)
-        };
-        marked().unwrap_or(false)
     }
 
     fn install_image(
@@ -1702,7 +1586,7 @@ impl Updater {
             st.record((self.clock)(), "confirmed", format!("slot {}", trial.slot));
             self.save(&st)?;
             self.with_selector(|s| s.confirm(trial.slot))?;
-            self.prune_downloads(&st.slot(trial.slot).components);
+            self.prune_downloads(&st, trial.slot);
             self.emit(Event::Confirmed {
                 slot: trial.slot,
                 version: version_str(version.as_ref()),
@@ -1861,8 +1745,8 @@ impl Updater {
     }
 }
 
-/// What the new slot holds: the release's components, each installed from its artifact or
-/// copied from a primary that holds that same artifact (which `begin_install` checks).
+/// What the new slot holds: the release's components, each installed from its artifact
+/// (downloaded now, or kept since the primary slot was installed from it).
 fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
     plan.target
         .components

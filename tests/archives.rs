@@ -10,8 +10,7 @@ mod common;
 use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_size, Item};
 use evergreen::manifest::{ArtifactKind, TargetRelease};
 use evergreen::stage::{
-    copy_recorded, diff, extract_zip, extract_zip_recorded, make_durable, place_file,
-    ArchiveLimits, ComponentOp, InstalledComponent,
+    diff, extract_zip, make_durable, place_file, ArchiveLimits, ComponentOp, InstalledComponent,
 };
 use evergreen::ErrorKind;
 use std::collections::BTreeMap;
@@ -555,7 +554,7 @@ fn extraction_reads_the_open_file_not_the_path() {
     assert_eq!(fs::read(case.dest().join("app")).unwrap(), b"verified");
 }
 
-// ---- place_file, copy_recorded, make_durable ------------------------------------------
+// ---- place_file, make_durable ------------------------------------------
 
 #[test]
 fn place_file_copies_the_open_file_from_its_start() {
@@ -578,44 +577,6 @@ fn place_file_copies_the_open_file_from_its_start() {
     assert_eq!(listing(&dir), ["settings.json"]);
 }
 
-/// The checked copy of an unchanged tree makes its directories and symlinks from the
-/// record: a directory the app made read-only is copied owner-writable (so the slot can be
-/// emptied later), a symlink is made as extracted even if the app removed it, and a
-/// destination that already holds something is refused and left as it was.
-#[test]
-fn copy_recorded_makes_directories_and_symlinks_from_the_record() {
-    let case = Case::new(&build(&[
-        File("bin/tool", b"#!/bin/sh\n", 0o755),
-        File("ro/file", b"read only", 0o644),
-        Link("link", "bin/tool"),
-    ]));
-    let archive = fs::File::open(case.tmp.path().join("archive.zip")).unwrap();
-    let src = case.dest();
-    let (_, record) = extract_zip_recorded(&archive, &src, None, &symlinks_allowed()).unwrap();
-    fs::remove_file(src.join("link")).unwrap();
-    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
-
-    let dst = case.out().join("copy");
-    let stats = copy_recorded(&src, &dst, &record).unwrap();
-    assert_eq!((stats.files, stats.dirs, stats.symlinks), (2, 2, 1));
-    assert_eq!(stats.bytes, 10 + 9);
-    assert_eq!(fs::read(dst.join("ro/file")).unwrap(), b"read only");
-    assert_eq!(mode(&dst.join("bin/tool")), 0o755);
-    assert_eq!(mode(&dst.join("ro/file")), 0o644);
-    assert_eq!(mode(&dst.join("ro")), 0o755);
-    assert_eq!(mode(&dst), 0o755);
-    assert_eq!(
-        fs::read_link(dst.join("link")).unwrap(),
-        Path::new("bin/tool")
-    );
-    make_durable(&dst).unwrap();
-
-    let err = copy_recorded(&src, &dst, &record).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
-    assert_eq!(listing(&dst), ["bin", "link", "ro"]);
-    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 #[test]
 fn make_durable_of_a_missing_root_is_io() {
     let tmp = tempfile::tempdir().unwrap();
@@ -634,8 +595,6 @@ fn installed(items: &[(&str, &str, char)]) -> BTreeMap<String, InstalledComponen
         .iter()
         .map(|(name, version, hash)| {
             let c = InstalledComponent {
-                tree: None,
-                altered: false,
                 version: version.to_string(),
                 sha256: hash.to_string().repeat(64),
                 kind: Some(ArtifactKind::Zip),

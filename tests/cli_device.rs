@@ -5,7 +5,6 @@ mod common;
 mod support;
 
 use common::Repo;
-use sha2::Digest;
 use std::path::Path;
 use support::{Fault, TestServer};
 
@@ -123,12 +122,13 @@ fn status_json_has_the_documented_shape() {
     );
     dev.expect("confirm", &[], 0);
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
-    // Once confirmed, the artifact lives in the slot: its download is removed.
+    // Once confirmed, its download is kept: the next release installs the component from
+    // it when it is unchanged.
     assert_eq!(
         std::fs::read_dir(dev.state.join("downloads"))
             .unwrap()
             .count(),
-        0
+        1
     );
     let up = json(&dev.expect("check", &["--json"], 0));
     assert_eq!(up["status"], "up_to_date");
@@ -604,12 +604,15 @@ fn an_image_for_dir_slots_is_refused_before_the_idle_slot_is_emptied() {
     let status = dev.status();
     assert_eq!(status["slots"]["b"]["status"], "good", "{status}");
     assert_eq!(status["slots"]["b"]["version"], "1.0.0", "{status}");
-    // Refused before the download, too: nothing fetched in vain, nothing left behind.
-    // (The downloads of the confirmed 1.0.1 were removed at its confirmation.)
+    // Refused before the download, too: nothing fetched in vain. What is there is the
+    // running release's own download, kept for its unchanged components.
     let left: Vec<_> = std::fs::read_dir(dev.state.join("downloads"))
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    let state = dev.state_file();
+    let primary = state["primary"].as_str().unwrap();
+    let config = state[primary]["components"]["config"]["sha256"].clone();
+    assert_eq!(left, [config.as_str().unwrap()], "{left:?}");
 }
 
 /// Under a umask of 000 (a service manager's `UMask=0000`, a container's entrypoint) the
@@ -674,12 +677,13 @@ fn release_same_config(repo: &Repo) {
     );
 }
 
-/// The running slot's copy of an unchanged file is read as the file itself: a symlink in
-/// its place (to a copy of the signed bytes the app controls) is refused, a FIFO neither
-/// hangs the update nor is read, and files the app added beside it are not carried over.
+/// Whatever the app does to its running slot (a symlink in place of the file, a FIFO,
+/// its own bytes, files beside it), an unchanged file component is installed from the
+/// download kept since it was installed: the new slot holds the signed file alone, and
+/// nothing of it is fetched again.
 #[test]
-fn an_unchanged_file_component_is_taken_alone_never_through_a_link_or_a_fifo() {
-    for case in ["symlink", "fifo", "extra"] {
+fn an_unchanged_file_component_comes_from_its_kept_download_whatever_the_app_did() {
+    for case in ["symlink", "fifo", "tampered", "extra"] {
         let (repo, dev) = confirmed_1_0_0(&format!("com.acme.reuse-{case}"));
         let running = dev.root.join("current/config/settings-1.0.0.json");
         match case {
@@ -693,57 +697,29 @@ fn an_unchanged_file_component_is_taken_alone_never_through_a_link_or_a_fifo() {
                 let made = std::process::Command::new("mkfifo").arg(&running).status();
                 assert!(made.unwrap().success());
             }
+            "tampered" => std::fs::write(&running, b"{\"version\": \"tampered\"}").unwrap(),
             _ => std::fs::write(running.with_file_name("extra.txt"), b"the app's").unwrap(),
         }
         release_same_config(&repo);
-        let out = dev.run("update", &["--yes"]);
-        let err = common::stderr(&out);
-        if case == "extra" {
-            assert!(out.status.success(), "{err}");
-            let names: Vec<_> = std::fs::read_dir(dev.root.join("current/config"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(names, ["settings-1.0.0.json"], "{case}");
-        } else {
-            assert_eq!(out.status.code(), Some(1), "{case}: {err}");
-            assert!(
-                err.contains("component config copied from slot b"),
-                "{case}: {err}"
-            );
-            assert_ne!(dev.status()["slots"]["a"]["status"], "installed", "{case}");
-        }
+        let (op, bytes) = offered(&dev, "config");
+        let app = std::fs::metadata(repo.scratch("src").join("app.zip"))
+            .unwrap()
+            .len();
+        assert_eq!(
+            (op.as_str(), bytes),
+            ("unchanged", app),
+            "{case}: only the app is fetched"
+        );
+        dev.expect("update", &["--yes"], 0);
+        let staged = dev.root.join("slots/a/config");
+        let names: Vec<_> = std::fs::read_dir(&staged)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["settings-1.0.0.json"], "{case}");
+        let placed = std::fs::read(staged.join("settings-1.0.0.json")).unwrap();
+        assert_eq!(placed, b"{\"version\": \"1.0.0\"}", "{case}");
     }
-}
-
-/// A file component copied unchanged from the running slot is checked against its
-/// artifact: the app may have written its own slot, and the new slot must not carry that
-/// under the signed artifact's hash.
-#[test]
-fn an_unchanged_file_component_altered_in_the_running_slot_is_not_carried_over() {
-    let (repo, dev) = confirmed_1_0_0("com.acme.reuse");
-    let running = dev.root.join("current/config/settings-1.0.0.json");
-    std::fs::write(&running, b"{\"version\": \"tampered\"}").unwrap();
-    release_same_config(&repo);
-    let offer = json(&dev.expect("check", &["--json"], 10));
-    assert_eq!(offer["components"][1]["op"], "unchanged", "{offer}");
-    let out = dev.run("update", &["--yes"]);
-    let err = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("error[hash_mismatch]: component config copied from slot b (the next update installs it from its artifact): ")
-            && err.contains("/slots/b/config/settings-1.0.0.json: expected 20 bytes with sha256 ")
-            && err.ends_with(", found 23 bytes\n"),
-        "{err}"
-    );
-    let status = dev.status();
-    assert_eq!(status["primary"], "b", "{status}");
-    assert_ne!(status["slots"]["a"]["status"], "installed", "{status}");
-    // Not stuck: the altered copy is no longer taken as the artifact, which is fetched.
-    assert_eq!(offered(&dev, "config").0, "modified");
-    dev.expect("update", &["--yes"], 0);
-    let placed = dev.root.join("slots/a/config/settings-1.0.0.json");
-    assert_eq!(std::fs::read(placed).unwrap(), b"{\"version\": \"1.0.0\"}");
 }
 
 /// 1.0.1 (an app tree and the 1.0.0 config) installed and confirmed over 1.0.0, then 1.0.2
@@ -781,13 +757,15 @@ fn offered(dev: &common::Device, component: &str) -> (String, u64) {
     (op, offer["download_bytes"].as_u64().unwrap())
 }
 
-/// An unchanged app tree is copied from the running slot as its extraction recorded it:
-/// the files the app wrote beside it stay behind, and the record goes along for the next
-/// update. Nothing of it is downloaded.
+/// An unchanged app tree is extracted again from the archive kept since it was installed,
+/// not copied from the running slot: a file the app edited there and a file it added do
+/// not reach the new slot, and nothing of the app is downloaded. After the confirmation
+/// the downloads hold exactly what the running release was installed from.
 #[test]
-fn an_unchanged_tree_is_copied_as_extracted_with_its_record() {
+fn an_unchanged_tree_is_extracted_from_its_kept_download() {
     let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree");
     let running = dev.root.join("current");
+    std::fs::write(running.join("app/run.sh"), b"#!/bin/sh\nedited\n").unwrap();
     std::fs::write(running.join("app/app.log"), b"written by the app").unwrap();
     let (op, bytes) = offered(&dev, "app");
     assert_eq!(
@@ -802,96 +780,38 @@ fn an_unchanged_tree_is_copied_as_extracted_with_its_record() {
         b"#!/bin/sh\n"
     );
     assert!(!staged.join("app/app.log").exists());
-    assert_eq!(
-        std::fs::read(staged.join(".evergreen-trees/app")).unwrap(),
-        std::fs::read(running.join(".evergreen-trees/app")).unwrap(),
-        "the record is carried along"
-    );
-    let state = json(&std::fs::read_to_string(dev.state.join("state.json")).unwrap());
-    let tree = |slot: &str| state[slot]["components"]["app"]["tree"].clone();
-    assert!(tree("b")["sha256"].is_string(), "{state}");
-    assert_eq!(
-        tree("b"),
-        tree("a"),
-        "and the state vouches for it: {state}"
-    );
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    let mut kept: Vec<String> = std::fs::read_dir(dev.state.join("downloads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    let mut installed: Vec<String> = dev.state_file()["b"]["components"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["sha256"].as_str().unwrap().to_string())
+        .collect();
+    installed.sort();
+    assert_eq!(kept, installed);
 }
 
-/// A file of an unchanged tree altered in the running slot refuses the install, naming the
-/// file, and the running slot stays primary; the next update installs the tree afresh.
+/// An unchanged component whose kept download is gone (removed by hand, or installed by
+/// a version that kept none) is downloaded again, and kept from then on.
 #[test]
-fn an_unchanged_tree_altered_in_the_running_slot_is_not_carried_over() {
-    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-altered");
-    std::fs::write(dev.root.join("current/app/run.sh"), b"#!/bin/sh\nevil\n").unwrap();
-    let out = dev.run("update", &["--yes"]);
-    let err = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("\nerror[hash_mismatch]: component app copied from slot a (the next update installs it from its artifact): "),
-        "{err}"
-    );
-    assert!(
-        err.contains("slots/a/app/run.sh: expected 10 bytes with sha256 ")
-            && err.ends_with(", found 15 bytes\n"),
-        "{err}"
-    );
-    let status = dev.status();
-    assert_eq!(status["primary"], "a", "{status}");
-    assert_ne!(status["slots"]["b"]["status"], "installed", "{status}");
-    assert!(!dev.root.join("slots/b/app").exists());
-    // Not stuck: the altered tree is no longer taken as the artifact, which is fetched.
+fn an_unchanged_component_without_its_kept_download_is_downloaded_again() {
+    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-gone");
+    let app_sha = dev.state_file()["a"]["components"]["app"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(dev.state.join("downloads").join(&app_sha)).unwrap();
     let (op, bytes) = offered(&dev, "app");
-    assert_eq!(op, "modified");
-    assert!(bytes > 20, "the app's archive is fetched: {bytes}");
+    assert_eq!(op, "unchanged");
+    assert!(bytes > 20, "the app's archive is fetched too: {bytes}");
     dev.expect("update", &["--yes"], 0);
     let run = std::fs::read(dev.root.join("slots/b/app/run.sh")).unwrap();
     assert_eq!(run, b"#!/bin/sh\n");
-}
-
-/// A running slot whose tree record cannot vouch for a copy has its unchanged tree
-/// extracted again from the artifact, and the new slot gets a record: the record gone, the
-/// state from before records were kept, or the app rewriting the record to match its own
-/// change (the state keeps the record's digest, which the app cannot write).
-#[test]
-fn an_unchanged_tree_without_a_record_to_trust_is_extracted_again() {
-    for case in ["removed", "legacy state", "rewritten"] {
-        let product = format!("com.acme.tree-{}", case.replace(' ', "-"));
-        let (_repo, dev) = confirmed_app_tree_then_same_app(&product);
-        let running = dev.root.join("current");
-        let record = running.join(".evergreen-trees/app");
-        std::fs::write(running.join("app/run.sh"), b"#!/bin/sh\nedited\n").unwrap();
-        match case {
-            "removed" => std::fs::remove_dir_all(record.parent().unwrap()).unwrap(),
-            "legacy state" => {
-                let path = dev.state.join("state.json");
-                let mut state = json(&std::fs::read_to_string(&path).unwrap());
-                let app = &mut state["a"]["components"]["app"];
-                assert!(app["tree"]["sha256"].is_string(), "{state}");
-                app.as_object_mut().unwrap().remove("tree");
-                std::fs::write(&path, state.to_string()).unwrap();
-            }
-            _ => {
-                let mut tree = json(&std::fs::read_to_string(&record).unwrap());
-                assert_eq!(tree["files"][0]["path"], "run.sh", "{tree}");
-                let file = &mut tree["files"][0];
-                file["size"] = 17.into();
-                let edited = sha2::Sha256::digest(b"#!/bin/sh\nedited\n");
-                file["sha256"] = evergreen::trust::hex(&edited).into();
-                std::fs::write(&record, tree.to_string()).unwrap();
-            }
-        }
-        let (op, bytes) = offered(&dev, "app");
-        assert_eq!(op, "unchanged", "{case}");
-        assert!(
-            bytes > 20,
-            "{case}: the app's archive is fetched too: {bytes}"
-        );
-        dev.expect("update", &["--yes"], 0);
-        let staged = dev.root.join("slots/b");
-        let run = std::fs::read(staged.join("app/run.sh")).unwrap();
-        assert_eq!(run, b"#!/bin/sh\n", "{case}");
-        assert!(staged.join(".evergreen-trees/app").is_file(), "{case}");
-        let status = dev.status();
-        assert_eq!(status["slots"]["b"]["status"], "trial", "{case}: {status}");
-    }
+    assert!(dev.state.join("downloads").join(&app_sha).is_file());
 }

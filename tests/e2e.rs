@@ -523,11 +523,12 @@ fn a_channel_switched_while_an_update_runs_stands_after_its_activation() {
     assert_eq!(dev.status()["channel"], "preview");
 }
 
-/// An install copies unchanged components from the primary of the moment it runs. A
-/// rollback (another process) between the plan and the install must not stage the release
-/// with the other slot's files.
+/// An install takes unchanged components from the downloads kept since the primary of
+/// the plan was installed, never from whichever slot is primary when it runs: a rollback
+/// (another process) between the plan and the install still stages exactly the planned
+/// release.
 #[test]
-fn an_install_planned_before_a_rollback_is_refused_not_staged_with_other_files() {
+fn an_install_planned_before_a_rollback_stages_the_planned_release() {
     let Setup {
         repo,
         src,
@@ -553,50 +554,35 @@ fn an_install_planned_before_a_rollback_is_refused_not_staged_with_other_files()
     }
     release("3.0.0", 2); // 2.0.0's settings
     let updater = updater_for(&dev);
-    let offer = offer(&updater, "3.0.0");
-    let plan = updater.plan(&offer).unwrap();
-    let op = |plan: &evergreen::Offer, name: &str| {
-        plan.components.iter().find(|c| c.name == name).unwrap().op
-    };
+    let plan = updater.plan(&offer(&updater, "3.0.0")).unwrap();
+    let settings_change = plan.components.iter().find(|c| c.name == "settings");
+    let settings_change = settings_change.unwrap();
     assert_eq!(
-        op(&plan, "settings"),
-        evergreen::stage::ComponentOp::Unchanged
+        (settings_change.op, settings_change.artifact.is_some()),
+        (evergreen::stage::ComponentOp::Unchanged, false)
     );
-    let cancel = evergreen::fetch::CancelToken::new();
-    updater.download(&plan, &mut |_, _| {}, &cancel).unwrap();
+    download(&updater, &plan);
     let before = dev.status();
     dev.expect("rollback", &[], 0); // 1.0.0 is primary again: its settings differ
-    let err = updater.install(&plan).unwrap_err();
-    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
-    assert!(err.message().contains("component settings"), "{err}");
-    let after = dev.status();
-    assert_eq!(after["primary"], before["fallback"]);
-    assert_eq!(
-        after["slots"][before["primary"].as_str().unwrap()]["status"],
-        "bad"
-    );
-    // Planned again against the primary of now, it installs.
-    let plan = updater.plan(&offer).unwrap();
-    assert_eq!(
-        op(&plan, "settings"),
-        evergreen::stage::ComponentOp::Modified
-    );
-    updater.download(&plan, &mut |_, _| {}, &cancel).unwrap();
-    updater.install(&plan).unwrap();
+    assert_eq!(dev.status()["primary"], before["fallback"]);
+    let slot = updater.install(&plan).unwrap();
+    let staged = dev.root.join("slots").join(slot.as_str());
+    let read = |p: &str| std::fs::read_to_string(staged.join(p)).unwrap();
+    assert_eq!(read("settings/settings.json"), "{\"level\": 2}");
+    assert_eq!(read("app/VERSION"), "3.0.0");
 }
 
-/// A plan copies an unchanged tree because the running slot kept the record of its
-/// extraction; a record gone before the install (the slot emptied by hand, restored from a
-/// backup without it) refuses that plan instead of copying unchecked, and planned again
-/// the tree is fetched and extracted afresh.
+/// A plan takes an unchanged component from its kept download; that download gone before
+/// the install (removed by hand) refuses that plan, and planned again the component is
+/// downloaded and installed afresh.
 #[test]
-fn an_install_whose_tree_record_went_missing_is_planned_again() {
+fn an_install_whose_kept_download_went_missing_is_planned_again() {
     let Setup {
         repo,
         src,
         server: _server,
         dev,
-    } = setup("com.acme.record");
+    } = setup("com.acme.kept");
     let settings = src.join("settings.json");
     let zip = app_zip(&src, "1.0.0", true);
     for (version, level) in [("1.0.0", 1), ("1.0.1", 2)] {
@@ -619,17 +605,17 @@ fn an_install_whose_tree_record_went_missing_is_planned_again() {
         (evergreen::stage::ComponentOp::Unchanged, false)
     );
     download(&updater, &plan);
-    let record = dev.root.join("current/.evergreen-trees/app");
-    std::fs::remove_file(&record).unwrap();
+    let state = dev.state_file();
+    let sha = state["b"]["components"]["app"]["sha256"].as_str().unwrap();
+    std::fs::remove_file(dev.state.join("downloads").join(sha)).unwrap();
     let err = updater.install(&plan).unwrap_err();
     assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
     assert!(
         err.message()
-            .starts_with("component app copied from slot b: ")
-            && err.message().contains(
-                "/slots/b/.evergreen-trees/app: expected the record written at install ("
-            )
-            && err.message().ends_with(", found none; plan again"),
+            .starts_with("component app: expected the verified download ")
+            && err
+                .message()
+                .ends_with("; kept since it was installed; plan again"),
         "{err}"
     );
     let plan = updater.plan(&offer).unwrap();
@@ -642,7 +628,6 @@ fn an_install_whose_tree_record_went_missing_is_planned_again() {
         tree_digest(&dev.root.join("current/app")),
         "extracted again from the same archive"
     );
-    assert!(staged.join(".evergreen-trees/app").is_file());
 }
 
 /// The startup step runs on every boot, often from the app's launcher while a background

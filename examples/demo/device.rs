@@ -179,7 +179,7 @@ impl Device {
                 (None, None) => String::new(),
             };
             let note = match c.op {
-                ComponentOp::Unchanged if c.artifact.is_none() => "copied from the running slot",
+                ComponentOp::Unchanged if c.artifact.is_none() => "from the kept download",
                 ComponentOp::Removed => "left out of the new slot",
                 _ => "downloaded",
             };

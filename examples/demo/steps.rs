@@ -262,7 +262,7 @@ fn join_preview(d: &mut Demo) -> Outcome {
         current.join("plugin/plugin.toml").is_file() && !current.join("legacy").exists(),
         || "the new slot should hold plugin/ and no legacy/".to_string(),
     )?;
-    d.ok("the new slot has plugin/, no legacy/, and assets/ copied without a download");
+    d.ok("the new slot has plugin/, no legacy/, and assets/ installed without a download");
     Ok(())
 }
 

@@ -72,9 +72,9 @@ pub enum evg_component_op {
     EVG_COMPONENT_REMOVED = 1,
     /// A different artifact: installed from it.
     EVG_COMPONENT_MODIFIED = 2,
-    /// The same artifact: copied from the running slot and checked, nothing downloaded;
-    /// written again from its download where nothing can check a copy (an image slot, a
-    /// tree the running slot kept no record of).
+    /// The same artifact, nothing downloaded: installed from the download kept since it
+    /// was installed (dir slots); downloaded again where none is kept (image slots, a
+    /// download removed).
     EVG_COMPONENT_UNCHANGED = 3,
 }
 
@@ -194,8 +194,8 @@ pub unsafe extern "C" fn evg_offer_downgrade(offer: *const evg_offer) -> bool {
     unsafe { read("evg_offer_downgrade", offer, false, |o| o.offer.downgrade) }
 }
 
-/// Bytes to download (added and modified components, and unchanged ones that cannot be
-/// copied); 0 when `offer` is NULL.
+/// Bytes to download (added and modified components, and unchanged ones with no kept
+/// download); 0 when `offer` is NULL.
 ///
 /// # Safety
 /// `offer` is NULL or a live offer.

@@ -1,6 +1,5 @@
 //! The component diff shown before approval: Added / Removed / Modified / Unchanged.
 
-use super::record::RecordDigest;
 use crate::manifest::{Artifact, ArtifactKind, Component, TargetRelease};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,16 +19,6 @@ pub struct InstalledComponent {
     /// The artifact's `name`: for a `file` artifact, the file in the component directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// For an extracted `zip`: the digest of the record its extraction (or its checked
-    /// copy) kept in the slot, without which the tree is never copied unchanged but
-    /// extracted again ([`crate::stage::TreeRecord`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tree: Option<RecordDigest>,
-    /// Set when a checked copy found the slot's copy differing from what was installed
-    /// (the app wrote it, a bad block): it no longer [holds](Self::holds) its artifact, so
-    /// the next update installs the component from the artifact instead of copying it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub altered: bool,
 }
 
 impl InstalledComponent {
@@ -40,17 +29,13 @@ impl InstalledComponent {
             sha256: artifact.sha256.clone(),
             kind: Some(artifact.kind),
             name: artifact.name.clone(),
-            tree: None,
-            altered: false,
         }
     }
 
     /// Whether installing `artifact` gives what this component holds: the same bytes,
-    /// installed the same way (its kind, and a file artifact's name), and not found
-    /// [altered](Self::altered) since.
+    /// installed the same way (its kind, and a file artifact's name).
     pub fn holds(&self, artifact: &Artifact) -> bool {
-        !self.altered
-            && self.sha256 == artifact.sha256
+        self.sha256 == artifact.sha256
             && self.kind == Some(artifact.kind)
             && self.name == artifact.name
     }
@@ -66,13 +51,11 @@ pub enum ComponentOp {
     Removed,
     /// A different artifact (or version): installed from its artifact.
     Modified,
-    /// The same artifact, installed the same way: copied from the primary slot, nothing
-    /// downloaded. A `file` artifact's copy is checked against its SHA-256, an extracted
-    /// `zip` against the [record](crate::stage::TreeRecord) of what its extraction wrote (a
-    /// mismatch is `hash_mismatch`, and marks the primary's component
-    /// [altered](InstalledComponent::altered): the next update installs it as Modified).
-    /// Where no copy can be checked (image slots; a tree the primary slot kept no record
-    /// of) it carries its artifact and is written again.
+    /// The same artifact, installed the same way: nothing downloaded. On dir slots it is
+    /// installed from the download kept since the primary slot was installed from it
+    /// (checked against its SHA-256 again), never copied from the slot the app can write;
+    /// where nothing is kept (image slots; a download removed) it carries its artifact
+    /// and is downloaded again.
     Unchanged,
 }
 
@@ -100,18 +83,18 @@ pub struct ComponentChange {
     /// The release's version, if the component is in the release.
     pub to: Option<String>,
     /// The artifact to download and install: set for Added and Modified, and for
-    /// Unchanged when it cannot be copied from the primary slot (images; and, set by the
-    /// updater, a tree the primary slot kept no record of), so "what must be fetched" is
-    /// the changes that carry one.
+    /// Unchanged when no download of it is kept (image slots; and, set by the updater, a
+    /// dir slot's download removed), so "what must be fetched" is the changes that carry
+    /// one.
     #[serde(skip)]
     pub artifact: Option<Artifact>,
 }
 
 /// Compares what is installed with what the release holds for this target, by name
 /// (sorted). Unchanged means the installed component [holds](InstalledComponent::holds)
-/// the release's artifact (same sha256, kind and file name); anything else is Modified. With `copy_unchanged` false (image
-/// slots, whose inactive partition holds something else) an Unchanged component still
-/// carries its artifact, to be written again.
+/// the release's artifact (same sha256, kind and file name); anything else is Modified. With `kept` false (image
+/// slots, which keep no downloads) an Unchanged component still carries its artifact, to
+/// be downloaded and written again.
 ///
 /// ```
 /// use evergreen::stage::{diff, ComponentOp};
@@ -125,21 +108,14 @@ pub struct ComponentChange {
 pub fn diff(
     installed: &BTreeMap<String, InstalledComponent>,
     target: &TargetRelease,
-    copy_unchanged: bool,
+    kept: bool,
 ) -> Vec<ComponentChange> {
     let mut names: Vec<&String> = installed.keys().chain(target.components.keys()).collect();
     names.sort();
     names.dedup();
     names
         .into_iter()
-        .map(|name| {
-            change(
-                name,
-                installed.get(name),
-                target.components.get(name),
-                copy_unchanged,
-            )
-        })
+        .map(|name| change(name, installed.get(name), target.components.get(name), kept))
         .collect()
 }
 
@@ -147,7 +123,7 @@ fn change(
     name: &str,
     old: Option<&InstalledComponent>,
     new: Option<&Component>,
-    copy_unchanged: bool,
+    kept: bool,
 ) -> ComponentChange {
     let op = match (old, new) {
         (None, _) => ComponentOp::Added,
@@ -160,7 +136,7 @@ fn change(
     };
     let needs_artifact = match op {
         ComponentOp::Added | ComponentOp::Modified => true,
-        ComponentOp::Unchanged => !copy_unchanged,
+        ComponentOp::Unchanged => !kept,
         ComponentOp::Removed => false,
     };
     ComponentChange {

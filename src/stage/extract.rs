@@ -8,17 +8,16 @@
 //! cores through a counting reader (the declared sizes are never trusted), and creates the
 //! symlinks last, so no entry is ever written while a symlink exists under `dest`.
 
-use super::record::{Hashed, RecordedFile, RecordedLink, TreeRecord};
-use super::tree::{create_dirs, create_new_file, create_symlinks, StagingDir, DIR_MODE};
+use super::tree::{create_new_file, StagingDir, DIR_MODE};
 use super::{run_parallel, ArchiveLimits, ExtractStats, BUF_SIZE, RATIO_GRACE_BYTES};
 use crate::error::{Error, ErrorKind, Result};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::File;
+use std::fs::{DirBuilder, File, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use zip::{CompressionMethod, ZipArchive};
 
 /// Longest symlink target accepted (Linux's PATH_MAX).
@@ -67,18 +66,6 @@ pub fn extract_zip(
     installed_size: Option<u64>,
     limits: &ArchiveLimits,
 ) -> Result<ExtractStats> {
-    extract_zip_recorded(archive, dest, installed_size, limits).map(|(stats, _)| stats)
-}
-
-/// [`extract_zip`], also returning the [`TreeRecord`] of what it wrote: each file's SHA-256
-/// is taken from the bytes as they are inflated, so the record costs no second read. The
-/// updater keeps it in the slot to check a later Unchanged copy ([`super::copy_recorded`]).
-pub fn extract_zip_recorded(
-    archive: &File,
-    dest: &Path,
-    installed_size: Option<u64>,
-    limits: &ArchiveLimits,
-) -> Result<(ExtractStats, TreeRecord)> {
     let file = archive
         .try_clone()
         .map_err(|e| Error::io("duplicate the descriptor of", dest, e))?;
@@ -96,9 +83,9 @@ pub fn extract_zip_recorded(
     let plan = plan(&mut zip, &budget, limits)?;
 
     let staging = StagingDir::create(dest)?;
-    let written = write(&zip, &plan, dest, &budget)?;
+    let stats = write(&zip, &plan, dest, &budget)?;
     staging.finish(DIR_MODE)?;
-    Ok(written)
+    Ok(stats)
 }
 
 fn unsafe_archive(message: impl Into<String>) -> Error {
@@ -501,7 +488,7 @@ fn read_link_target(zip: &mut ZipArchive<At>, index: usize, path: &str) -> Resul
 /// A symlink must be relative and, resolved from its own directory, stay inside the
 /// component without passing through another symlink (whose target would change where
 /// a later `..` lands).
-pub(super) fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Result<()> {
+fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Result<()> {
     let bad = |why: &str| Err(refuse(path, format!("symlink to {target:?} {why}")));
     if target.is_empty() {
         return bad("is empty");
@@ -533,56 +520,55 @@ pub(super) fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&st
     Ok(())
 }
 
-fn write(
-    zip: &ZipArchive<At>,
-    plan: &Plan,
-    dest: &Path,
-    budget: &Budget,
-) -> Result<(ExtractStats, TreeRecord)> {
-    let mut record = TreeRecord {
-        dirs: plan.dirs.iter().cloned().collect(),
-        files: Vec::with_capacity(plan.files.len()),
-        symlinks: plan
-            .symlinks
-            .iter()
-            .map(|e| RecordedLink {
-                path: e.path.clone(),
-                target: e.target.clone(),
-            })
-            .collect(),
-    };
-    create_dirs(dest, &record.dirs)?;
-    let files = Mutex::new(Vec::with_capacity(plan.files.len()));
+fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Result<ExtractStats> {
+    let mut stats = ExtractStats::default();
+    for dir in &plan.dirs {
+        let path = dest.join(dir);
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&path)
+            .map_err(|e| Error::io("create directory", &path, e))?;
+        // No symlink exists under `dest` yet, so this path can't be redirected.
+        std::fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| Error::io("set the mode of", &path, e))?;
+        stats.dirs += 1;
+    }
+    let bytes = AtomicU64::new(0);
     run_parallel(
         &plan.files,
         || Ok((zip.clone(), vec![0u8; BUF_SIZE])),
         |(zip, buf), entry| {
-            let file = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
-            files.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+            let n = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
+            bytes.fetch_add(n, Relaxed);
             Ok(())
         },
     )?;
-    record.files = files.into_inner().unwrap_or_else(|e| e.into_inner());
-    record.sort();
-    create_symlinks(dest, &record.symlinks)?;
-    Ok((record.stats(), record))
+    stats.files = plan.files.len() as u64;
+    stats.bytes = bytes.into_inner();
+    for link in &plan.symlinks {
+        let path = dest.join(&link.path);
+        std::os::unix::fs::symlink(&link.target, &path)
+            .map_err(|e| Error::io("create symlink", &path, e))?;
+        stats.symlinks += 1;
+    }
+    Ok(stats)
 }
 
 /// Inflates one file entry into the new file `path`, counting every byte against the
-/// entry's ratio cap and the shared budget as it goes, and hashing it for the record.
+/// entry's ratio cap and the shared budget as it goes.
 fn inflate(
     zip: &mut ZipArchive<At>,
     entry: &Entry,
     path: &Path,
     budget: &Budget,
     buf: &mut [u8],
-) -> Result<RecordedFile> {
+) -> Result<u64> {
     let name = entry.path.as_str();
     let corrupt = |e: &dyn std::fmt::Display| refuse(name, format!("corrupt data: {e}"));
     let mut reader = zip.by_index(entry.index).map_err(|e| corrupt(&e))?;
     let mut out = create_new_file(path, entry.mode)?;
     let cap = ratio_cap(budget.max_ratio, entry.compressed);
-    let mut written = Hashed::default();
+    let mut written = 0u64;
     loop {
         let n = match reader.read(buf) {
             Ok(0) => break,
@@ -591,8 +577,8 @@ fn inflate(
             Err(e) if is_data_error(&e) => return Err(corrupt(&e)),
             Err(e) => return Err(Error::io("read the archive for", path, e)),
         };
-        written.update(&buf[..n]);
-        if written.len() > cap {
+        written += n as u64;
+        if written > cap {
             return Err(refuse(
                 name,
                 format!(
@@ -605,17 +591,13 @@ fn inflate(
         out.write_all(&buf[..n])
             .map_err(|e| Error::io("write", path, e))?;
     }
-    if written.len() != entry.declared {
+    if written != entry.declared {
         return Err(refuse(
             name,
-            format!(
-                "declares {} bytes, inflated to {}",
-                entry.declared,
-                written.len()
-            ),
+            format!("declares {} bytes, inflated to {written}", entry.declared),
         ));
     }
-    Ok(written.finish(name, entry.mode))
+    Ok(written)
 }
 
 fn is_data_error(e: &io::Error) -> bool {

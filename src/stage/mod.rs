@@ -3,9 +3,6 @@
 //! - [`extract_zip`] unpacks a `zip` artifact with our own extraction loop, refusing
 //!   anything that could escape the component directory or exhaust the disk;
 //! - [`place_file`] puts a `file` artifact in place;
-//! - [`copy_recorded`] carries an Unchanged `zip` component over from the primary slot,
-//!   checked against the [`TreeRecord`] its extraction kept, and [`copy_file_checked`] an
-//!   Unchanged `file` component, checked against its artifact;
 //! - [`make_durable`] syncs a whole staged slot once, at the end;
 //! - [`diff`] says which components are Added / Removed / Modified / Unchanged.
 //!
@@ -14,15 +11,10 @@
 
 mod diff;
 mod extract;
-mod record;
 mod tree;
 
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
-pub use extract::{extract_zip, extract_zip_recorded};
-pub use record::{
-    copy_file_checked, copy_recorded, RecordDigest, RecordedFile, RecordedLink, TreeRecord,
-    TREES_DIR,
-};
+pub use extract::extract_zip;
 pub use tree::{make_durable, place_file};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -139,7 +131,9 @@ fn run_parallel<T: Sync, S>(
 ///
 /// Staging calls this on the descriptor it then installs from: a download may sit on disk
 /// for days before it is installed (`download_only`), and whatever it was verified as
-/// then, what is installed is what was verified now, through the same open file.
+/// then, what is installed is what was verified now, through the same open file. An
+/// unchanged component is installed the same way, from the download kept since it was
+/// installed.
 pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifact) -> Result<()> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;

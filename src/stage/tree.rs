@@ -1,7 +1,6 @@
 //! File-system work of staging: the staging directory, file placement, tree copies and
 //! durability.
 
-use super::record::RecordedLink;
 use super::run_parallel;
 use crate::error::{Error, Result};
 use crate::manifest::is_safe_name;
@@ -95,38 +94,6 @@ fn expect_empty_dir(path: &Path) -> Result<()> {
     )))
 }
 
-/// Creates the directories `dirs` (relative to `dest`, parents first) with mode 0755
-/// whatever the umask. Returns how many.
-pub(super) fn create_dirs<'a>(
-    dest: &Path,
-    dirs: impl IntoIterator<Item = &'a String>,
-) -> Result<u64> {
-    let mut count = 0;
-    for dir in dirs {
-        let path = dest.join(dir);
-        DirBuilder::new()
-            .mode(DIR_MODE)
-            .create(&path)
-            .map_err(|e| Error::io("create directory", &path, e))?;
-        // Called before any symlink exists under `dest`, so this path can't be redirected.
-        fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
-            .map_err(|e| Error::io("set the mode of", &path, e))?;
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Creates the symlinks `links` under `dest`: called last, so that no file is ever
-/// written while a symlink exists under `dest`. Returns how many.
-pub(super) fn create_symlinks(dest: &Path, links: &[RecordedLink]) -> Result<u64> {
-    for link in links {
-        let path = dest.join(&link.path);
-        std::os::unix::fs::symlink(&link.target, &path)
-            .map_err(|e| Error::io("create symlink", &path, e))?;
-    }
-    Ok(links.len() as u64)
-}
-
 /// Creates a new file for writing with `mode`; never opens an existing path.
 ///
 /// `create_new` is `O_CREAT | O_EXCL`, which refuses an existing name *including a
@@ -162,7 +129,18 @@ pub(super) fn create_new_file(path: &Path, mode: u32) -> Result<File> {
 /// # Ok(()) }
 /// ```
 pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
-    create_component_dir(dest_dir, name)?;
+    if !is_safe_name(name) {
+        return Err(Error::config(format!(
+            "placing a file artifact: expected a plain file name, found {name:?}"
+        )));
+    }
+    match DirBuilder::new().mode(DIR_MODE).create(dest_dir) {
+        // The umask may have cleared bits, or left group and other write set.
+        Ok(()) => fs::set_permissions(dest_dir, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| Error::io("set the mode of", dest_dir, e))?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create directory", dest_dir, e)),
+    }
     let dest = dest_dir.join(name);
     let mut out = create_new_file(&dest, 0o644)?;
     let mut reader = src;
@@ -175,23 +153,6 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
             let _ = fs::remove_file(&dest);
             Err(Error::io("copy the artifact to", &dest, e))
         }
-    }
-}
-
-/// Creates the component directory `dest_dir` of the file artifact `name`, 0755 whatever
-/// the umask, unless it exists; `name` must be a plain file name.
-pub(super) fn create_component_dir(dest_dir: &Path, name: &str) -> Result<()> {
-    if !is_safe_name(name) {
-        return Err(Error::config(format!(
-            "a file artifact: expected a plain file name, found {name:?}"
-        )));
-    }
-    match DirBuilder::new().mode(DIR_MODE).create(dest_dir) {
-        // The umask may have cleared bits, or left group and other write set.
-        Ok(()) => fs::set_permissions(dest_dir, Permissions::from_mode(DIR_MODE))
-            .map_err(|e| Error::io("set the mode of", dest_dir, e)),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("create directory", dest_dir, e)),
     }
 }
 

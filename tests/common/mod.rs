@@ -218,6 +218,12 @@ impl Device {
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.expect("status", &["--json"], 0)).unwrap()
     }
+
+    /// The state file as the updater last saved it.
+    pub fn state_file(&self) -> serde_json::Value {
+        let path = self.state.join("state.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
 }
 
 /// Every file under `dir` (relative path → (mode, sha256)), for byte-identity checks.
