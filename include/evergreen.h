@@ -703,8 +703,8 @@ enum evg_status evg_check(struct evg_updater *updater, struct evg_offer **out);
 enum evg_status evg_check_version(struct evg_updater *updater, const char *channel, const char *version, struct evg_offer **out);
 
 /**
- * Downloads and verifies the artifacts `offer` needs (added and modified components,
- * against the running slot as it is now). `progress` (may be NULL) is called with `user`
+ * Downloads and verifies the artifacts `offer` needs (added and modified components, and
+ * unchanged ones whose download is not kept; against the running slot as it is now). `progress` (may be NULL) is called with `user`
  * between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
  * partial download is kept for the next call to resume.
  *

@@ -222,14 +222,13 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
-/// The artifact component `c` of `plan` is installed from: the one it carries to
-/// download, or for an unchanged component the release's own (kept since it was
-/// installed); none for a removed one.
-fn artifact_to_install<'a>(plan: &'a Offer, c: &'a ComponentChange) -> Option<&'a Artifact> {
-    match (c.op, &c.artifact) {
-        (ComponentOp::Removed, _) => None,
-        (_, Some(a)) => Some(a),
-        (_, None) => plan.target.components.get(&c.name).map(|t| &t.artifact),
+/// The artifact component `c` of `plan` is installed from: the release's own, downloaded
+/// now or (unchanged, carrying none) kept since it was installed; none for a removed one.
+/// Always the signed target's, whatever a host did to the plan's copy.
+fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a Artifact> {
+    match c.op {
+        ComponentOp::Removed => None,
+        _ => plan.target.components.get(&c.name).map(|t| &t.artifact),
     }
 }
 
@@ -1148,30 +1147,26 @@ impl Updater {
         self.state_dir().join("downloads")
     }
 
-    /// After `slot` is confirmed, removes the downloads it does not keep: on dir slots
-    /// every finished download but those `slot` was installed from (kept for the next
-    /// release's unchanged components), on image slots every one. Partial downloads stay
-    /// for a later resume. Best effort: a leftover file costs only space.
+    /// After `slot` is confirmed, removes the downloads the release it replaced was
+    /// installed from, but those `slot` uses too on dir slots, which keep them for the
+    /// next release's unchanged components; image slots keep none, so `slot`'s own go as
+    /// well. Anything else is left alone: a next release downloaded during the trial, a
+    /// partial download. Best effort: a leftover file costs only space.
     fn prune_downloads(&self, st: &State, slot: Slot) {
-        let installed = &st.slot(slot).components;
-        let kept = |name: &str| {
-            self.store.keeps_downloads() && installed.values().any(|c| c.sha256 == name)
-        };
-        let Ok(entries) = std::fs::read_dir(self.downloads_dir()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let finished = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-            if finished && !kept(name) {
-                let _ = std::fs::remove_file(entry.path());
+        let confirmed = &st.slot(slot).components;
+        let keeps = self.store.keeps_downloads();
+        let replaced = st.slot(slot.other()).components.values();
+        let own = confirmed.values().filter(|_| !keeps);
+        for c in replaced.chain(own) {
+            if keeps && confirmed.values().any(|k| k.sha256 == c.sha256) {
+                continue;
             }
+            let _ = std::fs::remove_file(self.downloads_dir().join(&c.sha256));
         }
     }
 
-    /// Downloads and verifies the artifacts the plan needs (added and modified components
-    /// only). `progress(done, total)` covers all of them; `cancel` stops between chunks
+    /// Downloads and verifies the artifacts the plan carries (added and modified
+    /// components, and unchanged ones with no kept download). `progress(done, total)` covers all of them; `cancel` stops between chunks
     /// (`cancelled`, also when set by the last progress call) and keeps partial and
     /// finished files for the next call to resume.
     pub fn download(
@@ -1419,8 +1414,16 @@ impl Updater {
                     path.display()
                 ))
             })?;
-            stage::verify_artifact(&f, a)
-                .map_err(|e| e.context(format!("component {}: downloaded artifact", c.name)))?;
+            if let Err(e) = stage::verify_artifact(&f, a) {
+                // A kept download damaged since (a bad block) would fail every plan the
+                // same way: removed, the next plan downloads it again.
+                let removed = c.artifact.is_none() && std::fs::remove_file(&path).is_ok();
+                let what = match removed {
+                    true => "the download kept since it was installed, now removed (the next update downloads it again)",
+                    false => "downloaded artifact",
+                };
+                return Err(e.context(format!("component {}: {what}", c.name)));
+            }
             files.insert(c.name.clone(), f);
         }
         Ok(files)
@@ -1478,7 +1481,9 @@ impl Updater {
     ) -> Result<()> {
         // `check_installable` made sure the plan holds exactly one component, an image.
         for c in &plan.components {
-            let Some(a) = &c.artifact else { continue };
+            let Some(a) = artifact_to_install(plan, c) else {
+                continue;
+            };
             // An unchanged image is still rewritten: the inactive slot holds something else.
             // `open_downloads` opened and verified every artifact of the plan.
             let Some(mut file) = files.remove(&c.name) else {
@@ -1692,7 +1697,8 @@ impl Updater {
     }
 
     /// An offer to install the installed version again (repair), with every component
-    /// fetched from its artifact. An explicit call, never a check result.
+    /// installed from its artifact: downloaded, or a download still kept (checked against
+    /// its SHA-256 like any). An explicit call, never a check result.
     pub fn reinstall_offer(&self) -> Result<Offer> {
         self.reported("reinstall", || {
             let _work = self.work_lock()?;

@@ -815,3 +815,66 @@ fn an_unchanged_component_without_its_kept_download_is_downloaded_again() {
     assert_eq!(run, b"#!/bin/sh\n");
     assert!(dev.state.join("downloads").join(&app_sha).is_file());
 }
+
+/// A kept download damaged since it was kept (a bad block) fails the install that needs it
+/// once, naming it, and is removed: the next update downloads it again instead of failing
+/// the same way for good.
+#[test]
+fn a_damaged_kept_download_is_downloaded_again_by_the_next_update() {
+    let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.kept-damaged");
+    let app_sha = dev.state_file()["a"]["components"]["app"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = dev.state.join("downloads").join(&app_sha);
+    let mut bytes = std::fs::read(&kept).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&kept, &bytes).unwrap();
+    let out = dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error[hash_mismatch]: component app: the download kept since it was installed, now removed (the next update downloads it again): expected "),
+        "{err}"
+    );
+    assert!(!kept.exists());
+    let (op, bytes) = offered(&dev, "app");
+    assert_eq!(op, "unchanged");
+    assert!(bytes > 20, "the app's archive is fetched again: {bytes}");
+    dev.expect("update", &["--yes"], 0);
+    let run = std::fs::read(dev.root.join("slots/b/app/run.sh")).unwrap();
+    assert_eq!(run, b"#!/bin/sh\n");
+}
+
+/// The confirmation of a trial removes the downloads of the release it replaced, not those
+/// of a next release downloaded while the trial ran: `update --download-only` promises that
+/// a later `update` installs without fetching again.
+#[test]
+fn a_confirmation_keeps_a_next_release_downloaded_during_the_trial() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.kept-next");
+    release_same_config(&repo);
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "trial");
+    publish(&repo, "1.0.2", "stable");
+    let out = dev.run("update", &["--yes", "--download-only"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let names = |dev: &common::Device| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dev.state.join("downloads"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    // 1.0.1's app and config (1.0.0's too), and 1.0.2's new config.
+    let before = names(&dev);
+    assert_eq!(before.len(), 3, "{before:?}");
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    assert_eq!(
+        names(&dev),
+        before,
+        "nothing the next install needs is removed"
+    );
+    dev.expect("update", &["--yes"], 0);
+}

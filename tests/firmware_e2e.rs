@@ -815,6 +815,11 @@ fn an_unchanged_image_is_written_again_into_the_idle_slot() {
         board.dev.status()["slots"]["a"],
         json!({"status": "good", "version": "2.0.1"})
     );
+    // Image slots keep no download: the confirmed image's is removed, as big as it is.
+    let left = std::fs::read_dir(board.dev.state.join("downloads"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
 }
 
 #[test]

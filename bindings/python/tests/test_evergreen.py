@@ -498,9 +498,14 @@ def test_closing_the_updater_during_a_reinstall_stops_it_before_the_install(worl
         updater.install(offer)
         slot = updater.activate().slot
         assert updater.startup().kind == "trial"
-        updater.confirm()  # prunes the downloads: a reinstall fetches again
+        updater.confirm()
         offer.close()
     other = "b" if slot == "a" else "a"
+    # Dir slots keep what the running release was installed from; without it the
+    # reinstall fetches again, and the progress callback runs.
+    state_dir = Path(config["state_dir"])
+    for kept in (state_dir / "downloads").iterdir():
+        kept.unlink()
 
     # Closed at the last progress call: the download is whole, the install must not run.
     updater = evergreen.Updater(config)
