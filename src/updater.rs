@@ -1417,7 +1417,8 @@ impl Updater {
             if let Err(e) = stage::verify_artifact(&f, a) {
                 // A kept download damaged since (a bad block) would fail every plan the
                 // same way: removed, the next plan downloads it again.
-                let removed = c.artifact.is_none() && std::fs::remove_file(&path).is_ok();
+                let damaged = e.kind() == ErrorKind::HashMismatch && c.artifact.is_none();
+                let removed = damaged && std::fs::remove_file(&path).is_ok();
                 let what = match removed {
                     true => "the download kept since it was installed, now removed (the next update downloads it again)",
                     false => "downloaded artifact",
