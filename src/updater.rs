@@ -232,6 +232,14 @@ fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a A
     }
 }
 
+/// What `begin_install` settled: the slot to write, what it will hold, and the artifacts
+/// of what it held before.
+struct Staging {
+    slot: Slot,
+    components: BTreeMap<String, InstalledComponent>,
+    replaced: Vec<String>,
+}
+
 /// The components of a plan that carry an artifact to fetch and install, with it.
 fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
     c.artifact.as_ref().map(|a| (c, a))
@@ -1229,7 +1237,11 @@ impl Updater {
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
-            let (slot, components) = self.begin_install(plan)?;
+            let Staging {
+                slot,
+                components,
+                replaced,
+            } = self.begin_install(plan)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
@@ -1237,6 +1249,7 @@ impl Updater {
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
             self.finish_install(plan, slot, components)?;
+            self.drop_replaced_downloads(&replaced);
             self.emit(Event::Staged {
                 slot,
                 version: plan.version.to_string(),
@@ -1297,12 +1310,14 @@ impl Updater {
 
     /// Marks the slot to write `installing` and takes it out of the boot order. Returns
     /// it and what it will hold.
-    fn begin_install(&self, plan: &Offer) -> Result<(Slot, BTreeMap<String, InstalledComponent>)> {
+    fn begin_install(&self, plan: &Offer) -> Result<Staging> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
         let slot = self.install_slot(&mut st)?;
         let components = installed_components(plan);
+        let replaced = st.slot(slot).components.values();
+        let replaced = replaced.map(|c| c.sha256.clone()).collect();
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,
             version: Some(plan.version.clone()),
@@ -1319,7 +1334,27 @@ impl Updater {
         );
         self.save(&st)?;
         self.with_selector(|s| s.disable(slot))?;
-        Ok((slot, components))
+        Ok(Staging {
+            slot,
+            components,
+            replaced,
+        })
+    }
+
+    /// Removes the downloads of what an install replaced in its slot, but those the new
+    /// release or the primary slot uses: a release never confirmed (rolled back, or staged
+    /// and replaced) is not pruned by a confirmation, and its downloads would stay for
+    /// good. Best effort: a leftover file costs only space.
+    fn drop_replaced_downloads(&self, replaced: &[String]) {
+        let Ok(st) = self.load_state() else { return };
+        let in_use = |sha: &str| {
+            [st.primary, st.fallback()]
+                .iter()
+                .any(|s| st.slot(*s).components.values().any(|c| c.sha256 == sha))
+        };
+        for sha in replaced.iter().filter(|sha| !in_use(sha)) {
+            let _ = std::fs::remove_file(self.downloads_dir().join(sha));
+        }
     }
 
     /// Marks the written slot `installed`, in the state as it is now.

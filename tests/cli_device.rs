@@ -878,3 +878,34 @@ fn a_confirmation_keeps_a_next_release_downloaded_during_the_trial() {
     );
     dev.expect("update", &["--yes"], 0);
 }
+
+/// A release rolled back is never confirmed, so no confirmation prunes its downloads: the
+/// install that replaces it in its slot removes them (but what the new release or the
+/// running one uses).
+#[test]
+fn the_install_that_replaces_a_rolled_back_release_removes_its_downloads() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.kept-rolled-back");
+    release_same_config(&repo);
+    dev.expect("update", &["--yes"], 0);
+    let bad_app = dev.state_file()["a"]["components"]["app"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(dev.state.join("downloads").join(&bad_app).is_file());
+    dev.expect("rollback", &[], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "bad");
+    publish(&repo, "1.0.2", "stable");
+    dev.expect("update", &["--yes"], 0);
+    let state = dev.state_file();
+    assert_eq!(state["a"]["version"], "1.0.2", "{state}");
+    assert!(!dev.state.join("downloads").join(&bad_app).exists());
+    for slot in ["a", "b"] {
+        for c in state[slot]["components"].as_object().unwrap().values() {
+            let kept = dev
+                .state
+                .join("downloads")
+                .join(c["sha256"].as_str().unwrap());
+            assert!(kept.is_file(), "{slot}: {c}");
+        }
+    }
+}
