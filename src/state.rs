@@ -235,6 +235,11 @@ pub struct State {
     /// Recent events, oldest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
+    /// Downloads fetched for a release not installed yet (SHA-256 → that release's
+    /// version), which no confirmation or install removes while the release is newer than
+    /// the one confirmed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending_downloads: BTreeMap<String, Version>,
 }
 
 impl State {
@@ -268,6 +273,7 @@ impl State {
             last_check: None,
             check_failures: 0,
             history: VecDeque::new(),
+            pending_downloads: BTreeMap::new(),
         }
     }
 

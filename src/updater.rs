@@ -1155,22 +1155,48 @@ impl Updater {
         self.state_dir().join("downloads")
     }
 
-    /// After `slot` is confirmed, removes the downloads the release it replaced was
-    /// installed from, but those `slot` uses too on dir slots, which keep them for the
-    /// next release's unchanged components; image slots keep none, so `slot`'s own go as
-    /// well. Anything else is left alone: a next release downloaded during the trial, a
-    /// partial download. Best effort: a leftover file costs only space.
-    fn prune_downloads(&self, st: &State, slot: Slot) {
-        let confirmed = &st.slot(slot).components;
-        let keeps = self.store.keeps_downloads();
-        let replaced = st.slot(slot.other()).components.values();
-        let own = confirmed.values().filter(|_| !keeps);
-        for c in replaced.chain(own) {
-            if keeps && confirmed.values().any(|k| k.sha256 == c.sha256) {
-                continue;
-            }
-            let _ = std::fs::remove_file(self.downloads_dir().join(&c.sha256));
+    /// What a confirmation of `slot` leaves in the downloads: on dir slots what `slot` was
+    /// installed from (kept for the next release's unchanged components), and on any
+    /// slots what was downloaded for a release newer than `slot`'s and not installed yet
+    /// (a next release fetched during the trial). Older pending entries are dropped from
+    /// `st`. Returns the finished downloads to remove, once `st` is saved.
+    fn prunable_downloads(&self, st: &mut State, slot: Slot) -> Vec<PathBuf> {
+        let confirmed = st.slot(slot).version.clone();
+        st.pending_downloads.retain(|_, v| {
+            confirmed
+                .as_ref()
+                .is_none_or(|c| v.cmp_precedence(c).is_gt())
+        });
+        let installed = &st.slot(slot).components;
+        let kept = |sha: &str| {
+            st.pending_downloads.contains_key(sha)
+                || (self.store.keeps_downloads() && installed.values().any(|c| c.sha256 == sha))
+        };
+        let Ok(entries) = std::fs::read_dir(self.downloads_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                // Partial downloads (`.part`) stay to be resumed.
+                let name = e.file_name();
+                let name = name.to_str().unwrap_or_default();
+                name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) && !kept(name)
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Records that the artifact `sha256` was downloaded for `version`, not installed yet.
+    fn note_pending(&self, sha256: &str, version: &Version) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        if st.pending_downloads.get(sha256) != Some(version) {
+            st.pending_downloads
+                .insert(sha256.to_string(), version.clone());
+            self.save(&st)?;
         }
+        Ok(())
     }
 
     /// Downloads and verifies the artifacts the plan carries (added and modified
@@ -1215,6 +1241,7 @@ impl Updater {
                     },
                     cancel,
                 )?;
+                self.note_pending(&a.sha256, &plan.version)?;
                 before += a.size;
                 // A cancel from the last progress call of a blob (the only one a small or
                 // already complete blob gets) stops the call too; the blob stays for the
@@ -1342,15 +1369,16 @@ impl Updater {
     }
 
     /// Removes the downloads of what an install replaced in its slot, but those the new
-    /// release or the primary slot uses: a release never confirmed (rolled back, or staged
+    /// release or the primary slot uses, or a release not installed yet: a release never confirmed (rolled back, or staged
     /// and replaced) is not pruned by a confirmation, and its downloads would stay for
     /// good. Best effort: a leftover file costs only space.
     fn drop_replaced_downloads(&self, replaced: &[String]) {
         let Ok(st) = self.load_state() else { return };
         let in_use = |sha: &str| {
-            [st.primary, st.fallback()]
-                .iter()
-                .any(|s| st.slot(*s).components.values().any(|c| c.sha256 == sha))
+            st.pending_downloads.contains_key(sha)
+                || [st.primary, st.fallback()]
+                    .iter()
+                    .any(|s| st.slot(*s).components.values().any(|c| c.sha256 == sha))
         };
         for sha in replaced.iter().filter(|sha| !in_use(sha)) {
             let _ = std::fs::remove_file(self.downloads_dir().join(sha));
@@ -1378,6 +1406,15 @@ impl Updater {
         }
         record.status = SlotStatus::Installed;
         record.components = components;
+        // What is installed is no longer pending: the slot's record keeps it now.
+        let installed: Vec<String> = record
+            .components
+            .values()
+            .map(|c| c.sha256.clone())
+            .collect();
+        for sha in &installed {
+            st.pending_downloads.remove(sha);
+        }
         st.record(
             (self.clock)(),
             "staged",
@@ -1452,8 +1489,7 @@ impl Updater {
             if let Err(e) = stage::verify_artifact(&f, a) {
                 // A kept download damaged since (a bad block) would fail every plan the
                 // same way: removed, the next plan downloads it again.
-                let damaged = e.kind() == ErrorKind::HashMismatch && c.artifact.is_none();
-                let removed = damaged && std::fs::remove_file(&path).is_ok();
+                let removed = c.artifact.is_none() && std::fs::remove_file(&path).is_ok();
                 let what = match removed {
                     true => "the download kept since it was installed, now removed (the next update downloads it again)",
                     false => "downloaded artifact",
@@ -1625,9 +1661,13 @@ impl Updater {
             st.security_floor = st.security_floor.max(sv);
             st.trial = None;
             st.record((self.clock)(), "confirmed", format!("slot {}", trial.slot));
+            let prunable = self.prunable_downloads(&mut st, trial.slot);
             self.save(&st)?;
             self.with_selector(|s| s.confirm(trial.slot))?;
-            self.prune_downloads(&st, trial.slot);
+            // Best effort: a leftover file costs only space.
+            for path in prunable {
+                let _ = std::fs::remove_file(path);
+            }
             self.emit(Event::Confirmed {
                 slot: trial.slot,
                 version: version_str(version.as_ref()),

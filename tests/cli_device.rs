@@ -909,3 +909,51 @@ fn the_install_that_replaces_a_rolled_back_release_removes_its_downloads() {
         }
     }
 }
+
+/// Downloads are stored by content: a next release that goes back to a component of the
+/// release the trial replaced needs that very file. Downloaded during the trial, it is
+/// pending and the confirmation keeps it.
+#[test]
+fn a_confirmation_keeps_a_reverted_component_downloaded_during_the_trial() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.kept-revert");
+    let reverted = dev.state_file()["b"]["components"]["config"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    publish(&repo, "1.0.1", "stable");
+    dev.expect("update", &["--yes"], 0);
+    let config = repo.scratch("src").join("settings-1.0.0.json");
+    repo.release(
+        "stable",
+        "1.0.2",
+        "x86_64-linux",
+        &[("config", &config)],
+        &[],
+    );
+    let out = dev.run("update", &["--yes", "--download-only"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(dev.state_file()["pending_downloads"][&reverted], "1.0.2");
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    assert!(dev.state.join("downloads").join(&reverted).is_file());
+}
+
+/// A release downloaded and never installed, then passed by a newer one, is no longer
+/// pending once that newer one is confirmed: its downloads are removed.
+#[test]
+fn a_downloaded_release_passed_by_a_confirmed_newer_one_is_removed() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.kept-passed");
+    publish(&repo, "1.0.1", "stable");
+    let out = dev.run("update", &["--yes", "--download-only"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let pending = dev.state_file()["pending_downloads"].clone();
+    let passed: Vec<String> = pending.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(passed.len(), 1, "{pending}");
+    publish(&repo, "1.0.2", "stable");
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    assert!(!dev.state.join("downloads").join(&passed[0]).exists());
+    let state = dev.state_file();
+    assert!(state.get("pending_downloads").is_none(), "{state}");
+}
