@@ -235,11 +235,14 @@ pub struct State {
     /// Recent events, oldest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
-    /// Downloads fetched for a release not installed yet (SHA-256 → that release's
-    /// version), which no confirmation or install removes while the release is newer than
-    /// the one confirmed.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pending_downloads: BTreeMap<String, Version>,
+    /// SHA-256 of the downloads fetched for a release not installed yet, which no
+    /// confirmation removes while that release ([`State::pending_for`], the newest such)
+    /// is newer than the one confirmed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_downloads: Vec<String>,
+    /// The newest release [`State::pending_downloads`] were fetched for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_for: Option<Version>,
 }
 
 impl State {
@@ -273,7 +276,8 @@ impl State {
             last_check: None,
             check_failures: 0,
             history: VecDeque::new(),
-            pending_downloads: BTreeMap::new(),
+            pending_downloads: Vec::new(),
+            pending_for: None,
         }
     }
 

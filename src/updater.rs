@@ -232,12 +232,10 @@ fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a A
     }
 }
 
-/// What `begin_install` settled: the slot to write, what it will hold, and the artifacts
-/// of what it held before.
+/// What `begin_install` settled: the slot to write and what it will hold.
 struct Staging {
     slot: Slot,
     components: BTreeMap<String, InstalledComponent>,
-    replaced: Vec<String>,
 }
 
 /// The components of a plan that carry an artifact to fetch and install, with it.
@@ -1157,19 +1155,21 @@ impl Updater {
 
     /// What a confirmation of `slot` leaves in the downloads: on dir slots what `slot` was
     /// installed from (kept for the next release's unchanged components), and on any
-    /// slots what was downloaded for a release newer than `slot`'s and not installed yet
-    /// (a next release fetched during the trial). Older pending entries are dropped from
-    /// `st`. Returns the finished downloads to remove, once `st` is saved.
+    /// slots what is pending for a release newer than `slot`'s (a next release fetched
+    /// during the trial); pending downloads not for a newer release are forgotten in `st`.
+    /// Returns the finished downloads to remove, once `st` is saved.
     fn prunable_downloads(&self, st: &mut State, slot: Slot) -> Vec<PathBuf> {
-        let confirmed = st.slot(slot).version.clone();
-        st.pending_downloads.retain(|_, v| {
-            confirmed
-                .as_ref()
-                .is_none_or(|c| v.cmp_precedence(c).is_gt())
-        });
+        let newer = match (&st.pending_for, &st.slot(slot).version) {
+            (Some(pending), Some(confirmed)) => pending.cmp_precedence(confirmed).is_gt(),
+            (pending, _) => pending.is_some(),
+        };
+        if !newer {
+            st.pending_downloads.clear();
+            st.pending_for = None;
+        }
         let installed = &st.slot(slot).components;
         let kept = |sha: &str| {
-            st.pending_downloads.contains_key(sha)
+            st.pending_downloads.iter().any(|p| p == sha)
                 || (self.store.keeps_downloads() && installed.values().any(|c| c.sha256 == sha))
         };
         let Ok(entries) = std::fs::read_dir(self.downloads_dir()) else {
@@ -1191,12 +1191,20 @@ impl Updater {
     fn note_pending(&self, sha256: &str, version: &Version) -> Result<()> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
-        if st.pending_downloads.get(sha256) != Some(version) {
-            st.pending_downloads
-                .insert(sha256.to_string(), version.clone());
-            self.save(&st)?;
+        let newest = match &st.pending_for {
+            Some(p) if p.cmp_precedence(version).is_ge() => p.clone(),
+            _ => version.clone(),
+        };
+        if st.pending_downloads.iter().any(|p| p == sha256)
+            && st.pending_for == Some(newest.clone())
+        {
+            return Ok(());
         }
-        Ok(())
+        if !st.pending_downloads.iter().any(|p| p == sha256) {
+            st.pending_downloads.push(sha256.to_string());
+        }
+        st.pending_for = Some(newest);
+        self.save(&st)
     }
 
     /// Downloads and verifies the artifacts the plan carries (added and modified
@@ -1264,11 +1272,7 @@ impl Updater {
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
-            let Staging {
-                slot,
-                components,
-                replaced,
-            } = self.begin_install(plan)?;
+            let Staging { slot, components } = self.begin_install(plan)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
@@ -1276,7 +1280,6 @@ impl Updater {
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
             self.finish_install(plan, slot, components)?;
-            self.drop_replaced_downloads(&replaced);
             self.emit(Event::Staged {
                 slot,
                 version: plan.version.to_string(),
@@ -1343,8 +1346,6 @@ impl Updater {
         self.check_installable(&st, plan)?;
         let slot = self.install_slot(&mut st)?;
         let components = installed_components(plan);
-        let replaced = st.slot(slot).components.values();
-        let replaced = replaced.map(|c| c.sha256.clone()).collect();
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,
             version: Some(plan.version.clone()),
@@ -1361,28 +1362,7 @@ impl Updater {
         );
         self.save(&st)?;
         self.with_selector(|s| s.disable(slot))?;
-        Ok(Staging {
-            slot,
-            components,
-            replaced,
-        })
-    }
-
-    /// Removes the downloads of what an install replaced in its slot, but those the new
-    /// release or the primary slot uses, or a release not installed yet: a release never confirmed (rolled back, or staged
-    /// and replaced) is not pruned by a confirmation, and its downloads would stay for
-    /// good. Best effort: a leftover file costs only space.
-    fn drop_replaced_downloads(&self, replaced: &[String]) {
-        let Ok(st) = self.load_state() else { return };
-        let in_use = |sha: &str| {
-            st.pending_downloads.contains_key(sha)
-                || [st.primary, st.fallback()]
-                    .iter()
-                    .any(|s| st.slot(*s).components.values().any(|c| c.sha256 == sha))
-        };
-        for sha in replaced.iter().filter(|sha| !in_use(sha)) {
-            let _ = std::fs::remove_file(self.downloads_dir().join(sha));
-        }
+        Ok(Staging { slot, components })
     }
 
     /// Marks the written slot `installed`, in the state as it is now.
@@ -1412,9 +1392,7 @@ impl Updater {
             .values()
             .map(|c| c.sha256.clone())
             .collect();
-        for sha in &installed {
-            st.pending_downloads.remove(sha);
-        }
+        st.pending_downloads.retain(|p| !installed.contains(p));
         st.record(
             (self.clock)(),
             "staged",

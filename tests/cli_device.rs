@@ -879,11 +879,10 @@ fn a_confirmation_keeps_a_next_release_downloaded_during_the_trial() {
     dev.expect("update", &["--yes"], 0);
 }
 
-/// A release rolled back is never confirmed, so no confirmation prunes its downloads: the
-/// install that replaces it in its slot removes them (but what the new release or the
-/// running one uses).
+/// A release rolled back is never confirmed; its downloads go at the next confirmation,
+/// which keeps only what the running release was installed from.
 #[test]
-fn the_install_that_replaces_a_rolled_back_release_removes_its_downloads() {
+fn the_downloads_of_a_rolled_back_release_go_at_the_next_confirmation() {
     let (repo, dev) = confirmed_1_0_0("com.acme.kept-rolled-back");
     release_same_config(&repo);
     dev.expect("update", &["--yes"], 0);
@@ -896,17 +895,14 @@ fn the_install_that_replaces_a_rolled_back_release_removes_its_downloads() {
     assert_eq!(dev.status()["slots"]["a"]["status"], "bad");
     publish(&repo, "1.0.2", "stable");
     dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
     let state = dev.state_file();
     assert_eq!(state["a"]["version"], "1.0.2", "{state}");
     assert!(!dev.state.join("downloads").join(&bad_app).exists());
-    for slot in ["a", "b"] {
-        for c in state[slot]["components"].as_object().unwrap().values() {
-            let kept = dev
-                .state
-                .join("downloads")
-                .join(c["sha256"].as_str().unwrap());
-            assert!(kept.is_file(), "{slot}: {c}");
-        }
+    for c in state["a"]["components"].as_object().unwrap().values() {
+        let sha = c["sha256"].as_str().unwrap();
+        assert!(dev.state.join("downloads").join(sha).is_file(), "{c}");
     }
 }
 
@@ -932,7 +928,9 @@ fn a_confirmation_keeps_a_reverted_component_downloaded_during_the_trial() {
     );
     let out = dev.run("update", &["--yes", "--download-only"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    assert_eq!(dev.state_file()["pending_downloads"][&reverted], "1.0.2");
+    let state = dev.state_file();
+    assert_eq!(state["pending_downloads"], serde_json::json!([reverted]));
+    assert_eq!(state["pending_for"], "1.0.2");
     dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
     assert!(dev.state.join("downloads").join(&reverted).is_file());
@@ -947,7 +945,7 @@ fn a_downloaded_release_passed_by_a_confirmed_newer_one_is_removed() {
     let out = dev.run("update", &["--yes", "--download-only"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let pending = dev.state_file()["pending_downloads"].clone();
-    let passed: Vec<String> = pending.as_object().unwrap().keys().cloned().collect();
+    let passed: Vec<String> = serde_json::from_value(pending.clone()).unwrap();
     assert_eq!(passed.len(), 1, "{pending}");
     publish(&repo, "1.0.2", "stable");
     dev.expect("update", &["--yes"], 0);
@@ -956,4 +954,5 @@ fn a_downloaded_release_passed_by_a_confirmed_newer_one_is_removed() {
     assert!(!dev.state.join("downloads").join(&passed[0]).exists());
     let state = dev.state_file();
     assert!(state.get("pending_downloads").is_none(), "{state}");
+    assert!(state.get("pending_for").is_none(), "{state}");
 }
