@@ -704,8 +704,8 @@ enum evg_status evg_check_version(struct evg_updater *updater, const char *chann
 
 /**
  * Downloads and verifies the artifacts `offer` needs (added and modified components, and
- * unchanged ones whose download is not kept; against the running slot as it is now). `progress` (may be NULL) is called with `user`
- * between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
+ * unchanged ones whose download is not kept; against the running slot as it is now).
+ * `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
  * partial download is kept for the next call to resume.
  *
  * # Safety

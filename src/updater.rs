@@ -1187,28 +1187,36 @@ impl Updater {
             .collect()
     }
 
-    /// Records that the artifact `sha256` was downloaded for `version`, not installed yet.
-    fn note_pending(&self, sha256: &str, version: &Version) -> Result<()> {
-        let _lock = self.lock()?;
-        let mut st = self.load_state()?;
-        let newest = match &st.pending_for {
-            Some(p) if p.cmp_precedence(version).is_ge() => p.clone(),
-            _ => version.clone(),
-        };
-        if st.pending_downloads.iter().any(|p| p == sha256)
-            && st.pending_for == Some(newest.clone())
-        {
+    /// Records the downloads `fetched` as pending for the release `version`, in one save
+    /// (none when nothing changes).
+    fn note_pending(&self, fetched: &[String], version: &Version) -> Result<()> {
+        if fetched.is_empty() {
             return Ok(());
         }
-        if !st.pending_downloads.iter().any(|p| p == sha256) {
-            st.pending_downloads.push(sha256.to_string());
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        let before = (st.pending_downloads.len(), st.pending_for.clone());
+        for sha in fetched {
+            if !st.pending_downloads.contains(sha) {
+                st.pending_downloads.push(sha.clone());
+            }
         }
-        st.pending_for = Some(newest);
+        if !st
+            .pending_for
+            .as_ref()
+            .is_some_and(|p| p.cmp_precedence(version).is_ge())
+        {
+            st.pending_for = Some(version.clone());
+        }
+        if (st.pending_downloads.len(), st.pending_for.clone()) == before {
+            return Ok(());
+        }
         self.save(&st)
     }
 
     /// Downloads and verifies the artifacts the plan carries (added and modified
-    /// components, and unchanged ones with no kept download). `progress(done, total)` covers all of them; `cancel` stops between chunks
+    /// components, and unchanged ones with no kept download). `progress(done, total)`
+    /// covers all of them; `cancel` stops between chunks
     /// (`cancelled`, also when set by the last progress call) and keeps partial and
     /// finished files for the next call to resume.
     pub fn download(
@@ -1223,41 +1231,59 @@ impl Updater {
             let _work = self.work_lock()?;
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
-            let total = plan.download_size();
-            let mut before = 0u64;
-            for (c, a) in plan.components.iter().filter_map(with_artifact) {
-                let spec = BlobSpec {
-                    sha256: a.sha256.clone(),
-                    size: a.size,
-                    url: a.url.clone(),
-                };
-                let mut last_event = 0u64;
-                self.fetcher.download(
-                    &spec,
-                    &dir,
-                    &mut |done, _| {
-                        progress(before + done, total);
-                        // Events are for humans and logs: one per MiB is plenty.
-                        if done == a.size || done >= last_event + (1 << 20) {
-                            last_event = done;
-                            self.emit(Event::Downloading {
-                                component: c.name.clone(),
-                                done,
-                                total: a.size,
-                            });
-                        }
-                    },
-                    cancel,
-                )?;
-                self.note_pending(&a.sha256, &plan.version)?;
-                before += a.size;
-                // A cancel from the last progress call of a blob (the only one a small or
-                // already complete blob gets) stops the call too; the blob stays for the
-                // next one.
-                cancel.check()?;
-            }
-            Ok(())
+            let mut fetched = Vec::new();
+            let result = self.fetch_all(plan, &dir, progress, cancel, &mut fetched);
+            // What finished is recorded even when a later blob failed (it stays for the
+            // next call); a download that fetched nothing leaves the state as it was.
+            self.note_pending(&fetched, &plan.version)?;
+            result
         })
+    }
+
+    /// The loop of [`Updater::download`]: fetches the plan's artifacts in turn, pushing
+    /// the SHA-256 of each that finishes onto `fetched`.
+    fn fetch_all(
+        &self,
+        plan: &Offer,
+        dir: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+        fetched: &mut Vec<String>,
+    ) -> Result<()> {
+        let total = plan.download_size();
+        let mut before = 0u64;
+        for (c, a) in plan.components.iter().filter_map(with_artifact) {
+            let spec = BlobSpec {
+                sha256: a.sha256.clone(),
+                size: a.size,
+                url: a.url.clone(),
+            };
+            let mut last_event = 0u64;
+            self.fetcher.download(
+                &spec,
+                dir,
+                &mut |done, _| {
+                    progress(before + done, total);
+                    // Events are for humans and logs: one per MiB is plenty.
+                    if done == a.size || done >= last_event + (1 << 20) {
+                        last_event = done;
+                        self.emit(Event::Downloading {
+                            component: c.name.clone(),
+                            done,
+                            total: a.size,
+                        });
+                    }
+                },
+                cancel,
+            )?;
+            fetched.push(a.sha256.clone());
+            before += a.size;
+            // A cancel from the last progress call of a blob (the only one a small or
+            // already complete blob gets) stops the call too; the blob stays for the
+            // next one.
+            cancel.check()?;
+        }
+        Ok(())
     }
 
     /// Writes the plan into the inactive slot (which is marked `installing` before the
@@ -1454,12 +1480,12 @@ impl Updater {
             };
             let path = dir.join(&a.sha256);
             let f = std::fs::File::open(&path).map_err(|e| {
-                let then = match c.artifact {
-                    Some(_) => "download first",
-                    None => "kept since it was installed; plan again",
+                let (what, then) = match c.artifact {
+                    Some(_) => ("verified download", "download first"),
+                    None => ("download kept since it was installed", "plan again"),
                 };
                 Error::invalid_state(format!(
-                    "component {}: expected the verified download {}, found none ({e}); {then}",
+                    "component {}: expected the {what} {}, found none ({e}); {then}",
                     c.name,
                     path.display()
                 ))
