@@ -114,22 +114,12 @@ fn status_json_has_the_documented_shape() {
         "next check {gap} s after the last"
     );
     assert_eq!(json(&dev.expect("boot", &["--json"], 0))["tries_left"], 2);
-    assert_eq!(
-        std::fs::read_dir(dev.state.join("downloads"))
-            .unwrap()
-            .count(),
-        1
-    );
+    assert_eq!(dev.downloads().len(), 1);
     dev.expect("confirm", &[], 0);
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
     // Once confirmed, its download is kept: the next release installs the component from
     // it when it is unchanged.
-    assert_eq!(
-        std::fs::read_dir(dev.state.join("downloads"))
-            .unwrap()
-            .count(),
-        1
-    );
+    assert_eq!(dev.downloads(), [dev.installed_sha256("b", "config")]);
     let up = json(&dev.expect("check", &["--json"], 0));
     assert_eq!(up["status"], "up_to_date");
     assert_eq!(up["current"], "1.0.0");
@@ -606,13 +596,8 @@ fn an_image_for_dir_slots_is_refused_before_the_idle_slot_is_emptied() {
     assert_eq!(status["slots"]["b"]["version"], "1.0.0", "{status}");
     // Refused before the download, too: nothing fetched in vain. What is there is the
     // running release's own download, kept for its unchanged components.
-    let left: Vec<_> = std::fs::read_dir(dev.state.join("downloads"))
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    let state = dev.state_file();
-    let primary = state["primary"].as_str().unwrap();
-    let config = state[primary]["components"]["config"]["sha256"].clone();
-    assert_eq!(left, [config.as_str().unwrap()], "{left:?}");
+    let primary = dev.state_file()["primary"].as_str().unwrap().to_string();
+    assert_eq!(dev.downloads(), [dev.installed_sha256(&primary, "config")]);
 }
 
 /// Under a umask of 000 (a service manager's `UMask=0000`, a container's entrypoint) the
@@ -782,11 +767,7 @@ fn an_unchanged_tree_is_extracted_from_its_kept_download() {
     assert!(!staged.join("app/app.log").exists());
     dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
-    let mut kept: Vec<String> = std::fs::read_dir(dev.state.join("downloads"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    kept.sort();
+    let kept = dev.downloads();
     let mut installed: Vec<String> = dev.state_file()["b"]["components"]
         .as_object()
         .unwrap()
@@ -802,10 +783,7 @@ fn an_unchanged_tree_is_extracted_from_its_kept_download() {
 #[test]
 fn an_unchanged_component_without_its_kept_download_is_downloaded_again() {
     let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.tree-gone");
-    let app_sha = dev.state_file()["a"]["components"]["app"]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let app_sha = dev.installed_sha256("a", "app");
     std::fs::remove_file(dev.state.join("downloads").join(&app_sha)).unwrap();
     let (op, bytes) = offered(&dev, "app");
     assert_eq!(op, "unchanged");
@@ -822,10 +800,7 @@ fn an_unchanged_component_without_its_kept_download_is_downloaded_again() {
 #[test]
 fn a_damaged_kept_download_is_downloaded_again_by_the_next_update() {
     let (_repo, dev) = confirmed_app_tree_then_same_app("com.acme.kept-damaged");
-    let app_sha = dev.state_file()["a"]["components"]["app"]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let app_sha = dev.installed_sha256("a", "app");
     let kept = dev.state.join("downloads").join(&app_sha);
     let mut bytes = std::fs::read(&kept).unwrap();
     bytes[40] ^= 1;
@@ -858,21 +833,13 @@ fn a_confirmation_keeps_a_next_release_downloaded_during_the_trial() {
     publish(&repo, "1.0.2", "stable");
     let out = dev.run("update", &["--yes", "--download-only"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let names = |dev: &common::Device| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dev.state.join("downloads"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
     // 1.0.1's app and config (1.0.0's too), and 1.0.2's new config.
-    let before = names(&dev);
+    let before = dev.downloads();
     assert_eq!(before.len(), 3, "{before:?}");
     dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
     assert_eq!(
-        names(&dev),
+        dev.downloads(),
         before,
         "nothing the next install needs is removed"
     );
@@ -886,10 +853,7 @@ fn the_downloads_of_a_rolled_back_release_go_at_the_next_confirmation() {
     let (repo, dev) = confirmed_1_0_0("com.acme.kept-rolled-back");
     release_same_config(&repo);
     dev.expect("update", &["--yes"], 0);
-    let bad_app = dev.state_file()["a"]["components"]["app"]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bad_app = dev.installed_sha256("a", "app");
     assert!(dev.state.join("downloads").join(&bad_app).is_file());
     dev.expect("rollback", &[], 0);
     assert_eq!(dev.status()["slots"]["a"]["status"], "bad");
@@ -912,10 +876,7 @@ fn the_downloads_of_a_rolled_back_release_go_at_the_next_confirmation() {
 #[test]
 fn a_confirmation_keeps_a_reverted_component_downloaded_during_the_trial() {
     let (repo, dev) = confirmed_1_0_0("com.acme.kept-revert");
-    let reverted = dev.state_file()["b"]["components"]["config"]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reverted = dev.installed_sha256("b", "config");
     publish(&repo, "1.0.1", "stable");
     dev.expect("update", &["--yes"], 0);
     let config = repo.scratch("src").join("settings-1.0.0.json");

@@ -224,6 +224,27 @@ impl Device {
         let path = self.state.join("state.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
+
+    /// The SHA-256 of the artifact `component` of `slot` (`"a"` or `"b"`) was installed
+    /// from, as the state records it.
+    pub fn installed_sha256(&self, slot: &str, component: &str) -> String {
+        let state = self.state_file();
+        let sha = state[slot]["components"][component]["sha256"].as_str();
+        sha.unwrap_or_else(|| panic!("no {component} in slot {slot}: {state}"))
+            .to_string()
+    }
+
+    /// The names in the downloads directory, sorted (none when it does not exist).
+    pub fn downloads(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state.join("downloads"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
 }
 
 /// Every file under `dir` (relative path → (mode, sha256)), for byte-identity checks.
