@@ -269,8 +269,7 @@ impl Component {
             return Err(format!("expected a plain file name, found {name:?}"));
         }
         let a = &self.artifact;
-        let is_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if a.sha256.len() != 64 || !is_hex(&a.sha256) {
+        if !trust::is_sha256_hex(&a.sha256) {
             return Err(format!(
                 "expected 64 lowercase hex digits of sha256, found {:?}",
                 a.sha256

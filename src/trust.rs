@@ -46,6 +46,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// Whether `s` is a SHA-256 as every document and file name spells it: 64 lowercase hex
+/// digits. Blob and download file names are made from it, so nothing else may pass.
+///
+/// ```
+/// use evergreen::trust::{is_sha256_hex, sha256_hex};
+/// assert!(is_sha256_hex(&sha256_hex(b"abc")));
+/// assert!(!is_sha256_hex(&sha256_hex(b"abc").to_uppercase()));
+/// assert!(!is_sha256_hex("../../etc/passwd"));
+/// ```
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Decodes base64 in the standard or the URL-safe alphabet, padded or not (DESIGN §4.1).
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -450,14 +463,21 @@ pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> 
 /// optional).
 fn count_signers(message: &[u8], signatures: &[EnvelopeSignature], keys: &KeySet) -> usize {
     let ids: Vec<String> = keys.keys.iter().map(PublicKey::keyid).collect();
+    // Each entry once: the key its keyid names, and its signature when it is 64 bytes
+    // (anything else fails every key without a verification).
+    let entries: Vec<(Option<usize>, Option<Vec<u8>>)> = signatures
+        .iter()
+        .map(|entry| {
+            let named = ids.iter().position(|id| *id == entry.keyid);
+            (named, decode_base64(&entry.sig).filter(|s| s.len() == 64))
+        })
+        .collect();
     let mut counted = vec![false; ids.len()];
     let mut done = vec![false; signatures.len()];
     let mut signed = 0;
     for hinted in [true, false] {
-        for (e, entry) in signatures.iter().enumerate() {
-            let named = ids.iter().position(|id| *id == entry.keyid);
-            // Anything but 64 bytes fails every key without a verification.
-            let Some(sig) = decode_base64(&entry.sig).filter(|s| s.len() == 64) else {
+        for (e, (named, sig)) in entries.iter().enumerate() {
+            let (named, Some(sig)) = (*named, sig) else {
                 continue;
             };
             for (i, key) in keys.keys.iter().enumerate() {
@@ -475,7 +495,7 @@ fn count_signers(message: &[u8], signatures: &[EnvelopeSignature], keys: &KeySet
                 }
                 #[cfg(test)]
                 VERIFICATIONS.with(|v| v.set(v.get() + 1));
-                if key.verify(message, &sig).is_ok() {
+                if key.verify(message, sig).is_ok() {
                     (counted[i], done[e]) = (true, true);
                     signed += 1;
                     break;

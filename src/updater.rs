@@ -1181,7 +1181,7 @@ impl Updater {
                 // Partial downloads (`.part`) stay to be resumed.
                 let name = e.file_name();
                 let name = name.to_str().unwrap_or_default();
-                name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) && !kept(name)
+                crate::trust::is_sha256_hex(name) && !kept(name)
             })
             .map(|e| e.path())
             .collect()

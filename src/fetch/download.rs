@@ -58,8 +58,7 @@ pub(super) fn download(
 
 /// The hash names a file in the download directory, so it must be exactly a hash.
 fn check_sha256(sha256: &str) -> Result<()> {
-    let is_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
-    if sha256.len() == 64 && sha256.bytes().all(|b| is_hex(&b)) {
+    if crate::trust::is_sha256_hex(sha256) {
         Ok(())
     } else {
         Err(Error::config(format!(

@@ -93,11 +93,7 @@ impl ImageSlots {
         sha256: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !crate::trust::is_sha256_hex(sha256) {
             return Err(Error::config(format!(
                 "image for slot {slot}: expected a sha256 of 64 lowercase hex digits, found {sha256:?}"
             )));
