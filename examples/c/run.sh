@@ -12,7 +12,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "cargo build (cdylib + CLI, with fault-injection for evg_debug_panic)"
 cargo build --quiet --features fault-injection --lib --bin evergreen
-evg="$root/target/debug/evergreen"
+# Where cargo builds: CARGO_TARGET_DIR when set (relative to the repository), as cargo does.
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$root/$target" ;; esac
+evg="$target/debug/evergreen"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/evg-c.XXXXXX")"
 server_pid=""
@@ -23,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "build the C programs (gcc -std=c99 -pedantic -Werror) and check the header as C++17"
-make --no-print-directory -C "$here" OUT="$work/bin" all
+make --no-print-directory -C "$here" OUT="$work/bin" LIBDIR="$target/debug" all
 
 step "publish a repository with the evergreen CLI"
 mkdir -p "$work/keys" "$work/src"
@@ -108,7 +111,7 @@ run "$work/bin/test_ffi" "$work/badsig/config.json" "$work/hooks/config.json" \
 step "test_ffi against the smallest library (file transport only, std without backtraces)"
 # scripts/build-small-lib needs nightly with rust-src; the panic test in test_ffi shows that
 # panics are still caught (EVG_PANIC) without the standard library's backtrace feature.
-if small="$(EVG_SMALL_TARGET_DIR="$root/target/small" scripts/build-small-lib \
+if small="$(EVG_SMALL_TARGET_DIR="$target/small" scripts/build-small-lib \
     --no-default-features --features fault-injection 2>"$work/small.log" | tail -n1)"; then
   make --no-print-directory -C "$here" OUT="$work/small-bin" LIBDIR="$(dirname "$small")" \
     "$work/small-bin/test_ffi"

@@ -112,7 +112,11 @@ class _Handle:
     thread is inside a callback of one of them (C holds the handle then), or when no call
     runs; else the handle is marked closed and freed by the first such moment: a callback
     of this kind, or the end of the last call. Either way, once closed no new call starts
-    with it."""
+    with it, and `close()` returns once no callback runs on another thread, as the C
+    free does (a callback on the closing thread itself is left to finish).
+
+    A `KeyboardInterrupt` or `SystemExit` raised in a callback cannot unwind through C:
+    it is kept and raised when the C call that made the callback returns."""
 
     def __init__(self, owner: object, what: str, free: Callable[..., None], *args: Any):
         self.raw = args[0]
@@ -120,8 +124,11 @@ class _Handle:
         self._free = weakref.finalize(owner, free, *args)
         self._calls = 0
         self._closing = False
-        self._guard = threading.Lock()
-        # Per thread: its calls using the handle, and how deep it is in their callbacks.
+        self._guard = threading.Condition()
+        # Callbacks running on any thread, for close() to wait for.
+        self._running = 0
+        # Per thread: its calls using the handle, how deep it is in their callbacks, and
+        # an exception to raise once the outermost call returns.
         self._mine = threading.local()
 
     @property
@@ -157,6 +164,10 @@ class _Handle:
                 self._calls -= 1
                 self._mine.calls = self._count("calls") - 1
                 self._free_if_safe()
+            pending = getattr(self._mine, "pending", None)
+            if pending is not None and self._count("calls") == 0:
+                self._mine.pending = None
+                raise pending
 
     @contextlib.contextmanager
     def callback(self) -> Iterator[None]:
@@ -164,17 +175,29 @@ class _Handle:
         in there, or one made earlier on another thread, frees it now if it safely can."""
         depth = self._count("depth")
         self._mine.depth = depth + 1
+        with self._guard:
+            self._running += 1
         try:
             with self._guard:
                 self._free_if_safe()
             yield
         finally:
             self._mine.depth = depth
+            with self._guard:
+                self._running -= 1
+                self._guard.notify_all()
+
+    def defer(self, error: BaseException) -> None:
+        """Keeps `error`, raised in a callback, to raise when this thread's call returns."""
+        if getattr(self._mine, "pending", None) is None:
+            self._mine.pending = error
 
     def close(self) -> None:
         with self._guard:
             self._closing = True
             self._free_if_safe()
+            # This thread's own callbacks go on after close() returns: they called it.
+            self._guard.wait_for(lambda: self._running == self._count("depth"))
 
 
 class Offer:
@@ -248,8 +271,10 @@ class _ProgressTrampoline:
         self.error: Optional[BaseException] = None
         self._updater = updater
         self._handles = (updater, *others)
-        # Kept alive by this object for the whole C call.
-        self.c_fn = _ffi.PROGRESS_CB(self._call) if fn is not None else _ffi.PROGRESS_CB()
+        # Kept alive by this object for the whole C call. Passed even without `fn`: each
+        # callback is a moment where a close() from another thread reaches the C library
+        # and stops the call (before a reinstall installs, for one).
+        self.c_fn = _ffi.PROGRESS_CB(self._call)
 
     def _call(self, _user: Optional[int], done: int, total: int) -> int:
         with contextlib.ExitStack() as inside:
@@ -257,8 +282,10 @@ class _ProgressTrampoline:
                 inside.enter_context(h.callback())
             if self._updater.closed:
                 return 1
+            if self.fn is None:
+                return 0
             try:
-                return 1 if self.fn(done, total) else 0  # type: ignore[misc]
+                return 1 if self.fn(done, total) else 0
             except BaseException as e:  # noqa: B036 - re-raised after the C call returns
                 self.error = e
                 return 1
@@ -272,13 +299,10 @@ class _ProgressTrampoline:
 def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
     if isinstance(config, dict):
         return json.dumps(config)
-    if isinstance(config, os.PathLike):
-        with open(config, encoding="utf-8") as f:
-            return f.read()
-    if isinstance(config, str):
-        # A config is a JSON object; any other text is the path of one.
-        if config.lstrip().startswith("{"):
-            return config
+    # A config is a JSON object; any other text is the path of one.
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        return config
+    if isinstance(config, (str, os.PathLike)):
         try:
             with open(config, encoding="utf-8") as f:
                 return f.read()
@@ -314,7 +338,8 @@ class Updater:
         nothing. It may be called while a call on the updater is running, from one of
         that call's callbacks or from another thread: the call makes no more callbacks,
         a download in it is cancelled (`CancelledError`), and the handle is freed when
-        it returns. Calls started after `close()` raise `ValueError`."""
+        it returns. From another thread, `close()` first waits for a callback running
+        at that moment to return. Calls started after `close()` raise `ValueError`."""
         self._h.close()
 
     def __enter__(self) -> "Updater":
@@ -326,7 +351,8 @@ class Updater:
     def on_event(self, callback: Optional[EventCallback]) -> None:
         """Sends every event, as a dict, to `callback` (None stops events). It runs on the
         thread of the call that emits the event; an exception in it is turned into a
-        RuntimeWarning, since it cannot unwind through C. A call made from inside it that
+        RuntimeWarning, since it cannot unwind through C (a `KeyboardInterrupt` or
+        `SystemExit` is raised once the call that emitted the event returns). A call made from inside it that
         needs the lock the emitting call holds raises `InvalidStateError` (check, download,
         install and reinstall share one; startup, activate, confirm, rollback, skip and
         set_channel another, and the first kind is refused inside an event of the second).
@@ -346,6 +372,8 @@ class Updater:
                     callback(json.loads(event_json.decode("utf-8")))
                 except Exception as e:
                     warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
+                except BaseException as e:  # noqa: B036 - Ctrl-C or exit: raised after the call
+                    handle.defer(e)
 
         c_fn = _ffi.EVENT_CB(trampoline)
         with self._h.use() as h:
@@ -450,8 +478,17 @@ class Updater:
 
 def _encode(s: Optional[str], name: str) -> Optional[bytes]:
     # C reads up to the first NUL: "preview\0x" would silently be "preview".
-    if s is not None and "\0" in s:
+    if s is None:
+        return None
+    if "\0" in s:
         raise BY_CODE[1](
             f"argument {name}: expected text without NUL, found one at offset {s.index(chr(0))}"
         )
-    return None if s is None else s.encode("utf-8")
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # A lone surrogate (from bytes decoded with `surrogateescape`) has no UTF-8 form.
+        raise BY_CODE[1](
+            f"argument {name}: expected text that is valid Unicode, found {e.reason} at offset"
+            f" {e.start}"
+        ) from e

@@ -102,7 +102,9 @@ def candidates() -> List[Path]:
         return [Path(env)]
     here = Path(__file__).resolve().parent
     repo = here.parents[2]
-    built = [repo / "target" / p / LIB_NAME for p in ("debug", "release")]
+    # Where cargo builds: CARGO_TARGET_DIR when set (relative to the repository).
+    target = repo / os.environ.get("CARGO_TARGET_DIR", "target")
+    built = [target / p / LIB_NAME for p in ("debug", "release")]
     # The most recent build is the one the developer means.
     built.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0.0, reverse=True)
     return [here / LIB_NAME] + built

@@ -9,6 +9,7 @@ import http.server
 import os
 import subprocess
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -60,23 +61,48 @@ class Repo:
         )  # fmt: skip
 
 
+class Gate:
+    """Holds blob requests, once armed, until opened: a moment where a call is known to
+    be inside the library, between two callbacks."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.hit, self.opened = threading.Event(), threading.Event()
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def do_GET(self) -> None:
+        gate: Gate = self.server.gate  # type: ignore[attr-defined]
+        if gate.armed and "/blobs/" in self.path:
+            gate.hit.set()
+            gate.opened.wait(timeout=30)
+        super().do_GET()
+
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Tuple[Path, str]]:
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.opened.set()  # never leave a request held
+
+
+@pytest.fixture
+def served(tmp_path: Path, gate: Gate) -> Iterator[Tuple[Path, str]]:
     """A directory served over HTTP on 127.0.0.1 and its URL."""
     root = tmp_path / "www"
     root.mkdir()
     handler = functools.partial(QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.gate = gate  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield root, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        gate.opened.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
@@ -223,8 +249,8 @@ def test_full_update_trial_confirm_then_rollback(world) -> None:
 
 @pytest.mark.parametrize(
     "config",
-    ["{not json", "{}", '{"product": 5}', b"\xff".decode("latin-1")],
-    ids=["syntax", "missing-fields", "wrong-type", "latin-1-garbage"],
+    ["{not json", "{}", '{"product": 5}', '{"product": "\udcff"}'],
+    ids=["syntax", "missing-fields", "wrong-type", "lone-surrogate"],
 )
 def test_bad_config_raises_config_error(config: str) -> None:
     with pytest.raises(evergreen.ConfigError) as err:
@@ -241,8 +267,15 @@ def test_config_as_a_path_in_a_str_or_a_path(world, tmp_path: Path) -> None:
     for given in (str(path), path):
         with evergreen.Updater(given) as updater:
             assert updater.status()["channel"] == "stable"
-    with pytest.raises(evergreen.ConfigError, match="the path of a JSON file"):
-        evergreen.Updater(str(tmp_path / "missing.json"))
+    for missing in (str(tmp_path / "missing.json"), tmp_path / "missing.json"):
+        with pytest.raises(evergreen.ConfigError, match="the path of a JSON file"):
+            evergreen.Updater(missing)
+    # Bytes that are not UTF-8 are a config error too, whichever way the path is given.
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"product": "caf\xe9"}')
+    for given in (str(latin1), latin1):
+        with pytest.raises(evergreen.ConfigError, match="can't decode byte 0xe9"):
+            evergreen.Updater(given)
 
 
 def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
@@ -260,6 +293,9 @@ def test_a_nul_inside_an_argument_is_a_config_error(world) -> None:
             updater.set_channel("preview\0junk")
         with pytest.raises(evergreen.ConfigError, match="argument version"):
             updater.skip("1.0.0\0junk")
+        # A lone surrogate (bytes read with `surrogateescape`) has no UTF-8 form.
+        with pytest.raises(evergreen.ConfigError, match="argument channel: .*surrogate"):
+            updater.set_channel("pre\udcffview")
         with pytest.raises(evergreen.ConfigError, match="argument version"):
             updater.check(version="1.0.0\0junk")
         status = updater.status()
@@ -410,18 +446,26 @@ def test_closing_an_offer_during_its_download_lets_it_finish(world) -> None:
 
 
 def test_closing_the_updater_from_another_thread_during_a_download(world) -> None:
+    """As `evg_updater_free` does, `close()` from another thread waits for the callback
+    running at that moment; the download then stops at its next callback."""
     _, _, _, config = world
     updater = evergreen.Updater(config)
     offer = updater.check()
     assert offer is not None
-    in_progress, closed = threading.Event(), threading.Event()
+    in_progress = threading.Event()
     calls: List[int] = []
+    order: List[str] = []
 
     def wait_for_close(done: int, total: int) -> bool:
         calls.append(done)
         if len(calls) == 1:
             in_progress.set()
-            assert closed.wait(timeout=20), "the other thread did not close in 20 s"
+            deadline = time.monotonic() + 20
+            while not updater._h.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert updater._h.closed, "the other thread did not close in 20 s"
+            time.sleep(0.1)  # close() must still be waiting for this callback
+            order.append("callback returned")
         return False
 
     refused: List[str] = []
@@ -429,11 +473,11 @@ def test_closing_the_updater_from_another_thread_during_a_download(world) -> Non
     def close_from_other_thread() -> None:
         if in_progress.wait(timeout=20):
             updater.close()  # a call is running: the free waits for it
+            order.append("close() returned")
             try:
                 updater.status()
             except ValueError as e:
                 refused.append(str(e))
-        closed.set()
 
     other = threading.Thread(target=close_from_other_thread)
     other.start()
@@ -441,9 +485,71 @@ def test_closing_the_updater_from_another_thread_during_a_download(world) -> Non
         updater.download(offer, wait_for_close)
     other.join(timeout=20)
     assert not other.is_alive()
+    assert order == ["callback returned", "close() returned"], order
     assert refused == ["expected an open Updater, found it closed"], refused
     assert len(calls) == 1, calls  # the callback of the closing moment was the last
     offer.close()
+
+
+def test_closing_from_another_thread_stops_a_reinstall_without_a_progress_callback(
+    world, gate: Gate
+) -> None:
+    """With no progress callback of the host's, close() still reaches the library at the
+    next chunk: the repair stops before it installs, as `evg_reinstall` does in C."""
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        updater.download(offer)
+        updater.install(offer)
+        primary = updater.activate().slot
+        updater.startup()
+        updater.confirm()
+        offer.close()
+    other = "b" if primary == "a" else "a"
+    # The repair downloads again what it installs.
+    for kept in (Path(config["state_dir"]) / "downloads").iterdir():
+        kept.unlink()
+    gate.armed = True
+    updater = evergreen.Updater(config)
+    outcome: List[BaseException] = []
+
+    def repair() -> None:
+        try:
+            updater.reinstall()
+        except BaseException as e:  # noqa: B036 - the test's answer
+            outcome.append(e)
+
+    worker = threading.Thread(target=repair)
+    worker.start()
+    assert gate.hit.wait(timeout=20), "the reinstall asked for no blob in 20 s"
+    updater.close()
+    gate.opened.set()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], evergreen.CancelledError), outcome
+    with evergreen.Updater(config) as fresh:
+        status = fresh.status()
+    assert status["slots"][other]["status"] == "empty", status
+    assert status["primary"] == primary, status
+
+
+def test_ctrl_c_in_an_event_callback_is_raised_once_the_call_returns(world) -> None:
+    _, _, _, config = world
+    events: List[str] = []
+
+    def interrupt(event: dict) -> None:
+        events.append(event["event"])
+        raise KeyboardInterrupt("pressed during an event")
+
+    with evergreen.Updater(config) as updater:
+        updater.on_event(interrupt)
+        with pytest.raises(KeyboardInterrupt, match="pressed during an event"):
+            updater.check()
+        assert events, "expected at least one event before the interrupt was raised"
+        # Raised once: the next call runs as usual (the callback raises again in it).
+        updater.on_event(None)
+        assert updater.check() is not None
 
 
 def test_a_close_never_frees_the_handle_under_a_call_on_its_way_into_c(world) -> None:

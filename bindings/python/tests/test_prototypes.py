@@ -52,8 +52,21 @@ def header_functions() -> Dict[str, Tuple[str, List[str]]]:
     for line in re.findall(r"^[a-z].*\bevg_\w+\(.*\);$", header_text(), re.M):
         head, params = line[: -len(");")].split("(", 1)
         ret, name = split_declaration(head)
-        types = [] if params == "void" else [split_declaration(p)[0] for p in params.split(",")]
-        found[name] = (ret, types)
+        found[name] = (ret, parameters(params))
+    return found
+
+
+def parameters(params: str) -> List[str]:
+    return [] if params == "void" else [split_declaration(p)[0] for p in params.split(",")]
+
+
+def header_callbacks() -> Dict[str, Tuple[str, List[str]]]:
+    """name: (return type, parameter types) of each `typedef … (*evg_…_cb)(…);`."""
+    found = {}
+    for ret, name, params in re.findall(
+        r"^typedef (.+?) \(\*(evg_\w+_cb)\)\((.*)\);$", header_text(), re.M
+    ):
+        found[name] = (ret, parameters(params))
     return found
 
 
@@ -63,7 +76,16 @@ def matches(c_type: str, declared: object) -> bool:
     if c_type == "void":
         return declared is None
     if c_type.endswith("_cb"):
-        return isinstance(declared, type) and issubclass(declared, ctypes._CFuncPtr)
+        # A callback type is a prototype too: compared with its typedef, result and
+        # parameters, as a function is.
+        if not (isinstance(declared, type) and issubclass(declared, ctypes._CFuncPtr)):
+            return False
+        ret, params = header_callbacks()[c_type]
+        return (
+            matches(ret, declared._restype_)
+            and len(params) == len(declared._argtypes_)
+            and all(matches(c, d) for c, d in zip(params, declared._argtypes_))
+        )
     if c_type == "const char *":
         return declared is ctypes.c_char_p
     if c_type == "char *":
@@ -95,6 +117,17 @@ def test_every_declared_function_has_the_header_prototype() -> None:
         assert len(params) == len(argtypes), f"{name}: takes {params}, declared {argtypes}"
         for i, (c_type, declared) in enumerate(zip(params, argtypes)):
             assert matches(c_type, declared), f"{name} argument {i}: {c_type}, declared {declared}"
+
+
+def test_the_callback_types_have_the_header_prototypes() -> None:
+    callbacks = header_callbacks()
+    assert set(callbacks) == {"evg_event_cb", "evg_progress_cb"}, callbacks
+    assert matches("evg_event_cb", _ffi.EVENT_CB)
+    assert matches("evg_progress_cb", _ffi.PROGRESS_CB)
+    # A prototype that differs in one parameter is told apart.
+    wrong = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32)
+    assert not matches("evg_progress_cb", wrong)
+    assert not matches("evg_event_cb", _ffi.PROGRESS_CB)
 
 
 def test_every_header_function_is_declared_or_listed_as_not_used() -> None:
