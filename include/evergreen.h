@@ -174,7 +174,9 @@ typedef enum evg_status {
   EVG_CANCELLED = 21,
   /**
    * A bug: Rust code panicked. The panic was caught at the boundary; the handle is
-   * still usable but the operation's outcome is unknown.
+   * still usable but the operation's outcome is unknown. After a panic inside the boot
+   * selector, the calls that use it (startup, activate, confirm, rollback, install,
+   * status) return `EVG_BOOTLOADER`: free the updater and make a new one.
    */
   EVG_PANIC = 100,
 } evg_status;
@@ -518,9 +520,12 @@ const char *evg_version(void);
 /**
  * Frees a string returned by an `evg_` function (`evg_offer_json`, `evg_status_json`).
  * NULL is fine. Never pass a borrowed string (accessors, `evg_last_error_message`).
+ * Read the string but do not write into it: its length when freed must be the one it
+ * was returned with (no `strtok`; copy it first).
  *
  * # Safety
- * `s` is NULL or a string returned to the caller by Evergreen that was not freed yet.
+ * `s` is NULL or a string returned to the caller by Evergreen that was not freed yet
+ * and not written into.
  */
 void evg_string_free(char *s);
 
@@ -664,8 +669,9 @@ enum evg_status evg_updater_new_with_hooks(const char *config_json, const struct
  * still be called until it returns. An event or progress callback already running on
  * another thread is waited for, so do not free while holding a lock that callback
  * takes; a free made from inside a callback (of any updater) does not wait, and such a
- * callback may still be running when it returns. New calls on the handle are refused with
- * `EVG_INVALID_STATE`, and a second free does nothing.
+ * callback may still be running when it returns. Until that last call returns, new calls
+ * on the handle are refused with `EVG_INVALID_STATE` and a second free does nothing;
+ * after it, the handle is gone, and using or freeing it again is undefined behaviour.
  *
  * # Safety
  * `updater` is NULL or a handle that was not freed yet (or was freed during a call that
@@ -706,7 +712,8 @@ enum evg_status evg_check_version(struct evg_updater *updater, const char *chann
  * Downloads and verifies the artifacts `offer` needs (added and modified components, and
  * unchanged ones whose download is not kept; against the running slot as it is now).
  * `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
- * partial download is kept for the next call to resume.
+ * partial download is kept for the next call to resume. `offer` must come from a check
+ * of this same updater (else `EVG_INVALID_STATE`), as for `evg_install`.
  *
  * # Safety
  * `updater` and `offer` are NULL or live handles; `progress` may be called with `user`
@@ -716,7 +723,9 @@ enum evg_status evg_download(struct evg_updater *updater, const struct evg_offer
 
 /**
  * Writes the downloaded `offer` into the inactive slot. The running slot is never
- * touched; the slot is `installed` only once everything is durable.
+ * touched; the slot is `installed` only once everything is durable. An offer made by
+ * another updater's check is refused (`EVG_INVALID_STATE`): its trust root, product and
+ * state checked the release, not this one's.
  *
  * # Safety
  * `updater` and `offer` are NULL or live handles.

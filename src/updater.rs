@@ -26,6 +26,7 @@ use semver::Version;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
@@ -69,6 +70,9 @@ pub struct Offer {
     /// even while the check or the download ran, is the user's newer choice. For a repair,
     /// the release's own channel, so activating it never moves the device.
     device_channel: String,
+    /// The [`Updater`] that made it: only that one downloads and installs it, since only
+    /// its trust root, product and state checked the release.
+    issuer: usize,
 }
 
 /// Serialises as [`Offer::to_json`]: one shape for the CLI, the C ABI and Rust callers.
@@ -335,7 +339,11 @@ impl UpdaterBuilder {
                 (Store::Image(image_slots(a, b)), sel)
             }
         };
+        // Ids only need to differ; no other memory depends on this counter. A usize, as
+        // some 32-bit targets have no 64-bit atomics.
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         Ok(Updater {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             fetcher,
             store,
@@ -373,6 +381,8 @@ impl Drop for SelectorInUse {
 
 /// The updater: one per product installation. See the crate docs for the whole flow.
 pub struct Updater {
+    /// Unique in the process, for [`Offer::issuer`].
+    id: usize,
     config: Config,
     fetcher: Fetcher,
     store: Store,
@@ -791,7 +801,9 @@ impl Updater {
     }
 
     /// Checks `channel` (default: the device's) for an update, or for exactly `version`
-    /// (a pin: newer or older, never below the security floor).
+    /// (a pin: newer or older, never below the security floor). A check of another
+    /// channel than the device's leaves its poll schedule as it is: `last_check` and the
+    /// failure backoff of `next_check` follow the device's own channel.
     pub fn check_with(&self, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
         self.reported("check", || {
             if let Some(name) = channel {
@@ -800,10 +812,15 @@ impl Updater {
             let _work = self.work_lock()?;
             let mut st = self.load_state()?;
             let channel = channel.unwrap_or(&st.channel).to_string();
+            // The poll schedule (backoff, next check) follows the device's own channel: a
+            // look at another one moves neither way.
+            let own_channel = channel == st.channel;
             let manifest = match self.fetch_manifest(&mut st, &channel) {
                 Ok(m) => m,
                 Err(e) => {
-                    st.check_failures = st.check_failures.saturating_add(1);
+                    if own_channel {
+                        st.check_failures = st.check_failures.saturating_add(1);
+                    }
                     self.save_check(&st)?;
                     return Err(e);
                 }
@@ -811,8 +828,10 @@ impl Updater {
             // The manifest just verified proves its `issued` has passed: a rollout halted
             // then must not reach a device whose clock lags it.
             let now = self.now(&st);
-            st.check_failures = 0;
-            st.last_check = Some(now);
+            if own_channel {
+                st.check_failures = 0;
+                st.last_check = Some(now);
+            }
             // The channel followed as the check began: a switch made while it was on the
             // network is newer than this offer (see `channel_after_activation`).
             let followed = st.channel.clone();
@@ -900,6 +919,7 @@ impl Updater {
             deploy: select::deploy(&self.config.deploy, release.critical, now),
             target: target.clone(),
             device_channel,
+            issuer: self.id,
         })
     }
 
@@ -1218,7 +1238,8 @@ impl Updater {
     /// components, and unchanged ones with no kept download). `progress(done, total)`
     /// covers all of them; `cancel` stops between chunks
     /// (`cancelled`, also when set by the last progress call) and keeps partial and
-    /// finished files for the next call to resume.
+    /// finished files for the next call to resume. The plan must come from this updater's
+    /// own check (`invalid_state` otherwise), as for [`Updater::install`].
     pub fn download(
         &self,
         plan: &Offer,
@@ -1288,7 +1309,8 @@ impl Updater {
 
     /// Writes the plan into the inactive slot (which is marked `installing` before the
     /// first byte and `installed` only when everything is durable). The primary slot is
-    /// never touched.
+    /// never touched. A plan from another updater's check is `invalid_state`: that
+    /// updater's trust root, product and state checked the release, not this one's.
     pub fn install(&self, plan: &Offer) -> Result<Slot> {
         self.reported("install", || {
             let _work = self.work_lock()?;
@@ -1314,10 +1336,17 @@ impl Updater {
         })
     }
 
-    /// Refuses artifacts the slot store cannot take: dir slots take no image, and image
-    /// slots take exactly one image component and nothing else. Before the download, so
-    /// none is fetched in vain, and again before the inactive slot is touched.
+    /// Refuses an offer another updater made (its trust root, product or state may not be
+    /// this one's), and artifacts the slot store cannot take: dir slots take no image, and
+    /// image slots take exactly one image component and nothing else. Before the download,
+    /// so none is fetched in vain, and again before the inactive slot is touched.
     fn check_store_takes(&self, plan: &Offer) -> Result<()> {
+        if plan.issuer != self.id {
+            return Err(Error::invalid_state(format!(
+                "expected an offer from this updater's own check, found one of {} made by another updater (check again with this one)",
+                plan.version
+            )));
+        }
         let all = &plan.target.components;
         let images = all
             .iter()

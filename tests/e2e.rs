@@ -405,6 +405,36 @@ fn a_download_altered_before_install_is_refused() {
     assert_eq!(s.slots[&evergreen::slots::Slot::B].status, "empty");
 }
 
+/// An offer is downloaded and installed only by the updater whose check made it: another
+/// updater's trust root, product or state never checked that release.
+#[test]
+fn an_offer_from_another_updater_is_refused_before_anything_is_fetched_or_written() {
+    let (setup, updater, plan) = planned_1_0_0("com.acme.issuer");
+    let dev = &setup.dev;
+    let other = updater_for(dev);
+    let err = other
+        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected an offer from this updater's own check"),
+        "{err}"
+    );
+    assert_eq!(blob_requests(&setup.server, &setup.repo.root), 0);
+    download(&updater, &plan);
+    let err = other.install(&other.plan(&plan).unwrap()).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert_eq!(
+        other.status().unwrap().slots[&evergreen::slots::Slot::B].status,
+        "empty"
+    );
+    // Its own offer of the same release goes through.
+    let own = other.plan(&offer(&other, "1.0.0")).unwrap();
+    download(&other, &own);
+    assert_eq!(other.install(&own).unwrap(), evergreen::slots::Slot::B);
+}
+
 /// A host's cancel from the last progress call of a download (the only call a small
 /// blob gets) is a cancel: the call says `cancelled`, not success, and the finished blob
 /// is kept, so the next call receives nothing again.

@@ -461,11 +461,19 @@ static void test_free_inside_callbacks(evg_updater *up, const char *config,
 
     /* from the progress of a download: cancelled, with no progress or event after it
        (a download of this size reports its end, then emits a "downloading" event) */
+    memset(&f, 0, sizeof f);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &doomed), EVG_OK);
+    /* an offer is only taken by the updater whose check made it */
     CHECK_STATUS(evg_check_version(up, NULL, "1.0.0", &older), EVG_OK);
     CHECK(older != NULL);
     if (!older) return;
-    memset(&f, 0, sizeof f);
-    CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &doomed), EVG_OK);
+    CHECK_STATUS(evg_download(doomed, older, NULL, NULL), EVG_INVALID_STATE);
+    CHECK(contains(evg_last_error_message(), "made by another updater"));
+    evg_offer_free(older);
+    older = NULL;
+    CHECK_STATUS(evg_check_version(doomed, NULL, "1.0.0", &older), EVG_OK);
+    CHECK(older != NULL);
+    if (!older) return;
     f.updater = doomed;
     CHECK_STATUS(evg_set_event_callback(doomed, free_on_event, &f), EVG_OK);
     CHECK_STATUS(evg_download(doomed, older, free_on_progress, &f), EVG_CANCELLED);

@@ -55,7 +55,9 @@ pub enum evg_status {
     /// The operation was cancelled by the host.
     EVG_CANCELLED = 21,
     /// A bug: Rust code panicked. The panic was caught at the boundary; the handle is
-    /// still usable but the operation's outcome is unknown.
+    /// still usable but the operation's outcome is unknown. After a panic inside the boot
+    /// selector, the calls that use it (startup, activate, confirm, rollback, install,
+    /// status) return `EVG_BOOTLOADER`: free the updater and make a new one.
     EVG_PANIC = 100,
 }
 

@@ -80,9 +80,12 @@ pub(crate) fn to_c_string(text: String) -> CString {
 
 /// Frees a string returned by an `evg_` function (`evg_offer_json`, `evg_status_json`).
 /// NULL is fine. Never pass a borrowed string (accessors, `evg_last_error_message`).
+/// Read the string but do not write into it: its length when freed must be the one it
+/// was returned with (no `strtok`; copy it first).
 ///
 /// # Safety
-/// `s` is NULL or a string returned to the caller by Evergreen that was not freed yet.
+/// `s` is NULL or a string returned to the caller by Evergreen that was not freed yet
+/// and not written into.
 #[no_mangle]
 pub unsafe extern "C" fn evg_string_free(s: *mut c_char) {
     if !s.is_null() {

@@ -124,8 +124,9 @@ unsafe fn new_updater(
 /// still be called until it returns. An event or progress callback already running on
 /// another thread is waited for, so do not free while holding a lock that callback
 /// takes; a free made from inside a callback (of any updater) does not wait, and such a
-/// callback may still be running when it returns. New calls on the handle are refused with
-/// `EVG_INVALID_STATE`, and a second free does nothing.
+/// callback may still be running when it returns. Until that last call returns, new calls
+/// on the handle are refused with `EVG_INVALID_STATE` and a second free does nothing;
+/// after it, the handle is gone, and using or freeing it again is undefined behaviour.
 ///
 /// # Safety
 /// `updater` is NULL or a handle that was not freed yet (or was freed during a call that
@@ -286,7 +287,8 @@ fn download(
 /// Downloads and verifies the artifacts `offer` needs (added and modified components, and
 /// unchanged ones whose download is not kept; against the running slot as it is now).
 /// `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
-/// partial download is kept for the next call to resume.
+/// partial download is kept for the next call to resume. `offer` must come from a check
+/// of this same updater (else `EVG_INVALID_STATE`), as for `evg_install`.
 ///
 /// # Safety
 /// `updater` and `offer` are NULL or live handles; `progress` may be called with `user`
@@ -307,7 +309,9 @@ pub unsafe extern "C" fn evg_download(
 }
 
 /// Writes the downloaded `offer` into the inactive slot. The running slot is never
-/// touched; the slot is `installed` only once everything is durable.
+/// touched; the slot is `installed` only once everything is durable. An offer made by
+/// another updater's check is refused (`EVG_INVALID_STATE`): its trust root, product and
+/// state checked the release, not this one's.
 ///
 /// # Safety
 /// `updater` and `offer` are NULL or live handles.
