@@ -917,3 +917,180 @@ fn a_downloaded_release_passed_by_a_confirmed_newer_one_is_removed() {
     assert!(state.get("pending_downloads").is_none(), "{state}");
     assert!(state.get("pending_for").is_none(), "{state}");
 }
+
+/// Runs `evergreen update --yes` plus `args` on `dev`, interrupts it with SIGINT once the
+/// server has logged a request for `path`, and returns its output. Bounded: the command
+/// must end within 20 s of the signal.
+fn interrupted_update(
+    dev: &common::Device,
+    server: &TestServer,
+    path: &str,
+    args: &[&str],
+) -> std::process::Output {
+    use std::time::{Duration, Instant};
+    let mut child = std::process::Command::new(common::bin())
+        .args(["update", "--config", dev.config.to_str().unwrap(), "--yes"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.requests(path).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !server.requests(path).is_empty(),
+        "no request for {path} in 20 s"
+    );
+    std::thread::sleep(Duration::from_millis(200)); // well inside the request
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+        panic!("evergreen update did not stop within 20 s of SIGINT");
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A new device served over HTTP, offered 1.1.0 (a 256 KiB file) on stable and preview.
+fn served_with_1_1_0(product: &str) -> (Repo, TestServer, common::Device) {
+    let repo = Repo::new(product);
+    let file = repo.scratch("src").join("data.bin");
+    std::fs::write(
+        &file,
+        (0..256 * 1024u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for channel in ["stable", "preview"] {
+        repo.release(channel, "1.1.0", "x86_64-linux", &[("data", &file)], &[]);
+    }
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("served", &server.url(), serde_json::json!({}));
+    (repo, server, dev)
+}
+
+/// Ctrl-C during a check that waits on a slow server: the command says `cancelled` and
+/// exits 1 like any failure, and `update --channel` has not switched: the switch is saved
+/// only once the channel's check succeeded.
+#[test]
+fn an_interrupted_update_to_another_channel_is_cancelled_and_keeps_the_channel() {
+    let (_repo, server, dev) = served_with_1_1_0("com.acme.sigint.check");
+    let slow = Fault::Trickle {
+        bytes: 1,
+        every: std::time::Duration::from_millis(500),
+    };
+    server.set_fault("channels/preview.json", slow);
+    let out = interrupted_update(
+        &dev,
+        &server,
+        "channels/preview.json",
+        &["--channel", "preview"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.starts_with("error[cancelled]: interrupted"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(dev.status()["channel"], "stable");
+}
+
+/// Ctrl-C during a download stops it between chunks with `error[cancelled]`; the bytes
+/// received are kept, and the next update resumes instead of starting over.
+#[test]
+fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
+    let (repo, server, dev) = served_with_1_1_0("com.acme.sigint.download");
+    let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
+    let slow = Fault::Trickle {
+        bytes: 8,
+        every: std::time::Duration::from_millis(20),
+    };
+    server.set_fault(&blob, slow);
+    let out = interrupted_update(&dev, &server, &blob, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error[cancelled]"), "{stderr}");
+    let parts: Vec<_> = names(&dev.state.join("downloads"))
+        .into_iter()
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert_eq!(
+        parts.len(),
+        1,
+        "expected the partial download kept, found {parts:?}"
+    );
+    server.clear_faults();
+    dev.expect("update", &["--yes"], 0);
+    let resumed = server.requests(&blob);
+    assert!(
+        resumed.last().unwrap().range.is_some(),
+        "expected the next update to resume with a Range request, found {resumed:?}"
+    );
+    assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0");
+}
+
+/// A release a deploy policy left staged is not written into the slot again by the next
+/// `update` (on firmware: the whole partition, at every poll until the window opens).
+#[test]
+fn a_staged_release_is_not_installed_again_by_the_next_update() {
+    use std::os::unix::fs::MetadataExt;
+    let (repo, dev) = confirmed_1_0_0("com.acme.staged.once");
+    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
+    config["deploy"] = serde_json::json!({"policy": "download_only"});
+    std::fs::write(&dev.config, config.to_string()).unwrap();
+    publish(&repo, "1.0.1", "stable");
+    let first = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(
+        (first["status"].as_str(), first["slot"].as_str()),
+        (Some("staged"), Some("a"))
+    );
+    let file = dev.root.join("slots/a/config/settings-1.0.1.json");
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    let again = dev.expect("update", &["--yes"], 0);
+    assert!(
+        again.contains("1.0.1 is already installed in slot a"),
+        "{again}"
+    );
+    let second = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(second, first);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().ino(),
+        inode,
+        "the slot was written again"
+    );
+    dev.expect("activate", &[], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "trial");
+}
+
+/// `check --channel` looks without switching: the device's poll schedule (the last
+/// check, the failure backoff) stays that of its own channel.
+#[test]
+fn a_look_at_another_channel_leaves_the_poll_schedule_alone() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.look");
+    publish(&repo, "1.1.0", "preview");
+    let before = dev.status();
+    for _ in 0..3 {
+        let out = dev.run("check", &["--channel", "nosuch"]);
+        assert!(common::stderr(&out).starts_with("error[not_found]"));
+    }
+    dev.expect("check", &["--channel", "preview"], 10);
+    let after = dev.status();
+    for field in ["last_check", "channel"] {
+        assert_eq!(after[field], before[field], "{field} moved");
+    }
+    // No backoff either: next_check is drawn anew (with jitter) at each status.
+    let state = json(&std::fs::read_to_string(dev.state.join("state.json")).unwrap());
+    assert_eq!(state["check_failures"], 0, "{state}");
+}

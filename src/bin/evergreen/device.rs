@@ -4,9 +4,9 @@
 
 use clap::{Args, Subcommand};
 use evergreen::config::{SelectorConfig, SlotsConfig};
-use evergreen::fetch::CancelToken;
 use evergreen::slots::grub::GrubEnv;
 use evergreen::slots::uboot::UBootEnv;
+use evergreen::slots::Slot;
 use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Startup, Updater};
 use semver::Version;
 use serde_json::json;
@@ -30,8 +30,9 @@ pub struct CheckArgs {
 /// Options of `update`.
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
-    /// Switch to this channel first, then update from it. The switch is undone when the
-    /// channel's check fails (a channel the repository does not have, say).
+    /// Switch to this channel, then update from it. The switch is saved once the
+    /// channel's check succeeds: a check that fails (a channel the repository does not
+    /// have, say) or is interrupted leaves the device on its channel.
     #[arg(long, value_name = "C")]
     pub channel: Option<String>,
     /// Install exactly this version (a downgrade is allowed because it was asked for).
@@ -254,7 +255,7 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
         bar.set_message(format!("downloading {}", offer.version));
         bar
     });
-    let cancel = CancelToken::new();
+    let cancel = crate::interrupt::token();
     let result = up.download(
         offer,
         &mut |done, _| {
@@ -270,18 +271,29 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     result
 }
 
-/// Checks for `update`, after switching to `channel` when given: a switch whose check
-/// fails is undone, so a misspelt channel does not fail every later check.
+/// Checks for `update`; with `channel`, checks that channel and switches to it once its
+/// check succeeded. A misspelt channel would fail every later check, and a switch saved
+/// before the check would stay if the check never ended (Ctrl-C, a power cut).
 fn check_on(up: &Updater, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
-    let Some(channel) = channel else {
-        return up.check_with(None, version);
-    };
-    let before = up.state()?.channel;
-    up.set_channel(channel)?;
-    up.check_with(None, version).inspect_err(|_| {
-        // Best effort: the check's error is the one to report.
-        let _ = up.set_channel(&before);
-    })
+    let check = up.check_with(channel, version)?;
+    if let Some(channel) = channel {
+        up.set_channel(channel)?;
+    }
+    Ok(check)
+}
+
+/// The inactive slot when it already holds `offer`'s release, installed and not yet
+/// activated (a deploy policy deferred it): installing it again on every `update` would
+/// rewrite the slot (a whole partition on firmware) for nothing. A version names one build
+/// for good: publishing another build under it is refused.
+fn staged_slot(up: &Updater, offer: &Offer) -> Result<Option<Slot>> {
+    let status = up.status()?;
+    let inactive = status.primary.other();
+    Ok(status
+        .slots
+        .get(&inactive)
+        .filter(|s| s.status == "installed" && s.version.as_ref() == Some(&offer.version))
+        .map(|_| inactive))
 }
 
 /// `evergreen update`: check, show the diff, ask, download, install, activate.
@@ -307,10 +319,23 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         } else {
             out!("not installed");
         }
+        if let (Some(channel), false) = (&args.channel, json) {
+            out!("the device follows channel {channel} from now on (`evergreen channel` switches back)");
+        }
         return Ok(0);
     }
-    let plan = up.plan(&offer)?;
-    download(&up, &plan, json)?;
+    let staged = match args.download_only {
+        true => None,
+        false => staged_slot(&up, &offer)?,
+    };
+    let plan = match staged {
+        Some(_) => offer,
+        None => {
+            let plan = up.plan(&offer)?;
+            download(&up, &plan, json)?;
+            plan
+        }
+    };
     let report = |status: &str, extra: serde_json::Value| {
         if json {
             let mut v = json!({"status": status, "version": plan.version.to_string()});
@@ -326,7 +351,15 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         report("downloaded", json!({}));
         return Ok(0);
     }
-    let slot = up.install(&plan)?;
+    let slot = match staged {
+        Some(slot) => {
+            if !json {
+                out!("{} is already installed in slot {slot}", plan.version);
+            }
+            slot
+        }
+        None => up.install(&plan)?,
+    };
     if plan.deploy == evergreen::select::Deploy::Manual {
         report("staged", json!({"slot": slot}));
         if !json {

@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage, 10 update available (`check`). A failure
 //! prints exactly one line, `error[<kind>]: <message>`, on stderr, where `<kind>` is the
-//! stable error name.
+//! stable error name; Ctrl-C and SIGTERM are the failure `cancelled` ([`interrupt`]).
 
 /// Prints a line on stdout. A closed stdout (`evergreen init … | head -1`) must not stop
 /// the work a command is doing halfway, nor panic: a failed write is dropped, and the exit
@@ -16,6 +16,7 @@ macro_rules! out {
 }
 
 mod device;
+mod interrupt;
 mod operator;
 
 use clap::{Parser, Subcommand};
@@ -27,7 +28,7 @@ use std::process::ExitCode;
 #[command(
     name = "evergreen",
     version,
-    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr), 2 usage, 10 update available (check).\n\
+    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr; Ctrl-C and SIGTERM are error[cancelled]), 2 usage, 10 update available (check).\n\
                   Set EVERGREEN_NOW to an RFC 3339 time to run as if the clock read that time."
 )]
 struct Cli {
@@ -58,6 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help / --version.
     let cli = Cli::parse();
+    interrupt::install();
     let result = match cli.command {
         Command::Operator(cmd) => operator::run(cmd, cli.json).map(|()| 0),
         Command::Device(cmd) => device::run(cmd, &cli.config, cli.json),

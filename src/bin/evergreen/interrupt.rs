@@ -1,0 +1,36 @@
+//! Ctrl-C and SIGTERM: the command ends with `error[cancelled]` and exit code 1, like any
+//! other failure, instead of the shell's 130 with no message.
+//!
+//! A download sees the cancel between chunks and ends by itself, keeping what it
+//! received. A step that does not look at the cancel (a check waiting on a silent server,
+//! an install) is stopped after [`GRACE`]: every step of Evergreen is safe to stop at any
+//! instant, as a power cut would (state saved by rename, slots marked before they are
+//! written), so the next run carries on.
+
+use evergreen::fetch::CancelToken;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long a step that does not look at the cancel may take to end by itself.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The cancel of this run, set by Ctrl-C or SIGTERM.
+pub fn token() -> CancelToken {
+    static TOKEN: OnceLock<CancelToken> = OnceLock::new();
+    TOKEN.get_or_init(CancelToken::new).clone()
+}
+
+/// Routes Ctrl-C and SIGTERM to [`token`]. Without a handler (one could not be set) the
+/// signals keep their default: the process stops at once, which is safe too.
+pub fn install() {
+    let token = token();
+    let _ = ctrlc::set_handler(move || {
+        token.cancel();
+        std::thread::sleep(GRACE);
+        crate::report(&evergreen::Error::new(
+            evergreen::ErrorKind::Cancelled,
+            "interrupted (Ctrl-C or SIGTERM); stopped where it was, which is safe: run the command again to carry on",
+        ));
+        std::process::exit(1);
+    });
+}
