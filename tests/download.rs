@@ -664,6 +664,24 @@ fn file_transport_missing_blob_is_not_found() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
+/// A local blob file of another size than the signed one (a copy to a USB stick cut short)
+/// is an `io` error that says so; no GET or HTTP status was involved.
+#[test]
+fn file_transport_short_blob_is_an_io_error_naming_both_sizes() {
+    let repo = Repo::new(1000);
+    std::fs::write(repo.path().join(repo.blob_path()), &repo.blob[..400]).unwrap();
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[repo.path().display().to_string()], options());
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("expected the whole blob (1000 bytes), found a file of 400 bytes"),
+        "{message}"
+    );
+    assert!(!message.contains("GET"), "{message}");
+}
+
 /// A `file://` URL is read as RFC 8089 has it: the scheme in any case, `%XX` decoded,
 /// and only an empty host or `localhost`; anything else must not become a relative path.
 #[test]

@@ -230,11 +230,16 @@ impl Target<'_> {
     }
 
     /// A 200 declaring a length other than the blob's is not the blob: larger is
-    /// `too_large`, smaller (an error page served as 200) `http_status`.
+    /// `too_large`, smaller (an error page served as 200) `http_status`, and a local file
+    /// (a directory or USB stick as the server) of another size `io`, a copy cut short.
     fn check_whole_length(&self, url: &str, response: &Response) -> Result<()> {
         let size = self.spec.size;
         match response.content_length {
             Some(len) if len > size => Err(too_large(url, size, &format!("{len} bytes declared"))),
+            Some(len) if len != size && !super::is_http(url) => Err(Error::new(
+                ErrorKind::Io,
+                format!("reading {url}: expected the whole blob ({size} bytes), found a file of {len} bytes"),
+            )),
             Some(len) if len < size => Err(Error::new(
                 ErrorKind::HttpStatus,
                 format!(
