@@ -277,8 +277,11 @@ fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
     assert_eq!(std::fs::metadata(&part).unwrap().len(), SIZE as u64 / 2);
 }
 
+/// A body running on past the size (with no declared length, so nothing refuses it
+/// first) is read up to the size and no further: the signed bytes are kept, the rest is
+/// never received.
 #[test]
-fn longer_body_is_too_large_and_the_file_never_grows_past_the_size() {
+fn a_longer_body_is_read_up_to_the_size_and_no_further() {
     let repo = Repo::new(SIZE);
     let server = TestServer::serve(repo.path());
     server.set_fault(&repo.blob_path(), Fault::AppendJunk(512 * 1024));
@@ -296,13 +299,15 @@ fn longer_body_is_too_large_and_the_file_never_grows_past_the_size() {
         },
         &CancelToken::new(),
     );
-    assert_eq!(result.unwrap_err().kind(), ErrorKind::TooLarge);
+    let path = result.unwrap();
     assert!(largest <= SIZE as u64, "the .part grew to {largest}");
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
+    // Received: exactly the size; what follows it is never asked for.
+    let received = f.stats().bytes_received;
     assert!(
-        !part.exists(),
-        "bytes from a server sending too much are not kept"
+        received == SIZE as u64,
+        "received {received} bytes of a {SIZE}-byte blob"
     );
-    assert_no_completed_file(downloads.path(), &repo);
 }
 
 #[test]
@@ -852,6 +857,47 @@ fn metadata_larger_than_the_cap_is_too_large() {
     let err = f.metadata("channels/stable.json", None, 8192).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TooLarge, "undeclared: {err}");
     assert!(f.stats().bytes_received <= 8193);
+}
+
+/// Trailers that never end keep one read of a chunked body busy for good, where neither
+/// the read timeout (data keeps coming) nor the speed check (it runs between reads) can
+/// reach it. A blob stops at its size and never reads them; metadata, read to its end,
+/// has a deadline for the whole body: the speed window plus its cap at the minimum speed.
+#[test]
+fn endless_chunked_trailers_end_a_metadata_read_on_time_and_never_touch_a_blob() {
+    let repo = Repo::new(SIZE);
+    let doc = b"{\"sequence\": 1}".to_vec();
+    std::fs::create_dir_all(repo.path().join("channels")).unwrap();
+    std::fs::write(repo.path().join("channels/stable.json"), &doc).unwrap();
+    let server = TestServer::serve(repo.path());
+    server.set_fault("channels/", Fault::EndlessTrailers);
+    server.set_fault(&repo.blob_path(), Fault::EndlessTrailers);
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            min_speed_bytes_per_s: 4096,
+            speed_window: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    let started = std::time::Instant::now();
+    let err = f.metadata("channels/stable.json", None, 4096).unwrap_err();
+    // 1 s window + 1 s read timeout + 4096 B at 4096 B/s = 3 s, one try (retries: 0).
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.message().contains("no end of the body within 3 s"),
+        "{err}"
+    );
+
+    let downloads = TempDir::new().unwrap();
+    let path = download(&f, &repo.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), repo.blob);
 }
 
 #[test]

@@ -267,6 +267,9 @@ impl HttpTransport {
         if let Some(etag) = &req.if_none_match {
             request = request.header("If-None-Match", etag.as_str());
         }
+        if let Some(limit) = req.body_timeout {
+            request = request.config().timeout_recv_body(Some(limit)).build();
+        }
         let response = request.call().map_err(CallError::Ureq)?;
         let header = |name: &str| {
             response
@@ -285,6 +288,7 @@ impl HttpTransport {
         let body = Body {
             reader: response.into_body().into_reader(),
             read_timeout: self.options.read_timeout,
+            body_timeout: req.body_timeout,
         };
         Ok(Response {
             status,
@@ -447,22 +451,30 @@ fn has_scheme(s: &str) -> bool {
 struct Body {
     reader: ureq::BodyReader<'static>,
     read_timeout: Duration,
+    body_timeout: Option<Duration>,
 }
 
 impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader
             .read(buf)
-            .map_err(|e| match ureq::Error::from(e) {
-                ureq::Error::Timeout(_) => io::Error::new(
+            .map_err(|e| match (ureq::Error::from(e), self.body_timeout) {
+                (ureq::Error::Timeout(ureq::Timeout::RecvBody), Some(limit)) => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no end of the body within {} (its size cap at the minimum speed, plus the speed window)",
+                        duration_words(limit)
+                    ),
+                ),
+                (ureq::Error::Timeout(_), _) => io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "no data for {} (read timeout)",
                         duration_words(self.read_timeout)
                     ),
                 ),
-                ureq::Error::Io(e) => e,
-                other => io::Error::other(other),
+                (ureq::Error::Io(e), _) => e,
+                (other, _) => io::Error::other(other),
             })
     }
 }
@@ -632,10 +644,7 @@ rTPbyMtuh6A0S6makkfrf53PSPtBBA==
         // As if the system had no bundle (set before the first request makes the agent).
         let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
         let _ = transport.agent.set((agent, Some("no CA bundle".into())));
-        let request = Request {
-            range_from: None,
-            if_none_match: None,
-        };
+        let request = Request::default();
         let err = transport
             .get("HTTPS://127.0.0.1:9/x", &request)
             .unwrap_err();

@@ -247,6 +247,7 @@ impl Fetcher {
         let request = Request {
             range_from: None,
             if_none_match: etag.map(str::to_owned),
+            body_timeout: self.metadata_body_timeout(max_bytes),
         };
         // The server's 404 is the answer for metadata even when a mirror is down: the
         // root walk ends at the first missing version, and a mirror that cannot be reached
@@ -331,6 +332,15 @@ impl Fetcher {
 
     fn count_received(&self, n: usize) {
         self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The whole body of a document of at most `max_bytes` arrives within the speed window
+    /// plus its size at the minimum speed, or the speed rule fails it anyway; none when
+    /// the rule is off.
+    fn metadata_body_timeout(&self, max_bytes: u64) -> Option<Duration> {
+        let o = &self.options;
+        let at_min_speed = max_bytes.checked_div(o.min_speed_bytes_per_s)?;
+        Some(o.speed_window + o.read_timeout + Duration::from_secs(at_min_speed))
     }
 
     fn read_capped(&self, url: &str, response: Response, max_bytes: u64) -> Result<Vec<u8>> {

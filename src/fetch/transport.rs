@@ -13,6 +13,11 @@ pub struct Request {
     pub range_from: Option<u64>,
     /// Ask for `304 Not Modified` when the document still has this entity tag.
     pub if_none_match: Option<String>,
+    /// The longest the whole body may take, from the request on. Metadata has one: it is
+    /// read to its end, and a server can keep a single read busy forever (chunked
+    /// trailers that never end), out of reach of the checks made between reads. A blob
+    /// has none: it is never read past its size.
+    pub body_timeout: Option<std::time::Duration>,
 }
 
 /// A transport's answer: the status and headers the fetcher needs, and the body as a
@@ -74,7 +79,7 @@ pub trait Transport: Send + Sync {
 /// std::fs::create_dir_all(&dir).unwrap();
 /// std::fs::write(dir.join("hello"), b"hello world").unwrap();
 /// let url = format!("{}/hello", dir.display());
-/// let req = Request { range_from: Some(6), if_none_match: None };
+/// let req = Request { range_from: Some(6), ..Request::default() };
 /// let mut res = FileTransport.get(&url, &req).unwrap();
 /// assert_eq!(res.status, 206);
 /// assert_eq!(res.content_range.as_deref(), Some("bytes 6-10/11"));

@@ -481,7 +481,7 @@ impl Snapshot {
         );
     }
 
-    fn assert_primary_intact(&self, dev: &Dev) {
+    pub fn assert_primary_intact(&self, dev: &Dev) {
         self.assert_booted_intact(dev);
         let mut status = serde_json::to_value(dev.updater.status().unwrap()).unwrap();
         let mut before = self.status.clone();

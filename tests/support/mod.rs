@@ -52,6 +52,10 @@ pub enum Fault {
     /// Answer 200 with these bytes whatever was asked (`Range` too), as a misconfigured
     /// mirror serving its "not found" page with status 200 does.
     ErrorPage(Vec<u8>),
+    /// Send the content chunked, then the last chunk and trailer lines, one every 50 ms,
+    /// until the client goes away or the server stops: a single read of the body never
+    /// ends, since each trailer is data for the connection but none for the body.
+    EndlessTrailers,
 }
 
 /// One request the server received.
@@ -392,7 +396,10 @@ fn send(
         Some(Fault::AppendJunk(n)) => *n as usize,
         _ => 0,
     };
-    if junk == 0 {
+    let chunked = matches!(fault, Some(Fault::EndlessTrailers));
+    if chunked {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    } else if junk == 0 {
         head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
     }
     head.push_str("\r\n");
@@ -404,6 +411,17 @@ fn send(
             let n = (*n as usize).min(body.len());
             stream.write_all(&body[..n])?;
             stream.flush()?;
+            stream.shutdown(Shutdown::Both)
+        }
+        Some(Fault::EndlessTrailers) => {
+            write!(stream, "{:x}\r\n", body.len())?;
+            stream.write_all(&body)?;
+            stream.write_all(b"\r\n0\r\n")?;
+            while !stop.load(Ordering::SeqCst) {
+                stream.write_all(b"X-More: y\r\n")?;
+                stream.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             stream.shutdown(Shutdown::Both)
         }
         Some(Fault::Trickle { bytes, every }) => {
