@@ -1021,7 +1021,12 @@ fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = common::stderr(&out);
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error[cancelled]"), "{stderr}");
+    assert!(
+        last.starts_with(
+            "error[cancelled]: interrupted (Ctrl-C or SIGTERM); what was received is kept"
+        ),
+        "{stderr}"
+    );
     let parts: Vec<_> = names(&dev.state.join("downloads"))
         .into_iter()
         .filter(|n| n.ends_with(".part"))

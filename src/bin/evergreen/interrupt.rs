@@ -20,6 +20,16 @@ pub fn token() -> CancelToken {
     TOKEN.get_or_init(CancelToken::new).clone()
 }
 
+/// `e`, saying that the cancel it reports came from Ctrl-C or SIGTERM when it did (the
+/// library's own words are about a host's cancel).
+pub fn explain(e: evergreen::Error) -> evergreen::Error {
+    if e.kind() == evergreen::ErrorKind::Cancelled && token().is_cancelled() {
+        e.context("interrupted (Ctrl-C or SIGTERM); what was received is kept for the next run")
+    } else {
+        e
+    }
+}
+
 /// Routes Ctrl-C and SIGTERM to [`token`]. Without a handler (one could not be set) the
 /// signals keep their default: the process stops at once, which is safe too.
 pub fn install() {

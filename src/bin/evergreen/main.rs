@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            report(&e);
+            report(&interrupt::explain(e));
             ExitCode::FAILURE
         }
     }
