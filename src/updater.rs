@@ -653,7 +653,19 @@ impl Updater {
                 self.save(st)?;
             }
             self.settle_selector(st, booted)?;
-            return Ok(Startup::Normal);
+            return Ok(match booted.filter(|b| *b != st.primary) {
+                // Still running a slot the state gave up on (a rollback the bootloader did
+                // not learn of before the restart): the host must restart into the primary.
+                Some(running) => Startup::RolledBack {
+                    from: running,
+                    to: st.primary,
+                    reason: format!(
+                        "the bootloader started slot {running}, which a rollback had left for slot {}; restart into slot {}",
+                        st.primary, st.primary
+                    ),
+                },
+                None => Startup::Normal,
+            });
         };
         let Some(running) = booted.filter(|b| *b != trial.slot) else {
             return Ok(Startup::Trial {
@@ -1688,6 +1700,13 @@ impl Updater {
                 )));
             };
             self.check_trial_started(trial)?;
+            // The bootloader is told first, unlike for the other steps: a power cut after a
+            // committed state but before this write would leave a slot the state calls good
+            // and the bootloader still tries, and gives up on once its attempts are spent
+            // (the next start adopts the fallback, below the security floor just raised).
+            // In this order a cut leaves the trial in the state, which the next start
+            // resumes, and the host confirms again.
+            self.with_selector(|s| s.confirm(trial.slot))?;
             let record = st.slot_mut(trial.slot);
             record.status = SlotStatus::Good;
             let (sv, version) = (record.security_version, record.version.clone());
@@ -1696,7 +1715,6 @@ impl Updater {
             st.record((self.clock)(), "confirmed", format!("slot {}", trial.slot));
             let prunable = self.prunable_downloads(&mut st, trial.slot);
             self.save(&st)?;
-            self.with_selector(|s| s.confirm(trial.slot))?;
             // Best effort: a leftover file costs only space.
             for path in prunable {
                 let _ = std::fs::remove_file(path);

@@ -702,9 +702,54 @@ fn grub_a_power_cut_in_the_middle_of_the_activation_write_does_not_fail_the_rele
     );
 }
 
+/// The power goes at each durable step of `confirm` (the bootloader's environment, then
+/// the state): whatever the instant, the confirmed release keeps booting, and once the
+/// host confirms again (a cut may leave the trial to resume) it is the good primary.
+/// Told in the other order, a bootloader that had spent
+/// the trial's attempt gave up on a slot the state called good.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_power_cut_during_confirm_never_undoes_the_confirmed_release() {
+    for (loader, name) in LOADERS {
+        for crash_at in 1.. {
+            let repo = Repo::new(PRODUCT);
+            let server = TestServer::serve(&repo.root);
+            let board = on_trial_of_2_0_0(&repo, &server, &format!("{name}{crash_at}"), loader);
+            let config = board.dev.config.to_str().unwrap().to_string();
+            let at = crash_at.to_string();
+            let out = common::run_env(
+                &["confirm", "--config", &config],
+                &[("EVERGREEN_CRASH_AT", &at)],
+            );
+            let crashed = common::stderr(&out).contains(&format!("crash point {at} "));
+            for boot in 0..3 {
+                assert_eq!(
+                    board.power_on(),
+                    Some(Slot::B),
+                    "{name} cut {crash_at}, boot {boot}"
+                );
+                let status = board.boot()["status"].clone();
+                assert!(
+                    status == "trial" || status == "normal",
+                    "{name} cut {crash_at}: {status}"
+                );
+                board.dev.expect("confirm", &[], 0);
+            }
+            let s = board.dev.status();
+            assert_eq!(s["slots"]["b"]["status"], "good", "{name} cut {crash_at}");
+            assert_eq!(s["primary"], "b", "{name} cut {crash_at}");
+            if !crashed {
+                assert!(crash_at > 1, "{name}: confirm has no crash point at all");
+                break;
+            }
+        }
+    }
+}
+
 /// The power goes after `rollback` committed the state and before the environment was
 /// written: the bootloader starts the slot the state gave up on, and the startup step
-/// finishes the rollback so that the next boot is the good slot.
+/// finishes the rollback so that the next boot is the good slot; running the slot given
+/// up on, it says `rolled_back`, so that the host restarts into the good one now.
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_power_cut_before_the_bootloader_learns_of_a_rollback_finishes_it() {
@@ -726,7 +771,18 @@ fn a_power_cut_before_the_bootloader_learns_of_a_rollback_finishes_it() {
             Loader::UBoot => Slot::B,
         };
         assert_eq!(board.power_on(), Some(starts), "{name}");
-        assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        let status = match starts {
+            Slot::A => "normal",
+            Slot::B => "rolled_back",
+        };
+        let boot = board.boot();
+        assert_eq!(boot["status"], status, "{name}: {boot}");
+        if starts == Slot::B {
+            assert_eq!(
+                (boot["from"].as_str(), boot["to"].as_str()),
+                (Some("b"), Some("a"))
+            );
+        }
         assert_eq!(
             board.preferred(),
             Slot::A,
