@@ -669,6 +669,23 @@ fn file_transport_missing_blob_is_not_found() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
+/// A FIFO where a document should be (on a stick, say) is refused by its type before it
+/// is opened: opening one with no writer would wait for a writer forever.
+#[test]
+fn file_transport_refuses_a_fifo_without_waiting_for_a_writer() {
+    let dir = TempDir::new().unwrap();
+    std::fs::create_dir_all(dir.path().join("channels")).unwrap();
+    let fifo = dir.path().join("channels/stable.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let f = fetcher(&[dir.path().display().to_string()], options());
+    let err = f.metadata("channels/stable.json", None, 4096).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
 /// A local blob file of another size than the signed one (a copy to a USB stick cut short)
 /// is an `io` error that says so; no GET or HTTP status was involved.
 #[test]

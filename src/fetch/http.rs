@@ -4,7 +4,7 @@ use super::transport::{Request, Response, Transport};
 use super::FetchOptions;
 use crate::error::{Error, ErrorKind, Result};
 use std::io::{self, Read};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// HTTP and HTTPS (with the `tls` feature: rustls with ring, trusting the system's CA
@@ -27,6 +27,10 @@ pub struct HttpTransport {
     tls: Option<ureq::tls::TlsConfig>,
     /// Made on the first request; with it, when the system has no usable CA bundle, why.
     agent: OnceLock<(ureq::Agent, Option<String>)>,
+    /// The agent for requests with a [`Request::body_timeout`] (metadata), and that
+    /// deadline: the same settings plus it. An agent rather than a per-request setting,
+    /// which would copy the whole configuration into every request (5 KB of code).
+    bounded: Mutex<Option<(Duration, ureq::Agent)>>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -69,25 +73,39 @@ impl HttpTransport {
             #[cfg(feature = "tls")]
             tls,
             agent: OnceLock::new(),
+            bounded: Mutex::new(None),
         })
     }
 
-    /// The agent for `url`, made on the first call.
-    fn agent(&self, url: &str) -> Result<&ureq::Agent> {
-        let (agent, no_roots) = self.agent.get_or_init(|| self.make_agent());
-        match no_roots {
-            Some(why) if is_https(url) => Err(Error::config(format!("GET {url}: {why}"))),
-            _ => Ok(agent),
+    /// The agent for `url`, made on the first call; with `body_timeout`, one whose
+    /// requests have that deadline for their whole body.
+    fn agent(&self, url: &str, body_timeout: Option<Duration>) -> Result<ureq::Agent> {
+        let (agent, no_roots) = self.agent.get_or_init(|| self.make_agent(None));
+        if let (Some(why), true) = (no_roots, is_https(url)) {
+            return Err(Error::config(format!("GET {url}: {why}")));
+        }
+        let Some(limit) = body_timeout else {
+            return Ok(agent.clone());
+        };
+        let mut bounded = self.bounded.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*bounded {
+            Some((made_for, agent)) if *made_for == limit => Ok(agent.clone()),
+            _ => {
+                let agent = self.make_agent(Some(limit)).0;
+                *bounded = Some((limit, agent.clone()));
+                Ok(agent)
+            }
         }
     }
 
-    fn make_agent(&self) -> (ureq::Agent, Option<String>) {
+    fn make_agent(&self, body_timeout: Option<Duration>) -> (ureq::Agent, Option<String>) {
         let options = &self.options;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(nonzero(options.connect_timeout))
             .timeout_recv_response(nonzero(options.read_timeout))
             .timeout_per_read(nonzero(options.read_timeout))
+            .timeout_recv_body(body_timeout)
             // `get` follows redirects itself (with `follow_redirects`), hop by hop.
             .max_redirects(0)
             .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")));
@@ -260,15 +278,15 @@ impl Transport for HttpTransport {
 impl HttpTransport {
     /// One request, no redirect followed (ureq's `max_redirects` is 0).
     fn get_once(&self, url: &str, req: &Request) -> Result<Response, CallError> {
-        let mut request = self.agent(url).map_err(CallError::Ours)?.get(url);
+        let mut request = self
+            .agent(url, req.body_timeout)
+            .map_err(CallError::Ours)?
+            .get(url);
         if let Some(from) = req.range_from {
             request = request.header("Range", format!("bytes={from}-"));
         }
         if let Some(etag) = &req.if_none_match {
             request = request.header("If-None-Match", etag.as_str());
-        }
-        if let Some(limit) = req.body_timeout {
-            request = request.config().timeout_recv_body(Some(limit)).build();
         }
         let response = request.call().map_err(CallError::Ureq)?;
         let header = |name: &str| {

@@ -91,6 +91,21 @@ pub trait Transport: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileTransport;
 
+/// A directory or a device opens on Unix and has a size, but is no file to serve.
+fn check_is_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "expected a file at {}, found {}",
+            path.display(),
+            file_type_name(meta.file_type())
+        ),
+    ))
+}
+
 impl Transport for FileTransport {
     fn get(&self, url: &str, req: &Request) -> Result<Response> {
         let path = file_url_path(url).ok_or_else(|| {
@@ -99,21 +114,17 @@ impl Transport for FileTransport {
                  plain path, found {url}"
             ))
         })?;
+        // Looked at before it is opened: opening a FIFO with no writer (on a stick, say)
+        // waits for one forever.
+        check_is_file(
+            &path,
+            &std::fs::metadata(&path).map_err(|e| open_error(&path, e))?,
+        )?;
         let mut file = File::open(&path).map_err(|e| open_error(&path, e))?;
         let meta = file
             .metadata()
             .map_err(|e| base_error("reading metadata of", &path, e))?;
-        if !meta.is_file() {
-            // A directory or a device opens on Unix and has a size, but is no file to serve.
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "expected a file at {}, found {}",
-                    path.display(),
-                    file_type_name(meta.file_type())
-                ),
-            ));
-        }
+        check_is_file(&path, &meta)?;
         let len = meta.len();
         let mtime = meta
             .modified()
