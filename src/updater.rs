@@ -1387,7 +1387,12 @@ impl Updater {
     /// touched.
     fn check_installable(&self, st: &State, plan: &Offer) -> Result<()> {
         self.check_store_takes(plan)?;
-        if let Some(t) = st.trial {
+        // A first release that used up its trial with no slot to roll back to runs on
+        // (the startup step keeps it); a fix must still go in, into the slot that holds
+        // nothing, or the only way out would be to confirm the broken release.
+        let stranded =
+            |t: &Trial| t.tries_left == 0 && st.slot(t.slot.other()).status == SlotStatus::Empty;
+        if let Some(t) = st.trial.filter(|t| !stranded(t)) {
             return Err(Error::invalid_state(format!(
                 "slot {} is on trial; confirm or roll back before installing another release",
                 t.slot
@@ -1656,6 +1661,18 @@ impl Updater {
                 }
             }
             let tries = self.with_selector(|s| Ok(s.trial_tries(self.config.trial.tries)))?;
+            if let Some(left) = st.trial.filter(|t| t.slot != slot) {
+                // Only a stranded first trial lets a release in beside it (check_installable).
+                st.slot_mut(left.slot).status = SlotStatus::Bad;
+                st.record(
+                    (self.clock)(),
+                    "trial_replaced",
+                    format!(
+                        "slot {} used up its trial unconfirmed, with no slot to roll back to; {version} in slot {slot} replaces it",
+                        left.slot
+                    ),
+                );
+            }
             st.slot_mut(slot).status = SlotStatus::Trial;
             st.primary = slot;
             st.trial = Some(Trial {

@@ -255,6 +255,50 @@ fn an_exhausted_first_trial_is_recorded_once() {
     assert_eq!(s["trial"]["tries_left"], 0);
 }
 
+/// A first release that used up its trial has no slot to roll back to and runs on; a fix
+/// published then still installs, into the empty slot, and replaces it. Refused, the only
+/// way out was to confirm the broken release (and raise the floor to it).
+#[test]
+fn a_fix_installs_beside_a_first_release_that_used_up_its_trial() {
+    let (repo, dev) = first_install_on_trial("com.acme.stranded");
+    for _ in 0..4 {
+        dev.expect("boot", &[], 0);
+    }
+    assert_eq!(dev.status()["trial"]["tries_left"], 0);
+    publish(&repo, "1.0.1", "stable");
+    let out = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(
+        (out["status"].as_str(), out["slot"].as_str()),
+        (Some("activated"), Some("a"))
+    );
+    let boot = json(&dev.expect("boot", &["--json"], 0));
+    assert_eq!(
+        (boot["status"].as_str(), boot["slot"].as_str()),
+        (Some("trial"), Some("a"))
+    );
+    dev.expect("confirm", &[], 0);
+    let s = dev.status();
+    assert_eq!(
+        s["slots"]["a"],
+        serde_json::json!({"status": "good", "version": "1.0.1"})
+    );
+    assert_eq!(s["slots"]["b"]["status"], "bad");
+    assert_eq!(s["trial"], serde_json::Value::Null);
+}
+
+/// While a trial still has starts left, or has a slot to roll back to, installing another
+/// release is refused: it would overwrite the way back.
+#[test]
+fn installing_during_a_trial_with_starts_left_is_refused() {
+    let (repo, dev) = first_install_on_trial("com.acme.notyet");
+    dev.expect("boot", &[], 0);
+    publish(&repo, "1.0.1", "stable");
+    let out = dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::stderr(&out).contains("error[invalid_state]: slot b is on trial"));
+    assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
+}
+
 /// `update && confirm` in one script would vouch for a version that never ran: with
 /// directory slots the startup step must have counted a start of the trial slot first.
 #[test]
