@@ -900,7 +900,8 @@ fn fill_time_row(
     }
 }
 
-/// Sizes of the stripped `dist` cdylib, with default features and without.
+/// Sizes of the stripped `dist` cdylib, with default features and without, built by
+/// `scripts/build-lib` as docs/c-abi.md says to build the library you ship.
 pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let variants = [
@@ -922,27 +923,24 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
             );
             let lib = root.join(target_dir).join("dist/libevergreen.so");
             if !ctx.quick {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let manifest = root.join("Cargo.toml");
-                let target = root.join(target_dir);
-                // The C library alone, as docs/c-abi.md builds it: next to the rlib, LTO
-                // must keep every public Rust function, which costs about 0.6 MB.
-                let mut args = vec![
-                    "rustc",
-                    "--profile",
-                    "dist",
-                    "--lib",
-                    "--crate-type",
-                    "cdylib",
-                    "--manifest-path",
-                    manifest.to_str().unwrap_or(""),
-                    "--target-dir",
-                    target.to_str().unwrap_or(""),
-                ];
-                args.extend(extra);
-                if let Err(e) = run_tool(&cargo, &args) {
-                    row.fail(e);
-                    return row;
+                // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
+                // LTO must keep every public Rust function, about 0.6 MB more), without the
+                // build machine's paths.
+                let built = Command::new(root.join("scripts/build-lib"))
+                    .args(extra)
+                    .env("CARGO_TARGET_DIR", root.join(target_dir))
+                    .stdout(Stdio::null())
+                    .status();
+                match built {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => {
+                        row.fail(format!("scripts/build-lib: {s}"));
+                        return row;
+                    }
+                    Err(e) => {
+                        row.fail(format!("scripts/build-lib: {e}"));
+                        return row;
+                    }
                 }
             }
             match std::fs::metadata(&lib) {
