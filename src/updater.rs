@@ -236,6 +236,31 @@ fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a A
     }
 }
 
+/// Removes the partial downloads (`<sha256>.part`) of blobs `plan` does not need: those of
+/// a release passed over before it finished downloading would otherwise stay for good, one
+/// per release, until the state's partition is full. Under the work lock, so no download
+/// is writing one. Best effort: a leftover costs only space.
+fn remove_other_partials(dir: &Path, plan: &Offer) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let needed = |sha: &str| {
+        plan.components
+            .iter()
+            .filter_map(|c| c.artifact.as_ref())
+            .any(|a| a.sha256 == sha)
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+            continue;
+        };
+        if crate::trust::is_sha256_hex(sha) && !needed(sha) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// What `begin_install` settled: the slot to write and what it will hold.
 struct Staging {
     slot: Slot,
@@ -1264,6 +1289,7 @@ impl Updater {
             let _work = self.work_lock()?;
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
+            remove_other_partials(&dir, plan);
             let mut fetched = Vec::new();
             let result = self.fetch_all(plan, &dir, progress, cancel, &mut fetched);
             // What finished is recorded even when a later blob failed (it stays for the

@@ -1143,3 +1143,32 @@ fn a_look_at_another_channel_leaves_the_poll_schedule_alone() {
     let state = json(&std::fs::read_to_string(dev.state.join("state.json")).unwrap());
     assert_eq!(state["check_failures"], 0, "{state}");
 }
+
+/// A release passed over before it finished downloading leaves a `.part`; the next
+/// download (of another release) removes it, so abandoned partials do not pile up one per
+/// release until the state's partition is full.
+#[test]
+fn the_partial_download_of_a_passed_over_release_is_removed_by_the_next_download() {
+    let (repo, server, dev) = served_with_1_1_0("com.acme.partials");
+    let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
+    let slow = Fault::Trickle {
+        bytes: 8,
+        every: std::time::Duration::from_millis(20),
+    };
+    server.set_fault(&blob, slow);
+    let out = interrupted_update(&dev, &server, &blob, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let partials = || -> Vec<String> {
+        names(&dev.state.join("downloads"))
+            .into_iter()
+            .filter(|n| n.ends_with(".part"))
+            .collect()
+    };
+    assert_eq!(partials().len(), 1);
+    server.clear_faults();
+    let file = repo.scratch("src").join("data-1.2.0.bin");
+    std::fs::write(&file, vec![7u8; 64 * 1024]).unwrap();
+    repo.release("stable", "1.2.0", "x86_64-linux", &[("data", &file)], &[]);
+    dev.expect("update", &["--yes", "--download-only"], 0);
+    assert_eq!(partials(), Vec::<String>::new());
+}
