@@ -3,6 +3,7 @@
 
 #[path = "support/bootsim.rs"]
 mod bootsim;
+mod require;
 
 use evergreen::slots::grub::{BootChange, GrubEnv};
 use evergreen::slots::uboot::UBootEnv;
@@ -18,7 +19,7 @@ fn have(tool: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
     if !found {
-        eprintln!("skipped: {tool} not installed");
+        require::missing(tool);
     }
     found
 }

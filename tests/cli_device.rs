@@ -2,6 +2,7 @@
 //! served on loopback: exit codes, `--json` shapes (DESIGN §7.2) and `error[<kind>]` lines.
 
 mod common;
+mod require;
 mod support;
 
 use common::Repo;
@@ -380,7 +381,7 @@ fn update_declined_on_a_terminal_prints_json() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: script not installed");
+        require::missing("script (util-linux)");
         return;
     }
     let (repo, dev) = confirmed_1_0_0("com.acme.declined");

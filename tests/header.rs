@@ -1,6 +1,8 @@
 //! The committed C header must be what cbindgen generates from `src/ffi/` now: a stale
 //! header would let C hosts compile against an ABI the library no longer has.
 
+mod require;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,7 +42,9 @@ fn first_difference(committed: &str, generated: &str) -> String {
 #[test]
 fn the_committed_header_is_what_cbindgen_generates() {
     let Some(cbindgen) = cbindgen() else {
-        eprintln!("skipped: cbindgen not found on PATH or in ~/.cargo/bin (cargo install cbindgen --version 0.29.0)");
+        require::missing(
+            "cbindgen 0.29.0 (on PATH or in ~/.cargo/bin: cargo install cbindgen --version 0.29.0)",
+        );
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,5 +1,7 @@
 //! ETag and Range against a real nginx on loopback (DESIGN §11). Skipped, with a message,
-//! where nginx is not installed.
+//! where nginx is not installed (failed under `EVERGREEN_REQUIRE_TOOLS`, as in CI).
+
+mod require;
 
 use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata};
 use evergreen::trust::sha256_hex;
@@ -137,7 +139,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file());
     if found.is_none() {
-        println!("skipped: {name} not installed");
+        require::missing(name);
     }
     found
 }
