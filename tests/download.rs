@@ -917,6 +917,48 @@ fn endless_chunked_trailers_end_a_metadata_read_on_time_and_never_touch_a_blob()
     assert_eq!(std::fs::read(path).unwrap(), repo.blob);
 }
 
+/// An answer that is no valid HTTP (here a negative `Content-Length`) is the server's
+/// fault and the same on every try: `http_status`, and that base is not asked again in
+/// the later rounds, where a network error would be retried.
+#[test]
+fn a_malformed_response_is_http_status_and_not_retried() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut answered = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{}");
+                    answered += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        answered
+    });
+    let f = fetcher(
+        &[base],
+        FetchOptions {
+            retries: 2,
+            ..options()
+        },
+    );
+    let err = f.metadata("channels/stable.json", None, 4096).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert_eq!(
+        served.join().unwrap(),
+        1,
+        "the malformed base was asked again"
+    );
+}
+
 #[test]
 fn metadata_missing_everywhere_is_not_found() {
     let dir = metadata_repo(b"{}");

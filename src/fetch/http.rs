@@ -359,12 +359,15 @@ enum CallError {
     Ureq(ureq::Error),
 }
 
-/// The kind of a failure to get an answer: a timeout, else the network. (ureq follows
-/// no redirect here, so its redirect errors do not occur.)
+/// The kind of a failure to get an answer: a timeout; an answer that is no valid HTTP (a
+/// negative or doubled `Content-Length`, too many headers), which is the server's fault
+/// and the same on every try, so `http_status` and the next base; else the network.
+/// (ureq follows no redirect here, so its redirect errors do not occur.)
 fn transfer_kind(err: &ureq::Error) -> ErrorKind {
     match err {
         ureq::Error::Timeout(_) => ErrorKind::Timeout,
         ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => ErrorKind::Timeout,
+        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => ErrorKind::HttpStatus,
         _ => ErrorKind::Network,
     }
 }
