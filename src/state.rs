@@ -157,6 +157,11 @@ pub struct Trial {
     pub slot: Slot,
     /// Starts left before an automatic rollback.
     pub tries_left: u32,
+    /// The starts it began with, to tell whether one was counted: the config may change
+    /// during a trial (a release can ship its own). 0 in a state saved before this was
+    /// recorded; the config's count is used then.
+    #[serde(default)]
+    pub tries: u32,
 }
 
 /// The last manifest accepted on a channel.

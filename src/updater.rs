@@ -1704,6 +1704,7 @@ impl Updater {
             st.trial = Some(Trial {
                 slot,
                 tries_left: tries,
+                tries,
             });
             if let Some(ch) = channel_after_activation(&record, &st.channel) {
                 st.channel = ch;
@@ -1781,7 +1782,10 @@ impl Updater {
             let booted = if counts { s.booted()? } else { None };
             Ok((
                 booted,
-                (!counts).then(|| s.trial_tries(self.config.trial.tries)),
+                (!counts).then(|| match trial.tries {
+                    0 => s.trial_tries(self.config.trial.tries),
+                    began_with => began_with,
+                }),
             ))
         })?;
         match (booted, activated) {

@@ -300,6 +300,20 @@ fn installing_during_a_trial_with_starts_left_is_refused() {
     assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
 }
 
+/// Whether a start of the trial was counted is judged against the starts the trial began
+/// with, not the config's count now: a release may ship a config with fewer tries, and its
+/// confirm after a real start must not read as "never started".
+#[test]
+fn a_trial_started_under_another_tries_setting_can_be_confirmed() {
+    let (_repo, dev) = first_install_on_trial("com.acme.tries");
+    dev.expect("boot", &[], 0);
+    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
+    config["trial"] = serde_json::json!({"tries": 1});
+    std::fs::write(&dev.config, config.to_string()).unwrap();
+    dev.expect("confirm", &[], 0);
+    assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+}
+
 /// `update && confirm` in one script would vouch for a version that never ran: with
 /// directory slots the startup step must have counted a start of the trial slot first.
 #[test]
