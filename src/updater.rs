@@ -793,11 +793,21 @@ impl Updater {
         }
         let left = st.primary;
         st.primary = running;
+        // What runs is what the bootloader chose; below the floor, the record says so,
+        // for an update to follow soon.
+        let sv = st.slot(running).security_version;
+        let below = match sv < st.security_floor {
+            true => format!(
+                " (security version {sv}, below this device's floor {})",
+                st.security_floor
+            ),
+            false => String::new(),
+        };
         st.record(
             (self.clock)(),
             "bootloader_fell_back",
             format!(
-                "the bootloader started slot {running} instead of slot {left} ({}), whose boot attempt was spent; slot {running} is primary now",
+                "the bootloader started slot {running} instead of slot {left} ({}), whose boot attempt was spent; slot {running} is primary now{below}",
                 version_str(st.slot(left).version.as_ref())
             ),
         );

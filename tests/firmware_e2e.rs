@@ -837,6 +837,42 @@ fn a_good_slot_the_bootloader_gave_up_on_mid_boot_leaves_the_fallback_primary() 
     }
 }
 
+/// The same fall-back when the confirmed release raised the security floor: the slot the
+/// bootloader chose runs (it is all that boots), and the history says it is below the
+/// floor, for an update to follow.
+#[test]
+fn a_fall_back_below_the_security_floor_is_recorded_as_such() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::new(&repo, &server, "floorfb", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    board.boot();
+    let image = repo.scratch("images").join("rootfs-2.0.0.img");
+    pattern_file(&image, MIB, 2);
+    let spec = PathBuf::from(format!("{}:image", image.display()));
+    repo.release(
+        "stable",
+        "2.0.0",
+        TARGET,
+        &[("rootfs", &spec)],
+        &["--security-version", "5"],
+    );
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["status"], "trial");
+    board.dev.expect("confirm", &[], 0);
+    assert_eq!(board.power_on(), Some(Slot::B)); // the power goes before the startup step
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(board.dev.state.join("state.json")).unwrap())
+            .unwrap();
+    let last = state["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event"], "bootloader_fell_back", "{last}");
+    let detail = last["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("below this device's floor 5"), "{last}");
+}
+
 #[test]
 fn an_unchanged_image_is_written_again_into_the_idle_slot() {
     // 2.0.1 ships the same rootfs as 2.0.0. The idle slot still holds the factory image,
