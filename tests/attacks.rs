@@ -271,6 +271,23 @@ fn a_root_renewed_while_the_channel_is_unchanged_is_found_once_the_old_one_expir
     assert_eq!(dev.state_json()["root_version"], 2);
 }
 
+/// An object store (S3 and CloudFront with a private bucket) answers 403 for an object
+/// that does not exist: the root walk ends there as at a 404. Otherwise every check after
+/// a channel change failed until the next root was published.
+#[test]
+fn a_403_for_the_next_root_ends_the_walk_as_a_404_does() {
+    let (w, dev) = World::installed();
+    w.server.set_fault("root/2.json", Fault::Status(403));
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let Check::Available(offer) = dev.updater.check().unwrap() else {
+        panic!("expected 1.1.0 on offer");
+    };
+    assert_eq!(offer.version.to_string(), "1.1.0");
+    let asked = w.server.requests("root/2.json");
+    assert_eq!(asked.last().map(|r| r.status), Some(403));
+    assert_eq!(dev.state_json()["root_version"], 1);
+}
+
 // ---- endless data --------------------------------------------------------------------
 
 /// TUF "endless data attack" on metadata: a validly signed manifest larger than the

@@ -240,8 +240,9 @@ impl Fetcher {
     /// Never reads more than `max_bytes` ([`ErrorKind::TooLarge`]). A body slower than
     /// [`FetchOptions::min_speed_bytes_per_s`] is [`ErrorKind::SlowRetrieval`]. A 404 from
     /// the server, or from every base, is [`ErrorKind::NotFound`] (a mirror's 404 alone is
-    /// not); 5xx, network errors, timeouts and slow bodies are retried as for downloads. A
-    /// 304 to a request without `etag` is [`ErrorKind::HttpStatus`].
+    /// not), and so is a 403, which object stores answer for a missing object; 5xx,
+    /// network errors, timeouts and slow bodies are retried as for downloads. A 304 to a
+    /// request without `etag` is [`ErrorKind::HttpStatus`].
     pub fn metadata(&self, path: &str, etag: Option<&str>, max_bytes: u64) -> Result<Metadata> {
         let urls = self.urls(path)?;
         let request = Request {
@@ -269,6 +270,14 @@ impl Fetcher {
                     etag: response.etag.clone(),
                     bytes: self.read_capped(url, response, max_bytes)?,
                 }),
+                // S3 and CloudFront answer a missing object of a private bucket with 403:
+                // the root walk must end there as at a 404, or no device could check until
+                // the next root is published. (An attacker gains nothing: a 404 is as easy.)
+                403 => Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("GET {url}: expected 200, found 403 Forbidden (taken as absent)"),
+                )
+                .into()),
                 _ => Err(status_failure(url, &response)),
             }
         })
