@@ -261,6 +261,13 @@ fn remove_other_partials(dir: &Path, plan: &Offer) {
     }
 }
 
+/// The refusal of `what` when the GRUB or U-Boot selector cannot tell the running slot.
+fn running_slot_unknown(what: &str) -> Error {
+    Error::invalid_state(format!(
+        "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
+    ))
+}
+
 /// What `begin_install` settled: the slot to write and what it will hold.
 struct Staging {
     slot: Slot,
@@ -1524,6 +1531,11 @@ impl Updater {
                 st.primary, st.primary
             )));
         }
+        // Not knowing which slot runs, the idle one may be the running one (a boot script
+        // that lost the key, a rollback by hand): as for confirm, refused.
+        if booted.is_none() && self.cmdline_booted {
+            return Err(running_slot_unknown(&format!("install into slot {slot}")));
+        }
         Ok(slot)
     }
 
@@ -1805,8 +1817,8 @@ impl Updater {
             // Run from the fallback after the bootloader gave up, a confirm would vouch for
             // the slot that failed and send the bootloader back to it. A host's selector
             // that cannot tell (`EVG_SLOT_NONE`) is trusted as before.
-            (None, None) if self.cmdline_booted => Err(Error::invalid_state(format!(
-                "expected to know the running slot to confirm slot {slot} (on trial), found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
+            (None, None) if self.cmdline_booted => Err(running_slot_unknown(&format!(
+                "confirm slot {slot} (on trial)"
             ))),
             (_, Some(full)) if trial.tries_left >= full => Err(Error::invalid_state(format!(
                 "expected slot {slot} (on trial) to have started to confirm it, found no start counted: start it and run the startup step (`evergreen boot`, `startup()`) first"

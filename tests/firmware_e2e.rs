@@ -506,6 +506,29 @@ fn confirming_while_the_running_slot_is_unknown_is_refused() {
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
 }
 
+/// Not knowing which slot runs (the kernel command line lost its key), the idle slot may
+/// be the running one: install is refused as confirm is, and no slot is written.
+#[test]
+fn installing_while_the_running_slot_is_unknown_is_refused() {
+    let (repo, _server, board) = served_board("unknowninstall", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let before = board.slot_bytes(Slot::B);
+    std::fs::write(&board.cmdline, "console=ttyS0 root=/dev/sda3 quiet\n").unwrap();
+    release_image(&repo, "2.0.0", MIB, 2);
+    let out = board.dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(
+            "error[invalid_state]: expected to know the running slot to install into slot b"
+        ),
+        "{err}"
+    );
+    assert_eq!(board.slot_bytes(Slot::B), before, "slot b was written");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "empty");
+}
+
 /// The slot's device returns one flipped byte after the write (the `fault-injection`
 /// hook `EVERGREEN_CORRUPT_IMAGE_AT`): the read-back refuses the slot.
 #[cfg(feature = "fault-injection")]
@@ -878,6 +901,7 @@ fn an_unchanged_image_is_written_again_into_the_idle_slot() {
     // 2.0.1 ships the same rootfs as 2.0.0. The idle slot still holds the factory image,
     // so "unchanged" against the running slot must not mean "nothing to write".
     let (repo, _server, board) = served_board("sameimage", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
     let image = release_image(&repo, "2.0.0", MIB, 2);
     assert_eq!(
         json_out(&board.dev.expect("update", &["--yes", "--json"], 0))["slot"],
@@ -1005,6 +1029,7 @@ fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_to
 fn writing_an_image_reports_installing_progress_not_downloading() {
     use std::sync::{Arc, Mutex};
     let (repo, _server, board) = served_board("installevents", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
     release_image(&repo, "2.0.0", MIB, 2);
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();

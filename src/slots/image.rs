@@ -144,6 +144,18 @@ fn is_block_path(path: &Path) -> bool {
 /// file is sized to exactly `size`.
 fn open_slot(path: &Path, size: u64) -> Result<File> {
     let existed = path.exists();
+    // A device node that is not there yet (a typo, a card not enumerated, a by-partlabel
+    // link udev has not made) would become a file in RAM that passes its read-back,
+    // while the bootloader boots the partition's old content.
+    if !existed && path.starts_with("/dev") {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "expected the slot device {}, found nothing there (a slot under /dev is never created)",
+                path.display()
+            ),
+        ));
+    }
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -341,6 +353,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"RUNNING-SYSTEM-A");
+    }
+
+    #[test]
+    fn a_slot_device_that_is_not_there_is_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        std::fs::write(&a, b"RUNNING").unwrap();
+        let missing = Path::new("/dev/evergreen-no-such-slot");
+        let s = ImageSlots::new(&a, missing);
+        let err = s
+            .write_image(
+                Slot::B,
+                &mut pattern(4096),
+                4096,
+                &pattern_sha(4096),
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.message().contains("found nothing there"), "{err}");
+        assert!(!missing.exists());
     }
 
     #[test]
