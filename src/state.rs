@@ -248,6 +248,10 @@ pub struct State {
     /// The newest release [`State::pending_downloads`] were fetched for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_for: Option<Version>,
+    /// The slot a rollback moved away from while it ran: the app may run from it until it
+    /// restarts, so nothing is installed into it before the next startup step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_running: Option<Slot>,
 }
 
 impl State {
@@ -283,6 +287,7 @@ impl State {
             history: VecDeque::new(),
             pending_downloads: Vec::new(),
             pending_for: None,
+            left_running: None,
         }
     }
 

@@ -602,12 +602,18 @@ impl Updater {
         self.reported("startup", || {
             let _lock = self.lock()?;
             let mut st = self.load_state()?;
+            // This start runs from the primary: a slot a rollback left earlier is idle now
+            // (unless this start rolls back again, which marks the slot it leaves).
+            let restarted = st.left_running.take().is_some();
             let counts = self.with_selector(|s| Ok(s.counts_tries()))?;
             let outcome = if counts {
                 self.startup_bootloader(&mut st)?
             } else {
                 self.startup_counting(&mut st)?
             };
+            if restarted && st.left_running.is_none() {
+                self.save(&st)?;
+            }
             match &outcome {
                 Startup::RolledBack { from, to, reason } => self.emit(Event::RolledBack {
                     from: *from,
@@ -1433,6 +1439,12 @@ impl Updater {
         // A first release that used up its trial with no slot to roll back to runs on
         // (the startup step keeps it); a fix must still go in, into the slot that holds
         // nothing, or the only way out would be to confirm the broken release.
+        if let Some(left) = st.left_running.filter(|l| *l == st.fallback()) {
+            return Err(Error::invalid_state(format!(
+                "expected slot {left} idle to install into it, found the app may still run from it: a rollback moved to slot {} while it ran; restart (the startup step runs) first",
+                st.primary
+            )));
+        }
         let stranded =
             |t: &Trial| t.tries_left == 0 && st.slot(t.slot.other()).status == SlotStatus::Empty;
         if let Some(t) = st.trial.filter(|t| !stranded(t)) {
@@ -1854,6 +1866,15 @@ impl Updater {
                         below.security_version
                     ),
                 ));
+            }
+            // The app runs from the primary until it restarts, unless that is a trial the
+            // startup step never counted a start of (it never ran).
+            let left = st.primary;
+            let never_ran = st
+                .trial
+                .is_some_and(|t| t.slot == left && t.tries > 0 && t.tries_left >= t.tries);
+            if !never_ran {
+                st.left_running = Some(left);
             }
             let outcome = self.fall_back(&mut st, "rollback requested")?;
             if let Startup::RolledBack { from, to, reason } = outcome {

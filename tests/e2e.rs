@@ -556,7 +556,8 @@ fn a_channel_switched_while_an_update_runs_stands_after_its_activation() {
 /// An install takes unchanged components from the downloads kept since the primary of
 /// the plan was installed, never from whichever slot is primary when it runs: a rollback
 /// (another process) between the plan and the install still stages exactly the planned
-/// release.
+/// release. Until the app restarts it may still run from the slot the rollback left, so
+/// the install waits for the startup step.
 #[test]
 fn an_install_planned_before_a_rollback_stages_the_planned_release() {
     let Setup {
@@ -595,6 +596,11 @@ fn an_install_planned_before_a_rollback_stages_the_planned_release() {
     let before = dev.status();
     dev.expect("rollback", &[], 0); // 1.0.0 is primary again: its settings differ
     assert_eq!(dev.status()["primary"], before["fallback"]);
+    // The app still runs 2.0.0 from the slot the rollback left, until it restarts.
+    let err = updater.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert!(err.to_string().contains("may still run from it"), "{err}");
+    dev.expect("boot", &[], 0); // the restart: the startup step runs from 1.0.0
     let slot = updater.install(&plan).unwrap();
     let staged = dev.root.join("slots").join(slot.as_str());
     let read = |p: &str| std::fs::read_to_string(staged.join(p)).unwrap();
