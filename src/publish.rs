@@ -288,7 +288,9 @@ impl Repo {
     /// release version, unless its bytes are those of the same component in an earlier
     /// release (then it keeps that version).
     ///
-    /// Refused (`config`) when its `min_version` is not below its version, or when, for
+    /// Refused (`config`) when its `min_version` is not below its version, or strands the
+    /// devices below it (no release on the channel from `min_version` up to it reaches
+    /// them, as [`Repo::promote`] checks), or when, for
     /// `target`, its security version is below that of an older release on the channel or
     /// above that of a newer one: devices could never install it, or the newer one after
     /// it. Adding a target is checked the same way, with the release's security version.
@@ -353,7 +355,7 @@ impl Repo {
                     m.releases[i].targets.insert(target, target_release);
                 }
                 None => {
-                    m.releases.push(Release {
+                    let release = Release {
                         version: version.clone(),
                         published: Some(opts.now),
                         notes: opts.notes.clone(),
@@ -362,7 +364,11 @@ impl Repo {
                         security_version: opts.security_version,
                         rollout: opts.rollout_percent.map(|p| single_stage(opts.now, p)),
                         targets: NameMap::from([(target, target_release)]),
-                    });
+                    };
+                    // As for promote: a min_version no release on the channel leads up to
+                    // would leave the devices below it offered nothing.
+                    check_stepping_stone(m, &release, opts.now)?;
+                    m.releases.push(release);
                     m.releases
                         .sort_by(|a, b| a.version.cmp_precedence(&b.version));
                 }
@@ -1812,6 +1818,9 @@ mod tests {
         repo.verify(now()).unwrap();
     }
 
+    /// Publishes `version` on nightly; with `min`, that `min_version` is set afterwards,
+    /// whether or not a release leads up to it: these fixtures are the channels a
+    /// publisher without the stepping-stone check, or a stone halted since, left.
     fn publish_with(
         repo: &Repo,
         key: &SecretKey,
@@ -1820,8 +1829,7 @@ mod tests {
         target: &str,
         min: Option<&str>,
     ) {
-        let mut options = ReleaseOptions::new(now());
-        options.min_version = min.map(|m| m.parse().unwrap());
+        let options = ReleaseOptions::new(now());
         let components = [("app", file, ArtifactKind::File)];
         repo.release(
             "nightly",
@@ -1831,6 +1839,37 @@ mod tests {
             &options,
             &[key],
         )
+        .unwrap();
+        if let Some(min) = min {
+            set_min_version(repo, key, "nightly", version, min, now());
+        }
+    }
+
+    /// Gives `version` on `channel` the `min_version` `min`, with no check.
+    fn set_min_version(
+        repo: &Repo,
+        key: &SecretKey,
+        channel: &str,
+        version: &str,
+        min: &str,
+        now: Timestamp,
+    ) {
+        let _lock = repo.lock().unwrap();
+        let trusted = repo.trusted_root().unwrap();
+        let change = Change {
+            channel,
+            create: false,
+            expires_in_days: None,
+            now,
+        };
+        repo.update_channel(&trusted, &change, &[key], |m| {
+            for r in m.releases.iter_mut() {
+                if r.version.to_string() == version {
+                    r.min_version = Some(min.parse().unwrap());
+                }
+            }
+            Ok(Edit::Changed)
+        })
         .unwrap();
     }
 
@@ -2323,6 +2362,36 @@ mod tests {
         assert_eq!(offer(&m, "1.0.0"), Some(v("3.0.0")));
     }
 
+    /// `release` checks stepping stones as `promote` does: a `min_version` no listed
+    /// release leads up to is refused, and accepted once one does.
+    #[test]
+    fn release_refuses_a_min_version_that_strands_devices() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        let mut options = ReleaseOptions::new(now());
+        options.min_version = Some("1.5.0".parse().unwrap());
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        let v2: Version = "2.0.0".parse().unwrap();
+        let err = repo
+            .release("nightly", &v2, "x", &components, &options, &[&key])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string().contains(
+                "expected a stepping stone on channel nightly for x devices running 1.0.0"
+            ),
+            "{err}"
+        );
+        assert!(nightly(&repo).release(&v2).is_none());
+        publish_with(&repo, &key, &file, "1.5.0", "x", None);
+        repo.release("nightly", &v2, "x", &components, &options, &[&key])
+            .unwrap();
+        assert_eq!(
+            offer(&nightly(&repo), "1.0.0"),
+            Some("1.5.0".parse().unwrap())
+        );
+    }
+
     /// A halted release is no stone (devices are not offered it); a device already held
     /// back by another release's `min_version` is not this promotion's doing.
     #[test]
@@ -2362,13 +2431,13 @@ mod tests {
 
         // 3.0.0 (min 1.5.0, published there directly) already strands 1.0.0 on beta:
         // promoting 2.5.0 (min 1.5.0) leaves those devices no worse off.
-        let mut options = ReleaseOptions::new(later);
+        let options = ReleaseOptions::new(later);
         let components = [("app", file.as_path(), ArtifactKind::File)];
         repo.release("beta", &v("1.0.0"), "x", &components, &options, &[&key])
             .unwrap();
-        options.min_version = Some(v("1.5.0"));
         repo.release("beta", &v("3.0.0"), "x", &components, &options, &[&key])
             .unwrap();
+        set_min_version(&repo, &key, "beta", "3.0.0", "1.5.0", later);
         publish_with(&repo, &key, &file, "2.5.0", "x", Some("1.5.0"));
         repo.promote(
             &v("2.5.0"),
