@@ -1065,11 +1065,18 @@ fn an_interrupted_update_to_another_channel_is_cancelled_and_keeps_the_channel()
     assert_eq!(dev.status()["channel"], "stable");
 }
 
-/// Ctrl-C during a download stops it between chunks with `error[cancelled]`; the bytes
-/// received are kept, and the next update resumes instead of starting over.
-#[test]
-fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
-    let (repo, server, dev) = served_with_1_1_0("com.acme.sigint.download");
+/// A new device served over HTTP whose `update` of 1.1.0 is interrupted by SIGINT while
+/// its blob trickles in; with the blob's path and the update's output (exit code 1).
+fn interrupted_download(
+    product: &str,
+) -> (
+    Repo,
+    TestServer,
+    common::Device,
+    String,
+    std::process::Output,
+) {
+    let (repo, server, dev) = served_with_1_1_0(product);
     let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
     let slow = Fault::Trickle {
         bytes: 8,
@@ -1078,6 +1085,14 @@ fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
     server.set_fault(&blob, slow);
     let out = interrupted_update(&dev, &server, &blob, &[]);
     assert_eq!(out.status.code(), Some(1));
+    (repo, server, dev, blob, out)
+}
+
+/// Ctrl-C during a download stops it between chunks with `error[cancelled]`; the bytes
+/// received are kept, and the next update resumes instead of starting over.
+#[test]
+fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
+    let (_repo, server, dev, blob, out) = interrupted_download("com.acme.sigint.download");
     let stderr = common::stderr(&out);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
@@ -1164,15 +1179,7 @@ fn a_look_at_another_channel_leaves_the_poll_schedule_alone() {
 /// release until the state's partition is full.
 #[test]
 fn the_partial_download_of_a_passed_over_release_is_removed_by_the_next_download() {
-    let (repo, server, dev) = served_with_1_1_0("com.acme.partials");
-    let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
-    let slow = Fault::Trickle {
-        bytes: 8,
-        every: std::time::Duration::from_millis(20),
-    };
-    server.set_fault(&blob, slow);
-    let out = interrupted_update(&dev, &server, &blob, &[]);
-    assert_eq!(out.status.code(), Some(1));
+    let (repo, server, dev, _blob, _out) = interrupted_download("com.acme.partials");
     let partials = || -> Vec<String> {
         names(&dev.state.join("downloads"))
             .into_iter()
