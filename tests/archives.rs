@@ -460,6 +460,54 @@ fn too_many_entries_are_refused() {
     Case::new(&bytes).extract(None, &eleven).unwrap();
 }
 
+/// The count is read from the end of the central directory before the zip reader loads
+/// the directory itself (two million empty entries took 432 MB to be refused after it);
+/// a zip64 archive's count is read from its zip64 record. Here the records declare two
+/// million entries in front of a directory that holds none.
+#[test]
+fn the_declared_entry_count_is_refused_before_the_directory_is_read() {
+    let mut bytes = Vec::new();
+    let offset = bytes.len() as u64;
+    // zip64 end of central directory record: 56 bytes.
+    bytes.extend_from_slice(b"PK\x06\x06");
+    bytes.extend_from_slice(&44u64.to_le_bytes()); // size of the rest
+    bytes.extend_from_slice(&[45, 0, 45, 0]); // versions
+    bytes.extend_from_slice(&[0; 8]); // disk numbers
+    bytes.extend_from_slice(&2_000_000u64.to_le_bytes()); // entries on this disk
+    bytes.extend_from_slice(&2_000_000u64.to_le_bytes()); // entries in all
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // directory size
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // directory offset
+                                                  // zip64 locator: 20 bytes.
+    bytes.extend_from_slice(b"PK\x06\x07");
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&offset.to_le_bytes());
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    // classic end of central directory: the counts say "see the zip64 record".
+    bytes.extend_from_slice(b"PK\x05\x06");
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&[0xff; 4]);
+    bytes.extend_from_slice(&[0xff; 8]);
+    bytes.extend_from_slice(&[0; 2]);
+    let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+    assert!(
+        msg.contains("found 2000000 (as the end of its central directory declares)"),
+        "{msg}"
+    );
+    // The classic record's own count, the same way.
+    let mut one = build(&[File("f", b"x", 0o644)]);
+    let at = one.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+    one[at + 8..at + 12].copy_from_slice(&[0x50, 0xc3, 0x50, 0xc3]); // 50,000 entries
+    let ten = ArchiveLimits {
+        max_entries: 10,
+        ..limits()
+    };
+    let msg = Case::new(&one).refused(None, &ten, &[]);
+    assert!(
+        msg.contains("at most 10 zip entries, found 50000 (as the end"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn directories_implied_by_deep_names_count_against_the_entry_cap() {
     // Two entries whose names imply 2 × 60 directories: a zip of a few KB that would

@@ -74,6 +74,14 @@ pub fn extract_zip(
         .map_err(|e| Error::io("inspect the archive for", dest, e))?
         .len();
     let budget = Budget::new(installed_size, limits, len);
+    // Before the zip reader, which holds the whole central directory in memory: two
+    // million empty entries took 432 MB to be refused after it.
+    if let Some(count) = declared_entries(&file, len).filter(|n| *n > limits.max_entries) {
+        return Err(unsafe_archive(format!(
+            "expected at most {} zip entries, found {count} (as the end of its central directory declares)",
+            limits.max_entries
+        )));
+    }
     let mut zip = ZipArchive::new(At {
         file: Arc::new(file),
         pos: 0,
@@ -94,6 +102,32 @@ fn unsafe_archive(message: impl Into<String>) -> Error {
 
 fn refuse(name: &str, rule: impl std::fmt::Display) -> Error {
     unsafe_archive(format!("zip entry {name:?}: {rule}"))
+}
+
+/// The entry count the end of the central directory declares (its zip64 record's when
+/// the classic one says 0xFFFF); `None` when no such record is found, for the zip reader
+/// to report.
+fn declared_entries(file: &File, len: u64) -> Option<u64> {
+    const EOCD: &[u8] = b"PK\x05\x06";
+    let tail_len = len.min(22 + 0xFFFF);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact_at(&mut tail, len - tail_len).ok()?;
+    let at = tail.windows(4).rposition(|w| w == EOCD)?;
+    let eocd = tail.get(at..at + 22)?;
+    let classic = u16::from_le_bytes([eocd[10], eocd[11]]);
+    if classic != 0xFFFF {
+        return Some(u64::from(classic));
+    }
+    // The zip64 locator sits right before; it gives the zip64 record's offset.
+    let locator = tail.get(at.checked_sub(20)?..at)?;
+    if &locator[..4] != b"PK\x06\x07" {
+        return Some(u64::from(classic));
+    }
+    let offset = u64::from_le_bytes(locator[8..16].try_into().ok()?);
+    let mut record = [0u8; 40];
+    file.read_exact_at(&mut record, offset).ok()?;
+    (&record[..4] == b"PK\x06\x06")
+        .then(|| u64::from_le_bytes(record[32..40].try_into().unwrap_or_default()))
 }
 
 /// A positional reader over the verified open file: each clone keeps its own position,
