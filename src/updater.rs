@@ -241,24 +241,47 @@ fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a A
 /// per release, until the state's partition is full. Under the work lock, so no download
 /// is writing one. Best effort: a leftover costs only space.
 fn remove_other_partials(dir: &Path, plan: &Offer) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
     let needed = |sha: &str| {
         plan.components
             .iter()
             .filter_map(|c| c.artifact.as_ref())
             .any(|a| a.sha256 == sha)
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
-            continue;
-        };
-        if crate::trust::is_sha256_hex(sha) && !needed(sha) {
-            let _ = std::fs::remove_file(entry.path());
+    for d in downloads_in(dir).into_iter().filter(|d| d.partial) {
+        if !needed(&d.sha256) {
+            let _ = std::fs::remove_file(d.path);
         }
     }
+}
+
+/// A file of the downloads directory named by a SHA-256: finished (`<sha256>`) or
+/// partial (`<sha256>.part`).
+struct Download {
+    path: PathBuf,
+    sha256: String,
+    partial: bool,
+}
+
+/// The downloads in `dir`; any other name is never touched. None when it cannot be read.
+fn downloads_in(dir: &Path) -> Vec<Download> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (sha256, partial) = match name.strip_suffix(".part") {
+                Some(sha) => (sha.to_owned(), true),
+                None => (name, false),
+            };
+            crate::trust::is_sha256_hex(&sha256).then(|| Download {
+                path: e.path(),
+                sha256,
+                partial,
+            })
+        })
+        .collect()
 }
 
 /// The refusal of `what` when the GRUB or U-Boot selector cannot tell the running slot.
@@ -1252,18 +1275,11 @@ impl Updater {
             st.pending_downloads.iter().any(|p| p == sha)
                 || (self.store.keeps_downloads() && installed.values().any(|c| c.sha256 == sha))
         };
-        let Ok(entries) = std::fs::read_dir(self.downloads_dir()) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter(|e| {
-                // Partial downloads (`.part`) stay to be resumed.
-                let name = e.file_name();
-                let name = name.to_str().unwrap_or_default();
-                crate::trust::is_sha256_hex(name) && !kept(name)
-            })
-            .map(|e| e.path())
+        // Partial downloads (`.part`) stay to be resumed.
+        downloads_in(&self.downloads_dir())
+            .into_iter()
+            .filter(|d| !d.partial && !kept(&d.sha256))
+            .map(|d| d.path)
             .collect()
     }
 
