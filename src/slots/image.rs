@@ -318,6 +318,17 @@ mod tests {
 
     const IMAGE: u64 = 64 << 20;
 
+    /// Writes a 4 KiB pattern image into slot B of `s`.
+    fn write_4_kib_to_b(s: &ImageSlots) -> Result<()> {
+        s.write_image(
+            Slot::B,
+            &mut pattern(4096),
+            4096,
+            &pattern_sha(4096),
+            &mut |_, _| {},
+        )
+    }
+
     #[test]
     fn a_slot_that_reaches_the_other_slot_through_a_symlink_is_never_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -326,15 +337,7 @@ mod tests {
         // As /dev/disk/by-partlabel/... names a partition.
         std::os::unix::fs::symlink(&a, &b).unwrap();
         let s = ImageSlots::new(&a, &b);
-        let err = s
-            .write_image(
-                Slot::B,
-                &mut pattern(4096),
-                4096,
-                &pattern_sha(4096),
-                &mut |_, _| {},
-            )
-            .unwrap_err();
+        let err = write_4_kib_to_b(&s).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert!(err.message().contains("both naming the same file"), "{err}");
         assert_eq!(s.check_distinct().unwrap_err().kind(), ErrorKind::Config);
@@ -344,14 +347,7 @@ mod tests {
         std::fs::hard_link(&a, &b).unwrap();
         assert!(crate::slots::same_storage(&a, &b));
         std::fs::remove_file(&b).unwrap();
-        s.write_image(
-            Slot::B,
-            &mut pattern(4096),
-            4096,
-            &pattern_sha(4096),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        write_4_kib_to_b(&s).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"RUNNING-SYSTEM-A");
     }
 
@@ -362,15 +358,7 @@ mod tests {
         std::fs::write(&a, b"RUNNING").unwrap();
         let missing = Path::new("/dev/evergreen-no-such-slot");
         let s = ImageSlots::new(&a, missing);
-        let err = s
-            .write_image(
-                Slot::B,
-                &mut pattern(4096),
-                4096,
-                &pattern_sha(4096),
-                &mut |_, _| {},
-            )
-            .unwrap_err();
+        let err = write_4_kib_to_b(&s).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Io, "{err}");
         assert!(err.message().contains("found nothing there"), "{err}");
         assert!(!missing.exists());
