@@ -192,6 +192,20 @@ pub struct ChannelSummary {
     pub versions: Vec<Version>,
     /// How many artifact references were checked against their blobs.
     pub blobs_checked: usize,
+    /// Devices the channel offers nothing, though a newer release is listed for them
+    /// (see [`stranded`]).
+    pub stranded: Vec<Stranded>,
+}
+
+/// Devices of one target that run a release listed on a channel and are offered nothing,
+/// only because of a newer release's `min_version` they do not meet: no stepping stone
+/// from that `min_version` up has a rollout that reaches them now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stranded {
+    /// The target of the devices.
+    pub target: String,
+    /// The listed release they run.
+    pub running: Version,
 }
 
 impl Repo {
@@ -657,7 +671,14 @@ impl Repo {
                 &Freshness::default(),
             )
             .map_err(|e| e.context(path.display()))?;
-            channels.push(self.check_blobs(&m)?);
+            channels.push(ChannelSummary {
+                channel: m.channel.clone(),
+                sequence: m.sequence,
+                expires: m.expires,
+                versions: m.releases.iter().map(|r| r.version.clone()).collect(),
+                blobs_checked: self.check_blobs(&m)?,
+                stranded: stranded(&m, now),
+            });
         }
         Ok(VerifyReport {
             product,
@@ -683,7 +704,8 @@ impl Repo {
         Ok(())
     }
 
-    fn check_blobs(&self, m: &Manifest) -> Result<ChannelSummary> {
+    /// Checks every blob `m` names in the repository; returns how many were checked.
+    fn check_blobs(&self, m: &Manifest) -> Result<usize> {
         let mut blobs_checked = 0;
         for r in &m.releases {
             for (target, t) in &r.targets {
@@ -702,13 +724,7 @@ impl Repo {
                 }
             }
         }
-        Ok(ChannelSummary {
-            channel: m.channel.clone(),
-            sequence: m.sequence,
-            expires: m.expires,
-            versions: m.releases.iter().map(|r| r.version.clone()).collect(),
-            blobs_checked,
-        })
+        Ok(blobs_checked)
     }
 
     fn check_blob(&self, artifact: &Artifact) -> Result<()> {
@@ -1426,6 +1442,53 @@ fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Resu
         }
     }
     Ok(())
+}
+
+/// The devices `m`'s channel strands at `now`: for each target, the listed releases whose
+/// devices [`select::select`] offers nothing though it would offer them a newer release
+/// if no `min_version` held them back (a device in every rollout that has started, as
+/// `promote` and `release` count it). Those two refuse to strand devices; a halt
+/// (`rollout` to 0 %) of the only stepping stone is how a broken stone is stopped, so it
+/// goes through, and this names the devices left waiting for another stone.
+///
+/// ```
+/// # use evergreen::manifest::ArtifactKind;
+/// # use evergreen::publish::{stranded, ReleaseOptions, Repo, Signing};
+/// # use evergreen::trust::{KeySet, SecretKey};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let key = SecretKey::generate().unwrap();
+/// # let keys = KeySet::new(vec![key.public()], 1).unwrap();
+/// # let now: evergreen::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+/// # let repo = Repo::init(dir.path().join("repo"), "com.acme.app", &keys, &keys, &[&key], 365, now).unwrap();
+/// # let app = dir.path().join("app.bin");
+/// # std::fs::write(&app, b"the program").unwrap();
+/// # let files = [("app", app.as_path(), ArtifactKind::File)];
+/// let mut options = ReleaseOptions::new(now);
+/// for version in ["1.0.0", "1.5.0"] {
+///     repo.release("stable", &version.parse().unwrap(), "x", &files, &options, &[&key]).unwrap();
+/// }
+/// options.min_version = Some("1.5.0".parse().unwrap());
+/// repo.release("stable", &"2.0.0".parse().unwrap(), "x", &files, &options, &[&key]).unwrap();
+///
+/// // 1.5.0 turns out broken: halting it leaves devices on 1.0.0 offered nothing.
+/// let m = repo.rollout("stable", &"1.5.0".parse().unwrap(), 0.0, &Signing::new(&[&key], now)).unwrap();
+/// let left = stranded(&m, now);
+/// assert_eq!((left[0].target.as_str(), left[0].running.to_string()), ("x", "1.0.0".to_string()));
+/// ```
+pub fn stranded(m: &Manifest, now: Timestamp) -> Vec<Stranded> {
+    let reach = Reach::new(m, now);
+    let mut found = Vec::new();
+    for running in &m.releases {
+        for target in running.targets.keys() {
+            if reach.strands(target, running) {
+                found.push(Stranded {
+                    target: target.clone(),
+                    running: running.version.clone(),
+                });
+            }
+        }
+    }
+    found
 }
 
 /// What [`select::select`] offers the devices of a channel, as a device in every rollout

@@ -918,3 +918,64 @@ fn stepping_stones_are_what_devices_below_min_version_are_offered() {
     let promoted = promote("2.0.0", &[]);
     assert_eq!(promoted.status.code(), Some(0), "{}", stderr(&promoted));
 }
+
+/// Halting the only stepping stone goes through (it is how a broken stone is stopped), and
+/// every command that shows the channel names the devices it leaves offered nothing:
+/// a warning on stderr, `stranded` in the JSON, and `verify` too, until a stone ramps.
+#[test]
+fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    let app = APP;
+    release_version(dir, "1.0.0", &app);
+    release_version(dir, "1.5.0", &app);
+    release_version(
+        dir,
+        "2.0.0",
+        &[&app[..], &["--min-version", "1.5.0"]].concat(),
+    );
+    let rollout = |percent: &str, json: bool| {
+        let args = [
+            "rollout",
+            "repo",
+            "--channel",
+            "nightly",
+            "--version",
+            "1.5.0",
+            "--percent",
+            percent,
+            "--sign",
+            "release",
+        ];
+        let json_flag: &[&str] = if json { &["--json"] } else { &[] };
+        evergreen(dir, &[json_flag, &args[..]].concat())
+    };
+    let verify = || -> serde_json::Value {
+        serde_json::from_str(&ok(dir, &["--json", "verify", "repo"])).unwrap()
+    };
+    assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
+
+    let halted = rollout("0", false);
+    assert_eq!(halted.status.code(), Some(0), "{}", stderr(&halted));
+    assert_eq!(
+        stderr(&halted),
+        "warning: channel nightly offers nothing to x86_64-linux devices running 1.0.0: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one\n"
+    );
+    let stranded = serde_json::json!([{"target": "x86_64-linux", "running": "1.0.0"}]);
+    assert_eq!(verify()["channels"][0]["stranded"], stranded);
+    let text = evergreen(dir, &["verify", "repo"]);
+    assert_eq!(text.status.code(), Some(0));
+    assert!(
+        stderr(&text).contains("devices running 1.0.0"),
+        "{}",
+        stderr(&text)
+    );
+
+    // A ramp, even a small one, reaches everyone in time: nothing is stranded.
+    let ramped = rollout("5", true);
+    assert_eq!(ramped.status.code(), Some(0), "{}", stderr(&ramped));
+    assert_eq!(stderr(&ramped), "");
+    let report: serde_json::Value = serde_json::from_slice(&ramped.stdout).unwrap();
+    assert_eq!(report["stranded"], serde_json::json!([]));
+    assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
+}

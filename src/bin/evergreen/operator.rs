@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use evergreen::manifest::{ArtifactKind, Manifest};
 use evergreen::publish::{self, ReleaseOptions, Repo, RotateOptions, Signing, DEFAULT_ROOT_DAYS};
 use evergreen::trust::{KeySet, PublicKey, SecretKey};
-use evergreen::{Error, Result};
+use evergreen::{Error, Result, Timestamp};
 use semver::Version;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -298,6 +298,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             print_channel(
                 &m,
                 &format!("promoted {} from {} to", a.version, a.from),
+                sign.now,
                 json,
             )
         }
@@ -307,16 +308,15 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
             let m = repo.rollout(&a.channel, v, a.percent, &sign)?;
-            print_channel(&m, &format!("rollout of {v} at {}% on", a.percent), json)
+            let what = format!("rollout of {v} at {}% on", a.percent);
+            print_channel(&m, &what, sign.now, json)
         }
         Command::Resign(a) => {
             let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
             let signers = refs(&signers);
-            let m = repo.resign(
-                &a.channel,
-                &Signing::new(&signers, now()?).valid_for(a.expires_in),
-            )?;
-            print_channel(&m, "re-signed", json)
+            let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
+            let m = repo.resign(&a.channel, &sign)?;
+            print_channel(&m, "re-signed", sign.now, json)
         }
         Command::Prune(a) => prune(&a, json),
         Command::Rotate(a) => rotate(&a, json),
@@ -337,6 +337,7 @@ fn prune(a: &PruneArgs, json: bool) -> Result<()> {
             "expires": m.expires,
             "removed": removed,
             "releases": m.releases.len(),
+            "stranded": publish::stranded(&m, sign.now),
         }));
     }
     if removed.is_empty() {
@@ -355,6 +356,7 @@ fn prune(a: &PruneArgs, json: bool) -> Result<()> {
             removed.join(", "),
             m.releases.len()
         ),
+        sign.now,
         false,
     )
 }
@@ -451,9 +453,11 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
             "sequence": m.sequence,
             "expires": m.expires,
             "release": m.release(v),
+            "stranded": publish::stranded(&m, opts.now),
         }));
     }
-    print_channel(&m, &format!("released {v} ({}) on", a.target), false)?;
+    let what = format!("released {v} ({}) on", a.target);
+    print_channel(&m, &what, opts.now, false)?;
     let target = m
         .release(v)
         .and_then(|r| r.targets.get(&a.target))
@@ -518,16 +522,21 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
             versions.join(", "),
             c.blobs_checked
         );
+        warn_stranded(&c.channel, &c.stranded);
     }
     Ok(())
 }
 
-fn print_channel(m: &Manifest, what: &str, json: bool) -> Result<()> {
+/// The channel a command changed, and the devices it now strands (see
+/// [`publish::stranded`]): a warning each on stderr, or `stranded` in the JSON.
+fn print_channel(m: &Manifest, what: &str, now: Timestamp, json: bool) -> Result<()> {
+    let stranded = publish::stranded(m, now);
     if json {
         return print_json(&json!({
             "channel": m.channel,
             "sequence": m.sequence,
             "expires": m.expires,
+            "stranded": stranded,
         }));
     }
     out!(
@@ -536,7 +545,17 @@ fn print_channel(m: &Manifest, what: &str, json: bool) -> Result<()> {
         m.sequence,
         m.expires
     );
+    warn_stranded(&m.channel, &stranded);
     Ok(())
+}
+
+fn warn_stranded(channel: &str, stranded: &[publish::Stranded]) {
+    for s in stranded {
+        eprintln!(
+            "warning: channel {channel} offers nothing to {} devices running {}: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one",
+            s.target, s.running
+        );
+    }
 }
 
 /// `NAME=PATH[:zip|file|image]`; without a kind, `.zip` files are zips and others files.
