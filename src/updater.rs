@@ -1488,6 +1488,15 @@ impl Updater {
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
         let slot = self.install_slot(&mut st)?;
+        // A slot that cannot take the image must keep its record and boot entry: marked
+        // `installing`, the fallback would be lost though not a byte of it was written.
+        if let Store::Image(images) = &self.store {
+            for c in &plan.components {
+                if let Some(a) = artifact_to_install(plan, c) {
+                    images.check_fits(slot, a.size)?;
+                }
+            }
+        }
         let components = installed_components(plan);
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,

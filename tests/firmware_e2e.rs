@@ -11,6 +11,7 @@
 #[path = "support/bootsim.rs"]
 mod bootsim;
 mod common;
+mod require;
 mod support;
 
 use common::{Device, Repo};
@@ -1057,4 +1058,77 @@ fn writing_an_image_reports_installing_progress_not_downloading() {
         last.to_json(),
         r#"{"event":"installing","component":"rootfs","done":1048576,"total":1048576}"#
     );
+}
+
+/// A loop block device backed by a file, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    /// Attaches `file`; `None` (the test is skipped, or fails under
+    /// `EVERGREEN_REQUIRE_TOOLS`) where loop devices cannot be attached.
+    fn attach(file: &Path) -> Option<LoopDevice> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(LoopDevice(
+                String::from_utf8(o.stdout).unwrap().trim().to_string(),
+            )),
+            _ => {
+                require::missing("losetup with permission to attach a loop device");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["--detach", &self.0])
+            .status();
+    }
+}
+
+/// An image larger than the idle slot's block device is `too_large` before the slot is
+/// marked `installing` or taken out of the boot order: the confirmed release there stays
+/// the fallback, and a rollback to it still works.
+#[test]
+fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
+    let (repo, _server, board) = served_board("toolarge", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    release_image(&repo, "2.0.0", MIB, 2);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["slot"], "b");
+    board.dev.expect("confirm", &[], 0);
+
+    // Slot a becomes a 1 MiB block device holding what it held.
+    let backing = board.a.with_extension("loopback");
+    std::fs::copy(&board.a, &backing).unwrap();
+    let Some(device) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(&board.dev.config).unwrap()).unwrap();
+    cfg["slots"]["a"] = json!(device.0);
+    std::fs::write(&board.dev.config, cfg.to_string()).unwrap();
+    let before = board.dev.status();
+
+    release_image(&repo, "3.0.0", 2 * MIB, 3);
+    let out = board.dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.lines().last().unwrap().starts_with(&format!(
+            "error[too_large]: image slot {}: expected an image of at most 1048576 bytes, found 2097152",
+            device.0
+        )),
+        "{err}"
+    );
+    assert_eq!(board.dev.status()["slots"], before["slots"]);
+    assert_eq!(board.grub("A_OK"), "1");
+    board.dev.expect("rollback", &[], 0);
+    assert_eq!(board.power_on(), Some(Slot::A));
 }

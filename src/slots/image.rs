@@ -78,6 +78,20 @@ impl ImageSlots {
         self
     }
 
+    /// Checks, without writing, that `slot` can take an image of `size` bytes: its device
+    /// is there (`io`; a slot under `/dev` is never created) and, a block device, holds
+    /// `size` bytes (`too_large`). An install asks before it marks the slot
+    /// `installing`, so an image that cannot fit leaves the slot's record and boot entry
+    /// as they were; [`ImageSlots::write_image`] checks again as it opens the slot.
+    pub fn check_fits(&self, slot: Slot, size: u64) -> Result<()> {
+        let path = self.path(slot);
+        if !check_device_there(path)? {
+            return Ok(());
+        }
+        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        check_capacity(&mut file, path, size)
+    }
+
     /// Streams exactly `size` bytes of `src` into `slot`, fsyncs, reads them back and
     /// checks their SHA-256 against `sha256` (lowercase hex).
     ///
@@ -140,13 +154,11 @@ fn is_block_path(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
-/// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
-/// file is sized to exactly `size`.
-fn open_slot(path: &Path, size: u64) -> Result<File> {
+/// Refuses a slot device that is not there: a device node missing (a typo, a card not
+/// enumerated, a by-partlabel link udev has not made) would become a file in RAM that
+/// passes its read-back, while the bootloader boots the partition's old content.
+fn check_device_there(path: &Path) -> Result<bool> {
     let existed = path.exists();
-    // A device node that is not there yet (a typo, a card not enumerated, a by-partlabel
-    // link udev has not made) would become a file in RAM that passes its read-back,
-    // while the bootloader boots the partition's old content.
     if !existed && path.starts_with("/dev") {
         return Err(Error::new(
             ErrorKind::Io,
@@ -156,27 +168,43 @@ fn open_slot(path: &Path, size: u64) -> Result<File> {
             ),
         ));
     }
+    Ok(existed)
+}
+
+/// Refuses (`too_large`) an image of `size` bytes that the block device `file` cannot
+/// hold, leaving it positioned at offset 0; a plain file holds any size.
+fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<()> {
+    if !is_block_device(file) {
+        return Ok(());
+    }
+    let capacity = file
+        .seek(SeekFrom::End(0))
+        .and_then(|c| file.seek(SeekFrom::Start(0)).map(|_| c))
+        .map_err(|e| Error::io("measuring", path, e))?;
+    if size > capacity {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "image slot {}: expected an image of at most {capacity} bytes, found {size}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
+/// file is sized to exactly `size`.
+fn open_slot(path: &Path, size: u64) -> Result<File> {
+    let existed = check_device_there(path)?;
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io("opening for writing", path, e))?;
-    if is_block_device(&file) {
-        let capacity = file
-            .seek(SeekFrom::End(0))
-            .and_then(|c| file.seek(SeekFrom::Start(0)).map(|_| c))
-            .map_err(|e| Error::io("measuring", path, e))?;
-        if size > capacity {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "image slot {}: expected an image of at most {capacity} bytes, found {size}",
-                    path.display()
-                ),
-            ));
-        }
-    } else {
+    check_capacity(&mut file, path, size)?;
+    if !is_block_device(&file) {
         file.set_len(size)
             .map_err(|e| Error::io("resizing", path, e))?;
         // A slot file made here must outlive a power cut as a name, not only as data.
