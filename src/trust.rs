@@ -709,13 +709,19 @@ impl TrustedRoot {
     /// Walks forward through `root/<v+1>.json` … as long as `fetch_next` finds one (at most
     /// [`MAX_ROOT_STEPS`]), then checks the final root is unexpired at `now`.
     ///
+    /// `fetch_next` gets the root reached so far and returns the envelope of the next
+    /// version, or `None` where the chain ends. It may check a candidate with
+    /// [`TrustedRoot::rotate`] before returning it: a fetcher with mirrors then passes over
+    /// a copy that does not verify (a CDN's error page served with 200) and asks the next
+    /// base.
+    ///
     /// `keep` is called with each root as soon as it is verified, before the next is
     /// fetched: a device persists it there, so a walk that fails later (a bad link, an
     /// expired root where the step limit stopped it) starts from there next time instead
     /// of from the beginning again.
     pub fn update(
         self,
-        mut fetch_next: impl FnMut(u64) -> Result<Option<Vec<u8>>>,
+        mut fetch_next: impl FnMut(&TrustedRoot) -> Result<Option<Vec<u8>>>,
         mut keep: impl FnMut(&TrustedRoot) -> Result<()>,
         now: Timestamp,
         max_bytes: u64,
@@ -723,7 +729,7 @@ impl TrustedRoot {
         let mut current = self;
         let mut steps = 0;
         while steps < MAX_ROOT_STEPS {
-            let Some(bytes) = fetch_next(current.root.version + 1)? else {
+            let Some(bytes) = fetch_next(&current)? else {
                 return current.check_unexpired(now).map(|()| current);
             };
             current = current.rotate(&bytes, max_bytes)?;

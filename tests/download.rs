@@ -1147,3 +1147,48 @@ fn a_mirrors_404_or_unasked_304_does_not_answer_for_a_failing_server() {
     }
     assert_eq!(server.requests("root/2.json").len(), 2);
 }
+
+/// `metadata_checked` passes over a copy its check refuses: the server's 404 is then the
+/// answer, and a base that serves only such a copy gives the check's error, naming it.
+#[test]
+fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
+    let (repo, empty) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    std::fs::create_dir_all(repo.path().join("root")).unwrap();
+    std::fs::write(repo.path().join("root/2.json"), b"good").unwrap();
+    let refuse_bad = |bytes: &[u8]| {
+        if bytes == b"good" {
+            Ok(())
+        } else {
+            Err(evergreen::Error::new(ErrorKind::Signature, "not signed"))
+        }
+    };
+    let (server, soft, mirror) = (
+        TestServer::serve(empty.path()),
+        TestServer::serve(empty.path()),
+        TestServer::serve(repo.path()),
+    );
+    soft.set_fault("", Fault::ErrorPage(b"<html>".to_vec()));
+    let f = fetcher(&[server.url(), soft.url()], retrying(2));
+    let err = f
+        .metadata_checked("root/2.json", None, 1 << 20, &refuse_bad)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    // With a mirror after it that has a copy which passes, that copy is the answer.
+    let f = fetcher(&[soft.url(), mirror.url()], retrying(0));
+    match f
+        .metadata_checked("root/2.json", None, 1 << 20, &refuse_bad)
+        .unwrap()
+    {
+        Metadata::Fetched { bytes, .. } => assert_eq!(bytes, b"good"),
+        Metadata::NotModified => panic!("no ETag was sent"),
+    }
+
+    // Alone, the refused copy's error is the result, with the URL that served it.
+    let f = fetcher(&[soft.url()], retrying(0));
+    let err = f
+        .metadata_checked("root/2.json", None, 1 << 20, &refuse_bad)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Signature, "{err}");
+    assert!(err.message().contains(&soft.url()), "{err}");
+}

@@ -9,7 +9,7 @@ use common::{make_zip, tree_digest, Device, Repo};
 use evergreen::slots::{BootSelector, Slot};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::TestServer;
+use support::{Fault, TestServer};
 
 /// The launcher example, built by `cargo test` next to the test binaries.
 fn launcher() -> PathBuf {
@@ -834,4 +834,28 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
     up.startup().unwrap();
     up.confirm().unwrap();
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+}
+
+/// A mirror that answers every path with an error page and status 200 (a CDN's "soft
+/// 404") does not fail the check: the root walk passes its `root/2.json` over, since it
+/// does not verify, and the server's 404 ends the walk.
+#[test]
+fn a_mirrors_error_page_served_with_200_does_not_fail_the_root_walk() {
+    let repo = Repo::new("com.acme.softmirror");
+    let src = repo.scratch("src");
+    publish_app(&repo, &src, "1.0.0", true);
+    let server = TestServer::serve(&repo.root);
+    let mirror = TestServer::serve(&repo.scratch("mirror"));
+    mirror.set_fault("", Fault::ErrorPage(b"<html>Not found</html>".to_vec()));
+    let mut extra = fast();
+    extra["mirrors"] = serde_json::json!([mirror.url()]);
+    let dev = repo.device("dev", &server.url(), extra);
+
+    let check = check_json(&dev, 10);
+    assert_eq!(check["version"], "1.0.0");
+    assert_eq!(
+        mirror.requests("root/2.json").len(),
+        1,
+        "asked once, passed over"
+    );
 }

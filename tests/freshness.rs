@@ -523,8 +523,8 @@ fn chain_link(n: u8) -> Vec<u8> {
 }
 
 /// Serves `root/<v>.json` from `links` (index 0 is version 2), then "404".
-fn serve(links: Vec<Vec<u8>>) -> impl FnMut(u64) -> Result<Option<Vec<u8>>> {
-    move |v| Ok(links.get(v as usize - 2).cloned())
+fn serve(links: Vec<Vec<u8>>) -> impl FnMut(&TrustedRoot) -> Result<Option<Vec<u8>>> {
+    move |r| Ok(links.get(r.root().version as usize - 1).cloned())
 }
 
 /// The root walk from `from` through `links` (see [`serve`]) at [`now`], keeping nothing.
@@ -537,9 +537,9 @@ fn walk_asking(from: TrustedRoot, links: Vec<Vec<u8>>) -> (Result<TrustedRoot>, 
     let mut asked = Vec::new();
     let mut fetch = serve(links);
     let walked = from.update(
-        |v| {
-            asked.push(v);
-            fetch(v)
+        |r| {
+            asked.push(r.root().version + 1);
+            fetch(r)
         },
         |_| Ok(()),
         now(),

@@ -244,6 +244,20 @@ impl Fetcher {
     /// network errors, timeouts and slow bodies are retried as for downloads. A 304 to a
     /// request without `etag` is [`ErrorKind::HttpStatus`].
     pub fn metadata(&self, path: &str, etag: Option<&str>, max_bytes: u64) -> Result<Metadata> {
+        self.metadata_checked(path, etag, max_bytes, &|_| Ok(()))
+    }
+
+    /// [`Fetcher::metadata`], taking a document only when `check` accepts its bytes: a
+    /// base whose copy it refuses is passed over like one that answered 404 (its error is
+    /// the result only when no other base serves a copy that passes), so one mirror with
+    /// a CDN's error page served as 200 does not fail every request that reaches it.
+    pub fn metadata_checked(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<Metadata> {
         let urls = self.urls(path)?;
         let request = Request {
             range_from: None,
@@ -266,10 +280,15 @@ impl Fetcher {
                     ),
                 )
                 .into()),
-                200 => Ok(Metadata::Fetched {
-                    etag: response.etag.clone(),
-                    bytes: self.read_capped(url, response, max_bytes)?,
-                }),
+                200 => {
+                    let etag = response.etag.clone();
+                    let bytes = self.read_capped(url, response, max_bytes)?;
+                    check(&bytes).map_err(|e| Failure {
+                        error: e.context(format!("GET {url}")),
+                        then: Then::NextBase,
+                    })?;
+                    Ok(Metadata::Fetched { etag, bytes })
+                }
                 // S3 and CloudFront answer a missing object of a private bucket with 403:
                 // the root walk must end there as at a 404, or no device could check until
                 // the next root is published. (An attacker gains nothing: a 404 is as easy.)
