@@ -57,7 +57,9 @@ pub struct Choice {
     pub version: Version,
     /// The version is older than the installed one.
     pub downgrade: bool,
-    /// A forced update: not skippable, held only by a maintenance window.
+    /// A forced update: not skippable, held only by a maintenance window. Set when the
+    /// chosen release is critical, and also when a critical release newer than the
+    /// installed one is passed over for it or reached through it (a stepping stone).
     pub critical: bool,
     /// A newer release exists, but its `min_version` is above the installed version; this
     /// one is the step towards it.
@@ -189,11 +191,17 @@ fn select_newest(
     };
     // Everything eligible and newer than `best` was held back only by its min_version.
     let stepping_stone = eligible.iter().any(|r| newer(&r.version, &best.version));
+    // A critical release passed over for a newer one, or reached through this stepping
+    // stone, is still forced: the update towards its fix must not wait for a host's
+    // `download_only` or `at`.
+    let carries_critical = eligible
+        .iter()
+        .any(|r| r.critical && device.installed.is_none_or(|cur| newer(&r.version, cur)));
     let choice = |downgrade| {
         Decision::Update(Choice {
             version: best.version.clone(),
             downgrade,
-            critical: best.critical,
+            critical: best.critical || carries_critical,
             stepping_stone,
         })
     };

@@ -291,6 +291,42 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "a critical release passed over for a newer one makes that one critical",
+            releases: vec![rel("1.1.0").critical(), rel("1.2.0")],
+            expect: ok(Choice {
+                critical: true,
+                ..update("1.2.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "a critical release already installed does not",
+            installed: Some("1.1.0"),
+            releases: vec![rel("1.1.0").critical(), rel("1.2.0")],
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
+            name: "a stepping stone towards a critical release is critical",
+            releases: vec![
+                rel("1.5.0").min("1.0.0"),
+                rel("2.0.0").min("1.5.0").critical(),
+            ],
+            expect: ok(Choice {
+                stepping_stone: true,
+                critical: true,
+                ..update("1.5.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "a critical release that failed here does not",
+            releases: vec![rel("1.1.0").critical(), rel("1.2.0")],
+            failed: &["1.1.0"],
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
             name: "failed is never offered, even critical",
             releases: vec![rel("1.1.0").critical()],
             failed: &["1.1.0"],
