@@ -112,7 +112,13 @@ pub fn select(
 /// A pin is an explicit request: rollout, skips and past failures do not hold it back,
 /// only the target and the security floor do.
 fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Result<Decision> {
-    let release = manifest.release(pin).ok_or_else(|| {
+    // By precedence, as every other comparison of versions: a pin of 1.1.0 takes the
+    // channel's 1.1.0+20261120 (a channel never lists two builds of one version).
+    let found = manifest
+        .releases
+        .iter()
+        .find(|r| r.version.cmp_precedence(pin).is_eq());
+    let release = found.ok_or_else(|| {
         let listed: Vec<String> = manifest
             .releases
             .iter()
@@ -156,7 +162,7 @@ fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Res
         return Ok(Decision::UpToDate);
     }
     Ok(Decision::Update(Choice {
-        version: pin.clone(),
+        version: release.version.clone(),
         downgrade: device
             .installed
             .is_some_and(|cur| pin.cmp_precedence(cur).is_lt()),

@@ -267,6 +267,13 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "pin matches a build of its version by precedence",
+            releases: vec![rel("1.1.0+20261120"), rel("1.2.0")],
+            pin: Some("1.1.0"),
+            expect: ok(update("1.1.0+20261120")),
+            ..row()
+        },
+        Row {
             name: "pin for another target",
             releases: vec![rel("1.1.0").only_for("acme-board-rev2")],
             pin: Some("1.1.0"),
