@@ -237,6 +237,10 @@ pub struct State {
     /// Consecutive failed checks (for backoff).
     #[serde(default)]
     pub check_failures: u32,
+    /// When the last of those failed checks ran, on the host's clock: the backoff counts
+    /// from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Timestamp>,
     /// Recent events, oldest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
@@ -284,6 +288,7 @@ impl State {
             failed: Vec::new(),
             last_check: None,
             check_failures: 0,
+            last_failure: None,
             history: VecDeque::new(),
             pending_downloads: Vec::new(),
             pending_for: None,
@@ -335,6 +340,7 @@ impl State {
         self.root_version = self.root_version.max(checked.root_version);
         self.last_check = self.last_check.max(checked.last_check);
         self.check_failures = checked.check_failures;
+        self.last_failure = checked.last_failure;
     }
 
     /// Records `keys` as the manifest keys the freshness state is kept under (DESIGN §5.1

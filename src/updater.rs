@@ -576,8 +576,9 @@ impl Updater {
     }
 
     /// When the host should check next (DESIGN §5.3): the poll interval ± jitter after the
-    /// last check, backing off exponentially after failures (the backoff is capped at 4×
-    /// the interval, before the jitter), so a fleet never polls in lockstep. The jitter is
+    /// last check, backing off exponentially after failures (counted from the last failed
+    /// check; the backoff is capped at 4× the interval, before the jitter), so a fleet
+    /// never polls in lockstep. A device that never checked is due now. The jitter is
     /// drawn anew on every call (and for `status`): schedule on the value one call gave.
     pub fn next_check(&self) -> Result<Timestamp> {
         self.next_check_of(&self.load_state()?)
@@ -595,9 +596,17 @@ impl Updater {
         // `last_check` is on the clock pulled up to the newest `issued` seen; the host waits
         // on its own clock, which may read far behind (an RTC that lost power), so a time
         // after `now` would mean never.
-        let last = match st.last_check {
-            Some(t) if st.check_failures == 0 => t.min(now),
-            _ => now,
+        // Counted from a time in the state, not from `now`: a host that asks every hour
+        // whether the check is due must, some hour, hear yes.
+        let since = match st.check_failures {
+            0 => st.last_check,
+            _ => st.last_failure.or(st.last_check),
+        };
+        let last = match since {
+            Some(t) => t.min(now),
+            None if st.check_failures == 0 => return Ok(now),
+            // Failures recorded before they were timed, and no check ever succeeded.
+            None => now,
         };
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw)
@@ -903,6 +912,7 @@ impl Updater {
                 Err(e) => {
                     if own_channel {
                         st.check_failures = st.check_failures.saturating_add(1);
+                        st.last_failure = Some((self.clock)());
                     }
                     self.save_check(&st)?;
                     return Err(e);
@@ -913,6 +923,7 @@ impl Updater {
             let now = self.now(&st);
             if own_channel {
                 st.check_failures = 0;
+                st.last_failure = None;
                 st.last_check = Some(now);
             }
             // The channel followed as the check began: a switch made while it was on the

@@ -1194,3 +1194,42 @@ fn the_partial_download_of_a_passed_over_release_is_removed_by_the_next_download
     dev.expect("update", &["--yes", "--download-only"], 0);
     assert_eq!(partials(), Vec::<String>::new());
 }
+
+/// `next_check` is a time a host can wait for: a device that never checked is due now,
+/// and after a failed check the backoff counts from that check, not from whenever the
+/// host asks (a host asking every hour was told "later" for ever).
+#[test]
+fn next_check_comes_due_before_the_first_check_and_after_a_failed_one() {
+    let repo = Repo::new("com.acme.due");
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    let config = dev.config.to_str().unwrap();
+    let t0: evergreen::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+    let at = |offset_h: i64| t0.plus_secs(offset_h * 3600).to_string();
+    let next_check_at = |offset_h: i64| -> i64 {
+        let out = common::run_env(
+            &["status", "--json", "--config", config],
+            &[("EVERGREEN_NOW", &at(offset_h))],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        let status = json(&String::from_utf8_lossy(&out.stdout));
+        let next: evergreen::Timestamp = status["next_check"].as_str().unwrap().parse().unwrap();
+        next.unix() - t0.unix()
+    };
+    assert_eq!(next_check_at(0), 0, "never checked: due now");
+    assert_eq!(next_check_at(5), 5 * 3600);
+
+    // Nothing is published: the check fails, and backs off to 12 h ± 25 % from it.
+    let out = common::run_env(&["check", "--config", config], &[("EVERGREEN_NOW", &at(0))]);
+    assert!(
+        common::stderr(&out).contains("error[not_found]"),
+        "{}",
+        common::stderr(&out)
+    );
+    for asked in [1, 8, 14] {
+        let next = next_check_at(asked);
+        assert!(
+            (9 * 3600..=15 * 3600).contains(&next),
+            "asked {asked} h after the failed check: next check {next} s after it"
+        );
+    }
+}
