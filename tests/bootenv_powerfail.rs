@@ -152,6 +152,44 @@ fn grub_every_change_from_every_state_survives_a_cut_at_every_byte() {
     assert!(cuts > 500);
 }
 
+/// A change cut between two of its bytes (`ORDER=B B` on the way from `B A` to `A B`) is
+/// where the next one starts, as the startup step repeats it: that one too goes byte by
+/// byte, every intermediate booting what the torn block or its result boots.
+#[test]
+fn grub_every_change_from_every_torn_change_survives_a_cut_at_every_byte() {
+    let dir = scratch();
+    let path = dir.path().join("grubenv");
+    let mut env = GrubEnv::init(&path).unwrap();
+    let paths = [path.clone()];
+    let mut cuts = 0;
+    for bits in 0..32u8 {
+        for first in BootChange::every(3) {
+            let bit = |b: u8| if bits & b != 0 { "1" } else { "0" };
+            let order = if bits & 16 != 0 { "B A" } else { "A B" };
+            env.set_vars(&[
+                ("ORDER", order),
+                ("A_OK", bit(1)),
+                ("B_OK", bit(2)),
+                ("A_TRY", bit(4)),
+                ("B_TRY", bit(8)),
+            ])
+            .unwrap();
+            let Ok(plan) = env.plan(first) else {
+                continue;
+            };
+            for_each_cut(&paths, &plan, |_, _| {
+                let torn = snapshot(&paths);
+                for next in BootChange::every(3) {
+                    cuts += grub_cut_all(&mut env, next);
+                    restore(&torn);
+                }
+            });
+        }
+    }
+    println!("GRUB: {cuts} cut points tried after a torn change");
+    assert!(cuts > 10_000);
+}
+
 #[test]
 fn grub_update_cycle_survives_a_cut_at_every_byte() {
     let dir = scratch();

@@ -21,7 +21,8 @@
 //! that after every single byte the block still parses and boots either the slot the old
 //! block would boot or the slot the new one will. A torn write therefore can't leave
 //! garbage or a block without a bootable slot, even on storage that doesn't write
-//! sectors atomically.
+//! sectors atomically. A torn change leaves the layout in place (`ORDER` may name one slot
+//! twice), so the next change starts from the bytes on disk and is byte-wise too.
 //!
 //! A block that is not yet in that layout (a fresh `grub-editenv create`, or values edited
 //! by hand) has to be rewritten once as a whole; that single rewrite is the only one that
@@ -399,28 +400,38 @@ fn canonical_block(path: &Path, rauc: &RaucVars, vars: &[RawVar], size: usize) -
     pad_block(path, &body, size)
 }
 
-/// True when the block starts with our fixed-width lines and names none of them again.
-fn is_canonical(bytes: &[u8], vars: &[RawVar], rauc: &RaucVars) -> bool {
-    let lines = rauc.canonical_lines();
+/// The fixed-width lines at the start of a block laid out by Evergreen, as they are on
+/// disk: `ORDER` may name one slot twice, as a change cut between two of its bytes leaves
+/// it, and the next change goes on from there byte by byte. `None` when the block is not
+/// laid out so, or names one of those variables again further on.
+fn fixed_lines<'a>(bytes: &'a [u8], vars: &[RawVar]) -> Option<&'a [u8]> {
+    // `?`: a slot letter; `#`: a 0 or 1. The same width as `RaucVars::canonical_lines`.
+    const SHAPE: &[u8] = b"ORDER=? ?\nA_OK=#\nA_TRY=#\nB_OK=#\nB_TRY=#\n";
+    let lines = bytes.get(HEADER.len()..HEADER.len() + SHAPE.len())?;
+    let fits = SHAPE.iter().zip(lines).all(|(&shape, &b)| match shape {
+        b'?' => matches!(b, b'A' | b'B'),
+        b'#' => matches!(b, b'0' | b'1'),
+        _ => shape == b,
+    });
     let once = RAUC_NAMES
         .iter()
         .all(|name| vars.iter().filter(|(n, _)| n == name.as_bytes()).count() == 1);
-    once && bytes[HEADER.len()..].starts_with(lines.as_bytes())
+    (fits && once).then_some(lines)
 }
 
-/// Orders the single-byte changes from `old` to `new` so that every intermediate block
-/// boots what `old` or `new` boots (nothing only when `old` booted nothing already).
-fn safe_byte_order(old: &RaucVars, new: &RaucVars) -> Option<Vec<(usize, u8)>> {
-    let from = old.canonical_lines().into_bytes();
+/// Orders the single-byte changes from the fixed-width lines `from` to `new`'s so that
+/// every intermediate block boots what `from` or `new` boots (nothing only when `from`
+/// booted nothing already).
+fn safe_byte_order(from: &[u8], new: &RaucVars) -> Option<Vec<(usize, u8)>> {
     let to = new.canonical_lines().into_bytes();
     let diffs: Vec<(usize, u8)> = (0..from.len())
         .filter(|&i| from[i] != to[i])
         .map(|i| (i, to[i]))
         .collect();
-    let allowed = [old.pick(), new.pick()];
+    let allowed = [boots(from), new.pick()];
     let mut order = Vec::with_capacity(diffs.len());
     let mut used = vec![false; diffs.len()];
-    search_order(&from, &diffs, &allowed, &mut used, &mut order).then_some(order)
+    search_order(from, &diffs, &allowed, &mut used, &mut order).then_some(order)
 }
 
 /// Depth-first search over at most 6! orders, pruned at the first unsafe intermediate.
@@ -455,17 +466,22 @@ fn search_order(
 }
 
 fn intermediate_is_safe(lines: &[u8], allowed: &[Option<Slot>; 2]) -> bool {
+    let pick = boots(lines);
+    // allowed[0] is what the old block boots: losing a bootable slot is never allowed.
+    allowed.contains(&pick) && (pick.is_some() || allowed[0].is_none())
+}
+
+/// The slot RAUC's `grub.cfg` boots from these lines, visiting `ORDER` as written (`ORDER=A
+/// A` is a valid intermediate: grub.cfg just visits A twice).
+fn boots(lines: &[u8]) -> Option<Slot> {
     let vars: Vec<RawVar> = lines.split(|&c| c == b'\n').filter_map(split_eq).collect();
-    // `ORDER=A A` is a valid intermediate: grub.cfg just visits A twice.
     let order: Vec<Slot> = last_raw(&vars, "ORDER")
         .map(|o| slots_in(o).collect())
         .unwrap_or_default();
     let rauc = RaucVars::from_vars(&vars);
-    let pick = order
+    order
         .into_iter()
-        .find(|s| rauc.ok[idx(*s)] && !rauc.tried[idx(*s)]);
-    // allowed[0] is what the old block boots: losing a bootable slot is never allowed.
-    allowed.contains(&pick) && (pick.is_some() || allowed[0].is_none())
+        .find(|s| rauc.ok[idx(*s)] && !rauc.tried[idx(*s)])
 }
 
 /// The GRUB environment block selector (RAUC-compatible variables).
@@ -518,7 +534,7 @@ impl GrubEnv {
             let bytes = env.read_bytes()?;
             let vars = parse_block(&env.path, &bytes)?;
             let rauc = RaucVars::from_vars(&vars);
-            if !is_canonical(&bytes, &vars, &rauc) {
+            if fixed_lines(&bytes, &vars).is_none() {
                 let block = canonical_block(&env.path, &rauc, &vars, bytes.len())?;
                 env.full_write(block).apply()?;
             }
@@ -616,11 +632,11 @@ impl GrubEnv {
                 self.path.display()
             )));
         }
-        if !is_canonical(&bytes, &vars, &old) {
+        let Some(lines) = fixed_lines(&bytes, &vars) else {
             let block = canonical_block(&self.path, &new, &vars, bytes.len())?;
             return Ok(vec![self.full_write(block)]);
-        }
-        let order = safe_byte_order(&old, &new).ok_or_else(|| {
+        };
+        let order = safe_byte_order(lines, &new).ok_or_else(|| {
             Error::new(
                 ErrorKind::Bootloader,
                 format!(
@@ -716,7 +732,11 @@ mod tests {
                 if new.pick().is_none() && old.pick().is_some() {
                     continue; // refused by `plan`
                 }
-                assert!(safe_byte_order(&old, &new).is_some(), "{old:?} {change:?}");
+                let from = old.canonical_lines();
+                assert!(
+                    safe_byte_order(from.as_bytes(), &new).is_some(),
+                    "{old:?} {change:?}"
+                );
             }
         }
     }
