@@ -121,6 +121,21 @@ fn grub_cut_all(env: &mut GrubEnv, change: BootChange) -> usize {
     cuts
 }
 
+/// Sets RAUC's variables to state `bits` of 32: `A_OK`, `B_OK`, `A_TRY`, `B_TRY`, and
+/// `ORDER` `B A` (16) or `A B`.
+fn set_state(env: &mut GrubEnv, bits: u8) {
+    let bit = |b: u8| if bits & b != 0 { "1" } else { "0" };
+    let order = if bits & 16 != 0 { "B A" } else { "A B" };
+    env.set_vars(&[
+        ("ORDER", order),
+        ("A_OK", bit(1)),
+        ("B_OK", bit(2)),
+        ("A_TRY", bit(4)),
+        ("B_TRY", bit(8)),
+    ])
+    .unwrap();
+}
+
 #[test]
 fn grub_every_change_from_every_state_survives_a_cut_at_every_byte() {
     let dir = scratch();
@@ -132,16 +147,7 @@ fn grub_every_change_from_every_state_survives_a_cut_at_every_byte() {
     let mut plans = 0;
     for bits in 0..32u8 {
         for change in BootChange::every(3) {
-            let bit = |b: u8| if bits & b != 0 { "1" } else { "0" };
-            let order = if bits & 16 != 0 { "B A" } else { "A B" };
-            env.set_vars(&[
-                ("ORDER", order),
-                ("A_OK", bit(1)),
-                ("B_OK", bit(2)),
-                ("A_TRY", bit(4)),
-                ("B_TRY", bit(8)),
-            ])
-            .unwrap();
+            set_state(&mut env, bits);
             cuts += grub_cut_all(&mut env, change);
             plans += 1;
             assert_eq!(env.get("other").unwrap().as_deref(), Some("x\\y"));
@@ -164,16 +170,7 @@ fn grub_every_change_from_every_torn_change_survives_a_cut_at_every_byte() {
     let mut cuts = 0;
     for bits in 0..32u8 {
         for first in BootChange::every(3) {
-            let bit = |b: u8| if bits & b != 0 { "1" } else { "0" };
-            let order = if bits & 16 != 0 { "B A" } else { "A B" };
-            env.set_vars(&[
-                ("ORDER", order),
-                ("A_OK", bit(1)),
-                ("B_OK", bit(2)),
-                ("A_TRY", bit(4)),
-                ("B_TRY", bit(8)),
-            ])
-            .unwrap();
+            set_state(&mut env, bits);
             let Ok(plan) = env.plan(first) else {
                 continue;
             };
