@@ -526,7 +526,8 @@ fn check_json_names_the_configured_current_version_when_up_to_date() {
     let out = json(&dev.expect("check", &["--json"], 0));
     assert_eq!(
         out,
-        serde_json::json!({"status": "up_to_date", "current": "2.0.0", "channel": "stable"})
+        serde_json::json!({"status": "up_to_date", "current": "2.0.0", "version": null,
+            "channel": "stable", "critical": false, "downgrade": false, "components": []})
     );
 }
 

@@ -203,9 +203,12 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                 .cloned();
             let channel = args.channel.clone().unwrap_or(status.channel);
             if json {
+                // Every key of DESIGN §7.2's shape, so a script can read them in either
+                // case: nothing to install, nothing forced, no component changes.
                 print_json(&json!({"status": "up_to_date",
                     "current": current.as_ref().map(ToString::to_string),
-                    "channel": channel}));
+                    "version": null, "channel": channel, "critical": false,
+                    "downgrade": false, "components": []}));
             } else {
                 out!(
                     "up to date: {} on {channel}",

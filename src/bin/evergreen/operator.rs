@@ -66,7 +66,7 @@ pub(crate) enum Command {
         (a release ramping or halted does not count: devices outside its rollout need the\n\
         ones before it), and for each kept release with a min_version the stepping stone\n\
         older devices take (the newest release from that version up to it rolled out to\n\
-        everyone) and the releases between it and the kept one. Blobs stay: they\n\
+        everyone); releases between the stone and the kept one go. Blobs stay: they\n\
         are immutable and other channels may list them. Devices verify and parse the whole\n\
         manifest on every change, and refuse one over 1 MiB: prune long-lived channels.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
