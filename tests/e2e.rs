@@ -859,3 +859,89 @@ fn a_mirrors_error_page_served_with_200_does_not_fail_the_root_walk() {
         "asked once, passed over"
     );
 }
+
+/// The requests `server` received since the `seen` first ones, as (path, status).
+fn new_requests(server: &TestServer, seen: &mut usize) -> Vec<(String, u16)> {
+    let log = server.log();
+    let new = log[*seen..]
+        .iter()
+        .map(|l| (l.path.clone(), l.status))
+        .collect();
+    *seen = log.len();
+    new
+}
+
+/// One `check()`: whether it offered a release, and the requests the server received for
+/// it, which must be the requests the library counted.
+fn poll(
+    updater: &evergreen::Updater,
+    server: &TestServer,
+    seen: &mut usize,
+) -> (bool, Vec<(String, u16)>) {
+    let before = updater.fetch_stats().requests;
+    let available = matches!(updater.check().unwrap(), evergreen::Check::Available(_));
+    let new = new_requests(server, seen);
+    assert_eq!(
+        updater.fetch_stats().requests - before,
+        new.len() as u64,
+        "{new:?}"
+    );
+    (available, new)
+}
+
+/// What one poll costs the static server, as `examples/fleet.rs` counts it: an unchanged
+/// channel manifest is one request, answered 304; a changed one (a new rollout stage, a
+/// re-sign) is answered 200 and the root chain is walked, so `root/2.json` is asked for
+/// too (404 while the root is not rotated): two requests. The release's blob is one more,
+/// once, when it is downloaded.
+#[test]
+fn a_poll_is_one_request_unchanged_and_two_when_the_manifest_changed() {
+    let repo = Repo::new("com.acme.pollcost");
+    let src = repo.scratch("src");
+    let zip = app_zip(&src, "1.0.0", true);
+    // A staged rollout at 0 %: no device is in yet.
+    let extra = ["--rollout", "0"];
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("app", &zip)], &extra);
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    let updater = updater_for(&dev);
+    let seen = &mut 0;
+    let manifest = |status: u16| ("channels/stable.json".to_string(), status);
+    let changed = vec![manifest(200), ("root/2.json".to_string(), 404)];
+    let unchanged = vec![manifest(304)];
+
+    // The first check has no ETag to send.
+    assert_eq!(poll(&updater, &server, seen), (false, changed.clone()));
+    assert_eq!(poll(&updater, &server, seen), (false, unchanged.clone()));
+    assert_eq!(poll(&updater, &server, seen), (false, unchanged.clone()));
+
+    // The next stage: everyone.
+    let repo_dir = repo.root.to_str().unwrap();
+    let key = repo.manifest_key.to_str().unwrap();
+    common::ok(&[
+        "rollout",
+        repo_dir,
+        "--channel",
+        "stable",
+        "--version",
+        "1.0.0",
+        "--percent",
+        "100",
+        "--sign",
+        key,
+    ]);
+    assert_eq!(poll(&updater, &server, seen), (true, changed.clone()));
+    let plan = updater.plan(&offer(&updater, "1.0.0")).unwrap();
+    let checked = new_requests(&server, seen);
+    download(&updater, &plan);
+    let fetched = new_requests(&server, seen);
+    assert_eq!(checked, unchanged, "the offer's check");
+    assert_eq!(fetched.len(), 1, "one blob request: {fetched:?}");
+    assert!(fetched[0].0.starts_with("blobs/sha256/") && fetched[0].1 == 200);
+    assert_eq!(poll(&updater, &server, seen), (true, unchanged.clone()));
+
+    // A re-sign changes the manifest's bytes and sequence, not its releases.
+    common::ok(&["resign", repo_dir, "--channel", "stable", "--sign", key]);
+    assert_eq!(poll(&updater, &server, seen), (true, changed));
+    assert_eq!(poll(&updater, &server, seen), (true, unchanged));
+}

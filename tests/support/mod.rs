@@ -145,6 +145,11 @@ impl TestServer {
             .collect()
     }
 
+    /// Every request received, whatever its path, oldest first.
+    pub fn log(&self) -> Vec<Logged> {
+        lock(&self.shared.log).clone()
+    }
+
     /// The newest rule is consulted first, so a second fault for the same path replaces
     /// the first (until the newer one is used up, when it has a count).
     fn add_rule(&self, prefix: &str, fault: Fault, times: Option<u32>) {
