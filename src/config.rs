@@ -401,21 +401,22 @@ impl Default for Trial {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Cap on root and manifest documents (default 1 MiB).
+    /// Cap on root and manifest documents, 1 to 1 GiB (default 1 MiB).
     pub max_metadata_bytes: u64,
-    /// Connect timeout in seconds (default 10).
+    /// Connect timeout in seconds, 1 to 86400 (default 10).
     pub connect_timeout_s: u64,
-    /// Idle-read timeout in seconds (default 30).
+    /// Idle-read timeout in seconds, 1 to 86400 (default 30).
     pub read_timeout_s: u64,
     /// Minimum average download speed; 0 turns the check off (default 1024).
     pub min_speed_bytes_per_s: u64,
     /// Retries per download, moving through the server and mirrors (default 3).
     pub retries: u32,
-    /// Wait before the first retry in milliseconds, doubling each round (default 1000).
-    /// An extension of DESIGN §7.1.
+    /// Wait before the first retry in milliseconds, doubling each round, 0 to 60000
+    /// (default 1000; each wait is at most [`crate::fetch::MAX_BACKOFF`] anyway). An
+    /// extension of DESIGN §7.1.
     pub retry_backoff_ms: u64,
     /// Window, in seconds, over which the minimum speed is averaged; also the grace
-    /// period before it is checked (default 30). An extension of DESIGN §7.1.
+    /// period before it is checked, 1 to 86400 (default 30). An extension of DESIGN §7.1.
     pub speed_window_s: u64,
 }
 
@@ -686,34 +687,67 @@ fn validate_booted_from(b: &BootedFrom) -> Result<()> {
 }
 
 impl Limits {
+    /// Every bound is finite: a timeout of `u64::MAX` seconds overflows the deadline
+    /// arithmetic (ours and the HTTP stack's) on the first request, so a value past
+    /// any sensible setting is refused here rather than panicking in every check.
     fn validate(&self) -> Result<()> {
-        ensure(
-            self.max_metadata_bytes >= 1,
+        ensure_in(
             "limits.max_metadata_bytes",
-            "at least 1",
             self.max_metadata_bytes,
+            1..=MAX_METADATA_BYTES_LIMIT,
+            "1 to 1073741824 (1 GiB; each document is read whole into memory)",
         )?;
-        ensure(
-            self.connect_timeout_s >= 1,
+        ensure_in(
             "limits.connect_timeout_s",
-            "at least 1",
             self.connect_timeout_s,
+            1..=MAX_LIMIT_S,
+            SECONDS_UP_TO_A_DAY,
         )?;
-        ensure(
-            self.read_timeout_s >= 1,
+        ensure_in(
             "limits.read_timeout_s",
-            "at least 1",
             self.read_timeout_s,
+            1..=MAX_LIMIT_S,
+            SECONDS_UP_TO_A_DAY,
+        )?;
+        ensure_in(
+            "limits.retry_backoff_ms",
+            self.retry_backoff_ms,
+            0..=MAX_BACKOFF_MS,
+            "0 to 60000 (each wait between retry rounds is at most a minute)",
         )?;
         // 0 would turn the slow-retrieval defence off; `min_speed_bytes_per_s: 0` is the
         // one way to do that.
-        ensure(
-            self.speed_window_s >= 1,
+        ensure_in(
             "limits.speed_window_s",
-            "at least 1",
             self.speed_window_s,
+            1..=MAX_LIMIT_S,
+            SECONDS_UP_TO_A_DAY,
         )
     }
+}
+
+/// The longest connect timeout, read timeout and speed window: a day. Longer than any
+/// server or network worth waiting for; a device that waits longer waits forever.
+const MAX_LIMIT_S: u64 = 86_400;
+
+const SECONDS_UP_TO_A_DAY: &str = "1 to 86400 (a day)";
+
+/// The largest `limits.max_metadata_bytes`: 1 GiB, a thousand times the default; the
+/// body deadline of a document this size at 1 byte/s still fits every clock.
+const MAX_METADATA_BYTES_LIMIT: u64 = 1 << 30;
+
+/// The largest `limits.retry_backoff_ms`: a longer first wait would be cut to
+/// [`crate::fetch::MAX_BACKOFF`] without a word.
+const MAX_BACKOFF_MS: u64 = crate::fetch::MAX_BACKOFF.as_millis() as u64;
+
+/// [`ensure`] that `value` of `field` lies in `range`, `expected` in words.
+fn ensure_in(
+    field: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    expected: &str,
+) -> Result<()> {
+    ensure(range.contains(&value), field, expected, value)
 }
 
 impl Poll {
@@ -903,6 +937,22 @@ mod tests {
         assert!(!c.archive.allow_symlinks);
         assert!(!c.follow_redirects);
         assert_eq!((c.ca_roots, c.proxy), (None, None));
+    }
+
+    /// The caps themselves are accepted, and with all of them at once (and the slowest
+    /// speed) every deadline the fetcher computes from them still fits.
+    #[test]
+    fn limits_at_their_caps_are_accepted() {
+        let mut v = minimal();
+        v["limits"] = json!({"max_metadata_bytes": 1u64 << 30, "connect_timeout_s": 86_400,
+            "read_timeout_s": 86_400, "speed_window_s": 86_400, "retry_backoff_ms": 60_000,
+            "min_speed_bytes_per_s": 1});
+        let c = parse(&v).unwrap();
+        let fetcher = crate::fetch::Fetcher::new(vec!["/srv".into()], c.fetch_options()).unwrap();
+        let longest = fetcher.metadata_body_timeout(c.limits.max_metadata_bytes);
+        assert_eq!(longest.map(|d| d.as_secs()), Some((1 << 30) + 2 * 86_400));
+        v["limits"]["retry_backoff_ms"] = json!(0);
+        assert!(parse(&v).is_ok());
     }
 
     #[test]
@@ -1159,6 +1209,31 @@ mod tests {
                 "`limits.read_timeout_s`",
             ),
             ("limits/retry", Some(json!(3)), "`retry`"),
+            (
+                "limits/read_timeout_s",
+                Some(json!(u64::MAX)),
+                "`limits.read_timeout_s`: expected 1 to 86400",
+            ),
+            (
+                "limits/connect_timeout_s",
+                Some(json!(86_401)),
+                "`limits.connect_timeout_s`: expected 1 to 86400",
+            ),
+            (
+                "limits/speed_window_s",
+                Some(json!(u64::MAX)),
+                "`limits.speed_window_s`: expected 1 to 86400",
+            ),
+            (
+                "limits/max_metadata_bytes",
+                Some(json!(u64::MAX)),
+                "`limits.max_metadata_bytes`: expected 1 to 1073741824",
+            ),
+            (
+                "limits/retry_backoff_ms",
+                Some(json!(u64::MAX)),
+                "`limits.retry_backoff_ms`: expected 0 to 60000",
+            ),
             ("poll/interval_s", Some(json!(0)), "`poll.interval_s`"),
             ("poll/jitter", Some(json!(1.0)), "`poll.jitter`"),
             ("poll/jitter", Some(json!(-0.1)), "`poll.jitter`"),

@@ -105,7 +105,7 @@ impl HttpTransport {
             .timeout_connect(nonzero(options.connect_timeout))
             .timeout_recv_response(nonzero(options.read_timeout))
             .timeout_per_read(nonzero(options.read_timeout))
-            .timeout_recv_body(body_timeout)
+            .timeout_recv_body(body_timeout.map(bounded))
             // `get` follows redirects itself (with `follow_redirects`), hop by hop.
             .max_redirects(0)
             .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")));
@@ -135,7 +135,18 @@ impl HttpTransport {
 
 /// Zero means "no limit": ureq would otherwise time out at once.
 fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
+    (!d.is_zero()).then_some(bounded(d))
+}
+
+/// The longest timeout handed to ureq: a hundred years, longer than any device runs.
+/// ureq adds each timeout to `Instant::now()` unchecked, which panics for a duration
+/// near `u64::MAX` seconds; the config refuses such values, but [`FetchOptions`] is
+/// public.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `d`, at most [`LONGEST_TIMEOUT`].
+fn bounded(d: Duration) -> Duration {
+    d.min(LONGEST_TIMEOUT)
 }
 
 fn is_https(url: &str) -> bool {
@@ -569,6 +580,28 @@ mod redirect_tests {
         assert!(redirect_target(from, &redirect(304, None))
             .unwrap()
             .is_none());
+    }
+
+    /// ureq adds each timeout to the current instant unchecked; ones near
+    /// `Duration::MAX` (the options are public) panicked with "overflow when adding
+    /// duration to instant" before the request was sent.
+    #[test]
+    fn huge_timeouts_are_an_error_not_a_panic() {
+        let options = FetchOptions {
+            connect_timeout: Duration::MAX,
+            read_timeout: Duration::MAX,
+            ..FetchOptions::default()
+        };
+        let transport = HttpTransport::new(&options).unwrap();
+        for body_timeout in [None, Some(Duration::MAX)] {
+            let request = Request {
+                body_timeout,
+                ..Request::default()
+            };
+            // Nothing listens on port 9: refused, after the deadlines were set up.
+            let err = transport.get("http://127.0.0.1:9/x", &request).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+        }
     }
 
     #[test]

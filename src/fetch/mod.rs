@@ -364,11 +364,16 @@ impl Fetcher {
 
     /// The whole body of a document of at most `max_bytes` arrives within the speed window
     /// plus its size at the minimum speed, or the speed rule fails it anyway; none when
-    /// the rule is off.
-    fn metadata_body_timeout(&self, max_bytes: u64) -> Option<Duration> {
+    /// the rule is off. Saturating: the options are public, and a sum past
+    /// `Duration::MAX` means "no deadline worth keeping" rather than a panic.
+    pub(crate) fn metadata_body_timeout(&self, max_bytes: u64) -> Option<Duration> {
         let o = &self.options;
         let at_min_speed = max_bytes.checked_div(o.min_speed_bytes_per_s)?;
-        Some(o.speed_window + o.read_timeout + Duration::from_secs(at_min_speed))
+        Some(
+            o.speed_window
+                .saturating_add(o.read_timeout)
+                .saturating_add(Duration::from_secs(at_min_speed)),
+        )
     }
 
     fn read_capped(&self, url: &str, response: Response, max_bytes: u64) -> Result<Vec<u8>> {
@@ -691,6 +696,20 @@ mod tests {
         ] {
             assert!(!is_absolute_url(url), "{url}");
         }
+    }
+
+    /// The options are public: bounds near `Duration::MAX` saturate instead of
+    /// overflowing ("overflow when adding durations") on every metadata fetch.
+    #[test]
+    fn the_metadata_deadline_saturates() {
+        let options = FetchOptions {
+            read_timeout: Duration::MAX,
+            speed_window: Duration::MAX,
+            min_speed_bytes_per_s: 1,
+            ..FetchOptions::default()
+        };
+        let fetcher = Fetcher::new(vec!["/srv".into()], options).unwrap();
+        assert_eq!(fetcher.metadata_body_timeout(u64::MAX), Some(Duration::MAX));
     }
 
     #[test]
