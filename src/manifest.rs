@@ -257,6 +257,24 @@ impl Release {
                     )
                 })?;
             }
+            // The sizes of a target's artifacts are added up for the offer's download size
+            // and the progress of a download; a sum past u64 would panic there (or wrap in
+            // a release build and report a tiny download).
+            let total = t
+                .components
+                .values()
+                .try_fold(0u64, |sum, c| sum.checked_add(c.artifact.size));
+            if total.is_none() {
+                return Err(Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!(
+                        "release {} target {target}: expected artifact sizes that add up to at \
+                         most {} bytes, found more",
+                        self.version,
+                        u64::MAX
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -537,6 +555,31 @@ mod tests {
         let back: Manifest = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back.releases, manifest.releases);
         assert!(!back.releases[0].critical && back.releases[0].security_version == 0);
+    }
+
+    /// Two artifacts of 2^63 bytes each passed, and the offer's download size then
+    /// overflowed ("attempt to add with overflow") after a successful check.
+    #[test]
+    fn artifact_sizes_that_overflow_together_are_refused() {
+        let sha = "ab".repeat(32);
+        let component = |size: u64| {
+            format!(
+                r#"{{"version":"1","artifact":{{"kind":"zip","sha256":"{sha}","size":{size}}}}}"#
+            )
+        };
+        let manifest = |a: u64, b: u64| -> Manifest {
+            serde_json::from_str(&format!(
+                r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{{"version":"1.0.0","targets":{{"t":{{"components":{{"a":{},"b":{}}}}}}}}}]}}"#,
+                component(a),
+                component(b)
+            ))
+            .unwrap()
+        };
+        let half = 1u64 << 63;
+        let err = manifest(half, half).validate().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WrongMetadata);
+        assert!(err.to_string().contains("release 1.0.0 target t"), "{err}");
+        manifest(half, half - 1).validate().unwrap();
     }
 
     #[test]

@@ -642,7 +642,21 @@ impl TrustedRoot {
         TrustedRoot::new(parse_root(&payload)?, envelope.to_vec())
     }
 
+    /// Every trusted root has a next version: the walk asks for `root/<version + 1>.json`
+    /// and [`TrustedRoot::rotate`] expects it, so a root signed with version `u64::MAX`
+    /// (which would overflow there) is refused.
     fn new(root: Root, envelope: Vec<u8>) -> Result<TrustedRoot> {
+        if root.version == u64::MAX {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "expected a root version below {} (one that leaves room for the next), \
+                     found {}",
+                    u64::MAX,
+                    root.version
+                ),
+            ));
+        }
         root.check_keys()
             .map_err(|e| e.context(format!("root version {}", root.version)))?;
         Ok(TrustedRoot {
@@ -676,7 +690,16 @@ impl TrustedRoot {
     /// Verifies `envelope` as the next root: signed by a threshold of this root's root
     /// keys *and* of its own, for the same product, with exactly version + 1.
     pub fn rotate(&self, envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {
-        let next_version = self.root.version + 1;
+        // `new` refuses the one version without a successor; checked all the same.
+        let next_version = self.root.version.checked_add(1).ok_or_else(|| {
+            Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "expected a root version with a next one, found {}",
+                    u64::MAX
+                ),
+            )
+        })?;
         let ctx = |e: Error| e.context(format!("root version {next_version}"));
         // Stage 1: the old root vouches for the new document before a byte of it is parsed.
         let payload = open(envelope, ROOT_TYPE, &self.root_keys, max_bytes).map_err(ctx)?;
@@ -830,6 +853,48 @@ mod tests {
 
     fn keys(n: u8) -> Vec<SecretKey> {
         (1..=n).map(|i| SecretKey::from_seed(&[i; 32])).collect()
+    }
+
+    /// A root at `version` whose one key holds both roles, sealed by that key.
+    fn root_envelope(version: u64, key: &SecretKey) -> Vec<u8> {
+        let id = key.public().keyid();
+        let role = Role {
+            keyids: vec![id.clone()],
+            threshold: 1,
+        };
+        let root = Root {
+            doc_type: "root".into(),
+            product: "p".into(),
+            version,
+            expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+            keys: NameMap::from([(
+                id,
+                RootKey {
+                    alg: "ed25519".into(),
+                    public: key.public().to_base64(),
+                },
+            )]),
+            roles: NameMap::from([("root", role.clone()), ("manifest", role)]),
+        };
+        seal(ROOT_TYPE, &root.to_bytes(), &[key])
+    }
+
+    /// A pinned root of version `u64::MAX` was trusted, and the walk's `version + 1`
+    /// then panicked ("attempt to add with overflow") on every check.
+    #[test]
+    fn a_root_without_a_next_version_is_refused() {
+        let key = &keys(1)[0];
+        let err = TrustedRoot::pinned(&root_envelope(u64::MAX, key), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WrongMetadata);
+        assert!(
+            err.to_string().contains("leaves room for the next"),
+            "{err}"
+        );
+        let last = TrustedRoot::pinned(&root_envelope(u64::MAX - 1, key), 1 << 20).unwrap();
+        let err = last
+            .rotate(&root_envelope(u64::MAX, key), 1 << 20)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WrongMetadata, "{err}");
     }
 
     fn keyset(keys: &[SecretKey], threshold: usize) -> KeySet {

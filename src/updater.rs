@@ -108,11 +108,12 @@ impl Offer {
     /// Bytes that must be downloaded: the components that carry an artifact (added and
     /// modified ones, and unchanged images on image slots).
     pub fn download_size(&self) -> u64 {
+        // Saturating: a verified manifest's sizes add up within u64 (its validation
+        // refuses more), but a panic here would surface through the C ABI.
         self.components
             .iter()
             .filter_map(|c| c.artifact.as_ref())
-            .map(|a| a.size)
-            .sum()
+            .fold(0u64, |sum, a| sum.saturating_add(a.size))
     }
 }
 
@@ -1379,9 +1380,9 @@ impl Updater {
                 &spec,
                 dir,
                 &mut |done, _| {
-                    progress(before + done, total);
+                    progress(before.saturating_add(done), total);
                     // Events are for humans and logs: one per MiB is plenty.
-                    if done == a.size || done >= last_event + (1 << 20) {
+                    if done == a.size || done >= last_event.saturating_add(1 << 20) {
                         last_event = done;
                         self.emit(Event::Downloading {
                             component: c.name.clone(),
@@ -1393,7 +1394,7 @@ impl Updater {
                 cancel,
             )?;
             fetched.push(a.sha256.clone());
-            before += a.size;
+            before = before.saturating_add(a.size);
             // A cancel from the last progress call of a blob (the only one a small or
             // already complete blob gets) stops the call too; the blob stays for the
             // next one.

@@ -482,6 +482,25 @@ fn attack_release_without_this_target() {
     before.assert_unchanged(&dev);
 }
 
+/// A signed release whose two artifacts of 2^63 bytes each add up past u64: the check
+/// passed, and the offer's download size then overflowed (a panic, or through the C ABI
+/// `EVG_PANIC`; a wrapped, tiny size in a release build).
+#[test]
+fn attack_artifact_sizes_that_overflow_together() {
+    let (w, dev) = World::installed();
+    let forged = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        evil_release(m);
+        let evil = m.releases.last_mut().unwrap();
+        let target = evil.targets.get_mut(world::TARGET).unwrap();
+        let mut huge = target.components["app"].clone();
+        huge.artifact.size = 1 << 63;
+        target.components.insert("app", huge.clone());
+        target.components.insert("data", huge);
+    });
+    let err = check_refused(&w, &dev, forged, ErrorKind::WrongMetadata);
+    assert!(err.message().contains("release 6.6.6 target"), "{err}");
+}
+
 // ---- root rotation -------------------------------------------------------------------
 
 /// The honest root 1 document, to derive hostile successors from.
