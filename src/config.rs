@@ -823,8 +823,9 @@ fn lexically_normal(path: &Path) -> std::path::PathBuf {
     out
 }
 
-/// `server` and `mirrors`: an http(s):// URL with a host, a file:// URL of an absolute
-/// path (host empty or `localhost`), or a plain path. A URL is checked by the rule the
+/// `server` and `mirrors`: a well-formed http(s):// URL with a host (one the HTTP stack
+/// would refuse on every request fails here, not as a retried `network` error), a
+/// file:// URL of an absolute path (host empty or `localhost`), or a plain path. A URL is checked by the rule the
 /// fetcher opens it with, so nothing accepted here reaches it as a relative path.
 fn check_location(field: &str, s: &str) -> Result<()> {
     const EXPECTED: &str = "an http://, https:// or file:// URL (of an absolute path, \
@@ -1032,6 +1033,14 @@ mod tests {
             ("server", Some(json!("https:///gateway")), "`server`"),
             ("server", Some(json!("")), "`server`"),
             ("server", Some(json!("repo")), "`server`"),
+            ("server", Some(json!("http://exa mple/repo/")), "`server`"),
+            ("server", Some(json!("https://[::1/repo/")), "`server`"),
+            ("server", Some(json!("https://h:65536/repo/")), "`server`"),
+            (
+                "mirrors",
+                Some(json!(["https://a/", "http://b/re po/"])),
+                "`mirrors[1]`",
+            ),
             ("mirrors", Some(json!(["./repo"])), "`mirrors[0]`"),
             (
                 "mirrors",

@@ -158,9 +158,9 @@ pub struct Artifact {
     /// For files: the file name inside the component directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// An absolute URL instead of `blobs/sha256/<sha256>`: `http://`, `https://`, or
-    /// `file://` of an absolute path. Anything else makes the manifest
-    /// [`ErrorKind::WrongMetadata`].
+    /// An absolute URL instead of `blobs/sha256/<sha256>`: a well-formed `http://` or
+    /// `https://` URL (RFC 3986 characters only, a valid host and port), or `file://` of
+    /// an absolute path. Anything else makes the manifest [`ErrorKind::WrongMetadata`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
@@ -300,7 +300,7 @@ impl Component {
             .filter(|u| !crate::fetch::is_absolute_url(u))
         {
             return Err(format!(
-                "expected an absolute http://, https:// or file:// URL as the artifact's url, \
+                "expected a well-formed, absolute http://, https:// or file:// URL as the artifact's url, \
                  found {url:?}"
             ));
         }
@@ -683,7 +683,7 @@ mod tests {
                 "app",
                 |c| c.artifact.url = Some("blobs/sha256/ab".into()),
                 same,
-                r#"component "app": expected an absolute http://, https:// or file:// URL as the artifact's url, found "blobs/sha256/ab""#,
+                r#"component "app": expected a well-formed, absolute http://, https:// or file:// URL as the artifact's url, found "blobs/sha256/ab""#,
             ),
             (
                 "app",

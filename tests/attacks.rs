@@ -1112,8 +1112,10 @@ fn attack_malformed_payload_under_a_valid_signature() {
 
 /// A signed artifact `url` that is a relative path (a buggy publisher or a compromised
 /// signer) would make the device read a file relative to its working directory: the
-/// manifest is refused, naming the component. Absolute `http://` and `file://` URLs are
-/// accepted and downloaded.
+/// manifest is refused, naming the component, as is an http(s) URL no request can be
+/// made for (a space, an unclosed IPv6 bracket, a port past 65535), which was accepted
+/// and then failed every download as `network`. Absolute `http://` and `file://` URLs
+/// are accepted and downloaded.
 #[test]
 fn attack_artifact_url_relative_to_the_device() {
     let (w, dev) = World::installed();
@@ -1130,7 +1132,13 @@ fn attack_artifact_url_relative_to_the_device() {
         })
     };
     let blob = format!("blobs/sha256/{sha256}");
-    for url in [blob.clone(), format!("ftp://mirror/{blob}")] {
+    for url in [
+        blob.clone(),
+        format!("ftp://mirror/{blob}"),
+        format!("http://exa mple/{blob}"),
+        format!("http://[::1/{blob}"),
+        format!("http://mirror:99999/{blob}"),
+    ] {
         let err = check_refused(&w, &dev, with_url(url.clone()), ErrorKind::WrongMetadata);
         for wanted in ["component \"app\"", "expected", &url] {
             assert!(err.message().contains(wanted), "{wanted:?} in {err}");

@@ -346,9 +346,14 @@ impl HttpTransport {
             }
             (CallError::Ureq(e), _) => e,
         };
+        // ureq's `Http` is the `http` crate refusing the URL (`http:///x`, a space in it:
+        // "invalid uri character") or a header Evergreen built. Either is the same on
+        // every try: not `network`, which the fetcher retries with backoff.
         let kind = match (&err, redirected_to) {
-            (ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl, None) => ErrorKind::Config,
-            // ureq's `Http` is the `http` crate refusing the URL, e.g. `http:///x`.
+            (
+                ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl,
+                None,
+            ) => ErrorKind::Config,
             (ureq::Error::BadUri(_) | ureq::Error::Http(_), Some(_)) => ErrorKind::HttpStatus,
             _ => transfer_kind(&err),
         };
@@ -601,6 +606,17 @@ mod redirect_tests {
             // Nothing listens on port 9: refused, after the deadlines were set up.
             let err = transport.get("http://127.0.0.1:9/x", &request).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+        }
+    }
+
+    /// A URL of ours the `http` crate refuses (here past `is_http_url`, as a
+    /// `FetchOptions` user could pass one) was `network`, and retried after each backoff.
+    #[test]
+    fn a_url_of_ours_that_http_refuses_is_a_config_error() {
+        let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
+        for url in ["http://exa mple/x", "http://[::1/x"] {
+            let err = transport.get(url, &Request::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{url}: {err}");
         }
     }
 

@@ -630,14 +630,102 @@ pub(crate) fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
 }
 
 /// Whether `url` names the same thing wherever the device runs: an `http(s)://` URL with
-/// a host, or a `file://` URL of an absolute path. Anything else would reach
-/// [`FileTransport`] as a path relative to the process's working directory.
+/// a host ([`is_http_url`]), or a `file://` URL of an absolute path. Anything else would
+/// reach [`FileTransport`] as a path relative to the process's working directory, or the
+/// HTTP stack as a URL it refuses on every try.
 pub(crate) fn is_absolute_url(url: &str) -> bool {
     if is_http(url) {
-        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-        return !rest.is_empty() && !rest.starts_with('/');
+        return is_http_url(url);
     }
     transport::is_file_url(url) && transport::file_url_path(url).is_some_and(|p| p.is_absolute())
+}
+
+/// Whether `url` is an `http://` or `https://` URL that the HTTP stack takes as it is
+/// (RFC 3986): optional userinfo, a host of letters, digits, `-`, `.`, `_` and `~` or a
+/// bracketed IPv6 address, an optional port 1–65535, then only RFC 3986 characters and
+/// `%XX` escapes: no spaces, control characters or anything else the `http` crate would
+/// refuse on each request. A few lines here instead of a URL crate in every build; what
+/// it accepts is a subset of what that crate parses.
+pub(crate) fn is_http_url(url: &str) -> bool {
+    let Some(rest) = strip_scheme(url, "http://").or_else(|| strip_scheme(url, "https://")) else {
+        return false;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let path_byte = |b: u8| is_unreserved(b) || is_sub_delim(b) || b":@/?#".contains(&b);
+    is_authority(authority) && is_escaped(tail, path_byte)
+}
+
+/// `[userinfo@]host[:port]` of an http(s) URL (see [`is_http_url`]).
+fn is_authority(authority: &str) -> bool {
+    let host_port = match authority.rsplit_once('@') {
+        Some((userinfo, host_port)) => {
+            let userinfo_byte = |b: u8| is_unreserved(b) || is_sub_delim(b) || b == b':';
+            if !is_escaped(userinfo, userinfo_byte) {
+                return false;
+            }
+            host_port
+        }
+        None => authority,
+    };
+    let (host_ok, port) = match host_port.strip_prefix('[') {
+        // An IPv6 literal: exactly one closing bracket, then the end or a port.
+        Some(bracketed) => {
+            let Some((address, after)) = bracketed.split_once(']') else {
+                return false;
+            };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return false,
+                },
+            };
+            (address.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        }
+        None => {
+            let (host, port) = match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            };
+            (!host.is_empty() && host.bytes().all(is_unreserved), port)
+        }
+    };
+    // Digits only (`parse` would take a sign), and a port a connection can be made to.
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n != 0)
+    });
+    host_ok && port_ok
+}
+
+/// RFC 3986's unreserved characters: letters, digits, `-`, `.`, `_`, `~`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986's sub-delimiters.
+fn is_sub_delim(b: u8) -> bool {
+    b"!$&'()*+,;=".contains(&b)
+}
+
+/// Whether every byte of `s` is `allowed` or starts a `%XX` escape of two hex digits.
+fn is_escaped(s: &str, allowed: impl Fn(u8) -> bool) -> bool {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+        } else if allowed(bytes[i]) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// `base` + `/` + `path`, with exactly one slash between them.
@@ -695,6 +783,55 @@ mod tests {
             "vendor://box/b",
         ] {
             assert!(!is_absolute_url(url), "{url}");
+        }
+    }
+
+    /// What the HTTP stack would refuse on each request (ureq's "invalid uri
+    /// character", reported as `network` and retried) is refused up front.
+    #[test]
+    fn only_well_formed_http_urls_are_absolute() {
+        let good = [
+            "http://h",
+            "https://cdn.example.com:8443/a/b?x=1&y=%2F#f",
+            "http://127.0.0.1:9/x",
+            "http://[::1]/x",
+            "http://[2001:db8::1]:8080",
+            "http://user:pa%20ss@h.example/x",
+            "https://h/a;b=c/(d)*,e!$'+~_-.:@",
+        ];
+        for url in good {
+            assert!(is_http_url(url), "{url}");
+            #[cfg(feature = "http")]
+            assert!(ureq::http::Uri::try_from(url).is_ok(), "{url}");
+        }
+        for url in [
+            "http://exa mple/repo/",
+            "http://[::1/x",
+            "http://::1]/x",
+            "http://[::1]x/",
+            "http://[not-v6]/x",
+            "http://h:99999/x",
+            "http://h:0/x",
+            "http://h:/x",
+            "http://h:+80/x",
+            "http://h:8a/x",
+            "http://:80/x",
+            "http://@/x",
+            "http://a@b@h/x",
+            "http://h\u{0}st/x",
+            "http://h/a b",
+            "http://h/a\tb",
+            "http://h/a\u{0}b",
+            "http://h/%zz",
+            "http://h/%4",
+            "http://h/<x>",
+            "http://h/\u{e9}",
+            "http://h\u{e9}/x",
+            "http://h/a\"b",
+            "http://h/{x}",
+        ] {
+            assert!(!is_http_url(url), "{url:?}");
+            assert!(!is_absolute_url(url), "{url:?}");
         }
     }
 
