@@ -804,7 +804,14 @@ const MAX_POLL_INTERVAL_S: u64 = 365 * 86_400;
 /// Paths must be absolute: a relative one would resolve against the working directory of
 /// each process, so a service (started in `/`) and a shell would keep two states.
 fn check_path(field: &str, path: &Path) -> Result<()> {
-    ensure(path.is_absolute(), field, "an absolute path", path)
+    ensure(path.is_absolute(), field, "an absolute path", path)?;
+    no_nul(field, path.as_os_str().as_encoded_bytes(), path)
+}
+
+/// No path the system calls take holds a NUL: one in the config would fail only later,
+/// as `io` on the first write or `network` (retried) on the first fetch, or never.
+fn no_nul(field: &str, bytes: &[u8], found: impl fmt::Debug) -> Result<()> {
+    ensure(!bytes.contains(&0), field, "no NUL byte", found)
 }
 
 /// `path` with `.` and `..` resolved by name (no file system access; `path` is absolute).
@@ -830,6 +837,7 @@ fn lexically_normal(path: &Path) -> std::path::PathBuf {
 fn check_location(field: &str, s: &str) -> Result<()> {
     const EXPECTED: &str = "an http://, https:// or file:// URL (of an absolute path, \
                             host empty or localhost) or an absolute directory path";
+    no_nul(field, s.as_bytes(), s)?;
     let ok = match s.split_once("://") {
         Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
             "http" | "https" | "file" => crate::fetch::is_absolute_url(s),
@@ -1034,6 +1042,53 @@ mod tests {
             ("server", Some(json!("")), "`server`"),
             ("server", Some(json!("repo")), "`server`"),
             ("server", Some(json!("http://exa mple/repo/")), "`server`"),
+            (
+                "server",
+                Some(json!("/srv/re\u{0}po")),
+                "`server`: expected no NUL byte",
+            ),
+            (
+                "server",
+                Some(json!("file:///srv/re\u{0}po")),
+                "`server`: expected no NUL byte",
+            ),
+            (
+                "mirrors",
+                Some(json!(["/srv/a", "/srv/\u{0}b"])),
+                "`mirrors[1]`: expected no NUL byte",
+            ),
+            (
+                "state_dir",
+                Some(json!("/var/lib/st\u{0}ate")),
+                "`state_dir`: expected no NUL byte",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "dir", "root": "/opt/a\u{0}pp"})),
+                "`slots.root`: expected no NUL byte",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x\u{0}", "b": "/dev/y",
+                "selector": {"kind": "custom"}})),
+                "`slots.a`: expected no NUL byte",
+            ),
+            (
+                "slots",
+                Some(json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+                "selector": {"kind": "grub", "env": "/boot/grub\u{0}env"}})),
+                "`slots.selector.env`: expected no NUL byte",
+            ),
+            (
+                "trust",
+                Some(json!({"root": "/etc/root\u{0}.json"})),
+                "`trust.root`: expected no NUL byte",
+            ),
+            (
+                "ca_roots",
+                Some(json!("/etc/ca\u{0}.pem")),
+                "`ca_roots`: expected no NUL byte",
+            ),
             ("server", Some(json!("https://[::1/repo/")), "`server`"),
             ("server", Some(json!("https://h:65536/repo/")), "`server`"),
             (

@@ -777,6 +777,7 @@ mod tests {
             "file://server/srv/b",
             "file:///srv/%zz",
             "file:///srv/%00x",
+            "file:///srv/\u{0}x",
             "https:///b",
             "http://",
             "ftp://h/b",

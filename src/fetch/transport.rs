@@ -184,13 +184,16 @@ fn strip_file_scheme(url: &str) -> Option<&str> {
     super::strip_scheme(url, "file://")
 }
 
-/// `%XX` escapes to bytes (RFC 3986); `None` for a malformed escape or a NUL, which no
-/// path can hold.
+/// `%XX` escapes to bytes (RFC 3986); `None` for a malformed escape or a NUL, escaped
+/// or not, which no path can hold.
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        if bytes[i] == 0 {
+            return None;
+        }
         if bytes[i] != b'%' {
             out.push(bytes[i]);
             i += 1;
