@@ -732,11 +732,12 @@ impl TrustedRoot {
     /// Walks forward through `root/<v+1>.json` … as long as `fetch_next` finds one (at most
     /// [`MAX_ROOT_STEPS`]), then checks the final root is unexpired at `now`.
     ///
-    /// `fetch_next` gets the root reached so far and returns the envelope of the next
-    /// version, or `None` where the chain ends. It may check a candidate with
-    /// [`TrustedRoot::rotate`] before returning it: a fetcher with mirrors then passes over
-    /// a copy that does not verify (a CDN's error page served with 200) and asks the next
-    /// base.
+    /// `fetch_next(version, accept)` fetches the envelope of root `version` and hands it to
+    /// `accept`, which verifies it against the root reached so far ([`TrustedRoot::rotate`])
+    /// and takes it as the next link; where the chain ends it returns `Ok(())` without a
+    /// copy `accept` took. A copy `accept` refuses may be passed over for another (a
+    /// fetcher with mirrors asks the next base: a CDN's error page served with 200 must
+    /// not end every walk in a signature error); the walk fails with `fetch_next`'s error.
     ///
     /// `keep` is called with each root as soon as it is verified, before the next is
     /// fetched: a device persists it there, so a walk that fails later (a bad link, an
@@ -744,7 +745,7 @@ impl TrustedRoot {
     /// of from the beginning again.
     pub fn update(
         self,
-        mut fetch_next: impl FnMut(&TrustedRoot) -> Result<Option<Vec<u8>>>,
+        mut fetch_next: impl FnMut(u64, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
         mut keep: impl FnMut(&TrustedRoot) -> Result<()>,
         now: Timestamp,
         max_bytes: u64,
@@ -752,10 +753,15 @@ impl TrustedRoot {
         let mut current = self;
         let mut steps = 0;
         while steps < MAX_ROOT_STEPS {
-            let Some(bytes) = fetch_next(&current)? else {
+            let mut next = None;
+            fetch_next(current.root.version + 1, &mut |bytes| {
+                next = Some(current.rotate(bytes, max_bytes)?);
+                Ok(())
+            })?;
+            let Some(next) = next else {
                 return current.check_unexpired(now).map(|()| current);
             };
-            current = current.rotate(&bytes, max_bytes)?;
+            current = next;
             keep(&current)?;
             steps += 1;
         }

@@ -1177,16 +1177,14 @@ impl Updater {
         let behind = st.root_version > Some(root.root().version);
         let root = if walk || behind || root.check_unexpired(now).is_err() {
             root.update(
-                |current| {
-                    let path = format!("root/{}.json", current.root().version + 1);
-                    // A copy that does not verify is passed over for the next base's: a
-                    // mirror's soft 404 (an error page with 200) must not end every walk
-                    // in a signature error. One the server answers 404 for ends it.
-                    let verifies = |bytes: &[u8]| current.rotate(bytes, max).map(drop);
-                    match self.fetcher.metadata_checked(&path, None, max, &verifies) {
-                        Ok(Metadata::Fetched { bytes, .. }) => Ok(Some(bytes)),
-                        Ok(Metadata::NotModified) => Ok(None),
-                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                // A copy that does not verify is passed over for the next base's: a
+                // mirror's soft 404 (an error page with 200) must not end every walk in a
+                // signature error. One the server answers 404 for ends it.
+                |v, accept| {
+                    let path = format!("root/{v}.json");
+                    match self.fetcher.metadata_checked(&path, None, max, accept) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                         Err(e) => Err(e),
                     }
                 },

@@ -1155,7 +1155,7 @@ fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
     let (repo, empty) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     std::fs::create_dir_all(repo.path().join("root")).unwrap();
     std::fs::write(repo.path().join("root/2.json"), b"good").unwrap();
-    let refuse_bad = |bytes: &[u8]| {
+    let mut refuse_bad = |bytes: &[u8]| {
         if bytes == b"good" {
             Ok(())
         } else {
@@ -1170,14 +1170,14 @@ fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
     soft.set_fault("", Fault::ErrorPage(b"<html>".to_vec()));
     let f = fetcher(&[server.url(), soft.url()], retrying(2));
     let err = f
-        .metadata_checked("root/2.json", None, 1 << 20, &refuse_bad)
+        .metadata_checked("root/2.json", None, 1 << 20, &mut refuse_bad)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 
     // With a mirror after it that has a copy which passes, that copy is the answer.
     let f = fetcher(&[soft.url(), mirror.url()], retrying(0));
     match f
-        .metadata_checked("root/2.json", None, 1 << 20, &refuse_bad)
+        .metadata_checked("root/2.json", None, 1 << 20, &mut refuse_bad)
         .unwrap()
     {
         Metadata::Fetched { bytes, .. } => assert_eq!(bytes, b"good"),
@@ -1187,7 +1187,7 @@ fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
     // Alone, the refused copy's error is the result, with the URL that served it.
     let f = fetcher(&[soft.url()], retrying(0));
     let err = f
-        .metadata_checked("root/2.json", None, 1 << 20, &refuse_bad)
+        .metadata_checked("root/2.json", None, 1 << 20, &mut refuse_bad)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Signature, "{err}");
     assert!(err.message().contains(&soft.url()), "{err}");

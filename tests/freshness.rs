@@ -522,9 +522,15 @@ fn chain_link(n: u8) -> Vec<u8> {
     }
 }
 
+/// What `TrustedRoot::update` calls to fetch a root: version, and the check that takes it.
+type Accept<'a> = &'a mut dyn FnMut(&[u8]) -> Result<()>;
+
 /// Serves `root/<v>.json` from `links` (index 0 is version 2), then "404".
-fn serve(links: Vec<Vec<u8>>) -> impl FnMut(&TrustedRoot) -> Result<Option<Vec<u8>>> {
-    move |r| Ok(links.get(r.root().version as usize - 1).cloned())
+fn serve(links: Vec<Vec<u8>>) -> impl FnMut(u64, Accept) -> Result<()> {
+    move |v, accept| match links.get(v as usize - 2) {
+        Some(link) => accept(link),
+        None => Ok(()),
+    }
 }
 
 /// The root walk from `from` through `links` (see [`serve`]) at [`now`], keeping nothing.
@@ -537,9 +543,9 @@ fn walk_asking(from: TrustedRoot, links: Vec<Vec<u8>>) -> (Result<TrustedRoot>, 
     let mut asked = Vec::new();
     let mut fetch = serve(links);
     let walked = from.update(
-        |r| {
-            asked.push(r.root().version + 1);
-            fetch(r)
+        |v, accept: Accept| {
+            asked.push(v);
+            fetch(v, accept)
         },
         |_| Ok(()),
         now(),
@@ -723,7 +729,7 @@ fn a_bad_link_later_in_the_walk_keeps_the_roots_before_it() {
 #[test]
 fn a_fetch_failure_during_rotation_is_passed_on() {
     let got = pinned_v1().update(
-        |_| {
+        |_, _| {
             Err(evergreen::Error::new(
                 ErrorKind::Network,
                 "connection refused",

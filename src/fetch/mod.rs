@@ -244,7 +244,7 @@ impl Fetcher {
     /// network errors, timeouts and slow bodies are retried as for downloads. A 304 to a
     /// request without `etag` is [`ErrorKind::HttpStatus`].
     pub fn metadata(&self, path: &str, etag: Option<&str>, max_bytes: u64) -> Result<Metadata> {
-        self.metadata_checked(path, etag, max_bytes, &|_| Ok(()))
+        self.metadata_checked(path, etag, max_bytes, &mut |_| Ok(()))
     }
 
     /// [`Fetcher::metadata`], taking a document only when `check` accepts its bytes: a
@@ -256,7 +256,7 @@ impl Fetcher {
         path: &str,
         etag: Option<&str>,
         max_bytes: u64,
-        check: &dyn Fn(&[u8]) -> Result<()>,
+        check: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Metadata> {
         let urls = self.urls(path)?;
         let request = Request {
@@ -681,7 +681,14 @@ fn is_authority(authority: &str) -> bool {
                     None => return false,
                 },
             };
-            (address.parse::<std::net::Ipv6Addr>().is_ok(), port)
+            // Its characters only (hex digits, `:`, and `.` of an embedded IPv4 address):
+            // the HTTP stack parses it on each request, and refuses a malformed one as
+            // `config`, like every URL of ours it cannot use.
+            let ipv6_byte = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+            (
+                address.contains(':') && address.bytes().all(ipv6_byte),
+                port,
+            )
         }
         None => {
             let (host, port) = match host_port.split_once(':') {
