@@ -384,9 +384,11 @@ pub struct Snapshot {
 }
 
 /// `state.json` without what a refused check legitimately moves: the failure counter that
-/// drives the polling back-off.
+/// drives the polling back-off, and when the last failure was.
 fn comparable(mut state: Value) -> Value {
-    state.as_object_mut().unwrap().remove("check_failures");
+    let o = state.as_object_mut().unwrap();
+    o.remove("check_failures");
+    o.remove("last_failure");
     state
 }
 
