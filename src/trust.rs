@@ -687,19 +687,16 @@ impl TrustedRoot {
         &self.root_keys
     }
 
+    /// The version the next root must carry; no overflow, since [`TrustedRoot::new`]
+    /// refuses the one version without a successor.
+    fn next_version(&self) -> u64 {
+        self.root.version + 1
+    }
+
     /// Verifies `envelope` as the next root: signed by a threshold of this root's root
     /// keys *and* of its own, for the same product, with exactly version + 1.
     pub fn rotate(&self, envelope: &[u8], max_bytes: u64) -> Result<TrustedRoot> {
-        // `new` refuses the one version without a successor; checked all the same.
-        let next_version = self.root.version.checked_add(1).ok_or_else(|| {
-            Error::new(
-                ErrorKind::WrongMetadata,
-                format!(
-                    "expected a root version with a next one, found {}",
-                    u64::MAX
-                ),
-            )
-        })?;
+        let next_version = self.next_version();
         let ctx = |e: Error| e.context(format!("root version {next_version}"));
         // Stage 1: the old root vouches for the new document before a byte of it is parsed.
         let payload = open(envelope, ROOT_TYPE, &self.root_keys, max_bytes).map_err(ctx)?;
@@ -754,7 +751,7 @@ impl TrustedRoot {
         let mut steps = 0;
         while steps < MAX_ROOT_STEPS {
             let mut next = None;
-            fetch_next(current.root.version + 1, &mut |bytes| {
+            fetch_next(current.next_version(), &mut |bytes| {
                 next = Some(current.rotate(bytes, max_bytes)?);
                 Ok(())
             })?;
