@@ -260,20 +260,20 @@ impl Release {
             // The sizes of a target's artifacts are added up for the offer's download size
             // and the progress of a download; a sum past u64 would panic there (or wrap in
             // a release build and report a tiny download).
-            let total = t
-                .components
-                .values()
-                .try_fold(0u64, |sum, c| sum.checked_add(c.artifact.size));
-            if total.is_none() {
-                return Err(Error::new(
-                    ErrorKind::WrongMetadata,
-                    format!(
-                        "release {} target {target}: expected artifact sizes that add up to at \
-                         most {} bytes, found more",
-                        self.version,
-                        u64::MAX
-                    ),
-                ));
+            let mut total = 0u64;
+            for (name, c) in &t.components {
+                total = total.checked_add(c.artifact.size).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::WrongMetadata,
+                        format!(
+                            "release {} target {target}: expected artifact sizes that add up to \
+                             at most {} bytes, found {total} before component {name:?} adds {}",
+                            self.version,
+                            u64::MAX,
+                            c.artifact.size
+                        ),
+                    )
+                })?;
             }
         }
         Ok(())
