@@ -89,7 +89,7 @@ impl ImageSlots {
             return Ok(());
         }
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        check_capacity(&mut file, path, size)
+        check_capacity(&mut file, path, size).map(drop)
     }
 
     /// Streams exactly `size` bytes of `src` into `slot`, fsyncs, reads them back and
@@ -172,10 +172,11 @@ fn check_device_there(path: &Path) -> Result<bool> {
 }
 
 /// Refuses (`too_large`) an image of `size` bytes that the block device `file` cannot
-/// hold, leaving it positioned at offset 0; a plain file holds any size.
-fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<()> {
+/// hold, leaving it positioned at offset 0; a plain file holds any size. Returns whether
+/// `file` is a block device.
+fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<bool> {
     if !is_block_device(file) {
-        return Ok(());
+        return Ok(false);
     }
     let capacity = file
         .seek(SeekFrom::End(0))
@@ -190,7 +191,7 @@ fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
@@ -203,8 +204,7 @@ fn open_slot(path: &Path, size: u64) -> Result<File> {
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io("opening for writing", path, e))?;
-    check_capacity(&mut file, path, size)?;
-    if !is_block_device(&file) {
+    if !check_capacity(&mut file, path, size)? {
         file.set_len(size)
             .map_err(|e| Error::io("resizing", path, e))?;
         // A slot file made here must outlive a power cut as a name, not only as data.
