@@ -49,14 +49,20 @@ fn rotated(envelope: &[u8]) {
     // A server that offers this document once, then nothing.
     let mut offered = false;
     let updated = v1.clone().update(
-        |_| Ok((!std::mem::replace(&mut offered, true)).then(|| envelope.to_vec())),
+        |_, accept| {
+            if std::mem::replace(&mut offered, true) {
+                Ok(())
+            } else {
+                accept(envelope)
+            }
+        },
         |_| Ok(()),
         now(),
         MAX_BYTES,
     );
     // A server that offers it forever: the walk still ends.
     let looped = v1.update(
-        |_| Ok(Some(envelope.to_vec())),
+        |_, accept| accept(envelope),
         |_| Ok(()),
         now(),
         MAX_BYTES,
