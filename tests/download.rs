@@ -277,6 +277,97 @@ fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
     assert_eq!(std::fs::metadata(&part).unwrap().len(), SIZE as u64 / 2);
 }
 
+/// The same from a page sent chunked, as a proxy or captive portal may: with no length
+/// to refuse it by, its bytes are compared with the kept ones and never written over them.
+#[test]
+fn a_chunked_200_error_page_keeps_the_partial_download() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::DropAfter(SIZE as u64 * 3 / 4), 1);
+    let page = b"<html>Please log in to use this network</html>".to_vec();
+    mirror.set_fault("blobs/", Fault::ChunkedErrorPage(page.clone()));
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url(), mirror.url()], retrying(1));
+
+    assert_downloads_the_blob(&f, &repo, downloads.path());
+    let log = server.requests(&repo.blob_path());
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].range, Some(format!("bytes={}-", SIZE * 3 / 4)));
+    assert_eq!(mirror.requests(&repo.blob_path()).len(), 1, "{log:?}");
+
+    // Alone, the mirror is an http_status error saying where its body differed; the
+    // kept bytes are byte for byte what they were.
+    let downloads = TempDir::new().unwrap();
+    let part = keep_first_half(downloads.path(), &repo);
+    let asked_before = mirror.requests(&repo.blob_path()).len();
+    let err = download(
+        &fetcher(&[mirror.url()], retrying(2)),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    let expected = format!(
+        "found a body of {} bytes that differs from the {} bytes kept from an earlier \
+         attempt at byte 0",
+        page.len(),
+        SIZE / 2
+    );
+    assert!(err.message().contains(&expected), "{err}");
+    assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..SIZE / 2]);
+    assert_eq!(
+        mirror.requests(&repo.blob_path()).len(),
+        asked_before + 1,
+        "a base serving something else is not asked again"
+    );
+}
+
+/// A server that ignores `Range` and sends its body chunked serves the blob whatever the
+/// kept bytes hold: kept bytes it confirms are continued after, and kept bytes that
+/// differ are replaced once its body has shown it is longer than they are (garbage
+/// shorter and longer than what is held in memory before deciding).
+#[test]
+fn a_chunked_200_over_kept_bytes_continues_or_replaces_them() {
+    let repo = Repo::new(4 * SIZE);
+    let halves = [
+        repo.blob[..2 * SIZE].to_vec(),
+        garbage(SIZE / 2),
+        garbage(3 * SIZE),
+    ];
+    for kept in halves {
+        let server = TestServer::serve(repo.path());
+        server.set_fault(&repo.blob_path(), Fault::IgnoreRangeChunked);
+        let downloads = TempDir::new().unwrap();
+        std::fs::write(part_path(downloads.path(), &repo), &kept).unwrap();
+        let f = fetcher(&[server.url()], options());
+
+        let mut reported = 0;
+        let path = f
+            .download(
+                &repo.spec(),
+                downloads.path(),
+                &mut |done, total| {
+                    assert!(done <= total, "{done} of {total}");
+                    reported = done;
+                },
+                &CancelToken::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            repo.blob,
+            "kept {}",
+            kept.len()
+        );
+        assert_eq!(reported, repo.blob.len() as u64);
+        let log = server.requests(&repo.blob_path());
+        assert_eq!(log.len(), 1, "one request, no fresh start: {log:?}");
+        assert_eq!(log[0].status, 200);
+        assert_eq!(f.stats().bytes_received, repo.blob.len() as u64);
+    }
+}
+
 /// A body running on past the size (with no declared length, so nothing refuses it
 /// first) is read up to the size and no further: the signed bytes are kept, the rest is
 /// never received.

@@ -159,8 +159,12 @@ impl Target<'_> {
                 self.whole_after_wrong_range(stream, wrong_range)?
             }
         };
-        self.accept(stream.url, &response, &mut part)?;
-        Ok(stream.pump(response.body, part)?)
+        self.accept(stream.url, &response, &part)?;
+        let mut body = response.body;
+        if response.status == 200 && part.len > 0 {
+            stream.replay_kept(&mut *body, &mut part)?;
+        }
+        Ok(stream.pump(body, part)?)
     }
 
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
@@ -200,23 +204,16 @@ impl Target<'_> {
 
     /// Decides from the status what the body continues, or refuses it. Refusing never
     /// touches the `.part`: a mirror answering with an error page must not cost the
-    /// bytes another base delivered.
-    fn accept(&self, url: &str, response: &Response, part: &mut Part) -> Result<(), Failure> {
-        match response.status {
-            200 => {
-                self.check_whole_length(url, response)?;
-                // A 200 is the whole blob from byte 0. With its length right (or not
-                // declared: a chunked body cannot be judged before it arrives, and
-                // holding back the kept length would need that much memory or disk) it
-                // replaces the kept bytes; the hash judges the result, and a server that
-                // sends more than the size is cut off and its bytes removed.
-                part.restart()?;
-            }
+    /// bytes another base delivered. A 200 is the whole blob from byte 0; over kept bytes
+    /// it is compared with them first ([`Stream::replay_kept`]), since a body without a
+    /// declared length cannot be judged before it arrives.
+    fn accept(&self, url: &str, response: &Response, part: &Part) -> Result<(), Failure> {
+        let remaining = match response.status {
+            200 => return Ok(self.check_whole_length(url, response)?),
             // `check_range` has vetted the offsets.
-            206 => {}
+            206 => self.spec.size - part.len,
             _ => return Err(status_failure(url, response)),
-        }
-        let remaining = self.spec.size - part.len;
+        };
         match response.content_length.filter(|len| *len > remaining) {
             Some(len) => Err(too_large(url, remaining, &format!("{len} bytes declared")).into()),
             None => Ok(()),
@@ -436,17 +433,116 @@ impl Stream<'_, '_> {
                 return Err(read_error(self.url, done, e));
             }
             if n == 0 {
-                return Err(Error::new(
-                    ErrorKind::Network,
-                    format!(
-                        "GET {}: expected {} bytes, found the body ended after {done}",
-                        self.url, self.total
-                    ),
-                ));
+                return Err(self.ended_early(done));
             }
             meter.check(Instant::now(), done - start, self.url)?;
         }
         Ok(())
+    }
+}
+
+/// The most bytes of a 200 that differ from a kept `.part` held in memory before they
+/// replace it. An error page or a captive portal's login page answering a resume with 200
+/// is shorter than this, and must not cost the bytes kept; a real blob is longer and
+/// goes on.
+const HOLD: usize = 4 * CHUNK;
+
+impl Stream<'_, '_> {
+    /// A 200 answering a resume starts again from byte 0: its bytes are compared with the
+    /// kept ones instead of written over them. Where they agree nothing is written, and a
+    /// body that covers the kept bytes simply continues after them. From the first byte
+    /// that differs the body is held in memory, and it replaces the kept bytes only once
+    /// it has run past them or past [`HOLD`]; a body that ends before (an error page)
+    /// fails this base with the `.part` as it was.
+    fn replay_kept(&mut self, body: &mut dyn Read, part: &mut Part) -> Result<()> {
+        let mut kept = File::open(&part.path).map_err(|e| Error::io("opening", &part.path, e))?;
+        let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
+        let mut hasher = Sha256::new();
+        let (mut theirs, mut ours) = (vec![0; CHUNK], vec![0; CHUNK]);
+        let mut matched = 0;
+        while matched < part.len {
+            let want = (part.len - matched).min(CHUNK as u64) as usize;
+            let n = self.receive_some(body, &mut theirs[..want], matched)?;
+            if n == 0 {
+                return Err(self.ended_early(matched));
+            }
+            kept.read_exact(&mut ours[..n])
+                .map_err(|e| Error::io("reading", &part.path, e))?;
+            if let Some(i) = theirs[..n].iter().zip(&ours[..n]).position(|(a, b)| a != b) {
+                hasher.update(&theirs[..i]);
+                let held = theirs[i..n].to_vec();
+                return self.replace_kept(body, part, hasher, matched + i as u64, held);
+            }
+            hasher.update(&theirs[..n]);
+            matched += n as u64;
+            meter.check(Instant::now(), matched, self.url)?;
+        }
+        // The kept bytes were the body's first bytes: `part` already holds and hashes them.
+        Ok(())
+    }
+
+    /// Holds the body from `at`, where it first differs from the kept bytes, until it
+    /// proves longer than what it would replace, then writes it over them from there.
+    fn replace_kept(
+        &mut self,
+        body: &mut dyn Read,
+        part: &mut Part,
+        mut hasher: Sha256,
+        at: u64,
+        mut held: Vec<u8>,
+    ) -> Result<()> {
+        let mut buf = vec![0; CHUNK];
+        while at + (held.len() as u64) <= part.len && held.len() < HOLD {
+            let done = at + held.len() as u64;
+            let want = (self.total - done).min(CHUNK as u64) as usize;
+            let n = self.receive_some(body, &mut buf[..want], done)?;
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::HttpStatus,
+                    format!(
+                        "GET {}: expected 200 with the whole blob ({} bytes), found a body of \
+                         {done} bytes that differs from the {} bytes kept from an earlier \
+                         attempt at byte {at}; the kept bytes stay",
+                        self.url, self.total, part.len
+                    ),
+                ));
+            }
+            held.extend_from_slice(&buf[..n]);
+        }
+        let path = &part.path;
+        part.file
+            .set_len(at)
+            .and_then(|()| part.file.seek(SeekFrom::Start(at)))
+            .and_then(|_| part.file.write_all(&held))
+            .map_err(|e| Error::io("writing", path, e))?;
+        hasher.update(&held);
+        part.hasher = hasher;
+        part.len = at + held.len() as u64;
+        part.kept = part.kept.min(at);
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes of the body (which ends, as a blob, at `done` +
+    /// `buf.len()` at the latest), counting and reporting them like [`Stream::receive`].
+    fn receive_some(&mut self, body: &mut dyn Read, buf: &mut [u8], done: u64) -> Result<usize> {
+        self.cancel.check()?;
+        let (n, failed) = fill(body, buf);
+        self.fetcher.count_received(n);
+        (self.progress)(done + n as u64, self.total);
+        match failed {
+            Some(e) => Err(read_error(self.url, done + n as u64, e)),
+            None => Ok(n),
+        }
+    }
+
+    fn ended_early(&self, done: u64) -> Error {
+        Error::new(
+            ErrorKind::Network,
+            format!(
+                "GET {}: expected {} bytes, found the body ended after {done}",
+                self.url, self.total
+            ),
+        )
     }
 }
 

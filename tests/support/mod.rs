@@ -30,6 +30,8 @@ pub enum Fault {
     DropAfter(u64),
     /// Answer a `Range` request with 200 and the whole content.
     IgnoreRange,
+    /// As [`Fault::IgnoreRange`], the content sent chunked: no length declared up front.
+    IgnoreRangeChunked,
     /// Answer a `Range` request with the requested bytes, but a 206 whose `Content-Range`
     /// claims they start at 0.
     WrongContentRange,
@@ -52,6 +54,9 @@ pub enum Fault {
     /// Answer 200 with these bytes whatever was asked (`Range` too), as a misconfigured
     /// mirror serving its "not found" page with status 200 does.
     ErrorPage(Vec<u8>),
+    /// As [`Fault::ErrorPage`], sent chunked, as a proxy or captive portal may: nothing
+    /// declares its length before it ends.
+    ChunkedErrorPage(Vec<u8>),
     /// Send the content chunked, then the last chunk and trailer lines, one every 50 ms,
     /// until the client goes away or the server stops: a single read of the body never
     /// ends, since each trailer is data for the connection but none for the body.
@@ -285,7 +290,7 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
             }
         }
         Some(Fault::Replace(bytes)) => Some(bytes.clone()),
-        Some(Fault::ErrorPage(page)) => {
+        Some(Fault::ErrorPage(page) | Fault::ChunkedErrorPage(page)) => {
             return Reply {
                 status: 200,
                 headers: vec![("Content-Type", "text/html".to_owned())],
@@ -306,7 +311,8 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
     }
     let len = content.len() as u64;
     let range = head.range.as_deref().and_then(|r| parse_range(r, len));
-    let range = range.filter(|_| fault != Some(&Fault::IgnoreRange));
+    let ignored = matches!(fault, Some(Fault::IgnoreRange | Fault::IgnoreRangeChunked));
+    let range = range.filter(|_| !ignored);
     let Some((from, to)) = range else {
         return Reply {
             status: 200,
@@ -401,7 +407,10 @@ fn send(
         Some(Fault::AppendJunk(n)) => *n as usize,
         _ => 0,
     };
-    let chunked = matches!(fault, Some(Fault::EndlessTrailers));
+    let chunked = matches!(
+        fault,
+        Some(Fault::EndlessTrailers | Fault::IgnoreRangeChunked | Fault::ChunkedErrorPage(_))
+    );
     if chunked {
         head.push_str("Transfer-Encoding: chunked\r\n");
     } else if junk == 0 {
@@ -428,6 +437,15 @@ fn send(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             stream.shutdown(Shutdown::Both)
+        }
+        Some(Fault::IgnoreRangeChunked | Fault::ChunkedErrorPage(_)) => {
+            for piece in body.chunks(64 * 1024) {
+                write!(stream, "{:x}\r\n", piece.len())?;
+                stream.write_all(piece)?;
+                stream.write_all(b"\r\n")?;
+            }
+            stream.write_all(b"0\r\n\r\n")?;
+            stream.shutdown(Shutdown::Write)
         }
         Some(Fault::Trickle { bytes, every }) => {
             for piece in body.chunks((*bytes).max(1)) {
