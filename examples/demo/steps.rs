@@ -326,11 +326,15 @@ fn tampered_manifest(d: &mut Demo) -> Outcome {
     }
     let mut after = d.device.updater.state()?;
     expect_eq("failed checks counted", after.check_failures, 1)?;
-    after.check_failures = before.check_failures;
-    ensure(after == before, || {
-        "the state changed beyond the failed-check counter".to_string()
+    ensure(after.last_failure.is_some(), || {
+        "expected the failed check's time in the state, found none".to_string()
     })?;
-    d.ok("slots, trial, channel and seen manifests unchanged; only the failed-check counter (for backoff) moved");
+    after.check_failures = before.check_failures;
+    after.last_failure = before.last_failure;
+    ensure(after == before, || {
+        "the state changed beyond the failed-check count and time".to_string()
+    })?;
+    d.ok("slots, trial, channel and seen manifests unchanged; only the failed-check count and time (for backoff) moved");
     d.server.clear_faults();
     d.device.expect_up_to_date()?;
     d.ok("the genuine manifest is served again and accepted");
