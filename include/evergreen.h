@@ -253,6 +253,11 @@ typedef struct evg_response {
    * The host's handle for `read` and `close`; NULL for an empty body.
    */
   void *body;
+  /**
+   * The `Retry-After` header of a 503 or 429 (seconds or an HTTP date), or NULL.
+   * Last, so a host built against a header without it still fills the rest.
+   */
+  const char *retry_after;
 } evg_response;
 
 /**

@@ -173,6 +173,37 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     (FIRST..=LAST).contains(&t).then_some(Timestamp(t))
 }
 
+/// Parses an HTTP date in its one current form, IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
+/// GMT`, RFC 9110 §5.6.7), as `Retry-After` carries it. The two obsolete forms are not
+/// read: a server sending them is asked again after the usual backoff.
+pub(crate) fn parse_http_date(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() != 29 || !s.is_ascii() || &s[3..5] != ", " || !s.ends_with(" GMT") {
+        return None;
+    }
+    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == &s[8..11])? as u32 + 1;
+    let (day, year) = (digits(&s[5..7])?, digits(&s[12..16])? as i64);
+    let (h, mi, sec) = (
+        digits(&s[17..19])?,
+        digits(&s[20..22])?,
+        digits(&s[23..25])?,
+    );
+    if day == 0 || day > days_in_month(year, month) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400
+        + i64::from(h) * 3600
+        + i64::from(mi) * 60
+        + i64::from(sec.min(59));
+    Some(Timestamp(secs))
+}
+
 /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the times with a four-digit year.
 const FIRST: i64 = -62_167_219_200;
 const LAST: i64 = 253_402_300_799;
@@ -239,6 +270,32 @@ impl serde::de::Visitor<'_> for TimestampVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_in_imf_fixdate_form() {
+        let t = |s: &str| parse_http_date(s).map(|t| t.to_string());
+        assert_eq!(
+            t("Sun, 06 Nov 1994 08:49:37 GMT").as_deref(),
+            Some("1994-11-06T08:49:37Z")
+        );
+        assert_eq!(
+            t("Thu, 03 Dec 2026 23:59:60 GMT").as_deref(),
+            Some("2026-12-03T23:59:59Z")
+        );
+        for bad in [
+            "Sunday, 06-Nov-94 08:49:37 GMT", // RFC 850, obsolete
+            "Sun Nov  6 08:49:37 1994",       // asctime, obsolete
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Now 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT ",
+            "Sun, 0é Nov 1994 08:49:37 GMT",
+            "120",
+        ] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn round_trips_across_eras() {

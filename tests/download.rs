@@ -642,6 +642,58 @@ fn busy_and_timeout_statuses_are_retried() {
     }
 }
 
+/// A busy server's `Retry-After` is kept when it is longer than the backoff (1 ms here).
+#[test]
+fn a_retry_after_is_waited_for_before_the_next_round() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault_times(&repo.blob_path(), Fault::Busy(503, "1".into()), 1);
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], retrying(1));
+
+    let started = Instant::now();
+    assert_downloads_the_blob(&f, &repo, downloads.path());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "asked again after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(statuses(&server, &repo), [503, 200]);
+}
+
+/// A base asking for more than a check ever waits between rounds (a minute) is not asked
+/// again in this check; the error says what it asked for.
+#[test]
+fn a_retry_after_longer_than_a_check_waits_ends_that_base() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    server.set_fault("blobs/", Fault::Busy(429, "3600".into()));
+    mirror.set_fault_times("blobs/", Fault::Status(503), 1);
+    let downloads = TempDir::new().unwrap();
+
+    // The mirror, busy once without asking for a wait, serves in the next round.
+    let f = fetcher(&[server.url(), mirror.url()], retrying(3));
+    assert_downloads_the_blob(&f, &repo, downloads.path());
+    assert_eq!(statuses(&server, &repo), [429]);
+    assert_eq!(statuses(&mirror, &repo), [503, 200]);
+
+    let downloads = TempDir::new().unwrap();
+    let err = download(
+        &fetcher(&[server.url()], retrying(3)),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert!(err.message().contains("429 (Retry-After: 3600)"), "{err}");
+    assert!(
+        err.message().contains("not asked again in this check"),
+        "{err}"
+    );
+    assert_eq!(statuses(&server, &repo), [429, 429]);
+}
+
 #[test]
 fn mirror_serves_when_the_server_fails_or_lacks_the_blob() {
     let repo = Repo::new(SIZE);
@@ -1173,6 +1225,7 @@ impl Transport for Memory {
             content_length: Some((self.blob.len() - from) as u64),
             content_range: None,
             location: None,
+            retry_after: None,
             body: Box::new(std::io::Cursor::new(self.blob.clone())),
         })
     }

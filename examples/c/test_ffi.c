@@ -73,6 +73,7 @@ struct transport {
     int gets;
     int range_gets;
     int lie; /* read claims one byte more than it was asked for */
+    int busy; /* answer 429 with Retry-After: 3600 */
 };
 
 struct body {
@@ -88,6 +89,11 @@ static int t_get(void *user, const char *url, int64_t range_from, const char *if
     long len;
     (void)if_none_match; /* no entity tags: every poll is a full 200 */
     t->gets++;
+    if (t->busy) {
+        out->status = 429;
+        out->retry_after = "3600";
+        return 0;
+    }
     if (!(f = fopen(url, "rb"))) {
         out->status = 404;
         out->content_length = 0;
@@ -484,7 +490,7 @@ static void test_free_inside_callbacks(evg_updater *up, const char *config,
 
 static void test_update_through_hooks(const char *config_path) {
     char *config = read_file(config_path), *json = NULL;
-    struct transport t = {0, 0, 0};
+    struct transport t = {0, 0, 0, 0};
     struct selector s;
     struct events ev = {0, 0, 0, EVG_OK, NULL, EVG_OK};
     struct progress p;
@@ -592,6 +598,15 @@ static void test_update_through_hooks(const char *config_path) {
     CHECK_STATUS(evg_check(up, &none), EVG_NETWORK);
     CHECK(contains(evg_last_error_message(), "host transport read"));
     t.lie = 0;
+
+    /* a busy answer's Retry-After reaches the retry loop: an hour is more than a check
+       waits, so the base is not asked again in this check */
+    t.busy = 1;
+    ranged = t.gets;
+    CHECK_STATUS(evg_check(up, &none), EVG_HTTP_STATUS);
+    CHECK(contains(evg_last_error_message(), "429 (Retry-After: 3600)"));
+    CHECK(t.gets == ranged + 1);
+    t.busy = 0;
 
     /* a panic inside the callback chain comes back as EVG_PANIC to the callback, and
        the outer call still completes */
@@ -720,7 +735,7 @@ static void test_free_from_another_thread(const char *config_path, const evg_hoo
    the bootloader now, instead of rolling back (and banning) a release that never ran. */
 static void test_power_cut_before_the_bootloader_learns(const char *config_path) {
     char *config = read_file(config_path), *json = NULL;
-    struct transport t = {0, 0, 0};
+    struct transport t = {0, 0, 0, 0};
     struct bootloader b;
     evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
     evg_selector selector = {sizeof(evg_selector), NULL, b_disable, b_activate, b_confirm,

@@ -331,11 +331,12 @@ impl HttpTransport {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let (status, etag, content_range, location) = (
+        let (status, etag, content_range, location, retry_after) = (
             response.status().as_u16(),
             header("etag"),
             header("content-range"),
             header("location"),
+            header("retry-after"),
         );
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
         let body = Body {
@@ -349,6 +350,7 @@ impl HttpTransport {
             content_length,
             content_range,
             location,
+            retry_after,
             body: Box::new(body),
         })
     }
@@ -551,6 +553,7 @@ mod redirect_tests {
             content_length: Some(0),
             content_range: None,
             location: location.map(str::to_owned),
+            retry_after: None,
             body: Box::new(io::empty()),
         }
     }

@@ -286,6 +286,7 @@ impl Fetcher {
                     check(&bytes).map_err(|e| Failure {
                         error: e.context(format!("GET {url}")),
                         then: Then::NextBase,
+                        wait: Duration::ZERO,
                     })?;
                     Ok(Metadata::Fetched { etag, bytes })
                 }
@@ -427,9 +428,11 @@ impl Fetcher {
         let mut only_not_found = true;
         let mut absent_on_server = false;
         let mut last = None;
+        // The longest wait a base asked for (`Retry-After`) in the round before.
+        let mut asked = Duration::ZERO;
         for round in 0..=self.options.retries {
             if round > 0 {
-                self.back_off(round - 1, cancel)?;
+                self.back_off(round - 1, std::mem::take(&mut asked), cancel)?;
             }
             for (url, live) in urls.iter().zip(live.iter_mut()).filter(|(_, l)| **l) {
                 cancel.check()?;
@@ -437,6 +440,7 @@ impl Fetcher {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
                 };
+                asked = asked.max(failure.wait);
                 match failure.then {
                     Then::Stop => return Err(failure.error),
                     Then::NextBase => *live = false,
@@ -477,10 +481,11 @@ impl Fetcher {
         }
     }
 
-    /// Sleeps [`backoff`] in short steps, so a cancel is seen promptly.
-    fn back_off(&self, n: u32, cancel: &CancelToken) -> Result<()> {
+    /// Sleeps [`backoff`], or longer when a base asked for it, in short steps, so a
+    /// cancel is seen promptly.
+    fn back_off(&self, n: u32, asked: Duration, cancel: &CancelToken) -> Result<()> {
         const STEP: Duration = Duration::from_millis(50);
-        let mut left = backoff(self.options.retry_backoff, n);
+        let mut left = backoff(self.options.retry_backoff, n).max(asked);
         while !left.is_zero() {
             cancel.check()?;
             let step = left.min(STEP);
@@ -516,6 +521,8 @@ enum Then {
 struct Failure {
     error: Error,
     then: Then,
+    /// The least wait before this base is asked again, as it said (`Retry-After`).
+    wait: Duration,
 }
 
 impl Failure {
@@ -523,6 +530,7 @@ impl Failure {
         Failure {
             error,
             then: Then::Retry,
+            wait: Duration::ZERO,
         }
     }
 
@@ -530,7 +538,7 @@ impl Failure {
     fn context(self, context: impl std::fmt::Display) -> Failure {
         Failure {
             error: self.error.context(context),
-            then: self.then,
+            ..self
         }
     }
 }
@@ -545,7 +553,11 @@ impl From<Error> for Failure {
             | ErrorKind::HashMismatch => Then::NextBase,
             _ => Then::Stop,
         };
-        Failure { error, then }
+        Failure {
+            error,
+            then,
+            wait: Duration::ZERO,
+        }
     }
 }
 
@@ -565,20 +577,50 @@ fn status_failure(url: &str, response: &Response) -> Failure {
             " redirecting to {location} (redirects are not followed)"
         ));
     }
-    let error = Error::new(ErrorKind::HttpStatus, message);
-    if is_transient(status) {
-        Failure::retry(error)
-    } else {
-        error.into()
+    if !is_transient(status) {
+        return Error::new(ErrorKind::HttpStatus, message).into();
+    }
+    let asked = response.retry_after.as_deref().and_then(|value| {
+        let wait = retry_after(value, crate::Timestamp::now())?;
+        message.push_str(&format!(" (Retry-After: {value})"));
+        Some(wait)
+    });
+    match asked {
+        Some(wait) if wait > MAX_BACKOFF => {
+            message.push_str(&format!(
+                "; not asked again in this check, which waits at most {} s",
+                MAX_BACKOFF.as_secs()
+            ));
+            Error::new(ErrorKind::HttpStatus, message).into()
+        }
+        wait => Failure {
+            wait: wait.unwrap_or_default(),
+            ..Failure::retry(Error::new(ErrorKind::HttpStatus, message))
+        },
     }
 }
 
 /// Statuses that say "not now" rather than "not here": 5xx, 408 Request Timeout, 425 Too
 /// Early and 429 Too Many Requests. The base is tried again next round, after the
-/// backoff; any other 4xx drops it. (`Retry-After` is not read: [`Response`] does not
-/// carry it, and the capped backoff already spaces the rounds.)
+/// backoff or the wait its `Retry-After` asks for, whichever is longer; a base asking
+/// for more than [`MAX_BACKOFF`] is not asked again in this check. Any other 4xx drops
+/// the base.
 fn is_transient(status: u16) -> bool {
     status >= 500 || matches!(status, 408 | 425 | 429)
+}
+
+/// The wait a `Retry-After` value asks for at `now`: delay-seconds or an HTTP date
+/// (RFC 9110 §10.2.3). A value that is neither is ignored, as the RFC lets a client do.
+fn retry_after(value: &str, now: crate::Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits beyond u64 are a wait longer than any check waits.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = crate::time::parse_http_date(value)?;
+    Some(Duration::from_secs(
+        u64::try_from(at.unix().saturating_sub(now.unix())).unwrap_or(0),
+    ))
 }
 
 fn too_large(url: &str, max: u64, found: &str) -> Error {
@@ -866,6 +908,25 @@ mod tests {
         assert_eq!(backoff(second, 40), MAX_BACKOFF);
         assert_eq!(backoff(Duration::from_secs(600), 0), MAX_BACKOFF);
         assert_eq!(backoff(Duration::ZERO, 9), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_an_http_date() {
+        let now: crate::Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
+        let secs = |n| Some(Duration::from_secs(n));
+        for (value, expected) in [
+            ("120", secs(120)),
+            (" 0 ", secs(0)),
+            ("99999999999999999999999", secs(u64::MAX)),
+            ("Thu, 03 Dec 2026 10:01:30 GMT", secs(90)),
+            ("Thu, 03 Dec 2026 09:00:00 GMT", secs(0)),
+            ("-5", None),
+            ("1.5", None),
+            ("", None),
+            ("soon", None),
+        ] {
+            assert_eq!(retry_after(value, now), expected, "{value:?}");
+        }
     }
 
     #[test]

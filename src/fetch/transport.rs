@@ -33,6 +33,10 @@ pub struct Response {
     pub content_range: Option<String>,
     /// The `Location` header of a redirect, so that the error can name it.
     pub location: Option<String>,
+    /// The `Retry-After` header of a 503 or 429: seconds, or an HTTP date. A wait the
+    /// fetcher can afford is kept before the next round; a longer one ends that base
+    /// for this check.
+    pub retry_after: Option<String>,
     /// The body. A read error of kind [`std::io::ErrorKind::TimedOut`] is reported as
     /// [`ErrorKind::Timeout`], any other as [`ErrorKind::Network`].
     pub body: Box<dyn Read + Send>,
@@ -46,6 +50,7 @@ impl std::fmt::Debug for Response {
             .field("content_length", &self.content_length)
             .field("content_range", &self.content_range)
             .field("location", &self.location)
+            .field("retry_after", &self.retry_after)
             .finish_non_exhaustive()
     }
 }
@@ -263,6 +268,7 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         content_length: None,
         content_range: None,
         location: None,
+        retry_after: None,
         body,
     }
 }

@@ -33,6 +33,9 @@ pub struct evg_response {
     pub location: *const c_char,
     /// The host's handle for `read` and `close`; NULL for an empty body.
     pub body: *mut c_void,
+    /// The `Retry-After` header of a 503 or 429 (seconds or an HTTP date), or NULL.
+    /// Last, so a host built against a header without it still fills the rest.
+    pub retry_after: *const c_char,
 }
 
 /// Starts a GET of `url`. `range_from` is -1, or the offset to send as
@@ -271,6 +274,7 @@ impl Transport for CTransport {
             content_range: std::ptr::null(),
             location: std::ptr::null(),
             body: std::ptr::null_mut(),
+            retry_after: std::ptr::null(),
         };
         let f = &self.0;
         let etag_ptr = etag.as_ref().map_or(std::ptr::null(), |e| e.as_ptr());
@@ -298,6 +302,7 @@ impl Transport for CTransport {
             content_length: u64::try_from(out.content_length).ok(),
             content_range: header(out.content_range, "content_range", url)?,
             location: header(out.location, "location", url)?,
+            retry_after: header(out.retry_after, "retry_after", url)?,
             body: Box::new(body),
         })
     }

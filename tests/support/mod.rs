@@ -47,6 +47,8 @@ pub enum Fault {
     AppendJunk(u64),
     /// Answer with this status and an empty body.
     Status(u16),
+    /// Answer with this status, a `Retry-After` header of this value and an empty body.
+    Busy(u16, String),
     /// Serve these bytes instead of the file (which need not exist).
     Replace(Vec<u8>),
     /// Answer `302 Found` with this `Location`.
@@ -283,6 +285,12 @@ struct Reply {
 fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
     let content = match fault {
         Some(Fault::Status(code)) => return plain(*code),
+        Some(Fault::Busy(code, retry_after)) => {
+            return Reply {
+                headers: vec![("Retry-After", retry_after.clone())],
+                ..plain(*code)
+            }
+        }
         Some(Fault::Redirect(location)) => {
             return Reply {
                 headers: vec![("Location", location.clone())],
