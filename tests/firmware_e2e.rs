@@ -1132,3 +1132,44 @@ fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
     board.dev.expect("rollback", &[], 0);
     assert_eq!(board.power_on(), Some(Slot::A));
 }
+
+/// The read-back reads the device, not the page cache the write filled: a loop device
+/// whose backing file loses a byte after the write (a medium that did not keep what it
+/// acknowledged, behind the slot's own cache) is refused with `hash_mismatch`. Another
+/// process holds the device open meanwhile (udev's probe, a monitor), so its last close
+/// does not drop the cache either.
+#[test]
+fn the_read_back_reads_the_device_not_the_page_cache() {
+    use evergreen::slots::image::ImageSlots;
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("b.loopback");
+    std::fs::write(&backing, vec![0u8; MIB]).unwrap();
+    let Some(device) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    let image: Vec<u8> = (0..MIB / 2).map(|i| (i * 7 % 251) as u8).collect();
+    let sha = evergreen::trust::sha256_hex(&image);
+    let write = |slots: ImageSlots| {
+        slots.write_image(
+            Slot::B,
+            &mut &image[..],
+            image.len() as u64,
+            &sha,
+            &mut |_, _| {},
+        )
+    };
+    let slots = ImageSlots::new(dir.path().join("a.img"), &device.0);
+    let _holder = std::fs::File::open(&device.0).unwrap();
+
+    let err = write(
+        slots
+            .clone()
+            .corrupt_store_after_write(backing.clone(), 4097),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    assert!(err.message().contains("when read back"), "{err}");
+
+    write(slots).unwrap();
+    assert_eq!(std::fs::read(&backing).unwrap()[..image.len()], image[..]);
+}

@@ -2,9 +2,11 @@
 //!
 //! An image is streamed into the inactive slot with 64 KiB buffers, fsynced, then read
 //! back and hashed: the slot is only reported written when the bytes the device returns
-//! have the artifact's SHA-256 (DESIGN §5.5). The read-back goes through the page cache,
-//! so it proves what the kernel will hand to a reader of the slot, which catches short
-//! writes, wrong offsets and a device smaller than it claims, not decay of the medium.
+//! have the artifact's SHA-256 (DESIGN §5.5). On Linux the slot's cached pages are
+//! dropped after the fsync, so the read-back comes from the device, not from the page
+//! cache the write filled: it catches a medium that did not keep what it acknowledged,
+//! besides short writes, wrong offsets and a device smaller than it claims. (Elsewhere
+//! it reads what the kernel hands to any reader of the slot.)
 
 use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
@@ -33,7 +35,9 @@ const BUF_SIZE: usize = 64 * 1024;
 pub struct ImageSlots {
     a: PathBuf,
     b: PathBuf,
-    corrupt_at: Option<u64>,
+    /// Test hook: the byte to flip after the write, and the file to flip it in (the
+    /// slot itself when `None`).
+    corrupt_at: Option<(u64, Option<PathBuf>)>,
 }
 
 impl ImageSlots {
@@ -74,7 +78,17 @@ impl ImageSlots {
     /// faulty device would, so a test can show that the read-back refuses the slot.
     #[doc(hidden)]
     pub fn corrupt_after_write(mut self, offset: u64) -> ImageSlots {
-        self.corrupt_at = Some(offset);
+        self.corrupt_at = Some((offset, None));
+        self
+    }
+
+    /// Test hook: after each write, flip the byte at `offset` of `store`, the file behind
+    /// the slot's device (a loop device's backing file), where the slot's own page cache
+    /// does not see it: as a medium that lost what it acknowledged. The read-back must
+    /// still refuse the slot.
+    #[doc(hidden)]
+    pub fn corrupt_store_after_write(mut self, store: PathBuf, offset: u64) -> ImageSlots {
+        self.corrupt_at = Some((offset, Some(store)));
         self
     }
 
@@ -117,9 +131,10 @@ impl ImageSlots {
         let mut file = open_slot(path, size)?;
         copy_exact(src, &mut file, path, size, progress)?;
         file.sync_all().map_err(|e| Error::io("syncing", path, e))?;
+        drop_cached_pages(&file, path)?;
         drop(file);
-        if let Some(offset) = self.corrupt_at {
-            flip_byte(path, offset)?;
+        if let Some((offset, store)) = &self.corrupt_at {
+            flip_byte(store.as_deref().unwrap_or(path), *offset)?;
         }
         let found = hash_prefix(path, size)?;
         if found != sha256 {
@@ -133,6 +148,30 @@ impl ImageSlots {
         }
         Ok(())
     }
+}
+
+/// Evicts the slot's pages (clean after the fsync) from the page cache, so the read-back
+/// reads the device. Unprivileged, unlike the block layer's flush ioctl, and a no-op on
+/// tmpfs, whose pages are the storage.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn drop_cached_pages(file: &File, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor `file` keeps open; offset 0 with
+    // length 0 covers the whole file whatever the width of off_t.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(Error::io(
+            "dropping the cached pages of",
+            path,
+            std::io::Error::from_raw_os_error(errno),
+        )),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn drop_cached_pages(_file: &File, _path: &Path) -> Result<()> {
+    Ok(())
 }
 
 fn is_block_device(file: &File) -> bool {
