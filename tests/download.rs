@@ -239,88 +239,63 @@ fn a_503_after_a_wrong_range_is_retried() {
 }
 
 /// A mirror that serves its "not found" page as a 200 must not wipe what the server
-/// delivered: it is refused from its Content-Length, and the server resumes.
+/// delivered: a page declaring its length is refused from its Content-Length; a page
+/// sent chunked, as a proxy or captive portal may, has no length to refuse it by, so its
+/// bytes are compared with the kept ones and never written over them. Either way the
+/// server resumes, and the mirror alone is an `http_status` error saying why.
 #[test]
 fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
-    let repo = Repo::new(SIZE);
-    let server = TestServer::serve(repo.path());
-    let mirror = TestServer::serve(repo.path());
-    server.set_fault_times(&repo.blob_path(), Fault::DropAfter(SIZE as u64 * 3 / 4), 1);
     let page = b"<html>Not Found</html>".to_vec();
-    mirror.set_fault("blobs/", Fault::ErrorPage(page.clone()));
-    let downloads = TempDir::new().unwrap();
-    let f = fetcher(&[server.url(), mirror.url()], retrying(1));
-
-    assert_downloads_the_blob(&f, &repo, downloads.path());
-    let log = server.requests(&repo.blob_path());
-    assert_eq!(log.len(), 2);
-    assert_eq!(log[1].range, Some(format!("bytes={}-", SIZE * 3 / 4)));
-    assert_eq!(
-        f.stats().bytes_received,
-        SIZE as u64,
-        "no byte fetched twice"
-    );
-
-    // Alone, the mirror is an http_status error naming what it declared.
-    let downloads = TempDir::new().unwrap();
-    let part = keep_first_half(downloads.path(), &repo);
-    let err = download(
-        &fetcher(&[mirror.url()], options()),
-        &repo.spec(),
-        downloads.path(),
-    )
-    .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
-    let declared = format!("Content-Length {}", page.len());
-    assert!(err.message().contains(&declared), "{err}");
-    assert!(err.message().contains(&SIZE.to_string()), "{err}");
-    assert_eq!(std::fs::metadata(&part).unwrap().len(), SIZE as u64 / 2);
-}
-
-/// The same from a page sent chunked, as a proxy or captive portal may: with no length
-/// to refuse it by, its bytes are compared with the kept ones and never written over them.
-#[test]
-fn a_chunked_200_error_page_keeps_the_partial_download() {
-    let repo = Repo::new(SIZE);
-    let server = TestServer::serve(repo.path());
-    let mirror = TestServer::serve(repo.path());
-    server.set_fault_times(&repo.blob_path(), Fault::DropAfter(SIZE as u64 * 3 / 4), 1);
-    let page = b"<html>Please log in to use this network</html>".to_vec();
-    mirror.set_fault("blobs/", Fault::ChunkedErrorPage(page.clone()));
-    let downloads = TempDir::new().unwrap();
-    let f = fetcher(&[server.url(), mirror.url()], retrying(1));
-
-    assert_downloads_the_blob(&f, &repo, downloads.path());
-    let log = server.requests(&repo.blob_path());
-    assert_eq!(log.len(), 2);
-    assert_eq!(log[1].range, Some(format!("bytes={}-", SIZE * 3 / 4)));
-    assert_eq!(mirror.requests(&repo.blob_path()).len(), 1, "{log:?}");
-
-    // Alone, the mirror is an http_status error saying where its body differed; the
-    // kept bytes are byte for byte what they were.
-    let downloads = TempDir::new().unwrap();
-    let part = keep_first_half(downloads.path(), &repo);
-    let asked_before = mirror.requests(&repo.blob_path()).len();
-    let err = download(
-        &fetcher(&[mirror.url()], retrying(2)),
-        &repo.spec(),
-        downloads.path(),
-    )
-    .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
-    let expected = format!(
+    let chunked = format!(
         "found a body of {} bytes that differs from the {} bytes kept from an earlier \
          attempt at byte 0",
         page.len(),
         SIZE / 2
     );
-    assert!(err.message().contains(&expected), "{err}");
-    assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..SIZE / 2]);
-    assert_eq!(
-        mirror.requests(&repo.blob_path()).len(),
-        asked_before + 1,
-        "a base serving something else is not asked again"
-    );
+    // The fault, the error it gives alone, and the bytes its page costs (a declared
+    // length is refused before the body).
+    let cases = [
+        (
+            Fault::ErrorPage(page.clone()),
+            format!("found 200 with Content-Length {}", page.len()),
+            0,
+        ),
+        (Fault::ChunkedErrorPage(page.clone()), chunked, page.len()),
+    ];
+    for (fault, expected, page_bytes) in cases {
+        let repo = Repo::new(SIZE);
+        let server = TestServer::serve(repo.path());
+        let mirror = TestServer::serve(repo.path());
+        server.set_fault_times(&repo.blob_path(), Fault::DropAfter(SIZE as u64 * 3 / 4), 1);
+        mirror.set_fault("blobs/", fault.clone());
+        let downloads = TempDir::new().unwrap();
+        let f = fetcher(&[server.url(), mirror.url()], retrying(1));
+
+        assert_downloads_the_blob(&f, &repo, downloads.path());
+        let log = server.requests(&repo.blob_path());
+        assert_eq!(log.len(), 2, "{fault:?}");
+        assert_eq!(log[1].range, Some(format!("bytes={}-", SIZE * 3 / 4)));
+        assert_eq!(statuses(&mirror, &repo), [200], "{fault:?}");
+        assert_eq!(
+            f.stats().bytes_received,
+            (SIZE + page_bytes) as u64,
+            "{fault:?}: no byte of the blob fetched twice"
+        );
+
+        let downloads = TempDir::new().unwrap();
+        let part = keep_first_half(downloads.path(), &repo);
+        let alone = fetcher(&[mirror.url()], retrying(2));
+        let err = download(&alone, &repo.spec(), downloads.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+        assert!(err.message().contains(&expected), "{err}");
+        assert!(err.message().contains(&SIZE.to_string()), "{err}");
+        assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..SIZE / 2]);
+        assert_eq!(
+            statuses(&mirror, &repo),
+            [200, 200],
+            "{fault:?}: a base serving something else is not asked again"
+        );
+    }
 }
 
 /// A server that ignores `Range` and sends its body chunked serves the blob whatever the
