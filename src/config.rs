@@ -762,7 +762,7 @@ impl Poll {
             (0.0..1.0).contains(&self.jitter),
             "poll.jitter",
             "a fraction in [0, 1)",
-            self.jitter,
+            crate::json::number(self.jitter),
         )
     }
 }

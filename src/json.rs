@@ -18,6 +18,12 @@ pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String>
     })
 }
 
+/// `x` as JSON writes it (`20`, `12.5`, `null` for NaN), for messages. serde_json's own
+/// float formatting is in the library anyway; `core`'s would add 4 KB to it.
+pub(crate) fn number(x: f64) -> String {
+    serde_json::Value::from(x).to_string()
+}
+
 /// The field (`trial.tries`, `releases[3].version`) serde_json's error `e` in `text` is
 /// about, when it is about one: a value of the wrong type or out of range, a missing or
 /// unknown field. A syntax error is about no field; its position says where it is.

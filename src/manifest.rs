@@ -229,7 +229,8 @@ impl Release {
                     ErrorKind::WrongMetadata,
                     format!(
                         "release {}: expected a rollout percent in 0..=100, found {}",
-                        self.version, s.percent
+                        self.version,
+                        crate::json::number(s.percent)
                     ),
                 ));
             }

@@ -419,25 +419,14 @@ fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
     match err {
         ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => format!(
             "no connection within {} (connect timeout)",
-            duration_words(options.connect_timeout)
+            super::duration_words(options.connect_timeout)
         ),
         ureq::Error::Timeout(ureq::Timeout::RecvResponse | ureq::Timeout::PerRead) => format!(
             "no response within {} (read timeout)",
-            duration_words(options.read_timeout)
+            super::duration_words(options.read_timeout)
         ),
         ureq::Error::Timeout(other) => format!("a timeout ({other})"),
         other => other.to_string(),
-    }
-}
-
-/// `1 s`, `1.5 s` or `300 ms`, for messages.
-fn duration_words(d: Duration) -> String {
-    if d.as_millis() < 1000 {
-        format!("{} ms", d.as_millis())
-    } else if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }
 
@@ -526,14 +515,14 @@ impl Read for Body {
                     io::ErrorKind::TimedOut,
                     format!(
                         "no end of the body within {} (its size cap at the minimum speed, plus the speed window)",
-                        duration_words(limit)
+                        super::duration_words(limit)
                     ),
                 ),
                 (ureq::Error::Timeout(_), _) => io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "no data for {} (read timeout)",
-                        duration_words(self.read_timeout)
+                        super::duration_words(self.read_timeout)
                     ),
                 ),
                 (ureq::Error::Io(e), _) => e,
@@ -645,13 +634,6 @@ mod redirect_tests {
             let err = transport.get(url, &Request::default()).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config, "{url}: {err}");
         }
-    }
-
-    #[test]
-    fn durations_read_as_words() {
-        assert_eq!(duration_words(Duration::from_secs(1)), "1 s");
-        assert_eq!(duration_words(Duration::from_millis(1500)), "1.5 s");
-        assert_eq!(duration_words(Duration::from_millis(300)), "300 ms");
     }
 }
 

@@ -609,6 +609,19 @@ fn is_transient(status: u16) -> bool {
     status >= 500 || matches!(status, 408 | 425 | 429)
 }
 
+/// `1 s`, `1.5 s` or `300 ms`, for messages; tenths rounded, in integers (float
+/// formatting would add 5 KB to the library).
+fn duration_words(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    match (ms + 50) / 100 {
+        tenths if tenths % 10 == 0 => format!("{} s", tenths / 10),
+        tenths => format!("{}.{} s", tenths / 10, tenths % 10),
+    }
+}
+
 /// The wait a `Retry-After` value asks for at `now`: delay-seconds or an HTTP date
 /// (RFC 9110 §10.2.3). A value that is neither is ignored, as the RFC lets a client do.
 fn retry_after(value: &str, now: crate::Timestamp) -> Option<Duration> {
@@ -908,6 +921,20 @@ mod tests {
         assert_eq!(backoff(second, 40), MAX_BACKOFF);
         assert_eq!(backoff(Duration::from_secs(600), 0), MAX_BACKOFF);
         assert_eq!(backoff(Duration::ZERO, 9), Duration::ZERO);
+    }
+
+    #[test]
+    fn durations_read_as_words() {
+        for (ms, words) in [
+            (1000, "1 s"),
+            (1500, "1.5 s"),
+            (1549, "1.5 s"),
+            (1550, "1.6 s"),
+            (2999, "3 s"),
+            (300, "300 ms"),
+        ] {
+            assert_eq!(duration_words(Duration::from_millis(ms)), words, "{ms} ms");
+        }
     }
 
     #[test]

@@ -43,16 +43,18 @@ impl SpeedMeter {
             return Ok(());
         };
         if now.duration_since(self.started) >= self.window {
-            let elapsed = now.duration_since(since).as_secs_f64();
-            let speed = (bytes - base) as f64 / elapsed;
-            if speed < self.min as f64 {
+            // In integers: float formatting alone is 5 KB of a library that must fit 1 MiB.
+            let elapsed = now.duration_since(since);
+            let (got, nanos) = (u128::from(bytes - base), elapsed.as_nanos());
+            if got * 1_000_000_000 < u128::from(self.min) * nanos {
+                let speed = (got * 1_000_000_000 + nanos / 2) / nanos.max(1);
                 return Err(Error::new(
                     ErrorKind::SlowRetrieval,
                     format!(
-                        "GET {url}: expected at least {} bytes/s, found {speed:.0} bytes/s \
-                         ({} bytes in the last {elapsed:.1} s)",
+                        "GET {url}: expected at least {} bytes/s, found {speed} bytes/s \
+                         ({got} bytes in the last {})",
                         self.min,
-                        bytes - base
+                        super::duration_words(elapsed)
                     ),
                 ));
             }
