@@ -274,6 +274,9 @@ public:
         auto next = handler ? std::make_unique<detail::HandlerCell>(
                                   std::make_shared<EventHandler>(std::move(handler)))
                             : nullptr;
+        // Room for the old handler first: once C holds `next`, nothing may throw before
+        // `next` is kept (a bad_alloc would free it under C).
+        retired_.reserve(retired_.size() + 1);
         detail::check(evg_set_event_callback(get(), next ? &detail::event_trampoline : nullptr,
                                              next.get()));
         // A call on another thread may still be delivering one event to the old handler

@@ -56,8 +56,29 @@ struct Sink {
 }
 
 thread_local! {
-    /// Callbacks (of any updater) this thread is inside of now.
+    /// Calls into the host (of any updater) this thread is inside of now: event and
+    /// progress callbacks, and the host's transport and selector hooks.
     static IN_CALLBACK: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `call`, which calls into the host, counted as a callback of this thread, so that
+/// a free made from inside it does not wait (see [`EventSink::close`]).
+pub(crate) fn in_host<R>(call: impl FnOnce() -> R) -> R {
+    struct Inside;
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            let _ = IN_CALLBACK.try_with(|n| n.set(n.get() - 1));
+        }
+    }
+    let _ = IN_CALLBACK.try_with(|n| n.set(n.get() + 1));
+    let _inside = Inside;
+    call()
+}
+
+/// Whether this thread is inside a call into the host now.
+#[cfg(test)]
+pub(crate) fn inside_host() -> bool {
+    IN_CALLBACK.with(Cell::get) > 0
 }
 
 /// Counts a callback as returned when it returns (or unwinds).
@@ -65,7 +86,6 @@ struct Running<'a>(&'a EventSink);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let _ = IN_CALLBACK.try_with(|n| n.set(n.get() - 1));
         self.0.lock().running -= 1;
         self.0.returned.notify_all();
     }
@@ -93,9 +113,8 @@ impl EventSink {
             s.running += 1;
             s.target
         };
-        let _ = IN_CALLBACK.try_with(|n| n.set(n.get() + 1));
         let _running = Running(self);
-        call(target);
+        in_host(|| call(target));
         true
     }
 
@@ -110,9 +129,11 @@ impl EventSink {
     }
 
     /// The free of a handle a call still holds: no callback starts from now on, and the
-    /// ones running are waited for. Not from inside a callback (of any updater): that one
-    /// would wait for itself, and two threads each freeing from a callback the updater
-    /// the other is in a callback of would wait for each other.
+    /// ones running are waited for. Not from inside a call into the host (of any
+    /// updater): a callback would wait for itself; two threads each freeing from a
+    /// callback the updater the other is in a callback of would wait for each other; and
+    /// a selector hook runs under the updater's selector lock, which a callback on
+    /// another thread may be waiting for (`evg_status_json` from a progress callback).
     pub(crate) fn close(&self) {
         let mut s = self.lock();
         s.closed = true;
@@ -249,6 +270,38 @@ mod tests {
         closer.join().unwrap();
         assert!(closed.load(Ordering::SeqCst));
         assert!(!sink.call_host(|_| panic!("a callback after the close")));
+    }
+
+    /// A free from inside a host hook (a selector hook holds the updater's selector lock)
+    /// does not wait for a callback on another thread, which may be waiting for that lock.
+    #[test]
+    fn close_from_inside_a_host_hook_does_not_wait_for_other_threads() {
+        let sink = Arc::new(EventSink::default());
+        let (entered, wait_entered) = mpsc::channel();
+        let (release, wait_release) = mpsc::channel::<()>();
+        let inside = {
+            let sink = Arc::clone(&sink);
+            thread::spawn(move || {
+                sink.call_host(|_| {
+                    entered.send(()).unwrap();
+                    wait_release.recv().unwrap();
+                })
+            })
+        };
+        wait_entered.recv().unwrap();
+        let (closed, wait_closed) = mpsc::channel();
+        let closer = {
+            let sink = Arc::clone(&sink);
+            thread::spawn(move || {
+                in_host(|| sink.close());
+                closed.send(()).unwrap();
+            })
+        };
+        let result = wait_closed.recv_timeout(Duration::from_secs(10));
+        release.send(()).unwrap();
+        inside.join().unwrap();
+        closer.join().unwrap();
+        assert!(result.is_ok(), "the free from inside a hook waited");
     }
 
     /// A free from inside a callback on the same thread does not wait for itself.

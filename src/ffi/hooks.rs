@@ -6,7 +6,7 @@
 //! `evg_status` (`EVG_TIMEOUT`, `EVG_NOT_FOUND`, anything else is `EVG_NETWORK`), the
 //! selector's is always `EVG_BOOTLOADER`.
 
-use super::callbacks::evg_event_cb;
+use super::callbacks::{evg_event_cb, in_host};
 use super::error::evg_status;
 use super::handle::evg_slot;
 use crate::error::{Error, ErrorKind, Result};
@@ -278,7 +278,8 @@ impl Transport for CTransport {
         };
         let f = &self.0;
         let etag_ptr = etag.as_ref().map_or(std::ptr::null(), |e| e.as_ptr());
-        let rc = unsafe { (f.get)(f.user, c_url.as_ptr(), range_from, etag_ptr, &mut out) };
+        let rc =
+            in_host(|| unsafe { (f.get)(f.user, c_url.as_ptr(), range_from, etag_ptr, &mut out) });
         if rc != 0 {
             return Err(transport_error(&format!("get {url}"), rc));
         }
@@ -324,7 +325,8 @@ impl Read for CBody {
         }
         let mut n = 0usize;
         let f = &self.fns;
-        let rc = unsafe { (f.read)(f.user, self.body, buf.as_mut_ptr(), buf.len(), &mut n) };
+        let rc =
+            in_host(|| unsafe { (f.read)(f.user, self.body, buf.as_mut_ptr(), buf.len(), &mut n) });
         if rc != 0 {
             let kind = if rc == evg_status::EVG_TIMEOUT as c_int {
                 std::io::ErrorKind::TimedOut
@@ -349,7 +351,7 @@ impl Read for CBody {
 impl Drop for CBody {
     fn drop(&mut self) {
         if !self.body.is_null() {
-            unsafe { (self.fns.close)(self.fns.user, self.body) };
+            in_host(|| unsafe { (self.fns.close)(self.fns.user, self.body) });
         }
     }
 }
@@ -442,22 +444,22 @@ fn selector_result(what: std::fmt::Arguments<'_>, rc: c_int) -> Result<()> {
 
 impl BootSelector for CSelector {
     fn disable(&mut self, slot: Slot) -> Result<()> {
-        let rc = unsafe { (self.disable)(self.user, slot.into()) };
+        let rc = in_host(|| unsafe { (self.disable)(self.user, slot.into()) });
         selector_result(format_args!("disable({slot})"), rc)
     }
 
     fn activate(&mut self, slot: Slot, tries: u32) -> Result<()> {
-        let rc = unsafe { (self.activate)(self.user, slot.into(), tries) };
+        let rc = in_host(|| unsafe { (self.activate)(self.user, slot.into(), tries) });
         selector_result(format_args!("activate({slot}, {tries})"), rc)
     }
 
     fn confirm(&mut self, slot: Slot) -> Result<()> {
-        let rc = unsafe { (self.confirm)(self.user, slot.into()) };
+        let rc = in_host(|| unsafe { (self.confirm)(self.user, slot.into()) });
         selector_result(format_args!("confirm({slot})"), rc)
     }
 
     fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()> {
-        let rc = unsafe { (self.fall_back)(self.user, good.into(), bad.into()) };
+        let rc = in_host(|| unsafe { (self.fall_back)(self.user, good.into(), bad.into()) });
         selector_result(format_args!("fall_back({good}, {bad})"), rc)
     }
 
@@ -465,7 +467,7 @@ impl BootSelector for CSelector {
         // Read back as a plain integer: the host may store any number, and only a valid
         // one may become an `evg_slot` (or `Slot`) in Rust.
         let mut raw: i32 = evg_slot::EVG_SLOT_NONE as i32;
-        let rc = unsafe { (self.booted)(self.user, (&mut raw as *mut i32).cast()) };
+        let rc = in_host(|| unsafe { (self.booted)(self.user, (&mut raw as *mut i32).cast()) });
         selector_result(format_args!("booted()"), rc)?;
         host_slot(raw, "booted()")
     }
@@ -489,7 +491,7 @@ impl BootSelector for CSelector {
             preferred_spent: 0,
             preferred_left: 0,
         };
-        let rc = unsafe { f(self.user, (&mut raw as *mut Raw).cast()) };
+        let rc = in_host(|| unsafe { f(self.user, (&mut raw as *mut Raw).cast()) });
         selector_result(format_args!("boot_plan()"), rc)?;
         let Some(preferred) = host_slot(raw.preferred, "boot_plan().preferred")? else {
             return Err(Error::new(
@@ -554,6 +556,92 @@ mod tests {
             counts_tries: 1,
             boot_plan: Some(plan_b),
         }
+    }
+
+    /// Each hook answers 0 only when called as a call into the host (see
+    /// `callbacks::in_host`), so that a free from inside it does not wait.
+    unsafe extern "C" fn counted_slot(_: *mut c_void, _: evg_slot) -> c_int {
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_activate(_: *mut c_void, _: evg_slot, _: u32) -> c_int {
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_fall_back(_: *mut c_void, _: evg_slot, _: evg_slot) -> c_int {
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_booted(_: *mut c_void, out: *mut evg_slot) -> c_int {
+        unsafe { out.write(evg_slot::EVG_SLOT_A) };
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_plan(user: *mut c_void, out: *mut evg_boot_plan) -> c_int {
+        unsafe { plan_b(user, out) };
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_get(
+        user: *mut c_void,
+        _: *const c_char,
+        _: i64,
+        _: *const c_char,
+        out: *mut evg_response,
+    ) -> c_int {
+        unsafe {
+            (*out).status = 200;
+            (*out).content_length = 0;
+            (*out).body = user;
+        }
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_read(
+        _: *mut c_void,
+        _: *mut c_void,
+        _: *mut u8,
+        _: usize,
+        n: *mut usize,
+    ) -> c_int {
+        unsafe { n.write(0) };
+        c_int::from(!super::super::callbacks::inside_host())
+    }
+    unsafe extern "C" fn counted_close(user: *mut c_void, _: *mut c_void) {
+        let closed = unsafe { &*user.cast::<std::cell::Cell<bool>>() };
+        closed.set(super::super::callbacks::inside_host());
+    }
+
+    /// A free made from inside a hook must not wait for callbacks on other threads: a
+    /// selector hook runs under the updater's selector lock, which such a callback may be
+    /// waiting for. So every hook runs counted as a call into the host, as event and
+    /// progress callbacks do.
+    #[test]
+    fn every_hook_runs_as_a_call_into_the_host() {
+        let preferred = std::cell::Cell::new(1i32);
+        let mut s = selector(std::ptr::from_ref(&preferred).cast_mut().cast());
+        s.disable = Some(counted_slot);
+        s.confirm = Some(counted_slot);
+        s.activate = Some(counted_activate);
+        s.fall_back = Some(counted_fall_back);
+        s.booted = Some(counted_booted);
+        s.boot_plan = Some(counted_plan);
+        let mut c = unsafe { CSelector::new(&s) }.unwrap();
+        c.disable(Slot::B).unwrap();
+        c.activate(Slot::B, 3).unwrap();
+        c.confirm(Slot::B).unwrap();
+        c.fall_back(Slot::A, Slot::B).unwrap();
+        assert_eq!(c.booted().unwrap(), Some(Slot::A));
+        assert!(c.boot_plan().unwrap().is_some());
+
+        let closed = std::cell::Cell::new(false);
+        let t = evg_transport {
+            struct_size: std::mem::size_of::<evg_transport>(),
+            user: std::ptr::from_ref(&closed).cast_mut().cast(),
+            get: Some(counted_get),
+            read: Some(counted_read),
+            close: Some(counted_close),
+        };
+        let transport = unsafe { CTransport::new(&t) }.unwrap();
+        let mut response = transport.get("vendor://x", &Request::default()).unwrap();
+        assert_eq!(response.body.read(&mut [0; 8]).unwrap(), 0);
+        drop(response);
+        assert!(closed.get(), "close ran outside a call into the host");
+        assert!(!super::super::callbacks::inside_host());
     }
 
     #[test]

@@ -230,7 +230,11 @@ class Offer:
 
     @property
     def handle(self) -> "ctypes._Pointer[_ffi.evg_offer]":
-        """The live C handle; ValueError once closed."""
+        """The C handle, for calling the C library directly; ValueError once closed.
+
+        Valid only while this Offer is open and referenced: `close()`, or the garbage
+        collection of the last reference, frees it, and the pointer must not be used after.
+        """
         with self._h.use() as h:
             return h
 
