@@ -5,6 +5,7 @@
 //! crash point, so the crash tests can stop the process at every one of them.
 
 use crate::error::{Error, Result};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,39 @@ pub fn remove_stale_temps(path: &Path) {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// Whether `name` is that of a temp file ([`temp_path`]): `<file>.tmp-<pid>`.
+pub fn is_temp_name(name: &OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    let Some(at) = name.windows(5).rposition(|w| w == b".tmp-") else {
+        return false;
+    };
+    let pid = &name[at + 5..];
+    !pid.is_empty() && pid.iter().all(u8::is_ascii_digit)
+}
+
+/// The temp files ([`temp_path`]) directly in `dir`, sorted; none when it cannot be read.
+pub fn temps_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut temps: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| is_temp_name(&e.file_name()))
+        .map(|e| e.path())
+        .collect();
+    temps.sort();
+    temps
+}
+
+/// Removes every temp file in `dir` ([`temps_in`]), which writes cut off by a power cut or
+/// a kill left behind. Only for a directory whose writers all hold one lock, held now;
+/// best effort.
+pub fn remove_stale_temps_in(dir: &Path) {
+    for tmp in temps_in(dir) {
+        let _ = fs::remove_file(tmp);
     }
 }
 
@@ -341,6 +375,51 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn temp_names_are_told_from_other_files() {
+        let temps = [
+            "incoming.tmp-123",
+            "nightly.json.tmp-9",
+            "1.json.tmp-1.tmp-2",
+        ];
+        let others = [
+            "nightly.json",
+            "x.tmp-",
+            "x.tmp-12a",
+            "x.tmp-1.json",
+            "tmp-1",
+            "abc",
+        ];
+        for name in temps {
+            assert!(is_temp_name(OsStr::new(name)), "{name}");
+        }
+        for name in others {
+            assert!(!is_temp_name(OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_in_a_directory_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.json", "a.json.tmp-1", "incoming.tmp-22", "notes.tmp-x"] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(
+            temps_in(dir.path()),
+            [
+                dir.path().join("a.json.tmp-1"),
+                dir.path().join("incoming.tmp-22")
+            ]
+        );
+        remove_stale_temps_in(dir.path());
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.json", "notes.tmp-x"]);
     }
 
     #[test]

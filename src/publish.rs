@@ -31,6 +31,7 @@
 //! ```
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::fetch::CancelToken;
 use crate::fsutil;
 use crate::manifest::{
     self, Artifact, ArtifactKind, Component, Expect, Freshness, Manifest, Release, Rollout,
@@ -57,11 +58,15 @@ pub const DEFAULT_MANIFEST_DAYS: u32 = 30;
 pub const LOCK_FILE: &str = ".lock";
 /// How long a root stays valid when no expiry is given.
 pub const DEFAULT_ROOT_DAYS: u32 = 365;
+/// The directories commands write into, each file by way of a temp file beside it
+/// ([`fsutil::temp_path`]).
+const WRITTEN_DIRS: [&str; 3] = ["root", "channels", "blobs/sha256"];
 
 /// A signed update repository on disk.
 #[derive(Debug, Clone)]
 pub struct Repo {
     root: PathBuf,
+    cancel: CancelToken,
 }
 
 /// What a release carries besides its components.
@@ -177,6 +182,10 @@ pub struct VerifyReport {
     pub root_expires: Timestamp,
     /// Every channel, by name.
     pub channels: Vec<ChannelSummary>,
+    /// Temp files in the repository: those of a command interrupted (killed, crashed) that
+    /// the next change removes, or of a change under way. They are no part of the
+    /// repository, and not to be uploaded.
+    pub stray_temps: Vec<PathBuf>,
 }
 
 /// One verified channel.
@@ -221,9 +230,7 @@ impl Repo {
         expires_in_days: u32,
         now: Timestamp,
     ) -> Result<Repo> {
-        let repo = Repo {
-            root: root.as_ref().to_path_buf(),
-        };
+        let repo = Repo::at(root.as_ref());
         if product.is_empty() || product.chars().any(char::is_control) {
             return Err(Error::config(format!(
                 "expected a product id such as com.acme.gateway, found {product:?}"
@@ -251,7 +258,7 @@ impl Repo {
             signers,
         )?;
         TrustedRoot::pinned(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
-        for dir in ["root", "channels", "blobs/sha256"] {
+        for dir in WRITTEN_DIRS {
             // Durable in their parents: root/1.json is synced, and a power cut must not
             // take the directory that holds it. The umask decides the mode: operators who
             // share a repository give their group write with it.
@@ -263,11 +270,24 @@ impl Repo {
 
     /// Opens an existing repository, verifying its root chain from `root/1.json`.
     pub fn open(root: impl AsRef<Path>) -> Result<Repo> {
-        let repo = Repo {
-            root: root.as_ref().to_path_buf(),
-        };
+        let repo = Repo::at(root.as_ref());
         repo.trusted_root()?;
         Ok(repo)
+    }
+
+    /// The same repository, its commands stopping at `cancel`, which they check between
+    /// the chunks of every file they copy into it or hash (a release's components,
+    /// `verify`'s blobs). Such a command fails with [`ErrorKind::Cancelled`], having
+    /// removed its partial copy and signed nothing.
+    pub fn with_cancel(self, cancel: CancelToken) -> Repo {
+        Repo { cancel, ..self }
+    }
+
+    fn at(root: &Path) -> Repo {
+        Repo {
+            root: root.to_path_buf(),
+            cancel: CancelToken::new(),
+        }
     }
 
     /// The repository directory.
@@ -685,7 +705,17 @@ impl Repo {
             root_version: trusted.root().version,
             root_expires: trusted.root().expires,
             channels,
+            stray_temps: self.stray_temps(),
         })
+    }
+
+    /// The temp files in the directories commands write into (see
+    /// [`VerifyReport::stray_temps`]).
+    fn stray_temps(&self) -> Vec<PathBuf> {
+        WRITTEN_DIRS
+            .iter()
+            .flat_map(|dir| fsutil::temps_in(&self.root.join(dir)))
+            .collect()
     }
 
     /// Refuses a `root/N.json` that is not part of the chain ending at `newest` (see
@@ -735,7 +765,7 @@ impl Repo {
                 format!("expected blob {}, found none", path.display()),
             ));
         }
-        let (size, sha256) = hash_file(&path)?;
+        let (size, sha256) = hash_file(&path, &self.cancel)?;
         if size != artifact.size || sha256 != artifact.sha256 {
             return Err(Error::new(
                 ErrorKind::HashMismatch,
@@ -853,32 +883,34 @@ impl Repo {
         let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let blobs = self.root.join("blobs").join("sha256");
         let tmp = fsutil::temp_path(&blobs.join("incoming"));
-        let result = copy_hashed(&mut src, path, &tmp).and_then(|(file, size, sha256)| {
-            let installed_size = match kind {
-                ArtifactKind::Zip => Some(zip_installed_size(&tmp, path)?),
-                _ => None,
-            };
-            let dest = blobs.join(&sha256);
-            let artifact = Artifact {
-                kind,
-                sha256,
-                size,
-                installed_size,
-                name,
-                url: None,
-            };
-            if dest.exists() {
-                // Blobs are immutable: keep the existing one, but only if it is intact.
-                self.check_blob(&artifact)?;
-                drop(file);
-                std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
-            } else {
-                fsutil::persist(file, &tmp, &dest)?;
-            }
-            Ok(artifact)
-        });
+        let result =
+            copy_hashed(&mut src, path, &tmp, &self.cancel).and_then(|(file, size, sha256)| {
+                let installed_size = match kind {
+                    ArtifactKind::Zip => Some(zip_installed_size(&tmp, path)?),
+                    _ => None,
+                };
+                let dest = blobs.join(&sha256);
+                let artifact = Artifact {
+                    kind,
+                    sha256,
+                    size,
+                    installed_size,
+                    name,
+                    url: None,
+                };
+                if dest.exists() {
+                    // Blobs are immutable: keep the existing one, but only if it is intact.
+                    self.check_blob(&artifact)?;
+                    drop(file);
+                    std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
+                } else {
+                    fsutil::persist(file, &tmp, &dest)?;
+                }
+                Ok(artifact)
+            });
         if result.is_err() {
-            // Best effort: the temp copy is useless once the ingest failed.
+            // Best effort: the temp copy is useless once the ingest failed or was
+            // cancelled, and may be as large as the component.
             let _ = std::fs::remove_file(&tmp);
         }
         result
@@ -887,8 +919,16 @@ impl Repo {
     /// The repository lock, held by every change from its first read to its last write:
     /// two commands that both read sequence N would otherwise both write N + 1, and one
     /// change would be lost. Waits while another command holds it.
+    ///
+    /// Every writer holds it, so once it is taken any temp file in the repository is one
+    /// that a command killed or crashed left behind; they are removed here, since no rerun
+    /// (another process, another temp name) would, and an upload would ship them.
     fn lock(&self) -> Result<File> {
-        fsutil::lock_exclusive(&self.root.join(LOCK_FILE))
+        let lock = fsutil::lock_exclusive(&self.root.join(LOCK_FILE))?;
+        for dir in WRITTEN_DIRS {
+            fsutil::remove_stale_temps_in(&self.root.join(dir));
+        }
+        Ok(lock)
     }
 
     fn channel_names(&self) -> Result<Vec<String>> {
@@ -1585,24 +1625,31 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// Copies `src` into a new temp file at `tmp`, returning it with the size and SHA-256 of
-/// exactly the bytes written.
-fn copy_hashed(src: &mut File, src_path: &Path, tmp: &Path) -> Result<(File, u64, String)> {
+/// exactly the bytes written; stops at `cancel` between chunks.
+fn copy_hashed(
+    src: &mut File,
+    src_path: &Path,
+    tmp: &Path,
+    cancel: &CancelToken,
+) -> Result<(File, u64, String)> {
     let mut out = fsutil::create_temp(tmp)?;
-    let (size, sha256) = hash_reader(src, src_path, |chunk| {
+    let (size, sha256) = hash_reader(src, src_path, cancel, |chunk| {
         out.write_all(chunk).map_err(|e| Error::io("write", tmp, e))
     })?;
     Ok((out, size, sha256))
 }
 
-fn hash_file(path: &Path) -> Result<(u64, String)> {
+fn hash_file(path: &Path, cancel: &CancelToken) -> Result<(u64, String)> {
     let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    hash_reader(&mut file, path, |_| Ok(()))
+    hash_reader(&mut file, path, cancel, |_| Ok(()))
 }
 
-/// Size and SHA-256 of everything `src` yields, handing each chunk to `sink` as well.
+/// Size and SHA-256 of everything `src` yields, handing each chunk to `sink` as well;
+/// stops at `cancel` between chunks.
 fn hash_reader(
     src: &mut impl Read,
     src_path: &Path,
+    cancel: &CancelToken,
     mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<(u64, String)> {
     let mut hasher = Sha256::new();
@@ -1618,6 +1665,9 @@ fn hash_reader(
         hasher.update(&buf[..n]);
         sink(&buf[..n])?;
         size += n as u64;
+        // A component may be gigabytes: an interrupted command must not wait for the
+        // whole copy, nor be killed during it, which would leave the copy behind.
+        cancel.check()?;
     }
     Ok((size, trust::hex(&hasher.finalize())))
 }
@@ -2106,6 +2156,65 @@ mod tests {
         let report = repo.verify(now()).unwrap();
         assert_eq!(report.channels[0].versions.len(), rounds * threads);
         assert_eq!(report.channels[0].sequence, (rounds * threads) as u64);
+    }
+
+    /// A release cancelled in the middle of copying a component removes its partial
+    /// copy and signs nothing: a cancel is how the CLI's Ctrl-C ends it before it is
+    /// killed, which would leave the copy behind.
+    #[test]
+    fn a_cancelled_copy_leaves_no_temp_file_and_publishes_nothing() {
+        let (dir, repo, key, _) = setup();
+        let big = dir.path().join("big.img");
+        // Several chunks, so the copy is cut off after the first.
+        std::fs::write(&big, vec![7u8; 300 * 1024]).unwrap();
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let err = repo
+            .with_cancel(cancel)
+            .release(
+                "nightly",
+                &"1.0.0".parse().unwrap(),
+                "x",
+                &[("rootfs", big.as_path(), ArtifactKind::Image)],
+                &ReleaseOptions::new(now()),
+                &[&key],
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+        assert!(err.to_string().starts_with("component rootfs"), "{err}");
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("repo/blobs/sha256"))
+            .unwrap()
+            .collect();
+        assert!(blobs.is_empty(), "{blobs:?}");
+        assert!(!dir.path().join("repo/channels/nightly.json").exists());
+    }
+
+    /// Every writer holds the lock, so the temp files found under it are those of runs
+    /// killed or crashed before; no rerun would remove them otherwise (its temp names
+    /// carry its own pid), and `verify` reports them meanwhile.
+    #[test]
+    fn temp_files_of_earlier_runs_are_reported_by_verify_and_removed_under_the_lock() {
+        let (dir, repo, key, file) = setup();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let repo_dir = dir.path().join("repo");
+        let stale = [
+            repo_dir.join("blobs/sha256/incoming.tmp-4000001"),
+            repo_dir.join("channels/nightly.json.tmp-4000002"),
+            repo_dir.join("root/2.json.tmp-4000003"),
+        ];
+        for path in &stale {
+            std::fs::write(path, b"cut off").unwrap();
+        }
+        let mut reported = repo.verify(now()).unwrap().stray_temps;
+        reported.sort();
+        let mut expected = stale.to_vec();
+        expected.sort();
+        assert_eq!(reported, expected);
+        publish(&repo, &key, &file, "1.1.0", "x").unwrap();
+        for path in &stale {
+            assert!(!path.exists(), "{} is left", path.display());
+        }
+        assert!(repo.verify(now()).unwrap().stray_temps.is_empty());
     }
 
     /// What `select` offers a device running `installed` on target `x`.

@@ -979,3 +979,45 @@ fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices()
     assert_eq!(report["stranded"], serde_json::json!([]));
     assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
 }
+
+/// Temp files an interrupted command left (another process's: a rerun's temp names
+/// differ) are warned about by `verify`, which still succeeds, and removed by the next
+/// change.
+#[test]
+fn temp_files_left_by_an_interrupted_command_are_reported_then_removed() {
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    let stale = [
+        "repo/blobs/sha256/incoming.tmp-4000001",
+        "repo/channels/nightly.json.tmp-4000002",
+    ];
+    for path in stale {
+        std::fs::write(dir.join(path), b"cut off").unwrap();
+    }
+    let o = evergreen(dir, &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for path in stale {
+        let warned = stderr(&o)
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains(path));
+        assert!(warned, "{path}: {}", stderr(&o));
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
+    assert_eq!(
+        report["stray_temps"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    release_version(dir, "1.3.0", &APP);
+    for path in stale {
+        assert!(!dir.join(path).exists(), "{path} is left");
+    }
+    let o = evergreen(dir, &["verify", "repo"]);
+    assert_eq!(stderr(&o), "");
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
+    assert_eq!(report["stray_temps"], serde_json::json!([]));
+}

@@ -2,7 +2,7 @@
 //! other failure, instead of the shell's 130 with no message.
 //!
 //! A download sees the cancel between chunks and ends by itself, keeping what it
-//! received. A step that does not look at the cancel (a check waiting on a silent server,
+//! received; so does a repository's copy or hash of a file, removing its partial copy. A step that does not look at the cancel (a check waiting on a silent server,
 //! an install) is stopped after [`GRACE`]: every step of Evergreen is safe to stop at any
 //! instant, as a power cut would (state saved by rename, slots marked before they are
 //! written), so the next run carries on.
@@ -20,14 +20,29 @@ pub fn token() -> CancelToken {
     TOKEN.get_or_init(CancelToken::new).clone()
 }
 
+/// What a command stopped by the cancel leaves for the next run.
+#[derive(Clone, Copy)]
+pub enum Kept {
+    /// A download keeps the bytes it received, and the next run resumes it.
+    Received,
+    /// A repository change removes its partial copy and signs nothing.
+    Nothing,
+}
+
 /// `e`, saying that the cancel it reports came from Ctrl-C or SIGTERM when it did (the
-/// library's own words are about a host's cancel).
-pub fn explain(e: evergreen::Error) -> evergreen::Error {
-    if e.kind() == evergreen::ErrorKind::Cancelled && token().is_cancelled() {
-        e.context("interrupted (Ctrl-C or SIGTERM); what was received is kept for the next run")
-    } else {
-        e
+/// library's own words are about a host's cancel), and what the command left.
+pub fn explain(e: evergreen::Error, kept: Kept) -> evergreen::Error {
+    if e.kind() != evergreen::ErrorKind::Cancelled || !token().is_cancelled() {
+        return e;
     }
+    e.context(match kept {
+        Kept::Received => {
+            "interrupted (Ctrl-C or SIGTERM); what was received is kept for the next run"
+        }
+        Kept::Nothing => {
+            "interrupted (Ctrl-C or SIGTERM); nothing was published and no partial copy is left"
+        }
+    })
 }
 
 /// Routes Ctrl-C and SIGTERM to [`token`]. Without a handler (one could not be set) the

@@ -60,14 +60,20 @@ fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help / --version.
     let cli = Cli::parse();
     interrupt::install();
-    let result = match cli.command {
-        Command::Operator(cmd) => operator::run(cmd, cli.json).map(|()| 0),
-        Command::Device(cmd) => device::run(cmd, &cli.config, cli.json),
+    let (result, kept) = match cli.command {
+        Command::Operator(cmd) => (
+            operator::run(cmd, cli.json).map(|()| 0),
+            interrupt::Kept::Nothing,
+        ),
+        Command::Device(cmd) => (
+            device::run(cmd, &cli.config, cli.json),
+            interrupt::Kept::Received,
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            report(&interrupt::explain(e));
+            report(&interrupt::explain(e, kept));
             ExitCode::FAILURE
         }
     }

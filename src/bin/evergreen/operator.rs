@@ -291,7 +291,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Init(a) => init(&a, json),
         Command::Release(a) => release(&a, json),
         Command::Promote(a) => {
-            let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+            let (repo, signers) = (open(&a.repo)?, secret_keys(&a.sign)?);
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
             let m = repo.promote(&a.version, &a.from, &a.to, a.rollout, &sign)?;
@@ -303,7 +303,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             )
         }
         Command::Rollout(a) => {
-            let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+            let (repo, signers) = (open(&a.repo)?, secret_keys(&a.sign)?);
             let v = &a.version;
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
@@ -312,7 +312,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             print_channel(&m, &what, sign.now, json)
         }
         Command::Resign(a) => {
-            let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+            let (repo, signers) = (open(&a.repo)?, secret_keys(&a.sign)?);
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
             let m = repo.resign(&a.channel, &sign)?;
@@ -325,7 +325,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
 }
 
 fn prune(a: &PruneArgs, json: bool) -> Result<()> {
-    let (repo, signers) = (Repo::open(&a.repo)?, secret_keys(&a.sign)?);
+    let (repo, signers) = (open(&a.repo)?, secret_keys(&a.sign)?);
     let signers = refs(&signers);
     let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
     let (m, removed) = repo.prune(&a.channel, a.keep, &sign)?;
@@ -418,7 +418,7 @@ fn init(a: &InitArgs, json: bool) -> Result<()> {
 }
 
 fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
-    let repo = Repo::open(&a.repo)?;
+    let repo = open(&a.repo)?;
     let signers = secret_keys(&a.sign)?;
     let parsed = a
         .component
@@ -476,7 +476,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
 }
 
 fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
-    let repo = Repo::open(&a.repo)?;
+    let repo = open(&a.repo)?;
     let signers = secret_keys(&a.sign)?;
     let opts = RotateOptions {
         root_keys: optional_keys(&a.root_key)?,
@@ -502,9 +502,15 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
 }
 
 fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
-    let report = Repo::open(&a.repo)?.verify(now()?)?;
+    let report = open(&a.repo)?.verify(now()?)?;
     if json {
         return print_json(&report);
+    }
+    for tmp in &report.stray_temps {
+        eprintln!(
+            "warning: {} is a temp file, left by an interrupted command (the next change removes it) or one still running; do not upload it",
+            tmp.display()
+        );
     }
     out!(
         "ok: {} root version {} (expires {})",
@@ -556,6 +562,13 @@ fn warn_stranded(channel: &str, stranded: &[publish::Stranded]) {
             s.target, s.running
         );
     }
+}
+
+/// The repository at `path`, its copies and hashes stopped by Ctrl-C or SIGTERM before the
+/// grace runs out ([`crate::interrupt`]): a kill in the middle of one would leave its temp
+/// file behind until the next change.
+fn open(path: &Path) -> Result<Repo> {
+    Ok(Repo::open(path)?.with_cancel(crate::interrupt::token()))
 }
 
 /// `NAME=PATH[:zip|file|image]`; without a kind, `.zip` files are zips and others files.
