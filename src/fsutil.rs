@@ -90,6 +90,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Writes `bytes` to `path` atomically like [`write_atomic`], but never over an existing
+/// file: returns `false`, leaving `path` as it is, when one is there, even one put there
+/// while this runs by a writer that does not hold the caller's lock.
+pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let tmp = temp_path(path);
+    let linked = create_temp(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)
+                .map_err(|e| Error::io("write", &tmp, e))?;
+            crash_point("fsync temp")?;
+            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))
+        })
+        .and_then(|()| link_new(&tmp, path));
+    // Linked or not, the temp name is no longer needed; a crash before this leaves it to
+    // the next holder of the lock ([`remove_stale_temps_in`]).
+    let _ = fs::remove_file(&tmp);
+    if linked? {
+        sync_parent(path)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Gives the file at `tmp` the name `dest` too, unless `dest` exists: unlike a rename, a
+/// link fails rather than replace it, in one step no other writer can get between.
+fn link_new(tmp: &Path, dest: &Path) -> Result<bool> {
+    crash_point("link")?;
+    match fs::hard_link(tmp, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io("link into", dest, e)),
+    }
+}
+
 /// Replaces several files that must agree with each other: every new content is written
 /// and made durable under its temp name first, and only then are they renamed into place,
 /// in the order given (put last the one that makes the others count). A failure while
@@ -375,6 +409,19 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    /// What keeps a second `init` from replacing the root the first one wrote: the file
+    /// appears after any check the caller made, and is still kept.
+    #[test]
+    fn a_no_replace_write_keeps_a_file_that_appeared_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.json");
+        assert!(write_new_atomic(&path, b"first").unwrap());
+        assert!(!write_new_atomic(&path, b"second").unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
     }
 
     #[test]

@@ -220,7 +220,8 @@ pub struct Stranded {
 impl Repo {
     /// Creates a repository at `root`: `root/1.json` signed by `signers` (a threshold of
     /// `root_keys` must be among them, checked before anything is written), and empty
-    /// `channels/` and `blobs/sha256/`.
+    /// `channels/` and `blobs/sha256/`. Refused (`config`) when there is a `root/1.json`,
+    /// even one another `init` wrote meanwhile: it is never replaced.
     pub fn init(
         root: impl AsRef<Path>,
         product: &str,
@@ -238,11 +239,7 @@ impl Repo {
         }
         let first = repo.root_path(1);
         if first.exists() {
-            return Err(Error::config(format!(
-                "expected no repository at {}, found {}",
-                repo.root.display(),
-                first.display()
-            )));
+            return Err(repo.already_there(&first));
         }
         let doc = root_document(
             product,
@@ -258,14 +255,36 @@ impl Repo {
             signers,
         )?;
         TrustedRoot::pinned(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
-        for dir in WRITTEN_DIRS {
-            // Durable in their parents: root/1.json is synced, and a power cut must not
-            // take the directory that holds it. The umask decides the mode: operators who
-            // share a repository give their group write with it.
-            fsutil::create_dir_all_mode(&repo.root.join(dir), 0o777)?;
-        }
-        fsutil::write_atomic(&first, &envelope)?;
+        repo.write_first_root(&envelope)?;
         Ok(repo)
+    }
+
+    /// Makes the directories and puts `envelope` in as `root/1.json`, under the lock and
+    /// never over one already there: of two `init`s run at once, the second fails rather
+    /// than replace the root the first one told its operator to pin.
+    fn write_first_root(&self, envelope: &[u8]) -> Result<()> {
+        // Durable in their parents: root/1.json is synced, and a power cut must not take
+        // the directory that holds it. The umask decides the mode: operators who share a
+        // repository give their group write with it.
+        fsutil::create_dir_all_mode(&self.root, 0o777)?;
+        let _lock = self.lock()?;
+        for dir in WRITTEN_DIRS {
+            fsutil::create_dir_all_mode(&self.root.join(dir), 0o777)?;
+        }
+        let first = self.root_path(1);
+        if !fsutil::write_new_atomic(&first, envelope)? {
+            return Err(self.already_there(&first));
+        }
+        Ok(())
+    }
+
+    /// The refusal of an `init` that found `first`, a root already there.
+    fn already_there(&self, first: &Path) -> Error {
+        Error::config(format!(
+            "expected no repository at {}, found {}",
+            self.root.display(),
+            first.display()
+        ))
     }
 
     /// Opens an existing repository, verifying its root chain from `root/1.json`.
@@ -2214,6 +2233,22 @@ mod tests {
         for path in &stale {
             assert!(!path.exists(), "{} is left", path.display());
         }
+        assert!(repo.verify(now()).unwrap().stray_temps.is_empty());
+    }
+
+    /// Two `init`s at once both pass the early check; the second to write must not
+    /// replace the root the first one told its operator to pin.
+    #[test]
+    fn the_first_root_is_never_written_over_one_that_appeared_after_the_check() {
+        let (dir, repo, _, _) = setup();
+        let first = dir.path().join("repo/root/1.json");
+        let pinned = std::fs::read(&first).unwrap();
+        let other = SecretKey::generate().unwrap();
+        let err = repo.write_first_root(other.public().to_base64().as_bytes());
+        let err = err.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("root/1.json"), "{err}");
+        assert_eq!(std::fs::read(&first).unwrap(), pinned);
         assert!(repo.verify(now()).unwrap().stray_temps.is_empty());
     }
 

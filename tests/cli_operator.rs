@@ -793,7 +793,9 @@ fn changes_keep_the_channels_validity_unless_given_and_refuse_a_clock_behind_it(
 #[test]
 fn the_help_of_every_change_says_it_waits_for_the_repository_lock() {
     let tmp = tempfile::tempdir().unwrap();
-    for cmd in ["release", "promote", "rollout", "resign", "prune", "rotate"] {
+    for cmd in [
+        "init", "release", "promote", "rollout", "resign", "prune", "rotate",
+    ] {
         let out = ok(tmp.path(), &[cmd, "--help"]);
         assert!(out.contains("Waits while another command"), "{cmd}: {out}");
         assert!(out.contains("REPO/.lock"), "{cmd}: {out}");
@@ -978,6 +980,23 @@ fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices()
     let report: serde_json::Value = serde_json::from_slice(&ramped.stdout).unwrap();
     assert_eq!(report["stranded"], serde_json::json!([]));
     assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
+}
+
+/// A second `init` on a repository is refused, naming the root it found, and leaves that
+/// root byte for byte: devices may already pin it.
+#[test]
+fn a_second_init_is_refused_and_leaves_the_pinned_root_as_it_was() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let pinned = std::fs::read(dir.join("repo/root/1.json")).unwrap();
+    keygen(dir, "other");
+    let err = fails(dir, &init_args("other.pub", "1", "other.pub", "other", &[]));
+    assert!(
+        err.starts_with("error[config]: expected no repository at repo"),
+        "{err}"
+    );
+    assert!(err.contains("root/1.json"), "{err}");
+    assert_eq!(std::fs::read(dir.join("repo/root/1.json")).unwrap(), pinned);
 }
 
 /// Temp files an interrupted command left (another process's: a rerun's temp names

@@ -22,7 +22,10 @@ pub(crate) enum Command {
     #[command(
         after_help = "Example:\n  evergreen init repo --product com.acme.gateway \\\n    \
         --root-key keys/root1.pub --root-threshold 1 --manifest-key keys/release.pub \\\n    \
-        --sign keys/root1"
+        --sign keys/root1\n\n\
+        Refused when REPO/root/1.json exists, even one another init wrote meanwhile: it is\n\
+        never replaced. Waits while another command changes the same repository (it holds\n\
+        REPO/.lock)."
     )]
     Init(InitArgs),
     /// Publish a version for one target on a channel (created if missing).
