@@ -235,23 +235,30 @@ mod tests {
         assert!(!s1.call_host(|_| panic!("a callback after the close")));
     }
 
+    /// A thread inside a callback of `sink` until the sender is sent to (or dropped);
+    /// returns once it is inside. The thread answers whether the callback ran.
+    fn callback_on_another_thread(
+        sink: &Arc<EventSink>,
+    ) -> (thread::JoinHandle<bool>, mpsc::Sender<()>) {
+        let (entered, wait_entered) = mpsc::channel();
+        let (release, wait_release) = mpsc::channel::<()>();
+        let sink = Arc::clone(sink);
+        let inside = thread::spawn(move || {
+            sink.call_host(|_| {
+                entered.send(()).unwrap();
+                let _ = wait_release.recv();
+            })
+        });
+        wait_entered.recv().unwrap();
+        (inside, release)
+    }
+
     /// The free's promise: once `close` returns, no callback is running or starts. A
     /// callback already running on another thread is waited for.
     #[test]
     fn close_waits_for_a_callback_running_on_another_thread() {
         let sink = Arc::new(EventSink::default());
-        let (entered, wait_entered) = mpsc::channel();
-        let (release, wait_release) = mpsc::channel::<()>();
-        let inside = {
-            let sink = Arc::clone(&sink);
-            thread::spawn(move || {
-                sink.call_host(|_| {
-                    entered.send(()).unwrap();
-                    wait_release.recv().unwrap();
-                })
-            })
-        };
-        wait_entered.recv().unwrap();
+        let (inside, release) = callback_on_another_thread(&sink);
         let closed = Arc::new(AtomicBool::new(false));
         let closer = {
             let (sink, closed) = (Arc::clone(&sink), Arc::clone(&closed));
@@ -277,18 +284,7 @@ mod tests {
     #[test]
     fn close_from_inside_a_host_hook_does_not_wait_for_other_threads() {
         let sink = Arc::new(EventSink::default());
-        let (entered, wait_entered) = mpsc::channel();
-        let (release, wait_release) = mpsc::channel::<()>();
-        let inside = {
-            let sink = Arc::clone(&sink);
-            thread::spawn(move || {
-                sink.call_host(|_| {
-                    entered.send(()).unwrap();
-                    wait_release.recv().unwrap();
-                })
-            })
-        };
-        wait_entered.recv().unwrap();
+        let (inside, release) = callback_on_another_thread(&sink);
         let (closed, wait_closed) = mpsc::channel();
         let closer = {
             let sink = Arc::clone(&sink);
