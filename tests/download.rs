@@ -470,35 +470,48 @@ fn server_sending_wrong_bytes_after_a_corrupt_part_is_still_hash_mismatch() {
 
 #[test]
 fn trickling_server_fails_with_slow_retrieval_within_the_bound() {
-    let repo = Repo::new(SIZE);
-    let server = TestServer::serve(repo.path());
-    server.set_fault(
-        &repo.blob_path(),
-        Fault::Trickle {
-            bytes: 64,
-            every: Duration::from_millis(20),
-        },
-    );
-    let downloads = TempDir::new().unwrap();
-    let opts = FetchOptions {
-        min_speed_bytes_per_s: 64 * 1024,
-        speed_window: Duration::from_millis(500),
-        read_timeout: Duration::from_secs(2),
-        ..options()
-    };
-    let bound = opts.speed_window + opts.read_timeout;
-    let f = fetcher(&[server.url()], opts);
+    let (bytes, every) = (64, Duration::from_millis(20));
+    // A fresh download; and one over kept bytes that differ from what a server ignoring
+    // `Range` sends, which are held in memory before they may replace the kept ones.
+    let cases = [
+        (Fault::Trickle { bytes, every }, None),
+        (
+            Fault::IgnoreRangeTrickle { bytes, every },
+            Some(garbage(SIZE / 2)),
+        ),
+    ];
+    for (fault, kept) in cases {
+        let repo = Repo::new(SIZE);
+        let server = TestServer::serve(repo.path());
+        server.set_fault(&repo.blob_path(), fault.clone());
+        let downloads = TempDir::new().unwrap();
+        let part = part_path(downloads.path(), &repo);
+        if let Some(kept) = &kept {
+            std::fs::write(&part, kept).unwrap();
+        }
+        let opts = FetchOptions {
+            min_speed_bytes_per_s: 64 * 1024,
+            speed_window: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(2),
+            ..options()
+        };
+        let bound = opts.speed_window + opts.read_timeout;
+        let f = fetcher(&[server.url()], opts);
 
-    let started = Instant::now();
-    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SlowRetrieval, "{err}");
-    // Generous: proves the download stops by itself, not how fast.
-    assert!(
-        started.elapsed() < bound * 4,
-        "took {:?}",
-        started.elapsed()
-    );
-    assert_no_completed_file(downloads.path(), &repo);
+        let started = Instant::now();
+        let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SlowRetrieval, "{fault:?}: {err}");
+        // Generous: proves the download stops by itself, not how fast.
+        assert!(
+            started.elapsed() < bound * 4,
+            "{fault:?}: took {:?}",
+            started.elapsed()
+        );
+        assert_no_completed_file(downloads.path(), &repo);
+        if let Some(kept) = kept {
+            assert_eq!(std::fs::read(&part).unwrap(), kept, "the kept bytes stay");
+        }
+    }
 }
 
 /// TUF "slow retrieval" on metadata: a manifest trickling in far below the minimum speed

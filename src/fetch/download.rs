@@ -471,7 +471,8 @@ impl Stream<'_, '_> {
             if let Some(i) = theirs[..n].iter().zip(&ours[..n]).position(|(a, b)| a != b) {
                 hasher.update(&theirs[..i]);
                 let held = theirs[i..n].to_vec();
-                return self.replace_kept(body, part, hasher, matched + i as u64, held);
+                let at = matched + i as u64;
+                return self.replace_kept(body, part, (hasher, at, held), &mut meter);
             }
             hasher.update(&theirs[..n]);
             matched += n as u64;
@@ -481,15 +482,15 @@ impl Stream<'_, '_> {
         Ok(())
     }
 
-    /// Holds the body from `at`, where it first differs from the kept bytes, until it
-    /// proves longer than what it would replace, then writes it over them from there.
+    /// Holds the body from `at`, where it first differs from the kept bytes (`hasher`
+    /// has hashed the body before it), until it proves longer than what it would
+    /// replace, then writes it over them from there. The speed rule goes on meanwhile.
     fn replace_kept(
         &mut self,
         body: &mut dyn Read,
         part: &mut Part,
-        mut hasher: Sha256,
-        at: u64,
-        mut held: Vec<u8>,
+        (mut hasher, at, mut held): (Sha256, u64, Vec<u8>),
+        meter: &mut SpeedMeter,
     ) -> Result<()> {
         let mut buf = vec![0; CHUNK];
         while at + (held.len() as u64) <= part.len && held.len() < HOLD {
@@ -508,6 +509,7 @@ impl Stream<'_, '_> {
                 ));
             }
             held.extend_from_slice(&buf[..n]);
+            meter.check(Instant::now(), done + n as u64, self.url)?;
         }
         let path = &part.path;
         part.file

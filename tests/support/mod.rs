@@ -42,6 +42,13 @@ pub enum Fault {
         /// Pause after each piece.
         every: Duration,
     },
+    /// As [`Fault::Trickle`], answering a `Range` request with 200 and the whole content.
+    IgnoreRangeTrickle {
+        /// Bytes per piece.
+        bytes: usize,
+        /// Pause after each piece.
+        every: Duration,
+    },
     /// Send the content followed by `n` junk bytes, without `Content-Length` (the body
     /// ends when the connection closes), as an endless-data attacker would.
     AppendJunk(u64),
@@ -319,7 +326,10 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
     }
     let len = content.len() as u64;
     let range = head.range.as_deref().and_then(|r| parse_range(r, len));
-    let ignored = matches!(fault, Some(Fault::IgnoreRange | Fault::IgnoreRangeChunked));
+    let ignored = matches!(
+        fault,
+        Some(Fault::IgnoreRange | Fault::IgnoreRangeChunked | Fault::IgnoreRangeTrickle { .. })
+    );
     let range = range.filter(|_| !ignored);
     let Some((from, to)) = range else {
         return Reply {
@@ -455,7 +465,7 @@ fn send(
             stream.write_all(b"0\r\n\r\n")?;
             stream.shutdown(Shutdown::Write)
         }
-        Some(Fault::Trickle { bytes, every }) => {
+        Some(Fault::Trickle { bytes, every } | Fault::IgnoreRangeTrickle { bytes, every }) => {
             for piece in body.chunks((*bytes).max(1)) {
                 if stop.load(Ordering::SeqCst) {
                     break;
