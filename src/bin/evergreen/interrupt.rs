@@ -2,10 +2,12 @@
 //! other failure, instead of the shell's 130 with no message.
 //!
 //! A download sees the cancel between chunks and ends by itself, keeping what it
-//! received; so does a repository's copy or hash of a file, removing its partial copy. A step that does not look at the cancel (a check waiting on a silent server,
-//! an install) is stopped after [`GRACE`]: every step of Evergreen is safe to stop at any
-//! instant, as a power cut would (state saved by rename, slots marked before they are
-//! written), so the next run carries on.
+//! received; so does a repository's copy or hash of a file, removing its partial copy.
+//! A step that does not look at the cancel (a check waiting on a silent server, an
+//! install, a signature) is stopped after [`GRACE`]: every step of Evergreen is safe to
+//! stop at any instant, as a power cut would (state saved by rename, slots marked before
+//! they are written, repository files written under temp names that the next change
+//! removes), so the next run carries on.
 
 use evergreen::fetch::CancelToken;
 use std::sync::OnceLock;
