@@ -1535,6 +1535,11 @@ fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Resu
 /// assert_eq!((left[0].target.as_str(), left[0].running.to_string()), ("x", "1.0.0".to_string()));
 /// ```
 pub fn stranded(m: &Manifest, now: Timestamp) -> Vec<Stranded> {
+    // Only a `min_version` strands a device; without one the answer needs no selection
+    // (which is per listed release over the whole channel: quadratic in its length).
+    if m.releases.iter().all(|r| r.min_version.is_none()) {
+        return Vec::new();
+    }
     let reach = Reach::new(m, now);
     let mut found = Vec::new();
     for running in &m.releases {
