@@ -109,6 +109,19 @@ fn statuses(server: &TestServer, repo: &Repo) -> Vec<u16> {
         .collect()
 }
 
+/// A fetcher of `server` requiring `min_speed` bytes/s over a 500 ms window, with a 2 s
+/// idle timeout, and the time within which a trickle must have been stopped.
+fn slow_fetcher(server: &TestServer, min_speed: u64) -> (Fetcher, Duration) {
+    let opts = FetchOptions {
+        min_speed_bytes_per_s: min_speed,
+        speed_window: Duration::from_millis(500),
+        read_timeout: Duration::from_secs(2),
+        ..options()
+    };
+    let bound = opts.speed_window + opts.read_timeout;
+    (fetcher(&[server.url()], opts), bound)
+}
+
 fn assert_no_completed_file(dir: &Path, repo: &Repo) {
     assert!(
         !dir.join(&repo.sha256).exists(),
@@ -489,14 +502,7 @@ fn trickling_server_fails_with_slow_retrieval_within_the_bound() {
         if let Some(kept) = &kept {
             std::fs::write(&part, kept).unwrap();
         }
-        let opts = FetchOptions {
-            min_speed_bytes_per_s: 64 * 1024,
-            speed_window: Duration::from_millis(500),
-            read_timeout: Duration::from_secs(2),
-            ..options()
-        };
-        let bound = opts.speed_window + opts.read_timeout;
-        let f = fetcher(&[server.url()], opts);
+        let (f, bound) = slow_fetcher(&server, 64 * 1024);
 
         let started = Instant::now();
         let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
@@ -527,14 +533,7 @@ fn trickling_manifest_fails_with_slow_retrieval_within_the_bound() {
             every: Duration::from_millis(100),
         },
     );
-    let opts = FetchOptions {
-        min_speed_bytes_per_s: 1024,
-        speed_window: Duration::from_millis(500),
-        read_timeout: Duration::from_secs(2),
-        ..options()
-    };
-    let bound = opts.speed_window + opts.read_timeout;
-    let f = fetcher(&[server.url()], opts);
+    let (f, bound) = slow_fetcher(&server, 1024);
 
     let started = Instant::now();
     let Err(err) = f.metadata("channels/stable.json", None, 1 << 20) else {
