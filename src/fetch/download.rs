@@ -472,7 +472,8 @@ impl Stream<'_, '_> {
                 hasher.update(&theirs[..i]);
                 let held = theirs[i..n].to_vec();
                 let at = matched + i as u64;
-                return self.replace_kept(body, part, (hasher, at, held), &mut meter);
+                let held = (hasher, at, held);
+                return self.replace_kept(body, part, held, &mut theirs, &mut meter);
             }
             hasher.update(&theirs[..n]);
             matched += n as u64;
@@ -484,18 +485,19 @@ impl Stream<'_, '_> {
 
     /// Holds the body from `at`, where it first differs from the kept bytes (`hasher`
     /// has hashed the body before it), until it proves longer than what it would
-    /// replace, then writes it over them from there. The speed rule goes on meanwhile.
+    /// replace, then writes it over them from there, reading through `buf`. The speed
+    /// rule goes on meanwhile.
     fn replace_kept(
         &mut self,
         body: &mut dyn Read,
         part: &mut Part,
         (mut hasher, at, mut held): (Sha256, u64, Vec<u8>),
+        buf: &mut [u8],
         meter: &mut SpeedMeter,
     ) -> Result<()> {
-        let mut buf = vec![0; CHUNK];
         while at + (held.len() as u64) <= part.len && held.len() < HOLD {
             let done = at + held.len() as u64;
-            let want = (self.total - done).min(CHUNK as u64) as usize;
+            let want = (self.total - done).min(buf.len() as u64) as usize;
             let n = self.receive_some(body, &mut buf[..want], done)?;
             if n == 0 {
                 return Err(Error::new(
