@@ -135,20 +135,13 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     if b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let year = digits(&s[0..4])? as i64;
-    let month = digits(&s[5..7])?;
-    let day = digits(&s[8..10])?;
-    let (h, mi, sec) = (
-        digits(&s[11..13])?,
-        digits(&s[14..16])?,
-        digits(&s[17..19])?,
+    let date = (
+        digits(&s[0..4])? as i64,
+        digits(&s[5..7])?,
+        digits(&s[8..10])?,
     );
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    if h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
+    let sec = digits(&s[17..19])?;
+    let secs = civil_secs(date, (digits(&s[11..13])?, digits(&s[14..16])?, sec))?;
     let mut rest = &s[19..];
     if let Some(frac) = rest.strip_prefix('.') {
         let n = frac.bytes().take_while(u8::is_ascii_digit).count();
@@ -158,10 +151,6 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         rest = &frac[n..];
     }
     let offset = parse_offset(rest)?;
-    let secs = days_from_civil(year, month, day) * 86_400
-        + i64::from(h) * 3600
-        + i64::from(mi) * 60
-        + i64::from(sec.min(59));
     // An offset can carry a time across year 0 or 9999; such a time would print as a
     // year that does not parse back (state.json and re-signed manifests must round-trip).
     let t = secs - offset;
@@ -188,20 +177,30 @@ pub(crate) fn parse_http_date(s: &str) -> Option<Timestamp> {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let month = MONTHS.iter().position(|m| *m == &s[8..11])? as u32 + 1;
-    let (day, year) = (digits(&s[5..7])?, digits(&s[12..16])? as i64);
-    let (h, mi, sec) = (
+    let date = (digits(&s[12..16])? as i64, month, digits(&s[5..7])?);
+    let time = (
         digits(&s[17..19])?,
         digits(&s[20..22])?,
         digits(&s[23..25])?,
     );
-    if day == 0 || day > days_in_month(year, month) || h > 23 || mi > 59 || sec > 60 {
+    civil_secs(date, time).map(Timestamp)
+}
+
+/// Seconds since the epoch of a UTC date and time read from text, `None` when they name
+/// no such moment. A leap second (`:60`) reads as second 59.
+fn civil_secs((year, month, day): (i64, u32, u32), (h, mi, sec): (u32, u32, u32)) -> Option<i64> {
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
         return None;
     }
-    let secs = days_from_civil(year, month, day) * 86_400
-        + i64::from(h) * 3600
-        + i64::from(mi) * 60
-        + i64::from(sec.min(59));
-    Some(Timestamp(secs))
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    Some(
+        days_from_civil(year, month, day) * 86_400
+            + i64::from(h) * 3600
+            + i64::from(mi) * 60
+            + i64::from(sec.min(59)),
+    )
 }
 
 /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the times with a four-digit year.
