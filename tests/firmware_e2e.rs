@@ -162,6 +162,7 @@ impl Board {
     }
 
     /// The slot the environment prefers: the first of its boot order.
+    #[cfg(feature = "fault-injection")]
     fn preferred(&self) -> Slot {
         let order = match self.loader {
             Loader::Grub => self.grub("ORDER"),
