@@ -971,7 +971,7 @@ impl Updater {
                 format!("version {} vanished from the manifest", choice.version),
             )
         })?;
-        let offer = self.offer(st, manifest, release, choice.downgrade, now, followed)?;
+        let offer = self.offer(st, manifest, release, &choice, now, followed)?;
         self.emit(Event::Available {
             version: offer.version.to_string(),
             critical: offer.critical,
@@ -979,12 +979,16 @@ impl Updater {
         Ok(Check::Available(offer))
     }
 
+    /// The offer of `release` as `choice` selected it. Its `critical` is the selection's,
+    /// not only the release's own flag: an update that passes over, or is the stepping stone
+    /// towards, a critical release is forced too (DESIGN §5.3), in the offer, the deploy
+    /// decision and the slot record `activate` reads.
     fn offer(
         &self,
         st: &State,
         manifest: &Manifest,
         release: &Release,
-        downgrade: bool,
+        choice: &select::Choice,
         now: Timestamp,
         device_channel: String,
     ) -> Result<Offer> {
@@ -1006,12 +1010,12 @@ impl Updater {
                 .or(self.config.current_version.as_ref())
                 .cloned(),
             channel: manifest.channel.clone(),
-            critical: release.critical,
-            downgrade,
+            critical: choice.critical,
+            downgrade: choice.downgrade,
             notes: release.notes.clone(),
             security_version: release.security_version,
             components: self.diff_against_primary(st, target),
-            deploy: select::deploy(&self.config.deploy, release.critical, now),
+            deploy: select::deploy(&self.config.deploy, choice.critical, now),
             target: target.clone(),
             device_channel,
             issuer: self.id,
@@ -1996,8 +2000,14 @@ impl Updater {
             })?;
             // A repair never moves the device: activation moves it to the release's
             // channel only when it already follows that one.
+            let repair = select::Choice {
+                version: release.version.clone(),
+                downgrade: false,
+                critical: release.critical,
+                stepping_stone: false,
+            };
             let mut offer =
-                self.offer(&st, &manifest, release, false, now, manifest.channel.clone())?;
+                self.offer(&st, &manifest, release, &repair, now, manifest.channel.clone())?;
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;

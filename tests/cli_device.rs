@@ -361,6 +361,35 @@ fn a_channel_switched_after_staging_survives_the_activation() {
     assert_eq!(status["channel"], "preview", "the user's switch was undone");
 }
 
+/// DESIGN §5.3 (docs/design.md): an update that passes over a critical release newer than
+/// the installed one is forced as that release would be, so `download_only` does not hold
+/// back the update that carries its fix.
+#[test]
+fn an_update_passing_over_a_critical_release_is_critical_and_activates() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.critical");
+    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
+    config["deploy"] = serde_json::json!({"policy": "download_only"});
+    std::fs::write(&dev.config, config.to_string()).unwrap();
+    let src = repo.scratch("src");
+    for (version, extra) in [("1.1.0", &["--critical"][..]), ("1.2.0", &[])] {
+        let file = src.join(format!("settings-{version}.json"));
+        std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
+        repo.release(
+            "stable",
+            version,
+            "x86_64-linux",
+            &[("config", &file)],
+            extra,
+        );
+    }
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    assert_eq!(offer["version"], "1.2.0");
+    assert_eq!(offer["critical"], true, "{offer}");
+    let update = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(update["status"], "activated", "{update}");
+    assert_eq!(dev.status()["slots"]["a"]["status"], "trial");
+}
+
 #[test]
 fn check_refuses_a_channel_that_is_no_channel_name() {
     let (_repo, dev) = confirmed_1_0_0("com.acme.names");
