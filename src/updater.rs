@@ -1737,7 +1737,8 @@ impl Updater {
 
     /// Makes the installed slot primary, on trial — if the deploy policy allows it now
     /// (`force` overrides the window and `at`; `download_only` never blocks an explicit
-    /// call). The state is committed before the boot selector is switched.
+    /// call). A slot below the security floor is `security_floor`, forced or not. The state
+    /// is committed before the boot selector is switched.
     pub fn activate(&self, force: bool) -> Result<Activation> {
         self.reported("activate", || {
             let _lock = self.lock()?;
@@ -1751,6 +1752,17 @@ impl Updater {
                 )));
             }
             let version = record.version.clone().unwrap_or(Version::new(0, 0, 0));
+            // The install checked the floor as it was then; a confirmation since (of a
+            // stranded first trial) may have raised it past the staged release.
+            if record.security_version < st.security_floor {
+                return Err(Error::new(
+                    ErrorKind::SecurityFloor,
+                    format!(
+                        "expected slot {slot} to hold a release at or above this device's security floor {} to activate it, found {version} at security version {}",
+                        st.security_floor, record.security_version
+                    ),
+                ));
+            }
             if !force {
                 if let Deploy::Wait { until, reason } =
                     select::deploy(&self.config.deploy, record.critical, self.now(&st))

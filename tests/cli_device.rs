@@ -505,6 +505,50 @@ fn rolling_back_below_the_security_floor_is_refused() {
     assert_eq!(status(), before);
 }
 
+/// DESIGN §4.3: nothing below the floor is installed. A release staged while the floor was
+/// lower (here a pinned 1.0.0 beside a first release stranded on its trial) must not be
+/// activated once a confirmation has raised the floor past it.
+#[test]
+fn activating_a_release_staged_below_a_floor_raised_since_is_refused() {
+    let repo = Repo::new("com.acme.floor-staged");
+    let src = repo.scratch("src");
+    for (version, sv) in [("1.0.0", "1"), ("1.1.0", "5")] {
+        let file = src.join(format!("settings-{version}.json"));
+        std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
+        let extra = ["--security-version", sv];
+        repo.release(
+            "stable",
+            version,
+            "x86_64-linux",
+            &[("config", &file)],
+            &extra,
+        );
+    }
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    for _ in 0..4 {
+        dev.expect("boot", &[], 0);
+    }
+    assert_eq!(dev.status()["trial"]["tries_left"], 0);
+    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
+    config["deploy"] = serde_json::json!({"policy": "download_only"});
+    std::fs::write(&dev.config, config.to_string()).unwrap();
+    dev.expect("update", &["--yes", "--version", "1.0.0"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
+    dev.expect("confirm", &[], 0);
+    assert_eq!(dev.status()["security_floor"], 5);
+    for args in [&[][..], &["--now"]] {
+        let out = dev.run("activate", args);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "activate {args:?}: {err}");
+        assert!(err.starts_with("error[security_floor]: "), "{err}");
+    }
+    let s = dev.status();
+    assert_eq!(s["primary"], "b", "{s}");
+    assert_eq!(s["slots"]["b"]["status"], "good");
+    assert_eq!(s["slots"]["a"]["status"], "installed");
+}
+
 #[test]
 fn a_304_to_a_request_without_an_etag_is_the_servers_error() {
     let repo = Repo::new("com.acme.nocache");
