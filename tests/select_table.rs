@@ -457,6 +457,28 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "a rollout stage whose at is now is in force",
+            releases: vec![rel("1.1.0").stages(&[("2026-11-20T00:00:00Z", 0.0), (NOW, 100.0)])],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "a pin of a critical release is critical",
+            releases: vec![rel("1.1.0").critical(), rel("1.2.0")],
+            pin: Some("1.1.0"),
+            expect: ok(Choice {
+                critical: true,
+                ..update("1.1.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "a critical release outside this device's rollout does not",
+            releases: vec![rel("1.1.0").critical().stages(&[(NOW, 0.0)]), rel("1.2.0")],
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
             name: "rollout before its first stage",
             releases: vec![rel("1.1.0").stages(&[("2026-11-23T00:00:00Z", 100.0)])],
             ..row()
@@ -583,6 +605,10 @@ const WEEKLY_MON: &str = r#"{"policy": "window", "window":
 const FRIDAY_NIGHT: &str = r#"{"policy": "window", "window":
     {"days": ["fri"], "start": "23:00", "end": "01:00", "utc_offset": "+00:00"}}"#;
 
+/// Monday 23:00 to 01:00 at UTC-5: Tuesday 04:00 to 06:00 UTC.
+const MONDAY_NIGHT_WEST: &str = r#"{"policy": "window", "window":
+    {"days": ["mon"], "start": "23:00", "end": "01:00", "utc_offset": "-05:00"}}"#;
+
 /// What a deploy row expects; `Wait` carries the RFC 3339 time it waits until.
 #[derive(Debug)]
 enum Want {
@@ -678,6 +704,48 @@ fn deploy_table() {
             true,
             "2026-11-23T02:59:59Z",
             Want::Now,
+        ),
+        (
+            "at exactly its time",
+            r#"{"policy": "at", "at": "2026-11-22T10:00:00Z"}"#,
+            false,
+            NOW,
+            Want::Now,
+        ),
+        (
+            "at the window's start",
+            WEEKLY_MON,
+            false,
+            "2026-11-23T01:00:00Z",
+            Want::Now,
+        ),
+        (
+            "a second before the window's start",
+            WEEKLY_MON,
+            false,
+            "2026-11-23T00:59:59Z",
+            Want::Wait("2026-11-23T01:00:00Z"),
+        ),
+        (
+            "west of UTC, crossing local midnight: the next UTC day",
+            MONDAY_NIGHT_WEST,
+            false,
+            "2026-11-24T05:30:00Z",
+            Want::Now,
+        ),
+        (
+            "west of UTC, crossing local midnight: closed at its end",
+            MONDAY_NIGHT_WEST,
+            false,
+            "2026-11-24T06:00:00Z",
+            Want::Wait("2026-12-01T04:00:00Z"),
+        ),
+        (
+            "west of UTC: Monday in UTC, Sunday evening locally",
+            MONDAY_NIGHT_WEST,
+            false,
+            "2026-11-23T03:00:00Z",
+            Want::Wait("2026-11-24T04:00:00Z"),
         ),
         (
             "crossing midnight, before midnight",
