@@ -563,6 +563,72 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
     assert!(err.starts_with("error[config]"), "{err}");
 }
 
+/// What `prune --help` says it keeps is what it keeps: a stone still ramping is the one
+/// devices below a `min_version` take (it reaches them in time), so it stays, and the
+/// release at 100% before it goes.
+#[test]
+fn prune_keeps_the_ramping_stone_its_help_names() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(dir, "1.0.0", &APP);
+    release_version(dir, "1.5.0", &APP);
+    release_version(dir, "1.6.0", &[&APP[..], &["--rollout", "50"]].concat());
+    release_version(
+        dir,
+        "2.0.0",
+        &[&APP[..], &["--min-version", "1.5.0"]].concat(),
+    );
+    release_version(
+        dir,
+        "3.0.0",
+        &[&APP[..], &["--min-version", "2.0.0"]].concat(),
+    );
+    let out = ok(
+        dir,
+        &[
+            "--json",
+            "prune",
+            "repo",
+            "--channel",
+            "nightly",
+            "--keep",
+            "1",
+            "--sign",
+            "release",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["removed"], serde_json::json!(["1.5.0", "1.0.0"]));
+    let help = ok(dir, &["prune", "--help"]);
+    assert!(help.contains("a ramping stone counts"), "{help}");
+    assert!(
+        !help.contains("releases between the stone and the kept one go"),
+        "{help}"
+    );
+}
+
+/// `release --help` lists the stranding `--min-version` among its refusals, as it is one.
+#[test]
+fn release_refuses_a_min_version_that_strands_devices_as_its_help_says() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(dir, "1.0.0", &APP);
+    let err = fails(
+        dir,
+        &release_args("2.0.0", &[&APP[..], &["--min-version", "1.5.0"]].concat()),
+    );
+    assert!(
+        err.starts_with("error[config]: expected a stepping stone"),
+        "{err}"
+    );
+    let help = ok(dir, &["release", "--help"]);
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("a --min-version that leaves devices running a release of the channel below it offered nothing"),
+        "{help}"
+    );
+}
+
 /// `evergreen init … | head -1`: the reader goes away before the output is written. The
 /// command still does its work and exits 0, with nothing on stderr (no panic).
 #[test]

@@ -36,7 +36,9 @@ pub(crate) enum Command {
         A component's kind defaults to zip for .zip files and file otherwise. Refused: a\n\
         --min-version not below --version, and a --security-version below that of an older\n\
         release for the target on the channel, or above that of a newer one (devices that\n\
-        confirmed the one could never install the other), also when adding a target.\n\
+        confirmed the one could never install the other), also when adding a target, and a\n\
+        --min-version that leaves devices running a release of the channel below it offered\n\
+        nothing (publish, promote or ramp a stepping stone first).\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Release(ReleaseArgs),
@@ -67,11 +69,14 @@ pub(crate) enum Command {
         after_help = "Example:\n  evergreen prune repo --channel nightly --keep 20 --sign keys/release\n\n\
         Per target, keeps the newest releases down to the KEEP-th one rolled out to everyone\n\
         (a release ramping or halted does not count: devices outside its rollout need the\n\
-        ones before it), and for each kept release with a min_version the stepping stone\n\
-        older devices take (the newest release from that version up to it rolled out to\n\
-        everyone); releases between the stone and the kept one go. Blobs stay: they\n\
-        are immutable and other channels may list them. Devices verify and parse the whole\n\
-        manifest on every change, and refuse one over 1 MiB: prune long-lived channels.\n\
+        ones before it). Then, so that no device is offered less than before, it keeps the\n\
+        release a device running any listed release (or one older than all) is offered when\n\
+        none of those kept would be: the stepping stone below a kept release's min_version\n\
+        (the newest release the device can take; a ramping stone counts, as it reaches\n\
+        everyone in time, and so does a halted one that may be ramped again), and the stone\n\
+        before that one; no other release stays. Blobs stay: they are immutable and other\n\
+        channels may list them. Devices verify and parse the whole manifest on every\n\
+        change, and refuse one over 1 MiB: prune long-lived channels.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Prune(PruneArgs),
