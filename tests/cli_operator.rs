@@ -629,6 +629,25 @@ fn release_refuses_a_min_version_that_strands_devices_as_its_help_says() {
     );
 }
 
+/// A component kind that is not zip, file or image is named as such, not taken for part of
+/// the file name; a colon elsewhere in the path is still read as part of it.
+#[test]
+fn an_unknown_component_kind_is_named_in_the_error() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    let err = fails(
+        dir,
+        &release_args("1.0.0", &["--component", "app=app.bin:tar"]),
+    );
+    assert_eq!(
+        err.trim_end(),
+        "error[config]: --component app: expected a kind of zip, file or image after ':', found \"tar\""
+    );
+    std::fs::create_dir(dir.join("v:2")).unwrap();
+    std::fs::write(dir.join("v:2/app.zip"), b"not a zip").unwrap();
+    release_version(dir, "1.0.0", &["--component", "app=v:2/app.zip:file"]);
+}
+
 /// `evergreen init … | head -1`: the reader goes away before the output is written. The
 /// command still does its work and exits 0, with nothing on stderr (no panic).
 #[test]

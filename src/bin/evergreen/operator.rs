@@ -595,6 +595,15 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         };
         Some((path, kind))
     });
+    // `app=build/app.bin:tar`: a kind we do not know, not a file named `app.bin:tar`.
+    if let (None, Some((_, kind))) = (&explicit, rest.rsplit_once(':')) {
+        let word = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric());
+        if word && !Path::new(rest).exists() {
+            return Err(Error::config(format!(
+                "--component {name}: expected a kind of zip, file or image after ':', found {kind:?}"
+            )));
+        }
+    }
     let (path, kind) = explicit.unwrap_or_else(|| {
         let zip = rest.to_ascii_lowercase().ends_with(".zip");
         (
