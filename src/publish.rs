@@ -341,7 +341,8 @@ impl Repo {
     /// release version, unless its bytes are those of the same component in an earlier
     /// release (then it keeps that version).
     ///
-    /// Refused (`config`) when its `min_version` is not below its version, or strands the
+    /// Refused (`config`) when an image component comes with others (image slots take
+    /// one image alone, dir slots none), when its `min_version` is not below its version, or strands the
     /// devices below it (no release on the channel from `min_version` up to it reaches
     /// them, as [`Repo::promote`] checks), or when, for
     /// `target`, its security version is below that of an older release on the channel or
@@ -1195,6 +1196,18 @@ fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
             )));
         }
     }
+    // Dir slots take no image, image slots one image and nothing else: a target mixing
+    // them would be offered to devices that no slot store can install it on.
+    let images = components
+        .iter()
+        .filter(|(_, _, kind)| *kind == ArtifactKind::Image)
+        .count();
+    if images > 0 && components.len() > 1 {
+        return Err(Error::config(format!(
+            "expected an image component alone (image slots take exactly one image and nothing else) or no image, found {images} image(s) among {} components",
+            components.len()
+        )));
+    }
     Ok(())
 }
 
@@ -1911,6 +1924,46 @@ mod tests {
         let report = repo.verify(now()).unwrap();
         let seqs: Vec<u64> = report.channels.iter().map(|c| c.sequence).collect();
         assert_eq!(seqs, [4, 1]);
+    }
+
+    /// No slot store installs an image beside other components, so no target lists one:
+    /// the release is refused before any blob is copied or the channel touched.
+    #[test]
+    fn an_image_beside_other_components_is_refused() {
+        let (dir, repo, key, file) = setup();
+        let image = dir.path().join("rootfs.img");
+        std::fs::write(&image, vec![7u8; 4096]).unwrap();
+        let version = "1.0.0".parse().unwrap();
+        let opts = ReleaseOptions::new(now());
+        for components in [
+            vec![
+                ("rootfs", image.as_path(), ArtifactKind::Image),
+                ("cfg", file.as_path(), ArtifactKind::File),
+            ],
+            vec![
+                ("a", image.as_path(), ArtifactKind::Image),
+                ("b", image.as_path(), ArtifactKind::Image),
+            ],
+        ] {
+            let err = repo
+                .release("stable", &version, "board", &components, &opts, &[&key])
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            assert!(
+                err.to_string()
+                    .contains("expected an image component alone"),
+                "{err}"
+            );
+        }
+        assert!(!dir.path().join("repo/channels/stable.json").exists());
+        let blobs =
+            std::fs::read_dir(dir.path().join("repo/blobs/sha256")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0);
+        // An image alone, and files without one, are what the slot stores take.
+        let alone = [("rootfs", image.as_path(), ArtifactKind::Image)];
+        repo.release("stable", &version, "board", &alone, &opts, &[&key])
+            .unwrap();
+        publish(&repo, &key, &file, "1.0.0", "x86_64-linux").unwrap();
     }
 
     /// A rotation of the manifest key that cannot write one of its documents writes none;

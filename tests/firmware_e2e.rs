@@ -972,7 +972,8 @@ fn a_slot_path_that_reaches_the_running_slot_is_refused_before_anything_changes(
 
 /// Image slots take one image per release and nothing else. A release that does not fit
 /// is refused before the idle slot is written or taken out of the boot order, so the
-/// slot keeps what it held for a manual rollback.
+/// slot keeps what it held for a manual rollback. (`evergreen release` refuses an image
+/// beside other components, so that manifest is made as another publisher might.)
 #[test]
 fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_touched() {
     let (repo, _server, board) = served_board("notoneimage", Loader::Grub);
@@ -989,17 +990,26 @@ fn a_release_that_is_not_exactly_one_image_is_refused_before_the_idle_slot_is_to
     let idle = board.slot_bytes(Slot::B);
     let (status, order) = (board.dev.status(), board.grub("ORDER"));
     let slots = |status: Value| (status["primary"].clone(), status["slots"].clone());
-    type Components<'a> = &'a [(&'a str, &'a Path)];
-    let cases: [(&str, Components, &str); 2] = [
-        (
-            "2.0.0",
-            &[("rootfs", &image), ("config", &config)],
-            "found 1 image(s) among 2",
-        ),
-        ("2.0.1", &[("app", &app)], "found 0 image(s) among 1"),
+    let image_and_config = || {
+        repo.release("stable", "2.0.0", TARGET, &[("rootfs", &image)], &[]);
+        repo.release("stable", "2.0.0", "spare", &[("config", &config)], &[]);
+        repo.edit_channel("stable", |m| {
+            let release = &mut m.releases[0];
+            let spare = release.targets.remove("spare").unwrap();
+            let config = spare.components.get("config").unwrap().clone();
+            let target = release.targets.get_mut(TARGET).unwrap();
+            target.components.insert("config", config);
+        });
+    };
+    let zip_alone = || {
+        repo.release("stable", "2.0.1", TARGET, &[("app", &app)], &[]);
+    };
+    let cases: [(&str, &dyn Fn(), &str); 2] = [
+        ("2.0.0", &image_and_config, "found 1 image(s) among 2"),
+        ("2.0.1", &zip_alone, "found 0 image(s) among 1"),
     ];
-    for (version, components, found) in cases {
-        repo.release("stable", version, TARGET, components, &[]);
+    for (version, publish, found) in cases {
+        publish();
         let out = board.dev.run("update", &["--yes"]);
         let err = common::stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");

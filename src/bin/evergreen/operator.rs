@@ -33,7 +33,8 @@ pub(crate) enum Command {
         after_help = "Example:\n  evergreen release repo --channel nightly --version 1.2.0 \\\n    \
         --target x86_64-linux --component app=build/app.zip --component config=settings.json:file \\\n    \
         --notes \"Fixes the reconnect loop.\" --rollout 10 --sign keys/release\n\n\
-        A component's kind defaults to zip for .zip files and file otherwise. Refused: a\n\
+        A component's kind defaults to zip for .zip files and file otherwise. Refused: an\n\
+        image beside other components (image slots take one image alone), a\n\
         --min-version not below --version, and a --security-version below that of an older\n\
         release for the target on the channel, or above that of a newer one (devices that\n\
         confirmed the one could never install the other), also when adding a target, and a\n\
