@@ -354,6 +354,36 @@ fn symlink_chains_that_would_escape_are_refused() {
     assert!(msg.contains("through another symlink"), "{msg}");
 }
 
+/// On a case-insensitive file system (macOS, an ext4 directory with casefold) `l` opens
+/// the symlink `L`: a/x -> "l/../.." would then resolve through a/L (-> "..", the
+/// component) to the slot directory's parent, though read name by name it stays inside.
+/// A symlink may only pass through the directories the archive itself creates, spelled
+/// as the archive spells them.
+#[test]
+fn symlinks_passing_through_a_name_the_archive_does_not_create_are_refused() {
+    for target in ["l/../..", "L2/..", "nowhere/../f"] {
+        let bytes = build(&[
+            File("a/f", b"x", 0o644),
+            Link("a/L", ".."),
+            Link("a/x", target),
+        ]);
+        let msg = Case::new(&bytes).refused(None, &symlinks_allowed(), &[]);
+        assert!(
+            msg.contains("a directory of the archive"),
+            "{target}: {msg}"
+        );
+    }
+    // Through a directory the archive creates, as it spells it, is fine.
+    let bytes = build(&[
+        File("a/b/f", b"x", 0o644),
+        Link("a/L", ".."),
+        Link("a/x", "b/../b/f"),
+    ]);
+    Case::new(&bytes)
+        .extract(None, &symlinks_allowed())
+        .unwrap();
+}
+
 #[test]
 fn inside_symlinks_are_created_when_allowed() {
     let bytes = build(&[

@@ -291,7 +291,7 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
         .map(|e| e.path.as_str())
         .collect();
     for e in entries.iter().filter(|e| e.kind == Kind::Symlink) {
-        check_link_target(&e.path, &e.target, &symlinks)?;
+        check_link_target(&e.path, &e.target, &symlinks, &dirs)?;
     }
     let (mut files, symlinks): (Vec<Entry>, Vec<Entry>) = entries
         .into_iter()
@@ -520,9 +520,17 @@ fn read_link_target(zip: &mut ZipArchive<At>, index: usize, path: &str) -> Resul
 }
 
 /// A symlink must be relative and, resolved from its own directory, stay inside the
-/// component without passing through another symlink (whose target would change where
-/// a later `..` lands).
-fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Result<()> {
+/// component, passing only through directories the archive creates: through another
+/// symlink, a later `..` would land where that symlink's target says, not where the
+/// names say. Those directories must be spelled as the archive spells them: on a
+/// case-insensitive file system `l/..` opens the symlink `L`, and a name the archive
+/// does not create may be one the file system folds onto one it does.
+fn check_link_target(
+    path: &str,
+    target: &str,
+    symlinks: &HashSet<&str>,
+    dirs: &BTreeSet<String>,
+) -> Result<()> {
     let bad = |why: &str| Err(refuse(path, format!("symlink to {target:?} {why}")));
     if target.is_empty() {
         return bad("is empty");
@@ -547,8 +555,17 @@ fn check_link_target(path: &str, target: &str, symlinks: &HashSet<&str>) -> Resu
             continue;
         }
         at.push(part);
-        if i + 1 < parts.len() && symlinks.contains(at.join("/").as_str()) {
+        if i + 1 == parts.len() {
+            continue;
+        }
+        let through = at.join("/");
+        if symlinks.contains(through.as_str()) {
             return bad("passes through another symlink");
+        }
+        if !dirs.contains(&through) {
+            return bad(&format!(
+                "passes through {through:?}, which is not a directory of the archive"
+            ));
         }
     }
     Ok(())
