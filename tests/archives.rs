@@ -258,6 +258,31 @@ fn nul_and_non_utf8_names_are_refused() {
     }
 }
 
+/// No file system takes them, so they are refused before anything is created rather
+/// than failing as `io` halfway through the tree (a 64 KB name of `a/a/…` created two
+/// thousand directories, and a second of work per directory in the checks, first).
+#[test]
+fn names_longer_than_path_max_or_components_longer_than_name_max_are_refused() {
+    let deep = format!("{}f", "a/".repeat(2048));
+    let wide = format!("dir/{}.txt", "x".repeat(256));
+    for (name, rule) in [(&deep, "4095 bytes"), (&wide, "255 bytes")] {
+        let msg = refused_name(name, Path::new("/nonexistent"));
+        assert!(msg.contains(rule), "{msg}");
+        assert!(msg.len() < 600, "the message shows a short name: {msg}");
+    }
+    // Within them, both extract.
+    let deep = format!("{}f", "a/".repeat(1023));
+    let wide = format!("dir/{}", "x".repeat(255));
+    let bytes = build(&[File(&deep, b"1", 0o644), File(&wide, b"2", 0o644)]);
+    let tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let archive = tmp.path().join("a.zip");
+    fs::write(&archive, &bytes).unwrap();
+    let archive = fs::File::open(&archive).unwrap();
+    // Short enough a destination that the 2,047-byte name still fits in PATH_MAX.
+    let stats = extract_zip(&archive, &tmp.path().join("d"), None, &limits()).unwrap();
+    assert_eq!(stats.files, 2);
+}
+
 #[test]
 fn duplicate_names_are_refused() {
     let mut bytes = build(&[

@@ -23,6 +23,13 @@ use zip::{CompressionMethod, ZipArchive};
 /// Longest symlink target accepted (Linux's PATH_MAX).
 const MAX_LINK_TARGET: u64 = 4096;
 
+/// Longest entry name accepted: Linux refuses any longer path (PATH_MAX, 4096 bytes with
+/// its NUL), so nothing longer can ever be extracted.
+const MAX_NAME: usize = 4095;
+
+/// Longest component of an entry name accepted (NAME_MAX of Linux's file systems).
+const MAX_COMPONENT: usize = 255;
+
 /// Extracts the zip in `archive` into the directory `dest`.
 ///
 /// `archive` must be the same open file whose hash was verified: it is read positionally
@@ -315,10 +322,7 @@ fn read_entry(
         .by_index_raw(index)
         .map_err(|e| unsafe_archive(format!("zip entry #{index}: unreadable header: {e}")))?;
     let (path, is_dir) = check_name(raw.name_raw()).map_err(|rule| {
-        unsafe_archive(format!(
-            "zip entry {:?}: {rule}",
-            String::from_utf8_lossy(raw.name_raw())
-        ))
+        unsafe_archive(format!("zip entry {}: {rule}", shown_name(raw.name_raw())))
     })?;
     let kind = match (is_dir, raw.is_symlink()) {
         (true, true) => return Err(refuse(&path, "a directory name with a symlink mode")),
@@ -384,6 +388,9 @@ fn read_entry(
 /// names a directory, or the rule it breaks. Refuses rather than strips: an archive that
 /// needs cleaning up is not what was released.
 fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
+    if raw.len() > MAX_NAME {
+        return Err("expected a name of at most 4095 bytes (PATH_MAX)");
+    }
     let name = std::str::from_utf8(raw).map_err(|_| "the name is not UTF-8")?;
     if name.contains('\0') {
         return Err("the name contains NUL");
@@ -410,10 +417,23 @@ fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
             "" => return Err("the name has an empty path component"),
             "." => return Err("the name has a `.` component"),
             ".." => return Err("the name has a `..` component"),
+            c if c.len() > MAX_COMPONENT => {
+                return Err("expected path components of at most 255 bytes (NAME_MAX)")
+            }
             _ => {}
         }
     }
     Ok((path.to_string(), is_dir))
+}
+
+/// A raw entry name for a message: quoted, and cut short when it is too long to be one.
+fn shown_name(raw: &[u8]) -> String {
+    const SHOWN: usize = 128;
+    if raw.len() <= MAX_NAME {
+        return format!("{:?}", String::from_utf8_lossy(raw));
+    }
+    let head = String::from_utf8_lossy(&raw[..SHOWN]);
+    format!("{head:?}… ({} bytes)", raw.len())
 }
 
 /// Refuses two entries whose local header + data ranges share a byte (the overlapping
