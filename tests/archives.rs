@@ -578,7 +578,7 @@ fn directories_implied_by_deep_names_count_against_the_entry_cap() {
     };
     let msg = Case::new(&bytes).refused(None, &hundred, &[]);
     assert!(
-        msg.contains("at most 100 files, directories and links to create, found 122"),
+        msg.contains("at most 100 files, directories and links to create, found more"),
         "{msg}"
     );
     let enough = ArchiveLimits {
@@ -586,6 +586,61 @@ fn directories_implied_by_deep_names_count_against_the_entry_cap() {
         ..limits()
     };
     Case::new(&bytes).extract(None, &enough).unwrap();
+}
+
+/// Peak resident memory of this process, in KiB (VmHWM).
+fn peak_kib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A hundred entries `dN/a/a/…/f`, each a 4 KB name implying 2,000 directories: under
+/// a megabyte of archive. Checking their paths took 800 MB when each implied directory
+/// kept a copy of its whole path; the cap on what is created now refuses the archive
+/// halfway, having held one short key per directory. Measured in a child process (this
+/// test binary, running only this test), so no other test's memory counts.
+#[test]
+fn deep_names_are_checked_in_memory_proportional_to_the_archive() {
+    const CHILD: &str = "EVERGREEN_ARCHIVES_DEEP_CHILD";
+    const NAME: &str = "deep_names_are_checked_in_memory_proportional_to_the_archive";
+    if std::env::var_os(CHILD).is_some() {
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("d{i}/{}f", "a/".repeat(2000)))
+            .collect();
+        let items: Vec<Item> = names.iter().map(|n| File(n, b"x", 0o644)).collect();
+        let case = Case::new(&build(&items));
+        drop(items);
+        drop(names);
+        let before = peak_kib();
+        let msg = case.refused(None, &limits(), &[]);
+        assert!(msg.contains("links to create, found"), "{msg}");
+        println!("peak_kib_before={before} peak_kib_after={}", peak_kib());
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |key: &str| -> u64 {
+        let at = stdout
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key} in {stdout}"));
+        let digits = stdout[at + key.len()..].split(|c: char| !c.is_ascii_digit());
+        digits.into_iter().next().unwrap().parse().unwrap()
+    };
+    let grew = field("peak_kib_after=") - field("peak_kib_before=");
+    assert!(
+        grew < 48 << 10,
+        "the check took {grew} KiB more at its peak"
+    );
 }
 
 #[test]

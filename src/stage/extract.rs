@@ -11,7 +11,7 @@
 use super::tree::{create_new_file, StagingDir, DIR_MODE};
 use super::{run_parallel, ArchiveLimits, ExtractStats, BUF_SIZE, RATIO_GRACE_BYTES};
 use crate::error::{Error, ErrorKind, Result};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, File, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
@@ -249,11 +249,14 @@ struct Entry {
 }
 
 struct Plan {
-    /// Every directory to create, explicit or implied, parents first.
-    dirs: BTreeSet<String>,
-    /// Regular files, largest first so the threads finish together.
-    files: Vec<Entry>,
-    symlinks: Vec<Entry>,
+    entries: Vec<Entry>,
+    /// Every directory to create, explicit or implied, parents first:
+    /// `entries[entry].path[..end]`.
+    dirs: Vec<(usize, usize)>,
+    /// Regular files (indices into `entries`), largest first so the threads finish
+    /// together.
+    files: Vec<usize>,
+    symlinks: Vec<usize>,
 }
 
 fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Result<Plan> {
@@ -282,30 +285,27 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
         entries.push(entry);
     }
     check_overlaps(ranges, zip.central_directory_start())?;
-    let dirs = check_tree(&entries)?;
     // The cap is on what extraction creates: 40 entries named a/a/a/…/f imply tens of
     // thousands of directories, each a real inode and block, none counted in any size.
-    let nodes = dirs.len() as u64 + entries.iter().filter(|e| e.kind != Kind::Dir).count() as u64;
-    if nodes > limits.max_entries {
-        return Err(unsafe_archive(format!(
-            "expected at most {} files, directories and links to create, found {nodes} (the directories implied by the entry names included)",
-            limits.max_entries
-        )));
-    }
-    let symlinks: HashSet<&str> = entries
+    let dirs = check_tree(&entries, limits.max_entries)?;
+    let of_kind = |kind: Kind| -> Vec<usize> {
+        (0..entries.len())
+            .filter(|i| entries[*i].kind == kind)
+            .collect()
+    };
+    let symlinks = of_kind(Kind::Symlink);
+    let symlink_paths: HashSet<&str> = symlinks.iter().map(|i| &*entries[*i].path).collect();
+    let dir_paths: HashSet<&str> = dirs
         .iter()
-        .filter(|e| e.kind == Kind::Symlink)
-        .map(|e| e.path.as_str())
+        .map(|(owner, end)| &entries[*owner].path[..*end])
         .collect();
-    for e in entries.iter().filter(|e| e.kind == Kind::Symlink) {
-        check_link_target(&e.path, &e.target, &symlinks, &dirs)?;
+    for e in symlinks.iter().map(|i| &entries[*i]) {
+        check_link_target(&e.path, &e.target, &symlink_paths, &dir_paths)?;
     }
-    let (mut files, symlinks): (Vec<Entry>, Vec<Entry>) = entries
-        .into_iter()
-        .filter(|e| e.kind != Kind::Dir)
-        .partition(|e| e.kind == Kind::File);
-    files.sort_by_key(|e| std::cmp::Reverse(e.declared.max(e.compressed)));
+    let mut files = of_kind(Kind::File);
+    files.sort_by_key(|i| std::cmp::Reverse(entries[*i].declared.max(entries[*i].compressed)));
     Ok(Plan {
+        entries,
         dirs,
         files,
         symlinks,
@@ -464,56 +464,104 @@ enum Node {
     Entry(Kind),
 }
 
-/// Refuses duplicate and case-colliding paths (including the directories they imply), a
-/// path that is both a file and a directory, and any entry under a symlink (a write
-/// through it). Returns every directory to create.
-fn check_tree(entries: &[Entry]) -> Result<BTreeSet<String>> {
-    let mut seen: HashMap<String, (&str, Node)> = HashMap::with_capacity(entries.len() * 2);
-    for e in entries {
-        let mut end = 0;
-        while let Some(i) = e.path[end..].find('/') {
-            end += i;
-            add_node(&mut seen, &e.path[..end], Node::Implied, e)?;
-            end += 1;
-        }
-        add_node(&mut seen, &e.path, Node::Entry(e.kind), e)?;
+impl Node {
+    fn is_dir(self) -> bool {
+        matches!(self, Node::Implied | Node::Entry(Kind::Dir))
     }
-    Ok(seen
-        .into_values()
-        .filter(|(_, node)| matches!(node, Node::Implied | Node::Entry(Kind::Dir)))
-        .map(|(path, _)| path.to_string())
+}
+
+/// One path extraction creates: `entries[owner].path[..end]`, borrowed from the first
+/// entry that names it, so a path costs the same whatever its depth.
+struct TreeNode {
+    owner: usize,
+    end: usize,
+    node: Node,
+}
+
+/// Refuses duplicate and case-colliding paths (including the directories they imply), a
+/// path that is both a file and a directory, any entry under a symlink (a write
+/// through it), and more than `max_nodes` paths to create. Returns every directory to
+/// create as `(entry, end)`, naming `entries[entry].path[..end]`, parents first.
+///
+/// Paths are looked up one component at a time, under their parent: keyed by whole
+/// paths, each of the 2,000 directories `a/a/…/f` implies cost a copy of its whole
+/// path, and one entry a few kilobytes long cost megabytes.
+fn check_tree(entries: &[Entry], max_nodes: u64) -> Result<Vec<(usize, usize)>> {
+    // (parent, lowercased component) -> 1 + index into `nodes`; parent 0 is `dest`.
+    let mut index: HashMap<(usize, String), usize> = HashMap::new();
+    let mut nodes: Vec<TreeNode> = Vec::new();
+    for (owner, e) in entries.iter().enumerate() {
+        let (mut parent, mut start) = (0, 0);
+        loop {
+            let end = e.path[start..]
+                .find('/')
+                .map_or(e.path.len(), |i| start + i);
+            let last = end == e.path.len();
+            let node = if last {
+                Node::Entry(e.kind)
+            } else {
+                Node::Implied
+            };
+            let key = (parent, e.path[start..end].to_lowercase());
+            parent = match index.get(&key) {
+                Some(&n) => {
+                    let other = &mut nodes[n - 1];
+                    let other_path = &entries[other.owner].path[..other.end];
+                    merge_node(other, other_path, &e.path[..end], node, e)?;
+                    n
+                }
+                None => {
+                    // Counted as they are found: the whole tree of a hostile archive
+                    // is never built only to be refused.
+                    if nodes.len() as u64 >= max_nodes {
+                        return Err(unsafe_archive(format!(
+                            "expected at most {max_nodes} files, directories and links to create, found more (the directories implied by the entry names included)"
+                        )));
+                    }
+                    nodes.push(TreeNode { owner, end, node });
+                    index.insert(key, nodes.len());
+                    nodes.len()
+                }
+            };
+            if last {
+                break;
+            }
+            start = end + 1;
+        }
+    }
+    Ok(nodes
+        .iter()
+        .filter(|n| n.node.is_dir())
+        .map(|n| (n.owner, n.end))
         .collect())
 }
 
-fn add_node<'a>(
-    seen: &mut HashMap<String, (&'a str, Node)>,
-    path: &'a str,
+/// Meets `path`, named as `node` by `owner`, again at `other`, which holds `other_path`
+/// (the same path but for case).
+fn merge_node(
+    other: &mut TreeNode,
+    other_path: &str,
+    path: &str,
     node: Node,
     owner: &Entry,
 ) -> Result<()> {
-    let key = path.to_lowercase();
-    let Some((other, other_node)) = seen.get(&key).copied() else {
-        seen.insert(key, (path, node));
-        return Ok(());
-    };
-    if other != path {
+    if other_path != path {
         return Err(refuse(
             &owner.path,
-            format!("{path:?} collides case-insensitively with {other:?}"),
+            format!("{path:?} collides case-insensitively with {other_path:?}"),
         ));
     }
-    let is_dir = |n: Node| matches!(n, Node::Implied | Node::Entry(Kind::Dir));
-    match (other_node, node) {
-        (a, b) if is_dir(a) && b == Node::Implied => Ok(()),
+    match (other.node, node) {
+        (a, Node::Implied) if a.is_dir() => Ok(()),
         (Node::Implied, Node::Entry(Kind::Dir)) => {
-            seen.insert(key, (path, node));
+            other.node = node;
             Ok(())
         }
         (Node::Entry(Kind::Symlink), _) | (_, Node::Entry(Kind::Symlink)) => Err(refuse(
             &owner.path,
             format!("{path:?} is a symlink entry and a path written through it"),
         )),
-        (a, b) if is_dir(a) != is_dir(b) => Err(refuse(
+        (a, b) if a.is_dir() != b.is_dir() => Err(refuse(
             &owner.path,
             format!("{path:?} is both a file and a directory"),
         )),
@@ -549,7 +597,7 @@ fn check_link_target(
     path: &str,
     target: &str,
     symlinks: &HashSet<&str>,
-    dirs: &BTreeSet<String>,
+    dirs: &HashSet<&str>,
 ) -> Result<()> {
     let bad = |why: &str| Err(refuse(path, format!("symlink to {target:?} {why}")));
     if target.is_empty() {
@@ -582,7 +630,7 @@ fn check_link_target(
         if symlinks.contains(through.as_str()) {
             return bad("passes through another symlink");
         }
-        if !dirs.contains(&through) {
+        if !dirs.contains(through.as_str()) {
             return bad(&format!(
                 "passes through {through:?}, which is not a directory of the archive"
             ));
@@ -593,8 +641,8 @@ fn check_link_target(
 
 fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Result<ExtractStats> {
     let mut stats = ExtractStats::default();
-    for dir in &plan.dirs {
-        let path = dest.join(dir);
+    for &(owner, end) in &plan.dirs {
+        let path = dest.join(&plan.entries[owner].path[..end]);
         DirBuilder::new()
             .mode(DIR_MODE)
             .create(&path)
@@ -608,7 +656,8 @@ fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Res
     run_parallel(
         &plan.files,
         || Ok((zip.clone(), vec![0u8; BUF_SIZE])),
-        |(zip, buf), entry| {
+        |(zip, buf), &i| {
+            let entry = &plan.entries[i];
             let n = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
             bytes.fetch_add(n, Relaxed);
             Ok(())
@@ -616,7 +665,7 @@ fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Res
     )?;
     stats.files = plan.files.len() as u64;
     stats.bytes = bytes.into_inner();
-    for link in &plan.symlinks {
+    for link in plan.symlinks.iter().map(|i| &plan.entries[*i]) {
         let path = dest.join(&link.path);
         std::os::unix::fs::symlink(&link.target, &path)
             .map_err(|e| Error::io("create symlink", &path, e))?;
