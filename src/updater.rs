@@ -1679,17 +1679,27 @@ impl Updater {
                 ))
             })?;
             let dest = slots.component_dir(slot, &c.name);
-            match a.kind {
+            let staged = match a.kind {
                 ArtifactKind::Zip => {
-                    stage::extract_zip(file, &dest, a.installed_size, &limits)?;
+                    stage::extract_zip(file, &dest, a.installed_size, &limits).map(drop)
                 }
                 ArtifactKind::File => {
                     let name = a.name.as_deref().unwrap_or(&c.name);
-                    stage::place_file(file, &dest, name)?;
+                    stage::place_file(file, &dest, name).map(drop)
                 }
                 // Refused by `check_installable`.
-                ArtifactKind::Image => {}
-            }
+                ArtifactKind::Image => Ok(()),
+            };
+            // A refused entry names no component: with several, which artifact to fix
+            // is the first thing its publisher needs to know.
+            staged.map_err(|e| {
+                e.context(format!(
+                    "component {} ({} artifact {})",
+                    c.name,
+                    a.kind.as_str(),
+                    a.sha256
+                ))
+            })?;
             crate::fsutil::crash_point("component staged")?;
         }
         stage::make_durable(&dir)?;

@@ -896,8 +896,9 @@ fn unique(tag: &str) -> String {
 }
 
 /// Publishes `zip` as 1.1.0 (signed: the hostile archive came through the build), lets the
-/// device check and download it, and asserts the install is `unsafe_archive`, nothing
-/// exists at `escapes` or anywhere outside the inactive slot, and the device is intact.
+/// device check and download it, and asserts the install is `unsafe_archive` naming the
+/// component and its artifact, nothing exists at `escapes` or anywhere outside the
+/// inactive slot, and the device is intact.
 fn hostile_install(zip: &[u8], device: serde_json::Value, escapes: &[PathBuf]) -> String {
     let (w, dev) = World::installed_with(Setup::default(), device);
     w.publish("stable", "1.1.0", zip, at(t0()));
@@ -926,6 +927,9 @@ fn hostile_install(zip: &[u8], device: serde_json::Value, escapes: &[PathBuf]) -
             entry.display()
         );
     }
+    // Which artifact of the release was refused, before why.
+    let artifact = format!("component app (zip artifact {}): ", trust::sha256_hex(zip));
+    assert!(err.to_string().starts_with(&artifact), "{err}");
     err.to_string()
 }
 
