@@ -1184,3 +1184,81 @@ fn the_read_back_reads_the_device_not_the_page_cache() {
     write(slots).unwrap();
     assert_eq!(std::fs::read(&backing).unwrap()[..image.len()], image[..]);
 }
+
+/// A file system mounted from a loop device, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// Makes an ext4 file system on `device` and mounts it at `at`; `None` (the test is
+    /// skipped, or fails under `EVERGREEN_REQUIRE_TOOLS`) where that cannot be done.
+    fn ext4(device: &str, at: &Path) -> Option<Mount> {
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        std::fs::create_dir_all(at).unwrap();
+        let dev = std::ffi::OsStr::new(device);
+        if !run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), dev])
+            || !run("mount", &[dev, at.as_os_str()])
+        {
+            require::missing("mkfs.ext4 and mount with permission to mount a loop device");
+            return None;
+        }
+        Some(Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A slot device with a file system mounted from it (the running root, when the slot the
+/// state calls idle is the one that booted and the host's selector cannot tell) is never
+/// written: `invalid_state` naming where it is mounted, from the check an install makes
+/// before it marks the slot `installing` and from the write itself. Unmounted, it is
+/// written.
+#[test]
+fn a_slot_device_with_a_mounted_file_system_is_never_written() {
+    use evergreen::slots::image::ImageSlots;
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("b.loopback");
+    std::fs::write(&backing, vec![0u8; 4 * MIB]).unwrap();
+    let Some(device) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    let at = dir.path().join("mounted");
+    let Some(mount) = Mount::ext4(&device.0, &at) else {
+        return;
+    };
+    std::fs::write(at.join("running.txt"), b"the running system").unwrap();
+    let slots = ImageSlots::new(dir.path().join("a.img"), &device.0);
+    let image = vec![0x5a_u8; MIB];
+    let sha = evergreen::trust::sha256_hex(&image);
+    let write = || slots.write_image(Slot::B, &mut &image[..], MIB as u64, &sha, &mut |_, _| {});
+
+    for err in [
+        slots.check_fits(Slot::B, MIB as u64).unwrap_err(),
+        write().unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+        assert!(
+            err.message().contains(&format!(
+                "image slot {}: expected a device no file system is mounted from, found it mounted at {}",
+                device.0,
+                at.display()
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(at.join("running.txt")).unwrap(),
+        b"the running system"
+    );
+    drop(mount);
+    write().unwrap();
+    assert_eq!(std::fs::read(&backing).unwrap()[..MIB], image[..]);
+}

@@ -94,7 +94,7 @@ impl ImageSlots {
 
     /// Checks, without writing, that `slot` can take an image of `size` bytes: its device
     /// is there (`io`; a slot under `/dev` is never created) and, a block device, holds
-    /// `size` bytes (`too_large`). An install asks before it marks the slot
+    /// `size` bytes (`too_large`) and has no file system mounted from it (`invalid_state`). An install asks before it marks the slot
     /// `installing`, so an image that cannot fit leaves the slot's record and boot entry
     /// as they were; [`ImageSlots::write_image`] checks again as it opens the slot.
     pub fn check_fits(&self, slot: Slot, size: u64) -> Result<()> {
@@ -103,15 +103,19 @@ impl ImageSlots {
             return Ok(());
         }
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        check_capacity(&mut file, path, size).map(drop)
+        if check_capacity(&mut file, path, size)? {
+            check_not_mounted(&file, path)?;
+        }
+        Ok(())
     }
 
     /// Streams exactly `size` bytes of `src` into `slot`, fsyncs, reads them back and
     /// checks their SHA-256 against `sha256` (lowercase hex).
     ///
     /// `progress(done, size)` is called after every 64 KiB written. A block device is
-    /// never written beyond its end (`too_large` before the first byte); a plain file is
-    /// created, grown or shrunk to `size`. A source shorter than `size` is an `io` error;
+    /// never written beyond its end (`too_large` before the first byte), nor while a file
+    /// system is mounted from it (`invalid_state`); a plain file is created, grown or
+    /// shrunk to `size`. A source shorter than `size` is an `io` error;
     /// bytes that read back with another hash are `hash_mismatch`.
     pub fn write_image(
         &self,
@@ -233,6 +237,46 @@ fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<bool> {
     Ok(true)
 }
 
+/// Refuses (`invalid_state`) the block device `file` while a file system is mounted from
+/// it: the running system's root, when the slot the state calls idle is the one that
+/// booted (a host selector that cannot tell, a board provisioned by hand), or anything
+/// else in use there. Its file system would be overwritten under the kernel's feet.
+/// Read from `/proc/self/mountinfo`; where that cannot be read, nothing is refused.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn check_not_mounted(file: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let rdev = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting", path, e))?
+        .rdev();
+    // glibc's gnu_dev_major / gnu_dev_minor.
+    let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0fff);
+    let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff);
+    let device = format!("{major}:{minor}");
+    // Fields: mount id, parent id, major:minor, root, mount point, …
+    let mounted_at = mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ').skip(2);
+        (fields.next() == Some(device.as_str()))
+            .then(|| fields.nth(1))
+            .flatten()
+    });
+    match mounted_at {
+        None => Ok(()),
+        Some(at) => Err(Error::invalid_state(format!(
+            "image slot {}: expected a device no file system is mounted from, found it mounted at {at} (writing it would corrupt what runs there)",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn check_not_mounted(_file: &File, _path: &Path) -> Result<()> {
+    Ok(())
+}
+
 /// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
 /// file is sized to exactly `size`.
 fn open_slot(path: &Path, size: u64) -> Result<File> {
@@ -243,7 +287,9 @@ fn open_slot(path: &Path, size: u64) -> Result<File> {
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io("opening for writing", path, e))?;
-    if !check_capacity(&mut file, path, size)? {
+    if check_capacity(&mut file, path, size)? {
+        check_not_mounted(&file, path)?;
+    } else {
         file.set_len(size)
             .map_err(|e| Error::io("resizing", path, e))?;
         // A slot file made here must outlive a power cut as a name, not only as data.
