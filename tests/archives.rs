@@ -563,6 +563,69 @@ fn the_declared_entry_count_is_refused_before_the_directory_is_read() {
     );
 }
 
+/// A zip64 end record declaring two million entries, its locator pointing `offset` bytes
+/// into the file, and a classic end record whose count, directory size and directory
+/// offset are `classic`.
+fn zip64_end_declaring_two_million(offset: u64, classic: [u8; 12]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"PK\x06\x06");
+    bytes.extend_from_slice(&44u64.to_le_bytes());
+    bytes.extend_from_slice(&[45, 0, 45, 0]);
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&2_000_000u64.to_le_bytes());
+    bytes.extend_from_slice(&2_000_000u64.to_le_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    bytes.extend_from_slice(b"PK\x06\x07");
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&offset.to_le_bytes());
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(b"PK\x05\x06");
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&classic);
+    bytes.extend_from_slice(&[0; 2]);
+    bytes
+}
+
+/// The zip reader reads as many entries as the end record it settles on declares, and it
+/// settles on more than the last record with a count in its classic fields: it falls back
+/// to an earlier record when the last does not parse, goes to the zip64 record when the
+/// directory's size or offset (not only the count) says so, and finds that record past
+/// data prepended to the archive. Each is refused before the directory is read.
+#[test]
+fn every_end_record_the_zip_reader_may_use_is_checked_before_it_reads_the_directory() {
+    let ten = ArchiveLimits {
+        max_entries: 10,
+        ..limits()
+    };
+    // A stray end record in the comment (multi-disk: the reader skips it) declares one
+    // entry; the real one, before it, declares eleven.
+    let names: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
+    let items: Vec<Item> = names.iter().map(|n| File(n, b"x", 0o644)).collect();
+    let mut stray = build(&items);
+    let at = stray.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+    stray[at + 20..at + 22].copy_from_slice(&22u16.to_le_bytes());
+    stray.extend_from_slice(b"PK\x05\x06\x01\x00\x00\x00\x01\x00\x01\x00");
+    stray.extend_from_slice(&[0; 10]);
+    let msg = Case::new(&stray).refused(None, &ten, &[]);
+    assert!(
+        msg.contains("at most 10 zip entries, found 11 (as the end"),
+        "{msg}"
+    );
+
+    let mut classic = [0u8; 12];
+    classic[..4].copy_from_slice(&[1, 0, 1, 0]); // one entry, it says
+    classic[8..].copy_from_slice(&[0xff; 4]); // the directory offset: see zip64
+    let mut prefixed = vec![b'#'; 100];
+    prefixed.extend(zip64_end_declaring_two_million(0, [0xff; 12]));
+    for bytes in [zip64_end_declaring_two_million(0, classic), prefixed] {
+        let msg = Case::new(&bytes).refused(None, &limits(), &[]);
+        assert!(
+            msg.contains("found 2000000 (as the end of its central directory declares)"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn directories_implied_by_deep_names_count_against_the_entry_cap() {
     // Two entries whose names imply 2 × 60 directories: a zip of a few KB that would

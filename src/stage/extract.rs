@@ -112,29 +112,56 @@ fn refuse(name: &str, rule: impl std::fmt::Display) -> Error {
 }
 
 /// The entry count the end of the central directory declares (its zip64 record's when
-/// the classic one says 0xFFFF); `None` when no such record is found, for the zip reader
+/// the classic one points there); `None` when no such record is found, for the zip reader
 /// to report.
+///
+/// Every end record in the last 64 KiB counts, and the largest count is the answer: when
+/// the last one does not parse (a stray signature in the comment, a multi-disk one), the
+/// zip reader falls back to an earlier one, and reads as many entries as *that* declares.
 fn declared_entries(file: &File, len: u64) -> Option<u64> {
     const EOCD: &[u8] = b"PK\x05\x06";
-    let tail_len = len.min(22 + 0xFFFF);
+    // The record itself and the longest comment, as far back as the zip reader looks.
+    let tail_len = len.min(22 + 0x10000);
     let mut tail = vec![0u8; tail_len as usize];
     file.read_exact_at(&mut tail, len - tail_len).ok()?;
-    let at = tail.windows(4).rposition(|w| w == EOCD)?;
+    (0..tail.len().saturating_sub(3))
+        .filter(|at| &tail[*at..*at + 4] == EOCD)
+        .filter_map(|at| declared_at(file, &tail, len - tail_len, at))
+        .max()
+}
+
+/// The count the end record at `tail[at..]` declares, from its zip64 record when one of
+/// its fields says "see the zip64 record", as the zip reader reads it. `tail` starts at
+/// `base` in `file`.
+fn declared_at(file: &File, tail: &[u8], base: u64, at: usize) -> Option<u64> {
     let eocd = tail.get(at..at + 22)?;
-    let classic = u16::from_le_bytes([eocd[10], eocd[11]]);
-    if classic != 0xFFFF {
-        return Some(u64::from(classic));
+    let u16_at = |i: usize| u16::from_le_bytes([eocd[i], eocd[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([eocd[i], eocd[i + 1], eocd[i + 2], eocd[i + 3]]);
+    let classic = u64::from(u16_at(10));
+    if u16_at(10) != u16::MAX && u32_at(12) != u32::MAX && u32_at(16) != u32::MAX {
+        return Some(classic);
     }
-    // The zip64 locator sits right before; it gives the zip64 record's offset.
-    let locator = tail.get(at.checked_sub(20)?..at)?;
+    // The zip64 locator sits right before; it gives the zip64 record's offset, and the
+    // record (56 bytes without extensible data) sits right before the locator, where
+    // the offset is off by data prepended to the archive.
+    let Some(locator) = at.checked_sub(20).and_then(|l| tail.get(l..at)) else {
+        return Some(classic);
+    };
     if &locator[..4] != b"PK\x06\x07" {
-        return Some(u64::from(classic));
+        return Some(classic);
     }
     let offset = u64::from_le_bytes(locator[8..16].try_into().ok()?);
-    let mut record = [0u8; 40];
-    file.read_exact_at(&mut record, offset).ok()?;
-    (&record[..4] == b"PK\x06\x06")
-        .then(|| u64::from_le_bytes(record[32..40].try_into().unwrap_or_default()))
+    let before_locator = (base + at as u64).checked_sub(20 + 56);
+    [Some(offset), before_locator]
+        .into_iter()
+        .flatten()
+        .filter_map(|offset| {
+            let mut record = [0u8; 40];
+            file.read_exact_at(&mut record, offset).ok()?;
+            (&record[..4] == b"PK\x06\x06")
+                .then(|| u64::from_le_bytes(record[32..40].try_into().unwrap_or_default()))
+        })
+        .max()
 }
 
 /// A positional reader over the verified open file: each clone keeps its own position,
