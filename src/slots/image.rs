@@ -94,9 +94,9 @@ impl ImageSlots {
 
     /// Checks, without writing, that `slot` can take an image of `size` bytes: its device
     /// is there (`io`; a slot under `/dev` is never created) and, a block device, holds
-    /// `size` bytes (`too_large`) and has no file system mounted from it (`invalid_state`). An install asks before it marks the slot
-    /// `installing`, so an image that cannot fit leaves the slot's record and boot entry
-    /// as they were; [`ImageSlots::write_image`] checks again as it opens the slot.
+    /// `size` bytes (`too_large`) and has no file system mounted from it
+    /// (`invalid_state`). An install asks before it marks the slot `installing`, so an
+    /// image that cannot fit leaves the slot's record and boot entry as they were; [`ImageSlots::write_image`] checks again as it opens the slot.
     pub fn check_fits(&self, slot: Slot, size: u64) -> Result<()> {
         let path = self.path(slot);
         if !check_device_there(path)? {
