@@ -1190,9 +1190,15 @@ fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
                 "expected a component name usable as a directory name, found {name:?}"
             )));
         }
-        if components[..i].iter().any(|(n, _, _)| n == name) {
+        // Each is a directory of the slot: `App` and `app` are one on a case-insensitive
+        // file system (macOS, ext4 with casefold), and the device's install would stop.
+        let lower = name.to_lowercase();
+        if let Some((n, _, _)) = components[..i]
+            .iter()
+            .find(|(n, _, _)| n.to_lowercase() == lower)
+        {
             return Err(Error::config(format!(
-                "expected each component once, found {name:?} twice"
+                "expected each component once, also ignoring case, found {n:?} and {name:?}"
             )));
         }
     }
@@ -1924,6 +1930,27 @@ mod tests {
         let report = repo.verify(now()).unwrap();
         let seqs: Vec<u64> = report.channels.iter().map(|c| c.sequence).collect();
         assert_eq!(seqs, [4, 1]);
+    }
+
+    /// Component names are directories of the slot, so two that differ only in case
+    /// would be one on a case-insensitive file system.
+    #[test]
+    fn component_names_are_distinct_ignoring_case() {
+        let (_dir, repo, key, file) = setup();
+        let opts = ReleaseOptions::new(now());
+        let version = "1.0.0".parse().unwrap();
+        for names in [["app", "app"], ["App", "app"]] {
+            let components = names.map(|n| (n, file.as_path(), ArtifactKind::File));
+            let err = repo
+                .release("stable", &version, "x", &components, &opts, &[&key])
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            let found = format!("found {:?} and {:?}", names[0], names[1]);
+            assert!(err.to_string().contains(&found), "{err}");
+        }
+        let components = ["app", "assets"].map(|n| (n, file.as_path(), ArtifactKind::File));
+        repo.release("stable", &version, "x", &components, &opts, &[&key])
+            .unwrap();
     }
 
     /// No slot store installs an image beside other components, so no target lists one:
