@@ -1,6 +1,7 @@
 //! Downloads and metadata over real loopback HTTP against a misbehaving server, and from
 //! files (DESIGN §5.4).
 
+mod require;
 mod support;
 
 use evergreen::fetch::{
@@ -1322,4 +1323,57 @@ fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Signature, "{err}");
     assert!(err.message().contains(&soft.url()), "{err}");
+}
+
+/// A tmpfs of `kib` KiB mounted at `at`, unmounted when dropped; `None` (the test is
+/// skipped, or fails under `EVERGREEN_REQUIRE_TOOLS`) where it cannot be mounted.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, kib: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(at)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            require::missing("mount with permission to mount a tmpfs (root)");
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A download that fills its file system fails naming the room it needed, and removes its
+/// `.part`: kept, it would hold the space the state needs, and every later check and
+/// startup step would fail to save it until someone deleted the file by hand.
+#[test]
+fn a_download_that_fills_the_disk_says_so_and_leaves_the_room_it_took() {
+    let repo = Repo::new(SIZE);
+    let dir = TempDir::new().unwrap();
+    let Some(_fs) = Tmpfs::mount(&dir.path().join("small"), 512) else {
+        return;
+    };
+    let downloads = dir.path().join("small/downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let f = fetcher(&[repo.path().display().to_string()], options());
+    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(
+        err.message().contains(&format!(
+            "expected room for the {SIZE} bytes of the download, found the file system full after"
+        )),
+        "{err}"
+    );
+    assert!(!part_path(&downloads, &repo).exists(), "the .part was kept");
+    assert_no_completed_file(&downloads, &repo);
+    // The room is there again: the state of a device could be saved.
+    std::fs::write(downloads.join("state.json"), vec![b'x'; 256 * 1024]).unwrap();
 }

@@ -388,7 +388,25 @@ impl Stream<'_, '_> {
                 format!("writing {}: the hashing thread panicked", path.display()),
             ));
         };
-        write_result.map_err(|e| Error::io("writing", &path, e))?;
+        if let Err(e) = write_result {
+            if is_disk_full(&e) {
+                // A `.part` that filled its file system can only grow once space is freed,
+                // and until then it takes the room the state needs: every later check and
+                // startup step would fail to save. It goes; the next update starts over.
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "writing {}: expected room for the {} bytes of the download, found the file system full after {} bytes ({e}); the partial download was removed so the state can still be saved: free space and update again",
+                        path.display(),
+                        self.total,
+                        start + wrote
+                    ),
+                ));
+            }
+            return Err(Error::io("writing", &path, e));
+        }
         received?;
         Ok(Part {
             path,
@@ -569,6 +587,14 @@ fn fill(body: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
         }
     }
     (n, None)
+}
+
+/// Whether a write failed for want of space: the file system (or the user's quota) is full.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// The writer thread: appends each chunk, hashes it and hands the buffer back.
