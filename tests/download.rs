@@ -1377,3 +1377,30 @@ fn a_download_that_fills_the_disk_says_so_and_leaves_the_room_it_took() {
     // The room is there again: the state of a device could be saved.
     std::fs::write(downloads.join("state.json"), vec![b'x'; 256 * 1024]).unwrap();
 }
+
+/// Nor is a mirror's 404 the answer when the server fails in a way no retry round asks
+/// it again: with no retries configured (5xx), or with a status that drops it (401). The
+/// walk takes a `not_found` as the end of the root chain, so a stale (or hostile) mirror
+/// would hide a rotation the server has, the revocation of a stolen key with it.
+#[test]
+fn a_mirrors_404_does_not_answer_for_a_server_that_failed_in_the_last_round() {
+    let repo = TempDir::new().unwrap();
+    std::fs::create_dir_all(repo.path().join("root")).unwrap();
+    std::fs::write(repo.path().join("root/2.json"), b"{}").unwrap();
+    let stale = TempDir::new().unwrap();
+    for (status, retries) in [(503, 0), (401, 2)] {
+        let (server, lagging) = (
+            TestServer::serve(repo.path()),
+            TestServer::serve(stale.path()),
+        );
+        server.set_fault("root/", Fault::Status(status));
+        let f = fetcher(&[server.url(), lagging.url()], retrying(retries));
+        let err = f.metadata("root/2.json", None, 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HttpStatus, "{status}: {err}");
+        assert!(
+            err.message()
+                .contains(&format!("found HTTP status {status}")),
+            "{err}"
+        );
+    }
+}

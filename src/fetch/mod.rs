@@ -427,7 +427,12 @@ impl Fetcher {
         let mut live = vec![true; urls.len()];
         let mut only_not_found = true;
         let mut absent_on_server = false;
-        let mut last = None;
+        let mut last_absent = None;
+        // The last failure other than a 404 is the answer, unless every base (or, for
+        // metadata, the server) said 404: a mirror's 404 after it must not turn it into
+        // `not_found`, which would end the root walk at a stale mirror while the server,
+        // failing, has the next root.
+        let mut last_present = None;
         // The longest wait a base asked for (`Retry-After`) in the round before.
         let mut asked = Duration::ZERO;
         for round in 0..=self.options.retries {
@@ -448,10 +453,13 @@ impl Fetcher {
                 }
                 if failure.error.kind() != ErrorKind::NotFound {
                     only_not_found = false;
-                } else if server_404_is_absent && Some(url) == urls.first() {
+                    last_present = Some(failure.error);
+                    continue;
+                }
+                if server_404_is_absent && Some(url) == urls.first() {
                     absent_on_server = true;
                 }
-                last = Some(failure.error);
+                last_absent = Some(failure.error);
             }
             // A round in which the server said 404 and no mirror served the file is the
             // answer.
@@ -459,7 +467,7 @@ impl Fetcher {
                 break;
             }
         }
-        match (last, absent_on_server) {
+        match (last_present.or(last_absent), absent_on_server) {
             (Some(_), _) if only_not_found => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
