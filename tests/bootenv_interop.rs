@@ -987,3 +987,40 @@ fn uboot_overlapping_copies_are_refused_when_read() {
         }
     }
 }
+
+/// `fw_setenv NAME ""` stores `NAME=` (it does not delete it), and RAUC's boot script
+/// reads an empty `BOOT_ORDER` or `BOOT_X_LEFT` as unset (`test -n … || setenv BOOT_ORDER
+/// "A B"`, `… || setenv BOOT_X_LEFT 3`): we read the next boot as the script makes it.
+#[test]
+fn uboot_empty_values_read_as_the_boot_script_defaults_them() {
+    if !have("fw_setenv") || !have("fw_printenv") {
+        return;
+    }
+    let f = uboot_fixture(2);
+    fw_setenv_slots(&f);
+    let env = UBootEnv::open(&f.config).unwrap();
+    // (variable set, the slot preferred, the slot booted next)
+    for (name, value, preferred, next) in [
+        ("BOOT_B_LEFT", "", Slot::A, Slot::A),
+        ("BOOT_ORDER", "B A", Slot::B, Slot::B),
+        ("BOOT_ORDER", "", Slot::A, Slot::A),
+        ("BOOT_A_LEFT", "", Slot::A, Slot::A),
+    ] {
+        fw_setenv(&f, name, value);
+        let vars = env.vars().unwrap();
+        assert_eq!(vars_map(vars.clone()), fw_printenv(&f));
+        assert_eq!(bootsim::uboot_decide(&vars).0, Some(next), "{vars:?}");
+        let plan = env.boot_plan().unwrap().unwrap();
+        assert_eq!(
+            (
+                plan.preferred,
+                plan.next,
+                plan.preferred_left,
+                plan.preferred_spent
+            ),
+            (preferred, Some(next), 3, false),
+            "{name}={value:?}: {vars:?}"
+        );
+        assert_eq!(env.tries_left(Slot::B).unwrap(), 3, "{name}={value:?}");
+    }
+}

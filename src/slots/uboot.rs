@@ -35,7 +35,9 @@
 //! RAUC's: `BOOT_ORDER` (`"A B"`), `BOOT_A_LEFT`/`BOOT_B_LEFT` — tries left, which the boot
 //! script decrements with `setexpr` (so they are read and written in hexadecimal, which is
 //! the same as decimal up to 9). Activate puts the slot first with `tries` left; confirm
-//! gives it the configured maximum back (3 by default); a bad slot gets 0.
+//! gives it the configured maximum back (3 by default); a bad slot gets 0. As in the
+//! script, a missing or empty `BOOT_ORDER` reads as `"A B"` and a missing or empty
+//! `BOOT_X_LEFT` as 3 (`fw_setenv NAME ""` stores `NAME=`, it does not delete it).
 //!
 //! As in U-Boot and `fw_printenv`, the last of a repeated name counts; setting one drops
 //! the earlier ones. Every other variable is written back byte for byte.
@@ -569,15 +571,21 @@ impl UBootEnv {
     }
 
     /// Tries left for `slot` (`BOOT_X_LEFT`, hexadecimal as `setexpr` writes it); a
-    /// missing variable counts as what RAUC's boot script defaults it to (3).
+    /// missing or empty variable counts as what RAUC's boot script defaults it to (3).
     pub fn tries_left(&self, slot: Slot) -> Result<u32> {
         Ok(left_in(&self.load()?.vars, slot))
     }
 }
 
-/// `BOOT_X_LEFT` as RAUC's boot script reads it: hexadecimal, 3 when missing.
+/// A variable as RAUC's boot script sees it: missing or empty is unset (`test -n
+/// "${BOOT_ORDER}" || setenv BOOT_ORDER "A B"`), and `fw_setenv NAME ""` stores an empty one.
+fn set_in<'a>(vars: &'a [RawVar], name: &str) -> Option<&'a [u8]> {
+    last_raw(vars, name).filter(|v| !v.is_empty())
+}
+
+/// `BOOT_X_LEFT` as RAUC's boot script reads it: hexadecimal, 3 when missing or empty.
 fn left_in(vars: &[RawVar], slot: Slot) -> u32 {
-    match last_raw(vars, &left_var(slot)) {
+    match set_in(vars, &left_var(slot)) {
         None => UBootEnv::DEFAULT_MAX_TRIES,
         Some(v) => std::str::from_utf8(v)
             .ok()
@@ -598,9 +606,9 @@ impl super::EnvSelector for UBootEnv {
     /// RAUC's boot script starts the first slot of `BOOT_ORDER` with tries left.
     fn boot_plan(&self) -> Result<super::BootPlan> {
         let vars = self.load()?.vars;
-        let order: Vec<Slot> = slots_in(last_raw(&vars, "BOOT_ORDER").unwrap_or(b"A B")).collect();
+        let order: Vec<Slot> = slots_in(set_in(&vars, "BOOT_ORDER").unwrap_or(b"A B")).collect();
         let preferred = order.first().copied().unwrap_or(Slot::A);
-        // An empty order boots nothing: A stands in as preferred, with no starts left.
+        // An order naming neither slot boots nothing: A stands in as preferred, with no starts left.
         let preferred_left = if order.is_empty() {
             0
         } else {
