@@ -192,11 +192,18 @@ pub fn sync_parent(path: &Path) -> Result<()> {
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
+///
+/// A file system that can't fsync a directory (`EINVAL`: procfs and sysfs, and some
+/// shared-folder and network file systems) gives its own durability and nothing more can
+/// be asked of it: that is no error. Failing there would report a rename that is already
+/// done as not done, and every later write to the directory as failed.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     crash_point("fsync dir")?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        // `EINVAL` is `InvalidInput`.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other.map_err(|e| Error::io("fsync directory", dir, e)),
+    }
 }
 
 /// Where a write to `path` must go: `path` itself, or, when it is a symlink, the file it
@@ -398,6 +405,23 @@ mod tests {
         assert_eq!(mode(&outside), 0o555, "a symlink was followed");
         remove_all(&tree).unwrap();
         assert!(!tree.exists());
+    }
+
+    /// procfs can't fsync a directory (`EINVAL`), like some shared-folder and network
+    /// file systems a state directory may be on.
+    #[test]
+    fn a_directory_the_file_system_cannot_fsync_is_no_error() {
+        let proc_dir = Path::new("/proc/self");
+        if !proc_dir.is_dir() {
+            return;
+        }
+        let raw = File::open(proc_dir).unwrap().sync_all().unwrap_err();
+        assert_eq!(raw.kind(), std::io::ErrorKind::InvalidInput, "{raw}");
+        sync_dir(proc_dir).unwrap();
+        sync_parent(&proc_dir.join("status")).unwrap();
+        // Other failures still are errors.
+        let err = sync_dir(Path::new("/nonexistent-evergreen-dir")).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Io);
     }
 
     #[test]
