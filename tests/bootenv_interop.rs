@@ -6,7 +6,7 @@ mod bootsim;
 mod require;
 
 use evergreen::slots::grub::{BootChange, GrubEnv};
-use evergreen::slots::uboot::UBootEnv;
+use evergreen::slots::uboot::{UBootEnv, TOOLS_LOCK};
 use evergreen::slots::{BootSelector, Slot};
 use evergreen::ErrorKind;
 use std::collections::BTreeMap;
@@ -1023,4 +1023,38 @@ fn uboot_empty_values_read_as_the_boot_script_defaults_them() {
         );
         assert_eq!(env.tries_left(Slot::B).unwrap(), 3, "{name}={value:?}");
     }
+}
+
+/// `fw_setenv` holds `/var/lock/fw_printenv.lock` from reading the environment to writing
+/// the inactive copy. A change of ours made meanwhile waits for it: written at once, it
+/// would go to the same copy with the same flag, and one of the two changes would be lost.
+#[test]
+fn uboot_writes_wait_for_the_lock_fw_setenv_holds() {
+    if !have("fw_setenv") || !have("fw_printenv") {
+        return;
+    }
+    let f = uboot_fixture(2);
+    let mut env = provisioned(&f.config);
+    let before = files(&f);
+    // fw_setenv between its read and its write.
+    let held = evergreen::fsutil::lock_exclusive(Path::new(TOOLS_LOCK)).unwrap();
+    let ours = std::thread::spawn(move || env.activate(Slot::B, 3));
+    // fw_setenv run meanwhile waits too.
+    let mut theirs = Command::new("fw_setenv")
+        .arg("-c")
+        .arg(&f.config)
+        .args(["theirs", "1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(files(&f), before, "written while fw_setenv held its lock");
+    drop(held);
+    ours.join().unwrap().unwrap();
+    assert!(theirs.wait().unwrap().success());
+    let printed = fw_printenv(&f);
+    assert_eq!(
+        (printed["BOOT_ORDER"].as_str(), printed["theirs"].as_str()),
+        ("B A", "1"),
+        "{printed:?}"
+    );
 }

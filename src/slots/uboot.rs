@@ -30,6 +30,10 @@
 //! as a `bootloader` error and U-Boot answers by using its built-in default environment.
 //! Use a redundant pair for devices that can lose power.
 //!
+//! Every write holds the lock `fw_setenv` takes, [`TOOLS_LOCK`], from reading the
+//! environment to writing it, so a `fw_setenv` run at the same time never loses a change of
+//! ours nor we one of its.
+//!
 //! # Variables
 //!
 //! RAUC's: `BOOT_ORDER` (`"A B"`), `BOOT_A_LEFT`/`BOOT_B_LEFT` — tries left, which the boot
@@ -475,6 +479,7 @@ impl UBootEnv {
     /// inactive copy (or the only one). A repeated name keeps only its last entry. An empty
     /// name, one with `=` or NUL, or a value with NUL is a `config` error, nothing written.
     pub fn set_vars(&mut self, updates: &[(&str, Option<&str>)]) -> Result<()> {
+        let _lock = tools_lock();
         let loaded = self.load()?;
         let mut vars = loaded.vars.clone();
         for (name, value) in updates {
@@ -496,6 +501,7 @@ impl UBootEnv {
     /// a valid environment is left as it is. A copy that can't be read, or one whose CRC is
     /// valid but whose entries don't parse, is an error and nothing is written.
     pub fn init(&mut self) -> Result<()> {
+        let _lock = tools_lock();
         let copies = self.read_copies()?;
         let redundant = self.config.redundant();
         if copies.iter().any(|(_, b)| {
@@ -567,6 +573,7 @@ impl UBootEnv {
 
     /// Makes `change` (see [`UBootEnv::plan`]).
     pub fn apply(&mut self, change: BootChange) -> Result<()> {
+        let _lock = tools_lock();
         apply_all(&self.plan(change)?)
     }
 
@@ -581,6 +588,18 @@ impl UBootEnv {
 /// "${BOOT_ORDER}" || setenv BOOT_ORDER "A B"`), and `fw_setenv NAME ""` stores an empty one.
 fn set_in<'a>(vars: &'a [RawVar], name: &str) -> Option<&'a [u8]> {
     last_raw(vars, name).filter(|v| !v.is_empty())
+}
+
+/// The lock `fw_setenv` (libubootenv) holds from reading the environment to writing it.
+pub const TOOLS_LOCK: &str = "/var/lock/fw_printenv.lock";
+
+/// Takes [`TOOLS_LOCK`], waiting while `fw_setenv` or another writer holds it, so that
+/// neither writes the inactive copy over the other's change (both would read the same
+/// current copy and write the other with the same flag: the second write loses the first).
+/// Like libubootenv, goes on without it when the lock file can't be opened (no writable
+/// `/var/lock`).
+fn tools_lock() -> Option<File> {
+    crate::fsutil::lock_exclusive(Path::new(TOOLS_LOCK)).ok()
 }
 
 /// `BOOT_X_LEFT` as RAUC's boot script reads it: hexadecimal, 3 when missing or empty.
