@@ -1058,3 +1058,32 @@ fn uboot_writes_wait_for_the_lock_fw_setenv_holds() {
         "{printed:?}"
     );
 }
+
+/// RAUC's scripts compare each word of the boot order with `A` and `B` exactly
+/// (`[ "$SLOT" == "A" ]`, `test "x${BOOT_SLOT}" = "xA"`): a word in lower case names no
+/// slot, and we read the next boot as they do.
+#[test]
+fn a_boot_order_in_lower_case_names_no_slot() {
+    if !have("grub-editenv") || !have("fw_setenv") {
+        return;
+    }
+    let (_dir, path) = grubenv_path();
+    for order in ["b A", "A b"] {
+        let set = format!("ORDER={order}");
+        grub_editenv_block(&path, &[&set, "A_OK=1", "A_TRY=0", "B_OK=1", "B_TRY=0"]);
+        let env = GrubEnv::new(&path);
+        let (grub, _, _) = bootsim::grub_decide(&env.vars().unwrap());
+        let plan = env.boot_plan().unwrap().unwrap();
+        assert_eq!(plan.next, grub, "GRUB, ORDER={order:?}");
+
+        let f = uboot_fixture(2);
+        fw_setenv_slots(&f);
+        fw_setenv(&f, "BOOT_B_LEFT", "3");
+        fw_setenv(&f, "BOOT_ORDER", order);
+        let env = UBootEnv::open(&f.config).unwrap();
+        let (uboot, _) = bootsim::uboot_decide(&env.vars().unwrap());
+        let plan = env.boot_plan().unwrap().unwrap();
+        assert_eq!(plan.next, uboot, "U-Boot, BOOT_ORDER={order:?}");
+        assert_eq!(plan.preferred, Slot::A, "{order:?}");
+    }
+}

@@ -249,9 +249,17 @@ pub(super) fn decoded(vars: &[RawVar]) -> Vec<(String, String)> {
 
 /// The slots a boot order names, in order (words that are not A or B are skipped).
 pub(super) fn slots_in(order: &[u8]) -> impl Iterator<Item = Slot> + '_ {
-    order
-        .split(u8::is_ascii_whitespace)
-        .filter_map(|w| Slot::parse(std::str::from_utf8(w).ok()?))
+    order.split(u8::is_ascii_whitespace).filter_map(order_word)
+}
+
+/// The slot a word of a boot order names: `A` or `B` exactly, as RAUC's scripts compare
+/// it (`[ "$SLOT" == "A" ]`, `test "x${BOOT_SLOT}" = "xA"`); `a` names none.
+pub(super) fn order_word(word: &[u8]) -> Option<Slot> {
+    match word {
+        b"A" => Some(Slot::A),
+        b"B" => Some(Slot::B),
+        _ => None,
+    }
 }
 
 /// `name=value` split at the first `=`; `None` without one.

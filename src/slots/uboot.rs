@@ -48,8 +48,8 @@
 
 use super::cmdline::BootedFrom;
 use super::grub::{
-    apply_all, check_var, decoded, last_raw, set_raw, slots_in, split_eq, text, BootChange,
-    EnvWrite, RawVar,
+    apply_all, check_var, decoded, last_raw, order_word, set_raw, slots_in, split_eq, text,
+    BootChange, EnvWrite, RawVar,
 };
 use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
@@ -319,9 +319,12 @@ fn order_first(order: Option<&str>, slot: Slot) -> String {
     let mut words: Vec<&str> = order
         .unwrap_or("")
         .split_whitespace()
-        .filter(|w| Slot::parse(w) != Some(slot))
+        .filter(|w| order_word(w.as_bytes()) != Some(slot))
         .collect();
-    if !words.iter().any(|w| Slot::parse(w) == Some(slot.other())) {
+    if !words
+        .iter()
+        .any(|w| order_word(w.as_bytes()) == Some(slot.other()))
+    {
         words.push(slot.other().upper());
     }
     words.insert(0, slot.upper());
