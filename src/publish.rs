@@ -347,7 +347,8 @@ impl Repo {
     /// them, as [`Repo::promote`] checks), or when, for
     /// `target`, its security version is below that of an older release on the channel or
     /// above that of a newer one: devices could never install it, or the newer one after
-    /// it. Adding a target is checked the same way, with the release's security version.
+    /// it. Adding a target is checked the same way, with the release's security version
+    /// and `min_version` (its devices below that need a stepping stone for the target).
     pub fn release(
         &self,
         channel: &str,
@@ -406,6 +407,13 @@ impl Repo {
             let target_release = TargetRelease { components: built };
             match existing {
                 Some(i) => {
+                    // Devices of `target` meet the release's min_version for the first
+                    // time: as for a new release, one must lead them up to it.
+                    let mut added = m.releases[i].clone();
+                    added.targets = NameMap::from([(target, target_release.clone())]);
+                    let mut others = m.clone();
+                    others.releases.remove(i);
+                    check_stepping_stone(&others, &added, opts.now)?;
                     m.releases[i].targets.insert(target, target_release);
                 }
                 None => {
@@ -2682,6 +2690,41 @@ mod tests {
             offer(&nightly(&repo), "1.0.0"),
             Some("1.5.0".parse().unwrap())
         );
+    }
+
+    /// Adding a target to a release with a `min_version` is checked as publishing it for
+    /// that target would be: its devices below `min_version` need a stone there too.
+    #[test]
+    fn adding_a_target_refuses_a_min_version_that_strands_its_devices() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_with(&repo, &key, &file, "1.0.0", "y", None);
+        publish_with(&repo, &key, &file, "1.5.0", "x", None);
+        let mut options = ReleaseOptions::new(now());
+        options.min_version = Some("1.5.0".parse().unwrap());
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        let v2: Version = "2.0.0".parse().unwrap();
+        repo.release("nightly", &v2, "x", &components, &options, &[&key])
+            .unwrap();
+        let options = ReleaseOptions::new(now());
+        let err = repo
+            .release("nightly", &v2, "y", &components, &options, &[&key])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string().contains(
+                "expected a stepping stone on channel nightly for y devices running 1.0.0"
+            ),
+            "{err}"
+        );
+        let m = nightly(&repo);
+        assert!(!m.release(&v2).unwrap().targets.contains_key("y"));
+        assert!(stranded(&m, now()).is_empty());
+        // With the stone there for y as well, the target goes in.
+        publish_with(&repo, &key, &file, "1.5.0", "y", None);
+        repo.release("nightly", &v2, "y", &components, &options, &[&key])
+            .unwrap();
+        assert!(stranded(&nightly(&repo), now()).is_empty());
     }
 
     /// A halted release is no stone (devices are not offered it); a device already held

@@ -39,7 +39,8 @@ pub(crate) enum Command {
         release for the target on the channel, or above that of a newer one (devices that\n\
         confirmed the one could never install the other), also when adding a target, and a\n\
         --min-version that leaves devices running a release of the channel below it offered\n\
-        nothing (publish, promote or ramp a stepping stone first).\n\
+        nothing (publish, promote or ramp a stepping stone first), also the release's own\n\
+        min_version when adding a target (add the target to the stone first).\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Release(ReleaseArgs),
