@@ -926,9 +926,16 @@ impl Repo {
                     name,
                     url: None,
                 };
-                if dest.exists() {
-                    // Blobs are immutable: keep the existing one, but only if it is intact.
-                    self.check_blob(&artifact)?;
+                // Blobs are immutable: keep one already there, but only if it is intact. A
+                // damaged one (its bytes are not those its name promises) is what every
+                // device downloading it refuses: the copy just hashed takes its place.
+                let intact = dest.exists()
+                    && match self.check_blob(&artifact) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == ErrorKind::HashMismatch => false,
+                        Err(e) => return Err(e),
+                    };
+                if intact {
                     drop(file);
                     std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
                 } else {
@@ -2245,6 +2252,24 @@ mod tests {
             repo.verify(now()).unwrap_err().kind(),
             ErrorKind::HashMismatch
         );
+    }
+
+    /// A damaged blob (disk, a hand edit) is what devices refuse; publishing the same file
+    /// again puts the right bytes back instead of failing on it.
+    #[test]
+    fn publishing_a_file_again_repairs_its_damaged_blob() {
+        let (_dir, repo, key, file) = setup();
+        let m = publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let blob = repo.path().join(
+            m.releases[0].targets["x"].components["app"]
+                .artifact
+                .blob_path(),
+        );
+        std::fs::write(&blob, b"PAYLOAD").unwrap();
+        publish(&repo, &key, &file, "1.1.0", "x").unwrap();
+        assert_eq!(std::fs::read(&blob).unwrap(), b"payload");
+        assert_eq!(repo.verify(now()).unwrap().channels[0].blobs_checked, 2);
+        assert!(repo.stray_temps().is_empty());
     }
 
     /// Releases from several threads at once (each open of the lock file is its own
