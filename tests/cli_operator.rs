@@ -450,18 +450,25 @@ fn usage_errors_exit_2_and_bad_values_are_config_errors() {
     }
 
     keygen(dir, "root1");
-    let err = fails(dir, &init_args("root1.pub", "0", "root1.pub", "root1", &[]));
+    keygen(dir, "release");
+    let err = fails(
+        dir,
+        &init_args("root1.pub", "0", "release.pub", "root1", &[]),
+    );
     assert!(err.starts_with("error[config]"), "{err}");
     assert!(!dir.join("repo").exists());
 
     // A signer outside the root role: refused before anything is written.
     keygen(dir, "other");
-    let err = fails(dir, &init_args("root1.pub", "1", "root1.pub", "other", &[]));
+    let err = fails(
+        dir,
+        &init_args("root1.pub", "1", "release.pub", "other", &[]),
+    );
     assert!(err.starts_with("error[threshold]"), "{err}");
     assert!(!dir.join("repo").exists());
 
     // A secret key file where a public key is expected.
-    let err = fails(dir, &init_args("root1", "1", "root1.pub", "root1", &[]));
+    let err = fails(dir, &init_args("root1", "1", "release.pub", "root1", &[]));
     assert!(err.starts_with("error[config]"), "{err}");
 }
 
@@ -654,10 +661,11 @@ fn an_unknown_component_kind_is_named_in_the_error() {
 fn a_closed_stdout_neither_stops_the_work_nor_panics() {
     let dir = tempfile::tempdir().unwrap();
     keygen(dir.path(), "root");
+    keygen(dir.path(), "release");
     let mut child = command_at(dir.path(), NOW)
         .args(["init", "repo", "--product", "com.acme.pipe"])
         .args(["--root-key", "root.pub", "--root-threshold", "1"])
-        .args(["--manifest-key", "root.pub", "--sign", "root", "--json"])
+        .args(["--manifest-key", "release.pub", "--sign", "root", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -744,12 +752,13 @@ fn adding_a_target_to_a_published_release_refuses_options_that_would_change_it()
 fn a_validity_beyond_a_century_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     keygen(dir.path(), "root1");
+    keygen(dir.path(), "release");
     let err = fails(
         dir.path(),
         &init_args(
             "root1.pub",
             "1",
-            "root1.pub",
+            "release.pub",
             "root1",
             &["--expires-in", "3000000"],
         ),
@@ -766,11 +775,18 @@ fn keygen_makes_its_directory_and_signing_with_a_pub_file_is_refused_by_name() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     ok(dir.path(), &["keygen", "--out", "keys/root"]);
+    ok(dir.path(), &["keygen", "--out", "keys/release"]);
     let keys = std::fs::metadata(dir.path().join("keys")).unwrap();
     assert_eq!(keys.permissions().mode() & 0o777, 0o700);
     let err = fails(
         dir.path(),
-        &init_args("keys/root.pub", "1", "keys/root.pub", "keys/root.pub", &[]),
+        &init_args(
+            "keys/root.pub",
+            "1",
+            "keys/release.pub",
+            "keys/root.pub",
+            &[],
+        ),
     );
     assert!(
         err.starts_with("error[config]: expected a secret key file to sign with, found keys/root.pub, a public key"),
@@ -899,9 +915,10 @@ fn init_makes_its_directories_durable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     keygen(dir, "root1");
+    keygen(dir, "release");
     let o = command_at(dir, NOW)
         .env("EVERGREEN_CRASH_COUNT", "1")
-        .args(init_args("root1.pub", "1", "root1.pub", "root1", &[]))
+        .args(init_args("root1.pub", "1", "release.pub", "root1", &[]))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -1075,7 +1092,10 @@ fn a_second_init_is_refused_and_leaves_the_pinned_root_as_it_was() {
     let dir = tmp.path();
     let pinned = std::fs::read(dir.join("repo/root/1.json")).unwrap();
     keygen(dir, "other");
-    let err = fails(dir, &init_args("other.pub", "1", "other.pub", "other", &[]));
+    let err = fails(
+        dir,
+        &init_args("other.pub", "1", "release.pub", "other", &[]),
+    );
     assert!(
         err.starts_with("error[config]: expected no repository at repo"),
         "{err}"
@@ -1124,4 +1144,61 @@ fn temp_files_left_by_an_interrupted_command_are_reported_then_removed() {
     let report: serde_json::Value =
         serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
     assert_eq!(report["stray_temps"], serde_json::json!([]));
+}
+
+/// The key that signs every release must not also be a root key: its holder could then
+/// sign a new root. `init` and `rotate` refuse a key given for both roles, and nothing is
+/// written; a rotation that gives neither role's keys still renews the root.
+#[test]
+fn a_key_in_both_roles_is_refused() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    keygen(dir, "solo");
+    let shared = [
+        "init",
+        "other",
+        "--product",
+        "p",
+        "--root-key",
+        "solo.pub",
+        "--root-threshold",
+        "1",
+        "--manifest-key",
+        "solo.pub",
+        "--sign",
+        "solo",
+    ];
+    let err = fails(dir, &shared);
+    assert!(
+        err.starts_with("error[config]: expected manifest keys apart from the root keys"),
+        "{err}"
+    );
+    assert!(!dir.join("other").exists());
+    let rotations: [&[&str]; 2] = [
+        &[
+            "rotate",
+            "repo",
+            "--manifest-key",
+            "root1.pub",
+            "--sign",
+            "root1",
+        ],
+        &[
+            "rotate",
+            "repo",
+            "--root-key",
+            "release.pub",
+            "--sign",
+            "root1",
+            "--sign",
+            "release",
+        ],
+    ];
+    for args in rotations {
+        let err = fails(dir, args);
+        assert!(err.contains("found key"), "{args:?}: {err}");
+        assert!(!dir.join("repo/root/2.json").exists(), "{args:?}");
+    }
+    ok(dir, &["rotate", "repo", "--sign", "root1"]);
+    assert!(dir.join("repo/root/2.json").exists());
 }

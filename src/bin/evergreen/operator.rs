@@ -24,7 +24,8 @@ pub(crate) enum Command {
         --root-key keys/root1.pub --root-threshold 1 --manifest-key keys/release.pub \\\n    \
         --sign keys/root1\n\n\
         Refused when REPO/root/1.json exists, even one another init wrote meanwhile: it is\n\
-        never replaced. Waits while another command changes the same repository (it holds\n\
+        never replaced; and when a key is given for both roles (whoever holds the key that\n\
+        signs every release could then also sign a new root). Waits while another command changes the same repository (it holds\n\
         REPO/.lock)."
     )]
     Init(InitArgs),
@@ -88,7 +89,8 @@ pub(crate) enum Command {
         --sign keys/root1 --sign keys/root2\n\n\
         Keys and thresholds not given stay as they are. When the manifest keys change,\n\
         every channel is re-signed with the new ones (give their secret keys with --sign),\n\
-        keeping its validity unless --manifest-expires-in is given.\n\
+        keeping its validity unless --manifest-expires-in is given. A key given for one\n\
+        role that is in the other (given too, or as it is) is refused.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Rotate(RotateArgs),
@@ -395,6 +397,7 @@ fn init(a: &InitArgs, json: bool) -> Result<()> {
         .map_err(|e| e.context("--root-threshold"))?;
     let manifest_keys = KeySet::new(public_keys(&a.manifest_key)?, a.manifest_threshold)
         .map_err(|e| e.context("--manifest-threshold"))?;
+    separate_roles(root_keys.keys(), manifest_keys.keys())?;
     let signers = secret_keys(&a.sign)?;
     let repo = Repo::init(
         &a.repo,
@@ -488,10 +491,22 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
 fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
     let repo = open(&a.repo)?;
     let signers = secret_keys(&a.sign)?;
+    let (root_keys, manifest_keys) = (optional_keys(&a.root_key)?, optional_keys(&a.manifest_key)?);
+    // Only keys given now are checked: renewing a root whose roles already share a key
+    // (made by the library, or before this check) still works.
+    if root_keys.is_some() || manifest_keys.is_some() {
+        let current = repo.trusted_root()?;
+        let current_root = current.root().role_keys("root")?;
+        let roots = root_keys.as_deref().unwrap_or(current_root.keys());
+        let manifests = manifest_keys
+            .as_deref()
+            .unwrap_or(current.manifest_keys().keys());
+        separate_roles(roots, manifests)?;
+    }
     let opts = RotateOptions {
-        root_keys: optional_keys(&a.root_key)?,
+        root_keys,
         root_threshold: a.root_threshold,
-        manifest_keys: optional_keys(&a.manifest_key)?,
+        manifest_keys,
         manifest_threshold: a.manifest_threshold,
         expires_in_days: Some(a.expires_in),
         manifest_expires_in_days: a.manifest_expires_in,
@@ -628,6 +643,18 @@ fn parse_version(text: &str) -> std::result::Result<Version, String> {
 
 fn public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
     paths.iter().map(|p| publish::read_public_key(p)).collect()
+}
+
+/// Refuses a key in both roles: whoever holds the key that signs every release could then
+/// also sign a new root, which keeping the roles apart is for (SECURITY.md).
+fn separate_roles(root: &[PublicKey], manifest: &[PublicKey]) -> Result<()> {
+    match manifest.iter().find(|k| root.contains(k)) {
+        Some(k) => Err(Error::config(format!(
+            "expected manifest keys apart from the root keys (a manifest key's holder could otherwise sign a new root), found key {} in both roles",
+            k.keyid()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn optional_keys(paths: &[PathBuf]) -> Result<Option<Vec<PublicKey>>> {
