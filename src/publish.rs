@@ -481,8 +481,22 @@ impl Repo {
                 .iter()
                 .find(|r| same_version(&r.version, version));
             if let Some(r) = same {
+                // A target added on `from` after the promotion: say how it gets to `to`.
+                let absent: Vec<&str> = release
+                    .targets
+                    .keys()
+                    .filter(|t| !r.targets.contains_key(t))
+                    .map(String::as_str)
+                    .collect();
+                let how = match absent.as_slice() {
+                    [] => String::new(),
+                    absent => format!(
+                        ", without {} which {from} lists: publish the same files there with `release --channel {to} --version {version} --target …`",
+                        absent.join(", ")
+                    ),
+                };
                 return Err(Error::config(format!(
-                    "expected {version} not yet on channel {to}, found {} already there",
+                    "expected {version} not yet on channel {to}, found {} already there{how}",
                     r.version
                 )));
             }
@@ -1966,6 +1980,29 @@ mod tests {
         let components = ["app", "assets"].map(|n| (n, file.as_path(), ArtifactKind::File));
         repo.release("stable", &version, "x", &components, &opts, &[&key])
             .unwrap();
+    }
+
+    /// A target added to a release after its promotion is not promoted by promoting again:
+    /// the refusal names it and how it gets there.
+    #[test]
+    fn promoting_again_names_the_targets_added_since() {
+        let (_dir, repo, key, file) = setup();
+        let v: Version = "1.0.0".parse().unwrap();
+        publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+        let signers = [&key];
+        let sign = Signing::new(&signers, now());
+        repo.promote(&v, "nightly", "stable", None, &sign).unwrap();
+        publish(&repo, &key, &file, "1.0.0", "y").unwrap();
+        let err = repo
+            .promote(&v, "nightly", "stable", None, &sign)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string().contains(
+                "found 1.0.0 already there, without y which nightly lists: publish the same files there with `release --channel stable --version 1.0.0 --target …`"
+            ),
+            "{err}"
+        );
     }
 
     /// No slot store installs an image beside other components, so no target lists one:
