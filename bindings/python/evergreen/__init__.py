@@ -102,6 +102,12 @@ class Activation:
     """When deferred: the Unix time it may go ahead, None when unknown or activated."""
 
 
+# Per thread: how deep it is in callbacks of any handle. A close() from in there does not
+# wait, as `evg_updater_free` from inside a callback does not: two threads each closing,
+# from a callback, the updater the other is in a callback of would wait for each other.
+_in_callbacks = threading.local()
+
+
 class _Handle:
     """A C handle that is freed once: by `close()`, or when its owner is collected.
 
@@ -113,7 +119,8 @@ class _Handle:
     runs; else the handle is marked closed and freed by the first such moment: a callback
     of this kind, or the end of the last call. Either way, once closed no new call starts
     with it, and `close()` returns once no callback runs on another thread, as the C
-    free does (a callback on the closing thread itself is left to finish).
+    free does (a callback on the closing thread itself is left to finish); a `close()`
+    made from inside a callback of any handle does not wait, as the C free does not.
 
     A `KeyboardInterrupt` or `SystemExit` raised in a callback cannot unwind through C:
     it is kept and raised when the C call that made the callback returns."""
@@ -175,6 +182,8 @@ class _Handle:
         in there, or one made earlier on another thread, frees it now if it safely can."""
         depth = self._count("depth")
         self._mine.depth = depth + 1
+        anywhere = int(getattr(_in_callbacks, "depth", 0))
+        _in_callbacks.depth = anywhere + 1
         with self._guard:
             self._running += 1
         try:
@@ -182,6 +191,7 @@ class _Handle:
                 self._free_if_safe()
             yield
         finally:
+            _in_callbacks.depth = anywhere
             self._mine.depth = depth
             with self._guard:
                 self._running -= 1
@@ -196,8 +206,10 @@ class _Handle:
         with self._guard:
             self._closing = True
             self._free_if_safe()
-            # This thread's own callbacks go on after close() returns: they called it.
-            self._guard.wait_for(lambda: self._running == self._count("depth"))
+            if getattr(_in_callbacks, "depth", 0):
+                # From inside a callback (of any handle): waiting could deadlock.
+                return
+            self._guard.wait_for(lambda: self._running == 0)
 
 
 class Offer:
@@ -343,7 +355,9 @@ class Updater:
         that call's callbacks or from another thread: the call makes no more callbacks,
         a download in it is cancelled (`CancelledError`), and the handle is freed when
         it returns. From another thread, `close()` first waits for a callback running
-        at that moment to return. Calls started after `close()` raise `ValueError`."""
+        at that moment to return, unless it is itself called from inside a callback (of
+        any Updater): then it does not wait, as `evg_updater_free` does not. Calls
+        started after `close()` raise `ValueError`."""
         self._h.close()
 
     def __enter__(self) -> "Updater":

@@ -8,6 +8,8 @@ import json
 import http.server
 import os
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 import zipfile
@@ -550,6 +552,64 @@ def test_ctrl_c_in_an_event_callback_is_raised_once_the_call_returns(world) -> N
         # Raised once: the next call runs as usual (the callback raises again in it).
         updater.on_event(None)
         assert updater.check() is not None
+
+
+def test_closes_from_inside_callbacks_of_two_updaters_do_not_wait_for_each_other(
+    world, tmp_path: Path
+) -> None:
+    """Two threads, each inside a progress callback of its own updater, each closing the
+    other's: a close() from inside a callback does not wait, as `evg_updater_free` from
+    inside a callback does not, so neither waits for the other. Run in a child process,
+    which a deadlock would keep from ever exiting."""
+    _, _, _, config = world
+    configs = []
+    for name in ("one", "two"):
+        c = dict(config, state_dir=str(tmp_path / name / "state"), device_id=f"device-{name}")
+        c["slots"] = {"kind": "dir", "root": str(tmp_path / name / "app")}
+        configs.append(c)
+    child = textwrap.dedent(
+        """
+        import json, sys, threading
+        import evergreen
+
+        updaters = [evergreen.Updater(c) for c in json.loads(sys.argv[1])]
+        offers = [u.check() for u in updaters]
+        both_inside = threading.Barrier(2, timeout=20)
+        closed = []
+
+        def run(i):
+            def progress(done, total):
+                if i not in closed:
+                    both_inside.wait()
+                    updaters[1 - i].close()
+                    closed.append(i)
+                return False
+
+            try:
+                updaters[i].download(offers[i], progress)
+            except evergreen.CancelledError:
+                pass
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(sorted(closed))
+        """
+    )
+    package = Path(evergreen.__file__).resolve().parents[1]
+    path = os.pathsep.join(filter(None, [str(package), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", child, json.dumps(configs)],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("each close() waited for the other thread's callback: a deadlock")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1]", (out.stdout, out.stderr)
 
 
 def test_a_close_never_frees_the_handle_under_a_call_on_its_way_into_c(world) -> None:
