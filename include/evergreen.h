@@ -264,7 +264,8 @@ typedef struct evg_response {
  * Starts a GET of `url`. `range_from` is -1, or the offset to send as
  * `Range: bytes=<range_from>-`; `if_none_match` is NULL or the entity tag to send as
  * `If-None-Match`. Returns 0 with `*out` filled for any HTTP answer (a 404 or 503 is an
- * answer, not an error), or an `evg_status` number when no answer came.
+ * answer, not an error), or an `evg_status` number when no answer came; a `get` that
+ * fails releases whatever body it made itself (`*out` is not read then).
  */
 typedef int (*evg_transport_get_fn)(void *user, const char *url, int64_t range_from, const char *if_none_match, struct evg_response *out);
 
@@ -276,7 +277,8 @@ typedef int (*evg_transport_get_fn)(void *user, const char *url, int64_t range_f
 typedef int (*evg_transport_read_fn)(void *user, void *body, uint8_t *buf, size_t len, size_t *n);
 
 /**
- * Releases `body`; called exactly once for every non-NULL body, read to the end or not.
+ * Releases `body`; called exactly once for every non-NULL body a `get` that returned 0
+ * handed out, read to the end or not.
  */
 typedef void (*evg_transport_close_fn)(void *user, void *body);
 

@@ -41,7 +41,8 @@ pub struct evg_response {
 /// Starts a GET of `url`. `range_from` is -1, or the offset to send as
 /// `Range: bytes=<range_from>-`; `if_none_match` is NULL or the entity tag to send as
 /// `If-None-Match`. Returns 0 with `*out` filled for any HTTP answer (a 404 or 503 is an
-/// answer, not an error), or an `evg_status` number when no answer came.
+/// answer, not an error), or an `evg_status` number when no answer came; a `get` that
+/// fails releases whatever body it made itself (`*out` is not read then).
 pub type evg_transport_get_fn = Option<
     unsafe extern "C" fn(
         user: *mut c_void,
@@ -65,7 +66,8 @@ pub type evg_transport_read_fn = Option<
     ) -> c_int,
 >;
 
-/// Releases `body`; called exactly once for every non-NULL body, read to the end or not.
+/// Releases `body`; called exactly once for every non-NULL body a `get` that returned 0
+/// handed out, read to the end or not.
 pub type evg_transport_close_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, body: *mut c_void)>;
 
