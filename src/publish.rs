@@ -2275,15 +2275,17 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::NoSuchVersion);
     }
 
+    /// Where the blob of the first release's `app` for target `x` lies.
+    fn app_blob(repo: &Repo, m: &Manifest) -> PathBuf {
+        let app = &m.releases[0].targets["x"].components["app"];
+        repo.path().join(app.artifact.blob_path())
+    }
+
     #[test]
     fn a_tampered_blob_fails_verify_with_hash_mismatch() {
         let (_dir, repo, key, file) = setup();
         let m = publish(&repo, &key, &file, "1.0.0", "x").unwrap();
-        let blob = repo.path().join(
-            m.releases[0].targets["x"].components["app"]
-                .artifact
-                .blob_path(),
-        );
+        let blob = app_blob(&repo, &m);
         std::fs::write(&blob, b"PAYLOAD").unwrap();
         assert_eq!(
             repo.verify(now()).unwrap_err().kind(),
@@ -2297,11 +2299,7 @@ mod tests {
     fn publishing_a_file_again_repairs_its_damaged_blob() {
         let (_dir, repo, key, file) = setup();
         let m = publish(&repo, &key, &file, "1.0.0", "x").unwrap();
-        let blob = repo.path().join(
-            m.releases[0].targets["x"].components["app"]
-                .artifact
-                .blob_path(),
-        );
+        let blob = app_blob(&repo, &m);
         std::fs::write(&blob, b"PAYLOAD").unwrap();
         publish(&repo, &key, &file, "1.1.0", "x").unwrap();
         assert_eq!(std::fs::read(&blob).unwrap(), b"payload");

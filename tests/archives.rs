@@ -521,28 +521,9 @@ fn too_many_entries_are_refused() {
 /// million entries in front of a directory that holds none.
 #[test]
 fn the_declared_entry_count_is_refused_before_the_directory_is_read() {
-    let mut bytes = Vec::new();
-    let offset = bytes.len() as u64;
-    // zip64 end of central directory record: 56 bytes.
-    bytes.extend_from_slice(b"PK\x06\x06");
-    bytes.extend_from_slice(&44u64.to_le_bytes()); // size of the rest
-    bytes.extend_from_slice(&[45, 0, 45, 0]); // versions
-    bytes.extend_from_slice(&[0; 8]); // disk numbers
-    bytes.extend_from_slice(&2_000_000u64.to_le_bytes()); // entries on this disk
-    bytes.extend_from_slice(&2_000_000u64.to_le_bytes()); // entries in all
-    bytes.extend_from_slice(&0u64.to_le_bytes()); // directory size
-    bytes.extend_from_slice(&0u64.to_le_bytes()); // directory offset
-                                                  // zip64 locator: 20 bytes.
-    bytes.extend_from_slice(b"PK\x06\x07");
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&offset.to_le_bytes());
-    bytes.extend_from_slice(&1u32.to_le_bytes());
-    // classic end of central directory: the counts say "see the zip64 record".
-    bytes.extend_from_slice(b"PK\x05\x06");
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&[0xff; 4]);
-    bytes.extend_from_slice(&[0xff; 8]);
-    bytes.extend_from_slice(&[0; 2]);
+    // The classic record's counts, directory size and offset all say "see the zip64
+    // record".
+    let bytes = zip64_end_declaring_two_million(0, [0xff; 12]);
     let msg = Case::new(&bytes).refused(None, &limits(), &[]);
     assert!(
         msg.contains("found 2000000 (as the end of its central directory declares)"),
@@ -568,13 +549,15 @@ fn the_declared_entry_count_is_refused_before_the_directory_is_read() {
 /// offset are `classic`.
 fn zip64_end_declaring_two_million(offset: u64, classic: [u8; 12]) -> Vec<u8> {
     let mut bytes = Vec::new();
+    // zip64 end of central directory record: 56 bytes.
     bytes.extend_from_slice(b"PK\x06\x06");
-    bytes.extend_from_slice(&44u64.to_le_bytes());
-    bytes.extend_from_slice(&[45, 0, 45, 0]);
-    bytes.extend_from_slice(&[0; 8]);
-    bytes.extend_from_slice(&2_000_000u64.to_le_bytes());
-    bytes.extend_from_slice(&2_000_000u64.to_le_bytes());
-    bytes.extend_from_slice(&[0; 16]);
+    bytes.extend_from_slice(&44u64.to_le_bytes()); // size of the rest
+    bytes.extend_from_slice(&[45, 0, 45, 0]); // versions
+    bytes.extend_from_slice(&[0; 8]); // disk numbers
+    bytes.extend_from_slice(&2_000_000u64.to_le_bytes()); // entries on this disk
+    bytes.extend_from_slice(&2_000_000u64.to_le_bytes()); // entries in all
+    bytes.extend_from_slice(&[0; 16]); // directory size and offset
+                                       // zip64 locator: 20 bytes.
     bytes.extend_from_slice(b"PK\x06\x07");
     bytes.extend_from_slice(&[0; 4]);
     bytes.extend_from_slice(&offset.to_le_bytes());

@@ -1,6 +1,7 @@
 //! Downloads and metadata over real loopback HTTP against a misbehaving server, and from
 //! files (DESIGN §5.4).
 
+mod mounts;
 mod require;
 mod support;
 
@@ -9,6 +10,7 @@ use evergreen::fetch::{
 };
 use evergreen::trust::sha256_hex;
 use evergreen::{ErrorKind, Result};
+use mounts::Mounted;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{Fault, TestServer};
@@ -1325,32 +1327,6 @@ fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
     assert!(err.message().contains(&soft.url()), "{err}");
 }
 
-/// A tmpfs of `kib` KiB mounted at `at`, unmounted when dropped; `None` (the test is
-/// skipped, or fails under `EVERGREEN_REQUIRE_TOOLS`) where it cannot be mounted.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, kib: u64) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
-            .arg(at)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !mounted {
-            require::missing("mount with permission to mount a tmpfs (root)");
-            return None;
-        }
-        Some(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A download that fills its file system fails naming the room it needed, and removes its
 /// `.part`: kept, it would hold the space the state needs, and every later check and
 /// startup step would fail to save it until someone deleted the file by hand.
@@ -1358,7 +1334,7 @@ impl Drop for Tmpfs {
 fn a_download_that_fills_the_disk_says_so_and_leaves_the_room_it_took() {
     let repo = Repo::new(SIZE);
     let dir = TempDir::new().unwrap();
-    let Some(_fs) = Tmpfs::mount(&dir.path().join("small"), 512) else {
+    let Some(_fs) = Mounted::tmpfs(&dir.path().join("small"), 512) else {
         return;
     };
     let downloads = dir.path().join("small/downloads");

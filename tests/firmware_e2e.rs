@@ -11,6 +11,7 @@
 #[path = "support/bootsim.rs"]
 mod bootsim;
 mod common;
+mod mounts;
 mod require;
 mod support;
 
@@ -21,6 +22,7 @@ use evergreen::slots::uboot::UBootEnv;
 use evergreen::slots::{BootSelector, Slot};
 use evergreen::state::SlotStatus;
 use evergreen::{Activation, Check, Config, ErrorKind, Startup, Updater};
+use mounts::Mounted;
 use semver::Version;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -1185,37 +1187,6 @@ fn the_read_back_reads_the_device_not_the_page_cache() {
     assert_eq!(std::fs::read(&backing).unwrap()[..image.len()], image[..]);
 }
 
-/// A file system mounted from a loop device, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    /// Makes an ext4 file system on `device` and mounts it at `at`; `None` (the test is
-    /// skipped, or fails under `EVERGREEN_REQUIRE_TOOLS`) where that cannot be done.
-    fn ext4(device: &str, at: &Path) -> Option<Mount> {
-        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
-            std::process::Command::new(cmd)
-                .args(args)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        std::fs::create_dir_all(at).unwrap();
-        let dev = std::ffi::OsStr::new(device);
-        if !run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), dev])
-            || !run("mount", &[dev, at.as_os_str()])
-        {
-            require::missing("mkfs.ext4 and mount with permission to mount a loop device");
-            return None;
-        }
-        Some(Mount(at.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A slot device with a file system mounted from it (the running root, when the slot the
 /// state calls idle is the one that booted and the host's selector cannot tell) is never
 /// written: `invalid_state` naming where it is mounted, from the check an install makes
@@ -1231,7 +1202,7 @@ fn a_slot_device_with_a_mounted_file_system_is_never_written() {
         return;
     };
     let at = dir.path().join("mounted");
-    let Some(mount) = Mount::ext4(&device.0, &at) else {
+    let Some(mount) = Mounted::ext4(&device.0, &at) else {
         return;
     };
     std::fs::write(at.join("running.txt"), b"the running system").unwrap();

@@ -1,0 +1,53 @@
+//! File systems mounted for a test (as root), unmounted when the guard drops.
+#![allow(dead_code)]
+
+use crate::require;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A mount at a directory, unmounted when dropped.
+pub struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Runs `mount ARGS… AT`, first creating `at`; `None` (the test is skipped, or fails
+    /// under `EVERGREEN_REQUIRE_TOOLS`, naming `needs`) where that cannot be done.
+    pub fn new(args: &[&OsStr], at: &Path, needs: &str) -> Option<Mounted> {
+        std::fs::create_dir_all(at).unwrap();
+        if !run("mount", &[args, &[at.as_os_str()]].concat()) {
+            require::missing(needs);
+            return None;
+        }
+        Some(Mounted(at.to_path_buf()))
+    }
+
+    /// A tmpfs of `kib` KiB at `at`.
+    pub fn tmpfs(at: &Path, kib: u64) -> Option<Mounted> {
+        let size = format!("size={kib}k");
+        let args = ["-t", "tmpfs", "-o", &size, "tmpfs"].map(OsStr::new);
+        Mounted::new(&args, at, "mount with permission to mount a tmpfs (root)")
+    }
+
+    /// A new ext4 file system on the block device `device`, mounted at `at`.
+    pub fn ext4(device: &str, at: &Path) -> Option<Mounted> {
+        let needs = "mkfs.ext4 and mount with permission to mount a loop device";
+        if !run("mkfs.ext4", &["-q", "-F", device].map(OsStr::new)) {
+            require::missing(needs);
+            return None;
+        }
+        Mounted::new(&[OsStr::new(device)], at, needs)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&OsStr]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
