@@ -243,6 +243,21 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
+    // The OS says only "File exists", which reads as no error at all.
+    if let Ok(found) = fs::symlink_metadata(dir) {
+        return Err(Error::new(
+            crate::ErrorKind::Io,
+            format!(
+                "create directory {}: expected a directory there, found {}",
+                dir.display(),
+                if found.file_type().is_symlink() {
+                    "a symlink to no directory"
+                } else {
+                    "a file"
+                }
+            ),
+        ));
+    }
     let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
     fs::DirBuilder::new()
         .recursive(true)
@@ -405,6 +420,29 @@ mod tests {
         assert_eq!(mode(&outside), 0o555, "a symlink was followed");
         remove_all(&tree).unwrap();
         assert!(!tree.exists());
+    }
+
+    /// A file where a directory is to be made is named as such, not as "File exists".
+    #[test]
+    fn a_file_in_place_of_a_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let downloads = dir.path().join("downloads");
+        std::fs::write(&downloads, b"x").unwrap();
+        let err = create_dir_all_mode(&downloads, 0o755).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Io);
+        assert!(
+            err.message()
+                .ends_with("downloads: expected a directory there, found a file"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&downloads).unwrap(), b"x");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling"))
+            .unwrap();
+        let err = create_dir_all_mode(&dir.path().join("dangling"), 0o755).unwrap_err();
+        assert!(
+            err.message().ends_with("found a symlink to no directory"),
+            "{err}"
+        );
     }
 
     /// procfs can't fsync a directory (`EINVAL`), like some shared-folder and network
