@@ -322,7 +322,8 @@ def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
         try:
             with open(config, encoding="utf-8") as f:
                 return f.read()
-        except (OSError, UnicodeDecodeError) as e:
+        # ValueError: a NUL in the path, which no file system takes.
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise BY_CODE[1](
                 f"expected the config as JSON text or the path of a JSON file, found {config!r}"
                 f" ({e})"

@@ -272,6 +272,10 @@ def test_config_as_a_path_in_a_str_or_a_path(world, tmp_path: Path) -> None:
     for missing in (str(tmp_path / "missing.json"), tmp_path / "missing.json"):
         with pytest.raises(evergreen.ConfigError, match="the path of a JSON file"):
             evergreen.Updater(missing)
+    # A NUL in the path is no path a file system takes: a config error, not a ValueError.
+    for nul in (str(tmp_path / "con\0fig.json"), tmp_path / "con\0fig.json"):
+        with pytest.raises(evergreen.ConfigError, match="embedded null"):
+            evergreen.Updater(nul)
     # Bytes that are not UTF-8 are a config error too, whichever way the path is given.
     latin1 = tmp_path / "latin1.json"
     latin1.write_bytes(b'{"product": "caf\xe9"}')
