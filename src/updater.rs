@@ -1764,15 +1764,7 @@ impl Updater {
             let version = record.version.clone().unwrap_or(Version::new(0, 0, 0));
             // The install checked the floor as it was then; a confirmation since (of a
             // stranded first trial) may have raised it past the staged release.
-            if record.security_version < st.security_floor {
-                return Err(Error::new(
-                    ErrorKind::SecurityFloor,
-                    format!(
-                        "expected slot {slot} to hold a release at or above this device's security floor {} to activate it, found {version} at security version {}",
-                        st.security_floor, record.security_version
-                    ),
-                ));
-            }
+            check_floor(&st, slot, "a slot to activate")?;
             if !force {
                 if let Deploy::Wait { until, reason } =
                     select::deploy(&self.config.deploy, record.critical, self.now(&st))
@@ -1923,18 +1915,7 @@ impl Updater {
             }
             // The floor rose when the primary was confirmed; going back under it by hand
             // would undo the anti-rollback protection it stands for.
-            let below = st.slot(fallback);
-            if below.security_version < st.security_floor {
-                return Err(Error::new(
-                    ErrorKind::SecurityFloor,
-                    format!(
-                        "expected a fallback at or above this device's security floor {}, found slot {fallback} with {} at security version {}",
-                        st.security_floor,
-                        version_str(below.version.as_ref()),
-                        below.security_version
-                    ),
-                ));
-            }
+            check_floor(&st, fallback, "a fallback")?;
             // The app runs from the primary until it restarts, unless that is a trial the
             // startup step never counted a start of (it never ran).
             let left = st.primary;
@@ -2053,6 +2034,25 @@ fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
             (name.to_string(), record)
         })
         .collect()
+}
+
+/// Refuses (`security_floor`) to make `slot`, as `role`, the one that runs when its
+/// release is below the device's floor: the floor may have risen since it was installed
+/// (by a confirmation), and going under it would undo the anti-rollback protection.
+fn check_floor(st: &State, slot: Slot, role: &str) -> Result<()> {
+    let record = st.slot(slot);
+    if record.security_version >= st.security_floor {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::SecurityFloor,
+        format!(
+            "expected {role} at or above this device's security floor {}, found slot {slot} with {} at security version {}",
+            st.security_floor,
+            version_str(record.version.as_ref()),
+            record.security_version
+        ),
+    ))
 }
 
 fn version_str(v: Option<&Version>) -> String {
