@@ -252,10 +252,7 @@ fn check_not_mounted(file: &File, path: &Path) -> Result<()> {
         .metadata()
         .map_err(|e| Error::io("inspecting", path, e))?
         .rdev();
-    // glibc's gnu_dev_major / gnu_dev_minor.
-    let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0fff);
-    let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff);
-    let device = format!("{major}:{minor}");
+    let device = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
     // Fields: mount id, parent id, major:minor, root, mount point, …
     let mounted_at = mountinfo.lines().find_map(|line| {
         let mut fields = line.split(' ').skip(2);
