@@ -321,13 +321,16 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
             .collect()
     };
     let symlinks = of_kind(Kind::Symlink);
-    let symlink_paths: HashSet<&str> = symlinks.iter().map(|i| &*entries[*i].path).collect();
-    let dir_paths: HashSet<&str> = dirs
-        .iter()
-        .map(|(owner, end)| &entries[*owner].path[..*end])
-        .collect();
-    for e in symlinks.iter().map(|i| &entries[*i]) {
-        check_link_target(&e.path, &e.target, &symlink_paths, &dir_paths)?;
+    // Most archives have no symlink (they need `allow_symlinks`): no sets to build then.
+    if !symlinks.is_empty() {
+        let symlink_paths: HashSet<&str> = symlinks.iter().map(|i| &*entries[*i].path).collect();
+        let dir_paths: HashSet<&str> = dirs
+            .iter()
+            .map(|(owner, end)| &entries[*owner].path[..*end])
+            .collect();
+        for e in symlinks.iter().map(|i| &entries[*i]) {
+            check_link_target(&e.path, &e.target, &symlink_paths, &dir_paths)?;
+        }
     }
     let mut files = of_kind(Kind::File);
     files.sort_by_key(|i| std::cmp::Reverse(entries[*i].declared.max(entries[*i].compressed)));
