@@ -72,6 +72,14 @@ pub fn remove_stale_temps_in(dir: &Path) {
     }
 }
 
+/// Whether a write failed for want of space: the file system (or the user's quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Writes `bytes` to `path` atomically: a reader sees the old content or the new, never a
 /// mix, and after return the new content survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

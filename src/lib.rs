@@ -16,6 +16,7 @@ pub mod name_map;
 pub mod publish;
 pub mod select;
 pub mod slots;
+mod spare;
 pub mod stage;
 pub mod state;
 pub mod time;

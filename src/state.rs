@@ -427,7 +427,31 @@ impl State {
         Ok(Some(state))
     }
 
-    /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir). A
+    /// Loads the state as [`State::load`] does, holding the state lock shared while it
+    /// reads: a save on a full disk writes into the file an earlier reader opened (see
+    /// `src/spare.rs`), and must not do so under a reader that does not hold the lock.
+    /// Without the lock when this thread holds it already (it saves nothing while it
+    /// reads), and when the lock file cannot be opened (none yet, or not readable by
+    /// this user): a read never creates files.
+    pub fn load_shared(dir: &Path) -> Result<Option<State>> {
+        let key = std::fs::canonicalize(dir).map(|d| d.join(STATE_LOCK));
+        let held_here = key.as_ref().is_ok_and(|key| {
+            HELD.try_with(|held| held.borrow().contains(key))
+                .unwrap_or(true)
+        });
+        let shared = match key {
+            Ok(key) if !held_here => std::fs::File::open(key)
+                .ok()
+                .filter(|f| f.lock_shared().is_ok()),
+            _ => None,
+        };
+        let state = State::load(dir);
+        drop(shared);
+        state
+    }
+
+    /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir), still when
+    /// its file system is full (through a spare file beside it: see `src/spare.rs`). A
     /// `state.json` that is a symlink (into a writable partition, on a read-only root file
     /// system) is written where it points, and stays a symlink.
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -435,10 +459,11 @@ impl State {
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
         let path = fsutil::link_target(State::path(dir))?;
-        fsutil::write_atomic(&path, &bytes)?;
+        crate::spare::write(&path, &bytes)?;
         // Every save holds the state lock, so any other temp file is one a power cut or a
         // kill left behind: without this they would pile up, one per process cut off.
         fsutil::remove_stale_temps(&path);
+        fsutil::remove_stale_temps(&crate::spare::spare_path(&path));
         Ok(())
     }
 
@@ -530,6 +555,31 @@ mod tests {
         assert_eq!(back.history.len(), HISTORY_LEN);
         assert_eq!(back.history[0].detail, "#36");
         back.check_invariants().unwrap();
+    }
+
+    /// A reader that takes no part in a change waits for the change to finish, and a
+    /// thread that holds the lock reads without waiting for itself.
+    #[test]
+    fn a_shared_load_waits_for_the_holder_of_the_lock_but_not_for_itself() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        State::initial("stable", None).save(dir.path()).unwrap();
+        let (locked, wait) = channel();
+        let writer = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let _lock = State::lock(&dir).unwrap();
+                assert_eq!(State::load_shared(&dir).unwrap().unwrap().channel, "stable");
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                State::initial("preview", None).save(&dir).unwrap();
+            })
+        };
+        wait.recv_timeout(Duration::from_secs(30)).unwrap();
+        let read = State::load_shared(dir.path()).unwrap().unwrap();
+        assert_eq!(read.channel, "preview", "read while the lock was held");
+        writer.join().unwrap();
     }
 
     /// A save cut off by a power cut leaves its temp file; the next save removes it.

@@ -2,10 +2,12 @@
 //! served on loopback: exit codes, `--json` shapes (DESIGN §7.2) and `error[<kind>]` lines.
 
 mod common;
+mod mounts;
 mod require;
 mod support;
 
 use common::Repo;
+use mounts::Mounted;
 use std::path::Path;
 use support::{Fault, TestServer};
 
@@ -1306,4 +1308,66 @@ fn next_check_comes_due_before_the_first_check_and_after_a_failed_one() {
             "asked {asked} h after the failed check: next check {next} s after it"
         );
     }
+}
+
+/// Fills the file system holding `dir` to the last byte, as a runaway log would.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = [b'x'; 4096];
+    for _ in 0..1024 {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    drop(f);
+    assert!(
+        std::fs::write(dir.join("probe"), [0u8; 4096]).is_err(),
+        "the file system still has room"
+    );
+}
+
+/// A release on trial that fails must be rolled back even when its app filled the disk:
+/// every start of the trial is counted in the state, and a state that cannot be saved would
+/// leave the broken release running, uncounted, until someone freed space by hand. The
+/// state's spare file takes the saves: the starts are counted and the rollback happens.
+#[test]
+fn a_trial_on_a_full_disk_is_counted_and_rolled_back() {
+    let repo = Repo::new("com.acme.full");
+    let scratch = repo.scratch("full");
+    let Some(_fs) = Mounted::tmpfs(&scratch, 256) else {
+        return;
+    };
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": scratch.join("state"), "slots": {"kind": "dir", "root": scratch.join("app")}}),
+    );
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    publish(&repo, "1.1.0", "stable");
+    dev.expect("update", &["--yes"], 0);
+    let tries = dev.status()["trial"]["tries_left"].as_u64().unwrap();
+    assert!(tries > 0);
+    fill(&scratch);
+    for left in (0..tries).rev() {
+        dev.expect("boot", &[], 0);
+        assert_eq!(
+            dev.status()["trial"]["tries_left"],
+            left,
+            "start not counted"
+        );
+    }
+    let out = json(&dev.expect("boot", &["--json"], 0));
+    assert_eq!(out["status"], "rolled_back", "{out}");
+    let s = dev.status();
+    assert_eq!(s["primary"], "b", "{s}");
+    assert_eq!(s["slots"]["a"]["status"], "bad", "{s}");
+    assert!(s["trial"].is_null(), "{s}");
+    let current = std::fs::read_link(scratch.join("app/current")).unwrap();
+    assert!(current.ends_with("b"), "current → {}", current.display());
+    // The disk is still full, and the state still saves: confirm the fallback again.
+    dev.expect("boot", &[], 0);
 }

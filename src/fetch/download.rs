@@ -389,7 +389,7 @@ impl Stream<'_, '_> {
             ));
         };
         if let Err(e) = write_result {
-            if is_disk_full(&e) {
+            if crate::fsutil::is_disk_full(&e) {
                 // A `.part` that filled its file system can only grow once space is freed,
                 // and until then it takes the room the state needs: every later check and
                 // startup step would fail to save. It goes; the next update starts over.
@@ -587,14 +587,6 @@ fn fill(body: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
         }
     }
     (n, None)
-}
-
-/// Whether a write failed for want of space: the file system (or the user's quota) is full.
-fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
 }
 
 /// The writer thread: appends each chunk, hashes it and hands the buffer back.

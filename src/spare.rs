@@ -1,0 +1,218 @@
+//! Saving the state on a full file system: a spare file of the same size, swapped in.
+//!
+//! The state must be saved on every start of a slot on trial: that is how a release that
+//! never confirms itself is rolled back. A save writes a new file and renames it over the
+//! old one, which needs free blocks; when the file system is full (an app's logs filled
+//! it), every save would fail and a broken release would keep running, uncounted.
+//!
+//! So the state file is padded with blank space to a size with room to grow, and a spare
+//! file of that size, already written, is kept beside it. When a normal save fails for want
+//! of space, the new state is written *into* the spare, in place, over blocks it already
+//! owns, and the two files trade names in one atomic step (`renameat2` with
+//! `RENAME_EXCHANGE`): the old state becomes the next spare. No block is allocated or freed,
+//! so this works again on the next start, for as long as the file system stays full.
+//!
+//! In-place writes need a file system that overwrites in place (ext4, XFS, tmpfs and most
+//! others); on copy-on-write ones (btrfs, UBIFS, F2FS) an overwrite allocates too and the
+//! save fails as before. Elsewhere than Linux, and where the exchange is not supported, the
+//! normal save is all there is.
+
+use crate::error::{Error, Result};
+use crate::fsutil::{self, crash_point};
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// The spare of `path`: `<file>.spare` beside it, on the same file system.
+pub fn spare_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".spare");
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` (a text document that ignores trailing blank space, such as JSON) to
+/// `path` atomically and durably, as [`fsutil::write_atomic`] does, padded to leave room
+/// to grow. When the file system has no room for a new file, writes into the spare instead
+/// and swaps it in. Keeps the spare as big as the file.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let padded = pad(bytes, capacity(bytes.len()));
+    match fsutil::write_atomic(path, &padded) {
+        Ok(()) => {
+            keep_spare(path, &padded);
+            Ok(())
+        }
+        Err(e) if is_disk_full(&e) => match swap_in(path, bytes)? {
+            true => Ok(()),
+            false => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// The size a file of `len` bytes is padded to: half as much again (1 KiB at least) for the
+/// document to grow, in whole 4 KiB blocks, the usual block and page size.
+fn capacity(len: usize) -> usize {
+    (len + (len / 2).max(1024)).div_ceil(4096) * 4096
+}
+
+/// `bytes` followed by spaces up to `len` bytes, the last a newline, so the file still ends
+/// its last line. `bytes` as they are when they fill `len` or more.
+fn pad(bytes: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len.max(bytes.len()));
+    out.extend_from_slice(bytes);
+    if len > bytes.len() {
+        out.resize(len - 1, b' ');
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Whether `e` says the file system (or the user's quota) is full.
+fn is_disk_full(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(fsutil::is_disk_full)
+}
+
+/// Makes sure a spare at least as long as `padded` exists. It is only space: no fsync
+/// (a spare cut short by a power cut is too short, and made again at the next save). Best
+/// effort: with no room for it, the saves go on without one.
+fn keep_spare(path: &Path, padded: &[u8]) {
+    let spare = spare_path(path);
+    if fs::metadata(&spare).is_ok_and(|m| m.is_file() && m.len() >= padded.len() as u64) {
+        return;
+    }
+    let tmp = fsutil::temp_path(&spare);
+    if fs::write(&tmp, padded)
+        .and_then(|()| fs::rename(&tmp, &spare))
+        .is_err()
+    {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+/// Writes `bytes` into the spare of `path`, over its own blocks, and swaps the two files.
+/// `Ok(false)` when there is no spare long enough or the file system cannot swap files.
+fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let spare = spare_path(path);
+    let Ok(meta) = fs::symlink_metadata(&spare) else {
+        return Ok(false);
+    };
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    // The last byte is the newline that ends the padding.
+    if !meta.is_file() || len <= bytes.len() {
+        return Ok(false);
+    }
+    overwrite(&spare, &pad(bytes, len))?;
+    crash_point("exchange")?;
+    if !exchange(&spare, path).map_err(|e| Error::io("swap in the state's spare", path, e))? {
+        return Ok(false);
+    }
+    fsutil::sync_parent(path)?;
+    Ok(true)
+}
+
+/// Overwrites the whole of the file at `path` with `bytes`, exactly its length, and syncs
+/// it: no block is allocated, so this works on a full file system.
+fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    crash_point("overwrite spare")?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
+    crash_point("fsync spare")?;
+    f.sync_data().map_err(|e| Error::io("fsync", path, e))
+}
+
+/// Swaps the names of `a` and `b` in one atomic step. `Ok(false)` when the system or the
+/// file system cannot.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // The raw system call: the C library's `renameat2` wrapper is missing from older glibc.
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// No atomic swap of two names here: the normal save is all there is.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_leaves_room_in_whole_blocks_and_ends_the_line() {
+        assert_eq!(capacity(10), 4096);
+        assert_eq!(capacity(2000), 4096);
+        assert_eq!(capacity(3000), 8192);
+        assert_eq!(capacity(6000), 12288);
+        let p = pad(b"{}\n", 8);
+        assert_eq!(p, b"{}\n    \n");
+        assert_eq!(pad(b"{}\n", 3), b"{}\n");
+        assert_eq!(pad(b"{}\n", 2), b"{}\n");
+    }
+
+    #[test]
+    fn a_save_keeps_a_spare_as_long_as_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write(&path, b"{\"a\": 1}\n").unwrap();
+        let saved = fs::read(&path).unwrap();
+        assert_eq!(saved.len(), 4096);
+        assert!(saved.starts_with(b"{\"a\": 1}\n "));
+        let v: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+        assert_eq!(v["a"], 1);
+        assert_eq!(fs::metadata(spare_path(&path)).unwrap().len(), 4096);
+        // A document that outgrows the spare gets a longer one.
+        let big = format!("{{\"a\": \"{}\"}}\n", "x".repeat(6000));
+        write(&path, big.as_bytes()).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 12288);
+        assert_eq!(fs::metadata(spare_path(&path)).unwrap().len(), 12288);
+    }
+
+    #[test]
+    fn swapping_in_the_spare_trades_the_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        let before = fs::read(&path).unwrap();
+        match swap_in(&path, b"{\"n\": 2}\n") {
+            // A file system without the atomic swap (some overlay and network ones).
+            Ok(false) => return,
+            other => assert!(other.unwrap()),
+        }
+        let now = fs::read(&path).unwrap();
+        assert_eq!(now.len(), 4096);
+        assert!(now.starts_with(b"{\"n\": 2}\n"));
+        assert_eq!(fs::read(spare_path(&path)).unwrap(), before);
+        // A spare too short for the document is not used.
+        let long = "y".repeat(5000);
+        assert!(!swap_in(&path, long.as_bytes()).unwrap());
+    }
+}
