@@ -142,6 +142,41 @@ impl ArtifactKind {
     }
 }
 
+/// The slot store a release's components can be installed by: the one rule the
+/// publisher checks before it signs a target and the device before it touches a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotsFor {
+    /// No image: files and zips, for dir slots.
+    Dir,
+    /// Exactly one image and nothing else, for image slots.
+    Image,
+    /// Images beside other components, or several: no slot store installs it.
+    Neither,
+}
+
+impl SlotsFor {
+    /// The store that takes components of these `kinds`.
+    ///
+    /// ```
+    /// use evergreen::manifest::{ArtifactKind::*, SlotsFor};
+    /// assert_eq!(SlotsFor::of([Zip, File]), SlotsFor::Dir);
+    /// assert_eq!(SlotsFor::of([Image]), SlotsFor::Image);
+    /// assert_eq!(SlotsFor::of([Image, File]), SlotsFor::Neither);
+    /// ```
+    pub fn of(kinds: impl IntoIterator<Item = ArtifactKind>) -> SlotsFor {
+        let (mut images, mut all) = (0, 0);
+        for kind in kinds {
+            all += 1;
+            images += usize::from(kind == ArtifactKind::Image);
+        }
+        match (images, all) {
+            (0, _) => SlotsFor::Dir,
+            (1, 1) => SlotsFor::Image,
+            _ => SlotsFor::Neither,
+        }
+    }
+}
+
 /// An immutable blob, named by its SHA-256 and size.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -1233,11 +1233,11 @@ fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
     }
     // Dir slots take no image, image slots one image and nothing else: a target mixing
     // them would be offered to devices that no slot store can install it on.
-    let images = components
-        .iter()
-        .filter(|(_, _, kind)| *kind == ArtifactKind::Image)
-        .count();
-    if images > 0 && components.len() > 1 {
+    if manifest::SlotsFor::of(components.iter().map(|c| c.2)) == manifest::SlotsFor::Neither {
+        let images = components
+            .iter()
+            .filter(|(_, _, kind)| *kind == ArtifactKind::Image)
+            .count();
         return Err(Error::config(format!(
             "expected an image component alone (image slots take exactly one image and nothing else) or no image, found {images} image(s) among {} components",
             components.len()

@@ -9,7 +9,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
 use crate::manifest::{
-    self, Artifact, ArtifactKind, Expect, Freshness, Manifest, Release, TargetRelease, Verified,
+    self, Artifact, ArtifactKind, Expect, Freshness, Manifest, Release, SlotsFor, TargetRelease,
+    Verified,
 };
 use crate::select::{self, Deploy, Device, Policy};
 use crate::slots::cmdline::BootedFrom;
@@ -1446,15 +1447,16 @@ impl Updater {
             )));
         }
         let all = &plan.target.components;
-        let images = all
-            .iter()
-            .filter(|(_, c)| c.artifact.kind == ArtifactKind::Image)
-            .count();
+        let takes = SlotsFor::of(all.iter().map(|(_, c)| c.artifact.kind));
         let fits = match self.store {
-            Store::Dir(_) => images == 0,
-            Store::Image(_) => images == 1 && all.len() == 1,
+            Store::Dir(_) => takes == SlotsFor::Dir,
+            Store::Image(_) => takes == SlotsFor::Image,
         };
         if !fits {
+            let images = all
+                .iter()
+                .filter(|(_, c)| c.artifact.kind == ArtifactKind::Image)
+                .count();
             let (slots, expected) = match self.store {
                 Store::Dir(_) => ("dir", "no image component"),
                 Store::Image(_) => ("image", "exactly one image component and nothing else"),
