@@ -121,6 +121,18 @@ fn violations(dev: &Device, reference: &BTreeMap<String, Digest>, confirmed: boo
     bad
 }
 
+/// The temporary links (`.current.new-<pid>`) of switches of `current` cut short in `root`.
+fn cut_short_switches(root: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".current.new-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn every_crash_point_keeps_the_device_bootable() {
     let repo = Repo::new("com.acme.crash");
@@ -181,6 +193,10 @@ fn every_crash_point_keeps_the_device_bootable() {
                     v.push(format!("current -> {link:?}, expected {}", want.display()));
                 }
             }
+            // A switch cut short left its temporary link; the repair's switch removes it.
+            v.extend(cut_short_switches(&dev.root).into_iter().map(|name| {
+                format!("{name} is still there after the startup step switched `current`")
+            }));
             if !v.is_empty() {
                 failures.push(format!(
                     "step {:?} crash point {k}: {v:?}",

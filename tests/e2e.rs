@@ -346,6 +346,35 @@ fn a_failed_install_leaves_the_primary_slot_byte_identical() {
     assert!(dev.state.join("downloads").join(sha).exists());
 }
 
+/// A switch of `current` cut short (the process killed between creating
+/// `.current.new-<pid>` and renaming it over `current`) leaves that link behind; the next
+/// switch, an activation or a rollback, removes it, whichever process left it.
+#[test]
+fn a_switch_removes_the_temporary_links_that_switches_cut_short_left() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup_with_1_0_0("com.acme.leftover");
+    install_and_confirm(&dev);
+    publish_app(&repo, &src, "1.1.0", true);
+    let leftover = dev.root.join(".current.new-99999");
+    let leave_one = || std::os::unix::fs::symlink("slots/a", &leftover).unwrap();
+    let left = || std::fs::symlink_metadata(&leftover).is_ok();
+
+    leave_one();
+    let updater = updater_for(&dev);
+    update_to(&updater, "1.1.0");
+    assert_eq!(current(&dev), Path::new("slots/a"));
+    assert!(!left(), "the activation kept {}", leftover.display());
+
+    leave_one();
+    assert_eq!(updater.rollback().unwrap(), Slot::B);
+    assert_eq!(current(&dev), Path::new("slots/b"));
+    assert!(!left(), "the rollback kept {}", leftover.display());
+}
+
 #[test]
 fn reinstall_puts_the_same_version_into_the_other_slot() {
     let Setup {

@@ -100,10 +100,16 @@ impl SymlinkSelector {
         SymlinkSelector { slots }
     }
 
-    /// Points `current` at `slot`.
+    /// Points `current` at `slot`, first removing the temporary links that switches cut
+    /// short left beside it (`.current.new-<pid>`, of any process).
+    ///
+    /// The caller must hold the updater's state lock, as [`crate::Updater`] does for every
+    /// selector call that switches: only then is no other process between creating its
+    /// temporary link and renaming it over `current`, so every such link is a leftover.
     pub fn point_at(&self, slot: Slot) -> Result<()> {
         let target = Path::new("slots").join(slot.as_str());
         fsutil::create_dir_all(self.slots.root())?;
+        self.remove_cut_short_switches();
         fsutil::replace_symlink(&target, &self.slots.current_link()).map_err(|e| {
             Error::new(
                 ErrorKind::Bootloader,
@@ -114,6 +120,30 @@ impl SymlinkSelector {
                 ),
             )
         })
+    }
+
+    /// Best effort: a leftover costs one directory entry, never the switch itself. Only
+    /// symlinks named as `fsutil::replace_symlink` names its temporary link are removed,
+    /// so a file of the host's that merely looks alike stays.
+    fn remove_cut_short_switches(&self) {
+        let link = self.slots.current_link();
+        let Some(name) = link.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let prefix = format!(".{name}.new-");
+        let Ok(entries) = std::fs::read_dir(self.slots.root()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let is_leftover = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if is_leftover && entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -187,5 +217,21 @@ mod tests {
         sel.fall_back(Slot::A, Slot::B).unwrap();
         assert_eq!(sel.booted().unwrap(), Some(Slot::A));
         assert!(!sel.counts_tries());
+    }
+
+    #[test]
+    fn a_switch_removes_only_the_temporary_links_of_switches_cut_short() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let mut sel = SymlinkSelector::new(DirSlots::new(root.path()));
+        let at = |name: &str| root.path().join(name);
+        symlink("slots/b", at(".current.new-99999")).unwrap();
+        symlink("slots/b", at(".current.new-x1")).unwrap();
+        std::fs::write(at(".current.new-12"), b"the host's").unwrap();
+        sel.activate(Slot::A, 3).unwrap();
+        assert_eq!(sel.booted().unwrap(), Some(Slot::A));
+        assert!(std::fs::symlink_metadata(at(".current.new-99999")).is_err());
+        assert!(std::fs::symlink_metadata(at(".current.new-x1")).is_ok());
+        assert!(at(".current.new-12").is_file());
     }
 }
