@@ -186,6 +186,33 @@ fn an_existing_empty_dest_is_adopted_and_emptied_again_on_failure() {
     );
 }
 
+/// Extraction tightens an adopted directory to 0700 while it writes; an archive refused
+/// midway (a corrupt body passes the plan, which reads only headers) leaves it empty and
+/// with the mode it had before, which need not be the 0755 a finished one gets.
+#[test]
+fn a_failed_extraction_gives_an_adopted_dest_its_mode_back() {
+    let body = noise(100_000);
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    let items = [
+        File("ok.txt", b"fine", 0o644),
+        File("bad.bin", &body, 0o644),
+    ];
+    let mut bytes = build_with(&items, stored);
+    let start = bytes.windows(64).position(|w| w == &body[..64]).unwrap();
+    bytes[start + body.len() / 2] ^= 0xff;
+    for before in [0o755, 0o750] {
+        let case = Case::new(&bytes);
+        fs::create_dir(case.dest()).unwrap();
+        fs::set_permissions(case.dest(), fs::Permissions::from_mode(before)).unwrap();
+        let err = case.extract(None, &limits()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
+        assert!(err.to_string().contains("corrupt data"), "{err}");
+        assert_eq!(listing(&case.dest()), Vec::<String>::new(), "{err}");
+        let octal = |m: u32| format!("{m:o}");
+        assert_eq!(octal(mode(&case.dest())), octal(before), "{err}");
+    }
+}
+
 #[test]
 fn not_a_zip_is_unsafe_archive() {
     let case = Case::new(b"this is not a zip file at all");

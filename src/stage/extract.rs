@@ -47,8 +47,9 @@ const MAX_COMPONENT: usize = 255;
 /// a symlink; more than `limits.max_entries` entries; more bytes than `installed_size`
 /// (when given) or `limits.max_installed_bytes`, or a ratio above `limits.max_ratio`,
 /// counted on the bytes actually inflated; an entry whose inflated size differs from its
-/// declared size. On any failure nothing is left under `dest` (nor `dest` itself when this
-/// call created it). Nothing is synced: call [`super::make_durable`] once for the slot.
+/// declared size. On any failure nothing is left under `dest`: `dest` itself is removed
+/// when this call created it, and an empty directory it adopted gets its mode from before
+/// back. Nothing is synced: call [`super::make_durable`] once for the slot.
 ///
 /// ```
 /// # fn main() -> evergreen::Result<()> {

@@ -15,30 +15,32 @@ const STAGING_MODE: u32 = 0o700;
 pub(super) const DIR_MODE: u32 = 0o755;
 
 /// A directory being staged. Until [`StagingDir::finish`] it is 0700, and dropping it
-/// removes whatever was written under it (and the directory itself when it created it),
-/// so a failure leaves nothing half-written behind.
+/// removes whatever was written under it: the directory itself when it created it, else
+/// its contents, and the adopted directory gets its mode from before back. A failure
+/// leaves nothing half-written behind, and an empty directory as it found it.
 pub(super) struct StagingDir<'a> {
     path: &'a Path,
-    created: bool,
+    /// The mode of the empty directory it adopted; `None` when it created the directory.
+    adopted_mode: Option<u32>,
     armed: bool,
 }
 
 impl<'a> StagingDir<'a> {
     /// Creates `path` (its parent must exist), or adopts it when it is an empty directory.
     pub(super) fn create(path: &'a Path) -> Result<StagingDir<'a>> {
-        let created = match DirBuilder::new().mode(STAGING_MODE).create(path) {
-            Ok(()) => true,
+        let adopted_mode = match DirBuilder::new().mode(STAGING_MODE).create(path) {
+            Ok(()) => None,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                expect_empty_dir(path)?;
+                let mode = expect_empty_dir(path)?;
                 fs::set_permissions(path, Permissions::from_mode(STAGING_MODE))
                     .map_err(|e| Error::io("set the mode of", path, e))?;
-                false
+                Some(mode)
             }
             Err(e) => return Err(Error::io("create directory", path, e)),
         };
         Ok(StagingDir {
             path,
-            created,
+            adopted_mode,
             armed: true,
         })
     }
@@ -59,9 +61,11 @@ impl Drop for StagingDir<'_> {
         }
         // Best effort: the error that got us here is the one worth reporting.
         // `remove_dir_all` does not follow symlinks, so this stays inside the directory.
-        if self.created {
+        let Some(mode) = self.adopted_mode else {
             let _ = fs::remove_dir_all(self.path);
-        } else if let Ok(entries) = fs::read_dir(self.path) {
+            return;
+        };
+        if let Ok(entries) = fs::read_dir(self.path) {
             for entry in entries.flatten() {
                 let p = entry.path();
                 let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
@@ -72,15 +76,20 @@ impl Drop for StagingDir<'_> {
                 };
             }
         }
+        // Left at 0700, a directory the host made for others to read (a web root, a
+        // shared component directory) would stay closed to them after a failed update.
+        let _ = fs::set_permissions(self.path, Permissions::from_mode(mode));
     }
 }
 
-fn expect_empty_dir(path: &Path) -> Result<()> {
+/// Refuses anything at `path` but an empty directory; returns that directory's mode
+/// (permission, setgid and sticky bits).
+fn expect_empty_dir(path: &Path) -> Result<u32> {
     let meta = fs::symlink_metadata(path).map_err(|e| Error::io("inspect", path, e))?;
     let found = if meta.is_dir() {
         let mut entries = fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
         match entries.next() {
-            None => return Ok(()),
+            None => return Ok(meta.permissions().mode() & 0o7777),
             Some(_) => "a directory that is not empty",
         }
     } else if meta.file_type().is_symlink() {
