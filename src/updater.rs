@@ -228,6 +228,17 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
+/// The inactive slot when it holds `offer`'s release staged (installed, not activated:
+/// the same version, from the same channel) with another `critical` than the offer's.
+fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
+    let slot = st.fallback();
+    let record = st.slot(slot);
+    let same_release = record.version.as_ref() == Some(&offer.version)
+        && record.channel.as_deref() == Some(offer.channel.as_str());
+    (record.status == SlotStatus::Installed && same_release && record.critical != offer.critical)
+        .then_some(slot)
+}
+
 /// The artifact component `c` of `plan` is installed from: the release's own, downloaded
 /// now or (unchanged, carrying none) kept since it was installed; none for a removed one.
 /// Always the signed target's, whatever a host did to the plan's copy.
@@ -973,6 +984,9 @@ impl Updater {
             )
         })?;
         let offer = self.offer(st, manifest, release, &choice, now, followed)?;
+        // Before the event: a host that activates from its callback must find the record
+        // the offer describes.
+        self.follow_staged(st, &offer)?;
         self.emit(Event::Available {
             version: offer.version.to_string(),
             critical: offer.critical,
@@ -980,10 +994,41 @@ impl Updater {
         Ok(Check::Available(offer))
     }
 
+    /// Makes the record of a release staged and not yet activated follow the newest check
+    /// that offers it again (DESIGN §5.3): a critical release published since the install
+    /// can force it (as its stepping stone, or passed over for it), and one withdrawn
+    /// since can leave it unforced. `activate` decides from the record, so with a stale
+    /// flag an `at` policy would hold back an update the offer calls forced.
+    fn follow_staged(&self, checked: &State, offer: &Offer) -> Result<()> {
+        // Most checks change nothing: they take no lock for it.
+        if staged_under_other_critical(checked, offer).is_none() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        // Again under the lock: an activation may have taken the slot since the check
+        // began.
+        let Some(slot) = staged_under_other_critical(&st, offer) else {
+            return Ok(());
+        };
+        st.slot_mut(slot).critical = offer.critical;
+        let now_forced = match offer.critical {
+            true => "forced now: the newest check found it critical, or on the way to a critical release",
+            false => "no longer forced: the newest check found no critical release it leads to",
+        };
+        st.record(
+            (self.clock)(),
+            "staged_critical",
+            format!("{} in slot {slot} is {now_forced}", offer.version),
+        );
+        self.save(&st)
+    }
+
     /// The offer of `release` as `choice` selected it. Its `critical` is the selection's,
     /// not only the release's own flag: an update that passes over, or is the stepping stone
     /// towards, a critical release is forced too (DESIGN §5.3), in the offer, the deploy
-    /// decision and the slot record `activate` reads.
+    /// decision and the slot record `activate` reads (at the install, and again at each
+    /// check that offers the staged release: see [`Updater::follow_staged`]).
     fn offer(
         &self,
         st: &State,

@@ -401,6 +401,74 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
     dev.expect("confirm", &[], 0);
 }
 
+/// A release staged under an `at` policy (not yet due) that a newer critical release later
+/// names as its stepping stone is forced from the check that finds so: the offer says
+/// critical, and so does the slot record `activate` decides from, which goes ahead before
+/// the `at` time as for any critical update. The record follows the newest check: while
+/// the critical release is halted, the staged one waits for its time again.
+#[test]
+fn a_staged_release_that_became_the_way_to_a_critical_one_is_forced() {
+    let Setup {
+        repo, src, server, ..
+    } = setup_with_1_0_0("com.acme.forced");
+    let mut config = fast();
+    config["deploy"] = serde_json::json!({"policy": "at", "at": "2099-01-01T00:00:00Z"});
+    let dev = repo.device("later", &server.url(), config);
+    let updater = updater_for(&dev);
+    update_to(&updater, "1.0.0");
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+
+    publish_app(&repo, &src, "1.1.0", true);
+    let plan = updater.plan(&offer(&updater, "1.1.0")).unwrap();
+    assert!(!plan.critical);
+    download(&updater, &plan);
+    let staged = updater.install(&plan).unwrap();
+    let waits = |why: &str| {
+        let activation = updater.activate(false).unwrap();
+        let deferred = matches!(activation, evergreen::Activation::Deferred { .. });
+        assert!(deferred, "{why}: {activation:?}");
+    };
+    waits("1.1.0 alone");
+
+    let zip = app_zip(&src, "1.2.0", true);
+    let forced = ["--critical", "--min-version", "1.1.0"];
+    repo.release("stable", "1.2.0", "x86_64-linux", &[("app", &zip)], &forced);
+    let check_finds = |critical: bool| {
+        let again = offer(&updater, "1.1.0");
+        assert_eq!(again.version.to_string(), "1.1.0");
+        assert_eq!(again.critical, critical, "the offer");
+        let record = &dev.state_file()[staged.as_str()];
+        assert_eq!(record["critical"], critical, "the slot record: {record}");
+    };
+    check_finds(true);
+    let rollout = |percent: &str| {
+        let (dir, key) = (repo.root.to_str().unwrap(), repo.manifest_key.to_str());
+        let args = [
+            "--channel",
+            "stable",
+            "--version",
+            "1.2.0",
+            "--percent",
+            percent,
+        ];
+        common::ok(&[&["rollout", dir][..], &args, &["--sign", key.unwrap()]].concat());
+    };
+    rollout("0");
+    check_finds(false);
+    waits("1.2.0 halted");
+    rollout("100");
+    check_finds(true);
+    let activated = updater.activate(false).unwrap();
+    assert_eq!(
+        activated,
+        evergreen::Activation::Activated {
+            slot: staged,
+            version: "1.1.0".parse().unwrap()
+        }
+    );
+}
+
 /// A device with 1.0.0 published for it, its updater, and the plan to install it.
 fn planned_1_0_0(product: &str) -> (Setup, evergreen::Updater, evergreen::Offer) {
     let setup = setup_with_1_0_0(product);
