@@ -1101,6 +1101,15 @@ impl Drop for LoopDevice {
         let _ = std::process::Command::new("losetup")
             .args(["--detach", &self.0])
             .status();
+        // A device someone still has open (udev's probe) is detached at its last close,
+        // after `losetup` returns; a test that writes the backing store next must not see
+        // it still attached.
+        let name = self.0.trim_start_matches("/dev/");
+        let attached = Path::new("/sys/block").join(name).join("loop/backing_file");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while attached.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -1232,4 +1241,64 @@ fn a_slot_device_with_a_mounted_file_system_is_never_written() {
     drop(mount);
     write().unwrap();
     assert_eq!(std::fs::read(&backing).unwrap()[..MIB], image[..]);
+}
+
+/// A plain-file slot a loop device serves (attached by hand or by `mount -o loop`, mounted
+/// or not) is never written: `invalid_state` naming the loop device, from the check an
+/// install makes before it marks the slot `installing` and from the write itself, and the
+/// file keeps its length and bytes. So is a block device a loop device is stacked on.
+/// Detached, the file is written.
+#[test]
+fn a_slot_file_or_device_a_loop_device_serves_is_never_written() {
+    use evergreen::slots::image::ImageSlots;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.img");
+    let held = vec![0xa5_u8; 2 * MIB];
+    std::fs::write(&file, &held).unwrap();
+    let Some(device) = LoopDevice::attach(&file) else {
+        return;
+    };
+    let image = vec![0x5a_u8; MIB];
+    let sha = evergreen::trust::sha256_hex(&image);
+    let write = |slots: &ImageSlots| {
+        slots.write_image(Slot::B, &mut &image[..], MIB as u64, &sha, &mut |_, _| {})
+    };
+    let refusals = |slots: &ImageSlots, slot: &str, what: &str, by: &str| {
+        for err in [
+            slots.check_fits(Slot::B, MIB as u64).unwrap_err(),
+            write(slots).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+            assert_eq!(
+                err.message(),
+                format!(
+                    "image slot {slot}: expected a {what} no loop device serves, found it the backing {what} of {by} (writing it would corrupt what the loop device holds)"
+                ),
+            );
+        }
+    };
+
+    // Named through a symlink, as a slot under /dev/disk/by-… is.
+    let link = dir.path().join("slot-b");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let slots = ImageSlots::new(dir.path().join("a.img"), &link);
+    refusals(&slots, &link.display().to_string(), "file", &device.0);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        held,
+        "the served file changed"
+    );
+
+    // The loop device itself, while a second loop device is stacked on it.
+    let Some(stacked) = LoopDevice::attach(Path::new(&device.0)) else {
+        return;
+    };
+    let on_device = ImageSlots::new(dir.path().join("a.img"), &device.0);
+    refusals(&on_device, &device.0, "device", &stacked.0);
+    drop(stacked);
+    write(&on_device).unwrap();
+
+    drop(device);
+    write(&slots).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), image);
 }

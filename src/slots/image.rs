@@ -93,29 +93,31 @@ impl ImageSlots {
     }
 
     /// Checks, without writing, that `slot` can take an image of `size` bytes: its device
-    /// is there (`io`; a slot under `/dev` is never created) and, a block device, holds
-    /// `size` bytes (`too_large`) and has no file system mounted from it
-    /// (`invalid_state`). An install asks before it marks the slot `installing`, so an
-    /// image that cannot fit leaves the slot's record and boot entry as they were; [`ImageSlots::write_image`] checks again as it opens the slot.
+    /// is there (`io`; a slot under `/dev` is never created), a block device holds `size`
+    /// bytes (`too_large`), and nothing else uses it (`invalid_state`): no file system is
+    /// mounted from a block device and no other device (device-mapper, RAID) is built on
+    /// it, and no loop device serves the slot, a block device or a plain file. An install
+    /// asks before it marks the slot `installing`, so an image that cannot fit leaves the
+    /// slot's record and boot entry as they were; [`ImageSlots::write_image`] checks again
+    /// as it opens the slot.
     pub fn check_fits(&self, slot: Slot, size: u64) -> Result<()> {
         let path = self.path(slot);
         if !check_device_there(path)? {
             return Ok(());
         }
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        if check_capacity(&mut file, path, size)? {
-            check_not_mounted(&file, path)?;
-        }
-        Ok(())
+        let block = check_capacity(&mut file, path, size)?;
+        check_unused(&file, path, block)
     }
 
     /// Streams exactly `size` bytes of `src` into `slot`, fsyncs, reads them back and
     /// checks their SHA-256 against `sha256` (lowercase hex).
     ///
     /// `progress(done, size)` is called after every 64 KiB written. A block device is
-    /// never written beyond its end (`too_large` before the first byte), nor while a file
-    /// system is mounted from it (`invalid_state`); a plain file is created, grown or
-    /// shrunk to `size`. A source shorter than `size` is an `io` error;
+    /// never written beyond its end (`too_large` before the first byte); no slot is
+    /// written while something else uses it (`invalid_state`, as
+    /// [`ImageSlots::check_fits`] tells); a plain file is created, grown or shrunk to
+    /// `size`. A source shorter than `size` is an `io` error;
     /// bytes that read back with another hash are `hash_mismatch`.
     pub fn write_image(
         &self,
@@ -237,26 +239,49 @@ fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// Refuses (`invalid_state`) the block device `file` while a file system is mounted from
-/// it: the running system's root, when the slot the state calls idle is the one that
-/// booted (a host selector that cannot tell, a board provisioned by hand), or anything
-/// else in use there. Its file system would be overwritten under the kernel's feet.
-/// Read from `/proc/self/mountinfo`; where that cannot be read, nothing is refused.
+/// The root of the kernel's sysfs, where the checks below learn which devices are built
+/// on a slot and which files loop devices serve.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn check_not_mounted(file: &File, path: &Path) -> Result<()> {
+const SYSFS: &str = "/sys";
+
+/// Refuses (`invalid_state`) a slot something else is using, whose content would be
+/// overwritten under the kernel's feet: a block device (`block`) with a file system
+/// mounted from it (the running root, when the slot the state calls idle is the one that
+/// booted: a host selector that cannot tell, a board provisioned by hand), with another
+/// device built on it (device-mapper, RAID), or serving as a loop device's backing store;
+/// a plain file a loop device serves, mounted or not. What cannot be read (no
+/// `/proc/self/mountinfo`, no sysfs) refuses nothing.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn check_unused(file: &File, path: &Path, block: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting", path, e))?;
+    let sysfs = Path::new(SYSFS);
+    if block {
+        let device = format!("{}:{}", libc::major(meta.rdev()), libc::minor(meta.rdev()));
+        check_not_mounted(&device, path)?;
+        check_not_held(sysfs, &device, path)?;
+    }
+    check_not_loop_backing(sysfs, &meta, block, path)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn check_unused(_file: &File, _path: &Path, _block: bool) -> Result<()> {
+    Ok(())
+}
+
+/// Refuses the block device numbered `device` (`major:minor`) while a file system is
+/// mounted from it, as `/proc/self/mountinfo` tells.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn check_not_mounted(device: &str, path: &Path) -> Result<()> {
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Ok(());
     };
-    let rdev = file
-        .metadata()
-        .map_err(|e| Error::io("inspecting", path, e))?
-        .rdev();
-    let device = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
     // Fields: mount id, parent id, major:minor, root, mount point, …
     let mounted_at = mountinfo.lines().find_map(|line| {
         let mut fields = line.split(' ').skip(2);
-        (fields.next() == Some(device.as_str()))
+        (fields.next() == Some(device))
             .then(|| fields.nth(1))
             .flatten()
     });
@@ -269,9 +294,88 @@ fn check_not_mounted(file: &File, path: &Path) -> Result<()> {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn check_not_mounted(_file: &File, _path: &Path) -> Result<()> {
-    Ok(())
+/// Refuses the block device numbered `device` while another device holds it: a
+/// device-mapper target (dm-crypt, dm-verity, LVM, multipath) or an md RAID array built on
+/// it, as `<sysfs>/dev/block/<major>:<minor>/holders/` lists them.
+///
+/// Any holder refuses, whether or not something is mounted from it or from a device
+/// above it. A holder is in use by the kernel by being there: it has the device open
+/// and may write it itself (an array's resync and superblocks, LVM metadata), and what
+/// is built on it needs no mount to be in use (swap, a raw volume a database or a VM
+/// writes, a mount in another namespace `/proc/self/mountinfo` does not show). A slot
+/// written under it would corrupt all of them, and the holder's own writes could change
+/// the slot after its read-back passed. An idle slot is never held: a holder left
+/// over from the slot's last use (an unlocked volume, an assembled array) is for the
+/// operator to take down.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn check_not_held(sysfs: &Path, device: &str, path: &Path) -> Result<()> {
+    let holders_dir = sysfs.join("dev/block").join(device).join("holders");
+    let Ok(entries) = std::fs::read_dir(&holders_dir) else {
+        return Ok(());
+    };
+    let mut holders: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // A device-mapper device is known to its operator by its name (vg-root,
+            // cryptroot), not by its dm-N.
+            match std::fs::read_to_string(sysfs.join("block").join(&name).join("dm/name")) {
+                Ok(dm) if !dm.trim().is_empty() => format!("{name} ({})", dm.trim()),
+                _ => name,
+            }
+        })
+        .collect();
+    if holders.is_empty() {
+        return Ok(());
+    }
+    holders.sort();
+    Err(Error::invalid_state(format!(
+        "image slot {}: expected a device no other device is built on, found it held by {} (writing it would corrupt that device and whatever uses it)",
+        path.display(),
+        holders.join(", ")
+    )))
+}
+
+/// Refuses a slot a loop device serves: a plain file (same device and inode) or a block
+/// device (same device number) named by a `<sysfs>/block/loop*/loop/backing_file`. The
+/// loop device reads and writes it whether or not a file system is mounted from it, and
+/// caches its blocks, so a write beside it corrupts what it holds and may be undone by it.
+/// A backing file whose path this process cannot stat (attached in another mount
+/// namespace, or by a name since removed, which the kernel shows as `… (deleted)`) is
+/// not recognized.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn check_not_loop_backing(
+    sysfs: &Path,
+    slot: &std::fs::Metadata,
+    block: bool,
+    path: &Path,
+) -> Result<()> {
+    let Ok(devices) = std::fs::read_dir(sysfs.join("block")) else {
+        return Ok(());
+    };
+    let mut served_by: Vec<String> = devices
+        .filter_map(|e| e.ok())
+        .filter(|device| {
+            let Ok(backing) = std::fs::read_to_string(device.path().join("loop/backing_file"))
+            else {
+                return false;
+            };
+            // The kernel ends the path with a newline.
+            let backing = backing.strip_suffix('\n').unwrap_or(&backing);
+            std::fs::metadata(backing).is_ok_and(|m| super::same_storage_meta(slot, &m))
+        })
+        .map(|device| format!("/dev/{}", device.file_name().to_string_lossy()))
+        .collect();
+    if served_by.is_empty() {
+        return Ok(());
+    }
+    served_by.sort();
+    let what = if block { "device" } else { "file" };
+    Err(Error::invalid_state(format!(
+        "image slot {}: expected a {what} no loop device serves, found it the backing {what} of {} (writing it would corrupt what the loop device holds)",
+        path.display(),
+        served_by.join(", ")
+    )))
 }
 
 /// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
@@ -284,9 +388,10 @@ fn open_slot(path: &Path, size: u64) -> Result<File> {
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io("opening for writing", path, e))?;
-    if check_capacity(&mut file, path, size)? {
-        check_not_mounted(&file, path)?;
-    } else {
+    let block = check_capacity(&mut file, path, size)?;
+    // Before a plain file is resized: that is already a write.
+    check_unused(&file, path, block)?;
+    if !block {
         file.set_len(size)
             .map_err(|e| Error::io("resizing", path, e))?;
         // A slot file made here must outlive a power cut as a name, not only as data.
@@ -538,5 +643,86 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::HashMismatch);
         assert_eq!(std::fs::read(s.path(Slot::B)).unwrap(), b"abc");
+    }
+
+    /// A sysfs laid out as the kernel lays out a partition `8:3` that device-mapper has
+    /// built `dm-0` (named `vg-root`) and an md array on, and a loop device serving
+    /// `served`: device-mapper and md cannot be set up in every place the tests run.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn fake_sysfs(served: &Path) -> tempfile::TempDir {
+        let sysfs = tempfile::tempdir().unwrap();
+        let root = sysfs.path();
+        let holders = root.join("dev/block/8:3/holders");
+        std::fs::create_dir_all(&holders).unwrap();
+        for (name, dm_name) in [("dm-0", Some("vg-root\n")), ("md127", None)] {
+            let device = root.join("devices/virtual/block").join(name);
+            std::fs::create_dir_all(&device).unwrap();
+            if let Some(dm_name) = dm_name {
+                std::fs::create_dir(device.join("dm")).unwrap();
+                std::fs::write(device.join("dm/name"), dm_name).unwrap();
+            }
+            std::fs::create_dir_all(root.join("block")).unwrap();
+            std::os::unix::fs::symlink(&device, root.join("block").join(name)).unwrap();
+            std::os::unix::fs::symlink(&device, holders.join(name)).unwrap();
+        }
+        std::fs::create_dir_all(root.join("dev/block/8:4/holders")).unwrap();
+        let loop_dir = root.join("devices/virtual/block/loop3/loop");
+        std::fs::create_dir_all(&loop_dir).unwrap();
+        std::fs::write(
+            loop_dir.join("backing_file"),
+            format!("{}\n", served.display()),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            root.join("devices/virtual/block/loop3"),
+            root.join("block/loop3"),
+        )
+        .unwrap();
+        sysfs
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_partition_another_device_is_built_on_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysfs = fake_sysfs(&dir.path().join("elsewhere.img"));
+        let slot = Path::new("/dev/sda3");
+        let err = check_not_held(sysfs.path(), "8:3", slot).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+        assert_eq!(
+            err.message(),
+            "image slot /dev/sda3: expected a device no other device is built on, found it held by dm-0 (vg-root), md127 (writing it would corrupt that device and whatever uses it)"
+        );
+        // No holders, or no sysfs entry at all: nothing refused.
+        check_not_held(sysfs.path(), "8:4", slot).unwrap();
+        check_not_held(sysfs.path(), "8:5", slot).unwrap();
+        check_not_held(&dir.path().join("no-sysfs"), "8:3", slot).unwrap();
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_file_a_loop_device_serves_is_recognized_by_its_inode_not_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("served.img");
+        std::fs::write(&served, b"loop").unwrap();
+        let sysfs = fake_sysfs(&served);
+        // Another name (a hard link) of the served file is refused too.
+        let alias = dir.path().join("alias.img");
+        std::fs::hard_link(&served, &alias).unwrap();
+        let meta = std::fs::metadata(&alias).unwrap();
+        let err = check_not_loop_backing(sysfs.path(), &meta, false, &alias).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "image slot {}: expected a file no loop device serves, found it the backing file of /dev/loop3 (writing it would corrupt what the loop device holds)",
+                alias.display()
+            )
+        );
+        // A copy is another file: no loop device serves it.
+        let copy = dir.path().join("copy.img");
+        std::fs::copy(&served, &copy).unwrap();
+        let meta = std::fs::metadata(&copy).unwrap();
+        check_not_loop_backing(sysfs.path(), &meta, false, &copy).unwrap();
     }
 }

@@ -171,10 +171,16 @@ impl<T: EnvSelector> BootSelector for T {
 /// `a` and `b` reach the same storage: one file (device and inode: a symlink, a hard link)
 /// or one block device (its device number: two nodes, a `/dev/disk/by-…` alias).
 pub(crate) fn same_storage(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
         return false;
     };
+    same_storage_meta(&ma, &mb)
+}
+
+/// [`same_storage`] of two files already inspected (an open slot is compared by what it
+/// opened, not by a path that may since name something else).
+pub(crate) fn same_storage_meta(ma: &std::fs::Metadata, mb: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let both_devices = ma.file_type().is_block_device() && mb.file_type().is_block_device();
     (ma.dev() == mb.dev() && ma.ino() == mb.ino()) || (both_devices && ma.rdev() == mb.rdev())
 }
