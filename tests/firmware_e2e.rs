@@ -1302,3 +1302,52 @@ fn a_slot_file_or_device_a_loop_device_serves_is_never_written() {
     write(&slots).unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), image);
 }
+
+/// An image slot in a plain file whose file system fills up during the write fails
+/// naming the image's size and how much of it was written, and the slot file is emptied:
+/// kept at the image's length it would hold the room the state needs. The slot stays
+/// `installing` and out of the boot order, so the board keeps booting the running slot.
+#[test]
+fn an_image_that_fills_the_slot_files_disk_says_so_and_gives_the_room_back() {
+    let (repo, _server, board) = served_board("diskfull", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let small = repo.scratch("diskfull-slot");
+    let Some(_fs) = Mounted::tmpfs(&small, 512) else {
+        return;
+    };
+    let slot_b = small.join("b.img");
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(&board.dev.config).unwrap()).unwrap();
+    cfg["slots"]["b"] = json!(slot_b);
+    std::fs::write(&board.dev.config, cfg.to_string()).unwrap();
+    release_image(&repo, "2.0.0", MIB, 2);
+
+    let out = board.dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    let last = err.lines().last().unwrap();
+    let expected = format!(
+        "error[io]: writing {}: expected room for the {MIB} bytes of the image, found the file system full after ",
+        slot_b.display()
+    );
+    let rest = last
+        .strip_prefix(&expected)
+        .unwrap_or_else(|| panic!("{err}"));
+    let written: usize = rest.split(' ').next().unwrap().parse().unwrap();
+    assert!(written > 0 && written < MIB, "{err}");
+    assert!(
+        last.ends_with(
+            "; the slot file was emptied to give the space back: free space and install again"
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&slot_b).unwrap().len(), 0);
+    let s = board.dev.status();
+    assert_eq!(s["slots"]["b"]["status"], "installing");
+    assert_eq!(s["slots"]["b"]["version"], "2.0.0");
+    assert_eq!(board.grub("B_OK"), "0");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+    // The room is there again: most of the file system can be written.
+    std::fs::write(small.join("state.json"), vec![b'x'; 448 * 1024]).unwrap();
+}

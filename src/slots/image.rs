@@ -117,8 +117,10 @@ impl ImageSlots {
     /// never written beyond its end (`too_large` before the first byte); no slot is
     /// written while something else uses it (`invalid_state`, as
     /// [`ImageSlots::check_fits`] tells); a plain file is created, grown or shrunk to
-    /// `size`. A source shorter than `size` is an `io` error;
-    /// bytes that read back with another hash are `hash_mismatch`.
+    /// `size`. A source shorter than `size` is an `io` error, and so is a failed write,
+    /// naming how many of the image's bytes were written; a plain file whose file system
+    /// filled up is then emptied, to give the space back. Bytes that read back with
+    /// another hash are `hash_mismatch`.
     pub fn write_image(
         &self,
         slot: Slot,
@@ -134,9 +136,10 @@ impl ImageSlots {
         }
         self.check_distinct()?;
         let path = self.path(slot);
-        let mut file = open_slot(path, size)?;
-        copy_exact(src, &mut file, path, size, progress)?;
-        file.sync_all().map_err(|e| Error::io("syncing", path, e))?;
+        let (mut file, block) = open_slot(path, size)?;
+        copy_exact(src, &mut file, block, path, size, progress)?;
+        file.sync_all()
+            .map_err(|e| write_failed(&file, block, "syncing", path, size, size, e))?;
         drop_cached_pages(&file, path)?;
         drop(file);
         if let Some((offset, store)) = &self.corrupt_at {
@@ -379,8 +382,8 @@ fn check_not_loop_backing(
 }
 
 /// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
-/// file is sized to exactly `size`.
-fn open_slot(path: &Path, size: u64) -> Result<File> {
+/// file is sized to exactly `size`. Returns it and whether it is a block device.
+fn open_slot(path: &Path, size: u64) -> Result<(File, bool)> {
     let existed = check_device_there(path)?;
     let mut file = OpenOptions::new()
         .write(true)
@@ -399,12 +402,13 @@ fn open_slot(path: &Path, size: u64) -> Result<File> {
             crate::fsutil::sync_parent(path)?;
         }
     }
-    Ok(file)
+    Ok((file, block))
 }
 
 fn copy_exact(
     src: &mut dyn Read,
     dst: &mut File,
+    block: bool,
     path: &Path,
     size: u64,
     progress: &mut dyn FnMut(u64, u64),
@@ -427,12 +431,71 @@ fn copy_exact(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io("reading the image for", path, e)),
         };
-        dst.write_all(&buf[..n])
-            .map_err(|e| Error::io("writing", path, e))?;
-        done += n as u64;
+        // Not `write_all`: a failed write names the bytes the slot took, and a write that
+        // fills the file system has often taken part of the buffer.
+        let mut written = 0;
+        while written < n {
+            match dst.write(&buf[written..n]) {
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Err(write_failed(dst, block, "writing", path, size, done, e));
+                }
+                Ok(k) => {
+                    written += k;
+                    done += k as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(write_failed(dst, block, "writing", path, size, done, e)),
+            }
+        }
         progress(done, size);
     }
     Ok(())
+}
+
+/// The error of `what` (writing, syncing) the slot `file` at `path` failing with `e`
+/// after `done` of the image's `size` bytes were handed to it.
+///
+/// A plain file whose file system filled up is emptied first. Left at the image's length
+/// it would hold the space the state needs, and every later step that saves the state
+/// would fail until someone removed it by hand. Emptying it loses nothing anyone may use:
+/// the updater marks the slot `installing` and takes it out of the boot order before the
+/// write, so what it held is no release any more and nothing boots it, and the next
+/// install writes it from its first byte. No one else sees it shrink: it is never the
+/// running slot ([`ImageSlots::check_distinct`]), and no loop device serves it
+/// (`check_unused`). The file itself stays, with the owner, mode and labels it was
+/// provisioned with. A block device has no size to give back.
+fn write_failed(
+    file: &File,
+    block: bool,
+    what: &str,
+    path: &Path,
+    size: u64,
+    done: u64,
+    e: std::io::Error,
+) -> Error {
+    if !crate::fsutil::is_disk_full(&e) || block {
+        return Error::new(
+            ErrorKind::Io,
+            format!(
+                "{what} {} after {done} of the image's {size} bytes: {e}",
+                path.display()
+            ),
+        )
+        .with_source(e);
+    }
+    let emptied = match file.set_len(0) {
+        Ok(()) => "the slot file was emptied to give the space back".to_string(),
+        Err(e) => format!("emptying the slot file to give the space back failed too ({e})"),
+    };
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "{what} {}: expected room for the {size} bytes of the image, found the file system full after {done} bytes ({e}); {emptied}: free space and install again",
+            path.display()
+        ),
+    )
+    .with_source(e)
 }
 
 fn flip_byte(path: &Path, offset: u64) -> Result<()> {
