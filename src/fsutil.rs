@@ -10,14 +10,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Whether a write failed for want of space: the file system (or the user's quota) is full.
-pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
-}
-
 /// `<file>.tmp-<pid>` next to `path`: same directory, so the rename never crosses a file
 /// system, and per process, so two processes never share a temp file. Threads of one
 /// process do: every writer of one file holds that file's lock (the state lock, the work
