@@ -985,8 +985,11 @@ impl Updater {
         })?;
         let offer = self.offer(st, manifest, release, &choice, now, followed)?;
         // Before the event: a host that activates from its callback must find the record
-        // the offer describes.
-        self.follow_staged(st, &offer)?;
+        // the offer describes. Not after a one-off pinned check: it looks at its release
+        // alone, not at critical releases past it, and would unforce a staged update.
+        if pin.is_none() {
+            self.follow_staged(st, &offer)?;
+        }
         self.emit(Event::Available {
             version: offer.version.to_string(),
             critical: offer.critical,

@@ -459,6 +459,15 @@ fn a_staged_release_that_became_the_way_to_a_critical_one_is_forced() {
     waits("1.2.0 halted");
     rollout("100");
     check_finds(true);
+    // A pinned check looks at 1.1.0 alone; it does not unforce what the last check forced.
+    let pinned = updater
+        .check_with(None, Some(&"1.1.0".parse().unwrap()))
+        .unwrap();
+    assert!(
+        matches!(pinned, evergreen::Check::Available(_)),
+        "{pinned:?}"
+    );
+    assert_eq!(dev.state_file()[staged.as_str()]["critical"], true);
     let activated = updater.activate(false).unwrap();
     assert_eq!(
         activated,
