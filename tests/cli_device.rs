@@ -1310,23 +1310,6 @@ fn next_check_comes_due_before_the_first_check_and_after_a_failed_one() {
     }
 }
 
-/// Fills the file system holding `dir` to the last byte, as a runaway log would.
-fn fill(dir: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    let chunk = [b'x'; 4096];
-    for _ in 0..1024 {
-        if f.write_all(&chunk).is_err() {
-            break;
-        }
-    }
-    drop(f);
-    assert!(
-        std::fs::write(dir.join("probe"), [0u8; 4096]).is_err(),
-        "the file system still has room"
-    );
-}
-
 /// A release on trial that fails must be rolled back even when its app filled the disk:
 /// every start of the trial is counted in the state, and a state that cannot be saved would
 /// leave the broken release running, uncounted, until someone freed space by hand. The
@@ -1351,7 +1334,7 @@ fn a_trial_on_a_full_disk_is_counted_and_rolled_back() {
     dev.expect("update", &["--yes"], 0);
     let tries = dev.status()["trial"]["tries_left"].as_u64().unwrap();
     assert!(tries > 0);
-    fill(&scratch);
+    mounts::fill(&scratch);
     for left in (0..tries).rev() {
         dev.expect("boot", &[], 0);
         assert_eq!(

@@ -7,9 +7,12 @@
 //! itself at the k-th crash point when `EVERGREEN_CRASH_AT=k` is set.
 
 mod common;
+mod mounts;
+mod require;
 
 use common::{make_zip, run_env, tree_digest, Device, Repo};
 use evergreen::state::{SlotStatus, State};
+use mounts::Mounted;
 use std::collections::BTreeMap;
 
 type Digest = BTreeMap<String, (u32, String)>;
@@ -211,4 +214,72 @@ fn every_crash_point_keeps_the_device_bootable() {
     );
     assert_eq!(tried, total);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The trial's start count of `dev`, from `status --json` (which must load the state).
+fn tries_left(dev: &Device) -> u64 {
+    let out = cli(dev, &["status", "--json"], &[]);
+    assert!(out.status.success(), "status: {}", common::stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    s["trial"]["tries_left"].as_u64().expect("a trial")
+}
+
+/// A save on a full file system goes through the state's spare (written in place, then
+/// swapped in): cut off at any of its steps, the state still loads, with the start counted
+/// or not, and the next start counts.
+#[test]
+fn a_save_on_a_full_disk_cut_off_anywhere_keeps_the_state() {
+    let repo = Repo::new("com.acme.fullcrash");
+    publish(&repo);
+    let scratch = repo.scratch("full");
+    let Some(_fs) = Mounted::tmpfs(&scratch, 256) else {
+        return;
+    };
+    let extra = serde_json::json!({
+        "pin_version": "1.0.0",
+        "state_dir": scratch.join("state"),
+        "trial": {"tries": 40},
+    });
+    let dev = repo.device("full", repo.root.to_str().unwrap(), extra);
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        let out = cli(&dev, step, &[]);
+        assert!(out.status.success(), "{step:?}: {}", common::stderr(&out));
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("pin_version");
+    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    let out = cli(&dev, &["update", "--yes"], &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    mounts::fill(&scratch);
+
+    let counted = cli(&dev, &["boot"], &[("EVERGREEN_CRASH_COUNT", "1")]);
+    let names = common::stderr(&counted);
+    assert!(counted.status.success(), "{names}");
+    assert!(
+        names.contains(" exchange"),
+        "the spare was not used: {names}"
+    );
+    let n = names
+        .lines()
+        .filter(|l| l.starts_with("crash-point "))
+        .count();
+    println!("crash points of a start on a full disk: {n}\n{names}");
+    for k in 1..=n {
+        let before = tries_left(&dev);
+        let out = cli(&dev, &["boot"], &[("EVERGREEN_CRASH_AT", &k.to_string())]);
+        assert!(!out.status.success(), "boot did not stop at point {k}");
+        let after = tries_left(&dev);
+        assert!(
+            after == before || after + 1 == before,
+            "point {k}: {before} start(s) left before, {after} after"
+        );
+        let out = cli(&dev, &["boot"], &[]);
+        assert!(out.status.success(), "point {k}: {}", common::stderr(&out));
+        assert_eq!(
+            tries_left(&dev),
+            after - 1,
+            "point {k}: the next start was not counted"
+        );
+    }
 }

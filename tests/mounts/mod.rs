@@ -45,6 +45,23 @@ impl Drop for Mounted {
     }
 }
 
+/// Fills the file system holding `dir` to the last byte, as a runaway log would.
+pub fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = [b'x'; 4096];
+    for _ in 0..1024 {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    drop(f);
+    assert!(
+        std::fs::write(dir.join("probe"), [0u8; 4096]).is_err(),
+        "the file system still has room"
+    );
+}
+
 fn run(cmd: &str, args: &[&OsStr]) -> bool {
     Command::new(cmd)
         .args(args)
