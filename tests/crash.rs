@@ -55,11 +55,13 @@ fn cli(dev: &Device, step: &[&str], env: &[(&str, &str)]) -> std::process::Outpu
 
 /// A device with 1.0.0 installed and confirmed, and 1.1.0 on the channel.
 fn fresh_device(repo: &Repo, name: &str) -> Device {
-    let dev = repo.device(
-        name,
-        repo.root.to_str().unwrap(),
-        serde_json::json!({"pin_version": "1.0.0"}),
-    );
+    fresh_device_with(repo, name, serde_json::json!({}))
+}
+
+/// [`fresh_device`] with `extra` in its config.
+fn fresh_device_with(repo: &Repo, name: &str, mut extra: serde_json::Value) -> Device {
+    extra["pin_version"] = "1.0.0".into();
+    let dev = repo.device(name, repo.root.to_str().unwrap(), extra);
     for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
         let out = cli(&dev, step, &[]);
         assert!(out.status.success(), "{step:?}: {}", common::stderr(&out));
@@ -235,20 +237,8 @@ fn a_save_on_a_full_disk_cut_off_anywhere_keeps_the_state() {
     let Some(_fs) = Mounted::tmpfs(&scratch, 256) else {
         return;
     };
-    let extra = serde_json::json!({
-        "pin_version": "1.0.0",
-        "state_dir": scratch.join("state"),
-        "trial": {"tries": 40},
-    });
-    let dev = repo.device("full", repo.root.to_str().unwrap(), extra);
-    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
-        let out = cli(&dev, step, &[]);
-        assert!(out.status.success(), "{step:?}: {}", common::stderr(&out));
-    }
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
-    cfg.as_object_mut().unwrap().remove("pin_version");
-    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    let extra = serde_json::json!({"state_dir": scratch.join("state"), "trial": {"tries": 40}});
+    let dev = fresh_device_with(&repo, "full", extra);
     let out = cli(&dev, &["update", "--yes"], &[]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     mounts::fill(&scratch);
