@@ -242,11 +242,6 @@ fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// The root of the kernel's sysfs, where the checks below learn which devices are built
-/// on a slot and which files loop devices serve.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SYSFS: &str = "/sys";
-
 /// Refuses (`invalid_state`) a slot something else is using, whose content would be
 /// overwritten under the kernel's feet: a block device (`block`) with a file system
 /// mounted from it (the running root, when the slot the state calls idle is the one that
@@ -260,7 +255,7 @@ fn check_unused(file: &File, path: &Path, block: bool) -> Result<()> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io("inspecting", path, e))?;
-    let sysfs = Path::new(SYSFS);
+    let sysfs = Path::new(super::SYSFS);
     if block {
         let device = format!("{}:{}", libc::major(meta.rdev()), libc::minor(meta.rdev()));
         check_not_mounted(&device, path)?;

@@ -168,6 +168,12 @@ impl<T: EnvSelector> BootSelector for T {
     }
 }
 
+/// The root of the kernel's sysfs, where image slots learn which devices are built on a
+/// slot and which files loop devices serve, and where an eMMC boot partition holding the
+/// U-Boot environment is unlocked for writing.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const SYSFS: &str = "/sys";
+
 /// `a` and `b` reach the same storage: one file (device and inode: a symlink, a hard link)
 /// or one block device (its device number: two nodes, a `/dev/disk/by-…` alias).
 pub(crate) fn same_storage(a: &std::path::Path, b: &std::path::Path) -> bool {

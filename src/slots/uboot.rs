@@ -34,6 +34,14 @@
 //! environment to writing it, so a `fw_setenv` run at the same time never loses a change of
 //! ours nor we one of its.
 //!
+//! # eMMC boot partitions
+//!
+//! The kernel keeps an eMMC hardware boot partition (`/dev/mmcblkNbootM`) read-only while
+//! `/sys/block/mmcblkNbootM/force_ro` reads 1, so that nothing overwrites the bootloader by
+//! accident. `fw_setenv` writes 0 there before it writes the environment and 1 after; so
+//! do we, for a copy on such a partition (reached by any name: `/dev/disk/by-…` links are
+//! resolved) whose lock is on, and the lock goes back on when the write fails too.
+//!
 //! # Variables
 //!
 //! RAUC's: `BOOT_ORDER` (`"A B"`), `BOOT_A_LEFT`/`BOOT_B_LEFT` — tries left, which the boot
@@ -48,8 +56,8 @@
 
 use super::cmdline::BootedFrom;
 use super::grub::{
-    apply_all, check_var, decoded, last_raw, order_word, set_raw, slots_in, split_eq, text,
-    BootChange, EnvWrite, RawVar,
+    check_var, decoded, last_raw, order_word, set_raw, slots_in, split_eq, text, BootChange,
+    EnvWrite, RawVar,
 };
 use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
@@ -496,7 +504,7 @@ impl UBootEnv {
             )?;
             set_raw(&mut vars, name, *value);
         }
-        apply_all(&self.plan_vars(&loaded, vars)?)
+        write_copies(&self.plan_vars(&loaded, vars)?)
     }
 
     /// Writes a fresh environment (`BOOT_ORDER=A B`, A with the maximum tries, B with
@@ -522,12 +530,11 @@ impl UBootEnv {
         .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
         .collect();
         let copy = &self.config.copies[0];
-        EnvWrite {
+        write_copy(&EnvWrite {
             path: copy.device.clone(),
             offset: copies[0].0,
             data: build_copy(copy, &vars, redundant, 0)?,
-        }
-        .apply()
+        })
     }
 
     /// The writes that `change` takes, without making them: none when nothing changes,
@@ -577,7 +584,7 @@ impl UBootEnv {
     /// Makes `change` (see [`UBootEnv::plan`]).
     pub fn apply(&mut self, change: BootChange) -> Result<()> {
         let _lock = tools_lock();
-        apply_all(&self.plan(change)?)
+        write_copies(&self.plan(change)?)
     }
 
     /// Tries left for `slot` (`BOOT_X_LEFT`, hexadecimal as `setexpr` writes it); a
@@ -603,6 +610,120 @@ pub const TOOLS_LOCK: &str = "/var/lock/fw_printenv.lock";
 /// `/var/lock`).
 fn tools_lock() -> Option<File> {
     crate::fsutil::lock_exclusive(Path::new(TOOLS_LOCK)).ok()
+}
+
+/// Makes `writes` in order, each one copy of the environment (see [`write_copy`]).
+fn write_copies(writes: &[EnvWrite]) -> Result<()> {
+    writes.iter().try_for_each(write_copy)
+}
+
+/// Makes one write of a copy, as [`EnvWrite::apply`] does; a copy on an eMMC hardware
+/// boot partition that the kernel keeps read-only is unlocked for it, as `fw_setenv` does
+/// (see [`with_boot_partition_unlocked`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn write_copy(write: &EnvWrite) -> Result<()> {
+    match emmc_boot_partition(&write.path) {
+        Some(name) => {
+            with_boot_partition_unlocked(Path::new(super::SYSFS), &name, &write.path, || {
+                write.apply()
+            })
+        }
+        None => write.apply(),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn write_copy(write: &EnvWrite) -> Result<()> {
+    write.apply()
+}
+
+/// The kernel's name of the eMMC hardware boot partition `device` is (`mmcblk0boot1`),
+/// through any symlinks (`/dev/disk/by-partlabel/…`, a board's own alias), or `None` for
+/// anything else: another block device, a plain file (whatever its name), a path that
+/// cannot be resolved. The sysfs entry is named after the device node, not the link.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn emmc_boot_partition(device: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let real = std::fs::canonicalize(device).ok()?;
+    if !std::fs::metadata(&real).ok()?.file_type().is_block_device() {
+        return None;
+    }
+    let name = real.file_name()?.to_str()?;
+    is_emmc_boot_name(name).then(|| name.to_string())
+}
+
+/// `mmcblk<N>boot<M>`, as the kernel names the hardware boot partitions of eMMC `N`.
+/// Its partitions (`mmcblk0p1`), its RPMB (`mmcblk0rpmb`) and the whole device are not
+/// locked this way.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn is_emmc_boot_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix("mmcblk")
+        .and_then(|rest| rest.split_once("boot"))
+        .is_some_and(|(card, part)| digits(card) && digits(part))
+}
+
+/// Runs `write` with the eMMC boot partition `name` (on `device`, for messages) writable:
+/// when `<sysfs>/block/<name>/force_ro` reads 1, it is set to 0 first and back to 1 after
+/// `write`, whatever `write` returned. A lock that is off, or that cannot be read (no
+/// sysfs, an older kernel), is left as it is: an operator who unlocked the partition keeps
+/// it unlocked, and a write the kernel refuses fails on its own, naming the device.
+///
+/// A lock that cannot be turned off (not root, sysfs mounted read-only) is an `io` error,
+/// as the environment write's own failures are, naming the `force_ro` file; nothing is
+/// written then.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn with_boot_partition_unlocked<T>(
+    sysfs: &Path,
+    name: &str,
+    device: &Path,
+    write: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let force_ro = sysfs.join("block").join(name).join("force_ro");
+    let locked = std::fs::read_to_string(&force_ro).is_ok_and(|v| v.trim() == "1");
+    if !locked {
+        return write();
+    }
+    set_force_ro(&force_ro, b"0").map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!(
+                "U-Boot environment {}: expected to unlock eMMC boot partition {name} for writing (0 into {}), found {e}",
+                device.display(),
+                force_ro.display()
+            ),
+        )
+        .with_source(e)
+    })?;
+    let _relock = Relock(force_ro);
+    write()
+}
+
+/// Writes `value` into a sysfs attribute, as `echo 0 > force_ro` does.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_force_ro(force_ro: &Path, value: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(force_ro)?
+        .write_all(value)
+}
+
+/// Turns an eMMC boot partition's lock (its `force_ro`) back on when dropped, so that a
+/// failed or panicking write leaves the partition as protected as it found it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct Relock(PathBuf);
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Drop for Relock {
+    fn drop(&mut self) {
+        // Not reported, as `fw_setenv` does not report it: the environment write has
+        // succeeded or failed by now, and that is what the caller must hear; an error here
+        // would make a write the bootloader will act on look failed. The partition is only
+        // left without the guard against accidental writes until the next boot.
+        let _ = set_force_ro(&self.0, b"1");
+    }
 }
 
 /// `BOOT_X_LEFT` as RAUC's boot script reads it: hexadecimal, 3 when missing or empty.
@@ -787,6 +908,199 @@ mod tests {
         assert_eq!(&bytes[4..], b"a=1\0bb=22\0\0");
         let (stored, computed) = crcs(&bytes, false);
         assert_eq!(stored, computed);
+    }
+
+    /// A sysfs holding `block/<name>/force_ro` with `value`, as the kernel lays it out.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn fake_sysfs(name: &str, value: &str) -> (tempfile::TempDir, PathBuf) {
+        let sysfs = tempfile::tempdir().unwrap();
+        let dir = sysfs.path().join("block").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("force_ro"), value).unwrap();
+        let force_ro = dir.join("force_ro");
+        (sysfs, force_ro)
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn read_force_ro(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    }
+
+    /// No eMMC here: a plain file stands in for `/dev/mmcblk0boot0` and a temporary
+    /// directory for sysfs. The lock is off while the copy is written, and on again after,
+    /// also when the write fails.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_locked_emmc_boot_partition_is_unlocked_for_the_write_and_locked_again() {
+        let (sysfs, force_ro) = fake_sysfs("mmcblk0boot0", "1\n");
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("mmcblk0boot0");
+        std::fs::write(&device, [0xffu8; 64]).unwrap();
+        let write = EnvWrite {
+            path: device.clone(),
+            offset: 16,
+            data: b"env".to_vec(),
+        };
+        let mut seen = None;
+        with_boot_partition_unlocked(sysfs.path(), "mmcblk0boot0", &device, || {
+            seen = Some(read_force_ro(&force_ro));
+            write.apply()
+        })
+        .unwrap();
+        assert_eq!(seen.as_deref(), Some("0"), "locked during the write");
+        assert_eq!(read_force_ro(&force_ro), "1", "not locked again");
+        assert_eq!(&std::fs::read(&device).unwrap()[16..19], b"env");
+
+        // A write that fails leaves the lock on, and its own error is the one reported.
+        let failing = EnvWrite {
+            path: dir.path().join("missing/mmcblk0boot0"),
+            ..write
+        };
+        let mut seen = None;
+        let err = with_boot_partition_unlocked(sysfs.path(), "mmcblk0boot0", &device, || {
+            seen = Some(read_force_ro(&force_ro));
+            failing.apply()
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(err.message().contains("missing/mmcblk0boot0"), "{err}");
+        assert_eq!(seen.as_deref(), Some("0"), "locked during the write");
+        assert_eq!(
+            read_force_ro(&force_ro),
+            "1",
+            "not locked again after a failure"
+        );
+    }
+
+    /// A lock the operator turned off stays off, and a partition with no sysfs entry is
+    /// written as it is: the lock is only turned back on when it was on.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn an_unlocked_or_unknown_boot_partition_is_written_as_it_is() {
+        let (sysfs, force_ro) = fake_sysfs("mmcblk1boot1", "0\n");
+        let device = Path::new("/dev/mmcblk1boot1");
+        let mut ran = 0;
+        with_boot_partition_unlocked(sysfs.path(), "mmcblk1boot1", device, || {
+            ran += 1;
+            Ok(())
+        })
+        .unwrap();
+        with_boot_partition_unlocked(sysfs.path(), "mmcblk2boot0", device, || {
+            ran += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ran, 2);
+        assert_eq!(std::fs::read_to_string(&force_ro).unwrap(), "0\n");
+        assert!(!sysfs.path().join("block/mmcblk2boot0").exists());
+    }
+
+    /// A lock that cannot be turned off is an error naming the file, and nothing is
+    /// written. Root may write any file, but not a sealed memfd: `force_ro` is a link to
+    /// one that reads 1.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_lock_that_cannot_be_turned_off_is_an_error_and_nothing_is_written() {
+        use std::io::Write;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the descriptor it
+        // returns is owned by the `File` alone.
+        let mut sealed = unsafe {
+            let fd = libc::memfd_create(c"force_ro".as_ptr(), libc::MFD_ALLOW_SEALING);
+            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+            File::from_raw_fd(fd)
+        };
+        sealed.write_all(b"1\n").unwrap();
+        let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        // SAFETY: fcntl on a descriptor this test owns.
+        assert_eq!(
+            unsafe { libc::fcntl(sealed.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+            0
+        );
+        let sysfs = tempfile::tempdir().unwrap();
+        let dir = sysfs.path().join("block/mmcblk0boot1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let force_ro = dir.join("force_ro");
+        let fd_path = format!("/proc/self/fd/{}", sealed.as_raw_fd());
+        std::os::unix::fs::symlink(fd_path, &force_ro).unwrap();
+        assert_eq!(read_force_ro(&force_ro), "1");
+
+        let device = Path::new("/dev/disk/by-partlabel/uboot-env");
+        let mut ran = false;
+        let err = with_boot_partition_unlocked(sysfs.path(), "mmcblk0boot1", device, || {
+            ran = true;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(!ran, "written while locked");
+        assert_eq!(err.kind(), ErrorKind::Io);
+        let m = err.message();
+        assert!(
+            m.contains("/dev/disk/by-partlabel/uboot-env")
+                && m.contains("expected to unlock eMMC boot partition mmcblk0boot1")
+                && m.contains(&force_ro.display().to_string())
+                && m.contains("found "),
+            "{m}"
+        );
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn emmc_boot_partitions_are_known_by_name() {
+        for name in ["mmcblk0boot0", "mmcblk0boot1", "mmcblk12boot1"] {
+            assert!(is_emmc_boot_name(name), "{name}");
+        }
+        for name in [
+            "mmcblk0",
+            "mmcblk0p1",
+            "mmcblk0rpmb",
+            "mmcblkboot0",
+            "mmcblk0boot",
+            "mmcblk0boot0p1",
+            "mmcblk0boot1x",
+            "sda",
+            "loop0",
+        ] {
+            assert!(!is_emmc_boot_name(name), "{name}");
+        }
+    }
+
+    /// The name is the device node's, through a `/dev/disk/by-…` style link; a plain file
+    /// or a character device of that name is not a boot partition. Making the block
+    /// device node takes root (`mknod`); it is never opened.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_boot_partition_is_found_through_links_and_only_as_a_block_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain/mmcblk0boot0");
+        std::fs::create_dir_all(plain.parent().unwrap()).unwrap();
+        std::fs::write(&plain, b"").unwrap();
+        assert_eq!(emmc_boot_partition(&plain), None);
+        assert_eq!(emmc_boot_partition(Path::new("/dev/null")), None);
+        assert_eq!(emmc_boot_partition(&dir.path().join("missing")), None);
+
+        let node = dir.path().join("mmcblk0boot1");
+        let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mknod with a NUL-terminated path; the node is never opened.
+        let made = unsafe {
+            libc::mknod(
+                c_node.as_ptr(),
+                libc::S_IFBLK | 0o600,
+                libc::makedev(179, 8),
+            )
+        };
+        if made != 0 {
+            eprintln!(
+                "skipped: a block device node needs root ({})",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        let link = dir.path().join("by-partlabel/uboot-env");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("../mmcblk0boot1", &link).unwrap();
+        assert_eq!(emmc_boot_partition(&node).as_deref(), Some("mmcblk0boot1"));
+        assert_eq!(emmc_boot_partition(&link).as_deref(), Some("mmcblk0boot1"));
     }
 
     #[test]
