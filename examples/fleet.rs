@@ -285,8 +285,15 @@ fn simulate(
                 updated += 1;
                 stats.blobs += 1;
             }
-            d.next =
-                next_check(Timestamp::from_unix(now), INTERVAL_S, jitter, 0, rng.next()).unix();
+            d.next = next_check(
+                Timestamp::from_unix(now),
+                INTERVAL_S,
+                jitter,
+                0,
+                rng.next(),
+                None,
+            )
+            .unix();
             calendar[slot(d.next).min(hours)].push(i);
         }
         out.updated.push(updated as f64 / devices.len() as f64);

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 /// The stable category of an [`Error`]. The names never change; new kinds may be added.
 #[non_exhaustive]
@@ -145,6 +146,9 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// How long a server asked not to be asked again (`Retry-After`), from when the error
+    /// was made: a failed check records it for the poll schedule (DESIGN §5.3).
+    retry_after: Option<Duration>,
 }
 
 impl Error {
@@ -154,6 +158,7 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -189,6 +194,18 @@ impl Error {
     /// The message alone (what was expected and what was found).
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The same error, saying that a server asked to be left alone for `wait` from now.
+    pub(crate) fn with_retry_after(mut self, wait: Duration) -> Error {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// How long from when this error was made a server asked not to be asked again
+    /// (`Retry-After`, however long); `None` when no server asked.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The same error with `context: ` put in front of its message.

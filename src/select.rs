@@ -748,19 +748,59 @@ pub fn deploy(policy: &DeployPolicy, critical: bool, now: Timestamp) -> Deploy {
 /// The longest backoff, as a multiple of the polling interval (DESIGN §5.3).
 pub const MAX_BACKOFF_FACTOR: u64 = 4;
 
+/// The longest a server's `Retry-After` holds back a device's next check (DESIGN §5.3):
+/// a day. The header is not signed and one answer sets it, so without a cap a single
+/// answer from a misconfigured CDN, a captive portal or proxy, or anyone on the path of
+/// plain HTTP could keep the device from checking, and from a security fix, for months
+/// after the server is healthy again. A day is also where the default schedule's failure
+/// backoff ends (4 × 6 h): a server that keeps failing holds a device back that long
+/// anyway.
+pub const MAX_RETRY_AFTER_S: u64 = 86_400;
+
+/// The time a server that answered a failed check with a `Retry-After` of `wait` (from
+/// `failed_at`) asked not to be checked again before: at most [`MAX_RETRY_AFTER_S`] after
+/// `failed_at`, whole seconds rounded up. `None` when it asked for no wait (`0`, or a date
+/// already past), which holds nothing back.
+///
+/// ```
+/// use evergreen::select::retry_not_before;
+/// use std::time::Duration;
+/// let t = evergreen::Timestamp::from_unix(0);
+/// assert_eq!(retry_not_before(t, Duration::from_secs(3600)).unwrap().unix(), 3600);
+/// assert_eq!(retry_not_before(t, Duration::from_secs(1 << 40)).unwrap().unix(), 86_400);
+/// assert_eq!(retry_not_before(t, Duration::ZERO), None);
+/// ```
+pub fn retry_not_before(failed_at: Timestamp, wait: std::time::Duration) -> Option<Timestamp> {
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
+    let secs = secs.min(MAX_RETRY_AFTER_S);
+    (secs > 0).then(|| failed_at.plus_secs(secs as i64))
+}
+
 /// When to check next (DESIGN §5.3): `interval_s` after `last`, doubled for each
 /// consecutive failure up to [`MAX_BACKOFF_FACTOR`]× the interval, then spread by
-/// ±`jitter` (a fraction, e.g. 0.25) so a fleet does not poll in lockstep.
+/// ±`jitter` (a fraction, e.g. 0.25) so a fleet does not poll in lockstep; and never
+/// before `not_before`, the time a server asked for with `Retry-After`
+/// ([`retry_not_before`]). When that time is later than the schedule, the check is at
+/// that time plus up to `jitter` × the interval (not backed off); a `not_before` no later
+/// than the schedule changes nothing.
 ///
 /// `random` is any uniformly random `u64` the caller draws, which keeps this function pure.
 /// A `jitter` outside `[0, 1)` is clamped into it.
 ///
 /// ```
 /// use evergreen::select::next_check;
-/// let last = evergreen::Timestamp::from_unix(0);
+/// use evergreen::Timestamp;
+/// let last = Timestamp::from_unix(0);
 /// // the middle of the random range means no jitter at all
-/// assert_eq!(next_check(last, 3600, 0.25, 0, 1 << 63).unix(), 3600);
-/// assert_eq!(next_check(last, 3600, 0.25, 9, 1 << 63).unix(), 4 * 3600);
+/// assert_eq!(next_check(last, 3600, 0.25, 0, 1 << 63, None).unix(), 3600);
+/// assert_eq!(next_check(last, 3600, 0.25, 9, 1 << 63, None).unix(), 4 * 3600);
+/// // a server that asked for three hours is not asked again before then
+/// let asked = Some(Timestamp::from_unix(10_800));
+/// assert_eq!(next_check(last, 3600, 0.0, 1, 1 << 63, asked).unix(), 10_800);
+/// // and a fleet it asked is spread over a quarter of the interval after it
+/// assert_eq!(next_check(last, 3600, 0.25, 1, 1 << 63, asked).unix(), 10_800 + 450);
 /// ```
 pub fn next_check(
     last: Timestamp,
@@ -768,6 +808,7 @@ pub fn next_check(
     jitter: f64,
     consecutive_failures: u32,
     random: u64,
+    not_before: Option<Timestamp>,
 ) -> Timestamp {
     let factor = 1u64
         .checked_shl(consecutive_failures)
@@ -781,5 +822,11 @@ pub fn next_check(
     // 53 random bits give a uniform fraction in [0, 1) exactly representable as f64.
     let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
     let delay = base * (1.0 + jitter * (2.0 * unit - 1.0));
-    last.plus_secs(delay.round() as i64)
+    let due = last.plus_secs(delay.round() as i64);
+    match not_before {
+        // A server that answers a busy fleet with a date gives every device the same time:
+        // they are spread after it as the schedule spreads them over the interval.
+        Some(t) if t > due => t.plus_secs((interval_s as f64 * jitter * unit).round() as i64),
+        _ => due,
+    }
 }

@@ -241,6 +241,12 @@ pub struct State {
     /// from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Timestamp>,
+    /// The time a server that failed a check asked not to be checked again before
+    /// (`Retry-After`, at most a day after the failure: `select::retry_not_before`), on
+    /// the host's clock; the next check is not due before it. A check the server answers
+    /// clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
     /// Recent events, oldest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
@@ -289,6 +295,7 @@ impl State {
             last_check: None,
             check_failures: 0,
             last_failure: None,
+            not_before: None,
             history: VecDeque::new(),
             pending_downloads: Vec::new(),
             pending_for: None,
@@ -324,8 +331,8 @@ impl State {
 
     /// Takes what a check learned from `checked`, a copy of the state made before the check
     /// went to the network: the manifests seen, the newest `issued` and the manifest keys
-    /// they were accepted under, the root version and keys, and when it checked and how many checks
-    /// failed in a row. Everything else (slots, trial, channel, floor) may have changed
+    /// they were accepted under, the root version and keys, and when it checked, how many checks
+    /// failed in a row and until when the server asked to be left alone. Everything else (slots, trial, channel, floor) may have changed
     /// meanwhile and is kept.
     pub fn adopt_check(&mut self, checked: &State) {
         // A check under other manifest keys or on another chain started afresh (including
@@ -341,6 +348,7 @@ impl State {
         self.last_check = self.last_check.max(checked.last_check);
         self.check_failures = checked.check_failures;
         self.last_failure = checked.last_failure;
+        self.not_before = checked.not_before;
     }
 
     /// Records `keys` as the manifest keys the freshness state is kept under (DESIGN §5.1

@@ -591,8 +591,10 @@ impl Updater {
     /// When the host should check next (DESIGN §5.3): the poll interval ± jitter after the
     /// last check, backing off exponentially after failures (counted from the last failed
     /// check; the backoff is capped at 4× the interval, before the jitter), so a fleet
-    /// never polls in lockstep. A device that never checked is due now. The jitter is
-    /// drawn anew on every call (and for `status`): schedule on the value one call gave.
+    /// never polls in lockstep. A device that never checked is due now. Never before the
+    /// time a server asked for with `Retry-After` when it failed a check (at most a day
+    /// after that check), until a check it answers. The jitter is drawn anew on every call
+    /// (and for `status`): schedule on the value one call gave.
     pub fn next_check(&self) -> Result<Timestamp> {
         self.next_check_of(&self.load_state()?)
     }
@@ -615,9 +617,14 @@ impl Updater {
             0 => st.last_check,
             _ => st.last_failure.or(st.last_check),
         };
+        // Recorded on the host's clock, at most a day after the failure; a clock that has
+        // gone back since (an RTC that lost power) must not turn that day into years.
+        let not_before = st
+            .not_before
+            .map(|t| t.min(now.plus_secs(select::MAX_RETRY_AFTER_S as i64)));
         let last = match since {
             Some(t) => t.min(now),
-            None if st.check_failures == 0 => return Ok(now),
+            None if st.check_failures == 0 => return Ok(not_before.map_or(now, |t| t.max(now))),
             // Failures recorded before they were timed, and no check ever succeeded.
             None => now,
         };
@@ -631,6 +638,7 @@ impl Updater {
             poll.jitter,
             st.check_failures,
             u64::from_le_bytes(raw),
+            not_before,
         ))
     }
 
@@ -923,10 +931,19 @@ impl Updater {
             let manifest = match self.fetch_manifest(&mut st, &channel) {
                 Ok(m) => m,
                 Err(e) => {
+                    let failed_at = (self.clock)();
                     if own_channel {
                         st.check_failures = st.check_failures.saturating_add(1);
-                        st.last_failure = Some((self.clock)());
+                        st.last_failure = Some(failed_at);
                     }
+                    // Whichever channel was asked for: a `Retry-After` is about the
+                    // server, which the device's own next check asks too. The newest one
+                    // counts; a failure without one (a network error, a check made early
+                    // by hand) leaves the time asked for before, while it lasts.
+                    let asked = e
+                        .retry_after()
+                        .and_then(|wait| select::retry_not_before(failed_at, wait));
+                    st.not_before = asked.or(st.not_before.filter(|t| *t > failed_at));
                     self.save_check(&st)?;
                     return Err(e);
                 }
@@ -939,6 +956,8 @@ impl Updater {
                 st.last_failure = None;
                 st.last_check = Some(now);
             }
+            // The server answered: what it asked for before is over.
+            st.not_before = None;
             // The channel followed as the check began: a switch made while it was on the
             // network is newer than this offer (see `channel_after_activation`).
             let followed = st.channel.clone();

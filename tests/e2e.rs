@@ -1051,3 +1051,79 @@ fn a_poll_is_one_request_unchanged_and_two_when_the_manifest_changed() {
     assert_eq!(poll(&updater, &server, seen), (true, changed));
     assert_eq!(poll(&updater, &server, seen), (true, unchanged));
 }
+
+/// `Retry-After: <seconds>` or an IMF-fixdate `at` ahead of now (the weekday is not read).
+fn http_date(at: evergreen::Timestamp) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t = at.to_string();
+    let month = MONTHS[t[5..7].parse::<usize>().unwrap() - 1];
+    format!("Mon, {} {month} {} {} GMT", &t[8..10], &t[..4], &t[11..19])
+}
+
+/// Seconds from the host's clock now to `next`.
+fn due_in(next: evergreen::Timestamp) -> i64 {
+    next.unix() - evergreen::Timestamp::now().unix()
+}
+
+/// A server that fails a check with 503 and `Retry-After: 3600` is not asked again for an
+/// hour, though the device polls every minute (and backs off to two after one failure);
+/// a check it answers lifts that. The header's HTTP-date form is honoured the same way,
+/// and a server asking for years holds the device back for a day at most.
+#[test]
+fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
+    let setup = setup_with_1_0_0("com.acme.retryafter");
+    let mut extra = fast();
+    extra["poll"] = serde_json::json!({"interval_s": 60, "jitter": 0.0});
+    let dev = setup.repo.device("polling", &setup.server.url(), extra);
+    let updater = updater_for(&dev);
+    let server = &setup.server;
+    let manifest = "channels/stable.json";
+    let busy = |retry_after: String| {
+        server.clear_faults();
+        server.set_fault(manifest, Fault::Busy(503, retry_after));
+        let err = updater.check().unwrap_err();
+        assert_eq!(err.kind(), evergreen::ErrorKind::HttpStatus, "{err}");
+        assert!(err.message().contains("Retry-After: "), "{err}");
+        due_in(updater.next_check().unwrap())
+    };
+
+    let due = busy("3600".into());
+    assert!((3598..=3600).contains(&due), "due in {due} s");
+    let status = updater.status().unwrap();
+    assert!(due_in(status.next_check) >= 3598, "{:?}", status.next_check);
+    assert!(updater.state().unwrap().not_before.is_some());
+    // A failure that asks for nothing (a check made early by hand) leaves that hour.
+    server.clear_faults();
+    server.set_fault(manifest, Fault::Status(500));
+    updater.check().unwrap_err();
+    let due = due_in(updater.next_check().unwrap());
+    assert!((3597..=3600).contains(&due), "due in {due} s");
+
+    server.clear_faults();
+    assert!(matches!(
+        updater.check().unwrap(),
+        evergreen::Check::Available(_)
+    ));
+    assert_eq!(updater.state().unwrap().not_before, None);
+    let due = due_in(updater.next_check().unwrap());
+    assert!(
+        (58..=60).contains(&due),
+        "due in {due} s after a successful check"
+    );
+
+    let due = busy(http_date(evergreen::Timestamp::now().plus_secs(7200)));
+    assert!((7197..=7200).contains(&due), "due in {due} s");
+
+    // Ten years, as seconds: a day.
+    let due = busy("315360000".into());
+    assert!((86_398..=86_400).contains(&due), "due in {due} s");
+
+    // A date already past holds nothing back: the backoff after one failure stands.
+    server.clear_faults();
+    updater.check().unwrap();
+    let due = busy("Thu, 01 Jan 2015 00:00:00 GMT".into());
+    assert!((118..=120).contains(&due), "due in {due} s");
+    assert_eq!(updater.state().unwrap().not_before, None);
+}

@@ -2,11 +2,12 @@
 
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
-    bucket_in_rollout, deploy, in_rollout, next_check, rollout_bucket, select, Choice, Decision,
-    Deploy, DeployPolicy, Device, Policy,
+    bucket_in_rollout, deploy, in_rollout, next_check, retry_not_before, rollout_bucket, select,
+    Choice, Decision, Deploy, DeployPolicy, Device, Policy, MAX_RETRY_AFTER_S,
 };
 use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
+use std::time::Duration;
 
 const TARGET: &str = "x86_64-linux";
 const NOW: &str = "2026-11-22T10:00:00Z";
@@ -862,8 +863,8 @@ fn next_check_jitters_within_a_quarter_and_backs_off_to_four_times() {
         let (mut lo, mut hi) = (f64::MAX, f64::MIN);
         let randoms = (0..2_000).map(|_| splitmix(&mut seed)).chain([0, u64::MAX]);
         for random in randoms {
-            let delay =
-                (next_check(last, interval, 0.25, failures, random).unix() - last.unix()) as f64;
+            let delay = (next_check(last, interval, 0.25, failures, random, None).unix()
+                - last.unix()) as f64;
             assert!(
                 (base * 0.75 - 1.0..=base * 1.25 + 1.0).contains(&delay),
                 "failures {failures}: delay {delay} outside {base} ± 25%"
@@ -884,10 +885,74 @@ fn next_check_tolerates_nonsense_jitter() {
     let last = ts(NOW);
     for jitter in [f64::NAN, f64::INFINITY, -1.0] {
         assert_eq!(
-            next_check(last, 100, jitter, 0, u64::MAX).unix() - last.unix(),
+            next_check(last, 100, jitter, 0, u64::MAX, None).unix() - last.unix(),
             100
         );
     }
-    let far = next_check(last, u64::MAX, 0.25, u32::MAX, u64::MAX);
+    let far = next_check(last, u64::MAX, 0.25, u32::MAX, u64::MAX, None);
     assert!(far > last);
+}
+
+/// A server's `Retry-After` holds the next check back to the time it asked for, never
+/// brings it forward, and holds nothing back once that time is behind the schedule.
+#[test]
+fn next_check_waits_for_a_retry_after_and_only_then() {
+    let last = ts(NOW);
+    let at = |secs: i64| Some(last.plus_secs(secs));
+    // interval 3600, no jitter: due at +3600 without failures, +7200 after one
+    for (failures, not_before, due) in [
+        (0, None, 3600),
+        (1, None, 7200),
+        // asked for longer than the schedule: then, and not before
+        (1, at(10_800), 10_800),
+        (0, at(86_400), 86_400),
+        // asked for less, or for a time already past: the schedule stands
+        (1, at(60), 7200),
+        (1, at(7200), 7200),
+        (0, at(-3600), 3600),
+    ] {
+        assert_eq!(
+            next_check(last, 3600, 0.0, failures, 1 << 63, not_before).unix() - last.unix(),
+            due,
+            "failures {failures}, not before {not_before:?}"
+        );
+    }
+    // A fleet told to come back at T (an HTTP date is the same for every device) comes
+    // back from T on, spread over a quarter of the interval after it, never before it.
+    let mut seed = 11;
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    let randoms = (0..2_000).map(|_| splitmix(&mut seed)).chain([0, u64::MAX]);
+    for random in randoms {
+        let next = next_check(last, 3600, 0.25, 1, random, at(36_000));
+        let after = next.unix() - last.plus_secs(36_000).unix();
+        assert!(
+            (0..=900).contains(&after),
+            "random {random}: {after} s after"
+        );
+        (lo, hi) = (lo.min(after), hi.max(after));
+    }
+    assert!(hi - lo > 800, "spread {lo}..{hi}");
+}
+
+/// What a server may ask for: seconds rounded up, at most a day, nothing for no wait.
+#[test]
+fn a_retry_after_is_capped_at_a_day() {
+    let failed = ts(NOW);
+    assert_eq!(MAX_RETRY_AFTER_S, 86_400);
+    for (wait, expected) in [
+        (Duration::from_secs(3600), Some(3600)),
+        (Duration::from_millis(1500), Some(2)),
+        (Duration::from_millis(1), Some(1)),
+        (Duration::from_secs(86_400), Some(86_400)),
+        (Duration::from_secs(86_401), Some(86_400)),
+        (Duration::from_secs(u64::MAX), Some(86_400)),
+        (Duration::MAX, Some(86_400)),
+        (Duration::ZERO, None),
+    ] {
+        assert_eq!(
+            retry_not_before(failed, wait).map(|t| t.unix() - failed.unix()),
+            expected,
+            "{wait:?}"
+        );
+    }
 }

@@ -433,23 +433,38 @@ impl Fetcher {
         // `not_found`, which would end the root walk at a stale mirror while the server,
         // failing, has the next root.
         let mut last_present = None;
-        // The longest wait a base asked for (`Retry-After`) in the round before.
+        // The longest wait (`Retry-After`) asked for in the round before by a base that
+        // stays in the call.
         let mut asked = Duration::ZERO;
+        // The answer whose `Retry-After` ends last, when it came and what it asked: the
+        // error carries what is left of it, for the caller's own schedule beyond this call.
+        let mut stay_away: Option<(Instant, Duration)> = None;
+        let left = |(at, wait): (Instant, Duration)| wait.saturating_sub(at.elapsed());
+        let ended = |error: Error, stay_away: Option<(Instant, Duration)>| {
+            let wait = stay_away.map(left).filter(|w| !w.is_zero());
+            match wait {
+                Some(wait) => error.with_retry_after(wait),
+                None => error,
+            }
+        };
         for round in 0..=self.options.retries {
             if round > 0 {
-                self.back_off(round - 1, std::mem::take(&mut asked), cancel)?;
+                let waited = self.back_off(round - 1, std::mem::take(&mut asked), cancel);
+                waited.map_err(|e| ended(e, stay_away))?;
             }
             for (url, live) in urls.iter().zip(live.iter_mut()).filter(|(_, l)| **l) {
-                cancel.check()?;
+                cancel.check().map_err(|e| ended(e, stay_away))?;
                 let failure = match attempt(url) {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
                 };
-                asked = asked.max(failure.wait);
+                if stay_away.is_none_or(|s| left(s) < failure.wait) {
+                    stay_away = Some((Instant::now(), failure.wait));
+                }
                 match failure.then {
-                    Then::Stop => return Err(failure.error),
+                    Then::Stop => return Err(ended(failure.error, stay_away)),
                     Then::NextBase => *live = false,
-                    Then::Retry => {}
+                    Then::Retry => asked = asked.max(failure.wait),
                 }
                 if failure.error.kind() != ErrorKind::NotFound {
                     only_not_found = false;
@@ -467,26 +482,25 @@ impl Fetcher {
                 break;
             }
         }
-        match (last_present.or(last_absent), absent_on_server) {
-            (Some(_), _) if only_not_found => Err(Error::new(
+        let error = match (last_present.or(last_absent), absent_on_server) {
+            (Some(_), _) if only_not_found => Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "expected the file on one of {}, found it on none",
                     urls.join(", ")
                 ),
-            )),
-            (Some(other), true) => Err(Error::new(
+            ),
+            (Some(other), true) => Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "expected the file on the server {}, found 404 there (and {other})",
                     urls[0]
                 ),
-            )),
-            (Some(error), _) => Err(error),
-            (None, _) => Err(Error::config(
-                "expected at least one URL to fetch, found none",
-            )),
-        }
+            ),
+            (Some(error), _) => error,
+            (None, _) => Error::config("expected at least one URL to fetch, found none"),
+        };
+        Err(ended(error, stay_away))
     }
 
     /// Sleeps [`backoff`], or longer when a base asked for it, in short steps, so a
@@ -529,7 +543,9 @@ enum Then {
 struct Failure {
     error: Error,
     then: Then,
-    /// The least wait before this base is asked again, as it said (`Retry-After`).
+    /// The least wait before this base is asked again, as it said (`Retry-After`),
+    /// however long: waited for before the next round when the base stays in the call,
+    /// and carried by the call's error either way ([`Error::retry_after`]).
     wait: Duration,
 }
 
@@ -599,7 +615,10 @@ fn status_failure(url: &str, response: &Response) -> Failure {
                 "; not asked again in this check, which waits at most {} s",
                 MAX_BACKOFF.as_secs()
             ));
-            Error::new(ErrorKind::HttpStatus, message).into()
+            Failure {
+                wait,
+                ..Error::new(ErrorKind::HttpStatus, message).into()
+            }
         }
         wait => Failure {
             wait: wait.unwrap_or_default(),
@@ -962,6 +981,77 @@ mod tests {
         ] {
             assert_eq!(retry_after(value, now), expected, "{value:?}");
         }
+    }
+
+    /// Answers every URL with the status and `Retry-After` its base is given.
+    struct Busy(Vec<(&'static str, u16, Option<String>)>);
+
+    impl Transport for Busy {
+        fn get(&self, url: &str, _req: &Request) -> Result<Response> {
+            let (_, status, retry_after) = self
+                .0
+                .iter()
+                .find(|(base, _, _)| url.starts_with(base))
+                .expect("a base");
+            Ok(Response {
+                status: *status,
+                etag: None,
+                content_length: Some(0),
+                content_range: None,
+                location: None,
+                retry_after: retry_after.clone(),
+                body: Box::new(io::empty()),
+            })
+        }
+    }
+
+    fn busy_fetcher(answers: Vec<(&'static str, u16, Option<String>)>) -> Fetcher {
+        let bases = answers.iter().map(|(b, _, _)| b.to_string()).collect();
+        let options = FetchOptions {
+            retries: 2,
+            retry_backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        };
+        Fetcher::with_transport(bases, options, Box::new(Busy(answers)))
+    }
+
+    /// A wait too long for the call to make is not lost with it: the call's error carries
+    /// what is left of the longest one asked for (here as an HTTP date two hours ahead),
+    /// whichever base's failure the error reports, for the poll schedule to honour.
+    #[test]
+    fn the_error_carries_the_longest_retry_after_asked_for() {
+        // IMF-fixdate of now + 2 h; the weekday is not read.
+        let at = crate::Timestamp::now().plus_secs(7200).to_string();
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ][at[5..7].parse::<usize>().unwrap() - 1];
+        let date = format!(
+            "Mon, {} {month} {} {} GMT",
+            &at[8..10],
+            &at[..4],
+            &at[11..19]
+        );
+        let f = busy_fetcher(vec![
+            ("http://server/", 503, Some(date)),
+            ("http://mirror/", 429, Some("600".into())),
+            ("http://other/", 500, None),
+        ]);
+        let err = f.metadata("channels/stable.json", None, 1024).unwrap_err();
+        assert!(err.message().contains("http://other/"), "{err}");
+        let wait = err.retry_after().expect("a Retry-After").as_secs();
+        assert!((7190..=7200).contains(&wait), "{wait} s");
+
+        // No base asked for a wait (or for one already over): nothing is carried.
+        let f = busy_fetcher(vec![
+            (
+                "http://server/",
+                503,
+                Some("Thu, 01 Jan 2015 00:00:00 GMT".into()),
+            ),
+            ("http://other/", 502, None),
+        ]);
+        let err = f.metadata("channels/stable.json", None, 1024).unwrap_err();
+        assert_eq!(err.retry_after(), None, "{err}");
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct Response {
     pub location: Option<String>,
     /// The `Retry-After` header of a 503 or 429: seconds, or an HTTP date. A wait the
     /// fetcher can afford is kept before the next round; a longer one ends that base
-    /// for this check.
+    /// for this check. Either way a check that fails holds the device's next check back
+    /// until then, for at most a day ([`crate::Updater::next_check`]).
     pub retry_after: Option<String>,
     /// The body. A read error of kind [`std::io::ErrorKind::TimedOut`] is reported as
     /// [`ErrorKind::Timeout`], any other as [`ErrorKind::Network`].
