@@ -28,8 +28,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
-    let console = Arc::new(Console::default());
     println!("Evergreen demo: one device, one signed repository, seven steps.");
+    ignore_proxy_env();
+    let console = Arc::new(Console::default());
     match run(&console) {
         Ok(()) => {
             println!("\nAll {} steps behaved as expected.", steps::STEPS.len());
@@ -38,6 +39,27 @@ fn main() -> ExitCode {
         Err((step, Failure(message))) => {
             eprintln!("\ndemo FAILED at {step}: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The demo talks to 127.0.0.1 and nothing else. An updater whose config names no `proxy`
+/// takes one from the environment (as curl does, 127.0.0.1 included unless `NO_PROXY`
+/// lists it), so on a machine with `HTTP_PROXY` set the device's requests would go to that
+/// proxy, which cannot reach this loopback server: the demo clears those variables first,
+/// before any thread runs.
+fn ignore_proxy_env() {
+    for var in [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ] {
+        if std::env::var_os(var).is_some() {
+            println!("   ({var} is ignored: the demo talks only to 127.0.0.1)");
+            std::env::remove_var(var);
         }
     }
 }
