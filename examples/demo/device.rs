@@ -240,6 +240,11 @@ impl Device {
         self.setup.app_root().join("current")
     }
 
+    /// The version the app in the primary slot says it is: what a start runs.
+    pub fn app_version(&self) -> Outcome<String> {
+        self.app_file("VERSION")
+    }
+
     /// A file of the app component in the primary slot.
     fn app_file(&self, name: &str) -> Outcome<String> {
         let path = self.current().join("app").join(name);

@@ -118,7 +118,8 @@ impl Demo {
         Ok(parts)
     }
 
-    /// Checks that the primary slot runs `version` and is `status`.
+    /// Checks that the primary slot runs `version` and is `status`, both in the state and
+    /// in the files a start runs (the app's `VERSION` through the `current` link).
     fn expect_running(&self, version: &str, status: &str) -> Outcome<Slot> {
         let s = self.device.status()?;
         let primary = &s.slots[&s.primary];
@@ -128,6 +129,11 @@ impl Demo {
             Some(version.into()),
         )?;
         expect_eq("primary slot status", primary.status, status)?;
+        expect_eq(
+            "the app's VERSION through the current link",
+            self.device.app_version()?,
+            version.to_string(),
+        )?;
         self.ok(format!("slot {} runs {version} ({status})", s.primary));
         Ok(s.primary)
     }
