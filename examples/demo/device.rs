@@ -207,7 +207,26 @@ impl Device {
             got,
             plan.download_size()
         ));
-        expect_eq("bytes downloaded", got, plan.download_size())
+        // Dir slots keep each download: an unchanged component is installed from it, so
+        // what crosses the wire is the added and modified components' artifacts, no more.
+        let again: Vec<&str> = plan
+            .components
+            .iter()
+            .filter(|c| c.op == ComponentOp::Unchanged && c.artifact.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        expect_eq(
+            "unchanged components downloaded again",
+            again.as_slice(),
+            &[][..],
+        )?;
+        let changed: u64 = plan
+            .components
+            .iter()
+            .filter(|c| matches!(c.op, ComponentOp::Added | ComponentOp::Modified))
+            .filter_map(|c| c.artifact.as_ref().map(|a| a.size))
+            .sum();
+        expect_eq("bytes downloaded", got, changed)
     }
 
     /// Starts the app once: the startup step first, then its health check, which confirms

@@ -268,6 +268,11 @@ fn join_preview(d: &mut Demo) -> Outcome {
         current.join("plugin/plugin.toml").is_file() && !current.join("legacy").exists(),
         || "the new slot should hold plugin/ and no legacy/".to_string(),
     )?;
+    expect_eq(
+        "assets/index.html in the new slot",
+        std::fs::read_to_string(current.join("assets/index.html")).ok(),
+        Some("<h1>Gateway</h1>".to_string()),
+    )?;
     d.ok("the new slot has plugin/, no legacy/, and assets/ installed without a download");
     Ok(())
 }
