@@ -5,7 +5,7 @@ use super::device::{AppRun, Device, DEVICE_ID};
 use super::narrate::{ensure, expect_eq, Console, Failure, Outcome};
 use super::world::{Part, Publisher, SimClock, PRODUCT};
 use crate::support::{Fault, TestServer};
-use evergreen::select::{rollout_bucket, Deploy};
+use evergreen::select::{bucket_in_rollout, rollout_bucket, Deploy};
 use evergreen::slots::Slot;
 use evergreen::stage::ComponentOp;
 use evergreen::{Activation, ErrorKind, Event, Offer, Timestamp};
@@ -138,11 +138,19 @@ impl Demo {
         Ok(s.primary)
     }
 
-    /// Installs and activates `offer`, expecting activation now.
+    /// Installs and activates `offer`, expecting activation now: into the slot that was
+    /// not running, which becomes primary and starts its trial.
     fn update_now(&self, offer: &Offer) -> Outcome<Slot> {
+        let running = self.device.status()?.primary;
         match self.device.update(offer)? {
             Activation::Activated { slot, version } => {
                 expect_eq("activated version", version, offer.version.clone())?;
+                ensure(slot != running, || {
+                    format!("activated slot {slot}: expected the inactive one, not {running}")
+                })?;
+                let s = self.device.status()?;
+                expect_eq("primary after activation", s.primary, slot)?;
+                expect_eq("slot on trial", s.trial.map(|t| t.slot), Some(slot))?;
                 Ok(slot)
             }
             Activation::Deferred { reason, .. } => Err(Failure(format!(
@@ -192,6 +200,12 @@ fn channels(d: &mut Demo) -> Outcome {
     d.publisher.promote(&v11, "nightly", "preview", None)?;
     d.say("operator: nightly looked fine for a day, 1.1.0 promoted to preview");
     let report = d.publisher.repo().verify(d.clock.now())?;
+    let names: Vec<&str> = report.channels.iter().map(|c| c.channel.as_str()).collect();
+    expect_eq(
+        "channels in the repository",
+        names.as_slice(),
+        &["nightly", "preview", "stable"][..],
+    )?;
     for c in &report.channels {
         let versions: Vec<String> = c.versions.iter().map(ToString::to_string).collect();
         d.say(format!(
@@ -217,7 +231,7 @@ fn rollout(d: &mut Demo) -> Outcome {
     d.days_pass(1);
     d.publisher.promote(&v11, "preview", "stable", Some(20.0))?;
     let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
-    let inside = bucket < 20 * 100;
+    let inside = bucket_in_rollout(bucket, 20.0);
     d.say("operator: 1.1.0 promoted to stable for 20% of devices");
     d.say(format!(
         "device {DEVICE_ID}: bucket {bucket} for 1.1.0; the rule is bucket < percent×100 = 2000, so it is {}",
@@ -397,8 +411,19 @@ fn maintenance_window(d: &mut Demo) -> Outcome {
         other => return Err(Failure(format!("expected a deferral, found {other:?}"))),
     }
     d.expect_running("1.1.0", "good")?;
+    let s = d.device.status()?;
+    let waiting = &s.slots[&s.fallback];
+    expect_eq(
+        "the other slot",
+        (
+            waiting.version.as_ref().map(ToString::to_string),
+            waiting.status,
+        ),
+        (Some("1.3.0".to_string()), "installed"),
+    )?;
     d.ok(format!(
-        "1.3.0 waits in the other slot, installed, until {opens}"
+        "1.3.0 waits in the other slot {}, installed, until {opens}",
+        s.fallback
     ));
     d.clock.set(opens);
     d.say(format!(
