@@ -228,10 +228,15 @@ struct Outcome {
     updated: Vec<f64>,
     /// Devices whose precomputed bucket disagreed with `in_rollout` (must be 0).
     disagreements: u64,
+    /// Devices whose next poll is not after the simulated span: dropped by the
+    /// simulation, which would make every figure wrong (must be 0).
+    behind: usize,
 }
 
 /// Runs the fleet hour by hour for `hours` from `start`; within an hour the polls are
-/// processed in the order they were scheduled (the hour is the resolution of the report).
+/// processed in the order they were scheduled (the hour is the resolution of the report),
+/// and a poll that schedules the next one within the same hour (a jitter over 5/6 allows
+/// a delay under an hour) is processed in that hour too.
 fn simulate(
     devices: &mut [Device],
     channel: &Channel,
@@ -249,55 +254,60 @@ fn simulate(
         hours: vec![Hour::default(); hours],
         updated: Vec::with_capacity(hours),
         disagreements: 0,
+        behind: 0,
     };
     let mut updated = 0u64;
     for h in 0..hours {
-        let due = std::mem::take(&mut calendar[h]);
-        for i in due {
-            let d = &mut devices[i as usize];
-            let now = d.next;
-            let stats = &mut out.hours[h];
-            let sequence = channel.sequence(now);
-            if d.seen == sequence {
-                stats.not_modified += 1;
-            } else {
-                // A changed manifest: `Updater::check` walks the root chain, asking for the
-                // next root (404: no rotation here).
-                stats.fetched += 1;
-                stats.roots += 1;
-                d.seen = sequence;
-            }
-            // The library's rule on the bucket computed once per device (hashing it on every
-            // poll would take most of the run).
-            let in_now = bucket_in_rollout(d.bucket.into(), channel.percent(now));
-            // Spot-check the precomputed bucket through the library's whole decision.
-            if i % 997 == 0 {
-                let rule = in_rollout(
-                    &channel.release,
-                    PRODUCT,
-                    &device_id(i),
+        while !calendar[h].is_empty() {
+            let due = std::mem::take(&mut calendar[h]);
+            for i in due {
+                let d = &mut devices[i as usize];
+                let now = d.next;
+                let stats = &mut out.hours[h];
+                let sequence = channel.sequence(now);
+                if d.seen == sequence {
+                    stats.not_modified += 1;
+                } else {
+                    // A changed manifest: `Updater::check` walks the root chain, asking
+                    // for the next root (404: no rotation here).
+                    stats.fetched += 1;
+                    stats.roots += 1;
+                    d.seen = sequence;
+                }
+                // The library's rule on the bucket computed once per device (hashing it
+                // on every poll would take most of the run).
+                let in_now = bucket_in_rollout(d.bucket.into(), channel.percent(now));
+                // Spot-check the precomputed bucket through the library's whole decision.
+                if i % 997 == 0 {
+                    let rule = in_rollout(
+                        &channel.release,
+                        PRODUCT,
+                        &device_id(i),
+                        Timestamp::from_unix(now),
+                    );
+                    out.disagreements += u64::from(rule != in_now);
+                }
+                if in_now && !d.updated {
+                    d.updated = true;
+                    updated += 1;
+                    stats.blobs += 1;
+                }
+                d.next = next_check(
                     Timestamp::from_unix(now),
-                );
-                out.disagreements += u64::from(rule != in_now);
+                    INTERVAL_S,
+                    jitter,
+                    0,
+                    rng.next(),
+                    None,
+                )
+                .unix();
+                calendar[slot(d.next).min(hours)].push(i);
             }
-            if in_now && !d.updated {
-                d.updated = true;
-                updated += 1;
-                stats.blobs += 1;
-            }
-            d.next = next_check(
-                Timestamp::from_unix(now),
-                INTERVAL_S,
-                jitter,
-                0,
-                rng.next(),
-                None,
-            )
-            .unix();
-            calendar[slot(d.next).min(hours)].push(i);
         }
         out.updated.push(updated as f64 / devices.len() as f64);
     }
+    let end = start + hours as i64 * HOUR;
+    out.behind = devices.iter().filter(|d| d.next < end).count();
     out
 }
 
@@ -338,8 +348,14 @@ fn main() -> ExitCode {
             out.disagreements
         );
     }
+    if out.behind > 0 {
+        println!(
+            "FAIL: {} device(s) stopped polling before the end (a simulation fault)",
+            out.behind
+        );
+    }
     println!("\nsimulated in {:.1} s", started.elapsed().as_secs_f64());
-    if failures > 0 || out.disagreements > 0 {
+    if failures > 0 || out.disagreements > 0 || out.behind > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
