@@ -42,6 +42,7 @@
 #[path = "bench/rng.rs"]
 mod rng;
 
+use evergreen::config::Poll;
 use evergreen::manifest::{Release, Rollout, RolloutStage};
 use evergreen::select::{bucket_in_rollout, in_rollout, next_check, rollout_bucket};
 use evergreen::{NameMap, Timestamp};
@@ -52,8 +53,12 @@ use std::process::ExitCode;
 const PRODUCT: &str = "com.acme.gateway";
 const HOUR: i64 = 3600;
 const DAY: i64 = 24 * HOUR;
-/// Evergreen's default polling: every 6 h ± 25 %.
-const INTERVAL_S: u64 = 6 * HOUR as u64;
+/// The polling interval a device has by default (the config's `poll.interval_s`, 6 h), read
+/// from the library's own `config::Poll`, as the default jitter (0.25) is: the simulation
+/// follows the defaults a device ships with.
+fn interval_s() -> u64 {
+    Poll::default().interval_s
+}
 /// What one response weighs, to estimate the egress: a 304 as measured by the benchmark,
 /// a 404 for `root/<v+1>.json` (measured with curl against nginx 1.22: a 308-byte answer
 /// to a 92-byte request), a 1-release manifest, and the artifact.
@@ -173,7 +178,7 @@ const USAGE: &str = "usage: fleet [--devices N] [--jitter F] [--synchronized]";
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         devices: 1_000_000,
-        jitter: 0.25,
+        jitter: Poll::default().jitter,
         synchronized: false,
     };
     let mut it = std::env::args().skip(1);
@@ -212,7 +217,7 @@ fn fleet(n: u32, start: i64, synchronized: bool, version: &Version, rng: &mut Rn
             next: if synchronized {
                 start
             } else {
-                start + (rng.unit() * INTERVAL_S as f64) as i64
+                start + (rng.unit() * interval_s() as f64) as i64
             },
             seen: 1,
             updated: false,
@@ -294,7 +299,7 @@ fn simulate(
                 }
                 d.next = next_check(
                     Timestamp::from_unix(now),
-                    INTERVAL_S,
+                    interval_s(),
                     jitter,
                     0,
                     rng.next(),
@@ -334,7 +339,7 @@ fn main() -> ExitCode {
     println!(
         "{} devices, polling every {} h ± {:.0} %{}; rollout {percents:?} % from {rollout_start}, one stage a day\n",
         args.devices,
-        INTERVAL_S / 3600,
+        interval_s() / 3600,
         args.jitter * 100.0,
         if args.synchronized { ", all starting at once" } else { "" }
     );
@@ -446,7 +451,7 @@ const HERD_BOUND: f64 = 1.2;
 /// the polls times what a poll costs (1 unchanged, 2 changed, 1 more for a blob), which
 /// the manifest decides, not the timing; their busiest hour is printed beside it.
 fn check_herd(out: &Outcome, start: i64) -> u32 {
-    let settle = (2 * INTERVAL_S / 3600) as usize;
+    let settle = (2 * interval_s() / 3600) as usize;
     let settled = &out.hours[settle..];
     // The mean and the peak of `count` over the settled hours, and the peak hour (its index
     // among them, and its counts).
