@@ -403,6 +403,15 @@ fn check_stages(out: &Outcome, channel: &Channel, start: i64) -> u32 {
         let end = stage.at.unix() + DAY;
         let hour = ((end - start) / HOUR) as usize;
         let Some(fraction) = out.updated.get(hour.saturating_sub(1)) else {
+            // A stage the run does not reach the end of is not checked: that is a failure,
+            // not a pass.
+            println!(
+                "| {} | {} | not simulated | {} % | FAIL |",
+                i + 1,
+                stage.at,
+                stage.percent
+            );
+            failures += 1;
             continue;
         };
         let off = (fraction * 100.0 - stage.percent).abs();
