@@ -33,6 +33,9 @@
 //! poll) but is not a herd; a herd shows in the polls, and its requests are the polls'
 //! peak times the cost of a poll.
 //!
+//! `--seed N` (default 1) seeds the devices' start times and jitter draws; the rollout
+//! buckets come from the device ids and do not change with it.
+//!
 //! `--jitter F` sets the polling jitter (the config's `poll.jitter`, default 0.25) and
 //! `--synchronized` starts every device's schedule at the same instant, as after a
 //! fleet-wide power cut: together they show what the jitter is for, and
@@ -171,15 +174,19 @@ struct Args {
     jitter: f64,
     /// Every device's schedule starts at the same instant.
     synchronized: bool,
+    /// Seeds the devices' start times and their jitter draws (the rollout buckets come
+    /// from the device ids, not from it).
+    seed: u64,
 }
 
-const USAGE: &str = "usage: fleet [--devices N] [--jitter F] [--synchronized]";
+const USAGE: &str = "usage: fleet [--devices N] [--jitter F] [--synchronized] [--seed N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         devices: 1_000_000,
         jitter: Poll::default().jitter,
         synchronized: false,
+        seed: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -199,6 +206,12 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--jitter takes a fraction from 0 up to (not including) 1")?;
             }
             "--synchronized" => args.synchronized = true,
+            "--seed" => {
+                args.seed = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--seed takes a number")?;
+            }
             _ => return Err(format!("{USAGE}; found {a:?}")),
         }
     }
@@ -246,10 +259,11 @@ fn simulate(
     devices: &mut [Device],
     channel: &Channel,
     jitter: f64,
+    seed: u64,
     start: i64,
     hours: usize,
 ) -> Outcome {
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::new(seed);
     let mut calendar: Vec<Vec<u32>> = vec![Vec::new(); hours + 1];
     let slot = |t: i64| ((t - start).max(0) / HOUR) as usize;
     for (i, d) in devices.iter().enumerate() {
@@ -331,17 +345,27 @@ fn main() -> ExitCode {
     let start = rollout_start.unix() - DAY / 2;
     let hours = (DAY / 2 + percents.len() as i64 * DAY) / HOUR;
     let channel = Channel::new(rollout_start, &percents);
-    let mut rng = Rng::new(1);
+    let mut rng = Rng::new(args.seed);
     let version = &channel.release.version;
     let mut devices = fleet(args.devices, start, args.synchronized, version, &mut rng);
-    let out = simulate(&mut devices, &channel, args.jitter, start, hours as usize);
+    // The jitter's draws from their own stream (seed 1 gives the runs docs/fleet.md shows).
+    let draws = args.seed.wrapping_add(6);
+    let out = simulate(
+        &mut devices,
+        &channel,
+        args.jitter,
+        draws,
+        start,
+        hours as usize,
+    );
 
     println!(
-        "{} devices, polling every {} h ± {:.0} %{}; rollout {percents:?} % from {rollout_start}, one stage a day\n",
+        "{} devices, polling every {} h ± {:.0} %{}; rollout {percents:?} % from {rollout_start}, one stage a day; seed {}\n",
         args.devices,
         interval_s() / 3600,
         args.jitter * 100.0,
-        if args.synchronized { ", all starting at once" } else { "" }
+        if args.synchronized { ", all starting at once" } else { "" },
+        args.seed
     );
     print_hours(&out, start);
     let failures = check_stages(&out, &channel, start);
