@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example fleet                  # 1,000,000 devices
 //! cargo run --release --example fleet -- --devices 50000
-//! cargo run --release --example fleet -- --jitter 0 --synchronized   # a herd: exits 1
+//! cargo run --release --example fleet -- --synchronized --warmup-hours 48
+//! cargo run --release --example fleet -- --synchronized --warmup-hours 48 --jitter 0  # a herd: exits 1
 //! ```
 //!
 //! Every device polls the channel manifest with `If-None-Match` on Evergreen's own
@@ -23,8 +24,8 @@
 //! It prints the polls and the requests per hour and the fraction updated at the end of
 //! each stage, and exits 1 when a stage's fraction is more than 0.5 percentage points off
 //! its percentage, when the fraction ever runs ahead of the percentage in force, or when,
-//! after the first two poll intervals, the busiest hour has more than 1.2× the mean polls
-//! (a thundering herd). The herd check is on polls, not requests: a herd is devices
+//! after the first two poll intervals and the warm-up, the busiest hour has more than 1.2×
+//! the mean polls (a thundering herd). The herd check is on polls, not requests: a herd is devices
 //! polling in step, and the polls per hour are its measure. What a poll costs depends on
 //! the manifest, not on the timing: in the interval after a stage change every device's
 //! one poll costs two requests instead of one, so the metadata requests per hour double
@@ -36,10 +37,16 @@
 //! `--seed N` (default 1) seeds the devices' start times and jitter draws; the rollout
 //! buckets come from the device ids and do not change with it.
 //!
-//! `--jitter F` sets the polling jitter (the config's `poll.jitter`, default 0.25) and
-//! `--synchronized` starts every device's schedule at the same instant, as after a
-//! fleet-wide power cut: together they show what the jitter is for, and
-//! `scripts/test-all` runs the fleet without it to see the herd check fail.
+//! `--jitter F` sets the polling jitter (the config's `poll.jitter`, default 0.25),
+//! `--synchronized` starts every device's schedule at the same instant (devices flashed
+//! together, or all due at once when the power returns after a cut longer than the
+//! interval), and `--warmup-hours H` (default 12) is how long the fleet polls before the
+//! rollout starts. A fleet spread evenly from the start shows no herd with any jitter,
+//! even none; what the jitter does is take a fleet that started in step apart, which the
+//! busiest hour of each interval, printed from the start, shows (with the default jitter
+//! 6.00×, 2.00×, 1.67×, … the average, 1.05× after two days). So `scripts/test-all` runs
+//! a fleet that starts in step two days before the rollout, which passes the herd check
+//! with the default jitter and fails it with `--jitter 0`.
 
 #[allow(dead_code)]
 #[path = "bench/rng.rs"]
@@ -177,9 +184,12 @@ struct Args {
     /// Seeds the devices' start times and their jitter draws (the rollout buckets come
     /// from the device ids, not from it).
     seed: u64,
+    /// Hours the fleet polls before the rollout starts (default 12, two intervals).
+    warmup_hours: u32,
 }
 
-const USAGE: &str = "usage: fleet [--devices N] [--jitter F] [--synchronized] [--seed N]";
+const USAGE: &str =
+    "usage: fleet [--devices N] [--jitter F] [--synchronized] [--warmup-hours H] [--seed N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -187,6 +197,7 @@ fn parse_args() -> Result<Args, String> {
         jitter: Poll::default().jitter,
         synchronized: false,
         seed: 1,
+        warmup_hours: 12,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -206,6 +217,13 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--jitter takes a fraction from 0 up to (not including) 1")?;
             }
             "--synchronized" => args.synchronized = true,
+            "--warmup-hours" => {
+                args.warmup_hours = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|h| *h <= 24 * 30)
+                    .ok_or("--warmup-hours takes a number of hours up to 720")?;
+            }
             "--seed" => {
                 args.seed = it
                     .next()
@@ -341,9 +359,10 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let percents = [1.0, 5.0, 20.0, 100.0];
     let rollout_start = Timestamp::from_unix(1_795_000_000 / DAY * DAY);
-    // Half a day of steady state before the release, then one day per stage.
-    let start = rollout_start.unix() - DAY / 2;
-    let hours = (DAY / 2 + percents.len() as i64 * DAY) / HOUR;
+    // The warm-up (half a day by default) before the release, then one day per stage.
+    let warmup = i64::from(args.warmup_hours) * HOUR;
+    let start = rollout_start.unix() - warmup;
+    let hours = (warmup + percents.len() as i64 * DAY) / HOUR;
     let channel = Channel::new(rollout_start, &percents);
     let mut rng = Rng::new(args.seed);
     let version = &channel.release.version;
@@ -370,7 +389,11 @@ fn main() -> ExitCode {
     print_hours(&out, start);
     let failures = check_stages(&out, &channel, start);
     let failures = failures + check_never_ahead(&out, &channel, start);
-    let failures = failures + check_herd(&out, start);
+    print_interval_peaks(&out, args.devices);
+    // The herd check starts once the fleet has settled from its start (two intervals) and
+    // no earlier than the rollout.
+    let settle = (2 * interval_s() / 3600).max(u64::from(args.warmup_hours)) as usize;
+    let failures = failures + check_herd(&out, start, settle);
     if out.disagreements > 0 {
         println!(
             "FAIL: {} bucket(s) disagreed with select::in_rollout",
@@ -474,17 +497,36 @@ fn check_never_ahead(out: &Outcome, channel: &Channel, start: i64) -> u32 {
     failures
 }
 
+/// The busiest hour of polls in each poll interval from the start, over the fleet's
+/// average rate (devices / interval an hour): how a fleet that started in step (1 when it
+/// is spread evenly) comes apart, interval by interval.
+fn print_interval_peaks(out: &Outcome, devices: u32) {
+    let per = (interval_s() / 3600).max(1) as usize;
+    let average = f64::from(devices) / per as f64;
+    let peaks: Vec<String> = out
+        .hours
+        .chunks(per)
+        .map(|c| {
+            let peak = c.iter().map(Hour::polls).max().unwrap_or(0);
+            format!("{:.2}", peak as f64 / average)
+        })
+        .collect();
+    println!(
+        "\nbusiest hour of polls in each {per} h interval, × the average {average:.0} an hour: {}",
+        peaks.join(" ")
+    );
+}
+
 /// The busiest hour's polls may be at most this many times the mean once the fleet has
 /// settled: a fleet polling in lockstep would show a peak many times the mean.
 const HERD_BOUND: f64 = 1.2;
 
-/// The busiest hour against the average one, after the first two intervals (the fleet
-/// settling into its schedule from one start). A herd is devices polling in step, so the
+/// The busiest hour against the average one, from hour `settle` on: after the first two
+/// intervals (the fleet settling into its schedule from its start) and the warm-up. A herd is devices polling in step, so the
 /// check is on the polls: a peak over [`HERD_BOUND`] × the mean fails. The requests are
 /// the polls times what a poll costs (1 unchanged, 2 changed, 1 more for a blob), which
 /// the manifest decides, not the timing; their busiest hour is printed beside it.
-fn check_herd(out: &Outcome, start: i64) -> u32 {
-    let settle = (2 * interval_s() / 3600) as usize;
+fn check_herd(out: &Outcome, start: i64, settle: usize) -> u32 {
     let settled = &out.hours[settle..];
     // The mean and the peak of `count` over the settled hours, and the peak hour (its index
     // among them, and its counts).
