@@ -8,6 +8,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// Runs `body` for the export `name`: clears the thread's last error, and turns an error
 /// into its status and a panic into `EVG_PANIC`, both with a message.
 pub(crate) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> evg_status {
+    let mut body = Some(body);
+    guard_dyn(name, &mut || body.take().map_or(Ok(()), |f| f()))
+}
+
+/// [`guard`] for one type of body: the boundary (catching, the last error, the status) is
+/// then in the library once, not copied into each of the exports.
+#[inline(never)]
+fn guard_dyn(name: &str, body: &mut dyn FnMut() -> Result<()>) -> evg_status {
     clear_last_error();
     // The handles hold no invariants a half-finished operation could break beyond what
     // the persisted state's crash safety already covers, so unwinding past them is safe.
@@ -29,6 +37,13 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> evg_status
 /// call before is left as it is and stays valid (hosts clean up, then report); a panic
 /// while releasing is recorded only when there is none.
 pub(crate) fn guard_release(name: &str, body: impl FnOnce()) {
+    let mut body = Some(body);
+    guard_release_dyn(name, &mut || body.take().into_iter().for_each(|f| f()));
+}
+
+/// [`guard_release`] for one type of body, as [`guard_dyn`].
+#[inline(never)]
+fn guard_release_dyn(name: &str, body: &mut dyn FnMut()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
         set_last_error_if_none(&panic_message(name, payload.as_ref()));
     }
