@@ -963,25 +963,38 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
             row
         })
         .collect();
-    rows.push(small_cdylib(ctx, &root, libcurl.as_ref()));
+    rows.push(small_cdylib(ctx, &root, libcurl.as_ref(), false));
+    rows.push(small_cdylib(ctx, &root, libcurl.as_ref(), true));
     rows
 }
 
 /// The file-only library with the standard library rebuilt without its backtrace
-/// symboliser (`scripts/build-small-lib`, nightly with rust-src), as firmware ships it.
-fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>) -> Row {
-    let mut row = Row::new(
-        "stripped `dist` cdylib, file transport only, std rebuilt without backtraces \
-         (`scripts/build-small-lib --no-default-features`, nightly)",
-        "≤ 1 MiB",
-    );
+/// symboliser (`scripts/build-small-lib`), as firmware ships it: with nightly, or with the
+/// stable compiler and `RUSTC_BOOTSTRAP=1` (`stable`); each with its rust-src.
+fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>, stable: bool) -> Row {
+    let (what, flag, dir) = match stable {
+        false => (
+            "stripped `dist` cdylib, file transport only, std rebuilt without backtraces \
+             (`scripts/build-small-lib --no-default-features`, nightly)",
+            None,
+            "target/small",
+        ),
+        true => (
+            "the same with the stable compiler (`scripts/build-small-lib --stable \
+             --no-default-features`: `RUSTC_BOOTSTRAP=1`)",
+            Some("--stable"),
+            "target/small-stable",
+        ),
+    };
+    let mut row = Row::new(what, "≤ 1 MiB");
     let script = root.join("scripts/build-small-lib");
-    let target = root.join("target/small");
+    let target = root.join(dir);
     if ctx.quick {
         // Other builds (examples/c/run.sh's, with fault injection) share target/small.
         return Row::skipped(row.what, row.target, "not built with --quick".into());
     }
     let out = std::process::Command::new(&script)
+        .args(flag)
         .arg("--no-default-features")
         .env("EVG_SMALL_TARGET_DIR", &target)
         .output();
