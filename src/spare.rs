@@ -78,7 +78,8 @@ fn is_disk_full(e: &Error) -> bool {
 /// effort: with no room for it, the saves go on without one.
 fn keep_spare(path: &Path, padded: &[u8]) {
     let spare = spare_path(path);
-    if fs::metadata(&spare).is_ok_and(|m| m.is_file() && m.len() >= padded.len() as u64) {
+    // Not followed: a symlink, even to a long enough file, is no spare `swap_in` takes.
+    if fs::symlink_metadata(&spare).is_ok_and(|m| m.is_file() && m.len() >= padded.len() as u64) {
         return;
     }
     let tmp = fsutil::temp_path(&spare);
@@ -115,9 +116,12 @@ fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
 /// it: no block is allocated, so this works on a full file system.
 fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     crash_point("overwrite spare")?;
+    // Not through a symlink put there since `swap_in` looked.
     let mut f = OpenOptions::new()
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
     f.write_all(bytes)
@@ -194,6 +198,27 @@ mod tests {
         write(&path, big.as_bytes()).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 12288);
         assert_eq!(fs::metadata(spare_path(&path)).unwrap().len(), 12288);
+    }
+
+    /// A spare that is a symlink (planted, or left by hand) is replaced by a file of its
+    /// own at the next save: followed, a link to a long enough file passed for a spare,
+    /// and the swap, which refuses links, never had one on a full disk.
+    #[test]
+    fn a_spare_that_is_a_symlink_is_replaced_by_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, vec![b'x'; 8192]).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, spare_path(&path)).unwrap();
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        let meta = fs::symlink_metadata(spare_path(&path)).unwrap();
+        assert!(meta.is_file(), "the spare is still a symlink");
+        assert_eq!(meta.len(), 4096);
+        assert_eq!(fs::read(&elsewhere).unwrap(), vec![b'x'; 8192]);
+        match swap_in(&path, b"{\"n\": 2}\n") {
+            Ok(false) => {}
+            other => assert!(other.unwrap()),
+        }
     }
 
     #[test]
