@@ -124,6 +124,10 @@ fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
+    // A reader that opened this file as the state before it became the spare holds it
+    // locked shared while it reads (`State::load_shared`): never written under it. A
+    // file system without `flock` is written without it.
+    let _ = f.lock();
     f.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
     crash_point("fsync spare")?;
@@ -219,6 +223,38 @@ mod tests {
             Ok(false) => {}
             other => assert!(other.unwrap()),
         }
+    }
+
+    /// The spare is written in place only when no reader holds it locked: one that opened
+    /// it as the state before a swap made it the spare (`State::load_shared`).
+    #[test]
+    fn the_spare_is_not_written_under_a_reader() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        let spare = spare_path(&path);
+        let before = fs::read(&spare).unwrap();
+        let reader = fs::File::open(&spare).unwrap();
+        reader.lock_shared().unwrap();
+        let (done, wait) = channel();
+        let writer = {
+            let spare = spare.clone();
+            std::thread::spawn(move || {
+                overwrite(&spare, &pad(b"{\"n\": 2}\n", 4096)).unwrap();
+                done.send(()).unwrap();
+            })
+        };
+        assert!(
+            wait.recv_timeout(Duration::from_millis(300)).is_err(),
+            "written under a reader"
+        );
+        assert_eq!(fs::read(&spare).unwrap(), before);
+        drop(reader);
+        wait.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(fs::read(&spare).unwrap().starts_with(b"{\"n\": 2}\n"));
+        writer.join().unwrap();
     }
 
     #[test]

@@ -401,7 +401,12 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let schema = crate::json::from_bytes::<SchemaOnly>(&bytes)
+        State::from_bytes(&path, &bytes).map(Some)
+    }
+
+    /// The state in `bytes`, read from `path`.
+    fn from_bytes(path: &Path, bytes: &[u8]) -> Result<State> {
+        let schema = crate::json::from_bytes::<SchemaOnly>(bytes)
             .ok()
             .and_then(|s| s.schema);
         match schema {
@@ -426,36 +431,36 @@ impl State {
             }
             Some(_) => {}
         }
-        let state: State = crate::json::from_bytes(&bytes).map_err(|found| {
+        let state: State = crate::json::from_bytes(bytes).map_err(|found| {
             Error::invalid_state(format!(
                 "{}: expected a valid state document, found: {found}",
                 path.display()
             ))
         })?;
-        Ok(Some(state))
+        Ok(state)
     }
 
-    /// Loads the state as [`State::load`] does, holding the state lock shared while it
-    /// reads: a save on a full disk writes into the file an earlier reader opened (see
-    /// `src/spare.rs`), and must not do so under a reader that does not hold the lock.
-    /// Without the lock when this thread holds it already (it saves nothing while it
-    /// reads), and when the lock file cannot be opened (none yet, or not readable by
-    /// this user): a read never creates files.
+    /// Loads the state as [`State::load`] does, holding the file it reads locked shared
+    /// (`flock`) while it reads: a save on a full disk writes in place into the spare,
+    /// which may be a file an earlier reader opened as `state.json`, and holds it locked
+    /// exclusively while it does (see `src/spare.rs`). Not the state lock: a read never
+    /// waits for a change (a host's event callback runs under the state lock, and may wait
+    /// for a thread that reads the status), only for a write into the file it opened. A
+    /// file system without `flock` is read without it.
     pub fn load_shared(dir: &Path) -> Result<Option<State>> {
-        let key = std::fs::canonicalize(dir).map(|d| d.join(STATE_LOCK));
-        let held_here = key.as_ref().is_ok_and(|key| {
-            HELD.try_with(|held| held.borrow().contains(key))
-                .unwrap_or(true)
-        });
-        let shared = match key {
-            Ok(key) if !held_here => std::fs::File::open(key)
-                .ok()
-                .filter(|f| f.lock_shared().is_ok()),
-            _ => None,
+        use std::io::Read;
+        let path = State::path(dir);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let state = State::load(dir);
-        drop(shared);
-        state
+        let _ = file.lock_shared();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &path, e))?;
+        drop(file);
+        State::from_bytes(&path, &bytes).map(Some)
     }
 
     /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir), still when
@@ -565,29 +570,76 @@ mod tests {
         back.check_invariants().unwrap();
     }
 
-    /// A reader that takes no part in a change waits for the change to finish, and a
-    /// thread that holds the lock reads without waiting for itself.
+    /// A read waits for no change of the state: a host whose event callback (which runs
+    /// under the state lock) waits for another thread that reads the status would wait
+    /// for ever.
     #[test]
-    fn a_shared_load_waits_for_the_holder_of_the_lock_but_not_for_itself() {
+    fn a_shared_load_does_not_wait_for_the_holder_of_the_state_lock() {
         use std::sync::mpsc::channel;
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         State::initial("stable", None).save(dir.path()).unwrap();
-        let (locked, wait) = channel();
-        let writer = {
+        let _lock = State::lock(dir.path()).unwrap();
+        // Under the lock, as in a callback, on this thread and on another.
+        assert_eq!(
+            State::load_shared(dir.path()).unwrap().unwrap().channel,
+            "stable"
+        );
+        let (read, wait) = channel();
+        let reader = {
             let dir = dir.path().to_path_buf();
             std::thread::spawn(move || {
-                let _lock = State::lock(&dir).unwrap();
-                assert_eq!(State::load_shared(&dir).unwrap().unwrap().channel, "stable");
-                locked.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(300));
-                State::initial("preview", None).save(&dir).unwrap();
+                let st = State::load_shared(&dir).unwrap().unwrap();
+                let _ = read.send(st.channel);
             })
         };
-        wait.recv_timeout(Duration::from_secs(30)).unwrap();
-        let read = State::load_shared(dir.path()).unwrap().unwrap();
-        assert_eq!(read.channel, "preview", "read while the lock was held");
-        writer.join().unwrap();
+        let channel = wait.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            channel.as_deref(),
+            Ok("stable"),
+            "the read waited for the lock"
+        );
+        reader.join().unwrap();
+    }
+
+    /// A read waits while the file it opened is written in place (a save on a full disk
+    /// into the spare, which an earlier reader may have opened as `state.json`), and reads
+    /// the whole of what was written.
+    #[test]
+    fn a_shared_load_waits_for_a_write_in_place_of_the_file_it_opened() {
+        use std::io::{Seek, Write};
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        State::initial("stable", None).save(dir.path()).unwrap();
+        let path = State::path(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        let mut preview = serde_json::to_vec_pretty(&State::initial("preview", None)).unwrap();
+        preview.resize(len, b' ');
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.lock().unwrap();
+        let (read, wait) = channel();
+        let reader = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let st = State::load_shared(&dir).unwrap().unwrap();
+                read.send(st.channel).unwrap();
+            })
+        };
+        assert!(
+            wait.recv_timeout(Duration::from_millis(300)).is_err(),
+            "read under a write"
+        );
+        file.write_all(&preview[..len / 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        file.write_all(&preview[len / 2..]).unwrap();
+        file.rewind().unwrap();
+        drop(file);
+        assert_eq!(
+            wait.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "preview"
+        );
+        reader.join().unwrap();
     }
 
     /// A save cut off by a power cut leaves its temp file; the next save removes it.
