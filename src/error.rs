@@ -147,7 +147,6 @@ pub struct Error(Box<Inner>);
 /// bytes for its error, not 64, in every function that returns one. The copies and stack
 /// moves of the whole error took 75 KB of the smallest library (1,076,376 → 1,001,880
 /// bytes). An error allocates its message anyway; one allocation more is nothing.
-#[derive(Debug)]
 struct Inner {
     kind: ErrorKind,
     message: String,
@@ -157,9 +156,17 @@ struct Inner {
     retry_after: Option<Duration>,
 }
 
+/// As the `Error` was shown before its fields were boxed; `retry_after` only when set.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind)
+            .field("message", &self.0.message)
+            .field("source", &self.0.source);
+        if let Some(wait) = &self.0.retry_after {
+            d.field("retry_after", &Some(wait));
+        }
+        d.finish()
     }
 }
 
@@ -257,6 +264,22 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<Result<()>>(),
             std::mem::size_of::<usize>()
+        );
+    }
+
+    /// `{:?}` shows an `Error` as it did before its fields were boxed (what `unwrap` and
+    /// `expect` print, and hosts log): named `Error`, not the private type behind it.
+    #[test]
+    fn an_error_debugs_as_an_error() {
+        let e = Error::new(ErrorKind::Io, "disk on fire");
+        assert_eq!(
+            format!("{e:?}"),
+            r#"Error { kind: Io, message: "disk on fire", source: None }"#
+        );
+        let e = e.with_retry_after(Duration::from_secs(5));
+        assert_eq!(
+            format!("{e:?}"),
+            r#"Error { kind: Io, message: "disk on fire", source: None, retry_after: Some(5s) }"#
         );
     }
 
