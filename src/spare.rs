@@ -79,7 +79,7 @@ fn is_disk_full(e: &Error) -> bool {
 fn keep_spare(path: &Path, padded: &[u8]) {
     let spare = spare_path(path);
     // Not followed: a symlink, even to a long enough file, is no spare `swap_in` takes.
-    if fs::symlink_metadata(&spare).is_ok_and(|m| m.is_file() && m.len() >= padded.len() as u64) {
+    if fs::symlink_metadata(&spare).is_ok_and(|m| usable(&m, padded.len())) {
         return;
     }
     let tmp = fsutil::temp_path(&spare);
@@ -91,6 +91,17 @@ fn keep_spare(path: &Path, padded: &[u8]) {
     }
 }
 
+/// Whether a spare with metadata `meta` (not followed) can take `len` bytes in place: a
+/// regular file that long, with no other name. A second name (a hard link to
+/// `state.json` itself) would make the write in place a write into the live state.
+fn usable(meta: &fs::Metadata, len: usize) -> bool {
+    #[cfg(unix)]
+    let single = std::os::unix::fs::MetadataExt::nlink(meta) == 1;
+    #[cfg(not(unix))]
+    let single = true;
+    meta.is_file() && single && meta.len() >= len as u64
+}
+
 /// Writes `bytes` into the spare of `path`, over its own blocks, and swaps the two files.
 /// `Ok(false)` when there is no spare long enough or the file system cannot swap files.
 fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
@@ -100,7 +111,7 @@ fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
     };
     let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
     // The last byte is the newline that ends the padding.
-    if !meta.is_file() || len <= bytes.len() {
+    if !usable(&meta, bytes.len() + 1) {
         return Ok(false);
     }
     overwrite(&spare, &pad(bytes, len))?;
@@ -255,6 +266,23 @@ mod tests {
         wait.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(fs::read(&spare).unwrap().starts_with(b"{\"n\": 2}\n"));
         writer.join().unwrap();
+    }
+
+    /// A spare that is another name of the state file is never written in place (that
+    /// would be a write into the live state): the next save gives it a file of its own.
+    #[cfg(unix)]
+    #[test]
+    fn a_spare_that_is_a_hard_link_is_not_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        fs::remove_file(spare_path(&path)).unwrap();
+        fs::hard_link(&path, spare_path(&path)).unwrap();
+        assert!(!swap_in(&path, b"{\"n\": 2}\n").unwrap());
+        assert!(fs::read(&path).unwrap().starts_with(b"{\"n\": 1}\n"));
+        write(&path, b"{\"n\": 3}\n").unwrap();
+        let spare = fs::symlink_metadata(spare_path(&path)).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&spare), 1);
     }
 
     #[test]
