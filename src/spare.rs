@@ -136,7 +136,7 @@ fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
     // A reader that opened this file as the state before it became the spare holds it
-    // locked shared while it reads (`State::load_shared`): never written under it. A
+    // locked shared while it reads (`State::load`): never written under it. A
     // file system without `flock` is written without it.
     let _ = f.lock();
     f.write_all(bytes)
@@ -237,7 +237,7 @@ mod tests {
     }
 
     /// The spare is written in place only when no reader holds it locked: one that opened
-    /// it as the state before a swap made it the spare (`State::load_shared`).
+    /// it as the state before a swap made it the spare (`State::load`).
     #[test]
     fn the_spare_is_not_written_under_a_reader() {
         use std::sync::mpsc::channel;

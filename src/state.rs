@@ -392,18 +392,6 @@ impl State {
         }
     }
 
-    /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a
-    /// newer schema is an `invalid_state` error, never a silent reset.
-    pub fn load(dir: &Path) -> Result<Option<State>> {
-        let path = State::path(dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", &path, e)),
-        };
-        State::from_bytes(&path, &bytes).map(Some)
-    }
-
     /// The state in `bytes`, read from `path`.
     fn from_bytes(path: &Path, bytes: &[u8]) -> Result<State> {
         let schema = crate::json::from_bytes::<SchemaOnly>(bytes)
@@ -440,14 +428,16 @@ impl State {
         Ok(state)
     }
 
-    /// Loads the state as [`State::load`] does, holding the file it reads locked shared
-    /// (`flock`) while it reads: a save on a full disk writes in place into the spare,
-    /// which may be a file an earlier reader opened as `state.json`, and holds it locked
-    /// exclusively while it does (see `src/spare.rs`). Not the state lock: a read never
-    /// waits for a change (a host's event callback runs under the state lock, and may wait
-    /// for a thread that reads the status), only for a write into the file it opened. A
-    /// file system without `flock` is read without it.
-    pub fn load_shared(dir: &Path) -> Result<Option<State>> {
+    /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a
+    /// newer schema is an `invalid_state` error, never a silent reset.
+    ///
+    /// The file is read locked shared (`flock`): a save on a full disk writes in place into
+    /// the spare, which may be a file an earlier reader opened as `state.json`, and holds it
+    /// locked exclusively while it does (see `src/spare.rs`). Not the state lock: a read
+    /// never waits for a change (a host's event callback runs under the state lock, and
+    /// may wait for a thread that reads the status), only for a write into the file it
+    /// opened. A file system without `flock` is read without it.
+    pub fn load(dir: &Path) -> Result<Option<State>> {
         use std::io::Read;
         let path = State::path(dir);
         let mut file = match std::fs::File::open(&path) {
@@ -574,22 +564,19 @@ mod tests {
     /// under the state lock) waits for another thread that reads the status would wait
     /// for ever.
     #[test]
-    fn a_shared_load_does_not_wait_for_the_holder_of_the_state_lock() {
+    fn a_load_does_not_wait_for_the_holder_of_the_state_lock() {
         use std::sync::mpsc::channel;
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         State::initial("stable", None).save(dir.path()).unwrap();
         let _lock = State::lock(dir.path()).unwrap();
         // Under the lock, as in a callback, on this thread and on another.
-        assert_eq!(
-            State::load_shared(dir.path()).unwrap().unwrap().channel,
-            "stable"
-        );
+        assert_eq!(State::load(dir.path()).unwrap().unwrap().channel, "stable");
         let (read, wait) = channel();
         let reader = {
             let dir = dir.path().to_path_buf();
             std::thread::spawn(move || {
-                let st = State::load_shared(&dir).unwrap().unwrap();
+                let st = State::load(&dir).unwrap().unwrap();
                 let _ = read.send(st.channel);
             })
         };
@@ -606,7 +593,7 @@ mod tests {
     /// into the spare, which an earlier reader may have opened as `state.json`), and reads
     /// the whole of what was written.
     #[test]
-    fn a_shared_load_waits_for_a_write_in_place_of_the_file_it_opened() {
+    fn a_load_waits_for_a_write_in_place_of_the_file_it_opened() {
         use std::io::{Seek, Write};
         use std::sync::mpsc::channel;
         use std::time::Duration;
@@ -622,7 +609,7 @@ mod tests {
         let reader = {
             let dir = dir.path().to_path_buf();
             std::thread::spawn(move || {
-                let st = State::load_shared(&dir).unwrap().unwrap();
+                let st = State::load(&dir).unwrap().unwrap();
                 read.send(st.channel).unwrap();
             })
         };

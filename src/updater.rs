@@ -529,7 +529,7 @@ impl Updater {
     }
 
     fn load_state(&self) -> Result<State> {
-        Ok(State::load_shared(self.state_dir())?.unwrap_or_else(|| {
+        Ok(State::load(self.state_dir())?.unwrap_or_else(|| {
             State::initial(&self.config.channel, self.config.current_version.clone())
         }))
     }
