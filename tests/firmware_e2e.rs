@@ -1094,6 +1094,39 @@ impl LoopDevice {
             }
         }
     }
+
+    /// Attaches `disk`, a disk image holding a partition table, and returns it with the
+    /// node of its first partition; `None` as [`LoopDevice::attach`].
+    fn attach_partitioned(disk: &Path) -> Option<(LoopDevice, String)> {
+        let needs = "losetup and partx with permission to attach a partitioned loop device";
+        let out = std::process::Command::new("losetup")
+            .args(["--partscan", "--find", "--show"])
+            .arg(disk)
+            .output();
+        let device = match out {
+            Ok(o) if o.status.success() => {
+                LoopDevice(String::from_utf8(o.stdout).unwrap().trim().to_string())
+            }
+            _ => {
+                require::missing(needs);
+                return None;
+            }
+        };
+        // The kernel reads the table as the device is attached, when it was built with a
+        // parser for it; partx reads it itself and hands the kernel the partitions.
+        let partition = format!("{}p1", device.0);
+        if !Path::new(&partition).exists() {
+            let added = std::process::Command::new("partx")
+                .args(["--add", &device.0])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !added || !Path::new(&partition).exists() {
+                require::missing(needs);
+                return None;
+            }
+        }
+        Some((device, partition))
+    }
 }
 
 impl Drop for LoopDevice {
@@ -1132,10 +1165,7 @@ fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
     let Some(device) = LoopDevice::attach(&backing) else {
         return;
     };
-    let mut cfg: Value =
-        serde_json::from_slice(&std::fs::read(&board.dev.config).unwrap()).unwrap();
-    cfg["slots"]["a"] = json!(device.0);
-    std::fs::write(&board.dev.config, cfg.to_string()).unwrap();
+    set_slot_path(&board, "a", &device.0);
     let before = board.dev.status();
 
     release_image(&repo, "3.0.0", 2 * MIB, 3);
@@ -1350,4 +1380,143 @@ fn an_image_that_fills_the_slot_files_disk_says_so_and_gives_the_room_back() {
     assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
     // The room is there again: most of the file system can be written.
     std::fs::write(small.join("state.json"), vec![b'x'; 448 * 1024]).unwrap();
+}
+
+/// Points the image slot `slot` ("a" or "b") of `board`'s config at `path`.
+fn set_slot_path(board: &Board, slot: &str, path: &str) {
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(&board.dev.config).unwrap()).unwrap();
+    cfg["slots"][slot] = json!(path);
+    std::fs::write(&board.dev.config, cfg.to_string()).unwrap();
+}
+
+/// The SHA-256 of the first `len` bytes of `path`.
+fn sha256_prefix(path: &str, len: usize) -> String {
+    use std::io::Read;
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    evergreen::trust::sha256_hex(&bytes)
+}
+
+/// The last line `update --yes` writes to stderr when it fails (status 1).
+fn failed_update(board: &Board) -> String {
+    let out = board.dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err.lines().last().unwrap().to_string()
+}
+
+const BUSY: &str = "expected a device nothing else uses, found it busy (a file system mounted from it or one of its partitions, or another program holding it open exclusively): writing it would corrupt what uses it";
+
+/// A slot that names a whole disk is never written while a file system is mounted from
+/// one of its partitions: the partition has a device number and holders of its own, so
+/// only the exclusive claim on the disk sees it in use. `invalid_state` naming the disk,
+/// before the slot is marked `installing` or taken out of the boot order, and the disk's
+/// first MiB, where the image would go (its partition table), is unchanged: the rest is
+/// the partition, which the mounted file system may write itself. Unmounted, the disk is
+/// written.
+#[test]
+fn a_whole_disk_slot_with_a_mounted_partition_is_never_written() {
+    let (repo, _server, board) = served_board("wholedisk", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    // An 8 MiB disk: an MBR in a first MiB of other bytes, then one Linux partition.
+    let disk = board.b.with_extension("disk");
+    pattern_file(&disk, 8 * MIB, 4);
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[446..510].fill(0);
+    bytes[446 + 4] = 0x83;
+    bytes[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    bytes[446 + 12..446 + 16].copy_from_slice(&((8 * MIB / 512 - 2048) as u32).to_le_bytes());
+    bytes[510..512].copy_from_slice(&[0x55, 0xaa]);
+    std::fs::write(&disk, bytes).unwrap();
+    let Some((device, partition)) = LoopDevice::attach_partitioned(&disk) else {
+        return;
+    };
+    let at = repo.scratch("wholedisk-mounted");
+    let Some(mount) = Mounted::ext4(&partition, &at) else {
+        return;
+    };
+    std::fs::write(at.join("running.txt"), b"the running system").unwrap();
+    set_slot_path(&board, "b", &device.0);
+    let table = sha256_prefix(&device.0, MIB);
+    let before = (board.dev.status(), std::fs::read(&board.env).unwrap());
+
+    let image = release_image(&repo, "2.0.0", MIB, 2);
+    let last = failed_update(&board);
+    assert_eq!(
+        last,
+        format!("error[invalid_state]: image slot {}: {BUSY}", device.0)
+    );
+    assert_eq!(board.dev.status()["slots"], before.0["slots"]);
+    assert_eq!(
+        std::fs::read(&board.env).unwrap(),
+        before.1,
+        "the boot order changed"
+    );
+    assert_eq!(sha256_prefix(&device.0, MIB), table, "the disk was written");
+    assert_eq!(
+        std::fs::read(at.join("running.txt")).unwrap(),
+        b"the running system"
+    );
+
+    drop(mount);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(
+        sha256_prefix(&device.0, MIB),
+        evergreen::trust::sha256_hex(&std::fs::read(image).unwrap())
+    );
+}
+
+/// A slot device another program holds open exclusively (`O_EXCL`, as mkfs does), with
+/// nothing mounted from it and nothing built on it, is never written: `invalid_state`
+/// naming the device, before the slot is marked `installing` or taken out of the boot
+/// order, and the device keeps its bytes. Let go, it is written.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[test]
+fn a_slot_device_another_program_holds_exclusively_is_never_written() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (repo, _server, board) = served_board("exclusive", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    let backing = board.b.with_extension("loopback");
+    pattern_file(&backing, 2 * MIB, 5);
+    let Some(device) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    set_slot_path(&board, "b", &device.0);
+    let held = sha256_prefix(&device.0, 2 * MIB);
+    let before = (board.dev.status(), std::fs::read(&board.env).unwrap());
+    // This test's process is the other program: the CLI runs as a process of its own.
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&device.0)
+        .unwrap();
+
+    let image = release_image(&repo, "2.0.0", MIB, 2);
+    let last = failed_update(&board);
+    assert_eq!(
+        last,
+        format!("error[invalid_state]: image slot {}: {BUSY}", device.0)
+    );
+    assert_eq!(board.dev.status()["slots"], before.0["slots"]);
+    assert_eq!(
+        std::fs::read(&board.env).unwrap(),
+        before.1,
+        "the boot order changed"
+    );
+    assert_eq!(
+        sha256_prefix(&device.0, 2 * MIB),
+        held,
+        "the device was written"
+    );
+
+    drop(holder);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(
+        sha256_prefix(&device.0, MIB),
+        evergreen::trust::sha256_hex(&std::fs::read(image).unwrap())
+    );
 }

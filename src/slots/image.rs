@@ -7,6 +7,11 @@
 //! cache the write filled: it catches a medium that did not keep what it acknowledged,
 //! besides short writes, wrong offsets and a device smaller than it claims. (Elsewhere
 //! it reads what the kernel hands to any reader of the slot.)
+//!
+//! A slot something else uses is never written. On Linux a block device slot is also
+//! claimed exclusively (`O_EXCL`) from before the write to after the read-back, as mount
+//! claims what it mounts: a busy device (a whole disk one of whose partitions is
+//! mounted) is refused, and nothing claims the slot while it is written.
 
 use super::Slot;
 use crate::error::{Error, ErrorKind, Result};
@@ -96,18 +101,17 @@ impl ImageSlots {
     /// is there (`io`; a slot under `/dev` is never created), a block device holds `size`
     /// bytes (`too_large`), and nothing else uses it (`invalid_state`): no file system is
     /// mounted from a block device and no other device (device-mapper, RAID) is built on
-    /// it, and no loop device serves the slot, a block device or a plain file. An install
-    /// asks before it marks the slot `installing`, so an image that cannot fit leaves the
-    /// slot's record and boot entry as they were; [`ImageSlots::write_image`] checks again
-    /// as it opens the slot.
+    /// it, no loop device serves the slot, a block device or a plain file, and (Linux) no
+    /// one holds a block device exclusively, which also refuses a whole disk whose
+    /// partitions are mounted or held. An install asks before it marks the slot
+    /// `installing`, so an image that cannot fit leaves the slot's record and boot entry as
+    /// they were; [`ImageSlots::write_image`] checks again as it opens the slot.
     pub fn check_fits(&self, slot: Slot, size: u64) -> Result<()> {
         let path = self.path(slot);
         if !check_device_there(path)? {
             return Ok(());
         }
-        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        let block = check_capacity(&mut file, path, size)?;
-        check_unused(&file, path, block)
+        open_unused(path, size, false).map(drop)
     }
 
     /// Streams exactly `size` bytes of `src` into `slot`, fsyncs, reads them back and
@@ -136,16 +140,19 @@ impl ImageSlots {
         }
         self.check_distinct()?;
         let path = self.path(slot);
+        // Kept open until the read-back is done: a block device's exclusive claim keeps
+        // anything from mounting or building on the slot between the write and the check
+        // that it holds the image.
         let (mut file, block) = open_slot(path, size)?;
         copy_exact(src, &mut file, block, path, size, progress)?;
         file.sync_all()
             .map_err(|e| write_failed(&file, block, "syncing", path, size, size, e))?;
         drop_cached_pages(&file, path)?;
-        drop(file);
         if let Some((offset, store)) = &self.corrupt_at {
             flip_byte(store.as_deref().unwrap_or(path), *offset)?;
         }
         let found = hash_prefix(path, size)?;
+        drop(file);
         if found != sha256 {
             return Err(Error::new(
                 ErrorKind::HashMismatch,
@@ -249,6 +256,12 @@ fn check_capacity(file: &mut File, path: &Path, size: u64) -> Result<bool> {
 /// device built on it (device-mapper, RAID), or serving as a loop device's backing store;
 /// a plain file a loop device serves, mounted or not. What cannot be read (no
 /// `/proc/self/mountinfo`, no sysfs) refuses nothing.
+///
+/// Only the slot's own device number is looked up, so a whole disk is not refused here
+/// for what uses its partitions; the exclusive claim `open_unused` takes on a block device
+/// refuses that, and what else holds the device. These checks still run, also when the
+/// claim is refused: they name the mount point, the holders, the loop device, where a
+/// refused claim tells only that the device is busy.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn check_unused(file: &File, path: &Path, block: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -375,19 +388,14 @@ fn check_not_loop_backing(
     )))
 }
 
-/// Opens the slot for writing at offset 0: a block device must hold `size` bytes; a plain
-/// file is sized to exactly `size`. Returns it and whether it is a block device.
+/// Opens the slot for writing at offset 0: a block device must hold `size` bytes, and is
+/// claimed exclusively for as long as the file is open (see `open_unused`); a plain file
+/// is created if missing and sized to exactly `size`. Returns it and whether it is a
+/// block device.
 fn open_slot(path: &Path, size: u64) -> Result<(File, bool)> {
     let existed = check_device_there(path)?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io("opening for writing", path, e))?;
-    let block = check_capacity(&mut file, path, size)?;
-    // Before a plain file is resized: that is already a write.
-    check_unused(&file, path, block)?;
+    // Refused before a plain file is resized: that is already a write.
+    let (file, block) = open_unused(path, size, true)?;
     if !block {
         file.set_len(size)
             .map_err(|e| Error::io("resizing", path, e))?;
@@ -397,6 +405,69 @@ fn open_slot(path: &Path, size: u64) -> Result<(File, bool)> {
         }
     }
     Ok((file, block))
+}
+
+/// Opens the slot at `path` at offset 0, for writing (a plain file missing there is
+/// created, never truncated) or for reading, and refuses it as `check_capacity` and
+/// `check_unused` do. Returns it and whether it is a block device.
+///
+/// On Linux a block device is opened with `O_EXCL` (without `O_CREAT`), which claims it as
+/// mount, device-mapper, md and mkfs do. The claim fails (`EBUSY`) for what the checks
+/// cannot see: a whole disk one of whose partitions is mounted or held (the partition has
+/// its own device number and holders), a mount in another namespace, a program holding
+/// the device exclusively. And while the file stays open nothing else can claim the
+/// device, so what the checks found stays true while the image is written. Reading needs
+/// no claim; `check_fits` takes one only to see whether it can, and lets it go.
+fn open_unused(path: &Path, size: u64, write: bool) -> Result<(File, bool)> {
+    let exclusive = is_block_path(path);
+    let mut options = OpenOptions::new();
+    options
+        .read(!write)
+        .write(write)
+        .create(write && !exclusive)
+        .truncate(false);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if exclusive {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_EXCL);
+    }
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if exclusive && e.kind() == std::io::ErrorKind::ResourceBusy => {
+            return Err(busy(path, size, e))
+        }
+        Err(e) => {
+            let what = if write {
+                "opening for writing"
+            } else {
+                "opening"
+            };
+            return Err(Error::io(what, path, e));
+        }
+    };
+    let block = check_capacity(&mut file, path, size)?;
+    check_unused(&file, path, block)?;
+    Ok((file, block))
+}
+
+/// The error for the block device at `path` that could not be opened (`e`, `EBUSY`):
+/// the one the checks give when they tell why (too small, the mount point, the holders),
+/// else a busy device.
+fn busy(path: &Path, size: u64, e: std::io::Error) -> Error {
+    let checked = File::open(path)
+        .map_err(|e| Error::io("opening", path, e))
+        .and_then(|mut file| {
+            check_capacity(&mut file, path, size)?;
+            check_unused(&file, path, true)
+        });
+    if let Err(err) = checked {
+        return err;
+    }
+    Error::invalid_state(format!(
+        "image slot {}: expected a device nothing else uses, found it busy (a file system mounted from it or one of its partitions, or another program holding it open exclusively): writing it would corrupt what uses it",
+        path.display()
+    ))
+    .with_source(e)
 }
 
 fn copy_exact(
@@ -492,6 +563,9 @@ fn write_failed(
     .with_source(e)
 }
 
+/// Flips the byte at `offset` of `path`, as the test hooks' faulty medium. Opened without
+/// `O_EXCL`: it runs while `write_image` still holds the slot's claim, which keeps out
+/// other claims, not plain writers such as this one.
 fn flip_byte(path: &Path, offset: u64) -> Result<()> {
     let mut file = OpenOptions::new()
         .read(true)
