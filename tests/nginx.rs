@@ -238,6 +238,7 @@ fn range_resume_against_nginx() {
 
 /// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 that it signed
 /// (`server.pem`, `server.key`), made with the openssl tool, or `None` without it.
+#[cfg(feature = "tls")]
 fn test_pki(dir: &Path) -> Option<()> {
     let openssl = find_on_path("openssl")?;
     let run = |args: &[&str]| {
