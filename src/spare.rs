@@ -10,7 +10,8 @@
 //! of space, the new state is written *into* the spare, in place, over blocks it already
 //! owns, and the two files trade names in one atomic step (`renameat2` with
 //! `RENAME_EXCHANGE`): the old state becomes the next spare. No block is allocated or freed,
-//! so this works again on the next start, for as long as the file system stays full.
+//! so this works again on the next start, for as long as the file system stays full. With
+//! no state file to trade with (moved away by hand), the spare is renamed onto its name.
 //!
 //! In-place writes need a file system that overwrites in place (ext4, XFS, tmpfs and most
 //! others); on copy-on-write ones (btrfs, UBIFS, F2FS) an overwrite allocates too and the
@@ -116,11 +117,26 @@ fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
     }
     overwrite(&spare, &pad(bytes, len))?;
     crash_point("exchange")?;
-    if !exchange(&spare, path).map_err(|e| Error::io("swap in the state's spare", path, e))? {
+    if !put_in_place(&spare, path).map_err(|e| Error::io("swap in the state's spare", path, e))? {
         return Ok(false);
     }
     fsutil::sync_parent(path)?;
     Ok(true)
+}
+
+/// Gives the written `spare` the name `path`: the two files trade names, or, when there is
+/// no file at `path` to trade with (an operator moved the state away), the spare is renamed
+/// onto the free name, which allocates nothing either; the exchange alone fails there with
+/// `ENOENT`, and the state would not be saved at all. `Ok(false)` when the file system
+/// cannot swap files.
+fn put_in_place(spare: &Path, path: &Path) -> std::io::Result<bool> {
+    let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    match exchange(spare, path) {
+        Err(e) if missing(&e) && fs::symlink_metadata(path).is_err_and(|e| missing(&e)) => {
+            fs::rename(spare, path).map(|()| true)
+        }
+        other => other,
+    }
 }
 
 /// Overwrites the whole of the file at `path` with `bytes`, exactly its length, and syncs
@@ -184,6 +200,73 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tmpfs of `kib` KiB in a temporary directory, unmounted when dropped; `None` where
+    /// this process may not mount one (not root): the test is skipped, or fails under
+    /// `EVERGREEN_REQUIRE_TOOLS`, as with the integration tests' `Mounted::tmpfs`.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn new(kib: u64) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if mounted {
+                return Some(Tmpfs(dir));
+            }
+            let needs = "mount with permission to mount a tmpfs (root)";
+            assert!(
+                std::env::var_os("EVERGREEN_REQUIRE_TOOLS").is_none(),
+                "expected {needs} (EVERGREEN_REQUIRE_TOOLS is set), found none"
+            );
+            eprintln!("skipped: {needs} not installed");
+            None
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+
+        /// Fills the file system to the last byte, as a runaway log would.
+        fn fill(&self) {
+            use std::io::Write;
+            let mut f = fs::File::create(self.path().join("filler")).unwrap();
+            while f.write_all(&[b'x'; 4096]).is_ok() {}
+            assert!(
+                fs::write(self.path().join("probe"), [0u8; 4096]).is_err(),
+                "the file system still has room"
+            );
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.path())
+                .status();
+        }
+    }
+
+    /// An operator moved `state.json` away, and the disk is full: the spare, written in
+    /// place, takes the free name. The exchange alone has nothing to trade with (`ENOENT`).
+    #[test]
+    fn a_full_disk_save_with_the_state_moved_away_renames_the_spare_in() {
+        let Some(tmpfs) = Tmpfs::new(64) else {
+            return;
+        };
+        let path = tmpfs.path().join("state.json");
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        fs::remove_file(&path).unwrap();
+        tmpfs.fill();
+        write(&path, b"{\"n\": 2}\n").unwrap();
+        let saved = fs::read(&path).unwrap();
+        assert!(saved.starts_with(b"{\"n\": 2}\n"), "{saved:?}");
+        assert_eq!(saved.len(), 4096);
+        assert!(!spare_path(&path).exists());
+    }
 
     #[test]
     fn padding_leaves_room_in_whole_blocks_and_ends_the_line() {
