@@ -75,8 +75,8 @@ fn is_disk_full(e: &Error) -> bool {
 }
 
 /// Makes sure a spare at least as long as `padded` exists. It is only space: no fsync
-/// (a spare cut short by a power cut is too short, and made again at the next save). Best
-/// effort: with no room for it, the saves go on without one.
+/// (a spare a power cut left short, or with holes, is not [`usable`], and made again at
+/// the next save). Best effort: with no room for it, the saves go on without one.
 fn keep_spare(path: &Path, padded: &[u8]) {
     let spare = spare_path(path);
     // Not followed: a symlink, even to a long enough file, is no spare `swap_in` takes.
@@ -93,14 +93,25 @@ fn keep_spare(path: &Path, padded: &[u8]) {
 }
 
 /// Whether a spare with metadata `meta` (not followed) can take `len` bytes in place: a
-/// regular file that long, with no other name. A second name (a hard link to
-/// `state.json` itself) would make the write in place a write into the live state.
+/// regular file that long, with no other name, its blocks all allocated. A second name (a
+/// hard link to `state.json` itself) would make the write in place a write into the live
+/// state. A hole (a spare made by `set_len`, or one a power cut left before its blocks
+/// were written) passes the length and is allocated by the write in place, which then
+/// fails on the full disk it was kept for; a spare that is not usable is made again at the
+/// next save that has room.
 fn usable(meta: &fs::Metadata, len: usize) -> bool {
     #[cfg(unix)]
-    let single = std::os::unix::fs::MetadataExt::nlink(meta) == 1;
+    let (single, allocated) = {
+        use std::os::unix::fs::MetadataExt;
+        // `st_blocks` counts 512-byte units whatever the file system's block size.
+        (
+            meta.nlink() == 1,
+            meta.blocks().saturating_mul(512) >= meta.len(),
+        )
+    };
     #[cfg(not(unix))]
-    let single = true;
-    meta.is_file() && single && meta.len() >= len as u64
+    let (single, allocated) = (true, true);
+    meta.is_file() && single && allocated && meta.len() >= len as u64
 }
 
 /// Writes `bytes` into the spare of `path`, over its own blocks, and swaps the two files.
@@ -366,6 +377,36 @@ mod tests {
         write(&path, b"{\"n\": 3}\n").unwrap();
         let spare = fs::symlink_metadata(spare_path(&path)).unwrap();
         assert_eq!(std::os::unix::fs::MetadataExt::nlink(&spare), 1);
+    }
+
+    /// A spare with holes (as `set_len` makes, or a power cut leaves) is no spare: the
+    /// next save gives it blocks of its own, and a save on a full disk never writes into
+    /// its holes.
+    #[test]
+    fn a_sparse_spare_is_made_again_at_the_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let spare = spare_path(&path);
+        let allocated = || {
+            let meta = fs::symlink_metadata(&spare).unwrap();
+            std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= meta.len()
+        };
+        let make_sparse = || {
+            fs::remove_file(&spare).unwrap();
+            fs::File::create(&spare).unwrap().set_len(4096).unwrap();
+        };
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        make_sparse();
+        if allocated() {
+            eprintln!("skipped: this file system makes no sparse files");
+            return;
+        }
+        write(&path, b"{\"n\": 2}\n").unwrap();
+        assert!(allocated(), "the sparse spare was kept");
+        assert_eq!(fs::metadata(&spare).unwrap().len(), 4096);
+        make_sparse();
+        assert!(!swap_in(&path, b"{\"n\": 3}\n").unwrap());
+        assert!(fs::read(&path).unwrap().starts_with(b"{\"n\": 2}\n"));
     }
 
     #[test]
