@@ -814,19 +814,69 @@ pub fn next_check(
         .checked_shl(consecutive_failures)
         .map_or(MAX_BACKOFF_FACTOR, |f| f.min(MAX_BACKOFF_FACTOR));
     let base = interval_s.saturating_mul(factor) as f64;
-    let jitter = if jitter.is_finite() {
-        jitter.clamp(0.0, 0.999)
-    } else {
-        0.0
-    };
-    // 53 random bits give a uniform fraction in [0, 1) exactly representable as f64.
-    let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+    let (jitter, unit) = (clamp_jitter(jitter), unit(random));
     let delay = base * (1.0 + jitter * (2.0 * unit - 1.0));
     let due = last.plus_secs(delay.round() as i64);
+    not_before_spread(due, not_before, interval_s, jitter, unit)
+}
+
+/// When a device that never checked should check first (DESIGN §5.3): at once (`now`), but
+/// never before `not_before`, the time a server asked for with `Retry-After` when it failed
+/// a check (of another channel: the device's own failed checks have a schedule of their
+/// own, [`next_check`]). When that time is later than `now`, the check is at that time plus
+/// up to `jitter` × `interval_s`, as [`next_check`] spreads it: a fleet the server told to
+/// come back in an hour does not come back in the same second.
+///
+/// `random` is any uniformly random `u64` the caller draws, which keeps this function pure.
+///
+/// ```
+/// use evergreen::select::first_check;
+/// use evergreen::Timestamp;
+/// let now = Timestamp::from_unix(0);
+/// assert_eq!(first_check(now, 3600, 0.25, 1 << 63, None).unix(), 0);
+/// let asked = Some(Timestamp::from_unix(3600));
+/// assert_eq!(first_check(now, 3600, 0.0, 1 << 63, asked).unix(), 3600);
+/// assert_eq!(first_check(now, 3600, 0.25, 1 << 63, asked).unix(), 3600 + 450);
+/// ```
+pub fn first_check(
+    now: Timestamp,
+    interval_s: u64,
+    jitter: f64,
+    random: u64,
+    not_before: Option<Timestamp>,
+) -> Timestamp {
+    let (jitter, unit) = (clamp_jitter(jitter), unit(random));
+    not_before_spread(now, not_before, interval_s, jitter, unit)
+}
+
+/// `due`, or, when `not_before` is later, that time plus up to `jitter` × `interval_s`
+/// (by `unit`, in `[0, 1)`).
+fn not_before_spread(
+    due: Timestamp,
+    not_before: Option<Timestamp>,
+    interval_s: u64,
+    jitter: f64,
+    unit: f64,
+) -> Timestamp {
     match not_before {
         // A server that answers a busy fleet with a date gives every device the same time:
         // they are spread after it as the schedule spreads them over the interval.
         Some(t) if t > due => t.plus_secs((interval_s as f64 * jitter * unit).round() as i64),
         _ => due,
     }
+}
+
+/// A `jitter` fraction clamped into `[0, 1)`; 0 for one that is no number.
+fn clamp_jitter(jitter: f64) -> f64 {
+    if jitter.is_finite() {
+        jitter.clamp(0.0, 0.999)
+    } else {
+        0.0
+    }
+}
+
+/// A uniform fraction in `[0, 1)` from `random`: 53 random bits, exactly representable as
+/// an f64.
+fn unit(random: u64) -> f64 {
+    (random >> 11) as f64 / (1u64 << 53) as f64
 }

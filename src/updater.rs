@@ -593,8 +593,10 @@ impl Updater {
     /// check; the backoff is capped at 4× the interval, before the jitter), so a fleet
     /// never polls in lockstep. A device that never checked is due now. Never before the
     /// time a server asked for with `Retry-After` when it failed a check (at most a day
-    /// after that check), until a check it answers. The jitter is drawn anew on every call
-    /// (and for `status`): schedule on the value one call gave.
+    /// after that check), until a check it answers; when that time is later than the
+    /// schedule (or than now, for a device that never checked), up to `jitter` × the
+    /// interval after it, since a fleet is told the same time. The jitter is drawn anew on
+    /// every call (and for `status`): schedule on the value one call gave.
     pub fn next_check(&self) -> Result<Timestamp> {
         self.next_check_of(&self.load_state()?)
     }
@@ -622,22 +624,27 @@ impl Updater {
         let not_before = st
             .not_before
             .map(|t| t.min(now.plus_secs(select::MAX_RETRY_AFTER_S as i64)));
-        let last = match since {
-            Some(t) => t.min(now),
-            None if st.check_failures == 0 => return Ok(not_before.map_or(now, |t| t.max(now))),
-            // Failures recorded before they were timed, and no check ever succeeded.
-            None => now,
-        };
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw)
             .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
+        let random = u64::from_le_bytes(raw);
         let poll = &self.config.poll;
+        let last = match since {
+            Some(t) => t.min(now),
+            None if st.check_failures == 0 => {
+                let first =
+                    select::first_check(now, poll.interval_s, poll.jitter, random, not_before);
+                return Ok(first);
+            }
+            // Failures recorded before they were timed, and no check ever succeeded.
+            None => now,
+        };
         Ok(select::next_check(
             last,
             poll.interval_s,
             poll.jitter,
             st.check_failures,
-            u64::from_le_bytes(raw),
+            random,
             not_before,
         ))
     }

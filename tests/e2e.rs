@@ -1127,3 +1127,29 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
     assert!((118..=120).contains(&due), "due in {due} s");
     assert_eq!(updater.state().unwrap().not_before, None);
 }
+
+/// A device that never checked its own channel, told by the server to come back in an hour
+/// (a check of another channel failed with `Retry-After: 3600`), does not come back in the
+/// same second as the rest of the fleet: its next check is spread over the jitter after
+/// that hour, as after a failed check of its own.
+#[test]
+fn a_retry_after_before_the_first_check_is_spread_by_the_jitter() {
+    let setup = setup_with_1_0_0("com.acme.retryfirst");
+    let mut extra = fast();
+    extra["poll"] = serde_json::json!({"interval_s": 3600, "jitter": 0.25});
+    let dev = setup.repo.device("first", &setup.server.url(), extra);
+    let updater = updater_for(&dev);
+    setup
+        .server
+        .set_fault("channels/", Fault::Busy(503, "3600".into()));
+    updater.check_with(Some("beta"), None).unwrap_err();
+    let state = updater.state().unwrap();
+    assert_eq!((state.last_check, state.check_failures), (None, 0));
+    let asked = state.not_before.expect("the time the server asked for");
+    let after: Vec<i64> = (0..50)
+        .map(|_| updater.next_check().unwrap().unix() - asked.unix())
+        .collect();
+    assert!(after.iter().all(|s| (0..=900).contains(s)), "{after:?}");
+    let spread = after.iter().max().unwrap() - after.iter().min().unwrap();
+    assert!(spread > 0, "every call gave the same time: {after:?}");
+}

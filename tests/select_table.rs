@@ -2,8 +2,9 @@
 
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
-    bucket_in_rollout, deploy, in_rollout, next_check, retry_not_before, rollout_bucket, select,
-    Choice, Decision, Deploy, DeployPolicy, Device, Policy, MAX_RETRY_AFTER_S,
+    bucket_in_rollout, deploy, first_check, in_rollout, next_check, retry_not_before,
+    rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy, Device, Policy,
+    MAX_RETRY_AFTER_S,
 };
 use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
@@ -925,6 +926,45 @@ fn next_check_waits_for_a_retry_after_and_only_then() {
     for random in randoms {
         let next = next_check(last, 3600, 0.25, 1, random, at(36_000));
         let after = next.unix() - last.plus_secs(36_000).unix();
+        assert!(
+            (0..=900).contains(&after),
+            "random {random}: {after} s after"
+        );
+        (lo, hi) = (lo.min(after), hi.max(after));
+    }
+    assert!(hi - lo > 800, "spread {lo}..{hi}");
+}
+
+/// A device that never checked is due at once, but not before the time a server asked
+/// for (a check of another channel failed with `Retry-After`); after that time, a fleet is
+/// spread over a quarter of the interval, as after a failed check of its own.
+#[test]
+fn a_first_check_waits_for_a_retry_after_spread_by_the_jitter() {
+    let now = ts(NOW);
+    let at = |secs: i64| Some(now.plus_secs(secs));
+    // interval 3600
+    for (jitter, random, not_before, due) in [
+        (0.25, 1 << 63, None, 0),
+        (0.25, u64::MAX, None, 0),
+        (0.25, 0, at(-60), 0),
+        (0.25, u64::MAX, at(0), 0),
+        (0.0, u64::MAX, at(3600), 3600),
+        (0.25, 0, at(3600), 3600),
+        (0.25, 1 << 63, at(3600), 3600 + 450),
+        (0.25, u64::MAX, at(3600), 3600 + 900),
+        (f64::NAN, u64::MAX, at(3600), 3600),
+        (5.0, 1 << 63, at(86_400), 86_400 + 1798),
+    ] {
+        assert_eq!(
+            first_check(now, 3600, jitter, random, not_before).unix() - now.unix(),
+            due,
+            "jitter {jitter}, random {random}, not before {not_before:?}"
+        );
+    }
+    let mut seed = 13;
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for random in (0..2_000).map(|_| splitmix(&mut seed)) {
+        let after = first_check(now, 3600, 0.25, random, at(3600)).unix() - now.unix() - 3600;
         assert!(
             (0..=900).contains(&after),
             "random {random}: {after} s after"
