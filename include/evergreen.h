@@ -255,9 +255,16 @@ typedef struct evg_response {
   void *body;
   /**
    * The `Retry-After` header of a 503 or 429 (seconds or an HTTP date), or NULL.
-   * Last, so a host built against a header without it still fills the rest.
+   * After the fields above, so a host built against a header without it still fills
+   * them.
    */
   const char *retry_after;
+  /**
+   * The `Date` header: the server's clock, which an HTTP-date `Retry-After` is read
+   * against (without it, the updater's clock). NULL when absent. Last, for the same
+   * reason.
+   */
+  const char *date;
 } evg_response;
 
 /**

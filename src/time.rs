@@ -7,6 +7,11 @@
 use crate::error::{Error, ErrorKind, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::Arc;
+
+/// A clock: the system's ([`Timestamp::now`]) or one a host put in its place
+/// ([`crate::UpdaterBuilder::clock`]), shared by the updater and its fetcher.
+pub(crate) type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// Seconds since 1970-01-01T00:00:00Z.
 ///

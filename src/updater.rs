@@ -21,17 +21,16 @@ use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
 use crate::stage::{self, ComponentChange, ComponentOp};
 use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
-use crate::time::Timestamp;
+use crate::time::{Clock, Timestamp};
 use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
 use semver::Version;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
-type ClockFn = Box<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// What [`Updater::check`] found.
 // An offer is returned once per check; boxing it would only add noise for callers.
@@ -335,7 +334,7 @@ pub struct UpdaterBuilder {
     transport: Option<Box<dyn Transport>>,
     selector: Option<Box<dyn BootSelector>>,
     on_event: Option<EventFn>,
-    clock: Option<ClockFn>,
+    clock: Option<Clock>,
 }
 
 impl UpdaterBuilder {
@@ -366,7 +365,7 @@ impl UpdaterBuilder {
 
     /// Replaces the system clock (tests, demos, simulations).
     pub fn clock(mut self, f: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
-        self.clock = Some(Box::new(f));
+        self.clock = Some(Arc::new(f));
         self
     }
 
@@ -377,10 +376,13 @@ impl UpdaterBuilder {
         let mut bases = vec![config.server.clone()];
         bases.extend(config.mirrors.iter().cloned());
         let options: FetchOptions = config.fetch_options();
+        let clock = self.clock.unwrap_or_else(|| Arc::new(Timestamp::now));
         let fetcher = match self.transport {
             Some(t) => Fetcher::with_transport(bases, options, t),
             None => Fetcher::new(bases, options)?,
         };
+        // A `Retry-After` date without the server's `Date` is read on this run's clock.
+        let fetcher = fetcher.with_clock(Arc::clone(&clock));
         // GRUB and U-Boot as Evergreen drives them read the running slot from the kernel
         // command line; a host's selector may not know it (`EVG_SLOT_NONE`).
         let cmdline_booted =
@@ -418,7 +420,7 @@ impl UpdaterBuilder {
             selector: Mutex::new(selector),
             cmdline_booted,
             on_event: self.on_event,
-            clock: self.clock.unwrap_or_else(|| Box::new(Timestamp::now)),
+            clock,
         })
     }
 }
@@ -460,7 +462,7 @@ pub struct Updater {
     /// the rescue entry, never a selector that cannot tell.
     cmdline_booted: bool,
     on_event: Option<EventFn>,
-    clock: ClockFn,
+    clock: Clock,
 }
 
 impl Updater {

@@ -1216,6 +1216,7 @@ impl Transport for Memory {
             content_range: None,
             location: None,
             retry_after: None,
+            date: None,
             body: Box::new(std::io::Cursor::new(self.blob.clone())),
         })
     }

@@ -1153,3 +1153,41 @@ fn a_retry_after_before_the_first_check_is_spread_by_the_jitter() {
     let spread = after.iter().max().unwrap() - after.iter().min().unwrap();
     assert!(spread > 0, "every call gave the same time: {after:?}");
 }
+
+/// A `Retry-After` date is on the server's clock. Read against the answer's `Date` it holds
+/// the device back as long as the server meant, whatever the clocks say (the device's five
+/// hours behind the host's, the server's three ahead); without a `Date`, against the
+/// updater's clock, not the host's.
+#[test]
+fn a_retry_after_date_is_read_on_the_servers_clock() {
+    let setup = setup_with_1_0_0("com.acme.retrydate");
+    let mut extra = fast();
+    extra["poll"] = serde_json::json!({"interval_s": 60, "jitter": 0.0});
+    let dev = setup.repo.device("skewed", &setup.server.url(), extra);
+    let host_now = evergreen::Timestamp::now();
+    let device_now = host_now.plus_secs(-5 * 3600);
+    let server_now = host_now.plus_secs(3 * 3600);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config)
+        .clock(move || device_now)
+        .build()
+        .unwrap();
+    let held_back = |fault| {
+        setup.server.clear_faults();
+        setup.server.set_fault("channels/", fault);
+        let err = updater.check().unwrap_err();
+        let state = updater.state().unwrap();
+        let asked = state.not_before.unwrap_or_else(|| panic!("no wait: {err}"));
+        // The next test starts from a check the server answered, which clears the wait.
+        setup.server.clear_faults();
+        updater.check().unwrap();
+        asked.unix() - device_now.unix()
+    };
+
+    let in_an_hour = http_date(server_now.plus_secs(3600));
+    let wait = held_back(Fault::BusyDated(503, in_an_hour, http_date(server_now)));
+    assert!((3598..=3600).contains(&wait), "held back {wait} s");
+
+    let wait = held_back(Fault::Busy(503, http_date(device_now.plus_secs(3600))));
+    assert!((3598..=3600).contains(&wait), "held back {wait} s");
+}

@@ -159,7 +159,7 @@ impl Target<'_> {
                 self.whole_after_wrong_range(stream, wrong_range)?
             }
         };
-        self.accept(stream.url, &response, &part)?;
+        self.accept(stream, &response, &part)?;
         let mut body = response.body;
         if response.status == 200 && part.len > 0 {
             stream.replay_kept(&mut *body, &mut part)?;
@@ -196,7 +196,7 @@ impl Target<'_> {
         // retried, a 404 ends this base), the wrong range named first.
         let failure = match self.request(stream, None) {
             Ok(response) if response.status == 200 => return Ok(response),
-            Ok(response) => status_failure(stream.url, &response),
+            Ok(response) => status_failure(stream.url, &response, &stream.fetcher.clock),
             Err(e) => Failure::from(e),
         };
         Err(failure.context(format!("{wrong_range}; then without Range")))
@@ -207,12 +207,13 @@ impl Target<'_> {
     /// bytes another base delivered. A 200 is the whole blob from byte 0; over kept bytes
     /// it is compared with them first ([`Stream::replay_kept`]), since a body without a
     /// declared length cannot be judged before it arrives.
-    fn accept(&self, url: &str, response: &Response, part: &Part) -> Result<(), Failure> {
+    fn accept(&self, stream: &Stream, response: &Response, part: &Part) -> Result<(), Failure> {
+        let url = stream.url;
         let remaining = match response.status {
             200 => return Ok(self.check_whole_length(url, response)?),
             // `check_range` has vetted the offsets.
             206 => self.spec.size - part.len,
-            _ => return Err(status_failure(url, response)),
+            _ => return Err(status_failure(url, response, &stream.fetcher.clock)),
         };
         match response.content_length.filter(|len| *len > remaining) {
             Some(len) => Err(too_large(url, remaining, &format!("{len} bytes declared")).into()),

@@ -331,12 +331,13 @@ impl HttpTransport {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let (status, etag, content_range, location, retry_after) = (
+        let (status, etag, content_range, location, retry_after, date) = (
             response.status().as_u16(),
             header("etag"),
             header("content-range"),
             header("location"),
             header("retry-after"),
+            header("date"),
         );
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
         let body = Body {
@@ -351,6 +352,7 @@ impl HttpTransport {
             content_range,
             location,
             retry_after,
+            date,
             body: Box::new(body),
         })
     }
@@ -543,6 +545,7 @@ mod redirect_tests {
             content_range: None,
             location: location.map(str::to_owned),
             retry_after: None,
+            date: None,
             body: Box::new(io::empty()),
         }
     }

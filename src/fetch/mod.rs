@@ -38,6 +38,7 @@ pub use http::{system_roots, SYSTEM_ROOTS};
 pub use transport::{FileTransport, Request, Response, Transport};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::time::Clock;
 use speed::SpeedMeter;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -181,6 +182,8 @@ pub struct Fetcher {
     http: Option<HttpTransport>,
     requests: AtomicU64,
     bytes_received: AtomicU64,
+    /// What an HTTP-date `Retry-After` is read against when the answer has no `Date`.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -213,6 +216,7 @@ impl Fetcher {
             custom: None,
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            clock: Arc::new(crate::Timestamp::now),
         })
     }
 
@@ -231,7 +235,14 @@ impl Fetcher {
             custom: Some(transport),
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            clock: Arc::new(crate::Timestamp::now),
         }
+    }
+
+    /// The same fetcher reading the time from `clock` (the updater's) instead of the
+    /// system's.
+    pub(crate) fn with_clock(self, clock: Clock) -> Fetcher {
+        Fetcher { clock, ..self }
     }
 
     /// Fetches a small signed document (root, manifest) at `<base>/<path>`.
@@ -298,7 +309,7 @@ impl Fetcher {
                     format!("GET {url}: expected 200, found 403 Forbidden (taken as absent)"),
                 )
                 .into()),
-                _ => Err(status_failure(url, &response)),
+                _ => Err(status_failure(url, &response, &self.clock)),
             }
         })
     }
@@ -585,8 +596,8 @@ impl From<Error> for Failure {
     }
 }
 
-/// The failure for a status the caller did not ask for.
-fn status_failure(url: &str, response: &Response) -> Failure {
+/// The failure for a status the caller did not ask for; `clock` is the fetcher's.
+fn status_failure(url: &str, response: &Response, clock: &Clock) -> Failure {
     let status = response.status;
     if status == 404 {
         return Error::new(
@@ -605,7 +616,7 @@ fn status_failure(url: &str, response: &Response) -> Failure {
         return Error::new(ErrorKind::HttpStatus, message).into();
     }
     let asked = response.retry_after.as_deref().and_then(|value| {
-        let wait = retry_after(value, crate::Timestamp::now())?;
+        let wait = retry_after(value, response.date.as_deref(), clock())?;
         message.push_str(&format!(" (Retry-After: {value})"));
         Some(wait)
     });
@@ -649,17 +660,24 @@ fn duration_words(d: Duration) -> String {
     }
 }
 
-/// The wait a `Retry-After` value asks for at `now`: delay-seconds or an HTTP date
-/// (RFC 9110 §10.2.3). A value that is neither is ignored, as the RFC lets a client do.
-fn retry_after(value: &str, now: crate::Timestamp) -> Option<Duration> {
+/// The wait a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110
+/// §10.2.3). A value that is neither is ignored, as the RFC lets a client do. A date is on
+/// the server's clock, so it is counted from the answer's `date` (its `Date` header, the
+/// same clock), or, without one, from `now` (the updater's clock): read against another
+/// clock, hours off the server's, it would hold the device back hours too long, or not at
+/// all.
+fn retry_after(value: &str, date: Option<&str>, now: crate::Timestamp) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Digits beyond u64 are a wait longer than any check waits.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
     let at = crate::time::parse_http_date(value)?;
+    let since = date
+        .and_then(|d| crate::time::parse_http_date(d.trim()))
+        .unwrap_or(now);
     Some(Duration::from_secs(
-        u64::try_from(at.unix().saturating_sub(now.unix())).unwrap_or(0),
+        u64::try_from(at.unix().saturating_sub(since.unix())).unwrap_or(0),
     ))
 }
 
@@ -979,8 +997,21 @@ mod tests {
             ("", None),
             ("soon", None),
         ] {
-            assert_eq!(retry_after(value, now), expected, "{value:?}");
+            assert_eq!(retry_after(value, None, now), expected, "{value:?}");
         }
+        // A date is read against the server's own `Date`, whatever the device's clock
+        // says; a `Date` that is no HTTP date leaves the device's clock.
+        let (at, hours_ahead) = ("Thu, 03 Dec 2026 16:01:30 GMT", now.plus_secs(5 * 3600));
+        for (date, expected) in [
+            (Some("Thu, 03 Dec 2026 16:00:00 GMT"), secs(90)),
+            (Some(" Thu, 03 Dec 2026 16:00:00 GMT "), secs(90)),
+            (Some("Thu, 03 Dec 2026 17:00:00 GMT"), secs(0)),
+            (Some("yesterday"), secs(3690)),
+            (None, secs(3690)),
+        ] {
+            assert_eq!(retry_after(at, date, hours_ahead), expected, "{date:?}");
+        }
+        assert_eq!(retry_after("120", Some("garbage"), now), secs(120));
     }
 
     /// Answers every URL with the status and `Retry-After` its base is given.
@@ -1000,6 +1031,7 @@ mod tests {
                 content_range: None,
                 location: None,
                 retry_after: retry_after.clone(),
+                date: None,
                 body: Box::new(io::empty()),
             })
         }

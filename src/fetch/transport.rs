@@ -38,6 +38,10 @@ pub struct Response {
     /// for this check. Either way a check that fails holds the device's next check back
     /// until then, for at most a day ([`crate::Updater::next_check`]).
     pub retry_after: Option<String>,
+    /// The `Date` header: the server's clock when it answered. A `Retry-After` given as an
+    /// HTTP date is on that clock, and is read against this one (no clock skew between
+    /// the two); without it, against the updater's clock.
+    pub date: Option<String>,
     /// The body. A read error of kind [`std::io::ErrorKind::TimedOut`] is reported as
     /// [`ErrorKind::Timeout`], any other as [`ErrorKind::Network`].
     pub body: Box<dyn Read + Send>,
@@ -52,6 +56,7 @@ impl std::fmt::Debug for Response {
             .field("content_range", &self.content_range)
             .field("location", &self.location)
             .field("retry_after", &self.retry_after)
+            .field("date", &self.date)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +275,7 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         content_range: None,
         location: None,
         retry_after: None,
+        date: None,
         body,
     }
 }

@@ -34,8 +34,13 @@ pub struct evg_response {
     /// The host's handle for `read` and `close`; NULL for an empty body.
     pub body: *mut c_void,
     /// The `Retry-After` header of a 503 or 429 (seconds or an HTTP date), or NULL.
-    /// Last, so a host built against a header without it still fills the rest.
+    /// After the fields above, so a host built against a header without it still fills
+    /// them.
     pub retry_after: *const c_char,
+    /// The `Date` header: the server's clock, which an HTTP-date `Retry-After` is read
+    /// against (without it, the updater's clock). NULL when absent. Last, for the same
+    /// reason.
+    pub date: *const c_char,
 }
 
 /// Starts a GET of `url`. `range_from` is -1, or the offset to send as
@@ -277,6 +282,7 @@ impl Transport for CTransport {
             location: std::ptr::null(),
             body: std::ptr::null_mut(),
             retry_after: std::ptr::null(),
+            date: std::ptr::null(),
         };
         let f = &self.0;
         let etag_ptr = etag.as_ref().map_or(std::ptr::null(), |e| e.as_ptr());
@@ -306,6 +312,7 @@ impl Transport for CTransport {
             content_range: header(out.content_range, "content_range", url)?,
             location: header(out.location, "location", url)?,
             retry_after: header(out.retry_after, "retry_after", url)?,
+            date: header(out.date, "date", url)?,
             body: Box::new(body),
         })
     }

@@ -56,6 +56,9 @@ pub enum Fault {
     Status(u16),
     /// Answer with this status, a `Retry-After` header of this value and an empty body.
     Busy(u16, String),
+    /// As [`Fault::Busy`], with a `Date` header of the third value: the server's clock,
+    /// which need not be the device's.
+    BusyDated(u16, String, String),
     /// Serve these bytes instead of the file (which need not exist).
     Replace(Vec<u8>),
     /// Answer `302 Found` with this `Location`.
@@ -295,6 +298,12 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
         Some(Fault::Busy(code, retry_after)) => {
             return Reply {
                 headers: vec![("Retry-After", retry_after.clone())],
+                ..plain(*code)
+            }
+        }
+        Some(Fault::BusyDated(code, retry_after, date)) => {
+            return Reply {
+                headers: vec![("Retry-After", retry_after.clone()), ("Date", date.clone())],
                 ..plain(*code)
             }
         }
