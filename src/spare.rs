@@ -80,7 +80,7 @@ fn is_disk_full(e: &Error) -> bool {
 fn keep_spare(path: &Path, padded: &[u8]) {
     let spare = spare_path(path);
     // Not followed: a symlink, even to a long enough file, is no spare `swap_in` takes.
-    if fs::symlink_metadata(&spare).is_ok_and(|m| usable(&m, padded.len())) {
+    if fs::symlink_metadata(&spare).is_ok_and(|m| usable(&spare, &m, padded.len())) {
         return;
     }
     let tmp = fsutil::temp_path(&spare);
@@ -92,26 +92,54 @@ fn keep_spare(path: &Path, padded: &[u8]) {
     }
 }
 
-/// Whether a spare with metadata `meta` (not followed) can take `len` bytes in place: a
-/// regular file that long, with no other name, its blocks all allocated. A second name (a
-/// hard link to `state.json` itself) would make the write in place a write into the live
-/// state. A hole (a spare made by `set_len`, or one a power cut left before its blocks
-/// were written) passes the length and is allocated by the write in place, which then
-/// fails on the full disk it was kept for; a spare that is not usable is made again at the
-/// next save that has room.
-fn usable(meta: &fs::Metadata, len: usize) -> bool {
+/// Whether the spare at `path`, with metadata `meta` (not followed), can take `len` bytes
+/// in place: a regular file that long, with no other name, its blocks all allocated. A
+/// second name (a hard link to `state.json` itself) would make the write in place a write
+/// into the live state. A hole (a spare made by `set_len`, or one a power cut left before
+/// its blocks were written) passes the length and is allocated by the write in place,
+/// which then fails on the full disk it was kept for; a spare that is not usable is made
+/// again at the next save that has room.
+fn usable(path: &Path, meta: &fs::Metadata, len: usize) -> bool {
     #[cfg(unix)]
     let (single, allocated) = {
         use std::os::unix::fs::MetadataExt;
-        // `st_blocks` counts 512-byte units whatever the file system's block size.
+        // `st_blocks` counts 512-byte units whatever the file system's block size. It also
+        // counts metadata (an extended-attribute block on ext4), so a spare with holes can
+        // pass it: the file is asked for its first hole as well.
         (
             meta.nlink() == 1,
-            meta.blocks().saturating_mul(512) >= meta.len(),
+            meta.blocks().saturating_mul(512) >= meta.len() && !has_hole(path, meta.len()),
         )
     };
     #[cfg(not(unix))]
     let (single, allocated) = (true, true);
     meta.is_file() && single && allocated && meta.len() >= len as u64
+}
+
+/// Whether the file at `path` (not followed) has a hole before byte `len`, as
+/// `lseek(SEEK_HOLE)` tells. A file system that does not track holes reports none; one
+/// that cannot be asked (the file cannot be opened) counts as a hole: the spare is made
+/// again.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn has_hole(path: &Path, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return true;
+    };
+    // SAFETY: a valid descriptor, owned by `file` for the whole call.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    hole < 0 || (hole as u64) < len
+}
+
+/// No way to ask for holes here: the block count is all there is.
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn has_hole(_path: &Path, _len: u64) -> bool {
+    false
 }
 
 /// Writes `bytes` into the spare of `path`, over its own blocks, and swaps the two files.
@@ -123,7 +151,7 @@ fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
     };
     let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
     // The last byte is the newline that ends the padding.
-    if !usable(&meta, bytes.len() + 1) {
+    if !usable(&spare, &meta, bytes.len() + 1) {
         return Ok(false);
     }
     overwrite(&spare, &pad(bytes, len))?;
@@ -136,15 +164,19 @@ fn swap_in(path: &Path, bytes: &[u8]) -> Result<bool> {
 }
 
 /// Gives the written `spare` the name `path`: the two files trade names, or, when there is
-/// no file at `path` to trade with (an operator moved the state away), the spare is renamed
-/// onto the free name, which allocates nothing either; the exchange alone fails there with
-/// `ENOENT`, and the state would not be saved at all. `Ok(false)` when the file system
-/// cannot swap files.
+/// no file at `path` to trade with (an operator moved the state away), the spare takes the
+/// free name, which allocates nothing either; the exchange alone fails there with
+/// `ENOENT`, and the state would not be saved at all. The rename never replaces a file: one
+/// put back at `path` meanwhile (by hand, without the state lock) is traded with instead.
+/// `Ok(false)` when the file system cannot swap files.
 fn put_in_place(spare: &Path, path: &Path) -> std::io::Result<bool> {
     let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     match exchange(spare, path) {
         Err(e) if missing(&e) && fs::symlink_metadata(path).is_err_and(|e| missing(&e)) => {
-            fs::rename(spare, path).map(|()| true)
+            match rename_noreplace(spare, path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => exchange(spare, path),
+                other => other,
+            }
         }
         other => other,
     }
@@ -176,6 +208,20 @@ fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file system cannot.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+/// Renames `a` to `b` unless `b` exists (`AlreadyExists` then). `Ok(false)` when the
+/// system or the file system cannot.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<bool> {
+    renameat2(a, b, libc::RENAME_NOREPLACE)
+}
+
+/// `renameat2(a, b, flags)`; `Ok(false)` when the system or the file system does not know
+/// the flags.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<bool> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
@@ -189,7 +235,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
             a.as_ptr(),
             libc::AT_FDCWD,
             b.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            flags,
         )
     };
     if rc == 0 {
@@ -205,6 +251,12 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
 /// No atomic swap of two names here: the normal save is all there is.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// No rename that refuses to replace here; never reached, as [`exchange`] never fails.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn rename_noreplace(_a: &Path, _b: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 
@@ -407,6 +459,49 @@ mod tests {
         make_sparse();
         assert!(!swap_in(&path, b"{\"n\": 3}\n").unwrap());
         assert!(fs::read(&path).unwrap().starts_with(b"{\"n\": 2}\n"));
+    }
+
+    #[test]
+    fn a_hole_is_found_where_the_block_count_cannot_tell() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full");
+        fs::write(&full, [b' '; 8192]).unwrap();
+        assert!(!has_hole(&full, 8192));
+        let holed = dir.path().join("holed");
+        let mut f = fs::File::create(&holed).unwrap();
+        std::io::Write::write_all(&mut f, &[b' '; 4096]).unwrap();
+        f.set_len(8192).unwrap();
+        if std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap()) * 512 >= 8192 {
+            eprintln!("skipped: this file system makes no sparse files");
+            return;
+        }
+        assert!(has_hole(&holed, 8192));
+        // Holes past the length asked about do not count.
+        assert!(!has_hole(&holed, 4096));
+        // What cannot be opened is no spare.
+        assert!(has_hole(&dir.path().join("missing"), 1));
+    }
+
+    #[test]
+    fn the_spare_never_replaces_a_state_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spare, path) = (dir.path().join("spare"), dir.path().join("state.json"));
+        fs::write(&spare, b"new").unwrap();
+        fs::write(&path, b"put back").unwrap();
+        match rename_noreplace(&spare, &path) {
+            Ok(false) => return,
+            Ok(true) => panic!("the state put back was replaced"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists),
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"put back");
+        // Put in place trades with it instead: nothing is lost.
+        assert!(put_in_place(&spare, &path).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::read(&spare).unwrap(), b"put back");
+        fs::remove_file(&path).unwrap();
+        assert!(put_in_place(&spare, &path).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"put back");
+        assert!(!spare.exists());
     }
 
     #[test]
