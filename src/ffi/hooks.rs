@@ -312,7 +312,10 @@ impl Transport for CTransport {
             content_range: header(out.content_range, "content_range", url)?,
             location: header(out.location, "location", url)?,
             retry_after: header(out.retry_after, "retry_after", url)?,
-            date: header(out.date, "date", url)?,
+            // Every answer carries a `Date`, and only a `Retry-After` date is read against
+            // it: one that is not text is ignored, as the HTTP transport ignores it, rather
+            // than failing a good answer.
+            date: header(out.date, "date", url).ok().flatten(),
             body: Box::new(body),
         })
     }
@@ -652,6 +655,40 @@ mod tests {
         assert!(closed.get(), "close ran outside a call into the host");
         assert!(!super::super::callbacks::inside_host());
     }
+
+    unsafe extern "C" fn get_with_bad_date(
+        _: *mut c_void,
+        _: *const c_char,
+        _: i64,
+        _: *const c_char,
+        out: *mut evg_response,
+    ) -> c_int {
+        unsafe {
+            (*out).status = 200;
+            (*out).content_length = 0;
+            (*out).date = c"Thu, 03 Dec 2026 \xff GMT".as_ptr();
+            (*out).etag = c"\"v1\"".as_ptr();
+        }
+        0
+    }
+
+    #[test]
+    fn a_date_that_is_not_text_is_ignored_and_the_answer_kept() {
+        let t = evg_transport {
+            struct_size: std::mem::size_of::<evg_transport>(),
+            user: std::ptr::null_mut(),
+            get: Some(get_with_bad_date),
+            read: Some(counted_read),
+            close: Some(counted_close_nothing),
+        };
+        let transport = unsafe { CTransport::new(&t) }.unwrap();
+        let response = transport.get("vendor://x", &Request::default()).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.date, None);
+        assert_eq!(response.etag.as_deref(), Some("\"v1\""));
+    }
+
+    unsafe extern "C" fn counted_close_nothing(_: *mut c_void, _: *mut c_void) {}
 
     #[test]
     fn the_boot_plan_of_a_host_selector_is_read_and_checked() {
