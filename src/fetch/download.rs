@@ -374,6 +374,9 @@ impl Stream<'_, '_> {
     /// a local mirror), 1 GiB from nginx took 1.50–1.73 s when the hashing thread also
     /// wrote the file, and 1.10–1.19 s when it only hashed (`bench __fetch`, six
     /// interleaved rounds; sha2 hashes the GiB in memory in about 1.0 s on that machine).
+    /// Receiving and writing on one thread still overlap on slow storage: while a write
+    /// waits, the kernel goes on filling the socket's receive buffer (megabytes, with TCP's
+    /// autotuning), as the writer's queue of chunks let it before.
     fn pump(&mut self, mut body: Box<dyn Read + Send>, part: Part) -> Result<Part> {
         let Part {
             path,
