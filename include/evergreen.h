@@ -17,6 +17,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/* Whether the evg_response the library passed has room for `field`. Fields are only added
+ * at the end of evg_response; a transport built against a newer header than the library
+ * it runs with writes a newer field only when this is true. */
+#define EVG_RESPONSE_HAS(out, field) \
+  ((out)->struct_size >= offsetof(evg_response, field) + sizeof((out)->field))
+
 
 /**
  * What an update does to a component.
@@ -224,11 +230,19 @@ typedef struct evg_component {
 } evg_component;
 
 /**
- * What the host's `get` reports. Evergreen zeroes it and sets `content_length` to -1
- * before the call. The strings are copied by Evergreen; they must stay valid until
- * `close` is called for `body` (or until `get` returns when `body` is NULL).
+ * What the host's `get` reports. Evergreen zeroes it, sets `struct_size` and sets
+ * `content_length` to -1 before the call. The strings are copied by Evergreen; they must
+ * stay valid until `close` is called for `body` (or until `get` returns when `body` is
+ * NULL).
  */
 typedef struct evg_response {
+  /**
+   * Set by Evergreen: the size of the struct the library passes. Fields are only ever
+   * added at the end; a host built against a newer header than the library it runs
+   * with writes a field past the first release's only when `EVG_RESPONSE_HAS(out,
+   * field)` says the library's struct holds it.
+   */
+  size_t struct_size;
   /**
    * The HTTP status (200, 206, 304, 404, 416, …), or its equivalent.
    */
@@ -255,14 +269,11 @@ typedef struct evg_response {
   void *body;
   /**
    * The `Retry-After` header of a 503 or 429 (seconds or an HTTP date), or NULL.
-   * After the fields above, so a host built against a header without it still fills
-   * them.
    */
   const char *retry_after;
   /**
    * The `Date` header: the server's clock, which an HTTP-date `Retry-After` is read
-   * against (without it, the updater's clock). NULL when absent. Last, for the same
-   * reason.
+   * against (without it, the updater's clock). NULL when absent.
    */
   const char *date;
 } evg_response;

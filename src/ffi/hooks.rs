@@ -16,11 +16,17 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io::Read;
 use std::sync::Arc;
 
-/// What the host's `get` reports. Evergreen zeroes it and sets `content_length` to -1
-/// before the call. The strings are copied by Evergreen; they must stay valid until
-/// `close` is called for `body` (or until `get` returns when `body` is NULL).
+/// What the host's `get` reports. Evergreen zeroes it, sets `struct_size` and sets
+/// `content_length` to -1 before the call. The strings are copied by Evergreen; they must
+/// stay valid until `close` is called for `body` (or until `get` returns when `body` is
+/// NULL).
 #[repr(C)]
 pub struct evg_response {
+    /// Set by Evergreen: the size of the struct the library passes. Fields are only ever
+    /// added at the end; a host built against a newer header than the library it runs
+    /// with writes a field past the first release's only when `EVG_RESPONSE_HAS(out,
+    /// field)` says the library's struct holds it.
+    pub struct_size: usize,
     /// The HTTP status (200, 206, 304, 404, 416, …), or its equivalent.
     pub status: u16,
     /// The length of this body (not of the whole file), or -1 when unknown.
@@ -34,12 +40,9 @@ pub struct evg_response {
     /// The host's handle for `read` and `close`; NULL for an empty body.
     pub body: *mut c_void,
     /// The `Retry-After` header of a 503 or 429 (seconds or an HTTP date), or NULL.
-    /// After the fields above, so a host built against a header without it still fills
-    /// them.
     pub retry_after: *const c_char,
     /// The `Date` header: the server's clock, which an HTTP-date `Retry-After` is read
-    /// against (without it, the updater's clock). NULL when absent. Last, for the same
-    /// reason.
+    /// against (without it, the updater's clock). NULL when absent.
     pub date: *const c_char,
 }
 
@@ -275,6 +278,7 @@ impl Transport for CTransport {
             .range_from
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
         let mut out = evg_response {
+            struct_size: std::mem::size_of::<evg_response>(),
             status: 0,
             content_length: -1,
             etag: std::ptr::null(),
@@ -663,6 +667,9 @@ mod tests {
         _: *const c_char,
         out: *mut evg_response,
     ) -> c_int {
+        if unsafe { (*out).struct_size } != std::mem::size_of::<evg_response>() {
+            return 1;
+        }
         unsafe {
             (*out).status = 200;
             (*out).content_length = 0;
