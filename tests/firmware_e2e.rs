@@ -1409,6 +1409,25 @@ fn failed_update(board: &Board) -> String {
     err.lines().last().unwrap().to_string()
 }
 
+/// Runs an update whose slot b is the busy block device `device`, and checks that it is
+/// refused as busy (`invalid_state` naming the device) with nothing changed: the slot
+/// records, the boot environment and the device's first `len` bytes.
+fn refused_as_busy(board: &Board, device: &str, len: usize) {
+    let prefix = sha256_prefix(device, len);
+    let (status, env) = (board.dev.status(), std::fs::read(&board.env).unwrap());
+    assert_eq!(
+        failed_update(board),
+        format!("error[invalid_state]: image slot {device}: {BUSY}")
+    );
+    assert_eq!(board.dev.status()["slots"], status["slots"]);
+    assert_eq!(
+        std::fs::read(&board.env).unwrap(),
+        env,
+        "the boot order changed"
+    );
+    assert_eq!(sha256_prefix(device, len), prefix, "the device was written");
+}
+
 const BUSY: &str = "expected a device nothing else uses, found it busy (a file system mounted from it or one of its partitions, or another program holding it open exclusively): writing it would corrupt what uses it";
 
 /// A slot that names a whole disk is never written while a file system is mounted from
@@ -1441,22 +1460,9 @@ fn a_whole_disk_slot_with_a_mounted_partition_is_never_written() {
     };
     std::fs::write(at.join("running.txt"), b"the running system").unwrap();
     set_slot_path(&board, "b", &device.0);
-    let table = sha256_prefix(&device.0, MIB);
-    let before = (board.dev.status(), std::fs::read(&board.env).unwrap());
 
     let image = release_image(&repo, "2.0.0", MIB, 2);
-    let last = failed_update(&board);
-    assert_eq!(
-        last,
-        format!("error[invalid_state]: image slot {}: {BUSY}", device.0)
-    );
-    assert_eq!(board.dev.status()["slots"], before.0["slots"]);
-    assert_eq!(
-        std::fs::read(&board.env).unwrap(),
-        before.1,
-        "the boot order changed"
-    );
-    assert_eq!(sha256_prefix(&device.0, MIB), table, "the disk was written");
+    refused_as_busy(&board, &device.0, MIB);
     assert_eq!(
         std::fs::read(at.join("running.txt")).unwrap(),
         b"the running system"
@@ -1486,8 +1492,6 @@ fn a_slot_device_another_program_holds_exclusively_is_never_written() {
         return;
     };
     set_slot_path(&board, "b", &device.0);
-    let held = sha256_prefix(&device.0, 2 * MIB);
-    let before = (board.dev.status(), std::fs::read(&board.env).unwrap());
     // This test's process is the other program: the CLI runs as a process of its own.
     let holder = std::fs::OpenOptions::new()
         .read(true)
@@ -1496,22 +1500,7 @@ fn a_slot_device_another_program_holds_exclusively_is_never_written() {
         .unwrap();
 
     let image = release_image(&repo, "2.0.0", MIB, 2);
-    let last = failed_update(&board);
-    assert_eq!(
-        last,
-        format!("error[invalid_state]: image slot {}: {BUSY}", device.0)
-    );
-    assert_eq!(board.dev.status()["slots"], before.0["slots"]);
-    assert_eq!(
-        std::fs::read(&board.env).unwrap(),
-        before.1,
-        "the boot order changed"
-    );
-    assert_eq!(
-        sha256_prefix(&device.0, 2 * MIB),
-        held,
-        "the device was written"
-    );
+    refused_as_busy(&board, &device.0, 2 * MIB);
 
     drop(holder);
     board.dev.expect("update", &["--yes"], 0);
