@@ -13,6 +13,11 @@ use std::sync::Arc;
 /// ([`crate::UpdaterBuilder::clock`]), shared by the updater and its fetcher.
 pub(crate) type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+/// The system's clock, as a [`Clock`].
+pub(crate) fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
 /// Seconds since 1970-01-01T00:00:00Z.
 ///
 /// ```

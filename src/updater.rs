@@ -376,7 +376,7 @@ impl UpdaterBuilder {
         let mut bases = vec![config.server.clone()];
         bases.extend(config.mirrors.iter().cloned());
         let options: FetchOptions = config.fetch_options();
-        let clock = self.clock.unwrap_or_else(|| Arc::new(Timestamp::now));
+        let clock = self.clock.unwrap_or_else(crate::time::system_clock);
         let fetcher = match self.transport {
             Some(t) => Fetcher::with_transport(bases, options, t),
             None => Fetcher::new(bases, options)?,

@@ -216,7 +216,7 @@ impl Fetcher {
             custom: None,
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
-            clock: Arc::new(crate::Timestamp::now),
+            clock: crate::time::system_clock(),
         })
     }
 
@@ -235,7 +235,7 @@ impl Fetcher {
             custom: Some(transport),
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
-            clock: Arc::new(crate::Timestamp::now),
+            clock: crate::time::system_clock(),
         }
     }
 
