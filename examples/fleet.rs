@@ -35,7 +35,9 @@
 //! peak times the cost of a poll.
 //!
 //! `--seed N` (default 1) seeds the devices' start times and jitter draws; the rollout
-//! buckets come from the device ids and do not change with it.
+//! buckets come from the device ids and do not change with it. The seeded draws stand in
+//! for the library's `select::poll_draw` (a hash of the device id and the schedule's
+//! round, as uniform over a fleet), whose hash per poll would take most of the run.
 //!
 //! `--jitter F` sets the polling jitter (the config's `poll.jitter`, default 0.25),
 //! `--synchronized` starts every device's schedule at the same instant (devices flashed

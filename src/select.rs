@@ -786,7 +786,8 @@ pub fn retry_not_before(failed_at: Timestamp, wait: std::time::Duration) -> Opti
 /// that time plus up to `jitter` × the interval (not backed off); a `not_before` no later
 /// than the schedule changes nothing.
 ///
-/// `random` is any uniformly random `u64` the caller draws, which keeps this function pure.
+/// `random` is a uniformly distributed `u64` from the caller ([`poll_draw`] for a device),
+/// which keeps this function pure.
 /// A `jitter` outside `[0, 1)` is clamped into it.
 ///
 /// ```
@@ -827,7 +828,8 @@ pub fn next_check(
 /// up to `jitter` × `interval_s`, as [`next_check`] spreads it: a fleet the server told to
 /// come back in an hour does not come back in the same second.
 ///
-/// `random` is any uniformly random `u64` the caller draws, which keeps this function pure.
+/// `random` is a uniformly distributed `u64` from the caller ([`poll_draw`] for a device),
+/// which keeps this function pure.
 ///
 /// ```
 /// use evergreen::select::first_check;
@@ -864,6 +866,44 @@ fn not_before_spread(
         Some(t) if t > due => t.plus_secs((interval_s as f64 * jitter * unit).round() as i64),
         _ => due,
     }
+}
+
+/// The `random` input of [`next_check`] and [`first_check`] for one device and one round of
+/// the schedule: uniform over a fleet (a hash of the device id), but the same for every call
+/// until the schedule moves on (`since`, the time it counts from, and the count of failed
+/// checks). A host that asks every minute whether the check is due then hears one time,
+/// where a fresh draw per call would check at the earliest of many draws, the jitter's low
+/// end; and scheduling needs no system randomness, which blocks early in boot on kernels
+/// whose pool is not yet seeded.
+///
+/// Independent of [`rollout_bucket`] (another domain in the hash), so the devices a rollout
+/// reaches first do not also poll first.
+///
+/// ```
+/// use evergreen::select::poll_draw;
+/// use evergreen::Timestamp;
+/// let since = Some(Timestamp::from_unix(1_700_000_000));
+/// assert_eq!(poll_draw("device-1", since, 0), poll_draw("device-1", since, 0));
+/// assert_ne!(poll_draw("device-1", since, 0), poll_draw("device-2", since, 0));
+/// assert_ne!(poll_draw("device-1", since, 0), poll_draw("device-1", since, 1));
+/// ```
+pub fn poll_draw(device_id: &str, since: Option<Timestamp>, failures: u32) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(b"evergreen-poll\0");
+    hash.update(device_id.as_bytes());
+    hash.update(b"\0");
+    match since {
+        Some(t) => {
+            hash.update([1]);
+            hash.update(t.unix().to_be_bytes());
+        }
+        None => hash.update([0]),
+    }
+    hash.update(failures.to_be_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// A `jitter` fraction clamped into `[0, 1)`; 0 for one that is no number.

@@ -201,12 +201,17 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+/// Fills `buf` from the operating system's random source.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))
+}
+
 impl SecretKey {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Result<SecretKey> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
+        fill_random(&mut seed)?;
         Ok(SecretKey::from_seed(&seed))
     }
 

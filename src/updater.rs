@@ -297,6 +297,12 @@ fn downloads_in(dir: &Path) -> Vec<Download> {
 }
 
 /// The refusal of `what` when the GRUB or U-Boot selector cannot tell the running slot.
+fn random_u64() -> Result<u64> {
+    let mut raw = [0u8; 8];
+    crate::trust::fill_random(&mut raw)?;
+    Ok(u64::from_le_bytes(raw))
+}
+
 fn running_slot_unknown(what: &str) -> Error {
     Error::invalid_state(format!(
         "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
@@ -597,8 +603,10 @@ impl Updater {
     /// time a server asked for with `Retry-After` when it failed a check (at most a day
     /// after that check), until a check it answers; when that time is later than the
     /// schedule (or than now, for a device that never checked), up to `jitter` × the
-    /// interval after it, since a fleet is told the same time. The jitter is drawn anew on
-    /// every call (and for `status`): schedule on the value one call gave.
+    /// interval after it, since a fleet is told the same time. The jitter is the device's own
+    /// ([`select::poll_draw`]): every call (and `status`) gives the same time until a check
+    /// or a failure moves the schedule, so a host may ask as often as it likes whether the
+    /// check is due.
     pub fn next_check(&self) -> Result<Timestamp> {
         self.next_check_of(&self.load_state()?)
     }
@@ -626,10 +634,12 @@ impl Updater {
         let not_before = st
             .not_before
             .map(|t| t.min(now.plus_secs(select::MAX_RETRY_AFTER_S as i64)));
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
-        let random = u64::from_le_bytes(raw);
+        let random = match self.known_device_id() {
+            Some(id) => select::poll_draw(&id, since, st.check_failures),
+            // No id yet (none configured, no machine id, and no check has made one): this
+            // device's first check, drawn per call.
+            None => random_u64()?,
+        };
         let poll = &self.config.poll;
         let last = match since {
             Some(t) => t.min(now),
@@ -1102,20 +1112,28 @@ impl Updater {
     /// The device id for rollout buckets: configured, else `/etc/machine-id`, else one
     /// generated once and kept in the state directory.
     fn device_id(&self) -> Result<String> {
-        // A missing, empty or `uninitialized` machine id falls through to our own id.
-        if let Ok(id) = self.config.resolve_device_id() {
-            return Ok(id);
-        }
-        let path = self.state_dir().join("device-id");
-        if let Ok(id) = crate::config::read_machine_id(&path) {
+        if let Some(id) = self.known_device_id() {
             return Ok(id);
         }
         let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("no system randomness: {e}")))?;
+        crate::trust::fill_random(&mut raw)?;
         let id = crate::trust::hex(&raw);
-        crate::fsutil::write_atomic(&path, id.as_bytes())?;
+        crate::fsutil::write_atomic(&self.device_id_path(), id.as_bytes())?;
         Ok(id)
+    }
+
+    /// The device id when there is one, without making one: configured, else the machine
+    /// id, else the one kept in the state directory.
+    fn known_device_id(&self) -> Option<String> {
+        // A missing, empty or `uninitialized` machine id falls through to our own id.
+        self.config
+            .resolve_device_id()
+            .or_else(|_| crate::config::read_machine_id(&self.device_id_path()))
+            .ok()
+    }
+
+    fn device_id_path(&self) -> PathBuf {
+        self.state_dir().join("device-id")
     }
 
     /// Fetches and verifies `channel`'s manifest: conditional GET; on 304 the cached

@@ -1245,7 +1245,7 @@ fn a_look_at_another_channel_leaves_the_poll_schedule_alone() {
     for field in ["last_check", "channel"] {
         assert_eq!(after[field], before[field], "{field} moved");
     }
-    // No backoff either: next_check is drawn anew (with jitter) at each status.
+    // No backoff either.
     let state = json(&std::fs::read_to_string(dev.state.join("state.json")).unwrap());
     assert_eq!(state["check_failures"], 0, "{state}");
 }

@@ -1132,26 +1132,58 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
 /// (a check of another channel failed with `Retry-After: 3600`), does not come back in the
 /// same second as the rest of the fleet: its next check is spread over the jitter after
 /// that hour, as after a failed check of its own.
+/// A host may ask as often as it likes whether the check is due: `next_check` and `status`
+/// give one time per round of the schedule, inside the interval ± its jitter, so asking
+/// every minute does not check at the earliest of many draws.
+#[test]
+fn next_check_gives_one_time_however_often_it_is_asked() {
+    let setup = setup_with_1_0_0("com.acme.askoften");
+    let mut extra = fast();
+    extra["poll"] = serde_json::json!({"interval_s": 21600, "jitter": 0.25});
+    let dev = setup.repo.device("often", &setup.server.url(), extra);
+    let updater = updater_for(&dev);
+    updater.check().unwrap();
+    let last = updater.state().unwrap().last_check.expect("a check time");
+    let due = updater.next_check().unwrap();
+    assert!(
+        (16_200..=27_000).contains(&(due.unix() - last.unix())),
+        "{due:?} after {last:?}"
+    );
+    for _ in 0..20 {
+        assert_eq!(updater.next_check().unwrap(), due);
+    }
+    assert_eq!(updater.status().unwrap().next_check, due);
+}
+
 #[test]
 fn a_retry_after_before_the_first_check_is_spread_by_the_jitter() {
     let setup = setup_with_1_0_0("com.acme.retryfirst");
     let mut extra = fast();
     extra["poll"] = serde_json::json!({"interval_s": 3600, "jitter": 0.25});
-    let dev = setup.repo.device("first", &setup.server.url(), extra);
-    let updater = updater_for(&dev);
     setup
         .server
         .set_fault("channels/", Fault::Busy(503, "3600".into()));
-    updater.check_with(Some("beta"), None).unwrap_err();
-    let state = updater.state().unwrap();
-    assert_eq!((state.last_check, state.check_failures), (None, 0));
-    let asked = state.not_before.expect("the time the server asked for");
-    let after: Vec<i64> = (0..50)
-        .map(|_| updater.next_check().unwrap().unix() - asked.unix())
+    let after: Vec<i64> = (0..12)
+        .map(|i| {
+            let dev = setup
+                .repo
+                .device(&format!("first{i}"), &setup.server.url(), extra.clone());
+            let updater = updater_for(&dev);
+            updater.check_with(Some("beta"), None).unwrap_err();
+            let state = updater.state().unwrap();
+            assert_eq!((state.last_check, state.check_failures), (None, 0));
+            let asked = state.not_before.expect("the time the server asked for");
+            let due = updater.next_check().unwrap();
+            // A host that asks again and again hears the same time.
+            for _ in 0..5 {
+                assert_eq!(updater.next_check().unwrap(), due);
+            }
+            due.unix() - asked.unix()
+        })
         .collect();
     assert!(after.iter().all(|s| (0..=900).contains(s)), "{after:?}");
     let spread = after.iter().max().unwrap() - after.iter().min().unwrap();
-    assert!(spread > 0, "every call gave the same time: {after:?}");
+    assert!(spread > 0, "every device got the same time: {after:?}");
 }
 
 /// A `Retry-After` date is on the server's clock. Read against the answer's `Date` it holds

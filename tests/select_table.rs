@@ -2,7 +2,7 @@
 
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
-    bucket_in_rollout, deploy, first_check, in_rollout, next_check, retry_not_before,
+    bucket_in_rollout, deploy, first_check, in_rollout, next_check, poll_draw, retry_not_before,
     rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy, Device, Policy,
     MAX_RETRY_AFTER_S,
 };
@@ -879,6 +879,44 @@ fn next_check_jitters_within_a_quarter_and_backs_off_to_four_times() {
             "failures {failures}: spread {lo}..{hi}"
         );
     }
+}
+
+/// A device's poll draw spreads a fleet's checks evenly over the jitter, whatever its
+/// rollout bucket (the devices a rollout reaches first do not also poll first), and moves
+/// with every round of the schedule.
+#[test]
+fn poll_draws_spread_a_fleet_evenly_and_apart_from_its_rollout_buckets() {
+    let (interval, last) = (21_600u64, ts(NOW));
+    let version = Version::new(1, 2, 0);
+    let mut all = [0u32; 10];
+    let mut early = [0u32; 10];
+    let mut moved = 0;
+    for i in 0..20_000 {
+        let id = format!("device-{i}");
+        let draw = poll_draw(&id, Some(last), 0);
+        let delay = next_check(last, interval, 0.25, 0, draw, None).unix() - last.unix();
+        // tenths of the ± 25% window, 4.5 h to 7.5 h
+        let tenth = ((delay - 16_200) * 10 / 10_800).clamp(0, 9) as usize;
+        all[tenth] += 1;
+        if rollout_bucket("com.acme.gateway", &id, &version) < 2_000 {
+            early[tenth] += 1;
+        }
+        moved += usize::from(poll_draw(&id, Some(last.plus_secs(1)), 0) != draw);
+    }
+    let early_total: u32 = early.iter().sum();
+    assert!(
+        (3_700..4_300).contains(&early_total),
+        "{early_total} in the 20% bucket"
+    );
+    for tenth in 0..10 {
+        assert!(
+            (1_800..2_200).contains(&all[tenth]),
+            "tenth {tenth}: {all:?}"
+        );
+        let share = early[tenth] as f64 / early_total as f64;
+        assert!((0.08..0.12).contains(&share), "tenth {tenth}: {early:?}");
+    }
+    assert_eq!(moved, 20_000);
 }
 
 #[test]
