@@ -1132,6 +1132,37 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
 /// (a check of another channel failed with `Retry-After: 3600`), does not come back in the
 /// same second as the rest of the fleet: its next check is spread over the jitter after
 /// that hour, as after a failed check of its own.
+/// `ca_roots` is read by the first https:// request, not when the updater is made: with
+/// the file gone (moved by the release that shipped it, or on a partition not mounted
+/// yet) a device still installs over http://, starts, confirms and rolls back.
+#[test]
+fn a_missing_ca_roots_file_stops_no_install_startup_or_rollback() {
+    let setup = setup_with_1_0_0("com.acme.caroots");
+    let mut extra = fast();
+    extra["ca_roots"] = serde_json::json!(setup.src.join("gone/ca.pem"));
+    let dev = setup.repo.device("caroots", &setup.server.url(), extra);
+    install_and_confirm(&dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("rollback", &[], 0);
+    let updater = updater_for(&dev);
+    updater.startup().unwrap();
+    let status = updater.status().unwrap();
+    let primary = &status.slots[&status.primary];
+    assert_eq!(
+        (
+            primary.status,
+            primary.version.as_ref().map(|v| v.to_string())
+        ),
+        ("good", Some("1.0.0".into()))
+    );
+    assert_eq!(
+        current(&dev),
+        Path::new("slots").join(status.primary.to_string())
+    );
+}
+
 /// A host may ask as often as it likes whether the check is due: `next_check` and `status`
 /// give one time per round of the schedule, inside the interval ± its jitter, so asking
 /// every minute does not check at the earliest of many draws.

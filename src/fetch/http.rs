@@ -15,18 +15,18 @@ use std::time::Duration;
 /// bounds the wait for the response headers and *each* read of the body, so a large
 /// download is never cut for being large, only for going quiet.
 ///
-/// The system's bundle is read on the first request (see [`system_roots`]), not when the
-/// transport is made, so a device that only fetches `file://` or `http://` URLs needs none;
-/// without one, an `https://` request fails with [`ErrorKind::Config`] naming the paths
-/// tried.
+/// The CA roots (`ca_roots`, else the system's bundle: see [`system_roots`]) are read on
+/// the first request, not when the transport is made: a device that only fetches `file://`
+/// or `http://` URLs needs none, and an updater is made, and its startup step, rollback and
+/// confirmation run, whatever became of the file (a release that moved the `ca_roots` it
+/// shipped must still be rolled back). Without usable roots, an `https://` request fails
+/// with [`ErrorKind::Config`] (or [`ErrorKind::Io`] for an unreadable `ca_roots`) naming
+/// the file or the paths tried.
 pub struct HttpTransport {
     options: FetchOptions,
     proxy: Option<ureq::Proxy>,
-    /// The TLS settings known up front: from `ca_roots`, or the built-in roots.
-    #[cfg(feature = "tls")]
-    tls: Option<ureq::tls::TlsConfig>,
-    /// Made on the first request; with it, when the system has no usable CA bundle, why.
-    agent: OnceLock<(ureq::Agent, Option<String>)>,
+    /// Made on the first request; with it, when there are no usable CA roots, why.
+    agent: OnceLock<(ureq::Agent, Option<Error>)>,
     /// The agent for requests with a [`Request::body_timeout`] (metadata), and that
     /// deadline: the same settings plus it. An agent rather than a per-request setting,
     /// which would copy the whole configuration into every request (5 KB of code).
@@ -41,8 +41,7 @@ impl std::fmt::Debug for HttpTransport {
 
 impl HttpTransport {
     /// A transport configured by `options`. Fails with [`ErrorKind::Config`] for a bad
-    /// proxy URL or a `ca_roots` file without certificates, and [`ErrorKind::Io`] for an
-    /// unreadable one.
+    /// proxy URL; `ca_roots` is read by the first request.
     pub fn new(options: &FetchOptions) -> Result<HttpTransport> {
         let proxy = match &options.proxy {
             Some(proxy) => Some(ureq::Proxy::new(proxy).map_err(|e| {
@@ -50,28 +49,9 @@ impl HttpTransport {
             })?),
             None => None,
         };
-        #[cfg(feature = "tls")]
-        let tls = match &options.ca_roots {
-            Some(path) => Some(tls_config(ureq::tls::RootCerts::new_with_certs(
-                &pem_roots(path)?,
-            ))),
-            #[cfg(feature = "webpki-roots")]
-            None => Some(tls_config(ureq::tls::RootCerts::WebPki)),
-            #[cfg(not(feature = "webpki-roots"))]
-            None => None,
-        };
-        #[cfg(not(feature = "tls"))]
-        if let Some(path) = &options.ca_roots {
-            return Err(Error::config(format!(
-                "ca_roots {} given, but this build has no TLS (feature \"tls\")",
-                path.display()
-            )));
-        }
         Ok(HttpTransport {
             options: options.clone(),
             proxy,
-            #[cfg(feature = "tls")]
-            tls,
             agent: OnceLock::new(),
             bounded: Mutex::new(None),
         })
@@ -82,7 +62,7 @@ impl HttpTransport {
     fn agent(&self, url: &str, body_timeout: Option<Duration>) -> Result<ureq::Agent> {
         let (agent, no_roots) = self.agent.get_or_init(|| self.make_agent(None));
         if let (Some(why), true) = (no_roots, is_https(url)) {
-            return Err(Error::config(format!("GET {url}: {why}")));
+            return Err(Error::new(why.kind(), format!("GET {url}: {why}")));
         }
         let Some(limit) = body_timeout else {
             return Ok(agent.clone());
@@ -98,7 +78,7 @@ impl HttpTransport {
         }
     }
 
-    fn make_agent(&self, body_timeout: Option<Duration>) -> (ureq::Agent, Option<String>) {
+    fn make_agent(&self, body_timeout: Option<Duration>) -> (ureq::Agent, Option<Error>) {
         let options = &self.options;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -112,24 +92,44 @@ impl HttpTransport {
         if self.proxy.is_some() {
             config = config.proxy(self.proxy.clone());
         }
-        #[allow(unused_mut)]
-        let mut no_roots = None;
-        #[cfg(feature = "tls")]
-        {
-            let tls = match &self.tls {
-                Some(tls) => tls.clone(),
-                None => match system_roots() {
-                    Ok(certs) => tls_config(ureq::tls::RootCerts::new_with_certs(&certs)),
-                    Err(e) => {
-                        // Plain http:// still works; https:// fails in `agent` with this.
-                        no_roots = Some(e.to_string());
-                        tls_config(ureq::tls::RootCerts::new_with_certs(&[]))
-                    }
-                },
-            };
-            config = config.tls_config(tls);
-        }
+        // Plain http:// works without roots; https:// fails in `agent` with the reason.
+        let no_roots = match roots(options) {
+            Ok(_roots) => {
+                #[cfg(feature = "tls")]
+                {
+                    config = config.tls_config(tls_config(_roots));
+                }
+                None
+            }
+            Err(e) => Some(e),
+        };
         (ureq::Agent::new_with_config(config.build()), no_roots)
+    }
+}
+
+/// The roots `options` trusts for HTTPS: `ca_roots`, else the built-in roots (feature
+/// `webpki-roots`), else the system's bundle.
+#[cfg(feature = "tls")]
+fn roots(options: &FetchOptions) -> Result<ureq::tls::RootCerts> {
+    use ureq::tls::RootCerts;
+    match &options.ca_roots {
+        Some(path) => Ok(RootCerts::new_with_certs(&pem_roots(path)?)),
+        #[cfg(feature = "webpki-roots")]
+        None => Ok(RootCerts::WebPki),
+        #[cfg(not(feature = "webpki-roots"))]
+        None => Ok(RootCerts::new_with_certs(&system_roots()?)),
+    }
+}
+
+/// Without TLS there are no roots; `ca_roots` names a feature this build lacks.
+#[cfg(not(feature = "tls"))]
+fn roots(options: &FetchOptions) -> Result<()> {
+    match &options.ca_roots {
+        Some(path) => Err(Error::config(format!(
+            "ca_roots {} given, but this build has no TLS (feature \"tls\")",
+            path.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -725,7 +725,9 @@ rTPbyMtuh6A0S6makkfrf53PSPtBBA==
         let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
         // As if the system had no bundle (set before the first request makes the agent).
         let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
-        let _ = transport.agent.set((agent, Some("no CA bundle".into())));
+        let _ = transport
+            .agent
+            .set((agent, Some(Error::config("no CA bundle".to_string()))));
         let request = Request::default();
         let err = transport
             .get("HTTPS://127.0.0.1:9/x", &request)
@@ -737,22 +739,39 @@ rTPbyMtuh6A0S6makkfrf53PSPtBBA==
         assert_ne!(err.kind(), ErrorKind::Config, "{err}");
     }
 
+    /// An updater must be made (and its startup step, rollback and confirmation run) when
+    /// the `ca_roots` file is gone: a release that moved the file it shipped must still be
+    /// rolled back. The file is read by the first request, and only https:// needs it.
     #[test]
-    fn ca_roots_are_read_when_the_transport_is_made() {
+    fn ca_roots_are_read_by_the_first_request_and_only_https_needs_them() {
         let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
         let options = FetchOptions {
-            ca_roots: Some(dir.path().join("missing.pem")),
+            ca_roots: Some(missing.clone()),
             ..FetchOptions::default()
         };
-        assert_eq!(
-            HttpTransport::new(&options).unwrap_err().kind(),
-            ErrorKind::Io
+        let transport = HttpTransport::new(&options).unwrap();
+        let request = Request::default();
+        let err = transport
+            .get("https://127.0.0.1:9/x", &request)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
         );
+        let err = transport.get("http://127.0.0.1:9/x", &request).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+
         std::fs::write(dir.path().join("roots.pem"), CERT).unwrap();
         let options = FetchOptions {
             ca_roots: Some(dir.path().join("roots.pem")),
             ..FetchOptions::default()
         };
-        assert!(HttpTransport::new(&options).unwrap().tls.is_some());
+        let transport = HttpTransport::new(&options).unwrap();
+        let err = transport
+            .get("https://127.0.0.1:9/x", &request)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Network, "{err}");
     }
 }
