@@ -250,9 +250,10 @@ pub struct State {
     /// Recent events, oldest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
-    /// SHA-256 of the downloads fetched for a release not installed yet, which no
-    /// confirmation removes while that release ([`State::pending_for`], the newest such)
-    /// is newer than the one confirmed.
+    /// SHA-256 of the downloads of a release not installed yet (recorded as its download
+    /// starts, so a blob that finishes is never unrecorded), which no confirmation removes
+    /// while that release ([`State::pending_for`], the newest such) is newer than the one
+    /// confirmed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_downloads: Vec<String>,
     /// The newest release [`State::pending_downloads`] were fetched for.

@@ -1399,16 +1399,16 @@ impl Updater {
             .collect()
     }
 
-    /// Records the downloads `fetched` as pending for the release `version`, in one save
+    /// Records the downloads `wanted` as pending for the release `version`, in one save
     /// (none when nothing changes).
-    fn note_pending(&self, fetched: &[String], version: &Version) -> Result<()> {
-        if fetched.is_empty() {
+    fn note_pending(&self, wanted: &[String], version: &Version) -> Result<()> {
+        if wanted.is_empty() {
             return Ok(());
         }
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         let before = (st.pending_downloads.len(), st.pending_for.clone());
-        for sha in fetched {
+        for sha in wanted {
             if !st.pending_downloads.contains(sha) {
                 st.pending_downloads.push(sha.clone());
             }
@@ -1445,24 +1445,28 @@ impl Updater {
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
             remove_other_partials(&dir, plan);
-            let mut fetched = Vec::new();
-            let result = self.fetch_all(plan, &dir, progress, cancel, &mut fetched);
-            // What finished is recorded even when a later blob failed (it stays for the
-            // next call); a download that fetched nothing leaves the state as it was.
-            self.note_pending(&fetched, &plan.version)?;
-            result
+            // Recorded before the first blob finishes: a confirmation, which may run during
+            // the download (it takes no work lock), or after this process died, keeps every
+            // blob that finished. An entry whose blob never came is harmless: the blob is
+            // fetched again, and a confirmation forgets entries it no longer needs.
+            let wanted: Vec<String> = plan
+                .components
+                .iter()
+                .filter_map(with_artifact)
+                .map(|(_, a)| a.sha256.clone())
+                .collect();
+            self.note_pending(&wanted, &plan.version)?;
+            self.fetch_all(plan, &dir, progress, cancel)
         })
     }
 
-    /// The loop of [`Updater::download`]: fetches the plan's artifacts in turn, pushing
-    /// the SHA-256 of each that finishes onto `fetched`.
+    /// The loop of [`Updater::download`]: fetches the plan's artifacts in turn.
     fn fetch_all(
         &self,
         plan: &Offer,
         dir: &Path,
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
-        fetched: &mut Vec<String>,
     ) -> Result<()> {
         let total = plan.download_size();
         let mut before = 0u64;
@@ -1490,7 +1494,6 @@ impl Updater {
                 },
                 cancel,
             )?;
-            fetched.push(a.sha256.clone());
             before = before.saturating_add(a.size);
             // A cancel from the last progress call of a blob (the only one a small or
             // already complete blob gets) stops the call too; the blob stays for the

@@ -1032,6 +1032,49 @@ fn a_confirmation_keeps_a_reverted_component_downloaded_during_the_trial() {
     assert!(dev.state.join("downloads").join(&reverted).is_file());
 }
 
+/// A download that dies between its blobs (killed, or the power cut) recorded every blob
+/// of its release as pending before fetching the first: the confirmation of the trial
+/// that follows keeps the blob that finished, so the next download need not fetch it
+/// again.
+#[test]
+fn a_confirmation_keeps_the_finished_blobs_of_a_download_that_died() {
+    let repo = Repo::new("com.acme.kept-killed");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    publish(&repo, "1.0.1", "stable");
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    let src = repo.scratch("src");
+    let (first, second) = (src.join("a-first.bin"), src.join("b-second.bin"));
+    std::fs::write(&first, vec![1u8; 4096]).unwrap();
+    std::fs::write(&second, vec![2u8; 64 * 1024]).unwrap();
+    let components = [("a-first", first.as_path()), ("b-second", second.as_path())];
+    repo.release("stable", "1.0.2", "x86_64-linux", &components, &[]);
+    let sha = |file: &Path| evergreen::trust::sha256_hex(&std::fs::read(file).unwrap());
+    let blob = format!("blobs/sha256/{}", sha(&second));
+    let slow = Fault::Trickle {
+        bytes: 8,
+        every: std::time::Duration::from_millis(20),
+    };
+    server.set_fault(&blob, slow);
+    let out = signalled_update(&dev, &server, &blob, &["--download-only"], "-KILL");
+    assert_eq!(out.status.code(), None, "killed: {}", common::stderr(&out));
+    let finished = dev.state.join("downloads").join(sha(&first));
+    assert!(
+        finished.is_file(),
+        "the first blob finished before the second began"
+    );
+    dev.expect("confirm", &[], 0);
+    assert!(
+        finished.is_file(),
+        "the confirmation removed a finished download"
+    );
+}
+
 /// A release downloaded and never installed, then passed by a newer one, is no longer
 /// pending once that newer one is confirmed: its downloads are removed.
 #[test]
@@ -1062,6 +1105,18 @@ fn interrupted_update(
     path: &str,
     args: &[&str],
 ) -> std::process::Output {
+    signalled_update(dev, server, path, args, "-INT")
+}
+
+/// [`interrupted_update`] with another `signal` (a `kill` option: `-KILL` for a process
+/// that dies where it stands, as at a power cut).
+fn signalled_update(
+    dev: &common::Device,
+    server: &TestServer,
+    path: &str,
+    args: &[&str],
+    signal: &str,
+) -> std::process::Output {
     use std::time::{Duration, Instant};
     let mut child = std::process::Command::new(common::bin())
         .args(["update", "--config", dev.config.to_str().unwrap(), "--yes"])
@@ -1080,7 +1135,7 @@ fn interrupted_update(
     );
     std::thread::sleep(Duration::from_millis(200)); // well inside the request
     let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -1090,7 +1145,7 @@ fn interrupted_update(
     }
     if child.try_wait().unwrap().is_none() {
         let _ = child.kill();
-        panic!("evergreen update did not stop within 20 s of SIGINT");
+        panic!("evergreen update did not stop within 20 s of {signal}");
     }
     child.wait_with_output().unwrap()
 }
