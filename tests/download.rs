@@ -822,7 +822,7 @@ fn file_transport_refuses_a_fifo_without_waiting_for_a_writer() {
 /// A local blob file of another size than the signed one (a copy to a USB stick cut short)
 /// is an `io` error that says so; no GET or HTTP status was involved.
 #[test]
-fn file_transport_short_blob_is_an_io_error_naming_both_sizes() {
+fn file_transport_short_blob_is_an_io_error_naming_both_sizes_and_the_next_base_is_tried() {
     let repo = Repo::new(1000);
     std::fs::write(repo.path().join(repo.blob_path()), &repo.blob[..400]).unwrap();
     let downloads = TempDir::new().unwrap();
@@ -835,6 +835,16 @@ fn file_transport_short_blob_is_an_io_error_naming_both_sizes() {
         "{message}"
     );
     assert!(!message.contains("GET"), "{message}");
+
+    // A short copy ends its base only: the mirror after it serves the blob.
+    let whole = Repo::new(1000);
+    let server = TestServer::serve(whole.path());
+    let f = fetcher(
+        &[repo.path().display().to_string(), server.url()],
+        options(),
+    );
+    let path = download(&f, &whole.spec(), downloads.path()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), whole.blob);
 }
 
 /// A `file://` URL is read as RFC 8089 has it: the scheme in any case, `%XX` decoded,
@@ -1353,6 +1363,37 @@ fn a_download_that_fills_the_disk_says_so_and_leaves_the_room_it_took() {
     assert_no_completed_file(&downloads, &repo);
     // The room is there again: the state of a device could be saved.
     std::fs::write(downloads.join("state.json"), vec![b'x'; 256 * 1024]).unwrap();
+}
+
+/// The same when the file system fills as a 200 replaces kept bytes that differ: the body
+/// held in memory is longer than the kept bytes it replaces, and writing it over them can
+/// find no room. The `.part` goes as it does when a plain write fills the disk.
+#[test]
+fn replacing_kept_bytes_on_a_full_disk_says_so_and_leaves_the_room_it_took() {
+    let repo = Repo::new(SIZE);
+    let dir = TempDir::new().unwrap();
+    let small = dir.path().join("small");
+    let Some(_fs) = Mounted::tmpfs(&small, 512) else {
+        return;
+    };
+    let downloads = small.join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let part = part_path(&downloads, &repo);
+    std::fs::write(&part, vec![0u8; 64 * 1024]).unwrap();
+    mounts::fill(&small);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(&repo.blob_path(), Fault::IgnoreRange);
+    let f = fetcher(&[server.url()], options());
+    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(
+        err.message().contains(&format!(
+            "expected room for the {SIZE} bytes of the download, found the file system full after"
+        )),
+        "{err}"
+    );
+    assert!(!part.exists(), "the .part was kept");
+    assert_no_completed_file(&downloads, &repo);
 }
 
 /// Nor is a mirror's 404 the answer when the server fails in a way no retry round asks

@@ -211,7 +211,7 @@ impl Target<'_> {
     fn accept(&self, stream: &Stream, response: &Response, part: &Part) -> Result<(), Failure> {
         let url = stream.url;
         let remaining = match response.status {
-            200 => return Ok(self.check_whole_length(url, response)?),
+            200 => return self.check_whole_length(url, response),
             // `check_range` has vetted the offsets.
             206 => self.spec.size - part.len,
             _ => return Err(status_failure(url, response, &stream.fetcher.clock)),
@@ -225,21 +225,25 @@ impl Target<'_> {
     /// A 200 declaring a length other than the blob's is not the blob: larger is
     /// `too_large`, smaller (an error page served as 200) `http_status`, and a local file
     /// (a directory or USB stick as the server) of another size `io`, a copy cut short.
-    fn check_whole_length(&self, url: &str, response: &Response) -> Result<()> {
+    /// Each ends this base only: the next base (a mirror) may hold the whole blob.
+    fn check_whole_length(&self, url: &str, response: &Response) -> Result<(), Failure> {
         let size = self.spec.size;
         match response.content_length {
-            Some(len) if len > size => Err(too_large(url, size, &format!("{len} bytes declared"))),
-            Some(len) if len != size && !super::is_http(url) => Err(Error::new(
+            Some(len) if len > size => {
+                Err(too_large(url, size, &format!("{len} bytes declared")).into())
+            }
+            Some(len) if len != size && !super::is_http(url) => Err(Failure::next_base(Error::new(
                 ErrorKind::Io,
                 format!("reading {url}: expected the whole blob ({size} bytes), found a file of {len} bytes"),
-            )),
+            ))),
             Some(len) if len < size => Err(Error::new(
                 ErrorKind::HttpStatus,
                 format!(
                     "GET {url}: expected 200 with the whole blob ({size} bytes), found 200 \
                      with Content-Length {len}"
                 ),
-            )),
+            )
+            .into()),
             _ => Ok(()),
         }
     }
@@ -413,20 +417,21 @@ impl Stream<'_, '_> {
                 kept,
             }),
             Err(Stop::Read(e)) => Err(e),
-            Err(Stop::Write(e, at)) => Err(self.write_failed(path, file, at, e)),
+            // The file is closed on the way out, which frees what its removal gave back.
+            Err(Stop::Write(e, at)) => Err(self.write_failed(&path, at, e)),
         }
     }
 
-    /// The error of a failed write at byte `at` of the `.part`.
-    fn write_failed(&self, path: PathBuf, file: File, at: u64, e: io::Error) -> Error {
+    /// The error of a failed write at byte `at` of the `.part` at `path`, which the
+    /// caller closes.
+    fn write_failed(&self, path: &Path, at: u64, e: io::Error) -> Error {
         if !crate::fsutil::is_disk_full(&e) {
-            return Error::io("writing", &path, e);
+            return Error::io("writing", path, e);
         }
         // A `.part` that filled its file system can only grow once space is freed, and
         // until then it takes the room the state needs: every later check and startup
         // step would fail to save. It goes; the next update starts over.
-        drop(file);
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(path);
         Error::new(
             ErrorKind::Io,
             format!(
@@ -557,12 +562,11 @@ impl Stream<'_, '_> {
             held.extend_from_slice(&buf[..n]);
             meter.check(Instant::now(), done + n as u64, self.url)?;
         }
-        let path = &part.path;
         part.file
             .set_len(at)
             .and_then(|()| part.file.seek(SeekFrom::Start(at)))
             .and_then(|_| part.file.write_all(&held))
-            .map_err(|e| Error::io("writing", path, e))?;
+            .map_err(|e| self.write_failed(&part.path, at, e))?;
         hasher.update(&held);
         part.hasher = hasher;
         part.len = at + held.len() as u64;

@@ -569,6 +569,15 @@ impl Failure {
         }
     }
 
+    /// A failure of this base alone, whatever its kind: the next base is tried.
+    fn next_base(error: Error) -> Failure {
+        Failure {
+            error,
+            then: Then::NextBase,
+            wait: Duration::ZERO,
+        }
+    }
+
     /// The same failure, its message prefixed by `context`.
     fn context(self, context: impl std::fmt::Display) -> Failure {
         Failure {
