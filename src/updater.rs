@@ -1618,6 +1618,7 @@ impl Updater {
             }
         }
         let components = installed_components(plan);
+        let before = st.slot(slot).clone();
         *st.slot_mut(slot) = SlotRecord {
             status: SlotStatus::Installing,
             version: Some(plan.version.clone()),
@@ -1632,8 +1633,22 @@ impl Updater {
             "installing",
             format!("{} into slot {slot}", plan.version),
         );
+        // Marked first: a crash after the bootloader let go of the slot must not leave a
+        // record of a bootable release there.
         self.save(&st)?;
-        self.with_selector(|s| s.disable(slot))?;
+        if let Err(e) = self.with_selector(|s| s.disable(slot)) {
+            // Refused (GRUB will not leave no bootable slot) or failed: not a byte of the
+            // slot was written, so its record, often the fallback, comes back.
+            *st.slot_mut(slot) = before;
+            st.record((self.clock)(), "install_refused", e.to_string());
+            return Err(match self.save(&st) {
+                Ok(()) => e,
+                Err(saved) => Error::new(
+                    e.kind(),
+                    format!("{e}; and slot {slot}'s record was not restored: {saved}"),
+                ),
+            });
+        }
         Ok(Staging { slot, components })
     }
 

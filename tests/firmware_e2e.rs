@@ -1185,6 +1185,40 @@ fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
     assert_eq!(board.power_on(), Some(Slot::A));
 }
 
+/// A bootloader that refuses to let go of the idle slot (GRUB, on a board started without
+/// the startup step: its try of the running slot still counts, and disabling the other
+/// would leave no bootable slot) refuses the install before a byte is written, and the
+/// idle slot keeps its record: the fallback can still be rolled back to.
+#[test]
+fn a_selector_that_refuses_to_disable_the_idle_slot_keeps_the_fallback() {
+    let (repo, _server, board) = served_board("keepfallback", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    release_image(&repo, "2.0.0", MIB, 2);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["slot"], "b");
+    board.dev.expect("confirm", &[], 0);
+    let before = board.dev.status();
+    assert_eq!(before["slots"]["a"]["status"], "good", "{before}");
+    let a_before = board.slot_bytes(Slot::A);
+
+    // Started again, but the startup step never ran: GRUB's try of B still counts.
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.grub("B_TRY"), "1");
+    release_image(&repo, "3.0.0", MIB, 3);
+    let err = failed_update(&board);
+    assert!(
+        err.starts_with("error[invalid_state]: ") && err.contains("would leave no bootable slot"),
+        "{err}"
+    );
+    assert_eq!(board.dev.status()["slots"], before["slots"]);
+    assert_eq!(board.slot_bytes(Slot::A), a_before);
+    assert_eq!(board.grub("A_OK"), "1");
+    board.dev.expect("rollback", &[], 0);
+    assert_eq!(board.power_on(), Some(Slot::A));
+}
+
 /// The read-back reads the device, not the page cache the write filled: a loop device
 /// whose backing file loses a byte after the write (a medium that did not keep what it
 /// acknowledged, behind the slot's own cache) is refused with `hash_mismatch`. Another
