@@ -303,6 +303,34 @@ fn random_u64() -> Result<u64> {
     Ok(u64::from_le_bytes(raw))
 }
 
+/// The opened download of component `c`.
+fn opened<'a>(
+    files: &'a BTreeMap<String, std::fs::File>,
+    c: &ComponentChange,
+) -> Result<&'a std::fs::File> {
+    files.get(&c.name).ok_or_else(|| not_opened(c))
+}
+
+fn not_opened(c: &ComponentChange) -> Error {
+    Error::invalid_state(format!(
+        "component {}: expected a verified download to install ({}), found none opened",
+        c.name,
+        c.op.as_str()
+    ))
+}
+
+/// What an install error of component `c` is prefixed with: a refused entry names no
+/// component, and with several, which artifact to fix is the first thing its publisher
+/// needs to know.
+fn component_context(c: &ComponentChange, a: &Artifact) -> String {
+    format!(
+        "component {} ({} artifact {})",
+        c.name,
+        a.kind.as_str(),
+        a.sha256
+    )
+}
+
 fn running_slot_unknown(what: &str) -> Error {
     Error::invalid_state(format!(
         "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
@@ -1516,11 +1544,14 @@ impl Updater {
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
+            let archives = self.check_archives(plan, &files)?;
             let Staging { slot, components } = self.begin_install(plan)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
-                Store::Dir(slots) => self.install_dir(slots, slot, plan, &files, &components)?,
+                Store::Dir(slots) => {
+                    self.install_dir(slots, slot, plan, &files, archives, &components)?
+                }
                 Store::Image(images) => self.install_image(images, slot, plan, files)?,
             }
             self.finish_install(plan, slot, components)?;
@@ -1771,49 +1802,57 @@ impl Updater {
         Ok(files)
     }
 
+    /// Checks every zip the plan installs, as its extraction will, before the inactive slot
+    /// is cleared: a release that could never be installed (an entry the rules refuse)
+    /// leaves that slot, often the last good release, as it was.
+    fn check_archives(
+        &self,
+        plan: &Offer,
+        files: &BTreeMap<String, std::fs::File>,
+    ) -> Result<BTreeMap<String, stage::CheckedZip>> {
+        let limits = self.config.archive_limits();
+        let mut checked = BTreeMap::new();
+        for c in &plan.components {
+            let Some(a) = artifact_to_install(plan, c).filter(|a| a.kind == ArtifactKind::Zip)
+            else {
+                continue;
+            };
+            let file = opened(files, c)?;
+            let zip = stage::CheckedZip::check(file, a.installed_size, &limits)
+                .map_err(|e| e.context(component_context(c, a)))?;
+            checked.insert(c.name.clone(), zip);
+        }
+        Ok(checked)
+    }
+
     fn install_dir(
         &self,
         slots: &DirSlots,
         slot: Slot,
         plan: &Offer,
         files: &BTreeMap<String, std::fs::File>,
+        mut archives: BTreeMap<String, stage::CheckedZip>,
         components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
-        let limits = self.config.archive_limits();
         let dir = slots.prepare(slot)?;
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c) else {
                 continue;
             };
-            let file = files.get(&c.name).ok_or_else(|| {
-                Error::invalid_state(format!(
-                    "component {}: expected a verified download to install ({}), found none opened",
-                    c.name,
-                    c.op.as_str()
-                ))
-            })?;
             let dest = slots.component_dir(slot, &c.name);
             let staged = match a.kind {
-                ArtifactKind::Zip => {
-                    stage::extract_zip(file, &dest, a.installed_size, &limits).map(drop)
-                }
+                ArtifactKind::Zip => match archives.remove(&c.name) {
+                    Some(zip) => zip.extract(&dest).map(drop),
+                    None => Err(not_opened(c)),
+                },
                 ArtifactKind::File => {
                     let name = a.name.as_deref().unwrap_or(&c.name);
-                    stage::place_file(file, &dest, name).map(drop)
+                    stage::place_file(opened(files, c)?, &dest, name).map(drop)
                 }
                 // Refused by `check_installable`.
                 ArtifactKind::Image => Ok(()),
             };
-            // A refused entry names no component: with several, which artifact to fix
-            // is the first thing its publisher needs to know.
-            staged.map_err(|e| {
-                e.context(format!(
-                    "component {} ({} artifact {})",
-                    c.name,
-                    a.kind.as_str(),
-                    a.sha256
-                ))
-            })?;
+            staged.map_err(|e| e.context(component_context(c, a)))?;
             crate::fsutil::crash_point("component staged")?;
         }
         stage::make_durable(&dir)?;

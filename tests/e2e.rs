@@ -1132,6 +1132,41 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
 /// (a check of another channel failed with `Retry-After: 3600`), does not come back in the
 /// same second as the rest of the fleet: its next check is spread over the jitter after
 /// that hour, as after a failed check of its own.
+/// Every archive of a release is checked before the inactive slot is cleared: a release
+/// whose zip the rules refuse leaves the fallback release there, byte for byte, and it can
+/// still be rolled back to.
+#[test]
+fn a_refused_archive_leaves_the_fallback_release_in_its_slot() {
+    let setup = setup_with_1_0_0("com.acme.keptfallback");
+    let dev = &setup.dev;
+    install_and_confirm(dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    install_and_confirm(dev);
+    let before = dev.status();
+    let fallback = before["fallback"].as_str().unwrap().to_string();
+    assert_eq!(before["slots"][&fallback]["version"], "1.0.0", "{before}");
+    let kept = dev.root.join("slots").join(&fallback).join("app/VERSION");
+    assert_eq!(std::fs::read(&kept).unwrap(), b"1.0.0");
+
+    let hostile = setup.src.join("app-1.2.0.zip");
+    common::make_zip(&hostile, &[("VERSION", b"1.2.0"), ("../escape", b"x")]);
+    let app = [("app", hostile.as_path())];
+    setup
+        .repo
+        .release("stable", "1.2.0", "x86_64-linux", &app, &[]);
+    let out = dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error[unsafe_archive]: component app (zip artifact "),
+        "{err}"
+    );
+    assert_eq!(dev.status()["slots"], before["slots"]);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"1.0.0");
+    dev.expect("rollback", &[], 0);
+    assert_eq!(current(dev), Path::new("slots").join(&fallback));
+}
+
 /// `ca_roots` is read by the first https:// request, not when the updater is made: with
 /// the file gone (moved by the release that shipped it, or on a partition not mounted
 /// yet) a device still installs over http://, starts, confirms and rolls back.

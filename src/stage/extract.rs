@@ -74,34 +74,91 @@ pub fn extract_zip(
     installed_size: Option<u64>,
     limits: &ArchiveLimits,
 ) -> Result<ExtractStats> {
-    let file = archive
-        .try_clone()
-        .map_err(|e| Error::io("duplicate the descriptor of", dest, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("inspect the archive for", dest, e))?
-        .len();
-    let budget = Budget::new(installed_size, limits, len);
-    // Before the zip reader, which holds the whole central directory in memory: two
-    // million empty entries took 432 MB to be refused after it.
-    if let Some(count) = declared_entries(&file, len).filter(|n| *n > limits.max_entries) {
-        return Err(unsafe_archive(format!(
-            "expected at most {} zip entries, found {count} (as the end of its central directory declares)",
-            limits.max_entries
-        )));
-    }
-    let mut zip = ZipArchive::new(At {
-        file: Arc::new(file),
-        pos: 0,
-        len,
-    })
-    .map_err(|e| unsafe_archive(format!("expected a readable zip archive, found: {e}")))?;
-    let plan = plan(&mut zip, &budget, limits)?;
+    CheckedZip::check(archive, installed_size, limits)?.extract(dest)
+}
 
-    let staging = StagingDir::create(dest)?;
-    let stats = write(&zip, &plan, dest, &budget)?;
-    staging.finish(DIR_MODE)?;
-    Ok(stats)
+/// A zip archive that passed every check [`extract_zip`] makes before it writes anything
+/// (the *plan*: names, entry count, symlinks, methods, declared sizes and ratios), ready to
+/// be extracted. An installer checks every archive of a release this way before it clears
+/// the slot the release goes to, so a release that could never be installed leaves that
+/// slot, often the last good release, as it was.
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// use std::io::Write;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.zip");
+/// let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+/// w.start_file("../escape", zip::write::SimpleFileOptions::default()).unwrap();
+/// w.write_all(b"hello").unwrap();
+/// w.finish().unwrap();
+///
+/// let archive = std::fs::File::open(&path).unwrap();
+/// let limits = evergreen::stage::ArchiveLimits::default();
+/// let err = evergreen::stage::CheckedZip::check(&archive, None, &limits).unwrap_err();
+/// assert_eq!(err.kind(), evergreen::ErrorKind::UnsafeArchive);
+/// # Ok(()) }
+/// ```
+pub struct CheckedZip {
+    zip: ZipArchive<At>,
+    plan: Plan,
+    budget: Budget,
+}
+
+impl std::fmt::Debug for CheckedZip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedZip")
+            .field("entries", &self.plan.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckedZip {
+    /// Reads the central directory and local headers of the zip in `archive` (the verified
+    /// open file, read through a duplicate of its descriptor) and refuses it as
+    /// [`extract_zip`] would, writing nothing.
+    pub fn check(
+        archive: &File,
+        installed_size: Option<u64>,
+        limits: &ArchiveLimits,
+    ) -> Result<CheckedZip> {
+        let file = archive.try_clone().map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("duplicating the archive's descriptor: {e}"),
+            )
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("inspecting the archive: {e}")))?
+            .len();
+        let budget = Budget::new(installed_size, limits, len);
+        // Before the zip reader, which holds the whole central directory in memory: two
+        // million empty entries took 432 MB to be refused after it.
+        if let Some(count) = declared_entries(&file, len).filter(|n| *n > limits.max_entries) {
+            return Err(unsafe_archive(format!(
+                "expected at most {} zip entries, found {count} (as the end of its central directory declares)",
+                limits.max_entries
+            )));
+        }
+        let mut zip = ZipArchive::new(At {
+            file: Arc::new(file),
+            pos: 0,
+            len,
+        })
+        .map_err(|e| unsafe_archive(format!("expected a readable zip archive, found: {e}")))?;
+        let plan = plan(&mut zip, &budget, limits)?;
+        Ok(CheckedZip { zip, plan, budget })
+    }
+
+    /// Extracts the archive into the directory `dest`, as [`extract_zip`] describes; the
+    /// bytes actually inflated are still counted against every cap.
+    pub fn extract(self, dest: &Path) -> Result<ExtractStats> {
+        let staging = StagingDir::create(dest)?;
+        let stats = write(&self.zip, &self.plan, dest, &self.budget)?;
+        staging.finish(DIR_MODE)?;
+        Ok(stats)
+    }
 }
 
 fn unsafe_archive(message: impl Into<String>) -> Error {

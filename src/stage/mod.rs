@@ -1,7 +1,8 @@
 //! Staging: putting a release's components into the inactive slot (DESIGN §5.5).
 //!
 //! - [`extract_zip`] unpacks a `zip` artifact with our own extraction loop, refusing
-//!   anything that could escape the component directory or exhaust the disk;
+//!   anything that could escape the component directory or exhaust the disk
+//!   ([`CheckedZip`]: its checks first, before anything is written);
 //! - [`place_file`] puts a `file` artifact in place;
 //! - [`make_durable`] syncs a whole staged slot once, at the end;
 //! - [`diff`] says which components are Added / Removed / Modified / Unchanged.
@@ -14,7 +15,7 @@ mod extract;
 mod tree;
 
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
-pub use extract::extract_zip;
+pub use extract::{extract_zip, CheckedZip};
 pub use tree::{make_durable, place_file};
 
 use crate::error::{Error, ErrorKind, Result};
