@@ -372,7 +372,7 @@ fn attack_slow_retrieval() {
         },
     );
     refused(dev.download(&offer), ErrorKind::SlowRetrieval);
-    before.assert_unchanged(&dev);
+    before.assert_unchanged_but_pending(&dev);
 }
 
 /// TUF "slow retrieval attack" on metadata: the manifest trickles in; the check gives up
@@ -457,7 +457,7 @@ fn attack_blob_of_another_release() {
     w.serve(&format!("blobs/sha256/{}", wanted.sha256), old_bytes);
     let err = refused(dev.download(&offer), ErrorKind::HashMismatch);
     assert!(err.message().contains(&wanted.sha256), "{err}");
-    before.assert_unchanged(&dev);
+    before.assert_unchanged_but_pending(&dev);
 }
 
 /// TUF "wrong software installation": a release built for another target is never
@@ -918,7 +918,11 @@ fn hostile_install(zip: &[u8], device: serde_json::Value, escapes: &[PathBuf]) -
     let base = dev.app.parent().unwrap();
     assert_eq!(listing(base), ["app", "config.json", "root.json", "state"]);
     assert_eq!(listing(&dev.app), ["current", "slots"]);
-    assert_eq!(listing(&dev.app.join("slots")), ["a", "b"]);
+    // The inactive slot was emptied only when the refusal came while writing (bytes past
+    // what a header declared); the archive's plan refuses it before the slot is touched.
+    let slots = listing(&dev.app.join("slots"));
+    let primary = before.primary.as_str();
+    assert!(slots == ["a", "b"] || slots == [primary], "{slots:?}");
     let inactive = dev.slot_dir(before.primary.other());
     for entry in walk(&inactive) {
         assert!(
@@ -1195,7 +1199,7 @@ fn attack_redirect_to_another_host_or_scheme() {
             .set_fault("blobs/", Fault::Redirect(location.clone()));
         let err = refused(dev.download(&offer), ErrorKind::HttpStatus);
         assert!(err.message().contains(&location), "{err}");
-        before.assert_unchanged(&dev);
+        before.assert_unchanged_but_pending(&dev);
         w.server.clear_faults();
     }
     assert!(
@@ -1206,7 +1210,7 @@ fn attack_redirect_to_another_host_or_scheme() {
     w.server
         .set_fault("blobs/", Fault::Redirect(format!("{}/{blob}", evil.url())));
     refused(follower.download(&follower_offer), ErrorKind::HashMismatch);
-    follower_before.assert_unchanged(&follower);
+    follower_before.assert_unchanged_but_pending(&follower);
     evil.clear_faults();
     follower.download(&follower_offer).unwrap();
     assert_eq!(evil.requests(&blob).len(), 2, "followed both times");

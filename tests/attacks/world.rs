@@ -412,6 +412,14 @@ impl Snapshot {
         self.assert_unchanged_except(dev, &fields, &["root.json"]);
     }
 
+    /// For a refused download: as [`assert_unchanged`], except the record of the blobs the
+    /// release wants (`pending_downloads`, `pending_for`), which a download writes before
+    /// its first blob so that a confirmation never removes one that finished. It names
+    /// only blobs of the verified manifest.
+    pub fn assert_unchanged_but_pending(&self, dev: &Dev) {
+        self.assert_unchanged_except(dev, &["pending_downloads", "pending_for"], &[]);
+    }
+
     fn assert_unchanged_except(&self, dev: &Dev, fields: &[&str], files: &[&str]) {
         self.assert_primary_intact(dev);
         let strip = |mut s: Value| {
