@@ -170,12 +170,24 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
     Ok(())
 }
 
-/// Creates (or truncates) a temp file for [`persist`].
+/// The mode of every file the library creates (before the umask, which can only take
+/// bits away): whatever the process's umask, never writable by group or others, since
+/// the state, the trusted root and the slots' records decide what the device trusts and
+/// boots.
+pub const FILE_MODE: u32 = 0o644;
+
+/// Options that create a file with [`FILE_MODE`] (for writing; the caller adds the rest).
+pub fn create_options() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).mode(FILE_MODE);
+    options
+}
+
+/// Creates (or truncates) a temp file for [`persist`], with [`FILE_MODE`].
 pub fn create_temp(tmp: &Path) -> Result<File> {
     crash_point("create temp")?;
-    OpenOptions::new()
-        .write(true)
-        .create(true)
+    create_options()
         .truncate(true)
         .open(tmp)
         .map_err(|e| Error::io("create", tmp, e))
@@ -288,11 +300,9 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
     // Opened for reading when it exists: `flock` needs no more, and a lock file another
     // user created (a repository shared by operators) may not be writable.
     let file = match File::open(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_options().truncate(false).open(path)
+        }
         other => other,
     }
     .map_err(|e| Error::io("open lock file", path, e))?;

@@ -84,10 +84,11 @@ fn keep_spare(path: &Path, padded: &[u8]) {
         return;
     }
     let tmp = fsutil::temp_path(&spare);
-    if fs::write(&tmp, padded)
-        .and_then(|()| fs::rename(&tmp, &spare))
-        .is_err()
-    {
+    let written = fsutil::create_options()
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, padded));
+    if written.and_then(|()| fs::rename(&tmp, &spare)).is_err() {
         let _ = fs::remove_file(&tmp);
     }
 }

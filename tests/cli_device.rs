@@ -1075,6 +1075,49 @@ fn a_confirmation_keeps_the_finished_blobs_of_a_download_that_died() {
     );
 }
 
+/// Whatever the umask, nothing the updater writes is writable by group or others: the
+/// state, its spare, the trusted root, the downloads and the slots' records decide what
+/// the device trusts and boots, and the directories holding them are locked down too.
+#[test]
+fn files_written_under_an_open_umask_are_not_group_or_world_writable() {
+    let repo = Repo::new("com.acme.umask");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    for command in ["update --yes", "boot", "confirm"] {
+        let script = format!("umask 000; exec \"$0\" {command} --config \"$1\"",);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, common::bin().to_str().unwrap()])
+            .arg(&dev.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", common::stderr(&out));
+    }
+    let mut seen = 0;
+    for top in [&dev.state, &dev.root] {
+        let mut stack = vec![top.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+                if meta.file_type().is_symlink() {
+                    continue;
+                }
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                assert_eq!(mode & 0o022, 0, "{} is {mode:o}", entry.path().display());
+                seen += 1;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    for name in ["state.json", "root.json", "downloads"] {
+        assert!(dev.state.join(name).exists(), "{name} was not written");
+    }
+    assert!(seen > 8, "{seen} files looked at");
+}
+
 /// A release downloaded and never installed, then passed by a newer one, is no longer
 /// pending once that newer one is confirmed: its downloads are removed.
 #[test]

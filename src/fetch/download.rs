@@ -14,7 +14,7 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::trust::hex;
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -296,10 +296,8 @@ struct Part {
 impl Part {
     /// Opens (or creates) the `.part` and re-hashes what it holds, positioned at its end.
     fn open(path: &Path, size: u64) -> Result<Part> {
-        let mut file = OpenOptions::new()
+        let mut file = crate::fsutil::create_options()
             .read(true)
-            .write(true)
-            .create(true)
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io("opening", path, e))?;

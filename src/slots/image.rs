@@ -420,7 +420,9 @@ fn open_slot(path: &Path, size: u64) -> Result<(File, bool)> {
 /// no claim; `check_fits` takes one only to see whether it can, and lets it go.
 fn open_unused(path: &Path, size: u64, write: bool) -> Result<(File, bool)> {
     let exclusive = is_block_path(path);
-    let mut options = OpenOptions::new();
+    // A plain file made here gets the library's mode: a slot others could write could be
+    // changed after its read-back.
+    let mut options = crate::fsutil::create_options();
     options
         .read(!write)
         .write(write)
