@@ -227,15 +227,34 @@ fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<Stri
         .flatten()
 }
 
-/// The inactive slot when it holds `offer`'s release staged (installed, not activated:
-/// the same version, from the same channel) with another `critical` than the offer's.
-fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
+/// The inactive slot when it holds `offer`'s release staged: installed, not activated, and
+/// the same release (see [`holds_release`]).
+fn staged(st: &State, offer: &Offer) -> Option<Slot> {
     let slot = st.fallback();
     let record = st.slot(slot);
-    let same_release = record.version.as_ref() == Some(&offer.version)
-        && record.channel.as_deref() == Some(offer.channel.as_str());
-    (record.status == SlotStatus::Installed && same_release && record.critical != offer.critical)
-        .then_some(slot)
+    (record.status == SlotStatus::Installed && holds_release(record, offer)).then_some(slot)
+}
+
+/// Whether `record` is of `offer`'s release: the same version from the same channel, with
+/// the same components from the same artifacts. A version alone names one build only
+/// within a channel: another channel may publish other bytes under it.
+fn holds_release(record: &SlotRecord, offer: &Offer) -> bool {
+    let wanted = &offer.target.components;
+    record.version.as_ref() == Some(&offer.version)
+        && record.channel.as_deref() == Some(offer.channel.as_str())
+        && record.components.len() == wanted.len()
+        && wanted.iter().all(|(name, c)| {
+            record
+                .components
+                .get(name)
+                .is_some_and(|i| i.sha256 == c.artifact.sha256)
+        })
+}
+
+/// The inactive slot when it holds `offer`'s release staged with another `critical` than
+/// the offer's.
+fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
+    staged(st, offer).filter(|slot| st.slot(*slot).critical != offer.critical)
 }
 
 /// The artifact component `c` of `plan` is installed from: the release's own, downloaded
@@ -637,6 +656,14 @@ impl Updater {
     /// check is due.
     pub fn next_check(&self) -> Result<Timestamp> {
         self.next_check_of(&self.load_state()?)
+    }
+
+    /// The inactive slot when it already holds `offer`'s release, installed and not yet
+    /// activated (a deploy policy deferred it): the same version from the same channel,
+    /// with the same components from the same artifacts. Activate it instead of installing
+    /// it again, which would rewrite the slot (a whole partition on firmware) for nothing.
+    pub fn staged_slot(&self, offer: &Offer) -> Result<Option<Slot>> {
+        Ok(staged(&self.load_state()?, offer))
     }
 
     /// The clock of this run (DESIGN §5.1 rule 4): the host's, but never earlier than the

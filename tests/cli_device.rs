@@ -1327,6 +1327,42 @@ fn a_staged_release_is_not_installed_again_by_the_next_update() {
     assert_eq!(dev.status()["slots"]["a"]["status"], "trial");
 }
 
+/// A version names one build only within its channel: a release staged from stable is not
+/// what `update --channel preview` activates when preview publishes other bytes under the
+/// same version. Preview's build is installed over it.
+#[test]
+fn a_staged_release_of_another_channel_is_not_activated_for_the_same_version() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.staged.other");
+    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
+    config["deploy"] = serde_json::json!({"policy": "download_only"});
+    std::fs::write(&dev.config, config.to_string()).unwrap();
+    publish(&repo, "1.0.1", "stable");
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
+    let rebuilt = repo.scratch("src").join("preview-build");
+    std::fs::create_dir_all(&rebuilt).unwrap();
+    let file = rebuilt.join("settings-1.0.1.json");
+    std::fs::write(&file, b"{\"version\": \"1.0.1\", \"build\": \"preview\"}").unwrap();
+    repo.release(
+        "preview",
+        "1.0.1",
+        "x86_64-linux",
+        &[("config", &file)],
+        &[],
+    );
+    let out = dev.expect("update", &["--yes", "--channel", "preview"], 0);
+    assert!(!out.contains("already installed"), "{out}");
+    let installed = dev.root.join("slots/a/config/settings-1.0.1.json");
+    assert_eq!(
+        std::fs::read(installed).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    dev.expect("activate", &[], 0);
+    let status = dev.status();
+    assert_eq!(status["slots"]["a"]["status"], "trial", "{status}");
+    assert_eq!(status["channel"], "preview", "{status}");
+}
+
 /// `check --channel` looks without switching: the device's poll schedule (the last
 /// check, the failure backoff) stays that of its own channel.
 #[test]

@@ -6,7 +6,6 @@ use clap::{Args, Subcommand};
 use evergreen::config::{SelectorConfig, SlotsConfig};
 use evergreen::slots::grub::GrubEnv;
 use evergreen::slots::uboot::UBootEnv;
-use evergreen::slots::Slot;
 use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Startup, Updater};
 use semver::Version;
 use serde_json::json;
@@ -285,20 +284,6 @@ fn check_on(up: &Updater, channel: Option<&str>, version: Option<&Version>) -> R
     Ok(check)
 }
 
-/// The inactive slot when it already holds `offer`'s release, installed and not yet
-/// activated (a deploy policy deferred it): installing it again on every `update` would
-/// rewrite the slot (a whole partition on firmware) for nothing. A version names one build
-/// for good: publishing another build under it is refused.
-fn staged_slot(up: &Updater, offer: &Offer) -> Result<Option<Slot>> {
-    let status = up.status()?;
-    let inactive = status.primary.other();
-    Ok(status
-        .slots
-        .get(&inactive)
-        .filter(|s| s.status == "installed" && s.version.as_ref() == Some(&offer.version))
-        .map(|_| inactive))
-}
-
 /// `evergreen update`: check, show the diff, ask, download, install, activate.
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
@@ -329,7 +314,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     }
     let staged = match args.download_only {
         true => None,
-        false => staged_slot(&up, &offer)?,
+        false => up.staged_slot(&offer)?,
     };
     let plan = match staged {
         Some(_) => offer,
