@@ -39,6 +39,7 @@ use crate::manifest::{
 };
 use crate::name_map::NameMap;
 use crate::select;
+use crate::stage;
 use crate::time::Timestamp;
 use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, TrustedRoot};
 use semver::Version;
@@ -1765,7 +1766,31 @@ fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
             ))
         })?;
     }
+    check_zip_for_every_device(path, shown_as, total)?;
     Ok(total)
+}
+
+/// Refuses a zip that every device would refuse, whatever its config: the rules of
+/// [`stage::CheckedZip`] no device can relax (entry names, duplicates and case
+/// collisions, overlapping entries, methods, encryption, symlinks that escape). The
+/// limits each device sets for itself (`archive` in its config: symlinks at all, the
+/// ratio, the entry count, the size) are left to it.
+fn check_zip_for_every_device(path: &Path, shown_as: &Path, installed_size: u64) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let most_lenient = stage::ArchiveLimits {
+        max_installed_bytes: u64::MAX,
+        max_entries: u64::MAX,
+        max_ratio: u64::MAX,
+        allow_symlinks: true,
+    };
+    stage::CheckedZip::check(&file, Some(installed_size), &most_lenient)
+        .map(drop)
+        .map_err(|e| {
+            e.context(format!(
+                "{}: every device would refuse this archive",
+                shown_as.display()
+            ))
+        })
 }
 
 /// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,

@@ -194,6 +194,52 @@ fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
     serde_json::from_slice(&payload).unwrap()
 }
 
+/// A zip every device would refuse, whatever its config (here an entry that climbs out of
+/// its component), is refused by `release` before anything is published; one with a
+/// symlink, which devices allow or not by their own config, is published.
+#[test]
+fn release_refuses_a_zip_every_device_would_refuse() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let write = |name: &str, entries: &[(&str, Option<&str>)]| {
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        let options = zip::write::SimpleFileOptions::default();
+        for (entry, link) in entries {
+            match link {
+                Some(target) => zip.add_symlink(*entry, *target, options).unwrap(),
+                None => {
+                    zip.start_file(*entry, options).unwrap();
+                    zip.write_all(b"x").unwrap();
+                }
+            }
+        }
+        zip.finish().unwrap();
+    };
+    write("escape.zip", &[("bin/app", None), ("../escape", None)]);
+    let err = fails(
+        dir,
+        &release_args("1.0.0", &["--component", "app=escape.zip"]),
+    );
+    assert!(
+        err.starts_with("error[unsafe_archive]: ")
+            && err.contains("escape.zip: every device would refuse this archive"),
+        "{err}"
+    );
+    assert!(!dir.join("repo/channels/nightly.json").exists());
+    let blobs = std::fs::read_dir(dir.join("repo/blobs/sha256")).map_or(0, |d| d.count());
+    assert_eq!(blobs, 0, "a blob was published");
+
+    write(
+        "linked.zip",
+        &[
+            ("lib/libapp.so.1", None),
+            ("lib/libapp.so", Some("libapp.so.1")),
+        ],
+    );
+    release_version(dir, "1.0.0", &["--component", "app=linked.zip"]);
+}
+
 #[test]
 fn keygen_writes_a_private_key_and_prints_only_the_keyid() {
     let dir = tempfile::tempdir().unwrap();
