@@ -1276,17 +1276,22 @@ impl Updater {
             TrustConfig::Root(root) => root,
         };
         let saved = self.state_dir().join("root.json");
-        let kept = if saved.exists() {
-            Some(self.load_root(&saved)?)
-        } else {
-            None
+        // A saved root for another product is a device moved by hand (`config`); a damaged
+        // one (a bad block, a cut write outside this library) is as if none were saved:
+        // the configured root is the start again, and the walk must reach the version
+        // recorded in the state (`root_version`), so nothing older is trusted.
+        let kept = match self.load_root(&saved) {
+            Ok(kept) => Some(kept),
+            Err(e) if !saved.exists() || e.kind() != ErrorKind::Config => None,
+            Err(e) => return Err(e),
         };
         let pinned = match (self.load_root(pinned_path), &kept) {
             (Ok(pinned), _) => pinned,
-            // The saved chain stands on its own: a configured root that cannot be read (a
-            // firmware that ships none, a damaged file) must not keep the device from the
-            // release that brings it back.
-            (Err(e), Some(kept)) if e.kind() == ErrorKind::Io => kept.clone(),
+            // The saved chain stands on its own: a configured root that cannot be used (a
+            // firmware that ships none, a damaged or truncated file) must not keep the
+            // device from the release that brings it back. One for another product is a
+            // misconfiguration, said as such.
+            (Err(e), Some(kept)) if e.kind() != ErrorKind::Config => kept.clone(),
             (Err(e), _) => return Err(e),
         };
         // A state from before the record takes the roots it was configured with (the saved

@@ -1429,6 +1429,39 @@ fn a_missing_configured_root_leaves_the_saved_chain_in_use() {
     assert!(matches!(r, Ok(Check::Available(_))), "{r:?}");
 }
 
+/// Nor does a configured root that is there but damaged (cut short, a flipped byte): the
+/// firmware that shipped it must not keep the device from the release that repairs it.
+#[test]
+fn a_damaged_configured_root_leaves_the_saved_chain_in_use() {
+    let (w, dev) = World::installed();
+    let configured = dev.config.parent().unwrap().join("root.json");
+    let bytes = std::fs::read(&configured).unwrap();
+    std::fs::write(&configured, &bytes[..bytes.len() / 2]).unwrap();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let r = dev.updater.check();
+    assert!(matches!(r, Ok(Check::Available(_))), "{r:?}");
+}
+
+/// A damaged saved root is as if none were saved: the device starts from its configured
+/// root again and walks the chain, which must reach the version it trusted before.
+#[test]
+fn a_damaged_saved_root_is_walked_again_from_the_configured_one() {
+    let (w, dev) = World::installed();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert_eq!(dev.state_json()["root_version"], 2);
+    std::fs::write(dev.state.join("root.json"), b"{\"payloadType\": ").unwrap();
+    // Root 1 alone cannot verify the manifest, which only root 2's key signs.
+    let r = dev.updater.check();
+    assert!(matches!(r, Ok(Check::UpToDate)), "{r:?}");
+    assert_eq!(dev.state_json()["root_version"], 2);
+    let saved = std::fs::read(dev.state.join("root.json")).unwrap();
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&saved).is_ok(),
+        "root.json not rewritten"
+    );
+}
+
 /// A state.json written before `root_keys` and `manifest_keys` existed still checks.
 #[test]
 fn a_state_from_before_the_trust_records_still_checks() {
