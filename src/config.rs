@@ -613,15 +613,6 @@ impl Config {
             TrustConfig::Keys { .. } => self.trust.key_set().map(drop),
         }
     }
-
-    /// The rollout identity: `device_id` from the config, else the contents of
-    /// [`MACHINE_ID_PATH`], read now (a config is often parsed before the system is up).
-    pub fn resolve_device_id(&self) -> Result<String> {
-        match &self.device_id {
-            Some(id) => Ok(id.clone()),
-            None => read_machine_id(Path::new(MACHINE_ID_PATH)),
-        }
-    }
 }
 
 /// Reads a machine id file such as `/etc/machine-id` (trimmed). An empty file or systemd's
@@ -1353,10 +1344,7 @@ mod tests {
     }
 
     #[test]
-    fn device_id_comes_from_the_config_or_the_machine_id_file() {
-        let c = parse(&with("device_id", Some(json!("dev-42")))).unwrap();
-        assert_eq!(c.resolve_device_id().unwrap(), "dev-42");
-
+    fn a_machine_id_file_is_read_trimmed_and_refused_when_empty_or_uninitialized() {
         let dir = tempfile::tempdir().unwrap();
         let id = dir.path().join("machine-id");
         std::fs::write(&id, "0123456789abcdef\n").unwrap();

@@ -1164,27 +1164,43 @@ impl Updater {
         })
     }
 
-    /// The device id for rollout buckets: configured, else `/etc/machine-id`, else one
-    /// generated once and kept in the state directory.
+    /// The device id for rollout buckets: configured, else the one kept in the state
+    /// directory, else `/etc/machine-id` (kept from then on), else one generated once and
+    /// kept. Kept because a rollout's promise is that a device, once in, stays in as the
+    /// percentage grows: a machine id made afresh at every boot (systemd's, on a read-only
+    /// root file system without one) would draw a new bucket at every check, and a device
+    /// that rebooted daily would be in a 5 % rollout within weeks.
     fn device_id(&self) -> Result<String> {
-        if let Some(id) = self.known_device_id() {
+        if let Some(id) = self.kept_device_id() {
             return Ok(id);
         }
-        let mut raw = [0u8; 16];
-        crate::trust::fill_random(&mut raw)?;
-        let id = crate::trust::hex(&raw);
+        let id = match crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)) {
+            Ok(id) => id,
+            Err(_) => {
+                let mut raw = [0u8; 16];
+                crate::trust::fill_random(&mut raw)?;
+                crate::trust::hex(&raw)
+            }
+        };
         crate::fsutil::write_atomic(&self.device_id_path(), id.as_bytes())?;
         Ok(id)
     }
 
-    /// The device id when there is one, without making one: configured, else the machine
-    /// id, else the one kept in the state directory.
+    /// The device id when there is one, without keeping one: as [`Updater::device_id`]
+    /// finds it.
     fn known_device_id(&self) -> Option<String> {
-        // A missing, empty or `uninitialized` machine id falls through to our own id.
-        self.config
-            .resolve_device_id()
-            .or_else(|_| crate::config::read_machine_id(&self.device_id_path()))
-            .ok()
+        self.kept_device_id().or_else(|| {
+            crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)).ok()
+        })
+    }
+
+    /// The configured device id, else the one kept in the state directory.
+    fn kept_device_id(&self) -> Option<String> {
+        match &self.config.device_id {
+            Some(id) => Some(id.clone()),
+            // An empty or `uninitialized` file is as if there were none.
+            None => crate::config::read_machine_id(&self.device_id_path()).ok(),
+        }
     }
 
     fn device_id_path(&self) -> PathBuf {

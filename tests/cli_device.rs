@@ -1075,6 +1075,54 @@ fn a_confirmation_keeps_the_finished_blobs_of_a_download_that_died() {
     );
 }
 
+/// Without a configured `device_id`, the rollout identity is read once (the machine id,
+/// or one generated when there is none) and kept in `<state_dir>/device-id`, which wins
+/// from then on: a machine id made afresh at every boot must not draw a new rollout bucket
+/// at every check.
+#[test]
+fn the_rollout_identity_is_kept_once_read() {
+    use evergreen::select::rollout_bucket;
+    let repo = Repo::new("com.acme.keptid");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"device_id": null}),
+    );
+    dev.expect("update", &["--yes"], 0);
+    let kept_path = dev.state.join("device-id");
+    let first = std::fs::read_to_string(&kept_path).expect("the identity was kept");
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    if !machine.trim().is_empty() && machine.trim() != "uninitialized" {
+        assert_eq!(first, machine.trim(), "the machine id is the identity");
+    }
+    // A kept identity in a 50 % rollout that the first one is not in: the kept one decides.
+    let version = semver::Version::new(1, 1, 0);
+    let bucket = |id: &str| rollout_bucket("com.acme.keptid", id, &version);
+    let (first_bucket, mut kept) = (bucket(first.trim()), None);
+    for n in 0..1000 {
+        let id = format!("kept-{n}");
+        let b = bucket(&id);
+        if (first_bucket >= 5000) == (b < 5000) {
+            kept = Some((id, b < 5000));
+            break;
+        }
+    }
+    let (kept, kept_in) = kept.unwrap();
+    std::fs::write(&kept_path, &kept).unwrap();
+    let file = repo.scratch("src").join("settings-1.1.0.json");
+    std::fs::write(&file, b"{}").unwrap();
+    repo.release(
+        "stable",
+        "1.1.0",
+        "x86_64-linux",
+        &[("config", &file)],
+        &["--rollout", "50"],
+    );
+    let expected = if kept_in { 10 } else { 0 };
+    dev.expect("check", &[], expected);
+}
+
 /// Whatever the umask, nothing the updater writes is writable by group or others: the
 /// state, its spare, the trusted root, the downloads and the slots' records decide what
 /// the device trusts and boots, and the directories holding them are locked down too.

@@ -1133,8 +1133,8 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
 /// same second as the rest of the fleet: its next check is spread over the jitter after
 /// that hour, as after a failed check of its own.
 /// Every archive of a release is checked before the inactive slot is cleared: a release
-/// whose zip the rules refuse leaves the fallback release there, byte for byte, and it can
-/// still be rolled back to.
+/// whose zip this device's rules refuse leaves the fallback release there, byte for byte,
+/// and it can still be rolled back to.
 #[test]
 fn a_refused_archive_leaves_the_fallback_release_in_its_slot() {
     let setup = setup_with_1_0_0("com.acme.keptfallback");
@@ -1148,8 +1148,14 @@ fn a_refused_archive_leaves_the_fallback_release_in_its_slot() {
     let kept = dev.root.join("slots").join(&fallback).join("app/VERSION");
     assert_eq!(std::fs::read(&kept).unwrap(), b"1.0.0");
 
+    // A symlink, which this device's config (`archive.allow_symlinks`: false) refuses.
     let hostile = setup.src.join("app-1.2.0.zip");
-    common::make_zip(&hostile, &[("VERSION", b"1.2.0"), ("../escape", b"x")]);
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&hostile).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file("VERSION", options).unwrap();
+    std::io::Write::write_all(&mut zip, b"1.2.0").unwrap();
+    zip.add_symlink("run.sh", "VERSION", options).unwrap();
+    zip.finish().unwrap();
     let app = [("app", hostile.as_path())];
     setup
         .repo
