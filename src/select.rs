@@ -745,6 +745,51 @@ pub fn deploy(policy: &DeployPolicy, critical: bool, now: Timestamp) -> Deploy {
     }
 }
 
+/// How far the host's clock may read behind the newest manifest's `issued` and still judge
+/// a maintenance window: a publisher's clock may run a little ahead of the device's.
+pub const WINDOW_CLOCK_SKEW_S: i64 = 3600;
+
+/// The deploy policy on the host's `clock`, with `newest_issued` the newest `issued` this
+/// device has verified (DESIGN §5.1 rule 4). An `at` time is judged, as rollouts are, on
+/// the clock pulled up to `newest_issued`: time only moves forward, so that lower bound is
+/// a safe answer. A maintenance window repeats, and a lower bound on the time says nothing
+/// of the time of day: it is judged on the host's clock, and while that clock reads more
+/// than [`WINDOW_CLOCK_SKEW_S`] before `newest_issued` (it lost power, or is not set yet)
+/// the answer is to wait, even for a critical release, rather than restart a device at an
+/// hour the window was set to keep free.
+///
+/// ```
+/// use evergreen::select::{deploy_on_clock, Deploy, DeployPolicy, TimeOfDay, Weekday, Window};
+/// let (start, end) = (TimeOfDay::new(2, 0).unwrap(), TimeOfDay::new(4, 0).unwrap());
+/// let window = Window::new(vec![Weekday::Sat], start, end, "+00:00".parse().unwrap()).unwrap();
+/// let policy = DeployPolicy::Window(window);
+/// let issued = Some("2026-11-21T02:30:00Z".parse().unwrap()); // a Saturday
+/// let saturday = "2026-11-21T03:00:00Z".parse().unwrap();
+/// assert_eq!(deploy_on_clock(&policy, false, saturday, issued), Deploy::Now);
+/// let lost_power = "1970-01-01T00:00:00Z".parse().unwrap();
+/// assert!(matches!(deploy_on_clock(&policy, true, lost_power, issued), Deploy::Wait { .. }));
+/// ```
+pub fn deploy_on_clock(
+    policy: &DeployPolicy,
+    critical: bool,
+    clock: Timestamp,
+    newest_issued: Option<Timestamp>,
+) -> Deploy {
+    let now = crate::manifest::effective_now(clock, newest_issued);
+    let DeployPolicy::Window(window) = policy else {
+        return deploy(policy, critical, now);
+    };
+    match newest_issued {
+        Some(issued) if clock < issued.plus_secs(-WINDOW_CLOCK_SKEW_S) => Deploy::Wait {
+            until: window.next_start(now),
+            reason: format!(
+                "the clock reads {clock}, more than an hour before the newest manifest was issued ({issued}): the maintenance window ({window}) is judged once the clock is set"
+            ),
+        },
+        _ => deploy(policy, critical, clock),
+    }
+}
+
 /// The longest backoff, as a multiple of the polling interval (DESIGN §5.3).
 pub const MAX_BACKOFF_FACTOR: u64 = 4;
 

@@ -666,6 +666,16 @@ impl Updater {
         Ok(staged(&self.load_state()?, offer))
     }
 
+    /// The deploy policy now, on this updater's clock ([`select::deploy_on_clock`]).
+    fn deploy(&self, st: &State, critical: bool) -> Deploy {
+        select::deploy_on_clock(
+            &self.config.deploy,
+            critical,
+            (self.clock)(),
+            st.newest_issued,
+        )
+    }
+
     /// The clock of this run (DESIGN §5.1 rule 4): the host's, but never earlier than the
     /// newest `issued` this device has verified. Selection and the deploy policy read it,
     /// so a device whose clock lost power still honours a rollout halted since.
@@ -1076,7 +1086,7 @@ impl Updater {
                 format!("version {} vanished from the manifest", choice.version),
             )
         })?;
-        let offer = self.offer(st, manifest, release, &choice, now, followed)?;
+        let offer = self.offer(st, manifest, release, &choice, followed)?;
         // Before the event: a host that activates from its callback must find the record
         // the offer describes. Not after a one-off pinned check: it looks at its release
         // alone, not at critical releases past it, and would unforce a staged update.
@@ -1131,7 +1141,6 @@ impl Updater {
         manifest: &Manifest,
         release: &Release,
         choice: &select::Choice,
-        now: Timestamp,
         device_channel: String,
     ) -> Result<Offer> {
         let target = release.targets.get(&self.config.target).ok_or_else(|| {
@@ -1157,7 +1166,7 @@ impl Updater {
             notes: release.notes.clone(),
             security_version: release.security_version,
             components: self.diff_against_primary(st, target),
-            deploy: select::deploy(&self.config.deploy, choice.critical, now),
+            deploy: self.deploy(st, choice.critical),
             target: target.clone(),
             device_channel,
             issuer: self.id,
@@ -1967,9 +1976,7 @@ impl Updater {
             // stranded first trial) may have raised it past the staged release.
             check_floor(&st, slot, "a slot to activate")?;
             if !force {
-                if let Deploy::Wait { until, reason } =
-                    select::deploy(&self.config.deploy, record.critical, self.now(&st))
-                {
+                if let Deploy::Wait { until, reason } = self.deploy(&st, record.critical) {
                     self.emit(Event::Deferred {
                         version: version.to_string(),
                         until: Some(until),
@@ -2187,7 +2194,6 @@ impl Updater {
                     return Err(e);
                 }
             };
-            let now = self.now(&st);
             let st = self.save_check(&st)?;
             // The state may have moved during the fetch (a rollback, from another process).
             if st.installed_version() != Some(&version) {
@@ -2211,7 +2217,7 @@ impl Updater {
                 stepping_stone: false,
             };
             let mut offer =
-                self.offer(&st, &manifest, release, &repair, now, manifest.channel.clone())?;
+                self.offer(&st, &manifest, release, &repair, manifest.channel.clone())?;
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;

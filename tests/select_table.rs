@@ -2,9 +2,9 @@
 
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
-    bucket_in_rollout, deploy, first_check, in_rollout, next_check, poll_draw, retry_not_before,
-    rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy, Device, Policy,
-    MAX_RETRY_AFTER_S,
+    bucket_in_rollout, deploy, deploy_on_clock, first_check, in_rollout, next_check, poll_draw,
+    retry_not_before, rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy, Device,
+    Policy, MAX_RETRY_AFTER_S,
 };
 use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
@@ -800,6 +800,84 @@ fn deploy_table() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// On the host's clock with the newest `issued` seen: a window is judged on the host's
+/// clock (a publisher's a little ahead is no reason to wait), and not at all while that
+/// clock is known wrong; an `at` time on the clock pulled up to `issued`.
+#[test]
+fn the_window_is_judged_on_the_host_clock_and_waits_while_it_is_wrong() {
+    let at = r#"{"policy": "at", "at": "2026-11-27T12:00:00Z"}"#;
+    // Issued inside Friday night's window, Friday 23:30.
+    let issued = Some(ts("2026-11-27T23:30:00Z"));
+    let rows: &[(&str, &str, bool, &str, Option<&str>)] = &[
+        (
+            "inside, clock right",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T23:40:00Z",
+            None,
+        ),
+        (
+            "inside, clock 10 min behind the publisher's",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T23:20:00Z",
+            None,
+        ),
+        (
+            "outside on the host's clock, though issued inside",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-28T02:00:00Z",
+            Some("2026-12-04T23:00:00Z"),
+        ),
+        (
+            "clock lost power",
+            FRIDAY_NIGHT,
+            false,
+            "1970-01-01T00:00:00Z",
+            Some("2026-12-04T23:00:00Z"),
+        ),
+        (
+            "clock lost power, critical",
+            FRIDAY_NIGHT,
+            true,
+            "1970-01-01T00:00:00Z",
+            Some("2026-12-04T23:00:00Z"),
+        ),
+        (
+            "clock a day behind",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-26T23:30:00Z",
+            Some("2026-12-04T23:00:00Z"),
+        ),
+        (
+            "an at time passed by issued, clock lost power",
+            at,
+            false,
+            "1970-01-01T00:00:00Z",
+            None,
+        ),
+    ];
+    for (name, json, critical, clock, want) in rows {
+        let got = deploy_on_clock(&policy(json), *critical, ts(clock), issued);
+        match (&got, want) {
+            (Deploy::Now, None) => {}
+            (Deploy::Wait { until, .. }, Some(t)) if *until == ts(t) => {}
+            _ => panic!("{name}: expected {want:?}, got {got:?}"),
+        }
+    }
+    let Deploy::Wait { reason, .. } = deploy_on_clock(
+        &policy(FRIDAY_NIGHT),
+        false,
+        ts("1970-01-01T00:00:00Z"),
+        issued,
+    ) else {
+        unreachable!()
+    };
+    assert!(reason.contains("judged once the clock is set"), "{reason}");
 }
 
 #[test]
