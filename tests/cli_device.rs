@@ -347,12 +347,17 @@ fn confirmed_1_0_0(product: &str) -> (Repo, common::Device) {
     (repo, dev)
 }
 
-#[test]
-fn a_channel_switched_after_staging_survives_the_activation() {
-    let (repo, dev) = confirmed_1_0_0("com.acme.staged");
+/// Sets `dev`'s deploy policy to `download_only`: updates are staged, not activated.
+fn download_only(dev: &common::Device) {
     let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
     config["deploy"] = serde_json::json!({"policy": "download_only"});
     std::fs::write(&dev.config, config.to_string()).unwrap();
+}
+
+#[test]
+fn a_channel_switched_after_staging_survives_the_activation() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.staged");
+    download_only(&dev);
     publish(&repo, "1.0.1", "stable");
     dev.expect("update", &["--yes"], 0);
     assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
@@ -369,9 +374,7 @@ fn a_channel_switched_after_staging_survives_the_activation() {
 #[test]
 fn an_update_passing_over_a_critical_release_is_critical_and_activates() {
     let (repo, dev) = confirmed_1_0_0("com.acme.critical");
-    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
-    config["deploy"] = serde_json::json!({"policy": "download_only"});
-    std::fs::write(&dev.config, config.to_string()).unwrap();
+    download_only(&dev);
     let src = repo.scratch("src");
     for (version, extra) in [("1.1.0", &["--critical"][..]), ("1.2.0", &[])] {
         let file = src.join(format!("settings-{version}.json"));
@@ -532,9 +535,7 @@ fn activating_a_release_staged_below_a_floor_raised_since_is_refused() {
         dev.expect("boot", &[], 0);
     }
     assert_eq!(dev.status()["trial"]["tries_left"], 0);
-    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
-    config["deploy"] = serde_json::json!({"policy": "download_only"});
-    std::fs::write(&dev.config, config.to_string()).unwrap();
+    download_only(&dev);
     dev.expect("update", &["--yes", "--version", "1.0.0"], 0);
     assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
     dev.expect("confirm", &[], 0);
@@ -1348,9 +1349,7 @@ fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
 fn a_staged_release_is_not_installed_again_by_the_next_update() {
     use std::os::unix::fs::MetadataExt;
     let (repo, dev) = confirmed_1_0_0("com.acme.staged.once");
-    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
-    config["deploy"] = serde_json::json!({"policy": "download_only"});
-    std::fs::write(&dev.config, config.to_string()).unwrap();
+    download_only(&dev);
     publish(&repo, "1.0.1", "stable");
     let first = json(&dev.expect("update", &["--yes", "--json"], 0));
     assert_eq!(
@@ -1381,9 +1380,7 @@ fn a_staged_release_is_not_installed_again_by_the_next_update() {
 #[test]
 fn a_staged_release_of_another_channel_is_not_activated_for_the_same_version() {
     let (repo, dev) = confirmed_1_0_0("com.acme.staged.other");
-    let mut config = json(&std::fs::read_to_string(&dev.config).unwrap());
-    config["deploy"] = serde_json::json!({"policy": "download_only"});
-    std::fs::write(&dev.config, config.to_string()).unwrap();
+    download_only(&dev);
     publish(&repo, "1.0.1", "stable");
     dev.expect("update", &["--yes"], 0);
     assert_eq!(dev.status()["slots"]["a"]["status"], "installed");

@@ -1338,6 +1338,17 @@ fn metadata_a_check_refuses_is_passed_over_for_the_next_base() {
     assert!(err.message().contains(&soft.url()), "{err}");
 }
 
+/// The error of a download that found its file system full: `io`, naming the room needed.
+fn assert_disk_full(err: evergreen::Error) {
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(
+        err.message().contains(&format!(
+            "expected room for the {SIZE} bytes of the download, found the file system full after"
+        )),
+        "{err}"
+    );
+}
+
 /// A download that fills its file system fails naming the room it needed, and removes its
 /// `.part`: kept, it would hold the space the state needs, and every later check and
 /// startup step would fail to save it until someone deleted the file by hand.
@@ -1351,14 +1362,7 @@ fn a_download_that_fills_the_disk_says_so_and_leaves_the_room_it_took() {
     let downloads = dir.path().join("small/downloads");
     std::fs::create_dir(&downloads).unwrap();
     let f = fetcher(&[repo.path().display().to_string()], options());
-    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    assert!(
-        err.message().contains(&format!(
-            "expected room for the {SIZE} bytes of the download, found the file system full after"
-        )),
-        "{err}"
-    );
+    assert_disk_full(download(&f, &repo.spec(), &downloads).unwrap_err());
     assert!(!part_path(&downloads, &repo).exists(), "the .part was kept");
     assert_no_completed_file(&downloads, &repo);
     // The room is there again: the state of a device could be saved.
@@ -1384,14 +1388,7 @@ fn replacing_kept_bytes_on_a_full_disk_says_so_and_leaves_the_room_it_took() {
     let server = TestServer::serve(repo.path());
     server.set_fault(&repo.blob_path(), Fault::IgnoreRange);
     let f = fetcher(&[server.url()], options());
-    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    assert!(
-        err.message().contains(&format!(
-            "expected room for the {SIZE} bytes of the download, found the file system full after"
-        )),
-        "{err}"
-    );
+    assert_disk_full(download(&f, &repo.spec(), &downloads).unwrap_err());
     assert!(!part.exists(), "the .part was kept");
     assert_no_completed_file(&downloads, &repo);
 }
