@@ -772,10 +772,16 @@ impl Updater {
         let booted = self.with_selector(|s| s.booted())?;
         if self.follow_booted(st, booted) {
             self.save(st)?;
-        } else if booted != Some(st.primary) && st.slot(st.primary).status != SlotStatus::Empty {
-            // Repair a crash between committing the state and switching the selector.
+        } else if let Some(running) =
+            booted.filter(|b| *b != st.primary && st.slot(st.primary).status != SlotStatus::Empty)
+        {
+            // Repair a crash (or a failed switch) between committing the state and switching
+            // the selector. This start is of the slot the selector still pointed at: a host
+            // that runs the step in its own process runs that slot now, whatever the repair
+            // points at for the next start.
             let (p, f) = (st.primary, st.fallback());
             self.with_selector(|s| s.fall_back(p, f))?;
+            return self.repaired_switch(st, running);
         }
         let Some(trial) = st.trial else {
             return Ok(Startup::Normal);
@@ -819,6 +825,28 @@ impl Updater {
             });
         }
         self.fall_back(st, &reason)
+    }
+
+    /// The outcome of a start of `running`, a slot the state had already left when the
+    /// selector was switched back to the primary. An activation cut short: the slot on
+    /// trial has not started, so nothing is counted, and this start of the good slot is
+    /// `Normal` (the trial starts at the next start, as with a bootloader that was not
+    /// told). A rollback cut short: the host must restart into the primary, and until it
+    /// does `running` is a slot in use that no install may write.
+    fn repaired_switch(&self, st: &mut State, running: Slot) -> Result<Startup> {
+        if st.trial.is_some_and(|t| t.slot == st.primary) {
+            return Ok(Startup::Normal);
+        }
+        st.left_running = Some(running);
+        self.save(st)?;
+        Ok(Startup::RolledBack {
+            from: running,
+            to: st.primary,
+            reason: format!(
+                "slot {running} was started though a rollback had left it for slot {}; restart into slot {}",
+                st.primary, st.primary
+            ),
+        })
     }
 
     fn startup_bootloader(&self, st: &mut State) -> Result<Startup> {

@@ -1132,6 +1132,77 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
 /// (a check of another channel failed with `Retry-After: 3600`), does not come back in the
 /// same second as the rest of the fleet: its next check is spread over the jitter after
 /// that hour, as after a failed check of its own.
+/// Points `current` at `slot`, as a switch cut short by a power cut leaves it.
+fn point_current_at(dev: &Device, slot: &str) {
+    let tmp = dev.root.join(".current.test");
+    std::os::unix::fs::symlink(Path::new("slots").join(slot), &tmp).unwrap();
+    std::fs::rename(&tmp, dev.root.join("current")).unwrap();
+}
+
+/// An activation whose switch of `current` was cut short leaves the good release running;
+/// a host that runs the startup step in its own process is running that release, so the
+/// step counts no start of the release on trial (its confirmation is refused: it never
+/// ran) and points `current` at it for the next start.
+#[test]
+fn an_activation_cut_short_counts_no_start_of_the_release_on_trial() {
+    let setup = setup_with_1_0_0("com.acme.cutshort");
+    let dev = &setup.dev;
+    install_and_confirm(dev);
+    let old = current(dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    let updater = updater_for(dev);
+    let plan = updater.plan(&offer(&updater, "1.1.0")).unwrap();
+    updater
+        .download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    let slot = updater.install(&plan).unwrap();
+    updater.activate(true).unwrap();
+    let tries = updater.state().unwrap().trial.unwrap().tries_left;
+    point_current_at(dev, old.file_name().unwrap().to_str().unwrap());
+
+    assert_eq!(updater.startup().unwrap(), evergreen::Startup::Normal);
+    assert_eq!(updater.state().unwrap().trial.unwrap().tries_left, tries);
+    assert_eq!(current(dev), Path::new("slots").join(slot.to_string()));
+    let err = updater.confirm().unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    // The next start is of the release on trial, and counts.
+    assert!(matches!(
+        updater.startup().unwrap(),
+        evergreen::Startup::Trial { .. }
+    ));
+    updater.confirm().unwrap();
+}
+
+/// A rollback whose switch of `current` was cut short: the start that follows runs the
+/// slot given up, so the step says to restart into the primary, and until then no install
+/// may write the slot that runs.
+#[test]
+fn a_rollback_cut_short_says_to_restart_into_the_primary() {
+    let setup = setup_with_1_0_0("com.acme.rollbackcut");
+    let dev = &setup.dev;
+    install_and_confirm(dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    install_and_confirm(dev);
+    let left = current(dev);
+    let left_slot = left.file_name().unwrap().to_str().unwrap().to_string();
+    dev.expect("rollback", &[], 0);
+    let primary = current(dev);
+    point_current_at(dev, &left_slot);
+
+    let updater = updater_for(dev);
+    let outcome = updater.startup().unwrap();
+    let evergreen::Startup::RolledBack { from, to, .. } = outcome else {
+        panic!("expected a restart into the primary, found {outcome:?}");
+    };
+    assert_eq!(from.to_string(), left_slot);
+    assert_eq!(Path::new("slots").join(to.to_string()), primary);
+    assert_eq!(current(dev), primary);
+    assert_eq!(updater.state().unwrap().left_running, Some(from));
+    // The restart into the primary frees the slot it left.
+    assert_eq!(updater.startup().unwrap(), evergreen::Startup::Normal);
+    assert_eq!(updater.state().unwrap().left_running, None);
+}
+
 /// Every archive of a release is checked before the inactive slot is cleared: a release
 /// whose zip this device's rules refuse leaves the fallback release there, byte for byte,
 /// and it can still be rolled back to.
