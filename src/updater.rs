@@ -350,6 +350,18 @@ fn component_context(c: &ComponentChange, a: &Artifact) -> String {
     )
 }
 
+/// Records the release of slot `bad`, given up for slot `to`, as failed: not offered again
+/// (DESIGN §5.2). Not a failed repair, where `to` runs the same version: that says nothing
+/// against the release.
+fn note_failed(st: &mut State, bad: Slot, to: Slot) {
+    let version = st.slot(bad).version.clone();
+    if let Some(v) = version.filter(|v| st.slot(to).version.as_ref() != Some(v)) {
+        if !st.failed.contains(&v) {
+            st.failed.push(v);
+        }
+    }
+}
+
 fn running_slot_unknown(what: &str) -> Error {
     Error::invalid_state(format!(
         "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
@@ -999,15 +1011,7 @@ impl Updater {
         bad.status = SlotStatus::Bad;
         // A failed repair (the fallback runs the same version) says nothing against the
         // release: it stays offered.
-        if let Some(v) = bad
-            .version
-            .clone()
-            .filter(|v| st.slot(to).version.as_ref() != Some(v))
-        {
-            if !st.failed.contains(&v) {
-                st.failed.push(v);
-            }
-        }
+        note_failed(st, from, to);
         st.primary = to;
         st.trial = None;
         st.record((self.clock)(), "rolled_back", reason);
@@ -1697,8 +1701,10 @@ impl Updater {
                 st.primary
             )));
         }
+        // Stranded: no good slot to roll back to, whatever the other holds (nothing, a fix
+        // cut short, a fix that failed too, one staged and passed by a newer fix).
         let stranded =
-            |t: &Trial| t.tries_left == 0 && st.slot(t.slot.other()).status == SlotStatus::Empty;
+            |t: &Trial| t.tries_left == 0 && st.slot(t.slot.other()).status != SlotStatus::Good;
         if let Some(t) = st.trial.filter(|t| !stranded(t)) {
             return Err(Error::invalid_state(format!(
                 "slot {} is on trial; confirm or roll back before installing another release",
@@ -2020,6 +2026,7 @@ impl Updater {
             if let Some(left) = st.trial.filter(|t| t.slot != slot) {
                 // Only a stranded first trial lets a release in beside it (check_installable).
                 st.slot_mut(left.slot).status = SlotStatus::Bad;
+                note_failed(&mut st, left.slot, slot);
                 st.record(
                     (self.clock)(),
                     "trial_replaced",

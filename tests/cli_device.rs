@@ -289,6 +289,38 @@ fn a_fix_installs_beside_a_first_release_that_used_up_its_trial() {
     assert_eq!(s["trial"], serde_json::Value::Null);
 }
 
+/// The same when the fix fails its trial too: no good slot is left, so a second fix
+/// installs over the first; and the releases given up on are not offered again.
+#[test]
+fn a_second_fix_installs_when_the_first_fix_used_up_its_trial_too() {
+    let (repo, dev) = first_install_on_trial("com.acme.stranded2");
+    for _ in 0..4 {
+        dev.expect("boot", &[], 0);
+    }
+    publish(&repo, "1.0.1", "stable");
+    dev.expect("update", &["--yes"], 0);
+    for _ in 0..4 {
+        dev.expect("boot", &[], 0);
+    }
+    let s = dev.status();
+    assert_eq!(
+        (&s["primary"], &s["trial"]["tries_left"]),
+        (&serde_json::json!("a"), &serde_json::json!(0)),
+        "{s}"
+    );
+    assert_eq!(s["slots"]["b"]["status"], "bad", "{s}");
+    publish(&repo, "1.0.2", "stable");
+    let out = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(
+        (out["status"].as_str(), out["slot"].as_str()),
+        (Some("activated"), Some("b"))
+    );
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    let failed = &dev.state_file()["failed"];
+    assert_eq!(failed, &serde_json::json!(["1.0.0", "1.0.1"]), "{failed}");
+}
+
 /// While a trial still has starts left, or has a slot to roll back to, installing another
 /// release is refused: it would overwrite the way back.
 #[test]
