@@ -1763,15 +1763,21 @@ impl Updater {
             // slot was written, so its record, often the fallback, comes back.
             *st.slot_mut(slot) = before;
             st.record((self.clock)(), "install_refused", e.to_string());
-            return Err(match self.save(&st) {
-                Ok(()) => e,
-                Err(saved) => Error::new(
-                    e.kind(),
-                    format!("{e}; and slot {slot}'s record was not restored: {saved}"),
-                ),
-            });
+            return Err(self.restored(&st, e, &format!("slot {slot}'s record")));
         }
         Ok(Staging { slot, components })
+    }
+
+    /// `e`, the error of a step whose state change was undone in `st`, once `st` is saved;
+    /// when it cannot be, `e` says that `what` was not restored.
+    fn restored(&self, st: &State, e: Error, what: &str) -> Error {
+        match self.save(st) {
+            Ok(()) => e,
+            Err(saved) => Error::new(
+                e.kind(),
+                format!("{e}; and {what} was not restored: {saved}"),
+            ),
+        }
     }
 
     /// Marks the written slot `installed`, in the state as it is now.
@@ -2023,6 +2029,7 @@ impl Updater {
                 }
             }
             let tries = self.with_selector(|s| Ok(s.trial_tries(self.config.trial.tries)))?;
+            let before = st.clone();
             if let Some(left) = st.trial.filter(|t| t.slot != slot) {
                 // Only a stranded first trial lets a release in beside it (check_installable).
                 st.slot_mut(left.slot).status = SlotStatus::Bad;
@@ -2051,8 +2058,17 @@ impl Updater {
                 "activated",
                 format!("{version} in slot {slot}"),
             );
+            // Committed first: a power cut before the selector learns of it is resumed (or
+            // repaired) by the startup step.
             self.save(&st)?;
-            self.with_selector(|s| s.activate(slot, tries))?;
+            if let Err(e) = self.with_selector(|s| s.activate(slot, tries)) {
+                // Refused or failed: the caller hears that nothing changed, so nothing has.
+                // A selector that wrote part of its change is settled by the next startup
+                // step, which finds the primary it had.
+                let mut st = before;
+                st.record((self.clock)(), "activation_failed", e.to_string());
+                return Err(self.restored(&st, e, "the state from before the activation"));
+            }
             self.emit(Event::Activated {
                 slot,
                 version: version.to_string(),

@@ -846,6 +846,8 @@ fn the_startup_step_does_not_wait_for_a_running_check_or_download() {
 struct HostSelector<F> {
     booted: F,
     counts_tries: bool,
+    /// Whether `activate` fails, as a host's write of its boot config can.
+    refuses_activation: bool,
 }
 
 impl<F> BootSelector for HostSelector<F>
@@ -855,8 +857,14 @@ where
     fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
         Ok(())
     }
-    fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
-        Ok(())
+    fn activate(&mut self, slot: Slot, _: u32) -> evergreen::Result<()> {
+        match self.refuses_activation {
+            true => Err(evergreen::Error::new(
+                evergreen::ErrorKind::Bootloader,
+                format!("the host could not make slot {slot} the next to boot"),
+            )),
+            false => Ok(()),
+        }
     }
     fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
         Ok(())
@@ -898,6 +906,7 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
             Ok(Some(Slot::A))
         },
         counts_tries: false,
+        refuses_activation: false,
     };
     let updater = evergreen::Updater::builder(config)
         .selector(Box::new(selector))
@@ -933,6 +942,7 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
         .selector(Box::new(HostSelector {
             booted: || Ok(None),
             counts_tries: true,
+            refuses_activation: false,
         }))
         .build()
         .unwrap();
@@ -940,6 +950,42 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
     up.startup().unwrap();
     up.confirm().unwrap();
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
+}
+
+/// An activation whose boot selector fails leaves the state as it was: the caller hears
+/// that nothing changed, and the next start does not take the release that never ran for
+/// one that failed its trial.
+#[test]
+fn an_activation_the_selector_fails_changes_nothing() {
+    let Setup {
+        repo: _repo,
+        server: _server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.refused-activation");
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let up = evergreen::Updater::builder(config)
+        .selector(Box::new(HostSelector {
+            booted: || Ok(Some(Slot::A)),
+            counts_tries: true,
+            refuses_activation: true,
+        }))
+        .build()
+        .unwrap();
+    let plan = up.plan(&offer(&up, "1.0.0")).unwrap();
+    download(&up, &plan);
+    let slot = up.install(&plan).unwrap();
+    let before = up.status().unwrap();
+    let err = up.activate(true).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::Bootloader, "{err}");
+    let after = up.status().unwrap();
+    assert_eq!(
+        (after.primary, after.trial.is_none()),
+        (before.primary, true)
+    );
+    assert_eq!(after.slots[&slot].status, "installed");
+    assert_eq!(up.startup().unwrap(), evergreen::Startup::Normal);
+    assert!(up.state().unwrap().failed.is_empty());
 }
 
 /// A mirror that answers every path with an error page and status 200 (a CDN's "soft
