@@ -1770,6 +1770,45 @@ fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// What devices with the default `archive` limits of their config (no symlinks, a ratio
+/// of 250, 100,000 entries, 16 GiB) would refuse among `components`: one message per zip,
+/// naming the component and the rule. [`Repo::release`] publishes such a zip (a device may
+/// allow more), so a publisher should hear it before the fleet does.
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// use evergreen::manifest::ArtifactKind;
+/// use std::io::Write;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.zip");
+/// let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+/// let options = zip::write::SimpleFileOptions::default();
+/// w.start_file("lib/libapp.so.1", options).unwrap();
+/// w.write_all(b"elf").unwrap();
+/// w.add_symlink("lib/libapp.so", "libapp.so.1", options).unwrap();
+/// w.finish().unwrap();
+///
+/// let warnings = evergreen::publish::default_limit_refusals(&[("app", &path, ArtifactKind::Zip)])?;
+/// assert_eq!(warnings.len(), 1);
+/// assert!(warnings[0].starts_with("component app: "));
+/// # Ok(()) }
+/// ```
+pub fn default_limit_refusals(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<String>> {
+    let mut refusals = Vec::new();
+    for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Zip) {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        match stage::CheckedZip::check(&file, None, &stage::ArchiveLimits::default()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::UnsafeArchive => refusals.push(format!(
+                "component {name}: devices with the default `archive` limits refuse {}: {e}",
+                path.display()
+            )),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refusals)
+}
+
 /// Refuses a zip that every device would refuse, whatever its config: the rules of
 /// [`stage::CheckedZip`] no device can relax (entry names, duplicates and case
 /// collisions, overlapping entries, methods, encryption, symlinks that escape). The

@@ -237,7 +237,23 @@ fn release_refuses_a_zip_every_device_would_refuse() {
             ("lib/libapp.so", Some("libapp.so.1")),
         ],
     );
-    release_version(dir, "1.0.0", &["--component", "app=linked.zip"]);
+    let o = evergreen(
+        dir,
+        &release_args("1.0.0", &["--component", "app=linked.zip"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Published, with a word that devices with the default limits will refuse it.
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(
+            "warning: component app: devices with the default `archive` limits refuse "
+        ) && err.contains("symlink"),
+        "{err}"
+    );
+    let mut args = release_args("1.0.1", &["--component", "app=linked.zip"]);
+    args.insert(0, "--json");
+    let out: serde_json::Value = serde_json::from_str(&ok(dir, &args)).unwrap();
+    assert_eq!(out["warnings"].as_array().map(Vec::len), Some(1), "{out}");
 }
 
 #[test]

@@ -460,6 +460,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         &opts,
         &refs(&signers),
     )?;
+    let refusals = publish::default_limit_refusals(&components)?;
     if json {
         return print_json(&json!({
             "channel": m.channel,
@@ -467,7 +468,13 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
             "expires": m.expires,
             "release": m.release(v),
             "stranded": publish::stranded(&m, opts.now),
+            "warnings": refusals,
         }));
+    }
+    for r in &refusals {
+        eprintln!(
+            "warning: {r}; only devices whose config allows more (`archive` in the device config) can install this release"
+        );
     }
     let what = format!("released {v} ({}) on", a.target);
     print_channel(&m, &what, opts.now, false)?;
