@@ -1796,9 +1796,8 @@ fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
 pub fn default_limit_refusals(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<String>> {
     let mut refusals = Vec::new();
     for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Zip) {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        match stage::CheckedZip::check(&file, None, &stage::ArchiveLimits::default()) {
-            Ok(_) => {}
+        match check_zip(path, None, &stage::ArchiveLimits::default()) {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnsafeArchive => refusals.push(format!(
                 "component {name}: devices with the default `archive` limits refuse {}: {e}",
                 path.display()
@@ -1815,21 +1814,28 @@ pub fn default_limit_refusals(components: &[(&str, &Path, ArtifactKind)]) -> Res
 /// limits each device sets for itself (`archive` in its config: symlinks at all, the
 /// ratio, the entry count, the size) are left to it.
 fn check_zip_for_every_device(path: &Path, shown_as: &Path, installed_size: u64) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let most_lenient = stage::ArchiveLimits {
         max_installed_bytes: u64::MAX,
         max_entries: u64::MAX,
         max_ratio: u64::MAX,
         allow_symlinks: true,
     };
-    stage::CheckedZip::check(&file, Some(installed_size), &most_lenient)
-        .map(drop)
-        .map_err(|e| {
-            e.context(format!(
-                "{}: every device would refuse this archive",
-                shown_as.display()
-            ))
-        })
+    check_zip(path, Some(installed_size), &most_lenient).map_err(|e| {
+        e.context(format!(
+            "{}: every device would refuse this archive",
+            shown_as.display()
+        ))
+    })
+}
+
+/// The zip at `path` checked as a device with `limits` checks it before installing.
+fn check_zip(
+    path: &Path,
+    installed_size: Option<u64>,
+    limits: &stage::ArchiveLimits,
+) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    stage::CheckedZip::check(&file, installed_size, limits).map(drop)
 }
 
 /// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,

@@ -268,10 +268,15 @@ pub fn rollout_bucket(product: &str, device_id: &str, version: &Version) -> u64 
     hash.update(device_id.as_bytes());
     hash.update(b"\0");
     hash.update(version.to_string().as_bytes());
+    leading_u64(hash) % 10_000
+}
+
+/// The first 8 bytes of the digest, big-endian: a uniform `u64` from a hash of its inputs.
+fn leading_u64(hash: Sha256) -> u64 {
     let digest = hash.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first) % 10_000
+    u64::from_be_bytes(first)
 }
 
 /// True when the device is in `release`'s rollout at `now`: its bucket is below the
@@ -945,10 +950,7 @@ pub fn poll_draw(device_id: &str, since: Option<Timestamp>, failures: u32) -> u6
         None => hash.update([0]),
     }
     hash.update(failures.to_be_bytes());
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    leading_u64(hash)
 }
 
 /// A `jitter` fraction clamped into `[0, 1)`; 0 for one that is no number.

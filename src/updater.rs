@@ -315,7 +315,12 @@ fn downloads_in(dir: &Path) -> Vec<Download> {
         .collect()
 }
 
-/// The refusal of `what` when the GRUB or U-Boot selector cannot tell the running slot.
+/// The system's machine id ([`crate::config::MACHINE_ID_PATH`]), unless it is missing,
+/// empty or `uninitialized`.
+fn machine_id() -> Option<String> {
+    crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)).ok()
+}
+
 fn random_u64() -> Result<u64> {
     let mut raw = [0u8; 8];
     crate::trust::fill_random(&mut raw)?;
@@ -362,6 +367,7 @@ fn note_failed(st: &mut State, bad: Slot, to: Slot) {
     }
 }
 
+/// The refusal of `what` when the GRUB or U-Boot selector cannot tell the running slot.
 fn running_slot_unknown(what: &str) -> Error {
     Error::invalid_state(format!(
         "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
@@ -1215,9 +1221,9 @@ impl Updater {
         if let Some(id) = self.kept_device_id() {
             return Ok(id);
         }
-        let id = match crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)) {
-            Ok(id) => id,
-            Err(_) => {
+        let id = match machine_id() {
+            Some(id) => id,
+            None => {
                 let mut raw = [0u8; 16];
                 crate::trust::fill_random(&mut raw)?;
                 crate::trust::hex(&raw)
@@ -1230,9 +1236,7 @@ impl Updater {
     /// The device id when there is one, without keeping one: as [`Updater::device_id`]
     /// finds it.
     fn known_device_id(&self) -> Option<String> {
-        self.kept_device_id().or_else(|| {
-            crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)).ok()
-        })
+        self.kept_device_id().or_else(machine_id)
     }
 
     /// The configured device id, else the one kept in the state directory.

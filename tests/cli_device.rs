@@ -751,9 +751,7 @@ fn an_image_for_dir_slots_is_refused_before_the_idle_slot_is_emptied() {
         &[("rootfs", Path::new(&spec))],
         &[],
     );
-    let out = dev.run("update", &["--yes"]);
-    let err = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = dev.fails("update", &["--yes"]);
     assert!(
         err.contains("error[config]: dir slots: expected no image component for target x86_64-linux, found 1 image(s) among 1 component(s)"),
         "{err}"
@@ -973,9 +971,7 @@ fn a_damaged_kept_download_is_downloaded_again_by_the_next_update() {
     let mut bytes = std::fs::read(&kept).unwrap();
     bytes[40] ^= 1;
     std::fs::write(&kept, &bytes).unwrap();
-    let out = dev.run("update", &["--yes"]);
-    let err = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = dev.fails("update", &["--yes"]);
     assert!(
         err.contains("error[hash_mismatch]: component app: the download kept since it was installed, now removed (the next update downloads it again): expected "),
         "{err}"

@@ -880,6 +880,18 @@ where
     }
 }
 
+/// A library handle on `dev` with the host's own boot `selector`.
+fn updater_with_selector(
+    dev: &Device,
+    selector: impl BootSelector + 'static,
+) -> evergreen::Updater {
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    evergreen::Updater::builder(config)
+        .selector(Box::new(selector))
+        .build()
+        .unwrap()
+}
+
 /// A host boot selector that asks its own updater for the status (say, to log it) would
 /// wait for the selector lock its own thread holds. It gets `invalid_state` instead.
 #[test]
@@ -937,15 +949,14 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
         dev,
         ..
     } = setup_with_1_0_0("com.acme.unnamed-selector");
-    let config = evergreen::Config::from_file(&dev.config).unwrap();
-    let up = evergreen::Updater::builder(config)
-        .selector(Box::new(HostSelector {
+    let up = updater_with_selector(
+        &dev,
+        HostSelector {
             booted: || Ok(None),
             counts_tries: true,
             refuses_activation: false,
-        }))
-        .build()
-        .unwrap();
+        },
+    );
     update_to(&up, "1.0.0");
     up.startup().unwrap();
     up.confirm().unwrap();
@@ -963,15 +974,14 @@ fn an_activation_the_selector_fails_changes_nothing() {
         dev,
         ..
     } = setup_with_1_0_0("com.acme.refused-activation");
-    let config = evergreen::Config::from_file(&dev.config).unwrap();
-    let up = evergreen::Updater::builder(config)
-        .selector(Box::new(HostSelector {
+    let up = updater_with_selector(
+        &dev,
+        HostSelector {
             booted: || Ok(Some(Slot::A)),
             counts_tries: true,
             refuses_activation: true,
-        }))
-        .build()
-        .unwrap();
+        },
+    );
     let plan = up.plan(&offer(&up, "1.0.0")).unwrap();
     download(&up, &plan);
     let slot = up.install(&plan).unwrap();
@@ -1277,9 +1287,7 @@ fn a_refused_archive_leaves_the_fallback_release_in_its_slot() {
     setup
         .repo
         .release("stable", "1.2.0", "x86_64-linux", &app, &[]);
-    let out = dev.run("update", &["--yes"]);
-    let err = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = dev.fails("update", &["--yes"]);
     assert!(
         err.contains("error[unsafe_archive]: component app (zip artifact "),
         "{err}"

@@ -223,6 +223,18 @@ impl Device {
         run(&all)
     }
 
+    /// Runs `cmd` expecting it to fail (exit 1); returns its stderr.
+    pub fn fails(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.run(cmd, args);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "evergreen {cmd} {args:?}: {err}"
+        );
+        err
+    }
+
     /// Like `run`, but panics unless it exits with `code`.
     pub fn expect(&self, cmd: &str, args: &[&str], code: i32) -> String {
         let out = self.run(cmd, args);
