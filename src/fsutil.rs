@@ -122,14 +122,99 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
 }
 
 /// Gives the file at `tmp` the name `dest` too, unless `dest` exists: unlike a rename, a
-/// link fails rather than replace it, in one step no other writer can get between.
+/// link fails rather than replace it, in one step no other writer can get between. A file
+/// system without hard links (vfat, exFAT, some network and FUSE mounts) renames instead,
+/// with `RENAME_NOREPLACE`, which refuses to replace in the same one step.
 fn link_new(tmp: &Path, dest: &Path) -> Result<bool> {
+    use std::io::ErrorKind::AlreadyExists;
     crash_point("link")?;
     match fs::hard_link(tmp, dest) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) if e.kind() == AlreadyExists => Ok(false),
+        Err(e) if no_hard_links(&e) => rename_new(tmp, dest, e),
         Err(e) => Err(Error::io("link into", dest, e)),
     }
+}
+
+/// [`link_new`] on a file system without hard links (`link` failed with `unlinkable`):
+/// renames `tmp` to `dest` unless `dest` exists.
+fn rename_new(tmp: &Path, dest: &Path, unlinkable: std::io::Error) -> Result<bool> {
+    use std::io::ErrorKind::AlreadyExists;
+    match rename_noreplace(tmp, dest) {
+        Ok(renamed) if renamed => Ok(true),
+        Err(e) if e.kind() == AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io("rename into", dest, e)),
+        Ok(_) => Err(Error::io(
+            "create without replacing (expected a file system with hard links or \
+             RENAME_NOREPLACE, found neither)",
+            dest,
+            unlinkable,
+        )),
+    }
+}
+
+/// Whether `e`, from `link`, says the file system has no hard links.
+fn no_hard_links(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
+    )
+}
+
+/// Swaps the names of `a` and `b` in one atomic step. `Ok(false)` when the system or the
+/// file system cannot.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+/// Renames `a` to `b` unless `b` exists (`AlreadyExists` then). `Ok(false)` when the
+/// system or the file system cannot.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<bool> {
+    renameat2(a, b, libc::RENAME_NOREPLACE)
+}
+
+/// `renameat2(a, b, flags)`; `Ok(false)` when the system or the file system does not know
+/// the flags.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // The raw system call: the C library's `renameat2` wrapper is missing from older glibc.
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// No atomic swap of two names here: the normal save is all there is.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// No rename that refuses to replace here.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn rename_noreplace(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 /// Replaces several files that must agree with each other: every new content is written
@@ -297,16 +382,26 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// of its own, so two threads of one process exclude each other as two processes do.
 /// Advisory: it orders the writers that take it, nothing else.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
-    // Opened for reading when it exists: `flock` needs no more, and a lock file another
-    // user created (a repository shared by operators) may not be writable.
-    let file = match File::open(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_options().truncate(false).open(path)
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    // Opened for writing: over NFS `flock` becomes a POSIX lock, whose exclusive form
+    // needs a file open for writing. Locally `flock` needs no more than reading, which a
+    // lock file another user created (a repository shared by operators) still allows.
+    let (file, read_only) = match create_options().truncate(false).open(path) {
+        Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
+            (File::open(path), true)
         }
-        other => other,
-    }
-    .map_err(|e| Error::io("open lock file", path, e))?;
-    file.lock().map_err(|e| Error::io("lock", path, e))?;
+        other => (other, false),
+    };
+    let file = file.map_err(|e| Error::io("open lock file", path, e))?;
+    file.lock().map_err(|e| match e.raw_os_error() {
+        Some(libc::EBADF) if read_only => Error::io(
+            "lock (expected write access to the lock file on this file system, found it \
+             read-only for this user)",
+            path,
+            e,
+        ),
+        _ => Error::io("lock", path, e),
+    })?;
     Ok(file)
 }
 
@@ -414,6 +509,32 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where `link` fails for want of hard links (vfat, exFAT), a new file is renamed into
+    /// place instead, and still never replaces one that is there.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn without_hard_links_a_new_file_is_renamed_into_place_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, dest) = (dir.path().join("tmp"), dir.path().join("1.json"));
+        let unlinkable = || std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(no_hard_links(&unlinkable()));
+        fs::write(&tmp, b"first").unwrap();
+        match rename_new(&tmp, &dest, unlinkable()) {
+            Ok(true) => {}
+            // A file system without RENAME_NOREPLACE either says so by name.
+            Err(e) => {
+                assert!(e.to_string().contains("RENAME_NOREPLACE"), "{e}");
+                return;
+            }
+            Ok(false) => panic!("nothing was at {}", dest.display()),
+        }
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        assert!(!tmp.exists());
+        fs::write(&tmp, b"second").unwrap();
+        assert!(!rename_new(&tmp, &dest, unlinkable()).unwrap());
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+    }
 
     /// What lets an updater that is not root remove a slot with read-only directories:
     /// every directory is opened to its owner, and no symlink is followed.

@@ -573,12 +573,17 @@ impl Repo {
     ///
     /// Per target, releases are kept from the newest down to the `keep`-th that is rolled
     /// out to everyone at `now`: a release ramping or halted does not count, since the
-    /// devices outside its rollout still take the ones before it. Each kept release with a
-    /// `min_version` also keeps, per target, the stepping stone a device below
-    /// `min_version` is offered — the newest release from `min_version` up to it that is
-    /// rolled out to everyone — and the releases between that stone and it (ramping or
-    /// halted: the next stone), and so on down such chains. Blobs are not touched: they
-    /// are immutable and other channels may list them. `keep` must be at least 1.
+    /// devices outside its rollout still take the ones before it. Then whatever else a
+    /// device needs is kept, so that none is offered less than before: for a device running
+    /// any listed release, one at any listed `min_version`, or one older than all of them,
+    /// when [`select`](crate::select) offers it a release and would offer it none of those
+    /// kept, the release it is offered stays, until nothing more is added. `select` is
+    /// asked twice: with the rollouts as they stand, and with every release that has, had
+    /// or will have a stage above 0 % as reaching everyone (a halted stone may ramp up
+    /// again). That keeps the stepping stone a device below a `min_version` takes and the
+    /// stone before it, and no other release: releases sharing one `min_version` do not
+    /// keep each other. Blobs are not touched: they are immutable and other channels may
+    /// list them. `keep` must be at least 1.
     ///
     /// ```
     /// # use evergreen::publish::{Repo, ReleaseOptions, Signing};

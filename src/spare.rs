@@ -19,7 +19,7 @@
 //! normal save is all there is.
 
 use crate::error::{Error, Result};
-use crate::fsutil::{self, crash_point};
+use crate::fsutil::{self, crash_point, exchange, rename_noreplace};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -201,62 +201,6 @@ fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("write", path, e))?;
     crash_point("fsync spare")?;
     f.sync_data().map_err(|e| Error::io("fsync", path, e))
-}
-
-/// Swaps the names of `a` and `b` in one atomic step. `Ok(false)` when the system or the
-/// file system cannot.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
-    renameat2(a, b, libc::RENAME_EXCHANGE)
-}
-
-/// Renames `a` to `b` unless `b` exists (`AlreadyExists` then). `Ok(false)` when the
-/// system or the file system cannot.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<bool> {
-    renameat2(a, b, libc::RENAME_NOREPLACE)
-}
-
-/// `renameat2(a, b, flags)`; `Ok(false)` when the system or the file system does not know
-/// the flags.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<bool> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let (a, b) = (c(a)?, c(b)?);
-    // The raw system call: the C library's `renameat2` wrapper is missing from older glibc.
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
-        _ => Err(err),
-    }
-}
-
-/// No atomic swap of two names here: the normal save is all there is.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
-    Ok(false)
-}
-
-/// No rename that refuses to replace here; never reached, as [`exchange`] never fails.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn rename_noreplace(_a: &Path, _b: &Path) -> std::io::Result<bool> {
-    Ok(false)
 }
 
 #[cfg(test)]

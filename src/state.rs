@@ -395,30 +395,36 @@ impl State {
 
     /// The state in `bytes`, read from `path`.
     fn from_bytes(path: &Path, bytes: &[u8]) -> Result<State> {
-        let schema = crate::json::from_bytes::<SchemaOnly>(bytes)
-            .ok()
-            .and_then(|s| s.schema);
-        match schema {
-            Some(s) if s > u64::from(SCHEMA) => {
+        let schema = crate::json::from_bytes::<SchemaOnly>(bytes);
+        match schema.as_ref().map(|s| s.schema) {
+            Ok(Some(s)) if s > u64::from(SCHEMA) => {
                 return Err(Error::invalid_state(format!(
                     "{}: expected state schema {SCHEMA} or older, found schema {s} (written by a newer Evergreen)",
                     path.display()
                 )))
             }
-            Some(0) => {
+            Ok(Some(0)) => {
                 return Err(Error::invalid_state(format!(
                     "{}: expected state schema 1 to {SCHEMA}, found schema 0",
                     path.display()
                 )))
             }
-            None => {
+            Ok(None) | Err(_) => {
+                // What is wrong, and where: a hand edit's stray comma is fixed in place,
+                // keeping the trial, the floor and the freshness that starting afresh
+                // would lose.
+                let found = match (&schema, bytes.len()) {
+                    (_, 0) => "an empty file".to_string(),
+                    (Err(why), n) => format!("a corrupt file ({n} bytes: {why})"),
+                    (Ok(_), n) => format!("a document without a schema number ({n} bytes)"),
+                };
                 return Err(Error::invalid_state(format!(
-                    "{}: expected a JSON state document with a schema number, found a corrupt file ({} bytes); move it away to start afresh",
+                    "{}: expected a JSON state document with a schema number, found {found}; \
+                     fix it, or move it away to start afresh",
                     path.display(),
-                    bytes.len()
-                )))
+                )));
             }
-            Some(_) => {}
+            Ok(Some(_)) => {}
         }
         let state: State = crate::json::from_bytes(bytes).map_err(|found| {
             Error::invalid_state(format!(
@@ -652,7 +658,17 @@ mod tests {
         let e = State::load(dir.path()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidState);
         assert!(e.message().contains("corrupt"), "{e}");
+        // Where the damage is, so a hand edit is fixed rather than the state thrown away.
+        assert!(e.message().contains("line 1 column 19"), "{e}");
         let mut s = serde_json::to_value(State::initial("stable", None)).unwrap();
+        let text = s.to_string();
+        let edited = format!("{},}}", &text[..text.len() - 1]);
+        std::fs::write(State::path(dir.path()), edited).unwrap();
+        let e = State::load(dir.path()).unwrap_err();
+        assert!(e.message().contains("trailing comma"), "{e}");
+        std::fs::write(State::path(dir.path()), b"").unwrap();
+        let e = State::load(dir.path()).unwrap_err();
+        assert!(e.message().contains("found an empty file"), "{e}");
         s["schema"] = 99.into();
         std::fs::write(State::path(dir.path()), s.to_string()).unwrap();
         let e = State::load(dir.path()).unwrap_err();

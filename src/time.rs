@@ -18,7 +18,10 @@ pub(crate) fn system_clock() -> Clock {
     Arc::new(Timestamp::now)
 }
 
-/// Seconds since 1970-01-01T00:00:00Z.
+/// Seconds since 1970-01-01T00:00:00Z, between 0000-01-01T00:00:00Z and
+/// 9999-12-31T23:59:59Z: every timestamp prints as an RFC 3339 time that reads back, so a
+/// clock set wildly wrong cannot write a `state.json` that no longer reads. A time outside
+/// those years is held at the nearest end.
 ///
 /// ```
 /// use evergreen::Timestamp;
@@ -32,9 +35,22 @@ pub(crate) fn system_clock() -> Clock {
 pub struct Timestamp(i64);
 
 impl Timestamp {
-    /// The timestamp `secs` seconds after the Unix epoch.
+    /// The timestamp `secs` seconds after the Unix epoch (held within years 0–9999).
+    ///
+    /// ```
+    /// use evergreen::Timestamp;
+    /// let far = Timestamp::from_unix(i64::MAX);
+    /// assert_eq!(far.to_string(), "9999-12-31T23:59:59Z");
+    /// assert_eq!(far.to_string().parse::<Timestamp>().unwrap(), far);
+    /// ```
     pub const fn from_unix(secs: i64) -> Timestamp {
-        Timestamp(secs)
+        Timestamp(if secs < FIRST {
+            FIRST
+        } else if secs > LAST {
+            LAST
+        } else {
+            secs
+        })
     }
 
     /// Seconds since the Unix epoch.
@@ -47,12 +63,12 @@ impl Timestamp {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp(d.as_secs() as i64)
+        Timestamp::from_unix(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     }
 
-    /// This time plus `secs` seconds (negative goes back).
+    /// This time plus `secs` seconds (negative goes back), held within years 0–9999.
     pub const fn plus_secs(self, secs: i64) -> Timestamp {
-        Timestamp(self.0.saturating_add(secs))
+        Timestamp::from_unix(self.0.saturating_add(secs))
     }
 
     /// This time plus `days` days.
@@ -172,28 +188,74 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     (FIRST..=LAST).contains(&t).then_some(Timestamp(t))
 }
 
-/// Parses an HTTP date in its one current form, IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
-/// GMT`, RFC 9110 §5.6.7), as `Retry-After` carries it. The two obsolete forms are not
-/// read: a server sending them is asked again after the usual backoff.
-pub(crate) fn parse_http_date(s: &str) -> Option<Timestamp> {
+/// Parses an HTTP date in any of the three forms a recipient must accept (RFC 9110
+/// §5.6.7), as `Retry-After` and `Date` carry it: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
+/// GMT`), and the obsolete RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun
+/// Nov  6 08:49:37 1994`) forms. An RFC 850 year of two digits more than 50 years after
+/// `now` is the most recent past year with those digits, as the RFC says.
+pub(crate) fn parse_http_date(s: &str, now: Timestamp) -> Option<Timestamp> {
+    if !s.is_ascii() {
+        return None;
+    }
     let b = s.as_bytes();
-    if b.len() != 29 || !s.is_ascii() || &s[3..5] != ", " || !s.ends_with(" GMT") {
-        return None;
-    }
-    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
-        return None;
-    }
+    let (date, time) = match b.len() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        29 if &s[3..5] == ", " && b[7] == b' ' && b[11] == b' ' && b[16] == b' ' => {
+            let date = (digits(&s[12..16])?, month(&s[8..11])?, digits(&s[5..7])?);
+            (date, clock_then(&s[17..], " GMT")?)
+        }
+        // Nov  6 08:49:37 1994, after `Sun `
+        24 if b[3] == b' ' && b[7] == b' ' && b[10] == b' ' && b[19] == b' ' => {
+            let day = digits(s[8..10].trim_start())?;
+            let date = (digits(&s[20..24])?, month(&s[4..7])?, day);
+            (date, clock_then(&s[11..20], " ")?)
+        }
+        // 06-Nov-94 08:49:37 GMT, after `Sunday, `
+        _ => {
+            let (_, rest) = s.split_once(", ")?;
+            let r = rest.as_bytes();
+            if r.len() != 22 || r[2] != b'-' || r[6] != b'-' || r[9] != b' ' {
+                return None;
+            }
+            let year = two_digit_year(digits(&rest[7..9])?, now);
+            (
+                (year, month(&rest[3..6])?, digits(&rest[0..2])?),
+                clock_then(&rest[10..], " GMT")?,
+            )
+        }
+    };
+    let t = civil_secs((i64::from(date.0), date.1, date.2), time)?;
+    // As in RFC 3339: a leap second ends a UTC day, nowhere else.
+    (time.2 != 60 || t.rem_euclid(86_400) == 86_399).then_some(Timestamp(t))
+}
+
+/// The month of its English abbreviation (`Jan` is 1).
+fn month(s: &str) -> Option<u32> {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let month = MONTHS.iter().position(|m| *m == &s[8..11])? as u32 + 1;
-    let date = (digits(&s[12..16])? as i64, month, digits(&s[5..7])?);
-    let time = (
-        digits(&s[17..19])?,
-        digits(&s[20..22])?,
-        digits(&s[23..25])?,
-    );
-    civil_secs(date, time).map(Timestamp)
+    MONTHS.iter().position(|m| *m == s).map(|i| i as u32 + 1)
+}
+
+/// `HH:MM:SS` then exactly `end`.
+fn clock_then(s: &str, end: &str) -> Option<(u32, u32, u32)> {
+    let b = s.as_bytes();
+    if b.len() != 8 + end.len() || b[2] != b':' || b[5] != b':' || &s[8..] != end {
+        return None;
+    }
+    Some((digits(&s[0..2])?, digits(&s[3..5])?, digits(&s[6..8])?))
+}
+
+/// The year an RFC 850 date's two digits name: in the century of `now`, unless that is
+/// more than 50 years after it, then the century before.
+fn two_digit_year(yy: u32, now: Timestamp) -> u32 {
+    let this = civil_from_days(now.0.div_euclid(86_400)).0 as u32;
+    let year = this - this % 100 + yy;
+    if year > this + 50 {
+        year.saturating_sub(100)
+    } else {
+        year
+    }
 }
 
 /// Seconds since the epoch of a UTC date and time read from text, `None` when they name
@@ -281,29 +343,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_dates_in_imf_fixdate_form() {
-        let t = |s: &str| parse_http_date(s).map(|t| t.to_string());
-        assert_eq!(
-            t("Sun, 06 Nov 1994 08:49:37 GMT").as_deref(),
-            Some("1994-11-06T08:49:37Z")
-        );
-        assert_eq!(
-            t("Thu, 03 Dec 2026 23:59:60 GMT").as_deref(),
-            Some("2026-12-03T23:59:59Z")
-        );
+    fn http_dates_in_all_three_forms() {
+        let now: Timestamp = "2026-12-03T18:00:00Z".parse().unwrap();
+        let t = |s: &str| parse_http_date(s, now).map(|t| t.to_string());
+        for (text, time) in [
+            ("Sun, 06 Nov 1994 08:49:37 GMT", "1994-11-06T08:49:37Z"),
+            ("Thu, 03 Dec 2026 23:59:60 GMT", "2026-12-03T23:59:59Z"),
+            ("Sunday, 06-Nov-94 08:49:37 GMT", "1994-11-06T08:49:37Z"),
+            ("Wednesday, 09-Dec-26 08:49:37 GMT", "2026-12-09T08:49:37Z"),
+            // 76 is 50 years after 2026, not more: this century.
+            ("Thursday, 31-Dec-76 23:59:59 GMT", "2076-12-31T23:59:59Z"),
+            ("Friday, 01-Jan-77 00:00:00 GMT", "1977-01-01T00:00:00Z"),
+            ("Sun Nov  6 08:49:37 1994", "1994-11-06T08:49:37Z"),
+            ("Thu Dec 03 18:00:01 2026", "2026-12-03T18:00:01Z"),
+        ] {
+            assert_eq!(t(text).as_deref(), Some(time), "{text:?}");
+        }
         for bad in [
-            "Sunday, 06-Nov-94 08:49:37 GMT", // RFC 850, obsolete
-            "Sun Nov  6 08:49:37 1994",       // asctime, obsolete
             "Sun, 06 Nov 1994 08:49:37 UTC",
             "Sun, 31 Nov 1994 08:49:37 GMT",
             "Sun, 06 Now 1994 08:49:37 GMT",
             "Sun, 06 Nov 1994 24:49:37 GMT",
             "Sun, 06 Nov 1994 08:49:37 GMT ",
+            "Sun, 06 Nov 1994 08:49:60 GMT", // a leap second, but not at the day's end
             "Sun, 0é Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 UTC",
+            "Sunday, 06 Nov 94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 94",
+            "Sun Nov 6 08:49:37 1994",
+            "Sun Nov  6 08:49:37 1994 ",
+            "Sun Nov  6 8:49:37  1994",
+            "Sun Feb 30 08:49:37 1994",
             "120",
+            "",
         ] {
             assert_eq!(t(bad), None, "{bad:?}");
         }
+    }
+
+    /// A host clock set past year 9999 (or before year 0) must not write a time that
+    /// `state.json` cannot read back.
+    #[test]
+    fn times_past_the_four_digit_years_are_held_at_the_ends_and_round_trip() {
+        let now = Timestamp::now();
+        for t in [
+            Timestamp::from_unix(i64::MAX),
+            Timestamp::from_unix(i64::MIN),
+            Timestamp::from_unix(LAST + 1),
+            now.plus_secs(i64::MAX),
+            now.plus_days(-4_000_000),
+            Timestamp::from_unix(LAST).plus_secs(1),
+        ] {
+            let text = t.to_string();
+            assert_eq!(text.parse::<Timestamp>().unwrap(), t, "{text}");
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        }
+        assert_eq!(Timestamp::from_unix(LAST + 1).unix(), LAST);
+        assert_eq!(
+            Timestamp::from_unix(i64::MIN).to_string(),
+            "0000-01-01T00:00:00Z"
+        );
     }
 
     #[test]

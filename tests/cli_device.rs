@@ -635,8 +635,14 @@ fn check_json_names_the_configured_current_version_when_up_to_date() {
     assert_eq!(
         out,
         serde_json::json!({"status": "up_to_date", "current": "2.0.0", "version": null,
-            "channel": "stable", "critical": false, "downgrade": false, "components": []})
+            "channel": "stable", "critical": false, "downgrade": false, "notes": "",
+            "security_version": null, "download_bytes": 0, "components": []})
     );
+    // The keys of an offer, so a script reads the same keys whatever the answer.
+    publish(&repo, "2.1.0", "stable");
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&offer), keys(&out), "{offer}");
 }
 
 #[test]
@@ -1560,4 +1566,77 @@ fn a_trial_on_a_full_disk_is_counted_and_rolled_back() {
     assert!(current.ends_with("b"), "current → {}", current.display());
     // The disk is still full, and the state still saves: confirm the fallback again.
     dev.expect("boot", &[], 0);
+}
+
+/// A device whose state directory is on an SD card's exFAT (no hard links, no symlinks,
+/// no `RENAME_NOREPLACE`, no `RENAME_EXCHANGE`): installed, started, confirmed and updated
+/// again. A repository cannot be made there (`init` creates files that must never replace
+/// another, which takes a hard link or `RENAME_NOREPLACE`): refused by name, leaving no
+/// root or temp file behind.
+#[test]
+fn a_state_directory_on_exfat_works_and_a_repository_there_is_refused_by_name() {
+    let card = tempfile::tempdir().unwrap();
+    let at = card.path().join("mnt");
+    let Some(_fs) = Mounted::exfat(&card.path().join("card.img"), 64, &at) else {
+        return;
+    };
+    let repo = Repo::new("com.acme.card");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": at.join("state")}),
+    );
+    for version in ["1.0.0", "1.1.0"] {
+        publish(&repo, version, "stable");
+        for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+            dev.expect(step[0], &step[1..], 0);
+        }
+        let s = dev.status();
+        assert_eq!(
+            s["slots"][s["primary"].as_str().unwrap()],
+            serde_json::json!({"status": "good", "version": version}),
+            "{s}"
+        );
+    }
+
+    let key = repo.root_key.to_str().unwrap();
+    let out = common::run(&[
+        "init",
+        at.join("repo").to_str().unwrap(),
+        "--product",
+        "p",
+        "--root-key",
+        &format!("{key}.pub"),
+        "--root-threshold",
+        "1",
+        "--manifest-key",
+        &format!("{}.pub", repo.manifest_key.display()),
+        "--sign",
+        key,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.starts_with("error[io]") && err.contains("expected a file system with hard links"),
+        "{err}"
+    );
+    // Only the repository's lock file: no root, and no temp file.
+    assert_eq!(walk(&at.join("repo")), [at.join("repo/.lock")]);
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }

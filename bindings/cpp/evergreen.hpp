@@ -3,7 +3,7 @@
 //   evergreen::Updater updater(config_json);
 //   updater.startup();
 //   if (auto offer = updater.check()) {
-//       updater.download(*offer, [](uint64_t done, uint64_t total) { return false; });
+//       updater.download(*offer, [](uint64_t, uint64_t) { return false; });
 //       updater.install(*offer);
 //       updater.activate();
 //   }
@@ -261,7 +261,18 @@ public:
     }
 
     Updater(Updater &&) noexcept = default;
-    Updater &operator=(Updater &&) noexcept = default;
+    /// Frees this updater first (which waits for its running callbacks), and only then
+    /// its handlers, as the destructor does: a defaulted move would replace the handlers
+    /// before the free, under a callback another thread may be running.
+    Updater &operator=(Updater &&other) noexcept {
+        if (this != &other) {
+            updater_.reset();
+            events_ = std::move(other.events_);
+            retired_ = std::move(other.retired_);
+            updater_ = std::move(other.updater_);
+        }
+        return *this;
+    }
     Updater(const Updater &) = delete;
     Updater &operator=(const Updater &) = delete;
 

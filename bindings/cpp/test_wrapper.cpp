@@ -356,6 +356,16 @@ void handles_are_move_only() {
         refused = true;
     }
     EXPECT(refused);
+
+    // Move assignment frees the updater it replaces, then takes the other's handler.
+    int replaced = 0;
+    evergreen::Updater c(dev.config);
+    c.on_event([&replaced](const std::string &) { ++replaced; });
+    const int before = events;
+    c = std::move(b);
+    EXPECT(c.check().has_value());
+    EXPECT(events > before);
+    EXPECT(replaced == 0);
 }
 
 void an_updater_may_be_destroyed_by_its_own_event_handler() {

@@ -25,8 +25,11 @@ use std::time::Duration;
 pub struct HttpTransport {
     options: FetchOptions,
     proxy: Option<ureq::Proxy>,
-    /// Made on the first request; with it, when there are no usable CA roots, why.
-    agent: OnceLock<(ureq::Agent, Option<Error>)>,
+    /// Read on the first request, once for both agents: the TLS configuration with its
+    /// CA roots, or why there are no usable roots (only `https://` needs them).
+    tls: OnceLock<Result<Tls>>,
+    /// Made on the first request.
+    agent: OnceLock<ureq::Agent>,
     /// The agent for requests with a [`Request::body_timeout`] (metadata), and that
     /// deadline: the same settings plus it. An agent rather than a per-request setting,
     /// which would copy the whole configuration into every request (5 KB of code).
@@ -52,6 +55,7 @@ impl HttpTransport {
         Ok(HttpTransport {
             options: options.clone(),
             proxy,
+            tls: OnceLock::new(),
             agent: OnceLock::new(),
             bounded: Mutex::new(None),
         })
@@ -60,25 +64,31 @@ impl HttpTransport {
     /// The agent for `url`, made on the first call; with `body_timeout`, one whose
     /// requests have that deadline for their whole body.
     fn agent(&self, url: &str, body_timeout: Option<Duration>) -> Result<ureq::Agent> {
-        let (agent, no_roots) = self.agent.get_or_init(|| self.make_agent(None));
-        if let (Some(why), true) = (no_roots, is_https(url)) {
+        if let (Err(why), true) = (self.tls(), is_https(url)) {
             return Err(Error::new(why.kind(), format!("GET {url}: {why}")));
         }
         let Some(limit) = body_timeout else {
-            return Ok(agent.clone());
+            return Ok(self.agent.get_or_init(|| self.make_agent(None)).clone());
         };
         let mut bounded = self.bounded.lock().unwrap_or_else(PoisonError::into_inner);
         match &*bounded {
             Some((made_for, agent)) if *made_for == limit => Ok(agent.clone()),
             _ => {
-                let agent = self.make_agent(Some(limit)).0;
+                let agent = self.make_agent(Some(limit));
                 *bounded = Some((limit, agent.clone()));
                 Ok(agent)
             }
         }
     }
 
-    fn make_agent(&self, body_timeout: Option<Duration>) -> (ureq::Agent, Option<Error>) {
+    /// The TLS configuration, read on the first call.
+    fn tls(&self) -> &Result<Tls> {
+        self.tls.get_or_init(|| tls(&self.options))
+    }
+
+    /// An agent with the options' settings and, for metadata, `body_timeout`; with TLS
+    /// when there are usable roots (plain `http://` works without).
+    fn make_agent(&self, body_timeout: Option<Duration>) -> ureq::Agent {
         let options = &self.options;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -92,19 +102,31 @@ impl HttpTransport {
         if self.proxy.is_some() {
             config = config.proxy(self.proxy.clone());
         }
-        // Plain http:// works without roots; https:// fails in `agent` with the reason.
-        let no_roots = match roots(options) {
-            Ok(_roots) => {
-                #[cfg(feature = "tls")]
-                {
-                    config = config.tls_config(tls_config(_roots));
-                }
-                None
-            }
-            Err(e) => Some(e),
-        };
-        (ureq::Agent::new_with_config(config.build()), no_roots)
+        #[cfg(feature = "tls")]
+        if let Ok(tls) = self.tls() {
+            config = config.tls_config(tls.clone());
+        }
+        ureq::Agent::new_with_config(config.build())
     }
+}
+
+/// What the agents' TLS is made of: rustls's configuration, or nothing in a build without
+/// TLS.
+#[cfg(feature = "tls")]
+type Tls = ureq::tls::TlsConfig;
+#[cfg(not(feature = "tls"))]
+type Tls = ();
+
+/// The TLS configuration for `options`'s roots (see [`roots`]).
+#[cfg(feature = "tls")]
+fn tls(options: &FetchOptions) -> Result<Tls> {
+    roots(options).map(tls_config)
+}
+
+/// Without TLS, only the check that no `ca_roots` was asked for.
+#[cfg(not(feature = "tls"))]
+fn tls(options: &FetchOptions) -> Result<Tls> {
+    roots(options)
 }
 
 /// The roots `options` trusts for HTTPS: `ca_roots`, else the built-in roots (feature
@@ -723,11 +745,10 @@ rTPbyMtuh6A0S6makkfrf53PSPtBBA==
     #[test]
     fn https_without_roots_is_a_config_error_and_http_still_works() {
         let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
-        // As if the system had no bundle (set before the first request makes the agent).
-        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
+        // As if the system had no bundle (set before the first request reads it).
         let _ = transport
-            .agent
-            .set((agent, Some(Error::config("no CA bundle".to_string()))));
+            .tls
+            .set(Err(Error::config("no CA bundle".to_string())));
         let request = Request::default();
         let err = transport
             .get("HTTPS://127.0.0.1:9/x", &request)
@@ -771,6 +792,17 @@ rTPbyMtuh6A0S6makkfrf53PSPtBBA==
         let transport = HttpTransport::new(&options).unwrap();
         let err = transport
             .get("https://127.0.0.1:9/x", &request)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+
+        // Read once per transport: the metadata agent, made later, reuses what was read.
+        std::fs::remove_file(dir.path().join("roots.pem")).unwrap();
+        let metadata = Request {
+            body_timeout: Some(std::time::Duration::from_secs(5)),
+            ..Request::default()
+        };
+        let err = transport
+            .get("https://127.0.0.1:9/x", &metadata)
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Network, "{err}");
     }

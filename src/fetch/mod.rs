@@ -681,9 +681,9 @@ fn retry_after(value: &str, date: Option<&str>, now: crate::Timestamp) -> Option
         // Digits beyond u64 are a wait longer than any check waits.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
-    let at = crate::time::parse_http_date(value)?;
+    let at = crate::time::parse_http_date(value, now)?;
     let since = date
-        .and_then(|d| crate::time::parse_http_date(d.trim()))
+        .and_then(|d| crate::time::parse_http_date(d.trim(), now))
         .unwrap_or(now);
     Some(Duration::from_secs(
         u64::try_from(at.unix().saturating_sub(since.unix())).unwrap_or(0),

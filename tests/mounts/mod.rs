@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A mount at a directory, unmounted when dropped.
-pub struct Mounted(PathBuf);
+/// A mount at a directory, unmounted (and its loop device detached) when dropped.
+pub struct Mounted(PathBuf, Option<String>);
 
 impl Mounted {
     /// Runs `mount ARGS… AT`, first creating `at`; `None` (the test is skipped, or fails
@@ -18,7 +18,7 @@ impl Mounted {
             require::missing(needs);
             return None;
         }
-        Some(Mounted(at.to_path_buf()))
+        Some(Mounted(at.to_path_buf(), None))
     }
 
     /// A tmpfs of `kib` KiB at `at`.
@@ -37,11 +37,49 @@ impl Mounted {
         }
         Mounted::new(&[OsStr::new(device)], at, needs)
     }
+
+    /// A new exFAT file system of `mib` MiB in the image file `image`, on a loop device,
+    /// mounted at `at` by the FUSE driver: a USB stick's or an SD card's file system,
+    /// without hard links, symlinks or `RENAME_NOREPLACE`.
+    pub fn exfat(image: &Path, mib: u64, at: &Path) -> Option<Mounted> {
+        let needs = "mkfs.exfat (exfatprogs), mount.exfat-fuse (exfat-fuse), losetup and \
+                     permission to attach a loop device";
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let attached = Command::new("losetup")
+            .args([OsStr::new("-f"), OsStr::new("--show"), image.as_os_str()])
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        let Some(attached) = attached else {
+            require::missing(needs);
+            return None;
+        };
+        let device = String::from_utf8(attached.stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let detach = || drop(Command::new("losetup").args(["-d", &device]).status());
+        std::fs::create_dir_all(at).unwrap();
+        let made = run("mkfs.exfat", &[OsStr::new(&device)]);
+        if !made || !run("mount.exfat-fuse", &[OsStr::new(&device), at.as_os_str()]) {
+            detach();
+            require::missing(needs);
+            return None;
+        }
+        Some(Mounted(at.to_path_buf(), Some(device)))
+    }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
+        // The loop device under a FUSE mount, which `mount -o loop` would have cleared.
+        if let Some(device) = &self.1 {
+            let _ = Command::new("losetup").args(["-d", device]).status();
+        }
     }
 }
 

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import threading
 import warnings
 import weakref
@@ -108,6 +109,34 @@ class Activation:
 _in_callbacks = threading.local()
 
 
+@contextlib.contextmanager
+def _ctrl_c_kept(handle: "_Handle") -> Iterator[None]:
+    """Around a C call on the main thread: Ctrl-C is kept and raised when the call returns.
+
+    Python raises `KeyboardInterrupt` at the first bytecode the main thread runs after the
+    signal. During a C call that is the entry of a callback, before any `try` in it, and
+    ctypes would print the exception as ignored and drop it (and the download would go
+    on). While Python's own handler is in place, this one takes its place for the call:
+    it only keeps the interrupt, the callbacks then stop the call (a download is
+    cancelled), and the outermost `use()` raises it. A host's own SIGINT handler is left
+    alone."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def keep(_signum: int, _frame: object) -> None:
+        handle.defer(KeyboardInterrupt())
+
+    signal.signal(signal.SIGINT, keep)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class _Handle:
     """A C handle that is freed once: by `close()`, or when its owner is collected.
 
@@ -123,7 +152,9 @@ class _Handle:
     made from inside a callback of any handle does not wait, as the C free does not.
 
     A `KeyboardInterrupt` or `SystemExit` raised in a callback cannot unwind through C:
-    it is kept and raised when the C call that made the callback returns."""
+    it is kept and raised when the C call that made the callback returns; so is Ctrl-C
+    pressed during a C call on the main thread (`_ctrl_c_kept`), which also cancels a
+    download at its next progress callback."""
 
     def __init__(self, owner: object, what: str, free: Callable[..., None], *args: Any):
         self.raw = args[0]
@@ -165,7 +196,8 @@ class _Handle:
             self._calls += 1
             self._mine.calls = self._count("calls") + 1
         try:
-            yield self.raw
+            with _ctrl_c_kept(self):
+                yield self.raw
         finally:
             with self._guard:
                 self._calls -= 1
@@ -196,6 +228,11 @@ class _Handle:
             with self._guard:
                 self._running -= 1
                 self._guard.notify_all()
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether this thread's call has an exception kept to raise (Ctrl-C, say)."""
+        return getattr(self._mine, "pending", None) is not None
 
     def defer(self, error: BaseException) -> None:
         """Keeps `error`, raised in a callback, to raise when this thread's call returns."""
@@ -296,7 +333,7 @@ class _ProgressTrampoline:
         with contextlib.ExitStack() as inside:
             for h in self._handles:
                 inside.enter_context(h.callback())
-            if self._updater.closed:
+            if self._updater.closed or any(h.interrupted for h in self._handles):
                 return 1
             if self.fn is None:
                 return 0
@@ -333,11 +370,6 @@ def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
     )
 
 
-def _free_updater(handle: "ctypes._Pointer[_ffi.evg_updater]", _callbacks: list) -> None:
-    # `_callbacks` rides along so the event trampolines outlive the handle.
-    _lib.evg_updater_free(handle)
-
-
 class Updater:
     """An updater for one product installation, from the JSON config of DESIGN §7.1 (a
     dict, JSON text, or a path to a JSON file). Use it as a context manager or call
@@ -347,8 +379,12 @@ class Updater:
         text = _config_text(config)
         handle = ctypes.POINTER(_ffi.evg_updater)()
         check(_lib.evg_updater_new(_encode(text, "config"), ctypes.byref(handle)))
+        # The event trampolines, kept by the Updater alone: a finalizer holding them
+        # would keep alive, through an event callback that refers to it, the Updater
+        # itself. No C call runs once it is collected (each holds `self`), so none can
+        # call them after.
         self._callbacks: list = []
-        self._h = _Handle(self, "Updater", _free_updater, handle, self._callbacks)
+        self._h = _Handle(self, "Updater", _lib.evg_updater_free, handle)
 
     def close(self) -> None:
         """Frees the updater; no callback runs afterwards and calling it again does
@@ -390,7 +426,11 @@ class Updater:
                 try:
                     callback(json.loads(event_json.decode("utf-8")))
                 except Exception as e:
-                    warnings.warn(f"evergreen: the event callback raised {e!r}", RuntimeWarning)
+                    # Warnings turned into errors (`-W error`) must not unwind into C either.
+                    with contextlib.suppress(Exception):
+                        warnings.warn(
+                            f"evergreen: the event callback raised {e!r}", RuntimeWarning
+                        )
                 except BaseException as e:  # noqa: B036 - Ctrl-C or exit: raised after the call
                     handle.defer(e)
 

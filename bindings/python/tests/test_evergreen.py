@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import http.server
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -556,6 +559,60 @@ def test_ctrl_c_in_an_event_callback_is_raised_once_the_call_returns(world) -> N
         # Raised once: the next call runs as usual (the callback raises again in it).
         updater.on_event(None)
         assert updater.check() is not None
+
+
+def test_ctrl_c_while_the_library_downloads_cancels_and_is_raised(world, gate: Gate) -> None:
+    """Ctrl-C pressed while the main thread is inside the C library (here: waiting for a
+    blob the server holds) reaches Python at the next callback's first bytecode, before
+    any `try` in it; it must still cancel the download and be raised from `download`,
+    not be printed as ignored by ctypes while the download runs on."""
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        gate.armed = True
+        calls, progress = recording()
+
+        def press_ctrl_c() -> None:
+            if gate.hit.wait(timeout=20):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the main thread is still inside C
+            gate.opened.set()
+
+        presser = threading.Thread(target=press_ctrl_c)
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            updater.download(offer, progress)
+        presser.join(timeout=20)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert not calls or calls[-1][0] < offer.download_size, calls
+        # Raised once: the download resumes and completes.
+        gate.armed = False
+        calls, progress = recording()
+        updater.download(offer, progress)
+        assert calls[-1] == (offer.download_size, offer.download_size)
+
+
+def test_an_updater_whose_event_callback_refers_to_it_is_collected(world) -> None:
+    """A finalizer must not keep the event trampolines, and through them the Updater its
+    callback refers to: a dropped Updater would never free its C handle."""
+    _, _, _, config = world
+
+    class App:
+        def __init__(self) -> None:
+            self.events: List[str] = []
+            self.updater = evergreen.Updater(config)
+            self.updater.on_event(self.on_event)
+
+        def on_event(self, event: dict) -> None:
+            self.events.append(event["event"])
+
+    app = App()
+    assert app.updater.check() is not None and app.events
+    collected = weakref.ref(app.updater)
+    del app
+    gc.collect()
+    assert collected() is None
 
 
 def test_closes_from_inside_callbacks_of_two_updaters_do_not_wait_for_each_other(

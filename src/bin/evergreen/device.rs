@@ -202,12 +202,13 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                 .cloned();
             let channel = args.channel.clone().unwrap_or(status.channel);
             if json {
-                // Every key of DESIGN §7.2's shape, so a script can read them in either
-                // case: nothing to install, nothing forced, no component changes.
+                // Every key of an offer's (`Offer::to_json`), so a script can read them in
+                // either case: nothing to install, nothing forced, nothing to download.
                 print_json(&json!({"status": "up_to_date",
                     "current": current.as_ref().map(ToString::to_string),
                     "version": null, "channel": channel, "critical": false,
-                    "downgrade": false, "components": []}));
+                    "downgrade": false, "notes": "", "security_version": null,
+                    "download_bytes": 0, "components": []}));
             } else {
                 out!(
                     "up to date: {} on {channel}",
