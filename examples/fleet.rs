@@ -34,10 +34,10 @@
 //! poll) but is not a herd; a herd shows in the polls, and its requests are the polls'
 //! peak times the cost of a poll.
 //!
-//! `--seed N` (default 1) seeds the devices' start times and jitter draws; the rollout
-//! buckets come from the device ids and do not change with it. The seeded draws stand in
-//! for the library's `select::poll_draw` (a hash of the device id and the schedule's
-//! round, as uniform over a fleet), whose hash per poll would take most of the run.
+//! Each poll's jitter is the library's own draw, `select::poll_draw` of the device id and
+//! the time of the poll, as `Updater::next_check` makes it. `--seed N` (default 1) seeds
+//! the devices' start times; the rollout buckets and the jitter draws come from the device
+//! ids and do not change with it.
 //!
 //! `--jitter F` sets the polling jitter (the config's `poll.jitter`, default 0.25),
 //! `--synchronized` starts every device's schedule at the same instant (devices flashed
@@ -56,7 +56,7 @@ mod rng;
 
 use evergreen::config::Poll;
 use evergreen::manifest::{Release, Rollout, RolloutStage};
-use evergreen::select::{bucket_in_rollout, in_rollout, next_check, rollout_bucket};
+use evergreen::select::{bucket_in_rollout, in_rollout, next_check, poll_draw, rollout_bucket};
 use evergreen::{NameMap, Timestamp};
 use rng::Rng;
 use semver::Version;
@@ -183,8 +183,8 @@ struct Args {
     jitter: f64,
     /// Every device's schedule starts at the same instant.
     synchronized: bool,
-    /// Seeds the devices' start times and their jitter draws (the rollout buckets come
-    /// from the device ids, not from it).
+    /// Seeds the devices' start times (the rollout buckets and the jitter draws come from
+    /// the device ids, not from it).
     seed: u64,
     /// Hours the fleet polls before the rollout starts (default 12, two intervals).
     warmup_hours: u32,
@@ -279,11 +279,10 @@ fn simulate(
     devices: &mut [Device],
     channel: &Channel,
     jitter: f64,
-    seed: u64,
     start: i64,
     hours: usize,
 ) -> Outcome {
-    let mut rng = Rng::new(seed);
+    let ids: Vec<String> = (0..devices.len() as u32).map(device_id).collect();
     let mut calendar: Vec<Vec<u32>> = vec![Vec::new(); hours + 1];
     let slot = |t: i64| ((t - start).max(0) / HOUR) as usize;
     for (i, d) in devices.iter().enumerate() {
@@ -321,7 +320,7 @@ fn simulate(
                     let rule = in_rollout(
                         &channel.release,
                         PRODUCT,
-                        &device_id(i),
+                        &ids[i as usize],
                         Timestamp::from_unix(now),
                     );
                     out.disagreements += u64::from(rule != in_now);
@@ -331,15 +330,10 @@ fn simulate(
                     updated += 1;
                     stats.blobs += 1;
                 }
-                d.next = next_check(
-                    Timestamp::from_unix(now),
-                    interval_s(),
-                    jitter,
-                    0,
-                    rng.next(),
-                    None,
-                )
-                .unix();
+                // The draw the library's updater makes for this device and round.
+                let polled = Timestamp::from_unix(now);
+                let draw = poll_draw(&ids[i as usize], Some(polled), 0);
+                d.next = next_check(polled, interval_s(), jitter, 0, draw, None).unix();
                 calendar[slot(d.next).min(hours)].push(i);
             }
         }
@@ -369,16 +363,7 @@ fn main() -> ExitCode {
     let mut rng = Rng::new(args.seed);
     let version = &channel.release.version;
     let mut devices = fleet(args.devices, start, args.synchronized, version, &mut rng);
-    // The jitter's draws from their own stream (seed 1 gives the runs docs/fleet.md shows).
-    let draws = args.seed.wrapping_add(6);
-    let out = simulate(
-        &mut devices,
-        &channel,
-        args.jitter,
-        draws,
-        start,
-        hours as usize,
-    );
+    let out = simulate(&mut devices, &channel, args.jitter, start, hours as usize);
 
     println!(
         "{} devices, polling every {} h ± {:.0} %{}; rollout {percents:?} % from {rollout_start}, one stage a day; seed {}\n",
@@ -396,6 +381,13 @@ fn main() -> ExitCode {
     // no earlier than the rollout.
     let settle = (2 * interval_s() / 3600).max(u64::from(args.warmup_hours)) as usize;
     let failures = failures + check_herd(&out, start, settle);
+    if !args.synchronized {
+        println!(
+            "(a fleet that starts spread over the interval, as this one, shows no herd at any \
+             jitter, none included; what the jitter is for shows with --synchronized \
+             --warmup-hours 48, and its failure with --jitter 0 added)"
+        );
+    }
     if out.disagreements > 0 {
         println!(
             "FAIL: {} bucket(s) disagreed with select::in_rollout",

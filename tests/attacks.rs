@@ -1567,7 +1567,7 @@ fn at_every_crash_point_of_a_check(w: &World, dev: &Dev, after: impl Fn(&Dev) ->
     for (k, point) in points.iter().enumerate() {
         copy_dir(&keep, &dev.state);
         let out = common::run_env(&args, &[("EVERGREEN_CRASH_AT", &(k + 1).to_string())]);
-        assert!(!out.status.success(), "check did not stop at {point}");
+        common::assert_crashed_at(&out, k + 1);
         failed.extend(after(dev).into_iter().map(|e| format!("{point}: {e}")));
     }
     assert!(

@@ -3,6 +3,8 @@
 
 #[path = "support/bootsim.rs"]
 mod bootsim;
+mod common;
+mod mounts;
 mod require;
 
 use evergreen::slots::grub::{BootChange, GrubEnv};
@@ -258,17 +260,14 @@ fn grub_env_symlink_is_followed_and_a_dangling_one_refused_unless_on_another_fil
     assert!(!target.exists());
 
     // On another file system (the ESP mounted, never provisioned), the fresh block is made
-    // where the link points. /dev/shm stands in for the ESP when it is another one.
-    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("skipped: no /dev/shm");
+    // where the link points. A tmpfs mounted for the test stands in for the ESP.
+    let esp_mount = dir.path().join("esp-mounted");
+    let Some(_esp) = mounts::Mounted::tmpfs(&esp_mount, 1024) else {
         return;
     };
     let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
-    if dev(shm.path()) == dev(dir.path()) {
-        eprintln!("skipped: /dev/shm is the temp dir's file system");
-        return;
-    }
-    let esp_target = shm.path().join("grubenv");
+    assert_ne!(dev(&esp_mount), dev(dir.path()));
+    let esp_target = esp_mount.join("grubenv");
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&esp_target, &link).unwrap();
     GrubEnv::init(&link).unwrap();
@@ -1038,9 +1037,10 @@ fn uboot_writes_wait_for_the_lock_fw_setenv_holds() {
     let before = files(&f);
     // fw_setenv between its read and its write.
     let held = evergreen::fsutil::lock_exclusive(Path::new(TOOLS_LOCK)).unwrap();
-    let ours = std::thread::spawn(move || env.activate(Slot::B, 3));
+    let (done, ours) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(env.activate(Slot::B, 3)));
     // fw_setenv run meanwhile waits too.
-    let mut theirs = Command::new("fw_setenv")
+    let theirs = Command::new("fw_setenv")
         .arg("-c")
         .arg(&f.config)
         .args(["theirs", "1"])
@@ -1049,8 +1049,13 @@ fn uboot_writes_wait_for_the_lock_fw_setenv_holds() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(files(&f), before, "written while fw_setenv held its lock");
     drop(held);
-    ours.join().unwrap().unwrap();
-    assert!(theirs.wait().unwrap().success());
+    let limit = std::time::Duration::from_secs(30);
+    let ours = ours.recv_timeout(limit);
+    assert!(
+        matches!(ours, Ok(Ok(()))),
+        "our write, {limit:?} after the lock was freed: {ours:?}"
+    );
+    assert!(common::finish_within(theirs, limit).status.success());
     let printed = fw_printenv(&f);
     assert_eq!(
         (printed["BOOT_ORDER"].as_str(), printed["theirs"].as_str()),

@@ -481,7 +481,8 @@ fn update_declined_on_a_terminal_prints_json() {
         .unwrap();
     use std::io::Write as _;
     child.stdin.take().unwrap().write_all(b"n\n").unwrap();
-    assert!(child.wait().unwrap().success());
+    let done = common::finish_within(child, std::time::Duration::from_secs(60));
+    assert!(done.status.success());
     let printed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     assert_eq!(

@@ -1,10 +1,15 @@
 //! The operator half of the `evergreen` CLI, run as a real process in temp dirs.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
 const NOW: &str = "2026-11-22T10:00:00Z";
+
+/// The longest a CLI run here may take before the test fails rather than waits on.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The CLI in `dir`, its clock reading `now` (the repositories' validities depend on it).
 fn command_at(dir: &Path, now: &str) -> Command {
@@ -733,7 +738,7 @@ fn a_closed_stdout_neither_stops_the_work_nor_panics() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = common::finish_within(child, LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
     assert!(dir.path().join("repo/root/1.json").is_file());
@@ -876,7 +881,7 @@ fn concurrent_releases_all_land() {
             })
             .collect();
         for child in children {
-            let o = child.wait_with_output().unwrap();
+            let o = common::finish_within(child, LIMIT);
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         }
     }

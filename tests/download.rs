@@ -938,12 +938,16 @@ fn a_stalled_body_names_the_read_timeout() {
     let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
     let first = repo.blob[..10].to_vec();
     let server = std::thread::spawn(move || {
-        let (mut socket, _) = listener.accept().unwrap();
+        let mut socket = accept_within(&listener, Duration::from_secs(10));
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 4096];
         let _ = socket.read(&mut buf);
         socket.write_all(&head).unwrap();
         socket.write_all(&first).unwrap();
-        // Silent until the client gives up and closes.
+        // Silent until the client gives up and closes (or 10 s pass: the test then fails
+        // on the client's side, never hangs).
         let _ = socket.read(&mut buf);
     });
     let downloads = TempDir::new().unwrap();
@@ -962,6 +966,22 @@ fn a_stalled_body_names_the_read_timeout() {
     );
     drop(f);
     server.join().unwrap();
+}
+
+/// The first connection to `listener`, waited for at most `limit`.
+fn accept_within(listener: &std::net::TcpListener, limit: Duration) -> std::net::TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                return stream;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("expected a connection within {limit:?}, found none: {e}"),
+        }
+    }
 }
 
 fn metadata_repo(doc: &[u8]) -> TempDir {

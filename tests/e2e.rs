@@ -1118,11 +1118,6 @@ fn http_date(at: evergreen::Timestamp) -> String {
     format!("Mon, {} {month} {} {} GMT", &t[8..10], &t[..4], &t[11..19])
 }
 
-/// Seconds from the host's clock now to `next`.
-fn due_in(next: evergreen::Timestamp) -> i64 {
-    next.unix() - evergreen::Timestamp::now().unix()
-}
-
 /// A server that fails a check with 503 and `Retry-After: 3600` is not asked again for an
 /// hour, though the device polls every minute (and backs off to two after one failure);
 /// a check it answers lifts that. The header's HTTP-date form is honoured the same way,
@@ -1136,51 +1131,56 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
     let updater = updater_for(&dev);
     let server = &setup.server;
     let manifest = "channels/stable.json";
+    // The next check, `secs` after a moment during `call` (give or take the second a
+    // date rounds to): bounded by the clock before and after it, however slow the host.
+    let due_after = |secs: i64, call: &dyn Fn()| {
+        let before = evergreen::Timestamp::now().unix();
+        call();
+        let after = evergreen::Timestamp::now().unix();
+        let next = updater.next_check().unwrap();
+        assert!(
+            (before + secs - 1..=after + secs + 1).contains(&next.unix()),
+            "next check at {next}, expected {secs} s after a moment in {before}..={after}"
+        );
+        next
+    };
     let busy = |retry_after: String| {
         server.clear_faults();
-        server.set_fault(manifest, Fault::Busy(503, retry_after));
+        server.set_fault(manifest, Fault::Busy(503, retry_after.clone()));
         let err = updater.check().unwrap_err();
         assert_eq!(err.kind(), evergreen::ErrorKind::HttpStatus, "{err}");
         assert!(err.message().contains("Retry-After: "), "{err}");
-        due_in(updater.next_check().unwrap())
     };
 
-    let due = busy("3600".into());
-    assert!((3598..=3600).contains(&due), "due in {due} s");
-    let status = updater.status().unwrap();
-    assert!(due_in(status.next_check) >= 3598, "{:?}", status.next_check);
+    let hour = due_after(3600, &|| busy("3600".into()));
+    assert_eq!(updater.status().unwrap().next_check, hour);
     assert!(updater.state().unwrap().not_before.is_some());
     // A failure that asks for nothing (a check made early by hand) leaves that hour.
     server.clear_faults();
     server.set_fault(manifest, Fault::Status(500));
     updater.check().unwrap_err();
-    let due = due_in(updater.next_check().unwrap());
-    assert!((3597..=3600).contains(&due), "due in {due} s");
+    assert_eq!(updater.next_check().unwrap(), hour);
 
     server.clear_faults();
-    assert!(matches!(
-        updater.check().unwrap(),
-        evergreen::Check::Available(_)
-    ));
+    due_after(60, &|| {
+        assert!(matches!(
+            updater.check().unwrap(),
+            evergreen::Check::Available(_)
+        ))
+    });
     assert_eq!(updater.state().unwrap().not_before, None);
-    let due = due_in(updater.next_check().unwrap());
-    assert!(
-        (58..=60).contains(&due),
-        "due in {due} s after a successful check"
-    );
 
-    let due = busy(http_date(evergreen::Timestamp::now().plus_secs(7200)));
-    assert!((7197..=7200).contains(&due), "due in {due} s");
+    due_after(7200, &|| {
+        busy(http_date(evergreen::Timestamp::now().plus_secs(7200)))
+    });
 
     // Ten years, as seconds: a day.
-    let due = busy("315360000".into());
-    assert!((86_398..=86_400).contains(&due), "due in {due} s");
+    due_after(86_400, &|| busy("315360000".into()));
 
     // A date already past holds nothing back: the backoff after one failure stands.
     server.clear_faults();
     updater.check().unwrap();
-    let due = busy("Thu, 01 Jan 2015 00:00:00 GMT".into());
-    assert!((118..=120).contains(&due), "due in {due} s");
+    due_after(120, &|| busy("Thu, 01 Jan 2015 00:00:00 GMT".into()));
     assert_eq!(updater.state().unwrap().not_before, None);
 }
 

@@ -93,6 +93,10 @@ config powercut "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
 run() {
   if command -v valgrind >/dev/null; then
     valgrind --quiet --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --error-exitcode=1 "$@"
+  elif [ -n "${EVERGREEN_REQUIRE_TOOLS:-}" ]; then
+    # CI installs valgrind: without it the memory checks this script promises never run.
+    echo "FAIL: expected valgrind installed (EVERGREEN_REQUIRE_TOOLS is set), found none"
+    exit 1
   else
     echo "(valgrind not found: running without it)"
     "$@"

@@ -29,6 +29,7 @@ pub enum AppRun {
 /// Where a device lives and what it is wired to: everything its config is made from.
 struct Setup {
     dir: PathBuf,
+    device_id: String,
     server: String,
     pinned_root: PathBuf,
     clock: SimClock,
@@ -46,7 +47,7 @@ impl Setup {
             "trust": {"root": self.pinned_root},
             "state_dir": self.dir.join("state"),
             "slots": {"kind": "dir", "root": self.app_root()},
-            "device_id": DEVICE_ID,
+            "device_id": self.device_id,
             "deploy": deploy,
             "trial": {"tries": 3},
             "limits": {"retries": 1, "retry_backoff_ms": 10},
@@ -62,8 +63,8 @@ impl Setup {
     fn updater(&self, deploy: Value) -> Outcome<Updater> {
         let config = self.config(deploy);
         self.console.say(format!(
-            "device config: deploy {}, trial tries {}, device_id {DEVICE_ID}",
-            config["deploy"], config["trial"]["tries"]
+            "device config: deploy {}, trial tries {}, device_id {}",
+            config["deploy"], config["trial"]["tries"], self.device_id
         ));
         let console = Arc::clone(&self.console);
         let clock = self.clock.clone();
@@ -82,8 +83,10 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device under `dir` that ships with the repository's first root and follows stable.
+    /// A device `device_id` under `dir` that ships with the repository's first root and
+    /// follows stable.
     pub fn new(
+        device_id: &str,
         dir: &Path,
         server: &str,
         repo_root: &Path,
@@ -95,6 +98,7 @@ impl Device {
         std::fs::copy(repo_root.join("root/1.json"), &pinned_root)?;
         let setup = Setup {
             dir: dir.to_path_buf(),
+            device_id: device_id.to_string(),
             server: server.to_string(),
             pinned_root,
             clock,
@@ -127,7 +131,13 @@ impl Device {
 
     /// Checks the device's channel and expects an offer of exactly `version`.
     pub fn expect_offer(&self, version: &str) -> Outcome<Offer> {
-        match self.updater.check()? {
+        self.expect_offer_on(None, version)
+    }
+
+    /// Checks `channel` (the device's own with `None`) through the server, without moving
+    /// the device to it, and expects an offer of exactly `version`.
+    pub fn expect_offer_on(&self, channel: Option<&str>, version: &str) -> Outcome<Offer> {
+        match self.updater.check_with(channel, None)? {
             Check::Available(offer) => {
                 expect_eq("offered version", offer.version.to_string(), version.into())?;
                 Ok(offer)

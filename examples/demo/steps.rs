@@ -5,7 +5,7 @@ use super::device::{AppRun, Device, DEVICE_ID};
 use super::narrate::{ensure, expect_eq, Console, Failure, Outcome};
 use super::world::{Part, Publisher, SimClock, PRODUCT};
 use crate::support::{Fault, TestServer};
-use evergreen::select::{bucket_in_rollout, rollout_bucket, Deploy};
+use evergreen::select::{rollout_bucket, Deploy};
 use evergreen::slots::Slot;
 use evergreen::stage::ComponentOp;
 use evergreen::{Activation, ErrorKind, Event, Offer, Timestamp};
@@ -21,7 +21,7 @@ pub struct Demo {
     publisher: Publisher,
     server: TestServer,
     device: Device,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A step: its title and what it does.
@@ -68,6 +68,7 @@ impl Demo {
             server.url()
         ));
         let device = Device::new(
+            DEVICE_ID,
             &dir.path().join("device"),
             &server.url(),
             publisher.repo().path(),
@@ -80,7 +81,7 @@ impl Demo {
             publisher,
             server,
             device,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -221,6 +222,12 @@ fn channels(d: &mut Demo) -> Outcome {
             c.channel != "stable",
         )?;
     }
+    for channel in ["nightly", "preview"] {
+        d.device.expect_offer_on(Some(channel), "1.1.0")?;
+        d.ok(format!(
+            "check of {channel} through the server: 1.1.0 offered"
+        ));
+    }
     d.device.expect_up_to_date()?;
     d.ok("check on stable: up to date, 1.1.0 is not on stable yet");
     Ok(())
@@ -230,20 +237,26 @@ fn rollout(d: &mut Demo) -> Outcome {
     let v11 = Version::new(1, 1, 0);
     d.days_pass(1);
     d.publisher.promote(&v11, "preview", "stable", Some(20.0))?;
-    let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
-    let inside = bucket_in_rollout(bucket, 20.0);
     d.say("operator: 1.1.0 promoted to stable for 20% of devices");
-    d.say(format!(
-        "device {DEVICE_ID}: bucket {bucket} for 1.1.0; the rule is bucket < percent×100 = 2000, so it is {}",
-        if inside { "IN" } else { "OUT" }
-    ));
-    if inside {
-        d.device.expect_offer("1.1.0")?;
-        d.ok("check on stable at 20%: 1.1.0 offered");
-    } else {
-        d.device.expect_up_to_date()?;
-        d.ok("check on stable at 20%: up to date (held back by the rollout)");
-    }
+    let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
+    rollout_reaches(d, &d.device, DEVICE_ID, bucket, "1.0.0")?;
+    // A neighbour with nothing installed, whose bucket is inside the 20%: offered 1.1.0
+    // where this device is held back (or the other way round).
+    let (neighbour, its_bucket) = (1..)
+        .map(|n| format!("gateway-{n:04}"))
+        .map(|id| (rollout_bucket(PRODUCT, &id, &v11), id))
+        .find(|(b, _)| (*b < 2000) != (bucket < 2000))
+        .map(|(b, id)| (id, b))
+        .ok_or_else(|| Failure("no neighbour on the other side of the rollout".into()))?;
+    let other = Device::new(
+        &neighbour,
+        &d.dir.path().join(&neighbour),
+        &d.server.url(),
+        d.publisher.repo().path(),
+        d.clock.clone(),
+        Arc::clone(&d.console),
+    )?;
+    rollout_reaches(d, &other, &neighbour, its_bucket, "1.0.0")?;
     d.clock.advance_hours(6);
     d.publisher.rollout("stable", &v11, 100.0)?;
     d.say(format!(
@@ -254,6 +267,32 @@ fn rollout(d: &mut Demo) -> Outcome {
     d.ok(format!(
         "check on stable at 100%: 1.1.0 offered (bucket {bucket} < 10000)"
     ));
+    Ok(())
+}
+
+/// Checks stable at the 20% rollout of 1.1.0 on `device` (`id`, in `bucket`): offered
+/// 1.1.0 when the bucket is under 2000, else `fallback` when it has nothing installed, or
+/// nothing.
+fn rollout_reaches(d: &Demo, device: &Device, id: &str, bucket: u64, fallback: &str) -> Outcome {
+    let inside = bucket < 2000;
+    d.say(format!(
+        "device {id}: bucket {bucket} for 1.1.0; the rule is bucket < percent×100 = 2000, so it is {}",
+        if inside { "IN" } else { "OUT" }
+    ));
+    if inside {
+        device.expect_offer("1.1.0")?;
+        d.ok(format!("{id}: check on stable at 20%: 1.1.0 offered"));
+    } else if device.running()?.is_none() {
+        device.expect_offer(fallback)?;
+        d.ok(format!(
+            "{id}: check on stable at 20%: {fallback} offered (1.1.0 held back by the rollout)"
+        ));
+    } else {
+        device.expect_up_to_date()?;
+        d.ok(format!(
+            "{id}: check on stable at 20%: up to date (held back by the rollout)"
+        ));
+    }
     Ok(())
 }
 

@@ -47,6 +47,40 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The output of `child` once it exits, waiting at most `limit`: a child stuck (on a
+/// lock, a prompt) is killed and the test fails, rather than hang. For children whose
+/// output fits in a pipe's buffer, as every CLI run's here does.
+pub fn finish_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("expected the child to exit within {limit:?}, found it still running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts that `out` is a run that aborted at crash point `k` (`EVERGREEN_CRASH_AT=k`),
+/// as a power cut there would stop it, and not one that failed, or stopped, elsewhere:
+/// that point would never be tested.
+pub fn assert_crashed_at(out: &Output, k: usize) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = stderr(out);
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "expected an abort (SIGABRT) at crash point {k}, found {:?}: {err}",
+        out.status
+    );
+    assert!(
+        err.contains(&format!("crash point {k} (")),
+        "expected the abort at crash point {k}, found: {err}"
+    );
+}
+
 /// Builds a zip (deflated) holding `files` (path → content); paths ending in `.sh` are
 /// executable.
 pub fn make_zip(path: &Path, files: &[(&str, &[u8])]) {
