@@ -576,7 +576,7 @@ impl Repo {
     /// devices outside its rollout still take the ones before it. Then whatever else a
     /// device needs is kept, so that none is offered less than before: for a device running
     /// any listed release, one at any listed `min_version`, or one older than all of them,
-    /// when [`select`](crate::select) offers it a release and would offer it none of those
+    /// when [`select`] offers it a release and would offer it none of those
     /// kept, the release it is offered stays, until nothing more is added. `select` is
     /// asked twice: with the rollouts as they stand, and with every release that has, had
     /// or will have a stage above 0 % as reaching everyone (a halted stone may ramp up
@@ -715,8 +715,9 @@ impl Repo {
 
     /// Checks the whole repository offline, as a client at `now` would: the root chain and
     /// the newest root's expiry, that every `root/N.json` is part of that chain, every
-    /// channel manifest against the newest manifest keys, and every referenced blob's size
-    /// and SHA-256.
+    /// channel manifest against the newest manifest keys, every referenced blob's size
+    /// and SHA-256, and that no zip is one every device would refuse (as `release` checks
+    /// before it publishes one: [`ErrorKind::UnsafeArchive`]).
     pub fn verify(&self, now: Timestamp) -> Result<VerifyReport> {
         let trusted = self.trusted_root()?;
         self.check_root_files(trusted.root().version)?;
@@ -825,7 +826,14 @@ impl Repo {
                 ),
             ));
         }
-        Ok(())
+        // A zip put in by hand, or by a build that skipped `release`'s check, is refused
+        // here as every device would refuse it, not first by the fleet.
+        match (artifact.kind, artifact.installed_size) {
+            (ArtifactKind::Zip, Some(installed)) => {
+                check_zip_for_every_device(&path, &path, installed)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Applies `edit` to the verified manifest of `change.channel`, then bumps, signs

@@ -982,6 +982,25 @@ fn attack_zip_slip_parent_traversal() {
     assert!(msg.contains("`..`"), "{msg}");
 }
 
+/// A hostile zip that got into a repository past `release`'s check (a key holder's
+/// hand-made manifest) is found by `verify`, naming where it is listed, before a device
+/// refuses it.
+#[test]
+fn verify_finds_a_zip_every_device_would_refuse() {
+    let (w, _dev) = World::installed_with(Setup::default(), json!({}));
+    w.repo.verify(t0()).unwrap();
+    w.publish_unchecked("stable", "1.1.0", &slip("../escape.txt"), at(t0()));
+    let err = w.repo.verify(t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("every device would refuse this archive")
+            && msg.contains("channel stable release 1.1.0")
+            && msg.contains("`..`"),
+        "{msg}"
+    );
+}
+
 /// Zip slip with Windows separators (CVE-2018-1002201 shape): `..\..\Temp\evil.txt`.
 #[test]
 fn attack_zip_slip_backslash_traversal() {
