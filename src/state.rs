@@ -174,6 +174,10 @@ pub struct SeenManifest {
     /// The server's ETag, for `If-None-Match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// Its `issued`, for the newest `issued` kept across a key rotation
+    /// ([`State::trust_manifest_keys`]); none in a state saved before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued: Option<Timestamp>,
 }
 
 /// One line of history.
@@ -354,20 +358,37 @@ impl State {
 
     /// Records `keys` as the manifest keys the freshness state is kept under (DESIGN §5.1
     /// rule 7). When a key it was built under is no longer among them (revoked by a root
-    /// rotation or a new `trust.keys`), it starts afresh: the sequences and ETags seen and
-    /// the newest `issued`, as TUF drops its timestamp and snapshot metadata when their keys
-    /// rotate, so a sequence or an `issued` a revoked key signed far ahead does not bind its
-    /// successor. Keys added, or a threshold changed, revoke nothing and keep it: starting
-    /// afresh would let older manifests be replayed. A state written before this record
-    /// takes the keys as they are.
-    pub fn trust_manifest_keys(&mut self, keys: &KeySet) {
+    /// rotation or a new `trust.keys`), what that key alone could have signed is forgotten,
+    /// as TUF drops its timestamp and snapshot metadata when their keys rotate, so a
+    /// sequence or an `issued` a revoked key signed far ahead does not bind its successor:
+    /// a channel's record stays only when `still_signed` finds the manifest it records
+    /// signed by `keys` too (the threshold met without the revoked key), and the newest
+    /// `issued` becomes the newest of those kept (none for records from before `issued`
+    /// was recorded in them). Forgetting them
+    /// all would let an attacker replay a channel's older manifests, still signed by a key
+    /// that stays, at the very check that follows a key's revocation. Keys added, or a
+    /// threshold changed, revoke nothing and keep it all. A state written before this
+    /// record takes the keys as they are.
+    pub fn trust_manifest_keys(
+        &mut self,
+        keys: &KeySet,
+        still_signed: &dyn Fn(&str, &SeenManifest) -> bool,
+    ) {
         let ids: Vec<String> = keys.keys().iter().map(PublicKey::keyid).collect();
         let revoked = self
             .manifest_keys
             .split(' ')
             .any(|old| !old.is_empty() && !ids.iter().any(|id| id == old));
         if revoked {
-            self.forget_freshness();
+            self.newest_issued = None;
+            // Rebuilt rather than `retain`ed: the map's removal code is 4 KB of a library
+            // that must stay small, for a step taken once per rotation.
+            for (channel, seen) in std::mem::take(&mut self.manifests) {
+                if still_signed(&channel, &seen) {
+                    self.newest_issued = self.newest_issued.max(seen.issued);
+                    self.manifests.insert(channel, seen);
+                }
+            }
         }
         self.manifest_keys = ids.join(" ");
     }
@@ -413,10 +434,10 @@ impl State {
                 // What is wrong, and where: a hand edit's stray comma is fixed in place,
                 // keeping the trial, the floor and the freshness that starting afresh
                 // would lose.
-                let found = match (&schema, bytes.len()) {
-                    (_, 0) => "an empty file".to_string(),
-                    (Err(why), n) => format!("a corrupt file ({n} bytes: {why})"),
-                    (Ok(_), n) => format!("a document without a schema number ({n} bytes)"),
+                let why = schema.as_ref().err().map_or("no schema number", String::as_str);
+                let found = match bytes.len() {
+                    0 => "an empty file".to_string(),
+                    n => format!("a corrupt file ({n} bytes: {why})"),
                 };
                 return Err(Error::invalid_state(format!(
                     "{}: expected a JSON state document with a schema number, found {found}; \

@@ -206,7 +206,8 @@ pub(crate) fn parse_http_date(s: &str, now: Timestamp) -> Option<Timestamp> {
         }
         // Nov  6 08:49:37 1994, after `Sun `
         24 if b[3] == b' ' && b[7] == b' ' && b[10] == b' ' && b[19] == b' ' => {
-            let day = digits(s[8..10].trim_start())?;
+            // The day is space-padded (` 6`), or two digits.
+            let day = digits(&s[8 + usize::from(b[8] == b' ')..10])?;
             let date = (digits(&s[20..24])?, month(&s[4..7])?, day);
             (date, clock_then(&s[11..20], " ")?)
         }

@@ -1260,10 +1260,7 @@ impl Updater {
         // under the manifest keys it checks with.
         let clock = (self.clock)();
         let max = self.config.limits.max_metadata_bytes;
-        let cache = self
-            .state_dir()
-            .join("cache")
-            .join(format!("{channel}.json"));
+        let cache = self.manifest_cache(channel);
         let seen = st.manifests.get(channel).cloned();
         let etag = seen
             .as_ref()
@@ -1304,6 +1301,7 @@ impl Updater {
                 sequence: verified.sequence,
                 payload_sha256: verified.payload_sha256().to_string(),
                 etag: new_etag,
+                issued: Some(verified.issued),
             },
         );
         st.newest_issued = Some(
@@ -1331,7 +1329,7 @@ impl Updater {
                     .map(|k| PublicKey::from_base64(k))
                     .collect::<Result<Vec<_>>>()?;
                 let keys = KeySet::new(keys, *threshold)?;
-                st.trust_manifest_keys(&keys);
+                st.trust_manifest_keys(&keys, &|c, seen| self.still_signed(c, seen, &keys));
                 return Ok(Anchor::Keys(keys));
             }
             TrustConfig::Root(root) => root,
@@ -1431,9 +1429,29 @@ impl Updater {
             ));
         }
         st.root_version = Some(version);
-        st.trust_manifest_keys(root.manifest_keys());
+        let keys = root.manifest_keys();
+        st.trust_manifest_keys(keys, &|c, seen| self.still_signed(c, seen, keys));
         root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
         Ok(Anchor::Root(root))
+    }
+
+    /// Whether the copy kept of the manifest last accepted on `channel` (`seen`) is still
+    /// signed by `keys`, their threshold met: after a rotation that revoked a manifest key,
+    /// such a channel keeps its record (see [`State::trust_manifest_keys`]).
+    fn still_signed(&self, channel: &str, seen: &SeenManifest, keys: &KeySet) -> bool {
+        let Ok(bytes) = std::fs::read(self.manifest_cache(channel)) else {
+            return false;
+        };
+        let max = self.config.limits.max_metadata_bytes;
+        crate::trust::open(&bytes, crate::trust::MANIFEST_TYPE, keys, max)
+            .is_ok_and(|payload| crate::trust::sha256_hex(&payload) == seen.payload_sha256)
+    }
+
+    /// Where the manifest last accepted on `channel` is kept, for 304s.
+    fn manifest_cache(&self, channel: &str) -> PathBuf {
+        self.state_dir()
+            .join("cache")
+            .join(format!("{channel}.json"))
     }
 
     /// Makes `root` the saved root. Its root keys are recorded in the state first, and the

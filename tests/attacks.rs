@@ -751,6 +751,41 @@ fn attack_rotated_out_manifest_key() {
     before.assert_unchanged_but_root(&dev);
 }
 
+/// TUF's rollback attack at the moment of a partial rotation: the manifest role is keys
+/// 11 and 12 (threshold 1), 11 leaks and is rotated out for 13. At the device's next check
+/// the attacker, holding no key, serves an older manifest of the channel, signed by both
+/// (12 among them, still trusted). What the device accepted last is still signed by 12, so
+/// its sequence still binds: refused as a rollback, where forgetting every channel's
+/// record at the revocation would take the old manifest as a new start.
+#[test]
+fn attack_replaying_an_older_manifest_after_a_partial_key_rotation() {
+    let setup = Setup {
+        manifest_keys: vec![MANIFEST_KEY, SECOND_MANIFEST_KEY],
+        ..Setup::default()
+    };
+    let (mut w, dev) = World::installed_with(setup, json!({}));
+    let older = w.channel_bytes("stable");
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    let opts = RotateOptions {
+        manifest_keys: Some(vec![key(SECOND_MANIFEST_KEY).public(), key(13).public()]),
+        ..RotateOptions::default()
+    };
+    let signers = [&key(ROOT_KEY), &key(SECOND_MANIFEST_KEY), &key(13)];
+    w.repo.rotate(&opts, &signers, t0()).unwrap();
+    w.signers = vec![key(SECOND_MANIFEST_KEY), key(13)];
+    let before = dev.state_json()["manifests"]["stable"]["sequence"].clone();
+    w.serve(STABLE, older);
+    refused(dev.updater.check(), ErrorKind::MetadataRollback);
+    let state = dev.state_json();
+    assert_eq!(state["root_version"], 2, "the rotation was walked to");
+    assert_eq!(state["manifests"]["stable"]["sequence"], before);
+    assert_eq!(state["newest_issued"], json!(t0()));
+    // The genuine channel, signed by the new keys, is taken.
+    w.server.clear_faults();
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+}
+
 // ---- fast-forward --------------------------------------------------------------------
 
 /// A device that accepted a manifest of `edit`ed freshness signed by the stolen manifest key
