@@ -1641,3 +1641,26 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// docs/firmware.md tells a device with untrusted local users to make the state directory
+/// the updater's alone (0700) before the first run: Evergreen must work in it and leave its
+/// mode as it is, or the advice would not hold past the first update.
+#[test]
+fn a_state_directory_made_private_stays_private_through_an_update() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::new("com.acme.private");
+    publish(&repo, "1.0.0", "stable");
+    let state = repo.scratch("private-state");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state}),
+    );
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    assert!(state.join("state.json").is_file());
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "state directory mode {mode:o}");
+}
