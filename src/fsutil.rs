@@ -387,8 +387,9 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
     // needs a file open for writing. Locally `flock` needs no more than reading, which a
     // lock file another user created (a repository shared by operators) still allows.
     let (file, read_only) = match create_options().truncate(false).open(path) {
+        // Not there to read either: the refusal to create it is what to report.
         Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
-            (File::open(path), true)
+            (File::open(path).or(Err(e)), true)
         }
         other => (other, false),
     };

@@ -828,10 +828,8 @@ impl Repo {
         }
         // A zip put in by hand, or by a build that skipped `release`'s check, is refused
         // here as every device would refuse it, not first by the fleet.
-        match (artifact.kind, artifact.installed_size) {
-            (ArtifactKind::Zip, Some(installed)) => {
-                check_zip_for_every_device(&path, &path, installed)
-            }
+        match artifact.kind {
+            ArtifactKind::Zip => check_zip_for_every_device(&path, &path, artifact.installed_size),
             _ => Ok(()),
         }
     }
@@ -1779,7 +1777,7 @@ fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
             ))
         })?;
     }
-    check_zip_for_every_device(path, shown_as, total)?;
+    check_zip_for_every_device(path, shown_as, Some(total))?;
     Ok(total)
 }
 
@@ -1826,14 +1824,18 @@ pub fn default_limit_refusals(components: &[(&str, &Path, ArtifactKind)]) -> Res
 /// collisions, overlapping entries, methods, encryption, symlinks that escape). The
 /// limits each device sets for itself (`archive` in its config: symlinks at all, the
 /// ratio, the entry count, the size) are left to it.
-fn check_zip_for_every_device(path: &Path, shown_as: &Path, installed_size: u64) -> Result<()> {
+fn check_zip_for_every_device(
+    path: &Path,
+    shown_as: &Path,
+    installed_size: Option<u64>,
+) -> Result<()> {
     let most_lenient = stage::ArchiveLimits {
         max_installed_bytes: u64::MAX,
         max_entries: u64::MAX,
         max_ratio: u64::MAX,
         allow_symlinks: true,
     };
-    check_zip(path, Some(installed_size), &most_lenient).map_err(|e| {
+    check_zip(path, installed_size, &most_lenient).map_err(|e| {
         e.context(format!(
             "{}: every device would refuse this archive",
             shown_as.display()

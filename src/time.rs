@@ -218,10 +218,19 @@ pub(crate) fn parse_http_date(s: &str, now: Timestamp) -> Option<Timestamp> {
             if r.len() != 22 || r[2] != b'-' || r[6] != b'-' || r[9] != b' ' {
                 return None;
             }
+            let (month, day) = (month(&rest[3..6])?, digits(&rest[0..2])?);
+            let time = clock_then(&rest[10..], " GMT")?;
+            // RFC 9110: a time more than 50 years ahead is the past year with those digits.
             let year = two_digit_year(digits(&rest[7..9])?, now);
+            let ahead = civil_secs((i64::from(year), month, day), time)?;
+            let limit = now.0.saturating_add(50 * 31_556_952);
             (
-                (year, month(&rest[3..6])?, digits(&rest[0..2])?),
-                clock_then(&rest[10..], " GMT")?,
+                (
+                    year.saturating_sub(100 * u32::from(ahead > limit)),
+                    month,
+                    day,
+                ),
+                time,
             )
         }
     };
@@ -247,16 +256,10 @@ fn clock_then(s: &str, end: &str) -> Option<(u32, u32, u32)> {
     Some((digits(&s[0..2])?, digits(&s[3..5])?, digits(&s[6..8])?))
 }
 
-/// The year an RFC 850 date's two digits name: in the century of `now`, unless that is
-/// more than 50 years after it, then the century before.
+/// The year in the century of `now` that ends in the two digits `yy`.
 fn two_digit_year(yy: u32, now: Timestamp) -> u32 {
     let this = civil_from_days(now.0.div_euclid(86_400)).0 as u32;
-    let year = this - this % 100 + yy;
-    if year > this + 50 {
-        year.saturating_sub(100)
-    } else {
-        year
-    }
+    this - this % 100 + yy
 }
 
 /// Seconds since the epoch of a UTC date and time read from text, `None` when they name
@@ -352,9 +355,12 @@ mod tests {
             ("Thu, 03 Dec 2026 23:59:60 GMT", "2026-12-03T23:59:59Z"),
             ("Sunday, 06-Nov-94 08:49:37 GMT", "1994-11-06T08:49:37Z"),
             ("Wednesday, 09-Dec-26 08:49:37 GMT", "2026-12-09T08:49:37Z"),
-            // 76 is 50 years after 2026, not more: this century.
-            ("Thursday, 31-Dec-76 23:59:59 GMT", "2076-12-31T23:59:59Z"),
-            ("Friday, 01-Jan-77 00:00:00 GMT", "1977-01-01T00:00:00Z"),
+            // 50 years (of 365.2425 days) after 2026-12-03T18:00:00Z is 2076-12-02T21:00:00Z:
+            // up to then this century, after it the last.
+            ("Wednesday, 02-Dec-76 21:00:00 GMT", "2076-12-02T21:00:00Z"),
+            ("Wednesday, 02-Dec-76 21:00:01 GMT", "1976-12-02T21:00:01Z"),
+            ("Friday, 31-Dec-76 23:59:59 GMT", "1976-12-31T23:59:59Z"),
+            ("Saturday, 01-Jan-77 00:00:00 GMT", "1977-01-01T00:00:00Z"),
             ("Sun Nov  6 08:49:37 1994", "1994-11-06T08:49:37Z"),
             ("Thu Dec 03 18:00:01 2026", "2026-12-03T18:00:01Z"),
         ] {

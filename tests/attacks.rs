@@ -1034,6 +1034,24 @@ fn verify_finds_a_zip_every_device_would_refuse() {
             && msg.contains("`..`"),
         "{msg}"
     );
+    // A hand-made manifest may leave the zip's `installed_size` out (devices take it
+    // without): still checked.
+    let no_size = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let release = m
+            .releases
+            .iter_mut()
+            .find(|r| r.version.minor == 1)
+            .unwrap();
+        let app = release.targets.get_mut(world::TARGET).unwrap();
+        app.components
+            .get_mut("app")
+            .unwrap()
+            .artifact
+            .installed_size = None;
+    });
+    std::fs::write(w.repo.path().join("channels/stable.json"), no_size).unwrap();
+    let err = w.repo.verify(t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
 }
 
 /// Zip slip with Windows separators (CVE-2018-1002201 shape): `..\..\Temp\evil.txt`.

@@ -1245,7 +1245,7 @@ fn signalled_update(
     signal: &str,
 ) -> std::process::Output {
     use std::time::{Duration, Instant};
-    let mut child = std::process::Command::new(common::bin())
+    let child = std::process::Command::new(common::bin())
         .args(["update", "--config", dev.config.to_str().unwrap(), "--yes"])
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -1266,15 +1266,7 @@ fn signalled_update(
         .status()
         .unwrap();
     assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if child.try_wait().unwrap().is_none() {
-        let _ = child.kill();
-        panic!("evergreen update did not stop within 20 s of {signal}");
-    }
-    child.wait_with_output().unwrap()
+    common::finish_within(child, Duration::from_secs(20))
 }
 
 /// A new device served over HTTP, offered 1.1.0 (a 256 KiB file) on stable and preview.

@@ -20,10 +20,7 @@ fn command_at(dir: &Path, now: &str) -> Command {
 
 /// `evergreen` run as if the clock read `now`.
 fn evergreen_at(dir: &Path, now: &str, args: &[&str]) -> Output {
-    command_at(dir, now)
-        .args(args)
-        .output()
-        .expect("the evergreen binary runs")
+    common::output_within(command_at(dir, now).args(args), LIMIT)
 }
 
 fn evergreen(dir: &Path, args: &[&str]) -> Output {

@@ -19,14 +19,30 @@ pub fn run(args: &[&str]) -> Output {
     run_env(args, &[])
 }
 
-/// Runs the CLI with extra environment variables.
+/// The longest a CLI run in a test may take: one stuck (on a lock, say) fails the test
+/// instead of hanging it.
+pub const CLI_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs the CLI with extra environment variables, for at most [`CLI_LIMIT`].
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("the evergreen binary runs")
+    output_within(&mut cmd, CLI_LIMIT)
+}
+
+/// `cmd`'s output, as `Command::output` gives it, once it exits within `limit`.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    finish_within(child, limit)
 }
 
 /// Runs the CLI and panics with its stderr unless it exits 0.
@@ -48,19 +64,39 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// The output of `child` once it exits, waiting at most `limit`: a child stuck (on a
-/// lock, a prompt) is killed and the test fails, rather than hang. For children whose
-/// output fits in a pipe's buffer, as every CLI run's here does.
+/// lock, a prompt) is killed and the test fails, rather than hang. Its piped output is
+/// read as it comes, so a child that writes much never waits on a full pipe.
 pub fn finish_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             panic!("expected the child to exit within {limit:?}, found it still running");
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 /// Asserts that `out` is a run that aborted at crash point `k` (`EVERGREEN_CRASH_AT=k`),

@@ -103,6 +103,9 @@ class Activation:
     """When deferred: the Unix time it may go ahead, None when unknown or activated."""
 
 
+# Per thread: how deep it is in the host's own callback code (`_user_code`).
+_in_user_code = threading.local()
+
 # Per thread: how deep it is in callbacks of any handle. A close() from in there does not
 # wait, as `evg_updater_free` from inside a callback does not: two threads each closing,
 # from a callback, the updater the other is in a callback of would wait for each other.
@@ -128,13 +131,31 @@ def _ctrl_c_kept(handle: "_Handle") -> Iterator[None]:
         return
 
     def keep(_signum: int, _frame: object) -> None:
+        # Inside the host's own callback code, Ctrl-C is raised there as usual (a
+        # callback waiting on input or a queue must be interruptible); the callback's
+        # trampoline keeps it and cancels.
+        if getattr(_in_user_code, "depth", 0):
+            raise KeyboardInterrupt
         handle.defer(KeyboardInterrupt())
 
     signal.signal(signal.SIGINT, keep)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # A callback may have put a handler of its own in place meanwhile: leave it.
+        if signal.getsignal(signal.SIGINT) is keep:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def _user_code() -> Iterator[None]:
+    """Around the host's callback itself, inside a trampoline's `try`."""
+    depth = int(getattr(_in_user_code, "depth", 0))
+    _in_user_code.depth = depth + 1
+    try:
+        yield
+    finally:
+        _in_user_code.depth = depth
 
 
 class _Handle:
@@ -338,7 +359,8 @@ class _ProgressTrampoline:
             if self.fn is None:
                 return 0
             try:
-                return 1 if self.fn(done, total) else 0
+                with _user_code():
+                    return 1 if self.fn(done, total) else 0
             except BaseException as e:  # noqa: B036 - re-raised after the C call returns
                 self.error = e
                 return 1
@@ -424,7 +446,8 @@ class Updater:
                 if handle.closed:
                     return
                 try:
-                    callback(json.loads(event_json.decode("utf-8")))
+                    with _user_code():
+                        callback(json.loads(event_json.decode("utf-8")))
                 except Exception as e:
                     # Warnings turned into errors (`-W error`) must not unwind into C either.
                     with contextlib.suppress(Exception):

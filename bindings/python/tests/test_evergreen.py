@@ -593,6 +593,41 @@ def test_ctrl_c_while_the_library_downloads_cancels_and_is_raised(world, gate: G
         assert calls[-1] == (offer.download_size, offer.download_size)
 
 
+def test_ctrl_c_interrupts_a_progress_callback_that_waits(world) -> None:
+    """Inside the host's own callback Ctrl-C is raised where it waits, as anywhere in
+    Python: a callback blocked on input or a queue stays interruptible. The download is
+    cancelled and the interrupt raised from `download`."""
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        waiting, seen = threading.Event(), []
+
+        def blocks_on_first_call(done: int, total: int) -> bool:
+            if not seen:
+                seen.append("called")
+                waiting.set()
+                try:
+                    threading.Event().wait(timeout=20)
+                except KeyboardInterrupt:
+                    seen.append("interrupted")
+                    raise
+            return False
+
+        def press_ctrl_c() -> None:
+            if waiting.wait(timeout=20):
+                time.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        presser = threading.Thread(target=press_ctrl_c)
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            updater.download(offer, blocks_on_first_call)
+        presser.join(timeout=20)
+        assert seen == ["called", "interrupted"], seen
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_an_updater_whose_event_callback_refers_to_it_is_collected(world) -> None:
     """A finalizer must not keep the event trampolines, and through them the Updater its
     callback refers to: a dropped Updater would never free its C handle."""
