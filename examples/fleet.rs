@@ -242,11 +242,17 @@ fn device_id(i: u32) -> String {
     format!("device-{i:07}")
 }
 
-/// The fleet in steady state (each device's next poll somewhere in the coming interval),
+/// The fleet of devices `ids` in steady state (each device's next poll somewhere in the coming interval),
 /// or, `synchronized`, every device polling at `start`.
-fn fleet(n: u32, start: i64, synchronized: bool, version: &Version, rng: &mut Rng) -> Vec<Device> {
-    (0..n)
-        .map(|i| Device {
+fn fleet(
+    ids: &[String],
+    start: i64,
+    synchronized: bool,
+    version: &Version,
+    rng: &mut Rng,
+) -> Vec<Device> {
+    ids.iter()
+        .map(|id| Device {
             next: if synchronized {
                 start
             } else {
@@ -254,7 +260,7 @@ fn fleet(n: u32, start: i64, synchronized: bool, version: &Version, rng: &mut Rn
             },
             seen: 1,
             updated: false,
-            bucket: rollout_bucket(PRODUCT, &device_id(i), version) as u16,
+            bucket: rollout_bucket(PRODUCT, id, version) as u16,
         })
         .collect()
 }
@@ -276,13 +282,13 @@ struct Outcome {
 /// and a poll that schedules the next one within the same hour (a jitter over 5/6 allows
 /// a delay under an hour) is processed in that hour too.
 fn simulate(
+    ids: &[String],
     devices: &mut [Device],
     channel: &Channel,
     jitter: f64,
     start: i64,
     hours: usize,
 ) -> Outcome {
-    let ids: Vec<String> = (0..devices.len() as u32).map(device_id).collect();
     let mut calendar: Vec<Vec<u32>> = vec![Vec::new(); hours + 1];
     let slot = |t: i64| ((t - start).max(0) / HOUR) as usize;
     for (i, d) in devices.iter().enumerate() {
@@ -362,8 +368,17 @@ fn main() -> ExitCode {
     let channel = Channel::new(rollout_start, &percents);
     let mut rng = Rng::new(args.seed);
     let version = &channel.release.version;
-    let mut devices = fleet(args.devices, start, args.synchronized, version, &mut rng);
-    let out = simulate(&mut devices, &channel, args.jitter, start, hours as usize);
+    // Formatted once: each poll hashes its device's id.
+    let ids: Vec<String> = (0..args.devices).map(device_id).collect();
+    let mut devices = fleet(&ids, start, args.synchronized, version, &mut rng);
+    let out = simulate(
+        &ids,
+        &mut devices,
+        &channel,
+        args.jitter,
+        start,
+        hours as usize,
+    );
 
     println!(
         "{} devices, polling every {} h ± {:.0} %{}; rollout {percents:?} % from {rollout_start}, one stage a day; seed {}\n",

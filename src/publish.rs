@@ -45,7 +45,7 @@ use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, Trus
 use semver::Version;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -724,6 +724,8 @@ impl Repo {
         trusted.check_unexpired(now)?;
         let product = trusted.root().product.clone();
         let mut channels = Vec::new();
+        // A blob listed by several channels or releases alike is read once.
+        let mut checked = HashSet::new();
         for channel in self.channel_names()? {
             let path = self.channel_path(&channel);
             let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
@@ -745,7 +747,7 @@ impl Repo {
                 sequence: m.sequence,
                 expires: m.expires,
                 versions: m.releases.iter().map(|r| r.version.clone()).collect(),
-                blobs_checked: self.check_blobs(&m)?,
+                blobs_checked: self.check_blobs(&m, &mut checked)?,
                 stranded: stranded(&m, now),
             });
         }
@@ -783,8 +785,9 @@ impl Repo {
         Ok(())
     }
 
-    /// Checks every blob `m` names in the repository; returns how many were checked.
-    fn check_blobs(&self, m: &Manifest) -> Result<usize> {
+    /// Checks every blob `m` names in the repository, but those `checked` already holds
+    /// under the same description; returns how many references were checked.
+    fn check_blobs(&self, m: &Manifest, checked: &mut HashSet<BlobKey>) -> Result<usize> {
         let mut blobs_checked = 0;
         for r in &m.releases {
             for (target, t) in &r.targets {
@@ -793,12 +796,17 @@ impl Repo {
                     if c.artifact.url.is_some() {
                         continue;
                     }
-                    self.check_blob(&c.artifact).map_err(|e| {
-                        e.context(format!(
-                            "channel {} release {} target {target} component {name}",
-                            m.channel, r.version
-                        ))
-                    })?;
+                    let a = &c.artifact;
+                    let key = (a.sha256.clone(), a.size, a.kind, a.installed_size);
+                    if !checked.contains(&key) {
+                        self.check_blob(a).map_err(|e| {
+                            e.context(format!(
+                                "channel {} release {} target {target} component {name}",
+                                m.channel, r.version
+                            ))
+                        })?;
+                        checked.insert(key);
+                    }
                     blobs_checked += 1;
                 }
             }
@@ -806,6 +814,8 @@ impl Repo {
         Ok(blobs_checked)
     }
 
+    /// Checks the blob `artifact` names: there, of its size and SHA-256, and, for a zip,
+    /// one some device would install.
     fn check_blob(&self, artifact: &Artifact) -> Result<()> {
         let path = self.root.join(artifact.blob_path());
         if !path.is_file() {
@@ -1852,6 +1862,10 @@ fn check_zip(
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     stage::CheckedZip::check(&file, installed_size, limits).map(drop)
 }
+
+/// A blob as a manifest describes it (SHA-256, size, kind, installed size): what
+/// [`Repo::verify`] checked once.
+type BlobKey = (String, u64, ArtifactKind, Option<u64>);
 
 /// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,
 /// never widened afterwards) and `path.pub` the base64 public key. Refuses to overwrite

@@ -892,6 +892,25 @@ fn updater_with_selector(
         .unwrap()
 }
 
+/// A device of `product` with 1.0.0 published, and a library handle on it whose boot
+/// selector is the host's own: one that counts tries, tells the running slot with
+/// `booted`, and refuses activations when `refuses_activation` is set. Keep the setup:
+/// dropping it deletes the served repository.
+fn with_host_selector(
+    product: &str,
+    booted: fn() -> evergreen::Result<Option<Slot>>,
+    refuses_activation: bool,
+) -> (Setup, evergreen::Updater) {
+    let setup = setup_with_1_0_0(product);
+    let selector = HostSelector {
+        booted,
+        counts_tries: true,
+        refuses_activation,
+    };
+    let up = updater_with_selector(&setup.dev, selector);
+    (setup, up)
+}
+
 /// A host boot selector that asks its own updater for the status (say, to log it) would
 /// wait for the selector lock its own thread holds. It gets `invalid_state` instead.
 #[test]
@@ -943,20 +962,8 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
 /// selectors, which read the kernel command line, refuse a confirm without it.
 #[test]
 fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
-    let Setup {
-        repo: _repo,
-        server: _server,
-        dev,
-        ..
-    } = setup_with_1_0_0("com.acme.unnamed-selector");
-    let up = updater_with_selector(
-        &dev,
-        HostSelector {
-            booted: || Ok(None),
-            counts_tries: true,
-            refuses_activation: false,
-        },
-    );
+    let (setup, up) = with_host_selector("com.acme.unnamed-selector", || Ok(None), false);
+    let dev = &setup.dev;
     update_to(&up, "1.0.0");
     up.startup().unwrap();
     up.confirm().unwrap();
@@ -968,20 +975,8 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
 /// one that failed its trial.
 #[test]
 fn an_activation_the_selector_fails_changes_nothing() {
-    let Setup {
-        repo: _repo,
-        server: _server,
-        dev,
-        ..
-    } = setup_with_1_0_0("com.acme.refused-activation");
-    let up = updater_with_selector(
-        &dev,
-        HostSelector {
-            booted: || Ok(Some(Slot::A)),
-            counts_tries: true,
-            refuses_activation: true,
-        },
-    );
+    let (_setup, up) =
+        with_host_selector("com.acme.refused-activation", || Ok(Some(Slot::A)), true);
     let plan = up.plan(&offer(&up, "1.0.0")).unwrap();
     download(&up, &plan);
     let slot = up.install(&plan).unwrap();
@@ -1146,7 +1141,7 @@ fn a_retry_after_holds_the_next_check_back_until_a_check_succeeds() {
     };
     let busy = |retry_after: String| {
         server.clear_faults();
-        server.set_fault(manifest, Fault::Busy(503, retry_after.clone()));
+        server.set_fault(manifest, Fault::Busy(503, retry_after));
         let err = updater.check().unwrap_err();
         assert_eq!(err.kind(), evergreen::ErrorKind::HttpStatus, "{err}");
         assert!(err.message().contains("Retry-After: "), "{err}");

@@ -115,6 +115,11 @@ impl Device {
         Ok(())
     }
 
+    /// The device's rollout identity (`device_id` in its config).
+    pub fn id(&self) -> &str {
+        &self.setup.device_id
+    }
+
     /// The device's status (slots, versions, trial).
     pub fn status(&self) -> Outcome<Status> {
         Ok(self.updater.status()?)

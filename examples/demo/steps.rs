@@ -238,15 +238,12 @@ fn rollout(d: &mut Demo) -> Outcome {
     d.days_pass(1);
     d.publisher.promote(&v11, "preview", "stable", Some(20.0))?;
     d.say("operator: 1.1.0 promoted to stable for 20% of devices");
-    let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
-    rollout_reaches(d, &d.device, DEVICE_ID, bucket, "1.0.0")?;
-    // A neighbour with nothing installed, whose bucket is inside the 20%: offered 1.1.0
-    // where this device is held back (or the other way round).
-    let (neighbour, its_bucket) = (1..)
+    let inside = rollout_reaches(d, &d.device, &v11)?;
+    // A neighbour with nothing installed, whose bucket is on the other side of the 20%:
+    // offered 1.1.0 where this device is held back (or the other way round).
+    let neighbour = (1..)
         .map(|n| format!("gateway-{n:04}"))
-        .map(|id| (rollout_bucket(PRODUCT, &id, &v11), id))
-        .find(|(b, _)| (*b < 2000) != (bucket < 2000))
-        .map(|(b, id)| (id, b))
+        .find(|id| (rollout_bucket(PRODUCT, id, &v11) < 2000) != inside)
         .ok_or_else(|| Failure("no neighbour on the other side of the rollout".into()))?;
     let other = Device::new(
         &neighbour,
@@ -256,7 +253,7 @@ fn rollout(d: &mut Demo) -> Outcome {
         d.clock.clone(),
         Arc::clone(&d.console),
     )?;
-    rollout_reaches(d, &other, &neighbour, its_bucket, "1.0.0")?;
+    rollout_reaches(d, &other, &v11)?;
     d.clock.advance_hours(6);
     d.publisher.rollout("stable", &v11, 100.0)?;
     d.say(format!(
@@ -264,28 +261,30 @@ fn rollout(d: &mut Demo) -> Outcome {
         d.clock.now()
     ));
     d.device.expect_offer("1.1.0")?;
+    let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
     d.ok(format!(
         "check on stable at 100%: 1.1.0 offered (bucket {bucket} < 10000)"
     ));
     Ok(())
 }
 
-/// Checks stable at the 20% rollout of 1.1.0 on `device` (`id`, in `bucket`): offered
-/// 1.1.0 when the bucket is under 2000, else `fallback` when it has nothing installed, or
-/// nothing.
-fn rollout_reaches(d: &Demo, device: &Device, id: &str, bucket: u64, fallback: &str) -> Outcome {
+/// Checks stable at the 20% rollout of `version` (1.1.0) on `device`: offered it when the
+/// device's bucket is under 2000, else the release before it (1.0.0) when the device has
+/// nothing installed, or nothing. Returns whether the device is inside the rollout.
+fn rollout_reaches(d: &Demo, device: &Device, version: &Version) -> Outcome<bool> {
+    let (id, bucket) = (device.id(), rollout_bucket(PRODUCT, device.id(), version));
     let inside = bucket < 2000;
     d.say(format!(
-        "device {id}: bucket {bucket} for 1.1.0; the rule is bucket < percent×100 = 2000, so it is {}",
+        "device {id}: bucket {bucket} for {version}; the rule is bucket < percent×100 = 2000, so it is {}",
         if inside { "IN" } else { "OUT" }
     ));
     if inside {
-        device.expect_offer("1.1.0")?;
-        d.ok(format!("{id}: check on stable at 20%: 1.1.0 offered"));
+        device.expect_offer(&version.to_string())?;
+        d.ok(format!("{id}: check on stable at 20%: {version} offered"));
     } else if device.running()?.is_none() {
-        device.expect_offer(fallback)?;
+        device.expect_offer("1.0.0")?;
         d.ok(format!(
-            "{id}: check on stable at 20%: {fallback} offered (1.1.0 held back by the rollout)"
+            "{id}: check on stable at 20%: 1.0.0 offered ({version} held back by the rollout)"
         ));
     } else {
         device.expect_up_to_date()?;
@@ -293,7 +292,7 @@ fn rollout_reaches(d: &Demo, device: &Device, id: &str, bucket: u64, fallback: &
             "{id}: check on stable at 20%: up to date (held back by the rollout)"
         ));
     }
-    Ok(())
+    Ok(inside)
 }
 
 fn join_preview(d: &mut Demo) -> Outcome {

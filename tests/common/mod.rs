@@ -107,7 +107,7 @@ pub fn assert_crashed_at(out: &Output, k: usize) {
     let err = stderr(out);
     assert_eq!(
         out.status.signal(),
-        Some(6),
+        Some(libc::SIGABRT),
         "expected an abort (SIGABRT) at crash point {k}, found {:?}: {err}",
         out.status
     );

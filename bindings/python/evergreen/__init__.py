@@ -257,7 +257,7 @@ class _Handle:
 
     def defer(self, error: BaseException) -> None:
         """Keeps `error`, raised in a callback, to raise when this thread's call returns."""
-        if getattr(self._mine, "pending", None) is None:
+        if not self.interrupted:
             self._mine.pending = error
 
     def close(self) -> None:
