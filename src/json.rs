@@ -6,11 +6,11 @@
 //! manifest), and with one reader type each deserializer exists once in the library, which
 //! keeps firmware builds smaller.
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
-/// Parses `bytes` as one JSON document of type `T`. The error is what was found, for the
-/// caller to put after its own "expected …".
-pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+/// Parses `bytes` as one JSON document of type `T` (which may borrow strings from them).
+/// The error is what was found, for the caller to put after its own "expected …".
+pub(crate) fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("bytes that are not UTF-8 ({e})"))?;
     serde_json::from_str(text).map_err(|e| match field_of(text, &e) {
         Some(field) => format!("`{field}`: {e}"),

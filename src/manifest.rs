@@ -475,9 +475,17 @@ pub fn verify(
     expect: &Expect<'_>,
     fresh: &Freshness,
 ) -> Result<Verified<Manifest>> {
-    let payload = trust::open(envelope, MANIFEST_TYPE, keys, expect.max_bytes)
+    let signed = trust::open_signed(envelope, MANIFEST_TYPE, keys, expect.max_bytes)
         .map_err(|e| e.context(format!("manifest for channel {}", expect.channel)))?;
-    let manifest: Manifest = crate::json::from_bytes(&payload).map_err(|found| {
+    let payload = signed.payload();
+    // The payload's SHA-256 (the equal-sequence rule compares it, and the state keeps it)
+    // is hashed on the other core while this one parses: both read the whole payload.
+    let (parsed, payload_sha256) = beside(
+        || crate::json::from_bytes::<Manifest>(payload),
+        || trust::sha256_hex(payload),
+        payload.len() >= BESIDE_FROM,
+    );
+    let manifest = parsed.map_err(|found| {
         Error::new(
             ErrorKind::WrongMetadata,
             format!("expected a channel manifest, found: {found}"),
@@ -503,7 +511,6 @@ pub fn verify(
             ),
         ));
     }
-    let payload_sha256 = trust::sha256_hex(&payload);
     if let Some((seen, seen_sha)) = &fresh.last_seen {
         if manifest.sequence < *seen {
             return Err(Error::new(
@@ -527,6 +534,33 @@ pub fn verify(
     Ok(Verified {
         value: manifest,
         payload_sha256,
+    })
+}
+
+/// Payload size from which [`verify`] hashes on a second thread: below it, starting the
+/// thread costs about what it saves (a 64 KiB payload hashes in about 45 µs).
+const BESIDE_FROM: usize = 64 << 10;
+
+/// Runs `here` on this thread and, when `split`, `there` on a new one at the same time;
+/// both on this thread when a thread cannot be had (a process at its thread limit still
+/// verifies its updates).
+fn beside<A, B: Send>(
+    here: impl FnOnce() -> A,
+    there: impl FnOnce() -> B + Send + Copy,
+    split: bool,
+) -> (A, B) {
+    if !split {
+        return (here(), there());
+    }
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new().spawn_scoped(scope, there) {
+            // `there` only hashes, which cannot panic; were it to, it runs again here.
+            Ok(handle) => {
+                let a = here();
+                (a, handle.join().unwrap_or_else(|_| there()))
+            }
+            Err(_) => (here(), there()),
+        }
     })
 }
 
@@ -572,6 +606,40 @@ mod tests {
         let envelope = trust::seal(MANIFEST_TYPE, &payload, &[&key]);
         let ok = verify(&envelope, &keys, &expect, &Freshness::default()).unwrap();
         assert_eq!(ok.releases[0].notes, "caf\u{e9} NOTUTF8");
+    }
+
+    /// A large payload is hashed on a second thread while it is parsed; small and large
+    /// alike must carry the SHA-256 of exactly the signed bytes, which the equal-sequence
+    /// rule then holds other bytes to.
+    #[test]
+    fn the_payload_hash_is_of_the_signed_bytes_on_both_paths() {
+        let key = trust::SecretKey::from_seed(&[4; 32]);
+        let keys = trust::KeySet::new(vec![key.public()], 1).unwrap();
+        let expect = Expect {
+            product: "p",
+            channel: "stable",
+            now: "2026-01-02T00:00:00Z".parse().unwrap(),
+            max_bytes: DEFAULT_MAX_METADATA_BYTES,
+        };
+        let text = |notes: &str| {
+            format!(
+                r#"{{"type":"manifest","product":"p","channel":"stable","sequence":7,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
+                release("1.0.0", &format!(r#","notes":"{notes}""#)),
+            )
+        };
+        for notes_len in [10, BESIDE_FROM, 3 * BESIDE_FROM] {
+            let payload = text(&"n".repeat(notes_len)).into_bytes();
+            assert_eq!(payload.len() >= BESIDE_FROM, notes_len >= BESIDE_FROM);
+            let envelope = trust::seal(MANIFEST_TYPE, &payload, &[&key]);
+            let m = verify(&envelope, &keys, &expect, &Freshness::default()).unwrap();
+            assert_eq!(m.payload_sha256(), trust::sha256_hex(&payload));
+            assert_eq!(m.releases[0].notes.len(), notes_len);
+            let other = trust::seal(MANIFEST_TYPE, text("other").as_bytes(), &[&key]);
+            let seen = Freshness::default().advanced(&m);
+            let err = verify(&other, &keys, &expect, &seen).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::MetadataRollback, "{err}");
+            verify(&envelope, &keys, &expect, &seen).unwrap();
+        }
     }
 
     #[test]

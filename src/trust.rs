@@ -13,6 +13,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// `payloadType` of a root document.
 pub const ROOT_TYPE: &str = "application/vnd.evergreen.root+json";
@@ -61,21 +62,38 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 /// Decodes base64 in the standard or the URL-safe alphabet, padded or not (DESIGN §4.1).
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    decode_base64_onto(s, &mut out).then_some(out)
+}
+
+/// Appends what [`decode_base64`] decodes from `s` to `out`; false (with `out` as it was)
+/// when `s` is not base64.
+fn decode_base64_onto(s: &str, out: &mut Vec<u8>) -> bool {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let s = s.trim();
+    let start = out.len();
     // Byte searches (memchr), not a char-pattern scan: payloads run to hundreds of KiB.
     let b = s.as_bytes();
-    if b.contains(&b'-') || b.contains(&b'_') {
-        URL_SAFE
-            .decode(s)
-            .or_else(|_| URL_SAFE_NO_PAD.decode(s))
-            .ok()
+    let (padded, unpadded) = if b.contains(&b'-') || b.contains(&b'_') {
+        (URL_SAFE, URL_SAFE_NO_PAD)
     } else {
-        STANDARD
-            .decode(s)
-            .or_else(|_| STANDARD_NO_PAD.decode(s))
-            .ok()
+        (STANDARD, STANDARD_NO_PAD)
+    };
+    if padded.decode_vec(s, out).is_ok() {
+        return true;
     }
+    out.truncate(start);
+    if unpadded.decode_vec(s, out).is_ok() {
+        return true;
+    }
+    out.truncate(start);
+    false
+}
+
+/// How many bytes base64 `s` decodes to, if it is base64 at all.
+fn base64_decoded_len(s: &str) -> usize {
+    let digits = s.trim().trim_end_matches('=').len();
+    digits / 4 * 3 + digits % 4 * 3 / 4
 }
 
 /// Standard padded base64 of `bytes`.
@@ -344,16 +362,16 @@ pub struct Envelope {
 /// assert_eq!(evergreen::trust::pae("t", b"hi"), b"DSSEv1 1 t 2 hi");
 /// ```
 pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload_type.len() + body.len() + 32);
-    out.extend_from_slice(
-        format!(
-            "DSSEv1 {} {payload_type} {} ",
-            payload_type.len(),
-            body.len()
-        )
-        .as_bytes(),
-    );
+    let mut out = pae_header(payload_type, body.len(), body.len());
     out.extend_from_slice(body);
+    out
+}
+
+/// PAE up to the body of `body_len` bytes, with room for `room` bytes more.
+fn pae_header(payload_type: &str, body_len: usize, room: usize) -> Vec<u8> {
+    let header = format!("DSSEv1 {} {payload_type} {body_len} ", payload_type.len());
+    let mut out = Vec::with_capacity(header.len() + room);
+    out.extend_from_slice(header.as_bytes());
     out
 }
 
@@ -386,12 +404,33 @@ pub fn seal(payload_type: &str, payload: &[u8], keys: &[&SecretKey]) -> Vec<u8> 
 
 /// Decodes an envelope without verifying it: for tools that inspect or re-sign.
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
-    crate::json::from_bytes(bytes).map_err(|found| {
-        Error::new(
-            ErrorKind::Signature,
-            format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {found}"),
-        )
+    EnvelopeText::parse(bytes).map(|e| Envelope {
+        payload_type: e.payload_type.into_owned(),
+        payload: e.payload.into_owned(),
+        signatures: e.signatures,
     })
+}
+
+/// An [`Envelope`] that borrows its payload's text from the bytes it was read from: a
+/// manifest's runs to hundreds of KiB, and is only ever decoded.
+#[derive(Deserialize)]
+struct EnvelopeText<'a> {
+    #[serde(rename = "payloadType", borrow)]
+    payload_type: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+    signatures: Vec<EnvelopeSignature>,
+}
+
+impl<'a> EnvelopeText<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Self> {
+        crate::json::from_bytes(bytes).map_err(|found| {
+            Error::new(
+                ErrorKind::Signature,
+                format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {found}"),
+            )
+        })
+    }
 }
 
 /// Verifies an envelope and returns its payload bytes, exactly as signed.
@@ -401,6 +440,35 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
 /// (`signature`), then the threshold of *distinct* trusted keys (`signature` when none
 /// verifies, `threshold` when too few do).
 pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> Result<Vec<u8>> {
+    open_signed(bytes, payload_type, keys, max_bytes).map(Signed::into_payload)
+}
+
+/// A verified envelope's signed message, `PAE(payloadType, payload)`: the payload is
+/// decoded straight into it, and read from it, rather than copied into a message to check.
+pub(crate) struct Signed {
+    message: Vec<u8>,
+    start: usize,
+}
+
+impl Signed {
+    /// The payload, exactly as signed.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.message[self.start..]
+    }
+
+    fn into_payload(mut self) -> Vec<u8> {
+        self.message.drain(..self.start);
+        self.message
+    }
+}
+
+/// [`open`], keeping the payload inside the signed message.
+pub(crate) fn open_signed(
+    bytes: &[u8],
+    payload_type: &str,
+    keys: &KeySet,
+    max_bytes: u64,
+) -> Result<Signed> {
     if bytes.len() as u64 > max_bytes {
         return Err(Error::new(
             ErrorKind::TooLarge,
@@ -410,7 +478,7 @@ pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> 
             ),
         ));
     }
-    let envelope = parse_envelope(bytes)?;
+    let envelope = EnvelopeText::parse(bytes)?;
     if envelope.payload_type != payload_type {
         return Err(Error::new(
             ErrorKind::WrongMetadata,
@@ -420,12 +488,17 @@ pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> 
             ),
         ));
     }
-    let payload = decode_base64(&envelope.payload).ok_or_else(|| {
-        Error::new(
+    let len = base64_decoded_len(&envelope.payload);
+    // The decoder sizes its output by the text's length rounded up to whole quanta first.
+    let room = envelope.payload.trim().len().div_ceil(4) * 3;
+    let mut message = pae_header(payload_type, len, room);
+    let start = message.len();
+    if !decode_base64_onto(&envelope.payload, &mut message) || message.len() - start != len {
+        return Err(Error::new(
             ErrorKind::Signature,
             "expected a base64 payload, found invalid base64",
-        )
-    })?;
+        ));
+    }
     if envelope.signatures.len() > MAX_SIGNATURES {
         return Err(Error::new(
             ErrorKind::Signature,
@@ -435,10 +508,9 @@ pub fn open(bytes: &[u8], payload_type: &str, keys: &KeySet, max_bytes: u64) -> 
             ),
         ));
     }
-    let message = pae(payload_type, &payload);
     let signed = count_signers(&message, &envelope.signatures, keys);
     if signed >= keys.threshold() {
-        return Ok(payload);
+        return Ok(Signed { message, start });
     }
     let kind = if signed == 0 {
         ErrorKind::Signature
@@ -903,6 +975,66 @@ mod tests {
             .rotate(&root_envelope(u64::MAX, key), 1 << 20)
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WrongMetadata, "{err}");
+    }
+
+    /// The payload is decoded straight into the signed message, sized from the text's
+    /// length: every length and alphabet, padded or not, must come out whole.
+    #[test]
+    fn payloads_of_every_length_and_form_open_to_their_bytes() {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+        let key = &keys(1)[0];
+        let set = keyset(std::slice::from_ref(key), 1);
+        for n in 0..70usize {
+            let payload: Vec<u8> = (0..n).map(|i| (i * 37 + 250) as u8).collect();
+            let sig = encode_base64(&key.sign(&pae("t", &payload)));
+            for text in [
+                encode_base64(&payload),
+                STANDARD_NO_PAD.encode(&payload),
+                URL_SAFE.encode(&payload),
+                URL_SAFE_NO_PAD.encode(&payload),
+                format!(" {}\n", encode_base64(&payload)),
+            ] {
+                assert_eq!(base64_decoded_len(&text), n, "{text:?}");
+                let e = Envelope {
+                    payload_type: "t".into(),
+                    payload: text.clone(),
+                    signatures: vec![EnvelopeSignature {
+                        keyid: String::new(),
+                        sig: sig.clone(),
+                    }],
+                };
+                let bytes = serde_json::to_vec(&e).unwrap();
+                assert_eq!(
+                    open(&bytes, "t", &set, 1 << 20).unwrap(),
+                    payload,
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
+    /// A payload whose JSON string has escapes is decoded from its unescaped text; one
+    /// that is not base64 leaves nothing behind in the message being built.
+    #[test]
+    fn escaped_payload_text_decodes_and_bad_base64_is_refused_whole() {
+        let key = &keys(1)[0];
+        let set = keyset(std::slice::from_ref(key), 1);
+        let payload = [0xffu8; 30];
+        let text = encode_base64(&payload);
+        assert!(text.contains('/'));
+        let sig = encode_base64(&key.sign(&pae("t", &payload)));
+        let bytes = format!(
+            r#"{{"payloadType":"t","payload":"{}","signatures":[{{"sig":"{sig}"}}]}}"#,
+            text.replace('/', "\\/")
+        );
+        assert_eq!(open(bytes.as_bytes(), "t", &set, 1 << 20).unwrap(), payload);
+        let mut out = b"kept".to_vec();
+        assert!(!decode_base64_onto("QUJD!", &mut out));
+        assert_eq!(out, b"kept");
+        let bad = bytes.replace(&text.replace('/', "\\/"), "QUJD!");
+        let err = open(bad.as_bytes(), "t", &set, 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Signature, "{err}");
+        assert!(err.to_string().contains("invalid base64"), "{err}");
     }
 
     fn keyset(keys: &[SecretKey], threshold: usize) -> KeySet {
