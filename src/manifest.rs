@@ -580,17 +580,18 @@ mod tests {
         )
     }
 
-    #[test]
-    fn signed_bytes_that_are_not_utf8_are_refused_by_name() {
-        let text = format!(
-            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
-            release("1.0.0", r#","notes":"caf\u00e9 NOTUTF8""#),
-        );
-        let mut payload = text.into_bytes();
-        let at = payload.windows(7).position(|w| w == b"NOTUTF8").unwrap();
-        payload[at] = 0xff;
-        let key = trust::SecretKey::from_seed(&[3; 32]);
-        let envelope = trust::seal(MANIFEST_TYPE, &payload, &[&key]);
+    /// A manifest of product `p`, channel `stable`, listing `releases` (JSON objects).
+    fn manifest_text(sequence: u64, releases: &[String]) -> String {
+        format!(
+            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":{sequence},"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
+            releases.join(",")
+        )
+    }
+
+    /// A key, the key set that trusts it alone, and what a device of product `p` on
+    /// `stable` expects the day after [`manifest_text`]'s manifests were issued.
+    fn signer(seed: u8) -> (trust::SecretKey, trust::KeySet, Expect<'static>) {
+        let key = trust::SecretKey::from_seed(&[seed; 32]);
         let keys = trust::KeySet::new(vec![key.public()], 1).unwrap();
         let expect = Expect {
             product: "p",
@@ -598,6 +599,17 @@ mod tests {
             now: "2026-01-02T00:00:00Z".parse().unwrap(),
             max_bytes: DEFAULT_MAX_METADATA_BYTES,
         };
+        (key, keys, expect)
+    }
+
+    #[test]
+    fn signed_bytes_that_are_not_utf8_are_refused_by_name() {
+        let text = manifest_text(1, &[release("1.0.0", r#","notes":"caf\u00e9 NOTUTF8""#)]);
+        let mut payload = text.into_bytes();
+        let at = payload.windows(7).position(|w| w == b"NOTUTF8").unwrap();
+        payload[at] = 0xff;
+        let (key, keys, expect) = signer(3);
+        let envelope = trust::seal(MANIFEST_TYPE, &payload, &[&key]);
         let err = verify(&envelope, &keys, &expect, &Freshness::default()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WrongMetadata);
         assert!(err.to_string().contains("not UTF-8"), "{err}");
@@ -613,20 +625,9 @@ mod tests {
     /// rule then holds other bytes to.
     #[test]
     fn the_payload_hash_is_of_the_signed_bytes_on_both_paths() {
-        let key = trust::SecretKey::from_seed(&[4; 32]);
-        let keys = trust::KeySet::new(vec![key.public()], 1).unwrap();
-        let expect = Expect {
-            product: "p",
-            channel: "stable",
-            now: "2026-01-02T00:00:00Z".parse().unwrap(),
-            max_bytes: DEFAULT_MAX_METADATA_BYTES,
-        };
-        let text = |notes: &str| {
-            format!(
-                r#"{{"type":"manifest","product":"p","channel":"stable","sequence":7,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
-                release("1.0.0", &format!(r#","notes":"{notes}""#)),
-            )
-        };
+        let (key, keys, expect) = signer(4);
+        let text =
+            |notes: &str| manifest_text(7, &[release("1.0.0", &format!(r#","notes":"{notes}""#))]);
         for notes_len in [10, BESIDE_FROM, 3 * BESIDE_FROM] {
             let payload = text(&"n".repeat(notes_len)).into_bytes();
             assert_eq!(payload.len() >= BESIDE_FROM, notes_len >= BESIDE_FROM);
@@ -644,10 +645,12 @@ mod tests {
 
     #[test]
     fn signed_bytes_leave_out_defaults_and_read_back_the_same() {
-        let text = format!(
-            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{},{}]}}"#,
-            release("1.0.0", r#","critical":false,"security_version":0"#),
-            release("1.1.0", r#","critical":true,"security_version":3"#),
+        let text = manifest_text(
+            1,
+            &[
+                release("1.0.0", r#","critical":false,"security_version":0"#),
+                release("1.1.0", r#","critical":true,"security_version":3"#),
+            ],
         );
         let manifest: Manifest = serde_json::from_str(&text).unwrap();
         let bytes = manifest.to_bytes();
@@ -672,12 +675,12 @@ mod tests {
             )
         };
         let manifest = |a: u64, b: u64| -> Manifest {
-            serde_json::from_str(&format!(
-                r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{{"version":"1.0.0","targets":{{"t":{{"components":{{"a":{},"b":{}}}}}}}}}]}}"#,
+            let release = format!(
+                r#"{{"version":"1.0.0","targets":{{"t":{{"components":{{"a":{},"b":{}}}}}}}}}"#,
                 component(a),
                 component(b)
-            ))
-            .unwrap()
+            );
+            serde_json::from_str(&manifest_text(1, &[release])).unwrap()
         };
         let half = 1u64 << 63;
         let err = manifest(half, half).validate().unwrap_err();
@@ -688,11 +691,8 @@ mod tests {
 
     #[test]
     fn absolute_artifact_urls_are_accepted() {
-        let mut m: Manifest = serde_json::from_str(&format!(
-            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
-            release("1.0.0", "")
-        ))
-        .unwrap();
+        let mut m: Manifest =
+            serde_json::from_str(&manifest_text(1, &[release("1.0.0", "")])).unwrap();
         for url in [
             "https://cdn.example/b",
             "HTTP://cdn.example/b",
@@ -707,11 +707,8 @@ mod tests {
 
     #[test]
     fn each_unsafe_field_is_refused_naming_where_and_what() {
-        let base: Manifest = serde_json::from_str(&format!(
-            r#"{{"type":"manifest","product":"p","channel":"stable","sequence":1,"issued":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","releases":[{}]}}"#,
-            release("1.0.0", "")
-        ))
-        .unwrap();
+        let base: Manifest =
+            serde_json::from_str(&manifest_text(1, &[release("1.0.0", "")])).unwrap();
         base.validate().expect("the base manifest is valid");
         type EditComponent = fn(&mut Component);
         type EditManifest = fn(&mut Manifest);
