@@ -684,21 +684,10 @@ impl Updater {
         Ok(staged(&self.load_state()?, offer))
     }
 
-    /// The deploy policy now, on this updater's clock ([`select::deploy_on_clock`]).
-    fn deploy(&self, st: &State, critical: bool) -> Deploy {
-        select::deploy_on_clock(
-            &self.config.deploy,
-            critical,
-            (self.clock)(),
-            st.newest_issued,
-        )
-    }
-
-    /// The clock of this run (DESIGN §5.1 rule 4): the host's, but never earlier than the
-    /// newest `issued` this device has verified. Selection and the deploy policy read it,
-    /// so a device whose clock lost power still honours a rollout halted since.
-    fn now(&self, st: &State) -> Timestamp {
-        manifest::effective_now((self.clock)(), st.newest_issued)
+    /// The deploy policy at `clock`, a reading of this updater's clock
+    /// ([`select::deploy_on_clock`]).
+    fn deploy(&self, st: &State, critical: bool, clock: Timestamp) -> Deploy {
+        select::deploy_on_clock(&self.config.deploy, critical, clock, st.newest_issued)
     }
 
     fn next_check_of(&self, st: &State) -> Result<Timestamp> {
@@ -1050,9 +1039,14 @@ impl Updater {
             // The poll schedule (backoff, next check) follows the device's own channel: a
             // look at another one moves neither way.
             let own_channel = channel == st.channel;
-            let manifest = match self.fetch_manifest(&mut st, &channel) {
+            // The host's clock, read once for the run (DESIGN §5.1 rule 4): the expiry the
+            // manifest is judged by and the rollout it is selected by are the same moment.
+            let clock = (self.clock)();
+            let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
                 Ok(m) => m,
                 Err(e) => {
+                    // Read again: a `Retry-After` counts from the answer, which may have
+                    // taken the whole timeout to come, not from the start of the check.
                     let failed_at = (self.clock)();
                     if own_channel {
                         st.check_failures = st.check_failures.saturating_add(1);
@@ -1072,7 +1066,7 @@ impl Updater {
             };
             // The manifest just verified proves its `issued` has passed: a rollout halted
             // then must not reach a device whose clock lags it.
-            let now = self.now(&st);
+            let now = manifest::effective_now(clock, st.newest_issued);
             if own_channel {
                 st.check_failures = 0;
                 st.last_failure = None;
@@ -1084,19 +1078,21 @@ impl Updater {
             // network is newer than this offer (see `channel_after_activation`).
             let followed = st.channel.clone();
             let st = self.save_check(&st)?;
-            self.decide(&st, &manifest, version, now, followed)
+            self.decide(&st, &manifest, version, clock, followed)
         })
     }
 
-    /// Turns a verified manifest into an offer (pure selection + the component diff).
+    /// Turns a verified manifest into an offer (pure selection + the component diff), at
+    /// `clock`, the run's reading of the host's clock.
     fn decide(
         &self,
         st: &State,
         manifest: &Verified<Manifest>,
         pin: Option<&Version>,
-        now: Timestamp,
+        clock: Timestamp,
         followed: String,
     ) -> Result<Check> {
+        let now = manifest::effective_now(clock, st.newest_issued);
         let device_id = self.device_id()?;
         let installed = st
             .installed_version()
@@ -1124,7 +1120,7 @@ impl Updater {
                 format!("version {} vanished from the manifest", choice.version),
             )
         })?;
-        let offer = self.offer(st, manifest, release, &choice, followed)?;
+        let offer = self.offer(st, manifest, release, &choice, followed, clock)?;
         // Before the event: a host that activates from its callback must find the record
         // the offer describes. Not after a one-off pinned check: it looks at its release
         // alone, not at critical releases past it, and would unforce a staged update.
@@ -1172,7 +1168,8 @@ impl Updater {
     /// not only the release's own flag: an update that passes over, or is the stepping stone
     /// towards, a critical release is forced too (DESIGN §5.3), in the offer, the deploy
     /// decision and the slot record `activate` reads (at the install, and again at each
-    /// check that offers the staged release: see [`Updater::follow_staged`]).
+    /// check that offers the staged release: see [`Updater::follow_staged`]). Its deploy
+    /// decision is at `clock`, the run's reading of the host's clock.
     fn offer(
         &self,
         st: &State,
@@ -1180,6 +1177,7 @@ impl Updater {
         release: &Release,
         choice: &select::Choice,
         device_channel: String,
+        clock: Timestamp,
     ) -> Result<Offer> {
         let target = release.targets.get(&self.config.target).ok_or_else(|| {
             Error::new(
@@ -1204,7 +1202,7 @@ impl Updater {
             notes: release.notes.clone(),
             security_version: release.security_version,
             components: self.diff_against_primary(st, target),
-            deploy: self.deploy(st, choice.critical),
+            deploy: self.deploy(st, choice.critical, clock),
             target: target.clone(),
             device_channel,
             issuer: self.id,
@@ -1255,10 +1253,14 @@ impl Updater {
     /// Fetches and verifies `channel`'s manifest: conditional GET; on 304 the cached
     /// envelope is verified again (expiry still applies). Only when the manifest changed is
     /// the root chain walked first, so an unchanged check is a single request.
-    fn fetch_manifest(&self, st: &mut State, channel: &str) -> Result<Verified<Manifest>> {
-        // The host's clock, read once; each rule pulls it up to the newest `issued` seen
-        // under the manifest keys it checks with.
-        let clock = (self.clock)();
+    /// `clock` is the host's clock as the run read it; each rule pulls it up to the newest
+    /// `issued` seen under the manifest keys it checks with.
+    fn fetch_manifest(
+        &self,
+        st: &mut State,
+        channel: &str,
+        clock: Timestamp,
+    ) -> Result<Verified<Manifest>> {
         let max = self.config.limits.max_metadata_bytes;
         let cache = self.manifest_cache(channel);
         let seen = st.manifests.get(channel).cloned();
@@ -2038,7 +2040,7 @@ impl Updater {
             // stranded first trial) may have raised it past the staged release.
             check_floor(&st, slot, "a slot to activate")?;
             if !force {
-                if let Deploy::Wait { until, reason } = self.deploy(&st, record.critical) {
+                if let Deploy::Wait { until, reason } = self.deploy(&st, record.critical, (self.clock)()) {
                     self.emit(Event::Deferred {
                         version: version.to_string(),
                         until: Some(until),
@@ -2260,7 +2262,8 @@ impl Updater {
                 .unwrap_or_else(|| st.channel.clone());
             // What the check learned (roots walked, keys recorded) is kept even when it
             // fails, as `check_with` keeps it.
-            let manifest = match self.fetch_manifest(&mut st, &channel) {
+            let clock = (self.clock)();
+            let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
                 Ok(m) => m,
                 Err(e) => {
                     self.save_check(&st)?;
@@ -2290,7 +2293,7 @@ impl Updater {
                 stepping_stone: false,
             };
             let mut offer =
-                self.offer(&st, &manifest, release, &repair, manifest.channel.clone())?;
+                self.offer(&st, &manifest, release, &repair, manifest.channel.clone(), clock)?;
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;

@@ -208,6 +208,47 @@ fn a_halted_rollout_does_not_reach_a_device_whose_clock_lags_the_halt() {
     );
 }
 
+/// A check judges the manifest's expiry, the rollout and the deploy policy at one reading
+/// of the clock (DESIGN §5.1 rule 4: `now` fixed once per run). Here the operator signed
+/// a ramp to 100 % for an hour after `issued`, and the check began half an hour before
+/// it: a second reading taken later in the check (three hours on, as after a slow
+/// server) must not let the release in.
+#[test]
+fn a_check_reads_the_clock_once() {
+    use evergreen::manifest::{Rollout, RolloutStage};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let (w, dev) = World::installed();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let ramp = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let r = m.releases.iter_mut().find(|r| r.version.minor == 1).unwrap();
+        r.rollout = Some(Rollout {
+            stages: vec![RolloutStage {
+                at: t0().plus_secs(3600),
+                percent: 100.0,
+            }],
+        });
+    });
+    w.serve(STABLE, ramp);
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reads);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config)
+        .clock(move || match counted.fetch_add(1, SeqCst) {
+            0 => t0().plus_secs(1800),
+            _ => t0().plus_secs(3 * 3600),
+        })
+        .build()
+        .unwrap();
+    reads.store(0, SeqCst);
+    let check = updater.check().unwrap();
+    assert!(matches!(check, Check::UpToDate), "{check:?}");
+    assert_eq!(reads.load(SeqCst), 1, "clock readings in one check");
+    // Past the stage, the same manifest lets it in.
+    let check = updater.check().unwrap();
+    assert!(matches!(check, Check::Available(_)), "{check:?}");
+}
+
 /// TUF "indefinite freeze" of the trust root: root 1 was never renewed; past its expiry
 /// nothing is trusted, however fresh the manifest.
 #[test]
