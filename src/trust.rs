@@ -90,7 +90,8 @@ fn decode_base64_onto(s: &str, out: &mut Vec<u8>) -> bool {
     false
 }
 
-/// How many bytes base64 `s` decodes to, if it is base64 at all.
+/// How many bytes `s` decodes to when it is base64, which decoding it checks: the
+/// signed message is sized from this before the payload is decoded into it.
 fn base64_decoded_len(s: &str) -> usize {
     let digits = s.trim().trim_end_matches('=').len();
     digits / 4 * 3 + digits % 4 * 3 / 4
