@@ -6,6 +6,7 @@
 //! nothing exists outside the destination.
 
 mod common;
+mod require;
 
 use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_size, Item};
 use evergreen::manifest::{ArtifactKind, TargetRelease};
@@ -691,11 +692,12 @@ fn deep_names_are_checked_in_memory_proportional_to_the_archive() {
         println!("peak_kib_before={before} peak_kib_after={}", peak_kib());
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1"),
+        common::CLI_LIMIT,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

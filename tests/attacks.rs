@@ -6,6 +6,7 @@
 //! trusted root, manifest cache and verified downloads) are as they were.
 
 mod common;
+mod require;
 mod support;
 #[path = "attacks/world.rs"]
 mod world;
@@ -221,7 +222,11 @@ fn a_check_reads_the_clock_once() {
     let (w, dev) = World::installed();
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
     let ramp = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
-        let r = m.releases.iter_mut().find(|r| r.version.minor == 1).unwrap();
+        let r = m
+            .releases
+            .iter_mut()
+            .find(|r| r.version.minor == 1)
+            .unwrap();
         r.rollout = Some(Rollout {
             stages: vec![RolloutStage {
                 at: t0().plus_secs(3600),

@@ -33,7 +33,7 @@ fn run(cmd: &mut Command) -> String {
 /// `cmd`'s standard output as bytes (some listings hold bytes that are not UTF-8); it
 /// must exit 0.
 fn run_raw(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("tool runs");
+    let out = require::tool_output(cmd).expect("tool runs");
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",

@@ -456,11 +456,7 @@ fn update_to_a_channel_whose_check_fails_keeps_the_channel_followed() {
 /// `script` (util-linux) gives the command a terminal.
 #[test]
 fn update_declined_on_a_terminal_prints_json() {
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if require::tool_output(std::process::Command::new("script").arg("--version")).is_err() {
         require::missing("script (util-linux)");
         return;
     }
@@ -793,12 +789,11 @@ fn directories_evergreen_creates_are_not_writable_by_others_whatever_the_umask()
         &[],
     );
     let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
-    let out = std::process::Command::new("sh")
-        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "umask 000; exec \"$0\" \"$@\""])
         .arg(common::bin())
-        .args(["update", "--yes", "--config", dev.config.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .args(["update", "--yes", "--config", dev.config.to_str().unwrap()]);
+    let out = common::output_within(&mut sh, common::CLI_LIMIT);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let slot = dev.root.join("slots/b");
@@ -1169,11 +1164,10 @@ fn files_written_under_an_open_umask_are_not_group_or_world_writable() {
     let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
     for command in ["update --yes", "boot", "confirm"] {
         let script = format!("umask 000; exec \"$0\" {command} --config \"$1\"",);
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script, common::bin().to_str().unwrap()])
-            .arg(&dev.config)
-            .output()
-            .unwrap();
+        let mut sh = std::process::Command::new("sh");
+        sh.args(["-c", &script, common::bin().to_str().unwrap()])
+            .arg(&dev.config);
+        let out = common::output_within(&mut sh, common::CLI_LIMIT);
         assert!(out.status.success(), "{command}: {}", common::stderr(&out));
     }
     let mut seen = 0;

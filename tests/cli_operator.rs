@@ -1,6 +1,7 @@
 //! The operator half of the `evergreen` CLI, run as a real process in temp dirs.
 
 mod common;
+mod require;
 
 use std::io::Write;
 use std::path::Path;
@@ -980,11 +981,12 @@ fn init_makes_its_directories_durable() {
     let dir = tmp.path();
     keygen(dir, "root1");
     keygen(dir, "release");
-    let o = command_at(dir, NOW)
-        .env("EVERGREEN_CRASH_COUNT", "1")
-        .args(init_args("root1.pub", "1", "release.pub", "root1", &[]))
-        .output()
-        .unwrap();
+    let o = common::output_within(
+        command_at(dir, NOW)
+            .env("EVERGREEN_CRASH_COUNT", "1")
+            .args(init_args("root1.pub", "1", "release.pub", "root1", &[])),
+        LIMIT,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let syncs = stderr(&o)
         .lines()

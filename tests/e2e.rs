@@ -3,6 +3,7 @@
 //! by itself, component deltas, and a failed install that loses nothing.
 
 mod common;
+mod require;
 mod support;
 
 use common::{make_zip, tree_digest, Device, Repo};
@@ -45,13 +46,12 @@ fn app_zip(dir: &Path, version: &str, healthy: bool) -> PathBuf {
 
 /// Starts the app through the launcher, as a service manager would.
 fn start(dev: &Device) -> std::process::Output {
-    Command::new(launcher())
-        .args(["--config", dev.config.to_str().unwrap()])
+    let mut cmd = Command::new(launcher());
+    cmd.args(["--config", dev.config.to_str().unwrap()])
         .args(["--component", "app", "--entry", "run.sh"])
         .env("EVERGREEN", common::bin())
-        .env("EVERGREEN_CONFIG", &dev.config)
-        .output()
-        .unwrap()
+        .env("EVERGREEN_CONFIG", &dev.config);
+    common::output_within(&mut cmd, common::CLI_LIMIT)
 }
 
 fn fast() -> serde_json::Value {

@@ -1080,10 +1080,11 @@ impl LoopDevice {
     /// Attaches `file`; `None` (the test is skipped, or fails under
     /// `EVERGREEN_REQUIRE_TOOLS`) where loop devices cannot be attached.
     fn attach(file: &Path) -> Option<LoopDevice> {
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output();
+        let out = require::tool_output(
+            std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(file),
+        );
         match out {
             Ok(o) if o.status.success() => Some(LoopDevice(
                 String::from_utf8(o.stdout).unwrap().trim().to_string(),
@@ -1099,10 +1100,11 @@ impl LoopDevice {
     /// node of its first partition; `None` as [`LoopDevice::attach`].
     fn attach_partitioned(disk: &Path) -> Option<(LoopDevice, String)> {
         let needs = "losetup and partx with permission to attach a partitioned loop device";
-        let out = std::process::Command::new("losetup")
-            .args(["--partscan", "--find", "--show"])
-            .arg(disk)
-            .output();
+        let out = require::tool_output(
+            std::process::Command::new("losetup")
+                .args(["--partscan", "--find", "--show"])
+                .arg(disk),
+        );
         let device = match out {
             Ok(o) if o.status.success() => {
                 LoopDevice(String::from_utf8(o.stdout).unwrap().trim().to_string())
@@ -1116,10 +1118,9 @@ impl LoopDevice {
         // parser for it; partx reads it itself and hands the kernel the partitions.
         let partition = format!("{}p1", device.0);
         if !Path::new(&partition).exists() {
-            let added = std::process::Command::new("partx")
-                .args(["--add", &device.0])
-                .output()
-                .is_ok_and(|o| o.status.success());
+            let added = require::tool_succeeds(
+                std::process::Command::new("partx").args(["--add", &device.0]),
+            );
             if !added || !Path::new(&partition).exists() {
                 require::missing(needs);
                 return None;
@@ -1131,9 +1132,7 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["--detach", &self.0])
-            .status();
+        require::tool_succeeds(std::process::Command::new("losetup").args(["--detach", &self.0]));
         // A device someone still has open (udev's probe) is detached at its last close,
         // after `losetup` returns; a test that writes the backing store next must not see
         // it still attached.

@@ -50,19 +50,20 @@ fn the_committed_header_is_what_cbindgen_generates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let generated = tmp.path().join("evergreen.h");
-    let out = Command::new(&cbindgen)
-        .current_dir(root)
-        .args([
-            "--config",
-            "cbindgen.toml",
-            "--crate",
-            "evergreen",
-            "--quiet",
-            "--output",
-        ])
-        .arg(&generated)
-        .output()
-        .expect("cbindgen runs");
+    let out = require::tool_output(
+        Command::new(&cbindgen)
+            .current_dir(root)
+            .args([
+                "--config",
+                "cbindgen.toml",
+                "--crate",
+                "evergreen",
+                "--quiet",
+                "--output",
+            ])
+            .arg(&generated),
+    )
+    .expect("cbindgen runs");
     assert!(
         out.status.success(),
         "cbindgen failed:\n{}",

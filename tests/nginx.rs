@@ -242,11 +242,7 @@ fn range_resume_against_nginx() {
 fn test_pki(dir: &Path) -> Option<()> {
     let openssl = find_on_path("openssl")?;
     let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
+        let out = require::tool_output(Command::new(&openssl).args(args).current_dir(dir)).unwrap();
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
     let ec = [

@@ -63,41 +63,7 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The output of `child` once it exits, waiting at most `limit`: a child stuck (on a
-/// lock, a prompt) is killed and the test fails, rather than hang. Its piped output is
-/// read as it comes, so a child that writes much never waits on a full pipe.
-pub fn finish_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("expected the child to exit within {limit:?}, found it still running");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
-/// Reads `pipe` to its end on a thread of its own.
-fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        bytes
-    })
-}
+pub use crate::require::finish_within;
 
 /// Asserts that `out` is a run that aborted at crash point `k` (`EVERGREEN_CRASH_AT=k`),
 /// as a power cut there would stop it, and not one that failed, or stopped, elsewhere:

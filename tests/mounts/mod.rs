@@ -48,11 +48,13 @@ impl Mounted {
             .unwrap()
             .set_len(mib << 20)
             .unwrap();
-        let attached = Command::new("losetup")
-            .args([OsStr::new("-f"), OsStr::new("--show"), image.as_os_str()])
-            .output()
-            .ok()
-            .filter(|o| o.status.success());
+        let attached = require::tool_output(Command::new("losetup").args([
+            OsStr::new("-f"),
+            OsStr::new("--show"),
+            image.as_os_str(),
+        ]))
+        .ok()
+        .filter(|o| o.status.success());
         let Some(attached) = attached else {
             require::missing(needs);
             return None;
@@ -61,7 +63,7 @@ impl Mounted {
             .unwrap()
             .trim()
             .to_owned();
-        let detach = || drop(Command::new("losetup").args(["-d", &device]).status());
+        let detach = || require::tool_succeeds(Command::new("losetup").args(["-d", &device]));
         std::fs::create_dir_all(at).unwrap();
         let made = run("mkfs.exfat", &[OsStr::new(&device)]);
         if !made || !run("mount.exfat-fuse", &[OsStr::new(&device), at.as_os_str()]) {
@@ -75,10 +77,10 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        require::tool_succeeds(Command::new("umount").arg(&self.0));
         // The loop device under a FUSE mount, which `mount -o loop` would have cleared.
         if let Some(device) = &self.1 {
-            let _ = Command::new("losetup").args(["-d", device]).status();
+            require::tool_succeeds(Command::new("losetup").args(["-d", device]));
         }
     }
 }
@@ -101,8 +103,5 @@ pub fn fill(dir: &Path) {
 }
 
 fn run(cmd: &str, args: &[&OsStr]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
+    require::tool_succeeds(Command::new(cmd).args(args))
 }
