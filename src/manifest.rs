@@ -479,7 +479,7 @@ pub fn verify(
         .map_err(|e| e.context(format!("manifest for channel {}", expect.channel)))?;
     let payload = signed.payload();
     // The payload's SHA-256 (the equal-sequence rule compares it, and the state keeps it)
-    // is hashed on the other core while this one parses: both read the whole payload.
+    // is hashed on a second thread while this one parses: both read the whole payload.
     let (parsed, payload_sha256) = beside(
         || crate::json::from_bytes::<Manifest>(payload),
         || trust::sha256_hex(payload),

@@ -405,32 +405,39 @@ pub fn seal(payload_type: &str, payload: &[u8], keys: &[&SecretKey]) -> Vec<u8> 
 
 /// Decodes an envelope without verifying it: for tools that inspect or re-sign.
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
-    EnvelopeText::parse(bytes).map(|e| Envelope {
+    text::Envelope::parse(bytes).map(|e| Envelope {
         payload_type: e.payload_type.into_owned(),
         payload: e.payload.into_owned(),
         signatures: e.signatures,
     })
 }
 
-/// An [`Envelope`] that borrows its payload's text from the bytes it was read from: a
-/// manifest's runs to hundreds of KiB, and is only ever decoded.
-#[derive(Deserialize)]
-struct EnvelopeText<'a> {
-    #[serde(rename = "payloadType", borrow)]
-    payload_type: Cow<'a, str>,
-    #[serde(borrow)]
-    payload: Cow<'a, str>,
-    signatures: Vec<EnvelopeSignature>,
-}
+/// Envelopes as they are read to be verified.
+mod text {
+    use super::{Cow, Deserialize, EnvelopeSignature, Error, ErrorKind, Result};
 
-impl<'a> EnvelopeText<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<Self> {
-        crate::json::from_bytes(bytes).map_err(|found| {
-            Error::new(
-                ErrorKind::Signature,
-                format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {found}"),
-            )
-        })
+    /// An [`Envelope`](super::Envelope) that borrows its payload's text from the bytes it
+    /// was read from: a manifest's runs to hundreds of KiB, and is only ever decoded.
+    /// Named as the public type is, which serde's messages name ("expected struct
+    /// Envelope").
+    #[derive(Deserialize)]
+    pub(super) struct Envelope<'a> {
+        #[serde(rename = "payloadType", borrow)]
+        pub(super) payload_type: Cow<'a, str>,
+        #[serde(borrow)]
+        pub(super) payload: Cow<'a, str>,
+        pub(super) signatures: Vec<EnvelopeSignature>,
+    }
+
+    impl<'a> Envelope<'a> {
+        pub(super) fn parse(bytes: &'a [u8]) -> Result<Self> {
+            crate::json::from_bytes(bytes).map_err(|found| {
+                Error::new(
+                    ErrorKind::Signature,
+                    format!("expected a DSSE envelope (payloadType, payload, signatures), found invalid JSON: {found}"),
+                )
+            })
+        }
     }
 }
 
@@ -479,7 +486,7 @@ pub(crate) fn open_signed(
             ),
         ));
     }
-    let envelope = EnvelopeText::parse(bytes)?;
+    let envelope = text::Envelope::parse(bytes)?;
     if envelope.payload_type != payload_type {
         return Err(Error::new(
             ErrorKind::WrongMetadata,
@@ -1029,6 +1036,12 @@ mod tests {
             text.replace('/', "\\/")
         );
         assert_eq!(open(bytes.as_bytes(), "t", &set, 1 << 20).unwrap(), payload);
+        // The envelope is named as the public type in what serde says of a wrong shape.
+        let err = open(b"null", "t", &set, 1 << 20).unwrap_err();
+        assert!(
+            err.to_string().contains("expected struct Envelope at"),
+            "{err}"
+        );
         let mut out = b"kept".to_vec();
         assert!(!decode_base64_onto("QUJD!", &mut out));
         assert_eq!(out, b"kept");

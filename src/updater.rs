@@ -1125,7 +1125,7 @@ impl Updater {
         // the offer describes. Not after a one-off pinned check: it looks at its release
         // alone, not at critical releases past it, and would unforce a staged update.
         if pin.is_none() {
-            self.follow_staged(st, &offer)?;
+            self.follow_staged(st, &offer, clock)?;
         }
         self.emit(Event::Available {
             version: offer.version.to_string(),
@@ -1139,7 +1139,8 @@ impl Updater {
     /// can force it (as its stepping stone, or passed over for it), and one withdrawn
     /// since can leave it unforced. `activate` decides from the record, so with a stale
     /// flag an `at` policy would hold back an update the offer calls forced.
-    fn follow_staged(&self, checked: &State, offer: &Offer) -> Result<()> {
+    /// `clock` is the check's reading of the host's clock, for the journal.
+    fn follow_staged(&self, checked: &State, offer: &Offer, clock: Timestamp) -> Result<()> {
         // Most checks change nothing: they take no lock for it.
         if staged_under_other_critical(checked, offer).is_none() {
             return Ok(());
@@ -1157,7 +1158,7 @@ impl Updater {
             false => "no longer forced: the newest check found no critical release it leads to",
         };
         st.record(
-            (self.clock)(),
+            clock,
             "staged_critical",
             format!("{} in slot {slot} is {now_forced}", offer.version),
         );

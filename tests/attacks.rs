@@ -249,9 +249,10 @@ fn a_check_reads_the_clock_once() {
     let check = updater.check().unwrap();
     assert!(matches!(check, Check::UpToDate), "{check:?}");
     assert_eq!(reads.load(SeqCst), 1, "clock readings in one check");
-    // Past the stage, the same manifest lets it in.
+    // Past the stage, the same manifest lets it in; an offer, too, is made at one reading.
     let check = updater.check().unwrap();
     assert!(matches!(check, Check::Available(_)), "{check:?}");
+    assert_eq!(reads.load(SeqCst), 2, "clock readings in two checks");
 }
 
 /// TUF "indefinite freeze" of the trust root: root 1 was never renewed; past its expiry

@@ -82,19 +82,25 @@ fn workers(items: usize) -> usize {
     cpus().clamp(1, 8).min(items).max(1)
 }
 
-/// The CPUs this process may run on (its affinity mask, so a cpuset is respected). Not
-/// `available_parallelism`, which also reads cgroup CPU quotas: 4.5 KB of the library
-/// that is linked into firmware, where quotas are rare, and a thread beyond a quota only
-/// waits its turn.
+/// The CPUs this process may run on: its affinity mask, so a cpuset is respected, else
+/// (a mask the kernel will not give, or an empty one, as some old kernels return) the
+/// CPUs online. Not `available_parallelism`, which also reads cgroup CPU quotas: 8.7 KB
+/// of the library that is linked into firmware, where quotas are rare, and a thread
+/// beyond a quota only waits its turn.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn cpus() -> usize {
     // SAFETY: `set` is a plain bit array the kernel fills, of the size passed.
-    unsafe {
+    let in_mask = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
-            return 1;
+        match libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) {
+            0 => libc::CPU_COUNT(&set),
+            _ => 0,
         }
-        libc::CPU_COUNT(&set) as usize
+    };
+    match in_mask {
+        // SAFETY: a query without arguments.
+        0 => unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
+        n => n as usize,
     }
 }
 
