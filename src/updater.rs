@@ -1446,8 +1446,8 @@ impl Updater {
             return false;
         };
         let max = self.config.limits.max_metadata_bytes;
-        crate::trust::open(&bytes, crate::trust::MANIFEST_TYPE, keys, max)
-            .is_ok_and(|payload| crate::trust::sha256_hex(&payload) == seen.payload_sha256)
+        crate::trust::open_signed(&bytes, crate::trust::MANIFEST_TYPE, keys, max)
+            .is_ok_and(|s| crate::trust::sha256_hex(s.payload()) == seen.payload_sha256)
     }
 
     /// Where the manifest last accepted on `channel` is kept, for 304s.

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::Fault;
 use world::{
-    app_zip, at, key, manifest_of, refused, t0, Dev, Setup, World, ATTACKER_KEY, MANIFEST_KEY,
-    ROOT_KEY, SECOND_MANIFEST_KEY,
+    app_zip, at, key, manifest_of, refused, release_mut, t0, Dev, Setup, World, ATTACKER_KEY,
+    MANIFEST_KEY, ROOT_KEY, SECOND_MANIFEST_KEY,
 };
 
 const STABLE: &str = "channels/stable.json";
@@ -222,12 +222,7 @@ fn a_check_reads_the_clock_once() {
     let (w, dev) = World::installed();
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
     let ramp = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
-        let r = m
-            .releases
-            .iter_mut()
-            .find(|r| r.version.minor == 1)
-            .unwrap();
-        r.rollout = Some(Rollout {
+        release_mut(m, "1.1.0").rollout = Some(Rollout {
             stages: vec![RolloutStage {
                 at: t0().plus_secs(3600),
                 percent: 100.0,
@@ -1084,12 +1079,10 @@ fn verify_finds_a_zip_every_device_would_refuse() {
     // A hand-made manifest may leave the zip's `installed_size` out (devices take it
     // without): still checked.
     let no_size = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
-        let release = m
-            .releases
-            .iter_mut()
-            .find(|r| r.version.minor == 1)
+        let app = release_mut(m, "1.1.0")
+            .targets
+            .get_mut(world::TARGET)
             .unwrap();
-        let app = release.targets.get_mut(world::TARGET).unwrap();
         app.components
             .get_mut("app")
             .unwrap()

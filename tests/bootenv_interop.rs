@@ -1055,7 +1055,7 @@ fn uboot_writes_wait_for_the_lock_fw_setenv_holds() {
         matches!(ours, Ok(Ok(()))),
         "our write, {limit:?} after the lock was freed: {ours:?}"
     );
-    assert!(common::finish_within(theirs, limit).status.success());
+    assert!(require::finish_within(theirs, limit).status.success());
     let printed = fw_printenv(&f);
     assert_eq!(
         (printed["BOOT_ORDER"].as_str(), printed["theirs"].as_str()),

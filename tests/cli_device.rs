@@ -477,7 +477,7 @@ fn update_declined_on_a_terminal_prints_json() {
         .unwrap();
     use std::io::Write as _;
     child.stdin.take().unwrap().write_all(b"n\n").unwrap();
-    let done = common::finish_within(child, std::time::Duration::from_secs(60));
+    let done = require::finish_within(child, std::time::Duration::from_secs(60));
     assert!(done.status.success());
     let printed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
@@ -1260,7 +1260,7 @@ fn signalled_update(
         .status()
         .unwrap();
     assert!(kill.success());
-    common::finish_within(child, Duration::from_secs(20))
+    require::finish_within(child, Duration::from_secs(20))
 }
 
 /// A new device served over HTTP, offered 1.1.0 (a 256 KiB file) on stable and preview.

@@ -736,7 +736,7 @@ fn a_closed_stdout_neither_stops_the_work_nor_panics() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let out = common::finish_within(child, LIMIT);
+    let out = require::finish_within(child, LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
     assert!(dir.path().join("repo/root/1.json").is_file());
@@ -879,7 +879,7 @@ fn concurrent_releases_all_land() {
             })
             .collect();
         for child in children {
-            let o = common::finish_within(child, LIMIT);
+            let o = require::finish_within(child, LIMIT);
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         }
     }

@@ -6,7 +6,7 @@
 use crate::common::tree_digest;
 use crate::support::{Fault, TestServer};
 use evergreen::fetch::CancelToken;
-use evergreen::manifest::{ArtifactKind, Manifest};
+use evergreen::manifest::{ArtifactKind, Manifest, Release};
 use evergreen::publish::{ReleaseOptions, Repo, RotateOptions};
 use evergreen::slots::Slot;
 use evergreen::trust::{self, KeySet, SecretKey, TrustedRoot, MANIFEST_TYPE};
@@ -174,12 +174,10 @@ impl World {
             .release(channel, &version, TARGET, &file, &opts, &self.signer_refs())
             .unwrap();
         let mut m = manifest_of(&self.channel_bytes(channel));
-        let release = m
-            .releases
-            .iter_mut()
-            .find(|r| r.version == version)
+        let target = release_mut(&mut m, &version.to_string())
+            .targets
+            .get_mut(TARGET)
             .unwrap();
-        let target = release.targets.get_mut(TARGET).unwrap();
         let artifact = &mut target.components.get_mut("app").unwrap().artifact;
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
         let declared = (0..archive.len())
@@ -315,6 +313,15 @@ fn merge(base: &mut Value, extra: Value) {
 pub fn manifest_of(envelope: &[u8]) -> Manifest {
     let e = trust::parse_envelope(envelope).unwrap();
     serde_json::from_slice(&trust::decode_base64(&e.payload).unwrap()).unwrap()
+}
+
+/// The release of `version` that `m` lists, to edit.
+pub fn release_mut<'m>(m: &'m mut Manifest, version: &str) -> &'m mut Release {
+    let version: semver::Version = version.parse().unwrap();
+    m.releases
+        .iter_mut()
+        .find(|r| r.version == version)
+        .unwrap_or_else(|| panic!("no release {version} listed"))
 }
 
 /// A device: the updater, its directories and its clock.

@@ -35,14 +35,7 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// `cmd`'s output, as `Command::output` gives it, once it exits within `limit`.
 pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
-    use std::process::Stdio;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the command starts");
-    finish_within(child, limit)
+    crate::require::output_within(cmd, limit).expect("the command starts")
 }
 
 /// Runs the CLI and panics with its stderr unless it exits 0.
@@ -62,8 +55,6 @@ pub fn ok(args: &[&str]) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
-
-pub use crate::require::finish_within;
 
 /// Asserts that `out` is a run that aborted at crash point `k` (`EVERGREEN_CRASH_AT=k`),
 /// as a power cut there would stop it, and not one that failed, or stopped, elsewhere:

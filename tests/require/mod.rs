@@ -15,12 +15,18 @@ pub const TOOL_LIMIT: Duration = Duration::from_secs(120);
 /// `cmd`'s output, as `Command::output` gives it (stdin empty), once it exits within
 /// [`TOOL_LIMIT`]; the error when it cannot start (not installed).
 pub fn tool_output(cmd: &mut Command) -> std::io::Result<Output> {
+    output_within(cmd, TOOL_LIMIT)
+}
+
+/// `cmd`'s output, as `Command::output` gives it (stdin empty), once it exits within
+/// `limit`; the error when it cannot start.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<Output> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    Ok(finish_within(child, TOOL_LIMIT))
+    Ok(finish_within(child, limit))
 }
 
 /// Whether `cmd` starts and exits 0 within [`TOOL_LIMIT`].
