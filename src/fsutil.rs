@@ -163,26 +163,43 @@ fn no_hard_links(e: &std::io::Error) -> bool {
 
 /// Swaps the names of `a` and `b` in one atomic step. `Ok(false)` when the system or the
 /// file system cannot.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
-    renameat2(a, b, libc::RENAME_EXCHANGE)
+    rename_with(a, b, Rename::Exchange)
 }
 
 /// Renames `a` to `b` unless `b` exists (`AlreadyExists` then). `Ok(false)` when the
 /// system or the file system cannot.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<bool> {
-    renameat2(a, b, libc::RENAME_NOREPLACE)
+    rename_with(a, b, Rename::NoReplace)
+}
+
+/// The two renames beyond POSIX's that the state's saves use when the system has them.
+#[derive(Clone, Copy)]
+enum Rename {
+    /// Swap the two names (Linux `RENAME_EXCHANGE`, macOS `RENAME_SWAP`).
+    Exchange,
+    /// Fail with `EEXIST` rather than replace (`RENAME_NOREPLACE`, `RENAME_EXCL`).
+    NoReplace,
+}
+
+/// Both paths as C strings, for the raw calls below.
+#[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+fn c_paths(a: &Path, b: &Path) -> std::io::Result<(std::ffi::CString, std::ffi::CString)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    Ok((c(a)?, c(b)?))
 }
 
 /// `renameat2(a, b, flags)`; `Ok(false)` when the system or the file system does not know
 /// the flags.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<bool> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let (a, b) = (c(a)?, c(b)?);
+fn rename_with(a: &Path, b: &Path, how: Rename) -> std::io::Result<bool> {
+    let flags = match how {
+        Rename::Exchange => libc::RENAME_EXCHANGE,
+        Rename::NoReplace => libc::RENAME_NOREPLACE,
+    };
+    let (a, b) = c_paths(a, b)?;
     // The raw system call: the C library's `renameat2` wrapper is missing from older glibc.
     // SAFETY: both paths are NUL-terminated strings that outlive the call.
     let rc = unsafe {
@@ -205,15 +222,30 @@ fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<bool> {
     }
 }
 
-/// No atomic swap of two names here: the normal save is all there is.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
-    Ok(false)
+/// `renamex_np(a, b, flags)` (macOS 10.12 and later); `Ok(false)` when the file system
+/// cannot (APFS can, HFS+ and most network file systems cannot).
+#[cfg(target_vendor = "apple")]
+fn rename_with(a: &Path, b: &Path, how: Rename) -> std::io::Result<bool> {
+    let flags = match how {
+        Rename::Exchange => libc::RENAME_SWAP,
+        Rename::NoReplace => libc::RENAME_EXCL,
+    };
+    let (a, b) = c_paths(a, b)?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    if unsafe { libc::renamex_np(a.as_ptr(), b.as_ptr(), flags) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOTSUP | libc::EOPNOTSUPP | libc::ENOSYS) => Ok(false),
+        _ => Err(err),
+    }
 }
 
-/// No rename that refuses to replace here.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) fn rename_noreplace(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+/// No atomic swap of two names, nor a rename that refuses to replace, here: the normal
+/// save is all there is.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn rename_with(_a: &Path, _b: &Path, _how: Rename) -> std::io::Result<bool> {
     Ok(false)
 }
 

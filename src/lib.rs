@@ -4,6 +4,14 @@
 //! boots and automatic rollback, and a C ABI. The update server is static files only.
 #![deny(missing_docs)]
 
+// One clear message first, rather than dozens about POSIX modes and inodes.
+#[cfg(not(unix))]
+compile_error!(
+    "Evergreen runs on Unix-like systems (Linux, Android, macOS, the BSDs): slots, staging \
+     and the state rely on POSIX file modes, hard links, flock and renames over files in use. \
+     This target is not one of them."
+);
+
 pub mod config;
 pub mod error;
 pub mod event;
