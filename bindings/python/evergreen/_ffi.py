@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-_LIB_NAMES = {"darwin": "libevergreen.dylib", "win32": "evergreen.dll"}
+# Unix only (docs/design.md, decision 34): macOS names shared libraries differently.
+_LIB_NAMES = {"darwin": "libevergreen.dylib"}
 LIB_NAME = _LIB_NAMES.get(sys.platform, "libevergreen.so")
 
 
