@@ -103,6 +103,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An operation waits for another one to finish: another process or thread holds a
+    /// lock of the state directory. Sent once, before it waits, so a wait is never silent.
+    Waiting {
+        /// `work` (held by a check, download or install, which can take long) or `state`
+        /// (held while the state is changed and saved).
+        lock: String,
+        /// The lock file.
+        path: String,
+    },
     /// An operation failed.
     Failed {
         /// Which operation (`check`, `download`, …).
@@ -183,6 +192,15 @@ impl fmt::Display for Event {
                 f,
                 "rolled back from slot {from} ({}) to slot {to}: {reason}",
                 version.as_deref().unwrap_or("-")
+            ),
+            Event::Waiting { lock, path } => write!(
+                f,
+                "waiting for another Evergreen operation to finish ({}; lock {path})",
+                if lock == "work" {
+                    "a check, download or install"
+                } else {
+                    "a change of the state"
+                }
             ),
             Event::Failed {
                 operation,

@@ -414,6 +414,12 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// of its own, so two threads of one process exclude each other as two processes do.
 /// Advisory: it orders the writers that take it, nothing else.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
+    lock_exclusive_or_wait(path, || {})
+}
+
+/// [`lock_exclusive`], calling `on_wait` once, before it waits, when another holder has
+/// the lock: a caller can say why it stops rather than stop in silence.
+pub fn lock_exclusive_or_wait(path: &Path, on_wait: impl FnOnce()) -> Result<File> {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     // Opened for writing: over NFS `flock` becomes a POSIX lock, whose exclusive form
     // needs a file open for writing. Locally `flock` needs no more than reading, which a
@@ -426,7 +432,15 @@ pub fn lock_exclusive(path: &Path) -> Result<File> {
         other => (other, false),
     };
     let file = file.map_err(|e| Error::io("open lock file", path, e))?;
-    file.lock().map_err(|e| match e.raw_os_error() {
+    let taken = match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            on_wait();
+            file.lock()
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    };
+    taken.map_err(|e| match e.raw_os_error() {
         Some(libc::EBADF) if read_only => Error::io(
             "lock (expected write access to the lock file on this file system, found it \
              read-only for this user)",

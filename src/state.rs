@@ -61,7 +61,13 @@ const WORK_LOCK: &str = "work.lock";
 /// `invalid_state` when this thread already holds it or any lock of `taken_after` (locks
 /// that are only ever taken after this one): waiting would be for itself, or the lock
 /// order another process keeps, and could deadlock.
-fn lock_file(dir: &Path, name: &str, taken_after: &[&str], what: &str) -> Result<StateLock> {
+fn lock_file(
+    dir: &Path,
+    name: &str,
+    taken_after: &[&str],
+    what: &str,
+    on_wait: impl FnOnce(&Path),
+) -> Result<StateLock> {
     fsutil::create_dir_all(dir)?;
     let path = dir.join(name);
     // One spelling per directory, so two handles configured with different paths to the
@@ -85,7 +91,7 @@ fn lock_file(dir: &Path, name: &str, taken_after: &[&str], what: &str) -> Result
             dir.display()
         )));
     }
-    let file = fsutil::lock_exclusive(&path)?;
+    let file = fsutil::lock_exclusive_or_wait(&path, || on_wait(&path))?;
     let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
     Ok(StateLock { _file: file, key })
 }
@@ -318,20 +324,27 @@ impl State {
     /// state is read, changed and saved, never across network or slot writes, so the
     /// startup step on every boot does not wait for a download (see [`State::work_lock`]).
     ///
-    /// Another thread or process waits for the lock. The thread that holds it gets
-    /// `invalid_state` instead: that is a call made from inside an event or progress
-    /// callback of an operation still running (through any handle on the same state),
-    /// which would otherwise wait for itself forever.
-    pub fn lock(dir: &Path) -> Result<StateLock> {
-        lock_file(dir, STATE_LOCK, &[], "change the state")
+    /// Another thread or process waits for the lock, after calling `on_wait` with the
+    /// lock file's path once. The thread that holds it gets `invalid_state` instead: that
+    /// is a call made from inside an event or progress callback of an operation still
+    /// running (through any handle on the same state), which would otherwise wait for
+    /// itself forever.
+    pub fn lock(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
+        lock_file(dir, STATE_LOCK, &[], "change the state", on_wait)
     }
 
     /// Takes the lock that serialises the long operations on the state in `dir`: checks
     /// (network), downloads (one writer per `.part`) and installs (slot writes). Take it
     /// before [`State::lock`], never while holding that. Waiting and re-entry are as for
     /// [`State::lock`].
-    pub fn work_lock(dir: &Path) -> Result<StateLock> {
-        lock_file(dir, WORK_LOCK, &[STATE_LOCK], "check, download or install")
+    pub fn work_lock(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
+        lock_file(
+            dir,
+            WORK_LOCK,
+            &[STATE_LOCK],
+            "check, download or install",
+            on_wait,
+        )
     }
 
     /// Takes what a check learned from `checked`, a copy of the state made before the check
@@ -597,7 +610,7 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         State::initial("stable", None).save(dir.path()).unwrap();
-        let _lock = State::lock(dir.path()).unwrap();
+        let _lock = State::lock(dir.path(), |_| {}).unwrap();
         // Under the lock, as in a callback, on this thread and on another.
         assert_eq!(State::load(dir.path()).unwrap().unwrap().channel, "stable");
         let (read, wait) = channel();

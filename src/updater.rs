@@ -582,13 +582,21 @@ impl Updater {
     /// Serialises changes to the state across processes (CLI, launcher, host): held only
     /// while the state is read, changed and saved.
     fn lock(&self) -> Result<crate::state::StateLock> {
-        State::lock(self.state_dir())
+        State::lock(self.state_dir(), |path| self.waiting("state", path))
     }
 
     /// Serialises checks, downloads and installs, which take long; taken before
     /// [`Updater::lock`], so the startup step never waits for the network.
     fn work_lock(&self) -> Result<crate::state::StateLock> {
-        State::work_lock(self.state_dir())
+        State::work_lock(self.state_dir(), |path| self.waiting("work", path))
+    }
+
+    /// Says that this operation waits for another one's `lock`.
+    fn waiting(&self, lock: &str, path: &Path) {
+        self.emit(Event::Waiting {
+            lock: lock.to_string(),
+            path: path.display().to_string(),
+        });
     }
 
     /// Saves what a check learned into the state as it is now: other operations may have

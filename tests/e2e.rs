@@ -841,6 +841,82 @@ fn the_startup_step_does_not_wait_for_a_running_check_or_download() {
     updater.install(&plan).unwrap();
 }
 
+/// A check that has to wait for another process's download (which holds the work lock)
+/// says so before it waits, with the lock it waits for, and goes on once that is free;
+/// one that finds the lock free says nothing.
+#[test]
+fn an_operation_that_waits_for_another_says_so() {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    let Setup {
+        repo: _repo,
+        server: _server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.waits");
+    let (events, seen) = channel();
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config)
+        .on_event(move |e| {
+            let _ = events.send(e.clone());
+        })
+        .build()
+        .unwrap();
+    offer(&updater, "1.0.0");
+    let waits = |seen: &std::sync::mpsc::Receiver<evergreen::Event>| {
+        seen.try_iter()
+            .filter(|e| matches!(e, evergreen::Event::Waiting { .. }))
+            .count()
+    };
+    assert_eq!(waits(&seen), 0, "a check that found the locks free waited");
+
+    // Another process's download: the work lock, held as it holds it.
+    let lock_path = dev.state.join("work.lock");
+    let held = std::fs::File::open(&lock_path).unwrap();
+    held.lock().unwrap();
+    let (done, finished) = channel();
+    let check = std::thread::spawn(move || {
+        let _ = done.send(
+            updater
+                .check()
+                .map(|c| matches!(c, evergreen::Check::Available(_))),
+        );
+    });
+    let waiting = loop {
+        match seen.recv_timeout(Duration::from_secs(60)) {
+            Ok(e @ evergreen::Event::Waiting { .. }) => break e,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a `waiting` event from the check, found none ({e})"),
+        }
+    };
+    assert_eq!(
+        waiting,
+        evergreen::Event::Waiting {
+            lock: "work".into(),
+            path: lock_path.display().to_string(),
+        }
+    );
+    assert!(
+        waiting
+            .to_json()
+            .starts_with(r#"{"event":"waiting","lock":"work","path":"#),
+        "{}",
+        waiting.to_json()
+    );
+    assert!(
+        finished.try_recv().is_err(),
+        "the check went on while another held the work lock"
+    );
+    drop(held);
+    let result = finished.recv_timeout(Duration::from_secs(60));
+    check.join().unwrap();
+    assert!(
+        matches!(result, Ok(Ok(true))),
+        "the check did not finish once the lock was free: {result:?}"
+    );
+    assert_eq!(waits(&seen), 0, "one `waiting` event per wait");
+}
+
 /// A host's own boot selector, whose boot changes are no-ops: the tests differ only in
 /// what it says about the running slot and whether it counts tries.
 struct HostSelector<F> {
