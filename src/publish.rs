@@ -68,6 +68,21 @@ const WRITTEN_DIRS: [&str; 3] = ["root", "channels", "blobs/sha256"];
 pub struct Repo {
     root: PathBuf,
     cancel: CancelToken,
+    on_wait: WaitNotice,
+}
+
+/// What a command calls, with the lock file's path, before it waits for another command
+/// that holds the repository lock.
+#[derive(Clone, Default)]
+struct WaitNotice(Option<std::sync::Arc<NoticeFn>>);
+
+/// The function of a [`WaitNotice`].
+type NoticeFn = dyn Fn(&Path) + Send + Sync;
+
+impl std::fmt::Debug for WaitNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 /// What a release carries besides its components.
@@ -303,10 +318,23 @@ impl Repo {
         Repo { cancel, ..self }
     }
 
+    /// The same repository, its commands calling `notice` with the lock file's path once
+    /// before they wait for another command (another process, or another thread) that is
+    /// changing the repository: every change holds its lock from its first read to its
+    /// last write. The CLI says so on stderr, so that a publish run beside another one is
+    /// not a silent stop.
+    pub fn with_wait_notice(self, notice: impl Fn(&Path) + Send + Sync + 'static) -> Repo {
+        Repo {
+            on_wait: WaitNotice(Some(std::sync::Arc::new(notice))),
+            ..self
+        }
+    }
+
     fn at(root: &Path) -> Repo {
         Repo {
             root: root.to_path_buf(),
             cancel: CancelToken::new(),
+            on_wait: WaitNotice::default(),
         }
     }
 
@@ -995,7 +1023,12 @@ impl Repo {
     /// that a command killed or crashed left behind; they are removed here, since no rerun
     /// (another process, another temp name) would, and an upload would ship them.
     fn lock(&self) -> Result<File> {
-        let lock = fsutil::lock_exclusive(&self.root.join(LOCK_FILE))?;
+        let path = self.root.join(LOCK_FILE);
+        let lock = fsutil::lock_exclusive_or_wait(&path, || {
+            if let Some(notice) = &self.on_wait.0 {
+                notice(&path);
+            }
+        })?;
         for dir in WRITTEN_DIRS {
             fsutil::remove_stale_temps_in(&self.root.join(dir));
         }

@@ -1639,58 +1639,33 @@ fn a_state_directory_made_private_stays_private_through_an_update() {
 /// waits for on stderr, then does its check once the lock is free.
 #[test]
 fn a_check_that_waits_for_a_running_download_says_so() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    use std::time::Duration;
     let repo = Repo::new("com.acme.cli");
     publish(&repo, "1.0.0", "stable");
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), serde_json::json!({}));
     dev.expect("check", &[], 10);
-    let held = std::fs::File::open(dev.state.join("work.lock")).unwrap();
+    let lock = dev.state.join("work.lock");
+    let held = std::fs::File::open(&lock).unwrap();
     held.lock().unwrap();
 
-    let mut child = Command::new(common::bin())
-        .args(["check", "--config", dev.config.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (lines, seen) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut before = Vec::new();
-    let waiting = loop {
-        match seen.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains("waiting for") => break line,
-            Ok(line) => before.push(line),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("expected a line saying the check waits, found {before:?} ({e})");
-            }
-        }
-    };
+    let mut check = common::Watched::start(
+        std::process::Command::new(common::bin())
+            .args(["check", "--config"])
+            .arg(&dev.config),
+    );
     assert_eq!(
-        waiting,
+        check.wait_for_line("waiting for"),
         format!(
             "evergreen: waiting for another Evergreen operation to finish (a check, download or install; lock {})",
-            dev.state.join("work.lock").display()
+            lock.display()
         )
     );
     drop(held);
-    let out = require::finish_within(child, common::CLI_LIMIT);
-    reader.join().unwrap();
+    let out = check.finish();
     assert_eq!(out.status.code(), Some(10), "the check after the wait");
     assert!(String::from_utf8_lossy(&out.stdout).contains("-> 1.0.0"));
     assert!(
-        seen.try_iter().all(|l| !l.contains("waiting for")),
+        !common::stderr(&out).contains("waiting for"),
         "said it once"
     );
 }

@@ -1268,3 +1268,38 @@ fn a_key_in_both_roles_is_refused() {
     ok(dir, &["rotate", "repo", "--sign", "root1"]);
     assert!(dir.join("repo/root/2.json").exists());
 }
+
+/// A release run while another command changes the repository (and holds its lock) says
+/// what it waits for on stderr, then publishes once the lock is free.
+#[test]
+fn a_release_that_waits_for_another_command_says_so() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("app.bin"), b"v").unwrap();
+    let lock = dir.join("repo").join(evergreen::publish::LOCK_FILE);
+    let held = std::fs::File::create(&lock).unwrap();
+    held.lock().unwrap();
+
+    let args = release_args("1.0.0", &["--component", "app=app.bin"]);
+    let mut release = common::Watched::start(command_at(dir, NOW).args(&args));
+    assert_eq!(
+        release.wait_for_line("waiting for"),
+        format!(
+            "evergreen: waiting for another command changing this repository to finish (lock {})",
+            Path::new("repo")
+                .join(evergreen::publish::LOCK_FILE)
+                .display()
+        )
+    );
+    assert!(
+        !dir.join("repo/channels/nightly.json").exists(),
+        "published while another command held the lock"
+    );
+    drop(held);
+    let out = release.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        read_manifest(dir, "nightly")["releases"][0]["version"],
+        "1.0.0"
+    );
+}

@@ -38,6 +38,68 @@ pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
     crate::require::output_within(cmd, limit).expect("the command starts")
 }
 
+/// A CLI run whose stderr is read line by line while it runs: a test can wait for what it
+/// says (that it waits for a lock, say), act, then let it finish.
+pub struct Watched {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watched {
+    /// Starts `cmd` (the CLI, with its arguments).
+    pub fn start(cmd: &mut Command) -> Watched {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CLI starts");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (send, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// The first stderr line (from here on) that contains `needle`; panics, killing the
+    /// run, when none comes within a minute or stderr ends first.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let mut before = Vec::new();
+        loop {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => before.push(line),
+                Err(e) => {
+                    let _ = self.child.kill();
+                    panic!("expected a stderr line with {needle:?}, found {before:?} ({e})");
+                }
+            }
+        }
+    }
+
+    /// Waits (at most [`CLI_LIMIT`]) for the run to end: its output, with the stderr
+    /// lines not yet taken by [`Watched::wait_for_line`].
+    pub fn finish(self) -> Output {
+        let mut out = crate::require::finish_within(self.child, CLI_LIMIT);
+        self.reader.join().unwrap();
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        out.stderr = rest.join("\n").into_bytes();
+        out
+    }
+}
+
 /// Runs the CLI and panics with its stderr unless it exits 0.
 pub fn ok(args: &[&str]) -> String {
     let out = run(args);

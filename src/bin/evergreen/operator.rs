@@ -600,7 +600,14 @@ fn warn_stranded(channel: &str, stranded: &[publish::Stranded]) {
 /// grace runs out ([`crate::interrupt`]): a kill in the middle of one would leave its temp
 /// file behind until the next change.
 fn open(path: &Path) -> Result<Repo> {
-    Ok(Repo::open(path)?.with_cancel(crate::interrupt::token()))
+    Ok(Repo::open(path)?
+        .with_cancel(crate::interrupt::token())
+        .with_wait_notice(|lock| {
+            eprintln!(
+                "evergreen: waiting for another command changing this repository to finish (lock {})",
+                lock.display()
+            )
+        }))
 }
 
 /// `NAME=PATH[:zip|file|image]`; without a kind, `.zip` files are zips and others files.
