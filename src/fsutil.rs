@@ -414,17 +414,22 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// of its own, so two threads of one process exclude each other as two processes do.
 /// Advisory: it orders the writers that take it, nothing else.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
-    lock_exclusive_or_wait(path, || {})
+    lock_exclusive_or_wait(path, FILE_MODE, || {})
 }
 
 /// [`lock_exclusive`], calling `on_wait` once, before it waits, when another holder has
-/// the lock: a caller can say why it stops rather than stop in silence.
-pub fn lock_exclusive_or_wait(path: &Path, on_wait: impl FnOnce()) -> Result<File> {
+/// the lock: a caller can say why it stops rather than stop in silence. A lock file it
+/// creates gets `mode` (less the umask); one that is there loses the permissions for
+/// others that `mode` lacks, where this user may change them: on Linux a `flock` needs
+/// only read access, so whoever can open the file can hold the lock.
+pub fn lock_exclusive_or_wait(path: &Path, mode: u32, on_wait: impl FnOnce()) -> Result<File> {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // Opened for writing: over NFS `flock` becomes a POSIX lock, whose exclusive form
     // needs a file open for writing. Locally `flock` needs no more than reading, which a
     // lock file another user created (a repository shared by operators) still allows.
-    let (file, read_only) = match create_options().truncate(false).open(path) {
+    let opened = create_options().mode(mode).truncate(false).open(path);
+    let (file, read_only) = match opened {
         // Not there to read either: the refusal to create it is what to report.
         Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
             (File::open(path).or(Err(e)), true)
@@ -432,6 +437,14 @@ pub fn lock_exclusive_or_wait(path: &Path, on_wait: impl FnOnce()) -> Result<Fil
         other => (other, false),
     };
     let file = file.map_err(|e| Error::io("open lock file", path, e))?;
+    if let Ok(meta) = file.metadata() {
+        let others = meta.permissions().mode() & 0o007 & !mode;
+        if others != 0 {
+            // Best effort: a file another user owns, or a read-only mount, stays as it is.
+            let narrowed = std::fs::Permissions::from_mode(meta.permissions().mode() & !others);
+            let _ = file.set_permissions(narrowed);
+        }
+    }
     let taken = match file.try_lock() {
         Ok(()) => Ok(()),
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -450,6 +463,32 @@ pub fn lock_exclusive_or_wait(path: &Path, on_wait: impl FnOnce()) -> Result<Fil
         _ => Error::io("lock", path, e),
     })?;
     Ok(file)
+}
+
+/// Takes a `flock` on `file` (shared or exclusive) if it comes within `patience`, and
+/// tells whether it did. For locks that guard a short read or write of a file others may
+/// open: a holder that never lets go (any local user who can read the file can take one)
+/// delays the caller by `patience`, not forever. A file system without `flock` answers
+/// `false` at once.
+pub(crate) fn lock_within(file: &File, shared: bool, patience: std::time::Duration) -> bool {
+    use std::fs::TryLockError::WouldBlock;
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let tried = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match tried {
+            Ok(()) => return true,
+            Err(WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Removes `path` (a file, a symlink or a whole tree) if it exists. A directory inside

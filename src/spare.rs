@@ -184,6 +184,11 @@ fn put_in_place(spare: &Path, path: &Path) -> std::io::Result<bool> {
 /// Overwrites the whole of the file at `path` with `bytes`, exactly its length, and syncs
 /// it: no block is allocated, so this works on a full file system.
 fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
+    overwrite_within(path, bytes, crate::state::STATE_FILE_PATIENCE)
+}
+
+/// [`overwrite`], waiting at most `patience` for the readers of the spare.
+fn overwrite_within(path: &Path, bytes: &[u8], patience: std::time::Duration) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     crash_point("overwrite spare")?;
@@ -194,9 +199,10 @@ fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
     // A reader that opened this file as the state before it became the spare holds it
-    // locked shared while it reads (`State::load`): never written under it. A
-    // file system without `flock` is written without it.
-    let _ = f.lock();
+    // locked shared while it reads (`State::load`): not written under it, unless a
+    // holder keeps it past `patience` (any local user who can read the state can lock
+    // it). A file system without `flock` is written without it.
+    crate::fsutil::lock_within(&f, false, patience);
     f.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
     crash_point("fsync spare")?;
@@ -355,6 +361,32 @@ mod tests {
         wait.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(fs::read(&spare).unwrap().starts_with(b"{\"n\": 2}\n"));
         writer.join().unwrap();
+    }
+
+    /// A reader that never lets go of the spare (any local user who can read the state
+    /// can lock it) delays the write by its patience, not for ever.
+    #[test]
+    fn the_spare_is_written_after_its_patience_under_a_reader_that_keeps_it() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write(&path, b"{\"n\": 1}\n").unwrap();
+        let spare = spare_path(&path);
+        let reader = fs::File::open(&spare).unwrap();
+        reader.lock_shared().unwrap();
+        let (done, wait) = std::sync::mpsc::channel();
+        let writer = {
+            let spare = spare.clone();
+            std::thread::spawn(move || {
+                let bytes = pad(b"{\"n\": 2}\n", 4096);
+                let _ = done.send(overwrite_within(&spare, &bytes, Duration::from_millis(200)));
+            })
+        };
+        let written = wait.recv_timeout(Duration::from_secs(30));
+        writer.join().unwrap();
+        assert!(matches!(written, Ok(Ok(()))), "{written:?}");
+        assert!(fs::read(&spare).unwrap().starts_with(b"{\"n\": 2}\n"));
+        drop(reader);
     }
 
     /// A spare that is another name of the state file is never written in place (that

@@ -52,6 +52,15 @@ impl Drop for StateLock {
     }
 }
 
+/// The mode of the lock files: the state's owner and group (a launcher run as another
+/// user of the group) may open them, others may not, since opening one is enough to hold
+/// it and stall every update and the startup step.
+const LOCK_MODE: u32 = 0o640;
+/// How long a read of the state file waits for a write into it (the spare's, on a full
+/// disk: a few KiB and a sync), and that write for readers. Anyone who can read the file
+/// can lock it; past this each goes ahead (a read that meets a torn write then fails to
+/// parse, and says so).
+pub(crate) const STATE_FILE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The lock file of changes to the state.
 const STATE_LOCK: &str = "lock";
 /// The lock file of the long operations; always taken before [`STATE_LOCK`].
@@ -91,7 +100,7 @@ fn lock_file(
             dir.display()
         )));
     }
-    let file = fsutil::lock_exclusive_or_wait(&path, || on_wait(&path))?;
+    let file = fsutil::lock_exclusive_or_wait(&path, LOCK_MODE, || on_wait(&path))?;
     let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
     Ok(StateLock { _file: file, key })
 }
@@ -477,8 +486,14 @@ impl State {
     /// locked exclusively while it does (see `src/spare.rs`). Not the state lock: a read
     /// never waits for a change (a host's event callback runs under the state lock, and
     /// may wait for a thread that reads the status), only for a write into the file it
-    /// opened. A file system without `flock` is read without it.
+    /// opened, and for at most 5 s: any local user who can read the file can lock it. A
+    /// file system without `flock` is read without it.
     pub fn load(dir: &Path) -> Result<Option<State>> {
+        State::load_within(dir, STATE_FILE_PATIENCE)
+    }
+
+    /// [`State::load`], waiting at most `patience` for a write into the file.
+    fn load_within(dir: &Path, patience: std::time::Duration) -> Result<Option<State>> {
         use std::io::Read;
         let path = State::path(dir);
         let mut file = match std::fs::File::open(&path) {
@@ -486,7 +501,7 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let _ = file.lock_shared();
+        fsutil::lock_within(&file, true, patience);
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::io("read", &path, e))?;
@@ -599,6 +614,66 @@ mod tests {
         assert_eq!(back.history.len(), HISTORY_LEN);
         assert_eq!(back.history[0].detail, "#36");
         back.check_invariants().unwrap();
+    }
+
+    /// Opening a lock file is enough to hold it: only the state's owner and group may.
+    /// A lock file an older version made readable for all is narrowed when next taken.
+    #[test]
+    fn lock_files_are_closed_to_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        std::fs::write(dir.path().join(STATE_LOCK), b"").unwrap();
+        std::fs::set_permissions(
+            dir.path().join(STATE_LOCK),
+            std::fs::Permissions::from_mode(0o664),
+        )
+        .unwrap();
+        drop(State::work_lock(dir.path(), |_| {}).unwrap());
+        drop(State::lock(dir.path(), |_| {}).unwrap());
+        assert_eq!(
+            mode(WORK_LOCK) & 0o007,
+            0,
+            "work.lock: {:o}",
+            mode(WORK_LOCK)
+        );
+        assert_eq!(mode(STATE_LOCK), 0o660, "the group keeps what it had");
+    }
+
+    /// Anyone who can read the state file can lock it; a read waits for that lock only so
+    /// long, then reads.
+    #[test]
+    fn a_load_does_not_wait_for_ever_for_a_lock_on_the_state_file() {
+        use std::sync::mpsc::channel;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        State::initial("stable", None).save(dir.path()).unwrap();
+        let holder = std::fs::File::open(State::path(dir.path())).unwrap();
+        holder.lock().unwrap();
+        let (read, wait) = channel();
+        let reader = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let st = State::load_within(&dir, Duration::from_millis(200));
+                let _ = read.send((st.map(|s| s.map(|s| s.channel)), started.elapsed()));
+            })
+        };
+        let (loaded, waited) = wait
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the read waited for ever for a lock held on the state file");
+        reader.join().unwrap();
+        assert_eq!(loaded.unwrap().as_deref(), Some("stable"));
+        assert!(
+            waited >= Duration::from_millis(200),
+            "it did not wait: {waited:?}"
+        );
     }
 
     /// A read waits for no change of the state: a host whose event callback (which runs
