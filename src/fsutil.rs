@@ -108,7 +108,7 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
             f.write_all(bytes)
                 .map_err(|e| Error::io("write", &tmp, e))?;
             crash_point("fsync temp")?;
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))
+            sync_file(&f).map_err(|e| Error::io("fsync", &tmp, e))
         })
         .and_then(|()| link_new(&tmp, path));
     // Linked or not, the temp name is no longer needed; a crash before this leaves it to
@@ -155,8 +155,14 @@ fn rename_new(tmp: &Path, dest: &Path, unlinkable: std::io::Error) -> Result<boo
 
 /// Whether `e`, from `link`, says the file system has no hard links.
 fn no_hard_links(e: &std::io::Error) -> bool {
+    let errno = e.raw_os_error();
+    // macOS says ENOTSUP (45), which is not its EOPNOTSUPP (102); on Linux they are one.
+    #[cfg(target_vendor = "apple")]
+    if errno == Some(libc::ENOTSUP) {
+        return true;
+    }
     matches!(
-        e.raw_os_error(),
+        errno,
         Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK)
     )
 }
@@ -223,7 +229,8 @@ fn rename_with(a: &Path, b: &Path, how: Rename) -> std::io::Result<bool> {
 }
 
 /// `renamex_np(a, b, flags)` (macOS 10.12 and later); `Ok(false)` when the file system
-/// cannot (APFS can, HFS+ and most network file systems cannot).
+/// cannot (`ENOTSUP`: APFS has both flags, HFS+ only `RENAME_EXCL`, network file systems
+/// often neither).
 #[cfg(target_vendor = "apple")]
 fn rename_with(a: &Path, b: &Path, how: Rename) -> std::io::Result<bool> {
     let flags = match how {
@@ -261,7 +268,7 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
         let result = create_temp(&tmp).and_then(|mut f| {
             f.write_all(bytes)
                 .map_err(|e| Error::io("write", &tmp, e))?;
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))
+            sync_file(&f).map_err(|e| Error::io("fsync", &tmp, e))
         });
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -313,7 +320,7 @@ pub fn create_temp(tmp: &Path) -> Result<File> {
 /// Makes the fully written temp file `file` (at `tmp`) durable and renames it to `dest`.
 pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
     crash_point("fsync temp")?;
-    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    sync_file(&file).map_err(|e| Error::io("fsync", tmp, e))?;
     drop(file);
     crash_point("rename")?;
     fs::rename(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
@@ -328,6 +335,44 @@ pub fn sync_parent(path: &Path) -> Result<()> {
     }
 }
 
+/// Makes `file`'s data and metadata durable (`fsync`). On macOS the standard library asks
+/// for `F_FULLFSYNC` (the drive's cache flushed too); a file system that cannot (SMB
+/// shares, some FUSE and external drives answer `ENOTSUP`, `EINVAL` or `ENOTTY`) gets a
+/// plain `fsync` instead of a failed save, as SQLite does.
+pub fn sync_file(file: &File) -> std::io::Result<()> {
+    or_plain_fsync(file, file.sync_all())
+}
+
+/// [`sync_file`] for the data alone (`fdatasync`; on macOS the same as [`sync_file`]).
+pub fn sync_file_data(file: &File) -> std::io::Result<()> {
+    or_plain_fsync(file, file.sync_data())
+}
+
+#[cfg(target_vendor = "apple")]
+fn or_plain_fsync(file: &File, full: std::io::Result<()>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    match full {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTSUP | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY)
+            ) =>
+        {
+            // SAFETY: a valid descriptor, owned by `file` for the whole call.
+            match unsafe { libc::fsync(file.as_raw_fd()) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn or_plain_fsync(_file: &File, sync: std::io::Result<()>) -> std::io::Result<()> {
+    sync
+}
+
 /// Makes a directory's entries (creations, renames, removals) durable.
 ///
 /// A file system that can't fsync a directory (`EINVAL`: procfs and sysfs, and some
@@ -336,7 +381,7 @@ pub fn sync_parent(path: &Path) -> Result<()> {
 /// done as not done, and every later write to the directory as failed.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     crash_point("fsync dir")?;
-    match File::open(dir).and_then(|d| d.sync_all()) {
+    match File::open(dir).and_then(|d| sync_file(&d)) {
         // `EINVAL` is `InvalidInput`.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
         other => other.map_err(|e| Error::io("fsync directory", dir, e)),
@@ -445,13 +490,12 @@ pub fn lock_exclusive_or_wait(path: &Path, mode: u32, on_wait: impl FnOnce()) ->
             let _ = file.set_permissions(narrowed);
         }
     }
-    let taken = match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => {
+    let taken = match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             on_wait();
-            file.lock()
+            flock(&file, libc::LOCK_EX)
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+        other => other,
     };
     taken.map_err(|e| match e.raw_os_error() {
         Some(libc::EBADF) if read_only => Error::io(
@@ -471,22 +515,37 @@ pub fn lock_exclusive_or_wait(path: &Path, mode: u32, on_wait: impl FnOnce()) ->
 /// delays the caller by `patience`, not forever. A file system without `flock` answers
 /// `false` at once.
 pub(crate) fn lock_within(file: &File, shared: bool, patience: std::time::Duration) -> bool {
-    use std::fs::TryLockError::WouldBlock;
     let deadline = std::time::Instant::now() + patience;
     let mut pause = std::time::Duration::from_millis(1);
+    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
     loop {
-        let tried = if shared {
-            file.try_lock_shared()
-        } else {
-            file.try_lock()
-        };
-        match tried {
+        match flock(file, op | libc::LOCK_NB) {
             Ok(()) => return true,
-            Err(WouldBlock) if std::time::Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(50));
             }
             Err(_) => return false,
+        }
+    }
+}
+
+/// `flock(2)` on `file`, waiting again when a signal interrupts the wait (a host's handler
+/// installed without `SA_RESTART`, as Python's are). Not the standard library's
+/// `File::lock`, which up to Rust 1.95 at least answers "not supported" on Android.
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: a valid descriptor, owned by `file` for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

@@ -1965,7 +1965,7 @@ fn write_new(path: &Path, line: &str, mode: u32) -> Result<()> {
         _ => Error::io("create", path, e),
     })?;
     file.write_all(format!("{line}\n").as_bytes())
-        .and_then(|()| file.sync_all())
+        .and_then(|()| fsutil::sync_file(&file))
         .map_err(|e| Error::io("write", path, e))
 }
 

@@ -9,14 +9,15 @@
 //! file of that size, already written, is kept beside it. When a normal save fails for want
 //! of space, the new state is written *into* the spare, in place, over blocks it already
 //! owns, and the two files trade names in one atomic step (`renameat2` with
-//! `RENAME_EXCHANGE`): the old state becomes the next spare. No block is allocated or freed,
+//! `RENAME_EXCHANGE` on Linux, `renamex_np` with `RENAME_SWAP` on macOS): the old state
+//! becomes the next spare. No block is allocated or freed,
 //! so this works again on the next start, for as long as the file system stays full. With
 //! no state file to trade with (moved away by hand), the spare is renamed onto its name.
 //!
 //! In-place writes need a file system that overwrites in place (ext4, XFS, tmpfs and most
-//! others); on copy-on-write ones (btrfs, UBIFS, F2FS) an overwrite allocates too and the
-//! save fails as before. Elsewhere than Linux, and where the exchange is not supported, the
-//! normal save is all there is.
+//! others); on copy-on-write ones (btrfs, UBIFS, F2FS; APFS for blocks a snapshot shares)
+//! an overwrite allocates too and the save fails as before. On other systems (the BSDs),
+//! and where the file system cannot swap two names (HFS+), the normal save is all there is.
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, crash_point, exchange, rename_noreplace};
@@ -206,7 +207,7 @@ fn overwrite_within(path: &Path, bytes: &[u8], patience: std::time::Duration) ->
     f.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
     crash_point("fsync spare")?;
-    f.sync_data().map_err(|e| Error::io("fsync", path, e))
+    crate::fsutil::sync_file_data(&f).map_err(|e| Error::io("fsync", path, e))
 }
 
 #[cfg(test)]
@@ -458,7 +459,9 @@ mod tests {
     }
 
     /// A spare with holes whose block count covers its length anyway (an extended
-    /// attribute block counted in `st_blocks`, as on ext4) is no spare.
+    /// attribute block counted in `st_blocks`, as on ext4) is no spare. Linux's
+    /// `SEEK_HOLE` and `setxattr`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn a_spare_whose_block_count_hides_its_holes_is_not_usable() {
         use std::os::unix::ffi::OsStrExt;

@@ -1645,27 +1645,36 @@ fn a_check_that_waits_for_a_running_download_says_so() {
     let dev = repo.device("dev", &server.url(), serde_json::json!({}));
     dev.expect("check", &[], 10);
     let lock = dev.state.join("work.lock");
-    let held = std::fs::File::open(&lock).unwrap();
-    held.lock().unwrap();
-
-    let mut check = common::Watched::start(
-        std::process::Command::new(common::bin())
-            .args(["check", "--config"])
-            .arg(&dev.config),
+    let said = format!(
+        "evergreen: waiting for another Evergreen operation to finish (a check, download or install; lock {})",
+        lock.display()
     );
-    assert_eq!(
-        check.wait_for_line("waiting for"),
-        format!(
-            "evergreen: waiting for another Evergreen operation to finish (a check, download or install; lock {})",
-            lock.display()
-        )
-    );
-    drop(held);
-    let out = check.finish();
-    assert_eq!(out.status.code(), Some(10), "the check after the wait");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("-> 1.0.0"));
-    assert!(
-        !common::stderr(&out).contains("waiting for"),
-        "said it once"
-    );
+    // In text and in JSON mode alike (stdout keeps its one JSON document).
+    for as_json in [false, true] {
+        let held = std::fs::File::open(&lock).unwrap();
+        held.lock().unwrap();
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["check", "--config"]).arg(&dev.config);
+        if as_json {
+            cmd.arg("--json");
+        }
+        let mut check = common::Watched::start(&mut cmd);
+        assert_eq!(
+            check.wait_for_line("waiting for"),
+            said,
+            "--json: {as_json}"
+        );
+        drop(held);
+        let out = check.finish();
+        assert_eq!(out.status.code(), Some(10), "the check after the wait");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match as_json {
+            false => assert!(stdout.contains("-> 1.0.0"), "{stdout}"),
+            true => assert_eq!(json(&stdout)["version"], "1.0.0"),
+        }
+        assert!(
+            !common::stderr(&out).contains("waiting for"),
+            "said it once"
+        );
+    }
 }

@@ -341,9 +341,7 @@ impl Part {
                 ),
             ));
         }
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io("syncing", &self.path, e))?;
+        crate::fsutil::sync_file(&self.file).map_err(|e| Error::io("syncing", &self.path, e))?;
         drop(self.file);
         fs::rename(&self.path, done_path).map_err(|e| Error::io("renaming", &self.path, e))?;
         crate::fsutil::sync_parent(done_path)

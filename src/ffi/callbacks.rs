@@ -2,7 +2,10 @@
 //! function, synchronously. An operation holds the work lock (check, download, install,
 //! reinstall) or the state lock (the others) while it calls them, so an operation that
 //! needs the same lock, called from inside them, is `EVG_INVALID_STATE` (`State::lock`,
-//! `State::work_lock`); reading and replacing callbacks work.
+//! `State::work_lock`); reading and replacing callbacks work. The exception is the
+//! `waiting` event, sent before a lock is taken: inside it the thread holds only the locks
+//! taken before that one (none, or the work lock when it waits for the state lock), and
+//! what they do not forbid may be called, waiting in turn.
 
 use super::error::evg_status;
 use super::handle::to_c_string;

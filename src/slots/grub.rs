@@ -71,8 +71,7 @@ impl EnvWrite {
         file.seek(SeekFrom::Start(self.offset))
             .and_then(|_| file.write_all(&self.data))
             .map_err(|e| Error::io("writing", &self.path, e))?;
-        file.sync_all()
-            .map_err(|e| Error::io("syncing", &self.path, e))
+        crate::fsutil::sync_file(&file).map_err(|e| Error::io("syncing", &self.path, e))
     }
 }
 

@@ -145,7 +145,7 @@ impl ImageSlots {
         // that it holds the image.
         let (mut file, block) = open_slot(path, size)?;
         copy_exact(src, &mut file, block, path, size, progress)?;
-        file.sync_all()
+        crate::fsutil::sync_file(&file)
             .map_err(|e| write_failed(&file, block, "syncing", path, size, size, e))?;
         drop_cached_pages(&file, path)?;
         if let Some((offset, store)) = &self.corrupt_at {
@@ -579,7 +579,7 @@ fn flip_byte(path: &Path, offset: u64) -> Result<()> {
         .and_then(|_| file.read_exact(&mut byte))
         .and_then(|_| file.seek(SeekFrom::Start(offset)))
         .and_then(|_| file.write_all(&[!byte[0]]))
-        .and_then(|_| file.sync_all())
+        .and_then(|_| crate::fsutil::sync_file(&file))
         .map_err(|e| Error::io("corrupting", path, e))
 }
 

@@ -194,14 +194,14 @@ pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifac
     Ok(())
 }
 
-#[cfg(test)]
+// The affinity mask is Linux's.
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod tests {
     use super::*;
 
     /// Extraction spreads over the CPUs the process may use: a thread pinned to one CPU
     /// counts one, and one free to use them all counts at least what std counts (which
     /// also applies cgroup quotas).
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn workers_follow_the_affinity_mask() {
         let all = std::thread::available_parallelism().unwrap().get();

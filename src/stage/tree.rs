@@ -206,9 +206,9 @@ pub fn make_durable(root: &Path) -> Result<()> {
     let sync = |path: &PathBuf, data_only: bool| -> Result<()> {
         let file = open_for_sync(path).map_err(|e| Error::io("open for sync", path, e))?;
         let synced = if data_only {
-            file.sync_data()
+            crate::fsutil::sync_file_data(&file)
         } else {
-            file.sync_all()
+            crate::fsutil::sync_file(&file)
         };
         synced.map_err(|e| Error::io("sync", path, e))
     };

@@ -142,16 +142,17 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         let now = crate::now()?;
         builder = builder.clock(move || now);
     }
-    if !json {
-        builder = builder.on_event(|e| match e {
-            // A failure is reported once, as the `error[<kind>]` line.
-            evergreen::Event::Downloading { .. }
-            | evergreen::Event::Installing { .. }
-            | evergreen::Event::Checked { .. }
-            | evergreen::Event::Failed { .. } => {}
-            other => eprintln!("evergreen: {other}"),
-        });
-    }
+    builder = builder.on_event(move |e| match e {
+        // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
+        evergreen::Event::Waiting { .. } => eprintln!("evergreen: {e}"),
+        _ if json => {}
+        // A failure is reported once, as the `error[<kind>]` line.
+        evergreen::Event::Downloading { .. }
+        | evergreen::Event::Installing { .. }
+        | evergreen::Event::Checked { .. }
+        | evergreen::Event::Failed { .. } => {}
+        other => eprintln!("evergreen: {other}"),
+    });
     builder.build()
 }
 
