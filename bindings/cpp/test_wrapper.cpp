@@ -8,13 +8,19 @@
 
 #include "evergreen.hpp"
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -371,6 +377,62 @@ void handles_are_move_only() {
     EXPECT(replaced == replaced_before);
 }
 
+// Move assignment while another thread's call is inside the replaced updater's event
+// handler: the assignment waits until the handler returns, and only then is the handler
+// freed (under valgrind a read of the freed handler would fail the run).
+void move_assignment_waits_for_a_handler_running_on_another_thread() {
+    Repo repo("moving");
+    repo.release("1.0.0", noise(1024, 9));
+    Device dev("moving", repo, repo);
+    evergreen::Updater a(dev.config);
+    evergreen::Updater b(dev.config);
+    std::mutex m;
+    std::condition_variable cv;
+    bool entered = false, released = false, intact = false;
+    const std::string captured(64, 'y');  // on the heap, inside the handler's copy
+    a.on_event([&, captured](const std::string &) {
+        std::unique_lock<std::mutex> lock(m);
+        if (entered) {
+            return;  // only the first event waits
+        }
+        entered = true;
+        cv.notify_all();
+        cv.wait_for(lock, std::chrono::seconds(60), [&] { return released; });
+        intact = captured == std::string(64, 'y');
+    });
+    std::thread caller([&a] {
+        try {
+            a.check();
+        } catch (...) {
+            // Freed during the call: its outcome is not what this test is about.
+        }
+    });
+    bool in_handler = false;
+    {
+        std::unique_lock<std::mutex> lock(m);
+        in_handler = cv.wait_for(lock, std::chrono::seconds(60), [&] { return entered; });
+    }
+    EXPECT(in_handler);
+    std::atomic<bool> moved{false};
+    std::thread mover([&] {
+        a = std::move(b);
+        moved = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const bool moved_under_handler = moved;
+    {
+        std::lock_guard<std::mutex> lock(m);
+        released = true;
+    }
+    cv.notify_all();
+    mover.join();
+    caller.join();
+    EXPECT(!moved_under_handler);  // the free waited for the running handler
+    EXPECT(moved);
+    EXPECT(intact);
+    EXPECT(a.check().has_value());  // `a` is now what `b` was
+}
+
 void an_updater_may_be_destroyed_by_its_own_event_handler() {
     Repo repo("destroyed");
     repo.release("1.0.0", noise(2048, 8));
@@ -412,6 +474,8 @@ int main(int argc, char **argv) {
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},
         {"handles_are_move_only", handles_are_move_only},
+        {"move_assignment_waits_for_a_handler_running_on_another_thread",
+         move_assignment_waits_for_a_handler_running_on_another_thread},
         {"an_updater_may_be_destroyed_by_its_own_event_handler",
          an_updater_may_be_destroyed_by_its_own_event_handler},
     };
