@@ -459,20 +459,21 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// of its own, so two threads of one process exclude each other as two processes do.
 /// Advisory: it orders the writers that take it, nothing else.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
-    lock_exclusive_or_wait(path, FILE_MODE, || {})
+    lock_exclusive_or_wait(path, false, || {})
 }
 
 /// [`lock_exclusive`], calling `on_wait` once, before it waits, when another holder has
-/// the lock: a caller can say why it stops rather than stop in silence. A lock file it
-/// creates gets `mode` (less the umask); one that is there loses the permissions for
-/// others that `mode` lacks, where this user may change them: on Linux a `flock` needs
-/// only read access, so whoever can open the file can hold the lock.
-pub fn lock_exclusive_or_wait(path: &Path, mode: u32, on_wait: impl FnOnce()) -> Result<File> {
+/// the lock: a caller can say why it stops rather than stop in silence. A `private` lock
+/// file is created 0600, and one that is there loses its group's and others' permissions
+/// where this user may change them: on Linux a `flock` needs only read access, so whoever
+/// can open the file can hold the lock. Otherwise it is created with [`FILE_MODE`].
+pub fn lock_exclusive_or_wait(path: &Path, private: bool, on_wait: impl FnOnce()) -> Result<File> {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // Opened for writing: over NFS `flock` becomes a POSIX lock, whose exclusive form
     // needs a file open for writing. Locally `flock` needs no more than reading, which a
     // lock file another user created (a repository shared by operators) still allows.
+    let mode = if private { 0o600 } else { FILE_MODE };
     let opened = create_options().mode(mode).truncate(false).open(path);
     let (file, read_only) = match opened {
         // Not there to read either: the refusal to create it is what to report.
@@ -482,12 +483,10 @@ pub fn lock_exclusive_or_wait(path: &Path, mode: u32, on_wait: impl FnOnce()) ->
         other => (other, false),
     };
     let file = file.map_err(|e| Error::io("open lock file", path, e))?;
-    if let Ok(meta) = file.metadata() {
-        let others = meta.permissions().mode() & 0o007 & !mode;
-        if others != 0 {
+    if let Ok(meta) = file.metadata().map(|m| m.permissions().mode()) {
+        if private && meta & 0o077 != 0 {
             // Best effort: a file another user owns, or a read-only mount, stays as it is.
-            let narrowed = std::fs::Permissions::from_mode(meta.permissions().mode() & !others);
-            let _ = file.set_permissions(narrowed);
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(meta & !0o077));
         }
     }
     let taken = match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {

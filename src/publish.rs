@@ -1024,7 +1024,8 @@ impl Repo {
     /// (another process, another temp name) would, and an upload would ship them.
     fn lock(&self) -> Result<File> {
         let path = self.root.join(LOCK_FILE);
-        let lock = fsutil::lock_exclusive_or_wait(&path, fsutil::FILE_MODE, || {
+        // Not private: operators who share a repository share its lock.
+        let lock = fsutil::lock_exclusive_or_wait(&path, false, || {
             if let Some(notice) = &self.on_wait.0 {
                 notice(&path);
             }

@@ -52,10 +52,6 @@ impl Drop for StateLock {
     }
 }
 
-/// The mode of the lock files: the state's owner and group (a launcher run as another
-/// user of the group) may open them, others may not, since opening one is enough to hold
-/// it and stall every update and the startup step.
-const LOCK_MODE: u32 = 0o640;
 /// How long a read of the state file waits for a write into it (the spare's, on a full
 /// disk: a few KiB and a sync), and that write for readers. Anyone who can read the file
 /// can lock it; past this each goes ahead (a read that meets a torn write then fails to
@@ -100,9 +96,19 @@ fn lock_file(
             dir.display()
         )));
     }
-    let file = fsutil::lock_exclusive_or_wait(&path, LOCK_MODE, || on_wait(&path))?;
+    let file = fsutil::lock_exclusive_or_wait(&path, private_locks(dir), || on_wait(&path))?;
     let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
     Ok(StateLock { _file: file, key })
+}
+
+/// Whether the lock files of the state in `dir` may be its owner's alone (0600): when only
+/// the directory's owner can write it, only that user (or root) can run an operation, and
+/// nobody else needs to open them; and opening one is enough to hold it, stalling every
+/// update and the startup step. A directory that its group or others may write (a
+/// launcher run as another user of the group) keeps lock files they can open.
+fn private_locks(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o022 == 0)
 }
 
 /// Where a slot is in its life.
@@ -616,34 +622,40 @@ mod tests {
         back.check_invariants().unwrap();
     }
 
-    /// Opening a lock file is enough to hold it: only the state's owner and group may.
-    /// A lock file an older version made readable for all is narrowed when next taken.
+    /// Opening a lock file is enough to hold it: in a state directory only its owner can
+    /// write, only the owner may open them, and one an older version made readable for
+    /// all is narrowed when next taken. Where the group may write the directory too, the
+    /// lock files stay open to the group's users, who take them.
     #[test]
-    fn lock_files_are_closed_to_other_users() {
+    fn lock_files_are_the_owners_where_only_the_owner_writes_the_state() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let mode = |name: &str| {
-            std::fs::metadata(dir.path().join(name))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777
+        let mode = |path: PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let set_mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
         };
-        std::fs::write(dir.path().join(STATE_LOCK), b"").unwrap();
-        std::fs::set_permissions(
-            dir.path().join(STATE_LOCK),
-            std::fs::Permissions::from_mode(0o664),
-        )
-        .unwrap();
-        drop(State::work_lock(dir.path(), |_| {}).unwrap());
-        drop(State::lock(dir.path(), |_| {}).unwrap());
+        let take_both = |dir: &Path| {
+            drop(State::work_lock(dir, |_| {}).unwrap());
+            drop(State::lock(dir, |_| {}).unwrap());
+        };
+        let private = tempfile::tempdir().unwrap();
+        set_mode(private.path(), 0o755);
+        std::fs::write(private.path().join(STATE_LOCK), b"").unwrap();
+        set_mode(&private.path().join(STATE_LOCK), 0o664);
+        take_both(private.path());
+        assert_eq!(mode(private.path().join(WORK_LOCK)), 0o600);
+        assert_eq!(mode(private.path().join(STATE_LOCK)), 0o600, "narrowed");
+
+        let shared = tempfile::tempdir().unwrap();
+        set_mode(shared.path(), 0o775);
+        std::fs::write(shared.path().join(STATE_LOCK), b"").unwrap();
+        set_mode(&shared.path().join(STATE_LOCK), 0o664);
+        take_both(shared.path());
+        assert_eq!(mode(shared.path().join(WORK_LOCK)) & 0o044, 0o044);
         assert_eq!(
-            mode(WORK_LOCK) & 0o007,
-            0,
-            "work.lock: {:o}",
-            mode(WORK_LOCK)
+            mode(shared.path().join(STATE_LOCK)),
+            0o664,
+            "left as it was"
         );
-        assert_eq!(mode(STATE_LOCK), 0o660, "the group keeps what it had");
     }
 
     /// Anyone who can read the state file can lock it; a read waits for that lock only so
