@@ -459,21 +459,42 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// of its own, so two threads of one process exclude each other as two processes do.
 /// Advisory: it orders the writers that take it, nothing else.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
-    lock_exclusive_or_wait(path, false, || {})
+    lock_exclusive_or_wait(path, LockAccess::AsFound, || {})
+}
+
+/// Who may open a lock file: on Linux a `flock` needs only read access, so whoever can
+/// open the file can hold the lock, and who may open it must follow who may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockAccess {
+    /// Created with [`FILE_MODE`]; one that is there is left as it is (a repository
+    /// shared by operators, whose modes are theirs).
+    AsFound,
+    /// Created 0600; one that is there, if it is this user's own, loses its group's and
+    /// others' permissions.
+    Owner,
+    /// Created with [`FILE_MODE`]; one that is there, if it is this user's own and only
+    /// its owner may open it (made while the directory was private), gets [`FILE_MODE`].
+    Shared,
 }
 
 /// [`lock_exclusive`], calling `on_wait` once, before it waits, when another holder has
-/// the lock: a caller can say why it stops rather than stop in silence. A `private` lock
-/// file is created 0600, and one that is there loses its group's and others' permissions
-/// where this user may change them: on Linux a `flock` needs only read access, so whoever
-/// can open the file can hold the lock. Otherwise it is created with [`FILE_MODE`].
-pub fn lock_exclusive_or_wait(path: &Path, private: bool, on_wait: impl FnOnce()) -> Result<File> {
+/// the lock: a caller can say why it stops rather than stop in silence. `access` says who
+/// may open the lock file.
+pub fn lock_exclusive_or_wait(
+    path: &Path,
+    access: LockAccess,
+    on_wait: impl FnOnce(),
+) -> Result<File> {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     // Opened for writing: over NFS `flock` becomes a POSIX lock, whose exclusive form
     // needs a file open for writing. Locally `flock` needs no more than reading, which a
     // lock file another user created (a repository shared by operators) still allows.
-    let mode = if private { 0o600 } else { FILE_MODE };
+    let mode = if access == LockAccess::Owner {
+        0o600
+    } else {
+        FILE_MODE
+    };
     let opened = create_options().mode(mode).truncate(false).open(path);
     let (file, read_only) = match opened {
         // Not there to read either: the refusal to create it is what to report.
@@ -483,11 +504,8 @@ pub fn lock_exclusive_or_wait(path: &Path, private: bool, on_wait: impl FnOnce()
         other => (other, false),
     };
     let file = file.map_err(|e| Error::io("open lock file", path, e))?;
-    if let Ok(meta) = file.metadata().map(|m| m.permissions().mode()) {
-        if private && meta & 0o077 != 0 {
-            // Best effort: a file another user owns, or a read-only mount, stays as it is.
-            let _ = file.set_permissions(std::fs::Permissions::from_mode(meta & !0o077));
-        }
+    if access != LockAccess::AsFound {
+        set_own_mode(&file, access);
     }
     let taken = match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -506,6 +524,26 @@ pub fn lock_exclusive_or_wait(path: &Path, private: bool, on_wait: impl FnOnce()
         _ => Error::io("lock", path, e),
     })?;
     Ok(file)
+}
+
+/// Narrows or opens up the mode of a lock file as `access` says, if it is this user's own
+/// regular file with one name. Best effort (a read-only mount stays as it is). Never
+/// through a second name: a hard link or a symlink planted in place of a lock file must
+/// not make this process change the mode of some other file.
+fn set_own_mode(file: &File, access: LockAccess) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = file.metadata() else { return };
+    // SAFETY: a query without arguments.
+    if meta.uid() != unsafe { libc::geteuid() } || !meta.is_file() || meta.nlink() != 1 {
+        return;
+    }
+    let bits = meta.permissions().mode() & 0o777;
+    let wanted = match access {
+        LockAccess::Owner if bits & 0o077 != 0 => bits & !0o077,
+        LockAccess::Shared if bits & 0o077 == 0 => FILE_MODE,
+        _ => return,
+    };
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(wanted));
 }
 
 /// Takes a `flock` on `file` (shared or exclusive) if it comes within `patience`, and
@@ -532,20 +570,16 @@ pub(crate) fn lock_within(file: &File, shared: bool, patience: std::time::Durati
     }
 }
 
-/// `flock(2)` on `file`, waiting again when a signal interrupts the wait (a host's handler
-/// installed without `SA_RESTART`, as Python's are). Not the standard library's
-/// `File::lock`, which up to Rust 1.95 at least answers "not supported" on Android.
+/// `flock(2)` on `file`. Not the standard library's `File::lock`, which up to Rust 1.95 at
+/// least answers "not supported" on Android. A wait that a signal interrupts (a handler
+/// installed without `SA_RESTART`, as Python's Ctrl-C is) ends with `Interrupted`, as
+/// `File::lock` does: the host's interrupt is not held up until the other holder is done.
 fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: a valid descriptor, owned by `file` for the whole call.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    // SAFETY: a valid descriptor, owned by `file` for the whole call.
+    match unsafe { libc::flock(file.as_raw_fd(), op) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 

@@ -1024,8 +1024,8 @@ impl Repo {
     /// (another process, another temp name) would, and an upload would ship them.
     fn lock(&self) -> Result<File> {
         let path = self.root.join(LOCK_FILE);
-        // Not private: operators who share a repository share its lock.
-        let lock = fsutil::lock_exclusive_or_wait(&path, false, || {
+        // Its mode as found: operators who share a repository share its lock.
+        let lock = fsutil::lock_exclusive_or_wait(&path, fsutil::LockAccess::AsFound, || {
             if let Some(notice) = &self.on_wait.0 {
                 notice(&path);
             }

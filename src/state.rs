@@ -96,19 +96,27 @@ fn lock_file(
             dir.display()
         )));
     }
-    let file = fsutil::lock_exclusive_or_wait(&path, private_locks(dir), || on_wait(&path))?;
+    let access = match private_locks(dir) {
+        true => fsutil::LockAccess::Owner,
+        false => fsutil::LockAccess::Shared,
+    };
+    let file = fsutil::lock_exclusive_or_wait(&path, access, || on_wait(&path))?;
     let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
     Ok(StateLock { _file: file, key })
 }
 
-/// Whether the lock files of the state in `dir` may be its owner's alone (0600): when only
-/// the directory's owner can write it, only that user (or root) can run an operation, and
-/// nobody else needs to open them; and opening one is enough to hold it, stalling every
-/// update and the startup step. A directory that its group or others may write (a
-/// launcher run as another user of the group) keeps lock files they can open.
+/// Whether the lock files of the state in `dir` may be this user's alone (0600): when this
+/// user owns the directory and nobody but its owner may write it, only this user (or root)
+/// can run an operation there, nobody else needs to open them, and opening one is enough
+/// to hold it, stalling every update and the startup step. Otherwise (root working in a
+/// user's directory, or a directory its group may write for a launcher run as another
+/// user of the group) they are 0644, so each user who may take them can open them.
 fn private_locks(dir: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o022 == 0)
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::metadata(dir).is_ok_and(|m| {
+        // SAFETY: a query without arguments.
+        m.uid() == unsafe { libc::geteuid() } && m.permissions().mode() & 0o022 == 0
+    })
 }
 
 /// Where a slot is in its life.
@@ -622,38 +630,44 @@ mod tests {
         back.check_invariants().unwrap();
     }
 
-    /// Opening a lock file is enough to hold it: in a state directory only its owner can
-    /// write, only the owner may open them, and one an older version made readable for
-    /// all is narrowed when next taken. Where the group may write the directory too, the
-    /// lock files stay open to the group's users, who take them.
+    /// Opening a lock file is enough to hold it: in a state directory only its owner (this
+    /// user) can write, only the owner may open them, and one an older version made
+    /// readable for all is narrowed when next taken. Where the group may write the
+    /// directory too, one made while it was private is opened up again for the group's
+    /// users, who take them, and others are left as they are. (Root working in another
+    /// user's directory: tests/cli_device.rs.)
     #[test]
-    fn lock_files_are_the_owners_where_only_the_owner_writes_the_state() {
+    fn lock_files_follow_who_may_write_the_state() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |path: PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-        let set_mode = |path: &Path, mode: u32| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        let make = |path: PathBuf, mode: u32| {
+            std::fs::write(&path, b"").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         };
         let take_both = |dir: &Path| {
             drop(State::work_lock(dir, |_| {}).unwrap());
             drop(State::lock(dir, |_| {}).unwrap());
         };
         let private = tempfile::tempdir().unwrap();
-        set_mode(private.path(), 0o755);
-        std::fs::write(private.path().join(STATE_LOCK), b"").unwrap();
-        set_mode(&private.path().join(STATE_LOCK), 0o664);
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        make(private.path().join(STATE_LOCK), 0o664);
         take_both(private.path());
-        assert_eq!(mode(private.path().join(WORK_LOCK)), 0o600);
+        assert_eq!(mode(private.path().join(WORK_LOCK)), 0o600, "created");
         assert_eq!(mode(private.path().join(STATE_LOCK)), 0o600, "narrowed");
 
         let shared = tempfile::tempdir().unwrap();
-        set_mode(shared.path(), 0o775);
-        std::fs::write(shared.path().join(STATE_LOCK), b"").unwrap();
-        set_mode(&shared.path().join(STATE_LOCK), 0o664);
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        make(shared.path().join(WORK_LOCK), 0o600);
+        make(shared.path().join(STATE_LOCK), 0o640);
         take_both(shared.path());
-        assert_eq!(mode(shared.path().join(WORK_LOCK)) & 0o044, 0o044);
+        assert_eq!(
+            mode(shared.path().join(WORK_LOCK)),
+            fsutil::FILE_MODE,
+            "opened up"
+        );
         assert_eq!(
             mode(shared.path().join(STATE_LOCK)),
-            0o664,
+            0o640,
             "left as it was"
         );
     }

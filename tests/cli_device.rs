@@ -1678,3 +1678,78 @@ fn a_check_that_waits_for_a_running_download_says_so() {
         );
     }
 }
+
+/// The state directory of an app's own user, where root also works (a systemd unit runs
+/// `evergreen boot`, an admin `sudo evergreen confirm`): each takes the locks the other
+/// left. The owner's lock files are the owner's alone (0600), and root's there stay open
+/// to the owner (before, root made them 0600 too and locked the owner out of every
+/// operation, the startup step included).
+#[test]
+fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    if !require::tool_succeeds(std::process::Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "true",
+    ])) {
+        require::missing("setpriv, run as root (to act as another user)");
+        return;
+    }
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    // The user may reach the device's files; the state directory is the user's, 0755.
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(&dev.state).unwrap();
+    std::os::unix::fs::chown(&dev.state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let as_user = |cmd: &str| {
+        let mut setpriv = std::process::Command::new("setpriv");
+        setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        setpriv
+            .arg(common::bin())
+            .args([cmd, "--config"])
+            .arg(&dev.config);
+        common::output_within(&mut setpriv, common::CLI_LIMIT)
+    };
+    let umask = {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask"])
+            .output()
+            .unwrap();
+        u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap()
+    };
+    let lock_files = || {
+        ["lock", "work.lock"].map(|name| {
+            let meta = std::fs::metadata(dev.state.join(name)).unwrap();
+            (meta.uid(), meta.permissions().mode() & 0o777)
+        })
+    };
+
+    // The owner first: lock files only the owner may open; root takes them as they are.
+    let out = as_user("check");
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    assert_eq!(lock_files(), [(NOBODY, 0o600); 2]);
+    dev.expect("check", &[], 10);
+    assert_eq!(
+        lock_files(),
+        [(NOBODY, 0o600); 2],
+        "root changed the owner's lock files"
+    );
+
+    // Root first: lock files the owner can still open (read-only is enough to lock).
+    for name in ["lock", "work.lock"] {
+        std::fs::remove_file(dev.state.join(name)).unwrap();
+    }
+    dev.expect("check", &[], 10);
+    assert_eq!(lock_files(), [(0, 0o644 & !umask); 2]);
+    let out = as_user("check");
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "the owner, after root made the lock files: {}",
+        common::stderr(&out)
+    );
+}
