@@ -104,7 +104,9 @@ pub enum Event {
         reason: String,
     },
     /// An operation waits for another one to finish: another process or thread holds a
-    /// lock of the state directory. Sent once, before it waits, so a wait is never silent.
+    /// lock of the state directory. Sent once, when the lock is still held 200 ms after
+    /// the operation first asked for it, so a long wait is never silent (and the
+    /// milliseconds behind another operation's save go unsaid).
     Waiting {
         /// `work` (held by a check, download or install, which can take long) or `state`
         /// (held while the state is changed and saved).

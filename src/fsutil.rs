@@ -477,9 +477,10 @@ pub enum LockAccess {
     Shared,
 }
 
-/// [`lock_exclusive`], calling `on_wait` once, before it waits, when another holder has
-/// the lock: a caller can say why it stops rather than stop in silence. `access` says who
-/// may open the lock file.
+/// [`lock_exclusive`], calling `on_wait` once, before it waits, when another holder still
+/// has the lock after 200 ms: a caller can say why it stops rather than stop in silence
+/// (and says nothing of the short waits behind a save). `access` says who may open the
+/// lock file.
 pub fn lock_exclusive_or_wait(
     path: &Path,
     access: LockAccess,
@@ -507,7 +508,9 @@ pub fn lock_exclusive_or_wait(
     if access != LockAccess::AsFound {
         set_own_mode(&file, access);
     }
-    let taken = match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+    // A holder about to be done (a save takes milliseconds) is waited for without a word.
+    let quietly = std::time::Duration::from_millis(200);
+    let taken = match lock_until(&file, libc::LOCK_EX, std::time::Instant::now() + quietly) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             on_wait();
             flock(&file, libc::LOCK_EX)
@@ -552,12 +555,17 @@ fn set_own_mode(file: &File, access: LockAccess) {
 /// delays the caller by `patience`, not forever. A file system without `flock` answers
 /// `false` at once.
 pub(crate) fn lock_within(file: &File, shared: bool, patience: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + patience;
-    let mut pause = std::time::Duration::from_millis(1);
     let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
+    lock_until(file, op, std::time::Instant::now() + patience).is_ok()
+}
+
+/// Tries `flock(file, op)` without blocking until it succeeds or `deadline` passes (then
+/// `WouldBlock`), pausing 1 ms, then twice as long each time, at most 50 ms; any other
+/// error at once.
+fn lock_until(file: &File, op: libc::c_int, deadline: std::time::Instant) -> std::io::Result<()> {
+    let mut pause = std::time::Duration::from_millis(1);
     loop {
         match flock(file, op | libc::LOCK_NB) {
-            Ok(()) => return true,
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     && std::time::Instant::now() < deadline =>
@@ -565,7 +573,7 @@ pub(crate) fn lock_within(file: &File, shared: bool, patience: std::time::Durati
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(50));
             }
-            Err(_) => return false,
+            other => return other,
         }
     }
 }
