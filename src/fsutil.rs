@@ -536,8 +536,7 @@ pub fn lock_exclusive_or_wait(
 fn set_own_mode(file: &File, access: LockAccess) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(meta) = file.metadata() else { return };
-    // SAFETY: a query without arguments.
-    if meta.uid() != unsafe { libc::geteuid() } || !meta.is_file() || meta.nlink() != 1 {
+    if !is_mine(&meta) || !meta.is_file() || meta.nlink() != 1 {
         return;
     }
     let bits = meta.permissions().mode() & 0o777;
@@ -547,6 +546,13 @@ fn set_own_mode(file: &File, access: LockAccess) {
         _ => return,
     };
     let _ = file.set_permissions(std::fs::Permissions::from_mode(wanted));
+}
+
+/// Whether `meta` is of a file (or directory) this process's effective user owns.
+pub(crate) fn is_mine(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: a query without arguments.
+    meta.uid() == unsafe { libc::geteuid() }
 }
 
 /// Takes a `flock` on `file` (shared or exclusive) if it comes within `patience`, and

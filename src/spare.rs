@@ -332,34 +332,51 @@ mod tests {
         }
     }
 
+    /// A state file with its spare in `dir`, and a reader that holds the spare locked
+    /// shared, as one that opened it as the state before a swap made it the spare does
+    /// (`State::load`): the spare's path, its content, and the reader.
+    fn spare_under_a_reader(dir: &Path) -> (PathBuf, Vec<u8>, fs::File) {
+        write(&dir.join("state.json"), b"{\"n\": 1}\n").unwrap();
+        let spare = spare_path(&dir.join("state.json"));
+        let before = fs::read(&spare).unwrap();
+        let reader = fs::File::open(&spare).unwrap();
+        reader.lock_shared().unwrap();
+        (spare, before, reader)
+    }
+
+    /// Writes `{"n": 2}` into `spare` on another thread, waiting at most `patience` for its
+    /// readers; its outcome comes on the returned channel.
+    fn overwrite_in_background(
+        spare: &Path,
+        patience: std::time::Duration,
+    ) -> (
+        std::sync::mpsc::Receiver<Result<()>>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (done, wait) = std::sync::mpsc::channel();
+        let spare = spare.to_path_buf();
+        let writer = std::thread::spawn(move || {
+            let bytes = pad(b"{\"n\": 2}\n", 4096);
+            let _ = done.send(overwrite_within(&spare, &bytes, patience));
+        });
+        (wait, writer)
+    }
+
     /// The spare is written in place only when no reader holds it locked: one that opened
     /// it as the state before a swap made it the spare (`State::load`).
     #[test]
     fn the_spare_is_not_written_under_a_reader() {
-        use std::sync::mpsc::channel;
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        write(&path, b"{\"n\": 1}\n").unwrap();
-        let spare = spare_path(&path);
-        let before = fs::read(&spare).unwrap();
-        let reader = fs::File::open(&spare).unwrap();
-        reader.lock_shared().unwrap();
-        let (done, wait) = channel();
-        let writer = {
-            let spare = spare.clone();
-            std::thread::spawn(move || {
-                overwrite(&spare, &pad(b"{\"n\": 2}\n", 4096)).unwrap();
-                done.send(()).unwrap();
-            })
-        };
+        let (spare, before, reader) = spare_under_a_reader(dir.path());
+        let (wait, writer) = overwrite_in_background(&spare, crate::state::STATE_FILE_PATIENCE);
         assert!(
             wait.recv_timeout(Duration::from_millis(300)).is_err(),
             "written under a reader"
         );
         assert_eq!(fs::read(&spare).unwrap(), before);
         drop(reader);
-        wait.recv_timeout(Duration::from_secs(10)).unwrap();
+        wait.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
         assert!(fs::read(&spare).unwrap().starts_with(b"{\"n\": 2}\n"));
         writer.join().unwrap();
     }
@@ -370,19 +387,8 @@ mod tests {
     fn the_spare_is_written_after_its_patience_under_a_reader_that_keeps_it() {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        write(&path, b"{\"n\": 1}\n").unwrap();
-        let spare = spare_path(&path);
-        let reader = fs::File::open(&spare).unwrap();
-        reader.lock_shared().unwrap();
-        let (done, wait) = std::sync::mpsc::channel();
-        let writer = {
-            let spare = spare.clone();
-            std::thread::spawn(move || {
-                let bytes = pad(b"{\"n\": 2}\n", 4096);
-                let _ = done.send(overwrite_within(&spare, &bytes, Duration::from_millis(200)));
-            })
-        };
+        let (spare, _, reader) = spare_under_a_reader(dir.path());
+        let (wait, writer) = overwrite_in_background(&spare, Duration::from_millis(200));
         let written = wait.recv_timeout(Duration::from_secs(30));
         // Let go before joining: a writer that waits for ever would hang the test, not
         // fail it.

@@ -112,11 +112,8 @@ fn lock_file(
 /// user's directory, or a directory its group may write for a launcher run as another
 /// user of the group) they are 0644, so each user who may take them can open them.
 fn private_locks(dir: &Path) -> bool {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    std::fs::metadata(dir).is_ok_and(|m| {
-        // SAFETY: a query without arguments.
-        m.uid() == unsafe { libc::geteuid() } && m.permissions().mode() & 0o022 == 0
-    })
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).is_ok_and(|m| fsutil::is_mine(&m) && m.permissions().mode() & 0o022 == 0)
 }
 
 /// Where a slot is in its life.
