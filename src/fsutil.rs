@@ -510,7 +510,8 @@ pub fn lock_exclusive_or_wait(
     }
     // A holder about to be done (a save takes milliseconds) is waited for without a word.
     let quietly = std::time::Duration::from_millis(200);
-    let taken = match lock_until(&file, libc::LOCK_EX, std::time::Instant::now() + quietly) {
+    let deadline = std::time::Instant::now() + quietly;
+    let taken = match lock_until(|| flock(&file, libc::LOCK_EX | libc::LOCK_NB), deadline) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             on_wait();
             flock(&file, libc::LOCK_EX)
@@ -555,23 +556,83 @@ pub(crate) fn is_mine(meta: &std::fs::Metadata) -> bool {
     meta.uid() == unsafe { libc::geteuid() }
 }
 
-/// Takes a `flock` on `file` (shared or exclusive) if it comes within `patience`, and
-/// tells whether it did. For locks that guard a short read or write of a file others may
-/// open: a holder that never lets go (any local user who can read the file can take one)
-/// delays the caller by `patience`, not forever. A file system without `flock` answers
-/// `false` at once.
-pub(crate) fn lock_within(file: &File, shared: bool, patience: std::time::Duration) -> bool {
-    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
-    lock_until(file, op, std::time::Instant::now() + patience).is_ok()
+/// What a lock on a file's contents guards: reading it, or writing it in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contents {
+    /// A read, beside other reads.
+    Read,
+    /// A write in place, alone.
+    Write,
 }
 
-/// Tries `flock(file, op)` without blocking until it succeeds or `deadline` passes (then
-/// `WouldBlock`), pausing 1 ms, then twice as long each time, at most 50 ms; any other
+/// Locks the contents of `file` for `use_` if the lock comes within `patience`, and tells
+/// whether it did. For a short read or write of a file that others may open (the state
+/// file); a file system without such locks answers `false` at once.
+///
+/// On Linux and Android the lock is an open-file-description record lock (`fcntl`
+/// `F_OFD_SETLK`), not a `flock`: the kernel grants its write form only through a
+/// descriptor open for writing, so a local user who may only read the file can delay a
+/// write in place (by `patience` at most) but never a read. A `flock` needs no more than
+/// read access in either form. Elsewhere it is a `flock`, so there any reader can delay
+/// reads by `patience`.
+pub(crate) fn lock_contents_within(
+    file: &File,
+    use_: Contents,
+    patience: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + patience;
+    lock_until(|| try_lock_contents(file, use_), deadline).is_ok()
+}
+
+/// One try, without waiting, at [`lock_contents_within`]'s lock; `WouldBlock` when another
+/// holds a lock in the way.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn try_lock_contents(file: &File, use_: Contents) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain C struct, for which all zeroes is a valid value (and l_pid must be 0
+    // for an open-file-description lock).
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    // The whole file, however long it grows: start 0, length 0.
+    range.l_whence = libc::SEEK_SET as _;
+    range.l_type = match use_ {
+        Contents::Read => libc::F_RDLCK,
+        Contents::Write => libc::F_WRLCK,
+    } as _;
+    // SAFETY: a valid descriptor, owned by `file`, and a valid `flock` for the whole call.
+    match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &range) } {
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            // POSIX lets a conflict answer EACCES as well as EAGAIN.
+            match e.raw_os_error() {
+                Some(libc::EACCES) => Err(std::io::ErrorKind::WouldBlock.into()),
+                _ => Err(e),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One try, without waiting, at [`lock_contents_within`]'s lock; `WouldBlock` when another
+/// holds a lock in the way.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn try_lock_contents(file: &File, use_: Contents) -> std::io::Result<()> {
+    let op = match use_ {
+        Contents::Read => libc::LOCK_SH,
+        Contents::Write => libc::LOCK_EX,
+    };
+    flock(file, op | libc::LOCK_NB)
+}
+
+/// Calls `try_lock` until it succeeds or `deadline` passes (then `WouldBlock`), pausing
+/// 1 ms after the first refusal, then twice as long each time, at most 50 ms; any other
 /// error at once.
-fn lock_until(file: &File, op: libc::c_int, deadline: std::time::Instant) -> std::io::Result<()> {
+fn lock_until(
+    mut try_lock: impl FnMut() -> std::io::Result<()>,
+    deadline: std::time::Instant,
+) -> std::io::Result<()> {
     let mut pause = std::time::Duration::from_millis(1);
     loop {
-        match flock(file, op | libc::LOCK_NB) {
+        match try_lock() {
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     && std::time::Instant::now() < deadline =>

@@ -199,11 +199,12 @@ fn overwrite_within(path: &Path, bytes: &[u8], patience: std::time::Duration) ->
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
-    // A reader that opened this file as the state before it became the spare holds it
-    // locked shared while it reads (`State::load`): not written under it, unless a
-    // holder keeps it past `patience` (any local user who can read the state can lock
-    // it). A file system without `flock` is written without it.
-    crate::fsutil::lock_within(&f, false, patience);
+    // A reader that opened this file as the state before it became the spare holds a
+    // read lock on it while it reads (`State::load`): not written under it, unless a
+    // holder keeps it past `patience` (any local user who can read the state can take
+    // one). A file system without such locks is written without them.
+    let writing = crate::fsutil::Contents::Write;
+    crate::fsutil::lock_contents_within(&f, writing, patience);
     f.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
     crash_point("fsync spare")?;
@@ -332,15 +333,17 @@ mod tests {
         }
     }
 
-    /// A state file with its spare in `dir`, and a reader that holds the spare locked
-    /// shared, as one that opened it as the state before a swap made it the spare does
+    /// A state file with its spare in `dir`, and a reader that holds a read lock on the
+    /// spare, as one that opened it as the state before a swap made it the spare does
     /// (`State::load`): the spare's path, its content, and the reader.
     fn spare_under_a_reader(dir: &Path) -> (PathBuf, Vec<u8>, fs::File) {
         write(&dir.join("state.json"), b"{\"n\": 1}\n").unwrap();
         let spare = spare_path(&dir.join("state.json"));
         let before = fs::read(&spare).unwrap();
         let reader = fs::File::open(&spare).unwrap();
-        reader.lock_shared().unwrap();
+        let reading = fsutil::Contents::Read;
+        let now = std::time::Duration::ZERO;
+        assert!(fsutil::lock_contents_within(&reader, reading, now));
         (spare, before, reader)
     }
 
@@ -382,7 +385,7 @@ mod tests {
     }
 
     /// A reader that never lets go of the spare (any local user who can read the state
-    /// can lock it) delays the write by its patience, not for ever.
+    /// can take a read lock) delays the write by its patience, not for ever.
     #[test]
     fn the_spare_is_written_after_its_patience_under_a_reader_that_keeps_it() {
         use std::time::Duration;

@@ -53,9 +53,10 @@ impl Drop for StateLock {
 }
 
 /// How long a read of the state file waits for a write into it (the spare's, on a full
-/// disk: a few KiB and a sync), and that write for readers. Anyone who can read the file
-/// can lock it; past this each goes ahead (a read that meets a torn write then fails to
-/// parse, and says so).
+/// disk: a few KiB and a sync), and that write for readers. A holder that never lets go
+/// must not stop the other side for ever (any local user who can read the file can take
+/// a read lock, and where the lock is a `flock` a write lock too): past this each goes
+/// ahead (a read that meets a torn write then fails to parse, and says so).
 pub(crate) const STATE_FILE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The lock file of changes to the state.
 const STATE_LOCK: &str = "lock";
@@ -492,13 +493,14 @@ impl State {
     /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a
     /// newer schema is an `invalid_state` error, never a silent reset.
     ///
-    /// The file is read locked shared (`flock`): a save on a full disk writes in place into
-    /// the spare, which may be a file an earlier reader opened as `state.json`, and holds it
-    /// locked exclusively while it does (see `src/spare.rs`). Not the state lock: a read
-    /// never waits for a change (a host's event callback runs under the state lock, and
-    /// may wait for a thread that reads the status), only for a write into the file it
-    /// opened, and for at most 5 s: any local user who can read the file can lock it. A
-    /// file system without `flock` is read without it.
+    /// The file's contents are read under a read lock ([`fsutil::lock_contents_within`]):
+    /// a save on a full disk writes in place into the spare, which may be a file an
+    /// earlier reader opened as `state.json`, under a write lock (see `src/spare.rs`). Not
+    /// the state lock: a read never waits for a change (a host's event callback runs under
+    /// the state lock, and may wait for a thread that reads the status), only for a write
+    /// into the file it opened, and for at most 5 s. On Linux and Android only a writer of
+    /// the file can hold that read up; elsewhere any local user who can read the file can.
+    /// A file system without such locks is read without them.
     pub fn load(dir: &Path) -> Result<Option<State>> {
         State::load_within(dir, STATE_FILE_PATIENCE)
     }
@@ -512,7 +514,7 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        fsutil::lock_within(&file, true, patience);
+        fsutil::lock_contents_within(&file, fsutil::Contents::Read, patience);
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::io("read", &path, e))?;
@@ -669,34 +671,79 @@ mod tests {
         );
     }
 
-    /// Anyone who can read the state file can lock it; a read waits for that lock only so
-    /// long, then reads.
+    /// A write into the state file that never ends (its writer stopped, or a local user
+    /// who may write it holds the lock) holds a read up only so long, then it reads.
     #[test]
-    fn a_load_does_not_wait_for_ever_for_a_lock_on_the_state_file() {
-        use std::sync::mpsc::channel;
-        use std::time::{Duration, Instant};
+    fn a_load_does_not_wait_for_ever_for_a_write_lock_on_the_state_file() {
+        use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         State::initial("stable", None).save(dir.path()).unwrap();
-        let holder = std::fs::File::open(State::path(dir.path())).unwrap();
-        holder.lock().unwrap();
-        let (read, wait) = channel();
-        let reader = {
-            let dir = dir.path().to_path_buf();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let st = State::load_within(&dir, Duration::from_millis(200));
-                let _ = read.send((st.map(|s| s.map(|s| s.channel)), started.elapsed()));
-            })
-        };
-        let (loaded, waited) = wait
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the read waited for ever for a lock held on the state file");
-        reader.join().unwrap();
+        let path = State::path(dir.path());
+        let holder = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        assert!(fsutil::lock_contents_within(
+            &holder,
+            fsutil::Contents::Write,
+            Duration::ZERO
+        ));
+        let (loaded, waited) = load_beside(dir.path(), Duration::from_millis(200));
         assert_eq!(loaded.unwrap().as_deref(), Some("stable"));
         assert!(
             waited >= Duration::from_millis(200),
             "it did not wait: {waited:?}"
         );
+    }
+
+    /// Someone who may only read the state file (a local user, when it is readable for
+    /// `evergreen status`) cannot hold a read up at all: neither with the strongest
+    /// `flock` nor with a record lock, and the write lock a read waits for is refused to
+    /// a descriptor open only for reading.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_reader_of_the_state_file_cannot_hold_up_its_reads() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        State::initial("stable", None).save(dir.path()).unwrap();
+        let reader_only = std::fs::File::open(State::path(dir.path())).unwrap();
+        assert!(
+            !fsutil::lock_contents_within(&reader_only, fsutil::Contents::Write, Duration::ZERO),
+            "a descriptor open only for reading took the write lock"
+        );
+        let held = std::fs::File::open(State::path(dir.path())).unwrap();
+        held.lock().unwrap();
+        let read_lock = std::fs::File::open(State::path(dir.path())).unwrap();
+        assert!(fsutil::lock_contents_within(
+            &read_lock,
+            fsutil::Contents::Read,
+            Duration::ZERO
+        ));
+        // Were the read held up, it would wait the whole minute.
+        let (loaded, _) = load_beside(dir.path(), Duration::from_secs(60));
+        assert_eq!(loaded.unwrap().as_deref(), Some("stable"));
+    }
+
+    /// Loads the state of `dir` on another thread, waiting at most `patience` for a
+    /// write into the file: the channel it found and how long the load took. Fails the
+    /// test when the load takes 30 s.
+    fn load_beside(
+        dir: &Path,
+        patience: std::time::Duration,
+    ) -> (Result<Option<String>>, std::time::Duration) {
+        use std::sync::mpsc::channel;
+        use std::time::{Duration, Instant};
+        let (read, wait) = channel();
+        let reader = {
+            let dir = dir.to_path_buf();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let st = State::load_within(&dir, patience);
+                let _ = read.send((st.map(|s| s.map(|s| s.channel)), started.elapsed()));
+            })
+        };
+        let found = wait
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the read waited 30 s for a lock held on the state file");
+        reader.join().unwrap();
+        found
     }
 
     /// A read waits for no change of the state: a host whose event callback (which runs
@@ -743,7 +790,8 @@ mod tests {
         let mut preview = serde_json::to_vec_pretty(&State::initial("preview", None)).unwrap();
         preview.resize(len, b' ');
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.lock().unwrap();
+        let writing = fsutil::Contents::Write;
+        assert!(fsutil::lock_contents_within(&file, writing, Duration::ZERO));
         let (read, wait) = channel();
         let reader = {
             let dir = dir.path().to_path_buf();
