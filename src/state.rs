@@ -493,7 +493,7 @@ impl State {
     /// Loads the state from `dir`; `Ok(None)` when there is none yet. A corrupt file or a
     /// newer schema is an `invalid_state` error, never a silent reset.
     ///
-    /// The file's contents are read under a read lock ([`fsutil::lock_contents_within`]):
+    /// The file's contents are read under a read lock (`fsutil::lock_contents_within`):
     /// a save on a full disk writes in place into the spare, which may be a file an
     /// earlier reader opened as `state.json`, under a write lock (see `src/spare.rs`). Not
     /// the state lock: a read never waits for a change (a host's event callback runs under
