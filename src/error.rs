@@ -232,6 +232,12 @@ impl Error {
         self.0.message = format!("{context}: {}", self.0.message);
         self
     }
+
+    /// The same error with ` (hint)` after its message: what the user may have got wrong.
+    pub(crate) fn hint(mut self, hint: impl fmt::Display) -> Error {
+        self.0.message = format!("{} ({hint})", self.0.message);
+        self
+    }
 }
 
 impl fmt::Display for Error {

@@ -187,6 +187,16 @@ impl<'a> Signing<'a> {
     }
 }
 
+/// What [`Repo::rotate`] wrote.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The new root.
+    pub root: TrustedRoot,
+    /// The channels re-signed with new manifest keys, in name order; none when the manifest
+    /// keys stayed the same.
+    pub channels: Vec<Manifest>,
+}
+
 /// The result of [`Repo::verify`].
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -681,7 +691,7 @@ impl Repo {
         opts: &RotateOptions,
         signers: &[&SecretKey],
         now: Timestamp,
-    ) -> Result<TrustedRoot> {
+    ) -> Result<Rotation> {
         let _lock = self.lock()?;
         let current = self.trusted_root()?;
         self.check_root_files(current.root().version)?;
@@ -711,6 +721,7 @@ impl Repo {
         )?;
         let next = current.rotate(&envelope, DEFAULT_MAX_METADATA_BYTES)?;
         let mut files = Vec::new();
+        let mut channels = Vec::new();
         // Devices drop the newest `issued` they saw when a manifest key is revoked (DESIGN
         // §5.1 rule 7): that is how a channel once signed with a clock far ahead is undone,
         // so such a rotation may re-sign at a clock behind the channel's last `issued`.
@@ -733,12 +744,16 @@ impl Repo {
                 reissue(&mut m, now, opts.manifest_expires_in_days)?;
                 let bytes = self.seal_manifest(&next, &m, signers, now)?;
                 files.push((self.channel_path(&channel), bytes));
+                channels.push(m);
             }
         }
         // The root goes in last: until it is there, the repository is the old one.
         files.push((self.root_path(next.root().version), envelope));
         fsutil::write_all_atomic(&files)?;
-        Ok(next)
+        Ok(Rotation {
+            root: next,
+            channels,
+        })
     }
 
     /// Checks the whole repository offline, as a client at `now` would: the root chain and
@@ -2214,9 +2229,17 @@ mod tests {
         let next = repo.rotate(&opts, &[&key, &new_key], now()).unwrap();
         std::fs::remove_file(dir.path().join("repo/root/2.json")).unwrap();
         std::fs::write(channels.join("stable.json"), &before.1).unwrap();
-        assert_eq!(next.root().version, 2);
+        assert_eq!(next.root.root().version, 2);
+        let names = |r: &Rotation| {
+            r.channels
+                .iter()
+                .map(|m| m.channel.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&next), ["nightly", "stable"]);
         let again = repo.rotate(&opts, &[&key, &new_key], now()).unwrap();
-        assert_eq!(again.root().version, 2);
+        assert_eq!(again.root.root().version, 2);
+        assert_eq!(names(&again), ["nightly", "stable"]);
         repo.verify(now()).unwrap();
     }
 

@@ -216,6 +216,33 @@ impl Store {
     fn keeps_downloads(&self) -> bool {
         matches!(self, Store::Dir(_))
     }
+
+    /// Why `slot` holds nothing to start, if it does not: a directory slot that is not
+    /// there. The state can call such a slot good when `current_version` names an app
+    /// installed outside the slots; pointing `current` at it would leave the host nothing
+    /// to run. An image slot is a partition or file that is always there.
+    fn missing_install(&self, slot: Slot) -> Option<String> {
+        match self {
+            Store::Dir(slots) => {
+                let dir = slots.slot_dir(slot);
+                (!dir.is_dir()).then(|| format!("{} does not exist", dir.display()))
+            }
+            Store::Image(_) => None,
+        }
+    }
+}
+
+/// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
+/// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
+/// belongs (both are made by `evergreen keygen`).
+fn keys_hint(e: Error, anchor: &Anchor, envelope: &[u8]) -> Error {
+    let well_formed = || crate::trust::parse_envelope(envelope).is_ok();
+    match anchor {
+        Anchor::Keys(_) if e.kind() == ErrorKind::Signature && well_formed() => e.hint(
+            "`trust.keys` must hold the public key the channel manifests are signed with, the manifest key's `.pub`, not the root key's",
+        ),
+        _ => e,
+    }
 }
 
 /// The channel a device following `following` moves to when it activates `record`: the
@@ -819,7 +846,7 @@ impl Updater {
             trial.slot,
             version_str(st.slot(trial.slot).version.as_ref())
         );
-        if st.slot(st.fallback()).status != SlotStatus::Good {
+        if let Some(why) = self.unusable_fallback(st) {
             // Nothing better to go back to: keep running, but say so, once: a device that
             // restarts often would otherwise push the rest of its history out.
             if st
@@ -830,7 +857,7 @@ impl Updater {
                 st.record(
                     (self.clock)(),
                     "trial_exhausted",
-                    reason + "; no good fallback",
+                    format!("{reason}; no fallback to go back to: {why}"),
                 );
                 self.save(st)?;
             }
@@ -1005,6 +1032,25 @@ impl Updater {
             ),
         );
         true
+    }
+
+    /// Why the fallback slot cannot be gone back to, if it cannot: it is not good, or it
+    /// holds nothing to start (see [`Store::missing_install`]).
+    fn unusable_fallback(&self, st: &State) -> Option<String> {
+        let fallback = st.fallback();
+        let slot = st.slot(fallback);
+        if slot.status != SlotStatus::Good {
+            return Some(format!(
+                "fallback slot {fallback} is {}, expected good",
+                slot.status.as_str()
+            ));
+        }
+        self.store.missing_install(fallback).map(|missing| {
+            format!(
+                "fallback slot {fallback} ({}) holds no install: {missing} (a version given as `current_version` must be installed in slot {fallback})",
+                version_str(slot.version.as_ref())
+            )
+        })
     }
 
     /// Marks the primary bad, makes the fallback primary, commits, then tells the selector.
@@ -1300,7 +1346,8 @@ impl Updater {
             now: clock,
             max_bytes: max,
         };
-        let verified = manifest::verify(&bytes, anchor.manifest_keys(), &expect, &fresh)?;
+        let verified = manifest::verify(&bytes, anchor.manifest_keys(), &expect, &fresh)
+            .map_err(|e| keys_hint(e, &anchor, &bytes))?;
         // Persist only after every rule passed.
         if !not_modified {
             crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
@@ -2198,11 +2245,9 @@ impl Updater {
             let _lock = self.lock()?;
             let mut st = self.load_state()?;
             let fallback = st.fallback();
-            let status = st.slot(fallback).status;
-            if status != SlotStatus::Good {
+            if let Some(why) = self.unusable_fallback(&st) {
                 return Err(Error::invalid_state(format!(
-                    "fallback slot {fallback} is {}, expected good: nothing to roll back to",
-                    status.as_str()
+                    "nothing to roll back to: {why}"
                 )));
             }
             // The floor rose when the primary was confirmed; going back under it by hand

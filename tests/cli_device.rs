@@ -219,6 +219,93 @@ fn boot_after_the_state_is_lost_keeps_running_the_current_slot() {
     assert_eq!(s["slots"]["a"]["status"], "empty");
 }
 
+/// `trust.keys` takes the manifest key's `.pub`; the root key's (the likelier slip, as
+/// `keygen` makes both alike) fails every check with a signature error that says which
+/// key belongs there. The right key checks.
+#[test]
+fn trust_keys_with_the_root_key_says_which_key_belongs_there() {
+    let repo = Repo::new("com.acme.keys");
+    publish(&repo, "1.0.0", "stable");
+    let public = |secret: &Path| {
+        let text = std::fs::read_to_string(format!("{}.pub", secret.display())).unwrap();
+        serde_json::json!({"keys": [text.trim()], "threshold": 1})
+    };
+    let root_only = repo.device(
+        "root-key",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"trust": public(&repo.root_key)}),
+    );
+    let out = root_only.run("check", &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error[signature]: ")
+            && err.contains("found 0")
+            && err.contains("the manifest key's `.pub`, not the root key's"),
+        "{err}"
+    );
+    let manifest_key = repo.device(
+        "manifest-key",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"trust": public(&repo.manifest_key)}),
+    );
+    let offer = json(&manifest_key.expect("check", &["--json"], 10));
+    assert_eq!(offer["version"], "1.0.0");
+}
+
+/// `current_version` names an app installed outside the slots (there is no
+/// `<root>/slots/a`): once the first update runs from slot b, neither a rollback asked for
+/// nor a trial that used up its starts points `current` at slot a, which would leave the
+/// launcher nothing to run.
+#[test]
+fn a_current_version_installed_outside_the_slots_is_no_fallback() {
+    let repo = Repo::new("com.acme.outside");
+    let cfg = repo.scratch("src").join("settings.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    repo.release("stable", "1.3.0", "x86_64-linux", &[("config", &cfg)], &[]);
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"current_version": "1.2.0"}),
+    );
+    dev.expect("update", &["--yes"], 0);
+    let current = || std::fs::read_link(dev.root.join("current")).unwrap();
+    assert_eq!(current(), Path::new("slots/b"));
+
+    let out = dev.run("rollback", &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(
+            "error[invalid_state]: nothing to roll back to: fallback slot a (1.2.0) holds no install: "
+        ) && err.contains("slots/a does not exist"),
+        "{err}"
+    );
+    assert_eq!(current(), Path::new("slots/b"), "current was re-pointed");
+    assert_eq!(dev.status()["primary"], "b");
+
+    for _ in 0..8 {
+        dev.expect("boot", &[], 0);
+    }
+    assert_eq!(current(), Path::new("slots/b"), "current was re-pointed");
+    let s = dev.status();
+    assert_eq!(s["primary"], "b");
+    assert_eq!(s["trial"]["tries_left"], 0);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.state.join("state.json")).unwrap()).unwrap();
+    let exhausted: Vec<&str> = state["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["event"] == "trial_exhausted")
+        .map(|h| h["detail"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        exhausted.len() == 1 && exhausted[0].contains("holds no install"),
+        "{exhausted:?}"
+    );
+}
+
 /// A device with nothing installed that updated to 1.0.0 (one file component) from a
 /// file repository: 1.0.0 is on trial in slot b, and slot a is empty.
 fn first_install_on_trial(product: &str) -> (Repo, common::Device) {

@@ -1150,6 +1150,87 @@ fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices()
     assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
 }
 
+/// A rotation that changes the manifest key re-signs every channel, and names each, with
+/// the devices it leaves offered nothing, as every other command that changes a channel
+/// does: a line and a warning in text, `channels` with `stranded` in the JSON.
+#[test]
+fn a_manifest_key_rotation_names_the_channels_it_resigns_and_the_stranded_devices() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    let app = APP;
+    release_version(dir, "1.0.0", &app);
+    release_version(dir, "1.5.0", &app);
+    let min = [&app[..], &["--min-version", "1.5.0"]].concat();
+    release_version(dir, "2.0.0", &min);
+    let halt = [
+        "rollout",
+        "repo",
+        "--channel",
+        "nightly",
+        "--version",
+        "1.5.0",
+        "--percent",
+        "0",
+        "--sign",
+        "release",
+    ];
+    ok(dir, &halt);
+    keygen(dir, "release2");
+    keygen(dir, "release3");
+    let rotate = |key: &str, json: bool| {
+        let public = format!("{key}.pub");
+        let args = [
+            "rotate",
+            "repo",
+            "--manifest-key",
+            &public,
+            "--sign",
+            "root1",
+            "--sign",
+            key,
+        ];
+        let json_flag: &[&str] = if json { &["--json"] } else { &[] };
+        evergreen(dir, &[json_flag, &args[..]].concat())
+    };
+    let warning = "warning: channel nightly offers nothing to x86_64-linux devices running 1.0.0: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one\n";
+
+    let text = rotate("release2", false);
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    assert_eq!(stderr(&text), warning);
+    let stdout = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        stdout.contains("\nre-signed nightly (sequence "),
+        "{stdout}"
+    );
+
+    let json = rotate("release3", true);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    assert_eq!(stderr(&json), "");
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["root_version"], 3);
+    let channels = report["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 1, "{report}");
+    assert_eq!(channels[0]["channel"], "nightly");
+    assert_eq!(
+        channels[0]["sequence"],
+        read_manifest(dir, "nightly")["sequence"]
+    );
+    assert_eq!(
+        channels[0]["stranded"],
+        serde_json::json!([{"target": "x86_64-linux", "running": "1.0.0"}])
+    );
+
+    // A renewal that keeps the manifest key re-signs nothing.
+    let renewed = evergreen(dir, &["--json", "rotate", "repo", "--sign", "root1"]);
+    let report: serde_json::Value = serde_json::from_slice(&renewed.stdout).unwrap();
+    assert_eq!(
+        report["channels"],
+        serde_json::json!([]),
+        "{}",
+        stderr(&renewed)
+    );
+}
+
 /// A second `init` on a repository is refused, naming the root it found, and leaves that
 /// root byte for byte: devices may already pin it.
 #[test]

@@ -233,6 +233,7 @@ impl World {
         self.repo
             .rotate(&opts, &[&key(ROOT_KEY), &key(n)], now)
             .unwrap()
+            .root
     }
 
     /// Rotates the root key from `ROOT_KEY` to key 2 (the next root, signed by both).
@@ -244,6 +245,7 @@ impl World {
         self.repo
             .rotate(&opts, &[&key(ROOT_KEY), &key(2)], now)
             .unwrap()
+            .root
     }
 
     /// A device following `stable`, with fast retries; `extra` overrides config fields.

@@ -518,10 +518,20 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
         expires_in_days: Some(a.expires_in),
         manifest_expires_in_days: a.manifest_expires_in,
     };
-    let root = repo.rotate(&opts, &refs(&signers), now()?)?;
-    let doc = root.root();
+    let now = now()?;
+    let rotation = repo.rotate(&opts, &refs(&signers), now)?;
+    let (root, doc) = (&rotation.root, rotation.root.root());
     if json {
-        return print_json(&json!({"root_version": doc.version, "expires": doc.expires}));
+        let channels: Vec<_> = rotation
+            .channels
+            .iter()
+            .map(|m| channel_json(m, now))
+            .collect();
+        return print_json(&json!({
+            "root_version": doc.version,
+            "expires": doc.expires,
+            "channels": channels,
+        }));
     }
     out!(
         "wrote root/{}.json (expires {}): root threshold {}, manifest threshold {}",
@@ -530,6 +540,9 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
         doc.roles.get("root").map_or(0, |r| r.threshold),
         root.manifest_keys().threshold()
     );
+    for m in &rotation.channels {
+        print_channel(m, "re-signed", now, false)?;
+    }
     Ok(())
 }
 
@@ -568,15 +581,10 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
 /// The channel a command changed, and the devices it now strands (see
 /// [`publish::stranded`]): a warning each on stderr, or `stranded` in the JSON.
 fn print_channel(m: &Manifest, what: &str, now: Timestamp, json: bool) -> Result<()> {
-    let stranded = publish::stranded(m, now);
     if json {
-        return print_json(&json!({
-            "channel": m.channel,
-            "sequence": m.sequence,
-            "expires": m.expires,
-            "stranded": stranded,
-        }));
+        return print_json(&channel_json(m, now));
     }
+    let stranded = publish::stranded(m, now);
     out!(
         "{what} {} (sequence {}, expires {})",
         m.channel,
@@ -585,6 +593,16 @@ fn print_channel(m: &Manifest, what: &str, now: Timestamp, json: bool) -> Result
     );
     warn_stranded(&m.channel, &stranded);
     Ok(())
+}
+
+/// A changed channel in JSON: `channel`, `sequence`, `expires` and `stranded`.
+fn channel_json(m: &Manifest, now: Timestamp) -> serde_json::Value {
+    json!({
+        "channel": m.channel,
+        "sequence": m.sequence,
+        "expires": m.expires,
+        "stranded": publish::stranded(m, now),
+    })
 }
 
 fn warn_stranded(channel: &str, stranded: &[publish::Stranded]) {
