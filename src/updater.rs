@@ -232,6 +232,15 @@ impl Store {
     }
 }
 
+/// A channel manifest that passed every rule, as fetched.
+struct FetchedManifest {
+    verified: Verified<Manifest>,
+    /// The ETag to ask with next time.
+    etag: Option<String>,
+    /// The envelope to cache; `None` when the server answered 304 for the cached one.
+    bytes: Option<Vec<u8>>,
+}
+
 /// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
 /// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
 /// belongs (both are made by `evergreen keygen`).
@@ -1316,42 +1325,40 @@ impl Updater {
         channel: &str,
         clock: Timestamp,
     ) -> Result<Verified<Manifest>> {
-        let max = self.config.limits.max_metadata_bytes;
         let cache = self.manifest_cache(channel);
-        let seen = st.manifests.get(channel).cloned();
-        let etag = seen
-            .as_ref()
+        let seen_etag = st
+            .manifests
+            .get(channel)
             .filter(|_| cache.exists())
-            .and_then(|s| s.etag.as_deref());
-        let path = format!("channels/{channel}.json");
-        let (bytes, new_etag, not_modified) = match self.fetcher.metadata(&path, etag, max)? {
-            Metadata::NotModified => {
-                let bytes = std::fs::read(&cache).map_err(|e| Error::io("read", &cache, e))?;
-                (bytes, seen.as_ref().and_then(|s| s.etag.clone()), true)
-            }
-            Metadata::Fetched { bytes, etag } => (bytes, etag, false),
+            .and_then(|s| s.etag.clone());
+        let fetched = match self.fetch_verified(st, channel, clock, seen_etag.as_deref())? {
+            Some(fetched) => fetched,
+            None => match self.verify_cached(st, channel, clock, &cache) {
+                Ok(verified) => FetchedManifest {
+                    verified,
+                    etag: seen_etag,
+                    bytes: None,
+                },
+                // The server says the cached copy is current, but it no longer verifies
+                // (a bad block, an edit by hand, or it expired): asked for whole, once.
+                // Else a damaged copy would fail every check until the channel changed.
+                Err(_) => self
+                    .fetch_verified(st, channel, clock, None)?
+                    .ok_or_else(|| {
+                        Error::invalid_state("a request without If-None-Match was answered 304")
+                    })?,
+            },
         };
-        let anchor = self.anchor(st, clock, !not_modified)?;
-        // Read after the anchor: new manifest keys start the freshness state afresh.
-        let fresh = Freshness {
-            last_seen: st
-                .manifests
-                .get(channel)
-                .map(|s| (s.sequence, s.payload_sha256.clone())),
-            newest_issued: st.newest_issued,
-        };
-        let expect = Expect {
-            product: &self.config.product,
-            channel,
-            now: clock,
-            max_bytes: max,
-        };
-        let verified = manifest::verify(&bytes, anchor.manifest_keys(), &expect, &fresh)
-            .map_err(|e| keys_hint(e, &anchor, &bytes))?;
+        let FetchedManifest {
+            verified,
+            etag: new_etag,
+            bytes: fresh_bytes,
+        } = fetched;
         // Persist only after every rule passed.
-        if !not_modified {
+        let not_modified = fresh_bytes.is_none();
+        if let Some(bytes) = &fresh_bytes {
             crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
-            crate::fsutil::write_atomic(&cache, &bytes)?;
+            crate::fsutil::write_atomic(&cache, bytes)?;
         }
         st.manifests.insert(
             channel.to_string(),
@@ -1372,6 +1379,92 @@ impl Updater {
             not_modified,
         });
         Ok(verified)
+    }
+
+    /// GETs `channel`'s manifest (conditionally on `etag`) and verifies each copy a base
+    /// serves, taking the first that passes: a mirror that serves an error page as 200, a
+    /// copy that lags behind what the device has seen, or an expired one is passed over
+    /// for the next base, as in the root walk. `None` for 304 (the cached copy is current).
+    fn fetch_verified(
+        &self,
+        st: &mut State,
+        channel: &str,
+        clock: Timestamp,
+        etag: Option<&str>,
+    ) -> Result<Option<FetchedManifest>> {
+        let path = format!("channels/{channel}.json");
+        // The chain is walked at the first copy served, once: it is the same for every base.
+        let mut anchor: Option<Result<Anchor>> = None;
+        let mut verified = None;
+        let fetched = self.fetcher.metadata_checked(
+            &path,
+            etag,
+            self.config.limits.max_metadata_bytes,
+            &mut |bytes| {
+                let anchor = anchor.get_or_insert_with(|| self.anchor(st, clock, true));
+                // Not this base's fault: ends the fetch, and is the answer below.
+                let Ok(anchor) = anchor else { return Ok(()) };
+                verified = Some(self.verify_manifest(st, channel, clock, anchor, bytes)?);
+                Ok(())
+            },
+        )?;
+        if let Some(Err(e)) = anchor {
+            return Err(e);
+        }
+        Ok(match fetched {
+            Metadata::NotModified => None,
+            Metadata::Fetched { bytes, etag } => {
+                let verified = verified.ok_or_else(|| {
+                    Error::invalid_state("a manifest was taken without being verified")
+                })?;
+                Some(FetchedManifest {
+                    verified,
+                    etag,
+                    bytes: Some(bytes),
+                })
+            }
+        })
+    }
+
+    /// Verifies the cached copy of `channel`'s manifest again, which the server answered
+    /// 304 for: the trusted root as it is, no walk (an unchanged check is one request).
+    fn verify_cached(
+        &self,
+        st: &mut State,
+        channel: &str,
+        clock: Timestamp,
+        cache: &Path,
+    ) -> Result<Verified<Manifest>> {
+        let bytes = std::fs::read(cache).map_err(|e| Error::io("read", cache, e))?;
+        let anchor = self.anchor(st, clock, false)?;
+        self.verify_manifest(st, channel, clock, &anchor, &bytes)
+    }
+
+    /// Verifies `bytes` as `channel`'s manifest under `anchor`, against what `st` has seen.
+    fn verify_manifest(
+        &self,
+        st: &State,
+        channel: &str,
+        clock: Timestamp,
+        anchor: &Anchor,
+        bytes: &[u8],
+    ) -> Result<Verified<Manifest>> {
+        // Read after the anchor: new manifest keys start the freshness state afresh.
+        let fresh = Freshness {
+            last_seen: st
+                .manifests
+                .get(channel)
+                .map(|s| (s.sequence, s.payload_sha256.clone())),
+            newest_issued: st.newest_issued,
+        };
+        let expect = Expect {
+            product: &self.config.product,
+            channel,
+            now: clock,
+            max_bytes: self.config.limits.max_metadata_bytes,
+        };
+        manifest::verify(bytes, anchor.manifest_keys(), &expect, &fresh)
+            .map_err(|e| keys_hint(e, anchor, bytes))
     }
 
     /// The trust anchor: the configured keys, or the newest root (walking the chain on the

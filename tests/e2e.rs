@@ -1093,6 +1093,84 @@ fn a_mirrors_error_page_served_with_200_does_not_fail_the_root_walk() {
     );
 }
 
+/// The channel manifest is verified copy by copy, as the root walk's documents are: after
+/// the server fails once, a mirror that serves an error page as 200 is passed over for the
+/// next mirror, which has the channel, rather than ending the check.
+#[test]
+fn a_mirrors_error_page_served_for_the_manifest_is_passed_over() {
+    let repo = Repo::new("com.acme.softmanifest");
+    let src = repo.scratch("src");
+    publish_app(&repo, &src, "1.0.0", true);
+    let server = TestServer::serve(&repo.root);
+    server.set_fault_times("channels/", Fault::Status(503), 1);
+    let soft = TestServer::serve(&repo.scratch("soft"));
+    soft.set_fault("", Fault::ErrorPage(b"<html>Not found</html>".to_vec()));
+    let good = TestServer::serve(&repo.root);
+    let mut extra = fast();
+    extra["mirrors"] = serde_json::json!([soft.url(), good.url()]);
+    let dev = repo.device("dev", &server.url(), extra);
+
+    let check = check_json(&dev, 10);
+    assert_eq!(check["version"], "1.0.0");
+    assert_eq!(soft.requests("channels/stable.json").len(), 1);
+    assert_eq!(good.requests("channels/stable.json").len(), 1);
+}
+
+/// Mirrors lag: one that still serves a channel older than the device has seen is passed
+/// over for the next base, which has the current one, instead of failing the check as a
+/// rollback attack.
+#[test]
+fn a_lagging_mirror_is_passed_over_for_the_next_base() {
+    let repo = Repo::new("com.acme.lagging");
+    let src = repo.scratch("src");
+    publish_app(&repo, &src, "1.0.0", true);
+    let older = std::fs::read(repo.root.join("channels/stable.json")).unwrap();
+    publish_app(&repo, &src, "1.1.0", true);
+    let server = TestServer::serve(&repo.root);
+    let lagging = TestServer::serve(&repo.root);
+    lagging.set_fault("channels/stable.json", Fault::Replace(older));
+    let good = TestServer::serve(&repo.root);
+    let mut extra = fast();
+    extra["mirrors"] = serde_json::json!([lagging.url(), good.url()]);
+    let dev = repo.device("dev", &server.url(), extra);
+    assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
+
+    server.set_fault_times("channels/", Fault::Status(503), 1);
+    assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
+    assert_eq!(lagging.requests("channels/stable.json").len(), 1);
+    assert_eq!(good.requests("channels/stable.json").len(), 1);
+}
+
+/// A cached manifest that no longer verifies (a bad block, an edit by hand) is asked for
+/// whole when the server answers 304 for it: one damaged file must not fail every check
+/// until the channel is signed again.
+#[test]
+fn a_damaged_cached_manifest_is_fetched_again() {
+    let repo = Repo::new("com.acme.damagedcache");
+    let src = repo.scratch("src");
+    publish_app(&repo, &src, "1.0.0", true);
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    check_json(&dev, 10);
+    let cache = dev.state.join("cache/stable.json");
+    let kept = std::fs::read(&cache).unwrap();
+
+    std::fs::write(&cache, b"{").unwrap();
+    assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
+    assert_eq!(std::fs::read(&cache).unwrap(), kept);
+    check_json(&dev, 10);
+    let answers: Vec<u16> = server
+        .requests("channels/stable.json")
+        .iter()
+        .map(|l| l.status)
+        .collect();
+    assert_eq!(
+        answers,
+        [200, 304, 200, 304],
+        "an unchanged check is one request"
+    );
+}
+
 /// The requests `server` received since the `seen` first ones, as (path, status).
 fn new_requests(server: &TestServer, seen: &mut usize) -> Vec<(String, u16)> {
     let log = server.log();
