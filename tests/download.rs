@@ -754,7 +754,16 @@ fn a_verified_file_already_there_needs_no_request_and_a_corrupt_one_is_replaced(
     let done = downloads.path().join(&repo.sha256);
 
     std::fs::write(&done, &repo.blob).unwrap();
-    assert_eq!(download(&f, &repo.spec(), downloads.path()).unwrap(), done);
+    // One progress call all the same, at its size: a caller's total reaches its end.
+    let mut calls = Vec::new();
+    let got = f.download(
+        &repo.spec(),
+        downloads.path(),
+        &mut |done, total| calls.push((done, total)),
+        &CancelToken::new(),
+    );
+    assert_eq!(got.unwrap(), done);
+    assert_eq!(calls, [(1000, 1000)]);
     assert_eq!(f.stats().requests, 0);
 
     std::fs::write(&done, b"corrupt").unwrap();
@@ -845,6 +854,44 @@ fn file_transport_short_blob_is_an_io_error_naming_both_sizes_and_the_next_base_
     );
     let path = download(&f, &whole.spec(), downloads.path()).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), whole.blob);
+}
+
+/// A copy cut short at or before the bytes a `.part` already holds cannot serve the rest
+/// (the range is refused): a local file is the same `io` error naming both sizes as when it
+/// is read whole, and an HTTP base's 416 says what was asked and what the copy has. Each
+/// ends its base only, and the `.part` stays for the next.
+#[test]
+fn a_copy_shorter_than_the_part_is_named_with_both_sizes() {
+    let repo = Repo::new(1000);
+    std::fs::write(repo.path().join(repo.blob_path()), &repo.blob[..400]).unwrap();
+    let downloads = TempDir::new().unwrap();
+    let part = keep_first_half(downloads.path(), &repo);
+    let f = fetcher(&[repo.path().display().to_string()], options());
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("expected the whole blob (1000 bytes), found a file of 400 bytes"),
+        "{message}"
+    );
+    assert!(!message.contains("GET"), "{message}");
+    assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..500]);
+
+    let server = TestServer::serve(repo.path());
+    let err = download(
+        &fetcher(&[server.url()], options()),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+    assert!(
+        err.to_string().contains(
+            "expected 206 with bytes 500-999 of the 1000-byte blob, found 416 Range Not Satisfiable (the copy there has 400 bytes)"
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..500]);
 }
 
 /// A `file://` URL is read as RFC 8089 has it: the scheme in any case, `%XX` decoded,

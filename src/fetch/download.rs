@@ -40,6 +40,8 @@ pub(super) fn download(
     crate::fsutil::create_dir_all(dir)?;
     let done_path = dir.join(&spec.sha256);
     if is_complete(&done_path, spec)? {
+        // One progress call all the same: a caller's total must reach its end.
+        progress(spec.size, spec.size);
         return Ok(done_path);
     }
     let urls = match &spec.url {
@@ -214,12 +216,45 @@ impl Target<'_> {
             200 => return self.check_whole_length(url, response),
             // `check_range` has vetted the offsets.
             206 => self.spec.size - part.len,
+            416 => return Err(self.range_refused(url, response, part.len)),
             _ => return Err(status_failure(url, response, &stream.fetcher.clock)),
         };
         match response.content_length.filter(|len| *len > remaining) {
             Some(len) => Err(too_large(url, remaining, &format!("{len} bytes declared")).into()),
             None => Ok(()),
         }
+    }
+
+    /// A 416 to the request for the rest of the blob after the `kept` bytes of the `.part`:
+    /// this base's copy ends there or before (a copy cut short), so it ends this base
+    /// only. A local file is `io` naming both sizes, as a short one read whole is.
+    fn range_refused(&self, url: &str, response: &Response, kept: u64) -> Failure {
+        let size = self.spec.size;
+        // `bytes */<length>`, as RFC 9110 has a 416 say what there is.
+        let there = response
+            .content_range
+            .as_deref()
+            .and_then(|r| r.trim().strip_prefix("bytes */"))
+            .and_then(|len| len.parse::<u64>().ok());
+        let copy = there.map_or_else(
+            || format!("no byte past the {kept} already downloaded"),
+            |len| format!("{len} bytes"),
+        );
+        if !super::is_http(url) {
+            return Failure::next_base(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "reading {url}: expected the whole blob ({size} bytes), found a file of {copy}"
+                ),
+            ));
+        }
+        Failure::next_base(Error::new(
+            ErrorKind::HttpStatus,
+            format!(
+                "GET {url}: expected 206 with bytes {kept}-{} of the {size}-byte blob, found 416 Range Not Satisfiable (the copy there has {copy})",
+                size - 1
+            ),
+        ))
     }
 
     /// A 200 declaring a length other than the blob's is not the blob: larger is

@@ -153,7 +153,11 @@ impl Transport for FileTransport {
             });
         };
         if from >= len {
-            return Ok(empty(416, Some(etag)));
+            // As HTTP has it: the length of what is there, so the error can name it.
+            return Ok(Response {
+                content_range: Some(format!("bytes */{len}")),
+                ..empty(416, Some(etag))
+            });
         }
         file.seek(SeekFrom::Start(from))
             .map_err(|e| base_error("seeking in", &path, e))?;
