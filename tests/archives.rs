@@ -628,13 +628,33 @@ fn every_end_record_the_zip_reader_may_use_is_checked_before_it_reads_the_direct
     classic[8..].copy_from_slice(&[0xff; 4]); // the directory offset: see zip64
     let mut prefixed = vec![b'#'; 100];
     prefixed.extend(zip64_end_declaring_two_million(0, [0xff; 12]));
-    for bytes in [zip64_end_declaring_two_million(0, classic), prefixed] {
+    // A zip64 record with extensible data ends right before the locator but starts
+    // earlier; past prepended data the locator's offset misses it too.
+    let mut extended = vec![b'#'; 100];
+    let mut record = zip64_end_declaring_two_million(0, [0xff; 12]);
+    record[4..12].copy_from_slice(&(44u64 + 16).to_le_bytes());
+    record.splice(56..56, [0u8; 16]);
+    extended.extend(record);
+    for bytes in [
+        zip64_end_declaring_two_million(0, classic),
+        prefixed,
+        extended,
+    ] {
         let msg = Case::new(&bytes).refused(None, &limits(), &[]);
         assert!(
             msg.contains("found 2000000 (as the end of its central directory declares)"),
             "{msg}"
         );
     }
+
+    // Garbage after the comment, as far back as the reader still looks for the record.
+    let mut trailing = build(&items);
+    trailing.extend(std::iter::repeat_n(0u8, 65_540));
+    let msg = Case::new(&trailing).refused(None, &ten, &[]);
+    assert!(
+        msg.contains("at most 10 zip entries, found 11 (as the end"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -178,8 +178,10 @@ fn refuse(name: &str, rule: impl std::fmt::Display) -> Error {
 /// zip reader falls back to an earlier one, and reads as many entries as *that* declares.
 fn declared_entries(file: &File, len: u64) -> Option<u64> {
     const EOCD: &[u8] = b"PK\x05\x06";
-    // The record itself and the longest comment, as far back as the zip reader looks.
-    let tail_len = len.min(22 + 0x10000);
+    // The record itself and the longest comment, and at least as far back as the zip
+    // reader looks, which takes garbage after the comment too: zip 9.8 looks 65,572
+    // bytes back on 64-bit targets (its record type's size, a signature, 64 KiB).
+    let tail_len = len.min(22 + 0x10000 + 256);
     let mut tail = vec![0u8; tail_len as usize];
     file.read_exact_at(&mut tail, len - tail_len).ok()?;
     (0..tail.len().saturating_sub(3))
@@ -209,10 +211,26 @@ fn declared_at(file: &File, tail: &[u8], base: u64, at: usize) -> Option<u64> {
         return Some(classic);
     }
     let offset = u64::from_le_bytes(locator[8..16].try_into().ok()?);
-    let before_locator = (base + at as u64).checked_sub(20 + 56);
-    [Some(offset), before_locator]
-        .into_iter()
-        .flatten()
+    let locator_at = base + at as u64 - 20;
+    // Past data prepended to the archive the offset is off, and the reader finds the
+    // record by its signature, ending right before the locator (after its extensible
+    // data, when it has any): each such record in the tail read counts too.
+    let ending_at_locator = (0..(at - 20).saturating_sub(3))
+        .filter(|i| &tail[*i..*i + 4] == b"PK\x06\x06")
+        .map(|i| base + i as u64)
+        .filter(|start| {
+            let mut size = [0u8; 8];
+            file.read_exact_at(&mut size, start + 4).is_ok()
+                && start
+                    .checked_add(12)
+                    .and_then(|end| end.checked_add(u64::from_le_bytes(size)))
+                    == Some(locator_at)
+        });
+    // The record without extensible data, read where it would be even before the tail.
+    let before_locator = locator_at.checked_sub(56);
+    std::iter::once(offset)
+        .chain(before_locator)
+        .chain(ending_at_locator)
         .filter_map(|offset| {
             let mut record = [0u8; 40];
             file.read_exact_at(&mut record, offset).ok()?;

@@ -182,16 +182,75 @@ pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifac
         }
     }
     let found = crate::trust::hex(&hasher.finalize());
-    if offset != artifact.size || found != artifact.sha256 {
-        return Err(Error::new(
-            ErrorKind::HashMismatch,
-            format!(
-                "expected {} bytes with sha256 {}, found {offset} bytes with sha256 {found}",
-                artifact.size, artifact.sha256
-            ),
-        ));
+    if offset == artifact.size && found == artifact.sha256 {
+        return Ok(());
     }
-    Ok(())
+    // Reading stopped past the size: the hash of a longer file is not worth reading on
+    // for, and is not named.
+    let found = match offset > artifact.size {
+        true => {
+            let len = file.metadata().map_or(offset, |m| m.len().max(offset));
+            format!("{len} bytes")
+        }
+        false => format!("{offset} bytes with sha256 {found}"),
+    };
+    Err(Error::new(
+        ErrorKind::HashMismatch,
+        format!(
+            "expected {} bytes with sha256 {}, found {found}",
+            artifact.size, artifact.sha256
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod artifact_tests {
+    use super::*;
+    use crate::manifest::{Artifact, ArtifactKind};
+
+    fn artifact(bytes: &[u8]) -> Artifact {
+        Artifact {
+            kind: ArtifactKind::File,
+            sha256: crate::trust::sha256_hex(bytes),
+            size: bytes.len() as u64,
+            installed_size: None,
+            name: None,
+            url: None,
+        }
+    }
+
+    /// A wrong file says what it is: its whole length (however far past the expected
+    /// size reading stopped), or its length and hash when it is no longer.
+    #[test]
+    fn a_wrong_artifact_is_named_by_its_real_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let expected = artifact(&[7u8; 100]);
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let err = verify_artifact(&file, &expected).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch);
+        assert!(
+            err.to_string().ends_with(&format!(
+                "expected 100 bytes with sha256 {}, found 1048576 bytes",
+                expected.sha256
+            )),
+            "{err}"
+        );
+
+        std::fs::write(&path, [8u8; 100]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let err = verify_artifact(&file, &expected).unwrap_err();
+        let found = crate::trust::sha256_hex(&[8u8; 100]);
+        assert!(
+            err.to_string()
+                .ends_with(&format!("found 100 bytes with sha256 {found}")),
+            "{err}"
+        );
+        std::fs::write(&path, [7u8; 100]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        verify_artifact(&file, &expected).unwrap();
+    }
 }
 
 // The affinity mask is Linux's.
