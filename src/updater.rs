@@ -1046,7 +1046,12 @@ impl Updater {
     /// Why the fallback slot cannot be gone back to, if it cannot: it is not good, or it
     /// holds nothing to start (see [`Store::missing_install`]).
     fn unusable_fallback(&self, st: &State) -> Option<String> {
-        let fallback = st.fallback();
+        self.no_going_back_to(st, st.fallback())
+    }
+
+    /// Why `fallback` cannot be gone back to, if it cannot (see
+    /// [`Updater::unusable_fallback`]).
+    fn no_going_back_to(&self, st: &State, fallback: Slot) -> Option<String> {
         let slot = st.slot(fallback);
         if slot.status != SlotStatus::Good {
             return Some(format!(
@@ -1877,7 +1882,7 @@ impl Updater {
         // Stranded: no good slot to roll back to, whatever the other holds (nothing, a fix
         // cut short, a fix that failed too, one staged and passed by a newer fix).
         let stranded =
-            |t: &Trial| t.tries_left == 0 && st.slot(t.slot.other()).status != SlotStatus::Good;
+            |t: &Trial| t.tries_left == 0 && self.no_going_back_to(st, t.slot.other()).is_some();
         if let Some(t) = st.trial.filter(|t| !stranded(t)) {
             return Err(Error::invalid_state(format!(
                 "slot {} is on trial; confirm or roll back before installing another release",

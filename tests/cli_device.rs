@@ -304,6 +304,13 @@ fn a_current_version_installed_outside_the_slots_is_no_fallback() {
         exhausted.len() == 1 && exhausted[0].contains("holds no install"),
         "{exhausted:?}"
     );
+    // A fix goes in beside the stranded trial, into slot a, as beside a first install's:
+    // else the only way out would be to confirm the broken release.
+    publish(&repo, "1.3.1", "stable");
+    let fixed = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(fixed["status"], "activated", "{fixed}");
+    assert_eq!(fixed["slot"], "a", "{fixed}");
+    assert_eq!(current(), Path::new("slots/a"));
 }
 
 /// A device with nothing installed that updated to 1.0.0 (one file component) from a
