@@ -44,6 +44,11 @@ pub enum Check {
 }
 
 /// A release offered to this device, with the component diff against the primary slot.
+///
+/// Its public fields are for reading: [`Updater::download`] and [`Updater::install`]
+/// refuse an offer whose version, channel, critical flag, security version or set of
+/// components its host changed (`invalid_state`), since the slot record would hold values
+/// no signature covered ([`Updater::plan`] may diff the components again).
 #[derive(Debug, Clone)]
 pub struct Offer {
     /// Version offered.
@@ -66,6 +71,9 @@ pub struct Offer {
     pub deploy: Deploy,
     /// The release's components for this target, to diff again at `plan` time.
     target: TargetRelease,
+    /// The public fields as the check made them: a host that changed one gets an error
+    /// from `download` and `install`, not a slot recorded with values never verified.
+    checked: Checked,
     /// The channel the device followed when the check began: a switch made after that,
     /// even while the check or the download ran, is the user's newer choice. For a repair,
     /// the release's own channel, so activating it never moves the device.
@@ -73,6 +81,16 @@ pub struct Offer {
     /// The [`Updater`] that made it: only that one downloads and installs it, since only
     /// its trust root, product and state checked the release.
     issuer: usize,
+}
+
+/// The fields of an [`Offer`] its users read and that install records, as its check made
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+struct Checked {
+    version: Version,
+    channel: String,
+    critical: bool,
+    security_version: u64,
 }
 
 /// Serialises as [`Offer::to_json`]: one shape for the CLI, the C ABI and Rust callers.
@@ -239,6 +257,35 @@ struct FetchedManifest {
     etag: Option<String>,
     /// The envelope to cache; `None` when the server answered 304 for the cached one.
     bytes: Option<Vec<u8>>,
+}
+
+/// The first field of `plan` its host changed since the check, if any: the release's
+/// version, channel, critical flag or security version, or the components to install (all
+/// of the signed target's, each once; `plan` may diff them again, which changes only how
+/// each is installed).
+fn changed_field(plan: &Offer) -> Option<&'static str> {
+    let c = &plan.checked;
+    let fields = [
+        ("version", plan.version == c.version),
+        ("channel", plan.channel == c.channel),
+        ("critical", plan.critical == c.critical),
+        (
+            "security_version",
+            plan.security_version == c.security_version,
+        ),
+    ];
+    if let Some((name, _)) = fields.iter().find(|(_, same)| !same) {
+        return Some(name);
+    }
+    let mut listed: Vec<&str> = plan
+        .components
+        .iter()
+        .filter(|c| c.op != ComponentOp::Removed)
+        .map(|c| c.name.as_str())
+        .collect();
+    listed.sort_unstable();
+    let signed: Vec<&str> = plan.target.components.keys().map(String::as_str).collect();
+    (listed != signed).then_some("components")
 }
 
 /// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
@@ -1259,6 +1306,12 @@ impl Updater {
                 ),
             )
         })?;
+        let checked = Checked {
+            version: release.version.clone(),
+            channel: manifest.channel.clone(),
+            critical: choice.critical,
+            security_version: release.security_version,
+        };
         Ok(Offer {
             version: release.version.clone(),
             current: st
@@ -1273,6 +1326,7 @@ impl Updater {
             components: self.diff_against_primary(st, target),
             deploy: self.deploy(st, choice.critical, clock),
             target: target.clone(),
+            checked,
             device_channel,
             issuer: self.id,
         })
@@ -1839,6 +1893,12 @@ impl Updater {
             return Err(Error::invalid_state(format!(
                 "expected an offer from this updater's own check, found one of {} made by another updater (check again with this one)",
                 plan.version
+            )));
+        }
+        if let Some(field) = changed_field(plan) {
+            return Err(Error::invalid_state(format!(
+                "expected the offer of {} as its check made it, found its `{field}` changed: an offer's fields are for reading (check again for a new offer)",
+                plan.checked.version
             )));
         }
         let all = &plan.target.components;

@@ -1171,6 +1171,68 @@ fn a_damaged_cached_manifest_is_fetched_again() {
     );
 }
 
+/// An offer's fields are for reading: a host that changes what an install would record
+/// (the security version, which confirming raises the device's floor to) or drops one of
+/// the release's components is refused before anything is fetched or written; the offer
+/// as its check made it still downloads and installs.
+#[test]
+fn an_offer_changed_by_its_host_is_refused() {
+    let Setup {
+        repo,
+        src,
+        server,
+        dev,
+    } = setup("com.acme.tamper");
+    let zip = app_zip(&src, "1.0.0", true);
+    let settings = src.join("settings.json");
+    std::fs::write(&settings, "{}").unwrap();
+    let parts = [("app", zip.as_path()), ("config", settings.as_path())];
+    repo.release("stable", "1.0.0", "x86_64-linux", &parts, &[]);
+    let updater = updater_for(&dev);
+    let checked = offer(&updater, "1.0.0");
+    let cancel = evergreen::fetch::CancelToken::new();
+    let blobs = || server.requests("blobs/").len();
+
+    let mut raised = checked.clone();
+    raised.security_version += 100;
+    let err = updater
+        .download(&raised, &mut |_, _| {}, &cancel)
+        .unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert!(
+        err.to_string()
+            .contains("found its `security_version` changed"),
+        "{err}"
+    );
+    assert_eq!(blobs(), 0, "fetched for a changed offer");
+
+    updater.download(&checked, &mut |_, _| {}, &cancel).unwrap();
+    let mut dropped = checked.clone();
+    dropped.components.retain(|c| c.name != "config");
+    let err = updater.install(&dropped).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    assert!(
+        err.to_string().contains("found its `components` changed"),
+        "{err}"
+    );
+    let st = updater.state().unwrap();
+    for slot in [evergreen::slots::Slot::A, evergreen::slots::Slot::B] {
+        assert_eq!(
+            st.slot(slot).status,
+            evergreen::state::SlotStatus::Empty,
+            "{st:?}"
+        );
+    }
+
+    let slot = updater.install(&checked).unwrap();
+    assert!(dev
+        .root
+        .join("slots")
+        .join(slot.as_str())
+        .join("config")
+        .exists());
+}
+
 /// The requests `server` received since the `seen` first ones, as (path, status).
 fn new_requests(server: &TestServer, seen: &mut usize) -> Vec<(String, u16)> {
     let log = server.log();
