@@ -108,5 +108,5 @@ fn startup(config: Config) -> evergreen::Result<Startup> {
     Updater::builder(config)
         .on_event(|e| eprintln!("launcher: {e}"))
         .build()?
-        .startup()
+        .startup_for_launcher()
 }

@@ -866,6 +866,43 @@ impl Updater {
         })
     }
 
+    /// The startup step for a launcher: a process that runs the step and then starts
+    /// what the selector names, `current` for directory slots (`examples/launcher.rs`, and
+    /// `evergreen boot` before a service that runs `current/…`).
+    ///
+    /// [`Updater::startup`] takes this start to be of the slot the selector named when the
+    /// step began, as it is for a host that runs the step inside the app it started. When
+    /// the step repairs an activation cut short (the state had committed the trial, the
+    /// selector still named the old slot), it points the selector at the trial slot, and a
+    /// launcher starts that slot next: so the step runs once more, counting this start as
+    /// the trial's. Otherwise the release on trial would run a start it was never counted
+    /// (a start more than its tries) and its `confirm` would be refused.
+    ///
+    /// ```no_run
+    /// # fn main() -> evergreen::Result<()> {
+    /// let config = evergreen::Config::from_file("/etc/evergreen/config.json")?;
+    /// let updater = evergreen::Updater::builder(config).build()?;
+    /// if let evergreen::Startup::Trial { tries_left, .. } = updater.startup_for_launcher()? {
+    ///     eprintln!("on trial, {tries_left} start(s) left");
+    /// }
+    /// // … then start `<root>/current/<component>/<entry>`.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn startup_for_launcher(&self) -> Result<Startup> {
+        let named = self.with_selector(|s| s.booted())?;
+        let outcome = self.startup()?;
+        if outcome != Startup::Normal {
+            return Ok(outcome);
+        }
+        let now_named = self.with_selector(|s| s.booted())?;
+        let trial = self.load_state()?.trial.map(|t| t.slot);
+        match now_named != named && now_named.is_some() && now_named == trial {
+            true => self.startup(),
+            false => Ok(outcome),
+        }
+    }
+
     fn startup_counting(&self, st: &mut State) -> Result<Startup> {
         let booted = self.with_selector(|s| s.booted())?;
         if self.follow_booted(st, booted) {

@@ -1440,6 +1440,35 @@ fn an_activation_cut_short_counts_no_start_of_the_release_on_trial() {
     updater.confirm().unwrap();
 }
 
+/// The same cut, met by a launcher (or `evergreen boot`), which starts what `current`
+/// names after the step: the repair makes that the release on trial, so the step counts
+/// this start as the trial's, and the release confirms itself on its first start.
+#[test]
+fn a_launcher_starts_the_release_on_trial_counted_after_an_activation_cut_short() {
+    let setup = setup_with_1_0_0("com.acme.cutlaunch");
+    let dev = &setup.dev;
+    install_and_confirm(dev);
+    let old = current(dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    dev.expect("update", &["--yes"], 0);
+    let trial = current(dev);
+    point_current_at(dev, old.file_name().unwrap().to_str().unwrap());
+
+    let out = start(dev);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, "app 1.1.0 healthy\n", "{stderr}");
+    assert!(stderr.contains("on trial"), "{stderr}");
+    assert_eq!(current(dev), trial);
+    let s = dev.status();
+    assert!(s["trial"].is_null(), "{s}");
+    assert_eq!(
+        s["slots"][trial.file_name().unwrap().to_str().unwrap()]["status"],
+        "good"
+    );
+}
+
 /// A rollback whose switch of `current` was cut short: the start that follows runs the
 /// slot given up, so the step says to restart into the primary, and until then no install
 /// may write the slot that runs.

@@ -412,7 +412,8 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
 /// `evergreen boot`: the startup step.
 pub fn boot(config: &Path, json: bool) -> Result<i32> {
     let up = updater(config, json)?;
-    let outcome = up.startup()?;
+    // What runs next is started by whoever ran `boot`, from what the selector names now.
+    let outcome = up.startup_for_launcher()?;
     let v = match &outcome {
         Startup::Normal => json!({"status": "normal"}),
         Startup::Trial { slot, tries_left } => {
