@@ -1537,6 +1537,7 @@ impl Updater {
     }
 
     /// Verifies `bytes` as `channel`'s manifest under `anchor`, against what `st` has seen.
+    #[inline(never)]
     fn verify_manifest(
         &self,
         st: &State,
@@ -1567,6 +1568,7 @@ impl Updater {
     /// server when `walk` is set or the trusted root has expired). Manifest keys other than
     /// those `st`'s freshness state was built under start it afresh (DESIGN §5.1 rule 7);
     /// `clock` is the host's, pulled up to the newest `issued` seen only after that.
+    #[inline(never)]
     fn anchor(&self, st: &mut State, clock: Timestamp, walk: bool) -> Result<Anchor> {
         let max = self.config.limits.max_metadata_bytes;
         let pinned_path = match &self.config.trust {
@@ -1856,6 +1858,7 @@ impl Updater {
     ) -> Result<()> {
         let total = plan.download_size();
         let mut before = 0u64;
+        let mut reported = 0u64;
         for (c, a) in plan.components.iter().filter_map(with_artifact) {
             let spec = BlobSpec {
                 sha256: a.sha256.clone(),
@@ -1867,7 +1870,8 @@ impl Updater {
                 &spec,
                 dir,
                 &mut |done, _| {
-                    progress(before.saturating_add(done), total);
+                    reported = before.saturating_add(done);
+                    progress(reported, total);
                     // Events are for humans and logs: one per MiB is plenty.
                     if done == a.size || done >= last_event.saturating_add(1 << 20) {
                         last_event = done;
@@ -1881,9 +1885,14 @@ impl Updater {
                 cancel,
             )?;
             before = before.saturating_add(a.size);
-            // A cancel from the last progress call of a blob (the only one a small or
-            // already complete blob gets) stops the call too; the blob stays for the
-            // next one.
+            // A cancel from the last progress call of a blob (the only one a small blob
+            // gets) stops the call too; the blob stays for the next one.
+            cancel.check()?;
+        }
+        // Blobs already downloaded get no call: the host's progress must still reach its
+        // total (and a cancel from that call is a cancel too).
+        if reported < total {
+            progress(total, total);
             cancel.check()?;
         }
         Ok(())

@@ -1233,6 +1233,26 @@ fn an_offer_changed_by_its_host_is_refused() {
         .exists());
 }
 
+/// A download whose blobs are all there already fetches nothing and still takes the host's
+/// progress to its total, in one call.
+#[test]
+fn a_download_already_done_reports_its_total() {
+    let setup = setup_with_1_0_0("com.acme.donealready");
+    let updater = updater_for(&setup.dev);
+    let plan = offer(&updater, "1.0.0");
+    let cancel = evergreen::fetch::CancelToken::new();
+    updater.download(&plan, &mut |_, _| {}, &cancel).unwrap();
+    let fetched = setup.server.requests("blobs/").len();
+    let mut calls = Vec::new();
+    updater
+        .download(&plan, &mut |done, total| calls.push((done, total)), &cancel)
+        .unwrap();
+    let total = plan.download_size();
+    assert!(total > 0);
+    assert_eq!(calls, [(total, total)]);
+    assert_eq!(setup.server.requests("blobs/").len(), fetched);
+}
+
 /// The requests `server` received since the `seen` first ones, as (path, status).
 fn new_requests(server: &TestServer, seen: &mut usize) -> Vec<(String, u16)> {
     let log = server.log();

@@ -40,8 +40,6 @@ pub(super) fn download(
     crate::fsutil::create_dir_all(dir)?;
     let done_path = dir.join(&spec.sha256);
     if is_complete(&done_path, spec)? {
-        // One progress call all the same: a caller's total must reach its end.
-        progress(spec.size, spec.size);
         return Ok(done_path);
     }
     let urls = match &spec.url {

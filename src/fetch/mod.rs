@@ -319,8 +319,7 @@ impl Fetcher {
     ///
     /// The bytes go to `<dir>/<sha256>.part`, hashed on a separate thread while they
     /// arrive; on a hash match the file is fsynced and renamed. A verified `<sha256>`
-    /// already in `dir` is returned without any request (and one progress call, at its
-    /// size); a `.part` is resumed with
+    /// already in `dir` is returned without any request; a `.part` is resumed with
     /// `Range`, and fetched again from byte 0 (once per attempt) if the result then fails
     /// its hash. `progress(done, total)` is called between chunks and `cancel` checked
     /// there: cancelling keeps the `.part` for a later call. Errors: see DESIGN §5.4 and
