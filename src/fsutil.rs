@@ -511,7 +511,10 @@ pub fn lock_exclusive_or_wait(
     // A holder about to be done (a save takes milliseconds) is waited for without a word.
     let quietly = std::time::Duration::from_millis(200);
     let deadline = std::time::Instant::now() + quietly;
-    let taken = match lock_until(|| flock(&file, libc::LOCK_EX | libc::LOCK_NB), deadline) {
+    let taken = match lock_until(
+        &mut || flock(&file, libc::LOCK_EX | libc::LOCK_NB),
+        deadline,
+    ) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             on_wait();
             flock(&file, libc::LOCK_EX)
@@ -581,7 +584,7 @@ pub(crate) fn lock_contents_within(
     patience: std::time::Duration,
 ) -> bool {
     let deadline = std::time::Instant::now() + patience;
-    lock_until(|| try_lock_contents(file, use_), deadline).is_ok()
+    lock_until(&mut || try_lock_contents(file, use_), deadline).is_ok()
 }
 
 /// One try, without waiting, at [`lock_contents_within`]'s lock; `WouldBlock` when another
@@ -627,7 +630,7 @@ fn try_lock_contents(file: &File, use_: Contents) -> std::io::Result<()> {
 /// 1 ms after the first refusal, then twice as long each time, at most 50 ms; any other
 /// error at once.
 fn lock_until(
-    mut try_lock: impl FnMut() -> std::io::Result<()>,
+    try_lock: &mut dyn FnMut() -> std::io::Result<()>,
     deadline: std::time::Instant,
 ) -> std::io::Result<()> {
     let mut pause = std::time::Duration::from_millis(1);

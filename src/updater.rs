@@ -277,15 +277,18 @@ fn changed_field(plan: &Offer) -> Option<&'static str> {
     if let Some((name, _)) = fields.iter().find(|(_, same)| !same) {
         return Some(name);
     }
-    let mut listed: Vec<&str> = plan
-        .components
-        .iter()
-        .filter(|c| c.op != ComponentOp::Removed)
-        .map(|c| c.name.as_str())
-        .collect();
-    listed.sort_unstable();
-    let signed: Vec<&str> = plan.target.components.keys().map(String::as_str).collect();
-    (listed != signed).then_some("components")
+    // Each of the signed target's components listed once, and nothing else (no sort: a
+    // release has a handful, and a sort of names costs the C library kilobytes).
+    let listed = || {
+        plan.components
+            .iter()
+            .filter(|c| c.op != ComponentOp::Removed)
+    };
+    let signed = &plan.target.components;
+    let each_once = signed
+        .keys()
+        .all(|name| listed().filter(|c| c.name == *name).count() == 1);
+    (!each_once || listed().count() != signed.len()).then_some("components")
 }
 
 /// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
@@ -1537,7 +1540,6 @@ impl Updater {
     }
 
     /// Verifies `bytes` as `channel`'s manifest under `anchor`, against what `st` has seen.
-    #[inline(never)]
     fn verify_manifest(
         &self,
         st: &State,
@@ -1568,7 +1570,6 @@ impl Updater {
     /// server when `walk` is set or the trusted root has expired). Manifest keys other than
     /// those `st`'s freshness state was built under start it afresh (DESIGN §5.1 rule 7);
     /// `clock` is the host's, pulled up to the newest `issued` seen only after that.
-    #[inline(never)]
     fn anchor(&self, st: &mut State, clock: Timestamp, walk: bool) -> Result<Anchor> {
         let max = self.config.limits.max_metadata_bytes;
         let pinned_path = match &self.config.trust {
