@@ -2458,12 +2458,19 @@ impl Updater {
             // The floor rose when the primary was confirmed; going back under it by hand
             // would undo the anti-rollback protection it stands for.
             check_floor(&st, fallback, "a fallback")?;
-            // The app runs from the primary until it restarts, unless that is a trial the
-            // startup step never counted a start of (it never ran).
+            // The app runs from the primary until it restarts, unless that is a trial that
+            // never ran: one the startup step counted no start of, or, where the bootloader
+            // counts (the state's count says nothing then), one the slot that runs is not.
+            // Not knowing what runs, it may: no install may write it until the next start.
             let left = st.primary;
-            let never_ran = st
-                .trial
-                .is_some_and(|t| t.slot == left && t.tries > 0 && t.tries_left >= t.tries);
+            let never_ran = match self.with_selector(|s| Ok(s.counts_tries()))? {
+                true => self
+                    .with_selector(|s| s.booted())?
+                    .is_some_and(|b| b != left),
+                false => st
+                    .trial
+                    .is_some_and(|t| t.slot == left && t.tries > 0 && t.tries_left >= t.tries),
+            };
             if !never_ran {
                 st.left_running = Some(left);
             }

@@ -1046,6 +1046,33 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
     assert_eq!(dev.status()["slots"]["b"]["status"], "good");
 }
 
+/// A rollback from a trial on a host's selector that counts tries itself and cannot name
+/// the running slot: the release given up may still run until the next start, so no
+/// install writes its slot until then (the state's own count of starts says nothing here).
+#[test]
+fn a_rollback_on_a_counting_selector_that_cannot_name_the_running_slot_keeps_it_from_installs() {
+    let (setup, up) = with_host_selector("com.acme.unnamed-rollback", || Ok(None), false);
+    update_to(&up, "1.0.0");
+    up.startup().unwrap();
+    up.confirm().unwrap();
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    update_to(&up, "1.1.0");
+    let trial = up.state().unwrap().trial.unwrap().slot;
+    up.startup().unwrap();
+    assert_eq!(up.rollback().unwrap(), trial.other());
+    assert_eq!(up.state().unwrap().left_running, Some(trial));
+
+    publish_app(&setup.repo, &setup.src, "1.2.0", true);
+    let plan = offer(&up, "1.2.0");
+    up.download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    let err = up.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    // After the next start the slot is idle again.
+    up.startup().unwrap();
+    assert_eq!(up.install(&plan).unwrap(), trial);
+}
+
 /// An activation whose boot selector fails leaves the state as it was: the caller hears
 /// that nothing changed, and the next start does not take the release that never ran for
 /// one that failed its trial.
