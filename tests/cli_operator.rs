@@ -1089,21 +1089,28 @@ fn stepping_stones_are_what_devices_below_min_version_are_offered() {
     assert_eq!(promoted.status.code(), Some(0), "{}", stderr(&promoted));
 }
 
+/// A repo whose nightly has 1.0.0, 1.5.0 and 2.0.0, which devices below 1.5.0 reach only
+/// through the stepping stone 1.5.0 (2.0.0's `min_version`).
+fn repo_with_a_stepping_stone() -> tempfile::TempDir {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(dir, "1.0.0", &APP);
+    release_version(dir, "1.5.0", &APP);
+    release_version(
+        dir,
+        "2.0.0",
+        &[&APP[..], &["--min-version", "1.5.0"]].concat(),
+    );
+    tmp
+}
+
 /// Halting the only stepping stone goes through (it is how a broken stone is stopped), and
 /// every command that shows the channel names the devices it leaves offered nothing:
 /// a warning on stderr, `stranded` in the JSON, and `verify` too, until a stone ramps.
 #[test]
 fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices() {
-    let tmp = repo_with_app();
+    let tmp = repo_with_a_stepping_stone();
     let dir = tmp.path();
-    let app = APP;
-    release_version(dir, "1.0.0", &app);
-    release_version(dir, "1.5.0", &app);
-    release_version(
-        dir,
-        "2.0.0",
-        &[&app[..], &["--min-version", "1.5.0"]].concat(),
-    );
     let rollout = |percent: &str, json: bool| {
         let args = [
             "rollout",
@@ -1155,13 +1162,8 @@ fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices()
 /// does: a line and a warning in text, `channels` with `stranded` in the JSON.
 #[test]
 fn a_manifest_key_rotation_names_the_channels_it_resigns_and_the_stranded_devices() {
-    let tmp = repo_with_app();
+    let tmp = repo_with_a_stepping_stone();
     let dir = tmp.path();
-    let app = APP;
-    release_version(dir, "1.0.0", &app);
-    release_version(dir, "1.5.0", &app);
-    let min = [&app[..], &["--min-version", "1.5.0"]].concat();
-    release_version(dir, "2.0.0", &min);
     let halt = [
         "rollout",
         "repo",

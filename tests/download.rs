@@ -819,6 +819,18 @@ fn file_transport_refuses_a_fifo_without_waiting_for_a_writer() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
+/// `err` is the `io` error of a local copy of 400 bytes of a 1,000-byte blob, naming both
+/// sizes and no HTTP request.
+fn assert_short_copy(err: &evergreen::Error) {
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("expected the whole blob (1000 bytes), found a file of 400 bytes"),
+        "{message}"
+    );
+    assert!(!message.contains("GET"), "{message}");
+}
+
 /// A local blob file of another size than the signed one (a copy to a USB stick cut short)
 /// is an `io` error that says so; no GET or HTTP status was involved.
 #[test]
@@ -828,13 +840,7 @@ fn file_transport_short_blob_is_an_io_error_naming_both_sizes_and_the_next_base_
     let downloads = TempDir::new().unwrap();
     let f = fetcher(&[repo.path().display().to_string()], options());
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    let message = err.to_string();
-    assert!(
-        message.contains("expected the whole blob (1000 bytes), found a file of 400 bytes"),
-        "{message}"
-    );
-    assert!(!message.contains("GET"), "{message}");
+    assert_short_copy(&err);
 
     // A short copy ends its base only: the mirror after it serves the blob.
     let whole = Repo::new(1000);
@@ -859,13 +865,7 @@ fn a_copy_shorter_than_the_part_is_named_with_both_sizes() {
     let part = keep_first_half(downloads.path(), &repo);
     let f = fetcher(&[repo.path().display().to_string()], options());
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    let message = err.to_string();
-    assert!(
-        message.contains("expected the whole blob (1000 bytes), found a file of 400 bytes"),
-        "{message}"
-    );
-    assert!(!message.contains("GET"), "{message}");
+    assert_short_copy(&err);
     assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..500]);
 
     let server = TestServer::serve(repo.path());
