@@ -592,9 +592,12 @@ pub(crate) fn lock_contents_within(
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn try_lock_contents(file: &File, use_: Contents) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    // `flock64`: the kernel reads every OFD command's argument as one, and a 32-bit libc
+    // may pass it straight through (bionic; glibc before 2.28), where a 32-bit `flock`
+    // would be read past its end. All offsets zero reads the same either way.
     // SAFETY: a plain C struct, for which all zeroes is a valid value (and l_pid must be 0
     // for an open-file-description lock).
-    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    let mut range: libc::flock64 = unsafe { std::mem::zeroed() };
     // The whole file, however long it grows: start 0, length 0.
     range.l_whence = libc::SEEK_SET as _;
     range.l_type = match use_ {

@@ -250,6 +250,14 @@ impl Store {
     }
 }
 
+/// Whether `kind` says a base could not answer now (rather than what it answered).
+fn is_transient(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Network | ErrorKind::Timeout | ErrorKind::SlowRetrieval | ErrorKind::HttpStatus
+    )
+}
+
 /// A channel manifest that passed every rule, as fetched.
 struct FetchedManifest {
     verified: Verified<Manifest>,
@@ -1495,6 +1503,7 @@ impl Updater {
         // The chain is walked at the first copy served, once: it is the same for every base.
         let mut anchor: Option<Result<Anchor>> = None;
         let mut verified = None;
+        let mut refused: Option<(ErrorKind, String)> = None;
         let fetched = self.fetcher.metadata_checked(
             &path,
             etag,
@@ -1503,10 +1512,25 @@ impl Updater {
                 let anchor = anchor.get_or_insert_with(|| self.anchor(st, clock, true));
                 // Not this base's fault: ends the fetch, and is the answer below.
                 let Ok(anchor) = anchor else { return Ok(()) };
-                verified = Some(self.verify_manifest(st, channel, clock, anchor, bytes)?);
+                match self.verify_manifest(st, channel, clock, anchor, bytes) {
+                    Ok(v) => verified = Some(v),
+                    Err(e) => {
+                        refused.get_or_insert_with(|| (e.kind(), e.message().to_string()));
+                        return Err(e);
+                    }
+                }
                 Ok(())
             },
-        )?;
+        );
+        // A copy that was served and refused says more than a base that failed after it
+        // (a server's expired manifest, then a mirror out of reach): it is the answer.
+        let fetched = match (fetched, refused) {
+            (Err(e), Some((kind, message))) if is_transient(e.kind()) => {
+                let first = format!("the first copy served of {path} was refused: {message}");
+                return Err(Error::new(kind, first));
+            }
+            (fetched, _) => fetched?,
+        };
         if let Some(Err(e)) = anchor {
             return Err(e);
         }
@@ -2464,8 +2488,9 @@ impl Updater {
             // Not knowing what runs, it may: no install may write it until the next start.
             let left = st.primary;
             let never_ran = match self.with_selector(|s| Ok(s.counts_tries()))? {
+                // A selector that cannot tell (an error) does not know either.
                 true => self
-                    .with_selector(|s| s.booted())?
+                    .with_selector(|s| Ok(s.booted().unwrap_or(None)))?
                     .is_some_and(|b| b != left),
                 false => st
                     .trial

@@ -1073,6 +1073,34 @@ fn a_rollback_on_a_counting_selector_that_cannot_name_the_running_slot_keeps_it_
     assert_eq!(up.install(&plan).unwrap(), trial);
 }
 
+/// A counting selector that fails to name the running slot at the rollback does not know
+/// it either: the rollback goes through, and the slot given up is kept from installs.
+#[test]
+fn a_rollback_whose_selector_cannot_read_the_running_slot_still_rolls_back() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    static BROKEN: AtomicBool = AtomicBool::new(false);
+    let booted = || match BROKEN.load(SeqCst) {
+        true => Err(evergreen::Error::new(
+            evergreen::ErrorKind::Bootloader,
+            "the boot config cannot be read",
+        )),
+        false => Ok(None),
+    };
+    let (setup, up) = with_host_selector("com.acme.unreadable-rollback", booted, false);
+    update_to(&up, "1.0.0");
+    up.startup().unwrap();
+    up.confirm().unwrap();
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    update_to(&up, "1.1.0");
+    let trial = up.state().unwrap().trial.unwrap().slot;
+    up.startup().unwrap();
+    BROKEN.store(true, SeqCst);
+    let rolled_back = up.rollback();
+    BROKEN.store(false, SeqCst);
+    assert_eq!(rolled_back.unwrap(), trial.other());
+    assert_eq!(up.state().unwrap().left_running, Some(trial));
+}
+
 /// An activation whose boot selector fails leaves the state as it was: the caller hears
 /// that nothing changed, and the next start does not take the release that never ran for
 /// one that failed its trial.
@@ -1141,6 +1169,33 @@ fn a_mirrors_error_page_served_for_the_manifest_is_passed_over() {
     assert_eq!(check["version"], "1.0.0");
     assert_eq!(soft.requests("channels/stable.json").len(), 1);
     assert_eq!(good.requests("channels/stable.json").len(), 1);
+}
+
+/// A copy that was served and refused is the answer when no base serves one that passes,
+/// also when a base asked after it could not be reached: the check says what was wrong
+/// with the copy (here, no signature envelope at all), not that a mirror was down.
+#[test]
+fn a_refused_copy_outranks_a_mirror_out_of_reach() {
+    let repo = Repo::new("com.acme.refusedfirst");
+    let src = repo.scratch("src");
+    publish_app(&repo, &src, "1.0.0", true);
+    let server = TestServer::serve(&repo.root);
+    server.set_fault(
+        "channels/",
+        Fault::ErrorPage(b"<html>maintenance</html>".to_vec()),
+    );
+    let mut extra = fast();
+    extra["mirrors"] = serde_json::json!(["http://127.0.0.1:9/nothing-here"]);
+    let dev = repo.device("dev", &server.url(), extra);
+    let out = dev.run("check", &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(
+            "error[signature]: the first copy served of channels/stable.json was refused: "
+        ),
+        "{err}"
+    );
 }
 
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
