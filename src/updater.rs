@@ -250,14 +250,6 @@ impl Store {
     }
 }
 
-/// Whether `kind` says a base could not answer now (rather than what it answered).
-fn is_transient(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::Network | ErrorKind::Timeout | ErrorKind::SlowRetrieval | ErrorKind::HttpStatus
-    )
-}
-
 /// A channel manifest that passed every rule, as fetched.
 struct FetchedManifest {
     verified: Verified<Manifest>,
@@ -1503,7 +1495,6 @@ impl Updater {
         // The chain is walked at the first copy served, once: it is the same for every base.
         let mut anchor: Option<Result<Anchor>> = None;
         let mut verified = None;
-        let mut refused: Option<(ErrorKind, String)> = None;
         let fetched = self.fetcher.metadata_checked(
             &path,
             etag,
@@ -1512,25 +1503,10 @@ impl Updater {
                 let anchor = anchor.get_or_insert_with(|| self.anchor(st, clock, true));
                 // Not this base's fault: ends the fetch, and is the answer below.
                 let Ok(anchor) = anchor else { return Ok(()) };
-                match self.verify_manifest(st, channel, clock, anchor, bytes) {
-                    Ok(v) => verified = Some(v),
-                    Err(e) => {
-                        refused.get_or_insert_with(|| (e.kind(), e.message().to_string()));
-                        return Err(e);
-                    }
-                }
+                verified = Some(self.verify_manifest(st, channel, clock, anchor, bytes)?);
                 Ok(())
             },
-        );
-        // A copy that was served and refused says more than a base that failed after it
-        // (a server's expired manifest, then a mirror out of reach): it is the answer.
-        let fetched = match (fetched, refused) {
-            (Err(e), Some((kind, message))) if is_transient(e.kind()) => {
-                let first = format!("the first copy served of {path} was refused: {message}");
-                return Err(Error::new(kind, first));
-            }
-            (fetched, _) => fetched?,
-        };
+        )?;
         if let Some(Err(e)) = anchor {
             return Err(e);
         }

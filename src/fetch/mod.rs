@@ -296,7 +296,7 @@ impl Fetcher {
                     let bytes = self.read_capped(url, response, max_bytes)?;
                     check(&bytes).map_err(|e| Failure {
                         error: e.context(format!("GET {url}")),
-                        then: Then::NextBase,
+                        then: Then::Refused,
                         wait: Duration::ZERO,
                     })?;
                     Ok(Metadata::Fetched { etag, bytes })
@@ -444,6 +444,7 @@ impl Fetcher {
         // `not_found`, which would end the root walk at a stale mirror while the server,
         // failing, has the next root.
         let mut last_present = None;
+        let mut first_refused = None;
         // The longest wait (`Retry-After`) asked for in the round before by a base that
         // stays in the call.
         let mut asked = Duration::ZERO;
@@ -474,12 +475,15 @@ impl Fetcher {
                 }
                 match failure.then {
                     Then::Stop => return Err(ended(failure.error, stay_away)),
-                    Then::NextBase => *live = false,
+                    Then::NextBase | Then::Refused => *live = false,
                     Then::Retry => asked = asked.max(failure.wait),
                 }
                 if failure.error.kind() != ErrorKind::NotFound {
                     only_not_found = false;
-                    last_present = Some(failure.error);
+                    match failure.then {
+                        Then::Refused => first_refused = first_refused.or(Some(failure.error)),
+                        _ => last_present = Some(failure.error),
+                    }
                     continue;
                 }
                 if server_404_is_absent && Some(url) == urls.first() {
@@ -493,7 +497,8 @@ impl Fetcher {
                 break;
             }
         }
-        let error = match (last_present.or(last_absent), absent_on_server) {
+        let present = first_refused.or(last_present);
+        let error = match (present.or(last_absent), absent_on_server) {
             (Some(_), _) if only_not_found => Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -547,6 +552,11 @@ enum Then {
     Retry,
     /// This base cannot serve it; go on with the others.
     NextBase,
+    /// This base served a copy the caller refused (a document that does not verify): go
+    /// on with the others, and if none serves one that passes, the first such refusal is
+    /// the answer, ahead of any base that could not answer at all (a copy that was there
+    /// says more than a mirror that was down).
+    Refused,
     /// Give up at once (cancelled, local I/O, configuration).
     Stop,
 }
