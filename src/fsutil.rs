@@ -604,7 +604,7 @@ fn try_lock_contents(file: &File, use_: Contents) -> std::io::Result<()> {
         Contents::Read => libc::F_RDLCK,
         Contents::Write => libc::F_WRLCK,
     } as _;
-    // SAFETY: a valid descriptor, owned by `file`, and a valid `flock` for the whole call.
+    // SAFETY: a valid descriptor, owned by `file`, and a valid `flock64` for the whole call.
     match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &range) } {
         -1 => {
             let e = std::io::Error::last_os_error();

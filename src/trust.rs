@@ -403,6 +403,12 @@ pub fn seal(payload_type: &str, payload: &[u8], keys: &[&SecretKey]) -> Vec<u8> 
     bytes
 }
 
+/// Whether `bytes` are a DSSE envelope at all, read in place (the payload is not copied):
+/// for an error to tell a malformed document from a signature that does not verify.
+pub(crate) fn is_envelope(bytes: &[u8]) -> bool {
+    text::Envelope::parse(bytes).is_ok()
+}
+
 /// Decodes an envelope without verifying it: for tools that inspect or re-sign.
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
     text::Envelope::parse(bytes).map(|e| Envelope {

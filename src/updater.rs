@@ -295,7 +295,7 @@ fn changed_field(plan: &Offer) -> Option<&'static str> {
 /// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
 /// belongs (both are made by `evergreen keygen`).
 fn keys_hint(e: Error, anchor: &Anchor, envelope: &[u8]) -> Error {
-    let well_formed = || crate::trust::parse_envelope(envelope).is_ok();
+    let well_formed = || crate::trust::is_envelope(envelope);
     match anchor {
         Anchor::Keys(_) if e.kind() == ErrorKind::Signature && well_formed() => e.hint(
             "`trust.keys` must hold the public key the channel manifests are signed with, the manifest key's `.pub`, not the root key's",
@@ -2463,12 +2463,13 @@ impl Updater {
             // counts (the state's count says nothing then), one the slot that runs is not.
             // Not knowing what runs, it may: no install may write it until the next start.
             let left = st.primary;
-            let never_ran = match self.with_selector(|s| Ok(s.counts_tries()))? {
-                // A selector that cannot tell (an error) does not know either.
-                true => self
-                    .with_selector(|s| Ok(s.booted().unwrap_or(None)))?
-                    .is_some_and(|b| b != left),
-                false => st
+            // `Some(what runs)` where the bootloader counts; a selector that cannot tell (an
+            // error) does not know either.
+            let running =
+                self.with_selector(|s| Ok(s.counts_tries().then(|| s.booted().unwrap_or(None))))?;
+            let never_ran = match running {
+                Some(booted) => booted.is_some_and(|b| b != left),
+                None => st
                     .trial
                     .is_some_and(|t| t.slot == left && t.tries > 0 && t.tries_left >= t.tries),
             };

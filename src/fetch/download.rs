@@ -223,6 +223,19 @@ impl Target<'_> {
         }
     }
 
+    /// A local blob file (a directory or USB stick as the server) of another size than the
+    /// blob, `found` (a copy cut short): `io`, ending this base only, for the next base (a
+    /// mirror) may hold the whole blob.
+    fn local_copy_of_another_size(&self, url: &str, found: &str) -> Failure {
+        Failure::next_base(Error::new(
+            ErrorKind::Io,
+            format!(
+                "reading {url}: expected the whole blob ({} bytes), found a file of {found}",
+                self.spec.size
+            ),
+        ))
+    }
+
     /// A 416 to the request for the rest of the blob after the `kept` bytes of the `.part`:
     /// this base's copy ends there or before (a copy cut short), so it ends this base
     /// only. A local file is `io` naming both sizes, as a short one read whole is.
@@ -239,12 +252,7 @@ impl Target<'_> {
             |len| format!("{len} bytes"),
         );
         if !super::is_http(url) {
-            return Failure::next_base(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "reading {url}: expected the whole blob ({size} bytes), found a file of {copy}"
-                ),
-            ));
+            return self.local_copy_of_another_size(url, &copy);
         }
         Failure::next_base(Error::new(
             ErrorKind::HttpStatus,
@@ -265,10 +273,9 @@ impl Target<'_> {
             Some(len) if len > size => {
                 Err(too_large(url, size, &format!("{len} bytes declared")).into())
             }
-            Some(len) if len != size && !super::is_http(url) => Err(Failure::next_base(Error::new(
-                ErrorKind::Io,
-                format!("reading {url}: expected the whole blob ({size} bytes), found a file of {len} bytes"),
-            ))),
+            Some(len) if len != size && !super::is_http(url) => {
+                Err(self.local_copy_of_another_size(url, &format!("{len} bytes")))
+            }
             Some(len) if len < size => Err(Error::new(
                 ErrorKind::HttpStatus,
                 format!(
