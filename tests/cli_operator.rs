@@ -1104,6 +1104,30 @@ fn repo_with_a_stepping_stone() -> tempfile::TempDir {
     tmp
 }
 
+/// `rollout` of the stepping stone 1.5.0 on nightly (see [`repo_with_a_stepping_stone`])
+/// to `percent`, with `--json` when `json`.
+fn roll_out_the_stone(dir: &Path, percent: &str, json: bool) -> std::process::Output {
+    let args = [
+        "rollout",
+        "repo",
+        "--channel",
+        "nightly",
+        "--version",
+        "1.5.0",
+        "--percent",
+        percent,
+        "--sign",
+        "release",
+    ];
+    evergreen_json_or_not(dir, json, &args)
+}
+
+/// `evergreen args` in `dir`, with `--json` first when `json`.
+fn evergreen_json_or_not(dir: &Path, json: bool, args: &[&str]) -> std::process::Output {
+    let json_flag: &[&str] = if json { &["--json"] } else { &[] };
+    evergreen(dir, &[json_flag, args].concat())
+}
+
 /// Halting the only stepping stone goes through (it is how a broken stone is stopped), and
 /// every command that shows the channel names the devices it leaves offered nothing:
 /// a warning on stderr, `stranded` in the JSON, and `verify` too, until a stone ramps.
@@ -1111,22 +1135,7 @@ fn repo_with_a_stepping_stone() -> tempfile::TempDir {
 fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices() {
     let tmp = repo_with_a_stepping_stone();
     let dir = tmp.path();
-    let rollout = |percent: &str, json: bool| {
-        let args = [
-            "rollout",
-            "repo",
-            "--channel",
-            "nightly",
-            "--version",
-            "1.5.0",
-            "--percent",
-            percent,
-            "--sign",
-            "release",
-        ];
-        let json_flag: &[&str] = if json { &["--json"] } else { &[] };
-        evergreen(dir, &[json_flag, &args[..]].concat())
-    };
+    let rollout = |percent: &str, json: bool| roll_out_the_stone(dir, percent, json);
     let verify = || -> serde_json::Value {
         serde_json::from_str(&ok(dir, &["--json", "verify", "repo"])).unwrap()
     };
@@ -1164,19 +1173,8 @@ fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices()
 fn a_manifest_key_rotation_names_the_channels_it_resigns_and_the_stranded_devices() {
     let tmp = repo_with_a_stepping_stone();
     let dir = tmp.path();
-    let halt = [
-        "rollout",
-        "repo",
-        "--channel",
-        "nightly",
-        "--version",
-        "1.5.0",
-        "--percent",
-        "0",
-        "--sign",
-        "release",
-    ];
-    ok(dir, &halt);
+    let halted = roll_out_the_stone(dir, "0", false);
+    assert_eq!(halted.status.code(), Some(0), "{}", stderr(&halted));
     keygen(dir, "release2");
     keygen(dir, "release3");
     let rotate = |key: &str, json: bool| {
@@ -1191,8 +1189,7 @@ fn a_manifest_key_rotation_names_the_channels_it_resigns_and_the_stranded_device
             "--sign",
             key,
         ];
-        let json_flag: &[&str] = if json { &["--json"] } else { &[] };
-        evergreen(dir, &[json_flag, &args[..]].concat())
+        evergreen_json_or_not(dir, json, &args)
     };
     let warning = "warning: channel nightly offers nothing to x86_64-linux devices running 1.0.0: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one\n";
 

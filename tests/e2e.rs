@@ -86,6 +86,22 @@ fn publish_app(repo: &Repo, src: &Path, version: &str, healthy: bool) {
     repo.release("stable", version, "x86_64-linux", &[("app", &zip)], &[]);
 }
 
+/// A repository of `product` offering a healthy 1.0.0 on stable, not yet served, and
+/// its sources' directory.
+fn repo_with_1_0_0(product: &str) -> (Repo, PathBuf) {
+    let repo = Repo::new(product);
+    let src = repo.scratch("src");
+    publish_app(&repo, &src, "1.0.0", true);
+    (repo, src)
+}
+
+/// [`fast`] with `mirrors` (a JSON array of bases) after the server.
+fn with_mirrors(mirrors: serde_json::Value) -> serde_json::Value {
+    let mut extra = fast();
+    extra["mirrors"] = mirrors;
+    extra
+}
+
 /// A setup whose repository offers a healthy 1.0.0.
 fn setup_with_1_0_0(product: &str) -> Setup {
     let setup = setup(product);
@@ -1129,15 +1145,15 @@ fn an_activation_the_selector_fails_changes_nothing() {
 /// does not verify, and the server's 404 ends the walk.
 #[test]
 fn a_mirrors_error_page_served_with_200_does_not_fail_the_root_walk() {
-    let repo = Repo::new("com.acme.softmirror");
-    let src = repo.scratch("src");
-    publish_app(&repo, &src, "1.0.0", true);
+    let (repo, _) = repo_with_1_0_0("com.acme.softmirror");
     let server = TestServer::serve(&repo.root);
     let mirror = TestServer::serve(&repo.scratch("mirror"));
     mirror.set_fault("", Fault::ErrorPage(b"<html>Not found</html>".to_vec()));
-    let mut extra = fast();
-    extra["mirrors"] = serde_json::json!([mirror.url()]);
-    let dev = repo.device("dev", &server.url(), extra);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        with_mirrors(serde_json::json!([mirror.url()])),
+    );
 
     let check = check_json(&dev, 10);
     assert_eq!(check["version"], "1.0.0");
@@ -1153,17 +1169,17 @@ fn a_mirrors_error_page_served_with_200_does_not_fail_the_root_walk() {
 /// next mirror, which has the channel, rather than ending the check.
 #[test]
 fn a_mirrors_error_page_served_for_the_manifest_is_passed_over() {
-    let repo = Repo::new("com.acme.softmanifest");
-    let src = repo.scratch("src");
-    publish_app(&repo, &src, "1.0.0", true);
+    let (repo, _) = repo_with_1_0_0("com.acme.softmanifest");
     let server = TestServer::serve(&repo.root);
     server.set_fault_times("channels/", Fault::Status(503), 1);
     let soft = TestServer::serve(&repo.scratch("soft"));
     soft.set_fault("", Fault::ErrorPage(b"<html>Not found</html>".to_vec()));
     let good = TestServer::serve(&repo.root);
-    let mut extra = fast();
-    extra["mirrors"] = serde_json::json!([soft.url(), good.url()]);
-    let dev = repo.device("dev", &server.url(), extra);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        with_mirrors(serde_json::json!([soft.url(), good.url()])),
+    );
 
     let check = check_json(&dev, 10);
     assert_eq!(check["version"], "1.0.0");
@@ -1176,17 +1192,17 @@ fn a_mirrors_error_page_served_for_the_manifest_is_passed_over() {
 /// with the copy (here, no signature envelope at all), not that a mirror was down.
 #[test]
 fn a_refused_copy_outranks_a_mirror_out_of_reach() {
-    let repo = Repo::new("com.acme.refusedfirst");
-    let src = repo.scratch("src");
-    publish_app(&repo, &src, "1.0.0", true);
+    let (repo, _) = repo_with_1_0_0("com.acme.refusedfirst");
     let server = TestServer::serve(&repo.root);
     server.set_fault(
         "channels/",
         Fault::ErrorPage(b"<html>maintenance</html>".to_vec()),
     );
-    let mut extra = fast();
-    extra["mirrors"] = serde_json::json!(["http://127.0.0.1:9/nothing-here"]);
-    let dev = repo.device("dev", &server.url(), extra);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        with_mirrors(serde_json::json!(["http://127.0.0.1:9/nothing-here"])),
+    );
     let out = dev.run("check", &[]);
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -1202,18 +1218,18 @@ fn a_refused_copy_outranks_a_mirror_out_of_reach() {
 /// rollback attack.
 #[test]
 fn a_lagging_mirror_is_passed_over_for_the_next_base() {
-    let repo = Repo::new("com.acme.lagging");
-    let src = repo.scratch("src");
-    publish_app(&repo, &src, "1.0.0", true);
+    let (repo, src) = repo_with_1_0_0("com.acme.lagging");
     let older = std::fs::read(repo.root.join("channels/stable.json")).unwrap();
     publish_app(&repo, &src, "1.1.0", true);
     let server = TestServer::serve(&repo.root);
     let lagging = TestServer::serve(&repo.root);
     lagging.set_fault("channels/stable.json", Fault::Replace(older));
     let good = TestServer::serve(&repo.root);
-    let mut extra = fast();
-    extra["mirrors"] = serde_json::json!([lagging.url(), good.url()]);
-    let dev = repo.device("dev", &server.url(), extra);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        with_mirrors(serde_json::json!([lagging.url(), good.url()])),
+    );
     assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
 
     server.set_fault_times("channels/", Fault::Status(503), 1);
@@ -1227,9 +1243,7 @@ fn a_lagging_mirror_is_passed_over_for_the_next_base() {
 /// until the channel is signed again.
 #[test]
 fn a_damaged_cached_manifest_is_fetched_again() {
-    let repo = Repo::new("com.acme.damagedcache");
-    let src = repo.scratch("src");
-    publish_app(&repo, &src, "1.0.0", true);
+    let (repo, _) = repo_with_1_0_0("com.acme.damagedcache");
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), fast());
     check_json(&dev, 10);
