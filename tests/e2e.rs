@@ -1213,6 +1213,29 @@ fn a_refused_copy_outranks_a_mirror_out_of_reach() {
     assert!(err.starts_with(&copy), "{err}");
 }
 
+/// The root walk ranks a refused copy the same way: the server's `root/2.json` that is no
+/// signed root at all, then a mirror out of reach, ends the check with what was wrong with
+/// the root it was served, not with the mirror's network error.
+#[test]
+fn a_refused_root_outranks_a_mirror_out_of_reach() {
+    let (repo, _) = repo_with_1_0_0("com.acme.refusedroot");
+    let server = TestServer::serve(&repo.root);
+    server.set_fault(
+        "root/2.json",
+        Fault::ErrorPage(b"<html>maintenance</html>".to_vec()),
+    );
+    let mirrors = serde_json::json!(["http://127.0.0.1:9/nothing-here"]);
+    let dev = repo.device("dev", &server.url(), with_mirrors(mirrors));
+    let out = dev.run("check", &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let root = format!("GET {}/root/2.json: ", server.url());
+    assert!(
+        err.starts_with("error[signature]: ") && err.contains(&root),
+        "{err}"
+    );
+}
+
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
 /// over for the next base, which has the current one, instead of failing the check as a
 /// rollback attack.
