@@ -705,13 +705,30 @@ enum evg_status evg_updater_new_with_hooks(const char *config_json, const struct
 void evg_updater_free(struct evg_updater *updater);
 
 /**
- * The startup step: call it early on every start. Counts a start of a slot on trial and
- * rolls back once its tries are used up (see `evg_startup_result`).
+ * The startup step: call it early on every start, from inside the app. Counts a start of
+ * a slot on trial and rolls back once its tries are used up (see `evg_startup_result`).
+ * A launcher, which runs the step and then starts what the selector names, calls
+ * `evg_startup_for_launcher` instead.
  *
  * # Safety
  * `updater` is NULL or a live handle; `out` is NULL or writable.
  */
 enum evg_status evg_startup(struct evg_updater *updater, struct evg_startup_result *out);
+
+/**
+ * The startup step for a launcher: a process that runs the step and then starts the slot
+ * the selector names (`<root>/current/…` for directory slots). After a power cut between
+ * an activation's commit and its switch of the selector, the step points the selector at
+ * the trial slot; this variant then counts the start the launcher is about to make as the
+ * trial's, as `evergreen boot` does. `evg_startup` counts it as the old slot's, right for
+ * a host that runs the step inside the app already started: called from a launcher, the
+ * release on trial would run a start it was never counted, and its `evg_confirm` would be
+ * refused.
+ *
+ * # Safety
+ * `updater` is NULL or a live handle; `out` is NULL or writable.
+ */
+enum evg_status evg_startup_for_launcher(struct evg_updater *updater, struct evg_startup_result *out);
 
 /**
  * Checks the device's channel for an update. On success `*out` is the offer (owned by the

@@ -299,13 +299,15 @@ public:
         events_ = std::move(next);
     }
 
-    /// The startup step: call it early on every start.
-    Startup startup() {
-        evg_startup_result r{};
-        detail::check(evg_startup(get(), &r));
-        return Startup{static_cast<Startup::Kind>(r.kind), static_cast<Slot>(r.slot), r.tries_left,
-                       static_cast<Slot>(r.rolled_back_from)};
-    }
+    /// The startup step: call it early on every start, from inside the app. A launcher
+    /// calls startup_for_launcher instead.
+    Startup startup() { return startup_with(evg_startup); }
+
+    /// The startup step for a launcher, which runs the step and then starts what the
+    /// selector names (`<root>/current/...` for dir slots): after a power cut between an
+    /// activation's commit and its switch, it counts the start about to be made as the
+    /// trial's (see evg_startup_for_launcher).
+    Startup startup_for_launcher() { return startup_with(evg_startup_for_launcher); }
 
     /// The update for this device, or nothing when up to date.
     std::optional<Offer> check() { return check({}, {}); }
@@ -386,6 +388,13 @@ public:
     }
 
 private:
+    Startup startup_with(evg_status (*step)(evg_updater *, evg_startup_result *)) {
+        evg_startup_result r{};
+        detail::check(step(get(), &r));
+        return Startup{static_cast<Startup::Kind>(r.kind), static_cast<Slot>(r.slot), r.tries_left,
+                       static_cast<Slot>(r.rolled_back_from)};
+    }
+
     // Declared before updater_ so that it is destroyed after it: no event may reach a
     // freed handler while evg_updater_free runs.
     std::unique_ptr<detail::HandlerCell> events_;

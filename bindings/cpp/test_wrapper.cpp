@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -253,6 +254,47 @@ void rollback_returns_to_the_confirmed_slot() {
     EXPECT(contains(status, "\"" + bad + "\":{\"status\":\"bad\""));
 }
 
+// The power goes after an activation commits its trial and before `current` names the
+// trial slot. A launcher runs the step, then starts what `current` names: the step for a
+// launcher repairs the switch and counts this start as the trial's (startup() would count
+// it as the old slot's, and the trial's confirm would be refused).
+void a_launcher_counts_the_trial_after_an_activation_cut_short() {
+    Repo repo("launcher");
+    repo.release("1.0.0", noise(100 * 1024, 4));
+    Device dev("launcher", repo, repo);
+    const std::filesystem::path current = dev.base + "/app/current";
+    evergreen::Slot trial_slot = evergreen::Slot::none;
+    std::filesystem::path old, trial;
+    {
+        evergreen::Updater updater(dev.config);
+        auto first = updater.check();
+        updater.download(*first);
+        updater.install(*first);
+        updater.activate();
+        EXPECT(updater.startup_for_launcher().kind == evergreen::Startup::Kind::trial);
+        updater.confirm();
+        old = std::filesystem::read_symlink(current);
+
+        repo.release("1.1.0", noise(100 * 1024, 5));
+        auto second = updater.check();
+        updater.download(*second);
+        updater.install(*second);
+        trial_slot = updater.activate().slot;
+        trial = std::filesystem::read_symlink(current);
+        EXPECT(trial != old);
+    }
+    std::filesystem::remove(current);
+    std::filesystem::create_directory_symlink(old, current);
+
+    evergreen::Updater updater(dev.config);
+    const auto started = updater.startup_for_launcher();
+    EXPECT(started.kind == evergreen::Startup::Kind::trial);
+    EXPECT(started.slot == trial_slot);
+    EXPECT_EQ(started.tries_left, 2u);
+    EXPECT(std::filesystem::read_symlink(current) == trial);
+    updater.confirm();
+}
+
 void bad_config_is_a_config_error() {
     for (const char *config : {"{not json", "{}", "{\"product\": 5}", ""}) {
         try {
@@ -477,6 +519,8 @@ int main(int argc, char **argv) {
     const std::pair<const char *, void (*)()> tests[] = {
         {"full_update_with_trial_and_confirm", full_update_with_trial_and_confirm},
         {"rollback_returns_to_the_confirmed_slot", rollback_returns_to_the_confirmed_slot},
+        {"a_launcher_counts_the_trial_after_an_activation_cut_short",
+         a_launcher_counts_the_trial_after_an_activation_cut_short},
         {"bad_config_is_a_config_error", bad_config_is_a_config_error},
         {"a_nul_inside_an_argument_is_a_config_error", a_nul_inside_an_argument_is_a_config_error},
         {"untrusted_signer_is_a_signature_error", untrusted_signer_is_a_signature_error},

@@ -1,12 +1,14 @@
 /*
  * test_ffi: the C ABI's contract, tested from C (run under valgrind by run.sh).
  *
- *   test_ffi BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json
+ *   test_ffi BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json \
+ *            LAUNCHER_CONFIG.json
  *
  * BAD_SIGNATURE_CONFIG trusts a key that did not sign the repository. HOOKS_CONFIG and
  * POWER_CUT_CONFIG (two devices) have a plain directory as their server and dir slots;
  * this program serves it through its own transport (stdio) and boots through its own
- * selectors, as firmware would.
+ * selectors, as firmware would. LAUNCHER_CONFIG (a device of its own) is read through the
+ * library's own file transport and `current` symlink.
  * Needs a library built with the fault-injection feature (for evg_debug_panic).
  */
 #define _POSIX_C_SOURCE 200809L /* pthreads and clock_gettime under -std=c99 */
@@ -803,6 +805,74 @@ out:
     evg_updater_free(up);
 }
 
+/* Where `current` points, relative to the slots' root ("slots/a"), or "" when unreadable. */
+static void read_current(const char *current, char *out, size_t size) {
+    ssize_t n = readlink(current, out, size - 1);
+    out[n > 0 ? (size_t)n : 0] = '\0';
+}
+
+/* The power goes after an activation commits its trial and before it points `current` at
+   the trial slot: the restart starts the old slot's launcher. A launcher runs the step and
+   then starts what `current` names; evg_startup_for_launcher repairs the switch and counts
+   this start as the trial's, so the release on trial confirms itself on its first start.
+   (evg_startup would count it as the old slot's: EVG_STARTUP_NORMAL, and the trial's
+   evg_confirm refused.) LAUNCHER_CONFIG has dir slots under app/ beside it. */
+static void test_launcher_after_an_activation_cut_short(const char *config_path) {
+    char *config = read_file(config_path);
+    char current[4096], old[256], trial[256], now[256];
+    const char *slash = strrchr(config_path, '/');
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL;
+    evg_activation act;
+    evg_startup_result start;
+
+    CHECK(config != NULL && slash != NULL);
+    if (!config || !slash) goto out;
+    snprintf(current, sizeof current, "%.*s/app/current", (int)(slash - config_path),
+             config_path);
+    CHECK_STATUS(evg_updater_new(config, &up), EVG_OK);
+    if (!up) goto out;
+    CHECK_STATUS(evg_check_version(up, NULL, "1.0.0", &offer), EVG_OK);
+    if (!offer) goto out;
+    CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_OK);
+    CHECK_STATUS(evg_install(up, offer), EVG_OK);
+    CHECK_STATUS(evg_activate(up, 1, &act), EVG_OK);
+    CHECK_STATUS(evg_startup_for_launcher(up, &start), EVG_OK);
+    CHECK(start.kind == EVG_STARTUP_TRIAL);
+    CHECK_STATUS(evg_confirm(up), EVG_OK);
+    evg_offer_free(offer);
+    offer = NULL;
+    read_current(current, old, sizeof old);
+
+    CHECK_STATUS(evg_check(up, &offer), EVG_OK);
+    if (!offer) goto out;
+    CHECK(strcmp(evg_offer_version(offer), "1.1.0") == 0);
+    CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_OK);
+    CHECK_STATUS(evg_install(up, offer), EVG_OK);
+    CHECK_STATUS(evg_activate(up, 1, &act), EVG_OK);
+    read_current(current, trial, sizeof trial);
+    CHECK(old[0] != '\0' && trial[0] != '\0' && strcmp(old, trial) != 0);
+    evg_updater_free(up); /* the process is gone ... */
+    up = NULL;
+    /* ... before `current` reached the disk */
+    CHECK(unlink(current) == 0 && symlink(old, current) == 0);
+
+    CHECK_STATUS(evg_updater_new(config, &up), EVG_OK);
+    if (!up) goto out;
+    CHECK_STATUS(evg_startup_for_launcher(up, &start), EVG_OK);
+    CHECK(start.kind == EVG_STARTUP_TRIAL && start.slot == act.slot && start.tries_left == 2);
+    read_current(current, now, sizeof now);
+    CHECK(strcmp(now, trial) == 0); /* what the launcher starts next */
+    CHECK_STATUS(evg_confirm(up), EVG_OK);
+    CHECK_STATUS(evg_startup_for_launcher(NULL, &start), EVG_CONFIG);
+    CHECK_STATUS(evg_startup_for_launcher(up, NULL), EVG_CONFIG);
+
+out:
+    free(config);
+    evg_offer_free(offer);
+    evg_updater_free(up);
+}
+
 static void test_panic(void) {
     CHECK_STATUS(evg_debug_panic("deliberate panic"), EVG_PANIC);
     CHECK(contains(evg_last_error_message(), "deliberate panic"));
@@ -838,8 +908,10 @@ static void test_calls_at_exit(const char *config_path) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json\n",
+    if (argc != 5) {
+        fprintf(stderr,
+                "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json "
+                "LAUNCHER_CONFIG.json\n",
                 argv[0]);
         return 2;
     }
@@ -849,6 +921,7 @@ int main(int argc, char **argv) {
     test_bad_signature(argv[1]);
     test_update_through_hooks(argv[2]);
     test_power_cut_before_the_bootloader_learns(argv[3]);
+    test_launcher_after_an_activation_cut_short(argv[4]);
     test_panic();
     test_calls_at_exit(argv[1]);
     if (failures) {

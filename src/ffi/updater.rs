@@ -100,7 +100,7 @@ pub unsafe extern "C" fn evg_updater_new_with_hooks(
 /// # Safety
 /// As for `evg_updater_new_with_hooks`.
 unsafe fn new_updater(
-    name: &'static str,
+    name: &str,
     config_json: *const c_char,
     hooks: *const evg_hooks,
     out: *mut *mut evg_updater,
@@ -189,8 +189,10 @@ impl From<Startup> for evg_startup_result {
     }
 }
 
-/// The startup step: call it early on every start. Counts a start of a slot on trial and
-/// rolls back once its tries are used up (see `evg_startup_result`).
+/// The startup step: call it early on every start, from inside the app. Counts a start of
+/// a slot on trial and rolls back once its tries are used up (see `evg_startup_result`).
+/// A launcher, which runs the step and then starts what the selector names, calls
+/// `evg_startup_for_launcher` instead.
 ///
 /// # Safety
 /// `updater` is NULL or a live handle; `out` is NULL or writable.
@@ -199,10 +201,49 @@ pub unsafe extern "C" fn evg_startup(
     updater: *mut evg_updater,
     out: *mut evg_startup_result,
 ) -> evg_status {
-    guard("evg_startup", || {
+    unsafe { startup_with(updater, out, "evg_startup", Updater::startup) }
+}
+
+/// The startup step for a launcher: a process that runs the step and then starts the slot
+/// the selector names (`<root>/current/…` for directory slots). After a power cut between
+/// an activation's commit and its switch of the selector, the step points the selector at
+/// the trial slot; this variant then counts the start the launcher is about to make as the
+/// trial's, as `evergreen boot` does. `evg_startup` counts it as the old slot's, right for
+/// a host that runs the step inside the app already started: called from a launcher, the
+/// release on trial would run a start it was never counted, and its `evg_confirm` would be
+/// refused.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_startup_for_launcher(
+    updater: *mut evg_updater,
+    out: *mut evg_startup_result,
+) -> evg_status {
+    unsafe {
+        startup_with(
+            updater,
+            out,
+            "evg_startup_for_launcher",
+            Updater::startup_for_launcher,
+        )
+    }
+}
+
+/// `step` on the updater behind `updater`, its outcome written to `out`.
+///
+/// # Safety
+/// As for `evg_startup`.
+unsafe fn startup_with(
+    updater: *mut evg_updater,
+    out: *mut evg_startup_result,
+    name: &str,
+    step: fn(&Updater) -> Result<Startup>,
+) -> evg_status {
+    guard(name, || {
         let u = unsafe { lease(updater, "updater")? };
         let out = out_arg(out, "out")?;
-        let result = u.updater.startup()?;
+        let result = step(&u.updater)?;
         write_out(out, result.into());
         Ok(())
     })

@@ -465,10 +465,22 @@ class Updater:
         self._callbacks.append(c_fn)
 
     def startup(self) -> Startup:
-        """The startup step: call it early on every start (trial bookkeeping, rollback)."""
+        """The startup step: call it early on every start of the app, from inside the app
+        (trial bookkeeping, rollback). A launcher calls `startup_for_launcher()`."""
+        return self._startup(_lib.evg_startup)
+
+    def startup_for_launcher(self) -> Startup:
+        """The startup step for a launcher: a process that runs the step and then starts
+        what the selector names (`<root>/current/...` for dir slots). After a power cut
+        between an activation's commit and its switch of `current`, the step points
+        `current` at the trial slot and counts the start the launcher is about to make as
+        the trial's; `startup()` would count it as the old slot's."""
+        return self._startup(_lib.evg_startup_for_launcher)
+
+    def _startup(self, step) -> Startup:
         r = _ffi.evg_startup_result()
         with self._h.use() as h:
-            check(_lib.evg_startup(h, ctypes.byref(r)))
+            check(step(h, ctypes.byref(r)))
         return Startup(
             kind=_STARTUP.get(r.kind, "unknown"),
             slot=_SLOTS.get(r.slot),

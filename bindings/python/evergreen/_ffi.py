@@ -82,6 +82,7 @@ _PROTOTYPES = {
     "evg_updater_free": (None, [_U]),
     "evg_set_event_callback": (_S, [_U, EVENT_CB, ctypes.c_void_p]),
     "evg_startup": (_S, [_U, ctypes.POINTER(evg_startup_result)]),
+    "evg_startup_for_launcher": (_S, [_U, ctypes.POINTER(evg_startup_result)]),
     "evg_check_version": (_S, [_U, _STR, _STR, ctypes.POINTER(_O)]),
     "evg_download": (_S, [_U, _O, PROGRESS_CB, ctypes.c_void_p]),
     "evg_install": (_S, [_U, _O]),

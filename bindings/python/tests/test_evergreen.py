@@ -791,6 +791,42 @@ def test_closing_the_updater_during_a_reinstall_stops_it_before_the_install(worl
         assert fresh.status()["slots"][other]["version"] == "1.0.0"
 
 
+def test_a_launcher_counts_the_trial_after_an_activation_cut_short(world) -> None:
+    """The power goes after an activation commits its trial and before `current` names the
+    trial slot. A launcher runs the step, then starts what `current` names: its step repairs
+    the switch and counts this start as the trial's (`startup()` would count it as the old
+    slot's, and the trial's confirm would be refused)."""
+    repo, src, settings, config = world
+    current = Path(config["slots"]["root"]) / "current"
+    with evergreen.Updater(config) as updater:
+        first = updater.check()
+        assert first is not None
+        updater.download(first)
+        updater.install(first)
+        updater.activate()
+        assert updater.startup_for_launcher().kind == "trial"
+        updater.confirm()
+        old = os.readlink(current)
+        repo.release("1.1.0", {"app": app_zip(src, "1.1.0"), "settings": settings})
+        second = updater.check()
+        assert second is not None
+        updater.download(second)
+        updater.install(second)
+        trial_slot = updater.activate().slot
+        trial = os.readlink(current)
+        assert trial != old
+        first.close()
+        second.close()
+    current.unlink()
+    os.symlink(old, current)
+
+    with evergreen.Updater(config) as updater:
+        started = updater.startup_for_launcher()
+        assert (started.kind, started.slot, started.tries_left) == ("trial", trial_slot, 2)
+        assert os.readlink(current) == trial
+        updater.confirm()
+
+
 def test_rollback_with_no_good_fallback_is_invalid_state(world) -> None:
     _, _, _, config = world
     with evergreen.Updater(config) as updater:
