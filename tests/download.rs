@@ -314,6 +314,30 @@ fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
     }
 }
 
+/// A 200 sent chunked that agrees with the kept bytes and then ends is, as far as anything
+/// shows, the blob cut short on its way: a `network` error, retried on the same server,
+/// and the kept bytes stay.
+#[test]
+fn a_chunked_200_that_ends_inside_the_kept_bytes_is_retried_and_keeps_them() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let short = repo.blob[..SIZE / 4].to_vec();
+    server.set_fault(&repo.blob_path(), Fault::ChunkedErrorPage(short));
+    let downloads = TempDir::new().unwrap();
+    let part = keep_first_half(downloads.path(), &repo);
+    let f = fetcher(&[server.url()], retrying(2));
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    let expected = format!(
+        "expected {SIZE} bytes, found the body ended after {}",
+        SIZE / 4
+    );
+    assert!(err.message().contains(&expected), "{err}");
+    assert_eq!(statuses(&server, &repo), [200, 200, 200], "retried");
+    assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..SIZE / 2]);
+}
+
 /// A server that ignores `Range` and sends its body chunked serves the blob whatever the
 /// kept bytes hold: kept bytes it confirms are continued after, and kept bytes that
 /// differ are replaced once its body has shown it is longer than they are (garbage
