@@ -210,8 +210,16 @@ pub struct VerifyReport {
     pub channels: Vec<ChannelSummary>,
     /// Temp files in the repository: those of a command interrupted (killed, crashed) that
     /// the next change removes, or of a change under way. They are no part of the
-    /// repository, and not to be uploaded.
+    /// repository, and not to be uploaded. (In JSON as text, lossy where a path is not
+    /// UTF-8.)
+    #[serde(serialize_with = "paths_as_text")]
     pub stray_temps: Vec<PathBuf>,
+}
+
+/// `paths` as JSON strings, each exact when UTF-8 and lossy when not: a report must not
+/// fail to print over a directory's name.
+fn paths_as_text<S: serde::Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
 
 /// One verified channel.

@@ -742,6 +742,54 @@ fn a_closed_stdout_neither_stops_the_work_nor_panics() {
     assert!(dir.path().join("repo/root/1.json").is_file());
 }
 
+/// `evergreen verify … --json > report.json` on a full disk: the report is lost, so the
+/// command fails with `io` once its work is done, instead of exiting 0 over an empty file.
+#[test]
+fn output_that_cannot_be_written_is_an_io_error_after_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let child = command_at(dir.path(), NOW)
+        .args(["keygen", "--out", "lost", "--json"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = require::finish_within(child, LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error[io]: expected the command's output written to standard output, found: No space left on device"),
+        "{err}"
+    );
+    assert!(err.contains("(the command itself finished)"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(dir.path().join("lost").is_file() && dir.path().join("lost.pub").is_file());
+}
+
+/// A path that is not UTF-8 is printed lossily in `--json` output: the command's work is
+/// done and reported, never ended by a panic after the files were written.
+#[test]
+fn a_path_that_is_not_utf8_is_printed_lossily_in_json() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"key\xff");
+    let out = command_at(dir.path(), NOW)
+        .arg("keygen")
+        .arg("--out")
+        .arg(name)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["secret_key_file"], "key\u{fffd}");
+    assert_eq!(v["public_key_file"], "key\u{fffd}.pub");
+    assert!(dir.path().join(name).is_file());
+}
+
 #[test]
 fn keygen_refuses_to_name_a_secret_key_file_pub() {
     let dir = tempfile::tempdir().unwrap();

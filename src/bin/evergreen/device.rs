@@ -2,6 +2,7 @@
 //! `reinstall`, `channel`, `activate`, `skip`. They read `--config FILE` (the library's
 //! JSON config) and print JSON with `--json`.
 
+use crate::path_text;
 use clap::{Args, Subcommand};
 use evergreen::config::{SelectorConfig, SlotsConfig};
 use evergreen::slots::grub::GrubEnv;
@@ -547,7 +548,7 @@ pub fn provision(config: &Path, json: bool) -> Result<i32> {
         }
     };
     if json {
-        print_json(&json!({"status": "provisioned", "selector": kind, "path": path}));
+        print_json(&json!({"status": "provisioned", "selector": kind, "path": path_text(&path)}));
     } else {
         out!("{kind} environment ready: {}", path.display());
     }

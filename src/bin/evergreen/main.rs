@@ -5,14 +5,14 @@
 //! prints exactly one line, `error[<kind>]: <message>`, on stderr, where `<kind>` is the
 //! stable error name; Ctrl-C and SIGTERM are the failure `cancelled` ([`interrupt`]).
 
-/// Prints a line on stdout. A closed stdout (`evergreen init … | head -1`) must not stop
-/// the work a command is doing halfway, nor panic: a failed write is dropped, and the exit
-/// code still tells the outcome.
+/// Prints a line on stdout. A failed write must not stop the work a command is doing
+/// halfway, nor panic: a closed stdout (`evergreen init … | head -1`) is dropped, and any
+/// other failure (a full disk under `> report.json`) is the command's `io` error once its
+/// work is done ([`lost_output`]), so that a script never takes lost output for success.
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::write_line(format_args!($($arg)*))
+    };
 }
 
 mod device;
@@ -20,7 +20,7 @@ mod interrupt;
 mod operator;
 
 use clap::{Parser, Subcommand};
-use evergreen::{Error, Result, Timestamp};
+use evergreen::{Error, ErrorKind, Result, Timestamp};
 use std::process::ExitCode;
 
 /// Evergreen: signed update channels, staged rollouts and A/B slots.
@@ -70,13 +70,42 @@ fn main() -> ExitCode {
             interrupt::Kept::Received,
         ),
     };
-    match result {
+    match result.and_then(|code| lost_output().map_or(Ok(code), Err)) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             report(&interrupt::explain(e, kept));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The first failure to write stdout other than a closed pipe, kept for [`lost_output`].
+static STDOUT_FAILED: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Writes one line on stdout for [`out!`], keeping its failure for [`lost_output`].
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = writeln!(std::io::stdout(), "{line}") {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_FAILED.set(e);
+        }
+    }
+}
+
+/// The `io` error of a command whose output could not be written, once it is done.
+fn lost_output() -> Option<Error> {
+    STDOUT_FAILED.get().map(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("expected the command's output written to standard output, found: {e} (the command itself finished)"),
+        )
+    })
+}
+
+/// A path as text for `--json` output: exact when it is UTF-8, lossy (U+FFFD for each
+/// byte that is not) when not, since JSON strings are Unicode.
+pub(crate) fn path_text(path: &std::path::Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// Prints `error[<kind>]: <message>` as one line, so scripts can match on the kind.

@@ -1,7 +1,7 @@
 //! Operator commands: keys, and a signed repository of static files (DESIGN §4, §9).
 //! They work offline on a local directory; secret keys never leave this machine.
 
-use crate::{now, print_json};
+use crate::{now, path_text, print_json};
 use clap::{Args, Subcommand};
 use evergreen::manifest::{ArtifactKind, Manifest};
 use evergreen::publish::{self, ReleaseOptions, Repo, RotateOptions, Signing, DEFAULT_ROOT_DAYS};
@@ -379,8 +379,8 @@ fn keygen(a: &KeygenArgs, json: bool) -> Result<()> {
     if json {
         return print_json(&json!({
             "keyid": public.keyid(),
-            "secret_key_file": a.out,
-            "public_key_file": public_path,
+            "secret_key_file": path_text(&a.out),
+            "public_key_file": path_text(&public_path),
         }));
     }
     out!("keyid {}", public.keyid());
@@ -411,7 +411,7 @@ fn init(a: &InitArgs, json: bool) -> Result<()> {
     let root = repo.trusted_root()?;
     if json {
         return print_json(&json!({
-            "repo": a.repo,
+            "repo": path_text(&a.repo),
             "product": a.product,
             "root_version": 1,
             "expires": root.root().expires,
