@@ -548,7 +548,7 @@ pub fn provision(config: &Path, json: bool) -> Result<i32> {
         }
     };
     if json {
-        print_json(&json!({"status": "provisioned", "selector": kind, "path": path_text(&path)}));
+        print_json(&json!({"status": "provisioned", "selector": kind, "path": path_text(path)}));
     } else {
         out!("{kind} environment ready: {}", path.display());
     }
