@@ -63,6 +63,9 @@ def version() -> str:
 
 def status_name(code: int) -> str:
     """The stable name of a C status number (`8` -> `"signature"`, unknown -> `"unknown"`)."""
+    # ctypes would pass only the low 32 bits of a larger int: 2**32 + 8 is no status.
+    if not -(2**31) <= code < 2**31:
+        return "unknown"
     return _ffi.decode(_lib.evg_status_name(code)) or "unknown"
 
 

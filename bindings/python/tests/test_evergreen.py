@@ -857,5 +857,8 @@ def test_error_table_matches_the_library() -> None:
         assert (cls.code, cls.kind) == (code, kind)
     assert evergreen.status_name(0) == "ok"
     assert evergreen.status_name(99) == "unknown"
+    # Numbers past 32 bits are no status, whatever their low bits say.
+    for code in (2**32 + 8, 2**70, -(2**31) - 1, -1):
+        assert evergreen.status_name(code) == "unknown", code
     for name in ("SignatureError", "HashMismatchError", "CancelledError", "PanicError"):
         assert name in evergreen.__all__
