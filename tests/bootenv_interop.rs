@@ -579,6 +579,36 @@ fn provision_puts_a_grub_editenv_block_into_the_power_safe_layout() {
     );
 }
 
+/// The block `grub-install` leaves (`grub-editenv create`, maybe a variable set since)
+/// holds no slot variables: provisioning makes it a fresh device's (A good and first, B
+/// not bootable), keeping the others. Read as grub.cfg reads it, it boots nothing.
+#[test]
+fn provision_gives_a_block_without_slot_variables_a_fresh_devices() {
+    if !have("grub-editenv") {
+        return;
+    }
+    let (dir, path) = grubenv_path();
+    grub_editenv_block(&path, &["saved_entry=1"]);
+    let out = provision(dir.path(), serde_json::json!({"kind": "grub", "env": path}));
+    assert_eq!(out["status"], "provisioned");
+    let listed = grub_list(&path);
+    let expected = [
+        ("ORDER", "A B"),
+        ("A_OK", "1"),
+        ("A_TRY", "0"),
+        ("B_OK", "0"),
+        ("B_TRY", "0"),
+        ("saved_entry", "1"),
+    ];
+    let expected: BTreeMap<String, String> = expected
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(listed, expected);
+    let mut env = GrubEnv::new(&path);
+    assert_eq!(bootsim::grub_boot(&mut env), Some(Slot::A));
+}
+
 #[test]
 fn provision_initialises_a_blank_redundant_uboot_environment() {
     if !have("fw_printenv") {

@@ -254,6 +254,36 @@ fn update_with_library(up: &Updater) -> Slot {
     slot
 }
 
+/// An update made after GRUB started A and before this boot's startup step ran (a timer,
+/// a first-boot service): GRUB's mark of that start is still on A. The activation clears
+/// it, so a release that never confirms gets its one attempt and then A boots again; with
+/// the mark left, nothing was bootable, the rescue entry ran and the failed release ran a
+/// second time.
+#[test]
+fn grub_an_update_before_this_boots_startup_step_still_falls_back_to_the_running_slot() {
+    let (repo, _server, board) = served_board("grub-early", Loader::Grub);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.grub("A_TRY"), "1", "GRUB marks the start");
+    release_image(&repo, "2.0.0", MIB, 2);
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(
+        (&out["status"], &out["slot"]),
+        (&json!("activated"), &json!("b"))
+    );
+    assert_eq!(
+        (board.grub("ORDER"), board.grub("A_OK"), board.grub("A_TRY")),
+        ("B A".into(), "1".into(), "0".into())
+    );
+
+    // 2.0.0 never confirms: one attempt, then A.
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["status"], "trial");
+    assert_eq!(board.power_on(), Some(Slot::A), "GRUB falls back to A");
+    let boot = board.boot();
+    assert_eq!(boot["status"], "rolled_back", "{boot}");
+    assert_eq!((&boot["from"], &boot["to"]), (&json!("b"), &json!("a")));
+}
+
 #[test]
 fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_falls_back() {
     let (repo, _server, board) = served_board("grub", Loader::Grub);

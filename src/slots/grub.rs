@@ -190,6 +190,13 @@ impl RaucVars {
             BootChange::Activate { slot, .. } => {
                 self.set_slot(slot, true);
                 self.order = [slot, slot.other()];
+                // The fallback is the slot running now. Until this boot's startup step
+                // runs, GRUB's mark of this boot's attempt is still on it: left there, a
+                // trial that fails would boot nothing (the rescue entry) instead of it.
+                let fallback = slot.other();
+                if self.ok[idx(fallback)] {
+                    self.tried[idx(fallback)] = false;
+                }
             }
             BootChange::Confirm(slot) => self.set_slot(slot, true),
             BootChange::FallBack { good, bad } => {
@@ -523,7 +530,9 @@ impl GrubEnv {
     /// the block is made.
     /// An existing block keeps its size and its other variables; when it is not yet in the
     /// canonical layout it is rewritten once, in place — the one write that a power cut
-    /// can tear — so run this at provisioning.
+    /// can tear — so run this at provisioning. One that holds none of the slot variables
+    /// (as `grub-editenv create` makes it) gets a fresh device's: A good and first, B not
+    /// bootable.
     ///
     /// ```
     /// # fn main() -> evergreen::Result<()> {
@@ -540,7 +549,13 @@ impl GrubEnv {
         if env.path.exists() {
             let bytes = env.read_bytes()?;
             let vars = parse_block(&env.path, &bytes)?;
-            let rauc = RaucVars::from_vars(&vars);
+            // A block with none of the variables (`grub-editenv create` of grub-install,
+            // other variables set since) is a fresh device's: read as grub.cfg reads it,
+            // it would boot no slot at all.
+            let rauc = match RAUC_NAMES.iter().any(|n| last_raw(&vars, n).is_some()) {
+                true => RaucVars::from_vars(&vars),
+                false => RaucVars::FRESH,
+            };
             if fixed_lines(&bytes, &vars).is_none() {
                 let block = canonical_block(&env.path, &rauc, &vars, bytes.len())?;
                 env.full_write(block).apply()?;

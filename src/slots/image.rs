@@ -214,6 +214,19 @@ fn is_block_path(path: &Path) -> bool {
 /// passes its read-back, while the bootloader boots the partition's old content.
 fn check_device_there(path: &Path) -> Result<bool> {
     let existed = path.exists();
+    // A stable name outside /dev (`/etc/…/rootfs-b` → /dev/disk/by-partlabel/…) whose
+    // target is missing would be created where it points: in /dev, in RAM.
+    if !existed && path.is_symlink() {
+        let target = std::fs::read_link(path).map_err(|e| Error::io("reading", path, e))?;
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "expected the slot device {} (a symlink to {}), found nothing there (a slot is never created through a symlink)",
+                path.display(),
+                target.display()
+            ),
+        ));
+    }
     if !existed && path.starts_with("/dev") {
         return Err(Error::new(
             ErrorKind::Io,
@@ -710,6 +723,28 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Io, "{err}");
         assert!(err.message().contains("found nothing there"), "{err}");
         assert!(!missing.exists());
+    }
+
+    /// A stable name outside /dev whose target udev has not made: nothing is created
+    /// where it points (in /dev, that would be a file in RAM passing its read-back).
+    #[test]
+    fn a_slot_named_by_a_symlink_whose_target_is_missing_is_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        std::fs::write(&a, b"RUNNING").unwrap();
+        let target = dir.path().join("by-partlabel-rootfs_b");
+        let link = dir.path().join("rootfs-b");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let s = ImageSlots::new(&a, &link);
+        let err = write_4_kib_to_b(&s).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.message().contains("found nothing there"), "{err}");
+        assert!(err.message().contains("by-partlabel-rootfs_b"), "{err}");
+        assert!(!target.exists());
+        // Once the target is there, the slot is written through the link.
+        std::fs::write(&target, b"").unwrap();
+        write_4_kib_to_b(&s).unwrap();
+        assert_eq!(std::fs::metadata(&target).unwrap().len(), 4096);
     }
 
     #[test]
