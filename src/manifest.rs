@@ -208,9 +208,13 @@ impl Artifact {
 }
 
 impl Manifest {
-    /// The release with exactly `version`.
+    /// The release of `version`, matched by semver precedence as every choice of a
+    /// release is: `1.0.0` finds a listed `1.0.0+b7` (a valid channel lists each version
+    /// once, build metadata aside).
     pub fn release(&self, version: &Version) -> Option<&Release> {
-        self.releases.iter().find(|r| &r.version == version)
+        self.releases
+            .iter()
+            .find(|r| r.version.cmp_precedence(version).is_eq())
     }
 
     /// The manifest as compact JSON bytes, ready to be signed. Compact, because every

@@ -36,6 +36,11 @@ pub struct Device<'a> {
 pub struct Policy<'a> {
     /// Select exactly this version, newer or older than the installed one.
     pub pin: Option<&'a Version>,
+    /// The pin is a standing one (the config's `pin_version`, asked at every check), not
+    /// the request of one call. A standing pin does not bring back a version that failed
+    /// on this device: it would be installed, fail its trial and roll back at every check.
+    /// A call's own pin may (its caller asked for that version now).
+    pub pin_is_standing: bool,
     /// Move to an older release when the channel's newest is older than the installed
     /// version (a switch to a safer channel, or a release pulled from the channel).
     pub allow_downgrade: bool,
@@ -104,13 +109,14 @@ pub fn select(
     now: Timestamp,
 ) -> Result<Decision> {
     match policy.pin {
+        Some(pin) if policy.pin_is_standing && listed(device.failed, pin) => Ok(Decision::UpToDate),
         Some(pin) => select_pinned(manifest, device, pin),
         None => Ok(select_newest(manifest, device, policy.allow_downgrade, now)),
     }
 }
 
 /// A pin is an explicit request: rollout, skips and past failures do not hold it back,
-/// only the target and the security floor do.
+/// only the target and the security floor do (a standing pin's failures: see [`select`]).
 fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Result<Decision> {
     // By precedence, as every other comparison of versions: a pin of 1.1.0 takes the
     // channel's 1.1.0+20261120 (a channel never lists two builds of one version).
@@ -195,14 +201,18 @@ fn select_newest(
     else {
         return Decision::UpToDate;
     };
-    // Everything eligible and newer than `best` was held back only by its min_version.
-    let stepping_stone = eligible.iter().any(|r| newer(&r.version, &best.version));
+    // Everything eligible and newer than `best` was held back only by its min_version;
+    // `best` is a stepping stone when the checks after it lead further.
+    let reach = reached_from(&eligible, &best.version);
+    let stepping_stone = newer(reach, &best.version);
     // A critical release passed over for a newer one, or reached through this stepping
     // stone, is still forced: the update towards its fix must not wait for a host's
-    // `download_only` or `at`.
-    let carries_critical = eligible
-        .iter()
-        .any(|r| r.critical && device.installed.is_none_or(|cur| newer(&r.version, cur)));
+    // `download_only` or `at`. One this update does not lead to is not its reason.
+    let carries_critical = eligible.iter().any(|r| {
+        r.critical
+            && device.installed.is_none_or(|cur| newer(&r.version, cur))
+            && !newer(&r.version, reach)
+    });
     let choice = |downgrade| {
         Decision::Update(Choice {
             version: best.version.clone(),
@@ -221,6 +231,21 @@ fn select_newest(
         }
         Some(_) => Decision::UpToDate,
     }
+}
+
+/// The version the checks after installing `from` end at: each takes the newest of
+/// `eligible` whose min_version the version before meets, until none is newer. Each step
+/// is to a newer release, so there are at most as many as releases.
+fn reached_from<'r>(eligible: &[&'r Release], from: &'r Version) -> &'r Version {
+    let mut at = from;
+    while let Some(next) = eligible
+        .iter()
+        .filter(|r| newer(&r.version, at) && min_version_met(r, Some(at)))
+        .max_by(|a, b| a.version.cmp_precedence(&b.version))
+    {
+        at = &next.version;
+    }
+    at
 }
 
 fn offerable(release: &Release, device: &Device<'_>, now: Timestamp) -> bool {

@@ -1263,6 +1263,7 @@ impl Updater {
         };
         let policy = Policy {
             pin: pin.or(self.config.pin_version.as_ref()),
+            pin_is_standing: pin.is_none(),
             allow_downgrade: self.config.allow_downgrade,
         };
         let choice = match select::select(manifest, &device, &policy, now)? {

@@ -417,6 +417,59 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
     dev.expect("confirm", &[], 0);
 }
 
+/// A `pin_version` in the config is asked at every check: a pinned release that rolled
+/// back on this device is not offered again (it would be installed, fail and roll back at
+/// every poll). Asking for that version in one call still may.
+#[test]
+fn a_standing_pin_does_not_bring_back_a_release_that_rolled_back_here() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup_with_1_0_0("com.acme.pinfail");
+    install_and_confirm(&dev);
+    publish_app(&repo, &src, "1.1.0", false);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    cfg["pin_version"] = "1.1.0".into();
+    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("rollback", &[], 0);
+    assert_eq!(dev.state_file()["failed"], serde_json::json!(["1.1.0"]));
+
+    assert_eq!(check_json(&dev, 0)["status"], "up_to_date");
+    let asked: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--version", "1.1.0", "--json"], 10)).unwrap();
+    assert_eq!(asked["version"], "1.1.0");
+}
+
+/// `current_version` names a version without build metadata that the channel lists with
+/// it: reinstall finds that release by precedence, as a check does.
+#[test]
+fn reinstall_finds_the_current_version_listed_with_build_metadata() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.buildmeta");
+    publish_app(&repo, &src, "1.0.0+b7", true);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    cfg["current_version"] = "1.0.0".into();
+    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    std::fs::create_dir_all(dev.root.join("slots/a/app")).unwrap();
+    assert_eq!(check_json(&dev, 0)["status"], "up_to_date");
+    dev.expect("reinstall", &[], 0);
+    let s = dev.status();
+    assert_eq!(
+        s["slots"][s["primary"].as_str().unwrap()],
+        serde_json::json!({"status": "trial", "version": "1.0.0+b7"})
+    );
+}
+
 /// A release staged under an `at` policy (not yet due) that a newer critical release later
 /// names as its stepping stone is forced from the check that finds so: the offer says
 /// critical, and so does the slot record `activate` decides from, which goes ahead before

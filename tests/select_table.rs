@@ -101,6 +101,7 @@ struct Row {
     skipped: &'static [&'static str],
     failed: &'static [&'static str],
     pin: Option<&'static str>,
+    pin_is_standing: bool,
     allow_downgrade: bool,
     expect: Result<Decision, ErrorKind>,
 }
@@ -115,6 +116,7 @@ fn row() -> Row {
         skipped: &[],
         failed: &[],
         pin: None,
+        pin_is_standing: false,
         allow_downgrade: false,
         expect: Ok(Decision::UpToDate),
     }
@@ -149,6 +151,7 @@ fn run(r: &Row) -> Result<Decision, ErrorKind> {
     };
     let policy = Policy {
         pin: pin.as_ref(),
+        pin_is_standing: r.pin_is_standing,
         allow_downgrade: r.allow_downgrade,
     };
     select(
@@ -253,6 +256,24 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "a standing pin does not bring back a version that failed here",
+            releases: vec![rel("1.0.0"), rel("1.2.0")],
+            failed: &["1.2.0"],
+            pin: Some("1.2.0"),
+            pin_is_standing: true,
+            ..row()
+        },
+        Row {
+            name: "a standing pin ignores rollout and skips",
+            releases: vec![rel("1.2.0").stages(&[(NOW, 0.0)])],
+            skipped: &["1.2.0"],
+            failed: &["1.1.0"],
+            pin: Some("1.2.0"),
+            pin_is_standing: true,
+            expect: ok(update("1.2.0")),
+            ..row()
+        },
+        Row {
             name: "pin below the security floor",
             installed: Some("1.3.0"),
             floor: 3,
@@ -320,6 +341,26 @@ fn selection_rows() -> Vec<Row> {
             releases: vec![
                 rel("1.5.0").min("1.0.0"),
                 rel("2.0.0").min("1.5.0").critical(),
+            ],
+            expect: ok(Choice {
+                stepping_stone: true,
+                critical: true,
+                ..update("1.5.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "a critical release this update does not lead to does not",
+            releases: vec![rel("1.1.0"), rel("3.0.0").min("2.0.0").critical()],
+            expect: ok(update("1.1.0")),
+            ..row()
+        },
+        Row {
+            name: "a stepping stone two steps from a critical release is critical",
+            releases: vec![
+                rel("1.5.0"),
+                rel("2.0.0").min("1.5.0"),
+                rel("3.0.0").min("2.0.0").critical(),
             ],
             expect: ok(Choice {
                 stepping_stone: true,
@@ -518,7 +559,7 @@ fn selection_errors_name_expected_and_found() {
     };
     let policy = Policy {
         pin: Some(&pin),
-        allow_downgrade: false,
+        ..Policy::default()
     };
     let e = select(&m, &device, &policy, ts(NOW)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSuchVersion);
