@@ -1657,8 +1657,12 @@ impl Updater {
                         Err(e) => Err(e),
                     }
                 },
-                // Each verified root is trusted whatever comes next: keep it at once.
-                |r| self.keep_root(st, r, &saved),
+                // Each verified root is trusted whatever comes next: keep it at once, and
+                // never go back below it, though the walk stop before its end.
+                |r| {
+                    st.root_version = st.root_version.max(Some(r.root().version));
+                    self.keep_root(st, r, &saved)
+                },
                 // The final root's expiry is checked below, on the clock of its keys.
                 clock,
                 max,

@@ -661,6 +661,33 @@ fn attack_root_rollback_through_a_lost_saved_root() {
     assert!(dev.state.join("root.json").exists());
 }
 
+/// The same loss after a walk that stopped before its end (root 3 out of reach): root 2,
+/// kept as soon as it verified, is the floor all the same. Before, the state recorded
+/// only where a whole walk ended, so the lost `root.json` took the device back to root 1
+/// and the revoked key.
+#[test]
+fn attack_root_rollback_after_a_walk_cut_short() {
+    let (w, dev) = World::installed();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0()); // root 2
+    w.rotate_root_key(t0()); // root 3
+    w.server.set_fault("root/3.json", Fault::Status(500));
+    let cut = dev.updater.check().unwrap_err();
+    assert_eq!(cut.kind(), ErrorKind::HttpStatus, "{cut}");
+    assert_eq!(dev.state_json()["root_version"], 2);
+    std::fs::remove_file(dev.state.join("root.json")).unwrap();
+    let mut m = manifest_of(&w.channel_bytes("stable"));
+    m.sequence += 1;
+    evil_release(&mut m);
+    let forged = trust::seal(trust::MANIFEST_TYPE, &m.to_bytes(), &[&key(MANIFEST_KEY)]);
+    w.server.set_fault("root/2.json", Fault::Status(404));
+    w.serve(STABLE, forged);
+    let err = refused(dev.updater.check(), ErrorKind::MetadataRollback);
+    assert!(
+        err.message().contains("expected root version 2 or newer"),
+        "{err}"
+    );
+}
+
 /// A new chain (root and manifest keys 21 and 31, for the same product), as a vendor
 /// starts one when the old root keys are lost or stolen.
 fn new_chain(w: &World) -> PathBuf {
