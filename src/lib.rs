@@ -13,6 +13,7 @@ compile_error!(
 );
 
 pub mod config;
+mod cpus;
 pub mod error;
 pub mod event;
 pub mod fetch;
