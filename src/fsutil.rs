@@ -308,13 +308,49 @@ pub fn create_options() -> OpenOptions {
     options
 }
 
-/// Creates (or truncates) a temp file for [`persist`], with [`FILE_MODE`].
+/// Creates a temp file for [`persist`], with [`FILE_MODE`]: a new file, after removing
+/// whatever had the name (one a power cut left; writers of one file hold its lock).
+/// Created exclusively, so never through a symlink that another user who may write the
+/// directory planted there (the name is predictable): such a write would truncate and
+/// fill the file it points to.
 pub fn create_temp(tmp: &Path) -> Result<File> {
     crash_point("create temp")?;
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("remove stale temp file", tmp, e))
+        }
+        _ => {}
+    }
     create_options()
-        .truncate(true)
+        .create_new(true)
         .open(tmp)
         .map_err(|e| Error::io("create", tmp, e))
+}
+
+/// `options` made to refuse a symlink as the last part of the path (`O_NOFOLLOW`): a link
+/// planted in place of one of the library's own files, by another user who may write its
+/// directory, must not make it open, truncate or change the mode of some other file.
+/// Such an open fails; [`opened`] says why.
+pub fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.custom_flags(libc::O_NOFOLLOW)
+}
+
+/// The error of opening `path` (to `what`) with [`no_follow`]: a symlink found there is
+/// named as such rather than as the kernel's "too many levels of symbolic links".
+pub fn opened(what: &str, path: &Path, e: std::io::Error) -> Error {
+    // Linux and macOS say ELOOP; FreeBSD says EMLINK.
+    if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EMLINK)) && path.is_symlink() {
+        return Error::new(
+            crate::error::ErrorKind::Io,
+            format!(
+                "{what} {}: expected a file, found a symbolic link (never followed: whoever may write its directory could have planted it)",
+                path.display()
+            ),
+        )
+        .with_source(e);
+    }
+    Error::io(what, path, e)
 }
 
 /// Makes the fully written temp file `file` (at `tmp`) durable and renames it to `dest`.
@@ -412,6 +448,40 @@ pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
     ))
 }
 
+/// [`link_target`], following only links this user or root made: one that another user
+/// who may write a directory on the way planted (in place of `state.json`, say) would make
+/// a write go to a file of this user's choosing. Refused with `io`, naming its owner.
+pub fn own_link_target(path: PathBuf) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let start = path.clone();
+    let mut at = path;
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                // SAFETY: a query without arguments.
+                if m.uid() != 0 && m.uid() != unsafe { libc::geteuid() } {
+                    let on_the_way = match at == start {
+                        true => String::new(),
+                        false => format!(" at {}", at.display()),
+                    };
+                    return Err(Error::new(
+                        crate::error::ErrorKind::Io,
+                        format!(
+                            "{}: expected a file, or a symlink this user or root made, found a symlink of user {}{on_the_way} (never followed)",
+                            start.display(),
+                            m.uid()
+                        ),
+                    ));
+                }
+                let to = std::fs::read_link(&at).map_err(|e| Error::io("read link", &at, e))?;
+                at = at.parent().map_or(to.clone(), |dir| dir.join(&to));
+            }
+            _ => return Ok(at),
+        }
+    }
+    link_target(start)
+}
+
 /// Creates `dir` and its missing parents, each made durable in its parent. They get mode
 /// 0755 less the umask: never writable by group or others, whatever the umask (a slots
 /// directory anyone could write would let anyone swap a slot).
@@ -496,15 +566,18 @@ pub fn lock_exclusive_or_wait(
     } else {
         FILE_MODE
     };
-    let opened = create_options().mode(mode).truncate(false).open(path);
-    let (file, read_only) = match opened {
+    let created = no_follow(create_options().mode(mode).truncate(false)).open(path);
+    let (file, read_only) = match created {
         // Not there to read either: the refusal to create it is what to report.
-        Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
-            (File::open(path).or(Err(e)), true)
-        }
+        Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => (
+            no_follow(OpenOptions::new().read(true))
+                .open(path)
+                .or(Err(e)),
+            true,
+        ),
         other => (other, false),
     };
-    let file = file.map_err(|e| Error::io("open lock file", path, e))?;
+    let file = file.map_err(|e| opened("open lock file", path, e))?;
     if access != LockAccess::AsFound {
         set_own_mode(&file, access);
     }

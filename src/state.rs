@@ -508,11 +508,12 @@ impl State {
     /// [`State::load`], waiting at most `patience` for a write into the file.
     fn load_within(dir: &Path, patience: std::time::Duration) -> Result<Option<State>> {
         use std::io::Read;
-        let path = State::path(dir);
-        let mut file = match std::fs::File::open(&path) {
+        let path = fsutil::own_link_target(State::path(dir))?;
+        let opened = fsutil::no_follow(std::fs::OpenOptions::new().read(true)).open(&path);
+        let mut file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", &path, e)),
+            Err(e) => return Err(fsutil::opened("read", &path, e)),
         };
         fsutil::lock_contents_within(&file, fsutil::Contents::Read, patience);
         let mut bytes = Vec::new();
@@ -525,12 +526,13 @@ impl State {
     /// Writes the state to `dir` atomically (temp → fsync → rename → fsync dir), still when
     /// its file system is full (through a spare file beside it: see `src/spare.rs`). A
     /// `state.json` that is a symlink (into a writable partition, on a read-only root file
-    /// system) is written where it points, and stays a symlink.
+    /// system) is written where it points, and stays a symlink; only a symlink this user or
+    /// root made is followed, by loads as by saves.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
-        let path = fsutil::link_target(State::path(dir))?;
+        let path = fsutil::own_link_target(State::path(dir))?;
         crate::spare::write(&path, &bytes)?;
         // Every save holds the state lock, so any other temp file is one a power cut or a
         // kill left behind: without this they would pile up, one per process cut off.
@@ -891,6 +893,74 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    /// Links planted in the state directory by another user who may write it (a group's
+    /// launcher, or the app user when root runs `evergreen boot` there) make no operation
+    /// open, truncate, fill or change the mode of the file they point to.
+    #[test]
+    fn links_planted_in_the_state_directory_are_never_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("secret");
+        std::fs::write(&victim, b"private").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let unchanged = |what: &str| {
+            let meta = std::fs::metadata(&victim).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{what}");
+            assert_eq!(std::fs::read(&victim).unwrap(), b"private", "{what}");
+        };
+
+        // In place of a lock file: refused, naming the link.
+        std::os::unix::fs::symlink(&victim, state_dir.join(STATE_LOCK)).unwrap();
+        let err = State::lock(&state_dir, |_| {}).map(drop).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.message().contains("found a symbolic link"), "{err}");
+        unchanged("lock");
+        // One pointing nowhere creates nothing there.
+        let nowhere = dir.path().join("nologin");
+        std::os::unix::fs::symlink(&nowhere, state_dir.join(WORK_LOCK)).unwrap();
+        assert!(State::work_lock(&state_dir, |_| {}).is_err());
+        assert!(!nowhere.exists());
+        std::fs::remove_file(state_dir.join(STATE_LOCK)).unwrap();
+
+        // In place of the temp file a save writes (its name is predictable): the save
+        // goes ahead in a file of its own.
+        let tmp = fsutil::temp_path(&State::path(&state_dir));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        State::initial("stable", None).save(&state_dir).unwrap();
+        unchanged("temp");
+        assert!(State::path(&state_dir)
+            .symlink_metadata()
+            .unwrap()
+            .is_file());
+    }
+
+    /// A `state.json` symlink is followed only when this user or root made it: one another
+    /// user planted is refused by loads and saves alike. (Needs root to make a link of
+    /// another user's; skipped otherwise.)
+    #[test]
+    fn a_state_file_symlink_of_another_user_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("secret");
+        std::fs::write(&victim, b"private").unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let link = State::path(&state_dir);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        if std::os::unix::fs::lchown(&link, Some(65534), None).is_err() {
+            return;
+        }
+        for err in [
+            State::load(&state_dir).map(drop).unwrap_err(),
+            State::initial("stable", None).save(&state_dir).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+            assert!(err.message().contains("symlink of user 65534"), "{err}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"private");
     }
 
     #[test]

@@ -314,6 +314,25 @@ fn a_200_error_page_from_a_mirror_keeps_the_partial_download() {
     }
 }
 
+/// A `.part` that is a symlink (planted by another user who may write the downloads
+/// directory) is refused, never truncated and filled through: the file it points to is
+/// left as it was.
+#[test]
+fn a_part_file_that_is_a_symlink_is_never_written_through() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let victim = downloads.path().join("victim");
+    std::fs::write(&victim, vec![7u8; SIZE * 2]).unwrap();
+    std::os::unix::fs::symlink(&victim, part_path(downloads.path(), &repo)).unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.message().contains("found a symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), vec![7u8; SIZE * 2]);
+}
+
 /// A 200 sent chunked that agrees with the kept bytes and then ends is, as far as anything
 /// shows, the blob cut short on its way: a `network` error, retried on the same server,
 /// and the kept bytes stay.

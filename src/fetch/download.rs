@@ -335,12 +335,13 @@ struct Part {
 
 impl Part {
     /// Opens (or creates) the `.part` and re-hashes what it holds, positioned at its end.
+    /// Never through a symlink ([`crate::fsutil::no_follow`]): the download would truncate
+    /// and fill the file it points to.
     fn open(path: &Path, size: u64) -> Result<Part> {
-        let mut file = crate::fsutil::create_options()
-            .read(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io("opening", path, e))?;
+        let mut file =
+            crate::fsutil::no_follow(crate::fsutil::create_options().read(true).truncate(false))
+                .open(path)
+                .map_err(|e| crate::fsutil::opened("opening", path, e))?;
         let (hasher, len) = hash_to_end(&mut file).map_err(|e| Error::io("hashing", path, e))?;
         let mut part = Part {
             path: path.to_owned(),
