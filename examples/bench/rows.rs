@@ -525,8 +525,13 @@ pub fn peak_rss(ctx: &Ctx) -> Row {
             row.measured = format!("{} / {}", bytes(small), bytes(large));
             row.baseline = format!("{} (idle process)", bytes(idle));
             let limit = 16.0 * MIB as f64;
-            row.pass =
-                Some(small <= limit && large <= limit && (large - small).abs() <= MIB as f64);
+            // Every full update counts, the zip's extraction too.
+            row.pass = Some(
+                small <= limit
+                    && large <= limit
+                    && zip <= limit
+                    && (large - small).abs() <= MIB as f64,
+            );
             row.note = format!(
                 "the {} zip of {} files: {}",
                 bytes(ctx.sizes.zip as f64),
@@ -596,6 +601,9 @@ pub fn unchanged_check(ctx: &Ctx) -> Row {
     };
     let wire = median(&checks.iter().map(|c| c.1 as f64).collect::<Vec<_>>());
     let requests = median(&checks.iter().map(|c| c.0 as f64).collect::<Vec<_>>());
+    // The target holds for every check, not for most: the worst run decides.
+    let most_wire = checks.iter().map(|c| c.1).max().unwrap_or(0) as f64;
+    let most_requests = checks.iter().map(|c| c.0).max().unwrap_or(0);
     let all_304 = checks.iter().all(|c| c.2 && !c.3);
     row.measured = format!(
         "{requests} request, {}, {}",
@@ -607,7 +615,7 @@ pub fn unchanged_check(ctx: &Ctx) -> Row {
         first.0,
         bytes(first.1 as f64)
     );
-    row.pass = Some(requests == 1.0 && all_304 && wire < 1024.0);
+    row.pass = Some(most_requests == 1 && all_304 && most_wire < 1024.0);
     row.note = "bytes counted by a TCP proxy: request and response, headers included".into();
     row
 }
@@ -653,13 +661,14 @@ pub fn one_of_ten(ctx: &Ctx) -> Row {
         Ok(d) => {
             let got = median(&d);
             let changed = ctx.sizes.component as f64;
+            // Every device, not most, must download that artifact alone.
             row.measured = bytes(got);
             row.baseline = format!(
                 "changed component {}; whole release {}",
                 bytes(changed),
                 bytes(changed * 10.0)
             );
-            row.pass = Some(got == changed);
+            row.pass = Some(d.iter().all(|&one| one == changed));
         }
         Err(e) => row.fail(e),
     }
@@ -803,7 +812,10 @@ pub fn manifest_verify(ctx: &Ctx) -> Row {
     row
 }
 
-/// The `evergreen` binary of this build (built if missing).
+/// The `evergreen` binary of this build, built from the sources as they are now: `cargo
+/// run --example bench` builds the examples, not the CLI, and a binary left from an
+/// earlier build would be measured in place of this one (cargo does nothing when it is up
+/// to date).
 fn evergreen_bin() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(err)?;
     let bin = exe
@@ -811,7 +823,7 @@ fn evergreen_bin() -> Result<PathBuf, String> {
         .and_then(Path::parent)
         .map(|d| d.join("evergreen"))
         .ok_or("no directory for the evergreen binary")?;
-    if !bin.exists() {
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run_tool(
             &cargo,
@@ -1003,9 +1015,15 @@ fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>, stable:
             .lines()
             .last()
             .map(|l| root.join(l.trim())),
-        Ok(o) => {
+        // Exit 3: no nightly or rust-src here, a missing tool. Anything else (a compile
+        // error) is a failure of the step.
+        Ok(o) if o.status.code() == Some(3) => {
             let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
             return Row::skipped(row.what, row.target, format!("skipped: {why}"));
+        }
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            return Row::failed(row.what, row.target, format!("build-small-lib: {why}"));
         }
         Err(e) => return Row::failed(row.what, row.target, err(e)),
     };
