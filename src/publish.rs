@@ -1888,9 +1888,11 @@ pub fn default_limit_refusals(components: &[(&str, &Path, ArtifactKind)]) -> Res
 
 /// Refuses a zip that every device would refuse, whatever its config: the rules of
 /// [`stage::CheckedZip`] no device can relax (entry names, duplicates and case
-/// collisions, overlapping entries, methods, encryption, symlinks that escape). The
-/// limits each device sets for itself (`archive` in its config: symlinks at all, the
-/// ratio, the entry count, the size) are left to it.
+/// collisions, overlapping entries, methods, encryption, symlinks that escape), and data
+/// that does not inflate to what its entries declare (a CRC that does not match, a
+/// broken deflate stream), which a device finds only while writing, after clearing its
+/// inactive slot. The limits each device sets for itself (`archive` in its config:
+/// symlinks at all, the ratio, the entry count, the size) are left to it.
 fn check_zip_for_every_device(
     path: &Path,
     shown_as: &Path,
@@ -1902,7 +1904,10 @@ fn check_zip_for_every_device(
         max_ratio: u64::MAX,
         allow_symlinks: true,
     };
-    check_zip(path, installed_size, &most_lenient).map_err(|e| {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let checked = stage::CheckedZip::check(&file, installed_size, &most_lenient)
+        .and_then(stage::CheckedZip::inflate_all);
+    checked.map_err(|e| {
         e.context(format!(
             "{}: every device would refuse this archive",
             shown_as.display()

@@ -2206,6 +2206,13 @@ impl Updater {
             };
             let file = opened(files, c)?;
             let zip = stage::CheckedZip::check(file, a.installed_size, &limits)
+                .and_then(|zip| match &self.store {
+                    // Both slots' paths are as long: `slots/a`, `slots/b`.
+                    Store::Dir(slots) => zip
+                        .check_fits(&slots.component_dir(Slot::A, &c.name))
+                        .map(|()| zip),
+                    Store::Image(_) => Ok(zip),
+                })
                 .map_err(|e| e.context(component_context(c, a)))?;
             checked.insert(c.name.clone(), zip);
         }

@@ -11,7 +11,8 @@ mod require;
 use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_size, Item};
 use evergreen::manifest::{ArtifactKind, TargetRelease};
 use evergreen::stage::{
-    diff, extract_zip, make_durable, place_file, ArchiveLimits, ComponentOp, InstalledComponent,
+    diff, extract_zip, make_durable, place_file, ArchiveLimits, CheckedZip, ComponentOp,
+    InstalledComponent,
 };
 use evergreen::ErrorKind;
 use std::collections::BTreeMap;
@@ -309,6 +310,43 @@ fn names_longer_than_path_max_or_components_longer_than_name_max_are_refused() {
     // Short enough a destination that the 2,047-byte name still fits in PATH_MAX.
     let stats = extract_zip(&archive, &tmp.path().join("d"), None, &limits()).unwrap();
     assert_eq!(stats.files, 2);
+}
+
+/// A name that fits in PATH_MAX alone but not under the directory it is extracted into
+/// is refused by the check given that directory, before anything is cleared or written,
+/// rather than failing as `io` halfway through the extraction.
+#[test]
+fn a_name_too_long_for_its_destination_is_refused_before_writing() {
+    let name = format!("{}f", "d/".repeat(2040));
+    let bytes = build(&[File(&name, b"1", 0o644)]);
+    let case = Case::new(&bytes);
+    let archive = fs::File::open(case.tmp.path().join("archive.zip")).unwrap();
+    let checked = CheckedZip::check(&archive, None, &limits()).unwrap();
+    let deep = case.out().join("x".repeat(40)).join("slot");
+    let err = checked.check_fits(&deep).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
+    assert!(err.message().contains("to fit in a path of 4095"), "{err}");
+    checked.check_fits(Path::new("/s")).unwrap();
+}
+
+/// Linux refuses a symlink target of PATH_MAX (4096) bytes: refused by the check, not by
+/// the write; one byte shorter is extracted.
+#[test]
+fn a_symlink_target_of_path_max_is_refused_and_one_byte_less_extracts() {
+    let long = format!("{}xy", "./".repeat(2047));
+    assert_eq!(long.len(), 4096);
+    let bytes = build(&[File("xy", b"1", 0o644), Link("l", &long)]);
+    let msg = Case::new(&bytes).refused(None, &symlinks_allowed(), &[]);
+    assert!(msg.contains("at most 4095 bytes"), "{msg}");
+    let shorter = format!("{}axy", "./".repeat(2046));
+    assert_eq!(shorter.len(), 4095);
+    let bytes = build(&[File("axy", b"1", 0o644), Link("l", &shorter)]);
+    let case = Case::new(&bytes);
+    case.extract(None, &symlinks_allowed()).unwrap();
+    assert_eq!(
+        fs::read_link(case.dest().join("l")).unwrap(),
+        Path::new(&shorter)
+    );
 }
 
 #[test]

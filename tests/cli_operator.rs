@@ -197,6 +197,40 @@ fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
     serde_json::from_slice(&payload).unwrap()
 }
 
+/// A zip whose data does not match its CRC (a byte changed after the archive was built)
+/// passes every check of its headers, and a device would find it only while writing, its
+/// inactive slot (the fallback release) already cleared: `release` inflates every entry
+/// and refuses it before anything is published.
+#[test]
+fn release_refuses_a_zip_whose_data_does_not_match_its_crc() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("data.bin", stored).unwrap();
+    zip.write_all(b"GOOD-CONTENT").unwrap();
+    let mut bytes = zip.finish().unwrap().into_inner();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"GOOD-CONTENT")
+        .unwrap();
+    bytes[at..at + 4].copy_from_slice(b"BAD!");
+    std::fs::write(dir.join("corrupt.zip"), &bytes).unwrap();
+    let err = fails(
+        dir,
+        &release_args("1.0.0", &["--component", "app=corrupt.zip"]),
+    );
+    assert!(
+        err.starts_with("error[unsafe_archive]: ")
+            && err.contains("corrupt.zip: every device would refuse this archive")
+            && err.contains("data.bin")
+            && err.contains("corrupt data"),
+        "{err}"
+    );
+    assert!(!dir.join("repo/channels/nightly.json").exists());
+}
+
 /// A zip every device would refuse, whatever its config (here an entry that climbs out of
 /// its component), is refused by `release` before anything is published; one with a
 /// symlink, which devices allow or not by their own config, is published.

@@ -1706,25 +1706,32 @@ fn a_refused_archive_leaves_the_fallback_release_in_its_slot() {
     let kept = dev.root.join("slots").join(&fallback).join("app/VERSION");
     assert_eq!(std::fs::read(&kept).unwrap(), b"1.0.0");
 
-    // A symlink, which this device's config (`archive.allow_symlinks`: false) refuses.
-    let hostile = setup.src.join("app-1.2.0.zip");
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(&hostile).unwrap());
-    let options = zip::write::SimpleFileOptions::default();
-    zip.start_file("VERSION", options).unwrap();
-    std::io::Write::write_all(&mut zip, b"1.2.0").unwrap();
-    zip.add_symlink("run.sh", "VERSION", options).unwrap();
-    zip.finish().unwrap();
-    let app = [("app", hostile.as_path())];
-    setup
-        .repo
-        .release("stable", "1.2.0", "x86_64-linux", &app, &[]);
-    let err = dev.fails("update", &["--yes"]);
-    assert!(
-        err.contains("error[unsafe_archive]: component app (zip artifact "),
-        "{err}"
-    );
-    assert_eq!(dev.status()["slots"], before["slots"]);
-    assert_eq!(std::fs::read(&kept).unwrap(), b"1.0.0");
+    // A symlink, which this device's config (`archive.allow_symlinks`: false) refuses;
+    // then a name that fits in PATH_MAX alone but not under this device's slot.
+    let long = format!("{}f", "d/".repeat(2040));
+    for (version, entry) in [("1.2.0", None), ("1.3.0", Some(long.as_str()))] {
+        let hostile = setup.src.join(format!("app-{version}.zip"));
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&hostile).unwrap());
+        let options = zip::write::SimpleFileOptions::default();
+        zip.start_file("VERSION", options).unwrap();
+        std::io::Write::write_all(&mut zip, version.as_bytes()).unwrap();
+        match entry {
+            None => zip.add_symlink("run.sh", "VERSION", options).unwrap(),
+            Some(name) => zip.start_file(name, options).unwrap(),
+        }
+        zip.finish().unwrap();
+        let app = [("app", hostile.as_path())];
+        setup
+            .repo
+            .release("stable", version, "x86_64-linux", &app, &[]);
+        let err = dev.fails("update", &["--yes"]);
+        assert!(
+            err.contains("error[unsafe_archive]: component app (zip artifact "),
+            "{err}"
+        );
+        assert_eq!(dev.status()["slots"], before["slots"]);
+        assert_eq!(std::fs::read(&kept).unwrap(), b"1.0.0");
+    }
     dev.expect("rollback", &[], 0);
     assert_eq!(current(dev), Path::new("slots").join(&fallback));
 }

@@ -20,11 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use zip::{CompressionMethod, ZipArchive};
 
-/// Longest symlink target accepted (Linux's PATH_MAX).
-const MAX_LINK_TARGET: u64 = 4096;
+/// Longest symlink target accepted: Linux refuses one of PATH_MAX (4096 bytes with its
+/// NUL) or more.
+const MAX_LINK_TARGET: u64 = 4095;
 
-/// Longest entry name accepted: Linux refuses any longer path (PATH_MAX, 4096 bytes with
-/// its NUL), so nothing longer can ever be extracted.
+/// Longest path accepted: Linux refuses any longer one (PATH_MAX, 4096 bytes with its
+/// NUL), so no longer name can ever be extracted; [`CheckedZip::check_fits`] adds the
+/// directory it is extracted into.
 const MAX_NAME: usize = 4095;
 
 /// Longest component of an entry name accepted (NAME_MAX of Linux's file systems).
@@ -81,7 +83,9 @@ pub fn extract_zip(
 /// (the *plan*: names, entry count, symlinks, methods, declared sizes and ratios), ready to
 /// be extracted. An installer checks every archive of a release this way before it clears
 /// the slot the release goes to, so a release that could never be installed leaves that
-/// slot, often the last good release, as it was.
+/// slot, often the last good release, as it was. The entries' data (CRC, inflated
+/// length) is checked only as it is written: a publisher checks it once for every device
+/// with [`CheckedZip::inflate_all`].
 ///
 /// ```
 /// # fn main() -> evergreen::Result<()> {
@@ -149,6 +153,45 @@ impl CheckedZip {
         .map_err(|e| unsafe_archive(format!("expected a readable zip archive, found: {e}")))?;
         let plan = plan(&mut zip, &budget, limits)?;
         Ok(CheckedZip { zip, plan, budget })
+    }
+
+    /// Refuses (`unsafe_archive`) an archive with a name too long to be created under
+    /// `dest`: the directory's path, a `/` and the name must fit in Linux's PATH_MAX.
+    /// Checked before the slot is cleared, it fails nothing a write would fail later.
+    pub fn check_fits(&self, dest: &Path) -> Result<()> {
+        let room = MAX_NAME.saturating_sub(dest.as_os_str().len() + 1);
+        match self.plan.entries.iter().find(|e| e.path.len() > room) {
+            Some(e) => Err(refuse(
+                &e.path,
+                format!(
+                    "expected a name of at most {room} bytes, to fit in a path of {MAX_NAME} under {}, found {} bytes",
+                    dest.display(),
+                    e.path.len()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Inflates every file entry into nothing, checking what extraction checks only as it
+    /// writes: each entry's CRC, its inflated length against its declared one, and every
+    /// cap. For a publisher, which reads an archive once so that no device finds it broken
+    /// after clearing its inactive slot (a device does not inflate twice).
+    pub fn inflate_all(mut self) -> Result<()> {
+        let mut buf = vec![0u8; 64 << 10];
+        for &i in &self.plan.files {
+            let entry = &self.plan.entries[i];
+            let shown = Path::new(&entry.path);
+            inflate_into(
+                &mut self.zip,
+                entry,
+                &mut io::sink(),
+                shown,
+                &self.budget,
+                &mut buf,
+            )?;
+        }
+        Ok(())
     }
 
     /// Extracts the archive into the directory `dest`, as [`extract_zip`] describes; the
@@ -787,10 +830,22 @@ fn inflate(
     budget: &Budget,
     buf: &mut [u8],
 ) -> Result<u64> {
+    let mut out = create_new_file(path, entry.mode)?;
+    inflate_into(zip, entry, &mut out, path, budget, buf)
+}
+
+/// [`inflate`] into `out` (named `path` in errors).
+fn inflate_into(
+    zip: &mut ZipArchive<At>,
+    entry: &Entry,
+    out: &mut dyn Write,
+    path: &Path,
+    budget: &Budget,
+    buf: &mut [u8],
+) -> Result<u64> {
     let name = entry.path.as_str();
     let corrupt = |e: &dyn std::fmt::Display| refuse(name, format!("corrupt data: {e}"));
     let mut reader = zip.by_index(entry.index).map_err(|e| corrupt(&e))?;
-    let mut out = create_new_file(path, entry.mode)?;
     let cap = ratio_cap(budget.max_ratio, entry.compressed);
     let mut written = 0u64;
     loop {
