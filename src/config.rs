@@ -827,11 +827,14 @@ fn lexically_normal(path: &Path) -> std::path::PathBuf {
 /// fetcher opens it with, so nothing accepted here reaches it as a relative path.
 fn check_location(field: &str, s: &str) -> Result<()> {
     const EXPECTED: &str = "an http://, https:// or file:// URL (of an absolute path, \
-                            host empty or localhost) or an absolute directory path";
+                            host empty or localhost; no query or fragment, since the \
+                            repository's paths are appended) or an absolute directory path";
     no_nul(field, s.as_bytes(), s)?;
     let ok = match s.split_once("://") {
         Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
-            "http" | "https" | "file" => crate::fetch::is_absolute_url(s),
+            "http" | "https" | "file" => {
+                crate::fetch::is_absolute_url(s) && !crate::fetch::has_query_or_fragment(s)
+            }
             _ => false,
         },
         // Absolute, as every path of the config (a relative one follows the working
@@ -852,7 +855,7 @@ fn check_proxy(proxy: &str) -> Result<()> {
         ok,
         "proxy",
         "an http://, https://, socks4:// or socks5:// URL",
-        proxy,
+        crate::fetch::without_passwords(proxy),
     )
 }
 
@@ -949,7 +952,7 @@ mod tests {
             "min_speed_bytes_per_s": 1});
         let c = parse(&v).unwrap();
         let fetcher = crate::fetch::Fetcher::new(vec!["/srv".into()], c.fetch_options()).unwrap();
-        let longest = fetcher.metadata_body_timeout(c.limits.max_metadata_bytes);
+        let longest = fetcher.body_timeout(c.limits.max_metadata_bytes);
         assert_eq!(longest.map(|d| d.as_secs()), Some((1 << 30) + 2 * 86_400));
         v["limits"]["retry_backoff_ms"] = json!(0);
         assert!(parse(&v).is_ok());
@@ -1033,6 +1036,16 @@ mod tests {
             ("server", Some(json!("")), "`server`"),
             ("server", Some(json!("repo")), "`server`"),
             ("server", Some(json!("http://exa mple/repo/")), "`server`"),
+            (
+                "server",
+                Some(json!("https://updates.acme.com/repo/?token=abc")),
+                "`server`: expected an http://, https:// or file:// URL",
+            ),
+            (
+                "mirrors",
+                Some(json!(["https://cdn.acme.com/repo#x"])),
+                "`mirrors[0]`: expected an http://, https:// or file:// URL",
+            ),
             (
                 "server",
                 Some(json!("/srv/re\u{0}po")),

@@ -233,6 +233,12 @@ impl Error {
         self
     }
 
+    /// The same error with its message rewritten by `f` (kind, source and wait kept).
+    pub(crate) fn map_message(mut self, f: impl FnOnce(&str) -> String) -> Error {
+        self.0.message = f(&self.0.message);
+        self
+    }
+
     /// The same error with ` (hint)` after its message: what the user may have got wrong.
     pub(crate) fn hint(mut self, hint: impl fmt::Display) -> Error {
         self.0.message = format!("{} ({hint})", self.0.message);

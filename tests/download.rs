@@ -1161,6 +1161,64 @@ fn endless_chunked_trailers_end_a_metadata_read_on_time_and_never_touch_a_blob()
     assert_eq!(std::fs::read(path).unwrap(), repo.blob);
 }
 
+/// A base URL may carry credentials (sent as Basic auth); no error names the password:
+/// errors go on to events, logs and the CLI's stderr.
+#[test]
+fn errors_never_show_the_password_of_a_base_url() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault("", Fault::Status(503));
+    let base = server.url().replacen("http://", "http://alice:s3cret@", 1);
+    let f = fetcher(&[base], options());
+    let downloads = TempDir::new().unwrap();
+    let errors = [
+        f.metadata("channels/stable.json", None, 4096).unwrap_err(),
+        download(&f, &repo.spec(), downloads.path()).unwrap_err(),
+    ];
+    for err in errors {
+        assert_eq!(err.kind(), ErrorKind::HttpStatus, "{err}");
+        assert!(
+            err.message().contains("http://alice:***@127.0.0.1:"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}
+
+/// A chunk's size line dripped a byte at a time keeps one read of a blob's body busy
+/// without a byte of data, out of reach of the speed check and the cancel made between
+/// reads: the body's deadline (speed window + read timeout + the blob at the minimum
+/// speed) ends it, as `timeout`.
+#[test]
+fn a_dripped_chunk_size_line_ends_a_blob_download_on_time() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(&repo.blob_path(), Fault::DrippedChunkSize);
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            min_speed_bytes_per_s: SIZE as u64,
+            speed_window: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    let downloads = TempDir::new().unwrap();
+    let started = Instant::now();
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    // 1 s window + 1 s read timeout + the blob at its size per second = 3 s, one try.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.message().contains("no end of the body within 3 s"),
+        "{err}"
+    );
+}
+
 /// An answer that is no valid HTTP (here a negative `Content-Length`) is the server's
 /// fault and the same on every try: `http_status`, and that base is not asked again in
 /// the later rounds, where a network error would be retried.

@@ -169,8 +169,10 @@ impl Target<'_> {
     }
 
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
+        let missing = self.spec.size.saturating_sub(range_from.unwrap_or(0));
         let request = Request {
             range_from,
+            body_timeout: stream.fetcher.body_timeout(missing),
             ..Request::default()
         };
         stream.fetcher.get(stream.url, &request)

@@ -4,7 +4,7 @@ use super::transport::{Request, Response, Transport};
 use super::FetchOptions;
 use crate::error::{Error, ErrorKind, Result};
 use std::io::{self, Read};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// HTTP and HTTPS (with the `tls` feature: rustls with ring, trusting the system's CA
@@ -30,10 +30,6 @@ pub struct HttpTransport {
     tls: OnceLock<Result<Tls>>,
     /// Made on the first request.
     agent: OnceLock<ureq::Agent>,
-    /// The agent for requests with a [`Request::body_timeout`] (metadata), and that
-    /// deadline: the same settings plus it. An agent rather than a per-request setting,
-    /// which would copy the whole configuration into every request (5 KB of code).
-    bounded: Mutex<Option<(Duration, ureq::Agent)>>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -48,6 +44,7 @@ impl HttpTransport {
     pub fn new(options: &FetchOptions) -> Result<HttpTransport> {
         let proxy = match &options.proxy {
             Some(proxy) => Some(ureq::Proxy::new(proxy).map_err(|e| {
+                let proxy = super::without_passwords(proxy);
                 Error::config(format!("expected a proxy URL, found {proxy:?}: {e}"))
             })?),
             None => None,
@@ -57,28 +54,15 @@ impl HttpTransport {
             proxy,
             tls: OnceLock::new(),
             agent: OnceLock::new(),
-            bounded: Mutex::new(None),
         })
     }
 
-    /// The agent for `url`, made on the first call; with `body_timeout`, one whose
-    /// requests have that deadline for their whole body.
-    fn agent(&self, url: &str, body_timeout: Option<Duration>) -> Result<ureq::Agent> {
+    /// The agent for `url`, made on the first call.
+    fn agent(&self, url: &str) -> Result<&ureq::Agent> {
         if let (Err(why), true) = (self.tls(), is_https(url)) {
             return Err(Error::new(why.kind(), format!("GET {url}: {why}")));
         }
-        let Some(limit) = body_timeout else {
-            return Ok(self.agent.get_or_init(|| self.make_agent(None)).clone());
-        };
-        let mut bounded = self.bounded.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*bounded {
-            Some((made_for, agent)) if *made_for == limit => Ok(agent.clone()),
-            _ => {
-                let agent = self.make_agent(Some(limit));
-                *bounded = Some((limit, agent.clone()));
-                Ok(agent)
-            }
-        }
+        Ok(self.agent.get_or_init(|| self.make_agent()))
     }
 
     /// The TLS configuration, read on the first call.
@@ -86,16 +70,15 @@ impl HttpTransport {
         self.tls.get_or_init(|| tls(&self.options))
     }
 
-    /// An agent with the options' settings and, for metadata, `body_timeout`; with TLS
-    /// when there are usable roots (plain `http://` works without).
-    fn make_agent(&self, body_timeout: Option<Duration>) -> ureq::Agent {
+    /// An agent with the options' settings; with TLS when there are usable roots (plain
+    /// `http://` works without).
+    fn make_agent(&self) -> ureq::Agent {
         let options = &self.options;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(nonzero(options.connect_timeout))
             .timeout_recv_response(nonzero(options.read_timeout))
             .timeout_per_read(nonzero(options.read_timeout))
-            .timeout_recv_body(body_timeout.map(bounded))
             // `get` follows redirects itself (with `follow_redirects`), hop by hop.
             .max_redirects(0)
             .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")));
@@ -335,10 +318,15 @@ impl Transport for HttpTransport {
 impl HttpTransport {
     /// One request, no redirect followed (ureq's `max_redirects` is 0).
     fn get_once(&self, url: &str, req: &Request) -> Result<Response, CallError> {
-        let mut request = self
-            .agent(url, req.body_timeout)
-            .map_err(CallError::Ours)?
-            .get(url);
+        let mut request = self.agent(url).map_err(CallError::Ours)?.get(url);
+        // A deadline for the whole body: a read that gets bytes but no data (the size
+        // line of a chunk dripped a byte at a time) returns to no speed check or cancel.
+        if let Some(limit) = req.body_timeout {
+            request = request
+                .config()
+                .timeout_recv_body(Some(bounded(limit)))
+                .build();
+        }
         if let Some(from) = req.range_from {
             request = request.header("Range", format!("bytes={from}-"));
         }

@@ -188,8 +188,9 @@ pub struct Fetcher {
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bases: Vec<String> = self.bases.iter().map(|b| without_passwords(b)).collect();
         f.debug_struct("Fetcher")
-            .field("bases", &self.bases)
+            .field("bases", &bases)
             .field("options", &self.options)
             .field("custom_transport", &self.custom.is_some())
             .finish_non_exhaustive()
@@ -269,11 +270,22 @@ impl Fetcher {
         max_bytes: u64,
         check: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Metadata> {
+        self.fetch_metadata(path, etag, max_bytes, check)
+            .map_err(redacted)
+    }
+
+    fn fetch_metadata(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+        check: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Metadata> {
         let urls = self.urls(path)?;
         let request = Request {
             range_from: None,
             if_none_match: etag.map(str::to_owned),
-            body_timeout: self.metadata_body_timeout(max_bytes),
+            body_timeout: self.body_timeout(max_bytes),
         };
         // The server's 404 is the answer for metadata even when a mirror is down: the
         // root walk ends at the first missing version, and a mirror that cannot be reached
@@ -332,7 +344,7 @@ impl Fetcher {
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
     ) -> Result<PathBuf> {
-        download::download(self, spec, dir, progress, cancel)
+        download::download(self, spec, dir, progress, cancel).map_err(redacted)
     }
 
     /// What this fetcher has done so far.
@@ -374,11 +386,12 @@ impl Fetcher {
         self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// The whole body of a document of at most `max_bytes` arrives within the speed window
-    /// plus its size at the minimum speed, or the speed rule fails it anyway; none when
-    /// the rule is off. Saturating: the options are public, and a sum past
-    /// `Duration::MAX` means "no deadline worth keeping" rather than a panic.
-    pub(crate) fn metadata_body_timeout(&self, max_bytes: u64) -> Option<Duration> {
+    /// The whole body of at most `max_bytes` (a document's cap, a blob's bytes still
+    /// missing) arrives within the speed window and the read timeout plus its size at the
+    /// minimum speed, or the speed rule fails it anyway; none when the rule is off.
+    /// Saturating: the options are public, and a sum past `Duration::MAX` means "no
+    /// deadline worth keeping" rather than a panic.
+    pub(crate) fn body_timeout(&self, max_bytes: u64) -> Option<Duration> {
         let o = &self.options;
         let at_min_speed = max_bytes.checked_div(o.min_speed_bytes_per_s)?;
         Some(
@@ -727,13 +740,61 @@ fn read_error(url: &str, done: u64, err: std::io::Error) -> Error {
     Error::new(kind, message).with_source(err)
 }
 
+/// `e` with no password of a URL in its message ([`without_passwords`]).
+fn redacted(e: Error) -> Error {
+    match e.message().contains('@') {
+        true => e.map_message(without_passwords),
+        false => e,
+    }
+}
+
+/// `text` with the password of every URL's userinfo (`https://user:secret@host/…`)
+/// replaced by `***`. A base may carry credentials, which the HTTP stack sends as Basic
+/// auth; errors go on to events, logs and the CLI's stderr.
+pub(crate) fn without_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| "/?#\"' \n),".contains(c))
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        let userinfo = authority.rsplit_once('@');
+        match userinfo.and_then(|(user, host)| Some((user.split_once(':')?.0, host))) {
+            Some((name, host)) => {
+                out.push_str(name);
+                out.push_str(":***@");
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn check_bases(bases: &[String]) -> Result<()> {
     if bases.is_empty() {
         return Err(Error::config(
             "expected at least one server or mirror base, found none",
         ));
     }
+    if let Some(base) = bases.iter().find(|b| has_query_or_fragment(b)) {
+        return Err(Error::config(format!(
+            "expected a base URL without a query or fragment (the repository's paths are appended to it), found {base:?}"
+        )));
+    }
     Ok(())
+}
+
+/// Whether the URL `base` has a query (`?token=…`) or a fragment (`#…`): the paths
+/// appended to a base would land inside them, and every request would ask for the base
+/// itself. (A plain directory path may hold either character.)
+pub(crate) fn has_query_or_fragment(base: &str) -> bool {
+    base.contains("://") && base.contains(['?', '#'])
 }
 
 fn is_http(url: &str) -> bool {
@@ -882,6 +943,50 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Config);
     }
 
+    /// The repository's paths are appended to a base: one with a query or fragment would
+    /// have every request ask for the base itself. A directory may hold either character.
+    #[test]
+    fn a_base_url_with_a_query_or_fragment_is_a_config_error() {
+        for base in [
+            "https://h/repo/?token=abc",
+            "http://h/repo#mirror",
+            "file:///srv/r?x",
+        ] {
+            let err = Fetcher::new(vec![base.into()], FetchOptions::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{base}");
+            assert!(
+                err.message().contains("without a query or fragment"),
+                "{err}"
+            );
+        }
+        Fetcher::new(vec!["/srv/repo#1?".into()], FetchOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn passwords_of_urls_are_never_shown() {
+        let rows = [
+            (
+                "GET http://alice:s3cret@127.0.0.1:8/repo/x: expected 200",
+                "GET http://alice:***@127.0.0.1:8/repo/x: expected 200",
+            ),
+            (
+                "found \"socks5://u:p%40w@proxy:1080\", then https://bob@h/ and http://h/a@b",
+                "found \"socks5://u:***@proxy:1080\", then https://bob@h/ and http://h/a@b",
+            ),
+            ("no url: a@b:c", "no url: a@b:c"),
+            ("https://a:b@", "https://a:***@"),
+        ];
+        for (text, shown) in rows {
+            assert_eq!(without_passwords(text), shown);
+        }
+        let fetcher = Fetcher::new(
+            vec!["http://alice:s3cret@127.0.0.1:8/repo/".into()],
+            FetchOptions::default(),
+        )
+        .unwrap();
+        assert!(!format!("{fetcher:?}").contains("s3cret"));
+    }
+
     #[test]
     fn only_urls_naming_the_same_thing_everywhere_are_absolute() {
         for url in [
@@ -973,7 +1078,7 @@ mod tests {
             ..FetchOptions::default()
         };
         let fetcher = Fetcher::new(vec!["/srv".into()], options).unwrap();
-        assert_eq!(fetcher.metadata_body_timeout(u64::MAX), Some(Duration::MAX));
+        assert_eq!(fetcher.body_timeout(u64::MAX), Some(Duration::MAX));
     }
 
     #[test]

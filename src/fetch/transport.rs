@@ -13,10 +13,12 @@ pub struct Request {
     pub range_from: Option<u64>,
     /// Ask for `304 Not Modified` when the document still has this entity tag.
     pub if_none_match: Option<String>,
-    /// The longest the whole body may take, from the request on. Metadata has one: it is
-    /// read to its end, and a server can keep a single read busy forever (chunked
-    /// trailers that never end), out of reach of the checks made between reads. A blob
-    /// has none: it is never read past its size.
+    /// The longest the whole body may take, from the request on: the speed window, the
+    /// read timeout and the bytes asked for at the minimum speed, so that it never cuts
+    /// off a transfer the speed rule lets through. A server can keep a single read busy
+    /// without handing it a byte of data (chunked trailers that never end, a chunk's
+    /// size line dripped a byte at a time), out of reach of the speed check and the
+    /// cancel made between reads; metadata and blobs both have one.
     pub body_timeout: Option<std::time::Duration>,
 }
 

@@ -73,6 +73,11 @@ pub enum Fault {
     /// until the client goes away or the server stops: a single read of the body never
     /// ends, since each trailer is data for the connection but none for the body.
     EndlessTrailers,
+    /// Send headers for a chunked body, then the size line of its first chunk, 640 `0`s
+    /// every 50 ms, never ending it, until the client goes away or the server stops: the
+    /// connection gets bytes, the body none. (ureq gives up when its 128 KiB buffer is
+    /// full, about 10 s in: a client that waits for that fails a test's time bound.)
+    DrippedChunkSize,
 }
 
 /// One request the server received.
@@ -436,7 +441,12 @@ fn send(
     };
     let chunked = matches!(
         fault,
-        Some(Fault::EndlessTrailers | Fault::IgnoreRangeChunked | Fault::ChunkedErrorPage(_))
+        Some(
+            Fault::EndlessTrailers
+                | Fault::DrippedChunkSize
+                | Fault::IgnoreRangeChunked
+                | Fault::ChunkedErrorPage(_)
+        )
     );
     if chunked {
         head.push_str("Transfer-Encoding: chunked\r\n");
@@ -452,6 +462,14 @@ fn send(
             let n = (*n as usize).min(body.len());
             stream.write_all(&body[..n])?;
             stream.flush()?;
+            stream.shutdown(Shutdown::Both)
+        }
+        Some(Fault::DrippedChunkSize) => {
+            while !stop.load(Ordering::SeqCst) {
+                stream.write_all(&[b'0'; 640])?;
+                stream.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             stream.shutdown(Shutdown::Both)
         }
         Some(Fault::EndlessTrailers) => {
