@@ -841,7 +841,7 @@ fn check_location(field: &str, s: &str) -> Result<()> {
         // directory of each process).
         None => Path::new(s).is_absolute(),
     };
-    ensure(ok, field, EXPECTED, s)
+    ensure(ok, field, EXPECTED, crate::fetch::without_passwords(s))
 }
 
 fn check_proxy(proxy: &str) -> Result<()> {

@@ -1161,6 +1161,39 @@ fn endless_chunked_trailers_end_a_metadata_read_on_time_and_never_touch_a_blob()
     assert_eq!(std::fs::read(path).unwrap(), repo.blob);
 }
 
+/// A resume answered with the whole blob (a server that ignores `Range`), at a speed the
+/// speed rule allows, finishes: the body's deadline is the whole blob's, not the bytes
+/// the `.part` still missed.
+#[test]
+fn a_resume_answered_with_the_whole_blob_at_an_allowed_speed_finishes() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(
+        &repo.blob_path(),
+        Fault::IgnoreRangeTrickle {
+            bytes: 32 << 10,
+            every: Duration::from_millis(100),
+        },
+    );
+    let downloads = TempDir::new().unwrap();
+    std::fs::write(
+        part_path(downloads.path(), &repo),
+        &repo.blob[..SIZE / 16 * 15],
+    )
+    .unwrap();
+    let f = fetcher(
+        &[server.url()],
+        FetchOptions {
+            min_speed_bytes_per_s: 100 << 10,
+            speed_window: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            ..retrying(2)
+        },
+    );
+    assert_downloads_the_blob(&f, &repo, downloads.path());
+    assert_eq!(statuses(&server, &repo), [200], "one request");
+}
+
 /// A base URL may carry credentials (sent as Basic auth); no error names the password:
 /// errors go on to events, logs and the CLI's stderr.
 #[test]

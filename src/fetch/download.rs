@@ -169,10 +169,11 @@ impl Target<'_> {
     }
 
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
-        let missing = self.spec.size.saturating_sub(range_from.unwrap_or(0));
+        // For the whole blob, a resume too: a server that ignores `Range` answers with all
+        // of it, compared with the kept bytes from byte 0.
         let request = Request {
             range_from,
-            body_timeout: stream.fetcher.body_timeout(missing),
+            body_timeout: stream.fetcher.body_timeout(self.spec.size),
             ..Request::default()
         };
         stream.fetcher.get(stream.url, &request)

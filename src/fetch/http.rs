@@ -526,7 +526,7 @@ impl Read for Body {
                 (ureq::Error::Timeout(ureq::Timeout::RecvBody), Some(limit)) => io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "no end of the body within {} (its size cap at the minimum speed, plus the speed window)",
+                        "no end of the body within {} (its size at the minimum speed, plus the speed window and the read timeout)",
                         super::duration_words(limit)
                     ),
                 ),

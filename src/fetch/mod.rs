@@ -189,9 +189,13 @@ pub struct Fetcher {
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bases: Vec<String> = self.bases.iter().map(|b| without_passwords(b)).collect();
+        let options = FetchOptions {
+            proxy: self.options.proxy.as_deref().map(without_passwords),
+            ..self.options.clone()
+        };
         f.debug_struct("Fetcher")
             .field("bases", &bases)
-            .field("options", &self.options)
+            .field("options", &options)
             .field("custom_transport", &self.custom.is_some())
             .finish_non_exhaustive()
     }
@@ -757,8 +761,10 @@ pub(crate) fn without_passwords(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
+        // Where the authority ends: userinfo may hold any sub-delimiter (`,`, `'`, `)`),
+        // never these unencoded (a quote is Debug's around the whole URL).
         let end = tail
-            .find(|c: char| "/?#\"' \n),".contains(c))
+            .find(|c: char| "/?#\"".contains(c) || c.is_whitespace())
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         let userinfo = authority.rsplit_once('@');
@@ -783,6 +789,7 @@ fn check_bases(bases: &[String]) -> Result<()> {
         ));
     }
     if let Some(base) = bases.iter().find(|b| has_query_or_fragment(b)) {
+        let base = without_passwords(base);
         return Err(Error::config(format!(
             "expected a base URL without a query or fragment (the repository's paths are appended to it), found {base:?}"
         )));
@@ -973,6 +980,10 @@ mod tests {
                 "found \"socks5://u:p%40w@proxy:1080\", then https://bob@h/ and http://h/a@b",
                 "found \"socks5://u:***@proxy:1080\", then https://bob@h/ and http://h/a@b",
             ),
+            (
+                "GET http://al,ice:se,c'r)e(t@h:1/x and http://a:b@h",
+                "GET http://al,ice:***@h:1/x and http://a:***@h",
+            ),
             ("no url: a@b:c", "no url: a@b:c"),
             ("https://a:b@", "https://a:***@"),
         ];
@@ -985,6 +996,18 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{fetcher:?}").contains("s3cret"));
+        let options = FetchOptions {
+            proxy: Some("http://p:hunter2@proxy:3128".into()),
+            ..FetchOptions::default()
+        };
+        let fetcher = Fetcher::new(vec!["/srv/repo".into()], options).unwrap();
+        assert!(!format!("{fetcher:?}").contains("hunter2"));
+        let err = Fetcher::new(
+            vec!["https://a:s3cret@h/r/?t=1".into()],
+            FetchOptions::default(),
+        )
+        .unwrap_err();
+        assert!(!err.message().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -14,8 +14,9 @@ pub struct Request {
     /// Ask for `304 Not Modified` when the document still has this entity tag.
     pub if_none_match: Option<String>,
     /// The longest the whole body may take, from the request on: the speed window, the
-    /// read timeout and the bytes asked for at the minimum speed, so that it never cuts
-    /// off a transfer the speed rule lets through. A server can keep a single read busy
+    /// read timeout and the most bytes the answer may carry (a document's cap, a blob's
+    /// whole size, which a server that ignores `Range` sends) at the minimum speed, so
+    /// that it never cuts off a transfer the speed rule lets through. A server can keep a single read busy
     /// without handing it a byte of data (chunked trailers that never end, a chunk's
     /// size line dripped a byte at a time), out of reach of the speed check and the
     /// cancel made between reads; metadata and blobs both have one.
