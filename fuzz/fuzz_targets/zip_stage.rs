@@ -8,10 +8,12 @@
 //!
 //! Properties: no panic, no hang, bounded memory and disk; nothing is ever written outside
 //! the destination; a refusal leaves nothing behind; what is extracted has masked modes,
-//! symlinks (when allowed) that stay inside the component, and matches the returned stats.
+//! symlinks (when allowed) that stay inside the component, and matches the returned stats;
+//! the publisher's check (`CheckedZip::check` then `inflate_all`, with the same caps)
+//! passes exactly the archives that extract.
 #![no_main]
 
-use evergreen::stage::{extract_zip, ArchiveLimits, ExtractStats};
+use evergreen::stage::{extract_zip, ArchiveLimits, CheckedZip, ExtractStats};
 use libfuzzer_sys::fuzz_target;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +43,13 @@ fuzz_target!(|data: &[u8]| {
     let file = fs::File::open(&zip_path).expect("open the archive");
     let installed_size = (mode & 2 != 0).then(|| archive.len() as u64 * 64);
     let result = extract_zip(&file, &dest, installed_size, &limits(mode & 1 != 0));
+    let published = CheckedZip::check(&file, installed_size, &limits(mode & 1 != 0))
+        .and_then(CheckedZip::inflate_all);
+    assert_eq!(
+        published.as_ref().map(drop).map_err(|e| e.kind()),
+        result.as_ref().map(drop).map_err(|e| e.kind()),
+        "the publisher's check and the extraction disagree: {published:?} / {result:?}"
+    );
 
     // Nothing outside the destination: the temporary directory holds what it held.
     assert_eq!(names(tmp.path()), ["in.zip", "slot"]);
