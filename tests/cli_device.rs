@@ -546,6 +546,24 @@ fn update_to_a_channel_whose_check_fails_keeps_the_channel_followed() {
     dev.expect("check", &[], 0);
 }
 
+/// `update --channel` without `--yes` and without a terminal to ask on fails before the
+/// switch: the device keeps its channel (it followed the new one, silently, before).
+#[test]
+fn update_to_a_channel_that_cannot_ask_keeps_the_channel_followed() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.noterminal");
+    publish(&repo, "1.1.0", "preview");
+    let out = dev.run("update", &["--channel", "preview", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).starts_with("error[config]: expected --yes to install"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(dev.status()["channel"], "stable");
+    dev.expect("check", &[], 0);
+}
+
 /// On a terminal `update` asks; a "no" under `--json` is still one JSON object on stdout.
 /// `script` (util-linux) gives the command a terminal.
 #[test]

@@ -32,7 +32,8 @@ pub struct CheckArgs {
 pub struct UpdateArgs {
     /// Switch to this channel, then update from it. The switch is saved once the
     /// channel's check succeeds: a check that fails (a channel the repository does not
-    /// have, say) or is interrupted leaves the device on its channel.
+    /// have, say) or is interrupted, or an update that needs `--yes` without a terminal
+    /// to ask on, leaves the device on its channel.
     #[arg(long, value_name = "C")]
     pub channel: Option<String>,
     /// Install exactly this version (a downgrade is allowed because it was asked for).
@@ -230,12 +231,18 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     }
 }
 
-fn confirm_install(offer: &Offer) -> Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::config(
+/// Refuses to go on without `--yes` when there is no terminal to ask on.
+fn terminal_to_ask() -> Result<()> {
+    match std::io::stdin().is_terminal() {
+        true => Ok(()),
+        false => Err(Error::config(
             "expected --yes to install without a terminal to ask on, found none",
-        ));
+        )),
     }
+}
+
+fn confirm_install(offer: &Offer) -> Result<bool> {
+    terminal_to_ask()?;
     eprint!("install {}? [y/N] ", offer.version);
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
@@ -276,12 +283,17 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     result
 }
 
-/// Checks for `update`; with `channel`, checks that channel and switches to it once its
+/// Checks for `update`; with `--channel`, checks that channel and switches to it once its
 /// check succeeded. A misspelt channel would fail every later check, and a switch saved
-/// before the check would stay if the check never ended (Ctrl-C, a power cut).
-fn check_on(up: &Updater, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
-    let check = up.check_with(channel, version)?;
-    if let Some(channel) = channel {
+/// before the check would stay if the check never ended (Ctrl-C, a power cut). An update
+/// that could not be asked for (no `--yes`, no terminal) fails before the switch: the
+/// device keeps its channel.
+fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Check> {
+    let check = up.check_with(args.channel.as_deref(), args.version.as_ref())?;
+    if let Some(channel) = &args.channel {
+        if matches!(check, Check::Available(_)) && !args.yes && !args.download_only {
+            terminal_to_ask()?;
+        }
         up.set_channel(channel)?;
     }
     Ok(check)
@@ -290,7 +302,7 @@ fn check_on(up: &Updater, channel: Option<&str>, version: Option<&Version>) -> R
 /// `evergreen update`: check, show the diff, ask, download, install, activate.
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
-    let offer = match check_on(&up, args.channel.as_deref(), args.version.as_ref())? {
+    let offer = match check_on(&up, args)? {
         Check::UpToDate => {
             if json {
                 print_json(&json!({"status": "up_to_date"}));
@@ -310,8 +322,13 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         } else {
             out!("not installed");
         }
-        if let (Some(channel), false) = (&args.channel, json) {
-            out!("the device follows channel {channel} from now on (`evergreen channel` switches back)");
+        if let Some(channel) = &args.channel {
+            // On stderr under --json: stdout is the one line of JSON.
+            let line = format!("the device follows channel {channel} from now on (`evergreen channel` switches back)");
+            match json {
+                true => eprintln!("{line}"),
+                false => out!("{line}"),
+            }
         }
         return Ok(0);
     }
