@@ -15,7 +15,7 @@ use common::zips::{self, Item};
 use evergreen::manifest::Manifest;
 use evergreen::publish::{RotateOptions, Signing};
 use evergreen::trust::{self, Envelope, EnvelopeSignature, Root, SecretKey, ROOT_TYPE};
-use evergreen::{Check, ErrorKind};
+use evergreen::{Check, Error, ErrorKind};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -642,19 +642,8 @@ fn attack_root_rollback_through_a_lost_saved_root() {
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
     assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
     assert_eq!(dev.state_json()["root_version"], 2);
-    std::fs::remove_file(dev.state.join("root.json")).unwrap();
-    let mut m = manifest_of(&w.channel_bytes("stable"));
-    m.sequence += 1;
-    evil_release(&mut m);
-    let forged = trust::seal(trust::MANIFEST_TYPE, &m.to_bytes(), &[&key(MANIFEST_KEY)]);
-    w.server.set_fault("root/2.json", Fault::Status(404));
-    w.serve(STABLE, forged);
-    let err = refused(dev.updater.check(), ErrorKind::MetadataRollback);
-    assert!(
-        err.message().contains("expected root version 2 or newer")
-            && err.message().contains("found version 1"),
-        "{err}"
-    );
+    let err = lose_root_json_and_replay_the_revoked_key(&w, &dev);
+    assert!(err.message().contains("found version 1"), "{err}");
     assert_eq!(dev.state_json()["root_version"], 2);
     w.server.clear_faults();
     assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
@@ -674,6 +663,13 @@ fn attack_root_rollback_after_a_walk_cut_short() {
     let cut = dev.updater.check().unwrap_err();
     assert_eq!(cut.kind(), ErrorKind::HttpStatus, "{cut}");
     assert_eq!(dev.state_json()["root_version"], 2);
+    lose_root_json_and_replay_the_revoked_key(&w, &dev);
+}
+
+/// `root.json` lost on a device that trusted root 2, then the attacker's move: root 2
+/// hidden (404) and a manifest signed with the key root 2 revoked. The check must be
+/// refused as a root rollback; returns its error.
+fn lose_root_json_and_replay_the_revoked_key(w: &World, dev: &Dev) -> Error {
     std::fs::remove_file(dev.state.join("root.json")).unwrap();
     let mut m = manifest_of(&w.channel_bytes("stable"));
     m.sequence += 1;
@@ -686,6 +682,7 @@ fn attack_root_rollback_after_a_walk_cut_short() {
         err.message().contains("expected root version 2 or newer"),
         "{err}"
     );
+    err
 }
 
 /// A new chain (root and manifest keys 21 and 31, for the same product), as a vendor
