@@ -67,10 +67,9 @@ fn fresh_device_with(repo: &Repo, name: &str, mut extra: serde_json::Value) -> D
         assert!(out.status.success(), "{step:?}: {}", common::stderr(&out));
     }
     // From now on follow the channel (unpin).
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
-    cfg.as_object_mut().unwrap().remove("pin_version");
-    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    dev.edit_config(|cfg| {
+        cfg.as_object_mut().unwrap().remove("pin_version");
+    });
     dev
 }
 

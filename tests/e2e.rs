@@ -430,10 +430,7 @@ fn a_standing_pin_does_not_bring_back_a_release_that_rolled_back_here() {
     } = setup_with_1_0_0("com.acme.pinfail");
     install_and_confirm(&dev);
     publish_app(&repo, &src, "1.1.0", false);
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
-    cfg["pin_version"] = "1.1.0".into();
-    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    dev.edit_config(|cfg| cfg["pin_version"] = "1.1.0".into());
     assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
     dev.expect("update", &["--yes"], 0);
     dev.expect("rollback", &[], 0);
@@ -456,10 +453,7 @@ fn reinstall_finds_the_current_version_listed_with_build_metadata() {
         dev,
     } = setup("com.acme.buildmeta");
     publish_app(&repo, &src, "1.0.0+b7", true);
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
-    cfg["current_version"] = "1.0.0".into();
-    std::fs::write(&dev.config, cfg.to_string()).unwrap();
+    dev.edit_config(|cfg| cfg["current_version"] = "1.0.0".into());
     std::fs::create_dir_all(dev.root.join("slots/a/app")).unwrap();
     assert_eq!(check_json(&dev, 0)["status"], "up_to_date");
     dev.expect("reinstall", &[], 0);

@@ -114,10 +114,9 @@ impl Board {
 
     /// Forgets the configured `current_version`: the factory image is unknown to Evergreen.
     fn without_current_version(self) -> Board {
-        let mut cfg: Value =
-            serde_json::from_slice(&std::fs::read(&self.dev.config).unwrap()).unwrap();
-        cfg.as_object_mut().unwrap().remove("current_version");
-        std::fs::write(&self.dev.config, cfg.to_string()).unwrap();
+        self.dev.edit_config(|cfg| {
+            cfg.as_object_mut().unwrap().remove("current_version");
+        });
         self
     }
 
@@ -1410,10 +1409,9 @@ fn an_image_that_fills_the_slot_files_disk_says_so_and_gives_the_room_back() {
         return;
     };
     let slot_b = small.join("b.img");
-    let mut cfg: Value =
-        serde_json::from_slice(&std::fs::read(&board.dev.config).unwrap()).unwrap();
-    cfg["slots"]["b"] = json!(slot_b);
-    std::fs::write(&board.dev.config, cfg.to_string()).unwrap();
+    board
+        .dev
+        .edit_config(|cfg| cfg["slots"]["b"] = json!(slot_b));
     release_image(&repo, "2.0.0", MIB, 2);
 
     let out = board.dev.run("update", &["--yes"]);
@@ -1447,10 +1445,9 @@ fn an_image_that_fills_the_slot_files_disk_says_so_and_gives_the_room_back() {
 
 /// Points the image slot `slot` ("a" or "b") of `board`'s config at `path`.
 fn set_slot_path(board: &Board, slot: &str, path: &str) {
-    let mut cfg: Value =
-        serde_json::from_slice(&std::fs::read(&board.dev.config).unwrap()).unwrap();
-    cfg["slots"][slot] = json!(path);
-    std::fs::write(&board.dev.config, cfg.to_string()).unwrap();
+    board
+        .dev
+        .edit_config(|cfg| cfg["slots"][slot] = json!(path));
 }
 
 /// The SHA-256 of the first `len` bytes of `path`.

@@ -342,6 +342,14 @@ impl Device {
         serde_json::from_str(&self.expect("status", &["--json"], 0)).unwrap()
     }
 
+    /// Rewrites the device's config file with `edit` applied to its JSON.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.config).unwrap()).unwrap();
+        edit(&mut cfg);
+        std::fs::write(&self.config, cfg.to_string()).unwrap();
+    }
+
     /// The state file as the updater last saved it.
     pub fn state_file(&self) -> serde_json::Value {
         let path = self.state.join("state.json");
