@@ -427,12 +427,47 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Where a write to `path` must go: `path` itself, or, when it is a symlink, the file it
 /// points to (followed link by link, a relative target read from the link's directory),
 /// which need not exist yet — a fresh data partition on the first boot.
-pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
+pub fn link_target(path: PathBuf) -> Result<PathBuf> {
+    follow_links(path, |_, _| Ok(()))
+}
+
+/// [`link_target`], following only links this user or root made: one that another user
+/// who may write a directory on the way planted (in place of `state.json`, say) would make
+/// a write go to a file of this user's choosing. Refused with `io`, naming its owner.
+pub fn own_link_target(path: PathBuf) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let start = path.clone();
-    // As many links as the kernel follows in one path lookup.
+    follow_links(path, |at, link| {
+        // SAFETY: a query without arguments.
+        if link.uid() == 0 || link.uid() == unsafe { libc::geteuid() } {
+            return Ok(());
+        }
+        let on_the_way = match at == start {
+            true => String::new(),
+            false => format!(" at {}", at.display()),
+        };
+        Err(Error::new(
+            crate::error::ErrorKind::Io,
+            format!(
+                "{}: expected a file, or a symlink this user or root made, found a symlink of user {}{on_the_way} (never followed)",
+                start.display(),
+                link.uid()
+            ),
+        ))
+    })
+}
+
+/// Follows the symlinks from `path` (as many as the kernel follows in one lookup), each
+/// one first passed to `allow` with its own metadata; returns where they end.
+fn follow_links(
+    mut path: PathBuf,
+    allow: impl Fn(&Path, &fs::Metadata) -> Result<()>,
+) -> Result<PathBuf> {
+    let start = path.clone();
     for _ in 0..40 {
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_symlink() => {
+                allow(&path, &m)?;
                 let to = std::fs::read_link(&path).map_err(|e| Error::io("read link", &path, e))?;
                 path = path.parent().map_or(to.clone(), |dir| dir.join(&to));
             }
@@ -446,40 +481,6 @@ pub fn link_target(mut path: PathBuf) -> Result<PathBuf> {
             start.display()
         ),
     ))
-}
-
-/// [`link_target`], following only links this user or root made: one that another user
-/// who may write a directory on the way planted (in place of `state.json`, say) would make
-/// a write go to a file of this user's choosing. Refused with `io`, naming its owner.
-pub fn own_link_target(path: PathBuf) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let start = path.clone();
-    let mut at = path;
-    for _ in 0..40 {
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                // SAFETY: a query without arguments.
-                if m.uid() != 0 && m.uid() != unsafe { libc::geteuid() } {
-                    let on_the_way = match at == start {
-                        true => String::new(),
-                        false => format!(" at {}", at.display()),
-                    };
-                    return Err(Error::new(
-                        crate::error::ErrorKind::Io,
-                        format!(
-                            "{}: expected a file, or a symlink this user or root made, found a symlink of user {}{on_the_way} (never followed)",
-                            start.display(),
-                            m.uid()
-                        ),
-                    ));
-                }
-                let to = std::fs::read_link(&at).map_err(|e| Error::io("read link", &at, e))?;
-                at = at.parent().map_or(to.clone(), |dir| dir.join(&to));
-            }
-            _ => return Ok(at),
-        }
-    }
-    link_target(start)
 }
 
 /// Creates `dir` and its missing parents, each made durable in its parent. They get mode
