@@ -823,20 +823,18 @@ fn evergreen_bin() -> Result<PathBuf, String> {
         .and_then(Path::parent)
         .map(|d| d.join("evergreen"))
         .ok_or("no directory for the evergreen binary")?;
-    {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run_tool(
-            &cargo,
-            &[
-                "build",
-                "--release",
-                "--bin",
-                "evergreen",
-                "--manifest-path",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-            ],
-        )?;
-    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_tool(
+        &cargo,
+        &[
+            "build",
+            "--release",
+            "--bin",
+            "evergreen",
+            "--manifest-path",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ],
+    )?;
     Ok(bin)
 }
 
