@@ -13,7 +13,9 @@
 //! - `ca_roots` — `null`: a PEM bundle to trust for HTTPS instead of the system's CA bundle
 //!   (`SSL_CERT_FILE`, else the distribution's usual file: `fetch::SYSTEM_ROOTS`) or, with
 //!   the `webpki-roots` feature, Mozilla's roots built into the library;
-//! - `proxy` — `null`: an `http://`, `https://`, `socks4://` or `socks5://` proxy URL.
+//! - `proxy` — `null`: an `http://`, `https://`, `socks4://` or `socks5://` proxy URL for
+//!   every request; `null` takes the environment's (`ALL_PROXY`, `HTTPS_PROXY`,
+//!   `HTTP_PROXY`, with `NO_PROXY`: see [`FetchOptions::proxy`](crate::fetch::FetchOptions::proxy)).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{is_channel_name, DEFAULT_MAX_METADATA_BYTES};

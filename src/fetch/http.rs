@@ -1,5 +1,6 @@
 //! The HTTP(S) transport, over ureq.
 
+use super::proxy::Via;
 use super::transport::{Request, Response, Transport};
 use super::FetchOptions;
 use crate::error::{Error, ErrorKind, Result};
@@ -24,7 +25,8 @@ use std::time::Duration;
 /// the file or the paths tried.
 pub struct HttpTransport {
     options: FetchOptions,
-    proxy: Option<ureq::Proxy>,
+    /// The proxy requests go through, unless `NO_PROXY` lists their host.
+    via: Option<Via>,
     /// Read on the first request, once for both agents: the TLS configuration with its
     /// CA roots, or why there are no usable roots (only `https://` needs them).
     tls: OnceLock<Result<Tls>>,
@@ -40,18 +42,17 @@ impl std::fmt::Debug for HttpTransport {
 
 impl HttpTransport {
     /// A transport configured by `options`. Fails with [`ErrorKind::Config`] for a bad
-    /// proxy URL; `ca_roots` is read by the first request.
+    /// proxy URL; `ca_roots` is read by the first request. Without a configured proxy,
+    /// the environment's (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, and `NO_PROXY`) is
+    /// read here, once.
     pub fn new(options: &FetchOptions) -> Result<HttpTransport> {
-        let proxy = match &options.proxy {
-            Some(proxy) => Some(ureq::Proxy::new(proxy).map_err(|e| {
-                let proxy = super::without_passwords(proxy);
-                Error::config(format!("expected a proxy URL, found {proxy:?}: {e}"))
-            })?),
-            None => None,
+        let via = match &options.proxy {
+            Some(url) => Some(Via::configured(url)?),
+            None => Via::from_env(),
         };
         Ok(HttpTransport {
             options: options.clone(),
-            proxy,
+            via,
             tls: OnceLock::new(),
             agent: OnceLock::new(),
         })
@@ -81,10 +82,9 @@ impl HttpTransport {
             .timeout_per_read(nonzero(options.read_timeout))
             // `get` follows redirects itself (with `follow_redirects`), hop by hop.
             .max_redirects(0)
-            .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")));
-        if self.proxy.is_some() {
-            config = config.proxy(self.proxy.clone());
-        }
+            .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")))
+            // Never ureq's own reading of the environment: `via` is what errors name.
+            .proxy(self.via.as_ref().map(|via| via.proxy.clone()));
         #[cfg(feature = "tls")]
         if let Ok(tls) = self.tls() {
             config = config.tls_config(tls.clone());
@@ -316,6 +316,11 @@ impl Transport for HttpTransport {
 }
 
 impl HttpTransport {
+    /// The proxy a request for `url` goes through, if any.
+    fn via_for(&self, url: &str) -> Option<&Via> {
+        self.via.as_ref().filter(|via| via.serves(url))
+    }
+
     /// One request, no redirect followed (ureq's `max_redirects` is 0).
     fn get_once(&self, url: &str, req: &Request) -> Result<Response, CallError> {
         let mut request = self.agent(url).map_err(CallError::Ours)?.get(url);
@@ -326,6 +331,9 @@ impl HttpTransport {
                 .config()
                 .timeout_recv_body(Some(bounded(limit)))
                 .build();
+        }
+        if self.via_for(url).is_none() && self.via.is_some() {
+            request = request.config().proxy(None).build();
         }
         if let Some(from) = req.range_from {
             request = request.header("Range", format!("bytes={from}-"));
@@ -395,7 +403,10 @@ impl HttpTransport {
             (ureq::Error::BadUri(_) | ureq::Error::Http(_), Some(_)) => ErrorKind::HttpStatus,
             _ => transfer_kind(&err),
         };
-        let found = describe(&err, &self.options);
+        let mut found = describe(&err, &self.options);
+        if let Some(via) = self.via_for(redirected_to.unwrap_or(url)) {
+            found = format!("{found}, through proxy {}", via.name());
+        }
         let message = match redirected_to {
             None => format!("GET {url}: expected an HTTP response, found {found}"),
             Some(location) => format!(

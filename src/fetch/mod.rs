@@ -28,6 +28,8 @@
 mod download;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
+mod proxy;
 mod speed;
 mod transport;
 
@@ -77,8 +79,11 @@ pub struct FetchOptions {
     /// bundle (`system_roots`), or of Mozilla's roots built in with the `webpki-roots`
     /// feature (for a private CA). Needs the `tls` feature.
     pub ca_roots: Option<PathBuf>,
-    /// An HTTP(S) or SOCKS proxy URL. `None` takes `ALL_PROXY` / `HTTPS_PROXY` /
-    /// `HTTP_PROXY` and `NO_PROXY` from the environment.
+    /// An HTTP(S) or SOCKS proxy URL for every request. `None` takes the first of
+    /// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` (or their lowercase names) set in the
+    /// environment, for every request but those to the hosts `NO_PROXY` lists (entries
+    /// separated by commas, spaces allowed; `example.com` also covers its subdomains, `*`
+    /// covers all). An error through a proxy names it and where it came from.
     pub proxy: Option<String>,
 }
 

@@ -307,9 +307,14 @@ pub struct Device {
 impl Device {
     /// `evergreen <cmd> --config <cfg> [args]`.
     pub fn run(&self, cmd: &str, args: &[&str]) -> Output {
+        self.run_env(cmd, args, &[])
+    }
+
+    /// [`run`](Self::run) with extra environment variables.
+    pub fn run_env(&self, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut all = vec![cmd, "--config", self.config.to_str().unwrap()];
         all.extend_from_slice(args);
-        run(&all)
+        run_env(&all, env)
     }
 
     /// Runs `cmd` expecting it to fail (exit 1); returns its stderr.

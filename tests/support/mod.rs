@@ -14,6 +14,8 @@
 //! checks a stop flag, and every socket has a 5 s timeout.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,163 @@
+//! Proxies: the config's `proxy` and the environment's (`HTTPS_PROXY`, `NO_PROXY`), through
+//! real loopback proxies speaking HTTP `CONNECT` and SOCKS5, with the real CLI.
+
+mod common;
+mod require;
+mod support;
+
+use common::{Device, Repo};
+use serde_json::json;
+use support::proxy::{Tunnel, TunnelProxy};
+use support::TestServer;
+
+/// A repository with 1.0.0 on stable, served on loopback, and a device at 0.9.0 whose
+/// config has `extra` (a failed request is not retried, so failures are quick).
+fn setup(product: &str, extra: serde_json::Value) -> (Repo, TestServer, Device) {
+    let repo = Repo::new(product);
+    let file = repo.scratch("src").join("settings.json");
+    std::fs::write(&file, "{}").unwrap();
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("config", &file)], &[]);
+    let server = TestServer::serve(&repo.root);
+    let mut config = json!({"current_version": "0.9.0", "limits": {"retries": 0}});
+    for (key, value) in extra.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    let dev = repo.device("dev", &server.url(), config);
+    (repo, server, dev)
+}
+
+/// The server's `127.0.0.1:PORT`, as a tunnel to it is asked for.
+fn address(server: &TestServer) -> String {
+    server.url().trim_start_matches("http://").to_owned()
+}
+
+/// The environment of a CLI run: `vars` set, every other proxy variable cleared (the
+/// machine running the tests may have its own).
+fn env<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all: Vec<(&str, &str)> = [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ]
+    .iter()
+    .map(|name| (*name, ""))
+    .collect();
+    for (name, value) in vars {
+        all.retain(|(n, _)| n != name);
+        all.push((name, value));
+    }
+    all
+}
+
+#[test]
+fn the_configured_connect_proxy_carries_the_check_and_the_download() {
+    let proxy = TunnelProxy::start(Tunnel::Connect { password: None });
+    let (_repo, server, dev) = setup("com.acme.proxy", json!({"proxy": proxy.url()}));
+    // The environment's proxy is not used when the config names one.
+    let out = dev.run_env(
+        "update",
+        &["--yes", "--json"],
+        &env(&[("HTTPS_PROXY", "http://127.0.0.1:9")]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let tunnels = proxy.tunnels();
+    assert!(!tunnels.is_empty(), "nothing went through the proxy");
+    assert!(
+        tunnels
+            .iter()
+            .all(|t| t.target == address(&server) && t.opened),
+        "{tunnels:?}"
+    );
+    // Each request of the check and the download went through a tunnel of its own.
+    assert_eq!(tunnels.len(), server.log().len(), "{tunnels:?}");
+    let status = dev.status();
+    let trial = status["trial"]["slot"].as_str().expect("a slot on trial");
+    assert_eq!(status["slots"][trial]["version"], "1.0.0", "{status}");
+}
+
+#[test]
+fn a_socks5_proxy_carries_the_check() {
+    let proxy = TunnelProxy::start(Tunnel::Socks5);
+    let (_repo, server, dev) = setup("com.acme.socks", json!({"proxy": proxy.url()}));
+    let out = dev.run_env("check", &["--json"], &env(&[]));
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    let tunnels = proxy.tunnels();
+    assert!(
+        !tunnels.is_empty() && tunnels.iter().all(|t| t.target == address(&server)),
+        "{tunnels:?}"
+    );
+}
+
+#[test]
+fn the_environments_proxy_is_used_unless_no_proxy_lists_the_host() {
+    let proxy = TunnelProxy::start(Tunnel::Connect { password: None });
+    let (_repo, server, dev) = setup("com.acme.envproxy", json!({}));
+    let url = proxy.url();
+    let out = dev.run_env("check", &[], &env(&[("HTTPS_PROXY", &url)]));
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    let through = proxy.tunnels().len();
+    assert!(through > 0, "the check did not go through HTTPS_PROXY");
+    // Entries with spaces after the commas, as people write them.
+    let out = dev.run_env(
+        "check",
+        &[],
+        &env(&[("https_proxy", &url), ("NO_PROXY", "localhost, 127.0.0.1")]),
+    );
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    assert_eq!(
+        proxy.tunnels().len(),
+        through,
+        "NO_PROXY's 127.0.0.1 was proxied"
+    );
+    assert!(server.log().len() > through);
+}
+
+#[test]
+fn a_proxy_that_cannot_be_reached_is_named_in_the_error() {
+    let (_repo, _server, dev) = setup("com.acme.deadproxy", json!({}));
+    // A port nothing listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
+    drop(dead);
+    let out = dev.run_env("check", &[], &env(&[("HTTP_PROXY", &url)]));
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error[network]: "), "{err}");
+    assert!(
+        err.contains(&format!(", through proxy {url} (from HTTP_PROXY)")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_proxy_refusing_the_credentials_is_named_without_the_password() {
+    let proxy = TunnelProxy::start(Tunnel::Connect {
+        password: Some("right".into()),
+    });
+    let wrong = proxy.url().replace(":right@", ":hunter2@");
+    let (_repo, server, dev) = setup("com.acme.proxyauth", json!({"proxy": wrong}));
+    let out = dev.run_env("check", &[], &env(&[]));
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("407"), "{err}");
+    assert!(
+        err.contains(&format!(
+            ", through proxy {} (config proxy)",
+            wrong.replace("hunter2", "***")
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password was printed: {err}");
+    assert!(server.log().is_empty(), "a request passed a refusing proxy");
+    // The right password opens the tunnel, sent as Basic credentials.
+    dev.edit_config(|c| c["proxy"] = json!(proxy.url()));
+    dev.expect("check", &[], 10);
+    let last = proxy.tunnels().pop().unwrap();
+    assert!(last.opened, "{last:?}");
+    assert!(last.authorization.is_some_and(|a| a.starts_with("Basic ")));
+}
