@@ -161,3 +161,24 @@ fn a_proxy_refusing_the_credentials_is_named_without_the_password() {
     assert!(last.opened, "{last:?}");
     assert!(last.authorization.is_some_and(|a| a.starts_with("Basic ")));
 }
+
+#[test]
+fn an_https_proxy_without_usable_ca_roots_is_an_error_not_a_crash() {
+    // A listening proxy, so that a request would get as far as the TLS handshake with it.
+    let proxy = TunnelProxy::start(Tunnel::Connect { password: None });
+    let url = proxy.url().replace("http://", "https://");
+    let (_repo, _server, dev) = setup(
+        "com.acme.tlsproxy",
+        json!({"proxy": url, "ca_roots": "/nonexistent/roots.pem"}),
+    );
+    let out = dev.run_env("check", &[], &env(&[]));
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error[io]: GET http://127.0.0.1:")
+            && err.contains(&format!(
+                " through proxy {url} (config proxy): reading CA roots /nonexistent/roots.pem"
+            )),
+        "{err}"
+    );
+}

@@ -60,8 +60,17 @@ impl HttpTransport {
 
     /// The agent for `url`, made on the first call.
     fn agent(&self, url: &str) -> Result<&ureq::Agent> {
-        if let (Err(why), true) = (self.tls(), is_https(url)) {
-            return Err(Error::new(why.kind(), format!("GET {url}: {why}")));
+        if let Err(why) = self.tls() {
+            // An `https://` proxy needs the roots as much as an `https://` URL does
+            // (without them ureq has no TLS provider, and panics).
+            let proxy = self.via_for(url).filter(|via| via.is_https());
+            if let Some(via) = proxy {
+                let message = format!("GET {url} through proxy {}: {why}", via.name());
+                return Err(Error::new(why.kind(), message));
+            }
+            if is_https(url) {
+                return Err(Error::new(why.kind(), format!("GET {url}: {why}")));
+            }
         }
         Ok(self.agent.get_or_init(|| self.make_agent()))
     }

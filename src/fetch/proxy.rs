@@ -80,6 +80,11 @@ impl Via {
         !self.direct.iter().any(|entry| covers(entry, &host))
     }
 
+    /// Whether the connection to the proxy itself is TLS.
+    pub(super) fn is_https(&self) -> bool {
+        self.proxy.protocol() == ureq::ProxyProtocol::Https
+    }
+
     /// The proxy as errors name it.
     pub(super) fn name(&self) -> &str {
         &self.name
