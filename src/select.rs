@@ -75,8 +75,9 @@ pub struct Choice {
 ///
 /// Candidates are the releases with an entry for `device.target`. A pin selects exactly its
 /// release (failing with `no_such_version`, `incompatible_target` or `security_floor`).
-/// Otherwise releases below the security floor, skipped (unless critical), failed on this
-/// device or outside this device's rollout are left out; the newest remaining one that the
+/// Otherwise releases below the security floor, skipped (unless critical, or a stepping
+/// stone a critical release needs), failed on this device or outside this device's rollout
+/// are left out; the newest remaining one that the
 /// installed version may move to (its `min_version` is met) and that is newer than the
 /// installed version is the update. When every release of the channel is older than the
 /// installed version, the device stays put unless `policy.allow_downgrade`.
@@ -193,6 +194,7 @@ fn select_newest(
         .copied()
         .filter(|r| offerable(r, device, now))
         .collect();
+    let eligible = with_stones_to_fixes(&candidates, eligible, device, now);
     let Some(best) = eligible
         .iter()
         .copied()
@@ -233,6 +235,43 @@ fn select_newest(
     }
 }
 
+/// `eligible`, with the skipped releases older than a critical release put back when the
+/// path to it needs them: a critical release cannot be skipped (DESIGN §4.3), and neither
+/// can the stepping stone its `min_version` asks for, even when it was skipped as an
+/// ordinary release before the fix was published. Other skips stand.
+fn with_stones_to_fixes<'r>(
+    candidates: &[&'r Release],
+    eligible: Vec<&'r Release>,
+    device: &Device<'_>,
+    now: Timestamp,
+) -> Vec<&'r Release> {
+    let Some(cur) = device.installed else {
+        return eligible;
+    };
+    let reach = reached_from(&eligible, cur);
+    // The newest critical release on offer that the skips keep out of reach.
+    let Some(fix) = eligible
+        .iter()
+        .filter(|r| r.critical && newer(&r.version, reach))
+        .max_by(|a, b| a.version.cmp_precedence(&b.version))
+    else {
+        return eligible;
+    };
+    let unskipped: Vec<&Release> = candidates
+        .iter()
+        .copied()
+        .filter(|r| {
+            eligible.iter().any(|e| std::ptr::eq(*e, *r))
+                || (newer(&fix.version, &r.version) && offerable_if_unskipped(r, device, now))
+        })
+        .collect();
+    match newer(&fix.version, reached_from(&unskipped, cur)) {
+        // Out of reach anyway (a stone failed here, or is outside the rollout).
+        true => eligible,
+        false => unskipped,
+    }
+}
+
 /// The version the checks after installing `from` end at: each takes the newest of
 /// `eligible` whose min_version the version before meets, until none is newer. Each step
 /// is to a newer release, so there are at most as many as releases.
@@ -249,8 +288,13 @@ fn reached_from<'r>(eligible: &[&'r Release], from: &'r Version) -> &'r Version 
 }
 
 fn offerable(release: &Release, device: &Device<'_>, now: Timestamp) -> bool {
+    (release.critical || !listed(device.skipped, &release.version))
+        && offerable_if_unskipped(release, device, now)
+}
+
+/// [`offerable`] but for the user's skips.
+fn offerable_if_unskipped(release: &Release, device: &Device<'_>, now: Timestamp) -> bool {
     release.security_version >= device.security_floor
-        && (release.critical || !listed(device.skipped, &release.version))
         && !listed(device.failed, &release.version)
         && in_rollout(release, device.product, device.device_id, now)
 }

@@ -321,6 +321,43 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "a skipped stepping stone to a critical release is offered, critical",
+            releases: vec![rel("1.5.0"), rel("2.0.0").min("1.5.0").critical()],
+            skipped: &["1.5.0"],
+            expect: ok(Choice {
+                critical: true,
+                stepping_stone: true,
+                ..update("1.5.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "only the skips on the way to a critical release are undone",
+            releases: vec![
+                rel("1.5.0"),
+                rel("2.0.0").min("1.5.0").critical(),
+                rel("2.1.0"),
+            ],
+            skipped: &["1.5.0", "2.1.0"],
+            expect: ok(Choice {
+                critical: true,
+                stepping_stone: true,
+                ..update("1.5.0")
+            }),
+            ..row()
+        },
+        Row {
+            name: "a skipped stone stays skipped when the critical release is out of reach anyway",
+            releases: vec![
+                rel("1.5.0"),
+                rel("1.6.0"),
+                rel("3.0.0").min("2.0.0").critical(),
+            ],
+            skipped: &["1.6.0"],
+            expect: ok(update("1.5.0")),
+            ..row()
+        },
+        Row {
             name: "a critical release passed over for a newer one makes that one critical",
             releases: vec![rel("1.1.0").critical(), rel("1.2.0")],
             expect: ok(Choice {
