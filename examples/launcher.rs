@@ -1,4 +1,5 @@
-//! A tiny launcher: runs Evergreen's startup step, then execs the primary slot's program.
+//! A tiny launcher: runs Evergreen's startup step, then execs the program of the slot it
+//! counted this start for (by the slot's own directory, not through `current`).
 //!
 //! Put it where your service manager starts your app (e.g. systemd `ExecStart=`, with
 //! `Restart=on-failure`). On every start it counts a trial start of a freshly activated
@@ -15,7 +16,7 @@
 
 use evergreen::config::SlotsConfig;
 use evergreen::slots::dir::DirSlots;
-use evergreen::{Config, Startup, Updater};
+use evergreen::{Config, Launch, Startup, Updater};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,18 +74,26 @@ fn main() {
     // A startup step that fails (a state file it cannot read, a lock it cannot take)
     // decided nothing: the slot `current` points at is still the one to run. An updater
     // that fails must not keep the app from starting.
-    match startup(config) {
-        Ok(Startup::Trial { slot, tries_left }) => {
-            eprintln!("launcher: slot {slot} on trial, {tries_left} start(s) left");
+    let slots = DirSlots::new(root);
+    let slot_dir = match startup(config) {
+        Ok(launch) => {
+            if let Startup::Trial { slot, tries_left } = launch.startup {
+                eprintln!("launcher: slot {slot} on trial, {tries_left} start(s) left");
+            }
+            // The slot the step counted this start for, by its own path: `current` may
+            // move under an activation in another process before the exec.
+            launch.slot.map(|slot| slots.slot_dir(slot))
         }
-        Ok(_) => {}
-        Err(e) => eprintln!(
-            "launcher: the startup step failed, starting the current slot anyway: error[{}]: {e}",
-            e.kind().as_str()
-        ),
-    }
-    let current = DirSlots::new(root).current_link();
-    let program = current.join(&args.component).join(&args.entry);
+        Err(e) => {
+            eprintln!(
+                "launcher: the startup step failed, starting the current slot anyway: error[{}]: {e}",
+                e.kind().as_str()
+            );
+            None
+        }
+    };
+    let dir = slot_dir.unwrap_or_else(|| slots.current_link());
+    let program = dir.join(&args.component).join(&args.entry);
     let err = Command::new(&program).args(&args.rest).exec();
     eprintln!("error[io]: exec {}: {err}", program.display());
     std::process::exit(1);
@@ -104,7 +113,7 @@ fn load(path: &Path) -> evergreen::Result<(Config, PathBuf)> {
     }
 }
 
-fn startup(config: Config) -> evergreen::Result<Startup> {
+fn startup(config: Config) -> evergreen::Result<Launch> {
     Updater::builder(config)
         .on_event(|e| eprintln!("launcher: {e}"))
         .build()?

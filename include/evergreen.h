@@ -475,6 +475,13 @@ typedef struct evg_startup_result {
    * The slot given up by a rollback; `EVG_SLOT_NONE` otherwise.
    */
   enum evg_slot rolled_back_from;
+  /**
+   * The slot the selector names once the step is done; `EVG_SLOT_NONE` when nothing
+   * was ever activated. From `evg_startup_for_launcher`, the slot to start now: start
+   * it by its own path (`<root>/slots/a/…` or `<root>/slots/b/…`), not through
+   * `current`, which an activation in another process may move at any moment.
+   */
+  enum evg_slot start;
 } evg_startup_result;
 
 /**
@@ -716,8 +723,11 @@ void evg_updater_free(struct evg_updater *updater);
 enum evg_status evg_startup(struct evg_updater *updater, struct evg_startup_result *out);
 
 /**
- * The startup step for a launcher: a process that runs the step and then starts the slot
- * the selector names (`<root>/current/…` for directory slots). After a power cut between
+ * The startup step for a launcher: a process that runs the step and then starts a slot.
+ * Start `out->start` by its own path (`<root>/slots/a/…` or `<root>/slots/b/…`), not
+ * `<root>/current/…`: an activation in another process may move `current` between the
+ * step and the start, and the release it activates would then run a start the step never
+ * counted. After a power cut between
  * an activation's commit and its switch of the selector, the step points the selector at
  * the trial slot; this variant then counts the start the launcher is about to make as the
  * trial's, as `evergreen boot` does. `evg_startup` counts it as the old slot's, right for

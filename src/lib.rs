@@ -43,5 +43,6 @@ pub use time::Timestamp;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 pub use updater::{
-    Activation, Check, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater, UpdaterBuilder,
+    Activation, Check, Launch, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater,
+    UpdaterBuilder,
 };

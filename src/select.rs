@@ -897,9 +897,10 @@ pub fn retry_not_before(failed_at: Timestamp, wait: std::time::Duration) -> Opti
     (secs > 0).then(|| failed_at.plus_secs(secs as i64))
 }
 
-/// When to check next (DESIGN §5.3): `interval_s` after `last`, doubled for each
-/// consecutive failure up to [`MAX_BACKOFF_FACTOR`]× the interval, then spread by
-/// ±`jitter` (a fraction, e.g. 0.25) so a fleet does not poll in lockstep; and never
+/// When to check next (DESIGN §5.3), at least a second after `last`: `interval_s` after
+/// it, doubled for each consecutive failure up to [`MAX_BACKOFF_FACTOR`]× the interval,
+/// then spread by ±`jitter` (a fraction, e.g. 0.25) so a fleet does not poll in
+/// lockstep; and never
 /// before `not_before`, the time a server asked for with `Retry-After`
 /// ([`retry_not_before`]). When that time is later than the schedule, the check is at
 /// that time plus up to `jitter` × the interval (not backed off); a `not_before` no later
@@ -921,6 +922,8 @@ pub fn retry_not_before(failed_at: Timestamp, wait: std::time::Duration) -> Opti
 /// assert_eq!(next_check(last, 3600, 0.0, 1, 1 << 63, asked).unix(), 10_800);
 /// // and a fleet it asked is spread over a quarter of the interval after it
 /// assert_eq!(next_check(last, 3600, 0.25, 1, 1 << 63, asked).unix(), 10_800 + 450);
+/// // never sooner than a second: the lowest draw of a 1 s interval with a 0.99 jitter
+/// assert_eq!(next_check(last, 1, 0.99, 0, 0, None).unix(), 1);
 /// ```
 pub fn next_check(
     last: Timestamp,
@@ -936,7 +939,9 @@ pub fn next_check(
     let base = interval_s.saturating_mul(factor) as f64;
     let (jitter, unit) = (clamp_jitter(jitter), unit(random));
     let delay = base * (1.0 + jitter * (2.0 * unit - 1.0));
-    let due = last.plus_secs(delay.round() as i64);
+    // At least a second: a tiny interval with a wide jitter would round to no wait at all,
+    // and a host polling `next_check` would check in a tight loop.
+    let due = last.plus_secs((delay.round() as i64).max(1));
     not_before_spread(due, not_before, interval_s, jitter, unit)
 }
 

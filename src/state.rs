@@ -262,9 +262,15 @@ pub struct State {
     /// Versions that failed on this device (rolled back); never offered again.
     #[serde(default)]
     pub failed: Vec<Version>,
-    /// When the last successful check ran.
+    /// When the last successful check ran (on the host's clock pulled up to the newest
+    /// `issued` seen, DESIGN §5.1 rule 4).
     #[serde(default)]
     pub last_check: Option<Timestamp>,
+    /// When the last successful check ran on the host's own clock, which may read behind
+    /// `last_check` (an RTC that lost power): the next check is counted from it, on the
+    /// clock the host waits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_clock: Option<Timestamp>,
     /// Consecutive failed checks (for backoff).
     #[serde(default)]
     pub check_failures: u32,
@@ -325,6 +331,7 @@ impl State {
             skipped: Vec::new(),
             failed: Vec::new(),
             last_check: None,
+            last_check_clock: None,
             check_failures: 0,
             last_failure: None,
             not_before: None,
@@ -385,6 +392,8 @@ impl State {
         self.newest_issued = self.newest_issued.max(checked.newest_issued);
         self.root_version = self.root_version.max(checked.root_version);
         self.last_check = self.last_check.max(checked.last_check);
+        // The newest reading, not the largest: the host's clock may have gone back.
+        self.last_check_clock = checked.last_check_clock;
         self.check_failures = checked.check_failures;
         self.last_failure = checked.last_failure;
         self.not_before = checked.not_before;

@@ -159,6 +159,25 @@ pub enum Startup {
     },
 }
 
+/// What [`Updater::startup_for_launcher`] settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The startup step's outcome.
+    pub startup: Startup,
+    /// The slot to start now: the one the step counted this start for. `None` when the
+    /// selector names no slot (nothing was ever activated).
+    pub slot: Option<Slot>,
+}
+
+/// How a startup step ended.
+struct StepEnd {
+    outcome: Startup,
+    /// The slot the selector names at the end of the step.
+    named: Option<Slot>,
+    /// Whether the selector counts the tries itself (a bootloader).
+    counts: bool,
+}
+
 /// What [`Updater::activate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activation {
@@ -791,9 +810,13 @@ impl Updater {
         // after `now` would mean never.
         // Counted from a time in the state, not from `now`: a host that asks every hour
         // whether the check is due must, some hour, hear yes.
+        // On the host's clock: `last_check` is pulled up to the newest `issued`, and counted
+        // from there, a host whose clock reads behind it would find the check due an
+        // interval after *now* at every call, never now.
+        let checked = st.last_check_clock.or(st.last_check);
         let since = match st.check_failures {
-            0 => st.last_check,
-            _ => st.last_failure.or(st.last_check),
+            0 => checked,
+            _ => st.last_failure.or(checked),
         };
         // Recorded on the host's clock, at most a day after the failure; a clock that has
         // gone back since (an RTC that lost power) must not turn that day into years.
@@ -837,6 +860,21 @@ impl Updater {
     /// Counts a start of a slot on trial and rolls back to the fallback once the tries are
     /// used up; with a bootloader selector it reads what the bootloader did instead.
     pub fn startup(&self) -> Result<Startup> {
+        self.startup_step().map(|end| end.outcome)
+    }
+
+    /// [`startup`](Self::startup), with the slot the selector names at its end (for the
+    /// C ABI's `evg_startup`, whose result has room for it).
+    pub(crate) fn startup_settled(&self) -> Result<Launch> {
+        self.startup_step().map(|end| Launch {
+            startup: end.outcome,
+            slot: end.named,
+        })
+    }
+
+    /// [`startup`](Self::startup), and the slot the selector names at its end, read under
+    /// the same lock: activations take it too, so that is the slot this step settled.
+    fn startup_step(&self) -> Result<StepEnd> {
         self.reported("startup", || {
             let _lock = self.lock()?;
             let mut st = self.load_state()?;
@@ -865,45 +903,60 @@ impl Updater {
                 }),
                 Startup::Normal => {}
             }
-            Ok(outcome)
+            let named = self.with_selector(|s| s.booted())?;
+            Ok(StepEnd {
+                outcome,
+                named,
+                counts,
+            })
         })
     }
 
-    /// The startup step for a launcher: a process that runs the step and then starts
-    /// what the selector names, `current` for directory slots (`examples/launcher.rs`, and
-    /// `evergreen boot` before a service that runs `current/…`).
+    /// The startup step for a launcher: a process that runs the step and then starts a
+    /// slot (`examples/launcher.rs`, `evergreen boot`). It says which slot to start, and
+    /// the launcher starts that one by its own path ([`DirSlots::slot_dir`](crate::slots::dir::DirSlots::slot_dir)), never
+    /// through `current`: an activation in another process may move `current` between
+    /// the step and the start, and the release it activates would then run a start the
+    /// step never counted (a start more than its tries, and a `confirm` refused).
     ///
     /// [`Updater::startup`] takes this start to be of the slot the selector named when the
     /// step began, as it is for a host that runs the step inside the app it started. When
     /// the step repairs an activation cut short (the state had committed the trial, the
     /// selector still named the old slot), it points the selector at the trial slot, and a
     /// launcher starts that slot next: so the step runs once more, counting this start as
-    /// the trial's. Otherwise the release on trial would run a start it was never counted
-    /// (a start more than its tries) and its `confirm` would be refused.
+    /// the trial's.
     ///
     /// ```no_run
     /// # fn main() -> evergreen::Result<()> {
+    /// use evergreen::slots::dir::DirSlots;
     /// let config = evergreen::Config::from_file("/etc/evergreen/config.json")?;
     /// let updater = evergreen::Updater::builder(config).build()?;
-    /// if let evergreen::Startup::Trial { tries_left, .. } = updater.startup_for_launcher()? {
+    /// let launch = updater.startup_for_launcher()?;
+    /// if let evergreen::Startup::Trial { tries_left, .. } = launch.startup {
     ///     eprintln!("on trial, {tries_left} start(s) left");
     /// }
-    /// // … then start `<root>/current/<component>/<entry>`.
+    /// if let Some(slot) = launch.slot {
+    ///     let app = DirSlots::new("/opt/gateway").slot_dir(slot).join("app/bin/gateway");
+    ///     // … then start `app`.
+    /// }
     /// # Ok(())
     /// # }
     /// ```
-    pub fn startup_for_launcher(&self) -> Result<Startup> {
-        let named = self.with_selector(|s| s.booted())?;
-        let outcome = self.startup()?;
-        if outcome != Startup::Normal {
-            return Ok(outcome);
+    pub fn startup_for_launcher(&self) -> Result<Launch> {
+        let mut end = self.startup_step()?;
+        // A normal start while the selector names the slot on trial: the step moved the
+        // selector there (a repair) after counting this start as the old slot's.
+        let repaired = !end.counts
+            && end.outcome == Startup::Normal
+            && end.named.is_some()
+            && end.named == self.load_state()?.trial.map(|t| t.slot);
+        if repaired {
+            end = self.startup_step()?;
         }
-        let now_named = self.with_selector(|s| s.booted())?;
-        let trial = self.load_state()?.trial.map(|t| t.slot);
-        match now_named != named && now_named.is_some() && now_named == trial {
-            true => self.startup(),
-            false => Ok(outcome),
-        }
+        Ok(Launch {
+            startup: end.outcome,
+            slot: end.named,
+        })
     }
 
     fn startup_counting(&self, st: &mut State) -> Result<Startup> {
@@ -1226,6 +1279,7 @@ impl Updater {
                 st.check_failures = 0;
                 st.last_failure = None;
                 st.last_check = Some(now);
+                st.last_check_clock = Some(clock);
             }
             // The server answered: what it asked for before is over.
             st.not_before = None;

@@ -731,6 +731,46 @@ fn next_check_is_on_the_devices_own_clock_even_when_it_reads_far_behind() {
     assert!((4 * 3600..=8 * 3600).contains(&after), "{status}");
 }
 
+/// A device whose clock reads behind the manifest's `issued` when it checks: the next
+/// check is one time on its own clock, the same at every call, so a host that asks every
+/// hour whether it is due hears yes some hour (it moved an interval past every call).
+#[test]
+fn next_check_stays_put_while_the_devices_clock_reads_behind_the_last_check() {
+    let (_repo, dev) = confirmed_1_0_0("com.acme.behind");
+    let config = dev.config.to_str().unwrap();
+    let at = |when: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--json", "--config", config]);
+        let out = common::run_env(&all, &[("EVERGREEN_NOW", when)]);
+        assert!(
+            out.status.code().is_some_and(|c| c == 0 || c == 10),
+            "{}",
+            common::stderr(&out)
+        );
+        json(&String::from_utf8_lossy(&out.stdout))
+    };
+    // Published today; the device reads 1970 (an RTC that lost power) as it checks.
+    at("1970-01-02T00:00:00Z", &["check"]);
+    let next = |when: &str| {
+        at(when, &["status"])["next_check"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = next("1970-01-02T00:00:00Z");
+    let due: evergreen::Timestamp = first.parse().unwrap();
+    let after = due.unix()
+        - "1970-01-02T00:00:00Z"
+            .parse::<evergreen::Timestamp>()
+            .unwrap()
+            .unix();
+    assert!((4 * 3600..=8 * 3600).contains(&after), "{first}");
+    assert_eq!(next("1970-01-02T01:00:00Z"), first);
+    assert_eq!(next("1970-01-02T03:30:00Z"), first);
+    let later = due.plus_secs(60).to_string();
+    assert_eq!(next(&later), first, "past due, still the same time: due");
+}
+
 #[test]
 fn check_json_names_the_configured_current_version_when_up_to_date() {
     let repo = Repo::new("com.acme.current");

@@ -1654,6 +1654,55 @@ fn a_launcher_starts_the_release_on_trial_counted_after_an_activation_cut_short(
     );
 }
 
+/// An activation by another process that lands after a launcher's startup step and before
+/// its exec moves `current` to a release whose start the step never counted: the launcher
+/// starts the slot the step settled instead, by its own path, and the release on trial
+/// starts (counted) next time. `evergreen boot --json` names that slot for scripts.
+#[test]
+fn a_launcher_starts_the_slot_its_step_counted_whatever_current_names_after() {
+    let setup = setup_with_1_0_0("com.acme.launchrace");
+    let dev = &setup.dev;
+    install_and_confirm(dev);
+    let running = current(dev);
+    let running_slot = running.file_name().unwrap().to_str().unwrap().to_string();
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    dev.edit_config(|c| c["deploy"] = serde_json::json!({"policy": "download_only"}));
+    dev.expect("update", &["--yes"], 0);
+
+    let launcher = updater_for(dev);
+    let launch = launcher.startup_for_launcher().unwrap();
+    assert_eq!(launch.startup, evergreen::Startup::Normal);
+    let slot = launch.slot.expect("a slot to start");
+    assert_eq!(slot.to_string(), running_slot);
+    // Another process activates 1.1.0 before the launcher's exec.
+    let activation = updater_for(dev).activate(true).unwrap();
+    let evergreen::Activation::Activated { slot: trial, .. } = activation else {
+        panic!("expected an activation, found {activation:?}");
+    };
+    assert_ne!(Path::new("slots").join(trial.to_string()), running);
+    // The launcher starts what its step counted: the release the device was running.
+    let dir = evergreen::slots::dir::DirSlots::new(&dev.root).slot_dir(slot);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("app/VERSION")).unwrap(),
+        "1.0.0"
+    );
+    let tries = launcher.state().unwrap().trial.unwrap().tries;
+    assert_eq!(launcher.state().unwrap().trial.unwrap().tries_left, tries);
+
+    // The next start is of the release on trial, counted, and it can confirm itself.
+    let boot: serde_json::Value =
+        serde_json::from_str(&dev.expect("boot", &["--json"], 0)).unwrap();
+    assert_eq!(boot["status"], "trial", "{boot}");
+    assert_eq!(boot["start"], trial.to_string(), "{boot}");
+    let start_dir = PathBuf::from(boot["start_dir"].as_str().unwrap());
+    assert_eq!(start_dir, dev.root.join("slots").join(trial.to_string()));
+    assert_eq!(
+        std::fs::read_to_string(start_dir.join("app/VERSION")).unwrap(),
+        "1.1.0"
+    );
+    dev.expect("confirm", &[], 0);
+}
+
 /// A rollback whose switch of `current` was cut short: the start that follows runs the
 /// slot given up, so the step says to restart into the primary, and until then no install
 /// may write the slot that runs.

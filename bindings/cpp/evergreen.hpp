@@ -187,6 +187,10 @@ struct Startup {
     uint32_t tries_left;
     /// The slot given up by a rollback.
     Slot rolled_back_from;
+    /// The slot the selector names once the step is done (Slot::none when nothing was
+    /// ever activated). From startup_for_launcher, the slot to start now, by its own path
+    /// (<root>/slots/a/... or <root>/slots/b/...), not through current.
+    Slot start;
 };
 
 /// What Updater::activate did.
@@ -303,10 +307,11 @@ public:
     /// calls startup_for_launcher instead.
     Startup startup() { return startup_with(evg_startup); }
 
-    /// The startup step for a launcher, which runs the step and then starts what the
-    /// selector names (`<root>/current/...` for dir slots): after a power cut between an
-    /// activation's commit and its switch, it counts the start about to be made as the
-    /// trial's (see evg_startup_for_launcher).
+    /// The startup step for a launcher, which runs the step and then starts the slot in
+    /// the result's `start`, by its own path (<root>/slots/a/... or <root>/slots/b/...):
+    /// `current` may move under an activation in another process meanwhile. After a power
+    /// cut between an activation's commit and its switch, it counts the start about to be
+    /// made as the trial's (see evg_startup_for_launcher).
     Startup startup_for_launcher() { return startup_with(evg_startup_for_launcher); }
 
     /// The update for this device, or nothing when up to date.
@@ -392,7 +397,7 @@ private:
         evg_startup_result r{};
         detail::check(step(get(), &r));
         return Startup{static_cast<Startup::Kind>(r.kind), static_cast<Slot>(r.slot), r.tries_left,
-                       static_cast<Slot>(r.rolled_back_from)};
+                       static_cast<Slot>(r.rolled_back_from), static_cast<Slot>(r.start)};
     }
 
     // Declared before updater_ so that it is destroyed after it: no event may reach a

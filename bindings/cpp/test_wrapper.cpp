@@ -290,6 +290,7 @@ void a_launcher_counts_the_trial_after_an_activation_cut_short() {
     const auto started = updater.startup_for_launcher();
     EXPECT(started.kind == evergreen::Startup::Kind::trial);
     EXPECT(started.slot == trial_slot);
+    EXPECT(started.start == trial_slot);
     EXPECT_EQ(started.tries_left, 2u);
     EXPECT(std::filesystem::read_symlink(current) == trial);
     updater.confirm();

@@ -8,7 +8,7 @@ use super::lease::{free, lease, Calls, Leased};
 use super::offer::evg_offer;
 use super::panic::guard;
 use crate::error::{Error, ErrorKind, Result};
-use crate::{Activation, Check, Config, Offer, Startup, Updater};
+use crate::{Activation, Check, Config, Launch, Offer, Startup, Updater};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 
@@ -161,29 +161,38 @@ pub struct evg_startup_result {
     pub tries_left: u32,
     /// The slot given up by a rollback; `EVG_SLOT_NONE` otherwise.
     pub rolled_back_from: evg_slot,
+    /// The slot the selector names once the step is done; `EVG_SLOT_NONE` when nothing
+    /// was ever activated. From `evg_startup_for_launcher`, the slot to start now: start
+    /// it by its own path (`<root>/slots/a/…` or `<root>/slots/b/…`), not through
+    /// `current`, which an activation in another process may move at any moment.
+    pub start: evg_slot,
 }
 
-impl From<Startup> for evg_startup_result {
-    fn from(s: Startup) -> evg_startup_result {
+impl From<Launch> for evg_startup_result {
+    fn from(launch: Launch) -> evg_startup_result {
         let none = evg_slot::EVG_SLOT_NONE;
-        match s {
+        let start = launch.slot.map_or(none, evg_slot::from);
+        match launch.startup {
             Startup::Normal => evg_startup_result {
                 kind: evg_startup_kind::EVG_STARTUP_NORMAL,
                 slot: none,
                 tries_left: 0,
                 rolled_back_from: none,
+                start,
             },
             Startup::Trial { slot, tries_left } => evg_startup_result {
                 kind: evg_startup_kind::EVG_STARTUP_TRIAL,
                 slot: slot.into(),
                 tries_left,
                 rolled_back_from: none,
+                start,
             },
             Startup::RolledBack { from, to, .. } => evg_startup_result {
                 kind: evg_startup_kind::EVG_STARTUP_ROLLED_BACK,
                 slot: to.into(),
                 tries_left: 0,
                 rolled_back_from: from.into(),
+                start,
             },
         }
     }
@@ -201,11 +210,14 @@ pub unsafe extern "C" fn evg_startup(
     updater: *mut evg_updater,
     out: *mut evg_startup_result,
 ) -> evg_status {
-    unsafe { startup_with(updater, out, "evg_startup", Updater::startup) }
+    unsafe { startup_with(updater, out, "evg_startup", Updater::startup_settled) }
 }
 
-/// The startup step for a launcher: a process that runs the step and then starts the slot
-/// the selector names (`<root>/current/…` for directory slots). After a power cut between
+/// The startup step for a launcher: a process that runs the step and then starts a slot.
+/// Start `out->start` by its own path (`<root>/slots/a/…` or `<root>/slots/b/…`), not
+/// `<root>/current/…`: an activation in another process may move `current` between the
+/// step and the start, and the release it activates would then run a start the step never
+/// counted. After a power cut between
 /// an activation's commit and its switch of the selector, the step points the selector at
 /// the trial slot; this variant then counts the start the launcher is about to make as the
 /// trial's, as `evergreen boot` does. `evg_startup` counts it as the old slot's, right for
@@ -238,7 +250,7 @@ unsafe fn startup_with(
     updater: *mut evg_updater,
     out: *mut evg_startup_result,
     name: &str,
-    step: fn(&Updater) -> Result<Startup>,
+    step: fn(&Updater) -> Result<Launch>,
 ) -> evg_status {
     guard(name, || {
         let u = unsafe { lease(updater, "updater")? };

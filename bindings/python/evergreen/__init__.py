@@ -92,6 +92,10 @@ class Startup:
     """The slot on trial, or the slot now primary after a rollback."""
     tries_left: int
     rolled_back_from: Optional[str]
+    start: Optional[str] = None
+    """The slot the selector names once the step is done (None when nothing was ever
+    activated). From `startup_for_launcher()`, the slot to start now, by its own path
+    (`<root>/slots/a/…` or `<root>/slots/b/…`), not through `current`."""
 
 
 @dataclass(frozen=True)
@@ -474,7 +478,9 @@ class Updater:
 
     def startup_for_launcher(self) -> Startup:
         """The startup step for a launcher: a process that runs the step and then starts
-        what the selector names (`<root>/current/...` for dir slots). After a power cut
+        the slot in the result's `start`, by its own path (`<root>/slots/a/...` or
+        `<root>/slots/b/...`): `current` may move under an activation in another process
+        meanwhile. After a power cut
         between an activation's commit and its switch of `current`, the step points
         `current` at the trial slot and counts the start the launcher is about to make as
         the trial's; `startup()` would count it as the old slot's."""
@@ -489,6 +495,7 @@ class Updater:
             slot=_SLOTS.get(r.slot),
             tries_left=int(r.tries_left),
             rolled_back_from=_SLOTS.get(r.rolled_back_from),
+            start=_SLOTS.get(r.start),
         )
 
     def check(

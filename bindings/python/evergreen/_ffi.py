@@ -39,6 +39,7 @@ class evg_startup_result(ctypes.Structure):
         ("slot", ctypes.c_int),
         ("tries_left", ctypes.c_uint32),
         ("rolled_back_from", ctypes.c_int),
+        ("start", ctypes.c_int),
     ]
 
 

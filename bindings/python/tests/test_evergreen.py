@@ -823,6 +823,7 @@ def test_a_launcher_counts_the_trial_after_an_activation_cut_short(world) -> Non
     with evergreen.Updater(config) as updater:
         started = updater.startup_for_launcher()
         assert (started.kind, started.slot, started.tries_left) == ("trial", trial_slot, 2)
+        assert started.start == trial_slot
         assert os.readlink(current) == trial
         updater.confirm()
 

@@ -5,6 +5,7 @@
 use crate::path_text;
 use clap::{Args, Subcommand};
 use evergreen::config::{SelectorConfig, SlotsConfig};
+use evergreen::slots::dir::DirSlots;
 use evergreen::slots::grub::GrubEnv;
 use evergreen::slots::uboot::UBootEnv;
 use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Startup, Updater};
@@ -89,9 +90,11 @@ pub enum Command {
     /// Example: evergreen status --config /etc/evergreen/config.json --json
     Status,
     /// The startup step, for launchers and systemd: count a trial start, roll back when
-    /// the new slot used up its tries without being confirmed.
+    /// the new slot used up its tries without being confirmed. `--json` names the slot to
+    /// start now (`start`; for dir slots its directory, `start_dir`): start the app from
+    /// there rather than through `current`, which an activation may move meanwhile.
     ///
-    /// Example: ExecStartPre=/usr/bin/evergreen boot --config /etc/evergreen/config.json
+    /// Example: ExecStart=/bin/sh -c 'exec "$(evergreen boot --json | jq -r .start_dir)/app/bin/app"'
     Boot,
     /// Mark the slot on trial good (run it once the new version is healthy); raises the
     /// security floor.
@@ -430,9 +433,8 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
 /// `evergreen boot`: the startup step.
 pub fn boot(config: &Path, json: bool) -> Result<i32> {
     let up = updater(config, json)?;
-    // What runs next is started by whoever ran `boot`, from what the selector names now.
-    let outcome = up.startup_for_launcher()?;
-    let v = match &outcome {
+    let launch = up.startup_for_launcher()?;
+    let mut v = match &launch.startup {
         Startup::Normal => json!({"status": "normal"}),
         Startup::Trial { slot, tries_left } => {
             json!({"status": "trial", "slot": slot, "tries_left": tries_left})
@@ -441,9 +443,15 @@ pub fn boot(config: &Path, json: bool) -> Result<i32> {
             json!({"status": "rolled_back", "from": from, "to": to, "reason": reason})
         }
     };
+    // What runs next is started by whoever ran `boot`: this slot, the one the step
+    // counted, by its own path (`current` may move under an activation at any moment).
+    v["start"] = json!(launch.slot);
+    if let (Some(slot), SlotsConfig::Dir { root }) = (launch.slot, &up.config().slots) {
+        v["start_dir"] = json!(path_text(&DirSlots::new(root).slot_dir(slot)));
+    }
     if json {
         print_json(&v);
-    } else if let Startup::Trial { slot, tries_left } = outcome {
+    } else if let Startup::Trial { slot, tries_left } = launch.startup {
         out!("slot {slot} on trial: {tries_left} start(s) left; run `evergreen confirm` once healthy");
     }
     Ok(0)
