@@ -313,6 +313,28 @@ fn changed_field(plan: &Offer) -> Option<&'static str> {
 /// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
 /// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
 /// belongs (both are made by `evergreen keygen`).
+/// A trust anchor, and where this run's walk of the root chain stopped when it stopped at
+/// its step limit ([`crate::trust::MAX_ROOT_STEPS`]) rather than at the chain's end.
+struct Anchored {
+    anchor: Anchor,
+    cut_at: Option<u64>,
+}
+
+/// `e`, a manifest's failed verification under `anchored`, with what may explain it: a
+/// walk of the root chain cut short by its step limit leaves the device on a root older
+/// than the manifest's signers.
+fn walk_hint(e: Error, anchored: &Anchored) -> Error {
+    match anchored.cut_at {
+        Some(v) if matches!(e.kind(), ErrorKind::Signature | ErrorKind::Threshold) => e.hint(
+            format!(
+                "the walk of the root chain stopped at version {v}, after the {} versions one check takes: the manifest may be signed by the keys of a later root, which the next check goes on to",
+                crate::trust::MAX_ROOT_STEPS
+            ),
+        ),
+        _ => e,
+    }
+}
+
 fn keys_hint(e: Error, anchor: &Anchor, envelope: &[u8]) -> Error {
     let well_formed = || crate::trust::is_envelope(envelope);
     match anchor {
@@ -1548,7 +1570,7 @@ impl Updater {
     ) -> Result<Option<FetchedManifest>> {
         let path = format!("channels/{channel}.json");
         // The chain is walked at the first copy served, once: it is the same for every base.
-        let mut anchor: Option<Result<Anchor>> = None;
+        let mut anchor: Option<Result<Anchored>> = None;
         let mut verified = None;
         let fetched = self.fetcher.metadata_checked(
             &path,
@@ -1590,8 +1612,8 @@ impl Updater {
         cache: &Path,
     ) -> Result<Verified<Manifest>> {
         let bytes = std::fs::read(cache).map_err(|e| Error::io("read", cache, e))?;
-        let anchor = self.anchor(st, clock, false)?;
-        self.verify_manifest(st, channel, clock, &anchor, &bytes)
+        let anchored = self.anchor(st, clock, false)?;
+        self.verify_manifest(st, channel, clock, &anchored, &bytes)
     }
 
     /// Verifies `bytes` as `channel`'s manifest under `anchor`, against what `st` has seen.
@@ -1600,9 +1622,10 @@ impl Updater {
         st: &State,
         channel: &str,
         clock: Timestamp,
-        anchor: &Anchor,
+        anchored: &Anchored,
         bytes: &[u8],
     ) -> Result<Verified<Manifest>> {
+        let anchor = &anchored.anchor;
         // Read after the anchor: new manifest keys start the freshness state afresh.
         let fresh = Freshness {
             last_seen: st
@@ -1618,14 +1641,14 @@ impl Updater {
             max_bytes: self.config.limits.max_metadata_bytes,
         };
         manifest::verify(bytes, anchor.manifest_keys(), &expect, &fresh)
-            .map_err(|e| keys_hint(e, anchor, bytes))
+            .map_err(|e| walk_hint(keys_hint(e, anchor, bytes), anchored))
     }
 
     /// The trust anchor: the configured keys, or the newest root (walking the chain on the
     /// server when `walk` is set or the trusted root has expired). Manifest keys other than
     /// those `st`'s freshness state was built under start it afresh (DESIGN §5.1 rule 7);
     /// `clock` is the host's, pulled up to the newest `issued` seen only after that.
-    fn anchor(&self, st: &mut State, clock: Timestamp, walk: bool) -> Result<Anchor> {
+    fn anchor(&self, st: &mut State, clock: Timestamp, walk: bool) -> Result<Anchored> {
         let max = self.config.limits.max_metadata_bytes;
         let pinned_path = match &self.config.trust {
             TrustConfig::Keys { keys, threshold } => {
@@ -1635,7 +1658,10 @@ impl Updater {
                     .collect::<Result<Vec<_>>>()?;
                 let keys = KeySet::new(keys, *threshold)?;
                 st.trust_manifest_keys(&keys, &|c, seen| self.still_signed(c, seen, &keys));
-                return Ok(Anchor::Keys(keys));
+                return Ok(Anchored {
+                    anchor: Anchor::Keys(keys),
+                    cut_at: None,
+                });
             }
             TrustConfig::Root(root) => root,
         };
@@ -1698,6 +1724,7 @@ impl Updater {
         // older than one trusted before (see below).
         let now = manifest::effective_now(clock, st.newest_issued);
         let behind = st.root_version > Some(root.root().version);
+        let from = root.root().version;
         let root = if walk || behind || root.check_unexpired(now).is_err() {
             root.update(
                 // A copy that does not verify is passed over for the next base's: a
@@ -1741,7 +1768,12 @@ impl Updater {
         let keys = root.manifest_keys();
         st.trust_manifest_keys(keys, &|c, seen| self.still_signed(c, seen, keys));
         root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
-        Ok(Anchor::Root(root))
+        let cut_at =
+            (version.saturating_sub(from) >= crate::trust::MAX_ROOT_STEPS).then_some(version);
+        Ok(Anchored {
+            anchor: Anchor::Root(root),
+            cut_at,
+        })
     }
 
     /// Whether the copy kept of the manifest last accepted on `channel` (`seen`) is still
@@ -1888,6 +1920,7 @@ impl Updater {
     ) -> Result<()> {
         self.reported("download", || {
             self.check_store_takes(plan)?;
+            self.check_image_size(plan)?;
             // One writer per `.part`: a second process waits instead of interleaving.
             let _work = self.work_lock()?;
             let dir = self.downloads_dir();
@@ -2027,6 +2060,26 @@ impl Updater {
                 self.config.target,
                 all.len()
             )));
+        }
+        Ok(())
+    }
+
+    /// Refuses, before the download, an image larger than the block device it would be
+    /// written to: the slot an install would take now (it takes the same unless a restart
+    /// or a rollback comes between). Only the size: what else an install checks of the
+    /// slot may change by then.
+    fn check_image_size(&self, plan: &Offer) -> Result<()> {
+        let Store::Image(images) = &self.store else {
+            return Ok(());
+        };
+        let mut st = self.load_state()?;
+        let booted = self.with_selector(|s| s.booted())?;
+        self.follow_booted(&mut st, booted);
+        let slot = st.fallback();
+        for c in &plan.components {
+            if let Some(a) = artifact_to_install(plan, c) {
+                images.check_size(slot, a.size)?;
+            }
         }
         Ok(())
     }

@@ -771,6 +771,47 @@ fn next_check_stays_put_while_the_devices_clock_reads_behind_the_last_check() {
     assert_eq!(next(&later), first, "past due, still the same time: due");
 }
 
+/// A device 40 roots behind, whose manifest is signed by a key the 41st root brought: the
+/// first check walks the 32 roots one check takes, and its signature error says so; the
+/// next check walks on and verifies.
+#[test]
+fn a_root_walk_cut_short_by_its_step_limit_is_named_in_the_signature_error() {
+    let repo = Repo::new("com.acme.longchain");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"current_version": "0.9.0"}),
+    );
+    let root = repo.root.to_str().unwrap();
+    let key = repo.root_key.to_str().unwrap();
+    for _ in 0..40 {
+        common::ok(&["rotate", root, "--sign", key]);
+    }
+    let manifest2 = repo.scratch("keys2").join("manifest2.key");
+    let manifest2 = manifest2.to_str().unwrap();
+    common::ok(&["keygen", "--out", manifest2]);
+    let public = format!("{manifest2}.pub");
+    common::ok(&[
+        "rotate",
+        root,
+        "--manifest-key",
+        &public,
+        "--sign",
+        key,
+        "--sign",
+        manifest2,
+    ]);
+
+    let err = dev.fails("check", &[]);
+    assert!(err.starts_with("error[signature]: "), "{err}");
+    assert!(
+        err.contains("the walk of the root chain stopped at version 33, after the 32 versions one check takes"),
+        "{err}"
+    );
+    dev.expect("check", &[], 10);
+}
+
 #[test]
 fn check_json_names_the_configured_current_version_when_up_to_date() {
     let repo = Repo::new("com.acme.current");

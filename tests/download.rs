@@ -1072,6 +1072,34 @@ fn metadata_repo(doc: &[u8]) -> TempDir {
     dir
 }
 
+/// An entity tag of kilobytes is not kept: sent back with every later poll (and saved in
+/// the state), it would make each unchanged check that large. The next poll asks without
+/// one; a tag of a normal size is kept.
+#[test]
+fn a_long_etag_is_not_kept_for_the_next_poll() {
+    let dir = metadata_repo(b"{\"sequence\": 1}");
+    let server = TestServer::serve(dir.path());
+    let f = fetcher(&[server.url()], options());
+    server.set_fault("channels/", Fault::LongEtag(60 * 1024));
+    let Metadata::Fetched { etag, .. } = f.metadata("channels/stable.json", None, 1 << 20).unwrap()
+    else {
+        panic!("expected the document");
+    };
+    assert_eq!(etag, None);
+    server.set_fault(
+        "channels/",
+        Fault::LongEtag(evergreen::fetch::MAX_ETAG_BYTES),
+    );
+    let Metadata::Fetched { etag, .. } = f.metadata("channels/stable.json", None, 1 << 20).unwrap()
+    else {
+        panic!("expected the document");
+    };
+    assert_eq!(
+        etag.map(|e| e.len()),
+        Some(evergreen::fetch::MAX_ETAG_BYTES)
+    );
+}
+
 #[test]
 fn metadata_with_the_returned_etag_is_not_modified() {
     let dir = metadata_repo(b"{\"sequence\": 1}");

@@ -1174,12 +1174,21 @@ impl Drop for LoopDevice {
     }
 }
 
-/// An image larger than the idle slot's block device is `too_large` before the slot is
-/// marked `installing` or taken out of the boot order: the confirmed release there stays
-/// the fallback, and a rollback to it still works.
+/// The requests the server had for blobs.
+fn blob_requests(server: &TestServer) -> usize {
+    server
+        .log()
+        .iter()
+        .filter(|l| l.path.starts_with("blobs/"))
+        .count()
+}
+
+/// An image larger than the idle slot's block device is `too_large` before it is
+/// downloaded, and before the slot is marked `installing` or taken out of the boot order:
+/// the confirmed release there stays the fallback, and a rollback to it still works.
 #[test]
 fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
-    let (repo, _server, board) = served_board("toolarge", Loader::Grub);
+    let (repo, server, board) = served_board("toolarge", Loader::Grub);
     assert_eq!(board.power_on(), Some(Slot::A));
     release_image(&repo, "2.0.0", MIB, 2);
     board.dev.expect("update", &["--yes"], 0);
@@ -1195,6 +1204,8 @@ fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
     };
     set_slot_path(&board, "a", &device.0);
     let before = board.dev.status();
+    let downloads = board.dev.downloads();
+    let blobs_before = blob_requests(&server);
 
     release_image(&repo, "3.0.0", 2 * MIB, 3);
     let out = board.dev.run("update", &["--yes"]);
@@ -1208,6 +1219,13 @@ fn an_image_too_large_for_the_idle_block_device_keeps_the_fallback() {
         "{err}"
     );
     assert_eq!(board.dev.status()["slots"], before["slots"]);
+    // Not a byte of it fetched: the 2 MiB were never going to fit.
+    assert_eq!(board.dev.downloads(), downloads);
+    assert_eq!(
+        blob_requests(&server),
+        blobs_before,
+        "the image was requested"
+    );
     assert_eq!(board.grub("A_OK"), "1");
     board.dev.expect("rollback", &[], 0);
     assert_eq!(board.power_on(), Some(Slot::A));

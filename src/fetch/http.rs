@@ -84,7 +84,7 @@ impl HttpTransport {
     /// `http://` works without).
     fn make_agent(&self) -> ureq::Agent {
         let options = &self.options;
-        let mut config = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(nonzero(options.connect_timeout))
             .timeout_recv_response(nonzero(options.read_timeout))
@@ -95,9 +95,10 @@ impl HttpTransport {
             // Never ureq's own reading of the environment: `via` is what errors name.
             .proxy(self.via.as_ref().map(|via| via.proxy.clone()));
         #[cfg(feature = "tls")]
-        if let Ok(tls) = self.tls() {
-            config = config.tls_config(tls.clone());
-        }
+        let config = match self.tls() {
+            Ok(tls) => config.tls_config(tls.clone()),
+            Err(_) => config,
+        };
         ureq::Agent::new_with_config(config.build())
     }
 }

@@ -143,6 +143,11 @@ impl CancelToken {
     }
 }
 
+/// The longest `ETag` kept for the next poll; a longer one is dropped (the next poll
+/// then asks without `If-None-Match`). Real ones are quoted hashes: S3's multipart tags
+/// are about 40 bytes, nginx's about 20.
+pub const MAX_ETAG_BYTES: usize = 256;
+
 /// The result of [`Fetcher::metadata`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Metadata {
@@ -152,7 +157,8 @@ pub enum Metadata {
     Fetched {
         /// The document's bytes, at most `max_bytes`.
         bytes: Vec<u8>,
-        /// The `ETag` to send next time.
+        /// The `ETag` to send next time (none when it was longer than
+        /// [`MAX_ETAG_BYTES`]).
         etag: Option<String>,
     },
 }
@@ -313,7 +319,10 @@ impl Fetcher {
                 )
                 .into()),
                 200 => {
-                    let etag = response.etag.clone();
+                    // An entity tag is sent back with every later poll and kept in the
+                    // state: one of kilobytes (any server or mirror may send it, none
+                    // needs it) would make each unchanged check as large, and the state.
+                    let etag = response.etag.clone().filter(|e| e.len() <= MAX_ETAG_BYTES);
                     let bytes = self.read_capped(url, response, max_bytes)?;
                     check(&bytes).map_err(|e| Failure {
                         error: e.context(format!("GET {url}")),

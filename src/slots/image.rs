@@ -97,6 +97,20 @@ impl ImageSlots {
         self
     }
 
+    /// Checks only that `slot`, when it is a block device, can hold `size` bytes
+    /// (`too_large`): asked before an image is downloaded, so that one too large is not
+    /// fetched in vain. A device that is not there, or is busy, is [`check_fits`]'s to
+    /// refuse when the install comes (it may be there, or free, by then).
+    ///
+    /// [`check_fits`]: ImageSlots::check_fits
+    pub fn check_size(&self, slot: Slot, size: u64) -> Result<()> {
+        let path = self.path(slot);
+        match File::open(path) {
+            Ok(mut file) => check_capacity(&mut file, path, size).map(drop),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Checks, without writing, that `slot` can take an image of `size` bytes: its device
     /// is there (`io`; a slot under `/dev` is never created), a block device holds `size`
     /// bytes (`too_large`), and nothing else uses it (`invalid_state`): no file system is

@@ -75,6 +75,9 @@ pub enum Fault {
     /// until the client goes away or the server stops: a single read of the body never
     /// ends, since each trailer is data for the connection but none for the body.
     EndlessTrailers,
+    /// Serve the file with an `ETag` of this many bytes (and honour it in `If-None-Match`),
+    /// as a hostile server or mirror may, to make every later poll as large.
+    LongEtag(usize),
     /// Send headers for a chunked body, then the size line of its first chunk, 640 `0`s
     /// every 50 ms, never ending it, until the client goes away or the server stops: the
     /// connection gets bytes, the body none. (ureq gives up when its 128 KiB buffer is
@@ -333,7 +336,10 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
     let Some(content) = content else {
         return plain(404);
     };
-    let etag = format!("\"{}\"", &evergreen::trust::sha256_hex(&content)[..16]);
+    let etag = match fault {
+        Some(Fault::LongEtag(n)) => format!("\"{}\"", "e".repeat(n.saturating_sub(2))),
+        _ => format!("\"{}\"", &evergreen::trust::sha256_hex(&content)[..16]),
+    };
     if head.if_none_match.as_deref() == Some(etag.as_str()) {
         return Reply {
             headers: vec![("ETag", etag)],

@@ -90,9 +90,9 @@ pub enum Command {
     /// Example: evergreen status --config /etc/evergreen/config.json --json
     Status,
     /// The startup step, for launchers and systemd: count a trial start, roll back when
-    /// the new slot used up its tries without being confirmed. `--json` names the slot to
-    /// start now (`start`; for dir slots its directory, `start_dir`): start the app from
-    /// there rather than through `current`, which an activation may move meanwhile.
+    /// the new slot used up its tries without being confirmed. With dir slots, `--json`
+    /// names the slot to start now (`start`) and its directory (`start_dir`): start the app
+    /// from there rather than through `current`, which an activation may move meanwhile.
     ///
     /// Example: ExecStart=/bin/sh -c 'exec "$(evergreen boot --json | jq -r .start_dir)/app/bin/app"'
     Boot,
@@ -443,11 +443,15 @@ pub fn boot(config: &Path, json: bool) -> Result<i32> {
             json!({"status": "rolled_back", "from": from, "to": to, "reason": reason})
         }
     };
-    // What runs next is started by whoever ran `boot`: this slot, the one the step
-    // counted, by its own path (`current` may move under an activation at any moment).
-    v["start"] = json!(launch.slot);
-    if let (Some(slot), SlotsConfig::Dir { root }) = (launch.slot, &up.config().slots) {
-        v["start_dir"] = json!(path_text(&DirSlots::new(root).slot_dir(slot)));
+    // With dir slots what runs next is started by whoever ran `boot`: this slot, the one
+    // the step counted, by its own path (`current` may move under an activation at any
+    // moment). Image slots were started by the bootloader already.
+    if let SlotsConfig::Dir { root } = &up.config().slots {
+        v["start"] = json!(launch.slot);
+        let dir = launch
+            .slot
+            .map(|slot| path_text(&DirSlots::new(root).slot_dir(slot)));
+        v["start_dir"] = json!(dir);
     }
     if json {
         print_json(&v);
