@@ -49,14 +49,7 @@ fn main() -> ExitCode {
 /// proxy, which cannot reach this loopback server: the demo clears those variables first,
 /// before any thread runs.
 fn ignore_proxy_env() {
-    for var in [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ] {
+    for var in evergreen::fetch::PROXY_VARIABLES {
         if std::env::var_os(var).is_some() {
             println!("   ({var} is ignored: the demo talks only to 127.0.0.1)");
             std::env::remove_var(var);

@@ -6,6 +6,7 @@ mod require;
 mod support;
 
 use common::{Device, Repo};
+use evergreen::fetch::{NO_PROXY_VARIABLES, PROXY_VARIABLES};
 use serde_json::json;
 use support::proxy::{Tunnel, TunnelProxy};
 use support::TestServer;
@@ -34,19 +35,11 @@ fn address(server: &TestServer) -> String {
 /// The environment of a CLI run: `vars` set, every other proxy variable cleared (the
 /// machine running the tests may have its own).
 fn env<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut all: Vec<(&str, &str)> = [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ]
-    .iter()
-    .map(|name| (*name, ""))
-    .collect();
+    let mut all: Vec<(&str, &str)> = PROXY_VARIABLES
+        .iter()
+        .chain(&NO_PROXY_VARIABLES)
+        .map(|name| (*name, ""))
+        .collect();
     for (name, value) in vars {
         all.retain(|(n, _)| n != name);
         all.push((name, value));

@@ -37,6 +37,8 @@ mod transport;
 pub use http::HttpTransport;
 #[cfg(feature = "tls")]
 pub use http::{system_roots, SYSTEM_ROOTS};
+#[cfg(feature = "http")]
+pub use proxy::{NO_PROXY_VARIABLES, PROXY_VARIABLES};
 pub use transport::{FileTransport, Request, Response, Transport};
 
 use crate::error::{Error, ErrorKind, Result};

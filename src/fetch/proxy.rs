@@ -9,9 +9,10 @@
 
 use crate::error::{Error, Result};
 
-/// The variables naming a proxy, in the order they are tried (ureq's and the order the
-/// library always had): the first one set to a usable URL serves every request.
-const PROXY_VARS: [&str; 6] = [
+/// The environment variables naming a proxy, in the order they are tried (ureq's and the
+/// order the library always had): the first one set to a usable URL serves every request
+/// of an updater whose config names no `proxy`.
+pub const PROXY_VARIABLES: [&str; 6] = [
     "ALL_PROXY",
     "all_proxy",
     "HTTPS_PROXY",
@@ -20,8 +21,9 @@ const PROXY_VARS: [&str; 6] = [
     "http_proxy",
 ];
 
-/// The variables listing hosts reached directly, the first one set counts.
-const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
+/// The environment variables listing the hosts reached without the environment's proxy;
+/// the first one set counts.
+pub const NO_PROXY_VARIABLES: [&str; 2] = ["NO_PROXY", "no_proxy"];
 
 /// A proxy and what to call it in errors.
 #[derive(Clone)]
@@ -52,15 +54,15 @@ impl Via {
         Via::from_vars(|name| std::env::var(name).ok())
     }
 
-    /// The proxy `var` names: the first of [`PROXY_VARS`] that holds a URL ureq can use
+    /// The proxy `var` names: the first of [`PROXY_VARIABLES`] that holds a URL ureq can use
     /// (one that cannot be used is passed over, as ureq did), with `NO_PROXY`'s hosts.
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Via> {
-        let (name, url, proxy) = PROXY_VARS.iter().find_map(|name| {
+        let (name, url, proxy) = PROXY_VARIABLES.iter().find_map(|name| {
             let url = var(name)?;
             let proxy = ureq::Proxy::new(url.trim()).ok()?;
             Some((name, url, proxy))
         })?;
-        let direct = NO_PROXY_VARS
+        let direct = NO_PROXY_VARIABLES
             .iter()
             .find_map(|name| var(name))
             .map(|list| no_proxy_hosts(&list))
