@@ -25,6 +25,7 @@ pub mod name_map;
 pub mod publish;
 pub mod select;
 pub mod slots;
+mod space;
 mod spare;
 pub mod stage;
 pub mod state;

@@ -454,6 +454,63 @@ fn random_u64() -> Result<u64> {
     Ok(u64::from_le_bytes(raw))
 }
 
+/// Refuses (`io`) an install into dir `slots` that the file system of `slot` has no room
+/// for, before the slot is marked `installing` or emptied: it often holds the fallback,
+/// the last good release, and extracting until the file system is full would lose it, and
+/// leave the app's logs and the state's saves without room meanwhile. What the release
+/// writes ([`stage::CheckedZip::space_needed`]; a file artifact and its directory in
+/// whole blocks; the slot's directory and record) and [`crate::space::RESERVE`] must fit
+/// in what a process without privileges may still allocate, counting the blocks that
+/// emptying the slot gives back (its current tree, and one a crash left aside). A file
+/// system that reports no size is not judged ([`crate::space::free`]).
+fn check_slot_room(
+    slots: &DirSlots,
+    slot: Slot,
+    plan: &Offer,
+    archives: &BTreeMap<String, stage::CheckedZip>,
+) -> Result<()> {
+    let dir = slots.slot_dir(slot);
+    let Some(free) = crate::space::free(&dir) else {
+        return Ok(());
+    };
+    // The slot's directory and its record.
+    let mut writes = free.block.saturating_mul(2);
+    for c in &plan.components {
+        let Some(a) = artifact_to_install(plan, c) else {
+            continue;
+        };
+        let bytes = match a.kind {
+            // `check_archives` checked every zip; one missing fails the install later.
+            ArtifactKind::Zip => archives.get(&c.name).map_or(0, |z| z.space_needed(&free)),
+            ArtifactKind::File => free.block.saturating_add(free.blocks_for(a.size)),
+            // Refused by `check_installable`.
+            ArtifactKind::Image => 0,
+        };
+        writes = writes.saturating_add(bytes);
+    }
+    let needed = writes.saturating_add(crate::space::RESERVE);
+    if free.bytes >= needed {
+        return Ok(());
+    }
+    // Walked only when it counts: a slot may hold many thousands of files.
+    let freed = crate::space::freed_by_removing(&[&dir, &slots.trash_dir(slot)]);
+    if free.bytes.saturating_add(freed) >= needed {
+        return Ok(());
+    }
+    let within = dir.parent().unwrap_or(&dir);
+    Err(Error::new(
+        ErrorKind::Io,
+        format!(
+            "installing {} into slot {slot}: expected room for {needed} bytes in {}, found {} bytes free and {freed} more that emptying slot {slot} would give back (the release takes {writes} bytes in blocks of {}, and {} are kept free so the state can still be saved); slot {slot} was not touched: free space and install again",
+            plan.version,
+            within.display(),
+            free.bytes,
+            free.block,
+            crate::space::RESERVE,
+        ),
+    ))
+}
+
 /// The opened download of component `c`.
 fn opened<'a>(
     files: &'a BTreeMap<String, std::fs::File>,
@@ -2005,7 +2062,7 @@ impl Updater {
             self.check_installable(&self.load_state()?, plan)?;
             let files = self.open_downloads(plan)?;
             let archives = self.check_archives(plan, &files)?;
-            let Staging { slot, components } = self.begin_install(plan)?;
+            let Staging { slot, components } = self.begin_install(plan, &archives)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
@@ -2122,17 +2179,24 @@ impl Updater {
 
     /// Marks the slot to write `installing` and takes it out of the boot order. Returns
     /// it and what it will hold.
-    fn begin_install(&self, plan: &Offer) -> Result<Staging> {
+    fn begin_install(
+        &self,
+        plan: &Offer,
+        archives: &BTreeMap<String, stage::CheckedZip>,
+    ) -> Result<Staging> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
         let slot = self.install_slot(&mut st)?;
-        // A slot that cannot take the image must keep its record and boot entry: marked
+        // A slot that cannot take the release must keep its record and boot entry: marked
         // `installing`, the fallback would be lost though not a byte of it was written.
-        if let Store::Image(images) = &self.store {
-            for c in &plan.components {
-                if let Some(a) = artifact_to_install(plan, c) {
-                    images.check_fits(slot, a.size)?;
+        match &self.store {
+            Store::Dir(slots) => check_slot_room(slots, slot, plan, archives)?,
+            Store::Image(images) => {
+                for c in &plan.components {
+                    if let Some(a) = artifact_to_install(plan, c) {
+                        images.check_fits(slot, a.size)?;
+                    }
                 }
             }
         }

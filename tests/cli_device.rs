@@ -1711,7 +1711,8 @@ fn next_check_comes_due_before_the_first_check_and_after_a_failed_one() {
 fn a_trial_on_a_full_disk_is_counted_and_rolled_back() {
     let repo = Repo::new("com.acme.full");
     let scratch = repo.scratch("full");
-    let Some(_fs) = Mounted::tmpfs(&scratch, 256) else {
+    // Room for the downloads, the slots and the 1 MiB every free-space check leaves free.
+    let Some(_fs) = Mounted::tmpfs(&scratch, 2048) else {
         return;
     };
     publish(&repo, "1.0.0", "stable");
@@ -1746,6 +1747,89 @@ fn a_trial_on_a_full_disk_is_counted_and_rolled_back() {
     assert!(current.ends_with("b"), "current → {}", current.display());
     // The disk is still full, and the state still saves: confirm the fallback again.
     dev.expect("boot", &[], 0);
+}
+
+/// Publishes `version` with one zip component, `app`, holding `len` pseudo-random bytes
+/// (which deflate cannot shrink) seeded by `seed`.
+fn publish_big(repo: &Repo, version: &str, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let zip = repo.scratch("src").join(format!("app-{version}.zip"));
+    common::make_zip(&zip, &[("data.bin", &data)]);
+    let spec = format!("{}:zip", zip.display());
+    repo.release(
+        "stable",
+        version,
+        "x86_64-linux",
+        &[("app", Path::new(&spec))],
+        &[],
+    );
+}
+
+/// A release the slots' file system has no room for is refused before the idle slot is
+/// marked `installing` or emptied: it holds the fallback, the last good release, which an
+/// extraction that filled the file system used to lose (and the app's logs had no room
+/// meanwhile). `io`, naming the room needed and the room found. The idle slot's own
+/// release is room that emptying it gives back: a release that fits only then goes in.
+#[test]
+fn a_release_the_slots_have_no_room_for_is_refused_before_the_idle_slot_is_touched() {
+    const KIB: usize = 1024;
+    let repo = Repo::new("com.acme.room");
+    let small = repo.scratch("small");
+    let Some(_fs) = Mounted::tmpfs(&small, 5 * 1024) else {
+        return;
+    };
+    // The state (and the downloads) elsewhere: only the slots are on the small file system.
+    let app = small.join("app");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"slots": {"kind": "dir", "root": app}}),
+    );
+    // 1.5 MiB in each slot; about 2 MiB left, less than 1.1.0 and the 1 MiB reserve take.
+    for (seed, version) in [(1, "1.0.0"), (2, "1.0.1"), (3, "1.1.0")] {
+        publish_big(&repo, version, 1536 * KIB, seed);
+        for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+            dev.expect(step[0], &step[1..], 0);
+        }
+    }
+    let s = dev.status();
+    assert_eq!(s["primary"], "b", "{s}");
+    assert_eq!(s["slots"]["a"]["version"], "1.0.1", "{s}");
+
+    // 4 MiB: no room, even once slot a's 1.5 MiB are given back.
+    publish_big(&repo, "1.2.0", 4096 * KIB, 4);
+    let idle = common::tree_digest(&app.join("slots/a"));
+    assert!(idle.contains_key("app/data.bin"), "{idle:?}");
+    let err = dev.fails("update", &["--yes"]);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error[io]: installing 1.2.0 into slot a: expected room for ")
+            && line.contains(&format!(
+                " bytes in {}, found ",
+                app.join("slots").display()
+            ))
+            && line.contains(" more that emptying slot a would give back (the release takes ")
+            && line.ends_with(
+                "and 1048576 are kept free so the state can still be saved); slot a was not touched: free space and install again"
+            ),
+        "{err}"
+    );
+    assert_eq!(common::tree_digest(&app.join("slots/a")), idle);
+    let s = dev.status();
+    assert_eq!(s["slots"]["a"]["status"], "good", "{s}");
+    assert_eq!(s["slots"]["a"]["version"], "1.0.1", "{s}");
+    assert!(!app.join("slots/.trash-a").exists());
+    // The fallback is still one to go back to.
+    let out = json(&dev.expect("rollback", &["--json"], 0));
+    assert_eq!(out["to"], "a", "{out}");
 }
 
 /// A device whose state directory is on an SD card's exFAT (no hard links, no symlinks,

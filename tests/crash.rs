@@ -227,7 +227,8 @@ fn a_save_on_a_full_disk_cut_off_anywhere_keeps_the_state() {
     let repo = Repo::new("com.acme.fullcrash");
     publish(&repo);
     let scratch = repo.scratch("full");
-    let Some(_fs) = Mounted::tmpfs(&scratch, 256) else {
+    // Room for the downloads and the 1 MiB every free-space check leaves free.
+    let Some(_fs) = Mounted::tmpfs(&scratch, 2048) else {
         return;
     };
     let extra = serde_json::json!({"state_dir": scratch.join("state"), "trial": {"tries": 40}});

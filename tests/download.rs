@@ -1561,24 +1561,187 @@ fn assert_disk_full(err: evergreen::Error) {
     );
 }
 
-/// A download that fills its file system fails naming the room it needed, and removes its
-/// `.part`: kept, it would hold the space the state needs, and every later check and
-/// startup step would fail to save it until someone deleted the file by hand.
+/// What every free-space check leaves free on top of what it writes (1 MiB, as the README
+/// and docs/design.md say).
+const RESERVE: u64 = 1 << 20;
+
+/// Serves a repository directory as `file://` does, but once `fill_after` bytes of a body
+/// have been read, fills the file system at `full` to its last byte, as another writer
+/// (a runaway log) would while the download runs: the free-space check before it found
+/// room. With `ignore_range`, a resume is answered with the whole blob (200).
+struct FilledMeanwhile {
+    full: PathBuf,
+    fill_after: u64,
+    ignore_range: bool,
+}
+
+impl Transport for FilledMeanwhile {
+    fn get(&self, url: &str, req: &Request) -> Result<Response> {
+        let req = Request {
+            range_from: req.range_from.filter(|_| !self.ignore_range),
+            ..req.clone()
+        };
+        let mut response = evergreen::fetch::FileTransport.get(url, &req)?;
+        response.body = Box::new(FillingBody {
+            body: response.body,
+            full: Some(self.full.clone()),
+            left: self.fill_after,
+        });
+        Ok(response)
+    }
+}
+
+struct FillingBody {
+    body: Box<dyn std::io::Read + Send>,
+    full: Option<PathBuf>,
+    left: u64,
+}
+
+impl std::io::Read for FillingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            if let Some(dir) = self.full.take() {
+                mounts::fill(&dir);
+            }
+        }
+        let max = match self.full {
+            Some(_) => buf.len().min(self.left as usize),
+            None => buf.len(),
+        };
+        let n = self.body.read(&mut buf[..max])?;
+        self.left -= (n as u64).min(self.left);
+        Ok(n)
+    }
+}
+
+/// The free bytes of the file system at `path`, as `df` says for a user without privileges.
+fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// A download its file system has no room for is refused before a byte of it is written or
+/// asked for: `io`, naming the room needed (the blob and the reserve) and the room found.
+/// Filling the file system to its last byte first, as it did, took the room of everything
+/// else on it (the app's logs, a database) until the failure.
+#[test]
+fn a_download_the_file_system_has_no_room_for_is_refused_before_a_byte_is_written() {
+    let repo = Repo::new(SIZE);
+    let dir = TempDir::new().unwrap();
+    let small = dir.path().join("small");
+    let Some(_fs) = Mounted::tmpfs(&small, 512) else {
+        return;
+    };
+    let downloads = small.join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let free = free_bytes(&small);
+    let server = TestServer::serve(repo.path());
+    let f = fetcher(&[server.url()], options());
+    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let expected = format!(
+        "downloading {}: expected room for {} bytes in {}, found {free} bytes free (the {SIZE} bytes of the download still to fetch, and {RESERVE} kept free so the state can still be saved); nothing was written: free space and update again",
+        part_path(&downloads, &repo).display(),
+        SIZE as u64 + RESERVE,
+        downloads.display(),
+    );
+    assert_eq!(err.message(), expected);
+    assert!(
+        server.requests(&repo.blob_path()).is_empty(),
+        "the blob was asked for"
+    );
+    assert!(
+        !part_path(&downloads, &repo).exists(),
+        "a .part was created"
+    );
+    assert_eq!(free_bytes(&small), free);
+}
+
+/// A `.part` kept from an earlier attempt is room already taken: a resume needs room only
+/// for the bytes it lacks. Here the whole blob and the reserve would not fit beside the
+/// kept half, and the rest does; a refusal names the kept bytes.
+#[test]
+fn a_resumed_download_needs_room_only_for_the_bytes_it_lacks() {
+    let repo = Repo::new(SIZE);
+    let dir = TempDir::new().unwrap();
+    let small = dir.path().join("small");
+    // 2.25 MiB: 1.75 MiB free beside the kept half, for its other half and the reserve.
+    let Some(_fs) = Mounted::tmpfs(&small, 2304) else {
+        return;
+    };
+    let downloads = small.join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    keep_first_half(&downloads, &repo);
+    let free = free_bytes(&small);
+    assert!(
+        free < SIZE as u64 + RESERVE && free >= SIZE as u64 / 2 + RESERVE,
+        "{free}"
+    );
+    let server = TestServer::serve(repo.path());
+    let f = fetcher(&[server.url()], options());
+    assert_downloads_the_blob(&f, &repo, &downloads);
+    assert_eq!(statuses(&server, &repo), [206]);
+
+    // With a little less room, refused naming what is kept.
+    std::fs::remove_file(downloads.join(&repo.sha256)).unwrap();
+    keep_first_half(&downloads, &repo);
+    std::fs::write(small.join("log"), vec![b'x'; 512 << 10]).unwrap();
+    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let rest = SIZE / 2;
+    assert!(
+        err.message().contains(&format!(
+            "expected room for {} bytes in {}, found {} bytes free (the {rest} bytes of the download still to fetch, {rest} of its {SIZE} bytes kept from an earlier attempt, and {RESERVE} kept free",
+            rest as u64 + RESERVE,
+            downloads.display(),
+            free_bytes(&small),
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        statuses(&server, &repo),
+        [206],
+        "the blob was asked for again"
+    );
+    assert_eq!(
+        std::fs::metadata(part_path(&downloads, &repo))
+            .unwrap()
+            .len(),
+        rest as u64,
+        "the kept bytes were touched"
+    );
+}
+
+/// A download that fills its file system all the same (another writer took the room after
+/// the check) fails naming the room it needed, and removes its `.part`: kept, it would hold
+/// the space the state needs, and every later check and startup step would fail to save it
+/// until someone deleted the file by hand.
 #[test]
 fn a_download_that_fills_the_disk_says_so_and_leaves_the_room_it_took() {
     let repo = Repo::new(SIZE);
     let dir = TempDir::new().unwrap();
-    let Some(_fs) = Mounted::tmpfs(&dir.path().join("small"), 512) else {
+    let small = dir.path().join("small");
+    // Room for the blob and the reserve, which the check asks for.
+    let Some(_fs) = Mounted::tmpfs(&small, 3 * 1024) else {
         return;
     };
-    let downloads = dir.path().join("small/downloads");
+    let downloads = small.join("downloads");
     std::fs::create_dir(&downloads).unwrap();
-    let f = fetcher(&[repo.path().display().to_string()], options());
+    let filled = FilledMeanwhile {
+        full: small.clone(),
+        fill_after: 256 << 10,
+        ignore_range: false,
+    };
+    let base = repo.path().display().to_string();
+    let f = Fetcher::with_transport(vec![base], options(), Box::new(filled));
     assert_disk_full(download(&f, &repo.spec(), &downloads).unwrap_err());
     assert!(!part_path(&downloads, &repo).exists(), "the .part was kept");
     assert_no_completed_file(&downloads, &repo);
-    // The room is there again: the state of a device could be saved.
-    std::fs::write(downloads.join("state.json"), vec![b'x'; 256 * 1024]).unwrap();
+    // The room the download took is there again: the state of a device could be saved.
+    std::fs::write(downloads.join("state.json"), vec![b'x'; 200 * 1024]).unwrap();
 }
 
 /// The same when the file system fills as a 200 replaces kept bytes that differ: the body
@@ -1589,17 +1752,20 @@ fn replacing_kept_bytes_on_a_full_disk_says_so_and_leaves_the_room_it_took() {
     let repo = Repo::new(SIZE);
     let dir = TempDir::new().unwrap();
     let small = dir.path().join("small");
-    let Some(_fs) = Mounted::tmpfs(&small, 512) else {
+    let Some(_fs) = Mounted::tmpfs(&small, 3 * 1024) else {
         return;
     };
     let downloads = small.join("downloads");
     std::fs::create_dir(&downloads).unwrap();
     let part = part_path(&downloads, &repo);
     std::fs::write(&part, vec![0u8; 64 * 1024]).unwrap();
-    mounts::fill(&small);
-    let server = TestServer::serve(repo.path());
-    server.set_fault(&repo.blob_path(), Fault::IgnoreRange);
-    let f = fetcher(&[server.url()], options());
+    let filled = FilledMeanwhile {
+        full: small.clone(),
+        fill_after: 0,
+        ignore_range: true,
+    };
+    let base = repo.path().display().to_string();
+    let f = Fetcher::with_transport(vec![base], options(), Box::new(filled));
     assert_disk_full(download(&f, &repo.spec(), &downloads).unwrap_err());
     assert!(!part.exists(), "the .part was kept");
     assert_no_completed_file(&downloads, &repo);

@@ -121,6 +121,7 @@ impl Target<'_> {
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
     ) -> Result<(), Failure> {
+        self.check_room()?;
         let mut stream = Stream {
             fetcher,
             url,
@@ -136,6 +137,45 @@ impl Target<'_> {
             }
             (result, _) => Ok(result?),
         }
+    }
+
+    /// Refuses (`io`), before the `.part` is opened or a request made, a download its file
+    /// system has no room for: the bytes still to fetch (those of a `.part` kept from an
+    /// earlier attempt are there already) and [`crate::space::RESERVE`] must fit in what
+    /// a process without privileges may still allocate. Filling the file system first and
+    /// failing at its last byte (see [`Stream::write_failed`]) would leave the app's logs
+    /// and databases there, and the state's saves, without room meanwhile. A file system
+    /// that reports no size is not judged ([`crate::space::free`]).
+    fn check_room(&self) -> Result<()> {
+        let dir = self.part_path.parent().unwrap_or(Path::new("."));
+        let Some(free) = crate::space::free(dir) else {
+            return Ok(());
+        };
+        let size = self.spec.size;
+        // Not followed: `Part::open` refuses a symlink. One longer than the blob starts over.
+        let kept = fs::symlink_metadata(&self.part_path)
+            .ok()
+            .filter(|m| m.is_file() && m.len() <= size)
+            .map_or(0, |m| m.len());
+        let rest = size - kept;
+        let needed = rest.saturating_add(crate::space::RESERVE);
+        if free.bytes >= needed {
+            return Ok(());
+        }
+        let kept = match kept {
+            0 => String::new(),
+            kept => format!(", {kept} of its {size} bytes kept from an earlier attempt"),
+        };
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "downloading {}: expected room for {needed} bytes in {}, found {} bytes free (the {rest} bytes of the download still to fetch{kept}, and {} kept free so the state can still be saved); nothing was written: free space and update again",
+                self.part_path.display(),
+                dir.display(),
+                free.bytes,
+                crate::space::RESERVE,
+            ),
+        ))
     }
 
     /// The same URL again from byte 0; a mismatch now is the server's.

@@ -48,6 +48,12 @@ impl DirSlots {
         self.root.join("current")
     }
 
+    /// `<root>/slots/.trash-<slot>`, where [`DirSlots::prepare`] moves the old tree of
+    /// `slot` before it removes it (a crash may leave it there).
+    pub(crate) fn trash_dir(&self, slot: Slot) -> PathBuf {
+        self.root.join("slots").join(format!(".trash-{slot}"))
+    }
+
     /// Empties `slot` for a fresh install: the old tree is renamed aside first, so a crash
     /// never leaves a half-deleted slot that looks complete, then removed. The new
     /// directory is private (0700) while staging.
@@ -56,7 +62,7 @@ impl DirSlots {
         let dir = self.slot_dir(slot);
         let slots = self.root.join("slots");
         fsutil::create_dir_all(&slots)?;
-        let trash = slots.join(format!(".trash-{slot}"));
+        let trash = self.trash_dir(slot);
         fsutil::remove_all(&trash)?;
         if dir.exists() {
             fsutil::crash_point("move slot aside")?;

@@ -173,6 +173,23 @@ impl CheckedZip {
         }
     }
 
+    /// The bytes extracting the archive takes on the file system described by `free`:
+    /// each file's declared size (extraction refuses an entry that inflates to another),
+    /// rounded up to whole blocks, and a block for each directory and symlink, the
+    /// component's own directory included. A directory on tmpfs takes none, and a short
+    /// symlink none anywhere: counted all the same, they keep the estimate on the safe side.
+    pub(crate) fn space_needed(&self, free: &crate::space::Free) -> u64 {
+        let files = self
+            .plan
+            .files
+            .iter()
+            .map(|&i| self.plan.entries[i].declared);
+        let others = (self.plan.dirs.len() + self.plan.symlinks.len() + 1) as u64;
+        files
+            .map(|size| free.blocks_for(size))
+            .fold(others.saturating_mul(free.block), u64::saturating_add)
+    }
+
     /// Inflates every file entry into nothing, checking what extraction checks only as it
     /// writes: each entry's CRC, its inflated length against its declared one, and every
     /// cap. For a publisher, which reads an archive once so that no device finds it broken
