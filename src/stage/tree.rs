@@ -4,10 +4,11 @@
 use super::run_parallel;
 use crate::error::{Error, Result};
 use crate::manifest::is_safe_name;
+use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Mode of a directory while it is being staged: nobody else may look at half a component.
 const STAGING_MODE: u32 = 0o700;
@@ -178,32 +179,8 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
 /// ```
 pub fn make_durable(root: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(root).map_err(|e| Error::io("inspect", root, e))?;
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    if meta.is_dir() {
-        dirs.push(root.to_path_buf());
-    } else {
-        files.push(root.to_path_buf());
-    }
-    let mut i = 0;
-    while let Some(dir) = dirs.get(i).cloned() {
-        i += 1;
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-            let kind = entry
-                .file_type()
-                .map_err(|e| Error::io("inspect", &entry.path(), e))?;
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-        dirs.push(parent.to_path_buf());
-    }
-    let sync = |path: &PathBuf, data_only: bool| -> Result<()> {
+    let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+    let sync = |path: &Path, data_only: bool| -> Result<()> {
         let file = open_for_sync(path).map_err(|e| Error::io("open for sync", path, e))?;
         let synced = if data_only {
             crate::fsutil::sync_file_data(&file)
@@ -212,7 +189,35 @@ pub fn make_durable(root: &Path) -> Result<()> {
         };
         synced.map_err(|e| Error::io("sync", path, e))
     };
-    run_parallel(&files, || Ok(()), |_, p| sync(p, true))?;
+    if !meta.is_dir() {
+        sync(root, true)?;
+        return parent.map_or(Ok(()), |p| sync(p, false));
+    }
+    // Files are kept as their directory (an index into `dirs`) and their own name, not a
+    // whole path each: 10,000 files under a directory 3.6 KB deep took 37 MB as paths.
+    let mut files: Vec<(usize, OsString)> = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while let Some(dir) = dirs.get(i).cloned() {
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| Error::io("inspect", &entry.path(), e))?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                files.push((i, entry.file_name()));
+            }
+        }
+        i += 1;
+    }
+    dirs.extend(parent.map(Path::to_path_buf));
+    run_parallel(
+        &files,
+        || Ok(()),
+        |_, (dir, name)| sync(&dirs[*dir].join(name), true),
+    )?;
     run_parallel(&dirs, || Ok(()), |_, p| sync(p, false))
 }
 
