@@ -8,7 +8,8 @@
 //! Besides the fields of DESIGN §7.1 the config has these extensions, all optional:
 //! - `poll` — `{"interval_s": 21600, "jitter": 0.25}`: how often to check (DESIGN §5.3);
 //! - `archive` — `{"allow_symlinks": false, "max_installed_bytes": 17179869184,
-//!   "max_entries": 100000, "max_ratio": 250}`: caps for zip extraction (DESIGN §5.5);
+//!   "max_entries": 100000, "max_central_directory_bytes": 1048576, "max_ratio": 250}`:
+//!   caps for zip extraction (DESIGN §5.5);
 //! - `follow_redirects` — `false`: whether HTTP redirects are followed at all;
 //! - `ca_roots` — `null`: a PEM bundle to trust for HTTPS instead of the system's CA bundle
 //!   (`SSL_CERT_FILE`, else the distribution's usual file: `fetch::SYSTEM_ROOTS`) or, with
@@ -465,10 +466,19 @@ pub struct ArchiveLimits {
     pub max_installed_bytes: u64,
     /// Entries one archive may hold (default 100,000).
     pub max_entries: u64,
+    /// Bytes of central directory one archive may have (default 1 MiB, at most
+    /// [`MAX_CENTRAL_DIRECTORY_BYTES`]): the zip reader holds it in memory, three to
+    /// five times over.
+    pub max_central_directory_bytes: u64,
     /// Inflated / compressed size, per entry and for the whole archive (default 250;
     /// deflate's own limit is ~1032). Outputs up to 64 KiB are exempt.
     pub max_ratio: u64,
 }
+
+/// The most `archive.max_central_directory_bytes` may be (256 MiB): the zip reader holds
+/// a central directory in memory three to five times over, so no device reads a larger
+/// one, and a publisher refuses an archive with one as every device would.
+pub const MAX_CENTRAL_DIRECTORY_BYTES: u64 = 256 << 20;
 
 /// The defaults of [`crate::stage::ArchiveLimits`]: one set of numbers.
 impl Default for ArchiveLimits {
@@ -478,6 +488,7 @@ impl Default for ArchiveLimits {
             allow_symlinks: d.allow_symlinks,
             max_installed_bytes: d.max_installed_bytes,
             max_entries: d.max_entries,
+            max_central_directory_bytes: d.max_central_directory_bytes,
             max_ratio: d.max_ratio,
         }
     }
@@ -505,6 +516,7 @@ impl Config {
         crate::stage::ArchiveLimits {
             max_installed_bytes: self.archive.max_installed_bytes,
             max_entries: self.archive.max_entries,
+            max_central_directory_bytes: self.archive.max_central_directory_bytes,
             max_ratio: self.archive.max_ratio,
             allow_symlinks: self.archive.allow_symlinks,
         }
@@ -770,7 +782,13 @@ impl ArchiveLimits {
         for (field, value) in fields {
             ensure(value >= 1, field, "at least 1", value)?;
         }
-        Ok(())
+        let directory = self.max_central_directory_bytes;
+        ensure(
+            (1..=MAX_CENTRAL_DIRECTORY_BYTES).contains(&directory),
+            "archive.max_central_directory_bytes",
+            "1 to 268435456 (256 MiB)",
+            directory,
+        )
     }
 }
 
@@ -909,6 +927,34 @@ mod tests {
             .to_base64()
     }
 
+    /// The cap on an archive's central directory is read into the limits staging applies,
+    /// up to the most any device may set, which a publisher checks against.
+    #[test]
+    fn archive_max_central_directory_bytes_is_read_up_to_its_ceiling() {
+        let c = parse(&with(
+            "archive/max_central_directory_bytes",
+            Some(json!(MAX_CENTRAL_DIRECTORY_BYTES)),
+        ))
+        .unwrap();
+        assert_eq!(
+            c.archive_limits().max_central_directory_bytes,
+            MAX_CENTRAL_DIRECTORY_BYTES
+        );
+        let c = parse(&with(
+            "archive/max_central_directory_bytes",
+            Some(json!(4096)),
+        ))
+        .unwrap();
+        assert_eq!(c.archive_limits().max_central_directory_bytes, 4096);
+        assert_eq!(
+            parse(&minimal())
+                .unwrap()
+                .archive_limits()
+                .max_central_directory_bytes,
+            crate::stage::ArchiveLimits::default().max_central_directory_bytes
+        );
+    }
+
     #[test]
     fn minimal_config_gets_the_defaults() {
         let c = parse(&minimal()).unwrap();
@@ -940,6 +986,7 @@ mod tests {
             }
         );
         assert!(!c.archive.allow_symlinks);
+        assert_eq!(c.archive.max_central_directory_bytes, 1 << 20);
         assert!(!c.follow_redirects);
         assert_eq!((c.ca_roots, c.proxy), (None, None));
     }
@@ -1312,6 +1359,16 @@ mod tests {
                 "archive/max_entries",
                 Some(json!(0)),
                 "`archive.max_entries`",
+            ),
+            (
+                "archive/max_central_directory_bytes",
+                Some(json!(0)),
+                "`archive.max_central_directory_bytes`: expected 1 to 268435456",
+            ),
+            (
+                "archive/max_central_directory_bytes",
+                Some(json!(MAX_CENTRAL_DIRECTORY_BYTES + 1)),
+                "`archive.max_central_directory_bytes`: expected 1 to 268435456",
             ),
             ("ca_roots", Some(json!("")), "`ca_roots`"),
             ("proxy", Some(json!("proxy.example:3128")), "`proxy`"),

@@ -1901,6 +1901,9 @@ fn check_zip_for_every_device(
     let most_lenient = stage::ArchiveLimits {
         max_installed_bytes: u64::MAX,
         max_entries: u64::MAX,
+        // The most any device's config allows: a larger directory is refused everywhere,
+        // and is never read into this process's memory either.
+        max_central_directory_bytes: crate::config::MAX_CENTRAL_DIRECTORY_BYTES,
         max_ratio: u64::MAX,
         allow_symlinks: true,
     };
@@ -2087,6 +2090,71 @@ mod tests {
             &ReleaseOptions::new(now()),
             &[key],
         )
+    }
+
+    /// A zip of `entries` empty files with 100-byte names: 146 bytes of central
+    /// directory each.
+    fn zip_of(path: &Path, entries: usize) {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for i in 0..entries {
+            let name = format!("{i:06}-{}", "n".repeat(93));
+            w.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    /// A central directory larger than any device's config allows is refused by
+    /// `release` as every device would refuse it (and never read into memory); one only
+    /// larger than the default cap is published with a warning naming the rule.
+    #[test]
+    fn a_central_directory_over_the_caps_is_refused_or_warned_about() {
+        let (dir, repo, key, _) = setup();
+        let path = dir.path().join("app.zip");
+        zip_of(&path, 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+        let declared = crate::config::MAX_CENTRAL_DIRECTORY_BYTES + 1;
+        bytes[at + 12..at + 16].copy_from_slice(&(declared as u32).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = repo
+            .release(
+                "nightly",
+                &"1.0.0".parse().unwrap(),
+                "x",
+                &[("app", &path, ArtifactKind::Zip)],
+                &ReleaseOptions::new(now()),
+                &[&key],
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("every device would refuse this archive")
+                && msg.contains(&format!(
+                    "expected a central directory of at most 268435456 bytes, found {declared}"
+                )),
+            "{msg}"
+        );
+
+        // 8,000 entries: 1.17 MB of directory, over the default 1 MiB.
+        zip_of(&path, 8000);
+        let warnings = default_limit_refusals(&[("app", &path, ArtifactKind::Zip)]).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .contains("expected a central directory of at most 1048576 bytes, found 1168000"),
+            "{warnings:?}"
+        );
+        repo.release(
+            "nightly",
+            &"1.0.0".parse().unwrap(),
+            "x",
+            &[("app", &path, ArtifactKind::Zip)],
+            &ReleaseOptions::new(now()),
+            &[&key],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -695,6 +695,73 @@ fn every_end_record_the_zip_reader_may_use_is_checked_before_it_reads_the_direct
     );
 }
 
+/// The central directory's size as the classic end record of `bytes` declares it, and
+/// where that field is.
+fn declared_directory_size(bytes: &[u8]) -> (u64, usize) {
+    let at = bytes.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+    let field = at + 12;
+    let size = u32::from_le_bytes(bytes[field..field + 4].try_into().unwrap());
+    (u64::from(size), field)
+}
+
+/// The zip reader holds the whole central directory in memory, several times over: its
+/// size is read from the end record and refused above the cap before the reader loads
+/// it, naming the cap and the size.
+#[test]
+fn a_central_directory_larger_than_the_cap_is_refused_before_it_is_read() {
+    let names: Vec<String> = (0..20).map(|i| format!("dir/file-{i:03}.txt")).collect();
+    let items: Vec<Item> = names.iter().map(|n| File(n, b"x", 0o644)).collect();
+    let bytes = build(&items);
+    let (size, _) = declared_directory_size(&bytes);
+    assert!(size > 20 * 46, "{size}");
+    let below = ArchiveLimits {
+        max_central_directory_bytes: size - 1,
+        ..limits()
+    };
+    let msg = Case::new(&bytes).refused(None, &below, &[]);
+    assert!(
+        msg.contains(&format!(
+            "expected a central directory of at most {} bytes, found {size} (as the end of its central directory declares)",
+            size - 1
+        )),
+        "{msg}"
+    );
+    let exactly = ArchiveLimits {
+        max_central_directory_bytes: size,
+        ..limits()
+    };
+    let stats = Case::new(&bytes).extract(None, &exactly).unwrap();
+    assert_eq!(stats.files, 20);
+    // The default cap, 1 MiB, holds it too.
+    Case::new(&bytes).extract(None, &limits()).unwrap();
+}
+
+/// An end record may understate its directory: the zip reader reads as many entries as
+/// the record counts, wherever they end. Reading stops once it has read more than the
+/// cap allows (plus the end records and comment it may look through), so no more of the
+/// directory than that is ever loaded.
+#[test]
+fn a_central_directory_larger_than_its_end_record_declares_is_stopped_while_read() {
+    // 3,000 entries with 100-byte names: 440 KB of central directory.
+    let names: Vec<String> = (0..3000)
+        .map(|i| format!("{i:05}-{}", "n".repeat(94)))
+        .collect();
+    let items: Vec<Item> = names.iter().map(|n| File(n, b"", 0o644)).collect();
+    let mut bytes = build(&items);
+    let (size, field) = declared_directory_size(&bytes);
+    assert!(size > 400_000, "{size}");
+    bytes[field..field + 4].copy_from_slice(&100u32.to_le_bytes());
+    let small = ArchiveLimits {
+        max_central_directory_bytes: 1000,
+        ..limits()
+    };
+    let msg = Case::new(&bytes).refused(None, &small, &[]);
+    assert!(
+        msg.contains("expected a central directory of at most 1000 bytes, found more (its entries run on past what the end of its central directory declares)"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn directories_implied_by_deep_names_count_against_the_entry_cap() {
     // Two entries whose names imply 2 × 60 directories: a zip of a few KB that would

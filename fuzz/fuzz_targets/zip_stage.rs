@@ -24,6 +24,8 @@ fn limits(allow_symlinks: bool) -> ArchiveLimits {
     ArchiveLimits {
         max_installed_bytes: 32 << 20,
         max_entries: 4096,
+        // Small enough that the check meets it: a fuzzed archive is small.
+        max_central_directory_bytes: 64 << 10,
         max_ratio: 1000,
         allow_symlinks,
     }

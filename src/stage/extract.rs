@@ -46,7 +46,8 @@ const MAX_COMPONENT: usize = 255;
 /// file and a directory; overlapping entries; methods other than stored and deflate;
 /// encrypted entries; symlinks unless `limits.allow_symlinks`, and then any that is
 /// absolute, leaves the component or passes through another symlink, and any entry under
-/// a symlink; more than `limits.max_entries` entries; more bytes than `installed_size`
+/// a symlink; more than `limits.max_entries` entries; a central directory larger than
+/// `limits.max_central_directory_bytes`; more bytes than `installed_size`
 /// (when given) or `limits.max_installed_bytes`, or a ratio above `limits.max_ratio`,
 /// counted on the bytes actually inflated; an entry whose inflated size differs from its
 /// declared size. On any failure nothing is left under `dest`: `dest` itself is removed
@@ -137,20 +138,43 @@ impl CheckedZip {
             .map_err(|e| Error::new(ErrorKind::Io, format!("inspecting the archive: {e}")))?
             .len();
         let budget = Budget::new(installed_size, limits, len);
-        // Before the zip reader, which holds the whole central directory in memory: two
-        // million empty entries took 432 MB to be refused after it.
-        if let Some(count) = declared_entries(&file, len).filter(|n| *n > limits.max_entries) {
+        // Before the zip reader, which holds the whole central directory in memory, three
+        // to five times its size: two million empty entries took 432 MB to be refused
+        // after it, 99,000 entries with 90-byte names 60 MB to be installed.
+        let declared = declared_directory(&file, len);
+        if let Some(count) = declared
+            .map(|d| d.entries)
+            .filter(|n| *n > limits.max_entries)
+        {
             return Err(unsafe_archive(format!(
                 "expected at most {} zip entries, found {count} (as the end of its central directory declares)",
                 limits.max_entries
             )));
         }
-        let mut zip = ZipArchive::new(At {
+        let cap = limits.max_central_directory_bytes;
+        if let Some(size) = declared.map(|d| d.bytes).filter(|n| *n > cap) {
+            return Err(unsafe_archive(format!(
+                "expected a central directory of at most {cap} bytes, found {size} (as the end of its central directory declares)"
+            )));
+        }
+        // A directory that runs on past the size its end record declares (the zip reader
+        // reads as many entries as declared, wherever they end) is stopped as it is read:
+        // what the reader may read is the directory, its end records and the comment.
+        let reads = Arc::new(ReadBudget::new(cap.saturating_add(OPEN_READ_SLACK)));
+        let opened = ZipArchive::new(At {
             file: Arc::new(file),
             pos: 0,
             len,
-        })
-        .map_err(|e| unsafe_archive(format!("expected a readable zip archive, found: {e}")))?;
+            reads: Some(reads.clone()),
+        });
+        if reads.exhausted() {
+            return Err(unsafe_archive(format!(
+                "expected a central directory of at most {cap} bytes, found more (its entries run on past what the end of its central directory declares)"
+            )));
+        }
+        let mut zip = opened
+            .map_err(|e| unsafe_archive(format!("expected a readable zip archive, found: {e}")))?;
+        reads.lift();
         let plan = plan(&mut zip, &budget, limits)?;
         Ok(CheckedZip { zip, plan, budget })
     }
@@ -160,13 +184,13 @@ impl CheckedZip {
     /// Checked before the slot is cleared, it fails nothing a write would fail later.
     pub fn check_fits(&self, dest: &Path) -> Result<()> {
         let room = MAX_NAME.saturating_sub(dest.as_os_str().len() + 1);
-        match self.plan.entries.iter().find(|e| e.path.len() > room) {
-            Some(e) => Err(refuse(
-                &e.path,
+        match paths(&self.zip).find(|p| p.len() > room) {
+            Some(path) => Err(refuse(
+                path,
                 format!(
                     "expected a name of at most {room} bytes, to fit in a path of {MAX_NAME} under {}, found {} bytes",
                     dest.display(),
-                    e.path.len()
+                    path.len()
                 ),
             )),
             None => Ok(()),
@@ -196,14 +220,16 @@ impl CheckedZip {
     /// after clearing its inactive slot (a device does not inflate twice).
     pub fn inflate_all(mut self) -> Result<()> {
         let mut buf = vec![0u8; 64 << 10];
+        let zip = self.zip.clone();
+        let names: Vec<&str> = paths(&zip).collect();
         for &i in &self.plan.files {
-            let entry = &self.plan.entries[i];
-            let shown = Path::new(&entry.path);
+            let shown = Path::new(names[i]);
             inflate_into(
                 &mut self.zip,
-                entry,
+                i,
+                &self.plan.entries[i],
                 &mut io::sink(),
-                shown,
+                (names[i], shown),
                 &self.budget,
                 &mut buf,
             )?;
@@ -229,14 +255,23 @@ fn refuse(name: &str, rule: impl std::fmt::Display) -> Error {
     unsafe_archive(format!("zip entry {name:?}: {rule}"))
 }
 
-/// The entry count the end of the central directory declares (its zip64 record's when
-/// the classic one points there); `None` when no such record is found, for the zip reader
-/// to report.
+/// What the end of a zip's central directory declares: how many entries, and how many
+/// bytes of directory they take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Declared {
+    entries: u64,
+    bytes: u64,
+}
+
+/// The entry count and directory size the end of the central directory declares (its
+/// zip64 record's when the classic one points there); `None` when no such record is
+/// found, for the zip reader to report.
 ///
-/// Every end record in the last 64 KiB counts, and the largest count is the answer: when
-/// the last one does not parse (a stray signature in the comment, a multi-disk one), the
-/// zip reader falls back to an earlier one, and reads as many entries as *that* declares.
-fn declared_entries(file: &File, len: u64) -> Option<u64> {
+/// Every end record in the last 64 KiB counts, and the largest count and size are the
+/// answer: when the last one does not parse (a stray signature in the comment, a
+/// multi-disk one), the zip reader falls back to an earlier one, and reads as many
+/// entries as *that* declares.
+fn declared_directory(file: &File, len: u64) -> Option<Declared> {
     const EOCD: &[u8] = b"PK\x05\x06";
     // The record itself and the longest comment, and at least as far back as the zip
     // reader looks, which takes garbage after the comment too: zip 9.8 looks 65,572
@@ -247,17 +282,23 @@ fn declared_entries(file: &File, len: u64) -> Option<u64> {
     (0..tail.len().saturating_sub(3))
         .filter(|at| &tail[*at..*at + 4] == EOCD)
         .filter_map(|at| declared_at(file, &tail, len - tail_len, at))
-        .max()
+        .reduce(|a, b| Declared {
+            entries: a.entries.max(b.entries),
+            bytes: a.bytes.max(b.bytes),
+        })
 }
 
-/// The count the end record at `tail[at..]` declares, from its zip64 record when one of
-/// its fields says "see the zip64 record", as the zip reader reads it. `tail` starts at
+/// What the end record at `tail[at..]` declares, from its zip64 record when one of its
+/// fields says "see the zip64 record", as the zip reader reads it. `tail` starts at
 /// `base` in `file`.
-fn declared_at(file: &File, tail: &[u8], base: u64, at: usize) -> Option<u64> {
+fn declared_at(file: &File, tail: &[u8], base: u64, at: usize) -> Option<Declared> {
     let eocd = tail.get(at..at + 22)?;
     let u16_at = |i: usize| u16::from_le_bytes([eocd[i], eocd[i + 1]]);
     let u32_at = |i: usize| u32::from_le_bytes([eocd[i], eocd[i + 1], eocd[i + 2], eocd[i + 3]]);
-    let classic = u64::from(u16_at(10));
+    let classic = Declared {
+        entries: u64::from(u16_at(10)),
+        bytes: u64::from(u32_at(12)),
+    };
     if u16_at(10) != u16::MAX && u32_at(12) != u32::MAX && u32_at(16) != u32::MAX {
         return Some(classic);
     }
@@ -286,16 +327,76 @@ fn declared_at(file: &File, tail: &[u8], base: u64, at: usize) -> Option<u64> {
         .map(|i| base + i as u64);
     // The record without extensible data, read where it would be even before the tail.
     let before_locator = locator_at.checked_sub(56);
+    let field = |record: &[u8; 48], at: usize| {
+        u64::from_le_bytes(record[at..at + 8].try_into().unwrap_or_default())
+    };
     std::iter::once(offset)
         .chain(before_locator)
         .chain(ending_at_locator)
         .filter_map(|offset| {
-            let mut record = [0u8; 40];
+            let mut record = [0u8; 48];
             file.read_exact_at(&mut record, offset).ok()?;
-            (&record[..4] == b"PK\x06\x06")
-                .then(|| u64::from_le_bytes(record[32..40].try_into().unwrap_or_default()))
+            (&record[..4] == b"PK\x06\x06").then(|| Declared {
+                entries: field(&record, 32),
+                bytes: field(&record, 40),
+            })
         })
-        .max()
+        .reduce(|a, b| Declared {
+            entries: a.entries.max(b.entries),
+            bytes: a.bytes.max(b.bytes),
+        })
+}
+
+/// The bytes the zip reader may read to open an archive beyond its central directory:
+/// the end records (a zip64 one, its locator, the classic one), the comment and the
+/// garbage after it the reader looks through (64 KiB each at most), read again for each
+/// end record it tries, and the local header it probes.
+const OPEN_READ_SLACK: u64 = 256 << 10;
+
+/// The bytes the zip reader may still read while it opens an archive: once they run out,
+/// every read fails, so a central directory that runs on past the size its end record
+/// declares is never loaded whole. Lifted once the archive is open.
+struct ReadBudget {
+    left: AtomicU64,
+    exhausted: std::sync::atomic::AtomicBool,
+}
+
+impl ReadBudget {
+    fn new(bytes: u64) -> ReadBudget {
+        ReadBudget {
+            left: AtomicU64::new(bytes),
+            exhausted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// How many of `want` bytes may be read; `None` once the budget is spent.
+    fn allows(&self, want: usize) -> Option<usize> {
+        let left = self.left.load(Relaxed);
+        if left == u64::MAX {
+            return Some(want);
+        }
+        if left == 0 && want > 0 {
+            self.exhausted.store(true, Relaxed);
+            return None;
+        }
+        Some(want.min(usize::try_from(left).unwrap_or(usize::MAX)))
+    }
+
+    /// Counts `n` bytes read (the archive is opened on one thread).
+    fn spend(&self, n: usize) {
+        let left = self.left.load(Relaxed);
+        if left != u64::MAX {
+            self.left.store(left.saturating_sub(n as u64), Relaxed);
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.exhausted.load(Relaxed)
+    }
+
+    fn lift(&self) {
+        self.left.store(u64::MAX, Relaxed);
+    }
 }
 
 /// A positional reader over the verified open file: each clone keeps its own position,
@@ -305,11 +406,23 @@ struct At {
     file: Arc<File>,
     pos: u64,
     len: u64,
+    /// While the zip reader opens the archive: what it may still read.
+    reads: Option<Arc<ReadBudget>>,
 }
 
 impl Read for At {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let buf = match &self.reads {
+            None => buf,
+            Some(reads) => match reads.allows(buf.len()) {
+                Some(n) => &mut buf[..n],
+                None => return Err(io::Error::other("read past the central directory allowed")),
+            },
+        };
         let n = self.file.read_at(buf, self.pos)?;
+        if let Some(reads) = &self.reads {
+            reads.spend(n);
+        }
         self.pos += n as u64;
         Ok(n)
     }
@@ -396,28 +509,36 @@ enum Kind {
     Symlink,
 }
 
-/// One entry that passed every check of the plan.
+/// One entry that passed every check of the plan. Its path is not copied: it is the
+/// entry's name as the zip reader holds it ([`paths`]), checked.
 struct Entry {
-    index: usize,
-    /// Validated relative path, without a trailing `/`.
-    path: String,
-    kind: Kind,
-    mode: u32,
     compressed: u64,
     declared: u64,
-    /// For symlinks: the validated target.
-    target: String,
+    mode: u32,
+    kind: Kind,
 }
 
 struct Plan {
+    /// Every entry, indexed as the zip's.
     entries: Vec<Entry>,
-    /// Every directory to create, explicit or implied, parents first:
-    /// `entries[entry].path[..end]`.
+    /// Every directory to create, explicit or implied, parents first: the first `end`
+    /// bytes of the path of entry `owner`, as `(owner, end)`.
     dirs: Vec<(usize, usize)>,
     /// Regular files (indices into `entries`), largest first so the threads finish
     /// together.
     files: Vec<usize>,
-    symlinks: Vec<usize>,
+    /// Symlinks: their index and validated target.
+    symlinks: Vec<(usize, String)>,
+}
+
+/// The path of every entry, in the zip's order: its raw name, which the plan checked is
+/// UTF-8, without its trailing `/`. Borrowed from the zip reader, which holds every name
+/// anyway: the plan keeps no copy.
+fn paths(zip: &ZipArchive<At>) -> impl Iterator<Item = &str> {
+    zip.file_names_raw().map(|raw| {
+        let name = std::str::from_utf8(raw).unwrap_or_default();
+        name.strip_suffix('/').unwrap_or(name)
+    })
 }
 
 fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Result<Plan> {
@@ -435,38 +556,40 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
     }
     let mut entries = Vec::with_capacity(zip.len());
     let mut ranges = Vec::with_capacity(zip.len());
+    let mut symlinks = Vec::new();
     let mut declared_total = 0u64;
     for index in 0..zip.len() {
-        let (entry, range) = read_entry(zip, index, limits)?;
+        let (entry, range, target) = read_entry(zip, index, limits)?;
         declared_total = declared_total.saturating_add(entry.declared);
         if let Some(rule) = budget.over(declared_total) {
-            return Err(refuse(&entry.path, format!("declared sizes: {rule}")));
+            let path = paths(zip).nth(index).unwrap_or_default();
+            return Err(refuse(path, format!("declared sizes: {rule}")));
         }
-        ranges.push((range, entry.path.clone()));
+        ranges.push((range, index));
+        if let Some(target) = target {
+            symlinks.push((index, target));
+        }
         entries.push(entry);
     }
-    check_overlaps(ranges, zip.central_directory_start())?;
+    let names: Vec<&str> = paths(zip).collect();
+    check_overlaps(ranges, zip.central_directory_start(), &names)?;
     // The cap is on what extraction creates: 40 entries named a/a/a/…/f imply tens of
     // thousands of directories, each a real inode and block, none counted in any size.
-    let dirs = check_tree(&entries, limits.max_entries)?;
-    let of_kind = |kind: Kind| -> Vec<usize> {
-        (0..entries.len())
-            .filter(|i| entries[*i].kind == kind)
-            .collect()
-    };
-    let symlinks = of_kind(Kind::Symlink);
+    let dirs = check_tree(&names, &entries, limits.max_entries)?;
     // Most archives have no symlink (they need `allow_symlinks`): no sets to build then.
     if !symlinks.is_empty() {
-        let symlink_paths: HashSet<&str> = symlinks.iter().map(|i| &*entries[*i].path).collect();
+        let symlink_paths: HashSet<&str> = symlinks.iter().map(|(i, _)| names[*i]).collect();
         let dir_paths: HashSet<&str> = dirs
             .iter()
-            .map(|(owner, end)| &entries[*owner].path[..*end])
+            .map(|(owner, end)| &names[*owner][..*end])
             .collect();
-        for e in symlinks.iter().map(|i| &entries[*i]) {
-            check_link_target(&e.path, &e.target, &symlink_paths, &dir_paths)?;
+        for (i, target) in &symlinks {
+            check_link_target(names[*i], target, &symlink_paths, &dir_paths)?;
         }
     }
-    let mut files = of_kind(Kind::File);
+    let mut files: Vec<usize> = (0..entries.len())
+        .filter(|i| entries[*i].kind == Kind::File)
+        .collect();
     files.sort_by_key(|i| std::cmp::Reverse(entries[*i].declared.max(entries[*i].compressed)));
     Ok(Plan {
         entries,
@@ -476,12 +599,13 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
     })
 }
 
-/// Reads and checks one central-directory entry (and its local header, for the range).
+/// Reads and checks one central-directory entry (and its local header, for the range);
+/// a symlink's target too.
 fn read_entry(
     zip: &mut ZipArchive<At>,
     index: usize,
     limits: &ArchiveLimits,
-) -> Result<(Entry, std::ops::Range<u64>)> {
+) -> Result<(Entry, std::ops::Range<u64>, Option<String>)> {
     let raw = zip
         .by_index_raw(index)
         .map_err(|e| unsafe_archive(format!("zip entry #{index}: unreadable header: {e}")))?;
@@ -489,13 +613,13 @@ fn read_entry(
         unsafe_archive(format!("zip entry {}: {rule}", shown_name(raw.name_raw())))
     })?;
     let kind = match (is_dir, raw.is_symlink()) {
-        (true, true) => return Err(refuse(&path, "a directory name with a symlink mode")),
+        (true, true) => return Err(refuse(path, "a directory name with a symlink mode")),
         (true, false) => Kind::Dir,
         (false, true) => Kind::Symlink,
         (false, false) => Kind::File,
     };
     if raw.encrypted() {
-        return Err(refuse(&path, "encrypted entries are not supported"));
+        return Err(refuse(path, "encrypted entries are not supported"));
     }
     let method = raw.compression();
     if !matches!(
@@ -503,18 +627,18 @@ fn read_entry(
         CompressionMethod::Stored | CompressionMethod::Deflated
     ) {
         return Err(refuse(
-            &path,
+            path,
             format!("expected the stored or deflate method, found {method}"),
         ));
     }
     if kind == Kind::Symlink && !limits.allow_symlinks {
-        return Err(refuse(&path, "symlink entries are not allowed"));
+        return Err(refuse(path, "symlink entries are not allowed"));
     }
     let (compressed, declared) = (raw.compressed_size(), raw.size());
     let entry_cap = ratio_cap(limits.max_ratio, compressed);
     if declared > entry_cap {
         return Err(refuse(
-            &path,
+            path,
             format!(
                 "declares {declared} bytes from {compressed} compressed, more than the ratio {}",
                 limits.max_ratio
@@ -525,33 +649,31 @@ fn read_entry(
     let end = raw
         .data_start()
         .and_then(|d| d.checked_add(compressed))
-        .ok_or_else(|| refuse(&path, "its data range cannot be located"))?;
+        .ok_or_else(|| refuse(path, "its data range cannot be located"))?;
     let mode = match raw.unix_mode() {
         Some(m) if kind == Kind::File && m & 0o111 != 0 => 0o755,
         _ if kind == Kind::Dir => DIR_MODE,
         _ => 0o644,
     };
-    drop(raw);
-    let target = match kind {
-        Kind::Symlink => read_link_target(zip, index, &path)?,
-        _ => String::new(),
-    };
     let entry = Entry {
-        index,
-        path,
-        kind,
-        mode,
         compressed,
         declared,
-        target,
+        mode,
+        kind,
     };
-    Ok((entry, start..end))
+    if kind != Kind::Symlink {
+        return Ok((entry, start..end, None));
+    }
+    let path = path.to_string();
+    drop(raw);
+    let target = read_link_target(zip, index, &path)?;
+    Ok((entry, start..end, Some(target)))
 }
 
 /// Checks a raw entry name. Returns the path without its trailing `/` and whether it
 /// names a directory, or the rule it breaks. Refuses rather than strips: an archive that
 /// needs cleaning up is not what was released.
-fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
+fn check_name(raw: &[u8]) -> std::result::Result<(&str, bool), &'static str> {
     if raw.len() > MAX_NAME {
         return Err("expected a name of at most 4095 bytes (PATH_MAX)");
     }
@@ -587,7 +709,7 @@ fn check_name(raw: &[u8]) -> std::result::Result<(String, bool), &'static str> {
             _ => {}
         }
     }
-    Ok((path.to_string(), is_dir))
+    Ok((path, is_dir))
 }
 
 /// A raw entry name for a message: quoted, and cut short when it is too long to be one.
@@ -602,18 +724,22 @@ fn shown_name(raw: &[u8]) -> String {
 
 /// Refuses two entries whose local header + data ranges share a byte (the overlapping
 /// entries bomb reuses one compressed body for many entries), or that run into the
-/// central directory.
-fn check_overlaps(mut ranges: Vec<(std::ops::Range<u64>, String)>, dir_start: u64) -> Result<()> {
+/// central directory. `ranges` holds each range with its entry's index into `names`.
+fn check_overlaps(
+    mut ranges: Vec<(std::ops::Range<u64>, usize)>,
+    dir_start: u64,
+    names: &[&str],
+) -> Result<()> {
     ranges.sort_by_key(|(r, _)| (r.start, r.end));
-    if let Some((_, name)) = ranges.iter().find(|(r, _)| r.end > dir_start) {
-        return Err(refuse(name, "its data overlaps the central directory"));
+    if let Some((_, i)) = ranges.iter().find(|(r, _)| r.end > dir_start) {
+        return Err(refuse(names[*i], "its data overlaps the central directory"));
     }
     for pair in ranges.windows(2) {
-        let ((a, a_name), (b, b_name)) = (&pair[0], &pair[1]);
+        let ((a, a_index), (b, b_index)) = (&pair[0], &pair[1]);
         if a.end > b.start {
             return Err(refuse(
-                b_name,
-                format!("its bytes overlap those of entry {a_name:?}"),
+                names[*b_index],
+                format!("its bytes overlap those of entry {:?}", names[*a_index]),
             ));
         }
     }
@@ -634,58 +760,103 @@ impl Node {
     }
 }
 
-/// One path extraction creates: `entries[owner].path[..end]`, borrowed from the first
-/// entry that names it, so a path costs the same whatever its depth.
+/// One path extraction creates: `names[owner][..end]`, borrowed from the first entry
+/// that names it, so a path costs the same whatever its depth; its last component is
+/// `names[owner][start..end]`, under the node `parent` (1 + its index; 0 is `dest`).
 struct TreeNode {
-    owner: usize,
-    end: usize,
+    owner: u32,
+    parent: u32,
+    /// 1 + the index of the node found before this one with the same key hash; 0 for none.
+    next: u32,
+    start: u16,
+    end: u16,
     node: Node,
+}
+
+/// A component as file systems that ignore case compare it: lowercased one character at
+/// a time, with the final sigma `ς` as `σ` (Unicode case folding makes both `σ`).
+fn folded(component: &str) -> impl Iterator<Item = char> + '_ {
+    component
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ς' { 'σ' } else { c })
 }
 
 /// Refuses duplicate and case-colliding paths (including the directories they imply), a
 /// path that is both a file and a directory, any entry under a symlink (a write
-/// through it), and more than `max_nodes` paths to create. Returns every directory to
-/// create as `(entry, end)`, naming `entries[entry].path[..end]`, parents first.
+/// through it), and more than `max_nodes` paths to create. `names` and `entries` are
+/// the entries' paths and kinds. Returns every directory to create as `(entry, end)`,
+/// naming `names[entry][..end]`, parents first.
 ///
 /// Paths are looked up one component at a time, under their parent: keyed by whole
 /// paths, each of the 2,000 directories `a/a/…/f` implies cost a copy of its whole
-/// path, and one entry a few kilobytes long cost megabytes.
-fn check_tree(entries: &[Entry], max_nodes: u64) -> Result<Vec<(usize, usize)>> {
-    // (parent, lowercased component) -> 1 + index into `nodes`; parent 0 is `dest`.
-    let mut index: HashMap<(usize, String), usize> = HashMap::new();
-    let mut nodes: Vec<TreeNode> = Vec::new();
-    for (owner, e) in entries.iter().enumerate() {
-        let (mut parent, mut start) = (0, 0);
+/// path, and one entry a few kilobytes long cost megabytes. Nor is any component
+/// copied: the index holds the hash of the folded component and its parent, and nodes
+/// with the same hash are chained and compared in place.
+fn check_tree(names: &[&str], entries: &[Entry], max_nodes: u64) -> Result<Vec<(usize, usize)>> {
+    use std::hash::{BuildHasher, Hasher};
+    let too_many = || {
+        unsafe_archive(format!(
+            "expected at most {max_nodes} files, directories and links to create, found more (the directories implied by the entry names included)"
+        ))
+    };
+    let keys = std::collections::hash_map::RandomState::new();
+    let hash = |parent: u32, component: &str| {
+        let mut h = keys.build_hasher();
+        h.write_u32(parent);
+        folded(component).for_each(|c| h.write_u32(c.into()));
+        h.finish()
+    };
+    // Key hash -> 1 + index into `nodes` of the last node with that hash.
+    let mut index: HashMap<u64, u32> = HashMap::with_capacity(names.len());
+    let mut nodes: Vec<TreeNode> = Vec::with_capacity(names.len());
+    for (owner, (path, e)) in names.iter().zip(entries).enumerate() {
+        let owner = u32::try_from(owner).map_err(|_| too_many())?;
+        let (mut parent, mut start) = (0u32, 0usize);
         loop {
-            let end = e.path[start..]
-                .find('/')
-                .map_or(e.path.len(), |i| start + i);
-            let last = end == e.path.len();
+            // Names are at most MAX_NAME (4095) bytes: every offset fits in a u16.
+            let end = path[start..].find('/').map_or(path.len(), |i| start + i);
+            let last = end == path.len();
             let node = if last {
                 Node::Entry(e.kind)
             } else {
                 Node::Implied
             };
-            let key = (parent, e.path[start..end].to_lowercase());
-            parent = match index.get(&key) {
-                Some(&n) => {
-                    let other = &mut nodes[n - 1];
-                    let other_path = &entries[other.owner].path[..other.end];
-                    merge_node(other, other_path, &e.path[..end], node, e)?;
-                    n
+            let component = &path[start..end];
+            let h = hash(parent, component);
+            let mut found = index.get(&h).copied().unwrap_or(0);
+            while found != 0 {
+                let other = &nodes[found as usize - 1];
+                let other_name = names[other.owner as usize];
+                let other_component = &other_name[usize::from(other.start)..usize::from(other.end)];
+                if other.parent == parent && folded(other_component).eq(folded(component)) {
+                    break;
                 }
-                None => {
-                    // Counted as they are found: the whole tree of a hostile archive
-                    // is never built only to be refused.
-                    if nodes.len() as u64 >= max_nodes {
-                        return Err(unsafe_archive(format!(
-                            "expected at most {max_nodes} files, directories and links to create, found more (the directories implied by the entry names included)"
-                        )));
-                    }
-                    nodes.push(TreeNode { owner, end, node });
-                    index.insert(key, nodes.len());
-                    nodes.len()
+                found = other.next;
+            }
+            parent = if found != 0 {
+                let other = &mut nodes[found as usize - 1];
+                let other_path = &names[other.owner as usize][..usize::from(other.end)];
+                merge_node(other, other_path, &path[..end], node, path)?;
+                found
+            } else {
+                // Counted as they are found: the whole tree of a hostile archive
+                // is never built only to be refused.
+                if nodes.len() as u64 >= max_nodes || nodes.len() >= u32::MAX as usize - 1 {
+                    return Err(too_many());
                 }
+                let next = index.get(&h).copied().unwrap_or(0);
+                nodes.push(TreeNode {
+                    owner,
+                    parent,
+                    next,
+                    start: start as u16,
+                    end: end as u16,
+                    node,
+                });
+                let n = nodes.len() as u32;
+                index.insert(h, n);
+                n
             };
             if last {
                 break;
@@ -696,22 +867,22 @@ fn check_tree(entries: &[Entry], max_nodes: u64) -> Result<Vec<(usize, usize)>> 
     Ok(nodes
         .iter()
         .filter(|n| n.node.is_dir())
-        .map(|n| (n.owner, n.end))
+        .map(|n| (n.owner as usize, usize::from(n.end)))
         .collect())
 }
 
-/// Meets `path`, named as `node` by `owner`, again at `other`, which holds `other_path`
-/// (the same path but for case).
+/// Meets `path`, named as `node` by the entry `owner_path`, again at `other`, which
+/// holds `other_path` (the same path but for case).
 fn merge_node(
     other: &mut TreeNode,
     other_path: &str,
     path: &str,
     node: Node,
-    owner: &Entry,
+    owner_path: &str,
 ) -> Result<()> {
     if other_path != path {
         return Err(refuse(
-            &owner.path,
+            owner_path,
             format!("{path:?} collides case-insensitively with {other_path:?}"),
         ));
     }
@@ -722,14 +893,14 @@ fn merge_node(
             Ok(())
         }
         (Node::Entry(Kind::Symlink), _) | (_, Node::Entry(Kind::Symlink)) => Err(refuse(
-            &owner.path,
+            owner_path,
             format!("{path:?} is a symlink entry and a path written through it"),
         )),
         (a, b) if a.is_dir() != b.is_dir() => Err(refuse(
-            &owner.path,
+            owner_path,
             format!("{path:?} is both a file and a directory"),
         )),
-        _ => Err(refuse(&owner.path, "the name is listed twice")),
+        _ => Err(refuse(owner_path, "the name is listed twice")),
     }
 }
 
@@ -804,9 +975,10 @@ fn check_link_target(
 }
 
 fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Result<ExtractStats> {
+    let names: Vec<&str> = paths(zip).collect();
     let mut stats = ExtractStats::default();
     for &(owner, end) in &plan.dirs {
-        let path = dest.join(&plan.entries[owner].path[..end]);
+        let path = dest.join(&names[owner][..end]);
         DirBuilder::new()
             .mode(DIR_MODE)
             .create(&path)
@@ -822,47 +994,39 @@ fn write(zip: &ZipArchive<At>, plan: &Plan, dest: &Path, budget: &Budget) -> Res
         || Ok((zip.clone(), vec![0u8; BUF_SIZE])),
         |(zip, buf), &i| {
             let entry = &plan.entries[i];
-            let n = inflate(zip, entry, &dest.join(&entry.path), budget, buf)?;
+            let path = dest.join(names[i]);
+            let mut out = create_new_file(&path, entry.mode)?;
+            let n = inflate_into(zip, i, entry, &mut out, (names[i], &path), budget, buf)?;
             bytes.fetch_add(n, Relaxed);
             Ok(())
         },
     )?;
     stats.files = plan.files.len() as u64;
     stats.bytes = bytes.into_inner();
-    for link in plan.symlinks.iter().map(|i| &plan.entries[*i]) {
-        let path = dest.join(&link.path);
-        std::os::unix::fs::symlink(&link.target, &path)
+    for (i, target) in &plan.symlinks {
+        let path = dest.join(names[*i]);
+        std::os::unix::fs::symlink(target, &path)
             .map_err(|e| Error::io("create symlink", &path, e))?;
         stats.symlinks += 1;
     }
     Ok(stats)
 }
 
-/// Inflates one file entry into the new file `path`, counting every byte against the
-/// entry's ratio cap and the shared budget as it goes.
-fn inflate(
-    zip: &mut ZipArchive<At>,
-    entry: &Entry,
-    path: &Path,
-    budget: &Budget,
-    buf: &mut [u8],
-) -> Result<u64> {
-    let mut out = create_new_file(path, entry.mode)?;
-    inflate_into(zip, entry, &mut out, path, budget, buf)
-}
-
-/// [`inflate`] into `out` (named `path` in errors).
+/// Inflates the file entry `index` into `out`, counting every byte against the entry's
+/// ratio cap and the shared budget as it goes. `shown` is the entry's name and the path
+/// written, for errors.
 fn inflate_into(
     zip: &mut ZipArchive<At>,
+    index: usize,
     entry: &Entry,
     out: &mut dyn Write,
-    path: &Path,
+    shown: (&str, &Path),
     budget: &Budget,
     buf: &mut [u8],
 ) -> Result<u64> {
-    let name = entry.path.as_str();
+    let (name, path) = shown;
     let corrupt = |e: &dyn std::fmt::Display| refuse(name, format!("corrupt data: {e}"));
-    let mut reader = zip.by_index(entry.index).map_err(|e| corrupt(&e))?;
+    let mut reader = zip.by_index(index).map_err(|e| corrupt(&e))?;
     let cap = ratio_cap(budget.max_ratio, entry.compressed);
     let mut written = 0u64;
     loop {

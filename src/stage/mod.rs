@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// ```
 /// let limits = evergreen::stage::ArchiveLimits::default();
 /// assert_eq!(limits.max_installed_bytes, 16 << 30);
+/// assert_eq!(limits.max_central_directory_bytes, 1 << 20);
 /// assert_eq!(limits.max_ratio, 250);
 /// assert!(!limits.allow_symlinks);
 /// ```
@@ -37,6 +38,13 @@ pub struct ArchiveLimits {
     pub max_installed_bytes: u64,
     /// The most entries (files, directories, symlinks) an archive may hold (default 100,000).
     pub max_entries: u64,
+    /// The largest central directory (the list of entries, with their names, extra fields
+    /// and comments) an archive may have, in bytes (default 1 MiB), refused from the size
+    /// its end record declares before the directory is read. The zip reader and the plan
+    /// hold up to six times its size (entries with the shortest names), so the default
+    /// keeps a full update within DESIGN §12's 16 MiB: about 20,000 entries with short
+    /// names, 10,000 with 60-byte paths.
+    pub max_central_directory_bytes: u64,
     /// The highest inflated/compressed ratio, per entry and for the whole archive
     /// (default 250; deflate's own limit is ~1032). Outputs up to [`RATIO_GRACE_BYTES`] are
     /// exempt.
@@ -55,6 +63,7 @@ impl Default for ArchiveLimits {
         ArchiveLimits {
             max_installed_bytes: 16 << 30,
             max_entries: 100_000,
+            max_central_directory_bytes: 1 << 20,
             max_ratio: 250,
             allow_symlinks: false,
         }
