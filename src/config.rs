@@ -8,7 +8,7 @@
 //! Besides the fields of DESIGN §7.1 the config has these extensions, all optional:
 //! - `poll` — `{"interval_s": 21600, "jitter": 0.25}`: how often to check (DESIGN §5.3);
 //! - `archive` — `{"allow_symlinks": false, "max_installed_bytes": 17179869184,
-//!   "max_entries": 100000, "max_central_directory_bytes": 1048576, "max_ratio": 250}`:
+//!   "max_entries": 100000, "max_central_directory_bytes": 16777216, "max_ratio": 250}`:
 //!   caps for zip extraction (DESIGN §5.5);
 //! - `follow_redirects` — `false`: whether HTTP redirects are followed at all;
 //! - `ca_roots` — `null`: a PEM bundle to trust for HTTPS instead of the system's CA bundle
@@ -466,9 +466,9 @@ pub struct ArchiveLimits {
     pub max_installed_bytes: u64,
     /// Entries one archive may hold (default 100,000).
     pub max_entries: u64,
-    /// Bytes of central directory one archive may have (default 1 MiB, at most
-    /// [`MAX_CENTRAL_DIRECTORY_BYTES`]): the zip reader holds it in memory, three to
-    /// five times over.
+    /// Bytes of central directory one archive may have (default 16 MiB, at most
+    /// [`MAX_CENTRAL_DIRECTORY_BYTES`]): the zip reader holds it in memory, and an install
+    /// peaks at three to six times its size.
     pub max_central_directory_bytes: u64,
     /// Inflated / compressed size, per entry and for the whole archive (default 250;
     /// deflate's own limit is ~1032). Outputs up to 64 KiB are exempt.
@@ -986,7 +986,7 @@ mod tests {
             }
         );
         assert!(!c.archive.allow_symlinks);
-        assert_eq!(c.archive.max_central_directory_bytes, 1 << 20);
+        assert_eq!(c.archive.max_central_directory_bytes, 16 << 20);
         assert!(!c.follow_redirects);
         assert_eq!((c.ca_roots, c.proxy), (None, None));
     }

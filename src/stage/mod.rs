@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// ```
 /// let limits = evergreen::stage::ArchiveLimits::default();
 /// assert_eq!(limits.max_installed_bytes, 16 << 30);
-/// assert_eq!(limits.max_central_directory_bytes, 1 << 20);
+/// assert_eq!(limits.max_central_directory_bytes, 16 << 20);
 /// assert_eq!(limits.max_ratio, 250);
 /// assert!(!limits.allow_symlinks);
 /// ```
@@ -63,7 +63,7 @@ impl Default for ArchiveLimits {
         ArchiveLimits {
             max_installed_bytes: 16 << 30,
             max_entries: 100_000,
-            max_central_directory_bytes: 1 << 20,
+            max_central_directory_bytes: 16 << 20,
             max_ratio: 250,
             allow_symlinks: false,
         }
