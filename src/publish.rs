@@ -2117,8 +2117,8 @@ mod tests {
         let declared = crate::config::MAX_CENTRAL_DIRECTORY_BYTES + 1;
         bytes[at + 12..at + 16].copy_from_slice(&(declared as u32).to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
-        let err = repo
-            .release(
+        let release = || {
+            repo.release(
                 "nightly",
                 &"1.0.0".parse().unwrap(),
                 "x",
@@ -2126,7 +2126,8 @@ mod tests {
                 &ReleaseOptions::new(now()),
                 &[&key],
             )
-            .unwrap_err();
+        };
+        let err = release().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
         let msg = err.to_string();
         assert!(
@@ -2155,15 +2156,7 @@ mod tests {
             default_limit_refusals(&[("app", &path, ArtifactKind::Zip)]).unwrap(),
             Vec::<String>::new()
         );
-        repo.release(
-            "nightly",
-            &"1.0.0".parse().unwrap(),
-            "x",
-            &[("app", &path, ArtifactKind::Zip)],
-            &ReleaseOptions::new(now()),
-            &[&key],
-        )
-        .unwrap();
+        release().unwrap();
     }
 
     #[test]

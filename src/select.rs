@@ -249,27 +249,29 @@ fn with_stones_to_fixes<'r>(
         return eligible;
     };
     let reach = reached_from(&eligible, cur);
-    // The newest critical release on offer that the skips keep out of reach.
-    let Some(fix) = eligible
-        .iter()
-        .filter(|r| r.critical && newer(&r.version, reach))
-        .max_by(|a, b| a.version.cmp_precedence(&b.version))
-    else {
-        return eligible;
-    };
-    let unskipped: Vec<&Release> = candidates
+    // The critical releases on offer that the skips keep out of reach, newest first: the
+    // newest one the skips alone keep away decides (a newer one may be out of reach
+    // anyway: a stone of its failed here, or is outside the rollout).
+    let mut fixes: Vec<&Release> = eligible
         .iter()
         .copied()
-        .filter(|r| {
-            eligible.iter().any(|e| std::ptr::eq(*e, *r))
-                || (newer(&fix.version, &r.version) && offerable_if_unskipped(r, device, now))
-        })
+        .filter(|r| r.critical && newer(&r.version, reach))
         .collect();
-    match newer(&fix.version, reached_from(&unskipped, cur)) {
-        // Out of reach anyway (a stone failed here, or is outside the rollout).
-        true => eligible,
-        false => unskipped,
+    fixes.sort_by(|a, b| b.version.cmp_precedence(&a.version));
+    for fix in fixes {
+        let unskipped: Vec<&Release> = candidates
+            .iter()
+            .copied()
+            .filter(|r| {
+                eligible.iter().any(|e| std::ptr::eq(*e, *r))
+                    || (newer(&fix.version, &r.version) && offerable_if_unskipped(r, device, now))
+            })
+            .collect();
+        if !newer(&fix.version, reached_from(&unskipped, cur)) {
+            return unskipped;
+        }
     }
+    eligible
 }
 
 /// The version the checks after installing `from` end at: each takes the newest of

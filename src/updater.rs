@@ -884,14 +884,10 @@ impl Updater {
 
     fn next_check_of(&self, st: &State) -> Result<Timestamp> {
         let now = (self.clock)();
-        // `last_check` is on the clock pulled up to the newest `issued` seen; the host waits
-        // on its own clock, which may read far behind (an RTC that lost power), so a time
-        // after `now` would mean never.
         // Counted from a time in the state, not from `now`: a host that asks every hour
-        // whether the check is due must, some hour, hear yes.
-        // On the host's clock: `last_check` is pulled up to the newest `issued`, and counted
-        // from there, a host whose clock reads behind it would find the check due an
-        // interval after *now* at every call, never now.
+        // whether the check is due must, some hour, hear yes. On the host's clock
+        // (`last_check_clock`): `last_check` is pulled up to the newest `issued`, which a
+        // clock that reads behind it (an RTC that lost power) never reaches.
         let checked = st.last_check_clock.or(st.last_check);
         let since = match st.check_failures {
             0 => checked,
@@ -910,7 +906,20 @@ impl Updater {
         };
         let poll = &self.config.poll;
         let last = match since {
-            Some(t) => t.min(now),
+            Some(t) if t <= now => t,
+            // Later than the host's clock reads: the clock went back since (a lost RTC), or
+            // a state from before `last_check_clock` kept only the pulled-up time. Counted
+            // from `now`, every call would answer an interval after it, never due: the
+            // check is due now, as a first one, and records the clock it ran on.
+            Some(_) => {
+                return Ok(select::first_check(
+                    now,
+                    poll.interval_s,
+                    poll.jitter,
+                    random,
+                    not_before,
+                ))
+            }
             None if st.check_failures == 0 => {
                 let first =
                     select::first_check(now, poll.interval_s, poll.jitter, random, not_before);

@@ -732,7 +732,7 @@ fn a_central_directory_larger_than_the_cap_is_refused_before_it_is_read() {
     };
     let stats = Case::new(&bytes).extract(None, &exactly).unwrap();
     assert_eq!(stats.files, 20);
-    // The default cap, 1 MiB, holds it too.
+    // The default cap, 16 MiB, holds it too.
     Case::new(&bytes).extract(None, &limits()).unwrap();
 }
 

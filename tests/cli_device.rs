@@ -712,23 +712,40 @@ fn a_304_to_a_request_without_an_etag_is_the_servers_error() {
     dev.expect("check", &[], 10);
 }
 
-/// A device whose clock reads 1970 (an RTC that lost power) still gets a next check an
-/// interval from its own now: a time in 2026 would mean never for a host waiting on it.
+/// A device whose clock went back to 1970 after it checked (an RTC that lost power) is
+/// due to check now, on its own clock: a time in 2026 would mean never for a host waiting
+/// on it, and one counted from its own now would move on at every call. The check it then
+/// makes schedules the next one on the clock it ran on.
 #[test]
-fn next_check_is_on_the_devices_own_clock_even_when_it_reads_far_behind() {
+fn next_check_is_due_at_once_when_the_devices_clock_went_back_since_its_check() {
     let (_repo, dev) = confirmed_1_0_0("com.acme.rtc");
     let config = dev.config.to_str().unwrap();
+    let status_at = |when: &str| {
+        let out = common::run_env(
+            &["status", "--json", "--config", config],
+            &[("EVERGREEN_NOW", when)],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        json(&String::from_utf8_lossy(&out.stdout))
+    };
+    for when in ["1970-01-02T00:00:00Z", "1970-01-02T01:00:00Z"] {
+        assert_eq!(status_at(when)["next_check"], when, "due at once");
+    }
     let out = common::run_env(
-        &["status", "--json", "--config", config],
-        &[("EVERGREEN_NOW", "1970-01-02T00:00:00Z")],
+        &["check", "--config", config],
+        &[("EVERGREEN_NOW", "1970-01-02T01:00:00Z")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
-    let status = json(&String::from_utf8_lossy(&out.stdout));
-    let next: evergreen::Timestamp = status["next_check"].as_str().unwrap().parse().unwrap();
-    let then: evergreen::Timestamp = "1970-01-02T00:00:00Z".parse().unwrap();
+    let first = status_at("1970-01-02T01:00:00Z")["next_check"].clone();
+    let next: evergreen::Timestamp = first.as_str().unwrap().parse().unwrap();
     // The default interval is 6 h ± 25 %.
-    let after = next.unix() - then.unix();
-    assert!((4 * 3600..=8 * 3600).contains(&after), "{status}");
+    let after = next.unix()
+        - "1970-01-02T01:00:00Z"
+            .parse::<evergreen::Timestamp>()
+            .unwrap()
+            .unix();
+    assert!((4 * 3600..=8 * 3600).contains(&after), "{first}");
+    assert_eq!(status_at("1970-01-02T03:00:00Z")["next_check"], first);
 }
 
 /// A device whose clock reads behind the manifest's `issued` when it checks: the next
@@ -1752,15 +1769,7 @@ fn a_trial_on_a_full_disk_is_counted_and_rolled_back() {
 /// Publishes `version` with one zip component, `app`, holding `len` pseudo-random bytes
 /// (which deflate cannot shrink) seeded by `seed`.
 fn publish_big(repo: &Repo, version: &str, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = support::noise(len, seed);
     let zip = repo.scratch("src").join(format!("app-{version}.zip"));
     common::make_zip(&zip, &[("data.bin", &data)]);
     let spec = format!("{}:zip", zip.display());

@@ -27,15 +27,7 @@ struct Repo {
 
 impl Repo {
     fn new(size: usize) -> Repo {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let blob: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let blob = support::noise(size, 0x9e37_79b9_7f4a_7c15);
         let sha256 = sha256_hex(&blob);
         let dir = TempDir::new().unwrap();
         std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();

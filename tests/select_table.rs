@@ -358,6 +358,23 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "an older critical release the skips keep away counts when a newer one is out of reach",
+            releases: vec![
+                rel("1.5.0"),
+                rel("2.0.0").min("1.5.0").critical(),
+                rel("2.5.0"),
+                rel("3.0.0").min("2.5.0").critical(),
+            ],
+            skipped: &["1.5.0"],
+            failed: &["2.5.0"],
+            expect: ok(Choice {
+                critical: true,
+                stepping_stone: true,
+                ..update("1.5.0")
+            }),
+            ..row()
+        },
+        Row {
             name: "a critical release passed over for a newer one makes that one critical",
             releases: vec![rel("1.1.0").critical(), rel("1.2.0")],
             expect: ok(Choice {

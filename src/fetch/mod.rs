@@ -84,8 +84,10 @@ pub struct FetchOptions {
     /// An HTTP(S) or SOCKS proxy URL for every request. `None` takes the first of
     /// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` (or their lowercase names) set in the
     /// environment, for every request but those to the hosts `NO_PROXY` lists (entries
-    /// separated by commas, spaces allowed; `example.com` also covers its subdomains, `*`
-    /// covers all). An error through a proxy names it and where it came from.
+    /// separated by commas or blanks: `example.com` also covers its subdomains, an address
+    /// or a CIDR network (`10.0.0.0/8`) its addresses, `10.*` or `192.168.` what starts so,
+    /// `*` everything). An error through a proxy names it (without its password) and where
+    /// it came from.
     pub proxy: Option<String>,
 }
 

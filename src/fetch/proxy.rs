@@ -4,10 +4,13 @@
 //! Evergreen reads the environment itself rather than leaving it to ureq, so that an error
 //! can name the proxy and the variable it came from (a device that cannot reach its server
 //! because of a stale `HTTPS_PROXY` is otherwise a puzzle), and so that `NO_PROXY` is read
-//! as curl reads it: entries trimmed (`localhost, 127.0.0.1`), and `example.com` also
-//! covering its subdomains.
+//! as people write it: entries separated by commas or blanks (`localhost, 127.0.0.1`, which
+//! ureq missed the second of), a domain covering its subdomains and its form with a
+//! trailing dot, addresses matched as addresses (exactly, or in a CIDR network such as
+//! `10.0.0.0/8`), and ureq's prefix forms (`10.*`, `192.168.`) as before.
 
 use crate::error::{Error, Result};
+use std::net::IpAddr;
 
 /// The environment variables naming a proxy, in the order they are tried (ureq's and the
 /// order the library always had): the first one set to a usable URL serves every request
@@ -31,8 +34,8 @@ pub(super) struct Via {
     pub(super) proxy: ureq::Proxy,
     /// `http://proxy:3128 (config proxy)`, its password redacted.
     name: String,
-    /// Hosts reached directly; `*` is every host.
-    direct: Vec<String>,
+    /// What `NO_PROXY` sends direct (none for the config's proxy).
+    direct: Vec<Direct>,
 }
 
 impl Via {
@@ -43,8 +46,8 @@ impl Via {
         let proxy = ureq::Proxy::new(url)
             .map_err(|e| Error::config(format!("expected a proxy URL, found {redacted:?}: {e}")))?;
         Ok(Via {
+            name: format!("{} (config proxy)", shown(&proxy)),
             proxy,
-            name: format!("{redacted} (config proxy)"),
             direct: Vec::new(),
         })
     }
@@ -57,19 +60,18 @@ impl Via {
     /// The proxy `var` names: the first of [`PROXY_VARIABLES`] that holds a URL ureq can use
     /// (one that cannot be used is passed over, as ureq did), with `NO_PROXY`'s hosts.
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Via> {
-        let (name, url, proxy) = PROXY_VARIABLES.iter().find_map(|name| {
-            let url = var(name)?;
-            let proxy = ureq::Proxy::new(url.trim()).ok()?;
-            Some((name, url, proxy))
+        let (name, proxy) = PROXY_VARIABLES.iter().find_map(|name| {
+            let proxy = ureq::Proxy::new(var(name)?.trim()).ok()?;
+            Some((name, proxy))
         })?;
         let direct = NO_PROXY_VARIABLES
             .iter()
             .find_map(|name| var(name))
-            .map(|list| no_proxy_hosts(&list))
+            .map(|list| no_proxy_entries(&list))
             .unwrap_or_default();
         Some(Via {
+            name: format!("{} (from {name})", shown(&proxy)),
             proxy,
-            name: format!("{} (from {name})", super::without_passwords(url.trim())),
             direct,
         })
     }
@@ -79,7 +81,7 @@ impl Via {
         let Some(host) = host_of(url) else {
             return true;
         };
-        !self.direct.iter().any(|entry| covers(entry, &host))
+        !self.direct.iter().any(|entry| entry.covers(&host))
     }
 
     /// Whether the connection to the proxy itself is TLS.
@@ -93,33 +95,116 @@ impl Via {
     }
 }
 
-/// The entries of a `NO_PROXY` list: trimmed, lowercase, without the leading `*.` or `.`
-/// (which mean the same as none), IPv6 addresses without brackets.
-fn no_proxy_hosts(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(|entry| {
-            let entry = entry.trim();
-            let entry = entry
-                .strip_prefix("*.")
-                .or_else(|| entry.strip_prefix('.'))
-                .unwrap_or(entry);
-            let entry = entry
-                .strip_prefix('[')
-                .and_then(|e| e.strip_suffix(']'))
-                .unwrap_or(entry);
-            entry.to_ascii_lowercase()
-        })
-        .filter(|entry| !entry.is_empty())
+/// The proxy as ureq took it, for messages: built from its parts, so that no password
+/// appears, however the URL was written (`http://ops:s3/cret@host` has a `/` in it).
+fn shown(proxy: &ureq::Proxy) -> String {
+    let scheme = proxy.uri().scheme_str().unwrap_or("http");
+    let user = match (proxy.username(), proxy.password()) {
+        (Some(user), Some(_)) => format!("{user}:***@"),
+        (Some(user), None) => format!("{user}@"),
+        (None, Some(_)) => ":***@".to_owned(),
+        (None, None) => String::new(),
+    };
+    format!("{scheme}://{user}{}:{}", proxy.host(), proxy.port())
+}
+
+/// One entry of a `NO_PROXY` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Direct {
+    /// `*`: every host.
+    All,
+    /// A domain (`example.com`, `.example.com`, `*.example.com`): it and its subdomains.
+    Domain(String),
+    /// An IP address: that address only.
+    Ip(IpAddr),
+    /// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`): its addresses.
+    Network(IpAddr, u8),
+    /// ureq's prefix forms, which it honoured before Evergreen read the list itself:
+    /// `10.*`, `192.168.` (addresses or names that start so).
+    Prefix(String),
+}
+
+/// The entries of a `NO_PROXY` list, separated by commas or blanks (both are in use).
+fn no_proxy_entries(list: &str) -> Vec<Direct> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|e| !e.is_empty())
+        .map(|entry| parse_entry(&entry.to_ascii_lowercase()))
         .collect()
 }
 
-/// Whether the `NO_PROXY` entry covers `host`: `*`, the host itself, or a domain it is in.
-fn covers(entry: &str, host: &str) -> bool {
-    entry == "*"
-        || host == entry
-        || host
-            .strip_suffix(entry)
-            .is_some_and(|head| head.ends_with('.'))
+fn parse_entry(entry: &str) -> Direct {
+    if entry == "*" {
+        return Direct::All;
+    }
+    if let Some((net, bits)) = entry.split_once('/') {
+        let net = unbracket(net).parse::<IpAddr>();
+        let max = |ip: &IpAddr| if ip.is_ipv4() { 32 } else { 128 };
+        if let (Ok(ip), Ok(bits)) = (net, bits.parse::<u8>()) {
+            if bits <= max(&ip) {
+                return Direct::Network(ip, bits);
+            }
+        }
+    }
+    if let Ok(ip) = unbracket(entry).parse::<IpAddr>() {
+        return Direct::Ip(ip);
+    }
+    if let Some(prefix) = entry.strip_suffix('*') {
+        return Direct::Prefix(prefix.to_owned());
+    }
+    // `192.168.`: digits and dots ending in a dot are the start of an address.
+    if entry.ends_with('.') && entry.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Direct::Prefix(entry.to_owned());
+    }
+    // A port (`localhost:8080`) is left out: the host decides, as for curl.
+    let entry = match entry.split_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => entry,
+    };
+    let domain = entry.strip_prefix("*.").unwrap_or(entry);
+    let domain = domain.trim_start_matches('.').trim_end_matches('.');
+    Direct::Domain(domain.to_owned())
+}
+
+impl Direct {
+    /// Whether this entry covers `host` (lowercase, without brackets or a trailing dot).
+    fn covers(&self, host: &str) -> bool {
+        let ip = host.parse::<IpAddr>().ok();
+        match (self, ip) {
+            (Direct::All, _) => true,
+            (Direct::Prefix(prefix), _) => host.starts_with(prefix.as_str()),
+            (Direct::Ip(entry), Some(ip)) => *entry == ip,
+            (Direct::Network(net, bits), Some(ip)) => in_network(ip, *net, *bits),
+            // An address is never matched as a name: `0.0.1` is no domain of `10.0.0.1`.
+            (Direct::Domain(domain), None) => {
+                host == domain
+                    || host
+                        .strip_suffix(domain.as_str())
+                        .is_some_and(|head| head.ends_with('.'))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether `ip` is in the network `net`/`bits`.
+fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    let masked = |v: u128, width: u32| match bits {
+        0 => 0,
+        b => v >> (width - u32::from(b)),
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            masked(u32::from(a).into(), 32) == masked(u32::from(n).into(), 32)
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => masked(u128::from(a), 128) == masked(u128::from(n), 128),
+        _ => false,
+    }
+}
+
+fn unbracket(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
 }
 
 /// The host of an `http(s)://` URL, lowercase, an IPv6 address without its brackets.
@@ -131,7 +216,7 @@ fn host_of(url: &str) -> Option<String> {
         Some(v6) => v6.split_once(']')?.0,
         None => host_port.split(':').next()?,
     };
-    Some(host.to_ascii_lowercase())
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 impl std::fmt::Debug for Via {
@@ -203,6 +288,45 @@ mod tests {
         for url in proxied {
             assert!(via.serves(url), "{url} should go through the proxy");
         }
+    }
+
+    /// Lists as they are written: blanks for commas, CIDR networks, trailing dots, ports,
+    /// and the prefix forms ureq honoured before the library read the list itself.
+    #[test]
+    fn no_proxy_reads_networks_prefixes_and_blank_separated_lists() {
+        let via = |list: &str| {
+            Via::from_vars(env(&[("HTTP_PROXY", "http://p:3128"), ("NO_PROXY", list)])).unwrap()
+        };
+        let cases: &[(&str, &str, bool)] = &[
+            ("10.0.0.0/8", "http://10.1.2.3/", false),
+            ("10.0.0.0/8", "http://11.1.2.3/", true),
+            ("192.168.0.0/16 fd00::/8", "http://[fd12::1]/", false),
+            ("192.168.0.0/16 fd00::/8", "http://192.169.0.1/", true),
+            ("0.0.0.0/0", "http://8.8.8.8/", false),
+            ("192.168.", "http://192.168.1.5/", false),
+            ("10.*", "http://10.1.2.3/", false),
+            ("updates*", "https://updates.corp/", false),
+            ("updates*", "https://www.updates.corp/", true),
+            ("example.com.", "https://a.example.com/", false),
+            ("example.com", "https://example.com./", false),
+            ("localhost 127.0.0.1", "http://127.0.0.1:8080/", false),
+            ("localhost\t127.0.0.1", "http://localhost/", false),
+            ("localhost:8080", "http://localhost:9090/", false),
+            // An address is matched as one, never as a domain.
+            ("0.0.1", "http://10.0.0.1/", true),
+            ("10.0.0.1", "http://10.0.0.10/", true),
+        ];
+        for (list, url, proxied) in cases {
+            assert_eq!(via(list).serves(url), *proxied, "NO_PROXY={list:?} {url}");
+        }
+    }
+
+    #[test]
+    fn a_password_is_never_shown_however_the_url_is_written() {
+        let via = Via::configured("http://ops:s3/cret@127.0.0.1:9").unwrap();
+        assert!(!via.name().contains("cret"), "{}", via.name());
+        let via = Via::from_vars(env(&[("ALL_PROXY", "socks5://u:p%40ss@[::1]:1080")])).unwrap();
+        assert_eq!(via.name(), "socks5://u:***@[::1]:1080 (from ALL_PROXY)");
     }
 
     #[test]

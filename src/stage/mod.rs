@@ -39,11 +39,11 @@ pub struct ArchiveLimits {
     /// The most entries (files, directories, symlinks) an archive may hold (default 100,000).
     pub max_entries: u64,
     /// The largest central directory (the list of entries, with their names, extra fields
-    /// and comments) an archive may have, in bytes (default 1 MiB), refused from the size
+    /// and comments) an archive may have, in bytes (default 16 MiB), refused from the size
     /// its end record declares before the directory is read. The zip reader and the plan
-    /// hold up to six times its size (entries with the shortest names), so the default
-    /// keeps a full update within DESIGN §12's 16 MiB: about 20,000 entries with short
-    /// names, 10,000 with 60-byte paths.
+    /// hold up to six times its size (entries with the shortest names): the default takes
+    /// 100,000 entries with 120-byte paths; 1 MiB (about 20,000 entries with short names,
+    /// 10,000 with 60-byte paths) keeps a full update within DESIGN §12's 16 MiB.
     pub max_central_directory_bytes: u64,
     /// The highest inflated/compressed ratio, per entry and for the whole archive
     /// (default 250; deflate's own limit is ~1032). Outputs up to [`RATIO_GRACE_BYTES`] are

@@ -200,6 +200,20 @@ impl Drop for TestServer {
     }
 }
 
+/// `len` pseudo-random bytes (xorshift from `seed`): content no compressor shrinks and no
+/// two seeds share, for blobs and archives of a given size.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A poisoned lock only means another test thread panicked; the data is still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -92,9 +92,10 @@ pub enum Command {
     /// The startup step, for launchers and systemd: count a trial start, roll back when
     /// the new slot used up its tries without being confirmed. With dir slots, `--json`
     /// names the slot to start now (`start`) and its directory (`start_dir`): start the app
-    /// from there rather than through `current`, which an activation may move meanwhile.
+    /// from there rather than through `current`, which an activation may move meanwhile,
+    /// and from `current` when `boot` fails or names no slot (the app must start anyway).
     ///
-    /// Example: ExecStart=/bin/sh -c 'exec "$(evergreen boot --json | jq -r .start_dir)/app/bin/app"'
+    /// Example: ExecStart=/bin/sh -c 'd=$(evergreen boot --json | jq -r ".start_dir // empty"); exec "${d:-/opt/app/current}/app/bin/app"'
     Boot,
     /// Mark the slot on trial good (run it once the new version is healthy); raises the
     /// security floor.
