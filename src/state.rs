@@ -205,6 +205,11 @@ pub struct SeenManifest {
     /// ([`State::trust_manifest_keys`]); none in a state saved before this was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued: Option<Timestamp>,
+    /// When a check last verified the channel's manifest (this one, or the same again
+    /// answered 304), on the host's clock: a switch to the channel takes that check as the
+    /// device's own when it is the newest ([`State::follow_channel`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Timestamp>,
 }
 
 /// One line of history.
@@ -373,6 +378,38 @@ impl State {
             "check, download or install",
             on_wait,
         )
+    }
+
+    /// Makes `channel` the channel followed. A check of it newer than every check of the
+    /// device's own channel, successful or not (`update --channel`, or `check --channel`
+    /// and then the switch), becomes the device's last check: the poll schedule and its
+    /// backoff follow the channel now followed, from the last time it was checked.
+    ///
+    /// ```
+    /// use evergreen::state::{SeenManifest, State};
+    /// use evergreen::Timestamp;
+    /// let mut st = State::initial("stable", None);
+    /// st.last_check_clock = Some(Timestamp::from_unix(100));
+    /// st.manifests.insert("preview".into(), SeenManifest {
+    ///     sequence: 1, payload_sha256: "ab".repeat(32), etag: None, issued: None,
+    ///     checked: Some(Timestamp::from_unix(200)),
+    /// });
+    /// st.follow_channel("preview");
+    /// assert_eq!((st.channel.as_str(), st.last_check_clock), ("preview", Some(Timestamp::from_unix(200))));
+    /// ```
+    pub fn follow_channel(&mut self, channel: &str) {
+        self.channel = channel.to_string();
+        let Some(at) = self.manifests.get(channel).and_then(|s| s.checked) else {
+            return;
+        };
+        let own = self.last_check_clock.max(self.last_failure);
+        if own.is_some_and(|own| own >= at) {
+            return;
+        }
+        self.last_check_clock = Some(at);
+        self.last_check = Some(self.newest_issued.map_or(at, |issued| issued.max(at)));
+        self.check_failures = 0;
+        self.last_failure = None;
     }
 
     /// Takes what a check learned from `checked`, a copy of the state made before the check

@@ -1609,6 +1609,7 @@ impl Updater {
                 payload_sha256: verified.payload_sha256().to_string(),
                 etag: new_etag,
                 issued: Some(verified.issued),
+                checked: Some(clock),
             },
         );
         st.newest_issued = Some(
@@ -2701,7 +2702,7 @@ impl Updater {
             "channel",
             format!("{} -> {channel}", st.channel),
         );
-        st.channel = channel.to_string();
+        st.follow_channel(channel);
         self.save(&st)
     }
 

@@ -829,6 +829,38 @@ fn a_root_walk_cut_short_by_its_step_limit_is_named_in_the_signature_error() {
     dev.expect("check", &[], 10);
 }
 
+/// `update --channel C` checks C, then switches to it: that check is the device's last
+/// check from then on (the schedule follows the channel followed), not the one before it
+/// of the channel left.
+#[test]
+fn a_switch_by_update_channel_takes_its_check_as_the_devices_own() {
+    let repo = Repo::new("com.acme.switchcheck");
+    publish(&repo, "1.0.0", "stable");
+    publish(&repo, "1.1.0", "preview");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "1.0.0"}),
+    );
+    let config = dev.config.to_str().unwrap();
+    let at = |when: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--json", "--config", config]);
+        let out = common::run_env(&all, &[("EVERGREEN_NOW", when)]);
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        json(&String::from_utf8_lossy(&out.stdout))
+    };
+    at("2026-12-20T05:00:00Z", &["check"]);
+    at(
+        "2026-12-20T06:00:00Z",
+        &["update", "--channel", "preview", "--yes", "--download-only"],
+    );
+    let status = at("2026-12-20T06:00:00Z", &["status"]);
+    assert_eq!(status["channel"], "preview", "{status}");
+    assert_eq!(status["last_check"], "2026-12-20T06:00:00Z", "{status}");
+}
+
 #[test]
 fn check_json_names_the_configured_current_version_when_up_to_date() {
     let repo = Repo::new("com.acme.current");
