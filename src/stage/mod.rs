@@ -100,18 +100,36 @@ fn run_parallel<T: Sync, S>(
     init: impl Fn() -> crate::Result<S> + Sync,
     work: impl Fn(&mut S, &T) -> crate::Result<()> + Sync,
 ) -> crate::Result<()> {
+    // Only this adapter is built per caller; the threads are the one `run_indexed`
+    // (firmware builds count their bytes).
+    run_indexed(items.len(), &|| {
+        let mut state = init()?;
+        let work = &work;
+        Ok(Box::new(move |i: usize| work(&mut state, &items[i])) as Box<IndexedWork<'_>>)
+    })
+}
+
+/// One thread's work on the item at an index.
+type IndexedWork<'a> = dyn FnMut(usize) -> crate::Result<()> + 'a;
+
+/// [`run_parallel`] on the indices `0..len`: each thread gets its work from `start`.
+fn run_indexed<'a>(
+    len: usize,
+    start: &(dyn Fn() -> crate::Result<Box<IndexedWork<'a>>> + Sync),
+) -> crate::Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let worker = || -> crate::Result<()> {
-        let result = init().and_then(|mut state| loop {
+        let result = start().and_then(|mut work| loop {
             if failed.load(Relaxed) {
                 return Ok(());
             }
-            let Some(item) = items.get(next.fetch_add(1, Relaxed)) else {
+            let i = next.fetch_add(1, Relaxed);
+            if i >= len {
                 return Ok(());
-            };
-            work(&mut state, item)?;
+            }
+            work(i)?;
         });
         if result.is_err() {
             failed.store(true, Relaxed);
@@ -119,7 +137,7 @@ fn run_parallel<T: Sync, S>(
         result
     };
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers(items.len())).map(|_| s.spawn(worker)).collect();
+        let handles: Vec<_> = (0..workers(len)).map(|_| s.spawn(worker)).collect();
         let mut first = Ok(());
         for handle in handles {
             match handle.join() {
