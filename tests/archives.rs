@@ -7,6 +7,7 @@
 
 mod common;
 mod require;
+mod support;
 
 use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_size, Item};
 use evergreen::manifest::{ArtifactKind, TargetRelease};
@@ -83,15 +84,7 @@ fn limits() -> ArchiveLimits {
 
 /// `len` pseudo-random bytes (xorshift): deflate cannot shrink them.
 fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    support::noise(len, 0x9e37_79b9_7f4a_7c15)
 }
 
 fn symlinks_allowed() -> ArchiveLimits {

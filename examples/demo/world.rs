@@ -184,17 +184,10 @@ impl Publisher {
 
 /// Deterministic incompressible bytes, so artifacts have a real size on the wire.
 fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut x = seed.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+    let seed = seed.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    });
+    crate::support::noise(len, seed)
 }
 
 fn write_zip(path: &Path, files: &[(&str, &[u8])]) -> Outcome {
