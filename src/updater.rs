@@ -310,9 +310,6 @@ fn changed_field(plan: &Offer) -> Option<&'static str> {
     (!each_once || listed().count() != signed.len()).then_some("components")
 }
 
-/// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
-/// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
-/// belongs (both are made by `evergreen keygen`).
 /// A trust anchor, and where this run's walk of the root chain stopped when it stopped at
 /// its step limit ([`crate::trust::MAX_ROOT_STEPS`]) rather than at the chain's end.
 struct Anchored {
@@ -335,6 +332,9 @@ fn walk_hint(e: Error, anchored: &Anchored) -> Error {
     }
 }
 
+/// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
+/// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
+/// belongs (both are made by `evergreen keygen`).
 fn keys_hint(e: Error, anchor: &Anchor, envelope: &[u8]) -> Error {
     let well_formed = || crate::trust::is_envelope(envelope);
     match anchor {
