@@ -169,15 +169,6 @@ pub struct Launch {
     pub slot: Option<Slot>,
 }
 
-/// How a startup step ended.
-struct StepEnd {
-    outcome: Startup,
-    /// The slot the selector names at the end of the step.
-    named: Option<Slot>,
-    /// Whether the selector counts the tries itself (a bootloader).
-    counts: bool,
-}
-
 /// What [`Updater::activate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activation {
@@ -948,21 +939,13 @@ impl Updater {
     /// Counts a start of a slot on trial and rolls back to the fallback once the tries are
     /// used up; with a bootloader selector it reads what the bootloader did instead.
     pub fn startup(&self) -> Result<Startup> {
-        self.startup_step().map(|end| end.outcome)
-    }
-
-    /// [`startup`](Self::startup), with the slot the selector names at its end (for the
-    /// C ABI's `evg_startup`, whose result has room for it).
-    pub(crate) fn startup_settled(&self) -> Result<Launch> {
-        self.startup_step().map(|end| Launch {
-            startup: end.outcome,
-            slot: end.named,
-        })
+        self.startup_step().map(|end| end.startup)
     }
 
     /// [`startup`](Self::startup), and the slot the selector names at its end, read under
-    /// the same lock: activations take it too, so that is the slot this step settled.
-    fn startup_step(&self) -> Result<StepEnd> {
+    /// the same lock: activations take it too, so that is the slot this step settled (the
+    /// C ABI's `evg_startup` reports it too).
+    pub(crate) fn startup_step(&self) -> Result<Launch> {
         self.reported("startup", || {
             let _lock = self.lock()?;
             let mut st = self.load_state()?;
@@ -991,11 +974,10 @@ impl Updater {
                 }),
                 Startup::Normal => {}
             }
-            let named = self.with_selector(|s| s.booted())?;
-            Ok(StepEnd {
-                outcome,
-                named,
-                counts,
+            let slot = self.with_selector(|s| s.booted())?;
+            Ok(Launch {
+                startup: outcome,
+                slot,
             })
         })
     }
@@ -1031,20 +1013,18 @@ impl Updater {
     /// # }
     /// ```
     pub fn startup_for_launcher(&self) -> Result<Launch> {
-        let mut end = self.startup_step()?;
+        let launch = self.startup_step()?;
         // A normal start while the selector names the slot on trial: the step moved the
-        // selector there (a repair) after counting this start as the old slot's.
-        let repaired = !end.counts
-            && end.outcome == Startup::Normal
-            && end.named.is_some()
-            && end.named == self.load_state()?.trial.map(|t| t.slot);
-        if repaired {
-            end = self.startup_step()?;
+        // selector there (a repair) after counting this start as the old slot's. (A
+        // bootloader counts its tries itself, and started what it named.)
+        let repaired = launch.startup == Startup::Normal
+            && launch.slot.is_some()
+            && launch.slot == self.load_state()?.trial.map(|t| t.slot)
+            && !self.with_selector(|s| Ok(s.counts_tries()))?;
+        match repaired {
+            true => self.startup_step(),
+            false => Ok(launch),
         }
-        Ok(Launch {
-            startup: end.outcome,
-            slot: end.named,
-        })
     }
 
     fn startup_counting(&self, st: &mut State) -> Result<Startup> {

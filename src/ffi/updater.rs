@@ -210,7 +210,7 @@ pub unsafe extern "C" fn evg_startup(
     updater: *mut evg_updater,
     out: *mut evg_startup_result,
 ) -> evg_status {
-    unsafe { startup_with(updater, out, "evg_startup", Updater::startup_settled) }
+    unsafe { startup_with(updater, out, "evg_startup", Updater::startup_step) }
 }
 
 /// The startup step for a launcher: a process that runs the step and then starts a slot.
