@@ -385,6 +385,14 @@ fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a A
     }
 }
 
+/// The sizes of the artifacts `plan` writes (an image slot store takes one).
+fn image_sizes(plan: &Offer) -> impl Iterator<Item = u64> + '_ {
+    plan.components
+        .iter()
+        .filter_map(|c| artifact_to_install(plan, c))
+        .map(|a| a.size)
+}
+
 /// Removes the partial downloads (`<sha256>.part`) of blobs `plan` does not need: those of
 /// a release passed over before it finished downloading would otherwise stay for good, one
 /// per release, until the state's partition is full. Under the work lock, so no download
@@ -2119,16 +2127,8 @@ impl Updater {
         let Store::Image(images) = &self.store else {
             return Ok(());
         };
-        let mut st = self.load_state()?;
-        let booted = self.with_selector(|s| s.booted())?;
-        self.follow_booted(&mut st, booted);
-        let slot = st.fallback();
-        for c in &plan.components {
-            if let Some(a) = artifact_to_install(plan, c) {
-                images.check_size(slot, a.size)?;
-            }
-        }
-        Ok(())
+        let (slot, _) = self.idle_slot(&mut self.load_state()?)?;
+        image_sizes(plan).try_for_each(|size| images.check_size(slot, size))
     }
 
     /// Refuses an install during a trial, below the security floor, or of artifacts the
@@ -2183,11 +2183,7 @@ impl Updater {
         match &self.store {
             Store::Dir(slots) => check_slot_room(slots, slot, plan, archives)?,
             Store::Image(images) => {
-                for c in &plan.components {
-                    if let Some(a) = artifact_to_install(plan, c) {
-                        images.check_fits(slot, a.size)?;
-                    }
-                }
+                image_sizes(plan).try_for_each(|size| images.check_fits(slot, size))?
             }
         }
         let components = installed_components(plan);
@@ -2269,13 +2265,19 @@ impl Updater {
 
     /// The slot to write: the fallback, and never the slot the selector says is running.
     ///
+    /// The slot an install writes, once `st` follows what the selector says runs (see
+    /// [`Updater::follow_booted`]), and the slot that runs.
+    fn idle_slot(&self, st: &mut State) -> Result<(Slot, Option<Slot>)> {
+        let booted = self.with_selector(|s| s.booted())?;
+        self.follow_booted(st, booted);
+        Ok((st.fallback(), booted))
+    }
+
     /// A board provisioned with its first image in slot b runs b while a fresh state says
     /// a is primary; the state then follows what runs. Any other mismatch (a rollback not
     /// yet restarted into) is refused until the restart.
     fn install_slot(&self, st: &mut State) -> Result<Slot> {
-        let booted = self.with_selector(|s| s.booted())?;
-        self.follow_booted(st, booted);
-        let slot = st.fallback();
+        let (slot, booted) = self.idle_slot(st)?;
         if booted == Some(slot) {
             return Err(Error::invalid_state(format!(
                 "expected to install into the idle slot {slot}, found it running (primary is {}): restart into slot {} first",
