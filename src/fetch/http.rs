@@ -342,7 +342,8 @@ impl HttpTransport {
                 .timeout_recv_body(Some(bounded(limit)))
                 .build();
         }
-        if self.via_for(url).is_none() && self.via.is_some() {
+        // A host `NO_PROXY` lists: the agent's proxy is off for this request only.
+        if self.via.as_ref().is_some_and(|via| !via.serves(url)) {
             request = request.config().proxy(None).build();
         }
         if let Some(from) = req.range_from {

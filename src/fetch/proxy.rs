@@ -42,9 +42,10 @@ impl Via {
     /// The config's `proxy` (no host bypasses it), or `config` error for a URL ureq
     /// cannot use.
     pub(super) fn configured(url: &str) -> Result<Via> {
-        let redacted = super::without_passwords(url);
-        let proxy = ureq::Proxy::new(url)
-            .map_err(|e| Error::config(format!("expected a proxy URL, found {redacted:?}: {e}")))?;
+        let proxy = ureq::Proxy::new(url).map_err(|e| {
+            let found = super::without_passwords(url);
+            Error::config(format!("expected a proxy URL, found {found:?}: {e}"))
+        })?;
         Ok(Via {
             name: format!("{} (config proxy)", shown(&proxy)),
             proxy,
