@@ -259,14 +259,14 @@ fn with_stones_to_fixes<'r>(
         .collect();
     fixes.sort_by(|a, b| b.version.cmp_precedence(&a.version));
     for fix in fixes {
-        let unskipped: Vec<&Release> = candidates
-            .iter()
-            .copied()
-            .filter(|r| {
-                eligible.iter().any(|e| std::ptr::eq(*e, *r))
-                    || (newer(&fix.version, &r.version) && offerable_if_unskipped(r, device, now))
-            })
-            .collect();
+        // What `offerable` left out for the skip alone, older than the fix.
+        let stones = candidates.iter().copied().filter(|r| {
+            !r.critical
+                && listed(device.skipped, &r.version)
+                && newer(&fix.version, &r.version)
+                && offerable_if_unskipped(r, device, now)
+        });
+        let unskipped: Vec<&Release> = eligible.iter().copied().chain(stones).collect();
         if !newer(&fix.version, reached_from(&unskipped, cur)) {
             return unskipped;
         }

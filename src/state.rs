@@ -407,7 +407,7 @@ impl State {
             return;
         }
         self.last_check_clock = Some(at);
-        self.last_check = Some(self.newest_issued.map_or(at, |issued| issued.max(at)));
+        self.last_check = Some(crate::manifest::effective_now(at, self.newest_issued));
         self.check_failures = 0;
         self.last_failure = None;
     }
