@@ -719,23 +719,11 @@ fn a_304_to_a_request_without_an_etag_is_the_servers_error() {
 #[test]
 fn next_check_is_due_at_once_when_the_devices_clock_went_back_since_its_check() {
     let (_repo, dev) = confirmed_1_0_0("com.acme.rtc");
-    let config = dev.config.to_str().unwrap();
-    let status_at = |when: &str| {
-        let out = common::run_env(
-            &["status", "--json", "--config", config],
-            &[("EVERGREEN_NOW", when)],
-        );
-        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
-        json(&String::from_utf8_lossy(&out.stdout))
-    };
+    let status_at = |when: &str| dev.json_at(when, "status", &[], 0);
     for when in ["1970-01-02T00:00:00Z", "1970-01-02T01:00:00Z"] {
         assert_eq!(status_at(when)["next_check"], when, "due at once");
     }
-    let out = common::run_env(
-        &["check", "--config", config],
-        &[("EVERGREEN_NOW", "1970-01-02T01:00:00Z")],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    dev.json_at("1970-01-02T01:00:00Z", "check", &[], 0);
     let first = status_at("1970-01-02T01:00:00Z")["next_check"].clone();
     let next: evergreen::Timestamp = first.as_str().unwrap().parse().unwrap();
     // The default interval is 6 h ± 25 %.
@@ -754,22 +742,10 @@ fn next_check_is_due_at_once_when_the_devices_clock_went_back_since_its_check() 
 #[test]
 fn next_check_stays_put_while_the_devices_clock_reads_behind_the_last_check() {
     let (_repo, dev) = confirmed_1_0_0("com.acme.behind");
-    let config = dev.config.to_str().unwrap();
-    let at = |when: &str, args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--json", "--config", config]);
-        let out = common::run_env(&all, &[("EVERGREEN_NOW", when)]);
-        assert!(
-            out.status.code().is_some_and(|c| c == 0 || c == 10),
-            "{}",
-            common::stderr(&out)
-        );
-        json(&String::from_utf8_lossy(&out.stdout))
-    };
     // Published today; the device reads 1970 (an RTC that lost power) as it checks.
-    at("1970-01-02T00:00:00Z", &["check"]);
+    dev.json_at("1970-01-02T00:00:00Z", "check", &[], 0);
     let next = |when: &str| {
-        at(when, &["status"])["next_check"]
+        dev.json_at(when, "status", &[], 0)["next_check"]
             .as_str()
             .unwrap()
             .to_string()
@@ -843,20 +819,10 @@ fn a_switch_by_update_channel_takes_its_check_as_the_devices_own() {
         &server.url(),
         serde_json::json!({"current_version": "1.0.0"}),
     );
-    let config = dev.config.to_str().unwrap();
-    let at = |when: &str, args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--json", "--config", config]);
-        let out = common::run_env(&all, &[("EVERGREEN_NOW", when)]);
-        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
-        json(&String::from_utf8_lossy(&out.stdout))
-    };
-    at("2026-12-20T05:00:00Z", &["check"]);
-    at(
-        "2026-12-20T06:00:00Z",
-        &["update", "--channel", "preview", "--yes", "--download-only"],
-    );
-    let status = at("2026-12-20T06:00:00Z", &["status"]);
+    dev.json_at("2026-12-20T05:00:00Z", "check", &[], 0);
+    let switch = ["--channel", "preview", "--yes", "--download-only"];
+    dev.json_at("2026-12-20T06:00:00Z", "update", &switch, 0);
+    let status = dev.json_at("2026-12-20T06:00:00Z", "status", &[], 0);
     assert_eq!(status["channel"], "preview", "{status}");
     assert_eq!(status["last_check"], "2026-12-20T06:00:00Z", "{status}");
 }

@@ -342,6 +342,21 @@ impl Device {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `evergreen <cmd> --json [args]` with the device's clock reading `when`
+    /// (`EVERGREEN_NOW`), which must exit with `code`: its JSON.
+    pub fn json_at(&self, when: &str, cmd: &str, args: &[&str], code: i32) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run_env(cmd, &all, &[("EVERGREEN_NOW", when)]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "evergreen {cmd} {args:?} at {when}: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// `status --json` parsed.
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.expect("status", &["--json"], 0)).unwrap()
