@@ -175,6 +175,50 @@ fn bad_config_and_usage_errors_have_their_exit_codes() {
     assert!(common::stderr(&missing).starts_with("error[io]: "));
 }
 
+/// `Environment=EVERGREEN_CONFIG=` in a unit, or `EVERGREEN_CONFIG=$UNSET`, is no config:
+/// device commands read the system's file, operator commands never look, and neither is a
+/// usage error about a `--config` nobody passed.
+#[test]
+fn an_empty_evergreen_config_counts_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let empty = [("EVERGREEN_CONFIG", "")];
+    let made = common::run_env(&["keygen", "--out", key.to_str().unwrap()], &empty);
+    assert_eq!(made.status.code(), Some(0), "{}", common::stderr(&made));
+    let status = common::run_env(&["status"], &empty);
+    let err = common::stderr(&status);
+    assert_eq!(status.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error[io]: ") && err.contains("/etc/evergreen/config.json"),
+        "{err}"
+    );
+    // The variable, when set, is still the config.
+    let named = common::run_env(
+        &["status"],
+        &[("EVERGREEN_CONFIG", "/no/such/evergreen.json")],
+    );
+    assert!(common::stderr(&named).contains("/no/such/evergreen.json"));
+}
+
+/// A device command's version is explained as the operator commands' are, not in semver's
+/// own words ("unexpected end of input while parsing major version number" for `1`).
+#[test]
+fn a_malformed_version_names_what_a_version_looks_like() {
+    for args in [
+        &["skip", "1"][..],
+        &["check", "--version", "1.x"],
+        &["update", "--version", "v2"],
+    ] {
+        let out = common::run(args);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("expected a semver version like 1.2.3, found"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// The state file is lost on a device whose `current` points at slot b (moved away, as
 /// the error for a corrupt state suggests): `evergreen boot` starts a fresh state from
 /// what runs, and never re-points `current` at the other slot, which may hold anything.

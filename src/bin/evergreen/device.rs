@@ -24,7 +24,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "C")]
     pub channel: Option<String>,
     /// Ask for exactly this version (newer or older; never below the security floor).
-    #[arg(long, value_name = "V")]
+    #[arg(long, value_name = "V", value_parser = crate::parse_version)]
     pub version: Option<Version>,
 }
 
@@ -38,7 +38,7 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "C")]
     pub channel: Option<String>,
     /// Install exactly this version (a downgrade is allowed because it was asked for).
-    #[arg(long, value_name = "V")]
+    #[arg(long, value_name = "V", value_parser = crate::parse_version)]
     pub version: Option<Version>,
     /// Download and verify only; do not install (a later `update` installs from the
     /// downloads without fetching them again). Unlike the `download_only` deploy policy,
@@ -62,6 +62,7 @@ pub struct ChannelArgs {
 #[derive(Args, Debug)]
 pub struct SkipArgs {
     /// The version checks should no longer offer (critical releases are still offered).
+    #[arg(value_parser = crate::parse_version)]
     pub version: Version,
 }
 

@@ -35,15 +35,10 @@ struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Device config file (the library's JSON config), for the device commands.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "EVERGREEN_CONFIG",
-        default_value = "/etc/evergreen/config.json"
-    )]
-    config: std::path::PathBuf,
+    /// Device config file (the library's JSON config), for the device commands
+    /// [default: $EVERGREEN_CONFIG when set and not empty, else /etc/evergreen/config.json]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,7 +61,7 @@ fn main() -> ExitCode {
             interrupt::Kept::Nothing,
         ),
         Command::Device(cmd) => (
-            device::run(cmd, &cli.config, cli.json),
+            device::run(cmd, &config_path(cli.config), cli.json),
             interrupt::Kept::Received,
         ),
     };
@@ -77,6 +72,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The device config file: `--config`, else `EVERGREEN_CONFIG`, else the system's. The
+/// variable is read here, not by clap, so that an empty one (`Environment=EVERGREEN_CONFIG=`
+/// in a unit, `EVERGREEN_CONFIG=$UNSET`) counts as unset rather than failing every command,
+/// operator commands too, with a usage error about a flag nobody passed.
+fn config_path(flag: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("EVERGREEN_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    })
+    .unwrap_or_else(|| "/etc/evergreen/config.json".into())
 }
 
 /// The first failure to write stdout other than a closed pipe, kept for [`lost_output`].
@@ -100,6 +108,14 @@ fn lost_output() -> Option<Error> {
             format!("expected the command's output written to standard output, found: {e} (the command itself finished)"),
         )
     })
+}
+
+/// A version argument (`--version`, `--min-version`, `skip VERSION`); clap reports the
+/// error as a usage error, in the words of [`Error`]'s messages rather than semver's
+/// ("unexpected end of input while parsing major version number" for `1`).
+pub(crate) fn parse_version(text: &str) -> std::result::Result<semver::Version, String> {
+    semver::Version::parse(text)
+        .map_err(|e| format!("expected a semver version like 1.2.3, found {text:?} ({e})"))
 }
 
 /// A path as text for `--json` output: exact when it is UTF-8, lossy (U+FFFD for each

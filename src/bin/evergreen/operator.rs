@@ -151,7 +151,7 @@ pub(crate) struct ReleaseArgs {
     #[arg(long)]
     channel: String,
     /// Semver version of the release.
-    #[arg(long, value_parser = parse_version)]
+    #[arg(long, value_parser = crate::parse_version)]
     version: Version,
     /// Target (compatibility string) the components are for.
     #[arg(long)]
@@ -169,7 +169,7 @@ pub(crate) struct ReleaseArgs {
     #[arg(long)]
     critical: bool,
     /// Devices below this version take a stepping-stone release first.
-    #[arg(long, value_name = "V", value_parser = parse_version)]
+    #[arg(long, value_name = "V", value_parser = crate::parse_version)]
     min_version: Option<Version>,
     /// Anti-rollback counter of this release.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -188,7 +188,7 @@ pub(crate) struct PromoteArgs {
     /// The repository directory.
     repo: PathBuf,
     /// The version to promote.
-    #[arg(long, value_parser = parse_version)]
+    #[arg(long, value_parser = crate::parse_version)]
     version: Version,
     /// Channel it is on.
     #[arg(long)]
@@ -216,7 +216,7 @@ pub(crate) struct RolloutArgs {
     #[arg(long)]
     channel: String,
     /// The release to ramp.
-    #[arg(long, value_parser = parse_version)]
+    #[arg(long, value_parser = crate::parse_version)]
     version: Version,
     /// Percentage of devices, 0–100, from now on.
     #[arg(long)]
@@ -665,12 +665,6 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         )
     });
     Ok((name.to_string(), PathBuf::from(path), kind))
-}
-
-/// A `--version` or `--min-version` value; clap reports the error as a usage error.
-fn parse_version(text: &str) -> std::result::Result<Version, String> {
-    Version::parse(text)
-        .map_err(|e| format!("expected a semver version like 1.2.3, found {text:?} ({e})"))
 }
 
 fn public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
