@@ -2521,7 +2521,20 @@ impl Updater {
             // Committed first: a power cut before the selector learns of it is resumed (or
             // repaired) by the startup step.
             self.save(&st)?;
-            if let Err(e) = self.with_selector(|s| s.activate(slot, tries)) {
+            // A boot script that counts tries spent one of the fallback's on each start
+            // since the last startup step gave them back (an update run before it, a
+            // crash loop). Left spent, a trial that fails finds nothing to fall back to.
+            let fallback_good = matches!(
+                before.slot(slot.other()).status,
+                SlotStatus::Good | SlotStatus::Empty
+            );
+            let told = self.with_selector(|s| {
+                if fallback_good && s.counts_tries() {
+                    s.confirm(slot.other())?;
+                }
+                s.activate(slot, tries)
+            });
+            if let Err(e) = told {
                 // Refused or failed: the caller hears that nothing changed, so nothing has.
                 // A selector that wrote part of its change is settled by the next startup
                 // step, which finds the primary it had.

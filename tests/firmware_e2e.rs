@@ -283,6 +283,40 @@ fn grub_an_update_before_this_boots_startup_step_still_falls_back_to_the_running
     assert_eq!((&boot["from"], &boot["to"]), (&json!("b"), &json!("a")));
 }
 
+/// The same with U-Boot, whose script spends one of the running slot's tries on every
+/// start: three starts of A with no startup step between them (a crash loop of the app, a
+/// service that ran the update first) leave `BOOT_A_LEFT=0`. The activation gives A its
+/// tries back; left at 0, a release that never confirms found no slot to fall back to, the
+/// script reset both counters and the broken release ran its three tries a second time.
+#[test]
+fn uboot_an_update_before_the_startup_step_still_falls_back_to_the_running_slot() {
+    let (repo, _server, board) = served_board("uboot-early", Loader::UBoot);
+    for left in ["2", "1", "0"] {
+        assert_eq!(board.power_on(), Some(Slot::A));
+        assert_eq!(board.uboot("BOOT_A_LEFT"), left);
+    }
+    release_image(&repo, "2.0.0", MIB, 2);
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(
+        (&out["status"], &out["slot"]),
+        (&json!("activated"), &json!("b"))
+    );
+    assert_eq!(
+        (board.uboot("BOOT_ORDER"), board.uboot("BOOT_A_LEFT")),
+        ("B A".into(), "3".into())
+    );
+
+    // 2.0.0 never confirms: its three tries, then A.
+    for _ in 0..3 {
+        assert_eq!(board.power_on(), Some(Slot::B));
+        assert_eq!(board.boot()["status"], "trial");
+    }
+    assert_eq!(board.power_on(), Some(Slot::A), "U-Boot falls back to A");
+    let boot = board.boot();
+    assert_eq!(boot["status"], "rolled_back", "{boot}");
+    assert_eq!((&boot["from"], &boot["to"]), (&json!("b"), &json!("a")));
+}
+
 #[test]
 fn grub_a_64_mib_image_goes_to_the_idle_slot_and_a_release_that_never_confirms_falls_back() {
     let (repo, _server, board) = served_board("grub", Loader::Grub);
