@@ -1208,6 +1208,32 @@ impl Updater {
         }
     }
 
+    /// `change` to the selector about `slot`, the other slot being the fallback. A boot
+    /// script that counts tries spends one of the running slot's on every start, and the
+    /// startup step gives it back; starts with no startup step between them (an update run
+    /// first, a crash loop) leave it spent. Before `slot` leaves the boot order or goes
+    /// first, a good fallback gets its tries back: otherwise GRUB refuses to leave no
+    /// bootable slot, and U-Boot, once a trial fails, finds none, resets both counters and
+    /// runs the failed release all over again.
+    fn with_fallback_kept(
+        &self,
+        st: &State,
+        slot: Slot,
+        change: impl FnOnce(&mut dyn BootSelector) -> Result<()>,
+    ) -> Result<()> {
+        let fallback = slot.other();
+        let good = matches!(
+            st.slot(fallback).status,
+            SlotStatus::Good | SlotStatus::Empty
+        );
+        self.with_selector(|s| {
+            if good && s.counts_tries() {
+                s.confirm(fallback)?;
+            }
+            change(s)
+        })
+    }
+
     /// RAUC's boot scripts spend one attempt of the slot they start on every boot; the
     /// running slot must get it back each time, or a later boot ends in the rescue path.
     /// That holds for a factory image Evergreen never installed (`empty`) as for a good one.
@@ -2205,7 +2231,7 @@ impl Updater {
         // Marked first: a crash after the bootloader let go of the slot must not leave a
         // record of a bootable release there.
         self.save(&st)?;
-        if let Err(e) = self.with_selector(|s| s.disable(slot)) {
+        if let Err(e) = self.with_fallback_kept(&st, slot, |s| s.disable(slot)) {
             // Refused (GRUB will not leave no bootable slot) or failed: not a byte of the
             // slot was written, so its record, often the fallback, comes back.
             *st.slot_mut(slot) = before;
@@ -2521,20 +2547,7 @@ impl Updater {
             // Committed first: a power cut before the selector learns of it is resumed (or
             // repaired) by the startup step.
             self.save(&st)?;
-            // A boot script that counts tries spent one of the fallback's on each start
-            // since the last startup step gave them back (an update run before it, a
-            // crash loop). Left spent, a trial that fails finds nothing to fall back to.
-            let fallback_good = matches!(
-                before.slot(slot.other()).status,
-                SlotStatus::Good | SlotStatus::Empty
-            );
-            let told = self.with_selector(|s| {
-                if fallback_good && s.counts_tries() {
-                    s.confirm(slot.other())?;
-                }
-                s.activate(slot, tries)
-            });
-            if let Err(e) = told {
+            if let Err(e) = self.with_fallback_kept(&before, slot, |s| s.activate(slot, tries)) {
                 // Refused or failed: the caller hears that nothing changed, so nothing has.
                 // A selector that wrote part of its change is settled by the next startup
                 // step, which finds the primary it had.

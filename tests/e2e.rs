@@ -985,24 +985,40 @@ fn an_operation_that_waits_for_another_says_so() {
 struct HostSelector<F> {
     booted: F,
     counts_tries: bool,
-    /// Whether `activate` fails, as a host's write of its boot config can.
-    refuses_activation: bool,
+    /// Which change fails, as a host's write of its boot config can.
+    refuses: Refuses,
+}
+
+/// The change a [`HostSelector`] fails.
+#[derive(Clone, Copy, PartialEq)]
+enum Refuses {
+    Nothing,
+    Disable,
+    Activation,
+}
+
+/// The error a [`HostSelector`] gives for the change it refuses.
+fn refused(what: String) -> evergreen::Result<()> {
+    Err(evergreen::Error::new(
+        evergreen::ErrorKind::Bootloader,
+        format!("the host could not {what}"),
+    ))
 }
 
 impl<F> BootSelector for HostSelector<F>
 where
     F: Fn() -> evergreen::Result<Option<Slot>> + Send,
 {
-    fn disable(&mut self, _: Slot) -> evergreen::Result<()> {
-        Ok(())
+    fn disable(&mut self, slot: Slot) -> evergreen::Result<()> {
+        match self.refuses {
+            Refuses::Disable => refused(format!("take slot {slot} out of the boot order")),
+            _ => Ok(()),
+        }
     }
     fn activate(&mut self, slot: Slot, _: u32) -> evergreen::Result<()> {
-        match self.refuses_activation {
-            true => Err(evergreen::Error::new(
-                evergreen::ErrorKind::Bootloader,
-                format!("the host could not make slot {slot} the next to boot"),
-            )),
-            false => Ok(()),
+        match self.refuses {
+            Refuses::Activation => refused(format!("make slot {slot} the next to boot")),
+            _ => Ok(()),
         }
     }
     fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
@@ -1033,18 +1049,18 @@ fn updater_with_selector(
 
 /// A device of `product` with 1.0.0 published, and a library handle on it whose boot
 /// selector is the host's own: one that counts tries, tells the running slot with
-/// `booted`, and refuses activations when `refuses_activation` is set. Keep the setup:
+/// `booted`, and refuses the change `refuses` names. Keep the setup:
 /// dropping it deletes the served repository.
 fn with_host_selector(
     product: &str,
     booted: fn() -> evergreen::Result<Option<Slot>>,
-    refuses_activation: bool,
+    refuses: Refuses,
 ) -> (Setup, evergreen::Updater) {
     let setup = setup_with_1_0_0(product);
     let selector = HostSelector {
         booted,
         counts_tries: true,
-        refuses_activation,
+        refuses,
     };
     let up = updater_with_selector(&setup.dev, selector);
     (setup, up)
@@ -1076,7 +1092,7 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
             Ok(Some(Slot::A))
         },
         counts_tries: false,
-        refuses_activation: false,
+        refuses: Refuses::Nothing,
     };
     let updater = evergreen::Updater::builder(config)
         .selector(Box::new(selector))
@@ -1101,7 +1117,8 @@ fn calling_an_updater_from_inside_its_boot_selector_is_refused_not_a_deadlock() 
 /// selectors, which read the kernel command line, refuse a confirm without it.
 #[test]
 fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
-    let (setup, up) = with_host_selector("com.acme.unnamed-selector", || Ok(None), false);
+    let (setup, up) =
+        with_host_selector("com.acme.unnamed-selector", || Ok(None), Refuses::Nothing);
     let dev = &setup.dev;
     update_to(&up, "1.0.0");
     up.startup().unwrap();
@@ -1114,7 +1131,8 @@ fn a_host_selector_that_cannot_name_the_running_slot_may_confirm() {
 /// install writes its slot until then (the state's own count of starts says nothing here).
 #[test]
 fn a_rollback_on_a_counting_selector_that_cannot_name_the_running_slot_keeps_it_from_installs() {
-    let (setup, up) = with_host_selector("com.acme.unnamed-rollback", || Ok(None), false);
+    let (setup, up) =
+        with_host_selector("com.acme.unnamed-rollback", || Ok(None), Refuses::Nothing);
     update_to(&up, "1.0.0");
     up.startup().unwrap();
     up.confirm().unwrap();
@@ -1149,7 +1167,7 @@ fn a_rollback_whose_selector_cannot_read_the_running_slot_still_rolls_back() {
         )),
         false => Ok(None),
     };
-    let (setup, up) = with_host_selector("com.acme.unreadable-rollback", booted, false);
+    let (setup, up) = with_host_selector("com.acme.unreadable-rollback", booted, Refuses::Nothing);
     update_to(&up, "1.0.0");
     up.startup().unwrap();
     up.confirm().unwrap();
@@ -1169,8 +1187,11 @@ fn a_rollback_whose_selector_cannot_read_the_running_slot_still_rolls_back() {
 /// one that failed its trial.
 #[test]
 fn an_activation_the_selector_fails_changes_nothing() {
-    let (_setup, up) =
-        with_host_selector("com.acme.refused-activation", || Ok(Some(Slot::A)), true);
+    let (_setup, up) = with_host_selector(
+        "com.acme.refused-activation",
+        || Ok(Some(Slot::A)),
+        Refuses::Activation,
+    );
     let plan = up.plan(&offer(&up, "1.0.0")).unwrap();
     download(&up, &plan);
     let slot = up.install(&plan).unwrap();
@@ -1185,6 +1206,33 @@ fn an_activation_the_selector_fails_changes_nothing() {
     assert_eq!(after.slots[&slot].status, "installed");
     assert_eq!(up.startup().unwrap(), evergreen::Startup::Normal);
     assert!(up.state().unwrap().failed.is_empty());
+}
+
+/// An install whose boot selector fails to take the idle slot out of the boot order (a
+/// host's write that failed, GRUB refusing to leave nothing bootable) writes nothing, and
+/// the idle slot keeps its record: a fallback there can still be rolled back to.
+#[test]
+fn an_install_the_selector_refuses_writes_nothing_and_keeps_the_slots_record() {
+    let (setup, up) = with_host_selector(
+        "com.acme.refused-disable",
+        || Ok(Some(Slot::A)),
+        Refuses::Disable,
+    );
+    let plan = up.plan(&offer(&up, "1.0.0")).unwrap();
+    download(&up, &plan);
+    let before = up.state().unwrap();
+    let err = up.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::Bootloader, "{err}");
+    assert!(
+        err.message().contains("take slot b out of the boot order"),
+        "{err}"
+    );
+    let after = up.state().unwrap();
+    assert_eq!((after.a, after.b), (before.a, before.b));
+    assert!(
+        !setup.dev.root.join("slots/b").exists(),
+        "slot b was written"
+    );
 }
 
 /// A mirror that answers every path with an error page and status 200 (a CDN's "soft

@@ -104,6 +104,16 @@ pub enum BootChange {
 }
 
 impl BootChange {
+    /// The change in words, for messages.
+    fn describe(self) -> String {
+        match self {
+            BootChange::Disable(s) => format!("taking slot {s} out of the boot order"),
+            BootChange::Activate { slot, .. } => format!("activating slot {slot}"),
+            BootChange::Confirm(s) => format!("confirming slot {s}"),
+            BootChange::FallBack { good, bad } => format!("falling back from slot {bad} to {good}"),
+        }
+    }
+
     /// Every change a selector can be asked for, for both slots (activations with
     /// `tries`): what the power-fail tests and the fuzz targets walk through.
     pub fn every(tries: u32) -> Vec<BootChange> {
@@ -650,8 +660,14 @@ impl GrubEnv {
         let new = old.with(change);
         if new.pick().is_none() && old.pick().is_some() {
             return Err(Error::invalid_state(format!(
-                "GRUB environment {}: {change:?} would leave no bootable slot (expected one of A/B with OK=1 and TRY=0)",
-                self.path.display()
+                "GRUB environment {}: {} would leave no bootable slot (expected one of A/B with OK=1 and TRY=0 afterwards, found ORDER={} A_OK={} A_TRY={} B_OK={} B_TRY={} before)",
+                self.path.display(),
+                change.describe(),
+                old.order.map(Slot::upper).join(" "),
+                u8::from(old.ok[0]),
+                u8::from(old.tried[0]),
+                u8::from(old.ok[1]),
+                u8::from(old.tried[1]),
             )));
         }
         let Some(lines) = fixed_lines(&bytes, &vars) else {
@@ -812,9 +828,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut env = GrubEnv::init(dir.path().join("env")).unwrap();
         let before = std::fs::read(env.path()).unwrap();
-        assert_eq!(
-            env.disable(Slot::A).unwrap_err().kind(),
-            ErrorKind::InvalidState
+        let err = env.disable(Slot::A).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidState);
+        // In words, with the variables that made it so.
+        assert!(
+            err.message().contains(
+                "taking slot a out of the boot order would leave no bootable slot (expected one of A/B with OK=1 and TRY=0 afterwards, found ORDER=A B A_OK=1 A_TRY=0 B_OK=0 B_TRY=0 before)"
+            ),
+            "{err}"
         );
         assert_eq!(std::fs::read(env.path()).unwrap(), before);
     }
