@@ -1465,3 +1465,44 @@ fn a_release_that_waits_for_another_command_says_so() {
         "1.0.0"
     );
 }
+
+/// An image that starts as gzip data does is published, since a bootloader may read a
+/// compressed kernel from its slot, but with a warning: a device writes it into the slot
+/// as it is, and a compressed root file system costs a failed trial. Raw images pass
+/// without one.
+#[test]
+fn a_compressed_image_is_released_with_a_warning() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("rootfs.ext4.gz"), b"\x1f\x8b\x08\x00rest").unwrap();
+    std::fs::write(dir.join("rootfs.ext4"), [0u8; 2048]).unwrap();
+    let warning = "warning: component rootfs (rootfs.ext4.gz) is gzip-compressed data: devices write an image into its slot as it is, nothing decompresses it";
+
+    let o = evergreen(
+        dir,
+        &release_args("1.0.0", &["--component", "rootfs=rootfs.ext4.gz:image"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with(warning), "{}", stderr(&o));
+    let o = evergreen(
+        dir,
+        &release_args(
+            "1.1.0",
+            &["--component", "rootfs=rootfs.ext4.gz:image", "--json"],
+        ),
+    );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        out["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&warning[9..]),
+        "{out}"
+    );
+
+    let o = evergreen(
+        dir,
+        &release_args("1.2.0", &["--component", "rootfs=rootfs.ext4:image"]),
+    );
+    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+}

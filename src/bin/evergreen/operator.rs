@@ -461,20 +461,25 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         &refs(&signers),
     )?;
     let refusals = publish::default_limit_refusals(&components)?;
+    let compressed = compressed_images(&components)?;
     if json {
+        let warnings: Vec<&String> = refusals.iter().chain(&compressed).collect();
         return print_json(&json!({
             "channel": m.channel,
             "sequence": m.sequence,
             "expires": m.expires,
             "release": m.release(v),
             "stranded": publish::stranded(&m, opts.now),
-            "warnings": refusals,
+            "warnings": warnings,
         }));
     }
     for r in &refusals {
         eprintln!(
             "warning: {r}; only devices whose config allows more (`archive` in the device config) can install this release"
         );
+    }
+    for c in &compressed {
+        eprintln!("warning: {c}");
     }
     let what = format!("released {v} ({}) on", a.target);
     print_channel(&m, &what, opts.now, false)?;
@@ -665,6 +670,34 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         )
     });
     Ok((name.to_string(), PathBuf::from(path), kind))
+}
+
+/// A warning for each image component that starts as compressed data does: a device
+/// writes an image into its slot byte for byte, and a compressed root file system
+/// activates, fails to mount and costs a failed trial. Not refused: a bootloader may read
+/// a compressed kernel or FIT image from its slot as it is.
+fn compressed_images(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<String>> {
+    const MAGIC: [(&[u8], &str); 5] = [
+        (b"\x1f\x8b", "gzip"),
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+        (b"BZh", "bzip2"),
+        (b"\x04\x22\x4d\x18", "lz4"),
+    ];
+    let mut warnings = Vec::new();
+    for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Image) {
+        let mut head = Vec::with_capacity(6);
+        std::fs::File::open(path)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 6), &mut head))
+            .map_err(|e| Error::io("read image", path, e))?;
+        if let Some((_, format)) = MAGIC.iter().find(|(magic, _)| head.starts_with(magic)) {
+            warnings.push(format!(
+                "component {name} ({}) is {format}-compressed data: devices write an image into its slot as it is, nothing decompresses it; publish the uncompressed image, unless the bootloader reads this one compressed",
+                path.display()
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 fn public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
