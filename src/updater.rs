@@ -195,7 +195,10 @@ pub struct Status {
     pub primary: Slot,
     /// Fallback slot.
     pub fallback: Slot,
-    /// The slot running now, when the selector can tell.
+    /// The slot running now, when the selector can tell. With a selector that counts no
+    /// tries (dir slots, whose `current` names the slot that starts next) as the state
+    /// tells it: the fallback until the startup step counts the trial's first start, and
+    /// after a rollback the slot left, until the next startup step.
     pub booted: Option<Slot>,
     /// Channel followed.
     pub channel: String,
@@ -828,7 +831,13 @@ impl Updater {
     /// The current status (no network).
     pub fn status(&self) -> Result<Status> {
         let st = self.load_state()?;
-        let booted = self.with_selector(|s| s.booted())?;
+        let booted = self.with_selector(|s| {
+            let next = s.booted()?;
+            Ok(match s.counts_tries() {
+                true => next,
+                false => self.running_now(&st, next, s),
+            })
+        })?;
         let view = |slot: Slot| SlotStatusView {
             status: st.slot(slot).status.as_str(),
             version: st.slot(slot).version.clone(),
@@ -2611,23 +2620,41 @@ impl Updater {
         })
     }
 
+    /// The slot running now, for a selector that counts no tries and so names the slot
+    /// that starts next (dir slots' `current`, which an activation or a rollback moves
+    /// before the app restarts): the slot a rollback left while it ran, until the startup
+    /// step; the fallback while the trial slot has no start counted; else `next`.
+    fn running_now(&self, st: &State, next: Option<Slot>, s: &dyn BootSelector) -> Option<Slot> {
+        match (st.left_running, st.trial) {
+            (Some(left), _) => Some(left),
+            (None, Some(t)) if next == Some(t.slot) && !self.trial_counted(t, s) => {
+                Some(t.slot.other())
+            }
+            _ => next,
+        }
+    }
+
+    /// Whether the startup step counted a start of `trial`, with a selector that counts
+    /// no tries (the state counts them).
+    fn trial_counted(&self, trial: Trial, s: &dyn BootSelector) -> bool {
+        let full = match trial.tries {
+            0 => s.trial_tries(self.config.trial.tries),
+            began_with => began_with,
+        };
+        trial.tries_left < full
+    }
+
     /// Confirming a trial slot that has not started yet (`update && confirm` in one
     /// script) would vouch for a system that never ran. A bootloader knows which slot
     /// runs; otherwise the startup step counts the trial's starts.
     fn check_trial_started(&self, trial: Trial) -> Result<()> {
         let slot = trial.slot;
-        let (booted, activated) = self.with_selector(|s| {
+        let (booted, counted) = self.with_selector(|s| {
             let counts = s.counts_tries();
             let booted = if counts { s.booted()? } else { None };
-            Ok((
-                booted,
-                (!counts).then(|| match trial.tries {
-                    0 => s.trial_tries(self.config.trial.tries),
-                    began_with => began_with,
-                }),
-            ))
+            Ok((booted, (!counts).then(|| self.trial_counted(trial, s))))
         })?;
-        match (booted, activated) {
+        match (booted, counted) {
             (Some(running), _) if running != slot => Err(Error::invalid_state(format!(
                 "expected slot {slot} (on trial) to be running to confirm it, found slot {running}: restart into slot {slot} first"
             ))),
@@ -2637,7 +2664,7 @@ impl Updater {
             (None, None) if self.cmdline_booted => Err(running_slot_unknown(&format!(
                 "confirm slot {slot} (on trial)"
             ))),
-            (_, Some(full)) if trial.tries_left >= full => Err(Error::invalid_state(format!(
+            (_, Some(false)) => Err(Error::invalid_state(format!(
                 "expected slot {slot} (on trial) to have started to confirm it, found no start counted: start it and run the startup step (`evergreen boot`, `startup()`) first"
             ))),
             _ => Ok(()),

@@ -219,6 +219,47 @@ fn a_malformed_version_names_what_a_version_looks_like() {
     }
 }
 
+/// With dir slots, `current` names the slot that starts next; `status` says which one runs:
+/// the old slot until the startup step counts the new one's start, and after a rollback the
+/// slot left, until the restart. A script's "booted differs from primary: restart" works.
+#[test]
+fn status_names_the_slot_running_not_the_one_current_points_at() {
+    let repo = Repo::new("com.acme.running");
+    let src = repo.scratch("src");
+    for v in ["1.0.0", "1.1.0"] {
+        let cfg = src.join(format!("settings-{v}.json"));
+        std::fs::write(&cfg, format!("{{\"v\": \"{v}\"}}")).unwrap();
+        repo.release("stable", v, "x86_64-linux", &[("config", &cfg)], &[]);
+    }
+    let dev = repo.device(
+        "running",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({}),
+    );
+    dev.expect("update", &["--yes", "--version", "1.0.0"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+    let running = |primary: &str, booted: &str| {
+        let s = dev.status();
+        assert_eq!(
+            (&s["primary"], &s["booted"]),
+            (&serde_json::json!(primary), &serde_json::json!(booted)),
+            "{s}"
+        );
+    };
+    running("b", "b");
+
+    dev.expect("update", &["--yes"], 0);
+    running("a", "b");
+    dev.expect("boot", &[], 0);
+    running("a", "a");
+
+    dev.expect("rollback", &[], 0);
+    running("b", "a");
+    dev.expect("boot", &[], 0);
+    running("b", "b");
+}
+
 /// The state file is lost on a device whose `current` points at slot b (moved away, as
 /// the error for a corrupt state suggests): `evergreen boot` starts a fresh state from
 /// what runs, and never re-points `current` at the other slot, which may hold anything.
