@@ -125,10 +125,18 @@ struct Component {
 };
 
 /// A release offered to this device (from Updater::check). Move-only; frees the C offer.
+/// A moved-from Offer holds no offer: every accessor, and passing it to
+/// Updater::download or Updater::install, throws std::logic_error, as a moved-from
+/// Updater does (not an Error from the library about a NULL the host never wrote).
 class Offer {
 public:
     /// Takes ownership of `offer` (not NULL).
     explicit Offer(evg_offer *offer) noexcept : offer_(offer) {}
+
+    Offer(Offer &&) noexcept = default;
+    Offer &operator=(Offer &&) noexcept = default;
+    Offer(const Offer &) = delete;
+    Offer &operator=(const Offer &) = delete;
 
     /// The offered version, e.g. "1.4.2".
     std::string version() const { return detail::str(evg_offer_version(get())); }
@@ -138,12 +146,12 @@ public:
     std::string channel() const { return detail::str(evg_offer_channel(get())); }
     /// The release notes (possibly empty).
     std::string notes() const { return detail::str(evg_offer_notes(get())); }
-    /// A forced update: it can't be skipped.
-    bool critical() const noexcept { return evg_offer_critical(get()); }
-    /// Older than the installed release.
-    bool downgrade() const noexcept { return evg_offer_downgrade(get()); }
-    /// Bytes to download.
-    uint64_t download_size() const noexcept { return evg_offer_download_size(get()); }
+    /// A forced update: it can't be skipped. Throws std::logic_error after a move.
+    bool critical() const { return evg_offer_critical(get()); }
+    /// Older than the installed release. Throws std::logic_error after a move.
+    bool downgrade() const { return evg_offer_downgrade(get()); }
+    /// Bytes to download. Throws std::logic_error after a move.
+    uint64_t download_size() const { return evg_offer_download_size(get()); }
 
     /// The component diff, sorted by name.
     std::vector<Component> components() const {
@@ -166,8 +174,15 @@ public:
         return detail::take(s);
     }
 
-    /// The C handle, still owned by this object.
-    const evg_offer *get() const noexcept { return offer_.get(); }
+    /// The C handle, still owned by this object; throws std::logic_error after a move.
+    /// The C accessors read NULL as an empty offer (version "", no components), so a
+    /// moved-from Offer would otherwise pass for a real one.
+    const evg_offer *get() const {
+        if (!offer_) {
+            throw std::logic_error("evergreen::Offer: used after it was moved from");
+        }
+        return offer_.get();
+    }
 
 private:
     std::unique_ptr<evg_offer, detail::OfferFree> offer_;
@@ -333,13 +348,15 @@ public:
     /// Downloads and verifies what `offer` needs. `progress` (may be empty) returning
     /// true cancels: Error with kind "cancelled", and the next call resumes. An exception
     /// thrown by `progress` cancels too and is rethrown here. `progress` is used by
-    /// reference: it must outlive the call (a temporary argument does).
+    /// reference: it must outlive the call (a temporary argument does). A moved-from
+    /// `offer` throws std::logic_error before anything is downloaded.
     void download(const Offer &offer, const Progress &progress = {}) {
         detail::ProgressCall call{&progress, nullptr};
         call.finish(evg_download(get(), offer.get(), call.callback(), &call));
     }
 
-    /// Writes the downloaded `offer` into the inactive slot.
+    /// Writes the downloaded `offer` into the inactive slot. A moved-from `offer` throws
+    /// std::logic_error.
     void install(const Offer &offer) { detail::check(evg_install(get(), offer.get())); }
 
     /// Makes the installed slot primary, on trial, if the deploy policy allows it now

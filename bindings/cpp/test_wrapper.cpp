@@ -74,6 +74,27 @@ void expect_error(const char *kind, F f, const char *where) {
 
 #define EXPECT_ERROR(kind, stmt) expect_error(kind, [&] { stmt; }, #stmt)
 
+/// Runs `f`, which must throw std::logic_error (a misuse of the wrapper, not an
+/// evergreen::Error from the library) naming `type`.
+template <typename F>
+void expect_logic_error(const char *type, F f, const char *where) {
+    try {
+        f();
+    } catch (const std::logic_error &e) {
+        if (std::string(e.what()).find(type) == std::string::npos) {
+            throw Failure{std::string(where) + ": expected a logic_error naming " + type +
+                          ", found: " + e.what()};
+        }
+        return;
+    } catch (const evergreen::Error &e) {
+        throw Failure{std::string(where) + ": expected std::logic_error, found evergreen::Error[" +
+                      e.kind() + "]: " + e.what()};
+    }
+    throw Failure{std::string(where) + ": expected std::logic_error, found success"};
+}
+
+#define EXPECT_LOGIC_ERROR(type, stmt) expect_logic_error(type, [&] { stmt; }, #stmt)
+
 void sh(const std::string &cmd) {
     if (std::system(cmd.c_str()) != 0) {
         throw Failure{"command failed: " + cmd};
@@ -420,6 +441,50 @@ void handles_are_move_only() {
     EXPECT(replaced == replaced_before);
 }
 
+// A moved-from Offer is no offer: it must not pass for one with empty fields (version "",
+// no components), and handing it to download or install is the host's mistake, reported
+// as one (std::logic_error, as for a moved-from Updater), not as a library error about a
+// NULL argument the host never wrote.
+void a_moved_from_offer_throws_on_use() {
+    static_assert(std::is_nothrow_move_assignable_v<evergreen::Offer>);
+    Repo repo("moved-offer");
+    const std::string body = noise(4096, 10);
+    repo.release("1.0.0", body);
+    Device dev("moved-offer", repo, repo);
+    evergreen::Updater updater(dev.config);
+    auto checked = updater.check();
+    EXPECT(checked.has_value());
+    evergreen::Offer offer = std::move(*checked);
+    const evergreen::Offer &gone = *checked;  // NOLINT(bugprone-use-after-move): the point
+
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.version());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.current());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.channel());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.notes());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.critical());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.downgrade());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.download_size());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.components());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.json());
+    EXPECT_LOGIC_ERROR("evergreen::Offer", gone.get());
+    bool progressed = false;
+    EXPECT_LOGIC_ERROR("evergreen::Offer", updater.download(gone, [&](uint64_t, uint64_t) {
+        progressed = true;
+        return false;
+    }));
+    EXPECT(!progressed);
+    EXPECT_LOGIC_ERROR("evergreen::Offer", updater.install(gone));
+
+    // The offer moved to is whole, and so is one move-assigned back.
+    EXPECT_EQ(offer.version(), "1.0.0");
+    *checked = std::move(offer);
+    EXPECT_LOGIC_ERROR("evergreen::Offer", offer.version());
+    EXPECT_EQ(checked->download_size(), body.size());
+    updater.download(*checked);
+    updater.install(*checked);
+    EXPECT(updater.activate().activated);
+}
+
 // Move assignment while another thread's call is inside the replaced updater's event
 // handler: the assignment waits until the handler returns (the C updater's free waits for
 // running callbacks), the handler stays alive while it runs (valgrind checks), and the
@@ -528,6 +593,7 @@ int main(int argc, char **argv) {
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},
         {"handles_are_move_only", handles_are_move_only},
+        {"a_moved_from_offer_throws_on_use", a_moved_from_offer_throws_on_use},
         {"move_assignment_waits_for_a_handler_running_on_another_thread",
          move_assignment_waits_for_a_handler_running_on_another_thread},
         {"an_updater_may_be_destroyed_by_its_own_event_handler",
