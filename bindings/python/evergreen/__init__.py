@@ -378,33 +378,75 @@ class _ProgressTrampoline:
         check(status)
 
 
-def _config_text(config: Union[Dict[str, Any], str, "os.PathLike[str]"]) -> str:
+# What Updater takes (its docstring says which is read how).
+_Config = Union[Dict[str, Any], str, bytes, bytearray, "os.PathLike[str]"]
+
+_BOM = "\ufeff"
+
+
+def _looks_like_json(text: str) -> bool:
+    # A config is a JSON object, but any JSON value is still JSON: "[1]" is told it is
+    # not an object by the library rather than looked up as a file. A BOM is let through
+    # here so that _json_text can say what it is.
+    return text.lstrip().lstrip(_BOM).lstrip()[:1] in ("{", "[")
+
+
+def _json_text(text: str, what: str) -> str:
+    # The library's JSON parser refuses a byte order mark with "expected value at line 1
+    # column 1", which does not say what it found; say it here.
+    head = text.lstrip(" \t\n\r")
+    if head.startswith(_BOM):
+        raise BY_CODE[1](
+            f"{what}: expected JSON text, found a UTF-8 byte order mark (U+FEFF) at offset"
+            f" {len(text) - len(head)}, which the library's JSON parser does not accept;"
+            " remove it (text read in Python: decode with 'utf-8-sig')"
+        )
+    return text
+
+
+def _config_text(config: _Config) -> str:
     if isinstance(config, dict):
         return json.dumps(config)
-    # A config is a JSON object; any other text is the path of one.
-    if isinstance(config, str) and config.lstrip().startswith("{"):
-        return config
+    if isinstance(config, (bytes, bytearray)):
+        # Bytes are JSON text, never a path: a path is a str or an os.PathLike.
+        try:
+            text = bytes(config).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BY_CODE[1](
+                f"config: expected JSON text in UTF-8, found byte 0x{config[e.start]:02x} at"
+                f" offset {e.start} ({e.reason})"
+            ) from e
+        return _json_text(text, "config")
+    if isinstance(config, str) and _looks_like_json(config):
+        return _json_text(config, "config")
     if isinstance(config, (str, os.PathLike)):
         try:
             with open(config, encoding="utf-8") as f:
-                return f.read()
+                text = f.read()
         # ValueError: a NUL in the path, which no file system takes.
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise BY_CODE[1](
                 f"expected the config as JSON text or the path of a JSON file, found {config!r}"
                 f" ({e})"
             ) from e
+        return _json_text(text, f"config {os.fsdecode(config)}")
     raise TypeError(
-        f"expected the config as a dict, JSON text or a path, found {type(config).__name__}"
+        "expected the config as a dict, JSON text (str or bytes) or a path, found"
+        f" {type(config).__name__}"
     )
 
 
 class Updater:
-    """An updater for one product installation, from the JSON config of DESIGN §7.1 (a
-    dict, JSON text, or a path to a JSON file). Use it as a context manager or call
-    `close()`. Raises `ConfigError` for a bad config."""
+    """An updater for one product installation, from the JSON config of DESIGN §7.1: a
+    dict; JSON text, as a `str` that starts with `{` or `[` (after whitespace) or as
+    `bytes`/`bytearray` in UTF-8; or the path of a JSON file, as any other `str` or an
+    `os.PathLike` (`pathlib.Path("[x].json")` for a file whose name starts with `[`). Use
+    it as a context manager or call `close()`. Raises `ConfigError` for a bad config: the
+    library's parse error for bad JSON, a byte order mark before the JSON (which the
+    library does not accept), bytes that are not UTF-8 (naming the offset), or a file that
+    can't be read."""
 
-    def __init__(self, config: Union[Dict[str, Any], str, "os.PathLike[str]"]):
+    def __init__(self, config: _Config):
         text = _config_text(config)
         handle = ctypes.POINTER(_ffi.evg_updater)()
         check(_lib.evg_updater_new(_encode(text, "config"), ctypes.byref(handle)))

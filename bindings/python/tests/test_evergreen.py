@@ -8,6 +8,7 @@ import gc
 import json
 import http.server
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,6 +286,73 @@ def test_config_as_a_path_in_a_str_or_a_path(world, tmp_path: Path) -> None:
     for given in (str(latin1), latin1):
         with pytest.raises(evergreen.ConfigError, match="can't decode byte 0xe9"):
             evergreen.Updater(given)
+
+
+def test_config_as_json_text_in_bytes_or_after_whitespace(world) -> None:
+    _, _, _, config = world
+    text = json.dumps(config)
+    for given in ("\n\t " + text, text.encode(), bytearray(text.encode())):
+        with evergreen.Updater(given) as updater:
+            assert updater.status()["channel"] == "stable"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        # Not an object, yet JSON: the library says what it found, no file is looked up.
+        ("[1]", r"config field `\[0\]`: invalid type: integer `1`"),
+        (" [ ]", "config: invalid length 0"),
+        (b"[1]", r"config field `\[0\]`: invalid type: integer `1`"),
+        (b"{not json", "config: key must be a string"),
+        # The library's parser refuses a byte order mark: said as such, not as "expected
+        # value at line 1 column 1" or a missing file named after the text.
+        ("\ufeff{}", "config: expected JSON text, found a UTF-8 byte order mark .* offset 0"),
+        ("\n\ufeff{}", "config: expected JSON text, found a UTF-8 byte order mark .* offset 1"),
+        (b"\xef\xbb\xbf{}", "config: expected JSON text, found a UTF-8 byte order mark"),
+        (
+            b'{"product": "caf\xe9"}',
+            "config: expected JSON text in UTF-8, found byte 0xe9 at offset 16",
+        ),
+    ],
+    ids=[
+        "array",
+        "empty-array",
+        "bytes-array",
+        "bytes-syntax",
+        "bom",
+        "space-bom",
+        "bytes-bom",
+        "bytes-latin1",
+    ],
+)
+def test_json_text_that_is_not_a_config_object_is_a_config_error(config, message: str) -> None:
+    with pytest.raises(evergreen.ConfigError, match=message) as err:
+        evergreen.Updater(config)
+    assert (err.value.kind, err.value.code) == ("config", 1)
+    assert "No such file" not in str(err.value)
+
+
+def test_a_config_file_with_a_byte_order_mark_is_a_config_error_saying_so(
+    world, tmp_path: Path
+) -> None:
+    _, _, _, config = world
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(config).encode())
+    for given in (str(path), path):
+        with pytest.raises(evergreen.ConfigError, match=re.escape(f"config {path}: ") + ".*byte order mark"):
+            evergreen.Updater(given)
+
+
+def test_a_path_like_config_is_a_file_whatever_its_name(
+    world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, _, config = world
+    monkeypatch.chdir(tmp_path)
+    Path("[x].json").write_text(json.dumps(config))
+    with evergreen.Updater(Path("[x].json")) as updater:
+        assert updater.status()["channel"] == "stable"
+    with pytest.raises(evergreen.ConfigError, match="the path of a JSON file.*No such file"):
+        evergreen.Updater(Path("[y].json"))
 
 
 def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
