@@ -2122,3 +2122,36 @@ fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
         common::stderr(&out)
     );
 }
+
+/// `activate` says in text what `update` says of the same switch: the version deferred and
+/// until when, or the version activated with the slot and what to do next (restart, then
+/// confirm). It printed a bare `deferred` or `activated`.
+#[test]
+fn activate_in_text_says_what_update_says() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.activate.text");
+    dev.edit_config(|c| {
+        c["deploy"] = serde_json::json!({"policy": "at", "at": "2099-01-01T00:00:00Z"})
+    });
+    publish(&repo, "1.0.1", "stable");
+    let update = dev.expect("update", &["--yes"], 0);
+    let deferred = json(&dev.expect("activate", &["--json"], 0));
+    assert_eq!(
+        deferred,
+        serde_json::json!({"status": "deferred", "until": "2099-01-01T00:00:00Z",
+            "reason": "the deploy policy activates at 2099-01-01T00:00:00Z"})
+    );
+    let deferred = dev.expect("activate", &[], 0);
+    for text in [&update, &deferred] {
+        assert!(text.contains("deferred: 1.0.1\n"), "{text}");
+        assert!(text.contains("until 2099-01-01T00:00:00Z"), "{text}");
+        assert!(text.contains("the deploy policy activates at"), "{text}");
+    }
+    let activated = dev.expect("activate", &["--now"], 0);
+    assert!(activated.starts_with("activated: 1.0.1\n"), "{activated}");
+    assert!(
+        activated.contains("restart into slot a")
+            && activated.contains("then run `evergreen confirm` once healthy"),
+        "{activated}"
+    );
+    assert_eq!(dev.status()["slots"]["a"]["status"], "trial");
+}

@@ -380,20 +380,37 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    match up.activate(false)? {
-        Activation::Activated { slot, .. } => {
-            report("activated", json!({"slot": slot}));
-            if !json {
-                out!(
-                    "restart into slot {slot} (the startup step, `evergreen boot` or your launcher, runs first), then run `evergreen confirm` once healthy"
-                );
-            }
-        }
+    let act = up.activate(false)?;
+    if !json {
+        say_activation(&act, &plan.version);
+        return Ok(0);
+    }
+    match act {
+        Activation::Activated { slot, .. } => report("activated", json!({"slot": slot})),
         Activation::Deferred { until, reason } => {
             report("deferred", json!({"until": until, "reason": reason}))
         }
     }
     Ok(0)
+}
+
+/// Says in text what came of an activation, for `update` and `activate` alike: the
+/// version, then what happens next (restart and confirm, or when the switch may go
+/// ahead). `staged` is the version a deferred activation holds back.
+fn say_activation(act: &Activation, staged: &Version) {
+    match act {
+        Activation::Activated { slot, version } => {
+            out!("activated: {version}");
+            out!(
+                "restart into slot {slot} (the startup step, `evergreen boot` or your launcher, runs first), then run `evergreen confirm` once healthy"
+            );
+        }
+        Activation::Deferred { until, reason } => {
+            out!("deferred: {staged}");
+            let when = until.map_or(String::new(), |t| format!("until {t}: "));
+            out!("  {when}{reason}; `evergreen activate` switches then, `evergreen activate --now` at once");
+        }
+    }
 }
 
 /// `evergreen status`.
@@ -535,23 +552,25 @@ pub fn channel(config: &Path, json: bool, args: &ChannelArgs) -> Result<i32> {
 /// `evergreen activate`.
 pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
     let up = updater(config, json)?;
-    let v = match up.activate(args.now)? {
+    let act = up.activate(args.now)?;
+    if !json {
+        // The release held back is the one in the slot that was to become primary.
+        let s = up.status()?;
+        let staged = s.slots.get(&s.fallback).and_then(|v| v.version.clone());
+        say_activation(&act, &staged.unwrap_or(Version::new(0, 0, 0)));
+        return Ok(0);
+    }
+    print_json(&match act {
         Activation::Activated { slot, version } => {
             json!({"status": "activated", "slot": slot, "version": version.to_string()})
         }
         Activation::Deferred { until, reason } => {
             json!({"status": "deferred", "until": until, "reason": reason})
         }
-    };
-    if json {
-        print_json(&v);
-    } else {
-        out!("{}", v["status"].as_str().unwrap_or(""));
-    }
+    });
     Ok(0)
 }
 
-/// `evergreen skip V`.
 /// `evergreen provision`: the one whole-block write of a bootloader environment, made
 /// before the device runs, so every later write is one of the small power-safe ones.
 pub fn provision(config: &Path, json: bool) -> Result<i32> {
@@ -586,6 +605,7 @@ pub fn provision(config: &Path, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// `evergreen skip V`.
 pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
     let up = updater(config, json)?;
     up.skip(&args.version)?;
