@@ -2155,3 +2155,78 @@ fn activate_in_text_says_what_update_says() {
     );
     assert_eq!(dev.status()["slots"]["a"]["status"], "trial");
 }
+
+/// A download with stderr not a terminal (a journal, a log file) says where it is in
+/// plain lines: a start line naming the components and their sizes, a few milestones and
+/// a done line, on stderr only; the progress bar is for terminals. Nothing of it with
+/// `--json`, whose stderr is the error line alone. Such a download was silent.
+#[test]
+fn a_download_off_a_terminal_prints_plain_milestones_on_stderr() {
+    let repo = Repo::new("com.acme.milestones");
+    let src = repo.scratch("src");
+    let big = src.join("app.bin");
+    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    std::fs::write(&big, &body).unwrap();
+    let small = src.join("settings.json");
+    std::fs::write(&small, b"{}").unwrap();
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &big), ("settings", &small)],
+        &[],
+    );
+    let server = TestServer::serve(&repo.root);
+
+    let dev = repo.device("text", &server.url(), serde_json::json!({}));
+    let out = dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("evergreen:") && !stdout.contains('%'),
+        "progress on stdout: {stdout}"
+    );
+    let err = common::stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("evergreen: download"))
+        .collect();
+    let total = body.len() + 2;
+    assert_eq!(
+        lines.first().copied(),
+        Some(
+            format!(
+                "evergreen: downloading 1.0.0: {total} bytes (app {} bytes, settings 2 bytes)",
+                body.len()
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
+    for pct in ["25%", "50%", "75%"] {
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!(" {pct} ")))
+                .count(),
+            1,
+            "expected one {pct} milestone: {err}"
+        );
+    }
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("evergreen: downloaded 1.0.0: {total} bytes").as_str()),
+        "{err}"
+    );
+    assert!(
+        lines.len() <= 6,
+        "expected a few lines, found {}: {err}",
+        lines.len()
+    );
+
+    let quiet = repo.device("json", &server.url(), serde_json::json!({}));
+    let out = quiet.run("update", &["--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(common::stderr(&out), "", "--json prints no progress");
+    json(&String::from_utf8_lossy(&out.stdout));
+}

@@ -257,7 +257,8 @@ fn confirm_install(offer: &Offer) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// Downloads with a progress bar on a terminal, plain milestones otherwise.
+/// Downloads with a progress bar on a terminal, plain milestone lines on stderr otherwise
+/// (none with `--json`: stderr is then the error line alone).
 pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     let total = offer.download_size();
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
@@ -272,6 +273,9 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
         bar.set_message(format!("downloading {}", offer.version));
         bar
     });
+    // Off a terminal (a journal, a log file) a bar would be noise, and silence for the
+    // minutes a large download takes looks like a hang.
+    let mut plain = (!json && bar.is_none() && total > 0).then(|| Milestones::start(offer));
     let cancel = crate::interrupt::token();
     let result = up.download(
         offer,
@@ -279,13 +283,88 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
             if let Some(b) = &bar {
                 b.set_position(done);
             }
+            if let Some(m) = &mut plain {
+                m.at(done);
+            }
         },
         &cancel,
     );
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    if let (Ok(()), Some(m)) = (&result, plain) {
+        eprintln!(
+            "evergreen: downloaded {}: {} bytes",
+            m.offer.version, m.total
+        );
+    }
     result
+}
+
+/// A download's progress as a few plain stderr lines: one at each quarter, and between
+/// them one at most every [`Milestones::EVERY`] while bytes come in (a quarter of a
+/// large download on a slow link is many minutes).
+struct Milestones<'a> {
+    offer: &'a Offer,
+    /// Each component's name and the bytes downloaded when it is complete, in the order
+    /// the download fetches them.
+    ends: Vec<(&'a str, u64)>,
+    total: u64,
+    quarter: u64,
+    said: (std::time::Instant, u64),
+}
+
+impl<'a> Milestones<'a> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Says what is to be downloaded.
+    fn start(offer: &'a Offer) -> Milestones<'a> {
+        let (mut ends, mut sizes, mut end) = (Vec::new(), Vec::new(), 0u64);
+        for c in &offer.components {
+            if let Some(a) = &c.artifact {
+                end = end.saturating_add(a.size);
+                ends.push((c.name.as_str(), end));
+                sizes.push(format!("{} {} bytes", c.name, a.size));
+            }
+        }
+        let total = offer.download_size();
+        eprintln!(
+            "evergreen: downloading {}: {total} bytes ({})",
+            offer.version,
+            sizes.join(", ")
+        );
+        Milestones {
+            offer,
+            ends,
+            total,
+            quarter: 0,
+            said: (std::time::Instant::now(), 0),
+        }
+    }
+
+    /// `done` bytes of all are downloaded.
+    fn at(&mut self, done: u64) {
+        let quarter = (u128::from(done) * 4 / u128::from(self.total.max(1))) as u64;
+        let due = self.said.0.elapsed() >= Self::EVERY && done > self.said.1;
+        // The done line follows the download's end; a quarter the last one jumped over
+        // (a resumed download, a component kept from before) goes unsaid.
+        if done >= self.total || !(quarter > self.quarter || due) {
+            return;
+        }
+        let percent = match quarter > self.quarter {
+            true => quarter * 25,
+            false => (u128::from(done) * 100 / u128::from(self.total)) as u64,
+        };
+        self.quarter = quarter;
+        self.said = (std::time::Instant::now(), done);
+        let now = (self.ends.iter())
+            .find(|(_, end)| done <= *end)
+            .map_or("", |(name, _)| name);
+        eprintln!(
+            "evergreen: downloading {}: {percent}% ({done}/{} bytes, {now})",
+            self.offer.version, self.total
+        );
+    }
 }
 
 /// Checks for `update`; with `--channel`, checks that channel and switches to it once its
