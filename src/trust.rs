@@ -493,15 +493,7 @@ pub(crate) fn open_signed(
         ));
     }
     let envelope = text::Envelope::parse(bytes)?;
-    if envelope.payload_type != payload_type {
-        return Err(Error::new(
-            ErrorKind::WrongMetadata,
-            format!(
-                "expected payloadType {payload_type:?}, found {:?}",
-                envelope.payload_type
-            ),
-        ));
-    }
+    check_payload_type(payload_type, &envelope.payload_type)?;
     let len = base64_decoded_len(&envelope.payload);
     // The decoder sizes its output by the text's length rounded up to whole quanta first.
     let room = envelope.payload.trim().len().div_ceil(4) * 3;
@@ -878,6 +870,28 @@ impl TrustedRoot {
     }
 }
 
+/// Refuses an envelope of another `payloadType` than `expected`, saying what it is: a
+/// channel manifest copied where the root belongs reads as such, not as the fields a root
+/// lacks.
+fn check_payload_type(expected: &str, found: &str) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let what = |t: &str| match t {
+        ROOT_TYPE => "a root envelope",
+        MANIFEST_TYPE => "a channel manifest envelope",
+        _ => "an envelope",
+    };
+    Err(Error::new(
+        ErrorKind::WrongMetadata,
+        format!(
+            "expected {} (payloadType {expected}), found {} (payloadType {found:?})",
+            what(expected),
+            what(found)
+        ),
+    ))
+}
+
 /// The payload of an envelope, decoded but **not verified** — only to learn which keys to
 /// verify a self-signed pinned root with. Never use the result for anything else.
 fn peek_payload(envelope: &[u8], max_bytes: u64) -> Result<Vec<u8>> {
@@ -891,6 +905,7 @@ fn peek_payload(envelope: &[u8], max_bytes: u64) -> Result<Vec<u8>> {
         ));
     }
     let e = parse_envelope(envelope)?;
+    check_payload_type(ROOT_TYPE, &e.payload_type)?;
     decode_base64(&e.payload).ok_or_else(|| {
         Error::new(
             ErrorKind::Signature,

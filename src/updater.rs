@@ -1760,12 +1760,12 @@ impl Updater {
         // one (a bad block, a cut write outside this library) is as if none were saved:
         // the configured root is the start again, and the walk must reach the version
         // recorded in the state (`root_version`), so nothing older is trusted.
-        let kept = match self.load_root(&saved) {
+        let kept = match self.load_root(&saved, "the saved root") {
             Ok(kept) => Some(kept),
             Err(e) if !saved.exists() || e.kind() != ErrorKind::Config => None,
             Err(e) => return Err(e),
         };
-        let pinned = match (self.load_root(pinned_path), &kept) {
+        let pinned = match (self.load_root(pinned_path, "`trust.root`"), &kept) {
             (Ok(pinned), _) => pinned,
             // The saved chain stands on its own: a configured root that cannot be used (a
             // firmware that ships none, a damaged or truncated file) must not keep the
@@ -1895,14 +1895,18 @@ impl Updater {
         crate::fsutil::write_atomic(saved, root.envelope())
     }
 
-    /// The self-signed root in `path`, which must be for this product.
-    fn load_root(&self, path: &Path) -> Result<TrustedRoot> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read trust root", path, e))?;
-        let root = TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)?;
+    /// The self-signed root in `path`, which must be for this product. `what` names the
+    /// file in errors (`trust.root` for the configured one): a user told only that "a
+    /// root" is wrong cannot tell the config's file from the state's copy.
+    fn load_root(&self, path: &Path, what: &str) -> Result<TrustedRoot> {
+        let name = format!("{what} {}", path.display());
+        // Named as every other error of the file is.
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", Path::new(&name), e))?;
+        let root = TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
+            .map_err(|e| e.context(&name))?;
         if root.root().product != self.config.product {
             return Err(Error::config(format!(
-                "{}: expected a root for product {:?}, found one for {:?}",
-                path.display(),
+                "{name}: expected a root for product {:?}, found one for {:?}",
                 self.config.product,
                 root.root().product
             )));

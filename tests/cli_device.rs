@@ -2230,3 +2230,29 @@ fn a_download_off_a_terminal_prints_plain_milestones_on_stderr() {
     assert_eq!(common::stderr(&out), "", "--json prints no progress");
     json(&String::from_utf8_lossy(&out.stdout));
 }
+
+/// A `trust.root` that holds another signed document (a channel manifest copied by
+/// mistake) is named in the error, with the config key, as what it is: serde's complaint
+/// about the manifest's fields said neither which file nor that it was the wrong kind.
+#[test]
+fn a_trust_root_that_is_a_manifest_is_named_as_such() {
+    let repo = Repo::new("com.acme.wrong.root");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    let manifest = repo.root.join("channels/stable.json");
+    dev.edit_config(|c| c["trust"]["root"] = serde_json::json!(manifest));
+    let err = dev.fails("check", &[]);
+    let line = err.lines().last().unwrap();
+    assert!(line.starts_with("error[wrong_metadata]: "), "{err}");
+    assert!(
+        line.contains(&format!("`trust.root` {}", manifest.display())),
+        "expected the file and its config key named: {line}"
+    );
+    assert!(
+        line.contains(
+            r#"found a channel manifest envelope (payloadType "application/vnd.evergreen.manifest+json")"#
+        ),
+        "expected what the file is: {line}"
+    );
+    assert!(!line.contains("unknown field"), "{line}");
+}
