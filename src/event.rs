@@ -27,6 +27,17 @@ pub enum Event {
         /// Forced update.
         critical: bool,
     },
+    /// A check found no release at all for this device's target in the channel: up to
+    /// date as DESIGN §5.2 has it, and for good, which a misspelt `target` looks like.
+    /// Sent before the check returns up to date.
+    NoReleaseForTarget {
+        /// Channel checked.
+        channel: String,
+        /// The device's target.
+        target: String,
+        /// The targets the channel's releases are for (none when it has no release).
+        targets: Vec<String>,
+    },
     /// Download progress of one component's artifact.
     Downloading {
         /// Component name.
@@ -149,6 +160,17 @@ impl fmt::Display for Event {
                 "version {version} is available{}",
                 if *critical { " (critical)" } else { "" }
             ),
+            Event::NoReleaseForTarget {
+                channel,
+                target,
+                targets,
+            } => {
+                write!(f, "channel {channel} has no release for target {target} (")?;
+                match targets.is_empty() {
+                    true => write!(f, "it has no release)"),
+                    false => write!(f, "its releases are for {})", targets.join(", ")),
+                }
+            }
             Event::Downloading {
                 component,
                 done,

@@ -1432,7 +1432,29 @@ impl Updater {
             allow_downgrade: self.config.allow_downgrade,
         };
         let choice = match select::select(manifest, &device, &policy, now)? {
-            select::Decision::UpToDate => return Ok(Check::UpToDate),
+            select::Decision::UpToDate => {
+                // Said apart from "nothing newer": nothing will ever come for a target no
+                // release lists (a misspelt one, say).
+                let target = &self.config.target;
+                if !manifest
+                    .releases
+                    .iter()
+                    .any(|r| r.targets.contains_key(target))
+                {
+                    let mut targets: Vec<String> = Vec::new();
+                    for t in manifest.releases.iter().flat_map(|r| r.targets.keys()) {
+                        if !targets.contains(t) {
+                            targets.push(t.clone());
+                        }
+                    }
+                    self.emit(Event::NoReleaseForTarget {
+                        channel: manifest.channel.clone(),
+                        target: target.clone(),
+                        targets,
+                    });
+                }
+                return Ok(Check::UpToDate);
+            }
             select::Decision::Update(c) => c,
         };
         let release = manifest.release(&choice.version).ok_or_else(|| {

@@ -926,7 +926,8 @@ fn check_json_names_the_configured_current_version_when_up_to_date() {
         out,
         serde_json::json!({"status": "up_to_date", "current": "2.0.0", "version": null,
             "channel": "stable", "critical": false, "downgrade": false, "notes": "",
-            "security_version": null, "download_bytes": 0, "components": []})
+            "security_version": null, "download_bytes": 0, "components": [],
+            "target_released": true})
     );
     // The keys of an offer, so a script reads the same keys whatever the answer.
     publish(&repo, "2.1.0", "stable");
@@ -2255,4 +2256,59 @@ fn a_trust_root_that_is_a_manifest_is_named_as_such() {
         "expected what the file is: {line}"
     );
     assert!(!line.contains("unknown field"), "{line}");
+}
+
+/// A device whose `target` no release of its channel carries (a misspelt target) is told
+/// so, on stderr in text and as `target_released: false` in `--json`: it read as up to
+/// date, exit 0 and nothing more, forever, as a device with nothing new to install does.
+#[test]
+fn a_target_the_channel_has_no_release_for_is_said_on_check_and_update() {
+    let repo = Repo::new("com.acme.no.target");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"target": "arm-linux"}),
+    );
+    let note = "note: channel stable has no release for target arm-linux (its releases are for x86_64-linux)";
+    for cmd in ["check", "update"] {
+        let out = dev.run(cmd, &["--yes"][..usize::from(cmd == "update")]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{cmd}: {}",
+            common::stderr(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("up to date"),
+            "{cmd}"
+        );
+        let err = common::stderr(&out);
+        assert_eq!(
+            err.lines().filter(|l| *l == note).count(),
+            1,
+            "{cmd}: {err}"
+        );
+        let out = json(&dev.expect(
+            cmd,
+            &["--json", "--yes"][..1 + usize::from(cmd == "update")],
+            0,
+        ));
+        assert_eq!(out["status"], "up_to_date", "{cmd}: {out}");
+        assert_eq!(out["target_released"], false, "{cmd}: {out}");
+    }
+    // A device the channel has releases for: up to date or not, the field says so.
+    let ok = repo.device("ok", repo.root.to_str().unwrap(), serde_json::json!({}));
+    let offer = json(&ok.expect("check", &["--json"], 10));
+    assert_eq!(offer["target_released"], true, "{offer}");
+    ok.expect("update", &["--yes"], 0);
+    let out = ok.run("check", &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !common::stderr(&out).contains("note:"),
+        "{}",
+        common::stderr(&out)
+    );
+    let up = json(&ok.expect("check", &["--json"], 0));
+    assert_eq!(up["target_released"], true, "{up}");
 }

@@ -13,6 +13,7 @@ use semver::Version;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Exit code of `check` when an update is available.
 pub const EXIT_AVAILABLE: i32 = 10;
@@ -152,6 +153,12 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     builder = builder.on_event(move |e| match e {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
         evergreen::Event::Waiting { .. } => eprintln!("evergreen: {e}"),
+        evergreen::Event::NoReleaseForTarget { .. } => {
+            NO_RELEASE_FOR_TARGET.store(true, Ordering::Relaxed);
+            if !json {
+                eprintln!("note: {e}");
+            }
+        }
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.
         evergreen::Event::Downloading { .. }
@@ -161,6 +168,17 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         other => eprintln!("evergreen: {other}"),
     });
     builder.build()
+}
+
+/// Set when a check of this run found no release for the device's target
+/// ([`evergreen::Event::NoReleaseForTarget`]): `--json`'s `target_released`.
+static NO_RELEASE_FOR_TARGET: AtomicBool = AtomicBool::new(false);
+
+/// `target_released` of `check --json` and `update --json`: whether the channel checked has
+/// any release for this device's target. An "up to date" that is for good (a misspelt
+/// `target`) reads apart from one with nothing newer yet.
+fn target_released() -> serde_json::Value {
+    json!(!NO_RELEASE_FOR_TARGET.load(Ordering::Relaxed))
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -216,7 +234,8 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                     "current": current.as_ref().map(ToString::to_string),
                     "version": null, "channel": channel, "critical": false,
                     "downgrade": false, "notes": "", "security_version": null,
-                    "download_bytes": 0, "components": []}));
+                    "download_bytes": 0, "components": [],
+                    "target_released": target_released()}));
             } else {
                 out!(
                     "up to date: {} on {channel}",
@@ -227,7 +246,9 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
         }
         Check::Available(offer) => {
             if json {
-                print_json(&offer.to_json());
+                let mut v = offer.to_json();
+                v["target_released"] = target_released();
+                print_json(&v);
             } else {
                 print_offer(&offer);
             }
@@ -389,7 +410,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let offer = match check_on(&up, args)? {
         Check::UpToDate => {
             if json {
-                print_json(&json!({"status": "up_to_date"}));
+                print_json(&json!({"status": "up_to_date", "target_released": target_released()}));
             } else {
                 out!("up to date");
             }
