@@ -2251,7 +2251,7 @@ fn a_trust_root_that_is_a_manifest_is_named_as_such() {
     );
     assert!(
         line.contains(
-            r#"found a channel manifest envelope (payloadType "application/vnd.evergreen.manifest+json")"#
+            r#"expected payloadType "application/vnd.evergreen.root+json", found "application/vnd.evergreen.manifest+json""#
         ),
         "expected what the file is: {line}"
     );

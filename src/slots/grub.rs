@@ -104,13 +104,13 @@ pub enum BootChange {
 }
 
 impl BootChange {
-    /// The change in words, for messages.
-    fn describe(self) -> String {
+    /// The change in words, for messages: what is done, to which slot, and how.
+    fn describe(self) -> (&'static str, Slot, &'static str) {
         match self {
-            BootChange::Disable(s) => format!("taking slot {s} out of the boot order"),
-            BootChange::Activate { slot, .. } => format!("activating slot {slot}"),
-            BootChange::Confirm(s) => format!("confirming slot {s}"),
-            BootChange::FallBack { good, bad } => format!("falling back from slot {bad} to {good}"),
+            BootChange::Disable(s) => ("taking", s, " out of the boot order"),
+            BootChange::Activate { slot, .. } => ("activating", slot, ""),
+            BootChange::Confirm(s) => ("confirming", s, ""),
+            BootChange::FallBack { good, .. } => ("falling back to", good, ""),
         }
     }
 
@@ -600,15 +600,14 @@ impl GrubEnv {
     }
 
     fn read_bytes(&self) -> Result<Vec<u8>> {
-        let meta = std::fs::metadata(&self.path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::new(
-                ErrorKind::Io,
-                format!(
-                    "GRUB environment {}: expected the environment block, found no file; `evergreen provision` makes it once",
-                    self.path.display()
-                ),
-            ),
-            _ => Error::io("reading", &self.path, e),
+        let meta = std::fs::metadata(&self.path).map_err(|e| {
+            let what = match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "expected a GRUB environment block (`evergreen provision` makes one), reading"
+                }
+                _ => "reading",
+            };
+            Error::io(what, &self.path, e)
         })?;
         if meta.len() > MAX_SIZE {
             return Err(Error::new(
@@ -621,16 +620,6 @@ impl GrubEnv {
             ));
         }
         std::fs::read(&self.path).map_err(|e| Error::io("reading", &self.path, e))
-            .and_then(|b| match b.is_empty() {
-                true => Err(Error::new(
-                    ErrorKind::Bootloader,
-                    format!(
-                        "GRUB environment {}: expected the environment block, found an empty file (a rewrite cut short?); `evergreen provision` makes it again",
-                        self.path.display()
-                    ),
-                )),
-                false => Ok(b),
-            })
     }
 
     /// Every variable in block order, as GRUB's `load_env` sees them.
@@ -680,10 +669,13 @@ impl GrubEnv {
         let old = RaucVars::from_vars(&vars);
         let new = old.with(change);
         if new.pick().is_none() && old.pick().is_some() {
+            let (what, slot, how) = change.describe();
             return Err(Error::invalid_state(format!(
-                "GRUB environment {}: {} would leave no bootable slot (expected one of A/B with OK=1 and TRY=0 afterwards)",
+                "GRUB environment {}: {} slot {}{} would leave no bootable slot (expected one of A/B with OK=1 and TRY=0 afterwards)",
                 self.path.display(),
-                change.describe(),
+                what,
+                slot,
+                how,
             )));
         }
         let Some(lines) = fixed_lines(&bytes, &vars) else {
@@ -863,13 +855,15 @@ mod tests {
         let err = env.confirm(Slot::A).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Io);
         assert!(
-            err.message().ends_with("expected the environment block, found no file; `evergreen provision` makes it once"),
+            err.message().contains(
+                "expected a GRUB environment block (`evergreen provision` makes one), reading"
+            ),
             "{err}"
         );
     }
 
     /// `grub-editenv` rewrites the file; a power cut in between leaves it empty. That is
-    /// said as such, and provisioning makes the block again.
+    /// refused as no block, and provisioning makes the block again.
     #[test]
     fn an_empty_file_is_named_and_provisioning_makes_it_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -877,7 +871,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let err = GrubEnv::new(&path).boot_plan().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Bootloader);
-        assert!(err.message().contains("found an empty file"), "{err}");
+        assert!(err.message().ends_with(r#"found """#), "{err}");
         let env = GrubEnv::init(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), DEFAULT_SIZE as u64);
         assert_eq!(
