@@ -1506,3 +1506,31 @@ fn a_compressed_image_is_released_with_a_warning() {
     );
     assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
 }
+
+/// A target whose releases carry an image, released once with the image as a plain file
+/// (`:image` left off), is warned about: devices with image slots would be offered it and
+/// refuse every install.
+#[test]
+fn an_image_target_released_without_an_image_is_warned_about() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("rootfs.ext4"), [0u8; 2048]).unwrap();
+    ok(
+        dir,
+        &release_args("1.0.0", &["--component", "rootfs=rootfs.ext4:image"]),
+    );
+    let o = evergreen(
+        dir,
+        &release_args("1.1.0", &["--component", "rootfs=rootfs.ext4"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "warning: release 1.0.0 of x86_64-linux on channel nightly carries an image (component rootfs) and 1.1.0 none: devices with image slots will be offered 1.1.0 and refuse to install it; was `:image` left off?"
+    );
+    let o = evergreen(
+        dir,
+        &release_args("1.2.0", &["--component", "rootfs=rootfs.ext4:image"]),
+    );
+    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+}

@@ -461,9 +461,10 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         &refs(&signers),
     )?;
     let refusals = publish::default_limit_refusals(&components)?;
-    let compressed = compressed_images(&components)?;
+    let mut image_warnings = compressed_images(&components)?;
+    image_warnings.extend(image_dropped(&m, v, &a.target, &components));
     if json {
-        let warnings: Vec<&String> = refusals.iter().chain(&compressed).collect();
+        let warnings: Vec<&String> = refusals.iter().chain(&image_warnings).collect();
         return print_json(&json!({
             "channel": m.channel,
             "sequence": m.sequence,
@@ -478,7 +479,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
             "warning: {r}; only devices whose config allows more (`archive` in the device config) can install this release"
         );
     }
-    for c in &compressed {
+    for c in &image_warnings {
         eprintln!("warning: {c}");
     }
     let what = format!("released {v} ({}) on", a.target);
@@ -670,6 +671,35 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         )
     });
     Ok((name.to_string(), PathBuf::from(path), kind))
+}
+
+/// A warning when the target's newest other release on the channel is an image and this
+/// one has none (`:image` left off): devices with image slots are offered it, and every
+/// update they try fails with `config` ("expected exactly one image component").
+fn image_dropped(
+    m: &Manifest,
+    version: &Version,
+    target: &str,
+    components: &[(&str, &Path, ArtifactKind)],
+) -> Option<String> {
+    if components.iter().any(|c| c.2 == ArtifactKind::Image) {
+        return None;
+    }
+    let earlier = m
+        .releases
+        .iter()
+        .filter(|r| r.version.cmp_precedence(version).is_ne())
+        .filter_map(|r| Some((r, r.targets.get(target)?)))
+        .max_by(|(a, _), (b, _)| a.version.cmp_precedence(&b.version))?;
+    let (name, _) = earlier
+        .1
+        .components
+        .iter()
+        .find(|(_, c)| c.artifact.kind == ArtifactKind::Image)?;
+    Some(format!(
+        "release {} of {target} on channel {} carries an image (component {name}) and {version} none: devices with image slots will be offered {version} and refuse to install it; was `:image` left off?",
+        earlier.0.version, m.channel
+    ))
 }
 
 /// A warning for each image component that starts as compressed data does: a device
