@@ -12,6 +12,7 @@ use crate::manifest::{
     self, Artifact, ArtifactKind, Expect, Freshness, Manifest, Release, SlotsFor, TargetRelease,
     Verified,
 };
+use crate::name_map::NameMap;
 use crate::select::{self, Deploy, Device, Policy};
 use crate::slots::cmdline::BootedFrom;
 use crate::slots::dir::{DirSlots, SymlinkSelector};
@@ -469,7 +470,7 @@ fn check_slot_room(
     slots: &DirSlots,
     slot: Slot,
     plan: &Offer,
-    archives: &BTreeMap<String, stage::CheckedZip>,
+    archives: &NameMap<stage::CheckedZip>,
 ) -> Result<()> {
     let dir = slots.slot_dir(slot);
     let Some(free) = crate::space::free(&dir) else {
@@ -514,10 +515,7 @@ fn check_slot_room(
 }
 
 /// The opened download of component `c`.
-fn opened<'a>(
-    files: &'a BTreeMap<String, std::fs::File>,
-    c: &ComponentChange,
-) -> Result<&'a std::fs::File> {
+fn opened<'a>(files: &'a NameMap<std::fs::File>, c: &ComponentChange) -> Result<&'a std::fs::File> {
     files.get(&c.name).ok_or_else(|| not_opened(c))
 }
 
@@ -2233,7 +2231,7 @@ impl Updater {
     fn begin_install(
         &self,
         plan: &Offer,
-        archives: &BTreeMap<String, stage::CheckedZip>,
+        archives: &NameMap<stage::CheckedZip>,
     ) -> Result<Staging> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
@@ -2379,9 +2377,9 @@ impl Updater {
     }
 
     /// Opens every downloaded artifact the plan needs, before anything is written.
-    fn open_downloads(&self, plan: &Offer) -> Result<BTreeMap<String, std::fs::File>> {
+    fn open_downloads(&self, plan: &Offer) -> Result<NameMap<std::fs::File>> {
         let dir = self.downloads_dir();
-        let mut files = BTreeMap::new();
+        let mut files = NameMap::new();
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c) else {
                 continue;
@@ -2419,10 +2417,10 @@ impl Updater {
     fn check_archives(
         &self,
         plan: &Offer,
-        files: &BTreeMap<String, std::fs::File>,
-    ) -> Result<BTreeMap<String, stage::CheckedZip>> {
+        files: &NameMap<std::fs::File>,
+    ) -> Result<NameMap<stage::CheckedZip>> {
         let limits = self.config.archive_limits();
-        let mut checked = BTreeMap::new();
+        let mut checked = NameMap::new();
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c).filter(|a| a.kind == ArtifactKind::Zip)
             else {
@@ -2448,8 +2446,8 @@ impl Updater {
         slots: &DirSlots,
         slot: Slot,
         plan: &Offer,
-        files: &BTreeMap<String, std::fs::File>,
-        mut archives: BTreeMap<String, stage::CheckedZip>,
+        files: &NameMap<std::fs::File>,
+        mut archives: NameMap<stage::CheckedZip>,
         components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
         let dir = slots.prepare(slot)?;
@@ -2486,7 +2484,7 @@ impl Updater {
         images: &ImageSlots,
         slot: Slot,
         plan: &Offer,
-        mut files: BTreeMap<String, std::fs::File>,
+        mut files: NameMap<std::fs::File>,
     ) -> Result<()> {
         // `check_installable` made sure the plan holds exactly one component, an image.
         for c in &plan.components {
