@@ -524,6 +524,21 @@ impl Config {
 
     /// Parses and validates a JSON config.
     pub fn from_json(json: &str) -> Result<Config> {
+        // serde reads a struct from an array too, field by field in order; and an editor's
+        // byte order mark reads as "expected value at line 1 column 1", naming nothing.
+        let found = match json.trim_start().chars().next() {
+            Some('{') => None,
+            Some('\u{feff}') => {
+                Some("a UTF-8 byte order mark (U+FEFF); save the file without it".into())
+            }
+            Some(c) => Some(format!("{c:?}")),
+            None => Some("no text".into()),
+        };
+        if let Some(found) = found {
+            return Err(Error::config(format!(
+                "config: expected a JSON object (`{{`), found {found}"
+            )));
+        }
         let config: Config = serde_json::from_str(json).map_err(|e| {
             let what = match crate::json::field_of(json, &e) {
                 Some(field) => format!("config field `{field}`: {e}"),
@@ -897,6 +912,30 @@ mod tests {
 
     fn parse(v: &Value) -> Result<Config> {
         Config::from_json(&v.to_string())
+    }
+
+    /// Only an object is a config: serde would read an array of the fields' values in
+    /// order, and a byte order mark was "expected value at line 1 column 1".
+    #[test]
+    fn a_config_is_an_object_and_a_byte_order_mark_is_named() {
+        let text = minimal().to_string();
+        assert!(Config::from_json(&format!(" \n{text}")).is_ok());
+        let fields: Vec<Value> = minimal().as_object().unwrap().values().cloned().collect();
+        for (json, found) in [
+            (
+                format!("\u{feff}{text}"),
+                "a UTF-8 byte order mark (U+FEFF); save the file without it",
+            ),
+            (Value::from(fields).to_string(), "'['"),
+            ("  ".into(), "no text"),
+        ] {
+            let err = Config::from_json(&json).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert_eq!(
+                err.message(),
+                format!("config: expected a JSON object (`{{`), found {found}")
+            );
+        }
     }
 
     /// `minimal()` with `value` at the slash-separated `path` (objects made on the way),
