@@ -1327,7 +1327,14 @@ impl Updater {
         st.primary = to;
         st.trial = None;
         st.record((self.clock)(), "rolled_back", reason);
-        self.save(st)?;
+        // An image's download goes as a confirmed one's would: it is as large as its
+        // partition, and the next update needs the room. Dir slots keep the downloads the
+        // slot left was installed from: a plan made before the rollback may take its
+        // unchanged components from them.
+        match self.store.keeps_downloads() {
+            true => self.save(st)?,
+            false => self.save_pruned(st, to)?,
+        }
         self.with_selector(|s| s.fall_back(to, from))?;
         Ok(Startup::RolledBack {
             from,
@@ -1966,7 +1973,7 @@ impl Updater {
         self.state_dir().join("downloads")
     }
 
-    /// What a confirmation of `slot` leaves in the downloads: on dir slots what `slot` was
+    /// What a confirmation of `slot`, or a rollback to it, leaves in the downloads: on dir slots what `slot` was
     /// installed from (kept for the next release's unchanged components), and on any
     /// slots what is pending for a release newer than `slot`'s (a next release fetched
     /// during the trial); pending downloads not for a newer release are forgotten in `st`.
@@ -1991,6 +1998,18 @@ impl Updater {
             .filter(|d| !d.partial && !kept(&d.sha256))
             .map(|d| d.path)
             .collect()
+    }
+
+    /// Saves `st`, with `slot` the one to run from now on, and then removes the downloads
+    /// that leaves no use for ([`Updater::prunable_downloads`]).
+    fn save_pruned(&self, st: &mut State, slot: Slot) -> Result<()> {
+        let prunable = self.prunable_downloads(st, slot);
+        self.save(st)?;
+        // Best effort: a leftover file costs only space.
+        for path in prunable {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
     /// Records the downloads `wanted` as pending for the release `version`, in one save
@@ -2629,12 +2648,7 @@ impl Updater {
             st.security_floor = st.security_floor.max(sv);
             st.trial = None;
             st.record((self.clock)(), "confirmed", format!("slot {}", trial.slot));
-            let prunable = self.prunable_downloads(&mut st, trial.slot);
-            self.save(&st)?;
-            // Best effort: a leftover file costs only space.
-            for path in prunable {
-                let _ = std::fs::remove_file(path);
-            }
+            self.save_pruned(&mut st, trial.slot)?;
             self.emit(Event::Confirmed {
                 slot: trial.slot,
                 version: version_str(version.as_ref()),

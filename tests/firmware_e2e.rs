@@ -350,6 +350,9 @@ fn uboot_an_update_before_the_startup_step_still_falls_back_to_the_running_slot(
     let boot = board.boot();
     assert_eq!(boot["status"], "rolled_back", "{boot}");
     assert_eq!((&boot["from"], &boot["to"]), (&json!("b"), &json!("a")));
+    // The failed image's download goes with the rollback: it is as large as its
+    // partition, and it stayed until a later release was confirmed.
+    assert_eq!(board.dev.downloads(), Vec::<String>::new());
 }
 
 #[test]
