@@ -3,17 +3,30 @@
 //! invariant: the state parses, the primary slot is complete and bootable, the fallback is
 //! intact until confirm, and no slot marked installed/trial/good is partial.
 //!
+//! The dir-slot sweep restarts with the startup step; the image-slot sweeps (GRUB, and a
+//! redundant U-Boot environment) power the board on through the simulated bootloader
+//! (`support/board.rs`), then carry on as its user would until the update is confirmed or
+//! the rollback done.
+//!
 //! Needs the `fault-injection` feature (`cargo test --all-features`): the CLI then aborts
 //! itself at the k-th crash point when `EVERGREEN_CRASH_AT=k` is set.
 
+#[path = "support/board.rs"]
+mod board;
+#[path = "support/bootsim.rs"]
+mod bootsim;
 mod common;
 mod mounts;
 mod require;
+mod support;
 
+use board::{pattern, release_image, Board, Loader};
 use common::{make_zip, run_env, tree_digest, Device, Repo};
+use evergreen::slots::Slot;
 use evergreen::state::{SlotStatus, State};
 use mounts::Mounted;
 use std::collections::BTreeMap;
+use support::TestServer;
 
 type Digest = BTreeMap<String, (u32, String)>;
 
@@ -82,6 +95,23 @@ fn crash_points(dev: &Device, step: &[&str]) -> usize {
         .count()
 }
 
+/// The slots `st` marks installed, trial or good, which must hold exactly their version:
+/// each with its status and version.
+fn marked_slots(st: &State) -> Vec<(Slot, SlotStatus, String)> {
+    [Slot::A, Slot::B]
+        .into_iter()
+        .filter_map(|slot| {
+            let rec = st.slot(slot);
+            let marked = matches!(
+                rec.status,
+                SlotStatus::Installed | SlotStatus::Trial | SlotStatus::Good
+            );
+            let version = rec.version.as_ref().map(|v| v.to_string());
+            marked.then(|| (slot, rec.status, version.unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// Checks the invariant of DESIGN §5.7 on `dev`; returns a description of each violation.
 fn violations(dev: &Device, reference: &BTreeMap<String, Digest>, confirmed: bool) -> Vec<String> {
     let mut bad = Vec::new();
@@ -93,25 +123,12 @@ fn violations(dev: &Device, reference: &BTreeMap<String, Digest>, confirmed: boo
     if let Err(e) = st.check_invariants() {
         bad.push(e.to_string());
     }
-    for slot in [evergreen::slots::Slot::A, evergreen::slots::Slot::B] {
-        let rec = st.slot(slot);
-        if !matches!(
-            rec.status,
-            SlotStatus::Installed | SlotStatus::Trial | SlotStatus::Good
-        ) {
-            continue;
-        }
-        let version = rec
-            .version
-            .as_ref()
-            .map(|v| v.to_string())
-            .unwrap_or_default();
+    for (slot, status, version) in marked_slots(&st) {
         let mut found = tree_digest(&dev.root.join("slots").join(slot.as_str()));
         found.remove(".evergreen-slot.json");
         if Some(&found) != reference.get(&version) {
             bad.push(format!(
-                "slot {slot} is {:?} with {version} but its files differ",
-                rec.status
+                "slot {slot} is {status:?} with {version} but its files differ"
             ));
         }
     }
@@ -266,4 +283,315 @@ fn a_save_on_a_full_disk_cut_off_anywhere_keeps_the_state() {
             "point {k}: the next start was not counted"
         );
     }
+}
+
+// Image slots: the same sweep with a bootloader in the loop.
+
+/// The image slots' size: small, so that a run of every crash point stays quick.
+const IMAGE_LEN: usize = 64 << 10;
+
+const UPDATE: &[&str] = &["update", "--yes"];
+/// On a board, a start: the power-on (the bootloader picks a slot), then the startup step.
+const BOOT: &[&str] = &["boot"];
+const CONFIRM: &[&str] = &["confirm"];
+const ROLLBACK: &[&str] = &["rollback"];
+
+/// What the board must end up running once its user carries on after the crash.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Goal {
+    /// 2.0.0, confirmed.
+    Update,
+    /// 1.0.0, good, after a rollback.
+    Rollback,
+}
+
+/// `crashed` is cut at each of its crash points on a board that `before` brought from
+/// 1.0.0 in slot A, with 2.0.0 on the channel.
+struct ImageCase {
+    before: &'static [&'static [&'static str]],
+    crashed: &'static [&'static str],
+    goal: Goal,
+}
+
+const IMAGE_CASES: [ImageCase; 5] = [
+    ImageCase {
+        before: &[],
+        crashed: UPDATE,
+        goal: Goal::Update,
+    },
+    // The trial's first start writes no file of ours today (the bootloader counts it): no
+    // crash point, but one run without a crash, and a sweep once it has some.
+    ImageCase {
+        before: &[UPDATE],
+        crashed: BOOT,
+        goal: Goal::Update,
+    },
+    ImageCase {
+        before: &[UPDATE, BOOT],
+        crashed: CONFIRM,
+        goal: Goal::Update,
+    },
+    ImageCase {
+        before: &[UPDATE, BOOT],
+        crashed: ROLLBACK,
+        goal: Goal::Rollback,
+    },
+    // Back to the release the update left in the other slot.
+    ImageCase {
+        before: &[UPDATE, BOOT, CONFIRM],
+        crashed: ROLLBACK,
+        goal: Goal::Rollback,
+    },
+];
+
+/// The versions a slot may hold, byte for byte.
+struct Images {
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+impl Images {
+    fn of(&self, version: &str) -> Option<&[u8]> {
+        match version {
+            "1.0.0" => Some(&self.old),
+            "2.0.0" => Some(&self.new),
+            _ => None,
+        }
+    }
+
+    /// The version whose bytes `bytes` are exactly.
+    fn version(&self, bytes: &[u8]) -> Option<&'static str> {
+        ["1.0.0", "2.0.0"]
+            .into_iter()
+            .find(|v| self.of(v) == Some(bytes))
+    }
+}
+
+/// Runs `step` on `board` (a power-on first when it is `boot`).
+fn on_board(board: &Board, step: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    if step == BOOT {
+        board.power_on();
+    }
+    cli(&board.dev, step, env)
+}
+
+/// A board running 1.0.0 from slot A, brought through `before`.
+fn prepared_board(
+    repo: &Repo,
+    server: &TestServer,
+    name: &str,
+    loader: Loader,
+    before: &[&[&str]],
+) -> Board {
+    let board = Board::with_slots_of(repo, server, name, loader, IMAGE_LEN);
+    for step in [BOOT].iter().chain(before) {
+        let out = on_board(&board, step, &[]);
+        assert!(
+            out.status.success(),
+            "{name}: {step:?}: {}",
+            common::stderr(&out)
+        );
+    }
+    board
+}
+
+/// What is wrong with `board` now (`started`: the slot the bootloader just started, when
+/// it just powered on): the state must load and hold its invariants, a slot marked
+/// installed/trial/good holds its version, and a slot the bootloader may start holds a
+/// verified release and is not half-written. A board that never updated has no state.
+fn image_violations(board: &Board, images: &Images, started: Option<Option<Slot>>) -> Vec<String> {
+    let st = match State::load(&board.dev.state) {
+        Ok(st) => st,
+        Err(e) => return vec![format!("state does not load: {e}")],
+    };
+    let mut bad = Vec::new();
+    if let Some(st) = &st {
+        bad.extend(st.check_invariants().err().map(|e| e.to_string()));
+        for (slot, status, version) in marked_slots(st) {
+            if images.of(&version) != Some(&board.slot_bytes(slot)) {
+                bad.push(format!(
+                    "slot {slot} is {status:?} with {version} but holds other bytes"
+                ));
+            }
+        }
+    }
+    if let Some(None) = started {
+        bad.push("the bootloader found no slot to start (rescue)".into());
+    }
+    let mut may_start = board.startable();
+    may_start.extend(started.flatten());
+    for slot in may_start {
+        let status = st.as_ref().map(|st| st.slot(slot).status);
+        match images.version(&board.slot_bytes(slot)) {
+            None => bad.push(format!(
+                "the bootloader may start slot {slot} ({status:?}), which holds no release"
+            )),
+            Some(_) if status == Some(SlotStatus::Installing) => bad.push(format!(
+                "the bootloader may start slot {slot}, half-written"
+            )),
+            Some(_) => {}
+        }
+    }
+    bad
+}
+
+/// The blobs downloaded whole into `dev`'s downloads directory.
+fn finished_downloads(dev: &Device) -> Vec<String> {
+    let whole = |n: &String| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit());
+    dev.downloads().into_iter().filter(whole).collect()
+}
+
+/// What the user runs next on `board` to reach `goal`, `None` once it is reached.
+fn next_step(board: &Board, goal: Goal) -> Option<&'static [&'static str]> {
+    let booted = board.booted();
+    // A board that never updated has no state: it runs its factory 1.0.0 from slot A.
+    let (primary, version, status, trial) = match State::load(&board.dev.state).ok().flatten() {
+        Some(st) => {
+            let rec = st.slot(st.primary);
+            let version = rec.version.as_ref().map(|v| v.to_string());
+            (st.primary, version, rec.status, st.trial.map(|t| t.slot))
+        }
+        None => (Slot::A, Some("1.0.0".into()), SlotStatus::Good, None),
+    };
+    let goal_version = match goal {
+        Goal::Update => "2.0.0",
+        Goal::Rollback => "1.0.0",
+    };
+    let on_goal = version.as_deref() == Some(goal_version) && status == SlotStatus::Good;
+    match goal {
+        _ if on_goal && booted == Some(primary) => None,
+        _ if on_goal => Some(BOOT),
+        Goal::Update if trial.is_some() && trial == booted => Some(CONFIRM),
+        Goal::Update if trial.is_some() => Some(BOOT),
+        Goal::Update => Some(UPDATE),
+        Goal::Rollback => Some(ROLLBACK),
+    }
+}
+
+/// The most steps a user takes after a crash: the longest way is start, update, start,
+/// confirm; two more for a start that finishes what the crash cut short.
+const MOST_STEPS: usize = 6;
+
+/// After a crash of `board`, powers it on (`power_cut`) and carries on as its user would
+/// (the startup step at each start, `update --yes`, `confirm` on the trial, `rollback`),
+/// checking it after every step; returns what went wrong, and that it did not reach
+/// `goal` if it did not.
+fn carry_on(
+    board: &Board,
+    server: &TestServer,
+    images: &Images,
+    goal: Goal,
+    power_cut: bool,
+) -> Vec<String> {
+    let downloaded = finished_downloads(&board.dev);
+    let fetches = || -> usize {
+        downloaded
+            .iter()
+            .map(|sha| server.requests(&format!("blobs/sha256/{sha}")).len())
+            .sum()
+    };
+    let fetched_before = fetches();
+    let mut bad: Vec<String> = image_violations(board, images, None)
+        .into_iter()
+        .map(|v| format!("after the crash: {v}"))
+        .collect();
+    let mut step = power_cut.then_some(BOOT).or_else(|| next_step(board, goal));
+    for _ in 0..MOST_STEPS {
+        let Some(now) = step else {
+            break;
+        };
+        let started = (now == BOOT).then(|| board.power_on());
+        let out = cli(&board.dev, now, &[]);
+        if !out.status.success() {
+            bad.push(format!("{now:?} failed: {}", common::stderr(&out)));
+        }
+        bad.extend(
+            image_violations(board, images, started)
+                .into_iter()
+                .map(|v| format!("after {now:?}: {v}")),
+        );
+        step = next_step(board, goal);
+    }
+    if let Some(next) = step {
+        bad.push(format!("{goal:?} not reached: {next:?} still to run"));
+    }
+    if fetches() != fetched_before {
+        bad.push(format!("downloaded again: {downloaded:?}"));
+    }
+    bad
+}
+
+/// Cuts every step of [`IMAGE_CASES`] at each of its crash points on a fresh board with
+/// `loader`, then carries on after a power cut and without one.
+fn image_sweep(loader: Loader) {
+    let repo = Repo::new(board::PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    release_image(&repo, "2.0.0", IMAGE_LEN, 2);
+    let images = Images {
+        old: pattern(IMAGE_LEN, 1),
+        new: pattern(IMAGE_LEN, 2),
+    };
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for (c, case) in IMAGE_CASES.iter().enumerate() {
+        let name = |what: &str| format!("{loader:?}-{c}-{what}");
+        // Without a crash: the count, and the same checks on the path every crash leaves.
+        let board = prepared_board(&repo, &server, &name("count"), loader, case.before);
+        if case.crashed == BOOT {
+            board.power_on();
+        }
+        let n = crash_points(&board.dev, case.crashed);
+        println!("{loader:?} {:?}: {n} crash points", case.crashed);
+        let v = carry_on(&board, &server, &images, case.goal, false);
+        assert!(
+            v.is_empty(),
+            "{loader:?} {:?} without a crash: {v:?}",
+            case.crashed
+        );
+        for k in 1..=n {
+            for power_cut in [true, false] {
+                let board = prepared_board(
+                    &repo,
+                    &server,
+                    &name(&format!("{k}-{power_cut}")),
+                    loader,
+                    case.before,
+                );
+                let out = on_board(
+                    &board,
+                    case.crashed,
+                    &[("EVERGREEN_CRASH_AT", &k.to_string())],
+                );
+                common::assert_crashed_at(&out, k);
+                tried += 1;
+                let v = carry_on(&board, &server, &images, case.goal, power_cut);
+                if !v.is_empty() {
+                    let point = common::stderr(&out)
+                        .lines()
+                        .find(|l| l.starts_with("crash point"))
+                        .unwrap_or_default()
+                        .to_string();
+                    failures.push(format!(
+                        "{loader:?} {:?} at {point}, power cut {power_cut}: {v:?}",
+                        case.crashed
+                    ));
+                }
+            }
+        }
+    }
+    println!(
+        "{loader:?}: {tried} crashes tried; violations: {}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_crash_point_of_grub_image_slots_keeps_the_board_booting_a_release() {
+    image_sweep(Loader::Grub);
+}
+
+#[test]
+fn every_crash_point_of_uboot_image_slots_keeps_the_board_booting_a_release() {
+    image_sweep(Loader::UBoot);
 }

@@ -2,12 +2,14 @@
 //! environment block or a redundant U-Boot environment, and a repository published with
 //! the real CLI and served on loopback.
 //!
-//! Between steps the board "powers on": RAUC's own boot logic (`support/bootsim.rs`, written
-//! from RAUC's grub.cfg and boot script, not from our selectors) runs against the
-//! environment file and writes the slot it picked into a fake kernel command line, which is
-//! all Evergreen ever learns about the boot. Every device step then goes through the same
+//! Between steps the board (`support/board.rs`) "powers on": RAUC's own boot logic
+//! (`support/bootsim.rs`, written from RAUC's grub.cfg and boot script, not from our
+//! selectors) runs against the environment file and writes the slot it picked into a fake
+//! kernel command line, which is all Evergreen ever learns about the boot. Every device step then goes through the same
 //! config JSON, either with the `evergreen` CLI or with the library.
 
+#[path = "support/board.rs"]
+mod board;
 #[path = "support/bootsim.rs"]
 mod bootsim;
 mod common;
@@ -15,10 +17,10 @@ mod mounts;
 mod require;
 mod support;
 
-use common::{Device, Repo};
+use board::{pattern_file, release_image, served_board, Board, Loader, MIB, PRODUCT, TARGET};
+use common::Repo;
 use evergreen::fetch::CancelToken;
 use evergreen::slots::grub::{apply_all, BootChange, GrubEnv};
-use evergreen::slots::uboot::UBootEnv;
 use evergreen::slots::{BootSelector, Slot};
 use evergreen::state::SlotStatus;
 use evergreen::{Activation, Check, Config, ErrorKind, Startup, Updater};
@@ -27,18 +29,6 @@ use semver::Version;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use support::TestServer;
-
-const PRODUCT: &str = "com.acme.board";
-const TARGET: &str = "acme-board-rev2";
-const MIB: usize = 1 << 20;
-
-/// A repository served on loopback and a factory-fresh board (see [`Board::new`]) on it.
-fn served_board(name: &str, loader: Loader) -> (Repo, TestServer, Board) {
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let board = Board::new(&repo, &server, name, loader);
-    (repo, server, board)
-}
 
 /// The plan of the release the check must find (`panic`, the message when it finds none),
 /// downloaded.
@@ -50,192 +40,6 @@ fn downloaded(up: &Updater, panic: &str) -> evergreen::Offer {
     up.download(&plan, &mut |_, _| {}, &CancelToken::new())
         .unwrap();
     plan
-}
-
-/// What picks the slot at power-on.
-#[derive(Clone, Copy)]
-enum Loader {
-    Grub,
-    UBoot,
-}
-
-/// A board: two slot files, a bootloader environment, a kernel command line and the
-/// device config that names them.
-struct Board {
-    dev: Device,
-    a: PathBuf,
-    b: PathBuf,
-    cmdline: PathBuf,
-    loader: Loader,
-    /// The GRUB block, or the `fw_env.config` of the U-Boot environment.
-    env: PathBuf,
-}
-
-impl Board {
-    /// A factory-fresh board running 1.0.0 from slot A, with slot B blank.
-    fn new(repo: &Repo, server: &TestServer, name: &str, loader: Loader) -> Board {
-        let base = repo.scratch(name);
-        let (a, b) = (base.join("a.img"), base.join("b.img"));
-        pattern_file(&a, MIB, 1);
-        std::fs::write(&b, vec![0u8; MIB]).unwrap();
-        let cmdline = base.join("cmdline");
-        std::fs::write(&cmdline, "console=ttyS0 quiet\n").unwrap();
-        let (env, selector) = match loader {
-            Loader::Grub => {
-                let env = base.join("grubenv");
-                GrubEnv::init(&env).unwrap();
-                (env.clone(), json!({"kind": "grub", "env": env}))
-            }
-            Loader::UBoot => {
-                let config = uboot_env(&base);
-                (config.clone(), json!({"kind": "uboot", "config": config}))
-            }
-        };
-        let dev = repo.device(
-            name,
-            &server.url(),
-            json!({
-                "target": TARGET,
-                "current_version": "1.0.0",
-                "slots": {"kind": "image", "a": a, "b": b, "selector": selector,
-                          "booted_from": {"cmdline": cmdline, "key": "rauc.slot"}},
-                "limits": {"retries": 1, "retry_backoff_ms": 10},
-            }),
-        );
-        Board {
-            dev,
-            a,
-            b,
-            cmdline,
-            loader,
-            env,
-        }
-    }
-
-    /// Forgets the configured `current_version`: the factory image is unknown to Evergreen.
-    fn without_current_version(self) -> Board {
-        self.dev.edit_config(|cfg| {
-            cfg.as_object_mut().unwrap().remove("current_version");
-        });
-        self
-    }
-
-    /// One power-on: the bootloader script decides and saves its environment, and the
-    /// kernel gets `rauc.slot=<slot>` (`R`, the rescue entry, when it found none).
-    fn power_on(&self) -> Option<Slot> {
-        let slot = match self.loader {
-            Loader::Grub => bootsim::grub_boot(&mut GrubEnv::new(&self.env)),
-            Loader::UBoot => bootsim::uboot_boot(&mut UBootEnv::open(&self.env).unwrap()),
-        };
-        let name = slot.map_or("R", Slot::upper);
-        std::fs::write(
-            &self.cmdline,
-            format!("console=ttyS0 root=/dev/mmcblk0p2 rauc.slot={name} quiet\n"),
-        )
-        .unwrap();
-        slot
-    }
-
-    /// `evergreen boot --json`, parsed.
-    fn boot(&self) -> Value {
-        serde_json::from_str(&self.dev.expect("boot", &["--json"], 0)).unwrap()
-    }
-
-    /// The library, built from the same config file the CLI reads.
-    fn updater(&self) -> Updater {
-        let config = Config::from_file(&self.dev.config).unwrap();
-        Updater::builder(config).build().unwrap()
-    }
-
-    fn grub(&self, name: &str) -> String {
-        GrubEnv::new(&self.env)
-            .get(name)
-            .unwrap()
-            .unwrap_or_default()
-    }
-
-    fn uboot(&self, name: &str) -> String {
-        UBootEnv::open(&self.env)
-            .unwrap()
-            .get(name)
-            .unwrap()
-            .unwrap_or_default()
-    }
-
-    /// The slot the environment prefers: the first of its boot order.
-    #[cfg(feature = "fault-injection")]
-    fn preferred(&self) -> Slot {
-        let order = match self.loader {
-            Loader::Grub => self.grub("ORDER"),
-            Loader::UBoot => self.uboot("BOOT_ORDER"),
-        };
-        order.split_whitespace().find_map(Slot::parse).unwrap()
-    }
-
-    /// Runs `evergreen <command> --config …` with the process killed at durable step
-    /// `crash_at`; it must have died there.
-    #[cfg(feature = "fault-injection")]
-    fn crash_during(&self, command: &[&str], crash_at: u32) {
-        let config = self.dev.config.to_str().unwrap();
-        let mut args = command.to_vec();
-        args.extend(["--config", config]);
-        let at = crash_at.to_string();
-        let out = common::run_env(&args, &[("EVERGREEN_CRASH_AT", &at)]);
-        let err = common::stderr(&out);
-        assert!(
-            err.contains(&format!("crash point {at} ")),
-            "{command:?}: {err}"
-        );
-    }
-
-    fn slot_bytes(&self, slot: Slot) -> Vec<u8> {
-        std::fs::read(match slot {
-            Slot::A => &self.a,
-            Slot::B => &self.b,
-        })
-        .unwrap()
-    }
-}
-
-/// A redundant U-Boot environment: two 16 KiB copies in one file, blank like erased flash,
-/// initialised the way a board's first boot would (A first with 3 tries, B with none).
-fn uboot_env(base: &Path) -> PathBuf {
-    let storage = base.join("uboot.env");
-    std::fs::write(&storage, vec![0xffu8; 0x8000]).unwrap();
-    let config = base.join("fw_env.config");
-    std::fs::write(
-        &config,
-        format!(
-            "# device offset size\n{0} 0x0 0x4000\n{0} 0x4000 0x4000\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    UBootEnv::open(&config).unwrap().init().unwrap();
-    config
-}
-
-/// Writes `len` pseudo-random bytes (xorshift from `seed`) to `path`.
-fn pattern_file(path: &Path, len: usize, seed: u64) {
-    let mut state = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// Publishes `version` with one `image` component, `rootfs`, made of `len` bytes.
-fn release_image(repo: &Repo, version: &str, len: usize, seed: u64) -> PathBuf {
-    let image = repo.scratch("images").join(format!("rootfs-{version}.img"));
-    pattern_file(&image, len, seed);
-    let spec = PathBuf::from(format!("{}:image", image.display()));
-    repo.release("stable", version, TARGET, &[("rootfs", &spec)], &[]);
-    image
 }
 
 fn json_out(text: &str) -> Value {
