@@ -219,18 +219,24 @@ fn a_malformed_version_names_what_a_version_looks_like() {
     }
 }
 
-/// With dir slots, `current` names the slot that starts next; `status` says which one runs:
-/// the old slot until the startup step counts the new one's start, and after a rollback the
-/// slot left, until the restart. A script's "booted differs from primary: restart" works.
-#[test]
-fn status_names_the_slot_running_not_the_one_current_points_at() {
-    let repo = Repo::new("com.acme.running");
+/// A repository of `product` with 1.0.0 and 1.1.0 on stable, each a small settings file.
+fn settings_releases(product: &str) -> Repo {
+    let repo = Repo::new(product);
     let src = repo.scratch("src");
     for v in ["1.0.0", "1.1.0"] {
         let cfg = src.join(format!("settings-{v}.json"));
         std::fs::write(&cfg, format!("{{\"v\": \"{v}\"}}")).unwrap();
         repo.release("stable", v, "x86_64-linux", &[("config", &cfg)], &[]);
     }
+    repo
+}
+
+/// With dir slots, `current` names the slot that starts next; `status` says which one runs:
+/// the old slot until the startup step counts the new one's start, and after a rollback the
+/// slot left, until the restart. A script's "booted differs from primary: restart" works.
+#[test]
+fn status_names_the_slot_running_not_the_one_current_points_at() {
+    let repo = settings_releases("com.acme.running");
     let dev = repo.device(
         "running",
         repo.root.to_str().unwrap(),
@@ -265,13 +271,7 @@ fn status_names_the_slot_running_not_the_one_current_points_at() {
 /// what runs, and never re-points `current` at the other slot, which may hold anything.
 #[test]
 fn boot_after_the_state_is_lost_keeps_running_the_current_slot() {
-    let repo = Repo::new("com.acme.reset");
-    let src = repo.scratch("src");
-    for v in ["1.0.0", "1.1.0"] {
-        let cfg = src.join(format!("settings-{v}.json"));
-        std::fs::write(&cfg, format!("{{\"v\": \"{v}\"}}")).unwrap();
-        repo.release("stable", v, "x86_64-linux", &[("config", &cfg)], &[]);
-    }
+    let repo = settings_releases("com.acme.reset");
     let dev = repo.device(
         "reset",
         repo.root.to_str().unwrap(),

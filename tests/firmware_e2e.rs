@@ -57,6 +57,32 @@ fn update_with_library(up: &Updater) -> Slot {
     slot
 }
 
+/// Runs `update --yes --json` on `board`, which must activate the release in `slot`.
+fn activated_by_update(board: &Board, slot: &str) {
+    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(
+        (&out["status"], &out["slot"]),
+        (&json!("activated"), &json!(slot))
+    );
+}
+
+/// Powers `board` on `tries` times into `trial`, never confirming, and then once more: the
+/// bootloader must start the other slot, and the startup step report the rollback.
+fn never_confirmed_falls_back(board: &Board, trial: Slot, tries: usize) {
+    for _ in 0..tries {
+        assert_eq!(board.power_on(), Some(trial));
+        assert_eq!(board.boot()["status"], "trial");
+    }
+    let good = trial.other();
+    assert_eq!(board.power_on(), Some(good), "the bootloader falls back");
+    let boot = board.boot();
+    assert_eq!(boot["status"], "rolled_back", "{boot}");
+    assert_eq!(
+        (&boot["from"], &boot["to"]),
+        (&json!(trial.as_str()), &json!(good.as_str()))
+    );
+}
+
 /// An update made after GRUB started A and before this boot's startup step ran (a timer,
 /// a first-boot service): GRUB's mark of that start is still on A. The activation clears
 /// it, so a release that never confirms gets its one attempt and then A boots again; with
@@ -68,23 +94,14 @@ fn grub_an_update_before_this_boots_startup_step_still_falls_back_to_the_running
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.grub("A_TRY"), "1", "GRUB marks the start");
     release_image(&repo, "2.0.0", MIB, 2);
-    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
-    assert_eq!(
-        (&out["status"], &out["slot"]),
-        (&json!("activated"), &json!("b"))
-    );
+    activated_by_update(&board, "b");
     assert_eq!(
         (board.grub("ORDER"), board.grub("A_OK"), board.grub("A_TRY")),
         ("B A".into(), "1".into(), "0".into())
     );
 
     // 2.0.0 never confirms: one attempt, then A.
-    assert_eq!(board.power_on(), Some(Slot::B));
-    assert_eq!(board.boot()["status"], "trial");
-    assert_eq!(board.power_on(), Some(Slot::A), "GRUB falls back to A");
-    let boot = board.boot();
-    assert_eq!(boot["status"], "rolled_back", "{boot}");
-    assert_eq!((&boot["from"], &boot["to"]), (&json!("b"), &json!("a")));
+    never_confirmed_falls_back(&board, Slot::B, 1);
 }
 
 /// The same for a second update, when the idle slot holds a good release: taking it out
@@ -105,21 +122,12 @@ fn grub_a_second_update_before_the_startup_step_installs_and_keeps_the_running_s
     assert_eq!(board.power_on(), Some(Slot::B));
     assert_eq!(board.grub("B_TRY"), "1", "GRUB marks the start");
     release_image(&repo, "3.0.0", MIB, 3);
-    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
-    assert_eq!(
-        (&out["status"], &out["slot"]),
-        (&json!("activated"), &json!("a"))
-    );
+    activated_by_update(&board, "a");
     assert_eq!(
         (board.grub("ORDER"), board.grub("B_OK"), board.grub("B_TRY")),
         ("A B".into(), "1".into(), "0".into())
     );
-    assert_eq!(board.power_on(), Some(Slot::A));
-    assert_eq!(board.boot()["status"], "trial");
-    assert_eq!(board.power_on(), Some(Slot::B), "GRUB falls back to B");
-    let boot = board.boot();
-    assert_eq!(boot["status"], "rolled_back", "{boot}");
-    assert_eq!((&boot["from"], &boot["to"]), (&json!("a"), &json!("b")));
+    never_confirmed_falls_back(&board, Slot::A, 1);
 }
 
 /// The same with U-Boot, whose script spends one of the running slot's tries on every
@@ -135,25 +143,14 @@ fn uboot_an_update_before_the_startup_step_still_falls_back_to_the_running_slot(
         assert_eq!(board.uboot("BOOT_A_LEFT"), left);
     }
     release_image(&repo, "2.0.0", MIB, 2);
-    let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
-    assert_eq!(
-        (&out["status"], &out["slot"]),
-        (&json!("activated"), &json!("b"))
-    );
+    activated_by_update(&board, "b");
     assert_eq!(
         (board.uboot("BOOT_ORDER"), board.uboot("BOOT_A_LEFT")),
         ("B A".into(), "3".into())
     );
 
     // 2.0.0 never confirms: its three tries, then A.
-    for _ in 0..3 {
-        assert_eq!(board.power_on(), Some(Slot::B));
-        assert_eq!(board.boot()["status"], "trial");
-    }
-    assert_eq!(board.power_on(), Some(Slot::A), "U-Boot falls back to A");
-    let boot = board.boot();
-    assert_eq!(boot["status"], "rolled_back", "{boot}");
-    assert_eq!((&boot["from"], &boot["to"]), (&json!("b"), &json!("a")));
+    never_confirmed_falls_back(&board, Slot::B, 3);
     // The failed image's download goes with the rollback: it is as large as its
     // partition, and it stayed until a later release was confirmed.
     assert_eq!(board.dev.downloads(), Vec::<String>::new());
