@@ -496,8 +496,9 @@ impl Repo {
     /// Copies release `version` (all its targets) from channel `from` to `to`, with a fresh
     /// rollout at `rollout_percent` if given (else everyone at once), and bumps `to`'s
     /// sequence, keeping its validity unless `sign` gives one (a new channel:
-    /// [`DEFAULT_MANIFEST_DAYS`]).
-    ///
+    /// [`DEFAULT_MANIFEST_DAYS`]). A release halted on `from` (its rollout at 0 % now) is
+    /// refused unless `rollout_percent` is given: promoting by version number alone would
+    /// spread a release pulled as broken to everyone on `to`.
     pub fn promote(
         &self,
         version: &Version,
@@ -521,6 +522,9 @@ impl Repo {
             .load_channel(&trusted, from)?
             .ok_or_else(|| missing(from))?;
         let mut release = source.releases[listed_release(&source, version)?].clone();
+        if rollout_percent.is_none() {
+            check_not_halted(&release, from, now)?;
+        }
         release.rollout = rollout_percent.map(|p| single_stage(now, p));
         let edit = |m: &mut Manifest| {
             let same = m
@@ -1542,6 +1546,25 @@ fn listed_release(m: &Manifest, version: &Version) -> Result<usize> {
         ));
     }
     Ok(i)
+}
+
+/// Refuses to promote `r` at 100 % when its rollout on `from` stands at 0 % at `now`
+/// (halted, or started at 0 %): a release is pulled that way when it turns out broken.
+fn check_not_halted(r: &Release, from: &str, now: Timestamp) -> Result<()> {
+    let Some(rollout) = &r.rollout else {
+        return Ok(());
+    };
+    let mut past: Vec<&RolloutStage> = rollout.stages.iter().filter(|s| s.at <= now).collect();
+    past.sort_by_key(|s| s.at);
+    // Since the first of the 0 % stages in force: a second halt is no news.
+    let since = past.iter().rev().take_while(|s| s.percent == 0.0).last();
+    match since {
+        Some(stage) => Err(Error::config(format!(
+            "expected a release rolled out on channel {from} to promote, found {} halted there (0% since {}); ramp it there first, or give --rollout PERCENT to promote it anyway",
+            r.version, stage.at
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A device below `min_version` cannot take the release, and one at or above the

@@ -1534,3 +1534,57 @@ fn an_image_target_released_without_an_image_is_warned_about() {
     );
     assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
 }
+
+/// A release halted on its channel (pulled, rollout 0 %) is not promoted to everyone on
+/// another one by version number alone: a pipeline would spread a release known to be
+/// broken. An explicit `--rollout` promotes it anyway.
+#[test]
+fn promote_refuses_a_halted_release_unless_given_a_rollout() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(dir, "2.2.0", &APP);
+    ok(
+        dir,
+        &[
+            "rollout",
+            "repo",
+            "--channel",
+            "nightly",
+            "--version",
+            "2.2.0",
+            "--percent",
+            "0",
+            "--sign",
+            "release",
+        ],
+    );
+    let promote = [
+        "promote",
+        "repo",
+        "--version",
+        "2.2.0",
+        "--from",
+        "nightly",
+        "--to",
+        "stable",
+        "--sign",
+        "release",
+    ];
+    let err = fails(dir, &promote);
+    assert_eq!(
+        err.trim_end(),
+        format!("error[config]: expected a release rolled out on channel nightly to promote, found 2.2.0 halted there (0% since {NOW}); ramp it there first, or give --rollout PERCENT to promote it anyway")
+    );
+    assert!(!dir.join("repo/channels/stable.json").exists());
+    let out = ok(dir, &[&promote[..], &["--rollout", "100"]].concat());
+    assert!(
+        out.starts_with("promoted 2.2.0 from nightly to stable"),
+        "{out}"
+    );
+    assert_eq!(
+        read_manifest(dir, "stable")["releases"][0]["rollout"]["stages"][0]["percent"],
+        100.0
+    );
+    let help = ok(dir, &["promote", "--help"]);
+    assert!(help.contains("release halted on --from"), "{help}");
+}

@@ -48,10 +48,12 @@ pub(crate) enum Command {
     /// Copy a release (all its targets) from one channel to another.
     #[command(
         after_help = "Example:\n  evergreen promote repo --version 1.2.0 --from nightly --to stable --sign keys/release\n\n\
-        Refused: a build of the version already on the target channel, a security version\n\
-        out of order with the releases there (per target, as for release), and a min_version\n\
-        that leaves devices below it offered nothing: no release they take leads past it\n\
-        (a halted one does not count; promote or ramp a stepping stone first).\n\
+        The release starts at 100% on the new channel unless --rollout is given. Refused: a\n\
+        release halted on --from (its rollout at 0% now, as when pulled for being broken)\n\
+        unless --rollout is given, a build of the version already on the target channel, a\n\
+        security version out of order with the releases there (per target, as for release),\n\
+        and a min_version that leaves devices below it offered nothing: no release they take\n\
+        leads past it (a halted one does not count; promote or ramp a stepping stone first).\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Promote(PromoteArgs),
@@ -196,7 +198,8 @@ pub(crate) struct PromoteArgs {
     /// Channel to add it to.
     #[arg(long)]
     to: String,
-    /// Start a staged rollout on the new channel at this percentage (default: everyone).
+    /// Start a staged rollout on the new channel at this percentage (default: everyone;
+    /// needed to promote a release halted on --from).
     #[arg(long, value_name = "PERCENT")]
     rollout: Option<f64>,
     /// Days until the target channel's manifest expires (default: its current validity;
