@@ -768,6 +768,53 @@ impl Repo {
         })
     }
 
+    /// Warnings for release `version` on `channel`, one per target (or for `target` alone
+    /// when given, as when it was just added to the release): the older release of
+    /// the target on another channel with the highest security version, when that is
+    /// above this release's. Devices move between channels and keep their security floor,
+    /// so those that confirmed it are never offered this release. Not refused, unlike the
+    /// order within a channel: the release may be right for the devices that stayed, and
+    /// the floor it would need raises theirs for good.
+    pub fn security_floor_warnings(
+        &self,
+        channel: &str,
+        version: &Version,
+        target: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let trusted = self.trusted_root()?;
+        let m = self
+            .load_channel(&trusted, channel)?
+            .ok_or_else(|| missing(channel))?;
+        let release = &m.releases[listed_release(&m, version)?];
+        let mut others = Vec::new();
+        for name in self.channel_names()? {
+            if name != channel {
+                others.extend(self.load_channel(&trusted, &name)?);
+            }
+        }
+        let mut warnings = Vec::new();
+        let targets = release
+            .targets
+            .keys()
+            .filter(|t| target.is_none_or(|only| only == *t));
+        for target in targets {
+            let above = others
+                .iter()
+                .flat_map(|o| o.releases.iter().map(move |r| (o, r)))
+                .filter(|(_, r)| r.targets.contains_key(target))
+                .filter(|(_, r)| r.version.cmp_precedence(version).is_lt())
+                .filter(|(_, r)| r.security_version > release.security_version)
+                .max_by_key(|(_, r)| r.security_version);
+            if let Some((o, r)) = above {
+                warnings.push(format!(
+                    "release {} of {target} on channel {} has security version {}, and {version} on channel {channel} {}: devices that confirmed {} and move to {channel} are never offered {version} (give it --security-version {} or more if they should be)",
+                    r.version, o.channel, r.security_version, release.security_version, r.version, r.security_version
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+
     /// Checks the whole repository offline, as a client at `now` would: the root chain and
     /// the newest root's expiry, that every `root/N.json` is part of that chain, every
     /// channel manifest against the newest manifest keys, every referenced blob's size

@@ -1588,3 +1588,58 @@ fn promote_refuses_a_halted_release_unless_given_a_rollout() {
     let help = ok(dir, &["promote", "--help"]);
     assert!(help.contains("release halted on --from"), "{help}");
 }
+
+/// Devices switch channels, and their security floor goes with them: a release below the
+/// security version of an older release of its target on another channel is never offered
+/// to the devices that confirmed that one. `release` and `promote` say so (a warning, as
+/// the release is still right for the devices that stayed).
+#[test]
+fn a_security_version_below_an_older_release_on_another_channel_is_warned_about() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(
+        dir,
+        "2.9.0",
+        &[&APP[..], &["--security-version", "3"]].concat(),
+    );
+    let on = |channel: &'static str, version: &'static str| {
+        let mut args = release_args(version, &APP);
+        args[3] = channel;
+        args
+    };
+    let expected = "warning: release 2.9.0 of x86_64-linux on channel nightly has security version 3, and 2.9.1 on channel stable 0: devices that confirmed 2.9.0 and move to stable are never offered 2.9.1 (give it --security-version 3 or more if they should be)";
+    let o = evergreen(dir, &on("stable", "2.9.1"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end(), expected);
+    let o = evergreen(dir, &[&on("beta", "2.9.1")[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        report["warnings"][0],
+        expected
+            .strip_prefix("warning: ")
+            .unwrap()
+            .replace("stable", "beta")
+    );
+    let promote = [
+        "promote",
+        "repo",
+        "--version",
+        "2.9.1",
+        "--from",
+        "stable",
+        "--to",
+        "lts",
+        "--sign",
+        "release",
+    ];
+    let o = evergreen(dir, &promote);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end(), expected.replace("stable", "lts"));
+    // At or above the floor: nothing to say.
+    let o = evergreen(
+        dir,
+        &[&on("stable", "2.9.2")[..], &["--security-version", "3"]].concat(),
+    );
+    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+}

@@ -41,7 +41,9 @@ pub(crate) enum Command {
         confirmed the one could never install the other), also when adding a target, and a\n\
         --min-version that leaves devices running a release of the channel below it offered\n\
         nothing (publish, promote or ramp a stepping stone first), also the release's own\n\
-        min_version when adding a target (add the target to the stone first).\n\
+        min_version when adding a target (add the target to the stone first). A warning\n\
+        when the --security-version is below that of an older release for the target on\n\
+        another channel: devices that confirmed it and move here are never offered this one.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Release(ReleaseArgs),
@@ -54,6 +56,8 @@ pub(crate) enum Command {
         security version out of order with the releases there (per target, as for release),\n\
         and a min_version that leaves devices below it offered nothing: no release they take\n\
         leads past it (a halted one does not count; promote or ramp a stepping stone first).\n\
+        A warning, as for release, for a security version below that of an older release\n\
+        for one of its targets on another channel.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Promote(PromoteArgs),
@@ -310,11 +314,20 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
             let m = repo.promote(&a.version, &a.from, &a.to, a.rollout, &sign)?;
+            let warnings = repo.security_floor_warnings(&a.to, &a.version, None)?;
+            if json {
+                let mut out = channel_json(&m, sign.now);
+                out["warnings"] = json!(warnings);
+                return print_json(&out);
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             print_channel(
                 &m,
                 &format!("promoted {} from {} to", a.version, a.from),
                 sign.now,
-                json,
+                false,
             )
         }
         Command::Rollout(a) => {
@@ -464,10 +477,11 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         &refs(&signers),
     )?;
     let refusals = publish::default_limit_refusals(&components)?;
-    let mut image_warnings = compressed_images(&components)?;
-    image_warnings.extend(image_dropped(&m, v, &a.target, &components));
+    let mut later_warnings = compressed_images(&components)?;
+    later_warnings.extend(image_dropped(&m, v, &a.target, &components));
+    later_warnings.extend(repo.security_floor_warnings(&a.channel, v, Some(&a.target))?);
     if json {
-        let warnings: Vec<&String> = refusals.iter().chain(&image_warnings).collect();
+        let warnings: Vec<&String> = refusals.iter().chain(&later_warnings).collect();
         return print_json(&json!({
             "channel": m.channel,
             "sequence": m.sequence,
@@ -482,7 +496,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
             "warning: {r}; only devices whose config allows more (`archive` in the device config) can install this release"
         );
     }
-    for c in &image_warnings {
+    for c in &later_warnings {
         eprintln!("warning: {c}");
     }
     let what = format!("released {v} ({}) on", a.target);
