@@ -440,6 +440,42 @@ impl Repo {
             let security_version =
                 existing.map_or(opts.security_version, |i| m.releases[i].security_version);
             check_security_order(m, version, security_version, target)?;
+            // The stepping-stone checks go by the release's targets, never by its
+            // components: they run, with the clock's (which `bump` makes again), before a
+            // component (an image of hundreds of MB) is copied into blobs/ for a release
+            // that is then refused.
+            check_clock(m, opts.now)?;
+            let no_components = || TargetRelease {
+                components: NameMap::new(),
+            };
+            let new_release = match existing {
+                Some(i) => {
+                    // Devices of `target` meet the release's min_version for the first
+                    // time: as for a new release, one must lead them up to it.
+                    let mut added = m.releases[i].clone();
+                    added.targets = NameMap::from([(target, no_components())]);
+                    let mut others = m.clone();
+                    others.releases.remove(i);
+                    check_stepping_stone(&others, &added, opts.now)?;
+                    None
+                }
+                None => {
+                    let release = Release {
+                        version: version.clone(),
+                        published: Some(opts.now),
+                        notes: opts.notes.clone(),
+                        min_version: opts.min_version.clone(),
+                        critical: opts.critical,
+                        security_version: opts.security_version,
+                        rollout: opts.rollout_percent.map(|p| single_stage(opts.now, p)),
+                        targets: NameMap::from([(target, no_components())]),
+                    };
+                    // As for promote: a min_version no release on the channel leads up to
+                    // would leave the devices below it offered nothing.
+                    check_stepping_stone(m, &release, opts.now)?;
+                    Some(release)
+                }
+            };
             let mut built = NameMap::new();
             for (name, path, kind) in components {
                 let artifact = self
@@ -452,35 +488,17 @@ impl Repo {
                 built.insert(*name, Component { version, artifact });
             }
             let target_release = TargetRelease { components: built };
-            match existing {
-                Some(i) => {
-                    // Devices of `target` meet the release's min_version for the first
-                    // time: as for a new release, one must lead them up to it.
-                    let mut added = m.releases[i].clone();
-                    added.targets = NameMap::from([(target, target_release.clone())]);
-                    let mut others = m.clone();
-                    others.releases.remove(i);
-                    check_stepping_stone(&others, &added, opts.now)?;
+            match (existing, new_release) {
+                (Some(i), _) => {
                     m.releases[i].targets.insert(target, target_release);
                 }
-                None => {
-                    let release = Release {
-                        version: version.clone(),
-                        published: Some(opts.now),
-                        notes: opts.notes.clone(),
-                        min_version: opts.min_version.clone(),
-                        critical: opts.critical,
-                        security_version: opts.security_version,
-                        rollout: opts.rollout_percent.map(|p| single_stage(opts.now, p)),
-                        targets: NameMap::from([(target, target_release)]),
-                    };
-                    // As for promote: a min_version no release on the channel leads up to
-                    // would leave the devices below it offered nothing.
-                    check_stepping_stone(m, &release, opts.now)?;
+                (None, Some(mut release)) => {
+                    release.targets.insert(target, target_release);
                     m.releases.push(release);
                     m.releases
                         .sort_by(|a, b| a.version.cmp_precedence(&b.version));
                 }
+                (None, None) => unreachable!("a release is built when none is listed"),
             }
             Ok(Edit::Changed)
         };

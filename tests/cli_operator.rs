@@ -1643,3 +1643,56 @@ fn a_security_version_below_an_older_release_on_another_channel_is_warned_about(
     );
     assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
 }
+
+/// A release refused for what it would do to devices (a stranding min_version, a security
+/// version out of order, a clock behind the channel's) copies nothing into blobs/: the
+/// component may be an image of hundreds of MB.
+#[test]
+fn a_refused_release_copies_no_blob() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(
+        dir,
+        "1.0.0",
+        &[&APP[..], &["--security-version", "2"]].concat(),
+    );
+    let blobs = || {
+        std::fs::read_dir(dir.join("repo/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(blobs(), 1);
+    std::fs::write(dir.join("big.img"), [9u8; 4096]).unwrap();
+    let big = ["--component", "rootfs=big.img:image"];
+    let err = fails(
+        dir,
+        &release_args(
+            "2.0.0",
+            &[
+                &big[..],
+                &["--min-version", "1.5.0", "--security-version", "2"],
+            ]
+            .concat(),
+        ),
+    );
+    assert!(
+        err.starts_with("error[config]: expected a stepping stone"),
+        "{err}"
+    );
+    let err = fails(dir, &release_args("2.0.0", &big));
+    assert!(
+        err.starts_with("error[config]: expected a security version of at least 2"),
+        "{err}"
+    );
+    let secure = [&big[..], &["--security-version", "2"]].concat();
+    let o = evergreen_at(dir, "2026-11-21T10:00:00Z", &release_args("2.0.0", &secure));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("expected a clock at or after"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(blobs(), 1, "no blob copied for a refused release");
+    release_version(dir, "2.0.0", &secure);
+    assert_eq!(blobs(), 2);
+}
