@@ -197,6 +197,41 @@ pub struct Rotation {
     pub channels: Vec<Manifest>,
 }
 
+/// A channel [`Repo::verify`] found sound, with when it was issued.
+struct VerifiedChannel {
+    issued: Timestamp,
+    summary: ChannelSummary,
+}
+
+/// How soon a document still valid at `now` expires, in words, when that is less than
+/// `window_secs` away.
+fn expires_soon(expires: Timestamp, now: Timestamp, window_secs: i64) -> Option<String> {
+    let left = expires.unix().saturating_sub(now.unix());
+    if left >= window_secs {
+        return None;
+    }
+    Some(match left / 86_400 {
+        0 => format!("{} hours", left / 3_600),
+        1 => "1 day".to_string(),
+        days => format!("{days} days"),
+    })
+}
+
+/// How long before a channel manifest issued at `issued` expires at `expires` `verify`
+/// warns: [`EXPIRY_WARNING_DAYS`], or half its validity when that is shorter (a channel
+/// valid for 7 days and re-signed every 3 is in time).
+fn channel_warning_secs(issued: Timestamp, expires: Timestamp) -> i64 {
+    let half = expires.unix().saturating_sub(issued.unix()) / 2;
+    (i64::from(EXPIRY_WARNING_DAYS) * 86_400).min(half.max(0))
+}
+
+/// A channel manifest that expires within this many days is warned about by `verify`:
+/// the weekly re-sign docs/operators.md suggests must have missed a run.
+pub const EXPIRY_WARNING_DAYS: u32 = 7;
+/// A root that expires within this many days is warned about by `verify`: renewing it
+/// needs the offline root keys, which takes longer to arrange than a re-sign.
+pub const ROOT_EXPIRY_WARNING_DAYS: u32 = 30;
+
 /// The result of [`Repo::verify`].
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -214,6 +249,9 @@ pub struct VerifyReport {
     /// UTF-8.)
     #[serde(serialize_with = "paths_as_text")]
     pub stray_temps: Vec<PathBuf>,
+    /// The root or channel manifests that expire soon ([`ROOT_EXPIRY_WARNING_DAYS`],
+    /// [`EXPIRY_WARNING_DAYS`]), each in a sentence naming the command that renews it.
+    pub warnings: Vec<String>,
 }
 
 /// `paths` as JSON strings, each exact when UTF-8 and lossy when not: a report must not
@@ -837,46 +875,106 @@ impl Repo {
     /// the newest root's expiry, that every `root/N.json` is part of that chain, every
     /// channel manifest against the newest manifest keys, every referenced blob's size
     /// and SHA-256, and that no zip is one every device would refuse (as `release` checks
-    /// before it publishes one: [`ErrorKind::UnsafeArchive`]).
+    /// before it publishes one: [`ErrorKind::UnsafeArchive`]). Past the root chain, every
+    /// problem is collected: one is returned as it is, several as one error of the first
+    /// one's kind that lists them all (`N problems: (1) …; (2) …`).
     pub fn verify(&self, now: Timestamp) -> Result<VerifyReport> {
         let trusted = self.trusted_root()?;
         self.check_root_files(trusted.root().version)?;
-        trusted.check_unexpired(now)?;
-        let product = trusted.root().product.clone();
+        // Each problem is collected and the checks go on: three expired channels are
+        // named in one run, not one a run.
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let root = trusted.root();
+        match trusted.check_unexpired(now) {
+            Err(e) => problems.push(e),
+            Ok(()) => {
+                let window = i64::from(ROOT_EXPIRY_WARNING_DAYS) * 86_400;
+                warnings.extend(expires_soon(root.expires, now, window).map(|days| {
+                format!(
+                    "root version {} expires at {}, in {days}: no device accepts what it signs from then on; renew it (evergreen rotate REPO --sign ROOT_KEY)",
+                    root.version, root.expires
+                )
+                }))
+            }
+        }
+        let product = root.product.clone();
         let mut channels = Vec::new();
         // A blob listed by several channels or releases alike is read once.
         let mut checked = HashSet::new();
         for channel in self.channel_names()? {
-            let path = self.channel_path(&channel);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-            let expect = Expect {
-                product: &product,
-                channel: &channel,
-                now,
-                max_bytes: DEFAULT_MAX_METADATA_BYTES,
-            };
-            let m = manifest::verify(
-                &bytes,
-                trusted.manifest_keys(),
-                &expect,
-                &Freshness::default(),
-            )
-            .map_err(|e| e.context(path.display()))?;
-            channels.push(ChannelSummary {
+            match self.verify_channel(&trusted, &channel, now, &mut checked) {
+                Ok(c) => {
+                    let window = channel_warning_secs(c.issued, c.summary.expires);
+                    if let Some(days) = expires_soon(c.summary.expires, now, window) {
+                        warnings.push(format!(
+                            "channel {channel} expires at {}, in {days}: devices refuse it from then on; re-sign it (evergreen resign REPO --channel {channel} --sign KEY)",
+                            c.summary.expires
+                        ));
+                    }
+                    channels.push(c.summary);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(first) = problems.first() {
+            if problems.len() == 1 {
+                return Err(problems.swap_remove(0));
+            }
+            let all: Vec<String> = problems
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("({}) {e}", i + 1))
+                .collect();
+            return Err(Error::new(
+                first.kind(),
+                format!("{} problems: {}", problems.len(), all.join("; ")),
+            ));
+        }
+        Ok(VerifyReport {
+            product,
+            root_version: root.version,
+            root_expires: root.expires,
+            channels,
+            stray_temps: self.stray_temps(),
+            warnings,
+        })
+    }
+
+    /// Verifies `channel` as a client at `now` would, and the blobs it lists but those
+    /// `checked` holds.
+    fn verify_channel(
+        &self,
+        trusted: &TrustedRoot,
+        channel: &str,
+        now: Timestamp,
+        checked: &mut HashSet<BlobKey>,
+    ) -> Result<VerifiedChannel> {
+        let path = self.channel_path(channel);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let expect = Expect {
+            product: &trusted.root().product,
+            channel,
+            now,
+            max_bytes: DEFAULT_MAX_METADATA_BYTES,
+        };
+        let m = manifest::verify(
+            &bytes,
+            trusted.manifest_keys(),
+            &expect,
+            &Freshness::default(),
+        )
+        .map_err(|e| e.context(path.display()))?;
+        Ok(VerifiedChannel {
+            issued: m.issued,
+            summary: ChannelSummary {
                 channel: m.channel.clone(),
                 sequence: m.sequence,
                 expires: m.expires,
                 versions: m.releases.iter().map(|r| r.version.clone()).collect(),
-                blobs_checked: self.check_blobs(&m, &mut checked)?,
+                blobs_checked: self.check_blobs(&m, checked)?,
                 stranded: stranded(&m, now),
-            });
-        }
-        Ok(VerifyReport {
-            product,
-            root_version: trusted.root().version,
-            root_expires: trusted.root().expires,
-            channels,
-            stray_temps: self.stray_temps(),
+            },
         })
     }
 

@@ -1696,3 +1696,57 @@ fn a_refused_release_copies_no_blob() {
     release_version(dir, "2.0.0", &secure);
     assert_eq!(blobs(), 2);
 }
+
+/// `verify` reports every expired channel in one run (the one error line names them all),
+/// and warns about a channel or root that expires soon, while a resign or rotate is still
+/// in time.
+#[test]
+fn verify_reports_every_expired_channel_and_warns_before_expiry() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    for channel in ["beta", "nightly", "stable"] {
+        let mut args = release_args("1.0.0", &APP);
+        args[3] = channel;
+        ok(dir, &args);
+    }
+    let o = evergreen_at(dir, "2027-01-01T00:00:00Z", &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error[expired]: 3 problems: "), "{err}");
+    for channel in ["beta", "nightly", "stable"] {
+        assert!(err.contains(&format!("channels/{channel}.json")), "{err}");
+    }
+
+    let soon = "2026-12-18T10:00:00Z";
+    let o = evergreen_at(dir, soon, &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let warnings: Vec<String> = stderr(&o).lines().map(str::to_string).collect();
+    assert_eq!(
+        warnings[0],
+        "warning: channel beta expires at 2026-12-22T10:00:00Z, in 4 days: devices refuse it from then on; re-sign it (evergreen resign REPO --channel beta --sign KEY)"
+    );
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    let o = evergreen_at(dir, soon, &["verify", "repo", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        report["warnings"][0],
+        warnings[0].strip_prefix("warning: ").unwrap()
+    );
+
+    let late = "2027-11-01T10:00:00Z";
+    for channel in ["beta", "nightly", "stable"] {
+        let o = evergreen_at(
+            dir,
+            late,
+            &["resign", "repo", "--channel", channel, "--sign", "release"],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let o = evergreen_at(dir, late, &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "warning: root version 1 expires at 2026-11-22T10:00:00Z, in 21 days: no device accepts what it signs from then on; renew it (evergreen rotate REPO --sign ROOT_KEY)".replace("2026-11-22", "2027-11-22")
+    );
+}

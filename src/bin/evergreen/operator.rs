@@ -580,6 +580,9 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
             tmp.display()
         );
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     out!(
         "ok: {} root version {} (expires {})",
         report.product,
