@@ -964,7 +964,7 @@ impl Repo {
             &expect,
             &Freshness::default(),
         )
-        .map_err(|e| e.context(path.display()))?;
+        .map_err(|e| interrupted_rotate(trusted, &bytes, e).context(path.display()))?;
         Ok(VerifiedChannel {
             issued: m.issued,
             summary: ChannelSummary {
@@ -1151,7 +1151,7 @@ impl Repo {
             &expect,
             &Freshness::default(),
         )
-        .map_err(|e| e.context(path.display()))?;
+        .map_err(|e| interrupted_rotate(trusted, &bytes, e).context(path.display()))?;
         Ok(Some((*verified).clone()))
     }
 
@@ -1923,6 +1923,34 @@ fn stray_root(stem: &str, newest: u64) -> Option<Error> {
             "expected root documents named 1.json to {newest}.json, found root/{stem}.json, which devices never ask for"
         ))),
     }
+}
+
+/// `e`, a channel's `envelope` refused under `trusted`, with a hint when every signature
+/// on it is by a key the root does not list for manifests: what a `rotate` that changes
+/// the manifest keys leaves when it is cut off after re-signing the channels and before
+/// writing the new root (renamed into place last). Running it again finishes it.
+fn interrupted_rotate(trusted: &TrustedRoot, envelope: &[u8], e: Error) -> Error {
+    if e.kind() != ErrorKind::Signature {
+        return e;
+    }
+    let known: Vec<String> = trusted
+        .manifest_keys()
+        .keys()
+        .iter()
+        .map(PublicKey::keyid)
+        .collect();
+    let unknown = trust::parse_envelope(envelope).is_ok_and(|env| {
+        !env.signatures.is_empty() && env.signatures.iter().all(|s| !known.contains(&s.keyid))
+    });
+    if !unknown {
+        return e;
+    }
+    let message = format!(
+        "{}; it is signed only by keys root version {} does not list for manifests: an interrupted rotate? run the same rotate command again",
+        e.message(),
+        trusted.root().version
+    );
+    Error::new(e.kind(), message)
 }
 
 fn missing(channel: &str) -> Error {

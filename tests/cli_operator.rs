@@ -1750,3 +1750,34 @@ fn verify_reports_every_expired_channel_and_warns_before_expiry() {
         "warning: root version 1 expires at 2026-11-22T10:00:00Z, in 21 days: no device accepts what it signs from then on; renew it (evergreen rotate REPO --sign ROOT_KEY)".replace("2026-11-22", "2027-11-22")
     );
 }
+
+/// A `rotate` that changes the manifest key, cut off after re-signing the channels and
+/// before the new root is renamed into place (it goes last), leaves channels signed by a
+/// key the repository's root does not know. `verify` and `resign` say what that looks like
+/// and how to finish it; running the same rotate again does.
+#[test]
+fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    keygen(dir, "release2");
+    let rotate = [
+        "rotate",
+        "repo",
+        "--manifest-key",
+        "release2.pub",
+        "--sign",
+        "root1",
+        "--sign",
+        "release2",
+    ];
+    ok(dir, &rotate);
+    std::fs::remove_file(dir.join("repo/root/2.json")).unwrap();
+    let hint = "an interrupted rotate? run the same rotate command again";
+    let err = fails(dir, &["verify", "repo"]);
+    assert!(err.starts_with("error[signature]: "), "{err}");
+    assert!(err.trim_end().ends_with(hint), "{err}");
+    let err = fails(dir, &RESIGN_NIGHTLY);
+    assert!(err.trim_end().ends_with(hint), "{err}");
+    ok(dir, &rotate);
+    ok(dir, &["verify", "repo"]);
+}
