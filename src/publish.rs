@@ -682,14 +682,16 @@ impl Repo {
     /// devices outside its rollout still take the ones before it. Then whatever else a
     /// device needs is kept, so that none is offered less than before: for a device running
     /// any listed release, one at any listed `min_version`, or one older than all of them,
-    /// when [`select`] offers it a release and would offer it none of those
-    /// kept, the release it is offered stays, until nothing more is added. `select` is
-    /// asked twice: with the rollouts as they stand, and with every release that has, had
-    /// or will have a stage above 0 % as reaching everyone (a halted stone may ramp up
-    /// again). That keeps the stepping stone a device below a `min_version` takes and the
-    /// stone before it, and no other release: releases sharing one `min_version` do not
-    /// keep each other. Blobs are not touched: they are immutable and other channels may
-    /// list them. `keep` must be at least 1.
+    /// inside or outside each rollout short of 100 % (any of which may also be halted, or
+    /// ramped again, later): when [`select`] offers it a release and would offer none of
+    /// those kept, the release it offers stays, until nothing more is added. `select` is
+    /// asked with no such rollout reaching the device, with the rollouts as they stand,
+    /// and with every release that has, had or will have a stage above 0 % as reaching
+    /// everyone; for a device offered nothing with none of them, with each such rollout
+    /// reaching it alone. That keeps the stepping stone a device below a `min_version`
+    /// takes and the stone before it, and no other release: releases sharing one
+    /// `min_version` do not keep each other. Blobs are not touched: they are immutable and
+    /// other channels may list them. `keep` must be at least 1.
     ///
     /// ```
     /// # use evergreen::publish::{Repo, ReleaseOptions, Signing};
@@ -1545,9 +1547,16 @@ fn check_percent(percent: f64) -> Result<()> {
 /// The versions [`Repo::prune`] keeps: per target, the newest down to the `keep`-th
 /// rolled out to everyone at `now`; then whatever else a device needs so that none is
 /// offered less than before. A device may run any listed release (or one older than all
-/// of them): if [`select::select`] offers it a release now, it must still be offered one
-/// from what is kept, or the one it is offered now stays. That keeps each stepping stone
-/// devices below a `min_version` take, and only those, until nothing more is added.
+/// of them), and be inside or outside each rollout short of 100 %: if [`select::select`]
+/// offers it a release now, it must still be offered one from what is kept.
+///
+/// Which rollouts reach a device is its own mix, and any may be halted, or a halted one
+/// ramped again, later. Two questions cover every mix: a device outside all of them must
+/// still be offered a release at 100 % when it is offered one now (kept: the one it is
+/// offered, unless another kept one is), and a device offered none of those is offered a
+/// rollout's release only from inside that rollout, so each such release it could take
+/// stays. What a device in every ramp is offered stays too. That keeps each stepping
+/// stone devices below a `min_version` take, and only those.
 fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTreeSet<Version> {
     let releases = &m.releases;
     let targets: BTreeSet<&str> = releases
@@ -1570,21 +1579,47 @@ fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTreeSet<Versi
             full += usize::from(rolled_out_to_everyone(r, now));
         }
     }
-    // Two views: the rollouts as they stand now (a halt reaches no one), and as they may
-    // stand later (a halted or scheduled release can be ramped up again).
-    let views = [reached(m, now, false), reached(m, now, true)];
+    // A device outside every rollout short of 100 % (or in one halted later); and, as
+    // before, one in every rollout that reaches devices now (a ramp reaches everyone in
+    // time), and one in every rollout that has or will have a stage above 0 % (a halted or
+    // scheduled one may be ramped): what devices inside a ramp take stays too.
+    let mut outside = m.clone();
+    outside.releases.retain(|r| rolled_out_to_everyone(r, now));
+    let later = reached(m, now, true);
+    let views = [outside, reached(m, now, false), later];
+    // A device in one of those rollouts alone.
+    let inside_one: Vec<Manifest> = views[2]
+        .releases
+        .iter()
+        .zip(releases)
+        .filter(|(may, r)| may.rollout.is_none() && !rolled_out_to_everyone(r, now))
+        .map(|(may, _)| {
+            let mut view = views[0].clone();
+            view.releases.push(may.clone());
+            view
+        })
+        .collect();
     let running = devices(releases);
     // What each device is offered before the prune, per view: it does not change between
     // rounds, so it is asked once.
-    let before: Vec<(usize, &str, &(Version, u64), Version)> = views
-        .iter()
-        .enumerate()
-        .flat_map(|(i, _)| targets.iter().map(move |&target| (i, target)))
-        .flat_map(|(i, target)| running.iter().map(move |device| (i, target, device)))
-        .filter_map(|(i, target, device)| {
-            offered(&views[i], target, device, now).map(|v| (i, target, device, v))
-        })
-        .collect();
+    let mut before: Vec<(usize, &str, &(Version, u64), Version)> = Vec::new();
+    for (i, view) in views.iter().enumerate() {
+        for &target in &targets {
+            for device in &running {
+                match offered(view, target, device, now) {
+                    Some(v) => before.push((i, target, device, v)),
+                    // Offered nothing at 100 %: a release short of it is the only way on,
+                    // and only for devices in its rollout, which no other release serves.
+                    None if i == 0 => kept.extend(
+                        inside_one
+                            .iter()
+                            .filter_map(|one| offered(one, target, device, now)),
+                    ),
+                    None => {}
+                }
+            }
+        }
+    }
     // Each round adds the releases devices lost; an added release never takes an offer
     // away, so few rounds are needed.
     loop {
@@ -3085,6 +3120,226 @@ mod tests {
             offer(&nightly(&repo), "1.5.0"),
             Some(versions(&["2.0.0"])[0].clone())
         );
+    }
+
+    /// What `select` offers the device `id` running `installed` on target `x` at `at`.
+    fn offer_at(m: &Manifest, id: &str, installed: &str, at: Timestamp) -> Option<Version> {
+        let installed: Version = installed.parse().unwrap();
+        let device = crate::select::Device {
+            product: &m.product,
+            target: "x",
+            device_id: id,
+            installed: Some(&installed),
+            security_floor: 0,
+            skipped: &[],
+            failed: &[],
+        };
+        let policy = crate::select::Policy::default();
+        match crate::select::select(m, &device, &policy, at).unwrap() {
+            crate::select::Decision::Update(c) => Some(c.version),
+            crate::select::Decision::UpToDate => None,
+        }
+    }
+
+    /// Devices outside a ramp still take the stone at 100 % below a `min_version`: prune
+    /// keeps it (it removed it, though a ramp at 10 % left 90 % of them offered nothing),
+    /// and a halt of the ramp later leaves them on their way.
+    #[test]
+    fn prune_keeps_the_stone_devices_outside_a_ramp_take() {
+        let (_dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_with(&repo, &key, &file, "1.1.0", "x", None);
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        publish_on(
+            &repo,
+            &key,
+            &file,
+            "nightly",
+            ("2.1.0", "x"),
+            (0, Some(10.0)),
+        )
+        .unwrap();
+        let ids: Vec<String> = (1..=40).map(|i| format!("p{i}")).collect();
+        let m = nightly(&repo);
+        let before: Vec<Option<Version>> = ids
+            .iter()
+            .map(|id| offer_at(&m, id, "1.0.0", now()))
+            .collect();
+        let stone = Some(versions(&["1.1.0"])[0].clone());
+        let ramp = Some(versions(&["2.1.0"])[0].clone());
+        assert!(
+            before.contains(&stone) && before.contains(&ramp),
+            "{before:?}"
+        );
+
+        let (m, removed) = repo
+            .prune("nightly", 1, &Signing::new(&[&key], now()))
+            .unwrap();
+        assert_eq!(removed, versions(&["1.0.0"]));
+        for (id, offered) in ids.iter().zip(&before) {
+            assert_eq!(&offer_at(&m, id, "1.0.0", now()), offered, "{id}");
+        }
+        let later = now().plus_secs(60);
+        let v21 = versions(&["2.1.0"])[0].clone();
+        let m = repo
+            .rollout("nightly", &v21, 0.0, &Signing::new(&[&key], later))
+            .unwrap();
+        for id in &ids {
+            assert_eq!(offer_at(&m, id, "1.0.0", later), stone, "{id}");
+        }
+        assert!(stranded(&m, later).is_empty());
+    }
+
+    /// Whichever rollouts reach a device (a device in some, outside others, or all of them
+    /// halted or ramped to 100 % later), one offered a release before a prune is offered
+    /// one after it. Channels drawn from fixed seeds: releases with and without rollouts
+    /// (ramping, halted, scheduled, never started), `min_version`s on listed releases and
+    /// on pruned ones, rising security versions, two targets.
+    #[test]
+    fn prune_leaves_no_device_offered_nothing_in_any_mix_of_rollouts() {
+        struct Rng(u64);
+        impl Rng {
+            fn below(&mut self, n: u64) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 % n
+            }
+        }
+        let t0 = now();
+        let at = t0.plus_secs(7200);
+        let stage = |secs: i64, percent: f64| RolloutStage {
+            at: t0.plus_secs(secs),
+            percent,
+        };
+        let rollouts: [Option<Vec<RolloutStage>>; 8] = [
+            None,
+            Some(vec![stage(0, 100.0)]),
+            Some(vec![stage(0, 10.0)]),
+            Some(vec![stage(0, 10.0), stage(3600, 50.0)]),
+            Some(vec![stage(0, 0.0)]),
+            Some(vec![stage(0, 30.0), stage(3600, 0.0)]),
+            Some(vec![stage(0, 0.0), stage(86_400, 50.0)]),
+            Some(vec![stage(0, 10.0), stage(3600, 100.0)]),
+        ];
+        let base = Manifest {
+            doc_type: "manifest".into(),
+            product: "p".into(),
+            channel: "c".into(),
+            sequence: 1,
+            issued: t0,
+            expires: t0.plus_secs(86_400 * 30),
+            releases: Vec::new(),
+        };
+        let mut checked = 0;
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut m = base.clone();
+            let mut security = 0;
+            for i in 0..3 + rng.below(7) {
+                security += u64::from(rng.below(4) == 0);
+                let min_version = match rng.below(3) {
+                    0 if i > 0 => Some(Version::new(1, rng.below(i), 5 * rng.below(2))),
+                    _ => None,
+                };
+                let targets: &[&str] = match rng.below(6) {
+                    0 => &["y"],
+                    1 => &["x", "y"],
+                    _ => &["x"],
+                };
+                let rollout = rng.below(3) == 0;
+                let rollout = rollouts[if rollout { rng.below(8) } else { 0 } as usize]
+                    .clone()
+                    .map(|stages| Rollout { stages });
+                m.releases.push(Release {
+                    version: Version::new(1, i, 0),
+                    published: None,
+                    notes: String::new(),
+                    min_version,
+                    critical: false,
+                    security_version: security,
+                    rollout,
+                    targets: targets
+                        .iter()
+                        .map(|t| {
+                            let components = NameMap::default();
+                            (*t, TargetRelease { components })
+                        })
+                        .collect(),
+                });
+            }
+            for keep in 1..=2 {
+                let kept = releases_to_keep(&m, keep, at);
+                let mut pruned = m.clone();
+                pruned.releases.retain(|r| kept.contains(&r.version));
+                // A device's mix: each release short of 100 % that may reach someone (or
+                // that stays, and so may be ramped) is in it or not; the rest reach no one.
+                let open: Vec<Version> = m
+                    .releases
+                    .iter()
+                    .filter(|r| !rolled_out_to_everyone(r, at))
+                    .filter(|r| {
+                        kept.contains(&r.version)
+                            || r.rollout
+                                .as_ref()
+                                .unwrap()
+                                .stages
+                                .iter()
+                                .any(|s| s.percent > 0.0)
+                    })
+                    .map(|r| r.version.clone())
+                    .collect();
+                let mix = |channel: &Manifest, inside: u64| {
+                    let mut seen = channel.clone();
+                    for r in seen
+                        .releases
+                        .iter_mut()
+                        .filter(|r| !rolled_out_to_everyone(r, at))
+                    {
+                        let i = open.iter().position(|v| *v == r.version);
+                        if i.is_some_and(|i| inside & (1 << i) != 0) {
+                            r.rollout = None;
+                        } else {
+                            r.rollout = Some(Rollout {
+                                stages: vec![stage(0, 0.0)],
+                            });
+                        }
+                    }
+                    seen
+                };
+                let mut running: Vec<(Version, u64)> = m
+                    .releases
+                    .iter()
+                    .map(|r| (r.version.clone(), r.security_version))
+                    .collect();
+                for r in &m.releases {
+                    let Some(min) = &r.min_version else { continue };
+                    let below = m.releases.iter().filter(|o| o.version <= *min);
+                    let floor = below.map(|o| o.security_version).max().unwrap_or(0);
+                    running.push((min.clone(), floor));
+                }
+                running.push((Version::new(0, 0, 0), 0));
+                for inside in 0..1u64 << open.len().min(6) {
+                    let (before, after) = (mix(&m, inside), mix(&pruned, inside));
+                    for target in ["x", "y"] {
+                        for device in &running {
+                            let was = offered(&before, target, device, at);
+                            let is = offered(&after, target, device, at);
+                            assert!(
+                                was.is_none() || is.is_some(),
+                                "seed {seed}, keep {keep}: a {target} device on {} (floor {}) in the rollouts of {:?} was offered {was:?}, nothing after keeping {kept:?} of {:#?}",
+                                device.0,
+                                device.1,
+                                open.iter().enumerate().filter(|(i, _)| inside & (1 << i) != 0).map(|(_, v)| v.to_string()).collect::<Vec<_>>(),
+                                m.releases.iter().map(|r| (r.version.to_string(), r.min_version.as_ref().map(ToString::to_string), r.security_version, r.rollout.as_ref().map(|ro| ro.percent_at(at)))).collect::<Vec<_>>(),
+                            );
+                            checked += usize::from(was.is_some());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked} offers checked");
     }
 
     /// Devices of one target never see another target's releases, and a device that

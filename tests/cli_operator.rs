@@ -670,10 +670,10 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
 }
 
 /// What `prune --help` says it keeps is what it keeps: a stone still ramping is the one
-/// devices below a `min_version` take (it reaches them in time), so it stays, and the
-/// release at 100% before it goes.
+/// devices below a `min_version` inside its rollout take, so it stays, and so does the
+/// release at 100% before it, which the devices outside the ramp take.
 #[test]
-fn prune_keeps_the_ramping_stone_its_help_names() {
+fn prune_keeps_the_ramping_stone_and_the_one_below_it_its_help_names() {
     let tmp = repo_with_app();
     let dir = tmp.path();
     release_version(dir, "1.0.0", &APP);
@@ -704,9 +704,13 @@ fn prune_keeps_the_ramping_stone_its_help_names() {
         ],
     );
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["removed"], serde_json::json!(["1.5.0", "1.0.0"]));
+    assert_eq!(report["removed"], serde_json::json!(["1.0.0"]));
     let help = ok(dir, &["prune", "--help"]);
-    assert!(help.contains("a ramping stone counts"), "{help}");
+    assert!(
+        help.contains("a ramping stone stays for the devices inside it"),
+        "{help}"
+    );
+    assert!(help.contains("the stone at 100% below it for"), "{help}");
     assert!(
         !help.contains("releases between the stone and the kept one go"),
         "{help}"

@@ -81,11 +81,12 @@ pub(crate) enum Command {
         ones before it). Then, so that no device is offered less than before, it keeps the\n\
         release a device running any listed release (or one older than all) is offered when\n\
         none of those kept would be: the stepping stone below a kept release's min_version\n\
-        (the newest release the device can take; a ramping stone counts, as it reaches\n\
-        everyone in time, and so does a halted one that may be ramped again), and the stone\n\
-        before that one; no other release stays. Blobs stay: they are immutable and other\n\
-        channels may list them. Devices verify and parse the whole manifest on every\n\
-        change, and refuse one over 1 MiB: prune long-lived channels.\n\
+        (the newest release the device can take), and the stone before that one; no other\n\
+        release stays. A device may be inside or outside each rollout short of 100%:\n\
+        a ramping stone stays for the devices inside it (and a halted one that may be\n\
+        ramped again), and the stone at 100% below it for those outside. Blobs stay: they\n\
+        are immutable and other channels may list them. Devices verify and parse the whole\n\
+        manifest on every change, and refuse one over 1 MiB: prune long-lived channels.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Prune(PruneArgs),
