@@ -797,6 +797,46 @@ fn a_304_to_a_request_without_an_etag_is_the_servers_error() {
     dev.expect("check", &[], 10);
 }
 
+/// `update --if-due`, for a timer that wakes more often than the poll interval: before the
+/// device's `next_check` it makes no check (the last check stays what it was) and says when
+/// the next one is; from then on it checks and updates as `update` does.
+#[test]
+fn update_if_due_checks_only_once_the_schedule_says_so() {
+    let (_repo, dev) = confirmed_1_0_0("com.acme.due");
+    let now = evergreen::Timestamp::now();
+    dev.json_at(&now.to_string(), "check", &[], 0);
+    let status = dev.json_at(&now.to_string(), "status", &[], 0);
+    let next: evergreen::Timestamp = status["next_check"].as_str().unwrap().parse().unwrap();
+
+    let early = next.plus_secs(-60).to_string();
+    let out = dev.json_at(&early, "update", &["--yes", "--if-due"], 0);
+    assert_eq!(
+        out,
+        serde_json::json!({"status": "not_due", "next_check": next})
+    );
+    assert_eq!(
+        dev.json_at(&early, "status", &[], 0)["last_check"],
+        status["last_check"]
+    );
+    let text = dev.run_env(
+        "update",
+        &["--yes", "--if-due"],
+        &[("EVERGREEN_NOW", &early)],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout),
+        format!("not due: next check at {next}\n")
+    );
+
+    let out = dev.json_at(&next.to_string(), "update", &["--yes", "--if-due"], 0);
+    assert_eq!(out["status"], "up_to_date", "{out}");
+    let after = dev.json_at(&next.to_string(), "status", &[], 0);
+    assert_ne!(
+        after["last_check"], status["last_check"],
+        "checked once due"
+    );
+}
+
 /// A device whose clock went back to 1970 after it checked (an RTC that lost power) is
 /// due to check now, on its own clock: a time in 2026 would mean never for a host waiting
 /// on it, and one counted from its own now would move on at every call. The check it then

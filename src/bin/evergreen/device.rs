@@ -49,6 +49,13 @@ pub struct UpdateArgs {
     /// Do not ask before installing.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Check only when the device's schedule says a check is due (`next_check` in
+    /// `status`: the poll interval with this device's jitter, backed off after failures);
+    /// before that, print `not due: next check at T` and exit 0 without a request. For a
+    /// timer that wakes more often than the poll interval: a fleet that checks on a fixed
+    /// clock polls in lockstep.
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 /// Options of `channel`.
@@ -407,6 +414,17 @@ fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Check> {
 /// `evergreen update`: check, show the diff, ask, download, install, activate.
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
+    if args.if_due {
+        let next = up.next_check()?;
+        if next > crate::now()? {
+            if json {
+                print_json(&json!({"status": "not_due", "next_check": next}));
+            } else {
+                out!("not due: next check at {next}");
+            }
+            return Ok(0);
+        }
+    }
     let offer = match check_on(&up, args)? {
         Check::UpToDate => {
             if json {
