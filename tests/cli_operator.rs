@@ -1785,3 +1785,23 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     ok(dir, &rotate);
     ok(dir, &["verify", "repo"]);
 }
+
+/// A release for a target no other release on the channel carries, beside releases for
+/// other targets (a misspelt `--target`), is warned about: it reaches no device.
+#[test]
+fn a_release_for_a_target_the_channel_has_no_other_release_for_is_warned_about() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    ok(dir, &release_args("1.0.0", &["--component", "app=app.bin"]));
+    let mut args = release_args("1.0.1", &["--component", "app=app.bin", "--critical"]);
+    args[7] = "x86_64-linux-gnu";
+    let o = evergreen(dir, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "warning: 1.0.1 is the only release on channel nightly for target x86_64-linux-gnu; its other releases are for x86_64-linux: is the target misspelt?"
+    );
+    // The same target again, or the first release of a channel: nothing to say.
+    let o = evergreen(dir, &release_args("1.0.2", &["--component", "app=app.bin"]));
+    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+}

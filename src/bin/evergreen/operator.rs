@@ -480,6 +480,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
     let refusals = publish::default_limit_refusals(&components)?;
     let mut later_warnings = compressed_images(&components)?;
     later_warnings.extend(image_dropped(&m, v, &a.target, &components));
+    later_warnings.extend(new_target(&m, v, &a.target));
     later_warnings.extend(repo.security_floor_warnings(&a.channel, v, Some(&a.target))?);
     if json {
         let warnings: Vec<&String> = refusals.iter().chain(&later_warnings).collect();
@@ -692,6 +693,32 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         )
     });
     Ok((name.to_string(), PathBuf::from(path), kind))
+}
+
+/// A warning when no other release on the channel carries `target` while others carry
+/// other targets: a misspelt `--target` (`x86_64-linux-gnu` for `x86_64-linux`) reaches
+/// no device, a critical fix included, and nothing else would say so.
+fn new_target(m: &Manifest, version: &Version, target: &str) -> Option<String> {
+    let others = m
+        .releases
+        .iter()
+        .filter(|r| r.version.cmp_precedence(version).is_ne());
+    let mut targets: Vec<&str> = Vec::new();
+    for r in others {
+        if r.targets.get(target).is_some() {
+            return None;
+        }
+        targets.extend(r.targets.iter().map(|(t, _)| t.as_str()));
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    (!targets.is_empty()).then(|| {
+        format!(
+            "{version} is the only release on channel {} for target {target}; its other releases are for {}: is the target misspelt?",
+            m.channel,
+            targets.join(", ")
+        )
+    })
 }
 
 /// A warning when the target's newest other release on the channel is an image and this
