@@ -192,8 +192,11 @@ fn confirm(config: &Path) -> Result<(), String> {
 }
 
 fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
-    let status = Command::new(program)
-        .args(args)
+    run_command(Command::new(program).args(args), program, args)
+}
+
+fn run_command(command: &mut Command, program: &str, args: &[&str]) -> Result<(), String> {
+    let status = command
         .stdout(Stdio::null())
         .status()
         .map_err(|e| format!("{program}: {e}"))?;
@@ -201,6 +204,35 @@ fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
         .success()
         .then_some(())
         .ok_or_else(|| format!("{program} {args:?}: {status}"))
+}
+
+/// The variables `cargo run` sets for the program it runs (the package's manifest and
+/// metadata), beside `CARGO`, which names the cargo to use and is kept.
+const CARGO_RUN_VARIABLES: [&str; 8] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "OUT_DIR",
+];
+
+/// `program` (cargo, or a script that runs it) without the variables `cargo run` set
+/// for this process. Build scripts watch some of them (ring's asks to be re-run when
+/// `CARGO_MANIFEST_DIR` or `CARGO_PKG_NAME` changes), so a build that inherited them
+/// rebuilt ring, rustls and evergreen, and the next plain `cargo run` rebuilt them back:
+/// some 40 s each way on every run of the benchmark.
+pub fn cargo_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_RUN_VARIABLES.contains(&name.as_ref()) || name.starts_with("CARGO_PKG_") {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 pub fn full_update(ctx: &Ctx) -> Row {
@@ -839,17 +871,20 @@ fn evergreen_bin() -> Result<PathBuf, String> {
         .map(|d| d.join("evergreen"))
         .ok_or("no directory for the evergreen binary")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_tool(
-        &cargo,
-        &[
-            "build",
-            "--release",
-            "--bin",
-            "evergreen",
-            "--manifest-path",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-        ],
-    )?;
+    // With this example in the same build: the dev-dependencies it brings change the
+    // features of ctrlc's dependencies, so the CLI built alone would rebuild the library
+    // beside it, and the next `cargo run --example bench` would rebuild it back.
+    let args = [
+        "build",
+        "--release",
+        "--bin",
+        "evergreen",
+        "--example",
+        "bench",
+        "--manifest-path",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+    ];
+    run_command(cargo_command(&cargo).args(args), &cargo, &args)?;
     Ok(bin)
 }
 
@@ -951,7 +986,7 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
                 // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
                 // LTO must keep every public Rust function, about 0.6 MB more), without the
                 // build machine's paths.
-                let built = Command::new(root.join("scripts/build-lib"))
+                let built = cargo_command(root.join("scripts/build-lib"))
                     .args(extra)
                     .env("CARGO_TARGET_DIR", root.join(target_dir))
                     .stdout(Stdio::null())
@@ -1018,7 +1053,7 @@ fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>, stable:
         // Other builds (examples/c/run.sh's, with fault injection) share target/small.
         return Row::skipped(row.what, row.target, "not built with --quick".into());
     }
-    let out = std::process::Command::new(&script)
+    let out = cargo_command(&script)
         .args(flag)
         .arg("--no-default-features")
         .env("EVG_SMALL_TARGET_DIR", &target)
@@ -1093,6 +1128,30 @@ mod tests {
         assert!(!rss_passes(&small, &large, &small, 16.0 * M));
         let close = [7.0 * M, 7.5 * M, 7.0 * M, 7.9 * M, 7.0 * M];
         assert!(rss_passes(&small, &close, &small, 16.0 * M));
+    }
+
+    #[test]
+    fn cargo_builds_do_not_inherit_what_cargo_run_set() {
+        // `cargo test` sets them for this process as `cargo run` does for the benchmark.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let command = cargo_command("cargo");
+        let removed: Vec<String> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+        ] {
+            assert!(
+                removed.iter().any(|r| r == name),
+                "{name} is passed on: {removed:?}"
+            );
+        }
+        assert!(!removed.iter().any(|r| r == "CARGO"), "CARGO is removed");
     }
 
     #[test]
