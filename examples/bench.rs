@@ -16,9 +16,13 @@
 //! The table is printed in Markdown, for docs/benchmarks.md. The command exits non-zero
 //! when a row could not be measured because its step failed (a missing tool or nightly
 //! is a skip, not a failure), so `--quick` in the test command keeps the benchmark working.
+//! Ctrl-C or SIGTERM stops nginx and the tools it runs, removes the scratch directory,
+//! says so and exits 130.
 
 #[path = "bench/fixtures.rs"]
 mod fixtures;
+#[path = "common/interrupt.rs"]
+mod interrupt;
 #[path = "bench/rng.rs"]
 mod rng;
 #[path = "bench/rows.rs"]
@@ -68,7 +72,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    match parse(&args).and_then(run) {
+    interrupt::install("bench");
+    let result = parse(&args).and_then(run);
+    interrupt::settle();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e}");
@@ -125,6 +132,7 @@ fn run(options: Options) -> Result<(), String> {
         .prefix("evergreen-bench-")
         .tempdir_in(&parent)
         .map_err(rows::err)?;
+    interrupt::remove_on_interrupt(work.path());
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
         .map_err(rows::err)?;
     let fixture = fixtures::Fixture::new(work.path()).map_err(rows::err)?;
@@ -153,6 +161,8 @@ fn run(options: Options) -> Result<(), String> {
         }
         eprintln!("measuring: {name}");
         table.extend(step(&ctx));
+        // A step that failed because an interrupt stopped nginx prints no row.
+        interrupt::settle();
     }
     println!(
         "\nEvergreen benchmark{}: medians of {runs} runs; server: {}; files on {} ({fs_name}); \

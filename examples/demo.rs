@@ -9,10 +9,14 @@
 //! dir, on a simulated clock) lives through seven steps: a fresh install, channels, a staged
 //! rollout, a component-wise update, an automatic rollback, a tampered manifest and a
 //! maintenance window. Every step checks what it expects; the demo exits 0 only when all
-//! of them did, else it names the step that failed and exits 1. See `docs/demo.md`.
+//! of them did, else it names the step that failed and exits 1. Ctrl-C or SIGTERM removes
+//! the temp dir, says so and exits 130. See `docs/demo.md`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "common/interrupt.rs"]
+mod interrupt;
 
 #[path = "demo/device.rs"]
 mod device;
@@ -29,9 +33,13 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     println!("Evergreen demo: one device, one signed repository, seven steps.");
+    interrupt::install("demo");
     ignore_proxy_env();
     let console = Arc::new(Console::default());
-    match run(&console) {
+    let result = run(&console);
+    // A step that failed because an interrupt removed the temp dir is not reported.
+    interrupt::settle();
+    match result {
         Ok(()) => {
             println!("\nAll {} steps behaved as expected.", steps::STEPS.len());
             ExitCode::SUCCESS

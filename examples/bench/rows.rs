@@ -2,6 +2,7 @@
 //! same run.
 
 use super::fixtures::{self, Fixture, Rng};
+use super::interrupt;
 use super::server::{find_on_path, Proxy, Server};
 use super::table::{bytes, median, secs, time_runs, Row};
 use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher};
@@ -196,9 +197,7 @@ fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 fn run_command(command: &mut Command, program: &str, args: &[&str]) -> Result<(), String> {
-    let status = command
-        .stdout(Stdio::null())
-        .status()
+    let status = interrupt::status(command.stdout(Stdio::null()), program)
         .map_err(|e| format!("{program}: {e}"))?;
     status
         .success()
@@ -504,7 +503,8 @@ fn peak_rss_kib() -> Result<u64, String> {
 /// Peak RSS (bytes) of the bench binary re-run with `args`.
 fn child_rss(args: &[&str]) -> Result<f64, String> {
     let exe = std::env::current_exe().map_err(err)?;
-    let out = Command::new(exe).args(args).output().map_err(err)?;
+    let out =
+        interrupt::output(Command::new(exe).args(args), "the benchmark's child").map_err(err)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!(
@@ -986,11 +986,13 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
                 // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
                 // LTO must keep every public Rust function, about 0.6 MB more), without the
                 // build machine's paths.
-                let built = cargo_command(root.join("scripts/build-lib"))
-                    .args(extra)
-                    .env("CARGO_TARGET_DIR", root.join(target_dir))
-                    .stdout(Stdio::null())
-                    .status();
+                let built = interrupt::status(
+                    cargo_command(root.join("scripts/build-lib"))
+                        .args(extra)
+                        .env("CARGO_TARGET_DIR", root.join(target_dir))
+                        .stdout(Stdio::null()),
+                    "scripts/build-lib",
+                );
                 match built {
                     Ok(s) if s.success() => {}
                     Ok(s) => {
@@ -1053,11 +1055,13 @@ fn small_cdylib(ctx: &Ctx, root: &Path, libcurl: Option<&(String, u64)>, stable:
         // Other builds (examples/c/run.sh's, with fault injection) share target/small.
         return Row::skipped(row.what, row.target, "not built with --quick".into());
     }
-    let out = cargo_command(&script)
-        .args(flag)
-        .arg("--no-default-features")
-        .env("EVG_SMALL_TARGET_DIR", &target)
-        .output();
+    let out = interrupt::output(
+        cargo_command(&script)
+            .args(flag)
+            .arg("--no-default-features")
+            .env("EVG_SMALL_TARGET_DIR", &target),
+        "scripts/build-small-lib",
+    );
     let lib = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()

@@ -23,6 +23,7 @@ impl Drop for Server {
         if let Server::Nginx { child, .. } = self {
             let _ = child.kill();
             let _ = child.wait();
+            crate::interrupt::forget(child.id());
         }
     }
 }
@@ -100,11 +101,13 @@ fn start_nginx(binary: &Path, root: &Path, scratch: &Path) -> std::io::Result<Se
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
+    crate::interrupt::stop_on_interrupt(child.id(), "nginx");
     for _ in 0..200 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(Server::Nginx { child, port });
         }
         if let Ok(Some(status)) = child.try_wait() {
+            crate::interrupt::forget(child.id());
             let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
             return Err(std::io::Error::other(format!(
                 "exited with {status}: {log}"
@@ -114,6 +117,7 @@ fn start_nginx(binary: &Path, root: &Path, scratch: &Path) -> std::io::Result<Se
     }
     let _ = child.kill();
     let _ = child.wait();
+    crate::interrupt::forget(child.id());
     Err(std::io::Error::other("not listening after 5 s"))
 }
 

@@ -58,6 +58,7 @@ impl Demo {
     /// installed, all in a temp dir.
     pub fn new(console: Arc<Console>) -> Outcome<Demo> {
         let dir = tempfile::tempdir()?;
+        crate::interrupt::remove_on_interrupt(dir.path());
         let clock = SimClock::new();
         let publisher = Publisher::init(dir.path(), clock.clone())?;
         let server = TestServer::serve(publisher.repo().path());
