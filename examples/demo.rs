@@ -31,7 +31,49 @@ use narrate::{Console, Failure};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+const USAGE: &str = "\
+usage: cargo run --example demo    (the demo takes no arguments)
+
+Runs Evergreen end to end on this machine, in a temp dir, talking only to 127.0.0.1: an
+operator signs and publishes releases, and one device installs, follows a staged rollout,
+updates component by component, rolls back a broken release, refuses a tampered manifest
+and waits for a maintenance window. Exits 0 when every step behaved as expected, else 1,
+naming the step. See docs/demo.md.";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Args {
+    Run,
+    Help,
+    /// An argument the demo does not take.
+    Unexpected(String),
+}
+
+fn parse(args: &[String]) -> Args {
+    match args {
+        [] => Args::Run,
+        [a] if is_help(a) => Args::Help,
+        [a, b, ..] if is_help(a) => Args::Unexpected(b.clone()),
+        [a, ..] => Args::Unexpected(a.clone()),
+    }
+}
+
+fn is_help(arg: &str) -> bool {
+    arg == "--help" || arg == "-h"
+}
+
 fn main() -> ExitCode {
+    match parse(&std::env::args().skip(1).collect::<Vec<_>>()) {
+        Args::Run => {}
+        Args::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Args::Unexpected(a) => {
+            eprintln!("demo: unexpected argument {a:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     println!("Evergreen demo: one device, one signed repository, seven steps.");
     interrupt::install("demo");
     ignore_proxy_env();
@@ -73,4 +115,28 @@ fn run(console: &Arc<Console>) -> Result<(), (String, Failure)> {
         step(&mut demo).map_err(|f| (format!("step {} ({title})", i + 1), f))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn help_is_not_a_run_and_arguments_are_refused() {
+        assert_eq!(parse(&args(&[])), Args::Run);
+        assert_eq!(parse(&args(&["--help"])), Args::Help);
+        assert_eq!(parse(&args(&["-h"])), Args::Help);
+        assert_eq!(
+            parse(&args(&["--bogus"])),
+            Args::Unexpected("--bogus".into())
+        );
+        assert_eq!(
+            parse(&args(&["--help", "extra"])),
+            Args::Unexpected("extra".into())
+        );
+    }
 }
