@@ -1,7 +1,7 @@
 //! The device's side: one `Updater` over dir slots in the temp dir, a simulated clock, and
 //! an "app" whose start runs the startup step and a health check, confirming when healthy.
 
-use super::narrate::{expect_eq, Console, Failure, Outcome};
+use super::narrate::{ensure, expect_eq, Console, Failure, Outcome};
 use super::world::{SimClock, PRODUCT, TARGET};
 use evergreen::fetch::CancelToken;
 use evergreen::stage::ComponentOp;
@@ -209,13 +209,18 @@ impl Device {
     fn download(&self, plan: &Offer) -> Outcome {
         let before = self.updater.fetch_stats().bytes_received;
         let bar = self.setup.console.start_bar(plan.download_size());
+        let mut positions = Vec::new();
         let result = self.updater.download(
             plan,
-            &mut |done, _total| bar.set_position(done),
+            &mut |done, _total| {
+                bar.set_position(done);
+                positions.push(done);
+            },
             &CancelToken::new(),
         );
         self.setup.console.finish_bar();
         result?;
+        expect_bar_moves(plan, &positions)?;
         let got = self.updater.fetch_stats().bytes_received - before;
         self.setup.console.say(format!(
             "downloaded {} bytes for {} bytes of changed artifacts (verified SHA-256)",
@@ -284,4 +289,40 @@ impl Device {
         let path = self.current().join("app").join(name);
         Ok(std::fs::read_to_string(path)?.trim().to_string())
     }
+}
+
+/// Checks the positions the download reported to its progress bar: they never go back,
+/// end at the total, and at least one falls inside an artifact (every release's app is
+/// larger than one chunk), so the bar moves while a download runs, not only from one
+/// artifact to the next.
+fn expect_bar_moves(plan: &Offer, positions: &[u64]) -> Outcome {
+    let total = plan.download_size();
+    let ends: Vec<u64> = plan
+        .components
+        .iter()
+        .filter_map(|c| c.artifact.as_ref().map(|a| a.size))
+        .scan(0, |end, size| {
+            *end += size;
+            Some(*end)
+        })
+        .collect();
+    ensure(positions.windows(2).all(|w| w[0] <= w[1]), || {
+        format!("progress: expected positions that never go back, found {positions:?}")
+    })?;
+    expect_eq(
+        "progress at the end",
+        positions.last().copied(),
+        Some(total),
+    )?;
+    ensure(
+        positions
+            .iter()
+            .any(|p| *p > 0 && *p < total && !ends.contains(p)),
+        || {
+            format!(
+                "progress: expected a position inside an artifact (the bar moving while it \
+                 downloads), found only {positions:?} for artifacts ending at {ends:?}"
+            )
+        },
+    )
 }

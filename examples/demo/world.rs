@@ -143,9 +143,11 @@ impl Publisher {
     }
 
     /// The app: a zip with a program, its version, and the health its self-check reports.
+    /// Larger than the library's 256 KiB chunk, so the progress bar moves during its
+    /// download (which the demo checks).
     pub fn app(&self, version: &str, healthy: bool) -> Outcome<Part> {
         let health: &[u8] = if healthy { b"ok" } else { b"fail" };
-        let program = noise(version, 192 * 1024);
+        let program = noise(version, 640 * 1024);
         let path = self.src.join(format!("app-{version}.zip"));
         write_zip(
             &path,
