@@ -35,7 +35,7 @@ pub const STEPS: [Step; 7] = [
     ),
     ("1.1.0 reaches nightly and preview before stable", channels),
     (
-        "A staged rollout of 1.1.0 on stable: 20%, then 100%",
+        "A staged rollout of 1.1.0 on stable: 20%, then 40%",
         rollout,
     ),
     (
@@ -256,15 +256,22 @@ fn rollout(d: &mut Demo) -> Outcome {
     )?;
     rollout_reaches(d, &other, &v11)?;
     d.clock.advance_hours(6);
-    d.publisher.rollout("stable", &v11, 100.0)?;
+    d.publisher.rollout("stable", &v11, 40.0)?;
     d.say(format!(
-        "operator: no problem reports, ramped to 100% ({})",
+        "operator: no problem reports, ramped to 40% ({})",
         d.clock.now()
     ));
-    d.device.expect_offer("1.1.0")?;
+    // The next step moves the device to preview because stable has not reached it yet.
     let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
+    ensure(bucket >= 4000, || {
+        format!(
+            "the story needs {DEVICE_ID} outside the 40% rollout of 1.1.0: expected its \
+             bucket ≥ 4000, found {bucket}"
+        )
+    })?;
+    d.device.expect_up_to_date()?;
     d.ok(format!(
-        "check on stable at 100%: 1.1.0 offered (bucket {bucket} < 10000)"
+        "{DEVICE_ID}: check on stable at 40%: up to date (bucket {bucket} ≥ 4000: still held back)"
     ));
     Ok(())
 }
@@ -298,7 +305,8 @@ fn rollout_reaches(d: &Demo, device: &Device, version: &Version) -> Outcome<bool
 
 fn join_preview(d: &mut Demo) -> Outcome {
     d.device.updater.set_channel("preview")?;
-    d.say("the owner moves the device to the preview ring to get releases early (set_channel)");
+    d.say("stable's rollout has not reached the device: its owner moves it to the preview ring");
+    d.say("to get releases early, 1.1.0 now and the next ones before stable (set_channel)");
     let offer = d.device.expect_offer("1.1.0")?;
     expect_eq("offer channel", offer.channel.as_str(), "preview")?;
     let ops: Vec<(&str, ComponentOp)> = offer
