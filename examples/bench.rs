@@ -40,7 +40,9 @@ use std::process::ExitCode;
 /// One part of the benchmark: its rows.
 type Step = fn(&rows::Ctx) -> Vec<table::Row>;
 
-const USAGE: &str = "usage: bench [--quick] [--runs N] [--only STEP]...\n\
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only STEP]... [--scratch DIR]\n\
+    --scratch DIR: where the files go (default /dev/shm when it has room, else the temp \
+    dir); on a disk the full update pays for its sync, which tmpfs makes free\n\
     steps: full update, blob download, peak RSS, unchanged check, one of ten, manifest, \
     startup, cdylib";
 
@@ -50,6 +52,8 @@ struct Options {
     runs: usize,
     /// The steps to run; all when empty.
     only: Vec<String>,
+    /// Where the files go, when not where [`scratch_parent`] would put them.
+    scratch: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         quick: false,
         runs: 5,
         only: Vec::new(),
+        scratch: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -102,6 +107,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .ok_or(USAGE)?
             }
             "--only" => options.only.push(it.next().ok_or(USAGE)?.clone()),
+            "--scratch" => options.scratch = Some(it.next().ok_or(USAGE)?.into()),
             _ => return Err(USAGE.into()),
         }
     }
@@ -109,7 +115,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
 }
 
 fn run(options: Options) -> Result<(), String> {
-    let Options { quick, runs, only } = options;
+    let Options {
+        quick,
+        runs,
+        only,
+        scratch,
+    } = options;
     let steps: [(&str, Step); 8] = [
         ("full update", |c| vec![rows::full_update(c)]),
         ("blob download", |c| vec![rows::blob_download(c)]),
@@ -127,7 +138,13 @@ fn run(options: Options) -> Result<(), String> {
     // The zip and the blob, their copies in the repo, a download, an extracted slot and the
     // baseline's output at the same time.
     let needed = 3 * sizes.zip + 2 * sizes.blob + 2 * sizes.small + 4 * sizes.zip;
-    let (parent, fs_name) = scratch_parent(needed);
+    let (parent, fs_name) = match scratch {
+        Some(dir) => {
+            let name = fs_type(&dir);
+            (dir, name)
+        }
+        None => scratch_parent(needed),
+    };
     let work = tempfile::Builder::new()
         .prefix("evergreen-bench-")
         .tempdir_in(&parent)
