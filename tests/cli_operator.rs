@@ -1470,6 +1470,14 @@ fn a_release_that_waits_for_another_command_says_so() {
     );
 }
 
+/// Runs `args` (a `release`), which must succeed; its stderr (the warnings) without the
+/// last newline.
+fn released(dir: &Path, args: &[&str]) -> String {
+    let o = evergreen(dir, args);
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    stderr(&o).trim_end().to_string()
+}
+
 /// An image that starts as gzip data does is published, since a bootloader may read a
 /// compressed kernel from its slot, but with a warning: a device writes it into the slot
 /// as it is, and a compressed root file system costs a failed trial. Raw images pass
@@ -1482,12 +1490,11 @@ fn a_compressed_image_is_released_with_a_warning() {
     std::fs::write(dir.join("rootfs.ext4"), [0u8; 2048]).unwrap();
     let warning = "warning: component rootfs (rootfs.ext4.gz) is gzip-compressed data: devices write an image into its slot as it is, nothing decompresses it";
 
-    let o = evergreen(
+    let err = released(
         dir,
         &release_args("1.0.0", &["--component", "rootfs=rootfs.ext4.gz:image"]),
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).starts_with(warning), "{}", stderr(&o));
+    assert!(err.starts_with(warning), "{err}");
     let o = evergreen(
         dir,
         &release_args(
@@ -1504,11 +1511,8 @@ fn a_compressed_image_is_released_with_a_warning() {
         "{out}"
     );
 
-    let o = evergreen(
-        dir,
-        &release_args("1.2.0", &["--component", "rootfs=rootfs.ext4:image"]),
-    );
-    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+    let raw = release_args("1.2.0", &["--component", "rootfs=rootfs.ext4:image"]);
+    assert_eq!(released(dir, &raw), "");
 }
 
 /// A target whose releases carry an image, released once with the image as a plain file
@@ -1523,20 +1527,13 @@ fn an_image_target_released_without_an_image_is_warned_about() {
         dir,
         &release_args("1.0.0", &["--component", "rootfs=rootfs.ext4:image"]),
     );
-    let o = evergreen(
-        dir,
-        &release_args("1.1.0", &["--component", "rootfs=rootfs.ext4"]),
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plain = release_args("1.1.0", &["--component", "rootfs=rootfs.ext4"]);
     assert_eq!(
-        stderr(&o).trim_end(),
+        released(dir, &plain),
         "warning: release 1.0.0 of x86_64-linux on channel nightly carries an image (component rootfs) and 1.1.0 none: devices with image slots will be offered 1.1.0 and refuse to install it; was `:image` left off?"
     );
-    let o = evergreen(
-        dir,
-        &release_args("1.2.0", &["--component", "rootfs=rootfs.ext4:image"]),
-    );
-    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+    let image = release_args("1.2.0", &["--component", "rootfs=rootfs.ext4:image"]);
+    assert_eq!(released(dir, &image), "");
 }
 
 /// A release halted on its channel (pulled, rollout 0 %) is not promoted to everyone on
@@ -1795,13 +1792,11 @@ fn a_release_for_a_target_the_channel_has_no_other_release_for_is_warned_about()
     ok(dir, &release_args("1.0.0", &["--component", "app=app.bin"]));
     let mut args = release_args("1.0.1", &["--component", "app=app.bin", "--critical"]);
     args[7] = "x86_64-linux-gnu";
-    let o = evergreen(dir, &args);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
-        stderr(&o).trim_end(),
+        released(dir, &args),
         "warning: 1.0.1 is the only release on channel nightly for target x86_64-linux-gnu; its other releases are for x86_64-linux: is the target misspelt?"
     );
     // The same target again, or the first release of a channel: nothing to say.
-    let o = evergreen(dir, &release_args("1.0.2", &["--component", "app=app.bin"]));
-    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+    let same = release_args("1.0.2", &["--component", "app=app.bin"]);
+    assert_eq!(released(dir, &same), "");
 }
