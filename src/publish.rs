@@ -954,19 +954,7 @@ impl Repo {
     ) -> Result<VerifiedChannel> {
         let path = self.channel_path(channel);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-        let expect = Expect {
-            product: &trusted.root().product,
-            channel,
-            now,
-            max_bytes: DEFAULT_MAX_METADATA_BYTES,
-        };
-        let m = manifest::verify(
-            &bytes,
-            trusted.manifest_keys(),
-            &expect,
-            &Freshness::default(),
-        )
-        .map_err(|e| interrupted_rotate(trusted, &bytes, e).context(path.display()))?;
+        let m = verify_channel_at(trusted, channel, &path, &bytes, now)?;
         Ok(VerifiedChannel {
             issued: m.issued,
             summary: ChannelSummary {
@@ -1141,19 +1129,8 @@ impl Repo {
         };
         // Signatures, product, channel and schema are checked; expiry is not, because
         // refreshing an expired manifest is exactly what an operator needs to do.
-        let expect = Expect {
-            product: &trusted.root().product,
-            channel,
-            now: Timestamp::from_unix(i64::MIN),
-            max_bytes: DEFAULT_MAX_METADATA_BYTES,
-        };
-        let verified = manifest::verify(
-            &bytes,
-            trusted.manifest_keys(),
-            &expect,
-            &Freshness::default(),
-        )
-        .map_err(|e| interrupted_rotate(trusted, &bytes, e).context(path.display()))?;
+        let early = Timestamp::from_unix(i64::MIN);
+        let verified = verify_channel_at(trusted, channel, &path, &bytes, early)?;
         Ok(Some((*verified).clone()))
     }
 
@@ -1958,6 +1935,31 @@ fn stray_root(stem: &str, newest: u64) -> Option<Error> {
             "expected root documents named 1.json to {newest}.json, found root/{stem}.json, which devices never ask for"
         ))),
     }
+}
+
+/// The manifest of `channel` in `bytes` (read from `path`), verified as a client at `now`
+/// would with `trusted`'s manifest keys; its errors name the file, and an interrupted
+/// rotate when that is what they come from.
+fn verify_channel_at(
+    trusted: &TrustedRoot,
+    channel: &str,
+    path: &Path,
+    bytes: &[u8],
+    now: Timestamp,
+) -> Result<manifest::Verified<Manifest>> {
+    let expect = Expect {
+        product: &trusted.root().product,
+        channel,
+        now,
+        max_bytes: DEFAULT_MAX_METADATA_BYTES,
+    };
+    manifest::verify(
+        bytes,
+        trusted.manifest_keys(),
+        &expect,
+        &Freshness::default(),
+    )
+    .map_err(|e| interrupted_rotate(trusted, bytes, e).context(path.display()))
 }
 
 /// `e`, a channel's `envelope` refused under `trusted`, with a hint when every signature
