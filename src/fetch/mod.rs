@@ -781,9 +781,21 @@ pub(crate) fn without_passwords(text: &str) -> String {
         out.push_str(head);
         // Where the authority ends: userinfo may hold any sub-delimiter (`,`, `'`, `)`),
         // never these unencoded (a quote is Debug's around the whole URL).
-        let end = tail
+        let mut end = tail
             .find(|c: char| "/?#\"".contains(c) || c.is_whitespace())
             .unwrap_or(tail.len());
+        // A password with a `/` in it (`ops:s3/cret@host`), which URL parsers take as it
+        // stands: the userinfo then runs past the first `/` to an `@`. Taken as one
+        // whenever a `:` comes before that `/`, a port and a path with an `@`
+        // (`host:80/a@b`) too: in a message, hiding too much is the safe side.
+        if !tail[..end].contains('@') && tail[..end].contains(':') {
+            let span = tail
+                .find(|c: char| c == '"' || c.is_whitespace())
+                .unwrap_or(tail.len());
+            if let Some(at) = tail[..span].rfind('@') {
+                end = span.min(tail[at..].find(['/', '?', '#']).map_or(span, |i| at + i));
+            }
+        }
         let authority = &tail[..end];
         let userinfo = authority.rsplit_once('@');
         match userinfo.and_then(|(user, host)| Some((user.split_once(':')?.0, host))) {
@@ -1003,6 +1015,10 @@ mod tests {
                 "GET http://al,ice:***@h:1/x and http://a:***@h",
             ),
             ("no url: a@b:c", "no url: a@b:c"),
+            (
+                "proxy http://ops:s3/cret@host:3128/ and http://ops:a/b/c@h",
+                "proxy http://ops:***@host:3128/ and http://ops:***@h",
+            ),
             ("https://a:b@", "https://a:***@"),
         ];
         for (text, shown) in rows {
