@@ -826,8 +826,9 @@ impl Repo {
         })
     }
 
-    /// Warnings for release `version` on `channel`, one per target (or for `target` alone
-    /// when given, as when it was just added to the release): the older release of
+    /// Warnings for release `version` of the channel manifest `m` (as `release` or
+    /// `promote` just wrote it), one per target (or for `target` alone when given, as when
+    /// it was just added to the release): the older release of
     /// the target on another channel with the highest security version, when that is
     /// above this release's. Devices move between channels and keep their security floor,
     /// so those that confirmed it are never offered this release. Not refused, unlike the
@@ -835,15 +836,13 @@ impl Repo {
     /// the floor it would need raises theirs for good.
     pub fn security_floor_warnings(
         &self,
-        channel: &str,
+        m: &Manifest,
         version: &Version,
         target: Option<&str>,
     ) -> Result<Vec<String>> {
         let trusted = self.trusted_root()?;
-        let m = self
-            .load_channel(&trusted, channel)?
-            .ok_or_else(|| missing(channel))?;
-        let release = &m.releases[listed_release(&m, version)?];
+        let channel = m.channel.as_str();
+        let release = &m.releases[listed_release(m, version)?];
         let mut others = Vec::new();
         for name in self.channel_names()? {
             if name != channel {

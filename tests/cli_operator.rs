@@ -1800,3 +1800,29 @@ fn a_release_for_a_target_the_channel_has_no_other_release_for_is_warned_about()
     let same = release_args("1.0.2", &["--component", "app=app.bin"]);
     assert_eq!(released(dir, &same), "");
 }
+
+/// A release is out once its channel is written: a check made after that which fails (here
+/// another channel that no longer verifies, whose security versions cannot be read) is a
+/// warning, not a failure that a retry would turn into "already on the channel".
+#[test]
+fn a_check_that_fails_after_the_release_is_written_is_a_warning() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    ok(dir, &release_args("1.0.0", &["--component", "app=app.bin"]));
+    let mut args = release_args("1.0.0", &["--component", "app=app.bin"]);
+    args[3] = "stable";
+    ok(dir, &args);
+    std::fs::write(dir.join("repo/channels/stable.json"), b"{}").unwrap();
+    let err = released(dir, &release_args("1.1.0", &["--component", "app=app.bin"]));
+    assert!(
+        err.starts_with(
+            "warning: published, but the other channels' security versions were not checked: "
+        ),
+        "{err}"
+    );
+    assert!(read_manifest(dir, "nightly")["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["version"] == "1.1.0"));
+}
