@@ -500,7 +500,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     }
     let act = up.activate(false)?;
     if !json {
-        say_activation(&act, &plan.version);
+        say_activation(&act, Some(&plan.version));
         return Ok(0);
     }
     match act {
@@ -515,7 +515,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
 /// Says in text what came of an activation, for `update` and `activate` alike: the
 /// version, then what happens next (restart and confirm, or when the switch may go
 /// ahead). `staged` is the version a deferred activation holds back.
-fn say_activation(act: &Activation, staged: &Version) {
+fn say_activation(act: &Activation, staged: Option<&Version>) {
     match act {
         Activation::Activated { slot, version } => {
             out!("activated: {version}");
@@ -524,7 +524,10 @@ fn say_activation(act: &Activation, staged: &Version) {
             );
         }
         Activation::Deferred { until, reason } => {
-            out!("deferred: {staged}");
+            match staged {
+                Some(version) => out!("deferred: {version}"),
+                None => out!("deferred"),
+            }
             let when = until.map_or(String::new(), |t| format!("until {t}: "));
             out!("  {when}{reason}; `evergreen activate` switches then, `evergreen activate --now` at once");
         }
@@ -673,9 +676,14 @@ pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
     let act = up.activate(args.now)?;
     if !json {
         // The release held back is the one in the slot that was to become primary.
-        let s = up.status()?;
-        let staged = s.slots.get(&s.fallback).and_then(|v| v.version.clone());
-        say_activation(&act, &staged.unwrap_or(Version::new(0, 0, 0)));
+        let staged = match act {
+            Activation::Deferred { .. } => {
+                let s = up.status()?;
+                s.slots.get(&s.fallback).and_then(|v| v.version.clone())
+            }
+            Activation::Activated { .. } => None,
+        };
+        say_activation(&act, staged.as_ref());
         return Ok(0);
     }
     print_json(&match act {
