@@ -1973,8 +1973,9 @@ impl Updater {
         self.state_dir().join("downloads")
     }
 
-    /// What a confirmation of `slot`, or a rollback to it, leaves in the downloads: on dir slots what `slot` was
-    /// installed from (kept for the next release's unchanged components), and on any
+    /// What a confirmation of `slot`, or a rollback to it, leaves in the downloads: on dir
+    /// slots what `slot` was installed from (kept for the next release's unchanged
+    /// components), and on any
     /// slots what is pending for a release newer than `slot`'s (a next release fetched
     /// during the trial); pending downloads not for a newer release are forgotten in `st`.
     /// Returns the finished downloads to remove, once `st` is saved.
@@ -2341,8 +2342,6 @@ impl Updater {
         self.save(&st)
     }
 
-    /// The slot to write: the fallback, and never the slot the selector says is running.
-    ///
     /// The slot an install writes, once `st` follows what the selector says runs (see
     /// [`Updater::follow_booted`]), and the slot that runs.
     fn idle_slot(&self, st: &mut State) -> Result<(Slot, Option<Slot>)> {
@@ -2351,6 +2350,8 @@ impl Updater {
         Ok((st.fallback(), booted))
     }
 
+    /// The slot to write: the fallback, and never the slot the selector says is running.
+    ///
     /// A board provisioned with its first image in slot b runs b while a fresh state says
     /// a is primary; the state then follows what runs. Any other mismatch (a rollback not
     /// yet restarted into) is refused until the restart.

@@ -558,8 +558,8 @@ impl GrubEnv {
         let env = GrubEnv::new(path);
         // An empty block is what a `grub-editenv` rewrite cut short by a power cut leaves:
         // nothing to keep, so it is made as a missing one is.
-        let empty = std::fs::metadata(&env.path).is_ok_and(|m| m.is_file() && m.len() == 0);
-        if env.path.exists() && !empty {
+        let kept = std::fs::metadata(&env.path).is_ok_and(|m| !(m.is_file() && m.len() == 0));
+        if kept {
             let bytes = env.read_bytes()?;
             let vars = parse_block(&env.path, &bytes)?;
             // A block with none of the variables (`grub-editenv create` of grub-install,
@@ -865,7 +865,7 @@ mod tests {
     /// `grub-editenv` rewrites the file; a power cut in between leaves it empty. That is
     /// refused as no block, and provisioning makes the block again.
     #[test]
-    fn an_empty_file_is_named_and_provisioning_makes_it_again() {
+    fn an_empty_file_is_refused_and_provisioning_makes_it_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grubenv");
         std::fs::write(&path, b"").unwrap();
