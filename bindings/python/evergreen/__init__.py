@@ -392,8 +392,8 @@ def _looks_like_json(text: str) -> bool:
 
 
 def _json_text(text: str, what: str) -> str:
-    # The library's JSON parser refuses a byte order mark with "expected value at line 1
-    # column 1", which does not say what it found; say it here.
+    # The library refuses a byte order mark too, naming it; said here as well, with
+    # where it is and how text read in Python goes without it ('utf-8-sig').
     head = text.lstrip(" \t\n\r")
     if head.startswith(_BOM):
         raise BY_CODE[1](
