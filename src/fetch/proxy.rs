@@ -137,6 +137,10 @@ fn parse_entry(entry: &str) -> Direct {
     if entry == "*" {
         return Direct::All;
     }
+    // A port (`localhost:8080`, `127.0.0.1:8080`, `[::1]:8080`) is left out: the host
+    // decides, as for curl. Before the address is read, or an address with a port would be
+    // taken for a name and never match.
+    let entry = without_port(entry);
     if let Some((net, bits)) = entry.split_once('/') {
         let net = unbracket(net).parse::<IpAddr>();
         let max = |ip: &IpAddr| if ip.is_ipv4() { 32 } else { 128 };
@@ -156,11 +160,6 @@ fn parse_entry(entry: &str) -> Direct {
     if entry.ends_with('.') && entry.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Direct::Prefix(entry.to_owned());
     }
-    // A port (`localhost:8080`) is left out: the host decides, as for curl.
-    let entry = match entry.split_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => entry,
-    };
     let domain = entry.strip_prefix("*.").unwrap_or(entry);
     let domain = domain.trim_start_matches('.').trim_end_matches('.');
     Direct::Domain(domain.to_owned())
@@ -199,6 +198,18 @@ fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => masked(u128::from(a), 128) == masked(u128::from(n), 128),
         _ => false,
+    }
+}
+
+/// `entry` without a `:port` after its host: a name's or an IPv4 address's (one colon),
+/// or a bracketed IPv6 address's (`[::1]:8080`, kept in its brackets). A bare IPv6 address
+/// is all colons and has none.
+fn without_port(entry: &str) -> &str {
+    let digits = |port: &str| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    match entry.rsplit_once(':') {
+        Some((host, port)) if digits(port) && host.ends_with(']') => host,
+        Some((host, port)) if digits(port) && !host.contains(':') => host,
+        _ => entry,
     }
 }
 
@@ -313,6 +324,11 @@ mod tests {
             ("localhost 127.0.0.1", "http://127.0.0.1:8080/", false),
             ("localhost\t127.0.0.1", "http://localhost/", false),
             ("localhost:8080", "http://localhost:9090/", false),
+            // An address with a port is still an address.
+            ("127.0.0.1:8080", "http://127.0.0.1/", false),
+            ("[::1]:8080", "http://[::1]:9090/", false),
+            ("::1", "http://[::1]/", false),
+            ("[::1]:8080", "http://[::2]/", true),
             // An address is matched as one, never as a domain.
             ("0.0.1", "http://10.0.0.1/", true),
             ("10.0.0.1", "http://10.0.0.10/", true),
