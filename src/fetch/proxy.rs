@@ -82,7 +82,8 @@ impl Via {
         let Some(host) = host_of(url) else {
             return true;
         };
-        !self.direct.iter().any(|entry| entry.covers(&host))
+        let ip = host.parse::<IpAddr>().ok();
+        !self.direct.iter().any(|entry| entry.covers(&host, ip))
     }
 
     /// Whether the connection to the proxy itself is TLS.
@@ -166,9 +167,9 @@ fn parse_entry(entry: &str) -> Direct {
 }
 
 impl Direct {
-    /// Whether this entry covers `host` (lowercase, without brackets or a trailing dot).
-    fn covers(&self, host: &str) -> bool {
-        let ip = host.parse::<IpAddr>().ok();
+    /// Whether this entry covers `host` (lowercase, without brackets or a trailing dot),
+    /// which is the address `ip` when it is one.
+    fn covers(&self, host: &str, ip: Option<IpAddr>) -> bool {
         match (self, ip) {
             (Direct::All, _) => true,
             (Direct::Prefix(prefix), _) => host.starts_with(prefix.as_str()),
