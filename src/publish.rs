@@ -486,7 +486,12 @@ impl Repo {
             let no_components = || TargetRelease {
                 components: NameMap::new(),
             };
-            let new_release = match existing {
+            // Where the target goes: a release listed already, or a new one.
+            enum Into {
+                Listed(usize),
+                New(Release),
+            }
+            let into = match existing {
                 Some(i) => {
                     // Devices of `target` meet the release's min_version for the first
                     // time: as for a new release, one must lead them up to it.
@@ -495,7 +500,7 @@ impl Repo {
                     let mut others = m.clone();
                     others.releases.remove(i);
                     check_stepping_stone(&others, &added, opts.now)?;
-                    None
+                    Into::Listed(i)
                 }
                 None => {
                     let release = Release {
@@ -511,7 +516,7 @@ impl Repo {
                     // As for promote: a min_version no release on the channel leads up to
                     // would leave the devices below it offered nothing.
                     check_stepping_stone(m, &release, opts.now)?;
-                    Some(release)
+                    Into::New(release)
                 }
             };
             let mut built = NameMap::new();
@@ -526,17 +531,16 @@ impl Repo {
                 built.insert(*name, Component { version, artifact });
             }
             let target_release = TargetRelease { components: built };
-            match (existing, new_release) {
-                (Some(i), _) => {
+            match into {
+                Into::Listed(i) => {
                     m.releases[i].targets.insert(target, target_release);
                 }
-                (None, Some(mut release)) => {
+                Into::New(mut release) => {
                     release.targets.insert(target, target_release);
                     m.releases.push(release);
                     m.releases
                         .sort_by(|a, b| a.version.cmp_precedence(&b.version));
                 }
-                (None, None) => unreachable!("a release is built when none is listed"),
             }
             Ok(Edit::Changed)
         };
