@@ -150,6 +150,9 @@ fn stop(pid: u32) -> bool {
         while Instant::now() < deadline {
             match libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) {
                 0 => std::thread::sleep(Duration::from_millis(20)),
+                -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+                }
+                // Ended, or no longer a child to wait for (ECHILD): either way, gone.
                 _ => return true,
             }
         }
@@ -182,5 +185,26 @@ mod tests {
                 format!("removed {}", work.display())
             ]
         );
+    }
+
+    /// A child that ignores SIGTERM (a tool stuck in a write) is killed after the wait.
+    #[test]
+    fn a_child_that_ignores_sigterm_is_killed() {
+        let child = Command::new("sh")
+            .args(["-c", "trap '' TERM; exec sleep 30"])
+            .spawn()
+            .expect("sh");
+        // Once `sleep` runs, the ignored SIGTERM came with it through `exec`.
+        let comm = format!("/proc/{}/comm", child.id());
+        let started = Instant::now();
+        while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep") {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "sleep never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(stop(child.id()));
+        assert!(!Path::new(&format!("/proc/{}", child.id())).exists());
     }
 }
