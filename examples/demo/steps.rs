@@ -5,7 +5,7 @@ use super::device::{AppRun, Device, DEVICE_ID};
 use super::narrate::{ensure, expect_eq, Console, Failure, Outcome};
 use super::world::{Part, Publisher, SimClock, PRODUCT};
 use crate::support::{Fault, TestServer};
-use evergreen::select::{rollout_bucket, Deploy};
+use evergreen::select::{bucket_in_rollout, rollout_bucket, Deploy};
 use evergreen::slots::Slot;
 use evergreen::stage::ComponentOp;
 use evergreen::{Activation, ErrorKind, Event, Offer, Timestamp};
@@ -234,17 +234,24 @@ fn channels(d: &mut Demo) -> Outcome {
     Ok(())
 }
 
+/// The stable rollout of 1.1.0: its first stage, and the ramp after it, in percent.
+const FIRST_STAGE: f64 = 20.0;
+const RAMP: f64 = 40.0;
+
 fn rollout(d: &mut Demo) -> Outcome {
     let v11 = Version::new(1, 1, 0);
     d.days_pass(1);
-    d.publisher.promote(&v11, "preview", "stable", Some(20.0))?;
-    d.say("operator: 1.1.0 promoted to stable for 20% of devices");
+    d.publisher
+        .promote(&v11, "preview", "stable", Some(FIRST_STAGE))?;
+    d.say(format!(
+        "operator: 1.1.0 promoted to stable for {FIRST_STAGE}% of devices"
+    ));
     let inside = rollout_reaches(d, &d.device, &v11)?;
     // A neighbour with nothing installed, whose bucket is on the other side of the 20%:
     // offered 1.1.0 where this device is held back (or the other way round).
     let neighbour = (1..)
         .map(|n| format!("gateway-{n:04}"))
-        .find(|id| (rollout_bucket(PRODUCT, id, &v11) < 2000) != inside)
+        .find(|id| bucket_in_rollout(rollout_bucket(PRODUCT, id, &v11), FIRST_STAGE) != inside)
         .ok_or_else(|| Failure("no neighbour on the other side of the rollout".into()))?;
     let other = Device::new(
         &neighbour,
@@ -256,22 +263,22 @@ fn rollout(d: &mut Demo) -> Outcome {
     )?;
     rollout_reaches(d, &other, &v11)?;
     d.clock.advance_hours(6);
-    d.publisher.rollout("stable", &v11, 40.0)?;
+    d.publisher.rollout("stable", &v11, RAMP)?;
     d.say(format!(
-        "operator: no problem reports, ramped to 40% ({})",
+        "operator: no problem reports, ramped to {RAMP}% ({})",
         d.clock.now()
     ));
     // The next step moves the device to preview because stable has not reached it yet.
-    let bucket = rollout_bucket(PRODUCT, DEVICE_ID, &v11);
-    ensure(bucket >= 4000, || {
+    let (bucket, limit) = (rollout_bucket(PRODUCT, DEVICE_ID, &v11), RAMP * 100.0);
+    ensure(!bucket_in_rollout(bucket, RAMP), || {
         format!(
-            "the story needs {DEVICE_ID} outside the 40% rollout of 1.1.0: expected its \
-             bucket ≥ 4000, found {bucket}"
+            "the story needs {DEVICE_ID} outside the {RAMP}% rollout of 1.1.0: expected its \
+             bucket ≥ {limit}, found {bucket}"
         )
     })?;
     d.device.expect_up_to_date()?;
     d.ok(format!(
-        "{DEVICE_ID}: check on stable at 40%: up to date (bucket {bucket} ≥ 4000: still held back)"
+        "{DEVICE_ID}: check on stable at {RAMP}%: up to date (bucket {bucket} ≥ {limit}: still held back)"
     ));
     Ok(())
 }
@@ -281,23 +288,26 @@ fn rollout(d: &mut Demo) -> Outcome {
 /// nothing installed, or nothing. Returns whether the device is inside the rollout.
 fn rollout_reaches(d: &Demo, device: &Device, version: &Version) -> Outcome<bool> {
     let (id, bucket) = (device.id(), rollout_bucket(PRODUCT, device.id(), version));
-    let inside = bucket < 2000;
+    let inside = bucket_in_rollout(bucket, FIRST_STAGE);
     d.say(format!(
-        "device {id}: bucket {bucket} for {version}; the rule is bucket < percent×100 = 2000, so it is {}",
+        "device {id}: bucket {bucket} for {version}; the rule is bucket < percent×100 = {}, so it is {}",
+        FIRST_STAGE * 100.0,
         if inside { "IN" } else { "OUT" }
     ));
     if inside {
         device.expect_offer(&version.to_string())?;
-        d.ok(format!("{id}: check on stable at 20%: {version} offered"));
+        d.ok(format!(
+            "{id}: check on stable at {FIRST_STAGE}%: {version} offered"
+        ));
     } else if device.running()?.is_none() {
         device.expect_offer("1.0.0")?;
         d.ok(format!(
-            "{id}: check on stable at 20%: 1.0.0 offered ({version} held back by the rollout)"
+            "{id}: check on stable at {FIRST_STAGE}%: 1.0.0 offered ({version} held back by the rollout)"
         ));
     } else {
         device.expect_up_to_date()?;
         d.ok(format!(
-            "{id}: check on stable at 20%: up to date (held back by the rollout)"
+            "{id}: check on stable at {FIRST_STAGE}%: up to date (held back by the rollout)"
         ));
     }
     Ok(inside)
