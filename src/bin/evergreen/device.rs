@@ -338,8 +338,11 @@ struct Milestones<'a> {
     /// the download fetches them.
     ends: Vec<(&'a str, u64)>,
     total: u64,
+    /// The last quarter said.
     quarter: u64,
-    said: (std::time::Instant, u64),
+    /// When the last line was said, and at how many bytes.
+    said_at: std::time::Instant,
+    said_bytes: u64,
 }
 
 impl<'a> Milestones<'a> {
@@ -366,14 +369,15 @@ impl<'a> Milestones<'a> {
             ends,
             total,
             quarter: 0,
-            said: (std::time::Instant::now(), 0),
+            said_at: std::time::Instant::now(),
+            said_bytes: 0,
         }
     }
 
     /// `done` bytes of all are downloaded.
     fn at(&mut self, done: u64) {
         let quarter = (u128::from(done) * 4 / u128::from(self.total.max(1))) as u64;
-        let due = self.said.0.elapsed() >= Self::EVERY && done > self.said.1;
+        let due = self.said_at.elapsed() >= Self::EVERY && done > self.said_bytes;
         // The done line follows the download's end; a quarter the last one jumped over
         // (a resumed download, a component kept from before) goes unsaid.
         if done >= self.total || !(quarter > self.quarter || due) {
@@ -384,7 +388,7 @@ impl<'a> Milestones<'a> {
             false => (u128::from(done) * 100 / u128::from(self.total)) as u64,
         };
         self.quarter = quarter;
-        self.said = (std::time::Instant::now(), done);
+        (self.said_at, self.said_bytes) = (std::time::Instant::now(), done);
         let now = (self.ends.iter())
             .find(|(_, end)| done <= *end)
             .map_or("", |(name, _)| name);
