@@ -409,6 +409,60 @@ fn or_plain_fsync(_file: &File, sync: std::io::Result<()>) -> std::io::Result<()
     sync
 }
 
+/// Makes everything written to the file system holding `file` durable with one `syncfs`:
+/// one journal commit and one cache flush, where a sync per file costs one of each per
+/// file (10,688 files: 0.5 s against 1.8 s on an ext4 disk). Only where the kernel
+/// reports the write errors it met to `syncfs` (Linux 5.8 and later; before, it returned
+/// success whatever was lost); `None` elsewhere, and the caller syncs file by file.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn sync_file_system(file: &File) -> Option<std::io::Result<()>> {
+    use std::os::fd::AsRawFd;
+    if !kernel_at_least(&kernel_release()?, (5, 8)) {
+        return None;
+    }
+    // SAFETY: a valid descriptor, owned by `file` for the whole call.
+    Some(match unsafe { libc::syncfs(file.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    })
+}
+
+/// [`sync_file_system`] where there is no `syncfs`: always `None`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn sync_file_system(_file: &File) -> Option<std::io::Result<()>> {
+    None
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn kernel_release() -> Option<String> {
+    // SAFETY: `uname` fills the zeroed struct, whose fields are NUL-terminated arrays.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return None;
+    }
+    let release: Vec<u8> = name
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8(release).ok()
+}
+
+/// Whether a kernel `release` (`6.1.0-13-amd64`, `5.10.120-ti-r47`) is at least
+/// `(major, minor)`. A release that does not start with two numbers is not.
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// Makes a directory's entries (creations, renames, removals) durable.
 ///
 /// A file system that can't fsync a directory (`EINVAL`: procfs and sysfs, and some
@@ -842,6 +896,24 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncfs_is_trusted_from_linux_5_8_on() {
+        for (release, at_least) in [
+            ("5.8.0", true),
+            ("5.10.120-ti-r47", true),
+            ("6.18.44-fc-v1147", true),
+            ("10.0", true),
+            ("5.7.19", false),
+            ("4.19.94-ti-r42", false),
+            ("4.9", false),
+            ("5", false),
+            ("", false),
+            ("linux-6.1", false),
+        ] {
+            assert_eq!(kernel_at_least(release, (5, 8)), at_least, "{release}");
+        }
+    }
 
     /// Where `link` fails for want of hard links (vfat, exFAT), a new file is renamed into
     /// place instead, and still never replaces one that is there.
