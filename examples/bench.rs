@@ -231,13 +231,29 @@ fn free_bytes(path: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The type of the file system holding `path`: `findmnt`'s name for it (`stat -f` calls
+/// ext4 "ext2/ext3", as the three share a magic number), else `stat`'s.
 fn fs_type(path: &Path) -> String {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(path)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
+    let ask = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .arg(path)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            // A path under stacked mounts gets a line for each; the last is the one seen.
+            .and_then(|o| {
+                Some(
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .last()?
+                        .trim()
+                        .to_string(),
+                )
+            })
+            .filter(|s| !s.is_empty())
+    };
+    ask("findmnt", &["-n", "-o", "FSTYPE", "--target"])
+        .or_else(|| ask("stat", &["-f", "-c", "%T"]))
         .unwrap_or_else(|| "unknown file system".into())
 }
