@@ -5,6 +5,7 @@
 //! cargo run --release --example bench            # the real sizes (512 MiB zip, 1 GiB blob)
 //! cargo run --release --example bench -- --quick # small sizes, to check that it works
 //! cargo run --release --example bench -- --only "blob download"   # one step
+//! cargo run --release --example bench -- --disk /var/tmp          # + the full update on a disk
 //! ```
 //!
 //! Steps: full update, blob download, peak RSS, unchanged check, one of ten, manifest,
@@ -40,9 +41,12 @@ use std::process::ExitCode;
 /// One part of the benchmark: its rows.
 type Step = fn(&rows::Ctx) -> Vec<table::Row>;
 
-const USAGE: &str = "usage: bench [--quick] [--runs N] [--only STEP]... [--scratch DIR]\n\
+const USAGE: &str =
+    "usage: bench [--quick] [--runs N] [--only STEP]... [--scratch DIR] [--disk DIR]\n\
     --scratch DIR: where the files go (default /dev/shm when it has room, else the temp \
     dir); on a disk the full update pays for its sync, which tmpfs makes free\n\
+    --disk DIR: also run the full update with the device's files and the plain tools' \
+    output under DIR (a disk), the repository staying where --scratch put it\n\
     steps: full update, blob download, peak RSS, unchanged check, one of ten, manifest, \
     startup, cdylib";
 
@@ -54,6 +58,8 @@ struct Options {
     only: Vec<String>,
     /// Where the files go, when not where [`scratch_parent`] would put them.
     scratch: Option<PathBuf>,
+    /// Where the second full update writes, when asked for.
+    disk: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +100,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         runs: 5,
         only: Vec::new(),
         scratch: None,
+        disk: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -108,6 +115,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--only" => options.only.push(it.next().ok_or(USAGE)?.clone()),
             "--scratch" => options.scratch = Some(it.next().ok_or(USAGE)?.into()),
+            "--disk" => options.disk = Some(it.next().ok_or(USAGE)?.into()),
             _ => return Err(USAGE.into()),
         }
     }
@@ -120,9 +128,10 @@ fn run(options: Options) -> Result<(), String> {
         runs,
         only,
         scratch,
+        disk,
     } = options;
     let steps: [(&str, Step); 8] = [
-        ("full update", |c| vec![rows::full_update(c)]),
+        ("full update", rows::full_updates),
         ("blob download", |c| vec![rows::blob_download(c)]),
         ("peak RSS", |c| vec![rows::peak_rss(c)]),
         ("unchanged check", |c| vec![rows::unchanged_check(c)]),
@@ -145,13 +154,11 @@ fn run(options: Options) -> Result<(), String> {
         }
         None => scratch_parent(needed),
     };
-    let work = tempfile::Builder::new()
-        .prefix("evergreen-bench-")
-        .tempdir_in(&parent)
-        .map_err(rows::err)?;
-    interrupt::remove_on_interrupt(work.path());
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(rows::err)?;
+    let work = scratch_dir(&parent)?;
+    let disk = match disk {
+        Some(dir) => Some(scratch_dir(&dir)?),
+        None => None,
+    };
     let fixture = fixtures::Fixture::new(work.path()).map_err(rows::err)?;
     let server = server::Server::start(fixture.repo.path(), work.path());
     let mut ctx = rows::Ctx {
@@ -163,6 +170,9 @@ fn run(options: Options) -> Result<(), String> {
         server,
         blobs: BTreeMap::new(),
         zip_files: 0,
+        disk: disk
+            .as_ref()
+            .map(|d| (d.path().to_owned(), fs_type(d.path()))),
     };
     eprintln!(
         "publishing the fixtures in {} ({fs_name})",
@@ -202,6 +212,19 @@ fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// A new directory of the benchmark's under `parent`, removed when dropped or on an
+/// interrupt; 0755, so the nginx worker (another user) can read the repository in it.
+fn scratch_dir(parent: &Path) -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("evergreen-bench-")
+        .tempdir_in(parent)
+        .map_err(|e| format!("creating a directory in {}: {e}", parent.display()))?;
+    interrupt::remove_on_interrupt(dir.path());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(rows::err)?;
+    Ok(dir)
 }
 
 /// /dev/shm when it has `needed` bytes free, else the system temp dir; with its file

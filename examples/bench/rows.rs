@@ -59,6 +59,8 @@ pub struct Ctx {
     /// The hashes of the published big artifacts, by channel.
     pub blobs: BTreeMap<&'static str, String>,
     pub zip_files: u64,
+    /// `--disk`: a directory for the second full update, and its file system's name.
+    pub disk: Option<(PathBuf, String)>,
 }
 
 pub fn err(e: impl std::fmt::Display) -> String {
@@ -234,14 +236,26 @@ pub fn cargo_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command
 }
 
-pub fn full_update(ctx: &Ctx) -> Row {
+/// The full update where the other rows write, and again on `--disk` when given.
+pub fn full_updates(ctx: &Ctx) -> Vec<Row> {
+    let mut rows = vec![full_update(ctx, &ctx.work, None)];
+    if let Some((dir, fs)) = &ctx.disk {
+        rows.push(full_update(ctx, dir, Some(fs)));
+    }
+    rows
+}
+
+/// The full update with the device's files and the baseline's output under `place`;
+/// `disk` names its file system when it is not the other rows'.
+fn full_update(ctx: &Ctx, place: &Path, disk: Option<&str>) -> Row {
+    let on = disk.map_or(String::new(), |fs| format!(", on {fs}"));
     let what = format!(
-        "full update, {} zip of {} files (download, verify, install, synced)",
+        "full update, {} zip of {} files (download, verify, install, synced){on}",
         bytes(ctx.sizes.zip as f64),
         ctx.zip_files
     );
     let mut row = Row::new(what, "≤ 0.5× curl + openssl + unzip");
-    let dev = ctx.work.join("dev-zip");
+    let dev = place.join("dev-zip");
     let mut phases = Vec::new();
     let ours = time_runs(
         ctx.runs,
@@ -264,7 +278,7 @@ pub fn full_update(ctx: &Ctx) -> Row {
         part(|p| p.download),
         part(|p| p.install)
     );
-    match baseline_tools(ctx) {
+    match baseline_tools(ctx, place) {
         Ok((base, missing)) => {
             let ratio = ours / base;
             row.baseline = format!("{} ({ratio:.2}×)", secs(base));
@@ -280,14 +294,14 @@ pub fn full_update(ctx: &Ctx) -> Row {
     row
 }
 
-/// `curl -o` + `openssl dgst -sha256` + `unzip`, one after the other; returns the median
-/// and the tools that are not installed.
-fn baseline_tools(ctx: &Ctx) -> Result<(f64, Vec<&'static str>), String> {
+/// `curl -o` + `openssl dgst -sha256` + `unzip`, one after the other, writing under
+/// `place`; returns the median and the tools that are not installed.
+fn baseline_tools(ctx: &Ctx, place: &Path) -> Result<(f64, Vec<&'static str>), String> {
     let missing: Vec<&str> = ["curl", "openssl", "unzip"]
         .into_iter()
         .filter(|t| find_on_path(t).is_none())
         .collect();
-    let out = ctx.work.join("baseline");
+    let out = place.join("baseline");
     let zip = out.join("app.zip");
     let x = out.join("x");
     let url = format!("{}/blobs/sha256/{}", ctx.server.url(), ctx.blobs["zip"]);
