@@ -1356,6 +1356,39 @@ fn redirect_is_an_http_status_error_naming_the_location_unless_followed() {
     assert_eq!(mirror.requests(&repo.blob_path()).len(), 1);
 }
 
+/// Bytes that fail their hash after a redirect are the redirect target's: the error names
+/// the URL that served them, and the one asked for, so a bad mirror or CDN node can be
+/// found.
+#[test]
+fn a_hash_mismatch_after_a_redirect_names_the_url_that_served_the_bytes() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    let asked = format!("{}/{}", server.url(), repo.blob_path());
+    let served = format!("{}/{}", mirror.url(), repo.blob_path());
+    server.set_fault("blobs/", Fault::Redirect(served.clone()));
+    mirror.set_fault("blobs/", Fault::Replace(garbage(1000)));
+    let downloads = TempDir::new().unwrap();
+    let follows = FetchOptions {
+        follow_redirects: true,
+        ..options()
+    };
+
+    let err = download(
+        &fetcher(&[server.url()], follows),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("{served} (redirected from {asked})")),
+        "{err}"
+    );
+    assert_no_completed_file(downloads.path(), &repo);
+}
+
 /// A redirect to something that cannot be requested is the redirecting server's fault,
 /// not the configuration's: the next base is tried, and the error names the Location.
 #[test]
@@ -1429,6 +1462,7 @@ impl Transport for Memory {
             content_length: Some((self.blob.len() - from) as u64),
             content_range: None,
             location: None,
+            final_url: None,
             retry_after: None,
             date: None,
             body: Box::new(std::io::Cursor::new(self.blob.clone())),

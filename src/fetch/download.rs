@@ -125,13 +125,15 @@ impl Target<'_> {
         let mut stream = Stream {
             fetcher,
             url,
+            redirected_to: None,
             total: self.spec.size,
             progress,
             cancel,
         };
         let part = self.fetch_rest(&mut stream, Part::open(&self.part_path, self.spec.size)?)?;
         let kept = (part.kept > 0).then(|| kept_note(part.kept, part.len));
-        match (part.finish(&self.spec.sha256, &self.done_path, url), kept) {
+        let finished = part.finish(&self.spec.sha256, &self.done_path, &stream.source());
+        match (finished, kept) {
             (Err(e), Some(note)) if e.kind() == ErrorKind::HashMismatch => {
                 self.start_over(&mut stream).map_err(|f| f.context(note))
             }
@@ -184,7 +186,7 @@ impl Target<'_> {
         // `finish` removed the file, but only as best it could.
         part.restart()?;
         let part = self.fetch_rest(stream, part)?;
-        Ok(part.finish(&self.spec.sha256, &self.done_path, stream.url)?)
+        Ok(part.finish(&self.spec.sha256, &self.done_path, &stream.source())?)
     }
 
     /// Receives whatever the `.part` still lacks, resuming with `Range` where it can.
@@ -201,6 +203,7 @@ impl Target<'_> {
             }
         };
         self.accept(stream, &response, &part)?;
+        stream.redirected_to = response.final_url;
         let mut body = response.body;
         if response.status == 200 && part.len > 0 {
             stream.replay_kept(&mut *body, &mut part)?;
@@ -411,8 +414,8 @@ impl Part {
     }
 
     /// Verifies the hash, then makes the file durable under its final name; a wrong
-    /// file is deleted.
-    fn finish(self, sha256: &str, done_path: &Path, url: &str) -> Result<()> {
+    /// file is deleted. `source` names where the bytes came from ([`Stream::source`]).
+    fn finish(self, sha256: &str, done_path: &Path, source: &str) -> Result<()> {
         let found = hex(&self.hasher.finalize());
         if found != sha256 {
             drop(self.file);
@@ -420,7 +423,7 @@ impl Part {
             return Err(Error::new(
                 ErrorKind::HashMismatch,
                 format!(
-                    "{url}: expected sha256 {sha256}, found {found} ({} bytes)",
+                    "{source}: expected sha256 {sha256}, found {found} ({} bytes)",
                     self.len
                 ),
             ));
@@ -435,7 +438,10 @@ impl Part {
 /// One response body being received into a [`Part`].
 struct Stream<'a, 'p> {
     fetcher: &'a Fetcher,
+    /// The URL asked for, and asked again on a resume or a fresh start.
     url: &'a str,
+    /// Where the transport's redirects led for the last response, if anywhere else.
+    redirected_to: Option<String>,
     total: u64,
     progress: &'p mut dyn FnMut(u64, u64),
     cancel: &'a CancelToken,
@@ -450,6 +456,15 @@ enum Stop {
 }
 
 impl Stream<'_, '_> {
+    /// The URL the last response came from, and the one asked for if a redirect led
+    /// elsewhere: a user chasing bad bytes needs the mirror that served them.
+    fn source(&self) -> String {
+        match &self.redirected_to {
+            Some(to) => format!("{to} (redirected from {})", self.url),
+            None => self.url.to_owned(),
+        }
+    }
+
     /// Receives the rest of the blob into the `.part`, hashing on another thread; returns
     /// the `.part` grown by what arrived.
     ///

@@ -321,6 +321,9 @@ impl Transport for HttpTransport {
                 .map_err(|e| self.call_error(url, Some(&next), e))?;
             current = next;
         }
+        if hops > 0 {
+            response.final_url = Some(current);
+        }
         Ok(response)
     }
 }
@@ -380,6 +383,7 @@ impl HttpTransport {
             content_length,
             content_range,
             location,
+            final_url: None,
             retry_after,
             date,
             body: Box::new(body),
@@ -576,6 +580,7 @@ mod redirect_tests {
             content_length: Some(0),
             content_range: None,
             location: location.map(str::to_owned),
+            final_url: None,
             retry_after: None,
             date: None,
             body: Box::new(io::empty()),

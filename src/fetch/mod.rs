@@ -1211,6 +1211,7 @@ mod tests {
                 content_length: Some(0),
                 content_range: None,
                 location: None,
+                final_url: None,
                 retry_after: retry_after.clone(),
                 date: None,
                 body: Box::new(io::empty()),

@@ -36,6 +36,10 @@ pub struct Response {
     pub content_range: Option<String>,
     /// The `Location` header of a redirect, so that the error can name it.
     pub location: Option<String>,
+    /// The URL that answered, when the transport followed redirects away from the one
+    /// asked for (`None` when that one answered): bytes that fail their hash are named
+    /// by where they came from, a bad mirror or CDN node, not by the URL asked for.
+    pub final_url: Option<String>,
     /// The `Retry-After` header of a 503 or 429: seconds, or an HTTP date. A wait the
     /// fetcher can afford is kept before the next round; a longer one ends that base
     /// for this check. Either way a check that fails holds the device's next check back
@@ -58,6 +62,7 @@ impl std::fmt::Debug for Response {
             .field("content_length", &self.content_length)
             .field("content_range", &self.content_range)
             .field("location", &self.location)
+            .field("final_url", &self.final_url)
             .field("retry_after", &self.retry_after)
             .field("date", &self.date)
             .finish_non_exhaustive()
@@ -281,6 +286,7 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         content_length: None,
         content_range: None,
         location: None,
+        final_url: None,
         retry_after: None,
         date: None,
         body,
