@@ -406,7 +406,8 @@ impl Default for Trial {
 pub struct Limits {
     /// Cap on root and manifest documents, 1 to 1 GiB (default 1 MiB).
     pub max_metadata_bytes: u64,
-    /// Connect timeout in seconds, 1 to 86400 (default 10).
+    /// Connect timeout in seconds, 1 to 86400 (default 10): bounds the host name's lookup,
+    /// then the connection's set-up.
     pub connect_timeout_s: u64,
     /// Idle-read timeout in seconds, 1 to 86400 (default 30).
     pub read_timeout_s: u64,

@@ -12,7 +12,8 @@ use std::time::Duration;
 /// bundle, [`FetchOptions::ca_roots`], or with the `webpki-roots` feature Mozilla's roots
 /// built in) by ureq, with the timeouts, proxy and redirect policy of a [`FetchOptions`].
 ///
-/// The connect timeout bounds connection set-up (and the TLS handshake); the read timeout
+/// The connect timeout bounds the lookup of the host name, then, again, connection set-up
+/// (a proxy's name included, and the TLS handshake); the read timeout
 /// bounds the wait for the response headers and *each* read of the body, so a large
 /// download is never cut for being large, only for going quiet.
 ///
@@ -83,9 +84,18 @@ impl HttpTransport {
     /// An agent with the options' settings; with TLS when there are usable roots (plain
     /// `http://` works without).
     fn make_agent(&self) -> ureq::Agent {
+        ureq::Agent::new_with_config(self.agent_config())
+    }
+
+    /// The agents' configuration (a test gives it a resolver of its own).
+    fn agent_config(&self) -> ureq::config::Config {
         let options = &self.options;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Without it the system resolver is unbounded (getaddrinfo waits 30 s and more
+            // on a device whose DNS server never answers); with it ureq looks names up on
+            // a thread it stops waiting for. Its connect timeout starts after the lookup.
+            .timeout_resolve(nonzero(options.connect_timeout))
             .timeout_connect(nonzero(options.connect_timeout))
             .timeout_recv_response(nonzero(options.read_timeout))
             .timeout_per_read(nonzero(options.read_timeout))
@@ -99,7 +109,7 @@ impl HttpTransport {
             Ok(tls) => config.tls_config(tls.clone()),
             Err(_) => config,
         };
-        ureq::Agent::new_with_config(config.build())
+        config.build()
     }
 }
 
@@ -455,7 +465,11 @@ fn transfer_kind(err: &ureq::Error) -> ErrorKind {
 /// What went wrong, in words; a timeout names the configured bound that ran out.
 fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
     match err {
-        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => format!(
+        ureq::Error::Timeout(ureq::Timeout::Resolve) => format!(
+            "no address for the host name within {} (connect timeout)",
+            super::duration_words(options.connect_timeout)
+        ),
+        ureq::Error::Timeout(ureq::Timeout::Connect) => format!(
             "no connection within {} (connect timeout)",
             super::duration_words(options.connect_timeout)
         ),
@@ -820,5 +834,74 @@ rTPbyMtuh6A0S6makkfrf53PSPtBBA==
             .get("https://127.0.0.1:9/x", &metadata)
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use std::time::Instant;
+    use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+    use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+    /// ureq's `DefaultResolver` with a system resolver that hangs (a device whose DNS
+    /// server never answers): the lookup is bounded exactly as `DefaultResolver` bounds
+    /// it, by a thread and the resolve timeout ureq passes, and blocks without one.
+    #[derive(Debug)]
+    struct HangingDns {
+        hang: Duration,
+    }
+
+    impl Resolver for HangingDns {
+        fn resolve(
+            &self,
+            _uri: &ureq::http::Uri,
+            _config: &ureq::config::Config,
+            timeout: NextTimeout,
+        ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+            let hang = self.hang;
+            let getaddrinfo = move || std::thread::sleep(hang);
+            if timeout.after.is_not_happening() {
+                getaddrinfo();
+                return Err(ureq::Error::HostNotFound);
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                getaddrinfo();
+                let _ = tx.send(());
+            });
+            match rx.recv_timeout(*timeout.after) {
+                Ok(()) => Err(ureq::Error::HostNotFound),
+                Err(_) => Err(ureq::Error::Timeout(timeout.reason)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_the_resolver_never_answers_times_out_within_the_connect_timeout() {
+        let options = FetchOptions {
+            connect_timeout: Duration::from_secs(1),
+            ..FetchOptions::default()
+        };
+        let transport = HttpTransport::new(&options).unwrap();
+        let hang = Duration::from_secs(5);
+        let agent = ureq::Agent::with_parts(
+            transport.agent_config(),
+            DefaultConnector::default(),
+            HangingDns { hang },
+        );
+        assert!(transport.agent.set(agent).is_ok());
+
+        let started = Instant::now();
+        let err = transport
+            .get("http://updates.example:8080/x", &Request::default())
+            .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
+        assert!(
+            err.message().contains("within 1 s (connect timeout)"),
+            "{err}"
+        );
     }
 }

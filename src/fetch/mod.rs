@@ -53,7 +53,8 @@ use std::time::{Duration, Instant};
 /// Limits and network settings of a [`Fetcher`]. The defaults are DESIGN §7.1's `limits`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchOptions {
-    /// Bound on setting up a connection (TCP and TLS). Zero means no bound. Default 10 s.
+    /// Bound on looking up the host name, and then again on setting up the connection
+    /// (TCP and TLS). Zero means no bound. Default 10 s.
     pub connect_timeout: Duration,
     /// Bound on waiting for the response headers and on each read of the body (an idle
     /// timeout, not a bound on the whole transfer). Zero means no bound. Default 30 s.
