@@ -638,15 +638,43 @@ fn update_to_a_channel_that_cannot_ask_keeps_the_channel_followed() {
     let (repo, dev) = confirmed_1_0_0("com.acme.noterminal");
     publish(&repo, "1.1.0", "preview");
     let out = dev.run("update", &["--channel", "preview", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
     assert!(
-        common::stderr(&out).starts_with("error[config]: expected --yes to install"),
+        common::stderr(&out).contains("--yes"),
         "{}",
         common::stderr(&out)
     );
     assert!(out.stdout.is_empty());
     assert_eq!(dev.status()["channel"], "stable");
     dev.expect("check", &[], 0);
+}
+
+/// `update` without `--yes` where there is no terminal to ask on (a timer, a script) is a
+/// usage error, exit 2 as DESIGN §9 gives usage errors, naming `--yes`; nothing is
+/// installed. It was `error[config]`, exit 1, as if the config file were wrong. Up to date,
+/// nothing needs asking and it succeeds.
+#[test]
+fn update_without_yes_and_without_a_terminal_is_a_usage_error() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.noyes");
+    publish(&repo, "1.1.0", "stable");
+    for json in [false, true] {
+        let args: &[&str] = if json { &["--json"] } else { &[] };
+        let out = dev.run("update", args);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("expected --yes to install without a terminal to ask on"),
+            "{err}"
+        );
+        assert!(err.contains("Usage: evergreen update"), "{err}");
+        assert!(!err.contains("error[config]"), "{err}");
+        // Text shows the offer it would have asked about; JSON has no line to print.
+        assert_eq!(out.stdout.is_empty(), json);
+    }
+    assert_eq!(dev.status()["primary"], "b");
+    assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("update", &[], 0);
 }
 
 /// On a terminal `update` asks; a "no" under `--json` is still one JSON object on stdout.

@@ -46,7 +46,9 @@ pub struct UpdateArgs {
     /// which installs and waits for `evergreen activate`.
     #[arg(long)]
     pub download_only: bool,
-    /// Do not ask before installing.
+    /// Do not ask before installing. Needed where stdin is not a terminal (a timer, a
+    /// script): without it, `update` exits 2 (a usage error) once there is something to
+    /// install, before downloading it.
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Check only when the device's schedule says a check is due (`next_check` in
@@ -264,18 +266,20 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     }
 }
 
-/// Refuses to go on without `--yes` when there is no terminal to ask on.
-fn terminal_to_ask() -> Result<()> {
-    match std::io::stdin().is_terminal() {
-        true => Ok(()),
-        false => Err(Error::config(
-            "expected --yes to install without a terminal to ask on, found none",
-        )),
+/// Refuses to go on without `--yes` when there is no terminal to ask on: a usage error
+/// (exit 2), since the call lacks a flag it needs there. Called before anything is
+/// downloaded, installed or switched.
+fn terminal_to_ask() {
+    if !std::io::stdin().is_terminal() {
+        crate::usage_error(
+            "update",
+            "expected --yes to install without a terminal to ask on (stdin is not a terminal), found no --yes",
+        );
     }
 }
 
 fn confirm_install(offer: &Offer) -> Result<bool> {
-    terminal_to_ask()?;
+    terminal_to_ask();
     eprint!("install {}? [y/N] ", offer.version);
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
@@ -408,7 +412,7 @@ fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Check> {
     let check = up.check_with(args.channel.as_deref(), args.version.as_ref())?;
     if let Some(channel) = &args.channel {
         if matches!(check, Check::Available(_)) && !args.yes && !args.download_only {
-            terminal_to_ask()?;
+            terminal_to_ask();
         }
         up.set_channel(channel)?;
     }

@@ -19,7 +19,7 @@ mod device;
 mod interrupt;
 mod operator;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use evergreen::{Error, ErrorKind, Result, Timestamp};
 use std::process::ExitCode;
 
@@ -72,6 +72,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exits with a usage error of `subcommand` (exit code 2), as clap reports a wrong
+/// argument: `error: <message>`, the subcommand's usage line and a pointer to `--help`.
+/// For a usage problem only found while running (an `update` that needs `--yes` off a
+/// terminal, once there is something to install): an `error[<kind>]` line with exit 1
+/// would say the command failed, not that it was called wrong. Only for a point where
+/// nothing has been changed yet that the exit could leave half done.
+pub(crate) fn usage_error(subcommand: &str, message: &str) -> ! {
+    let mut cli = Cli::command();
+    // Built, the subcommand's usage line reads `evergreen update …`, not `update …`.
+    cli.build();
+    match cli.find_subcommand_mut(subcommand) {
+        Some(cmd) => cmd.error(clap::error::ErrorKind::MissingRequiredArgument, message),
+        None => cli.error(clap::error::ErrorKind::MissingRequiredArgument, message),
+    }
+    .exit()
 }
 
 /// The device config file: `--config`, else `EVERGREEN_CONFIG`, else the system's. The
