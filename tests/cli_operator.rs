@@ -634,6 +634,62 @@ fn every_command_has_help_with_an_example() {
     }
 }
 
+/// `--config` is the device commands' option: their help lists it, the operator commands'
+/// help (they take a REPO) does not, and the top-level help puts it under the device
+/// commands' options, not among those every command takes. `evergreen --config F status`
+/// (before the command, as an alias or wrapper puts it) still works.
+#[test]
+fn config_is_in_the_help_of_the_device_commands_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for cmd in [
+        "keygen", "init", "release", "promote", "rollout", "resign", "prune", "rotate", "verify",
+    ] {
+        let out = ok(dir, &[cmd, "--help"]);
+        assert!(!out.contains("--config"), "{cmd}: {out}");
+    }
+    for cmd in [
+        "check",
+        "update",
+        "status",
+        "boot",
+        "confirm",
+        "rollback",
+        "reinstall",
+        "channel",
+        "activate",
+        "skip",
+        "provision",
+    ] {
+        let out = ok(dir, &[cmd, "--help"]);
+        assert!(out.contains("--config <FILE>"), "{cmd}: {out}");
+        assert!(out.contains("EVERGREEN_CONFIG"), "{cmd}: {out}");
+    }
+    let top = ok(dir, &["--help"]);
+    let general = top.split("\nOptions:\n").nth(1).expect(&top);
+    let general = general.split("\n\n").next().unwrap();
+    assert!(!general.contains("--config"), "{top}");
+    let device = top
+        .split("\nDevice command options:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no device command options: {top}"));
+    assert!(device.contains("--config <FILE>"), "{top}");
+
+    // Before or after the command, it is the config read.
+    let missing = dir.join("no-such.json");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        ["--config", missing, "status"],
+        ["status", "--config", missing],
+    ] {
+        let err = fails(dir, &args);
+        assert!(
+            err.starts_with("error[io]: ") && err.contains(missing),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn prune_removes_old_releases_and_the_channel_still_verifies() {
     let tmp = repo_with_app();

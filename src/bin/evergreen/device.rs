@@ -12,15 +12,26 @@ use evergreen::{Activation, Check, Config, Error, ErrorKind, Offer, Result, Star
 use semver::Version;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Exit code of `check` when an update is available.
 pub const EXIT_AVAILABLE: i32 = 10;
 
+/// The option every device command takes (and no operator command: they take a REPO).
+#[derive(Args, Debug)]
+pub struct DeviceOpts {
+    /// Device config file (the library's JSON config)
+    /// [default: $EVERGREEN_CONFIG when set and not empty, else /etc/evergreen/config.json]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 /// Options of `check`.
 #[derive(Args, Debug)]
 pub struct CheckArgs {
+    #[command(flatten)]
+    pub device: DeviceOpts,
     /// Check this channel instead of the device's (does not switch).
     #[arg(long, value_name = "C")]
     pub channel: Option<String>,
@@ -32,6 +43,8 @@ pub struct CheckArgs {
 /// Options of `update`.
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
+    #[command(flatten)]
+    pub device: DeviceOpts,
     /// Switch to this channel, then update from it. The switch is saved once the
     /// channel's check succeeds: a check that fails (a channel the repository does not
     /// have, say) or is interrupted, or an update that needs `--yes` without a terminal
@@ -63,6 +76,8 @@ pub struct UpdateArgs {
 /// Options of `channel`.
 #[derive(Args, Debug)]
 pub struct ChannelArgs {
+    #[command(flatten)]
+    pub device: DeviceOpts,
     /// The channel to follow: stable, preview, nightly or any channel the repository has
     /// (the next check finds out whether it exists).
     pub channel: String,
@@ -71,6 +86,8 @@ pub struct ChannelArgs {
 /// Options of `skip`.
 #[derive(Args, Debug)]
 pub struct SkipArgs {
+    #[command(flatten)]
+    pub device: DeviceOpts,
     /// The version checks should no longer offer (critical releases are still offered).
     #[arg(value_parser = crate::parse_version)]
     pub version: Version,
@@ -79,6 +96,8 @@ pub struct SkipArgs {
 /// Options of `activate`.
 #[derive(Args, Debug)]
 pub struct ActivateArgs {
+    #[command(flatten)]
+    pub device: DeviceOpts,
     /// Ignore the maintenance window and the `at` time.
     #[arg(long)]
     pub now: bool,
@@ -99,7 +118,7 @@ pub enum Command {
     /// Show slots, versions, the trial, the channel and the last check.
     ///
     /// Example: evergreen status --config /etc/evergreen/config.json --json
-    Status,
+    Status(DeviceOpts),
     /// The startup step, for launchers and systemd: count a trial start, roll back when
     /// the new slot used up its tries without being confirmed. With dir slots, `--json`
     /// names the slot to start now (`start`) and its directory (`start_dir`): start the app
@@ -107,15 +126,15 @@ pub enum Command {
     /// and from `current` when `boot` fails or names no slot (the app must start anyway).
     ///
     /// Example: ExecStart=/bin/sh -c 'd=$(evergreen boot --json | jq -r ".start_dir // empty"); exec "${d:-/opt/app/current}/app/bin/app"'
-    Boot,
+    Boot(DeviceOpts),
     /// Mark the slot on trial good (run it once the new version is healthy); raises the
     /// security floor.
-    Confirm,
+    Confirm(DeviceOpts),
     /// Go back to the fallback slot now; the current one is marked bad. Refused below the
     /// security floor.
-    Rollback,
+    Rollback(DeviceOpts),
     /// Install the installed version again into the other slot (repair) and activate it.
-    Reinstall,
+    Reinstall(DeviceOpts),
     /// Follow another channel from now on (stable, preview, nightly, …).
     ///
     /// Example: evergreen channel preview --config /etc/evergreen/config.json
@@ -131,23 +150,44 @@ pub enum Command {
     /// initialised. A U-Boot environment that already has a valid copy is left as it is.
     ///
     /// Example: evergreen provision --config /etc/evergreen/config.json
-    Provision,
+    Provision(DeviceOpts),
 }
 
-/// Runs a device command; returns the exit code.
-pub fn run(cmd: Command, config: &Path, json: bool) -> Result<i32> {
+impl Command {
+    /// The command's own options.
+    fn opts(&self) -> &DeviceOpts {
+        match self {
+            Command::Check(a) => &a.device,
+            Command::Update(a) => &a.device,
+            Command::Channel(a) => &a.device,
+            Command::Activate(a) => &a.device,
+            Command::Skip(a) => &a.device,
+            Command::Status(o)
+            | Command::Boot(o)
+            | Command::Confirm(o)
+            | Command::Rollback(o)
+            | Command::Reinstall(o)
+            | Command::Provision(o) => o,
+        }
+    }
+}
+
+/// Runs a device command; returns the exit code. `before` is a `--config` given before
+/// the command (`evergreen --config F status`); one after it wins.
+pub fn run(cmd: Command, before: Option<PathBuf>, json: bool) -> Result<i32> {
+    let config = &crate::config_path(cmd.opts().config.clone().or(before));
     match cmd {
         Command::Check(a) => check(config, json, &a),
         Command::Update(a) => update(config, json, &a),
-        Command::Status => status(config, json),
-        Command::Boot => boot(config, json),
-        Command::Confirm => confirm(config, json),
-        Command::Rollback => rollback(config, json),
-        Command::Reinstall => reinstall(config, json),
+        Command::Status(_) => status(config, json),
+        Command::Boot(_) => boot(config, json),
+        Command::Confirm(_) => confirm(config, json),
+        Command::Rollback(_) => rollback(config, json),
+        Command::Reinstall(_) => reinstall(config, json),
         Command::Channel(a) => channel(config, json, &a),
         Command::Activate(a) => activate(config, json, &a),
         Command::Skip(a) => skip(config, json, &a),
-        Command::Provision => provision(config, json),
+        Command::Provision(_) => provision(config, json),
     }
 }
 

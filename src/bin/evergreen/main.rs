@@ -35,9 +35,12 @@ struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Device config file (the library's JSON config), for the device commands
+    /// Device config file (the library's JSON config), before the command as after it
     /// [default: $EVERGREEN_CONFIG when set and not empty, else /etc/evergreen/config.json]
-    #[arg(long, global = true, value_name = "FILE")]
+    // Not global: a global option is listed in every command's help, the operator
+    // commands' too, which take a REPO and read no config. Each device command has its
+    // own (`device::DeviceOpts`); this one keeps `evergreen --config F status` working.
+    #[arg(long, value_name = "FILE", help_heading = "Device command options")]
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
             interrupt::Kept::Nothing,
         ),
         Command::Device(cmd) => (
-            device::run(cmd, &config_path(cli.config), cli.json),
+            device::run(cmd, cli.config, cli.json),
             interrupt::Kept::Received,
         ),
     };
