@@ -884,6 +884,16 @@ impl Repo {
     /// problem is collected: one is returned as it is, several as one error of the first
     /// one's kind that lists them all (`N problems: (1) …; (2) …`).
     pub fn verify(&self, now: Timestamp) -> Result<VerifyReport> {
+        let (report, problem) = self.verify_all(now)?;
+        problem.map_or(Ok(report), Err)
+    }
+
+    /// [`Repo::verify`], with the report also when it finds a problem past the root chain:
+    /// the channels that verified, the temp files and the expiry warnings, which an
+    /// operator fixing the problem needs to hear about too. The problem (all of them, as
+    /// `verify` returns them) is the second value; an error is one in the root chain,
+    /// before anything else could be checked.
+    pub fn verify_all(&self, now: Timestamp) -> Result<(VerifyReport, Option<Error>)> {
         let trusted = self.trusted_root()?;
         self.check_root_files(trusted.root().version)?;
         // Each problem is collected and the checks go on: three expired channels are
@@ -922,28 +932,30 @@ impl Repo {
                 Err(e) => problems.push(e),
             }
         }
-        if let Some(first) = problems.first() {
-            if problems.len() == 1 {
-                return Err(problems.swap_remove(0));
+        let problem = match problems.len() {
+            0 => None,
+            1 => problems.pop(),
+            n => {
+                let all: Vec<String> = problems
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("({}) {e}", i + 1))
+                    .collect();
+                Some(Error::new(
+                    problems[0].kind(),
+                    format!("{n} problems: {}", all.join("; ")),
+                ))
             }
-            let all: Vec<String> = problems
-                .iter()
-                .enumerate()
-                .map(|(i, e)| format!("({}) {e}", i + 1))
-                .collect();
-            return Err(Error::new(
-                first.kind(),
-                format!("{} problems: {}", problems.len(), all.join("; ")),
-            ));
-        }
-        Ok(VerifyReport {
+        };
+        let report = VerifyReport {
             product,
             root_version: root.version,
             root_expires: root.expires,
             channels,
             stray_temps: self.stray_temps(),
             warnings,
-        })
+        };
+        Ok((report, problem))
     }
 
     /// Verifies `channel` as a client at `now` would, and the blobs it lists but those

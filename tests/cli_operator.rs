@@ -1808,6 +1808,60 @@ fn verify_reports_every_expired_channel_and_warns_before_expiry() {
     );
 }
 
+/// `verify` warns about what expires soon also when it fails over something else: a
+/// channel expiring in 4 days is said beside another that already expired, on stderr
+/// before the error line, and in `"warnings"` of the report `--json` still prints.
+#[test]
+fn verify_warns_about_expiry_soon_also_when_it_fails() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    for channel in ["beta", "nightly"] {
+        let mut args = release_args("1.0.0", &APP);
+        args[3] = channel;
+        ok(dir, &args);
+    }
+    let forty = [
+        "resign",
+        "repo",
+        "--channel",
+        "nightly",
+        "--expires-in",
+        "40",
+        "--sign",
+        "release",
+    ];
+    ok(dir, &forty);
+    let at = "2026-12-28T10:00:00Z";
+    let warning = "channel nightly expires at 2027-01-01T10:00:00Z, in 4 days: devices refuse it from then on; re-sign it (evergreen resign REPO --channel nightly --sign KEY)";
+
+    let o = evergreen_at(dir, at, &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(lines[0], format!("warning: {warning}"));
+    assert!(lines[1].starts_with("error[expired]: "), "{err}");
+    assert!(lines[1].contains("channels/beta.json"), "{err}");
+    assert!(stdout(&o).is_empty(), "no ok line: {}", stdout(&o));
+
+    let o = evergreen_at(dir, at, &["verify", "repo", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error[expired]: "), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
+    assert_eq!(report["warnings"], serde_json::json!([warning]));
+    // The channels listed are those that verified.
+    let channels: Vec<&str> = report["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["nightly"]);
+}
+
 /// A `rotate` that changes the manifest key, cut off after re-signing the channels and
 /// before the new root is renamed into place (it goes last), leaves channels signed by a
 /// key the repository's root does not know. `verify` and `resign` say what that looks like

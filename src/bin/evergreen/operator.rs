@@ -576,10 +576,14 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The report, and its warnings, also when there is a problem: an operator fixing one
+/// must still hear that a channel or the root expires soon. Then the problem is the
+/// command's error (exit 1).
 fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
-    let report = open(&a.repo)?.verify(now()?)?;
+    let (report, problem) = open(&a.repo)?.verify_all(now()?)?;
     if json {
-        return print_json(&report);
+        print_json(&report)?;
+        return problem.map_or(Ok(()), Err);
     }
     for tmp in &report.stray_temps {
         eprintln!(
@@ -589,6 +593,12 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(problem) = problem {
+        for c in &report.channels {
+            warn_stranded(&c.channel, &c.stranded);
+        }
+        return Err(problem);
     }
     out!(
         "ok: {} root version {} (expires {})",
