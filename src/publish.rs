@@ -1077,7 +1077,20 @@ impl Repo {
         signers: &[&SecretKey],
         edit: impl FnOnce(&mut Manifest) -> Result<Edit>,
     ) -> Result<Manifest> {
-        pick_signers("manifest", trusted.manifest_keys(), signers)?;
+        pick_signers("manifest", trusted.manifest_keys(), signers).map_err(|e| {
+            // Only a channel by a valid name is read for the hint (load_channel refuses
+            // the others below); one that cannot be read leaves the error as it is.
+            let bytes = manifest::check_channel_name(change.channel)
+                .ok()
+                .and_then(|()| std::fs::read(self.channel_path(change.channel)).ok());
+            match bytes {
+                Some(bytes) => {
+                    let name = format!("channels/{}.json", change.channel);
+                    rotate_hint(trusted, &bytes, &name, e)
+                }
+                None => e,
+            }
+        })?;
         trusted.check_unexpired(change.now).map_err(|e| {
             Error::new(
                 e.kind(),
@@ -1985,6 +1998,14 @@ fn interrupted_rotate(trusted: &TrustedRoot, envelope: &[u8], e: Error) -> Error
     if e.kind() != ErrorKind::Signature {
         return e;
     }
+    rotate_hint(trusted, envelope, "it", e)
+}
+
+/// `e` with the interrupted-rotate hint of [`interrupted_rotate`] when every signature on
+/// `envelope` (named `what` in the message) is by a key `trusted` does not list for
+/// manifests, of whatever kind `e` is: signing with the new manifest key (`resign --sign
+/// NEW`) is a `threshold` error under the old root before the channel is even read.
+fn rotate_hint(trusted: &TrustedRoot, envelope: &[u8], what: &str, e: Error) -> Error {
     let known: Vec<String> = trusted
         .manifest_keys()
         .keys()
@@ -1998,7 +2019,7 @@ fn interrupted_rotate(trusted: &TrustedRoot, envelope: &[u8], e: Error) -> Error
         return e;
     }
     let message = format!(
-        "{}; it is signed only by keys root version {} does not list for manifests: an interrupted rotate? run the same rotate command again",
+        "{}; {what} is signed only by keys root version {} does not list for manifests: an interrupted rotate? run the same rotate command again",
         e.message(),
         trusted.root().version
     );

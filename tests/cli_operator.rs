@@ -1889,8 +1889,17 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     assert!(err.trim_end().ends_with(hint), "{err}");
     let err = fails(dir, &RESIGN_NIGHTLY);
     assert!(err.trim_end().ends_with(hint), "{err}");
+    // Signed with the new key, which the root on disk does not list yet: still a
+    // `threshold` error, and it names the interrupted rotate and what finishes it.
+    let mut new_key = RESIGN_NIGHTLY;
+    new_key[5] = "release2";
+    let err = fails(dir, &new_key);
+    assert!(err.starts_with("error[threshold]: "), "{err}");
+    assert!(err.contains("channels/nightly.json is signed only by keys root version 1 does not list for manifests"), "{err}");
+    assert!(err.trim_end().ends_with(hint), "{err}");
     ok(dir, &rotate);
     ok(dir, &["verify", "repo"]);
+    ok(dir, &new_key);
 }
 
 /// A release for a target no other release on the channel carries, beside releases for
