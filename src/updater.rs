@@ -33,6 +33,9 @@ use std::sync::{Arc, Mutex};
 
 type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
 
+/// How [`Updater::fetch_all`] fetches one blob, reporting `(done, total)` of it.
+type FetchBlob<'a> = dyn FnMut(&BlobSpec, &mut dyn FnMut(u64, u64)) -> Result<()> + 'a;
+
 /// What [`Updater::check`] found.
 // An offer is returned once per check; boxing it would only add noise for callers.
 #[allow(clippy::large_enum_variant)]
@@ -2046,6 +2049,12 @@ impl Updater {
     /// (`cancelled`, also when set by the last progress call) and keeps partial and
     /// finished files for the next call to resume. The plan must come from this updater's
     /// own check (`invalid_state` otherwise), as for [`Updater::install`].
+    ///
+    /// On image slots the image is written straight into the inactive slot as it arrives
+    /// (nothing of its size into the state directory): the slot is marked `installing` and
+    /// taken out of the boot order first, so this refuses what an install refuses before
+    /// it touches the slot (a trial under way, the slot running, a release below the
+    /// floor), and [`Updater::install`] then reads the slot back.
     pub fn download(
         &self,
         plan: &Offer,
@@ -2057,6 +2066,9 @@ impl Updater {
             self.check_image_size(plan)?;
             // One writer per `.part`: a second process waits instead of interleaving.
             let _work = self.work_lock()?;
+            if let Store::Image(images) = &self.store {
+                return self.stream_image(images, plan, progress, cancel);
+            }
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
             remove_other_partials(&dir, plan);
@@ -2071,17 +2083,59 @@ impl Updater {
                 .map(|(_, a)| a.sha256.clone())
                 .collect();
             self.note_pending(&wanted, &plan.version)?;
-            self.fetch_all(plan, &dir, progress, cancel)
+            self.fetch_all(plan, progress, cancel, &mut |spec, p| {
+                self.fetcher.download(spec, &dir, p, cancel).map(drop)
+            })
         })
     }
 
-    /// The loop of [`Updater::download`]: fetches the plan's artifacts in turn.
+    /// Where a download streaming an image into a slot records how much of it is durable
+    /// there ([`crate::slots::image::streamed`]).
+    fn stream_record(&self) -> PathBuf {
+        self.state_dir().join("image-stream")
+    }
+
+    /// [`Updater::download`] on image slots: the image goes straight into the inactive
+    /// slot as it arrives, nothing of its size into the state directory. The slot is
+    /// first marked `installing` and taken out of the boot order, as an install does
+    /// ([`Updater::begin_install`]), and stays so until [`Updater::install`] has read it
+    /// back. A release already staged there is left as it is.
+    fn stream_image(
+        &self,
+        images: &ImageSlots,
+        plan: &Offer,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        images.check_distinct()?;
+        // Images downloaded whole into the state directory by earlier versions: as
+        // large as a slot, and never read now.
+        for d in downloads_in(&self.downloads_dir()) {
+            let _ = std::fs::remove_file(d.path);
+        }
+        if staged(&self.load_state()?, plan).is_some() {
+            return self.fetch_all(plan, progress, cancel, &mut |_, _| Ok(()));
+        }
+        let Staging { slot, .. } = self.begin_install(plan, &NameMap::new())?;
+        let record = self.stream_record();
+        let into = crate::fetch::SlotDest {
+            images,
+            slot,
+            record: &record,
+        };
+        self.fetch_all(plan, progress, cancel, &mut |spec, p| {
+            self.fetcher.stream(spec, &into, p, cancel)
+        })
+    }
+
+    /// The loop of [`Updater::download`]: fetches the plan's artifacts in turn, each
+    /// with `fetch`.
     fn fetch_all(
         &self,
         plan: &Offer,
-        dir: &Path,
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
+        fetch: &mut FetchBlob<'_>,
     ) -> Result<()> {
         let total = plan.download_size();
         let mut before = 0u64;
@@ -2093,24 +2147,19 @@ impl Updater {
                 url: a.url.clone(),
             };
             let mut last_event = 0u64;
-            self.fetcher.download(
-                &spec,
-                dir,
-                &mut |done, _| {
-                    reported = before.saturating_add(done);
-                    progress(reported, total);
-                    // Events are for humans and logs: one per MiB is plenty.
-                    if done == a.size || done >= last_event.saturating_add(1 << 20) {
-                        last_event = done;
-                        self.emit(Event::Downloading {
-                            component: c.name.clone(),
-                            done,
-                            total: a.size,
-                        });
-                    }
-                },
-                cancel,
-            )?;
+            fetch(&spec, &mut |done, _| {
+                reported = before.saturating_add(done);
+                progress(reported, total);
+                // Events are for humans and logs: one per MiB is plenty.
+                if done == a.size || done >= last_event.saturating_add(1 << 20) {
+                    last_event = done;
+                    self.emit(Event::Downloading {
+                        component: c.name.clone(),
+                        done,
+                        total: a.size,
+                    });
+                }
+            })?;
             before = before.saturating_add(a.size);
             // A cancel from the last progress call of a blob (the only one a small blob
             // gets) stops the call too; the blob stays for the next one.
@@ -2137,8 +2186,17 @@ impl Updater {
             }
             // Checked before the downloads are hashed, and again under the state lock.
             self.check_installable(&self.load_state()?, plan)?;
-            let files = self.open_downloads(plan)?;
-            let archives = self.check_archives(plan, &files)?;
+            let (files, archives) = match &self.store {
+                Store::Dir(_) => {
+                    let files = self.open_downloads(plan)?;
+                    let archives = self.check_archives(plan, &files)?;
+                    (files, archives)
+                }
+                Store::Image(_) => {
+                    self.check_streamed(plan)?;
+                    (NameMap::new(), NameMap::new())
+                }
+            };
             let Staging { slot, components } = self.begin_install(plan, &archives)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
@@ -2146,7 +2204,7 @@ impl Updater {
                 Store::Dir(slots) => {
                     self.install_dir(slots, slot, plan, &files, archives, &components)?
                 }
-                Store::Image(images) => self.install_image(images, slot, plan, files)?,
+                Store::Image(images) => self.install_image(images, slot, plan)?,
             }
             self.finish_install(plan, slot, components)?;
             self.emit(Event::Staged {
@@ -2499,28 +2557,37 @@ impl Updater {
         slots.seal(slot, record.to_string().as_bytes())
     }
 
-    fn install_image(
-        &self,
-        images: &ImageSlots,
-        slot: Slot,
-        plan: &Offer,
-        mut files: NameMap<std::fs::File>,
-    ) -> Result<()> {
+    /// Refuses (`invalid_state`, before the slot is touched) an install on image slots
+    /// whose image a download has not streamed whole into the slot an install would take.
+    fn check_streamed(&self, plan: &Offer) -> Result<()> {
+        let (slot, _) = self.idle_slot(&mut self.load_state()?)?;
+        let record = self.stream_record();
+        for c in &plan.components {
+            let Some(a) = artifact_to_install(plan, c) else {
+                continue;
+            };
+            let there = crate::slots::image::streamed(&record, &a.sha256, slot);
+            if there != a.size || a.size == 0 {
+                return Err(Error::invalid_state(format!(
+                    "component {}: expected its image downloaded whole into slot {slot}, found {there} of its {} bytes there; download first",
+                    c.name, a.size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads back the image a download streamed into `slot` and checks its hash, which
+    /// the slot must pass before it is marked `installed`. A slot that fails it is
+    /// recorded as holding none of the image, so the next download fetches it again.
+    fn install_image(&self, images: &ImageSlots, slot: Slot, plan: &Offer) -> Result<()> {
         // `check_installable` made sure the plan holds exactly one component, an image.
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c) else {
                 continue;
             };
-            // An unchanged image is still rewritten: the inactive slot holds something else.
-            // `open_downloads` opened and verified every artifact of the plan.
-            let Some(mut file) = files.remove(&c.name) else {
-                return Err(Error::invalid_state(format!(
-                    "component {}: expected its verified download open, found none",
-                    c.name
-                )));
-            };
             let mut last = 0u64;
-            images.write_image(slot, &mut file, a.size, &a.sha256, &mut |done, total| {
+            let read = images.read_back(slot, a.size, &a.sha256, &mut |done, total| {
                 if done == total || done >= last + (8 << 20) {
                     last = done;
                     self.emit(Event::Installing {
@@ -2529,7 +2596,17 @@ impl Updater {
                         total,
                     });
                 }
-            })?;
+            });
+            if let Err(e) = read {
+                let reset =
+                    crate::slots::image::record_streamed(&self.stream_record(), &a.sha256, slot, 0);
+                return Err(match reset {
+                    Ok(()) => e,
+                    Err(r) => e.map_message(|m| {
+                        format!("{m}; and recording that slot {slot} holds none of it failed: {r}")
+                    }),
+                });
+            }
         }
         Ok(())
     }

@@ -435,10 +435,24 @@ fn image_violations(board: &Board, images: &Images, started: Option<Option<Slot>
     bad
 }
 
-/// The blobs downloaded whole into `dev`'s downloads directory.
+/// The blobs downloaded whole: into `dev`'s downloads directory, or (an image) into a slot,
+/// as the progress record of the download that streamed it says.
 fn finished_downloads(dev: &Device) -> Vec<String> {
     let whole = |n: &String| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit());
-    dev.downloads().into_iter().filter(whole).collect()
+    let mut done: Vec<String> = dev.downloads().into_iter().filter(whole).collect();
+    done.extend(
+        streamed(dev)
+            .filter(|(_, bytes)| *bytes == IMAGE_LEN as u64)
+            .map(|(sha, _)| sha),
+    );
+    done
+}
+
+/// The image and the bytes of it the progress record of `dev` says are in a slot.
+fn streamed(dev: &Device) -> Option<(String, u64)> {
+    let record = std::fs::read_to_string(dev.state.join("image-stream")).ok()?;
+    let fields: Vec<&str> = record.split_whitespace().collect();
+    Some((fields[0].to_string(), fields.get(2)?.parse().ok()?))
 }
 
 /// What the user runs next on `board` to reach `goal`, `None` once it is reached.
@@ -594,4 +608,65 @@ fn every_crash_point_of_grub_image_slots_keeps_the_board_booting_a_release() {
 #[test]
 fn every_crash_point_of_uboot_image_slots_keeps_the_board_booting_a_release() {
     image_sweep(Loader::UBoot);
+}
+
+/// An update killed while the image streams into the slot (after some of it was recorded
+/// durable) leaves the board booting the running slot; the next update asks for the rest
+/// with `Range`, from exactly where the record says, and completes the image.
+#[test]
+fn an_update_killed_mid_image_resumes_after_the_bytes_recorded_in_the_slot() {
+    const LEN: usize = 1 << 20;
+    let repo = Repo::new(board::PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let image = std::fs::read(release_image(&repo, "2.0.0", LEN, 2)).unwrap();
+    let blob = format!("blobs/sha256/{}", evergreen::trust::sha256_hex(&image));
+    let board = prepared_board(&repo, &server, "killed", Loader::Grub, &[]);
+    let running = board.slot_bytes(Slot::A);
+    server.set_fault(
+        "blobs/",
+        support::Fault::Trickle {
+            bytes: 32 << 10,
+            every: std::time::Duration::from_millis(20),
+        },
+    );
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "update",
+            "--config",
+            board.dev.config.to_str().unwrap(),
+            "--yes",
+        ])
+        .env("EVERGREEN_STREAM_CHECKPOINT", "65536")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while streamed(&board.dev).is_none_or(|(_, bytes)| bytes < 256 << 10) {
+        assert!(std::time::Instant::now() < deadline, "no progress recorded");
+        assert!(child.try_wait().unwrap().is_none(), "the update ended");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, recorded) = streamed(&board.dev).unwrap();
+    assert!(
+        recorded < LEN as u64,
+        "killed after the whole image: {recorded}"
+    );
+    assert!(board.slot_bytes(Slot::B)[..recorded as usize] == image[..recorded as usize]);
+    assert_eq!(board.power_on(), Some(Slot::A), "the board boots A");
+    let out = cli(&board.dev, BOOT, &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    server.clear_faults();
+    let before = server.requests(&blob).len();
+    let out = cli(&board.dev, UPDATE, &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let requests = server.requests(&blob);
+    assert_eq!(requests.len(), before + 1, "{requests:?}");
+    assert_eq!(requests[before].range, Some(format!("bytes={recorded}-")));
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert_eq!(board.power_on(), Some(Slot::B));
 }

@@ -465,12 +465,15 @@ fn a_corrupted_read_back_is_hash_mismatch_and_the_slot_is_never_activated() {
     assert!(common::stderr(&out).starts_with("error[invalid_state]:"));
     assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
 
-    // A healthy device takes the same download (not fetched again) without complaint.
+    // The slot was the image's only copy (none is kept in the state directory): a healthy
+    // device fetches it again, from its first byte, and installs it without complaint.
     let sha = evergreen::trust::sha256_hex(&std::fs::read(&image).unwrap());
     let blob = format!("blobs/sha256/{sha}");
     assert_eq!(server.requests(&blob).len(), 1);
     board.dev.expect("update", &["--yes"], 0);
-    assert_eq!(server.requests(&blob).len(), 1);
+    let requests = server.requests(&blob);
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].range, None);
     assert!(board.slot_bytes(Slot::B) == std::fs::read(&image).unwrap());
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
 }
@@ -493,7 +496,16 @@ fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
     assert_eq!(up.rollback().unwrap(), Slot::B);
     release_image(&repo, "3.1.0", MIB, 4);
     let running = board.slot_bytes(Slot::A);
-    let plan = downloaded(&up, "expected 3.1.0 to be offered");
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("expected 3.1.0 to be offered");
+    };
+    let plan = up.plan(&offer).unwrap();
+    // The download, which writes the image into the idle slot, refuses as the install
+    // does.
+    let err = up
+        .download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
     let err = up.install(&plan).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
     assert!(
@@ -503,6 +515,8 @@ fn the_library_refuses_to_install_an_image_while_its_slot_is_running() {
     // After the restart into B, A is the idle slot and takes the release.
     assert_eq!(board.power_on(), Some(Slot::B));
     assert_eq!(up.startup().unwrap(), Startup::Normal);
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
     assert_eq!(up.install(&plan).unwrap(), Slot::A);
 }
 
@@ -837,11 +851,23 @@ fn an_unchanged_image_is_written_again_into_the_idle_slot() {
         board.dev.status()["slots"]["a"],
         json!({"status": "good", "version": "2.0.1"})
     );
-    // Image slots keep no download: the confirmed image's is removed, as big as it is.
-    let left = std::fs::read_dir(board.dev.state.join("downloads"))
-        .unwrap()
-        .count();
-    assert_eq!(left, 0);
+    // Image slots keep no download: the image went straight into the slot.
+    assert_eq!(image_sized_in(&board.dev.state, MIB), Vec::<PathBuf>::new());
+}
+
+/// The files under `dir` of `len` bytes or more (an image's size, where a download kept
+/// in the state directory would show).
+fn image_sized_in(dir: &Path, len: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            found.extend(image_sized_in(&entry.path(), len));
+        } else if meta.len() >= len as u64 {
+            found.push(entry.path());
+        }
+    }
+    found
 }
 
 #[test]
@@ -1425,4 +1451,223 @@ fn a_slot_device_another_program_holds_exclusively_is_never_written() {
         sha256_prefix(&device.0, MIB),
         evergreen::trust::sha256_hex(&std::fs::read(image).unwrap())
     );
+}
+
+/// A board running 1.0.0 from slot A, started, with 2.0.0 of `len` bytes on the channel:
+/// the repository, the server, the board, the image and the path of its blob.
+fn board_offered_an_image(
+    name: &str,
+    loader: Loader,
+    len: usize,
+) -> (Repo, TestServer, Board, Vec<u8>, String) {
+    let (repo, server, board) = served_board(name, loader);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let image = std::fs::read(release_image(&repo, "2.0.0", len, 2)).unwrap();
+    let blob = format!("blobs/sha256/{}", evergreen::trust::sha256_hex(&image));
+    (repo, server, board, image, blob)
+}
+
+/// The offer `up`'s check finds (`panic`, the message when it finds none), planned.
+fn planned(up: &Updater, panic: &str) -> evergreen::Offer {
+    let Check::Available(offer) = up.check().unwrap() else {
+        panic!("{panic}");
+    };
+    up.plan(&offer).unwrap()
+}
+
+/// An image is downloaded straight into the idle slot, which is `installing` and out of
+/// the boot order by the time its bytes arrive: nothing of its size lands in the state
+/// directory, and the install then only reads the slot back.
+#[test]
+fn an_image_download_streams_into_the_idle_slot_taken_out_of_the_boot_order_first() {
+    let (_repo, _server, board, image, _blob) =
+        board_offered_an_image("streamed", Loader::Grub, 4 * MIB);
+    let running = board.slot_bytes(Slot::A);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let mut first = None;
+    let mut last = (0, 0);
+    up.download(
+        &plan,
+        &mut |done, total| {
+            last = (done, total);
+            if first.is_none() {
+                let b = board.dev.state_file()["b"]["status"].clone();
+                first = Some((b, board.grub("B_OK")));
+            }
+        },
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(first, Some((json!("installing"), "0".to_string())));
+    assert_eq!(last, (4 * MIB as u64, 4 * MIB as u64));
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(image_sized_in(&board.dev.state, MIB), Vec::<PathBuf>::new());
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(
+        board.power_on(),
+        Some(Slot::A),
+        "B is out of the boot order"
+    );
+    assert_eq!(up.startup().unwrap(), Startup::Normal);
+
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
+    up.activate(false).unwrap();
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert_eq!(image_sized_in(&board.dev.state, MIB), Vec::<PathBuf>::new());
+}
+
+/// The state directory needs no room for an image: one four times the size of its file
+/// system's free space installs.
+#[test]
+fn an_image_larger_than_the_state_directorys_free_space_installs() {
+    let (repo, _server, board) = served_board("smallstate", Loader::UBoot);
+    let small = repo.scratch("smallstate-fs");
+    let Some(_fs) = Mounted::tmpfs(&small, 512) else {
+        return;
+    };
+    let state = small.join("state");
+    board.dev.edit_config(|cfg| cfg["state_dir"] = json!(state));
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let image = std::fs::read(release_image(&repo, "2.0.0", 2 * MIB, 2)).unwrap();
+    board.dev.expect("update", &["--yes"], 0);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// A connection torn in the middle of an image leaves what arrived in the slot, recorded:
+/// the next try asks for the rest with `Range`, also in a later update after both tries
+/// of one were cut. The slot stays `installing` and out of the boot order meanwhile.
+#[test]
+fn a_torn_connection_mid_image_resumes_where_the_slot_left_off() {
+    use support::Fault;
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("torn", Loader::UBoot, 2 * MIB);
+    let running = board.slot_bytes(Slot::A);
+    // Both tries of the update (the board retries once) are cut after 300,000 bytes.
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 2);
+    let err = failed_update(&board);
+    assert!(err.starts_with("error[network]:"), "{err}");
+    let s = board.dev.status();
+    assert_eq!(s["slots"]["b"]["status"], "installing");
+    assert_eq!(s["primary"], "a");
+    // The 600,000 bytes received are in the slot, not the state directory.
+    assert_eq!(
+        image_sized_in(&board.dev.state, 300_000),
+        Vec::<PathBuf>::new()
+    );
+    assert!(board.slot_bytes(Slot::B)[..600_000] == image[..600_000]);
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+
+    board.dev.expect("update", &["--yes"], 0);
+    let ranges: Vec<Option<String>> = server
+        .requests(&blob)
+        .into_iter()
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            None,
+            Some("bytes=300000-".into()),
+            Some("bytes=600000-".into())
+        ]
+    );
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+    assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// A server that answers the resume with the whole image (200, not 206) is read from its
+/// first byte: what the slot holds is compared, and the image completes.
+#[test]
+fn a_server_that_ignores_range_restarts_the_image_from_its_first_byte() {
+    use support::Fault;
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("norange", Loader::Grub, 2 * MIB);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 2);
+    failed_update(&board);
+    // What the whole image is compared with is in the slot.
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert!(board.slot_bytes(Slot::B)[..600_000] == image[..600_000]);
+    server.set_fault("blobs/", Fault::IgnoreRange);
+    board.dev.expect("update", &["--yes"], 0);
+    let last = server.requests(&blob).pop().unwrap();
+    assert_eq!(
+        (last.range.as_deref(), last.status),
+        (Some("bytes=600000-"), 200)
+    );
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// An image served with other bytes is `hash_mismatch`: the slot it went into stays
+/// `installing` and out of the boot order, the running slot is untouched, and once the
+/// server is fixed an update fetches it again from its first byte and installs it.
+#[test]
+fn an_image_served_wrong_is_hash_mismatch_and_installs_once_the_server_is_fixed() {
+    use support::Fault;
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("wrongbytes", Loader::Grub, MIB);
+    let running = board.slot_bytes(Slot::A);
+    server.set_fault("blobs/", Fault::Replace(board::pattern(MIB, 9)));
+    let err = failed_update(&board);
+    assert!(err.starts_with("error[hash_mismatch]:"), "{err}");
+    let s = board.dev.status();
+    assert_eq!(s["primary"], "a");
+    assert_eq!(s["trial"], Value::Null);
+    assert_eq!(s["slots"]["b"]["status"], "installing");
+    assert_eq!(board.grub("B_OK"), "0");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+
+    server.clear_faults();
+    let before = server.requests(&blob).len();
+    board.dev.expect("update", &["--yes"], 0);
+    let requests = server.requests(&blob);
+    assert_eq!(requests.len(), before + 1);
+    assert_eq!(requests[before].range, None);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+    assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// A download cancelled part-way keeps what reached the slot, recorded; the next download
+/// resumes after it, and the install reads the whole back.
+#[test]
+fn a_cancelled_image_download_resumes_after_the_bytes_already_in_the_slot() {
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("cancelled", Loader::Grub, 4 * MIB);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let cancel = CancelToken::new();
+    let err = up
+        .download(&plan, &mut |_, _| cancel.cancel(), &cancel)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+    assert_eq!(up.startup().unwrap(), Startup::Normal);
+    let err = up.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let requests = server.requests(&blob);
+    assert_eq!(requests.len(), 2);
+    let from: u64 = requests[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or_else(|| panic!("{requests:?}"));
+    assert!(from > 0 && from < 4 * MIB as u64, "{requests:?}");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
 }

@@ -5,6 +5,11 @@
 //! floor of a download, overlaps everything else.
 //! They pass a fixed pool of five 256 KiB buffers back and forth over bounded channels,
 //! so memory stays flat whatever the blob's size.
+//!
+//! An image for image slots is received the same way, but straight into the inactive
+//! slot rather than a `.part` ([`stream`]): the slot is the partial download, and a small
+//! record in the state directory says how much of it is durable, so that a later attempt
+//! resumes after it.
 
 use super::speed::SpeedMeter;
 use super::{
@@ -12,6 +17,8 @@ use super::{
     Response,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::slots::image::{self, ImageSlots};
+use crate::slots::Slot;
 use crate::trust::hex;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -42,19 +49,52 @@ pub(super) fn download(
     if is_complete(&done_path, spec)? {
         return Ok(done_path);
     }
-    let urls = match &spec.url {
-        Some(url) => vec![url.clone()],
-        None => fetcher.urls(&format!("blobs/sha256/{}", spec.sha256))?,
-    };
     let target = Target {
         spec,
         part_path: dir.join(format!("{}.part", spec.sha256)),
         done_path: done_path.clone(),
+        slot: None,
     };
-    fetcher.with_retries(&urls, cancel, |url| {
-        target.attempt(fetcher, url, progress, cancel)
-    })?;
+    target.fetch(fetcher, progress, cancel)?;
     Ok(done_path)
+}
+
+/// An image slot a download writes an image into as it arrives ([`stream`]).
+pub(crate) struct SlotDest<'a> {
+    /// The slots.
+    pub images: &'a ImageSlots,
+    /// The slot to write, never the one that runs: the caller has marked it `installing`
+    /// and taken it out of the boot order.
+    pub slot: Slot,
+    /// The progress record ([`image::streamed`]).
+    pub record: &'a Path,
+}
+
+/// Bytes received into a slot between two syncs of it and records of its progress: what
+/// a crash may cost to fetch again, against a sync and a small atomic write each time.
+const CHECKPOINT: u64 = 8 << 20;
+
+/// Receives the image `spec` into `into`'s slot from its first byte not yet recorded
+/// durable there, hashing as it goes, resuming with `Range` as [`download`] does. Done
+/// when the record says the whole image is there; the install reads it back.
+pub(super) fn stream(
+    fetcher: &Fetcher,
+    spec: &super::BlobSpec,
+    into: &SlotDest,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: &CancelToken,
+) -> Result<()> {
+    check_sha256(&spec.sha256)?;
+    if spec.size > 0 && image::streamed(into.record, &spec.sha256, into.slot) == spec.size {
+        return Ok(());
+    }
+    let target = Target {
+        spec,
+        part_path: into.images.path(into.slot).to_owned(),
+        done_path: PathBuf::new(),
+        slot: Some(into),
+    };
+    target.fetch(fetcher, progress, cancel)
 }
 
 /// The hash names a file in the download directory, so it must be exactly a hash.
@@ -84,7 +124,7 @@ fn is_complete(path: &Path, spec: &super::BlobSpec) -> Result<bool> {
     Ok(false)
 }
 
-fn hash_to_end(file: &mut File) -> io::Result<(Sha256, u64)> {
+fn hash_to_end(file: &mut dyn Read) -> io::Result<(Sha256, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0; CHUNK];
     let mut len = 0;
@@ -103,11 +143,39 @@ fn hash_to_end(file: &mut File) -> io::Result<(Sha256, u64)> {
 
 struct Target<'a> {
     spec: &'a super::BlobSpec,
+    /// The `.part`, or the slot.
     part_path: PathBuf,
     done_path: PathBuf,
+    /// Set when the blob goes into an image slot.
+    slot: Option<&'a SlotDest<'a>>,
 }
 
 impl Target<'_> {
+    /// Fetches the blob from the first base that serves it, with the fetcher's retries.
+    fn fetch(
+        &self,
+        fetcher: &Fetcher,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        let spec = self.spec;
+        let urls = match &spec.url {
+            Some(url) => vec![url.clone()],
+            None => fetcher.urls(&format!("blobs/sha256/{}", spec.sha256))?,
+        };
+        fetcher.with_retries(&urls, cancel, |url| {
+            self.attempt(fetcher, url, progress, cancel)
+        })
+    }
+
+    /// The `.part` or the slot, positioned after the bytes kept from an earlier attempt.
+    fn open_part(&self) -> Result<Part> {
+        match self.slot {
+            None => Part::open(&self.part_path, self.spec.size),
+            Some(into) => Part::open_slot(into, self.spec),
+        }
+    }
+
     /// One try against one URL: resume or start the `.part`, stream, verify, rename.
     ///
     /// Bytes kept in the `.part` from an earlier attempt are only as good as the disk and
@@ -121,7 +189,9 @@ impl Target<'_> {
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
     ) -> Result<(), Failure> {
-        self.check_room()?;
+        if self.slot.is_none() {
+            self.check_room()?;
+        }
         let mut stream = Stream {
             fetcher,
             url,
@@ -130,7 +200,7 @@ impl Target<'_> {
             progress,
             cancel,
         };
-        let part = self.fetch_rest(&mut stream, Part::open(&self.part_path, self.spec.size)?)?;
+        let part = self.fetch_rest(&mut stream, self.open_part()?)?;
         let kept = (part.kept > 0).then(|| kept_note(part.kept, part.len));
         let finished = part.finish(&self.spec.sha256, &self.done_path, &stream.source());
         match (finished, kept) {
@@ -182,8 +252,8 @@ impl Target<'_> {
 
     /// The same URL again from byte 0; a mismatch now is the server's.
     fn start_over(&self, stream: &mut Stream<'_, '_>) -> Result<(), Failure> {
-        let mut part = Part::open(&self.part_path, self.spec.size)?;
-        // `finish` removed the file, but only as best it could.
+        let mut part = self.open_part()?;
+        // `finish` removed the file (or the slot's record), but only as best it could.
         part.restart()?;
         let part = self.fetch_rest(stream, part)?;
         Ok(part.finish(&self.spec.sha256, &self.done_path, &stream.source())?)
@@ -368,7 +438,7 @@ fn kept_note(kept: u64, len: u64) -> String {
     }
 }
 
-/// The `.part` file, its length and the hash of its bytes so far.
+/// The `.part` file (or the image slot), its length and the hash of its bytes so far.
 struct Part {
     path: PathBuf,
     file: File,
@@ -377,6 +447,19 @@ struct Part {
     /// How many of the `len` bytes were already in the file when it was opened, rather
     /// than received since.
     kept: u64,
+    /// Set when the part is an image slot.
+    slot: Option<SlotPart>,
+}
+
+/// What a [`Part`] that is an image slot keeps besides its file: a slot has no length of
+/// its own to resume from, so its progress record says how much of it is durable.
+struct SlotPart {
+    record: PathBuf,
+    sha256: String,
+    slot: Slot,
+    block: bool,
+    /// The bytes the record says are durable.
+    recorded: u64,
 }
 
 impl Part {
@@ -395,6 +478,7 @@ impl Part {
             hasher,
             len,
             kept: len,
+            slot: None,
         };
         if len > size {
             part.restart()?;
@@ -402,24 +486,129 @@ impl Part {
         Ok(part)
     }
 
+    /// Opens the slot of `into` to receive the image `spec` (as an install would open it:
+    /// refused while something else uses it) and re-hashes the bytes its record says are
+    /// durable there, positioned after them. With none, the record is first made to name
+    /// this image at 0 bytes: one of another image left there must not be believed once
+    /// this one's bytes start to overwrite it.
+    fn open_slot(into: &SlotDest, spec: &super::BlobSpec) -> Result<Part> {
+        let (mut file, block) = into
+            .images
+            .open_to_write(into.slot, spec.size, &spec.sha256)?;
+        let path = into.images.path(into.slot).to_owned();
+        let recorded = image::streamed(into.record, &spec.sha256, into.slot).min(spec.size);
+        let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
+            .map_err(|e| Error::io("hashing", &path, e))?;
+        let mut part = Part {
+            path,
+            file,
+            hasher,
+            len,
+            kept: len,
+            slot: Some(SlotPart {
+                record: into.record.to_owned(),
+                sha256: spec.sha256.clone(),
+                slot: into.slot,
+                block,
+                recorded,
+            }),
+        };
+        if recorded == 0 {
+            part.record(0)?;
+        }
+        Ok(part)
+    }
+
     fn restart(&mut self) -> Result<()> {
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.seek(SeekFrom::Start(0)))
-            .map_err(|e| Error::io("truncating", &self.path, e))?;
+        self.truncate(0)?;
         self.hasher = Sha256::new();
-        self.len = 0;
         self.kept = 0;
         Ok(())
     }
 
+    /// Drops the bytes from `at` on, to write there next. A slot keeps its length; its
+    /// record comes down to `at` first, so it never vouches for bytes being replaced.
+    fn truncate(&mut self, at: u64) -> Result<()> {
+        if self.slot.as_ref().is_some_and(|s| s.recorded > at) {
+            self.record(at)?;
+        }
+        let shrink = match self.slot {
+            Some(_) => Ok(()),
+            None => self.file.set_len(at),
+        };
+        shrink
+            .and_then(|()| self.file.seek(SeekFrom::Start(at)).map(drop))
+            .map_err(|e| Error::io("truncating", &self.path, e))?;
+        self.len = at;
+        Ok(())
+    }
+
+    /// For a slot: makes its first `bytes` durable (the slot synced first) and records
+    /// that they are. Nothing for a `.part`, whose length says it.
+    fn record(&mut self, bytes: u64) -> Result<()> {
+        let Some(s) = &mut self.slot else {
+            return Ok(());
+        };
+        crate::fsutil::crash_point("sync streamed image")?;
+        if bytes > 0 {
+            crate::fsutil::sync_file_data(&self.file)
+                .map_err(|e| Error::io("syncing", &self.path, e))?;
+        }
+        image::record_streamed(&s.record, &s.sha256, s.slot, bytes)?;
+        s.recorded = bytes;
+        Ok(())
+    }
+
+    /// After `n` more bytes were written into a slot: its progress is recorded every
+    /// [`CHECKPOINT`] bytes.
+    fn written(&mut self, n: usize) -> Result<()> {
+        self.len += n as u64;
+        if self.slot.is_some() {
+            crate::fsutil::crash_point("image bytes written")?;
+        }
+        match &self.slot {
+            Some(s) if self.len - s.recorded >= checkpoint() => self.record(self.len),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the bytes a slot received before its download stopped (the network, a
+    /// cancel), for the next attempt to resume after them; best effort, as the stop's
+    /// own error is the one to report (a record not made costs a fetch, not the image).
+    fn keep_received(&mut self) {
+        if self.slot.as_ref().is_some_and(|s| self.len > s.recorded) {
+            let _ = self.record(self.len);
+        }
+    }
+
+    /// The error of a failed write at byte `at` of the part, of a blob of `total` bytes.
+    fn write_failed(&mut self, at: u64, e: io::Error, total: u64) -> Error {
+        let Some(s) = &self.slot else {
+            return write_failed(&self.path, at, e, total);
+        };
+        // A plain file whose disk filled up is emptied (see `image::write_failed`): its
+        // record must then vouch for none of it.
+        let emptied = !s.block && crate::fsutil::is_disk_full(&e);
+        let failed = image::write_failed(&self.file, s.block, "writing", &self.path, total, at, e);
+        if emptied {
+            let _ = self.record(0);
+        }
+        failed
+    }
+
     /// Verifies the hash, then makes the file durable under its final name; a wrong
-    /// file is deleted. `source` names where the bytes came from ([`Stream::source`]).
-    fn finish(self, sha256: &str, done_path: &Path, source: &str) -> Result<()> {
-        let found = hex(&self.hasher.finalize());
+    /// file is deleted. A slot is synced and recorded whole instead; a wrong one's record
+    /// goes back to 0. `source` names where the bytes came from ([`Stream::source`]).
+    fn finish(mut self, sha256: &str, done_path: &Path, source: &str) -> Result<()> {
+        let found = hex(&std::mem::take(&mut self.hasher).finalize());
         if found != sha256 {
-            drop(self.file);
-            let _ = fs::remove_file(&self.path);
+            match self.slot {
+                Some(_) => drop(self.record(0)),
+                None => {
+                    drop(self.file);
+                    let _ = fs::remove_file(&self.path);
+                }
+            }
             return Err(Error::new(
                 ErrorKind::HashMismatch,
                 format!(
@@ -427,6 +616,9 @@ impl Part {
                     self.len
                 ),
             ));
+        }
+        if self.slot.is_some() {
+            return self.record(self.len);
         }
         crate::fsutil::sync_file(&self.file).map_err(|e| Error::io("syncing", &self.path, e))?;
         drop(self.file);
@@ -476,65 +668,39 @@ impl Stream<'_, '_> {
     /// Receiving and writing on one thread still overlap on slow storage: while a write
     /// waits, the kernel goes on filling the socket's receive buffer (megabytes, with TCP's
     /// autotuning), as the writer's queue of chunks let it before.
-    fn pump(&mut self, mut body: Box<dyn Read + Send>, part: Part) -> Result<Part> {
-        let Part {
-            path,
-            mut file,
-            hasher,
-            len: start,
-            kept,
-        } = part;
+    fn pump(&mut self, mut body: Box<dyn Read + Send>, mut part: Part) -> Result<Part> {
+        let hasher = std::mem::take(&mut part.hasher);
         let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 1);
         for _ in 0..=IN_FLIGHT {
             // Cannot fail: the channel has room for the whole pool.
             let _ = free_tx.send(vec![0; CHUNK]);
         }
-        let mut done = start;
         let (received, hashed) = std::thread::scope(|scope| {
             let hashing = scope.spawn(move || hash_chunks(hasher, full_rx, free_tx));
-            let received = self.receive(&mut *body, &mut file, &mut done, &full_tx, &free_rx);
+            let received = self.receive(&mut *body, &mut part, &full_tx, &free_rx);
             drop(full_tx);
             (received, hashing.join())
         });
         let Ok(hasher) = hashed else {
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("hashing {}: the hashing thread panicked", path.display()),
+                format!(
+                    "hashing {}: the hashing thread panicked",
+                    part.path.display()
+                ),
             ));
         };
+        part.hasher = hasher;
         match received {
-            Ok(()) => Ok(Part {
-                path,
-                file,
-                hasher,
-                len: done,
-                kept,
-            }),
-            Err(Stop::Read(e)) => Err(e),
+            Ok(()) => Ok(part),
+            Err(Stop::Read(e)) => {
+                part.keep_received();
+                Err(e)
+            }
             // The file is closed on the way out, which frees what its removal gave back.
-            Err(Stop::Write(e, at)) => Err(self.write_failed(&path, at, e)),
+            Err(Stop::Write(e, at)) => Err(part.write_failed(at, e, self.total)),
         }
-    }
-
-    /// The error of a failed write at byte `at` of the `.part` at `path`, which the
-    /// caller closes.
-    fn write_failed(&self, path: &Path, at: u64, e: io::Error) -> Error {
-        if !crate::fsutil::is_disk_full(&e) {
-            return Error::io("writing", path, e);
-        }
-        // A `.part` that filled its file system can only grow once space is freed, and
-        // until then it takes the room the state needs: every later check and startup
-        // step would fail to save. It goes; the next update starts over.
-        let _ = fs::remove_file(path);
-        Error::new(
-            ErrorKind::Io,
-            format!(
-                "writing {}: expected room for the {} bytes of the download, found the file system full after {at} bytes ({e}); the partial download was removed so the state can still be saved: free space and update again",
-                path.display(),
-                self.total,
-            ),
-        )
     }
 
     /// The receiving side: reads a chunk, appends it to `file`, hands it to the hashing
@@ -546,43 +712,76 @@ impl Stream<'_, '_> {
     fn receive(
         &mut self,
         body: &mut dyn Read,
-        file: &mut File,
-        done: &mut u64,
+        part: &mut Part,
         full: &SyncSender<(Vec<u8>, usize)>,
         free: &Receiver<Vec<u8>>,
     ) -> Result<(), Stop> {
-        let start = *done;
+        let start = part.len;
         let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
-        while *done < self.total {
+        while part.len < self.total {
             self.cancel.check().map_err(Stop::Read)?;
             let Ok(mut buf) = free.recv() else {
                 return Ok(());
             };
-            let want = (self.total - *done).min(CHUNK as u64) as usize;
+            let want = (self.total - part.len).min(CHUNK as u64) as usize;
             let (n, failed) = fill(body, &mut buf[..want]);
             if n > 0 {
                 // Bytes that arrived before an error are kept: a resume continues after them.
                 self.fetcher.count_received(n);
-                file.write_all(&buf[..n])
-                    .map_err(|e| Stop::Write(e, *done))?;
+                part.file
+                    .write_all(&buf[..n])
+                    .map_err(|e| Stop::Write(e, part.len))?;
                 if full.send((buf, n)).is_err() {
                     return Ok(());
                 }
-                *done += n as u64;
-                (self.progress)(*done, self.total);
+                part.written(n).map_err(Stop::Read)?;
+                (self.progress)(part.len, self.total);
             }
             if let Some(e) = failed {
-                return Err(Stop::Read(read_error(self.url, *done, e)));
+                return Err(Stop::Read(read_error(self.url, part.len, e)));
             }
             if n == 0 {
-                return Err(Stop::Read(self.ended_early(*done)));
+                return Err(Stop::Read(self.ended_early(part.len)));
             }
             meter
-                .check(Instant::now(), *done - start, self.url)
+                .check(Instant::now(), part.len - start, self.url)
                 .map_err(Stop::Read)?;
         }
         Ok(())
     }
+}
+
+/// The error of a failed write at byte `at` of the `.part` at `path`, of a blob of `total`
+/// bytes; the caller closes the file.
+fn write_failed(path: &Path, at: u64, e: io::Error, total: u64) -> Error {
+    if !crate::fsutil::is_disk_full(&e) {
+        return Error::io("writing", path, e);
+    }
+    // A `.part` that filled its file system can only grow once space is freed, and
+    // until then it takes the room the state needs: every later check and startup
+    // step would fail to save. It goes; the next update starts over.
+    let _ = fs::remove_file(path);
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "writing {}: expected room for the {total} bytes of the download, found the file system full after {at} bytes ({e}); the partial download was removed so the state can still be saved: free space and update again",
+            path.display(),
+        ),
+    )
+}
+
+/// [`CHECKPOINT`]; with the `fault-injection` feature (tests only),
+/// `EVERGREEN_STREAM_CHECKPOINT=<bytes>` sets it, so that a crash test records progress
+/// within a small image.
+fn checkpoint() -> u64 {
+    #[cfg(feature = "fault-injection")]
+    if let Some(bytes) = std::env::var("EVERGREEN_STREAM_CHECKPOINT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return bytes;
+    }
+    CHECKPOINT
 }
 
 /// The most bytes of a 200 that differ from a kept `.part` held in memory before they
@@ -657,15 +856,14 @@ impl Stream<'_, '_> {
             held.extend_from_slice(&buf[..n]);
             meter.check(Instant::now(), done + n as u64, self.url)?;
         }
+        part.truncate(at)?;
         part.file
-            .set_len(at)
-            .and_then(|()| part.file.seek(SeekFrom::Start(at)))
-            .and_then(|_| part.file.write_all(&held))
-            .map_err(|e| self.write_failed(&part.path, at, e))?;
+            .write_all(&held)
+            .map_err(|e| part.write_failed(at, e, self.total))?;
         hasher.update(&held);
         part.hasher = hasher;
-        part.len = at + held.len() as u64;
         part.kept = part.kept.min(at);
+        part.written(held.len())?;
         Ok(())
     }
 

@@ -26,6 +26,7 @@
 //! ```
 
 mod download;
+pub(crate) use download::SlotDest;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "http")]
@@ -368,6 +369,18 @@ impl Fetcher {
         cancel: &CancelToken,
     ) -> Result<PathBuf> {
         download::download(self, spec, dir, progress, cancel).map_err(redacted)
+    }
+
+    /// Receives the image `spec` straight into an image slot, as [`Fetcher::download`]
+    /// receives a blob into a file: see [`download::stream`].
+    pub(crate) fn stream(
+        &self,
+        spec: &BlobSpec,
+        into: &download::SlotDest,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        download::stream(self, spec, into, progress, cancel).map_err(redacted)
     }
 
     /// What this fetcher has done so far.

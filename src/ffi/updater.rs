@@ -341,7 +341,10 @@ fn download(
 /// unchanged ones whose download is not kept; against the running slot as it is now).
 /// `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
 /// partial download is kept for the next call to resume. `offer` must come from a check
-/// of this same updater (else `EVG_INVALID_STATE`), as for `evg_install`.
+/// of this same updater (else `EVG_INVALID_STATE`), as for `evg_install`. With image
+/// slots the image is written straight into the inactive slot, marked installing and out
+/// of the boot order first (refused as `evg_install` refuses), and `evg_install` reads it
+/// back.
 ///
 /// # Safety
 /// `updater` and `offer` are NULL or live handles; `progress` may be called with `user`
@@ -361,7 +364,8 @@ pub unsafe extern "C" fn evg_download(
     })
 }
 
-/// Writes the downloaded `offer` into the inactive slot. The running slot is never
+/// Writes the downloaded `offer` into the inactive slot (image slots: reads back and
+/// hashes the image `evg_download` wrote there). The running slot is never
 /// touched; the slot is `installed` only once everything is durable. An offer made by
 /// another updater's check is refused (`EVG_INVALID_STATE`): its trust root, product and
 /// state checked the release, not this one's.

@@ -147,26 +147,69 @@ impl ImageSlots {
         sha256: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
+        // Kept open until the read-back is done: a block device's exclusive claim keeps
+        // anything from mounting or building on the slot between the write and the check
+        // that it holds the image.
+        let (mut file, block) = self.open_to_write(slot, size, sha256)?;
+        let path = self.path(slot);
+        copy_exact(src, &mut file, block, path, size, progress)?;
+        crate::fsutil::sync_file(&file)
+            .map_err(|e| write_failed(&file, block, "syncing", path, size, size, e))?;
+        self.check_read_back(&file, slot, size, sha256, &mut |_, _| {})
+    }
+
+    /// Opens `slot` to write an image of `size` bytes with the SHA-256 `sha256` into it,
+    /// at offset 0, refusing what [`ImageSlots::write_image`] refuses before its first
+    /// byte. Returns the slot and whether it is a block device, which stays claimed while
+    /// the file is open.
+    pub(crate) fn open_to_write(
+        &self,
+        slot: Slot,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(File, bool)> {
         if !crate::trust::is_sha256_hex(sha256) {
             return Err(Error::config(format!(
                 "image for slot {slot}: expected a sha256 of 64 lowercase hex digits, found {sha256:?}"
             )));
         }
         self.check_distinct()?;
+        open_slot(self.path(slot), size)
+    }
+
+    /// Reads back the first `size` bytes of `slot`, which a download streamed into it,
+    /// from the device (claimed meanwhile, as for a write) and checks their SHA-256
+    /// against `sha256`: `hash_mismatch` when they differ. `progress(done, size)` is
+    /// called as they are read.
+    pub(crate) fn read_back(
+        &self,
+        slot: Slot,
+        size: u64,
+        sha256: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.check_distinct()?;
         let path = self.path(slot);
-        // Kept open until the read-back is done: a block device's exclusive claim keeps
-        // anything from mounting or building on the slot between the write and the check
-        // that it holds the image.
-        let (mut file, block) = open_slot(path, size)?;
-        copy_exact(src, &mut file, block, path, size, progress)?;
-        crate::fsutil::sync_file(&file)
-            .map_err(|e| write_failed(&file, block, "syncing", path, size, size, e))?;
-        drop_cached_pages(&file, path)?;
+        check_device_there(path)?;
+        let (file, _) = open_unused(path, size, false)?;
+        self.check_read_back(&file, slot, size, sha256, progress)
+    }
+
+    /// The read-back of `slot`, open as `file`, once what was written is durable.
+    fn check_read_back(
+        &self,
+        file: &File,
+        slot: Slot,
+        size: u64,
+        sha256: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        let path = self.path(slot);
+        drop_cached_pages(file, path)?;
         if let Some((offset, store)) = &self.corrupt_at {
             flip_byte(store.as_deref().unwrap_or(path), *offset)?;
         }
-        let found = hash_prefix(path, size)?;
-        drop(file);
+        let found = hash_prefix(path, size, progress)?;
         if found != sha256 {
             return Err(Error::new(
                 ErrorKind::HashMismatch,
@@ -178,6 +221,27 @@ impl ImageSlots {
         }
         Ok(())
     }
+}
+
+/// How many bytes of the image `sha256` a download has made durable in `slot`, as the
+/// progress record at `record` says (`<sha256> <slot> <bytes>`); 0 when it says nothing
+/// of that image in that slot, or cannot be read.
+pub(crate) fn streamed(record: &Path, sha256: &str, slot: Slot) -> u64 {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    let mut fields = text.split_whitespace();
+    match (fields.next(), fields.next(), fields.next()) {
+        (Some(sha), Some(s), Some(bytes)) if sha == sha256 && s == slot.as_str() => {
+            bytes.parse().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Records at `record` that the first `bytes` of the image `sha256` are durable in
+/// `slot` (synced before this is called), atomically: a crash leaves the old record or
+/// the new one.
+pub(crate) fn record_streamed(record: &Path, sha256: &str, slot: Slot, bytes: u64) -> Result<()> {
+    crate::fsutil::write_atomic(record, format!("{sha256} {slot} {bytes}\n").as_bytes())
 }
 
 /// Evicts the slot's pages (clean after the fsync) from the page cache, so the read-back
@@ -450,8 +514,9 @@ fn open_unused(path: &Path, size: u64, write: bool) -> Result<(File, bool)> {
     // A plain file made here gets the library's mode: a slot others could write could be
     // changed after its read-back.
     let mut options = crate::fsutil::create_options();
+    // Read too when writing: a download resuming into the slot hashes what it holds.
     options
-        .read(!write)
+        .read(true)
         .write(write)
         .create(write && !exclusive)
         .truncate(false);
@@ -559,7 +624,7 @@ fn copy_exact(
 /// running slot ([`ImageSlots::check_distinct`]), and no loop device serves it
 /// (`check_unused`). The file itself stays, with the owner, mode and labels it was
 /// provisioned with. A block device has no size to give back.
-fn write_failed(
+pub(crate) fn write_failed(
     file: &File,
     block: bool,
     what: &str,
@@ -610,8 +675,9 @@ fn flip_byte(path: &Path, offset: u64) -> Result<()> {
         .map_err(|e| Error::io("corrupting", path, e))
 }
 
-/// The SHA-256 of the first `size` bytes of `path`.
-fn hash_prefix(path: &Path, size: u64) -> Result<String> {
+/// The SHA-256 of the first `size` bytes of `path`, `progress(done, size)` called as
+/// they are read.
+fn hash_prefix(path: &Path, size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<String> {
     let file = File::open(path).map_err(|e| Error::io("opening for read-back", path, e))?;
     let mut reader = file.take(size);
     let mut hasher = Sha256::new();
@@ -626,6 +692,7 @@ fn hash_prefix(path: &Path, size: u64) -> Result<String> {
         }
         hasher.update(&buf[..n]);
         done += n as u64;
+        progress(done, size);
     }
     if done != size {
         return Err(Error::new(
@@ -780,7 +847,10 @@ mod tests {
         .unwrap();
         assert_eq!(last, (IMAGE, IMAGE));
         assert_eq!(calls, IMAGE / BUF_SIZE as u64);
-        assert_eq!(hash_prefix(s.path(Slot::B), IMAGE).unwrap(), sha);
+        assert_eq!(
+            hash_prefix(s.path(Slot::B), IMAGE, &mut |_, _| {}).unwrap(),
+            sha
+        );
         assert!(!s.path(Slot::A).exists(), "slot a untouched");
     }
 
