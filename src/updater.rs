@@ -2113,11 +2113,20 @@ impl Updater {
         for d in downloads_in(&self.downloads_dir()) {
             let _ = std::fs::remove_file(d.path);
         }
-        if staged(&self.load_state()?, plan).is_some() {
+        let st = self.load_state()?;
+        if staged(&st, plan).is_some() {
             return self.fetch_all(plan, progress, cancel, &mut |_, _| Ok(()));
         }
-        let Staging { slot, .. } = self.begin_install(plan, &NameMap::new())?;
         let record = self.stream_record();
+        // A record vouches for a slot's bytes only while the slot stays `installing`: one
+        // installed since, run and rolled back may hold other bytes (a read-write mount),
+        // which a record of the whole image would pass off as the image, unfetched.
+        if let Some(named) = crate::slots::image::streamed_slot(&record) {
+            if st.slot(named).status != SlotStatus::Installing {
+                crate::slots::image::record_streamed(&record, "-", named, 0)?;
+            }
+        }
+        let Staging { slot, .. } = self.begin_install(plan, &NameMap::new())?;
         let into = crate::fetch::SlotDest {
             images,
             slot,
@@ -2560,7 +2569,13 @@ impl Updater {
     /// Refuses (`invalid_state`, before the slot is touched) an install on image slots
     /// whose image a download has not streamed whole into the slot an install would take.
     fn check_streamed(&self, plan: &Offer) -> Result<()> {
-        let (slot, _) = self.idle_slot(&mut self.load_state()?)?;
+        let mut st = self.load_state()?;
+        let (slot, _) = self.idle_slot(&mut st)?;
+        // A release staged with no record of it (the record written over since, or never
+        // kept) is read back as it is: the read-back is what vouches for the slot.
+        if staged(&st, plan) == Some(slot) {
+            return Ok(());
+        }
         let record = self.stream_record();
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c) else {

@@ -1671,3 +1671,119 @@ fn a_cancelled_image_download_resumes_after_the_bytes_already_in_the_slot() {
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
 }
+
+/// Flips the byte at `at` of `path`, as a running system's read-write mount changes its
+/// root file system (a mount count, a log).
+fn flip_byte(path: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[!b[0]]).unwrap();
+}
+
+/// The record of an image streamed whole into slot B is not believed once B has been
+/// installed, run and rolled back: the release asked for again is fetched, not passed
+/// off as the bytes B holds now (which the running system changed).
+#[test]
+fn a_progress_record_from_before_the_slot_ran_is_not_believed() {
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("stalerecord", Loader::Grub, MIB);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert_eq!(board.boot()["status"], "trial");
+    flip_byte(&board.b, 1024);
+    board.dev.expect("rollback", &[], 0);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+
+    let before = server.requests(&blob).len();
+    board
+        .dev
+        .expect("update", &["--yes", "--version", "2.0.0"], 0);
+    let requests = server.requests(&blob);
+    assert_eq!(requests.len(), before + 1, "the image was fetched again");
+    assert_eq!(requests[before].range, None);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+}
+
+/// Wrong bytes are never recorded as the whole image, even when a checkpoint falls on
+/// its last byte: cut just before the mismatch resets the record, the next update still
+/// fetches (a record of the whole would skip the fetch and fail at the read-back).
+#[test]
+fn wrong_bytes_are_never_recorded_whole_before_their_hash_is_checked() {
+    use support::Fault;
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("wrongwhole", Loader::Grub, MIB);
+    server.set_fault("blobs/", Fault::Replace(board::pattern(MIB, 9)));
+    // 1 MiB in checkpoints of 256 KiB: the last falls on the image's last byte.
+    let checkpoint = ("EVERGREEN_STREAM_CHECKPOINT", "262144");
+    // Counted from the state the cut run starts in: after a mismatch, the slot
+    // `installing` and its record at 0.
+    assert!(failed_update(&board).starts_with("error[hash_mismatch]"));
+    let out = board.dev.run_env(
+        "update",
+        &["--yes"],
+        &[checkpoint, ("EVERGREEN_CRASH_COUNT", "1")],
+    );
+    let counted = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(counted.contains("error[hash_mismatch]"), "{counted}");
+    // The mismatch's reset is the last record of the run: cut there.
+    let reset = counted
+        .lines()
+        .rfind(|l| l.starts_with("crash-point") && l.contains("sync streamed image"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("a record of the streamed image")
+        .to_string();
+    let out = board.dev.run_env(
+        "update",
+        &["--yes"],
+        &[checkpoint, ("EVERGREEN_CRASH_AT", reset.as_str())],
+    );
+    assert!(!out.status.success());
+    let record = std::fs::read_to_string(board.dev.state.join("image-stream")).unwrap();
+    let bytes = record.split_whitespace().nth(2);
+    assert_ne!(
+        bytes,
+        Some(MIB.to_string().as_str()),
+        "recorded whole: {record}"
+    );
+
+    server.clear_faults();
+    let before = server.requests(&blob).len();
+    board.dev.expect("update", &["--yes"], 0);
+    assert!(
+        server.requests(&blob).len() > before,
+        "the image was fetched"
+    );
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+}
+
+/// A release staged with no progress record of it (written over, or never kept) is
+/// installed by download + install, all a C host can call: the read-back vouches for it.
+#[test]
+fn a_staged_release_without_its_record_is_installed_by_download_and_install() {
+    let (_repo, _server, board, image, _blob) =
+        board_offered_an_image("stagednorecord", Loader::Grub, MIB);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    up.install(&plan).unwrap();
+    std::fs::remove_file(board.dev.state.join("image-stream")).unwrap();
+
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0 staged, not active");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+}

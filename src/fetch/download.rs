@@ -460,6 +460,9 @@ struct SlotPart {
     block: bool,
     /// The bytes the record says are durable.
     recorded: u64,
+    /// The image's size: a record of all of it is [`Part::finish`]'s alone, once the hash
+    /// matched, never a checkpoint's.
+    size: u64,
 }
 
 impl Part {
@@ -511,6 +514,7 @@ impl Part {
                 slot: into.slot,
                 block,
                 recorded,
+                size: spec.size,
             }),
         };
         if recorded == 0 {
@@ -567,7 +571,9 @@ impl Part {
             crate::fsutil::crash_point("image bytes written")?;
         }
         match &self.slot {
-            Some(s) if self.len - s.recorded >= checkpoint() => self.record(self.len),
+            Some(s) if self.len < s.size && self.len - s.recorded >= checkpoint() => {
+                self.record(self.len)
+            }
             _ => Ok(()),
         }
     }
@@ -576,7 +582,11 @@ impl Part {
     /// cancel), for the next attempt to resume after them; best effort, as the stop's
     /// own error is the one to report (a record not made costs a fetch, not the image).
     fn keep_received(&mut self) {
-        if self.slot.as_ref().is_some_and(|s| self.len > s.recorded) {
+        if self
+            .slot
+            .as_ref()
+            .is_some_and(|s| self.len > s.recorded && self.len < s.size)
+        {
             let _ = self.record(self.len);
         }
     }
@@ -602,20 +612,27 @@ impl Part {
     fn finish(mut self, sha256: &str, done_path: &Path, source: &str) -> Result<()> {
         let found = hex(&std::mem::take(&mut self.hasher).finalize());
         if found != sha256 {
-            match self.slot {
-                Some(_) => drop(self.record(0)),
+            let len = self.len;
+            let reset = match self.slot {
+                Some(_) => self.record(0).err(),
                 None => {
                     drop(self.file);
                     let _ = fs::remove_file(&self.path);
+                    None
                 }
-            }
-            return Err(Error::new(
+            };
+            let mismatch = Error::new(
                 ErrorKind::HashMismatch,
-                format!(
-                    "{source}: expected sha256 {sha256}, found {found} ({} bytes)",
-                    self.len
-                ),
-            ));
+                format!("{source}: expected sha256 {sha256}, found {found} ({len} bytes)"),
+            );
+            // The next download must not take the slot's bytes for the image: say so
+            // when the record that would stop it could not be written.
+            return Err(match reset {
+                None => mismatch,
+                Some(r) => mismatch.map_message(|m| {
+                    format!("{m}; and recording that the slot holds none of it failed: {r}")
+                }),
+            });
         }
         if self.slot.is_some() {
             return self.record(self.len);

@@ -237,6 +237,12 @@ pub(crate) fn streamed(record: &Path, sha256: &str, slot: Slot) -> u64 {
     }
 }
 
+/// The slot the progress record at `record` is about, if it can be read.
+pub(crate) fn streamed_slot(record: &Path) -> Option<Slot> {
+    let text = std::fs::read_to_string(record).ok()?;
+    Slot::parse(text.split_whitespace().nth(1)?)
+}
+
 /// Records at `record` that the first `bytes` of the image `sha256` are durable in
 /// `slot` (synced before this is called), atomically: a crash leaves the old record or
 /// the new one.
