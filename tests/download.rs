@@ -1389,6 +1389,37 @@ fn a_hash_mismatch_after_a_redirect_names_the_url_that_served_the_bytes() {
     assert_no_completed_file(downloads.path(), &repo);
 }
 
+/// A body cut short after a redirect names the URL that served it too, as a hash
+/// mismatch does: the mirror that drops connections is the one to look at.
+#[test]
+fn a_body_cut_short_after_a_redirect_names_the_url_that_served_it() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let mirror = TestServer::serve(repo.path());
+    let asked = format!("{}/{}", server.url(), repo.blob_path());
+    let served = format!("{}/{}", mirror.url(), repo.blob_path());
+    server.set_fault("blobs/", Fault::Redirect(served.clone()));
+    mirror.set_fault("blobs/", Fault::DropAfter(500));
+    let downloads = TempDir::new().unwrap();
+    let follows = FetchOptions {
+        follow_redirects: true,
+        ..options()
+    };
+
+    let err = download(
+        &fetcher(&[server.url()], follows),
+        &repo.spec(),
+        downloads.path(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("{served} (redirected from {asked})")),
+        "{err}"
+    );
+}
+
 /// A redirect to something that cannot be requested is the redirecting server's fault,
 /// not the configuration's: the next base is tried, and the error names the Location.
 #[test]

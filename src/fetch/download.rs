@@ -202,7 +202,7 @@ impl Target<'_> {
         };
         let part = self.fetch_rest(&mut stream, self.open_part()?)?;
         let kept = (part.kept > 0).then(|| kept_note(part.kept, part.len));
-        let finished = part.finish(&self.spec.sha256, &self.done_path, &stream.source());
+        let finished = part.finish(&self.spec.sha256, &self.done_path, stream.source());
         match (finished, kept) {
             (Err(e), Some(note)) if e.kind() == ErrorKind::HashMismatch => {
                 self.start_over(&mut stream).map_err(|f| f.context(note))
@@ -256,7 +256,7 @@ impl Target<'_> {
         // `finish` removed the file (or the slot's record), but only as best it could.
         part.restart()?;
         let part = self.fetch_rest(stream, part)?;
-        Ok(part.finish(&self.spec.sha256, &self.done_path, &stream.source())?)
+        Ok(part.finish(&self.spec.sha256, &self.done_path, stream.source())?)
     }
 
     /// Receives whatever the `.part` still lacks, resuming with `Range` where it can.
@@ -273,7 +273,9 @@ impl Target<'_> {
             }
         };
         self.accept(stream, &response, &part)?;
-        stream.redirected_to = response.final_url;
+        stream.redirected_to = response
+            .final_url
+            .map(|to| format!("{to} (redirected from {})", stream.url));
         let mut body = response.body;
         if response.status == 200 && part.len > 0 {
             stream.replay_kept(&mut *body, &mut part)?;
@@ -649,7 +651,8 @@ struct Stream<'a, 'p> {
     fetcher: &'a Fetcher,
     /// The URL asked for, and asked again on a resume or a fresh start.
     url: &'a str,
-    /// Where the transport's redirects led for the last response, if anywhere else.
+    /// Where the transport's redirects led for the last response, if anywhere else, as
+    /// errors about its body name it ([`Stream::source`]).
     redirected_to: Option<String>,
     total: u64,
     progress: &'p mut dyn FnMut(u64, u64),
@@ -666,12 +669,10 @@ enum Stop {
 
 impl Stream<'_, '_> {
     /// The URL the last response came from, and the one asked for if a redirect led
-    /// elsewhere: a user chasing bad bytes needs the mirror that served them.
-    fn source(&self) -> String {
-        match &self.redirected_to {
-            Some(to) => format!("{to} (redirected from {})", self.url),
-            None => self.url.to_owned(),
-        }
+    /// elsewhere: a user chasing bad bytes, a cut or a crawl needs the mirror that
+    /// served them.
+    fn source(&self) -> &str {
+        self.redirected_to.as_deref().unwrap_or(self.url)
     }
 
     /// Receives the rest of the blob into the `.part`, hashing on another thread; returns
@@ -755,13 +756,13 @@ impl Stream<'_, '_> {
                 (self.progress)(part.len, self.total);
             }
             if let Some(e) = failed {
-                return Err(Stop::Read(read_error(self.url, part.len, e)));
+                return Err(Stop::Read(read_error(self.source(), part.len, e)));
             }
             if n == 0 {
                 return Err(Stop::Read(self.ended_early(part.len)));
             }
             meter
-                .check(Instant::now(), part.len - start, self.url)
+                .check(Instant::now(), part.len - start, self.source())
                 .map_err(Stop::Read)?;
         }
         Ok(())
@@ -837,7 +838,7 @@ impl Stream<'_, '_> {
             }
             hasher.update(&theirs[..n]);
             matched += n as u64;
-            meter.check(Instant::now(), matched, self.url)?;
+            meter.check(Instant::now(), matched, self.source())?;
         }
         // The kept bytes were the body's first bytes: `part` already holds and hashes them.
         Ok(())
@@ -866,12 +867,14 @@ impl Stream<'_, '_> {
                         "GET {}: expected 200 with the whole blob ({} bytes), found a body of \
                          {done} bytes that differs from the {} bytes kept from an earlier \
                          attempt at byte {at}; the kept bytes stay",
-                        self.url, self.total, part.len
+                        self.source(),
+                        self.total,
+                        part.len
                     ),
                 ));
             }
             held.extend_from_slice(&buf[..n]);
-            meter.check(Instant::now(), done + n as u64, self.url)?;
+            meter.check(Instant::now(), done + n as u64, self.source())?;
         }
         part.truncate(at)?;
         part.file
@@ -892,7 +895,7 @@ impl Stream<'_, '_> {
         self.fetcher.count_received(n);
         (self.progress)(done + n as u64, self.total);
         match failed {
-            Some(e) => Err(read_error(self.url, done + n as u64, e)),
+            Some(e) => Err(read_error(self.source(), done + n as u64, e)),
             None => Ok(n),
         }
     }
@@ -902,7 +905,8 @@ impl Stream<'_, '_> {
             ErrorKind::Network,
             format!(
                 "GET {}: expected {} bytes, found the body ended after {done}",
-                self.url, self.total
+                self.source(),
+                self.total
             ),
         )
     }
