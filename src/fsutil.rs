@@ -412,13 +412,14 @@ fn or_plain_fsync(_file: &File, sync: std::io::Result<()>) -> std::io::Result<()
 /// Makes everything written to the file system holding `file` durable with one `syncfs`:
 /// one journal commit and one cache flush, where a sync per file costs one of each per
 /// file (10,688 files: 0.5 s against 1.8 s on an ext4 disk). Only where the kernel
-/// reports the write errors it met to `syncfs` (Linux 5.8 and later; before, it returned
-/// success whatever was lost), and on the file systems of [`SYNCFS_TRUSTED`]; `None`
-/// elsewhere, and the caller syncs file by file.
+/// reports to `syncfs` the errors it met: Linux 5.17 and later (before 5.8 it returned
+/// success whatever writeback lost, and before 5.17 it dropped the file system's own
+/// errors, a failed journal commit among them), on the file systems of
+/// [`SYNCFS_TRUSTED`]; `None` elsewhere, and the caller syncs file by file.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn sync_file_system(file: &File) -> Option<std::io::Result<()>> {
     use std::os::fd::AsRawFd;
-    if !kernel_at_least(&kernel_release()?, (5, 8)) {
+    if !kernel_at_least(&kernel_release()?, (5, 17)) {
         return None;
     }
     // SAFETY: a valid descriptor, and a zeroed struct the kernel fills.
@@ -925,20 +926,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn syncfs_is_trusted_from_linux_5_8_on() {
+    fn syncfs_is_trusted_from_linux_5_17_on() {
         for (release, at_least) in [
-            ("5.8.0", true),
-            ("5.10.120-ti-r47", true),
+            ("5.17.0", true),
+            ("6.1.0-13-amd64", true),
             ("6.18.44-fc-v1147", true),
             ("10.0", true),
-            ("5.7.19", false),
+            ("5.16.20", false),
+            ("5.15.148-tegra", false),
+            ("5.10.120-ti-r47", false),
+            ("5.8.0", false),
             ("4.19.94-ti-r42", false),
-            ("4.9", false),
             ("5", false),
             ("", false),
             ("linux-6.1", false),
         ] {
-            assert_eq!(kernel_at_least(release, (5, 8)), at_least, "{release}");
+            assert_eq!(kernel_at_least(release, (5, 17)), at_least, "{release}");
         }
     }
 
@@ -947,7 +950,7 @@ mod tests {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn syncfs_only_on_the_file_systems_that_keep_its_promise() {
-        if !kernel_at_least(&kernel_release().unwrap(), (5, 8)) {
+        if !kernel_at_least(&kernel_release().unwrap(), (5, 17)) {
             return;
         }
         let shm = tempfile::tempdir_in("/dev/shm").unwrap();

@@ -2538,6 +2538,8 @@ impl Updater {
         components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
         let dir = slots.prepare(slot)?;
+        // Before a byte is written: the sync at the end then hears of every write error.
+        let watch = stage::WriteWatch::open(&dir)?;
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c) else {
                 continue;
@@ -2558,7 +2560,7 @@ impl Updater {
             staged.map_err(|e| e.context(component_context(c, a)))?;
             crate::fsutil::crash_point("component staged")?;
         }
-        stage::make_durable(&dir)?;
+        watch.make_durable(&dir)?;
         let record = serde_json::json!({
             "version": plan.version.to_string(),
             "components": components,

@@ -6,6 +6,7 @@
 //! nothing exists outside the destination.
 
 mod common;
+mod mounts;
 mod require;
 mod support;
 
@@ -13,7 +14,7 @@ use common::zips::{build, build_with, overlapping_bomb, patch_all, patch_zip64_s
 use evergreen::manifest::{ArtifactKind, TargetRelease};
 use evergreen::stage::{
     diff, extract_zip, make_durable, place_file, ArchiveLimits, CheckedZip, ComponentOp,
-    InstalledComponent,
+    InstalledComponent, WriteWatch,
 };
 use evergreen::ErrorKind;
 use std::collections::BTreeMap;
@@ -933,6 +934,51 @@ fn make_durable_of_a_missing_root_is_io() {
     let tmp = tempfile::tempdir().unwrap();
     let err = make_durable(&tmp.path().join("missing")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
+}
+
+/// A write the disk lost fails the sync even when another program's `syncfs` (`sync -f`)
+/// was told of it first: the watch was opened before the writes, and `syncfs` reports to
+/// it every error since. The disk is an ext4 on a loop device whose backing file sits on a
+/// 24 MiB tmpfs, so the writes past its room fail as on a dying card.
+#[test]
+fn a_write_the_disk_lost_fails_the_sync_though_another_program_heard_of_it_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = tmp.path().join("backing");
+    let Some(_room) = mounts::Mounted::tmpfs(&backing, 24 * 1024) else {
+        return;
+    };
+    let image = backing.join("disk.img");
+    fs::File::create(&image)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let Some(device) = mounts::LoopDevice::attach(&image) else {
+        return;
+    };
+    let at = tmp.path().join("disk");
+    let Some(_disk) = mounts::Mounted::ext4(&device.0, &at) else {
+        return;
+    };
+    let slot = at.join("slot");
+    fs::create_dir(&slot).unwrap();
+
+    let watch = WriteWatch::open(&slot).unwrap();
+    let mib = vec![0x5a; 1 << 20];
+    for i in 0..40 {
+        fs::write(slot.join(format!("f{i}")), &mib).unwrap();
+    }
+    let other = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(&slot)
+        .status()
+        .unwrap();
+    assert!(
+        !other.success(),
+        "the disk lost no write: the test proves nothing"
+    );
+    let err = watch.make_durable(&slot).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("slot"), "{err}");
 }
 
 // ---- diff --------------------------------------------------------------------------

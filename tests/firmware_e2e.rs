@@ -24,7 +24,7 @@ use evergreen::slots::grub::{apply_all, BootChange, GrubEnv};
 use evergreen::slots::{BootSelector, Slot};
 use evergreen::state::SlotStatus;
 use evergreen::{Activation, Check, Config, ErrorKind, Startup, Updater};
-use mounts::Mounted;
+use mounts::{LoopDevice, Mounted};
 use semver::Version;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -999,78 +999,6 @@ fn writing_an_image_reports_installing_progress_not_downloading() {
         last.to_json(),
         r#"{"event":"installing","component":"rootfs","done":1048576,"total":1048576}"#
     );
-}
-
-/// A loop block device backed by a file, detached when dropped.
-struct LoopDevice(String);
-
-impl LoopDevice {
-    /// Attaches `file`; `None` (the test is skipped, or fails under
-    /// `EVERGREEN_REQUIRE_TOOLS`) where loop devices cannot be attached.
-    fn attach(file: &Path) -> Option<LoopDevice> {
-        let out = require::tool_output(
-            std::process::Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(file),
-        );
-        match out {
-            Ok(o) if o.status.success() => Some(LoopDevice(
-                String::from_utf8(o.stdout).unwrap().trim().to_string(),
-            )),
-            _ => {
-                require::missing("losetup with permission to attach a loop device");
-                None
-            }
-        }
-    }
-
-    /// Attaches `disk`, a disk image holding a partition table, and returns it with the
-    /// node of its first partition; `None` as [`LoopDevice::attach`].
-    fn attach_partitioned(disk: &Path) -> Option<(LoopDevice, String)> {
-        let needs = "losetup and partx with permission to attach a partitioned loop device";
-        let out = require::tool_output(
-            std::process::Command::new("losetup")
-                .args(["--partscan", "--find", "--show"])
-                .arg(disk),
-        );
-        let device = match out {
-            Ok(o) if o.status.success() => {
-                LoopDevice(String::from_utf8(o.stdout).unwrap().trim().to_string())
-            }
-            _ => {
-                require::missing(needs);
-                return None;
-            }
-        };
-        // The kernel reads the table as the device is attached, when it was built with a
-        // parser for it; partx reads it itself and hands the kernel the partitions.
-        let partition = format!("{}p1", device.0);
-        if !Path::new(&partition).exists() {
-            let added = require::tool_succeeds(
-                std::process::Command::new("partx").args(["--add", &device.0]),
-            );
-            if !added || !Path::new(&partition).exists() {
-                require::missing(needs);
-                return None;
-            }
-        }
-        Some((device, partition))
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        require::tool_succeeds(std::process::Command::new("losetup").args(["--detach", &self.0]));
-        // A device someone still has open (udev's probe) is detached at its last close,
-        // after `losetup` returns; a test that writes the backing store next must not see
-        // it still attached.
-        let name = self.0.trim_start_matches("/dev/");
-        let attached = Path::new("/sys/block").join(name).join("loop/backing_file");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while attached.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
 }
 
 /// The requests the server had for blobs.

@@ -16,7 +16,7 @@ mod tree;
 
 pub use diff::{diff, ComponentChange, ComponentOp, InstalledComponent};
 pub use extract::{extract_zip, CheckedZip};
-pub use tree::{make_durable, place_file};
+pub use tree::{make_durable, place_file, WriteWatch};
 
 use crate::error::{Error, ErrorKind, Result};
 

@@ -169,8 +169,12 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
 /// Makes everything under `root` durable: the data of every regular file, every directory
 /// (so names and symlinks are on disk), and the directory holding `root` (so `root`'s own
 /// name is). Once, at the end, instead of a sync per write: one `syncfs` of the file system
-/// holding `root` where the kernel reports its errors (Linux 5.8 and later), else a sync
+/// holding `root` where the kernel reports its errors (Linux 5.17 and later), else a sync
 /// of each file and directory spread over the cores.
+///
+/// The `syncfs` here reports the write errors nobody has seen yet: one another program's
+/// `syncfs` saw first is missed. Open a [`WriteWatch`] before the writes to hear of every
+/// error since.
 ///
 /// ```
 /// # fn main() -> evergreen::Result<()> {
@@ -180,20 +184,57 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
 /// # Ok(()) }
 /// ```
 pub fn make_durable(root: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(root).map_err(|e| Error::io("inspect", root, e))?;
-    let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
-    if !meta.is_dir() {
-        sync(root, true)?;
-        return parent.map_or(Ok(()), |p| sync(p, false));
+    WriteWatch::open(root)?.make_durable(root)
+}
+
+/// The write errors of a file system from the moment the watch was opened, for
+/// [`make_durable`] to hear of: `syncfs` reports the errors new since its descriptor was
+/// opened, or that nobody has seen. A descriptor opened only after the writes misses an
+/// error that another program's `syncfs` (`sync -f`, a database) saw first, and the data
+/// it lost would be called durable.
+///
+/// ```
+/// # fn main() -> evergreen::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let watch = evergreen::stage::WriteWatch::open(dir.path())?;
+/// std::fs::write(dir.path().join("f"), b"x").unwrap();
+/// watch.make_durable(dir.path())?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct WriteWatch {
+    /// `root` itself, opened when the watch was.
+    opened: File,
+}
+
+impl WriteWatch {
+    /// Opens a watch on the file system holding `root` (a directory or a file), before
+    /// the writes under it.
+    pub fn open(root: &Path) -> Result<WriteWatch> {
+        let opened = open_for_sync(root).map_err(|e| Error::io("open for sync", root, e))?;
+        Ok(WriteWatch { opened })
     }
-    let dir = File::open(root).map_err(|e| Error::io("open for sync", root, e))?;
-    match crate::fsutil::sync_file_system(&dir) {
-        Some(synced) => {
-            synced.map_err(|e| Error::io("sync the file system holding", root, e))?;
-            // `root` may be a mount point, its name on the parent's file system.
-            parent.map_or(Ok(()), |p| sync(p, false))
+
+    /// [`make_durable`] of `root`, the path the watch was opened on, reporting every
+    /// write error on its file system since then.
+    pub fn make_durable(&self, root: &Path) -> Result<()> {
+        let meta = self
+            .opened
+            .metadata()
+            .map_err(|e| Error::io("inspect", root, e))?;
+        let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+        if !meta.is_dir() {
+            crate::fsutil::sync_file_data(&self.opened).map_err(|e| Error::io("sync", root, e))?;
+            return parent.map_or(Ok(()), |p| sync(p, false));
         }
-        None => sync_each(root, parent),
+        match crate::fsutil::sync_file_system(&self.opened) {
+            Some(synced) => {
+                synced.map_err(|e| Error::io("sync the file system holding", root, e))?;
+                // `root` may be a mount point, its name on the parent's file system.
+                parent.map_or(Ok(()), |p| sync(p, false))
+            }
+            None => sync_each(root, parent),
+        }
     }
 }
 

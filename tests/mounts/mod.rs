@@ -85,6 +85,73 @@ impl Drop for Mounted {
     }
 }
 
+/// A loop block device backed by a file, detached when dropped.
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    /// Attaches `file`; `None` (the test is skipped, or fails under
+    /// `EVERGREEN_REQUIRE_TOOLS`) where loop devices cannot be attached.
+    pub fn attach(file: &Path) -> Option<LoopDevice> {
+        let out =
+            require::tool_output(Command::new("losetup").args(["--find", "--show"]).arg(file));
+        match out {
+            Ok(o) if o.status.success() => Some(LoopDevice(
+                String::from_utf8(o.stdout).unwrap().trim().to_string(),
+            )),
+            _ => {
+                require::missing("losetup with permission to attach a loop device");
+                None
+            }
+        }
+    }
+
+    /// Attaches `disk`, a disk image holding a partition table, and returns it with the
+    /// node of its first partition; `None` as [`LoopDevice::attach`].
+    pub fn attach_partitioned(disk: &Path) -> Option<(LoopDevice, String)> {
+        let needs = "losetup and partx with permission to attach a partitioned loop device";
+        let out = require::tool_output(
+            Command::new("losetup")
+                .args(["--partscan", "--find", "--show"])
+                .arg(disk),
+        );
+        let device = match out {
+            Ok(o) if o.status.success() => {
+                LoopDevice(String::from_utf8(o.stdout).unwrap().trim().to_string())
+            }
+            _ => {
+                require::missing(needs);
+                return None;
+            }
+        };
+        // The kernel reads the table as the device is attached, when it was built with a
+        // parser for it; partx reads it itself and hands the kernel the partitions.
+        let partition = format!("{}p1", device.0);
+        if !Path::new(&partition).exists() {
+            let added = require::tool_succeeds(Command::new("partx").args(["--add", &device.0]));
+            if !added || !Path::new(&partition).exists() {
+                require::missing(needs);
+                return None;
+            }
+        }
+        Some((device, partition))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        require::tool_succeeds(Command::new("losetup").args(["--detach", &self.0]));
+        // A device someone still has open (udev's probe) is detached at its last close,
+        // after `losetup` returns; a test that writes the backing store next must not see
+        // it still attached.
+        let name = self.0.trim_start_matches("/dev/");
+        let attached = Path::new("/sys/block").join(name).join("loop/backing_file");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while attached.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// Fills the file system holding `dir` to the last byte, as a runaway log would.
 pub fn fill(dir: &Path) {
     use std::io::Write;
