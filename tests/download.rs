@@ -1389,35 +1389,45 @@ fn a_hash_mismatch_after_a_redirect_names_the_url_that_served_the_bytes() {
     assert_no_completed_file(downloads.path(), &repo);
 }
 
-/// A body cut short after a redirect names the URL that served it too, as a hash
-/// mismatch does: the mirror that drops connections is the one to look at.
+/// Whatever goes wrong with the answer a redirect led to (a body cut short, an error
+/// status, an error page served as 200) names the URL that sent it, as a hash mismatch
+/// does: the mirror or CDN node to look at, not the origin that only redirected.
 #[test]
-fn a_body_cut_short_after_a_redirect_names_the_url_that_served_it() {
-    let repo = Repo::new(1000);
-    let server = TestServer::serve(repo.path());
-    let mirror = TestServer::serve(repo.path());
-    let asked = format!("{}/{}", server.url(), repo.blob_path());
-    let served = format!("{}/{}", mirror.url(), repo.blob_path());
-    server.set_fault("blobs/", Fault::Redirect(served.clone()));
-    mirror.set_fault("blobs/", Fault::DropAfter(500));
-    let downloads = TempDir::new().unwrap();
-    let follows = FetchOptions {
-        follow_redirects: true,
-        ..options()
-    };
+fn what_goes_wrong_after_a_redirect_names_the_url_that_answered() {
+    for (fault, kind) in [
+        (Fault::DropAfter(500), ErrorKind::Network),
+        (Fault::Status(500), ErrorKind::HttpStatus),
+        (
+            Fault::ErrorPage(b"<h1>not found</h1>".to_vec()),
+            ErrorKind::HttpStatus,
+        ),
+    ] {
+        let repo = Repo::new(1000);
+        let server = TestServer::serve(repo.path());
+        let mirror = TestServer::serve(repo.path());
+        let asked = format!("{}/{}", server.url(), repo.blob_path());
+        let served = format!("{}/{}", mirror.url(), repo.blob_path());
+        server.set_fault("blobs/", Fault::Redirect(served.clone()));
+        mirror.set_fault("blobs/", fault.clone());
+        let downloads = TempDir::new().unwrap();
+        let follows = FetchOptions {
+            follow_redirects: true,
+            ..options()
+        };
 
-    let err = download(
-        &fetcher(&[server.url()], follows),
-        &repo.spec(),
-        downloads.path(),
-    )
-    .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
-    assert!(
-        err.message()
-            .contains(&format!("{served} (redirected from {asked})")),
-        "{err}"
-    );
+        let err = download(
+            &fetcher(&[server.url()], follows),
+            &repo.spec(),
+            downloads.path(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), kind, "{fault:?}: {err}");
+        assert!(
+            err.message()
+                .contains(&format!("{served} (redirected from {asked})")),
+            "{fault:?}: {err}"
+        );
+    }
 }
 
 /// A redirect to something that cannot be requested is the redirecting server's fault,

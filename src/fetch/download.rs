@@ -265,7 +265,8 @@ impl Target<'_> {
             return Ok(part);
         }
         let response = self.request(stream, (part.len > 0).then_some(part.len))?;
-        let response = match self.check_range(stream.url, &response, &part) {
+        stream.answered(&response);
+        let response = match self.check_range(stream.source(), &response, &part) {
             Ok(()) => response,
             Err(wrong_range) => {
                 drop(response);
@@ -273,9 +274,6 @@ impl Target<'_> {
             }
         };
         self.accept(stream, &response, &part)?;
-        stream.redirected_to = response
-            .final_url
-            .map(|to| format!("{to} (redirected from {})", stream.url));
         let mut body = response.body;
         if response.status == 200 && part.len > 0 {
             stream.replay_kept(&mut *body, &mut part)?;
@@ -308,14 +306,19 @@ impl Target<'_> {
     /// ranges would fail every attempt for as long as the `.part` exists.
     fn whole_after_wrong_range(
         &self,
-        stream: &Stream<'_, '_>,
+        stream: &mut Stream<'_, '_>,
         wrong_range: Error,
     ) -> Result<Response, Failure> {
         // That request's own failure decides what comes next (a 503 or a timeout is
         // retried, a 404 ends this base), the wrong range named first.
         let failure = match self.request(stream, None) {
-            Ok(response) if response.status == 200 => return Ok(response),
-            Ok(response) => status_failure(stream.url, &response, &stream.fetcher.clock),
+            Ok(response) => {
+                stream.answered(&response);
+                if response.status == 200 {
+                    return Ok(response);
+                }
+                status_failure(stream.source(), &response, &stream.fetcher.clock)
+            }
             Err(e) => Failure::from(e),
         };
         Err(failure.context(format!("{wrong_range}; then without Range")))
@@ -327,7 +330,7 @@ impl Target<'_> {
     /// it is compared with them first ([`Stream::replay_kept`]), since a body without a
     /// declared length cannot be judged before it arrives.
     fn accept(&self, stream: &Stream, response: &Response, part: &Part) -> Result<(), Failure> {
-        let url = stream.url;
+        let url = stream.source();
         let remaining = match response.status {
             200 => return self.check_whole_length(url, response),
             // `check_range` has vetted the offsets.
@@ -668,6 +671,15 @@ enum Stop {
 }
 
 impl Stream<'_, '_> {
+    /// Notes where `response` came from, for [`Stream::source`]: every error about it,
+    /// its status and headers as its body, names the server that sent it.
+    fn answered(&mut self, response: &Response) {
+        self.redirected_to = response
+            .final_url
+            .as_deref()
+            .map(|to| format!("{to} (redirected from {})", self.url));
+    }
+
     /// The URL the last response came from, and the one asked for if a redirect led
     /// elsewhere: a user chasing bad bytes, a cut or a crawl needs the mirror that
     /// served them.
