@@ -415,7 +415,7 @@ fn or_plain_fsync(_file: &File, sync: std::io::Result<()>) -> std::io::Result<()
 /// reports to `syncfs` the errors it met: Linux 5.17 and later (before 5.8 it returned
 /// success whatever writeback lost, and before 5.17 it dropped the file system's own
 /// errors, a failed journal commit among them), on the file systems of
-/// [`SYNCFS_TRUSTED`]; `None` elsewhere, and the caller syncs file by file.
+/// `SYNCFS_TRUSTED`; `None` elsewhere, and the caller syncs file by file.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn sync_file_system(file: &File) -> Option<std::io::Result<()>> {
     use std::os::fd::AsRawFd;
