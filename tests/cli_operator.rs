@@ -688,6 +688,18 @@ fn config_is_in_the_help_of_the_device_commands_only() {
             "{err}"
         );
     }
+    // An operator command refuses it in either place, rather than read by nothing.
+    let repo = dir.join("repo");
+    let repo = repo.to_str().unwrap();
+    for args in [
+        ["--config", missing, "verify", repo],
+        ["verify", repo, "--config", missing],
+    ] {
+        let out = evergreen(dir, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--config"), "{args:?}: {err}");
+    }
 }
 
 #[test]

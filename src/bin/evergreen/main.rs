@@ -58,6 +58,13 @@ fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help / --version.
     let cli = Cli::parse();
     interrupt::install();
+    if cli.config.is_some() && matches!(cli.command, Command::Operator(_)) {
+        // Refused as it is after the command, rather than read by nothing.
+        usage_error(
+            "",
+            "expected --config only with a device command (check, update, status, …), found it with an operator command, which works on the repository named by REPO",
+        );
+    }
     let (result, kept) = match cli.command {
         Command::Operator(cmd) => (
             operator::run(cmd, cli.json).map(|()| 0),
