@@ -425,6 +425,10 @@ fn the_operator_workflow_produces_a_repo_that_verifies() {
     let report: serde_json::Value =
         serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
     assert_eq!(report["root_version"], 2);
+    assert_eq!(
+        (&report["ok"], &report["problem"]),
+        (&serde_json::json!(true), &serde_json::json!(null))
+    );
     assert_eq!(report["channels"][0]["channel"], "nightly");
     assert_eq!(report["channels"][1]["channel"], "stable");
     assert_eq!(report["channels"][1]["sequence"], 3);
@@ -1864,6 +1868,10 @@ fn verify_warns_about_expiry_soon_also_when_it_fails() {
     let report: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
     assert_eq!(report["warnings"], serde_json::json!([warning]));
+    // Stdout alone says it failed, and why.
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problem"]["kind"], "expired");
+    assert!(err.contains(report["problem"]["message"].as_str().unwrap()));
     // The channels listed are those that verified.
     let channels: Vec<&str> = report["channels"]
         .as_array()

@@ -582,7 +582,16 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
 fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
     let (report, problem) = open(&a.repo)?.verify_all(now()?)?;
     if json {
-        print_json(&report)?;
+        // The report of a failed verify lists only what verified: `ok` and `problem` say
+        // it failed to a script that reads stdout alone.
+        let mut value = serde_json::to_value(&report)
+            .map_err(|e| Error::config(format!("expected a printable report, found: {e}")))?;
+        value["ok"] = problem.is_none().into();
+        value["problem"] = problem.as_ref().map_or(
+            serde_json::Value::Null,
+            |e| serde_json::json!({"kind": e.kind().as_str(), "message": e.message()}),
+        );
+        print_json(&value)?;
         return problem.map_or(Ok(()), Err);
     }
     for tmp in &report.stray_temps {
