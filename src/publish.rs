@@ -1077,20 +1077,8 @@ impl Repo {
         signers: &[&SecretKey],
         edit: impl FnOnce(&mut Manifest) -> Result<Edit>,
     ) -> Result<Manifest> {
-        pick_signers("manifest", trusted.manifest_keys(), signers).map_err(|e| {
-            // Only a channel by a valid name is read for the hint (load_channel refuses
-            // the others below); one that cannot be read leaves the error as it is.
-            let bytes = manifest::check_channel_name(change.channel)
-                .ok()
-                .and_then(|()| std::fs::read(self.channel_path(change.channel)).ok());
-            match bytes {
-                Some(bytes) => {
-                    let name = format!("channels/{}.json", change.channel);
-                    rotate_hint(trusted, &bytes, &name, e)
-                }
-                None => e,
-            }
-        })?;
+        pick_signers("manifest", trusted.manifest_keys(), signers)
+            .map_err(|e| self.with_rotate_hint(trusted, change.channel, e))?;
         trusted.check_unexpired(change.now).map_err(|e| {
             Error::new(
                 e.kind(),
@@ -1231,6 +1219,26 @@ impl Repo {
             fsutil::remove_stale_temps_in(&self.root.join(dir));
         }
         Ok(lock)
+    }
+
+    /// `e` with the interrupted-rotate hint when a channel is signed only by keys
+    /// `trusted` does not list for manifests: a rotate that stopped after re-signing it.
+    /// `first` is looked at first, then every other channel: a rotate cut off part-way
+    /// leaves the channel being changed (or one not made yet) as it was, another
+    /// re-signed. A channel that cannot be read, or by no valid name, is passed over.
+    fn with_rotate_hint(&self, trusted: &TrustedRoot, first: &str, e: Error) -> Error {
+        let others = self.channel_names().unwrap_or_default();
+        let names =
+            std::iter::once(first.to_owned()).chain(others.into_iter().filter(|n| n != first));
+        for name in names {
+            let bytes = manifest::check_channel_name(&name)
+                .ok()
+                .and_then(|()| std::fs::read(self.channel_path(&name)).ok());
+            if bytes.is_some_and(|b| signed_by_unlisted(trusted, &b)) {
+                return rotate_hint(trusted, &format!("channels/{name}.json"), e);
+            }
+        }
+        e
     }
 
     fn channel_names(&self) -> Result<Vec<String>> {
@@ -1995,29 +2003,31 @@ fn verify_channel_at(
 /// the manifest keys leaves when it is cut off after re-signing the channels and before
 /// writing the new root (renamed into place last). Running it again finishes it.
 fn interrupted_rotate(trusted: &TrustedRoot, envelope: &[u8], e: Error) -> Error {
-    if e.kind() != ErrorKind::Signature {
+    if e.kind() != ErrorKind::Signature || !signed_by_unlisted(trusted, envelope) {
         return e;
     }
-    rotate_hint(trusted, envelope, "it", e)
+    rotate_hint(trusted, "it", e)
 }
 
-/// `e` with the interrupted-rotate hint of [`interrupted_rotate`] when every signature on
-/// `envelope` (named `what` in the message) is by a key `trusted` does not list for
-/// manifests, of whatever kind `e` is: signing with the new manifest key (`resign --sign
-/// NEW`) is a `threshold` error under the old root before the channel is even read.
-fn rotate_hint(trusted: &TrustedRoot, envelope: &[u8], what: &str, e: Error) -> Error {
+/// Whether every signature on `envelope` is by a key `trusted` does not list for
+/// manifests, as on a channel a rotate re-signed before its root was written.
+fn signed_by_unlisted(trusted: &TrustedRoot, envelope: &[u8]) -> bool {
     let known: Vec<String> = trusted
         .manifest_keys()
         .keys()
         .iter()
         .map(PublicKey::keyid)
         .collect();
-    let unknown = trust::parse_envelope(envelope).is_ok_and(|env| {
+    trust::parse_envelope(envelope).is_ok_and(|env| {
         !env.signatures.is_empty() && env.signatures.iter().all(|s| !known.contains(&s.keyid))
-    });
-    if !unknown {
-        return e;
-    }
+    })
+}
+
+/// `e` with the interrupted-rotate hint, `what` naming the document signed only by keys
+/// `trusted` does not list for manifests ([`signed_by_unlisted`]), of whatever kind `e`
+/// is: signing with the new manifest key (`resign --sign NEW`) is a `threshold` error
+/// under the old root before the channel is even read.
+fn rotate_hint(trusted: &TrustedRoot, what: &str, e: Error) -> Error {
     let message = format!(
         "{}; {what} is signed only by keys root version {} does not list for manifests: an interrupted rotate? run the same rotate command again",
         e.message(),

@@ -1891,6 +1891,13 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     let tmp = repo_with_nightly();
     let dir = tmp.path();
     keygen(dir, "release2");
+    let hint = "an interrupted rotate? run the same rotate command again";
+    // Before any rotate, a key the root does not list is a plain `threshold` error.
+    let mut unlisted = RESIGN_NIGHTLY;
+    unlisted[5] = "release2";
+    let err = fails(dir, &unlisted);
+    assert!(err.starts_with("error[threshold]: "), "{err}");
+    assert!(!err.contains(hint), "{err}");
     let rotate = [
         "rotate",
         "repo",
@@ -1903,7 +1910,6 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     ];
     ok(dir, &rotate);
     std::fs::remove_file(dir.join("repo/root/2.json")).unwrap();
-    let hint = "an interrupted rotate? run the same rotate command again";
     let err = fails(dir, &["verify", "repo"]);
     assert!(err.starts_with("error[signature]: "), "{err}");
     assert!(err.trim_end().ends_with(hint), "{err}");
@@ -1916,6 +1922,17 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     let err = fails(dir, &new_key);
     assert!(err.starts_with("error[threshold]: "), "{err}");
     assert!(err.contains("channels/nightly.json is signed only by keys root version 1 does not list for manifests"), "{err}");
+    assert!(err.trim_end().ends_with(hint), "{err}");
+    // A channel not made yet is no sign of the rotate: the re-signed one is named.
+    let mut new_channel = release_args("1.3.0", &["--component", "app=app.zip"]);
+    new_channel[3] = "beta";
+    new_channel[9] = "release2";
+    let err = fails(dir, &new_channel);
+    assert!(err.starts_with("error[threshold]: "), "{err}");
+    assert!(
+        err.contains("channels/nightly.json is signed only by keys"),
+        "{err}"
+    );
     assert!(err.trim_end().ends_with(hint), "{err}");
     ok(dir, &rotate);
     ok(dir, &["verify", "repo"]);
