@@ -1397,6 +1397,7 @@ fn what_goes_wrong_after_a_redirect_names_the_url_that_answered() {
     for (fault, kind) in [
         (Fault::DropAfter(500), ErrorKind::Network),
         (Fault::Status(500), ErrorKind::HttpStatus),
+        (Fault::Status(404), ErrorKind::NotFound),
         (
             Fault::ErrorPage(b"<h1>not found</h1>".to_vec()),
             ErrorKind::HttpStatus,
@@ -1421,6 +1422,37 @@ fn what_goes_wrong_after_a_redirect_names_the_url_that_answered() {
             downloads.path(),
         )
         .unwrap_err();
+        assert_eq!(err.kind(), kind, "{fault:?}: {err}");
+        assert!(
+            err.message()
+                .contains(&format!("{served} (redirected from {asked})")),
+            "{fault:?}: {err}"
+        );
+    }
+}
+
+/// A root or a manifest behind a redirect names the server that answered too, when that
+/// answer is an error status or a body cut short.
+#[test]
+fn metadata_after_a_redirect_names_the_url_that_answered() {
+    for (fault, kind) in [
+        (Fault::Status(500), ErrorKind::HttpStatus),
+        (Fault::DropAfter(10), ErrorKind::Network),
+    ] {
+        let dir = metadata_repo(&[b' '; 1024]);
+        let server = TestServer::serve(dir.path());
+        let mirror = TestServer::serve(dir.path());
+        let asked = format!("{}/channels/stable.json", server.url());
+        let served = format!("{}/channels/stable.json", mirror.url());
+        server.set_fault("channels/", Fault::Redirect(served.clone()));
+        mirror.set_fault("channels/", fault.clone());
+        let follows = FetchOptions {
+            follow_redirects: true,
+            ..options()
+        };
+        let err = fetcher(&[server.url()], follows)
+            .metadata("channels/stable.json", None, 1 << 20)
+            .unwrap_err();
         assert_eq!(err.kind(), kind, "{fault:?}: {err}");
         assert!(
             err.message()

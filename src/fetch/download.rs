@@ -674,10 +674,7 @@ impl Stream<'_, '_> {
     /// Notes where `response` came from, for [`Stream::source`]: every error about it,
     /// its status and headers as its body, names the server that sent it.
     fn answered(&mut self, response: &Response) {
-        self.redirected_to = response
-            .final_url
-            .as_deref()
-            .map(|to| format!("{to} (redirected from {})", self.url));
+        self.redirected_to = super::answered_by(self.url, response);
     }
 
     /// The URL the last response came from, and the one asked for if a redirect led

@@ -312,8 +312,10 @@ impl Fetcher {
         // root walk ends at the first missing version, and a mirror that cannot be reached
         // must not fail every check that walks it. A mirror's 404 is not: mirrors lag, and
         // a stale one must not end the walk before a rotation the server has.
-        self.with_retries_or_absent(&urls, &CancelToken::new(), true, |url| {
-            let response = self.get(url, &request)?;
+        self.with_retries_or_absent(&urls, &CancelToken::new(), true, |asked| {
+            let response = self.get(asked, &request)?;
+            let source = answered_by(asked, &response);
+            let url = source.as_deref().unwrap_or(asked);
             match response.status {
                 304 if request.if_none_match.is_some() => Ok(Metadata::NotModified),
                 // "Not modified" compared with nothing: not an answer to this request.
@@ -546,13 +548,20 @@ impl Fetcher {
                 break;
             }
         }
+        // A 404 from where a redirect led names that server, which the list of bases
+        // does not: the summary keeps it.
+        let redirected_404 = last_absent
+            .as_ref()
+            .filter(|e| e.message().contains(REDIRECTED_FROM))
+            .map(|e| format!(" (the last: {})", e.message()));
         let present = first_refused.or(last_present);
         let error = match (present.or(last_absent), absent_on_server) {
             (Some(_), _) if only_not_found => Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "expected the file on one of {}, found it on none",
-                    urls.join(", ")
+                    "expected the file on one of {}, found it on none{}",
+                    urls.join(", "),
+                    redirected_404.unwrap_or_default()
                 ),
             ),
             (Some(other), true) => Error::new(
@@ -581,6 +590,18 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// How a message names the server a followed redirect led to: `<that URL> (redirected
+/// from <the URL asked for>)`.
+const REDIRECTED_FROM: &str = " (redirected from ";
+
+/// The name of the server that sent `response` to a request for `asked`, when a followed
+/// redirect led elsewhere ([`REDIRECTED_FROM`]): errors about the answer name the mirror
+/// or CDN node that gave it, not the origin that only redirected.
+pub(crate) fn answered_by(asked: &str, response: &Response) -> Option<String> {
+    let to = response.final_url.as_deref()?;
+    Some(format!("{to}{REDIRECTED_FROM}{asked})"))
 }
 
 /// The longest wait between two retry rounds. Without a cap, `retries: 10` and the
