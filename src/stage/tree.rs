@@ -193,6 +193,11 @@ pub fn make_durable(root: &Path) -> Result<()> {
 /// error that another program's `syncfs` (`sync -f`, a database) saw first, and the data
 /// it lost would be called durable.
 ///
+/// The errors are the file system's, not the tree's: another program's lost write on the
+/// same file system after the watch opened fails the sync too. That errs on the safe
+/// side, the message says it may not be the tree's, and a new watch (the next install)
+/// starts clean.
+///
 /// ```
 /// # fn main() -> evergreen::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
@@ -229,7 +234,11 @@ impl WriteWatch {
         }
         match crate::fsutil::sync_file_system(&self.opened) {
             Some(synced) => {
-                synced.map_err(|e| Error::io("sync the file system holding", root, e))?;
+                synced.map_err(|e| {
+                    Error::io("sync the file system holding", root, e).map_message(|m| {
+                        format!("{m} (a write on that file system failed since the watch began, maybe another program's)")
+                    })
+                })?;
                 // `root` may be a mount point, its name on the parent's file system.
                 parent.map_or(Ok(()), |p| sync(p, false))
             }

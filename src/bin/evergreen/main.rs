@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         // Refused as it is after the command, rather than read by nothing.
         usage_error(
             "",
-            "expected --config only with a device command (check, update, status, …), found it with an operator command, which works on the repository named by REPO",
+            "expected --config only with a device command (check, update, status, …), found it with an operator command, which reads no device config",
         );
     }
     let (result, kept) = match cli.command {
