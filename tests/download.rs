@@ -1356,45 +1356,42 @@ fn redirect_is_an_http_status_error_naming_the_location_unless_followed() {
     assert_eq!(mirror.requests(&repo.blob_path()).len(), 1);
 }
 
-/// Bytes that fail their hash after a redirect are the redirect target's: the error names
-/// the URL that served them, and the one asked for, so a bad mirror or CDN node can be
-/// found.
-#[test]
-fn a_hash_mismatch_after_a_redirect_names_the_url_that_served_the_bytes() {
-    let repo = Repo::new(1000);
-    let server = TestServer::serve(repo.path());
-    let mirror = TestServer::serve(repo.path());
-    let asked = format!("{}/{}", server.url(), repo.blob_path());
-    let served = format!("{}/{}", mirror.url(), repo.blob_path());
-    server.set_fault("blobs/", Fault::Redirect(served.clone()));
-    mirror.set_fault("blobs/", Fault::Replace(garbage(1000)));
-    let downloads = TempDir::new().unwrap();
+/// A fetcher that follows redirects, of a server that redirects every request under
+/// `path`'s first directory to a mirror of the same files misbehaving with `fault`; the
+/// servers, and how an error must name where the answer came from.
+fn behind_a_redirect(
+    root: &Path,
+    path: &str,
+    fault: Fault,
+) -> (TestServer, TestServer, Fetcher, String) {
+    let server = TestServer::serve(root);
+    let mirror = TestServer::serve(root);
+    let asked = format!("{}/{path}", server.url());
+    let served = format!("{}/{path}", mirror.url());
+    let under = format!("{}/", path.split('/').next().unwrap());
+    server.set_fault(&under, Fault::Redirect(served.clone()));
+    mirror.set_fault(&under, fault);
     let follows = FetchOptions {
         follow_redirects: true,
         ..options()
     };
-
-    let err = download(
-        &fetcher(&[server.url()], follows),
-        &repo.spec(),
-        downloads.path(),
+    let fetcher = fetcher(&[server.url()], follows);
+    (
+        server,
+        mirror,
+        fetcher,
+        format!("{served} (redirected from {asked})"),
     )
-    .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
-    assert!(
-        err.message()
-            .contains(&format!("{served} (redirected from {asked})")),
-        "{err}"
-    );
-    assert_no_completed_file(downloads.path(), &repo);
 }
 
-/// Whatever goes wrong with the answer a redirect led to (a body cut short, an error
-/// status, an error page served as 200) names the URL that sent it, as a hash mismatch
-/// does: the mirror or CDN node to look at, not the origin that only redirected.
+/// Whatever goes wrong with the answer a redirect led to (bytes that fail their hash, a
+/// body cut short, an error status, a 404, an error page served as 200) names the URL
+/// that sent it and the one asked for: the mirror or CDN node to look at, not the origin
+/// that only redirected.
 #[test]
 fn what_goes_wrong_after_a_redirect_names_the_url_that_answered() {
     for (fault, kind) in [
+        (Fault::Replace(garbage(1000)), ErrorKind::HashMismatch),
         (Fault::DropAfter(500), ErrorKind::Network),
         (Fault::Status(500), ErrorKind::HttpStatus),
         (Fault::Status(404), ErrorKind::NotFound),
@@ -1404,30 +1401,14 @@ fn what_goes_wrong_after_a_redirect_names_the_url_that_answered() {
         ),
     ] {
         let repo = Repo::new(1000);
-        let server = TestServer::serve(repo.path());
-        let mirror = TestServer::serve(repo.path());
-        let asked = format!("{}/{}", server.url(), repo.blob_path());
-        let served = format!("{}/{}", mirror.url(), repo.blob_path());
-        server.set_fault("blobs/", Fault::Redirect(served.clone()));
-        mirror.set_fault("blobs/", fault.clone());
+        let (_server, _mirror, fetcher, shown) =
+            behind_a_redirect(repo.path(), &repo.blob_path(), fault.clone());
         let downloads = TempDir::new().unwrap();
-        let follows = FetchOptions {
-            follow_redirects: true,
-            ..options()
-        };
 
-        let err = download(
-            &fetcher(&[server.url()], follows),
-            &repo.spec(),
-            downloads.path(),
-        )
-        .unwrap_err();
+        let err = download(&fetcher, &repo.spec(), downloads.path()).unwrap_err();
         assert_eq!(err.kind(), kind, "{fault:?}: {err}");
-        assert!(
-            err.message()
-                .contains(&format!("{served} (redirected from {asked})")),
-            "{fault:?}: {err}"
-        );
+        assert!(err.message().contains(&shown), "{fault:?}: {err}");
+        assert_no_completed_file(downloads.path(), &repo);
     }
 }
 
@@ -1440,25 +1421,13 @@ fn metadata_after_a_redirect_names_the_url_that_answered() {
         (Fault::DropAfter(10), ErrorKind::Network),
     ] {
         let dir = metadata_repo(&[b' '; 1024]);
-        let server = TestServer::serve(dir.path());
-        let mirror = TestServer::serve(dir.path());
-        let asked = format!("{}/channels/stable.json", server.url());
-        let served = format!("{}/channels/stable.json", mirror.url());
-        server.set_fault("channels/", Fault::Redirect(served.clone()));
-        mirror.set_fault("channels/", fault.clone());
-        let follows = FetchOptions {
-            follow_redirects: true,
-            ..options()
-        };
-        let err = fetcher(&[server.url()], follows)
+        let (_server, _mirror, fetcher, shown) =
+            behind_a_redirect(dir.path(), "channels/stable.json", fault.clone());
+        let err = fetcher
             .metadata("channels/stable.json", None, 1 << 20)
             .unwrap_err();
         assert_eq!(err.kind(), kind, "{fault:?}: {err}");
-        assert!(
-            err.message()
-                .contains(&format!("{served} (redirected from {asked})")),
-            "{fault:?}: {err}"
-        );
+        assert!(err.message().contains(&shown), "{fault:?}: {err}");
     }
 }
 
