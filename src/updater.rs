@@ -2560,7 +2560,7 @@ impl Updater {
             staged.map_err(|e| e.context(component_context(c, a)))?;
             crate::fsutil::crash_point("component staged")?;
         }
-        watch.make_durable(&dir)?;
+        watch.make_durable()?;
         let record = serde_json::json!({
             "version": plan.version.to_string(),
             "components": components,

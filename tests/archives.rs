@@ -976,7 +976,7 @@ fn a_write_the_disk_lost_fails_the_sync_though_another_program_heard_of_it_first
         !other.success(),
         "the disk lost no write: the test proves nothing"
     );
-    let err = watch.make_durable(&slot).unwrap_err();
+    let err = watch.make_durable().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     assert!(err.to_string().contains("slot"), "{err}");
 }

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Mode of a directory while it is being staged: nobody else may look at half a component.
 const STAGING_MODE: u32 = 0o700;
@@ -184,7 +184,7 @@ pub fn place_file(src: &File, dest_dir: &Path, name: &str) -> Result<u64> {
 /// # Ok(()) }
 /// ```
 pub fn make_durable(root: &Path) -> Result<()> {
-    WriteWatch::open(root)?.make_durable(root)
+    WriteWatch::open(root)?.make_durable()
 }
 
 /// The write errors of a file system from the moment the watch was opened, for
@@ -203,11 +203,13 @@ pub fn make_durable(root: &Path) -> Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let watch = evergreen::stage::WriteWatch::open(dir.path())?;
 /// std::fs::write(dir.path().join("f"), b"x").unwrap();
-/// watch.make_durable(dir.path())?;
+/// watch.make_durable()?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct WriteWatch {
+    /// The tree the watch was opened on.
+    root: PathBuf,
     /// `root` itself, opened when the watch was.
     opened: File,
 }
@@ -217,12 +219,16 @@ impl WriteWatch {
     /// the writes under it.
     pub fn open(root: &Path) -> Result<WriteWatch> {
         let opened = open_for_sync(root).map_err(|e| Error::io("open for sync", root, e))?;
-        Ok(WriteWatch { opened })
+        Ok(WriteWatch {
+            root: root.to_owned(),
+            opened,
+        })
     }
 
-    /// [`make_durable`] of `root`, the path the watch was opened on, reporting every
-    /// write error on its file system since then.
-    pub fn make_durable(&self, root: &Path) -> Result<()> {
+    /// [`make_durable`] of the tree the watch was opened on, reporting every write error
+    /// on its file system since then.
+    pub fn make_durable(&self) -> Result<()> {
+        let root = self.root.as_path();
         let meta = self
             .opened
             .metadata()
