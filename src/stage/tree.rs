@@ -310,9 +310,11 @@ fn open_for_sync(path: &Path) -> io::Result<File> {
 mod tests {
     use super::*;
 
-    /// The walk that stands in for `syncfs` where the kernel would not report its errors.
+    /// The walk that stands in for `syncfs` where the kernel would not report its errors
+    /// goes through symlinks and write-only files without an error, and names a root that
+    /// is not there. (That each fsync happened cannot be seen from here.)
     #[test]
-    fn the_file_by_file_sync_reaches_every_file_and_names_what_it_could_not_open() {
+    fn the_file_by_file_sync_walks_links_and_write_only_files_and_names_a_missing_root() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("slot");
         fs::create_dir_all(root.join("a/b")).unwrap();
