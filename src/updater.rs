@@ -1330,14 +1330,10 @@ impl Updater {
         st.primary = to;
         st.trial = None;
         st.record((self.clock)(), "rolled_back", reason);
-        // An image's download goes as a confirmed one's would: it is as large as its
-        // partition, and the next update needs the room. Dir slots keep the downloads the
-        // slot left was installed from: a plan made before the rollback may take its
-        // unchanged components from them.
-        match self.store.keeps_downloads() {
-            true => self.save(st)?,
-            false => self.save_pruned(st, to)?,
-        }
+        // The downloads the slot left was installed from stay: a plan made before the
+        // rollback may take its unchanged components from them. (An image is never
+        // downloaded into the state directory: it streams into its slot.)
+        self.save(st)?;
         self.with_selector(|s| s.fall_back(to, from))?;
         Ok(Startup::RolledBack {
             from,
@@ -2108,11 +2104,6 @@ impl Updater {
         cancel: &CancelToken,
     ) -> Result<()> {
         images.check_distinct()?;
-        // Images downloaded whole into the state directory by earlier versions: as
-        // large as a slot, and never read now.
-        for d in downloads_in(&self.downloads_dir()) {
-            let _ = std::fs::remove_file(d.path);
-        }
         let st = self.load_state()?;
         if staged(&st, plan).is_some() {
             return self.fetch_all(plan, progress, cancel, &mut |_, _| Ok(()));

@@ -667,6 +667,6 @@ fn an_update_killed_mid_image_resumes_after_the_bytes_recorded_in_the_slot() {
     assert_eq!(requests.len(), before + 1, "{requests:?}");
     assert_eq!(requests[before].range, Some(format!("bytes={recorded}-")));
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was changed");
     assert_eq!(board.power_on(), Some(Slot::B));
 }

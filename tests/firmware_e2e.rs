@@ -151,8 +151,7 @@ fn uboot_an_update_before_the_startup_step_still_falls_back_to_the_running_slot(
 
     // 2.0.0 never confirms: its three tries, then A.
     never_confirmed_falls_back(&board, Slot::B, 3);
-    // The failed image's download goes with the rollback: it is as large as its
-    // partition, and it stayed until a later release was confirmed.
+    // Nothing of the image was downloaded into the state directory: it streamed into B.
     assert_eq!(board.dev.downloads(), Vec::<String>::new());
 }
 
@@ -1444,7 +1443,7 @@ fn an_image_download_streams_into_the_idle_slot_taken_out_of_the_boot_order_firs
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
     up.activate(false).unwrap();
     assert_eq!(board.power_on(), Some(Slot::B));
-    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was changed");
     assert_eq!(image_sized_in(&board.dev.state, MIB), Vec::<PathBuf>::new());
 }
 
@@ -1507,7 +1506,7 @@ fn a_torn_connection_mid_image_resumes_where_the_slot_left_off() {
         ]
     );
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was changed");
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
     assert_eq!(board.power_on(), Some(Slot::B));
 }
@@ -1552,7 +1551,7 @@ fn an_image_served_wrong_is_hash_mismatch_and_installs_once_the_server_is_fixed(
     assert_eq!(s["trial"], Value::Null);
     assert_eq!(s["slots"]["b"]["status"], "installing");
     assert_eq!(board.grub("B_OK"), "0");
-    assert!(board.slot_bytes(Slot::A) == running, "slot A was written");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was changed");
     assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
     assert_eq!(board.boot(), json!({"status": "normal"}));
 
