@@ -210,10 +210,12 @@ fn expires_soon(expires: Timestamp, now: Timestamp, window_secs: i64) -> Option<
     if left >= window_secs {
         return None;
     }
-    Some(match left / 86_400 {
-        0 => format!("{} hours", left / 3_600),
-        1 => "1 day".to_string(),
-        days => format!("{days} days"),
+    Some(match (left / 86_400, left / 3_600) {
+        (0, 0) => "under an hour".to_string(),
+        (0, 1) => "1 hour".to_string(),
+        (0, hours) => format!("{hours} hours"),
+        (1, _) => "1 day".to_string(),
+        (days, _) => format!("{days} days"),
     })
 }
 
@@ -2348,6 +2350,25 @@ fn unchanged_version(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_soon_is_said_in_the_largest_whole_unit() {
+        let now = Timestamp::from_unix(1_000_000);
+        let at = |secs: i64| Timestamp::from_unix(1_000_000 + secs);
+        for (left, said) in [
+            (59 * 60, "under an hour"),
+            (3_600, "1 hour"),
+            (5 * 3_600 + 59, "5 hours"),
+            (86_400, "1 day"),
+            (3 * 86_400 + 7, "3 days"),
+        ] {
+            assert_eq!(
+                expires_soon(at(left), now, 7 * 86_400).as_deref(),
+                Some(said)
+            );
+        }
+        assert_eq!(expires_soon(at(7 * 86_400), now, 7 * 86_400), None);
+    }
 
     fn now() -> Timestamp {
         "2026-11-22T10:00:00Z".parse().unwrap()
