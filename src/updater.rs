@@ -2117,7 +2117,7 @@ impl Updater {
                 crate::slots::image::record_streamed(&record, "-", named, 0)?;
             }
         }
-        let Staging { slot, .. } = self.begin_install(plan, &NameMap::new())?;
+        let Staging { slot, .. } = self.begin_install(plan, &NameMap::new(), false)?;
         let into = crate::fetch::SlotDest {
             images,
             slot,
@@ -2197,7 +2197,10 @@ impl Updater {
                     (NameMap::new(), NameMap::new())
                 }
             };
-            let Staging { slot, components } = self.begin_install(plan, &archives)?;
+            // An image's download marked the slot and took it out of the boot order
+            // before its first byte, and `check_streamed` found all of it there.
+            let marked = matches!(self.store, Store::Image(_));
+            let Staging { slot, components } = self.begin_install(plan, &archives, marked)?;
             // The slot is written without the state lock: the startup step, status and
             // confirm do not wait for it, and the `installing` mark keeps them off it.
             match &self.store {
@@ -2305,11 +2308,15 @@ impl Updater {
     }
 
     /// Marks the slot to write `installing` and takes it out of the boot order. Returns
-    /// it and what it will hold.
+    /// it and what it will hold. With `marked`, a slot already `installing` for this very
+    /// release is left as it is: an image's download marked it, and only wrote to it once
+    /// it was out of the boot order, so a second mark would be one more state save and
+    /// selector write (flash, and a power-fail window) for nothing.
     fn begin_install(
         &self,
         plan: &Offer,
         archives: &NameMap<stage::CheckedZip>,
+        marked: bool,
     ) -> Result<Staging> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
@@ -2325,7 +2332,7 @@ impl Updater {
         }
         let components = installed_components(plan);
         let before = st.slot(slot).clone();
-        *st.slot_mut(slot) = SlotRecord {
+        let installing = SlotRecord {
             status: SlotStatus::Installing,
             version: Some(plan.version.clone()),
             security_version: plan.security_version,
@@ -2334,6 +2341,10 @@ impl Updater {
             critical: plan.critical,
             components: BTreeMap::new(),
         };
+        if marked && before == installing {
+            return Ok(Staging { slot, components });
+        }
+        *st.slot_mut(slot) = installing;
         st.record(
             (self.clock)(),
             "installing",
