@@ -1494,6 +1494,17 @@ fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
             )));
         }
     }
+    // An image is written into a slot as it is: an empty one (a build step that wrote
+    // nothing) would be refused by every device, after the release went out. A file that
+    // cannot be read is the blob copy's to report.
+    for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Image) {
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(Error::config(format!(
+                "component {name} ({}): expected an image of at least 1 byte, found an empty file (a device writes the image into its slot: publish the image itself)",
+                path.display()
+            )));
+        }
+    }
     // Dir slots take no image, image slots one image and nothing else: a target mixing
     // them would be offered to devices that no slot store can install it on.
     if manifest::SlotsFor::of(components.iter().map(|c| c.2)) == manifest::SlotsFor::Neither {
@@ -2592,6 +2603,30 @@ mod tests {
         repo.release("stable", &version, "board", &alone, &opts, &[&key])
             .unwrap();
         publish(&repo, &key, &file, "1.0.0", "x86_64-linux").unwrap();
+    }
+
+    /// An empty image is nothing a device could write into its slot: the release is
+    /// refused, naming the component, before a blob is copied or the channel touched.
+    #[test]
+    fn an_empty_image_is_refused() {
+        let (dir, repo, key, _file) = setup();
+        let image = dir.path().join("rootfs.img");
+        std::fs::write(&image, b"").unwrap();
+        let version = "1.0.0".parse().unwrap();
+        let opts = ReleaseOptions::new(now());
+        let empty = [("rootfs", image.as_path(), ArtifactKind::Image)];
+        let err = repo
+            .release("stable", &version, "board", &empty, &opts, &[&key])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "component rootfs ({}): expected an image of at least 1 byte, found an empty file (a device writes the image into its slot: publish the image itself)",
+                image.display()
+            )
+        );
+        assert!(!dir.path().join("repo/channels/stable.json").exists());
     }
 
     /// A rotation of the manifest key that cannot write one of its documents writes none;

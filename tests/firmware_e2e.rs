@@ -1531,6 +1531,39 @@ fn installing_a_downloaded_image_marks_the_slot_and_leaves_the_boot_order_once()
     assert_eq!(board.power_on(), Some(Slot::B));
 }
 
+/// A release whose image is 0 bytes (published by another tool: `evergreen release`
+/// refuses it) is refused before the download touches the slot, naming the component:
+/// slot B keeps its record, its bytes and its place in the boot environment.
+#[test]
+fn an_image_of_0_bytes_is_refused_before_the_slot_is_touched() {
+    let (repo, server, board, _image, _blob) =
+        board_offered_an_image("emptyimage", Loader::Grub, MIB);
+    let blob = format!("blobs/sha256/{}", evergreen::trust::sha256_hex(b""));
+    repo.edit_channel("stable", |m| {
+        let release = m
+            .releases
+            .iter_mut()
+            .find(|r| r.version.major == 2)
+            .unwrap();
+        let target = release.targets.get_mut(TARGET).unwrap();
+        let artifact = &mut target.components.get_mut("rootfs").unwrap().artifact;
+        artifact.size = 0;
+        artifact.sha256 = evergreen::trust::sha256_hex(b"");
+    });
+    let (status, env) = (board.dev.status(), std::fs::read(&board.env).unwrap());
+    let slot_b = board.slot_bytes(Slot::B);
+    let err = failed_update(&board);
+    assert_eq!(
+        err,
+        "error[config]: component rootfs of 2.0.0: expected an image of at least 1 byte, found one of 0 bytes (nothing to write into a slot)"
+    );
+    assert_eq!(board.dev.status()["slots"], status["slots"]);
+    assert_eq!(std::fs::read(&board.env).unwrap(), env);
+    assert!(board.slot_bytes(Slot::B) == slot_b, "slot B was written");
+    assert!(server.requests(&blob).is_empty());
+    assert!(!board.dev.state.join("image-stream").exists());
+}
+
 /// The state directory needs no room for an image: one four times the size of its file
 /// system's free space installs.
 #[test]
