@@ -17,7 +17,7 @@ use crate::select::{self, Deploy, Device, Policy};
 use crate::slots::cmdline::BootedFrom;
 use crate::slots::dir::{DirSlots, SymlinkSelector};
 use crate::slots::grub::GrubEnv;
-use crate::slots::image::ImageSlots;
+use crate::slots::image::{ImageSlots, Streamed};
 use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
 use crate::stage::{self, ComponentChange, ComponentOp};
@@ -2086,7 +2086,7 @@ impl Updater {
     }
 
     /// Where a download streaming an image into a slot records how much of it is durable
-    /// there ([`crate::slots::image::streamed`]).
+    /// there ([`crate::slots::image::Streamed`]).
     fn stream_record(&self) -> PathBuf {
         self.state_dir().join("image-stream")
     }
@@ -2109,12 +2109,14 @@ impl Updater {
             return self.fetch_all(plan, progress, cancel, &mut |_, _| Ok(()));
         }
         let record = self.stream_record();
+        let mut recorded = Streamed::read(&record);
         // A record vouches for a slot's bytes only while the slot stays `installing`: one
         // installed since, run and rolled back may hold other bytes (a read-write mount),
         // which a record of the whole image would pass off as the image, unfetched.
-        if let Some(named) = crate::slots::image::streamed_slot(&record) {
-            if st.slot(named).status != SlotStatus::Installing {
-                crate::slots::image::record_streamed(&record, "-", named, 0)?;
+        if let Some(r) = &recorded {
+            if st.slot(r.slot).status != SlotStatus::Installing {
+                Streamed::remove(&record)?;
+                recorded = None;
             }
         }
         let Staging { slot, .. } = self.begin_install(plan, &NameMap::new(), false)?;
@@ -2122,6 +2124,7 @@ impl Updater {
             images,
             slot,
             record: &record,
+            recorded: std::rc::Rc::new(std::cell::RefCell::new(recorded)),
         };
         self.fetch_all(plan, progress, cancel, &mut |spec, p| {
             self.fetcher.stream(spec, &into, p, cancel)
@@ -2591,12 +2594,12 @@ impl Updater {
         if staged(&st, plan) == Some(slot) {
             return Ok(());
         }
-        let record = self.stream_record();
+        let record = Streamed::read(&self.stream_record());
         for c in &plan.components {
             let Some(a) = artifact_to_install(plan, c) else {
                 continue;
             };
-            let there = crate::slots::image::streamed(&record, &a.sha256, slot);
+            let there = record.as_ref().map_or(0, |r| r.bytes_of(&a.sha256, slot));
             if there != a.size || a.size == 0 {
                 return Err(Error::invalid_state(format!(
                     "component {}: expected its image downloaded whole into slot {slot}, found {there} of its {} bytes there; download first",
@@ -2628,8 +2631,12 @@ impl Updater {
                 }
             });
             if let Err(e) = read {
-                let reset =
-                    crate::slots::image::record_streamed(&self.stream_record(), &a.sha256, slot, 0);
+                let none = Streamed {
+                    sha256: a.sha256.clone(),
+                    slot,
+                    bytes: 0,
+                };
+                let reset = none.write(&self.stream_record());
                 return Err(match reset {
                     Ok(()) => e,
                     Err(r) => e.map_message(|m| {

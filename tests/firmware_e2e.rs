@@ -1747,6 +1747,31 @@ fn a_progress_record_from_before_the_slot_ran_is_not_believed() {
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
 
+    // Cut at the download's first record of its own: the stale one is gone by then,
+    // not left behind as a record of some other image.
+    let update = ["--yes", "--version", "2.0.0"];
+    let out = board
+        .dev
+        .run_env("update", &update, &[("EVERGREEN_CRASH_COUNT", "1")]);
+    let counted = String::from_utf8_lossy(&out.stderr).to_string();
+    let first = counted
+        .lines()
+        .find(|l| l.starts_with("crash-point") && l.contains("sync streamed image"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no record written: {counted}"))
+        .to_string();
+    board.dev.expect("rollback", &[], 0);
+    let out = board
+        .dev
+        .run_env("update", &update, &[("EVERGREEN_CRASH_AT", first.as_str())]);
+    assert!(!out.status.success());
+    let record = board.dev.state.join("image-stream");
+    assert!(
+        !record.exists(),
+        "{:?}",
+        std::fs::read_to_string(&record).unwrap()
+    );
+
     let before = server.requests(&blob).len();
     board
         .dev

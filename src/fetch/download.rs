@@ -17,13 +17,15 @@ use super::{
     Response,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::slots::image::{self, ImageSlots};
+use crate::slots::image::{self, ImageSlots, Streamed};
 use crate::slots::Slot;
 use crate::trust::hex;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -66,8 +68,21 @@ pub(crate) struct SlotDest<'a> {
     /// The slot to write, never the one that runs: the caller has marked it `installing`
     /// and taken it out of the boot order.
     pub slot: Slot,
-    /// The progress record ([`image::streamed`]).
+    /// Where the progress record is kept ([`Streamed`]).
     pub record: &'a Path,
+    /// The record as the caller read it before the download, and as the download has
+    /// written it since: read once, not again at every attempt.
+    pub recorded: Rc<RefCell<Option<Streamed>>>,
+}
+
+impl SlotDest<'_> {
+    /// The bytes of the image `sha256` the record says are durable in the slot.
+    fn bytes_of(&self, sha256: &str) -> u64 {
+        let recorded = self.recorded.borrow();
+        recorded
+            .as_ref()
+            .map_or(0, |r| r.bytes_of(sha256, self.slot))
+    }
 }
 
 /// Bytes received into a slot between two syncs of it and records of its progress: what
@@ -85,7 +100,7 @@ pub(super) fn stream(
     cancel: &CancelToken,
 ) -> Result<()> {
     check_sha256(&spec.sha256)?;
-    if spec.size > 0 && image::streamed(into.record, &spec.sha256, into.slot) == spec.size {
+    if spec.size > 0 && into.bytes_of(&spec.sha256) == spec.size {
         return Ok(());
     }
     let target = Target {
@@ -462,6 +477,8 @@ struct SlotPart {
     record: PathBuf,
     sha256: String,
     slot: Slot,
+    /// The download's copy of the record, kept as it is written ([`SlotDest::recorded`]).
+    known: Rc<RefCell<Option<Streamed>>>,
     block: bool,
     /// The bytes the record says are durable.
     recorded: u64,
@@ -504,7 +521,7 @@ impl Part {
             .images
             .open_to_write(into.slot, spec.size, &spec.sha256)?;
         let path = into.images.path(into.slot).to_owned();
-        let recorded = image::streamed(into.record, &spec.sha256, into.slot).min(spec.size);
+        let recorded = into.bytes_of(&spec.sha256).min(spec.size);
         let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
             .map_err(|e| Error::io("hashing", &path, e))?;
         let mut part = Part {
@@ -517,6 +534,7 @@ impl Part {
                 record: into.record.to_owned(),
                 sha256: spec.sha256.clone(),
                 slot: into.slot,
+                known: into.recorded.clone(),
                 block,
                 recorded,
                 size: spec.size,
@@ -563,7 +581,13 @@ impl Part {
             crate::fsutil::sync_file_data(&self.file)
                 .map_err(|e| Error::io("syncing", &self.path, e))?;
         }
-        image::record_streamed(&s.record, &s.sha256, s.slot, bytes)?;
+        let record = Streamed {
+            sha256: s.sha256.clone(),
+            slot: s.slot,
+            bytes,
+        };
+        record.write(&s.record)?;
+        s.known.replace(Some(record));
         s.recorded = bytes;
         Ok(())
     }

@@ -223,31 +223,59 @@ impl ImageSlots {
     }
 }
 
-/// How many bytes of the image `sha256` a download has made durable in `slot`, as the
-/// progress record at `record` says (`<sha256> <slot> <bytes>`); 0 when it says nothing
-/// of that image in that slot, or cannot be read.
-pub(crate) fn streamed(record: &Path, sha256: &str, slot: Slot) -> u64 {
-    let text = std::fs::read_to_string(record).unwrap_or_default();
-    let mut fields = text.split_whitespace();
-    match (fields.next(), fields.next(), fields.next()) {
-        (Some(sha), Some(s), Some(bytes)) if sha == sha256 && s == slot.as_str() => {
-            bytes.parse().unwrap_or(0)
-        }
-        _ => 0,
+/// The progress record of a download streaming an image into a slot, one line
+/// `<sha256> <slot> <bytes>`: the first `bytes` of the image `sha256` are durable in
+/// `slot`. No record (none written, or one removed as vouching for nothing) says nothing
+/// of any slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Streamed {
+    /// The image's SHA-256.
+    pub sha256: String,
+    /// The slot it is streamed into.
+    pub slot: Slot,
+    /// How many of its bytes are durable there.
+    pub bytes: u64,
+}
+
+impl Streamed {
+    /// The record at `path`; `None` when there is none, or it cannot be read or parsed
+    /// (it then vouches for nothing).
+    pub(crate) fn read(path: &Path) -> Option<Streamed> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut fields = text.split_whitespace();
+        let (sha256, slot, bytes) = (fields.next()?, fields.next()?, fields.next()?);
+        Some(Streamed {
+            sha256: sha256.to_owned(),
+            slot: Slot::parse(slot)?,
+            bytes: bytes.parse().ok()?,
+        })
     }
-}
 
-/// The slot the progress record at `record` is about, if it can be read.
-pub(crate) fn streamed_slot(record: &Path) -> Option<Slot> {
-    let text = std::fs::read_to_string(record).ok()?;
-    Slot::parse(text.split_whitespace().nth(1)?)
-}
+    /// How many bytes of the image `sha256` the record says are durable in `slot`: 0 when
+    /// it is about another image or slot.
+    pub(crate) fn bytes_of(&self, sha256: &str, slot: Slot) -> u64 {
+        if self.sha256 == sha256 && self.slot == slot {
+            self.bytes
+        } else {
+            0
+        }
+    }
 
-/// Records at `record` that the first `bytes` of the image `sha256` are durable in
-/// `slot` (synced before this is called), atomically: a crash leaves the old record or
-/// the new one.
-pub(crate) fn record_streamed(record: &Path, sha256: &str, slot: Slot, bytes: u64) -> Result<()> {
-    crate::fsutil::write_atomic(record, format!("{sha256} {slot} {bytes}\n").as_bytes())
+    /// Writes the record to `path` (the slot synced before this is called), atomically:
+    /// a crash leaves the old record or the new one.
+    pub(crate) fn write(&self, path: &Path) -> Result<()> {
+        let line = format!("{} {} {}\n", self.sha256, self.slot, self.bytes);
+        crate::fsutil::write_atomic(path, line.as_bytes())
+    }
+
+    /// Removes the record at `path`, durably: from then on it vouches for no slot's bytes.
+    pub(crate) fn remove(path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => crate::fsutil::sync_parent(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing", path, e)),
+        }
+    }
 }
 
 /// Evicts the slot's pages (clean after the fsync) from the page cache, so the read-back
