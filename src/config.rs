@@ -525,17 +525,7 @@ impl Config {
 
     /// Parses and validates a JSON config.
     pub fn from_json(json: &str) -> Result<Config> {
-        // serde reads a struct from an array too, field by field in order; and an editor's
-        // byte order mark reads as "expected value at line 1 column 1", naming nothing.
-        let found = match json.trim_start().chars().next() {
-            Some('{') => None,
-            Some('\u{feff}') => {
-                Some("a UTF-8 byte order mark (U+FEFF); save the file without it".into())
-            }
-            Some(c) => Some(format!("{c:?}")),
-            None => Some("no text".into()),
-        };
-        if let Some(found) = found {
+        if let Some(found) = crate::json::not_an_object(json) {
             return Err(Error::config(format!(
                 "config: expected a JSON object (`{{`), found {found}"
             )));
@@ -927,7 +917,7 @@ mod tests {
                 format!("\u{feff}{text}"),
                 "a UTF-8 byte order mark (U+FEFF); save the file without it",
             ),
-            (Value::from(fields).to_string(), "'['"),
+            (Value::from(fields).to_string(), "an array (`[`)"),
             ("  ".into(), "no text"),
         ] {
             let err = Config::from_json(&json).unwrap_err();

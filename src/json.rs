@@ -10,12 +10,52 @@ use serde::Deserialize;
 
 /// Parses `bytes` as one JSON document of type `T` (which may borrow strings from them).
 /// The error is what was found, for the caller to put after its own "expected …".
+/// Every document is an object: one that is not is named as such (see [`not_an_object`]).
 pub(crate) fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    let text = object_text(bytes)?;
+    serde_json::from_str(text).map_err(|e| found(text, &e))
+}
+
+/// `bytes` as the text of a JSON object, or what they are instead. Not generic, as
+/// [`found`] is not: one copy in the library, not one per document type.
+fn object_text(bytes: &[u8]) -> Result<&str, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("bytes that are not UTF-8 ({e})"))?;
-    serde_json::from_str(text).map_err(|e| match field_of(text, &e) {
+    match not_an_object(text) {
+        Some(found) => Err(format!("{found}, not a JSON object (`{{`)")),
+        None => Ok(text),
+    }
+}
+
+/// What serde_json's error `e` in `text` says was found, with the field it is about.
+fn found(text: &str, e: &serde_json::Error) -> String {
+    match field_of(text, e) {
         Some(field) => format!("`{field}`: {e}"),
         None => e.to_string(),
-    })
+    }
+}
+
+/// What `text` holds when it is not a JSON object (`an array (`[`)`, `no text`), `None`
+/// when it is one. serde reads a struct from an array too, field by field in order, so
+/// without this an array of the right values was taken for a document, and other arrays
+/// or a number gave "invalid type: map, expected u64"; and an editor's byte order mark
+/// reads as "expected value at line 1 column 1", naming nothing.
+pub(crate) fn not_an_object(text: &str) -> Option<String> {
+    let Some(c) = text.trim_start().chars().next() else {
+        return Some("no text".into());
+    };
+    let what = match c {
+        '{' => return None,
+        '\u{feff}' => {
+            return Some("a UTF-8 byte order mark (U+FEFF); save the file without it".into())
+        }
+        '[' => "an array",
+        '"' => return Some("a string (`\"`)".into()),
+        '-' | '0'..='9' => "a number",
+        't' | 'f' => "a boolean",
+        'n' => "null",
+        _ => "text",
+    };
+    Some(format!("{what} (`{}`)", c.escape_debug()))
 }
 
 /// `x` as JSON writes it (`20`, `12.5`, `null` for NaN), for messages. serde_json's own
@@ -120,6 +160,31 @@ mod tests {
         assert!(err.starts_with("bytes that are not UTF-8"), "{err}");
         let err = from_bytes::<BTreeMap<String, String>>(b"{\"k\":1}").unwrap_err();
         assert!(err.starts_with("`k`: invalid type: integer `1`"), "{err}");
+    }
+
+    /// Every document is an object, and one that is not says what it is: a struct would
+    /// read an array field by field.
+    #[test]
+    fn a_document_that_is_not_an_object_is_named() {
+        #[derive(Deserialize, Debug)]
+        struct Doc {
+            _n: u64,
+        }
+        assert_eq!(from_bytes::<Doc>(b" {\"_n\": 1}").unwrap()._n, 1);
+        for (text, found) in [
+            (&b"[1]"[..], "an array (`[`)"),
+            (b"-1", "a number (`-`)"),
+            (b"\"x\"", "a string (`\"`)"),
+            (b"null", "null (`n`)"),
+            (b" \n", "no text"),
+            (
+                "\u{feff}{}".as_bytes(),
+                "a UTF-8 byte order mark (U+FEFF); save the file without it",
+            ),
+        ] {
+            let err = from_bytes::<Doc>(text).unwrap_err();
+            assert_eq!(err, format!("{found}, not a JSON object (`{{`)"));
+        }
     }
 
     #[test]

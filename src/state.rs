@@ -908,6 +908,36 @@ mod tests {
         assert!(e.message().contains("found schema 0"), "{e}");
     }
 
+    /// serde reads a struct from an array too, field by field in order: a state.json that
+    /// was an array said "`[0]`: invalid type: map, expected u64", naming serde's reading
+    /// of it rather than what the file holds. It is an `invalid_state` naming the file and
+    /// what it is, and the file is left for a person to look at.
+    #[test]
+    fn a_state_file_that_is_not_an_object_is_named_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = serde_json::to_value(State::initial("stable", None)).unwrap();
+        let values: Vec<serde_json::Value> = state.as_object().unwrap().values().cloned().collect();
+        let array = serde_json::Value::from(values).to_string();
+        let path = State::path(dir.path());
+        for (text, found) in [
+            (array.as_str(), "an array (`[`)"),
+            ("[1]", "an array (`[`)"),
+            ("1", "a number (`1`)"),
+            ("\"state\"", "a string (`\"`)"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = State::load(dir.path()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+            assert!(e.message().starts_with(&path.display().to_string()), "{e}");
+            assert!(
+                e.message()
+                    .contains(&format!("{found}, not a JSON object (`{{`)")),
+                "{e}"
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+    }
+
     #[test]
     fn a_symlinked_state_file_is_written_where_it_points() {
         let dir = tempfile::tempdir().unwrap();

@@ -424,8 +424,7 @@ mod text {
 
     /// An [`Envelope`](super::Envelope) that borrows its payload's text from the bytes it
     /// was read from: a manifest's runs to hundreds of KiB, and is only ever decoded.
-    /// Named as the public type is, which serde's messages name ("expected struct
-    /// Envelope").
+    /// Named as the public type is, should serde's messages name it.
     #[derive(Deserialize)]
     pub(super) struct Envelope<'a> {
         #[serde(rename = "payloadType", borrow)]
@@ -1048,10 +1047,11 @@ mod tests {
             text.replace('/', "\\/")
         );
         assert_eq!(open(bytes.as_bytes(), "t", &set, 1 << 20).unwrap(), payload);
-        // The envelope is named as the public type in what serde says of a wrong shape.
+        // A document of the wrong shape says what it is, not what serde expected.
         let err = open(b"null", "t", &set, 1 << 20).unwrap_err();
         assert!(
-            err.to_string().contains("expected struct Envelope at"),
+            err.to_string()
+                .contains("null (`n`), not a JSON object (`{`)"),
             "{err}"
         );
         let mut out = b"kept".to_vec();

@@ -300,9 +300,9 @@ def test_config_as_json_text_in_bytes_or_after_whitespace(world) -> None:
     "config, message",
     [
         # Not an object, yet JSON: the library says what it found, no file is looked up.
-        ("[1]", r"config: expected a JSON object \(`\{`\), found '\['"),
-        (" [ ]", r"config: expected a JSON object \(`\{`\), found '\['"),
-        (b"[1]", r"config: expected a JSON object \(`\{`\), found '\['"),
+        ("[1]", r"config: expected a JSON object \(`\{`\), found an array \(`\[`\)"),
+        (" [ ]", r"config: expected a JSON object \(`\{`\), found an array \(`\[`\)"),
+        (b"[1]", r"config: expected a JSON object \(`\{`\), found an array \(`\[`\)"),
         (b"{not json", "config: key must be a string"),
         # The library's parser refuses a byte order mark: said as such, not as "expected
         # value at line 1 column 1" or a missing file named after the text.
