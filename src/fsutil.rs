@@ -639,6 +639,22 @@ pub fn lock_exclusive_or_wait(
     access: LockAccess,
     on_wait: impl FnOnce(),
 ) -> Result<File> {
+    let mut on_wait = Some(on_wait);
+    let mut once = || on_wait.take().map_or((), |f| f());
+    lock_exclusive_within(path, access, &mut once, None)?
+        .ok_or_else(|| Error::io("lock", path, std::io::ErrorKind::WouldBlock.into()))
+}
+
+/// [`lock_exclusive_or_wait`], giving up when another holder still has the lock after
+/// `patience` (`Ok(None)`); `None` waits as long as it takes. For a lock that a program
+/// outside our control holds (`fw_setenv`'s): one that hangs must not hang every boot.
+/// Not generic: one copy in the library, whoever calls it.
+pub(crate) fn lock_exclusive_within(
+    path: &Path,
+    access: LockAccess,
+    on_wait: &mut dyn FnMut(),
+    patience: Option<std::time::Duration>,
+) -> Result<Option<File>> {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     use std::os::unix::fs::OpenOptionsExt;
     // Opened for writing: over NFS `flock` becomes a POSIX lock, whose exclusive form
@@ -666,17 +682,24 @@ pub fn lock_exclusive_or_wait(
     }
     // A holder about to be done (a save takes milliseconds) is waited for without a word.
     let quietly = std::time::Duration::from_millis(200);
-    let deadline = std::time::Instant::now() + quietly;
-    let taken = match lock_until(
-        &mut || flock(&file, libc::LOCK_EX | libc::LOCK_NB),
-        deadline,
-    ) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            on_wait();
-            flock(&file, libc::LOCK_EX)
+    let start = std::time::Instant::now();
+    let try_lock = &mut || flock(&file, libc::LOCK_EX | libc::LOCK_NB);
+    let busy =
+        |r: &std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let mut taken = lock_until(
+        try_lock,
+        start + patience.map_or(quietly, |p| p.min(quietly)),
+    );
+    if busy(&taken) {
+        on_wait();
+        taken = match patience {
+            None => flock(&file, libc::LOCK_EX),
+            Some(p) => lock_until(try_lock, start + p),
+        };
+        if busy(&taken) {
+            return Ok(None);
         }
-        other => other,
-    };
+    }
     taken.map_err(|e| match e.raw_os_error() {
         Some(libc::EBADF) if read_only => Error::io(
             "lock (expected write access to the lock file on this file system, found it \
@@ -686,7 +709,7 @@ pub fn lock_exclusive_or_wait(
         ),
         _ => Error::io("lock", path, e),
     })?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// Narrows or opens up the mode of a lock file as `access` says, if it is this user's own

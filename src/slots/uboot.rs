@@ -64,6 +64,7 @@ use crate::error::{Error, ErrorKind, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One copy of the environment: where it lives and how big it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +350,8 @@ pub struct UBootEnv {
     config: FwEnvConfig,
     max_tries: u32,
     booted_from: BootedFrom,
+    tools_lock: PathBuf,
+    lock_patience: Duration,
 }
 
 impl UBootEnv {
@@ -361,7 +364,19 @@ impl UBootEnv {
             config,
             max_tries: Self::DEFAULT_MAX_TRIES,
             booted_from: BootedFrom::default(),
+            tools_lock: PathBuf::from(TOOLS_LOCK),
+            lock_patience: TOOLS_LOCK_PATIENCE,
         }
+    }
+
+    /// Takes `lock` for [`TOOLS_LOCK`], waiting at most `patience` (whole seconds, as the
+    /// error says them) for it: tests hold a lock of their own rather than the system's,
+    /// and do not wait 30 s.
+    #[cfg(test)]
+    fn with_tools_lock(mut self, lock: &Path, patience: Duration) -> UBootEnv {
+        self.tools_lock = lock.to_path_buf();
+        self.lock_patience = patience;
+        self
     }
 
     /// A selector for the environment described by the `fw_env.config` file at `path`.
@@ -490,7 +505,7 @@ impl UBootEnv {
     /// inactive copy (or the only one). A repeated name keeps only its last entry. An empty
     /// name, one with `=` or NUL, or a value with NUL is a `config` error, nothing written.
     pub fn set_vars(&mut self, updates: &[(&str, Option<&str>)]) -> Result<()> {
-        let _lock = tools_lock();
+        let _lock = self.tools_lock()?;
         let loaded = self.load()?;
         let mut vars = loaded.vars.clone();
         for (name, value) in updates {
@@ -512,7 +527,7 @@ impl UBootEnv {
     /// a valid environment is left as it is. A copy that can't be read, or one whose CRC is
     /// valid but whose entries don't parse, is an error and nothing is written.
     pub fn init(&mut self) -> Result<()> {
-        let _lock = tools_lock();
+        let _lock = self.tools_lock()?;
         let copies = self.read_copies()?;
         let redundant = self.config.redundant();
         if copies.iter().any(|(_, b)| {
@@ -583,7 +598,7 @@ impl UBootEnv {
 
     /// Makes `change` (see [`UBootEnv::plan`]).
     pub fn apply(&mut self, change: BootChange) -> Result<()> {
-        let _lock = tools_lock();
+        let _lock = self.tools_lock()?;
         write_copies(&self.plan(change)?)
     }
 
@@ -603,13 +618,31 @@ fn set_in<'a>(vars: &'a [RawVar], name: &str) -> Option<&'a [u8]> {
 /// The lock `fw_setenv` (libubootenv) holds from reading the environment to writing it.
 pub const TOOLS_LOCK: &str = "/var/lock/fw_printenv.lock";
 
-/// Takes [`TOOLS_LOCK`], waiting while `fw_setenv` or another writer holds it, so that
-/// neither writes the inactive copy over the other's change (both would read the same
-/// current copy and write the other with the same flag: the second write loses the first).
-/// Like libubootenv, goes on without it when the lock file can't be opened (no writable
-/// `/var/lock`).
-fn tools_lock() -> Option<File> {
-    crate::fsutil::lock_exclusive(Path::new(TOOLS_LOCK)).ok()
+/// How long a write waits for [`TOOLS_LOCK`] before it gives up.
+pub const TOOLS_LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+impl UBootEnv {
+    /// Takes [`TOOLS_LOCK`], waiting while `fw_setenv` or another writer holds it, so that
+    /// neither writes the inactive copy over the other's change (both would read the same
+    /// current copy and write the other with the same flag: the second write loses the
+    /// first). For [`TOOLS_LOCK_PATIENCE`] at most: a hung `fw_setenv` must not hang every
+    /// boot, so past that it is a `bootloader` error and nothing is written. Like
+    /// libubootenv, goes on without it when the lock file can't be opened (no writable
+    /// `/var/lock`).
+    fn tools_lock(&self) -> Result<Option<File>> {
+        let (lock, patience) = (&self.tools_lock, self.lock_patience);
+        let access = crate::fsutil::LockAccess::AsFound;
+        match crate::fsutil::lock_exclusive_within(lock, access, &mut || {}, Some(patience)) {
+            Ok(None) => Err(bootloader(format!(
+                "U-Boot environment: expected to take the lock {} within {} s, found \
+                     another program (a hung fw_setenv?) holding it all that time; nothing \
+                     written",
+                lock.display(),
+                patience.as_secs()
+            ))),
+            taken => Ok(taken.ok().flatten()),
+        }
+    }
 }
 
 /// Makes `writes` in order, each one copy of the environment (see [`write_copy`]).
@@ -1101,6 +1134,55 @@ mod tests {
         std::os::unix::fs::symlink("../mmcblk0boot1", &link).unwrap();
         assert_eq!(emmc_boot_partition(&node).as_deref(), Some("mmcblk0boot1"));
         assert_eq!(emmc_boot_partition(&link).as_deref(), Some("mmcblk0boot1"));
+    }
+
+    /// `fw_setenv`'s lock held by a program that does not let go (a hung `fw_setenv`)
+    /// made every write wait forever, and `evergreen boot` with it, on every boot. Past
+    /// the patience the write is a `bootloader` error naming the lock and the wait, and
+    /// nothing is written; a lock let go within it only delays the write.
+    #[test]
+    fn a_tools_lock_held_too_long_fails_the_write_and_one_let_go_delays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("env");
+        std::fs::write(&device, vec![0u8; 0x2000]).unwrap();
+        let d = device.display();
+        let text = format!("{d} 0 0x1000\n{d} 0x1000 0x1000\n");
+        let config = FwEnvConfig::parse(&text, "cfg".as_ref()).unwrap();
+        let lock = dir.path().join("fw_printenv.lock");
+        let patience = Duration::from_secs(1);
+        let mut env = UBootEnv::new(config).with_tools_lock(&lock, patience);
+        env.init().unwrap();
+        let before = std::fs::read(&device).unwrap();
+        let held = crate::fsutil::lock_exclusive(&lock).unwrap();
+        let activate = BootChange::Activate {
+            slot: Slot::B,
+            tries: 1,
+        };
+        let start = std::time::Instant::now();
+        let err = env.apply(activate).unwrap_err();
+        assert!(start.elapsed() >= patience, "{:?}", start.elapsed());
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+        assert_eq!(
+            err.message(),
+            format!(
+                "U-Boot environment: expected to take the lock {} within 1 s, found another \
+                 program (a hung fw_setenv?) holding it all that time; nothing written",
+                lock.display()
+            )
+        );
+        let err = env.set_vars(&[("x", Some("1"))]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+        assert_eq!(std::fs::read(&device).unwrap(), before);
+
+        let mut env = env.with_tools_lock(&lock, Duration::from_secs(20));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        env.apply(activate).unwrap();
+        release.join().unwrap();
+        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
+        assert_eq!(env.tries_left(Slot::B).unwrap(), 1);
     }
 
     #[test]
