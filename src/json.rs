@@ -40,7 +40,8 @@ fn found(text: &str, e: &serde_json::Error) -> String {
 /// or a number gave "invalid type: map, expected u64"; and an editor's byte order mark
 /// reads as "expected value at line 1 column 1", naming nothing.
 pub(crate) fn not_an_object(text: &str) -> Option<String> {
-    let Some(c) = text.trim_start().chars().next() else {
+    let text = text.trim_start();
+    let Some(c) = text.chars().next() else {
         return Some("no text".into());
     };
     let what = match c {
@@ -51,8 +52,8 @@ pub(crate) fn not_an_object(text: &str) -> Option<String> {
         '[' => "an array",
         '"' => return Some("a string (`\"`)".into()),
         '-' | '0'..='9' => "a number",
-        't' | 'f' => "a boolean",
-        'n' => "null",
+        't' | 'f' if text.starts_with("true") || text.starts_with("false") => "a boolean",
+        'n' if text.starts_with("null") => "null",
         _ => "text",
     };
     Some(format!("{what} (`{}`)", c.escape_debug()))
@@ -176,6 +177,8 @@ mod tests {
             (b"-1", "a number (`-`)"),
             (b"\"x\"", "a string (`\"`)"),
             (b"null", "null (`n`)"),
+            (b"nope", "text (`n`)"),
+            (b"false", "a boolean (`f`)"),
             (b" \n", "no text"),
             (
                 "\u{feff}{}".as_bytes(),
