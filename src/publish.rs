@@ -280,15 +280,28 @@ pub struct ChannelSummary {
     pub stranded: Vec<Stranded>,
 }
 
-/// Devices of one target that run a release listed on a channel and are offered nothing,
-/// only because of a newer release's `min_version` they do not meet: no stepping stone
-/// from that `min_version` up has a rollout that reaches them now.
+/// Devices of one target that are offered nothing, only because of a newer release's
+/// `min_version` they do not meet: no stepping stone from that `min_version` up has a
+/// rollout that reaches them now. In JSON, `target` and either `running` or `below`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stranded {
     /// The target of the devices.
     pub target: String,
-    /// The listed release they run.
-    pub running: Version,
+    /// Which devices of it.
+    #[serde(flatten)]
+    pub devices: StrandedDevices,
+}
+
+/// Which devices of a target a channel strands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrandedDevices {
+    /// Those running this listed release.
+    Running(Version),
+    /// Those running any version below this one, older than every release the channel
+    /// lists for the target (a release pruned, or never published there): the oldest
+    /// version from which a device can still update is this one or a listed release.
+    Below(Version),
 }
 
 impl Repo {
@@ -1866,7 +1879,8 @@ fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Resu
             .filter(|r| r.targets.contains_key(target))
             .filter(|r| r.version.cmp_precedence(min).is_lt());
         for running in below {
-            if after.strands(target, running) && !before.strands(target, running) {
+            let device = (&running.version, running.security_version);
+            if after.strands(target, device) && !before.strands(target, device) {
                 return Err(Error::config(format!(
                     "expected a stepping stone on channel {} for {target} devices running {} (below {min}, the min_version of {}): a release from {min} up to {} rolled out to them, found none, so they would be offered nothing; promote or ramp one first",
                     m.channel, running.version, release.version, release.version
@@ -1880,9 +1894,13 @@ fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Resu
 /// The devices `m`'s channel strands at `now`: for each target, the listed releases whose
 /// devices [`select::select`] offers nothing though it would offer them a newer release
 /// if no `min_version` held them back (a device in every rollout that has started, as
-/// `promote` and `release` count it). Those two refuse to strand devices; a halt
-/// (`rollout` to 0 %) of the only stepping stone is how a broken stone is stopped, so it
-/// goes through, and this names the devices left waiting for another stone.
+/// `promote` and `release` count it), then the devices running a version older than every
+/// listed release that are stranded the same way ([`StrandedDevices::Below`], one entry
+/// per target: they all see the same channel up to the lowest `min_version` met, so a
+/// security floor of 0 stands for them all). Those two refuse to strand devices of listed
+/// releases; a halt (`rollout` to 0 %) of the only stepping stone is how a broken stone is
+/// stopped, so it goes through, and this names the devices left waiting for another
+/// stone, as it names those a `prune` left below every release it kept.
 ///
 /// ```
 /// # use evergreen::manifest::ArtifactKind;
@@ -1906,7 +1924,8 @@ fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Resu
 /// // 1.5.0 turns out broken: halting it leaves devices on 1.0.0 offered nothing.
 /// let m = repo.rollout("stable", &"1.5.0".parse().unwrap(), 0.0, &Signing::new(&[&key], now)).unwrap();
 /// let left = stranded(&m, now);
-/// assert_eq!((left[0].target.as_str(), left[0].running.to_string()), ("x", "1.0.0".to_string()));
+/// let running = evergreen::publish::StrandedDevices::Running("1.0.0".parse().unwrap());
+/// assert_eq!((left[0].target.as_str(), &left[0].devices), ("x", &running));
 /// ```
 pub fn stranded(m: &Manifest, now: Timestamp) -> Vec<Stranded> {
     // Only a `min_version` strands a device; without one the answer needs no selection
@@ -1918,12 +1937,24 @@ pub fn stranded(m: &Manifest, now: Timestamp) -> Vec<Stranded> {
     let mut found = Vec::new();
     for running in &m.releases {
         for target in running.targets.keys() {
-            if reach.strands(target, running) {
+            if reach.strands(target, (&running.version, running.security_version)) {
                 found.push(Stranded {
                     target: target.clone(),
-                    running: running.version.clone(),
+                    devices: StrandedDevices::Running(running.version.clone()),
                 });
             }
+        }
+    }
+    // One more selection per target, for a device below every listed release.
+    let mut targets: Vec<&String> = m.releases.iter().flat_map(|r| r.targets.keys()).collect();
+    targets.sort();
+    targets.dedup();
+    for target in targets {
+        if let Some(below) = reach.strands_below_all(target) {
+            found.push(Stranded {
+                target: target.clone(),
+                devices: StrandedDevices::Below(below),
+            });
         }
     }
     found
@@ -1952,12 +1983,44 @@ impl Reach {
         }
     }
 
-    /// A device of `target` that confirmed `running` is offered nothing only because of a
-    /// `min_version` it does not meet.
-    fn strands(&self, target: &str, running: &Release) -> bool {
-        let device = (running.version.clone(), running.security_version);
+    /// A device of `target` running `(version, security version)` is offered nothing only
+    /// because of a `min_version` it does not meet.
+    fn strands(&self, target: &str, (version, security): (&Version, u64)) -> bool {
+        let device = (version.clone(), security);
         offered(&self.with_mins, target, &device, self.now).is_none()
             && offered(&self.without_mins, target, &device, self.now).is_some()
+    }
+
+    /// The version below which the devices of `target` running no listed release are
+    /// stranded, when any are. Below the oldest listed release a device meets the
+    /// `min_version`s up to its own and nothing else changes: so the lowest version of
+    /// all stands for every one of them, and when it is stranded, those up to the lowest
+    /// `min_version` of a release that reaches them (or the oldest listed release) are.
+    fn strands_below_all(&self, target: &str) -> Option<Version> {
+        let lowest = Version {
+            pre: semver::Prerelease::new("0").ok()?,
+            ..Version::new(0, 0, 0)
+        };
+        let releases = || {
+            self.with_mins
+                .releases
+                .iter()
+                .filter(|r| r.targets.contains_key(target))
+        };
+        let oldest = releases()
+            .map(|r| &r.version)
+            .min_by(|a, b| a.cmp_precedence(b))?;
+        if oldest.cmp_precedence(&lowest).is_le() || !self.strands(target, (&lowest, 0)) {
+            return None;
+        }
+        // Those that reach every device here: `reached` lifted every rollout that has started.
+        let mins = releases()
+            .filter(|r| rolled_out_to_everyone(r, self.now))
+            .filter_map(|r| r.min_version.as_ref());
+        std::iter::once(oldest)
+            .chain(mins)
+            .min_by(|a, b| a.cmp_precedence(b))
+            .cloned()
     }
 }
 
@@ -3597,6 +3660,53 @@ mod tests {
         repo.release("nightly", &v2, "y", &components, &options, &[&key])
             .unwrap();
         assert!(stranded(&nightly(&repo), now()).is_empty());
+    }
+
+    /// Devices running a version older than every listed release (one pruned, say) are
+    /// named too, once per target, up to the lowest `min_version` a release that reaches
+    /// them asks for; a release they can take from anywhere leaves none.
+    #[test]
+    fn stranded_names_the_devices_below_every_listed_release() {
+        let (_dir, repo, key, file) = setup();
+        for target in ["x", "y"] {
+            publish_with(&repo, &key, &file, "1.5.0", target, Some("1.0.0"));
+            publish_with(&repo, &key, &file, "2.0.0", target, Some("1.5.0"));
+        }
+        let below = |target: &str, v: &str| Stranded {
+            target: target.into(),
+            devices: StrandedDevices::Below(v.parse().unwrap()),
+        };
+        let m = nightly(&repo);
+        assert_eq!(offer(&m, "0.9.0"), None);
+        assert_eq!(offer(&m, "1.2.0"), Some(versions(&["1.5.0"])[0].clone()));
+        assert_eq!(
+            stranded(&m, now()),
+            [below("x", "1.0.0"), below("y", "1.0.0")]
+        );
+        assert_eq!(
+            serde_json::to_value(&stranded(&m, now())[0]).unwrap(),
+            serde_json::json!({"target": "x", "below": "1.0.0"})
+        );
+        // With the stone halted, devices below it are all left: 1.2.0 as 0.9.0.
+        let signers = [&key];
+        let sign = Signing::new(&signers, now());
+        let m = repo
+            .rollout("nightly", &versions(&["1.5.0"])[0], 0.0, &sign)
+            .unwrap();
+        assert_eq!(
+            stranded(&m, now()),
+            [below("x", "1.5.0"), below("y", "1.5.0")]
+        );
+        // A release with no min_version reaches every device below it.
+        let m = repo
+            .rollout("nightly", &versions(&["1.5.0"])[0], 5.0, &sign)
+            .unwrap();
+        assert_eq!(
+            stranded(&m, now()),
+            [below("x", "1.0.0"), below("y", "1.0.0")]
+        );
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        assert_eq!(stranded(&nightly(&repo), now()), [below("y", "1.0.0")]);
     }
 
     /// A halted release is no stone (devices are not offered it); a device already held

@@ -1324,6 +1324,37 @@ fn halting_the_only_stepping_stone_goes_through_and_names_the_stranded_devices()
     assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
 }
 
+/// Devices below every release a channel lists, which every one of them holds back with
+/// its `min_version` (here a first release; or after a prune of the release they run),
+/// are offered nothing: the release goes through and it and `verify` name them, in
+/// text and in JSON, until a release they can take is listed.
+#[test]
+fn a_release_names_the_devices_below_every_listed_release() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    let min = [&APP[..], &["--min-version", "1.0.0"]].concat();
+    let released = evergreen(dir, &release_args("1.5.0", &min));
+    assert_eq!(released.status.code(), Some(0), "{}", stderr(&released));
+    assert_eq!(
+        stderr(&released),
+        "warning: channel nightly offers nothing to x86_64-linux devices running anything below 1.0.0: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one\n"
+    );
+    let verify = || -> serde_json::Value {
+        serde_json::from_str(&ok(dir, &["--json", "verify", "repo"])).unwrap()
+    };
+    assert_eq!(
+        verify()["channels"][0]["stranded"],
+        serde_json::json!([{"target": "x86_64-linux", "below": "1.0.0"}])
+    );
+    let json = ok(
+        dir,
+        &[&["--json"][..], &release_args("1.0.0", &APP)].concat(),
+    );
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["stranded"], serde_json::json!([]));
+    assert_eq!(verify()["channels"][0]["stranded"], serde_json::json!([]));
+}
+
 /// A rotation that changes the manifest key re-signs every channel, and names each, with
 /// the devices it leaves offered nothing, as every other command that changes a channel
 /// does: a line and a warning in text, `channels` with `stranded` in the JSON.

@@ -659,9 +659,13 @@ fn channel_json(m: &Manifest, now: Timestamp) -> serde_json::Value {
 
 fn warn_stranded(channel: &str, stranded: &[publish::Stranded]) {
     for s in stranded {
+        let running = match &s.devices {
+            publish::StrandedDevices::Running(v) => v.to_string(),
+            publish::StrandedDevices::Below(v) => format!("anything below {v}"),
+        };
         eprintln!(
-            "warning: channel {channel} offers nothing to {} devices running {}: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one",
-            s.target, s.running
+            "warning: channel {channel} offers nothing to {} devices running {running}: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one",
+            s.target
         );
     }
 }
