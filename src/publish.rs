@@ -571,9 +571,9 @@ impl Repo {
     /// Copies release `version` (all its targets) from channel `from` to `to`, with a fresh
     /// rollout at `rollout_percent` if given (else everyone at once), and bumps `to`'s
     /// sequence, keeping its validity unless `sign` gives one (a new channel:
-    /// [`DEFAULT_MANIFEST_DAYS`]). A release halted on `from` (its rollout at 0 % now) is
-    /// refused unless `rollout_percent` is given: promoting by version number alone would
-    /// spread a release pulled as broken to everyone on `to`.
+    /// [`DEFAULT_MANIFEST_DAYS`]). A release at 0 % on `from` now (halted, or its rollout
+    /// not started yet) is refused unless `rollout_percent` is given: promoting by version
+    /// number alone would spread a release pulled as broken to everyone on `to`.
     pub fn promote(
         &self,
         version: &Version,
@@ -1785,23 +1785,28 @@ fn listed_release(m: &Manifest, version: &Version) -> Result<usize> {
     Ok(i)
 }
 
-/// Refuses to promote `r` at 100 % when its rollout on `from` stands at 0 % at `now`
-/// (halted, or started at 0 %): a release is pulled that way when it turns out broken.
+/// Refuses to promote `r` at 100 % when its rollout on `from` stands at 0 % at `now`, as
+/// devices there see it ([`Rollout::percent_at`]): halted (a release is pulled that way
+/// when it turns out broken, or released at 0 %), or not started yet (its first stage is
+/// still to come), which would reach everyone on `to` before anyone on `from`.
 fn check_not_halted(r: &Release, from: &str, now: Timestamp) -> Result<()> {
-    let Some(rollout) = &r.rollout else {
+    let Some(rollout) = r.rollout.as_ref().filter(|ro| ro.percent_at(now) <= 0.0) else {
         return Ok(());
     };
     let mut past: Vec<&RolloutStage> = rollout.stages.iter().filter(|s| s.at <= now).collect();
     past.sort_by_key(|s| s.at);
     // Since the first of the 0 % stages in force: a second halt is no news.
-    let since = past.iter().rev().take_while(|s| s.percent == 0.0).last();
-    match since {
-        Some(stage) => Err(Error::config(format!(
-            "expected a release rolled out on channel {from} to promote, found {} halted there (0% since {}); ramp it there first, or give --rollout PERCENT to promote it anyway",
-            r.version, stage.at
-        ))),
-        None => Ok(()),
-    }
+    let found = match past.iter().rev().take_while(|s| s.percent <= 0.0).last() {
+        Some(since) => format!("halted there (0% since {})", since.at),
+        None => match rollout.stages.iter().map(|s| s.at).min() {
+            Some(first) => format!("not started there yet (0% until its first stage at {first})"),
+            None => "at 0% there (a rollout with no stage)".to_owned(),
+        },
+    };
+    Err(Error::config(format!(
+        "expected a release rolled out on channel {from} to promote, found {} {found}; ramp it there first, or give --rollout PERCENT to promote it anyway",
+        r.version
+    )))
 }
 
 /// A device below `min_version` cannot take the release, and one at or above the
@@ -3707,6 +3712,50 @@ mod tests {
         );
         publish_with(&repo, &key, &file, "1.0.0", "x", None);
         assert_eq!(stranded(&nightly(&repo), now()), [below("y", "1.0.0")]);
+    }
+
+    /// A release at 0 % on `from` now, as devices there see it, is not promoted to everyone
+    /// on `to`: halted, or with its only stage still to come (published with a clock ahead,
+    /// or by hand), each said as such; `--rollout` promotes it anyway.
+    #[test]
+    fn promote_refuses_a_release_at_zero_now_whether_halted_or_not_started() {
+        let (_dir, repo, key, file) = setup();
+        let later = now().plus_secs(3_600);
+        let mut options = ReleaseOptions::new(later);
+        options.rollout_percent = Some(50.0);
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        let v2: Version = "2.0.0".parse().unwrap();
+        repo.release("nightly", &v2, "x", &components, &options, &[&key])
+            .unwrap();
+        let ro = nightly(&repo).releases[0].rollout.clone().unwrap();
+        assert_eq!(ro.percent_at(now()), 0.0);
+        let signers = [&key];
+        let promote = |percent, at| {
+            repo.promote(
+                &v2,
+                "nightly",
+                "stable",
+                percent,
+                &Signing::new(&signers, at),
+            )
+        };
+        let err = promote(None, now()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_eq!(
+            err.message(),
+            format!("expected a release rolled out on channel nightly to promote, found 2.0.0 not started there yet (0% until its first stage at {later}); ramp it there first, or give --rollout PERCENT to promote it anyway")
+        );
+        // Halted since then: said as a halt, from the halt on.
+        let halt = later.plus_secs(60);
+        repo.rollout("nightly", &v2, 0.0, &Signing::new(&signers, halt))
+            .unwrap();
+        let err = promote(None, halt.plus_secs(1)).unwrap_err();
+        assert!(
+            err.message()
+                .contains(&format!("found 2.0.0 halted there (0% since {halt})")),
+            "{err}"
+        );
+        promote(Some(10.0), now()).unwrap();
     }
 
     /// A halted release is no stone (devices are not offered it); a device already held

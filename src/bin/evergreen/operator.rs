@@ -51,8 +51,8 @@ pub(crate) enum Command {
     #[command(
         after_help = "Example:\n  evergreen promote repo --version 1.2.0 --from nightly --to stable --sign keys/release\n\n\
         The release starts at 100% on the new channel unless --rollout is given. Refused: a\n\
-        release halted on --from (its rollout at 0% now, as when pulled for being broken)\n\
-        unless --rollout is given, a build of the version already on the target channel, a\n\
+        release halted on --from (its rollout at 0% now, as when pulled for being broken,\n\
+        or not started yet) unless --rollout is given, a build of the version already on the target channel, a\n\
         security version out of order with the releases there (per target, as for release),\n\
         and a min_version that leaves devices below it offered nothing: no release they take\n\
         leads past it (a halted one does not count; promote or ramp a stepping stone first).\n\
@@ -204,7 +204,7 @@ pub(crate) struct PromoteArgs {
     #[arg(long)]
     to: String,
     /// Start a staged rollout on the new channel at this percentage (default: everyone;
-    /// needed to promote a release halted on --from).
+    /// needed to promote a release at 0% on --from, halted or not started yet).
     #[arg(long, value_name = "PERCENT")]
     rollout: Option<f64>,
     /// Days until the target channel's manifest expires (default: its current validity;
