@@ -45,7 +45,7 @@ use crate::trust::{self, KeySet, PublicKey, Role, Root, RootKey, SecretKey, Trus
 use semver::Version;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -929,23 +929,30 @@ impl Repo {
             }
         }
         let product = root.product.clone();
-        let mut channels = Vec::new();
-        // A blob listed by several channels or releases alike is read once.
-        let mut checked = HashSet::new();
+        let mut verified = Vec::new();
         for channel in self.channel_names()? {
-            match self.verify_channel(&trusted, &channel, now, &mut checked) {
-                Ok(c) => {
-                    let window = channel_warning_secs(c.issued, c.summary.expires);
-                    if let Some(days) = expires_soon(c.summary.expires, now, window) {
-                        warnings.push(format!(
-                            "channel {channel} expires at {}, in {days}: devices refuse it from then on; re-sign it (evergreen resign REPO --channel {channel} --sign KEY)",
-                            c.summary.expires
-                        ));
-                    }
-                    channels.push(c.summary);
-                }
+            match self.verify_channel(&trusted, &channel, now) {
+                Ok(c) => verified.push(c),
                 Err(e) => problems.push(e),
             }
+        }
+        let manifests: Vec<&Manifest> = verified.iter().map(|(m, _)| &**m).collect();
+        let bad = self.check_listed_blobs(&manifests, &mut problems);
+        let mut channels = Vec::new();
+        for (m, c) in verified {
+            // A channel listing a bad blob did not verify: its problem names it.
+            if bad.contains(&m.channel) {
+                continue;
+            }
+            let channel = &m.channel;
+            let window = channel_warning_secs(c.issued, c.summary.expires);
+            if let Some(days) = expires_soon(c.summary.expires, now, window) {
+                warnings.push(format!(
+                    "channel {channel} expires at {}, in {days}: devices refuse it from then on; re-sign it (evergreen resign REPO --channel {channel} --sign KEY)",
+                    c.summary.expires
+                ));
+            }
+            channels.push(c.summary);
         }
         let problem = match problems.len() {
             0 => None,
@@ -973,29 +980,29 @@ impl Repo {
         Ok((report, problem))
     }
 
-    /// Verifies `channel` as a client at `now` would, and the blobs it lists but those
-    /// `checked` holds.
+    /// Verifies `channel`'s manifest as a client at `now` would (its blobs are checked
+    /// with every channel's, by [`Repo::check_listed_blobs`]).
     fn verify_channel(
         &self,
         trusted: &TrustedRoot,
         channel: &str,
         now: Timestamp,
-        checked: &mut HashSet<BlobKey>,
-    ) -> Result<VerifiedChannel> {
+    ) -> Result<(manifest::Verified<Manifest>, VerifiedChannel)> {
         let path = self.channel_path(channel);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         let m = verify_channel_at(trusted, channel, &path, &bytes, now)?;
-        Ok(VerifiedChannel {
+        let c = VerifiedChannel {
             issued: m.issued,
             summary: ChannelSummary {
                 channel: m.channel.clone(),
                 sequence: m.sequence,
                 expires: m.expires,
                 versions: m.releases.iter().map(|r| r.version.clone()).collect(),
-                blobs_checked: self.check_blobs(&m, checked)?,
+                blobs_checked: blobs_in_repo(&m).count(),
                 stranded: stranded(&m, now),
             },
-        })
+        };
+        Ok((m, c))
     }
 
     /// The temp files in the directories commands write into (see
@@ -1023,33 +1030,49 @@ impl Repo {
         Ok(())
     }
 
-    /// Checks every blob `m` names in the repository, but those `checked` already holds
-    /// under the same description; returns how many references were checked.
-    fn check_blobs(&self, m: &Manifest, checked: &mut HashSet<BlobKey>) -> Result<usize> {
-        let mut blobs_checked = 0;
-        for r in &m.releases {
-            for (target, t) in &r.targets {
-                for (name, c) in &t.components {
-                    // An artifact with its own URL lives outside the repository.
-                    if c.artifact.url.is_some() {
-                        continue;
-                    }
-                    let a = &c.artifact;
-                    let key = (a.sha256.clone(), a.size, a.kind, a.installed_size);
-                    if !checked.contains(&key) {
-                        self.check_blob(a).map_err(|e| {
-                            e.context(format!(
-                                "channel {} release {} target {target} component {name}",
-                                m.channel, r.version
-                            ))
-                        })?;
-                        checked.insert(key);
-                    }
-                    blobs_checked += 1;
+    /// Checks each blob `manifests` name in the repository once, however many channels
+    /// and releases list it (a blob is hashed whole, so twice is twice the reading). A bad
+    /// one is one problem, naming where each channel that lists it lists it first; those
+    /// channels are returned.
+    fn check_listed_blobs(
+        &self,
+        manifests: &[&Manifest],
+        problems: &mut Vec<Error>,
+    ) -> HashSet<String> {
+        // Per blob, in the order first listed: each channel with its first reference.
+        let mut blobs: Vec<(&Artifact, Vec<(&str, String)>)> = Vec::new();
+        let mut index: HashMap<BlobKey, usize> = HashMap::new();
+        for m in manifests {
+            for (r, target, name, a) in blobs_in_repo(m) {
+                let key = (a.sha256.clone(), a.size, a.kind, a.installed_size);
+                let i = *index.entry(key).or_insert_with(|| {
+                    blobs.push((a, Vec::new()));
+                    blobs.len() - 1
+                });
+                let listed = &mut blobs[i].1;
+                if listed.iter().all(|(c, _)| *c != m.channel) {
+                    let at = format!(
+                        "channel {} release {} target {target} component {name}",
+                        m.channel, r.version
+                    );
+                    listed.push((&m.channel, at));
                 }
             }
         }
-        Ok(blobs_checked)
+        let mut bad = HashSet::new();
+        for (artifact, listed) in blobs {
+            let Err(e) = self.check_blob(artifact) else {
+                continue;
+            };
+            let cancelled = e.kind() == ErrorKind::Cancelled;
+            let at: Vec<&str> = listed.iter().map(|(_, at)| at.as_str()).collect();
+            problems.push(e.context(at.join(", ")));
+            bad.extend(listed.into_iter().map(|(c, _)| c.to_owned()));
+            if cancelled {
+                break;
+            }
+        }
+        bad
     }
 
     /// Checks the blob `artifact` names: there, of its size and SHA-256, and, for a zip,
@@ -2307,8 +2330,21 @@ fn check_zip(
 }
 
 /// A blob as a manifest describes it (SHA-256, size, kind, installed size): what
-/// [`Repo::verify`] checked once.
+/// [`Repo::verify`] checks once.
 type BlobKey = (String, u64, ArtifactKind, Option<u64>);
+
+/// The artifacts `m` lists that live in the repository (one with its own URL lives
+/// outside it), with the release, target and component that list each.
+fn blobs_in_repo(m: &Manifest) -> impl Iterator<Item = (&Release, &str, &str, &Artifact)> {
+    m.releases.iter().flat_map(|r| {
+        r.targets.iter().flat_map(move |(target, t)| {
+            t.components
+                .iter()
+                .filter(|(_, c)| c.artifact.url.is_none())
+                .map(move |(name, c)| (r, target.as_str(), name.as_str(), &c.artifact))
+        })
+    })
+}
 
 /// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,
 /// never widened afterwards) and `path.pub` the base64 public key. Refuses to overwrite

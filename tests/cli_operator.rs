@@ -1801,6 +1801,65 @@ fn a_refused_release_copies_no_blob() {
     assert_eq!(blobs(), 2);
 }
 
+/// A damaged blob that two channels list is one problem, hashed once: `verify` names both
+/// channels in it, and reports neither as verified, while a channel with sound blobs is.
+#[test]
+fn verify_reports_a_bad_blob_once_naming_every_channel_that_lists_it() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    release_version(dir, "1.0.0", &APP);
+    ok(
+        dir,
+        &[
+            "promote",
+            "repo",
+            "--version",
+            "1.0.0",
+            "--from",
+            "nightly",
+            "--to",
+            "stable",
+            "--sign",
+            "release",
+        ],
+    );
+    std::fs::write(dir.join("other.bin"), b"other").unwrap();
+    let mut beta = release_args("1.0.0", &["--component", "app=other.bin"]);
+    beta[3] = "beta";
+    ok(dir, &beta);
+    let sha = read_manifest(dir, "nightly")["releases"][0]["targets"]["x86_64-linux"]["components"]
+        ["app"]["artifact"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(dir.join("repo/blobs/sha256").join(&sha), b"V").unwrap();
+
+    let err = fails(dir, &["verify", "repo"]);
+    let at = "release 1.0.0 target x86_64-linux component app";
+    assert!(
+        err.starts_with(&format!(
+            "error[hash_mismatch]: channel nightly {at}, channel stable {at}: blob "
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("sha256 ").count(),
+        2,
+        "one blob, expected and found: {err}"
+    );
+    let o = evergreen(dir, &["--json", "verify", "repo"]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problem"]["kind"], "hash_mismatch");
+    let verified: Vec<&str> = report["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(verified, ["beta"]);
+}
+
 /// `verify` reports every expired channel in one run (the one error line names them all),
 /// and warns about a channel or root that expires soon, while a resign or rotate is still
 /// in time.
