@@ -876,11 +876,9 @@ impl Repo {
         for target in targets {
             let above = others
                 .iter()
-                .flat_map(|o| o.releases.iter().map(move |r| (o, r)))
-                .filter(|(_, r)| r.targets.contains_key(target))
-                .filter(|(_, r)| r.version.cmp_precedence(version).is_lt())
-                .filter(|(_, r)| r.security_version > release.security_version)
-                .max_by_key(|(_, r)| r.security_version);
+                .filter_map(|o| Some((o, highest_older(&o.releases, version, target)?)))
+                .max_by_key(|(_, r)| r.security_version)
+                .filter(|(_, r)| r.security_version > release.security_version);
             if let Some((o, r)) = above {
                 warnings.push(format!(
                     "release {} of {target} on channel {} has security version {}, and {version} on channel {channel} {}: devices that confirmed {} and move to {channel} are never offered {version} (give it --security-version {} or more if they should be)",
@@ -1855,22 +1853,17 @@ fn check_security_order(
     security_version: u64,
     target: &str,
 ) -> Result<()> {
-    let others = || {
-        m.releases
-            .iter()
-            .filter(|r| r.targets.contains_key(target))
-            .filter(|r| !same_version(&r.version, version))
-    };
-    let older = others()
-        .filter(|r| r.version.cmp_precedence(version).is_lt())
-        .max_by_key(|r| r.security_version);
+    let older = highest_older(&m.releases, version, target);
     if let Some(r) = older.filter(|r| r.security_version > security_version) {
         return Err(Error::config(format!(
             "expected a security version of at least {} for {version} on {target} (that of the older release {} on channel {}: devices that confirmed it could never install {version}), found {security_version}",
             r.security_version, r.version, m.channel
         )));
     }
-    let newer = others()
+    let newer = m
+        .releases
+        .iter()
+        .filter(|r| r.targets.contains_key(target))
         .filter(|r| r.version.cmp_precedence(version).is_gt())
         .min_by_key(|r| r.security_version);
     if let Some(r) = newer.filter(|r| r.security_version < security_version) {
@@ -1880,6 +1873,20 @@ fn check_security_order(
         )));
     }
     Ok(())
+}
+
+/// Of `releases`, the one of `target` older than `version` with the highest security
+/// version: the floor that devices which confirmed one of them bring to `version`.
+fn highest_older<'r>(
+    releases: &'r [Release],
+    version: &Version,
+    target: &str,
+) -> Option<&'r Release> {
+    releases
+        .iter()
+        .filter(|r| r.targets.contains_key(target))
+        .filter(|r| r.version.cmp_precedence(version).is_lt())
+        .max_by_key(|r| r.security_version)
 }
 
 /// A promoted release with a `min_version` must not strand the devices of the target
