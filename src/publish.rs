@@ -1758,17 +1758,31 @@ fn reached(m: &Manifest, now: Timestamp, later: bool) -> Manifest {
 }
 
 /// What [`select::select`] offers a device of `target` running `(version, security
-/// version)` on `channel` (as [`reached`] gives it), with no skip or failure.
+/// version)` on `channel` (as [`reached`] gives it), with no skip or failure. Its id is
+/// empty: in the views of a channel asked here every rollout is lifted, at 100 % or at
+/// 0 %, so no id decides (see [`offered_to`] for one).
 fn offered(
     channel: &Manifest,
     target: &str,
+    device: &(Version, u64),
+    now: Timestamp,
+) -> Option<Version> {
+    offered_to(channel, target, "", device, now)
+}
+
+/// [`offered`] to the device `device_id`, which decides where a rollout short of 100 %
+/// reaches.
+fn offered_to(
+    channel: &Manifest,
+    target: &str,
+    device_id: &str,
     (version, security): &(Version, u64),
     now: Timestamp,
 ) -> Option<Version> {
     let device = select::Device {
-        product: "",
+        product: &channel.product,
         target,
-        device_id: "",
+        device_id,
         installed: Some(version),
         security_floor: *security,
         skipped: &[],
@@ -2817,6 +2831,16 @@ mod tests {
         }
     }
 
+    /// [`setup`] with 1.0.0 and 1.1.0 on nightly for `x`, then 2.0.0 whose `min_version`
+    /// 1.1.0 makes 1.1.0 the stepping stone of the devices on 1.0.0.
+    fn setup_with_a_stone() -> (tempfile::TempDir, Repo, SecretKey, PathBuf) {
+        let (dir, repo, key, file) = setup();
+        publish_with(&repo, &key, &file, "1.0.0", "x", None);
+        publish_with(&repo, &key, &file, "1.1.0", "x", None);
+        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        (dir, repo, key, file)
+    }
+
     /// Gives `version` on `channel` the `min_version` `min`, with no check.
     fn set_min_version(
         repo: &Repo,
@@ -2874,10 +2898,7 @@ mod tests {
 
     #[test]
     fn prune_keeps_the_stepping_stones_kept_releases_name() {
-        let (_dir, repo, key, file) = setup();
-        publish_with(&repo, &key, &file, "1.0.0", "x", None);
-        publish_with(&repo, &key, &file, "1.1.0", "x", None);
-        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        let (_dir, repo, key, file) = setup_with_a_stone();
         publish_with(&repo, &key, &file, "3.0.0", "x", Some("2.0.0"));
         let (m, removed) = repo
             .prune("nightly", 1, &Signing::new(&[&key], now()))
@@ -3110,21 +3131,7 @@ mod tests {
 
     /// What `select` offers a device running `installed` on target `x`.
     fn offer(m: &Manifest, installed: &str) -> Option<Version> {
-        let installed: Version = installed.parse().unwrap();
-        let device = crate::select::Device {
-            product: "com.acme.app",
-            target: "x",
-            device_id: "device-1",
-            installed: Some(&installed),
-            security_floor: 0,
-            skipped: &[],
-            failed: &[],
-        };
-        let policy = crate::select::Policy::default();
-        match crate::select::select(m, &device, &policy, now()).unwrap() {
-            crate::select::Decision::Update(c) => Some(c.version),
-            crate::select::Decision::UpToDate => None,
-        }
+        offer_at(m, "device-1", installed, now())
     }
 
     fn nightly(repo: &Repo) -> Manifest {
@@ -3339,21 +3346,7 @@ mod tests {
 
     /// What `select` offers the device `id` running `installed` on target `x` at `at`.
     fn offer_at(m: &Manifest, id: &str, installed: &str, at: Timestamp) -> Option<Version> {
-        let installed: Version = installed.parse().unwrap();
-        let device = crate::select::Device {
-            product: &m.product,
-            target: "x",
-            device_id: id,
-            installed: Some(&installed),
-            security_floor: 0,
-            skipped: &[],
-            failed: &[],
-        };
-        let policy = crate::select::Policy::default();
-        match crate::select::select(m, &device, &policy, at).unwrap() {
-            crate::select::Decision::Update(c) => Some(c.version),
-            crate::select::Decision::UpToDate => None,
-        }
+        offered_to(m, "x", id, &(installed.parse().unwrap(), 0), at)
     }
 
     /// Devices outside a ramp still take the stone at 100 % below a `min_version`: prune
@@ -3361,10 +3354,7 @@ mod tests {
     /// and a halt of the ramp later leaves them on their way.
     #[test]
     fn prune_keeps_the_stone_devices_outside_a_ramp_take() {
-        let (_dir, repo, key, file) = setup();
-        publish_with(&repo, &key, &file, "1.0.0", "x", None);
-        publish_with(&repo, &key, &file, "1.1.0", "x", None);
-        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
+        let (_dir, repo, key, file) = setup_with_a_stone();
         publish_on(
             &repo,
             &key,
@@ -3737,22 +3727,15 @@ mod tests {
         );
         // With the stone halted, devices below it are all left: 1.2.0 as 0.9.0.
         let signers = [&key];
-        let sign = Signing::new(&signers, now());
-        let m = repo
-            .rollout("nightly", &versions(&["1.5.0"])[0], 0.0, &sign)
-            .unwrap();
-        assert_eq!(
-            stranded(&m, now()),
-            [below("x", "1.5.0"), below("y", "1.5.0")]
-        );
+        let stone_at = |percent| {
+            let sign = Signing::new(&signers, now());
+            let m = repo.rollout("nightly", &versions(&["1.5.0"])[0], percent, &sign);
+            stranded(&m.unwrap(), now())
+        };
+        assert_eq!(stone_at(0.0), [below("x", "1.5.0"), below("y", "1.5.0")]);
+        // Ramping again, it reaches them in time: those below its min_version are left.
+        assert_eq!(stone_at(5.0), [below("x", "1.0.0"), below("y", "1.0.0")]);
         // A release with no min_version reaches every device below it.
-        let m = repo
-            .rollout("nightly", &versions(&["1.5.0"])[0], 5.0, &sign)
-            .unwrap();
-        assert_eq!(
-            stranded(&m, now()),
-            [below("x", "1.0.0"), below("y", "1.0.0")]
-        );
         publish_with(&repo, &key, &file, "1.0.0", "x", None);
         assert_eq!(stranded(&nightly(&repo), now()), [below("y", "1.0.0")]);
     }
@@ -3924,11 +3907,8 @@ mod tests {
 
     #[test]
     fn promote_refuses_what_devices_on_the_target_channel_could_never_install() {
-        let (_dir, repo, key, file) = setup();
+        let (_dir, repo, key, _file) = setup_with_a_stone();
         let v = |s: &str| -> Version { s.parse().unwrap() };
-        publish_secure(&repo, &key, &file, "1.0.0", 0).unwrap();
-        publish_secure(&repo, &key, &file, "1.1.0", 0).unwrap();
-        publish_with(&repo, &key, &file, "2.0.0", "x", Some("1.1.0"));
         let promote = |version: &str| {
             repo.promote(
                 &v(version),

@@ -637,14 +637,22 @@ fn update_to_a_channel_whose_check_fails_keeps_the_channel_followed() {
 fn update_to_a_channel_that_cannot_ask_keeps_the_channel_followed() {
     let (repo, dev) = confirmed_1_0_0("com.acme.noterminal");
     publish(&repo, "1.1.0", "preview");
+    let config = std::fs::read(&dev.config).unwrap();
     let out = dev.run("update", &["--channel", "preview", "--json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
-    assert!(
-        common::stderr(&out).contains("--yes"),
-        "{}",
-        common::stderr(&out)
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.lines().next(),
+        Some("error: expected --yes to install without a terminal to ask on (stdin is not a terminal), found no --yes"),
+        "{err}"
     );
+    assert!(err.contains("Usage: evergreen update"), "{err}");
     assert!(out.stdout.is_empty());
+    // Neither the state nor the config follows preview.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["channel"], "stable");
+    assert_eq!(std::fs::read(&dev.config).unwrap(), config);
     assert_eq!(dev.status()["channel"], "stable");
     dev.expect("check", &[], 0);
 }

@@ -69,14 +69,12 @@ fn write_zip(path: &Path) {
 }
 
 /// Re-signs the nightly channel with the manifest key `release`.
-const RESIGN_NIGHTLY: [&str; 6] = [
-    "resign",
-    "repo",
-    "--channel",
-    "nightly",
-    "--sign",
-    "release",
-];
+const RESIGN_NIGHTLY: [&str; 6] = resign_nightly("release");
+
+/// Re-signs the nightly channel with the key `sign`.
+const fn resign_nightly(sign: &str) -> [&str; 6] {
+    ["resign", "repo", "--channel", "nightly", "--sign", sign]
+}
 
 /// The component arguments of the app file `repo_with_app` writes.
 const APP: [&str; 2] = ["--component", "app=app.bin"];
@@ -173,19 +171,74 @@ fn release_version(dir: &Path, version: &str, rest: &[&str]) -> String {
 /// The arguments of `evergreen release` of `version` on nightly for x86_64-linux, signed
 /// by `release`, then `rest`.
 fn release_args<'a>(version: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
-    let head = [
-        "release",
+    ReleaseArgs::of(version).then(rest)
+}
+
+/// The arguments of `evergreen release` of a version into `repo`: on nightly for
+/// x86_64-linux, signed by `release`, unless a test names another channel, target or key.
+#[derive(Clone, Copy)]
+struct ReleaseArgs<'a> {
+    version: &'a str,
+    channel: &'a str,
+    target: &'a str,
+    sign: &'a str,
+}
+
+impl<'a> ReleaseArgs<'a> {
+    fn of(version: &'a str) -> Self {
+        ReleaseArgs {
+            version,
+            channel: "nightly",
+            target: "x86_64-linux",
+            sign: "release",
+        }
+    }
+
+    fn channel(self, channel: &'a str) -> Self {
+        ReleaseArgs { channel, ..self }
+    }
+
+    fn target(self, target: &'a str) -> Self {
+        ReleaseArgs { target, ..self }
+    }
+
+    fn sign(self, sign: &'a str) -> Self {
+        ReleaseArgs { sign, ..self }
+    }
+
+    /// The arguments, then `rest`.
+    fn then(self, rest: &[&'a str]) -> Vec<&'a str> {
+        let head = [
+            "release",
+            "repo",
+            "--channel",
+            self.channel,
+            "--version",
+            self.version,
+            "--target",
+            self.target,
+            "--sign",
+            self.sign,
+        ];
+        [&head[..], rest].concat()
+    }
+}
+
+/// The arguments of `evergreen promote` of `version` from nightly to stable, signed by
+/// `release`.
+fn promote_to_stable(version: &str) -> [&str; 10] {
+    [
+        "promote",
         "repo",
-        "--channel",
-        "nightly",
         "--version",
         version,
-        "--target",
-        "x86_64-linux",
+        "--from",
+        "nightly",
+        "--to",
+        "stable",
         "--sign",
         "release",
-    ];
-    [&head[..], rest].concat()
+    ]
 }
 
 fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
@@ -351,21 +404,7 @@ fn the_operator_workflow_produces_a_repo_that_verifies() {
         std::fs::read(dir.join("app.zip")).unwrap()
     );
 
-    ok(
-        dir,
-        &[
-            "promote",
-            "repo",
-            "--version",
-            "1.2.0",
-            "--from",
-            "nightly",
-            "--to",
-            "stable",
-            "--sign",
-            "release",
-        ],
-    );
+    ok(dir, &promote_to_stable("1.2.0"));
     ok(
         dir,
         &[
@@ -713,16 +752,19 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
     for version in ["1.0.0", "1.1.0", "1.2.0"] {
         release_version(dir, version, &APP);
     }
-    let prune = [
-        "prune",
-        "repo",
-        "--channel",
-        "nightly",
-        "--keep",
-        "1",
-        "--sign",
-        "release",
-    ];
+    let prune_keeping = |keep| {
+        [
+            "prune",
+            "repo",
+            "--channel",
+            "nightly",
+            "--keep",
+            keep,
+            "--sign",
+            "release",
+        ]
+    };
+    let prune = prune_keeping("1");
     let out = ok(dir, &[&["--json"][..], &prune[..]].concat());
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["removed"], serde_json::json!(["1.1.0", "1.0.0"]));
@@ -735,9 +777,7 @@ fn prune_removes_old_releases_and_the_channel_still_verifies() {
     ok(dir, &["verify", "repo"]);
     let again = ok(dir, &prune);
     assert!(again.contains("nothing to prune"), "{again}");
-    let mut keep_none = prune;
-    keep_none[5] = "0";
-    let err = fails(dir, &keep_none);
+    let err = fails(dir, &prune_keeping("0"));
     assert!(err.starts_with("error[config]"), "{err}");
 }
 
@@ -943,12 +983,12 @@ fn adding_a_target_to_a_published_release_refuses_options_that_would_change_it()
     let dir = repo_with_nightly();
     let before = read_manifest(dir.path(), "nightly");
     let arm = |rest: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = release_args("1.2.0", &["--component", "app=app.zip"])
-            .iter()
-            .map(|s| s.replace("x86_64-linux", "aarch64-linux"))
-            .collect();
-        args.extend(rest.iter().map(|s| s.to_string()));
-        args
+        let args = ReleaseArgs::of("1.2.0").target("aarch64-linux");
+        let args = args.then(&["--component", "app=app.zip"]);
+        args.iter()
+            .chain(rest)
+            .map(|s| s.to_string())
+            .collect::<Vec<String>>()
     };
     let refused = arm(&["--critical", "--security-version", "7", "--rollout", "5"]);
     let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
@@ -1201,19 +1241,7 @@ fn stepping_stones_are_what_devices_below_min_version_are_offered() {
         &[&app[..], &["--min-version", "1.1.0"]].concat(),
     );
     let promote = |version: &str, rest: &[&str]| {
-        let head = [
-            "promote",
-            "repo",
-            "--version",
-            version,
-            "--from",
-            "nightly",
-            "--to",
-            "stable",
-            "--sign",
-            "release",
-        ];
-        evergreen(dir, &[&head[..], rest].concat())
+        evergreen(dir, &[&promote_to_stable(version)[..], rest].concat())
     };
     assert_eq!(promote("1.0.0", &[]).status.code(), Some(0));
     assert_eq!(promote("1.1.0", &["--rollout", "0"]).status.code(), Some(0));
@@ -1662,18 +1690,7 @@ fn promote_refuses_a_halted_release_unless_given_a_rollout() {
             "release",
         ],
     );
-    let promote = [
-        "promote",
-        "repo",
-        "--version",
-        "2.2.0",
-        "--from",
-        "nightly",
-        "--to",
-        "stable",
-        "--sign",
-        "release",
-    ];
+    let promote = promote_to_stable("2.2.0");
     let err = fails(dir, &promote);
     assert_eq!(
         err.trim_end(),
@@ -1706,11 +1723,7 @@ fn a_security_version_below_an_older_release_on_another_channel_is_warned_about(
         "2.9.0",
         &[&APP[..], &["--security-version", "3"]].concat(),
     );
-    let on = |channel: &'static str, version: &'static str| {
-        let mut args = release_args(version, &APP);
-        args[3] = channel;
-        args
-    };
+    let on = |channel, version| ReleaseArgs::of(version).channel(channel).then(&APP);
     let expected = "warning: release 2.9.0 of x86_64-linux on channel nightly has security version 3, and 2.9.1 on channel stable 0: devices that confirmed 2.9.0 and move to stable are never offered 2.9.1 (give it --security-version 3 or more if they should be)";
     let o = evergreen(dir, &on("stable", "2.9.1"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -1808,25 +1821,10 @@ fn verify_reports_a_bad_blob_once_naming_every_channel_that_lists_it() {
     let tmp = repo_with_app();
     let dir = tmp.path();
     release_version(dir, "1.0.0", &APP);
-    ok(
-        dir,
-        &[
-            "promote",
-            "repo",
-            "--version",
-            "1.0.0",
-            "--from",
-            "nightly",
-            "--to",
-            "stable",
-            "--sign",
-            "release",
-        ],
-    );
+    ok(dir, &promote_to_stable("1.0.0"));
     std::fs::write(dir.join("other.bin"), b"other").unwrap();
-    let mut beta = release_args("1.0.0", &["--component", "app=other.bin"]);
-    beta[3] = "beta";
-    ok(dir, &beta);
+    let beta = ReleaseArgs::of("1.0.0").channel("beta");
+    ok(dir, &beta.then(&["--component", "app=other.bin"]));
     let sha = read_manifest(dir, "nightly")["releases"][0]["targets"]["x86_64-linux"]["components"]
         ["app"]["artifact"]["sha256"]
         .as_str()
@@ -1868,9 +1866,7 @@ fn verify_reports_every_expired_channel_and_warns_before_expiry() {
     let tmp = repo_with_app();
     let dir = tmp.path();
     for channel in ["beta", "nightly", "stable"] {
-        let mut args = release_args("1.0.0", &APP);
-        args[3] = channel;
-        ok(dir, &args);
+        ok(dir, &ReleaseArgs::of("1.0.0").channel(channel).then(&APP));
     }
     let o = evergreen_at(dir, "2027-01-01T00:00:00Z", &["verify", "repo"]);
     assert_eq!(o.status.code(), Some(1));
@@ -1922,9 +1918,7 @@ fn verify_warns_about_expiry_soon_also_when_it_fails() {
     let tmp = repo_with_app();
     let dir = tmp.path();
     for channel in ["beta", "nightly"] {
-        let mut args = release_args("1.0.0", &APP);
-        args[3] = channel;
-        ok(dir, &args);
+        ok(dir, &ReleaseArgs::of("1.0.0").channel(channel).then(&APP));
     }
     let forty = [
         "resign",
@@ -1983,9 +1977,7 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     keygen(dir, "release2");
     let hint = "an interrupted rotate? run the same rotate command again";
     // Before any rotate, a key the root does not list is a plain `threshold` error.
-    let mut unlisted = RESIGN_NIGHTLY;
-    unlisted[5] = "release2";
-    let err = fails(dir, &unlisted);
+    let err = fails(dir, &resign_nightly("release2"));
     assert!(err.starts_with("error[threshold]: "), "{err}");
     assert!(!err.contains(hint), "{err}");
     let rotate = [
@@ -2007,17 +1999,13 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     assert!(err.trim_end().ends_with(hint), "{err}");
     // Signed with the new key, which the root on disk does not list yet: still a
     // `threshold` error, and it names the interrupted rotate and what finishes it.
-    let mut new_key = RESIGN_NIGHTLY;
-    new_key[5] = "release2";
-    let err = fails(dir, &new_key);
+    let err = fails(dir, &resign_nightly("release2"));
     assert!(err.starts_with("error[threshold]: "), "{err}");
     assert!(err.contains("channels/nightly.json is signed only by keys root version 1 does not list for manifests"), "{err}");
     assert!(err.trim_end().ends_with(hint), "{err}");
     // A channel not made yet is no sign of the rotate: the re-signed one is named.
-    let mut new_channel = release_args("1.3.0", &["--component", "app=app.zip"]);
-    new_channel[3] = "beta";
-    new_channel[9] = "release2";
-    let err = fails(dir, &new_channel);
+    let new_channel = ReleaseArgs::of("1.3.0").channel("beta").sign("release2");
+    let err = fails(dir, &new_channel.then(&["--component", "app=app.zip"]));
     assert!(err.starts_with("error[threshold]: "), "{err}");
     assert!(
         err.contains("channels/nightly.json is signed only by keys"),
@@ -2026,7 +2014,7 @@ fn an_interrupted_rotate_is_named_and_running_it_again_finishes_it() {
     assert!(err.trim_end().ends_with(hint), "{err}");
     ok(dir, &rotate);
     ok(dir, &["verify", "repo"]);
-    ok(dir, &new_key);
+    ok(dir, &resign_nightly("release2"));
 }
 
 /// A release for a target no other release on the channel carries, beside releases for
@@ -2036,10 +2024,9 @@ fn a_release_for_a_target_the_channel_has_no_other_release_for_is_warned_about()
     let tmp = repo_with_app();
     let dir = tmp.path();
     ok(dir, &release_args("1.0.0", &["--component", "app=app.bin"]));
-    let mut args = release_args("1.0.1", &["--component", "app=app.bin", "--critical"]);
-    args[7] = "x86_64-linux-gnu";
+    let args = ReleaseArgs::of("1.0.1").target("x86_64-linux-gnu");
     assert_eq!(
-        released(dir, &args),
+        released(dir, &args.then(&["--component", "app=app.bin", "--critical"])),
         "warning: 1.0.1 is the only release on channel nightly for target x86_64-linux-gnu; its other releases are for x86_64-linux: is the target misspelt?"
     );
     // The same target again, or the first release of a channel: nothing to say.
@@ -2055,9 +2042,8 @@ fn a_check_that_fails_after_the_release_is_written_is_a_warning() {
     let tmp = repo_with_app();
     let dir = tmp.path();
     ok(dir, &release_args("1.0.0", &["--component", "app=app.bin"]));
-    let mut args = release_args("1.0.0", &["--component", "app=app.bin"]);
-    args[3] = "stable";
-    ok(dir, &args);
+    let stable = ReleaseArgs::of("1.0.0").channel("stable");
+    ok(dir, &stable.then(&["--component", "app=app.bin"]));
     std::fs::write(dir.join("repo/channels/stable.json"), b"{}").unwrap();
     let err = released(dir, &release_args("1.1.0", &["--component", "app=app.bin"]));
     assert!(
