@@ -42,7 +42,13 @@ type FetchBlob<'a> = dyn FnMut(&BlobSpec, &mut dyn FnMut(u64, u64)) -> Result<()
 #[derive(Debug, Clone)]
 pub enum Check {
     /// Nothing to do.
-    UpToDate,
+    UpToDate {
+        /// Whether the channel checked lists any release for this device's `target`.
+        /// `false`: nothing will come until the config or the channel changes (a misspelt
+        /// target), unlike an "up to date" with nothing newer yet (also reported as
+        /// [`Event::NoReleaseForTarget`]).
+        target_released: bool,
+    },
     /// A release to install.
     Available(Offer),
 }
@@ -1440,11 +1446,11 @@ impl Updater {
                 // Said apart from "nothing newer": nothing will ever come for a target no
                 // release lists (a misspelt one, say).
                 let target = &self.config.target;
-                if !manifest
+                let target_released = manifest
                     .releases
                     .iter()
-                    .any(|r| r.targets.contains_key(target))
-                {
+                    .any(|r| r.targets.contains_key(target));
+                if !target_released {
                     let mut targets: Vec<String> = Vec::new();
                     for t in manifest.releases.iter().flat_map(|r| r.targets.keys()) {
                         if !targets.contains(t) {
@@ -1457,7 +1463,7 @@ impl Updater {
                         targets,
                     });
                 }
-                return Ok(Check::UpToDate);
+                return Ok(Check::UpToDate { target_released });
             }
             select::Decision::Update(c) => c,
         };

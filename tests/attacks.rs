@@ -204,7 +204,7 @@ fn a_halted_rollout_does_not_reach_a_device_whose_clock_lags_the_halt() {
     // The RTC lost power: the device reads as the newest `issued` it had seen, day 1.
     dev.set_clock(evergreen::Timestamp::from_unix(0));
     assert!(
-        matches!(dev.updater.check().unwrap(), Check::UpToDate),
+        matches!(dev.updater.check().unwrap(), Check::UpToDate { .. }),
         "the halted 1.1.0 was offered"
     );
 }
@@ -242,7 +242,7 @@ fn a_check_reads_the_clock_once() {
         .unwrap();
     reads.store(0, SeqCst);
     let check = updater.check().unwrap();
-    assert!(matches!(check, Check::UpToDate), "{check:?}");
+    assert!(matches!(check, Check::UpToDate { .. }), "{check:?}");
     assert_eq!(reads.load(SeqCst), 1, "clock readings in one check");
     // Past the stage, the same manifest lets it in; an offer, too, is made at one reading.
     let check = updater.check().unwrap();
@@ -295,7 +295,10 @@ fn a_root_renewed_while_the_channel_is_unchanged_is_found_once_the_old_one_expir
     let walks = || w.server.requests("root/2.json").len();
     let before = walks();
     dev.set_clock(t0().plus_days(15));
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(
         walks(),
         before,
@@ -304,7 +307,10 @@ fn a_root_renewed_while_the_channel_is_unchanged_is_found_once_the_old_one_expir
     assert_eq!(dev.state_json()["root_version"], 1);
 
     dev.set_clock(t0().plus_days(21));
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(
         w.server.requests(STABLE).last().map(|r| r.status),
         Some(304)
@@ -514,7 +520,10 @@ fn attack_release_without_this_target() {
         &app_zip("1.1.0"),
         at(t0()),
     );
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     let before = dev.snapshot();
     let pin = "1.1.0".parse().unwrap();
     refused(
@@ -610,7 +619,10 @@ fn attack_root_rollback() {
     let (w, dev) = World::installed();
     let pre_rotation = manifest_of(&w.channel_bytes("stable"));
     w.rotate_manifest_key(12, t0());
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(dev.state_json()["root_version"], 2);
     let before = dev.snapshot();
     // The attacker holds the rotated-out manifest key and a copy of the old repository.
@@ -640,13 +652,19 @@ fn attack_root_rollback() {
 fn attack_root_rollback_through_a_lost_saved_root() {
     let (w, dev) = World::installed();
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(dev.state_json()["root_version"], 2);
     let err = lose_root_json_and_replay_the_revoked_key(&w, &dev);
     assert!(err.message().contains("found version 1"), "{err}");
     assert_eq!(dev.state_json()["root_version"], 2);
     w.server.clear_faults();
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert!(dev.state.join("root.json").exists());
 }
 
@@ -737,7 +755,10 @@ fn a_reprovisioned_root_of_another_chain_is_refused_until_the_device_is_moved() 
         m.releases[0].notes = "chain 2".into();
     });
     w.serve(STABLE, chain2);
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(dev.state_json()["manifests"]["stable"]["sequence"], 1);
     assert_eq!(dev.state_json()["root_version"], 1);
 }
@@ -860,7 +881,10 @@ fn attack_replaying_an_older_manifest_after_a_partial_key_rotation() {
 fn recovers_after_rotating_out_a_fast_forwarding_key(edit: impl FnOnce(&mut Manifest)) {
     let (mut w, dev) = World::installed();
     w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], edit));
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     w.server.clear_faults();
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
     w.signers = vec![key(SECOND_MANIFEST_KEY)];
@@ -903,7 +927,10 @@ fn a_channel_signed_with_a_clock_far_ahead_is_undone_by_rotating_the_key_out() {
     w.repo
         .resign("stable", &Signing::new(&[&key(MANIFEST_KEY)], ahead))
         .unwrap();
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(dev.state_json()["newest_issued"], json!(ahead));
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
     w.signers = vec![key(SECOND_MANIFEST_KEY)];
@@ -926,7 +953,10 @@ fn attack_fast_forward_is_undone_by_new_trust_keys() {
             m.expires = t0().plus_days(3651);
         }),
     );
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     w.server.clear_faults();
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
     w.signers = vec![key(SECOND_MANIFEST_KEY)];
@@ -979,7 +1009,10 @@ fn attack_republished_lower_security_version() {
         m.releases.push(vulnerable);
     });
     w.serve(STABLE, forged);
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     let before = dev.snapshot();
     let pin = "1.2.0".parse().unwrap();
     refused(
@@ -1525,7 +1558,10 @@ fn adding_a_manifest_key_keeps_the_clock_pulled_up() {
     let dev = w.device("dev", json!({}));
     dev.update_to("1.0.0");
     dev.set_clock(evergreen::Timestamp::from_unix(1_000_000_000));
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     add_second_manifest_key(&w);
     w.serve(STABLE, stale);
     let r = dev.updater.check();
@@ -1584,12 +1620,15 @@ fn a_damaged_configured_root_leaves_the_saved_chain_in_use() {
 fn a_damaged_saved_root_is_walked_again_from_the_configured_one() {
     let (w, dev) = World::installed();
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(dev.state_json()["root_version"], 2);
     std::fs::write(dev.state.join("root.json"), b"{\"payloadType\": ").unwrap();
     // Root 1 alone cannot verify the manifest, which only root 2's key signs.
     let r = dev.updater.check();
-    assert!(matches!(r, Ok(Check::UpToDate)), "{r:?}");
+    assert!(matches!(r, Ok(Check::UpToDate { .. })), "{r:?}");
     assert_eq!(dev.state_json()["root_version"], 2);
     let saved = std::fs::read(dev.state.join("root.json")).unwrap();
     assert!(
@@ -1608,7 +1647,10 @@ fn a_state_from_before_the_trust_records_still_checks() {
     st.as_object_mut().unwrap().remove("root_keys");
     st.as_object_mut().unwrap().remove("manifest_keys");
     std::fs::write(&path, st.to_string()).unwrap();
-    assert!(matches!(dev.updater.check().unwrap(), Check::UpToDate));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
     assert_eq!(dev.state_json()["root_version"], 2);
 }
 
@@ -1663,7 +1705,7 @@ fn a_failed_reinstall_after_walking_a_new_chain_keeps_what_it_learned() {
     w.serve(STABLE, chain2);
     let r = dev.updater.check();
     assert!(
-        matches!(r, Ok(Check::UpToDate)),
+        matches!(r, Ok(Check::UpToDate { .. })),
         "after a failed reinstall every check fails: {r:?}"
     );
     let state = dev.state_json();

@@ -2388,3 +2388,44 @@ fn a_target_the_channel_has_no_release_for_is_said_on_check_and_update() {
     let up = json(&ok.expect("check", &["--json"], 0));
     assert_eq!(up["target_released"], true, "{up}");
 }
+
+/// A library host tells the two "up to date"s apart from the check's result, as the CLI's
+/// `target_released` does: `false` for a target no release of the channel carries (an
+/// "up to date" for good), `true` for one with nothing newer yet.
+#[test]
+fn a_library_check_says_whether_the_channel_has_a_release_for_the_target() {
+    let repo = Repo::new("com.acme.no.target.lib");
+    publish(&repo, "1.0.0", "stable");
+    let check = |dev: &common::Device| {
+        let config = evergreen::Config::from_file(&dev.config).unwrap();
+        evergreen::Updater::builder(config)
+            .build()
+            .unwrap()
+            .check()
+            .unwrap()
+    };
+    let server = repo.root.to_str().unwrap();
+    let misspelt = repo.device("dev", server, serde_json::json!({"target": "arm-linux"}));
+    let found = check(&misspelt);
+    assert!(
+        matches!(
+            found,
+            evergreen::Check::UpToDate {
+                target_released: false
+            }
+        ),
+        "{found:?}"
+    );
+    let ok = repo.device("ok", server, serde_json::json!({}));
+    ok.expect("update", &["--yes"], 0);
+    let found = check(&ok);
+    assert!(
+        matches!(
+            found,
+            evergreen::Check::UpToDate {
+                target_released: true
+            }
+        ),
+        "{found:?}"
+    );
+}

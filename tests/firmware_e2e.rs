@@ -317,7 +317,7 @@ fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
     assert_eq!(board.uboot("BOOT_ORDER"), "B A");
     assert_eq!(board.uboot("BOOT_A_LEFT"), "0");
     assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
-    assert!(matches!(up.check().unwrap(), Check::UpToDate));
+    assert!(matches!(up.check().unwrap(), Check::UpToDate { .. }));
     for _ in 0..4 {
         assert_eq!(board.power_on(), Some(Slot::B));
         assert_eq!(board.updater().startup().unwrap(), Startup::Normal);

@@ -147,7 +147,7 @@ impl Device {
                 expect_eq("offered version", offer.version.to_string(), version.into())?;
                 Ok(offer)
             }
-            Check::UpToDate => Err(Failure(format!(
+            Check::UpToDate { .. } => Err(Failure(format!(
                 "check: expected an offer of {version}, found up to date"
             ))),
         }
@@ -156,7 +156,7 @@ impl Device {
     /// Checks the device's channel and expects nothing to do.
     pub fn expect_up_to_date(&self) -> Outcome {
         match self.updater.check()? {
-            Check::UpToDate => Ok(()),
+            Check::UpToDate { .. } => Ok(()),
             Check::Available(offer) => Err(Failure(format!(
                 "check: expected up to date, found an offer of {}",
                 offer.version

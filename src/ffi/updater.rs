@@ -296,7 +296,7 @@ pub unsafe extern "C" fn evg_check_version(
             .transpose()?;
         let out = out_arg(out, "out")?;
         let offer = match u.updater.check_with(channel, version.as_ref())? {
-            Check::UpToDate => std::ptr::null_mut(),
+            Check::UpToDate { .. } => std::ptr::null_mut(),
             Check::Available(offer) => Box::into_raw(Box::new(evg_offer::new(offer))),
         };
         write_out(out, offer);

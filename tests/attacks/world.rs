@@ -362,7 +362,7 @@ impl Dev {
     pub fn offer(&self) -> Offer {
         match self.updater.check().unwrap() {
             Check::Available(offer) => offer,
-            Check::UpToDate => panic!("expected an update to be offered, found none"),
+            Check::UpToDate { .. } => panic!("expected an update to be offered, found none"),
         }
     }
 

@@ -13,7 +13,6 @@ use semver::Version;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Exit code of `check` when an update is available.
 pub const EXIT_AVAILABLE: i32 = 10;
@@ -202,12 +201,7 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     builder = builder.on_event(move |e| match e {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
         evergreen::Event::Waiting { .. } => eprintln!("evergreen: {e}"),
-        evergreen::Event::NoReleaseForTarget { .. } => {
-            NO_RELEASE_FOR_TARGET.store(true, Ordering::Relaxed);
-            if !json {
-                eprintln!("note: {e}");
-            }
-        }
+        evergreen::Event::NoReleaseForTarget { .. } if !json => eprintln!("note: {e}"),
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.
         evergreen::Event::Downloading { .. }
@@ -217,17 +211,6 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         other => eprintln!("evergreen: {other}"),
     });
     builder.build()
-}
-
-/// Set when a check of this run found no release for the device's target
-/// ([`evergreen::Event::NoReleaseForTarget`]): `--json`'s `target_released`.
-static NO_RELEASE_FOR_TARGET: AtomicBool = AtomicBool::new(false);
-
-/// `target_released` of `check --json` and `update --json`: whether the channel checked has
-/// any release for this device's target. An "up to date" that is for good (a misspelt
-/// `target`) reads apart from one with nothing newer yet.
-fn target_released() -> serde_json::Value {
-    json!(!NO_RELEASE_FOR_TARGET.load(Ordering::Relaxed))
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -267,7 +250,9 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     let up = updater(config, json)?;
     let status = up.status()?;
     match up.check_with(args.channel.as_deref(), args.version.as_ref())? {
-        Check::UpToDate => {
+        // `target_released`: an "up to date" that is for good (a misspelt `target`) reads
+        // apart from one with nothing newer yet.
+        Check::UpToDate { target_released } => {
             // As an offer's `current`: what Evergreen installed, else what the config says
             // was installed by other means.
             let current = up
@@ -284,7 +269,7 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                     "version": null, "channel": channel, "critical": false,
                     "downgrade": false, "notes": "", "security_version": null,
                     "download_bytes": 0, "components": [],
-                    "target_released": target_released()}));
+                    "target_released": target_released}));
             } else {
                 out!(
                     "up to date: {} on {channel}",
@@ -296,7 +281,8 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
         Check::Available(offer) => {
             if json {
                 let mut v = offer.to_json();
-                v["target_released"] = target_released();
+                // An offer is of a release for this target.
+                v["target_released"] = json!(true);
                 print_json(&v);
             } else {
                 print_offer(&offer);
@@ -474,9 +460,9 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
     }
     let offer = match check_on(&up, args)? {
-        Check::UpToDate => {
+        Check::UpToDate { target_released } => {
             if json {
-                print_json(&json!({"status": "up_to_date", "target_released": target_released()}));
+                print_json(&json!({"status": "up_to_date", "target_released": target_released}));
             } else {
                 out!("up to date");
             }
