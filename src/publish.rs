@@ -1951,6 +1951,20 @@ fn check_stepping_stone(m: &Manifest, release: &Release, now: Timestamp) -> Resu
 /// stopped, so it goes through, and this names the devices left waiting for another
 /// stone, as it names those a `prune` left below every release it kept.
 ///
+/// Devices running an unlisted version between two listed releases of a target (one
+/// pruned between them) need no entry of their own. The releases newer than theirs are
+/// those newer than the listed one below them, L; a floor up to the security version of
+/// the listed one above them (the most the security order let a release between the two
+/// carry) leaves none of those out, since each newer one has at least that security
+/// version; and a `min_version` that L meets, they meet. So they are offered something
+/// whenever L's devices are, and when L's are stranded, the `Running(L)` entry stands for
+/// them, up to the lowest `min_version` of the releases that reach them (from there on
+/// they are offered something). A device whose floor is above the next listed release's
+/// security version (it confirmed a release pruned before that one was published, so the
+/// order check never compared the two, or one from another channel) cannot install that
+/// release at all, and may be stranded where L's devices are not: its floor is not in the
+/// manifest, as that of devices below every listed release is not (0 stands for them).
+///
 /// ```
 /// # use evergreen::manifest::ArtifactKind;
 /// # use evergreen::publish::{stranded, ReleaseOptions, Repo, Signing};
@@ -3738,6 +3752,88 @@ mod tests {
         // A release with no min_version reaches every device below it.
         publish_with(&repo, &key, &file, "1.0.0", "x", None);
         assert_eq!(stranded(&nightly(&repo), now()), [below("y", "1.0.0")]);
+    }
+
+    /// Devices running an unlisted version between two listed releases (one pruned between
+    /// them) get no entry of their own, as `stranded` says why: whatever floor the security
+    /// order lets them have, they are offered something whenever the devices of the listed
+    /// release below them are, and when those are stranded, the `running` entry stands for
+    /// them up to the lowest `min_version` of the releases that reach them.
+    #[test]
+    fn devices_between_two_listed_releases_are_stranded_only_with_those_below_them() {
+        // `(version, security version, min_version, halted)` of each listed release of x.
+        let channel = |releases: &[(&str, u64, Option<&str>, bool)]| -> Manifest {
+            let releases: Vec<serde_json::Value> = releases
+                .iter()
+                .map(|&(version, security, min, halted)| {
+                    let mut r = serde_json::json!({"version": version,
+                        "security_version": security,
+                        "targets": {"x": {"components": {}}}});
+                    if let Some(min) = min {
+                        r["min_version"] = min.into();
+                    }
+                    if halted {
+                        r["rollout"] =
+                            serde_json::json!({"stages": [{"at": now(), "percent": 0.0}]});
+                    }
+                    r
+                })
+                .collect();
+            serde_json::from_value(serde_json::json!({"type": "manifest",
+                "product": "com.acme.app", "channel": "nightly", "sequence": 1,
+                "issued": now(), "expires": now().plus_secs(86_400),
+                "releases": releases}))
+            .unwrap()
+        };
+        let running = |v: &str| Stranded {
+            target: "x".into(),
+            devices: StrandedDevices::Running(v.parse().unwrap()),
+        };
+        // Whether devices of x on `version` with the security `floor` are stranded.
+        let strands = |m: &Manifest, version: &str, floor: u64| {
+            Reach::new(m, now()).strands("x", (&version.parse().unwrap(), floor))
+        };
+
+        // 1.2.0 (security version 1 or 2, as the order allowed it between 1.1.0 and 1.3.0)
+        // was pruned. 2.0.0's min_version is above 1.2.0, but 1.3.0 reaches 1.2.0's devices
+        // as it reaches 1.1.0's: no release newer than 1.2.0 is not newer than 1.1.0.
+        let m = channel(&[
+            ("1.1.0", 1, None, false),
+            ("1.3.0", 2, None, false),
+            ("2.0.0", 2, Some("1.3.0"), false),
+        ]);
+        assert!(stranded(&m, now()).is_empty());
+        for floor in 0..=2 {
+            assert!(!strands(&m, "1.2.0", floor), "floor {floor}");
+        }
+
+        // Every release that reaches 1.2.0's devices has a min_version above 1.2.0: it is
+        // above 1.1.0 too, so 1.1.0's devices are named, and 1.2.0's with them.
+        let m = channel(&[
+            ("1.1.0", 1, None, false),
+            ("1.3.0", 2, Some("1.2.5"), false),
+        ]);
+        assert_eq!(stranded(&m, now()), [running("1.1.0")]);
+        for floor in 0..=2 {
+            assert!(strands(&m, "1.2.0", floor), "floor {floor}");
+            assert!(!strands(&m, "1.2.5", floor), "floor {floor}");
+        }
+
+        // The stone 1.3.0 halted: the devices on 1.1.0 and on 1.3.0 are named, and each
+        // gap above them is stranded up to 1.5.0, the lowest min_version of what reaches it
+        // (1.3.0 caps the first); from there on 2.0.0 is offered.
+        let m = channel(&[
+            ("1.1.0", 1, None, false),
+            ("1.3.0", 2, None, true),
+            ("2.0.0", 2, Some("1.5.0"), false),
+        ]);
+        assert_eq!(stranded(&m, now()), [running("1.1.0"), running("1.3.0")]);
+        for floor in 0..=2 {
+            assert!(strands(&m, "1.2.0", floor), "floor {floor}");
+            assert!(strands(&m, "1.4.0", floor), "floor {floor}");
+            assert!(!strands(&m, "1.5.0", floor), "floor {floor}");
+            assert!(!strands(&m, "1.7.0", floor), "floor {floor}");
+        }
     }
 
     /// A release at 0 % on `from` now, as devices there see it, is not promoted to everyone
