@@ -44,6 +44,14 @@ pub(crate) fn not_an_object(text: &str) -> Option<String> {
     let Some(c) = text.chars().next() else {
         return Some("no text".into());
     };
+    // A literal only when the word ends there: `nullify` and `-x` are text.
+    let word = |w: &str| {
+        let rest = text.strip_prefix(w);
+        rest.is_some_and(|r| {
+            r.starts_with(|c: char| c.is_ascii_whitespace() || ",]}".contains(c)) || r.is_empty()
+        })
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
     let what = match c {
         '{' => return None,
         '\u{feff}' => {
@@ -51,9 +59,9 @@ pub(crate) fn not_an_object(text: &str) -> Option<String> {
         }
         '[' => "an array",
         '"' => return Some("a string (`\"`)".into()),
-        '-' | '0'..='9' => "a number",
-        't' | 'f' if text.starts_with("true") || text.starts_with("false") => "a boolean",
-        'n' if text.starts_with("null") => "null",
+        '-' | '0'..='9' if digits.starts_with(|d: char| d.is_ascii_digit()) => "a number",
+        't' | 'f' if word("true") || word("false") => "a boolean",
+        'n' if word("null") => "null",
         _ => "text",
     };
     Some(format!("{what} (`{}`)", c.escape_debug()))
@@ -178,6 +186,10 @@ mod tests {
             (b"\"x\"", "a string (`\"`)"),
             (b"null", "null (`n`)"),
             (b"nope", "text (`n`)"),
+            (b"nullify", "text (`n`)"),
+            (b"trueish", "text (`t`)"),
+            (b"-x", "text (`-`)"),
+            (b"true\n", "a boolean (`t`)"),
             (b"false", "a boolean (`f`)"),
             (b" \n", "no text"),
             (

@@ -2329,9 +2329,10 @@ impl Updater {
 
     /// Marks the slot to write `installing` and takes it out of the boot order. Returns
     /// it and what it will hold. With `marked`, a slot already `installing` for this very
-    /// release is left as it is: an image's download marked it, and only wrote to it once
-    /// it was out of the boot order, so a second mark would be one more state save and
-    /// selector write (flash, and a power-fail window) for nothing.
+    /// release keeps its record: an image's download marked it before writing to it, so
+    /// a second mark would be one more state save (flash, and a power-fail window) for
+    /// nothing. It is still taken out of the boot order, which the bootloader may have
+    /// changed since.
     fn begin_install(
         &self,
         plan: &Offer,
@@ -2362,6 +2363,12 @@ impl Updater {
             components: BTreeMap::new(),
         };
         if marked && before == installing {
+            // The download saved this mark and took the slot out of the boot order, but
+            // the bootloader may have put it back since: U-Boot's script gives every
+            // slot its tries again when none has any left (a crash loop of the running
+            // slot before the startup step). The built-in selectors write nothing when
+            // the slot is already out.
+            self.with_fallback_kept(&st, slot, |s| s.disable(slot))?;
             return Ok(Staging { slot, components });
         }
         *st.slot_mut(slot) = installing;

@@ -1447,41 +1447,6 @@ fn an_image_download_streams_into_the_idle_slot_taken_out_of_the_boot_order_firs
     assert_eq!(image_sized_in(&board.dev.state, MIB), Vec::<PathBuf>::new());
 }
 
-/// The board's GRUB environment as its selector, counting what it is asked to change.
-struct CountingSelector {
-    grub: GrubEnv,
-    disables: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl BootSelector for CountingSelector {
-    fn disable(&mut self, slot: Slot) -> evergreen::Result<()> {
-        self.disables
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.grub.disable(slot)
-    }
-    fn activate(&mut self, slot: Slot, tries: u32) -> evergreen::Result<()> {
-        self.grub.activate(slot, tries)
-    }
-    fn confirm(&mut self, slot: Slot) -> evergreen::Result<()> {
-        self.grub.confirm(slot)
-    }
-    fn fall_back(&mut self, good: Slot, bad: Slot) -> evergreen::Result<()> {
-        self.grub.fall_back(good, bad)
-    }
-    fn booted(&self) -> evergreen::Result<Option<Slot>> {
-        self.grub.booted()
-    }
-    fn counts_tries(&self) -> bool {
-        self.grub.counts_tries()
-    }
-    fn trial_tries(&self, requested: u32) -> u32 {
-        self.grub.trial_tries(requested)
-    }
-    fn boot_plan(&self) -> evergreen::Result<Option<evergreen::slots::BootPlan>> {
-        self.grub.boot_plan()
-    }
-}
-
 /// The number of `event` entries in the history of `board`'s state.
 fn history_count(board: &Board, event: &str) -> usize {
     let state = board.dev.state_file();
@@ -1489,46 +1454,77 @@ fn history_count(board: &Board, event: &str) -> usize {
     history.iter().filter(|h| h["event"] == event).count()
 }
 
-/// The download marks the slot `installing` and takes it out of the boot order once: the
-/// install that reads the image back does neither again (each is a write to flash and
-/// one more window for a power cut). A release staged earlier is marked again, as the
-/// install takes a slot that was `installed`.
+/// The download marks the slot `installing` once: the install that reads the image back
+/// does not save the mark again (a write to flash and one more window for a power cut),
+/// and re-asserting the boot order writes nothing when the slot is already out of it. A
+/// release staged earlier is marked again, as the install takes a slot that was
+/// `installed`.
 #[test]
-fn installing_a_downloaded_image_marks_the_slot_and_leaves_the_boot_order_once() {
+fn installing_a_downloaded_image_saves_the_mark_once_and_rewrites_no_boot_environment() {
     let (_repo, _server, board, image, _blob) =
         board_offered_an_image("markedonce", Loader::Grub, MIB);
-    let disables = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let selector = CountingSelector {
-        grub: GrubEnv::new(&board.env).with_booted_from(evergreen::config::BootedFrom {
-            cmdline: board.cmdline.clone(),
-            key: "rauc.slot".into(),
-        }),
-        disables: disables.clone(),
-    };
-    let up = Updater::builder(Config::from_file(&board.dev.config).unwrap())
-        .selector(Box::new(selector))
-        .build()
-        .unwrap();
+    let up = board.updater();
     let plan = planned(&up, "expected 2.0.0");
     up.download(&plan, &mut |_, _| {}, &CancelToken::new())
         .unwrap();
-    let count = || disables.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!((count(), history_count(&board, "installing")), (1, 1));
+    assert_eq!(history_count(&board, "installing"), 1);
+    let env = || {
+        let meta = std::fs::metadata(&board.env).unwrap();
+        (std::fs::read(&board.env).unwrap(), meta.modified().unwrap())
+    };
+    let before = env();
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
     assert_eq!(
-        (count(), history_count(&board, "installing")),
-        (1, 1),
-        "the install marked the slot again"
+        history_count(&board, "installing"),
+        1,
+        "the install saved the mark again"
     );
+    assert!(env() == before, "the install rewrote the GRUB environment");
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
 
     // Installed, the slot is marked again by the next install of the same release.
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
-    assert_eq!((count(), history_count(&board, "installing")), (2, 2));
+    assert_eq!(history_count(&board, "installing"), 2);
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
     up.activate(false).unwrap();
     assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// U-Boot's script gives every slot its tries back when none has any left: a crash loop
+/// of the running slot between download and install puts the slot being written back in
+/// the boot order. The install takes it out again, so a release installed but never
+/// activated is not started by the next crash loop.
+#[test]
+fn a_counter_reset_between_download_and_install_leaves_the_installed_slot_unbootable() {
+    let (_repo, _server, board, _image, _blob) =
+        board_offered_an_image("countreset", Loader::UBoot, MIB);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "0");
+    // A counts down 2, 1, 0; with no tries left anywhere the script resets both to 3.
+    let boots: Vec<_> = (0..5).map(|_| board.power_on()).collect();
+    assert_eq!(
+        boots,
+        [
+            Some(Slot::A),
+            Some(Slot::A),
+            Some(Slot::A),
+            None,
+            Some(Slot::A)
+        ]
+    );
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
+    assert_eq!(
+        board.uboot("BOOT_B_LEFT"),
+        "0",
+        "installed, never activated, yet bootable"
+    );
 }
 
 /// A release whose image is 0 bytes (published by another tool: `evergreen release`
