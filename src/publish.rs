@@ -1099,7 +1099,7 @@ impl Repo {
         // here as every device would refuse it, not first by the fleet.
         match artifact.kind {
             ArtifactKind::Zip => check_zip_for_every_device(&path, &path, artifact.installed_size),
-            _ => Ok(()),
+            _ => check_image_not_empty(artifact, &path),
         }
     }
 
@@ -1211,6 +1211,8 @@ impl Repo {
                     name,
                     url: None,
                 };
+                // Counted as copied: a pipe or `/dev/null` is empty too.
+                check_image_not_empty(&artifact, path)?;
                 // Blobs are immutable: keep one already there, but only if it is intact. A
                 // damaged one (its bytes are not those its name promises) is what every
                 // device downloading it refuses: the copy just hashed takes its place.
@@ -1528,17 +1530,6 @@ fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
             )));
         }
     }
-    // An image is written into a slot as it is: an empty one (a build step that wrote
-    // nothing) would be refused by every device, after the release went out. A file that
-    // cannot be read is the blob copy's to report.
-    for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Image) {
-        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
-            return Err(Error::config(format!(
-                "component {name} ({}): expected an image of at least 1 byte, found an empty file (a device writes the image into its slot: publish the image itself)",
-                path.display()
-            )));
-        }
-    }
     // Dir slots take no image, image slots one image and nothing else: a target mixing
     // them would be offered to devices that no slot store can install it on.
     if manifest::SlotsFor::of(components.iter().map(|c| c.2)) == manifest::SlotsFor::Neither {
@@ -1841,6 +1832,19 @@ fn check_not_halted(r: &Release, from: &str, now: Timestamp) -> Result<()> {
     Err(Error::config(format!(
         "expected a release rolled out on channel {from} to promote, found {} {found}; ramp it there first, or give --rollout PERCENT to promote it anyway",
         r.version
+    )))
+}
+
+/// An image is written into a slot as it is: an empty one (a build step that wrote
+/// nothing) would be refused by every device, after the release went out. `source` is
+/// where its bytes were read.
+fn check_image_not_empty(artifact: &Artifact, source: &Path) -> Result<()> {
+    if artifact.kind != ArtifactKind::Image || artifact.size > 0 {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "{}: expected an image of at least 1 byte, found 0 bytes (a device writes the image into its slot as it is: publish the image itself)",
+        source.display()
     )))
 }
 
@@ -2745,7 +2749,8 @@ mod tests {
     }
 
     /// An empty image is nothing a device could write into its slot: the release is
-    /// refused, naming the component, before a blob is copied or the channel touched.
+    /// refused, naming the component, before its blob is kept or the channel touched,
+    /// whether a file or a stream held it.
     #[test]
     fn an_empty_image_is_refused() {
         let (dir, repo, key, _file) = setup();
@@ -2761,11 +2766,29 @@ mod tests {
         assert_eq!(
             err.message(),
             format!(
-                "component rootfs ({}): expected an image of at least 1 byte, found an empty file (a device writes the image into its slot: publish the image itself)",
+                "component rootfs: {}: expected an image of at least 1 byte, found 0 bytes (a device writes the image into its slot as it is: publish the image itself)",
                 image.display()
             )
         );
         assert!(!dir.path().join("repo/channels/stable.json").exists());
+        // Read from a stream, the image is as empty, though no file says so beforehand.
+        let err = repo
+            .release(
+                "stable",
+                &version,
+                "board",
+                &[("rootfs", Path::new("/dev/null"), ArtifactKind::Image)],
+                &opts,
+                &[&key],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "component rootfs: /dev/null: expected an image of at least 1 byte, found 0 bytes (a device writes the image into its slot as it is: publish the image itself)"
+        );
+        assert!(!dir.path().join("repo/channels/stable.json").exists());
+        let blobs = std::fs::read_dir(dir.path().join("repo/blobs/sha256")).unwrap();
+        assert_eq!(blobs.count(), 0, "an empty image's blob was kept");
     }
 
     /// A rotation of the manifest key that cannot write one of its documents writes none;

@@ -1151,6 +1151,32 @@ fn verify_finds_a_zip_every_device_would_refuse() {
     assert_eq!(err.kind(), ErrorKind::UnsafeArchive, "{err}");
 }
 
+/// An image of 0 bytes in a hand-made manifest (`release` refuses one) is found by
+/// `verify` before every device refuses it.
+#[test]
+fn verify_finds_an_empty_image() {
+    let (w, _dev) = World::installed_with(Setup::default(), json!({}));
+    let empty = evergreen::trust::sha256_hex(b"");
+    std::fs::write(w.repo.path().join("blobs/sha256").join(&empty), b"").unwrap();
+    let forged = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let release = m.releases.last_mut().unwrap();
+        let target = release.targets.get_mut(world::TARGET).unwrap();
+        let artifact = &mut target.components.get_mut("app").unwrap().artifact;
+        artifact.kind = evergreen::manifest::ArtifactKind::Image;
+        (artifact.size, artifact.sha256, artifact.installed_size) = (0, empty.clone(), None);
+    });
+    std::fs::write(w.repo.path().join("channels/stable.json"), forged).unwrap();
+    let err = w.repo.verify(t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "{empty}: expected an image of at least 1 byte, found 0 bytes"
+        )),
+        "{msg}"
+    );
+}
+
 /// Zip slip with Windows separators (CVE-2018-1002201 shape): `..\..\Temp\evil.txt`.
 #[test]
 fn attack_zip_slip_backslash_traversal() {
