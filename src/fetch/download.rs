@@ -577,7 +577,10 @@ impl Part {
             return Ok(());
         };
         crate::fsutil::crash_point("sync streamed image")?;
-        if bytes > 0 {
+        // Only a record that vouches for more bytes needs them durable first. One that
+        // vouches for fewer (before bytes are written over) needs only its own write: a
+        // sync then would cost time, and a slot whose sync fails would fail it.
+        if bytes > s.recorded {
             crate::fsutil::sync_file_data(&self.file)
                 .map_err(|e| Error::io("syncing", &self.path, e))?;
         }
@@ -983,6 +986,42 @@ fn hash_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bringing the record down (a server's 200 that differs from the kept bytes) only
+    /// writes the record: the slot is not synced first, so one whose sync fails (here
+    /// `/dev/null`, which refuses `fdatasync`) does not fail it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lowering_the_record_does_not_sync_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("image-stream");
+        let sha256 = "a".repeat(64);
+        let known = Rc::new(RefCell::new(None));
+        let mut part = Part {
+            path: PathBuf::from("/dev/null"),
+            file: File::options().write(true).open("/dev/null").unwrap(),
+            hasher: Sha256::new(),
+            len: 300,
+            kept: 300,
+            slot: Some(SlotPart {
+                record: record.clone(),
+                sha256: sha256.clone(),
+                slot: Slot::B,
+                known: known.clone(),
+                block: false,
+                recorded: 300,
+                size: 1000,
+            }),
+        };
+        part.truncate(100).unwrap();
+        let found = Streamed::read(&record).unwrap();
+        assert_eq!(found.bytes_of(&sha256, Slot::B), 100);
+        // Raising it still needs the slot durable first.
+        part.len = 200;
+        let err = part.record(200).unwrap_err();
+        assert!(err.to_string().contains("syncing /dev/null"), "{err}");
+        assert_eq!(Streamed::read(&record).unwrap().bytes, 100);
+    }
 
     #[test]
     fn hash_must_be_lowercase_hex() {
