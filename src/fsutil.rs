@@ -907,20 +907,36 @@ pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
 ///
 /// With the `fault-injection` feature and `EVERGREEN_CRASH_AT=k` in the environment, the
 /// k-th call (1-based, counted per process) aborts the process on the spot, as a power cut
-/// would. Without the feature this is a no-op the compiler removes.
+/// would. With `EVERGREEN_FAIL_AT=<what>:<n>`, the n-th call of the point named `<what>`
+/// fails instead (`io`), once, as the write or sync after it failing would. Without the
+/// feature this is a no-op the compiler removes.
 #[inline]
 pub fn crash_point(_what: &str) -> Result<()> {
     #[cfg(feature = "fault-injection")]
-    fault::hit(_what);
+    fault::hit(_what)?;
     Ok(())
 }
 
 #[cfg(feature = "fault-injection")]
 mod fault {
+    use crate::error::{Error, ErrorKind, Result};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
     static COUNT: AtomicU64 = AtomicU64::new(0);
+    /// Calls so far of the point `EVERGREEN_FAIL_AT` names.
+    static NAMED: AtomicU64 = AtomicU64::new(0);
+
+    /// `EVERGREEN_FAIL_AT`: the name of a point and the call of it that fails.
+    fn failing() -> Option<&'static (String, u64)> {
+        static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+        AT.get_or_init(|| {
+            let v = std::env::var("EVERGREEN_FAIL_AT").ok()?;
+            let (what, n) = v.rsplit_once(':')?;
+            Some((what.to_owned(), n.parse().ok()?))
+        })
+        .as_ref()
+    }
 
     fn target() -> u64 {
         static AT: OnceLock<u64> = OnceLock::new();
@@ -932,7 +948,7 @@ mod fault {
         })
     }
 
-    pub fn hit(what: &str) {
+    pub fn hit(what: &str) -> Result<()> {
         let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
         if n == target() {
             eprintln!("crash point {n} ({what}): aborting");
@@ -940,6 +956,15 @@ mod fault {
         }
         if std::env::var_os("EVERGREEN_CRASH_COUNT").is_some() {
             eprintln!("crash-point {n} {what}");
+        }
+        match failing() {
+            Some((name, at)) if name == what && NAMED.fetch_add(1, Ordering::SeqCst) + 1 == *at => {
+                Err(Error::new(
+                    ErrorKind::Io,
+                    format!("{what}: failed on purpose at call {at} (EVERGREEN_FAIL_AT)"),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 }

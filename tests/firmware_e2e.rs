@@ -1624,6 +1624,45 @@ fn a_torn_connection_mid_image_resumes_where_the_slot_left_off() {
     assert_eq!(board.power_on(), Some(Slot::B));
 }
 
+/// A checkpoint whose sync of the slot or write of the record fails ends the download
+/// with that error (`io`, not retried as a cut connection would be), and the record is
+/// not written again behind it: a failed `fsync` is reported once, and one repeated may
+/// succeed with the bytes lost, which the record would then vouch for. The next update
+/// fetches the image from the last record that held.
+#[test]
+fn a_failed_checkpoint_ends_the_download_and_never_vouches_for_its_bytes() {
+    let (_repo, server, board, image, blob) =
+        board_offered_an_image("checkpoint", Loader::Grub, MIB);
+    let out = board.dev.run_env(
+        "update",
+        &["--yes"],
+        &[
+            ("EVERGREEN_STREAM_CHECKPOINT", "65536"),
+            // The first is the record of 0 bytes made before any is written.
+            ("EVERGREEN_FAIL_AT", "sync streamed image:2"),
+        ],
+    );
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error[io]: sync streamed image: failed on purpose"),
+        "{err}"
+    );
+    assert_eq!(server.requests(&blob).len(), 1, "retried");
+    let record = std::fs::read_to_string(board.dev.state.join("image-stream")).unwrap();
+    assert_eq!(record.split_whitespace().nth(2), Some("0"), "{record}");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+
+    board.dev.expect("update", &["--yes"], 0);
+    let requests = server.requests(&blob);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].range, None);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+}
+
 /// A server that answers the resume with the whole image (200, not 206) is read from its
 /// first byte: what the slot holds is compared with it, byte for byte, and the image
 /// completes from that one response. A kept byte that differs from the body (changed in

@@ -695,6 +695,10 @@ enum Stop {
     Read(Error),
     /// Writing the `.part` failed, after the given number of bytes of it.
     Write(io::Error, u64),
+    /// Recording a slot's progress failed. Not recorded again on the way out as after a
+    /// read stop: a failed sync is reported once, and one repeated may succeed with the
+    /// bytes lost, which the record would then vouch for.
+    Record(Error),
 }
 
 impl Stream<'_, '_> {
@@ -754,6 +758,7 @@ impl Stream<'_, '_> {
             }
             // The file is closed on the way out, which frees what its removal gave back.
             Err(Stop::Write(e, at)) => Err(part.write_failed(at, e, self.total)),
+            Err(Stop::Record(e)) => Err(e),
         }
     }
 
@@ -788,7 +793,7 @@ impl Stream<'_, '_> {
                 if full.send((buf, n)).is_err() {
                     return Ok(());
                 }
-                part.written(n).map_err(Stop::Read)?;
+                part.written(n).map_err(Stop::Record)?;
                 (self.progress)(part.len, self.total);
             }
             if let Some(e) = failed {
