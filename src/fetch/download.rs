@@ -9,7 +9,7 @@
 //! An image for image slots is received the same way, but straight into the inactive
 //! slot rather than a `.part` ([`stream`]): the slot is the partial download, and a small
 //! record in the state directory says how much of it is durable, so that a later attempt
-//! resumes after it.
+//! resumes after it. Where the bytes go ([`Dest`]) is all the two differ in.
 
 use super::speed::SpeedMeter;
 use super::{
@@ -53,9 +53,10 @@ pub(super) fn download(
     }
     let target = Target {
         spec,
-        part_path: dir.join(format!("{}.part", spec.sha256)),
-        done_path: done_path.clone(),
-        slot: None,
+        dest: Dest::File {
+            part: dir.join(format!("{}.part", spec.sha256)),
+            done: done_path.clone(),
+        },
     };
     target.fetch(fetcher, progress, cancel)?;
     Ok(done_path)
@@ -105,9 +106,7 @@ pub(super) fn stream(
     }
     let target = Target {
         spec,
-        part_path: into.images.path(into.slot).to_owned(),
-        done_path: PathBuf::new(),
-        slot: Some(into),
+        dest: Dest::Slot(into),
     };
     target.fetch(fetcher, progress, cancel)
 }
@@ -158,11 +157,27 @@ fn hash_to_end(file: &mut dyn Read) -> io::Result<(Sha256, u64)> {
 
 struct Target<'a> {
     spec: &'a super::BlobSpec,
+    dest: Dest<'a>,
+}
+
+/// Where a download's bytes go: all a blob and a streamed image differ in, as [`Part`]
+/// opens, truncates, checkpoints and finishes them.
+enum Dest<'a> {
+    /// A `.part` in the download directory, renamed to `done` once its hash matched.
+    File { part: PathBuf, done: PathBuf },
+    /// An image slot ([`stream`]): the partial download itself, with a record of how much
+    /// of it is durable.
+    Slot(&'a SlotDest<'a>),
+}
+
+impl Dest<'_> {
     /// The `.part`, or the slot.
-    part_path: PathBuf,
-    done_path: PathBuf,
-    /// Set when the blob goes into an image slot.
-    slot: Option<&'a SlotDest<'a>>,
+    fn path(&self) -> &Path {
+        match self {
+            Dest::File { part, .. } => part,
+            Dest::Slot(into) => into.images.path(into.slot),
+        }
+    }
 }
 
 impl Target<'_> {
@@ -183,11 +198,12 @@ impl Target<'_> {
         })
     }
 
-    /// The `.part` or the slot, positioned after the bytes kept from an earlier attempt.
-    fn open_part(&self) -> Result<Part> {
-        match self.slot {
-            None => Part::open(&self.part_path, self.spec.size),
-            Some(into) => Part::open_slot(into, self.spec),
+    /// For a slot: the bytes of the image its record says are durable there, at most
+    /// the image's size.
+    fn recorded(&self) -> u64 {
+        match &self.dest {
+            Dest::Slot(into) => into.bytes_of(&self.spec.sha256).min(self.spec.size),
+            Dest::File { .. } => 0,
         }
     }
 
@@ -204,9 +220,7 @@ impl Target<'_> {
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
     ) -> Result<(), Failure> {
-        if self.slot.is_none() {
-            self.check_room()?;
-        }
+        self.check_room()?;
         let mut stream = Stream {
             fetcher,
             url,
@@ -215,9 +229,9 @@ impl Target<'_> {
             progress,
             cancel,
         };
-        let part = self.fetch_rest(&mut stream, self.open_part()?)?;
+        let part = self.fetch_rest(&mut stream, Part::open(self)?)?;
         let kept = (part.kept > 0).then(|| kept_note(part.kept, part.len));
-        let finished = part.finish(&self.spec.sha256, &self.done_path, stream.source());
+        let finished = part.finish(stream.source());
         match (finished, kept) {
             (Err(e), Some(note)) if e.kind() == ErrorKind::HashMismatch => {
                 self.start_over(&mut stream).map_err(|f| f.context(note))
@@ -234,13 +248,20 @@ impl Target<'_> {
     /// and databases there, and the state's saves, without room meanwhile. A file system
     /// that reports no size is not judged ([`crate::space::free`]).
     fn check_room(&self) -> Result<()> {
-        let dir = self.part_path.parent().unwrap_or(Path::new("."));
+        // A slot has its size already.
+        let Dest::File {
+            part: part_path, ..
+        } = &self.dest
+        else {
+            return Ok(());
+        };
+        let dir = part_path.parent().unwrap_or(Path::new("."));
         let Some(free) = crate::space::free(dir) else {
             return Ok(());
         };
         let size = self.spec.size;
         // Not followed: `Part::open` refuses a symlink. One longer than the blob starts over.
-        let kept = fs::symlink_metadata(&self.part_path)
+        let kept = fs::symlink_metadata(part_path)
             .ok()
             .filter(|m| m.is_file() && m.len() <= size)
             .map_or(0, |m| m.len());
@@ -257,7 +278,7 @@ impl Target<'_> {
             ErrorKind::Io,
             format!(
                 "downloading {}: expected room for {needed} bytes in {}, found {} bytes free (the {rest} bytes of the download still to fetch{kept}, and {} kept free so the state can still be saved); nothing was written: free space and update again",
-                self.part_path.display(),
+                part_path.display(),
                 dir.display(),
                 free.bytes,
                 crate::space::RESERVE,
@@ -267,15 +288,19 @@ impl Target<'_> {
 
     /// The same URL again from byte 0; a mismatch now is the server's.
     fn start_over(&self, stream: &mut Stream<'_, '_>) -> Result<(), Failure> {
-        let mut part = self.open_part()?;
+        let mut part = Part::open(self)?;
         // `finish` removed the file (or the slot's record), but only as best it could.
         part.restart()?;
         let part = self.fetch_rest(stream, part)?;
-        Ok(part.finish(&self.spec.sha256, &self.done_path, stream.source())?)
+        Ok(part.finish(stream.source())?)
     }
 
     /// Receives whatever the `.part` still lacks, resuming with `Range` where it can.
-    fn fetch_rest(&self, stream: &mut Stream<'_, '_>, mut part: Part) -> Result<Part, Failure> {
+    fn fetch_rest<'t>(
+        &self,
+        stream: &mut Stream<'_, '_>,
+        mut part: Part<'t>,
+    ) -> Result<Part<'t>, Failure> {
         if part.len >= self.spec.size {
             return Ok(part);
         }
@@ -459,91 +484,66 @@ fn kept_note(kept: u64, len: u64) -> String {
 }
 
 /// The `.part` file (or the image slot), its length and the hash of its bytes so far.
-struct Part {
-    path: PathBuf,
+struct Part<'t> {
+    /// The download it belongs to, for its blob and where it goes.
+    to: &'t Target<'t>,
     file: File,
     hasher: Sha256,
     len: u64,
     /// How many of the `len` bytes were already in the file when it was opened, rather
     /// than received since.
     kept: u64,
-    /// Set when the part is an image slot.
-    slot: Option<SlotPart>,
-}
-
-/// What a [`Part`] that is an image slot keeps besides its file: a slot has no length of
-/// its own to resume from, so its progress record says how much of it is durable.
-struct SlotPart {
-    record: PathBuf,
-    sha256: String,
-    slot: Slot,
-    /// The download's copy of the record, kept as it is written ([`SlotDest::recorded`]).
-    known: Rc<RefCell<Option<Streamed>>>,
+    /// Whether an image slot is a block device ([`image::write_failed`]); false otherwise.
     block: bool,
-    /// The bytes the record says are durable.
-    recorded: u64,
-    /// The image's size: a record of all of it is [`Part::finish`]'s alone, once the hash
-    /// matched, never a checkpoint's.
-    size: u64,
 }
 
-impl Part {
-    /// Opens (or creates) the `.part` and re-hashes what it holds, positioned at its end.
-    /// Never through a symlink ([`crate::fsutil::no_follow`]): the download would truncate
-    /// and fill the file it points to.
-    fn open(path: &Path, size: u64) -> Result<Part> {
-        let mut file =
-            crate::fsutil::no_follow(crate::fsutil::create_options().read(true).truncate(false))
-                .open(path)
-                .map_err(|e| crate::fsutil::opened("opening", path, e))?;
-        let (hasher, len) = hash_to_end(&mut file).map_err(|e| Error::io("hashing", path, e))?;
+impl<'t> Part<'t> {
+    /// Opens the destination of `to`, positioned after the bytes kept from an earlier
+    /// attempt, which are hashed again.
+    ///
+    /// A `.part` is opened (or created) never through a symlink
+    /// ([`crate::fsutil::no_follow`]): the download would truncate and fill the file it
+    /// points to. A slot is opened as an install would open it (refused while something
+    /// else uses it), and only the bytes its record says are durable count; with none,
+    /// the record is first made to name this image at 0 bytes: one of another image left
+    /// there must not be believed once this one's bytes start to overwrite it.
+    fn open(to: &'t Target<'t>) -> Result<Part<'t>> {
+        let (size, path) = (to.spec.size, to.dest.path());
+        let (mut file, block, recorded) = match &to.dest {
+            Dest::File { .. } => {
+                let mut options = crate::fsutil::create_options();
+                let file = crate::fsutil::no_follow(options.read(true).truncate(false))
+                    .open(path)
+                    .map_err(|e| crate::fsutil::opened("opening", path, e))?;
+                (file, false, u64::MAX)
+            }
+            Dest::Slot(into) => {
+                let (file, block) = into
+                    .images
+                    .open_to_write(into.slot, size, &to.spec.sha256)?;
+                (file, block, to.recorded())
+            }
+        };
+        let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
+            .map_err(|e| Error::io("hashing", path, e))?;
         let mut part = Part {
-            path: path.to_owned(),
+            to,
             file,
             hasher,
             len,
             kept: len,
-            slot: None,
+            block,
         };
-        if len > size {
-            part.restart()?;
+        match &to.dest {
+            Dest::File { .. } if len > size => part.restart()?,
+            Dest::Slot(into) if recorded == 0 => part.record(into, 0)?,
+            _ => {}
         }
         Ok(part)
     }
 
-    /// Opens the slot of `into` to receive the image `spec` (as an install would open it:
-    /// refused while something else uses it) and re-hashes the bytes its record says are
-    /// durable there, positioned after them. With none, the record is first made to name
-    /// this image at 0 bytes: one of another image left there must not be believed once
-    /// this one's bytes start to overwrite it.
-    fn open_slot(into: &SlotDest, spec: &super::BlobSpec) -> Result<Part> {
-        let (mut file, block) = into
-            .images
-            .open_to_write(into.slot, spec.size, &spec.sha256)?;
-        let path = into.images.path(into.slot).to_owned();
-        let recorded = into.bytes_of(&spec.sha256).min(spec.size);
-        let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
-            .map_err(|e| Error::io("hashing", &path, e))?;
-        let mut part = Part {
-            path,
-            file,
-            hasher,
-            len,
-            kept: len,
-            slot: Some(SlotPart {
-                record: into.record.to_owned(),
-                sha256: spec.sha256.clone(),
-                slot: into.slot,
-                known: into.recorded.clone(),
-                block,
-                recorded,
-                size: spec.size,
-            }),
-        };
-        if recorded == 0 {
-            part.record(0)?;
-        }
-        Ok(part)
+    fn path(&self) -> &'t Path {
+        self.to.dest.path()
     }
 
     fn restart(&mut self) -> Result<()> {
@@ -556,84 +556,81 @@ impl Part {
     /// Drops the bytes from `at` on, to write there next. A slot keeps its length; its
     /// record comes down to `at` first, so it never vouches for bytes being replaced.
     fn truncate(&mut self, at: u64) -> Result<()> {
-        if self.slot.as_ref().is_some_and(|s| s.recorded > at) {
-            self.record(at)?;
-        }
-        let shrink = match self.slot {
-            Some(_) => Ok(()),
-            None => self.file.set_len(at),
+        let shrink = match &self.to.dest {
+            Dest::File { .. } => self.file.set_len(at),
+            Dest::Slot(into) => {
+                if self.to.recorded() > at {
+                    self.record(into, at)?;
+                }
+                Ok(())
+            }
         };
         shrink
             .and_then(|()| self.file.seek(SeekFrom::Start(at)).map(drop))
-            .map_err(|e| Error::io("truncating", &self.path, e))?;
+            .map_err(|e| Error::io("truncating", self.path(), e))?;
         self.len = at;
         Ok(())
     }
 
-    /// For a slot: makes its first `bytes` durable (the slot synced first) and records
-    /// that they are. Nothing for a `.part`, whose length says it.
-    fn record(&mut self, bytes: u64) -> Result<()> {
-        let Some(s) = &mut self.slot else {
-            return Ok(());
-        };
+    /// Makes the first `bytes` of the slot `into` durable (the slot synced first, when
+    /// they are more than recorded) and records that they are.
+    fn record(&self, into: &SlotDest, bytes: u64) -> Result<()> {
         crate::fsutil::crash_point("sync streamed image")?;
         // Only a record that vouches for more bytes needs them durable first. One that
         // vouches for fewer (before bytes are written over) needs only its own write: a
         // sync then would cost time, and a slot whose sync fails would fail it.
-        if bytes > s.recorded {
+        if bytes > self.to.recorded() {
             crate::fsutil::sync_file_data(&self.file)
-                .map_err(|e| Error::io("syncing", &self.path, e))?;
+                .map_err(|e| Error::io("syncing", self.path(), e))?;
         }
         let record = Streamed {
-            sha256: s.sha256.clone(),
-            slot: s.slot,
+            sha256: self.to.spec.sha256.clone(),
+            slot: into.slot,
             bytes,
         };
-        record.write(&s.record)?;
-        s.known.replace(Some(record));
-        s.recorded = bytes;
+        record.write(into.record)?;
+        into.recorded.replace(Some(record));
         Ok(())
     }
 
-    /// After `n` more bytes were written into a slot: its progress is recorded every
-    /// [`CHECKPOINT`] bytes.
+    /// After `n` more bytes were written: a slot's progress is recorded every
+    /// [`CHECKPOINT`] bytes. A record of the whole image is [`Part::finish`]'s alone, once
+    /// the hash matched, never a checkpoint's.
     fn written(&mut self, n: usize) -> Result<()> {
         self.len += n as u64;
-        if self.slot.is_some() {
-            crate::fsutil::crash_point("image bytes written")?;
+        let Dest::Slot(into) = &self.to.dest else {
+            return Ok(());
+        };
+        crate::fsutil::crash_point("image bytes written")?;
+        if self.len < self.to.spec.size && self.len - self.to.recorded() >= checkpoint() {
+            self.record(into, self.len)?;
         }
-        match &self.slot {
-            Some(s) if self.len < s.size && self.len - s.recorded >= checkpoint() => {
-                self.record(self.len)
-            }
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// Records the bytes a slot received before its download stopped (the network, a
     /// cancel), for the next attempt to resume after them; best effort, as the stop's
     /// own error is the one to report (a record not made costs a fetch, not the image).
-    fn keep_received(&mut self) {
-        if self
-            .slot
-            .as_ref()
-            .is_some_and(|s| self.len > s.recorded && self.len < s.size)
-        {
-            let _ = self.record(self.len);
+    fn keep_received(&self) {
+        if let Dest::Slot(into) = &self.to.dest {
+            if self.len > self.to.recorded() && self.len < self.to.spec.size {
+                let _ = self.record(into, self.len);
+            }
         }
     }
 
     /// The error of a failed write at byte `at` of the part, of a blob of `total` bytes.
     fn write_failed(&mut self, at: u64, e: io::Error, total: u64) -> Error {
-        let Some(s) = &self.slot else {
-            return write_failed(&self.path, at, e, total);
+        let Dest::Slot(into) = &self.to.dest else {
+            return write_failed(self.path(), at, e, total);
         };
         // A plain file whose disk filled up is emptied (see `image::write_failed`): its
         // record must then vouch for none of it.
-        let emptied = !s.block && crate::fsutil::is_disk_full(&e);
-        let failed = image::write_failed(&self.file, s.block, "writing", &self.path, total, at, e);
+        let emptied = !self.block && crate::fsutil::is_disk_full(&e);
+        let path = self.path();
+        let failed = image::write_failed(&self.file, self.block, "writing", path, total, at, e);
         if emptied {
-            let _ = self.record(0);
+            let _ = self.record(into, 0);
         }
         failed
     }
@@ -641,38 +638,54 @@ impl Part {
     /// Verifies the hash, then makes the file durable under its final name; a wrong
     /// file is deleted. A slot is synced and recorded whole instead; a wrong one's record
     /// goes back to 0. `source` names where the bytes came from ([`Stream::source`]).
-    fn finish(mut self, sha256: &str, done_path: &Path, source: &str) -> Result<()> {
+    fn finish(mut self, source: &str) -> Result<()> {
+        let sha256 = &self.to.spec.sha256;
         let found = hex(&std::mem::take(&mut self.hasher).finalize());
-        if found != sha256 {
-            let len = self.len;
-            let reset = match self.slot {
-                Some(_) => self.record(0).err(),
-                None => {
-                    drop(self.file);
-                    let _ = fs::remove_file(&self.path);
-                    None
-                }
-            };
-            let mismatch = Error::new(
-                ErrorKind::HashMismatch,
-                format!("{source}: expected sha256 {sha256}, found {found} ({len} bytes)"),
-            );
-            // The next download must not take the slot's bytes for the image: say so
-            // when the record that would stop it could not be written.
-            return Err(match reset {
-                None => mismatch,
-                Some(r) => mismatch.map_message(|m| {
-                    format!("{m}; and recording that the slot holds none of it failed: {r}")
-                }),
-            });
+        if found == *sha256 {
+            return self.keep();
         }
-        if self.slot.is_some() {
-            return self.record(self.len);
+        let len = self.len;
+        let reset = self.discard().err();
+        let mismatch = Error::new(
+            ErrorKind::HashMismatch,
+            format!("{source}: expected sha256 {sha256}, found {found} ({len} bytes)"),
+        );
+        // The next download must not take the slot's bytes for the image: say so
+        // when the record that would stop it could not be written.
+        Err(match reset {
+            None => mismatch,
+            Some(r) => mismatch.map_message(|m| {
+                format!("{m}; and recording that the slot holds none of it failed: {r}")
+            }),
+        })
+    }
+
+    /// Keeps the verified blob: the `.part` durable under its final name, or the slot's
+    /// record of all of it.
+    fn keep(self) -> Result<()> {
+        let path = self.path();
+        match &self.to.dest {
+            Dest::File { done, .. } => {
+                crate::fsutil::sync_file(&self.file).map_err(|e| Error::io("syncing", path, e))?;
+                drop(self.file);
+                fs::rename(path, done).map_err(|e| Error::io("renaming", path, e))?;
+                crate::fsutil::sync_parent(done)
+            }
+            Dest::Slot(into) => self.record(into, self.len),
         }
-        crate::fsutil::sync_file(&self.file).map_err(|e| Error::io("syncing", &self.path, e))?;
-        drop(self.file);
-        fs::rename(&self.path, done_path).map_err(|e| Error::io("renaming", &self.path, e))?;
-        crate::fsutil::sync_parent(done_path)
+    }
+
+    /// Drops bytes that failed their hash: the `.part` is removed (as best it can be),
+    /// the slot's record brought back to 0.
+    fn discard(self) -> Result<()> {
+        match &self.to.dest {
+            Dest::File { part, .. } => {
+                drop(self.file);
+                let _ = fs::remove_file(part);
+                Ok(())
+            }
+            Dest::Slot(into) => self.record(into, 0),
+        }
     }
 }
 
@@ -726,7 +739,7 @@ impl Stream<'_, '_> {
     /// Receiving and writing on one thread still overlap on slow storage: while a write
     /// waits, the kernel goes on filling the socket's receive buffer (megabytes, with TCP's
     /// autotuning), as the writer's queue of chunks let it before.
-    fn pump(&mut self, mut body: Box<dyn Read + Send>, mut part: Part) -> Result<Part> {
+    fn pump<'t>(&mut self, mut body: Box<dyn Read + Send>, mut part: Part<'t>) -> Result<Part<'t>> {
         let hasher = std::mem::take(&mut part.hasher);
         let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 1);
@@ -745,7 +758,7 @@ impl Stream<'_, '_> {
                 ErrorKind::Io,
                 format!(
                     "hashing {}: the hashing thread panicked",
-                    part.path.display()
+                    part.path().display()
                 ),
             ));
         };
@@ -857,7 +870,8 @@ impl Stream<'_, '_> {
     /// it has run past them or past [`HOLD`]; a body that ends before (an error page)
     /// fails this base with the `.part` as it was.
     fn replay_kept(&mut self, body: &mut dyn Read, part: &mut Part) -> Result<()> {
-        let mut kept = File::open(&part.path).map_err(|e| Error::io("opening", &part.path, e))?;
+        let path = part.path();
+        let mut kept = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
         let mut hasher = Sha256::new();
         let (mut theirs, mut ours) = (vec![0; CHUNK], vec![0; CHUNK]);
@@ -869,7 +883,7 @@ impl Stream<'_, '_> {
                 return Err(self.ended_early(matched));
             }
             kept.read_exact(&mut ours[..n])
-                .map_err(|e| Error::io("reading", &part.path, e))?;
+                .map_err(|e| Error::io("reading", path, e))?;
             if let Some(i) = theirs[..n].iter().zip(&ours[..n]).position(|(a, b)| a != b) {
                 hasher.update(&theirs[..i]);
                 let held = theirs[i..n].to_vec();
@@ -1001,29 +1015,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("image-stream");
         let sha256 = "a".repeat(64);
-        let known = Rc::new(RefCell::new(None));
+        let images = ImageSlots::new(dir.path().join("a"), "/dev/null");
+        let recorded = Streamed {
+            sha256: sha256.clone(),
+            slot: Slot::B,
+            bytes: 300,
+        };
+        let into = SlotDest {
+            images: &images,
+            slot: Slot::B,
+            record: &record,
+            recorded: Rc::new(RefCell::new(Some(recorded))),
+        };
+        let spec = super::super::BlobSpec {
+            sha256: sha256.clone(),
+            size: 1000,
+            url: None,
+        };
+        let to = Target {
+            spec: &spec,
+            dest: Dest::Slot(&into),
+        };
         let mut part = Part {
-            path: PathBuf::from("/dev/null"),
+            to: &to,
             file: File::options().write(true).open("/dev/null").unwrap(),
             hasher: Sha256::new(),
             len: 300,
             kept: 300,
-            slot: Some(SlotPart {
-                record: record.clone(),
-                sha256: sha256.clone(),
-                slot: Slot::B,
-                known: known.clone(),
-                block: false,
-                recorded: 300,
-                size: 1000,
-            }),
+            block: false,
         };
         part.truncate(100).unwrap();
         let found = Streamed::read(&record).unwrap();
         assert_eq!(found.bytes_of(&sha256, Slot::B), 100);
         // Raising it still needs the slot durable first.
         part.len = 200;
-        let err = part.record(200).unwrap_err();
+        let err = part.record(&into, 200).unwrap_err();
         assert!(err.to_string().contains("syncing /dev/null"), "{err}");
         assert_eq!(Streamed::read(&record).unwrap().bytes, 100);
     }
