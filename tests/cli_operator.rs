@@ -1646,6 +1646,35 @@ fn a_compressed_image_is_released_with_a_warning() {
     assert_eq!(released(dir, &raw), "");
 }
 
+/// An image read from a pipe is published byte for byte: nothing reads its head before
+/// the release copies it (the compression check looks only at regular files).
+#[test]
+fn an_image_from_a_pipe_is_published_whole() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let image: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let feed = {
+        let image = image.clone();
+        std::thread::spawn(move || std::io::Write::write_all(&mut writer, &image))
+    };
+    let args = release_args("1.0.0", &["--component", "rootfs=/dev/stdin:image"]);
+    let child = command_at(dir, NOW)
+        .args(&args)
+        .stdin(std::process::Stdio::from(reader))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = require::finish_within(child, LIMIT);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    feed.join().unwrap().unwrap();
+    let artifact = &read_manifest(dir, "nightly")["releases"][0]["targets"]["x86_64-linux"]
+        ["components"]["rootfs"]["artifact"];
+    assert_eq!(artifact["size"], 100_000, "{artifact}");
+    assert_eq!(artifact["sha256"], evergreen::trust::sha256_hex(&image));
+}
+
 /// A target whose releases carry an image, released once with the image as a plain file
 /// (`:image` left off), is warned about: devices with image slots would be offered it and
 /// refuse every install.

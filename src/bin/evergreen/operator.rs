@@ -802,7 +802,12 @@ fn compressed_images(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<S
         (b"\x04\x22\x4d\x18", "lz4"),
     ];
     let mut warnings = Vec::new();
-    for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Image) {
+    // Only a regular file can be read here and again by the release: the bytes read from
+    // a pipe (`/dev/stdin`, `<(…)`) would be missing from the image published.
+    let files = components
+        .iter()
+        .filter(|c| c.2 == ArtifactKind::Image && c.1.metadata().is_ok_and(|m| m.is_file()));
+    for (name, path, _) in files {
         let mut head = Vec::with_capacity(6);
         std::fs::File::open(path)
             .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 6), &mut head))
