@@ -390,7 +390,8 @@ typedef struct evg_selector {
    */
   void *user;
   /**
-   * Marks a slot unbootable.
+   * Marks a slot unbootable. May be called for a slot already unbootable: write
+   * nothing then (each write is flash wear and a power-fail window).
    */
   evg_selector_slot_fn disable;
   /**
@@ -398,7 +399,8 @@ typedef struct evg_selector {
    */
   evg_selector_activate_fn activate;
   /**
-   * The trial slot is healthy: keep booting it.
+   * The trial slot is healthy: keep booting it. May be called for a slot already
+   * confirmed: write nothing then.
    */
   evg_selector_slot_fn confirm;
   /**

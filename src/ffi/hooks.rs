@@ -136,11 +136,13 @@ pub struct evg_selector {
     pub struct_size: usize,
     /// Passed back to every callback.
     pub user: *mut c_void,
-    /// Marks a slot unbootable.
+    /// Marks a slot unbootable. May be called for a slot already unbootable: write
+    /// nothing then (each write is flash wear and a power-fail window).
     pub disable: evg_selector_slot_fn,
     /// Starts a trial of a slot.
     pub activate: evg_selector_activate_fn,
-    /// The trial slot is healthy: keep booting it.
+    /// The trial slot is healthy: keep booting it. May be called for a slot already
+    /// confirmed: write nothing then.
     pub confirm: evg_selector_slot_fn,
     /// Rolls back.
     pub fall_back: evg_selector_fall_back_fn,

@@ -73,12 +73,17 @@ impl fmt::Display for Slot {
 /// The updater holds its selector's lock while a method runs: a method that calls the
 /// updater back gets `invalid_state`.
 pub trait BootSelector: Send {
-    /// Marks `slot` unbootable before anything is written into it.
+    /// Marks `slot` unbootable before anything is written into it. Called again for a
+    /// slot already out of the boot order (an image's install after its download: the
+    /// bootloader may have put it back since), so a call that changes nothing should
+    /// write nothing, as the built-in selectors do.
     fn disable(&mut self, slot: Slot) -> Result<()>;
     /// Makes `slot` the next to boot, on trial with `tries` attempts; the other slot stays
     /// the fallback.
     fn activate(&mut self, slot: Slot, tries: u32) -> Result<()>;
-    /// The trial slot `slot` is healthy: keep booting it.
+    /// The trial slot `slot` is healthy: keep booting it. Called again for a slot already
+    /// confirmed (the running slot is, before the other is taken out of the boot order),
+    /// so a call that changes nothing should write nothing.
     fn confirm(&mut self, slot: Slot) -> Result<()>;
     /// Boot `good` from now on and never `bad` again (rollback).
     fn fall_back(&mut self, good: Slot, bad: Slot) -> Result<()>;
