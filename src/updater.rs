@@ -1214,13 +1214,29 @@ impl Updater {
         let preferred = self.with_selector(|s| s.boot_plan())?.map(|p| p.preferred);
         match booted {
             Some(b) if b == primary && preferred.is_none_or(|p| p == primary) => {
-                self.confirm_running(b, st)
+                self.confirm_running(b, st)?;
+                self.keep_out_unactivated(st)
             }
             // The power went between committing a rollback and writing the environment:
             // the bootloader started the slot the state gave up on, or the primary anyway
             // because it had spent the other's attempt. Finish the rollback.
             Some(_) => self.with_selector(|s| s.fall_back(primary, primary.other())),
             None => Ok(()),
+        }
+    }
+
+    /// Takes the other slot out of the boot order again when it holds nothing to boot:
+    /// bytes being written, a release installed but never activated, or one rolled back.
+    /// U-Boot's script gives every slot its tries back when none has any left, so a crash
+    /// loop of the running slot put it back; the next would start it, with no trial and no
+    /// deploy policy. The built-in selectors write nothing when it is still out.
+    fn keep_out_unactivated(&self, st: &State) -> Result<()> {
+        let other = st.primary.other();
+        match st.slot(other).status {
+            SlotStatus::Installing | SlotStatus::Installed | SlotStatus::Bad => {
+                self.with_selector(|s| s.disable(other))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -1527,6 +1527,63 @@ fn a_counter_reset_between_download_and_install_leaves_the_installed_slot_unboot
     );
 }
 
+/// The same reset at any other time: after the install (a release staged for a
+/// maintenance window), or after a download cut half way (a slot half written). The
+/// startup step that runs after the crash loop takes the slot out again, so the next crash
+/// loop does not start what was never activated.
+#[test]
+fn a_counter_reset_at_any_time_leaves_no_unactivated_slot_bootable() {
+    for (name, cut) in [("resetstaged", false), ("resethalf", true)] {
+        let (_repo, _server, board, _image, _blob) =
+            board_offered_an_image(name, Loader::UBoot, 4 * MIB);
+        let up = board.updater();
+        let plan = planned(&up, "expected 2.0.0");
+        let cancel = CancelToken::new();
+        let on_half = cancel.clone();
+        let got = up.download(
+            &plan,
+            &mut |done, total| {
+                if cut && done * 2 >= total {
+                    on_half.cancel()
+                }
+            },
+            &cancel,
+        );
+        let status = if cut {
+            assert_eq!(got.unwrap_err().kind(), ErrorKind::Cancelled, "{name}");
+            "installing"
+        } else {
+            assert_eq!(up.install(&plan).unwrap(), Slot::B);
+            "installed"
+        };
+        assert_eq!(board.dev.status()["slots"]["b"]["status"], status, "{name}");
+        assert_eq!(board.uboot("BOOT_B_LEFT"), "0", "{name}");
+        // A crash loop of A: 2, 1, 0, then none left anywhere and both reset to 3.
+        let boots: Vec<_> = (0..5).map(|_| board.power_on()).collect();
+        assert_eq!(
+            boots,
+            [
+                Some(Slot::A),
+                Some(Slot::A),
+                Some(Slot::A),
+                None,
+                Some(Slot::A)
+            ],
+            "{name}"
+        );
+        assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
+        assert_eq!(
+            board.uboot("BOOT_B_LEFT"),
+            "0",
+            "{name}: slot B left bootable"
+        );
+        // The next crash loop ends in the rescue path, never in slot B.
+        let boots: Vec<_> = (0..4).map(|_| board.power_on()).collect();
+        assert!(!boots.contains(&Some(Slot::B)), "{name}: {boots:?}");
+        assert_eq!(board.dev.status()["slots"]["b"]["status"], status, "{name}");
+    }
+}
+
 /// A release whose image is 0 bytes (published by another tool: `evergreen release`
 /// refuses it) is refused before the download touches the slot, naming the component:
 /// slot B keeps its record, its bytes and its place in the boot environment.
