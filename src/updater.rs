@@ -1209,7 +1209,7 @@ impl Updater {
     }
 
     /// With no trial, the environment must keep booting the primary.
-    fn settle_selector(&self, st: &State, booted: Option<Slot>) -> Result<()> {
+    fn settle_selector(&self, st: &mut State, booted: Option<Slot>) -> Result<()> {
         let primary = st.primary;
         let preferred = self.with_selector(|s| s.boot_plan())?.map(|p| p.preferred);
         match booted {
@@ -1230,14 +1230,36 @@ impl Updater {
     /// U-Boot's script gives every slot its tries back when none has any left, so a crash
     /// loop of the running slot put it back; the next would start it, with no trial and no
     /// deploy policy. The built-in selectors write nothing when it is still out.
-    fn keep_out_unactivated(&self, st: &State) -> Result<()> {
+    ///
+    /// A selector that fails here does not fail the step: the running slot is confirmed
+    /// already, and a host selector backed by a service not up yet this early in the boot
+    /// would otherwise fail every start (and keep `left_running`, refusing every install).
+    /// The failure goes to the history, once until something else happens.
+    fn keep_out_unactivated(&self, st: &mut State) -> Result<()> {
+        const EVENT: &str = "keep_out_failed";
         let other = st.primary.other();
-        match st.slot(other).status {
-            SlotStatus::Installing | SlotStatus::Installed | SlotStatus::Bad => {
-                self.with_selector(|s| s.disable(other))
-            }
-            _ => Ok(()),
+        let status = st.slot(other).status;
+        if !matches!(
+            status,
+            SlotStatus::Installing | SlotStatus::Installed | SlotStatus::Bad
+        ) {
+            return Ok(());
         }
+        let Err(e) = self.with_selector(|s| s.disable(other)) else {
+            return Ok(());
+        };
+        if st.history.back().is_some_and(|h| h.event == EVENT) {
+            return Ok(());
+        }
+        st.record(
+            (self.clock)(),
+            EVENT,
+            format!(
+                "slot {other} ({}) could not be taken out of the boot order again, which the bootloader may have reset: {e}",
+                status.as_str()
+            ),
+        );
+        self.save(st)
     }
 
     /// `change` to the selector about `slot`, the other slot being the fallback. A boot

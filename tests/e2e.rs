@@ -1035,6 +1035,92 @@ where
     }
 }
 
+/// A host selector that counts tries, starts the slot a test names, and whose `disable`
+/// fails while a test says so (its service not up yet this early in the boot).
+struct FlakySelector {
+    booted: std::sync::Arc<std::sync::Mutex<Option<Slot>>>,
+    disable_fails: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BootSelector for FlakySelector {
+    fn disable(&mut self, slot: Slot) -> evergreen::Result<()> {
+        match self.disable_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            true => refused(format!("take slot {slot} out of the boot order")),
+            false => Ok(()),
+        }
+    }
+    fn activate(&mut self, _: Slot, _: u32) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn confirm(&mut self, _: Slot) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn fall_back(&mut self, _: Slot, _: Slot) -> evergreen::Result<()> {
+        Ok(())
+    }
+    fn booted(&self) -> evergreen::Result<Option<Slot>> {
+        Ok(*self.booted.lock().unwrap())
+    }
+    fn counts_tries(&self) -> bool {
+        true
+    }
+}
+
+/// After a rollback the startup step takes the rolled-back slot out of the boot order
+/// again on every start (a bootloader may have reset it). A host selector failing that
+/// does not fail the start: the running slot is confirmed, the start is counted (so the
+/// next install is not refused for a slot the app may still run from), and the failure is
+/// in the history once, however many starts fail it.
+#[test]
+fn a_selector_failing_to_keep_a_rolled_back_slot_out_does_not_fail_the_start() {
+    let setup = setup_with_1_0_0("com.acme.keepout");
+    let booted = std::sync::Arc::new(std::sync::Mutex::new(Some(Slot::A)));
+    let disable_fails = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = updater_with_selector(
+        &setup.dev,
+        FlakySelector {
+            booted: booted.clone(),
+            disable_fails: disable_fails.clone(),
+        },
+    );
+    let boot = |slot: Slot| *booted.lock().unwrap() = Some(slot);
+    update_to(&up, "1.0.0");
+    let first = up.state().unwrap().trial.unwrap().slot;
+    boot(first);
+    up.startup().unwrap();
+    up.confirm().unwrap();
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    update_to(&up, "1.1.0");
+    let trial = up.state().unwrap().trial.unwrap().slot;
+    boot(trial);
+    up.startup().unwrap();
+    assert_eq!(up.rollback().unwrap(), first);
+    disable_fails.store(true, std::sync::atomic::Ordering::SeqCst);
+    boot(first);
+    for _ in 0..3 {
+        assert_eq!(up.startup().unwrap(), evergreen::Startup::Normal);
+    }
+    let state = up.state().unwrap();
+    assert_eq!(state.left_running, None);
+    let failed: Vec<_> = state
+        .history
+        .iter()
+        .filter(|h| h.event == "keep_out_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        failed[0].detail,
+        format!(
+            "slot {trial} (bad) could not be taken out of the boot order again, which the bootloader may have reset: the host could not take slot {trial} out of the boot order"
+        )
+    );
+    disable_fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    publish_app(&setup.repo, &setup.src, "1.2.0", true);
+    let plan = offer(&up, "1.2.0");
+    download(&up, &plan);
+    assert_eq!(up.install(&plan).unwrap(), trial);
+}
+
 /// A library handle on `dev` with the host's own boot `selector`.
 fn updater_with_selector(
     dev: &Device,
