@@ -227,7 +227,8 @@ impl Fetcher {
         #[cfg(not(feature = "http"))]
         if let Some(base) = bases.iter().find(|b| is_http(b)) {
             return Err(Error::config(format!(
-                "expected a file:// URL or a directory, found {base} (this build has no HTTP)"
+                "expected a file:// URL or a directory, found {} (this build has no HTTP)",
+                without_passwords(base)
             )));
         }
         Ok(Fetcher {
@@ -1062,9 +1063,18 @@ mod tests {
         let fetcher = Fetcher::new(
             vec!["http://alice:s3cret@127.0.0.1:8/repo/".into()],
             FetchOptions::default(),
-        )
-        .unwrap();
-        assert!(!format!("{fetcher:?}").contains("s3cret"));
+        );
+        match fetcher {
+            Ok(fetcher) => assert!(!format!("{fetcher:?}").contains("s3cret")),
+            // A build without HTTP refuses the URL, naming it without its password.
+            Err(e) if !cfg!(feature = "http") => {
+                assert!(
+                    e.message().contains("http://alice:***@127.0.0.1:8/repo/"),
+                    "{e}"
+                )
+            }
+            Err(e) => panic!("{e}"),
+        }
         let options = FetchOptions {
             proxy: Some("http://p:hunter2@proxy:3128".into()),
             ..FetchOptions::default()
