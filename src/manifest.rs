@@ -187,9 +187,19 @@ pub struct Artifact {
     pub sha256: String,
     /// Exact size in bytes.
     pub size: u64,
-    /// For zips: total bytes once extracted (a cap on inflation).
+    /// For zips: total bytes once extracted (a cap on inflation). For a compressed image:
+    /// the exact size of the image once decompressed, what its slot must hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_size: Option<u64>,
+    /// How an image is compressed: `size` and `sha256` are then those of the compressed
+    /// blob (what is downloaded), `installed_size` and `installed_sha256` those of the
+    /// image the device decompresses it into. Images only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    /// For a compressed image: lowercase hex SHA-256 of the decompressed image, which the
+    /// install's read-back of the slot is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_sha256: Option<String>,
     /// For files: the file name inside the component directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -200,10 +210,31 @@ pub struct Artifact {
     pub url: Option<String>,
 }
 
+/// How an image artifact is compressed (`compression`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// One gzip member (RFC 1952), inflated into the slot as it downloads.
+    Gzip,
+}
+
 impl Artifact {
     /// The path of this blob relative to a repository base.
     pub fn blob_path(&self) -> String {
         format!("blobs/sha256/{}", self.sha256)
+    }
+
+    /// The size and SHA-256 of what an image puts into its slot: the decompressed image's
+    /// for a compressed one, else the blob's own.
+    pub fn slot_bytes(&self) -> (u64, &str) {
+        match (
+            self.compression,
+            self.installed_size,
+            &self.installed_sha256,
+        ) {
+            (Some(_), Some(size), Some(sha256)) => (size, sha256),
+            _ => (self.size, &self.sha256),
+        }
     }
 }
 
@@ -343,6 +374,40 @@ impl Component {
                 "expected a well-formed, absolute http://, https:// or file:// URL as the artifact's url, \
                  found {url:?}"
             ));
+        }
+        if let Some(sha) = a
+            .installed_sha256
+            .as_deref()
+            .filter(|s| !trust::is_sha256_hex(s))
+        {
+            return Err(format!(
+                "expected 64 lowercase hex digits of installed_sha256, found {sha:?}"
+            ));
+        }
+        // The install compares the slot with a signed hash: a compressed image names the
+        // bytes it decompresses to, as a raw one's own hash does.
+        match (a.compression, a.kind) {
+            (Some(_), ArtifactKind::Image) => {
+                if a.installed_size.is_none() || a.installed_sha256.is_none() {
+                    return Err(
+                        "expected a compressed image to name the decompressed image's installed_size and installed_sha256, found them missing"
+                            .into(),
+                    );
+                }
+            }
+            (Some(_), kind) => {
+                return Err(format!(
+                    "expected compression only on an image, found it on a {}",
+                    kind.as_str()
+                ))
+            }
+            (None, _) if a.installed_sha256.is_some() => {
+                return Err(
+                    "expected installed_sha256 only on a compressed image, found it without compression"
+                        .into(),
+                )
+            }
+            (None, _) => {}
         }
         match (a.kind, &a.name) {
             (ArtifactKind::File, Some(n)) if is_safe_name(n) => Ok(()),
@@ -694,6 +759,30 @@ mod tests {
         manifest(half, half - 1).validate().unwrap();
     }
 
+    /// A compressed image names the decompressed image's size and hash, and only the
+    /// compression that was set is written into the signed bytes.
+    #[test]
+    fn a_compressed_image_reads_back_and_names_what_its_slot_holds() {
+        let sha = "ab".repeat(32);
+        let image = format!(
+            r#"{{"version":"1.0.0","targets":{{"t":{{"components":{{"rootfs":{{"version":"1","artifact":{{"kind":"image","sha256":"{sha}","size":10,"compression":"gzip","installed_size":30,"installed_sha256":"{}"}}}}}}}}}}}}"#,
+            "cd".repeat(32)
+        );
+        let m: Manifest = serde_json::from_str(&manifest_text(1, &[image])).unwrap();
+        m.validate().unwrap();
+        let a = &m.releases[0].targets["t"].components["rootfs"].artifact;
+        assert_eq!(a.compression, Some(Compression::Gzip));
+        assert_eq!(a.slot_bytes(), (30, "cd".repeat(32).as_str()));
+        let back: Manifest = serde_json::from_slice(&m.to_bytes()).unwrap();
+        assert_eq!(back, m);
+        let plain: Manifest =
+            serde_json::from_str(&manifest_text(1, &[release("1.0.0", "")])).unwrap();
+        let text = String::from_utf8(plain.to_bytes()).unwrap();
+        assert!(!text.contains("compression") && !text.contains("installed_sha256"));
+        let a = &plain.releases[0].targets["t"].components["app"].artifact;
+        assert_eq!(a.slot_bytes(), (1, sha.as_str()));
+    }
+
     #[test]
     fn absolute_artifact_urls_are_accepted() {
         let mut m: Manifest =
@@ -719,7 +808,42 @@ mod tests {
         type EditManifest = fn(&mut Manifest);
         let keep: EditComponent = |_| {};
         let same: EditManifest = |_| {};
-        let cases: [(&str, EditComponent, EditManifest, &str); 11] = [
+        let cases: [(&str, EditComponent, EditManifest, &str); 15] = [
+            (
+                "app",
+                |c| c.artifact.compression = Some(Compression::Gzip),
+                same,
+                r#"component "app": expected compression only on an image, found it on a zip"#,
+            ),
+            (
+                "rootfs",
+                |c| {
+                    c.artifact.kind = ArtifactKind::Image;
+                    c.artifact.compression = Some(Compression::Gzip);
+                    c.artifact.installed_size = Some(10);
+                },
+                same,
+                r#"component "rootfs": expected a compressed image to name the decompressed image's installed_size and installed_sha256, found them missing"#,
+            ),
+            (
+                "rootfs",
+                |c| {
+                    c.artifact.kind = ArtifactKind::Image;
+                    c.artifact.compression = Some(Compression::Gzip);
+                    c.artifact.installed_sha256 = Some("cd".repeat(32));
+                },
+                same,
+                r#"component "rootfs": expected a compressed image to name"#,
+            ),
+            (
+                "rootfs",
+                |c| {
+                    c.artifact.kind = ArtifactKind::Image;
+                    c.artifact.installed_sha256 = Some("cd".repeat(32));
+                },
+                same,
+                r#"component "rootfs": expected installed_sha256 only on a compressed image"#,
+            ),
             (
                 "app",
                 keep,

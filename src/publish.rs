@@ -1208,6 +1208,8 @@ impl Repo {
                     sha256,
                     size,
                     installed_size,
+                    compression: None,
+                    installed_sha256: None,
                     name,
                     url: None,
                 };

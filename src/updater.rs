@@ -2305,9 +2305,10 @@ impl Updater {
         }
         // Nothing would be written, so nothing would ever be recorded downloaded: refused
         // here, before the slot is marked, rather than at the install.
-        let empty = all
-            .iter()
-            .find(|(_, c)| c.artifact.kind == ArtifactKind::Image && c.artifact.size == 0);
+        let empty = all.iter().find(|(_, c)| {
+            let a = &c.artifact;
+            a.kind == ArtifactKind::Image && (a.size == 0 || a.slot_bytes().0 == 0)
+        });
         if let Some((name, _)) = empty {
             return Err(Error::config(format!(
                 "component {name} of {}: expected an image of at least 1 byte, found one of 0 bytes (nothing to write into a slot)",

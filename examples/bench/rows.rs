@@ -753,6 +753,8 @@ fn big_manifest(n: u64, now: Timestamp) -> Manifest {
                 sha256: hash(),
                 size,
                 installed_size: Some(size * 3),
+                compression: None,
+                installed_sha256: None,
                 name: None,
                 url: None,
             };

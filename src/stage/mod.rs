@@ -213,6 +213,8 @@ mod artifact_tests {
             sha256: crate::trust::sha256_hex(bytes),
             size: bytes.len() as u64,
             installed_size: None,
+            compression: None,
+            installed_sha256: None,
             name: None,
             url: None,
         }
