@@ -19,6 +19,7 @@ pub mod event;
 pub mod fetch;
 pub mod ffi;
 pub mod fsutil;
+mod gzip;
 mod json;
 pub mod manifest;
 pub mod name_map;

@@ -34,8 +34,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fetch::CancelToken;
 use crate::fsutil;
 use crate::manifest::{
-    self, Artifact, ArtifactKind, Component, Expect, Freshness, Manifest, Release, Rollout,
-    RolloutStage, TargetRelease, DEFAULT_MAX_METADATA_BYTES,
+    self, Artifact, ArtifactKind, Component, Compression, Expect, Freshness, Manifest, Release,
+    Rollout, RolloutStage, TargetRelease, DEFAULT_MAX_METADATA_BYTES,
 };
 use crate::name_map::NameMap;
 use crate::select;
@@ -1083,7 +1083,22 @@ impl Repo {
                 format!("expected blob {}, found none", path.display()),
             ));
         }
-        let (size, sha256) = hash_file(&path, &self.cancel)?;
+        // A compressed image is inflated as it is hashed: a device compares its slot
+        // with what the manifest says it decompresses to.
+        let mut probe = match artifact.compression {
+            Some(_) => Probe::gzip(),
+            None => Probe::Raw,
+        };
+        let mut file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        // Judged only once the hash matched: a damaged blob is `hash_mismatch`, which a
+        // release of the same file repairs, whatever its bytes inflate to.
+        let mut bad = None;
+        let (size, sha256) = hash_reader(&mut file, &path, &self.cancel, |chunk| {
+            if bad.is_none() {
+                bad = probe.feed(chunk, &path).err();
+            }
+            Ok(())
+        })?;
         if size != artifact.size || sha256 != artifact.sha256 {
             return Err(Error::new(
                 ErrorKind::HashMismatch,
@@ -1094,6 +1109,21 @@ impl Repo {
                     artifact.sha256
                 ),
             ));
+        }
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if let Some((len, sha)) = probe.finish(&path)? {
+            let (size, sha256) = artifact.slot_bytes();
+            if (len, sha.as_str()) != (size, sha256) {
+                return Err(Error::new(
+                    ErrorKind::HashMismatch,
+                    format!(
+                        "blob {}: expected it to decompress to {size} bytes with sha256 {sha256}, found {len} bytes with sha256 {sha}",
+                        path.display()
+                    ),
+                ));
+            }
         }
         // A zip put in by hand, or by a build that skipped `release`'s check, is refused
         // here as every device would refuse it, not first by the fleet.
@@ -1196,42 +1226,52 @@ impl Repo {
         let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let blobs = self.root.join("blobs").join("sha256");
         let tmp = fsutil::temp_path(&blobs.join("incoming"));
-        let result =
-            copy_hashed(&mut src, path, &tmp, &self.cancel).and_then(|(file, size, sha256)| {
-                let installed_size = match kind {
-                    ArtifactKind::Zip => Some(zip_installed_size(&tmp, path)?),
-                    _ => None,
+        // An image that is gzip data is published compressed, inflated once here as it
+        // is copied to learn what a device will decompress into its slot.
+        let mut probe = match kind {
+            ArtifactKind::Image => Probe::Undecided(Vec::new()),
+            _ => Probe::Raw,
+        };
+        let copied = copy_hashed(&mut src, path, &tmp, &self.cancel, &mut |chunk| {
+            probe.feed(chunk, path)
+        });
+        let result = copied.and_then(|(file, size, sha256)| {
+            let (installed_size, compression, installed_sha256) = match (kind, probe.finish(path)?)
+            {
+                (ArtifactKind::Zip, _) => (Some(zip_installed_size(&tmp, path)?), None, None),
+                (_, Some((len, sha))) => (Some(len), Some(Compression::Gzip), Some(sha)),
+                _ => (None, None, None),
+            };
+            let dest = blobs.join(&sha256);
+            let artifact = Artifact {
+                kind,
+                sha256,
+                size,
+                installed_size,
+                compression,
+                installed_sha256,
+                name,
+                url: None,
+            };
+            // Counted as copied: a pipe or `/dev/null` is empty too.
+            check_image_not_empty(&artifact, path)?;
+            // Blobs are immutable: keep one already there, but only if it is intact. A
+            // damaged one (its bytes are not those its name promises) is what every
+            // device downloading it refuses: the copy just hashed takes its place.
+            let intact = dest.exists()
+                && match self.check_blob(&artifact) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == ErrorKind::HashMismatch => false,
+                    Err(e) => return Err(e),
                 };
-                let dest = blobs.join(&sha256);
-                let artifact = Artifact {
-                    kind,
-                    sha256,
-                    size,
-                    installed_size,
-                    compression: None,
-                    installed_sha256: None,
-                    name,
-                    url: None,
-                };
-                // Counted as copied: a pipe or `/dev/null` is empty too.
-                check_image_not_empty(&artifact, path)?;
-                // Blobs are immutable: keep one already there, but only if it is intact. A
-                // damaged one (its bytes are not those its name promises) is what every
-                // device downloading it refuses: the copy just hashed takes its place.
-                let intact = dest.exists()
-                    && match self.check_blob(&artifact) {
-                        Ok(()) => true,
-                        Err(e) if e.kind() == ErrorKind::HashMismatch => false,
-                        Err(e) => return Err(e),
-                    };
-                if intact {
-                    drop(file);
-                    std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
-                } else {
-                    fsutil::persist(file, &tmp, &dest)?;
-                }
-                Ok(artifact)
-            });
+            if intact {
+                drop(file);
+                std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
+            } else {
+                fsutil::persist(file, &tmp, &dest)?;
+            }
+            Ok(artifact)
+        });
         if result.is_err() {
             // Best effort: the temp copy is useless once the ingest failed or was
             // cancelled, and may be as large as the component.
@@ -2224,17 +2264,14 @@ fn copy_hashed(
     src_path: &Path,
     tmp: &Path,
     cancel: &CancelToken,
+    also: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<(File, u64, String)> {
     let mut out = fsutil::create_temp(tmp)?;
     let (size, sha256) = hash_reader(src, src_path, cancel, |chunk| {
+        also(chunk)?;
         out.write_all(chunk).map_err(|e| Error::io("write", tmp, e))
     })?;
     Ok((out, size, sha256))
-}
-
-fn hash_file(path: &Path, cancel: &CancelToken) -> Result<(u64, String)> {
-    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    hash_reader(&mut file, path, cancel, |_| Ok(()))
 }
 
 /// Size and SHA-256 of everything `src` yields, handing each chunk to `sink` as well;
@@ -2263,6 +2300,79 @@ fn hash_reader(
         cancel.check()?;
     }
     Ok((size, trust::hex(&hasher.finalize())))
+}
+
+/// Whether an image being read is gzip data, and if so what it inflates to: decided by
+/// its first two bytes, then inflated as the rest comes.
+enum Probe {
+    /// Fewer than two bytes seen (these).
+    Undecided(Vec<u8>),
+    /// Not gzip data, or not an image.
+    Raw,
+    /// Gzip data, inflating; the hash is of the inflated bytes.
+    Gzip(Box<crate::gzip::Inflater>, Sha256),
+}
+
+impl Probe {
+    fn gzip() -> Probe {
+        Probe::Gzip(Box::new(crate::gzip::Inflater::new()), Sha256::new())
+    }
+
+    /// Takes the next bytes of the file at `path`.
+    fn feed(&mut self, chunk: &[u8], path: &Path) -> Result<()> {
+        let Probe::Undecided(head) = self else {
+            return self.inflate(chunk, path);
+        };
+        head.extend_from_slice(chunk);
+        if head.len() < 2 {
+            return Ok(());
+        }
+        let head = std::mem::take(head);
+        *self = match head.starts_with(&[0x1f, 0x8b]) {
+            true => Probe::gzip(),
+            false => Probe::Raw,
+        };
+        self.inflate(&head, path)
+    }
+
+    fn inflate(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
+        let Probe::Gzip(inflater, hasher) = self else {
+            return Ok(());
+        };
+        inflater.feed(
+            bytes,
+            &mut |out| {
+                hasher.update(out);
+                Ok(())
+            },
+            &|problem| gzip_refused(path, &problem),
+        )
+    }
+
+    /// For gzip data: the inflated size and SHA-256, once the member ended whole with a
+    /// matching trailer and inflated to at least one byte.
+    fn finish(&mut self, path: &Path) -> Result<Option<(u64, String)>> {
+        let Probe::Gzip(inflater, hasher) = self else {
+            return Ok(None);
+        };
+        let len = inflater.finish().map_err(|p| gzip_refused(path, &p))?;
+        if len == 0 {
+            return Err(gzip_refused(
+                path,
+                "expected an image of at least 1 byte once inflated, found 0 bytes",
+            ));
+        }
+        Ok(Some((len, trust::hex(&std::mem::take(hasher).finalize()))))
+    }
+}
+
+/// A gzip image that devices could not decompress into exactly the image, as `problem`
+/// says: refused, as every device would refuse it after the release went out.
+fn gzip_refused(path: &Path, problem: &str) -> Error {
+    Error::config(format!(
+        "{}: {problem} (a gzip image is published compressed and decompressed into the slot by each device: publish one intact gzip member, made by gzip or `gzip -c`)",
+        path.display()
+    ))
 }
 
 /// Sum of the uncompressed sizes the zip's central directory declares: the client caps

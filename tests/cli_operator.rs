@@ -1609,28 +1609,28 @@ fn released(dir: &Path, args: &[&str]) -> String {
     stderr(&o).trim_end().to_string()
 }
 
-/// An image that starts as gzip data does is published, since a bootloader may read a
-/// compressed kernel from its slot, but with a warning: a device writes it into the slot
-/// as it is, and a compressed root file system costs a failed trial. Raw images pass
-/// without one.
+/// An image that starts as xz data does (a format devices do not decompress) is
+/// published, since a bootloader may read a compressed kernel from its slot, but with a
+/// warning: a device writes it into the slot as it is, and a compressed root file system
+/// costs a failed trial. Raw images pass without one.
 #[test]
 fn a_compressed_image_is_released_with_a_warning() {
     let tmp = init_repo();
     let dir = tmp.path();
-    std::fs::write(dir.join("rootfs.ext4.gz"), b"\x1f\x8b\x08\x00rest").unwrap();
+    std::fs::write(dir.join("rootfs.ext4.xz"), b"\xfd7zXZ\x00rest").unwrap();
     std::fs::write(dir.join("rootfs.ext4"), [0u8; 2048]).unwrap();
-    let warning = "warning: component rootfs (rootfs.ext4.gz) is gzip-compressed data: devices write an image into its slot as it is, nothing decompresses it";
+    let warning = "warning: component rootfs (rootfs.ext4.xz) is xz-compressed data: devices write an image into its slot as it is, nothing decompresses it";
 
     let err = released(
         dir,
-        &release_args("1.0.0", &["--component", "rootfs=rootfs.ext4.gz:image"]),
+        &release_args("1.0.0", &["--component", "rootfs=rootfs.ext4.xz:image"]),
     );
     assert!(err.starts_with(warning), "{err}");
     let o = evergreen(
         dir,
         &release_args(
             "1.1.0",
-            &["--component", "rootfs=rootfs.ext4.gz:image", "--json"],
+            &["--component", "rootfs=rootfs.ext4.xz:image", "--json"],
         ),
     );
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1673,6 +1673,107 @@ fn an_image_from_a_pipe_is_published_whole() {
         ["components"]["rootfs"]["artifact"];
     assert_eq!(artifact["size"], 100_000, "{artifact}");
     assert_eq!(artifact["sha256"], evergreen::trust::sha256_hex(&image));
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A gzip image is published compressed, without a warning: the manifest lists the
+/// compressed blob (what devices download) and the image it decompresses to (what the
+/// slot must hold), and both sizes are shown.
+#[test]
+fn a_gzip_image_is_published_compressed_naming_the_image_it_decompresses_to() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let image: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| (i / 64).to_le_bytes())
+        .collect();
+    let gz = gzip(&image);
+    std::fs::write(dir.join("rootfs.ext4.gz"), &gz).unwrap();
+    let args = release_args("1.0.0", &["--component", "rootfs=rootfs.ext4.gz:image"]);
+    let o = evergreen(dir, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    let text = String::from_utf8(o.stdout).unwrap();
+    let image_sha = evergreen::trust::sha256_hex(&image);
+    assert!(text.contains(&format!("{:>12} bytes", gz.len())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "gzip  {:>12} bytes  sha256 {}… once decompressed",
+            image.len(),
+            &image_sha[..12]
+        )),
+        "{text}"
+    );
+    let o = evergreen(
+        dir,
+        &release_args(
+            "1.1.0",
+            &["--component", "rootfs=rootfs.ext4.gz:image", "--json"],
+        ),
+    );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &out["release"]["targets"]["x86_64-linux"]["components"]["rootfs"]["artifact"];
+    assert_eq!(a["compression"], "gzip", "{out}");
+    assert_eq!(a["size"], gz.len());
+    assert_eq!(a["sha256"], evergreen::trust::sha256_hex(&gz));
+    assert_eq!(a["installed_size"], image.len());
+    assert_eq!(a["installed_sha256"], image_sha.as_str());
+    assert_eq!(out["warnings"], serde_json::json!([]));
+    ok(dir, &["verify", "repo"]);
+}
+
+/// A gzip image devices could not decompress into exactly one image is refused, naming
+/// the file and what is wrong, and nothing is published.
+#[test]
+fn a_gzip_image_that_does_not_inflate_cleanly_is_refused() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let image: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| (i / 64).to_le_bytes())
+        .collect();
+    let gz = gzip(&image);
+    let mut crc = gz.clone();
+    let n = crc.len();
+    crc[n - 8] ^= 0xff;
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "cut.gz",
+            gz[..gz.len() - 100].to_vec(),
+            "found it cut short in its deflate data",
+        ),
+        (
+            "two.gz",
+            [gz.clone(), gz.clone()].concat(),
+            "found another gzip member after it",
+        ),
+        (
+            "junk.gz",
+            [gz.clone(), vec![0; 512]].concat(),
+            "found trailing bytes after it",
+        ),
+        ("crc.gz", crc, "expected the gzip trailer's CRC32"),
+        ("empty.gz", gzip(b""), "found 0 bytes"),
+    ];
+    for (name, bytes, expected) in cases {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        let spec = format!("rootfs={name}:image");
+        let o = evergreen(dir, &release_args("1.0.0", &["--component", &spec]));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(&format!(
+                "error[config]: component rootfs: {name}: expected"
+            )),
+            "{err}"
+        );
+        assert!(err.contains(expected), "{err}\nwanted: {expected}");
+    }
+    assert!(!dir.join("channels/nightly.json").exists());
 }
 
 /// A target whose releases carry an image, released once with the image as a plain file

@@ -521,6 +521,14 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
             a.size,
             &a.sha256[..12]
         );
+        if a.compression.is_some() {
+            let (size, sha256) = a.slot_bytes();
+            out!(
+                "  {:<12} gzip  {size:>12} bytes  sha256 {}… once decompressed into the slot",
+                "",
+                &sha256[..12]
+            );
+        }
     }
     Ok(())
 }
@@ -789,13 +797,14 @@ fn image_dropped(
     ))
 }
 
-/// A warning for each image component that starts as compressed data does: a device
-/// writes an image into its slot byte for byte, and a compressed root file system
-/// activates, fails to mount and costs a failed trial. Not refused: a bootloader may read
-/// a compressed kernel or FIT image from its slot as it is.
+/// A warning for each image component that starts as compressed data in a format devices
+/// do not decompress: a device writes such an image into its slot byte for byte, and a
+/// compressed root file system activates, fails to mount and costs a failed trial. Not
+/// refused: a bootloader may read a compressed kernel or FIT image from its slot as it
+/// is. Gzip is not among them: the library publishes a gzip image compressed, and devices
+/// decompress it into the slot.
 fn compressed_images(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<String>> {
-    const MAGIC: [(&[u8], &str); 5] = [
-        (b"\x1f\x8b", "gzip"),
+    const MAGIC: [(&[u8], &str); 4] = [
         (b"\xfd7zXZ\x00", "xz"),
         (b"\x28\xb5\x2f\xfd", "zstd"),
         (b"BZh", "bzip2"),
@@ -814,7 +823,7 @@ fn compressed_images(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<S
             .map_err(|e| Error::io("read image", path, e))?;
         if let Some((_, format)) = MAGIC.iter().find(|(magic, _)| head.starts_with(magic)) {
             warnings.push(format!(
-                "component {name} ({}) is {format}-compressed data: devices write an image into its slot as it is, nothing decompresses it; publish the uncompressed image, unless the bootloader reads this one compressed",
+                "component {name} ({}) is {format}-compressed data: devices write an image into its slot as it is, nothing decompresses it; publish the uncompressed image (or one compressed with gzip, which devices decompress), unless the bootloader reads this one compressed",
                 path.display()
             ));
         }

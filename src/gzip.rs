@@ -1,0 +1,326 @@
+//! One gzip member (RFC 1952) inflated as its bytes arrive, for compressed images: the
+//! publisher inflates one to learn what it installs, a device inflates the download
+//! straight into the slot. Memory stays flat whatever the image's size: the header (held
+//! whole until it parses, at most [`MAX_HEADER`] bytes), the inflater's 32 KiB window and
+//! one output buffer.
+//!
+//! The header is parsed here rather than with flate2's `GzDecoder`: the raw inflater is
+//! the one zip extraction already links, and a decoder that takes bytes pushed to it (as
+//! the download receives them) rather than pulled through `Read` fits the download loop.
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+/// The longest header taken (its fixed part, FEXTRA, FNAME, FCOMMENT and FHCRC): a name
+/// and comment that never end would otherwise be held in memory for as long as they come.
+const MAX_HEADER: usize = 128 << 10;
+/// Output handed to the sink at a time.
+const OUT_CHUNK: usize = 64 << 10;
+
+/// Where in the member the bytes fed so far end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Header,
+    Body,
+    Trailer,
+    Done,
+}
+
+/// Inflates one gzip member fed in pieces ([`Inflater::feed`]); [`Inflater::finish`]
+/// says whether the member was whole, with a matching trailer.
+pub(crate) struct Inflater {
+    stage: Stage,
+    /// The header while it is incomplete; then the trailer's bytes.
+    held: Vec<u8>,
+    inflate: Decompress,
+    crc: crc32fast::Hasher,
+    out: Vec<u8>,
+    inflated: u64,
+}
+
+impl Inflater {
+    pub(crate) fn new() -> Inflater {
+        Inflater {
+            stage: Stage::Header,
+            held: Vec::new(),
+            inflate: Decompress::new(false),
+            crc: crc32fast::Hasher::new(),
+            out: vec![0; OUT_CHUNK],
+            inflated: 0,
+        }
+    }
+
+    /// Inflates `input`, the next bytes of the member, handing the output to `sink` in
+    /// order. Data that is not gzip, not valid deflate, or continues past the member's
+    /// trailer (a second member, trailing garbage) is `bad(what was found)`; the sink's
+    /// own error stops it too.
+    pub(crate) fn feed<E>(
+        &mut self,
+        input: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+        bad: &dyn Fn(String) -> E,
+    ) -> Result<(), E> {
+        let body;
+        let mut input = input;
+        if self.stage == Stage::Header {
+            self.held.extend_from_slice(input);
+            match parse_header(&self.held).map_err(bad)? {
+                None if self.held.len() > MAX_HEADER => {
+                    return Err(bad(format!(
+                        "expected a gzip header of at most {MAX_HEADER} bytes, found a longer one"
+                    )))
+                }
+                None => return Ok(()),
+                Some(len) => {
+                    body = self.held.split_off(len);
+                    self.held.clear();
+                    input = &body;
+                    self.stage = Stage::Body;
+                }
+            }
+        }
+        loop {
+            match self.stage {
+                Stage::Body => {
+                    let (before_in, before_out) =
+                        (self.inflate.total_in(), self.inflate.total_out());
+                    let status = self
+                        .inflate
+                        .decompress(input, &mut self.out, FlushDecompress::None)
+                        .map_err(|e| {
+                            bad(format!(
+                                "expected deflate data, found it invalid after {} inflated bytes ({e})",
+                                self.inflated
+                            ))
+                        })?;
+                    let used = (self.inflate.total_in() - before_in) as usize;
+                    let made = (self.inflate.total_out() - before_out) as usize;
+                    input = &input[used..];
+                    if made > 0 {
+                        self.crc.update(&self.out[..made]);
+                        self.inflated += made as u64;
+                        sink(&self.out[..made])?;
+                    }
+                    if status == Status::StreamEnd {
+                        self.stage = Stage::Trailer;
+                    } else if used == 0 && made == 0 {
+                        return Ok(());
+                    }
+                }
+                Stage::Trailer if !input.is_empty() => {
+                    let take = (8 - self.held.len()).min(input.len());
+                    self.held.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.held.len() == 8 {
+                        self.check_trailer().map_err(bad)?;
+                        self.stage = Stage::Done;
+                    }
+                }
+                Stage::Done if !input.is_empty() => {
+                    let what = if input.starts_with(&[0x1f]) {
+                        "another gzip member after it (concatenated gzip files)"
+                    } else {
+                        "trailing bytes after it"
+                    };
+                    return Err(bad(format!("expected one gzip member, found {what}")));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn check_trailer(&self) -> Result<(), String> {
+        let word = |at: usize| {
+            u32::from_le_bytes([
+                self.held[at],
+                self.held[at + 1],
+                self.held[at + 2],
+                self.held[at + 3],
+            ])
+        };
+        let crc = self.crc.clone().finalize();
+        if word(0) != crc {
+            return Err(format!(
+                "expected the gzip trailer's CRC32 to be that of the inflated bytes ({crc:08x}), found {:08x}",
+                word(0)
+            ));
+        }
+        // ISIZE is the length modulo 2^32.
+        if word(4) != self.inflated as u32 {
+            return Err(format!(
+                "expected the gzip trailer's ISIZE to be the inflated length ({} bytes, {} modulo 2^32), found {}",
+                self.inflated,
+                self.inflated as u32,
+                word(4)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The inflated length, once the member ended with a matching trailer; otherwise
+    /// what it was cut short in.
+    pub(crate) fn finish(&self) -> Result<u64, String> {
+        let cut = match self.stage {
+            Stage::Done => return Ok(self.inflated),
+            Stage::Header => "its header",
+            Stage::Body => "its deflate data",
+            Stage::Trailer => "its 8-byte trailer",
+        };
+        Err(format!(
+            "expected a whole gzip member, found it cut short in {cut} after {} inflated bytes",
+            self.inflated
+        ))
+    }
+}
+
+/// The length of the gzip header at the start of `h`; `None` while more bytes are needed.
+fn parse_header(h: &[u8]) -> Result<Option<usize>, String> {
+    const MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
+    let n = h.len().min(3);
+    if h[..n] != MAGIC[..n] {
+        return Err(format!(
+            "expected gzip data (1f 8b 08: deflate), found it starting {}",
+            crate::trust::hex(&h[..n])
+        ));
+    }
+    if h.len() < 10 {
+        return Ok(None);
+    }
+    let flags = h[3];
+    if flags & 0xe0 != 0 {
+        return Err(format!(
+            "expected gzip header flags without the reserved bits, found {flags:#04x}"
+        ));
+    }
+    let mut at = 10;
+    if flags & 4 != 0 {
+        let Some(len) = h.get(at..at + 2) else {
+            return Ok(None);
+        };
+        at += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
+    }
+    // FNAME, then FCOMMENT: each ends with a zero byte.
+    for flag in [8, 16] {
+        if flags & flag != 0 {
+            let Some(end) = h.get(at..).and_then(|r| r.iter().position(|b| *b == 0)) else {
+                return Ok(None);
+            };
+            at += end + 1;
+        }
+    }
+    if flags & 2 != 0 {
+        let Some(crc16) = h.get(at..at + 2) else {
+            return Ok(None);
+        };
+        let expected = crc32fast::hash(&h[..at]) as u16;
+        let found = u16::from_le_bytes([crc16[0], crc16[1]]);
+        if found != expected {
+            return Err(format!(
+                "expected the gzip header's CRC16 {expected:04x}, found {found:04x}"
+            ));
+        }
+        at += 2;
+    }
+    Ok((h.len() >= at).then_some(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Inflates `gz` fed `piece` bytes at a time: the output, or the first problem.
+    fn inflate(gz: &[u8], piece: usize) -> Result<Vec<u8>, String> {
+        let mut inflater = Inflater::new();
+        let mut out = Vec::new();
+        for chunk in gz.chunks(piece) {
+            inflater.feed(
+                chunk,
+                &mut |b: &[u8]| -> Result<(), String> {
+                    out.extend_from_slice(b);
+                    Ok(())
+                },
+                &|m| m,
+            )?;
+        }
+        let len = inflater.finish()?;
+        assert_eq!(len, out.len() as u64);
+        Ok(out)
+    }
+
+    fn data() -> Vec<u8> {
+        (0..300_000u32)
+            .flat_map(|i| (i / 7).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_member_inflates_whatever_the_pieces_it_comes_in() {
+        let data = data();
+        let gz = gzip(&data);
+        for piece in [1, 7, 4096, gz.len()] {
+            assert_eq!(inflate(&gz, piece).unwrap(), data, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn every_optional_header_field_is_skipped() {
+        let data = b"rootfs".repeat(1000);
+        let gz = gzip(&data);
+        let mut header = vec![0x1f, 0x8b, 8, 4 | 8 | 16 | 2, 0, 0, 0, 0, 0, 3];
+        header.extend_from_slice(&[3, 0, b'a', b'b', b'c']);
+        header.extend_from_slice(b"rootfs.ext4\0a comment\0");
+        let crc = crc32fast::hash(&header) as u16;
+        header.extend_from_slice(&crc.to_le_bytes());
+        let mut full = header.clone();
+        full.extend_from_slice(&gz[10..]);
+        assert_eq!(inflate(&full, 3).unwrap(), data);
+        full[header.len() - 1] ^= 1;
+        let err = inflate(&full, 3).unwrap_err();
+        assert!(err.contains("CRC16"), "{err}");
+    }
+
+    #[test]
+    fn damaged_cut_or_extended_members_are_refused_by_what_is_wrong() {
+        let data = data();
+        let gz = gzip(&data);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                gz[..gz.len() - 3].to_vec(),
+                "cut short in its 8-byte trailer",
+            ),
+            (gz[..gz.len() / 2].to_vec(), "cut short in its deflate data"),
+            (gz[..5].to_vec(), "cut short in its header"),
+            ([gz.clone(), gz.clone()].concat(), "another gzip member"),
+            ([gz.clone(), b"junk".to_vec()].concat(), "trailing bytes"),
+            (
+                {
+                    let mut g = gz.clone();
+                    let n = g.len();
+                    g[n - 8] ^= 1;
+                    g
+                },
+                "CRC32",
+            ),
+            (
+                {
+                    let mut g = gz.clone();
+                    let n = g.len();
+                    g[n - 1] ^= 1;
+                    g
+                },
+                "ISIZE",
+            ),
+            (b"BZh91AY&SY".to_vec(), "expected gzip data"),
+        ];
+        for (bad, expected) in cases {
+            let err = inflate(&bad, 1000).unwrap_err();
+            assert!(err.contains(expected), "{err}\nwanted: {expected}");
+        }
+    }
+}
