@@ -403,7 +403,7 @@ fn image_sizes(plan: &Offer) -> impl Iterator<Item = u64> + '_ {
     plan.components
         .iter()
         .filter_map(|c| artifact_to_install(plan, c))
-        .map(|a| a.size)
+        .map(|a| a.slot_bytes().0)
 }
 
 /// Removes the partial downloads (`<sha256>.part`) of blobs `plan` does not need: those of
@@ -2169,6 +2169,13 @@ impl Updater {
             slot,
             record: &record,
             recorded: std::rc::Rc::new(std::cell::RefCell::new(recorded)),
+            // Image slots take one image, this one.
+            inflate_to: plan
+                .components
+                .iter()
+                .filter_map(|c| artifact_to_install(plan, c))
+                .find(|a| a.compression.is_some())
+                .and_then(|a| a.installed_size),
         };
         self.fetch_all(plan, progress, cancel, &mut |spec, p| {
             self.fetcher.stream(spec, &into, p, cancel)
@@ -2672,7 +2679,10 @@ impl Updater {
                 continue;
             };
             let mut last = 0u64;
-            let read = images.read_back(slot, a.size, &a.sha256, &mut |done, total| {
+            // A compressed image is compared with the signed hash of what it
+            // decompresses to.
+            let (size, sha256) = a.slot_bytes();
+            let read = images.read_back(slot, size, sha256, &mut |done, total| {
                 if done == total || done >= last + (8 << 20) {
                     last = done;
                     self.emit(Event::Installing {

@@ -1955,3 +1955,169 @@ fn a_staged_release_without_its_record_is_installed_by_download_and_install() {
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
 }
+
+/// A board running 1.0.0 from slot A, started, with 2.0.0 on the channel as a gzip image
+/// of `len` bytes published with the CLI: the repository, the server, the board, the
+/// image, its gzip and the path of the gzip's blob.
+fn board_offered_a_gzip_image(
+    name: &str,
+    loader: Loader,
+    len: usize,
+) -> (Repo, TestServer, Board, Vec<u8>, Vec<u8>, String) {
+    let (repo, server, board) = served_board(name, loader);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let (image, gz) = board::release_gzip_image(&repo, "2.0.0", len, 2);
+    let blob = format!("blobs/sha256/{}", evergreen::trust::sha256_hex(&gz));
+    (repo, server, board, image, gz, blob)
+}
+
+/// Edits the artifact of 2.0.0's `rootfs` in a hand-signed manifest.
+fn edit_rootfs(repo: &Repo, edit: impl FnOnce(&mut evergreen::manifest::Artifact)) {
+    repo.edit_channel("stable", |m| {
+        let release = m.releases.iter_mut().find(|r| r.version.major == 2);
+        let target = release.unwrap().targets.get_mut(TARGET).unwrap();
+        edit(&mut target.components.get_mut("rootfs").unwrap().artifact);
+    });
+}
+
+/// A gzip image is downloaded compressed (fewer bytes on the wire than the image) and
+/// inflated straight into the idle slot, which then holds exactly the image; the install
+/// reads it back against the image's own hash, and the board boots it.
+#[test]
+fn a_gzip_image_is_inflated_into_the_idle_slot_and_boots() {
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzip", Loader::Grub, 4 * MIB);
+    assert!(
+        gz.len() < image.len() / 3,
+        "{} of {}",
+        gz.len(),
+        image.len()
+    );
+    let running = board.slot_bytes(Slot::A);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    assert_eq!(plan.download_size(), gz.len() as u64);
+    let before = up.fetch_stats().bytes_received;
+    let mut last = (0, 0);
+    up.download(&plan, &mut |d, t| last = (d, t), &CancelToken::new())
+        .unwrap();
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(received, gz.len() as u64, "bytes on the wire");
+    assert_eq!(last, (gz.len() as u64, gz.len() as u64));
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    up.activate(false).unwrap();
+    assert_eq!(board.power_on(), Some(Slot::B));
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was changed");
+    assert_eq!(server.requests(&blob).len(), 1);
+}
+
+/// A torn connection mid-way through a gzip image cannot resume (the inflater's state is
+/// not kept): the record never vouches for part of it, and the next update fetches it
+/// from its first byte and completes.
+#[test]
+fn a_torn_gzip_image_starts_over_from_its_first_byte_and_completes() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gziptorn", Loader::UBoot, 8 * MIB);
+    assert!(gz.len() > 700_000, "{}", gz.len());
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 2);
+    let err = failed_update(&board);
+    assert!(err.starts_with("error[network]:"), "{err}");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    let record = std::fs::read_to_string(board.dev.state.join("image-stream")).unwrap();
+    assert_eq!(record.split_whitespace().nth(2), Some("0"), "{record}");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+
+    board.dev.expect("update", &["--yes"], 0);
+    let ranges: Vec<Option<String>> = server
+        .requests(&blob)
+        .into_iter()
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(ranges, [None, None, None]);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
+    assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// A gzip bomb: a (hand-signed) manifest whose installed_size is below what the blob
+/// inflates to. The download stops, `too_large`, before it writes past installed_size:
+/// the slot file never grows beyond it, and the board keeps booting A.
+#[test]
+fn a_gzip_image_inflating_past_its_installed_size_stops_before_writing_past_it() {
+    let (repo, _server, board, _image, _gz, _blob) =
+        board_offered_a_gzip_image("gzipbomb", Loader::Grub, 4 * MIB);
+    let declared = MIB as u64;
+    edit_rootfs(&repo, |a| a.installed_size = Some(declared));
+    let err = failed_update(&board);
+    assert!(err.starts_with("error[too_large]: "), "{err}");
+    assert!(
+        err.contains(&format!(
+            "expected it to decompress to {declared} bytes (its installed_size), found more than that"
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&board.b).unwrap().len(), declared);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+}
+
+/// A gzip image served damaged is `hash_mismatch`, whatever its inflater made of it: the
+/// slot stays `installing`, out of the boot order, and installs once the server is fixed.
+#[test]
+fn a_damaged_gzip_image_is_hash_mismatch_and_leaves_the_slot_unbootable() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, _blob) =
+        board_offered_a_gzip_image("gzipbad", Loader::Grub, 2 * MIB);
+    let running = board.slot_bytes(Slot::A);
+    let mut bad = gz.clone();
+    let middle = bad.len() / 2;
+    for b in &mut bad[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    server.set_fault("blobs/", Fault::Replace(bad));
+    let err = failed_update(&board);
+    assert!(err.starts_with("error[hash_mismatch]:"), "{err}");
+    let s = board.dev.status();
+    assert_eq!(
+        (s["primary"].as_str(), s["trial"].clone()),
+        (Some("a"), Value::Null)
+    );
+    assert_eq!(s["slots"]["b"]["status"], "installing");
+    assert_eq!(board.grub("B_OK"), "0");
+    assert!(board.slot_bytes(Slot::A) == running, "slot A was changed");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+
+    server.clear_faults();
+    board.dev.expect("update", &["--yes"], 0);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// The install compares the slot with the signed installed_sha256, not with the
+/// compressed blob's hash: a (hand-signed) manifest naming another image fails the
+/// read-back, `hash_mismatch`, and the slot is never marked installed.
+#[test]
+fn a_gzip_image_read_back_is_compared_with_its_installed_sha256() {
+    let (repo, _server, board, _image, _gz, _blob) =
+        board_offered_a_gzip_image("gzipsha", Loader::Grub, MIB);
+    let other = "ab".repeat(32);
+    edit_rootfs(&repo, |a| a.installed_sha256 = Some(other.clone()));
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let err = up.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("expected sha256 {other} when read back")),
+        "{err}"
+    );
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
+}

@@ -74,6 +74,10 @@ pub(crate) struct SlotDest<'a> {
     /// The record as the caller read it before the download, and as the download has
     /// written it since: read once, not again at every attempt.
     pub recorded: Rc<RefCell<Option<Streamed>>>,
+    /// For a gzip image: the exact size it decompresses to (its `installed_size`). Its
+    /// bytes are inflated into the slot as they arrive, and it never resumes mid-stream:
+    /// the record says 0 or all of it.
+    pub inflate_to: Option<u64>,
 }
 
 impl SlotDest<'_> {
@@ -495,6 +499,27 @@ struct Part<'t> {
     kept: u64,
     /// Whether an image slot is a block device ([`image::write_failed`]); false otherwise.
     block: bool,
+    /// For a gzip image: the inflater the received bytes go through into the slot.
+    inflating: Option<Box<Inflating>>,
+}
+
+/// A gzip image being inflated into its slot.
+struct Inflating {
+    inflater: crate::gzip::Inflater,
+    /// Bytes written into the slot, where the next output goes.
+    written: u64,
+    /// The image's `installed_size`: never written past.
+    limit: u64,
+}
+
+impl Inflating {
+    fn new(limit: u64) -> Inflating {
+        Inflating {
+            inflater: crate::gzip::Inflater::new(),
+            written: 0,
+            limit,
+        }
+    }
 }
 
 impl<'t> Part<'t> {
@@ -518,14 +543,28 @@ impl<'t> Part<'t> {
                 (file, false, u64::MAX)
             }
             Dest::Slot(into) => {
-                let (file, block) = into
-                    .images
-                    .open_to_write(into.slot, size, &to.spec.sha256)?;
-                (file, block, to.recorded())
+                let in_slot = into.inflate_to.unwrap_or(size);
+                let (file, block) =
+                    into.images
+                        .open_to_write(into.slot, in_slot, &to.spec.sha256)?;
+                // The inflater's state is not kept across attempts: a gzip image starts
+                // from its first byte every time.
+                let recorded = match into.inflate_to {
+                    Some(_) => 0,
+                    None => to.recorded(),
+                };
+                (file, block, recorded)
             }
         };
         let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
             .map_err(|e| Error::io("hashing", path, e))?;
+        let inflating = match &to.dest {
+            Dest::Slot(SlotDest {
+                inflate_to: Some(limit),
+                ..
+            }) => Some(Box::new(Inflating::new(*limit))),
+            _ => None,
+        };
         let mut part = Part {
             to,
             file,
@@ -533,6 +572,7 @@ impl<'t> Part<'t> {
             len,
             kept: len,
             block,
+            inflating,
         };
         match &to.dest {
             Dest::File { .. } if len > size => part.restart()?,
@@ -550,7 +590,51 @@ impl<'t> Part<'t> {
         self.truncate(0)?;
         self.hasher = Sha256::new();
         self.kept = 0;
+        if let Some(inflating) = &mut self.inflating {
+            **inflating = Inflating::new(inflating.limit);
+        }
         Ok(())
+    }
+
+    /// Writes the next received `bytes`: as they are, or inflated for a gzip image, which
+    /// is stopped (`too_large`) before it writes past its `installed_size`, and whose
+    /// data that does not inflate is `hash_mismatch`, as bytes other than the signed
+    /// ones are.
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Stop> {
+        let Some(inflating) = &mut self.inflating else {
+            return self
+                .file
+                .write_all(bytes)
+                .map_err(|e| Stop::Write(e, self.len));
+        };
+        let Inflating {
+            inflater,
+            written,
+            limit,
+        } = &mut **inflating;
+        let (file, spec, len) = (&mut self.file, self.to.spec, self.len);
+        let path = self.to.dest.path();
+        inflater.feed(
+            bytes,
+            &mut |out| {
+                if *written + out.len() as u64 > *limit {
+                    return Err(Stop::Data(Error::new(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "gzip image {} into {}: expected it to decompress to {limit} bytes (its installed_size), found more than that within the first {} of its {} compressed bytes; stopped before writing past them",
+                            spec.sha256,
+                            path.display(),
+                            len + bytes.len() as u64,
+                            spec.size
+                        ),
+                    )));
+                }
+                file.write_all(out).map_err(|e| Stop::Write(e, *written))?;
+                *written += out.len() as u64;
+                Ok(())
+            },
+            &|problem| Stop::Data(inflate_failed(spec, path, &problem)),
+        )
     }
 
     /// Drops the bytes from `at` on, to write there next. A slot keeps its length; its
@@ -602,7 +686,10 @@ impl<'t> Part<'t> {
             return Ok(());
         };
         crate::fsutil::crash_point("image bytes written")?;
-        if self.len < self.to.spec.size && self.len - self.to.recorded() >= checkpoint() {
+        if self.inflating.is_none()
+            && self.len < self.to.spec.size
+            && self.len - self.to.recorded() >= checkpoint()
+        {
             self.record(into, self.len)?;
         }
         Ok(())
@@ -612,7 +699,7 @@ impl<'t> Part<'t> {
     /// cancel), for the next attempt to resume after them; best effort, as the stop's
     /// own error is the one to report (a record not made costs a fetch, not the image).
     fn keep_received(&self) {
-        if let Dest::Slot(into) = &self.to.dest {
+        if let (Dest::Slot(into), None) = (&self.to.dest, &self.inflating) {
             if self.len > self.to.recorded() && self.len < self.to.spec.size {
                 let _ = self.record(into, self.len);
             }
@@ -624,6 +711,8 @@ impl<'t> Part<'t> {
         let Dest::Slot(into) = &self.to.dest else {
             return write_failed(self.path(), at, e, total);
         };
+        // A gzip image's offsets are those of the image it decompresses to.
+        let total = self.inflating.as_ref().map_or(total, |i| i.limit);
         // A plain file whose disk filled up is emptied (see `image::write_failed`): its
         // record must then vouch for none of it.
         let emptied = !self.block && crate::fsutil::is_disk_full(&e);
@@ -642,7 +731,26 @@ impl<'t> Part<'t> {
         let sha256 = &self.to.spec.sha256;
         let found = hex(&std::mem::take(&mut self.hasher).finalize());
         if found == *sha256 {
-            return self.keep();
+            // The signed bytes, yet a gzip image must also have ended whole at exactly
+            // its installed_size (a hand-made manifest may say otherwise).
+            let Some(inflating) = &self.inflating else {
+                return self.keep();
+            };
+            let problem = match inflating.inflater.finish() {
+                Ok(len) if len == inflating.limit => return self.keep(),
+                Ok(len) => format!(
+                    "expected it to decompress to {} bytes (its installed_size), found {len}",
+                    inflating.limit
+                ),
+                Err(problem) => problem,
+            };
+            let failed = inflate_failed(self.to.spec, self.path(), &problem);
+            return Err(match self.discard() {
+                Ok(()) => failed,
+                Err(r) => failed.map_message(|m| {
+                    format!("{m}; and recording that the slot holds none of it failed: {r}")
+                }),
+            });
         }
         let len = self.len;
         let reset = self.discard().err();
@@ -712,6 +820,9 @@ enum Stop {
     /// read stop: a failed sync is reported once, and one repeated may succeed with the
     /// bytes lost, which the record would then vouch for.
     Record(Error),
+    /// A gzip image's data does not inflate into its slot as declared; its record
+    /// says none of it is there already.
+    Data(Error),
 }
 
 impl Stream<'_, '_> {
@@ -771,7 +882,7 @@ impl Stream<'_, '_> {
             }
             // The file is closed on the way out, which frees what its removal gave back.
             Err(Stop::Write(e, at)) => Err(part.write_failed(at, e, self.total)),
-            Err(Stop::Record(e)) => Err(e),
+            Err(Stop::Record(e) | Stop::Data(e)) => Err(e),
         }
     }
 
@@ -800,9 +911,7 @@ impl Stream<'_, '_> {
             if n > 0 {
                 // Bytes that arrived before an error are kept: a resume continues after them.
                 self.fetcher.count_received(n);
-                part.file
-                    .write_all(&buf[..n])
-                    .map_err(|e| Stop::Write(e, part.len))?;
+                part.put(&buf[..n])?;
                 if full.send((buf, n)).is_err() {
                     return Ok(());
                 }
@@ -838,6 +947,19 @@ fn write_failed(path: &Path, at: u64, e: io::Error, total: u64) -> Error {
         format!(
             "writing {}: expected room for the {total} bytes of the download, found the file system full after {at} bytes ({e}); the partial download was removed so the state can still be saved: free space and update again",
             path.display(),
+        ),
+    )
+}
+
+/// A gzip image whose data does not inflate into exactly the image (`problem`):
+/// `hash_mismatch`, as the publisher inflated the signed blob whole.
+fn inflate_failed(spec: &super::BlobSpec, path: &Path, problem: &str) -> Error {
+    Error::new(
+        ErrorKind::HashMismatch,
+        format!(
+            "gzip image {} into {}: {problem}",
+            spec.sha256,
+            path.display()
         ),
     )
 }
@@ -1026,6 +1148,7 @@ mod tests {
             slot: Slot::B,
             record: &record,
             recorded: Rc::new(RefCell::new(Some(recorded))),
+            inflate_to: None,
         };
         let spec = super::super::BlobSpec {
             sha256: sha256.clone(),
@@ -1043,6 +1166,7 @@ mod tests {
             len: 300,
             kept: 300,
             block: false,
+            inflating: None,
         };
         part.truncate(100).unwrap();
         let found = Streamed::read(&record).unwrap();

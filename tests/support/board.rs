@@ -269,6 +269,39 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
+/// An image of `len` bytes that compresses about four to one: blocks of the version's
+/// pseudo-random bytes between runs of zeros, as a file system's free space.
+pub fn compressible_image(len: usize, seed: u64) -> Vec<u8> {
+    let random = pattern(len, seed);
+    let mut image = vec![0u8; len];
+    for (i, block) in image.chunks_mut(16 << 10).enumerate() {
+        let n = block.len().min(4 << 10);
+        block[..n].copy_from_slice(&random[i * (16 << 10)..][..n]);
+    }
+    image
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Publishes `version` with one `image` component, `rootfs`, a gzip of a
+/// [`compressible_image`] of `len` bytes: the image and its gzip.
+pub fn release_gzip_image(repo: &Repo, version: &str, len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let image = compressible_image(len, seed);
+    let gz = gzip(&image);
+    let path = repo
+        .scratch("images")
+        .join(format!("rootfs-{version}.img.gz"));
+    std::fs::write(&path, &gz).unwrap();
+    let spec = PathBuf::from(format!("{}:image", path.display()));
+    repo.release("stable", version, TARGET, &[("rootfs", &spec)], &[]);
+    (image, gz)
+}
+
 /// Publishes `version` with one `image` component, `rootfs`, made of `len` bytes.
 pub fn release_image(repo: &Repo, version: &str, len: usize, seed: u64) -> PathBuf {
     let image = repo.scratch("images").join(format!("rootfs-{version}.img"));
