@@ -8,6 +8,7 @@
 //! the one zip extraction already links, and a decoder that takes bytes pushed to it (as
 //! the download receives them) rather than pulled through `Read` fits the download loop.
 
+use crate::error::{Error, Result};
 use flate2::{Decompress, FlushDecompress, Status};
 
 /// The longest header taken (its fixed part, FEXTRA, FNAME, FCOMMENT and FHCRC): a name
@@ -52,13 +53,13 @@ impl Inflater {
     /// Inflates `input`, the next bytes of the member, handing the output to `sink` in
     /// order. Data that is not gzip, not valid deflate, or continues past the member's
     /// trailer (a second member, trailing garbage) is `bad(what was found)`; the sink's
-    /// own error stops it too.
-    pub(crate) fn feed<E>(
+    /// own error stops it too. Not generic: one copy serves the publisher and the device.
+    pub(crate) fn feed(
         &mut self,
         input: &[u8],
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
-        bad: &dyn Fn(String) -> E,
-    ) -> Result<(), E> {
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+        bad: &dyn Fn(String) -> Error,
+    ) -> Result<()> {
         let body;
         let mut input = input;
         if self.stage == Stage::Header {
@@ -128,7 +129,7 @@ impl Inflater {
         }
     }
 
-    fn check_trailer(&self) -> Result<(), String> {
+    fn check_trailer(&self) -> std::result::Result<(), String> {
         let word = |at: usize| {
             u32::from_le_bytes([
                 self.held[at],
@@ -158,7 +159,7 @@ impl Inflater {
 
     /// The inflated length, once the member ended with a matching trailer; otherwise
     /// what it was cut short in.
-    pub(crate) fn finish(&self) -> Result<u64, String> {
+    pub(crate) fn finish(&self) -> std::result::Result<u64, String> {
         let cut = match self.stage {
             Stage::Done => return Ok(self.inflated),
             Stage::Header => "its header",
@@ -173,7 +174,7 @@ impl Inflater {
 }
 
 /// The length of the gzip header at the start of `h`; `None` while more bytes are needed.
-fn parse_header(h: &[u8]) -> Result<Option<usize>, String> {
+fn parse_header(h: &[u8]) -> std::result::Result<Option<usize>, String> {
     const MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
     let n = h.len().min(3);
     if h[..n] != MAGIC[..n] {
@@ -235,18 +236,20 @@ mod tests {
     }
 
     /// Inflates `gz` fed `piece` bytes at a time: the output, or the first problem.
-    fn inflate(gz: &[u8], piece: usize) -> Result<Vec<u8>, String> {
+    fn inflate(gz: &[u8], piece: usize) -> std::result::Result<Vec<u8>, String> {
         let mut inflater = Inflater::new();
         let mut out = Vec::new();
         for chunk in gz.chunks(piece) {
-            inflater.feed(
-                chunk,
-                &mut |b: &[u8]| -> Result<(), String> {
-                    out.extend_from_slice(b);
-                    Ok(())
-                },
-                &|m| m,
-            )?;
+            inflater
+                .feed(
+                    chunk,
+                    &mut |b: &[u8]| {
+                        out.extend_from_slice(b);
+                        Ok(())
+                    },
+                    &Error::config,
+                )
+                .map_err(|e| e.to_string())?;
         }
         let len = inflater.finish()?;
         assert_eq!(len, out.len() as u64);

@@ -614,11 +614,13 @@ impl<'t> Part<'t> {
         } = &mut **inflating;
         let (file, spec, len) = (&mut self.file, self.to.spec, self.len);
         let path = self.to.dest.path();
-        inflater.feed(
+        // A failed write keeps its own handling (a full disk empties a slot file).
+        let mut write_failed = None;
+        let fed = inflater.feed(
             bytes,
             &mut |out| {
                 if *written + out.len() as u64 > *limit {
-                    return Err(Stop::Data(Error::new(
+                    return Err(Error::new(
                         ErrorKind::TooLarge,
                         format!(
                             "gzip image {} into {}: expected it to decompress to {limit} bytes (its installed_size), found more than that within the first {} of its {} compressed bytes; stopped before writing past them",
@@ -627,14 +629,22 @@ impl<'t> Part<'t> {
                             len + bytes.len() as u64,
                             spec.size
                         ),
-                    )));
+                    ));
                 }
-                file.write_all(out).map_err(|e| Stop::Write(e, *written))?;
+                if let Err(e) = file.write_all(out) {
+                    write_failed = Some((e, *written));
+                    return Err(Error::config(""));
+                }
                 *written += out.len() as u64;
                 Ok(())
             },
-            &|problem| Stop::Data(inflate_failed(spec, path, &problem)),
-        )
+            &|problem| inflate_failed(spec, path, &problem),
+        );
+        match (fed, write_failed) {
+            (_, Some((e, at))) => Err(Stop::Write(e, at)),
+            (Err(e), None) => Err(Stop::Data(e)),
+            (Ok(()), None) => Ok(()),
+        }
     }
 
     /// Drops the bytes from `at` on, to write there next. A slot keeps its length; its
