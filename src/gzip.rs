@@ -8,7 +8,6 @@
 //! the one zip extraction already links, and a decoder that takes bytes pushed to it (as
 //! the download receives them) rather than pulled through `Read` fits the download loop.
 
-use crate::error::{Error, Result};
 use flate2::{Decompress, FlushDecompress, Status};
 
 /// The longest header taken (its fixed part, FEXTRA, FNAME, FCOMMENT and FHCRC): a name
@@ -50,31 +49,29 @@ impl Inflater {
         }
     }
 
-    /// Inflates `input`, the next bytes of the member, handing the output to `sink` in
-    /// order. Data that is not gzip, not valid deflate, or continues past the member's
-    /// trailer (a second member, trailing garbage) is `bad(what was found)`; the sink's
-    /// own error stops it too. Not generic: one copy serves the publisher and the device.
-    pub(crate) fn feed(
-        &mut self,
-        input: &[u8],
-        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
-        bad: &dyn Fn(String) -> Error,
-    ) -> Result<()> {
-        let body;
-        let mut input = input;
+    /// Inflates from the front of `input`, the next bytes of the member, moving it past
+    /// the bytes used: the next output, or nothing once `input` is used up (feed more) or
+    /// the member ended. Data that is not gzip, not valid deflate, or continues past the
+    /// member's trailer (a second member, trailing garbage) is what was found. The caller
+    /// calls again until it gets nothing and handles the output (and a failure to write
+    /// it) itself: no callback, so one copy serves the publisher and the device.
+    pub(crate) fn inflate(&mut self, input: &mut &[u8]) -> std::result::Result<&[u8], String> {
         if self.stage == Stage::Header {
+            let before = self.held.len();
             self.held.extend_from_slice(input);
-            match parse_header(&self.held).map_err(bad)? {
+            match parse_header(&self.held)? {
                 None if self.held.len() > MAX_HEADER => {
-                    return Err(bad(format!(
+                    return Err(format!(
                         "expected a gzip header of at most {MAX_HEADER} bytes, found a longer one"
-                    )))
+                    ))
                 }
-                None => return Ok(()),
+                None => {
+                    *input = &[];
+                    return Ok(&[]);
+                }
                 Some(len) => {
-                    body = self.held.split_off(len);
+                    *input = &input[len - before..];
                     self.held.clear();
-                    input = &body;
                     self.stage = Stage::Body;
                 }
             }
@@ -88,31 +85,32 @@ impl Inflater {
                         .inflate
                         .decompress(input, &mut self.out, FlushDecompress::None)
                         .map_err(|e| {
-                            bad(format!(
+                            format!(
                                 "expected deflate data, found it invalid after {} inflated bytes ({e})",
                                 self.inflated
-                            ))
+                            )
                         })?;
                     let used = (self.inflate.total_in() - before_in) as usize;
                     let made = (self.inflate.total_out() - before_out) as usize;
-                    input = &input[used..];
+                    *input = &input[used..];
+                    if status == Status::StreamEnd {
+                        self.stage = Stage::Trailer;
+                    }
                     if made > 0 {
                         self.crc.update(&self.out[..made]);
                         self.inflated += made as u64;
-                        sink(&self.out[..made])?;
+                        return Ok(&self.out[..made]);
                     }
-                    if status == Status::StreamEnd {
-                        self.stage = Stage::Trailer;
-                    } else if used == 0 && made == 0 {
-                        return Ok(());
+                    if status != Status::StreamEnd && used == 0 {
+                        return Ok(&[]);
                     }
                 }
                 Stage::Trailer if !input.is_empty() => {
                     let take = (8 - self.held.len()).min(input.len());
                     self.held.extend_from_slice(&input[..take]);
-                    input = &input[take..];
+                    *input = &input[take..];
                     if self.held.len() == 8 {
-                        self.check_trailer().map_err(bad)?;
+                        self.check_trailer()?;
                         self.stage = Stage::Done;
                     }
                 }
@@ -122,9 +120,9 @@ impl Inflater {
                     } else {
                         "trailing bytes after it"
                     };
-                    return Err(bad(format!("expected one gzip member, found {what}")));
+                    return Err(format!("expected one gzip member, found {what}"));
                 }
-                _ => return Ok(()),
+                _ => return Ok(&[]),
             }
         }
     }
@@ -239,17 +237,14 @@ mod tests {
     fn inflate(gz: &[u8], piece: usize) -> std::result::Result<Vec<u8>, String> {
         let mut inflater = Inflater::new();
         let mut out = Vec::new();
-        for chunk in gz.chunks(piece) {
-            inflater
-                .feed(
-                    chunk,
-                    &mut |b: &[u8]| {
-                        out.extend_from_slice(b);
-                        Ok(())
-                    },
-                    &Error::config,
-                )
-                .map_err(|e| e.to_string())?;
+        for mut chunk in gz.chunks(piece) {
+            loop {
+                let made = inflater.inflate(&mut chunk)?;
+                if made.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(made);
+            }
         }
         let len = inflater.finish()?;
         assert_eq!(len, out.len() as u64);

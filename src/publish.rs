@@ -2335,18 +2335,19 @@ impl Probe {
         self.inflate(&head, path)
     }
 
-    fn inflate(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
+    fn inflate(&mut self, mut bytes: &[u8], path: &Path) -> Result<()> {
         let Probe::Gzip(inflater, hasher) = self else {
             return Ok(());
         };
-        inflater.feed(
-            bytes,
-            &mut |out| {
-                hasher.update(out);
-                Ok(())
-            },
-            &|problem| gzip_refused(path, &problem),
-        )
+        loop {
+            let out = inflater
+                .inflate(&mut bytes)
+                .map_err(|p| gzip_refused(path, &p))?;
+            if out.is_empty() {
+                return Ok(());
+            }
+            hasher.update(out);
+        }
     }
 
     /// For gzip data: the inflated size and SHA-256, once the member ended whole with a

@@ -2310,6 +2310,15 @@ impl Updater {
                 all.len()
             )));
         }
+        // A library built without the inflater refuses here, before the slot is marked,
+        // what it could not write into it.
+        #[cfg(not(feature = "gzip-images"))]
+        if let Some((name, _)) = all.iter().find(|(_, c)| c.artifact.compression.is_some()) {
+            return Err(Error::config(format!(
+                "component {name} of {}: expected an uncompressed image, found a gzip-compressed one, which this library was built without the `gzip-images` feature to decompress",
+                plan.version
+            )));
+        }
         // Nothing would be written, so nothing would ever be recorded downloaded: refused
         // here, before the slot is marked, rather than at the install.
         let empty = all.iter().find(|(_, c)| {

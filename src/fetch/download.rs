@@ -77,6 +77,7 @@ pub(crate) struct SlotDest<'a> {
     /// For a gzip image: the exact size it decompresses to (its `installed_size`). Its
     /// bytes are inflated into the slot as they arrive, and it never resumes mid-stream:
     /// the record says 0 or all of it.
+    #[cfg_attr(not(feature = "gzip-images"), allow(dead_code))]
     pub inflate_to: Option<u64>,
 }
 
@@ -499,11 +500,22 @@ struct Part<'t> {
     kept: u64,
     /// Whether an image slot is a block device ([`image::write_failed`]); false otherwise.
     block: bool,
-    /// For a gzip image: the inflater the received bytes go through into the slot.
-    inflating: Option<Box<Inflating>>,
+    /// How the received bytes reach the file.
+    writing: Writing,
+}
+
+/// How received bytes reach the file: the operations that differ are its methods.
+enum Writing {
+    /// As they arrive: the file holds the blob, and a slot resumes after its record.
+    AsIs,
+    /// A gzip image inflated into its slot as it arrives, from its first byte at every
+    /// attempt (the inflater's state is not kept): its record says 0 or all of it.
+    #[cfg(feature = "gzip-images")]
+    Inflating(Box<Inflating>),
 }
 
 /// A gzip image being inflated into its slot.
+#[cfg(feature = "gzip-images")]
 struct Inflating {
     inflater: crate::gzip::Inflater,
     /// Bytes written into the slot, where the next output goes.
@@ -512,13 +524,106 @@ struct Inflating {
     limit: u64,
 }
 
-impl Inflating {
-    fn new(limit: u64) -> Inflating {
-        Inflating {
-            inflater: crate::gzip::Inflater::new(),
-            written: 0,
-            limit,
+impl Writing {
+    fn new(dest: &Dest) -> Writing {
+        match dest {
+            #[cfg(feature = "gzip-images")]
+            Dest::Slot(SlotDest {
+                inflate_to: Some(limit),
+                ..
+            }) => Writing::Inflating(Box::new(Inflating {
+                inflater: crate::gzip::Inflater::new(),
+                written: 0,
+                limit: *limit,
+            })),
+            // Without the feature the updater's check refused a compressed image.
+            _ => Writing::AsIs,
         }
+    }
+
+    /// Whether a slot's bytes are recorded as they arrive, for a later attempt to
+    /// resume after them.
+    fn resumes(&self) -> bool {
+        matches!(self, Writing::AsIs)
+    }
+
+    /// The bytes the file ends up holding, of a blob of `size` bytes.
+    fn file_size(&self, size: u64) -> u64 {
+        match self {
+            Writing::AsIs => size,
+            #[cfg(feature = "gzip-images")]
+            Writing::Inflating(i) => i.limit,
+        }
+    }
+
+    /// Writes `bytes`, received after the first `len` of the blob `to`, into `file`.
+    #[cfg_attr(not(feature = "gzip-images"), allow(unused_variables))]
+    fn put(&mut self, file: &mut File, to: &Target, len: u64, bytes: &[u8]) -> Result<(), Stop> {
+        match self {
+            Writing::AsIs => file.write_all(bytes).map_err(|e| Stop::Write(e, len)),
+            #[cfg(feature = "gzip-images")]
+            Writing::Inflating(i) => i.put(file, to, len, bytes),
+        }
+    }
+
+    /// Once the signed bytes all arrived: whether they were written whole.
+    #[cfg_attr(not(feature = "gzip-images"), allow(unused_variables))]
+    fn check_end(&self, to: &Target) -> Result<()> {
+        match self {
+            Writing::AsIs => Ok(()),
+            #[cfg(feature = "gzip-images")]
+            Writing::Inflating(i) => i.check_end(to),
+        }
+    }
+}
+
+#[cfg(feature = "gzip-images")]
+impl Inflating {
+    /// Inflates `bytes` into `file`, stopped (`too_large`) before writing past the
+    /// image's `installed_size`; data that does not inflate is `hash_mismatch`, as bytes
+    /// other than the signed ones are.
+    fn put(&mut self, file: &mut File, to: &Target, len: u64, bytes: &[u8]) -> Result<(), Stop> {
+        let mut input = bytes;
+        loop {
+            let out = self
+                .inflater
+                .inflate(&mut input)
+                .map_err(|p| Stop::Data(inflate_failed(to, ErrorKind::HashMismatch, &p)))?;
+            if out.is_empty() {
+                return Ok(());
+            }
+            if self.written + out.len() as u64 > self.limit {
+                let problem = format!(
+                    "expected it to decompress to {} bytes (its installed_size), found more than that within the first {} of its {} compressed bytes; stopped before writing past them",
+                    self.limit,
+                    len + bytes.len() as u64,
+                    to.spec.size
+                );
+                return Err(Stop::Data(inflate_failed(
+                    to,
+                    ErrorKind::TooLarge,
+                    &problem,
+                )));
+            }
+            // The offset is the inflated image's, as the slot's size is.
+            file.write_all(out)
+                .map_err(|e| Stop::Write(e, self.written))?;
+            self.written += out.len() as u64;
+        }
+    }
+
+    /// Whether the member ended whole, at exactly the image's `installed_size` (a
+    /// hand-made manifest may say otherwise).
+    fn check_end(&self, to: &Target) -> Result<()> {
+        let problem = match self.inflater.finish() {
+            Ok(len) if len == self.limit => return Ok(()),
+            Ok(len) => format!(
+                "expected it to decompress to {} bytes (its installed_size), found {len}",
+                self.limit
+            ),
+            Err(problem) => problem,
+        };
+        Err(inflate_failed(to, ErrorKind::HashMismatch, &problem))
     }
 }
 
@@ -534,6 +639,7 @@ impl<'t> Part<'t> {
     /// there must not be believed once this one's bytes start to overwrite it.
     fn open(to: &'t Target<'t>) -> Result<Part<'t>> {
         let (size, path) = (to.spec.size, to.dest.path());
+        let writing = Writing::new(&to.dest);
         let (mut file, block, recorded) = match &to.dest {
             Dest::File { .. } => {
                 let mut options = crate::fsutil::create_options();
@@ -543,28 +649,20 @@ impl<'t> Part<'t> {
                 (file, false, u64::MAX)
             }
             Dest::Slot(into) => {
-                let in_slot = into.inflate_to.unwrap_or(size);
-                let (file, block) =
-                    into.images
-                        .open_to_write(into.slot, in_slot, &to.spec.sha256)?;
-                // The inflater's state is not kept across attempts: a gzip image starts
-                // from its first byte every time.
-                let recorded = match into.inflate_to {
-                    Some(_) => 0,
-                    None => to.recorded(),
+                let (file, block) = into.images.open_to_write(
+                    into.slot,
+                    writing.file_size(size),
+                    &to.spec.sha256,
+                )?;
+                let recorded = match writing.resumes() {
+                    true => to.recorded(),
+                    false => 0,
                 };
                 (file, block, recorded)
             }
         };
         let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
             .map_err(|e| Error::io("hashing", path, e))?;
-        let inflating = match &to.dest {
-            Dest::Slot(SlotDest {
-                inflate_to: Some(limit),
-                ..
-            }) => Some(Box::new(Inflating::new(*limit))),
-            _ => None,
-        };
         let mut part = Part {
             to,
             file,
@@ -572,7 +670,7 @@ impl<'t> Part<'t> {
             len,
             kept: len,
             block,
-            inflating,
+            writing,
         };
         match &to.dest {
             Dest::File { .. } if len > size => part.restart()?,
@@ -590,61 +688,8 @@ impl<'t> Part<'t> {
         self.truncate(0)?;
         self.hasher = Sha256::new();
         self.kept = 0;
-        if let Some(inflating) = &mut self.inflating {
-            **inflating = Inflating::new(inflating.limit);
-        }
+        self.writing = Writing::new(&self.to.dest);
         Ok(())
-    }
-
-    /// Writes the next received `bytes`: as they are, or inflated for a gzip image, which
-    /// is stopped (`too_large`) before it writes past its `installed_size`, and whose
-    /// data that does not inflate is `hash_mismatch`, as bytes other than the signed
-    /// ones are.
-    fn put(&mut self, bytes: &[u8]) -> Result<(), Stop> {
-        let Some(inflating) = &mut self.inflating else {
-            return self
-                .file
-                .write_all(bytes)
-                .map_err(|e| Stop::Write(e, self.len));
-        };
-        let Inflating {
-            inflater,
-            written,
-            limit,
-        } = &mut **inflating;
-        let (file, spec, len) = (&mut self.file, self.to.spec, self.len);
-        let path = self.to.dest.path();
-        // A failed write keeps its own handling (a full disk empties a slot file).
-        let mut write_failed = None;
-        let fed = inflater.feed(
-            bytes,
-            &mut |out| {
-                if *written + out.len() as u64 > *limit {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "gzip image {} into {}: expected it to decompress to {limit} bytes (its installed_size), found more than that within the first {} of its {} compressed bytes; stopped before writing past them",
-                            spec.sha256,
-                            path.display(),
-                            len + bytes.len() as u64,
-                            spec.size
-                        ),
-                    ));
-                }
-                if let Err(e) = file.write_all(out) {
-                    write_failed = Some((e, *written));
-                    return Err(Error::config(""));
-                }
-                *written += out.len() as u64;
-                Ok(())
-            },
-            &|problem| inflate_failed(spec, path, &problem),
-        );
-        match (fed, write_failed) {
-            (_, Some((e, at))) => Err(Stop::Write(e, at)),
-            (Err(e), None) => Err(Stop::Data(e)),
-            (Ok(()), None) => Ok(()),
-        }
     }
 
     /// Drops the bytes from `at` on, to write there next. A slot keeps its length; its
@@ -696,7 +741,7 @@ impl<'t> Part<'t> {
             return Ok(());
         };
         crate::fsutil::crash_point("image bytes written")?;
-        if self.inflating.is_none()
+        if self.writing.resumes()
             && self.len < self.to.spec.size
             && self.len - self.to.recorded() >= checkpoint()
         {
@@ -709,8 +754,11 @@ impl<'t> Part<'t> {
     /// cancel), for the next attempt to resume after them; best effort, as the stop's
     /// own error is the one to report (a record not made costs a fetch, not the image).
     fn keep_received(&self) {
-        if let (Dest::Slot(into), None) = (&self.to.dest, &self.inflating) {
-            if self.len > self.to.recorded() && self.len < self.to.spec.size {
+        if let Dest::Slot(into) = &self.to.dest {
+            if self.writing.resumes()
+                && self.len > self.to.recorded()
+                && self.len < self.to.spec.size
+            {
                 let _ = self.record(into, self.len);
             }
         }
@@ -722,7 +770,7 @@ impl<'t> Part<'t> {
             return write_failed(self.path(), at, e, total);
         };
         // A gzip image's offsets are those of the image it decompresses to.
-        let total = self.inflating.as_ref().map_or(total, |i| i.limit);
+        let total = self.writing.file_size(total);
         // A plain file whose disk filled up is emptied (see `image::write_failed`): its
         // record must then vouch for none of it.
         let emptied = !self.block && crate::fsutil::is_disk_full(&e);
@@ -741,38 +789,29 @@ impl<'t> Part<'t> {
         let sha256 = &self.to.spec.sha256;
         let found = hex(&std::mem::take(&mut self.hasher).finalize());
         if found == *sha256 {
-            // The signed bytes, yet a gzip image must also have ended whole at exactly
-            // its installed_size (a hand-made manifest may say otherwise).
-            let Some(inflating) = &self.inflating else {
-                return self.keep();
-            };
-            let problem = match inflating.inflater.finish() {
-                Ok(len) if len == inflating.limit => return self.keep(),
-                Ok(len) => format!(
-                    "expected it to decompress to {} bytes (its installed_size), found {len}",
-                    inflating.limit
-                ),
-                Err(problem) => problem,
-            };
-            let failed = inflate_failed(self.to.spec, self.path(), &problem);
-            return Err(match self.discard() {
-                Ok(()) => failed,
-                Err(r) => failed.map_message(|m| {
-                    format!("{m}; and recording that the slot holds none of it failed: {r}")
-                }),
-            });
+            match self.writing.check_end(self.to) {
+                Ok(()) => return self.keep(),
+                Err(e) => return self.discard_for(e),
+            }
         }
-        let len = self.len;
-        let reset = self.discard().err();
         let mismatch = Error::new(
             ErrorKind::HashMismatch,
-            format!("{source}: expected sha256 {sha256}, found {found} ({len} bytes)"),
+            format!(
+                "{source}: expected sha256 {sha256}, found {found} ({} bytes)",
+                self.len
+            ),
         );
+        self.discard_for(mismatch)
+    }
+
+    /// [`Part::discard`] for `failed`, which says too if the record could not be reset:
+    /// the next download must not then take the slot's bytes for the image.
+    fn discard_for(self, failed: Error) -> Result<()> {
         // The next download must not take the slot's bytes for the image: say so
         // when the record that would stop it could not be written.
-        Err(match reset {
-            None => mismatch,
-            Some(r) => mismatch.map_message(|m| {
+        Err(match self.discard() {
+            Ok(()) => failed,
+            Err(r) => failed.map_message(|m| {
                 format!("{m}; and recording that the slot holds none of it failed: {r}")
             }),
         })
@@ -832,6 +871,7 @@ enum Stop {
     Record(Error),
     /// A gzip image's data does not inflate into its slot as declared; its record
     /// says none of it is there already.
+    #[cfg_attr(not(feature = "gzip-images"), allow(dead_code))]
     Data(Error),
 }
 
@@ -921,7 +961,8 @@ impl Stream<'_, '_> {
             if n > 0 {
                 // Bytes that arrived before an error are kept: a resume continues after them.
                 self.fetcher.count_received(n);
-                part.put(&buf[..n])?;
+                part.writing
+                    .put(&mut part.file, part.to, part.len, &buf[..n])?;
                 if full.send((buf, n)).is_err() {
                     return Ok(());
                 }
@@ -962,16 +1003,11 @@ fn write_failed(path: &Path, at: u64, e: io::Error, total: u64) -> Error {
 }
 
 /// A gzip image whose data does not inflate into exactly the image (`problem`):
-/// `hash_mismatch`, as the publisher inflated the signed blob whole.
-fn inflate_failed(spec: &super::BlobSpec, path: &Path, problem: &str) -> Error {
-    Error::new(
-        ErrorKind::HashMismatch,
-        format!(
-            "gzip image {} into {}: {problem}",
-            spec.sha256,
-            path.display()
-        ),
-    )
+/// `hash_mismatch` (as the publisher inflated the signed blob whole), or `too_large`.
+#[cfg(feature = "gzip-images")]
+fn inflate_failed(to: &Target, kind: ErrorKind, problem: &str) -> Error {
+    let (sha256, path) = (&to.spec.sha256, to.dest.path().display());
+    Error::new(kind, format!("gzip image {sha256} into {path}: {problem}"))
 }
 
 /// [`CHECKPOINT`]; with the `fault-injection` feature (tests only),
@@ -1176,7 +1212,7 @@ mod tests {
             len: 300,
             kept: 300,
             block: false,
-            inflating: None,
+            writing: Writing::AsIs,
         };
         part.truncate(100).unwrap();
         let found = Streamed::read(&record).unwrap();
