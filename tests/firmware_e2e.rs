@@ -2121,3 +2121,46 @@ fn a_gzip_image_read_back_is_compared_with_its_installed_sha256() {
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
     assert_eq!(board.power_on(), Some(Slot::A), "the board still boots A");
 }
+
+/// One received chunk of a well-compressing gzip image inflates to hundreds of MiB: a
+/// cancel the host asks for in the first progress callback is honoured within a few MiB
+/// of inflating, not once the whole chunk has been written into the slot.
+#[test]
+fn a_cancel_while_a_gzip_image_inflates_is_honoured_within_a_few_mib() {
+    let len = 32 * MIB;
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let gz = board::gzip(&vec![0u8; len]);
+    assert!(gz.len() < 64 << 10, "{} compressed bytes", gz.len());
+    let path = repo.scratch("images").join("zeros.img.gz");
+    std::fs::write(&path, &gz).unwrap();
+    let spec = PathBuf::from(format!("{}:image", path.display()));
+    repo.release("stable", "2.0.0", TARGET, &[("rootfs", &spec)], &[]);
+    let board = Board::with_slots_of(&repo, &server, "gzipcancel", Loader::Grub, len);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    // The image is all zeros: the bytes written are the zeros at the front of the slot.
+    std::fs::write(&board.b, vec![0xffu8; len]).unwrap();
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let cancel = CancelToken::new();
+    let mut calls = 0;
+    let err = up
+        .download(
+            &plan,
+            &mut |_, _| {
+                calls += 1;
+                cancel.cancel()
+            },
+            &cancel,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(calls, 1);
+    let slot = board.slot_bytes(Slot::B);
+    let written = slot.iter().position(|b| *b != 0).unwrap_or(len);
+    assert!(
+        written <= 5 * MIB,
+        "{written} bytes inflated after the cancel"
+    );
+}

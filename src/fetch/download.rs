@@ -37,6 +37,12 @@ const CHUNK: usize = 256 * 1024;
 const IN_FLIGHT: usize = 4;
 /// The longest a chunk waits to fill up before it is handed on anyway.
 const FILL_WAIT: Duration = Duration::from_millis(20);
+/// The most a gzip image inflates into its slot between two looks at the cancel token,
+/// the progress callback and the speed rule: one chunk of a well-compressing image
+/// inflates to up to about 1,000 times its size (256 MiB), minutes of writing on slow
+/// storage.
+#[cfg(feature = "gzip-images")]
+const INFLATE_SLICE: u64 = 4 << 20;
 
 pub(super) fn download(
     fetcher: &Fetcher,
@@ -329,9 +335,18 @@ impl Target<'_> {
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
         // For the whole blob, a resume too: a server that ignores `Range` answers with all
         // of it, compared with the kept bytes from byte 0.
+        // The body's deadline is paced by what reaches the file as well as by the network:
+        // a gzip image writes its installed_size, not the bytes received.
+        let written = match &self.dest {
+            Dest::Slot(SlotDest {
+                inflate_to: Some(n),
+                ..
+            }) => *n,
+            _ => 0,
+        };
         let request = Request {
             range_from,
-            body_timeout: stream.fetcher.body_timeout(self.spec.size),
+            body_timeout: stream.fetcher.body_timeout(self.spec.size.max(written)),
             ..Request::default()
         };
         stream.fetcher.get(stream.url, &request)
@@ -556,14 +571,35 @@ impl Writing {
         }
     }
 
-    /// Writes `bytes`, received after the first `len` of the blob `to`, into `file`.
+    /// Writes from the front of `input`, received after the first `len` of the blob `to`,
+    /// into `file`, moving it past the bytes used: true once they are all written, false
+    /// after a slice of them (call again, with what is left, even none).
     #[cfg_attr(not(feature = "gzip-images"), allow(unused_variables))]
-    fn put(&mut self, file: &mut File, to: &Target, len: u64, bytes: &[u8]) -> Result<(), Stop> {
+    fn put(
+        &mut self,
+        file: &mut File,
+        to: &Target,
+        len: u64,
+        input: &mut &[u8],
+    ) -> Result<bool, Stop> {
         match self {
-            Writing::AsIs => file.write_all(bytes).map_err(|e| Stop::Write(e, len)),
+            Writing::AsIs => {
+                file.write_all(input).map_err(|e| Stop::Write(e, len))?;
+                *input = &[];
+                Ok(true)
+            }
             #[cfg(feature = "gzip-images")]
-            Writing::Inflating(i) => i.put(file, to, len, bytes),
+            Writing::Inflating(i) => i.put(file, to, len, input),
         }
+    }
+
+    /// Whether time spent in [`Writing::put`] is kept out of the speed rule. Inflating,
+    /// it writes up to 1,000 bytes a received byte: slow storage would otherwise pass for
+    /// a slow server, and the image, fetched from its first byte at every attempt, would
+    /// never complete. The rule still measures the network while it is read, and the
+    /// time left out is bounded by writing the image's installed_size once.
+    fn paces_apart(&self) -> bool {
+        !self.resumes()
     }
 
     /// Once the signed bytes all arrived: whether they were written whole.
@@ -579,24 +615,33 @@ impl Writing {
 
 #[cfg(feature = "gzip-images")]
 impl Inflating {
-    /// Inflates `bytes` into `file`, stopped (`too_large`) before writing past the
-    /// image's `installed_size`; data that does not inflate is `hash_mismatch`, as bytes
-    /// other than the signed ones are.
-    fn put(&mut self, file: &mut File, to: &Target, len: u64, bytes: &[u8]) -> Result<(), Stop> {
-        let mut input = bytes;
+    /// Inflates `input` into `file`, at most [`INFLATE_SLICE`] bytes at a call, stopped
+    /// (`too_large`) before writing past the image's `installed_size`; data that does not
+    /// inflate is `hash_mismatch`, as bytes other than the signed ones are.
+    fn put(
+        &mut self,
+        file: &mut File,
+        to: &Target,
+        len: u64,
+        input: &mut &[u8],
+    ) -> Result<bool, Stop> {
+        let (start, slice_end) = (input.len(), self.written + INFLATE_SLICE);
         loop {
+            if self.written >= slice_end {
+                return Ok(false);
+            }
             let out = self
                 .inflater
-                .inflate(&mut input)
+                .inflate(input)
                 .map_err(|p| Stop::Data(inflate_failed(to, ErrorKind::HashMismatch, &p)))?;
             if out.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             if self.written + out.len() as u64 > self.limit {
                 let problem = format!(
                     "expected it to decompress to {} bytes (its installed_size), found more than that within the first {} of its {} compressed bytes; stopped before writing past them",
                     self.limit,
-                    len + bytes.len() as u64,
+                    len + (start - input.len()) as u64,
                     to.spec.size
                 );
                 return Err(Stop::Data(inflate_failed(
@@ -951,6 +996,8 @@ impl Stream<'_, '_> {
     ) -> Result<(), Stop> {
         let start = part.len;
         let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
+        // Time spent writing that the speed rule leaves out ([`Writing::paces_apart`]).
+        let mut writing_time = Duration::ZERO;
         while part.len < self.total {
             self.cancel.check().map_err(Stop::Read)?;
             let Ok(mut buf) = free.recv() else {
@@ -958,16 +1005,31 @@ impl Stream<'_, '_> {
             };
             let want = (self.total - part.len).min(CHUNK as u64) as usize;
             let (n, failed) = fill(body, &mut buf[..want]);
-            if n > 0 {
-                // Bytes that arrived before an error are kept: a resume continues after them.
-                self.fetcher.count_received(n);
-                part.writing
-                    .put(&mut part.file, part.to, part.len, &buf[..n])?;
-                if full.send((buf, n)).is_err() {
-                    return Ok(());
+            // Bytes that arrived before an error are kept: a resume continues after them.
+            self.fetcher.count_received(n);
+            let mut input = &buf[..n];
+            // One slice at a time: a gzip chunk inflates to far more than it is, and the
+            // host's cancel and the speed rule are looked at between slices. A stop
+            // mid-chunk leaves the hash short of the chunk, but a gzip image is fetched
+            // from its first byte again anyway.
+            let mut all = n == 0;
+            while !all {
+                let before = (input.len(), Instant::now());
+                all = part
+                    .writing
+                    .put(&mut part.file, part.to, part.len, &mut input)?;
+                if part.writing.paces_apart() {
+                    writing_time += before.1.elapsed();
                 }
-                part.written(n).map_err(Stop::Record)?;
+                part.written(before.0 - input.len()).map_err(Stop::Record)?;
                 (self.progress)(part.len, self.total);
+                if !all {
+                    self.cancel.check().map_err(Stop::Read)?;
+                    self.check_speed(&mut meter, writing_time, part.len - start)?;
+                }
+            }
+            if n > 0 && full.send((buf, n)).is_err() {
+                return Ok(());
             }
             if let Some(e) = failed {
                 return Err(Stop::Read(read_error(self.source(), part.len, e)));
@@ -975,11 +1037,21 @@ impl Stream<'_, '_> {
             if n == 0 {
                 return Err(Stop::Read(self.ended_early(part.len)));
             }
-            meter
-                .check(Instant::now(), part.len - start, self.source())
-                .map_err(Stop::Read)?;
+            self.check_speed(&mut meter, writing_time, part.len - start)?;
         }
         Ok(())
+    }
+
+    /// The speed rule, on a clock that stopped for the `left_out` time spent writing.
+    fn check_speed(
+        &self,
+        meter: &mut SpeedMeter,
+        left_out: Duration,
+        bytes: u64,
+    ) -> Result<(), Stop> {
+        let now = Instant::now();
+        let now = now.checked_sub(left_out).unwrap_or(now);
+        meter.check(now, bytes, self.source()).map_err(Stop::Read)
     }
 }
 
