@@ -57,16 +57,20 @@ impl Inflater {
     /// it) itself: no callback, so one copy serves the publisher and the device.
     pub(crate) fn inflate(&mut self, input: &mut &[u8]) -> std::result::Result<&[u8], String> {
         if self.stage == Stage::Header {
+            // Never more than MAX_HEADER held: the verdict on a long header is then the
+            // bytes' alone, not that of how they were cut into pieces (the publisher's
+            // large reads, a slow link's few KiB).
             let before = self.held.len();
-            self.held.extend_from_slice(input);
+            let take = input.len().min(MAX_HEADER - before);
+            self.held.extend_from_slice(&input[..take]);
             match parse_header(&self.held)? {
-                None if self.held.len() > MAX_HEADER => {
+                None if self.held.len() == MAX_HEADER => {
                     return Err(format!(
                         "expected a gzip header of at most {MAX_HEADER} bytes, found a longer one"
                     ))
                 }
                 None => {
-                    *input = &[];
+                    *input = &input[take..];
                     return Ok(&[]);
                 }
                 Some(len) => {
@@ -281,6 +285,30 @@ mod tests {
         full[header.len() - 1] ^= 1;
         let err = inflate(&full, 3).unwrap_err();
         assert!(err.contains("CRC16"), "{err}");
+    }
+
+    /// A gzip member whose header (an FNAME) is `header_len` bytes long.
+    fn with_header_of(header_len: usize, data: &[u8]) -> Vec<u8> {
+        let mut gz = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
+        gz.resize(header_len - 1, b'n');
+        gz.push(0);
+        gz.extend_from_slice(&gzip(data)[10..]);
+        gz
+    }
+
+    #[test]
+    fn a_long_header_is_judged_on_its_length_whatever_the_pieces_it_comes_in() {
+        let data = b"payload".repeat(100);
+        let longest = with_header_of(MAX_HEADER, &data);
+        let longer = with_header_of(MAX_HEADER + 1, &data);
+        for piece in [4093, 10 << 10, 64 << 10, 1 << 20] {
+            assert_eq!(inflate(&longest, piece).unwrap(), data, "pieces of {piece}");
+            let err = inflate(&longer, piece).unwrap_err();
+            assert!(
+                err.contains(&format!("a gzip header of at most {MAX_HEADER} bytes")),
+                "pieces of {piece}: {err}"
+            );
+        }
     }
 
     #[test]
