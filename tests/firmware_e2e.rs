@@ -2164,3 +2164,35 @@ fn a_cancel_while_a_gzip_image_inflates_is_honoured_within_a_few_mib() {
         "{written} bytes inflated after the cancel"
     );
 }
+
+/// Bytes of a gzip image that do not inflate are the server's, as a raw image's wrong
+/// sha256 is: the error names the mirror that served them and the origin that redirected
+/// there, and says they are not the signed blob, with what is wrong after.
+#[test]
+fn a_damaged_gzip_image_error_names_the_mirror_that_served_it() {
+    use support::Fault;
+    let (repo, server, board, _image, gz, blob) =
+        board_offered_a_gzip_image("gzipmirror", Loader::Grub, 2 * MIB);
+    let mirror = TestServer::serve(&repo.root);
+    let mut bad = gz.clone();
+    let middle = bad.len() / 2;
+    for b in &mut bad[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    server.set_fault(
+        "blobs/",
+        Fault::Redirect(format!("{}/{blob}", mirror.url())),
+    );
+    mirror.set_fault("blobs/", Fault::Replace(bad));
+    board
+        .dev
+        .edit_config(|cfg| cfg["follow_redirects"] = json!(true));
+    let err = failed_update(&board);
+    let sha256 = evergreen::trust::sha256_hex(&gz);
+    let named = format!(
+        "error[hash_mismatch]: {}/{blob} (redirected from {}/{blob}): expected the signed blob sha256 {sha256} (a gzip image), found bytes that are not it: ",
+        mirror.url(),
+        server.url()
+    );
+    assert!(err.starts_with(&named), "{err}\nwanted: {named}");
+}

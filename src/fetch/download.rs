@@ -571,14 +571,16 @@ impl Writing {
         }
     }
 
-    /// Writes from the front of `input`, received after the first `len` of the blob `to`,
-    /// into `file`, moving it past the bytes used: true once they are all written, false
-    /// after a slice of them (call again, with what is left, even none).
+    /// Writes from the front of `input`, received from `source` ([`Stream::source`]) after
+    /// the first `len` of the blob `to`, into `file`, moving it past the bytes used: true
+    /// once they are all written, false after a slice of them (call again, with what is
+    /// left, even none).
     #[cfg_attr(not(feature = "gzip-images"), allow(unused_variables))]
     fn put(
         &mut self,
         file: &mut File,
         to: &Target,
+        source: &str,
         len: u64,
         input: &mut &[u8],
     ) -> Result<bool, Stop> {
@@ -589,7 +591,7 @@ impl Writing {
                 Ok(true)
             }
             #[cfg(feature = "gzip-images")]
-            Writing::Inflating(i) => i.put(file, to, len, input),
+            Writing::Inflating(i) => i.put(file, to, source, len, input),
         }
     }
 
@@ -622,9 +624,11 @@ impl Inflating {
         &mut self,
         file: &mut File,
         to: &Target,
+        source: &str,
         len: u64,
         input: &mut &[u8],
     ) -> Result<bool, Stop> {
+        let fail = |kind, problem: &str| Stop::Data(not_the_blob(source, to, kind, problem));
         let (start, slice_end) = (input.len(), self.written + INFLATE_SLICE);
         loop {
             if self.written >= slice_end {
@@ -633,7 +637,7 @@ impl Inflating {
             let out = self
                 .inflater
                 .inflate(input)
-                .map_err(|p| Stop::Data(inflate_failed(to, ErrorKind::HashMismatch, &p)))?;
+                .map_err(|p| fail(ErrorKind::HashMismatch, &p))?;
             if out.is_empty() {
                 return Ok(true);
             }
@@ -644,11 +648,7 @@ impl Inflating {
                     len + (start - input.len()) as u64,
                     to.spec.size
                 );
-                return Err(Stop::Data(inflate_failed(
-                    to,
-                    ErrorKind::TooLarge,
-                    &problem,
-                )));
+                return Err(fail(ErrorKind::TooLarge, &problem));
             }
             // The offset is the inflated image's, as the slot's size is.
             file.write_all(out)
@@ -1015,9 +1015,13 @@ impl Stream<'_, '_> {
             let mut all = n == 0;
             while !all {
                 let before = (input.len(), Instant::now());
-                all = part
-                    .writing
-                    .put(&mut part.file, part.to, part.len, &mut input)?;
+                all = part.writing.put(
+                    &mut part.file,
+                    part.to,
+                    self.source(),
+                    part.len,
+                    &mut input,
+                )?;
                 if part.writing.paces_apart() {
                     writing_time += before.1.elapsed();
                 }
@@ -1074,8 +1078,23 @@ fn write_failed(path: &Path, at: u64, e: io::Error, total: u64) -> Error {
     )
 }
 
-/// A gzip image whose data does not inflate into exactly the image (`problem`):
-/// `hash_mismatch` (as the publisher inflated the signed blob whole), or `too_large`.
+/// A gzip image whose bytes, served by `source`, do not inflate into the image
+/// (`problem`): `hash_mismatch` or `too_large`. The publisher inflated the signed blob
+/// whole to learn its installed_size, so these are not its bytes: the error names the
+/// server or mirror that sent them, as a raw image's wrong sha256 does.
+#[cfg(feature = "gzip-images")]
+fn not_the_blob(source: &str, to: &Target, kind: ErrorKind, problem: &str) -> Error {
+    let (sha256, path) = (&to.spec.sha256, to.dest.path().display());
+    Error::new(
+        kind,
+        format!(
+            "{source}: expected the signed blob sha256 {sha256} (a gzip image), found bytes that are not it: {problem} (inflating into {path})"
+        ),
+    )
+}
+
+/// A gzip image whose signed blob does not inflate into exactly the image its manifest
+/// describes (`problem`): `hash_mismatch`, a hand-made manifest's or blob's fault.
 #[cfg(feature = "gzip-images")]
 fn inflate_failed(to: &Target, kind: ErrorKind, problem: &str) -> Error {
     let (sha256, path) = (&to.spec.sha256, to.dest.path().display());
