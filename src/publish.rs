@@ -103,6 +103,10 @@ pub struct ReleaseOptions {
     pub expires_in_days: Option<u32>,
     /// The time of publication (issued, published, the first rollout stage).
     pub now: Timestamp,
+    /// Image components published as they are even when they are gzip data (no
+    /// `compression`): a compressed kernel or FIT image the bootloader reads compressed.
+    /// Every other gzip image is published compressed, and devices decompress it.
+    pub raw_images: Vec<String>,
 }
 
 impl ReleaseOptions {
@@ -117,6 +121,7 @@ impl ReleaseOptions {
             security_version: 0,
             expires_in_days: None,
             now,
+            raw_images: Vec::new(),
         }
     }
 }
@@ -537,7 +542,7 @@ impl Repo {
             let mut built = NameMap::new();
             for (name, path, kind) in components {
                 let artifact = self
-                    .add_blob(path, *kind)
+                    .add_blob(path, *kind, opts.raw_images.iter().any(|r| r == name))
                     .map_err(|e| e.context(format!("component {name}")))?;
                 // A component installed as before (the same bytes, kind and file name)
                 // keeps the version it had, so the device's diff shows it unchanged.
@@ -1218,7 +1223,7 @@ impl Repo {
 
     /// Copies `path` into `blobs/sha256/<hex>`, hashing the bytes as they are copied so the
     /// blob's name always matches its content, and describes it as an artifact.
-    fn add_blob(&self, path: &Path, kind: ArtifactKind) -> Result<Artifact> {
+    fn add_blob(&self, path: &Path, kind: ArtifactKind, raw: bool) -> Result<Artifact> {
         let name = match kind {
             ArtifactKind::File => Some(file_name(path)?),
             _ => None,
@@ -1229,7 +1234,7 @@ impl Repo {
         // An image that is gzip data is published compressed, inflated once here as it
         // is copied to learn what a device will decompress into its slot.
         let mut probe = match kind {
-            ArtifactKind::Image => Probe::Undecided(Vec::new()),
+            ArtifactKind::Image if !raw => Probe::Undecided(Vec::new()),
             _ => Probe::Raw,
         };
         let copied = copy_hashed(&mut src, path, &tmp, &self.cancel, &mut |chunk| {

@@ -851,8 +851,8 @@ fn release_refuses_a_min_version_that_strands_devices_as_its_help_says() {
     );
 }
 
-/// A component kind that is not zip, file or image is named as such, not taken for part of
-/// the file name; a colon elsewhere in the path is still read as part of it.
+/// A component kind that is not zip, file, image or image-raw is named as such, not taken
+/// for part of the file name; a colon elsewhere in the path is still read as part of it.
 #[test]
 fn an_unknown_component_kind_is_named_in_the_error() {
     let tmp = repo_with_app();
@@ -863,7 +863,7 @@ fn an_unknown_component_kind_is_named_in_the_error() {
     );
     assert_eq!(
         err.trim_end(),
-        "error[config]: --component app: expected a kind of zip, file or image after ':', found \"tar\""
+        "error[config]: --component app: expected a kind of zip, file, image or image-raw after ':', found \"tar\""
     );
     std::fs::create_dir(dir.join("v:2")).unwrap();
     std::fs::write(dir.join("v:2/app.zip"), b"not a zip").unwrap();
@@ -1682,9 +1682,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// A gzip image is published compressed, without a warning: the manifest lists the
-/// compressed blob (what devices download) and the image it decompresses to (what the
-/// slot must hold), and both sizes are shown.
+/// A gzip image is published compressed: the manifest lists the compressed blob (what
+/// devices download) and the image it decompresses to (what the slot must hold), both
+/// sizes are shown, and a note says devices decompress it and how to keep it as it is.
 #[test]
 fn a_gzip_image_is_published_compressed_naming_the_image_it_decompresses_to() {
     let tmp = init_repo();
@@ -1697,7 +1697,11 @@ fn a_gzip_image_is_published_compressed_naming_the_image_it_decompresses_to() {
     let args = release_args("1.0.0", &["--component", "rootfs=rootfs.ext4.gz:image"]);
     let o = evergreen(dir, &args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(stderr(&o), "");
+    let note = format!(
+        "component rootfs ({}) is gzip data: published compressed, devices decompress it into the slot; give it as `rootfs={}:image-raw` to publish it as it is (a kernel or FIT image the bootloader reads compressed)",
+        "rootfs.ext4.gz", "rootfs.ext4.gz"
+    );
+    assert_eq!(stderr(&o), format!("note: {note}\n"));
     let text = String::from_utf8(o.stdout).unwrap();
     let image_sha = evergreen::trust::sha256_hex(&image);
     assert!(text.contains(&format!("{:>12} bytes", gz.len())), "{text}");
@@ -1723,8 +1727,41 @@ fn a_gzip_image_is_published_compressed_naming_the_image_it_decompresses_to() {
     assert_eq!(a["sha256"], evergreen::trust::sha256_hex(&gz));
     assert_eq!(a["installed_size"], image.len());
     assert_eq!(a["installed_sha256"], image_sha.as_str());
+    assert_eq!(out["warnings"], serde_json::json!([note]));
+    ok(dir, &["verify", "repo"]);
+}
+
+/// `:image-raw` publishes a gzip image as it is (a compressed kernel or FIT image the
+/// bootloader reads compressed): an `image` with no `compression`, whose blob devices
+/// write into the slot byte for byte, without the note.
+#[test]
+fn an_image_raw_component_is_published_as_it_is_even_when_it_is_gzip_data() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let image: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| (i / 64).to_le_bytes())
+        .collect();
+    let gz = gzip(&image);
+    std::fs::write(dir.join("kernel.gz"), &gz).unwrap();
+    let args = release_args(
+        "1.0.0",
+        &["--component", "kernel=kernel.gz:image-raw", "--json"],
+    );
+    let o = evergreen(dir, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &out["release"]["targets"]["x86_64-linux"]["components"]["kernel"]["artifact"];
+    assert_eq!(a["kind"], "image", "{out}");
+    assert_eq!(a["sha256"], evergreen::trust::sha256_hex(&gz));
+    assert_eq!(a["size"], gz.len());
+    for field in ["compression", "installed_size", "installed_sha256"] {
+        assert!(a.get(field).is_none(), "{field}: {out}");
+    }
     assert_eq!(out["warnings"], serde_json::json!([]));
     ok(dir, &["verify", "repo"]);
+    let help = String::from_utf8(evergreen(dir, &["release", "--help"]).stdout).unwrap();
+    assert!(help.contains("image-raw"), "{help}");
 }
 
 /// A gzip image devices could not decompress into exactly one image is refused, naming

@@ -163,7 +163,9 @@ pub(crate) struct ReleaseArgs {
     /// Target (compatibility string) the components are for.
     #[arg(long)]
     target: String,
-    /// NAME=PATH[:zip|file|image] (repeat for each component).
+    /// NAME=PATH[:zip|file|image|image-raw] (repeat for each component). A gzip image is
+    /// published compressed and devices decompress it into the slot; `image-raw` publishes
+    /// it as it is (a kernel or FIT image the bootloader reads compressed).
     #[arg(long = "component", value_name = "NAME=PATH[:KIND]", required = true)]
     component: Vec<String>,
     /// Release notes.
@@ -457,8 +459,9 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let components: Vec<(&str, &Path, ArtifactKind)> = parsed
         .iter()
-        .map(|(n, p, k)| (n.as_str(), p.as_path(), *k))
+        .map(|(n, p, k, _)| (n.as_str(), p.as_path(), *k))
         .collect();
+    let raw_images: Vec<String> = parsed.iter().filter(|c| c.3).map(|c| c.0.clone()).collect();
     let opts = ReleaseOptions {
         notes: a.notes.clone(),
         rollout_percent: a.rollout,
@@ -467,6 +470,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         security_version: a.security_version,
         expires_in_days: a.expires_in,
         now: now()?,
+        raw_images,
     };
     let v = &a.version;
     let compressed = compressed_images(&components)?;
@@ -480,6 +484,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
     )?;
     let refusals = publish::default_limit_refusals(&components)?;
     let mut later_warnings = compressed;
+    let gzip = gzip_published(&m, v, &a.target, &components);
     later_warnings.extend(image_dropped(&m, v, &a.target, &components));
     later_warnings.extend(new_target(&m, v, &a.target));
     later_warnings.extend(published(repo.security_floor_warnings(
@@ -488,7 +493,11 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         Some(&a.target),
     )));
     if json {
-        let warnings: Vec<&String> = refusals.iter().chain(&later_warnings).collect();
+        let warnings: Vec<&String> = refusals
+            .iter()
+            .chain(&later_warnings)
+            .chain(&gzip)
+            .collect();
         return print_json(&json!({
             "channel": m.channel,
             "sequence": m.sequence,
@@ -505,6 +514,9 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
     }
     for c in &later_warnings {
         eprintln!("warning: {c}");
+    }
+    for n in &gzip {
+        eprintln!("note: {n}");
     }
     let what = format!("released {v} ({}) on", a.target);
     print_channel(&m, &what, opts.now, false)?;
@@ -692,28 +704,31 @@ fn open(path: &Path) -> Result<Repo> {
         }))
 }
 
-/// `NAME=PATH[:zip|file|image]`; without a kind, `.zip` files are zips and others files.
-fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
+/// `NAME=PATH[:zip|file|image|image-raw]`; without a kind, `.zip` files are zips and
+/// others files. `image-raw` is an `image` published as it is even if it is gzip data
+/// (the last field).
+fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind, bool)> {
     let (name, rest) = spec.split_once('=').ok_or_else(|| {
         Error::config(format!(
-            "--component: expected NAME=PATH[:zip|file|image], found {spec:?}"
+            "--component: expected NAME=PATH[:zip|file|image|image-raw], found {spec:?}"
         ))
     })?;
     let explicit = rest.rsplit_once(':').and_then(|(path, kind)| {
         let kind = match kind {
-            "zip" => ArtifactKind::Zip,
-            "file" => ArtifactKind::File,
-            "image" => ArtifactKind::Image,
+            "zip" => (ArtifactKind::Zip, false),
+            "file" => (ArtifactKind::File, false),
+            "image" => (ArtifactKind::Image, false),
+            "image-raw" => (ArtifactKind::Image, true),
             _ => return None,
         };
         Some((path, kind))
     });
     // `app=build/app.bin:tar`: a kind we do not know, not a file named `app.bin:tar`.
     if let (None, Some((_, kind))) = (&explicit, rest.rsplit_once(':')) {
-        let word = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric());
+        let word = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if word && !Path::new(rest).exists() {
             return Err(Error::config(format!(
-                "--component {name}: expected a kind of zip, file or image after ':', found {kind:?}"
+                "--component {name}: expected a kind of zip, file, image or image-raw after ':', found {kind:?}"
             )));
         }
     }
@@ -722,13 +737,43 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind)> {
         (
             rest,
             if zip {
-                ArtifactKind::Zip
+                (ArtifactKind::Zip, false)
             } else {
-                ArtifactKind::File
+                (ArtifactKind::File, false)
             },
         )
     });
-    Ok((name.to_string(), PathBuf::from(path), kind))
+    Ok((name.to_string(), PathBuf::from(path), kind.0, kind.1))
+}
+
+/// A note for each image component of the release just published compressed because
+/// it is gzip data: one used to be published as it was, and a bootloader that reads a
+/// compressed kernel or FIT image from its slot would now find it decompressed.
+fn gzip_published(
+    m: &Manifest,
+    version: &Version,
+    target: &str,
+    components: &[(&str, &Path, ArtifactKind)],
+) -> Vec<String> {
+    let Some(published) = m.release(version).and_then(|r| r.targets.get(target)) else {
+        return Vec::new();
+    };
+    components
+        .iter()
+        .filter(|(name, _, _)| {
+            published
+                .components
+                .get(name)
+                .is_some_and(|c| c.artifact.compression.is_some())
+        })
+        .map(|(name, path, _)| {
+            format!(
+                "component {name} ({}) is gzip data: published compressed, devices decompress it into the slot; give it as `{name}={}:image-raw` to publish it as it is (a kernel or FIT image the bootloader reads compressed)",
+                path.display(),
+                path.display()
+            )
+        })
+        .collect()
 }
 
 /// The warnings of a check made once the channel is written: one that fails (another
