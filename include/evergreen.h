@@ -490,7 +490,8 @@ typedef struct evg_startup_result {
 /**
  * Download progress: `done` of `total` bytes over all artifacts of the operation. Return
  * 0 to go on, non-zero to cancel (the call then returns `EVG_CANCELLED` and keeps the
- * partial download, which the next call resumes). Runs on the calling thread.
+ * partial download, which the next call resumes; a gzip-compressed image starts over). Runs
+ * on the calling thread.
  */
 typedef int (*evg_progress_cb)(void *user, uint64_t done, uint64_t total);
 
@@ -767,7 +768,7 @@ enum evg_status evg_check_version(struct evg_updater *updater, const char *chann
  * Downloads and verifies the artifacts `offer` needs (added and modified components, and
  * unchanged ones whose download is not kept; against the running slot as it is now).
  * `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
- * partial download is kept for the next call to resume. `offer` must come from a check
+ * partial download is kept for the next call to resume (a gzip-compressed image starts over). `offer` must come from a check
  * of this same updater (else `EVG_INVALID_STATE`), as for `evg_install`. With image
  * slots the image is written straight into the inactive slot, marked installing and out
  * of the boot order first (refused as `evg_install` refuses), and `evg_install` reads it

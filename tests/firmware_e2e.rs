@@ -2165,6 +2165,64 @@ fn a_cancel_while_a_gzip_image_inflates_is_honoured_within_a_few_mib() {
     );
 }
 
+/// A server dripping a well-compressed gzip image is stopped at the slow-retrieval bound
+/// of its compressed bytes, as the same bytes served raw would be, not at a deadline sized
+/// from the image it inflates to (a thousand times longer here: 60 s, not 2 s).
+#[test]
+fn a_server_dripping_a_gzip_image_is_stopped_at_the_bound_of_its_compressed_bytes() {
+    use std::io::{Read as _, Write as _};
+    let len = 64 * MIB;
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let gz = board::gzip(&vec![0u8; len]);
+    let path = repo.scratch("images").join("zeros.img.gz");
+    std::fs::write(&path, &gz).unwrap();
+    let spec = PathBuf::from(format!("{}:image", path.display()));
+    repo.release("stable", "2.0.0", TARGET, &[("rootfs", &spec)], &[]);
+    let board = Board::with_slots_of(&repo, &server, "gzipdrip", Loader::Grub, len);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    // At this speed the compressed bytes take no whole second, the image 58 s.
+    board.dev.edit_config(|cfg| {
+        cfg["limits"]["min_speed_bytes_per_s"] = json!(len / 58);
+        cfg["limits"]["speed_window_s"] = json!(1);
+        cfg["limits"]["read_timeout_s"] = json!(1);
+        cfg["limits"]["retries"] = json!(0);
+        cfg["follow_redirects"] = json!(true);
+    });
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    // A chunked body whose size line never ends: one byte every 0.5 s, each within the
+    // read timeout, for at most 40 s.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let drip = format!("http://{}/blob", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.read(&mut [0u8; 2048]);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..80 {
+            if s.write_all(b"0").is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    server.set_fault("blobs/", support::Fault::Redirect(drip));
+    let started = std::time::Instant::now();
+    let err = up
+        .download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "stopped after {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("within 2 s"), "{err}");
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+}
+
 /// Bytes of a gzip image that do not inflate are the server's, as a raw image's wrong
 /// sha256 is: the error names the mirror that served them and the origin that redirected
 /// there, and says they are not the signed blob, with what is wrong after.

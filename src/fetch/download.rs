@@ -335,18 +335,15 @@ impl Target<'_> {
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
         // For the whole blob, a resume too: a server that ignores `Range` answers with all
         // of it, compared with the kept bytes from byte 0.
-        // The body's deadline is paced by what reaches the file as well as by the network:
-        // a gzip image writes its installed_size, not the bytes received.
-        let written = match &self.dest {
-            Dest::Slot(SlotDest {
-                inflate_to: Some(n),
-                ..
-            }) => *n,
-            _ => 0,
-        };
+        // The body's deadline is the slow-retrieval bound on the bytes on the wire (DESIGN
+        // §5.4), a gzip image's too: sized from what it inflates to, a server dripping a
+        // well-compressed image would hold the download (and its cancel, which a body
+        // read does not see) a thousand times longer. Writing the slot counts towards it,
+        // as for a raw image: `min_speed_bytes_per_s` must stay below what the slot takes
+        // in per compressed byte (docs/firmware.md).
         let request = Request {
             range_from,
-            body_timeout: stream.fetcher.body_timeout(self.spec.size.max(written)),
+            body_timeout: stream.fetcher.body_timeout(self.spec.size),
             ..Request::default()
         };
         stream.fetcher.get(stream.url, &request)

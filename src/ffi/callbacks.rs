@@ -20,7 +20,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Download progress: `done` of `total` bytes over all artifacts of the operation. Return
 /// 0 to go on, non-zero to cancel (the call then returns `EVG_CANCELLED` and keeps the
-/// partial download, which the next call resumes). Runs on the calling thread.
+/// partial download, which the next call resumes; a gzip-compressed image starts over). Runs
+/// on the calling thread.
 pub type evg_progress_cb =
     Option<unsafe extern "C" fn(user: *mut c_void, done: u64, total: u64) -> c_int>;
 

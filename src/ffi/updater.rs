@@ -340,7 +340,7 @@ fn download(
 /// Downloads and verifies the artifacts `offer` needs (added and modified components, and
 /// unchanged ones whose download is not kept; against the running slot as it is now).
 /// `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the
-/// partial download is kept for the next call to resume. `offer` must come from a check
+/// partial download is kept for the next call to resume (a gzip-compressed image starts over). `offer` must come from a check
 /// of this same updater (else `EVG_INVALID_STATE`), as for `evg_install`. With image
 /// slots the image is written straight into the inactive slot, marked installing and out
 /// of the boot order first (refused as `evg_install` refuses), and `evg_install` reads it
