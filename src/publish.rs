@@ -2613,7 +2613,14 @@ fn unchanged_version(
         .filter_map(|r| Some((&r.version, r.targets.get(target)?.components.get(name)?)))
         .filter(|(_, c)| {
             let a = &c.artifact;
-            (&a.sha256, a.kind, &a.name) == (&artifact.sha256, artifact.kind, &artifact.name)
+            // The same blob published compressed and then as it is lands differently.
+            (&a.sha256, a.kind, &a.name, &a.compression)
+                == (
+                    &artifact.sha256,
+                    artifact.kind,
+                    &artifact.name,
+                    &artifact.compression,
+                )
         })
         .max_by(|a, b| a.0.cmp(b.0))
         .map(|(_, c)| c.version.clone())

@@ -1762,6 +1762,31 @@ fn an_image_raw_component_is_published_as_it_is_even_when_it_is_gzip_data() {
     ok(dir, &["verify", "repo"]);
     let help = String::from_utf8(evergreen(dir, &["release", "--help"]).stdout).unwrap();
     assert!(help.contains("image-raw"), "{help}");
+
+    // The same file published compressed, then as it is again: compressed, it lands
+    // differently in the slot, so it does not keep 1.0.0's component version; as it is
+    // again, it is 1.0.0's component.
+    ok(
+        dir,
+        &release_args("1.1.0", &["--component", "kernel=kernel.gz:image"]),
+    );
+    ok(
+        dir,
+        &release_args("1.2.0", &["--component", "kernel=kernel.gz:image-raw"]),
+    );
+    let manifest = read_manifest(dir, "nightly");
+    let versions: Vec<_> = manifest["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["targets"]["x86_64-linux"]["components"]["kernel"]["version"].clone())
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.1.0", "1.0.0"], "{manifest}");
+
+    // Other compressed data given as `image-raw` is not warned about either.
+    std::fs::write(dir.join("kernel.xz"), b"\xfd7zXZ\x00rest").unwrap();
+    let raw_xz = release_args("1.3.0", &["--component", "kernel=kernel.xz:image-raw"]);
+    assert_eq!(released(dir, &raw_xz), "");
 }
 
 /// A gzip image devices could not decompress into exactly one image is refused, naming

@@ -473,7 +473,14 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         raw_images,
     };
     let v = &a.version;
-    let compressed = compressed_images(&components)?;
+    // An `image-raw` component is published as it is by the operator's choice: no warning
+    // that it is compressed data.
+    let sniffed: Vec<_> = components
+        .iter()
+        .filter(|c| !opts.raw_images.iter().any(|raw| raw == c.0))
+        .copied()
+        .collect();
+    let compressed = compressed_images(&sniffed)?;
     let m = repo.release(
         &a.channel,
         v,
