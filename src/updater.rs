@@ -2667,7 +2667,8 @@ impl Updater {
             let Some(a) = artifact_to_install(plan, c) else {
                 continue;
             };
-            let there = record.as_ref().map_or(0, |r| r.bytes_of(&a.sha256, slot));
+            let key = Streamed::key(&a.sha256, a.compression.is_some());
+            let there = record.as_ref().map_or(0, |r| r.bytes_of(&key, slot));
             if there != a.size || a.size == 0 {
                 return Err(Error::invalid_state(format!(
                     "component {}: expected its image downloaded whole into slot {slot}, found {there} of its {} bytes there; download first",
@@ -2703,7 +2704,7 @@ impl Updater {
             });
             if let Err(e) = read {
                 let none = Streamed {
-                    sha256: a.sha256.clone(),
+                    sha256: Streamed::key(&a.sha256, a.compression.is_some()),
                     slot,
                     bytes: 0,
                 };

@@ -712,7 +712,7 @@ fn an_update_killed_mid_gzip_image_starts_it_over_from_its_first_byte() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(streamed(&board.dev), Some((sha.clone(), 0)));
+    assert_eq!(streamed(&board.dev), Some((format!("gzip:{sha}"), 0)));
     assert_eq!(board.power_on(), Some(Slot::A), "the board boots A");
     let out = cli(&board.dev, BOOT, &[]);
     assert!(out.status.success(), "{}", common::stderr(&out));

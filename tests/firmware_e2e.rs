@@ -2223,6 +2223,46 @@ fn a_server_dripping_a_gzip_image_is_stopped_at_the_bound_of_its_compressed_byte
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
 }
 
+/// The same gzip blob published compressed (2.0.0) and then as it is (`image-raw`, 2.1.0)
+/// leaves different bytes in the slot: the progress record of the first, downloaded and
+/// not installed, does not pass the slot off as holding the second. The second is fetched
+/// and installs on the first try.
+#[test]
+fn a_blob_streamed_compressed_is_not_taken_for_the_same_blob_published_raw() {
+    let len = 4 * MIB;
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let gz = board::gzip(&image);
+    let path = repo.scratch("images").join("fit.gz");
+    std::fs::write(&path, &gz).unwrap();
+    let compressed = PathBuf::from(format!("{}:image", path.display()));
+    repo.release("stable", "2.0.0", TARGET, &[("rootfs", &compressed)], &[]);
+    let board = Board::with_slots_of(&repo, &server, "gzipthenraw", Loader::Grub, len);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert!(board.slot_bytes(Slot::B)[..len] == image[..]);
+    drop(up);
+    let raw = PathBuf::from(format!("{}:image-raw", path.display()));
+    repo.release("stable", "2.1.0", TARGET, &[("rootfs", &raw)], &[]);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.1.0");
+    let before = server.log().len();
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(
+        server.log().len() - before,
+        1,
+        "the raw blob was not fetched"
+    );
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert!(board.slot_bytes(Slot::B)[..gz.len()] == gz[..]);
+}
+
 /// Bytes of a gzip image that do not inflate are the server's, as a raw image's wrong
 /// sha256 is: the error names the mirror that served them and the origin that redirected
 /// there, and says they are not the signed blob, with what is wrong after.

@@ -88,12 +88,17 @@ pub(crate) struct SlotDest<'a> {
 }
 
 impl SlotDest<'_> {
+    /// What the record names the image `sha256` by ([`Streamed::key`]).
+    fn key(&self, sha256: &str) -> String {
+        Streamed::key(sha256, self.inflate_to.is_some())
+    }
+
     /// The bytes of the image `sha256` the record says are durable in the slot.
     fn bytes_of(&self, sha256: &str) -> u64 {
         let recorded = self.recorded.borrow();
         recorded
             .as_ref()
-            .map_or(0, |r| r.bytes_of(sha256, self.slot))
+            .map_or(0, |r| r.bytes_of(&self.key(sha256), self.slot))
     }
 }
 
@@ -765,7 +770,7 @@ impl<'t> Part<'t> {
                 .map_err(|e| Error::io("syncing", self.path(), e))?;
         }
         let record = Streamed {
-            sha256: self.to.spec.sha256.clone(),
+            sha256: into.key(&self.to.spec.sha256),
             slot: into.slot,
             bytes,
         };

@@ -224,12 +224,12 @@ impl ImageSlots {
 }
 
 /// The progress record of a download streaming an image into a slot, one line
-/// `<sha256> <slot> <bytes>`: the first `bytes` of the image `sha256` are durable in
-/// `slot`. No record (none written, or one removed as vouching for nothing) says nothing
+/// `<key> <slot> <bytes>`: the first `bytes` of the image [`Streamed::key`] names are
+/// durable in `slot`. No record (none written, or one removed as vouching for nothing) says nothing
 /// of any slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Streamed {
-    /// The image's SHA-256.
+    /// The image's [`Streamed::key`]: its SHA-256, `gzip:` before it when inflated.
     pub sha256: String,
     /// The slot it is streamed into.
     pub slot: Slot,
@@ -251,8 +251,19 @@ impl Streamed {
         })
     }
 
-    /// How many bytes of the image `sha256` the record says are durable in `slot`: 0 when
-    /// it is about another image or slot.
+    /// What a record names an image by: its blob's SHA-256, with `gzip:` before it when
+    /// the blob is inflated into the slot. The same blob published compressed and as it
+    /// is leaves different bytes in the slot, so a record of one must not pass for the
+    /// other.
+    pub(crate) fn key(sha256: &str, compressed: bool) -> String {
+        match compressed {
+            true => format!("gzip:{sha256}"),
+            false => sha256.to_owned(),
+        }
+    }
+
+    /// How many bytes of the image `sha256` (its [`Streamed::key`]) the record says are
+    /// durable in `slot`: 0 when it is about another image or slot.
     pub(crate) fn bytes_of(&self, sha256: &str, slot: Slot) -> u64 {
         if self.sha256 == sha256 && self.slot == slot {
             self.bytes
