@@ -1491,6 +1491,16 @@ fn installing_a_downloaded_image_saves_the_mark_once_and_rewrites_no_boot_enviro
     assert_eq!(board.power_on(), Some(Slot::B));
 }
 
+/// Five starts of a U-Boot board with no startup step between them (a crash loop): A
+/// counts down 2, 1, 0, then with no tries left anywhere the script resets both counters
+/// to 3 and starts A again.
+fn crash_loop_until_reset(board: &Board, name: &str) {
+    let boots: Vec<_> = (0..5).map(|_| board.power_on()).collect();
+    let a = Some(Slot::A);
+    assert_eq!(boots, [a, a, a, None, a], "{name}");
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "3", "{name}");
+}
+
 /// U-Boot's script gives every slot its tries back when none has any left: a crash loop
 /// of the running slot between download and install puts the slot being written back in
 /// the boot order. The install takes it out again, so a release installed but never
@@ -1504,19 +1514,7 @@ fn a_counter_reset_between_download_and_install_leaves_the_installed_slot_unboot
     up.download(&plan, &mut |_, _| {}, &CancelToken::new())
         .unwrap();
     assert_eq!(board.uboot("BOOT_B_LEFT"), "0");
-    // A counts down 2, 1, 0; with no tries left anywhere the script resets both to 3.
-    let boots: Vec<_> = (0..5).map(|_| board.power_on()).collect();
-    assert_eq!(
-        boots,
-        [
-            Some(Slot::A),
-            Some(Slot::A),
-            Some(Slot::A),
-            None,
-            Some(Slot::A)
-        ]
-    );
-    assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
+    crash_loop_until_reset(&board, "countreset");
     assert_eq!(board.boot(), json!({"status": "normal"}));
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
@@ -1558,19 +1556,7 @@ fn a_counter_reset_at_any_time_leaves_no_unactivated_slot_bootable() {
         };
         assert_eq!(board.dev.status()["slots"]["b"]["status"], status, "{name}");
         assert_eq!(board.uboot("BOOT_B_LEFT"), "0", "{name}");
-        // A crash loop of A: 2, 1, 0, then none left anywhere and both reset to 3.
-        let boots: Vec<_> = (0..5).map(|_| board.power_on()).collect();
-        assert_eq!(
-            boots,
-            [
-                Some(Slot::A),
-                Some(Slot::A),
-                Some(Slot::A),
-                None,
-                Some(Slot::A)
-            ],
-            "{name}"
-        );
+        crash_loop_until_reset(&board, name);
         assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
         assert_eq!(
             board.uboot("BOOT_B_LEFT"),
