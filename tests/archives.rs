@@ -996,6 +996,7 @@ fn installed(items: &[(&str, &str, char)]) -> BTreeMap<String, InstalledComponen
                 sha256: hash.to_string().repeat(64),
                 kind: Some(ArtifactKind::Zip),
                 name: None,
+                compression: None,
             };
             (name.to_string(), c)
         })

@@ -2249,6 +2249,41 @@ fn a_blob_streamed_compressed_is_not_taken_for_the_same_blob_published_raw() {
     assert!(board.slot_bytes(Slot::B)[..gz.len()] == gz[..]);
 }
 
+/// A device running the gzip blob inflated (2.0.0) is offered the same blob published as
+/// it is (2.1.0): the slot will hold other bytes, so the component is `modified`, not
+/// `unchanged`, and the slot ends up holding the blob's own bytes.
+#[test]
+fn the_same_blob_published_as_it_is_after_compressed_is_a_modified_component() {
+    let len = 4 * MIB;
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let gz = board::gzip(&image);
+    let path = repo.scratch("images").join("fit.gz");
+    std::fs::write(&path, &gz).unwrap();
+    let compressed = PathBuf::from(format!("{}:image", path.display()));
+    repo.release("stable", "2.0.0", TARGET, &[("rootfs", &compressed)], &[]);
+    let board = Board::with_slots_of(&repo, &server, "gzipmodified", Loader::Grub, len);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    assert_eq!(update_with_library(&board.updater()), Slot::B);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    board.boot();
+    board.dev.expect("confirm", &[], 0);
+    let raw = PathBuf::from(format!("{}:image-raw", path.display()));
+    repo.release("stable", "2.1.0", TARGET, &[("rootfs", &raw)], &[]);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.1.0");
+    let ops: Vec<_> = plan
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.op))
+        .collect();
+    assert_eq!(ops, [("rootfs", evergreen::stage::ComponentOp::Modified)]);
+    assert_eq!(update_with_library(&up), Slot::A);
+    assert!(board.slot_bytes(Slot::A)[..gz.len()] == gz[..]);
+}
+
 /// Bytes of a gzip image that do not inflate are the server's, as a raw image's wrong
 /// sha256 is: the error names the mirror that served them and the origin that redirected
 /// there, and says they are not the signed blob, with what is wrong after.

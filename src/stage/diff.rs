@@ -1,6 +1,6 @@
 //! The component diff shown before approval: Added / Removed / Modified / Unchanged.
 
-use crate::manifest::{Artifact, ArtifactKind, Component, TargetRelease};
+use crate::manifest::{Artifact, ArtifactKind, Component, Compression, TargetRelease};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -19,6 +19,11 @@ pub struct InstalledComponent {
     /// The artifact's `name`: for a `file` artifact, the file in the component directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The image's `compression`: the same blob inflated into the slot or written as it
+    /// is leaves different bytes there. None for an uncompressed artifact (and in a state
+    /// written before it was recorded, where a compressed image is then not `unchanged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
 }
 
 impl InstalledComponent {
@@ -29,15 +34,17 @@ impl InstalledComponent {
             sha256: artifact.sha256.clone(),
             kind: Some(artifact.kind),
             name: artifact.name.clone(),
+            compression: artifact.compression,
         }
     }
 
     /// Whether installing `artifact` gives what this component holds: the same bytes,
-    /// installed the same way (its kind, and a file artifact's name).
+    /// installed the same way (its kind, a file artifact's name, an image's compression).
     pub fn holds(&self, artifact: &Artifact) -> bool {
         self.sha256 == artifact.sha256
             && self.kind == Some(artifact.kind)
             && self.name == artifact.name
+            && self.compression == artifact.compression
     }
 }
 
