@@ -2209,12 +2209,10 @@ fn a_server_dripping_a_gzip_image_is_stopped_at_the_bound_of_its_compressed_byte
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
 }
 
-/// The same gzip blob published compressed (2.0.0) and then as it is (`image-raw`, 2.1.0)
-/// leaves different bytes in the slot: the progress record of the first, downloaded and
-/// not installed, does not pass the slot off as holding the second. The second is fetched
-/// and installs on the first try.
-#[test]
-fn a_blob_streamed_compressed_is_not_taken_for_the_same_blob_published_raw() {
+/// A board running 1.0.0 from slot A, offered 2.0.0: a 4 MiB image published compressed
+/// from the gzip file it returns the path of (to publish it again as it is). Returns the
+/// repository, its server, the board, the image, its gzip and the file.
+fn gzip_file_released(name: &str) -> (Repo, TestServer, Board, Vec<u8>, Vec<u8>, PathBuf) {
     let len = 4 * MIB;
     let repo = Repo::new(PRODUCT);
     let server = TestServer::serve(&repo.root);
@@ -2224,9 +2222,20 @@ fn a_blob_streamed_compressed_is_not_taken_for_the_same_blob_published_raw() {
     std::fs::write(&path, &gz).unwrap();
     let compressed = PathBuf::from(format!("{}:image", path.display()));
     repo.release("stable", "2.0.0", TARGET, &[("rootfs", &compressed)], &[]);
-    let board = Board::with_slots_of(&repo, &server, "gzipthenraw", Loader::Grub, len);
+    let board = Board::with_slots_of(&repo, &server, name, Loader::Grub, len);
     assert_eq!(board.power_on(), Some(Slot::A));
     assert_eq!(board.boot(), json!({"status": "normal"}));
+    (repo, server, board, image, gz, path)
+}
+
+/// The same gzip blob published compressed (2.0.0) and then as it is (`image-raw`, 2.1.0)
+/// leaves different bytes in the slot: the progress record of the first, downloaded and
+/// not installed, does not pass the slot off as holding the second. The second is fetched
+/// and installs on the first try.
+#[test]
+fn a_blob_streamed_compressed_is_not_taken_for_the_same_blob_published_raw() {
+    let (repo, server, board, image, gz, path) = gzip_file_released("gzipthenraw");
+    let len = image.len();
     let up = board.updater();
     let plan = planned(&up, "expected 2.0.0");
     up.download(&plan, &mut |_, _| {}, &CancelToken::new())
@@ -2254,18 +2263,7 @@ fn a_blob_streamed_compressed_is_not_taken_for_the_same_blob_published_raw() {
 /// `unchanged`, and the slot ends up holding the blob's own bytes.
 #[test]
 fn the_same_blob_published_as_it_is_after_compressed_is_a_modified_component() {
-    let len = 4 * MIB;
-    let repo = Repo::new(PRODUCT);
-    let server = TestServer::serve(&repo.root);
-    let image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-    let gz = board::gzip(&image);
-    let path = repo.scratch("images").join("fit.gz");
-    std::fs::write(&path, &gz).unwrap();
-    let compressed = PathBuf::from(format!("{}:image", path.display()));
-    repo.release("stable", "2.0.0", TARGET, &[("rootfs", &compressed)], &[]);
-    let board = Board::with_slots_of(&repo, &server, "gzipmodified", Loader::Grub, len);
-    assert_eq!(board.power_on(), Some(Slot::A));
-    assert_eq!(board.boot(), json!({"status": "normal"}));
+    let (repo, _server, board, _image, gz, path) = gzip_file_released("gzipmodified");
     assert_eq!(update_with_library(&board.updater()), Slot::B);
     assert_eq!(board.power_on(), Some(Slot::B));
     board.boot();
