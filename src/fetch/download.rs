@@ -1009,33 +1009,40 @@ impl Stream<'_, '_> {
             let (n, failed) = fill(body, &mut buf[..want]);
             // Bytes that arrived before an error are kept: a resume continues after them.
             self.fetcher.count_received(n);
-            let mut input = &buf[..n];
-            // One slice at a time: a gzip chunk inflates to far more than it is, and the
-            // host's cancel and the speed rule are looked at between slices. A stop
-            // mid-chunk leaves the hash short of the chunk, but a gzip image is fetched
-            // from its first byte again anyway.
-            let mut all = n == 0;
-            while !all {
-                let before = (input.len(), Instant::now());
-                all = part.writing.put(
-                    &mut part.file,
-                    part.to,
-                    self.source(),
-                    part.len,
-                    &mut input,
-                )?;
-                if part.writing.paces_apart() {
-                    writing_time += before.1.elapsed();
-                }
-                part.written(before.0 - input.len()).map_err(Stop::Record)?;
-                (self.progress)(part.len, self.total);
-                if !all {
+            if n > 0 {
+                let mut input = &buf[..n];
+                // One slice at a time: a gzip chunk inflates to far more than it is, and
+                // the host's cancel and the speed rule are looked at between slices. A
+                // stop mid-chunk leaves the hash short of the chunk, but a gzip image is
+                // fetched from its first byte again anyway.
+                let last = loop {
+                    let before = (input.len(), Instant::now());
+                    let all = part.writing.put(
+                        &mut part.file,
+                        part.to,
+                        self.source(),
+                        part.len,
+                        &mut input,
+                    )?;
+                    if part.writing.paces_apart() {
+                        writing_time += before.1.elapsed();
+                    }
+                    let used = before.0 - input.len();
+                    if all {
+                        break used;
+                    }
+                    part.written(used).map_err(Stop::Record)?;
+                    (self.progress)(part.len, self.total);
                     self.cancel.check().map_err(Stop::Read)?;
                     self.check_speed(&mut meter, writing_time, part.len - start)?;
+                };
+                // The chunk goes to the hash thread before a checkpoint may sync the slot,
+                // so the hash runs during the sync rather than after it.
+                if full.send((buf, n)).is_err() {
+                    return Ok(());
                 }
-            }
-            if n > 0 && full.send((buf, n)).is_err() {
-                return Ok(());
+                part.written(last).map_err(Stop::Record)?;
+                (self.progress)(part.len, self.total);
             }
             if let Some(e) = failed {
                 return Err(Stop::Read(read_error(self.source(), part.len, e)));
