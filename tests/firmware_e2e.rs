@@ -314,7 +314,7 @@ fn uboot_counts_tries_of_a_release_that_never_confirms_then_falls_back() {
     let st = up.state().unwrap();
     assert_eq!((st.primary, st.a.status), (Slot::B, SlotStatus::Bad));
     assert_eq!(st.failed, [Version::new(3, 0, 0)]);
-    assert_eq!(board.uboot("BOOT_ORDER"), "B A");
+    assert_eq!(board.uboot("BOOT_ORDER"), "B");
     assert_eq!(board.uboot("BOOT_A_LEFT"), "0");
     assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
     assert!(matches!(up.check().unwrap(), Check::UpToDate { .. }));
@@ -1568,6 +1568,51 @@ fn a_counter_reset_at_any_time_leaves_no_unactivated_slot_bootable() {
         assert!(!boots.contains(&Some(Slot::B)), "{name}: {boots:?}");
         assert_eq!(board.dev.status()["slots"]["b"]["status"], status, "{name}");
     }
+}
+
+/// A crash loop that never reaches the startup step: U-Boot's script gives every slot of
+/// `BOOT_ORDER` its tries back each time none has any left, so the slot a cut download
+/// left half written must not be in the order at all. Thirteen starts, three resets: the
+/// board starts A or resets, never B.
+#[test]
+fn a_crash_loop_without_a_startup_step_never_starts_a_half_written_slot() {
+    let (_repo, _server, board, _image, _blob) =
+        board_offered_an_image("crashloop", Loader::UBoot, 4 * MIB);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let cancel = CancelToken::new();
+    let on_half = cancel.clone();
+    let got = up.download(
+        &plan,
+        &mut |done, total| {
+            if done * 2 >= total {
+                on_half.cancel()
+            }
+        },
+        &cancel,
+    );
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Cancelled);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    assert_eq!(
+        (board.uboot("BOOT_ORDER"), board.uboot("BOOT_B_LEFT")),
+        ("A".into(), "0".into())
+    );
+    let boots: Vec<_> = (0..13).map(|_| board.power_on()).collect();
+    let (a, reset) = (Some(Slot::A), None);
+    let mut expected = [a, a, a, reset].repeat(3);
+    expected.push(a);
+    assert_eq!(boots, expected, "slot B was started");
+    // The resets gave B its tries back, but B is still out of the order; the startup
+    // step sets them to 0 again and the download resumes into the slot.
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "3");
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    assert_eq!(board.uboot("BOOT_B_LEFT"), "0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    up.activate(false).unwrap();
+    assert_eq!(board.uboot("BOOT_ORDER"), "B A");
+    assert_eq!(board.power_on(), Some(Slot::B));
 }
 
 /// A release whose image is 0 bytes (published by another tool: `evergreen release`

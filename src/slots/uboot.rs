@@ -47,7 +47,10 @@
 //! RAUC's: `BOOT_ORDER` (`"A B"`), `BOOT_A_LEFT`/`BOOT_B_LEFT` — tries left, which the boot
 //! script decrements with `setexpr` (so they are read and written in hexadecimal, which is
 //! the same as decimal up to 9). Activate puts the slot first with `tries` left; confirm
-//! gives it the configured maximum back (3 by default); a bad slot gets 0. As in the
+//! gives it the configured maximum back (3 by default); a slot disabled (holding nothing
+//! to boot) or bad gets 0 and leaves `BOOT_ORDER`: when no slot has tries left, the script
+//! gives every slot in the order 3 again, and a crash loop of the running slot would then
+//! start it. Activate puts it back. As in the
 //! script, a missing or empty `BOOT_ORDER` reads as `"A B"` and a missing or empty
 //! `BOOT_X_LEFT` as 3 (`fw_setenv NAME ""` stores `NAME=`, it does not delete it).
 //!
@@ -340,6 +343,25 @@ fn order_first(order: Option<&str>, slot: Slot) -> String {
     words.join(" ")
 }
 
+/// `order` without `slot`, which holds nothing to boot. Its tries at 0 are not enough:
+/// when no slot has tries left, RAUC's script gives every slot of `BOOT_ORDER` 3 again,
+/// so a crash loop of the running slot would go on into this one. The other slot stays
+/// (added when missing), since an order naming no slot reads as `A B`.
+fn order_without(order: Option<&str>, slot: Slot) -> String {
+    let mut words: Vec<&str> = order
+        .unwrap_or("A B")
+        .split_whitespace()
+        .filter(|w| order_word(w.as_bytes()) != Some(slot))
+        .collect();
+    if !words
+        .iter()
+        .any(|w| order_word(w.as_bytes()) == Some(slot.other()))
+    {
+        words.insert(0, slot.other().upper());
+    }
+    words.join(" ")
+}
+
 fn left_var(slot: Slot) -> String {
     format!("BOOT_{}_LEFT", slot.upper())
 }
@@ -522,8 +544,8 @@ impl UBootEnv {
         write_copies(&self.plan_vars(&loaded, vars)?)
     }
 
-    /// Writes a fresh environment (`BOOT_ORDER=A B`, A with the maximum tries, B with
-    /// none) when every copy was read and none has a valid CRC, e.g. on a blank device;
+    /// Writes a fresh environment (`BOOT_ORDER=A`, A with the maximum tries, B with none
+    /// and out of the boot order, as [`BootChange::Disable`] leaves a slot) when every copy was read and none has a valid CRC, e.g. on a blank device;
     /// a valid environment is left as it is. A copy that can't be read, or one whose CRC is
     /// valid but whose entries don't parse, is an error and nothing is written.
     pub fn init(&mut self) -> Result<()> {
@@ -537,7 +559,7 @@ impl UBootEnv {
             return self.pick(copies).map(drop);
         }
         let vars: Vec<RawVar> = [
-            ("BOOT_ORDER".to_string(), "A B".to_string()),
+            ("BOOT_ORDER".to_string(), "A".to_string()),
             (left_var(Slot::A), format!("{:x}", self.max_tries)),
             (left_var(Slot::B), "0".to_string()),
         ]
@@ -561,7 +583,10 @@ impl UBootEnv {
         let order = order.as_deref();
         let max = format!("{:x}", self.max_tries);
         match change {
-            BootChange::Disable(slot) => set_raw(&mut vars, &left_var(slot), Some("0")),
+            BootChange::Disable(slot) => {
+                set_raw(&mut vars, "BOOT_ORDER", Some(&order_without(order, slot)));
+                set_raw(&mut vars, &left_var(slot), Some("0"));
+            }
             BootChange::Activate { slot, tries } => {
                 if tries == 0 {
                     return Err(Error::config(
@@ -573,7 +598,8 @@ impl UBootEnv {
             }
             BootChange::Confirm(slot) => set_raw(&mut vars, &left_var(slot), Some(&max)),
             BootChange::FallBack { good, bad } => {
-                set_raw(&mut vars, "BOOT_ORDER", Some(&order_first(order, good)));
+                let order = order_without(Some(&order_first(order, good)), bad);
+                set_raw(&mut vars, "BOOT_ORDER", Some(&order));
                 set_raw(&mut vars, &left_var(bad), Some("0"));
                 set_raw(&mut vars, &left_var(good), Some(&max));
             }
@@ -1183,6 +1209,17 @@ mod tests {
         release.join().unwrap();
         assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("B A"));
         assert_eq!(env.tries_left(Slot::B).unwrap(), 1);
+    }
+
+    #[test]
+    fn order_without_keeps_the_other_slot_and_other_words() {
+        assert_eq!(order_without(Some("A B"), Slot::B), "A");
+        assert_eq!(order_without(Some("B A"), Slot::B), "A");
+        assert_eq!(order_without(None, Slot::A), "B");
+        assert_eq!(order_without(Some(""), Slot::A), "B");
+        assert_eq!(order_without(Some("B"), Slot::B), "A");
+        assert_eq!(order_without(Some("A R B"), Slot::B), "A R");
+        assert_eq!(order_without(Some("R B"), Slot::B), "A R");
     }
 
     #[test]
