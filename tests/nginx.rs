@@ -12,6 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
 
+/// What an HTTPS nginx serves with: its certificate chain and key, and further
+/// directives (`ssl_protocols …; ssl_ciphers …;`).
+struct Tls<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    directives: &'a str,
+}
+
 /// A running nginx, killed when dropped (also when a test panics).
 struct Nginx {
     child: Child,
@@ -34,19 +42,23 @@ impl Nginx {
         Nginx::serve_with(root, None)
     }
 
-    /// Like [`serve`](Self::serve), over HTTPS with the certificate chain and key of `tls`.
-    fn serve_with(root: &Path, tls: Option<(&Path, &Path)>) -> Option<Nginx> {
+    /// Like [`serve`](Self::serve), over HTTPS with the certificate chain and key of `tls`
+    /// and its further `ssl_*` directives; each request's protocol and cipher go to
+    /// `tls.log`.
+    fn serve_with(root: &Path, tls: Option<Tls>) -> Option<Nginx> {
         let binary = find_on_path("nginx")?;
         let prefix = TempDir::new().unwrap();
         let port = free_port();
         let p = prefix.path().display();
         let (scheme, listen) = match tls {
-            Some((cert, key)) => (
+            Some(tls) => (
                 "https",
                 format!(
-                    "127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
-                    cert.display(),
-                    key.display()
+                    "127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; {} \
+                     access_log {p}/access.log; access_log {p}/tls.log tls;",
+                    tls.cert.display(),
+                    tls.key.display(),
+                    tls.directives
                 ),
             ),
             None => ("http", format!("127.0.0.1:{port};")),
@@ -59,6 +71,7 @@ impl Nginx {
              http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
              proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
              uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             log_format tls '$ssl_protocol $ssl_cipher $status';\n\
              server {{ listen {listen} root {root}; }}\n}}\n",
             root = root.display()
         );
@@ -108,6 +121,19 @@ impl Nginx {
 
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.prefix.path().join(name)).unwrap_or_default()
+    }
+
+    /// `tls.log`'s lines (protocol, cipher, status) once there are `n`, waiting at most two
+    /// seconds as [`statuses_after`](Self::statuses_after) does.
+    #[cfg(feature = "tls")]
+    fn tls_log_after(&self, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            if self.log("tls.log").lines().count() >= n {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.log("tls.log").lines().map(String::from).collect()
     }
 
     /// The status of each request in the access log (combined format), oldest first.
@@ -237,21 +263,31 @@ fn range_resume_against_nginx() {
 }
 
 /// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 that it signed
-/// (`server.pem`, `server.key`), made with the openssl tool, or `None` without it.
+/// (`server.pem`, `server.key`), made with the openssl tool with `key` keys (`P-256` or
+/// `RSA`), or `None` without it.
 #[cfg(feature = "tls")]
-fn test_pki(dir: &Path) -> Option<()> {
+fn test_pki(dir: &Path, key: &str) -> Option<()> {
     let openssl = find_on_path("openssl")?;
     let run = |args: &[&str]| {
         let out = require::tool_output(Command::new(&openssl).args(args).current_dir(dir)).unwrap();
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
+    let ec = match key {
+        "RSA" => [
+            "-newkey",
+            "rsa",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-nodes",
+        ],
+        _ => [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ],
+    };
     run(&[
         &["req", "-x509"][..],
         &ec,
@@ -302,11 +338,17 @@ fn https_with_ca_roots_and_not_without_them() {
     let root = public_dir();
     write_public(root.path(), "channels/stable.json", b"{\"sequence\": 7}");
     let pki = public_dir();
-    if test_pki(pki.path()).is_none() {
+    if test_pki(pki.path(), "P-256").is_none() {
         return;
     }
     let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
-    let Some(nginx) = Nginx::serve_with(root.path(), Some((&cert, &key))) else {
+    let tls = Tls {
+        cert: &cert,
+        key: &key,
+        // nginx before 1.23.4 offers TLS 1.2 at most unless told.
+        directives: "ssl_protocols TLSv1.2 TLSv1.3;",
+    };
+    let Some(nginx) = Nginx::serve_with(root.path(), Some(tls)) else {
         return;
     };
     assert!(nginx.url().starts_with("https://"));
@@ -323,6 +365,10 @@ fn https_with_ca_roots_and_not_without_them() {
         panic!("expected the document, found {fetched:?}");
     };
     assert_eq!(bytes, b"{\"sequence\": 7}");
+    assert_eq!(
+        nginx.tls_log_after(1),
+        ["TLSv1.3 TLS_AES_256_GCM_SHA384 200"]
+    );
 
     // The system's (or the built-in) roots do not know the test CA.
     let fetcher = Fetcher::new(vec![nginx.url()], options()).unwrap();
@@ -333,4 +379,75 @@ fn https_with_ca_roots_and_not_without_them() {
         err.to_string().contains("UnknownIssuer") || err.kind() == evergreen::ErrorKind::Config,
         "{err}"
     );
+}
+
+/// TLS 1.2 with an RSA certificate, as older servers and object stores serve: the
+/// handshake verifies the RSA chain and settles on ECDHE with AES-GCM.
+#[test]
+#[cfg(feature = "tls")]
+fn https_tls12_with_an_rsa_certificate() {
+    let root = public_dir();
+    write_public(root.path(), "channels/stable.json", b"{\"sequence\": 8}");
+    let pki = public_dir();
+    if test_pki(pki.path(), "RSA").is_none() {
+        return;
+    }
+    let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
+    let tls = Tls {
+        cert: &cert,
+        key: &key,
+        directives: "ssl_protocols TLSv1.2;",
+    };
+    let Some(nginx) = Nginx::serve_with(root.path(), Some(tls)) else {
+        return;
+    };
+    let trusting = FetchOptions {
+        ca_roots: Some(pki.path().join("ca.pem")),
+        ..options()
+    };
+    let fetcher = Fetcher::new(vec![nginx.url()], trusting).unwrap();
+    let fetched = fetcher
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap();
+    assert!(
+        matches!(&fetched, Metadata::Fetched { bytes, .. } if bytes == b"{\"sequence\": 8}"),
+        "{fetched:?}"
+    );
+    assert_eq!(
+        nginx.tls_log_after(1),
+        ["TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384 200"]
+    );
+}
+
+/// The library offers AES-GCM suites only (src/fetch/tls.rs): a server that accepts
+/// nothing but ChaCha20-Poly1305 fails the handshake, with an error that says so, and
+/// nothing is requested.
+#[test]
+#[cfg(feature = "tls")]
+fn https_refuses_a_server_that_offers_only_chacha20() {
+    let root = public_dir();
+    write_public(root.path(), "channels/stable.json", b"{}");
+    let pki = public_dir();
+    if test_pki(pki.path(), "P-256").is_none() {
+        return;
+    }
+    let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
+    let tls = Tls {
+        cert: &cert,
+        key: &key,
+        directives: "ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-CHACHA20-POLY1305;",
+    };
+    let Some(nginx) = Nginx::serve_with(root.path(), Some(tls)) else {
+        return;
+    };
+    let trusting = FetchOptions {
+        ca_roots: Some(pki.path().join("ca.pem")),
+        ..options()
+    };
+    let fetcher = Fetcher::new(vec![nginx.url()], trusting).unwrap();
+    let err = fetcher
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap_err();
+    assert!(err.to_string().contains("HandshakeFailure"), "{err}");
+    assert_eq!(nginx.statuses(), Vec::<u16>::new());
 }

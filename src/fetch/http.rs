@@ -260,42 +260,14 @@ fn pem_roots(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'stati
     Ok(certs)
 }
 
-/// rustls with `roots` and the process's default crypto provider if the host installed
-/// one, else ring — what ureq's own `rustls` feature does, but that feature would also
-/// bundle Mozilla's roots.
+/// rustls with `roots` and the crypto provider of [`super::tls`] — what ureq's own
+/// `rustls` feature does, but that feature would also bundle Mozilla's roots.
 #[cfg(feature = "tls")]
 fn tls_config(roots: ureq::tls::RootCerts) -> ureq::tls::TlsConfig {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| {
-            std::sync::Arc::new(rustls::crypto::CryptoProvider {
-                key_provider: &NoClientKeys,
-                ..rustls::crypto::ring::default_provider()
-            })
-        });
     ureq::tls::TlsConfig::builder()
         .root_certs(roots)
-        .unversioned_rustls_crypto_provider(provider)
+        .unversioned_rustls_crypto_provider(super::tls::provider())
         .build()
-}
-
-/// The key provider of ring's default provider, for devices: a device authenticates the
-/// server, never itself (no client certificates), so no private key is ever loaded, and
-/// ring's private-key parsers and signers stay out of the library.
-#[cfg(feature = "tls")]
-#[derive(Debug)]
-struct NoClientKeys;
-
-#[cfg(feature = "tls")]
-impl rustls::crypto::KeyProvider for NoClientKeys {
-    fn load_private_key(
-        &self,
-        _key: rustls::pki_types::PrivateKeyDer<'static>,
-    ) -> std::result::Result<std::sync::Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
-        Err(rustls::Error::General(
-            "expected no client certificate (Evergreen authenticates the server only), found a private key to load".into(),
-        ))
-    }
 }
 
 /// The most redirects followed for one request (with `follow_redirects`).

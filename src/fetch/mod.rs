@@ -32,6 +32,8 @@ mod http;
 #[cfg(feature = "http")]
 mod proxy;
 mod speed;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 #[cfg(feature = "http")]
