@@ -332,49 +332,75 @@ fn test_pki(dir: &Path, key: &str) -> Option<()> {
     Some(())
 }
 
+/// nginx over HTTPS, serving `channels/stable.json` (`body`) with a certificate from a
+/// test CA (`key`: `P-256` or `RSA`) and the further `directives`; `None` without nginx
+/// or openssl.
+#[cfg(feature = "tls")]
+struct Https {
+    nginx: Nginx,
+    _root: TempDir,
+    pki: TempDir,
+}
+
+#[cfg(feature = "tls")]
+impl Https {
+    fn serve(key: &str, directives: &str, body: &[u8]) -> Option<Https> {
+        let root = public_dir();
+        write_public(root.path(), "channels/stable.json", body);
+        let pki = public_dir();
+        test_pki(pki.path(), key)?;
+        let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
+        let tls = Tls {
+            cert: &cert,
+            key: &key,
+            directives,
+        };
+        let nginx = Nginx::serve_with(root.path(), Some(tls))?;
+        assert!(nginx.url().starts_with("https://"));
+        Some(Https {
+            nginx,
+            _root: root,
+            pki,
+        })
+    }
+
+    /// Checks that the document, fetched trusting the test CA, is `body`, and that
+    /// nginx logged the request as `tls_log` (protocol, cipher, status).
+    fn fetches(&self, body: &[u8], tls_log: &str) {
+        let fetched = self.fetch(true).unwrap();
+        assert!(
+            matches!(&fetched, Metadata::Fetched { bytes, .. } if bytes == body),
+            "{fetched:?}"
+        );
+        assert_eq!(self.nginx.tls_log_after(1), [tls_log]);
+    }
+
+    /// Fetches the document, trusting the test CA (`ca_roots`) when `trusting`, else the
+    /// system's (or the built-in) roots.
+    fn fetch(&self, trusting: bool) -> evergreen::Result<Metadata> {
+        let options = FetchOptions {
+            ca_roots: trusting.then(|| self.pki.path().join("ca.pem")),
+            ..options()
+        };
+        let fetcher = Fetcher::new(vec![self.nginx.url()], options).unwrap();
+        fetcher.metadata("channels/stable.json", None, 1 << 20)
+    }
+}
+
+/// TLS 1.3 with an ECDSA (P-256) chain: fetched with the test CA as `ca_roots`, and the
+/// handshake settles on AES-GCM; refused without them.
 #[test]
 #[cfg(feature = "tls")]
 fn https_with_ca_roots_and_not_without_them() {
-    let root = public_dir();
-    write_public(root.path(), "channels/stable.json", b"{\"sequence\": 7}");
-    let pki = public_dir();
-    if test_pki(pki.path(), "P-256").is_none() {
-        return;
-    }
-    let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
-    let tls = Tls {
-        cert: &cert,
-        key: &key,
-        // nginx before 1.23.4 offers TLS 1.2 at most unless told.
-        directives: "ssl_protocols TLSv1.2 TLSv1.3;",
-    };
-    let Some(nginx) = Nginx::serve_with(root.path(), Some(tls)) else {
+    // nginx before 1.23.4 offers TLS 1.2 at most unless told.
+    let body = b"{\"sequence\": 7}";
+    let Some(https) = Https::serve("P-256", "ssl_protocols TLSv1.2 TLSv1.3;", body) else {
         return;
     };
-    assert!(nginx.url().starts_with("https://"));
-
-    let trusting = FetchOptions {
-        ca_roots: Some(pki.path().join("ca.pem")),
-        ..options()
-    };
-    let fetcher = Fetcher::new(vec![nginx.url()], trusting).unwrap();
-    let fetched = fetcher
-        .metadata("channels/stable.json", None, 1 << 20)
-        .unwrap();
-    let Metadata::Fetched { bytes, .. } = fetched else {
-        panic!("expected the document, found {fetched:?}");
-    };
-    assert_eq!(bytes, b"{\"sequence\": 7}");
-    assert_eq!(
-        nginx.tls_log_after(1),
-        ["TLSv1.3 TLS_AES_256_GCM_SHA384 200"]
-    );
+    https.fetches(body, "TLSv1.3 TLS_AES_256_GCM_SHA384 200");
 
     // The system's (or the built-in) roots do not know the test CA.
-    let fetcher = Fetcher::new(vec![nginx.url()], options()).unwrap();
-    let err = fetcher
-        .metadata("channels/stable.json", None, 1 << 20)
-        .unwrap_err();
+    let err = https.fetch(false).unwrap_err();
     assert!(
         err.to_string().contains("UnknownIssuer") || err.kind() == evergreen::ErrorKind::Config,
         "{err}"
@@ -386,37 +412,11 @@ fn https_with_ca_roots_and_not_without_them() {
 #[test]
 #[cfg(feature = "tls")]
 fn https_tls12_with_an_rsa_certificate() {
-    let root = public_dir();
-    write_public(root.path(), "channels/stable.json", b"{\"sequence\": 8}");
-    let pki = public_dir();
-    if test_pki(pki.path(), "RSA").is_none() {
-        return;
-    }
-    let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
-    let tls = Tls {
-        cert: &cert,
-        key: &key,
-        directives: "ssl_protocols TLSv1.2;",
-    };
-    let Some(nginx) = Nginx::serve_with(root.path(), Some(tls)) else {
+    let body = b"{\"sequence\": 8}";
+    let Some(https) = Https::serve("RSA", "ssl_protocols TLSv1.2;", body) else {
         return;
     };
-    let trusting = FetchOptions {
-        ca_roots: Some(pki.path().join("ca.pem")),
-        ..options()
-    };
-    let fetcher = Fetcher::new(vec![nginx.url()], trusting).unwrap();
-    let fetched = fetcher
-        .metadata("channels/stable.json", None, 1 << 20)
-        .unwrap();
-    assert!(
-        matches!(&fetched, Metadata::Fetched { bytes, .. } if bytes == b"{\"sequence\": 8}"),
-        "{fetched:?}"
-    );
-    assert_eq!(
-        nginx.tls_log_after(1),
-        ["TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384 200"]
-    );
+    https.fetches(body, "TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384 200");
 }
 
 /// The library offers AES-GCM suites only (src/fetch/tls.rs): a server that accepts
@@ -425,29 +425,11 @@ fn https_tls12_with_an_rsa_certificate() {
 #[test]
 #[cfg(feature = "tls")]
 fn https_refuses_a_server_that_offers_only_chacha20() {
-    let root = public_dir();
-    write_public(root.path(), "channels/stable.json", b"{}");
-    let pki = public_dir();
-    if test_pki(pki.path(), "P-256").is_none() {
-        return;
-    }
-    let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
-    let tls = Tls {
-        cert: &cert,
-        key: &key,
-        directives: "ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-CHACHA20-POLY1305;",
-    };
-    let Some(nginx) = Nginx::serve_with(root.path(), Some(tls)) else {
+    let chacha_only = "ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-CHACHA20-POLY1305;";
+    let Some(https) = Https::serve("P-256", chacha_only, b"{}") else {
         return;
     };
-    let trusting = FetchOptions {
-        ca_roots: Some(pki.path().join("ca.pem")),
-        ..options()
-    };
-    let fetcher = Fetcher::new(vec![nginx.url()], trusting).unwrap();
-    let err = fetcher
-        .metadata("channels/stable.json", None, 1 << 20)
-        .unwrap_err();
+    let err = https.fetch(true).unwrap_err();
     assert!(err.to_string().contains("HandshakeFailure"), "{err}");
-    assert_eq!(nginx.statuses(), Vec::<u16>::new());
+    assert_eq!(https.nginx.statuses(), Vec::<u16>::new());
 }

@@ -328,15 +328,8 @@ fn build_copy(copy: &EnvCopy, vars: &[RawVar], redundant: bool, flag: u8) -> Res
 
 /// `slot` first, then the rest of `order` as it was; the other slot is kept as fallback.
 fn order_first(order: Option<&str>, slot: Slot) -> String {
-    let mut words: Vec<&str> = order
-        .unwrap_or("")
-        .split_whitespace()
-        .filter(|w| order_word(w.as_bytes()) != Some(slot))
-        .collect();
-    if !words
-        .iter()
-        .any(|w| order_word(w.as_bytes()) == Some(slot.other()))
-    {
+    let mut words = words_but(order.unwrap_or(""), slot);
+    if !names(&words, slot.other()) {
         words.push(slot.other().upper());
     }
     words.insert(0, slot.upper());
@@ -348,18 +341,24 @@ fn order_first(order: Option<&str>, slot: Slot) -> String {
 /// so a crash loop of the running slot would go on into this one. The other slot stays
 /// (added when missing), since an order naming no slot reads as `A B`.
 fn order_without(order: Option<&str>, slot: Slot) -> String {
-    let mut words: Vec<&str> = order
-        .unwrap_or("A B")
-        .split_whitespace()
-        .filter(|w| order_word(w.as_bytes()) != Some(slot))
-        .collect();
-    if !words
-        .iter()
-        .any(|w| order_word(w.as_bytes()) == Some(slot.other()))
-    {
+    let mut words = words_but(order.unwrap_or("A B"), slot);
+    if !names(&words, slot.other()) {
         words.insert(0, slot.other().upper());
     }
     words.join(" ")
+}
+
+/// The words of `order` but those naming `slot`.
+fn words_but(order: &str, slot: Slot) -> Vec<&str> {
+    order
+        .split_whitespace()
+        .filter(|w| order_word(w.as_bytes()) != Some(slot))
+        .collect()
+}
+
+/// Whether one of `words` names `slot`.
+fn names(words: &[&str], slot: Slot) -> bool {
+    words.iter().any(|w| order_word(w.as_bytes()) == Some(slot))
 }
 
 fn left_var(slot: Slot) -> String {
