@@ -1169,7 +1169,11 @@ impl Updater {
                 trial.slot,
                 version_str(st.slot(trial.slot).version.as_ref())
             );
-            return self.fall_back(st, &reason);
+            let rolled_back = self.fall_back(st, &reason)?;
+            // Out of the boot order now, not at the next start: a crash loop before it
+            // would have the script reset the counters and start the failed release.
+            self.keep_out_unactivated(st)?;
+            return Ok(rolled_back);
         }
         // The trial has not started: the bootloader never learnt of the activation (the
         // power went between committing the state and writing its environment, or during

@@ -1611,6 +1611,34 @@ fn a_crash_loop_without_a_startup_step_never_starts_a_half_written_slot() {
     assert_eq!(board.power_on(), Some(Slot::B));
 }
 
+/// A confirmed slot the bootloader gave up on (three starts of B that never reached the
+/// startup step) is still good: the startup step on A repairs the environment, which
+/// still preferred B, and B stays in `BOOT_ORDER` with 0 tries, the fallback that a crash
+/// loop of A reaches after the script's reset. Only a slot that holds nothing to boot, or
+/// a release rolled back, leaves the order.
+#[test]
+fn a_good_slot_the_bootloader_gave_up_on_stays_in_the_boot_order() {
+    let (repo, _server, board) = served_board("gaveup", Loader::UBoot);
+    assert_eq!(board.power_on(), Some(Slot::A));
+    assert_eq!(board.boot(), json!({"status": "normal"}));
+    release_image(&repo, "2.0.0", MIB, 2);
+    assert_eq!(update_with_library(&board.updater()), Slot::B);
+    assert_eq!(board.power_on(), Some(Slot::B));
+    board.updater().confirm().unwrap();
+    let (a, b) = (Some(Slot::A), Some(Slot::B));
+    let boots: Vec<_> = (0..4).map(|_| board.power_on()).collect();
+    assert_eq!(boots, [b, b, b, a]);
+    board.boot();
+    let status = board.dev.status();
+    assert_eq!(status["slots"]["b"]["status"], "good", "{status}");
+    assert_eq!(
+        (board.uboot("BOOT_ORDER"), board.uboot("BOOT_B_LEFT")),
+        ("A B".into(), "0".into())
+    );
+    let boots: Vec<_> = (0..8).map(|_| board.power_on()).collect();
+    assert_eq!(boots, [a, a, a, None, a, a, a, b]);
+}
+
 /// A release whose image is 0 bytes (published by another tool: `evergreen release`
 /// refuses it) is refused before the download touches the slot, naming the component:
 /// slot B keeps its record, its bytes and its place in the boot environment.

@@ -425,11 +425,18 @@ fn https_tls12_with_an_rsa_certificate() {
 #[test]
 #[cfg(feature = "tls")]
 fn https_refuses_a_server_that_offers_only_chacha20() {
-    let chacha_only = "ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-CHACHA20-POLY1305;";
-    let Some(https) = Https::serve("P-256", chacha_only, b"{}") else {
-        return;
-    };
-    let err = https.fetch(true).unwrap_err();
-    assert!(err.to_string().contains("HandshakeFailure"), "{err}");
-    assert_eq!(https.nginx.statuses(), Vec::<u16>::new());
+    for chacha_only in [
+        "ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-CHACHA20-POLY1305;",
+        "ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_CHACHA20_POLY1305_SHA256;",
+    ] {
+        let Some(https) = Https::serve("P-256", chacha_only, b"{}") else {
+            return;
+        };
+        let err = https.fetch(true).unwrap_err();
+        assert!(
+            err.to_string().contains("HandshakeFailure"),
+            "{chacha_only}: {err}"
+        );
+        assert_eq!(https.nginx.statuses(), Vec::<u16>::new(), "{chacha_only}");
+    }
 }

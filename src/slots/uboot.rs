@@ -47,12 +47,12 @@
 //! RAUC's: `BOOT_ORDER` (`"A B"`), `BOOT_A_LEFT`/`BOOT_B_LEFT` — tries left, which the boot
 //! script decrements with `setexpr` (so they are read and written in hexadecimal, which is
 //! the same as decimal up to 9). Activate puts the slot first with `tries` left; confirm
-//! gives it the configured maximum back (3 by default); a slot disabled (holding nothing
-//! to boot) or bad gets 0 and leaves `BOOT_ORDER`: when no slot has tries left, the script
-//! gives every slot in the order 3 again, and a crash loop of the running slot would then
-//! start it. Activate puts it back. As in the
-//! script, a missing or empty `BOOT_ORDER` reads as `"A B"` and a missing or empty
-//! `BOOT_X_LEFT` as 3 (`fw_setenv NAME ""` stores `NAME=`, it does not delete it).
+//! gives it the configured maximum back (3 by default); fall back gives the bad slot 0. A
+//! slot disabled (it holds nothing to boot) gets 0 and leaves `BOOT_ORDER`, since 0 alone
+//! does not last: when no slot has tries left, the script gives both slots 3 again, and a
+//! crash loop of the running slot would then go on into it. Activate puts it back first.
+//! As in the script, a missing or empty `BOOT_ORDER` reads as `"A B"` and a missing or
+//! empty `BOOT_X_LEFT` as 3 (`fw_setenv NAME ""` stores `NAME=`, it does not delete it).
 //!
 //! As in U-Boot and `fw_printenv`, the last of a repeated name counts; setting one drops
 //! the earlier ones. Every other variable is written back byte for byte.
@@ -337,9 +337,9 @@ fn order_first(order: Option<&str>, slot: Slot) -> String {
 }
 
 /// `order` without `slot`, which holds nothing to boot. Its tries at 0 are not enough:
-/// when no slot has tries left, RAUC's script gives every slot of `BOOT_ORDER` 3 again,
-/// so a crash loop of the running slot would go on into this one. The other slot stays
-/// (added when missing), since an order naming no slot reads as `A B`.
+/// when no slot has tries left, RAUC's script gives both slots 3 again, so a crash loop of
+/// the running slot would go on into this one. The other slot stays (added first when
+/// missing): an order that names no slot boots nothing.
 fn order_without(order: Option<&str>, slot: Slot) -> String {
     let mut words = words_but(order.unwrap_or("A B"), slot);
     if !names(&words, slot.other()) {
@@ -544,9 +544,10 @@ impl UBootEnv {
     }
 
     /// Writes a fresh environment (`BOOT_ORDER=A`, A with the maximum tries, B with none
-    /// and out of the boot order, as [`BootChange::Disable`] leaves a slot) when every copy was read and none has a valid CRC, e.g. on a blank device;
-    /// a valid environment is left as it is. A copy that can't be read, or one whose CRC is
-    /// valid but whose entries don't parse, is an error and nothing is written.
+    /// and out of the boot order, as [`BootChange::Disable`] leaves a slot) when every
+    /// copy was read and none has a valid CRC, e.g. on a blank device; a valid environment
+    /// is left as it is. A copy that can't be read, or one whose CRC is valid but whose
+    /// entries don't parse, is an error and nothing is written.
     pub fn init(&mut self) -> Result<()> {
         let _lock = self.tools_lock()?;
         let copies = self.read_copies()?;
@@ -597,8 +598,10 @@ impl UBootEnv {
             }
             BootChange::Confirm(slot) => set_raw(&mut vars, &left_var(slot), Some(&max)),
             BootChange::FallBack { good, bad } => {
-                let order = order_without(Some(&order_first(order, good)), bad);
-                set_raw(&mut vars, "BOOT_ORDER", Some(&order));
+                // `bad` stays in the order: fall back also repairs an environment that
+                // still prefers a good slot the bootloader gave up on, which stays the
+                // fallback. The startup step takes a slot rolled back out (`disable`).
+                set_raw(&mut vars, "BOOT_ORDER", Some(&order_first(order, good)));
                 set_raw(&mut vars, &left_var(bad), Some("0"));
                 set_raw(&mut vars, &left_var(good), Some(&max));
             }
