@@ -391,8 +391,9 @@ typedef struct evg_selector {
   void *user;
   /**
    * Marks a slot unbootable. May be called for a slot already unbootable (with
-   * `counts_tries`, on every startup step while the other slot holds nothing to boot):
-   * write nothing then (each write is flash wear and a power-fail window).
+   * `counts_tries`, on every startup step while the other slot holds nothing to boot,
+   * and right after `fall_back` for the slot it left): write nothing then (each write
+   * is flash wear and a power-fail window).
    */
   evg_selector_slot_fn disable;
   /**

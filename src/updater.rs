@@ -1169,11 +1169,7 @@ impl Updater {
                 trial.slot,
                 version_str(st.slot(trial.slot).version.as_ref())
             );
-            let rolled_back = self.fall_back(st, &reason)?;
-            // Out of the boot order now, not at the next start: a crash loop before it
-            // would have the script reset the counters and start the failed release.
-            self.keep_out_unactivated(st)?;
-            return Ok(rolled_back);
+            return self.fall_back(st, &reason);
         }
         // The trial has not started: the bootloader never learnt of the activation (the
         // power went between committing the state and writing its environment, or during
@@ -1219,12 +1215,18 @@ impl Updater {
         match booted {
             Some(b) if b == primary && preferred.is_none_or(|p| p == primary) => {
                 self.confirm_running(b, st)?;
-                self.keep_out_unactivated(st)
+                self.keep_out_unactivated(st);
+                Ok(())
             }
             // The power went between committing a rollback and writing the environment:
             // the bootloader started the slot the state gave up on, or the primary anyway
-            // because it had spent the other's attempt. Finish the rollback.
-            Some(_) => self.with_selector(|s| s.fall_back(primary, primary.other())),
+            // because it had spent the other's attempt. Finish the rollback. (Or the
+            // bootloader gave up on a good slot, which stays the fallback.)
+            Some(_) => {
+                self.with_selector(|s| s.fall_back(primary, primary.other()))?;
+                self.keep_out_unactivated(st);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -1235,25 +1237,39 @@ impl Updater {
     /// loop of the running slot put it back; the next would start it, with no trial and no
     /// deploy policy. The built-in selectors write nothing when it is still out.
     ///
+    /// With a selector that counts tries, it runs at every start of a good primary, and
+    /// right after every rollback (by the startup step, by hand, or finished after a power
+    /// cut): not at the next start, since a crash loop before it would have U-Boot's script
+    /// start the failed release.
+    ///
     /// A selector that fails here does not fail the step: the running slot is confirmed
-    /// already, and a host selector backed by a service not up yet this early in the boot
-    /// would otherwise fail every start (and keep `left_running`, refusing every install).
-    /// The failure goes to the history, once until something else happens.
-    fn keep_out_unactivated(&self, st: &mut State) -> Result<()> {
+    /// already (or the rollback committed), and a host selector backed by a service not up
+    /// yet this early in the boot would otherwise fail every start (and keep
+    /// `left_running`, refusing every install). The failure goes to the history, once until
+    /// something else happens; that record is information only, so a save that fails is
+    /// left to the next start, which tries the keep-out again.
+    fn keep_out_unactivated(&self, st: &mut State) {
         const EVENT: &str = "keep_out_failed";
+        // Only a bootloader that counts tries resets them, and puts a slot back.
+        if !self
+            .with_selector(|s| Ok(s.counts_tries()))
+            .unwrap_or(false)
+        {
+            return;
+        }
         let other = st.primary.other();
         let status = st.slot(other).status;
         if !matches!(
             status,
             SlotStatus::Installing | SlotStatus::Installed | SlotStatus::Bad
         ) {
-            return Ok(());
+            return;
         }
         let Err(e) = self.with_selector(|s| s.disable(other)) else {
-            return Ok(());
+            return;
         };
         if st.history.back().is_some_and(|h| h.event == EVENT) {
-            return Ok(());
+            return;
         }
         st.record(
             (self.clock)(),
@@ -1263,7 +1279,7 @@ impl Updater {
                 status.as_str()
             ),
         );
-        self.save(st)
+        let _ = self.save(st);
     }
 
     /// `change` to the selector about `slot`, the other slot being the fallback. A boot
@@ -1383,6 +1399,7 @@ impl Updater {
         // downloaded into the state directory: it streams into its slot.)
         self.save(st)?;
         self.with_selector(|s| s.fall_back(to, from))?;
+        self.keep_out_unactivated(st);
         Ok(Startup::RolledBack {
             from,
             to,

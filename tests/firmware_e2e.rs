@@ -730,11 +730,41 @@ fn a_power_cut_before_the_bootloader_learns_of_a_rollback_finishes_it() {
             Slot::A,
             "{name}: the rollback was finished"
         );
+        if matches!(loader, Loader::UBoot) {
+            // Out of the order from the start that finished the rollback.
+            never_started_by_a_crash_loop(&board, Slot::B, name);
+        }
         for _ in 0..3 {
             assert_eq!(board.power_on(), Some(Slot::A), "{name}");
             assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
         }
     }
+}
+
+/// Eight starts with no startup step between them (a crash loop of the running slot,
+/// through two of U-Boot's counter resets) never start `slot`, which must be out of
+/// `BOOT_ORDER`.
+fn never_started_by_a_crash_loop(board: &Board, slot: Slot, name: &str) {
+    assert_eq!(board.uboot("BOOT_ORDER"), slot.other().upper(), "{name}");
+    let boots: Vec<_> = (0..8).map(|_| board.power_on()).collect();
+    assert!(!boots.contains(&Some(slot)), "{name}: {boots:?}");
+    assert!(
+        boots.contains(&None),
+        "{name}: no counter reset in {boots:?}"
+    );
+}
+
+/// A rollback by hand takes the release it leaves out of U-Boot's `BOOT_ORDER` at once:
+/// a crash loop of the good slot before its next startup step resets both counters, and
+/// must not start the release rolled back.
+#[test]
+fn a_rollback_by_hand_takes_the_failed_slot_out_of_the_boot_order() {
+    let repo = Repo::new(PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = on_trial_of_2_0_0(&repo, &server, "handrollback", Loader::UBoot);
+    board.dev.expect("rollback", &[], 0);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "bad");
+    never_started_by_a_crash_loop(&board, Slot::B, "handrollback");
 }
 
 /// A confirmed slot whose boot attempt is spent before the startup step runs (the power

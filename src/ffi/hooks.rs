@@ -137,8 +137,9 @@ pub struct evg_selector {
     /// Passed back to every callback.
     pub user: *mut c_void,
     /// Marks a slot unbootable. May be called for a slot already unbootable (with
-    /// `counts_tries`, on every startup step while the other slot holds nothing to boot):
-    /// write nothing then (each write is flash wear and a power-fail window).
+    /// `counts_tries`, on every startup step while the other slot holds nothing to boot,
+    /// and right after `fall_back` for the slot it left): write nothing then (each write
+    /// is flash wear and a power-fail window).
     pub disable: evg_selector_slot_fn,
     /// Starts a trial of a slot.
     pub activate: evg_selector_activate_fn,

@@ -76,9 +76,11 @@ pub trait BootSelector: Send {
     /// Marks `slot` unbootable before anything is written into it. Called again for a
     /// slot already out of the boot order (an image's install after its download, and,
     /// with a selector that counts tries, every startup step while the other slot holds
-    /// nothing to boot: the bootloader may have put it back), so a call that changes
-    /// nothing should write nothing, as the built-in selectors do. The startup step's
-    /// call does not fail the step when it fails: it is recorded in the history.
+    /// nothing to boot, and right after [`fall_back`](Self::fall_back) from a release: the
+    /// bootloader may have put it back, or may when it resets its counters), so a call
+    /// that changes nothing should write nothing, as the built-in selectors do. The calls
+    /// at the startup step and after a fall back do not fail what they follow when they
+    /// fail: they are recorded in the history.
     fn disable(&mut self, slot: Slot) -> Result<()>;
     /// Makes `slot` the next to boot, on trial with `tries` attempts; the other slot stays
     /// the fallback.
