@@ -764,6 +764,17 @@ fn a_rollback_by_hand_takes_the_failed_slot_out_of_the_boot_order() {
     let board = on_trial_of_2_0_0(&repo, &server, "handrollback", Loader::UBoot);
     board.dev.expect("rollback", &[], 0);
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "bad");
+    // Startup steps still on B (the host has not restarted yet) repair nothing: the
+    // environment is not written again, flash wear and a power-fail window for nothing.
+    let storage = board.env.with_file_name("uboot.env"); // beside its fw_env.config
+    let env = std::fs::read(&storage).unwrap();
+    for _ in 0..2 {
+        assert_eq!(board.boot()["status"], "rolled_back");
+    }
+    assert!(
+        std::fs::read(&storage).unwrap() == env,
+        "the environment was written again"
+    );
     never_started_by_a_crash_loop(&board, Slot::B, "handrollback");
 }
 

@@ -80,7 +80,8 @@ pub trait BootSelector: Send {
     /// bootloader may have put it back, or may when it resets its counters), so a call
     /// that changes nothing should write nothing, as the built-in selectors do. The calls
     /// at the startup step and after a fall back do not fail what they follow when they
-    /// fail: they are recorded in the history.
+    /// fail: they are recorded in the history (when the state can be saved), and the
+    /// next start tries again.
     fn disable(&mut self, slot: Slot) -> Result<()>;
     /// Makes `slot` the next to boot, on trial with `tries` attempts; the other slot stays
     /// the fallback.

@@ -341,11 +341,16 @@ fn order_first(order: Option<&str>, slot: Slot) -> String {
 /// the running slot would go on into this one. The other slot stays (added first when
 /// missing): an order that names no slot boots nothing.
 fn order_without(order: Option<&str>, slot: Slot) -> String {
-    let mut words = words_but(order.unwrap_or("A B"), slot);
+    let mut words = words_but(order_text(order), slot);
     if !names(&words, slot.other()) {
         words.insert(0, slot.other().upper());
     }
     words.join(" ")
+}
+
+/// `BOOT_ORDER` as the script reads it: missing or blank is `A B`.
+fn order_text(order: Option<&str>) -> &str {
+    order.filter(|o| !o.trim().is_empty()).unwrap_or("A B")
 }
 
 /// The words of `order` but those naming `slot`.
@@ -598,10 +603,16 @@ impl UBootEnv {
             }
             BootChange::Confirm(slot) => set_raw(&mut vars, &left_var(slot), Some(&max)),
             BootChange::FallBack { good, bad } => {
-                // `bad` stays in the order: fall back also repairs an environment that
-                // still prefers a good slot the bootloader gave up on, which stays the
-                // fallback. The startup step takes a slot rolled back out (`disable`).
-                set_raw(&mut vars, "BOOT_ORDER", Some(&order_first(order, good)));
+                // `bad` keeps its place in the order, or its absence: fall back also
+                // repairs an environment that still prefers a good slot the bootloader
+                // gave up on, which stays the fallback; a release rolled back is taken
+                // out after every rollback (`disable`), and a repair run again at the
+                // next start must not put it back (two writes for none).
+                let mut first = order_first(order, good);
+                if !names(&words_but(order_text(order), good), bad) {
+                    first = order_without(Some(&first), bad);
+                }
+                set_raw(&mut vars, "BOOT_ORDER", Some(&first));
                 set_raw(&mut vars, &left_var(bad), Some("0"));
                 set_raw(&mut vars, &left_var(good), Some(&max));
             }
@@ -1222,6 +1233,48 @@ mod tests {
         assert_eq!(order_without(Some("B"), Slot::B), "A");
         assert_eq!(order_without(Some("A R B"), Slot::B), "A R");
         assert_eq!(order_without(Some("R B"), Slot::B), "A R");
+    }
+
+    /// A single-copy environment in `dir` holding `vars`.
+    fn env_with(dir: &Path, vars: &[(&str, &str)]) -> UBootEnv {
+        let device = dir.join("env");
+        std::fs::write(&device, vec![0u8; 0x1000]).unwrap();
+        let text = format!("{} 0 0x1000\n", device.display());
+        let config = FwEnvConfig::parse(&text, "cfg".as_ref()).unwrap();
+        let lock = dir.join("fw_printenv.lock");
+        let mut env = UBootEnv::new(config).with_tools_lock(&lock, Duration::from_secs(1));
+        env.init().unwrap();
+        let vars: Vec<(&str, Option<&str>)> = vars.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        env.set_vars(&vars).unwrap();
+        env
+    }
+
+    /// A fall back leaves the bad slot out when it was out, in when it was in: a repair
+    /// run again after a rollback writes nothing.
+    #[test]
+    fn fall_back_keeps_the_bad_slot_out_of_the_order_when_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_with(
+            dir.path(),
+            &[
+                ("BOOT_ORDER", "A"),
+                ("BOOT_A_LEFT", "3"),
+                ("BOOT_B_LEFT", "0"),
+            ],
+        );
+        let fall_back = BootChange::FallBack {
+            good: Slot::A,
+            bad: Slot::B,
+        };
+        assert_eq!(env.plan(fall_back).unwrap(), Vec::new());
+        env.apply(BootChange::Activate {
+            slot: Slot::B,
+            tries: 3,
+        })
+        .unwrap();
+        env.apply(fall_back).unwrap();
+        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("A B"));
+        assert_eq!(env.tries_left(Slot::B).unwrap(), 0);
     }
 
     #[test]
