@@ -348,9 +348,10 @@ fn order_without(order: Option<&str>, slot: Slot) -> String {
     words.join(" ")
 }
 
-/// `BOOT_ORDER` as the script reads it: missing or blank is `A B`.
+/// `BOOT_ORDER` as the script reads it (`test -n … || setenv BOOT_ORDER "A B"`): missing
+/// or empty is `A B`.
 fn order_text(order: Option<&str>) -> &str {
-    order.filter(|o| !o.trim().is_empty()).unwrap_or("A B")
+    order.filter(|o| !o.is_empty()).unwrap_or("A B")
 }
 
 /// The words of `order` but those naming `slot`.
@@ -608,8 +609,11 @@ impl UBootEnv {
                 // gave up on, which stays the fallback; a release rolled back is taken
                 // out after every rollback (`disable`), and a repair run again at the
                 // next start must not put it back (two writes for none).
+                // An order that named neither slot (edited by hand) says nothing of `bad`:
+                // it stays, a fallback the script can reach.
+                let before: Vec<Slot> = slots_in(order_text(order).as_bytes()).collect();
                 let mut first = order_first(order, good);
-                if !names(&words_but(order_text(order), good), bad) {
+                if !before.is_empty() && !before.contains(&bad) {
                     first = order_without(Some(&first), bad);
                 }
                 set_raw(&mut vars, "BOOT_ORDER", Some(&first));
@@ -1230,6 +1234,7 @@ mod tests {
         assert_eq!(order_without(Some("B A"), Slot::B), "A");
         assert_eq!(order_without(None, Slot::A), "B");
         assert_eq!(order_without(Some(""), Slot::A), "B");
+        assert_eq!(order_without(Some("  "), Slot::A), "B");
         assert_eq!(order_without(Some("B"), Slot::B), "A");
         assert_eq!(order_without(Some("A R B"), Slot::B), "A R");
         assert_eq!(order_without(Some("R B"), Slot::B), "A R");
@@ -1275,6 +1280,10 @@ mod tests {
         env.apply(fall_back).unwrap();
         assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("A B"));
         assert_eq!(env.tries_left(Slot::B).unwrap(), 0);
+        // An order naming neither slot (mistyped by hand) keeps the bad slot reachable.
+        env.set_vars(&[("BOOT_ORDER", Some("b a"))]).unwrap();
+        env.apply(fall_back).unwrap();
+        assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("A b a B"));
     }
 
     #[test]
