@@ -313,7 +313,7 @@ struct ImageCase {
     goal: Goal,
 }
 
-const IMAGE_CASES: [ImageCase; 5] = [
+const IMAGE_CASES: [ImageCase; 6] = [
     ImageCase {
         before: &[],
         crashed: UPDATE,
@@ -340,6 +340,15 @@ const IMAGE_CASES: [ImageCase; 5] = [
     ImageCase {
         before: &[UPDATE, BOOT, CONFIRM],
         crashed: ROLLBACK,
+        goal: Goal::Rollback,
+    },
+    // A trial never confirmed: with U-Boot's three tries spent, this start is of slot A
+    // and its startup step rolls the release back (state, fall back, the failed slot out
+    // of the boot order). GRUB gives one try, so it rolled back two starts before, and
+    // this is a plain start of A.
+    ImageCase {
+        before: &[UPDATE, BOOT, BOOT, BOOT],
+        crashed: BOOT,
         goal: Goal::Rollback,
     },
 ];
@@ -435,6 +444,29 @@ fn image_violations(board: &Board, images: &Images, started: Option<Option<Slot>
     bad
 }
 
+/// What a crash loop from here (starts that never reach the startup step, through
+/// U-Boot's counter resets) would start that holds nothing to boot: a slot being written,
+/// a release never activated, or one rolled back. Checked once a step has finished, not
+/// right after a crash: a rollback cut between its state and the bootloader's
+/// environment leaves the slot bootable until the next start finishes it.
+fn crash_loop_violations(board: &Board) -> Vec<String> {
+    let Ok(Some(st)) = State::load(&board.dev.state) else {
+        return Vec::new();
+    };
+    board
+        .started_by_a_crash_loop()
+        .into_iter()
+        .map(|slot| (slot, st.slot(slot).status))
+        .filter(|(_, status)| {
+            matches!(
+                status,
+                SlotStatus::Installing | SlotStatus::Installed | SlotStatus::Bad
+            )
+        })
+        .map(|(slot, status)| format!("a crash loop would start slot {slot} ({status:?})"))
+        .collect()
+}
+
 /// The blobs downloaded whole: into `dev`'s downloads directory, or (an image) into a slot,
 /// as the progress record of the download that streamed it says.
 fn finished_downloads(dev: &Device) -> Vec<String> {
@@ -522,6 +554,7 @@ fn carry_on(
         bad.extend(
             image_violations(board, images, started)
                 .into_iter()
+                .chain(crash_loop_violations(board))
                 .map(|v| format!("after {now:?}: {v}")),
         );
         step = next_step(board, goal);

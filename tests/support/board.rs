@@ -205,14 +205,24 @@ impl Board {
     /// tries back, whatever it holds.) Simulated on a copy of the variables; the
     /// environment is left as it is.
     pub fn startable(&self) -> BTreeSet<Slot> {
+        self.started_over(8, false)
+    }
+
+    /// Every slot a crash loop that never reaches the startup step would start: the same
+    /// power-ons through U-Boot's counter resets (and GRUB's rescue entry), as many as
+    /// three rounds of both slots' tries take.
+    pub fn started_by_a_crash_loop(&self) -> BTreeSet<Slot> {
+        self.started_over(24, true)
+    }
+
+    fn started_over(&self, power_ons: usize, through_resets: bool) -> BTreeSet<Slot> {
         let mut vars = match self.loader {
             Loader::Grub => GrubEnv::new(&self.env).vars(),
             Loader::UBoot => UBootEnv::open(&self.env).unwrap().vars(),
         }
         .expect("the environment reads");
         let mut started = BTreeSet::new();
-        // More power-ons than the tries of both slots (3 each by default).
-        for _ in 0..8 {
+        for _ in 0..power_ons {
             let (slot, saved) = match self.loader {
                 Loader::Grub => {
                     let (slot, a_try, b_try) = bootsim::grub_decide(&vars);
@@ -221,10 +231,10 @@ impl Board {
                 }
                 Loader::UBoot => bootsim::uboot_decide(&vars),
             };
-            let Some(slot) = slot else {
+            if slot.is_none() && !through_resets {
                 break;
-            };
-            started.insert(slot);
+            }
+            started.extend(slot);
             // The simulator reads a variable's last value: appending is saving.
             vars.extend(saved);
         }
