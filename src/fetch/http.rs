@@ -450,8 +450,30 @@ fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
             super::duration_words(options.read_timeout)
         ),
         ureq::Error::Timeout(other) => format!("a timeout ({other})"),
+        #[cfg(feature = "tls")]
+        other if refused_handshake(other) => format!(
+            "{other} (the server accepted none of the TLS versions and cipher suites offered: TLS 1.3 and 1.2 with AES-GCM; docs/design.md §13 13)"
+        ),
         other => other.to_string(),
     }
+}
+
+/// Whether the server ended the TLS handshake because it shares no protocol version or
+/// cipher suite with ours (src/fetch/tls.rs offers AES-GCM only).
+#[cfg(feature = "tls")]
+fn refused_handshake(err: &ureq::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    let tls = match err {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::AlertReceived(
+            Alert::HandshakeFailure | Alert::ProtocolVersion | Alert::InsufficientSecurity
+        ))
+    )
 }
 
 /// The absolute URL a redirect response points to, `None` if `response` is no
