@@ -452,14 +452,16 @@ fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
         ureq::Error::Timeout(other) => format!("a timeout ({other})"),
         #[cfg(feature = "tls")]
         other if refused_handshake(other) => format!(
-            "{other} (the server accepted none of the TLS versions and cipher suites offered: TLS 1.3 and 1.2 with AES-GCM; docs/design.md §13 13)"
+            "{other} (the server refused the handshake: it accepts none of the TLS versions and cipher suites offered, TLS 1.3 and 1.2 with AES-GCM, or it wants a client certificate, which Evergreen never sends; docs/design.md §13 13)"
         ),
         other => other.to_string(),
     }
 }
 
-/// Whether the server ended the TLS handshake because it shares no protocol version or
-/// cipher suite with ours (src/fetch/tls.rs offers AES-GCM only).
+/// Whether the server ended the TLS handshake with an alert that says it would not go on
+/// with what was offered: no protocol version or cipher suite in common with ours
+/// (src/fetch/tls.rs offers AES-GCM only), or, as some servers say it, no client
+/// certificate.
 #[cfg(feature = "tls")]
 fn refused_handshake(err: &ureq::Error) -> bool {
     use rustls::AlertDescription as Alert;
