@@ -434,7 +434,7 @@ fn https_refuses_a_server_that_offers_only_chacha20() {
         };
         let err = https.fetch(true).unwrap_err();
         assert!(
-            err.to_string().contains("HandshakeFailure (the server refused the handshake: it accepts none of the TLS versions and cipher suites offered, TLS 1.3 and 1.2 with AES-GCM, or it wants a client certificate"),
+            err.to_string().contains("HandshakeFailure (the server refused the handshake: it accepts none of the TLS versions, cipher suites and key exchanges offered, TLS 1.3 and 1.2 with AES-GCM over X25519, P-256 or P-384, or it wants a client certificate"),
             "{chacha_only}: {err}"
         );
         assert_eq!(https.nginx.statuses(), Vec::<u16>::new(), "{chacha_only}");

@@ -451,8 +451,8 @@ fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
         ),
         ureq::Error::Timeout(other) => format!("a timeout ({other})"),
         #[cfg(feature = "tls")]
-        other if refused_handshake(other) => format!(
-            "{other} (the server refused the handshake: it accepts none of the TLS versions and cipher suites offered, TLS 1.3 and 1.2 with AES-GCM, or it wants a client certificate, which Evergreen never sends; docs/design.md §13 13)"
+        other if refused_handshake(other) && super::tls::ours_in_use() => format!(
+            "{other} (the server refused the handshake: it accepts none of the TLS versions, cipher suites and key exchanges offered, TLS 1.3 and 1.2 with AES-GCM over X25519, P-256 or P-384, or it wants a client certificate, which Evergreen never sends; docs/design.md §13 13)"
         ),
         other => other.to_string(),
     }

@@ -20,6 +20,12 @@ use rustls::SignatureScheme;
 use std::sync::Arc;
 use webpki::ring as algs;
 
+/// Whether HTTPS offers what ours does (no provider installed by the host), which errors
+/// may then name.
+pub(super) fn ours_in_use() -> bool {
+    CryptoProvider::get_default().is_none()
+}
+
 /// The process's default provider if the host installed one, else ours.
 pub(super) fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
