@@ -604,13 +604,12 @@ impl UBootEnv {
             }
             BootChange::Confirm(slot) => set_raw(&mut vars, &left_var(slot), Some(&max)),
             BootChange::FallBack { good, bad } => {
-                // `bad` keeps its place in the order, or its absence: fall back also
+                // `bad` keeps its place in the order, or its absence. Fall back also
                 // repairs an environment that still prefers a good slot the bootloader
                 // gave up on, which stays the fallback; a release rolled back is taken
                 // out after every rollback (`disable`), and a repair run again at the
-                // next start must not put it back (two writes for none).
-                // An order that named neither slot (edited by hand) says nothing of `bad`:
-                // it stays, a fallback the script can reach.
+                // next start must not put it back (two writes for none). An order that
+                // named neither slot (edited by hand) says nothing of `bad`: it stays.
                 let before: Vec<Slot> = slots_in(order_text(order).as_bytes()).collect();
                 let mut first = order_first(order, good);
                 if !before.is_empty() && !before.contains(&bad) {
