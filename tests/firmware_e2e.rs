@@ -1758,13 +1758,8 @@ fn a_torn_connection_mid_image_resumes_where_the_slot_left_off() {
     assert_eq!(board.boot(), json!({"status": "normal"}));
 
     board.dev.expect("update", &["--yes"], 0);
-    let ranges: Vec<Option<String>> = server
-        .requests(&blob)
-        .into_iter()
-        .map(|r| r.range)
-        .collect();
     assert_eq!(
-        ranges,
+        ranges(&server, &blob),
         [
             None,
             Some("bytes=300000-".into()),
@@ -2110,11 +2105,84 @@ fn a_gzip_image_is_inflated_into_the_idle_slot_and_boots() {
     assert_eq!(server.requests(&blob).len(), 1);
 }
 
-/// A torn connection mid-way through a gzip image cannot resume (the inflater's state is
-/// not kept): the record never vouches for part of it, and the next update fetches it
-/// from its first byte and completes.
+/// A torn connection mid-way through a gzip image resumes within the download: the
+/// inflater is kept in memory, the next attempt asks for the compressed bytes after those
+/// it took, and the image completes with no byte fetched twice. The record never vouches
+/// for part of it.
 #[test]
-fn a_torn_gzip_image_starts_over_from_its_first_byte_and_completes() {
+fn a_gzip_image_torn_mid_way_resumes_within_the_download() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipresume", Loader::UBoot, 8 * MIB);
+    assert!(gz.len() > 700_000, "{}", gz.len());
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let before = up.fetch_stats().bytes_received;
+    let mut seen = Vec::new();
+    up.download(&plan, &mut |d, _| seen.push(d), &CancelToken::new())
+        .unwrap();
+    assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(received, gz.len() as u64, "no byte fetched twice");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back");
+    assert_eq!(seen.last(), Some(&(gz.len() as u64)));
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// A server that answers the resume of a gzip image with the whole blob (200, `Range`
+/// ignored) starts the image again from its first byte, inflater and hash fresh, and
+/// completes it in the same download.
+#[test]
+fn a_gzip_image_resumed_from_a_server_ignoring_range_starts_again_and_completes() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipnorange", Loader::Grub, 8 * MIB);
+    // The newest rule is used first: the tear, then the whole blob for the resume.
+    server.set_fault_times("blobs/", Fault::IgnoreRange, 1);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let before = up.fetch_stats().bytes_received;
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(received, 300_000 + gz.len() as u64);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// Resumed bytes of a gzip image that do not inflate (a server serving other bytes from
+/// the offset asked for) are not taken for the server's alone: the image is fetched once
+/// more from its first byte, and completes from a server that serves it whole.
+#[test]
+fn a_gzip_image_whose_resumed_bytes_do_not_inflate_is_fetched_again_from_its_first_byte() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipbadresume", Loader::Grub, 8 * MIB);
+    let mut damaged = gz.clone();
+    for b in &mut damaged[400_000..400_064] {
+        *b = !*b;
+    }
+    server.set_fault_times("blobs/", Fault::Replace(damaged), 1);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let asked = ranges(&server, &blob);
+    assert_eq!(asked, [None, Some("bytes=300000-".into()), None]);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// When every attempt of a download is torn, the download fails and its record says the
+/// slot holds none of the image: a gzip image's inflater is not kept past the download,
+/// so the next update fetches it from its first byte, and completes.
+#[test]
+fn a_gzip_image_torn_at_every_attempt_starts_over_at_the_next_update() {
     use support::Fault;
     let (_repo, server, board, image, gz, blob) =
         board_offered_a_gzip_image("gziptorn", Loader::UBoot, 8 * MIB);
@@ -2129,15 +2197,16 @@ fn a_torn_gzip_image_starts_over_from_its_first_byte_and_completes() {
     assert_eq!(board.boot(), json!({"status": "normal"}));
 
     board.dev.expect("update", &["--yes"], 0);
-    let ranges: Vec<Option<String>> = server
-        .requests(&blob)
-        .into_iter()
-        .map(|r| r.range)
-        .collect();
-    assert_eq!(ranges, [None, None, None]);
+    let resumed = Some("bytes=300000-".to_string());
+    assert_eq!(ranges(&server, &blob), [None, resumed, None]);
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
     assert_eq!(board.power_on(), Some(Slot::B));
+}
+
+/// The `Range` headers of the requests `server` received for `path`, oldest first.
+fn ranges(server: &TestServer, path: &str) -> Vec<Option<String>> {
+    server.requests(path).into_iter().map(|r| r.range).collect()
 }
 
 /// A gzip bomb: a (hand-signed) manifest whose installed_size is below what the blob

@@ -57,13 +57,13 @@ pub(super) fn download(
     if is_complete(&done_path, spec)? {
         return Ok(done_path);
     }
-    let target = Target {
+    let target = Target::new(
         spec,
-        dest: Dest::File {
+        Dest::File {
             part: dir.join(format!("{}.part", spec.sha256)),
             done: done_path.clone(),
         },
-    };
+    );
     target.fetch(fetcher, progress, cancel)?;
     Ok(done_path)
 }
@@ -81,8 +81,9 @@ pub(crate) struct SlotDest<'a> {
     /// written it since: read once, not again at every attempt.
     pub recorded: Rc<RefCell<Option<Streamed>>>,
     /// For a gzip image: the exact size it decompresses to (its `installed_size`). Its
-    /// bytes are inflated into the slot as they arrive, and it never resumes mid-stream:
-    /// the record says 0 or all of it.
+    /// bytes are inflated into the slot as they arrive. Its record says 0 or all of it:
+    /// it resumes after a torn connection only within one download, with the inflater
+    /// kept in memory ([`Target::set_aside`]).
     #[cfg_attr(not(feature = "gzip-images"), allow(dead_code))]
     pub inflate_to: Option<u64>,
 }
@@ -120,11 +121,7 @@ pub(super) fn stream(
     if spec.size > 0 && into.bytes_of(&spec.sha256) == spec.size {
         return Ok(());
     }
-    let target = Target {
-        spec,
-        dest: Dest::Slot(into),
-    };
-    target.fetch(fetcher, progress, cancel)
+    Target::new(spec, Dest::Slot(into)).fetch(fetcher, progress, cancel)
 }
 
 /// The hash names a file in the download directory, so it must be exactly a hash.
@@ -174,6 +171,19 @@ fn hash_to_end(file: &mut dyn Read) -> io::Result<(Sha256, u64)> {
 struct Target<'a> {
     spec: &'a super::BlobSpec,
     dest: Dest<'a>,
+    /// A gzip image's inflater, with the hash and the count of the compressed bytes it
+    /// took, as the last attempt stopped: the next attempt of this download resumes with
+    /// them. Kept in memory only, as the inflater's state cannot be saved.
+    #[cfg(feature = "gzip-images")]
+    set_aside: RefCell<Option<SetAside>>,
+}
+
+/// Where a gzip image's download stopped, for [`Target::set_aside`].
+#[cfg(feature = "gzip-images")]
+struct SetAside {
+    hasher: Sha256,
+    len: u64,
+    inflating: Box<Inflating>,
 }
 
 /// Where a download's bytes go: all a blob and a streamed image differ in, as [`Part`]
@@ -196,7 +206,16 @@ impl Dest<'_> {
     }
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    fn new(spec: &'a super::BlobSpec, dest: Dest<'a>) -> Target<'a> {
+        Target {
+            spec,
+            dest,
+            #[cfg(feature = "gzip-images")]
+            set_aside: RefCell::new(None),
+        }
+    }
+
     /// Fetches the blob from the first base that serves it, with the fetcher's retries.
     fn fetch(
         &self,
@@ -245,14 +264,20 @@ impl Target<'_> {
             progress,
             cancel,
         };
-        let part = self.fetch_rest(&mut stream, Part::open(self)?)?;
-        let kept = (part.kept > 0).then(|| kept_note(part.kept, part.len));
-        let finished = part.finish(stream.source());
-        match (finished, kept) {
-            (Err(e), Some(note)) if e.kind() == ErrorKind::HashMismatch => {
-                self.start_over(&mut stream).map_err(|f| f.context(note))
-            }
-            (result, _) => Ok(result?),
+        let part = Part::open(self)?;
+        let kept = part.kept;
+        // The length the bytes reached, 0 when they stopped before the end.
+        let mut len = 0;
+        let finished = self.fetch_rest(&mut stream, part).and_then(|part| {
+            len = part.len;
+            Ok(part.finish(stream.source())?)
+        });
+        match finished {
+            // A gzip image's resumed bytes fail as they inflate, before the end.
+            Err(f) if kept > 0 && f.error.kind() == ErrorKind::HashMismatch => self
+                .start_over(&mut stream)
+                .map_err(|f| f.context(kept_note(kept, len))),
+            result => result,
         }
     }
 
@@ -320,21 +345,39 @@ impl Target<'_> {
         if part.len >= self.spec.size {
             return Ok(part);
         }
+        let response = match self.answer_for(stream, &part) {
+            Ok(response) => response,
+            Err(failure) => {
+                part.keep_received();
+                return Err(failure);
+            }
+        };
+        let mut body = response.body;
+        if response.status == 200 && part.len > 0 {
+            // A gzip image's kept bytes are inflated ones: the body cannot be compared
+            // with them, and starts the image again.
+            match part.writing.resumes() {
+                true => stream.replay_kept(&mut *body, &mut part)?,
+                false => part.restart()?,
+            }
+        }
+        Ok(stream.pump(body, part)?)
+    }
+
+    /// Asks for the bytes after `part`'s and vets the answer: a response whose body
+    /// continues the part (206) or is the whole blob (200).
+    fn answer_for(&self, stream: &mut Stream<'_, '_>, part: &Part) -> Result<Response, Failure> {
         let response = self.request(stream, (part.len > 0).then_some(part.len))?;
         stream.answered(&response);
-        let response = match self.check_range(stream.source(), &response, &part) {
+        let response = match self.check_range(stream.source(), &response, part) {
             Ok(()) => response,
             Err(wrong_range) => {
                 drop(response);
                 self.whole_after_wrong_range(stream, wrong_range)?
             }
         };
-        self.accept(stream, &response, &part)?;
-        let mut body = response.body;
-        if response.status == 200 && part.len > 0 {
-            stream.replay_kept(&mut *body, &mut part)?;
-        }
-        Ok(stream.pump(body, part)?)
+        self.accept(stream, &response, part)?;
+        Ok(response)
     }
 
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
@@ -525,8 +568,9 @@ struct Part<'t> {
 enum Writing {
     /// As they arrive: the file holds the blob, and a slot resumes after its record.
     AsIs,
-    /// A gzip image inflated into its slot as it arrives, from its first byte at every
-    /// attempt (the inflater's state is not kept): its record says 0 or all of it.
+    /// A gzip image inflated into its slot as it arrives. Its record says 0 or all of it:
+    /// only a later attempt of the same download resumes it, with the inflater it sets
+    /// aside ([`Target::set_aside`]).
     #[cfg(feature = "gzip-images")]
     Inflating(Box<Inflating>),
 }
@@ -599,7 +643,7 @@ impl Writing {
 
     /// Whether time spent in [`Writing::put`] is kept out of the speed rule. Inflating,
     /// it writes up to 1,000 bytes a received byte: slow storage would otherwise pass for
-    /// a slow server, and the image, fetched from its first byte at every attempt, would
+    /// a slow server, and the image, fetched from its first byte at every download, might
     /// never complete. The rule still measures the network while it is read, and the
     /// time left out is bounded by writing the image's installed_size once.
     fn paces_apart(&self) -> bool {
@@ -685,6 +729,10 @@ impl<'t> Part<'t> {
     /// the record is first made to name this image at 0 bytes: one of another image left
     /// there must not be believed once this one's bytes start to overwrite it.
     fn open(to: &'t Target<'t>) -> Result<Part<'t>> {
+        #[cfg(feature = "gzip-images")]
+        if let (Dest::Slot(into), Some(set_aside)) = (&to.dest, to.set_aside.take()) {
+            return Part::resume_inflating(to, into, set_aside);
+        }
         let (size, path) = (to.spec.size, to.dest.path());
         let writing = Writing::new(&to.dest);
         let (mut file, block, recorded) = match &to.dest {
@@ -725,6 +773,36 @@ impl<'t> Part<'t> {
             _ => {}
         }
         Ok(part)
+    }
+
+    /// Opens the slot of a gzip image whose last attempt of this download stopped as
+    /// `set_aside` says, positioned where its inflater's next output goes.
+    #[cfg(feature = "gzip-images")]
+    fn resume_inflating(
+        to: &'t Target<'t>,
+        into: &SlotDest,
+        set_aside: SetAside,
+    ) -> Result<Part<'t>> {
+        let SetAside {
+            hasher,
+            len,
+            inflating,
+        } = set_aside;
+        let path = to.dest.path();
+        let (mut file, block) =
+            into.images
+                .open_to_write(into.slot, inflating.limit, &to.spec.sha256)?;
+        file.seek(SeekFrom::Start(inflating.written))
+            .map_err(|e| Error::io("seeking", path, e))?;
+        Ok(Part {
+            to,
+            file,
+            hasher,
+            len,
+            kept: len,
+            block,
+            writing: Writing::Inflating(inflating),
+        })
     }
 
     fn path(&self) -> &'t Path {
@@ -797,16 +875,30 @@ impl<'t> Part<'t> {
         Ok(())
     }
 
-    /// Records the bytes a slot received before its download stopped (the network, a
-    /// cancel), for the next attempt to resume after them; best effort, as the stop's
-    /// own error is the one to report (a record not made costs a fetch, not the image).
-    fn keep_received(&self) {
-        if let Dest::Slot(into) = &self.to.dest {
-            if self.writing.resumes()
-                && self.len > self.to.recorded()
-                && self.len < self.to.spec.size
-            {
+    /// Keeps what a slot received before its download stopped (the network, a cancel),
+    /// for the next attempt to resume after it: a raw image's bytes in its record, best
+    /// effort, as the stop's own error is the one to report (a record not made costs a
+    /// fetch, not the image); a gzip image's inflater in memory, for the next attempt of
+    /// this download only.
+    fn keep_received(self) {
+        let Dest::Slot(into) = &self.to.dest else {
+            return;
+        };
+        if self.len == 0 || self.len >= self.to.spec.size {
+            return;
+        }
+        match self.writing {
+            Writing::AsIs if self.len > self.to.recorded() => {
                 let _ = self.record(into, self.len);
+            }
+            Writing::AsIs => {}
+            #[cfg(feature = "gzip-images")]
+            Writing::Inflating(inflating) => {
+                self.to.set_aside.replace(Some(SetAside {
+                    hasher: self.hasher,
+                    len: self.len,
+                    inflating,
+                }));
             }
         }
     }
@@ -1011,34 +1103,15 @@ impl Stream<'_, '_> {
             self.fetcher.count_received(n);
             if n > 0 {
                 let mut input = &buf[..n];
-                // One slice at a time: a gzip chunk inflates to far more than it is, and
-                // the host's cancel and the speed rule are looked at between slices. A
-                // stop mid-chunk leaves the hash short of the chunk, but a gzip image is
-                // fetched from its first byte again anyway.
-                let last = loop {
-                    let before = (input.len(), Instant::now());
-                    let all = part.writing.put(
-                        &mut part.file,
-                        part.to,
-                        self.source(),
-                        part.len,
-                        &mut input,
-                    )?;
-                    if part.writing.paces_apart() {
-                        writing_time += before.1.elapsed();
-                    }
-                    let used = before.0 - input.len();
-                    if all {
-                        break used;
-                    }
-                    part.written(used).map_err(Stop::Record)?;
-                    (self.progress)(part.len, self.total);
-                    self.cancel.check().map_err(Stop::Read)?;
-                    self.check_speed(&mut meter, writing_time, part.len - start)?;
-                };
-                // The chunk goes to the hash thread before a checkpoint may sync the slot,
-                // so the hash runs during the sync rather than after it.
-                if full.send((buf, n)).is_err() {
+                let put = self.put_chunk(part, &mut input, &mut meter, &mut writing_time, start);
+                let used = n - input.len();
+                // The bytes used go to the hash thread before a checkpoint may sync the
+                // slot, so the hash runs during the sync rather than after it; and before
+                // a stop mid-chunk returns, so a gzip image set aside there resumes with
+                // the hash of exactly the bytes it inflated.
+                let sent = full.send((buf, used)).is_ok();
+                let last = put?;
+                if !sent {
                     return Ok(());
                 }
                 part.written(last).map_err(Stop::Record)?;
@@ -1053,6 +1126,38 @@ impl Stream<'_, '_> {
             self.check_speed(&mut meter, writing_time, part.len - start)?;
         }
         Ok(())
+    }
+
+    /// Puts the received chunk `input` into `part` one slice at a time (a gzip chunk
+    /// inflates to far more than it is), looking at the host's cancel and the speed rule
+    /// between slices. Counts every slice but the last, whose length it returns for the
+    /// caller to count once the chunk is with the hash thread; `input` is left after the
+    /// bytes used, even when it stops.
+    fn put_chunk(
+        &mut self,
+        part: &mut Part,
+        input: &mut &[u8],
+        meter: &mut SpeedMeter,
+        writing_time: &mut Duration,
+        start: u64,
+    ) -> Result<usize, Stop> {
+        loop {
+            let before = (input.len(), Instant::now());
+            let all = part
+                .writing
+                .put(&mut part.file, part.to, self.source(), part.len, input)?;
+            if part.writing.paces_apart() {
+                *writing_time += before.1.elapsed();
+            }
+            let used = before.0 - input.len();
+            if all {
+                return Ok(used);
+            }
+            part.written(used).map_err(Stop::Record)?;
+            (self.progress)(part.len, self.total);
+            self.cancel.check().map_err(Stop::Read)?;
+            self.check_speed(meter, *writing_time, part.len - start)?;
+        }
     }
 
     /// The speed rule, on a clock that stopped for the `left_out` time spent writing.
@@ -1301,10 +1406,7 @@ mod tests {
             size: 1000,
             url: None,
         };
-        let to = Target {
-            spec: &spec,
-            dest: Dest::Slot(&into),
-        };
+        let to = Target::new(&spec, Dest::Slot(&into));
         let mut part = Part {
             to: &to,
             file: File::options().write(true).open("/dev/null").unwrap(),
@@ -1322,6 +1424,82 @@ mod tests {
         let err = part.record(&into, 200).unwrap_err();
         assert!(err.to_string().contains("syncing /dev/null"), "{err}");
         assert_eq!(Streamed::read(&record).unwrap().bytes, 100);
+    }
+
+    /// A stop between two slices of one received chunk (a cancel from the progress
+    /// callback) sets a gzip image aside with the hash of exactly the compressed bytes its
+    /// inflater took, and the next attempt, given the rest, completes the image: a hash
+    /// short of those bytes would fail it.
+    #[cfg(feature = "gzip-images")]
+    #[test]
+    fn a_gzip_image_stopped_mid_chunk_resumes_with_the_hash_of_the_bytes_it_took() {
+        use flate2::{write::GzEncoder, Compression};
+        let dir = tempfile::tempdir().unwrap();
+        // Zeros inflate some 1,000-fold: the whole blob is one chunk of many slices.
+        let image_len = 16 * INFLATE_SLICE;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        for _ in 0..image_len >> 20 {
+            gz.write_all(&[0; 1 << 20]).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < CHUNK, "{}", gz.len());
+        let images = ImageSlots::new(dir.path().join("a"), dir.path().join("b"));
+        let record = dir.path().join("image-stream");
+        let into = SlotDest {
+            images: &images,
+            slot: Slot::B,
+            record: &record,
+            recorded: Rc::new(RefCell::new(None)),
+            inflate_to: Some(image_len),
+        };
+        let spec = super::super::BlobSpec {
+            sha256: hex(&Sha256::digest(&gz)),
+            size: gz.len() as u64,
+            url: None,
+        };
+        let to = Target::new(&spec, Dest::Slot(&into));
+        let fetcher = Fetcher::new(vec!["/nowhere".into()], Default::default()).unwrap();
+        // Pumps the blob from byte `from`, cancelled at the `stop_at`th progress call.
+        let pump = |from: usize, stop_at: usize, calls: &mut Vec<u64>| {
+            let cancel = CancelToken::new();
+            let mut progress = |done, _| {
+                calls.push(done);
+                if calls.len() == stop_at {
+                    cancel.cancel();
+                }
+            };
+            let mut stream = Stream {
+                fetcher: &fetcher,
+                url: "/nowhere/blob",
+                redirected_to: None,
+                total: spec.size,
+                progress: &mut progress,
+                cancel: &cancel,
+            };
+            let body = Box::new(io::Cursor::new(gz[from..].to_vec()));
+            stream.pump(body, Part::open(&to).unwrap())
+        };
+        let mut calls = Vec::new();
+        let Err(stopped) = pump(0, 2, &mut calls) else {
+            panic!("expected the cancel to stop it");
+        };
+        assert_eq!(stopped.kind(), ErrorKind::Cancelled, "{stopped}");
+        let set_aside = to.set_aside.take().expect("the inflater set aside");
+        let took = set_aside.len as usize;
+        assert!(took > 0 && took < gz.len(), "{took} of {}", gz.len());
+        assert!(calls.len() == 2 && calls[0] < calls[1], "{calls:?}");
+        assert_eq!(calls[1], took as u64, "stopped after two slices");
+        assert_eq!(set_aside.inflating.written, 2 * INFLATE_SLICE);
+        let hashed = set_aside.hasher.clone().finalize();
+        assert_eq!(hex(&hashed), hex(&Sha256::digest(&gz[..took])));
+
+        to.set_aside.replace(Some(set_aside));
+        let part = pump(took, 0, &mut Vec::new()).unwrap();
+        assert_eq!(part.len, spec.size);
+        part.finish("/nowhere/blob").unwrap();
+        let slot = fs::read(dir.path().join("b")).unwrap();
+        assert_eq!(slot.len() as u64, image_len);
+        assert!(slot.iter().all(|b| *b == 0), "the slot holds the image");
     }
 
     #[test]
