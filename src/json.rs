@@ -1,4 +1,4 @@
-//! Reading the JSON documents: envelopes, roots, manifests, the state.
+//! Reading and writing the JSON documents: envelopes, roots, manifests, the state.
 //!
 //! Every document goes through [`from_bytes`]: its bytes are checked as UTF-8 once, in bulk
 //! (JSON is UTF-8 as a whole, RFC 8259), then parsed from the `str`. That is faster than
@@ -6,7 +6,7 @@
 //! manifest), and with one reader type each deserializer exists once in the library, which
 //! keeps firmware builds smaller.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Parses `bytes` as one JSON document of type `T` (which may borrow strings from them).
 /// The error is what was found, for the caller to put after its own "expected …".
@@ -65,6 +65,59 @@ pub(crate) fn not_an_object(text: &str) -> Option<String> {
         _ => "text",
     };
     Some(format!("{what} (`{}`)", c.escape_debug()))
+}
+
+/// `value` as JSON indented as serde_json's `to_vec_pretty` indents it (two spaces a
+/// level, `": "` after a key, `{}` and `[]` when empty), byte for byte. Written compact
+/// and indented here rather than through serde_json's pretty formatter: each type
+/// serialised pretty would otherwise carry a second copy of its serializer, 10 KB of
+/// the file-only library.
+pub(crate) fn to_vec_pretty<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(value).map(|compact| indent(&compact))
+}
+
+/// Indents `compact`, JSON with no white space outside its strings.
+fn indent(compact: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(compact.len() + compact.len() / 2);
+    let mut depth = 0;
+    let new_line = |out: &mut Vec<u8>, depth: usize| {
+        out.push(b'\n');
+        out.resize(out.len() + 2 * depth, b' ');
+    };
+    let mut bytes = compact.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        if matches!(b, b'}' | b']') {
+            depth -= 1;
+            new_line(&mut out, depth);
+        }
+        out.push(b);
+        match b {
+            b'"' => {
+                // The rest of the string as it is, escapes included.
+                while let Some(c) = bytes.next() {
+                    out.push(c);
+                    match c {
+                        b'\\' => out.extend(bytes.next()),
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                let close = if b == b'{' { b'}' } else { b']' };
+                if let Some(c) = bytes.next_if_eq(&close) {
+                    out.push(c);
+                } else {
+                    depth += 1;
+                    new_line(&mut out, depth);
+                }
+            }
+            b',' => new_line(&mut out, depth),
+            b':' => out.push(b' '),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// `x` as JSON writes it (`20`, `12.5`, `null` for NaN), for messages. serde_json's own
@@ -160,6 +213,33 @@ fn read_string(bytes: &mut impl Iterator<Item = u8>) -> String {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// The indenting gives serde_json's own pretty output, byte for byte: documents
+    /// written before read the same, and diff the same.
+    #[test]
+    fn indents_as_serde_json_does() {
+        let values = [
+            serde_json::json!({}),
+            serde_json::json!([]),
+            serde_json::json!({"a": {}, "b": [], "c": [{}], "d": [[]]}),
+            serde_json::json!({"k": 1, "l": [1, -2.5, true, null, "s"], "m": {"n": {"o": []}}}),
+            serde_json::json!({"s": "x,{[\"\\:}]\n\u{e9}\u{1}", "a\"b": "\\"}),
+            serde_json::json!([{"a": 1}, {"b": [2, {"c": "}"}]}]),
+            serde_json::json!("text"),
+            serde_json::json!(12),
+        ];
+        for value in values {
+            let expected = serde_json::to_vec_pretty(&value).unwrap();
+            let found = to_vec_pretty(&value).unwrap();
+            assert_eq!(
+                String::from_utf8(found).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        let state = crate::state::State::initial("stable", Some(semver::Version::new(1, 0, 0)));
+        let expected = serde_json::to_vec_pretty(&state).unwrap();
+        assert_eq!(to_vec_pretty(&state).unwrap(), expected);
+    }
 
     #[test]
     fn parses_utf8_and_names_what_is_wrong() {

@@ -575,7 +575,7 @@ impl State {
     /// system) is written where it points, and stays a symlink; only a symlink this user or
     /// root made is followed, by loads as by saves.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(self)
+        let mut bytes = crate::json::to_vec_pretty(self)
             .map_err(|e| Error::new(ErrorKind::Io, format!("serialising the state failed: {e}")))?;
         bytes.push(b'\n');
         let path = fsutil::own_link_target(State::path(dir))?;

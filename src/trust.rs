@@ -398,7 +398,7 @@ pub fn seal(payload_type: &str, payload: &[u8], keys: &[&SecretKey]) -> Vec<u8> 
             })
             .collect(),
     };
-    let mut bytes = serde_json::to_vec_pretty(&envelope).expect("an envelope always serialises");
+    let mut bytes = crate::json::to_vec_pretty(&envelope).expect("an envelope always serialises");
     bytes.push(b'\n');
     bytes
 }
@@ -696,7 +696,7 @@ impl Root {
 
     /// The root as JSON bytes, ready to be signed.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = serde_json::to_vec_pretty(self).expect("a root always serialises");
+        let mut b = crate::json::to_vec_pretty(self).expect("a root always serialises");
         b.push(b'\n');
         b
     }
