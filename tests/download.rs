@@ -519,6 +519,29 @@ fn server_sending_wrong_bytes_after_a_corrupt_part_is_still_hash_mismatch() {
     assert_no_completed_file(downloads.path(), &repo);
 }
 
+/// A 200 that replaced every kept byte (it differed from the first) and then fails its
+/// hash is the server's fault alone: not fetched again from the start, and not blamed on
+/// the kept bytes.
+#[test]
+fn a_mismatch_after_a_200_replaced_the_kept_bytes_is_not_fetched_again() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let mut other = repo.blob.clone();
+    *other.last_mut().unwrap() ^= 1;
+    server.set_fault(&repo.blob_path(), Fault::ErrorPage(other));
+    let downloads = TempDir::new().unwrap();
+    let mut kept = repo.blob[..SIZE / 2].to_vec();
+    kept[0] ^= 1;
+    std::fs::write(part_path(downloads.path(), &repo), kept).unwrap();
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    assert!(!err.message().contains("kept from an earlier"), "{err}");
+    assert_eq!(statuses(&server, &repo), [200]);
+    assert!(!part_path(downloads.path(), &repo).exists());
+}
+
 #[test]
 fn trickling_server_fails_with_slow_retrieval_within_the_bound() {
     let (bytes, every) = (64, Duration::from_millis(20));

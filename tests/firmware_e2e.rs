@@ -2132,10 +2132,10 @@ fn a_gzip_image_torn_mid_way_resumes_within_the_download() {
 }
 
 /// A server that answers the resume of a gzip image with the whole blob (200, `Range`
-/// ignored) starts the image again from its first byte, inflater and hash fresh, and
-/// completes it in the same download.
+/// ignored) has its first bytes compared with those the kept inflater took, and the image
+/// goes on after them in the same download.
 #[test]
-fn a_gzip_image_resumed_from_a_server_ignoring_range_starts_again_and_completes() {
+fn a_gzip_image_resumed_from_a_server_ignoring_range_goes_on_after_the_bytes_it_took() {
     use support::Fault;
     let (_repo, server, board, image, gz, blob) =
         board_offered_a_gzip_image("gzipnorange", Loader::Grub, 8 * MIB);
@@ -2152,6 +2152,98 @@ fn a_gzip_image_resumed_from_a_server_ignoring_range_starts_again_and_completes(
     assert_eq!(received, 300_000 + gz.len() as u64);
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// An error page answering the resume of a gzip image with 200 (a captive portal, sent
+/// chunked: nothing declares its length) does not cost the inflater: the next attempt
+/// resumes after the bytes it took, as a raw image's kept bytes stay.
+#[test]
+fn a_gzip_image_resume_answered_by_an_error_page_keeps_its_inflater() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipportal", Loader::Grub, 8 * MIB);
+    board
+        .dev
+        .edit_config(|cfg| cfg["limits"]["retries"] = json!(2));
+    let page = b"<html>Sign in to the hotel network</html>".to_vec();
+    server.set_fault_times("blobs/", Fault::ChunkedErrorPage(page.clone()), 1);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let before = up.fetch_stats().bytes_received;
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let resumed = Some("bytes=300000-".to_string());
+    assert_eq!(
+        ranges(&server, &blob),
+        [None, resumed.clone(), resumed.clone()]
+    );
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(received, page.len() as u64 + gz.len() as u64);
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// A failure before the body (a 503 between two tears) keeps the inflater too: every
+/// resume asks for the bytes after the last ones it took, and none is fetched twice.
+#[test]
+fn a_gzip_image_keeps_its_inflater_across_a_failure_before_the_body() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzip503", Loader::UBoot, 8 * MIB);
+    assert!(gz.len() > 700_000, "{}", gz.len());
+    board
+        .dev
+        .edit_config(|cfg| cfg["limits"]["retries"] = json!(4));
+    // Used newest first: a tear, a 503, a tear.
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    server.set_fault_times("blobs/", Fault::Status(503), 1);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let before = up.fetch_stats().bytes_received;
+    let mut seen = Vec::new();
+    up.download(&plan, &mut |d, _| seen.push(d), &CancelToken::new())
+        .unwrap();
+    let from = |n: u64| Some(format!("bytes={n}-"));
+    assert_eq!(
+        ranges(&server, &blob),
+        [None, from(300_000), from(300_000), from(600_000)]
+    );
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(received, gz.len() as u64, "no byte fetched twice");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back");
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// A gzip image whose signed blob does not inflate into the image its manifest describes
+/// (a hand-made manifest's `installed_size`) fails once its hash matched, resumed or not:
+/// no base serves other bytes, so it is not fetched again.
+#[test]
+fn a_resumed_gzip_image_of_the_wrong_installed_size_is_not_fetched_again() {
+    use support::Fault;
+    let (repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipsize", Loader::Grub, 8 * MIB);
+    let declared = image.len() as u64 + 4096;
+    edit_rootfs(&repo, |a| a.installed_size = Some(declared));
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let before = up.fetch_stats().bytes_received;
+    let err = up
+        .download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    let expected = format!(
+        "expected it to decompress to {declared} bytes (its installed_size), found {}",
+        image.len()
+    );
+    assert!(err.to_string().contains(&expected), "{err}");
+    assert!(!err.to_string().contains("fetched again"), "{err}");
+    assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(received, gz.len() as u64);
 }
 
 /// Resumed bytes of a gzip image that do not inflate (a server serving other bytes from

@@ -14,7 +14,7 @@
 use super::speed::SpeedMeter;
 use super::{
     read_error, read_some, status_failure, too_large, CancelToken, Failure, Fetcher, Request,
-    Response,
+    Response, Then,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::slots::image::{self, ImageSlots, Streamed};
@@ -261,22 +261,30 @@ impl<'a> Target<'a> {
             url,
             redirected_to: None,
             total: self.spec.size,
+            kept: 0,
             progress,
             cancel,
         };
-        let part = Part::open(self)?;
-        let kept = part.kept;
         // The length the bytes reached, 0 when they stopped before the end.
         let mut len = 0;
-        let finished = self.fetch_rest(&mut stream, part).and_then(|part| {
-            len = part.len;
-            Ok(part.finish(stream.source())?)
-        });
+        let finished = self
+            .fetch_rest(&mut stream, Part::open(self)?)
+            .and_then(|part| {
+                len = part.len;
+                part.finish(stream.source())
+            });
         match finished {
-            // A gzip image's resumed bytes fail as they inflate, before the end.
-            Err(f) if kept > 0 && f.error.kind() == ErrorKind::HashMismatch => self
-                .start_over(&mut stream)
-                .map_err(|f| f.context(kept_note(kept, len))),
+            // A gzip image's resumed bytes may fail as they inflate, before the end. A
+            // failure that stops every base (the signed blob itself does not inflate into
+            // its image) is no fault of the kept bytes.
+            Err(f)
+                if stream.kept > 0
+                    && f.error.kind() == ErrorKind::HashMismatch
+                    && f.then != Then::Stop =>
+            {
+                let note = kept_note(stream.kept, len);
+                self.start_over(&mut stream).map_err(|f| f.context(note))
+            }
             result => result,
         }
     }
@@ -332,8 +340,7 @@ impl<'a> Target<'a> {
         let mut part = Part::open(self)?;
         // `finish` removed the file (or the slot's record), but only as best it could.
         part.restart()?;
-        let part = self.fetch_rest(stream, part)?;
-        Ok(part.finish(stream.source())?)
+        self.fetch_rest(stream, part)?.finish(stream.source())
     }
 
     /// Receives whatever the `.part` still lacks, resuming with `Range` where it can.
@@ -342,6 +349,7 @@ impl<'a> Target<'a> {
         stream: &mut Stream<'_, '_>,
         mut part: Part<'t>,
     ) -> Result<Part<'t>, Failure> {
+        stream.kept = part.kept;
         if part.len >= self.spec.size {
             return Ok(part);
         }
@@ -354,13 +362,15 @@ impl<'a> Target<'a> {
         };
         let mut body = response.body;
         if response.status == 200 && part.len > 0 {
-            // A gzip image's kept bytes are inflated ones: the body cannot be compared
-            // with them, and starts the image again.
-            match part.writing.resumes() {
-                true => stream.replay_kept(&mut *body, &mut part)?,
-                false => part.restart()?,
+            if part.writing.resumes() {
+                stream.replay_kept(&mut *body, &mut part)?;
+            } else if let Err(e) = stream.skip_taken(&mut *body, &part) {
+                part.keep_received();
+                return Err(e.into());
             }
         }
+        // A 200 may have replaced kept bytes, or started the part again.
+        stream.kept = part.kept;
         Ok(stream.pump(body, part)?)
     }
 
@@ -924,14 +934,15 @@ impl<'t> Part<'t> {
     /// Verifies the hash, then makes the file durable under its final name; a wrong
     /// file is deleted. A slot is synced and recorded whole instead; a wrong one's record
     /// goes back to 0. `source` names where the bytes came from ([`Stream::source`]).
-    fn finish(mut self, source: &str) -> Result<()> {
+    fn finish(mut self, source: &str) -> Result<(), Failure> {
         let sha256 = &self.to.spec.sha256;
         let found = hex(&std::mem::take(&mut self.hasher).finalize());
         if found == *sha256 {
-            match self.writing.check_end(self.to) {
-                Ok(()) => return self.keep(),
-                Err(e) => return self.discard_for(e),
-            }
+            return match self.writing.check_end(self.to) {
+                Ok(()) => Ok(self.keep()?),
+                // The signed blob itself: every base serves the same bytes.
+                Err(e) => Err(Failure::stop(self.discard_for(e))),
+            };
         }
         let mismatch = Error::new(
             ErrorKind::HashMismatch,
@@ -940,20 +951,18 @@ impl<'t> Part<'t> {
                 self.len
             ),
         );
-        self.discard_for(mismatch)
+        Err(self.discard_for(mismatch).into())
     }
 
     /// [`Part::discard`] for `failed`, which says too if the record could not be reset:
     /// the next download must not then take the slot's bytes for the image.
-    fn discard_for(self, failed: Error) -> Result<()> {
-        // The next download must not take the slot's bytes for the image: say so
-        // when the record that would stop it could not be written.
-        Err(match self.discard() {
+    fn discard_for(self, failed: Error) -> Error {
+        match self.discard() {
             Ok(()) => failed,
             Err(r) => failed.map_message(|m| {
                 format!("{m}; and recording that the slot holds none of it failed: {r}")
             }),
-        })
+        }
     }
 
     /// Keeps the verified blob: the `.part` durable under its final name, or the slot's
@@ -994,6 +1003,9 @@ struct Stream<'a, 'p> {
     /// errors about its body name it ([`Stream::source`]).
     redirected_to: Option<String>,
     total: u64,
+    /// The bytes kept from an earlier attempt under the body being received: a mismatch
+    /// then is not the server's alone ([`Target::attempt`]).
+    kept: u64,
     progress: &'p mut dyn FnMut(u64, u64),
     cancel: &'a CancelToken,
 }
@@ -1272,6 +1284,42 @@ impl Stream<'_, '_> {
         Ok(())
     }
 
+    /// A 200 answering the resume of a gzip image: its first `part.len` bytes must be
+    /// those the kept inflater took (compared by their hash; the slot holds what they
+    /// inflated to, not them), and the image goes on after them. A body that differs or
+    /// ends before leaves the inflater kept for the next attempt, as a raw image's kept
+    /// bytes stay under an error page.
+    fn skip_taken(&mut self, body: &mut dyn Read, part: &Part) -> Result<()> {
+        let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; CHUNK];
+        let mut done = 0;
+        while done < part.len {
+            let want = (part.len - done).min(CHUNK as u64) as usize;
+            let n = self.receive_some(body, &mut buf[..want], done)?;
+            if n == 0 {
+                return Err(self.ended_early(done));
+            }
+            hasher.update(&buf[..n]);
+            done += n as u64;
+            meter.check(Instant::now(), done, self.source())?;
+        }
+        if hasher.finalize() == part.hasher.clone().finalize() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::HttpStatus,
+            format!(
+                "GET {}: expected 200 with the whole blob ({} bytes), whose first {} bytes \
+                 were kept from an earlier attempt, found other bytes there; the kept bytes \
+                 stay",
+                self.source(),
+                self.total,
+                part.len
+            ),
+        ))
+    }
+
     /// Holds the body from `at`, where it first differs from the kept bytes (`hasher`
     /// has hashed the body before it), until it proves longer than what it would
     /// replace, then writes it over them from there, reading through `buf`. The speed
@@ -1435,12 +1483,15 @@ mod tests {
     fn a_gzip_image_stopped_mid_chunk_resumes_with_the_hash_of_the_bytes_it_took() {
         use flate2::{write::GzEncoder, Compression};
         let dir = tempfile::tempdir().unwrap();
-        // Zeros inflate some 1,000-fold: the whole blob is one chunk of many slices.
+        // Runs of one byte inflate some 1,000-fold: the whole blob is one chunk of many
+        // slices. A byte per MiB, none 0 (what a slot sized up front reads as), so that
+        // output written at the wrong offset shows.
         let image_len = 16 * INFLATE_SLICE;
+        let image: Vec<u8> = (0..image_len as usize)
+            .map(|i| 1 + (i >> 20) as u8)
+            .collect();
         let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-        for _ in 0..image_len >> 20 {
-            gz.write_all(&[0; 1 << 20]).unwrap();
-        }
+        gz.write_all(&image).unwrap();
         let gz = gz.finish().unwrap();
         assert!(gz.len() < CHUNK, "{}", gz.len());
         let images = ImageSlots::new(dir.path().join("a"), dir.path().join("b"));
@@ -1473,6 +1524,7 @@ mod tests {
                 url: "/nowhere/blob",
                 redirected_to: None,
                 total: spec.size,
+                kept: 0,
                 progress: &mut progress,
                 cancel: &cancel,
             };
@@ -1496,10 +1548,11 @@ mod tests {
         to.set_aside.replace(Some(set_aside));
         let part = pump(took, 0, &mut Vec::new()).unwrap();
         assert_eq!(part.len, spec.size);
-        part.finish("/nowhere/blob").unwrap();
+        if let Err(f) = part.finish("/nowhere/blob") {
+            panic!("{}", f.error);
+        }
         let slot = fs::read(dir.path().join("b")).unwrap();
-        assert_eq!(slot.len() as u64, image_len);
-        assert!(slot.iter().all(|b| *b == 0), "the slot holds the image");
+        assert!(slot == image, "the slot holds the image");
     }
 
     #[test]

@@ -652,6 +652,15 @@ impl Failure {
         }
     }
 
+    /// A failure no base can mend, whatever its kind: the call ends with it.
+    fn stop(error: Error) -> Failure {
+        Failure {
+            error,
+            then: Then::Stop,
+            wait: Duration::ZERO,
+        }
+    }
+
     /// A failure of this base alone, whatever its kind: the next base is tried.
     fn next_base(error: Error) -> Failure {
         Failure {
