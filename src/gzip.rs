@@ -35,6 +35,10 @@ pub(crate) struct Inflater {
     crc: crc32fast::Hasher,
     out: Vec<u8>,
     inflated: u64,
+    /// What is wrong after the deflate data ended (the trailer, bytes past the member),
+    /// for [`Inflater::finish`] to say: nothing is made from those bytes, so a download
+    /// judges them once its hash has said whether they are the signed blob.
+    after_end: Option<String>,
 }
 
 impl Inflater {
@@ -46,13 +50,16 @@ impl Inflater {
             crc: crc32fast::Hasher::new(),
             out: vec![0; OUT_CHUNK],
             inflated: 0,
+            after_end: None,
         }
     }
 
     /// Inflates from the front of `input`, the next bytes of the member, moving it past
     /// the bytes used: the next output, or nothing once `input` is used up (feed more) or
-    /// the member ended. Data that is not gzip, not valid deflate, or continues past the
-    /// member's trailer (a second member, trailing garbage) is what was found. The caller
+    /// the member ended. Data that is not gzip or not valid deflate is what was found;
+    /// bytes after the deflate data are taken in whatever they are, and a wrong trailer
+    /// or bytes past it (a second member, trailing garbage) are [`Inflater::finish`]'s
+    /// verdict. The caller
     /// calls again until it gets nothing and handles the output (and a failure to write
     /// it) itself: no callback, so one copy serves the publisher and the device.
     pub(crate) fn inflate(&mut self, input: &mut &[u8]) -> std::result::Result<&[u8], String> {
@@ -114,17 +121,20 @@ impl Inflater {
                     self.held.extend_from_slice(&input[..take]);
                     *input = &input[take..];
                     if self.held.len() == 8 {
-                        self.check_trailer()?;
+                        self.after_end = self.check_trailer().err();
                         self.stage = Stage::Done;
                     }
                 }
                 Stage::Done if !input.is_empty() => {
-                    let what = if input.starts_with(&[0x1f]) {
-                        "another gzip member after it (concatenated gzip files)"
-                    } else {
-                        "trailing bytes after it"
-                    };
-                    return Err(format!("expected one gzip member, found {what}"));
+                    if self.after_end.is_none() {
+                        let what = if input.starts_with(&[0x1f]) {
+                            "another gzip member after it (concatenated gzip files)"
+                        } else {
+                            "trailing bytes after it"
+                        };
+                        self.after_end = Some(format!("expected one gzip member, found {what}"));
+                    }
+                    *input = &[];
                 }
                 _ => return Ok(&[]),
             }
@@ -159,11 +169,11 @@ impl Inflater {
         Ok(())
     }
 
-    /// The inflated length, once the member ended with a matching trailer; otherwise
-    /// what it was cut short in.
+    /// The inflated length, once the member ended with a matching trailer and nothing
+    /// after it; otherwise what is wrong with its end, or what it was cut short in.
     pub(crate) fn finish(&self) -> std::result::Result<u64, String> {
         let cut = match self.stage {
-            Stage::Done => return Ok(self.inflated),
+            Stage::Done => return self.after_end.clone().map_or(Ok(self.inflated), Err),
             Stage::Header => "its header",
             Stage::Body => "its deflate data",
             Stage::Trailer => "its 8-byte trailer",
@@ -308,6 +318,26 @@ mod tests {
                 err.contains(&format!("a gzip header of at most {MAX_HEADER} bytes")),
                 "pieces of {piece}: {err}"
             );
+        }
+    }
+
+    /// What follows the deflate data is judged by `finish` alone: a download takes all of
+    /// a blob in before its hash says whether a wrong end is the blob's or a server's.
+    #[test]
+    fn a_wrong_end_is_said_when_the_member_is_finished() {
+        let gz = gzip(&data());
+        let mut bad_crc = gz.clone();
+        bad_crc[gz.len() - 8] ^= 1;
+        for (bad, expected) in [
+            (bad_crc, "CRC32"),
+            ([gz.clone(), b"junk".to_vec()].concat(), "trailing bytes"),
+            ([gz.clone(), gz.clone()].concat(), "another gzip member"),
+        ] {
+            let mut inflater = Inflater::new();
+            let mut input = &bad[..];
+            while !inflater.inflate(&mut input).unwrap().is_empty() || !input.is_empty() {}
+            let err = inflater.finish().unwrap_err();
+            assert!(err.contains(expected), "{err}\nwanted: {expected}");
         }
     }
 

@@ -2133,7 +2133,8 @@ fn a_gzip_image_torn_mid_way_resumes_within_the_download() {
 
 /// A server that answers the resume of a gzip image with the whole blob (200, `Range`
 /// ignored) has its first bytes compared with those the kept inflater took, and the image
-/// goes on after them in the same download.
+/// goes on after them in the same download: what the slot holds from the first attempt
+/// is not written again.
 #[test]
 fn a_gzip_image_resumed_from_a_server_ignoring_range_goes_on_after_the_bytes_it_took() {
     use support::Fault;
@@ -2145,11 +2146,87 @@ fn a_gzip_image_resumed_from_a_server_ignoring_range_goes_on_after_the_bytes_it_
     let up = board.updater();
     let plan = planned(&up, "expected 2.0.0");
     let before = up.fetch_stats().bytes_received;
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    // Once the first attempt has taken its 300,000 bytes (its last report), the slot's
+    // first byte flipped: inflating the image from its first byte again would mend it.
+    let mut marked = false;
+    up.download(
+        &plan,
+        &mut |done, _| {
+            if done == 300_000 && !marked {
+                flip_byte(&board.b, 0);
+                marked = true;
+            }
+        },
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert!(marked, "no report at the tear");
     assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
     let received = up.fetch_stats().bytes_received - before;
     assert_eq!(received, 300_000 + gz.len() as u64);
+    let slot = board.slot_bytes(Slot::B);
+    assert_eq!(slot[0], !image[0], "the slot's start was inflated again");
+    assert!(
+        slot[1..] == image[1..],
+        "slot B holds the rest of the image"
+    );
+}
+
+/// A 200 answering the resume of a gzip image whose first bytes differ from those the
+/// inflater took is not inflated after them: either may be wrong, so the next attempt
+/// starts the image again from its first byte, and completes.
+#[test]
+fn a_gzip_image_resumed_from_other_bytes_starts_again_at_the_next_attempt() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipotherstart", Loader::Grub, 8 * MIB);
+    board
+        .dev
+        .edit_config(|cfg| cfg["limits"]["retries"] = json!(2));
+    let mut other = gz.clone();
+    other[100] ^= 1;
+    server.set_fault_times("blobs/", Fault::ErrorPage(other), 1);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let before = up.fetch_stats().bytes_received;
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let resumed = Some("bytes=300000-".to_string());
+    assert_eq!(ranges(&server, &blob), [None, resumed, None]);
+    let received = up.fetch_stats().bytes_received - before;
+    assert_eq!(
+        received,
+        600_000 + gz.len() as u64,
+        "read up to the taken bytes"
+    );
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// Resumed bytes that inflate past the image's installed_size may be the fault of the
+/// bytes taken before (here a first server's, which inflate as a bomb would): the image
+/// is fetched once more from its first byte before the error counts, and completes.
+#[test]
+fn a_gzip_image_whose_resumed_bytes_inflate_too_far_is_fetched_again_from_its_first_byte() {
+    use support::Fault;
+    let (_repo, server, board, image, gz, blob) =
+        board_offered_a_gzip_image("gzipresumedbomb", Loader::Grub, 8 * MIB);
+    // 64 MiB of zeros compress to some 64 KB: its first KB inflates to about 1 MiB, all
+    // of it to 8 times the image. Padded to the blob's length, so that a range of it
+    // reads as one of the blob.
+    let mut bomb = board::gzip(&vec![0; 64 * MIB]);
+    assert!(bomb.len() < gz.len());
+    bomb.resize(gz.len(), 0);
+    let taken = 1000;
+    server.set_fault_times("blobs/", Fault::Replace(bomb.clone()), 1);
+    server.set_fault_times("blobs/", Fault::ChunkedErrorPage(bomb[..taken].to_vec()), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap();
+    let resumed = Some(format!("bytes={taken}-"));
+    assert_eq!(ranges(&server, &blob), [None, resumed, None]);
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
 }
@@ -2215,6 +2292,45 @@ fn a_gzip_image_keeps_its_inflater_across_a_failure_before_the_body() {
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back");
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
+}
+
+/// A signed gzip blob whose end is wrong (a damaged trailer, bytes after the member),
+/// which a hand-made manifest may list: judged once its hash matched, it is the blob's
+/// fault and no server's, and it is not fetched again after a resume.
+#[test]
+fn a_resumed_signed_gzip_blob_with_a_wrong_end_is_not_fetched_again() {
+    use support::Fault;
+    let (repo, server, board, _image, gz, _blob) =
+        board_offered_a_gzip_image("gzipbadend", Loader::Grub, 8 * MIB);
+    let mut bad_crc = gz.clone();
+    let crc_at = gz.len() - 8;
+    bad_crc[crc_at] ^= 1;
+    let junk = [gz.clone(), b"junk".to_vec()].concat();
+    for (signed, problem) in [(bad_crc, "CRC32"), (junk, "trailing bytes after it")] {
+        let sha256 = evergreen::trust::sha256_hex(&signed);
+        let blob = format!("blobs/sha256/{sha256}");
+        std::fs::write(repo.root.join(&blob), &signed).unwrap();
+        edit_rootfs(&repo, |a| {
+            a.sha256 = sha256.clone();
+            a.size = signed.len() as u64;
+        });
+        server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+        let up = board.updater();
+        let plan = planned(&up, "expected 2.0.0");
+        let err = up
+            .download(&plan, &mut |_, _| {}, &CancelToken::new())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("gzip image {sha256} into ")), "{msg}");
+        assert!(msg.contains(problem), "{msg}");
+        assert!(
+            !msg.contains("fetched again") && !msg.contains("not it"),
+            "{msg}"
+        );
+        assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
+        assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    }
 }
 
 /// A gzip image whose signed blob does not inflate into the image its manifest describes
@@ -2562,11 +2678,9 @@ fn a_damaged_gzip_image_error_names_the_mirror_that_served_it() {
     let (repo, server, board, _image, gz, blob) =
         board_offered_a_gzip_image("gzipmirror", Loader::Grub, 2 * MIB);
     let mirror = TestServer::serve(&repo.root);
+    // The first deflate block's type set to 3, which no deflate data has.
     let mut bad = gz.clone();
-    let middle = bad.len() / 2;
-    for b in &mut bad[middle..middle + 64] {
-        *b ^= 0x5a;
-    }
+    bad[10] |= 0b110;
     server.set_fault(
         "blobs/",
         Fault::Redirect(format!("{}/{blob}", mirror.url())),

@@ -262,6 +262,7 @@ impl<'a> Target<'a> {
             redirected_to: None,
             total: self.spec.size,
             kept: 0,
+            refused: false,
             progress,
             cancel,
         };
@@ -274,12 +275,13 @@ impl<'a> Target<'a> {
                 part.finish(stream.source())
             });
         match finished {
-            // A gzip image's resumed bytes may fail as they inflate, before the end. A
-            // failure that stops every base (the signed blob itself does not inflate into
-            // its image) is no fault of the kept bytes.
+            // Kept bytes under a wrong hash, or under a gzip image's bytes that do not
+            // inflate into it (the inflater refused them before the end). A failure that
+            // stops every base (the signed blob itself does not inflate into its image)
+            // is no fault of the kept bytes.
             Err(f)
                 if stream.kept > 0
-                    && f.error.kind() == ErrorKind::HashMismatch
+                    && (stream.refused || f.error.kind() == ErrorKind::HashMismatch)
                     && f.then != Then::Stop =>
             {
                 let note = kept_note(stream.kept, len);
@@ -364,9 +366,8 @@ impl<'a> Target<'a> {
         if response.status == 200 && part.len > 0 {
             if part.writing.resumes() {
                 stream.replay_kept(&mut *body, &mut part)?;
-            } else if let Err(e) = stream.skip_taken(&mut *body, &part) {
-                part.keep_received();
-                return Err(e.into());
+            } else {
+                part = stream.skip_taken(&mut *body, part)?;
             }
         }
         // A 200 may have replaced kept bytes, or started the part again.
@@ -1006,6 +1007,8 @@ struct Stream<'a, 'p> {
     /// The bytes kept from an earlier attempt under the body being received: a mismatch
     /// then is not the server's alone ([`Target::attempt`]).
     kept: u64,
+    /// Whether the body's bytes were refused as they arrived ([`Stop::Data`]).
+    refused: bool,
     progress: &'p mut dyn FnMut(u64, u64),
     cancel: &'a CancelToken,
 }
@@ -1083,7 +1086,11 @@ impl Stream<'_, '_> {
             }
             // The file is closed on the way out, which frees what its removal gave back.
             Err(Stop::Write(e, at)) => Err(part.write_failed(at, e, self.total)),
-            Err(Stop::Record(e) | Stop::Data(e)) => Err(e),
+            Err(Stop::Data(e)) => {
+                self.refused = true;
+                Err(e)
+            }
+            Err(Stop::Record(e)) => Err(e),
         }
     }
 
@@ -1286,16 +1293,47 @@ impl Stream<'_, '_> {
 
     /// A 200 answering the resume of a gzip image: its first `part.len` bytes must be
     /// those the kept inflater took (compared by their hash; the slot holds what they
-    /// inflated to, not them), and the image goes on after them. A body that differs or
-    /// ends before leaves the inflater kept for the next attempt, as a raw image's kept
-    /// bytes stay under an error page.
-    fn skip_taken(&mut self, body: &mut dyn Read, part: &Part) -> Result<()> {
+    /// inflated to, not them), and the image goes on after them. A body that ends before
+    /// them (an error page) fails the attempt and leaves the inflater for the next. One
+    /// that differs over them says the taken bytes or this server's are wrong, and which
+    /// cannot be told: the inflater goes, and the next attempt starts the image again.
+    fn skip_taken<'t>(&mut self, body: &mut dyn Read, part: Part<'t>) -> Result<Part<'t>, Failure> {
+        let taken = match self.hash_first(body, part.len) {
+            Ok(taken) => taken,
+            Err(e) => {
+                part.keep_received();
+                return Err(e.into());
+            }
+        };
+        if taken == part.hasher.clone().finalize() {
+            return Ok(part);
+        }
+        Err(Failure::retry(Error::new(
+            ErrorKind::HttpStatus,
+            format!(
+                "GET {}: expected 200 with the whole blob ({} bytes), whose first {} bytes \
+                 were taken from an earlier attempt, found other bytes there; the next \
+                 attempt starts it again from its first byte",
+                self.source(),
+                self.total,
+                part.len
+            ),
+        )))
+    }
+
+    /// The SHA-256 of the body's first `len` bytes, received as [`Stream::replay_kept`]
+    /// receives them.
+    fn hash_first(
+        &mut self,
+        body: &mut dyn Read,
+        len: u64,
+    ) -> Result<sha2::digest::Output<Sha256>> {
         let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
         let mut hasher = Sha256::new();
         let mut buf = vec![0; CHUNK];
         let mut done = 0;
-        while done < part.len {
-            let want = (part.len - done).min(CHUNK as u64) as usize;
+        while done < len {
+            let want = (len - done).min(CHUNK as u64) as usize;
             let n = self.receive_some(body, &mut buf[..want], done)?;
             if n == 0 {
                 return Err(self.ended_early(done));
@@ -1304,20 +1342,7 @@ impl Stream<'_, '_> {
             done += n as u64;
             meter.check(Instant::now(), done, self.source())?;
         }
-        if hasher.finalize() == part.hasher.clone().finalize() {
-            return Ok(());
-        }
-        Err(Error::new(
-            ErrorKind::HttpStatus,
-            format!(
-                "GET {}: expected 200 with the whole blob ({} bytes), whose first {} bytes \
-                 were kept from an earlier attempt, found other bytes there; the kept bytes \
-                 stay",
-                self.source(),
-                self.total,
-                part.len
-            ),
-        ))
+        Ok(hasher.finalize())
     }
 
     /// Holds the body from `at`, where it first differs from the kept bytes (`hasher`
@@ -1525,6 +1550,7 @@ mod tests {
                 redirected_to: None,
                 total: spec.size,
                 kept: 0,
+                refused: false,
                 progress: &mut progress,
                 cancel: &cancel,
             };
