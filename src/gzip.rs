@@ -169,6 +169,13 @@ impl Inflater {
         Ok(())
     }
 
+    /// What is wrong after the deflate data, as soon as it is known, for a reader that
+    /// need not wait for [`Inflater::finish`] (the publisher refuses a file there and
+    /// then, rather than reading a pipe of trailing bytes that never ends).
+    pub(crate) fn end_problem(&self) -> Option<&str> {
+        self.after_end.as_deref()
+    }
+
     /// The inflated length, once the member ended with a matching trailer and nothing
     /// after it; otherwise what is wrong with its end, or what it was cut short in.
     pub(crate) fn finish(&self) -> std::result::Result<u64, String> {
@@ -183,6 +190,35 @@ impl Inflater {
             self.inflated
         ))
     }
+}
+
+/// Inflates `gz` fed `piece` bytes at a time (at least 1), handing each output to `out`,
+/// for the `gzip_inflate` fuzz target (`cargo fuzz` builds with `--cfg fuzzing`): what
+/// [`Inflater::finish`] says, or the first problem. `out` returning false stops it
+/// (`Err("stopped")`, a bound on the output). An empty output with bytes of a piece left
+/// would drop them unseen, so it is a problem of its own.
+#[cfg(fuzzing)]
+pub fn fuzz_inflate(
+    gz: &[u8],
+    piece: usize,
+    out: &mut dyn FnMut(&[u8]) -> bool,
+) -> std::result::Result<u64, String> {
+    let mut inflater = Inflater::new();
+    for mut chunk in gz.chunks(piece.max(1)) {
+        loop {
+            let made = inflater.inflate(&mut chunk)?;
+            if made.is_empty() {
+                if !chunk.is_empty() {
+                    return Err(format!("{} bytes left unused", chunk.len()));
+                }
+                break;
+            }
+            if !out(made) {
+                return Err("stopped".into());
+            }
+        }
+    }
+    inflater.finish()
 }
 
 /// The length of the gzip header at the start of `h`; `None` while more bytes are needed.

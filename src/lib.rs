@@ -20,6 +20,9 @@ pub mod fetch;
 pub mod ffi;
 pub mod fsutil;
 mod gzip;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use gzip::fuzz_inflate;
 mod json;
 pub mod manifest;
 pub mod name_map;

@@ -2349,7 +2349,10 @@ impl Probe {
                 .inflate(&mut bytes)
                 .map_err(|p| gzip_refused(path, &p))?;
             if out.is_empty() {
-                return Ok(());
+                return match inflater.end_problem() {
+                    Some(p) => Err(gzip_refused(path, p)),
+                    None => Ok(()),
+                };
             }
             hasher.update(out);
         }
@@ -2629,6 +2632,28 @@ fn unchanged_version(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gzip image followed by anything is refused at the first byte after its member,
+    /// before the rest is read: a pipe of trailing bytes that never ends must not be
+    /// copied into the repository until the disk is full.
+    #[test]
+    fn an_image_is_refused_at_the_first_byte_after_its_gzip_member() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&[7; 10_000]).unwrap();
+        let gz = e.finish().unwrap();
+        let path = Path::new("rootfs.img.gz");
+        for (after, found) in [(&b"junk"[..], "trailing bytes"), (&gz[..], "another gzip")] {
+            let mut probe = Probe::Undecided(Vec::new());
+            probe.feed(&gz, path).unwrap();
+            let err = probe.feed(&after[..1], path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains(found), "{err}");
+        }
+        let mut probe = Probe::Undecided(Vec::new());
+        probe.feed(&gz, path).unwrap();
+        assert_eq!(probe.finish(path).unwrap().unwrap().0, 10_000);
+    }
 
     #[test]
     fn an_expiry_soon_is_said_in_the_largest_whole_unit() {

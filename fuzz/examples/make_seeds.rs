@@ -22,6 +22,7 @@ fn main() -> std::io::Result<()> {
     write_all(&seeds.join("zip_stage"), &zip_seeds()?)?;
     write_all(&seeds.join("grub_env"), &grub_seeds()?)?;
     write_all(&seeds.join("uboot_env"), &uboot_seeds()?)?;
+    write_all(&seeds.join("gzip_inflate"), &gzip_seeds()?)?;
     Ok(())
 }
 
@@ -144,7 +145,8 @@ fn config_seeds() -> Vec<(&'static str, Vec<u8>)> {
   "slots": {"kind": "image", "a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3",
             "selector": {"kind": "grub", "env": "/boot/grub/grubenv"}},
   "deploy": {"policy": "download_only"}}"#;
-    let uboot = br#"{"product": "p", "server": "https://u/", "target": "t", "trust": {"root": "/r"},
+    let uboot =
+        br#"{"product": "p", "server": "https://u/", "target": "t", "trust": {"root": "/r"},
   "state_dir": "/d", "slots": {"kind": "image", "a": "/dev/a", "b": "/dev/b",
   "selector": {"kind": "uboot", "config": "/etc/fw_env.config"},
   "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot"}}}"#;
@@ -265,4 +267,43 @@ fn uboot_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
         ),
     ));
     Ok(seeds)
+}
+
+/// Gzip members: plain, with every optional header field, empty, and the ends a device
+/// must refuse (two members, trailing bytes, a damaged trailer, cut short), each fed in
+/// pieces of one size or another.
+fn gzip_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
+    let gzip = |data: &[u8]| -> std::io::Result<Vec<u8>> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data)?;
+        e.finish()
+    };
+    let data: Vec<u8> = (0..20_000u32).flat_map(|i| (i / 7).to_le_bytes()).collect();
+    let plain = gzip(&data)?;
+    let mut fields = vec![0x1f, 0x8b, 8, 4 | 8 | 16 | 2, 0, 0, 0, 0, 0, 3];
+    fields.extend_from_slice(&[3, 0, b'a', b'b', b'c']);
+    fields.extend_from_slice(b"rootfs.ext4\0a comment\0");
+    let mut crc = flate2::Crc::new();
+    crc.update(&fields);
+    fields.extend_from_slice(&(crc.sum() as u16).to_le_bytes());
+    fields.extend_from_slice(&plain[10..]);
+    let mut bad_crc = plain.clone();
+    let at = plain.len() - 8;
+    bad_crc[at] ^= 1;
+    Ok(vec![
+        ("plain", input(7, &plain)),
+        ("plain_bytewise", input(0, &plain)),
+        ("header_fields", input(2, &fields)),
+        ("empty", input(3, &gzip(b"")?)),
+        (
+            "two_members",
+            input(4, &[plain.clone(), plain.clone()].concat()),
+        ),
+        (
+            "trailing",
+            input(5, &[plain.clone(), b"junk".to_vec()].concat()),
+        ),
+        ("bad_crc", input(6, &bad_crc)),
+        ("cut", input(1, &plain[..plain.len() / 2])),
+    ])
 }

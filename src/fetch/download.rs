@@ -1296,7 +1296,8 @@ impl Stream<'_, '_> {
     /// inflated to, not them), and the image goes on after them. A body that ends before
     /// them (an error page) fails the attempt and leaves the inflater for the next. One
     /// that differs over them says the taken bytes or this server's are wrong, and which
-    /// cannot be told: the inflater goes, and the next attempt starts the image again.
+    /// cannot be told: `hash_mismatch` over kept bytes, which [`Target::attempt`] answers
+    /// with one fetch from byte 0 there and then.
     fn skip_taken<'t>(&mut self, body: &mut dyn Read, part: Part<'t>) -> Result<Part<'t>, Failure> {
         let taken = match self.hash_first(body, part.len) {
             Ok(taken) => taken,
@@ -1308,17 +1309,17 @@ impl Stream<'_, '_> {
         if taken == part.hasher.clone().finalize() {
             return Ok(part);
         }
-        Err(Failure::retry(Error::new(
-            ErrorKind::HttpStatus,
+        Err(Error::new(
+            ErrorKind::HashMismatch,
             format!(
                 "GET {}: expected 200 with the whole blob ({} bytes), whose first {} bytes \
-                 were taken from an earlier attempt, found other bytes there; the next \
-                 attempt starts it again from its first byte",
+                 were taken from an earlier attempt, found other bytes there",
                 self.source(),
                 self.total,
                 part.len
             ),
-        )))
+        )
+        .into())
     }
 
     /// The SHA-256 of the body's first `len` bytes, received as [`Stream::replay_kept`]
