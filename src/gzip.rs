@@ -39,6 +39,10 @@ pub(crate) struct Inflater {
     /// for [`Inflater::finish`] to say: nothing is made from those bytes, so a download
     /// judges them once its hash has said whether they are the signed blob.
     after_end: Option<String>,
+    /// Invalid deflate data, found by a call that also made output: that output is handed
+    /// on first, and this is said from the next call on, so that the output and the count
+    /// of inflated bytes it names do not depend on how the input was cut into pieces.
+    invalid: Option<String>,
 }
 
 impl Inflater {
@@ -51,6 +55,7 @@ impl Inflater {
             out: vec![0; OUT_CHUNK],
             inflated: 0,
             after_end: None,
+            invalid: None,
         }
     }
 
@@ -63,6 +68,9 @@ impl Inflater {
     /// calls again until it gets nothing and handles the output (and a failure to write
     /// it) itself: no callback, so one copy serves the publisher and the device.
     pub(crate) fn inflate(&mut self, input: &mut &[u8]) -> std::result::Result<&[u8], String> {
+        if let Some(problem) = &self.invalid {
+            return Err(problem.clone());
+        }
         if self.stage == Stage::Header {
             // Never more than MAX_HEADER held: the verdict on a long header is then the
             // bytes' alone, not that of how they were cut into pieces (the publisher's
@@ -92,18 +100,27 @@ impl Inflater {
                 Stage::Body => {
                     let (before_in, before_out) =
                         (self.inflate.total_in(), self.inflate.total_out());
-                    let status = self
-                        .inflate
-                        .decompress(input, &mut self.out, FlushDecompress::None)
-                        .map_err(|e| {
-                            format!(
-                                "expected deflate data, found it invalid after {} inflated bytes ({e})",
-                                self.inflated
-                            )
-                        })?;
+                    let result =
+                        self.inflate
+                            .decompress(input, &mut self.out, FlushDecompress::None);
+                    // Counted on failure too: what it made before the bad data is output.
                     let used = (self.inflate.total_in() - before_in) as usize;
                     let made = (self.inflate.total_out() - before_out) as usize;
                     *input = &input[used..];
+                    let status = match result {
+                        Ok(status) => status,
+                        Err(e) => {
+                            let problem = format!(
+                                "expected deflate data, found it invalid after {} inflated bytes ({e})",
+                                self.inflated + made as u64
+                            );
+                            if made == 0 {
+                                return Err(problem);
+                            }
+                            self.invalid = Some(problem);
+                            Status::Ok
+                        }
+                    };
                     if status == Status::StreamEnd {
                         self.stage = Stage::Trailer;
                     }
@@ -193,11 +210,12 @@ impl Inflater {
 }
 
 /// Inflates `gz` fed `piece` bytes at a time (at least 1), handing each output to `out`,
-/// for the `gzip_inflate` fuzz target (`cargo fuzz` builds with `--cfg fuzzing`): what
+/// for the `gzip_inflate` fuzz target (`cargo fuzz` builds with `--cfg fuzzing`) and the
+/// unit tests: what
 /// [`Inflater::finish`] says, or the first problem. `out` returning false stops it
 /// (`Err("stopped")`, a bound on the output). An empty output with bytes of a piece left
 /// would drop them unseen, so it is a problem of its own.
-#[cfg(fuzzing)]
+#[cfg(any(fuzzing, test))]
 pub fn fuzz_inflate(
     gz: &[u8],
     piece: usize,
@@ -224,11 +242,12 @@ pub fn fuzz_inflate(
 /// The length of the gzip header at the start of `h`; `None` while more bytes are needed.
 fn parse_header(h: &[u8]) -> std::result::Result<Option<usize>, String> {
     const MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
-    let n = h.len().min(3);
-    if h[..n] != MAGIC[..n] {
+    // Up to the first byte that differs, whatever else has arrived: the verdict must not
+    // depend on how the bytes were cut into pieces.
+    if let Some(at) = h.iter().zip(MAGIC).position(|(a, b)| *a != b) {
         return Err(format!(
             "expected gzip data (1f 8b 08: deflate), found it starting {}",
-            crate::trust::hex(&h[..n])
+            crate::trust::hex(&h[..=at])
         ));
     }
     if h.len() < 10 {
@@ -374,6 +393,54 @@ mod tests {
             while !inflater.inflate(&mut input).unwrap().is_empty() || !input.is_empty() {}
             let err = inflater.finish().unwrap_err();
             assert!(err.contains(expected), "{err}\nwanted: {expected}");
+        }
+    }
+
+    /// What a member inflates to, and the verdict on it, word for word, do not depend on
+    /// how its bytes are cut into pieces, whatever is wrong with it (the property the
+    /// `gzip_inflate` fuzz target checks, on inputs it found).
+    #[test]
+    fn the_output_and_the_verdict_do_not_depend_on_the_pieces() {
+        let data = data();
+        let gz = gzip(&data);
+        let mut flipped = gz.clone();
+        for b in &mut flipped[gz.len() / 3..gz.len() / 3 + 4] {
+            *b = !*b;
+        }
+        // A stored block of 5 bytes, then a block of the reserved type 3.
+        let mut stored = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        stored.extend_from_slice(&[0, 5, 0, 0xfa, 0xff, b'h', b'e', b'l', b'l', b'o', 0x07]);
+        let mut bad_crc = gz.clone();
+        bad_crc[gz.len() - 8] ^= 1;
+        let cases = [
+            b"AB".to_vec(),
+            b"ABC".to_vec(),
+            vec![0x1f, 0, 0],
+            vec![0; 4],
+            flipped,
+            stored,
+            bad_crc,
+            [gz.clone(), b"junk".to_vec()].concat(),
+            gz[..gz.len() / 2].to_vec(),
+            gz,
+        ];
+        let run = |gz: &[u8], piece: usize| {
+            let mut out = Vec::new();
+            let verdict = fuzz_inflate(gz, piece, &mut |made| {
+                out.extend_from_slice(made);
+                true
+            });
+            (verdict, out)
+        };
+        for (i, case) in cases.iter().enumerate() {
+            let whole = run(case, usize::MAX);
+            for piece in [1, 2, 7, 64, 512, 4096, 65536] {
+                assert!(
+                    run(case, piece) == whole,
+                    "case {i}, pieces of {piece}: {:?}",
+                    whole.0
+                );
+            }
         }
     }
 

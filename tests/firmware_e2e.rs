@@ -2202,6 +2202,32 @@ fn a_gzip_image_resumed_from_other_bytes_is_fetched_again_from_its_first_byte() 
     assert_eq!(up.install(&plan).unwrap(), Slot::B);
 }
 
+/// When the fresh start after a 200 of other bytes fails too, the error says what
+/// happened first: the 200 that differed from the bytes taken, then what the fresh start
+/// found.
+#[test]
+fn a_failed_fresh_start_of_a_gzip_image_after_a_200_of_other_bytes_names_that_200() {
+    use support::Fault;
+    let (_repo, server, board, _image, gz, blob) =
+        board_offered_a_gzip_image("gzipotherfail", Loader::Grub, 8 * MIB);
+    let mut other = gz.clone();
+    other[100] ^= 1;
+    server.set_fault_times("blobs/", Fault::ErrorPage(other), 2);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
+    let up = board.updater();
+    let plan = planned(&up, "expected 2.0.0");
+    let err = up
+        .download(&plan, &mut |_, _| {}, &CancelToken::new())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+    let first = "whose first 300000 bytes were taken from an earlier attempt, found other bytes \
+                 there; fetched again from the start: ";
+    assert!(err.to_string().contains(first), "{err}");
+    let resumed = Some("bytes=300000-".to_string());
+    assert_eq!(ranges(&server, &blob), [None, resumed, None]);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+}
+
 /// Resumed bytes that inflate past the image's installed_size may be the fault of the
 /// bytes taken before (here a first server's, which inflate as a bomb would): the image
 /// is fetched once more from its first byte before the error counts, and completes.

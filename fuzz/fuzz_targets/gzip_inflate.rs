@@ -10,7 +10,8 @@
 //! piece is left partly unused behind an empty output; the output and the verdict do not
 //! depend on how the bytes are cut into pieces (compared with feeding them all at once);
 //! and a member accepted whole, with nothing after it, inflates by flate2's own gzip
-//! decoder (another header parser) to the same bytes, the length `finish` returned.
+//! decoder (another header parser) to the same bytes, the length `finish` returned (for
+//! inputs under 64 KiB: flate2 refuses longer header fields).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -35,6 +36,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(len, out.len() as u64);
+    // flate2 refuses a header field (FNAME, FCOMMENT) of more than 65,535 bytes, which
+    // ours takes up to 128 KiB of: only shorter inputs are compared.
+    if gz.len() > 65_535 {
+        return;
+    }
     let mut theirs = Vec::new();
     flate2::read::GzDecoder::new(gz)
         .read_to_end(&mut theirs)

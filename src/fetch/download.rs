@@ -284,7 +284,12 @@ impl<'a> Target<'a> {
                     && (stream.refused || f.error.kind() == ErrorKind::HashMismatch)
                     && f.then != Then::Stop =>
             {
-                let note = kept_note(stream.kept, len);
+                // Refused before the end (the bytes did not inflate, or a 200 differed from
+                // the bytes taken): that refusal says more than a note on the kept bytes.
+                let note = match len {
+                    0 => format!("{}; fetched again from the start", f.error.message()),
+                    len => kept_note(stream.kept, len),
+                };
                 self.start_over(&mut stream).map_err(|f| f.context(note))
             }
             result => result,
