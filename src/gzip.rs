@@ -211,10 +211,9 @@ impl Inflater {
 
 /// Inflates `gz` fed `piece` bytes at a time (at least 1), handing each output to `out`,
 /// for the `gzip_inflate` fuzz target (`cargo fuzz` builds with `--cfg fuzzing`) and the
-/// unit tests: what
-/// [`Inflater::finish`] says, or the first problem. `out` returning false stops it
-/// (`Err("stopped")`, a bound on the output). An empty output with bytes of a piece left
-/// would drop them unseen, so it is a problem of its own.
+/// unit tests: what [`Inflater::finish`] says, or the first problem. `out` returning false
+/// stops it (`Err("stopped")`, a bound on the output). An empty output with bytes of a
+/// piece left would drop them unseen, so it is a problem of its own.
 #[cfg(any(fuzzing, test))]
 pub fn fuzz_inflate(
     gz: &[u8],
