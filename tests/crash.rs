@@ -705,7 +705,8 @@ fn an_update_killed_mid_image_resumes_after_the_bytes_recorded_in_the_slot() {
 }
 
 /// An update killed while a gzip image inflates into the slot leaves no record of part
-/// of it (the inflater's state is not kept, so a gzip image never resumes), even with
+/// of it (the inflater is kept in memory only, so a gzip image never resumes after the
+/// process is gone), even with
 /// checkpoints every 64 KiB, and the board boots the running slot; the next update
 /// fetches the image from its first byte, without `Range`, and completes it.
 #[test]

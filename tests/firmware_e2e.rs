@@ -2383,6 +2383,34 @@ fn a_resumed_signed_gzip_blob_with_a_wrong_end_is_not_fetched_again() {
     }
 }
 
+/// A signed gzip blob with a wrong end, downloaded whole from the server, is not asked
+/// of the mirror: every base serves the same bytes.
+#[test]
+fn a_signed_gzip_blob_with_a_wrong_end_is_not_asked_of_the_mirror() {
+    let (repo, server, board, _image, gz, _blob) =
+        board_offered_a_gzip_image("gzipbadendmirror", Loader::Grub, 2 * MIB);
+    let mirror = TestServer::serve(&repo.root);
+    board
+        .dev
+        .edit_config(|cfg| cfg["mirrors"] = json!([mirror.url()]));
+    let mut bad_crc = gz.clone();
+    let crc_at = gz.len() - 8;
+    bad_crc[crc_at] ^= 1;
+    let sha256 = evergreen::trust::sha256_hex(&bad_crc);
+    let blob = format!("blobs/sha256/{sha256}");
+    std::fs::write(repo.root.join(&blob), &bad_crc).unwrap();
+    edit_rootfs(&repo, |a| {
+        a.sha256 = sha256.clone();
+        a.size = bad_crc.len() as u64;
+    });
+    let err = failed_update(&board);
+    assert!(err.starts_with("error[hash_mismatch]: "), "{err}");
+    assert!(err.contains(&format!("gzip image {sha256} into ")), "{err}");
+    assert!(err.contains("CRC32"), "{err}");
+    assert_eq!(ranges(&server, &blob), [None]);
+    assert_eq!(ranges(&mirror, &blob), Vec::<Option<String>>::new());
+}
+
 /// A gzip image whose signed blob does not inflate into the image its manifest describes
 /// (a hand-made manifest's `installed_size`) fails once its hash matched, resumed or not:
 /// no base serves other bytes, so it is not fetched again.
