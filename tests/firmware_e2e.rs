@@ -2116,19 +2116,12 @@ fn a_gzip_image_torn_mid_way_resumes_within_the_download() {
         board_offered_a_gzip_image("gzipresume", Loader::UBoot, 8 * MIB);
     assert!(gz.len() > 700_000, "{}", gz.len());
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let before = up.fetch_stats().bytes_received;
-    let mut seen = Vec::new();
-    up.download(&plan, &mut |d, _| seen.push(d), &CancelToken::new())
-        .unwrap();
+    let done = Downloaded::of(&board, |_| {});
     assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
-    let received = up.fetch_stats().bytes_received - before;
-    assert_eq!(received, gz.len() as u64, "no byte fetched twice");
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back");
-    assert_eq!(seen.last(), Some(&(gz.len() as u64)));
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert_eq!(done.received, gz.len() as u64, "no byte fetched twice");
+    done.assert_progress_never_went_back();
+    assert_eq!(done.seen.last(), Some(&(gz.len() as u64)));
+    done.installs(&board, &image);
 }
 
 /// A server that answers the resume of a gzip image with the whole blob (200, `Range`
@@ -2143,27 +2136,19 @@ fn a_gzip_image_resumed_from_a_server_ignoring_range_goes_on_after_the_bytes_it_
     // The newest rule is used first: the tear, then the whole blob for the resume.
     server.set_fault_times("blobs/", Fault::IgnoreRange, 1);
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let before = up.fetch_stats().bytes_received;
     // Once the first attempt has taken its 300,000 bytes (its last report), the slot's
     // first byte flipped: inflating the image from its first byte again would mend it.
     let mut marked = false;
-    up.download(
-        &plan,
-        &mut |done, _| {
-            if done == 300_000 && !marked {
-                flip_byte(&board.b, 0);
-                marked = true;
-            }
-        },
-        &CancelToken::new(),
-    )
-    .unwrap();
+    let done = Downloaded::of(&board, |done| {
+        if done == 300_000 && !marked {
+            flip_byte(&board.b, 0);
+            marked = true;
+        }
+    });
+    done.result.unwrap();
     assert!(marked, "no report at the tear");
     assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
-    let received = up.fetch_stats().bytes_received - before;
-    assert_eq!(received, 300_000 + gz.len() as u64);
+    assert_eq!(done.received, 300_000 + gz.len() as u64);
     let slot = board.slot_bytes(Slot::B);
     assert_eq!(slot[0], !image[0], "the slot's start was inflated again");
     assert!(
@@ -2185,21 +2170,12 @@ fn a_gzip_image_resumed_from_other_bytes_is_fetched_again_from_its_first_byte() 
     other[100] ^= 1;
     server.set_fault_times("blobs/", Fault::ErrorPage(other), 1);
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let before = up.fetch_stats().bytes_received;
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let done = Downloaded::of(&board, |_| {});
     let resumed = Some("bytes=300000-".to_string());
     assert_eq!(ranges(&server, &blob), [None, resumed, None]);
-    let received = up.fetch_stats().bytes_received - before;
-    assert_eq!(
-        received,
-        600_000 + gz.len() as u64,
-        "read up to the taken bytes"
-    );
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    let received = 600_000 + gz.len() as u64;
+    assert_eq!(done.received, received, "read up to the taken bytes");
+    done.installs(&board, &image);
 }
 
 /// When the fresh start after a 200 of other bytes fails too, the error says what
@@ -2214,11 +2190,8 @@ fn a_failed_fresh_start_of_a_gzip_image_after_a_200_of_other_bytes_names_that_20
     other[100] ^= 1;
     server.set_fault_times("blobs/", Fault::ErrorPage(other), 2);
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let err = up
-        .download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap_err();
+    let done = Downloaded::of(&board, |_| {});
+    let err = done.err();
     assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
     let first = "whose first 300000 bytes were taken from an earlier attempt, found other bytes \
                  there; fetched again from the start: ";
@@ -2245,14 +2218,10 @@ fn a_gzip_image_whose_resumed_bytes_inflate_too_far_is_fetched_again_from_its_fi
     let taken = 1000;
     server.set_fault_times("blobs/", Fault::Replace(bomb.clone()), 1);
     server.set_fault_times("blobs/", Fault::ChunkedErrorPage(bomb[..taken].to_vec()), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let done = Downloaded::of(&board, |_| {});
     let resumed = Some(format!("bytes={taken}-"));
     assert_eq!(ranges(&server, &blob), [None, resumed, None]);
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    done.installs(&board, &image);
 }
 
 /// An error page answering the resume of a gzip image with 200 (a captive portal, sent
@@ -2269,20 +2238,14 @@ fn a_gzip_image_resume_answered_by_an_error_page_keeps_its_inflater() {
     let page = b"<html>Sign in to the hotel network</html>".to_vec();
     server.set_fault_times("blobs/", Fault::ChunkedErrorPage(page.clone()), 1);
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let before = up.fetch_stats().bytes_received;
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let done = Downloaded::of(&board, |_| {});
     let resumed = Some("bytes=300000-".to_string());
     assert_eq!(
         ranges(&server, &blob),
         [None, resumed.clone(), resumed.clone()]
     );
-    let received = up.fetch_stats().bytes_received - before;
-    assert_eq!(received, page.len() as u64 + gz.len() as u64);
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert_eq!(done.received, page.len() as u64 + gz.len() as u64);
+    done.installs(&board, &image);
 }
 
 /// A failure before the body (a 503 between two tears) keeps the inflater too: every
@@ -2300,22 +2263,15 @@ fn a_gzip_image_keeps_its_inflater_across_a_failure_before_the_body() {
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
     server.set_fault_times("blobs/", Fault::Status(503), 1);
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let before = up.fetch_stats().bytes_received;
-    let mut seen = Vec::new();
-    up.download(&plan, &mut |d, _| seen.push(d), &CancelToken::new())
-        .unwrap();
+    let done = Downloaded::of(&board, |_| {});
     let from = |n: u64| Some(format!("bytes={n}-"));
     assert_eq!(
         ranges(&server, &blob),
         [None, from(300_000), from(300_000), from(600_000)]
     );
-    let received = up.fetch_stats().bytes_received - before;
-    assert_eq!(received, gz.len() as u64, "no byte fetched twice");
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back");
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    assert_eq!(done.received, gz.len() as u64, "no byte fetched twice");
+    done.assert_progress_never_went_back();
+    done.installs(&board, &image);
 }
 
 /// A server serving a gzip image whose trailer is damaged is not taken for the signed
@@ -2326,22 +2282,12 @@ fn a_gzip_image_with_a_damaged_trailer_from_a_server_is_taken_from_the_mirror() 
     use support::Fault;
     let (repo, server, board, image, gz, blob) =
         board_offered_a_gzip_image("gzipbadtrailer", Loader::Grub, 2 * MIB);
-    let mirror = TestServer::serve(&repo.root);
-    board
-        .dev
-        .edit_config(|cfg| cfg["mirrors"] = json!([mirror.url()]));
-    let mut bad_crc = gz.clone();
-    let crc_at = gz.len() - 8;
-    bad_crc[crc_at] ^= 1;
-    server.set_fault("blobs/", Fault::Replace(bad_crc));
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let mirror = mirrored(&repo, &board);
+    server.set_fault("blobs/", Fault::Replace(with_bad_crc(&gz)));
+    let done = Downloaded::of(&board, |_| {});
     assert_eq!(ranges(&server, &blob), [None]);
     assert_eq!(ranges(&mirror, &blob), [None]);
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    done.installs(&board, &image);
 }
 
 /// A signed gzip blob whose end is wrong (a damaged trailer, bytes after the member),
@@ -2352,24 +2298,15 @@ fn a_resumed_signed_gzip_blob_with_a_wrong_end_is_not_fetched_again() {
     use support::Fault;
     let (repo, server, board, _image, gz, _blob) =
         board_offered_a_gzip_image("gzipbadend", Loader::Grub, 8 * MIB);
-    let mut bad_crc = gz.clone();
-    let crc_at = gz.len() - 8;
-    bad_crc[crc_at] ^= 1;
     let junk = [gz.clone(), b"junk".to_vec()].concat();
-    for (signed, problem) in [(bad_crc, "CRC32"), (junk, "trailing bytes after it")] {
-        let sha256 = evergreen::trust::sha256_hex(&signed);
-        let blob = format!("blobs/sha256/{sha256}");
-        std::fs::write(repo.root.join(&blob), &signed).unwrap();
-        edit_rootfs(&repo, |a| {
-            a.sha256 = sha256.clone();
-            a.size = signed.len() as u64;
-        });
+    for (signed, problem) in [
+        (with_bad_crc(&gz), "CRC32"),
+        (junk, "trailing bytes after it"),
+    ] {
+        let (sha256, blob) = sign_rootfs_blob(&repo, &signed);
         server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-        let up = board.updater();
-        let plan = planned(&up, "expected 2.0.0");
-        let err = up
-            .download(&plan, &mut |_, _| {}, &CancelToken::new())
-            .unwrap_err();
+        let done = Downloaded::of(&board, |_| {});
+        let err = done.err();
         assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
         let msg = err.to_string();
         assert!(msg.contains(&format!("gzip image {sha256} into ")), "{msg}");
@@ -2389,20 +2326,8 @@ fn a_resumed_signed_gzip_blob_with_a_wrong_end_is_not_fetched_again() {
 fn a_signed_gzip_blob_with_a_wrong_end_is_not_asked_of_the_mirror() {
     let (repo, server, board, _image, gz, _blob) =
         board_offered_a_gzip_image("gzipbadendmirror", Loader::Grub, 2 * MIB);
-    let mirror = TestServer::serve(&repo.root);
-    board
-        .dev
-        .edit_config(|cfg| cfg["mirrors"] = json!([mirror.url()]));
-    let mut bad_crc = gz.clone();
-    let crc_at = gz.len() - 8;
-    bad_crc[crc_at] ^= 1;
-    let sha256 = evergreen::trust::sha256_hex(&bad_crc);
-    let blob = format!("blobs/sha256/{sha256}");
-    std::fs::write(repo.root.join(&blob), &bad_crc).unwrap();
-    edit_rootfs(&repo, |a| {
-        a.sha256 = sha256.clone();
-        a.size = bad_crc.len() as u64;
-    });
+    let mirror = mirrored(&repo, &board);
+    let (sha256, blob) = sign_rootfs_blob(&repo, &with_bad_crc(&gz));
     let err = failed_update(&board);
     assert!(err.starts_with("error[hash_mismatch]: "), "{err}");
     assert!(err.contains(&format!("gzip image {sha256} into ")), "{err}");
@@ -2422,12 +2347,8 @@ fn a_resumed_gzip_image_of_the_wrong_installed_size_is_not_fetched_again() {
     let declared = image.len() as u64 + 4096;
     edit_rootfs(&repo, |a| a.installed_size = Some(declared));
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    let before = up.fetch_stats().bytes_received;
-    let err = up
-        .download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap_err();
+    let done = Downloaded::of(&board, |_| {});
+    let err = done.err();
     assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
     let expected = format!(
         "expected it to decompress to {declared} bytes (its installed_size), found {}",
@@ -2436,8 +2357,7 @@ fn a_resumed_gzip_image_of_the_wrong_installed_size_is_not_fetched_again() {
     assert!(err.to_string().contains(&expected), "{err}");
     assert!(!err.to_string().contains("fetched again"), "{err}");
     assert_eq!(ranges(&server, &blob), [None, Some("bytes=300000-".into())]);
-    let received = up.fetch_stats().bytes_received - before;
-    assert_eq!(received, gz.len() as u64);
+    assert_eq!(done.received, gz.len() as u64);
 }
 
 /// Resumed bytes of a gzip image that do not inflate (a server serving other bytes from
@@ -2454,14 +2374,10 @@ fn a_gzip_image_whose_resumed_bytes_do_not_inflate_is_fetched_again_from_its_fir
     }
     server.set_fault_times("blobs/", Fault::Replace(damaged), 1);
     server.set_fault_times("blobs/", Fault::DropAfter(300_000), 1);
-    let up = board.updater();
-    let plan = planned(&up, "expected 2.0.0");
-    up.download(&plan, &mut |_, _| {}, &CancelToken::new())
-        .unwrap();
+    let done = Downloaded::of(&board, |_| {});
     let asked = ranges(&server, &blob);
     assert_eq!(asked, [None, Some("bytes=300000-".into()), None]);
-    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
-    assert_eq!(up.install(&plan).unwrap(), Slot::B);
+    done.installs(&board, &image);
 }
 
 /// When every attempt of a download is torn, the download fails and its record says the
@@ -2493,6 +2409,89 @@ fn a_gzip_image_torn_at_every_attempt_starts_over_at_the_next_update() {
 /// The `Range` headers of the requests `server` received for `path`, oldest first.
 fn ranges(server: &TestServer, path: &str) -> Vec<Option<String>> {
     server.requests(path).into_iter().map(|r| r.range).collect()
+}
+
+/// One download of 2.0.0 by a fresh `Updater` of a board: what it returned, the bytes it
+/// received and the progress it reported, with the updater and the plan to go on with.
+struct Downloaded {
+    up: Updater,
+    plan: evergreen::Offer,
+    result: evergreen::Result<()>,
+    received: u64,
+    seen: Vec<u64>,
+}
+
+impl Downloaded {
+    /// Downloads 2.0.0 on `board`, handing each progress report to `on_progress` too.
+    fn of(board: &Board, mut on_progress: impl FnMut(u64)) -> Downloaded {
+        let up = board.updater();
+        let plan = planned(&up, "expected 2.0.0");
+        let before = up.fetch_stats().bytes_received;
+        let mut seen = Vec::new();
+        let mut progress = |done, _| {
+            seen.push(done);
+            on_progress(done);
+        };
+        let result = up.download(&plan, &mut progress, &CancelToken::new());
+        let received = up.fetch_stats().bytes_received - before;
+        Downloaded {
+            up,
+            plan,
+            result,
+            received,
+            seen,
+        }
+    }
+
+    /// The error the download must have ended with.
+    fn err(&self) -> &evergreen::Error {
+        self.result
+            .as_ref()
+            .expect_err("expected the download to fail")
+    }
+
+    fn assert_progress_never_went_back(&self) {
+        let seen = &self.seen;
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back");
+    }
+
+    /// That the download completed, slot B holds `image`, and it installs.
+    fn installs(&self, board: &Board, image: &[u8]) {
+        if let Err(e) = &self.result {
+            panic!("the download failed: {e}");
+        }
+        assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+        assert_eq!(self.up.install(&self.plan).unwrap(), Slot::B);
+    }
+}
+
+/// `gz` with the CRC32 of its trailer damaged.
+fn with_bad_crc(gz: &[u8]) -> Vec<u8> {
+    let mut bad = gz.to_vec();
+    bad[gz.len() - 8] ^= 1;
+    bad
+}
+
+/// Serves `signed` as 2.0.0's rootfs blob in a hand-signed manifest: its SHA-256 and
+/// its path under the repository.
+fn sign_rootfs_blob(repo: &Repo, signed: &[u8]) -> (String, String) {
+    let sha256 = evergreen::trust::sha256_hex(signed);
+    let blob = format!("blobs/sha256/{sha256}");
+    std::fs::write(repo.root.join(&blob), signed).unwrap();
+    edit_rootfs(repo, |a| {
+        a.sha256 = sha256.clone();
+        a.size = signed.len() as u64;
+    });
+    (sha256, blob)
+}
+
+/// A mirror serving `repo`, which `board` asks after its server.
+fn mirrored(repo: &Repo, board: &Board) -> TestServer {
+    let mirror = TestServer::serve(&repo.root);
+    board
+        .dev
+        .edit_config(|cfg| cfg["mirrors"] = json!([mirror.url()]));
+    mirror
 }
 
 /// A gzip bomb: a (hand-signed) manifest whose installed_size is below what the blob
