@@ -1,0 +1,660 @@
+//! The check (DESIGN §5.1–5.3): the root chain walked, the channel manifest fetched and
+//! verified, and the release to offer chosen by `select`.
+
+use super::*;
+
+impl Updater {
+    /// Checks the device's channel for an update.
+    pub fn check(&self) -> Result<Check> {
+        self.check_with(None, None)
+    }
+
+    /// Checks `channel` (default: the device's) for an update, or for exactly `version`
+    /// (a pin: newer or older, never below the security floor). A check of another
+    /// channel than the device's leaves its poll schedule as it is: `last_check` and the
+    /// failure backoff of `next_check` follow the device's own channel.
+    pub fn check_with(&self, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
+        self.reported("check", || {
+            if let Some(name) = channel {
+                manifest::check_channel_name(name)?;
+            }
+            let _work = self.work_lock()?;
+            let mut st = self.load_state()?;
+            let channel = channel.unwrap_or(&st.channel).to_string();
+            // The poll schedule (backoff, next check) follows the device's own channel: a
+            // look at another one moves neither way.
+            let own_channel = channel == st.channel;
+            // The host's clock, read once for the run (DESIGN §5.1 rule 4): the expiry the
+            // manifest is judged by and the rollout it is selected by are the same moment.
+            let clock = (self.clock)();
+            let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Read again: a `Retry-After` counts from the answer, which may have
+                    // taken the whole timeout to come, not from the start of the check.
+                    let failed_at = (self.clock)();
+                    if own_channel {
+                        st.check_failures = st.check_failures.saturating_add(1);
+                        st.last_failure = Some(failed_at);
+                    }
+                    // Whichever channel was asked for: a `Retry-After` is about the
+                    // server, which the device's own next check asks too. The newest one
+                    // counts; a failure without one (a network error, a check made early
+                    // by hand) leaves the time asked for before, while it lasts.
+                    let asked = e
+                        .retry_after()
+                        .and_then(|wait| select::retry_not_before(failed_at, wait));
+                    st.not_before = asked.or(st.not_before.filter(|t| *t > failed_at));
+                    self.save_check(&st)?;
+                    return Err(e);
+                }
+            };
+            // The manifest just verified proves its `issued` has passed: a rollout halted
+            // then must not reach a device whose clock lags it.
+            let now = manifest::effective_now(clock, st.newest_issued);
+            if own_channel {
+                st.check_failures = 0;
+                st.last_failure = None;
+                st.last_check = Some(now);
+                st.last_check_clock = Some(clock);
+            }
+            // The server answered: what it asked for before is over.
+            st.not_before = None;
+            // The channel followed as the check began: a switch made while it was on the
+            // network is newer than this offer (see `channel_after_activation`).
+            let followed = st.channel.clone();
+            let st = self.save_check(&st)?;
+            self.decide(&st, &manifest, version, clock, followed)
+        })
+    }
+
+    /// Turns a verified manifest into an offer (pure selection + the component diff), at
+    /// `clock`, the run's reading of the host's clock.
+    fn decide(
+        &self,
+        st: &State,
+        manifest: &Verified<Manifest>,
+        pin: Option<&Version>,
+        clock: Timestamp,
+        followed: String,
+    ) -> Result<Check> {
+        let now = manifest::effective_now(clock, st.newest_issued);
+        let device_id = self.device_id()?;
+        let installed = st
+            .installed_version()
+            .or(self.config.current_version.as_ref());
+        let device = Device {
+            product: &self.config.product,
+            target: &self.config.target,
+            device_id: &device_id,
+            installed,
+            security_floor: st.security_floor,
+            skipped: &st.skipped,
+            failed: &st.failed,
+        };
+        let policy = Policy {
+            pin: pin.or(self.config.pin_version.as_ref()),
+            pin_is_standing: pin.is_none(),
+            allow_downgrade: self.config.allow_downgrade,
+        };
+        let choice = match select::select(manifest, &device, &policy, now)? {
+            select::Decision::UpToDate => {
+                // Said apart from "nothing newer": nothing will ever come for a target no
+                // release lists (a misspelt one, say).
+                let target = &self.config.target;
+                let target_released = manifest
+                    .releases
+                    .iter()
+                    .any(|r| r.targets.contains_key(target));
+                if !target_released {
+                    let mut targets: Vec<String> = Vec::new();
+                    for t in manifest.releases.iter().flat_map(|r| r.targets.keys()) {
+                        if !targets.contains(t) {
+                            targets.push(t.clone());
+                        }
+                    }
+                    self.emit(Event::NoReleaseForTarget {
+                        channel: manifest.channel.clone(),
+                        target: target.clone(),
+                        targets,
+                    });
+                }
+                return Ok(Check::UpToDate { target_released });
+            }
+            select::Decision::Update(c) => c,
+        };
+        let release = manifest.release(&choice.version).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoSuchVersion,
+                format!("version {} vanished from the manifest", choice.version),
+            )
+        })?;
+        let offer = self.offer(st, manifest, release, &choice, followed, clock)?;
+        // Before the event: a host that activates from its callback must find the record
+        // the offer describes. Not after a one-off pinned check: it looks at its release
+        // alone, not at critical releases past it, and would unforce a staged update.
+        if pin.is_none() {
+            self.follow_staged(st, &offer, clock)?;
+        }
+        self.emit(Event::Available {
+            version: offer.version.to_string(),
+            critical: offer.critical,
+        });
+        Ok(Check::Available(offer))
+    }
+
+    /// Makes the record of a release staged and not yet activated follow the newest check
+    /// that offers it again (DESIGN §5.3): a critical release published since the install
+    /// can force it (as its stepping stone, or passed over for it), and one withdrawn
+    /// since can leave it unforced. `activate` decides from the record, so with a stale
+    /// flag an `at` policy would hold back an update the offer calls forced.
+    /// `clock` is the check's reading of the host's clock, for the journal.
+    fn follow_staged(&self, checked: &State, offer: &Offer, clock: Timestamp) -> Result<()> {
+        // Most checks change nothing: they take no lock for it.
+        if staged_under_other_critical(checked, offer).is_none() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        // Again under the lock: an activation may have taken the slot since the check
+        // began.
+        let Some(slot) = staged_under_other_critical(&st, offer) else {
+            return Ok(());
+        };
+        st.slot_mut(slot).critical = offer.critical;
+        let now_forced = match offer.critical {
+            true => "forced now: the newest check found it critical, or on the way to a critical release",
+            false => "no longer forced: the newest check found no critical release it leads to",
+        };
+        st.record(
+            clock,
+            "staged_critical",
+            format!("{} in slot {slot} is {now_forced}", offer.version),
+        );
+        self.save(&st)
+    }
+
+    /// The offer of `release` as `choice` selected it. Its `critical` is the selection's,
+    /// not only the release's own flag: an update that passes over, or is the stepping stone
+    /// towards, a critical release is forced too (DESIGN §5.3), in the offer, the deploy
+    /// decision and the slot record `activate` reads (at the install, and again at each
+    /// check that offers the staged release: see [`Updater::follow_staged`]). Its deploy
+    /// decision is at `clock`, the run's reading of the host's clock.
+    pub(super) fn offer(
+        &self,
+        st: &State,
+        manifest: &Manifest,
+        release: &Release,
+        choice: &select::Choice,
+        device_channel: String,
+        clock: Timestamp,
+    ) -> Result<Offer> {
+        let target = release.targets.get(&self.config.target).ok_or_else(|| {
+            Error::new(
+                ErrorKind::IncompatibleTarget,
+                format!(
+                    "release {} has no entry for target {:?} (it has {:?})",
+                    release.version,
+                    self.config.target,
+                    release.targets.keys().collect::<Vec<_>>()
+                ),
+            )
+        })?;
+        let checked = Checked {
+            version: release.version.clone(),
+            channel: manifest.channel.clone(),
+            critical: choice.critical,
+            security_version: release.security_version,
+        };
+        Ok(Offer {
+            version: release.version.clone(),
+            current: st
+                .installed_version()
+                .or(self.config.current_version.as_ref())
+                .cloned(),
+            channel: manifest.channel.clone(),
+            critical: choice.critical,
+            downgrade: choice.downgrade,
+            notes: release.notes.clone(),
+            security_version: release.security_version,
+            components: self.diff_against_primary(st, target),
+            deploy: self.deploy(st, choice.critical, clock),
+            target: target.clone(),
+            checked,
+            device_channel,
+            issuer: self.id,
+        })
+    }
+
+    /// The device id for rollout buckets: configured, else the one kept in the state
+    /// directory, else `/etc/machine-id` (kept from then on), else one generated once and
+    /// kept. Kept because a rollout's promise is that a device, once in, stays in as the
+    /// percentage grows: a machine id made afresh at every boot (systemd's, on a read-only
+    /// root file system without one) would draw a new bucket at every check, and a device
+    /// that rebooted daily would be in a 5 % rollout within weeks.
+    fn device_id(&self) -> Result<String> {
+        if let Some(id) = self.kept_device_id() {
+            return Ok(id);
+        }
+        let id = match machine_id() {
+            Some(id) => id,
+            None => {
+                let mut raw = [0u8; 16];
+                crate::trust::fill_random(&mut raw)?;
+                crate::trust::hex(&raw)
+            }
+        };
+        crate::fsutil::write_atomic(&self.device_id_path(), id.as_bytes())?;
+        Ok(id)
+    }
+
+    /// The device id when there is one, without keeping one: as [`Updater::device_id`]
+    /// finds it.
+    pub(super) fn known_device_id(&self) -> Option<String> {
+        self.kept_device_id().or_else(machine_id)
+    }
+
+    /// The configured device id, else the one kept in the state directory.
+    fn kept_device_id(&self) -> Option<String> {
+        match &self.config.device_id {
+            Some(id) => Some(id.clone()),
+            // An empty or `uninitialized` file is as if there were none.
+            None => crate::config::read_machine_id(&self.device_id_path()).ok(),
+        }
+    }
+
+    fn device_id_path(&self) -> PathBuf {
+        self.state_dir().join("device-id")
+    }
+
+    /// Fetches and verifies `channel`'s manifest: conditional GET; on 304 the cached
+    /// envelope is verified again (expiry still applies). Only when the manifest changed is
+    /// the root chain walked first, so an unchanged check is a single request.
+    /// `clock` is the host's clock as the run read it; each rule pulls it up to the newest
+    /// `issued` seen under the manifest keys it checks with.
+    pub(super) fn fetch_manifest(
+        &self,
+        st: &mut State,
+        channel: &str,
+        clock: Timestamp,
+    ) -> Result<Verified<Manifest>> {
+        let cache = self.manifest_cache(channel);
+        let seen_etag = st
+            .manifests
+            .get(channel)
+            .filter(|_| cache.exists())
+            .and_then(|s| s.etag.clone());
+        let fetched = match self.fetch_verified(st, channel, clock, seen_etag.as_deref())? {
+            Some(fetched) => fetched,
+            None => match self.verify_cached(st, channel, clock, &cache) {
+                Ok(verified) => FetchedManifest {
+                    verified,
+                    etag: seen_etag,
+                    bytes: None,
+                },
+                // The server says the cached copy is current, but it no longer verifies
+                // (a bad block, an edit by hand, or it expired): asked for whole, once.
+                // Else a damaged copy would fail every check until the channel changed.
+                Err(_) => self
+                    .fetch_verified(st, channel, clock, None)?
+                    .ok_or_else(|| {
+                        Error::invalid_state("a request without If-None-Match was answered 304")
+                    })?,
+            },
+        };
+        let FetchedManifest {
+            verified,
+            etag: new_etag,
+            bytes: fresh_bytes,
+        } = fetched;
+        // Persist only after every rule passed.
+        let not_modified = fresh_bytes.is_none();
+        if let Some(bytes) = &fresh_bytes {
+            crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
+            crate::fsutil::write_atomic(&cache, bytes)?;
+        }
+        st.manifests.insert(
+            channel.to_string(),
+            SeenManifest {
+                sequence: verified.sequence,
+                payload_sha256: verified.payload_sha256().to_string(),
+                etag: new_etag,
+                issued: Some(verified.issued),
+                checked: Some(clock),
+            },
+        );
+        st.newest_issued = Some(
+            st.newest_issued
+                .map_or(verified.issued, |t| t.max(verified.issued)),
+        );
+        self.emit(Event::Checked {
+            channel: channel.to_string(),
+            sequence: verified.sequence,
+            not_modified,
+        });
+        Ok(verified)
+    }
+
+    /// GETs `channel`'s manifest (conditionally on `etag`) and verifies each copy a base
+    /// serves, taking the first that passes: a mirror that serves an error page as 200, a
+    /// copy that lags behind what the device has seen, or an expired one is passed over
+    /// for the next base, as in the root walk. `None` for 304 (the cached copy is current).
+    fn fetch_verified(
+        &self,
+        st: &mut State,
+        channel: &str,
+        clock: Timestamp,
+        etag: Option<&str>,
+    ) -> Result<Option<FetchedManifest>> {
+        let path = format!("channels/{channel}.json");
+        // The chain is walked at the first copy served, once: it is the same for every base.
+        let mut anchor: Option<Result<Anchored>> = None;
+        let mut verified = None;
+        let fetched = self.fetcher.metadata_checked(
+            &path,
+            etag,
+            self.config.limits.max_metadata_bytes,
+            &mut |bytes| {
+                let anchor = anchor.get_or_insert_with(|| self.anchor(st, clock, true));
+                // Not this base's fault: ends the fetch, and is the answer below.
+                let Ok(anchor) = anchor else { return Ok(()) };
+                verified = Some(self.verify_manifest(st, channel, clock, anchor, bytes)?);
+                Ok(())
+            },
+        )?;
+        if let Some(Err(e)) = anchor {
+            return Err(e);
+        }
+        Ok(match fetched {
+            Metadata::NotModified => None,
+            Metadata::Fetched { bytes, etag } => {
+                let verified = verified.ok_or_else(|| {
+                    Error::invalid_state("a manifest was taken without being verified")
+                })?;
+                Some(FetchedManifest {
+                    verified,
+                    etag,
+                    bytes: Some(bytes),
+                })
+            }
+        })
+    }
+
+    /// Verifies the cached copy of `channel`'s manifest again, which the server answered
+    /// 304 for: the trusted root as it is, no walk (an unchanged check is one request).
+    fn verify_cached(
+        &self,
+        st: &mut State,
+        channel: &str,
+        clock: Timestamp,
+        cache: &Path,
+    ) -> Result<Verified<Manifest>> {
+        let bytes = std::fs::read(cache).map_err(|e| Error::io("read", cache, e))?;
+        let anchored = self.anchor(st, clock, false)?;
+        self.verify_manifest(st, channel, clock, &anchored, &bytes)
+    }
+
+    /// Verifies `bytes` as `channel`'s manifest under `anchor`, against what `st` has seen.
+    fn verify_manifest(
+        &self,
+        st: &State,
+        channel: &str,
+        clock: Timestamp,
+        anchored: &Anchored,
+        bytes: &[u8],
+    ) -> Result<Verified<Manifest>> {
+        let anchor = &anchored.anchor;
+        // Read after the anchor: new manifest keys start the freshness state afresh.
+        let fresh = Freshness {
+            last_seen: st
+                .manifests
+                .get(channel)
+                .map(|s| (s.sequence, s.payload_sha256.clone())),
+            newest_issued: st.newest_issued,
+        };
+        let expect = Expect {
+            product: &self.config.product,
+            channel,
+            now: clock,
+            max_bytes: self.config.limits.max_metadata_bytes,
+        };
+        manifest::verify(bytes, anchor.manifest_keys(), &expect, &fresh)
+            .map_err(|e| walk_hint(keys_hint(e, anchor, bytes), anchored))
+    }
+
+    /// The trust anchor: the configured keys, or the newest root (walking the chain on the
+    /// server when `walk` is set or the trusted root has expired). Manifest keys other than
+    /// those `st`'s freshness state was built under start it afresh (DESIGN §5.1 rule 7);
+    /// `clock` is the host's, pulled up to the newest `issued` seen only after that.
+    fn anchor(&self, st: &mut State, clock: Timestamp, walk: bool) -> Result<Anchored> {
+        let max = self.config.limits.max_metadata_bytes;
+        let pinned_path = match &self.config.trust {
+            TrustConfig::Keys { keys, threshold } => {
+                let keys = keys
+                    .iter()
+                    .map(|k| PublicKey::from_base64(k))
+                    .collect::<Result<Vec<_>>>()?;
+                let keys = KeySet::new(keys, *threshold)?;
+                st.trust_manifest_keys(&keys, &|c, seen| self.still_signed(c, seen, &keys));
+                return Ok(Anchored {
+                    anchor: Anchor::Keys(keys),
+                    cut_at: None,
+                });
+            }
+            TrustConfig::Root(root) => root,
+        };
+        let saved = self.state_dir().join("root.json");
+        // A saved root for another product is a device moved by hand (`config`); a damaged
+        // one (a bad block, a cut write outside this library) is as if none were saved:
+        // the configured root is the start again, and the walk must reach the version
+        // recorded in the state (`root_version`), so nothing older is trusted.
+        let kept = match self.load_root(&saved, "the saved root") {
+            Ok(kept) => Some(kept),
+            Err(e) if !saved.exists() || e.kind() != ErrorKind::Config => None,
+            Err(e) => return Err(e),
+        };
+        let pinned = match (self.load_root(pinned_path, "`trust.root`"), &kept) {
+            (Ok(pinned), _) => pinned,
+            // The saved chain stands on its own: a configured root that cannot be used (a
+            // firmware that ships none, a damaged or truncated file) must not keep the
+            // device from the release that brings it back. One for another product is a
+            // misconfiguration, said as such.
+            (Err(e), Some(kept)) if e.kind() != ErrorKind::Config => kept.clone(),
+            (Err(e), _) => return Err(e),
+        };
+        // A state from before the record takes the roots it was configured with (the saved
+        // one is recorded below).
+        if st.root_keys.is_empty() {
+            st.trust_root_keys(pinned.root_keys());
+        }
+        // The saved root wins over a configured one no newer, of the same chain (decision
+        // 29): a device given an older firmware keeps the roots it walked to.
+        let root = match kept {
+            Some(kept) if kept.root().version >= pinned.root().version => {
+                if !st.trusts_root_keys(pinned.root_keys()) {
+                    if kept.envelope() != pinned.envelope() {
+                        return Err(Error::config(format!(
+                            "{}: expected a root of the chain of {} (version {}), found version {} under root keys {} this device never trusted; copy it over that file to move the device to its chain",
+                            pinned_path.display(),
+                            saved.display(),
+                            kept.root().version,
+                            pinned.root().version,
+                            pinned.root_keys().fingerprint()
+                        )));
+                    }
+                    // The configured root copied over the saved one: its chain starts afresh.
+                    st.root_keys.clear();
+                    st.root_version = None;
+                    st.forget_freshness();
+                }
+                kept
+            }
+            // None saved yet, or the configured root is newer (a reflashed device).
+            _ => {
+                self.keep_root(st, &pinned, &saved)?;
+                pinned
+            }
+        };
+        st.trust_root_keys(root.root_keys());
+        // On a 304 the chain is walked only once the trusted root has expired: a root
+        // renewed on the server while the channel stayed the same is found then, instead
+        // of every check failing until the channel is signed again. Also when the root is
+        // older than one trusted before (see below).
+        let now = manifest::effective_now(clock, st.newest_issued);
+        let behind = st.root_version > Some(root.root().version);
+        let from = root.root().version;
+        let root = if walk || behind || root.check_unexpired(now).is_err() {
+            root.update(
+                // A copy that does not verify is passed over for the next base's: a
+                // mirror's soft 404 (an error page with 200) must not end every walk in a
+                // signature error. One the server answers 404 for ends it.
+                |v, accept| {
+                    let path = format!("root/{v}.json");
+                    match self.fetcher.metadata_checked(&path, None, max, accept) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                },
+                // Each verified root is trusted whatever comes next: keep it at once, and
+                // never go back below it, though the walk stop before its end.
+                |r| {
+                    st.root_version = st.root_version.max(Some(r.root().version));
+                    self.keep_root(st, r, &saved)
+                },
+                // The final root's expiry is checked below, on the clock of its keys.
+                clock,
+                max,
+            )?
+        } else {
+            root
+        };
+        // Never back to a root older than one trusted before (TUF's rollback rule across
+        // runs): `root.json` lost or replaced by an older copy, and the walk kept from
+        // finding the newer ones.
+        let version = root.root().version;
+        if let Some(newest) = st.root_version.filter(|v| *v > version) {
+            return Err(Error::new(
+                ErrorKind::MetadataRollback,
+                format!(
+                    "expected root version {newest} or newer (trusted before), found version {version}: restore {}",
+                    saved.display()
+                ),
+            ));
+        }
+        st.root_version = Some(version);
+        let keys = root.manifest_keys();
+        st.trust_manifest_keys(keys, &|c, seen| self.still_signed(c, seen, keys));
+        root.check_unexpired(manifest::effective_now(clock, st.newest_issued))?;
+        let cut_at =
+            (version.saturating_sub(from) >= crate::trust::MAX_ROOT_STEPS).then_some(version);
+        Ok(Anchored {
+            anchor: Anchor::Root(root),
+            cut_at,
+        })
+    }
+
+    /// Whether the copy kept of the manifest last accepted on `channel` (`seen`) is still
+    /// signed by `keys`, their threshold met: after a rotation that revoked a manifest key,
+    /// such a channel keeps its record (see [`State::trust_manifest_keys`]).
+    fn still_signed(&self, channel: &str, seen: &SeenManifest, keys: &KeySet) -> bool {
+        let Ok(bytes) = std::fs::read(self.manifest_cache(channel)) else {
+            return false;
+        };
+        let max = self.config.limits.max_metadata_bytes;
+        crate::trust::open_signed(&bytes, crate::trust::MANIFEST_TYPE, keys, max)
+            .is_ok_and(|s| crate::trust::sha256_hex(s.payload()) == seen.payload_sha256)
+    }
+
+    /// Where the manifest last accepted on `channel` is kept, for 304s.
+    fn manifest_cache(&self, channel: &str) -> PathBuf {
+        self.state_dir()
+            .join("cache")
+            .join(format!("{channel}.json"))
+    }
+
+    /// Makes `root` the saved root. Its root keys are recorded in the state first, and the
+    /// state saved: a power cut between the two writes must not leave a `root.json` whose
+    /// keys the state does not know, which the next check would take for another chain
+    /// (decision 29).
+    fn keep_root(&self, st: &mut State, root: &TrustedRoot, saved: &Path) -> Result<()> {
+        st.trust_root_keys(root.root_keys());
+        self.save_check(st)?;
+        crate::fsutil::write_atomic(saved, root.envelope())
+    }
+
+    /// The self-signed root in `path`, which must be for this product. `what` names the
+    /// file in errors (`trust.root` for the configured one): a user told only that "a
+    /// root" is wrong cannot tell the config's file from the state's copy.
+    fn load_root(&self, path: &Path, what: &str) -> Result<TrustedRoot> {
+        let name = format!("{what} {}", path.display());
+        // Named as every other error of the file is.
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", Path::new(&name), e))?;
+        let root = TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
+            .map_err(|e| e.context(&name))?;
+        if root.root().product != self.config.product {
+            return Err(Error::config(format!(
+                "{name}: expected a root for product {:?}, found one for {:?}",
+                self.config.product,
+                root.root().product
+            )));
+        }
+        Ok(root)
+    }
+}
+
+/// A channel manifest that passed every rule, as fetched.
+struct FetchedManifest {
+    verified: Verified<Manifest>,
+    /// The ETag to ask with next time.
+    etag: Option<String>,
+    /// The envelope to cache; `None` when the server answered 304 for the cached one.
+    bytes: Option<Vec<u8>>,
+}
+
+/// A trust anchor, and where this run's walk of the root chain stopped when it stopped at
+/// its step limit ([`crate::trust::MAX_ROOT_STEPS`]) rather than at the chain's end.
+struct Anchored {
+    anchor: Anchor,
+    cut_at: Option<u64>,
+}
+
+/// `e`, a manifest's failed verification under `anchored`, with what may explain it: a
+/// walk of the root chain cut short by its step limit leaves the device on a root older
+/// than the manifest's signers.
+fn walk_hint(e: Error, anchored: &Anchored) -> Error {
+    match anchored.cut_at {
+        Some(v) if matches!(e.kind(), ErrorKind::Signature | ErrorKind::Threshold) => e.hint(
+            format!(
+                "the walk of the root chain stopped at version {v}, after the {} versions one check takes: the manifest may be signed by the keys of a later root, which the next check goes on to",
+                crate::trust::MAX_ROOT_STEPS
+            ),
+        ),
+        _ => e,
+    }
+}
+
+/// `e`, with a hint when the configured `trust.keys` verified none of the signatures of a
+/// well-formed envelope: the likely slip is the root key's `.pub` where the manifest key's
+/// belongs (both are made by `evergreen keygen`).
+fn keys_hint(e: Error, anchor: &Anchor, envelope: &[u8]) -> Error {
+    let well_formed = || crate::trust::is_envelope(envelope);
+    match anchor {
+        Anchor::Keys(_) if e.kind() == ErrorKind::Signature && well_formed() => e.hint(
+            "`trust.keys` must hold the public key the channel manifests are signed with, the manifest key's `.pub`, not the root key's",
+        ),
+        _ => e,
+    }
+}
+
+/// The inactive slot when it holds `offer`'s release staged with another `critical` than
+/// the offer's.
+fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
+    staged(st, offer).filter(|slot| st.slot(*slot).critical != offer.critical)
+}
+
+/// The system's machine id ([`crate::config::MACHINE_ID_PATH`]), unless it is missing,
+/// empty or `uninitialized`.
+fn machine_id() -> Option<String> {
+    crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)).ok()
+}

@@ -1,0 +1,776 @@
+//! The facade: wires trust, manifest, select, fetch, stage, slots and state together.
+//!
+//! Each public method is one step of the update flow of DESIGN §3; the logic of each step
+//! lives in its own module, and the facade only sequences them, persists the state between
+//! them and reports events. The steps' methods are kept one file per step: `check`,
+//! `download` (with `plan`), `install`, `activation` (with `confirm` and `rollback`) and
+//! `startup`; this file holds the types they return, the builder, and what every step
+//! shares (the locks, the state's loads and saves, the selector, events).
+
+use crate::config::{Config, SelectorConfig, SlotsConfig, TrustConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata, Transport};
+use crate::manifest::{
+    self, Artifact, ArtifactKind, Expect, Freshness, Manifest, Release, SlotsFor, TargetRelease,
+    Verified,
+};
+use crate::name_map::NameMap;
+use crate::select::{self, Deploy, Device, Policy};
+use crate::slots::cmdline::BootedFrom;
+use crate::slots::dir::{DirSlots, SymlinkSelector};
+use crate::slots::grub::GrubEnv;
+use crate::slots::image::{ImageSlots, Streamed};
+use crate::slots::uboot::UBootEnv;
+use crate::slots::{BootSelector, Slot};
+use crate::stage::{self, ComponentChange, ComponentOp};
+use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
+use crate::time::{Clock, Timestamp};
+use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
+use semver::Version;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+mod activation;
+mod check;
+mod download;
+mod install;
+mod startup;
+
+type EventFn = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// How [`Updater::fetch_all`] fetches one blob, reporting `(done, total)` of it.
+type FetchBlob<'a> = dyn FnMut(&BlobSpec, &mut dyn FnMut(u64, u64)) -> Result<()> + 'a;
+
+/// What [`Updater::check`] found.
+// An offer is returned once per check; boxing it would only add noise for callers.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Nothing to do.
+    UpToDate {
+        /// Whether the channel checked lists any release for this device's `target`.
+        /// `false`: nothing will come until the config or the channel changes (a misspelt
+        /// target), unlike an "up to date" with nothing newer yet (also reported as
+        /// [`Event::NoReleaseForTarget`]).
+        target_released: bool,
+    },
+    /// A release to install.
+    Available(Offer),
+}
+
+/// A release offered to this device, with the component diff against the primary slot.
+///
+/// Its public fields are for reading: [`Updater::download`] and [`Updater::install`]
+/// refuse an offer whose version, channel, critical flag, security version or set of
+/// components its host changed (`invalid_state`), since the slot record would hold values
+/// no signature covered ([`Updater::plan`] may diff the components again).
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// Version offered.
+    pub version: Version,
+    /// Version installed now, if any.
+    pub current: Option<Version>,
+    /// Channel it comes from.
+    pub channel: String,
+    /// Forced update.
+    pub critical: bool,
+    /// Older than what is installed (a pin or a move to a safer channel).
+    pub downgrade: bool,
+    /// Release notes.
+    pub notes: String,
+    /// The release's anti-rollback counter.
+    pub security_version: u64,
+    /// Per component: added / removed / modified / unchanged.
+    pub components: Vec<ComponentChange>,
+    /// What the deploy policy says about activating it now.
+    pub deploy: Deploy,
+    /// The release's components for this target, to diff again at `plan` time.
+    target: TargetRelease,
+    /// The public fields as the check made them: a host that changed one gets an error
+    /// from `download` and `install`, not a slot recorded with values never verified.
+    checked: Checked,
+    /// The channel the device followed when the check began: a switch made after that,
+    /// even while the check or the download ran, is the user's newer choice. For a repair,
+    /// the release's own channel, so activating it never moves the device.
+    device_channel: String,
+    /// The [`Updater`] that made it: only that one downloads and installs it, since only
+    /// its trust root, product and state checked the release.
+    issuer: usize,
+}
+
+/// The fields of an [`Offer`] its users read and that install records, as its check made
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+struct Checked {
+    version: Version,
+    channel: String,
+    critical: bool,
+    security_version: u64,
+}
+
+/// Serialises as [`Offer::to_json`]: one shape for the CLI, the C ABI and Rust callers.
+impl Serialize for Offer {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl Offer {
+    /// The offer as `evergreen check --json` prints it (DESIGN §7.2), the same for the C
+    /// ABI's `evg_offer_json`: `status` (`"available"`), `version`, `current`, `channel`,
+    /// `critical`, `downgrade`, `notes`, `security_version`, `download_bytes` and
+    /// `components` (`[{"name","op","from","to"}]`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": "available",
+            "current": self.current.as_ref().map(ToString::to_string),
+            "version": self.version.to_string(),
+            "channel": self.channel,
+            "critical": self.critical,
+            "downgrade": self.downgrade,
+            "notes": self.notes,
+            "security_version": self.security_version,
+            "download_bytes": self.download_size(),
+            "components": self.components,
+        })
+    }
+
+    /// Bytes that must be downloaded: the components that carry an artifact (added and
+    /// modified ones, and unchanged images on image slots).
+    pub fn download_size(&self) -> u64 {
+        // Saturating: a verified manifest's sizes add up within u64 (its validation
+        // refuses more), but a panic here would surface through the C ABI.
+        self.components
+            .iter()
+            .filter_map(|c| c.artifact.as_ref())
+            .fold(0u64, |sum, a| sum.saturating_add(a.size))
+    }
+}
+
+/// What [`Updater::startup`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// No trial running.
+    Normal,
+    /// The primary slot is on trial; it must be confirmed before `tries_left` more starts.
+    Trial {
+        /// Slot on trial.
+        slot: Slot,
+        /// Starts left after this one; with a bootloader selector, the bootloader's own
+        /// count.
+        tries_left: u32,
+    },
+    /// The trial slot failed and the fallback is primary again: restart into it.
+    RolledBack {
+        /// The slot given up.
+        from: Slot,
+        /// The slot now primary.
+        to: Slot,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`Updater::startup_for_launcher`] settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The startup step's outcome.
+    pub startup: Startup,
+    /// The slot to start now: the one the step counted this start for. `None` when the
+    /// selector names no slot (nothing was ever activated).
+    pub slot: Option<Slot>,
+}
+
+/// What [`Updater::activate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// The new slot is primary and on trial.
+    Activated {
+        /// The new primary.
+        slot: Slot,
+        /// Its version.
+        version: Version,
+    },
+    /// The deploy policy holds it back.
+    Deferred {
+        /// When it may go ahead, if known.
+        until: Option<Timestamp>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The device's status, as `evergreen status --json` prints it (DESIGN §7.2).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Primary slot.
+    pub primary: Slot,
+    /// Fallback slot.
+    pub fallback: Slot,
+    /// The slot running now, when the selector can tell. With a selector that counts no
+    /// tries (dir slots, whose `current` names the slot that starts next) as the state
+    /// tells it: the fallback until the startup step counts the trial's first start, and
+    /// after a rollback the slot left, until the next startup step.
+    pub booted: Option<Slot>,
+    /// Channel followed.
+    pub channel: String,
+    /// Anti-rollback floor.
+    pub security_floor: u64,
+    /// Trial in progress.
+    pub trial: Option<TrialStatus>,
+    /// Per slot.
+    pub slots: BTreeMap<Slot, SlotStatusView>,
+    /// Last successful check.
+    pub last_check: Option<Timestamp>,
+    /// When the next check is due: the poll interval ± jitter, backing off after failures.
+    pub next_check: Timestamp,
+}
+
+/// Trial part of [`Status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialStatus {
+    /// Slot on trial.
+    pub slot: Slot,
+    /// Starts left before the trial fails; with a bootloader selector, the bootloader's
+    /// own count (see [`BootPlan::preferred_left`](crate::slots::BootPlan::preferred_left)).
+    pub tries_left: u32,
+}
+
+/// One slot in [`Status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatusView {
+    /// `empty`, `installing`, `installed`, `trial`, `good` or `bad`.
+    pub status: &'static str,
+    /// Release version.
+    pub version: Option<Version>,
+}
+
+/// Where the slots live.
+enum Store {
+    Dir(DirSlots),
+    Image(ImageSlots),
+}
+
+impl Store {
+    /// Whether the downloads a release was installed from are kept while it runs, so that
+    /// the next release installs its unchanged components from them, nothing fetched
+    /// (dir slots). Image slots keep none: an image is as large as its partition, and an
+    /// unchanged one is downloaded and written again.
+    fn keeps_downloads(&self) -> bool {
+        matches!(self, Store::Dir(_))
+    }
+
+    /// Why `slot` holds nothing to start, if it does not: a directory slot that is not
+    /// there. The state can call such a slot good when `current_version` names an app
+    /// installed outside the slots; pointing `current` at it would leave the host nothing
+    /// to run. An image slot is a partition or file that is always there.
+    fn missing_install(&self, slot: Slot) -> Option<String> {
+        match self {
+            Store::Dir(slots) => {
+                let dir = slots.slot_dir(slot);
+                (!dir.is_dir()).then(|| format!("{} does not exist", dir.display()))
+            }
+            Store::Image(_) => None,
+        }
+    }
+}
+
+/// The channel a device following `following` moves to when it activates `record`: the
+/// release's channel, unless the device was switched to another channel after staging.
+fn channel_after_activation(record: &SlotRecord, following: &str) -> Option<String> {
+    let staged_while = record.device_channel.as_deref().unwrap_or(following);
+    (staged_while == following)
+        .then(|| record.channel.clone())
+        .flatten()
+}
+
+/// The inactive slot when it holds `offer`'s release staged: installed, not activated, and
+/// the same release (see [`holds_release`]).
+fn staged(st: &State, offer: &Offer) -> Option<Slot> {
+    let slot = st.fallback();
+    let record = st.slot(slot);
+    (record.status == SlotStatus::Installed && holds_release(record, offer)).then_some(slot)
+}
+
+/// Whether `record` is of `offer`'s release: the same version from the same channel, with
+/// the same components from the same artifacts. A version alone names one build only
+/// within a channel: another channel may publish other bytes under it.
+fn holds_release(record: &SlotRecord, offer: &Offer) -> bool {
+    let wanted = &offer.target.components;
+    record.version.as_ref() == Some(&offer.version)
+        && record.channel.as_deref() == Some(offer.channel.as_str())
+        && record.components.len() == wanted.len()
+        && wanted.iter().all(|(name, c)| {
+            record
+                .components
+                .get(name)
+                .is_some_and(|i| i.sha256 == c.artifact.sha256)
+        })
+}
+
+/// The artifact component `c` of `plan` is installed from: the release's own, downloaded
+/// now or (unchanged, carrying none) kept since it was installed; none for a removed one.
+/// Always the signed target's, whatever a host did to the plan's copy.
+fn artifact_to_install<'a>(plan: &'a Offer, c: &ComponentChange) -> Option<&'a Artifact> {
+    match c.op {
+        ComponentOp::Removed => None,
+        _ => plan.target.components.get(&c.name).map(|t| &t.artifact),
+    }
+}
+
+fn random_u64() -> Result<u64> {
+    let mut raw = [0u8; 8];
+    crate::trust::fill_random(&mut raw)?;
+    Ok(u64::from_le_bytes(raw))
+}
+
+/// Records the release of slot `bad`, given up for slot `to`, as failed: not offered again
+/// (DESIGN §5.2). Not a failed repair, where `to` runs the same version: that says nothing
+/// against the release.
+fn note_failed(st: &mut State, bad: Slot, to: Slot) {
+    let version = st.slot(bad).version.clone();
+    if let Some(v) = version.filter(|v| st.slot(to).version.as_ref() != Some(v)) {
+        if !st.failed.contains(&v) {
+            st.failed.push(v);
+        }
+    }
+}
+
+/// The refusal of `what` when the GRUB or U-Boot selector cannot tell the running slot.
+fn running_slot_unknown(what: &str) -> Error {
+    Error::invalid_state(format!(
+        "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
+    ))
+}
+
+/// What `begin_install` settled: the slot to write and what it will hold.
+struct Staging {
+    slot: Slot,
+    components: BTreeMap<String, InstalledComponent>,
+}
+
+/// Builds an [`Updater`] from a [`Config`] plus the parts only code can supply.
+///
+/// ```no_run
+/// use evergreen::{Config, Updater};
+/// let config = Config::from_json(r#"{
+///     "product": "com.acme.gateway", "server": "https://updates.acme.com/gateway/",
+///     "target": "x86_64-linux", "trust": {"root": "/etc/evergreen/root.json"},
+///     "state_dir": "/var/lib/evergreen", "slots": {"kind": "dir", "root": "/opt/gateway"}
+/// }"#)?;
+/// let updater = Updater::builder(config)
+///     .on_event(|e| eprintln!("{e}"))
+///     .build()?;
+/// updater.startup()?;
+/// # Ok::<(), evergreen::Error>(())
+/// ```
+pub struct UpdaterBuilder {
+    config: Config,
+    transport: Option<Box<dyn Transport>>,
+    selector: Option<Box<dyn BootSelector>>,
+    on_event: Option<EventFn>,
+    clock: Option<Clock>,
+}
+
+impl UpdaterBuilder {
+    /// Uses a host-supplied transport instead of HTTP/file (e.g. the device's own stack).
+    pub fn transport(mut self, transport: Box<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Uses a host-supplied boot selector (required for `"selector": {"kind": "custom"}`).
+    pub fn selector(mut self, selector: Box<dyn BootSelector>) -> Self {
+        self.selector = Some(selector);
+        self
+    }
+
+    /// Receives every [`Event`], on the thread that runs the operation.
+    ///
+    /// Operations emit their events while they hold a lock of the state directory: the
+    /// work lock (check, download, install, reinstall) or the state lock (startup,
+    /// activate, confirm, rollback, …). An operation called from `f` (through any updater
+    /// on the same state directory) that needs a lock the emitting one holds, or the work
+    /// lock under the state lock, fails with `invalid_state` rather than waiting for
+    /// itself. Reading (`status`) always works.
+    pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Box::new(f));
+        self
+    }
+
+    /// Replaces the system clock (tests, demos, simulations).
+    pub fn clock(mut self, f: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(f));
+        self
+    }
+
+    /// Validates everything and builds the updater. Nothing is written yet.
+    pub fn build(self) -> Result<Updater> {
+        let config = self.config;
+        config.validate()?;
+        let mut bases = vec![config.server.clone()];
+        bases.extend(config.mirrors.iter().cloned());
+        let options: FetchOptions = config.fetch_options();
+        let clock = self.clock.unwrap_or_else(crate::time::system_clock);
+        let fetcher = match self.transport {
+            Some(t) => Fetcher::with_transport(bases, options, t),
+            None => Fetcher::new(bases, options)?,
+        };
+        // A `Retry-After` date without the server's `Date` is read on this run's clock.
+        let fetcher = fetcher.with_clock(Arc::clone(&clock));
+        // GRUB and U-Boot as Evergreen drives them read the running slot from the kernel
+        // command line; a host's selector may not know it (`EVG_SLOT_NONE`).
+        let cmdline_booted =
+            self.selector.is_none() && matches!(config.slots, SlotsConfig::Image { .. });
+        let (store, selector) = match &config.slots {
+            SlotsConfig::Dir { root } => {
+                let slots = DirSlots::new(root);
+                let sel: Box<dyn BootSelector> = match self.selector {
+                    Some(s) => s,
+                    None => Box::new(SymlinkSelector::new(slots.clone())),
+                };
+                (Store::Dir(slots), sel)
+            }
+            SlotsConfig::Image {
+                a,
+                b,
+                selector,
+                booted_from,
+            } => {
+                let sel = match (self.selector, selector) {
+                    (Some(s), _) => s,
+                    (None, sel) => image_selector(sel, booted_from.as_ref(), config.trial.tries)?,
+                };
+                (Store::Image(image_slots(a, b)), sel)
+            }
+        };
+        // Ids only need to differ; no other memory depends on this counter. A usize, as
+        // some 32-bit targets have no 64-bit atomics.
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+        Ok(Updater {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            fetcher,
+            store,
+            selector: Mutex::new(selector),
+            cmdline_booted,
+            on_event: self.on_event,
+            clock,
+        })
+    }
+}
+
+thread_local! {
+    /// The updaters (by the address of their selector lock) whose boot selector this thread
+    /// is running; see `Updater::with_selector`.
+    static SELECTORS_IN_USE: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks a selector as running on this thread until dropped (also when it panics).
+struct SelectorInUse(usize);
+
+impl SelectorInUse {
+    fn enter(key: usize) -> SelectorInUse {
+        // `try_with`: a C host may call in while its process exits, after the thread's
+        // locals are gone; no selector of this thread can be in use then.
+        let _ = SELECTORS_IN_USE.try_with(|held| held.borrow_mut().push(key));
+        SelectorInUse(key)
+    }
+}
+
+impl Drop for SelectorInUse {
+    fn drop(&mut self) {
+        let _ = SELECTORS_IN_USE.try_with(|held| held.borrow_mut().retain(|k| *k != self.0));
+    }
+}
+
+/// The updater: one per product installation. See the crate docs for the whole flow.
+pub struct Updater {
+    /// Unique in the process, for [`Offer::issuer`].
+    id: usize,
+    config: Config,
+    fetcher: Fetcher,
+    store: Store,
+    selector: Mutex<Box<dyn BootSelector>>,
+    /// The selector is Evergreen's GRUB or U-Boot one, which learns the running slot from
+    /// the kernel command line (`booted_from`): not knowing it is a misconfigured line or
+    /// the rescue entry, never a selector that cannot tell.
+    cmdline_booted: bool,
+    on_event: Option<EventFn>,
+    clock: Clock,
+}
+
+impl Updater {
+    /// Starts building an updater from `config`.
+    pub fn builder(config: Config) -> UpdaterBuilder {
+        UpdaterBuilder {
+            config,
+            transport: None,
+            selector: None,
+            on_event: None,
+            clock: None,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Requests made and bytes received so far (for benchmarks and diagnostics).
+    pub fn fetch_stats(&self) -> crate::fetch::FetchStats {
+        self.fetcher.stats()
+    }
+
+    fn emit(&self, e: Event) {
+        if let Some(f) = &self.on_event {
+            f(&e);
+        }
+    }
+
+    /// Runs `op`, reporting a failure as a `failed` event.
+    fn reported<T>(&self, operation: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        op().inspect_err(|e| {
+            self.emit(Event::Failed {
+                operation: operation.to_string(),
+                kind: e.kind().as_str().to_string(),
+                message: e.message().to_string(),
+            })
+        })
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    /// Serialises changes to the state across processes (CLI, launcher, host): held only
+    /// while the state is read, changed and saved.
+    fn lock(&self) -> Result<crate::state::StateLock> {
+        State::lock(self.state_dir(), |path| self.waiting("state", path))
+    }
+
+    /// Serialises checks, downloads and installs, which take long; taken before
+    /// [`Updater::lock`], so the startup step never waits for the network.
+    fn work_lock(&self) -> Result<crate::state::StateLock> {
+        State::work_lock(self.state_dir(), |path| self.waiting("work", path))
+    }
+
+    /// Says that this operation waits for another one's `lock`.
+    fn waiting(&self, lock: &str, path: &Path) {
+        self.emit(Event::Waiting {
+            lock: lock.to_string(),
+            path: path.display().to_string(),
+        });
+    }
+
+    /// Saves what a check learned into the state as it is now: other operations may have
+    /// changed it while the check was on the network.
+    fn save_check(&self, checked: &State) -> Result<State> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        st.adopt_check(checked);
+        self.save(&st)?;
+        Ok(st)
+    }
+
+    fn load_state(&self) -> Result<State> {
+        Ok(State::load(self.state_dir())?.unwrap_or_else(|| {
+            State::initial(&self.config.channel, self.config.current_version.clone())
+        }))
+    }
+
+    fn save(&self, state: &State) -> Result<()> {
+        state.save(self.state_dir())
+    }
+
+    fn with_selector<T>(&self, f: impl FnOnce(&mut dyn BootSelector) -> Result<T>) -> Result<T> {
+        // A selector that calls back into its own updater (a C host's callback asking for
+        // the status) would wait for this lock on the thread that holds it.
+        let key = std::ptr::from_ref(&self.selector) as usize;
+        if SELECTORS_IN_USE
+            .try_with(|held| held.borrow().contains(&key))
+            .unwrap_or(false)
+        {
+            return Err(Error::invalid_state(
+                "expected no call into the updater from inside its own boot selector, found one: the selector's methods must not call the updater that runs them",
+            ));
+        }
+        let mut guard = self
+            .selector
+            .lock()
+            .map_err(|_| Error::new(
+                ErrorKind::Bootloader,
+                "expected a usable boot selector, found one left poisoned by an earlier panic; rebuild the updater",
+            ))?;
+        let _in_use = SelectorInUse::enter(key);
+        f(guard.as_mut())
+    }
+
+    /// The current status (no network).
+    pub fn status(&self) -> Result<Status> {
+        let st = self.load_state()?;
+        let booted = self.with_selector(|s| {
+            let next = s.booted()?;
+            Ok(match s.counts_tries() {
+                true => next,
+                false => self.running_now(&st, next, s),
+            })
+        })?;
+        let view = |slot: Slot| SlotStatusView {
+            status: st.slot(slot).status.as_str(),
+            version: st.slot(slot).version.clone(),
+        };
+        Ok(Status {
+            primary: st.primary,
+            fallback: st.fallback(),
+            booted,
+            channel: st.channel.clone(),
+            security_floor: st.security_floor,
+            trial: match st.trial {
+                Some(t) => Some(TrialStatus {
+                    slot: t.slot,
+                    tries_left: self.tries_left(t)?,
+                }),
+                None => None,
+            },
+            slots: [(Slot::A, view(Slot::A)), (Slot::B, view(Slot::B))].into(),
+            last_check: st.last_check,
+            next_check: self.next_check_of(&st)?,
+        })
+    }
+
+    /// When the host should check next (DESIGN §5.3): the poll interval ± jitter after the
+    /// last check, backing off exponentially after failures (counted from the last failed
+    /// check; the backoff is capped at 4× the interval, before the jitter), so a fleet
+    /// never polls in lockstep. A device that never checked is due now. Never before the
+    /// time a server asked for with `Retry-After` when it failed a check (at most a day
+    /// after that check), until a check it answers; when that time is later than the
+    /// schedule (or than now, for a device that never checked), up to `jitter` × the
+    /// interval after it, since a fleet is told the same time. The jitter is the device's own
+    /// ([`select::poll_draw`]): every call (and `status`) gives the same time until a check
+    /// or a failure moves the schedule, so a host may ask as often as it likes whether the
+    /// check is due.
+    pub fn next_check(&self) -> Result<Timestamp> {
+        self.next_check_of(&self.load_state()?)
+    }
+
+    /// The inactive slot when it already holds `offer`'s release, installed and not yet
+    /// activated (a deploy policy deferred it): the same version from the same channel,
+    /// with the same components from the same artifacts. Activate it instead of installing
+    /// it again, which would rewrite the slot (a whole partition on firmware) for nothing.
+    pub fn staged_slot(&self, offer: &Offer) -> Result<Option<Slot>> {
+        Ok(staged(&self.load_state()?, offer))
+    }
+
+    /// The deploy policy at `clock`, a reading of this updater's clock
+    /// ([`select::deploy_on_clock`]).
+    fn deploy(&self, st: &State, critical: bool, clock: Timestamp) -> Deploy {
+        select::deploy_on_clock(&self.config.deploy, critical, clock, st.newest_issued)
+    }
+
+    fn next_check_of(&self, st: &State) -> Result<Timestamp> {
+        let now = (self.clock)();
+        // Counted from a time in the state, not from `now`: a host that asks every hour
+        // whether the check is due must, some hour, hear yes. On the host's clock
+        // (`last_check_clock`): `last_check` is pulled up to the newest `issued`, which a
+        // clock that reads behind it (an RTC that lost power) never reaches.
+        let checked = st.last_check_clock.or(st.last_check);
+        let since = match st.check_failures {
+            0 => checked,
+            _ => st.last_failure.or(checked),
+        };
+        // Recorded on the host's clock, at most a day after the failure; a clock that has
+        // gone back since (an RTC that lost power) must not turn that day into years.
+        let not_before = st
+            .not_before
+            .map(|t| t.min(now.plus_secs(select::MAX_RETRY_AFTER_S as i64)));
+        let random = match self.known_device_id() {
+            Some(id) => select::poll_draw(&id, since, st.check_failures),
+            // No id yet (none configured, no machine id, and no check has made one): this
+            // device's first check, drawn per call.
+            None => random_u64()?,
+        };
+        let poll = &self.config.poll;
+        let last = match since {
+            Some(t) if t <= now => t,
+            // Later than the host's clock reads: the clock went back since (a lost RTC), or
+            // a state from before `last_check_clock` kept only the pulled-up time. Counted
+            // from `now`, every call would answer an interval after it, never due: the
+            // check is due now, as a first one, and records the clock it ran on.
+            Some(_) => {
+                return Ok(select::first_check(
+                    now,
+                    poll.interval_s,
+                    poll.jitter,
+                    random,
+                    not_before,
+                ))
+            }
+            None if st.check_failures == 0 => {
+                let first =
+                    select::first_check(now, poll.interval_s, poll.jitter, random, not_before);
+                return Ok(first);
+            }
+            // Failures recorded before they were timed, and no check ever succeeded.
+            None => now,
+        };
+        Ok(select::next_check(
+            last,
+            poll.interval_s,
+            poll.jitter,
+            st.check_failures,
+            random,
+            not_before,
+        ))
+    }
+
+    /// The raw persisted state (for diagnostics and tests).
+    pub fn state(&self) -> Result<State> {
+        self.load_state()
+    }
+}
+
+fn version_str(v: Option<&Version>) -> String {
+    v.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+/// The image slots of the config. With the `fault-injection` feature (tests only),
+/// `EVERGREEN_CORRUPT_IMAGE_AT=<offset>` makes every image read back with the byte at
+/// `offset` flipped, so a test can drive a failing read-back through the CLI.
+fn image_slots(a: &Path, b: &Path) -> ImageSlots {
+    let slots = ImageSlots::new(a, b);
+    #[cfg(feature = "fault-injection")]
+    if let Some(offset) = std::env::var("EVERGREEN_CORRUPT_IMAGE_AT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return slots.corrupt_after_write(offset);
+    }
+    slots
+}
+
+fn image_selector(
+    selector: &SelectorConfig,
+    booted_from: Option<&BootedFrom>,
+    tries: u32,
+) -> Result<Box<dyn BootSelector>> {
+    let booted = booted_from.cloned().unwrap_or_default();
+    match selector {
+        SelectorConfig::Grub { env } => Ok(Box::new(GrubEnv::new(env).with_booted_from(booted))),
+        SelectorConfig::Uboot { config } => Ok(Box::new(
+            UBootEnv::open(config)?
+                .with_max_tries(tries)
+                .with_booted_from(booted),
+        )),
+        SelectorConfig::Custom {} => Err(Error::config(
+            "slots.selector.kind is \"custom\": supply the selector with UpdaterBuilder::selector (or evg_updater_new_with_hooks in C)",
+        )),
+    }
+}
