@@ -1,0 +1,99 @@
+//! Key files: an ed25519 secret key and its `.pub`, written and read.
+
+use super::*;
+
+/// Writes a new key pair: `path` holds the base64 secret seed (mode 0600 from creation,
+/// never widened afterwards) and `path.pub` the base64 public key. Refuses to overwrite
+/// either file, and a `path` ending in `.pub`.
+pub fn write_keypair(path: &Path) -> Result<PublicKey> {
+    // `keygen --out x.pub` would put the secret where public keys are read from (and
+    // published in the root by `init`).
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(Error::config(format!(
+            "expected a secret key file name (its public half gets .pub added), found {} ending in .pub",
+            path.display()
+        )));
+    }
+    // `keygen --out keys/root` as the examples write it: a missing directory is made,
+    // readable by its owner only.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+    }
+    let public_path = public_key_path(path);
+    if public_path.exists() {
+        return Err(overwrite(&public_path));
+    }
+    let secret = SecretKey::generate()?;
+    write_new(path, &secret.to_base64(), 0o600)?;
+    if let Err(e) = write_new(&public_path, &secret.public().to_base64(), 0o644) {
+        // Without its public half the key is unusable for `init`; let the operator retry.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    fsutil::sync_parent(path)?;
+    Ok(secret.public())
+}
+
+/// `KEYFILE.pub` for `KEYFILE`.
+pub fn public_key_path(secret: &Path) -> PathBuf {
+    let mut name = secret.as_os_str().to_os_string();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+fn overwrite(path: &Path) -> Error {
+    Error::config(format!(
+        "expected a new key file, found {} already there; refusing to overwrite it",
+        path.display()
+    ))
+}
+
+/// Creates `path` (which must not exist) with `mode` and writes `line` and a newline.
+fn write_new(path: &Path, line: &str, mode: u32) -> Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => overwrite(path),
+        _ => Error::io("create", path, e),
+    })?;
+    file.write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| fsutil::sync_file(&file))
+        .map_err(|e| Error::io("write", path, e))
+}
+
+/// Reads a secret key file written by [`write_keypair`]. A `.pub` file is refused: it has
+/// the same shape, and signing with a public key only fails later, as a confusing
+/// threshold error.
+pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(Error::config(format!(
+            "expected a secret key file to sign with, found {}, a public key (drop the .pub)",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
+    SecretKey::from_base64(&text).map_err(|e| e.context(path.display()))
+}
+
+/// Reads a public key file (`KEYFILE.pub`). Only `.pub` files are accepted: a secret key
+/// file has the same shape, and taking it for a public key would publish the secret.
+pub fn read_public_key(path: &Path) -> Result<PublicKey> {
+    if path.extension().is_none_or(|e| e != "pub") {
+        return Err(Error::config(format!(
+            "expected a public key file ending in .pub, found {}",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
+    PublicKey::from_base64(&text).map_err(|e| e.context(path.display()))
+}
