@@ -23,7 +23,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _ffi
 from ._errors import BY_CODE, EvergreenError, check
@@ -404,8 +404,44 @@ def _json_text(text: str, what: str) -> str:
     return text
 
 
+def _lone_surrogate(value: object, where: str) -> Optional[Tuple[str, str, int]]:
+    """The first text in `value` (keys too) with a lone surrogate, which has no UTF-8
+    form: where it is (`slots.root`, `trust.keys[0]`), the text and the offset."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (where, value, e.start)
+        return None
+    if isinstance(value, dict):
+        for key, v in value.items():
+            at = f"{where}.{key}" if where else str(key)
+            found = _lone_surrogate(key, f"key {at}") or _lone_surrogate(v, at)
+            if found is not None:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _lone_surrogate(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _config_text(config: _Config) -> str:
     if isinstance(config, dict):
+        # json.dumps would write a lone surrogate as an escape, which the library's parser
+        # refuses without saying which field; a path read as bytes and decoded with
+        # `surrogateescape` (`os.fsdecode`) is the usual source.
+        found = _lone_surrogate(config, "")
+        if found is not None:
+            where, text, at = found
+            where = where.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise BY_CODE[1](
+                f"config {where}: expected text with a UTF-8 form (JSON carries nothing"
+                f" else), found the lone surrogate U+{ord(text[at]):04X} at offset {at} of"
+                f" {text!r}: a path whose bytes are not UTF-8 (from os.fsdecode) cannot be"
+                " configured; rename it"
+            )
         return json.dumps(config)
     if isinstance(config, (bytes, bytearray)):
         # Bytes are JSON text, never a path: a path is a str or an os.PathLike.
@@ -443,8 +479,8 @@ class Updater:
     `os.PathLike` (`pathlib.Path("[x].json")` for a file whose name starts with `[`). Use
     it as a context manager or call `close()`. Raises `ConfigError` for a bad config: the
     library's parse error for bad JSON, a byte order mark before the JSON (which the
-    library does not accept), bytes that are not UTF-8 (naming the offset), or a file that
-    can't be read."""
+    library does not accept), bytes that are not UTF-8 (naming the offset), text of a dict
+    with no UTF-8 form (naming the field), or a file that can't be read."""
 
     def __init__(self, config: _Config):
         text = _config_text(config)
@@ -626,6 +662,8 @@ def _encode(s: Optional[str], name: str) -> Optional[bytes]:
     # C reads up to the first NUL: "preview\0x" would silently be "preview".
     if s is None:
         return None
+    if not isinstance(s, str):
+        raise TypeError(f"argument {name}: expected str, found {type(s).__name__}")
     if "\0" in s:
         raise BY_CODE[1](
             f"argument {name}: expected text without NUL, found one at offset {s.index(chr(0))}"

@@ -355,6 +355,32 @@ def test_a_path_like_config_is_a_file_whatever_its_name(
         evergreen.Updater(Path("[y].json"))
 
 
+def test_a_config_dict_with_a_path_that_is_not_utf8_names_the_field(world) -> None:
+    # A path read as bytes and decoded with `surrogateescape` has no UTF-8 form, and JSON
+    # cannot carry it: the error names the field rather than the library's parse error.
+    _, _, _, config = world
+    config["slots"] = dict(config["slots"], root=os.fsdecode(b"/opt/caf\xe9"))
+    with pytest.raises(evergreen.ConfigError) as err:
+        evergreen.Updater(config)
+    assert "config slots.root:" in str(err.value)
+    assert "U+DCE9 at offset 8" in str(err.value)
+    config["slots"] = {os.fsdecode(b"k\xff"): 1}
+    with pytest.raises(evergreen.ConfigError, match="config key slots.k.*U\\+DCFF at offset 1"):
+        evergreen.Updater(config)
+    config["trust"] = {"keys": ["fine", os.fsdecode(b"\xfe")]}
+    with pytest.raises(evergreen.ConfigError, match=r"config trust.keys\[1\]:"):
+        evergreen.Updater(config)
+
+
+def test_an_argument_that_is_not_text_is_a_type_error_naming_it(world) -> None:
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        with pytest.raises(TypeError, match="argument channel: expected str, found bytes"):
+            updater.check(channel=b"stable")
+        with pytest.raises(TypeError, match="argument version: expected str, found int"):
+            updater.skip(1)
+
+
 def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
     _, _, _, config = world
     config["slots"] = {"kind": "floppy"}
