@@ -57,7 +57,9 @@ pub enum evg_status {
     /// A bug: Rust code panicked. The panic was caught at the boundary; the handle is
     /// still usable but the operation's outcome is unknown. After a panic inside the boot
     /// selector, the calls that use it (startup, activate, confirm, rollback, install,
-    /// status) return `EVG_BOOTLOADER`: free the updater and make a new one.
+    /// status, and with image slots download and reinstall, which take the slot out of the
+    /// boot order before writing it) return `EVG_BOOTLOADER`: free the updater and make a
+    /// new one.
     EVG_PANIC = 100,
 }
 
