@@ -639,10 +639,7 @@ impl Root {
         let def = self.roles.get(role).ok_or_else(|| {
             Error::new(
                 ErrorKind::WrongMetadata,
-                format!(
-                    "root version {}: expected a {role:?} role, found none",
-                    self.version
-                ),
+                format!("expected a {role:?} role, found none"),
             )
         })?;
         let keys = def
@@ -666,10 +663,7 @@ impl Root {
         let entry = self.keys.get(id).ok_or_else(|| {
             Error::new(
                 ErrorKind::WrongMetadata,
-                format!(
-                    "root version {}: role {role} names key {id}, which is not in keys",
-                    self.version
-                ),
+                format!("role {role} names key {id}, which is not in keys"),
             )
         })?;
         if entry.alg != "ed25519" {
@@ -680,8 +674,8 @@ impl Root {
         }
         // Keeps the kind from `from_base64` (`config`): a bad key in a trust root is the
         // operator's configuration to fix, like a threshold of 0.
-        let key = PublicKey::from_base64(&entry.public)
-            .map_err(|e| e.context(format!("root version {} key {id}", self.version)))?;
+        let key =
+            PublicKey::from_base64(&entry.public).map_err(|e| e.context(format!("key {id}")))?;
         if key.keyid() != id {
             return Err(Error::new(
                 ErrorKind::WrongMetadata,
@@ -739,11 +733,11 @@ impl TrustedRoot {
                 ),
             ));
         }
-        root.check_keys()
-            .map_err(|e| e.context(format!("root version {}", root.version)))?;
+        let ctx = |e: Error| e.context(format!("root version {}", root.version));
+        root.check_keys().map_err(ctx)?;
         Ok(TrustedRoot {
-            root_keys: root.role_keys("root")?,
-            manifest_keys: root.role_keys("manifest")?,
+            root_keys: root.role_keys("root").map_err(ctx)?,
+            manifest_keys: root.role_keys("manifest").map_err(ctx)?,
             root,
             envelope,
         })

@@ -1640,6 +1640,75 @@ fn a_damaged_configured_root_leaves_the_saved_chain_in_use() {
     assert!(matches!(r, Ok(Check::Available(_))), "{r:?}");
 }
 
+/// Damage in the root role itself, which is read before the signatures are checked (to
+/// know which keys to check them with): a threshold of 0, or a root key that is no longer
+/// base64. Such a file is refused as `config` or `wrong_metadata` rather than `signature`,
+/// and still only as damage: a root for another product is the one `config` that stops.
+fn damage_root_role(path: &Path, what: &str) {
+    let mut env = envelope(&std::fs::read(path).unwrap());
+    let payload = String::from_utf8(trust::decode_base64(&env.payload).unwrap()).unwrap();
+    let (from, to) = match what {
+        "threshold" => ("\"threshold\": 1", "\"threshold\": 0"),
+        "key" => ("\"public\": \"", "\"public\": \"!"),
+        _ => unreachable!("{what}"),
+    };
+    // The root role is the last of the roles (sorted), its keys listed first.
+    let at = match what {
+        "threshold" => payload.rfind(from),
+        _ => payload.find(from),
+    }
+    .unwrap_or_else(|| panic!("no {from} in {payload}"));
+    let mut damaged = payload.clone();
+    damaged.replace_range(at..at + from.len(), to);
+    if what == "key" {
+        damaged.remove(at + to.len()); // the same length, one base64 digit replaced
+    }
+    assert_ne!(damaged, payload);
+    env.payload = trust::encode_base64(damaged.as_bytes());
+    std::fs::write(path, to_bytes(&env)).unwrap();
+}
+
+/// A flipped byte in the configured root's root role leaves the saved chain in use, as
+/// any other damage does: it used to stop every check with `config`, as if the root were
+/// for another product, keeping the device from the release that repairs the file.
+#[test]
+fn a_configured_root_damaged_in_its_root_role_leaves_the_saved_chain_in_use() {
+    for what in ["threshold", "key"] {
+        let (w, dev) = World::installed();
+        let configured = dev.config.parent().unwrap().join("root.json");
+        damage_root_role(&configured, what);
+        let err = trust::TrustedRoot::pinned(&std::fs::read(&configured).unwrap(), 1 << 20)
+            .expect_err("the damaged root still verifies");
+        // Named once: "root version 1: key …", not "root version 1: root version 1 key …".
+        assert_eq!(
+            err.message().matches("root version").count(),
+            1,
+            "{what}: {err}"
+        );
+        w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+        let r = dev.updater.check();
+        assert!(matches!(r, Ok(Check::Available(_))), "{what}: {r:?}");
+    }
+}
+
+/// The same damage in the saved root is as if none were saved: the configured root is
+/// the start again.
+#[test]
+fn a_saved_root_damaged_in_its_root_role_is_as_if_none_were_saved() {
+    for what in ["threshold", "key"] {
+        let (w, dev) = World::installed();
+        damage_root_role(&dev.state.join("root.json"), what);
+        w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+        let r = dev.updater.check();
+        assert!(matches!(r, Ok(Check::Available(_))), "{what}: {r:?}");
+        let saved = std::fs::read(dev.state.join("root.json")).unwrap();
+        assert!(
+            trust::TrustedRoot::pinned(&saved, 1 << 20).is_ok(),
+            "{what}: the saved root was not written again"
+        );
+    }
+}
+
 /// A damaged saved root is as if none were saved: the device starts from its configured
 /// root again and walks the chain, which must reach the version it trusted before.
 #[test]

@@ -445,22 +445,23 @@ impl Updater {
         };
         let saved = self.state_dir().join("root.json");
         // A saved root for another product is a device moved by hand (`config`); a damaged
-        // one (a bad block, a cut write outside this library) is as if none were saved:
-        // the configured root is the start again, and the walk must reach the version
-        // recorded in the state (`root_version`), so nothing older is trusted.
-        let kept = match self.load_root(&saved, "the saved root") {
-            Ok(kept) => Some(kept),
-            Err(e) if !saved.exists() || e.kind() != ErrorKind::Config => None,
-            Err(e) => return Err(e),
+        // one (a bad block, a cut write outside this library, wherever in the file) is as
+        // if none were saved: the configured root is the start again, and the walk must
+        // reach the version recorded in the state (`root_version`), so nothing older is
+        // trusted.
+        let kept = match self.load_root(&saved, SAVED_ROOT) {
+            Ok(kept) => Some(self.of_this_product(kept, &saved, SAVED_ROOT)?),
+            Err(_) => None,
         };
-        let pinned = match (self.load_root(pinned_path, "`trust.root`"), &kept) {
-            (Ok(pinned), _) => pinned,
+        let pinned = match (self.load_root(pinned_path, CONFIGURED_ROOT), &kept) {
+            // One for another product is a misconfiguration, said as such.
+            (Ok(pinned), _) => self.of_this_product(pinned, pinned_path, CONFIGURED_ROOT)?,
             // The saved chain stands on its own: a configured root that cannot be used (a
-            // firmware that ships none, a damaged or truncated file) must not keep the
-            // device from the release that brings it back. One for another product is a
-            // misconfiguration, said as such.
-            (Err(e), Some(kept)) if e.kind() != ErrorKind::Config => kept.clone(),
-            (Err(e), _) => return Err(e),
+            // firmware that ships none, a damaged or truncated file, a flipped byte in a
+            // key or threshold) must not keep the device from the release that brings it
+            // back.
+            (Err(_), Some(kept)) => kept.clone(),
+            (Err(e), None) => return Err(e),
         };
         // A state from before the record takes the roots it was configured with (the saved
         // one is recorded below).
@@ -586,22 +587,38 @@ impl Updater {
     /// The self-signed root in `path`, which must be for this product. `what` names the
     /// file in errors (`trust.root` for the configured one): a user told only that "a
     /// root" is wrong cannot tell the config's file from the state's copy.
+    /// The root in `path` (`what` names it in errors), verified by a threshold of its own
+    /// root keys. An error here is a file that cannot anchor the chain: missing, cut
+    /// short, or damaged anywhere (a bad key or threshold read before the signatures are
+    /// checked is `config` or `wrong_metadata`, a changed byte elsewhere `signature`).
     fn load_root(&self, path: &Path, what: &str) -> Result<TrustedRoot> {
         let name = format!("{what} {}", path.display());
         // Named as every other error of the file is.
         let bytes = std::fs::read(path).map_err(|e| Error::io("read", Path::new(&name), e))?;
-        let root = TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
-            .map_err(|e| e.context(&name))?;
-        if root.root().product != self.config.product {
-            return Err(Error::config(format!(
-                "{name}: expected a root for product {:?}, found one for {:?}",
-                self.config.product,
-                root.root().product
-            )));
+        TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
+            .map_err(|e| e.context(&name))
+    }
+
+    /// `root`, unless it is for another product (`config`): a verified root of another
+    /// product is a device moved by hand or a misconfiguration, not damage, and is never
+    /// passed over for the other root.
+    fn of_this_product(&self, root: TrustedRoot, path: &Path, what: &str) -> Result<TrustedRoot> {
+        if root.root().product == self.config.product {
+            return Ok(root);
         }
-        Ok(root)
+        Err(Error::config(format!(
+            "{what} {}: expected a root for product {:?}, found one for {:?}",
+            path.display(),
+            self.config.product,
+            root.root().product
+        )))
     }
 }
+
+/// How errors name the root saved in the state directory.
+const SAVED_ROOT: &str = "the saved root";
+/// How errors name the root of the config (`trust.root`).
+const CONFIGURED_ROOT: &str = "`trust.root`";
 
 /// A channel manifest that passed every rule, as fetched.
 struct FetchedManifest {
