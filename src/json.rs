@@ -40,7 +40,9 @@ fn found(text: &str, e: &serde_json::Error) -> String {
 /// or a number gave "invalid type: map, expected u64"; and an editor's byte order mark
 /// reads as "expected value at line 1 column 1", naming nothing.
 pub(crate) fn not_an_object(text: &str) -> Option<String> {
-    let text = text.trim_start();
+    // JSON's white space only: a no-break space (U+00A0) before the `{` is text the
+    // parser refuses, and must be named as such.
+    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
     let Some(c) = text.chars().next() else {
         return Some("no text".into());
     };
@@ -272,6 +274,8 @@ mod tests {
             (b"true\n", "a boolean (`t`)"),
             (b"false", "a boolean (`f`)"),
             (b" \n", "no text"),
+            (" \u{a0}{}".as_bytes(), r"text (`\u{a0}`)"),
+            ("\u{2003}{}".as_bytes(), r"text (`\u{2003}`)"),
             (
                 "\u{feff}{}".as_bytes(),
                 "a UTF-8 byte order mark (U+FEFF); save the file without it",
