@@ -685,6 +685,27 @@ fn update_without_yes_and_without_a_terminal_is_a_usage_error() {
     dev.expect("update", &[], 0);
 }
 
+/// `evergreen update --yes 2>&1 | head -1`: the reader of stderr goes away after the first
+/// line. The update still finishes and exits 0; it used to panic at its next line on
+/// stderr (exit 101), with the release half done.
+#[test]
+fn a_closed_stderr_neither_stops_an_update_nor_panics() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.closed-stderr");
+    publish(&repo, "1.1.0", "stable");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["update", "--yes", "--config", dev.config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = require::finish_within(child, common::CLI_LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{:?}", out.status);
+    let status = dev.status();
+    assert_eq!(status["primary"], "a", "{status}");
+    assert_eq!(status["slots"]["a"]["version"], "1.1.0", "{status}");
+}
+
 /// On a terminal `update` asks; a "no" under `--json` is still one JSON object on stdout.
 /// `script` (util-linux) gives the command a terminal.
 #[test]
@@ -1608,7 +1629,6 @@ fn signalled_update(
     args: &[&str],
     signal: &str,
 ) -> std::process::Output {
-    use std::time::{Duration, Instant};
     let child = std::process::Command::new(common::bin())
         .args(["update", "--config", dev.config.to_str().unwrap(), "--yes"])
         .args(args)
@@ -1616,6 +1636,18 @@ fn signalled_update(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    signal_once_requested(child, server, path, signal)
+}
+
+/// Sends `signal` to `child` once `server` has logged a request for `path`, and returns
+/// its output; it must end within 20 s of the signal.
+fn signal_once_requested(
+    child: std::process::Child,
+    server: &TestServer,
+    path: &str,
+    signal: &str,
+) -> std::process::Output {
+    use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.requests(path).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -1677,6 +1709,28 @@ fn an_interrupted_update_to_another_channel_is_cancelled_and_keeps_the_channel()
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(dev.status()["channel"], "stable");
+}
+
+/// Ctrl-C with stderr a pipe nobody reads any more (`2>&1 | head -1`), during a check
+/// that waits on a slow server: the command still ends, exit code 1. The handler used to
+/// panic as it said `error[cancelled]`, and the command ran on until the server answered.
+#[test]
+fn ctrl_c_ends_a_command_whose_stderr_was_closed() {
+    let (_repo, server, dev) = served_with_1_1_0("com.acme.sigint.closed");
+    let slow = Fault::Trickle {
+        bytes: 1,
+        every: std::time::Duration::from_millis(500),
+    };
+    server.set_fault("channels/stable.json", slow);
+    let mut child = std::process::Command::new(common::bin())
+        .args(["check", "--config", dev.config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = signal_once_requested(child, &server, "channels/stable.json", "-INT");
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
 }
 
 /// A new device served over HTTP whose `update` of 1.1.0 is interrupted by SIGINT while

@@ -200,15 +200,15 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     }
     builder = builder.on_event(move |e| match e {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
-        evergreen::Event::Waiting { .. } => eprintln!("evergreen: {e}"),
-        evergreen::Event::NoReleaseForTarget { .. } if !json => eprintln!("note: {e}"),
+        evergreen::Event::Waiting { .. } => err!("evergreen: {e}"),
+        evergreen::Event::NoReleaseForTarget { .. } if !json => err!("note: {e}"),
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.
         evergreen::Event::Downloading { .. }
         | evergreen::Event::Installing { .. }
         | evergreen::Event::Checked { .. }
         | evergreen::Event::Failed { .. } => {}
-        other => eprintln!("evergreen: {other}"),
+        other => err!("evergreen: {other}"),
     });
     builder.build()
 }
@@ -306,7 +306,7 @@ fn terminal_to_ask() {
 
 fn confirm_install(offer: &Offer) -> Result<bool> {
     terminal_to_ask();
-    eprint!("install {}? [y/N] ", offer.version);
+    crate::write_err(format_args!("install {}? [y/N] ", offer.version));
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()
@@ -351,9 +351,10 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
         b.finish_and_clear();
     }
     if let (Ok(()), Some(m)) = (&result, plain) {
-        eprintln!(
+        err!(
             "evergreen: downloaded {}: {} bytes",
-            m.offer.version, m.total
+            m.offer.version,
+            m.total
         );
     }
     result
@@ -389,7 +390,7 @@ impl<'a> Milestones<'a> {
             }
         }
         let total = offer.download_size();
-        eprintln!(
+        err!(
             "evergreen: downloading {}: {total} bytes ({})",
             offer.version,
             sizes.join(", ")
@@ -422,9 +423,10 @@ impl<'a> Milestones<'a> {
         let now = (self.ends.iter())
             .find(|(_, end)| done <= *end)
             .map_or("", |(name, _)| name);
-        eprintln!(
+        err!(
             "evergreen: downloading {}: {percent}% ({done}/{} bytes, {now})",
-            self.offer.version, self.total
+            self.offer.version,
+            self.total
         );
     }
 }
@@ -483,7 +485,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             // On stderr under --json: stdout is the one line of JSON.
             let line = format!("the device follows channel {channel} from now on (`evergreen channel` switches back)");
             match json {
-                true => eprintln!("{line}"),
+                true => err!("{line}"),
                 false => out!("{line}"),
             }
         }

@@ -15,6 +15,13 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` that never panics: see [`write_err`].
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::write_err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod device;
 mod interrupt;
 mod operator;
@@ -127,6 +134,16 @@ pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes `text` on stderr for [`err!`] (and a prompt), ignoring a failure.
+/// `eprintln!` panics when stderr is a pipe whose reader went away (`2>&1 | head -1`),
+/// which stopped an update half-way with exit code 101, and in the Ctrl-C handler kept
+/// the process from exiting. Stderr is where failures are said, so there is nowhere left
+/// to say this one: the command goes on, and its exit code says how it ended.
+pub(crate) fn write_err(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_fmt(text);
+}
+
 /// The `io` error of a command whose output could not be written, once it is done.
 fn lost_output() -> Option<Error> {
     STDOUT_FAILED.get().map(|e| {
@@ -154,7 +171,7 @@ pub(crate) fn path_text(path: &std::path::Path) -> String {
 /// Prints `error[<kind>]: <message>` as one line, so scripts can match on the kind.
 fn report(e: &Error) {
     let message = e.message().replace(['\n', '\r'], " ");
-    eprintln!("error[{}]: {message}", e.kind().as_str());
+    err!("error[{}]: {message}", e.kind().as_str());
 }
 
 /// The clock of this run: `EVERGREEN_NOW` (RFC 3339) when set, for tests and demos that

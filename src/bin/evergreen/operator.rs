@@ -324,7 +324,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 return print_json(&out);
             }
             for w in &warnings {
-                eprintln!("warning: {w}");
+                err!("warning: {w}");
             }
             print_channel(
                 &m,
@@ -515,15 +515,15 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         }));
     }
     for r in &refusals {
-        eprintln!(
+        err!(
             "warning: {r}; only devices whose config allows more (`archive` in the device config) can install this release"
         );
     }
     for c in &later_warnings {
-        eprintln!("warning: {c}");
+        err!("warning: {c}");
     }
     for n in &gzip {
-        eprintln!("note: {n}");
+        err!("note: {n}");
     }
     let what = format!("released {v} ({}) on", a.target);
     print_channel(&m, &what, opts.now, false)?;
@@ -622,13 +622,13 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
         return problem.map_or(Ok(()), Err);
     }
     for tmp in &report.stray_temps {
-        eprintln!(
+        err!(
             "warning: {} is a temp file, left by an interrupted command (the next change removes it) or one still running; do not upload it",
             tmp.display()
         );
     }
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        err!("warning: {w}");
     }
     if let Some(problem) = problem {
         for c in &report.channels {
@@ -690,7 +690,7 @@ fn warn_stranded(channel: &str, stranded: &[publish::Stranded]) {
             publish::StrandedDevices::Running(v) => v.to_string(),
             publish::StrandedDevices::Below(v) => format!("anything below {v}"),
         };
-        eprintln!(
+        err!(
             "warning: channel {channel} offers nothing to {} devices running {running}: a newer release's min_version holds them back and no stepping stone's rollout reaches them; promote or ramp one",
             s.target
         );
@@ -704,7 +704,7 @@ fn open(path: &Path) -> Result<Repo> {
     Ok(Repo::open(path)?
         .with_cancel(crate::interrupt::token())
         .with_wait_notice(|lock| {
-            eprintln!(
+            err!(
                 "evergreen: waiting for another command changing this repository to finish (lock {})",
                 lock.display()
             )
