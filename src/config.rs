@@ -91,7 +91,7 @@ pub struct Config {
     /// The two install locations.
     pub slots: SlotsConfig,
     /// The installed version, when it did not come through Evergreen.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "semver_text")]
     pub current_version: Option<Version>,
     /// The rollout identity; `None` reads [`MACHINE_ID_PATH`] when needed (not at parse).
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct Config {
     #[serde(default)]
     pub allow_downgrade: bool,
     /// Install exactly this version, newer or older.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "semver_text")]
     pub pin_version: Option<Version>,
     /// Network and size limits.
     #[serde(default)]
@@ -127,6 +127,21 @@ pub struct Config {
     /// A proxy URL for HTTP(S) (extension).
     #[serde(default)]
     pub proxy: Option<String>,
+}
+
+/// A version field, refused in the words the CLI uses for a version argument rather than
+/// semver's alone ("unexpected end of input while parsing minor version number" for `1.0`).
+fn semver_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Version>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    Version::parse(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "expected a semver version like 1.2.3, found {text:?} ({e})"
+        ))
+    })
 }
 
 fn default_channel() -> String {
@@ -156,6 +171,7 @@ pub enum TrustConfig {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object with `root`, or with `keys` and `threshold`")]
 struct RawTrust {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     root: Option<PathBuf>,
@@ -290,6 +306,7 @@ pub use crate::slots::cmdline::BootedFrom;
 /// Every field any kind of `slots` has.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object with `kind` (\"dir\" or \"image\") and its fields")]
 struct SlotsFields {
     kind: String,
     root: Option<PathBuf>,
@@ -338,6 +355,7 @@ impl TryFrom<SlotsFields> for SlotsConfig {
 /// Every field any kind of `selector` has.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object with `kind` (\"grub\", \"uboot\" or \"custom\") and its fields")]
 struct SelectorFields {
     kind: String,
     env: Option<PathBuf>,
@@ -389,6 +407,7 @@ fn no_field_left(what: &str, fields: &[(&str, bool)]) -> std::result::Result<(),
 /// Trial boots of a newly activated slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[serde(expecting = "an object such as {\"tries\": 3}")]
 pub struct Trial {
     /// Unconfirmed starts before Evergreen rolls back (default 3).
     pub tries: u32,
@@ -403,6 +422,7 @@ impl Default for Trial {
 /// Network and size limits (DESIGN §5.1, §5.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[serde(expecting = "an object of limits")]
 pub struct Limits {
     /// Cap on root and manifest documents, 1 to 1 GiB (default 1 MiB).
     pub max_metadata_bytes: u64,
@@ -441,6 +461,7 @@ impl Default for Limits {
 /// How often to check (DESIGN §5.3; see [`crate::select::next_check`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[serde(expecting = "an object of poll settings")]
 pub struct Poll {
     /// Seconds between checks (default 21600, six hours).
     pub interval_s: u64,
@@ -460,6 +481,7 @@ impl Default for Poll {
 /// Caps for zip extraction (DESIGN §5.5), on top of each artifact's `installed_size`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[serde(expecting = "an object of archive limits")]
 pub struct ArchiveLimits {
     /// Allow symlink entries that point inside their component (default false).
     pub allow_symlinks: bool,
@@ -545,16 +567,26 @@ impl Config {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io("open config", path, e))?;
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         file.take(MAX_CONFIG_BYTES + 1)
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(|e| Error::io("read config", path, e))?;
-        if text.len() as u64 > MAX_CONFIG_BYTES {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
             return Err(Error::config(format!(
                 "config {}: expected at most {MAX_CONFIG_BYTES} bytes, found more",
                 path.display()
             )));
         }
+        // Read whole, then judged: bytes that are not UTF-8 are the config's fault, not
+        // the file system's (`io`).
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            Error::config(format!(
+                "config {}: expected JSON text in UTF-8, found byte 0x{:02x} at offset {at}",
+                path.display(),
+                e.as_bytes()[at]
+            ))
+        })?;
         Config::from_json(&text).map_err(|e| e.context(path.display()))
     }
 
@@ -927,6 +959,67 @@ mod tests {
                 format!("config: expected a JSON object (`{{`), found {found}")
             );
         }
+    }
+
+    /// A field of the wrong JSON type says what the field takes in the config's words, not
+    /// the name of a Rust type ("expected struct RawTrust"); a semver field says what a
+    /// version looks like.
+    #[test]
+    fn a_field_of_the_wrong_type_says_what_it_takes() {
+        let image = json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+            "selector": {"kind": "grub", "env": "/e"}});
+        let window = json!({"policy": "window", "window": {"start": "01:00", "end": "02:00"}});
+        for (path, value, expected) in [
+            ("trust", json!("/r"), "`trust`: invalid type: string \"/r\", expected an object with `root`, or with `keys` and `threshold`"),
+            ("slots", json!("dir"), "`slots`: invalid type: string \"dir\", expected an object with `kind` (\"dir\" or \"image\") and its fields"),
+            ("deploy", json!("immediate"), "`deploy`: invalid type: string \"immediate\", expected an object with `policy`"),
+            ("trial", json!(3), "`trial`: invalid type: integer `3`, expected an object such as {\"tries\": 3}"),
+            ("limits", json!("x"), "`limits`: invalid type: string \"x\", expected an object of limits"),
+            ("poll", json!(true), "`poll`: invalid type: boolean `true`, expected an object of poll settings"),
+            ("archive", json!(1), "`archive`: invalid type: integer `1`, expected an object of archive limits"),
+            ("current_version", json!("1.0"), "`current_version`: expected a semver version like 1.2.3, found \"1.0\" (unexpected end of input while parsing minor version number)"),
+            ("pin_version", json!("v1.0.0"), "`pin_version`: expected a semver version like 1.2.3, found \"v1.0.0\""),
+        ] {
+            let err = parse(&with(path, Some(value))).unwrap_err();
+            assert!(err.message().contains(expected), "{path}: {err}");
+        }
+        let mut v = minimal();
+        v["slots"] = image.clone();
+        v["slots"]["selector"] = json!("grub");
+        let err = parse(&v).unwrap_err();
+        assert!(err.message().contains("`slots.selector`: invalid type: string \"grub\", expected an object with `kind` (\"grub\", \"uboot\" or \"custom\") and its fields"), "{err}");
+        v["slots"] = image;
+        v["slots"]["booted_from"] = json!("rauc.slot");
+        let err = parse(&v).unwrap_err();
+        assert!(err.message().contains("`slots.booted_from`: invalid type: string \"rauc.slot\", expected an object with `cmdline` and `key`"), "{err}");
+        let mut v = minimal();
+        v["deploy"] = window;
+        v["deploy"]["window"] = json!("nightly");
+        let err = parse(&v).unwrap_err();
+        assert!(err.message().contains("`deploy.window`: invalid type: string \"nightly\", expected an object with `start` and `end`"), "{err}");
+        v["deploy"] = json!({"policy": "immediate", "at": "2026-01-01T00:00:00Z"});
+        let err = parse(&v).unwrap_err();
+        assert!(
+            err.message()
+                .contains("expected no \"at\" with policy \"immediate\", found one"),
+            "{err}"
+        );
+    }
+
+    /// A config file that is not UTF-8 was read: it is the config's fault (`config`,
+    /// naming the byte and where), not the file system's (`io`).
+    #[test]
+    fn a_config_file_that_is_not_utf8_is_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, b"{\"product\": \"caf\xe9\"}").unwrap();
+        let err = Config::from_file(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.message()
+                .ends_with("bad.json: expected JSON text in UTF-8, found byte 0xe9 at offset 16"),
+            "{err}"
+        );
     }
 
     /// `minimal()` with `value` at the slash-separated `path` (objects made on the way),

@@ -570,6 +570,7 @@ pub struct Window {
 /// The config form of a [`Window`]; `days` defaults to every day, `utc_offset` to UTC.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object with `start` and `end`")]
 struct RawWindow {
     #[serde(default = "every_day")]
     days: Vec<Weekday>,
@@ -729,8 +730,21 @@ enum PolicyName {
     DownloadOnly,
 }
 
+impl PolicyName {
+    /// The name as the config spells it.
+    fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::Immediate => "immediate",
+            PolicyName::Window => "window",
+            PolicyName::At => "at",
+            PolicyName::DownloadOnly => "download_only",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object with `policy`")]
 struct RawDeploy {
     policy: PolicyName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -752,7 +766,8 @@ impl TryFrom<RawDeploy> for DeployPolicy {
             (name, window, _) => {
                 let extra = if window.is_some() { "window" } else { "at" };
                 return Err(Error::config(format!(
-                    "deploy: expected no \"{extra}\" with policy {name:?}, found one"
+                    "deploy: expected no \"{extra}\" with policy \"{}\", found one",
+                    name.as_str()
                 )));
             }
         };

@@ -126,6 +126,7 @@ impl<'a> Iterator for Params<'a> {
 /// `"booted_from": {"cmdline": PATH, "key": "rauc.slot"}`, each field optional.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[serde(expecting = "an object with `cmdline` and `key`")]
 pub struct BootedFrom {
     /// The file holding the kernel command line, normally `/proc/cmdline`.
     pub cmdline: PathBuf,
