@@ -1240,6 +1240,86 @@ fn a_rollback_on_a_counting_selector_that_cannot_name_the_running_slot_keeps_it_
     assert_eq!(up.install(&plan).unwrap(), trial);
 }
 
+/// 1.0.0 confirmed, then 1.1.0 activated on trial and started until its three starts are
+/// used up by `step` (`startup` or `startup_for_launcher`), whose fourth call rolls it
+/// back; 1.2.0 is then offered and downloaded. Returns the updater, the slot given up and
+/// the plan of 1.2.0.
+fn trial_used_up_by(
+    product: &str,
+    step: fn(&evergreen::Updater) -> evergreen::Startup,
+) -> (
+    Setup,
+    evergreen::Updater,
+    evergreen::slots::Slot,
+    evergreen::Offer,
+) {
+    let setup = setup_with_1_0_0(product);
+    install_and_confirm(&setup.dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    let up = updater_for(&setup.dev);
+    update_to(&up, "1.1.0");
+    let trial = up.state().unwrap().trial.unwrap().slot;
+    for _ in 0..3 {
+        assert!(matches!(step(&up), evergreen::Startup::Trial { .. }));
+    }
+    let outcome = step(&up);
+    let evergreen::Startup::RolledBack { from, reason, .. } = outcome else {
+        panic!("expected a rollback, found {outcome:?}");
+    };
+    assert_eq!(from, trial);
+    assert!(reason.contains("was started 3 time(s)"), "{reason}");
+    publish_app(&setup.repo, &setup.src, "1.2.0", true);
+    let plan = offer(&up, "1.2.0");
+    download(&up, &plan);
+    (setup, up, trial, plan)
+}
+
+/// A host that runs the startup step inside the app runs the slot the step gives up on
+/// until it restarts: nothing is installed into it before the next start, as after a
+/// rollback by hand. An update from another process used to empty it under the app.
+#[test]
+fn a_trial_used_up_inside_the_app_keeps_its_slot_from_installs_until_the_restart() {
+    let (_setup, up, trial, plan) =
+        trial_used_up_by("com.acme.used-up-in-app", |up| up.startup().unwrap());
+    assert_eq!(up.state().unwrap().left_running, Some(trial));
+    let err = up.install(&plan).unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::InvalidState, "{err}");
+    up.startup().unwrap();
+    assert_eq!(up.install(&plan).unwrap(), trial);
+}
+
+/// A launcher's step has started nothing yet when it rolls back: it starts the fallback,
+/// and the slot given up takes the next release at once.
+#[test]
+fn a_trial_used_up_by_a_launcher_leaves_its_slot_free_for_installs() {
+    let (_setup, up, trial, plan) = trial_used_up_by("com.acme.used-up-launcher", |up| {
+        up.startup_for_launcher().unwrap().startup
+    });
+    assert_eq!(up.state().unwrap().left_running, None);
+    assert_eq!(up.install(&plan).unwrap(), trial);
+}
+
+/// The rollback's reason names the starts the trial began with, not the config's count
+/// of now: a release may ship another `trial.tries`.
+#[test]
+fn the_rollback_reason_names_the_starts_the_trial_had() {
+    let setup = setup_with_1_0_0("com.acme.reason-tries");
+    install_and_confirm(&setup.dev);
+    publish_app(&setup.repo, &setup.src, "1.1.0", true);
+    update_to(&updater_for(&setup.dev), "1.1.0");
+    let mut config = evergreen::Config::from_file(&setup.dev.config).unwrap();
+    config.trial.tries = 5;
+    let up = evergreen::Updater::builder(config).build().unwrap();
+    for _ in 0..3 {
+        up.startup().unwrap();
+    }
+    let outcome = up.startup().unwrap();
+    let evergreen::Startup::RolledBack { reason, .. } = outcome else {
+        panic!("expected a rollback, found {outcome:?}");
+    };
+    assert!(reason.contains("was started 3 time(s)"), "{reason}");
+}
+
 /// A counting selector that fails to name the running slot at the rollback does not know
 /// it either: the rollback goes through, and the slot given up is kept from installs.
 #[test]

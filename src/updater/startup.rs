@@ -17,6 +17,12 @@ impl Updater {
     /// the same lock: activations take it too, so that is the slot this step settled (the
     /// C ABI's `evg_startup` reports it too).
     pub(crate) fn startup_step(&self) -> Result<Launch> {
+        self.step(true)
+    }
+
+    /// The startup step, run inside the app it counts a start of (`in_app`), or by a
+    /// launcher that starts a slot afterwards.
+    fn step(&self, in_app: bool) -> Result<Launch> {
         self.reported("startup", || {
             let _lock = self.lock()?;
             let mut st = self.load_state()?;
@@ -27,7 +33,7 @@ impl Updater {
             let outcome = if counts {
                 self.startup_bootloader(&mut st)?
             } else {
-                self.startup_counting(&mut st)?
+                self.startup_counting(&mut st, in_app)?
             };
             if restarted && st.left_running.is_none() {
                 self.save(&st)?;
@@ -84,7 +90,7 @@ impl Updater {
     /// # }
     /// ```
     pub fn startup_for_launcher(&self) -> Result<Launch> {
-        let launch = self.startup_step()?;
+        let launch = self.step(false)?;
         // A normal start while the selector names the slot on trial: the step moved the
         // selector there (a repair) after counting this start as the old slot's. (A
         // bootloader counts its tries itself, and started what it named.)
@@ -93,12 +99,12 @@ impl Updater {
             && launch.slot == self.load_state()?.trial.map(|t| t.slot)
             && !self.with_selector(|s| Ok(s.counts_tries()))?;
         match repaired {
-            true => self.startup_step(),
+            true => self.step(false),
             false => Ok(launch),
         }
     }
 
-    fn startup_counting(&self, st: &mut State) -> Result<Startup> {
+    fn startup_counting(&self, st: &mut State, in_app: bool) -> Result<Startup> {
         let booted = self.with_selector(|s| s.booted())?;
         if self.follow_booted(st, booted) {
             self.save(st)?;
@@ -128,7 +134,12 @@ impl Updater {
                 tries_left,
             });
         }
-        let tries = self.config.trial.tries;
+        // The starts the trial began with: the config may have changed since (0 in a state
+        // saved before they were recorded).
+        let tries = match trial.tries {
+            0 => self.config.trial.tries,
+            tries => tries,
+        };
         let reason = format!(
             "slot {} ({}) was started {tries} time(s) without being confirmed",
             trial.slot,
@@ -153,6 +164,12 @@ impl Updater {
                 slot: trial.slot,
                 tries_left: 0,
             });
+        }
+        // Inside the app, the slot given up runs until the host restarts: no install may
+        // write it before then, as after a rollback by hand. A launcher has started
+        // nothing yet, and starts the slot the step falls back to.
+        if in_app {
+            st.left_running = Some(trial.slot);
         }
         self.fall_back(st, &reason)
     }
