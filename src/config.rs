@@ -627,6 +627,23 @@ impl Config {
             "at least 1",
             self.trial.tries,
         )?;
+        // U-Boot's `setexpr` counts `BOOT_X_LEFT` down in hexadecimal, and RAUC's boot
+        // script compares it with `test ${BOOT_A_LEFT} -gt 0`, in decimal: they agree up
+        // to 9 only. Ten tries written as `a` read as none, every slot would look spent,
+        // and the script would reset both to 3.
+        let uboot = matches!(
+            self.slots,
+            SlotsConfig::Image {
+                selector: SelectorConfig::Uboot { .. },
+                ..
+            }
+        );
+        ensure(
+            !uboot || self.trial.tries <= 9,
+            "trial.tries",
+            "1 to 9 with the U-Boot selector (its counters are hexadecimal to `setexpr` and decimal to RAUC's `test -gt`, which agree up to 9)",
+            self.trial.tries,
+        )?;
         self.limits.validate()?;
         self.poll.validate()?;
         self.archive.validate()?;
@@ -1004,6 +1021,29 @@ mod tests {
                 .contains("expected no \"at\" with policy \"immediate\", found one"),
             "{err}"
         );
+    }
+
+    /// With U-Boot, `trial.tries` is at most 9: above, RAUC's boot script reads the
+    /// counter `setexpr` writes as no tries left. Other selectors take more.
+    #[test]
+    fn uboot_takes_at_most_nine_tries() {
+        let uboot = json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+            "selector": {"kind": "uboot", "config": "/etc/fw_env.config"}});
+        let mut v = with("slots", Some(uboot));
+        v["trial"] = json!({"tries": 9});
+        assert_eq!(parse(&v).unwrap().trial.tries, 9);
+        v["trial"] = json!({"tries": 10});
+        let err = parse(&v).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.message()
+                .contains("`trial.tries`: expected 1 to 9 with the U-Boot selector"),
+            "{err}"
+        );
+        assert!(err.message().ends_with("found 10"), "{err}");
+        let mut v = minimal();
+        v["trial"] = json!({"tries": 10});
+        assert_eq!(parse(&v).unwrap().trial.tries, 10);
     }
 
     /// A config file that is not UTF-8 was read: it is the config's fault (`config`,

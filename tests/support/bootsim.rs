@@ -82,7 +82,8 @@ fn uboot_hex(s: &str) -> u64 {
     u64::from_str_radix(s, 16).unwrap_or(0)
 }
 
-/// What RAUC's boot script decides for `vars`: the slot (`None` = no valid slot: tries
+/// What the boot script of docs/firmware.md (RAUC's, counters read as hexadecimal)
+/// decides for `vars`: the slot (`None` = no valid slot: tries
 /// reset to 3 and `reset`) and the variables it `saveenv`s.
 pub fn uboot_decide(vars: &[(String, String)]) -> (Option<Slot>, Vec<(String, String)>) {
     let get = |n: &str, d: &str| {
