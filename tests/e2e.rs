@@ -1320,6 +1320,45 @@ fn the_rollback_reason_names_the_starts_the_trial_had() {
     assert!(reason.contains("was started 3 time(s)"), "{reason}");
 }
 
+/// An activation that fails as it syncs a directory, after a rename took effect (the
+/// state's, then `current`'s): the caller hears it failed, and nothing changed. The state
+/// used to keep the trial (1) or `current` to name the release never activated (2), which
+/// the next start then ran or called a rollback.
+#[test]
+fn an_activation_whose_directory_sync_fails_changes_nothing() {
+    for n in [1, 2] {
+        let setup = setup_with_1_0_0(&format!("com.acme.sync-fails-{n}"));
+        let dev = &setup.dev;
+        install_and_confirm(dev);
+        publish_app(&setup.repo, &setup.src, "1.1.0", true);
+        let up = updater_for(dev);
+        let plan = up.plan(&offer(&up, "1.1.0")).unwrap();
+        download(&up, &plan);
+        let staged = up.install(&plan).unwrap();
+        let primary = staged.other();
+        let link_before = current(dev);
+        let fail = format!("fsync dir:{n}");
+        let out = dev.run_env("activate", &["--now"], &[("EVERGREEN_FAIL_AT", &fail)]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{n}: {err}");
+        assert!(err.contains("failed on purpose"), "{n}: {err}");
+        let st = up.state().unwrap();
+        assert_eq!((st.primary, st.trial), (primary, None), "{n}");
+        assert_eq!(
+            st.slot(staged).status,
+            evergreen::state::SlotStatus::Installed,
+            "{n}"
+        );
+        assert_eq!(current(dev), link_before, "{n}: current was left switched");
+        assert_eq!(up.startup().unwrap(), evergreen::Startup::Normal, "{n}");
+        assert_eq!(up.state().unwrap().left_running, None, "{n}");
+        assert!(matches!(
+            up.activate(true).unwrap(),
+            evergreen::Activation::Activated { .. }
+        ));
+    }
+}
+
 /// A counting selector that fails to name the running slot at the rollback does not know
 /// it either: the rollback goes through, and the slot given up is kept from installs.
 #[test]

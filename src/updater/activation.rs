@@ -69,13 +69,16 @@ impl Updater {
             );
             // Committed first: a power cut before the selector learns of it is resumed (or
             // repaired) by the startup step.
-            self.save(&st)?;
+            if let Err(e) = self.save(&st) {
+                // The new state may be in place though the save failed (its directory's
+                // sync): the caller hears that nothing changed, so nothing has.
+                return Err(self.restored(&before, e, "the state from before the activation"));
+            }
             if let Err(e) = self.with_fallback_kept(&before, slot, |s| s.activate(slot, tries)) {
                 // Refused or failed: the caller hears that nothing changed, so nothing has.
-                // A selector that wrote part of its change is settled by the next startup
-                // step, which finds the primary it had.
                 let mut st = before;
                 st.record((self.clock)(), "activation_failed", e.to_string());
+                self.unswitch(&st, slot);
                 return Err(self.restored(&st, e, "the state from before the activation"));
             }
             self.emit(Event::Activated {
@@ -85,6 +88,20 @@ impl Updater {
             self.emit(Event::TrialStarted { slot, tries });
             Ok(Activation::Activated { slot, version })
         })
+    }
+
+    /// After an activation of `slot` that the selector failed: points a selector that
+    /// counts no tries back at the primary of `st`, best effort. It may have switched
+    /// before it failed (`current` renamed, then its directory's sync failing), and what
+    /// it names is what the next start runs: the release never activated, which its
+    /// startup step would then call a rollback. A bootloader that counts tries is left to
+    /// the next startup step, which finds the primary it had: a second write of its
+    /// environment on a failing device helps nothing.
+    fn unswitch(&self, st: &State, slot: Slot) {
+        let _ = self.with_selector(|s| match s.counts_tries() {
+            false if s.booted().ok().flatten() == Some(slot) => s.fall_back(st.primary, slot),
+            _ => Ok(()),
+        });
     }
 
     /// Marks the trial slot good and raises the security floor to its release's.
