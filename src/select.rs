@@ -116,6 +116,64 @@ pub fn select(
     }
 }
 
+/// Why `manifest` no longer offers `version`, a release this device staged from the
+/// manifest's channel, to `device` at `now`; `None` while it does: listed for the device's
+/// target, within its rollout, not skipped (unless critical), not below the security
+/// floor and not failed here. A release halted, withdrawn or skipped after it was staged
+/// must not be activated later by the deploy policy alone (DESIGN §5.3).
+///
+/// ```
+/// use evergreen::manifest::Manifest;
+/// use evergreen::select::{withheld, Device};
+/// let manifest: Manifest = serde_json::from_str(r#"{
+///   "type": "manifest", "product": "com.acme.app", "channel": "stable", "sequence": 2,
+///   "issued": "2026-11-22T00:00:00Z", "expires": "2026-12-22T00:00:00Z",
+///   "releases": [{"version": "1.1.0",
+///     "rollout": {"stages": [{"at": "2026-11-21T00:00:00Z", "percent": 0}]},
+///     "targets": {"x86_64-linux": {"components": {}}}}]
+/// }"#).unwrap();
+/// let installed = semver::Version::new(1, 0, 0);
+/// let device = Device {
+///     product: "com.acme.app", target: "x86_64-linux", device_id: "dev-1",
+///     installed: Some(&installed), security_floor: 0, skipped: &[], failed: &[],
+/// };
+/// let now = "2026-11-22T00:00:00Z".parse().unwrap();
+/// let why = withheld(&manifest, &device, &semver::Version::new(1, 1, 0), now);
+/// assert_eq!(why.as_deref(), Some("its rollout no longer includes this device (halted, or narrowed)"));
+/// ```
+pub fn withheld(
+    manifest: &Manifest,
+    device: &Device<'_>,
+    version: &Version,
+    now: Timestamp,
+) -> Option<String> {
+    let Some(release) = manifest
+        .release(version)
+        .filter(|r| r.targets.contains_key(device.target))
+    else {
+        return Some(format!(
+            "the channel no longer lists it for target {}",
+            device.target
+        ));
+    };
+    if listed(device.failed, version) {
+        return Some("it failed on this device".into());
+    }
+    if release.security_version < device.security_floor {
+        return Some(format!(
+            "its security version {} is below this device's floor {}",
+            release.security_version, device.security_floor
+        ));
+    }
+    if !release.critical && listed(device.skipped, version) {
+        return Some("it was skipped".into());
+    }
+    if !in_rollout(release, device.product, device.device_id, now) {
+        return Some("its rollout no longer includes this device (halted, or narrowed)".into());
+    }
+    None
+}
+
 /// A pin is an explicit request: rollout, skips and past failures do not hold it back,
 /// only the target and the security floor do (a standing pin's failures: see [`select`]).
 fn select_pinned(manifest: &Manifest, device: &Device<'_>, pin: &Version) -> Result<Decision> {

@@ -175,6 +175,12 @@ pub struct SlotRecord {
     /// Components by name.
     #[serde(default)]
     pub components: BTreeMap<String, InstalledComponent>,
+    /// Why the newest check of the channel this release was staged from no longer offers
+    /// it (its rollout halted or narrowed past this device, the release withdrawn or
+    /// skipped): `activate` defers it, unless forced, until a check offers it again.
+    /// Set and cleared by checks ([`crate::select::withheld`]); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// A slot on probation.

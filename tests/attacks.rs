@@ -209,6 +209,114 @@ fn a_halted_rollout_does_not_reach_a_device_whose_clock_lags_the_halt() {
     );
 }
 
+/// A device with 1.0.0 and the deploy policy `at` two days on, which stages 1.1.0 (100 %
+/// on stable): the activation waits for the policy. Returns the world, the device and
+/// the time the policy activates at.
+fn staged_until_later() -> (World, Dev, evergreen::Timestamp) {
+    let later = t0().plus_days(2);
+    let (w, dev) = World::installed_with(
+        Setup::default(),
+        json!({"deploy": {"policy": "at", "at": later.to_string()}}),
+    );
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
+    let offer = dev.offer();
+    dev.download(&offer).unwrap();
+    dev.updater
+        .install(&dev.updater.plan(&offer).unwrap())
+        .unwrap();
+    let act = dev.updater.activate(false).unwrap();
+    assert!(
+        matches!(act, evergreen::Activation::Deferred { until: Some(t), .. } if t == later),
+        "{act:?}"
+    );
+    (w, dev, later)
+}
+
+/// The reason an activation gave for waiting on a check, failing when it went ahead.
+fn withheld_reason(dev: &Dev) -> String {
+    match dev.updater.activate(false).unwrap() {
+        evergreen::Activation::Deferred {
+            until: None,
+            reason,
+        } => reason,
+        other => panic!("expected the activation withheld, found {other:?}"),
+    }
+}
+
+/// A release halted (rollout 0 %) after a device staged it is not activated when the
+/// deploy policy's time comes: the halt is the operator's "stop", and the staged slot
+/// waits until a check offers the release again. It used to go ahead at the time set
+/// before the halt.
+#[test]
+fn a_release_halted_after_it_was_staged_waits_for_a_check_that_offers_it_again() {
+    let (w, dev, later) = staged_until_later();
+    let version: semver::Version = "1.1.0".parse().unwrap();
+    let manifest_key = key(MANIFEST_KEY);
+    let signers = [&manifest_key];
+    let sign = |t| Signing::new(&signers, t);
+    w.repo
+        .rollout("stable", &version, 0.0, &sign(t0().plus_days(1)))
+        .unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(
+        reason.starts_with("the newest check of channel stable no longer offers it (its rollout no longer includes this device"),
+        "{reason}"
+    );
+    let staged = dev.primary().other();
+    let status = dev.cli_status();
+    let shown = &status["slots"][staged.as_str()];
+    assert_eq!(shown["status"], "installed", "{status}");
+    assert!(
+        shown["withheld"].as_str().unwrap().contains("rollout"),
+        "{status}"
+    );
+    // Ramped up again: the next check offers it, and the policy lets it go ahead.
+    w.repo
+        .rollout("stable", &version, 100.0, &sign(later))
+        .unwrap();
+    assert_eq!(dev.offer().version, version);
+    assert!(dev.cli_status()["slots"][staged.as_str()]
+        .get("withheld")
+        .is_none());
+    assert!(matches!(
+        dev.updater.activate(false).unwrap(),
+        evergreen::Activation::Activated { .. }
+    ));
+}
+
+/// A release withdrawn from the channel after a device staged it waits too; a forced
+/// activation (the host's or `activate --now`) still goes ahead, as it does past the
+/// policy.
+#[test]
+fn a_release_withdrawn_after_it_was_staged_waits_unless_forced() {
+    let (w, dev, later) = staged_until_later();
+    let withdrawn = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        m.releases.retain(|r| r.version.to_string() != "1.1.0");
+    });
+    w.serve(STABLE, withdrawn);
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(
+        reason.contains("(the channel no longer lists it for target"),
+        "{reason}"
+    );
+    assert!(matches!(
+        dev.updater.activate(true).unwrap(),
+        evergreen::Activation::Activated { .. }
+    ));
+}
+
 /// A check judges the manifest's expiry, the rollout and the deploy policy at one reading
 /// of the clock (DESIGN §5.1 rule 4: `now` fixed once per run). Here the operator signed
 /// a ramp to 100 % for an hour after `issued`, and the check began half an hour before

@@ -3,8 +3,8 @@
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
     bucket_in_rollout, deploy, deploy_on_clock, first_check, in_rollout, next_check, poll_draw,
-    retry_not_before, rollout_bucket, select, Choice, Decision, Deploy, DeployPolicy, Device,
-    Policy, MAX_RETRY_AFTER_S,
+    retry_not_before, rollout_bucket, select, withheld, Choice, Decision, Deploy, DeployPolicy,
+    Device, Policy, MAX_RETRY_AFTER_S,
 };
 use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
@@ -618,6 +618,127 @@ fn selection_errors_name_expected_and_found() {
     let e = select(&m, &device, &policy, ts(NOW)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSuchVersion);
     assert!(e.to_string().contains("9.9.9") && e.to_string().contains("1.1.0"));
+}
+
+/// A row of [`withheld_table`]: its name, the releases listed, the device's floor, skips
+/// and failures, and what `withheld` says of a staged 1.1.0.
+type WithheldRow = (
+    &'static str,
+    Vec<Release>,
+    u64,
+    &'static [&'static str],
+    &'static [&'static str],
+    Option<&'static str>,
+);
+
+/// What a check says of a staged 1.1.0 (DESIGN §5.3): offered as long as the manifest
+/// lists it for the target within this device's rollout, unskipped (or critical), at or
+/// above the floor and not failed here; else why not.
+#[test]
+fn withheld_table() {
+    let rows: Vec<WithheldRow> = vec![
+        ("listed, no rollout", vec![rel("1.1.0")], 0, &[], &[], None),
+        (
+            "listed with build metadata",
+            vec![rel("1.1.0+b2")],
+            0,
+            &[],
+            &[],
+            None,
+        ),
+        (
+            "a newer release beside it",
+            vec![rel("1.1.0"), rel("1.2.0")],
+            0,
+            &[],
+            &[],
+            None,
+        ),
+        (
+            "halted",
+            vec![rel("1.1.0").stages(&[("2026-11-01T00:00:00Z", 0.0)])],
+            0,
+            &[],
+            &[],
+            Some("its rollout no longer includes this device (halted, or narrowed)"),
+        ),
+        (
+            "ramping, not yet here",
+            vec![rel("1.1.0").stages(&[
+                ("2026-11-01T00:00:00Z", 100.0),
+                ("2026-11-20T00:00:00Z", 0.0),
+                ("2026-11-30T00:00:00Z", 100.0),
+            ])],
+            0,
+            &[],
+            &[],
+            Some("its rollout no longer includes this device (halted, or narrowed)"),
+        ),
+        (
+            "withdrawn",
+            vec![rel("1.2.0")],
+            0,
+            &[],
+            &[],
+            Some("the channel no longer lists it for target x86_64-linux"),
+        ),
+        (
+            "listed for another target only",
+            vec![rel("1.1.0").only_for("aarch64-linux")],
+            0,
+            &[],
+            &[],
+            Some("the channel no longer lists it for target x86_64-linux"),
+        ),
+        (
+            "skipped",
+            vec![rel("1.1.0")],
+            0,
+            &["1.1.0"],
+            &[],
+            Some("it was skipped"),
+        ),
+        (
+            "skipped but critical",
+            vec![rel("1.1.0").critical()],
+            0,
+            &["1.1.0"],
+            &[],
+            None,
+        ),
+        (
+            "below a floor raised since",
+            vec![rel("1.1.0").security(1)],
+            2,
+            &[],
+            &[],
+            Some("its security version 1 is below this device's floor 2"),
+        ),
+        (
+            "failed here",
+            vec![rel("1.1.0")],
+            0,
+            &[],
+            &["1.1.0"],
+            Some("it failed on this device"),
+        ),
+    ];
+    for (name, releases, floor, skipped, failed, expect) in rows {
+        let skipped: Vec<Version> = skipped.iter().map(|s| v(s)).collect();
+        let failed: Vec<Version> = failed.iter().map(|s| v(s)).collect();
+        let installed = v("1.0.0");
+        let device = Device {
+            product: "p",
+            target: TARGET,
+            device_id: "device-1",
+            installed: Some(&installed),
+            security_floor: floor,
+            skipped: &skipped,
+            failed: &failed,
+        };
+        let found = withheld(&manifest("stable", releases), &device, &v("1.1.0"), ts(NOW));
+        assert_eq!(found.as_deref(), expect, "{name}");
+    }
 }
 
 #[test]

@@ -24,6 +24,21 @@ impl Updater {
             // The install checked the floor as it was then; a confirmation since (of a
             // stranded first trial) may have raised it past the staged release.
             check_floor(&st, slot, "a slot to activate")?;
+            if let Some(why) = record.withheld.as_ref().filter(|_| !force) {
+                let reason = format!(
+                    "the newest check of channel {} no longer offers it ({why}); it goes ahead once a check offers it again",
+                    record.channel.as_deref().unwrap_or("-")
+                );
+                self.emit(Event::Deferred {
+                    version: version.to_string(),
+                    until: None,
+                    reason: reason.clone(),
+                });
+                return Ok(Activation::Deferred {
+                    until: None,
+                    reason,
+                });
+            }
             if !force {
                 if let Deploy::Wait { until, reason } = self.deploy(&st, record.critical, (self.clock)()) {
                     self.emit(Event::Deferred {

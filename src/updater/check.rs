@@ -97,7 +97,17 @@ impl Updater {
             pin_is_standing: pin.is_none(),
             allow_downgrade: self.config.allow_downgrade,
         };
-        let choice = match select::select(manifest, &device, &policy, now)? {
+        let decision = select::select(manifest, &device, &policy, now)?;
+        // A pin is asked for whatever the rollout says, and a pinned check looks at its
+        // release alone.
+        if policy.pin.is_none() {
+            let offered = match &decision {
+                select::Decision::Update(c) => Some(&c.version),
+                select::Decision::UpToDate => None,
+            };
+            self.follow_withheld(st, manifest, &device, offered, now, clock)?;
+        }
+        let choice = match decision {
             select::Decision::UpToDate => {
                 // Said apart from "nothing newer": nothing will ever come for a target no
                 // release lists (a misspelt one, say).
@@ -171,6 +181,66 @@ impl Updater {
             "staged_critical",
             format!("{} in slot {slot} is {now_forced}", offer.version),
         );
+        self.save(&st)
+    }
+
+    /// Keeps the record of a release staged (installed, not activated) from `manifest`'s
+    /// channel in step with whether this check, which chose `offered`, still offers it
+    /// to `device` at `now`: one halted, narrowed past this device, withdrawn, skipped or
+    /// listed with other artifacts since is withheld from `activate` until a check offers
+    /// it again (DESIGN §5.3). Without this, an `at` or `window` policy activated a
+    /// release its operator had halted, at the time it set before the halt.
+    /// `clock` is the check's reading of the host's clock, for the journal.
+    fn follow_withheld(
+        &self,
+        checked: &State,
+        manifest: &Manifest,
+        device: &Device<'_>,
+        offered: Option<&Version>,
+        now: Timestamp,
+        clock: Timestamp,
+    ) -> Result<()> {
+        // The staged slot and its new reason, when that differs from the recorded one.
+        let change = |st: &State| -> Option<(Slot, Option<String>)> {
+            let slot = st.fallback();
+            let record = st.slot(slot);
+            let version = record.version.as_ref()?;
+            if record.status != SlotStatus::Installed
+                || record.channel.as_deref() != Some(manifest.channel.as_str())
+            {
+                return None;
+            }
+            let why = match offered == Some(version) {
+                true => None,
+                false => select::withheld(manifest, device, version, now)
+                    .or_else(|| republished(manifest, device.target, record)),
+            };
+            (why != record.withheld).then_some((slot, why))
+        };
+        // Most checks change nothing: they take no lock for it.
+        if change(checked).is_none() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        // Again under the lock: an activation or an install may have taken the slot.
+        let Some((slot, why)) = change(&st) else {
+            return Ok(());
+        };
+        let version = version_str(st.slot(slot).version.as_ref());
+        let channel = &manifest.channel;
+        let (event, detail) = match &why {
+            Some(why) => (
+                "staged_withheld",
+                format!("{version} in slot {slot} waits: the newest check of channel {channel} no longer offers it: {why}"),
+            ),
+            None => (
+                "staged_offered_again",
+                format!("{version} in slot {slot}: the newest check of channel {channel} offers it again"),
+            ),
+        };
+        st.slot_mut(slot).withheld = why;
+        st.record(clock, event, detail);
         self.save(&st)
     }
 
@@ -619,6 +689,24 @@ impl Updater {
 const SAVED_ROOT: &str = "the saved root";
 /// How errors name the root of the config (`trust.root`).
 const CONFIGURED_ROOT: &str = "`trust.root`";
+
+/// Why a staged `record` is withheld when `manifest` lists its version for `target` with
+/// other artifacts than it was installed from: activating it would run bytes the newest
+/// manifest no longer signs for that version.
+fn republished(manifest: &Manifest, target: &str, record: &SlotRecord) -> Option<String> {
+    let listed = manifest
+        .release(record.version.as_ref()?)?
+        .targets
+        .get(target)?;
+    let same = listed.components.len() == record.components.len()
+        && listed.components.iter().all(|(name, c)| {
+            record
+                .components
+                .get(name)
+                .is_some_and(|i| i.sha256 == c.artifact.sha256)
+        });
+    (!same).then(|| "the channel lists other artifacts under its version now".to_string())
+}
 
 /// A channel manifest that passed every rule, as fetched.
 struct FetchedManifest {

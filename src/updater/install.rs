@@ -192,6 +192,7 @@ impl Updater {
             device_channel: Some(plan.device_channel.clone()),
             critical: plan.critical,
             components: BTreeMap::new(),
+            withheld: None,
         };
         if marked && before == installing {
             // The download saved this mark and took the slot out of the boot order, but

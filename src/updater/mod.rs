@@ -250,6 +250,11 @@ pub struct SlotStatusView {
     pub status: &'static str,
     /// Release version.
     pub version: Option<Version>,
+    /// Why a release staged here waits though its deploy policy would let it go ahead:
+    /// the newest check of its channel no longer offers it ([`SlotRecord::withheld`]).
+    /// Left out of the JSON when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// Where the slots live.
@@ -626,6 +631,7 @@ impl Updater {
         let view = |slot: Slot| SlotStatusView {
             status: st.slot(slot).status.as_str(),
             version: st.slot(slot).version.clone(),
+            withheld: st.slot(slot).withheld.clone(),
         };
         Ok(Status {
             primary: st.primary,

@@ -594,6 +594,9 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
                 .as_ref()
                 .map_or("-".to_string(), ToString::to_string)
         );
+        if let Some(why) = &v.withheld {
+            out!("  withheld: the newest check no longer offers it ({why})");
+        }
     }
     if let Some(t) = &s.trial {
         out!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
