@@ -1667,13 +1667,16 @@ fn signal_once_requested(
 
 /// A new device served over HTTP, offered 1.1.0 (a 256 KiB file) on stable and preview.
 fn served_with_1_1_0(product: &str) -> (Repo, TestServer, common::Device) {
+    served_with_1_1_0_of(product, 256 * 1024)
+}
+
+/// [`served_with_1_1_0`] with a file of `size` bytes.
+fn served_with_1_1_0_of(product: &str, size: u32) -> (Repo, TestServer, common::Device) {
     let repo = Repo::new(product);
     let file = repo.scratch("src").join("data.bin");
     std::fs::write(
         &file,
-        (0..256 * 1024u32)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect::<Vec<_>>(),
+        (0..size).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>(),
     )
     .unwrap();
     for channel in ["stable", "preview"] {
@@ -1788,6 +1791,38 @@ fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
     assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0");
 }
 
+/// Off a terminal, `update` says its progress at each quarter (and every 10 s): each line
+/// gives the share of the bytes it names. A download resumed at 46 % said "25%" first.
+#[test]
+fn progress_lines_give_the_share_of_the_bytes_they_name() {
+    let (repo, _server, dev) = served_with_1_1_0_of("com.acme.progress.resumed", 8 << 20);
+    let sha = names(&repo.root.join("blobs/sha256"))[0].clone();
+    let blob = std::fs::read(repo.root.join("blobs/sha256").join(&sha)).unwrap();
+    let downloads = dev.state.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let kept = blob.len() * 46 / 100;
+    std::fs::write(downloads.join(format!("{sha}.part")), &blob[..kept]).unwrap();
+    let out = dev.run("update", &["--yes"]);
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("% (")).collect();
+    assert!(!lines.is_empty(), "no progress line: {stderr}");
+    for line in &lines {
+        // "evergreen: downloading 1.1.0: 50% (4194304/8388608 bytes, data)"
+        let (head, rest) = line.split_once("% (").unwrap();
+        let percent: u64 = head.rsplit(' ').next().unwrap().parse().unwrap();
+        let (done, total) = rest
+            .split_once(" bytes")
+            .unwrap()
+            .0
+            .split_once('/')
+            .unwrap();
+        let (done, total): (u64, u64) = (done.parse().unwrap(), total.parse().unwrap());
+        assert_eq!(percent, done * 100 / total, "{line}");
+        assert!(done as usize >= kept, "{line}");
+    }
+}
+
 /// A release a deploy policy left staged is not written into the slot again by the next
 /// `update` (on firmware: the whole partition, at every poll until the window opens).
 #[test]
@@ -1807,6 +1842,17 @@ fn a_staged_release_is_not_installed_again_by_the_next_update() {
     assert!(
         again.contains("1.0.1 is already installed in slot a"),
         "{again}"
+    );
+    // Its offer does not promise a download that will not happen.
+    assert!(
+        again.contains("already installed in slot a: nothing to download"),
+        "{again}"
+    );
+    assert!(!again.contains("download: "), "{again}");
+    let check = dev.expect("check", &[], 10);
+    assert!(
+        check.contains("already installed in slot a: nothing to download"),
+        "{check}"
     );
     let second = json(&dev.expect("update", &["--yes", "--json"], 0));
     assert_eq!(second, first);

@@ -919,6 +919,32 @@ fn output_that_cannot_be_written_is_an_io_error_after_the_work() {
     assert!(dir.path().join("lost").is_file() && dir.path().join("lost.pub").is_file());
 }
 
+/// `--help` and `--version` that cannot be written fail as any output does (`error[io]`,
+/// exit code 1): they exited 0 with nothing written.
+#[test]
+fn help_that_cannot_be_written_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["--help"][..], &["--version"], &["check", "--help"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let child = command_at(dir.path(), NOW)
+            .args(args)
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = require::finish_within(child, LIMIT);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error[io]: expected --help or --version written to standard output, found: No space left on device"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// A path that is not UTF-8 is printed lossily in `--json` output: the command's work is
 /// done and reported, never ended by a panic after the files were written.
 #[test]

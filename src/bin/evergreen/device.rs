@@ -217,7 +217,9 @@ fn print_json(v: &serde_json::Value) {
     out!("{v}");
 }
 
-fn print_offer(offer: &Offer) {
+/// Prints `offer` in text; `staged` is the slot that already holds it, when one does
+/// (nothing is downloaded then).
+fn print_offer(offer: &Offer, staged: Option<evergreen::slots::Slot>) {
     out!(
         "update available: {} -> {} on {}{}{}",
         offer
@@ -242,7 +244,10 @@ fn print_offer(offer: &Offer) {
             c.to.as_deref().unwrap_or("-")
         );
     }
-    out!("  download: {} bytes", offer.download_size());
+    match staged {
+        Some(slot) => out!("  already installed in slot {slot}: nothing to download"),
+        None => out!("  download: {} bytes", offer.download_size()),
+    }
 }
 
 /// `evergreen check`: exit 0 when up to date, 10 when an update is available.
@@ -285,7 +290,7 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                 v["target_released"] = json!(true);
                 print_json(&v);
             } else {
-                print_offer(&offer);
+                print_offer(&offer, up.staged_slot(&offer)?);
             }
             Ok(EXIT_AVAILABLE)
         }
@@ -414,10 +419,9 @@ impl<'a> Milestones<'a> {
         if done >= self.total || !(quarter > self.quarter || due) {
             return;
         }
-        let percent = match quarter > self.quarter {
-            true => quarter * 25,
-            false => (u128::from(done) * 100 / u128::from(self.total)) as u64,
-        };
+        // The bytes' own share, not the quarter passed: a resumed download's first line
+        // may be well past it.
+        let percent = (u128::from(done) * 100 / u128::from(self.total)) as u64;
         self.quarter = quarter;
         (self.said_at, self.said_bytes) = (std::time::Instant::now(), done);
         let now = (self.ends.iter())
@@ -472,8 +476,12 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
         Check::Available(offer) => offer,
     };
+    let staged = match args.download_only {
+        true => None,
+        false => up.staged_slot(&offer)?,
+    };
     if !json {
-        print_offer(&offer);
+        print_offer(&offer, staged);
     }
     if !args.yes && !args.download_only && !confirm_install(&offer)? {
         if json {
@@ -491,10 +499,6 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let staged = match args.download_only {
-        true => None,
-        false => up.staged_slot(&offer)?,
-    };
     let plan = match staged {
         Some(_) => offer,
         None => {

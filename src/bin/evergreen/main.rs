@@ -63,7 +63,11 @@ enum Command {
 
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help / --version.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => return printed(&e),
+        Err(e) => e.exit(),
+    };
     interrupt::install();
     if cli.config.is_some() && matches!(cli.command, Command::Operator(_)) {
         // Refused as it is after the command, rather than read by nothing.
@@ -88,6 +92,24 @@ fn main() -> ExitCode {
             report(&interrupt::explain(e, kept));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `--help` or `--version` as any output is printed: one that cannot be written
+/// (`--help > /dev/full`) is `error[io]`, exit code 1, not a silent success; a reader
+/// that went away (`--help | head -1`) is no error.
+fn printed(help: &clap::Error) -> ExitCode {
+    use std::io::Write as _;
+    let written = help.print().and_then(|()| std::io::stdout().flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            report(&Error::new(
+                ErrorKind::Io,
+                format!("expected --help or --version written to standard output, found: {e}"),
+            ));
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 
