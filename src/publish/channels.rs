@@ -216,7 +216,8 @@ impl Repo {
 
     /// Sets the rollout of `version` on `channel` to `percent` from `sign.now` on (0 halts
     /// it), keeping the earlier stages as history and the channel's validity unless `sign`
-    /// gives one. The version is looked up by precedence; another build of it is named in
+    /// gives one. Stages scheduled after `sign.now` are dropped: a halt must not be undone
+    /// when a scheduled stage's time comes. The version is looked up by precedence; another build of it is named in
     /// the `no_such_version` error rather than ramped.
     pub fn rollout(
         &self,
@@ -235,12 +236,11 @@ impl Repo {
                 .rollout
                 .get_or_insert(Rollout { stages: vec![] })
                 .stages;
-            if let Some(last) = stages.last().filter(|s| s.at > now) {
-                return Err(Error::config(format!(
-                    "expected a time at or after the last rollout stage ({}), found {now}",
-                    last.at
-                )));
-            }
+            // The percentage is the operator's from now on: stages scheduled later (by
+            // the library or by hand), wherever listed, are dropped, so that none undoes
+            // a halt when its time comes. Each was after the channel's last `issued`, so
+            // a clock behind them is refused by `bump` before anything is written.
+            stages.retain(|s| s.at <= now);
             stages.push(RolloutStage { at: now, percent });
             Ok(Edit::Changed)
         };

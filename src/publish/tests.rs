@@ -424,6 +424,65 @@ fn set_min_version(
     .unwrap();
 }
 
+/// A ramp scheduled ahead (stages after now, listed in any order) is halted by `rollout
+/// --percent 0`: the stages still to come are dropped, so none lets devices in again when
+/// its time comes. The halt used to be refused (a future stage listed last) or undone by
+/// the schedule (one listed before).
+#[test]
+fn rollout_drops_the_stages_scheduled_after_it() {
+    let (_dir, repo, key, file) = setup();
+    publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+    let v: Version = "1.0.0".parse().unwrap();
+    let stage = |at: Timestamp, percent| RolloutStage { at, percent };
+    for (i, sorted) in [true, false].into_iter().enumerate() {
+        let t = now().plus_days(10 * i as i64);
+        let mut schedule = vec![
+            stage(t, 5.0),
+            stage(t.plus_days(1), 50.0),
+            stage(t.plus_days(2), 100.0),
+        ];
+        if !sorted {
+            schedule.rotate_left(1);
+        }
+        {
+            let _lock = repo.lock().unwrap();
+            let trusted = repo.trusted_root().unwrap();
+            let change = Change {
+                channel: "nightly",
+                create: false,
+                expires_in_days: None,
+                now: t,
+            };
+            repo.update_channel(&trusted, &change, &[&key], |m| {
+                m.releases[0].rollout = Some(Rollout { stages: schedule });
+                Ok(Edit::Changed)
+            })
+            .unwrap();
+        }
+        let halt = t.plus_secs(60);
+        let m = repo
+            .rollout("nightly", &v, 0.0, &Signing::new(&[&key], halt))
+            .unwrap();
+        let rollout = m.releases[0].rollout.as_ref().unwrap();
+        assert_eq!(
+            rollout.stages,
+            [stage(t, 5.0), stage(halt, 0.0)],
+            "{sorted}"
+        );
+        assert_eq!(rollout.percent_at(t.plus_days(3)), 0.0, "{sorted}");
+    }
+    // A clock behind the channel's last issue is refused.
+    let err = repo
+        .rollout("nightly", &v, 10.0, &Signing::new(&[&key], now()))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.message()
+            .contains("expected a clock at or after the channel's last issued"),
+        "{err}"
+    );
+}
+
 fn versions(list: &[&str]) -> Vec<Version> {
     list.iter().map(|v| v.parse().unwrap()).collect()
 }

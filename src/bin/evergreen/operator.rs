@@ -64,6 +64,7 @@ pub(crate) enum Command {
     /// Set the rollout percentage of a release from now on; 0 halts it.
     #[command(
         after_help = "Example:\n  evergreen rollout repo --channel stable --version 1.2.0 --percent 20 --sign keys/release\n\n\
+        Stages a manifest had scheduled after now are dropped: a halt stays a halt.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Rollout(RolloutArgs),
