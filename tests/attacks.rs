@@ -291,6 +291,49 @@ fn a_release_halted_after_it_was_staged_waits_for_a_check_that_offers_it_again()
     ));
 }
 
+/// A pinned check (`check --version`, `pin_version`) is asked for whatever the rollout
+/// says: one that offers the withheld release lets it go, and one that does not leaves
+/// it withheld; neither withholds a release by itself.
+#[test]
+fn a_pinned_check_lets_a_withheld_release_go_and_withholds_none() {
+    let (w, dev, later) = staged_until_later();
+    let version: semver::Version = "1.1.0".parse().unwrap();
+    let older: semver::Version = "1.0.0".parse().unwrap();
+    let manifest_key = key(MANIFEST_KEY);
+    let signers = [&manifest_key];
+    w.repo
+        .rollout(
+            "stable",
+            &version,
+            0.0,
+            &Signing::new(&signers, t0().plus_days(1)),
+        )
+        .unwrap();
+    // Pinned to another version while the halt is in force: nothing is withheld yet.
+    assert!(dev.updater.check_with(None, Some(&older)).is_ok());
+    dev.set_clock(later.plus_days(1));
+    assert!(dev.cli_status()["slots"][dev.primary().other().as_str()]
+        .get("withheld")
+        .is_none());
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    withheld_reason(&dev);
+    // Pinned to another version: it stays withheld.
+    assert!(dev.updater.check_with(None, Some(&older)).is_ok());
+    withheld_reason(&dev);
+    // Pinned to it: offered, so it goes.
+    assert!(matches!(
+        dev.updater.check_with(None, Some(&version)).unwrap(),
+        Check::Available(_)
+    ));
+    assert!(matches!(
+        dev.updater.activate(false).unwrap(),
+        evergreen::Activation::Activated { .. }
+    ));
+}
+
 /// A release withdrawn from the channel after a device staged it waits too; a forced
 /// activation (the host's or `activate --now`) still goes ahead, as it does past the
 /// policy.

@@ -98,15 +98,14 @@ impl Updater {
             allow_downgrade: self.config.allow_downgrade,
         };
         let decision = select::select(manifest, &device, &policy, now)?;
+        let offered = match &decision {
+            select::Decision::Update(c) => Some(&c.version),
+            select::Decision::UpToDate => None,
+        };
         // A pin is asked for whatever the rollout says, and a pinned check looks at its
-        // release alone.
-        if policy.pin.is_none() {
-            let offered = match &decision {
-                select::Decision::Update(c) => Some(&c.version),
-                select::Decision::UpToDate => None,
-            };
-            self.follow_withheld(st, manifest, &device, offered, now, clock)?;
-        }
+        // release alone: it may let a staged release go, never hold one back.
+        let judged = policy.pin.is_none();
+        self.follow_withheld(st, manifest, &device, offered, judged, clock)?;
         let choice = match decision {
             select::Decision::UpToDate => {
                 // Said apart from "nothing newer": nothing will ever come for a target no
@@ -186,20 +185,23 @@ impl Updater {
 
     /// Keeps the record of a release staged (installed, not activated) from `manifest`'s
     /// channel in step with whether this check, which chose `offered`, still offers it
-    /// to `device` at `now`: one halted, narrowed past this device, withdrawn, skipped or
+    /// to `device`: one halted, narrowed past this device, withdrawn, skipped or
     /// listed with other artifacts since is withheld from `activate` until a check offers
     /// it again (DESIGN §5.3). Without this, an `at` or `window` policy activated a
-    /// release its operator had halted, at the time it set before the halt.
-    /// `clock` is the check's reading of the host's clock, for the journal.
+    /// release its operator had halted, at the time it set before the halt. A check that
+    /// is not `judged` (a pinned one) only lets a release it offers go. `clock` is the
+    /// check's reading of the host's clock.
     fn follow_withheld(
         &self,
         checked: &State,
         manifest: &Manifest,
         device: &Device<'_>,
         offered: Option<&Version>,
-        now: Timestamp,
+        judged: bool,
         clock: Timestamp,
     ) -> Result<()> {
+        // The rollout is judged at the moment selection used.
+        let now = manifest::effective_now(clock, checked.newest_issued);
         // The staged slot and its new reason, when that differs from the recorded one.
         let change = |st: &State| -> Option<(Slot, Option<String>)> {
             let slot = st.fallback();
@@ -210,9 +212,10 @@ impl Updater {
             {
                 return None;
             }
-            let why = match offered == Some(version) {
-                true => None,
-                false => select::withheld(manifest, device, version, now)
+            let why = match (offered == Some(version), judged) {
+                (true, _) => None,
+                (false, false) => record.withheld.clone(),
+                (false, true) => select::withheld(manifest, device, version, now)
                     .or_else(|| republished(manifest, device.target, record)),
             };
             (why != record.withheld).then_some((slot, why))
