@@ -1222,6 +1222,41 @@ fn hostile_install(zip: &[u8], device: serde_json::Value, escapes: &[PathBuf]) -
     err.to_string()
 }
 
+/// A release whose second component is refused while it is written (a stored entry
+/// whose bytes do not match its CRC, which no plan can see without inflating it) leaves
+/// nothing of the first in the slot: its bytes held room on a file system that may be
+/// full. The next install of a good release goes in.
+#[test]
+fn a_component_refused_while_written_takes_the_ones_before_it_out_of_the_slot() {
+    let (w, dev) = World::installed();
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut bad = zips::build_with(&[Item::File("data.bin", b"GOOD-DATA", 0o644)], stored);
+    zips::patch_all(&mut bad, b"GOOD-DATA", b"EVIL-DATA");
+    let good = app_zip("1.1.0");
+    w.publish_unchecked_components(
+        "stable",
+        "1.1.0",
+        &[("app", &good), ("zdata", &bad)],
+        at(t0()),
+    );
+    let offer = dev.offer();
+    dev.download(&offer).unwrap();
+    let before = dev.snapshot();
+    let plan = dev.updater.plan(&offer).unwrap();
+    let err = refused(dev.updater.install(&plan), ErrorKind::UnsafeArchive);
+    assert!(err.to_string().starts_with("component zdata "), "{err}");
+    before.assert_unchanged_but_inactive(&dev);
+    let inactive = dev.slot_dir(before.primary.other());
+    assert!(
+        std::fs::symlink_metadata(&inactive).is_err(),
+        "left in the inactive slot: {:?}",
+        walk(&inactive)
+    );
+    w.publish("stable", "1.2.0", &app_zip("1.2.0"), at(t0()));
+    dev.update_to("1.2.0");
+}
+
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

@@ -64,7 +64,9 @@ impl DirSlots {
         fsutil::create_dir_all(&slots)?;
         let trash = self.trash_dir(slot);
         fsutil::remove_all(&trash)?;
-        if dir.exists() {
+        // Whatever is there, a symlink included (`exists` follows one, and a dangling
+        // link then failed every install with "File exists").
+        if std::fs::symlink_metadata(&dir).is_ok() {
             fsutil::crash_point("move slot aside")?;
             std::fs::rename(&dir, &trash).map_err(|e| Error::io("move aside", &dir, e))?;
             fsutil::remove_all(&trash)?;
@@ -191,6 +193,28 @@ impl BootSelector for SymlinkSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link planted where the slot goes is moved aside and removed, never followed,
+    /// dangling or not: its target stays as it was.
+    #[test]
+    fn prepare_replaces_a_symlink_at_the_slot_dangling_or_not() {
+        let root = tempfile::tempdir().unwrap();
+        let slots = DirSlots::new(root.path());
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("keep"), b"k").unwrap();
+        std::fs::create_dir_all(root.path().join("slots")).unwrap();
+        for target in [root.path().join("missing"), elsewhere.clone()] {
+            let _ = std::fs::remove_dir_all(slots.slot_dir(Slot::A));
+            let _ = std::fs::remove_file(slots.slot_dir(Slot::A));
+            std::os::unix::fs::symlink(&target, slots.slot_dir(Slot::A)).unwrap();
+            let dir = slots.prepare(Slot::A).unwrap();
+            let meta = std::fs::symlink_metadata(&dir).unwrap();
+            assert!(meta.is_dir(), "{}", target.display());
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        }
+        assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"k");
+    }
 
     #[test]
     fn prepare_empties_and_seal_opens() {

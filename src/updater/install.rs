@@ -399,34 +399,44 @@ impl Updater {
         components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
         let dir = slots.prepare(slot)?;
-        // Before a byte is written: the sync at the end then hears of every write error.
-        let watch = stage::WriteWatch::open(&dir)?;
-        for c in &plan.components {
-            let Some(a) = artifact_to_install(plan, c) else {
-                continue;
-            };
-            let dest = slots.component_dir(slot, &c.name);
-            let staged = match a.kind {
-                ArtifactKind::Zip => match archives.remove(&c.name) {
-                    Some(zip) => zip.extract(&dest).map(drop),
-                    None => Err(not_opened(c)),
-                },
-                ArtifactKind::File => {
-                    let name = a.name.as_deref().unwrap_or(&c.name);
-                    stage::place_file(opened(files, c)?, &dest, name).map(drop)
-                }
-                // Refused by `check_installable`.
-                ArtifactKind::Image => Ok(()),
-            };
-            staged.map_err(|e| e.context(component_context(c, a)))?;
-            crate::fsutil::crash_point("component staged")?;
+        let staged = (|| -> Result<()> {
+            // Before a byte is written: the sync at the end then hears of every write error.
+            let watch = stage::WriteWatch::open(&dir)?;
+            for c in &plan.components {
+                let Some(a) = artifact_to_install(plan, c) else {
+                    continue;
+                };
+                let dest = slots.component_dir(slot, &c.name);
+                let staged = match a.kind {
+                    ArtifactKind::Zip => match archives.remove(&c.name) {
+                        Some(zip) => zip.extract(&dest).map(drop),
+                        None => Err(not_opened(c)),
+                    },
+                    ArtifactKind::File => {
+                        let name = a.name.as_deref().unwrap_or(&c.name);
+                        stage::place_file(opened(files, c)?, &dest, name).map(drop)
+                    }
+                    // Refused by `check_installable`.
+                    ArtifactKind::Image => Ok(()),
+                };
+                staged.map_err(|e| e.context(component_context(c, a)))?;
+                crate::fsutil::crash_point("component staged")?;
+            }
+            watch.make_durable()?;
+            let record = serde_json::json!({
+                "version": plan.version.to_string(),
+                "components": components,
+            });
+            slots.seal(slot, record.to_string().as_bytes())
+        })();
+        if staged.is_err() {
+            // The components staged before the one that failed must not stay: they hold
+            // room on a file system that may be full, and a slot half of one release and
+            // half empty is no slot (the state calls it `installing`). Best effort: what a
+            // failing disk keeps, the next install's `prepare` removes.
+            let _ = crate::fsutil::remove_all(&dir);
         }
-        watch.make_durable()?;
-        let record = serde_json::json!({
-            "version": plan.version.to_string(),
-            "components": components,
-        });
-        slots.seal(slot, record.to_string().as_bytes())
+        staged
     }
 
     /// Refuses (`invalid_state`, before the slot is touched) an install on image slots

@@ -164,28 +164,58 @@ impl World {
         zip: &[u8],
         opts: ReleaseOptions,
     ) {
+        self.publish_unchecked_components(channel, version, &[("app", zip)], opts);
+    }
+
+    /// [`World::publish_unchecked`] with several zip components, by name.
+    pub fn publish_unchecked_components(
+        &self,
+        channel: &str,
+        version: &str,
+        zips: &[(&str, &[u8])],
+        opts: ReleaseOptions,
+    ) {
         let src = self.tmp.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        let path = src.join(format!("{channel}-{version}-{TARGET}.zip"));
-        std::fs::write(&path, zip).unwrap();
-        let file = [("app", path.as_path(), ArtifactKind::File)];
+        let paths: Vec<PathBuf> = zips
+            .iter()
+            .map(|(name, zip)| {
+                let path = src.join(format!("{channel}-{version}-{TARGET}-{name}.zip"));
+                std::fs::write(&path, zip).unwrap();
+                path
+            })
+            .collect();
+        let files: Vec<(&str, &Path, ArtifactKind)> = zips
+            .iter()
+            .zip(&paths)
+            .map(|((name, _), path)| (*name, path.as_path(), ArtifactKind::File))
+            .collect();
         let version: semver::Version = version.parse().unwrap();
         self.repo
-            .release(channel, &version, TARGET, &file, &opts, &self.signer_refs())
+            .release(
+                channel,
+                &version,
+                TARGET,
+                &files,
+                &opts,
+                &self.signer_refs(),
+            )
             .unwrap();
         let mut m = manifest_of(&self.channel_bytes(channel));
         let target = release_mut(&mut m, &version.to_string())
             .targets
             .get_mut(TARGET)
             .unwrap();
-        let artifact = &mut target.components.get_mut("app").unwrap().artifact;
-        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
-        let declared = (0..archive.len())
-            .map(|i| archive.by_index_raw(i).unwrap().size())
-            .fold(0u64, u64::saturating_add);
-        artifact.kind = ArtifactKind::Zip;
-        artifact.name = None;
-        artifact.installed_size = Some(declared);
+        for (name, zip) in zips {
+            let artifact = &mut target.components.get_mut(name).unwrap().artifact;
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+            let declared = (0..archive.len())
+                .map(|i| archive.by_index_raw(i).unwrap().size())
+                .fold(0u64, u64::saturating_add);
+            artifact.kind = ArtifactKind::Zip;
+            artifact.name = None;
+            artifact.installed_size = Some(declared);
+        }
         let sealed = trust::seal(MANIFEST_TYPE, &m.to_bytes(), &self.signer_refs());
         std::fs::write(self.channel_path(channel), sealed).unwrap();
     }
