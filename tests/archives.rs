@@ -363,6 +363,18 @@ fn case_colliding_names_are_refused() {
         ],
         vec![File("Dir/a", b"1", 0o644), File("dir/b", b"2", 0o644)],
         vec![File("Ä.txt", b"1", 0o644), File("ä.txt", b"2", 0o644)],
+        // Equal under Unicode case folding though each lowercases to itself.
+        vec![File("s", b"1", 0o644), File("\u{17f}", b"2", 0o644)],
+        vec![File("\u{3bc}", b"1", 0o644), File("\u{b5}", b"2", 0o644)],
+        vec![File("\u{3b2}", b"1", 0o644), File("\u{3d0}", b"2", 0o644)],
+        vec![File("\u{3c3}", b"1", 0o644), File("\u{3c2}", b"2", 0o644)],
+        vec![File("ss", b"1", 0o644), File("\u{df}", b"2", 0o644)],
+        vec![File("file", b"1", 0o644), File("\u{fb01}le", b"2", 0o644)],
+        vec![File("i", b"1", 0o644), File("\u{131}", b"2", 0o644)],
+        vec![
+            File("Kelvin", b"1", 0o644),
+            File("\u{212a}elvin", b"2", 0o644),
+        ],
     ] {
         let msg = Case::new(&build(&items)).refused(None, &limits(), &[]);
         assert!(msg.contains("case-insensitively"), "{msg}");

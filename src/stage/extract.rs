@@ -773,13 +773,18 @@ struct TreeNode {
     node: Node,
 }
 
-/// A component as file systems that ignore case compare it: lowercased one character at
-/// a time, with the final sigma `ς` as `σ` (Unicode case folding makes both `σ`).
+/// A component as file systems that ignore case compare it: each character uppercased,
+/// then lowercased. That is close to Unicode's full case folding, which ext4 and f2fs
+/// casefolding use: `ſ` and `s`, `µ` and `μ`, `ϐ` and `β`, the final sigma `ς` and `σ`,
+/// `ß` and `ss`, `ﬁ` and `fi` come out the same, as do the dotless `ı` and `i`, which
+/// FAT's uppercasing makes equal. Lowercasing alone kept all of those apart: the plan
+/// passed such an archive, and its second name failed to create (`io`) after the slot
+/// had been emptied.
 fn folded(component: &str) -> impl Iterator<Item = char> + '_ {
     component
         .chars()
+        .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
-        .map(|c| if c == 'ς' { 'σ' } else { c })
 }
 
 /// Refuses duplicate and case-colliding paths (including the directories they imply), a
