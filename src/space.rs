@@ -18,8 +18,9 @@ use std::path::Path;
 /// The bytes every check leaves free on top of what it is about to write: 1 MiB. It is
 /// room for the state file to be saved a few times over (a save writes a new copy, padded
 /// to a few tens of KiB at most with its bounded history, before the rename), a slot's
-/// record, and the file system's own blocks for the new files (extent and indirect blocks,
-/// directory growth), none of which the checked sizes count.
+/// record, and the file system's own blocks for the new files (extent and indirect
+/// blocks), none of which the checked sizes count. (Directories are counted from their
+/// entries: one of many files takes megabytes.)
 pub(crate) const RESERVE: u64 = 1 << 20;
 
 /// What `statvfs` says of a file system that reports its size.
