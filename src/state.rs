@@ -181,6 +181,10 @@ pub struct SlotRecord {
     /// Set and cleared by checks ([`crate::select::withheld`]); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withheld: Option<String>,
+    /// Staged from an offer asked for whatever the rollout says (a pin's, a repair's):
+    /// never withheld, since no check of the channel's rollout chose it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asked_for: bool,
 }
 
 /// A slot on probation.

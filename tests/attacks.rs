@@ -213,11 +213,7 @@ fn a_halted_rollout_does_not_reach_a_device_whose_clock_lags_the_halt() {
 /// on stable): the activation waits for the policy. Returns the world, the device and
 /// the time the policy activates at.
 fn staged_until_later() -> (World, Dev, evergreen::Timestamp) {
-    let later = t0().plus_days(2);
-    let (w, dev) = World::installed_with(
-        Setup::default(),
-        json!({"deploy": {"policy": "at", "at": later.to_string()}}),
-    );
+    let (w, dev, later) = activating_later();
     let mut opts = at(t0());
     opts.rollout_percent = Some(100.0);
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
@@ -230,6 +226,16 @@ fn staged_until_later() -> (World, Dev, evergreen::Timestamp) {
     assert!(
         matches!(act, evergreen::Activation::Deferred { until: Some(t), .. } if t == later),
         "{act:?}"
+    );
+    (w, dev, later)
+}
+
+/// A device with 1.0.0 and the deploy policy `at` two days on, and that time.
+fn activating_later() -> (World, Dev, evergreen::Timestamp) {
+    let later = t0().plus_days(2);
+    let (w, dev) = World::installed_with(
+        Setup::default(),
+        json!({"deploy": {"policy": "at", "at": later.to_string()}}),
     );
     (w, dev, later)
 }
@@ -332,6 +338,128 @@ fn a_pinned_check_lets_a_withheld_release_go_and_withholds_none() {
         dev.updater.activate(false).unwrap(),
         evergreen::Activation::Activated { .. }
     ));
+}
+
+/// A staged version listed again with other bytes is offered (a download of those bytes
+/// follows), but what the slot holds stays withheld: the newest manifest no longer signs
+/// it under that version.
+#[test]
+fn a_staged_version_listed_again_with_other_bytes_stays_withheld() {
+    let (w, dev, later) = staged_until_later();
+    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let old = release_mut(m, "1.0.0").targets.clone();
+        release_mut(m, "1.1.0").targets = old;
+    });
+    w.serve(STABLE, relisted);
+    let offer = dev.offer();
+    assert_eq!(offer.version.to_string(), "1.1.0");
+    assert_eq!(dev.updater.staged_slot(&offer).unwrap(), None);
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(
+        reason.contains("(the channel lists other artifacts under its version now)"),
+        "{reason}"
+    );
+}
+
+/// A release staged through a pin (`check --version`) or as a repair was asked for
+/// whatever the rollout says: the device's routine checks never withhold it, though its
+/// rollout does not reach the device (a repair of a release halted since it was
+/// installed here, say).
+#[test]
+fn a_release_staged_through_a_pin_or_as_a_repair_is_never_withheld() {
+    let (w, dev, later) = activating_later();
+    let manifest_key = key(MANIFEST_KEY);
+    let signers = [&manifest_key];
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(0.0);
+    w.publish("stable", "1.2.0", &app_zip("1.2.0"), opts);
+    let pinned: semver::Version = "1.2.0".parse().unwrap();
+    let Check::Available(offer) = dev.updater.check_with(None, Some(&pinned)).unwrap() else {
+        panic!("the pinned check offered nothing");
+    };
+    dev.download(&offer).unwrap();
+    dev.updater
+        .install(&dev.updater.plan(&offer).unwrap())
+        .unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.set_clock(later.plus_days(1));
+    let act = dev.updater.activate(false).unwrap();
+    assert!(
+        matches!(act, evergreen::Activation::Activated { .. }),
+        "{act:?}"
+    );
+    dev.updater.startup().unwrap();
+    dev.updater.confirm().unwrap();
+
+    // A repair of 1.2.0, whose rollout reaches no device.
+    w.repo
+        .rollout(
+            "stable",
+            &pinned,
+            0.0,
+            &Signing::new(&signers, later.plus_days(1)),
+        )
+        .unwrap();
+    let repair = dev.updater.reinstall_offer().unwrap();
+    dev.download(&repair).unwrap();
+    dev.updater.install(&repair).unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    let act = dev.updater.activate(false).unwrap();
+    assert!(
+        matches!(act, evergreen::Activation::Activated { .. }),
+        "{act:?}"
+    );
+}
+
+/// A look at another channel (`check --channel`) says nothing of the channel a release
+/// was staged from: it does not withhold it.
+#[test]
+fn a_check_of_another_channel_withholds_nothing() {
+    let (w, dev, later) = staged_until_later();
+    w.publish("preview", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    assert!(matches!(
+        dev.updater.check_with(Some("preview"), None).unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.set_clock(later.plus_days(1));
+    let act = dev.updater.activate(false).unwrap();
+    assert!(
+        matches!(act, evergreen::Activation::Activated { .. }),
+        "{act:?}"
+    );
+}
+
+/// A forced activation of a withheld release clears the mark: the slot runs, and
+/// `status` does not show the running release as withheld.
+#[test]
+fn a_forced_activation_clears_the_withheld_mark() {
+    let (w, dev, _later) = staged_until_later();
+    let manifest_key = key(MANIFEST_KEY);
+    w.repo
+        .rollout(
+            "stable",
+            &"1.1.0".parse().unwrap(),
+            0.0,
+            &Signing::new(&[&manifest_key], t0().plus_days(1)),
+        )
+        .unwrap();
+    dev.updater.check().unwrap();
+    withheld_reason(&dev);
+    let evergreen::Activation::Activated { slot, .. } = dev.updater.activate(true).unwrap() else {
+        panic!("a forced activation was deferred");
+    };
+    let status = dev.cli_status();
+    assert!(
+        status["slots"][slot.as_str()].get("withheld").is_none(),
+        "{status}"
+    );
 }
 
 /// A release withdrawn from the channel after a device staged it waits too; a forced

@@ -1961,29 +1961,37 @@ fn a_launcher_starts_the_slot_its_step_counted_whatever_current_names_after() {
 /// may write the slot that runs.
 #[test]
 fn a_rollback_cut_short_says_to_restart_into_the_primary() {
-    let setup = setup_with_1_0_0("com.acme.rollbackcut");
-    let dev = &setup.dev;
-    install_and_confirm(dev);
-    publish_app(&setup.repo, &setup.src, "1.1.0", true);
-    install_and_confirm(dev);
-    let left = current(dev);
-    let left_slot = left.file_name().unwrap().to_str().unwrap().to_string();
-    dev.expect("rollback", &[], 0);
-    let primary = current(dev);
-    point_current_at(dev, &left_slot);
+    for in_app in [true, false] {
+        let setup = setup_with_1_0_0(&format!("com.acme.rollbackcut-{in_app}"));
+        let dev = &setup.dev;
+        install_and_confirm(dev);
+        publish_app(&setup.repo, &setup.src, "1.1.0", true);
+        install_and_confirm(dev);
+        let left = current(dev);
+        let left_slot = left.file_name().unwrap().to_str().unwrap().to_string();
+        dev.expect("rollback", &[], 0);
+        let primary = current(dev);
+        point_current_at(dev, &left_slot);
 
-    let updater = updater_for(dev);
-    let outcome = updater.startup().unwrap();
-    let evergreen::Startup::RolledBack { from, to, .. } = outcome else {
-        panic!("expected a restart into the primary, found {outcome:?}");
-    };
-    assert_eq!(from.to_string(), left_slot);
-    assert_eq!(Path::new("slots").join(to.to_string()), primary);
-    assert_eq!(current(dev), primary);
-    assert_eq!(updater.state().unwrap().left_running, Some(from));
-    // The restart into the primary frees the slot it left.
-    assert_eq!(updater.startup().unwrap(), evergreen::Startup::Normal);
-    assert_eq!(updater.state().unwrap().left_running, None);
+        let updater = updater_for(dev);
+        let outcome = match in_app {
+            true => updater.startup().unwrap(),
+            false => updater.startup_for_launcher().unwrap().startup,
+        };
+        let evergreen::Startup::RolledBack { from, to, .. } = outcome else {
+            panic!("expected a restart into the primary, found {outcome:?}");
+        };
+        assert_eq!(from.to_string(), left_slot);
+        assert_eq!(Path::new("slots").join(to.to_string()), primary);
+        assert_eq!(current(dev), primary);
+        // Inside the app, the slot left runs until the restart; a launcher starts the
+        // primary, and the slot left is free at once.
+        let left_running = updater.state().unwrap().left_running;
+        assert_eq!(left_running, in_app.then_some(from), "{in_app}");
+        // The restart into the primary frees the slot it left.
+        assert_eq!(updater.startup().unwrap(), evergreen::Startup::Normal);
+        assert_eq!(updater.state().unwrap().left_running, None);
+    }
 }
 
 /// Every archive of a release is checked before the inactive slot is cleared: a release

@@ -67,7 +67,10 @@ impl Updater {
                     ),
                 );
             }
+            // A forced activation goes past a mark that no longer means anything once the
+            // slot runs.
             st.slot_mut(slot).status = SlotStatus::Trial;
+            st.slot_mut(slot).withheld = None;
             st.primary = slot;
             st.trial = Some(Trial {
                 slot,
@@ -336,6 +339,7 @@ impl Updater {
             };
             let mut offer =
                 self.offer(&st, &manifest, release, &repair, manifest.channel.clone(), clock)?;
+            offer.asked_for = true;
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {
                     c.op = ComponentOp::Modified;

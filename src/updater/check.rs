@@ -138,7 +138,8 @@ impl Updater {
                 format!("version {} vanished from the manifest", choice.version),
             )
         })?;
-        let offer = self.offer(st, manifest, release, &choice, followed, clock)?;
+        let mut offer = self.offer(st, manifest, release, &choice, followed, clock)?;
+        offer.asked_for = policy.pin.is_some();
         // Before the event: a host that activates from its callback must find the record
         // the offer describes. Not after a one-off pinned check: it looks at its release
         // alone, not at critical releases past it, and would unforce a staged update.
@@ -208,12 +209,14 @@ impl Updater {
             let record = st.slot(slot);
             let version = record.version.as_ref()?;
             if record.status != SlotStatus::Installed
+                || record.asked_for
                 || record.channel.as_deref() != Some(manifest.channel.as_str())
             {
                 return None;
             }
+            // Offered again, it may still be listed with other bytes than the slot holds.
             let why = match (offered == Some(version), judged) {
-                (true, _) => None,
+                (true, _) => republished(manifest, device.target, record),
                 (false, false) => record.withheld.clone(),
                 (false, true) => select::withheld(manifest, device, version, now)
                     .or_else(|| republished(manifest, device.target, record)),
@@ -296,6 +299,7 @@ impl Updater {
             checked,
             device_channel,
             issuer: self.id,
+            asked_for: false,
         })
     }
 
@@ -657,13 +661,13 @@ impl Updater {
         crate::fsutil::write_atomic(saved, root.envelope())
     }
 
-    /// The self-signed root in `path`, which must be for this product. `what` names the
+    /// The root in `path`, verified by a threshold of its own root keys. `what` names the
     /// file in errors (`trust.root` for the configured one): a user told only that "a
-    /// root" is wrong cannot tell the config's file from the state's copy.
-    /// The root in `path` (`what` names it in errors), verified by a threshold of its own
-    /// root keys. An error here is a file that cannot anchor the chain: missing, cut
-    /// short, or damaged anywhere (a bad key or threshold read before the signatures are
-    /// checked is `config` or `wrong_metadata`, a changed byte elsewhere `signature`).
+    /// root" is wrong cannot tell the config's file from the state's copy. An error here
+    /// is a file that cannot anchor the chain: missing, cut short, or damaged anywhere (a
+    /// bad key or threshold read before the signatures are checked is `config` or
+    /// `wrong_metadata`, a changed byte elsewhere `signature`). The product is checked
+    /// apart ([`Updater::of_this_product`]).
     fn load_root(&self, path: &Path, what: &str) -> Result<TrustedRoot> {
         let name = format!("{what} {}", path.display());
         // Named as every other error of the file is.

@@ -193,6 +193,7 @@ impl Updater {
             critical: plan.critical,
             components: BTreeMap::new(),
             withheld: None,
+            asked_for: plan.asked_for,
         };
         if marked && before == installing {
             // The download saved this mark and took the slot out of the boot order, but

@@ -100,6 +100,10 @@ pub struct Offer {
     /// The [`Updater`] that made it: only that one downloads and installs it, since only
     /// its trust root, product and state checked the release.
     issuer: usize,
+    /// Asked for whatever the rollout says: a pin's offer (`pin_version`, `check
+    /// --version`) or a repair's. Staged, it is never withheld ([`SlotRecord::withheld`]):
+    /// the checks that judge the channel's rollout did not choose it.
+    asked_for: bool,
 }
 
 /// The fields of an [`Offer`] its users read and that install records, as its check made

@@ -117,7 +117,7 @@ impl Updater {
             // points at for the next start.
             let (p, f) = (st.primary, st.fallback());
             self.with_selector(|s| s.fall_back(p, f))?;
-            return self.repaired_switch(st, running);
+            return self.repaired_switch(st, running, in_app);
         }
         let Some(trial) = st.trial else {
             return Ok(Startup::Normal);
@@ -179,13 +179,16 @@ impl Updater {
     /// trial has not started, so nothing is counted, and this start of the good slot is
     /// `Normal` (the trial starts at the next start, as with a bootloader that was not
     /// told). A rollback cut short: the host must restart into the primary, and until it
-    /// does `running` is a slot in use that no install may write.
-    fn repaired_switch(&self, st: &mut State, running: Slot) -> Result<Startup> {
+    /// does `running` is a slot in use that no install may write (`in_app`; a launcher has
+    /// started nothing yet, and starts the primary).
+    fn repaired_switch(&self, st: &mut State, running: Slot, in_app: bool) -> Result<Startup> {
         if st.trial.is_some_and(|t| t.slot == st.primary) {
             return Ok(Startup::Normal);
         }
-        st.left_running = Some(running);
-        self.save(st)?;
+        if in_app {
+            st.left_running = Some(running);
+            self.save(st)?;
+        }
         Ok(Startup::RolledBack {
             from: running,
             to: st.primary,
