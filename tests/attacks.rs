@@ -251,6 +251,46 @@ fn withheld_reason(dev: &Dev) -> String {
     }
 }
 
+/// Checks (offered nothing), then at a day past `later`, when the deploy policy would
+/// let it go, asks to activate what is staged: the reason it is withheld.
+fn withheld_once_due(dev: &Dev, later: evergreen::Timestamp) -> String {
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.set_clock(later.plus_days(1));
+    withheld_reason(dev)
+}
+
+/// Sets the rollout of `version` on stable to `percent` from `at` on.
+fn set_rollout(w: &World, version: &str, percent: f64, at: evergreen::Timestamp) {
+    let manifest_key = key(MANIFEST_KEY);
+    w.repo
+        .rollout(
+            "stable",
+            &version.parse().unwrap(),
+            percent,
+            &Signing::new(&[&manifest_key], at),
+        )
+        .unwrap();
+}
+
+/// Activates what is staged as the deploy policy allows, failing unless it goes ahead.
+fn activates(dev: &Dev) {
+    let act = dev.updater.activate(false).unwrap();
+    assert!(
+        matches!(act, evergreen::Activation::Activated { .. }),
+        "{act:?}"
+    );
+}
+
+/// What `status --json` says withholds `slot`, if anything.
+fn shown_withheld(dev: &Dev, slot: evergreen::slots::Slot) -> Option<String> {
+    let status = dev.cli_status();
+    let shown = &status["slots"][slot.as_str()]["withheld"];
+    shown.as_str().map(str::to_string)
+}
+
 /// A release halted (rollout 0 %) after a device staged it is not activated when the
 /// deploy policy's time comes: the halt is the operator's "stop", and the staged slot
 /// waits until a check offers the release again. It used to go ahead at the time set
@@ -258,43 +298,24 @@ fn withheld_reason(dev: &Dev) -> String {
 #[test]
 fn a_release_halted_after_it_was_staged_waits_for_a_check_that_offers_it_again() {
     let (w, dev, later) = staged_until_later();
-    let version: semver::Version = "1.1.0".parse().unwrap();
-    let manifest_key = key(MANIFEST_KEY);
-    let signers = [&manifest_key];
-    let sign = |t| Signing::new(&signers, t);
-    w.repo
-        .rollout("stable", &version, 0.0, &sign(t0().plus_days(1)))
-        .unwrap();
-    assert!(matches!(
-        dev.updater.check().unwrap(),
-        Check::UpToDate { .. }
-    ));
-    dev.set_clock(later.plus_days(1));
-    let reason = withheld_reason(&dev);
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
+    let reason = withheld_once_due(&dev, later);
     assert!(
         reason.starts_with("the newest check of channel stable no longer offers it (its rollout no longer includes this device"),
         "{reason}"
     );
     let staged = dev.primary().other();
-    let status = dev.cli_status();
-    let shown = &status["slots"][staged.as_str()];
-    assert_eq!(shown["status"], "installed", "{status}");
-    assert!(
-        shown["withheld"].as_str().unwrap().contains("rollout"),
-        "{status}"
+    assert_eq!(
+        dev.cli_status()["slots"][staged.as_str()]["status"],
+        "installed"
     );
+    let shown = shown_withheld(&dev, staged).unwrap_or_default();
+    assert!(shown.contains("rollout"), "{shown}");
     // Ramped up again: the next check offers it, and the policy lets it go ahead.
-    w.repo
-        .rollout("stable", &version, 100.0, &sign(later))
-        .unwrap();
-    assert_eq!(dev.offer().version, version);
-    assert!(dev.cli_status()["slots"][staged.as_str()]
-        .get("withheld")
-        .is_none());
-    assert!(matches!(
-        dev.updater.activate(false).unwrap(),
-        evergreen::Activation::Activated { .. }
-    ));
+    set_rollout(&w, "1.1.0", 100.0, later);
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    assert_eq!(shown_withheld(&dev, staged), None);
+    activates(&dev);
 }
 
 /// A pinned check (`check --version`, `pin_version`) is asked for whatever the rollout
@@ -305,22 +326,11 @@ fn a_pinned_check_lets_a_withheld_release_go_and_withholds_none() {
     let (w, dev, later) = staged_until_later();
     let version: semver::Version = "1.1.0".parse().unwrap();
     let older: semver::Version = "1.0.0".parse().unwrap();
-    let manifest_key = key(MANIFEST_KEY);
-    let signers = [&manifest_key];
-    w.repo
-        .rollout(
-            "stable",
-            &version,
-            0.0,
-            &Signing::new(&signers, t0().plus_days(1)),
-        )
-        .unwrap();
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
     // Pinned to another version while the halt is in force: nothing is withheld yet.
     assert!(dev.updater.check_with(None, Some(&older)).is_ok());
     dev.set_clock(later.plus_days(1));
-    assert!(dev.cli_status()["slots"][dev.primary().other().as_str()]
-        .get("withheld")
-        .is_none());
+    assert_eq!(shown_withheld(&dev, dev.primary().other()), None);
     assert!(matches!(
         dev.updater.check().unwrap(),
         Check::UpToDate { .. }
@@ -334,10 +344,7 @@ fn a_pinned_check_lets_a_withheld_release_go_and_withholds_none() {
         dev.updater.check_with(None, Some(&version)).unwrap(),
         Check::Available(_)
     ));
-    assert!(matches!(
-        dev.updater.activate(false).unwrap(),
-        evergreen::Activation::Activated { .. }
-    ));
+    activates(&dev);
 }
 
 /// A staged version listed again with other bytes is offered (a download of those bytes
@@ -369,8 +376,6 @@ fn a_staged_version_listed_again_with_other_bytes_stays_withheld() {
 #[test]
 fn a_release_staged_through_a_pin_or_as_a_repair_is_never_withheld() {
     let (w, dev, later) = activating_later();
-    let manifest_key = key(MANIFEST_KEY);
-    let signers = [&manifest_key];
     let mut opts = at(t0());
     opts.rollout_percent = Some(0.0);
     w.publish("stable", "1.2.0", &app_zip("1.2.0"), opts);
@@ -387,23 +392,12 @@ fn a_release_staged_through_a_pin_or_as_a_repair_is_never_withheld() {
         Check::UpToDate { .. }
     ));
     dev.set_clock(later.plus_days(1));
-    let act = dev.updater.activate(false).unwrap();
-    assert!(
-        matches!(act, evergreen::Activation::Activated { .. }),
-        "{act:?}"
-    );
+    activates(&dev);
     dev.updater.startup().unwrap();
     dev.updater.confirm().unwrap();
 
     // A repair of 1.2.0, whose rollout reaches no device.
-    w.repo
-        .rollout(
-            "stable",
-            &pinned,
-            0.0,
-            &Signing::new(&signers, later.plus_days(1)),
-        )
-        .unwrap();
+    set_rollout(&w, "1.2.0", 0.0, later.plus_days(1));
     let repair = dev.updater.reinstall_offer().unwrap();
     dev.download(&repair).unwrap();
     dev.updater.install(&repair).unwrap();
@@ -411,11 +405,7 @@ fn a_release_staged_through_a_pin_or_as_a_repair_is_never_withheld() {
         dev.updater.check().unwrap(),
         Check::UpToDate { .. }
     ));
-    let act = dev.updater.activate(false).unwrap();
-    assert!(
-        matches!(act, evergreen::Activation::Activated { .. }),
-        "{act:?}"
-    );
+    activates(&dev);
 }
 
 /// A look at another channel (`check --channel`) says nothing of the channel a release
@@ -429,11 +419,7 @@ fn a_check_of_another_channel_withholds_nothing() {
         Check::UpToDate { .. }
     ));
     dev.set_clock(later.plus_days(1));
-    let act = dev.updater.activate(false).unwrap();
-    assert!(
-        matches!(act, evergreen::Activation::Activated { .. }),
-        "{act:?}"
-    );
+    activates(&dev);
 }
 
 /// A forced activation of a withheld release clears the mark: the slot runs, and
@@ -441,25 +427,13 @@ fn a_check_of_another_channel_withholds_nothing() {
 #[test]
 fn a_forced_activation_clears_the_withheld_mark() {
     let (w, dev, _later) = staged_until_later();
-    let manifest_key = key(MANIFEST_KEY);
-    w.repo
-        .rollout(
-            "stable",
-            &"1.1.0".parse().unwrap(),
-            0.0,
-            &Signing::new(&[&manifest_key], t0().plus_days(1)),
-        )
-        .unwrap();
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
     dev.updater.check().unwrap();
     withheld_reason(&dev);
     let evergreen::Activation::Activated { slot, .. } = dev.updater.activate(true).unwrap() else {
         panic!("a forced activation was deferred");
     };
-    let status = dev.cli_status();
-    assert!(
-        status["slots"][slot.as_str()].get("withheld").is_none(),
-        "{status}"
-    );
+    assert_eq!(shown_withheld(&dev, slot), None);
 }
 
 /// A release withdrawn from the channel after a device staged it waits too; a forced
@@ -472,12 +446,7 @@ fn a_release_withdrawn_after_it_was_staged_waits_unless_forced() {
         m.releases.retain(|r| r.version.to_string() != "1.1.0");
     });
     w.serve(STABLE, withdrawn);
-    assert!(matches!(
-        dev.updater.check().unwrap(),
-        Check::UpToDate { .. }
-    ));
-    dev.set_clock(later.plus_days(1));
-    let reason = withheld_reason(&dev);
+    let reason = withheld_once_due(&dev, later);
     assert!(
         reason.contains("(the channel no longer lists it for target"),
         "{reason}"
