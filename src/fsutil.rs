@@ -336,6 +336,61 @@ pub fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
     options.custom_flags(libc::O_NOFOLLOW)
 }
 
+/// Opens `path` (to `what`) with `options`, never through a symlink ([`no_follow`]) and
+/// only when it is a regular file: a FIFO planted under a download's name would otherwise
+/// block the open, or the first read, for good, where no cancel reaches. The open does
+/// not wait (`O_NONBLOCK`, cleared once the file is known to be regular), and anything
+/// else found there is `io` naming what it is.
+pub fn open_regular(options: &mut OpenOptions, path: &Path, what: &str) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| opened(what, path, e))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io(what, path, e))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(Error::new(
+            crate::error::ErrorKind::Io,
+            format!(
+                "{what} {}: expected a regular file, found {} (remove it)",
+                path.display(),
+                file_type_name(kind)
+            ),
+        ));
+    }
+    // SAFETY: F_GETFL and F_SETFL on a descriptor this function owns.
+    let cleared = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(Error::io(what, path, std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// What a path is, for a message: "a directory", "a character device", ….
+pub fn file_type_name(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "no regular file"
+    }
+}
+
 /// The error of opening `path` (to `what`) with [`no_follow`]: a symlink found there is
 /// named as such rather than as the kernel's "too many levels of symbolic links".
 pub fn opened(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -834,6 +889,24 @@ fn lock_until(
 /// least answers "not supported" on Android. A wait that a signal interrupts (a handler
 /// installed without `SA_RESTART`, as Python's Ctrl-C is) ends with `Interrupted`, as
 /// `File::lock` does: the host's interrupt is not held up until the other holder is done.
+/// Takes an exclusive `flock` on the directory `dir` itself (no lock file is made),
+/// polling so that `stop` is asked every 50 ms while another holder has it; `Ok(None)`
+/// where the file system takes no `flock` (then nothing is ordered, as before). Dropping
+/// the returned handle releases it.
+pub(crate) fn lock_dir(dir: &Path, stop: &dyn Fn() -> Result<()>) -> Result<Option<File>> {
+    let file = File::open(dir).map_err(|e| Error::io("open to lock", dir, e))?;
+    loop {
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => return Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stop()?;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
 fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid descriptor, owned by `file` for the whole call.

@@ -325,6 +325,151 @@ fn a_part_file_that_is_a_symlink_is_never_written_through() {
     assert_eq!(std::fs::read(&victim).unwrap(), vec![7u8; SIZE * 2]);
 }
 
+/// A FIFO planted under a download's names (the `.part`, or the finished file) is refused
+/// at once, naming what it is: opening or reading it waited for a writer for good, where
+/// no cancel reached.
+#[test]
+fn a_fifo_under_a_downloads_name_is_refused_at_once() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    for name in [format!("{}.part", repo.sha256), repo.sha256.clone()] {
+        let downloads = TempDir::new().unwrap();
+        let fifo = downloads.path().join(&name);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (done, result) = std::sync::mpsc::channel();
+        let (url, spec, dir) = (server.url(), repo.spec(), downloads.path().to_path_buf());
+        std::thread::spawn(move || {
+            let f = fetcher(&[url], options());
+            done.send(download(&f, &spec, &dir)).unwrap()
+        });
+        let err = result
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{name}: still waiting on the FIFO after 20 s"))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(
+            err.message()
+                .ends_with("expected a regular file, found a FIFO (remove it)"),
+            "{err}"
+        );
+    }
+}
+
+/// Two downloads of one blob into one directory at once take turns. The first, from a
+/// mirror whose copy is wrong in its second half, trickles in; the second waits, then
+/// fetches the blob from a good server. It used to share the first one's `.part`, finish
+/// and rename it, and the first then wrote its wrong bytes on into the verified file.
+#[test]
+fn two_downloads_of_one_blob_into_one_directory_take_turns() {
+    let repo = Repo::new(SIZE);
+    let good = TestServer::serve(repo.path());
+    let bad_repo = TempDir::new().unwrap();
+    let mut copy = repo.blob.clone();
+    copy[SIZE / 2..].iter_mut().for_each(|b| *b ^= 0xff);
+    std::fs::create_dir_all(bad_repo.path().join("blobs/sha256")).unwrap();
+    std::fs::write(bad_repo.path().join(repo.blob_path()), &copy).unwrap();
+    let bad = TestServer::serve(bad_repo.path());
+    let trickle = Fault::Trickle {
+        bytes: 16 * 1024,
+        every: Duration::from_millis(10),
+    };
+    bad.set_fault(&repo.blob_path(), trickle);
+    let downloads = TempDir::new().unwrap();
+    let (url, spec, dir) = (bad.url(), repo.spec(), downloads.path().to_path_buf());
+    let first = std::thread::spawn(move || download(&fetcher(&[url], options()), &spec, &dir));
+    while bad.requests(&repo.blob_path()).is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = download(
+        &fetcher(&[good.url()], options()),
+        &repo.spec(),
+        downloads.path(),
+    );
+    let first = first.join().unwrap();
+    assert_eq!(first.unwrap_err().kind(), ErrorKind::HashMismatch);
+    let done = second.unwrap();
+    assert_eq!(std::fs::read(&done).unwrap(), repo.blob);
+}
+
+/// A download waiting for another one's turn in its directory is cancelled promptly.
+#[test]
+fn a_download_waiting_for_its_turn_is_cancelled_promptly() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let trickle = Fault::Trickle {
+        bytes: 1024,
+        every: Duration::from_millis(50),
+    };
+    server.set_fault(&repo.blob_path(), trickle);
+    let downloads = TempDir::new().unwrap();
+    let holding = CancelToken::new();
+    let (url, spec, dir, stop) = (
+        server.url(),
+        repo.spec(),
+        downloads.path().to_path_buf(),
+        holding.clone(),
+    );
+    let first = std::thread::spawn(move || {
+        fetcher(&[url], options()).download(&spec, &dir, &mut |_, _| {}, &stop)
+    });
+    while server.requests(&repo.blob_path()).is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let waiting = CancelToken::new();
+    let cancel = waiting.clone();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+    });
+    let f = fetcher(&[server.url()], options());
+    let err = f
+        .download(&repo.spec(), downloads.path(), &mut |_, _| {}, &waiting)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    holding.cancel();
+    assert_eq!(
+        first.join().unwrap().unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+}
+
+/// A finished download whose bytes have the spec's SHA-256 but another length than its
+/// size is the blob: the size is what is wrong (`wrong_metadata`), and the file stays. It
+/// was deleted, and every later download of it failed.
+#[test]
+fn a_finished_download_whose_size_the_spec_misstates_is_kept() {
+    let repo = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+    let done = download(&f, &repo.spec(), downloads.path()).unwrap();
+    let spec = BlobSpec {
+        size: 999,
+        ..repo.spec()
+    };
+    let err = download(&f, &spec, downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongMetadata, "{err}");
+    assert!(
+        err.message().contains(&format!(
+            "expected 999 bytes, found 1000 in {}, whose SHA-256 is the one expected",
+            done.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&done).unwrap(), repo.blob);
+    assert_eq!(f.stats().requests, 1);
+}
+
 /// A 200 sent chunked that agrees with the kept bytes and then ends is, as far as anything
 /// shows, the blob cut short on its way: a `network` error, retried on the same server,
 /// and the kept bytes stay.

@@ -22,7 +22,7 @@ use crate::slots::Slot;
 use crate::trust::hex;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -53,6 +53,10 @@ pub(super) fn download(
 ) -> Result<PathBuf> {
     check_sha256(&spec.sha256)?;
     crate::fsutil::create_dir_all(dir)?;
+    // Downloads into one directory take turns: two of one blob at once shared its
+    // `.part`, and the one that lost the race wrote on into the file the winner had
+    // verified and renamed. Waiting, then finding the blob done, is the usual end.
+    let _turn = crate::fsutil::lock_dir(dir, &|| cancel.check())?;
     let done_path = dir.join(&spec.sha256);
     if is_complete(&done_path, spec)? {
         return Ok(done_path);
@@ -135,20 +139,33 @@ fn check_sha256(sha256: &str) -> Result<()> {
     }
 }
 
-/// Whether a verified blob is already there; a wrong one is deleted.
+/// Whether a verified blob is already there; a damaged one is deleted. One whose bytes
+/// have the spec's SHA-256 but another length than the spec's size is the blob, and the
+/// size is what is wrong (a hand-made manifest): kept, and `wrong_metadata`.
 fn is_complete(path: &Path, spec: &super::BlobSpec) -> Result<bool> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("opening", path, e)),
-    };
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(false);
+    }
+    let mut file = crate::fsutil::open_regular(OpenOptions::new().read(true), path, "opening")?;
     let (hasher, len) = hash_to_end(&mut file).map_err(|e| Error::io("hashing", path, e))?;
     drop(file);
-    if len == spec.size && hex(&hasher.finalize()) == spec.sha256 {
-        return Ok(true);
+    let blob = hex(&hasher.finalize()) == spec.sha256;
+    match (blob, len == spec.size) {
+        (true, true) => Ok(true),
+        (true, false) => Err(Error::new(
+            ErrorKind::WrongMetadata,
+            format!(
+                "blob {}: expected {} bytes, found {len} in {}, whose SHA-256 is the one expected: the size given for it is wrong (the file is kept)",
+                spec.sha256,
+                spec.size,
+                path.display()
+            ),
+        )),
+        (false, _) => {
+            fs::remove_file(path).map_err(|e| Error::io("removing corrupt", path, e))?;
+            Ok(false)
+        }
     }
-    fs::remove_file(path).map_err(|e| Error::io("removing corrupt", path, e))?;
-    Ok(false)
 }
 
 fn hash_to_end(file: &mut dyn Read) -> io::Result<(Sha256, u64)> {
@@ -754,9 +771,8 @@ impl<'t> Part<'t> {
         let (mut file, block, recorded) = match &to.dest {
             Dest::File { .. } => {
                 let mut options = crate::fsutil::create_options();
-                let file = crate::fsutil::no_follow(options.read(true).truncate(false))
-                    .open(path)
-                    .map_err(|e| crate::fsutil::opened("opening", path, e))?;
+                let options = options.read(true).truncate(false);
+                let file = crate::fsutil::open_regular(options, path, "opening")?;
                 (file, false, u64::MAX)
             }
             Dest::Slot(into) => {
@@ -1268,7 +1284,7 @@ impl Stream<'_, '_> {
     /// fails this base with the `.part` as it was.
     fn replay_kept(&mut self, body: &mut dyn Read, part: &mut Part) -> Result<()> {
         let path = part.path();
-        let mut kept = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let mut kept = crate::fsutil::open_regular(OpenOptions::new().read(true), path, "opening")?;
         let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
         let mut hasher = Sha256::new();
         let (mut theirs, mut ours) = (vec![0; CHUNK], vec![0; CHUNK]);

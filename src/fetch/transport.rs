@@ -120,7 +120,7 @@ fn check_is_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
         format!(
             "expected a file at {}, found {}",
             path.display(),
-            file_type_name(meta.file_type())
+            crate::fsutil::file_type_name(meta.file_type())
         ),
     ))
 }
@@ -290,24 +290,6 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         retry_after: None,
         date: None,
         body,
-    }
-}
-
-/// What a path is, for a message: "a directory", "a character device", ….
-fn file_type_name(t: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "no regular file"
     }
 }
 
