@@ -138,12 +138,13 @@ pub fn select(
 ///     installed: Some(&installed), security_floor: 0, skipped: &[], failed: &[],
 /// };
 /// let now = "2026-11-22T00:00:00Z".parse().unwrap();
-/// let why = withheld(&manifest, &device, &semver::Version::new(1, 1, 0), now);
+/// let why = withheld(&manifest, &device, false, &semver::Version::new(1, 1, 0), now);
 /// assert_eq!(why.as_deref(), Some("its rollout no longer includes this device (halted, or narrowed)"));
 /// ```
 pub fn withheld(
     manifest: &Manifest,
     device: &Device<'_>,
+    allow_downgrade: bool,
     version: &Version,
     now: Timestamp,
 ) -> Option<String> {
@@ -156,6 +157,18 @@ pub fn withheld(
             device.target
         ));
     };
+    // A downgrade is offered only while the whole channel is behind the installed
+    // version, and only with `allow_downgrade` ([`select`]).
+    if let Some(cur) = device.installed.filter(|cur| newer(cur, version)) {
+        let behind = (manifest.releases.iter())
+            .filter(|r| r.targets.contains_key(device.target))
+            .all(|r| newer(cur, &r.version));
+        if !allow_downgrade || !behind {
+            return Some(format!(
+                "it is older than the installed {cur}, and the channel no longer takes the device back down"
+            ));
+        }
+    }
     if listed(device.failed, version) {
         return Some("it failed on this device".into());
     }

@@ -369,6 +369,11 @@ fn case_colliding_names_are_refused() {
         vec![File("\u{3b2}", b"1", 0o644), File("\u{3d0}", b"2", 0o644)],
         vec![File("\u{3c3}", b"1", 0o644), File("\u{3c2}", b"2", 0o644)],
         vec![File("ss", b"1", 0o644), File("\u{df}", b"2", 0o644)],
+        vec![File("\u{1e9e}", b"1", 0o644), File("\u{df}", b"2", 0o644)],
+        vec![
+            File("STRA\u{1e9e}E", b"1", 0o644),
+            File("strasse", b"2", 0o644),
+        ],
         vec![File("file", b"1", 0o644), File("\u{fb01}le", b"2", 0o644)],
         vec![File("i", b"1", 0o644), File("\u{131}", b"2", 0o644)],
         vec![

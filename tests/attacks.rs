@@ -408,6 +408,82 @@ fn a_release_staged_through_a_pin_or_as_a_repair_is_never_withheld() {
     activates(&dev);
 }
 
+/// `update --version 1.1.0` (a pinned check) on a release already staged and withheld
+/// lets it go for good: it was asked for now, whatever the rollout says, and the next
+/// routine check does not hold it back again.
+#[test]
+fn a_pinned_request_for_a_staged_release_sticks() {
+    let (w, dev, later) = staged_until_later();
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
+    withheld_once_due(&dev, later);
+    let version: semver::Version = "1.1.0".parse().unwrap();
+    assert!(matches!(
+        dev.updater.check_with(None, Some(&version)).unwrap(),
+        Check::Available(_)
+    ));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    activates(&dev);
+}
+
+/// A release asked for (through a pin) is still held to the bytes its channel lists
+/// under its version: listed again with others, it is withheld.
+#[test]
+fn an_asked_for_release_listed_again_with_other_bytes_is_withheld() {
+    let (w, dev, later) = activating_later();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(0.0);
+    w.publish("stable", "1.2.0", &app_zip("1.2.0"), opts);
+    let pinned: semver::Version = "1.2.0".parse().unwrap();
+    let Check::Available(offer) = dev.updater.check_with(None, Some(&pinned)).unwrap() else {
+        panic!("the pinned check offered nothing");
+    };
+    dev.download(&offer).unwrap();
+    dev.updater
+        .install(&dev.updater.plan(&offer).unwrap())
+        .unwrap();
+    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let old = release_mut(m, "1.0.0").targets.clone();
+        release_mut(m, "1.2.0").targets = old;
+    });
+    w.serve(STABLE, relisted);
+    dev.updater.check().unwrap();
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains("other artifacts"), "{reason}");
+}
+
+/// A halt a check sees between a release's download and its install is not lost: the
+/// install, from an offer older than the manifest verified since, records the release
+/// withheld, and the next check that offers it again lets it go.
+#[test]
+fn a_halt_seen_between_the_download_and_the_install_withholds_the_release() {
+    let (w, dev, later) = activating_later();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(
+        reason.contains("which no check has judged it by"),
+        "{reason}"
+    );
+    set_rollout(&w, "1.1.0", 100.0, later.plus_days(1));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    activates(&dev);
+}
+
 /// A look at another channel (`check --channel`) says nothing of the channel a release
 /// was staged from: it does not withhold it.
 #[test]

@@ -736,8 +736,44 @@ fn withheld_table() {
             skipped: &skipped,
             failed: &failed,
         };
-        let found = withheld(&manifest("stable", releases), &device, &v("1.1.0"), ts(NOW));
+        let found = withheld(
+            &manifest("stable", releases),
+            &device,
+            false,
+            &v("1.1.0"),
+            ts(NOW),
+        );
         assert_eq!(found.as_deref(), expect, "{name}");
+    }
+}
+
+/// A staged downgrade (1.0.0 below an installed 1.1.0) is offered only while the whole
+/// channel is behind the installed version, and only with `allow_downgrade`: a newer
+/// release listed again, even halted, takes the reason for it away.
+#[test]
+fn a_staged_downgrade_is_withheld_once_the_channel_is_not_behind() {
+    let installed = v("1.1.0");
+    let device = Device {
+        product: "p",
+        target: TARGET,
+        device_id: "device-1",
+        installed: Some(&installed),
+        security_floor: 0,
+        skipped: &[],
+        failed: &[],
+    };
+    let halted = rel("1.1.1").stages(&[("2026-11-01T00:00:00Z", 0.0)]);
+    for (releases, allow_downgrade, expect) in [
+        (vec![rel("1.0.0")], true, None),
+        (vec![rel("1.0.0")], false, Some(())),
+        (vec![rel("1.0.0"), halted], true, Some(())),
+    ] {
+        let m = manifest("stable", releases);
+        let found = withheld(&m, &device, allow_downgrade, &v("1.0.0"), ts(NOW));
+        assert_eq!(found.as_ref().map(drop), expect, "{found:?}");
+        if let Some(why) = found {
+            assert_eq!(why, "it is older than the installed 1.1.0, and the channel no longer takes the device back down");
+        }
     }
 }
 

@@ -810,12 +810,18 @@ struct TreeNode {
 /// `ß` and `ss`, `ﬁ` and `fi` come out the same, as do the dotless `ı` and `i`, which
 /// FAT's uppercasing makes equal. Lowercasing alone kept all of those apart: the plan
 /// passed such an archive, and its second name failed to create (`io`) after the slot
-/// had been emptied.
+/// had been emptied. The capital `ẞ` lowercases to `ß`, which case folding makes `ss`
+/// as it does `ß`: so does this. (Left apart: NFC and NFD spellings of one name, which
+/// a normalising file system takes as one.)
 fn folded(component: &str) -> impl Iterator<Item = char> + '_ {
     component
         .chars()
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
+        .flat_map(|c| {
+            let sharp = c == 'ß';
+            std::iter::once(if sharp { 's' } else { c }).chain(sharp.then_some('s'))
+        })
 }
 
 /// Refuses duplicate and case-colliding paths (including the directories they imply), a

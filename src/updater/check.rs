@@ -203,25 +203,34 @@ impl Updater {
     ) -> Result<()> {
         // The rollout is judged at the moment selection used.
         let now = manifest::effective_now(clock, checked.newest_issued);
-        // The staged slot and its new reason, when that differs from the recorded one.
-        let change = |st: &State| -> Option<(Slot, Option<String>)> {
+        // The staged slot, with why it is withheld (if it is) and whether it was asked for,
+        // when either differs from its record.
+        let change = |st: &State| -> Option<(Slot, Option<String>, bool)> {
             let slot = st.fallback();
             let record = st.slot(slot);
             let version = record.version.as_ref()?;
             if record.status != SlotStatus::Installed
-                || record.asked_for
                 || record.channel.as_deref() != Some(manifest.channel.as_str())
             {
                 return None;
             }
-            // Offered again, it may still be listed with other bytes than the slot holds.
-            let why = match (offered == Some(version), judged) {
-                (true, _) => republished(manifest, device.target, record),
-                (false, false) => record.withheld.clone(),
-                (false, true) => select::withheld(manifest, device, version, now)
-                    .or_else(|| republished(manifest, device.target, record)),
+            // Listed again with other bytes than the slot holds: withheld, whoever chose it.
+            let bytes = || republished(manifest, device.target, record);
+            let (why, asked_for) = match (record.asked_for, offered == Some(version), judged) {
+                // A pin's or a repair's: asked for whatever the rollout says.
+                (true, _, _) => (bytes(), true),
+                // Offered again; by a pinned check, it is asked for from now on, so the
+                // next routine check does not hold back what was just asked for.
+                (false, true, _) => (bytes(), !judged && bytes().is_none()),
+                (false, false, false) => (record.withheld.clone(), false),
+                (false, false, true) => {
+                    let allow_downgrade = self.config.allow_downgrade;
+                    let why = select::withheld(manifest, device, allow_downgrade, version, now);
+                    (why.or_else(bytes), false)
+                }
             };
-            (why != record.withheld).then_some((slot, why))
+            let same = why == record.withheld && asked_for == record.asked_for;
+            (!same).then_some((slot, why, asked_for))
         };
         // Most checks change nothing: they take no lock for it.
         if change(checked).is_none() {
@@ -230,23 +239,28 @@ impl Updater {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         // Again under the lock: an activation or an install may have taken the slot.
-        let Some((slot, why)) = change(&st) else {
+        let Some((slot, why, asked_for)) = change(&st) else {
             return Ok(());
         };
         let version = version_str(st.slot(slot).version.as_ref());
         let channel = &manifest.channel;
-        let (event, detail) = match &why {
-            Some(why) => (
+        let was_withheld = st.slot(slot).withheld.is_some();
+        let said = match &why {
+            Some(why) => Some((
                 "staged_withheld",
                 format!("{version} in slot {slot} waits: the newest check of channel {channel} no longer offers it: {why}"),
-            ),
-            None => (
+            )),
+            None if was_withheld => Some((
                 "staged_offered_again",
                 format!("{version} in slot {slot}: the newest check of channel {channel} offers it again"),
-            ),
+            )),
+            None => None,
         };
-        st.slot_mut(slot).withheld = why;
-        st.record(clock, event, detail);
+        let record = st.slot_mut(slot);
+        (record.withheld, record.asked_for) = (why, asked_for);
+        if let Some((event, detail)) = said {
+            st.record(clock, event, detail);
+        }
         self.save(&st)
     }
 
@@ -300,6 +314,7 @@ impl Updater {
             device_channel,
             issuer: self.id,
             asked_for: false,
+            sequence: manifest.sequence,
         })
     }
 

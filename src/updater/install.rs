@@ -256,6 +256,9 @@ impl Updater {
         }
         record.status = SlotStatus::Installed;
         record.components = components;
+        let stale = stale_offer(plan, &st.manifests);
+        let record = st.slot_mut(slot);
+        record.withheld = stale;
         // What is installed is no longer pending: the slot's record keeps it now.
         let installed: Vec<String> = record
             .components
@@ -629,6 +632,24 @@ fn component_context(c: &ComponentChange, a: &Artifact) -> String {
         a.kind.as_str(),
         a.sha256
     )
+}
+
+/// Why a release installed from `plan` is withheld from the start: a newer manifest of
+/// its channel was verified after the offer was made (a check between the download and
+/// the install), and no check has judged the release against it. The next check of the
+/// channel that offers it again lets it go ([`Updater::follow_withheld`]). Never for an
+/// offer asked for whatever the rollout says.
+fn stale_offer(
+    plan: &Offer,
+    seen: &BTreeMap<String, crate::state::SeenManifest>,
+) -> Option<String> {
+    let newest = seen.get(&plan.channel)?.sequence;
+    (newest > plan.sequence && !plan.asked_for).then(|| {
+        format!(
+            "it was offered from manifest sequence {} and the device has verified sequence {newest} since, which no check has judged it by",
+            plan.sequence
+        )
+    })
 }
 
 /// What the new slot holds: the release's components, each installed from its artifact

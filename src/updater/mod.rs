@@ -104,6 +104,10 @@ pub struct Offer {
     /// --version`) or a repair's. Staged, it is never withheld ([`SlotRecord::withheld`]):
     /// the checks that judge the channel's rollout did not choose it.
     asked_for: bool,
+    /// The sequence of the channel manifest it was chosen from: a release installed from
+    /// an offer older than the newest manifest its device verified since is withheld
+    /// until a check judges it (a halt may lie between the two).
+    sequence: u64,
 }
 
 /// The fields of an [`Offer`] its users read and that install records, as its check made
