@@ -318,6 +318,32 @@ fn a_release_halted_after_it_was_staged_waits_for_a_check_that_offers_it_again()
     activates(&dev);
 }
 
+/// The CLI says a withheld release where it would otherwise wait in silence: `check`
+/// (up to date) adds a note, and `activate` says what lets it go.
+#[test]
+fn the_cli_says_a_withheld_release() {
+    let (w, dev, _later) = staged_until_later();
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
+    let staged = dev.primary().other();
+    let out = dev.cli("check", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("note: 1.1.0, staged in slot {staged}, is withheld: the newest check no longer offers it (its rollout no longer includes this device")),
+        "{text}"
+    );
+    let out = dev.cli("activate", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("deferred: 1.1.0\n"), "{text}");
+    assert!(
+        text.contains(
+            "; `evergreen update` checks again, `evergreen activate --now` switches at once"
+        ),
+        "{text}"
+    );
+}
+
 /// A pinned check (`check --version`, `pin_version`) is asked for whatever the rollout
 /// says: one that offers the withheld release lets it go, and one that does not leaves
 /// it withheld; neither withholds a release by itself.

@@ -280,6 +280,7 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                     "up to date: {} on {channel}",
                     current.map_or("(nothing installed)".to_string(), |v| v.to_string())
                 );
+                say_withheld(&up)?;
             }
             Ok(0)
         }
@@ -471,6 +472,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
                 print_json(&json!({"status": "up_to_date", "target_released": target_released}));
             } else {
                 out!("up to date");
+                say_withheld(&up)?;
             }
             return Ok(0);
         }
@@ -552,6 +554,17 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// After an "up to date" in text: a release staged and withheld (its rollout halted since,
+/// say) is said, so that nothing waits in silence.
+fn say_withheld(up: &Updater) -> Result<()> {
+    for (slot, v) in &up.status()?.slots {
+        if let (Some(why), Some(version)) = (&v.withheld, &v.version) {
+            out!("note: {version}, staged in slot {slot}, is withheld: the newest check no longer offers it ({why})");
+        }
+    }
+    Ok(())
+}
+
 /// Says in text what came of an activation, for `update` and `activate` alike: the
 /// version, then what happens next (restart and confirm, or when the switch may go
 /// ahead). `staged` is the version a deferred activation holds back.
@@ -568,8 +581,11 @@ fn say_activation(act: &Activation, staged: Option<&Version>) {
                 Some(version) => out!("deferred: {version}"),
                 None => out!("deferred"),
             }
-            let when = until.map_or(String::new(), |t| format!("until {t}: "));
-            out!("  {when}{reason}; `evergreen activate` switches then, `evergreen activate --now` at once");
+            match until {
+                Some(t) => out!("  until {t}: {reason}; `evergreen activate` switches then, `evergreen activate --now` at once"),
+                // Withheld: no time comes by itself, only a check that offers it again.
+                None => out!("  {reason}; `evergreen update` checks again, `evergreen activate --now` switches at once"),
+            }
         }
     }
 }
