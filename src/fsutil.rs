@@ -885,28 +885,58 @@ fn lock_until(
     }
 }
 
-/// `flock(2)` on `file`. Not the standard library's `File::lock`, which up to Rust 1.95 at
-/// least answers "not supported" on Android. A wait that a signal interrupts (a handler
-/// installed without `SA_RESTART`, as Python's Ctrl-C is) ends with `Interrupted`, as
-/// `File::lock` does: the host's interrupt is not held up until the other holder is done.
 /// Takes an exclusive `flock` on the directory `dir` itself (no lock file is made),
 /// polling so that `stop` is asked every 50 ms while another holder has it; `Ok(None)`
 /// where the file system takes no `flock` (then nothing is ordered, as before). Dropping
-/// the returned handle releases it.
-pub(crate) fn lock_dir(dir: &Path, stop: &dyn Fn() -> Result<()>) -> Result<Option<File>> {
+/// the returned turn releases it. A second turn on `dir` asked for by the thread that
+/// holds one (a download started from a download's progress callback) would wait for
+/// itself: refused at once (`invalid_state`).
+pub(crate) fn lock_dir(dir: &Path, stop: &dyn Fn() -> Result<()>) -> Result<Option<DirTurn>> {
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if DIRS_HELD.with(|held| held.borrow().contains(&key)) {
+        return Err(Error::invalid_state(format!(
+            "expected no second download into {} from within one running there (a progress callback starting one), found one: it would wait for itself",
+            dir.display()
+        )));
+    }
     let file = File::open(dir).map_err(|e| Error::io("open to lock", dir, e))?;
     loop {
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => return Ok(Some(file)),
+            Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 stop()?;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Ok(None),
         }
     }
+    DIRS_HELD.with(|held| held.borrow_mut().push(key.clone()));
+    Ok(Some(DirTurn { _file: file, key }))
 }
 
+thread_local! {
+    /// The directories this thread holds a [`lock_dir`] turn on.
+    static DIRS_HELD: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A turn on a directory ([`lock_dir`]), released when dropped.
+pub(crate) struct DirTurn {
+    _file: File,
+    key: PathBuf,
+}
+
+impl Drop for DirTurn {
+    fn drop(&mut self) {
+        // `try_with`: a turn dropped while its thread exits finds the set gone.
+        let _ = DIRS_HELD.try_with(|held| held.borrow_mut().retain(|k| *k != self.key));
+    }
+}
+
+/// `flock(2)` on `file`. Not the standard library's `File::lock`, which up to Rust 1.95 at
+/// least answers "not supported" on Android. A wait that a signal interrupts (a handler
+/// installed without `SA_RESTART`, as Python's Ctrl-C is) ends with `Interrupted`, as
+/// `File::lock` does: the host's interrupt is not held up until the other holder is done.
 fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid descriptor, owned by `file` for the whole call.

@@ -120,7 +120,9 @@ pub fn select(
 /// manifest's channel, to `device` at `now`; `None` while it does: listed for the device's
 /// target, within its rollout, not skipped (unless critical), not below the security
 /// floor and not failed here. A release halted, withdrawn or skipped after it was staged
-/// must not be activated later by the deploy policy alone (DESIGN §5.3).
+/// must not be activated later by the deploy policy alone (DESIGN §5.3); nor one whose
+/// `min_version` rose past the installed version, nor a downgrade the channel no longer
+/// calls for.
 ///
 /// ```
 /// use evergreen::manifest::Manifest;
@@ -168,6 +170,15 @@ pub fn withheld(
                 "it is older than the installed {cur}, and the channel no longer takes the device back down"
             ));
         }
+    }
+    if !min_version_met(release, device.installed) {
+        return Some(format!(
+            "it now needs {} or newer installed first (its min_version)",
+            release
+                .min_version
+                .as_ref()
+                .map_or(String::new(), ToString::to_string)
+        ));
     }
     if listed(device.failed, version) {
         return Some("it failed on this device".into());

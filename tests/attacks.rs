@@ -499,15 +499,115 @@ fn a_halt_seen_between_the_download_and_the_install_withholds_the_release() {
         Check::UpToDate { .. }
     ));
     dev.updater.install(&plan).unwrap();
+    let history = dev.state_json()["history"].clone();
+    let events: Vec<&str> = (history.as_array().unwrap().iter())
+        .filter_map(|h| h["event"].as_str())
+        .collect();
+    assert_eq!(
+        events[events.len() - 2..],
+        ["staged", "staged_withheld"],
+        "{history}"
+    );
     dev.set_clock(later.plus_days(1));
     let reason = withheld_reason(&dev);
     assert!(
-        reason.contains("which no check has judged it by"),
+        reason.contains("which no check has offered it from"),
         "{reason}"
     );
     set_rollout(&w, "1.1.0", 100.0, later.plus_days(1));
     assert_eq!(dev.offer().version.to_string(), "1.1.0");
     activates(&dev);
+}
+
+/// A manifest re-signed between a release's download and its install, whose check
+/// offered that release again, holds nothing back: the install goes ahead as offered.
+#[test]
+fn a_resign_between_the_download_and_the_install_holds_nothing_back() {
+    let (w, dev, later) = activating_later();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], |_| {}));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    activates(&dev);
+}
+
+/// A halt signed under a new manifest key, whose channel starts its sequence again,
+/// seen between a release's download and its install, still withholds the release:
+/// manifests are told apart by their bytes, not by a sequence that went down.
+#[test]
+fn a_halt_under_a_new_manifest_key_with_a_new_sequence_is_not_lost() {
+    let (w, dev, later) = activating_later();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    for _ in 0..3 {
+        w.repo
+            .resign("stable", &Signing::new(&[&key(MANIFEST_KEY)], t0()))
+            .unwrap();
+    }
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
+    let halted = w.forge("stable", &[&key(SECOND_MANIFEST_KEY)], |m| {
+        m.sequence = 1;
+        release_mut(m, "1.1.0").rollout = Some(evergreen::manifest::Rollout {
+            stages: vec![evergreen::manifest::RolloutStage {
+                at: t0(),
+                percent: 0.0,
+            }],
+        });
+    });
+    w.serve(STABLE, halted);
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    assert_eq!(dev.state_json()["manifests"]["stable"]["sequence"], 1);
+    dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    withheld_reason(&dev);
+}
+
+/// A repair's check verifies the channel's manifest too: a halt it carries withholds a
+/// release staged from that channel, though the repair itself is not carried through.
+#[test]
+fn a_repairs_check_withholds_a_halted_staged_release() {
+    let (w, dev, later) = staged_until_later();
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
+    dev.updater.reinstall_offer().unwrap();
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains("rollout"), "{reason}");
+}
+
+/// A device the config pins (`pin_version`) to another version than the one it staged
+/// runs the pinned one: the staged release is withheld, whatever its rollout.
+#[test]
+fn a_standing_pin_to_another_version_withholds_the_staged_release() {
+    let (_w, dev, later) = staged_until_later();
+    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
+    config.pin_version = Some("1.0.0".parse().unwrap());
+    let due = later.plus_days(1);
+    let pinned = evergreen::Updater::builder(config)
+        .clock(move || due)
+        .build()
+        .unwrap();
+    pinned.check().unwrap();
+    let act = pinned.activate(false).unwrap();
+    let evergreen::Activation::Deferred {
+        until: None,
+        reason,
+    } = act
+    else {
+        panic!("expected the staged release withheld, found {act:?}");
+    };
+    assert!(
+        reason.contains("(the device is pinned to 1.0.0 (`pin_version`))"),
+        "{reason}"
+    );
 }
 
 /// A look at another channel (`check --channel`) says nothing of the channel a release

@@ -395,6 +395,44 @@ fn two_downloads_of_one_blob_into_one_directory_take_turns() {
     assert_eq!(std::fs::read(&done).unwrap(), repo.blob);
 }
 
+/// A download started from a download's progress callback into the same directory would
+/// wait for its own caller's turn: refused at once (`invalid_state`), the outer one done.
+#[test]
+fn a_download_into_the_same_directory_from_a_progress_callback_is_refused_at_once() {
+    let repo = Repo::new(SIZE);
+    let other = Repo::new(1000);
+    let server = TestServer::serve(repo.path());
+    let second = TestServer::serve(other.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+    let g = fetcher(&[second.url()], options());
+    let mut inner = None;
+    let started = Instant::now();
+    // Were it to wait, it would wait for good: a cancel after 5 s bounds the test.
+    let give_up = CancelToken::new();
+    let cancel = give_up.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        cancel.cancel();
+    });
+    f.download(
+        &repo.spec(),
+        downloads.path(),
+        &mut |_, _| {
+            if inner.is_none() {
+                let spec = other.spec();
+                inner = Some(g.download(&spec, downloads.path(), &mut |_, _| {}, &give_up));
+            }
+        },
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let err = inner.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert!(err.message().contains("it would wait for itself"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 /// A download waiting for another one's turn in its directory is cancelled promptly.
 #[test]
 fn a_download_waiting_for_its_turn_is_cancelled_promptly() {

@@ -715,6 +715,14 @@ fn withheld_table() {
             Some("its security version 1 is below this device's floor 2"),
         ),
         (
+            "min_version raised past the installed 1.0.0",
+            vec![rel("1.0.5"), rel("1.1.0").min("1.0.5")],
+            0,
+            &[],
+            &[],
+            Some("it now needs 1.0.5 or newer installed first (its min_version)"),
+        ),
+        (
             "failed here",
             vec![rel("1.1.0")],
             0,

@@ -316,6 +316,12 @@ impl Updater {
                 }
             };
             let st = self.save_check(&st)?;
+            // The manifest just verified judges a release staged from it, as a check's
+            // does: a halt it carries must not be dropped because a repair was asked for.
+            let device_id = self.device_id()?;
+            let pin = self.config.pin_version.as_ref().map(|p| (p, true));
+            let device = self.device(&st, &device_id);
+            self.follow_withheld(&st, &manifest, &device, None, pin, clock)?;
             // The state may have moved during the fetch (a rollback, from another process).
             if st.installed_version() != Some(&version) {
                 return Err(Error::invalid_state(format!(

@@ -80,18 +80,7 @@ impl Updater {
     ) -> Result<Check> {
         let now = manifest::effective_now(clock, st.newest_issued);
         let device_id = self.device_id()?;
-        let installed = st
-            .installed_version()
-            .or(self.config.current_version.as_ref());
-        let device = Device {
-            product: &self.config.product,
-            target: &self.config.target,
-            device_id: &device_id,
-            installed,
-            security_floor: st.security_floor,
-            skipped: &st.skipped,
-            failed: &st.failed,
-        };
+        let device = self.device(st, &device_id);
         let policy = Policy {
             pin: pin.or(self.config.pin_version.as_ref()),
             pin_is_standing: pin.is_none(),
@@ -105,7 +94,11 @@ impl Updater {
         // A pin is asked for whatever the rollout says, and a pinned check looks at its
         // release alone: it may let a staged release go, never hold one back.
         let judged = policy.pin.is_none();
-        self.follow_withheld(st, manifest, &device, offered, judged, clock)?;
+        if judged {
+            self.note_offered(st, manifest, offered)?;
+        }
+        let pin = policy.pin.map(|p| (p, policy.pin_is_standing));
+        self.follow_withheld(st, manifest, &device, offered, pin, clock)?;
         let choice = match decision {
             select::Decision::UpToDate => {
                 // Said apart from "nothing newer": nothing will ever come for a target no
@@ -189,16 +182,17 @@ impl Updater {
     /// to `device`: one halted, narrowed past this device, withdrawn, skipped or
     /// listed with other artifacts since is withheld from `activate` until a check offers
     /// it again (DESIGN §5.3). Without this, an `at` or `window` policy activated a
-    /// release its operator had halted, at the time it set before the halt. A check that
-    /// is not `judged` (a pinned one) only lets a release it offers go. `clock` is the
-    /// check's reading of the host's clock.
-    fn follow_withheld(
+    /// release its operator had halted, at the time it set before the halt. A pinned
+    /// check (`pin`, and whether it is the config's standing one) judges no rollout: it
+    /// lets the release it offers go, and a standing pin to another version holds the
+    /// staged one back. `clock` is the check's reading of the host's clock.
+    pub(super) fn follow_withheld(
         &self,
         checked: &State,
         manifest: &Manifest,
         device: &Device<'_>,
         offered: Option<&Version>,
-        judged: bool,
+        pin: Option<(&Version, bool)>,
         clock: Timestamp,
     ) -> Result<()> {
         // The rollout is judged at the moment selection used.
@@ -216,14 +210,23 @@ impl Updater {
             }
             // Listed again with other bytes than the slot holds: withheld, whoever chose it.
             let bytes = || republished(manifest, device.target, record);
-            let (why, asked_for) = match (record.asked_for, offered == Some(version), judged) {
-                // A pin's or a repair's: asked for whatever the rollout says.
-                (true, _, _) => (bytes(), true),
+            let asked = record.asked_for;
+            let (why, asked_for) = match (pin, offered == Some(version)) {
+                // The config pins the device to another version: that is the one to run.
+                (Some((pinned, true)), false) if pinned.cmp_precedence(version).is_ne() => (
+                    Some(format!("the device is pinned to {pinned} (`pin_version`)")),
+                    asked,
+                ),
                 // Offered again; by a pinned check, it is asked for from now on, so the
                 // next routine check does not hold back what was just asked for.
-                (false, true, _) => (bytes(), !judged && bytes().is_none()),
-                (false, false, false) => (record.withheld.clone(), false),
-                (false, false, true) => {
+                (pin, true) => {
+                    let why = bytes();
+                    (why.clone(), asked || (pin.is_some() && why.is_none()))
+                }
+                // A pin's or a repair's: asked for whatever the rollout says.
+                _ if asked => (bytes(), true),
+                (Some(_), false) => (record.withheld.clone(), false),
+                (None, false) => {
                     let allow_downgrade = self.config.allow_downgrade;
                     let why = select::withheld(manifest, device, allow_downgrade, version, now);
                     (why.or_else(bytes), false)
@@ -264,6 +267,51 @@ impl Updater {
         self.save(&st)
     }
 
+    /// This device as selection sees it in `st`, under `device_id`.
+    pub(super) fn device<'a>(&'a self, st: &'a State, device_id: &'a str) -> Device<'a> {
+        Device {
+            product: &self.config.product,
+            target: &self.config.target,
+            device_id,
+            installed: st
+                .installed_version()
+                .or(self.config.current_version.as_ref()),
+            security_floor: st.security_floor,
+            skipped: &st.skipped,
+            failed: &st.failed,
+        }
+    }
+
+    /// Keeps, with the state's record of `manifest`'s channel, the release this unpinned
+    /// check of it offered (`offered`, none when up to date): an install from an offer of
+    /// an older manifest goes ahead when the newest check offered its release again
+    /// (`stale_offer`). Saved only when it changes.
+    fn note_offered(
+        &self,
+        checked: &State,
+        manifest: &Verified<Manifest>,
+        offered: Option<&Version>,
+    ) -> Result<()> {
+        let differs = |st: &State| {
+            st.manifests
+                .get(&manifest.channel)
+                .filter(|s| s.payload_sha256 == manifest.payload_sha256())
+                .is_some_and(|s| s.offered.as_ref() != offered)
+        };
+        if !differs(checked) {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        if !differs(&st) {
+            return Ok(());
+        }
+        if let Some(seen) = st.manifests.get_mut(&manifest.channel) {
+            seen.offered = offered.cloned();
+        }
+        self.save(&st)
+    }
+
     /// The offer of `release` as `choice` selected it. Its `critical` is the selection's,
     /// not only the release's own flag: an update that passes over, or is the stepping stone
     /// towards, a critical release is forced too (DESIGN §5.3), in the offer, the deploy
@@ -273,7 +321,7 @@ impl Updater {
     pub(super) fn offer(
         &self,
         st: &State,
-        manifest: &Manifest,
+        manifest: &Verified<Manifest>,
         release: &Release,
         choice: &select::Choice,
         device_channel: String,
@@ -314,7 +362,7 @@ impl Updater {
             device_channel,
             issuer: self.id,
             asked_for: false,
-            sequence: manifest.sequence,
+            manifest_sha256: manifest.payload_sha256().to_string(),
         })
     }
 
@@ -324,7 +372,7 @@ impl Updater {
     /// percentage grows: a machine id made afresh at every boot (systemd's, on a read-only
     /// root file system without one) would draw a new bucket at every check, and a device
     /// that rebooted daily would be in a 5 % rollout within weeks.
-    fn device_id(&self) -> Result<String> {
+    pub(super) fn device_id(&self) -> Result<String> {
         if let Some(id) = self.kept_device_id() {
             return Ok(id);
         }
@@ -405,6 +453,10 @@ impl Updater {
             crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
             crate::fsutil::write_atomic(&cache, bytes)?;
         }
+        // What a check offered from these very bytes still holds for them.
+        let offered = (st.manifests.get(channel))
+            .filter(|s| s.payload_sha256 == verified.payload_sha256())
+            .and_then(|s| s.offered.clone());
         st.manifests.insert(
             channel.to_string(),
             SeenManifest {
@@ -413,6 +465,7 @@ impl Updater {
                 etag: new_etag,
                 issued: Some(verified.issued),
                 checked: Some(clock),
+                offered,
             },
         );
         st.newest_issued = Some(

@@ -258,7 +258,7 @@ impl Updater {
         record.components = components;
         let stale = stale_offer(plan, &st.manifests);
         let record = st.slot_mut(slot);
-        record.withheld = stale;
+        record.withheld.clone_from(&stale);
         // What is installed is no longer pending: the slot's record keeps it now.
         let installed: Vec<String> = record
             .components
@@ -271,6 +271,13 @@ impl Updater {
             "staged",
             format!("{} in slot {slot}", plan.version),
         );
+        if let Some(why) = stale {
+            st.record(
+                (self.clock)(),
+                "staged_withheld",
+                format!("{} in slot {slot} waits: {why}", plan.version),
+            );
+        }
         self.save(&st)
     }
 
@@ -634,20 +641,23 @@ fn component_context(c: &ComponentChange, a: &Artifact) -> String {
     )
 }
 
-/// Why a release installed from `plan` is withheld from the start: a newer manifest of
-/// its channel was verified after the offer was made (a check between the download and
-/// the install), and no check has judged the release against it. The next check of the
-/// channel that offers it again lets it go ([`Updater::follow_withheld`]). Never for an
-/// offer asked for whatever the rollout says.
+/// Why a release installed from `plan` is withheld from the start: its channel's newest
+/// manifest the device verified is another than the one it was offered from (a check
+/// between the download and the install), and that check did not offer it again. The
+/// next check of the channel that offers it lets it go ([`Updater::follow_withheld`]).
+/// Never for an offer asked for whatever the rollout says. Manifests are told apart by
+/// their payload's hash: sequences start again on a channel re-signed under a new key.
 fn stale_offer(
     plan: &Offer,
     seen: &BTreeMap<String, crate::state::SeenManifest>,
 ) -> Option<String> {
-    let newest = seen.get(&plan.channel)?.sequence;
-    (newest > plan.sequence && !plan.asked_for).then(|| {
+    let newest = seen.get(&plan.channel)?;
+    let judged = newest.payload_sha256 == plan.manifest_sha256
+        || newest.offered.as_ref() == Some(&plan.version);
+    (!judged && !plan.asked_for).then(|| {
         format!(
-            "it was offered from manifest sequence {} and the device has verified sequence {newest} since, which no check has judged it by",
-            plan.sequence
+            "it was offered from another manifest than channel {}'s newest (sequence {}), which no check has offered it from",
+            plan.channel, newest.sequence
         )
     })
 }

@@ -104,10 +104,11 @@ pub struct Offer {
     /// --version`) or a repair's. Staged, it is never withheld ([`SlotRecord::withheld`]):
     /// the checks that judge the channel's rollout did not choose it.
     asked_for: bool,
-    /// The sequence of the channel manifest it was chosen from: a release installed from
-    /// an offer older than the newest manifest its device verified since is withheld
-    /// until a check judges it (a halt may lie between the two).
-    sequence: u64,
+    /// The SHA-256 of the payload of the channel manifest it was chosen from: a release
+    /// installed from an offer of another manifest than the newest its device verified is
+    /// withheld until a check judges it (a halt may lie between the two), unless that
+    /// check offered it again.
+    manifest_sha256: String,
 }
 
 /// The fields of an [`Offer`] its users read and that install records, as its check made
