@@ -220,11 +220,6 @@ pub struct SeenManifest {
     /// device's own when it is the newest ([`State::follow_channel`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<Timestamp>,
-    /// The release the newest unpinned check of this very manifest offered (none: up to
-    /// date, or no such check yet). An install from an offer of an older manifest is
-    /// withheld unless this is its release ([`SlotRecord::withheld`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offered: Option<Version>,
 }
 
 /// One line of history.
@@ -407,7 +402,7 @@ impl State {
     /// st.last_check_clock = Some(Timestamp::from_unix(100));
     /// st.manifests.insert("preview".into(), SeenManifest {
     ///     sequence: 1, payload_sha256: "ab".repeat(32), etag: None, issued: None,
-    ///     checked: Some(Timestamp::from_unix(200)), offered: None,
+    ///     checked: Some(Timestamp::from_unix(200)),
     /// });
     /// st.follow_channel("preview");
     /// assert_eq!((st.channel.as_str(), st.last_check_clock), ("preview", Some(Timestamp::from_unix(200))));

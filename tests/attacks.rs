@@ -511,7 +511,7 @@ fn a_halt_seen_between_the_download_and_the_install_withholds_the_release() {
     dev.set_clock(later.plus_days(1));
     let reason = withheld_reason(&dev);
     assert!(
-        reason.contains("which no check has offered it from"),
+        reason.contains("verified after it was offered no longer offers it: its rollout no longer includes this device"),
         "{reason}"
     );
     set_rollout(&w, "1.1.0", 100.0, later.plus_days(1));
@@ -533,6 +533,45 @@ fn a_resign_between_the_download_and_the_install_holds_nothing_back() {
     dev.updater.install(&plan).unwrap();
     dev.set_clock(later.plus_days(1));
     activates(&dev);
+}
+
+/// A newer release published between a release's download and its install does not hold
+/// it back: the newest manifest still offers it to this device (the check offers the newer
+/// one, which a later install may bring).
+#[test]
+fn a_newer_release_between_the_download_and_the_install_holds_nothing_back() {
+    let (w, dev, later) = activating_later();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    w.publish("stable", "1.2.0", &app_zip("1.2.0"), at(t0()));
+    assert_eq!(dev.offer().version.to_string(), "1.2.0");
+    dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    activates(&dev);
+}
+
+/// Other bytes listed under the version between its download and its install (a check
+/// offering the version again, with them) withhold what was downloaded: the newest
+/// manifest no longer signs those bytes under it.
+#[test]
+fn other_bytes_under_the_version_between_the_download_and_the_install_withhold_it() {
+    let (w, dev, later) = activating_later();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let old = release_mut(m, "1.0.0").targets.clone();
+        release_mut(m, "1.1.0").targets = old;
+    });
+    w.serve(STABLE, relisted);
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains("other artifacts"), "{reason}");
 }
 
 /// A halt signed under a new manifest key, whose channel starts its sequence again,

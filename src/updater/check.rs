@@ -93,10 +93,6 @@ impl Updater {
         };
         // A pin is asked for whatever the rollout says, and a pinned check looks at its
         // release alone: it may let a staged release go, never hold one back.
-        let judged = policy.pin.is_none();
-        if judged {
-            self.note_offered(st, manifest, offered)?;
-        }
         let pin = policy.pin.map(|p| (p, policy.pin_is_standing));
         self.follow_withheld(st, manifest, &device, offered, pin, clock)?;
         let choice = match decision {
@@ -282,36 +278,6 @@ impl Updater {
         }
     }
 
-    /// Keeps, with the state's record of `manifest`'s channel, the release this unpinned
-    /// check of it offered (`offered`, none when up to date): an install from an offer of
-    /// an older manifest goes ahead when the newest check offered its release again
-    /// (`stale_offer`). Saved only when it changes.
-    fn note_offered(
-        &self,
-        checked: &State,
-        manifest: &Verified<Manifest>,
-        offered: Option<&Version>,
-    ) -> Result<()> {
-        let differs = |st: &State| {
-            st.manifests
-                .get(&manifest.channel)
-                .filter(|s| s.payload_sha256 == manifest.payload_sha256())
-                .is_some_and(|s| s.offered.as_ref() != offered)
-        };
-        if !differs(checked) {
-            return Ok(());
-        }
-        let _lock = self.lock()?;
-        let mut st = self.load_state()?;
-        if !differs(&st) {
-            return Ok(());
-        }
-        if let Some(seen) = st.manifests.get_mut(&manifest.channel) {
-            seen.offered = offered.cloned();
-        }
-        self.save(&st)
-    }
-
     /// The offer of `release` as `choice` selected it. Its `critical` is the selection's,
     /// not only the release's own flag: an update that passes over, or is the stepping stone
     /// towards, a critical release is forced too (DESIGN §5.3), in the offer, the deploy
@@ -453,10 +419,6 @@ impl Updater {
             crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
             crate::fsutil::write_atomic(&cache, bytes)?;
         }
-        // What a check offered from these very bytes still holds for them.
-        let offered = (st.manifests.get(channel))
-            .filter(|s| s.payload_sha256 == verified.payload_sha256())
-            .and_then(|s| s.offered.clone());
         st.manifests.insert(
             channel.to_string(),
             SeenManifest {
@@ -465,7 +427,6 @@ impl Updater {
                 etag: new_etag,
                 issued: Some(verified.issued),
                 checked: Some(clock),
-                offered,
             },
         );
         st.newest_issued = Some(
@@ -713,7 +674,7 @@ impl Updater {
     }
 
     /// Where the manifest last accepted on `channel` is kept, for 304s.
-    fn manifest_cache(&self, channel: &str) -> PathBuf {
+    pub(super) fn manifest_cache(&self, channel: &str) -> PathBuf {
         self.state_dir()
             .join("cache")
             .join(format!("{channel}.json"))
@@ -764,24 +725,6 @@ impl Updater {
 const SAVED_ROOT: &str = "the saved root";
 /// How errors name the root of the config (`trust.root`).
 const CONFIGURED_ROOT: &str = "`trust.root`";
-
-/// Why a staged `record` is withheld when `manifest` lists its version for `target` with
-/// other artifacts than it was installed from: activating it would run bytes the newest
-/// manifest no longer signs for that version.
-fn republished(manifest: &Manifest, target: &str, record: &SlotRecord) -> Option<String> {
-    let listed = manifest
-        .release(record.version.as_ref()?)?
-        .targets
-        .get(target)?;
-    let same = listed.components.len() == record.components.len()
-        && listed.components.iter().all(|(name, c)| {
-            record
-                .components
-                .get(name)
-                .is_some_and(|i| i.sha256 == c.artifact.sha256)
-        });
-    (!same).then(|| "the channel lists other artifacts under its version now".to_string())
-}
 
 /// A channel manifest that passed every rule, as fetched.
 struct FetchedManifest {

@@ -256,7 +256,7 @@ impl Updater {
         }
         record.status = SlotStatus::Installed;
         record.components = components;
-        let stale = stale_offer(plan, &st.manifests);
+        let stale = self.judged_at_install(&st, plan, st.slot(slot));
         let record = st.slot_mut(slot);
         record.withheld.clone_from(&stale);
         // What is installed is no longer pending: the slot's record keeps it now.
@@ -279,6 +279,82 @@ impl Updater {
             );
         }
         self.save(&st)
+    }
+
+    /// Why a release installed from `plan` into `record` is withheld from the start: the
+    /// newest manifest of its channel the device verified is another than the one it was
+    /// offered from (a check between the download and the install), and no longer offers
+    /// it to this device, or lists other bytes under its version (`select::withheld`,
+    /// [`republished`]; an offer asked for whatever the rollout says is held to its bytes
+    /// only). That manifest is read back from the cache, bound to its verification by the
+    /// payload's hash the state recorded then; one that cannot be read back withholds the
+    /// release until a check judges it. Without this, a halt a check saw between the two
+    /// was lost, and bytes listed again under the version were activated.
+    fn judged_at_install(&self, st: &State, plan: &Offer, record: &SlotRecord) -> Option<String> {
+        let seen = st.manifests.get(&plan.channel)?;
+        if seen.payload_sha256 == plan.manifest_sha256 {
+            return None;
+        }
+        let newer = |why: String| {
+            format!(
+                "channel {}'s manifest (sequence {}) verified after it was offered {why}",
+                plan.channel, seen.sequence
+            )
+        };
+        let manifest = match self.newest_manifest(&plan.channel, &seen.payload_sha256) {
+            Ok(manifest) => manifest,
+            Err(e) => return Some(newer(format!("could not be read back to judge it: {e}"))),
+        };
+        let device_id = match self.device_id() {
+            Ok(id) => id,
+            Err(e) => return Some(newer(format!("could not be judged: {e}"))),
+        };
+        let device = self.device(st, &device_id);
+        let now = manifest::effective_now((self.clock)(), st.newest_issued);
+        let allow_downgrade = self.config.allow_downgrade;
+        let why = match plan.asked_for {
+            true => None,
+            false => select::withheld(&manifest, &device, allow_downgrade, &plan.version, now),
+        };
+        why.or_else(|| republished(&manifest, &self.config.target, record))
+            .map(|why| newer(format!("no longer offers it: {why}")))
+    }
+
+    /// The newest manifest of `channel` the device verified, read back from the cache the
+    /// check wrote it to, and bound to that verification by its payload's SHA-256, which
+    /// the state recorded then (`sha256`).
+    fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
+        let path = self.manifest_cache(channel);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let envelope = crate::trust::parse_envelope(&bytes)?;
+        let payload = crate::trust::decode_base64(&envelope.payload).ok_or_else(|| {
+            Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "{}: expected a base64 payload, found invalid base64",
+                    path.display()
+                ),
+            )
+        })?;
+        let found = crate::trust::sha256_hex(&payload);
+        if found != sha256 {
+            return Err(Error::new(
+                ErrorKind::HashMismatch,
+                format!(
+                    "{}: expected the manifest verified last (payload SHA-256 {sha256}), found {found}",
+                    path.display()
+                ),
+            ));
+        }
+        crate::json::from_bytes::<Manifest>(&payload).map_err(|found| {
+            Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "{}: expected a channel manifest, found: {found}",
+                    path.display()
+                ),
+            )
+        })
     }
 
     /// The slot an install writes, once `st` follows what the selector says runs (see
@@ -639,27 +715,6 @@ fn component_context(c: &ComponentChange, a: &Artifact) -> String {
         a.kind.as_str(),
         a.sha256
     )
-}
-
-/// Why a release installed from `plan` is withheld from the start: its channel's newest
-/// manifest the device verified is another than the one it was offered from (a check
-/// between the download and the install), and that check did not offer it again. The
-/// next check of the channel that offers it lets it go ([`Updater::follow_withheld`]).
-/// Never for an offer asked for whatever the rollout says. Manifests are told apart by
-/// their payload's hash: sequences start again on a channel re-signed under a new key.
-fn stale_offer(
-    plan: &Offer,
-    seen: &BTreeMap<String, crate::state::SeenManifest>,
-) -> Option<String> {
-    let newest = seen.get(&plan.channel)?;
-    let judged = newest.payload_sha256 == plan.manifest_sha256
-        || newest.offered.as_ref() == Some(&plan.version);
-    (!judged && !plan.asked_for).then(|| {
-        format!(
-            "it was offered from another manifest than channel {}'s newest (sequence {}), which no check has offered it from",
-            plan.channel, newest.sequence
-        )
-    })
 }
 
 /// What the new slot holds: the release's components, each installed from its artifact

@@ -106,8 +106,7 @@ pub struct Offer {
     asked_for: bool,
     /// The SHA-256 of the payload of the channel manifest it was chosen from: a release
     /// installed from an offer of another manifest than the newest its device verified is
-    /// withheld until a check judges it (a halt may lie between the two), unless that
-    /// check offered it again.
+    /// judged by that newest one at the install (a halt may lie between the two).
     manifest_sha256: String,
 }
 
@@ -362,6 +361,24 @@ fn running_slot_unknown(what: &str) -> Error {
     Error::invalid_state(format!(
         "expected to know the running slot to {what}, found none: the bootloader selector cannot tell (with GRUB or U-Boot, the kernel command line must carry the `booted_from` key, rauc.slot=A or B by default)"
     ))
+}
+
+/// Why a staged `record` is withheld when `manifest` lists its version for `target` with
+/// other artifacts than it was installed from: activating it would run bytes the newest
+/// manifest no longer signs for that version.
+fn republished(manifest: &Manifest, target: &str, record: &SlotRecord) -> Option<String> {
+    let listed = manifest
+        .release(record.version.as_ref()?)?
+        .targets
+        .get(target)?;
+    let same = listed.components.len() == record.components.len()
+        && listed.components.iter().all(|(name, c)| {
+            record
+                .components
+                .get(name)
+                .is_some_and(|i| i.sha256 == c.artifact.sha256)
+        });
+    (!same).then(|| "the channel lists other artifacts under its version now".to_string())
 }
 
 /// What `begin_install` settled: the slot to write and what it will hold.
