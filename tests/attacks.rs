@@ -511,7 +511,7 @@ fn a_halt_seen_between_the_download_and_the_install_withholds_the_release() {
     dev.set_clock(later.plus_days(1));
     let reason = withheld_reason(&dev);
     assert!(
-        reason.contains("verified after it was offered no longer offers it: its rollout no longer includes this device"),
+        reason.contains("(its rollout no longer includes this device (halted, or narrowed))"),
         "{reason}"
     );
     set_rollout(&w, "1.1.0", 100.0, later.plus_days(1));
@@ -569,6 +569,53 @@ fn other_bytes_under_the_version_between_the_download_and_the_install_withhold_i
     w.serve(STABLE, relisted);
     assert_eq!(dev.offer().version.to_string(), "1.1.0");
     dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains("other artifacts"), "{reason}");
+}
+
+/// A skipped release offered again as the stepping stone to a critical fix, its manifest
+/// re-signed between the download and the install, is judged at the install as a check
+/// judges it: the newest manifest's selection offers it, so it is not held back as
+/// skipped.
+#[test]
+fn a_skipped_stone_to_a_critical_fix_resigned_before_the_install_goes_ahead() {
+    let (w, dev, later) = activating_later();
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    dev.updater.skip(&"1.1.0".parse().unwrap()).unwrap();
+    let mut opts = at(t0());
+    opts.critical = true;
+    opts.min_version = Some("1.1.0".parse().unwrap());
+    w.publish("stable", "1.2.0", &app_zip("1.2.0"), opts);
+    let offer = dev.offer();
+    assert_eq!(
+        (offer.version.to_string(), offer.critical),
+        ("1.1.0".into(), true)
+    );
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], |_| {}));
+    assert_eq!(dev.offer().version.to_string(), "1.1.0");
+    dev.updater.install(&plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+    activates(&dev);
+}
+
+/// The same blob listed under the version as another kind of artifact (a file where it
+/// was a zip) is other slot contents: withheld, as other bytes are.
+#[test]
+fn the_same_blob_listed_as_another_kind_under_the_version_withholds_it() {
+    let (w, dev, later) = staged_until_later();
+    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let targets = &mut release_mut(m, "1.1.0").targets;
+        let app = &mut targets.get_mut(world::TARGET).unwrap().components;
+        let artifact = &mut app.get_mut("app").unwrap().artifact;
+        artifact.kind = evergreen::manifest::ArtifactKind::File;
+        artifact.name = Some("app.zip".into());
+        artifact.installed_size = None;
+    });
+    w.serve(STABLE, relisted);
+    dev.updater.check().unwrap();
     dev.set_clock(later.plus_days(1));
     let reason = withheld_reason(&dev);
     assert!(reason.contains("other artifacts"), "{reason}");

@@ -283,41 +283,65 @@ impl Updater {
 
     /// Why a release installed from `plan` into `record` is withheld from the start: the
     /// newest manifest of its channel the device verified is another than the one it was
-    /// offered from (a check between the download and the install), and no longer offers
-    /// it to this device, or lists other bytes under its version (`select::withheld`,
-    /// [`republished`]; an offer asked for whatever the rollout says is held to its bytes
-    /// only). That manifest is read back from the cache, bound to its verification by the
-    /// payload's hash the state recorded then; one that cannot be read back withholds the
-    /// release until a check judges it. Without this, a halt a check saw between the two
-    /// was lost, and bytes listed again under the version were activated.
+    /// offered from (a check between the download and the install), and judged as a check
+    /// judges a staged release, it no longer offers it to this device or lists other
+    /// bytes under its version (`select::withheld`, [`republished`]; an offer asked for
+    /// whatever the rollout says is held to its bytes only). That manifest is read back
+    /// from the cache, bound to its verification by the payload's hash the state recorded
+    /// then; one that cannot be read back withholds the release until a check judges it.
+    /// Without this, a halt a check saw between the two was lost, and bytes listed again
+    /// under the version were activated.
     fn judged_at_install(&self, st: &State, plan: &Offer, record: &SlotRecord) -> Option<String> {
         let seen = st.manifests.get(&plan.channel)?;
         if seen.payload_sha256 == plan.manifest_sha256 {
             return None;
         }
-        let newer = |why: String| {
-            format!(
-                "channel {}'s manifest (sequence {}) verified after it was offered {why}",
-                plan.channel, seen.sequence
-            )
-        };
         let manifest = match self.newest_manifest(&plan.channel, &seen.payload_sha256) {
             Ok(manifest) => manifest,
-            Err(e) => return Some(newer(format!("could not be read back to judge it: {e}"))),
+            Err(e) => {
+                return Some(format!(
+                    "its channel's newest manifest (sequence {}), verified after the offer, could not be read back to judge it: {e}",
+                    seen.sequence
+                ))
+            }
         };
+        let bytes = || republished(&manifest, &self.config.target, record);
+        if plan.asked_for {
+            return bytes();
+        }
         let device_id = match self.device_id() {
             Ok(id) => id,
-            Err(e) => return Some(newer(format!("could not be judged: {e}"))),
+            Err(e) => {
+                return Some(format!(
+                    "it could not be judged by its channel's newest manifest: {e}"
+                ))
+            }
         };
         let device = self.device(st, &device_id);
         let now = manifest::effective_now((self.clock)(), st.newest_issued);
-        let allow_downgrade = self.config.allow_downgrade;
-        let why = match plan.asked_for {
-            true => None,
-            false => select::withheld(&manifest, &device, allow_downgrade, &plan.version, now),
+        // As a check judges it: offered by the newest manifest's selection (a skipped
+        // stepping stone to a critical fix is), only its bytes count; else whether that
+        // manifest still offers it at all (a newer release beside it does not hold it).
+        let policy = Policy {
+            pin: self.config.pin_version.as_ref(),
+            pin_is_standing: true,
+            allow_downgrade: self.config.allow_downgrade,
         };
-        why.or_else(|| republished(&manifest, &self.config.target, record))
-            .map(|why| newer(format!("no longer offers it: {why}")))
+        let offered = match select::select(&manifest, &device, &policy, now) {
+            Ok(select::Decision::Update(c)) => c.version == plan.version,
+            _ => false,
+        };
+        let why = match offered {
+            true => None,
+            false => select::withheld(
+                &manifest,
+                &device,
+                policy.allow_downgrade,
+                &plan.version,
+                now,
+            ),
+        };
+        why.or_else(bytes)
     }
 
     /// The newest manifest of `channel` the device verified, read back from the cache the
@@ -326,6 +350,17 @@ impl Updater {
     fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
         let path = self.manifest_cache(channel);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let max = self.config.limits.max_metadata_bytes;
+        if bytes.len() as u64 > max {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "{}: expected at most {max} bytes, found {}",
+                    path.display(),
+                    bytes.len()
+                ),
+            ));
+        }
         let envelope = crate::trust::parse_envelope(&bytes)?;
         let payload = crate::trust::decode_base64(&envelope.payload).ok_or_else(|| {
             Error::new(

@@ -371,12 +371,19 @@ fn republished(manifest: &Manifest, target: &str, record: &SlotRecord) -> Option
         .release(record.version.as_ref()?)?
         .targets
         .get(target)?;
+    // The same bytes installed the same way (a blob signed as a file where it was a zip,
+    // or gzip where it was raw, leaves other slot contents); a record from before kinds
+    // were kept is compared by its bytes.
+    let holds = |i: &InstalledComponent, a: &Artifact| match i.kind {
+        Some(_) => i.holds(a),
+        None => i.sha256 == a.sha256,
+    };
     let same = listed.components.len() == record.components.len()
         && listed.components.iter().all(|(name, c)| {
             record
                 .components
                 .get(name)
-                .is_some_and(|i| i.sha256 == c.artifact.sha256)
+                .is_some_and(|i| holds(i, &c.artifact))
         });
     (!same).then(|| "the channel lists other artifacts under its version now".to_string())
 }
