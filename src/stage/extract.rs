@@ -209,7 +209,7 @@ impl CheckedZip {
             .files
             .iter()
             .map(|&i| free.blocks_for(self.plan.entries[i].declared));
-        let dirs = self.directory_bytes().into_values().map(|bytes| {
+        let dirs = self.directory_bytes().into_iter().map(|bytes| {
             // Past one block, a hashed directory (ext4's htree) splits its blocks and
             // leaves them partly full: 1.4 to 1.7 times the entries' bytes measured with
             // 2,000 and 20,000 names of 20 to 200 bytes.
@@ -227,22 +227,38 @@ impl CheckedZip {
     /// each entry, and 24 for `.` and `..`. One block per directory, as this once counted,
     /// was short by megabytes for one of many files: the slot was emptied, and extraction
     /// ran out of room part way.
-    fn directory_bytes(&self) -> HashMap<&str, u64> {
+    fn directory_bytes(&self) -> Vec<u64> {
+        use std::hash::BuildHasher;
         const DOTS: u64 = 24;
         let names: Vec<&str> = paths(&self.zip).collect();
         let created = (self.plan.files.iter().map(|&i| names[i]))
             .chain(self.plan.symlinks.iter().map(|(i, _)| names[*i]))
             .chain(self.plan.dirs.iter().map(|&(i, end)| &names[i][..end]));
-        let mut dirs: HashMap<&str, u64> = HashMap::from([("", DOTS)]);
+        // Keyed by a hash of the directory's path, into `bytes`: the map type the plan's
+        // tree check uses already (a second costs the C library kilobytes). Two paths
+        // with one hash share a count, which only errs on the safe side.
+        let keys = std::collections::hash_map::RandomState::new();
+        let mut index: HashMap<u64, u32> = HashMap::with_capacity(self.plan.dirs.len() + 1);
+        let mut bytes: Vec<u64> = Vec::with_capacity(self.plan.dirs.len() + 1);
+        let mut add = |dir: &str, more: u64| {
+            let key = keys.hash_one(dir);
+            match index.get(&key) {
+                Some(&i) => bytes[i as usize] += more,
+                None => {
+                    index.insert(key, bytes.len() as u32);
+                    bytes.push(DOTS + more);
+                }
+            }
+        };
+        add("", 0);
+        for &(i, end) in &self.plan.dirs {
+            add(&names[i][..end], 0);
+        }
         for path in created {
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-            let entry = 8 + (name.len() as u64).next_multiple_of(4);
-            *dirs.entry(parent).or_insert(DOTS) += entry;
+            add(parent, 8 + (name.len() as u64).next_multiple_of(4));
         }
-        for &(i, end) in &self.plan.dirs {
-            dirs.entry(&names[i][..end]).or_insert(DOTS);
-        }
-        dirs
+        bytes
     }
 
     /// Inflates every file entry into nothing, checking what extraction checks only as it
@@ -804,25 +820,65 @@ struct TreeNode {
     node: Node,
 }
 
-/// A component as file systems that ignore case compare it: each character uppercased,
-/// then lowercased. That is close to Unicode's full case folding, which ext4 and f2fs
-/// casefolding use: `ſ` and `s`, `µ` and `μ`, `ϐ` and `β`, the final sigma `ς` and `σ`,
-/// `ß` and `ss`, `ﬁ` and `fi` come out the same, as do the dotless `ı` and `i`, which
-/// FAT's uppercasing makes equal. Lowercasing alone kept all of those apart: the plan
-/// passed such an archive, and its second name failed to create (`io`) after the slot
-/// had been emptied. The capital `ẞ` lowercases to `ß`, which case folding makes `ss`
-/// as it does `ß`: so does this. (Left apart: NFC and NFD spellings of one name, which
-/// a normalising file system takes as one.)
+/// A component as file systems that ignore case compare it: each character lowercased,
+/// then case-folded where Unicode's full case folding (which ext4 and f2fs casefolding
+/// use) differs from the lowercase: `ſ` and `s`, `µ` and `μ`, `ϐ` and `β`, the final
+/// sigma `ς` and `σ`, `ß` (and so `ẞ`) and `ss`, `ﬁ` and `fi` come out the same, as do
+/// the dotless `ı` and `i`, which FAT's uppercasing makes equal. Lowercasing alone kept
+/// all of those apart: the plan passed such an archive, and its second name failed to
+/// create (`io`) after the slot had been emptied. Not folded: the characters whose
+/// folding is a letter and a combining mark (`ǰ`, Greek with iota subscript) and NFC
+/// against NFD spellings, which a normalising file system takes as one. A small table
+/// rather than `to_uppercase`, whose table costs the C library 13 KB.
 fn folded(component: &str) -> impl Iterator<Item = char> + '_ {
     component
         .chars()
-        .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .flat_map(|c| {
-            let sharp = c == 'ß';
-            std::iter::once(if sharp { 's' } else { c }).chain(sharp.then_some('s'))
+            let several = match c {
+                'ß' => "ss",
+                '\u{fb00}' => "ff",
+                '\u{fb01}' => "fi",
+                '\u{fb02}' => "fl",
+                '\u{fb03}' => "ffi",
+                '\u{fb04}' => "ffl",
+                '\u{fb05}' | '\u{fb06}' => "st",
+                _ => "",
+            };
+            let one = FOLDS
+                .binary_search_by_key(&c, |&(from, _)| from)
+                .map_or(c, |i| FOLDS[i].1);
+            several.chars().chain(several.is_empty().then_some(one))
         })
 }
+
+/// The characters whose case folding is one other character than their lowercase
+/// (Unicode 14: `c.upper().lower() != c.lower()`), sorted, for [`folded`].
+const FOLDS: [(char, char); 23] = [
+    ('\u{b5}', '\u{3bc}'),
+    ('\u{131}', 'i'),
+    ('\u{17f}', 's'),
+    ('\u{345}', '\u{3b9}'),
+    ('\u{3c2}', '\u{3c3}'),
+    ('\u{3d0}', '\u{3b2}'),
+    ('\u{3d1}', '\u{3b8}'),
+    ('\u{3d5}', '\u{3c6}'),
+    ('\u{3d6}', '\u{3c0}'),
+    ('\u{3f0}', '\u{3ba}'),
+    ('\u{3f1}', '\u{3c1}'),
+    ('\u{3f5}', '\u{3b5}'),
+    ('\u{1c80}', '\u{432}'),
+    ('\u{1c81}', '\u{434}'),
+    ('\u{1c82}', '\u{43e}'),
+    ('\u{1c83}', '\u{441}'),
+    ('\u{1c84}', '\u{442}'),
+    ('\u{1c85}', '\u{442}'),
+    ('\u{1c86}', '\u{44a}'),
+    ('\u{1c87}', '\u{463}'),
+    ('\u{1c88}', '\u{a64b}'),
+    ('\u{1e9b}', '\u{1e61}'),
+    ('\u{1fbe}', '\u{3b9}'),
+];
 
 /// Refuses duplicate and case-colliding paths (including the directories they imply), a
 /// path that is both a file and a directory, any entry under a symlink (a write
