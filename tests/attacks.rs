@@ -262,6 +262,31 @@ fn withheld_once_due(dev: &Dev, later: evergreen::Timestamp) -> String {
     withheld_reason(dev)
 }
 
+/// The plan of what `dev` is offered now, downloaded, not yet installed.
+fn downloaded_plan(dev: &Dev) -> evergreen::Offer {
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    plan
+}
+
+/// Installs `plan`, then sets the clock a day past `later`, when the deploy policy lets
+/// what is staged go.
+fn installed_once_due(dev: &Dev, plan: &evergreen::Offer, later: evergreen::Timestamp) {
+    dev.updater.install(plan).unwrap();
+    dev.set_clock(later.plus_days(1));
+}
+
+/// Serves stable's manifest with `version` listed again under 1.0.0's artifacts: other
+/// bytes under the same version.
+fn relist_with_other_bytes(w: &World, version: &str) {
+    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
+        let old = release_mut(m, "1.0.0").targets.clone();
+        release_mut(m, version).targets = old;
+    });
+    w.serve(STABLE, relisted);
+}
+
 /// Sets the rollout of `version` on stable to `percent` from `at` on.
 fn set_rollout(w: &World, version: &str, percent: f64, at: evergreen::Timestamp) {
     let manifest_key = key(MANIFEST_KEY);
@@ -379,11 +404,7 @@ fn a_pinned_check_lets_a_withheld_release_go_and_withholds_none() {
 #[test]
 fn a_staged_version_listed_again_with_other_bytes_stays_withheld() {
     let (w, dev, later) = staged_until_later();
-    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
-        let old = release_mut(m, "1.0.0").targets.clone();
-        release_mut(m, "1.1.0").targets = old;
-    });
-    w.serve(STABLE, relisted);
+    relist_with_other_bytes(&w, "1.1.0");
     let offer = dev.offer();
     assert_eq!(offer.version.to_string(), "1.1.0");
     assert_eq!(dev.updater.staged_slot(&offer).unwrap(), None);
@@ -470,11 +491,7 @@ fn an_asked_for_release_listed_again_with_other_bytes_is_withheld() {
     dev.updater
         .install(&dev.updater.plan(&offer).unwrap())
         .unwrap();
-    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
-        let old = release_mut(m, "1.0.0").targets.clone();
-        release_mut(m, "1.2.0").targets = old;
-    });
-    w.serve(STABLE, relisted);
+    relist_with_other_bytes(&w, "1.2.0");
     dev.updater.check().unwrap();
     dev.set_clock(later.plus_days(1));
     let reason = withheld_reason(&dev);
@@ -490,9 +507,7 @@ fn a_halt_seen_between_the_download_and_the_install_withholds_the_release() {
     let mut opts = at(t0());
     opts.rollout_percent = Some(100.0);
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
-    let offer = dev.offer();
-    let plan = dev.updater.plan(&offer).unwrap();
-    dev.download(&offer).unwrap();
+    let plan = downloaded_plan(&dev);
     set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
     assert!(matches!(
         dev.updater.check().unwrap(),
@@ -525,13 +540,10 @@ fn a_halt_seen_between_the_download_and_the_install_withholds_the_release() {
 fn a_resign_between_the_download_and_the_install_holds_nothing_back() {
     let (w, dev, later) = activating_later();
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
-    let offer = dev.offer();
-    let plan = dev.updater.plan(&offer).unwrap();
-    dev.download(&offer).unwrap();
+    let plan = downloaded_plan(&dev);
     w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], |_| {}));
     assert_eq!(dev.offer().version.to_string(), "1.1.0");
-    dev.updater.install(&plan).unwrap();
-    dev.set_clock(later.plus_days(1));
+    installed_once_due(&dev, &plan, later);
     activates(&dev);
 }
 
@@ -542,13 +554,10 @@ fn a_resign_between_the_download_and_the_install_holds_nothing_back() {
 fn a_newer_release_between_the_download_and_the_install_holds_nothing_back() {
     let (w, dev, later) = activating_later();
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
-    let offer = dev.offer();
-    let plan = dev.updater.plan(&offer).unwrap();
-    dev.download(&offer).unwrap();
+    let plan = downloaded_plan(&dev);
     w.publish("stable", "1.2.0", &app_zip("1.2.0"), at(t0()));
     assert_eq!(dev.offer().version.to_string(), "1.2.0");
-    dev.updater.install(&plan).unwrap();
-    dev.set_clock(later.plus_days(1));
+    installed_once_due(&dev, &plan, later);
     activates(&dev);
 }
 
@@ -559,17 +568,10 @@ fn a_newer_release_between_the_download_and_the_install_holds_nothing_back() {
 fn other_bytes_under_the_version_between_the_download_and_the_install_withhold_it() {
     let (w, dev, later) = activating_later();
     w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
-    let offer = dev.offer();
-    let plan = dev.updater.plan(&offer).unwrap();
-    dev.download(&offer).unwrap();
-    let relisted = w.forge("stable", &[&key(MANIFEST_KEY)], |m| {
-        let old = release_mut(m, "1.0.0").targets.clone();
-        release_mut(m, "1.1.0").targets = old;
-    });
-    w.serve(STABLE, relisted);
+    let plan = downloaded_plan(&dev);
+    relist_with_other_bytes(&w, "1.1.0");
     assert_eq!(dev.offer().version.to_string(), "1.1.0");
-    dev.updater.install(&plan).unwrap();
-    dev.set_clock(later.plus_days(1));
+    installed_once_due(&dev, &plan, later);
     let reason = withheld_reason(&dev);
     assert!(reason.contains("other artifacts"), "{reason}");
 }
@@ -596,8 +598,7 @@ fn a_skipped_stone_to_a_critical_fix_resigned_before_the_install_goes_ahead() {
     dev.download(&offer).unwrap();
     w.serve(STABLE, w.forge("stable", &[&key(MANIFEST_KEY)], |_| {}));
     assert_eq!(dev.offer().version.to_string(), "1.1.0");
-    dev.updater.install(&plan).unwrap();
-    dev.set_clock(later.plus_days(1));
+    installed_once_due(&dev, &plan, later);
     activates(&dev);
 }
 
@@ -633,9 +634,7 @@ fn a_halt_under_a_new_manifest_key_with_a_new_sequence_is_not_lost() {
             .resign("stable", &Signing::new(&[&key(MANIFEST_KEY)], t0()))
             .unwrap();
     }
-    let offer = dev.offer();
-    let plan = dev.updater.plan(&offer).unwrap();
-    dev.download(&offer).unwrap();
+    let plan = downloaded_plan(&dev);
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0());
     let halted = w.forge("stable", &[&key(SECOND_MANIFEST_KEY)], |m| {
         m.sequence = 1;
@@ -652,8 +651,7 @@ fn a_halt_under_a_new_manifest_key_with_a_new_sequence_is_not_lost() {
         Check::UpToDate { .. }
     ));
     assert_eq!(dev.state_json()["manifests"]["stable"]["sequence"], 1);
-    dev.updater.install(&plan).unwrap();
-    dev.set_clock(later.plus_days(1));
+    installed_once_due(&dev, &plan, later);
     withheld_reason(&dev);
 }
 
