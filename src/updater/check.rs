@@ -204,9 +204,8 @@ impl Updater {
             {
                 return None;
             }
-            // Listed again with other bytes than the slot holds: withheld, whoever chose it.
-            let bytes = || republished(manifest, device.target, record);
             let asked = record.asked_for;
+            let verdict = |chose| self.staged_verdict(manifest, device, record, chose, now);
             let (why, asked_for) = match (pin, offered == Some(version)) {
                 // The config pins the device to another version: that is the one to run.
                 (Some((pinned, true)), false) if pinned.cmp_precedence(version).is_ne() => (
@@ -216,17 +215,13 @@ impl Updater {
                 // Offered again; by a pinned check, it is asked for from now on, so the
                 // next routine check does not hold back what was just asked for.
                 (pin, true) => {
-                    let why = bytes();
+                    let why = verdict(true);
                     (why.clone(), asked || (pin.is_some() && why.is_none()))
                 }
                 // A pin's or a repair's: asked for whatever the rollout says.
-                _ if asked => (bytes(), true),
+                _ if asked => (verdict(true), true),
                 (Some(_), false) => (record.withheld.clone(), false),
-                (None, false) => {
-                    let allow_downgrade = self.config.allow_downgrade;
-                    let why = select::withheld(manifest, device, allow_downgrade, version, now);
-                    (why.or_else(bytes), false)
-                }
+                (None, false) => (verdict(false), false),
             };
             let same = why == record.withheld && asked_for == record.asked_for;
             (!same).then_some((slot, why, asked_for))

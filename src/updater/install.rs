@@ -305,10 +305,6 @@ impl Updater {
                 ))
             }
         };
-        let bytes = || republished(&manifest, &self.config.target, record);
-        if plan.asked_for {
-            return bytes();
-        }
         let device_id = match self.device_id() {
             Ok(id) => id,
             Err(e) => {
@@ -319,7 +315,7 @@ impl Updater {
         };
         let device = self.device(st, &device_id);
         let now = manifest::effective_now((self.clock)(), st.newest_issued);
-        // As a check judges it: offered by the newest manifest's selection (a skipped
+        // As a check judges it: chosen by the newest manifest's selection (a skipped
         // stepping stone to a critical fix is), only its bytes count; else whether that
         // manifest still offers it at all (a newer release beside it does not hold it).
         let policy = Policy {
@@ -327,21 +323,12 @@ impl Updater {
             pin_is_standing: true,
             allow_downgrade: self.config.allow_downgrade,
         };
-        let offered = match select::select(&manifest, &device, &policy, now) {
-            Ok(select::Decision::Update(c)) => c.version == plan.version,
-            _ => false,
-        };
-        let why = match offered {
-            true => None,
-            false => select::withheld(
-                &manifest,
-                &device,
-                policy.allow_downgrade,
-                &plan.version,
-                now,
-            ),
-        };
-        why.or_else(bytes)
+        let chose = plan.asked_for
+            || matches!(
+                select::select(&manifest, &device, &policy, now),
+                Ok(select::Decision::Update(c)) if c.version == plan.version
+            );
+        self.staged_verdict(&manifest, &device, record, chose, now)
     }
 
     /// The newest manifest of `channel` the device verified, read back from the cache the

@@ -388,6 +388,30 @@ fn republished(manifest: &Manifest, target: &str, record: &SlotRecord) -> Option
     (!same).then(|| "the channel lists other artifacts under its version now".to_string())
 }
 
+impl Updater {
+    /// Why `manifest` withholds the release staged in `record`, judged at `now` for
+    /// `device`: only its bytes ([`republished`]) when this manifest's selection `chose`
+    /// it (or it was asked for whatever the rollout says), else also whether the manifest
+    /// still offers it at all (`select::withheld`). One rule for a check
+    /// ([`Updater::follow_withheld`]) and an install from an older offer.
+    pub(super) fn staged_verdict(
+        &self,
+        manifest: &Manifest,
+        device: &Device<'_>,
+        record: &SlotRecord,
+        chose: bool,
+        now: Timestamp,
+    ) -> Option<String> {
+        let bytes = || republished(manifest, &self.config.target, record);
+        let version = record.version.as_ref()?;
+        match chose {
+            true => bytes(),
+            false => select::withheld(manifest, device, self.config.allow_downgrade, version, now)
+                .or_else(bytes),
+        }
+    }
+}
+
 /// What `begin_install` settled: the slot to write and what it will hold.
 struct Staging {
     slot: Slot,
