@@ -2276,3 +2276,61 @@ fn a_check_that_fails_after_the_release_is_written_is_a_warning() {
         .iter()
         .any(|r| r["version"] == "1.1.0"));
 }
+
+/// A zip read from a named pipe (a build step streaming it in) is published, and the
+/// command then ends with no warning: nothing opens the pipe a second time after the
+/// release is written (with no writer left, that open waited for good, and the stop that
+/// followed said "run the command again", which was then refused as already done).
+#[test]
+fn a_zip_from_a_named_pipe_is_published_and_the_command_ends() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    write_zip(&dir.join("app.zip"));
+    let zip = std::fs::read(dir.join("app.zip")).unwrap();
+    let fifo = dir.join("app.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let feed = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, zip))
+    };
+    let args = release_args("1.0.0", &["--component", "app=app.fifo:zip"]);
+    let quick = std::time::Duration::from_secs(15);
+    let o = common::output_within(command_at(dir, NOW).args(&args), quick);
+    feed.join().unwrap().unwrap();
+    assert_eq!(
+        read_manifest(dir, "nightly")["releases"][0]["version"],
+        "1.0.0",
+        "published"
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "no warning about a zip the fleet takes");
+}
+
+/// A release refused for its `--expires-in` (0 days, or beyond a century) is refused
+/// before its components are copied into blobs/, as the other refusals are: the component
+/// may be an image of hundreds of MB, left in the repository and uploaded with it.
+#[test]
+fn a_release_refused_for_its_validity_copies_no_blob() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("big.img"), [9u8; 4096]).unwrap();
+    for days in ["0", "36501"] {
+        let args = release_args(
+            "1.0.0",
+            &["--component", "rootfs=big.img:image", "--expires-in", days],
+        );
+        let err = fails(dir, &args);
+        assert!(
+            err.starts_with("error[config]: expected a validity"),
+            "{err}"
+        );
+    }
+    let blobs = std::fs::read_dir(dir.join("repo/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "no blob copied for a refused release");
+}

@@ -36,6 +36,10 @@ impl Repo {
         if let Some(min) = &opts.min_version {
             check_min_version(version, min)?;
         }
+        // Refused before a component is copied into blobs/, as `bump` would refuse it after.
+        if let Some(days) = opts.expires_in_days {
+            expiry(opts.now, days)?;
+        }
         let _lock = self.lock()?;
         let trusted = self.trusted_root()?;
         let edit = |m: &mut Manifest| {
