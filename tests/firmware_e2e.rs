@@ -2775,3 +2775,56 @@ fn a_damaged_gzip_image_error_names_the_mirror_that_served_it() {
     );
     assert!(err.starts_with(&named), "{err}\nwanted: {named}");
 }
+
+/// A resume answered with 200 (a server or CDN that ignores `Range`) into a slot that is a
+/// block device, as a real board's slot is: the kept bytes are compared with the body and
+/// the image completed, as for a plain file slot. They were read back through a path open
+/// that takes regular files only, and every later update failed with `io`.
+#[test]
+fn a_block_device_slot_resumed_by_a_server_ignoring_range_completes() {
+    use support::Fault;
+    let (_repo, server, board, image, _blob) =
+        board_offered_an_image("norange_blk", Loader::Grub, 2 * MIB);
+    let backing = board.b.with_extension("loopback");
+    std::fs::write(&backing, vec![0u8; 4 * MIB]).unwrap();
+    let Some(device) = LoopDevice::attach(&backing) else {
+        return;
+    };
+    set_slot_path(&board, "b", &device.0);
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 2);
+    failed_update(&board);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    server.set_fault("blobs/", Fault::IgnoreRange);
+    let out = board.dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        sha256_prefix(&device.0, image.len()),
+        evergreen::trust::sha256_hex(&image)
+    );
+}
+
+/// The same with slot b named by a symlink (a `/dev/disk/by-partlabel/…` name,
+/// which docs/firmware.md says is fine) to a plain file.
+#[test]
+fn a_symlinked_slot_resumed_by_a_server_ignoring_range_completes() {
+    use support::Fault;
+    let (_repo, server, board, image, _blob) =
+        board_offered_an_image("norange_link", Loader::Grub, 2 * MIB);
+    let target = board.b.with_extension("target");
+    std::fs::write(&target, b"").unwrap();
+    let link = board.b.with_extension("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    set_slot_path(&board, "b", link.to_str().unwrap());
+    server.set_fault_times("blobs/", Fault::DropAfter(300_000), 2);
+    failed_update(&board);
+    assert_eq!(board.dev.status()["slots"]["b"]["status"], "installing");
+    server.set_fault("blobs/", Fault::IgnoreRange);
+    let out = board.dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "slot b holds the image"
+    );
+}

@@ -1283,8 +1283,8 @@ impl Stream<'_, '_> {
     /// it has run past them or past [`HOLD`]; a body that ends before (an error page)
     /// fails this base with the `.part` as it was.
     fn replay_kept(&mut self, body: &mut dyn Read, part: &mut Part) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         let path = part.path();
-        let mut kept = crate::fsutil::open_regular(OpenOptions::new().read(true), path, "opening")?;
         let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
         let mut hasher = Sha256::new();
         let (mut theirs, mut ours) = (vec![0; CHUNK], vec![0; CHUNK]);
@@ -1295,7 +1295,10 @@ impl Stream<'_, '_> {
             if n == 0 {
                 return Err(self.ended_early(matched));
             }
-            kept.read_exact(&mut ours[..n])
+            // The part's own descriptor, read at its offset: the slot may be a block
+            // device or reached through a symlink, which `open_regular` refuses.
+            part.file
+                .read_exact_at(&mut ours[..n], matched)
                 .map_err(|e| Error::io("reading", path, e))?;
             if let Some(i) = theirs[..n].iter().zip(&ours[..n]).position(|(a, b)| a != b) {
                 hasher.update(&theirs[..i]);

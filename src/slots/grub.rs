@@ -578,7 +578,9 @@ impl GrubEnv {
             // target is missing gets the block where it points only on another file system
             // (the ESP mounted): an unmounted mount point is an empty directory of this one.
             let target = crate::fsutil::link_target(env.path.clone())?;
-            if target != env.path && !on_other_file_system(&env.path, &target) {
+            // An empty target (a cut `grub-editenv` rewrite) is a file there: made again.
+            let missing = std::fs::symlink_metadata(&target).is_err();
+            if target != env.path && missing && !on_other_file_system(&env.path, &target) {
                 return Err(Error::new(
                     ErrorKind::Bootloader,
                     format!(
@@ -878,5 +880,27 @@ mod tests {
             env.boot_plan().unwrap().map(|p| p.next),
             Some(Some(Slot::A))
         );
+    }
+
+    /// A symlinked block whose target (same file system) a cut `grub-editenv` rewrite left
+    /// empty is made again where the link points, as an empty file is, and the link kept.
+    /// Provisioning refused it, saying the target, which exists, was missing.
+    #[test]
+    fn provisioning_remakes_an_empty_block_behind_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real-grubenv");
+        std::fs::write(&target, b"").unwrap();
+        let link = dir.path().join("grubenv");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let env = GrubEnv::init(&link).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().len(),
+            DEFAULT_SIZE as u64
+        );
+        assert_eq!(env.get("A_OK").unwrap().as_deref(), Some("1"));
     }
 }
