@@ -708,6 +708,30 @@ fn a_check_of_another_channel_withholds_nothing() {
     activates(&dev);
 }
 
+/// A release staged on stable, after which the device switched to preview (stable found
+/// bad, say), is not activated when the deploy policy's time comes: the device's first
+/// check of preview withholds it, `status` says why, and switching back lets it go. It
+/// used to go live at its time whatever channel the device had moved to.
+#[test]
+fn a_release_staged_before_a_channel_switch_waits_for_that_channel() {
+    let (w, dev, later) = staged_until_later();
+    w.publish("preview", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    dev.updater.set_channel("preview").unwrap();
+    let reason = withheld_once_due(&dev, later);
+    let why = "the device left channel stable, which it was staged from, for preview";
+    assert!(
+        reason.starts_with(&format!(
+            "the newest check of channel preview no longer offers it ({why});"
+        )),
+        "{reason}"
+    );
+    let staged = dev.updater.status().unwrap().primary.other();
+    assert_eq!(shown_withheld(&dev, staged).as_deref(), Some(why));
+    dev.updater.set_channel("stable").unwrap();
+    dev.updater.check().unwrap();
+    activates(&dev);
+}
+
 /// A forced activation of a withheld release clears the mark: the slot runs, and
 /// `status` does not show the running release as withheld.
 #[test]

@@ -25,9 +25,16 @@ impl Updater {
             // stranded first trial) may have raised it past the staged release.
             check_floor(&st, slot, "a slot to activate")?;
             if let Some(why) = record.withheld.as_ref().filter(|_| !force) {
+                // The check that withheld it: of the channel it was staged from, or of the
+                // one the device switched to since.
+                let left = check::left_channel(&st, &record, &st.channel).as_ref() == Some(why);
+                let channel = match left {
+                    true => Some(st.channel.as_str()),
+                    false => record.channel.as_deref(),
+                };
                 let reason = format!(
                     "the newest check of channel {} no longer offers it ({why}); it goes ahead once a check offers it again",
-                    record.channel.as_deref().unwrap_or("-")
+                    channel.unwrap_or("-")
                 );
                 self.emit(Event::Deferred {
                     version: version.to_string(),

@@ -199,12 +199,15 @@ impl Updater {
             let slot = st.fallback();
             let record = st.slot(slot);
             let version = record.version.as_ref()?;
-            if record.status != SlotStatus::Installed
-                || record.channel.as_deref() != Some(manifest.channel.as_str())
-            {
+            if record.status != SlotStatus::Installed {
                 return None;
             }
             let asked = record.asked_for;
+            if record.channel.as_deref() != Some(manifest.channel.as_str()) {
+                return left_channel(st, record, &manifest.channel)
+                    .filter(|why| record.withheld.as_ref() != Some(why))
+                    .map(|why| (slot, Some(why), asked));
+            }
             let verdict = |chose| self.staged_verdict(manifest, device, record, chose, now);
             let (why, asked_for) = match (pin, offered == Some(version)) {
                 // The config pins the device to another version: that is the one to run.
@@ -775,4 +778,16 @@ fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
 /// empty or `uninitialized`.
 fn machine_id() -> Option<String> {
     crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)).ok()
+}
+
+/// Why the release staged in `record` waits, when the device switched from the channel it
+/// was staged on to `checked`, the channel it follows now and whose check this is: a
+/// switch away (a channel found bad, say) must not be followed by that channel's release
+/// going live at its window. A release asked for (a pin, a repair) stays the host's
+/// choice; a check of a channel the device does not follow judges nothing here.
+pub(super) fn left_channel(st: &State, record: &SlotRecord, checked: &str) -> Option<String> {
+    let staged_on = record.device_channel.as_deref()?;
+    let from = record.channel.as_deref()?;
+    (!record.asked_for && st.channel == checked && staged_on != checked)
+        .then(|| format!("the device left channel {from}, which it was staged from, for {checked}"))
 }
