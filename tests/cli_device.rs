@@ -2533,3 +2533,31 @@ fn a_library_check_says_whether_the_channel_has_a_release_for_the_target() {
         "{found:?}"
     );
 }
+
+/// A release rolled back while it runs (by hand, or by a startup step inside the app) is
+/// not confirmed by its own health check that passes afterwards: `confirm` used to exit 0
+/// with `"status": "good"`, though the release it ran for is bad and never runs again.
+#[test]
+fn a_release_rolled_back_while_it_runs_is_not_told_it_is_confirmed() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.confirm-after-rollback");
+    publish(&repo, "1.1.0", "stable");
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("rollback", &[], 0);
+    assert_eq!(dev.status()["booted"], "a");
+    let out = dev.run("confirm", &["--json"]);
+    let err = common::stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.starts_with("error[invalid_state]: expected the running slot a"),
+        "{err}"
+    );
+    // Once restarted into the primary, its health check confirms as ever.
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+}

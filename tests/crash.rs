@@ -761,3 +761,57 @@ fn an_update_killed_mid_gzip_image_starts_it_over_from_its_first_byte() {
     assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
     assert_eq!(board.power_on(), Some(Slot::B));
 }
+
+/// The very first update of a device with nothing installed, stopped at every crash
+/// point: the start that follows (`evergreen boot`, as a launcher runs it) must name the
+/// slot to start whenever the state has a release on trial there, and `current` must point
+/// at it. A crash between committing the activation and creating the first `current`
+/// link left no link, which the startup step never made: every start counted a trial
+/// start of a release nothing could start, until the trial ran out with no fallback.
+#[test]
+fn a_first_activation_cut_short_before_current_exists_still_starts_the_release() {
+    let repo = Repo::new("com.acme.firstcut");
+    publish(&repo);
+    let probe = repo.device(
+        "probe",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"pin_version": "1.0.0"}),
+    );
+    let n = crash_points(&probe, &["update", "--yes"]);
+    let mut failures = Vec::new();
+    for k in 1..=n {
+        let dev = repo.device(
+            &format!("first-{k}"),
+            repo.root.to_str().unwrap(),
+            serde_json::json!({"pin_version": "1.0.0"}),
+        );
+        let out = cli(
+            &dev,
+            &["update", "--yes"],
+            &[("EVERGREEN_CRASH_AT", &k.to_string())],
+        );
+        common::assert_crashed_at(&out, k);
+        let Some(st) = State::load(&dev.state).unwrap() else {
+            continue;
+        };
+        if st.trial.is_none() {
+            continue;
+        }
+        let boot = cli(&dev, &["boot", "--json"], &[]);
+        assert!(boot.status.success(), "{}", common::stderr(&boot));
+        let v: serde_json::Value = serde_json::from_slice(&boot.stdout).unwrap();
+        let link = std::fs::read_link(dev.root.join("current")).ok();
+        let want = std::path::Path::new("slots").join(st.primary.as_str());
+        // This start counted once, whether or not the step had to make the link first.
+        let counted_once = v["tries_left"] == st.trial.unwrap().tries - 1;
+        if v["start"] != st.primary.as_str()
+            || link.as_deref() != Some(want.as_path())
+            || !counted_once
+        {
+            failures.push(format!(
+                "crash point {k}: boot printed {v}, current -> {link:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

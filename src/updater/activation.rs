@@ -138,6 +138,16 @@ impl Updater {
             let _lock = self.lock()?;
             let mut st = self.load_state()?;
             let Some(trial) = st.trial else {
+                // A rollback moved to the primary while the app ran: what asks is the
+                // slot given up, which nothing confirms.
+                if let Some(left) = st.left_running.filter(|l| *l != st.primary) {
+                    return Err(Error::invalid_state(format!(
+                        "expected the running slot {left} on trial to confirm it, found it {} after a rollback to slot {}: restart into slot {} first",
+                        st.slot(left).status.as_str(),
+                        st.primary,
+                        st.primary
+                    )));
+                }
                 if st.slot(st.primary).status == SlotStatus::Good {
                     return Ok(());
                 }

@@ -491,6 +491,9 @@ impl UpdaterBuilder {
         // command line; a host's selector may not know it (`EVG_SLOT_NONE`).
         let cmdline_booted =
             self.selector.is_none() && matches!(config.slots, SlotsConfig::Image { .. });
+        // Dir slots with Evergreen's own `current` link, which names no slot only before
+        // the first activation made it.
+        let own_link = self.selector.is_none() && matches!(config.slots, SlotsConfig::Dir { .. });
         let (store, selector) = match &config.slots {
             SlotsConfig::Dir { root } => {
                 let slots = DirSlots::new(root);
@@ -523,6 +526,7 @@ impl UpdaterBuilder {
             store,
             selector: Mutex::new(selector),
             cmdline_booted,
+            own_link,
             on_event: self.on_event,
             clock,
         })
@@ -565,6 +569,8 @@ pub struct Updater {
     /// the kernel command line (`booted_from`): not knowing it is a misconfigured line or
     /// the rescue entry, never a selector that cannot tell.
     cmdline_booted: bool,
+    /// The selector is Evergreen's own `current` link of dir slots.
+    own_link: bool,
     on_event: Option<EventFn>,
     clock: Clock,
 }

@@ -118,6 +118,20 @@ impl Updater {
             let (p, f) = (st.primary, st.fallback());
             self.with_selector(|s| s.fall_back(p, f))?;
             return self.repaired_switch(st, running, in_app);
+        } else if self.own_link
+            && booted.is_none()
+            && st.slot(st.primary).status != SlotStatus::Empty
+            && self.store.missing_install(st.primary).is_none()
+        {
+            // No selector link at all, though the primary holds an install: the very
+            // first activation was cut short before it made `current`. Make it; what ran
+            // this start was not the release on trial, whose trial starts at the next
+            // start (a launcher's step runs again for it).
+            let (p, f) = (st.primary, st.fallback());
+            self.with_selector(|s| s.fall_back(p, f))?;
+            if st.trial.is_some_and(|t| t.slot == p) {
+                return Ok(Startup::Normal);
+            }
         }
         let Some(trial) = st.trial else {
             return Ok(Startup::Normal);
