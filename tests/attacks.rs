@@ -708,28 +708,81 @@ fn a_check_of_another_channel_withholds_nothing() {
     activates(&dev);
 }
 
+/// A device with 1.1.0 staged on stable for later (see [`staged_until_later`]), with
+/// preview listing only 1.0.0: the world, the device and the time the policy activates at.
+fn staged_with_preview_behind() -> (World, Dev, evergreen::Timestamp) {
+    let (w, dev, later) = staged_until_later();
+    w.publish("preview", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    (w, dev, later)
+}
+
+/// Why the activation waits after the device left stable for preview.
+const LEFT_STABLE: &str = "the device left channel stable, which it was staged from, for preview";
+
+/// Asks to activate what is staged once the deploy policy lets it go, failing unless it
+/// waits because the device left stable.
+fn waits_for_leaving_stable(dev: &Dev, later: evergreen::Timestamp) {
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(dev);
+    assert!(reason.contains(LEFT_STABLE), "{reason}");
+}
+
 /// A release staged on stable, after which the device switched to preview (stable found
 /// bad, say), is not activated when the deploy policy's time comes: the device's first
 /// check of preview withholds it, `status` says why, and switching back lets it go. It
 /// used to go live at its time whatever channel the device had moved to.
 #[test]
 fn a_release_staged_before_a_channel_switch_waits_for_that_channel() {
-    let (w, dev, later) = staged_until_later();
-    w.publish("preview", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    let (_w, dev, later) = staged_with_preview_behind();
     dev.updater.set_channel("preview").unwrap();
     let reason = withheld_once_due(&dev, later);
-    let why = "the device left channel stable, which it was staged from, for preview";
     assert!(
         reason.starts_with(&format!(
-            "the newest check of channel preview no longer offers it ({why});"
+            "the newest check of channel preview no longer offers it ({LEFT_STABLE});"
         )),
         "{reason}"
     );
     let staged = dev.updater.status().unwrap().primary.other();
-    assert_eq!(shown_withheld(&dev, staged).as_deref(), Some(why));
+    assert_eq!(shown_withheld(&dev, staged).as_deref(), Some(LEFT_STABLE));
     dev.updater.set_channel("stable").unwrap();
     dev.updater.check().unwrap();
     activates(&dev);
+}
+
+/// `evergreen update --channel preview` checks preview first and saves the switch after:
+/// that check, the device's own from the switch on, withholds the staged stable release
+/// too. The switch used to leave it unmarked, and it went live at its time.
+#[test]
+fn a_switch_by_update_channel_withholds_the_staged_release() {
+    let (_w, dev, later) = staged_with_preview_behind();
+    assert!(matches!(
+        dev.updater.check_with(Some("preview"), None).unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.updater.set_channel("preview").unwrap();
+    waits_for_leaving_stable(&dev, later);
+}
+
+/// Once the switch withheld it, neither a look at the old channel (`check --channel
+/// stable`, no switch) nor a repair (which verifies the installed release's channel,
+/// stable) lifts the mark: their check of stable used to judge the release as offered.
+#[test]
+fn a_check_of_the_channel_left_does_not_lift_the_mark() {
+    for repair in [false, true] {
+        let (_w, dev, later) = staged_with_preview_behind();
+        dev.updater.set_channel("preview").unwrap();
+        assert!(matches!(
+            dev.updater.check().unwrap(),
+            Check::UpToDate { .. }
+        ));
+        if repair {
+            dev.updater.reinstall_offer().unwrap();
+        } else {
+            dev.updater.check_with(Some("stable"), None).unwrap();
+        }
+        assert_eq!(dev.updater.status().unwrap().channel, "preview");
+        waits_for_leaving_stable(&dev, later);
+    }
 }
 
 /// A forced activation of a withheld release clears the mark: the slot runs, and

@@ -290,18 +290,22 @@ fn zip_installed_size(path: &Path, shown_as: &Path) -> Result<u64> {
 /// # Ok(()) }
 /// ```
 pub fn default_limit_refusals(components: &[(&str, &Path, ArtifactKind)]) -> Result<Vec<String>> {
-    let mut refusals = Vec::new();
-    for (name, path, _) in components.iter().filter(|c| c.2 == ArtifactKind::Zip) {
-        match check_zip(path, None, &stage::ArchiveLimits::default()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnsafeArchive => refusals.push(format!(
-                "component {name}: devices with the default `archive` limits refuse {}: {e}",
-                path.display()
-            )),
-            Err(e) => return Err(e),
-        }
+    let zips = components.iter().filter(|c| c.2 == ArtifactKind::Zip);
+    zips.filter_map(|&(name, path, _)| default_limit_refusal(name, path, path).transpose())
+        .collect()
+}
+
+/// [`default_limit_refusals`] for the zip of component `name` read from `read`, named
+/// `shown` (the file the operator gave, when `read` is its copy in the repository).
+pub fn default_limit_refusal(name: &str, read: &Path, shown: &Path) -> Result<Option<String>> {
+    match check_zip(read, None, &stage::ArchiveLimits::default()) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::UnsafeArchive => Ok(Some(format!(
+            "component {name}: devices with the default `archive` limits refuse {}: {e}",
+            shown.display()
+        ))),
+        Err(e) => Err(e),
     }
-    Ok(refusals)
 }
 
 /// Refuses a zip that every device would refuse, whatever its config: the rules of

@@ -304,6 +304,25 @@ impl Updater {
             format!("{} -> {channel}", st.channel),
         );
         st.follow_channel(channel);
+        // A check of `channel` made before the switch (`update --channel`) is the device's
+        // own from now on (`follow_channel`): it withholds what the first check after the
+        // switch would.
+        if st
+            .manifests
+            .get(channel)
+            .is_some_and(|m| m.checked.is_some())
+        {
+            let slot = st.fallback();
+            let record = st.slot(slot);
+            let left = (record.status == SlotStatus::Installed
+                && record.withheld.is_none()
+                && record.channel.as_deref() != Some(channel))
+            .then(|| check::left_channel(&st, record, channel))
+            .flatten();
+            if let Some(why) = left {
+                st.slot_mut(slot).withheld = Some(why);
+            }
+        }
         self.save(&st)
     }
 

@@ -226,6 +226,13 @@ impl Updater {
                 (Some(_), false) => (record.withheld.clone(), false),
                 (None, false) => (verdict(false), false),
             };
+            // A look at the channel the device left since staging lifts nothing: only a
+            // switch back lets its channel's check offer it again.
+            let why = why.or_else(|| {
+                (st.channel != manifest.channel && !asked_for)
+                    .then(|| left_channel(st, record, &st.channel))
+                    .flatten()
+            });
             let same = why == record.withheld && asked_for == record.asked_for;
             (!same).then_some((slot, why, asked_for))
         };

@@ -492,26 +492,17 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
     )?;
     // The zips as published, read back from the repository: a component given as a pipe
     // (a FIFO, `/dev/stdin`) was read whole by the release, and opened again it would
-    // wait for a writer for good, or read nothing, after the release is out.
-    let blobs: Vec<(&str, PathBuf, ArtifactKind)> = components
-        .iter()
-        .map(|&(name, path, kind)| {
-            let blob = m
-                .release(v)
-                .and_then(|r| r.targets.get(&a.target))
-                .and_then(|t| t.components.get(name))
-                .map_or_else(
-                    || path.to_path_buf(),
-                    |c| repo.path().join(c.artifact.blob_path()),
-                );
-            (name, blob, kind)
-        })
-        .collect();
-    let blobs: Vec<(&str, &Path, ArtifactKind)> = blobs
-        .iter()
-        .map(|(n, p, k)| (*n, p.as_path(), *k))
-        .collect();
-    let refusals = publish::default_limit_refusals(&blobs)?;
+    // wait for a writer for good, or read nothing, after the release is out. Said of the
+    // file the operator gave.
+    let released = m.release(v).and_then(|r| r.targets.get(&a.target));
+    let mut refusals = Vec::new();
+    for &(name, given, _) in components.iter().filter(|c| c.2 == ArtifactKind::Zip) {
+        let blob = released.and_then(|t| t.components.get(name)).map_or_else(
+            || given.to_path_buf(),
+            |c| repo.path().join(c.artifact.blob_path()),
+        );
+        refusals.extend(publish::default_limit_refusal(name, &blob, given)?);
+    }
     let mut later_warnings = compressed;
     let gzip = gzip_published(&m, v, &a.target, &components);
     later_warnings.extend(image_dropped(&m, v, &a.target, &components));
