@@ -751,7 +751,8 @@ fn a_release_staged_before_a_channel_switch_waits_for_that_channel() {
 
 /// `evergreen update --channel preview` checks preview first and saves the switch after:
 /// that check, the device's own from the switch on, withholds the staged stable release
-/// too. The switch used to leave it unmarked, and it went live at its time.
+/// too, and the history says so as a check's mark does. The switch used to leave it
+/// unmarked, and it went live at its time.
 #[test]
 fn a_switch_by_update_channel_withholds_the_staged_release() {
     let (_w, dev, later) = staged_with_preview_behind();
@@ -760,7 +761,80 @@ fn a_switch_by_update_channel_withholds_the_staged_release() {
         Check::UpToDate { .. }
     ));
     dev.updater.set_channel("preview").unwrap();
+    let history = dev.state_json()["history"].clone();
+    let events: Vec<&str> = (history.as_array().unwrap().iter())
+        .filter_map(|h| h["event"].as_str())
+        .collect();
+    assert_eq!(events[events.len() - 2..], ["channel", "staged_withheld"]);
     waits_for_leaving_stable(&dev, later);
+}
+
+/// `update --channel stable` back to the channel the staged release came from: stable's
+/// check, made before the switch is saved, offers it, so it goes at its time. The mark
+/// for leaving stable stayed until the next routine check.
+#[test]
+fn update_channel_back_to_the_staged_channel_lets_it_go() {
+    let (_w, dev, later) = staged_with_preview_behind();
+    dev.updater.set_channel("preview").unwrap();
+    dev.updater.check().unwrap();
+    let check = dev.updater.check_with(Some("stable"), None).unwrap();
+    assert!(matches!(check, Check::Available(_)), "{check:?}");
+    dev.updater.set_channel("stable").unwrap();
+    dev.set_clock(later.plus_days(1));
+    activates(&dev);
+}
+
+/// stable -> preview (checked) -> `update --channel nightly`: the mark names the channel
+/// the device follows now, not the one it followed before (the switch kept the old mark).
+#[test]
+fn update_channel_onward_names_the_channel_followed() {
+    let (w, dev, later) = staged_with_preview_behind();
+    w.publish("nightly", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    dev.updater.set_channel("preview").unwrap();
+    dev.updater.check().unwrap();
+    dev.updater.check_with(Some("nightly"), None).unwrap();
+    dev.updater.set_channel("nightly").unwrap();
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    let why = "the device left channel stable, which it was staged from, for nightly";
+    assert!(
+        reason.starts_with(&format!(
+            "the newest check of channel nightly no longer offers it ({why});"
+        )),
+        "{reason}"
+    );
+}
+
+/// `update --channel preview` stages preview's 1.2.0; preview is then found bad and the
+/// device switched back to stable: stable's check withholds it. The release was recorded
+/// as staged while the device followed stable (the switch is saved after the check), so
+/// it went live at its time and moved the device back to preview.
+#[test]
+fn a_release_staged_by_update_channel_waits_after_a_switch_back() {
+    let (w, dev, later) = activating_later();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("preview", "1.2.0", &app_zip("1.2.0"), opts);
+    let Check::Available(offer) = dev.updater.check_with(Some("preview"), None).unwrap() else {
+        panic!("preview offered nothing");
+    };
+    dev.updater.set_channel("preview").unwrap();
+    dev.download(&offer).unwrap();
+    dev.updater
+        .install(&dev.updater.plan(&offer).unwrap())
+        .unwrap();
+    dev.updater.set_channel("stable").unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(
+        reason.contains("the device left channel preview, which it was staged from, for stable"),
+        "{reason}"
+    );
+    assert_eq!(dev.updater.status().unwrap().channel, "stable");
 }
 
 /// Once the switch withheld it, neither a look at the old channel (`check --channel

@@ -189,7 +189,13 @@ impl Updater {
             version: Some(plan.version.clone()),
             security_version: plan.security_version,
             channel: Some(plan.channel.clone()),
-            device_channel: Some(plan.device_channel.clone()),
+            // Staged while following the release's channel when the switch to it was
+            // saved after its check (`update --channel`): that is the channel it was
+            // staged on, not the one the offer was made under.
+            device_channel: Some(match st.channel == plan.channel {
+                true => st.channel.clone(),
+                false => plan.device_channel.clone(),
+            }),
             critical: plan.critical,
             components: BTreeMap::new(),
             withheld: None,
@@ -334,7 +340,7 @@ impl Updater {
     /// The newest manifest of `channel` the device verified, read back from the cache the
     /// check wrote it to, and bound to that verification by its payload's SHA-256, which
     /// the state recorded then (`sha256`).
-    fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
+    pub(super) fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
         let path = self.manifest_cache(channel);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         let max = self.config.limits.max_metadata_bytes;
