@@ -769,19 +769,45 @@ fn a_switch_by_update_channel_withholds_the_staged_release() {
     waits_for_leaving_stable(&dev, later);
 }
 
-/// `update --channel stable` back to the channel the staged release came from: stable's
-/// check, made before the switch is saved, offers it, so it goes at its time. The mark
-/// for leaving stable stayed until the next routine check.
+/// `update --channel stable` back to the channel the staged release came from: the mark
+/// for leaving stable stays until a check of stable made while the device follows it
+/// judges the release (the one `update --channel` made came before the switch), and then
+/// it goes at its time.
 #[test]
-fn update_channel_back_to_the_staged_channel_lets_it_go() {
+fn update_channel_back_to_the_staged_channel_leaves_it_to_the_next_check() {
     let (_w, dev, later) = staged_with_preview_behind();
     dev.updater.set_channel("preview").unwrap();
     dev.updater.check().unwrap();
     let check = dev.updater.check_with(Some("stable"), None).unwrap();
     assert!(matches!(check, Check::Available(_)), "{check:?}");
     dev.updater.set_channel("stable").unwrap();
-    dev.set_clock(later.plus_days(1));
+    waits_for_leaving_stable(&dev, later);
+    dev.updater.check().unwrap();
     activates(&dev);
+}
+
+/// A switch back does not lift the mark by the manifest cached for the channel, which may
+/// be from before the device left it, or expired: the operator halted the release on
+/// stable meanwhile, and it went live at its time.
+#[test]
+fn a_switch_back_does_not_judge_by_the_manifest_cached_before_leaving() {
+    for (left_on, switched_back_on) in [(1, 10), (1, 35)] {
+        let (w, dev, later) = staged_with_preview_behind();
+        dev.set_clock(t0().plus_days(left_on));
+        dev.updater.set_channel("preview").unwrap();
+        dev.updater.check().unwrap();
+        set_rollout(&w, "1.1.0", 0.0, t0().plus_days(left_on));
+        dev.set_clock(t0().plus_days(switched_back_on));
+        dev.updater.set_channel("stable").unwrap();
+        waits_for_leaving_stable(&dev, later);
+        // The check of stable sees the halt.
+        dev.updater.check().unwrap();
+        let reason = withheld_reason(&dev);
+        assert!(
+            reason.contains("its rollout no longer includes this device"),
+            "{reason}"
+        );
+    }
 }
 
 /// stable -> preview (checked) -> `update --channel nightly`: the mark names the channel

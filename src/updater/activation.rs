@@ -296,41 +296,32 @@ impl Updater {
     /// Follows `channel` from now on; the next check applies the channel-switch rules.
     pub fn set_channel(&self, channel: &str) -> Result<()> {
         manifest::check_channel_name(channel)?;
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        let clock = (self.clock)();
+        st.record(clock, "channel", format!("{} -> {channel}", st.channel));
+        st.follow_channel(channel);
+        // A check of `channel` made before the switch (`update --channel` saves it after
+        // its check) is the device's own from now on: what it staged from another channel
+        // is withheld as that check would have withheld it after the switch. Only marked
+        // or renamed here, never lifted: the manifest cached for the channel may be older
+        // than leaving it, or expired, and only a check of it judges it again.
+        if st
+            .manifests
+            .get(channel)
+            .is_some_and(|m| m.checked.is_some())
         {
-            let _lock = self.lock()?;
-            let mut st = self.load_state()?;
-            st.record(
-                (self.clock)(),
-                "channel",
-                format!("{} -> {channel}", st.channel),
-            );
-            st.follow_channel(channel);
-            self.save(&st)?;
+            let slot = st.fallback();
+            let record = st.slot(slot);
+            let left = (record.status == SlotStatus::Installed)
+                .then(|| check::left_channel(&st, record, channel))
+                .flatten()
+                .filter(|why| record.withheld.as_ref() != Some(why));
+            if let Some(why) = left {
+                check::mark_withheld(&mut st, slot, Some(why), channel, clock);
+            }
         }
-        self.judge_staged_after_switch(channel);
-        Ok(())
-    }
-
-    /// Judges the staged release as the newest verified check of `channel`, the device's
-    /// own from the switch on (`State::follow_channel`), would have: `update --channel`
-    /// checks the new channel before it saves the switch, while the device still followed
-    /// the old one. So a switch away withholds a release staged from the channel left,
-    /// and a switch back lets that channel's own judgement stand. Without a check of
-    /// `channel` yet, or when its manifest cannot be read back, the next check judges.
-    fn judge_staged_after_switch(&self, channel: &str) {
-        let judged = || -> Result<()> {
-            let st = self.load_state()?;
-            let Some(seen) = st.manifests.get(channel).filter(|m| m.checked.is_some()) else {
-                return Ok(());
-            };
-            let manifest = self.newest_manifest(channel, &seen.payload_sha256)?;
-            let id = self.device_id()?;
-            let pin = self.config.pin_version.as_ref().map(|p| (p, true));
-            let device = self.device(&st, &id);
-            self.follow_withheld(&st, &manifest, &device, None, pin, (self.clock)())
-        };
-        // The switch is saved; a failure here leaves the mark to the next check.
-        let _ = judged();
+        self.save(&st)
     }
 
     /// An offer to install the installed version again (repair), with every component

@@ -246,25 +246,8 @@ impl Updater {
         let Some((slot, why, asked_for)) = change(&st) else {
             return Ok(());
         };
-        let version = version_str(st.slot(slot).version.as_ref());
-        let channel = &manifest.channel;
-        let was_withheld = st.slot(slot).withheld.is_some();
-        let said = match &why {
-            Some(why) => Some((
-                "staged_withheld",
-                format!("{version} in slot {slot} waits: the newest check of channel {channel} no longer offers it: {why}"),
-            )),
-            None if was_withheld => Some((
-                "staged_offered_again",
-                format!("{version} in slot {slot}: the newest check of channel {channel} offers it again"),
-            )),
-            None => None,
-        };
-        let record = st.slot_mut(slot);
-        (record.withheld, record.asked_for) = (why, asked_for);
-        if let Some((event, detail)) = said {
-            st.record(clock, event, detail);
-        }
+        st.slot_mut(slot).asked_for = asked_for;
+        mark_withheld(&mut st, slot, why, &manifest.channel, clock);
         self.save(&st)
     }
 
@@ -797,4 +780,31 @@ pub(super) fn left_channel(st: &State, record: &SlotRecord, checked: &str) -> Op
     let from = record.channel.as_deref()?;
     (!record.asked_for && st.channel == checked && staged_on != checked)
         .then(|| format!("the device left channel {from}, which it was staged from, for {checked}"))
+}
+
+/// Sets the withheld mark of the staged release in `slot` to `why`, the judgement of the
+/// newest check of `channel`, with a history entry when it withholds or lets it go.
+pub(super) fn mark_withheld(
+    st: &mut State,
+    slot: Slot,
+    why: Option<String>,
+    channel: &str,
+    clock: Timestamp,
+) {
+    let version = version_str(st.slot(slot).version.as_ref());
+    let said = match (&why, st.slot(slot).withheld.is_some()) {
+        (Some(why), _) => Some((
+            "staged_withheld",
+            format!("{version} in slot {slot} waits: the newest check of channel {channel} no longer offers it: {why}"),
+        )),
+        (None, true) => Some((
+            "staged_offered_again",
+            format!("{version} in slot {slot}: the newest check of channel {channel} offers it again"),
+        )),
+        (None, false) => None,
+    };
+    st.slot_mut(slot).withheld = why;
+    if let Some((event, detail)) = said {
+        st.record(clock, event, detail);
+    }
 }

@@ -340,7 +340,7 @@ impl Updater {
     /// The newest manifest of `channel` the device verified, read back from the cache the
     /// check wrote it to, and bound to that verification by its payload's SHA-256, which
     /// the state recorded then (`sha256`).
-    pub(super) fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
+    fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
         let path = self.manifest_cache(channel);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         let max = self.config.limits.max_metadata_bytes;
