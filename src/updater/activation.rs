@@ -141,11 +141,9 @@ impl Updater {
                 // A rollback moved to the primary while the app ran: what asks is the
                 // slot given up, which nothing confirms.
                 if let Some(left) = st.left_running.filter(|l| *l != st.primary) {
+                    let (status, primary) = (st.slot(left).status.as_str(), st.primary);
                     return Err(Error::invalid_state(format!(
-                        "expected the running slot {left} on trial to confirm it, found it {} after a rollback to slot {}: restart into slot {} first",
-                        st.slot(left).status.as_str(),
-                        st.primary,
-                        st.primary
+                        "expected the running slot {left} on trial to confirm it, found it {status} after a rollback to slot {primary}: restart into slot {primary} first"
                     )));
                 }
                 if st.slot(st.primary).status == SlotStatus::Good {
@@ -306,20 +304,12 @@ impl Updater {
         // is withheld as that check would have withheld it after the switch. Only marked
         // or renamed here, never lifted: the manifest cached for the channel may be older
         // than leaving it, or expired, and only a check of it judges it again.
-        if st
+        let checked = st
             .manifests
             .get(channel)
-            .is_some_and(|m| m.checked.is_some())
-        {
-            let slot = st.fallback();
-            let record = st.slot(slot);
-            let left = (record.status == SlotStatus::Installed)
-                .then(|| check::left_channel(&st, record, channel))
-                .flatten()
-                .filter(|why| record.withheld.as_ref() != Some(why));
-            if let Some(why) = left {
-                check::mark_withheld(&mut st, slot, Some(why), channel, clock);
-            }
+            .is_some_and(|m| m.checked.is_some());
+        if let Some((slot, why)) = checked.then(|| check::newly_left(&st, channel)).flatten() {
+            check::mark_withheld(&mut st, slot, Some(why), channel, clock);
         }
         self.save(&st)
     }

@@ -81,11 +81,7 @@ impl Updater {
         let now = manifest::effective_now(clock, st.newest_issued);
         let device_id = self.device_id()?;
         let device = self.device(st, &device_id);
-        let policy = Policy {
-            pin: pin.or(self.config.pin_version.as_ref()),
-            pin_is_standing: pin.is_none(),
-            allow_downgrade: self.config.allow_downgrade,
-        };
+        let policy = self.policy(pin);
         let decision = select::select(manifest, &device, &policy, now)?;
         let offered = match &decision {
             select::Decision::Update(c) => Some(&c.version),
@@ -204,9 +200,8 @@ impl Updater {
             }
             let asked = record.asked_for;
             if record.channel.as_deref() != Some(manifest.channel.as_str()) {
-                return left_channel(st, record, &manifest.channel)
-                    .filter(|why| record.withheld.as_ref() != Some(why))
-                    .map(|why| (slot, Some(why), asked));
+                return newly_left(st, &manifest.channel)
+                    .map(|(slot, why)| (slot, Some(why), asked));
             }
             let verdict = |chose| self.staged_verdict(manifest, device, record, chose, now);
             let (why, asked_for) = match (pin, offered == Some(version)) {
@@ -249,6 +244,16 @@ impl Updater {
         st.slot_mut(slot).asked_for = asked_for;
         mark_withheld(&mut st, slot, why, &manifest.channel, clock);
         self.save(&st)
+    }
+
+    /// How selection chooses for a check pinned to `pin` by its call, else by the config's
+    /// standing `pin_version`.
+    pub(super) fn policy<'a>(&'a self, pin: Option<&'a Version>) -> Policy<'a> {
+        Policy {
+            pin: pin.or(self.config.pin_version.as_ref()),
+            pin_is_standing: pin.is_none(),
+            allow_downgrade: self.config.allow_downgrade,
+        }
     }
 
     /// This device as selection sees it in `st`, under `device_id`.
@@ -780,6 +785,19 @@ pub(super) fn left_channel(st: &State, record: &SlotRecord, checked: &str) -> Op
     let from = record.channel.as_deref()?;
     (!record.asked_for && st.channel == checked && staged_on != checked)
         .then(|| format!("the device left channel {from}, which it was staged from, for {checked}"))
+}
+
+/// The staged slot and why its release now waits for the device leaving its channel, when
+/// the newest check of `channel` gives it that mark anew ([`left_channel`]); none when the
+/// slot holds no staged release or already has that mark.
+pub(super) fn newly_left(st: &State, channel: &str) -> Option<(Slot, String)> {
+    let slot = st.fallback();
+    let record = st.slot(slot);
+    if record.status != SlotStatus::Installed {
+        return None;
+    }
+    let why = left_channel(st, record, channel)?;
+    (record.withheld.as_ref() != Some(&why)).then_some((slot, why))
 }
 
 /// Sets the withheld mark of the staged release in `slot` to `why`, the judgement of the

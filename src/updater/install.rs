@@ -324,14 +324,9 @@ impl Updater {
         // As a check judges it: chosen by the newest manifest's selection (a skipped
         // stepping stone to a critical fix is), only its bytes count; else whether that
         // manifest still offers it at all (a newer release beside it does not hold it).
-        let policy = Policy {
-            pin: self.config.pin_version.as_ref(),
-            pin_is_standing: true,
-            allow_downgrade: self.config.allow_downgrade,
-        };
         let chose = plan.asked_for
             || matches!(
-                select::select(&manifest, &device, &policy, now),
+                select::select(&manifest, &device, &self.policy(None), now),
                 Ok(select::Decision::Update(c)) if c.version == plan.version
             );
         self.staged_verdict(&manifest, &device, record, chose, now)

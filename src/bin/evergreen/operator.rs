@@ -490,18 +490,17 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         &opts,
         &refs(&signers),
     )?;
-    // The zips as published, read back from the repository: a component given as a pipe
-    // (a FIFO, `/dev/stdin`) was read whole by the release, and opened again it would
-    // wait for a writer for good, or read nothing, after the release is out. Said of the
-    // file the operator gave.
+    // The zips as published, read back from the repository, never the operator's path
+    // again: a component given as a pipe (a FIFO, `/dev/stdin`) was read whole by the
+    // release, and opened again it would wait for a writer for good, or read nothing,
+    // after the release is out. Said of the file the operator gave.
     let released = m.release(v).and_then(|r| r.targets.get(&a.target));
     let mut refusals = Vec::new();
     for &(name, given, _) in components.iter().filter(|c| c.2 == ArtifactKind::Zip) {
-        let blob = released.and_then(|t| t.components.get(name)).map_or_else(
-            || given.to_path_buf(),
-            |c| repo.path().join(c.artifact.blob_path()),
-        );
-        refusals.extend(publish::default_limit_refusal(name, &blob, given)?);
+        if let Some(c) = released.and_then(|t| t.components.get(name)) {
+            let blob = repo.path().join(c.artifact.blob_path());
+            refusals.extend(publish::default_limit_refusal(name, &blob, given)?);
+        }
     }
     let mut later_warnings = compressed;
     let gzip = gzip_published(&m, v, &a.target, &components);
