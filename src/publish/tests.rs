@@ -1901,3 +1901,31 @@ fn a_secret_key_file_is_not_accepted_as_a_public_key() {
     );
     assert_eq!(write_keypair(&path).unwrap_err().kind(), ErrorKind::Config);
 }
+
+/// A `verify` cancelled part-way through the blobs reports no channel as verified whose
+/// blobs it never hashed: the report's channel list is what an operator reads as checked.
+#[test]
+fn a_cancelled_verify_reports_no_channel_whose_blobs_went_unhashed() {
+    let (dir, repo, key, file) = setup();
+    publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, b"another payload").unwrap();
+    repo.release(
+        "stable",
+        &"2.0.0".parse().unwrap(),
+        "x",
+        &[("app", other.as_path(), ArtifactKind::File)],
+        &ReleaseOptions::new(now()),
+        &[&key],
+    )
+    .unwrap();
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let (report, problem) = repo.with_cancel(cancel).verify_all(now()).unwrap();
+    assert_eq!(problem.unwrap().kind(), ErrorKind::Cancelled);
+    let listed: Vec<&str> = report.channels.iter().map(|c| c.channel.as_str()).collect();
+    assert!(
+        listed.is_empty(),
+        "channels reported as verified: {listed:?}"
+    );
+}

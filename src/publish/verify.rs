@@ -190,7 +190,8 @@ impl Repo {
     /// Checks each blob `manifests` name in the repository once, however many channels
     /// and releases list it (a blob is hashed whole, so twice is twice the reading). A bad
     /// one is one problem, naming where each channel that lists it lists it first; those
-    /// channels are returned.
+    /// channels are returned, and after a cancel also every channel listing a blob not
+    /// hashed.
     fn check_listed_blobs(
         &self,
         manifests: &[&Manifest],
@@ -217,7 +218,8 @@ impl Repo {
             }
         }
         let mut bad = HashSet::new();
-        for (artifact, listed) in blobs {
+        let mut blobs = blobs.into_iter();
+        for (artifact, listed) in blobs.by_ref() {
             let Err(e) = self.check_blob(artifact) else {
                 continue;
             };
@@ -229,6 +231,12 @@ impl Repo {
                 break;
             }
         }
+        // After a cancel, the channels listing a blob not hashed were not verified either.
+        bad.extend(
+            blobs
+                .flat_map(|(_, listed)| listed)
+                .map(|(c, _)| c.to_owned()),
+        );
         bad
     }
 
