@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod fetch;
 pub mod ffi;
+mod fold;
 pub mod fsutil;
 mod gzip;
 #[cfg(fuzzing)]

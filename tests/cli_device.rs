@@ -2561,3 +2561,45 @@ fn a_release_rolled_back_while_it_runs_is_not_told_it_is_confirmed() {
     dev.expect("boot", &[], 0);
     dev.expect("confirm", &[], 0);
 }
+
+/// Each component of a dir slot is a directory: two names a case-insensitive file system
+/// takes for one (`sys` and `ſys`, which the publisher refuses, in a manifest made by
+/// hand) are refused before anything is downloaded or the idle slot is touched.
+#[test]
+fn components_one_directory_apart_only_by_case_are_refused_before_the_slot_is_touched() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.folded");
+    let src = repo.scratch("src");
+    let (one, two) = (src.join("one.json"), src.join("two.json"));
+    std::fs::write(&one, b"{\"one\": 1}").unwrap();
+    std::fs::write(&two, b"{\"two\": 2}").unwrap();
+    repo.release(
+        "stable",
+        "1.0.1",
+        "x86_64-linux",
+        &[("sys", &one), ("other", &two)],
+        &[],
+    );
+    repo.edit_channel("stable", |m| {
+        let release = m
+            .releases
+            .iter_mut()
+            .find(|r| r.version.minor == 0 && r.version.patch == 1);
+        let target = release.unwrap().targets.get_mut("x86_64-linux").unwrap();
+        let other = target.components.remove("other").unwrap();
+        target.components.insert("\u{17f}ys", other);
+    });
+    let idle = dev.root.join("slots/a");
+    let digest = || idle.exists().then(|| common::tree_digest(&idle));
+    let before = digest();
+    let out = dev.run("update", &["--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.lines().last().unwrap().starts_with("error[wrong_metadata]: dir slots: expected each component of 1.0.1 once, also ignoring case, found"),
+        "{err}"
+    );
+    assert_eq!(digest(), before, "the idle slot was touched");
+    let status = dev.status();
+    assert_eq!(status["slots"]["b"]["status"], "good");
+    assert_eq!(status["slots"]["a"]["status"], "empty");
+}

@@ -2335,3 +2335,80 @@ fn a_release_refused_for_its_validity_copies_no_blob() {
         .count();
     assert_eq!(blobs, 0, "no blob copied for a refused release");
 }
+
+/// `verify` checks every listing of a gzip blob against what that listing says it
+/// decompresses to. A second release listing the same compressed blob with another
+/// `installed_sha256` (a hand-edited manifest) is what every device of that release would
+/// download, write and then refuse at the read-back: verify must name it.
+#[test]
+fn verify_checks_each_listing_of_a_gzip_blob_against_its_own_installed_sha256() {
+    let repo = common::Repo::new("com.acme.verify-gzip");
+    let image: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| (i / 64).to_le_bytes())
+        .collect();
+    let path = repo.scratch("img").join("rootfs.img.gz");
+    std::fs::write(&path, gzip(&image)).unwrap();
+    let spec = std::path::PathBuf::from(format!("{}:image", path.display()));
+    repo.release("stable", "1.0.0", "board", &[("rootfs", &spec)], &[]);
+    repo.release("stable", "1.0.1", "board", &[("rootfs", &spec)], &[]);
+    let root = repo.root.to_str().unwrap().to_owned();
+    common::ok(&["verify", &root]);
+    // The listing verify reaches second gets a wrong installed_sha256 (same installed_size).
+    let wrong = evergreen::trust::sha256_hex(b"not the image");
+    repo.edit_channel("stable", |m| {
+        let second = &mut m.releases[1];
+        let c = second.targets.get_mut("board").unwrap();
+        let a = &mut c.components.get_mut("rootfs").unwrap().artifact;
+        assert!(a.compression.is_some());
+        a.installed_sha256 = Some(wrong.clone());
+    });
+    let out = common::run(&["verify", &root]);
+    let err = common::stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify passed a release whose image can never pass its read-back: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains(&wrong), "{err}");
+}
+
+/// Each component is a directory of the slot, so `release` refuses two names one
+/// case-insensitive file system takes for one (`App` and `app`). It must fold them as the
+/// zip check folds entry names (DESIGN §5.5, docs/design.md): `ß`/`ss`, the `ﬁ` ligature,
+/// the long `ſ` and the dotless `ı`, which ext4/f2fs casefolding or FAT's uppercasing make
+/// one name, are as much one directory as `App` and `app`.
+#[test]
+fn release_refuses_component_names_that_fold_to_one() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("one.json"), b"{\"one\": 1}").unwrap();
+    std::fs::write(dir.join("two.json"), b"{\"two\": 2}").unwrap();
+    let mut passed = Vec::new();
+    for (i, (a, b)) in [
+        ("App", "app"),
+        ("masse", "maße"),
+        ("firmware", "\u{fb01}rmware"),
+        ("sys", "\u{17f}ys"),
+        ("init", "\u{131}nit"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let version = format!("1.0.{i}");
+        let first = format!("{a}=one.json");
+        let second = format!("{b}=two.json");
+        let o = evergreen(
+            dir,
+            &release_args(&version, &["--component", &first, "--component", &second]),
+        );
+        if o.status.code() != Some(1) || !stderr(&o).contains("also ignoring case") {
+            assert_eq!(o.status.code(), Some(0), "{a} {b}: {}", stderr(&o));
+            passed.push(format!("{a:?} and {b:?}"));
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "published as two components, one directory on a case-insensitive file system: {passed:?}"
+    );
+}

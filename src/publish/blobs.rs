@@ -79,12 +79,13 @@ pub(super) fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Re
                 "expected a component name usable as a directory name, found {name:?}"
             )));
         }
-        // Each is a directory of the slot: `App` and `app` are one on a case-insensitive
-        // file system (macOS, ext4 with casefold), and the device's install would stop.
-        let lower = name.to_lowercase();
+        // Each is a directory of the slot: `App` and `app` (or `maße` and `masse`) are one
+        // on a case-insensitive file system (macOS, FAT, ext4 with casefold), and the
+        // device's install would stop after emptying the slot.
+        let name_folded = crate::fold::folded(name);
         if let Some((n, _, _)) = components[..i]
             .iter()
-            .find(|(n, _, _)| n.to_lowercase() == lower)
+            .find(|(n, _, _)| crate::fold::folded(n) == name_folded)
         {
             return Err(Error::config(format!(
                 "expected each component once, also ignoring case, found {n:?} and {name:?}"

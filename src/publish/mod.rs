@@ -621,9 +621,17 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// A blob as a manifest describes it (SHA-256, size, kind, installed size): what
-/// [`Repo::verify`] checks once.
-type BlobKey = (String, u64, ArtifactKind, Option<u64>);
+/// A blob as a manifest describes it (SHA-256, size, kind, and what it decompresses to):
+/// what [`Repo::verify`] checks once. Two listings of one blob that say it decompresses to
+/// other bytes are two checks, each of which a device would make.
+type BlobKey = (
+    String,
+    u64,
+    ArtifactKind,
+    Option<Compression>,
+    Option<u64>,
+    Option<String>,
+);
 
 /// The artifacts `m` lists that live in the repository (one with its own URL lives
 /// outside it), with the release, target and component that list each.

@@ -202,7 +202,14 @@ impl Repo {
         let mut index: HashMap<BlobKey, usize> = HashMap::new();
         for m in manifests {
             for (r, target, name, a) in blobs_in_repo(m) {
-                let key = (a.sha256.clone(), a.size, a.kind, a.installed_size);
+                let key = (
+                    a.sha256.clone(),
+                    a.size,
+                    a.kind,
+                    a.compression,
+                    a.installed_size,
+                    a.installed_sha256.clone(),
+                );
                 let i = *index.entry(key).or_insert_with(|| {
                     blobs.push((a, Vec::new()));
                     blobs.len() - 1

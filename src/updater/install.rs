@@ -86,6 +86,15 @@ impl Updater {
                 all.len()
             )));
         }
+        if let (Store::Dir(_), Some((first, name))) = (&self.store, one_directory(plan)) {
+            return Err(Error::new(
+                ErrorKind::WrongMetadata,
+                format!(
+                    "dir slots: expected each component of {} once, also ignoring case, found {first:?} and {name:?} (one directory where case is ignored)",
+                    plan.version
+                ),
+            ));
+        }
         // A library built without the inflater refuses here, before the slot is marked,
         // what it could not write into it.
         #[cfg(not(feature = "gzip-images"))]
@@ -751,4 +760,17 @@ fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
             (name.to_string(), record)
         })
         .collect()
+}
+
+/// Two components of `plan` that a file system ignoring case takes for one name, so for
+/// one directory of a dir slot: the install would stop (or mix them) after emptying the
+/// slot. The publisher refuses such names; a manifest made another way may carry them.
+fn one_directory(plan: &Offer) -> Option<(&str, &str)> {
+    let names: Vec<(String, &str)> = (plan.target.components.keys())
+        .map(|n| (crate::fold::folded(n), n.as_str()))
+        .collect();
+    names.iter().enumerate().find_map(|(i, (f, name))| {
+        let first = names[..i].iter().find(|(g, _)| g == f)?;
+        Some((first.1, *name))
+    })
 }
