@@ -1385,8 +1385,9 @@ fn attack_root_rollback_through_a_lost_saved_root() {
 /// and the revoked key.
 #[test]
 fn attack_root_rollback_after_a_walk_cut_short() {
-    let (w, dev) = World::installed();
+    let (mut w, dev) = World::installed();
     w.rotate_manifest_key(SECOND_MANIFEST_KEY, t0()); // root 2
+    w.signers = vec![key(SECOND_MANIFEST_KEY)];
     w.rotate_root_key(t0()); // root 3
     w.server.set_fault("root/3.json", Fault::Status(500));
     let cut = dev.updater.check().unwrap_err();
@@ -2649,6 +2650,8 @@ fn a_power_cut_after_a_newer_configured_root_replays_no_older_manifest() {
     assert!(matches!(dev.updater.check().unwrap(), Check::Available(_)));
     let current = w.channel_bytes("stable");
     w.rotate_root_key(t0());
+    // The channel as before the rotation re-signed it: nothing to walk for.
+    w.serve(STABLE, current.clone());
     let pinned = dev.config.parent().unwrap().join("root.json");
     std::fs::copy(w.repo.path().join("root/2.json"), &pinned).unwrap(); // new firmware
     at_every_crash_point_of_a_check(&w, &dev, |dev| {
@@ -2660,4 +2663,93 @@ fn a_power_cut_after_a_newer_configured_root_replays_no_older_manifest() {
             other => vec![format!("sequence 1 replayed after sequence 2: {other:?}")],
         }
     });
+}
+
+/// A channel signed with a clock far ahead by two keys, and a rotation that revokes only
+/// one: devices keep the channel's record (still signed by the key that stays) and the
+/// `issued` it pulled their clock up to, so every channel re-signed at the true clock
+/// would be expired to them. `rotate` refuses it, naming the channel, and writes nothing.
+#[test]
+fn a_rotation_that_keeps_a_key_of_a_channel_signed_far_ahead_is_refused() {
+    let setup = Setup {
+        manifest_keys: vec![MANIFEST_KEY, SECOND_MANIFEST_KEY],
+        ..Setup::default()
+    };
+    let (w, dev) = World::installed_with(setup, json!({}));
+    let ahead = t0().plus_days(200);
+    let both = [&key(MANIFEST_KEY), &key(SECOND_MANIFEST_KEY)];
+    w.repo
+        .resign("stable", &Signing::new(&both, ahead))
+        .unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    assert_eq!(dev.state_json()["newest_issued"], json!(ahead));
+    let opts = RotateOptions {
+        manifest_keys: Some(vec![key(SECOND_MANIFEST_KEY).public(), key(13).public()]),
+        ..RotateOptions::default()
+    };
+    let signers = [&key(ROOT_KEY), &key(SECOND_MANIFEST_KEY), &key(13)];
+    let err = w.repo.rotate(&opts, &signers, t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("channel stable: expected a clock at or after its last issued"),
+        "{err}"
+    );
+    assert!(!w.repo.path().join("root/2.json").exists());
+    // Rotating out both keys that signed it is the remedy, and devices take what it wrote.
+    let opts = RotateOptions {
+        manifest_keys: Some(vec![key(13).public()]),
+        ..RotateOptions::default()
+    };
+    w.repo
+        .rotate(&opts, &[&key(ROOT_KEY), &key(13)], t0())
+        .unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    assert_eq!(dev.state_json()["newest_issued"], json!(t0()));
+}
+
+/// A rotation that revokes a root key re-signs every channel, so a device's next check
+/// fetches a changed channel and walks to the new root: a thief holding the revoked key
+/// cannot then sign a root 2 and manifests of its own for a device that checked after
+/// the revocation (a 304 would have walked nothing, leaving root 1 trusted until it
+/// expired).
+#[test]
+fn a_root_key_revoked_no_longer_signs_for_a_device_that_checked_since() {
+    let (w, dev) = World::installed();
+    w.rotate_root_key(t0()); // root 2: root key 2; root key 1 is revoked
+    dev.set_clock(t0().plus_secs(6 * 3600));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    assert_eq!(dev.state_json()["root_version"], 2);
+    // The thief: root key 1 (stolen) and a key of its own, in a root 2 of its making.
+    let thief = key(66);
+    let one = std::fs::read(w.repo.path().join("root/1.json")).unwrap();
+    let e = trust::parse_envelope(&one).unwrap();
+    let mut forged: Root =
+        serde_json::from_slice(&trust::decode_base64(&e.payload).unwrap()).unwrap();
+    let id = thief.public().keyid();
+    forged.version = 2;
+    forged.keys.insert(
+        id.clone(),
+        trust::RootKey {
+            alg: "ed25519".into(),
+            public: thief.public().to_base64(),
+        },
+    );
+    forged.roles.get_mut("root").unwrap().keyids = vec![id.clone()];
+    forged.roles.get_mut("manifest").unwrap().keyids = vec![id];
+    let root = trust::seal(ROOT_TYPE, &forged.to_bytes(), &[&key(ROOT_KEY), &thief]);
+    w.serve("root/2.json", root);
+    let evil = w.forge("stable", &[&thief], evil_release);
+    w.serve(STABLE, evil);
+    dev.set_clock(t0().plus_secs(12 * 3600));
+    refused(dev.updater.check(), ErrorKind::Signature);
 }

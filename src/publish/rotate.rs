@@ -5,8 +5,10 @@ use super::*;
 impl Repo {
     /// Writes the next root, signed by a threshold of the current root keys *and* of the
     /// new ones (`signers` holds both), after checking it as a client would. When the
-    /// manifest keys change, every channel is re-signed with the new ones (new sequence,
-    /// and the channel's validity unless `opts.manifest_expires_in_days`). A root document
+    /// manifest keys change, or a root key is revoked, every channel is re-signed with the
+    /// new manifest keys (new sequence, and the channel's validity unless
+    /// `opts.manifest_expires_in_days`): devices walk to a new root only when a channel
+    /// changed. A root document
     /// outside the chain (past a gap) is refused first: the new root would take its
     /// place in the chain ahead of it. Nothing is written unless every
     /// document could be signed and written: all are made durable under temp names before
@@ -56,7 +58,17 @@ impl Repo {
             .keys()
             .iter()
             .all(|k| next.manifest_keys().keys().contains(k));
-        if !same_keys(current.manifest_keys(), next.manifest_keys()) {
+        // A device walks to a new root only when a channel changed (a 304 walks nothing):
+        // a root key revoked with no channel re-signed would go on counting, for a thief
+        // on the device's path, until the old root expires.
+        let revokes_root = !old_root_keys
+            .keys()
+            .iter()
+            .all(|k| next.root_keys().keys().contains(k));
+        if revokes_root || !same_keys(current.manifest_keys(), next.manifest_keys()) {
+            if revokes {
+                self.check_kept_clock(&next, now)?;
+            }
             for channel in self.channel_names()? {
                 // A channel already signed by the new keys is what an interrupted run of
                 // this same rotation left: the new root vouches for it as much.
@@ -68,7 +80,11 @@ impl Repo {
                     check_clock(&m, now)?;
                 }
                 reissue(&mut m, now, opts.manifest_expires_in_days)?;
-                let bytes = self.seal_manifest(&next, &m, signers, now)?;
+                let bytes = self.seal_manifest(&next, &m, signers, now).map_err(|e| {
+                    e.context(format!(
+                        "re-signing channel {channel}, so that devices walk to the new root (give its manifest key(s) with --sign)"
+                    ))
+                })?;
                 files.push((self.channel_path(&channel), bytes));
                 channels.push(m);
             }
@@ -80,6 +96,29 @@ impl Repo {
             root: next,
             channels,
         })
+    }
+}
+
+impl Repo {
+    /// Refuses a rotation that revokes a manifest key while a channel still signed by a
+    /// threshold of the new keys was issued after `now`: devices keep that channel's
+    /// record, and the `issued` it pulled their clock up to (DESIGN §5.1 rule 7), so every
+    /// channel re-signed at `now` could be expired to them already, the whole fleet locked
+    /// out with nothing said. Only rotating out every key that signed it undoes it.
+    fn check_kept_clock(&self, next: &TrustedRoot, now: Timestamp) -> Result<()> {
+        for channel in self.channel_names()? {
+            // One the new keys do not verify is dropped by devices, its `issued` with it.
+            let Ok(Some(m)) = self.load_channel(next, &channel) else {
+                continue;
+            };
+            if now < m.issued {
+                return Err(Error::config(format!(
+                    "channel {channel}: expected a clock at or after its last issued {}, found {now}; keys the new root keeps for manifests still sign it, so devices keep that issued as their clock (DESIGN §5.1 rule 7) and every channel re-signed now could be expired to them: rotate out every key that signed it, or fix the clock",
+                    m.issued
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

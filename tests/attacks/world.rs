@@ -272,10 +272,10 @@ impl World {
             root_keys: Some(vec![key(2).public()]),
             ..RotateOptions::default()
         };
-        self.repo
-            .rotate(&opts, &[&key(ROOT_KEY), &key(2)], now)
-            .unwrap()
-            .root
+        // The channels are re-signed with it, so devices walk to it at their next check.
+        let root_keys = [key(ROOT_KEY), key(2)];
+        let signers: Vec<&SecretKey> = root_keys.iter().chain(&self.signers).collect();
+        self.repo.rotate(&opts, &signers, now).unwrap().root
     }
 
     /// A device following `stable`, with fast retries; `extra` overrides config fields.

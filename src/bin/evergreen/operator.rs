@@ -94,10 +94,11 @@ pub(crate) enum Command {
     /// Write the next trust root, signed by the current and the new root keys.
     #[command(
         after_help = "Example:\n  evergreen rotate repo --root-key keys/root2.pub --root-threshold 1 \\\n    \
-        --sign keys/root1 --sign keys/root2\n\n\
-        Keys and thresholds not given stay as they are. When the manifest keys change,\n\
-        every channel is re-signed with the new ones (give their secret keys with --sign),\n\
-        keeping its validity unless --manifest-expires-in is given. A key given for one\n\
+        --sign keys/root1 --sign keys/root2 --sign keys/release\n\n\
+        Keys and thresholds not given stay as they are. When the manifest keys change, or a\n\
+        root key is replaced, every channel is re-signed with the manifest keys (give their\n\
+        secret keys with --sign), keeping its validity unless --manifest-expires-in is\n\
+        given: devices walk to a new root only when a channel changed. A key given for one\n\
         role that is in the other (given too, or as it is) is refused.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
