@@ -314,9 +314,12 @@ pub fn create_options() -> OpenOptions {
 /// directory planted there (the name is predictable): such a write would truncate and
 /// fill the file it points to.
 pub fn create_temp(tmp: &Path) -> Result<File> {
+    use std::io::ErrorKind::{NotFound, ReadOnlyFilesystem};
     crash_point("create temp")?;
+    // A read-only file system answers EROFS even for a name that is not there: the
+    // create below then says what is wrong, rather than a stale file no one left.
     match fs::remove_file(tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+        Err(e) if !matches!(e.kind(), NotFound | ReadOnlyFilesystem) => {
             return Err(Error::io("remove stale temp file", tmp, e))
         }
         _ => {}

@@ -1216,6 +1216,18 @@ impl Stream<'_, '_> {
 /// The error of a failed write at byte `at` of the `.part` at `path`, of a blob of `total`
 /// bytes; the caller closes the file.
 fn write_failed(path: &Path, at: u64, e: io::Error, total: u64) -> Error {
+    if e.raw_os_error() == Some(libc::EFBIG) {
+        // Past what one file may hold there (FAT: 4 GiB - 1, or a file size limit): a
+        // resume would meet the same wall at every update, with the part kept meanwhile.
+        let _ = fs::remove_file(path);
+        return Error::new(
+            ErrorKind::Io,
+            format!(
+                "writing {}: expected a file system that takes a file of {total} bytes, found one that refused it after {at} bytes ({e}; FAT takes at most 4 GiB - 1); the partial download was removed: put the state directory on another file system",
+                path.display(),
+            ),
+        );
+    }
     if !crate::fsutil::is_disk_full(&e) {
         return Error::io("writing", path, e);
     }
