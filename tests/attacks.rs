@@ -2753,3 +2753,84 @@ fn a_root_key_revoked_no_longer_signs_for_a_device_that_checked_since() {
     dev.set_clock(t0().plus_secs(12 * 3600));
     refused(dev.updater.check(), ErrorKind::Signature);
 }
+
+/// Cron's `evergreen update` of stable (deploy policy `at`) and an admin's `evergreen
+/// update --channel preview` interleave: the admin's check of preview and its switch land
+/// between cron's download and its install. Either serial order keeps stable's release
+/// from going live on a device that now follows preview (a switch after staging withholds
+/// it; a switch before the check means stable is never checked), and so must this one.
+#[test]
+fn a_switch_by_update_channel_between_download_and_install_withholds_the_release() {
+    let (w, dev, later) = activating_later();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
+    w.publish("preview", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    // Cron's `update`: the check of stable and the download.
+    let plan = downloaded_plan(&dev);
+    // The admin's `update --channel preview`: its check, then the switch.
+    assert!(matches!(
+        dev.updater.check_with(Some("preview"), None).unwrap(),
+        Check::UpToDate { .. }
+    ));
+    dev.updater.set_channel("preview").unwrap();
+    // Cron's `update` goes on: the install (then `activate` at the policy's time).
+    installed_once_due(&dev, &plan, later);
+    assert_eq!(dev.state_json()["channel"], "preview");
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains(LEFT_STABLE), "{reason}");
+}
+
+/// With real processes: cron's `evergreen update --yes` (deploy policy `at`) is
+/// downloading stable's 1.1.0 when the admin, who looked at preview earlier (`evergreen
+/// check --channel preview`), runs `evergreen channel preview`. The release staged is
+/// withheld as it would have been had the switch come after the install.
+#[test]
+fn a_channel_switch_during_crons_download_withholds_the_release_staged() {
+    let (w, dev, later) = activating_later();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), opts);
+    w.publish("preview", "1.0.0", &app_zip("1.0.0"), at(t0()));
+    // The admin's earlier look at preview.
+    let out = dev.cli("check", &["--channel", "preview"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    // Cron's update, its download slowed down.
+    w.server.set_fault(
+        "/blobs/",
+        Fault::Trickle {
+            bytes: 16,
+            every: Duration::from_millis(40),
+        },
+    );
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(["update", "--yes", "--config", dev.config.to_str().unwrap()]);
+    let cron = common::Watched::start(&mut cmd);
+    let downloads = dev.state.join("downloads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let downloading = || {
+        std::fs::read_dir(&downloads).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        })
+    };
+    while !downloading() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cron never started downloading"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The admin's switch, while cron downloads.
+    let out = dev.cli("channel", &["preview"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let out = cron.finish();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}{}", common::stderr(&out));
+    assert!(said.contains("deferred: 1.1.0"), "{said}");
+    assert_eq!(dev.state_json()["channel"], "preview");
+    // The policy's time comes.
+    dev.set_clock(later.plus_days(1));
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains(LEFT_STABLE), "{reason}");
+}

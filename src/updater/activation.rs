@@ -304,11 +304,7 @@ impl Updater {
         // is withheld as that check would have withheld it after the switch. Only marked
         // or renamed here, never lifted: the manifest cached for the channel may be older
         // than leaving it, or expired, and only a check of it judges it again.
-        let checked = st
-            .manifests
-            .get(channel)
-            .is_some_and(|m| m.checked.is_some());
-        if let Some((slot, why)) = checked.then(|| check::newly_left(&st, channel)).flatten() {
+        if let Some((slot, why)) = check::left_on_record(&st) {
             check::mark_withheld(&mut st, slot, Some(why), channel, clock);
         }
         self.save(&st)

@@ -800,6 +800,14 @@ pub(super) fn newly_left(st: &State, channel: &str) -> Option<(Slot, String)> {
     (record.withheld.as_ref() != Some(&why)).then_some((slot, why))
 }
 
+/// [`newly_left`] for the channel the device follows, when a check of it is on record:
+/// that check is the device's own since it switched (a switch, or an install, saved
+/// after it), and judges what was staged from another channel as it would have after.
+pub(super) fn left_on_record(st: &State) -> Option<(Slot, String)> {
+    let checked = st.manifests.get(&st.channel)?.checked.is_some();
+    checked.then(|| newly_left(st, &st.channel)).flatten()
+}
+
 /// Sets the withheld mark of the staged release in `slot` to `why`, the judgement of the
 /// newest check of `channel`, with a history entry when it withholds or lets it go.
 pub(super) fn mark_withheld(

@@ -286,12 +286,20 @@ impl Updater {
             "staged",
             format!("{} in slot {slot}", plan.version),
         );
-        if let Some(why) = stale {
-            st.record(
+        match stale {
+            Some(why) => st.record(
                 (self.clock)(),
                 "staged_withheld",
                 format!("{} in slot {slot} waits: {why}", plan.version),
-            );
+            ),
+            // A switch of channel saved while this release downloaded or installed is
+            // judged as it would have been had it come after the install.
+            None => {
+                if let Some((_, why)) = check::left_on_record(&st) {
+                    let channel = st.channel.clone();
+                    check::mark_withheld(&mut st, slot, Some(why), &channel, (self.clock)());
+                }
+            }
         }
         self.save(&st)
     }
