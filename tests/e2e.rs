@@ -12,16 +12,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::{Fault, TestServer};
 
-/// The launcher example, built by `cargo test` next to the test binaries.
-fn launcher() -> PathBuf {
+/// The example `name` (the launcher, the app), built by `cargo test` next to the test
+/// binaries.
+fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join("launcher");
+    let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "build the launcher first: cargo build --example launcher"
+        "build the example first: cargo build --example {name}"
     );
     path
+}
+
+fn launcher() -> PathBuf {
+    example("launcher")
 }
 
 /// An app whose `run.sh` confirms itself when healthy, or fails its health check.
@@ -2161,4 +2166,97 @@ fn a_retry_after_date_is_read_on_the_servers_clock() {
 
     let wait = held_back(Fault::Busy(503, http_date(device_now.plus_secs(3600))));
     assert!((3598..=3600).contains(&wait), "held back {wait} s");
+}
+
+/// The app example's program placed in `slot` of `dev` as its release would place it,
+/// and started by that path: as a service manager that went through `current` while it
+/// named that slot. Returns what the app printed: what its startup step found and what
+/// its confirm answered.
+fn run_app_in(dev: &Device, slot: &str) -> serde_json::Value {
+    let program = dev
+        .root
+        .join("slots")
+        .join(slot)
+        .join("app")
+        .join("app-program");
+    std::fs::copy(example("app"), &program).unwrap();
+    let mut cmd = Command::new(&program);
+    cmd.args(["--config", dev.config.to_str().unwrap()]);
+    let out = common::output_within(&mut cmd, common::CLI_LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An app that runs the startup step in its own process (`Updater::startup`) was started
+/// from the release `current` named then; an activation by another process (cron's
+/// `evergreen update`) lands before its step. The step must not count that start as the
+/// new release's, nor may the old release's confirm vouch for a release that never ran
+/// (decision 20); the new release's own first start then counts and confirms.
+#[test]
+fn an_activation_between_an_apps_start_and_its_step_is_not_confirmed_by_the_old_release() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup_with_1_0_0("com.acme.inapp.activate");
+    install_and_confirm(&dev);
+    let running = current(&dev);
+    let running = running.file_name().unwrap().to_str().unwrap().to_owned();
+    publish_app(&repo, &src, "1.1.0", true);
+    dev.expect("update", &["--yes"], 0);
+    let trial = dev.status()["trial"].clone();
+    assert_ne!(trial["slot"], running.as_str(), "{trial}");
+    let said = run_app_in(&dev, &running);
+    assert_eq!(said["startup"], "normal", "{said}");
+    assert!(
+        said["confirm"]
+            .as_str()
+            .unwrap()
+            .starts_with("error[invalid_state]"),
+        "the old release confirmed the one on trial: {said}"
+    );
+    assert_eq!(
+        dev.status()["trial"],
+        trial,
+        "a start of the trial was counted"
+    );
+    let said = run_app_in(&dev, trial["slot"].as_str().unwrap());
+    assert_eq!(
+        (&said["startup"], &said["confirm"]),
+        (&"trial".into(), &"ok".into()),
+        "{said}"
+    );
+}
+
+/// The same window with a rollback: the app on trial was started, then a rollback by
+/// hand lands before its step. The step must say it runs a slot the rollback left
+/// (restart into the primary) and keep that slot, still running, from installs.
+#[test]
+fn a_rollback_between_an_apps_start_and_its_step_keeps_the_running_slot_from_installs() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup_with_1_0_0("com.acme.inapp.rollback");
+    install_and_confirm(&dev);
+    publish_app(&repo, &src, "1.1.0", true);
+    dev.expect("update", &["--yes"], 0);
+    let on_trial = dev.status()["trial"]["slot"].as_str().unwrap().to_owned();
+    dev.expect("rollback", &[], 0);
+    let said = run_app_in(&dev, &on_trial);
+    assert_eq!(said["startup"], "rolled_back", "{said}");
+    publish_app(&repo, &src, "1.2.0", true);
+    let out = dev.run("update", &["--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an install went into the running slot"
+    );
+    assert!(
+        common::stderr(&out).contains("error[invalid_state]"),
+        "{}",
+        common::stderr(&out)
+    );
 }

@@ -8,7 +8,10 @@ impl Updater {
     /// The startup step: run it early on every start (or via `evergreen boot`).
     ///
     /// Counts a start of a slot on trial and rolls back to the fallback once the tries are
-    /// used up; with a bootloader selector it reads what the bootloader did instead.
+    /// used up; with a bootloader selector it reads what the bootloader did instead. Run
+    /// inside the app it counts: with dir slots, the slot this process's program lies in
+    /// is the one running (`examples/app.rs`); a launcher calls
+    /// [`startup_for_launcher`](Self::startup_for_launcher).
     pub fn startup(&self) -> Result<Startup> {
         self.startup_step().map(|end| end.startup)
     }
@@ -105,7 +108,10 @@ impl Updater {
     }
 
     fn startup_counting(&self, st: &mut State, in_app: bool) -> Result<Startup> {
-        let booted = self.with_selector(|s| s.booted())?;
+        let booted = match in_app.then(|| self.program_slot()).flatten() {
+            Some(slot) => Some(slot),
+            None => self.with_selector(|s| s.booted())?,
+        };
         if self.follow_booted(st, booted) {
             self.save(st)?;
         } else if let Some(running) =
@@ -186,6 +192,24 @@ impl Updater {
             st.left_running = Some(trial.slot);
         }
         self.fall_back(st, &reason)
+    }
+
+    /// The dir slot this process's program was started from, when it lies in one of
+    /// Evergreen's own dir slots: the kernel resolved `current` when it started the
+    /// program, so that is the release running, whatever `current` names by the time
+    /// the step runs. An activation in another process landing in between would
+    /// otherwise have its trial counted as started, and the old release's `confirm`
+    /// vouch for it; a rollback, have the slot still running handed to installs. `None`
+    /// for a program outside the slots (an interpreter's, say): then `current` is taken
+    /// for what runs, and such an app is best started by the launcher.
+    fn program_slot(&self) -> Option<Slot> {
+        let Store::Dir(slots) = &self.store else {
+            return None;
+        };
+        let program = std::env::current_exe().ok().filter(|_| self.own_link)?;
+        [Slot::A, Slot::B].into_iter().find(|slot| {
+            std::fs::canonicalize(slots.slot_dir(*slot)).is_ok_and(|dir| program.starts_with(dir))
+        })
     }
 
     /// The outcome of a start of `running`, a slot the state had already left when the
