@@ -3,11 +3,13 @@
 //! by itself, component deltas, and a failed install that loses nothing.
 
 mod common;
+mod mounts;
 mod require;
 mod support;
 
 use common::{make_zip, tree_digest, Device, Repo};
 use evergreen::slots::{BootSelector, Slot};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::{Fault, TestServer};
@@ -2173,14 +2175,17 @@ fn a_retry_after_date_is_read_on_the_servers_clock() {
 /// named that slot. Returns what the app printed: what its startup step found and what
 /// its confirm answered.
 fn run_app_in(dev: &Device, slot: &str) -> serde_json::Value {
-    let program = dev
-        .root
-        .join("slots")
+    run_app_through(dev, &dev.root, slot)
+}
+
+/// [`run_app_in`], the program started through `root`, a path to the device's root.
+fn run_app_through(dev: &Device, root: &Path, slot: &str) -> serde_json::Value {
+    let program = Path::new("slots")
         .join(slot)
         .join("app")
         .join("app-program");
-    std::fs::copy(example("app"), &program).unwrap();
-    let mut cmd = Command::new(&program);
+    std::fs::copy(example("app"), dev.root.join(&program)).unwrap();
+    let mut cmd = Command::new(root.join(&program));
     cmd.args(["--config", dev.config.to_str().unwrap()]);
     let out = common::output_within(&mut cmd, common::CLI_LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
@@ -2258,5 +2263,39 @@ fn a_rollback_between_an_apps_start_and_its_step_keeps_the_running_slot_from_ins
         common::stderr(&out).contains("error[invalid_state]"),
         "{}",
         common::stderr(&out)
+    );
+}
+
+/// The same as an activation between an app's start and its step, with the app started
+/// through another path to the device's root (a bind mount) than its config names: the
+/// slot it runs from is known by the directory's identity, not its path.
+#[test]
+fn an_app_started_through_a_bind_mount_of_the_root_is_not_counted_as_the_new_release() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup_with_1_0_0("com.acme.inapp.bind");
+    install_and_confirm(&dev);
+    let running = current(&dev);
+    let running = running.file_name().unwrap().to_str().unwrap().to_owned();
+    let other = repo.scratch("bound");
+    let args = [OsStr::new("--bind"), dev.root.as_os_str()];
+    let Some(_bound) = mounts::Mounted::new(&args, &other, "mount --bind (root)") else {
+        return;
+    };
+    publish_app(&repo, &src, "1.1.0", true);
+    dev.expect("update", &["--yes"], 0);
+    let trial = dev.status()["trial"].clone();
+    assert_ne!(trial["slot"], running.as_str(), "{trial}");
+    let said = run_app_through(&dev, &other, &running);
+    assert_eq!(said["startup"], "normal", "{said}");
+    assert!(
+        said["confirm"]
+            .as_str()
+            .unwrap()
+            .starts_with("error[invalid_state]"),
+        "the old release confirmed the one on trial: {said}"
     );
 }

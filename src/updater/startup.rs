@@ -195,7 +195,7 @@ impl Updater {
     }
 
     /// The dir slot this process's program was started from, when it lies in one of
-    /// Evergreen's own dir slots: the kernel resolved `current` when it started the
+    /// Evergreen's own dir slots (by any path to it): the kernel resolved `current` when it started the
     /// program, so that is the release running, whatever `current` names by the time
     /// the step runs. An activation in another process landing in between would
     /// otherwise have its trial counted as started, and the old release's `confirm`
@@ -206,9 +206,17 @@ impl Updater {
         let Store::Dir(slots) = &self.store else {
             return None;
         };
+        use std::os::unix::fs::MetadataExt;
         let program = std::env::current_exe().ok().filter(|_| self.own_link)?;
-        [Slot::A, Slot::B].into_iter().find(|slot| {
-            std::fs::canonicalize(slots.slot_dir(*slot)).is_ok_and(|dir| program.starts_with(dir))
+        // By identity, not by path: the program may have been started through another
+        // path to the same directories (a bind mount of the root).
+        let id = |dir: &Path| std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+        let dirs = [Slot::A, Slot::B].map(|slot| (slot, id(&slots.slot_dir(slot))));
+        program.ancestors().skip(1).find_map(|dir| {
+            let found = id(dir)?;
+            dirs.iter()
+                .find(|(_, d)| *d == Some(found))
+                .map(|(slot, _)| *slot)
         })
     }
 
