@@ -2723,13 +2723,35 @@ fn a_rotation_that_keeps_a_key_of_a_channel_signed_far_ahead_is_refused() {
 fn a_root_key_revoked_no_longer_signs_for_a_device_that_checked_since() {
     let (w, dev) = World::installed();
     w.rotate_root_key(t0()); // root 2: root key 2; root key 1 is revoked
+    root_key_1_alone_is_refused_after_a_check(&w, &dev);
+}
+
+/// The same with the root threshold raised (1 of {1} to 2 of {1, 2}): root key 1 alone
+/// must no longer sign for a device that checked since.
+#[test]
+fn a_root_threshold_raised_no_longer_lets_one_key_sign_for_a_device_that_checked_since() {
+    let (w, dev) = World::installed();
+    let opts = RotateOptions {
+        root_keys: Some(vec![key(ROOT_KEY).public(), key(2).public()]),
+        root_threshold: Some(2),
+        ..RotateOptions::default()
+    };
+    let root_keys = [key(ROOT_KEY), key(2)];
+    let signers: Vec<&SecretKey> = root_keys.iter().chain(&w.signers).collect();
+    w.repo.rotate(&opts, &signers, t0()).unwrap();
+    root_key_1_alone_is_refused_after_a_check(&w, &dev);
+}
+
+/// After a rotation at t0 that takes signing power from root key 1, a device checks
+/// (walking to root 2); then a thief with root key 1 and a key of its own serves a root 2
+/// of its making and a manifest it signed, which the device must refuse.
+fn root_key_1_alone_is_refused_after_a_check(w: &World, dev: &Dev) {
     dev.set_clock(t0().plus_secs(6 * 3600));
     assert!(matches!(
         dev.updater.check().unwrap(),
         Check::UpToDate { .. }
     ));
     assert_eq!(dev.state_json()["root_version"], 2);
-    // The thief: root key 1 (stolen) and a key of its own, in a root 2 of its making.
     let thief = key(66);
     let one = std::fs::read(w.repo.path().join("root/1.json")).unwrap();
     let e = trust::parse_envelope(&one).unwrap();

@@ -5,8 +5,8 @@ use super::*;
 impl Repo {
     /// Writes the next root, signed by a threshold of the current root keys *and* of the
     /// new ones (`signers` holds both), after checking it as a client would. When the
-    /// manifest keys change, or a root key is revoked, every channel is re-signed with the
-    /// new manifest keys (new sequence, and the channel's validity unless
+    /// manifest keys or the root keys change (not a renewal), every channel is re-signed
+    /// with the new manifest keys (new sequence, and the channel's validity unless
     /// `opts.manifest_expires_in_days`): devices walk to a new root only when a channel
     /// changed. A root document
     /// outside the chain (past a gap) is refused first: the new root would take its
@@ -59,13 +59,12 @@ impl Repo {
             .iter()
             .all(|k| next.manifest_keys().keys().contains(k));
         // A device walks to a new root only when a channel changed (a 304 walks nothing):
-        // a root key revoked with no channel re-signed would go on counting, for a thief
-        // on the device's path, until the old root expires.
-        let revokes_root = !old_root_keys
-            .keys()
-            .iter()
-            .all(|k| next.root_keys().keys().contains(k));
-        if revokes_root || !same_keys(current.manifest_keys(), next.manifest_keys()) {
+        // a root key revoked, or a threshold raised, with no channel re-signed would leave
+        // the old root's signers counting, for a thief on the device's path, until the
+        // old root expires. A renewal (the same keys) changes nothing to walk for.
+        if !same_keys(&old_root_keys, next.root_keys())
+            || !same_keys(current.manifest_keys(), next.manifest_keys())
+        {
             if revokes {
                 self.check_kept_clock(&next, now)?;
             }

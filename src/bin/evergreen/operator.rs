@@ -95,8 +95,8 @@ pub(crate) enum Command {
     #[command(
         after_help = "Example:\n  evergreen rotate repo --root-key keys/root2.pub --root-threshold 1 \\\n    \
         --sign keys/root1 --sign keys/root2 --sign keys/release\n\n\
-        Keys and thresholds not given stay as they are. When the manifest keys change, or a\n\
-        root key is replaced, every channel is re-signed with the manifest keys (give their\n\
+        Keys and thresholds not given stay as they are. When the manifest keys change, or the\n\
+        root keys or threshold, every channel is re-signed with the manifest keys (give their\n\
         secret keys with --sign), keeping its validity unless --manifest-expires-in is\n\
         given: devices walk to a new root only when a channel changed. A key given for one\n\
         role that is in the other (given too, or as it is) is refused.\n\
