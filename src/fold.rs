@@ -33,6 +33,20 @@ pub(crate) fn folded(component: &str) -> String {
     out
 }
 
+/// The first two of `names` that a file system ignoring case takes for one name, in the
+/// order given: each a component of one release, say, and so one directory of a slot.
+pub(crate) fn clash<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<(&'a str, &'a str)> {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for name in names {
+        let name_folded = folded(name);
+        if let Some((_, first)) = seen.iter().find(|(f, _)| *f == name_folded) {
+            return Some((first, name));
+        }
+        seen.push((name_folded, name));
+    }
+    None
+}
+
 /// The characters whose case folding is one other character than their lowercase
 /// (Unicode 14: `c.upper().lower() != c.lower()`), sorted, for [`folded`].
 const FOLDS: [(char, char); 23] = [

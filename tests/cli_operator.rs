@@ -2416,3 +2416,50 @@ fn release_refuses_component_names_that_fold_to_one() {
         "published as two components, one directory on a case-insensitive file system: {passed:?}"
     );
 }
+
+/// `verify` names a release every dir-slot device refuses (two components one directory
+/// where case is ignored) and one no slot store installs (an image among other
+/// components), in a manifest another tool made: caught before the upload, not by the
+/// fleet.
+#[test]
+fn verify_names_a_target_no_device_installs() {
+    let repo = common::Repo::new("com.acme.verify-targets");
+    let src = repo.scratch("src");
+    let (one, two) = (src.join("one.json"), src.join("two.json"));
+    std::fs::write(&one, b"{\"one\": 1}").unwrap();
+    std::fs::write(&two, b"{\"two\": 2}").unwrap();
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("sys", &one), ("other", &two)],
+        &[],
+    );
+    let root = repo.root.to_str().unwrap().to_owned();
+    common::ok(&["verify", &root]);
+    let edits: [(&str, fn(&mut evergreen::manifest::Component)); 2] = [
+        ("\u{17f}ys", |_| {}),
+        ("other", |c| {
+            c.artifact.kind = evergreen::manifest::ArtifactKind::Image
+        }),
+    ];
+    for ((name, edit), said) in edits.into_iter().zip([
+        "expected each component once, also ignoring case, found \"sys\" and \"ſys\"",
+        "found an image among other components",
+    ]) {
+        repo.edit_channel("stable", |m| {
+            let target = m.releases[0].targets.get_mut("x86_64-linux").unwrap();
+            let (old, _) = target.components.iter().find(|(n, _)| *n != "sys").unwrap();
+            let old = old.clone();
+            let mut c = target.components.remove(&old).unwrap();
+            edit(&mut c);
+            target.components.insert(name, c);
+        });
+        let out = common::run(&["verify", &root]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.starts_with("error[wrong_metadata]: "), "{err}");
+        assert!(err.contains("release 1.0.0 target x86_64-linux: "), "{err}");
+        assert!(err.contains(said), "{err}");
+    }
+}

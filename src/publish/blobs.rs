@@ -73,24 +73,18 @@ pub(super) fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Re
     if components.is_empty() {
         return Err(Error::config("expected at least one component, found none"));
     }
-    for (i, (name, _, _)) in components.iter().enumerate() {
-        if !manifest::is_safe_name(name) {
-            return Err(Error::config(format!(
-                "expected a component name usable as a directory name, found {name:?}"
-            )));
-        }
-        // Each is a directory of the slot: `App` and `app` (or `maße` and `masse`) are one
-        // on a case-insensitive file system (macOS, FAT, ext4 with casefold), and the
-        // device's install would stop after emptying the slot.
-        let name_folded = crate::fold::folded(name);
-        if let Some((n, _, _)) = components[..i]
-            .iter()
-            .find(|(n, _, _)| crate::fold::folded(n) == name_folded)
-        {
-            return Err(Error::config(format!(
-                "expected each component once, also ignoring case, found {n:?} and {name:?}"
-            )));
-        }
+    if let Some((name, _, _)) = components.iter().find(|c| !manifest::is_safe_name(c.0)) {
+        return Err(Error::config(format!(
+            "expected a component name usable as a directory name, found {name:?}"
+        )));
+    }
+    // Each is a directory of the slot: `App` and `app` (or `maße` and `masse`) are one on a
+    // case-insensitive file system (macOS, FAT, ext4 with casefold), and the device's
+    // install would stop after emptying the slot.
+    if let Some((n, name)) = crate::fold::clash(components.iter().map(|c| c.0)) {
+        return Err(Error::config(format!(
+            "expected each component once, also ignoring case, found {n:?} and {name:?}"
+        )));
     }
     // Dir slots take no image, image slots one image and nothing else: a target mixing
     // them would be offered to devices that no slot store can install it on.

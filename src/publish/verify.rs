@@ -148,6 +148,7 @@ impl Repo {
         let path = self.channel_path(channel);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         let m = verify_channel_at(trusted, channel, &path, &bytes, now)?;
+        check_targets(&m).map_err(|e| e.context(path.display()))?;
         let c = VerifiedChannel {
             issued: m.issued,
             summary: ChannelSummary {
@@ -444,4 +445,34 @@ fn rotate_hint(trusted: &TrustedRoot, what: &str, e: Error) -> Error {
         trusted.root().version
     );
     Error::new(e.kind(), message)
+}
+
+/// Refuses a target of `m` that no device installs, as `release` refuses to publish one:
+/// image and other components mixed (no slot store takes them), or two components a
+/// file system ignoring case takes for one directory (dir slots refuse them before the
+/// download). A manifest made or edited by another tool is caught here, not by the fleet.
+fn check_targets(m: &Manifest) -> Result<()> {
+    for r in &m.releases {
+        for (target, t) in &r.targets {
+            let problem = match manifest::SlotsFor::of(t.components.values().map(|c| c.artifact.kind)) {
+                manifest::SlotsFor::Neither => Some(
+                    "expected one image component alone, or no image, found an image among other components (no slot store installs it)"
+                        .to_string(),
+                ),
+                _ => crate::fold::clash(t.components.keys().map(String::as_str)).map(|(a, b)| {
+                    format!("expected each component once, also ignoring case, found {a:?} and {b:?} (one directory where case is ignored; dir slots refuse it)")
+                }),
+            };
+            if let Some(problem) = problem {
+                return Err(Error::new(
+                    ErrorKind::WrongMetadata,
+                    format!(
+                        "channel {} release {} target {target}: {problem}",
+                        m.channel, r.version
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -86,7 +86,8 @@ impl Updater {
                 all.len()
             )));
         }
-        if let (Store::Dir(_), Some((first, name))) = (&self.store, one_directory(plan)) {
+        let names = plan.target.components.keys().map(String::as_str);
+        if let (Store::Dir(_), Some((first, name))) = (&self.store, crate::fold::clash(names)) {
             return Err(Error::new(
                 ErrorKind::WrongMetadata,
                 format!(
@@ -768,17 +769,4 @@ fn installed_components(plan: &Offer) -> BTreeMap<String, InstalledComponent> {
             (name.to_string(), record)
         })
         .collect()
-}
-
-/// Two components of `plan` that a file system ignoring case takes for one name, so for
-/// one directory of a dir slot: the install would stop (or mix them) after emptying the
-/// slot. The publisher refuses such names; a manifest made another way may carry them.
-fn one_directory(plan: &Offer) -> Option<(&str, &str)> {
-    let names: Vec<(String, &str)> = (plan.target.components.keys())
-        .map(|n| (crate::fold::folded(n), n.as_str()))
-        .collect();
-    names.iter().enumerate().find_map(|(i, (f, name))| {
-        let first = names[..i].iter().find(|(g, _)| g == f)?;
-        Some((first.1, *name))
-    })
 }
