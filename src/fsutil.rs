@@ -697,13 +697,25 @@ pub fn lock_exclusive_or_wait(
     access: LockAccess,
     on_wait: impl FnOnce(),
 ) -> Result<File> {
+    lock_exclusive_or_stop(path, access, on_wait, None)
+}
+
+/// [`lock_exclusive_or_wait`], where a given `stop` is asked every 50 ms of the wait and
+/// an error from it ends the wait: a download must hear its cancel while another process
+/// holds the lock for as long as its own download takes.
+pub(crate) fn lock_exclusive_or_stop(
+    path: &Path,
+    access: LockAccess,
+    on_wait: impl FnOnce(),
+    stop: Option<&dyn Fn() -> Result<()>>,
+) -> Result<File> {
     let mut on_wait = Some(on_wait);
     let mut once = || on_wait.take().map_or((), |f| f());
-    lock_exclusive_within(path, access, &mut once, None)?
+    lock_exclusive_within(path, access, &mut once, None, stop)?
         .ok_or_else(|| Error::io("lock", path, std::io::ErrorKind::WouldBlock.into()))
 }
 
-/// [`lock_exclusive_or_wait`], giving up when another holder still has the lock after
+/// [`lock_exclusive_or_stop`], giving up when another holder still has the lock after
 /// `patience` (`Ok(None)`); `None` waits as long as it takes. For a lock that a program
 /// outside our control holds (`fw_setenv`'s): one that hangs must not hang every boot.
 /// Not generic: one copy in the library, whoever calls it.
@@ -712,6 +724,7 @@ pub(crate) fn lock_exclusive_within(
     access: LockAccess,
     on_wait: &mut dyn FnMut(),
     patience: Option<std::time::Duration>,
+    stop: Option<&dyn Fn() -> Result<()>>,
 ) -> Result<Option<File>> {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     use std::os::unix::fs::OpenOptionsExt;
@@ -750,9 +763,11 @@ pub(crate) fn lock_exclusive_within(
     );
     if busy(&taken) {
         on_wait();
-        taken = match patience {
-            None => flock(&file, libc::LOCK_EX),
-            Some(p) => lock_until(try_lock, start + p),
+        taken = match (patience, stop) {
+            (Some(p), _) => lock_until(try_lock, start + p),
+            (None, Some(stop)) => flock_polled(&file, stop)?,
+            // One blocking call, which a signal can end (see `flock`).
+            (None, None) => flock(&file, libc::LOCK_EX),
         };
         if busy(&taken) {
             return Ok(None);
@@ -895,38 +910,54 @@ fn lock_until(
 /// holds one (a download started from a download's progress callback) would wait for
 /// itself: refused at once (`invalid_state`).
 pub(crate) fn lock_dir(dir: &Path, stop: &dyn Fn() -> Result<()>) -> Result<Option<DirTurn>> {
-    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let file = File::open(dir).map_err(|e| Error::io("open to lock", dir, e))?;
+    let key = file_id(&file.metadata().map_err(|e| Error::io("inspect", dir, e))?);
     if DIRS_HELD.with(|held| held.borrow().contains(&key)) {
         return Err(Error::invalid_state(format!(
             "expected no second download into {} from within one running there (a progress callback starting one), found one: it would wait for itself",
             dir.display()
         )));
     }
-    let file = File::open(dir).map_err(|e| Error::io("open to lock", dir, e))?;
+    if flock_polled(&file, stop)?.is_err() {
+        return Ok(None);
+    }
+    DIRS_HELD.with(|held| held.borrow_mut().push(key));
+    Ok(Some(DirTurn { _file: file, key }))
+}
+
+/// Which file `meta` is of (device and inode), however it was reached: the key of a lock
+/// a thread holds. A bind mount is another path to the same files, which a path as the
+/// key would take for other files, and the thread would wait for its own lock.
+pub(crate) fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Takes an exclusive `flock` on `file`, trying every 50 ms and asking `stop` between
+/// tries (its error ends the wait): a blocking `flock` would hear nothing until the
+/// holder lets go. The outer result is `stop`'s, the inner the lock's.
+fn flock_polled(file: &File, stop: &dyn Fn() -> Result<()>) -> Result<std::io::Result<()>> {
     loop {
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => break,
+        match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 stop()?;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Ok(None),
+            taken => return Ok(taken),
         }
     }
-    DIRS_HELD.with(|held| held.borrow_mut().push(key.clone()));
-    Ok(Some(DirTurn { _file: file, key }))
 }
 
 thread_local! {
-    /// The directories this thread holds a [`lock_dir`] turn on.
-    static DIRS_HELD: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The directories ([`file_id`]) this thread holds a [`lock_dir`] turn on.
+    static DIRS_HELD: std::cell::RefCell<Vec<(u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A turn on a directory ([`lock_dir`]), released when dropped.
 pub(crate) struct DirTurn {
     _file: File,
-    key: PathBuf,
+    key: (u64, u64),
 }
 
 impl Drop for DirTurn {

@@ -33,8 +33,11 @@ const FILE_NAME: &str = "state.json";
 
 thread_local! {
     /// The lock files this thread holds (see [`State::lock`] and [`State::work_lock`]).
-    static HELD: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    static HELD: std::cell::RefCell<Vec<HeldKey>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// A lock file that a thread holds: its directory ([`fsutil::file_id`]) and its name.
+type HeldKey = ((u64, u64), &'static str);
 
 /// A lock of one operation (see [`State::lock`] and [`State::work_lock`]); dropping it
 /// releases the lock.
@@ -42,7 +45,7 @@ thread_local! {
 pub struct StateLock {
     // Closing the file releases the `flock`.
     _file: std::fs::File,
-    key: PathBuf,
+    key: HeldKey,
 }
 
 impl Drop for StateLock {
@@ -69,22 +72,21 @@ const WORK_LOCK: &str = "work.lock";
 /// order another process keeps, and could deadlock.
 fn lock_file(
     dir: &Path,
-    name: &str,
-    taken_after: &[&str],
+    name: &'static str,
+    taken_after: &[&'static str],
     what: &str,
     on_wait: impl FnOnce(&Path),
+    stop: Option<&dyn Fn() -> Result<()>>,
 ) -> Result<StateLock> {
     fsutil::create_dir_all(dir)?;
     let path = dir.join(name);
-    // One spelling per directory, so two handles configured with different paths to the
-    // same state are recognised.
-    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
-    let key = canonical.join(name);
-    let conflicts = |held: &Vec<PathBuf>| {
-        held.contains(&key)
-            || taken_after
-                .iter()
-                .any(|later| held.contains(&canonical.join(later)))
+    // The directory itself, not a path to it, so two handles configured with different
+    // paths to the same state (a symlink, a bind mount) are recognised.
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
+    let id = fsutil::file_id(&meta);
+    let key = (id, name);
+    let conflicts = |held: &Vec<HeldKey>| {
+        held.contains(&key) || taken_after.iter().any(|later| held.contains(&(id, *later)))
     };
     // While the process exits (a C host's `atexit` handler) this thread's locals may be
     // gone: then no call of this thread can be running either.
@@ -101,8 +103,8 @@ fn lock_file(
         true => fsutil::LockAccess::Owner,
         false => fsutil::LockAccess::Shared,
     };
-    let file = fsutil::lock_exclusive_or_wait(&path, access, || on_wait(&path))?;
-    let _ = HELD.try_with(|held| held.borrow_mut().push(key.clone()));
+    let file = fsutil::lock_exclusive_or_stop(&path, access, || on_wait(&path), stop)?;
+    let _ = HELD.try_with(|held| held.borrow_mut().push(key));
     Ok(StateLock { _file: file, key })
 }
 
@@ -373,20 +375,27 @@ impl State {
     /// running (through any handle on the same state), which would otherwise wait for
     /// itself forever.
     pub fn lock(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
-        lock_file(dir, STATE_LOCK, &[], "change the state", on_wait)
+        lock_file(dir, STATE_LOCK, &[], "change the state", on_wait, None)
     }
 
     /// Takes the lock that serialises the long operations on the state in `dir`: checks
     /// (network), downloads (one writer per `.part`) and installs (slot writes). Take it
     /// before [`State::lock`], never while holding that. Waiting and re-entry are as for
-    /// [`State::lock`].
-    pub fn work_lock(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
+    /// [`State::lock`], except that a given `stop` is asked every 50 ms of the wait and an
+    /// error from it ends the wait: another process may hold this lock for a whole
+    /// download, and a cancelled download must not wait for that.
+    pub fn work_lock(
+        dir: &Path,
+        on_wait: impl FnOnce(&Path),
+        stop: Option<&dyn Fn() -> Result<()>>,
+    ) -> Result<StateLock> {
         lock_file(
             dir,
             WORK_LOCK,
             &[STATE_LOCK],
             "check, download or install",
             on_wait,
+            stop,
         )
     }
 
@@ -702,7 +711,7 @@ mod tests {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         };
         let take_both = |dir: &Path| {
-            drop(State::work_lock(dir, |_| {}).unwrap());
+            drop(State::work_lock(dir, |_| {}, None).unwrap());
             drop(State::lock(dir, |_| {}).unwrap());
         };
         let private = tempfile::tempdir().unwrap();
@@ -1008,7 +1017,7 @@ mod tests {
         // One pointing nowhere creates nothing there.
         let nowhere = dir.path().join("nologin");
         std::os::unix::fs::symlink(&nowhere, state_dir.join(WORK_LOCK)).unwrap();
-        assert!(State::work_lock(&state_dir, |_| {}).is_err());
+        assert!(State::work_lock(&state_dir, |_| {}, None).is_err());
         assert!(!nowhere.exists());
         std::fs::remove_file(state_dir.join(STATE_LOCK)).unwrap();
 

@@ -2856,3 +2856,118 @@ fn a_channel_switch_during_crons_download_withholds_the_release_staged() {
     let reason = withheld_reason(&dev);
     assert!(reason.contains(LEFT_STABLE), "{reason}");
 }
+
+/// Decision 12: a call made on the thread that holds a lock of the state (from an event
+/// callback of a running operation) is refused with `invalid_state` rather than waiting
+/// for itself, through any handle on the same state directory. A read-only root with
+/// `/var/lib/evergreen` bind-mounted from `/data` gives a second handle another path to
+/// the same directory; the host's callback on it must still be refused, since a wait
+/// there is a hang for good. Needs root (a bind mount); skipped otherwise.
+#[test]
+fn a_callback_through_a_bind_mounted_alias_of_the_state_is_refused_not_a_deadlock() {
+    let (w, dev) = World::installed_with(Setup::default(), json!({}));
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let alias = dev.state.parent().unwrap().join("state-alias");
+    std::fs::create_dir_all(&alias).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&dev.state)
+        .arg(&alias)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no bind mount here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(alias.clone());
+    let mut aliased = evergreen::Config::from_file(&dev.config).unwrap();
+    aliased.state_dir = alias.clone();
+    let other = std::sync::Arc::new(evergreen::Updater::builder(aliased).build().unwrap());
+    let (said, answer) = std::sync::mpsc::channel();
+    let first = evergreen::Updater::builder(evergreen::Config::from_file(&dev.config).unwrap())
+        .on_event(move |e| {
+            // Emitted under the work lock of the check.
+            if matches!(e, evergreen::Event::Available { .. }) {
+                let _ = said.send(other.check().map(drop).map_err(|e| e.kind()));
+            }
+        })
+        .build()
+        .unwrap();
+    std::thread::spawn(move || first.check().map(drop));
+    match answer.recv_timeout(Duration::from_secs(20)) {
+        Ok(r) => assert_eq!(r, Err(ErrorKind::InvalidState)),
+        Err(_) => panic!(
+            "a check from inside the Available event of a check, through {} (a bind mount of {}), waited 20 s for the work lock its own thread holds",
+            alias.display(),
+            dev.state.display()
+        ),
+    }
+}
+
+/// A download's cancel (DESIGN §5.4) is heard while it waits for the work lock, which
+/// another process (cron's `evergreen update` of a large image on a slow link) may hold
+/// for as long as its own download takes: a host that cancels, or shuts down and frees
+/// the updater, must not be held up until that process is done.
+#[test]
+fn a_download_waiting_for_the_work_lock_hears_its_cancel() {
+    let (w, dev) = World::installed_with(Setup::default(), json!({}));
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    let offer = dev.offer();
+    let plan = dev.updater.plan(&offer).unwrap();
+    // Another process downloads slowly, holding the work lock.
+    w.server.set_fault(
+        "/blobs/",
+        Fault::Trickle {
+            bytes: 16,
+            every: Duration::from_millis(400),
+        },
+    );
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args([
+        "update",
+        "--yes",
+        "--download-only",
+        "--config",
+        dev.config.to_str().unwrap(),
+    ]);
+    let other = common::Watched::start(&mut cmd);
+    let downloads = dev.state.join("downloads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let downloading = || {
+        std::fs::read_dir(&downloads).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        })
+    };
+    while !downloading() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other process never downloaded"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cancel = evergreen::fetch::CancelToken::new();
+    let (result, waited) = std::thread::scope(|s| {
+        let mine = s.spawn(|| dev.updater.download(&plan, &mut |_, _| {}, &cancel));
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+        let cancelled_at = std::time::Instant::now();
+        let r = mine.join().unwrap();
+        (r, cancelled_at.elapsed())
+    });
+    let out = other.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(result.map_err(|e| e.kind()), Err(ErrorKind::Cancelled));
+    assert!(
+        waited < Duration::from_secs(2),
+        "the cancelled download returned {waited:?} after its cancel, once the other process let go of the work lock"
+    );
+}

@@ -15,11 +15,13 @@
 #define EVG_FAULT_INJECTION 1
 #include "evergreen.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -735,6 +737,95 @@ static void test_free_from_another_thread(const char *config_path, const evg_hoo
     pthread_mutex_destroy(&x.lock);
 }
 
+/* Another process holds the work lock (a cron `evergreen update` downloading a big
+   image): a host shutting down frees the updater while its download waits for that
+   lock, and the download returns cancelled at once, not when the other one is done. */
+struct locked_out {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    evg_updater *up;
+    evg_offer *offer;
+    int waiting, returned;
+    evg_status status;
+    int says_freed;
+};
+
+static void note_waiting(void *user, const char *event_json) {
+    struct locked_out *l = user;
+    if (!contains(event_json, "\"lock\":\"work\"")) return;
+    pthread_mutex_lock(&l->lock);
+    l->waiting = 1;
+    pthread_cond_broadcast(&l->changed);
+    pthread_mutex_unlock(&l->lock);
+}
+
+static void *locked_out_download(void *arg) {
+    struct locked_out *l = arg;
+    evg_status status = evg_download(l->up, l->offer, NULL, NULL);
+    const char *message = evg_last_error_message(); /* this thread's */
+    pthread_mutex_lock(&l->lock);
+    l->status = status;
+    l->says_freed = message && contains(message, "freed by the host");
+    l->returned = 1;
+    pthread_cond_broadcast(&l->changed);
+    pthread_mutex_unlock(&l->lock);
+    return NULL;
+}
+
+static void test_free_while_waiting_for_the_work_lock(const char *config_path,
+                                                      const evg_hooks *hooks) {
+    char *config = read_file(config_path), *dir, *end, path[4096];
+    struct locked_out l;
+    pthread_t thread;
+    struct timespec deadline = in_ms(20000); /* bounded: the download may never wait */
+    int held = -1, waited = 0;
+
+    CHECK(config != NULL);
+    if (!config) return;
+    /* the state directory's work lock, taken as the other process would */
+    dir = strstr(config, "\"state_dir\": \"");
+    end = dir ? strchr(dir + 14, '"') : NULL;
+    CHECK(end != NULL);
+    if (end) {
+        snprintf(path, sizeof path, "%.*s/work.lock", (int)(end - dir - 14), dir + 14);
+        held = open(path, O_RDWR | O_CREAT, 0644);
+    }
+    memset(&l, 0, sizeof l);
+    pthread_mutex_init(&l.lock, NULL);
+    pthread_cond_init(&l.changed, NULL);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &l.up), EVG_OK);
+    free(config);
+    if (l.up) CHECK_STATUS(evg_check_version(l.up, NULL, "1.0.0", &l.offer), EVG_OK);
+    CHECK(held >= 0 && flock(held, LOCK_EX) == 0); /* after the check, which takes it too */
+    if (held < 0 || !l.up || !l.offer) {
+        evg_updater_free(l.up);
+        evg_offer_free(l.offer);
+        if (held >= 0) close(held);
+        return;
+    }
+    CHECK_STATUS(evg_set_event_callback(l.up, note_waiting, &l), EVG_OK);
+    CHECK(pthread_create(&thread, NULL, locked_out_download, &l) == 0);
+    pthread_mutex_lock(&l.lock);
+    while (!l.waiting && waited == 0)
+        waited = pthread_cond_timedwait(&l.changed, &l.lock, &deadline);
+    pthread_mutex_unlock(&l.lock);
+    CHECK(l.waiting);
+    evg_updater_free(l.up);
+    /* the download returns while the lock is still held, or the wait was not cut short */
+    deadline = in_ms(5000);
+    waited = 0;
+    pthread_mutex_lock(&l.lock);
+    while (!l.returned && waited == 0)
+        waited = pthread_cond_timedwait(&l.changed, &l.lock, &deadline);
+    CHECK(l.returned && l.status == EVG_CANCELLED && l.says_freed);
+    pthread_mutex_unlock(&l.lock);
+    close(held);
+    pthread_join(thread, NULL);
+    evg_offer_free(l.offer);
+    pthread_cond_destroy(&l.changed);
+    pthread_mutex_destroy(&l.lock);
+}
+
 /* The power goes after Evergreen commits a trial and before the host's bootloader
    environment learns of it. At the restart the bootloader starts the old slot again; with
    the selector's boot plan the startup step sees that the trial never started and tells
@@ -798,6 +889,7 @@ static void test_power_cut_before_the_bootloader_learns(const char *config_path)
 
     /* this device has never downloaded 1.0.0: a download for the next test to cut short */
     test_free_from_another_thread(config_path, &hooks);
+    test_free_while_waiting_for_the_work_lock(config_path, &hooks);
 
 out:
     free(config);

@@ -31,7 +31,8 @@ impl Leased for evg_updater {
     fn on_free_deferred(&self) {
         // `evg_updater_free` promises no callback after it returns: none starts from now
         // on, one running on another thread is waited for, and a running download is
-        // cancelled at its next chunk.
+        // cancelled at its next chunk (or, waiting for the work lock, at its next look).
+        self.updater.halted.cancel();
         self.events.close();
     }
 }

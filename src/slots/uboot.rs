@@ -674,7 +674,7 @@ impl UBootEnv {
     fn tools_lock(&self) -> Result<Option<File>> {
         let (lock, patience) = (&self.tools_lock, self.lock_patience);
         let access = crate::fsutil::LockAccess::AsFound;
-        match crate::fsutil::lock_exclusive_within(lock, access, &mut || {}, Some(patience)) {
+        match crate::fsutil::lock_exclusive_within(lock, access, &mut || {}, Some(patience), None) {
             Ok(None) => Err(bootloader(format!(
                 "U-Boot environment: expected to take the lock {} within {} s, found \
                      another program (a hung fw_setenv?) holding it all that time; nothing \

@@ -315,7 +315,7 @@ impl Updater {
     /// its SHA-256 like any). An explicit call, never a check result.
     pub fn reinstall_offer(&self) -> Result<Offer> {
         self.reported("reinstall", || {
-            let _work = self.work_lock()?;
+            let _work = self.work_lock(None)?;
             let mut st = self.load_state()?;
             let version = st.installed_version().cloned().ok_or_else(|| {
                 Error::invalid_state("nothing is installed through Evergreen: nothing to reinstall")

@@ -18,7 +18,7 @@ impl Updater {
             if let Some(name) = channel {
                 manifest::check_channel_name(name)?;
             }
-            let _work = self.work_lock()?;
+            let _work = self.work_lock(None)?;
             let mut st = self.load_state()?;
             let channel = channel.unwrap_or(&st.channel).to_string();
             // The poll schedule (backoff, next check) follows the device's own channel: a

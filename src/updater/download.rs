@@ -129,8 +129,9 @@ impl Updater {
         self.reported("download", || {
             self.check_store_takes(plan)?;
             self.check_image_size(plan)?;
-            // One writer per `.part`: a second process waits instead of interleaving.
-            let _work = self.work_lock()?;
+            // One writer per `.part`: a second process waits instead of interleaving. The
+            // other may hold the lock for its whole download, so a cancel ends the wait.
+            let _work = self.work_lock(Some(&|| self.halted.check().and(cancel.check())))?;
             if let Store::Image(images) = &self.store {
                 return self.stream_image(images, plan, progress, cancel);
             }

@@ -10,7 +10,7 @@ impl Updater {
     /// updater's trust root, product and state checked the release, not this one's.
     pub fn install(&self, plan: &Offer) -> Result<Slot> {
         self.reported("install", || {
-            let _work = self.work_lock()?;
+            let _work = self.work_lock(None)?;
             if let Store::Image(images) = &self.store {
                 images.check_distinct()?;
             }

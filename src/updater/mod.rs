@@ -529,6 +529,7 @@ impl UpdaterBuilder {
             own_link,
             on_event: self.on_event,
             clock,
+            halted: CancelToken::new(),
         })
     }
 }
@@ -573,6 +574,9 @@ pub struct Updater {
     own_link: bool,
     on_event: Option<EventFn>,
     clock: Clock,
+    /// Cancelled when the C host frees the updater during a call (`evg_updater_free`): a
+    /// download waiting for the work lock calls no progress callback to learn of it.
+    pub(crate) halted: CancelToken,
 }
 
 impl Updater {
@@ -625,9 +629,10 @@ impl Updater {
     }
 
     /// Serialises checks, downloads and installs, which take long; taken before
-    /// [`Updater::lock`], so the startup step never waits for the network.
-    fn work_lock(&self) -> Result<crate::state::StateLock> {
-        State::work_lock(self.state_dir(), |path| self.waiting("work", path))
+    /// [`Updater::lock`], so the startup step never waits for the network. A given `stop`
+    /// can end the wait ([`State::work_lock`]).
+    fn work_lock(&self, stop: Option<&dyn Fn() -> Result<()>>) -> Result<crate::state::StateLock> {
+        State::work_lock(self.state_dir(), |path| self.waiting("work", path), stop)
     }
 
     /// Says that this operation waits for another one's `lock`.
