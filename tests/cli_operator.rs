@@ -2437,7 +2437,8 @@ fn verify_names_a_target_no_device_installs() {
     );
     let root = repo.root.to_str().unwrap().to_owned();
     common::ok(&["verify", &root]);
-    let edits: [(&str, fn(&mut evergreen::manifest::Component)); 2] = [
+    type Edit = fn(&mut evergreen::manifest::Component);
+    let edits: [(&str, Edit); 2] = [
         ("\u{17f}ys", |_| {}),
         ("other", |c| {
             c.artifact.kind = evergreen::manifest::ArtifactKind::Image
