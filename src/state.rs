@@ -251,6 +251,11 @@ pub struct State {
     pub trial: Option<Trial>,
     /// The channel this device follows.
     pub channel: String,
+    /// How many times the device was switched to another channel ([`State::switch_channel`]):
+    /// an install compares it with its offer's, to learn that the channel followed changed
+    /// since the check (another process's switch, during the download).
+    #[serde(default)]
+    pub channel_switches: u64,
     /// Newest root version trusted.
     #[serde(default)]
     pub root_version: Option<u64>,
@@ -339,6 +344,7 @@ impl State {
             b: SlotRecord::default(),
             trial: None,
             channel: channel.to_string(),
+            channel_switches: 0,
             root_version: None,
             root_keys: String::new(),
             manifests: BTreeMap::new(),
@@ -397,6 +403,15 @@ impl State {
             on_wait,
             stop,
         )
+    }
+
+    /// The device's own switch to `channel` (counted when it is another one), then
+    /// [`State::follow_channel`].
+    pub fn switch_channel(&mut self, channel: &str) {
+        if self.channel != channel {
+            self.channel_switches = self.channel_switches.wrapping_add(1);
+        }
+        self.follow_channel(channel);
     }
 
     /// Makes `channel` the channel followed. A check of it newer than every check of the

@@ -2971,3 +2971,33 @@ fn a_download_waiting_for_the_work_lock_hears_its_cancel() {
         "the cancelled download returned {waited:?} after its cancel, once the other process let go of the work lock"
     );
 }
+
+/// `update --channel preview` (its check, then the switch) is downloading preview's
+/// release when another admin switches the device back to stable. Once installed, the
+/// release waits ("the device left channel preview"), as it would had the switch back come
+/// after the install, and its activation, forced, leaves the device on stable.
+#[test]
+fn a_switch_back_during_an_update_channel_download_withholds_the_release() {
+    let (w, dev, later) = activating_later();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("preview", "1.1.0", &app_zip("1.1.0"), opts);
+    let offer = match dev.updater.check_with(Some("preview"), None).unwrap() {
+        Check::Available(offer) => offer,
+        other => panic!("expected preview's 1.1.0 offered, found {other:?}"),
+    };
+    dev.updater.set_channel("preview").unwrap();
+    let plan = dev.updater.plan(&offer).unwrap();
+    dev.download(&offer).unwrap();
+    dev.updater.set_channel("stable").unwrap();
+    installed_once_due(&dev, &plan, later);
+    assert_eq!(dev.state_json()["channel"], "stable");
+    let reason = withheld_reason(&dev);
+    assert!(reason.contains("left channel preview"), "{reason}");
+    dev.updater.activate(true).unwrap();
+    assert_eq!(
+        dev.state_json()["channel"],
+        "stable",
+        "the activation moved the device"
+    );
+}

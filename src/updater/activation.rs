@@ -298,7 +298,7 @@ impl Updater {
         let mut st = self.load_state()?;
         let clock = (self.clock)();
         st.record(clock, "channel", format!("{} -> {channel}", st.channel));
-        st.follow_channel(channel);
+        st.switch_channel(channel);
         // A check of `channel` made before the switch (`update --channel` saves it after
         // its check) is the device's own from now on: what it staged from another channel
         // is withheld as that check would have withheld it after the switch. Only marked

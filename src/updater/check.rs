@@ -319,6 +319,7 @@ impl Updater {
             target: target.clone(),
             checked,
             device_channel,
+            channel_switches: st.channel_switches,
             issuer: self.id,
             asked_for: false,
             manifest_sha256: manifest.payload_sha256().to_string(),

@@ -200,12 +200,16 @@ impl Updater {
             security_version: plan.security_version,
             channel: Some(plan.channel.clone()),
             // Staged while following the release's channel when the switch to it was
-            // saved after its check (`update --channel`): that is the channel it was
-            // staged on, not the one the offer was made under.
-            device_channel: Some(match st.channel == plan.channel {
-                true => st.channel.clone(),
-                false => plan.device_channel.clone(),
-            }),
+            // saved after its check (`update --channel`), or when the channel followed
+            // changed since the check (another process's switch, during the download:
+            // the device then left the channel the release came from, or the one the
+            // offer was made under): that is the channel it was staged on.
+            device_channel: Some(
+                match st.channel == plan.channel || st.channel_switches != plan.channel_switches {
+                    true => plan.channel.clone(),
+                    false => plan.device_channel.clone(),
+                },
+            ),
             critical: plan.critical,
             components: BTreeMap::new(),
             withheld: None,

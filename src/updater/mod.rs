@@ -97,6 +97,8 @@ pub struct Offer {
     /// even while the check or the download ran, is the user's newer choice. For a repair,
     /// the release's own channel, so activating it never moves the device.
     device_channel: String,
+    /// The device's channel switches when the check began ([`State::channel_switches`]).
+    channel_switches: u64,
     /// The [`Updater`] that made it: only that one downloads and installs it, since only
     /// its trust root, product and state checked the release.
     issuer: usize,
