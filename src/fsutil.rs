@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 /// process do: every writer of one file holds that file's lock (the state lock, the work
 /// lock, the repository lock).
 pub fn temp_path(path: &Path) -> PathBuf {
+    suffixed(path, &format!(".tmp-{}", std::process::id()))
+}
+
+/// `path` with `suffix` after its file name.
+pub fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(suffix);
     path.with_file_name(name)
 }
 
@@ -24,11 +29,10 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// kill left behind. Only for a file whose writers all hold one lock, held now; best
 /// effort.
 pub fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let prefix = suffixed(path, ".tmp-");
+    let (Some(dir), Some(prefix)) = (path.parent(), prefix.file_name()) else {
         return;
     };
-    let mut prefix = name.to_os_string();
-    prefix.push(".tmp-");
     let prefix = prefix.as_encoded_bytes();
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {

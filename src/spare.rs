@@ -26,9 +26,7 @@ use std::path::{Path, PathBuf};
 
 /// The spare of `path`: `<file>.spare` beside it, on the same file system.
 pub fn spare_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".spare");
-    path.with_file_name(name)
+    fsutil::suffixed(path, ".spare")
 }
 
 /// Writes `bytes` (a text document that ignores trailing blank space, such as JSON) to
@@ -84,7 +82,9 @@ fn keep_spare(path: &Path, padded: &[u8]) {
     if fs::symlink_metadata(&spare).is_ok_and(|m| usable(&spare, &m, padded.len())) {
         return;
     }
-    let tmp = fsutil::temp_path(&spare);
+    // The state's own temp name, free again once the save renamed it: the save's clean-up
+    // of that name then covers both (a spare cut off by a kill).
+    let tmp = fsutil::temp_path(path);
     let written = fsutil::create_temp(&tmp).and_then(|mut f| {
         std::io::Write::write_all(&mut f, padded).map_err(|e| Error::io("write", &tmp, e))
     });

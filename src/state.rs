@@ -616,8 +616,8 @@ impl State {
         crate::spare::write(&path, &bytes)?;
         // Every save holds the state lock, so any other temp file is one a power cut or a
         // kill left behind: without this they would pile up, one per process cut off.
+        // The spare is written under the state's temp name too.
         fsutil::remove_stale_temps(&path);
-        fsutil::remove_stale_temps(&crate::spare::spare_path(&path));
         Ok(())
     }
 
