@@ -316,7 +316,8 @@ pub fn create_options() -> OpenOptions {
 /// whatever had the name (one a power cut left; writers of one file hold its lock).
 /// Created exclusively, so never through a symlink that another user who may write the
 /// directory planted there (the name is predictable): such a write would truncate and
-/// fill the file it points to.
+/// fill the file it points to. Root's goes to the directory's owner
+/// ([`give_to_dir_owner`]).
 pub fn create_temp(tmp: &Path) -> Result<File> {
     use std::io::ErrorKind::{NotFound, ReadOnlyFilesystem};
     crash_point("create temp")?;
@@ -328,10 +329,12 @@ pub fn create_temp(tmp: &Path) -> Result<File> {
         }
         _ => {}
     }
-    create_options()
+    let file = create_options()
         .create_new(true)
         .open(tmp)
-        .map_err(|e| Error::io("create", tmp, e))
+        .map_err(|e| Error::io("create", tmp, e))?;
+    give_to_dir_owner(&file, tmp);
+    Ok(file)
 }
 
 /// `options` made to refuse a symlink as the last part of the path (`O_NOFOLLOW`): a link
@@ -806,6 +809,23 @@ fn set_own_mode(file: &File, access: LockAccess) {
         _ => return,
     };
     let _ = file.set_permissions(std::fs::Permissions::from_mode(wanted));
+}
+
+/// Gives `file`, just created at `path`, to the owner and group of its directory, when this
+/// process is root and the directory is another user's: a file root writes where that
+/// user works too (`sudo evergreen update` in the app's state directory) must stay one
+/// the user can write in place, as the state's spare is written (`src/spare.rs`). The
+/// user could replace it anyway, so this gives away nothing. Best effort.
+fn give_to_dir_owner(file: &File, path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: a query without arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let owner = path.parent().and_then(|d| fs::metadata(d).ok());
+    if let Some(dir) = owner.filter(|m| m.uid() != 0) {
+        let _ = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()));
+    }
 }
 
 /// Whether `meta` is of a file (or directory) this process's effective user owns.

@@ -96,44 +96,35 @@ fn keep_spare(path: &Path, padded: &[u8]) {
 }
 
 /// Whether the spare at `path`, with metadata `meta` (not followed), can take `len` bytes
-/// in place: a regular file that long, with no other name, its blocks all allocated. A
-/// second name (a hard link to `state.json` itself) would make the write in place a write
-/// into the live state. A hole (a spare made by `set_len`, or one a power cut left before
-/// its blocks were written) passes the length and is allocated by the write in place,
-/// which then fails on the full disk it was kept for; a spare that is not usable is made
-/// again at the next save that has room.
+/// in place: a regular file that long, with no other name, its blocks all allocated, that
+/// this process may write. A second name (a hard link to `state.json` itself) would make
+/// the write in place a write into the live state. A hole (a spare made by `set_len`, or
+/// one a power cut left before its blocks were written) passes the length and is
+/// allocated by the write in place, which then fails on the full disk it was kept for; so
+/// does one this user may not write (root's state, left in this user's directory by a
+/// version that did not give it to them, and swapped out). A spare that is not usable is
+/// made again at the next save that has room.
 fn usable(path: &Path, meta: &fs::Metadata, len: usize) -> bool {
-    #[cfg(unix)]
-    let (single, allocated) = {
-        use std::os::unix::fs::MetadataExt;
-        // `st_blocks` counts 512-byte units whatever the file system's block size. It also
-        // counts metadata (an extended-attribute block on ext4), so a spare with holes can
-        // pass it: the file is asked for its first hole as well.
-        (
-            meta.nlink() == 1,
-            meta.blocks().saturating_mul(512) >= meta.len() && !has_hole(path, meta.len()),
-        )
-    };
-    #[cfg(not(unix))]
-    let (single, allocated) = (true, true);
-    meta.is_file() && single && allocated && meta.len() >= len as u64
+    use std::os::unix::fs::MetadataExt;
+    // `st_blocks` counts 512-byte units whatever the file system's block size. It also
+    // counts metadata (an extended-attribute block on ext4), so a spare with holes can
+    // pass it: the file is asked for its first hole as well. Opened only once known to be
+    // a regular file: a FIFO would block the open.
+    meta.is_file()
+        && meta.nlink() == 1
+        && meta.len() >= len as u64
+        && meta.blocks().saturating_mul(512) >= meta.len()
+        && fsutil::no_follow(OpenOptions::new().write(true))
+            .open(path)
+            .is_ok_and(|f| !has_hole(&f, meta.len()))
 }
 
-/// Whether the file at `path` (not followed) has a hole before byte `len`, as
-/// `lseek(SEEK_HOLE)` tells. A file system that does not track holes reports none; one
-/// that cannot be asked (the file cannot be opened) counts as a hole: the spare is made
-/// again.
+/// Whether `file` has a hole before byte `len`, as `lseek(SEEK_HOLE)` tells. A file system
+/// that does not track holes reports none; one that cannot be asked counts as a hole: the
+/// spare is made again.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn has_hole(path: &Path, len: u64) -> bool {
+fn has_hole(file: &fs::File, len: u64) -> bool {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(file) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    else {
-        return true;
-    };
     // SAFETY: a valid descriptor, owned by `file` for the whole call.
     let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
     hole < 0 || (hole as u64) < len
@@ -141,7 +132,7 @@ fn has_hole(path: &Path, len: u64) -> bool {
 
 /// No way to ask for holes here: the block count is all there is.
 #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
-fn has_hole(_path: &Path, _len: u64) -> bool {
+fn has_hole(_file: &fs::File, _len: u64) -> bool {
     false
 }
 
@@ -454,7 +445,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let full = dir.path().join("full");
         fs::write(&full, [b' '; 8192]).unwrap();
-        assert!(!has_hole(&full, 8192));
+        assert!(!has_hole(&fs::File::open(&full).unwrap(), 8192));
         let holed = dir.path().join("holed");
         let mut f = fs::File::create(&holed).unwrap();
         std::io::Write::write_all(&mut f, &[b' '; 4096]).unwrap();
@@ -463,11 +454,9 @@ mod tests {
             eprintln!("skipped: this file system makes no sparse files");
             return;
         }
-        assert!(has_hole(&holed, 8192));
+        assert!(has_hole(&f, 8192));
         // Holes past the length asked about do not count.
-        assert!(!has_hole(&holed, 4096));
-        // What cannot be opened is no spare.
-        assert!(has_hole(&dir.path().join("missing"), 1));
+        assert!(!has_hole(&f, 4096));
     }
 
     /// A spare with holes whose block count covers its length anyway (an extended

@@ -10,11 +10,142 @@ use common::Repo;
 use mounts::Mounted;
 use std::path::Path;
 
+/// The app's own user (`nobody`), who owns its state and slots where root updates too.
+const NOBODY: u32 = 65534;
+
 fn publish(repo: &Repo, version: &str) {
     let src = repo.scratch("src");
     let file = src.join(format!("settings-{version}.json"));
     std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
     repo.release("stable", version, "x86_64-linux", &[("config", &file)], &[]);
+}
+
+/// Whether this process may act as another user (root, with `setpriv`); says it is
+/// missing otherwise (the test is skipped, or fails under `EVERGREEN_REQUIRE_TOOLS`).
+fn can_act_as_nobody() -> bool {
+    let ok = require::tool_succeeds(std::process::Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "true",
+    ]));
+    if !ok {
+        require::missing("setpriv, run as root (to act as another user)");
+    }
+    ok
+}
+
+/// `evergreen ARGS… --config CONFIG` run as user 65534.
+fn as_nobody(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    setpriv
+        .arg(common::bin())
+        .args(args)
+        .arg("--config")
+        .arg(config);
+    common::output_within(&mut setpriv, common::CLI_LIMIT)
+}
+
+/// A state directory of the app's own user where root saves too (`sudo evergreen update`),
+/// on a full disk: the owner's startup step still counts every start of the trial and
+/// rolls back when they are spent (decision 31). Root's save leaves a state file of its
+/// own, which the owner's first save on the full disk swaps in as the spare: the owner
+/// must still be able to write into it, or no later start would be counted.
+#[test]
+fn a_trial_on_a_full_disk_is_counted_by_the_owner_after_root_saved_the_state() {
+    let repo = Repo::new("com.acme.shared.full");
+    let Some((_fs, dev)) = owners_trial_of_1_1_0(&repo, true) else {
+        return;
+    };
+    the_owner_counts_the_trial_on_a_full_disk(&repo, &dev);
+}
+
+/// A state and spare of root's in the owner's state directory (left by a version that
+/// did not give them to the owner): the owner's next save, while there is room, makes a
+/// spare of their own, so the trial is still counted once the disk is full.
+#[test]
+fn a_spare_the_owner_cannot_write_is_made_again_while_there_is_room() {
+    let repo = Repo::new("com.acme.shared.spare");
+    let Some((_fs, dev)) = owners_trial_of_1_1_0(&repo, false) else {
+        return;
+    };
+    let state = repo.scratch("full").join("state");
+    for name in ["state.json", "state.json.spare"] {
+        std::os::unix::fs::chown(state.join(name), Some(0), Some(0)).unwrap();
+    }
+    let out = as_nobody(&dev.config, &["boot"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    the_owner_counts_the_trial_on_a_full_disk(&repo, &dev);
+}
+
+/// A device whose state and slots are user 65534's, on a tmpfs of its own: 1.0.0 installed
+/// and confirmed by that user, then 1.1.0 installed (by root when `by_root`) and on trial.
+fn owners_trial_of_1_1_0(repo: &Repo, by_root: bool) -> Option<(Mounted, common::Device)> {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_act_as_nobody() {
+        return None;
+    }
+    let scratch = repo.scratch("full");
+    let fs = Mounted::tmpfs(&scratch, 2048)?;
+    // The user may reach the device's files; state and slots are the user's.
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (state, app) = (scratch.join("state"), scratch.join("app"));
+    for dir in [&state, &app] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
+    );
+    publish(repo, "1.0.0");
+    for args in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        let out = as_nobody(&dev.config, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            common::stderr(&out)
+        );
+    }
+    publish(repo, "1.1.0");
+    match by_root {
+        // The admin installs the next release as root.
+        true => drop(dev.expect("update", &["--yes"], 0)),
+        false => assert!(as_nobody(&dev.config, &["update", "--yes"])
+            .status
+            .success()),
+    }
+    assert_eq!(dev.status()["trial"]["tries_left"], 3);
+    Some((fs, dev))
+}
+
+/// Fills the device's disk; then each of the owner's startup steps counts a start of the
+/// trial, and the one after the last rolls back.
+fn the_owner_counts_the_trial_on_a_full_disk(repo: &Repo, dev: &common::Device) {
+    mounts::fill(&repo.scratch("full"));
+    let tries = dev.status()["trial"]["tries_left"].as_u64().unwrap();
+    for left in (0..tries).rev() {
+        let out = as_nobody(&dev.config, &["boot"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the owner's startup step, {left} start(s) to go: {}",
+            common::stderr(&out)
+        );
+        assert_eq!(
+            dev.status()["trial"]["tries_left"],
+            left,
+            "start not counted"
+        );
+    }
+    let out = as_nobody(&dev.config, &["boot"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let s = dev.status();
+    assert_eq!(s["primary"], "b", "not rolled back: {s}");
+    assert_eq!(s["slots"]["a"]["status"], "bad", "{s}");
 }
 
 /// A state directory remounted read-only: the error names the read-only state, not a
