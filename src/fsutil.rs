@@ -84,6 +84,26 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     )
 }
 
+/// [`is_disk_full`] for a failed step of the library's, when an I/O error caused it.
+pub(crate) fn failed_for_space(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(is_disk_full)
+}
+
+/// Writes `bytes` to `path` as [`write_atomic`] does, creating its directory first, or,
+/// when the disk is full, nothing (`false`). For a copy of what was just verified, which
+/// the next run can fetch again: a full disk must not throw away the verification itself,
+/// which the state (saved through its spare, `src/spare.rs`) records.
+pub(crate) fn write_atomic_if_room(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let written = create_dir_all(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| write_atomic(path, bytes));
+    match written {
+        Err(e) if failed_for_space(&e) => Ok(false),
+        other => other.map(|()| true),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a reader sees the old content or the new, never a
 /// mix, and after return the new content survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -40,7 +40,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
             keep_spare(path, &padded);
             Ok(())
         }
-        Err(e) if is_disk_full(&e) => match swap_in(path, bytes)? {
+        Err(e) if fsutil::failed_for_space(&e) => match swap_in(path, bytes)? {
             true => Ok(()),
             false => Err(e),
         },
@@ -64,13 +64,6 @@ fn pad(bytes: &[u8], len: usize) -> Vec<u8> {
         out.push(b'\n');
     }
     out
-}
-
-/// Whether `e` says the file system (or the user's quota) is full.
-fn is_disk_full(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(fsutil::is_disk_full)
 }
 
 /// Makes sure a spare at least as long as `padded` exists. It is only space: no fsync

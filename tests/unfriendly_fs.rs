@@ -20,6 +20,11 @@ fn publish(repo: &Repo, version: &str) {
     repo.release("stable", version, "x86_64-linux", &[("config", &file)], &[]);
 }
 
+/// `text` parsed as JSON, or a panic that shows it.
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 /// Whether this process may act as another user (root, with `setpriv`); says it is
 /// missing otherwise (the test is skipped, or fails under `EVERGREEN_REQUIRE_TOOLS`).
 fn can_act_as_nobody() -> bool {
@@ -273,4 +278,90 @@ fn a_blob_longer_than_the_file_system_takes_is_not_kept_to_be_resumed() {
         );
         assert!(line.contains("expected"), "attempt {attempt}: {line}");
     }
+}
+
+/// A halt (decision 38) seen by a check on a full state disk still withholds the staged
+/// release: the state is saved there (through its spare); the manifest cache cannot be,
+/// and a check that failed for it would throw away what it verified.
+#[test]
+fn a_halt_seen_on_a_full_disk_still_withholds_the_staged_release() {
+    let repo = Repo::new("com.acme.full.halt");
+    let scratch = repo.scratch("full");
+    let Some(_fs) = Mounted::tmpfs(&scratch, 2048) else {
+        return;
+    };
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": scratch.join("state"),
+            "deploy": {"policy": "download_only"}}),
+    );
+    publish(&repo, "1.0.0");
+    for step in [
+        &["update", "--yes"][..],
+        &["activate"],
+        &["boot"],
+        &["confirm"],
+    ] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    publish(&repo, "1.1.0");
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
+    // The operator pulls 1.1.0; then the app's logs fill the disk.
+    common::ok(&[
+        "rollout",
+        repo.root.to_str().unwrap(),
+        "--channel",
+        "stable",
+        "--version",
+        "1.1.0",
+        "--percent",
+        "0",
+        "--sign",
+        repo.manifest_key.to_str().unwrap(),
+    ]);
+    mounts::fill(&scratch);
+    let check = dev.run("check", &[]);
+    let out = json(&dev.expect("activate", &["--json"], 0));
+    assert_eq!(
+        out["status"],
+        "deferred",
+        "the halted release was activated: {out}; the check said: {}",
+        common::stderr(&check)
+    );
+}
+
+/// A root rotated while the state disk is full: the check that walks to it still verifies
+/// the manifest and offers the release, though the new root cannot be saved (the state
+/// records its version, so the next check walks to it again); once there is room, it is
+/// saved.
+#[test]
+fn a_root_walked_to_on_a_full_disk_is_trusted_and_saved_once_there_is_room() {
+    let repo = Repo::new("com.acme.full.root");
+    let scratch = repo.scratch("full");
+    let Some(_fs) = Mounted::tmpfs(&scratch, 2048) else {
+        return;
+    };
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": scratch.join("state")}),
+    );
+    publish(&repo, "1.0.0");
+    dev.expect("check", &[], 10);
+    let root = repo.root.to_str().unwrap();
+    common::ok(&["rotate", root, "--sign", repo.root_key.to_str().unwrap()]);
+    publish(&repo, "1.1.0");
+    mounts::fill(&scratch);
+    for _ in 0..2 {
+        let offer = json(&dev.expect("check", &["--json"], 10));
+        assert_eq!(offer["version"], "1.1.0", "{offer}");
+    }
+    std::fs::remove_file(scratch.join("filler")).unwrap();
+    dev.expect("check", &[], 10);
+    assert_eq!(
+        std::fs::read(scratch.join("state/root.json")).unwrap(),
+        std::fs::read(repo.root.join("root/2.json")).unwrap()
+    );
 }

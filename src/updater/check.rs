@@ -404,14 +404,18 @@ impl Updater {
         };
         let FetchedManifest {
             verified,
-            etag: new_etag,
+            etag: mut new_etag,
             bytes: fresh_bytes,
         } = fetched;
         // Persist only after every rule passed.
         let not_modified = fresh_bytes.is_none();
         if let Some(bytes) = &fresh_bytes {
-            crate::fsutil::create_dir_all(cache.parent().unwrap_or(self.state_dir()))?;
-            crate::fsutil::write_atomic(&cache, bytes)?;
+            // Not kept on a full disk: without an ETag the next check fetches it whole, and
+            // a copy left from before matches no hash the state records (each read of it
+            // checks one), so it is never taken for this one.
+            if !crate::fsutil::write_atomic_if_room(&cache, bytes)? {
+                new_etag = None;
+            }
         }
         st.manifests.insert(
             channel.to_string(),
@@ -677,11 +681,12 @@ impl Updater {
     /// Makes `root` the saved root. Its root keys are recorded in the state first, and the
     /// state saved: a power cut between the two writes must not leave a `root.json` whose
     /// keys the state does not know, which the next check would take for another chain
-    /// (decision 29).
+    /// (decision 29). On a full disk the older root stays saved: the state records this
+    /// one's version, so the next check walks to it again.
     fn keep_root(&self, st: &mut State, root: &TrustedRoot, saved: &Path) -> Result<()> {
         st.trust_root_keys(root.root_keys());
         self.save_check(st)?;
-        crate::fsutil::write_atomic(saved, root.envelope())
+        crate::fsutil::write_atomic_if_room(saved, root.envelope()).map(drop)
     }
 
     /// The root in `path`, verified by a threshold of its own root keys. `what` names the
