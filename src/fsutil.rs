@@ -1075,7 +1075,17 @@ pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
     let tmp = dir.join(format!(".{name}.new-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     crash_point("symlink")?;
-    std::os::unix::fs::symlink(target, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| {
+        // A file system without symlinks (vfat, exFAT): the kernel's `EPERM`, `ENOSYS` or
+        // `EOPNOTSUPP` alone names no cause.
+        let what = match e.raw_os_error() {
+            Some(libc::EPERM | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                "create symlink (expected a file system with symbolic links)"
+            }
+            _ => "create symlink",
+        };
+        Error::io(what, &tmp, e)
+    })?;
     crash_point("rename symlink")?;
     fs::rename(&tmp, link).map_err(|e| {
         let _ = fs::remove_file(&tmp);

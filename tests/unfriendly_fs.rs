@@ -153,6 +153,34 @@ fn the_owner_counts_the_trial_on_a_full_disk(repo: &Repo, dev: &common::Device) 
     assert_eq!(s["slots"]["a"]["status"], "bad", "{s}");
 }
 
+/// Dir slots on exFAT (no symlinks for `current`) are refused naming what they need: the
+/// activation's `symlink()` alone says "Function not implemented" (exFAT's FUSE driver) or
+/// "Operation not permitted" (the kernel's vfat and exFAT), which names no cause.
+#[test]
+fn dir_slots_on_exfat_are_refused_naming_the_symbolic_link_they_need() {
+    let card = tempfile::tempdir().unwrap();
+    let at = card.path().join("mnt");
+    let Some(_fs) = Mounted::exfat(&card.path().join("card.img"), 64, &at) else {
+        return;
+    };
+    let repo = Repo::new("com.acme.exfat.slots");
+    publish(&repo, "1.0.0");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"slots": {"kind": "dir", "root": at.join("app")}}),
+    );
+    let err = dev.fails("update", &["--yes"]);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.contains("expected") && line.contains("symbolic link"),
+        "the error names no expectation: {line}"
+    );
+    let s = dev.status();
+    assert_eq!(s["primary"], "a", "{s}");
+    assert_eq!(s["slots"]["a"]["status"], "empty", "{s}");
+}
+
 /// A state directory remounted read-only: the error names the read-only state, not a
 /// "stale temp file" that does not exist (unlink of a missing name on a RO mount is EROFS).
 #[test]
