@@ -1067,15 +1067,42 @@ fn open_up_dirs(dir: &Path) {
 
 /// Points the symlink `link` at `target` atomically (new link beside it, then rename).
 pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    let tmp = new_link_path(link);
+    let _ = fs::remove_file(&tmp);
+    crash_point("symlink")?;
+    make_symlink(target, &tmp)?;
+    crash_point("rename symlink")?;
+    fs::rename(&tmp, link).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("replace symlink", link, e)
+    })?;
+    sync_dir(link.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes and removes the link [`replace_symlink`] would make beside `link`: a file system
+/// without symlinks (vfat, exFAT) is found before a slot is emptied for a release that
+/// could never be activated. Under the lock every switch of `link` holds, as its name is
+/// theirs.
+pub fn check_symlinks_beside(link: &Path) -> Result<()> {
+    let tmp = new_link_path(link);
+    let _ = fs::remove_file(&tmp);
+    make_symlink(Path::new("."), &tmp)?;
+    let _ = fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// `.<name>.new-<pid>` beside `link`.
+fn new_link_path(link: &Path) -> PathBuf {
     let dir = link.parent().unwrap_or(Path::new("."));
     let name = link
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.new-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    crash_point("symlink")?;
-    std::os::unix::fs::symlink(target, &tmp).map_err(|e| {
+    dir.join(format!(".{name}.new-{}", std::process::id()))
+}
+
+fn make_symlink(target: &Path, at: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, at).map_err(|e| {
         // A file system without symlinks (vfat, exFAT): the kernel's `EPERM`, `ENOSYS` or
         // `EOPNOTSUPP` alone names no cause.
         let what = match e.raw_os_error() {
@@ -1084,14 +1111,8 @@ pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
             }
             _ => "create symlink",
         };
-        Error::io(what, &tmp, e)
-    })?;
-    crash_point("rename symlink")?;
-    fs::rename(&tmp, link).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("replace symlink", link, e)
-    })?;
-    sync_dir(dir)
+        Error::io(what, at, e)
+    })
 }
 
 /// A numbered point where the crash tests may stop the process.

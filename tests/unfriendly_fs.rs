@@ -153,9 +153,10 @@ fn the_owner_counts_the_trial_on_a_full_disk(repo: &Repo, dev: &common::Device) 
     assert_eq!(s["slots"]["a"]["status"], "bad", "{s}");
 }
 
-/// Dir slots on exFAT (no symlinks for `current`) are refused naming what they need: the
-/// activation's `symlink()` alone says "Function not implemented" (exFAT's FUSE driver) or
-/// "Operation not permitted" (the kernel's vfat and exFAT), which names no cause.
+/// Dir slots on exFAT (no symlinks for `current`) are refused naming what they need, before
+/// the idle slot is emptied: `symlink()` alone says "Function not implemented" (exFAT's
+/// FUSE driver) or "Operation not permitted" (the kernel's vfat and exFAT), which names no
+/// cause, and found at the activation it cost the fallback release.
 #[test]
 fn dir_slots_on_exfat_are_refused_naming_the_symbolic_link_they_need() {
     let card = tempfile::tempdir().unwrap();
@@ -179,6 +180,10 @@ fn dir_slots_on_exfat_are_refused_naming_the_symbolic_link_they_need() {
     let s = dev.status();
     assert_eq!(s["primary"], "a", "{s}");
     assert_eq!(s["slots"]["a"]["status"], "empty", "{s}");
+    // Found before the install: the idle slot (often the fallback) was not emptied for a
+    // release no activation could switch to.
+    assert_eq!(s["slots"]["b"]["status"], "empty", "{s}");
+    assert!(!at.join("app/slots/b").exists());
 }
 
 /// A state directory remounted read-only: the error names the read-only state, not a

@@ -183,6 +183,12 @@ impl Updater {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
+        // `current` is a symlink: where none can be made, the slot (often the fallback)
+        // must not be emptied for a release no activation could switch to.
+        if let (Store::Dir(slots), true) = (&self.store, self.own_link) {
+            crate::fsutil::create_dir_all(slots.root())?;
+            crate::fsutil::check_symlinks_beside(&slots.current_link())?;
+        }
         let slot = self.install_slot(&mut st)?;
         // A slot that cannot take the release must keep its record and boot entry: marked
         // `installing`, the fallback would be lost though not a byte of it was written.
