@@ -687,6 +687,14 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
     // A new directory's entry is durable only once its parent is synced; without it a
     // power cut could take the state directory, and the state, with it.
     for d in created.iter().rev() {
+        // Shared as the files written into it are: a `cache/` root made in the app user's
+        // state directory must stay one the user can write into. Opened without following
+        // a symlink, should that user have put one in its place.
+        let opened = no_follow(OpenOptions::new().read(true)).open(d);
+        let parent = d.parent().and_then(|p| fs::metadata(p).ok());
+        if let (Ok(new), Some(parent)) = (opened, parent) {
+            share_as_dir(&new, &parent);
+        }
         sync_parent(d)?;
     }
     Ok(())
@@ -831,20 +839,33 @@ fn set_own_mode(file: &File, access: LockAccess) {
     let _ = file.set_permissions(std::fs::Permissions::from_mode(wanted));
 }
 
-/// Gives `file`, just created at `path`, to the owner and group of its directory, when this
-/// process is root and the directory is another user's: a file root writes where that
-/// user works too (`sudo evergreen update` in the app's state directory) must stay one
-/// the user can write in place, as the state's spare is written (`src/spare.rs`). The
-/// user could replace it anyway, so this gives away nothing. Best effort.
+/// Gives `file`, just created at `path`, to the users who share its directory: to the
+/// directory's owner and group when this process is root and the directory is another
+/// user's (`sudo evergreen update` in the app's state directory), and writable by the
+/// directory's group when that group may write the directory (a launcher run as another
+/// user of the group). Either must stay able to write it in place, as the state's spare
+/// is written (`src/spare.rs`); they could replace it anyway, so this gives away nothing.
+/// Best effort.
 fn give_to_dir_owner(file: &File, path: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: a query without arguments.
-    if unsafe { libc::geteuid() } != 0 {
-        return;
+    if let Some(dir) = path.parent().and_then(|d| fs::metadata(d).ok()) {
+        share_as_dir(file, &dir);
     }
-    let owner = path.parent().and_then(|d| fs::metadata(d).ok());
-    if let Some(dir) = owner.filter(|m| m.uid() != 0) {
+}
+
+/// [`give_to_dir_owner`] for `file` (a file or directory) in a directory of `dir`'s
+/// metadata.
+fn share_as_dir(file: &File, dir: &fs::Metadata) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: a query without arguments.
+    if dir.uid() != 0 && unsafe { libc::geteuid() } == 0 {
         let _ = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()));
+    }
+    if dir.mode() & 0o020 != 0 {
+        let _ = std::os::unix::fs::fchown(file, None, Some(dir.gid()));
+        if let Ok(meta) = file.metadata() {
+            let mode = meta.mode() | ((meta.mode() & 0o600) >> 3);
+            let _ = file.set_permissions(fs::Permissions::from_mode(mode & 0o7777));
+        }
     }
 }
 

@@ -3001,3 +3001,52 @@ fn a_switch_back_during_an_update_channel_download_withholds_the_release() {
         "the activation moved the device"
     );
 }
+
+/// A host looks at preview (`check_with(Some("preview"))`) while another admin switches
+/// the device to beta and back to stable: the offer counts the switches made when the
+/// check began, so the install sees the switches since, and the activation of preview's
+/// release does not move the device to preview.
+#[test]
+fn a_switch_away_and_back_during_a_look_at_another_channel_keeps_the_channel() {
+    let (w, dev) = World::installed();
+    let mut opts = at(t0());
+    opts.rollout_percent = Some(100.0);
+    w.publish("preview", "1.1.0", &app_zip("1.1.0"), opts);
+    let cfg = dev.config.to_str().unwrap().to_string();
+    let switched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = std::sync::Arc::clone(&switched);
+    let config =
+        evergreen::Config::from_json(&std::fs::read_to_string(&dev.config).unwrap()).unwrap();
+    let host = evergreen::Updater::builder(config)
+        .clock(t0)
+        .on_event(move |e| {
+            // The manifest is fetched and verified, the check not yet saved: another
+            // admin switches the device to beta and back to stable.
+            if matches!(e, evergreen::Event::Checked { .. })
+                && !once.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                for ch in ["beta", "stable"] {
+                    let out = common::run(&["channel", "--config", &cfg, ch]);
+                    assert!(out.status.success(), "{out:?}");
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let offer = match host.check_with(Some("preview"), None).unwrap() {
+        Check::Available(offer) => offer,
+        other => panic!("expected preview's 1.1.0 offered, found {other:?}"),
+    };
+    assert!(switched.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(dev.state_json()["channel"], "stable");
+    let plan = host.plan(&offer).unwrap();
+    host.download(&plan, &mut |_, _| {}, &evergreen::fetch::CancelToken::new())
+        .unwrap();
+    host.install(&plan).unwrap();
+    host.activate(true).unwrap();
+    assert_eq!(
+        dev.state_json()["channel"],
+        "stable",
+        "the activation moved the device to preview, though it was switched away and back since the check began"
+    );
+}

@@ -398,3 +398,93 @@ fn a_root_walked_to_on_a_full_disk_is_trusted_and_saved_once_there_is_room() {
         std::fs::read(repo.root.join("root/2.json")).unwrap()
     );
 }
+
+/// A state directory root owns and the app's group may write (a launcher run as another
+/// user of the group), on a full disk: after root's `update`, the group's startup steps
+/// still count the trial and roll back, since what root writes there is the group's to
+/// write in place too (the spare).
+#[test]
+fn a_trial_on_a_full_disk_in_a_group_shared_state_dir_is_counted_after_root_saved() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::new("com.acme.shared.group");
+    if !can_act_as_nobody() {
+        return;
+    }
+    let scratch = repo.scratch("full");
+    let Some(_fs) = Mounted::tmpfs(&scratch, 2048) else {
+        return;
+    };
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (state, app) = (scratch.join("state"), scratch.join("app"));
+    for dir in [&state, &app] {
+        std::fs::create_dir(dir).unwrap();
+        // root's, writable by the app's group (gid 65534).
+        std::os::unix::fs::chown(dir, Some(0), Some(NOBODY)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+    }
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
+    );
+    publish(&repo, "1.0.0");
+    for args in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        let out = as_nobody(&dev.config, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            common::stderr(&out)
+        );
+    }
+    publish(&repo, "1.1.0");
+    // The admin installs the next release as root.
+    drop(dev.expect("update", &["--yes"], 0));
+    assert_eq!(dev.status()["trial"]["tries_left"], 3);
+    the_owner_counts_the_trial_on_a_full_disk(&repo, &dev);
+}
+
+/// Root's update in the app user's state directory (`sudo evergreen update`, the first one
+/// on the device) makes `cache/` and `downloads/` there: they are the user's, so the
+/// user's own update (the app's in-app check) still keeps the manifest it verified.
+#[test]
+fn the_owner_updates_after_root_made_the_state_subdirectories() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::new("com.acme.shared.subdirs");
+    if !can_act_as_nobody() {
+        return;
+    }
+    let scratch = repo.scratch("owner");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (state, app) = (scratch.join("state"), scratch.join("app"));
+    for dir in [&state, &app] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
+    );
+    publish(&repo, "1.0.0");
+    // The admin's first update, as root.
+    drop(dev.expect("update", &["--yes"], 0));
+    for args in [&["boot"][..], &["confirm"]] {
+        let out = as_nobody(&dev.config, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            common::stderr(&out)
+        );
+    }
+    publish(&repo, "1.1.0");
+    let out = as_nobody(&dev.config, &["update", "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the owner's update after root's: {}",
+        common::stderr(&out)
+    );
+}

@@ -364,7 +364,7 @@ impl Updater {
                 stepping_stone: false,
             };
             let mut offer =
-                self.offer(&st, &manifest, release, &repair, manifest.channel.clone(), clock)?;
+                self.offer(&st, &manifest, release, &repair, (manifest.channel.clone(), st.channel_switches), clock)?;
             offer.asked_for = true;
             for c in &mut offer.components {
                 if c.op == ComponentOp::Unchanged {

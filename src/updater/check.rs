@@ -60,9 +60,10 @@ impl Updater {
             }
             // The server answered: what it asked for before is over.
             st.not_before = None;
-            // The channel followed as the check began: a switch made while it was on the
-            // network is newer than this offer (see `channel_after_activation`).
-            let followed = st.channel.clone();
+            // The channel followed as the check began, and the switches made until then: a
+            // switch made while it was on the network is newer than this offer (see
+            // `channel_after_activation`, `begin_install`).
+            let followed = (st.channel.clone(), st.channel_switches);
             let st = self.save_check(&st)?;
             self.decide(&st, &manifest, version, clock, followed)
         })
@@ -76,7 +77,7 @@ impl Updater {
         manifest: &Verified<Manifest>,
         pin: Option<&Version>,
         clock: Timestamp,
-        followed: String,
+        followed: (String, u64),
     ) -> Result<Check> {
         let now = manifest::effective_now(clock, st.newest_issued);
         let device_id = self.device_id()?;
@@ -283,7 +284,7 @@ impl Updater {
         manifest: &Verified<Manifest>,
         release: &Release,
         choice: &select::Choice,
-        device_channel: String,
+        (device_channel, channel_switches): (String, u64),
         clock: Timestamp,
     ) -> Result<Offer> {
         let target = release.targets.get(&self.config.target).ok_or_else(|| {
@@ -319,7 +320,7 @@ impl Updater {
             target: target.clone(),
             checked,
             device_channel,
-            channel_switches: st.channel_switches,
+            channel_switches,
             issuer: self.id,
             asked_for: false,
             manifest_sha256: manifest.payload_sha256().to_string(),
