@@ -336,8 +336,9 @@ pub fn create_options() -> OpenOptions {
 /// whatever had the name (one a power cut left; writers of one file hold its lock).
 /// Created exclusively, so never through a symlink that another user who may write the
 /// directory planted there (the name is predictable): such a write would truncate and
-/// fill the file it points to. Root's goes to the directory's owner
-/// ([`give_to_dir_owner`]).
+/// fill the file it points to. It is shared as its directory is: given to the
+/// directory's owner when root writes into another user's, and to its group where the
+/// group may write it.
 pub fn create_temp(tmp: &Path) -> Result<File> {
     use std::io::ErrorKind::{NotFound, ReadOnlyFilesystem};
     crash_point("create temp")?;
