@@ -688,17 +688,50 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
     // A new directory's entry is durable only once its parent is synced; without it a
     // power cut could take the state directory, and the state, with it.
     for d in created.iter().rev() {
-        // Shared as the files written into it are: a `cache/` root made in the app user's
-        // state directory must stay one the user can write into. Opened without following
-        // a symlink, should that user have put one in its place.
-        let opened = no_follow(OpenOptions::new().read(true)).open(d);
-        let parent = d.parent().and_then(|p| fs::metadata(p).ok());
-        if let (Ok(new), Some(parent)) = (opened, parent) {
-            share_as_dir(&new, &parent);
-        }
         sync_parent(d)?;
     }
+    share_new_dirs(&created);
     Ok(())
+}
+
+/// Shares the directories just made (`created`, deepest first) as the files written into
+/// them are ([`share_as_dir`]): a `cache/` root made in the app user's state directory
+/// must stay one the user can write into. Each is opened by descriptor, under the
+/// descriptor of its parent, never by a path that user could redirect (a symlink flipped
+/// in place of a parent, a hard link in place of the new directory), and only a
+/// directory this process owns is shared (`O_DIRECTORY`: never a file linked in its
+/// place): no file outside is ever given away. Best effort.
+fn share_new_dirs(created: &[&Path]) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    let Some(top) = created.last().and_then(|d| d.parent()) else {
+        return;
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let Ok(mut parent) = no_follow(OpenOptions::new().read(true)).open(top) else {
+        return;
+    };
+    for d in created.iter().rev() {
+        let Some(name) = d
+            .file_name()
+            .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
+        else {
+            return;
+        };
+        // SAFETY: a NUL-terminated name and a descriptor this function owns; a new
+        // descriptor is owned by the `File` made of it at once.
+        let fd = unsafe { libc::openat(parent.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: `fd` is a new descriptor no one else owns.
+        let new = unsafe { File::from_raw_fd(fd) };
+        match (parent.metadata(), new.metadata()) {
+            (Ok(dir), Ok(made)) if is_mine(&made) => share_as_dir(&new, &dir),
+            _ => return,
+        }
+        parent = new;
+    }
 }
 
 /// Takes an exclusive `flock` on `path` (created if missing), waiting while another
@@ -861,9 +894,13 @@ fn share_as_dir(file: &File, dir: &fs::Metadata) {
     if dir.uid() != 0 && unsafe { libc::geteuid() } == 0 {
         let _ = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()));
     }
-    if dir.mode() & 0o020 != 0 {
+    // Group-writable, and not sticky: in a sticky directory (`/tmp`) the group cannot
+    // replace another's files, so it must not be let write them in place either.
+    if dir.mode() & 0o1020 == 0o020 {
         let _ = std::os::unix::fs::fchown(file, None, Some(dir.gid()));
-        if let Ok(meta) = file.metadata() {
+        // Only once it is the directory's group: one this user is not in leaves the file
+        // in the user's own group, which must not gain anything.
+        if let Some(meta) = file.metadata().ok().filter(|m| m.gid() == dir.gid()) {
             let mode = meta.mode() | ((meta.mode() & 0o600) >> 3);
             let _ = file.set_permissions(fs::Permissions::from_mode(mode & 0o7777));
         }
