@@ -445,8 +445,35 @@ pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
     sync_file(&file).map_err(|e| Error::io("fsync", tmp, e))?;
     drop(file);
     crash_point("rename")?;
-    fs::rename(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
+    rename_within(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
     sync_parent(dest)
+}
+
+/// Renames `from` to `to` within the one directory both name, by its descriptor: a rename
+/// by paths looks the directory up twice, and a user who may write its parent could swap
+/// another directory in between, moving the file from the one into the other (a temp
+/// given to that user in its own directory into root's, say).
+fn rename_within(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    let dir = to.parent().filter(|d| Some(*d) == from.parent());
+    let names = (from.file_name(), to.file_name());
+    let (Some(dir), (Some(a), Some(b))) = (dir, names) else {
+        return fs::rename(from, to);
+    };
+    let dir = open_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })?;
+    let nul =
+        |n: &std::ffi::OsStr| std::ffi::CString::new(n.as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (nul(a)?, nul(b)?);
+    // SAFETY: NUL-terminated names and a descriptor owned by `dir` for the whole call.
+    match unsafe { libc::renameat(dir.as_raw_fd(), a.as_ptr(), dir.as_raw_fd(), b.as_ptr()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Fsyncs the directory holding `path`, which is what makes a rename or a new entry durable.
@@ -708,10 +735,10 @@ fn share_new_dirs(created: &[&Path]) {
         return;
     };
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let Ok(mut parent) = no_follow(OpenOptions::new().read(true)).open(top) else {
+    let Ok(mut parent) = open_dir(top) else {
         return;
     };
-    for d in created.iter().rev() {
+    for (i, d) in created.iter().enumerate().rev() {
         let Some(name) = d
             .file_name()
             .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
@@ -726,11 +753,32 @@ fn share_new_dirs(created: &[&Path]) {
         }
         // SAFETY: `fd` is a new descriptor no one else owns.
         let new = unsafe { File::from_raw_fd(fd) };
+        // One this call made holds nothing but the next one it made: not an existing
+        // directory of this user's renamed over it meanwhile (a rename replaces an empty
+        // directory at once).
+        let next = i.checked_sub(1).and_then(|j| created[j].file_name());
         match (parent.metadata(), new.metadata()) {
-            (Ok(dir), Ok(made)) if is_mine(&made) => share_as_dir(&new, &dir),
+            (Ok(dir), Ok(made)) if is_mine(&made) && holds_only(&new, next) => {
+                share_as_dir(&new, &dir)
+            }
             _ => return,
         }
         parent = new;
+    }
+}
+
+/// Whether the directory open as `dir` holds nothing but `child` (nothing at all for
+/// `None`). Read through `/proc/self/fd`: where there is none, no directory qualifies.
+fn holds_only(dir: &File, child: Option<&std::ffi::OsStr>) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(entries) = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        return false;
+    };
+    let names: Vec<_> = entries.take(2).map(|e| e.map(|e| e.file_name())).collect();
+    match (names.as_slice(), child) {
+        ([], None) => true,
+        ([Ok(only)], Some(child)) => only == child,
+        _ => false,
     }
 }
 
@@ -881,9 +929,35 @@ fn set_own_mode(file: &File, access: LockAccess) {
 /// is written (`src/spare.rs`); they could replace it anyway, so this gives away nothing.
 /// Best effort.
 fn give_to_dir_owner(file: &File, path: &Path) {
-    if let Some(dir) = path.parent().and_then(|d| fs::metadata(d).ok()) {
-        share_as_dir(file, &dir);
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let Ok(dir) = open_dir(parent) else {
+        return;
+    };
+    // The directory judged by must be the one the file is in: not one put in its
+    // place (by a user who may write its parent) since the file was made, and not a
+    // file linked into that user's directory.
+    let here = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    let same = |a: &fs::Metadata, b: &fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+    if let (Ok(dir), Ok(made), Ok(found)) =
+        (dir.metadata(), file.metadata(), fs::symlink_metadata(here))
+    {
+        if made.nlink() == 1 && same(&made, &found) {
+            share_as_dir(file, &dir);
+        }
     }
+}
+
+/// `path` opened as a directory, never through a symlink as its last component.
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(path)
 }
 
 /// [`give_to_dir_owner`] for `file` (a file or directory) in a directory of `dir`'s
@@ -896,12 +970,15 @@ fn share_as_dir(file: &File, dir: &fs::Metadata) {
     }
     // Group-writable, and not sticky: in a sticky directory (`/tmp`) the group cannot
     // replace another's files, so it must not be let write them in place either.
-    if dir.mode() & 0o1020 == 0o020 {
+    // And only what the group may read already: a private file or directory stays as it
+    // is.
+    let readable = file.metadata().is_ok_and(|m| m.mode() & 0o040 != 0);
+    if dir.mode() & 0o1020 == 0o020 && readable {
         let _ = std::os::unix::fs::fchown(file, None, Some(dir.gid()));
         // Only once it is the directory's group: one this user is not in leaves the file
         // in the user's own group, which must not gain anything.
         if let Some(meta) = file.metadata().ok().filter(|m| m.gid() == dir.gid()) {
-            let mode = meta.mode() | ((meta.mode() & 0o600) >> 3);
+            let mode = meta.mode() | 0o020;
             let _ = file.set_permissions(fs::Permissions::from_mode(mode & 0o7777));
         }
     }
@@ -1108,13 +1185,27 @@ pub fn remove_all(path: &Path) -> Result<()> {
 /// Gives the owner full access to `dir` and every directory under it, following no
 /// symlink; best effort (the removal that follows reports what still fails).
 fn open_up_dirs(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         match fs::symlink_metadata(&d) {
-            Ok(m) if m.is_dir() => {
-                let mode = m.permissions().mode() | 0o700;
-                let _ = fs::set_permissions(&d, fs::Permissions::from_mode(mode));
+            Ok(m) if m.is_dir() && is_mine(&m) => {
+                // Never through a symlink: one put in place of the directory since (by a
+                // user who may write its parent) must not turn the chmod onto a file it
+                // points to. Without read access to it, as `chmod` needs none.
+                let mode = (m.permissions().mode() | 0o700) as libc::mode_t;
+                if let Ok(path) = std::ffi::CString::new(d.as_os_str().as_bytes()) {
+                    // SAFETY: a NUL-terminated path; the call touches no memory of ours.
+                    unsafe {
+                        libc::fchmodat(
+                            libc::AT_FDCWD,
+                            path.as_ptr(),
+                            mode,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        )
+                    };
+                }
             }
             _ => continue,
         }
