@@ -3,6 +3,9 @@
 //! shared as far as the directory already lets those users, and never a file outside it.
 //! Needs root and `setpriv`; skipped otherwise (failed under `EVERGREEN_REQUIRE_TOOLS`).
 
+// Linux: the attacks use its system calls (`renameat2`, per-thread `setresuid`).
+#![cfg(target_os = "linux")]
+
 mod require;
 use evergreen::fsutil;
 use std::fs::{self, Permissions};
