@@ -229,19 +229,20 @@ fn rename_with(a: &Path, b: &Path, how: Rename) -> std::io::Result<bool> {
         Rename::Exchange => libc::RENAME_EXCHANGE,
         Rename::NoReplace => libc::RENAME_NOREPLACE,
     };
-    let (a, b) = c_paths(a, b)?;
-    // The raw system call: the C library's `renameat2` wrapper is missing from older glibc.
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
+    use std::os::unix::io::AsRawFd;
+    // Within their one directory, by its descriptor, as `rename_within` renames.
+    let (dir, a, b) = match one_dir(a, b)? {
+        Some((dir, a, b)) => (Some(dir), a, b),
+        None => {
+            let (a, b) = c_paths(a, b)?;
+            (None, a, b)
+        }
     };
+    let at = dir.as_ref().map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // The raw system call: the C library's `renameat2` wrapper is missing from older glibc.
+    // SAFETY: both names are NUL-terminated strings, and `at` a descriptor (owned by
+    // `dir`), that outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_renameat2, at, a.as_ptr(), at, b.as_ptr(), flags) };
     if rc == 0 {
         return Ok(true);
     }
@@ -453,27 +454,35 @@ pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
 /// by paths looks the directory up twice, and a user who may write its parent could swap
 /// another directory in between, moving the file from the one into the other (a temp
 /// given to that user in its own directory into root's, say).
-fn rename_within(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+pub(crate) fn rename_within(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::io::AsRawFd;
-    let dir = to.parent().filter(|d| Some(*d) == from.parent());
-    let names = (from.file_name(), to.file_name());
-    let (Some(dir), (Some(a), Some(b))) = (dir, names) else {
+    let Some((dir, a, b)) = one_dir(from, to)? else {
         return fs::rename(from, to);
+    };
+    // SAFETY: NUL-terminated names and a descriptor owned by `dir` for the whole call.
+    match unsafe { libc::renameat(dir.as_raw_fd(), a.as_ptr(), dir.as_raw_fd(), b.as_ptr()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// The directory `a` and `b` are both in, opened, and their names in it; `None` when they
+/// are in two.
+type OneDir = Option<(File, std::ffi::CString, std::ffi::CString)>;
+fn one_dir(a: &Path, b: &Path) -> std::io::Result<OneDir> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = b.parent().filter(|d| Some(*d) == a.parent());
+    let (Some(dir), Some(a), Some(b)) = (dir, a.file_name(), b.file_name()) else {
+        return Ok(None);
     };
     let dir = open_dir(if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     })?;
-    let nul =
+    let c =
         |n: &std::ffi::OsStr| std::ffi::CString::new(n.as_bytes()).map_err(std::io::Error::other);
-    let (a, b) = (nul(a)?, nul(b)?);
-    // SAFETY: NUL-terminated names and a descriptor owned by `dir` for the whole call.
-    match unsafe { libc::renameat(dir.as_raw_fd(), a.as_ptr(), dir.as_raw_fd(), b.as_ptr()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    Ok(Some((dir, c(a)?, c(b)?)))
 }
 
 /// Fsyncs the directory holding `path`, which is what makes a rename or a new entry durable.

@@ -81,8 +81,9 @@ fn keep_spare(path: &Path, padded: &[u8]) {
     let written = fsutil::create_temp(&tmp).and_then(|mut f| {
         std::io::Write::write_all(&mut f, padded).map_err(|e| Error::io("write", &tmp, e))
     });
-    let renamed =
-        written.and_then(|()| fs::rename(&tmp, &spare).map_err(|e| Error::io("rename", &spare, e)));
+    let renamed = written.and_then(|()| {
+        fsutil::rename_within(&tmp, &spare).map_err(|e| Error::io("rename", &spare, e))
+    });
     if renamed.is_err() {
         let _ = fs::remove_file(&tmp);
     }
