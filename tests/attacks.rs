@@ -2828,21 +2828,7 @@ fn a_channel_switch_during_crons_download_withholds_the_release_staged() {
     let mut cmd = std::process::Command::new(common::bin());
     cmd.args(["update", "--yes", "--config", dev.config.to_str().unwrap()]);
     let cron = common::Watched::start(&mut cmd);
-    let downloads = dev.state.join("downloads");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let downloading = || {
-        std::fs::read_dir(&downloads).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
-        })
-    };
-    while !downloading() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cron never started downloading"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until_a_download_runs(&dev, "cron");
     // The admin's switch, while cron downloads.
     let out = dev.cli("channel", &["preview"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
@@ -2939,21 +2925,7 @@ fn a_download_waiting_for_the_work_lock_hears_its_cancel() {
         dev.config.to_str().unwrap(),
     ]);
     let other = common::Watched::start(&mut cmd);
-    let downloads = dev.state.join("downloads");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let downloading = || {
-        std::fs::read_dir(&downloads).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
-        })
-    };
-    while !downloading() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the other process never downloaded"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until_a_download_runs(&dev, "the other process");
     let cancel = evergreen::fetch::CancelToken::new();
     let (result, waited) = std::thread::scope(|s| {
         let mine = s.spawn(|| dev.updater.download(&plan, &mut |_, _| {}, &cancel));
@@ -3049,4 +3021,24 @@ fn a_switch_away_and_back_during_a_look_at_another_channel_keeps_the_channel() {
         "stable",
         "the activation moved the device to preview, though it was switched away and back since the check began"
     );
+}
+
+/// Waits (60 s at most) until a download into `dev`'s state runs: a `.part` is there.
+/// `who` names the process expected to be downloading.
+fn until_a_download_runs(dev: &Dev, who: &str) {
+    let downloads = dev.state.join("downloads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let downloading = || {
+        std::fs::read_dir(&downloads).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        })
+    };
+    while !downloading() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} never started downloading"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
