@@ -87,24 +87,13 @@ fn a_spare_the_owner_cannot_write_is_made_again_while_there_is_room() {
 /// A device whose state and slots are user 65534's, on a tmpfs of its own: 1.0.0 installed
 /// and confirmed by that user, then 1.1.0 installed (by root when `by_root`) and on trial.
 fn owners_trial_of_1_1_0(repo: &Repo, by_root: bool) -> Option<(Mounted, common::Device)> {
-    use std::os::unix::fs::PermissionsExt;
     if !can_act_as_nobody() {
         return None;
     }
     let scratch = repo.scratch("full");
     let fs = Mounted::tmpfs(&scratch, 2048)?;
     // The user may reach the device's files; state and slots are the user's.
-    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (state, app) = (scratch.join("state"), scratch.join("app"));
-    for dir in [&state, &app] {
-        std::fs::create_dir(dir).unwrap();
-        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    let dev = repo.device(
-        "dev",
-        repo.root.to_str().unwrap(),
-        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
-    );
+    let dev = device_in(repo, &scratch, NOBODY, 0o755);
     publish(repo, "1.0.0");
     for args in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
         let out = as_nobody(&dev.config, args);
@@ -405,7 +394,6 @@ fn a_root_walked_to_on_a_full_disk_is_trusted_and_saved_once_there_is_room() {
 /// write in place too (the spare).
 #[test]
 fn a_trial_on_a_full_disk_in_a_group_shared_state_dir_is_counted_after_root_saved() {
-    use std::os::unix::fs::PermissionsExt;
     let repo = Repo::new("com.acme.shared.group");
     if !can_act_as_nobody() {
         return;
@@ -414,19 +402,8 @@ fn a_trial_on_a_full_disk_in_a_group_shared_state_dir_is_counted_after_root_save
     let Some(_fs) = Mounted::tmpfs(&scratch, 2048) else {
         return;
     };
-    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (state, app) = (scratch.join("state"), scratch.join("app"));
-    for dir in [&state, &app] {
-        std::fs::create_dir(dir).unwrap();
-        // root's, writable by the app's group (gid 65534).
-        std::os::unix::fs::chown(dir, Some(0), Some(NOBODY)).unwrap();
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)).unwrap();
-    }
-    let dev = repo.device(
-        "dev",
-        repo.root.to_str().unwrap(),
-        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
-    );
+    // root's, writable by the app's group (gid 65534).
+    let dev = device_in(&repo, &scratch, 0, 0o775);
     publish(&repo, "1.0.0");
     for args in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
         let out = as_nobody(&dev.config, args);
@@ -449,24 +426,13 @@ fn a_trial_on_a_full_disk_in_a_group_shared_state_dir_is_counted_after_root_save
 /// user's own update (the app's in-app check) still keeps the manifest it verified.
 #[test]
 fn the_owner_updates_after_root_made_the_state_subdirectories() {
-    use std::os::unix::fs::PermissionsExt;
     let repo = Repo::new("com.acme.shared.subdirs");
     if !can_act_as_nobody() {
         return;
     }
     let scratch = repo.scratch("owner");
     std::fs::create_dir_all(&scratch).unwrap();
-    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (state, app) = (scratch.join("state"), scratch.join("app"));
-    for dir in [&state, &app] {
-        std::fs::create_dir(dir).unwrap();
-        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    let dev = repo.device(
-        "dev",
-        repo.root.to_str().unwrap(),
-        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
-    );
+    let dev = device_in(&repo, &scratch, NOBODY, 0o755);
     publish(&repo, "1.0.0");
     // The admin's first update, as root.
     drop(dev.expect("update", &["--yes"], 0));
@@ -487,4 +453,22 @@ fn the_owner_updates_after_root_made_the_state_subdirectories() {
         "the owner's update after root's: {}",
         common::stderr(&out)
     );
+}
+
+/// A device of `repo` whose state and slots are directories of `scratch` owned by `owner`
+/// (group nogroup) with `mode`, and whose repository others may reach.
+fn device_in(repo: &Repo, scratch: &Path, owner: u32, mode: u32) -> common::Device {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (state, app) = (scratch.join("state"), scratch.join("app"));
+    for dir in [&state, &app] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(owner), Some(NOBODY)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": app}}),
+    )
 }
