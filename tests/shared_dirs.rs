@@ -76,6 +76,13 @@ fn this_thread_becomes(uid: u32) {
         assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
     }
 }
+/// Makes the directory `dir`, owned by `owner` of group nogroup, with `mode`.
+fn made_dir(dir: &Path, owner: u32, mode: u32) {
+    fs::create_dir(dir).unwrap();
+    chown(dir, Some(owner), Some(NOBODY)).unwrap();
+    chmod(dir, mode);
+}
+
 /// A tempdir others may traverse, with a root-owned 0600 victim `sub/name` in it.
 fn setup(sub: &str, name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let top = tempfile::tempdir().unwrap();
@@ -166,8 +173,7 @@ fn a_new_directory_swapped_for_a_hard_link_gives_away_no_file_outside() {
     }
     let (top, victim) = setup("etc", "shadow");
     let state = top.path().join("state");
-    fs::create_dir(&state).unwrap();
-    chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    made_dir(&state, NOBODY, 0o755);
     let stop = Arc::new(AtomicBool::new(false));
     let target = state.join("cache/roots");
     let racer = {
@@ -211,9 +217,7 @@ fn a_new_directory_swapped_for_a_hard_link_gives_away_no_file_outside() {
 fn flip_race(owner: u32, mode: u32) -> String {
     let (top, victim) = setup("sys", "roots");
     let state = top.path().join("state");
-    fs::create_dir(&state).unwrap();
-    chown(&state, Some(owner), Some(NOBODY)).unwrap();
-    chmod(&state, mode);
+    made_dir(&state, owner, mode);
     let stop = Arc::new(AtomicBool::new(false));
     let racer = {
         let (stop, state, sys) = (stop.clone(), state.clone(), top.path().join("sys"));
@@ -289,9 +293,7 @@ fn a_planted_temp_link_and_a_private_dir_hold() {
     }
     let (top, victim) = setup("etc", "shadow");
     let state = top.path().join("state");
-    fs::create_dir(&state).unwrap();
-    chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
-    chmod(&state, 0o700);
+    made_dir(&state, NOBODY, 0o700);
     let file = state.join("state.json");
     fs::hard_link(&victim, fsutil::temp_path(&file)).unwrap();
     fsutil::write_atomic(&file, b"{}").unwrap();
@@ -314,9 +316,7 @@ fn swap_race(owner: u32, mode: u32, priv_mode: u32) -> (String, bool) {
     let top = tempfile::tempdir().unwrap();
     chmod(top.path(), 0o755);
     let state = top.path().join("state");
-    fs::create_dir(&state).unwrap();
-    chown(&state, Some(owner), Some(NOBODY)).unwrap();
-    chmod(&state, mode);
+    made_dir(&state, owner, mode);
     let (privd, cache) = (state.join("priv"), state.join("cache"));
     fs::create_dir(&privd).unwrap();
     fs::write(privd.join("app.bin"), b"root's app\n").unwrap();
