@@ -1124,17 +1124,89 @@ pub(crate) fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
 
 /// Takes an exclusive `flock` on `file`, trying every 50 ms and asking `stop` between
 /// tries (its error ends the wait): a blocking `flock` would hear nothing until the
-/// holder lets go. The outer result is `stop`'s, the inner the lock's.
+/// holder lets go. The outer result is `stop`'s, the inner the lock's, which a signal
+/// ends as it ends a blocking `flock` ([`Pause`]).
 fn flock_polled(file: &File, stop: &dyn Fn() -> Result<()>) -> Result<std::io::Result<()>> {
+    let pause = Pause::new(std::time::Duration::from_millis(50));
     loop {
         match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 stop()?;
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                if let Err(e) = pause.wait() {
+                    return Ok(Err(e));
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             taken => return Ok(taken),
         }
+    }
+}
+
+/// The pause between two tries of a polled lock. Where it can (Linux, Android) it ends
+/// early with `Interrupted` exactly when a blocking `flock` would: a signal handled without
+/// `SA_RESTART` (Python's Ctrl-C), so a polled wait gives the host's interrupt back as the
+/// blocking one does. A sleep cannot: it resumes after every handler, and a timed `poll`
+/// or `nanosleep` ends after every handler, `SA_RESTART` or not. A read of a timerfd is
+/// restarted or interrupted as `flock` is. Elsewhere, or without a timerfd, a sleep.
+struct Pause {
+    period: std::time::Duration,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    timer: Option<std::os::fd::OwnedFd>,
+}
+
+impl Pause {
+    fn new(period: std::time::Duration) -> Pause {
+        Pause {
+            period,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            timer: {
+                use std::os::fd::FromRawFd;
+                // SAFETY: no pointers; a descriptor returned is owned from here on.
+                let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) };
+                // SAFETY: `fd` was just created and nothing else owns it.
+                (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+            },
+        }
+    }
+
+    fn wait(&self) -> std::io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(timer) = &self.timer {
+            match timer_wait(timer, self.period) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
+                Err(_) => {} // a timer that failed: the lock is no worse for a sleep
+                Ok(()) => return Ok(()),
+            }
+        }
+        std::thread::sleep(self.period);
+        Ok(())
+    }
+}
+
+/// Arms `timer` (a timerfd) for `period` and reads it until it expires.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn timer_wait(timer: &std::os::fd::OwnedFd, period: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integers only (and padding on some targets): all zeros is a valid value.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    spec.it_value.tv_sec = period.as_secs() as libc::time_t;
+    spec.it_value.tv_nsec = period.subsec_nanos() as libc::c_long;
+    // SAFETY: a live timerfd and a valid `itimerspec`; the old value is not asked for.
+    if unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut expirations = 0u64;
+    // SAFETY: reads 8 bytes into a live `u64`.
+    let read = unsafe {
+        libc::read(
+            timer.as_raw_fd(),
+            std::ptr::from_mut(&mut expirations).cast(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    match read {
+        8 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -1343,6 +1415,74 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A polled wait for a lock (one a cancel can end) answers a signal as the blocking
+    /// one does: a handler without `SA_RESTART` (Python's Ctrl-C) ends it with
+    /// `Interrupted`, one with it does not. A sleep between the tries heard neither, and
+    /// a Python host's Ctrl-C waited for the other holder's whole download.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_polled_lock_wait_ends_on_a_signal_as_a_blocking_one_does() {
+        extern "C" fn heard(_: libc::c_int) {}
+
+        /// Handles SIGUSR2 with `heard`, restarting interrupted calls or not.
+        fn handle_sigusr2(restart: bool) {
+            // SAFETY: a zeroed `sigaction` with a handler that does nothing is valid; the old
+            // one is not asked for.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = heard as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                action.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+                libc::sigemptyset(&mut action.sa_mask);
+                assert_eq!(
+                    libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+                    0
+                );
+            }
+        }
+
+        use std::os::unix::thread::JoinHandleExt;
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("work.lock");
+        for restart in [false, true] {
+            handle_sigusr2(restart);
+            let held = lock_exclusive(&path).unwrap();
+            let (waits, waiting) = mpsc::channel();
+            let (ends, ended) = mpsc::channel();
+            let at = path.clone();
+            let waiter = std::thread::spawn(move || {
+                let on_wait = || waits.send(()).unwrap();
+                let result =
+                    lock_exclusive_or_stop(&at, LockAccess::AsFound, on_wait, Some(&|| Ok(())));
+                ends.send(result.map(drop)).unwrap();
+            });
+            let long = std::time::Duration::from_secs(20);
+            waiting.recv_timeout(long).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(120)); // inside the pause
+                                                                       // SAFETY: the thread is alive until joined below.
+            assert_eq!(
+                unsafe { libc::pthread_kill(waiter.as_pthread_t(), libc::SIGUSR2) },
+                0
+            );
+            if restart {
+                let early = ended.recv_timeout(std::time::Duration::from_millis(300));
+                assert!(early.is_err(), "SA_RESTART ended the wait: {early:?}");
+                drop(held);
+                let result = ended.recv_timeout(long).unwrap();
+                assert!(result.is_ok(), "{result:?}");
+            } else {
+                // The lock is still held: only the signal can end the wait.
+                let result = ended
+                    .recv_timeout(long)
+                    .expect("the signal did not end the wait");
+                drop(held);
+                let message = result.expect_err("the wait took the lock").to_string();
+                assert!(message.contains("nterrupted"), "{message}");
+            }
+            waiter.join().unwrap();
+        }
+    }
 
     #[test]
     fn syncfs_is_trusted_from_linux_5_17_on() {

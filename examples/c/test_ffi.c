@@ -738,13 +738,17 @@ static void test_free_from_another_thread(const char *config_path, const evg_hoo
 }
 
 /* Another process holds the work lock (a cron `evergreen update` downloading a big
-   image): a host shutting down frees the updater while its download waits for that
-   lock, and the download returns cancelled at once, not when the other one is done. */
+   image): a host shutting down frees the updater while one of its calls waits for that
+   lock (a check, a download, an install, a repair), and the call returns cancelled at
+   once, not when the other process is done. */
+enum locked_call { LOCKED_CHECK, LOCKED_DOWNLOAD, LOCKED_INSTALL, LOCKED_REINSTALL };
+
 struct locked_out {
     pthread_mutex_t lock;
     pthread_cond_t changed;
     evg_updater *up;
     evg_offer *offer;
+    enum locked_call call;
     int waiting, returned;
     evg_status status;
     int says_freed;
@@ -759,9 +763,17 @@ static void note_waiting(void *user, const char *event_json) {
     pthread_mutex_unlock(&l->lock);
 }
 
-static void *locked_out_download(void *arg) {
+static void *locked_out_call(void *arg) {
     struct locked_out *l = arg;
-    evg_status status = evg_download(l->up, l->offer, NULL, NULL);
+    evg_offer *checked = NULL;
+    evg_status status = EVG_OK;
+    switch (l->call) {
+    case LOCKED_CHECK: status = evg_check(l->up, &checked); break;
+    case LOCKED_DOWNLOAD: status = evg_download(l->up, l->offer, NULL, NULL); break;
+    case LOCKED_INSTALL: status = evg_install(l->up, l->offer); break;
+    case LOCKED_REINSTALL: status = evg_reinstall(l->up, NULL, NULL); break;
+    }
+    evg_offer_free(checked);
     const char *message = evg_last_error_message(); /* this thread's */
     pthread_mutex_lock(&l->lock);
     l->status = status;
@@ -772,8 +784,8 @@ static void *locked_out_download(void *arg) {
     return NULL;
 }
 
-static void test_free_while_waiting_for_the_work_lock(const char *config_path,
-                                                      const evg_hooks *hooks) {
+static void free_while_waiting_for_the_work_lock(const char *config_path,
+                                                 const evg_hooks *hooks, enum locked_call call) {
     char *config = read_file(config_path), *dir, *end, path[4096];
     struct locked_out l;
     pthread_t thread;
@@ -791,6 +803,7 @@ static void test_free_while_waiting_for_the_work_lock(const char *config_path,
         held = open(path, O_RDWR | O_CREAT, 0644);
     }
     memset(&l, 0, sizeof l);
+    l.call = call;
     pthread_mutex_init(&l.lock, NULL);
     pthread_cond_init(&l.changed, NULL);
     CHECK_STATUS(evg_updater_new_with_hooks(config, hooks, &l.up), EVG_OK);
@@ -804,7 +817,7 @@ static void test_free_while_waiting_for_the_work_lock(const char *config_path,
         return;
     }
     CHECK_STATUS(evg_set_event_callback(l.up, note_waiting, &l), EVG_OK);
-    CHECK(pthread_create(&thread, NULL, locked_out_download, &l) == 0);
+    CHECK(pthread_create(&thread, NULL, locked_out_call, &l) == 0);
     pthread_mutex_lock(&l.lock);
     while (!l.waiting && waited == 0)
         waited = pthread_cond_timedwait(&l.changed, &l.lock, &deadline);
@@ -818,6 +831,8 @@ static void test_free_while_waiting_for_the_work_lock(const char *config_path,
     while (!l.returned && waited == 0)
         waited = pthread_cond_timedwait(&l.changed, &l.lock, &deadline);
     CHECK(l.returned && l.status == EVG_CANCELLED && l.says_freed);
+    if (!(l.returned && l.status == EVG_CANCELLED && l.says_freed))
+        fprintf(stderr, "  (call %d waiting for the work lock, freed)\n", (int)call);
     pthread_mutex_unlock(&l.lock);
     close(held);
     pthread_join(thread, NULL);
@@ -889,7 +904,10 @@ static void test_power_cut_before_the_bootloader_learns(const char *config_path)
 
     /* this device has never downloaded 1.0.0: a download for the next test to cut short */
     test_free_from_another_thread(config_path, &hooks);
-    test_free_while_waiting_for_the_work_lock(config_path, &hooks);
+    free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_CHECK);
+    free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_DOWNLOAD);
+    free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_INSTALL);
+    free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_REINSTALL);
 
 out:
     free(config);

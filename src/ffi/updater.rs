@@ -31,7 +31,7 @@ impl Leased for evg_updater {
     fn on_free_deferred(&self) {
         // `evg_updater_free` promises no callback after it returns: none starts from now
         // on, one running on another thread is waited for, and a running download is
-        // cancelled at its next chunk (or, waiting for the work lock, at its next look).
+        // cancelled at its next chunk, and a call waiting for the work lock at its next look.
         self.updater.halted.cancel();
         self.events.close();
     }
@@ -330,10 +330,7 @@ fn download(
         .as_ref()
         .map_or_else(|e| e.kind() == ErrorKind::Cancelled, |()| true);
     if cut_short && u.calls.freed() {
-        return Err(Error::new(
-            ErrorKind::Cancelled,
-            "expected to continue, found the updater freed by the host during the call",
-        ));
+        return Err(crate::updater::freed_by_host());
     }
     result
 }

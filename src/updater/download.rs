@@ -131,7 +131,7 @@ impl Updater {
             self.check_image_size(plan)?;
             // One writer per `.part`: a second process waits instead of interleaving. The
             // other may hold the lock for its whole download, so a cancel ends the wait.
-            let _work = self.work_lock(Some(&|| self.halted.check().and(cancel.check())))?;
+            let _work = self.work_lock(Some(cancel))?;
             if let Store::Image(images) = &self.store {
                 return self.stream_image(images, plan, progress, cancel);
             }

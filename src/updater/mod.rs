@@ -560,6 +560,15 @@ impl Drop for SelectorInUse {
     }
 }
 
+/// What a call ends with when the C host frees its updater during it
+/// ([`Updater::halted`]).
+pub(crate) fn freed_by_host() -> Error {
+    Error::new(
+        ErrorKind::Cancelled,
+        "expected to continue, found the updater freed by the host during the call",
+    )
+}
+
 /// The updater: one per product installation. See the crate docs for the whole flow.
 pub struct Updater {
     /// Unique in the process, for [`Offer::issuer`].
@@ -631,10 +640,20 @@ impl Updater {
     }
 
     /// Serialises checks, downloads and installs, which take long; taken before
-    /// [`Updater::lock`], so the startup step never waits for the network. A given `stop`
-    /// can end the wait ([`State::work_lock`]).
-    fn work_lock(&self, stop: Option<&dyn Fn() -> Result<()>>) -> Result<crate::state::StateLock> {
-        State::work_lock(self.state_dir(), |path| self.waiting("work", path), stop)
+    /// [`Updater::lock`], so the startup step never waits for the network. Another process
+    /// may hold it for a whole download, so the wait ends when the C host frees this
+    /// updater ([`Updater::halted`]) or `cancel` is cancelled ([`State::work_lock`]).
+    fn work_lock(&self, cancel: Option<&CancelToken>) -> Result<crate::state::StateLock> {
+        let stop = || match cancel {
+            _ if self.halted.is_cancelled() => Err(freed_by_host()),
+            Some(cancel) => cancel.check(),
+            None => Ok(()),
+        };
+        State::work_lock(
+            self.state_dir(),
+            |path| self.waiting("work", path),
+            Some(&stop),
+        )
     }
 
     /// Says that this operation waits for another one's `lock`.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gc
 import json
@@ -720,6 +721,57 @@ def test_ctrl_c_interrupts_a_progress_callback_that_waits(world) -> None:
         presser.join(timeout=20)
         assert seen == ["called", "interrupted"], seen
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("call", ["check", "download", "install"])
+def test_ctrl_c_while_waiting_for_the_work_lock_is_raised_at_once(world, call: str) -> None:
+    """Another process holds the work lock (cron's `evergreen update` downloading a large
+    image): Ctrl-C pressed while a call waits for it is raised at once, not when that
+    process is done, and the call leaves the state as it was."""
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        offer = updater.check()
+        assert offer is not None
+        waiting = threading.Event()
+
+        def on_event(event: dict) -> None:
+            if event["event"] == "waiting" and event.get("lock") == "work":
+                waiting.set()
+
+        updater.on_event(on_event)
+        calls = {
+            "check": updater.check,
+            "download": lambda: updater.download(offer),
+            "install": lambda: updater.install(offer),
+        }
+        with open(Path(config["state_dir"]) / "work.lock", "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            pressed, returned = threading.Event(), threading.Event()
+
+            def press_ctrl_c() -> None:
+                if waiting.wait(timeout=20):
+                    time.sleep(0.2)  # inside the wait
+                    pressed.set()
+                    os.kill(os.getpid(), signal.SIGINT)
+                    returned.wait(timeout=10)  # bounded: a wait the signal did not end ends here
+                fcntl.flock(held, fcntl.LOCK_UN)
+
+            presser = threading.Thread(target=press_ctrl_c)
+            presser.start()
+            start = time.monotonic()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    calls[call]()
+            finally:
+                took = time.monotonic() - start
+                returned.set()
+            presser.join(timeout=20)
+        assert pressed.is_set()
+        assert took < 5, f"{call} waited {took:.1f} s: the other process's whole turn"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # Nothing lost: the same call goes through once the lock is free.
+        updater.on_event(None)
+        assert updater.check() is not None
 
 
 def test_an_updater_whose_event_callback_refers_to_it_is_collected(world) -> None:
