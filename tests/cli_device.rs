@@ -894,6 +894,53 @@ fn update_if_due_checks_only_once_the_schedule_says_so() {
     );
 }
 
+/// `update --if-due` judges whether the check is due once it has its turn: one that
+/// waited for another process's check (a timer's and the app's own at once) finds the
+/// schedule that check left, asks the server nothing and installs nothing.
+#[test]
+fn update_if_due_that_waited_for_another_check_finds_it_done() {
+    let repo = Repo::new("com.acme.due");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let now = evergreen::Timestamp::now().to_string();
+    let manifest = "/channels/stable.json";
+    // The first check holds the work lock while its manifest trickles in.
+    let slow = Fault::Trickle {
+        bytes: 128,
+        every: std::time::Duration::from_millis(150),
+    };
+    server.set_fault_times(manifest, slow, 1);
+    let first = std::process::Command::new(common::bin())
+        .args(["check", "--json", "--config"])
+        .arg(&dev.config)
+        .env("EVERGREEN_NOW", &now)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let asked = std::time::Instant::now();
+    while server.requests(manifest).is_empty() {
+        assert!(
+            asked.elapsed().as_secs() < 20,
+            "the first check never asked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = dev.run_env(
+        "update",
+        &["--yes", "--if-due", "--json"],
+        &[("EVERGREEN_NOW", &now)],
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(10), "{}", common::stderr(&first));
+    assert_eq!(second.status.code(), Some(0), "{}", common::stderr(&second));
+    let out = json(&String::from_utf8_lossy(&second.stdout));
+    assert_eq!(out["status"], "not_due", "{out}");
+    assert_eq!(server.requests(manifest).len(), 1, "asked the server again");
+    assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
+}
+
 /// A device whose clock went back to 1970 after it checked (an RTC that lost power) is
 /// due to check now, on its own clock: a time in 2026 would mean never for a host waiting
 /// on it, and one counted from its own now would move on at every call. The check it then

@@ -15,58 +15,103 @@ impl Updater {
     /// failure backoff of `next_check` follow the device's own channel.
     pub fn check_with(&self, channel: Option<&str>, version: Option<&Version>) -> Result<Check> {
         self.reported("check", || {
-            if let Some(name) = channel {
-                manifest::check_channel_name(name)?;
-            }
-            let _work = self.work_lock(None)?;
-            let mut st = self.load_state()?;
-            let channel = channel.unwrap_or(&st.channel).to_string();
-            // The poll schedule (backoff, next check) follows the device's own channel: a
-            // look at another one moves neither way.
-            let own_channel = channel == st.channel;
-            // The host's clock, read once for the run (DESIGN §5.1 rule 4): the expiry the
-            // manifest is judged by and the rollout it is selected by are the same moment.
-            let clock = (self.clock)();
-            let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
-                Ok(m) => m,
-                Err(e) => {
-                    // Read again: a `Retry-After` counts from the answer, which may have
-                    // taken the whole timeout to come, not from the start of the check.
-                    let failed_at = (self.clock)();
-                    if own_channel {
-                        st.check_failures = st.check_failures.saturating_add(1);
-                        st.last_failure = Some(failed_at);
-                    }
-                    // Whichever channel was asked for: a `Retry-After` is about the
-                    // server, which the device's own next check asks too. The newest one
-                    // counts; a failure without one (a network error, a check made early
-                    // by hand) leaves the time asked for before, while it lasts.
-                    let asked = e
-                        .retry_after()
-                        .and_then(|wait| select::retry_not_before(failed_at, wait));
-                    st.not_before = asked.or(st.not_before.filter(|t| *t > failed_at));
-                    self.save_check(&st)?;
-                    return Err(e);
-                }
-            };
-            // The manifest just verified proves its `issued` has passed: a rollout halted
-            // then must not reach a device whose clock lags it.
-            let now = manifest::effective_now(clock, st.newest_issued);
-            if own_channel {
-                st.check_failures = 0;
-                st.last_failure = None;
-                st.last_check = Some(now);
-                st.last_check_clock = Some(clock);
-            }
-            // The server answered: what it asked for before is over.
-            st.not_before = None;
-            // The channel followed as the check began, and the switches made until then: a
-            // switch made while it was on the network is newer than this offer (see
-            // `channel_after_activation`, `begin_install`).
-            let followed = (st.channel.clone(), st.channel_switches);
-            let st = self.save_check(&st)?;
-            self.decide(&st, &manifest, version, clock, followed)
+            let (_work, st) = self.check_turn(channel)?;
+            self.check_in_turn(st, channel, version)
         })
+    }
+
+    /// [`Updater::check_with`] when the check is due ([`Updater::next_check`]), else
+    /// `None` and no request. Judged once this call has its turn: a check that waited for
+    /// another one (a timer's `evergreen update --if-due` and the app's own, at once)
+    /// finds the schedule that one left, and does not ask the server again.
+    ///
+    /// ```no_run
+    /// # fn main() -> evergreen::Result<()> {
+    /// # let up = evergreen::Updater::builder(evergreen::Config::from_file("/etc/evergreen.json")?).build()?;
+    /// match up.check_if_due(None, None)? {
+    ///     None => println!("not due until {}", up.next_check()?),
+    ///     Some(check) => println!("{check:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn check_if_due(
+        &self,
+        channel: Option<&str>,
+        version: Option<&Version>,
+    ) -> Result<Option<Check>> {
+        self.reported("check", || {
+            let (_work, st) = self.check_turn(channel)?;
+            if self.next_check_of(&st)? > (self.clock)() {
+                return Ok(None);
+            }
+            self.check_in_turn(st, channel, version).map(Some)
+        })
+    }
+
+    /// The turn of a check: `channel`'s name checked, the work lock, and the state as it
+    /// is once that is had.
+    fn check_turn(&self, channel: Option<&str>) -> Result<(crate::state::StateLock, State)> {
+        if let Some(name) = channel {
+            manifest::check_channel_name(name)?;
+        }
+        let work = self.work_lock(None)?;
+        Ok((work, self.load_state()?))
+    }
+
+    /// The check, in its turn (`check_turn`), from the state `st` read in it.
+    fn check_in_turn(
+        &self,
+        mut st: State,
+        channel: Option<&str>,
+        version: Option<&Version>,
+    ) -> Result<Check> {
+        let channel = channel.unwrap_or(&st.channel).to_string();
+        // The poll schedule (backoff, next check) follows the device's own channel: a
+        // look at another one moves neither way.
+        let own_channel = channel == st.channel;
+        // The host's clock, read once for the run (DESIGN §5.1 rule 4): the expiry the
+        // manifest is judged by and the rollout it is selected by are the same moment.
+        let clock = (self.clock)();
+        let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
+            Ok(m) => m,
+            Err(e) => {
+                // Read again: a `Retry-After` counts from the answer, which may have
+                // taken the whole timeout to come, not from the start of the check.
+                let failed_at = (self.clock)();
+                if own_channel {
+                    st.check_failures = st.check_failures.saturating_add(1);
+                    st.last_failure = Some(failed_at);
+                }
+                // Whichever channel was asked for: a `Retry-After` is about the
+                // server, which the device's own next check asks too. The newest one
+                // counts; a failure without one (a network error, a check made early
+                // by hand) leaves the time asked for before, while it lasts.
+                let asked = e
+                    .retry_after()
+                    .and_then(|wait| select::retry_not_before(failed_at, wait));
+                st.not_before = asked.or(st.not_before.filter(|t| *t > failed_at));
+                self.save_check(&st)?;
+                return Err(e);
+            }
+        };
+        // The manifest just verified proves its `issued` has passed: a rollout halted
+        // then must not reach a device whose clock lags it.
+        let now = manifest::effective_now(clock, st.newest_issued);
+        if own_channel {
+            st.check_failures = 0;
+            st.last_failure = None;
+            st.last_check = Some(now);
+            st.last_check_clock = Some(clock);
+        }
+        // The server answered: what it asked for before is over.
+        st.not_before = None;
+        // The channel followed as the check began, and the switches made until then: a
+        // switch made while it was on the network is newer than this offer (see
+        // `channel_after_activation`, `begin_install`).
+        let followed = (st.channel.clone(), st.channel_switches);
+        let st = self.save_check(&st)?;
+        self.decide(&st, &manifest, version, clock, followed)
     }
 
     /// Turns a verified manifest into an offer (pure selection + the component diff), at

@@ -67,7 +67,8 @@ pub struct UpdateArgs {
     /// `status`: the poll interval with this device's jitter, backed off after failures);
     /// before that, print `not due: next check at T` and exit 0 without a request. For a
     /// timer that wakes more often than the poll interval: a fleet that checks on a fixed
-    /// clock polls in lockstep.
+    /// clock polls in lockstep. Judged once no other check runs: one that waited for
+    /// another process's check finds the schedule that check left.
     #[arg(long)]
     pub if_due: bool,
 }
@@ -441,32 +442,36 @@ impl<'a> Milestones<'a> {
 /// before the check would stay if the check never ended (Ctrl-C, a power cut). An update
 /// that could not be asked for (no `--yes`, no terminal) fails before the switch: the
 /// device keeps its channel.
-fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Check> {
-    let check = up.check_with(args.channel.as_deref(), args.version.as_ref())?;
+/// With `--if-due`, `None` when the check is not due (judged once no other check runs).
+fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Option<Check>> {
+    let (channel, version) = (args.channel.as_deref(), args.version.as_ref());
+    let check = match args.if_due {
+        true => up.check_if_due(channel, version)?,
+        false => Some(up.check_with(channel, version)?),
+    };
+    let Some(check) = check else { return Ok(None) };
     if let Some(channel) = &args.channel {
         if matches!(check, Check::Available(_)) && !args.yes && !args.download_only {
             terminal_to_ask();
         }
         up.set_channel(channel)?;
     }
-    Ok(check)
+    Ok(Some(check))
 }
 
 /// `evergreen update`: check, show the diff, ask, download, install, activate.
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
-    if args.if_due {
+    let Some(check) = check_on(&up, args)? else {
         let next = up.next_check()?;
-        if next > crate::now()? {
-            if json {
-                print_json(&json!({"status": "not_due", "next_check": next}));
-            } else {
-                out!("not due: next check at {next}");
-            }
-            return Ok(0);
+        if json {
+            print_json(&json!({"status": "not_due", "next_check": next}));
+        } else {
+            out!("not due: next check at {next}");
         }
-    }
-    let offer = match check_on(&up, args)? {
+        return Ok(0);
+    };
+    let offer = match check {
         Check::UpToDate { target_released } => {
             if json {
                 print_json(&json!({"status": "up_to_date", "target_released": target_released}));
