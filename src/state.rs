@@ -381,7 +381,18 @@ impl State {
     /// running (through any handle on the same state), which would otherwise wait for
     /// itself forever.
     pub fn lock(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
-        lock_file(dir, STATE_LOCK, &[], "change the state", on_wait, None)
+        State::lock_or_stop(dir, on_wait, None)
+    }
+
+    /// [`State::lock`], where a given `stop` is asked every 50 ms of a wait and an error
+    /// from it ends the wait, as for [`State::work_lock`]: the startup step must not wait
+    /// for good behind a holder that was stopped or hangs.
+    pub fn lock_or_stop(
+        dir: &Path,
+        on_wait: impl FnOnce(&Path),
+        stop: Option<&dyn Fn() -> Result<()>>,
+    ) -> Result<StateLock> {
+        lock_file(dir, STATE_LOCK, &[], "change the state", on_wait, stop)
     }
 
     /// Takes the lock that serialises the long operations on the state in `dir`: checks

@@ -259,6 +259,57 @@ fn the_launcher_starts_the_current_slot_when_the_startup_step_fails() {
     assert_eq!(std::fs::read(&state).unwrap(), b"{\"schema\": 1, \"prim");
 }
 
+/// A process stopped while it holds the state lock (Ctrl-Z during `evergreen activate`),
+/// or hung, does not hold back every start: the startup step gives up after its patience
+/// (a minute; `EVERGREEN_STARTUP_LOCK_PATIENCE_MS` shortens it for the test), says why, and
+/// the launcher starts the current slot without counting the start. `evergreen boot`
+/// fails the same way, and the trial keeps its tries.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_start_behind_a_held_state_lock_gives_up_and_the_current_slot_starts() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.stuck");
+    publish_app(&repo, &src, "1.0.0", false);
+    dev.expect("update", &["--yes"], 0);
+    let tries = |dev: &Device| dev.status()["trial"]["tries_left"].clone();
+    let before = tries(&dev);
+    assert!(before.is_u64(), "{}", dev.status());
+    let held = std::fs::File::open(dev.state.join("lock")).unwrap();
+    held.lock().unwrap();
+    let patience = [("EVERGREEN_STARTUP_LOCK_PATIENCE_MS", "300")];
+    let mut cmd = Command::new(launcher());
+    cmd.args(["--config", dev.config.to_str().unwrap()])
+        .args(["--component", "app", "--entry", "run.sh"])
+        .env("EVERGREEN", common::bin())
+        .env("EVERGREEN_CONFIG", &dev.config)
+        .envs(patience);
+    let out = common::output_within(&mut cmd, common::CLI_LIMIT);
+    let stderr = common::stderr(&out);
+    let gave_up = "expected to take the state lock within 300ms, found another Evergreen process holding it all that time";
+    assert!(
+        stderr.contains("the startup step failed, starting the current slot anyway: error[io]")
+            && stderr.contains(gave_up),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("app 1.0.0: health check failed"),
+        "{stderr}"
+    );
+    let boot = dev.run_env("boot", &[], &patience);
+    assert_eq!(boot.status.code(), Some(1), "{}", common::stderr(&boot));
+    assert!(
+        common::stderr(&boot).contains(gave_up),
+        "{}",
+        common::stderr(&boot)
+    );
+    drop(held);
+    assert_eq!(tries(&dev), before, "a start counted behind the held lock");
+}
+
 #[test]
 fn one_changed_component_of_ten_downloads_only_that_one() {
     let Setup {

@@ -740,8 +740,9 @@ static void test_free_from_another_thread(const char *config_path, const evg_hoo
 /* Another process holds the work lock (a cron `evergreen update` downloading a big
    image): a host shutting down frees the updater while one of its calls waits for that
    lock (a check, a download, an install, a repair), and the call returns cancelled at
-   once, not when the other process is done. */
-enum locked_call { LOCKED_CHECK, LOCKED_DOWNLOAD, LOCKED_INSTALL, LOCKED_REINSTALL };
+   once, not when the other process is done. The same for the startup step behind a
+   process stopped while it holds the state lock. */
+enum locked_call { LOCKED_CHECK, LOCKED_DOWNLOAD, LOCKED_INSTALL, LOCKED_REINSTALL, LOCKED_STARTUP };
 
 struct locked_out {
     pthread_mutex_t lock;
@@ -756,7 +757,8 @@ struct locked_out {
 
 static void note_waiting(void *user, const char *event_json) {
     struct locked_out *l = user;
-    if (!contains(event_json, "\"lock\":\"work\"")) return;
+    const char *lock = l->call == LOCKED_STARTUP ? "\"lock\":\"state\"" : "\"lock\":\"work\"";
+    if (!contains(event_json, lock)) return;
     pthread_mutex_lock(&l->lock);
     l->waiting = 1;
     pthread_cond_broadcast(&l->changed);
@@ -766,12 +768,14 @@ static void note_waiting(void *user, const char *event_json) {
 static void *locked_out_call(void *arg) {
     struct locked_out *l = arg;
     evg_offer *checked = NULL;
+    evg_startup_result started;
     evg_status status = EVG_OK;
     switch (l->call) {
     case LOCKED_CHECK: status = evg_check(l->up, &checked); break;
     case LOCKED_DOWNLOAD: status = evg_download(l->up, l->offer, NULL, NULL); break;
     case LOCKED_INSTALL: status = evg_install(l->up, l->offer); break;
     case LOCKED_REINSTALL: status = evg_reinstall(l->up, NULL, NULL); break;
+    case LOCKED_STARTUP: status = evg_startup(l->up, &started); break;
     }
     evg_offer_free(checked);
     const char *message = evg_last_error_message(); /* this thread's */
@@ -799,7 +803,8 @@ static void free_while_waiting_for_the_work_lock(const char *config_path,
     end = dir ? strchr(dir + 14, '"') : NULL;
     CHECK(end != NULL);
     if (end) {
-        snprintf(path, sizeof path, "%.*s/work.lock", (int)(end - dir - 14), dir + 14);
+        snprintf(path, sizeof path, "%.*s/%s", (int)(end - dir - 14), dir + 14,
+                 call == LOCKED_STARTUP ? "lock" : "work.lock");
         held = open(path, O_RDWR | O_CREAT, 0644);
     }
     memset(&l, 0, sizeof l);
@@ -832,7 +837,7 @@ static void free_while_waiting_for_the_work_lock(const char *config_path,
         waited = pthread_cond_timedwait(&l.changed, &l.lock, &deadline);
     CHECK(l.returned && l.status == EVG_CANCELLED && l.says_freed);
     if (!(l.returned && l.status == EVG_CANCELLED && l.says_freed))
-        fprintf(stderr, "  (call %d waiting for the work lock, freed)\n", (int)call);
+        fprintf(stderr, "  (call %d waiting for a lock, freed)\n", (int)call);
     pthread_mutex_unlock(&l.lock);
     close(held);
     pthread_join(thread, NULL);
@@ -908,6 +913,7 @@ static void test_power_cut_before_the_bootloader_learns(const char *config_path)
     free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_DOWNLOAD);
     free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_INSTALL);
     free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_REINSTALL);
+    free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_STARTUP);
 
 out:
     free(config);

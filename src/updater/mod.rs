@@ -560,6 +560,26 @@ impl Drop for SelectorInUse {
     }
 }
 
+/// How long the startup step waits for the state lock before it fails
+/// ([`Updater::startup_lock`]). Others hold it while they read, change and save the state,
+/// which takes milliseconds; an activation that writes a U-Boot environment may also wait
+/// for `fw_setenv`'s lock, for [`crate::slots::uboot::TOOLS_LOCK_PATIENCE`] at most.
+pub(crate) const STARTUP_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`STARTUP_LOCK_PATIENCE`]; with the `fault-injection` feature,
+/// `EVERGREEN_STARTUP_LOCK_PATIENCE_MS` in the environment, so that tests need not wait a
+/// minute.
+fn startup_lock_patience() -> std::time::Duration {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = std::env::var("EVERGREEN_STARTUP_LOCK_PATIENCE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        return std::time::Duration::from_millis(ms);
+    }
+    STARTUP_LOCK_PATIENCE
+}
+
 /// What a call ends with when the C host frees its updater during it
 /// ([`Updater::halted`]).
 pub(crate) fn freed_by_host() -> Error {
@@ -637,6 +657,36 @@ impl Updater {
     /// while the state is read, changed and saved.
     fn lock(&self) -> Result<crate::state::StateLock> {
         State::lock(self.state_dir(), |path| self.waiting("state", path))
+    }
+
+    /// [`Updater::lock`] for the startup step, which runs on every start: a process stopped
+    /// while it holds the lock (Ctrl-Z during `evergreen activate`) or hung must not hold
+    /// back every start. Past [`STARTUP_LOCK_PATIENCE`] the step fails, saying so, and a
+    /// launcher starts the current slot without counting the start
+    /// (`examples/launcher.rs`); a C host's free ends the wait too.
+    fn startup_lock(&self) -> Result<crate::state::StateLock> {
+        let patience = startup_lock_patience();
+        let start = std::time::Instant::now();
+        let stop = || {
+            if self.halted.is_cancelled() {
+                return Err(freed_by_host());
+            }
+            match start.elapsed() < patience {
+                true => Ok(()),
+                false => Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: expected to take the state lock within {patience:?}, found another Evergreen process holding it all that time (one stopped, say with Ctrl-Z, or hung); this start was not counted",
+                        self.state_dir().display(),
+                    ),
+                )),
+            }
+        };
+        State::lock_or_stop(
+            self.state_dir(),
+            |path| self.waiting("state", path),
+            Some(&stop),
+        )
     }
 
     /// Serialises checks, downloads and installs, which take long; taken before

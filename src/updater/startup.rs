@@ -27,7 +27,7 @@ impl Updater {
     /// launcher that starts a slot afterwards.
     fn step(&self, in_app: bool) -> Result<Launch> {
         self.reported("startup", || {
-            let _lock = self.lock()?;
+            let _lock = self.startup_lock()?;
             let mut st = self.load_state()?;
             // This start runs from the primary: a slot a rollback left earlier is idle now
             // (unless this start rolls back again, which marks the slot it leaves).
