@@ -175,6 +175,26 @@ fn bad_config_and_usage_errors_have_their_exit_codes() {
     assert!(common::stderr(&missing).starts_with("error[io]: "));
 }
 
+/// A directory given as the config (`--config /etc/evergreen`, the file name left off) is
+/// the config's fault, as a file of the wrong shape is: `error[config]` naming what was
+/// expected and what was found, not the file system's "Is a directory".
+#[test]
+fn a_directory_as_the_config_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let out = common::run(&["status", "--json", "--config", path]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{err}");
+    assert!(
+        err.starts_with("error[config]: ")
+            && err.contains(path)
+            && err.contains("expected")
+            && err.contains("found a directory"),
+        "{err}"
+    );
+}
+
 /// `Environment=EVERGREEN_CONFIG=` in a unit, or `EVERGREEN_CONFIG=$UNSET`, is no config:
 /// device commands read the system's file, operator commands never look, and neither is a
 /// usage error about a `--config` nobody passed.
