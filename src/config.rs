@@ -567,6 +567,14 @@ impl Config {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io("open config", path, e))?;
+        // A directory (`--config /etc/evergreen`, the file name left off) is a config that
+        // names the wrong thing, not a failing file system.
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::config(format!(
+                "config {}: expected a JSON file, found a directory",
+                path.display()
+            )));
+        }
         let mut bytes = Vec::new();
         file.take(MAX_CONFIG_BYTES + 1)
             .read_to_end(&mut bytes)
