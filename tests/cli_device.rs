@@ -195,6 +195,29 @@ fn a_directory_as_the_config_is_a_config_error() {
     );
 }
 
+/// A bad version in the config names its field wherever the key is, the last one in the
+/// file too (where a hand-edited config adds it): serde_json reports such an error past
+/// the object's closing brace, which used to leave the field unnamed
+/// (`config: expected a semver version like 1.2.3, found "1"`).
+#[test]
+fn a_bad_version_as_the_last_config_key_names_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    let base = r#""product": "com.acme.x", "server": "/srv/repo", "target": "x86_64-linux", "trust": {"root": "/etc/evergreen/root.json"}, "state_dir": "/var/lib/evergreen", "slots": {"kind": "dir", "root": "/opt/app""#;
+    for field in ["current_version", "pin_version"] {
+        std::fs::write(&cfg, format!("{{{base}}},\n  \"{field}\": \"1\"\n}}\n")).unwrap();
+        let out = common::run(&["status", "--config", cfg.to_str().unwrap()]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.starts_with("error[config]: ")
+                && err.contains(&format!("`{field}`"))
+                && err.contains("expected a semver version like 1.2.3, found \"1\""),
+            "{field}: {err}"
+        );
+    }
+}
+
 /// `Environment=EVERGREEN_CONFIG=` in a unit, or `EVERGREEN_CONFIG=$UNSET`, is no config:
 /// device commands read the system's file, operator commands never look, and neither is a
 /// usage error about a `--config` nobody passed.
