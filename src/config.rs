@@ -91,7 +91,7 @@ pub struct Config {
     /// The two install locations.
     pub slots: SlotsConfig,
     /// The installed version, when it did not come through Evergreen.
-    #[serde(default, deserialize_with = "semver_text")]
+    #[serde(default, deserialize_with = "current_version_text")]
     pub current_version: Option<Version>,
     /// The rollout identity; `None` reads [`MACHINE_ID_PATH`] when needed (not at parse).
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct Config {
     #[serde(default)]
     pub allow_downgrade: bool,
     /// Install exactly this version, newer or older.
-    #[serde(default, deserialize_with = "semver_text")]
+    #[serde(default, deserialize_with = "pin_version_text")]
     pub pin_version: Option<Version>,
     /// Network and size limits.
     #[serde(default)]
@@ -131,17 +131,33 @@ pub struct Config {
 
 /// A version field, refused in the words the CLI uses for a version argument rather than
 /// semver's alone ("unexpected end of input while parsing minor version number" for `1.0`).
+/// The message names the field itself, as `trust`'s does: serde_json reports an error of
+/// the object's last key past its closing brace, where [`Config::from_json`] can no longer
+/// tell which field it was.
 fn semver_text<'de, D: serde::Deserializer<'de>>(
     d: D,
+    field: &str,
 ) -> std::result::Result<Option<Version>, D::Error> {
     let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
     Version::parse(&text).map(Some).map_err(|e| {
         serde::de::Error::custom(format!(
-            "expected a semver version like 1.2.3, found {text:?} ({e})"
+            "`{field}`: expected a semver version like 1.2.3, found {text:?} ({e})"
         ))
     })
+}
+
+fn current_version_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Version>, D::Error> {
+    semver_text(d, "current_version")
+}
+
+fn pin_version_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Version>, D::Error> {
+    semver_text(d, "pin_version")
 }
 
 fn default_channel() -> String {
