@@ -254,6 +254,34 @@ fn read_manifest(dir: &Path, channel: &str) -> serde_json::Value {
 /// passes every check of its headers, and a device would find it only while writing, its
 /// inactive slot (the fallback release) already cleared: `release` inflates every entry
 /// and refuses it before anything is published.
+/// `init` refuses a product id that no device config takes (`product` there is a
+/// non-empty string without spaces or control characters): a stray space pasted after the
+/// id made a repository every device had to be configured for with a product its config
+/// refuses, and configured with the id without the space, it refused every manifest as
+/// another product's (`wrong_metadata`).
+#[test]
+fn init_refuses_a_product_id_that_no_device_config_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    keygen(dir, "root1");
+    keygen(dir, "release");
+    for product in ["com.acme.gateway ", "com acme gateway", " "] {
+        let device = serde_json::json!({"product": product, "server": "/srv/repo",
+            "target": "x86_64-linux", "trust": {"root": "/etc/evergreen/root.json"},
+            "state_dir": "/var/lib/evergreen", "slots": {"kind": "dir", "root": "/opt/app"}});
+        let refused = evergreen::Config::from_json(&device.to_string()).unwrap_err();
+        assert_eq!(refused.kind(), evergreen::ErrorKind::Config, "{refused}");
+        let mut args = init_args("root1.pub", "1", "release.pub", "root1", &[]);
+        args[3] = product;
+        let err = fails(dir, &args);
+        assert!(
+            err.starts_with("error[config]: ") && err.contains(&format!("{product:?}")),
+            "{product:?}: {err}"
+        );
+        assert!(!dir.join("repo/root/1.json").exists(), "{product:?}");
+    }
+}
+
 #[test]
 fn release_refuses_a_zip_whose_data_does_not_match_its_crc() {
     let tmp = init_repo();
