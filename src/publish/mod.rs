@@ -315,9 +315,11 @@ impl Repo {
         now: Timestamp,
     ) -> Result<Repo> {
         let repo = Repo::at(root.as_ref());
-        if product.is_empty() || product.chars().any(char::is_control) {
+        // The rule of the device config's `product`: a repository for an id no device
+        // config takes (a stray space pasted after it) could never be used.
+        if product.is_empty() || product.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(Error::config(format!(
-                "expected a product id such as com.acme.gateway, found {product:?}"
+                "expected a product id such as com.acme.gateway (no spaces or control characters, as a device config's `product`), found {product:?}"
             )));
         }
         let first = repo.root_path(1);
