@@ -570,7 +570,13 @@ impl Config {
         }
         let config: Config = serde_json::from_str(json).map_err(|e| {
             let what = match crate::json::field_of(json, &e) {
-                Some(field) => format!("config field `{field}`: {e}"),
+                // A message that names its field itself (`trust`'s, a version's) once.
+                Some(field) => {
+                    let text = e.to_string();
+                    let own = format!("`{field}`: ");
+                    let rest = text.strip_prefix(&own).unwrap_or(&text);
+                    format!("config field `{field}`: {rest}")
+                }
                 None => format!("config: {e}"),
             };
             Error::config(what).with_source(e)
