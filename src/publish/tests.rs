@@ -1929,3 +1929,45 @@ fn a_cancelled_verify_reports_no_channel_whose_blobs_went_unhashed() {
         "channels reported as verified: {listed:?}"
     );
 }
+
+/// A device at a `min_version` brings the floor of its own target, not another's: an
+/// x-only release with a high security version must not make prune forget the stone a
+/// y device there takes. Every release below is one `release` accepts as it is.
+#[test]
+fn prune_keeps_the_stone_a_device_at_a_min_version_takes_with_its_targets_floor() {
+    let (_dir, repo, key, file) = setup();
+    let release = |v: &str, target: &str, security: u64, min: Option<&str>| {
+        let mut options = ReleaseOptions::new(now());
+        options.security_version = security;
+        options.min_version = min.map(|m| m.parse().unwrap());
+        let components = [("app", file.as_path(), ArtifactKind::File)];
+        repo.release(
+            "nightly",
+            &v.parse().unwrap(),
+            target,
+            &components,
+            &options,
+            &[&key],
+        )
+        .unwrap()
+    };
+    release("1.0.0", "x", 0, None);
+    // A security fix for x alone.
+    release("1.1.0", "x", 5, None);
+    // y devices come from 1.1.0 (another channel's, or one pruned here) with floor 0.
+    release("1.2.0", "y", 0, Some("1.1.0"));
+    release("1.3.0", "y", 0, Some("1.2.0"));
+    let m = release("1.4.0", "y", 0, Some("1.3.0"));
+    let y_device = ("1.1.0".parse().unwrap(), 0);
+    let was = offered(&m, "y", &y_device, now());
+    assert_eq!(was, Some("1.2.0".parse().unwrap()));
+
+    let (m, removed) = repo
+        .prune("nightly", 1, &Signing::new(&[&key], now()))
+        .unwrap();
+    assert_eq!(
+        offered(&m, "y", &y_device, now()),
+        was,
+        "a y device on 1.1.0 (floor 0) was offered {was:?} before the prune, which removed {removed:?}"
+    );
+}
