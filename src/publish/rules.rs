@@ -167,13 +167,16 @@ pub(super) fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTr
             view
         })
         .collect();
-    let running = devices(releases);
+    let running: Vec<Vec<(Version, u64)>> = targets
+        .iter()
+        .map(|target| devices(releases, target))
+        .collect();
     // What each device is offered before the prune, per view: it does not change between
     // rounds, so it is asked once.
     let mut before: Vec<(usize, &str, &(Version, u64), Version)> = Vec::new();
     for (i, view) in views.iter().enumerate() {
-        for &target in &targets {
-            for device in &running {
+        for (&target, running) in targets.iter().zip(&running) {
+            for device in running {
                 match offered(view, target, device, now) {
                     Some(v) => before.push((i, target, device, v)),
                     // Offered nothing at 100 %: a release short of it is the only way on,
@@ -214,14 +217,16 @@ pub(super) fn releases_to_keep(m: &Manifest, keep: usize, now: Timestamp) -> BTr
     }
 }
 
-/// The devices a prune must not strand, as (running version, security floor): one on each
-/// listed release, one at each listed `min_version` (a release pruned before, or listed on
-/// another channel), with the floor of the newest listed release not above it, and one
+/// The devices of `target` a prune must not strand, as (running version, security floor):
+/// one on each listed release, one at each listed `min_version` (a release pruned before,
+/// or listed on another channel), with the floor of the newest release of `target` listed
+/// not above it (another target's security versions are not this device's floor), and one
 /// older than all of them.
-fn devices(releases: &[Release]) -> Vec<(Version, u64)> {
+fn devices(releases: &[Release], target: &str) -> Vec<(Version, u64)> {
     let floor_at = |v: &Version| {
         releases
             .iter()
+            .filter(|r| r.targets.contains_key(target))
             .filter(|r| r.version.cmp_precedence(v).is_le())
             .max_by(|a, b| a.version.cmp_precedence(&b.version))
             .map_or(0, |r| r.security_version)
