@@ -1971,3 +1971,123 @@ fn prune_keeps_the_stone_a_device_at_a_min_version_takes_with_its_targets_floor(
         "a y device on 1.1.0 (floor 0) was offered {was:?} before the prune, which removed {removed:?}"
     );
 }
+
+/// Property: a device of any target, on any version (listed, at a `min_version`, between
+/// two listed releases or below all of them), with any floor its target's releases up to
+/// its version allow, and any id (rollouts as they stand), offered a release before a
+/// prune is offered one after it.
+#[test]
+fn prune_leaves_no_real_device_offered_nothing() {
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+    let t0 = now();
+    let at = t0.plus_secs(7200);
+    let stage = |secs: i64, percent: f64| RolloutStage {
+        at: t0.plus_secs(secs),
+        percent,
+    };
+    let rollouts: [Option<Vec<RolloutStage>>; 6] = [
+        None,
+        Some(vec![stage(0, 100.0)]),
+        Some(vec![stage(0, 10.0)]),
+        Some(vec![stage(0, 50.0)]),
+        Some(vec![stage(0, 0.0)]),
+        Some(vec![stage(0, 30.0), stage(3600, 0.0)]),
+    ];
+    let ids: Vec<String> = (0..16).map(|i| format!("dev-{i}")).collect();
+    for seed in 1..=400u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut m = Manifest {
+            doc_type: "manifest".into(),
+            product: "p".into(),
+            channel: "c".into(),
+            sequence: 1,
+            issued: t0,
+            expires: t0.plus_secs(86_400 * 30),
+            releases: Vec::new(),
+        };
+        let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
+        for i in 0..3 + rng.below(6) {
+            let targets: &[&str] = match rng.below(4) {
+                0 => &["y"],
+                1 => &["x", "y"],
+                _ => &["x"],
+            };
+            let mut security = targets.iter().map(|t| floors[t]).max().unwrap();
+            security += rng.below(3) / 2;
+            for t in targets {
+                floors.insert(t, security);
+            }
+            let min_version = match rng.below(3) {
+                0 if i > 0 => Some(Version::new(1, rng.below(i), 5 * rng.below(2))),
+                _ => None,
+            };
+            let rollout = match rng.below(3) {
+                0 => rollouts[rng.below(6) as usize].clone(),
+                _ => None,
+            };
+            m.releases.push(Release {
+                version: Version::new(1, i, 0),
+                published: None,
+                notes: String::new(),
+                min_version,
+                critical: false,
+                security_version: security,
+                rollout: rollout.map(|stages| Rollout { stages }),
+                targets: targets
+                    .iter()
+                    .map(|t| {
+                        (
+                            *t,
+                            TargetRelease {
+                                components: NameMap::default(),
+                            },
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        let n = m.releases.len() as u64;
+        for keep in 1..=2 {
+            let kept = releases_to_keep(&m, keep, at);
+            let mut pruned = m.clone();
+            pruned.releases.retain(|r| kept.contains(&r.version));
+            for target in ["x", "y"] {
+                let mut versions = vec![Version::new(0, 0, 0)];
+                for k in 0..n {
+                    versions.push(Version::new(1, k, 0));
+                    versions.push(Version::new(1, k, 5));
+                }
+                for v in &versions {
+                    // The highest floor a device of `target` on `v` may have.
+                    let top = m
+                        .releases
+                        .iter()
+                        .filter(|r| r.targets.contains_key(target) && r.version <= *v)
+                        .map(|r| r.security_version)
+                        .max()
+                        .unwrap_or(0);
+                    for floor in 0..=top {
+                        for id in &ids {
+                            let device = (v.clone(), floor);
+                            let was = offered_to(&m, target, id, &device, at);
+                            let is = offered_to(&pruned, target, id, &device, at);
+                            assert!(
+                                was.is_none() || is.is_some(),
+                                "seed {seed}, keep {keep}: {target} device {id} on {v} (floor {floor}) was offered {was:?}, nothing after keeping {kept:?} of {:?}",
+                                m.releases.iter().map(|r| (r.version.to_string(), r.targets.keys().cloned().collect::<Vec<_>>(), r.min_version.as_ref().map(ToString::to_string), r.security_version, r.rollout.as_ref().map(|ro| ro.percent_at(at)))).collect::<Vec<_>>(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
