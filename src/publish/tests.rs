@@ -2091,3 +2091,131 @@ fn prune_leaves_no_real_device_offered_nothing() {
         }
     }
 }
+
+/// Property: every device `select` strands (offered nothing only because of a
+/// `min_version`, in every rollout that has started) is named by `stranded`.
+#[test]
+fn stranded_names_every_device_select_strands() {
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+    let t0 = now();
+    let at = t0.plus_secs(7200);
+    let stage = |secs: i64, percent: f64| RolloutStage {
+        at: t0.plus_secs(secs),
+        percent,
+    };
+    let rollouts: [Option<Vec<RolloutStage>>; 5] = [
+        None,
+        Some(vec![stage(0, 10.0)]),
+        Some(vec![stage(0, 0.0)]),
+        Some(vec![stage(0, 30.0), stage(3600, 0.0)]),
+        Some(vec![stage(0, 0.0), stage(86_400, 50.0)]),
+    ];
+    let mut strandings = 0;
+    for seed in 1..=600u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut m = Manifest {
+            doc_type: "manifest".into(),
+            product: "p".into(),
+            channel: "c".into(),
+            sequence: 1,
+            issued: t0,
+            expires: t0.plus_secs(86_400 * 30),
+            releases: Vec::new(),
+        };
+        let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
+        for i in 0..2 + rng.below(6) {
+            let targets: &[&str] = match rng.below(4) {
+                0 => &["y"],
+                1 => &["x", "y"],
+                _ => &["x"],
+            };
+            let mut security = targets.iter().map(|t| floors[t]).max().unwrap();
+            security += rng.below(3) / 2;
+            for t in targets {
+                floors.insert(t, security);
+            }
+            let min_version = match rng.below(2) {
+                0 if i > 0 => Some(Version::new(1, rng.below(i + 1), 5 * rng.below(2))),
+                _ => None,
+            }
+            .filter(|min| *min < Version::new(1, i, 0));
+            let rollout = match rng.below(3) {
+                0 => rollouts[rng.below(5) as usize].clone(),
+                _ => None,
+            };
+            m.releases.push(Release {
+                version: Version::new(1, i, 0),
+                published: None,
+                notes: String::new(),
+                min_version,
+                critical: false,
+                security_version: security,
+                rollout: rollout.map(|stages| Rollout { stages }),
+                targets: targets
+                    .iter()
+                    .map(|t| {
+                        (
+                            *t,
+                            TargetRelease {
+                                components: NameMap::default(),
+                            },
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        let n = m.releases.len() as u64;
+        let named = stranded(&m, at);
+        let reach = Reach::new(&m, at);
+        for target in ["x", "y"] {
+            let mut versions = vec![Version::new(0, 0, 0)];
+            for k in 0..n {
+                versions.push(Version::new(1, k, 0));
+                versions.push(Version::new(1, k, 5));
+            }
+            for v in &versions {
+                let listed_below = m
+                    .releases
+                    .iter()
+                    .filter(|r| r.targets.contains_key(target) && r.version <= *v);
+                // Up to the security version of the next listed release (one pruned
+                // between the two may have had it).
+                let top = m
+                    .releases
+                    .iter()
+                    .filter(|r| r.targets.contains_key(target) && r.version > *v)
+                    .map(|r| r.security_version)
+                    .min()
+                    .unwrap_or(0);
+                let under = listed_below.map(|r| r.version.clone()).max();
+                for floor in 0..=top {
+                    if !reach.strands(target, (v, floor)) {
+                        continue;
+                    }
+                    strandings += 1;
+                    let covered = named.iter().any(|s| {
+                        s.target == target
+                            && match &s.devices {
+                                StrandedDevices::Running(l) => Some(l) == under.as_ref(),
+                                StrandedDevices::Below(b) => v < b,
+                            }
+                    });
+                    assert!(
+                        covered,
+                        "seed {seed}: {target} device on {v} (floor {floor}) is stranded, stranded() says {named:?} of {:?}",
+                        m.releases.iter().map(|r| (r.version.to_string(), r.targets.keys().cloned().collect::<Vec<_>>(), r.min_version.as_ref().map(ToString::to_string), r.security_version, r.rollout.as_ref().map(|ro| ro.percent_at(at)))).collect::<Vec<_>>(),
+                    );
+                }
+            }
+        }
+    }
+    assert!(strandings > 100, "{strandings} strandings checked");
+}
