@@ -270,6 +270,8 @@ struct Outcome {
     hours: Vec<Hour>,
     /// Fraction updated at the end of each hour.
     updated: Vec<f64>,
+    /// The number of devices.
+    fleet: usize,
     /// Devices whose precomputed bucket disagreed with `in_rollout` (must be 0).
     disagreements: u64,
     /// Devices whose next poll is not after the simulated span: dropped by the
@@ -297,6 +299,7 @@ fn simulate(
     let mut out = Outcome {
         hours: vec![Hour::default(); hours],
         updated: Vec::with_capacity(hours),
+        fleet: devices.len(),
         disagreements: 0,
         behind: 0,
     };
@@ -590,4 +593,57 @@ fn check_herd(out: &Outcome, start: i64, settle: usize) -> u32 {
         return 1;
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outcome of a fleet of `devices` whose fraction updated is the percentage in
+    /// force at the end of every hour, but `stage_one` (a fraction) during the first stage.
+    fn outcome(
+        channel: &Channel,
+        start: i64,
+        hours: usize,
+        devices: usize,
+        stage_one: f64,
+    ) -> Outcome {
+        let first = channel.sequences[0].0;
+        let updated = (0..hours)
+            .map(|h| {
+                let end = start + (h as i64 + 1) * HOUR - 1;
+                match channel.percent(end) {
+                    p if p == 1.0 && end >= first => stage_one,
+                    p => p / 100.0,
+                }
+            })
+            .collect();
+        Outcome {
+            hours: vec![Hour::default(); hours],
+            updated,
+            fleet: devices,
+            disagreements: 0,
+            behind: 0,
+        }
+    }
+
+    /// A canary stage that lets in over a third more devices than its 1 % (1.37 % of
+    /// 100,000 devices: a bucket rule off by 45 buckets) is a wrong fraction: its
+    /// standard deviation at that size is 0.03 percentage points, and the check passed it.
+    #[test]
+    fn a_canary_stage_a_third_over_its_percentage_fails_the_check() {
+        let rollout_start = Timestamp::from_unix(1_795_000_000 / DAY * DAY);
+        let channel = Channel::new(rollout_start, &[1.0, 5.0, 20.0, 100.0]);
+        let start = rollout_start.unix() - 12 * HOUR;
+        let hours = (12 * HOUR + 4 * DAY) / HOUR;
+        let right = outcome(&channel, start, hours as usize, 100_000, 0.01);
+        assert_eq!(check_stages(&right, &channel, start), 0);
+        assert_eq!(check_never_ahead(&right, &channel, start), 0);
+        let wrong = outcome(&channel, start, hours as usize, 100_000, 0.01367);
+        assert!(
+            check_stages(&wrong, &channel, start) > 0,
+            "1.367 % updated at the end of the 1 % stage of 100,000 devices passed the check"
+        );
+        assert!(check_never_ahead(&wrong, &channel, start) > 0);
+    }
 }
