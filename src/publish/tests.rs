@@ -2066,13 +2066,14 @@ fn prune_leaves_no_real_device_offered_nothing() {
                     versions.push(Version::new(1, k, 5));
                 }
                 for v in &versions {
-                    // The highest floor a device of `target` on `v` may have.
+                    // The highest floor a device of `target` on `v` may have: up to the
+                    // next listed release's (one pruned between the two may have had it).
                     let top = m
                         .releases
                         .iter()
-                        .filter(|r| r.targets.contains_key(target) && r.version <= *v)
+                        .filter(|r| r.targets.contains_key(target) && r.version > *v)
                         .map(|r| r.security_version)
-                        .max()
+                        .min()
                         .unwrap_or(0);
                     for floor in 0..=top {
                         for id in &ids {
