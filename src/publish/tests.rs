@@ -2220,3 +2220,136 @@ fn stranded_names_every_device_select_strands() {
     }
     assert!(strandings > 100, "{strandings} strandings checked");
 }
+
+/// Property: a release `check_stepping_stone` lets onto a channel strands no device of
+/// its targets on a listed release (or between two) that the channel did not strand
+/// before, whatever its floor up to the next listed release's.
+#[test]
+fn an_accepted_min_version_strands_no_device_of_a_listed_release() {
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+    let t0 = now();
+    let at = t0.plus_secs(7200);
+    let stage = |secs: i64, percent: f64| RolloutStage {
+        at: t0.plus_secs(secs),
+        percent,
+    };
+    let rollouts: [Option<Vec<RolloutStage>>; 4] = [
+        None,
+        Some(vec![stage(0, 10.0)]),
+        Some(vec![stage(0, 0.0)]),
+        Some(vec![stage(0, 0.0), stage(86_400, 50.0)]),
+    ];
+    let mut accepted = 0;
+    for seed in 1..=1500u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut m = Manifest {
+            doc_type: "manifest".into(),
+            product: "p".into(),
+            channel: "c".into(),
+            sequence: 1,
+            issued: t0,
+            expires: t0.plus_secs(86_400 * 30),
+            releases: Vec::new(),
+        };
+        let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
+        let count = 2 + rng.below(5);
+        let mut new = None;
+        for i in 0..=count {
+            let targets: &[&str] = match rng.below(4) {
+                0 => &["y"],
+                1 => &["x", "y"],
+                _ => &["x"],
+            };
+            let mut security = targets.iter().map(|t| floors[t]).max().unwrap();
+            security += rng.below(3) / 2;
+            for t in targets {
+                floors.insert(t, security);
+            }
+            let min_version = match rng.below(2) {
+                0 if i > 0 => Some(Version::new(1, rng.below(i + 1), 5 * rng.below(2))),
+                _ => None,
+            }
+            .filter(|min| *min < Version::new(1, i, 0));
+            let rollout = match rng.below(3) {
+                0 => rollouts[rng.below(4) as usize].clone(),
+                _ => None,
+            };
+            let release = Release {
+                version: Version::new(1, i, 0),
+                published: None,
+                notes: String::new(),
+                min_version,
+                critical: false,
+                security_version: security,
+                rollout: rollout.map(|stages| Rollout { stages }),
+                targets: targets
+                    .iter()
+                    .map(|t| {
+                        (
+                            *t,
+                            TargetRelease {
+                                components: NameMap::default(),
+                            },
+                        )
+                    })
+                    .collect(),
+            };
+            // The last one is published, newer than the others, or in between.
+            if i == count {
+                new = Some(release);
+            } else {
+                m.releases.push(release);
+            }
+        }
+        let mut new = new.unwrap();
+        if new.min_version.is_none() {
+            continue;
+        }
+        new.rollout = None;
+        if check_stepping_stone(&m, &new, at).is_err() {
+            continue;
+        }
+        accepted += 1;
+        let mut with = m.clone();
+        with.releases.push(new.clone());
+        let (before, after) = (Reach::new(&m, at), Reach::new(&with, at));
+        for target in new.targets.keys() {
+            let listed: Vec<&Release> = m
+                .releases
+                .iter()
+                .filter(|r| r.targets.contains_key(target))
+                .collect();
+            for l in &listed {
+                for v in [l.version.clone(), Version::new(1, l.version.minor, 5)] {
+                    let top = listed
+                        .iter()
+                        .filter(|r| r.version > v)
+                        .map(|r| r.security_version)
+                        .min()
+                        .unwrap_or(l.security_version);
+                    for floor in 0..=top {
+                        assert!(
+                            !after.strands(target, (&v, floor))
+                                || before.strands(target, (&v, floor)),
+                            "seed {seed}: {target} device on {v} (floor {floor}) stranded by {:?}",
+                            (
+                                new.version.to_string(),
+                                new.min_version.as_ref().map(ToString::to_string),
+                                new.security_version
+                            )
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(accepted > 100, "{accepted}");
+}
