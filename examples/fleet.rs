@@ -81,17 +81,22 @@ const MANIFEST_BYTES: f64 = 2048.0;
 const BLOB_BYTES: f64 = 48.0 * 1048576.0;
 /// How far the fraction updated may be from the rollout percentage, in standard deviations.
 const TOLERANCE_SD: f64 = 5.0;
+/// The most the fraction updated may be off in any case, in percentage points: what the
+/// simulation promises (README).
+const TOLERANCE_MAX_PP: f64 = 0.5;
 
 /// How far the fraction updated of a fleet of `fleet` devices may be from `percent`, in
 /// percentage points: [`TOLERANCE_SD`] standard deviations of the fraction of uniform
-/// buckets below it (a binomial draw of the fleet's size), and one device more. A fixed
-/// tolerance is too loose for a large fleet and too tight for a small one: ±0.5 points let
-/// a 1 % canary stage reach 1.37 % of 100,000 devices (a third more than asked, 12
-/// standard deviations), and fail 20 % of 10,000 devices by chance.
+/// buckets below it (a binomial draw of the fleet's size), and one device more, but never
+/// more than [`TOLERANCE_MAX_PP`]. A fixed ±0.5 points alone is too loose for a large
+/// fleet: it let a 1 % canary stage reach 1.37 % of 100,000 devices (a third more than
+/// asked, 12 standard deviations). A small fleet (20 % of 10,000 devices has a standard
+/// deviation of 0.4 points) can fail the cap by chance.
 fn tolerance_pp(percent: f64, fleet: usize) -> f64 {
     let p = (percent / 100.0).clamp(0.0, 1.0);
     let n = fleet.max(1) as f64;
-    100.0 * (TOLERANCE_SD * (p * (1.0 - p) / n).sqrt() + 1.0 / n)
+    let spread = 100.0 * (TOLERANCE_SD * (p * (1.0 - p) / n).sqrt() + 1.0 / n);
+    spread.min(TOLERANCE_MAX_PP)
 }
 
 /// What the server saw in one hour.
