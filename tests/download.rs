@@ -610,6 +610,33 @@ fn a_longer_body_is_read_up_to_the_size_and_no_further() {
     );
 }
 
+/// A chunked body whose answer also carries a `Content-Length` (a framework or proxy that
+/// adds both) is framed by its chunks, as RFC 9112 §6.3 has it and as the HTTP stack reads
+/// it: the stray length must not get the blob or the document refused.
+#[test]
+fn a_chunked_body_is_judged_by_its_chunks_not_a_content_length_beside_them() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let f = fetcher(&[server.url()], options());
+    for length in [0, SIZE as u64 / 2, 2 * SIZE as u64] {
+        server.set_fault(&repo.blob_path(), Fault::ChunkedWithLength(length));
+        let path = download(&f, &repo.spec(), downloads.path())
+            .unwrap_or_else(|e| panic!("Content-Length {length} beside chunks: {e}"));
+        assert_eq!(std::fs::read(&path).unwrap(), repo.blob);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    let dir = metadata_repo(b"{\"sequence\": 1}");
+    let server = TestServer::serve(dir.path());
+    server.set_fault("channels/", Fault::ChunkedWithLength(1 << 30));
+    let f = fetcher(&[server.url()], options());
+    match f.metadata("channels/stable.json", None, 1 << 20) {
+        Ok(Metadata::Fetched { bytes, .. }) => assert_eq!(bytes, b"{\"sequence\": 1}"),
+        other => panic!("expected the document, found {other:?}"),
+    }
+}
+
 #[test]
 fn declared_length_above_the_size_is_refused_before_any_byte() {
     let repo = Repo::new(SIZE);

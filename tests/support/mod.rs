@@ -83,6 +83,10 @@ pub enum Fault {
     /// connection gets bytes, the body none. (ureq gives up when its 128 KiB buffer is
     /// full, about 10 s in: a client that waits for that fails a test's time bound.)
     DrippedChunkSize,
+    /// Send the content chunked, with a `Content-Length` of this value as well: a
+    /// framework or proxy that adds both. The chunked framing overrides the length (RFC
+    /// 9112 §6.3), and is what the body is read by.
+    ChunkedWithLength(u64),
 }
 
 /// One request the server received.
@@ -468,8 +472,12 @@ fn send(
                 | Fault::DrippedChunkSize
                 | Fault::IgnoreRangeChunked
                 | Fault::ChunkedErrorPage(_)
+                | Fault::ChunkedWithLength(_)
         )
     );
+    if let Some(Fault::ChunkedWithLength(n)) = fault {
+        head.push_str(&format!("Content-Length: {n}\r\n"));
+    }
     if chunked {
         head.push_str("Transfer-Encoding: chunked\r\n");
     } else if junk == 0 {
@@ -505,7 +513,9 @@ fn send(
             }
             stream.shutdown(Shutdown::Both)
         }
-        Some(Fault::IgnoreRangeChunked | Fault::ChunkedErrorPage(_)) => {
+        Some(
+            Fault::IgnoreRangeChunked | Fault::ChunkedErrorPage(_) | Fault::ChunkedWithLength(_),
+        ) => {
             for piece in body.chunks(64 * 1024) {
                 write!(stream, "{:x}\r\n", piece.len())?;
                 stream.write_all(piece)?;
