@@ -353,7 +353,20 @@ impl HttpTransport {
             header("retry-after"),
             header("date"),
         );
-        let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+        // A chunked body is framed by its chunks, a `Content-Length` beside them ignored
+        // (RFC 9112 §6.3), and ureq reads it so: judged by that length, the blob the
+        // chunks deliver whole was refused as a short error page, a document as too large.
+        let chunked = response.version() != ureq::http::Version::HTTP_10
+            && response
+                .headers()
+                .get_all("transfer-encoding")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        let content_length = header("content-length")
+            .filter(|_| !chunked)
+            .and_then(|v| v.trim().parse().ok());
         let body = Body {
             reader: response.into_body().into_reader(),
             read_timeout: self.options.read_timeout,
