@@ -815,3 +815,68 @@ fn a_first_activation_cut_short_before_current_exists_still_starts_the_release()
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A `state.json` edited by hand (or damaged into other valid JSON) so that its trial
+/// record no longer matches the primary slot is refused, as a corrupt one is, with an
+/// `invalid_state` error naming what was expected and what was found: never acted upon.
+/// Acted upon, a trial moved onto the fallback made the startup step mark the running,
+/// healthy primary `bad` and roll back to the fallback, in the name of the fallback's
+/// "failed" trial; a trial record removed left a slot `trial` that `confirm` refused with
+/// "slot a is trial, expected a slot on trial".
+#[test]
+fn a_state_whose_trial_does_not_match_its_primary_is_refused_not_acted_on() {
+    let repo = Repo::new("com.acme.handedit");
+    publish(&repo);
+    let dev = fresh_device(&repo, "handedit");
+    // 1.1.0 activated: on trial in the primary, 1.0.0 good in the fallback.
+    let out = cli(&dev, &["update", "--yes"], &[]);
+    assert!(out.status.success(), "update: {}", common::stderr(&out));
+    let path = dev.state.join("state.json");
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let primary = good["primary"].as_str().unwrap().to_string();
+    let fallback = if primary == "a" { "b" } else { "a" };
+    assert_eq!(good["trial"]["slot"], primary.as_str());
+    let current = || std::fs::read_link(dev.root.join("current")).unwrap();
+    let link = current();
+
+    type Edit = fn(&mut serde_json::Value, &str, &str);
+    let edits: [(&str, Edit, &[&str]); 2] = [
+        (
+            "trial moved onto the fallback, its starts used up",
+            |s, _, fallback| {
+                s["trial"]["slot"] = fallback.into();
+                s["trial"]["tries_left"] = 0.into();
+            },
+            &["boot"],
+        ),
+        (
+            "trial record removed",
+            |s, _, _| s["trial"] = serde_json::Value::Null,
+            &["confirm"],
+        ),
+    ];
+    for (what, edit, step) in edits {
+        let mut edited = good.clone();
+        edit(&mut edited, &primary, fallback);
+        let text = serde_json::to_vec_pretty(&edited).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let out = cli(&dev, step, &[]);
+        let err = common::stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: {step:?} went ahead: {err}"
+        );
+        assert!(err.contains("error[invalid_state]"), "{what}: {err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("expected"),
+            "{what}: the error names neither the file nor what was expected: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            text,
+            "{what}: state rewritten"
+        );
+        assert_eq!(current(), link, "{what}: `current` moved");
+    }
+}
