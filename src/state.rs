@@ -578,6 +578,14 @@ impl State {
                 path.display()
             ))
         })?;
+        // No operation saves a trial that is not the primary's (a hand edit does): acted
+        // upon, the startup step would count, and give up on, a slot that is not running.
+        if let Err(why) = state.check_trial() {
+            return Err(Error::invalid_state(format!(
+                "{}: expected {why}; fix it, or move it away to start afresh",
+                path.display()
+            )));
+        }
         Ok(state)
     }
 
@@ -683,20 +691,27 @@ impl State {
                 primary.status.as_str()
             )));
         }
+        self.check_trial()
+            .map_err(|why| Error::invalid_state(format!("expected {why}")))
+    }
+
+    /// Whether the trial record and the primary slot agree: a trial is always the
+    /// primary's, and the primary has status `trial` exactly while it has one. Otherwise
+    /// what was expected, and what was found.
+    fn check_trial(&self) -> std::result::Result<(), String> {
+        let (primary, status) = (self.primary, self.slot(self.primary).status);
         match self.trial {
-            Some(t) if t.slot != self.primary => Err(Error::invalid_state(format!(
-                "trial is on slot {}, expected the primary slot {}",
-                t.slot, self.primary
-            ))),
-            Some(_) if primary.status != SlotStatus::Trial => Err(Error::invalid_state(format!(
-                "primary slot {} has a trial but status {}",
-                self.primary,
-                primary.status.as_str()
-            ))),
-            None if primary.status == SlotStatus::Trial => Err(Error::invalid_state(format!(
-                "primary slot {} has status trial but no trial record",
-                self.primary
-            ))),
+            Some(t) if t.slot != primary => Err(format!(
+                "the trial (`trial.slot`) on the primary slot {primary}, found it on slot {}",
+                t.slot
+            )),
+            Some(_) if status != SlotStatus::Trial => Err(format!(
+                "the primary slot {primary}, which has a trial, to have status trial, found {}",
+                status.as_str()
+            )),
+            None if status == SlotStatus::Trial => Err(format!(
+                "a trial record (`trial`) for the primary slot {primary}, which has status trial, found none"
+            )),
             _ => Ok(()),
         }
     }
