@@ -880,3 +880,32 @@ fn a_state_whose_trial_does_not_match_its_primary_is_refused_not_acted_on() {
         assert_eq!(current(), link, "{what}: `current` moved");
     }
 }
+
+/// A trial edited by hand to more starts left than it began with (`tries_left` 10 of
+/// `tries` 3, to give a release more starts) is refused as `invalid_state`, naming both
+/// numbers. Acted upon, the start counted next was taken for none: `confirm` refused the
+/// running release ("found no start counted"), and `rollback` took the trial for one that
+/// never ran, so it did not keep its slot from installs while the app still ran from it.
+#[test]
+fn a_trial_with_more_starts_left_than_it_began_with_is_refused() {
+    let repo = Repo::new("com.acme.handtries");
+    publish(&repo);
+    let dev = fresh_device(&repo, "handtries");
+    let out = cli(&dev, &["update", "--yes"], &[]);
+    assert!(out.status.success(), "update: {}", common::stderr(&out));
+    let path = dev.state.join("state.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(st["trial"]["tries"], 3);
+    st["trial"]["tries_left"] = 10.into();
+    let text = serde_json::to_vec_pretty(&st).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let out = cli(&dev, &["boot"], &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "boot went ahead: {err}");
+    assert!(err.contains("error[invalid_state]"), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("found 10"),
+        "the error names neither the file nor what it found: {err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), text, "state rewritten");
+}
