@@ -696,7 +696,8 @@ impl State {
     }
 
     /// Whether the trial record and the primary slot agree: a trial is always the
-    /// primary's, and the primary has status `trial` exactly while it has one. Otherwise
+    /// primary's, with no more starts left than it began with, and the primary has status
+    /// `trial` exactly while it has one. Otherwise
     /// what was expected, and what was found.
     fn check_trial(&self) -> std::result::Result<(), String> {
         let (primary, status) = (self.primary, self.slot(self.primary).status);
@@ -708,6 +709,11 @@ impl State {
             Some(_) if status != SlotStatus::Trial => Err(format!(
                 "the primary slot {primary}, which has a trial, to have status trial, found {}",
                 status.as_str()
+            )),
+            // Counted down from `tries` (0 in a state saved before it was recorded).
+            Some(t) if t.tries > 0 && t.tries_left > t.tries => Err(format!(
+                "at most the {} starts the trial of slot {primary} began with left (`trial.tries_left`), found {}",
+                t.tries, t.tries_left
             )),
             None if status == SlotStatus::Trial => Err(format!(
                 "a trial record (`trial`) for the primary slot {primary}, which has status trial, found none"
