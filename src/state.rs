@@ -930,6 +930,40 @@ mod tests {
         reader.join().unwrap();
     }
 
+    /// A FIFO where `state.json` should be (planted by another user who may write the
+    /// state directory, as under a download's name) is refused at once, naming what it
+    /// is: `status` and the startup step must not wait for a writer for ever (a launcher
+    /// starts the app anyway once its step fails, never while it hangs).
+    #[test]
+    fn a_fifo_in_place_of_the_state_file_is_refused_at_once() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(State::path(dir.path()))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (done, wait) = channel();
+        let reader = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let _ = done.send(State::load(&dir).map(drop).map_err(|e| e.to_string()));
+            })
+        };
+        let Ok(loaded) = wait.recv_timeout(Duration::from_secs(10)) else {
+            // Let the stuck reader go before failing.
+            let _ = std::fs::write(State::path(dir.path()), b"");
+            panic!("the load still waits on the FIFO after 10 s");
+        };
+        reader.join().unwrap();
+        let err = loaded.unwrap_err();
+        assert!(
+            err.contains("expected a regular file, found a FIFO"),
+            "{err}"
+        );
+    }
+
     /// A save cut off by a power cut leaves its temp file; the next save removes it.
     #[test]
     fn a_save_removes_the_temp_files_of_saves_cut_off() {
