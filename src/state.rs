@@ -108,6 +108,13 @@ fn lock_file(
     Ok(StateLock { _file: file, key })
 }
 
+/// Whether `e` failed for want of the file it opened.
+fn not_found(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// Whether the lock files of the state in `dir` may be this user's alone (0600): when this
 /// user owns the directory and nobody but its owner may write it, only this user (or root)
 /// can run an operation there, nobody else needs to open them, and opening one is enough
@@ -608,11 +615,13 @@ impl State {
     fn load_within(dir: &Path, patience: std::time::Duration) -> Result<Option<State>> {
         use std::io::Read;
         let path = fsutil::own_link_target(State::path(dir))?;
-        let opened = fsutil::no_follow(std::fs::OpenOptions::new().read(true)).open(&path);
+        // Never through a symlink, and only a regular file: a FIFO planted there would
+        // hold the open up for ever.
+        let opened = fsutil::open_regular(std::fs::OpenOptions::new().read(true), &path, "read");
         let mut file = match opened {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(fsutil::opened("read", &path, e)),
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
         };
         fsutil::lock_contents_within(&file, fsutil::Contents::Read, patience);
         let mut bytes = Vec::new();
