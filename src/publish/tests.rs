@@ -1009,6 +1009,146 @@ fn prune_keeps_the_stone_devices_outside_a_ramp_take() {
     assert!(stranded(&m, later).is_empty());
 }
 
+/// A xorshift generator: the property tests' random channels, the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The property tests' clock: when their manifests are issued, and when they are judged.
+fn property_clock() -> (Timestamp, Timestamp) {
+    let t0 = now();
+    (t0, t0.plus_secs(7200))
+}
+
+fn stage_after(t0: Timestamp, secs: i64, percent: f64) -> RolloutStage {
+    RolloutStage {
+        at: t0.plus_secs(secs),
+        percent,
+    }
+}
+
+/// Channel `c` of product `p` with no release yet, issued at `t0`.
+fn empty_manifest(t0: Timestamp) -> Manifest {
+    Manifest {
+        doc_type: "manifest".into(),
+        product: "p".into(),
+        channel: "c".into(),
+        sequence: 1,
+        issued: t0,
+        expires: t0.plus_secs(86_400 * 30),
+        releases: Vec::new(),
+    }
+}
+
+/// Release 1.`i`.0 for `x`, `y` or both: its security version at least its targets'
+/// newest (`floors`, raised to it), one more one time in three; the `min_version` that
+/// `min_version` draws; one of `rollouts` one time in three.
+fn random_release(
+    rng: &mut Rng,
+    i: u64,
+    floors: &mut std::collections::BTreeMap<&'static str, u64>,
+    rollouts: &[Option<Vec<RolloutStage>>],
+    min_version: impl FnOnce(&mut Rng) -> Option<Version>,
+) -> Release {
+    let targets: &[&'static str] = match rng.below(4) {
+        0 => &["y"],
+        1 => &["x", "y"],
+        _ => &["x"],
+    };
+    let mut security = targets.iter().map(|t| floors[t]).max().unwrap_or(0);
+    security += rng.below(3) / 2;
+    for t in targets {
+        floors.insert(t, security);
+    }
+    let min_version = min_version(rng);
+    let rollout = match rng.below(3) {
+        0 => rollouts[rng.below(rollouts.len() as u64) as usize].clone(),
+        _ => None,
+    };
+    Release {
+        version: Version::new(1, i, 0),
+        published: None,
+        notes: String::new(),
+        min_version,
+        critical: false,
+        security_version: security,
+        rollout: rollout.map(|stages| Rollout { stages }),
+        targets: targets
+            .iter()
+            .map(|t| {
+                (
+                    *t,
+                    TargetRelease {
+                        components: NameMap::default(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A `min_version` one time in two for release 1.`i`.0: a release listed before it, or
+/// one between two (1.k.5), below it.
+fn below_one_in_two(i: u64) -> impl FnOnce(&mut Rng) -> Option<Version> {
+    move |rng| {
+        match rng.below(2) {
+            0 if i > 0 => Some(Version::new(1, rng.below(i + 1), 5 * rng.below(2))),
+            _ => None,
+        }
+        .filter(|min| *min < Version::new(1, i, 0))
+    }
+}
+
+/// The versions a device may run beside `n` releases 1.k.0: below all, each, and one
+/// between each and the next (1.k.5).
+fn versions_around(n: u64) -> Vec<Version> {
+    let mut versions = vec![Version::new(0, 0, 0)];
+    for k in 0..n {
+        versions.push(Version::new(1, k, 0));
+        versions.push(Version::new(1, k, 5));
+    }
+    versions
+}
+
+/// The highest floor a device of `target` on `v` may have: up to the next listed
+/// release's (one pruned between the two may have had it).
+fn top_floor(m: &Manifest, target: &str, v: &Version) -> u64 {
+    m.releases
+        .iter()
+        .filter(|r| r.targets.contains_key(target) && r.version > *v)
+        .map(|r| r.security_version)
+        .min()
+        .unwrap_or(0)
+}
+
+/// `m`'s releases for a failure's message: version, targets, `min_version`, security
+/// version and the rollout at `at`.
+fn summary(m: &Manifest, at: Timestamp) -> Vec<String> {
+    m.releases
+        .iter()
+        .map(|r| {
+            let targets: Vec<&str> = r.targets.keys().map(String::as_str).collect();
+            let min = r.min_version.as_ref().map(ToString::to_string);
+            let rollout = r.rollout.as_ref().map(|ro| ro.percent_at(at));
+            format!(
+                "{} {targets:?} min {min:?} security {} rollout {rollout:?}",
+                r.version, r.security_version
+            )
+        })
+        .collect()
+}
+
 /// Whichever rollouts reach a device (a device in some, outside others, or all of them
 /// halted or ramped to 100 % later), one offered a release before a prune is offered
 /// one after it. Channels drawn from fixed seeds: releases with and without rollouts
@@ -1016,21 +1156,8 @@ fn prune_keeps_the_stone_devices_outside_a_ramp_take() {
 /// on pruned ones, rising security versions, two targets.
 #[test]
 fn prune_leaves_no_device_offered_nothing_in_any_mix_of_rollouts() {
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-    let t0 = now();
-    let at = t0.plus_secs(7200);
-    let stage = |secs: i64, percent: f64| RolloutStage {
-        at: t0.plus_secs(secs),
-        percent,
-    };
+    let (t0, at) = property_clock();
+    let stage = |secs: i64, percent: f64| stage_after(t0, secs, percent);
     let rollouts: [Option<Vec<RolloutStage>>; 8] = [
         None,
         Some(vec![stage(0, 100.0)]),
@@ -1041,18 +1168,10 @@ fn prune_leaves_no_device_offered_nothing_in_any_mix_of_rollouts() {
         Some(vec![stage(0, 0.0), stage(86_400, 50.0)]),
         Some(vec![stage(0, 10.0), stage(3600, 100.0)]),
     ];
-    let base = Manifest {
-        doc_type: "manifest".into(),
-        product: "p".into(),
-        channel: "c".into(),
-        sequence: 1,
-        issued: t0,
-        expires: t0.plus_secs(86_400 * 30),
-        releases: Vec::new(),
-    };
+    let base = empty_manifest(t0);
     let mut checked = 0;
     for seed in 1..=300u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::new(seed);
         let mut m = base.clone();
         let mut security = 0;
         for i in 0..3 + rng.below(7) {
@@ -1978,21 +2097,8 @@ fn prune_keeps_the_stone_a_device_at_a_min_version_takes_with_its_targets_floor(
 /// prune is offered one after it.
 #[test]
 fn prune_leaves_no_real_device_offered_nothing() {
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-    let t0 = now();
-    let at = t0.plus_secs(7200);
-    let stage = |secs: i64, percent: f64| RolloutStage {
-        at: t0.plus_secs(secs),
-        percent,
-    };
+    let (t0, at) = property_clock();
+    let stage = |secs: i64, percent: f64| stage_after(t0, secs, percent);
     let rollouts: [Option<Vec<RolloutStage>>; 6] = [
         None,
         Some(vec![stage(0, 100.0)]),
@@ -2003,56 +2109,17 @@ fn prune_leaves_no_real_device_offered_nothing() {
     ];
     let ids: Vec<String> = (0..16).map(|i| format!("dev-{i}")).collect();
     for seed in 1..=400u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut m = Manifest {
-            doc_type: "manifest".into(),
-            product: "p".into(),
-            channel: "c".into(),
-            sequence: 1,
-            issued: t0,
-            expires: t0.plus_secs(86_400 * 30),
-            releases: Vec::new(),
-        };
+        let mut rng = Rng::new(seed);
+        let mut m = empty_manifest(t0);
         let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
         for i in 0..3 + rng.below(6) {
-            let targets: &[&str] = match rng.below(4) {
-                0 => &["y"],
-                1 => &["x", "y"],
-                _ => &["x"],
-            };
-            let mut security = targets.iter().map(|t| floors[t]).max().unwrap();
-            security += rng.below(3) / 2;
-            for t in targets {
-                floors.insert(t, security);
-            }
-            let min_version = match rng.below(3) {
-                0 if i > 0 => Some(Version::new(1, rng.below(i), 5 * rng.below(2))),
-                _ => None,
-            };
-            let rollout = match rng.below(3) {
-                0 => rollouts[rng.below(6) as usize].clone(),
-                _ => None,
-            };
-            m.releases.push(Release {
-                version: Version::new(1, i, 0),
-                published: None,
-                notes: String::new(),
-                min_version,
-                critical: false,
-                security_version: security,
-                rollout: rollout.map(|stages| Rollout { stages }),
-                targets: targets
-                    .iter()
-                    .map(|t| {
-                        (
-                            *t,
-                            TargetRelease {
-                                components: NameMap::default(),
-                            },
-                        )
-                    })
-                    .collect(),
+            let release = random_release(&mut rng, i, &mut floors, &rollouts, |rng| {
+                match rng.below(3) {
+                    0 if i > 0 => Some(Version::new(1, rng.below(i), 5 * rng.below(2))),
+                    _ => None,
+                }
             });
+            m.releases.push(release);
         }
         let n = m.releases.len() as u64;
         for keep in 1..=2 {
@@ -2060,21 +2127,11 @@ fn prune_leaves_no_real_device_offered_nothing() {
             let mut pruned = m.clone();
             pruned.releases.retain(|r| kept.contains(&r.version));
             for target in ["x", "y"] {
-                let mut versions = vec![Version::new(0, 0, 0)];
-                for k in 0..n {
-                    versions.push(Version::new(1, k, 0));
-                    versions.push(Version::new(1, k, 5));
-                }
+                let versions = versions_around(n);
                 for v in &versions {
                     // The highest floor a device of `target` on `v` may have: up to the
                     // next listed release's (one pruned between the two may have had it).
-                    let top = m
-                        .releases
-                        .iter()
-                        .filter(|r| r.targets.contains_key(target) && r.version > *v)
-                        .map(|r| r.security_version)
-                        .min()
-                        .unwrap_or(0);
+                    let top = top_floor(&m, target, v);
                     for floor in 0..=top {
                         for id in &ids {
                             let device = (v.clone(), floor);
@@ -2083,7 +2140,7 @@ fn prune_leaves_no_real_device_offered_nothing() {
                             assert!(
                                 was.is_none() || is.is_some(),
                                 "seed {seed}, keep {keep}: {target} device {id} on {v} (floor {floor}) was offered {was:?}, nothing after keeping {kept:?} of {:?}",
-                                m.releases.iter().map(|r| (r.version.to_string(), r.targets.keys().cloned().collect::<Vec<_>>(), r.min_version.as_ref().map(ToString::to_string), r.security_version, r.rollout.as_ref().map(|ro| ro.percent_at(at)))).collect::<Vec<_>>(),
+                                summary(&m, at),
                             );
                         }
                     }
@@ -2097,21 +2154,8 @@ fn prune_leaves_no_real_device_offered_nothing() {
 /// `min_version`, in every rollout that has started) is named by `stranded`.
 #[test]
 fn stranded_names_every_device_select_strands() {
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-    let t0 = now();
-    let at = t0.plus_secs(7200);
-    let stage = |secs: i64, percent: f64| RolloutStage {
-        at: t0.plus_secs(secs),
-        percent,
-    };
+    let (t0, at) = property_clock();
+    let stage = |secs: i64, percent: f64| stage_after(t0, secs, percent);
     let rollouts: [Option<Vec<RolloutStage>>; 5] = [
         None,
         Some(vec![stage(0, 10.0)]),
@@ -2121,67 +2165,18 @@ fn stranded_names_every_device_select_strands() {
     ];
     let mut strandings = 0;
     for seed in 1..=600u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut m = Manifest {
-            doc_type: "manifest".into(),
-            product: "p".into(),
-            channel: "c".into(),
-            sequence: 1,
-            issued: t0,
-            expires: t0.plus_secs(86_400 * 30),
-            releases: Vec::new(),
-        };
+        let mut rng = Rng::new(seed);
+        let mut m = empty_manifest(t0);
         let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
         for i in 0..2 + rng.below(6) {
-            let targets: &[&str] = match rng.below(4) {
-                0 => &["y"],
-                1 => &["x", "y"],
-                _ => &["x"],
-            };
-            let mut security = targets.iter().map(|t| floors[t]).max().unwrap();
-            security += rng.below(3) / 2;
-            for t in targets {
-                floors.insert(t, security);
-            }
-            let min_version = match rng.below(2) {
-                0 if i > 0 => Some(Version::new(1, rng.below(i + 1), 5 * rng.below(2))),
-                _ => None,
-            }
-            .filter(|min| *min < Version::new(1, i, 0));
-            let rollout = match rng.below(3) {
-                0 => rollouts[rng.below(5) as usize].clone(),
-                _ => None,
-            };
-            m.releases.push(Release {
-                version: Version::new(1, i, 0),
-                published: None,
-                notes: String::new(),
-                min_version,
-                critical: false,
-                security_version: security,
-                rollout: rollout.map(|stages| Rollout { stages }),
-                targets: targets
-                    .iter()
-                    .map(|t| {
-                        (
-                            *t,
-                            TargetRelease {
-                                components: NameMap::default(),
-                            },
-                        )
-                    })
-                    .collect(),
-            });
+            let release = random_release(&mut rng, i, &mut floors, &rollouts, below_one_in_two(i));
+            m.releases.push(release);
         }
         let n = m.releases.len() as u64;
         let named = stranded(&m, at);
         let reach = Reach::new(&m, at);
         for target in ["x", "y"] {
-            let mut versions = vec![Version::new(0, 0, 0)];
-            for k in 0..n {
-                versions.push(Version::new(1, k, 0));
-                versions.push(Version::new(1, k, 5));
-            }
+            let versions = versions_around(n);
             for v in &versions {
                 let listed_below = m
                     .releases
@@ -2189,13 +2184,7 @@ fn stranded_names_every_device_select_strands() {
                     .filter(|r| r.targets.contains_key(target) && r.version <= *v);
                 // Up to the security version of the next listed release (one pruned
                 // between the two may have had it).
-                let top = m
-                    .releases
-                    .iter()
-                    .filter(|r| r.targets.contains_key(target) && r.version > *v)
-                    .map(|r| r.security_version)
-                    .min()
-                    .unwrap_or(0);
+                let top = top_floor(&m, target, v);
                 let under = listed_below.map(|r| r.version.clone()).max();
                 for floor in 0..=top {
                     if !reach.strands(target, (v, floor)) {
@@ -2212,7 +2201,7 @@ fn stranded_names_every_device_select_strands() {
                     assert!(
                         covered,
                         "seed {seed}: {target} device on {v} (floor {floor}) is stranded, stranded() says {named:?} of {:?}",
-                        m.releases.iter().map(|r| (r.version.to_string(), r.targets.keys().cloned().collect::<Vec<_>>(), r.min_version.as_ref().map(ToString::to_string), r.security_version, r.rollout.as_ref().map(|ro| ro.percent_at(at)))).collect::<Vec<_>>(),
+                        summary(&m, at),
                     );
                 }
             }
@@ -2226,21 +2215,8 @@ fn stranded_names_every_device_select_strands() {
 /// before, whatever its floor up to the next listed release's.
 #[test]
 fn an_accepted_min_version_strands_no_device_of_a_listed_release() {
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-    let t0 = now();
-    let at = t0.plus_secs(7200);
-    let stage = |secs: i64, percent: f64| RolloutStage {
-        at: t0.plus_secs(secs),
-        percent,
-    };
+    let (t0, at) = property_clock();
+    let stage = |secs: i64, percent: f64| stage_after(t0, secs, percent);
     let rollouts: [Option<Vec<RolloutStage>>; 4] = [
         None,
         Some(vec![stage(0, 10.0)]),
@@ -2249,59 +2225,13 @@ fn an_accepted_min_version_strands_no_device_of_a_listed_release() {
     ];
     let mut accepted = 0;
     for seed in 1..=1500u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut m = Manifest {
-            doc_type: "manifest".into(),
-            product: "p".into(),
-            channel: "c".into(),
-            sequence: 1,
-            issued: t0,
-            expires: t0.plus_secs(86_400 * 30),
-            releases: Vec::new(),
-        };
+        let mut rng = Rng::new(seed);
+        let mut m = empty_manifest(t0);
         let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
         let count = 2 + rng.below(5);
         let mut new = None;
         for i in 0..=count {
-            let targets: &[&str] = match rng.below(4) {
-                0 => &["y"],
-                1 => &["x", "y"],
-                _ => &["x"],
-            };
-            let mut security = targets.iter().map(|t| floors[t]).max().unwrap();
-            security += rng.below(3) / 2;
-            for t in targets {
-                floors.insert(t, security);
-            }
-            let min_version = match rng.below(2) {
-                0 if i > 0 => Some(Version::new(1, rng.below(i + 1), 5 * rng.below(2))),
-                _ => None,
-            }
-            .filter(|min| *min < Version::new(1, i, 0));
-            let rollout = match rng.below(3) {
-                0 => rollouts[rng.below(4) as usize].clone(),
-                _ => None,
-            };
-            let release = Release {
-                version: Version::new(1, i, 0),
-                published: None,
-                notes: String::new(),
-                min_version,
-                critical: false,
-                security_version: security,
-                rollout: rollout.map(|stages| Rollout { stages }),
-                targets: targets
-                    .iter()
-                    .map(|t| {
-                        (
-                            *t,
-                            TargetRelease {
-                                components: NameMap::default(),
-                            },
-                        )
-                    })
-                    .collect(),
-            };
+            let release = random_release(&mut rng, i, &mut floors, &rollouts, below_one_in_two(i));
             // The last one is published, newer than the others, or in between.
             if i == count {
                 new = Some(release);
