@@ -181,41 +181,6 @@ fn server_ignoring_range_restarts_from_zero_and_succeeds() {
     assert_eq!(f.stats().bytes_received, SIZE as u64);
 }
 
-/// A server may answer `Range: bytes=n-` with less than the rest (RFC 9110 §15.3.7), some
-/// capping what one answer carries: a 206 that starts at n and names the blob's size is
-/// appended (DESIGN §5.4), and the rest asked for after it. Fetching the kept bytes again
-/// from 0 costs a metered link the whole blob at every resume, and a link cut more often
-/// than it carries the blob never finishes.
-#[test]
-fn a_206_with_less_than_the_rest_is_appended_and_the_rest_asked_for() {
-    let repo = Repo::new(SIZE);
-    let server = TestServer::serve(repo.path());
-    server.set_fault(&repo.blob_path(), Fault::CapRange(SIZE as u64 / 8));
-    let downloads = TempDir::new().unwrap();
-    keep_first_half(downloads.path(), &repo);
-    let f = fetcher(&[server.url()], options());
-
-    assert_downloads_the_blob(&f, &repo, downloads.path());
-    let log = server.requests(&repo.blob_path());
-    let asked: Vec<(Option<&str>, u16)> =
-        log.iter().map(|l| (l.range.as_deref(), l.status)).collect();
-    let eighth = SIZE / 8;
-    let expected: Vec<String> = (4..8).map(|i| format!("bytes={}-", i * eighth)).collect();
-    assert_eq!(
-        asked,
-        expected
-            .iter()
-            .map(|r| (Some(r.as_str()), 206))
-            .collect::<Vec<_>>(),
-        "the rest in four capped ranges, never the whole blob again"
-    );
-    assert_eq!(
-        f.stats().bytes_received,
-        SIZE as u64 / 2,
-        "no byte fetched twice"
-    );
-}
-
 #[test]
 fn wrong_content_range_is_refused_and_the_whole_blob_asked_for_instead() {
     let repo = Repo::new(SIZE);

@@ -278,8 +278,6 @@ impl<'a> Target<'a> {
             url,
             redirected_to: None,
             total: self.spec.size,
-            until: self.spec.size,
-            pace: None,
             kept: 0,
             refused: false,
             progress,
@@ -369,64 +367,50 @@ impl<'a> Target<'a> {
         self.fetch_rest(stream, part)?.finish(stream.source())
     }
 
-    /// Receives whatever the `.part` still lacks, resuming with `Range` where it can, and
-    /// asking again after a 206 that carried less than the rest.
+    /// Receives whatever the `.part` still lacks, resuming with `Range` where it can.
     fn fetch_rest<'t>(
         &self,
         stream: &mut Stream<'_, '_>,
         mut part: Part<'t>,
     ) -> Result<Part<'t>, Failure> {
-        stream.pace = None;
-        loop {
-            stream.kept = part.kept;
-            if part.len >= self.spec.size {
-                return Ok(part);
-            }
-            let (response, until) = match self.answer_for(stream, &part) {
-                Ok(answer) => answer,
-                Err(failure) => {
-                    part.keep_received();
-                    return Err(failure);
-                }
-            };
-            let mut body = response.body;
-            if response.status == 200 {
-                stream.pace = None;
-            }
-            if response.status == 200 && part.len > 0 {
-                if part.writing.resumes() {
-                    stream.replay_kept(&mut *body, &mut part)?;
-                } else {
-                    part = stream.skip_taken(&mut *body, part)?;
-                }
-            }
-            // A 200 may have replaced kept bytes, or started the part again.
-            stream.kept = part.kept;
-            stream.until = until;
-            part = stream.pump(body, part)?;
+        stream.kept = part.kept;
+        if part.len >= self.spec.size {
+            return Ok(part);
         }
+        let response = match self.answer_for(stream, &part) {
+            Ok(response) => response,
+            Err(failure) => {
+                part.keep_received();
+                return Err(failure);
+            }
+        };
+        let mut body = response.body;
+        if response.status == 200 && part.len > 0 {
+            if part.writing.resumes() {
+                stream.replay_kept(&mut *body, &mut part)?;
+            } else {
+                part = stream.skip_taken(&mut *body, part)?;
+            }
+        }
+        // A 200 may have replaced kept bytes, or started the part again.
+        stream.kept = part.kept;
+        Ok(stream.pump(body, part)?)
     }
 
     /// Asks for the bytes after `part`'s and vets the answer: a response whose body
     /// continues the part (206) or is the whole blob (200).
-    /// Returns it with where its body ends in the blob.
-    fn answer_for(
-        &self,
-        stream: &mut Stream<'_, '_>,
-        part: &Part,
-    ) -> Result<(Response, u64), Failure> {
+    fn answer_for(&self, stream: &mut Stream<'_, '_>, part: &Part) -> Result<Response, Failure> {
         let response = self.request(stream, (part.len > 0).then_some(part.len))?;
         stream.answered(&response);
-        let (response, until) = match self.check_range(stream.source(), &response, part) {
-            Ok(until) => (response, until),
+        let response = match self.check_range(stream.source(), &response, part) {
+            Ok(()) => response,
             Err(wrong_range) => {
                 drop(response);
-                let whole = self.whole_after_wrong_range(stream, wrong_range)?;
-                (whole, self.spec.size)
+                self.whole_after_wrong_range(stream, wrong_range)?
             }
         };
-        self.accept(stream, &response, part, until)?;
-        Ok((response, until))
+        self.accept(stream, &response, part)?;
+        Ok(response)
     }
 
     fn request(&self, stream: &Stream<'_, '_>, range_from: Option<u64>) -> Result<Response> {
@@ -447,10 +431,9 @@ impl<'a> Target<'a> {
     }
 
     /// A 206 must continue exactly where the `.part` ends; anything else passes here.
-    /// Returns where the body ends in the blob.
-    fn check_range(&self, url: &str, response: &Response, part: &Part) -> Result<u64> {
+    fn check_range(&self, url: &str, response: &Response, part: &Part) -> Result<()> {
         if response.status != 206 {
-            return Ok(self.spec.size);
+            return Ok(());
         }
         check_content_range(url, response, part.len, self.spec.size)
     }
@@ -484,18 +467,12 @@ impl<'a> Target<'a> {
     /// bytes another base delivered. A 200 is the whole blob from byte 0; over kept bytes
     /// it is compared with them first ([`Stream::replay_kept`]), since a body without a
     /// declared length cannot be judged before it arrives.
-    fn accept(
-        &self,
-        stream: &Stream,
-        response: &Response,
-        part: &Part,
-        until: u64,
-    ) -> Result<(), Failure> {
+    fn accept(&self, stream: &Stream, response: &Response, part: &Part) -> Result<(), Failure> {
         let url = stream.source();
         let remaining = match response.status {
             200 => return self.check_whole_length(url, response),
             // `check_range` has vetted the offsets.
-            206 => until - part.len,
+            206 => self.spec.size - part.len,
             416 => return Err(self.range_refused(url, response, part.len)),
             _ => return Err(status_failure(url, response, &stream.fetcher.clock)),
         };
@@ -571,30 +548,13 @@ impl<'a> Target<'a> {
     }
 }
 
-/// The fewest bytes a 206 that carries less than the rest may bring: asking again for the
-/// rest after each then takes a bounded number of requests, and a server cannot dole the
-/// blob out a few bytes an answer, each answer too short for the speed rule to judge
-/// (64 KiB an answer within the default read timeout is still twice the minimum speed).
-const LEAST_PARTIAL: u64 = 64 * 1024;
-
 /// Only a 206 continuing exactly where the `.part` ends, with the expected total, may be
-/// appended to it: one to the blob's end, or one that carries less than the rest (a server
-/// may, RFC 9110 §15.3.7, and some cap what one answer carries), then of at least
-/// [`LEAST_PARTIAL`] bytes.
-/// Returns where its body ends in the blob.
-fn check_content_range(url: &str, response: &Response, from: u64, size: u64) -> Result<u64> {
-    let last = size.saturating_sub(1);
-    let expected = format!("bytes {from}-{last}/{size}");
+/// appended to it.
+fn check_content_range(url: &str, response: &Response, from: u64, size: u64) -> Result<()> {
+    let expected = format!("bytes {from}-{}/{size}", size.saturating_sub(1));
     let found = response.content_range.as_deref().map(str::trim);
-    let end = found
-        .and_then(|f| f.strip_prefix(&format!("bytes {from}-")))
-        .and_then(|rest| rest.strip_suffix(&format!("/{size}")))
-        .filter(|end| !end.is_empty() && end.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|end| end.parse::<u64>().ok())
-        .filter(|end| *end >= from && *end <= last);
-    let least = size.saturating_sub(from).min(LEAST_PARTIAL);
-    if let Some(end) = end.filter(|end| end == &last || end - from + 1 >= least) {
-        return Ok(end + 1);
+    if found == Some(expected.as_str()) {
+        return Ok(());
     }
     Err(Error::new(
         ErrorKind::HttpStatus,
@@ -1065,13 +1025,6 @@ struct Stream<'a, 'p> {
     /// errors about its body name it ([`Stream::source`]).
     redirected_to: Option<String>,
     total: u64,
-    /// Where the body being received ends in the blob: `total`, or the end of a 206 that
-    /// carries less than the rest ([`check_content_range`]).
-    until: u64,
-    /// The speed rule's measure of the bodies received since the last request for the
-    /// whole blob: 206s that each carry less than the rest are judged as one transfer,
-    /// none of them alone long enough for the rule to judge it. `None` starts afresh.
-    pace: Option<Pace>,
     /// The bytes kept from an earlier attempt under the body being received: a mismatch
     /// then is not the server's alone ([`Target::attempt`]).
     kept: u64,
@@ -1079,15 +1032,6 @@ struct Stream<'a, 'p> {
     refused: bool,
     progress: &'p mut dyn FnMut(u64, u64),
     cancel: &'a CancelToken,
-}
-
-/// The speed rule's measure of a transfer ([`Stream::pace`]).
-struct Pace {
-    meter: SpeedMeter,
-    /// The length of the part when the transfer began.
-    start: u64,
-    /// Time spent writing that the speed rule leaves out ([`Writing::paces_apart`]).
-    writing_time: Duration,
 }
 
 /// Why receiving stopped before the end of the blob.
@@ -1184,43 +1128,22 @@ impl Stream<'_, '_> {
         full: &SyncSender<(Vec<u8>, usize)>,
         free: &Receiver<Vec<u8>>,
     ) -> Result<(), Stop> {
-        let mut pace = self.pace.take().unwrap_or_else(|| Pace {
-            meter: SpeedMeter::new(&self.fetcher.options, Instant::now()),
-            start: part.len,
-            writing_time: Duration::ZERO,
-        });
-        let received = self.receive_paced(body, part, full, free, &mut pace);
-        self.pace = Some(pace);
-        received
-    }
-
-    /// [`Stream::receive`], judged by the speed rule as `pace` says.
-    fn receive_paced(
-        &mut self,
-        body: &mut dyn Read,
-        part: &mut Part,
-        full: &SyncSender<(Vec<u8>, usize)>,
-        free: &Receiver<Vec<u8>>,
-        pace: &mut Pace,
-    ) -> Result<(), Stop> {
-        let Pace {
-            meter,
-            start,
-            writing_time,
-        } = pace;
-        let start = *start;
-        while part.len < self.until {
+        let start = part.len;
+        let mut meter = SpeedMeter::new(&self.fetcher.options, Instant::now());
+        // Time spent writing that the speed rule leaves out ([`Writing::paces_apart`]).
+        let mut writing_time = Duration::ZERO;
+        while part.len < self.total {
             self.cancel.check().map_err(Stop::Read)?;
             let Ok(mut buf) = free.recv() else {
                 return Ok(());
             };
-            let want = (self.until - part.len).min(CHUNK as u64) as usize;
+            let want = (self.total - part.len).min(CHUNK as u64) as usize;
             let (n, failed) = fill(body, &mut buf[..want]);
             // Bytes that arrived before an error are kept: a resume continues after them.
             self.fetcher.count_received(n);
             if n > 0 {
                 let mut input = &buf[..n];
-                let put = self.put_chunk(part, &mut input, meter, writing_time, start);
+                let put = self.put_chunk(part, &mut input, &mut meter, &mut writing_time, start);
                 let used = n - input.len();
                 // The bytes used go to the hash thread before a checkpoint may sync the
                 // slot, so the hash runs during the sync rather than after it; and before
@@ -1240,7 +1163,7 @@ impl Stream<'_, '_> {
             if n == 0 {
                 return Err(Stop::Read(self.ended_early(part.len)));
             }
-            self.check_speed(meter, *writing_time, part.len - start)?;
+            self.check_speed(&mut meter, writing_time, part.len - start)?;
         }
         Ok(())
     }
@@ -1663,8 +1586,6 @@ mod tests {
                 url: "/nowhere/blob",
                 redirected_to: None,
                 total: spec.size,
-                until: spec.size,
-                pace: None,
                 kept: 0,
                 refused: false,
                 progress: &mut progress,

@@ -87,10 +87,6 @@ pub enum Fault {
     /// framework or proxy that adds both. The chunked framing overrides the length (RFC
     /// 9112 §6.3), and is what the body is read by.
     ChunkedWithLength(u64),
-    /// Answer a `Range` request with at most this many bytes, in a 206 whose
-    /// `Content-Range` says which (`bytes n-m/len`, m before the end): the server may send
-    /// less than a range asks for (RFC 9110 §15.3.7), as some cap what one answer carries.
-    CapRange(u64),
 }
 
 /// One request the server received.
@@ -388,10 +384,6 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
             ..plain(416)
         };
     }
-    let to = match fault {
-        Some(Fault::CapRange(cap)) => to.min(from + cap.max(&1) - 1),
-        _ => to,
-    };
     let claimed_from = if fault == Some(&Fault::WrongContentRange) {
         0
     } else {
