@@ -289,7 +289,7 @@ fn a_start_behind_a_held_state_lock_gives_up_and_the_current_slot_starts() {
         .envs(patience);
     let out = common::output_within(&mut cmd, common::CLI_LIMIT);
     let stderr = common::stderr(&out);
-    let gave_up = "expected to take the state lock within 300ms, found another Evergreen process holding it all that time";
+    let gave_up = "expected to take the state lock within 300 ms, found another Evergreen process holding it all that time";
     assert!(
         stderr.contains("the startup step failed, starting the current slot anyway: error[io]")
             && stderr.contains(gave_up),

@@ -676,8 +676,10 @@ impl Updater {
                 false => Err(Error::new(
                     ErrorKind::Io,
                     format!(
-                        "{}: expected to take the state lock within {patience:?}, found another Evergreen process holding it all that time (one stopped, say with Ctrl-Z, or hung); this start was not counted",
+                        "{}: expected to take the state lock within {} ms, found another Evergreen process holding it all that time (one stopped, say with Ctrl-Z, or hung); this start was not counted",
                         self.state_dir().display(),
+                        // Not `Duration`'s `Debug`: 1.4 KB of the smallest library.
+                        patience.as_millis() as u64,
                     ),
                 )),
             }
