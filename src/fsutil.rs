@@ -1484,6 +1484,66 @@ mod tests {
         }
     }
 
+    /// A download's turn in its directory (`lock_dir`) is one writer per `.part`: a
+    /// signal handled without `SA_RESTART` (a Python host's own handler) during the wait
+    /// must end it as an error, as it ends the work lock's wait, never give the turn while
+    /// another download still holds the directory (`Ok(None)` is "no `flock` here, go on
+    /// unordered").
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_signal_during_a_directory_turn_wait_gives_no_turn() {
+        extern "C" fn heard(_: libc::c_int) {}
+        // SAFETY: a zeroed `sigaction` with a handler that does nothing is valid; the old
+        // one is not asked for. SIGUSR1: the other signal test changes SIGUSR2's handler.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = heard as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = 0;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        use std::os::unix::thread::JoinHandleExt;
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let held = File::open(dir.path()).unwrap();
+        flock(&held, libc::LOCK_EX).unwrap();
+        let (waits, waiting) = mpsc::channel();
+        let (ends, ended) = mpsc::channel();
+        let at = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let stop = || {
+                let _ = waits.send(());
+                Ok(())
+            };
+            let result = lock_dir(&at, &stop).map(|turn| turn.is_some());
+            ends.send(result).unwrap();
+        });
+        let long = std::time::Duration::from_secs(20);
+        waiting.recv_timeout(long).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20)); // inside the pause
+                                                                  // SAFETY: the thread is alive until joined below.
+        assert_eq!(
+            unsafe { libc::pthread_kill(waiter.as_pthread_t(), libc::SIGUSR1) },
+            0
+        );
+        let early = ended.recv_timeout(std::time::Duration::from_millis(1000));
+        let ended_early = early.is_ok();
+        drop(held);
+        let result = match early {
+            Ok(result) => result,
+            Err(_) => ended.recv_timeout(long).unwrap(),
+        };
+        waiter.join().unwrap();
+        assert!(
+            !ended_early || result.is_err(),
+            "expected the signal to end the wait with an error (or not at all), found {result:?} \
+             while another download held the directory (Ok(false): the download goes on with no turn)"
+        );
+    }
+
     #[test]
     fn syncfs_is_trusted_from_linux_5_17_on() {
         for (release, at_least) in [
