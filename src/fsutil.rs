@@ -1094,8 +1094,9 @@ fn lock_until(
 
 /// Takes an exclusive `flock` on the directory `dir` itself (no lock file is made),
 /// polling so that `stop` is asked every 50 ms while another holder has it; `Ok(None)`
-/// where the file system takes no `flock` (then nothing is ordered, as before). Dropping
-/// the returned turn releases it. A second turn on `dir` asked for by the thread that
+/// where the file system takes no `flock` (then nothing is ordered, as before); a signal
+/// that ends the wait ([`Pause`]) is an `io` error, never a turn. Dropping the returned
+/// turn releases it. A second turn on `dir` asked for by the thread that
 /// holds one (a download started from a download's progress callback) would wait for
 /// itself: refused at once (`invalid_state`).
 pub(crate) fn lock_dir(dir: &Path, stop: &dyn Fn() -> Result<()>) -> Result<Option<DirTurn>> {
@@ -1107,8 +1108,14 @@ pub(crate) fn lock_dir(dir: &Path, stop: &dyn Fn() -> Result<()>) -> Result<Opti
             dir.display()
         )));
     }
-    if flock_polled(&file, stop)?.is_err() {
-        return Ok(None);
+    match flock_polled(&file, stop)? {
+        Ok(()) => {}
+        // A signal ended the wait (as it ends a blocking `flock`): the other download
+        // still has the directory, so this one must not go on as if nothing were ordered.
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            return Err(Error::io("lock", dir, e));
+        }
+        Err(_) => return Ok(None),
     }
     DIRS_HELD.with(|held| held.borrow_mut().push(key));
     Ok(Some(DirTurn { _file: file, key }))
