@@ -706,8 +706,8 @@ impl State {
 
     /// Whether the trial record and the primary slot agree: a trial is always the
     /// primary's, with no more starts left than it began with, and the primary has status
-    /// `trial` exactly while it has one. Otherwise
-    /// what was expected, and what was found.
+    /// `trial` exactly while it has one. The error says what was expected and what was
+    /// found.
     fn check_trial(&self) -> std::result::Result<(), String> {
         let (primary, status) = (self.primary, self.slot(self.primary).status);
         match self.trial {

@@ -562,8 +562,9 @@ impl Drop for SelectorInUse {
 
 /// How long the startup step waits for the state lock before it fails
 /// ([`Updater::startup_lock`]). Others hold it while they read, change and save the state,
-/// which takes milliseconds; an activation that writes a U-Boot environment may also wait
-/// for `fw_setenv`'s lock, for [`crate::slots::uboot::TOOLS_LOCK_PATIENCE`] at most.
+/// which takes milliseconds; each U-Boot environment write may also wait for
+/// `fw_setenv`'s lock, for [`crate::slots::uboot::TOOLS_LOCK_PATIENCE`] at most (an
+/// activation makes two).
 pub(crate) const STARTUP_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// [`STARTUP_LOCK_PATIENCE`]; with the `fault-injection` feature,
