@@ -563,8 +563,8 @@ impl Drop for SelectorInUse {
 /// How long the startup step waits for the state lock before it fails
 /// ([`Updater::startup_lock`]). Others hold it while they read, change and save the state,
 /// which takes milliseconds; each U-Boot environment write may also wait for
-/// `fw_setenv`'s lock, for [`crate::slots::uboot::TOOLS_LOCK_PATIENCE`] at most (an
-/// activation makes two).
+/// `fw_setenv`'s lock, for [`crate::slots::uboot::TOOLS_LOCK_PATIENCE`] at most, and an
+/// operation may write it more than once under the lock.
 pub(crate) const STARTUP_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// [`STARTUP_LOCK_PATIENCE`]; with the `fault-injection` feature,
