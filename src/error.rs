@@ -227,6 +227,11 @@ impl Error {
         self.0.retry_after
     }
 
+    /// The file-system error this one reports ([`Error::io`]), if it was one.
+    pub(crate) fn io_source(&self) -> Option<&std::io::Error> {
+        self.0.source.as_deref()?.downcast_ref()
+    }
+
     /// The same error with `context: ` put in front of its message.
     pub fn context(mut self, context: impl fmt::Display) -> Error {
         self.0.message = format!("{context}: {}", self.0.message);

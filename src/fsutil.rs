@@ -86,9 +86,7 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
 
 /// [`is_disk_full`] for a failed step of the library's, when an I/O error caused it.
 pub(crate) fn failed_for_space(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(is_disk_full)
+    e.io_source().is_some_and(is_disk_full)
 }
 
 /// Writes `bytes` to `path` as [`write_atomic`] does, creating its directory first, or,

@@ -108,13 +108,6 @@ fn lock_file(
     Ok(StateLock { _file: file, key })
 }
 
-/// Whether `e` failed for want of the file it opened.
-fn not_found(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-}
-
 /// Whether the lock files of the state in `dir` may be this user's alone (0600): when this
 /// user owns the directory and nobody but its owner may write it, only this user (or root)
 /// can run an operation there, nobody else needs to open them, and opening one is enough
@@ -620,7 +613,12 @@ impl State {
         let opened = fsutil::open_regular(std::fs::OpenOptions::new().read(true), &path, "read");
         let mut file = match opened {
             Ok(f) => f,
-            Err(e) if not_found(&e) => return Ok(None),
+            Err(e)
+                if e.io_source().map(std::io::Error::kind)
+                    == Some(std::io::ErrorKind::NotFound) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         };
         fsutil::lock_contents_within(&file, fsutil::Contents::Read, patience);
