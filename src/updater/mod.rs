@@ -669,9 +669,7 @@ impl Updater {
         let patience = startup_lock_patience();
         let start = std::time::Instant::now();
         let stop = || {
-            if self.halted.is_cancelled() {
-                return Err(freed_by_host());
-            }
+            self.not_freed()?;
             match start.elapsed() < patience {
                 true => Ok(()),
                 false => Err(Error::new(
@@ -692,15 +690,23 @@ impl Updater {
         )
     }
 
+    /// [`freed_by_host`] once the C host has freed this updater ([`Updater::halted`]): a
+    /// call waiting for a lock stops there.
+    fn not_freed(&self) -> Result<()> {
+        match self.halted.is_cancelled() {
+            true => Err(freed_by_host()),
+            false => Ok(()),
+        }
+    }
+
     /// Serialises checks, downloads and installs, which take long; taken before
     /// [`Updater::lock`], so the startup step never waits for the network. Another process
     /// may hold it for a whole download, so the wait ends when the C host frees this
     /// updater ([`Updater::halted`]) or `cancel` is cancelled ([`State::work_lock`]).
     fn work_lock(&self, cancel: Option<&CancelToken>) -> Result<crate::state::StateLock> {
-        let stop = || match cancel {
-            _ if self.halted.is_cancelled() => Err(freed_by_host()),
-            Some(cancel) => cancel.check(),
-            None => Ok(()),
+        let stop = || {
+            self.not_freed()?;
+            cancel.map_or(Ok(()), CancelToken::check)
         };
         State::work_lock(
             self.state_dir(),
