@@ -94,6 +94,20 @@ fn setup(sub: &str, name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (top, victim)
 }
 
+/// [`setup`], and beside the victim the state directory `state` of `owner` (group
+/// nogroup, `mode`).
+fn state_beside(
+    sub: &str,
+    name: &str,
+    owner: u32,
+    mode: u32,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (top, victim) = setup(sub, name);
+    let state = top.path().join("state");
+    made_dir(&state, owner, mode);
+    (top, victim, state)
+}
+
 /// A sticky `/tmp`-like directory (1777, group nogroup): others cannot replace root's
 /// entries there, so root's new file and directory must not become the group's to write.
 #[test]
@@ -171,9 +185,7 @@ fn a_new_directory_swapped_for_a_hard_link_gives_away_no_file_outside() {
     if !is_root() {
         return;
     }
-    let (top, victim) = setup("etc", "shadow");
-    let state = top.path().join("state");
-    made_dir(&state, NOBODY, 0o755);
+    let (_top, victim, state) = state_beside("etc", "shadow", NOBODY, 0o755);
     let stop = Arc::new(AtomicBool::new(false));
     let target = state.join("cache/roots");
     let racer = {
@@ -215,9 +227,7 @@ fn a_new_directory_swapped_for_a_hard_link_gives_away_no_file_outside() {
 /// the parent it judges by must be one directory, so the victim stays root's. Bounded: 3 s
 /// of racing; an unfixed build lost within 2,000 tries (under 2 s).
 fn flip_race(owner: u32, mode: u32) -> String {
-    let (top, victim) = setup("sys", "roots");
-    let state = top.path().join("state");
-    made_dir(&state, owner, mode);
+    let (top, victim, state) = state_beside("sys", "roots", owner, mode);
     let stop = Arc::new(AtomicBool::new(false));
     let racer = {
         let (stop, state, sys) = (stop.clone(), state.clone(), top.path().join("sys"));
@@ -291,9 +301,7 @@ fn a_planted_temp_link_and_a_private_dir_hold() {
     if !is_root() {
         return;
     }
-    let (top, victim) = setup("etc", "shadow");
-    let state = top.path().join("state");
-    made_dir(&state, NOBODY, 0o700);
+    let (_top, victim, state) = state_beside("etc", "shadow", NOBODY, 0o700);
     let file = state.join("state.json");
     fs::hard_link(&victim, fsutil::temp_path(&file)).unwrap();
     fsutil::write_atomic(&file, b"{}").unwrap();

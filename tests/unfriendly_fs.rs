@@ -52,6 +52,17 @@ fn as_nobody(config: &Path, args: &[&str]) -> std::process::Output {
     common::output_within(&mut setpriv, common::CLI_LIMIT)
 }
 
+/// [`as_nobody`], which must succeed.
+fn nobody_runs(config: &Path, args: &[&str]) {
+    let out = as_nobody(config, args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?} as the app's user: {}",
+        common::stderr(&out)
+    );
+}
+
 /// A state directory of the app's own user where root saves too (`sudo evergreen update`),
 /// on a full disk: the owner's startup step still counts every start of the trial and
 /// rolls back when they are spent (decision 31). Root's save leaves a state file of its
@@ -79,8 +90,7 @@ fn a_spare_the_owner_cannot_write_is_made_again_while_there_is_room() {
     for name in ["state.json", "state.json.spare"] {
         std::os::unix::fs::chown(state.join(name), Some(0), Some(0)).unwrap();
     }
-    let out = as_nobody(&dev.config, &["boot"]);
-    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    nobody_runs(&dev.config, &["boot"]);
     the_owner_counts_the_trial_on_a_full_disk(&repo, &dev);
 }
 
@@ -96,21 +106,13 @@ fn owners_trial_of_1_1_0(repo: &Repo, by_root: bool) -> Option<(Mounted, common:
     let dev = device_in(repo, &scratch, NOBODY, 0o755);
     publish(repo, "1.0.0");
     for args in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
-        let out = as_nobody(&dev.config, args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            common::stderr(&out)
-        );
+        nobody_runs(&dev.config, args);
     }
     publish(repo, "1.1.0");
     match by_root {
         // The admin installs the next release as root.
         true => drop(dev.expect("update", &["--yes"], 0)),
-        false => assert!(as_nobody(&dev.config, &["update", "--yes"])
-            .status
-            .success()),
+        false => nobody_runs(&dev.config, &["update", "--yes"]),
     }
     assert_eq!(dev.status()["trial"]["tries_left"], 3);
     Some((fs, dev))
@@ -135,8 +137,7 @@ fn the_owner_counts_the_trial_on_a_full_disk(repo: &Repo, dev: &common::Device) 
             "start not counted"
         );
     }
-    let out = as_nobody(&dev.config, &["boot"]);
-    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    nobody_runs(&dev.config, &["boot"]);
     let s = dev.status();
     assert_eq!(s["primary"], "b", "not rolled back: {s}");
     assert_eq!(s["slots"]["a"]["status"], "bad", "{s}");
@@ -406,13 +407,7 @@ fn a_trial_on_a_full_disk_in_a_group_shared_state_dir_is_counted_after_root_save
     let dev = device_in(&repo, &scratch, 0, 0o775);
     publish(&repo, "1.0.0");
     for args in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
-        let out = as_nobody(&dev.config, args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            common::stderr(&out)
-        );
+        nobody_runs(&dev.config, args);
     }
     publish(&repo, "1.1.0");
     // The admin installs the next release as root.
@@ -437,22 +432,11 @@ fn the_owner_updates_after_root_made_the_state_subdirectories() {
     // The admin's first update, as root.
     drop(dev.expect("update", &["--yes"], 0));
     for args in [&["boot"][..], &["confirm"]] {
-        let out = as_nobody(&dev.config, args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            common::stderr(&out)
-        );
+        nobody_runs(&dev.config, args);
     }
     publish(&repo, "1.1.0");
-    let out = as_nobody(&dev.config, &["update", "--yes"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the owner's update after root's: {}",
-        common::stderr(&out)
-    );
+    // The owner's update after root's.
+    nobody_runs(&dev.config, &["update", "--yes"]);
 }
 
 /// A device of `repo` whose state and slots are directories of `scratch` owned by `owner`
