@@ -1051,6 +1051,32 @@ fn empty_manifest(t0: Timestamp) -> Manifest {
     }
 }
 
+/// The releases of a random two-target channel, drawn one after the other.
+struct Draw {
+    rng: Rng,
+    /// The highest security version drawn so far for each target.
+    floors: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Draw {
+    fn new(seed: u64) -> Draw {
+        Draw {
+            rng: Rng::new(seed),
+            floors: std::collections::BTreeMap::from([("x", 0), ("y", 0)]),
+        }
+    }
+
+    /// Release 1.`i`.0 (see [`random_release`]).
+    fn release(
+        &mut self,
+        i: u64,
+        rollouts: &[Option<Vec<RolloutStage>>],
+        min_version: impl FnOnce(&mut Rng) -> Option<Version>,
+    ) -> Release {
+        random_release(&mut self.rng, i, &mut self.floors, rollouts, min_version)
+    }
+}
+
 /// Release 1.`i`.0 for `x`, `y` or both: its security version at least its targets'
 /// newest (`floors`, raised to it), one more one time in three; the `min_version` that
 /// `min_version` draws; one of `rollouts` one time in three.
@@ -2109,15 +2135,12 @@ fn prune_leaves_no_real_device_offered_nothing() {
     ];
     let ids: Vec<String> = (0..16).map(|i| format!("dev-{i}")).collect();
     for seed in 1..=400u64 {
-        let mut rng = Rng::new(seed);
+        let mut draw = Draw::new(seed);
         let mut m = empty_manifest(t0);
-        let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
-        for i in 0..3 + rng.below(6) {
-            let release = random_release(&mut rng, i, &mut floors, &rollouts, |rng| {
-                match rng.below(3) {
-                    0 if i > 0 => Some(Version::new(1, rng.below(i), 5 * rng.below(2))),
-                    _ => None,
-                }
+        for i in 0..3 + draw.rng.below(6) {
+            let release = draw.release(i, &rollouts, |rng| match rng.below(3) {
+                0 if i > 0 => Some(Version::new(1, rng.below(i), 5 * rng.below(2))),
+                _ => None,
             });
             m.releases.push(release);
         }
@@ -2165,11 +2188,10 @@ fn stranded_names_every_device_select_strands() {
     ];
     let mut strandings = 0;
     for seed in 1..=600u64 {
-        let mut rng = Rng::new(seed);
+        let mut draw = Draw::new(seed);
         let mut m = empty_manifest(t0);
-        let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
-        for i in 0..2 + rng.below(6) {
-            let release = random_release(&mut rng, i, &mut floors, &rollouts, below_one_in_two(i));
+        for i in 0..2 + draw.rng.below(6) {
+            let release = draw.release(i, &rollouts, below_one_in_two(i));
             m.releases.push(release);
         }
         let n = m.releases.len() as u64;
@@ -2225,13 +2247,12 @@ fn an_accepted_min_version_strands_no_device_of_a_listed_release() {
     ];
     let mut accepted = 0;
     for seed in 1..=1500u64 {
-        let mut rng = Rng::new(seed);
+        let mut draw = Draw::new(seed);
         let mut m = empty_manifest(t0);
-        let mut floors = std::collections::BTreeMap::from([("x", 0u64), ("y", 0u64)]);
-        let count = 2 + rng.below(5);
+        let count = 2 + draw.rng.below(5);
         let mut new = None;
         for i in 0..=count {
-            let release = random_release(&mut rng, i, &mut floors, &rollouts, below_one_in_two(i));
+            let release = draw.release(i, &rollouts, below_one_in_two(i));
             // The last one is published, newer than the others, or in between.
             if i == count {
                 new = Some(release);
