@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// `<file>.tmp-<pid>` next to `path`: same directory, so the rename never crosses a file
@@ -355,6 +355,18 @@ pub fn create_temp(tmp: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", tmp, e))?;
     give_to_dir_owner(&file, tmp);
     Ok(file)
+}
+
+/// The bytes of `path`, one of the library's own files in a directory others may write
+/// (the state directory's kept root, manifest copies, device id), opened as
+/// [`open_regular`] opens: a FIFO or a link planted there is an `io` error at once, never
+/// a read that waits for a writer for good.
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(OpenOptions::new().read(true), path, "read")?
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(bytes)
 }
 
 /// `options` made to refuse a symlink as the last part of the path (`O_NOFOLLOW`): a link

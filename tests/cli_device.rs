@@ -1311,6 +1311,35 @@ fn release_same_config(repo: &Repo) {
     );
 }
 
+/// FIFOs planted in the state directory in place of the saved root, the manifest copy
+/// kept for 304s and the kept device id (by another user who may write it) are never
+/// waited on: the check goes on as if each were missing, and replaces what it writes.
+#[test]
+fn fifos_in_place_of_the_state_directorys_copies_never_hang_a_check() {
+    let (_repo, _server, dev) = served_with_1_1_0("com.acme.fifo-copies");
+    dev.edit_config(|c| c["device_id"] = serde_json::Value::Null);
+    dev.expect("check", &[], 10);
+    for planted in ["root.json", "cache/stable.json", "device-id"] {
+        let path = dev.state.join(planted);
+        let _ = std::fs::remove_file(&path);
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.unwrap().success(), "{planted}");
+        let mut check = std::process::Command::new(common::bin());
+        check.args(["check", "--json", "--config", dev.config.to_str().unwrap()]);
+        let out = common::output_within(&mut check, std::time::Duration::from_secs(60));
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(10), "{planted}: {err}");
+        let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(found["version"], "1.1.0", "{planted}: {found}");
+        if planted != "root.json" {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(meta.is_file(), "{planted} is written anew: {meta:?}");
+        }
+        // Put back for the next case (the kept root is written only when one is walked to).
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// Whatever the app does to its running slot (a symlink in place of the file, a FIFO,
 /// its own bytes, files beside it), an unchanged file component is installed from the
 /// download kept since it was installed: the new slot holds the signed file alone, and

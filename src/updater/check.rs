@@ -405,7 +405,12 @@ impl Updater {
         match &self.config.device_id {
             Some(id) => Some(id.clone()),
             // An empty or `uninitialized` file is as if there were none.
-            None => crate::config::read_machine_id(&self.device_id_path()).ok(),
+            // So is a FIFO or a link planted there: one is never waited on or followed.
+            None => {
+                let path = self.device_id_path();
+                let bytes = crate::fsutil::read_regular(&path).ok()?;
+                crate::config::machine_id_in(&bytes, &path).ok()
+            }
         }
     }
 
@@ -539,7 +544,7 @@ impl Updater {
         clock: Timestamp,
         cache: &Path,
     ) -> Result<Verified<Manifest>> {
-        let bytes = std::fs::read(cache).map_err(|e| Error::io("read", cache, e))?;
+        let bytes = crate::fsutil::read_regular(cache)?;
         let anchored = self.anchor(st, clock, false)?;
         self.verify_manifest(st, channel, clock, &anchored, &bytes)
     }
@@ -599,7 +604,7 @@ impl Updater {
         // if none were saved: the configured root is the start again, and the walk must
         // reach the version recorded in the state (`root_version`), so nothing older is
         // trusted.
-        let kept = match self.load_root(&saved, SAVED_ROOT) {
+        let kept = match self.load_saved_root(&saved) {
             Ok(kept) => Some(self.of_this_product(kept, &saved, SAVED_ROOT)?),
             Err(_) => None,
         };
@@ -709,7 +714,7 @@ impl Updater {
     /// signed by `keys`, their threshold met: after a rotation that revoked a manifest key,
     /// such a channel keeps its record (see [`State::trust_manifest_keys`]).
     fn still_signed(&self, channel: &str, seen: &SeenManifest, keys: &KeySet) -> bool {
-        let Ok(bytes) = std::fs::read(self.manifest_cache(channel)) else {
+        let Ok(bytes) = crate::fsutil::read_regular(&self.manifest_cache(channel)) else {
             return false;
         };
         let max = self.config.limits.max_metadata_bytes;
@@ -746,8 +751,20 @@ impl Updater {
         let name = format!("{what} {}", path.display());
         // Named as every other error of the file is.
         let bytes = std::fs::read(path).map_err(|e| Error::io("read", Path::new(&name), e))?;
-        TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
-            .map_err(|e| e.context(&name))
+        self.root_in(&bytes, &name)
+    }
+
+    /// The root the state directory keeps, as [`Updater::load_root`] reads a configured
+    /// one, but never through a FIFO or link planted in its place (as if none were kept).
+    fn load_saved_root(&self, path: &Path) -> Result<TrustedRoot> {
+        let bytes = crate::fsutil::read_regular(path)?;
+        self.root_in(&bytes, &format!("{SAVED_ROOT} {}", path.display()))
+    }
+
+    /// The root in `bytes`, read from the file `name` names.
+    fn root_in(&self, bytes: &[u8], name: &str) -> Result<TrustedRoot> {
+        TrustedRoot::pinned(bytes, self.config.limits.max_metadata_bytes)
+            .map_err(|e| e.context(name))
     }
 
     /// `root`, unless it is for another product (`config`): a verified root of another

@@ -365,7 +365,7 @@ impl Updater {
     /// the state recorded then (`sha256`).
     fn newest_manifest(&self, channel: &str, sha256: &str) -> Result<Manifest> {
         let path = self.manifest_cache(channel);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let bytes = crate::fsutil::read_regular(&path)?;
         let max = self.config.limits.max_metadata_bytes;
         if bytes.len() as u64 > max {
             return Err(Error::new(
