@@ -210,13 +210,17 @@ enum Rename {
     NoReplace,
 }
 
+/// `name` as a C string, for the raw calls of this module; a name with a NUL byte inside
+/// (which no file system takes) is an error.
+fn c_string(name: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(name.as_bytes()).map_err(std::io::Error::other)
+}
+
 /// Both paths as C strings, for the raw calls below.
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
 fn c_paths(a: &Path, b: &Path) -> std::io::Result<(std::ffi::CString, std::ffi::CString)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c =
-        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    Ok((c(a)?, c(b)?))
+    Ok((c_string(a.as_os_str())?, c_string(b.as_os_str())?))
 }
 
 /// `renameat2(a, b, flags)`; `Ok(false)` when the system or the file system does not know
@@ -456,8 +460,12 @@ pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
     sync_file(&file).map_err(|e| Error::io("fsync", tmp, e))?;
     drop(file);
     crash_point("rename")?;
-    rename_within(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
-    sync_parent(dest)
+    let renamed_in = renamed_within(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
+    match renamed_in {
+        // The directory the rename changed is the one synced, not one found again by path.
+        Some(dir) => sync_opened_dir(parent_or_here(dest), || Ok(dir)),
+        None => sync_parent(dest),
+    }
 }
 
 /// Renames `from` to `to` within the one directory both name, by its descriptor: a rename
@@ -465,13 +473,19 @@ pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
 /// another directory in between, moving the file from the one into the other (a temp
 /// given to that user in its own directory into root's, say).
 pub(crate) fn rename_within(from: &Path, to: &Path) -> std::io::Result<()> {
+    renamed_within(from, to).map(drop)
+}
+
+/// [`rename_within`], giving back the directory it renamed in (`None` when the two paths
+/// are in two directories, renamed by path).
+fn renamed_within(from: &Path, to: &Path) -> std::io::Result<Option<File>> {
     use std::os::unix::io::AsRawFd;
     let Some((dir, a, b)) = one_dir(from, to)? else {
-        return fs::rename(from, to);
+        return fs::rename(from, to).map(|()| None);
     };
     // SAFETY: NUL-terminated names and a descriptor owned by `dir` for the whole call.
     match unsafe { libc::renameat(dir.as_raw_fd(), a.as_ptr(), dir.as_raw_fd(), b.as_ptr()) } {
-        0 => Ok(()),
+        0 => Ok(Some(dir)),
         _ => Err(std::io::Error::last_os_error()),
     }
 }
@@ -480,27 +494,26 @@ pub(crate) fn rename_within(from: &Path, to: &Path) -> std::io::Result<()> {
 /// are in two.
 type OneDir = Option<(File, std::ffi::CString, std::ffi::CString)>;
 fn one_dir(a: &Path, b: &Path) -> std::io::Result<OneDir> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = b.parent().filter(|d| Some(*d) == a.parent());
-    let (Some(dir), Some(a), Some(b)) = (dir, a.file_name(), b.file_name()) else {
+    let (Some(name_a), Some(name_b)) = (a.file_name(), b.file_name()) else {
         return Ok(None);
     };
-    let dir = open_dir(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    })?;
-    let c =
-        |n: &std::ffi::OsStr| std::ffi::CString::new(n.as_bytes()).map_err(std::io::Error::other);
-    Ok(Some((dir, c(a)?, c(b)?)))
+    if b.parent().is_none() || b.parent() != a.parent() {
+        return Ok(None);
+    }
+    let dir = open_dir(parent_or_here(b))?;
+    Ok(Some((dir, c_string(name_a)?, c_string(name_b)?)))
 }
 
 /// Fsyncs the directory holding `path`, which is what makes a rename or a new entry durable.
 pub fn sync_parent(path: &Path) -> Result<()> {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
-        _ => sync_dir(Path::new(".")),
-    }
+    sync_dir(parent_or_here(path))
+}
+
+/// The directory `path` is in: `.` for a bare name.
+fn parent_or_here(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Makes `file`'s data and metadata durable (`fsync`). On macOS the standard library asks
@@ -630,8 +643,14 @@ fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
 /// be asked of it: that is no error. Failing there would report a rename that is already
 /// done as not done, and every later write to the directory as failed.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    sync_opened_dir(dir, || File::open(dir))
+}
+
+/// Fsyncs the directory `open` gives (`dir`, named in errors). A file system that cannot
+/// sync a directory (`EINVAL`) has nothing to sync.
+fn sync_opened_dir(dir: &Path, open: impl FnOnce() -> std::io::Result<File>) -> Result<()> {
     crash_point("fsync dir")?;
-    match File::open(dir).and_then(|d| sync_file(&d)) {
+    match open().and_then(|d| sync_file(&d)) {
         // `EINVAL` is `InvalidInput`.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
         other => other.map_err(|e| Error::io("fsync directory", dir, e)),
@@ -748,7 +767,6 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// directory this process owns is shared (`O_DIRECTORY`: never a file linked in its
 /// place): no file outside is ever given away. Best effort.
 fn share_new_dirs(created: &[&Path]) {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::{AsRawFd, FromRawFd};
     let Some(top) = created.last().and_then(|d| d.parent()) else {
         return;
@@ -758,10 +776,7 @@ fn share_new_dirs(created: &[&Path]) {
         return;
     };
     for (i, d) in created.iter().enumerate().rev() {
-        let Some(name) = d
-            .file_name()
-            .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
-        else {
+        let Some(name) = d.file_name().and_then(|n| c_string(n).ok()) else {
             return;
         };
         // SAFETY: a NUL-terminated name and a descriptor this function owns; a new
@@ -1283,7 +1298,6 @@ pub fn remove_all(path: &Path) -> Result<()> {
 /// Gives the owner full access to `dir` and every directory under it, following no
 /// symlink; best effort (the removal that follows reports what still fails).
 fn open_up_dirs(dir: &Path) {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
@@ -1293,7 +1307,7 @@ fn open_up_dirs(dir: &Path) {
                 // user who may write its parent) must not turn the chmod onto a file it
                 // points to. Without read access to it, as `chmod` needs none.
                 let mode = (m.permissions().mode() | 0o700) as libc::mode_t;
-                if let Ok(path) = std::ffi::CString::new(d.as_os_str().as_bytes()) {
+                if let Ok(path) = c_string(d.as_os_str()) {
                     // SAFETY: a NUL-terminated path; the call touches no memory of ours.
                     unsafe {
                         libc::fchmodat(
