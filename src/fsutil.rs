@@ -463,7 +463,7 @@ pub fn persist(file: File, tmp: &Path, dest: &Path) -> Result<()> {
     let renamed_in = renamed_within(tmp, dest).map_err(|e| Error::io("rename into", dest, e))?;
     match renamed_in {
         // The directory the rename changed is the one synced, not one found again by path.
-        Some(dir) => sync_opened_dir(parent_or_here(dest), || Ok(dir)),
+        Some(dir) => sync_opened_dir(parent_or_here(dest), Ok(dir)),
         None => sync_parent(dest),
     }
 }
@@ -643,14 +643,14 @@ fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
 /// be asked of it: that is no error. Failing there would report a rename that is already
 /// done as not done, and every later write to the directory as failed.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    sync_opened_dir(dir, || File::open(dir))
+    sync_opened_dir(dir, File::open(dir))
 }
 
-/// Fsyncs the directory `open` gives (`dir`, named in errors). A file system that cannot
-/// sync a directory (`EINVAL`) has nothing to sync.
-fn sync_opened_dir(dir: &Path, open: impl FnOnce() -> std::io::Result<File>) -> Result<()> {
+/// Fsyncs `opened`, the directory `dir` (named in errors). A file system that cannot sync
+/// a directory (`EINVAL`) has nothing to sync.
+fn sync_opened_dir(dir: &Path, opened: std::io::Result<File>) -> Result<()> {
     crash_point("fsync dir")?;
-    match open().and_then(|d| sync_file(&d)) {
+    match opened.and_then(|d| sync_file(&d)) {
         // `EINVAL` is `InvalidInput`.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
         other => other.map_err(|e| Error::io("fsync directory", dir, e)),

@@ -404,12 +404,11 @@ impl Updater {
     fn kept_device_id(&self) -> Option<String> {
         match &self.config.device_id {
             Some(id) => Some(id.clone()),
-            // An empty or `uninitialized` file is as if there were none.
-            // So is a FIFO or a link planted there: one is never waited on or followed.
+            // An empty or `uninitialized` file is as if there were none; so is a FIFO or a
+            // link planted there, never waited on or followed.
             None => {
-                let path = self.device_id_path();
-                let bytes = crate::fsutil::read_regular(&path).ok()?;
-                crate::config::machine_id_in(&bytes, &path).ok()
+                let bytes = crate::fsutil::read_regular(&self.device_id_path()).ok()?;
+                crate::config::usable_machine_id(&String::from_utf8(bytes).ok()?)
             }
         }
     }
@@ -751,20 +750,16 @@ impl Updater {
         let name = format!("{what} {}", path.display());
         // Named as every other error of the file is.
         let bytes = std::fs::read(path).map_err(|e| Error::io("read", Path::new(&name), e))?;
-        self.root_in(&bytes, &name)
+        TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
+            .map_err(|e| e.context(&name))
     }
 
     /// The root the state directory keeps, as [`Updater::load_root`] reads a configured
-    /// one, but never through a FIFO or link planted in its place (as if none were kept).
+    /// one, but never through a FIFO or link planted in its place. Its errors are not
+    /// shown: a kept root that cannot be read is as if none were kept.
     fn load_saved_root(&self, path: &Path) -> Result<TrustedRoot> {
         let bytes = crate::fsutil::read_regular(path)?;
-        self.root_in(&bytes, &format!("{SAVED_ROOT} {}", path.display()))
-    }
-
-    /// The root in `bytes`, read from the file `name` names.
-    fn root_in(&self, bytes: &[u8], name: &str) -> Result<TrustedRoot> {
-        TrustedRoot::pinned(bytes, self.config.limits.max_metadata_bytes)
-            .map_err(|e| e.context(name))
+        TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
     }
 
     /// `root`, unless it is for another product (`config`): a verified root of another
@@ -841,7 +836,8 @@ fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
 /// The system's machine id ([`crate::config::MACHINE_ID_PATH`]), unless it is missing,
 /// empty or `uninitialized`.
 fn machine_id() -> Option<String> {
-    crate::config::read_machine_id(Path::new(crate::config::MACHINE_ID_PATH)).ok()
+    let text = std::fs::read_to_string(crate::config::MACHINE_ID_PATH).ok()?;
+    crate::config::usable_machine_id(&text)
 }
 
 /// Why the release staged in `record` waits, when the device switched from the channel it
