@@ -909,3 +909,73 @@ fn a_trial_with_more_starts_left_than_it_began_with_is_refused() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), text, "state rewritten");
 }
+
+/// The temp files (`<name>.tmp-<pid>`) under `dir`, by their path from it.
+fn temps_under(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_dir() {
+            let inner = temps_under(&e.path());
+            found.extend(inner.into_iter().map(|t| format!("{name}/{t}")));
+        } else if name.contains(".tmp-") {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// A device lives through many power cuts. A check cut off while it writes its copy of a
+/// channel's manifest, or of a new root, leaves that copy's temp file, named by the
+/// process's id; every such cut left one more, as large as the manifest, since no later
+/// check removed them.
+#[test]
+fn temp_files_of_checks_cut_off_do_not_pile_up_in_the_state_directory() {
+    let repo = Repo::new("com.acme.cuts");
+    publish(&repo);
+    let server = TestServer::serve(&repo.root);
+    let dev = fresh_device(&repo, "cuts");
+    dev.edit_config(|cfg| cfg["server"] = server.url().into());
+    let repo_dir = repo.root.to_str().unwrap();
+    // A new manifest, and with `rotate` a new root, so that the next check writes its
+    // copies again.
+    let change = |rotate: bool| {
+        if rotate {
+            let key = repo.root_key.to_str().unwrap();
+            common::ok(&["rotate", repo_dir, "--expires-in", "365", "--sign", key]);
+        }
+        let key = repo.manifest_key.to_str().unwrap();
+        common::ok(&["resign", repo_dir, "--channel", "stable", "--sign", key]);
+    };
+    let check = ["check"];
+    let (mut cuts, mut left) = (0, Vec::new());
+    for rotate in [false, true] {
+        change(rotate);
+        let out = cli(&dev, &check, &[("EVERGREEN_CRASH_COUNT", "1")]);
+        assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+        let points = common::stderr(&out)
+            .lines()
+            .filter(|l| l.starts_with("crash-point "))
+            .count();
+        for k in 1..=points {
+            change(rotate);
+            let out = cli(&dev, &check, &[("EVERGREEN_CRASH_AT", &k.to_string())]);
+            common::assert_crashed_at(&out, k);
+            cuts += 1;
+            left.extend(temps_under(&dev.state));
+        }
+    }
+    for copy in ["cache/stable.json.tmp-", "root.json.tmp-"] {
+        assert!(
+            left.iter().any(|t| t.starts_with(copy)),
+            "expected a cut to leave a {copy}<pid>, found {left:?}"
+        );
+    }
+    let out = cli(&dev, &check, &[]);
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    assert_eq!(
+        temps_under(&dev.state),
+        Vec::<String>::new(),
+        "temp files left in the state directory after {cuts} checks cut off and one that ran"
+    );
+}
