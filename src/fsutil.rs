@@ -92,8 +92,12 @@ pub(crate) fn failed_for_space(e: &Error) -> bool {
 /// Writes `bytes` to `path` as [`write_atomic`] does, creating its directory first, or,
 /// when the disk is full, nothing (`false`). For a copy of what was just verified, which
 /// the next run can fetch again: a full disk must not throw away the verification itself,
-/// which the state (saved through its spare, `src/spare.rs`) records.
+/// which the state (saved through its spare, `src/spare.rs`) records. The caller holds the
+/// work lock, which every writer of these copies holds, so any other temp file of `path`
+/// is one a process cut off left; removed first, they would otherwise pile up, one per
+/// power cut, and the room they free may be what this write needs.
 pub(crate) fn write_atomic_if_room(path: &Path, bytes: &[u8]) -> Result<bool> {
+    remove_stale_temps(path);
     let written = create_dir_all(path.parent().unwrap_or(Path::new(".")))
         .and_then(|()| write_atomic(path, bytes));
     match written {
