@@ -2722,3 +2722,72 @@ fn components_one_directory_apart_only_by_case_are_refused_before_the_slot_is_to
     assert_eq!(status["slots"]["b"]["status"], "good");
     assert_eq!(status["slots"]["a"]["status"], "empty");
 }
+
+/// A device that tries a riskier channel and goes back: the downloads of a release it left
+/// there before it could install them (a blob that failed, the user gone back to stable)
+/// go at its next confirmation, as those of any release passed over do. They were kept as
+/// long as that release stayed newer than the one confirmed, which on the channel gone
+/// back to may be for ever, and each such try kept its own.
+#[test]
+fn downloads_of_a_release_left_on_another_channel_go_at_the_next_confirmation() {
+    let repo = Repo::new("com.acme.leftbehind");
+    let src = repo.scratch("src");
+    let release = |channel: &str, version: &str| -> Vec<u8> {
+        let app = src.join(format!("app-{version}.zip"));
+        let body = support::noise(50_000, version.len() as u64);
+        common::make_zip(&app, &[("run.sh", version.as_bytes()), ("data", &body)]);
+        let cfg = src.join(format!("settings-{version}.json"));
+        std::fs::write(&cfg, format!("{{\"v\": \"{version}\"}}")).unwrap();
+        let components: [(&str, &Path); 2] = [("app", &app), ("config", &cfg)];
+        repo.release(channel, version, "x86_64-linux", &components, &[]);
+        std::fs::read(&cfg).unwrap()
+    };
+    // The path of the blob in the repository holding `bytes`.
+    let blob_of = |bytes: &[u8]| -> String {
+        let dir = repo.root.join("blobs/sha256");
+        let found = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .find(|e| std::fs::read(e.path()).unwrap() == bytes);
+        format!(
+            "blobs/sha256/{}",
+            found.unwrap().file_name().to_string_lossy()
+        )
+    };
+    release("stable", "1.0.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let update_boot_confirm = || {
+        for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+            dev.expect(step[0], &step[1..], 0);
+        }
+    };
+    update_boot_confirm();
+
+    let mut stable = 0;
+    for nightly in ["5.0.0", "6.0.0"] {
+        // The app's blob arrives, the config's does not.
+        let config = release("nightly", nightly);
+        server.set_fault(&blob_of(&config), Fault::Status(404));
+        let err = dev.fails("update", &["--yes", "--channel", "nightly"]);
+        assert!(err.contains("error[not_found]"), "{err}");
+        server.clear_faults();
+        dev.expect("channel", &["stable"], 0);
+        for _ in 0..2 {
+            stable += 1;
+            release("stable", &format!("1.{stable}.0"));
+            update_boot_confirm();
+        }
+        let primary = dev.status()["primary"].as_str().unwrap().to_string();
+        let mut installed = vec![
+            dev.installed_sha256(&primary, "app"),
+            dev.installed_sha256(&primary, "config"),
+        ];
+        installed.sort();
+        assert_eq!(
+            dev.downloads(),
+            installed,
+            "expected only the downloads 1.{stable}.0 was installed from, after {nightly} was left on nightly"
+        );
+    }
+}
