@@ -311,11 +311,12 @@ pub struct State {
     pub history: VecDeque<HistoryEntry>,
     /// SHA-256 of the downloads of a release not installed yet (recorded as its download
     /// starts, so a blob that finishes is never unrecorded), which no confirmation removes
-    /// while that release ([`State::pending_for`], the newest such) is newer than the one
-    /// confirmed.
+    /// while that release ([`State::pending_for`], the last one downloaded) is newer than
+    /// the one confirmed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_downloads: Vec<String>,
-    /// The newest release [`State::pending_downloads`] were fetched for.
+    /// The release [`State::pending_downloads`] were fetched for: the last one downloaded
+    /// (a download of another release forgets those of the one before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_for: Option<Version>,
     /// The slot a rollback moved away from while it ran: the app may run from it until it

@@ -90,17 +90,21 @@ impl Updater {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         let before = (st.pending_downloads.len(), st.pending_for.clone());
+        // Those of another release are of one passed over, and go at the next
+        // confirmation: kept while it stayed newer than the release confirmed, those of
+        // one left on a riskier channel stayed for good, one more set per such release.
+        if !st
+            .pending_for
+            .as_ref()
+            .is_some_and(|p| p.cmp_precedence(version).is_eq())
+        {
+            st.pending_downloads.clear();
+            st.pending_for = Some(version.clone());
+        }
         for sha in wanted {
             if !st.pending_downloads.contains(sha) {
                 st.pending_downloads.push(sha.clone());
             }
-        }
-        if !st
-            .pending_for
-            .as_ref()
-            .is_some_and(|p| p.cmp_precedence(version).is_ge())
-        {
-            st.pending_for = Some(version.clone());
         }
         if (st.pending_downloads.len(), st.pending_for.clone()) == before {
             return Ok(());
