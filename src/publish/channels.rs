@@ -56,9 +56,15 @@ impl Repo {
                         r.version
                     )));
                 }
-                if r.targets.contains_key(target) {
+                if let Some(listed) = r.targets.get(target) {
+                    // A run killed after its channel was renamed in has published: the
+                    // same command again must not send the operator to another version.
+                    let what = match self.same_files(listed, components)? {
+                        true => " with these same files (published by an earlier run, cut off before it said so?): nothing more to do; to change them, publish a higher version",
+                        false => "; publish a higher version instead",
+                    };
                     return Err(Error::config(format!(
-                        "expected a new version or target, found {version} for {target} already on channel {channel}; publish a higher version instead"
+                        "expected a new version or target, found {version} for {target} already on channel {channel}{what}"
                     )));
                 }
                 check_same_release(r, opts, target)?;
@@ -188,13 +194,26 @@ impl Repo {
                     .filter(|t| !r.targets.contains_key(t))
                     .map(String::as_str)
                     .collect();
-                let how = match absent.as_slice() {
+                let mut how = match absent.as_slice() {
                     [] => String::new(),
                     absent => format!(
                         ", without {} which {from} lists: publish the same files there with `release --channel {to} --version {version} --target …`",
                         absent.join(", ")
                     ),
                 };
+                // A run killed after its channel was renamed in has promoted it: the same
+                // release, its rollout at the same percentages (begun at that run's time).
+                let percents = |r: &Release| {
+                    let stages = r.rollout.as_ref().map(|o| o.stages.as_slice());
+                    stages.map(|s| s.iter().map(|s| s.percent).collect::<Vec<f64>>())
+                };
+                let mut listed = r.clone();
+                listed.rollout.clone_from(&release.rollout);
+                if how.is_empty() && listed == release && percents(r) == percents(&release) {
+                    how = format!(
+                        ", the same release as on {from} (promoted by an earlier run, cut off before it said so?): nothing more to do"
+                    );
+                }
                 return Err(Error::config(format!(
                     "expected {version} not yet on channel {to}, found {} already there{how}",
                     r.version
@@ -381,6 +400,34 @@ impl Repo {
         let bytes = self.seal_manifest(trusted, &m, signers, change.now)?;
         fsutil::write_atomic(&self.channel_path(change.channel), &bytes)?;
         Ok(m)
+    }
+
+    /// Whether `components` are the files `listed` was published from: the same names,
+    /// kinds and file names, and the same bytes (hashed, only for this refusal's message).
+    fn same_files(
+        &self,
+        listed: &TargetRelease,
+        components: &[(&str, &Path, ArtifactKind)],
+    ) -> Result<bool> {
+        if listed.components.len() != components.len() {
+            return Ok(false);
+        }
+        for &(name, path, kind) in components {
+            let Some(c) = listed.components.get(name) else {
+                return Ok(false);
+            };
+            let a = &c.artifact;
+            let named = kind != ArtifactKind::File || a.name == file_name(path).ok();
+            if a.kind != kind || !named {
+                return Ok(false);
+            }
+            let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+            let (size, sha256) = hash_reader(&mut file, path, &self.cancel, |_| Ok(()))?;
+            if (size, sha256.as_str()) != (a.size, a.sha256.as_str()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Signs `m` with the manifest keys of `trusted`, then verifies the result exactly as
