@@ -1973,6 +1973,61 @@ fn a_progress_record_from_before_the_slot_ran_is_not_believed() {
     assert_eq!(board.dev.status()["slots"]["b"]["status"], "trial");
 }
 
+/// A firmware download cut off while it writes its progress record leaves that record's
+/// temp file; the next download removes it, as every such cut would otherwise leave one
+/// more in the state directory.
+#[test]
+fn temp_files_of_progress_records_cut_off_do_not_pile_up() {
+    let (_repo, _server, board, image, _blob) =
+        board_offered_an_image("recordtemps", Loader::Grub, MIB);
+    let checkpoint = ("EVERGREEN_STREAM_CHECKPOINT", "262144");
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(&board.dev.state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("image-stream.tmp-"))
+            .collect()
+    };
+    let update = ["--yes", "--version", "2.0.0"];
+    for cut in 0..2 {
+        // Counted on a whole update, rolled back to be asked for again.
+        let out = board.dev.run_env(
+            "update",
+            &update,
+            &[checkpoint, ("EVERGREEN_CRASH_COUNT", "1")],
+        );
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        board.dev.expect("rollback", &[], 0);
+        let counted = String::from_utf8_lossy(&out.stderr).to_string();
+        let points: Vec<&str> = counted
+            .lines()
+            .filter(|l| l.starts_with("crash-point"))
+            .collect();
+        // Cut at the fsync of the first record's temp file, written and not yet renamed.
+        let at = points
+            .iter()
+            .position(|l| l.contains("sync streamed image"))
+            .unwrap_or_else(|| panic!("no record written: {counted}"));
+        let temp_sync = points[at..]
+            .iter()
+            .find(|l| l.contains("fsync temp"))
+            .unwrap_or_else(|| panic!("no record written: {counted}"));
+        let k = temp_sync.split_whitespace().nth(1).unwrap();
+        let out = board
+            .dev
+            .run_env("update", &update, &[checkpoint, ("EVERGREEN_CRASH_AT", k)]);
+        common::assert_crashed_at(&out, k.parse().unwrap());
+        assert_eq!(
+            temps().len(),
+            1,
+            "cut {cut} left its record's temp file alone"
+        );
+    }
+    board.dev.expect("update", &update, 0);
+    assert_eq!(temps(), Vec::<String>::new());
+    assert!(board.slot_bytes(Slot::B) == image, "slot B holds the image");
+}
+
 /// Wrong bytes are never recorded as the whole image, even when a checkpoint falls on
 /// its last byte: cut just before the mismatch resets the record, the next update still
 /// fetches (a record of the whole would skip the fetch and fail at the read-back).

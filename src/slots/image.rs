@@ -239,9 +239,10 @@ pub(crate) struct Streamed {
 
 impl Streamed {
     /// The record at `path`; `None` when there is none, or it cannot be read or parsed
-    /// (it then vouches for nothing).
+    /// (it then vouches for nothing), or is no regular file: a FIFO planted there by
+    /// another user who may write the state directory is never waited on.
     pub(crate) fn read(path: &Path) -> Option<Streamed> {
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = String::from_utf8(crate::fsutil::read_regular(path).ok()?).ok()?;
         let mut fields = text.split_whitespace();
         let (sha256, slot, bytes) = (fields.next()?, fields.next()?, fields.next()?);
         Some(Streamed {
@@ -755,6 +756,31 @@ fn hash_prefix(path: &Path, size: u64, progress: &mut dyn FnMut(u64, u64)) -> Re
 mod tests {
     use super::*;
     use crate::trust::sha256_hex;
+
+    /// A FIFO in place of the download's progress record vouches for nothing, at once:
+    /// a firmware download must not wait for a writer that never comes.
+    #[test]
+    fn a_fifo_in_place_of_the_stream_record_is_no_record() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("image-stream");
+        let made = std::process::Command::new("mkfifo").arg(&record).status();
+        assert!(made.unwrap().success());
+        let (done, wait) = std::sync::mpsc::channel();
+        let reader = {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let _ = done.send(Streamed::read(&record).is_none());
+            })
+        };
+        let Ok(none) = wait.recv_timeout(Duration::from_secs(10)) else {
+            // Let the stuck reader go before failing.
+            let _ = std::fs::write(&record, b"");
+            panic!("the read still waits on the FIFO after 10 s");
+        };
+        reader.join().unwrap();
+        assert!(none);
+    }
 
     fn slots() -> (tempfile::TempDir, ImageSlots) {
         let dir = tempfile::tempdir().unwrap();

@@ -178,6 +178,9 @@ impl Updater {
         cancel: &CancelToken,
     ) -> Result<()> {
         images.check_distinct()?;
+        // Under the work lock, which every writer of the record holds: a temp file of it
+        // is a cut-off download's, and would otherwise stay, one per power cut.
+        crate::fsutil::remove_stale_temps(&self.stream_record());
         let st = self.load_state()?;
         if staged(&st, plan).is_some() {
             return self.fetch_all(plan, progress, cancel, &mut |_, _| Ok(()));
