@@ -890,13 +890,19 @@ fn is_word(s: &str) -> bool {
 }
 
 fn ensure(ok: bool, field: &str, expected: &str, found: impl fmt::Debug) -> Result<()> {
-    if ok {
-        return Ok(());
+    match ok {
+        true => Ok(()),
+        false => Err(refused(field, expected, &found)),
     }
-    Err(Error::new(
+}
+
+/// The error of [`ensure`]; `&dyn`, so that one copy formats the message for every type
+/// of field (a generic made seven, in a library linked into firmware).
+fn refused(field: &str, expected: &str, found: &dyn fmt::Debug) -> Error {
+    Error::new(
         ErrorKind::Config,
         format!("config field `{field}`: expected {expected}, found {found:?}"),
-    ))
+    )
 }
 
 /// The longest polling interval: a year (with backoff and jitter, the next check stays

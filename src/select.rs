@@ -692,7 +692,7 @@ impl Window {
         end: TimeOfDay,
         utc_offset: UtcOffset,
     ) -> Result<Window> {
-        days.sort();
+        days.sort_unstable();
         days.dedup();
         if days.is_empty() {
             return Err(Error::config(

@@ -118,7 +118,7 @@ pub fn diff(
     kept: bool,
 ) -> Vec<ComponentChange> {
     let mut names: Vec<&String> = installed.keys().chain(target.components.keys()).collect();
-    names.sort();
+    names.sort_unstable();
     names.dedup();
     names
         .into_iter()

@@ -638,7 +638,12 @@ fn plan(zip: &mut ZipArchive<At>, budget: &Budget, limits: &ArchiveLimits) -> Re
     let mut files: Vec<usize> = (0..entries.len())
         .filter(|i| entries[*i].kind == Kind::File)
         .collect();
-    files.sort_by_key(|i| std::cmp::Reverse(entries[*i].declared.max(entries[*i].compressed)));
+    // Unstable, with the index breaking ties, for the order a stable sort gives (the
+    // unstable sort is the smaller code, in a library linked into firmware).
+    files.sort_unstable_by_key(|i| {
+        let e = &entries[*i];
+        (std::cmp::Reverse(e.declared.max(e.compressed)), *i)
+    });
     Ok(Plan {
         entries,
         dirs,
@@ -778,7 +783,7 @@ fn check_overlaps(
     dir_start: u64,
     names: &[&str],
 ) -> Result<()> {
-    ranges.sort_by_key(|(r, _)| (r.start, r.end));
+    ranges.sort_unstable_by_key(|(r, i)| (r.start, r.end, *i));
     if let Some((_, i)) = ranges.iter().find(|(r, _)| r.end > dir_start) {
         return Err(refuse(names[*i], "its data overlaps the central directory"));
     }
