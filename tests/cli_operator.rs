@@ -404,6 +404,17 @@ fn keygen_writes_a_private_key_and_prints_only_the_keyid() {
         std::fs::read_to_string(dir.path().join("k")).unwrap(),
         secret
     );
+    // Nor is a secret whose public half a cut-off keygen never wrote; the error says so.
+    std::fs::remove_file(dir.path().join("k.pub")).unwrap();
+    let err = fails(dir.path(), &["keygen", "--out", "k"]);
+    assert!(
+        err.starts_with("error[config]") && err.contains("without its public half"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("k")).unwrap(),
+        secret
+    );
 }
 
 #[test]

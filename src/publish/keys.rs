@@ -29,6 +29,16 @@ pub fn write_keypair(path: &Path) -> Result<PublicKey> {
     if public_path.exists() {
         return Err(overwrite(&public_path));
     }
+    // The secret is written first: one without its public half is most likely a keygen
+    // cut off before it finished (or a power cut that left it empty), which says more
+    // than "already there".
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::config(format!(
+            "expected a new key file, found {} already there without its public half {} (a keygen cut off before it finished?); refusing to overwrite it: remove it and run keygen again",
+            path.display(),
+            public_path.display()
+        )));
+    }
     let secret = SecretKey::generate()?;
     write_new(path, &secret.to_base64(), 0o600)?;
     if let Err(e) = write_new(&public_path, &secret.public().to_base64(), 0o644) {
