@@ -1311,6 +1311,32 @@ fn release_same_config(repo: &Repo) {
     );
 }
 
+/// A channel may be named `stable.json.tmp-1` (letters, digits, '.', '_' and '-'): its
+/// manifest copy, `cache/stable.json.tmp-1.json`, is no temp file of `stable`'s copy, and a
+/// check of `stable` must leave it where it is.
+#[test]
+fn a_check_of_one_channel_keeps_the_manifest_copy_of_a_channel_named_like_its_temp() {
+    let repo = Repo::new("com.acme.temp-named");
+    let file = repo.scratch("src").join("data.bin");
+    std::fs::write(&file, b"data").unwrap();
+    let other = "stable.json.tmp-1";
+    for channel in ["stable", other] {
+        repo.release(channel, "1.1.0", "x86_64-linux", &[("data", &file)], &[]);
+    }
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({"channel": other}));
+    dev.expect("check", &[], 10);
+    let copy = dev.state.join("cache").join(format!("{other}.json"));
+    assert!(copy.is_file(), "the check of {other} kept no copy");
+    // A look at stable, which writes its copy.
+    dev.expect("check", &["--channel", "stable"], 10);
+    assert!(
+        copy.is_file(),
+        "a check of stable removed {}",
+        copy.display()
+    );
+}
+
 /// FIFOs planted in the state directory in place of the saved root, the manifest copy
 /// kept for 304s and the kept device id (by another user who may write it) are never
 /// waited on: the check goes on as if each were missing, and replaces what it writes.
