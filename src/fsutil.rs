@@ -27,7 +27,8 @@ pub fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 
 /// Removes the temp files of `path` ([`temp_path`]) that writes cut off by a power cut or a
 /// kill left behind. Only for a file whose writers all hold one lock, held now; best
-/// effort.
+/// effort. Only `<file>.tmp-<digits>`: a name that merely starts so may be another file
+/// (the manifest copy of a channel named `stable.json.tmp-1` beside `stable.json`'s).
 pub fn remove_stale_temps(path: &Path) {
     let prefix = suffixed(path, ".tmp-");
     let (Some(dir), Some(prefix)) = (path.parent(), prefix.file_name()) else {
@@ -36,7 +37,8 @@ pub fn remove_stale_temps(path: &Path) {
     let prefix = prefix.as_encoded_bytes();
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
-            if e.file_name().as_encoded_bytes().starts_with(prefix) {
+            let name = e.file_name();
+            if name.as_encoded_bytes().starts_with(prefix) && is_temp_name(&name) {
                 let _ = fs::remove_file(e.path());
             }
         }
