@@ -2817,3 +2817,55 @@ fn downloads_of_a_release_left_on_another_channel_go_at_the_next_confirmation() 
         );
     }
 }
+
+/// A repair of the running release passes over no release: the finished downloads of the
+/// next one, fetched before the repair (an update whose other blob failed, to be resumed),
+/// are still what that update needs, and stay as they did before the repair's download.
+#[test]
+fn downloads_of_the_next_release_survive_a_repair_of_the_running_one() {
+    let repo = Repo::new("com.acme.repairkeeps");
+    let src = repo.scratch("src");
+    // The release's app and config files.
+    let release = |version: &str| -> (Vec<u8>, Vec<u8>) {
+        let app = src.join(format!("app-{version}.zip"));
+        let body = support::noise(50_000, version.len() as u64 + 7);
+        common::make_zip(&app, &[("run.sh", version.as_bytes()), ("data", &body)]);
+        let cfg = src.join(format!("settings-{version}.json"));
+        std::fs::write(&cfg, format!("{{\"v\": \"{version}\"}}")).unwrap();
+        let components: [(&str, &Path); 2] = [("app", &app), ("config", &cfg)];
+        repo.release("stable", version, "x86_64-linux", &components, &[]);
+        (std::fs::read(&app).unwrap(), std::fs::read(&cfg).unwrap())
+    };
+    // The name of the blob in the repository holding `bytes`: its SHA-256.
+    let blob_of = |bytes: &[u8]| -> String {
+        let dir = repo.root.join("blobs/sha256");
+        let found = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .find(|e| std::fs::read(e.path()).unwrap() == bytes);
+        found.unwrap().file_name().to_string_lossy().into_owned()
+    };
+    release("1.0.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    // 2.0.0's app arrives, its config does not.
+    let (app, config) = release("2.0.0");
+    let (app, config) = (blob_of(&app), blob_of(&config));
+    server.set_fault(&format!("blobs/sha256/{config}"), Fault::Status(404));
+    let err = dev.fails("update", &["--yes"]);
+    assert!(err.contains("error[not_found]"), "{err}");
+    server.clear_faults();
+    assert!(dev.downloads().contains(&app), "{:?}", dev.downloads());
+    // The app's files are damaged: 1.0.0 again, confirmed.
+    for step in ["reinstall", "boot", "confirm"] {
+        dev.expect(step, &[], 0);
+    }
+    assert!(
+        dev.downloads().contains(&app),
+        "2.0.0's app blob, downloaded before the repair of 1.0.0, is gone: {:?}",
+        dev.downloads()
+    );
+}
