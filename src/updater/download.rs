@@ -93,11 +93,10 @@ impl Updater {
         // Those of another release are of one passed over, and go at the next
         // confirmation: kept while it stayed newer than the release confirmed, those of
         // one left on a riskier channel stayed for good, one more set per such release.
-        if !st
-            .pending_for
-            .as_ref()
-            .is_some_and(|p| p.cmp_precedence(version).is_eq())
-        {
+        // A repair (the installed version again) passes over none: they stay for it.
+        let same = |v: Option<&Version>| v.is_some_and(|v| v.cmp_precedence(version).is_eq());
+        let repair = same(st.installed_version()) && st.pending_for.is_some();
+        if !same(st.pending_for.as_ref()) && !repair {
             st.pending_downloads.clear();
             st.pending_for = Some(version.clone());
         }
