@@ -2555,26 +2555,12 @@ fn a_failed_reinstall_after_walking_a_new_chain_keeps_what_it_learned() {
     assert_eq!(state["manifests"]["stable"]["sequence"], 1, "{state}");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Runs `evergreen check` (the CLI, built with `fault-injection`) killed at each of its
 /// crash points in turn, each time from the device's state as it is now, and after each
 /// calls `after`, which asserts what a device must still do after such a power cut.
 fn at_every_crash_point_of_a_check(w: &World, dev: &Dev, after: impl Fn(&Dev) -> Vec<String>) {
     let keep = w.tmp.path().join("state-before");
-    copy_dir(&dev.state, &keep);
+    common::copy_dir(&dev.state, &keep);
     let args = ["check", "--config", dev.config.to_str().unwrap()];
     let out = common::run_env(&args, &[("EVERGREEN_CRASH_COUNT", "1")]);
     let points: Vec<String> = common::stderr(&out)
@@ -2585,7 +2571,7 @@ fn at_every_crash_point_of_a_check(w: &World, dev: &Dev, after: impl Fn(&Dev) ->
     assert!(!points.is_empty(), "{}", common::stderr(&out));
     let mut failed = Vec::new();
     for (k, point) in points.iter().enumerate() {
-        copy_dir(&keep, &dev.state);
+        common::copy_dir(&keep, &dev.state);
         let out = common::run_env(&args, &[("EVERGREEN_CRASH_AT", &(k + 1).to_string())]);
         common::assert_crashed_at(&out, k + 1);
         failed.extend(after(dev).into_iter().map(|e| format!("{point}: {e}")));

@@ -2749,6 +2749,34 @@ fn components_one_directory_apart_only_by_case_are_refused_before_the_slot_is_to
     assert_eq!(status["slots"]["a"]["status"], "empty");
 }
 
+/// Publishes `version` on `channel`: an app zip (its data drawn from `seed`) and a config
+/// file. Returns the app's bytes and the config's.
+fn release_app_and_config(
+    repo: &Repo,
+    channel: &str,
+    version: &str,
+    seed: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let src = repo.scratch("src");
+    let app = src.join(format!("app-{version}.zip"));
+    let body = support::noise(50_000, seed);
+    common::make_zip(&app, &[("run.sh", version.as_bytes()), ("data", &body)]);
+    let cfg = src.join(format!("settings-{version}.json"));
+    std::fs::write(&cfg, format!("{{\"v\": \"{version}\"}}")).unwrap();
+    let components: [(&str, &Path); 2] = [("app", &app), ("config", &cfg)];
+    repo.release(channel, version, "x86_64-linux", &components, &[]);
+    (std::fs::read(&app).unwrap(), std::fs::read(&cfg).unwrap())
+}
+
+/// The name of the blob in `repo` holding `bytes`: its SHA-256.
+fn blob_holding(repo: &Repo, bytes: &[u8]) -> String {
+    let found = std::fs::read_dir(repo.root.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read(e.path()).unwrap() == bytes);
+    found.unwrap().file_name().to_string_lossy().into_owned()
+}
+
 /// A device that tries a riskier channel and goes back: the downloads of a release it left
 /// there before it could install them (a blob that failed, the user gone back to stable)
 /// go at its next confirmation, as those of any release passed over do. They were kept as
@@ -2757,29 +2785,11 @@ fn components_one_directory_apart_only_by_case_are_refused_before_the_slot_is_to
 #[test]
 fn downloads_of_a_release_left_on_another_channel_go_at_the_next_confirmation() {
     let repo = Repo::new("com.acme.leftbehind");
-    let src = repo.scratch("src");
-    let release = |channel: &str, version: &str| -> Vec<u8> {
-        let app = src.join(format!("app-{version}.zip"));
-        let body = support::noise(50_000, version.len() as u64);
-        common::make_zip(&app, &[("run.sh", version.as_bytes()), ("data", &body)]);
-        let cfg = src.join(format!("settings-{version}.json"));
-        std::fs::write(&cfg, format!("{{\"v\": \"{version}\"}}")).unwrap();
-        let components: [(&str, &Path); 2] = [("app", &app), ("config", &cfg)];
-        repo.release(channel, version, "x86_64-linux", &components, &[]);
-        std::fs::read(&cfg).unwrap()
+    let release = |channel: &str, version: &str| {
+        release_app_and_config(&repo, channel, version, version.len() as u64).1
     };
     // The path of the blob in the repository holding `bytes`.
-    let blob_of = |bytes: &[u8]| -> String {
-        let dir = repo.root.join("blobs/sha256");
-        let found = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .find(|e| std::fs::read(e.path()).unwrap() == bytes);
-        format!(
-            "blobs/sha256/{}",
-            found.unwrap().file_name().to_string_lossy()
-        )
-    };
+    let blob_of = |bytes: &[u8]| format!("blobs/sha256/{}", blob_holding(&repo, bytes));
     release("stable", "1.0.0");
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), serde_json::json!({}));
@@ -2824,27 +2834,10 @@ fn downloads_of_a_release_left_on_another_channel_go_at_the_next_confirmation() 
 #[test]
 fn downloads_of_the_next_release_survive_a_repair_of_the_running_one() {
     let repo = Repo::new("com.acme.repairkeeps");
-    let src = repo.scratch("src");
     // The release's app and config files.
-    let release = |version: &str| -> (Vec<u8>, Vec<u8>) {
-        let app = src.join(format!("app-{version}.zip"));
-        let body = support::noise(50_000, version.len() as u64 + 7);
-        common::make_zip(&app, &[("run.sh", version.as_bytes()), ("data", &body)]);
-        let cfg = src.join(format!("settings-{version}.json"));
-        std::fs::write(&cfg, format!("{{\"v\": \"{version}\"}}")).unwrap();
-        let components: [(&str, &Path); 2] = [("app", &app), ("config", &cfg)];
-        repo.release("stable", version, "x86_64-linux", &components, &[]);
-        (std::fs::read(&app).unwrap(), std::fs::read(&cfg).unwrap())
-    };
-    // The name of the blob in the repository holding `bytes`: its SHA-256.
-    let blob_of = |bytes: &[u8]| -> String {
-        let dir = repo.root.join("blobs/sha256");
-        let found = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .find(|e| std::fs::read(e.path()).unwrap() == bytes);
-        found.unwrap().file_name().to_string_lossy().into_owned()
-    };
+    let release =
+        |version: &str| release_app_and_config(&repo, "stable", version, version.len() as u64 + 7);
+    let blob_of = |bytes: &[u8]| blob_holding(&repo, bytes);
     release("1.0.0");
     let server = TestServer::serve(&repo.root);
     let dev = repo.device("dev", &server.url(), serde_json::json!({}));

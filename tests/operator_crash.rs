@@ -17,27 +17,13 @@ use support::TestServer;
 /// What a command run again says when an earlier run, killed, had made its change.
 const DONE: &str = "nothing more to do";
 
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// How many crash points a run of `args` passes, run on a copy of `repo` as it is.
 fn crash_points(repo: &Path, args: &[&str]) -> usize {
     let keep = repo.with_extension("counted");
-    copy_dir(repo, &keep);
+    common::copy_dir(repo, &keep);
     let out = run_env(args, &[("EVERGREEN_CRASH_COUNT", "1")]);
     assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
-    copy_dir(&keep, repo);
+    common::copy_dir(&keep, repo);
     common::stderr(&out)
         .lines()
         .filter(|l| l.starts_with("crash-point "))
@@ -76,14 +62,14 @@ impl Sweep<'_> {
     fn run(&self, args: &[&str], window: impl Fn(&Path, &str) -> bool) -> Vec<String> {
         let scratch = self.repo.scratch("sweep");
         let (repo_before, state_before) = (scratch.join("repo"), scratch.join("state"));
-        copy_dir(&self.repo.root, &repo_before);
-        copy_dir(&self.dev.state, &state_before);
+        common::copy_dir(&self.repo.root, &repo_before);
+        common::copy_dir(&self.dev.state, &state_before);
         let n = crash_points(&self.repo.root, args);
         assert!(n > 0, "{args:?} passes no crash point");
         let mut problems = Vec::new();
         for k in 1..=n {
-            copy_dir(&repo_before, &self.repo.root);
-            copy_dir(&state_before, &self.dev.state);
+            common::copy_dir(&repo_before, &self.repo.root);
+            common::copy_dir(&state_before, &self.dev.state);
             let out = run_env(args, &[("EVERGREEN_CRASH_AT", &k.to_string())]);
             common::assert_crashed_at(&out, k);
             let mut p = Vec::new();
@@ -111,8 +97,8 @@ impl Sweep<'_> {
                     .map(|e| format!("{args:?} killed at {k}: {e}")),
             );
         }
-        copy_dir(&repo_before, &self.repo.root);
-        copy_dir(&state_before, &self.dev.state);
+        common::copy_dir(&repo_before, &self.repo.root);
+        common::copy_dir(&state_before, &self.dev.state);
         println!("{args:?}: {n} crash points");
         problems
     }

@@ -432,3 +432,19 @@ pub fn tree_digest(dir: &Path) -> BTreeMap<String, (u32, String)> {
     }
     out
 }
+
+/// Replaces `to` with a copy of the tree `from` (files and directories), to put a state
+/// directory or a repository back as it was between runs.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
