@@ -138,6 +138,8 @@ impl Updater {
             if let Store::Image(images) = &self.store {
                 return self.stream_image(images, plan, progress, cancel);
             }
+            // Found before a byte is fetched, not at the install after a whole download.
+            self.lock().and_then(|_lock| self.check_links_possible())?;
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
             remove_other_partials(&dir, plan);

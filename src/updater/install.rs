@@ -168,6 +168,17 @@ impl Updater {
         Ok(())
     }
 
+    /// Dir slots switch by a symlink (`current`): where none can be made (vfat, exFAT),
+    /// refused with `io` naming what is needed. Under the state lock, as the probe's name
+    /// is a switch's.
+    pub(super) fn check_links_possible(&self) -> Result<()> {
+        if let (Store::Dir(slots), true) = (&self.store, self.own_link) {
+            crate::fsutil::create_dir_all(slots.root())?;
+            crate::fsutil::check_symlinks_beside(&slots.current_link())?;
+        }
+        Ok(())
+    }
+
     /// Marks the slot to write `installing` and takes it out of the boot order. Returns
     /// it and what it will hold. With `marked`, a slot already `installing` for this very
     /// release keeps its record: an image's download marked it before writing to it, so
@@ -183,12 +194,9 @@ impl Updater {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         self.check_installable(&st, plan)?;
-        // `current` is a symlink: where none can be made, the slot (often the fallback)
-        // must not be emptied for a release no activation could switch to.
-        if let (Store::Dir(slots), true) = (&self.store, self.own_link) {
-            crate::fsutil::create_dir_all(slots.root())?;
-            crate::fsutil::check_symlinks_beside(&slots.current_link())?;
-        }
+        // The slot (often the fallback) must not be emptied for a release no activation
+        // could switch to.
+        self.check_links_possible()?;
         let slot = self.install_slot(&mut st)?;
         // A slot that cannot take the release must keep its record and boot entry: marked
         // `installing`, the fallback would be lost though not a byte of it was written.
