@@ -1594,6 +1594,25 @@ fn a_refused_root_outranks_a_mirror_out_of_reach() {
     );
 }
 
+/// A manifest stored compressed with `Content-Encoding: gzip` (an object uploaded so to S3
+/// by a deploy tool that gzips `.json`) reads as JSON in every browser, which decodes it,
+/// while Evergreen, which asks for no encoding and decodes none, gets the gzip bytes. The
+/// error must name the encoding: "invalid JSON: bytes that are not UTF-8" alone sends the
+/// operator to a file that looks fine.
+#[test]
+fn a_manifest_sent_with_content_encoding_gzip_is_refused_naming_the_encoding() {
+    let (repo, _) = repo_with_1_0_0("com.acme.gzipped");
+    let server = TestServer::serve(&repo.root);
+    server.set_fault("channels/", Fault::Gzipped);
+    let dev = repo.device("dev", &server.url(), fast());
+    let out = dev.run("check", &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let copy = format!("GET {}/channels/stable.json: ", server.url());
+    assert!(err.contains(&copy), "{err}");
+    assert!(err.contains("Content-Encoding: gzip"), "{err}");
+}
+
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
 /// over for the next base, which has the current one, instead of failing the check as a
 /// rollback attack.

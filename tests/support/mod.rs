@@ -87,6 +87,10 @@ pub enum Fault {
     /// framework or proxy that adds both. The chunked framing overrides the length (RFC
     /// 9112 §6.3), and is what the body is read by.
     ChunkedWithLength(u64),
+    /// Serve the file gzip-compressed, with `Content-Encoding: gzip`, whatever the request
+    /// asked: what S3 and other object stores send for an object uploaded compressed with
+    /// that metadata (deploy tools that gzip `.json` do so).
+    Gzipped,
 }
 
 /// One request the server received.
@@ -342,6 +346,18 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
             }
         }
         Some(Fault::Replace(bytes)) => Some(bytes.clone()),
+        Some(Fault::Gzipped) => {
+            let Some(content) = read_file(&shared.root, &head.path) else {
+                return plain(404);
+            };
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&content).expect("gzip in memory");
+            return Reply {
+                status: 200,
+                headers: vec![("Content-Encoding", "gzip".to_owned())],
+                body: gz.finish().expect("gzip in memory"),
+            };
+        }
         Some(Fault::ErrorPage(page) | Fault::ChunkedErrorPage(page)) => {
             return Reply {
                 status: 200,
