@@ -1738,6 +1738,7 @@ impl Transport for Memory {
             content_range: None,
             location: None,
             final_url: None,
+            content_encoding: None,
             retry_after: None,
             date: None,
             body: Box::new(std::io::Cursor::new(self.blob.clone())),

@@ -345,13 +345,14 @@ impl HttpTransport {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let (status, etag, content_range, location, retry_after, date) = (
+        let (status, etag, content_range, location, retry_after, date, content_encoding) = (
             response.status().as_u16(),
             header("etag"),
             header("content-range"),
             header("location"),
             header("retry-after"),
             header("date"),
+            header("content-encoding"),
         );
         // A chunked body is framed by its chunks, a `Content-Length` beside them ignored
         // (RFC 9112 §6.3), and ureq reads it so: judged by that length, the blob the
@@ -379,6 +380,7 @@ impl HttpTransport {
             content_range,
             location,
             final_url: None,
+            content_encoding,
             retry_after,
             date,
             body: Box::new(body),
@@ -604,6 +606,7 @@ mod redirect_tests {
             content_range: None,
             location: location.map(str::to_owned),
             final_url: None,
+            content_encoding: None,
             retry_after: None,
             date: None,
             body: Box::new(io::empty()),

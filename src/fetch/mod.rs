@@ -334,9 +334,19 @@ impl Fetcher {
                     // state: one of kilobytes (any server or mirror may send it, none
                     // needs it) would make each unchanged check as large, and the state.
                     let etag = response.etag.clone().filter(|e| e.len() <= MAX_ETAG_BYTES);
+                    // Bytes stored compressed (an object uploaded with that metadata) read
+                    // as the document in a browser, which decodes them; Evergreen does
+                    // not, and says why the copy it got is none.
+                    let encoding = response.content_encoding.clone();
                     let bytes = self.read_capped(url, response, max_bytes)?;
                     check(&bytes).map_err(|e| Failure {
-                        error: e.context(format!("GET {url}")),
+                        error: match encoding {
+                            Some(coding) => e.hint(format!(
+                                "sent with Content-Encoding: {coding}, which Evergreen does not decode"
+                            )),
+                            None => e,
+                        }
+                        .context(format!("GET {url}")),
                         then: Then::Refused,
                         wait: Duration::ZERO,
                     })?;
@@ -1268,6 +1278,7 @@ mod tests {
                 content_range: None,
                 location: None,
                 final_url: None,
+                content_encoding: None,
                 retry_after: retry_after.clone(),
                 date: None,
                 body: Box::new(io::empty()),

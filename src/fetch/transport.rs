@@ -40,6 +40,10 @@ pub struct Response {
     /// asked for (`None` when that one answered): bytes that fail their hash are named
     /// by where they came from, a bad mirror or CDN node, not by the URL asked for.
     pub final_url: Option<String>,
+    /// The `Content-Encoding` header. Evergreen asks for no encoding and decodes none (a
+    /// blob's hash is of the bytes as stored), so one here, as an object store sends for
+    /// an object uploaded compressed, is named when the bytes are refused.
+    pub content_encoding: Option<String>,
     /// The `Retry-After` header of a 503 or 429: seconds, or an HTTP date. A wait the
     /// fetcher can afford is kept before the next round; a longer one ends that base
     /// for this check. Either way a check that fails holds the device's next check back
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Response {
             .field("content_range", &self.content_range)
             .field("location", &self.location)
             .field("final_url", &self.final_url)
+            .field("content_encoding", &self.content_encoding)
             .field("retry_after", &self.retry_after)
             .field("date", &self.date)
             .finish_non_exhaustive()
@@ -287,6 +292,7 @@ fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>
         content_range: None,
         location: None,
         final_url: None,
+        content_encoding: None,
         retry_after: None,
         date: None,
         body,

@@ -321,6 +321,7 @@ impl Transport for CTransport {
             location: header(out.location, "location", url)?,
             // A host transport that follows redirects itself has no way to say so here.
             final_url: None,
+            content_encoding: None,
             retry_after: header(out.retry_after, "retry_after", url)?,
             // Every answer carries a `Date`, and only a `Retry-After` date is read against
             // it: one that is not text is ignored, as the HTTP transport ignores it, rather
