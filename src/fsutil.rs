@@ -38,7 +38,8 @@ pub fn remove_stale_temps(path: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name();
-            if name.as_encoded_bytes().starts_with(prefix) && is_temp_name(&name) {
+            let pid = name.as_encoded_bytes().strip_prefix(prefix);
+            if pid.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit)) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -1560,8 +1561,9 @@ mod tests {
         });
         let long = std::time::Duration::from_secs(20);
         waiting.recv_timeout(long).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20)); // inside the pause
-                                                                  // SAFETY: the thread is alive until joined below.
+        // Inside the pause.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // SAFETY: the thread is alive until joined below.
         assert_eq!(
             unsafe { libc::pthread_kill(waiter.as_pthread_t(), libc::SIGUSR1) },
             0
@@ -1767,6 +1769,36 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["a.json", "notes.tmp-x"]);
+    }
+
+    /// Only `<file>.tmp-<digits>` of the one file: not the file of a channel named like
+    /// one of its temps, nor that file's own temps, nor names that only start alike.
+    #[test]
+    fn the_stale_temps_of_one_file_are_its_own_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "stable.json",
+            "stable.json.tmp-12",
+            "stable.json.tmp-1.json",
+            "stable.json.tmp-1.json.tmp-99",
+            "stable.json.tmp-",
+            "stable.json.tmp-x",
+        ];
+        for name in names {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_temps(&dir.path().join("stable.json"));
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut kept: Vec<&str> = names
+            .into_iter()
+            .filter(|n| *n != "stable.json.tmp-12")
+            .collect();
+        kept.sort();
+        assert_eq!(left, kept);
     }
 
     #[test]
