@@ -174,8 +174,9 @@ fn dir_slots_on_exfat_are_refused_naming_the_symbolic_link_they_need() {
     // release no activation could switch to.
     assert_eq!(s["slots"]["b"]["status"], "empty", "{s}");
     assert!(!at.join("app/slots/b").exists());
-    // Found before the download, too: nothing was fetched for it.
+    // Found before the download, too: nothing was fetched for it, and nothing said so.
     assert_eq!(dev.downloads(), Vec::<String>::new());
+    assert!(!err.contains("downloading"), "{err}");
 }
 
 /// A state directory remounted read-only: the error names the read-only state, not a

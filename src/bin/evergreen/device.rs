@@ -340,7 +340,7 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     });
     // Off a terminal (a journal, a log file) a bar would be noise, and silence for the
     // minutes a large download takes looks like a hang.
-    let mut plain = (!json && bar.is_none() && total > 0).then(|| Milestones::start(offer));
+    let mut plain = (!json && bar.is_none() && total > 0).then(|| Milestones::new(offer));
     let cancel = crate::interrupt::token();
     let result = up.download(
         offer,
@@ -357,7 +357,7 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let (Ok(()), Some(m)) = (&result, plain) {
+    if let (Ok(()), Some(m)) = (&result, plain.filter(|m| m.started)) {
         err!(
             "evergreen: downloaded {}: {} bytes",
             m.offer.version,
@@ -367,11 +367,15 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     result
 }
 
-/// A download's progress as a few plain stderr lines: one at each quarter, and between
-/// them one at most every [`Milestones::EVERY`] while bytes come in (a quarter of a
-/// large download on a slow link is many minutes).
+/// A download's progress as a few plain stderr lines: what is to be downloaded, then one
+/// at each quarter, and between them one at most every [`Milestones::EVERY`] while bytes
+/// come in (a quarter of a large download on a slow link is many minutes).
 struct Milestones<'a> {
     offer: &'a Offer,
+    /// Whether the first line is said. It waits for the first progress call: a download
+    /// refused before its first byte (a slot directory that cannot hold symbolic links,
+    /// a full store) or waiting for another one's turn has not started.
+    started: bool,
     /// Each component's name and the bytes downloaded when it is complete, in the order
     /// the download fetches them.
     ends: Vec<(&'a str, u64)>,
@@ -386,34 +390,49 @@ struct Milestones<'a> {
 impl<'a> Milestones<'a> {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-    /// Says what is to be downloaded.
-    fn start(offer: &'a Offer) -> Milestones<'a> {
-        let (mut ends, mut sizes, mut end) = (Vec::new(), Vec::new(), 0u64);
+    fn new(offer: &'a Offer) -> Milestones<'a> {
+        let (mut ends, mut end) = (Vec::new(), 0u64);
         for c in &offer.components {
             if let Some(a) = &c.artifact {
                 end = end.saturating_add(a.size);
                 ends.push((c.name.as_str(), end));
-                sizes.push(format!("{} {} bytes", c.name, a.size));
             }
         }
-        let total = offer.download_size();
-        err!(
-            "evergreen: downloading {}: {total} bytes ({})",
-            offer.version,
-            sizes.join(", ")
-        );
         Milestones {
             offer,
+            started: false,
             ends,
-            total,
+            total: offer.download_size(),
             quarter: 0,
             said_at: std::time::Instant::now(),
             said_bytes: 0,
         }
     }
 
+    /// Says what is to be downloaded.
+    fn start(&mut self) {
+        self.started = true;
+        let sizes: Vec<String> = (self.offer.components.iter())
+            .filter_map(|c| {
+                c.artifact
+                    .as_ref()
+                    .map(|a| format!("{} {} bytes", c.name, a.size))
+            })
+            .collect();
+        err!(
+            "evergreen: downloading {}: {} bytes ({})",
+            self.offer.version,
+            self.total,
+            sizes.join(", ")
+        );
+        self.said_at = std::time::Instant::now();
+    }
+
     /// `done` bytes of all are downloaded.
     fn at(&mut self, done: u64) {
+        if !self.started {
+            self.start();
+        }
         let quarter = (u128::from(done) * 4 / u128::from(self.total.max(1))) as u64;
         let due = self.said_at.elapsed() >= Self::EVERY && done > self.said_bytes;
         // The done line follows the download's end; a quarter the last one jumped over
