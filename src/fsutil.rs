@@ -294,7 +294,8 @@ fn rename_with(_a: &Path, _b: &Path, _how: Rename) -> std::io::Result<bool> {
 /// and made durable under its temp name first, and only then are they renamed into place,
 /// in the order given (put last the one that makes the others count). A failure while
 /// writing (a full disk, a permission) renames nothing and removes the temp files, so the
-/// set is never left half replaced by it.
+/// set is never left half replaced by it; a failed rename after the first leaves it half
+/// replaced, and its error says to run the same command again.
 pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
     let mut written: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
     for (path, bytes) in files {
@@ -322,7 +323,15 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
             for (tmp, _) in &written[i..] {
                 let _ = fs::remove_file(tmp);
             }
-            return Err(e);
+            // The set is half replaced now: its caller finishes what an earlier run of it
+            // left, so running it again puts the rest.
+            return Err(match i {
+                0 => e,
+                _ => e.hint(format_args!(
+                    "{i} of the {} files were already in place: run the same command again to put the rest",
+                    written.len()
+                )),
+            });
         }
     }
     Ok(())
