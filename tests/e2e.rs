@@ -1613,6 +1613,24 @@ fn a_manifest_sent_with_content_encoding_gzip_is_refused_naming_the_encoding() {
     assert!(err.contains("Content-Encoding: gzip"), "{err}");
 }
 
+/// The same for a blob: whatever length or hash the encoded bytes come to, the error
+/// names the encoding, and nothing of them is installed.
+#[test]
+fn a_blob_sent_with_content_encoding_gzip_is_refused_naming_the_encoding() {
+    let (repo, _) = repo_with_1_0_0("com.acme.gzipped.blob");
+    let server = TestServer::serve(&repo.root);
+    server.set_fault("blobs/", Fault::Gzipped);
+    let dev = repo.device("dev", &server.url(), fast());
+    let err = dev.fails("update", &["--yes"]);
+    assert!(err.contains("/blobs/sha256/"), "{err}");
+    assert!(
+        err.contains("sent with Content-Encoding: gzip, which Evergreen does not decode"),
+        "{err}"
+    );
+    assert_eq!(dev.status()["primary"], "a");
+    assert_eq!(dev.status()["slots"]["b"]["status"], "empty");
+}
+
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
 /// over for the next base, which has the current one, instead of failing the check as a
 /// rollback attack.

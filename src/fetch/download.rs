@@ -277,6 +277,7 @@ impl<'a> Target<'a> {
             fetcher,
             url,
             redirected_to: None,
+            encoding: None,
             total: self.spec.size,
             kept: 0,
             refused: false,
@@ -291,6 +292,10 @@ impl<'a> Target<'a> {
                 len = part.len;
                 part.finish(stream.source())
             });
+        let finished = finished.map_err(|f| Failure {
+            error: super::undecoded(f.error, stream.encoding.take()),
+            ..f
+        });
         match finished {
             // Kept bytes under a wrong hash, or under a gzip image's bytes that do not
             // inflate into it (the inflater refused them before the end). A failure that
@@ -400,8 +405,8 @@ impl<'a> Target<'a> {
     /// Asks for the bytes after `part`'s and vets the answer: a response whose body
     /// continues the part (206) or is the whole blob (200).
     fn answer_for(&self, stream: &mut Stream<'_, '_>, part: &Part) -> Result<Response, Failure> {
-        let response = self.request(stream, (part.len > 0).then_some(part.len))?;
-        stream.answered(&response);
+        let mut response = self.request(stream, (part.len > 0).then_some(part.len))?;
+        stream.answered(&mut response);
         let response = match self.check_range(stream.source(), &response, part) {
             Ok(()) => response,
             Err(wrong_range) => {
@@ -450,8 +455,8 @@ impl<'a> Target<'a> {
         // That request's own failure decides what comes next (a 503 or a timeout is
         // retried, a 404 ends this base), the wrong range named first.
         let failure = match self.request(stream, None) {
-            Ok(response) => {
-                stream.answered(&response);
+            Ok(mut response) => {
+                stream.answered(&mut response);
                 if response.status == 200 {
                     return Ok(response);
                 }
@@ -1024,6 +1029,9 @@ struct Stream<'a, 'p> {
     /// Where the transport's redirects led for the last response, if anywhere else, as
     /// errors about its body name it ([`Stream::source`]).
     redirected_to: Option<String>,
+    /// The `Content-Encoding` of the last 200 or 206, which errors about the blob's
+    /// bytes name.
+    encoding: Option<String>,
     total: u64,
     /// The bytes kept from an earlier attempt under the body being received: a mismatch
     /// then is not the server's alone ([`Target::attempt`]).
@@ -1053,8 +1061,11 @@ enum Stop {
 impl Stream<'_, '_> {
     /// Notes where `response` came from, for [`Stream::source`]: every error about it,
     /// its status and headers as its body, names the server that sent it.
-    fn answered(&mut self, response: &Response) {
+    fn answered(&mut self, response: &mut Response) {
         self.redirected_to = super::answered_by(self.url, response);
+        if matches!(response.status, 200 | 206) {
+            self.encoding = response.content_encoding.take();
+        }
     }
 
     /// The URL the last response came from, and the one asked for if a redirect led
@@ -1585,6 +1596,7 @@ mod tests {
                 fetcher: &fetcher,
                 url: "/nowhere/blob",
                 redirected_to: None,
+                encoding: None,
                 total: spec.size,
                 kept: 0,
                 refused: false,

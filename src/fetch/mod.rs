@@ -340,13 +340,7 @@ impl Fetcher {
                     let encoding = response.content_encoding.clone();
                     let bytes = self.read_capped(url, response, max_bytes)?;
                     check(&bytes).map_err(|e| Failure {
-                        error: match encoding {
-                            Some(coding) => e.hint(format!(
-                                "sent with Content-Encoding: {coding}, which Evergreen does not decode"
-                            )),
-                            None => e,
-                        }
-                        .context(format!("GET {url}")),
+                        error: undecoded(e, encoding).context(format!("GET {url}")),
                         then: Then::Refused,
                         wait: Duration::ZERO,
                     })?;
@@ -642,6 +636,19 @@ enum Then {
     Refused,
     /// Give up at once (cancelled, local I/O, configuration).
     Stop,
+}
+
+/// `e` about bytes that came with `Content-Encoding: <coding>`, saying so: Evergreen asks
+/// for no encoding and decodes none, and bytes stored compressed (an object uploaded with
+/// that metadata) read as the file in a browser, which decodes them, so the error alone
+/// would send the operator to a file that looks fine.
+fn undecoded(e: Error, coding: Option<String>) -> Error {
+    match coding {
+        Some(coding) => e.hint(format_args!(
+            "sent with Content-Encoding: {coding}, which Evergreen does not decode"
+        )),
+        None => e,
+    }
 }
 
 struct Failure {
