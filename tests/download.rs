@@ -1918,10 +1918,15 @@ impl std::io::Read for FillingBody {
 
 /// The free bytes of the file system at `path`, as `df` says for a user without privileges.
 fn free_bytes(path: &Path) -> u64 {
+    // glibc's own `statvfs` fails on a 32-bit target for counts past 32 bits.
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    use libc::statvfs;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    use libc::statvfs64 as statvfs;
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let mut st: statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { statvfs(c.as_ptr(), &mut st) }, 0);
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
@@ -1951,6 +1956,48 @@ fn a_download_the_file_system_has_no_room_for_is_refused_before_a_byte_is_writte
         downloads.display(),
     );
     assert_eq!(err.message(), expected);
+    assert!(
+        server.requests(&repo.blob_path()).is_empty(),
+        "the blob was asked for"
+    );
+    assert!(
+        !part_path(&downloads, &repo).exists(),
+        "a .part was created"
+    );
+    assert_eq!(free_bytes(&small), free);
+}
+
+/// The same on a file system one of whose counts does not fit in 32 bits: here a tmpfs
+/// with room for more than 2^32 inodes; a disk of more than 2^32 blocks, or a network
+/// share whose server reports such counts, is another. A 32-bit build that asks with a
+/// 32-bit `statvfs` gets `EOVERFLOW` there, took the file system for one that reports no
+/// size, and filled it to its last byte.
+#[test]
+fn a_download_is_refused_for_room_on_a_file_system_whose_counts_need_64_bits() {
+    let repo = Repo::new(SIZE);
+    let dir = TempDir::new().unwrap();
+    let small = dir.path().join("small");
+    let tmpfs_options = "size=512k,nr_inodes=5000000000";
+    let args = ["-t", "tmpfs", "-o", tmpfs_options, "tmpfs"].map(std::ffi::OsStr::new);
+    let needs = "mount with permission to mount a tmpfs of 5,000,000,000 inodes (root)";
+    let Some(_fs) = Mounted::new(&args, &small, needs) else {
+        return;
+    };
+    let downloads = small.join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let free = free_bytes(&small);
+    let server = TestServer::serve(repo.path());
+    let f = fetcher(&[server.url()], options());
+    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(
+        err.message().contains(&format!(
+            "expected room for {} bytes in {}, found {free} bytes free",
+            SIZE as u64 + RESERVE,
+            downloads.display(),
+        )),
+        "{err}"
+    );
     assert!(
         server.requests(&repo.blob_path()).is_empty(),
         "the blob was asked for"
