@@ -73,6 +73,13 @@ pub(crate) fn free(path: &Path) -> Option<Free> {
 
 #[allow(clippy::unnecessary_cast)] // The field types differ between systems.
 fn statvfs(path: &Path) -> std::io::Result<Option<Free>> {
+    // glibc's `statvfs` on a 32-bit target fails (`EOVERFLOW`) when a count does not fit
+    // in 32 bits (a disk of more than 2^32 blocks, more than 2^32 inodes, a share whose
+    // server says so): the file system would go unjudged. `statvfs64` reads them whole.
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    use libc::statvfs as sys_statvfs;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    use libc::statvfs64 as sys_statvfs;
     use std::os::unix::ffi::OsStrExt;
     // An empty relative path (a parent of `downloads`) is the working directory.
     let path = match path.as_os_str().is_empty() {
@@ -82,9 +89,9 @@ fn statvfs(path: &Path) -> std::io::Result<Option<Free>> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `statvfs` only writes the struct it is given; all zeros is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let mut st: sys_statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a struct that outlive the call.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+    if unsafe { sys_statvfs(c_path.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(Free::from_counts(
