@@ -1627,6 +1627,40 @@ mod tests {
         assert!(sync_file_system(&proc_dir).is_none());
     }
 
+    /// The same on a file system one of whose counts does not fit in 32 bits (a tmpfs with
+    /// room for more than 2^32 inodes; a disk of more than 2^32 blocks is another), where
+    /// a 32-bit `fstatfs` fails (`EOVERFLOW`) and told nothing of its type. Skipped where
+    /// this process may not mount a tmpfs (not root), or fails under
+    /// `EVERGREEN_REQUIRE_TOOLS`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn syncfs_also_on_a_file_system_whose_counts_need_64_bits() {
+        if !kernel_at_least(&kernel_release().unwrap(), (5, 17)) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = "size=64k,nr_inodes=5000000000";
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            let needs = "mount with permission to mount a tmpfs (root)";
+            assert!(
+                std::env::var_os("EVERGREEN_REQUIRE_TOOLS").is_none(),
+                "expected {needs} (EVERGREEN_REQUIRE_TOOLS is set), found none"
+            );
+            eprintln!("skipped: {needs} not installed");
+            return;
+        }
+        let synced = File::open(dir.path()).map(|d| sync_file_system(&d));
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert!(matches!(synced, Ok(Some(Ok(())))), "{synced:?}");
+    }
+
     /// Where `link` fails for want of hard links (vfat, exFAT), a new file is renamed into
     /// place instead, and still never replaces one that is there.
     #[cfg(any(target_os = "linux", target_os = "android"))]
