@@ -580,12 +580,18 @@ fn or_plain_fsync(_file: &File, sync: std::io::Result<()>) -> std::io::Result<()
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn sync_file_system(file: &File) -> Option<std::io::Result<()>> {
     use std::os::fd::AsRawFd;
+    // glibc's `fstatfs` on a 32-bit target fails (`EOVERFLOW`) when a count does not fit
+    // in 32 bits (more than 2^32 blocks or inodes); `fstatfs64` reads them whole.
+    #[cfg(not(target_env = "gnu"))]
+    use libc::{fstatfs as sys_fstatfs, statfs as sys_statfs};
+    #[cfg(target_env = "gnu")]
+    use libc::{fstatfs64 as sys_fstatfs, statfs64 as sys_statfs};
     if !kernel_at_least(&kernel_release()?, (5, 17)) {
         return None;
     }
     // SAFETY: a valid descriptor, and a zeroed struct the kernel fills.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+    let mut fs: sys_statfs = unsafe { std::mem::zeroed() };
+    if unsafe { sys_fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
         return None;
     }
     // `f_type` is a signed word of the platform's size; its low 32 bits are the magic.
