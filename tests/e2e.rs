@@ -1631,6 +1631,53 @@ fn a_blob_sent_with_content_encoding_gzip_is_refused_naming_the_encoding() {
     assert_eq!(dev.status()["slots"]["b"]["status"], "empty");
 }
 
+/// A server that sends no `ETag` (`python3 -m http.server`), or tags that differ from
+/// request to request (copies behind one name with other file times), answers every
+/// check with the whole manifest. The same bytes as the cached copy say what a 304 says:
+/// the check is one request, with no walk of the root chain, and a changed manifest is
+/// still walked for.
+#[test]
+fn the_same_manifest_served_again_without_an_etag_is_one_request() {
+    let (repo, src) = repo_with_1_0_0("com.acme.noetag");
+    let server = TestServer::serve(&repo.root);
+    server.set_fault("", Fault::NoEtag);
+    let dev = repo.device("dev", &server.url(), fast());
+    let walks = || {
+        (server.log().iter())
+            .filter(|l| l.path.starts_with("root/"))
+            .count()
+    };
+    assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
+    assert_eq!(walks(), 1, "{:?}", server.log());
+    let before = server.log().len();
+    assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
+    assert_eq!(server.log().len(), before + 1, "{:?}", server.log());
+    assert_eq!(walks(), 1, "{:?}", server.log());
+    publish_app(&repo, &src, "1.1.0", true);
+    assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
+    assert_eq!(walks(), 2, "{:?}", server.log());
+}
+
+/// With the server down, a mirror without entity tags that serves the channel as the
+/// device last saw it passes the check (docs/operators.md, Mirrors): the walk would ask
+/// the server, which does not answer.
+#[test]
+fn an_unchanged_channel_from_a_mirror_without_etags_passes_while_the_server_is_down() {
+    let (repo, _) = repo_with_1_0_0("com.acme.noetag.mirror");
+    let server = TestServer::serve(&repo.root);
+    let mirror = TestServer::serve(&repo.root);
+    mirror.set_fault("", Fault::NoEtag);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        with_mirrors(serde_json::json!([mirror.url()])),
+    );
+    assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
+    drop(server);
+    assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
+    assert_eq!(mirror.requests("channels/stable.json").len(), 1);
+}
+
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
 /// over for the next base, which has the current one, instead of failing the check as a
 /// rollback attack.

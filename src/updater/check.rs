@@ -501,22 +501,39 @@ impl Updater {
         etag: Option<&str>,
     ) -> Result<Option<FetchedManifest>> {
         let path = format!("channels/{channel}.json");
-        // The chain is walked at the first copy served, once: it is the same for every base.
-        let mut anchor: Option<Result<Anchored>> = None;
+        // The chain is walked at the first copy served that differs from the cached one,
+        // once: it is the same for every base. A copy the same byte for byte is what a 304
+        // says, from a server without (or with changing) entity tags: no walk, as for a
+        // 304 (decision 1), or every check there would be two requests, and fail while the
+        // server is down and a mirror serves the channel.
+        // Read at the first copy served (never for a 304), of a channel checked before.
+        let mut cached: Option<Option<Vec<u8>>> = None;
+        // The anchor, and whether the chain was walked for it.
+        let mut anchor: Option<(bool, Result<Anchored>)> = None;
         let mut verified = None;
         let fetched = self.fetcher.metadata_checked(
             &path,
             etag,
             self.config.limits.max_metadata_bytes,
             &mut |bytes| {
-                let anchor = anchor.get_or_insert_with(|| self.anchor(st, clock, true));
+                let cached = cached.get_or_insert_with(|| {
+                    let seen = st.manifests.contains_key(channel);
+                    seen.then(|| crate::fsutil::read_regular(&self.manifest_cache(channel)).ok())
+                        .flatten()
+                });
+                let walk = cached.as_deref() != Some(bytes);
+                if anchor.as_ref().is_none_or(|(walked, _)| walk && !walked) {
+                    anchor = Some((walk, self.anchor(st, clock, walk)));
+                }
                 // Not this base's fault: ends the fetch, and is the answer below.
-                let Ok(anchor) = anchor else { return Ok(()) };
+                let Some((_, Ok(anchor))) = &anchor else {
+                    return Ok(());
+                };
                 verified = Some(self.verify_manifest(st, channel, clock, anchor, bytes)?);
                 Ok(())
             },
         )?;
-        if let Some(Err(e)) = anchor {
+        if let Some((_, Err(e))) = anchor {
             return Err(e);
         }
         Ok(match fetched {
