@@ -993,57 +993,79 @@ pub fn cdylib(ctx: &Ctx) -> Vec<Row> {
     let mut rows: Vec<Row> = variants
         .into_iter()
         .map(|(name, target_dir, limit_mib, extra)| {
-            let mut row = Row::new(
-                format!("stripped `dist` cdylib, {name}"),
-                format!("≤ {limit_mib} MiB"),
-            );
-            let lib = root.join(target_dir).join("dist/libevergreen.so");
-            if !ctx.quick {
-                // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
-                // LTO must keep every public Rust function, about 0.6 MB more), without the
-                // build machine's paths.
-                let built = interrupt::status(
-                    cargo_command(root.join("scripts/build-lib"))
-                        .args(extra)
-                        .env("CARGO_TARGET_DIR", root.join(target_dir))
-                        .stdout(Stdio::null()),
-                    "scripts/build-lib",
-                );
-                match built {
-                    Ok(s) if s.success() => {}
-                    Ok(s) => {
-                        row.fail(format!("scripts/build-lib: {s}"));
-                        return row;
-                    }
-                    Err(e) => {
-                        row.fail(format!("scripts/build-lib: {e}"));
-                        return row;
-                    }
-                }
-            }
-            match std::fs::metadata(&lib) {
-                Ok(m) => {
-                    let size = m.len() as f64;
-                    row.measured = format!("{} ({} bytes)", bytes(size), m.len());
-                    if exports_c_abi(&lib) {
-                        row.pass = Some(size <= limit_mib * MIB as f64);
-                    } else {
-                        row.note = "exports no `evg_` function (the C ABI is not merged), so \
-                                    LTO drops most of the library: not meaningful yet"
-                            .into();
-                    }
-                }
-                Err(_) => row.note = "not built (run without --quick to build it)".into(),
-            }
-            if let Some((path, size)) = &libcurl {
-                row.baseline = format!("{} ({path})", bytes(*size as f64));
-            }
-            row
+            dist_cdylib(
+                ctx.quick,
+                &root,
+                name,
+                target_dir,
+                limit_mib,
+                &extra,
+                libcurl.as_ref(),
+            )
         })
         .collect();
     rows.push(small_cdylib(ctx, &root, libcurl.as_ref(), false));
     rows.push(small_cdylib(ctx, &root, libcurl.as_ref(), true));
     rows
+}
+
+/// The row of one `scripts/build-lib` variant: the library under `root/target_dir/dist/`,
+/// built first unless `quick`.
+fn dist_cdylib(
+    quick: bool,
+    root: &Path,
+    name: &str,
+    target_dir: &str,
+    limit_mib: f64,
+    extra: &[&str],
+    libcurl: Option<&(String, u64)>,
+) -> Row {
+    let mut row = Row::new(
+        format!("stripped `dist` cdylib, {name}"),
+        format!("≤ {limit_mib} MiB"),
+    );
+    let lib = root.join(target_dir).join("dist/libevergreen.so");
+    if !quick {
+        // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
+        // LTO must keep every public Rust function, about 0.6 MB more), without the
+        // build machine's paths.
+        let built = interrupt::status(
+            cargo_command(root.join("scripts/build-lib"))
+                .args(extra)
+                .env("CARGO_TARGET_DIR", root.join(target_dir))
+                .stdout(Stdio::null()),
+            "scripts/build-lib",
+        );
+        match built {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                row.fail(format!("scripts/build-lib: {s}"));
+                return row;
+            }
+            Err(e) => {
+                row.fail(format!("scripts/build-lib: {e}"));
+                return row;
+            }
+        }
+    }
+    match std::fs::metadata(&lib) {
+        Ok(m) => {
+            let size = m.len() as f64;
+            row.measured = format!("{} ({} bytes)", bytes(size), m.len());
+            if exports_c_abi(&lib) {
+                row.pass = Some(size <= limit_mib * MIB as f64);
+            } else {
+                row.note = "exports no `evg_` function (the C ABI is not merged), so \
+                            LTO drops most of the library: not meaningful yet"
+                    .into();
+            }
+        }
+        Err(_) => row.note = "not built (run without --quick to build it)".into(),
+    }
+    if let Some((path, size)) = libcurl {
+        row.baseline = format!("{} ({path})", bytes(*size as f64));
+    }
+    row
 }
 
 /// The file-only library with the standard library rebuilt without its backtrace
