@@ -1196,6 +1196,33 @@ mod tests {
         assert!(!removed.iter().any(|r| r == "CARGO"), "CARGO is removed");
     }
 
+    /// `scripts/build-lib` writes both variants to `target/dist/` unless told otherwise, so
+    /// after `scripts/build-lib --no-default-features` (docs/c-abi.md) that file is the
+    /// file-only library: a `--quick` run, which builds nothing, must not measure it as
+    /// the HTTPS one (it printed "default features (HTTPS) | 1.32 MiB | pass"), nor any
+    /// library it did not build, of whatever commit and features.
+    #[test]
+    fn a_quick_run_does_not_measure_a_library_it_did_not_build() {
+        let root = std::env::temp_dir().join(format!("bench-quick-{}", std::process::id()));
+        let dist = root.join("target/dist");
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::write(dist.join("libevergreen.so"), b"...evg_updater_new...").unwrap();
+        let row = dist_cdylib(
+            true,
+            &root,
+            "default features (HTTPS)",
+            "target",
+            2.5,
+            &[],
+            None,
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(row.measured, "—", "measured: {}", row.measured);
+        assert_eq!(row.pass, None);
+        assert!(!row.failed);
+        assert!(row.note.contains("--quick"), "{}", row.note);
+    }
+
     #[test]
     fn no_runs_do_not_pass() {
         assert!(!rss_passes(&[], &[7.0 * M], &[7.0 * M], 16.0 * M));
