@@ -1024,28 +1024,32 @@ fn dist_cdylib(
         format!("stripped `dist` cdylib, {name}"),
         format!("≤ {limit_mib} MiB"),
     );
+    if quick {
+        // A library left in the target directory may be of any commit and any features:
+        // `scripts/build-lib --no-default-features` writes the file-only one to the same
+        // `target/dist/`, which would be measured here as the HTTPS one.
+        return Row::skipped(row.what, row.target, "not built with --quick".into());
+    }
     let lib = root.join(target_dir).join("dist/libevergreen.so");
-    if !quick {
-        // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
-        // LTO must keep every public Rust function, about 0.6 MB more), without the
-        // build machine's paths.
-        let built = interrupt::status(
-            cargo_command(root.join("scripts/build-lib"))
-                .args(extra)
-                .env("CARGO_TARGET_DIR", root.join(target_dir))
-                .stdout(Stdio::null()),
-            "scripts/build-lib",
-        );
-        match built {
-            Ok(s) if s.success() => {}
-            Ok(s) => {
-                row.fail(format!("scripts/build-lib: {s}"));
-                return row;
-            }
-            Err(e) => {
-                row.fail(format!("scripts/build-lib: {e}"));
-                return row;
-            }
+    // The C library alone (`cargo rustc --crate-type cdylib`: next to the rlib,
+    // LTO must keep every public Rust function, about 0.6 MB more), without the
+    // build machine's paths.
+    let built = interrupt::status(
+        cargo_command(root.join("scripts/build-lib"))
+            .args(extra)
+            .env("CARGO_TARGET_DIR", root.join(target_dir))
+            .stdout(Stdio::null()),
+        "scripts/build-lib",
+    );
+    match built {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            row.fail(format!("scripts/build-lib: {s}"));
+            return row;
+        }
+        Err(e) => {
+            row.fail(format!("scripts/build-lib: {e}"));
+            return row;
         }
     }
     match std::fs::metadata(&lib) {
@@ -1060,7 +1064,7 @@ fn dist_cdylib(
                     .into();
             }
         }
-        Err(_) => row.note = "not built (run without --quick to build it)".into(),
+        Err(e) => row.fail(format!("{}: {e}", lib.display())),
     }
     if let Some((path, size)) = libcurl {
         row.baseline = format!("{} ({path})", bytes(*size as f64));
