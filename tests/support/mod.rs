@@ -189,6 +189,12 @@ impl TestServer {
         lock(&self.shared.log).clone()
     }
 
+    /// Forgets the requests received so far (a test counting the memory its process holds
+    /// must not count the log's).
+    pub fn clear_log(&self) {
+        *lock(&self.shared.log) = Vec::new();
+    }
+
     /// The newest rule is consulted first, so a second fault for the same path replaces
     /// the first (until the newer one is used up, when it has a count).
     fn add_rule(&self, prefix: &str, fault: Fault, times: Option<u32>) {
