@@ -2,19 +2,22 @@
  * test_ffi: the C ABI's contract, tested from C (run under valgrind by run.sh).
  *
  *   test_ffi BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json \
- *            LAUNCHER_CONFIG.json
+ *            LAUNCHER_CONFIG.json ROUNDS_CONFIG.json
  *
  * BAD_SIGNATURE_CONFIG trusts a key that did not sign the repository. HOOKS_CONFIG and
  * POWER_CUT_CONFIG (two devices) have a plain directory as their server and dir slots;
  * this program serves it through its own transport (stdio) and boots through its own
  * selectors, as firmware would. LAUNCHER_CONFIG (a device of its own) is read through the
- * library's own file transport and `current` symlink.
+ * library's own file transport and `current` symlink. ROUNDS_CONFIG (a fresh device,
+ * served through this program's transport) is checked and downloaded for round after
+ * round on one updater.
  * Needs a library built with the fault-injection feature (for evg_debug_panic).
  */
 #define _POSIX_C_SOURCE 200809L /* pthreads and clock_gettime under -std=c99 */
 #define EVG_FAULT_INJECTION 1
 #include "evergreen.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -78,6 +81,7 @@ struct transport {
     int range_gets;
     int lie; /* read claims one byte more than it was asked for */
     int busy; /* answer 429 with Retry-After: 3600 */
+    int open; /* bodies handed out and not closed yet */
 };
 
 struct body {
@@ -137,6 +141,7 @@ static int t_get(void *user, const char *url, int64_t range_from, const char *if
         out->content_length = len;
     }
     out->body = b;
+    t->open++;
     return 0;
 }
 
@@ -150,8 +155,9 @@ static int t_read(void *user, void *body, uint8_t *buf, size_t len, size_t *n) {
 }
 
 static void t_close(void *user, void *body) {
+    struct transport *t = user;
     struct body *b = body;
-    (void)user;
+    t->open--;
     fclose(b->file);
     free(b);
 }
@@ -498,7 +504,7 @@ static void test_free_inside_callbacks(evg_updater *up, const char *config,
 
 static void test_update_through_hooks(const char *config_path) {
     char *config = read_file(config_path), *json = NULL;
-    struct transport t = {0, 0, 0, 0};
+    struct transport t = {0, 0, 0, 0, 0};
     struct selector s;
     struct events ev = {0, 0, 0, EVG_OK, NULL, EVG_OK};
     struct progress p;
@@ -850,9 +856,85 @@ static void free_while_waiting_for_the_work_lock(const char *config_path,
    environment learns of it. At the restart the bootloader starts the old slot again; with
    the selector's boot plan the startup step sees that the trial never started and tells
    the bootloader now, instead of rolling back (and banning) a release that never ran. */
+/* The entries of a /proc/self directory: the process's open descriptors or threads. */
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (!d) return -1;
+    while (readdir(d)) n++;
+    closedir(d);
+    return n;
+}
+
+/* A host that keeps one updater for weeks: round after round of checks (an offer, a
+   busy server, a transport that fails mid-body) and downloads (failing mid-body, refused
+   by a busy server) on one handle, each offer and string freed. Every body the transport handed out is closed
+   when the call returns, and the process holds as many descriptors and threads at the
+   end as after the first round (valgrind finds what was allocated and never freed). */
+static void test_many_rounds_on_one_updater(const char *config_path) {
+    enum { ROUNDS = 100 };
+    char *config = read_file(config_path), *json = NULL;
+    struct transport t = {0, 0, 0, 0, 0};
+    evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
+    evg_hooks hooks;
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL;
+    int round, fds = -1, threads = -1, open_after_call = 0;
+
+    CHECK(config != NULL);
+    if (!config) return;
+    transport.user = &t;
+    set_hooks(&hooks, &transport, NULL);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
+    if (!up) goto out;
+    for (round = 0; round <= ROUNDS; round++) {
+        if (round == 1) {
+            fds = count_entries("/proc/self/fd");
+            threads = count_entries("/proc/self/task");
+        }
+        CHECK_STATUS(evg_check(up, &offer), EVG_OK);
+        CHECK(offer != NULL); /* 1.1.0 */
+        evg_offer_free(offer);
+        offer = NULL;
+        CHECK_STATUS(evg_status_json(up, &json), EVG_OK);
+        evg_string_free(json);
+        json = NULL;
+        t.busy = 1;
+        CHECK_STATUS(evg_check(up, &offer), EVG_HTTP_STATUS);
+        t.busy = 0;
+        t.lie = 1;
+        CHECK_STATUS(evg_check(up, &offer), EVG_NETWORK);
+        open_after_call |= t.open;
+        t.lie = 0;
+        CHECK_STATUS(evg_check_version(up, NULL, "1.0.0", &offer), EVG_OK);
+        if (!offer) goto out;
+        CHECK_STATUS(evg_offer_json(offer, &json), EVG_OK);
+        evg_string_free(json);
+        json = NULL;
+        /* (not finished: a download that finishes has nothing to fetch the next round) */
+        t.lie = 1;
+        CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_NETWORK);
+        open_after_call |= t.open;
+        t.lie = 0;
+        t.busy = 1;
+        CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_HTTP_STATUS);
+        t.busy = 0;
+        evg_offer_free(offer);
+        offer = NULL;
+    }
+    CHECK(open_after_call == 0 && t.open == 0);
+    CHECK(fds > 0 && count_entries("/proc/self/fd") == fds);
+    CHECK(threads > 0 && count_entries("/proc/self/task") == threads);
+
+out:
+    free(config);
+    evg_offer_free(offer);
+    evg_updater_free(up);
+}
+
 static void test_power_cut_before_the_bootloader_learns(const char *config_path) {
     char *config = read_file(config_path), *json = NULL;
-    struct transport t = {0, 0, 0, 0};
+    struct transport t = {0, 0, 0, 0, 0};
     struct bootloader b;
     evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
     evg_selector selector = {sizeof(evg_selector), NULL, b_disable, b_activate, b_confirm,
@@ -1024,10 +1106,10 @@ static void test_calls_at_exit(const char *config_path) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
+    if (argc != 6) {
         fprintf(stderr,
                 "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json "
-                "LAUNCHER_CONFIG.json\n",
+                "LAUNCHER_CONFIG.json ROUNDS_CONFIG.json\n",
                 argv[0]);
         return 2;
     }
@@ -1039,6 +1121,7 @@ int main(int argc, char **argv) {
     test_power_cut_before_the_bootloader_learns(argv[3]);
     test_launcher_after_an_activation_cut_short(argv[4]);
     test_panic();
+    test_many_rounds_on_one_updater(argv[5]);
     test_calls_at_exit(argv[1]);
     if (failures) {
         fprintf(stderr, "test_ffi: %d check(s) failed\n", failures);
