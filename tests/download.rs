@@ -1942,13 +1942,8 @@ fn a_download_the_file_system_has_no_room_for_is_refused_before_a_byte_is_writte
     let Some(_fs) = Mounted::tmpfs(&small, 512) else {
         return;
     };
+    let (err, free) = refused_for_room(&repo, &small);
     let downloads = small.join("downloads");
-    std::fs::create_dir(&downloads).unwrap();
-    let free = free_bytes(&small);
-    let server = TestServer::serve(repo.path());
-    let f = fetcher(&[server.url()], options());
-    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     let expected = format!(
         "downloading {}: expected room for {} bytes in {}, found {free} bytes free (the {SIZE} bytes of the download still to fetch, and {RESERVE} kept free so the state can still be saved); nothing was written: free space and update again",
         part_path(&downloads, &repo).display(),
@@ -1956,15 +1951,26 @@ fn a_download_the_file_system_has_no_room_for_is_refused_before_a_byte_is_writte
         downloads.display(),
     );
     assert_eq!(err.message(), expected);
+}
+
+/// Downloads `repo`'s blob into `small/downloads`, which must be refused for room (`io`)
+/// before the blob is asked for, a `.part` made or a byte of the file system taken.
+/// Returns the error and the bytes that were free.
+fn refused_for_room(repo: &Repo, small: &Path) -> (evergreen::Error, u64) {
+    let downloads = small.join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let free = free_bytes(small);
+    let server = TestServer::serve(repo.path());
+    let f = fetcher(&[server.url()], options());
+    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     assert!(
         server.requests(&repo.blob_path()).is_empty(),
         "the blob was asked for"
     );
-    assert!(
-        !part_path(&downloads, &repo).exists(),
-        "a .part was created"
-    );
-    assert_eq!(free_bytes(&small), free);
+    assert!(!part_path(&downloads, repo).exists(), "a .part was created");
+    assert_eq!(free_bytes(small), free);
+    (err, free)
 }
 
 /// The same on a file system one of whose counts does not fit in 32 bits: here a tmpfs
@@ -1983,30 +1989,15 @@ fn a_download_is_refused_for_room_on_a_file_system_whose_counts_need_64_bits() {
     let Some(_fs) = Mounted::new(&args, &small, needs) else {
         return;
     };
-    let downloads = small.join("downloads");
-    std::fs::create_dir(&downloads).unwrap();
-    let free = free_bytes(&small);
-    let server = TestServer::serve(repo.path());
-    let f = fetcher(&[server.url()], options());
-    let err = download(&f, &repo.spec(), &downloads).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let (err, free) = refused_for_room(&repo, &small);
     assert!(
         err.message().contains(&format!(
             "expected room for {} bytes in {}, found {free} bytes free",
             SIZE as u64 + RESERVE,
-            downloads.display(),
+            small.join("downloads").display(),
         )),
         "{err}"
     );
-    assert!(
-        server.requests(&repo.blob_path()).is_empty(),
-        "the blob was asked for"
-    );
-    assert!(
-        !part_path(&downloads, &repo).exists(),
-        "a .part was created"
-    );
-    assert_eq!(free_bytes(&small), free);
 }
 
 /// A `.part` kept from an earlier attempt is room already taken: a resume needs room only
