@@ -582,9 +582,9 @@ pub fn sync_file_system(file: &File) -> Option<std::io::Result<()>> {
     use std::os::fd::AsRawFd;
     // glibc's `fstatfs` on a 32-bit target fails (`EOVERFLOW`) when a count does not fit
     // in 32 bits (more than 2^32 blocks or inodes); `fstatfs64` reads them whole.
-    #[cfg(not(target_env = "gnu"))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     use libc::{fstatfs as sys_fstatfs, statfs as sys_statfs};
-    #[cfg(target_env = "gnu")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     use libc::{fstatfs64 as sys_fstatfs, statfs64 as sys_statfs};
     if !kernel_at_least(&kernel_release()?, (5, 17)) {
         return None;
@@ -1466,8 +1466,52 @@ mod fault {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A tmpfs in a temporary directory, unmounted when dropped; `None` where this process
+    /// may not mount one (not root): the test is skipped, or fails under
+    /// `EVERGREEN_REQUIRE_TOOLS`, as with the integration tests' `Mounted::tmpfs`.
+    pub(crate) struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        /// One of `kib` KiB.
+        pub(crate) fn new(kib: u64) -> Option<Tmpfs> {
+            Tmpfs::with_options(&format!("size={kib}k"))
+        }
+
+        /// One mounted with `options` (`mount -o`).
+        pub(crate) fn with_options(options: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if mounted {
+                return Some(Tmpfs(dir));
+            }
+            let needs = "mount with permission to mount a tmpfs (root)";
+            assert!(
+                std::env::var_os("EVERGREEN_REQUIRE_TOOLS").is_none(),
+                "expected {needs} (EVERGREEN_REQUIRE_TOOLS is set), found none"
+            );
+            eprintln!("skipped: {needs} not installed");
+            None
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.path())
+                .status();
+        }
+    }
 
     /// A polled wait for a lock (one a cancel can end) answers a signal as the blocking
     /// one does: a handler without `SA_RESTART` (Python's Ctrl-C) ends it with
@@ -1635,35 +1679,17 @@ mod tests {
 
     /// The same on a file system one of whose counts does not fit in 32 bits (a tmpfs with
     /// room for more than 2^32 inodes; a disk of more than 2^32 blocks is another), where
-    /// a 32-bit `fstatfs` fails (`EOVERFLOW`) and told nothing of its type. Skipped where
-    /// this process may not mount a tmpfs (not root), or fails under
-    /// `EVERGREEN_REQUIRE_TOOLS`.
+    /// a 32-bit `fstatfs` fails (`EOVERFLOW`) and told nothing of its type.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn syncfs_also_on_a_file_system_whose_counts_need_64_bits() {
         if !kernel_at_least(&kernel_release().unwrap(), (5, 17)) {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let options = "size=64k,nr_inodes=5000000000";
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !mounted {
-            let needs = "mount with permission to mount a tmpfs (root)";
-            assert!(
-                std::env::var_os("EVERGREEN_REQUIRE_TOOLS").is_none(),
-                "expected {needs} (EVERGREEN_REQUIRE_TOOLS is set), found none"
-            );
-            eprintln!("skipped: {needs} not installed");
+        let Some(tmpfs) = Tmpfs::with_options("size=64k,nr_inodes=5000000000") else {
             return;
-        }
-        let synced = File::open(dir.path()).map(|d| sync_file_system(&d));
-        let _ = std::process::Command::new("umount")
-            .arg(dir.path())
-            .status();
+        };
+        let synced = File::open(tmpfs.path()).map(|d| sync_file_system(&d));
         assert!(matches!(synced, Ok(Some(Ok(())))), "{synced:?}");
     }
 

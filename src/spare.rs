@@ -201,53 +201,17 @@ fn overwrite_within(path: &Path, bytes: &[u8], patience: std::time::Duration) ->
 mod tests {
     use super::*;
 
-    /// A tmpfs of `kib` KiB in a temporary directory, unmounted when dropped; `None` where
-    /// this process may not mount one (not root): the test is skipped, or fails under
-    /// `EVERGREEN_REQUIRE_TOOLS`, as with the integration tests' `Mounted::tmpfs`.
-    struct Tmpfs(tempfile::TempDir);
+    use crate::fsutil::tests::Tmpfs;
 
-    impl Tmpfs {
-        fn new(kib: u64) -> Option<Tmpfs> {
-            let dir = tempfile::tempdir().unwrap();
-            let mounted = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
-                .arg(dir.path())
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if mounted {
-                return Some(Tmpfs(dir));
-            }
-            let needs = "mount with permission to mount a tmpfs (root)";
-            assert!(
-                std::env::var_os("EVERGREEN_REQUIRE_TOOLS").is_none(),
-                "expected {needs} (EVERGREEN_REQUIRE_TOOLS is set), found none"
-            );
-            eprintln!("skipped: {needs} not installed");
-            None
-        }
-
-        fn path(&self) -> &Path {
-            self.0.path()
-        }
-
-        /// Fills the file system to the last byte, as a runaway log would.
-        fn fill(&self) {
-            use std::io::Write;
-            let mut f = fs::File::create(self.path().join("filler")).unwrap();
-            while f.write_all(&[b'x'; 4096]).is_ok() {}
-            assert!(
-                fs::write(self.path().join("probe"), [0u8; 4096]).is_err(),
-                "the file system still has room"
-            );
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.path())
-                .status();
-        }
+    /// Fills `tmpfs` to the last byte, as a runaway log would.
+    fn fill(tmpfs: &Tmpfs) {
+        use std::io::Write;
+        let mut f = fs::File::create(tmpfs.path().join("filler")).unwrap();
+        while f.write_all(&[b'x'; 4096]).is_ok() {}
+        assert!(
+            fs::write(tmpfs.path().join("probe"), [0u8; 4096]).is_err(),
+            "the file system still has room"
+        );
     }
 
     /// An operator moved `state.json` away, and the disk is full: the spare, written in
@@ -260,7 +224,7 @@ mod tests {
         let path = tmpfs.path().join("state.json");
         write(&path, b"{\"n\": 1}\n").unwrap();
         fs::remove_file(&path).unwrap();
-        tmpfs.fill();
+        fill(&tmpfs);
         write(&path, b"{\"n\": 2}\n").unwrap();
         let saved = fs::read(&path).unwrap();
         assert!(saved.starts_with(b"{\"n\": 2}\n"), "{saved:?}");
