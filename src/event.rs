@@ -17,7 +17,8 @@ pub enum Event {
         channel: String,
         /// The manifest sequence in force.
         sequence: u64,
-        /// True when the server answered 304 and the cached manifest was re-verified.
+        /// True when the cached manifest is current: the server answered 304 (the cached
+        /// copy re-verified) or sent the same bytes again.
         not_modified: bool,
     },
     /// A release is available.

@@ -1635,7 +1635,7 @@ fn a_blob_sent_with_content_encoding_gzip_is_refused_naming_the_encoding() {
 /// request to request (copies behind one name with other file times), answers every
 /// check with the whole manifest. The same bytes as the cached copy say what a 304 says:
 /// the check is one request, with no walk of the root chain, and a changed manifest is
-/// still walked for.
+/// still walked for. The cached copy is not written again.
 #[test]
 fn the_same_manifest_served_again_without_an_etag_is_one_request() {
     let (repo, src) = repo_with_1_0_0("com.acme.noetag");
@@ -1650,9 +1650,14 @@ fn the_same_manifest_served_again_without_an_etag_is_one_request() {
     assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
     assert_eq!(walks(), 1, "{:?}", server.log());
     let before = server.log().len();
+    let cache = dev.state.join("cache/stable.json");
+    let written = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cache).unwrap());
+    let first = written();
     assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
     assert_eq!(server.log().len(), before + 1, "{:?}", server.log());
     assert_eq!(walks(), 1, "{:?}", server.log());
+    // The same bytes are not written again (flash wear at every check).
+    assert_eq!(written(), first, "the cached copy was written again");
     publish_app(&repo, &src, "1.1.0", true);
     assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
     assert_eq!(walks(), 2, "{:?}", server.log());

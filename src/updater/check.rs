@@ -529,7 +529,12 @@ impl Updater {
                 let Some((_, Ok(anchor))) = &anchor else {
                     return Ok(());
                 };
-                verified = Some(self.verify_manifest(st, channel, clock, anchor, bytes)?);
+                // With whether it is the cached copy, which is then not written again: a
+                // server without entity tags would wear the flash at every check.
+                verified = Some((
+                    self.verify_manifest(st, channel, clock, anchor, bytes)?,
+                    walk,
+                ));
                 Ok(())
             },
         )?;
@@ -539,13 +544,13 @@ impl Updater {
         Ok(match fetched {
             Metadata::NotModified => None,
             Metadata::Fetched { bytes, etag } => {
-                let verified = verified.ok_or_else(|| {
+                let (verified, changed) = verified.ok_or_else(|| {
                     Error::invalid_state("a manifest was taken without being verified")
                 })?;
                 Some(FetchedManifest {
                     verified,
                     etag,
-                    bytes: Some(bytes),
+                    bytes: changed.then_some(bytes),
                 })
             }
         })
@@ -805,7 +810,8 @@ struct FetchedManifest {
     verified: Verified<Manifest>,
     /// The ETag to ask with next time.
     etag: Option<String>,
-    /// The envelope to cache; `None` when the server answered 304 for the cached one.
+    /// The envelope to cache; `None` when the cached one is current (a 304, or its bytes
+    /// sent again).
     bytes: Option<Vec<u8>>,
 }
 
