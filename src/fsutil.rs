@@ -1469,6 +1469,17 @@ mod fault {
 pub(crate) mod tests {
     use super::*;
 
+    /// Held by a test while it starts a process, and by a test that needs the blocks of a
+    /// file it deleted free at once. A child holds a copy of every open file of this
+    /// process from its fork to its exec, so a file deleted then keeps its blocks a while
+    /// (seen: a full-disk save found room it should not have, once in a few hundred runs).
+    pub(crate) fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
+        static SPAWNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SPAWNS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// A tmpfs in a temporary directory, unmounted when dropped; `None` where this process
     /// may not mount one (not root): the test is skipped, or fails under
     /// `EVERGREEN_REQUIRE_TOOLS`, as with the integration tests' `Mounted::tmpfs`.
@@ -1483,6 +1494,7 @@ pub(crate) mod tests {
         /// One mounted with `options` (`mount -o`).
         pub(crate) fn with_options(options: &str) -> Option<Tmpfs> {
             let dir = tempfile::tempdir().unwrap();
+            let _spawning = spawn_lock();
             let mounted = std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", options, "tmpfs"])
                 .arg(dir.path())
@@ -1507,6 +1519,7 @@ pub(crate) mod tests {
 
     impl Drop for Tmpfs {
         fn drop(&mut self) {
+            let _spawning = spawn_lock();
             let _ = std::process::Command::new("umount")
                 .arg(self.path())
                 .status();

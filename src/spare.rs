@@ -201,17 +201,21 @@ fn overwrite_within(path: &Path, bytes: &[u8], patience: std::time::Duration) ->
 mod tests {
     use super::*;
 
-    use crate::fsutil::tests::Tmpfs;
+    use crate::fsutil::tests::{spawn_lock, Tmpfs};
 
     /// Fills `tmpfs` to the last byte, as a runaway log would.
-    fn fill(tmpfs: &Tmpfs) {
+    /// Fills `tmpfs`; no process starts until the returned guard is dropped, so what the
+    /// test deletes from now on is free at once (`spawn_lock`).
+    fn fill(tmpfs: &Tmpfs) -> std::sync::MutexGuard<'static, ()> {
         use std::io::Write;
+        let quiet = spawn_lock();
         let mut f = fs::File::create(tmpfs.path().join("filler")).unwrap();
         while f.write_all(&[b'x'; 4096]).is_ok() {}
         assert!(
             fs::write(tmpfs.path().join("probe"), [0u8; 4096]).is_err(),
             "the file system still has room"
         );
+        quiet
     }
 
     /// An operator moved `state.json` away, and the disk is full: the spare, written in
@@ -224,7 +228,7 @@ mod tests {
         let path = tmpfs.path().join("state.json");
         write(&path, b"{\"n\": 1}\n").unwrap();
         fs::remove_file(&path).unwrap();
-        fill(&tmpfs);
+        let _quiet = fill(&tmpfs);
         write(&path, b"{\"n\": 2}\n").unwrap();
         let saved = fs::read(&path).unwrap();
         assert!(saved.starts_with(b"{\"n\": 2}\n"), "{saved:?}");

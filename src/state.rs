@@ -947,10 +947,13 @@ mod tests {
         use std::sync::mpsc::channel;
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
-        let made = std::process::Command::new("mkfifo")
-            .arg(State::path(dir.path()))
-            .status()
-            .unwrap();
+        let made = {
+            let _spawning = crate::fsutil::tests::spawn_lock();
+            std::process::Command::new("mkfifo")
+                .arg(State::path(dir.path()))
+                .status()
+                .unwrap()
+        };
         assert!(made.success());
         let (done, wait) = channel();
         let reader = {

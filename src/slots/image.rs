@@ -764,7 +764,10 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("image-stream");
-        let made = std::process::Command::new("mkfifo").arg(&record).status();
+        let made = {
+            let _spawning = crate::fsutil::tests::spawn_lock();
+            std::process::Command::new("mkfifo").arg(&record).status()
+        };
         assert!(made.unwrap().success());
         let (done, wait) = std::sync::mpsc::channel();
         let reader = {
