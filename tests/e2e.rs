@@ -259,6 +259,54 @@ fn the_launcher_starts_the_current_slot_when_the_startup_step_fails() {
     assert_eq!(std::fs::read(&state).unwrap(), b"{\"schema\": 1, \"prim");
 }
 
+/// Linux paths and arguments are bytes: a config file whose path is not UTF-8, and an
+/// argument for the app that is not (a file name it is to open), reach the launcher as
+/// they are. It starts the app with the argument unchanged, rather than panic before the
+/// app ever runs.
+#[test]
+fn the_launcher_takes_a_config_path_and_app_arguments_that_are_not_utf8() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.launcher-bytes");
+    // An app that writes its first argument, byte for byte, where `ARG_OUT` says.
+    let zip = src.join("app-args.zip");
+    make_zip(
+        &zip,
+        &[(
+            "run.sh",
+            b"#!/bin/sh\nprintf '%s' \"$1\" > \"$ARG_OUT\"\n" as &[u8],
+        )],
+    );
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("app", &zip)], &[]);
+    dev.expect("update", &["--yes"], 0);
+    let dir = repo
+        .scratch("configs")
+        .join(OsStr::from_bytes(b"caf\xe9 d\xffir"));
+    std::fs::create_dir(&dir).unwrap();
+    let config = dir.join("config.json");
+    std::fs::copy(&dev.config, &config).unwrap();
+    let arg = std::ffi::OsString::from_vec(b"/data/r\xe9sum\xe9.txt".to_vec());
+    let written = repo.scratch("out").join("arg");
+    let mut cmd = Command::new(launcher());
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--component", "app", "--entry", "run.sh", "--"])
+        .arg(&arg)
+        .env("ARG_OUT", &written);
+    let out = common::output_within(&mut cmd, common::CLI_LIMIT);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(std::fs::read(&written).unwrap(), arg.as_bytes());
+    assert_eq!(
+        dev.status()["trial"]["tries_left"],
+        2,
+        "the start was counted"
+    );
+}
+
 /// A process stopped while it holds the state lock (Ctrl-Z during `evergreen activate`),
 /// or hung, does not hold back every start: the startup step gives up after its patience
 /// (a minute; `EVERGREEN_STARTUP_LOCK_PATIENCE_MS` shortens it for the test), says why, and
