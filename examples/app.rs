@@ -15,10 +15,11 @@ use evergreen::{Config, Startup, Updater};
 use std::path::PathBuf;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    // `args_os`: a config path need not be UTF-8 (`std::env::args` panics on one).
+    let mut args = std::env::args_os().skip(1);
     let (mut config, mut healthy) = (None, true);
     while let Some(a) = args.next() {
-        match a.as_str() {
+        match a.to_str().unwrap_or_default() {
             "--config" => config = args.next().map(PathBuf::from),
             "--unhealthy" => healthy = false,
             _ => fail("usage: app --config FILE [--unhealthy]"),

@@ -17,35 +17,39 @@
 use evergreen::config::SlotsConfig;
 use evergreen::slots::dir::DirSlots;
 use evergreen::{Config, Launch, Startup, Updater};
+use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 struct Args {
     config: PathBuf,
-    component: String,
-    entry: String,
-    rest: Vec<String>,
+    component: OsString,
+    entry: OsString,
+    rest: Vec<OsString>,
 }
 
+/// The arguments as the system gives them, bytes on Unix: a path (the config's, the
+/// entry's) or an argument for the app need not be UTF-8, and `std::env::args` panics on
+/// one that is not, before the app ever starts.
 fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
+    let mut it = std::env::args_os().skip(1);
     let (mut config, mut component, mut entry) = (None, None, None);
     let mut rest = Vec::new();
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => config = it.next().map(PathBuf::from),
-            "--component" => component = it.next(),
-            "--entry" => entry = it.next(),
-            "--" => {
+        match a.to_str() {
+            Some("--config") => config = it.next().map(PathBuf::from),
+            Some("--component") => component = it.next(),
+            Some("--entry") => entry = it.next(),
+            Some("--") => {
                 rest.extend(it.by_ref());
             }
-            "-h" | "--help" => {
+            Some("-h" | "--help") => {
                 return Err(
                     "usage: launcher --config FILE --component NAME --entry PATH [-- ARGS…]".into(),
                 )
             }
-            other => return Err(format!("unexpected argument {other:?}; see --help")),
+            _ => return Err(format!("unexpected argument {a:?}; see --help")),
         }
     }
     Ok(Args {
