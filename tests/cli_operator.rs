@@ -914,6 +914,38 @@ fn an_unknown_component_kind_is_named_in_the_error() {
     release_version(dir, "1.0.0", &["--component", "app=v:2/app.zip:file"]);
 }
 
+/// A component's path is bytes, as every other path argument is (REPO, `--sign`, …): a
+/// build directory whose name is not UTF-8 (`build-\xff`) is published from as any other,
+/// the zip and the file alike, and the blobs are the files' bytes.
+#[test]
+fn release_takes_a_component_path_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let build = std::ffi::OsStr::from_bytes(b"build-caf\xe9");
+    std::fs::create_dir(dir.join(build)).unwrap();
+    write_zip(&dir.join(build).join("app.zip"));
+    std::fs::write(dir.join(build).join("settings.json"), b"{}").unwrap();
+    let component = |spec: &[u8]| {
+        let mut arg = b"--component=".to_vec();
+        arg.extend_from_slice(spec);
+        std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&arg))
+    };
+    let out = common::output_within(
+        command_at(dir, NOW)
+            .args(release_args("1.0.0", &[]))
+            .arg(component(b"app=build-caf\xe9/app.zip"))
+            .arg(component(b"config=build-caf\xe9/settings.json:file")),
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let nightly = read_manifest(dir, "nightly");
+    let components = &nightly["releases"][0]["targets"]["x86_64-linux"]["components"];
+    assert_eq!(components["app"]["artifact"]["kind"], "zip", "{nightly}");
+    assert_eq!(components["config"]["artifact"]["name"], "settings.json");
+    assert_eq!(components["config"]["artifact"]["size"], 2);
+}
+
 /// `evergreen init … | head -1`: the reader goes away before the output is written. The
 /// command still does its work and exits 0, with nothing on stderr (no panic).
 #[test]
