@@ -168,8 +168,9 @@ pub(crate) struct ReleaseArgs {
     /// NAME=PATH[:zip|file|image|image-raw] (repeat for each component). A gzip image is
     /// published compressed and devices decompress it into the slot; `image-raw` publishes
     /// it as it is (a kernel or FIT image the bootloader reads compressed).
+    // Bytes, as every path argument: a PATH need not be UTF-8.
     #[arg(long = "component", value_name = "NAME=PATH[:KIND]", required = true)]
-    component: Vec<String>,
+    component: Vec<std::ffi::OsString>,
     /// Release notes.
     #[arg(long, default_value = "")]
     notes: String,
@@ -726,14 +727,32 @@ fn open(path: &Path) -> Result<Repo> {
 
 /// `NAME=PATH[:zip|file|image|image-raw]`; without a kind, `.zip` files are zips and
 /// others files. `image-raw` is an `image` published as it is even if it is gzip data
-/// (the last field).
-fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind, bool)> {
-    let (name, rest) = spec.split_once('=').ok_or_else(|| {
+/// (the last field). The PATH is bytes, as any path argument's (not UTF-8, say); NAME and
+/// KIND are text.
+fn parse_component(spec: &std::ffi::OsStr) -> Result<(String, PathBuf, ArtifactKind, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = spec.as_bytes();
+    let (name, rest) = bytes
+        .iter()
+        .position(|&b| b == b'=')
+        .map(|at| (&bytes[..at], &bytes[at + 1..]))
+        .ok_or_else(|| {
+            Error::config(format!(
+                "--component: expected NAME=PATH[:zip|file|image|image-raw], found {spec:?}"
+            ))
+        })?;
+    let name = std::str::from_utf8(name).map_err(|_| {
         Error::config(format!(
-            "--component: expected NAME=PATH[:zip|file|image|image-raw], found {spec:?}"
+            "--component: expected a NAME in UTF-8 before '=', found {:?}",
+            std::ffi::OsStr::from_bytes(name)
         ))
     })?;
-    let explicit = rest.rsplit_once(':').and_then(|(path, kind)| {
+    // The kind after the last ':', when it is text.
+    let last = rest.iter().rposition(|&b| b == b':').and_then(|at| {
+        let kind = std::str::from_utf8(&rest[at + 1..]).ok()?;
+        Some((&rest[..at], kind))
+    });
+    let explicit = last.and_then(|(path, kind)| {
         let kind = match kind {
             "zip" => (ArtifactKind::Zip, false),
             "file" => (ArtifactKind::File, false),
@@ -743,17 +762,18 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind, bool)> 
         };
         Some((path, kind))
     });
+    let rest_path = Path::new(std::ffi::OsStr::from_bytes(rest));
     // `app=build/app.bin:tar`: a kind we do not know, not a file named `app.bin:tar`.
-    if let (None, Some((_, kind))) = (&explicit, rest.rsplit_once(':')) {
+    if let (None, Some((_, kind))) = (&explicit, last) {
         let word = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if word && !Path::new(rest).exists() {
+        if word && !rest_path.exists() {
             return Err(Error::config(format!(
                 "--component {name}: expected a kind of zip, file, image or image-raw after ':', found {kind:?}"
             )));
         }
     }
     let (path, kind) = explicit.unwrap_or_else(|| {
-        let zip = rest.to_ascii_lowercase().ends_with(".zip");
+        let zip = rest.to_ascii_lowercase().ends_with(b".zip");
         (
             rest,
             if zip {
@@ -763,7 +783,12 @@ fn parse_component(spec: &str) -> Result<(String, PathBuf, ArtifactKind, bool)> 
             },
         )
     });
-    Ok((name.to_string(), PathBuf::from(path), kind.0, kind.1))
+    Ok((
+        name.to_string(),
+        PathBuf::from(std::ffi::OsStr::from_bytes(path)),
+        kind.0,
+        kind.1,
+    ))
 }
 
 /// A note for each image component of the release just published compressed because
