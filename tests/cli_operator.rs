@@ -1054,6 +1054,35 @@ fn keygen_refuses_to_name_a_secret_key_file_pub() {
     assert!(!dir.path().join("release.pub.pub").exists());
 }
 
+/// `keygen --out keys` with `keys` a directory (the file name left off), or `--out keys/`,
+/// names no file to write the key to: the error says it found a directory, not a key file
+/// that a keygen cut off left without its public half, to be removed, and writes nothing.
+#[test]
+fn keygen_into_a_directory_says_it_found_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/kept"), b"x").unwrap();
+    for out in ["keys", "keys/", "newdir/"] {
+        let err = fails(dir.path(), &["keygen", "--out", out]);
+        assert!(
+            err.starts_with("error[config]: expected a file name for the secret key")
+                && err.contains(&format!("found the directory {out}")),
+            "{out}: {err}"
+        );
+        assert!(!err.contains("remove it"), "{out}: {err}");
+    }
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keys"]);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("keys")).unwrap().count(),
+        1
+    );
+}
+
 #[test]
 fn signing_under_an_expired_root_is_refused() {
     let dir = init_repo();
