@@ -6,6 +6,15 @@ use super::*;
 /// never widened afterwards) and `path.pub` the base64 public key. Refuses to overwrite
 /// either file, and a `path` ending in `.pub`.
 pub fn write_keypair(path: &Path) -> Result<PublicKey> {
+    // `keygen --out keys` (the file name left off) or `--out keys/`: no file to write, and
+    // a directory is no key file a cut-off keygen left, to be removed.
+    let slash = path.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if slash || path.file_name().is_none() || path.is_dir() {
+        return Err(Error::config(format!(
+            "expected a file name for the secret key (its public half gets .pub added), found the directory {} (name a file in it: DIR/NAME)",
+            path.display()
+        )));
+    }
     // `keygen --out x.pub` would put the secret where public keys are read from (and
     // published in the root by `init`).
     if path.extension().is_some_and(|e| e == "pub") {
