@@ -946,6 +946,45 @@ fn release_takes_a_component_path_that_is_not_utf8() {
     assert_eq!(components["config"]["artifact"]["size"], 2);
 }
 
+/// A `file` component is placed on devices under its own name, so that name must be one
+/// every device takes; a name that is not (a dotfile such as `.env`, a name that is not
+/// UTF-8, one holding ':') is refused saying which rule it breaks and what to do, rather
+/// than "expected a file with a plain name", which all three look like to an operator.
+#[test]
+fn a_file_component_whose_name_devices_refuse_says_why() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let cases: [(&[u8], &str); 3] = [
+        (b".env", "starts with '.'"),
+        (b"r\xe9glages.json", "is not UTF-8"),
+        (b"a:b", "holds ':'"),
+    ];
+    for (name, why) in cases {
+        let file = std::ffi::OsStr::from_bytes(name);
+        std::fs::write(dir.join(file), b"{}").unwrap();
+        let mut arg = b"--component=config=".to_vec();
+        arg.extend_from_slice(name);
+        arg.extend_from_slice(b":file");
+        let out = common::output_within(
+            command_at(dir, NOW)
+                .args(release_args("1.0.0", &[]))
+                .arg(std::ffi::OsStr::from_bytes(&arg)),
+            LIMIT,
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.starts_with(
+                "error[config]: component config: expected a file name devices can place as it is"
+            ) && err.contains(why)
+                && err.contains("rename it"),
+            "{file:?}: {err}"
+        );
+    }
+    assert!(!dir.join("repo/channels/nightly.json").exists());
+}
+
 /// `evergreen init … | head -1`: the reader goes away before the output is written. The
 /// command still does its work and exits 0, with nothing on stderr (no panic).
 #[test]
