@@ -601,17 +601,24 @@ fn no_such_version(version: &Version, channel: &str) -> Error {
     )
 }
 
+/// The name a `file` artifact is placed under on devices: one [`manifest::is_safe_name`]
+/// takes, or an error that says which of its rules the file's name breaks.
 fn file_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| manifest::is_safe_name(n))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::config(format!(
-                "expected a file with a plain name, found {}",
-                path.display()
-            ))
-        })
+    let name = path.file_name().unwrap_or_default();
+    let why = match name.to_str() {
+        Some(n) if manifest::is_safe_name(n) => return Ok(n.to_string()),
+        None => "is not UTF-8",
+        Some("") => "is empty",
+        Some(n) if n.starts_with('.') => "starts with '.'",
+        Some(n) if n.len() > 255 => "is longer than 255 bytes",
+        Some(n) if n.contains(':') => "holds ':'",
+        Some(n) if n.contains('\\') => "holds '\\'",
+        Some(_) => "holds a control character",
+    };
+    Err(Error::config(format!(
+        "expected a file name devices can place as it is (UTF-8, at most 255 bytes, not starting with '.', without ':', '\\' or control characters), found {name:?} ({}), which {why}: rename it",
+        path.display()
+    )))
 }
 
 /// The file's bytes, or `None` when it does not exist.
