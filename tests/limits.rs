@@ -1,0 +1,95 @@
+//! The updater in a process under tight limits, as embedded hosts and systemd services
+//! run it: a thread limit (a pids cgroup, systemd's `TasksMax`, `RLIMIT_NPROC`) at which
+//! the OS refuses every new thread. Needs root, `prlimit` and `setpriv`; skipped otherwise
+//! (failed under `EVERGREEN_REQUIRE_TOOLS`).
+
+mod common;
+mod require;
+mod support;
+
+use common::{Device, Repo};
+use std::process::{Command, Output};
+use support::TestServer;
+
+/// `evergreen CMD --config CONFIG ARGS…` as a process that may not start a thread:
+/// `RLIMIT_NPROC` 1 on the real user `uid`, which no other process runs as (the limit
+/// counts the tasks of the real user; root is exempt, and so is a process with
+/// CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which are dropped). The effective user stays root,
+/// so the run reads and writes what the test made. Each test has its own `uid`: two
+/// runs at once under one would refuse the second. `None` (the test is skipped) where
+/// this process is not root or the tools are missing.
+fn without_threads(uid: u32, dev: &Device, cmd: &str, args: &[&str]) -> Option<Output> {
+    let ruid = format!("--ruid={uid}");
+    // SAFETY: a query without arguments.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !(root
+        && require::tool_succeeds(Command::new("prlimit").args([
+            "--nproc=1",
+            "setpriv",
+            &ruid,
+            "true",
+        ])))
+    {
+        require::missing("root, prlimit and setpriv (to run with a thread limit)");
+        return None;
+    }
+    let mut limited = Command::new("prlimit");
+    limited
+        .args([
+            "--nproc=1",
+            "setpriv",
+            &ruid,
+            "--bounding-set=-sys_resource,-sys_admin",
+        ])
+        .arg(common::bin())
+        .args([cmd, "--config", dev.config.to_str().unwrap()])
+        .args(args);
+    Some(common::output_within(&mut limited, common::CLI_LIMIT))
+}
+
+/// `out`'s stderr, once it exited with `code`.
+fn exited(out: &Output, code: i32) -> String {
+    let err = common::stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+/// Publishes `version` of an app zip of eight 300 KiB files (more than one extraction
+/// thread's work), as component `app`.
+fn publish_zip(repo: &Repo, version: &str) {
+    let zip = repo.scratch("src").join(format!("app-{version}.zip"));
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("f{i}.bin"), support::noise(300 << 10, i + 1)))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    common::make_zip(&zip, &files);
+    repo.release("stable", version, "x86_64-linux", &[("app", &zip)], &[]);
+}
+
+/// A check at the thread limit still asks the server: every request's name lookup ran on
+/// a thread of its own (ureq's, so that a lookup is bounded by the connect timeout), and
+/// the OS refusing it panicked (exit 101, no `error[…]` line).
+#[test]
+fn a_check_that_may_not_start_a_thread_finds_the_update() {
+    let repo = Repo::new("com.acme.limits");
+    publish_zip(&repo, "1.0.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let Some(out) = without_threads(60_101, &dev, "check", &[]) else {
+        return;
+    };
+    exited(&out, 10);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("-> 1.0.0"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
