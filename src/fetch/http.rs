@@ -84,7 +84,11 @@ impl HttpTransport {
     /// An agent with the options' settings; with TLS when there are usable roots (plain
     /// `http://` works without).
     fn make_agent(&self) -> ureq::Agent {
-        ureq::Agent::new_with_config(self.agent_config())
+        ureq::Agent::with_parts(
+            self.agent_config(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            Lookup,
+        )
     }
 
     /// The agents' configuration (a test gives it a resolver of its own).
@@ -110,6 +114,45 @@ impl HttpTransport {
             Err(_) => config,
         };
         config.build()
+    }
+}
+
+/// ureq's own name lookup, bounded by the resolve timeout as ureq bounds it (on a thread
+/// that is no longer waited for once the timeout passes), except when the OS gives no
+/// thread (a process at its thread limit: a pids cgroup, systemd's `TasksMax`,
+/// `RLIMIT_NPROC`): ureq's spawn then panics, and this looks the name up on the calling
+/// thread instead, unbounded (an address such as `192.0.2.7` needs no lookup).
+#[derive(Debug)]
+struct Lookup;
+
+impl ureq::unversioned::resolver::Resolver for Lookup {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        use ureq::unversioned::{resolver::DefaultResolver, transport::NextTimeout};
+        // Without a timeout, ureq's resolver looks up on the thread it is called on.
+        let here = || DefaultResolver::default().resolve(uri, config, NextTimeout::default());
+        if timeout.after.is_not_happening() {
+            return here();
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (uri_there, config_there) = (uri.clone(), config.clone());
+        let there = move || {
+            let found = DefaultResolver::default().resolve(
+                &uri_there,
+                &config_there,
+                NextTimeout::default(),
+            );
+            let _ = tx.send(found);
+        };
+        if std::thread::Builder::new().spawn(there).is_err() {
+            return here();
+        }
+        rx.recv_timeout(*timeout.after)
+            .unwrap_or(Err(ureq::Error::Timeout(timeout.reason)))
     }
 }
 
