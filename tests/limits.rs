@@ -93,3 +93,28 @@ fn a_check_that_may_not_start_a_thread_finds_the_update() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A download at the thread limit hashes what it receives on the calling thread: it had
+/// its hashing thread started by `std::thread::scope`'s spawn, which panicked when the OS
+/// refused it. The download is complete and kept, and a later `update` installs from it.
+#[test]
+fn a_download_that_may_not_start_a_thread_hashes_on_its_own() {
+    let repo = Repo::new("com.acme.limits");
+    publish_zip(&repo, "1.0.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let Some(out) = without_threads(60_102, &dev, "update", &["--yes", "--download-only"]) else {
+        return;
+    };
+    exited(&out, 0);
+    assert_eq!(dev.downloads().len(), 1, "{:?}", dev.downloads());
+    // The kept download is the artifact's bytes: the next update installs from it
+    // without asking the server for it again.
+    server.clear_log();
+    dev.expect("update", &["--yes"], 0);
+    let fetched: Vec<String> = server.log().into_iter().map(|l| l.path).collect();
+    assert!(
+        fetched.iter().all(|p| !p.starts_with("blobs/")),
+        "{fetched:?}"
+    );
+}
