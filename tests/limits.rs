@@ -118,3 +118,28 @@ fn a_download_that_may_not_start_a_thread_hashes_on_its_own() {
         "{fetched:?}"
     );
 }
+
+/// An install at the thread limit extracts and syncs on the calling thread: its worker
+/// threads were started with `std::thread::scope`'s spawn, which panicked when the OS
+/// refused the first. (Downloaded first without the limit: the download's own hashing
+/// thread is the test above's.)
+#[test]
+fn an_install_that_may_not_start_a_thread_extracts_on_its_own() {
+    let repo = Repo::new("com.acme.limits");
+    publish_zip(&repo, "1.0.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    dev.expect("update", &["--yes", "--download-only"], 0);
+    let Some(out) = without_threads(60_103, &dev, "update", &["--yes"]) else {
+        return;
+    };
+    exited(&out, 0);
+    let status = dev.status();
+    assert_eq!(status["primary"], "b", "{status}");
+    assert_eq!(status["slots"]["b"]["version"], "1.0.0", "{status}");
+    let app = dev.root.join("slots/b/app");
+    for i in 0..8u64 {
+        let file = std::fs::read(app.join(format!("f{i}.bin"))).unwrap();
+        assert!(file == support::noise(300 << 10, i + 1), "f{i}.bin differs");
+    }
+}
