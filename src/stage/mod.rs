@@ -91,8 +91,9 @@ fn workers(items: usize) -> usize {
     crate::cpus::usable().clamp(1, 8).min(items).max(1)
 }
 
-/// Runs `work` on every item, spread over [`workers`] threads that take the next item as
-/// they free up (callers sort big items first so the threads finish together). Each
+/// Runs `work` on every item, spread over [`workers`] threads (this one and the others
+/// the OS gives) that take the next item as they free up (callers sort big items first
+/// so the threads finish together). Each
 /// thread builds its own state with `init`. After the first failure the other threads stop
 /// taking items, and that first error is returned.
 fn run_parallel<T: Sync, S>(
@@ -137,8 +138,11 @@ fn run_indexed<'a>(
         result
     };
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers(len)).map(|_| s.spawn(worker)).collect();
-        let mut first = Ok(());
+        // This thread is one of the workers. The others are as many threads as the OS
+        // gives, up to the count: at a thread limit, this one does all the work.
+        let spawn = || std::thread::Builder::new().spawn_scoped(s, worker).ok();
+        let handles: Vec<_> = (1..workers(len)).map_while(|_| spawn()).collect();
+        let mut first = worker();
         for handle in handles {
             match handle.join() {
                 Ok(Err(e)) if first.is_ok() => first = Err(e),
