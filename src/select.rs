@@ -414,18 +414,25 @@ fn listed(list: &[Version], version: &Version) -> bool {
 /// assert_eq!(b, evergreen::select::rollout_bucket("com.acme.gateway", "device-1", &v));
 /// ```
 pub fn rollout_bucket(product: &str, device_id: &str, version: &Version) -> u64 {
-    let mut hash = Sha256::new();
-    hash.update(b"evergreen-rollout\0");
-    hash.update(product.as_bytes());
-    hash.update(b"\0");
-    hash.update(device_id.as_bytes());
-    hash.update(b"\0");
-    hash.update(version.to_string().as_bytes());
-    leading_u64(hash) % 10_000
+    let version = version.to_string();
+    let parts: [&[u8]; 6] = [
+        b"evergreen-rollout\0",
+        product.as_bytes(),
+        b"\0",
+        device_id.as_bytes(),
+        b"\0",
+        version.as_bytes(),
+    ];
+    leading_u64(&parts) % 10_000
 }
 
-/// The first 8 bytes of the digest, big-endian: a uniform `u64` from a hash of its inputs.
-fn leading_u64(hash: Sha256) -> u64 {
+/// The first 8 bytes of the SHA-256 of `parts` one after the other, big-endian: a
+/// uniform `u64` from a hash of its inputs.
+fn leading_u64(parts: &[&[u8]]) -> u64 {
+    let mut hash = Sha256::new();
+    for part in parts {
+        crate::trust::hash_in(&mut hash, part);
+    }
     let digest = hash.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -1111,19 +1118,20 @@ fn not_before_spread(
 /// assert_ne!(poll_draw("device-1", since, 0), poll_draw("device-1", since, 1));
 /// ```
 pub fn poll_draw(device_id: &str, since: Option<Timestamp>, failures: u32) -> u64 {
-    let mut hash = Sha256::new();
-    hash.update(b"evergreen-poll\0");
-    hash.update(device_id.as_bytes());
-    hash.update(b"\0");
-    match since {
-        Some(t) => {
-            hash.update([1]);
-            hash.update(t.unix().to_be_bytes());
-        }
-        None => hash.update([0]),
-    }
-    hash.update(failures.to_be_bytes());
-    leading_u64(hash)
+    let since = since.map(|t| t.unix().to_be_bytes());
+    let (mark, at): (&[u8], &[u8]) = match &since {
+        Some(t) => (&[1], t),
+        None => (&[0], &[]),
+    };
+    let parts = [
+        b"evergreen-poll\0",
+        device_id.as_bytes(),
+        b"\0",
+        mark,
+        at,
+        &failures.to_be_bytes(),
+    ];
+    leading_u64(&parts)
 }
 
 /// A `jitter` fraction clamped into `[0, 1)`; 0 for one that is no number.

@@ -24,6 +24,13 @@ pub const MAX_ROOT_STEPS: u64 = 32;
 /// How many signature entries an envelope may carry; more is a denial-of-service attempt.
 const MAX_SIGNATURES: usize = 64;
 
+/// `hasher.update(bytes)`, in one place: sha2 inlines its buffering around the
+/// compression at every call, and the smallest library has little room (800 bytes).
+#[inline(never)]
+pub(crate) fn hash_in(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update(bytes);
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

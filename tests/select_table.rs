@@ -795,6 +795,21 @@ fn bucket_is_the_documented_hash() {
     assert_eq!(rollout_bucket("p", "d", &v("0.1.0-rc.1")), 4029);
 }
 
+/// A device's poll draw is SHA-256 over "evergreen-poll\0", its id, "\0", then 1 and the
+/// time the schedule counts from (i64, big-endian) or 0 alone, then the failure count (u32,
+/// big-endian); the first 8 bytes, big-endian. It must not move when the library does: a
+/// fleet updated to a new build would otherwise all poll anew.
+#[test]
+fn poll_draw_is_the_documented_hash() {
+    // Pinned with Python's hashlib, an implementation independent of ours.
+    let since = Timestamp::from_unix(1_700_000_000);
+    assert_eq!(
+        poll_draw("device-1", Some(since), 0),
+        17_663_923_209_398_268_672
+    );
+    assert_eq!(poll_draw("device-1", None, 3), 11_547_527_294_768_924_422);
+}
+
 fn device_ids(n: usize) -> impl Iterator<Item = String> {
     (0..n).map(|i| format!("device-{i:06}"))
 }

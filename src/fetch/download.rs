@@ -176,7 +176,7 @@ fn hash_to_end(file: &mut dyn Read) -> io::Result<(Sha256, u64)> {
         match file.read(&mut buf) {
             Ok(0) => return Ok((hasher, len)),
             Ok(n) => {
-                hasher.update(&buf[..n]);
+                crate::trust::hash_in(&mut hasher, &buf[..n]);
                 len += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1324,13 +1324,13 @@ impl Stream<'_, '_> {
                 .read_exact_at(&mut ours[..n], matched)
                 .map_err(|e| Error::io("reading", path, e))?;
             if let Some(i) = theirs[..n].iter().zip(&ours[..n]).position(|(a, b)| a != b) {
-                hasher.update(&theirs[..i]);
+                crate::trust::hash_in(&mut hasher, &theirs[..i]);
                 let held = theirs[i..n].to_vec();
                 let at = matched + i as u64;
                 let held = (hasher, at, held);
                 return self.replace_kept(body, part, held, &mut theirs, &mut meter);
             }
-            hasher.update(&theirs[..n]);
+            crate::trust::hash_in(&mut hasher, &theirs[..n]);
             matched += n as u64;
             meter.check(Instant::now(), matched, self.source())?;
         }
@@ -1386,7 +1386,7 @@ impl Stream<'_, '_> {
             if n == 0 {
                 return Err(self.ended_early(done));
             }
-            hasher.update(&buf[..n]);
+            crate::trust::hash_in(&mut hasher, &buf[..n]);
             done += n as u64;
             meter.check(Instant::now(), done, self.source())?;
         }
@@ -1429,7 +1429,7 @@ impl Stream<'_, '_> {
         part.file
             .write_all(&held)
             .map_err(|e| part.write_failed(at, e, self.total))?;
-        hasher.update(&held);
+        crate::trust::hash_in(&mut hasher, &held);
         part.hasher = hasher;
         part.kept = part.kept.min(at);
         part.written(held.len())?;
@@ -1489,7 +1489,7 @@ fn hash_chunks(
     free: SyncSender<Vec<u8>>,
 ) -> Sha256 {
     for (buf, n) in full.iter() {
-        hasher.update(&buf[..n]);
+        crate::trust::hash_in(&mut hasher, &buf[..n]);
         // The receiver may have stopped; the buffer is then simply freed.
         let _ = free.send(buf);
     }

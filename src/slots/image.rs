@@ -736,7 +736,7 @@ fn hash_prefix(path: &Path, size: u64, progress: &mut dyn FnMut(u64, u64)) -> Re
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        crate::trust::hash_in(&mut hasher, &buf[..n]);
         done += n as u64;
         progress(done, size);
     }
@@ -828,7 +828,7 @@ mod tests {
             if n == 0 {
                 return hex(&hasher.finalize());
             }
-            hasher.update(&buf[..n]);
+            crate::trust::hash_in(&mut hasher, &buf[..n]);
         }
     }
 
