@@ -1094,8 +1094,13 @@ impl Stream<'_, '_> {
             // Cannot fail: the channel has room for the whole pool.
             let _ = free_tx.send(vec![0; CHUNK]);
         }
+        let kept = hasher.clone();
         let (received, hashed) = std::thread::scope(|scope| {
-            let hashing = scope.spawn(move || hash_chunks(hasher, full_rx, free_tx));
+            let hashing = std::thread::Builder::new()
+                .spawn_scoped(scope, move || hash_chunks(hasher, full_rx, free_tx));
+            let Ok(hashing) = hashing else {
+                return (Err(Stop::Read(no_thread())), Ok(kept));
+            };
             let received = self.receive(&mut *body, &mut part, &full_tx, &free_rx);
             drop(full_tx);
             (received, hashing.join())
@@ -1480,6 +1485,17 @@ fn fill(body: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
         }
     }
     (n, None)
+}
+
+/// The OS gave no thread to hash a download on: a process at its thread limit (a pids
+/// cgroup, systemd's `TasksMax`, `RLIMIT_NPROC`; DESIGN decision 40). Nothing of this
+/// attempt was received, and the next one asks again. Hashing on the receiving thread
+/// instead took 4 KB of the smallest library, which it does not have.
+fn no_thread() -> Error {
+    Error::new(
+        ErrorKind::Io,
+        "expected a thread to hash the download on, found the system refusing one (this process is at its thread limit); try again once it runs fewer threads",
+    )
 }
 
 /// The hashing thread: hashes each chunk and hands the buffer back.
