@@ -433,7 +433,7 @@ fn leading_u64(parts: &[&[u8]]) -> u64 {
     for part in parts {
         crate::trust::hash_in(&mut hash, part);
     }
-    let digest = hash.finalize();
+    let digest = crate::trust::hash_out(hash);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)

@@ -31,6 +31,20 @@ pub(crate) fn hash_in(hasher: &mut Sha256, bytes: &[u8]) {
     hasher.update(bytes);
 }
 
+/// `hasher.finalize()`, in one place, as [`hash_in`] (the padding and last rounds are
+/// inlined at every call otherwise).
+#[inline(never)]
+pub(crate) fn hash_out(hasher: Sha256) -> sha2::digest::Output<Sha256> {
+    hasher.finalize()
+}
+
+/// The SHA-256 of `bytes`, through [`hash_in`] and [`hash_out`].
+pub(crate) fn sha256(bytes: &[u8]) -> sha2::digest::Output<Sha256> {
+    let mut hasher = Sha256::new();
+    hash_in(&mut hasher, bytes);
+    hash_out(hasher)
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -51,7 +65,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// );
 /// ```
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    hex(&sha256(bytes))
 }
 
 /// Whether `s` is a SHA-256 as every document and file name spells it: 64 lowercase hex
@@ -334,7 +348,7 @@ impl KeySet {
         let mut set = [0u8; 40];
         set[32..].copy_from_slice(&(self.threshold as u64).to_le_bytes());
         for k in &self.keys {
-            for (s, d) in set.iter_mut().zip(Sha256::digest(k.as_bytes())) {
+            for (s, d) in set.iter_mut().zip(sha256(k.as_bytes())) {
                 *s ^= d;
             }
         }

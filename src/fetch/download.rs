@@ -149,7 +149,7 @@ fn is_complete(path: &Path, spec: &super::BlobSpec) -> Result<bool> {
     let mut file = crate::fsutil::open_regular(OpenOptions::new().read(true), path, "opening")?;
     let (hasher, len) = hash_to_end(&mut file).map_err(|e| Error::io("hashing", path, e))?;
     drop(file);
-    let blob = hex(&hasher.finalize()) == spec.sha256;
+    let blob = hex(&crate::trust::hash_out(hasher)) == spec.sha256;
     match (blob, len == spec.size) {
         (true, true) => Ok(true),
         (true, false) => Err(Error::new(
@@ -963,7 +963,7 @@ impl<'t> Part<'t> {
     /// goes back to 0. `source` names where the bytes came from ([`Stream::source`]).
     fn finish(mut self, source: &str) -> Result<(), Failure> {
         let sha256 = &self.to.spec.sha256;
-        let found = hex(&std::mem::take(&mut self.hasher).finalize());
+        let found = hex(&crate::trust::hash_out(std::mem::take(&mut self.hasher)));
         if found == *sha256 {
             return match self.writing.check_end(self.to) {
                 Ok(()) => Ok(self.keep()?),
@@ -1358,7 +1358,7 @@ impl Stream<'_, '_> {
                 return Err(e.into());
             }
         };
-        if taken == part.hasher.clone().finalize() {
+        if taken == crate::trust::hash_out(part.hasher.clone()) {
             return Ok(part);
         }
         Err(Error::new(
@@ -1395,7 +1395,7 @@ impl Stream<'_, '_> {
             done += n as u64;
             meter.check(Instant::now(), done, self.source())?;
         }
-        Ok(hasher.finalize())
+        Ok(crate::trust::hash_out(hasher))
     }
 
     /// Holds the body from `at`, where it first differs from the kept bytes (`hasher`

@@ -749,7 +749,7 @@ fn hash_prefix(path: &Path, size: u64, progress: &mut dyn FnMut(u64, u64)) -> Re
             ),
         ));
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hex(&crate::trust::hash_out(hasher)))
 }
 
 #[cfg(test)]
@@ -826,7 +826,7 @@ mod tests {
         loop {
             let n = src.read(&mut buf).unwrap();
             if n == 0 {
-                return hex(&hasher.finalize());
+                return hex(&crate::trust::hash_out(hasher));
             }
             crate::trust::hash_in(&mut hasher, &buf[..n]);
         }

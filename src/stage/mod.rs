@@ -184,7 +184,7 @@ pub fn verify_artifact(file: &std::fs::File, artifact: &crate::manifest::Artifac
             break;
         }
     }
-    let found = crate::trust::hex(&hasher.finalize());
+    let found = crate::trust::hex(&crate::trust::hash_out(hasher));
     if offset == artifact.size && found == artifact.sha256 {
         return Ok(());
     }
