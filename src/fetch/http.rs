@@ -120,8 +120,11 @@ impl HttpTransport {
 /// ureq's own name lookup, bounded by the resolve timeout as ureq bounds it (on a thread
 /// that is no longer waited for once the timeout passes), except when the OS gives no
 /// thread (a process at its thread limit: a pids cgroup, systemd's `TasksMax`,
-/// `RLIMIT_NPROC`): ureq's spawn then panics, and this looks the name up on the calling
-/// thread instead, unbounded (an address such as `192.0.2.7` needs no lookup).
+/// `RLIMIT_NPROC`): ureq's spawn would panic, and the name is looked up on the calling
+/// thread instead, unbounded (an address such as `192.0.2.7` needs no lookup). A thread
+/// that ends at once asks the OS first: a lookup thread of our own (its code beside
+/// ureq's) took 5–11 KB of the HTTPS library, more than it has. Another thread taking
+/// the last one between the two would still panic ureq's spawn.
 #[derive(Debug)]
 struct Lookup;
 
@@ -133,26 +136,14 @@ impl ureq::unversioned::resolver::Resolver for Lookup {
         timeout: ureq::unversioned::transport::NextTimeout,
     ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
         use ureq::unversioned::{resolver::DefaultResolver, transport::NextTimeout};
-        // Without a timeout, ureq's resolver looks up on the thread it is called on.
-        let here = || DefaultResolver::default().resolve(uri, config, NextTimeout::default());
-        if timeout.after.is_not_happening() {
-            return here();
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (uri_there, config_there) = (uri.clone(), config.clone());
-        let there = move || {
-            let found = DefaultResolver::default().resolve(
-                &uri_there,
-                &config_there,
-                NextTimeout::default(),
-            );
-            let _ = tx.send(found);
+        let given = std::thread::Builder::new().spawn(|| ()).is_ok();
+        let timeout = if given {
+            timeout
+        } else {
+            NextTimeout::default()
         };
-        if std::thread::Builder::new().spawn(there).is_err() {
-            return here();
-        }
-        rx.recv_timeout(*timeout.after)
-            .unwrap_or(Err(ureq::Error::Timeout(timeout.reason)))
+        // Without a timeout, ureq's resolver looks up on the thread it is called on.
+        DefaultResolver::default().resolve(uri, config, timeout)
     }
 }
 
