@@ -2445,6 +2445,70 @@ fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
     );
 }
 
+/// Root's download cut short in the app user's state directory (`sudo evergreen update`,
+/// then Ctrl-C) leaves a `.part` there, which the user's own update resumes. Root's
+/// `.part` was root's, and every update of the user's failed to open it for writing
+/// (`Permission denied`) until one of root's finished the download.
+#[test]
+fn the_owner_resumes_a_download_root_cut_short() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    if !require::tool_succeeds(std::process::Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "true",
+    ])) {
+        require::missing("setpriv, run as root (to act as another user)");
+        return;
+    }
+    let (repo, server, dev) = served_with_1_1_0("com.acme.part.owner");
+    // The user may reach the device's files; its state and slot root are the user's.
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [&dev.state, &dev.root] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
+    let slow = Fault::Trickle {
+        bytes: 8,
+        every: std::time::Duration::from_millis(20),
+    };
+    server.set_fault(&blob, slow);
+    let out = interrupted_update(&dev, &server, &blob, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    server.clear_faults();
+    let parts: Vec<_> = std::fs::read_dir(dev.state.join("downloads"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .map(|e| (e.file_name(), e.metadata().unwrap().uid()))
+        .collect();
+    assert_eq!(
+        parts.len(),
+        1,
+        "expected root's partial download, found {parts:?}"
+    );
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    setpriv
+        .arg(common::bin())
+        .args(["update", "--yes", "--config"])
+        .arg(&dev.config);
+    let out = common::output_within(&mut setpriv, common::CLI_LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the owner's update after root's was cut short ({parts:?}): {}",
+        common::stderr(&out)
+    );
+    let resumed = server.requests(&blob);
+    assert!(
+        resumed.last().unwrap().range.is_some(),
+        "expected the owner's update to resume with a Range request, found {resumed:?}"
+    );
+}
+
 /// `activate` says in text what `update` says of the same switch: the version deferred and
 /// until when, or the version activated with the slot and what to do next (restart, then
 /// confirm). It printed a bare `deferred` or `activated`.
