@@ -984,7 +984,7 @@ fn set_own_mode(file: &File, access: LockAccess) {
 /// user of the group). Either must stay able to write it in place, as the state's spare
 /// is written (`src/spare.rs`); they could replace it anyway, so this gives away nothing.
 /// Best effort.
-fn give_to_dir_owner(file: &File, path: &Path) {
+pub(crate) fn give_to_dir_owner(file: &File, path: &Path) {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {

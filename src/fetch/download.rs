@@ -778,6 +778,9 @@ impl<'t> Part<'t> {
                 let mut options = crate::fsutil::create_options();
                 let options = options.read(true).truncate(false);
                 let file = crate::fsutil::open_regular(options, path, "opening")?;
+                // Root's `.part` in another user's state directory is that user's, whose
+                // own update resumes it.
+                crate::fsutil::give_to_dir_owner(&file, path);
                 (file, false, u64::MAX)
             }
             Dest::Slot(into) => {
