@@ -2370,6 +2370,16 @@ fn a_check_that_waits_for_a_running_download_says_so() {
     }
 }
 
+/// Whether this process may run a command as `nobody` (setpriv, as root); says so when not.
+fn can_act_as_nobody() -> bool {
+    let args = ["--reuid=65534", "--regid=65534", "--clear-groups", "true"];
+    let can = require::tool_succeeds(std::process::Command::new("setpriv").args(args));
+    if !can {
+        require::missing("setpriv, run as root (to act as another user)");
+    }
+    can
+}
+
 /// The state directory of an app's own user, where root also works (a systemd unit runs
 /// `evergreen boot`, an admin `sudo evergreen confirm`): each takes the locks the other
 /// left. The owner's lock files are the owner's alone (0600), and root's there stay open
@@ -2379,13 +2389,7 @@ fn a_check_that_waits_for_a_running_download_says_so() {
 fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     const NOBODY: u32 = 65534;
-    if !require::tool_succeeds(std::process::Command::new("setpriv").args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "true",
-    ])) {
-        require::missing("setpriv, run as root (to act as another user)");
+    if !can_act_as_nobody() {
         return;
     }
     let repo = Repo::new("com.acme.cli");
@@ -2453,13 +2457,7 @@ fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
 fn the_owner_resumes_a_download_root_cut_short() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     const NOBODY: u32 = 65534;
-    if !require::tool_succeeds(std::process::Command::new("setpriv").args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "true",
-    ])) {
-        require::missing("setpriv, run as root (to act as another user)");
+    if !can_act_as_nobody() {
         return;
     }
     let (repo, server, dev) = served_with_1_1_0("com.acme.part.owner");
