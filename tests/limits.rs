@@ -1,7 +1,8 @@
 //! The updater in a process under tight limits, as embedded hosts and systemd services
 //! run it: a thread limit (a pids cgroup, systemd's `TasksMax`, `RLIMIT_NPROC`) at which
-//! the OS refuses every new thread. Needs root, `prlimit` and `setpriv`; skipped otherwise
-//! (failed under `EVERGREEN_REQUIRE_TOOLS`).
+//! the OS refuses every new thread (needs root, `prlimit` and `setpriv`), and a file size
+//! limit (`ulimit -f`; needs `prlimit`). Skipped without them (failed under
+//! `EVERGREEN_REQUIRE_TOOLS`).
 
 mod common;
 mod require;
@@ -149,4 +150,38 @@ fn an_install_that_may_not_start_a_thread_extracts_on_its_own() {
         let file = std::fs::read(app.join(format!("f{i}.bin"))).unwrap();
         assert!(file == support::noise(300 << 10, i + 1), "f{i}.bin differs");
     }
+}
+
+/// A download past the process's file size limit (`ulimit -f`, `RLIMIT_FSIZE`; 1 MB here,
+/// for a 2.4 MB zip) is refused as `io`, naming the limit, and removes its partial
+/// download (a resume would meet the same wall): SIGXFSZ, whose default action ends the
+/// process, killed the CLI with no `error[…]` line. Once the limit is gone the update goes
+/// ahead.
+#[test]
+fn a_download_past_the_file_size_limit_says_so() {
+    if !require::tool_succeeds(Command::new("prlimit").args(["--fsize=1000000", "true"])) {
+        require::missing("prlimit (to run with a file size limit)");
+        return;
+    }
+    let repo = Repo::new("com.acme.limits");
+    publish_zip(&repo, "1.0.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let mut limited = Command::new("prlimit");
+    limited.arg("--fsize=1000000").arg(common::bin()).args([
+        "update",
+        "--yes",
+        "--config",
+        dev.config.to_str().unwrap(),
+    ]);
+    let out = common::output_within(&mut limited, common::CLI_LIMIT);
+    let err = exited(&out, 1);
+    assert!(
+        err.contains("error[io]") && err.contains("file size limit"),
+        "{err}"
+    );
+    assert!(dev.downloads().is_empty(), "{:?}", dev.downloads());
+    assert_eq!(dev.status()["slots"]["b"]["status"], "empty");
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["b"]["version"], "1.0.0");
 }

@@ -1242,7 +1242,7 @@ fn write_failed(path: &Path, at: u64, e: io::Error, total: u64) -> Error {
         return Error::new(
             ErrorKind::Io,
             format!(
-                "writing {}: expected a file system that takes a file of {total} bytes, found one that refused it after {at} bytes ({e}; FAT takes at most 4 GiB - 1); the partial download was removed: put the state directory on another file system",
+                "writing {}: expected to write a file of {total} bytes, found it refused after {at} bytes ({e}: past the file system's largest file, 4 GiB - 1 on FAT, or this process's file size limit, ulimit -f); the partial download was removed: put the state directory on another file system, or raise the limit",
                 path.display(),
             ),
         );

@@ -61,3 +61,14 @@ pub fn install() {
         std::process::exit(1);
     });
 }
+
+/// A write past the process's file size limit (`ulimit -f`, `RLIMIT_FSIZE`) fails with
+/// `EFBIG`, which the command reports as an `io` error naming the limit, instead of
+/// SIGXFSZ ending the process with no message (its default action). Nothing is lost
+/// either way; this says why.
+pub fn ignore_file_size_signal() {
+    // SAFETY: sets a standard signal's disposition to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}

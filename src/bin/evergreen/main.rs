@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     interrupt::install();
+    interrupt::ignore_file_size_signal();
     if cli.config.is_some() && matches!(cli.command, Command::Operator(_)) {
         // Refused as it is after the command, rather than read by nothing.
         usage_error(
