@@ -1893,15 +1893,26 @@ fn interrupted_download(
     std::process::Output,
 ) {
     let (repo, server, dev) = served_with_1_1_0(product);
+    let (blob, out) = cut_download(&repo, &server, &dev);
+    (repo, server, dev, blob, out)
+}
+
+/// An update of `dev` interrupted while its blob trickles in, which fails (exit code 1);
+/// with the blob's path and the update's output.
+fn cut_download(
+    repo: &Repo,
+    server: &TestServer,
+    dev: &common::Device,
+) -> (String, std::process::Output) {
     let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
     let slow = Fault::Trickle {
         bytes: 8,
         every: std::time::Duration::from_millis(20),
     };
     server.set_fault(&blob, slow);
-    let out = interrupted_update(&dev, &server, &blob, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    (repo, server, dev, blob, out)
+    let out = interrupted_update(dev, server, &blob, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    (blob, out)
 }
 
 /// Ctrl-C during a download stops it between chunks with `error[cancelled]`; the bytes
@@ -2467,14 +2478,7 @@ fn the_owner_resumes_a_download_root_cut_short() {
         std::fs::create_dir_all(dir).unwrap();
         std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
-    let slow = Fault::Trickle {
-        bytes: 8,
-        every: std::time::Duration::from_millis(20),
-    };
-    server.set_fault(&blob, slow);
-    let out = interrupted_update(&dev, &server, &blob, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let (blob, _) = cut_download(&repo, &server, &dev);
     server.clear_faults();
     let parts: Vec<_> = std::fs::read_dir(dev.state.join("downloads"))
         .unwrap()
