@@ -156,6 +156,7 @@ impl SlotStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SlotRecord {
     /// Life-cycle status.
+    #[serde(default)]
     pub status: SlotStatus,
     /// Release version installed, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2487,3 +2487,51 @@ fn an_app_started_through_a_bind_mount_of_the_root_is_not_counted_as_the_new_rel
         "the old release confirmed the one on trial: {said}"
     );
 }
+
+/// A device whose state is gone while its slots stay (the state directory on a data
+/// partition that was wiped, or `state.json` moved away by a person) still knows the
+/// release it runs: the one sealed in the slot `current` points into, taken as primary
+/// and good. A broken update then rolls back to it. The state used to start afresh with
+/// both slots empty: the running release was unknown, and a broken update stayed on
+/// trial with no starts left, with nothing to roll back to.
+#[test]
+fn a_device_whose_state_is_lost_rolls_back_to_the_release_its_slot_holds() {
+    let setup = setup_with_1_0_0("com.acme.state-gone");
+    let dev = &setup.dev;
+    dev.expect("update", &["--yes"], 0);
+    let out = start(dev);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(current(dev), Path::new("slots/b"));
+    std::fs::rename(
+        dev.state.join("state.json"),
+        dev.state.join("state.json.old"),
+    )
+    .unwrap();
+    let s = dev.status();
+    assert_eq!(
+        (&s["primary"], &s["slots"]["b"]),
+        (
+            &"b".into(),
+            &serde_json::json!({"status": "good", "version": "1.0.0"})
+        ),
+        "{s}"
+    );
+    let out = start(dev);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    publish_app(&setup.repo, &setup.src, "1.2.0", false);
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["trial"]["slot"], "a");
+    for _ in 0..4 {
+        let _ = start(dev);
+    }
+    let s = dev.status();
+    assert_eq!(
+        (&s["primary"], &s["trial"]),
+        (&"b".into(), &serde_json::Value::Null),
+        "{s}"
+    );
+    assert_eq!(s["slots"]["a"]["status"], "bad", "{s}");
+    assert_eq!(current(dev), Path::new("slots/b"));
+    let out = start(dev);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app 1.0.0 healthy"));
+}

@@ -282,6 +282,25 @@ impl Store {
         matches!(self, Store::Dir(_))
     }
 
+    /// For directory slots, the slot `current` points into and the version sealed in it
+    /// (`.evergreen-slot.json`, written as the install finished): what a device whose
+    /// state is gone still runs.
+    fn sealed_current(&self) -> Option<(Slot, Version)> {
+        let Store::Dir(slots) = self else {
+            return None;
+        };
+        let link = std::fs::read_link(slots.current_link()).ok()?;
+        let slot = [Slot::A, Slot::B]
+            .into_iter()
+            .find(|s| link == Path::new("slots").join(s.as_str()) || link == slots.slot_dir(*s))?;
+        let seal = slots.slot_dir(slot).join(crate::slots::dir::SLOT_RECORD);
+        let bytes = crate::fsutil::read_regular(&seal).ok()?;
+        // A seal is a slot record's version and components: read as one (a status left
+        // out is `empty`), which costs the smallest library nothing new.
+        let sealed: SlotRecord = crate::json::from_bytes(&bytes).ok()?;
+        Some((slot, sealed.version?))
+    }
+
     /// Why `slot` holds nothing to start, if it does not: a directory slot that is not
     /// there. The state can call such a slot good when `current_version` names an app
     /// installed outside the slots; pointing `current` at it would leave the host nothing
@@ -734,9 +753,26 @@ impl Updater {
     }
 
     fn load_state(&self) -> Result<State> {
-        Ok(State::load(self.state_dir())?.unwrap_or_else(|| {
-            State::initial(&self.config.channel, self.config.current_version.clone())
-        }))
+        if let Some(st) = State::load(self.state_dir())? {
+            return Ok(st);
+        }
+        let mut st = State::initial(&self.config.channel, self.config.current_version.clone());
+        // A state gone while the slots stayed (its directory on a data partition that was
+        // wiped, or moved away by a person): the release `current` runs is primary and
+        // good, as the install that sealed it left it, so an update can roll back to it.
+        // Its components are not taken: the downloads they came from went with the state.
+        // What the other slot holds is not known (`current_version` named the first
+        // install, long gone perhaps): empty, so nothing rolls back into it.
+        if let Some((slot, version)) = self.store.sealed_current() {
+            st.primary = slot;
+            *st.slot_mut(slot.other()) = SlotRecord::default();
+            *st.slot_mut(slot) = SlotRecord {
+                status: SlotStatus::Good,
+                version: Some(version),
+                ..SlotRecord::default()
+            };
+        }
+        Ok(st)
     }
 
     fn save(&self, state: &State) -> Result<()> {
