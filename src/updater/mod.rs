@@ -756,21 +756,23 @@ impl Updater {
         if let Some(st) = State::load(self.state_dir())? {
             return Ok(st);
         }
-        let mut st = State::initial(&self.config.channel, self.config.current_version.clone());
         // A state gone while the slots stayed (its directory on a data partition that was
         // wiped, or moved away by a person): the release `current` runs is primary and
         // good, as the install that sealed it left it, so an update can roll back to it.
         // Its components are not taken: the downloads they came from went with the state.
         // What the other slot holds is not known (`current_version` named the first
         // install, long gone perhaps): empty, so nothing rolls back into it.
-        if let Some((slot, version)) = self.store.sealed_current() {
+        let sealed = self.store.sealed_current();
+        let first = match sealed {
+            Some(_) => None,
+            None => self.config.current_version.clone(),
+        };
+        let mut st = State::initial(&self.config.channel, first);
+        if let Some((slot, version)) = sealed {
             st.primary = slot;
-            *st.slot_mut(slot.other()) = SlotRecord::default();
-            *st.slot_mut(slot) = SlotRecord {
-                status: SlotStatus::Good,
-                version: Some(version),
-                ..SlotRecord::default()
-            };
+            let record = st.slot_mut(slot);
+            record.status = SlotStatus::Good;
+            record.version = Some(version);
         }
         Ok(st)
     }
