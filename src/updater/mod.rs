@@ -289,10 +289,8 @@ impl Store {
         let Store::Dir(slots) = self else {
             return None;
         };
-        let link = std::fs::read_link(slots.current_link()).ok()?;
-        let slot = [Slot::A, Slot::B]
-            .into_iter()
-            .find(|s| link == Path::new("slots").join(s.as_str()) || link == slots.slot_dir(*s))?;
+        // Where `current` points, as the startup step reads it.
+        let slot = SymlinkSelector::new(slots.clone()).booted().ok()??;
         let seal = slots.slot_dir(slot).join(crate::slots::dir::SLOT_RECORD);
         let bytes = crate::fsutil::read_regular(&seal).ok()?;
         // A seal is a slot record's version and components: read as one (a status left
