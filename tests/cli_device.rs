@@ -2934,3 +2934,88 @@ fn downloads_of_the_next_release_survive_a_repair_of_the_running_one() {
         dev.downloads()
     );
 }
+
+/// `sudo evergreen update` on an app whose slot root is its user's: what root installs
+/// there is the user's, as if the user had installed it, so the user's own updates can
+/// later clear and replace that slot. Root's files and directories were root's, and the
+/// user's first install into that slot failed to clear it (`Permission denied`).
+#[test]
+fn what_root_installs_in_the_users_slot_root_is_the_users() {
+    use common::zips::{build, Item};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    if !can_act_as_nobody() {
+        return;
+    }
+    let repo = Repo::new("com.acme.slot.owner");
+    let src = repo.scratch("src");
+    let zip_of = |version: &str| {
+        let path = src.join(format!("app-{version}.zip"));
+        let items = [
+            Item::Dir("bin/"),
+            Item::File("bin/app", version.as_bytes(), 0o755),
+            Item::Dir("share/"),
+            Item::Dir("share/data/"),
+            Item::File("share/data/notes.txt", b"notes", 0o444),
+        ];
+        std::fs::write(&path, build(&items)).unwrap();
+        path
+    };
+    let release = |version: &str| {
+        let zip = zip_of(version);
+        repo.release("stable", version, "x86_64-linux", &[("app", &zip)], &[]);
+    };
+    release("1.1.0");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [&dev.state, &dev.root] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let as_user = |cmd: &str, args: &[&str]| {
+        let mut setpriv = std::process::Command::new("setpriv");
+        setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        setpriv.arg(common::bin()).arg(cmd).args(args);
+        setpriv.arg("--config").arg(&dev.config);
+        let out = common::output_within(&mut setpriv, common::CLI_LIMIT);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the owner's {cmd} after root's update: {}",
+            common::stderr(&out)
+        );
+    };
+
+    dev.expect("update", &["--yes"], 0);
+    let mut roots = Vec::new();
+    let mut walk = vec![dev.root.clone()];
+    while let Some(dir) = walk.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            if (meta.uid(), meta.gid()) != (NOBODY, NOBODY) {
+                roots.push((entry.path(), meta.uid(), meta.gid()));
+            }
+            if meta.is_dir() {
+                walk.push(entry.path());
+            }
+        }
+    }
+    assert_eq!(
+        roots,
+        [],
+        "root's install left entries that are not the owner's"
+    );
+
+    // The user's own updates reach the slot root's install again, and replace it.
+    for version in ["1.2.0", "1.3.0"] {
+        as_user("boot", &[]);
+        as_user("confirm", &[]);
+        release(version);
+        as_user("update", &["--yes"]);
+    }
+    as_user("update", &["--yes"]);
+    let status = dev.status();
+    assert_eq!(status["current_version"], "1.3.0", "{status}");
+}
