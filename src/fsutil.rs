@@ -1007,6 +1007,60 @@ pub(crate) fn give_to_dir_owner(file: &File, path: &Path) {
     }
 }
 
+/// While alive, the calling thread (and each thread it starts meanwhile, which inherits
+/// its credentials) creates and opens files as `dir`'s owner, when this process is root
+/// and `dir` is another user's: `sudo evergreen update` of an app whose slot root is its
+/// user's. What root made there was root's, and the user's own next install into that
+/// slot could not clear it. Giving files away after making them is not safe in a
+/// directory that user controls (the user could swap a path for a symlink meanwhile);
+/// acting as the user is: root can then reach nothing that user could not. Linux's
+/// file-system ids are per thread, so the host's other threads keep root's rights.
+/// Elsewhere, or as any other user, it changes nothing.
+#[must_use = "the identity is root's again once this is dropped"]
+pub(crate) struct ActAsOwner {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    was: Option<(u32, u32)>,
+}
+
+/// [`ActAsOwner`] of `dir`.
+pub(crate) fn act_as_owner_of(dir: &Path) -> ActAsOwner {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: a query without arguments.
+        let owner = (unsafe { libc::geteuid() } == 0)
+            .then(|| fs::metadata(dir).ok())
+            .flatten()
+            .map(|m| (m.uid(), m.gid()))
+            .filter(|&(uid, _)| uid != 0);
+        ActAsOwner {
+            // SAFETY: these change only this thread's file-system ids; an id that cannot
+            // be taken leaves the old one (the previous ones are what they return).
+            was: owner.map(|(uid, gid)| unsafe {
+                (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32)
+            }),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = dir;
+        ActAsOwner {}
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Drop for ActAsOwner {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.was {
+            // SAFETY: as above; back to the ids this thread had.
+            unsafe {
+                libc::setfsuid(uid);
+                libc::setfsgid(gid);
+            }
+        }
+    }
+}
+
 /// `path` opened as a directory, never through a symlink as its last component.
 fn open_dir(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -3017,5 +3017,9 @@ fn what_root_installs_in_the_users_slot_root_is_the_users() {
     }
     as_user("update", &["--yes"]);
     let status = dev.status();
-    assert_eq!(status["current_version"], "1.3.0", "{status}");
+    assert_eq!(
+        (&status["primary"], &status["slots"]["b"]["version"]),
+        (&"b".into(), &"1.3.0".into()),
+        "{status}"
+    );
 }

@@ -72,12 +72,22 @@ impl DirSlots {
             fsutil::remove_all(&trash)?;
         }
         fsutil::crash_point("create slot")?;
+        // Removed above with this process's rights (root's may clear what an older
+        // version left as root's); made as the slot root's owner, as is all it holds.
+        let _owner = self.act_as_owner();
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io("create slot directory", &dir, e))?;
         fsutil::sync_dir(&slots)?;
         Ok(dir)
+    }
+
+    /// Makes this thread, and the threads it starts, write as the slot root's owner while
+    /// the guard lives, when this process is root and the root is another user's
+    /// (`fsutil::act_as_owner_of`): everything in a slot root is its owner's.
+    pub(crate) fn act_as_owner(&self) -> fsutil::ActAsOwner {
+        fsutil::act_as_owner_of(&self.root)
     }
 
     /// Seals a staged slot: writes its record, opens it to 0755 and makes the directory
@@ -117,6 +127,7 @@ impl SymlinkSelector {
     pub fn point_at(&self, slot: Slot) -> Result<()> {
         let target = Path::new("slots").join(slot.as_str());
         fsutil::create_dir_all(self.slots.root())?;
+        let _owner = self.slots.act_as_owner();
         self.remove_cut_short_switches();
         fsutil::replace_symlink(&target, &self.slots.current_link()).map_err(|e| {
             Error::new(

@@ -545,6 +545,7 @@ impl Updater {
         components: &BTreeMap<String, InstalledComponent>,
     ) -> Result<()> {
         let dir = slots.prepare(slot)?;
+        let owner = slots.act_as_owner();
         let staged = (|| -> Result<()> {
             // Before a byte is written: the sync at the end then hears of every write error.
             let watch = stage::WriteWatch::open(&dir)?;
@@ -575,6 +576,7 @@ impl Updater {
             });
             slots.seal(slot, record.to_string().as_bytes())
         })();
+        drop(owner);
         if staged.is_err() {
             // The components staged before the one that failed must not stay: they hold
             // room on a file system that may be full, and a slot half of one release and
