@@ -2397,6 +2397,18 @@ fn can_act_as_nobody() -> bool {
     can
 }
 
+/// The uid (and gid) of `nobody`, as whom [`as_nobody`] runs the CLI.
+const NOBODY: u32 = 65534;
+
+/// Runs `evergreen <cmd> <args> --config <dev's>` as `nobody` (see [`can_act_as_nobody`]).
+fn as_nobody(dev: &common::Device, cmd: &str, args: &[&str]) -> std::process::Output {
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    setpriv.arg(common::bin()).arg(cmd).args(args);
+    setpriv.arg("--config").arg(&dev.config);
+    common::output_within(&mut setpriv, common::CLI_LIMIT)
+}
+
 /// The state directory of an app's own user, where root also works (a systemd unit runs
 /// `evergreen boot`, an admin `sudo evergreen confirm`): each takes the locks the other
 /// left. The owner's lock files are the owner's alone (0600), and root's there stay open
@@ -2405,7 +2417,6 @@ fn can_act_as_nobody() -> bool {
 #[test]
 fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    const NOBODY: u32 = 65534;
     if !can_act_as_nobody() {
         return;
     }
@@ -2417,15 +2428,7 @@ fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
     std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(&dev.state).unwrap();
     std::os::unix::fs::chown(&dev.state, Some(NOBODY), Some(NOBODY)).unwrap();
-    let as_user = |cmd: &str| {
-        let mut setpriv = std::process::Command::new("setpriv");
-        setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        setpriv
-            .arg(common::bin())
-            .args([cmd, "--config"])
-            .arg(&dev.config);
-        common::output_within(&mut setpriv, common::CLI_LIMIT)
-    };
+    let as_user = |cmd: &str| as_nobody(&dev, cmd, &[]);
     let umask = {
         let out = std::process::Command::new("sh")
             .args(["-c", "umask"])
@@ -2473,7 +2476,6 @@ fn root_and_the_user_who_owns_the_state_both_take_its_locks() {
 #[test]
 fn the_owner_resumes_a_download_root_cut_short() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    const NOBODY: u32 = 65534;
     if !can_act_as_nobody() {
         return;
     }
@@ -2497,13 +2499,7 @@ fn the_owner_resumes_a_download_root_cut_short() {
         1,
         "expected root's partial download, found {parts:?}"
     );
-    let mut setpriv = std::process::Command::new("setpriv");
-    setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-    setpriv
-        .arg(common::bin())
-        .args(["update", "--yes", "--config"])
-        .arg(&dev.config);
-    let out = common::output_within(&mut setpriv, common::CLI_LIMIT);
+    let out = as_nobody(&dev, "update", &["--yes"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -2943,7 +2939,6 @@ fn downloads_of_the_next_release_survive_a_repair_of_the_running_one() {
 fn what_root_installs_in_the_users_slot_root_is_the_users() {
     use common::zips::{build, Item};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    const NOBODY: u32 = 65534;
     if !can_act_as_nobody() {
         return;
     }
@@ -2974,11 +2969,7 @@ fn what_root_installs_in_the_users_slot_root_is_the_users() {
         std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     let as_user = |cmd: &str, args: &[&str]| {
-        let mut setpriv = std::process::Command::new("setpriv");
-        setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        setpriv.arg(common::bin()).arg(cmd).args(args);
-        setpriv.arg("--config").arg(&dev.config);
-        let out = common::output_within(&mut setpriv, common::CLI_LIMIT);
+        let out = as_nobody(&dev, cmd, args);
         assert_eq!(
             out.status.code(),
             Some(0),
