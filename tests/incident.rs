@@ -798,3 +798,149 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
         (&json!("activated"), &json!("1.4.1"))
     );
 }
+
+/// A device with a maintenance window, run by the timer the README gives (`update --yes
+/// --if-due` every 15 minutes), activates the fix it staged once its window opens, without
+/// waiting for a check to be due inside the window; a release a check withheld since (its
+/// rollout halted) stays staged. With a daily poll that falls before the window, the fix
+/// waited for good: the timer checked only when a check was due, and activated only after
+/// one.
+#[test]
+fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_window_opens() {
+    let repo = Repo::new(PRODUCT);
+    open_up(&repo.root);
+    let Some(nginx) = Nginx::serve(&repo.root) else {
+        return;
+    };
+    let op = Operator { repo: &repo };
+    let src = repo.scratch("src");
+    let component = |v: &str| format!("app={}", app_zip(&src, v).display());
+    let c130 = component("1.3.0");
+    op.ok(
+        "2027-03-01T01:00:00Z",
+        &[
+            "release",
+            "--channel",
+            "stable",
+            "--version",
+            "1.3.0",
+            "--target",
+            TARGET,
+            "--component",
+            &c130,
+        ],
+    );
+    let extra = json!({
+        "device_id": "windowed-1",
+        "limits": {"retries": 1, "retry_backoff_ms": 10},
+        "poll": {"interval_s": 86400, "jitter": 0.0},
+        "deploy": {"policy": "window", "window": {
+            "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "start": "02:00", "end": "04:00", "utc_offset": "+00:00"}},
+    });
+    let windowed = Unit {
+        name: "windowed",
+        dev: repo.device("windowed", &nginx.url(), extra),
+        hw: "rev2",
+    };
+    // Installed (by hand, at once) and checked daily at 01:30, before its window.
+    let first = "2027-03-01T01:30:00Z";
+    assert_eq!(windowed.update(first)["status"], "deferred");
+    assert_eq!(
+        windowed.json(first, "activate", &["--now"], 0)["status"],
+        "activated"
+    );
+    windowed.starts_healthy(first, "1.3.0");
+
+    let c141 = component("1.4.1");
+    op.ok(
+        "2027-03-01T10:00:00Z",
+        &[
+            "release",
+            "--channel",
+            "stable",
+            "--version",
+            "1.4.1",
+            "--target",
+            TARGET,
+            "--component",
+            &c141,
+        ],
+    );
+    // The timer's ticks on 2 March: the 01:30 one is due and stages 1.4.1 for the window.
+    let tick = |at: &str| windowed.json(at, "update", &["--yes", "--if-due"], 0);
+    let up = tick("2027-03-02T01:30:00Z");
+    assert_eq!(
+        (&up["status"], &up["version"]),
+        (&json!("deferred"), &json!("1.4.1")),
+        "{up}"
+    );
+    assert_eq!(tick("2027-03-02T01:45:00Z")["status"], "not_due");
+    // A download only, in the window, activates nothing.
+    let only = windowed.json(
+        "2027-03-02T02:00:00Z",
+        "update",
+        &["--if-due", "--download-only"],
+        0,
+    );
+    assert_eq!(only["status"], "not_due", "{only}");
+    let up = tick("2027-03-02T02:00:00Z");
+    assert_eq!(
+        (&up["status"], &up["version"]),
+        (&json!("activated"), &json!("1.4.1")),
+        "expected the tick at the window's start to activate the staged 1.4.1, found {up}: {}",
+        windowed.status()
+    );
+    assert_eq!(tick("2027-03-02T02:15:00Z")["status"], "not_due");
+    windowed.starts_healthy("2027-03-02T02:15:00Z", "1.4.1");
+
+    // 1.5.0 is staged at the next day's due tick, then halted; a check (the device's UI,
+    // say) hears of the halt before the window: the ticks in the window leave it staged.
+    let c150 = component("1.5.0");
+    op.ok(
+        "2027-03-02T10:00:00Z",
+        &[
+            "release",
+            "--channel",
+            "stable",
+            "--version",
+            "1.5.0",
+            "--target",
+            TARGET,
+            "--component",
+            &c150,
+        ],
+    );
+    let up = tick("2027-03-03T01:30:00Z");
+    assert_eq!(
+        (&up["status"], &up["version"]),
+        (&json!("deferred"), &json!("1.5.0")),
+        "{up}"
+    );
+    op.ok(
+        "2027-03-03T01:35:00Z",
+        &[
+            "rollout",
+            "--channel",
+            "stable",
+            "--version",
+            "1.5.0",
+            "--percent",
+            "0",
+        ],
+    );
+    assert_eq!(
+        windowed.json("2027-03-03T01:40:00Z", "check", &[], 0)["status"],
+        "up_to_date"
+    );
+    for at in ["2027-03-03T02:00:00Z", "2027-03-03T02:15:00Z"] {
+        assert_eq!(tick(at)["status"], "not_due", "{at}");
+    }
+    assert_eq!(windowed.primary(), ("1.4.1".into(), "good".into()));
+    let staged = windowed.other();
+    assert_eq!(
+        (&staged["status"], &staged["version"]),
+        (&json!("installed"), &json!("1.5.0"))
+    );
+    assert!(staged["withheld"].is_string(), "{staged}");
+}
