@@ -68,7 +68,10 @@ pub struct UpdateArgs {
     /// before that, print `not due: next check at T` and exit 0 without a request. For a
     /// timer that wakes more often than the poll interval: a fleet that checks on a fixed
     /// clock polls in lockstep. Judged once no other check runs: one that waited for
-    /// another process's check finds the schedule that check left.
+    /// another process's check finds the schedule that check left. Before the check is
+    /// due, a release staged for a maintenance window or an `at` time is activated once
+    /// its time has come (as `evergreen activate` would; one the last check withheld
+    /// stays staged).
     #[arg(long)]
     pub if_due: bool,
 }
@@ -482,6 +485,16 @@ fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Option<Check>> {
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
     let Some(check) = check_on(&up, args)? else {
+        // Not for a download only, nor a look at another channel or version.
+        let plain = !args.download_only && args.channel.is_none() && args.version.is_none();
+        if let Some((slot, version)) = plain.then(|| activate_in_time(&up)).transpose()?.flatten() {
+            match json {
+                true => print_json(&json!({"status": "activated", "slot": slot,
+                    "version": version.to_string()})),
+                false => say_activation(&Activation::Activated { slot, version }, None),
+            }
+            return Ok(0);
+        }
         let next = up.next_check()?;
         if json {
             print_json(&json!({"status": "not_due", "next_check": next}));
@@ -576,6 +589,33 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// For `update --if-due` before the check is due: a release staged for a maintenance
+/// window or an `at` time goes ahead once its time has come, as `evergreen activate` would
+/// (offline, on what the newest check said: one it withheld stays staged). The timer that
+/// runs `update --if-due` is the only thing many devices run: it activated a staged release
+/// only after a due check, which a daily poll that falls before the window never made in
+/// it. `download_only` waits for the host, and an `immediate` device activates at the
+/// check; so does nothing else. `None` when nothing was activated.
+fn activate_in_time(up: &Updater) -> Result<Option<(evergreen::slots::Slot, Version)>> {
+    use evergreen::select::DeployPolicy;
+    if !matches!(
+        up.config().deploy,
+        DeployPolicy::Window(_) | DeployPolicy::At(_)
+    ) {
+        return Ok(None);
+    }
+    let s = up.status()?;
+    let staged =
+        (s.slots.get(&s.fallback)).is_some_and(|v| v.status == "installed" && v.withheld.is_none());
+    if !staged {
+        return Ok(None);
+    }
+    Ok(match up.activate(false)? {
+        Activation::Activated { slot, version } => Some((slot, version)),
+        Activation::Deferred { .. } => None,
+    })
 }
 
 /// After an "up to date" in text: a release staged and withheld (its rollout halted since,
