@@ -2515,7 +2515,9 @@ fn the_owner_resumes_a_download_root_cut_short() {
 
 /// `activate` says in text what `update` says of the same switch: the version deferred and
 /// until when, or the version activated with the slot and what to do next (restart, then
-/// confirm). It printed a bare `deferred` or `activated`.
+/// confirm). It printed a bare `deferred` or `activated`. Its JSON names the version
+/// deferred too, as `update`'s does: it named none, so a script could not tell a release
+/// waiting for its time from one withheld since.
 #[test]
 fn activate_in_text_says_what_update_says() {
     let (repo, dev) = confirmed_1_0_0("com.acme.activate.text");
@@ -2527,7 +2529,7 @@ fn activate_in_text_says_what_update_says() {
     let deferred = json(&dev.expect("activate", &["--json"], 0));
     assert_eq!(
         deferred,
-        serde_json::json!({"status": "deferred", "until": "2099-01-01T00:00:00Z",
+        serde_json::json!({"status": "deferred", "version": "1.0.1", "until": "2099-01-01T00:00:00Z",
             "reason": "the deploy policy activates at 2099-01-01T00:00:00Z"})
     );
     let deferred = dev.expect("activate", &[], 0);

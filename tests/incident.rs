@@ -599,7 +599,11 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
         "expected 1.4.0 withheld for its rollout, found {withheld}"
     );
     let act = manual.json(AFTER_HALT, "activate", &[], 0);
-    assert_eq!(act["status"], "deferred", "{act}");
+    assert_eq!(
+        (&act["status"], &act["version"]),
+        (&json!("deferred"), &json!("1.4.0")),
+        "{act}"
+    );
     assert_eq!(manual.primary(), ("1.3.0".into(), "good".into()));
     // The windowed device's timer runs at the window: its check withholds 1.4.0, and the
     // window's activation defers it.
