@@ -797,15 +797,15 @@ pub fn channel(config: &Path, json: bool, args: &ChannelArgs) -> Result<i32> {
 pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
     let up = updater(config, json)?;
     let act = up.activate(args.now)?;
+    // The release held back is the one in the slot that was to become primary.
+    let staged = match act {
+        Activation::Deferred { .. } => {
+            let s = up.status()?;
+            s.slots.get(&s.fallback).and_then(|v| v.version.clone())
+        }
+        Activation::Activated { .. } => None,
+    };
     if !json {
-        // The release held back is the one in the slot that was to become primary.
-        let staged = match act {
-            Activation::Deferred { .. } => {
-                let s = up.status()?;
-                s.slots.get(&s.fallback).and_then(|v| v.version.clone())
-            }
-            Activation::Activated { .. } => None,
-        };
         say_activation(&act, staged.as_ref());
         return Ok(0);
     }
@@ -814,7 +814,8 @@ pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
             json!({"status": "activated", "slot": slot, "version": version.to_string()})
         }
         Activation::Deferred { until, reason } => {
-            json!({"status": "deferred", "until": until, "reason": reason})
+            let version = staged.map(|v| v.to_string());
+            json!({"status": "deferred", "version": version, "until": until, "reason": reason})
         }
     });
     Ok(0)
