@@ -948,3 +948,48 @@ fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_windo
     );
     assert!(staged["withheld"].is_string(), "{staged}");
 }
+
+/// An incident can outlast a channel's validity: the halt of a release on a channel that
+/// has already expired goes out all the same (re-signed with a fresh expiry), as the
+/// operators' guide says, and the channel verifies again.
+#[test]
+fn a_halt_goes_out_on_a_channel_that_has_already_expired() {
+    let repo = Repo::new(PRODUCT);
+    let op = Operator { repo: &repo };
+    let src = repo.scratch("src");
+    let c140 = format!("app={}", app_zip(&src, "1.4.0").display());
+    op.ok(
+        DAY0,
+        &[
+            "release",
+            "--channel",
+            "stable",
+            "--version",
+            "1.4.0",
+            "--target",
+            TARGET,
+            "--component",
+            &c140,
+            "--rollout",
+            "5",
+        ],
+    );
+    let late = "2027-04-15T00:00:00Z";
+    let err = op.verify_fails(late);
+    assert!(err.starts_with("error[expired]"), "{err}");
+    let out = op.ok(
+        late,
+        &[
+            "rollout",
+            "--channel",
+            "stable",
+            "--version",
+            "1.4.0",
+            "--percent",
+            "0",
+        ],
+    );
+    assert!(out.contains("expires 2027-05-15T00:00:00Z"), "{out}");
+    let (report, _) = op.verify(late);
+    assert_eq!(versions(&report, "stable"), ["1.4.0"]);
+}
