@@ -7,99 +7,30 @@
 //! a message, where nginx is not installed (failed under `EVERGREEN_REQUIRE_TOOLS`).
 
 mod common;
+mod nginxd;
 mod require;
 
 use common::{Device, Repo};
+use nginxd::Nginx;
 use serde_json::{json, Value};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use tempfile::TempDir;
+use std::process::{Command, Output};
 
 const PRODUCT: &str = "com.acme.incident";
-const TARGET: &str = "x86_64-linux";
 
-/// A running nginx serving one directory on a loopback port, killed when dropped.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _prefix: TempDir,
-}
+/// The caching the operators' guide recommends, by path.
+const CACHING: &str =
+    "location /blobs/ { add_header Cache-Control \"public, max-age=31536000, immutable\"; }\n\
+     location /channels/ { add_header Cache-Control \"no-cache\"; }\n\
+     location /root/ { add_header Cache-Control \"no-cache\" always; }";
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Nginx {
-    /// nginx serving `root`, or `None` when it is not installed.
-    fn serve(root: &Path) -> Option<Nginx> {
-        let path = std::env::var_os("PATH")?;
-        let Some(binary) = std::env::split_paths(&path)
-            .map(|d| d.join("nginx"))
-            .find(|p| p.is_file())
-        else {
-            require::missing("nginx");
-            return None;
-        };
-        let prefix = TempDir::new().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let p = prefix.path().display();
-        // One process (no master), so killing the child stops everything; every path in
-        // the temp dir. The caching the operators' guide recommends, by path.
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
-             error_log {p}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
-             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {root};\n\
-             location /blobs/ {{ add_header Cache-Control \"public, max-age=31536000, immutable\"; }}\n\
-             location /channels/ {{ add_header Cache-Control \"no-cache\"; }}\n\
-             location /root/ {{ add_header Cache-Control \"no-cache\" always; }} }}\n}}\n",
-            root = root.display()
-        );
-        let conf_path = prefix.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut nginx = Nginx {
-            child,
-            port,
-            _prefix: prefix,
-        };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", nginx.port)).is_ok() {
-                return Some(nginx);
-            }
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                panic!("expected nginx to listen, found it exited with {status}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        panic!("expected nginx listening on port {port} within 5 s, found nothing");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
-    }
+/// A new repository served by nginx with [`CACHING`], or `None` without nginx.
+fn served() -> Option<(Repo, Nginx)> {
+    let repo = Repo::new(PRODUCT);
+    open_up(&repo.root);
+    let nginx = Nginx::serve_with(&repo.root, None, CACHING)?;
+    Some((repo, nginx))
 }
 
 /// Makes `dir` and every directory above it up to `/tmp` readable by nginx's workers,
@@ -161,7 +92,15 @@ impl Operator<'_> {
     fn run(&self, now: &str, args: &[&str], sign: bool) -> Output {
         let root = self.repo.root.to_str().unwrap();
         let key = self.repo.manifest_key.to_str().unwrap();
-        let mut all = vec![args[0], root];
+        // The first argument is the command and its fixed words, split at spaces; the
+        // rest (paths) are taken whole.
+        let mut words = args[0].split_whitespace();
+        let mut all: Vec<&str> = words
+            .next()
+            .into_iter()
+            .chain([root])
+            .chain(words)
+            .collect();
         all.extend_from_slice(&args[1..]);
         if sign {
             all.extend_from_slice(&["--sign", key]);
@@ -328,9 +267,7 @@ const AFTER: &str = "2027-03-28T10:00:00Z";
 
 #[test]
 fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix() {
-    let repo = Repo::new(PRODUCT);
-    open_up(&repo.root);
-    let Some(nginx) = Nginx::serve(&repo.root) else {
+    let Some((repo, nginx)) = served() else {
         return;
     };
     let op = Operator { repo: &repo };
@@ -343,28 +280,13 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     op.ok(
         DAY0,
         &[
-            "release",
-            "--channel",
-            "preview",
-            "--version",
-            "1.3.0",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel preview --version 1.3.0 --target x86_64-linux --component",
             &c130,
         ],
     );
     op.ok(
         DAY0,
-        &[
-            "promote",
-            "--version",
-            "1.3.0",
-            "--from",
-            "preview",
-            "--to",
-            "stable",
-        ],
+        &["promote --version 1.3.0 --from preview --to stable"],
     );
     let (report, _) = op.verify(DAY0);
     assert_eq!(versions(&report, "stable"), ["1.3.0"]);
@@ -372,56 +294,28 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     let window = json!({"policy": "window", "window": {
         "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
         "start": "02:00", "end": "04:00", "utc_offset": "+00:00"}});
-    let unit = |name: &'static str, id: String, hw: &'static str, deploy: Value| {
+    // `inside`: whether the device's id falls in 1.4.0's 5 %.
+    let unit = |name: &'static str, inside: bool, hw: &'static str, deploy: Value| {
+        let id = device_id(name, "1.4.0", inside);
         let mut extra = json!({"device_id": id, "limits": {"retries": 1, "retry_backoff_ms": 10}});
         if !deploy.is_null() {
             extra["deploy"] = deploy;
         }
         Unit {
             name,
-            dev: repo.device(name, &nginx.url(), extra),
+            dev: repo.device(name, &format!("{}/", nginx.url()), extra),
             hw,
         }
     };
     // In 1.4.0's 5 %: one on hardware where 1.4.0 fails its health check, one where it
     // passes it (subtly broken), one that only stages (download_only), one that waits for
     // its maintenance window, and one whose user skips 1.4.0. Outside: one more.
-    let flaky = unit(
-        "flaky",
-        device_id("flaky", "1.4.0", true),
-        "rev1",
-        Value::Null,
-    );
-    let subtle = unit(
-        "subtle",
-        device_id("subtle", "1.4.0", true),
-        "rev2",
-        Value::Null,
-    );
-    let manual = unit(
-        "manual",
-        device_id("manual", "1.4.0", true),
-        "rev1",
-        json!({"policy": "download_only"}),
-    );
-    let windowed = unit(
-        "windowed",
-        device_id("windowed", "1.4.0", true),
-        "rev2",
-        window,
-    );
-    let skipper = unit(
-        "skipper",
-        device_id("skipper", "1.4.0", true),
-        "rev1",
-        Value::Null,
-    );
-    let outside = unit(
-        "outside",
-        device_id("outside", "1.4.0", false),
-        "rev1",
-        Value::Null,
-    );
+    let flaky = unit("flaky", true, "rev1", Value::Null);
+    let subtle = unit("subtle", true, "rev2", Value::Null);
+    let manual = unit("manual", true, "rev1", json!({"policy": "download_only"}));
+    let windowed = unit("windowed", true, "rev2", window);
+    let skipper = unit("skipper", true, "rev1", Value::Null);
+    let outside = unit("outside", false, "rev1", Value::Null);
     let fleet = [&flaky, &subtle, &manual, &windowed, &skipper, &outside];
 
     for u in fleet {
@@ -451,14 +345,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     op.ok(
         SHIP,
         &[
-            "release",
-            "--channel",
-            "preview",
-            "--version",
-            "1.4.0",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel preview --version 1.4.0 --target x86_64-linux --component",
             &c140,
             "--security-version",
             "1",
@@ -466,17 +353,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     );
     op.ok(
         SHIP,
-        &[
-            "promote",
-            "--version",
-            "1.4.0",
-            "--from",
-            "preview",
-            "--to",
-            "stable",
-            "--rollout",
-            "5",
-        ],
+        &["promote --version 1.4.0 --from preview --to stable --rollout 5"],
     );
     let (report, _) = op.verify(SHIP);
     assert_eq!(versions(&report, "stable"), ["1.3.0", "1.4.0"]);
@@ -534,30 +411,14 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     // The halt.
     let out = op.ok(
         HALT,
-        &[
-            "rollout",
-            "--channel",
-            "stable",
-            "--version",
-            "1.4.0",
-            "--percent",
-            "0",
-        ],
+        &["rollout --channel stable --version 1.4.0 --percent 0"],
     );
     assert!(out.contains("rollout of 1.4.0 at 0% on stable"), "{out}");
     op.verify(HALT);
     // A pipeline that promotes 1.4.0 on by version number is refused.
     let err = op.fails(
         HALT,
-        &[
-            "promote",
-            "--version",
-            "1.4.0",
-            "--from",
-            "stable",
-            "--to",
-            "nightly",
-        ],
+        &["promote --version 1.4.0 --from stable --to nightly"],
     );
     assert!(
         err.starts_with("error[config]") && err.contains("halted"),
@@ -566,15 +427,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     // A halt of a version the channel does not have is refused, naming it.
     let err = op.fails(
         HALT,
-        &[
-            "rollout",
-            "--channel",
-            "stable",
-            "--version",
-            "1.4.2",
-            "--percent",
-            "0",
-        ],
+        &["rollout --channel stable --version 1.4.2 --percent 0"],
     );
     assert!(
         err.starts_with("error[no_such_version]") && err.contains("1.4.2"),
@@ -634,14 +487,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     let err = op.fails(
         FIX,
         &[
-            "release",
-            "--channel",
-            "preview",
-            "--version",
-            "1.4.1",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel preview --version 1.4.1 --target x86_64-linux --component",
             &c141,
         ],
     );
@@ -652,14 +498,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     op.ok(
         FIX,
         &[
-            "release",
-            "--channel",
-            "preview",
-            "--version",
-            "1.4.1",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel preview --version 1.4.1 --target x86_64-linux --component",
             &c141,
             "--security-version",
             "1",
@@ -672,18 +511,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     let aside = repo.scratch("aside").join(&sha);
     std::fs::rename(blob_dir.join(&sha), &aside).unwrap();
     let before = std::fs::read(repo.root.join("channels/stable.json")).unwrap();
-    op.ok(
-        FIX,
-        &[
-            "promote",
-            "--version",
-            "1.4.1",
-            "--from",
-            "preview",
-            "--to",
-            "stable",
-        ],
-    );
+    op.ok(FIX, &["promote --version 1.4.1 --from preview --to stable"]);
     let err = op.verify_fails(FIX);
     assert!(
         err.starts_with("error[not_found]")
@@ -694,18 +522,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     std::fs::rename(&aside, blob_dir.join(&sha)).unwrap();
     std::fs::write(repo.root.join("channels/stable.json"), before).unwrap();
     // Done right: promoted at once, to everyone.
-    op.ok(
-        FIX,
-        &[
-            "promote",
-            "--version",
-            "1.4.1",
-            "--from",
-            "preview",
-            "--to",
-            "stable",
-        ],
-    );
+    op.ok(FIX, &["promote --version 1.4.1 --from preview --to stable"]);
     let (report, _) = op.verify(FIX);
     assert_eq!(versions(&report, "stable"), ["1.3.0", "1.4.0", "1.4.1"]);
 
@@ -764,13 +581,13 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
             warnings.contains(&format!("evergreen resign REPO --channel {ch} --sign KEY")),
             "expected a warning naming the resign of {ch}, found: {warnings}"
         );
-        op.ok(NEAR_EXPIRY, &["resign", "--channel", ch]);
+        op.ok(NEAR_EXPIRY, &["resign --channel", ch]);
     }
     let (report, _) = op.verify(NEAR_EXPIRY);
     assert_eq!(report["warnings"], json!([]));
 
     // Prune: 1.4.1 is the one release stable needs.
-    let out = op.ok(AFTER, &["prune", "--channel", "stable", "--keep", "1"]);
+    let out = op.ok(AFTER, &["prune --channel stable --keep 1"]);
     assert!(out.contains("removed 1.4.0, 1.3.0"), "{out}");
     let (report, _) = op.verify(AFTER);
     assert_eq!(versions(&report, "stable"), ["1.4.1"]);
@@ -788,12 +605,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
         assert_eq!(u.status()["trial"], Value::Null, "{}", u.name);
         u.starts_healthy(AFTER, "1.4.1");
     }
-    let late = unit(
-        "late",
-        device_id("late", "1.4.0", true),
-        "rev1",
-        Value::Null,
-    );
+    let late = unit("late", true, "rev1", Value::Null);
     late.dev
         .edit_config(|c| c["current_version"] = json!("1.3.0"));
     let up = late.update(AFTER);
@@ -811,9 +623,7 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
 /// one.
 #[test]
 fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_window_opens() {
-    let repo = Repo::new(PRODUCT);
-    open_up(&repo.root);
-    let Some(nginx) = Nginx::serve(&repo.root) else {
+    let Some((repo, nginx)) = served() else {
         return;
     };
     let op = Operator { repo: &repo };
@@ -823,14 +633,7 @@ fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_windo
     op.ok(
         "2027-03-01T01:00:00Z",
         &[
-            "release",
-            "--channel",
-            "stable",
-            "--version",
-            "1.3.0",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel stable --version 1.3.0 --target x86_64-linux --component",
             &c130,
         ],
     );
@@ -844,7 +647,7 @@ fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_windo
     });
     let windowed = Unit {
         name: "windowed",
-        dev: repo.device("windowed", &nginx.url(), extra),
+        dev: repo.device("windowed", &format!("{}/", nginx.url()), extra),
         hw: "rev2",
     };
     // Installed (by hand, at once) and checked daily at 01:30, before its window.
@@ -860,14 +663,7 @@ fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_windo
     op.ok(
         "2027-03-01T10:00:00Z",
         &[
-            "release",
-            "--channel",
-            "stable",
-            "--version",
-            "1.4.1",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel stable --version 1.4.1 --target x86_64-linux --component",
             &c141,
         ],
     );
@@ -904,14 +700,7 @@ fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_windo
     op.ok(
         "2027-03-02T10:00:00Z",
         &[
-            "release",
-            "--channel",
-            "stable",
-            "--version",
-            "1.5.0",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel stable --version 1.5.0 --target x86_64-linux --component",
             &c150,
         ],
     );
@@ -923,15 +712,7 @@ fn a_windowed_device_on_the_if_due_timer_activates_its_staged_fix_when_the_windo
     );
     op.ok(
         "2027-03-03T01:35:00Z",
-        &[
-            "rollout",
-            "--channel",
-            "stable",
-            "--version",
-            "1.5.0",
-            "--percent",
-            "0",
-        ],
+        &["rollout --channel stable --version 1.5.0 --percent 0"],
     );
     assert_eq!(
         windowed.json("2027-03-03T01:40:00Z", "check", &[], 0)["status"],
@@ -961,14 +742,7 @@ fn a_halt_goes_out_on_a_channel_that_has_already_expired() {
     op.ok(
         DAY0,
         &[
-            "release",
-            "--channel",
-            "stable",
-            "--version",
-            "1.4.0",
-            "--target",
-            TARGET,
-            "--component",
+            "release --channel stable --version 1.4.0 --target x86_64-linux --component",
             &c140,
             "--rollout",
             "5",
@@ -979,15 +753,7 @@ fn a_halt_goes_out_on_a_channel_that_has_already_expired() {
     assert!(err.starts_with("error[expired]"), "{err}");
     let out = op.ok(
         late,
-        &[
-            "rollout",
-            "--channel",
-            "stable",
-            "--version",
-            "1.4.0",
-            "--percent",
-            "0",
-        ],
+        &["rollout --channel stable --version 1.4.0 --percent 0"],
     );
     assert!(out.contains("expires 2027-05-15T00:00:00Z"), "{out}");
     let (report, _) = op.verify(late);

@@ -1,128 +1,18 @@
 //! ETag and Range against a real nginx on loopback (DESIGN §11). Skipped, with a message,
 //! where nginx is not installed (failed under `EVERGREEN_REQUIRE_TOOLS`, as in CI).
 
+mod nginxd;
 mod require;
 
 use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata};
 use evergreen::trust::sha256_hex;
-use std::net::{TcpListener, TcpStream};
+use nginxd::{find_on_path, Nginx, Tls};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 use tempfile::TempDir;
 
-/// What an HTTPS nginx serves with: its certificate chain and key, and further
-/// directives (`ssl_protocols …; ssl_ciphers …;`).
-struct Tls<'a> {
-    cert: &'a Path,
-    key: &'a Path,
-    directives: &'a str,
-}
-
-/// A running nginx, killed when dropped (also when a test panics).
-struct Nginx {
-    child: Child,
-    port: u16,
-    prefix: TempDir,
-    scheme: &'static str,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Nginx {
-    /// Starts nginx serving `root` on a free loopback port, or `None` if it is not
-    /// installed.
-    fn serve(root: &Path) -> Option<Nginx> {
-        Nginx::serve_with(root, None)
-    }
-
-    /// Like [`serve`](Self::serve), over HTTPS with the certificate chain and key of `tls`
-    /// and its further `ssl_*` directives; each request's protocol and cipher go to
-    /// `tls.log`.
-    fn serve_with(root: &Path, tls: Option<Tls>) -> Option<Nginx> {
-        let binary = find_on_path("nginx")?;
-        let prefix = TempDir::new().unwrap();
-        let port = free_port();
-        let p = prefix.path().display();
-        let (scheme, listen) = match tls {
-            Some(tls) => (
-                "https",
-                format!(
-                    "127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; {} \
-                     access_log {p}/access.log; access_log {p}/tls.log tls;",
-                    tls.cert.display(),
-                    tls.key.display(),
-                    tls.directives
-                ),
-            ),
-            None => ("http", format!("127.0.0.1:{port};")),
-        };
-        // One process (no master), so killing the child stops everything; every path
-        // inside the temp dir so nothing on the machine is touched.
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
-             error_log {p}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
-             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             log_format tls '$ssl_protocol $ssl_cipher $status';\n\
-             server {{ listen {listen} root {root}; }}\n}}\n",
-            root = root.display()
-        );
-        let conf_path = prefix.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut nginx = Nginx {
-            child,
-            port,
-            prefix,
-            scheme,
-        };
-        nginx.wait_until_listening();
-        Some(nginx)
-    }
-
-    fn wait_until_listening(&mut self) {
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("nginx exited with {status}: {}", self.log("error.log"));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!(
-            "nginx is not listening after 5 s: {}",
-            self.log("error.log")
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.port)
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.prefix.path().join(name)).unwrap_or_default()
-    }
-
     /// `tls.log`'s lines (protocol, cipher, status) once there are `n`, waiting at most two
     /// seconds as [`statuses_after`](Self::statuses_after) does.
     #[cfg(feature = "tls")]
@@ -157,25 +47,6 @@ impl Nginx {
         }
         self.statuses()
     }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        require::missing(name);
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A served directory that nginx's workers can read even when it drops privileges.
@@ -355,7 +226,7 @@ impl Https {
             key: &key,
             directives,
         };
-        let nginx = Nginx::serve_with(root.path(), Some(tls))?;
+        let nginx = Nginx::serve_with(root.path(), Some(tls), "")?;
         assert!(nginx.url().starts_with("https://"));
         Some(Https {
             nginx,
