@@ -376,9 +376,9 @@ fn prune(a: &PruneArgs, json: bool) -> Result<()> {
     }
     if removed.is_empty() {
         out!(
-            "nothing to prune on {} ({} releases; sequence {} unchanged)",
+            "nothing to prune on {} ({}; sequence {} unchanged)",
             m.channel,
-            m.releases.len(),
+            releases(m.releases.len()),
             m.sequence
         );
         return Ok(());
@@ -386,13 +386,18 @@ fn prune(a: &PruneArgs, json: bool) -> Result<()> {
     print_channel(
         &m,
         &format!(
-            "removed {} ({} releases left) from",
+            "removed {} ({} left) from",
             removed.join(", "),
-            m.releases.len()
+            releases(m.releases.len())
         ),
         sign.now,
         false,
     )
+}
+
+/// `1 release`, `2 releases`.
+fn releases(n: usize) -> String {
+    format!("{n} release{}", if n == 1 { "" } else { "s" })
 }
 
 fn keygen(a: &KeygenArgs, json: bool) -> Result<()> {
