@@ -14,6 +14,7 @@
 //! checks a stop flag, and every socket has a 5 s timeout.
 #![allow(dead_code)]
 
+pub mod link;
 pub mod proxy;
 
 use std::io::{self, Read, Write};

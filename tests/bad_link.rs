@@ -1,0 +1,260 @@
+//! A device on a bad link (a cellular modem, a congested Wi-Fi): the real `evergreen` CLI
+//! updating over a loopback relay ([`support::link::Link`]) that limits the bandwidth,
+//! cuts connections, stalls them with the socket open and answers slowly.
+
+mod common;
+mod require;
+mod support;
+
+use common::{Device, Repo};
+use std::time::{Duration, Instant};
+use support::link::{Link, Shape};
+use support::TestServer;
+
+/// A device running 1.0.0 (installed over a good link, booted and confirmed), with 1.1.0
+/// published: one `file` component of `size` bytes of noise. The device's server is the
+/// link, which starts as a good one.
+struct Bad {
+    _repo: Repo,
+    _server: TestServer,
+    link: Link,
+    dev: Device,
+    /// The new component's bytes.
+    data: Vec<u8>,
+}
+
+fn on_a_bad_link(product: &str, size: usize, limits: serde_json::Value) -> Bad {
+    let repo = Repo::new(product);
+    let src = repo.scratch("src");
+    let old = src.join("v1");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("data.bin"), b"1.0.0").unwrap();
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("data", &old.join("data.bin"))],
+        &[],
+    );
+    let server = TestServer::serve(&repo.root);
+    let link = Link::start(&server.url(), Shape::default());
+    let dev = repo.device("dev", &link.url(), serde_json::json!({ "limits": limits }));
+    for step in [&["update", "--yes"][..], &["boot"], &["confirm"]] {
+        dev.expect(step[0], &step[1..], 0);
+    }
+    let new = src.join("v2");
+    std::fs::create_dir_all(&new).unwrap();
+    let data = support::noise(size, 11);
+    std::fs::write(new.join("data.bin"), &data).unwrap();
+    repo.release(
+        "stable",
+        "1.1.0",
+        "x86_64-linux",
+        &[("data", &new.join("data.bin"))],
+        &[],
+    );
+    link.clear_log();
+    Bad {
+        _repo: repo,
+        _server: server,
+        link,
+        dev,
+        data,
+    }
+}
+
+fn run_timed(dev: &Device, cmd: &str, args: &[&str]) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let out = dev.run(cmd, args);
+    (out, started.elapsed())
+}
+
+/// What a failed update must leave as it was: the slots, which one runs and the trial
+/// (`status --json` without the schedule), and the files of the running slot.
+fn running(
+    bad: &Bad,
+) -> (
+    serde_json::Value,
+    std::collections::BTreeMap<String, (u32, String)>,
+) {
+    let mut status = bad.dev.status();
+    let primary = status["primary"].as_str().unwrap().to_owned();
+    for moving in ["last_check", "next_check"] {
+        status.as_object_mut().unwrap().remove(moving);
+    }
+    let files = common::tree_digest(&bad.dev.root.join("slots").join(primary));
+    assert!(!files.is_empty(), "the running slot is empty");
+    (status, files)
+}
+
+/// The percentages of `evergreen: downloading V: P% (…)` lines.
+fn percents(stderr: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once("% (")?.0.rsplit_once(": ")?.1.parse().ok())
+        .collect()
+}
+
+/// Every connection cut after 300 KiB: each `update` fails with `network`, leaving the
+/// device as it was, and takes up where the last one stopped, until the 4 MiB update is
+/// in. No byte of the blob is fetched twice, the progress lines go up within a run and
+/// never past 100 %, and what is installed is the release.
+#[test]
+fn an_update_cut_every_300_kib_finishes_over_runs_without_fetching_a_byte_twice() {
+    let size = 4 << 20;
+    let bad = on_a_bad_link(
+        "com.acme.badlink.cut",
+        size,
+        serde_json::json!({"retries": 3, "retry_backoff_ms": 50}),
+    );
+    let before = running(&bad);
+    bad.link.set(|s| s.cut_after = Some(300 << 10));
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        assert!(runs <= 8, "expected the update in at most 8 runs");
+        let out = bad.dev.run("update", &["--yes"]);
+        let stderr = common::stderr(&out);
+        let seen = percents(&stderr);
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]) && seen.iter().all(|p| *p <= 100),
+            "expected rising percentages up to 100, found {seen:?}: {stderr}"
+        );
+        if out.status.success() {
+            break;
+        }
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error[network]: GET "), "{stderr}");
+        assert_eq!(running(&bad), before, "after run {runs}: {stderr}");
+    }
+    assert!(
+        runs >= 3,
+        "expected the cuts to take several runs, took {runs}"
+    );
+    let carried = bad.link.bytes();
+    let overhead = 64 << 10;
+    assert!(
+        carried <= size as u64 + overhead,
+        "expected at most the blob and {overhead} bytes of requests, headers and metadata over the link, found {carried}"
+    );
+    let status = bad.dev.status();
+    let slot = status["primary"].as_str().unwrap();
+    assert_eq!(status["slots"][slot]["version"], "1.1.0");
+    let installed = bad.dev.root.join("slots").join(slot).join("data/data.bin");
+    assert!(
+        std::fs::read(&installed).unwrap() == bad.data,
+        "installed bytes differ"
+    );
+}
+
+/// A link that goes quiet with its socket open, for longer than the read timeout: each
+/// attempt ends at the timeout, `timeout` names it, the retries are bounded, and nothing
+/// changes on the device.
+#[test]
+fn a_stall_with_the_socket_open_ends_at_the_read_timeout_which_the_error_names() {
+    let bad = on_a_bad_link(
+        "com.acme.badlink.stall",
+        2 << 20,
+        serde_json::json!({"retries": 1, "retry_backoff_ms": 100, "read_timeout_s": 2}),
+    );
+    let before = running(&bad);
+    bad.link
+        .set(|s| s.stall_after = Some((300 << 10, Duration::from_secs(30))));
+    let (out, took) = run_timed(&bad.dev, "update", &["--yes"]);
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error[timeout]: GET ")
+            && last.ends_with("found no data for 2 s (read timeout)"),
+        "{stderr}"
+    );
+    // Two attempts of 2 s each and a backoff of 0.1 s, with room for a slow machine.
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    // The check (the manifest, and the next root, which is not there), then one attempt
+    // and one retry of the blob.
+    assert_eq!(bad.link.connections().len(), 4, "{stderr}");
+    assert_eq!(running(&bad), before);
+}
+
+/// A server that answers every request slowly at the first byte, past the read
+/// timeout: the check fails with `timeout` naming it, after `retries` + 1 attempts
+/// spaced by the documented backoff (`retry_backoff_ms` × 2^round).
+#[test]
+fn a_slow_first_byte_is_a_timeout_after_the_retries_and_their_backoff() {
+    let bad = on_a_bad_link(
+        "com.acme.badlink.ttfb",
+        1 << 20,
+        serde_json::json!({"retries": 2, "retry_backoff_ms": 400, "read_timeout_s": 1}),
+    );
+    let before = running(&bad);
+    bad.link
+        .set(|s| s.first_byte_delay = Duration::from_secs(3));
+    let (out, took) = run_timed(&bad.dev, "check", &[]);
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error[timeout]: GET ")
+            && stderr.contains("channels/stable.json: expected an HTTP response, found no response within 1 s (read timeout)"),
+        "{stderr}"
+    );
+    let opened: Vec<Duration> = (bad.link.connections().iter())
+        .map(|c| c.opened.elapsed())
+        .collect();
+    assert_eq!(opened.len(), 3, "{stderr}");
+    // Between two attempts: the 1 s timeout and the round's backoff (0.4 s, then 0.8 s).
+    for (gap, backoff) in [(opened[0] - opened[1], 400), (opened[1] - opened[2], 800)] {
+        let least = Duration::from_millis(1000 + backoff);
+        assert!(
+            gap >= least && gap < least + Duration::from_millis(700),
+            "expected {least:?} between attempts, found {gap:?}"
+        );
+    }
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(running(&bad), before);
+}
+
+/// A download slower than a fast link but above the minimum speed, much longer than the
+/// read timeout and the speed window: it goes on to its end.
+#[test]
+fn a_slow_but_moving_download_goes_on_to_its_end() {
+    let bad = on_a_bad_link(
+        "com.acme.badlink.slow",
+        512 << 10,
+        serde_json::json!({"retries": 0, "read_timeout_s": 1, "speed_window_s": 1,
+                           "min_speed_bytes_per_s": 16384}),
+    );
+    bad.link.set(|s| s.rate = Some(48 << 10));
+    let (out, took) = run_timed(&bad.dev, "update", &["--yes"]);
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "after {took:?}: {stderr}");
+    assert!(
+        took > Duration::from_secs(8),
+        "the link was not slow: {took:?}"
+    );
+    // The manifest, the next root (not there), the blob in one go.
+    assert_eq!(bad.link.connections().len(), 3, "{stderr}");
+}
+
+/// Once the update is in, a check over the same lossy link is one request of a few
+/// hundred bytes (a 304).
+#[test]
+fn an_unchanged_check_over_a_lossy_link_is_one_small_request() {
+    let bad = on_a_bad_link(
+        "com.acme.badlink.unchanged",
+        1 << 20,
+        serde_json::json!({"retries": 3, "retry_backoff_ms": 50}),
+    );
+    bad.link.set(|s| s.cut_after = Some(300 << 10));
+    for _ in 0..6 {
+        if bad.dev.run("update", &["--yes"]).status.success() {
+            break;
+        }
+    }
+    bad.dev.expect("status", &[], 0);
+    bad.link.clear_log();
+    bad.dev.expect("check", &[], 0);
+    let carried = bad.link.connections();
+    assert_eq!(carried.len(), 1, "{carried:?}");
+    assert!(carried[0].bytes < 1024, "{carried:?}");
+}
