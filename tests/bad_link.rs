@@ -258,3 +258,60 @@ fn an_unchanged_check_over_a_lossy_link_is_one_small_request() {
     assert_eq!(carried.len(), 1, "{carried:?}");
     assert!(carried[0].bytes < 1024, "{carried:?}");
 }
+
+/// The bytes the process read with read(2) and its kin (`rchar` of /proc/PID/io: from
+/// files, not the sockets it receives from), sampled until it ends, with its output.
+fn bytes_read_by(dev: &Device, cmd: &str, args: &[&str]) -> (std::process::Output, u64) {
+    let mut child = std::process::Command::new(common::bin())
+        .arg(cmd)
+        .args(["--config", dev.config.to_str().unwrap()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let io = format!("/proc/{}/io", child.id());
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        let text = std::fs::read_to_string(&io).unwrap_or_default();
+        let rchar = text.lines().find_map(|l| l.strip_prefix("rchar:"));
+        if let Some(n) = rchar.and_then(|v| v.trim().parse().ok()) {
+            read = n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (child.wait_with_output().unwrap(), read)
+}
+
+/// A download whose connections are all cut after 512 KiB resumes 15 times within one
+/// run. Each retry used to read and hash the whole partial download again before its
+/// request (the hash of the bytes kept was dropped with the attempt), so the run read
+/// 68 MiB of files for an 8 MiB blob, its reading growing with the square of the blob's
+/// size: on a device with a slow card and no SHA instructions, minutes of each retry on
+/// a large image. The hash of what was received is kept for the next attempt.
+#[test]
+fn retries_within_a_run_do_not_read_the_partial_download_again() {
+    let size = 8 << 20;
+    let bad = on_a_bad_link(
+        "com.acme.badlink.rehash",
+        size,
+        serde_json::json!({"retries": 30, "retry_backoff_ms": 0}),
+    );
+    bad.link.set(|s| s.cut_after = Some(512 << 10));
+    let (out, read) = bytes_read_by(&bad.dev, "update", &["--yes", "--download-only"]);
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        bad.link.connections().len() > 16,
+        "expected a connection per 512 KiB, found {:?}",
+        bad.link.connections()
+    );
+    // The state, the config, the root and the manifest: a few KiB. None of the blob's
+    // bytes is read back from the disk.
+    let most = 1 << 20;
+    assert!(
+        read < most,
+        "expected the update to read less than {most} bytes of files (the state, the config and the metadata; the {size}-byte blob is received, never read back), found {read}"
+    );
+}
