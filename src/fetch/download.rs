@@ -193,6 +193,11 @@ struct Target<'a> {
     /// them. Kept in memory only, as the inflater's state cannot be saved.
     #[cfg(feature = "gzip-images")]
     set_aside: RefCell<Option<SetAside>>,
+    /// The hash and the length of the bytes the last attempt of this download left in the
+    /// `.part` (or recorded in a raw image's slot): the next attempt resumes after them
+    /// without reading them again, which over a link that cuts every connection would read
+    /// the whole partial download at every retry.
+    held: RefCell<Option<(Sha256, u64)>>,
 }
 
 /// Where a gzip image's download stopped, for [`Target::set_aside`].
@@ -230,6 +235,7 @@ impl<'a> Target<'a> {
             dest,
             #[cfg(feature = "gzip-images")]
             set_aside: RefCell::new(None),
+            held: RefCell::new(None),
         }
     }
 
@@ -796,8 +802,17 @@ impl<'t> Part<'t> {
                 (file, block, recorded)
             }
         };
-        let (hasher, len) = hash_to_end(&mut (&mut file).take(recorded))
-            .map_err(|e| Error::io("hashing", path, e))?;
+        // What the last attempt held counts while the file still ends there (a slot: its
+        // record still says so).
+        let held = to.held.take().filter(|(_, len)| match &to.dest {
+            Dest::File { .. } => file.metadata().is_ok_and(|m| m.len() == *len),
+            Dest::Slot(_) => *len == recorded,
+        });
+        let (hasher, len) = match held {
+            Some((hasher, len)) => file.seek(SeekFrom::Start(len)).map(|_| (hasher, len)),
+            None => hash_to_end(&mut (&mut file).take(recorded)),
+        }
+        .map_err(|e| Error::io("hashing", path, e))?;
         let mut part = Part {
             to,
             file,
@@ -915,23 +930,27 @@ impl<'t> Part<'t> {
         Ok(())
     }
 
-    /// Keeps what a slot received before its download stopped (the network, a cancel),
-    /// for the next attempt to resume after it: a raw image's bytes in its record, best
-    /// effort, as the stop's own error is the one to report (a record not made costs a
-    /// fetch, not the image); a gzip image's inflater in memory, for the next attempt of
-    /// this download only.
+    /// Keeps what a download received before it stopped (the network, a cancel), for
+    /// the next attempt to resume after it: the hash of the bytes so far in memory
+    /// ([`Target::held`]), and a raw image's bytes in its record, best effort, as the
+    /// stop's own error is the one to report (a record not made costs a fetch, not the
+    /// image); a gzip image's inflater in memory, for the next attempt of this download
+    /// only.
     fn keep_received(self) {
-        let Dest::Slot(into) = &self.to.dest else {
-            return;
-        };
         if self.len == 0 || self.len >= self.to.spec.size {
             return;
         }
+        let Dest::Slot(into) = &self.to.dest else {
+            self.to.held.replace(Some((self.hasher, self.len)));
+            return;
+        };
         match self.writing {
-            Writing::AsIs if self.len > self.to.recorded() => {
-                let _ = self.record(into, self.len);
+            Writing::AsIs => {
+                if self.len > self.to.recorded() {
+                    let _ = self.record(into, self.len);
+                }
+                self.to.held.replace(Some((self.hasher, self.len)));
             }
-            Writing::AsIs => {}
             #[cfg(feature = "gzip-images")]
             Writing::Inflating(inflating) => {
                 self.to.set_aside.replace(Some(SetAside {
