@@ -315,3 +315,67 @@ fn retries_within_a_run_do_not_read_the_partial_download_again() {
         "expected the update to read less than {most} bytes of files (the state, the config and the metadata; the {size}-byte blob is received, never read back), found {read}"
     );
 }
+
+/// The speeds a progress bar drawn on a terminal showed (`… 1.20 MiB/4.00 MiB 250.00
+/// KiB/s eta 4s`), in bytes per second.
+fn bar_speeds(terminal: &str) -> Vec<f64> {
+    let mut speeds = Vec::new();
+    for draw in terminal.split(['\r', '\n']) {
+        let words: Vec<&str> = draw.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let unit = match pair[1].strip_suffix("/s") {
+                Some("B") => 1.0,
+                Some("KiB") => 1024.0,
+                Some("MiB") => 1024.0 * 1024.0,
+                Some("GiB") => 1024.0 * 1024.0 * 1024.0,
+                _ => continue,
+            };
+            if let Ok(n) = pair[0].parse::<f64>() {
+                speeds.push(n * unit);
+            }
+        }
+    }
+    speeds
+}
+
+/// An update that resumes a download 3 MiB into 4 MiB, over a link of 256 KiB/s, on a
+/// terminal: the bar's speed is the link's. It counted the 3 MiB kept from the last run
+/// as received in the first instant of this one, and showed 2-3 MiB/s and "eta 0s" for
+/// the whole 4 s the last MiB took (a resume at 30 MiB of a large image over a slow link
+/// showed 30 MiB/s for minutes).
+#[test]
+fn the_progress_bar_of_a_resumed_download_shows_the_speed_of_the_link() {
+    let rate = 256 << 10;
+    let bad = on_a_bad_link(
+        "com.acme.badlink.bar",
+        4 << 20,
+        serde_json::json!({"retries": 0}),
+    );
+    bad.link.set(|s| s.cut_after = Some(3 << 20));
+    let first = bad.dev.run("update", &["--yes"]);
+    assert_eq!(first.status.code(), Some(1), "{}", common::stderr(&first));
+    bad.link.set(|s| {
+        s.cut_after = None;
+        s.rate = Some(rate);
+    });
+    let command = format!(
+        "{} update --config {} --yes",
+        common::bin().display(),
+        bad.dev.config.display()
+    );
+    // A terminal for stderr: `script` runs the command on a pseudo-terminal.
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs");
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{terminal}");
+    let speeds = bar_speeds(&terminal);
+    assert!(!speeds.is_empty(), "no speed drawn: {terminal}");
+    let most = 2.0 * rate as f64;
+    let fastest = speeds.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        fastest <= most,
+        "expected the bar's speed at most {most} bytes/s over a link of {rate}, found {fastest} bytes/s"
+    );
+}
