@@ -330,7 +330,9 @@ fn confirm_install(offer: &Offer) -> Result<bool> {
 pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     let total = offer.download_size();
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(total);
+        // Drawn from the first progress call on (below), once it knows where it starts.
+        let hidden = indicatif::ProgressDrawTarget::hidden();
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total), hidden);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -345,11 +347,23 @@ pub fn download(up: &Updater, offer: &Offer, json: bool) -> Result<()> {
     // minutes a large download takes looks like a hang.
     let mut plain = (!json && bar.is_none() && total > 0).then(|| Milestones::new(offer));
     let cancel = crate::interrupt::token();
+    let mut first = true;
     let result = up.download(
         offer,
         &mut |done, _| {
             if let Some(b) = &bar {
                 b.set_position(done);
+                // The first call counts the bytes kept from an earlier run (a resumed
+                // `.part`, components already downloaded), which did not come at this
+                // run's speed: the speed and the ETA start from there, and the bar is
+                // drawn from then on (before, it showed several MiB/s and "eta 0s" for
+                // minutes of a resume over a slow link).
+                if std::mem::take(&mut first) {
+                    b.tick();
+                    b.reset_eta();
+                    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    b.tick();
+                }
             }
             if let Some(m) = &mut plain {
                 m.at(done);
