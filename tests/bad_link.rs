@@ -2,6 +2,10 @@
 //! updating over a loopback relay ([`support::link::Link`]) that limits the bandwidth,
 //! cuts connections, stalls them with the socket open and answers slowly.
 
+#[path = "support/board.rs"]
+mod board;
+#[path = "support/bootsim.rs"]
+mod bootsim;
 mod common;
 mod require;
 mod support;
@@ -377,5 +381,40 @@ fn the_progress_bar_of_a_resumed_download_shows_the_speed_of_the_link() {
     assert!(
         fastest <= most,
         "expected the bar's speed at most {most} bytes/s over a link of {rate}, found {fastest} bytes/s"
+    );
+}
+
+/// The same over image slots: a raw image streamed into the idle slot over a link that
+/// cuts every connection after 512 KiB resumes 16 times in one run without reading the
+/// slot back at each retry (it read the bytes its record vouched for, 68 MiB of them for
+/// an 8 MiB image), and the image the install reads back is the release.
+#[test]
+fn retries_within_a_run_do_not_read_a_streamed_image_back_from_its_slot() {
+    use board::{release_image, Board, Loader, MIB};
+    let repo = Repo::new(board::PRODUCT);
+    let server = TestServer::serve(&repo.root);
+    let board = Board::with_slots_of(&repo, &server, "image", Loader::Grub, 8 * MIB);
+    assert_eq!(board.power_on(), Some(evergreen::slots::Slot::A));
+    let image = release_image(&repo, "2.0.0", 8 * MIB, 2);
+    let link = Link::start(&server.url(), Shape::default());
+    board.dev.edit_config(|cfg| {
+        cfg["server"] = link.url().into();
+        cfg["limits"] = serde_json::json!({"retries": 30, "retry_backoff_ms": 0});
+    });
+    link.set(|s| s.cut_after = Some(512 << 10));
+    let (out, read) = bytes_read_by(&board.dev, "update", &["--yes", "--download-only"]);
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(link.connections().len() > 16, "{:?}", link.connections());
+    let most = 1 << 20;
+    assert!(
+        read < most,
+        "expected the download to read less than {most} bytes of files (the state, the config and the metadata; the image is received into its slot, never read back), found {read}"
+    );
+    link.set(|s| s.cut_after = None);
+    board.dev.expect("update", &["--yes"], 0);
+    assert_eq!(
+        board.slot_bytes(evergreen::slots::Slot::B),
+        std::fs::read(image).unwrap()
     );
 }
