@@ -19,8 +19,8 @@ use support::TestServer;
 /// published: one `file` component of `size` bytes of noise. The device's server is the
 /// link, which starts as a good one.
 struct Bad {
-    _repo: Repo,
-    _server: TestServer,
+    repo: Repo,
+    server: TestServer,
     link: Link,
     dev: Device,
     /// The new component's bytes.
@@ -59,8 +59,8 @@ fn on_a_bad_link(product: &str, size: usize, limits: serde_json::Value) -> Bad {
     );
     link.clear_log();
     Bad {
-        _repo: repo,
-        _server: server,
+        repo,
+        server,
         link,
         dev,
         data,
@@ -416,5 +416,56 @@ fn retries_within_a_run_do_not_read_a_streamed_image_back_from_its_slot() {
     assert_eq!(
         board.slot_bytes(evergreen::slots::Slot::B),
         std::fs::read(image).unwrap()
+    );
+}
+
+/// The link goes away for 2 s in the middle of a download (the socket open, nothing
+/// coming, new connections going nowhere) and comes back: the attempts that meet it end
+/// at the read timeout, and one within the retries resumes the download where it
+/// stopped (`Range`), in the same run.
+#[test]
+fn a_link_that_goes_away_and_comes_back_within_the_retries_resumes_in_the_same_run() {
+    let size = 2 << 20;
+    let bad = on_a_bad_link(
+        "com.acme.badlink.away",
+        size,
+        serde_json::json!({"retries": 5, "retry_backoff_ms": 200, "read_timeout_s": 1}),
+    );
+    bad.link.set(|s| s.rate = Some(512 << 10));
+    let (out, took) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let carried = || bad.link.bytes();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while carried() < 512 << 10 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bad.link.set(|s| s.down = true);
+            std::thread::sleep(Duration::from_secs(2));
+            bad.link.set(|s| s.down = false);
+        });
+        run_timed(&bad.dev, "update", &["--yes"])
+    });
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "after {took:?}: {stderr}");
+    let blob = std::fs::read_dir(bad.repo.root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|name| {
+            std::fs::metadata(bad.repo.root.join("blobs/sha256").join(name))
+                .unwrap()
+                .len()
+                == size as u64
+        })
+        .unwrap();
+    let asked = bad.server.requests(&format!("blobs/sha256/{blob}"));
+    let resumed = asked.last().and_then(|r| r.range.clone());
+    assert!(
+        resumed.as_deref().is_some_and(|r| r != "bytes=0-"),
+        "expected the last request to resume with Range, found {asked:?}"
+    );
+    assert!(
+        bad.link.bytes() < size as u64 + (64 << 10),
+        "expected no byte fetched twice, found {} over the link",
+        bad.link.bytes()
     );
 }
