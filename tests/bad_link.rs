@@ -173,8 +173,9 @@ fn a_stall_with_the_socket_open_ends_at_the_read_timeout_which_the_error_names()
             && last.ends_with("found no data for 2 s (read timeout)"),
         "{stderr}"
     );
-    // Two attempts of 2 s each and a backoff of 0.1 s, with room for a slow machine.
-    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    // Two attempts of 2 s each and a backoff of 0.1 s, with room for a loaded machine:
+    // what it rules out is a wait for the stall's 30 s.
+    assert!(took < Duration::from_secs(20), "took {took:?}: {stderr}");
     // The check (the manifest, and the next root, which is not there), then one attempt
     // and one retry of the blob.
     assert_eq!(bad.link.connections().len(), 4, "{stderr}");
@@ -207,14 +208,16 @@ fn a_slow_first_byte_is_a_timeout_after_the_retries_and_their_backoff() {
         .collect();
     assert_eq!(opened.len(), 3, "{stderr}");
     // Between two attempts: the 1 s timeout and the round's backoff (0.4 s, then 0.8 s).
+    // At least that; the bound above only rules out a wait for the 3 s answer (a loaded
+    // machine may be late by a second or two).
     for (gap, backoff) in [(opened[0] - opened[1], 400), (opened[1] - opened[2], 800)] {
         let least = Duration::from_millis(1000 + backoff);
         assert!(
-            gap >= least && gap < least + Duration::from_millis(700),
+            gap >= least && gap < least + Duration::from_secs(2),
             "expected {least:?} between attempts, found {gap:?}"
         );
     }
-    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
     assert_eq!(running(&bad), before);
 }
 
