@@ -3016,3 +3016,23 @@ fn what_root_installs_in_the_users_slot_root_is_the_users() {
         "{status}"
     );
 }
+
+/// A slot root of another user's that the user cannot reach (its parent is root's, 0700:
+/// a tree unpacked with its builder's uid, on a device where root runs everything) is
+/// still installed into by root, with root's rights: acting as the user there would fail
+/// every install that worked before.
+#[test]
+fn root_installs_into_a_users_slot_root_that_user_cannot_reach() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !can_act_as_nobody() {
+        return;
+    }
+    let (_repo, _server, dev) = served_with_1_1_0("com.acme.slot.unreachable");
+    let parent = dev.root.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir_all(&dev.root).unwrap();
+    std::os::unix::fs::chown(&dev.root, Some(NOBODY), Some(NOBODY)).unwrap();
+    assert_eq!(std::fs::metadata(parent).unwrap().uid(), 0);
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["version"], "1.1.0");
+}
