@@ -1015,7 +1015,8 @@ pub(crate) fn give_to_dir_owner(file: &File, path: &Path) {
 /// directory that user controls (the user could swap a path for a symlink meanwhile);
 /// acting as the user is: root can then reach nothing that user could not. Linux's
 /// file-system ids are per thread, so the host's other threads keep root's rights.
-/// Elsewhere, or as any other user, it changes nothing.
+/// Nor where the owner could not reach or write `dir` (then root's rights are kept, as
+/// before). Elsewhere, or as any other user, it changes nothing.
 #[must_use = "the identity is root's again once this is dropped"]
 pub(crate) struct ActAsOwner {
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -1033,13 +1034,21 @@ pub(crate) fn act_as_owner_of(dir: &Path) -> ActAsOwner {
             .flatten()
             .map(|m| (m.uid(), m.gid()))
             .filter(|&(uid, _)| uid != 0);
-        ActAsOwner {
+        let mut acting = ActAsOwner {
             // SAFETY: these change only this thread's file-system ids; an id that cannot
             // be taken leaves the old one (the previous ones are what they return).
             was: owner.map(|(uid, gid)| unsafe {
                 (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32)
             }),
+        };
+        // Only where the owner may reach and write the directory: one under a directory
+        // of root's (a tree unpacked with its builder's uid) was written by root before,
+        // and must stay so.
+        if acting.was.is_some() && !fs::metadata(dir).is_ok_and(|m| m.mode() & 0o300 == 0o300) {
+            drop(acting);
+            acting = ActAsOwner { was: None };
         }
+        acting
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {

@@ -3034,5 +3034,5 @@ fn root_installs_into_a_users_slot_root_that_user_cannot_reach() {
     std::os::unix::fs::chown(&dev.root, Some(NOBODY), Some(NOBODY)).unwrap();
     assert_eq!(std::fs::metadata(parent).unwrap().uid(), 0);
     dev.expect("update", &["--yes"], 0);
-    assert_eq!(dev.status()["slots"]["a"]["version"], "1.1.0");
+    assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0");
 }
