@@ -1028,25 +1028,19 @@ pub(crate) fn act_as_owner_of(dir: &Path) -> ActAsOwner {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use std::os::unix::fs::MetadataExt;
+        let mut acting = ActAsOwner { was: None };
         // SAFETY: a query without arguments.
-        let owner = (unsafe { libc::geteuid() } == 0)
-            .then(|| fs::metadata(dir).ok())
-            .flatten()
-            .map(|m| (m.uid(), m.gid()))
-            .filter(|&(uid, _)| uid != 0);
-        let mut acting = ActAsOwner {
-            // SAFETY: these change only this thread's file-system ids; an id that cannot
-            // be taken leaves the old one (the previous ones are what they return).
-            was: owner.map(|(uid, gid)| unsafe {
-                (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32)
-            }),
-        };
+        let root = unsafe { libc::geteuid() } == 0;
+        match fs::metadata(dir) {
+            Ok(m) if root && m.uid() != 0 => acting.was = Some(set_fs_ids((m.uid(), m.gid()))),
+            _ => return acting,
+        }
         // Only where the owner may reach and write the directory: one under a directory
         // of root's (a tree unpacked with its builder's uid) was written by root before,
         // and must stay so.
-        if acting.was.is_some() && !fs::metadata(dir).is_ok_and(|m| m.mode() & 0o300 == 0o300) {
+        if !fs::metadata(dir).is_ok_and(|m| m.mode() & 0o300 == 0o300) {
             drop(acting);
-            acting = ActAsOwner { was: None };
+            return ActAsOwner { was: None };
         }
         acting
     }
@@ -1057,15 +1051,19 @@ pub(crate) fn act_as_owner_of(dir: &Path) -> ActAsOwner {
     }
 }
 
+/// Sets this thread's file-system ids; returns the ones it had. An id that cannot be
+/// taken leaves the old one.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_fs_ids((uid, gid): (u32, u32)) -> (u32, u32) {
+    // SAFETY: these change only this thread's file-system ids, and return the previous.
+    unsafe { (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32) }
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 impl Drop for ActAsOwner {
     fn drop(&mut self) {
-        if let Some((uid, gid)) = self.was {
-            // SAFETY: as above; back to the ids this thread had.
-            unsafe {
-                libc::setfsuid(uid);
-                libc::setfsgid(gid);
-            }
+        if let Some(was) = self.was {
+            set_fs_ids(was);
         }
     }
 }
