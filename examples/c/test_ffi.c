@@ -852,6 +852,163 @@ static void free_while_waiting_for_the_work_lock(const char *config_path,
     pthread_mutex_destroy(&l.lock);
 }
 
+/* A server being restarted: once `unavailable` is set, every request is answered 503, so
+   a call waits between its retries (1 + 2 + 4 s here) and makes no callback meanwhile. A
+   host shutting down frees the updater then, from its main thread: the call returns
+   cancelled at once and asks nothing more, rather than retrying for the whole back-off. */
+struct restarting {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    struct transport files; /* what it serves while available */
+    int unavailable, refused, refused_after_free, freed, returned, says_freed;
+    evg_updater *up;
+    evg_offer *offer;
+    int download; /* else a check */
+    evg_status status;
+};
+
+static int r_get(void *user, const char *url, int64_t range_from, const char *if_none_match,
+                 evg_response *out) {
+    struct restarting *r = user;
+    int unavailable;
+    pthread_mutex_lock(&r->lock);
+    unavailable = r->unavailable;
+    if (unavailable) {
+        r->refused++;
+        r->refused_after_free += r->freed;
+        pthread_cond_broadcast(&r->changed);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (!unavailable) return t_get(&r->files, url, range_from, if_none_match, out);
+    out->status = 503;
+    out->content_length = 0;
+    return 0;
+}
+
+static int r_read(void *user, void *body, uint8_t *buf, size_t len, size_t *n) {
+    return t_read(&((struct restarting *)user)->files, body, buf, len, n);
+}
+
+static void r_close(void *user, void *body) { t_close(&((struct restarting *)user)->files, body); }
+
+static void *restarting_call(void *arg) {
+    struct restarting *r = arg;
+    evg_offer *checked = NULL;
+    evg_status status = r->download ? evg_download(r->up, r->offer, NULL, NULL)
+                                    : evg_check(r->up, &checked);
+    const char *message = evg_last_error_message(); /* this thread's */
+    evg_offer_free(checked);
+    pthread_mutex_lock(&r->lock);
+    r->status = status;
+    r->says_freed = message && contains(message, "freed by the host");
+    r->returned = 1;
+    pthread_cond_broadcast(&r->changed);
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+/* Removes what the device at `config_path` has downloaded (its state's downloads). */
+static void forget_downloads(const char *config_path) {
+    char *config = read_file(config_path), *dir, *end, path[4096], file[4400];
+    DIR *d;
+    struct dirent *e;
+    dir = config ? strstr(config, "\"state_dir\": \"") : NULL;
+    end = dir ? strchr(dir + 14, '"') : NULL;
+    CHECK(end != NULL);
+    if (end) {
+        snprintf(path, sizeof path, "%.*s/downloads", (int)(end - dir - 14), dir + 14);
+        if ((d = opendir(path))) {
+            while ((e = readdir(d)))
+                if (e->d_name[0] != '.') {
+                    snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+                    unlink(file);
+                }
+            closedir(d);
+        }
+    }
+    free(config);
+}
+
+/* `text` with its first `from` replaced by `to` (malloc'd), or NULL when absent. */
+static char *replaced(const char *text, const char *from, const char *to) {
+    const char *at = text ? strstr(text, from) : NULL;
+    char *out;
+    if (!at) return NULL;
+    out = malloc(strlen(text) - strlen(from) + strlen(to) + 1);
+    if (!out) return NULL;
+    sprintf(out, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+    return out;
+}
+
+static void free_while_waiting_to_retry(const char *config_path, const evg_hooks *hooks,
+                                        int download) {
+    char *file = read_file(config_path);
+    char *slower = replaced(file, "\"retries\": 1", "\"retries\": 3");
+    char *config = replaced(slower, "\"retry_backoff_ms\": 10", "\"retry_backoff_ms\": 1000");
+    struct restarting r;
+    evg_transport transport = {sizeof(evg_transport), NULL, r_get, r_read, r_close};
+    evg_hooks mine = *hooks;
+    pthread_t thread;
+    struct timespec deadline = in_ms(20000), freed_at, returned_at, pause = {0, 200000000L};
+    int waited = 0;
+    long took_ms;
+
+    free(file);
+    free(slower);
+    CHECK(config != NULL);
+    if (!config) return;
+    memset(&r, 0, sizeof r);
+    r.download = download;
+    pthread_mutex_init(&r.lock, NULL);
+    pthread_cond_init(&r.changed, NULL);
+    transport.user = &r;
+    mine.transport = &transport;
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &mine, &r.up), EVG_OK);
+    free(config);
+    if (r.up) CHECK_STATUS(evg_check_version(r.up, NULL, "1.0.0", &r.offer), EVG_OK);
+    if (download) forget_downloads(config_path); /* so that it has something to fetch */
+    if (!r.up || !r.offer) {
+        evg_updater_free(r.up);
+        goto out;
+    }
+    r.unavailable = 1; /* no other thread yet */
+    CHECK(pthread_create(&thread, NULL, restarting_call, &r) == 0);
+    pthread_mutex_lock(&r.lock);
+    while (r.refused == 0 && waited == 0)
+        waited = pthread_cond_timedwait(&r.changed, &r.lock, &deadline);
+    pthread_mutex_unlock(&r.lock);
+    CHECK(r.refused > 0);
+    nanosleep(&pause, NULL); /* inside the first back-off (1 s) */
+    pthread_mutex_lock(&r.lock);
+    r.freed = 1;
+    pthread_mutex_unlock(&r.lock);
+    clock_gettime(CLOCK_MONOTONIC, &freed_at);
+    evg_updater_free(r.up);
+    deadline = in_ms(20000);
+    waited = 0;
+    pthread_mutex_lock(&r.lock);
+    while (!r.returned && waited == 0)
+        waited = pthread_cond_timedwait(&r.changed, &r.lock, &deadline);
+    pthread_mutex_unlock(&r.lock);
+    clock_gettime(CLOCK_MONOTONIC, &returned_at);
+    pthread_join(thread, NULL);
+    took_ms = (returned_at.tv_sec - freed_at.tv_sec) * 1000L +
+              (returned_at.tv_nsec - freed_at.tv_nsec) / 1000000L;
+    CHECK(r.returned && took_ms < 1000);
+    CHECK(r.status == EVG_CANCELLED);
+    CHECK(r.refused_after_free == 0);
+    if (download) CHECK(r.says_freed);
+    if (!(r.returned && took_ms < 1000 && r.status == EVG_CANCELLED && r.refused_after_free == 0))
+        fprintf(stderr, "  (%s freed while waiting to retry: returned %s %ld ms after the free,"
+                        " %d request(s) after it)\n",
+                download ? "download" : "check", evg_status_name(r.status), took_ms,
+                r.refused_after_free);
+out:
+    evg_offer_free(r.offer);
+    pthread_cond_destroy(&r.changed);
+    pthread_mutex_destroy(&r.lock);
+}
+
 /* The power goes after Evergreen commits a trial and before the host's bootloader
    environment learns of it. At the restart the bootloader starts the old slot again; with
    the selector's boot plan the startup step sees that the trial never started and tells
@@ -996,6 +1153,8 @@ static void test_power_cut_before_the_bootloader_learns(const char *config_path)
     free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_INSTALL);
     free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_REINSTALL);
     free_while_waiting_for_the_work_lock(config_path, &hooks, LOCKED_STARTUP);
+    free_while_waiting_to_retry(config_path, &hooks, 0);
+    free_while_waiting_to_retry(config_path, &hooks, 1);
 
 out:
     free(config);
