@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -572,6 +573,84 @@ void an_updater_may_be_destroyed_by_its_own_event_handler() {
     EXPECT(offer.has_value());
 }
 
+/// A host transport (the app's own HTTP stack, in a real app): here URLs are file paths.
+struct FileTransport {
+    int gets = 0;
+    int open = 0;
+
+    static int get(void *user, const char *url, int64_t range_from, const char *,
+                   evg_response *out) {
+        auto *t = static_cast<FileTransport *>(user);
+        ++t->gets;
+        std::FILE *f = std::fopen(url, "rb");
+        if (f == nullptr) {
+            out->status = 404;
+            out->content_length = 0;
+            return 0;
+        }
+        // Whole files only (range_from is ignored): a 200 to a range request restarts the
+        // download.
+        (void)range_from;
+        std::fseek(f, 0, SEEK_END);
+        out->content_length = std::ftell(f);
+        std::fseek(f, 0, SEEK_SET);
+        out->status = 200;
+        out->body = f;
+        ++t->open;
+        return 0;
+    }
+    static int read(void *, void *body, uint8_t *buf, size_t len, size_t *n) {
+        *n = std::fread(buf, 1, len, static_cast<std::FILE *>(body));
+        return std::ferror(static_cast<std::FILE *>(body)) ? EVG_NETWORK : 0;
+    }
+    static void close(void *user, void *body) {
+        --static_cast<FileTransport *>(user)->open;
+        std::fclose(static_cast<std::FILE *>(body));
+    }
+};
+
+/// Hosts with their own HTTP stack plug it in as a transport (README, c-abi.md): the
+/// wrapper takes the same hooks as evg_updater_new_with_hooks, and the whole update goes
+/// through them.
+void an_updater_with_the_hosts_own_transport() {
+    Repo repo("hooks");
+    repo.release("1.0.0", noise(300 * 1024, 7));
+    Device dev("hooks", repo, repo);
+    // The repository as a directory: every request reaches the transport as a path.
+    const std::string config = std::string("{\"product\":\"") + kProduct + "\",\"server\":\"" +
+                               repo.repo + "/\",\"target\":\"x86_64-linux\",\"trust\":{\"root\":\"" +
+                               repo.repo + "/root/1.json\"},\"state_dir\":\"" + dev.base +
+                               "/state\",\"slots\":{\"kind\":\"dir\",\"root\":\"" + dev.base +
+                               "/app\"},\"device_id\":\"device-hooks\"}";
+    FileTransport files;
+    evg_transport transport{};
+    transport.struct_size = sizeof transport;
+    transport.user = &files;
+    transport.get = &FileTransport::get;
+    transport.read = &FileTransport::read;
+    transport.close = &FileTransport::close;
+    evg_hooks hooks{};
+    hooks.struct_size = sizeof hooks;
+    hooks.transport = &transport;
+    {
+        evergreen::Updater updater(config, hooks);
+        std::vector<std::string> events;
+        updater.on_event([&events](const std::string &e) { events.push_back(e); });
+        auto offer = updater.check();
+        EXPECT(offer.has_value());
+        EXPECT_EQ(offer->version(), "1.0.0");
+        updater.download(*offer);
+        updater.install(*offer);
+        EXPECT(updater.activate().activated);
+        EXPECT(files.gets >= 3);  // the root walk, the channel, the blob
+        EXPECT_EQ(files.open, 0);
+        EXPECT(!events.empty());
+    }
+    EXPECT_ERROR("config", evergreen::Updater("{}", hooks));
+    hooks.struct_size = 1;
+    EXPECT_ERROR("config", evergreen::Updater(config, hooks));
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -598,6 +677,7 @@ int main(int argc, char **argv) {
          move_assignment_waits_for_a_handler_running_on_another_thread},
         {"an_updater_may_be_destroyed_by_its_own_event_handler",
          an_updater_may_be_destroyed_by_its_own_event_handler},
+        {"an_updater_with_the_hosts_own_transport", an_updater_with_the_hosts_own_transport},
     };
     int failed = 0;
     for (const auto &[name, test] : tests) {
