@@ -279,6 +279,20 @@ public:
         updater_.reset(u);
     }
 
+    /// Creates an updater with host-supplied parts (evg_updater_new_with_hooks): a
+    /// transport in place of HTTP(S) and files (an app's own HTTP stack, with its proxy
+    /// and certificate settings), a boot selector, an event callback. `hooks` and the
+    /// structs it points to are copied; their `user` pointers must stay valid until this
+    /// Updater is destroyed (and a call running on it then has returned). A handler set
+    /// with on_event() replaces `hooks.on_event`. Throws Error with kind "config" when the
+    /// config or a `struct_size` is wrong.
+    Updater(const std::string &config_json, const evg_hooks &hooks) {
+        evg_updater *u = nullptr;
+        detail::check(
+            evg_updater_new_with_hooks(detail::text(config_json, "config_json"), &hooks, &u));
+        updater_.reset(u);
+    }
+
     Updater(Updater &&) noexcept = default;
     /// Frees this updater first (which waits for its running callbacks), and only then
     /// its handlers, as the destructor does: a defaulted move would replace the handlers
