@@ -203,6 +203,10 @@ pub struct Fetcher {
     bytes_received: AtomicU64,
     /// What an HTTP-date `Retry-After` is read against when the answer has no `Date`.
     clock: Clock,
+    /// Stops every request's retries, whatever the caller's own token says: the updater
+    /// cancels it when the C host frees it during a call (`Updater::halted`), and a
+    /// check or a download waiting between two attempts ends there.
+    pub(crate) halted: CancelToken,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -242,6 +246,7 @@ impl Fetcher {
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             clock: crate::time::system_clock(),
+            halted: CancelToken::new(),
         })
     }
 
@@ -261,6 +266,7 @@ impl Fetcher {
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             clock: crate::time::system_clock(),
+            halted: CancelToken::new(),
         }
     }
 
@@ -315,7 +321,7 @@ impl Fetcher {
         // root walk ends at the first missing version, and a mirror that cannot be reached
         // must not fail every check that walks it. A mirror's 404 is not: mirrors lag, and
         // a stale one must not end the walk before a rotation the server has.
-        self.with_retries_or_absent(&urls, &CancelToken::new(), true, |asked| {
+        self.with_retries_or_absent(&urls, &self.halted, true, |asked| {
             let response = self.get(asked, &request)?;
             let source = answered_by(asked, &response);
             let url = source.as_deref().unwrap_or(asked);
@@ -523,7 +529,7 @@ impl Fetcher {
                 waited.map_err(|e| ended(e, stay_away))?;
             }
             for (url, live) in urls.iter().zip(live.iter_mut()).filter(|(_, l)| **l) {
-                cancel.check().map_err(|e| ended(e, stay_away))?;
+                self.stopped(cancel).map_err(|e| ended(e, stay_away))?;
                 let failure = match attempt(url) {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
@@ -585,17 +591,23 @@ impl Fetcher {
     }
 
     /// Sleeps [`backoff`], or longer when a base asked for it, in short steps, so a
-    /// cancel is seen promptly.
+    /// cancel (or the halt) is seen promptly.
     fn back_off(&self, n: u32, asked: Duration, cancel: &CancelToken) -> Result<()> {
         const STEP: Duration = Duration::from_millis(50);
         let mut left = backoff(self.options.retry_backoff, n).max(asked);
         while !left.is_zero() {
-            cancel.check()?;
+            self.stopped(cancel)?;
             let step = left.min(STEP);
             std::thread::sleep(step);
             left -= step;
         }
         Ok(())
+    }
+
+    /// `cancelled` once `cancel` or [`Fetcher::halted`] is cancelled.
+    fn stopped(&self, cancel: &CancelToken) -> Result<()> {
+        cancel.check()?;
+        self.halted.check()
     }
 }
 

@@ -538,6 +538,8 @@ impl UpdaterBuilder {
         // Ids only need to differ; no other memory depends on this counter. A usize, as
         // some 32-bit targets have no 64-bit atomics.
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+        // One token: a free by the C host also ends the fetcher's retries.
+        let halted = fetcher.halted.clone();
         Ok(Updater {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
@@ -548,7 +550,7 @@ impl UpdaterBuilder {
             own_link,
             on_event: self.on_event,
             clock,
-            halted: CancelToken::new(),
+            halted,
         })
     }
 }
@@ -624,7 +626,9 @@ pub struct Updater {
     on_event: Option<EventFn>,
     clock: Clock,
     /// Cancelled when the C host frees the updater during a call (`evg_updater_free`): a
-    /// download waiting for the work lock calls no progress callback to learn of it.
+    /// download waiting for the work lock calls no progress callback to learn of it. The
+    /// fetcher's own (`Fetcher::halted`), so a check or a download waiting to retry ends
+    /// too.
     pub(crate) halted: CancelToken,
 }
 
