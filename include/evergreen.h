@@ -719,6 +719,21 @@ enum evg_status evg_updater_new_with_hooks(const char *config_json, const struct
 void evg_updater_free(struct evg_updater *updater);
 
 /**
+ * Stops the calls running on `updater` as a free during them would (see
+ * `evg_updater_free`), without releasing it: no event or progress callback from now on
+ * (one running on another thread is waited for, unless called from inside a callback), a
+ * download is cancelled, and a call waiting for the work lock or to retry a failing
+ * server returns `EVG_CANCELLED`. For a host that cannot free the updater yet because it
+ * cannot tell whether another thread's call has reached the library (a language
+ * binding): halt, then free once those calls have returned. A halted updater serves no
+ * more updates; free it. NULL is fine.
+ *
+ * # Safety
+ * `updater` is NULL or a live handle.
+ */
+void evg_updater_halt(struct evg_updater *updater);
+
+/**
  * The startup step: call it early on every start, from inside the app. Counts a start of
  * a slot on trial and rolls back once its tries are used up (see `evg_startup_result`).
  * A launcher, which runs the step and then starts what the selector names, calls

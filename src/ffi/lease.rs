@@ -23,6 +23,7 @@ pub(crate) struct Calls(AtomicUsize);
 
 impl Calls {
     /// True once the host has freed the handle (its release may still wait for a call).
+    #[cfg(test)]
     pub(crate) fn freed(&self) -> bool {
         self.0.load(Ordering::Acquire) & FREED != 0
     }

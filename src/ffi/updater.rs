@@ -137,6 +137,28 @@ pub unsafe extern "C" fn evg_updater_free(updater: *mut evg_updater) {
     unsafe { free(updater, "evg_updater_free") }
 }
 
+/// Stops the calls running on `updater` as a free during them would (see
+/// `evg_updater_free`), without releasing it: no event or progress callback from now on
+/// (one running on another thread is waited for, unless called from inside a callback), a
+/// download is cancelled, and a call waiting for the work lock or to retry a failing
+/// server returns `EVG_CANCELLED`. For a host that cannot free the updater yet because it
+/// cannot tell whether another thread's call has reached the library (a language
+/// binding): halt, then free once those calls have returned. A halted updater serves no
+/// more updates; free it. NULL is fine.
+///
+/// # Safety
+/// `updater` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn evg_updater_halt(updater: *mut evg_updater) {
+    if !updater.is_null() {
+        super::panic::guard_release("evg_updater_halt", || {
+            if let Ok(u) = unsafe { lease(updater, "updater") } {
+                u.on_free_deferred();
+            }
+        });
+    }
+}
+
 /// What `evg_startup` found.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,13 +345,13 @@ fn download(
         },
         &progress.cancel,
     );
-    // Freed during the download, the call stops here whether the download was cut short
-    // or had nothing left to receive (so `evg_reinstall` does not go on to install), and
-    // says why in one message; any other failure is the download's own.
+    // Freed (or halted) during the download, the call stops here whether the download was
+    // cut short or had nothing left to receive (so `evg_reinstall` does not go on to
+    // install), and says why in one message; any other failure is the download's own.
     let cut_short = result
         .as_ref()
         .map_or_else(|e| e.kind() == ErrorKind::Cancelled, |()| true);
-    if cut_short && u.calls.freed() {
+    if cut_short && u.updater.halted.is_cancelled() {
         return Err(crate::updater::freed_by_host());
     }
     result

@@ -184,10 +184,20 @@ class _Handle:
     pressed during a C call on the main thread (`_ctrl_c_kept`), which also cancels a
     download at its next progress callback."""
 
-    def __init__(self, owner: object, what: str, free: Callable[..., None], *args: Any):
+    def __init__(
+        self,
+        owner: object,
+        what: str,
+        free: Callable[..., None],
+        *args: Any,
+        halt: Optional[Callable[[Any], None]] = None,
+    ):
         self.raw = args[0]
         self._what = what
         self._free = weakref.finalize(owner, free, *args)
+        # Stops the handle's running calls without freeing it (`evg_updater_halt`), for a
+        # close() that must leave the free to another thread's call.
+        self._halt = halt
         self._calls = 0
         self._closing = False
         self._guard = threading.Condition()
@@ -269,8 +279,25 @@ class _Handle:
 
     def close(self) -> None:
         with self._guard:
+            halt = self._halt is not None and not self._closing
             self._closing = True
             self._free_if_safe()
+            halt = halt and self._free.alive
+            if halt:
+                # Counted as a call: another thread's call returning meanwhile must not
+                # free the handle under the halt.
+                self._calls += 1
+        if halt:
+            # Another thread's call keeps the handle, and may make no callback before it
+            # returns (a check waiting to retry): the library stops it now. Outside the
+            # guard: the halt waits for callbacks running on other threads, which take it.
+            try:
+                self._halt(self.raw)  # type: ignore[misc]
+            finally:
+                with self._guard:
+                    self._calls -= 1
+                    self._free_if_safe()
+        with self._guard:
             if getattr(_in_callbacks, "depth", 0):
                 # From inside a callback (of any handle): waiting could deadlock.
                 return
@@ -491,7 +518,9 @@ class Updater:
         # itself. No C call runs once it is collected (each holds `self`), so none can
         # call them after.
         self._callbacks: list = []
-        self._h = _Handle(self, "Updater", _lib.evg_updater_free, handle)
+        self._h = _Handle(
+            self, "Updater", _lib.evg_updater_free, handle, halt=_lib.evg_updater_halt
+        )
 
     def close(self) -> None:
         """Frees the updater; no callback runs afterwards and calling it again does

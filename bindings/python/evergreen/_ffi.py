@@ -81,6 +81,7 @@ _PROTOTYPES = {
     "evg_offer_free": (None, [_O]),
     "evg_updater_new": (_S, [_STR, ctypes.POINTER(_U)]),
     "evg_updater_free": (None, [_U]),
+    "evg_updater_halt": (None, [_U]),
     "evg_set_event_callback": (_S, [_U, EVENT_CB, ctypes.c_void_p]),
     "evg_startup": (_S, [_U, ctypes.POINTER(evg_startup_result)]),
     "evg_startup_for_launcher": (_S, [_U, ctypes.POINTER(evg_startup_result)]),

@@ -604,12 +604,6 @@ def test_closing_the_updater_from_another_thread_during_a_download(world) -> Non
     offer.close()
 
 
-@pytest.mark.skip(
-    reason="close() from another thread frees the C handle only at the call's next callback"
-    " or its return (the binding cannot tell whether that thread's call has reached the"
-    " library yet), and a call waiting to retry makes no callback; reaching it needs a C"
-    " export that stops an updater's calls without freeing it"
-)
 @pytest.mark.parametrize("call", ["check", "download"])
 def test_closing_from_another_thread_stops_a_call_waiting_to_retry(
     world, gate: Gate, call: str
