@@ -651,6 +651,41 @@ void an_updater_with_the_hosts_own_transport() {
     EXPECT_ERROR("config", evergreen::Updater(config, hooks));
 }
 
+/// A host shutting down while its update thread's check waits to retry a server that is
+/// not there (the network is down): halt() from the main thread stops the check at once,
+/// then the host joins the thread and destroys the Updater. Without it, the join waits for
+/// every retry (1 + 2 + 4 s here).
+void halt_stops_a_check_waiting_to_retry_on_another_thread() {
+    Repo repo("halt");
+    Device dev("halt", repo, repo);
+    std::string config = dev.config;
+    const std::string server = repo.url();
+    config.replace(config.find(server), server.size(), "http://127.0.0.1:9/");  // refused
+    config.replace(config.find("\"retries\":1,\"retry_backoff_ms\":10"),
+                   std::string("\"retries\":1,\"retry_backoff_ms\":10").size(),
+                   "\"retries\":3,\"retry_backoff_ms\":1000");
+    evergreen::Updater updater(config);
+    std::string kind;
+    std::atomic<bool> done{false};
+    std::thread worker([&] {
+        try {
+            updater.check();
+            kind = "ok";
+        } catch (const evergreen::Error &e) {
+            kind = e.kind();
+        }
+        done = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // in the first back-off
+    const auto halted_at = std::chrono::steady_clock::now();
+    updater.halt();
+    worker.join();
+    const auto took = std::chrono::steady_clock::now() - halted_at;
+    EXPECT(done);
+    EXPECT_EQ(kind, "cancelled");
+    EXPECT(took < std::chrono::seconds(1));
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -678,6 +713,8 @@ int main(int argc, char **argv) {
         {"an_updater_may_be_destroyed_by_its_own_event_handler",
          an_updater_may_be_destroyed_by_its_own_event_handler},
         {"an_updater_with_the_hosts_own_transport", an_updater_with_the_hosts_own_transport},
+        {"halt_stops_a_check_waiting_to_retry_on_another_thread",
+         halt_stops_a_check_waiting_to_retry_on_another_thread},
     };
     int failed = 0;
     for (const auto &[name, test] : tests) {
