@@ -332,6 +332,15 @@ public:
         events_ = std::move(next);
     }
 
+    /// Stops the calls running on this updater on other threads (evg_updater_halt): no
+    /// more event or progress callbacks, a download cancelled at its next chunk, and a
+    /// check or a download waiting to retry a failing server, or for the work lock, ends
+    /// at once with Error "cancelled" (a request under way ends by its own timeouts). For
+    /// a host shutting down: halt(), join the threads that use the updater, then destroy
+    /// it; destroying it while another thread is in a call is a race. A halted updater
+    /// serves no more updates.
+    void halt() { evg_updater_halt(get()); }
+
     /// The startup step: call it early on every start, from inside the app. A launcher
     /// calls startup_for_launcher instead.
     Startup startup() { return startup_with(evg_startup); }
