@@ -206,7 +206,7 @@ pub struct Fetcher {
     /// Stops every request's retries, whatever the caller's own token says: the updater
     /// cancels it when the C host frees it during a call (`Updater::halted`), and a
     /// check or a download waiting between two attempts ends there.
-    pub(crate) halted: CancelToken,
+    pub(crate) halted: Option<CancelToken>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -246,7 +246,7 @@ impl Fetcher {
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             clock: crate::time::system_clock(),
-            halted: CancelToken::new(),
+            halted: None,
         })
     }
 
@@ -266,7 +266,7 @@ impl Fetcher {
             requests: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             clock: crate::time::system_clock(),
-            halted: CancelToken::new(),
+            halted: None,
         }
     }
 
@@ -321,7 +321,7 @@ impl Fetcher {
         // root walk ends at the first missing version, and a mirror that cannot be reached
         // must not fail every check that walks it. A mirror's 404 is not: mirrors lag, and
         // a stale one must not end the walk before a rotation the server has.
-        self.with_retries_or_absent(&urls, &self.halted, true, |asked| {
+        self.with_retries_or_absent(&urls, None, true, |asked| {
             let response = self.get(asked, &request)?;
             let source = answered_by(asked, &response);
             let url = source.as_deref().unwrap_or(asked);
@@ -486,7 +486,7 @@ impl Fetcher {
         cancel: &CancelToken,
         attempt: impl FnMut(&str) -> Result<T, Failure>,
     ) -> Result<T> {
-        self.with_retries_or_absent(urls, cancel, false, attempt)
+        self.with_retries_or_absent(urls, Some(cancel), false, attempt)
     }
 
     /// [`Fetcher::with_retries`]; with `server_404_is_absent`, a 404 from the server (the
@@ -495,7 +495,7 @@ impl Fetcher {
     fn with_retries_or_absent<T>(
         &self,
         urls: &[String],
-        cancel: &CancelToken,
+        cancel: Option<&CancelToken>,
         server_404_is_absent: bool,
         mut attempt: impl FnMut(&str) -> Result<T, Failure>,
     ) -> Result<T> {
@@ -592,7 +592,7 @@ impl Fetcher {
 
     /// Sleeps [`backoff`], or longer when a base asked for it, in short steps, so a
     /// cancel (or the halt) is seen promptly.
-    fn back_off(&self, n: u32, asked: Duration, cancel: &CancelToken) -> Result<()> {
+    fn back_off(&self, n: u32, asked: Duration, cancel: Option<&CancelToken>) -> Result<()> {
         const STEP: Duration = Duration::from_millis(50);
         let mut left = backoff(self.options.retry_backoff, n).max(asked);
         while !left.is_zero() {
@@ -605,9 +605,11 @@ impl Fetcher {
     }
 
     /// `cancelled` once `cancel` or [`Fetcher::halted`] is cancelled.
-    fn stopped(&self, cancel: &CancelToken) -> Result<()> {
-        cancel.check()?;
-        self.halted.check()
+    fn stopped(&self, cancel: Option<&CancelToken>) -> Result<()> {
+        for token in [cancel, self.halted.as_ref()].into_iter().flatten() {
+            token.check()?;
+        }
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ impl Leased for evg_updater {
         // `evg_updater_free` promises no callback after it returns: none starts from now
         // on, one running on another thread is waited for, and a running download is
         // cancelled at its next chunk, and a call waiting for the work lock at its next look.
-        self.updater.halted().cancel();
+        self.updater.halted.cancel();
         self.events.close();
     }
 }
@@ -351,7 +351,7 @@ fn download(
     let cut_short = result
         .as_ref()
         .map_or_else(|e| e.kind() == ErrorKind::Cancelled, |()| true);
-    if cut_short && u.updater.halted().is_cancelled() {
+    if cut_short && u.updater.halted.is_cancelled() {
         return Err(crate::updater::freed_by_host());
     }
     result

@@ -538,6 +538,10 @@ impl UpdaterBuilder {
         // Ids only need to differ; no other memory depends on this counter. A usize, as
         // some 32-bit targets have no 64-bit atomics.
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+        // One token: a free by the C host also ends the fetcher's retries.
+        let halted = CancelToken::new();
+        let mut fetcher = fetcher;
+        fetcher.halted = Some(halted.clone());
         Ok(Updater {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
@@ -548,6 +552,7 @@ impl UpdaterBuilder {
             own_link,
             on_event: self.on_event,
             clock,
+            halted,
         })
     }
 }
@@ -622,6 +627,11 @@ pub struct Updater {
     own_link: bool,
     on_event: Option<EventFn>,
     clock: Clock,
+    /// Cancelled when the C host frees the updater during a call (`evg_updater_free`): a
+    /// download waiting for the work lock calls no progress callback to learn of it. The
+    /// fetcher holds it too (`Fetcher::halted`), so a check or a download waiting to retry
+    /// ends as well.
+    pub(crate) halted: CancelToken,
 }
 
 impl Updater {
@@ -703,18 +713,10 @@ impl Updater {
         )
     }
 
-    /// Cancelled when the C host frees the updater during a call (`evg_updater_free`): a
-    /// download waiting for the work lock calls no progress callback to learn of it. The
-    /// fetcher's own token (`Fetcher::halted`, one for both, kept there only), so a check
-    /// or a download waiting to retry ends too.
-    pub(crate) fn halted(&self) -> &CancelToken {
-        &self.fetcher.halted
-    }
-
     /// [`freed_by_host`] once the C host has freed this updater ([`Updater::halted`]): a
     /// call waiting for a lock stops there.
     fn not_freed(&self) -> Result<()> {
-        match self.halted().is_cancelled() {
+        match self.halted.is_cancelled() {
             true => Err(freed_by_host()),
             false => Ok(()),
         }
