@@ -382,6 +382,26 @@ def test_a_config_dict_with_a_path_that_is_not_utf8_names_the_field(world) -> No
         evergreen.Updater(config)
 
 
+def test_a_config_dict_takes_paths_as_path_objects(world) -> None:
+    # `pathlib.Path` values, as an app builds its paths, are the paths they name; they
+    # raised json's bare "Object of type PosixPath is not JSON serializable".
+    _, _, _, config = world
+    config["state_dir"] = Path(config["state_dir"])
+    config["slots"] = dict(config["slots"], root=Path(config["slots"]["root"]))
+    config["trust"] = {"root": Path(config["trust"]["root"])}
+    with evergreen.Updater(config) as updater:
+        assert updater.check() is not None
+    assert (config["state_dir"] / "state.json").exists()
+    # A path with no UTF-8 form still names its field.
+    config["slots"] = dict(config["slots"], root=Path(os.fsdecode(b"/opt/caf\xe9")))
+    with pytest.raises(evergreen.ConfigError, match="config slots.root:.*U\\+DCE9"):
+        evergreen.Updater(config)
+    # Anything else JSON cannot carry names its field and type.
+    config["slots"] = dict(config["slots"], root={1, 2})
+    with pytest.raises(evergreen.ConfigError, match="config slots.root: expected .*found set"):
+        evergreen.Updater(config)
+
+
 def test_an_argument_that_is_not_text_is_a_type_error_naming_it(world) -> None:
     _, _, _, config = world
     with evergreen.Updater(config) as updater:
