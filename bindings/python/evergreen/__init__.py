@@ -454,8 +454,27 @@ def _lone_surrogate(value: object, where: str) -> Optional[Tuple[str, str, int]]
     return None
 
 
+def _plain(value: Any, where: str) -> Any:
+    """`value` with every `os.PathLike` in it as the text of its path (`os.fsdecode`), as
+    an app builds its paths with `pathlib`; anything else JSON cannot carry is a config
+    error naming its field."""
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise BY_CODE[1](
+        f"config {where}: expected text, a number, a boolean, null, a list, a dict or a"
+        f" path, found {type(value).__name__}"
+    )
+
+
 def _config_text(config: _Config) -> str:
     if isinstance(config, dict):
+        config = _plain(config, "")
         # json.dumps would write a lone surrogate as an escape, which the library's parser
         # refuses without saying which field; a path read as bytes and decoded with
         # `surrogateescape` (`os.fsdecode`) is the usual source.
