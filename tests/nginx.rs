@@ -6,9 +6,12 @@ mod require;
 
 use evergreen::fetch::{BlobSpec, CancelToken, FetchOptions, Fetcher, Metadata};
 use evergreen::trust::sha256_hex;
-use nginxd::{find_on_path, Nginx, Tls};
+use nginxd::Nginx;
+#[cfg(feature = "tls")]
+use nginxd::{find_on_path, Tls};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+#[cfg(feature = "tls")]
 use std::process::Command;
 use tempfile::TempDir;
 
