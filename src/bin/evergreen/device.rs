@@ -502,11 +502,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         // Not for a download only, nor a look at another channel or version.
         let plain = !args.download_only && args.channel.is_none() && args.version.is_none();
         if let Some((slot, version)) = plain.then(|| activate_in_time(&up)).transpose()?.flatten() {
-            match json {
-                true => print_json(&json!({"status": "activated", "slot": slot,
-                    "version": version.to_string()})),
-                false => say_activation(&Activation::Activated { slot, version }, None),
-            }
+            print_activation(Activation::Activated { slot, version }, None, json);
             return Ok(0);
         }
         let next = up.next_check()?;
@@ -819,9 +815,16 @@ pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
         }
         Activation::Activated { .. } => None,
     };
+    print_activation(act, staged.as_ref(), json);
+    Ok(0)
+}
+
+/// What `activate` prints of `act` (and `update --if-due` of an activation it made):
+/// the text of [`say_activation`], or its JSON; `staged` is the version a deferral held
+/// back.
+fn print_activation(act: Activation, staged: Option<&Version>, json: bool) {
     if !json {
-        say_activation(&act, staged.as_ref());
-        return Ok(0);
+        return say_activation(&act, staged);
     }
     print_json(&match act {
         Activation::Activated { slot, version } => {
@@ -832,7 +835,6 @@ pub fn activate(config: &Path, json: bool, args: &ActivateArgs) -> Result<i32> {
             json!({"status": "deferred", "version": version, "until": until, "reason": reason})
         }
     });
-    Ok(0)
 }
 
 /// `evergreen provision`: the one whole-block write of a bootloader environment, made
