@@ -3036,3 +3036,36 @@ fn root_installs_into_a_users_slot_root_that_user_cannot_reach() {
     dev.expect("update", &["--yes"], 0);
     assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0");
 }
+
+/// A release skipped by mistake: `status` lists it, `unskip` takes it back, and the next
+/// check offers it again. Taking back a version that was not skipped changes nothing and
+/// says so.
+#[test]
+fn a_skipped_release_is_listed_and_can_be_offered_again() {
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "0.9.0"}),
+    );
+    assert_eq!(dev.status()["skipped"], serde_json::json!([]));
+    dev.expect("skip", &["1.0.0"], 0);
+    assert_eq!(dev.status()["skipped"], serde_json::json!(["1.0.0"]));
+    let text = dev.expect("status", &[], 0);
+    assert!(text.contains("skipped: 1.0.0"), "{text}");
+    assert_eq!(json(&dev.expect("check", &["--json"], 0))["status"], "up_to_date");
+
+    let undone = json(&dev.expect("unskip", &["1.0.0", "--json"], 0));
+    assert_eq!(undone, serde_json::json!({"unskipped": "1.0.0", "was_skipped": true}));
+    assert_eq!(dev.status()["skipped"], serde_json::json!([]));
+    assert_eq!(json(&dev.expect("check", &["--json"], 0))["version"], "1.0.0");
+
+    let text = dev.expect("unskip", &["1.0.0"], 0);
+    assert!(text.contains("1.0.0 was not skipped"), "{text}");
+    let out = dev.run("unskip", &["1.0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(err.contains("expected a semver version like 1.2.3, found"), "{err}");
+}
