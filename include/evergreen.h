@@ -867,6 +867,17 @@ enum evg_status evg_set_channel(struct evg_updater *updater, const char *channel
 enum evg_status evg_skip(struct evg_updater *updater, const char *version);
 
 /**
+ * Takes back `evg_skip` of `version`: checks may offer it again. `*was_skipped` (may be
+ * NULL when not wanted) receives whether it was skipped; when it was not, nothing changes.
+ * `evg_status_json` lists the skipped versions (`"skipped"`).
+ *
+ * # Safety
+ * `updater` is NULL or a live handle; `version` is NULL or a NUL-terminated string;
+ * `was_skipped` is NULL or writable.
+ */
+enum evg_status evg_unskip(struct evg_updater *updater, const char *version, bool *was_skipped);
+
+/**
  * The device's status as JSON, as `evergreen status --json` prints it (slots, versions,
  * trial, channel, security floor, last check). The caller owns `*out` and frees it with
  * `evg_string_free`.

@@ -3055,17 +3055,29 @@ fn a_skipped_release_is_listed_and_can_be_offered_again() {
     assert_eq!(dev.status()["skipped"], serde_json::json!(["1.0.0"]));
     let text = dev.expect("status", &[], 0);
     assert!(text.contains("skipped: 1.0.0"), "{text}");
-    assert_eq!(json(&dev.expect("check", &["--json"], 0))["status"], "up_to_date");
+    assert_eq!(
+        json(&dev.expect("check", &["--json"], 0))["status"],
+        "up_to_date"
+    );
 
     let undone = json(&dev.expect("unskip", &["1.0.0", "--json"], 0));
-    assert_eq!(undone, serde_json::json!({"unskipped": "1.0.0", "was_skipped": true}));
+    assert_eq!(
+        undone,
+        serde_json::json!({"unskipped": "1.0.0", "was_skipped": true})
+    );
     assert_eq!(dev.status()["skipped"], serde_json::json!([]));
-    assert_eq!(json(&dev.expect("check", &["--json"], 0))["version"], "1.0.0");
+    assert_eq!(
+        json(&dev.expect("check", &["--json"], 10))["version"],
+        "1.0.0"
+    );
 
     let text = dev.expect("unskip", &["1.0.0"], 0);
     assert!(text.contains("1.0.0 was not skipped"), "{text}");
     let out = dev.run("unskip", &["1.0"]);
     assert_eq!(out.status.code(), Some(2));
     let err = common::stderr(&out);
-    assert!(err.contains("expected a semver version like 1.2.3, found"), "{err}");
+    assert!(
+        err.contains("expected a semver version like 1.2.3, found"),
+        "{err}"
+    );
 }

@@ -412,9 +412,18 @@ public:
         detail::check(evg_set_channel(get(), detail::text(channel, "channel")));
     }
 
-    /// Checks no longer offer `version` (unless it is critical).
+    /// Checks no longer offer `version` (unless it is critical); the status JSON lists it
+    /// under "skipped", and unskip() takes it back.
     void skip(const std::string &version) {
         detail::check(evg_skip(get(), detail::text(version, "version")));
+    }
+
+    /// Checks may offer a skipped `version` again. false, and nothing changed, when it was
+    /// not skipped.
+    bool unskip(const std::string &version) {
+        bool was_skipped = false;
+        detail::check(evg_unskip(get(), detail::text(version, "version"), &was_skipped));
+        return was_skipped;
     }
 
     /// The device's status as `evergreen status --json` prints it.

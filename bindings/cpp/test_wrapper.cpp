@@ -346,6 +346,22 @@ void a_nul_inside_an_argument_is_a_config_error() {
     EXPECT(updater.check().has_value()); /* 1.0.0 was not skipped */
 }
 
+/// A release skipped by mistake is listed in the status and offered again once unskipped.
+void a_skipped_release_can_be_offered_again() {
+    Repo repo("unskip");
+    repo.release("1.0.0", noise(1024, 5));
+    Device dev("unskip", repo, repo);
+    evergreen::Updater updater(dev.config);
+    EXPECT(contains(updater.status_json(), "\"skipped\":[]"));
+    updater.skip("1.0.0");
+    EXPECT(contains(updater.status_json(), "\"skipped\":[\"1.0.0\"]"));
+    EXPECT(!updater.check().has_value());
+    EXPECT(updater.unskip("1.0.0"));
+    EXPECT(!updater.unskip("1.0.0"));
+    EXPECT(updater.check().has_value());
+    EXPECT_ERROR("config", updater.unskip("1.0"));
+}
+
 void untrusted_signer_is_a_signature_error() {
     Repo trusted("trusted");
     Repo impostor("impostor");
@@ -703,6 +719,7 @@ int main(int argc, char **argv) {
          a_launcher_counts_the_trial_after_an_activation_cut_short},
         {"bad_config_is_a_config_error", bad_config_is_a_config_error},
         {"a_nul_inside_an_argument_is_a_config_error", a_nul_inside_an_argument_is_a_config_error},
+        {"a_skipped_release_can_be_offered_again", a_skipped_release_can_be_offered_again},
         {"untrusted_signer_is_a_signature_error", untrusted_signer_is_a_signature_error},
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},

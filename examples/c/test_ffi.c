@@ -605,6 +605,23 @@ static void test_update_through_hooks(const char *config_path) {
     CHECK_STATUS(evg_rollback(up, NULL), EVG_INVALID_STATE); /* the fallback is empty */
     CHECK_STATUS(evg_set_channel(up, "../etc"), EVG_CONFIG);
     CHECK_STATUS(evg_skip(up, "1.2.0"), EVG_OK);
+    CHECK_STATUS(evg_status_json(up, &json), EVG_OK);
+    CHECK(contains(json, "\"skipped\":[\"1.2.0\"]"));
+    evg_string_free(json);
+    {
+        bool was_skipped = false;
+        CHECK_STATUS(evg_unskip(up, "1.2.0", &was_skipped), EVG_OK);
+        CHECK(was_skipped);
+        CHECK_STATUS(evg_unskip(up, "1.2.0", &was_skipped), EVG_OK);
+        CHECK(!was_skipped);
+        CHECK_STATUS(evg_unskip(up, "1.2.0", NULL), EVG_OK);
+        CHECK_STATUS(evg_unskip(up, "1.2", NULL), EVG_CONFIG);
+        CHECK_STATUS(evg_unskip(NULL, "1.2.0", NULL), EVG_CONFIG);
+    }
+    CHECK_STATUS(evg_status_json(up, &json), EVG_OK);
+    CHECK(contains(json, "\"skipped\":[]"));
+    evg_string_free(json);
+    CHECK_STATUS(evg_skip(up, "1.2.0"), EVG_OK);
     CHECK_STATUS(evg_activate(up, 1, &act), EVG_INVALID_STATE);
 
     /* a transport that claims more bytes than it was given room for: an error, no crash */

@@ -537,6 +537,30 @@ pub unsafe extern "C" fn evg_skip(updater: *mut evg_updater, version: *const c_c
     })
 }
 
+/// Takes back `evg_skip` of `version`: checks may offer it again. `*was_skipped` (may be
+/// NULL when not wanted) receives whether it was skipped; when it was not, nothing changes.
+/// `evg_status_json` lists the skipped versions (`"skipped"`).
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `version` is NULL or a NUL-terminated string;
+/// `was_skipped` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_unskip(
+    updater: *mut evg_updater,
+    version: *const c_char,
+    was_skipped: *mut bool,
+) -> evg_status {
+    guard("evg_unskip", || {
+        let u = unsafe { lease(updater, "updater")? };
+        let version = parse_version(unsafe { arg_str(version, "version")? }, "version")?;
+        let was = u.updater.unskip(&version)?;
+        if !was_skipped.is_null() {
+            write_out(was_skipped, was);
+        }
+        Ok(())
+    })
+}
+
 /// The device's status as JSON, as `evergreen status --json` prints it (slots, versions,
 /// trial, channel, security floor, last check). The caller owns `*out` and frees it with
 /// `evg_string_free`.

@@ -282,6 +282,7 @@ impl Updater {
     }
 
     /// Skips `version`: checks no longer offer it (unless it is critical).
+    /// [`Status::skipped`](crate::Status::skipped) lists it; [`Updater::unskip`] takes it back.
     pub fn skip(&self, version: &Version) -> Result<()> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
@@ -289,6 +290,29 @@ impl Updater {
             st.skipped.push(version.clone());
         }
         self.save(&st)
+    }
+
+    /// Takes back [`Updater::skip`] of `version`: checks may offer it again. `false`, and
+    /// nothing saved, when it was not skipped.
+    ///
+    /// ```no_run
+    /// # fn main() -> evergreen::Result<()> {
+    /// # let up = evergreen::Updater::builder(evergreen::Config::from_file("/etc/evergreen.json")?).build()?;
+    /// let version = "1.4.2".parse().unwrap();
+    /// up.skip(&version)?;
+    /// assert!(up.status()?.skipped.contains(&version));
+    /// assert!(up.unskip(&version)?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn unskip(&self, version: &Version) -> Result<bool> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        let Some(at) = st.skipped.iter().position(|v| v == version) else {
+            return Ok(false);
+        };
+        st.skipped.remove(at);
+        self.save(&st).map(|()| true)
     }
 
     /// Follows `channel` from now on; the next check applies the channel-switch rules.

@@ -241,6 +241,9 @@ pub struct Status {
     pub last_check: Option<Timestamp>,
     /// When the next check is due: the poll interval ± jitter, backing off after failures.
     pub next_check: Timestamp,
+    /// The versions checks no longer offer ([`Updater::skip`]), in the order skipped;
+    /// `[]` when none.
+    pub skipped: Vec<Version>,
 }
 
 /// Trial part of [`Status`].
@@ -839,6 +842,7 @@ impl Updater {
             slots: [(Slot::A, view(Slot::A)), (Slot::B, view(Slot::B))].into(),
             last_check: st.last_check,
             next_check: self.next_check_of(&st)?,
+            skipped: st.skipped.clone(),
         })
     }
 

@@ -690,9 +690,18 @@ class Updater:
             check(_lib.evg_set_channel(h, _encode(channel, "channel")))
 
     def skip(self, version: str) -> None:
-        """Checks no longer offer `version` (unless it is critical)."""
+        """Checks no longer offer `version` (unless it is critical); `status()["skipped"]`
+        lists it, and `unskip` takes it back."""
         with self._h.use() as h:
             check(_lib.evg_skip(h, _encode(version, "version")))
+
+    def unskip(self, version: str) -> bool:
+        """Checks may offer a skipped `version` again. False, and nothing changed, when it
+        was not skipped."""
+        was = ctypes.c_bool(False)
+        with self._h.use() as h:
+            check(_lib.evg_unskip(h, _encode(version, "version"), ctypes.byref(was)))
+        return was.value
 
     def status_json(self) -> str:
         """The device's status as `evergreen status --json` prints it."""

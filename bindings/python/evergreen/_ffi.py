@@ -94,6 +94,7 @@ _PROTOTYPES = {
     "evg_reinstall": (_S, [_U, PROGRESS_CB, ctypes.c_void_p]),
     "evg_set_channel": (_S, [_U, _STR]),
     "evg_skip": (_S, [_U, _STR]),
+    "evg_unskip": (_S, [_U, _STR, ctypes.POINTER(ctypes.c_bool)]),
     "evg_status_json": (_S, [_U, ctypes.POINTER(_OWNED)]),
 }
 

@@ -411,6 +411,22 @@ def test_an_argument_that_is_not_text_is_a_type_error_naming_it(world) -> None:
             updater.skip(1)
 
 
+def test_a_skipped_release_is_listed_and_can_be_offered_again(world) -> None:
+    _, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        assert updater.status()["skipped"] == []
+        updater.skip("1.0.0")
+        assert updater.status()["skipped"] == ["1.0.0"]
+        assert updater.check() is None, "1.0.0 is skipped"
+        assert updater.unskip("1.0.0") is True
+        assert updater.status()["skipped"] == []
+        offer = updater.check()
+        assert offer is not None and offer.version == "1.0.0"
+        assert updater.unskip("1.0.0") is False
+        with pytest.raises(evergreen.ConfigError, match="argument version"):
+            updater.unskip("1.0")
+
+
 def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
     _, _, _, config = world
     config["slots"] = {"kind": "floppy"}

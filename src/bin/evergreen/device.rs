@@ -96,6 +96,16 @@ pub struct SkipArgs {
     pub version: Version,
 }
 
+/// Options of `unskip`.
+#[derive(Args, Debug)]
+pub struct UnskipArgs {
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    /// The skipped version checks may offer again.
+    #[arg(value_parser = crate::parse_version)]
+    pub version: Version,
+}
+
 /// Options of `activate`.
 #[derive(Args, Debug)]
 pub struct ActivateArgs {
@@ -145,8 +155,15 @@ pub enum Command {
     /// Activate a staged release (after `update` with the download_only policy, or one
     /// deferred to a maintenance window).
     Activate(ActivateArgs),
-    /// Never offer this version again (critical releases are still offered).
+    /// Never offer this version again (critical releases are still offered). `status`
+    /// lists the skipped versions.
+    ///
+    /// Example: evergreen skip 1.4.2 --config /etc/evergreen/config.json
     Skip(SkipArgs),
+    /// Offer a skipped version again (takes back `skip`).
+    ///
+    /// Example: evergreen unskip 1.4.2 --config /etc/evergreen/config.json
+    Unskip(UnskipArgs),
     /// Prepare the bootloader environment of image slots once, when the image is built or
     /// first flashed: the GRUB block in Evergreen's power-safe layout (A good, B not
     /// bootable; other variables kept), or a blank redundant U-Boot environment
@@ -165,6 +182,7 @@ impl Command {
             Command::Channel(a) => &a.device,
             Command::Activate(a) => &a.device,
             Command::Skip(a) => &a.device,
+            Command::Unskip(a) => &a.device,
             Command::Status(o)
             | Command::Boot(o)
             | Command::Confirm(o)
@@ -190,6 +208,7 @@ pub fn run(cmd: Command, before: Option<PathBuf>, json: bool) -> Result<i32> {
         Command::Channel(a) => channel(config, json, &a),
         Command::Activate(a) => activate(config, json, &a),
         Command::Skip(a) => skip(config, json, &a),
+        Command::Unskip(a) => unskip(config, json, &a),
         Command::Provision(_) => provision(config, json),
     }
 }
@@ -695,6 +714,13 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
     if let Some(t) = &s.trial {
         out!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
     }
+    if !s.skipped.is_empty() {
+        let list: Vec<String> = s.skipped.iter().map(ToString::to_string).collect();
+        out!(
+            "skipped: {} (`evergreen unskip VERSION` offers one again)",
+            list.join(", ")
+        );
+    }
     out!(
         "last check: {}  next check due: {}",
         s.last_check.map_or("never".to_string(), |t| t.to_string()),
@@ -882,6 +908,20 @@ pub fn skip(config: &Path, json: bool, args: &SkipArgs) -> Result<i32> {
             "{} will not be offered again (unless critical)",
             args.version
         );
+    }
+    Ok(0)
+}
+
+/// `evergreen unskip V`.
+pub fn unskip(config: &Path, json: bool, args: &UnskipArgs) -> Result<i32> {
+    let up = updater(config, json)?;
+    let was_skipped = up.unskip(&args.version)?;
+    if json {
+        print_json(&json!({"unskipped": args.version.to_string(), "was_skipped": was_skipped}));
+    } else if was_skipped {
+        out!("{} may be offered again", args.version);
+    } else {
+        out!("{} was not skipped: nothing changed", args.version);
     }
     Ok(0)
 }
