@@ -658,6 +658,62 @@ fn usage_errors_exit_2_and_bad_values_are_config_errors() {
     assert!(err.starts_with("error[config]"), "{err}");
 }
 
+/// Channel names that differ only in case (`nightly`, `Nightly`) are one file,
+/// `channels/nightly.json`, on a file system that ignores case: the FAT or exFAT of a USB
+/// stick the repository is copied onto for offline devices, a macOS or Windows disk. There
+/// the copy of one replaces (or, with some tools, silently leaves out) the other, and that
+/// channel's devices find another channel's manifest (`wrong_metadata`) or none
+/// (`not_found`). So `release` and `promote` refuse a new channel whose name folds to that
+/// of a channel the repository has, naming both, before anything is written.
+#[test]
+fn a_new_channel_named_as_another_but_for_case_is_refused() {
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    let blobs = || common::tree_digest(&dir.join("repo/blobs"));
+    let before = blobs();
+    std::fs::write(dir.join("other.bin"), b"another file").unwrap();
+    let err = fails(
+        dir,
+        &ReleaseArgs::of("1.3.0")
+            .channel("Nightly")
+            .then(&["--component", "app=other.bin"]),
+    );
+    assert!(err.starts_with("error[config]: "), "{err}");
+    assert!(
+        err.contains("found channel nightly (channels/nightly.json)") && err.contains("Nightly"),
+        "{err}"
+    );
+    assert!(!dir.join("repo/channels/Nightly.json").exists());
+    assert_eq!(blobs(), before, "nothing copied into blobs/");
+
+    let err = fails(
+        dir,
+        &[
+            "promote",
+            "repo",
+            "--version",
+            "1.2.0",
+            "--from",
+            "nightly",
+            "--to",
+            "NIGHTLY",
+            "--sign",
+            "release",
+        ],
+    );
+    assert!(err.starts_with("error[config]: "), "{err}");
+    assert!(err.contains("NIGHTLY"), "{err}");
+    assert!(!dir.join("repo/channels/NIGHTLY.json").exists());
+
+    // Names that differ in more than case are other channels, as before.
+    ok(
+        dir,
+        &ReleaseArgs::of("1.3.0")
+            .channel("nightly-2")
+            .then(&["--component", "app=other.bin"]),
+    );
+}
+
 #[test]
 fn publishing_the_same_version_and_target_twice_is_refused() {
     let tmp = repo_with_nightly();
