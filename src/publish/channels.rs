@@ -382,15 +382,18 @@ impl Repo {
         })?;
         let mut m = match self.load_channel(trusted, change.channel)? {
             Some(m) => m,
-            None if change.create => Manifest {
-                doc_type: "manifest".to_string(),
-                product: trusted.root().product.clone(),
-                channel: change.channel.to_string(),
-                sequence: 0,
-                issued: change.now,
-                expires: change.now,
-                releases: vec![],
-            },
+            None if change.create => {
+                self.check_no_case_twin(change.channel)?;
+                Manifest {
+                    doc_type: "manifest".to_string(),
+                    product: trusted.root().product.clone(),
+                    channel: change.channel.to_string(),
+                    sequence: 0,
+                    issued: change.now,
+                    expires: change.now,
+                    releases: vec![],
+                }
+            }
             None => return Err(missing(change.channel)),
         };
         if edit(&mut m)? == Edit::Unchanged {
@@ -400,6 +403,20 @@ impl Repo {
         let bytes = self.seal_manifest(trusted, &m, signers, change.now)?;
         fsutil::write_atomic(&self.channel_path(change.channel), &bytes)?;
         Ok(m)
+    }
+
+    /// A new channel whose name differs from an existing channel's only in case
+    /// (`Nightly` beside `nightly`) is refused (`config`): the two are one file on a file
+    /// system that ignores case (a USB stick's FAT or exFAT, macOS, Windows), where a copy
+    /// of the repository would keep one channel and lose the other.
+    fn check_no_case_twin(&self, channel: &str) -> Result<()> {
+        let names = self.channel_names()?;
+        let Some(twin) = names.iter().find(|n| n.eq_ignore_ascii_case(channel)) else {
+            return Ok(());
+        };
+        Err(Error::config(format!(
+            "expected a new channel name that differs from the existing ones in more than case, found channel {twin} (channels/{twin}.json) for {channel}: a file system that ignores case (a USB stick's FAT or exFAT, macOS, Windows) takes the two for one file; publish to {twin}, or pick another name"
+        )))
     }
 
     /// Whether `components` are the files `listed` was published from: the same names,
