@@ -1731,6 +1731,38 @@ fn an_unchanged_channel_from_a_mirror_without_etags_passes_while_the_server_is_d
     assert_eq!(mirror.requests("channels/stable.json").len(), 1);
 }
 
+/// A device that cannot reach its server (an air-gapped site) with a USB stick as its
+/// mirror: the stick holds a newer release, which the check does not take, as only the
+/// server's 404 ends the root chain (docs/operators.md, Mirrors). The error names the
+/// server's root it asked for and says why: it named only a failed request to a server the
+/// technician knows is out of reach, and not that the stick's channel waits for it.
+#[test]
+fn a_changed_channel_on_a_local_mirror_with_the_server_down_says_it_waits_for_the_server() {
+    let (repo, src) = repo_with_1_0_0("com.acme.stick.mirror");
+    let server = TestServer::serve(&repo.root);
+    let stick = repo.scratch("stick");
+    common::copy_dir(&repo.root, &stick);
+    let stick_base = stick.display().to_string();
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        with_mirrors(serde_json::json!([stick_base])),
+    );
+    assert_eq!(check_json(&dev, 10)["version"], "1.0.0");
+    publish_app(&repo, &src, "1.1.0", true);
+    common::copy_dir(&repo.root, &stick);
+    let root_url = format!("{}/root/2.json", server.url());
+    drop(server);
+    let err = dev.fails("check", &[]);
+    let line = err.lines().last().unwrap();
+    assert!(line.starts_with("error[network]: "), "{err}");
+    assert!(line.contains(&root_url), "{err}");
+    assert!(
+        line.contains("(only the server's 404 ends the root chain)"),
+        "{err}"
+    );
+}
+
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
 /// over for the next base, which has the current one, instead of failing the check as a
 /// rollback attack.
