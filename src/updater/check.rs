@@ -684,12 +684,22 @@ impl Updater {
             root.update(
                 // A copy that does not verify is passed over for the next base's: a
                 // mirror's soft 404 (an error page with 200) must not end every walk in a
-                // signature error. One the server answers 404 for ends it.
+                // signature error. One the server answers 404 for ends it, and a walk
+                // the server cannot answer says so: the channel a mirror (a USB stick)
+                // served waits for it.
                 |v, accept| {
                     let path = format!("root/{v}.json");
                     match self.fetcher.metadata_checked(&path, None, max, accept) {
                         Ok(_) => Ok(()),
                         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::Network | ErrorKind::Timeout | ErrorKind::HttpStatus
+                            ) =>
+                        {
+                            Err(e.hint("only the server's 404 ends the root chain"))
+                        }
                         Err(e) => Err(e),
                     }
                 },
