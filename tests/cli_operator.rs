@@ -714,6 +714,54 @@ fn a_new_channel_named_as_another_but_for_case_is_refused() {
     );
 }
 
+/// A repository that has two channels named alike but for case already (made before
+/// `release` refused the second, or by other means) still verifies, but `verify`, run
+/// before every upload, warns: a copy on a USB stick's FAT or exFAT keeps one of them, and
+/// `verify` of that copy sees nothing wrong.
+#[test]
+fn verify_warns_of_channels_named_alike_but_for_case() {
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    common::copy_dir(&dir.join("repo"), &dir.join("other"));
+    std::fs::remove_file(dir.join("other/channels/nightly.json")).unwrap();
+    ok(
+        dir,
+        &[
+            "release",
+            "other",
+            "--channel",
+            "Nightly",
+            "--version",
+            "1.3.0",
+            "--target",
+            "x86_64-linux",
+            "--sign",
+            "release",
+            "--component",
+            "app=app.zip",
+        ],
+    );
+    std::fs::copy(
+        dir.join("other/channels/Nightly.json"),
+        dir.join("repo/channels/Nightly.json"),
+    )
+    .unwrap();
+    let o = evergreen(dir, &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let warning = "warning: channels Nightly and nightly differ only in case";
+    assert!(stderr(&o).contains(warning), "{}", stderr(&o));
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
+    let warnings = out["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with(&warning["warning: ".len()..])),
+        "{out}"
+    );
+}
+
 #[test]
 fn publishing_the_same_version_and_target_twice_is_refused() {
     let tmp = repo_with_nightly();
