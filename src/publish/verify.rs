@@ -87,7 +87,9 @@ impl Repo {
         }
         let product = root.product.clone();
         let mut verified = Vec::new();
-        for channel in self.channel_names()? {
+        let names = self.channel_names()?;
+        warnings.extend(case_twins(&names));
+        for channel in names {
             match self.verify_channel(&trusted, &channel, now) {
                 Ok(c) => verified.push(c),
                 Err(e) => problems.push(e),
@@ -475,4 +477,19 @@ fn check_targets(m: &Manifest) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A warning for each two of `names` (the repository's channels, sorted) that differ only
+/// in case: one file on a file system that ignores case, so a copy of the repository there
+/// (a USB stick's FAT or exFAT) keeps one of them, and `verify` of the copy cannot tell.
+fn case_twins(names: &[String]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        for b in names[i + 1..].iter().filter(|b| b.eq_ignore_ascii_case(a)) {
+            warnings.push(format!(
+                "channels {a} and {b} differ only in case: a copy of the repository on a file system that ignores case (a USB stick's FAT or exFAT, macOS, Windows) keeps one of them; move the devices of one to the other"
+            ));
+        }
+    }
+    warnings
 }
