@@ -28,8 +28,8 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-#[test]
-fn check_prints_the_offer_and_exits_10() {
+/// A repository with 1.0.0 on stable, served, and a device at 0.9.0, to which it is offered.
+fn offered_1_0_0() -> (Repo, TestServer, common::Device) {
     let repo = Repo::new("com.acme.cli");
     publish(&repo, "1.0.0", "stable");
     let server = TestServer::serve(&repo.root);
@@ -38,6 +38,12 @@ fn check_prints_the_offer_and_exits_10() {
         &server.url(),
         serde_json::json!({"current_version": "0.9.0"}),
     );
+    (repo, server, dev)
+}
+
+#[test]
+fn check_prints_the_offer_and_exits_10() {
+    let (_repo, _server, dev) = offered_1_0_0();
 
     let text = dev.expect("check", &[], 10);
     assert!(text.contains("0.9.0 -> 1.0.0"), "{text}");
@@ -3042,14 +3048,7 @@ fn root_installs_into_a_users_slot_root_that_user_cannot_reach() {
 /// says so.
 #[test]
 fn a_skipped_release_is_listed_and_can_be_offered_again() {
-    let repo = Repo::new("com.acme.cli");
-    publish(&repo, "1.0.0", "stable");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device(
-        "dev",
-        &server.url(),
-        serde_json::json!({"current_version": "0.9.0"}),
-    );
+    let (_repo, _server, dev) = offered_1_0_0();
     assert_eq!(dev.status()["skipped"], serde_json::json!([]));
     dev.expect("skip", &["1.0.0"], 0);
     assert_eq!(dev.status()["skipped"], serde_json::json!(["1.0.0"]));
