@@ -2567,3 +2567,83 @@ fn a_device_whose_state_is_lost_rolls_back_to_the_release_its_slot_holds() {
     let out = start(dev);
     assert!(String::from_utf8_lossy(&out.stdout).contains("app 1.0.0 healthy"));
 }
+
+/// A Rust host stops its updater's running calls as a C host does with
+/// `evg_updater_halt`: an app shutting down, or whose user cancels, halts the updater its
+/// background check runs on. A check takes no cancel token, and one waiting for the work
+/// lock (here another updater's download, as a timer's `evergreen update` would hold it
+/// for a whole large release) must end then with `cancelled`, not when that download does.
+#[test]
+fn a_rust_host_halts_a_check_that_waits_for_another_download() {
+    use evergreen::fetch::CancelToken;
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+    let Setup {
+        repo: _repo,
+        server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.halt");
+    // The blob drips a byte every 100 ms: the background download holds the work lock for
+    // minutes.
+    server.set_fault(
+        "blobs/",
+        Fault::Trickle {
+            bytes: 1,
+            every: Duration::from_millis(100),
+        },
+    );
+    let background = updater_for(&dev);
+    let plan = background.plan(&offer(&background, "1.0.0")).unwrap();
+    let stop_background = CancelToken::new();
+    let (in_download, download_started) = channel();
+    let (waiting, app_waits) = channel();
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let app = evergreen::Updater::builder(config)
+        .on_event(move |e| {
+            if let evergreen::Event::Waiting { .. } = e {
+                let _ = waiting.send(());
+            }
+        })
+        .build()
+        .unwrap();
+    std::thread::scope(|s| {
+        let download = s.spawn(|| {
+            let mut first = Some(in_download);
+            let mut progress = |_, _| {
+                if let Some(tx) = first.take() {
+                    tx.send(()).unwrap();
+                }
+            };
+            background.download(&plan, &mut progress, &stop_background)
+        });
+        download_started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the background download started");
+        let check = s.spawn(|| app.check());
+        app_waits
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the app's check waits for the work lock");
+        let halted = Instant::now();
+        app.halt();
+        let result = check.join().unwrap();
+        let took = halted.elapsed();
+        stop_background.cancel();
+        let background_end = download.join().unwrap().unwrap_err();
+        assert_eq!(background_end.kind(), evergreen::ErrorKind::Cancelled);
+        let err = result.expect_err("expected the halted check to fail");
+        assert_eq!(err.kind(), evergreen::ErrorKind::Cancelled, "{err}");
+        assert!(
+            took < Duration::from_secs(5),
+            "expected the check to end within 5 s of the halt, found {took:?}"
+        );
+    });
+    // Halted, the updater serves no more checks; the device's status still reads. Neither
+    // check asked the server: the device's poll schedule is not backed off for them.
+    let again = app
+        .check()
+        .expect_err("expected a halted updater to refuse a check");
+    assert_eq!(again.kind(), evergreen::ErrorKind::Cancelled, "{again}");
+    assert_eq!(app.status().unwrap().channel, "stable");
+    assert_eq!(app.state().unwrap().check_failures, 0);
+}
