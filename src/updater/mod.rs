@@ -654,6 +654,18 @@ impl Updater {
         &self.config
     }
 
+    /// Stops the calls running on this updater on other threads, as `evg_updater_halt`
+    /// does in C: a check, download or install waiting for the work lock (another
+    /// process's download holds it) or to retry a failing server ends with
+    /// [`ErrorKind::Cancelled`] within 50 ms. For a host that shuts down, or whose user
+    /// cancels a check, which takes no [`CancelToken`]; a download that is receiving
+    /// stops at its own token, so cancel that too. From then on the updater refuses
+    /// checks, downloads and installs (`cancelled`, nothing asked of the server, no failed
+    /// check recorded); [`Updater::status`] still reads. Build another to go on.
+    pub fn halt(&self) {
+        self.halted.cancel();
+    }
+
     /// Requests made and bytes received so far (for benchmarks and diagnostics).
     pub fn fetch_stats(&self) -> crate::fetch::FetchStats {
         self.fetcher.stats()
@@ -734,6 +746,9 @@ impl Updater {
             self.not_freed()?;
             cancel.map_or(Ok(()), CancelToken::check)
         };
+        // Stopped already, it takes no turn: a halted updater's check must not reach the
+        // server, nor be recorded as a failed one.
+        stop()?;
         State::work_lock(
             self.state_dir(),
             |path| self.waiting("work", path),
