@@ -2647,3 +2647,59 @@ fn a_rust_host_halts_a_check_that_waits_for_another_download() {
     assert_eq!(app.status().unwrap().channel, "stable");
     assert_eq!(app.state().unwrap().check_failures, 0);
 }
+
+/// A Rust host reports an error as `anyhow` and `eyre` do (`{:#}`, and "Caused by:" after
+/// `main` returns one): the message, then each `source()` in turn. Evergreen's messages
+/// already say what their cause said (the CLI and the C ABI show the message alone), so a
+/// cause the message quotes must not come again as its source: such a report read
+/// `… found io: Connection refused (os error 111): io: Connection refused (os error 111)`.
+#[test]
+fn an_errors_chain_names_each_cause_once() {
+    let Setup {
+        repo: _repo,
+        server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.chain");
+    let chain = |err: &evergreen::Error| {
+        let mut chain = vec![err.to_string()];
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            chain.push(cause.to_string());
+            source = cause.source();
+        }
+        chain
+    };
+    let missing = dev.config.with_file_name("missing.json");
+    let unreadable = evergreen::Config::from_file(&missing).unwrap_err();
+    // Nothing listens on the server's port once it is dropped.
+    let url = server.url();
+    drop(server);
+    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
+    config.server = url;
+    let updater = evergreen::Updater::builder(config).build().unwrap();
+    let refused = updater.check().unwrap_err();
+    assert_eq!(refused.kind(), evergreen::ErrorKind::Network, "{refused}");
+    // A cause the message does not quote (a host transport's own error) stays the source.
+    let host = std::io::Error::other("connection reset by the host's stack");
+    let hosts = evergreen::Error::new(evergreen::ErrorKind::Network, "host transport failed")
+        .with_source(host);
+    assert_eq!(
+        chain(&hosts),
+        [
+            "host transport failed",
+            "connection reset by the host's stack"
+        ]
+    );
+    for err in [unreadable, refused] {
+        let chain = chain(&err);
+        for pair in chain.windows(2) {
+            assert!(
+                !pair[0].contains(&pair[1]),
+                "expected each cause once in the chain, found {:?} quoted again as its source {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+}
