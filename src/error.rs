@@ -181,7 +181,8 @@ impl Error {
         }))
     }
 
-    /// Attaches the underlying cause (kept for `source()`, not part of the message).
+    /// Attaches the underlying cause, for `source()` (which leaves it out when the
+    /// message quotes it already).
     pub fn with_source(
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -257,12 +258,14 @@ impl fmt::Display for Error {
     }
 }
 
+/// `source()` is the cause attached ([`Error::with_source`]) unless the message already
+/// quotes it, as most do (the CLI and the C ABI show the message alone): a report that
+/// prints every cause after the message (`anyhow`'s `{:#}`) would say it twice.
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        let cause = self.0.source.as_deref()?;
+        (!self.0.message.contains(cause.to_string().as_str()))
+            .then_some(cause as &(dyn std::error::Error + 'static))
     }
 }
 
