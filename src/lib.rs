@@ -2,6 +2,64 @@
 //!
 //! Signed channels, staged rollouts, resumable verified downloads, A/B slots with trial
 //! boots and automatic rollback, and a C ABI. The update server is static files only.
+//!
+//! # In a Rust application
+//!
+//! The default features also build the `evergreen` command-line tool (`cli`: clap,
+//! indicatif, ctrlc), which an app that links the library does not need:
+//!
+//! ```toml
+//! [dependencies]
+//! evergreen = { version = "0.1", default-features = false, features = ["tls", "gzip-images"] }
+//! ```
+//!
+//! `http` is plain HTTP, `tls` HTTPS too (rustls with ring, the system's CA bundle or
+//! the config's `ca_roots`), `webpki-roots` Mozilla's roots built in, `gzip-images`
+//! gzip-compressed firmware images; with none of them, `file://` and directory bases only,
+//! or the host's own [`fetch::Transport`] ([`UpdaterBuilder::transport`]).
+//!
+//! One [`Updater`] per installation, built from the device's [`Config`], runs the flow one
+//! call per step: [`Updater::startup`] early on every start (it counts a trial's starts and
+//! rolls a failed release back), [`Updater::confirm`] once the new version is healthy, and
+//! [`Updater::check`], [`Updater::plan`], [`Updater::download`], [`Updater::install`] and
+//! [`Updater::activate`] for an update. The calls block (network, disk); an `Updater` is
+//! `Send + Sync`, so share it in an `Arc` and run them on a thread of their own
+//! (`tokio::task::spawn_blocking` in an async app); progress and [`Event`]s come on that
+//! thread. A [`fetch::CancelToken`] stops a download between chunks, and
+//! [`Updater::halt`] a call waiting for the work lock or to retry a failing server.
+//! Failures are an [`Error`] with a stable [`ErrorKind`].
+//!
+//! ```no_run
+//! use evergreen::fetch::CancelToken;
+//! use evergreen::{Check, Config, Updater};
+//! use std::sync::Arc;
+//!
+//! let config = Config::from_file("/etc/evergreen/config.json")?;
+//! let updater = Updater::builder(config)
+//!     .on_event(|e| eprintln!("evergreen: {e}"))
+//!     .build()?;
+//! let updater = Arc::new(updater);
+//! updater.startup()?; // early in main
+//! // … once this version is healthy (a version not on trial stays as it is):
+//! updater.confirm()?;
+//!
+//! let (worker, cancel) = (Arc::clone(&updater), CancelToken::new());
+//! let token = cancel.clone();
+//! let background = std::thread::spawn(move || -> evergreen::Result<()> {
+//!     if let Check::Available(offer) = worker.check()? {
+//!         let plan = worker.plan(&offer)?;
+//!         worker.download(&plan, &mut |done, total| eprint!("\r{done}/{total}"), &token)?;
+//!         worker.install(&plan)?; // into the inactive slot only
+//!         worker.activate(false)?; // runs at the next start, on trial
+//!     }
+//!     Ok(())
+//! });
+//! // Quitting: stop what runs, then wait for it (`cancelled`).
+//! cancel.cancel();
+//! updater.halt();
+//! let _ = background.join();
+//! # Ok::<(), evergreen::Error>(())
+//! ```
 #![deny(missing_docs)]
 
 // One clear message first, rather than dozens about POSIX modes and inodes.
