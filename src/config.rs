@@ -1631,4 +1631,35 @@ mod tests {
         let absent = dir.path().join("absent");
         assert_eq!(read_machine_id(&absent).unwrap_err().kind(), ErrorKind::Io);
     }
+
+    /// A host logs its config as Rust code does (`{:?}`, `tracing`'s `?config`, a
+    /// `#[derive(Debug)]` struct that holds it, [`Updater::config`](crate::Updater::config)):
+    /// the Basic-auth passwords of `server`, `mirrors` and `proxy` must not be in it, as
+    /// they are in no error, event or log (README, "Config reference").
+    #[test]
+    fn a_configs_debug_shows_no_password() {
+        let mut v = minimal();
+        v["server"] = json!("https://fleet:s3rver-pw@updates.acme.com/gateway/");
+        v["mirrors"] = json!(["https://fleet:m1rror-pw@mirror.acme.com/gateway/"]);
+        v["proxy"] = json!("http://ops:pr0xy-pw@proxy.acme.com:3128");
+        let config = parse(&v).unwrap();
+        for shown in [format!("{config:?}"), format!("{config:#?}")] {
+            for secret in ["s3rver-pw", "m1rror-pw", "pr0xy-pw"] {
+                assert!(
+                    !shown.contains(secret),
+                    "expected no password in the config's Debug, found {secret:?} in {shown}"
+                );
+            }
+            // Everything else is still there to read.
+            for part in [
+                "https://fleet:***@updates.acme.com/gateway/",
+                "https://fleet:***@mirror.acme.com/gateway/",
+                "http://ops:***@proxy.acme.com:3128",
+                "com.acme.gateway",
+                "/var/lib/evergreen",
+            ] {
+                assert!(shown.contains(part), "expected {part:?} in {shown}");
+            }
+        }
+    }
 }
