@@ -69,7 +69,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// assert_eq!(config.deploy, DeployPolicy::Immediate);
 /// # Ok::<(), evergreen::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Product id, e.g. `com.acme.gateway`; must match the signed metadata.
@@ -134,6 +134,63 @@ pub struct Config {
 /// The message names the field itself, as `trust`'s does: serde_json reports an error of
 /// the object's last key past its closing brace, where [`Config::from_json`] can no longer
 /// tell which field it was.
+/// As derived, with the passwords of `server`, `mirrors` and `proxy` shown as `***`
+/// (`fetch::without_passwords`): hosts log their config (`{:?}`), and a base's
+/// password is in no log.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field named: a new one fails to build until it is shown here.
+        let Config {
+            product,
+            server,
+            mirrors,
+            channel,
+            target,
+            trust,
+            state_dir,
+            slots,
+            current_version,
+            device_id,
+            deploy,
+            trial,
+            allow_downgrade,
+            pin_version,
+            limits,
+            poll,
+            archive,
+            follow_redirects,
+            ca_roots,
+            proxy,
+        } = self;
+        let hide = |url: &str| crate::fetch::without_passwords(url);
+        f.debug_struct("Config")
+            .field("product", product)
+            .field("server", &hide(server))
+            .field(
+                "mirrors",
+                &mirrors.iter().map(|m| hide(m)).collect::<Vec<_>>(),
+            )
+            .field("channel", channel)
+            .field("target", target)
+            .field("trust", trust)
+            .field("state_dir", state_dir)
+            .field("slots", slots)
+            .field("current_version", current_version)
+            .field("device_id", device_id)
+            .field("deploy", deploy)
+            .field("trial", trial)
+            .field("allow_downgrade", allow_downgrade)
+            .field("pin_version", pin_version)
+            .field("limits", limits)
+            .field("poll", poll)
+            .field("archive", archive)
+            .field("follow_redirects", follow_redirects)
+            .field("ca_roots", ca_roots)
+            .field("proxy", &proxy.as_deref().map(hide))
+            .finish()
+    }
+}
+
 fn semver_text<'de, D: serde::Deserializer<'de>>(
     d: D,
     field: &str,
