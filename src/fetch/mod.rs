@@ -1043,6 +1043,27 @@ fn join(base: &str, path: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The options a host's config makes ([`crate::Config::fetch_options`]) are logged as
+    /// the config is: a proxy's password must not be in their `Debug`.
+    #[test]
+    fn fetch_options_debug_shows_no_proxy_password() {
+        let options = FetchOptions {
+            proxy: Some("http://ops:pr0xy-pw@proxy.acme.com:3128".into()),
+            ..FetchOptions::default()
+        };
+        for shown in [format!("{options:?}"), format!("{options:#?}")] {
+            assert!(
+                !shown.contains("pr0xy-pw"),
+                "expected no password in the options' Debug, found it in {shown}"
+            );
+            assert!(
+                shown.contains("http://ops:***@proxy.acme.com:3128"),
+                "{shown}"
+            );
+            assert!(shown.contains("retries: 3"), "{shown}");
+        }
+    }
+
     #[test]
     fn join_puts_one_slash() {
         assert_eq!(join("http://h/r/", "/blobs/x"), "http://h/r/blobs/x");
