@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Limits and network settings of a [`Fetcher`]. The defaults are DESIGN §7.1's `limits`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FetchOptions {
     /// Bound on looking up the host name, and then again on setting up the connection
     /// (TCP and TLS). Zero means no bound. Default 10 s.
@@ -93,6 +93,36 @@ pub struct FetchOptions {
     /// `*` everything). An error through a proxy names it (without its password) and where
     /// it came from.
     pub proxy: Option<String>,
+}
+
+/// As derived, with the proxy's password shown as `***` (`without_passwords`): hosts log
+/// what their config makes, and a password is in no log.
+impl std::fmt::Debug for FetchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named: a new one fails to build until it is shown here.
+        let FetchOptions {
+            connect_timeout,
+            read_timeout,
+            min_speed_bytes_per_s,
+            speed_window,
+            retries,
+            retry_backoff,
+            follow_redirects,
+            ca_roots,
+            proxy,
+        } = self;
+        f.debug_struct("FetchOptions")
+            .field("connect_timeout", connect_timeout)
+            .field("read_timeout", read_timeout)
+            .field("min_speed_bytes_per_s", min_speed_bytes_per_s)
+            .field("speed_window", speed_window)
+            .field("retries", retries)
+            .field("retry_backoff", retry_backoff)
+            .field("follow_redirects", follow_redirects)
+            .field("ca_roots", ca_roots)
+            .field("proxy", &proxy.as_deref().map(without_passwords))
+            .finish()
+    }
 }
 
 impl Default for FetchOptions {
@@ -212,13 +242,9 @@ pub struct Fetcher {
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bases: Vec<String> = self.bases.iter().map(|b| without_passwords(b)).collect();
-        let options = FetchOptions {
-            proxy: self.options.proxy.as_deref().map(without_passwords),
-            ..self.options.clone()
-        };
         f.debug_struct("Fetcher")
             .field("bases", &bases)
-            .field("options", &options)
+            .field("options", &self.options)
             .field("custom_transport", &self.custom.is_some())
             .finish_non_exhaustive()
     }
