@@ -2703,3 +2703,36 @@ fn an_errors_chain_names_each_cause_once() {
         }
     }
 }
+
+/// A Rust host's own types and tests need `Debug` of what they hold: a
+/// `#[derive(Debug)]` app state with its `Updater` (or a builder being set up), and
+/// `unwrap_err` / `expect_err` on `Updater::builder(…).build()`. Shown, as the config is,
+/// without the password of a base.
+#[test]
+fn an_updater_and_its_builder_show_in_debug_without_passwords() {
+    // Read only through its Debug, as an app's state in a log line.
+    #[allow(dead_code)]
+    #[derive(Debug)]
+    struct AppState {
+        updater: std::sync::Arc<evergreen::Updater>,
+        pending: Option<evergreen::UpdaterBuilder>,
+    }
+    let Setup {
+        repo: _repo, dev, ..
+    } = setup_with_1_0_0("com.acme.debug");
+    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
+    config.server = "http://fleet:s3rver-pw@127.0.0.1:9/".to_string();
+    let state = AppState {
+        updater: std::sync::Arc::new(evergreen::Updater::builder(config.clone()).build().unwrap()),
+        pending: Some(evergreen::Updater::builder(config.clone()).on_event(|_| {})),
+    };
+    let shown = format!("{state:?}");
+    assert!(
+        !shown.contains("s3rver-pw"),
+        "expected no password, found it in {shown}"
+    );
+    assert!(shown.contains("http://fleet:***@127.0.0.1:9/"), "{shown}");
+    config.channel = "no spaces".to_string();
+    let refused = evergreen::Updater::builder(config).build().unwrap_err();
+    assert_eq!(refused.kind(), evergreen::ErrorKind::Config, "{refused}");
+}
