@@ -463,6 +463,19 @@ pub struct UpdaterBuilder {
     clock: Option<Clock>,
 }
 
+/// The config (its passwords hidden) and which parts code supplied.
+impl std::fmt::Debug for UpdaterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdaterBuilder")
+            .field("config", &self.config)
+            .field("transport", &self.transport.is_some())
+            .field("selector", &self.selector.is_some())
+            .field("on_event", &self.on_event.is_some())
+            .field("clock", &self.clock.is_some())
+            .finish()
+    }
+}
+
 impl UpdaterBuilder {
     /// Uses a host-supplied transport instead of HTTP/file (e.g. the device's own stack).
     pub fn transport(mut self, transport: Box<dyn Transport>) -> Self {
@@ -635,6 +648,17 @@ pub struct Updater {
     /// fetcher holds it too (`Fetcher::halted`), so a check or a download waiting to retry
     /// ends as well.
     pub(crate) halted: CancelToken,
+}
+
+/// The config and the fetcher (their passwords hidden), and whether it was halted.
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("config", &self.config)
+            .field("fetcher", &self.fetcher)
+            .field("halted", &self.halted.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Updater {
