@@ -2648,6 +2648,63 @@ fn a_rust_host_halts_a_check_that_waits_for_another_download() {
     assert_eq!(app.state().unwrap().check_failures, 0);
 }
 
+/// `halt()` also ends a download of its own updater that is receiving, with the host's
+/// cancel token untouched: an app quitting halts the updater and joins its update thread,
+/// which must not wait for a large download over a slow link to end. What was received
+/// stays for the next run.
+#[test]
+fn a_rust_host_halts_its_own_download_while_bytes_arrive() {
+    use evergreen::fetch::CancelToken;
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+    let Setup {
+        repo: _repo,
+        server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.halt-download");
+    server.set_fault(
+        "blobs/",
+        Fault::Trickle {
+            bytes: 1,
+            every: Duration::from_millis(100),
+        },
+    );
+    let app = updater_for(&dev);
+    let plan = app.plan(&offer(&app, "1.0.0")).unwrap();
+    let (in_download, download_started) = channel();
+    let never = CancelToken::new();
+    std::thread::scope(|s| {
+        let download = s.spawn(|| {
+            let mut first = Some(in_download);
+            let mut progress = |done, _| {
+                if done > 0 {
+                    if let Some(tx) = first.take() {
+                        tx.send(()).unwrap();
+                    }
+                }
+            };
+            app.download(&plan, &mut progress, &never)
+        });
+        download_started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the download received its first bytes");
+        let halted = Instant::now();
+        app.halt();
+        let err = download
+            .join()
+            .unwrap()
+            .expect_err("expected the halted download to fail");
+        let took = halted.elapsed();
+        assert_eq!(err.kind(), evergreen::ErrorKind::Cancelled, "{err}");
+        assert!(
+            took < Duration::from_secs(5),
+            "expected the download to end within 5 s of the halt, found {took:?}"
+        );
+    });
+    assert!(!never.is_cancelled());
+}
+
 /// A Rust host reports an error as `anyhow` and `eyre` do (`{:#}`, and "Caused by:" after
 /// `main` returns one): the message, then each `source()` in turn. Evergreen's messages
 /// already say what their cause said (the CLI and the C ABI show the message alone), so a
