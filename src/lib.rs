@@ -26,7 +26,8 @@
 //! `Send + Sync`, so share it in an `Arc` and run them on a thread of their own
 //! (`tokio::task::spawn_blocking` in an async app); progress and [`Event`]s come on that
 //! thread. A [`fetch::CancelToken`] stops a download between chunks, and
-//! [`Updater::halt`] a call waiting for the work lock or to retry a failing server.
+//! [`Updater::halt`] any call: a download between chunks, and a call waiting for the
+//! work lock or to retry a failing server.
 //! Failures are an [`Error`] with a stable [`ErrorKind`].
 //!
 //! ```no_run
@@ -54,8 +55,9 @@
 //!     }
 //!     Ok(())
 //! });
+//! // A cancel button stops the download alone: `cancel.cancel()`.
+//! # cancel.cancel();
 //! // Quitting: stop what runs, then wait for it (`cancelled`).
-//! cancel.cancel();
 //! updater.halt();
 //! let _ = background.join();
 //! # Ok::<(), evergreen::Error>(())

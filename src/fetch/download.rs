@@ -1081,6 +1081,15 @@ enum Stop {
 }
 
 impl Stream<'_, '_> {
+    /// `cancelled` once the host's token or the updater's halt ([`Updater::halt`],
+    /// `evg_updater_halt`) says stop: looked at between chunks, so a halt ends a download
+    /// that is receiving, not only one about to start an attempt.
+    ///
+    /// [`Updater::halt`]: crate::Updater::halt
+    fn stopped(&self) -> Result<()> {
+        self.fetcher.stopped(Some(self.cancel))
+    }
+
     /// Notes where `response` came from, for [`Stream::source`]: every error about it,
     /// its status and headers as its body, names the server that sent it.
     fn answered(&mut self, response: &mut Response) {
@@ -1171,7 +1180,7 @@ impl Stream<'_, '_> {
         // Time spent writing that the speed rule leaves out ([`Writing::paces_apart`]).
         let mut writing_time = Duration::ZERO;
         while part.len < self.total {
-            self.cancel.check().map_err(Stop::Read)?;
+            self.stopped().map_err(Stop::Read)?;
             let Ok(mut buf) = free.recv() else {
                 return Ok(());
             };
@@ -1233,7 +1242,7 @@ impl Stream<'_, '_> {
             }
             part.written(used).map_err(Stop::Record)?;
             (self.progress)(part.len, self.total);
-            self.cancel.check().map_err(Stop::Read)?;
+            self.stopped().map_err(Stop::Read)?;
             self.check_speed(meter, *writing_time, part.len - start)?;
         }
     }
@@ -1466,7 +1475,7 @@ impl Stream<'_, '_> {
     /// Reads up to `buf.len()` bytes of the body (which ends, as a blob, at `done` +
     /// `buf.len()` at the latest), counting and reporting them like [`Stream::receive`].
     fn receive_some(&mut self, body: &mut dyn Read, buf: &mut [u8], done: u64) -> Result<usize> {
-        self.cancel.check()?;
+        self.stopped()?;
         let (n, failed) = fill(body, buf);
         self.fetcher.count_received(n);
         (self.progress)(done + n as u64, self.total);

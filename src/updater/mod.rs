@@ -681,9 +681,9 @@ impl Updater {
     /// Stops the calls running on this updater on other threads, as `evg_updater_halt`
     /// does in C: a check, download or install waiting for the work lock (another
     /// process's download holds it) or to retry a failing server ends with
-    /// [`ErrorKind::Cancelled`] within 50 ms. For a host that shuts down, or whose user
-    /// cancels a check, which takes no [`CancelToken`]; a download that is receiving
-    /// stops at its own token, so cancel that too. From then on the updater refuses
+    /// [`ErrorKind::Cancelled`] within 50 ms, and a download that is receiving at its next
+    /// chunk, as its [`CancelToken`] would end it. For a host that shuts down, or whose
+    /// user cancels a check, which takes no token. From then on the updater refuses
     /// checks, downloads and installs (`cancelled`, nothing asked of the server, no failed
     /// check recorded); [`Updater::status`] still reads. Build another to go on.
     pub fn halt(&self) {
