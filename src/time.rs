@@ -76,6 +76,23 @@ impl Timestamp {
         self.plus_secs(days.saturating_mul(86_400))
     }
 
+    /// How long after `now` this time comes; zero when it has come. For a host that
+    /// sleeps until [`Updater::next_check`](crate::Updater::next_check) on a timer of its
+    /// own.
+    ///
+    /// ```
+    /// use evergreen::Timestamp;
+    /// use std::time::Duration;
+    /// let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+    /// let due = now.plus_secs(90);
+    /// assert_eq!(due.wait_from(now), Duration::from_secs(90));
+    /// assert_eq!(now.wait_from(due), Duration::ZERO);
+    /// // std::thread::sleep(updater.next_check()?.wait_from(Timestamp::now()));
+    /// ```
+    pub fn wait_from(self, now: Timestamp) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0.saturating_sub(now.0).max(0).unsigned_abs())
+    }
+
     /// Day of the week, 0 = Monday … 6 = Sunday, of this time shifted by `offset_secs`.
     pub fn weekday(self, offset_secs: i64) -> u32 {
         // 1970-01-01 was a Thursday (index 3).
@@ -283,6 +300,43 @@ fn civil_secs((year, month, day): (i64, u32, u32), (h, mi, sec): (u32, u32, u32)
 const FIRST: i64 = -62_167_219_200;
 const LAST: i64 = 253_402_300_799;
 
+/// The same second as a [`SystemTime`](std::time::SystemTime).
+///
+/// ```
+/// use evergreen::Timestamp;
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// let t = Timestamp::from_unix(1_800_000_000);
+/// assert_eq!(SystemTime::from(t), UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+/// assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+/// ```
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(t: Timestamp) -> std::time::SystemTime {
+        let epoch = std::time::UNIX_EPOCH;
+        let secs = std::time::Duration::from_secs(t.0.unsigned_abs());
+        match t.0 >= 0 {
+            true => epoch + secs,
+            false => epoch - secs,
+        }
+    }
+}
+
+/// The whole second of a [`SystemTime`](std::time::SystemTime) (rounded down), held
+/// within years 0–9999.
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(t: std::time::SystemTime) -> Timestamp {
+        let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+            Err(before) => {
+                let d = before.duration();
+                let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                // Rounded down: 0.5 s before the epoch is second -1.
+                whole.saturating_neg() - i64::from(d.subsec_nanos() > 0)
+            }
+        };
+        Timestamp::from_unix(secs)
+    }
+}
+
 impl std::str::FromStr for Timestamp {
     type Err = Error;
     fn from_str(s: &str) -> Result<Timestamp> {
@@ -345,6 +399,21 @@ impl serde::de::Visitor<'_> for TimestampVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_before_the_epoch_convert_to_and_from_system_time() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let half_before = UNIX_EPOCH - Duration::from_millis(500);
+        assert_eq!(Timestamp::from(half_before), Timestamp::from_unix(-1));
+        let before = Timestamp::from_unix(-86_400);
+        assert_eq!(
+            SystemTime::from(before),
+            UNIX_EPOCH - Duration::from_secs(86_400)
+        );
+        assert_eq!(Timestamp::from(SystemTime::from(before)), before);
+        let first = Timestamp::from_unix(i64::MIN);
+        assert_eq!(Timestamp::from(SystemTime::from(first)), first);
+    }
 
     #[test]
     fn http_dates_in_all_three_forms() {
