@@ -1090,6 +1090,36 @@ mod tests {
         }
     }
 
+    /// A USB stick not mounted, or a repository path misspelt: the file is missing
+    /// because its base directory is, which the error says, beside the file it wanted.
+    #[test]
+    fn a_missing_base_directory_is_named_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("repo");
+        std::fs::create_dir(&present).unwrap();
+        let absent = dir.path().join("usb/repo");
+        let options = FetchOptions {
+            retries: 0,
+            ..FetchOptions::default()
+        };
+        let bases = vec![
+            format!("file://{}/", absent.display()),
+            present.display().to_string(),
+        ];
+        let fetcher = Fetcher::new(bases, options).unwrap();
+        let err = fetcher
+            .metadata("channels/stable.json", None, 1 << 20)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(
+            err.message().ends_with(&format!(
+                "found it on none; the directory {} is missing (a medium not mounted?)",
+                absent.display()
+            )),
+            "{err}"
+        );
+    }
+
     #[test]
     fn join_puts_one_slash() {
         assert_eq!(join("http://h/r/", "/blobs/x"), "http://h/r/blobs/x");
