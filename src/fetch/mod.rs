@@ -598,9 +598,10 @@ impl Fetcher {
             (Some(_), _) if only_not_found => Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "expected the file on one of {}, found it on none{}",
+                    "expected the file on one of {}, found it on none{}{}",
                     urls.join(", "),
-                    redirected_404.unwrap_or_default()
+                    redirected_404.unwrap_or_default(),
+                    self.missing_directories()
                 ),
             ),
             (Some(other), true) => Error::new(
@@ -614,6 +615,24 @@ impl Fetcher {
             (None, _) => Error::config("expected at least one URL to fetch, found none"),
         };
         Err(ended(error, stay_away))
+    }
+
+    /// `; the directory D is missing (a medium not mounted?)` for each base that is a
+    /// local directory (`file://` or an absolute path) and does not exist, else nothing:
+    /// a USB stick not mounted is told from one that lacks the file.
+    fn missing_directories(&self) -> String {
+        let local = |b: &&String| b.starts_with('/') || transport::strip_file_scheme(b).is_some();
+        let missing: Vec<String> = (self.bases.iter().filter(local))
+            .filter_map(|b| transport::file_url_path(b))
+            .filter(|dir| !dir.exists())
+            .map(|dir| {
+                format!(
+                    "; the directory {} is missing (a medium not mounted?)",
+                    dir.components().as_path().display()
+                )
+            })
+            .collect();
+        missing.concat()
     }
 
     /// Sleeps [`backoff`], or longer when a base asked for it, in short steps, so a

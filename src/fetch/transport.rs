@@ -208,7 +208,7 @@ pub(crate) fn is_file_url(url: &str) -> bool {
 }
 
 /// What follows `file://` (in any case), or `None` for anything else.
-fn strip_file_scheme(url: &str) -> Option<&str> {
+pub(crate) fn strip_file_scheme(url: &str) -> Option<&str> {
     super::strip_scheme(url, "file://")
 }
 
