@@ -1731,18 +1731,10 @@ impl Transport for Memory {
     fn get(&self, url: &str, req: &Request) -> evergreen::Result<Response> {
         assert!(url.starts_with("vendor://"), "{url}");
         let from = req.range_from.unwrap_or(0) as usize;
-        Ok(Response {
-            status: 200,
-            etag: None,
-            content_length: Some((self.blob.len() - from) as u64),
-            content_range: None,
-            location: None,
-            final_url: None,
-            content_encoding: None,
-            retry_after: None,
-            date: None,
-            body: Box::new(std::io::Cursor::new(self.blob.clone())),
-        })
+        let body = std::io::Cursor::new(self.blob.clone());
+        let mut res = Response::new(200, Box::new(body));
+        res.content_length = Some((self.blob.len() - from) as u64);
+        Ok(res)
     }
 }
 

@@ -634,16 +634,9 @@ mod redirect_tests {
 
     fn redirect(status: u16, location: Option<&str>) -> Response {
         Response {
-            status,
-            etag: None,
             content_length: Some(0),
-            content_range: None,
             location: location.map(str::to_owned),
-            final_url: None,
-            content_encoding: None,
-            retry_after: None,
-            date: None,
-            body: Box::new(io::empty()),
+            ..Response::new(status, Box::new(io::empty()))
         }
     }
 

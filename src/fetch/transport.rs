@@ -24,7 +24,11 @@ pub struct Request {
 }
 
 /// A transport's answer: the status and headers the fetcher needs, and the body as a
-/// stream (never buffered whole by the transport).
+/// stream (never buffered whole by the transport). A host's own transport makes one with
+/// [`Response::new`] and sets the headers it has: a header the fetcher learns to read
+/// later is a new field, which such a transport then leaves empty rather than failing to
+/// compile.
+#[non_exhaustive]
 pub struct Response {
     /// The HTTP status, or its equivalent for other schemes (200, 206, 304, 416 …).
     pub status: u16,
@@ -277,6 +281,35 @@ fn base_error(doing: &str, path: &Path, err: std::io::Error) -> Error {
     .with_source(err)
 }
 
+impl Response {
+    /// A response of `status` with `body` and no headers; set the headers the transport
+    /// has on it.
+    ///
+    /// ```
+    /// use evergreen::fetch::Response;
+    /// let blob = b"hello".to_vec();
+    /// let mut res = Response::new(200, Box::new(std::io::Cursor::new(blob)));
+    /// res.content_length = Some(5);
+    /// res.etag = Some("\"v1\"".into());
+    /// assert_eq!((res.status, res.content_range), (200, None));
+    /// ```
+    pub fn new(status: u16, body: Box<dyn Read + Send>) -> Response {
+        Response {
+            status,
+            etag: None,
+            content_length: None,
+            content_range: None,
+            location: None,
+            final_url: None,
+            content_encoding: None,
+            retry_after: None,
+            date: None,
+            body,
+        }
+    }
+}
+
+/// A response of `status` without a body, with its `etag`.
 fn empty(status: u16, etag: Option<String>) -> Response {
     Response {
         content_length: Some(0),
@@ -286,16 +319,8 @@ fn empty(status: u16, etag: Option<String>) -> Response {
 
 fn empty_with_body(status: u16, etag: Option<String>, body: Box<dyn Read + Send>) -> Response {
     Response {
-        status,
         etag,
-        content_length: None,
-        content_range: None,
-        location: None,
-        final_url: None,
-        content_encoding: None,
-        retry_after: None,
-        date: None,
-        body,
+        ..Response::new(status, body)
     }
 }
 
