@@ -618,12 +618,13 @@ fn startup_lock_patience() -> std::time::Duration {
     STARTUP_LOCK_PATIENCE
 }
 
-/// What a call ends with when the C host frees its updater during it
-/// ([`Updater::halted`]).
+/// What a call ends with when the host halts its updater during it ([`Updater::halt`],
+/// `evg_updater_halt`), or a C host frees it ([`Updater::halted`]). The text names both,
+/// as it cannot tell them apart.
 pub(crate) fn freed_by_host() -> Error {
     Error::new(
         ErrorKind::Cancelled,
-        "expected to continue, found the updater freed by the host during the call",
+        "expected to continue, found the updater halted or freed by the host during the call",
     )
 }
 
