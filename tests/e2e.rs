@@ -2584,19 +2584,11 @@ fn a_rust_host_halts_a_check_that_waits_for_another_download() {
         dev,
         ..
     } = setup_with_1_0_0("com.acme.halt");
-    // The blob drips a byte every 100 ms: the background download holds the work lock for
-    // minutes.
-    server.set_fault(
-        "blobs/",
-        Fault::Trickle {
-            bytes: 1,
-            every: Duration::from_millis(100),
-        },
-    );
+    // The background download holds the work lock for minutes.
+    drip_blobs(&server);
     let background = updater_for(&dev);
     let plan = background.plan(&offer(&background, "1.0.0")).unwrap();
     let stop_background = CancelToken::new();
-    let (in_download, download_started) = channel();
     let (waiting, app_waits) = channel();
     let config = evergreen::Config::from_file(&dev.config).unwrap();
     let app = evergreen::Updater::builder(config)
@@ -2608,18 +2600,7 @@ fn a_rust_host_halts_a_check_that_waits_for_another_download() {
         .build()
         .unwrap();
     std::thread::scope(|s| {
-        let download = s.spawn(|| {
-            let mut first = Some(in_download);
-            let mut progress = |_, _| {
-                if let Some(tx) = first.take() {
-                    tx.send(()).unwrap();
-                }
-            };
-            background.download(&plan, &mut progress, &stop_background)
-        });
-        download_started
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the background download started");
+        let download = receiving(s, &background, &plan, &stop_background);
         let check = s.spawn(|| app.check());
         app_waits
             .recv_timeout(Duration::from_secs(20))
@@ -2648,6 +2629,41 @@ fn a_rust_host_halts_a_check_that_waits_for_another_download() {
     assert_eq!(app.state().unwrap().check_failures, 0);
 }
 
+/// Makes `server` send its blobs a byte every 100 ms: a download of one takes minutes.
+fn drip_blobs(server: &TestServer) {
+    server.set_fault(
+        "blobs/",
+        Fault::Trickle {
+            bytes: 1,
+            every: std::time::Duration::from_millis(100),
+        },
+    );
+}
+
+/// Starts `updater`'s download of `plan` on a thread of `scope`, and returns once its
+/// first bytes arrived (within 20 s).
+fn receiving<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    updater: &'s evergreen::Updater,
+    plan: &'s evergreen::Offer,
+    cancel: &'s evergreen::fetch::CancelToken,
+) -> std::thread::ScopedJoinHandle<'s, evergreen::Result<()>> {
+    let (arrived, first_bytes) = std::sync::mpsc::channel();
+    let download = scope.spawn(move || {
+        let mut first = Some(arrived);
+        let mut progress = |done, _| {
+            if let Some(tx) = first.take_if(|_| done > 0) {
+                tx.send(()).unwrap();
+            }
+        };
+        updater.download(plan, &mut progress, cancel)
+    });
+    first_bytes
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the download received its first bytes");
+    download
+}
+
 /// `halt()` also ends a download of its own updater that is receiving, with the host's
 /// cancel token untouched: an app quitting halts the updater and joins its update thread,
 /// which must not wait for a large download over a slow link to end. What was received
@@ -2655,7 +2671,6 @@ fn a_rust_host_halts_a_check_that_waits_for_another_download() {
 #[test]
 fn a_rust_host_halts_its_own_download_while_bytes_arrive() {
     use evergreen::fetch::CancelToken;
-    use std::sync::mpsc::channel;
     use std::time::{Duration, Instant};
     let Setup {
         repo: _repo,
@@ -2663,32 +2678,12 @@ fn a_rust_host_halts_its_own_download_while_bytes_arrive() {
         dev,
         ..
     } = setup_with_1_0_0("com.acme.halt-download");
-    server.set_fault(
-        "blobs/",
-        Fault::Trickle {
-            bytes: 1,
-            every: Duration::from_millis(100),
-        },
-    );
+    drip_blobs(&server);
     let app = updater_for(&dev);
     let plan = app.plan(&offer(&app, "1.0.0")).unwrap();
-    let (in_download, download_started) = channel();
     let never = CancelToken::new();
     std::thread::scope(|s| {
-        let download = s.spawn(|| {
-            let mut first = Some(in_download);
-            let mut progress = |done, _| {
-                if done > 0 {
-                    if let Some(tx) = first.take() {
-                        tx.send(()).unwrap();
-                    }
-                }
-            };
-            app.download(&plan, &mut progress, &never)
-        });
-        download_started
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the download received its first bytes");
+        let download = receiving(s, &app, &plan, &never);
         let halted = Instant::now();
         app.halt();
         let err = download
