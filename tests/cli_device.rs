@@ -453,6 +453,39 @@ fn a_current_version_installed_outside_the_slots_is_no_fallback() {
     assert_eq!(current(), Path::new("slots/a"));
 }
 
+/// A device whose app was installed before Evergreen in `<root>/current` itself, a
+/// directory where Evergreen keeps its symlink to the primary slot: `status` and `update`
+/// fail naming what `current` must be and what was found (they said only "Invalid
+/// argument"), and the install there is left as it was.
+#[test]
+fn a_current_directory_from_before_evergreen_is_named_and_kept() {
+    let repo = Repo::new("com.acme.adopt");
+    publish(&repo, "1.3.0", "stable");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"current_version": "1.2.0"}),
+    );
+    let app = dev.root.join("current/bin/app");
+    std::fs::create_dir_all(app.parent().unwrap()).unwrap();
+    std::fs::write(&app, b"the app from before").unwrap();
+    for (cmd, args) in [("status", &[][..]), ("update", &["--yes"][..])] {
+        let out = dev.run(cmd, args);
+        let err = common::stderr(&out);
+        let line = err.lines().last().unwrap_or_default();
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            line.starts_with("error[io]: ")
+                && line.contains(&format!(
+                    "{}: expected a symlink to slots/a or slots/b, found a directory",
+                    dev.root.join("current").display()
+                )),
+            "{cmd}: {err}"
+        );
+        assert_eq!(std::fs::read(&app).unwrap(), b"the app from before");
+    }
+}
+
 /// A device with nothing installed that updated to 1.0.0 (one file component) from a
 /// file repository: 1.0.0 is on trial in slot b, and slot a is empty.
 fn first_install_on_trial(product: &str) -> (Repo, common::Device) {
