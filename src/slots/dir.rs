@@ -192,6 +192,21 @@ impl BootSelector for SymlinkSelector {
                 .and_then(|n| n.to_str())
                 .and_then(Slot::parse)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // Not a symlink (`EINVAL`): most likely an app installed there before
+            // Evergreen, which must move into slot a first.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                let found = match std::fs::symlink_metadata(&link) {
+                    Ok(m) if m.is_dir() => "a directory",
+                    _ => "a file that is not a symlink",
+                };
+                Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: expected a symlink to slots/a or slots/b, found {found} (an app installed there before Evergreen moves into slots/a first: docs/operators.md, \"Adopting a device that runs the app already\")",
+                        link.display()
+                    ),
+                ))
+            }
             Err(e) => Err(Error::io("read symlink", &link, e)),
         }
     }
