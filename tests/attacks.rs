@@ -1550,6 +1550,26 @@ fn attack_rotated_out_manifest_key() {
     before.assert_unchanged_but_root(&dev);
 }
 
+/// A copy of the repository (a mirror synced in part, a USB stick) that lacks the root a
+/// manifest key rotation published: the device, on root 1, cannot verify the channel the
+/// new key signs. The refusal stands, and says which root file to publish.
+#[test]
+fn a_repository_copy_without_the_rotated_root_names_the_root_it_lacks() {
+    let (mut w, dev) = World::installed();
+    w.rotate_manifest_key(12, t0());
+    w.signers = vec![key(12)];
+    w.publish("stable", "1.1.0", &app_zip("1.1.0"), at(t0()));
+    std::fs::remove_file(w.repo.path().join("root/2.json")).unwrap();
+    let err = refused(dev.updater.check(), ErrorKind::Signature);
+    assert!(
+        err.message().contains(
+            "the newest root found is version 1 (no root/2.json): a channel signed with keys rotated in after it needs root/2.json beside it"
+        ),
+        "{err}"
+    );
+    assert_eq!(dev.state_json()["root_version"], 1);
+}
+
 /// TUF's rollback attack at the moment of a partial rotation: the manifest role is keys
 /// 11 and 12 (threshold 1), 11 leaks and is rotated out for 13. At the device's next check
 /// the attacker, holding no key, serves an older manifest of the channel, signed by both
