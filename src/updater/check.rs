@@ -615,6 +615,7 @@ impl Updater {
                 return Ok(Anchored {
                     anchor: Anchor::Keys(keys),
                     cut_at: None,
+                    walked: false,
                 });
             }
             TrustConfig::Root(root) => root,
@@ -680,7 +681,8 @@ impl Updater {
         let now = manifest::effective_now(clock, st.newest_issued);
         let behind = st.root_version > Some(root.root().version);
         let from = root.root().version;
-        let root = if walk || behind || root.check_unexpired(now).is_err() {
+        let walked = walk || behind || root.check_unexpired(now).is_err();
+        let root = if walked {
             root.update(
                 // A copy that does not verify is passed over for the next base's: a
                 // mirror's soft 404 (an error page with 200) must not end every walk in a
@@ -738,6 +740,7 @@ impl Updater {
         Ok(Anchored {
             anchor: Anchor::Root(root),
             cut_at,
+            walked,
         })
     }
 
@@ -830,20 +833,32 @@ struct FetchedManifest {
 struct Anchored {
     anchor: Anchor,
     cut_at: Option<u64>,
+    /// Whether the root chain was walked on the server for it (the newest root found
+    /// there), rather than the root kept taken as it is.
+    walked: bool,
 }
 
 /// `e`, a manifest's failed verification under `anchored`, with what may explain it: a
 /// walk of the root chain cut short by its step limit leaves the device on a root older
 /// than the manifest's signers.
 fn walk_hint(e: Error, anchored: &Anchored) -> Error {
-    match anchored.cut_at {
-        Some(v) if matches!(e.kind(), ErrorKind::Signature | ErrorKind::Threshold) => e.hint(
-            format!(
-                "the walk of the root chain stopped at version {v}, after the {} versions one check takes: the manifest may be signed by the keys of a later root, which the next check goes on to",
-                crate::trust::MAX_ROOT_STEPS
-            ),
-        ),
-        _ => e,
+    if !matches!(e.kind(), ErrorKind::Signature | ErrorKind::Threshold) {
+        return e;
+    }
+    match (anchored.cut_at, &anchored.anchor) {
+        (Some(v), _) => e.hint(format!(
+            "the walk of the root chain stopped at version {v}, after the {} versions one check takes: the manifest may be signed by the keys of a later root, which the next check goes on to",
+            crate::trust::MAX_ROOT_STEPS
+        )),
+        // The walk ended where the repository has no next root: a copy of it (a mirror
+        // synced in part, a USB stick) may lack the root that a key rotation published.
+        (None, Anchor::Root(root)) if anchored.walked => {
+            let (v, next) = (root.root().version, root.root().version + 1);
+            e.hint(format!(
+                "the newest root found is version {v} (no root/{next}.json): a channel signed with keys rotated in after it needs root/{next}.json beside it"
+            ))
+        }
+        (None, _) => e,
     }
 }
 
