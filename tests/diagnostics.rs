@@ -69,3 +69,55 @@ fn status_shows_why_a_release_rolled_back() {
         .unwrap_or_else(|| panic!("no rollback in: {text}"));
     assert!(line.contains("without being confirmed"), "{text}");
 }
+
+/// Checks that fail for days (here: the channel expired, its operator's re-signing job
+/// stopped) leave their error where `status` shows it, after the fact: the journal of the
+/// timer that ran them may be long gone. Repeated failures take one history entry, the
+/// latest, so they do not push out the rest of the history.
+#[test]
+fn status_shows_the_error_of_checks_that_keep_failing() {
+    let repo = Repo::new("com.acme.diag");
+    let server = TestServer::serve(&repo.root);
+    let dev = confirmed_1_0_0(&repo, &server);
+    // 1.0.0's channel is valid for 30 days.
+    let later = ["2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z"];
+    for when in later {
+        let out = dev.run_env("check", &[], &[("EVERGREEN_NOW", when)]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(common::stderr(&out).starts_with("error[expired]: "));
+    }
+
+    let s = dev.json_at(later[1], "status", &[], 0);
+    assert_eq!(s["check_failures"], 2, "{s}");
+    assert_eq!(s["last_failure"], later[1], "{s}");
+    let history = s["history"].as_array().unwrap_or_else(|| panic!("{s}"));
+    let failed: Vec<_> = history
+        .iter()
+        .filter(|h| h["event"] == "check_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "one entry for failures in a row: {s}");
+    assert_eq!(failed[0]["at"], later[1], "{s}");
+    let detail = failed[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("error[expired]: "), "{detail}");
+    assert!(
+        detail.contains("it is now 2030-01-02T00:00:00Z"),
+        "{detail}"
+    );
+    assert!(detail.contains("2 in a row"), "{detail}");
+    assert_eq!(history.last().unwrap()["event"], "check_failed", "{s}");
+
+    let out = dev.run_env("status", &[], &[("EVERGREEN_NOW", later[1])]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("2 failed check(s) in a row") && text.contains("error[expired]: "),
+        "{text}"
+    );
+
+    // A check that passes ends the run: the count goes, the entry stays as history.
+    dev.expect("check", &[], 0);
+    let s = dev.status();
+    assert_eq!(s["check_failures"], 0, "{s}");
+    assert_eq!(s["last_failure"], serde_json::Value::Null, "{s}");
+    let text = dev.expect("status", &[], 0);
+    assert!(!text.contains("failed check(s) in a row"), "{text}");
+}
