@@ -879,7 +879,8 @@ enum evg_status evg_unskip(struct evg_updater *updater, const char *version, boo
 
 /**
  * The device's status as JSON, as `evergreen status --json` prints it (slots, versions,
- * trial, channel, security floor, last check). The caller owns `*out` and frees it with
+ * trial, channel, security floor, last check, skipped versions, recent events under
+ * `"history"`). The caller owns `*out` and frees it with
  * `evg_string_free`.
  *
  * # Safety

@@ -24,7 +24,9 @@ use crate::slots::image::{ImageSlots, Streamed};
 use crate::slots::uboot::UBootEnv;
 use crate::slots::{BootSelector, Slot};
 use crate::stage::{self, ComponentChange, ComponentOp};
-use crate::state::{InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial};
+use crate::state::{
+    HistoryEntry, InstalledComponent, SeenManifest, SlotRecord, SlotStatus, State, Trial,
+};
 use crate::time::{Clock, Timestamp};
 use crate::trust::{Anchor, KeySet, PublicKey, TrustedRoot};
 use semver::Version;
@@ -244,6 +246,11 @@ pub struct Status {
     /// The versions checks no longer offer ([`Updater::skip`]), in the order skipped;
     /// `[]` when none.
     pub skipped: Vec<Version>,
+    /// Recent events, oldest first: the state's bounded history (at most
+    /// [`HISTORY_LEN`](crate::state::HISTORY_LEN) entries), each with its time, its name
+    /// (`activated`, `confirmed`, `rolled_back`, `activation_failed`, …) and what
+    /// happened, e.g. why a trial rolled back.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// Trial part of [`Status`].
@@ -883,6 +890,7 @@ impl Updater {
             last_check: st.last_check,
             next_check: self.next_check_of(&st)?,
             skipped: st.skipped.clone(),
+            history: st.history.iter().cloned().collect(),
         })
     }
 

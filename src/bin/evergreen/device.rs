@@ -726,8 +726,25 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         s.last_check.map_or("never".to_string(), |t| t.to_string()),
         s.next_check
     );
+    // The newest few of the history (`--json` has all of it): what happened last, and
+    // why (a rollback's reason, an activation that failed).
+    let recent = s.history.len().saturating_sub(RECENT_EVENTS);
+    match recent {
+        0 if !s.history.is_empty() => out!("recent events (oldest first):"),
+        0 => {}
+        _ => out!(
+            "recent events (the newest {RECENT_EVENTS} of {}, oldest first; `--json` has all):",
+            s.history.len()
+        ),
+    }
+    for h in s.history.iter().skip(recent) {
+        out!("  {}  {}: {}", h.at, h.event, h.detail);
+    }
     Ok(0)
 }
+
+/// How many of the newest history entries the text `status` shows.
+const RECENT_EVENTS: usize = 8;
 
 /// `evergreen boot`: the startup step.
 pub fn boot(config: &Path, json: bool) -> Result<i32> {
