@@ -30,6 +30,8 @@ struct SchemaOnly {
 /// How many events the history keeps.
 pub const HISTORY_LEN: usize = 64;
 const FILE_NAME: &str = "state.json";
+/// The history event of failed checks ([`State::record_check_failure`]).
+const CHECK_FAILED: &str = "check_failed";
 
 thread_local! {
     /// The lock files this thread holds (see [`State::lock`] and [`State::work_lock`]).
@@ -684,6 +686,21 @@ impl State {
         });
         while self.history.len() > HISTORY_LEN {
             self.history.pop_front();
+        }
+    }
+
+    /// Records in the history the failed check of the channel followed that
+    /// `check_failures` counts, at `at` on the host's clock, with its error line `error`
+    /// (`error[<kind>]: <message>`): one `check_failed` entry for failures in a row, the
+    /// newest replacing the one before, so that checks failing for weeks leave their
+    /// latest error without pushing the rest of the history out.
+    pub fn record_check_failure(&mut self, at: Timestamp, error: &str) {
+        let detail = format!("{} in a row: {error}", self.check_failures);
+        match self.history.back_mut() {
+            Some(last) if last.event == CHECK_FAILED && self.check_failures > 1 => {
+                (last.at, last.detail) = (at, detail);
+            }
+            _ => self.record(at, CHECK_FAILED, detail),
         }
     }
 

@@ -91,7 +91,8 @@ impl Updater {
                     .retry_after()
                     .and_then(|wait| select::retry_not_before(failed_at, wait));
                 st.not_before = asked.or(st.not_before.filter(|t| *t > failed_at));
-                self.save_check(&st)?;
+                let line = format!("error[{}]: {}", e.kind().as_str(), e.message());
+                self.save_failed_check(&st, own_channel.then_some((failed_at, line)))?;
                 return Err(e);
             }
         };
@@ -112,6 +113,23 @@ impl Updater {
         let followed = (st.channel.clone(), st.channel_switches);
         let st = self.save_check(&st)?;
         self.decide(&st, &manifest, version, clock, followed)
+    }
+
+    /// Saves what the check `checked` that failed learned, as `save_check` does, and
+    /// records `failure` (its time and error line, for a check of the channel followed)
+    /// in the history, where `status` shows it after the fact.
+    fn save_failed_check(
+        &self,
+        checked: &State,
+        failure: Option<(Timestamp, String)>,
+    ) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut st = self.load_state()?;
+        st.adopt_check(checked);
+        if let Some((at, error)) = failure {
+            st.record_check_failure(at, &error);
+        }
+        self.save(&st)
     }
 
     /// Turns a verified manifest into an offer (pure selection + the component diff), at

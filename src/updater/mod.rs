@@ -251,6 +251,12 @@ pub struct Status {
     /// (`activated`, `confirmed`, `rolled_back`, `activation_failed`, …) and what
     /// happened, e.g. why a trial rolled back.
     pub history: Vec<HistoryEntry>,
+    /// Checks of the channel followed that failed in a row since the last one that
+    /// passed, 0 when it passed; the history's newest `check_failed` entry has the last
+    /// one's error.
+    pub check_failures: u32,
+    /// When the last of those failed, on the host's clock; `None` when none did.
+    pub last_failure: Option<Timestamp>,
 }
 
 /// Trial part of [`Status`].
@@ -891,6 +897,8 @@ impl Updater {
             next_check: self.next_check_of(&st)?,
             skipped: st.skipped.clone(),
             history: st.history.iter().cloned().collect(),
+            check_failures: st.check_failures,
+            last_failure: st.last_failure.filter(|_| st.check_failures > 0),
         })
     }
 

@@ -379,8 +379,7 @@ impl Dev {
         let out = self.cli("status", &["--json"]);
         assert!(out.status.success(), "{}", crate::common::stderr(&out));
         let mut status: Value = serde_json::from_slice(&out.stdout).unwrap();
-        // Random by design (jitter), and it backs off after a failed check.
-        status.as_object_mut().unwrap().remove("next_check");
+        without_check_schedule(&mut status);
         status
     }
 
@@ -464,9 +463,7 @@ pub struct Snapshot {
 /// `state.json` without what a refused check legitimately moves: the failure counter that
 /// drives the polling back-off, and when the last failure was.
 fn comparable(mut state: Value) -> Value {
-    let o = state.as_object_mut().unwrap();
-    o.remove("check_failures");
-    o.remove("last_failure");
+    without_check_schedule(&mut state);
     state
 }
 
@@ -576,13 +573,26 @@ impl Snapshot {
         let inactive = self.primary.other().as_str();
         for s in [&mut status, &mut before] {
             s["slots"].as_object_mut().unwrap().remove(inactive);
-            // Random by design (jitter), and it backs off after the failed check.
-            s.as_object_mut().unwrap().remove("next_check");
+            without_check_schedule(s);
             // Events of the inactive slot (an install refused); `state.json`'s history
             // is compared where a test asks for it.
             s.as_object_mut().unwrap().remove("history");
         }
         assert_eq!(status, before, "status changed");
+    }
+}
+
+/// `status` or `state.json` without what a refused check changes by design: `next_check`
+/// (random by design, the jitter, and it backs off after a failed check), the failures
+/// counted (`check_failures`, `last_failure`) and the history's `check_failed` entry,
+/// which says why the check failed.
+pub fn without_check_schedule(status: &mut Value) {
+    let s = status.as_object_mut().unwrap();
+    for key in ["next_check", "check_failures", "last_failure"] {
+        s.remove(key);
+    }
+    if let Some(history) = s.get_mut("history").and_then(Value::as_array_mut) {
+        history.retain(|h| h["event"] != "check_failed");
     }
 }
 

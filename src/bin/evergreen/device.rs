@@ -726,6 +726,19 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         s.last_check.map_or("never".to_string(), |t| t.to_string()),
         s.next_check
     );
+    if let Some(at) = s.last_failure.filter(|_| s.check_failures > 0) {
+        out!(
+            "{} failed check(s) in a row, the last at {at}: {}",
+            s.check_failures,
+            s.history
+                .iter()
+                .rfind(|h| h.event == "check_failed")
+                .map_or("(its error is no longer in the history)", |h| h
+                    .detail
+                    .split_once(": ")
+                    .map_or(h.detail.as_str(), |(_, error)| error))
+        );
+    }
     // The newest few of the history (`--json` has all of it): what happened last, and
     // why (a rollback's reason, an activation that failed).
     let recent = s.history.len().saturating_sub(RECENT_EVENTS);
