@@ -123,13 +123,12 @@ impl Updater {
         checked: &State,
         failure: Option<(Timestamp, String)>,
     ) -> Result<()> {
-        let _lock = self.lock()?;
-        let mut st = self.load_state()?;
-        st.adopt_check(checked);
-        if let Some((at, error)) = failure {
-            st.record_check_failure(at, &error);
-        }
-        self.save(&st)
+        let record = |st: &mut State| {
+            if let Some((at, error)) = failure {
+                st.record_check_failure(at, &error);
+            }
+        };
+        self.save_check_and(checked, record).map(drop)
     }
 
     /// Turns a verified manifest into an offer (pure selection + the component diff), at

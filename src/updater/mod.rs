@@ -805,9 +805,15 @@ impl Updater {
     /// Saves what a check learned into the state as it is now: other operations may have
     /// changed it while the check was on the network.
     fn save_check(&self, checked: &State) -> Result<State> {
+        self.save_check_and(checked, |_| ())
+    }
+
+    /// [`Updater::save_check`], then `also` on the state before it is saved.
+    fn save_check_and(&self, checked: &State, also: impl FnOnce(&mut State)) -> Result<State> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         st.adopt_check(checked);
+        also(&mut st);
         self.save(&st)?;
         Ok(st)
     }
