@@ -83,9 +83,8 @@ fn running(
 ) {
     let mut status = bad.dev.status();
     let primary = status["primary"].as_str().unwrap().to_owned();
-    for moving in ["last_check", "next_check"] {
-        status.as_object_mut().unwrap().remove(moving);
-    }
+    common::without_check_schedule(&mut status);
+    status.as_object_mut().unwrap().remove("last_check");
     let files = common::tree_digest(&bad.dev.root.join("slots").join(primary));
     assert!(!files.is_empty(), "the running slot is empty");
     (status, files)

@@ -3,7 +3,7 @@
 //! sets. Every attack starts from a device that installed and confirmed 1.0.0 honestly,
 //! takes a [`Snapshot`], attacks, asserts the exact error kind and that the snapshot holds.
 
-use crate::common::tree_digest;
+use crate::common::{tree_digest, without_check_schedule};
 use crate::support::{Fault, TestServer};
 use evergreen::fetch::CancelToken;
 use evergreen::manifest::{ArtifactKind, Manifest, Release};
@@ -579,20 +579,6 @@ impl Snapshot {
             s.as_object_mut().unwrap().remove("history");
         }
         assert_eq!(status, before, "status changed");
-    }
-}
-
-/// `status` or `state.json` without what a refused check changes by design: `next_check`
-/// (random by design, the jitter, and it backs off after a failed check), the failures
-/// counted (`check_failures`, `last_failure`) and the history's `check_failed` entry,
-/// which says why the check failed.
-pub fn without_check_schedule(status: &mut Value) {
-    let s = status.as_object_mut().unwrap();
-    for key in ["next_check", "check_failures", "last_failure"] {
-        s.remove(key);
-    }
-    if let Some(history) = s.get_mut("history").and_then(Value::as_array_mut) {
-        history.retain(|h| h["event"] != "check_failed");
     }
 }
 

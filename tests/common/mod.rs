@@ -448,3 +448,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `status` or `state.json` without what a refused check changes by design: `next_check`
+/// (random by design, the jitter, and it backs off after a failed check), the failures
+/// counted (`check_failures`, `last_failure`) and the history's `check_failed` entry,
+/// which says why the check failed.
+pub fn without_check_schedule(status: &mut serde_json::Value) {
+    let s = status.as_object_mut().unwrap();
+    for key in ["next_check", "check_failures", "last_failure"] {
+        s.remove(key);
+    }
+    if let Some(history) = s
+        .get_mut("history")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        history.retain(|h| h["event"] != "check_failed");
+    }
+}
