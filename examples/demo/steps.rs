@@ -411,10 +411,20 @@ fn tampered_manifest(d: &mut Demo) -> Outcome {
     ensure(after.last_failure.is_some(), || {
         "expected the failed check's time in the state, found none".to_string()
     })?;
+    // The history's newest entry says why the check failed, for `status` to show.
+    let recorded = after.history.pop_back();
+    ensure(
+        recorded
+            .as_ref()
+            .is_some_and(|h| h.event == "check_failed" && h.detail.contains("error[signature]")),
+        || {
+            format!("expected a check_failed entry naming error[signature] in the history, found {recorded:?}")
+        },
+    )?;
     after.check_failures = before.check_failures;
     after.last_failure = before.last_failure;
     ensure(after == before, || {
-        "the state changed beyond the failed-check count and time".to_string()
+        "the state changed beyond the failed-check count, time and history entry".to_string()
     })?;
     d.ok("slots, trial, channel and seen manifests unchanged; only the failed-check count and time (for backoff) moved");
     d.server.clear_faults();
