@@ -129,11 +129,6 @@ pub struct Config {
     pub proxy: Option<String>,
 }
 
-/// A version field, refused in the words the CLI uses for a version argument rather than
-/// semver's alone ("unexpected end of input while parsing minor version number" for `1.0`).
-/// The message names the field itself, as `trust`'s does: serde_json reports an error of
-/// the object's last key past its closing brace, where [`Config::from_json`] can no longer
-/// tell which field it was.
 /// As derived, with the passwords of `server`, `mirrors` and `proxy` shown as `***`
 /// (`fetch::without_passwords`): hosts log their config (`{:?}`), and a base's
 /// password is in no log.
@@ -191,6 +186,11 @@ impl fmt::Debug for Config {
     }
 }
 
+/// A version field, refused in the words the CLI uses for a version argument rather than
+/// semver's alone ("unexpected end of input while parsing minor version number" for `1.0`).
+/// The message names the field itself, as `trust`'s does: serde_json reports an error of
+/// the object's last key past its closing brace, where [`Config::from_json`] can no longer
+/// tell which field it was.
 fn semver_text<'de, D: serde::Deserializer<'de>>(
     d: D,
     field: &str,
