@@ -621,7 +621,7 @@ impl Fetcher {
     /// local directory (`file://` or an absolute path) and does not exist, else nothing:
     /// a USB stick not mounted is told from one that lacks the file.
     fn missing_directories(&self) -> String {
-        let local = |b: &&String| b.starts_with('/') || transport::strip_file_scheme(b).is_some();
+        let local = |b: &&String| b.starts_with('/') || transport::is_file_url(b);
         let missing: Vec<String> = (self.bases.iter().filter(local))
             .filter_map(|b| transport::file_url_path(b))
             .filter(|dir| !dir.exists())

@@ -212,7 +212,7 @@ pub(crate) fn is_file_url(url: &str) -> bool {
 }
 
 /// What follows `file://` (in any case), or `None` for anything else.
-pub(crate) fn strip_file_scheme(url: &str) -> Option<&str> {
+fn strip_file_scheme(url: &str) -> Option<&str> {
     super::strip_scheme(url, "file://")
 }
 
