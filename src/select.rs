@@ -171,16 +171,69 @@ pub fn withheld(
             ));
         }
     }
+    hold(release, device, now, true)
+}
+
+/// The newest release of the channel for this device's target that is newer than the
+/// installed version (any, when nothing is installed) and is not offered to `device` at
+/// `now`, and why: what a check that finds the device up to date says, so that "up to
+/// date" with a newer release on the channel has its reason (a rollout that has not reached
+/// the device, a skip, a failure here, the security floor, a `min_version` with no step
+/// towards it). `None` when nothing newer is held back.
+///
+/// ```
+/// use evergreen::manifest::Manifest;
+/// use evergreen::select::{held_back, Device};
+/// let manifest: Manifest = serde_json::from_str(r#"{
+///   "type": "manifest", "product": "com.acme.app", "channel": "stable", "sequence": 2,
+///   "issued": "2026-11-22T00:00:00Z", "expires": "2026-12-22T00:00:00Z",
+///   "releases": [{"version": "1.1.0", "targets": {"x86_64-linux": {"components": {}}}}]
+/// }"#).unwrap();
+/// let installed = semver::Version::new(1, 0, 0);
+/// let skipped = [semver::Version::new(1, 1, 0)];
+/// let device = Device {
+///     product: "com.acme.app", target: "x86_64-linux", device_id: "dev-1",
+///     installed: Some(&installed), security_floor: 0, skipped: &skipped, failed: &[],
+/// };
+/// let now = "2026-11-22T00:00:00Z".parse().unwrap();
+/// let held = held_back(&manifest, &device, now).unwrap();
+/// assert_eq!((held.version.to_string(), held.reason.as_str()), ("1.1.0".into(), "it was skipped"));
+/// ```
+pub fn held_back(manifest: &Manifest, device: &Device<'_>, now: Timestamp) -> Option<HeldBack> {
+    let release = (manifest.releases.iter())
+        .filter(|r| r.targets.contains_key(device.target))
+        .filter(|r| device.installed.is_none_or(|cur| newer(&r.version, cur)))
+        .max_by(|a, b| a.version.cmp_precedence(&b.version))?;
+    let reason = hold(release, device, now, false)?;
+    Some(HeldBack {
+        version: release.version.clone(),
+        reason,
+    })
+}
+
+/// A release newer than the installed one that a check does not offer, and why
+/// ([`held_back`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBack {
+    /// The newest such release.
+    pub version: Version,
+    /// Why it is not offered, e.g. `it was skipped`.
+    pub reason: String,
+}
+
+/// Why `release` may not go to `device` at `now`, by the rules of one release alone (its
+/// `min_version`, a failure here, the security floor, a skip, the rollout). `staged`: the
+/// device staged it from an earlier check, so what holds it now came since.
+fn hold(release: &Release, device: &Device<'_>, now: Timestamp, staged: bool) -> Option<String> {
+    let since = if staged { "now " } else { "" };
     if !min_version_met(release, device.installed) {
+        let min = release.min_version.as_ref().map(ToString::to_string);
         return Some(format!(
-            "it now needs {} or newer installed first (its min_version)",
-            release
-                .min_version
-                .as_ref()
-                .map_or(String::new(), ToString::to_string)
+            "it {since}needs {} or newer installed first (its min_version)",
+            min.unwrap_or_default()
         ));
     }
-    if listed(device.failed, version) {
+    if listed(device.failed, &release.version) {
         return Some("it failed on this device".into());
     }
     if release.security_version < device.security_floor {
@@ -189,13 +242,27 @@ pub fn withheld(
             release.security_version, device.security_floor
         ));
     }
-    if !release.critical && listed(device.skipped, version) {
+    if !release.critical && listed(device.skipped, &release.version) {
         return Some("it was skipped".into());
     }
-    if !in_rollout(release, device.product, device.device_id, now) {
-        return Some("its rollout no longer includes this device (halted, or narrowed)".into());
+    if in_rollout(release, device.product, device.device_id, now) {
+        return None;
     }
-    None
+    Some(if staged {
+        "its rollout no longer includes this device (halted, or narrowed)".into()
+    } else {
+        let percent = release
+            .rollout
+            .as_ref()
+            .map_or(100.0, |r| r.percent_at(now));
+        // serde_json's shortest form: `{}` on an f64 brings in core's float formatting,
+        // kilobytes of the library for this one line.
+        let percent = serde_json::to_string(&percent).unwrap_or_default();
+        format!(
+            "its rollout has not reached this device (at {} % of devices now)",
+            percent.strip_suffix(".0").unwrap_or(&percent)
+        )
+    })
 }
 
 /// A pin is an explicit request: rollout, skips and past failures do not hold it back,

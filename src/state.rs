@@ -689,6 +689,19 @@ impl State {
         }
     }
 
+    /// Appends `event` with `detail`, or puts them in place of the newest entry when it is
+    /// the same event and its detail starts with `same` too: a failure repeated in a row
+    /// (a download retried every hour) keeps one entry, the newest, rather than pushing
+    /// the rest of the history out.
+    pub fn record_repeated(&mut self, at: Timestamp, event: &str, same: &str, detail: String) {
+        match self.history.back_mut() {
+            Some(last) if last.event == event && last.detail.starts_with(same) => {
+                (last.at, last.detail) = (at, detail);
+            }
+            _ => self.record(at, event, detail),
+        }
+    }
+
     /// Records in the history the failed check of the channel followed that
     /// `check_failures` counts, at `at` on the host's clock, with its error line `error`
     /// (`error[<kind>]: <message>`): one `check_failed` entry for failures in a row, the
@@ -696,11 +709,9 @@ impl State {
     /// latest error without pushing the rest of the history out.
     pub fn record_check_failure(&mut self, at: Timestamp, error: &str) {
         let detail = format!("{} in a row: {error}", self.check_failures);
-        match self.history.back_mut() {
-            Some(last) if last.event == CHECK_FAILED && self.check_failures > 1 => {
-                (last.at, last.detail) = (at, detail);
-            }
-            _ => self.record(at, CHECK_FAILED, detail),
+        match self.check_failures > 1 {
+            true => self.record_repeated(at, CHECK_FAILED, "", detail),
+            false => self.record(at, CHECK_FAILED, detail),
         }
     }
 

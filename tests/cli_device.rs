@@ -2769,7 +2769,8 @@ fn a_library_check_says_whether_the_channel_has_a_release_for_the_target() {
         matches!(
             found,
             evergreen::Check::UpToDate {
-                target_released: false
+                target_released: false,
+                ..
             }
         ),
         "{found:?}"
@@ -2781,7 +2782,8 @@ fn a_library_check_says_whether_the_channel_has_a_release_for_the_target() {
         matches!(
             found,
             evergreen::Check::UpToDate {
-                target_released: true
+                target_released: true,
+                ..
             }
         ),
         "{found:?}"
@@ -3111,5 +3113,58 @@ fn a_skipped_release_is_listed_and_can_be_offered_again() {
     assert!(
         err.contains("expected a semver version like 1.2.3, found"),
         "{err}"
+    );
+}
+
+/// "up to date" while the channel has a newer release says which and why, in text and in
+/// `--json` (`held_back`), for `check` and `update` alike: a rollout that has not reached
+/// the device, then a skip (with how to undo it); `null` once nothing newer is held.
+#[test]
+fn an_up_to_date_beside_a_newer_release_says_why() {
+    let repo = Repo::new("com.acme.heldback");
+    publish(&repo, "1.0.0", "stable");
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    let j: serde_json::Value = serde_json::from_str(&dev.expect("check", &["--json"], 0)).unwrap();
+    assert_eq!(j["held_back"], serde_json::Value::Null, "{j}");
+
+    let file = repo.scratch("src").join("settings-1.1.0.json");
+    std::fs::write(&file, b"{}").unwrap();
+    let app = [("config", file.as_path())];
+    repo.release("stable", "1.1.0", "x86_64-linux", &app, &["--rollout", "0"]);
+    let rollout = "its rollout has not reached this device (at 0 % of devices now)";
+    for (cmd, args) in [("check", &["--json"][..]), ("update", &["--json", "--yes"])] {
+        let j: serde_json::Value = serde_json::from_str(&dev.expect(cmd, args, 0)).unwrap();
+        assert_eq!(j["status"], "up_to_date", "{cmd}: {j}");
+        assert_eq!(j["held_back"]["version"], "1.1.0", "{cmd}: {j}");
+        assert_eq!(j["held_back"]["reason"], rollout, "{cmd}: {j}");
+    }
+    let text = dev.expect("check", &[], 0);
+    assert!(
+        text.contains(&format!(
+            "note: 1.1.0 is on the channel and not offered to this device: {rollout}"
+        )),
+        "{text}"
+    );
+
+    common::ok(&[
+        "rollout",
+        repo.root.to_str().unwrap(),
+        "--channel",
+        "stable",
+        "--version",
+        "1.1.0",
+        "--percent",
+        "100",
+        "--sign",
+        repo.manifest_key.to_str().unwrap(),
+    ]);
+    dev.expect("skip", &["1.1.0"], 0);
+    let text = dev.expect("update", &["--yes"], 0);
+    assert!(
+        text.contains(
+            "note: 1.1.0 is on the channel and not offered to this device: it was skipped"
+        ) && text.contains("`evergreen unskip 1.1.0` offers it again"),
+        "{text}"
     );
 }

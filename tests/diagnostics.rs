@@ -121,3 +121,60 @@ fn status_shows_the_error_of_checks_that_keep_failing() {
     let text = dev.expect("status", &[], 0);
     assert!(!text.contains("failed check(s) in a row"), "{text}");
 }
+
+/// A download that fails (here: the server's blob of 1.1.0 is damaged, so its hash is
+/// wrong) leaves its version and error line in the history, where `status` shows it once
+/// the timer's journal is gone; retried in a row it keeps one entry, the newest. A
+/// download that then succeeds is recorded after it.
+#[test]
+fn status_shows_the_error_of_a_download_that_failed() {
+    use sha2::Digest;
+    let repo = Repo::new("com.acme.diag");
+    let server = TestServer::serve(&repo.root);
+    let dev = confirmed_1_0_0(&repo, &server);
+    publish(&repo, "1.1.0");
+    let good = br#"{"version": "1.1.0"}"#;
+    let blob = repo
+        .root
+        .join("blobs/sha256")
+        .join(hex(&sha2::Sha256::digest(good)));
+    let mut damaged = good.to_vec();
+    damaged[2] ^= 0x20;
+    std::fs::write(&blob, &damaged).unwrap();
+    for _ in 0..2 {
+        let err = dev.fails("update", &["--yes"]);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error[hash_mismatch]: "), "{err}");
+    }
+
+    let s = dev.status();
+    let history = s["history"].as_array().unwrap_or_else(|| panic!("{s}"));
+    let failed: Vec<_> = history
+        .iter()
+        .filter(|h| h["event"] == "download_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "one entry for failures in a row: {s}");
+    let detail = failed[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("1.1.0: error[hash_mismatch]: "),
+        "{detail}"
+    );
+    let text = dev.expect("status", &[], 0);
+    assert!(
+        text.contains("download_failed") && text.contains("1.1.0: error[hash_mismatch]: "),
+        "{text}"
+    );
+
+    std::fs::write(&blob, good).unwrap();
+    dev.expect("update", &["--yes"], 0);
+    let s = dev.status();
+    let events: Vec<&str> = (s["history"].as_array().unwrap().iter())
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    let at = events.iter().position(|e| *e == "download_failed").unwrap();
+    assert!(events[at..].contains(&"activated"), "{events:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

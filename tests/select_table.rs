@@ -2,9 +2,9 @@
 
 use evergreen::manifest::{Manifest, Release, Rollout, RolloutStage, TargetRelease};
 use evergreen::select::{
-    bucket_in_rollout, deploy, deploy_on_clock, first_check, in_rollout, next_check, poll_draw,
-    retry_not_before, rollout_bucket, select, withheld, Choice, Decision, Deploy, DeployPolicy,
-    Device, Policy, MAX_RETRY_AFTER_S,
+    bucket_in_rollout, deploy, deploy_on_clock, first_check, held_back, in_rollout, next_check,
+    poll_draw, retry_not_before, rollout_bucket, select, withheld, Choice, Decision, Deploy,
+    DeployPolicy, Device, Policy, MAX_RETRY_AFTER_S,
 };
 use evergreen::{ErrorKind, NameMap, Timestamp};
 use semver::Version;
@@ -753,6 +753,142 @@ fn withheld_table() {
         );
         assert_eq!(found.as_deref(), expect, "{name}");
     }
+}
+
+/// What an "up to date" says of the newest release newer than the installed 1.0.0 that is
+/// not offered: why, in the words of the rule that holds it; nothing when nothing newer is
+/// held back.
+#[test]
+fn held_back_table() {
+    let rows: Vec<WithheldRow> = vec![
+        ("nothing newer", vec![rel("1.0.0")], 0, &[], &[], None),
+        (
+            "newer, for another target only",
+            vec![rel("1.1.0").only_for("aarch64-linux")],
+            0,
+            &[],
+            &[],
+            None,
+        ),
+        (
+            "halted",
+            vec![rel("1.1.0").stages(&[("2026-11-01T00:00:00Z", 0.0)])],
+            0,
+            &[],
+            &[],
+            Some("its rollout has not reached this device (at 0 % of devices now)"),
+        ),
+        (
+            "ramping past 0.5 %, not here yet",
+            vec![rel("1.1.0").stages(&[("2026-11-01T00:00:00Z", 0.5)])],
+            0,
+            &[],
+            &[],
+            Some("its rollout has not reached this device (at 0.5 % of devices now)"),
+        ),
+        (
+            "skipped",
+            vec![rel("1.1.0")],
+            0,
+            &["1.1.0"],
+            &[],
+            Some("it was skipped"),
+        ),
+        (
+            "below the floor",
+            vec![rel("1.1.0").security(1)],
+            2,
+            &[],
+            &[],
+            Some("its security version 1 is below this device's floor 2"),
+        ),
+        (
+            "no step towards its min_version",
+            vec![rel("1.1.0").min("1.0.5")],
+            0,
+            &[],
+            &[],
+            Some("it needs 1.0.5 or newer installed first (its min_version)"),
+        ),
+        (
+            "failed here",
+            vec![rel("1.1.0")],
+            0,
+            &[],
+            &["1.1.0"],
+            Some("it failed on this device"),
+        ),
+        (
+            "the newest held is the one named",
+            vec![rel("1.1.0"), rel("1.2.0")],
+            0,
+            &["1.1.0", "1.2.0"],
+            &[],
+            Some("it was skipped"),
+        ),
+    ];
+    for (name, releases, floor, skipped, failed, expect) in rows {
+        let skipped: Vec<Version> = skipped.iter().map(|s| v(s)).collect();
+        let failed: Vec<Version> = failed.iter().map(|s| v(s)).collect();
+        let installed = v("1.0.0");
+        let device = Device {
+            product: "p",
+            target: TARGET,
+            device_id: "device-1",
+            installed: Some(&installed),
+            security_floor: floor,
+            skipped: &skipped,
+            failed: &failed,
+        };
+        let m = manifest("stable", releases);
+        let found = held_back(&m, &device, ts(NOW));
+        assert_eq!(found.as_ref().map(|h| h.reason.as_str()), expect, "{name}");
+        if let Some(h) = found {
+            let newest = m.releases.iter().map(|r| &r.version).max().unwrap();
+            assert_eq!(&h.version, newest, "{name}");
+        }
+    }
+}
+
+/// Every row of the selection table that ends up to date without a pin names a held-back
+/// release exactly when the channel lists one for the target newer than the installed
+/// version: an "up to date" beside a newer release always has its reason.
+#[test]
+fn an_up_to_date_beside_a_newer_release_has_its_reason() {
+    let mut seen = (0, 0);
+    for r in selection_rows() {
+        if r.pin.is_some() || run(&r) != Ok(Decision::UpToDate) {
+            continue;
+        }
+        let installed = r.installed.map(v);
+        let skipped: Vec<Version> = r.skipped.iter().map(|s| v(s)).collect();
+        let failed: Vec<Version> = r.failed.iter().map(|s| v(s)).collect();
+        let device = Device {
+            product: "p",
+            target: TARGET,
+            device_id: "device-1",
+            installed: installed.as_ref(),
+            security_floor: r.floor,
+            skipped: &skipped,
+            failed: &failed,
+        };
+        let newer_listed = r.releases.iter().any(|rel| {
+            rel.targets.contains_key(TARGET)
+                && installed
+                    .as_ref()
+                    .is_none_or(|cur| rel.version.cmp_precedence(cur).is_gt())
+        });
+        let m = manifest(r.channel, r.releases.clone());
+        let found = held_back(&m, &device, ts(NOW));
+        assert_eq!(found.is_some(), newer_listed, "{}: {found:?}", r.name);
+        if newer_listed {
+            seen.0 += 1;
+        } else {
+            seen.1 += 1;
+        }
+    }
+    // The table has rows of both kinds, so neither half of the rule goes untested.
+    assert!(seen.0 >= 3 && seen.1 >= 3, "{seen:?}");
 }
 
 /// A staged downgrade (1.0.0 below an installed 1.1.0) is offered only while the whole

@@ -176,7 +176,13 @@ impl Updater {
                         targets,
                     });
                 }
-                return Ok(Check::UpToDate { target_released });
+                let held_back = (policy.pin.is_none())
+                    .then(|| select::held_back(manifest, &device, now))
+                    .flatten();
+                return Ok(Check::UpToDate {
+                    target_released,
+                    held_back,
+                });
             }
             select::Decision::Update(c) => c,
         };

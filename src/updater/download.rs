@@ -129,7 +129,7 @@ impl Updater {
         progress: &mut dyn FnMut(u64, u64),
         cancel: &CancelToken,
     ) -> Result<()> {
-        self.reported("download", || {
+        self.recorded("download", &plan.version, || {
             self.check_store_takes(plan)?;
             self.check_image_size(plan)?;
             // One writer per `.part`: a second process waits instead of interleaving. The

@@ -9,7 +9,7 @@ impl Updater {
     /// never touched. A plan from another updater's check is `invalid_state`: that
     /// updater's trust root, product and state checked the release, not this one's.
     pub fn install(&self, plan: &Offer) -> Result<Slot> {
-        self.reported("install", || {
+        self.recorded("install", &plan.version, || {
             let _work = self.work_lock(None)?;
             if let Store::Image(images) = &self.store {
                 images.check_distinct()?;

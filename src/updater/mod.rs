@@ -53,12 +53,18 @@ type FetchBlob<'a> = dyn FnMut(&BlobSpec, &mut dyn FnMut(u64, u64)) -> Result<()
 #[derive(Debug, Clone)]
 pub enum Check {
     /// Nothing to do.
+    #[non_exhaustive]
     UpToDate {
         /// Whether the channel checked lists any release for this device's `target`.
         /// `false`: nothing will come until the config or the channel changes (a misspelt
         /// target), unlike an "up to date" with nothing newer yet (also reported as
         /// [`Event::NoReleaseForTarget`]).
         target_released: bool,
+        /// The newest release for this target newer than the installed one that the check
+        /// did not offer, and why (a rollout that has not reached this device, a skip, a
+        /// failure here, …): "up to date" while the channel has something newer says what
+        /// holds it. `None` when nothing newer is held back, and for a pinned check.
+        held_back: Option<crate::select::HeldBack>,
     },
     /// A release to install.
     Available(Offer),
@@ -723,6 +729,31 @@ impl Updater {
                 kind: e.kind().as_str().to_string(),
                 message: e.message().to_string(),
             })
+        })
+    }
+
+    /// [`Updater::reported`] for the download or install of `version`, whose failure
+    /// (other than a cancel) is also recorded in the history as `<operation>_failed`, with
+    /// the version and the error line, where `status` shows it once the process that
+    /// failed is gone. A host or a timer retrying the same failure keeps one entry, the
+    /// newest. Best effort: the failure returned is the operation's, not the record's.
+    fn recorded<T>(
+        &self,
+        operation: &str,
+        version: &Version,
+        op: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.reported(operation, op).inspect_err(|e| {
+            if e.kind() == ErrorKind::Cancelled {
+                return;
+            }
+            let _ = self.lock().and_then(|_lock| {
+                let mut st = self.load_state()?;
+                let event = format!("{operation}_failed");
+                let detail = format!("{version}: error[{}]: {}", e.kind().as_str(), e.message());
+                st.record_repeated((self.clock)(), &event, &format!("{version}: "), detail);
+                self.save(&st)
+            });
         })
     }
 

@@ -5,6 +5,7 @@
 use crate::path_text;
 use clap::{Args, Subcommand};
 use evergreen::config::{SelectorConfig, SlotsConfig};
+use evergreen::select::HeldBack;
 use evergreen::slots::dir::DirSlots;
 use evergreen::slots::grub::GrubEnv;
 use evergreen::slots::uboot::UBootEnv;
@@ -280,7 +281,11 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     match up.check_with(args.channel.as_deref(), args.version.as_ref())? {
         // `target_released`: an "up to date" that is for good (a misspelt `target`) reads
         // apart from one with nothing newer yet.
-        Check::UpToDate { target_released } => {
+        Check::UpToDate {
+            target_released,
+            held_back,
+            ..
+        } => {
             // As an offer's `current`: what Evergreen installed, else what the config says
             // was installed by other means.
             let current = up
@@ -297,12 +302,14 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
                     "version": null, "channel": channel, "critical": false,
                     "downgrade": false, "notes": "", "security_version": null,
                     "download_bytes": 0, "components": [],
-                    "target_released": target_released}));
+                    "target_released": target_released,
+                    "held_back": held_json(held_back.as_ref())}));
             } else {
                 out!(
                     "up to date: {} on {channel}",
                     current.map_or("(nothing installed)".to_string(), |v| v.to_string())
                 );
+                say_held_back(&up, held_back.as_ref())?;
                 say_withheld(&up)?;
             }
             Ok(0)
@@ -533,11 +540,19 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         return Ok(0);
     };
     let offer = match check {
-        Check::UpToDate { target_released } => {
+        Check::UpToDate {
+            target_released,
+            held_back,
+            ..
+        } => {
             if json {
-                print_json(&json!({"status": "up_to_date", "target_released": target_released}));
+                print_json(
+                    &json!({"status": "up_to_date", "target_released": target_released,
+                    "held_back": held_json(held_back.as_ref())}),
+                );
             } else {
                 out!("up to date");
+                say_held_back(&up, held_back.as_ref())?;
                 say_withheld(&up)?;
             }
             return Ok(0);
@@ -645,6 +660,29 @@ fn activate_in_time(up: &Updater) -> Result<Option<(evergreen::slots::Slot, Vers
         Activation::Activated { slot, version } => Some((slot, version)),
         Activation::Deferred { .. } => None,
     })
+}
+
+/// The `held_back` of an "up to date" in `--json`: `{"version", "reason"}`, or null.
+fn held_json(held: Option<&HeldBack>) -> serde_json::Value {
+    held.map_or(
+        serde_json::Value::Null,
+        |h| json!({"version": h.version.to_string(), "reason": h.reason}),
+    )
+}
+
+/// After an "up to date" in text: the newer release the channel has and does not offer
+/// this device, with why, so that "up to date" beside a newer release is not a puzzle.
+fn say_held_back(up: &Updater, held: Option<&HeldBack>) -> Result<()> {
+    let Some(h) = held else { return Ok(()) };
+    out!(
+        "note: {} is on the channel and not offered to this device: {}",
+        h.version,
+        h.reason
+    );
+    if up.status()?.skipped.contains(&h.version) {
+        out!("  `evergreen unskip {}` offers it again", h.version);
+    }
+    Ok(())
 }
 
 /// After an "up to date" in text: a release staged and withheld (its rollout halted since,
