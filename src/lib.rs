@@ -109,6 +109,6 @@ pub use time::Timestamp;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 pub use updater::{
-    Activation, Check, Launch, Offer, SlotStatusView, Startup, Status, TrialStatus, Updater,
-    UpdaterBuilder,
+    Activation, Check, Deferral, Launch, Offer, SlotStatusView, Startup, Status, TrialStatus,
+    Updater, UpdaterBuilder,
 };

@@ -3168,3 +3168,54 @@ fn an_up_to_date_beside_a_newer_release_says_why() {
         "{text}"
     );
 }
+
+/// A release staged and held back by the deploy policy says so in `status` (text and
+/// `--json` `deferred`): until when and why under a maintenance window, and that it waits
+/// for an activate under `download_only`; nothing once it may go ahead.
+#[test]
+fn status_says_until_when_a_staged_release_is_deferred() {
+    use evergreen::Timestamp;
+    let (repo, dev) = confirmed_1_0_0("com.acme.deferred");
+    dev.edit_config(|c| {
+        c["deploy"] = serde_json::json!({"policy": "window", "window":
+            {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+             "start": "03:00", "end": "04:00", "utc_offset": "+00:00"}});
+    });
+    publish(&repo, "1.0.1", "stable");
+    // Noon tomorrow (after the manifest was issued, well before it expires): the window
+    // opens at 03:00 the day after.
+    let today = Timestamp::now().unix().div_euclid(86_400) * 86_400;
+    let noon = Timestamp::from_unix(today + 86_400 + 12 * 3600).to_string();
+    let opens = Timestamp::from_unix(today + 2 * 86_400 + 3 * 3600).to_string();
+    dev.json_at(&noon, "update", &["--yes"], 0);
+    let s = dev.json_at(&noon, "status", &[], 0);
+    assert_eq!(s["slots"]["a"]["status"], "installed", "{s}");
+    assert_eq!(s["slots"]["a"]["deferred"]["until"], opens.as_str(), "{s}");
+    let reason = s["slots"]["a"]["deferred"]["reason"].as_str().unwrap();
+    assert!(reason.contains("window"), "{reason}");
+    let out = dev.run_env("status", &[], &[("EVERGREEN_NOW", &noon)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("  deferred until {opens}: {reason}")),
+        "{text}"
+    );
+    // Inside the window it may go ahead: nothing deferred.
+    let inside = Timestamp::from_unix(today + 2 * 86_400 + 3 * 3600 + 60).to_string();
+    let s = dev.json_at(&inside, "status", &[], 0);
+    assert!(s["slots"]["a"].get("deferred").is_none(), "{s}");
+
+    download_only(&dev);
+    let s = dev.json_at(&noon, "status", &[], 0);
+    assert_eq!(
+        s["slots"]["a"]["deferred"]["until"],
+        serde_json::Value::Null,
+        "{s}"
+    );
+    assert!(
+        s["slots"]["a"]["deferred"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("download_only"),
+        "{s}"
+    );
+}

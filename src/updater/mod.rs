@@ -287,6 +287,21 @@ pub struct SlotStatusView {
     /// Left out of the JSON when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub withheld: Option<String>,
+    /// For a release staged here and not withheld: when and why the deploy policy holds
+    /// its activation back now (a maintenance window, an `at` time, `download_only`), as
+    /// [`Updater::activate`] would answer. Left out of the JSON when it may go ahead now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferral>,
+}
+
+/// Why the deploy policy holds a staged release back ([`SlotStatusView::deferred`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deferral {
+    /// When it may go ahead (the window opens, the `at` time); `None` under
+    /// `download_only`, which waits for the host's activate.
+    pub until: Option<Timestamp>,
+    /// Why, e.g. the window it waits for.
+    pub reason: String,
 }
 
 /// Where the slots live.
@@ -915,6 +930,7 @@ impl Updater {
             status: st.slot(slot).status.as_str(),
             version: st.slot(slot).version.clone(),
             withheld: st.slot(slot).withheld.clone(),
+            deferred: self.deferral(&st, slot),
         };
         Ok(Status {
             primary: st.primary,
@@ -964,6 +980,27 @@ impl Updater {
 
     /// The deploy policy at `clock`, a reading of this updater's clock
     /// ([`select::deploy_on_clock`]).
+    /// What the deploy policy says now of the release staged in `slot`, for `status`:
+    /// `None` when nothing is staged there, when it is withheld (said apart), or when it
+    /// may go ahead now.
+    fn deferral(&self, st: &State, slot: Slot) -> Option<Deferral> {
+        let record = st.slot(slot);
+        if record.status != SlotStatus::Installed || record.withheld.is_some() {
+            return None;
+        }
+        match self.deploy(st, record.critical, (self.clock)()) {
+            Deploy::Now => None,
+            Deploy::Wait { until, reason } => Some(Deferral {
+                until: Some(until),
+                reason,
+            }),
+            Deploy::Manual => Some(Deferral {
+                until: None,
+                reason: "the deploy policy is download_only: it waits for an activate".into(),
+            }),
+        }
+    }
+
     fn deploy(&self, st: &State, critical: bool, clock: Timestamp) -> Deploy {
         select::deploy_on_clock(&self.config.deploy, critical, clock, st.newest_issued)
     }

@@ -748,6 +748,11 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         if let Some(why) = &v.withheld {
             out!("  withheld: the newest check no longer offers it ({why})");
         }
+        match v.deferred.as_ref().map(|d| (d.until, &d.reason)) {
+            Some((Some(until), why)) => out!("  deferred until {until}: {why}"),
+            Some((None, why)) => out!("  deferred: {why} (`evergreen activate`)"),
+            None => {}
+        }
     }
     if let Some(t) = &s.trial {
         out!("trial: slot {} with {} start(s) left", t.slot, t.tries_left);
