@@ -3219,3 +3219,37 @@ fn status_says_until_when_a_staged_release_is_deferred() {
         "{s}"
     );
 }
+
+/// A staged release whose slot was removed by hand is not activated: `current` would
+/// point at nothing to run. `activate` says what is gone, marks the slot empty and leaves
+/// the running slot as it was; the next `update` installs the release afresh.
+#[test]
+fn a_staged_slot_removed_by_hand_is_not_activated() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.lost");
+    download_only(&dev);
+    publish(&repo, "1.0.1", "stable");
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
+    std::fs::remove_dir_all(dev.root.join("slots/a")).unwrap();
+
+    let err = dev.fails("activate", &["--now"]);
+    assert!(
+        err.starts_with("error[invalid_state]: expected the release staged in slot a to activate, found 1.0.1 in slot a is gone: ")
+            && err.contains("slots/a/.evergreen-slot.json does not exist"),
+        "{err}"
+    );
+    let s = dev.status();
+    assert_eq!(s["slots"]["a"]["status"], "empty", "{s}");
+    assert_eq!(s["slots"]["b"]["status"], "good", "{s}");
+    assert_eq!(s["primary"], "b", "{s}");
+    let current = std::fs::read_link(dev.root.join("current")).unwrap();
+    assert!(current.ends_with("slots/b"), "{current:?}");
+    let history = s["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["event"], "staged_lost", "{s}");
+
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("activate", &["--now"], 0);
+    let s = dev.status();
+    assert_eq!(s["slots"]["a"]["status"], "trial", "{s}");
+    assert!(dev.root.join("slots/a/.evergreen-slot.json").is_file());
+}

@@ -21,6 +21,17 @@ impl Updater {
                 )));
             }
             let version = record.version.clone().unwrap_or(Version::new(0, 0, 0));
+            if let Some(lost) = self.store.lost_staged(slot) {
+                // Forgotten, so that the next update installs it afresh rather than
+                // finding it staged and failing here again.
+                *st.slot_mut(slot) = SlotRecord::default();
+                let why = format!("{version} in slot {slot} is gone: {lost}");
+                st.record((self.clock)(), "staged_lost", why.clone());
+                self.save(&st)?;
+                return Err(Error::invalid_state(format!(
+                    "expected the release staged in slot {slot} to activate, found {why} (removed by hand?); the slot is marked empty: `evergreen update` installs it again"
+                )));
+            }
             // The install checked the floor as it was then; a confirmation since (of a
             // stranded first trial) may have raised it past the staged release.
             check_floor(&st, slot, "a slot to activate")?;

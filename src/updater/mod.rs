@@ -336,6 +336,17 @@ impl Store {
         Some((slot, sealed.version?))
     }
 
+    /// Why the release staged in `slot` is no longer there to activate, if it is not: a
+    /// directory slot whose seal (written last by its install) is gone, the slot or its
+    /// contents removed by hand. Activating it would point `current` at nothing to run.
+    fn lost_staged(&self, slot: Slot) -> Option<String> {
+        let Store::Dir(slots) = self else {
+            return None;
+        };
+        let seal = slots.slot_dir(slot).join(crate::slots::dir::SLOT_RECORD);
+        (!seal.is_file()).then(|| format!("{} does not exist", seal.display()))
+    }
+
     /// Why `slot` holds nothing to start, if it does not: a directory slot that is not
     /// there. The state can call such a slot good when `current_version` names an app
     /// installed outside the slots; pointing `current` at it would leave the host nothing
