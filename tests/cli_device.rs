@@ -3253,3 +3253,88 @@ fn a_staged_slot_removed_by_hand_is_not_activated() {
     assert_eq!(s["slots"]["a"]["status"], "trial", "{s}");
     assert!(dev.root.join("slots/a/.evergreen-slot.json").is_file());
 }
+
+/// `download_bytes` is what a download fetches: two components of one artifact share one
+/// download, a component renamed from one installed comes from its kept download, and a
+/// release fetched by `update --download-only` has nothing left to fetch. The plain
+/// progress lines of `update` say the same bytes.
+#[test]
+fn download_bytes_counts_each_artifact_once_and_none_already_downloaded() {
+    let repo = Repo::new("com.acme.shared-artifacts");
+    let src = repo.scratch("src");
+    let settings = src.join("settings.json");
+    std::fs::write(&settings, b"{\"level\": 3}").unwrap();
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("config", &settings)],
+        &[],
+    );
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("confirm", &[], 0);
+
+    // 1.1.0: `config` renamed `settings` (the same file), and one plugin archive shipped
+    // as two components.
+    let plugin = src.join("plugin.zip");
+    common::make_zip(&plugin, &[("lib/plugin.so", &[7u8; 3000])]);
+    let plugin_size = std::fs::metadata(&plugin).unwrap().len();
+    repo.release(
+        "stable",
+        "1.1.0",
+        "x86_64-linux",
+        &[
+            ("settings", &settings),
+            ("plugin-a", &plugin),
+            ("plugin-b", &plugin),
+        ],
+        &[],
+    );
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    let ops: Vec<(&str, &str)> = (offer["components"].as_array().unwrap().iter())
+        .map(|c| (c["name"].as_str().unwrap(), c["op"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("config", "removed"),
+            ("plugin-a", "added"),
+            ("plugin-b", "added"),
+            ("settings", "added")
+        ]
+    );
+    assert_eq!(offer["download_bytes"], plugin_size, "{offer}");
+
+    let blobs = || {
+        let log = server.log();
+        log.iter().filter(|l| l.path.starts_with("blobs/")).count()
+    };
+    let before = blobs();
+    dev.expect("update", &["--yes", "--download-only"], 0);
+    assert_eq!(blobs() - before, 1, "one blob fetched");
+    let offer = json(&dev.expect("check", &["--json"], 10));
+    assert_eq!(offer["download_bytes"], 0, "all downloaded: {offer}");
+
+    let out = dev.run("update", &["--yes"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("evergreen: download"),
+        "nothing to fetch: {err}"
+    );
+    let slot = dev.root.join("current");
+    assert_eq!(
+        std::fs::read(slot.join("settings/settings.json")).unwrap(),
+        b"{\"level\": 3}"
+    );
+    assert!(!slot.join("config").exists());
+    for name in ["plugin-a", "plugin-b"] {
+        assert_eq!(
+            std::fs::read(slot.join(name).join("lib/plugin.so")).unwrap(),
+            [7u8; 3000]
+        );
+    }
+}
