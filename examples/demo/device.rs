@@ -298,9 +298,8 @@ impl Device {
 fn expect_bar_moves(plan: &Offer, positions: &[u64]) -> Outcome {
     let total = plan.download_size();
     let ends: Vec<u64> = plan
-        .components
-        .iter()
-        .filter_map(|c| c.artifact.as_ref().map(|a| a.size))
+        .downloads()
+        .map(|(_, a)| a.size)
         .scan(0, |end, size| {
             *end += size;
             Some(*end)

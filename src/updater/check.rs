@@ -372,7 +372,9 @@ impl Updater {
             critical: choice.critical,
             security_version: release.security_version,
         };
+        let components = self.diff_against_primary(st, target);
         Ok(Offer {
+            downloaded: self.already_downloaded(&components),
             version: release.version.clone(),
             current: st
                 .installed_version()
@@ -383,7 +385,7 @@ impl Updater {
             downgrade: choice.downgrade,
             notes: release.notes.clone(),
             security_version: release.security_version,
-            components: self.diff_against_primary(st, target),
+            components,
             deploy: self.deploy(st, choice.critical, clock),
             target: target.clone(),
             checked,

@@ -11,7 +11,24 @@ impl Updater {
         let st = self.load_state()?;
         let mut plan = offer.clone();
         plan.components = self.diff_against_primary(&st, &offer.target);
+        plan.downloaded = self.already_downloaded(&plan.components);
         Ok(plan)
+    }
+
+    /// The SHA-256s of the artifacts `changes` carry that are downloaded already, whole:
+    /// a download fetches none of them again. None on image slots, which keep no download.
+    pub(super) fn already_downloaded(&self, changes: &[ComponentChange]) -> Vec<String> {
+        if !self.store.keeps_downloads() {
+            return Vec::new();
+        }
+        let dir = self.downloads_dir();
+        let whole = |a: &Artifact| {
+            std::fs::metadata(dir.join(&a.sha256)).is_ok_and(|m| m.is_file() && m.len() == a.size)
+        };
+        (changes.iter().filter_map(|c| c.artifact.as_ref()))
+            .filter(|a| whole(a))
+            .map(|a| a.sha256.clone())
+            .collect()
     }
 
     /// The component diff of `target` against what the primary slot of `st` holds. On dir
@@ -228,7 +245,8 @@ impl Updater {
         let total = plan.download_size();
         let mut before = 0u64;
         let mut reported = 0u64;
-        for (c, a) in plan.components.iter().filter_map(with_artifact) {
+        // Each blob once: components of one artifact share its download.
+        for (c, a) in plan.carried() {
             let spec = BlobSpec {
                 sha256: a.sha256.clone(),
                 size: a.size,
@@ -236,7 +254,9 @@ impl Updater {
             };
             let mut last_event = 0u64;
             fetch(&spec, &mut |done, _| {
-                reported = before.saturating_add(done);
+                // At most the total, which counts no blob downloaded already when the
+                // plan was made: one removed since is fetched again.
+                reported = before.saturating_add(done).min(total);
                 progress(reported, total);
                 // Events are for humans and logs: one per MiB is plenty.
                 if done == a.size || done >= last_event.saturating_add(1 << 20) {
@@ -248,14 +268,16 @@ impl Updater {
                     });
                 }
             })?;
-            before = before.saturating_add(a.size);
+            if !plan.was_downloaded(&a.sha256) {
+                before = before.saturating_add(a.size);
+            }
             // A cancel from the last progress call of a blob (the only one a small blob
             // gets) stops the call too; the blob stays for the next one.
             cancel.check()?;
         }
         // Blobs already downloaded get no call: the host's progress must still reach its
-        // total (and a cancel from that call is a cancel too).
-        if reported < total {
+        // total, also a total of 0 (and a cancel from that call is a cancel too).
+        if reported < total || total == 0 {
             progress(total, total);
             cancel.check()?;
         }

@@ -118,6 +118,10 @@ pub struct Offer {
     /// installed from an offer of another manifest than the newest its device verified is
     /// judged by that newest one at the install (a halt may lie between the two).
     manifest_sha256: String,
+    /// The SHA-256s of the artifacts the components carry that were downloaded already
+    /// when the diff was made (a component renamed, one back to a kept artifact, a
+    /// release fetched before): the download fetches none of them again.
+    downloaded: Vec<String>,
 }
 
 /// The fields of an [`Offer`] its users read and that install records, as its check made
@@ -160,15 +164,38 @@ impl Offer {
         })
     }
 
-    /// Bytes that must be downloaded: the components that carry an artifact (added and
-    /// modified ones, and unchanged images on image slots).
+    /// Bytes that must be downloaded: those of [`Offer::downloads`].
     pub fn download_size(&self) -> u64 {
         // Saturating: a verified manifest's sizes add up within u64 (its validation
         // refuses more), but a panic here would surface through the C ABI.
-        self.components
-            .iter()
-            .filter_map(|c| c.artifact.as_ref())
-            .fold(0u64, |sum, a| sum.saturating_add(a.size))
+        self.downloads()
+            .fold(0u64, |sum, (_, a)| sum.saturating_add(a.size))
+    }
+
+    /// The artifacts a download of this plan fetches, each with the first component that
+    /// carries it: those the components carry (added and modified ones, and unchanged
+    /// ones with no kept download), each once (components of one artifact share its
+    /// download), but for those downloaded already when the diff was made.
+    pub fn downloads(&self) -> impl Iterator<Item = (&ComponentChange, &Artifact)> {
+        self.carried()
+            .filter(|(_, a)| !self.downloaded.contains(&a.sha256))
+    }
+
+    /// Each artifact the components carry, once, with the first component that carries
+    /// it, downloaded already or not.
+    pub(super) fn carried(&self) -> impl Iterator<Item = (&ComponentChange, &Artifact)> {
+        let all = &self.components;
+        all.iter().enumerate().filter_map(move |(i, c)| {
+            let a = c.artifact.as_ref()?;
+            let seen =
+                (all[..i].iter().filter_map(|p| p.artifact.as_ref())).any(|b| b.sha256 == a.sha256);
+            (!seen).then_some((c, a))
+        })
+    }
+
+    /// Whether the artifact `sha256` was downloaded already when the diff was made.
+    pub(super) fn was_downloaded(&self, sha256: &str) -> bool {
+        self.downloaded.iter().any(|d| d == sha256)
     }
 }
 

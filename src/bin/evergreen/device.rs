@@ -435,11 +435,9 @@ impl<'a> Milestones<'a> {
 
     fn new(offer: &'a Offer) -> Milestones<'a> {
         let (mut ends, mut end) = (Vec::new(), 0u64);
-        for c in &offer.components {
-            if let Some(a) = &c.artifact {
-                end = end.saturating_add(a.size);
-                ends.push((c.name.as_str(), end));
-            }
+        for (c, a) in offer.downloads() {
+            end = end.saturating_add(a.size);
+            ends.push((c.name.as_str(), end));
         }
         Milestones {
             offer,
@@ -455,12 +453,8 @@ impl<'a> Milestones<'a> {
     /// Says what is to be downloaded.
     fn start(&mut self) {
         self.started = true;
-        let sizes: Vec<String> = (self.offer.components.iter())
-            .filter_map(|c| {
-                c.artifact
-                    .as_ref()
-                    .map(|a| format!("{} {} bytes", c.name, a.size))
-            })
+        let sizes: Vec<String> = (self.offer.downloads())
+            .map(|(c, a)| format!("{} {} bytes", c.name, a.size))
             .collect();
         err!(
             "evergreen: downloading {}: {} bytes ({})",
