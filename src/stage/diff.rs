@@ -135,8 +135,9 @@ fn change(
     let op = match (old, new) {
         (None, _) => ComponentOp::Added,
         (Some(_), None) => ComponentOp::Removed,
-        // What gets installed decides: the same bytes installed the same way are copied
-        // from the primary slot even if the publisher renamed the version. A file
+        // What gets installed decides: the same bytes installed the same way are
+        // unchanged (installed from the kept download, nothing fetched) even if the
+        // publisher renamed the version. A file
         // renamed, or a blob that was placed and is now extracted, is installed again.
         (Some(o), Some(n)) if o.holds(&n.artifact) => ComponentOp::Unchanged,
         (Some(_), Some(_)) => ComponentOp::Modified,
