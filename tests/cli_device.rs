@@ -1159,7 +1159,7 @@ fn check_json_names_the_configured_current_version_when_up_to_date() {
         serde_json::json!({"status": "up_to_date", "current": "2.0.0", "version": null,
             "channel": "stable", "critical": false, "downgrade": false, "notes": "",
             "security_version": null, "download_bytes": 0, "components": [],
-            "target_released": true})
+            "target_released": true, "held_back": null})
     );
     // The keys of an offer, so a script reads the same keys whatever the answer.
     publish(&repo, "2.1.0", "stable");

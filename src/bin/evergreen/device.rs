@@ -317,8 +317,10 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
         Check::Available(offer) => {
             if json {
                 let mut v = offer.to_json();
-                // An offer is of a release for this target.
+                // An offer is of a release for this target, and holds nothing back: the
+                // newest it may take is the one offered.
                 v["target_released"] = json!(true);
+                v["held_back"] = serde_json::Value::Null;
                 print_json(&v);
             } else {
                 print_offer(&offer, up.staged_slot(&offer)?);
