@@ -2302,6 +2302,70 @@ fn a_release_the_slots_have_no_room_for_is_refused_before_the_idle_slot_is_touch
     assert_eq!(out["to"], "a", "{out}");
 }
 
+/// A release of several blobs that the downloads' file system has no room for, together,
+/// is refused before the first of them is fetched: the manifest gives every size. Checked
+/// one blob at a time, the first one fitted and was downloaded whole (bandwidth a field
+/// device on a metered link pays for, and room the app's logs lose), and the second was
+/// refused only then. Once room is made, the same update goes through.
+#[test]
+fn a_release_whose_blobs_together_have_no_room_is_refused_before_the_first_is_fetched() {
+    const KIB: usize = 1024;
+    let repo = Repo::new("com.acme.blobs");
+    let small = repo.scratch("small");
+    let Some(_fs) = Mounted::tmpfs(&small, 4 * 1024) else {
+        return;
+    };
+    // The state (and the downloads) on the small file system, the slots elsewhere.
+    let state = small.join("state");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({ "state_dir": state }),
+    );
+    // Two blobs of 1.2 MiB each: either fits beside the reserve, both do not.
+    let src = repo.scratch("src");
+    let mut components = Vec::new();
+    for (seed, name) in [(1, "app"), (2, "data")] {
+        let zip = src.join(format!("{name}.zip"));
+        common::make_zip(&zip, &[("data.bin", &support::noise(1229 * KIB, seed))]);
+        components.push((name, format!("{}:zip", zip.display())));
+    }
+    let components: Vec<(&str, &Path)> = components
+        .iter()
+        .map(|(n, s)| (*n, Path::new(s.as_str())))
+        .collect();
+    repo.release("stable", "1.0.0", "x86_64-linux", &components, &[]);
+    // The app's logs take 1 MiB.
+    let log = small.join("app.log");
+    std::fs::write(&log, vec![b'x'; 1024 * KIB]).unwrap();
+
+    let err = dev.fails("update", &["--yes"]);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error[io]: downloading ")
+            && line.contains(&format!(
+                " bytes in {}, found ",
+                state.join("downloads").display()
+            ))
+            && line.contains(" bytes of the 2 downloads still to fetch, and 1048576 kept free")
+            && line.ends_with("; nothing was written: free space and update again"),
+        "{err}"
+    );
+    let fetched: Vec<_> = std::fs::read_dir(state.join("downloads"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        fetched.is_empty(),
+        "fetched before the refusal: {fetched:?}"
+    );
+
+    std::fs::remove_file(&log).unwrap();
+    dev.expect("update", &["--yes"], 0);
+    let s = dev.status();
+    let slot = s["primary"].as_str().unwrap();
+    assert_eq!(s["slots"][slot]["version"], "1.0.0", "{s}");
+}
+
 /// A device whose state directory is on an SD card's exFAT (no hard links, no symlinks,
 /// no `RENAME_NOREPLACE`, no `RENAME_EXCHANGE`): installed, started, confirmed and updated
 /// again. A repository cannot be made there (`init` creates files that must never replace
