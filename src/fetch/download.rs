@@ -72,6 +72,69 @@ pub(super) fn download(
     Ok(done_path)
 }
 
+/// Refuses (`io`), before a `.part` is opened or a request made, downloads of `specs`
+/// into `dir` that its file system has no room for: the bytes still to fetch (those of
+/// finished blobs and of `.part`s kept from an earlier attempt are there already) and
+/// [`crate::space::RESERVE`] must fit in what a process without privileges may still
+/// allocate. A release's blobs are judged together, before the first is fetched: one at a
+/// time, the first would be fetched whole and the next refused. Filling the file system
+/// first and failing at its last byte (see [`write_failed`]) would leave the app's logs
+/// and databases there, and the state's saves, without room meanwhile. A file system
+/// that reports no size is not judged ([`crate::space::free`]).
+pub(super) fn check_room(dir: &Path, specs: &[super::BlobSpec]) -> Result<()> {
+    let Some(free) = crate::space::free(dir) else {
+        return Ok(());
+    };
+    let (mut rest, mut kept, mut size, mut parts) = (0u64, 0u64, 0u64, Vec::new());
+    for spec in specs {
+        // Not followed: `Part::open` refuses a symlink. One longer than the blob starts over.
+        let len = |p: &Path| {
+            fs::symlink_metadata(p)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+        };
+        if len(&dir.join(&spec.sha256)) == Some(spec.size) {
+            continue;
+        }
+        let part = dir.join(format!("{}.part", spec.sha256));
+        let k = len(&part).filter(|&l| l <= spec.size).unwrap_or(0);
+        rest = rest.saturating_add(spec.size - k);
+        kept = kept.saturating_add(k);
+        size = size.saturating_add(spec.size);
+        parts.push(part);
+    }
+    let needed = rest.saturating_add(crate::space::RESERVE);
+    if free.bytes >= needed {
+        return Ok(());
+    }
+    let (what, of, its) = match parts.len() {
+        1 => (
+            parts[0].display().to_string(),
+            "the download".to_owned(),
+            "its",
+        ),
+        n => (
+            format!("{} and {} more", parts[0].display(), n - 1),
+            format!("the {n} downloads"),
+            "their",
+        ),
+    };
+    let kept = match kept {
+        0 => String::new(),
+        kept => format!(", {kept} of {its} {size} bytes kept from an earlier attempt"),
+    };
+    Err(Error::new(
+        ErrorKind::Io,
+        format!(
+            "downloading {what}: expected room for {needed} bytes in {}, found {} bytes free (the {rest} bytes of {of} still to fetch{kept}, and {} kept free so the state can still be saved); nothing was written: free space and update again",
+            dir.display(),
+            free.bytes,
+            crate::space::RESERVE,
+        ),
+    ))
+}
+
 /// An image slot a download writes an image into as it arrives ([`stream`]).
 pub(crate) struct SlotDest<'a> {
     /// The slots.
@@ -325,49 +388,15 @@ impl<'a> Target<'a> {
     }
 
     /// Refuses (`io`), before the `.part` is opened or a request made, a download its file
-    /// system has no room for: the bytes still to fetch (those of a `.part` kept from an
-    /// earlier attempt are there already) and [`crate::space::RESERVE`] must fit in what
-    /// a process without privileges may still allocate. Filling the file system first and
-    /// failing at its last byte (see [`Stream::write_failed`]) would leave the app's logs
-    /// and databases there, and the state's saves, without room meanwhile. A file system
-    /// that reports no size is not judged ([`crate::space::free`]).
+    /// system has no room for ([`check_room`]). A slot has its size already.
     fn check_room(&self) -> Result<()> {
-        // A slot has its size already.
-        let Dest::File {
-            part: part_path, ..
-        } = &self.dest
-        else {
-            return Ok(());
-        };
-        let dir = part_path.parent().unwrap_or(Path::new("."));
-        let Some(free) = crate::space::free(dir) else {
-            return Ok(());
-        };
-        let size = self.spec.size;
-        // Not followed: `Part::open` refuses a symlink. One longer than the blob starts over.
-        let kept = fs::symlink_metadata(part_path)
-            .ok()
-            .filter(|m| m.is_file() && m.len() <= size)
-            .map_or(0, |m| m.len());
-        let rest = size - kept;
-        let needed = rest.saturating_add(crate::space::RESERVE);
-        if free.bytes >= needed {
-            return Ok(());
-        }
-        let kept = match kept {
-            0 => String::new(),
-            kept => format!(", {kept} of its {size} bytes kept from an earlier attempt"),
-        };
-        Err(Error::new(
-            ErrorKind::Io,
-            format!(
-                "downloading {}: expected room for {needed} bytes in {}, found {} bytes free (the {rest} bytes of the download still to fetch{kept}, and {} kept free so the state can still be saved); nothing was written: free space and update again",
-                part_path.display(),
-                dir.display(),
-                free.bytes,
-                crate::space::RESERVE,
+        match &self.dest {
+            Dest::File { part, .. } => check_room(
+                part.parent().unwrap_or(Path::new(".")),
+                std::slice::from_ref(self.spec),
             ),
-        ))
+            Dest::Slot(_) => Ok(()),
+        }
     }
 
     /// The same URL again from byte 0; a mismatch now is the server's.

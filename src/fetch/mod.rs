@@ -412,6 +412,12 @@ impl Fetcher {
         download::download(self, spec, dir, progress, cancel).map_err(redacted)
     }
 
+    /// Refuses (`io`) downloads of `specs` into `dir` that its file system has no room
+    /// for, together, before any of them is fetched: see [`download::check_room`].
+    pub(crate) fn check_room(&self, specs: &[BlobSpec], dir: &Path) -> Result<()> {
+        download::check_room(dir, specs)
+    }
+
     /// Receives the image `spec` straight into an image slot, as [`Fetcher::download`]
     /// receives a blob into a file: see [`download::stream`].
     pub(crate) fn stream(

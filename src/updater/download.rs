@@ -164,12 +164,11 @@ impl Updater {
             // the download (it takes no work lock), or after this process died, keeps every
             // blob that finished. An entry whose blob never came is harmless: the blob is
             // fetched again, and a confirmation forgets entries it no longer needs.
-            let wanted: Vec<String> = plan
-                .components
-                .iter()
-                .filter_map(with_artifact)
-                .map(|(_, a)| a.sha256.clone())
-                .collect();
+            let specs: Vec<BlobSpec> = plan.carried().map(|(_, a)| spec_of(a)).collect();
+            // All of the release's blobs at once: one at a time, the first would be
+            // fetched whole before the next was found to have no room.
+            self.fetcher.check_room(&specs, &dir)?;
+            let wanted: Vec<String> = specs.into_iter().map(|s| s.sha256).collect();
             self.note_pending(&wanted, &plan.version)?;
             self.fetch_all(plan, progress, cancel, &mut |spec, p| {
                 self.fetcher.download(spec, &dir, p, cancel).map(drop)
@@ -247,11 +246,7 @@ impl Updater {
         let mut reported = 0u64;
         // Each blob once: components of one artifact share its download.
         for (c, a) in plan.carried() {
-            let spec = BlobSpec {
-                sha256: a.sha256.clone(),
-                size: a.size,
-                url: a.url.clone(),
-            };
+            let spec = spec_of(a);
             let mut last_event = 0u64;
             fetch(&spec, &mut |done, _| {
                 // At most the total, which counts no blob downloaded already when the
@@ -333,7 +328,12 @@ fn downloads_in(dir: &Path) -> Vec<Download> {
         .collect()
 }
 
-/// The components of a plan that carry an artifact to fetch and install, with it.
-fn with_artifact(c: &ComponentChange) -> Option<(&ComponentChange, &Artifact)> {
-    c.artifact.as_ref().map(|a| (c, a))
+/// What the fetcher needs to download `a`.
+fn spec_of(a: &Artifact) -> BlobSpec {
+    BlobSpec {
+        sha256: a.sha256.clone(),
+        size: a.size,
+        url: a.url.clone(),
+    }
 }
+
