@@ -1,6 +1,7 @@
 //! The operator half of the `evergreen` CLI, run as a real process in temp dirs.
 
 mod common;
+mod mounts;
 mod require;
 
 use std::io::Write;
@@ -2709,4 +2710,66 @@ fn verify_names_a_target_no_device_installs() {
         assert!(err.contains("release 1.0.0 target x86_64-linux: "), "{err}");
         assert!(err.contains(said), "{err}");
     }
+}
+
+/// A component the repository's file system has no room for is refused before it is
+/// copied: `io`, naming the bytes it needs, the bytes free and where, with nothing left
+/// in `blobs/` and the channel as it was. Copying first failed only once the disk was
+/// full (after minutes, for an image of gigabytes) with the system's bare "No space left
+/// on device" for a temp file's name, which says neither how much was needed nor how much
+/// was free. Once room is made, the same release goes through.
+#[test]
+fn a_component_the_repository_has_no_room_for_is_refused_before_it_is_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(_fs) = mounts::Mounted::tmpfs(&dir.join("fs"), 2048) else {
+        return;
+    };
+    keygen(dir, "root1");
+    keygen(dir, "release");
+    ok(
+        dir,
+        &init_args("root1.pub", "1", "release.pub", "root1", &[])
+            .iter()
+            .map(|a| if *a == "repo" { "fs/repo" } else { a })
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(dir.join("app.bin"), vec![7u8; 3 << 20]).unwrap();
+    let release = [
+        "release",
+        "fs/repo",
+        "--channel",
+        "stable",
+        "--version",
+        "1.0.0",
+        "--target",
+        "x86_64-linux",
+        "--component",
+        "app=app.bin",
+        "--sign",
+        "release",
+    ];
+    let before = common::tree_digest(&dir.join("fs/repo"));
+    let err = fails(dir, &release);
+    let blobs = Path::new("fs/repo/blobs/sha256");
+    assert!(
+        err.starts_with(&format!(
+            "error[io]: component app: copying app.bin into {}: expected room for {} bytes, found ",
+            blobs.display(),
+            3 << 20
+        )) && err
+            .trim_end()
+            .ends_with(" bytes free; nothing was written: free space there and release again"),
+        "{err}"
+    );
+    assert_eq!(common::tree_digest(&dir.join("fs/repo")), before);
+
+    let bigger = ["-o", "remount,size=8m", "tmpfs"];
+    let remounted = Command::new("mount")
+        .args(bigger)
+        .arg(dir.join("fs"))
+        .status()
+        .unwrap();
+    assert!(remounted.success());
+    ok(dir, &release);
 }
