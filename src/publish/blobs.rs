@@ -13,6 +13,7 @@ impl Repo {
         };
         let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let blobs = self.root.join("blobs").join("sha256");
+        check_room(&src, path, &blobs)?;
         let tmp = fsutil::temp_path(&blobs.join("incoming"));
         // An image that is gzip data is published compressed, inflated once here as it
         // is copied to learn what a device will decompress into its slot.
@@ -67,6 +68,34 @@ impl Repo {
         }
         result
     }
+}
+
+/// Refuses (`io`), before a byte is copied, a component the repository's file system has
+/// no room for (the copy goes into a temp file there, which takes the whole length even
+/// when the same blob is there already): copying until the disk is full took minutes for
+/// an image of gigabytes and ended with the system's bare `ENOSPC` for a temp file's
+/// name. A source whose length is not known (a pipe), or a file system that reports no
+/// size ([`crate::space::free`]), is not judged: the copy finds out.
+fn check_room(src: &File, path: &Path, blobs: &Path) -> Result<()> {
+    let Some(len) = src.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()) else {
+        return Ok(());
+    };
+    let Some(free) = crate::space::free(blobs) else {
+        return Ok(());
+    };
+    let needed = free.blocks_for(len);
+    if free.bytes >= needed {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Io,
+        format!(
+            "copying {} into {}: expected room for {needed} bytes, found {} bytes free; nothing was written: free space there and release again",
+            path.display(),
+            blobs.display(),
+            free.bytes
+        ),
+    ))
 }
 
 pub(super) fn check_components(components: &[(&str, &Path, ArtifactKind)]) -> Result<()> {
