@@ -2366,6 +2366,62 @@ fn a_release_whose_blobs_together_have_no_room_is_refused_before_the_first_is_fe
     assert_eq!(s["slots"][slot]["version"], "1.0.0", "{s}");
 }
 
+/// A release that unpacks to more than the slots' file system can hold, even once the idle
+/// slot is emptied, is refused before a byte of it is downloaded: the signed manifest gives
+/// each zip's `installed_size`, as it gives an image's size, which image slots check before
+/// their download. Checked only at the install, the whole download was fetched first (over
+/// a metered link, for nothing) and kept, holding room on a file system already short of it.
+#[test]
+fn a_release_the_slots_cannot_hold_is_refused_before_it_is_downloaded() {
+    const KIB: usize = 1024;
+    let repo = Repo::new("com.acme.unpacked");
+    let small = repo.scratch("small");
+    let Some(_fs) = Mounted::tmpfs(&small, 4 * 1024) else {
+        return;
+    };
+    // The state, the downloads and the slots on one small file system.
+    let state = small.join("state");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": small.join("app")}}),
+    );
+    // 1.2 MiB to download, which fits; 3 MiB unpacked, which with the 1 MiB reserve does not.
+    let mut data = support::noise(1200 * KIB, 5);
+    data.resize(3000 * KIB, 0);
+    let zip = repo.scratch("src").join("app.zip");
+    common::make_zip(&zip, &[("data.bin", &data)]);
+    let spec = format!("{}:zip", zip.display());
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", Path::new(&spec))],
+        &[],
+    );
+
+    let err = dev.fails("update", &["--yes"]);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error[io]: downloading 1.0.0 for slot b: expected room for ")
+            && line.contains(&format!(
+                " bytes in {}, found ",
+                small.join("app/slots").display()
+            ))
+            && line.contains(" more that emptying slot b would give back (the release unpacks to at least 3072000 bytes")
+            && line.ends_with("; nothing was downloaded: free space and update again"),
+        "{err}"
+    );
+    let fetched: Vec<_> = std::fs::read_dir(state.join("downloads"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        fetched.is_empty(),
+        "downloaded before the refusal: {fetched:?}"
+    );
+    assert_eq!(dev.status()["slots"]["b"]["status"], "empty");
+}
+
 /// A device whose state directory is on an SD card's exFAT (no hard links, no symlinks,
 /// no `RENAME_NOREPLACE`, no `RENAME_EXCHANGE`): installed, started, confirmed and updated
 /// again. A repository cannot be made there (`init` creates files that must never replace
