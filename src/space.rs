@@ -71,6 +71,19 @@ pub(crate) fn free(path: &Path) -> Option<Free> {
     }
 }
 
+/// The device number of the file system that holds `path`, or will hold it (its nearest
+/// existing ancestor's); `None` when none can be read.
+pub(crate) fn device(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut at = path;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) => return Some(m.dev()),
+            Err(_) => at = at.parent()?,
+        }
+    }
+}
+
 #[allow(clippy::unnecessary_cast)] // The field types differ between systems.
 fn statvfs(path: &Path) -> std::io::Result<Option<Free>> {
     // glibc's `statvfs` on a 32-bit target fails (`EOVERFLOW`) when a count does not fit

@@ -2274,21 +2274,22 @@ fn a_release_the_slots_have_no_room_for_is_refused_before_the_idle_slot_is_touch
     assert_eq!(s["primary"], "b", "{s}");
     assert_eq!(s["slots"]["a"]["version"], "1.0.1", "{s}");
 
-    // 4 MiB: no room, even once slot a's 1.5 MiB are given back.
+    // 4 MiB: no room, even once slot a's 1.5 MiB are given back. Its signed installed_size
+    // says so before the download.
     publish_big(&repo, "1.2.0", 4096 * KIB, 4);
     let idle = common::tree_digest(&app.join("slots/a"));
     assert!(idle.contains_key("app/data.bin"), "{idle:?}");
     let err = dev.fails("update", &["--yes"]);
     let line = err.lines().last().unwrap();
     assert!(
-        line.starts_with("error[io]: installing 1.2.0 into slot a: expected room for ")
+        line.starts_with("error[io]: downloading 1.2.0 for slot a: expected room for ")
             && line.contains(&format!(
                 " bytes in {}, found ",
                 app.join("slots").display()
             ))
-            && line.contains(" more that emptying slot a would give back (the release takes ")
+            && line.contains(" more that emptying slot a would give back (the release unpacks to at least ")
             && line.ends_with(
-                "and 1048576 are kept free so the state can still be saved); slot a was not touched: free space and install again"
+                "and 1048576 are kept free so the state can still be saved); nothing was downloaded: free space and update again"
             ),
         "{err}"
     );

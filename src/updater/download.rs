@@ -148,7 +148,7 @@ impl Updater {
     ) -> Result<()> {
         self.recorded("download", &plan.version, || {
             self.check_store_takes(plan)?;
-            self.check_image_size(plan)?;
+            self.check_slot_takes_size(plan)?;
             // One writer per `.part`: a second process waits instead of interleaving. The
             // other may hold the lock for its whole download, so a cancel ends the wait.
             let _work = self.work_lock(Some(cancel))?;

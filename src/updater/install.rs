@@ -123,13 +123,16 @@ impl Updater {
     /// Refuses, before the download, an image larger than the block device it would be
     /// written to: the slot an install would take now (it takes the same unless a restart
     /// or a rollback comes between). Only the size: what else an install checks of the
-    /// slot may change by then.
-    pub(super) fn check_image_size(&self, plan: &Offer) -> Result<()> {
-        let Store::Image(images) = &self.store else {
-            return Ok(());
-        };
+    /// slot may change by then. On dir slots, likewise, a release their file system surely
+    /// has no room for ([`check_unpacked_room`]).
+    pub(super) fn check_slot_takes_size(&self, plan: &Offer) -> Result<()> {
         let (slot, _) = self.idle_slot(&mut self.load_state()?)?;
-        image_sizes(plan).try_for_each(|size| images.check_size(slot, size))
+        match &self.store {
+            Store::Image(images) => {
+                image_sizes(plan).try_for_each(|size| images.check_size(slot, size))
+            }
+            Store::Dir(slots) => check_unpacked_room(slots, slot, plan, &self.downloads_dir()),
+        }
     }
 
     /// Refuses an install during a trial, below the security floor, or of artifacts the
@@ -746,6 +749,58 @@ fn check_slot_room(
             "installing {} into slot {slot}: expected room for {needed} bytes in {}, found {} bytes free and {freed} more that emptying slot {slot} would give back (the release takes {writes} bytes in blocks of {}, and {} are kept free so the state can still be saved); slot {slot} was not touched: free space and install again",
             plan.version,
             within.display(),
+            free.bytes,
+            free.block,
+            crate::space::RESERVE,
+        ),
+    ))
+}
+
+/// Refuses (`io`), before the download, a release that dir `slots` surely have no room for
+/// in `slot`, from the signed manifest alone: what it unpacks to at least (each zip's
+/// `installed_size`, each file's size, in whole blocks), the bytes still to download into
+/// `downloads` when that is on the same file system (the install reads them there), and
+/// [`crate::space::RESERVE`], against the free space and what emptying `slot` gives back.
+/// Checked only at the install, the whole download came first, for nothing. The install
+/// checks the exact need ([`check_slot_room`]) once the zips are read.
+fn check_unpacked_room(slots: &DirSlots, slot: Slot, plan: &Offer, downloads: &Path) -> Result<()> {
+    let dir = slots.slot_dir(slot);
+    let Some(free) = crate::space::free(&dir) else {
+        return Ok(());
+    };
+    let shared = crate::space::device(&dir) == crate::space::device(downloads);
+    let (mut unpacked, mut fetch) = (0u64, 0u64);
+    for c in &plan.components {
+        let Some(a) = artifact_to_install(plan, c) else {
+            continue;
+        };
+        let size = match a.kind {
+            ArtifactKind::Zip => a.installed_size.unwrap_or(0),
+            _ => a.size,
+        };
+        unpacked = unpacked.saturating_add(free.blocks_for(size));
+        let len = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len()).min(a.size);
+        if shared && c.artifact.is_some() && len(downloads.join(&a.sha256)) < a.size {
+            let kept = len(downloads.join(format!("{}.part", a.sha256)));
+            fetch = fetch.saturating_add(a.size - kept);
+        }
+    }
+    let needed = unpacked
+        .saturating_add(fetch)
+        .saturating_add(crate::space::RESERVE);
+    if free.bytes >= needed {
+        return Ok(());
+    }
+    let freed = crate::space::freed_by_removing(&[&dir, &slots.trash_dir(slot)]);
+    if free.bytes.saturating_add(freed) >= needed {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Io,
+        format!(
+            "downloading {} for slot {slot}: expected room for {needed} bytes in {}, found {} bytes free and {freed} more that emptying slot {slot} would give back (the release unpacks to at least {unpacked} bytes in blocks of {}, its {fetch} bytes still to download go there too, and {} are kept free so the state can still be saved); nothing was downloaded: free space and update again",
+            plan.version,
+            dir.parent().unwrap_or(&dir).display(),
             free.bytes,
             free.block,
             crate::space::RESERVE,
