@@ -336,4 +336,3 @@ fn spec_of(a: &Artifact) -> BlobSpec {
         url: a.url.clone(),
     }
 }
-

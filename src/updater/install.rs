@@ -779,8 +779,11 @@ fn check_unpacked_room(slots: &DirSlots, slot: Slot, plan: &Offer, downloads: &P
             _ => a.size,
         };
         unpacked = unpacked.saturating_add(free.blocks_for(size));
+    }
+    // Each blob once: components of one artifact share its download.
+    for (_, a) in plan.carried().filter(|_| shared) {
         let len = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len()).min(a.size);
-        if shared && c.artifact.is_some() && len(downloads.join(&a.sha256)) < a.size {
+        if len(downloads.join(&a.sha256)) < a.size {
             let kept = len(downloads.join(format!("{}.part", a.sha256)));
             fetch = fetch.saturating_add(a.size - kept);
         }
