@@ -14,6 +14,10 @@ from typing import List, Optional
 # Unix only (docs/design.md, decision 34): macOS names shared libraries differently.
 _LIB_NAMES = {"darwin": "libevergreen.dylib"}
 LIB_NAME = _LIB_NAMES.get(sys.platform, "libevergreen.so")
+# The name the library gives itself (its SONAME, scripts/build-lib), under which a
+# distribution's runtime package installs it: looked up in the system's library path last.
+# 0.<minor> before 1.0, the major version after: the binding's own version's ABI.
+SONAME = None if sys.platform == "darwin" else "libevergreen.so.0.1"
 
 
 class evg_updater(ctypes.Structure):
@@ -118,12 +122,20 @@ def candidates() -> List[Path]:
 def load() -> ctypes.CDLL:
     """Opens libevergreen and declares every prototype."""
     tried = candidates()
+    lib: Optional[ctypes.CDLL] = None
     for path in tried:
         if path.is_file():
             lib = ctypes.CDLL(str(path))
             break
-    else:
-        where = ", ".join(str(p) for p in tried)
+    where = ", ".join(str(p) for p in tried)
+    if lib is None and SONAME is not None and not os.environ.get("EVERGREEN_LIB"):
+        # An installed library, found as the dynamic loader finds it (ld.so.cache,
+        # LD_LIBRARY_PATH).
+        try:
+            lib = ctypes.CDLL(SONAME)
+        except OSError:
+            where += f", {SONAME} in the system's library path"
+    if lib is None:
         raise OSError(
             f"expected {LIB_NAME} at one of: {where}; found none "
             "(build it with `cargo build`, or set EVERGREEN_LIB)"

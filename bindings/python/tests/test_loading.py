@@ -43,3 +43,17 @@ def test_an_installed_package_loads_the_library_by_its_soname(tmp_path: Path) ->
     )
     assert out.stdout.strip() == evergreen.version()
 
+
+
+def test_the_soname_looked_for_follows_the_packages_version() -> None:
+    """Bumping the version to 0.2 (or 1.0) changes the library's SONAME
+    (scripts/build-lib); the binding must look for the new one."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    version = next(
+        line.split('"')[1]
+        for line in pyproject.read_text().splitlines()
+        if line.startswith("version = ")
+    )
+    major, minor = version.split(".")[:2]
+    abi = f"0.{minor}" if major == "0" else major
+    assert _ffi.SONAME == f"libevergreen.so.{abi}", (version, _ffi.SONAME)
