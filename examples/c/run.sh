@@ -119,7 +119,13 @@ step "test_ffi against the smallest library (file transport only, std without ba
 # panics are still caught (EVG_PANIC) without the standard library's backtrace feature.
 if small="$(EVG_SMALL_TARGET_DIR="$target/small" scripts/build-small-lib \
     --no-default-features --features fault-injection 2>"$work/small.log" | tail -n1)"; then
-  make --no-print-directory -C "$here" OUT="$work/small-bin" LIBDIR="$(dirname "$small")" \
+  # The library names itself by its SONAME (libevergreen.so.0.1), which a program linked
+  # against it then needs at run time: beside it here, as scripts/install-lib installs it.
+  mkdir -p "$work/small-lib"
+  cp "$small" "$work/small-lib/libevergreen.so"
+  soname="$(readelf -d "$small" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')"
+  [ -z "$soname" ] || ln -s libevergreen.so "$work/small-lib/$soname"
+  make --no-print-directory -C "$here" OUT="$work/small-bin" LIBDIR="$work/small-lib" \
     "$work/small-bin/test_ffi"
   # A device of its own: the first run already updated the "hooks" device.
   config hooks-small "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
