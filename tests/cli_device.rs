@@ -2352,9 +2352,7 @@ fn a_release_whose_blobs_together_have_no_room_is_refused_before_the_first_is_fe
             && line.ends_with("; nothing was written: free space and update again"),
         "{err}"
     );
-    let fetched: Vec<_> = std::fs::read_dir(state.join("downloads"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let fetched = names_in(&state.join("downloads"));
     assert!(
         fetched.is_empty(),
         "fetched before the refusal: {fetched:?}"
@@ -2413,9 +2411,7 @@ fn a_release_the_slots_cannot_hold_is_refused_before_it_is_downloaded() {
             && line.ends_with("; nothing was downloaded: free space and update again"),
         "{err}"
     );
-    let fetched: Vec<_> = std::fs::read_dir(state.join("downloads"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let fetched = names_in(&state.join("downloads"));
     assert!(
         fetched.is_empty(),
         "downloaded before the refusal: {fetched:?}"
@@ -3268,18 +3264,7 @@ fn an_up_to_date_beside_a_newer_release_says_why() {
         "{text}"
     );
 
-    common::ok(&[
-        "rollout",
-        repo.root.to_str().unwrap(),
-        "--channel",
-        "stable",
-        "--version",
-        "1.1.0",
-        "--percent",
-        "100",
-        "--sign",
-        repo.manifest_key.to_str().unwrap(),
-    ]);
+    repo.rollout("stable", "1.1.0", "100");
     dev.expect("skip", &["1.1.0"], 0);
     let text = dev.expect("update", &["--yes"], 0);
     assert!(
@@ -3458,4 +3443,11 @@ fn download_bytes_counts_each_artifact_once_and_none_already_downloaded() {
             [7u8; 3000]
         );
     }
+}
+
+/// The names of the entries of `dir`; none when it does not exist.
+fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
 }

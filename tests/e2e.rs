@@ -611,18 +611,7 @@ fn a_staged_release_that_became_the_way_to_a_critical_one_is_forced() {
         assert_eq!(record["critical"], critical, "the slot record: {record}");
     };
     check_finds(true);
-    let rollout = |percent: &str| {
-        let (dir, key) = (repo.root.to_str().unwrap(), repo.manifest_key.to_str());
-        let args = [
-            "--channel",
-            "stable",
-            "--version",
-            "1.2.0",
-            "--percent",
-            percent,
-        ];
-        common::ok(&[&["rollout", dir][..], &args, &["--sign", key.unwrap()]].concat());
-    };
+    let rollout = |percent: &str| repo.rollout("stable", "1.2.0", percent);
     rollout("0");
     check_finds(false);
     waits("1.2.0 halted");
@@ -1954,20 +1943,7 @@ fn a_poll_is_one_request_unchanged_and_two_when_the_manifest_changed() {
     assert_eq!(poll(&updater, &server, seen), (false, unchanged.clone()));
 
     // The next stage: everyone.
-    let repo_dir = repo.root.to_str().unwrap();
-    let key = repo.manifest_key.to_str().unwrap();
-    common::ok(&[
-        "rollout",
-        repo_dir,
-        "--channel",
-        "stable",
-        "--version",
-        "1.0.0",
-        "--percent",
-        "100",
-        "--sign",
-        key,
-    ]);
+    repo.rollout("stable", "1.0.0", "100");
     assert_eq!(poll(&updater, &server, seen), (true, changed.clone()));
     let plan = updater.plan(&offer(&updater, "1.0.0")).unwrap();
     let checked = new_requests(&server, seen);
@@ -1979,6 +1955,10 @@ fn a_poll_is_one_request_unchanged_and_two_when_the_manifest_changed() {
     assert_eq!(poll(&updater, &server, seen), (true, unchanged.clone()));
 
     // A re-sign changes the manifest's bytes and sequence, not its releases.
+    let (repo_dir, key) = (
+        repo.root.to_str().unwrap(),
+        repo.manifest_key.to_str().unwrap(),
+    );
     common::ok(&["resign", repo_dir, "--channel", "stable", "--sign", key]);
     assert_eq!(poll(&updater, &server, seen), (true, changed));
     assert_eq!(poll(&updater, &server, seen), (true, unchanged));

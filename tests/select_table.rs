@@ -80,6 +80,28 @@ impl ReleaseExt for Release {
     }
 }
 
+fn versions(list: &[&str]) -> Vec<Version> {
+    list.iter().map(|s| v(s)).collect()
+}
+
+/// Device `device-1` of product `p` on [`TARGET`].
+fn device_1<'a>(
+    installed: Option<&'a Version>,
+    floor: u64,
+    skipped: &'a [Version],
+    failed: &'a [Version],
+) -> Device<'a> {
+    Device {
+        product: "p",
+        target: TARGET,
+        device_id: "device-1",
+        installed,
+        security_floor: floor,
+        skipped,
+        failed,
+    }
+}
+
 fn manifest(channel: &str, releases: Vec<Release>) -> Manifest {
     Manifest {
         doc_type: "manifest".into(),
@@ -732,18 +754,8 @@ fn withheld_table() {
         ),
     ];
     for (name, releases, floor, skipped, failed, expect) in rows {
-        let skipped: Vec<Version> = skipped.iter().map(|s| v(s)).collect();
-        let failed: Vec<Version> = failed.iter().map(|s| v(s)).collect();
-        let installed = v("1.0.0");
-        let device = Device {
-            product: "p",
-            target: TARGET,
-            device_id: "device-1",
-            installed: Some(&installed),
-            security_floor: floor,
-            skipped: &skipped,
-            failed: &failed,
-        };
+        let (skipped, failed, installed) = (versions(skipped), versions(failed), v("1.0.0"));
+        let device = device_1(Some(&installed), floor, &skipped, &failed);
         let found = withheld(
             &manifest("stable", releases),
             &device,
@@ -828,18 +840,8 @@ fn held_back_table() {
         ),
     ];
     for (name, releases, floor, skipped, failed, expect) in rows {
-        let skipped: Vec<Version> = skipped.iter().map(|s| v(s)).collect();
-        let failed: Vec<Version> = failed.iter().map(|s| v(s)).collect();
-        let installed = v("1.0.0");
-        let device = Device {
-            product: "p",
-            target: TARGET,
-            device_id: "device-1",
-            installed: Some(&installed),
-            security_floor: floor,
-            skipped: &skipped,
-            failed: &failed,
-        };
+        let (skipped, failed, installed) = (versions(skipped), versions(failed), v("1.0.0"));
+        let device = device_1(Some(&installed), floor, &skipped, &failed);
         let m = manifest("stable", releases);
         let found = held_back(&m, &device, ts(NOW));
         assert_eq!(found.as_ref().map(|h| h.reason.as_str()), expect, "{name}");
@@ -861,17 +863,8 @@ fn an_up_to_date_beside_a_newer_release_has_its_reason() {
             continue;
         }
         let installed = r.installed.map(v);
-        let skipped: Vec<Version> = r.skipped.iter().map(|s| v(s)).collect();
-        let failed: Vec<Version> = r.failed.iter().map(|s| v(s)).collect();
-        let device = Device {
-            product: "p",
-            target: TARGET,
-            device_id: "device-1",
-            installed: installed.as_ref(),
-            security_floor: r.floor,
-            skipped: &skipped,
-            failed: &failed,
-        };
+        let (skipped, failed) = (versions(r.skipped), versions(r.failed));
+        let device = device_1(installed.as_ref(), r.floor, &skipped, &failed);
         let newer_listed = r.releases.iter().any(|rel| {
             rel.targets.contains_key(TARGET)
                 && installed

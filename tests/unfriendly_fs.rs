@@ -335,18 +335,7 @@ fn a_halt_seen_on_a_full_disk_still_withholds_the_staged_release() {
     dev.expect("update", &["--yes"], 0);
     assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
     // The operator pulls 1.1.0; then the app's logs fill the disk.
-    common::ok(&[
-        "rollout",
-        repo.root.to_str().unwrap(),
-        "--channel",
-        "stable",
-        "--version",
-        "1.1.0",
-        "--percent",
-        "0",
-        "--sign",
-        repo.manifest_key.to_str().unwrap(),
-    ]);
+    repo.rollout("stable", "1.1.0", "0");
     mounts::fill(&scratch);
     let check = dev.run("check", &[]);
     let out = json(&dev.expect("activate", &["--json"], 0));

@@ -207,6 +207,23 @@ impl Repo {
         p
     }
 
+    /// `evergreen rollout`: `version` of `channel` goes to `percent` of devices from now on
+    /// (0 halts it), signed with the manifest key.
+    pub fn rollout(&self, channel: &str, version: &str, percent: &str) {
+        ok(&[
+            "rollout",
+            self.root.to_str().unwrap(),
+            "--channel",
+            channel,
+            "--version",
+            version,
+            "--percent",
+            percent,
+            "--sign",
+            self.manifest_key.to_str().unwrap(),
+        ]);
+    }
+
     /// Publishes `version` to `channel` for `target` with `components` (name → path,
     /// kind from the extension), plus extra CLI flags.
     pub fn release(
