@@ -39,6 +39,15 @@ pub enum Event {
         /// The targets the channel's releases are for (none when it has no release).
         targets: Vec<String>,
     },
+    /// A check found the device up to date while the channel lists a newer release for its
+    /// target, which is not offered to it: the newest such, and why
+    /// ([`crate::select::held_back`]). Sent before the check returns up to date.
+    HeldBack {
+        /// The newest release held back.
+        version: String,
+        /// Why, e.g. `it was skipped`.
+        reason: String,
+    },
     /// Download progress of one component's artifact.
     Downloading {
         /// Component name.
@@ -172,6 +181,10 @@ impl fmt::Display for Event {
                     false => write!(f, "its releases are for {})", targets.join(", ")),
                 }
             }
+            Event::HeldBack { version, reason } => write!(
+                f,
+                "{version} is on the channel and not offered to this device: {reason}"
+            ),
             Event::Downloading {
                 component,
                 done,

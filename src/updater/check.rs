@@ -179,6 +179,12 @@ impl Updater {
                 let held_back = (policy.pin.is_none())
                     .then(|| select::held_back(manifest, &device, now))
                     .flatten();
+                if let Some(h) = &held_back {
+                    self.emit(Event::HeldBack {
+                        version: h.version.to_string(),
+                        reason: h.reason.clone(),
+                    });
+                }
                 return Ok(Check::UpToDate {
                     target_released,
                     held_back,

@@ -257,6 +257,12 @@ def test_full_update_trial_confirm_then_rollback(world) -> None:
         assert status["primary"] == activation.slot
         assert status["slots"][second.slot]["status"] == "bad"
         assert (current / "app" / "VERSION").read_text() == "1.0.0"
+        # Rolled back here, 1.1.0 is never offered again, and the check says so.
+        assert updater.check() is None
+        held = [e for e in events if e["event"] == "held_back"]
+        assert held == [
+            {"event": "held_back", "version": "1.1.0", "reason": "it failed on this device"}
+        ], held
 
     names = [e["event"] for e in events]
     for expected in ("checked", "available", "staged", "activated", "trial_boot", "confirmed"):

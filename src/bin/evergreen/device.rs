@@ -228,7 +228,9 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         evergreen::Event::NoReleaseForTarget { .. } if !json => err!("note: {e}"),
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.
-        evergreen::Event::Downloading { .. }
+        // Said on stdout after the "up to date" line, with what to do about a skip.
+        evergreen::Event::HeldBack { .. }
+        | evergreen::Event::Downloading { .. }
         | evergreen::Event::Installing { .. }
         | evergreen::Event::Checked { .. }
         | evergreen::Event::Failed { .. } => {}
