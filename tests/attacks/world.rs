@@ -464,7 +464,22 @@ pub struct Snapshot {
 /// drives the polling back-off, and when the last failure was.
 fn comparable(mut state: Value) -> Value {
     without_check_schedule(&mut state);
+    without_failures(&mut state);
     state
+}
+
+/// `state` (a `state.json` or a `status --json`) without the history entries a refused
+/// download or install leaves (`download_failed`, `install_failed`): the record of the
+/// refusal, which `status` shows, not a change to what the device runs or trusts.
+pub fn without_failures(state: &mut Value) {
+    if let Some(history) = state.get_mut("history").and_then(Value::as_array_mut) {
+        history.retain(|h| {
+            !matches!(
+                h["event"].as_str(),
+                Some("download_failed" | "install_failed")
+            )
+        });
+    }
 }
 
 impl Snapshot {
