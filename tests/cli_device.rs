@@ -3451,3 +3451,29 @@ fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default()
 }
+
+/// A server that cannot be reached is said in the system's words, as `curl` and the rest
+/// say it: `found Connection refused (os error 111)`, not the HTTP library's name for the
+/// kind of its error in front of them (`found io: Connection refused`), which means
+/// nothing to whoever reads the line. `--json` prints nothing on stdout then.
+#[test]
+fn a_refused_connection_is_said_without_the_http_librarys_words() {
+    let repo = Repo::new("com.acme.refused");
+    publish(&repo, "1.0.0", "stable");
+    // Nothing listens on the port once the listener is dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let dev = repo.device("dev", &server, serde_json::json!({}));
+    let out = dev.run("check", &["--json"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{err}");
+    let expected = format!(
+        "error[network]: GET {server}/channels/stable.json: expected an HTTP response, found Connection refused (os error 111)\n"
+    );
+    assert_eq!(err, expected);
+}
