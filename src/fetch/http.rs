@@ -459,7 +459,11 @@ impl HttpTransport {
                 "GET {url}: expected an HTTP response from the redirect to {location}, found {found}"
             ),
         };
-        Error::new(kind, message).with_source(err)
+        // The system's error itself: ureq's `io: ` in front of it names ureq's variant.
+        match err {
+            ureq::Error::Io(e) => Error::new(kind, message).with_source(e),
+            other => Error::new(kind, message).with_source(other),
+        }
     }
 }
 
@@ -501,8 +505,18 @@ fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
         ureq::Error::Timeout(other) => format!("a timeout ({other})"),
         #[cfg(feature = "tls")]
         other if refused_handshake(other) && super::tls::ours_in_use() => format!(
-            "{other} (the server refused the handshake: it accepts none of the TLS versions, cipher suites and key exchanges offered, TLS 1.3 and 1.2 with AES-GCM over X25519, P-256 or P-384, or it wants a client certificate, which Evergreen never sends; docs/design.md §13 13)"
+            "{} (the server refused the handshake: it accepts none of the TLS versions, cipher suites and key exchanges offered, TLS 1.3 and 1.2 with AES-GCM over X25519, P-256 or P-384, or it wants a client certificate, which Evergreen never sends; docs/design.md §13 13)",
+            system_words(other)
         ),
+        other => system_words(other),
+    }
+}
+
+/// `err` as its cause says it: an I/O error (a refused connection, a TLS failure under
+/// it) without ureq's `io: ` in front, which names ureq's variant, not what went wrong.
+fn system_words(err: &ureq::Error) -> String {
+    match err {
+        ureq::Error::Io(e) => e.to_string(),
         other => other.to_string(),
     }
 }
