@@ -3477,3 +3477,32 @@ fn a_refused_connection_is_said_without_the_http_librarys_words() {
     );
     assert_eq!(err, expected);
 }
+
+/// A device whose boot selector the host program supplies (`"kind": "custom"`) cannot be
+/// driven by the `evergreen` command, which has no such program to ask: it says so, naming
+/// the config file and its field, rather than telling the user of a command to call
+/// `UpdaterBuilder::selector`.
+#[test]
+fn a_custom_selector_is_refused_by_the_command_in_its_own_words() {
+    let repo = Repo::new("com.acme.custom");
+    let dev = repo.device(
+        "dev",
+        "/srv/none",
+        serde_json::json!({"slots": {"kind": "image", "a": "/dev/evg-a", "b": "/dev/evg-b",
+            "selector": {"kind": "custom"}}}),
+    );
+    for cmd in ["status", "boot", "check"] {
+        let out = dev.run(cmd, &["--json"]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(out.stdout.is_empty(), "{cmd}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "error[config]: {}: config field `slots.selector`: expected a grub or uboot selector, which the evergreen command drives, found a custom one, which only the program that supplies it can drive\n",
+                dev.config.display()
+            ),
+            "{cmd}"
+        );
+    }
+}
