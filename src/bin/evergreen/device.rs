@@ -217,6 +217,18 @@ pub fn run(cmd: Command, before: Option<PathBuf>, json: bool) -> Result<i32> {
 /// Builds the updater from the config file, with `EVERGREEN_NOW` as the clock if set.
 pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     let cfg = Config::from_file(config)?;
+    // The library's own error tells a program how to supply the selector; this command
+    // supplies none.
+    if let SlotsConfig::Image {
+        selector: SelectorConfig::Custom {},
+        ..
+    } = &cfg.slots
+    {
+        return Err(Error::config(format!(
+            "{}: config field `slots.selector`: expected a grub or uboot selector, which the evergreen command drives, found a custom one, which only the program that supplies it can drive",
+            config.display()
+        )));
+    }
     let mut builder = Updater::builder(cfg);
     if std::env::var_os("EVERGREEN_NOW").is_some() {
         let now = crate::now()?;
