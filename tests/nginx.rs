@@ -314,3 +314,27 @@ fn https_refuses_a_server_that_offers_only_chacha20() {
         assert_eq!(https.nginx.statuses(), Vec::<u16>::new(), "{chacha_only}");
     }
 }
+
+/// An `https://` URL of a plain HTTP server (the port of an `http://` one, the scheme
+/// mistyped) is named as such: nginx answers the TLS handshake with a plain `400`, which
+/// the TLS library calls "received corrupt message of type InvalidContentType", words
+/// that do not tell a user what to change.
+#[cfg(feature = "tls")]
+#[test]
+fn an_https_url_of_a_plain_http_server_is_named_as_such() {
+    let root = public_dir();
+    write_public(root.path(), "channels/stable.json", b"{}");
+    let Some(nginx) = Nginx::serve(root.path()) else {
+        return;
+    };
+    let url = nginx.url().replacen("http://", "https://", 1);
+    let fetcher = Fetcher::new(vec![url.clone()], options()).unwrap();
+    let err = fetcher
+        .metadata("channels/stable.json", None, 1 << 20)
+        .unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::Network, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("GET {url}/channels/stable.json: expected an HTTP response, found an answer that is no TLS (received corrupt message of type InvalidContentType): is the server http://, not https://?")
+    );
+}
