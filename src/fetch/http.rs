@@ -508,6 +508,16 @@ fn describe(err: &ureq::Error, options: &FetchOptions) -> String {
             "{} (the server refused the handshake: it accepts none of the TLS versions, cipher suites and key exchanges offered, TLS 1.3 and 1.2 with AES-GCM over X25519, P-256 or P-384, or it wants a client certificate, which Evergreen never sends; docs/design.md §13 13)",
             system_words(other)
         ),
+        #[cfg(feature = "tls")]
+        other if tls_error(other).is_some_and(|e| {
+            *e == rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+        }) =>
+        {
+            format!(
+                "an answer that is no TLS ({}): is the server http://, not https://?",
+                system_words(other)
+            )
+        }
         other => system_words(other),
     }
 }
@@ -521,6 +531,16 @@ fn system_words(err: &ureq::Error) -> String {
     }
 }
 
+/// The TLS library's error that `err` is or carries, if any.
+#[cfg(feature = "tls")]
+fn tls_error(err: &ureq::Error) -> Option<&rustls::Error> {
+    match err {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
+}
+
 /// Whether the server ended the TLS handshake with an alert that says it would not go on
 /// with what was offered: no protocol version or cipher suite in common with ours
 /// (src/fetch/tls.rs offers AES-GCM only), or, as some servers say it, no client
@@ -528,13 +548,8 @@ fn system_words(err: &ureq::Error) -> String {
 #[cfg(feature = "tls")]
 fn refused_handshake(err: &ureq::Error) -> bool {
     use rustls::AlertDescription as Alert;
-    let tls = match err {
-        ureq::Error::Rustls(e) => Some(e),
-        ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
-        _ => None,
-    };
     matches!(
-        tls,
+        tls_error(err),
         Some(rustls::Error::AlertReceived(
             Alert::HandshakeFailure | Alert::ProtocolVersion | Alert::InsufficientSecurity
         ))
