@@ -3506,3 +3506,30 @@ fn a_custom_selector_is_refused_by_the_command_in_its_own_words() {
         );
     }
 }
+
+/// `provision` of a GRUB environment whose directory is missing (`/boot` not mounted, a
+/// typo in `slots.selector.env`) names the file the config names, not the temp file it
+/// would have been written through (`grubenv.tmp-<pid>`), a name the user never gave.
+#[test]
+fn provisioning_into_a_missing_directory_names_the_configured_file() {
+    let repo = Repo::new("com.acme.provision");
+    let boot = repo.scratch("boot");
+    let env = boot.join("grub/grubenv");
+    let dev = repo.device(
+        "dev",
+        "/srv/none",
+        serde_json::json!({"slots": {"kind": "image", "a": boot.join("a.img"),
+            "b": boot.join("b.img"), "selector": {"kind": "grub", "env": env}}}),
+    );
+    let out = dev.run("provision", &["--json"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error[io]: write {}: expected its directory to exist, found none\n",
+            env.display()
+        )
+    );
+}
