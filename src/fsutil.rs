@@ -114,6 +114,17 @@ pub(crate) fn write_atomic_if_room(path: &Path, bytes: &[u8]) -> Result<bool> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = create_temp(&tmp)
+        .map_err(|e| match e.io_source().map(std::io::Error::kind) {
+            // Said of the file asked for: the temp file's name is no name the caller gave.
+            Some(std::io::ErrorKind::NotFound) => Error::new(
+                crate::error::ErrorKind::Io,
+                format!(
+                    "write {}: expected its directory to exist, found none",
+                    path.display()
+                ),
+            ),
+            _ => e,
+        })
         .and_then(|mut f| {
             f.write_all(bytes)
                 .map_err(|e| Error::io("write", &tmp, e))?;
