@@ -147,7 +147,8 @@ fn parse_hex(s: &str) -> Option<u64> {
 impl FwEnvConfig {
     /// Reads and parses a `fw_env.config` file.
     pub fn load(path: &Path) -> Result<FwEnvConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io("reading the U-Boot env config", path, e))?;
         FwEnvConfig::parse(&text, path)
     }
 
@@ -1290,5 +1291,22 @@ mod tests {
         assert_eq!(order_first(Some("A B"), Slot::B), "B A");
         assert_eq!(order_first(None, Slot::A), "A B");
         assert_eq!(order_first(Some("B"), Slot::A), "A B");
+    }
+
+    /// A missing `fw_env.config` (a board image without it) is named as what it is, not
+    /// as some file read.
+    #[test]
+    fn a_missing_env_config_is_named_as_the_u_boot_env_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fw_env.config");
+        let err = FwEnvConfig::load(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(
+            err.to_string().starts_with(&format!(
+                "reading the U-Boot env config {}: ",
+                path.display()
+            )),
+            "{err}"
+        );
     }
 }
