@@ -3533,3 +3533,63 @@ fn provisioning_into_a_missing_directory_names_the_configured_file() {
         )
     );
 }
+
+/// The `trust` of a device's config naming the manifest key of `repo` (`trust.keys`).
+fn manifest_key_trust(repo: &Repo) -> serde_json::Value {
+    let path = format!("{}.pub", repo.manifest_key.display());
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::json!({"keys": [text.trim()], "threshold": 1})
+}
+
+/// A config edited in the field to another `product` (and its server and `trust.keys`)
+/// keeps the state of the product before: its installed release, sequences and security
+/// floor are that product's. The check is refused (`config`), naming both products and
+/// the state, as a saved root of another product is, rather than offering the new
+/// product's release over the old one's install; the state keeps what it recorded.
+#[test]
+fn a_config_moved_to_another_product_under_trust_keys_is_refused() {
+    let gateway = Repo::new("com.acme.gateway");
+    publish(&gateway, "1.0.0", "stable");
+    let dev = gateway.device(
+        "dev",
+        gateway.root.to_str().unwrap(),
+        serde_json::json!({"trust": manifest_key_trust(&gateway)}),
+    );
+    dev.expect("update", &["--yes"], 0);
+    let before = dev.state_file();
+
+    let sensor = Repo::new("com.acme.sensor");
+    publish(&sensor, "0.9.0", "stable");
+    publish(&sensor, "2.0.0", "stable");
+    dev.edit_config(|c| {
+        c["product"] = "com.acme.sensor".into();
+        c["server"] = sensor.root.to_str().unwrap().into();
+        c["trust"] = manifest_key_trust(&sensor);
+    });
+    let out = dev.run("check", &[]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error[config]: ")
+            && err.contains("com.acme.sensor")
+            && err.contains("com.acme.gateway")
+            && err.contains(&dev.state.display().to_string()),
+        "{err}"
+    );
+    // The failure is recorded, as a failed check's is; what the old product's checks
+    // and install left is not touched.
+    let after = dev.state_file();
+    for key in [
+        "manifests",
+        "manifest_keys",
+        "newest_issued",
+        "a",
+        "b",
+        "primary",
+    ] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    let err = dev.fails("update", &["--yes"]);
+    assert!(err.starts_with("error[config]: "), "{err}");
+    assert_eq!(dev.status()["slots"]["b"]["version"], "1.0.0");
+}
