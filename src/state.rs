@@ -252,6 +252,11 @@ pub struct State {
     /// The primary slot's probation, if it is on trial.
     #[serde(default)]
     pub trial: Option<Trial>,
+    /// The product whose metadata this state was checked against (the config's `product`
+    /// at its checks): its slots, sequences and security floor are that product's, and a
+    /// check for another product is refused (`config`). `None` before the first check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
     /// The channel this device follows.
     pub channel: String,
     /// How many times the device was switched to another channel ([`State::switch_channel`]):
@@ -347,6 +352,7 @@ impl State {
             a,
             b: SlotRecord::default(),
             trial: None,
+            product: None,
             channel: channel.to_string(),
             channel_switches: 0,
             root_version: None,
@@ -473,6 +479,7 @@ impl State {
             (self.newest_issued, self.last_check, self.root_version) = (None, None, None);
         }
         self.manifests.clone_from(&checked.manifests);
+        self.product.clone_from(&checked.product);
         self.manifest_keys.clone_from(&checked.manifest_keys);
         self.root_keys.clone_from(&checked.root_keys);
         self.newest_issued = self.newest_issued.max(checked.newest_issued);

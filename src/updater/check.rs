@@ -459,6 +459,7 @@ impl Updater {
         channel: &str,
         clock: Timestamp,
     ) -> Result<Verified<Manifest>> {
+        self.of_this_state(st)?;
         let cache = self.manifest_cache(channel);
         let seen_etag = st
             .manifests
@@ -826,6 +827,24 @@ impl Updater {
     fn load_saved_root(&self, path: &Path) -> Result<TrustedRoot> {
         let bytes = crate::fsutil::read_regular(path)?;
         TrustedRoot::pinned(&bytes, self.config.limits.max_metadata_bytes)
+    }
+
+    /// Claims `st` for the config's product, unless it was checked for another one
+    /// (`config`): a config edited to another product (under `trust.keys`, where no saved
+    /// root names the product) must not judge the new product's metadata by the old one's
+    /// sequences, nor offer its releases over the old one's install.
+    fn of_this_state(&self, st: &mut State) -> Result<()> {
+        let product = &self.config.product;
+        match &st.product {
+            Some(found) if found != product => Err(Error::config(format!(
+                "the state in {}: expected the state of product {product:?} (the config's), found that of {found:?}: a device moved to another product starts from a state directory of its own (a new `state_dir`)",
+                self.state_dir().display()
+            ))),
+            _ => {
+                st.product = Some(product.clone());
+                Ok(())
+            }
+        }
     }
 
     /// `root`, unless it is for another product (`config`): a verified root of another
