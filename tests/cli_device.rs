@@ -3593,3 +3593,34 @@ fn a_config_moved_to_another_product_under_trust_keys_is_refused() {
     assert!(err.starts_with("error[config]: "), "{err}");
     assert_eq!(dev.status()["slots"]["b"]["version"], "1.0.0");
 }
+
+/// A deploy policy edited in the field from a maintenance window to `immediate` while a
+/// release waits for the window: the timer's next `update --if-due` activates it, though
+/// the next check is not due yet, as it activates one whose window opened. It used to
+/// leave it staged until the next due check (the poll interval, a day after failures).
+#[test]
+fn a_release_deferred_by_a_window_activates_at_the_next_tick_once_the_policy_is_immediate() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.policy");
+    // A window twelve hours away, every day: closed now.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hour = (secs / 3600 + 12) % 24;
+    dev.edit_config(|c| {
+        c["deploy"] = serde_json::json!({"policy": "window", "window": {
+            "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "start": format!("{hour:02}:00"), "end": format!("{:02}:00", (hour + 1) % 24)}});
+    });
+    publish(&repo, "1.1.0", "stable");
+    let out = json(&dev.expect("update", &["--yes", "--json"], 0));
+    assert_eq!(out["status"], "deferred", "{out}");
+
+    dev.edit_config(|c| c["deploy"] = serde_json::json!({"policy": "immediate"}));
+    let out = json(&dev.expect("update", &["--yes", "--if-due", "--json"], 0));
+    assert_eq!(out["status"], "activated", "{out}");
+    let status = dev.status();
+    assert_eq!(status["primary"], "a");
+    assert_eq!(status["slots"]["a"]["version"], "1.1.0");
+    assert_eq!(status["slots"]["a"]["status"], "trial");
+}
