@@ -71,8 +71,8 @@ pub struct UpdateArgs {
     /// clock polls in lockstep. Judged once no other check runs: one that waited for
     /// another process's check finds the schedule that check left. Before the check is
     /// due, a release staged for a maintenance window or an `at` time is activated once
-    /// its time has come (as `evergreen activate` would; one the last check withheld
-    /// stays staged).
+    /// its time has come, and one staged under the `immediate` policy at once (as
+    /// `evergreen activate` would; one the last check withheld stays staged).
     #[arg(long)]
     pub if_due: bool,
 }
@@ -650,14 +650,12 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
 /// (offline, on what the newest check said: one it withheld stays staged). The timer that
 /// runs `update --if-due` is the only thing many devices run: it activated a staged release
 /// only after a due check, which a daily poll that falls before the window never made in
-/// it. `download_only` waits for the host, and an `immediate` device activates at the
-/// check; so does nothing else. `None` when nothing was activated.
+/// it. So does one staged under `immediate`, the policy edited since from a window or an
+/// `at` time (or the activation after the install cut off): it used to wait for the next
+/// due check. `download_only` waits for the host. `None` when nothing was activated.
 fn activate_in_time(up: &Updater) -> Result<Option<(evergreen::slots::Slot, Version)>> {
     use evergreen::select::DeployPolicy;
-    if !matches!(
-        up.config().deploy,
-        DeployPolicy::Window(_) | DeployPolicy::At(_)
-    ) {
+    if matches!(up.config().deploy, DeployPolicy::DownloadOnly) {
         return Ok(None);
     }
     let s = up.status()?;
