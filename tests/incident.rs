@@ -399,14 +399,19 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     subtle.starts_healthy(TAKE, "1.4.0");
     assert_eq!(subtle.primary(), ("1.4.0".into(), "good".into()));
     assert_eq!(subtle.status()["security_floor"], 1);
+    // Staged, each held by its own deploy policy, as `status` says.
     assert_eq!(
         manual.other(),
-        json!({"status": "installed", "version": "1.4.0"})
+        json!({"status": "installed", "version": "1.4.0", "deferred": {"until": null,
+            "reason": "the deploy policy is download_only: it waits for an activate"}})
     );
+    let staged = windowed.other();
     assert_eq!(
-        windowed.other(),
-        json!({"status": "installed", "version": "1.4.0"})
+        (&staged["status"], &staged["version"]),
+        (&json!("installed"), &json!("1.4.0")),
+        "{staged}"
     );
+    assert!(staged["deferred"]["until"].is_string(), "{staged}");
 
     // The halt.
     let out = op.ok(
@@ -548,7 +553,8 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
     );
     assert_eq!(
         manual.other(),
-        json!({"status": "installed", "version": "1.4.1"})
+        json!({"status": "installed", "version": "1.4.1", "deferred": {"until": null,
+            "reason": "the deploy policy is download_only: it waits for an activate"}})
     );
     assert_eq!(
         manual.json(FIX_TAKEN, "activate", &[], 0)["status"],
@@ -561,10 +567,13 @@ fn a_broken_release_is_halted_fixed_and_pruned_and_every_device_ends_on_the_fix(
         (&json!("deferred"), &json!("1.4.1"))
     );
     assert_eq!(up["until"], "2027-03-04T02:00:00Z");
+    let staged = windowed.other();
     assert_eq!(
-        windowed.other(),
-        json!({"status": "installed", "version": "1.4.1"})
+        (&staged["status"], &staged["version"]),
+        (&json!("installed"), &json!("1.4.1")),
+        "{staged}"
     );
+    assert_eq!(staged["deferred"]["until"], up["until"], "{staged}");
     let act = windowed.json(WINDOW2, "activate", &[], 0);
     assert_eq!(
         (&act["status"], &act["version"]),
