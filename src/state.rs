@@ -186,6 +186,11 @@ pub struct SlotRecord {
     /// Set and cleared by checks ([`crate::select::withheld`]); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withheld: Option<String>,
+    /// The device's `target` when the release was installed: one staged before the config's
+    /// target changed (a new board revision) is not activated for the new one until a check
+    /// offers the same artifacts for it. `None` in a state saved before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// Staged from an offer asked for whatever the rollout says (a pin's, a repair's):
     /// never withheld, since no check of the channel's rollout chose it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -3624,3 +3624,50 @@ fn a_release_deferred_by_a_window_activates_at_the_next_tick_once_the_policy_is_
     assert_eq!(status["slots"]["a"]["version"], "1.1.0");
     assert_eq!(status["slots"]["a"]["status"], "trial");
 }
+
+/// A release staged before the config's `target` changed (a board revision) is not
+/// activated for the new target: `activate` defers it, `activate --now` refuses it
+/// (`incompatible_target`) and `status` says why; once a check offers the same artifacts
+/// for the new target, it is that target's release too and goes ahead.
+#[test]
+fn a_release_staged_for_the_old_target_waits_for_a_check_of_the_new_one() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.retarget");
+    download_only(&dev);
+    let file = repo.scratch("src").join("settings-1.1.0.json");
+    std::fs::write(&file, b"{\"v\": 2}").unwrap();
+    let app = [("config", file.as_path())];
+    repo.release("stable", "1.1.0", "x86_64-linux", &app, &[]);
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(dev.status()["slots"]["a"]["status"], "installed");
+    dev.edit_config(|c| c["target"] = serde_json::json!("arm-linux"));
+
+    let out = json(&dev.expect("activate", &["--json"], 0));
+    assert_eq!(out["status"], "deferred", "{out}");
+    let err = dev.fails("activate", &["--now"]);
+    assert!(
+        err.starts_with("error[incompatible_target]: expected a release staged for target arm-linux, found 1.1.0 in slot a was staged for target x86_64-linux"),
+        "{err}"
+    );
+    let s = dev.status();
+    assert_eq!(s["primary"], "b", "{s}");
+    assert_eq!(s["slots"]["a"]["status"], "installed", "{s}");
+    assert!(
+        s["slots"]["a"]["deferred"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("staged for target x86_64-linux"),
+        "{s}"
+    );
+
+    // The same artifacts published for arm-linux: the check adopts the staged release.
+    repo.release("stable", "1.1.0", "arm-linux", &app, &[]);
+    dev.expect("update", &["--yes"], 0);
+    let out = json(&dev.expect("activate", &["--json"], 0));
+    assert_eq!(out["status"], "activated", "{out}");
+    let s = dev.status();
+    assert_eq!(
+        (&s["primary"], &s["slots"]["a"]["status"]),
+        (&serde_json::json!("a"), &serde_json::json!("trial")),
+        "{s}"
+    );
+}

@@ -32,6 +32,26 @@ impl Updater {
                     "expected the release staged in slot {slot} to activate, found {why} (removed by hand?); the slot is marked empty: `evergreen update` installs it again"
                 )));
             }
+            if let Some(staged_for) = record.target.as_ref().filter(|t| **t != self.config.target) {
+                // Not even forced: its artifacts may not run here. A check that offers the
+                // same artifacts for this target lets it go (`follow_staged`).
+                let target = &self.config.target;
+                let reason = format!(
+                    "{version} in slot {slot} was staged for target {staged_for}, and this device's target is {target} now; a check that offers it for {target} lets it go, `evergreen update` installs the release for {target}"
+                );
+                if force {
+                    return Err(Error::new(ErrorKind::IncompatibleTarget, format!("expected a release staged for target {target}, found {reason}")));
+                }
+                self.emit(Event::Deferred {
+                    version: version.to_string(),
+                    until: None,
+                    reason: reason.clone(),
+                });
+                return Ok(Activation::Deferred {
+                    until: None,
+                    reason,
+                });
+            }
             // The install checked the floor as it was then; a confirmation since (of a
             // stranded first trial) may have raised it past the staged release.
             check_floor(&st, slot, "a slot to activate")?;

@@ -219,18 +219,36 @@ impl Updater {
     /// since can leave it unforced. `activate` decides from the record, so with a stale
     /// flag an `at` policy would hold back an update the offer calls forced.
     /// `clock` is the check's reading of the host's clock, for the journal.
+    /// A release staged for another target (the config's changed since) that the check
+    /// offers with the same artifacts for this one is this target's release too: its record
+    /// takes this target, and `activate` lets it go.
     fn follow_staged(&self, checked: &State, offer: &Offer, clock: Timestamp) -> Result<()> {
+        let target = &self.config.target;
         // Most checks change nothing: they take no lock for it.
-        if staged_under_other_critical(checked, offer).is_none() {
+        if staged_to_follow(checked, offer, target).is_none() {
             return Ok(());
         }
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
         // Again under the lock: an activation may have taken the slot since the check
         // began.
-        let Some(slot) = staged_under_other_critical(&st, offer) else {
+        let Some(slot) = staged_to_follow(&st, offer, target) else {
             return Ok(());
         };
+        if st.slot(slot).target.as_ref().is_some_and(|t| t != target) {
+            st.slot_mut(slot).target = Some(target.clone());
+            st.record(
+                clock,
+                "staged_target",
+                format!(
+                    "{} in slot {slot} is target {target}'s release too",
+                    offer.version
+                ),
+            );
+        }
+        if st.slot(slot).critical == offer.critical {
+            return self.save(&st);
+        }
         st.slot_mut(slot).critical = offer.critical;
         let now_forced = match offer.critical {
             true => "forced now: the newest check found it critical, or on the way to a critical release",
@@ -926,9 +944,12 @@ fn keys_hint(e: Error, anchor: &Anchor, envelope: &[u8]) -> Error {
 }
 
 /// The inactive slot when it holds `offer`'s release staged with another `critical` than
-/// the offer's.
-fn staged_under_other_critical(st: &State, offer: &Offer) -> Option<Slot> {
-    staged(st, offer).filter(|slot| st.slot(*slot).critical != offer.critical)
+/// the offer's, or for another target than `target`.
+fn staged_to_follow(st: &State, offer: &Offer, target: &str) -> Option<Slot> {
+    staged(st, offer).filter(|slot| {
+        let record = st.slot(*slot);
+        record.critical != offer.critical || record.target.as_ref().is_some_and(|t| t != target)
+    })
 }
 
 /// The system's machine id ([`crate::config::MACHINE_ID_PATH`]), unless it is missing,

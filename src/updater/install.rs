@@ -230,6 +230,7 @@ impl Updater {
             critical: plan.critical,
             components: BTreeMap::new(),
             withheld: None,
+            target: Some(self.config.target.clone()),
             asked_for: plan.asked_for,
         };
         if marked && before == installing {

@@ -1026,6 +1026,15 @@ impl Updater {
         if record.status != SlotStatus::Installed || record.withheld.is_some() {
             return None;
         }
+        if let Some(t) = record.target.as_ref().filter(|t| **t != self.config.target) {
+            return Some(Deferral {
+                until: None,
+                reason: format!(
+                    "it was staged for target {t}, and this device's target is {} now",
+                    self.config.target
+                ),
+            });
+        }
         match self.deploy(st, record.critical, (self.clock)()) {
             Deploy::Now => None,
             Deploy::Wait { until, reason } => Some(Deferral {
