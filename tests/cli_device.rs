@@ -3671,3 +3671,41 @@ fn a_release_staged_for_the_old_target_waits_for_a_check_of_the_new_one() {
         "{s}"
     );
 }
+
+/// `current_version` added to the config after a check had made the state (with nothing
+/// installed since) is taken as a fresh state takes it: the first update's fallback is
+/// that install, and a rollback goes back to it. It was left out: `rollback` said slot a
+/// was empty.
+#[test]
+fn a_current_version_named_after_the_first_check_is_the_first_updates_fallback() {
+    let repo = Repo::new("com.acme.late");
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    publish(&repo, "1.0.0", "stable");
+    dev.expect("check", &[], 10);
+    assert!(dev.state.join("state.json").is_file());
+    // The app that runs already, moved into slot a as docs/operators.md says.
+    std::fs::create_dir_all(dev.root.join("slots/a/app")).unwrap();
+    std::fs::write(dev.root.join("slots/a/app/VERSION"), "0.9.0").unwrap();
+    std::os::unix::fs::symlink("slots/a", dev.root.join("current")).unwrap();
+    dev.edit_config(|c| c["current_version"] = serde_json::json!("0.9.0"));
+
+    let s = dev.status();
+    assert_eq!(
+        s["slots"]["a"],
+        serde_json::json!({"status": "good", "version": "0.9.0"}),
+        "{s}"
+    );
+    dev.expect("update", &["--yes"], 0);
+    dev.expect("boot", &[], 0);
+    dev.expect("rollback", &[], 0);
+    let s = dev.status();
+    assert_eq!(
+        (&s["primary"], &s["slots"]["a"]["status"]),
+        (&serde_json::json!("a"), &serde_json::json!("good")),
+        "{s}"
+    );
+    assert_eq!(
+        std::fs::read_link(dev.root.join("current")).unwrap(),
+        Path::new("slots/a")
+    );
+}

@@ -903,7 +903,17 @@ impl Updater {
     }
 
     fn load_state(&self) -> Result<State> {
-        if let Some(st) = State::load(self.state_dir())? {
+        if let Some(mut st) = State::load(self.state_dir())? {
+            // Saved before the config named `current_version` (a check ran first), with
+            // nothing installed since: the app installed by other means is taken as a
+            // fresh state takes it, or an update could never roll back to it.
+            let untouched = [Slot::A, Slot::B].map(|s| st.slot(s).status == SlotStatus::Empty);
+            if let Some(v) =
+                (self.config.current_version.as_ref()).filter(|_| untouched == [true; 2])
+            {
+                let record = st.slot_mut(st.primary);
+                (record.status, record.version) = (SlotStatus::Good, Some(v.clone()));
+            }
             return Ok(st);
         }
         // A state gone while the slots stayed (its directory on a data partition that was
