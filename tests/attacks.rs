@@ -2265,7 +2265,7 @@ fn attack_zip_slip_through_the_cli() {
     for s in [&mut before, &mut after] {
         s.as_object_mut().unwrap().remove("last_check");
         s["slots"].as_object_mut().unwrap().remove(inactive);
-        world::without_failures(s);
+        common::without_failures(s);
     }
     assert_eq!(after, before);
     snapshot.assert_booted_intact(&dev);

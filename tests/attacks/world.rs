@@ -3,7 +3,7 @@
 //! sets. Every attack starts from a device that installed and confirmed 1.0.0 honestly,
 //! takes a [`Snapshot`], attacks, asserts the exact error kind and that the snapshot holds.
 
-use crate::common::{tree_digest, without_check_schedule};
+use crate::common::{tree_digest, without_check_schedule, without_failures};
 use crate::support::{Fault, TestServer};
 use evergreen::fetch::CancelToken;
 use evergreen::manifest::{ArtifactKind, Manifest, Release};
@@ -466,20 +466,6 @@ fn comparable(mut state: Value) -> Value {
     without_check_schedule(&mut state);
     without_failures(&mut state);
     state
-}
-
-/// `state` (a `state.json` or a `status --json`) without the history entries a refused
-/// download or install leaves (`download_failed`, `install_failed`): the record of the
-/// refusal, which `status` shows, not a change to what the device runs or trusts.
-pub fn without_failures(state: &mut Value) {
-    if let Some(history) = state.get_mut("history").and_then(Value::as_array_mut) {
-        history.retain(|h| {
-            !matches!(
-                h["event"].as_str(),
-                Some("download_failed" | "install_failed")
-            )
-        });
-    }
 }
 
 impl Snapshot {

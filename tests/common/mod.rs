@@ -482,3 +482,20 @@ pub fn without_check_schedule(status: &mut serde_json::Value) {
         history.retain(|h| h["event"] != "check_failed");
     }
 }
+
+/// `state` (a `state.json` or a `status --json`) without the history entries a refused
+/// download or install leaves (`download_failed`, `install_failed`): the record of the
+/// refusal, which `status` shows, not a change to what the device runs or trusts.
+pub fn without_failures(state: &mut serde_json::Value) {
+    if let Some(history) = state
+        .get_mut("history")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        history.retain(|h| {
+            !matches!(
+                h["event"].as_str(),
+                Some("download_failed" | "install_failed")
+            )
+        });
+    }
+}
