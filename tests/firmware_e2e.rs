@@ -933,6 +933,7 @@ fn a_slot_path_that_reaches_the_running_slot_is_refused_before_anything_changes(
     let mut after = board.dev.status();
     let mut before = status;
     for s in [&mut after, &mut before] {
+        common::without_failures(s);
         let o = s.as_object_mut().unwrap();
         o.remove("next_check");
         o.remove("last_check");
