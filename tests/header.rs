@@ -79,3 +79,69 @@ fn the_committed_header_is_what_cbindgen_generates() {
         first_difference(&committed, &generated)
     );
 }
+
+/// A file of the repository, as text.
+fn read(path: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// The functions `include/evergreen.h` declares: (name, return type), in header order.
+fn header_functions() -> Vec<(String, String)> {
+    read("include/evergreen.h")
+        .lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_lowercase()))
+        .filter(|line| !line.starts_with("typedef"))
+        .filter_map(|line| {
+            let open = line.find('(')?;
+            let start = line[..open].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))? + 1;
+            let name = &line[start..open];
+            name.starts_with("evg_")
+                .then(|| (name.to_string(), line[..start].trim().to_string()))
+        })
+        .collect()
+}
+
+/// The rows of docs/c-abi.md's function table: `| `evg_name` | `return type` | what |`,
+/// as (name, return type).
+fn documented_functions() -> Vec<(String, String)> {
+    read("docs/c-abi.md")
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix("`evg_")?.strip_suffix('`')?;
+            let returns = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((format!("evg_{name}"), returns.to_string()))
+        })
+        .collect()
+}
+
+/// docs/c-abi.md lists every function of the header with its return type, and nothing
+/// else: a C host reads there which functions exist and which return no `evg_status`.
+#[test]
+fn docs_c_abi_lists_every_header_function_with_its_return_type() {
+    let declared = header_functions();
+    assert!(
+        declared.len() >= 30,
+        "expected the header's functions, found {declared:?}"
+    );
+    let documented = documented_functions();
+    let mut problems = Vec::new();
+    for (name, returns) in &declared {
+        match documented.iter().find(|(n, _)| n == name) {
+            None => problems.push(format!("{name}: not in docs/c-abi.md's function table")),
+            Some((_, r)) if r != returns => problems.push(format!(
+                "{name}: expected return type `{returns}` (the header's), found `{r}` in docs/c-abi.md"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &documented {
+        if !declared.iter().any(|(n, _)| n == name) {
+            problems.push(format!(
+                "{name}: in docs/c-abi.md's function table, not in the header"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
