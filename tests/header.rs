@@ -145,3 +145,124 @@ fn docs_c_abi_lists_every_header_function_with_its_return_type() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The header's status codes, `EVG_NAME = N` in `enum evg_status`: (name, number).
+fn header_statuses() -> Vec<(String, i32)> {
+    let header = read("include/evergreen.h");
+    let start = header
+        .find("typedef enum evg_status {")
+        .expect("the header declares enum evg_status");
+    let body = &header[start..start + header[start..].find("} evg_status;").unwrap()];
+    body.lines()
+        .filter_map(|line| {
+            let (name, number) = line.trim().trim_end_matches(',').split_once(" = ")?;
+            Some((name.to_string(), number.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One stable name per status, the same everywhere a host reads it: the header, the
+/// library (`evg_status_name`, `ErrorKind::as_str` in order of the codes), docs/c-abi.md's
+/// table, the kinds of docs/design.md §10 and the Python binding's exception table. A kind
+/// added in one place and not the others fails here.
+#[test]
+fn status_codes_and_kind_names_agree_everywhere() {
+    let statuses = header_statuses();
+    assert_eq!(
+        statuses.first(),
+        Some(&("EVG_OK".to_string(), 0)),
+        "expected EVG_OK = 0 first, found {statuses:?}"
+    );
+    let named: Vec<(String, i32, String)> = statuses
+        .iter()
+        .map(|(c, n)| (c.clone(), *n, c["EVG_".len()..].to_ascii_lowercase()))
+        .collect();
+    let mut problems = Vec::new();
+
+    // The library's names.
+    for (c, n, name) in &named {
+        // SAFETY: evg_status_name returns a static NUL-terminated string.
+        let lib = unsafe { std::ffi::CStr::from_ptr(evergreen::ffi::error::evg_status_name(*n)) };
+        if lib.to_str() != Ok(name.as_str()) {
+            problems.push(format!(
+                "{c} = {n}: expected evg_status_name {name:?}, found {lib:?}"
+            ));
+        }
+    }
+    let kinds: Vec<(i32, &str)> = evergreen::ErrorKind::ALL
+        .iter()
+        .zip(1..)
+        .map(|(k, n)| (n, k.as_str()))
+        .collect();
+    for (n, kind) in &kinds {
+        if !named.iter().any(|(_, m, name)| m == n && name == kind) {
+            problems.push(format!("ErrorKind {kind:?} (code {n}): expected in the header, found no EVG_ status {n} of that name"));
+        }
+    }
+
+    // docs/c-abi.md's table: | `EVG_NAME` | N | `name` |
+    let c_abi = read("docs/c-abi.md");
+    let rows: Vec<String> = c_abi
+        .lines()
+        .filter(|l| l.starts_with("| `EVG_"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for (c, n, name) in &named {
+        let row = format!("| `{c}` | {n} | `{name}` |");
+        if !rows.contains(&row) {
+            problems.push(format!("docs/c-abi.md: expected the row {row}, found none"));
+        }
+    }
+    if rows.len() != named.len() {
+        problems.push(format!(
+            "docs/c-abi.md: expected {} status rows, found {}",
+            named.len(),
+            rows.len()
+        ));
+    }
+
+    // docs/design.md §10: the kinds, backquoted, up to "Every error says".
+    let design = read("docs/design.md");
+    let s10 = &design[design
+        .find("## 10. Errors")
+        .expect("docs/design.md has §10")..];
+    let s10 = &s10[..s10.find("Every error says").expect("§10 ends its list")];
+    let listed: Vec<&str> = s10
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    let expected: Vec<&str> = named
+        .iter()
+        .map(|(_, _, name)| name.as_str())
+        .filter(|name| *name != "ok")
+        .collect();
+    if listed != expected {
+        problems.push(format!(
+            "docs/design.md §10: expected the kinds {expected:?}, found {listed:?}"
+        ));
+    }
+
+    // The Python binding's table: (N, "name"),
+    let python = read("bindings/python/evergreen/_errors.py");
+    let py: Vec<(i32, String)> = python
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix('(')?.strip_suffix("),")?;
+            let (n, name) = l.split_once(", ")?;
+            Some((n.parse().ok()?, name.trim_matches('"').to_string()))
+        })
+        .collect();
+    let want: Vec<(i32, String)> = named
+        .iter()
+        .filter(|(_, n, _)| *n != 0)
+        .map(|(_, n, name)| (*n, name.clone()))
+        .collect();
+    if py != want {
+        problems.push(format!(
+            "bindings/python/evergreen/_errors.py KINDS: expected {want:?}, found {py:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
