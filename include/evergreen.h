@@ -644,9 +644,10 @@ size_t evg_offer_component_count(const struct evg_offer *offer);
 enum evg_status evg_offer_component(const struct evg_offer *offer, size_t index, struct evg_component *out);
 
 /**
- * The offer as JSON, exactly as `evergreen check --json` prints it: `status`
- * (`"available"`), `version`, `current`, `channel`, `critical`, `downgrade`, `notes`,
- * `security_version`, `download_bytes` and `components` (`[{"name","op","from","to"}]`).
+ * The offer as JSON, as `evergreen check --json` prints it less the two keys the CLI
+ * adds (`target_released`, `held_back`): `status` (`"available"`), `version`, `current`,
+ * `channel`, `critical`, `downgrade`, `notes`, `security_version`, `download_bytes` and
+ * `components` (`[{"name","op","from","to"}]`).
  * The caller owns `*out` and frees it with `evg_string_free`.
  *
  * # Safety

@@ -167,7 +167,8 @@ public:
         return out;
     }
 
-    /// The offer as `evergreen check --json` prints its fields.
+    /// The offer as `evergreen check --json` prints it, less the CLI's `target_released`
+    /// and `held_back`.
     std::string json() const {
         char *s = nullptr;
         detail::check(evg_offer_json(get(), &s));

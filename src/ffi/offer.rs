@@ -257,9 +257,10 @@ pub unsafe extern "C" fn evg_offer_component(
     })
 }
 
-/// The offer as JSON, exactly as `evergreen check --json` prints it: `status`
-/// (`"available"`), `version`, `current`, `channel`, `critical`, `downgrade`, `notes`,
-/// `security_version`, `download_bytes` and `components` (`[{"name","op","from","to"}]`).
+/// The offer as JSON, as `evergreen check --json` prints it less the two keys the CLI
+/// adds (`target_released`, `held_back`): `status` (`"available"`), `version`, `current`,
+/// `channel`, `critical`, `downgrade`, `notes`, `security_version`, `download_bytes` and
+/// `components` (`[{"name","op","from","to"}]`).
 /// The caller owns `*out` and frees it with `evg_string_free`.
 ///
 /// # Safety

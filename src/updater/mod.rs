@@ -145,8 +145,9 @@ impl Serialize for Offer {
 }
 
 impl Offer {
-    /// The offer as `evergreen check --json` prints it (DESIGN §7.2), the same for the C
-    /// ABI's `evg_offer_json`: `status` (`"available"`), `version`, `current`, `channel`,
+    /// The offer as `evergreen check --json` prints it (DESIGN §7.2) less the two keys the
+    /// CLI adds (`target_released`, `held_back`), the same for the C ABI's
+    /// `evg_offer_json`: `status` (`"available"`), `version`, `current`, `channel`,
     /// `critical`, `downgrade`, `notes`, `security_version`, `download_bytes` and
     /// `components` (`[{"name","op","from","to"}]`).
     pub fn to_json(&self) -> serde_json::Value {

@@ -343,7 +343,8 @@ class Offer:
             return h
 
     def to_dict(self) -> Dict[str, Any]:
-        """The offer as `evergreen check --json` prints it."""
+        """The offer as `evergreen check --json` prints it, less the CLI's `target_released`
+        and `held_back`."""
         out = ctypes.POINTER(ctypes.c_char)()
         with self._h.use() as h:
             check(_lib.evg_offer_json(h, ctypes.byref(out)))

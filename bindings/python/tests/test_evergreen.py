@@ -186,7 +186,7 @@ def test_full_update_trial_confirm_then_rollback(world) -> None:
             evergreen.Component("app", "added", None, "1.0.0"),
             evergreen.Component("settings", "added", None, "1.0.0"),
         ]
-        # The same fields as `evergreen check --json` prints.
+        # The fields `evergreen check --json` prints, less the CLI's target_released and held_back.
         as_json = offer.to_dict()
         assert sorted(as_json) == sorted([
             "status", "version", "current", "channel", "critical", "downgrade", "notes",
