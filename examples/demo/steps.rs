@@ -488,8 +488,14 @@ fn maintenance_window(d: &mut Demo) -> Outcome {
         ),
         (Some("1.3.0".to_string()), "installed"),
     )?;
+    // What `evergreen status` shows an operator wondering why it has not switched.
+    expect_eq(
+        "status: deferred until",
+        waiting.deferred.as_ref().and_then(|d| d.until),
+        Some(opens),
+    )?;
     d.ok(format!(
-        "1.3.0 waits in the other slot {}, installed, until {opens}",
+        "1.3.0 waits in the other slot {}, installed; status says deferred until {opens}",
         s.fallback
     ));
     d.clock.set(opens);

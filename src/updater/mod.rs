@@ -1027,8 +1027,6 @@ impl Updater {
         Ok(staged(&self.load_state()?, offer))
     }
 
-    /// The deploy policy at `clock`, a reading of this updater's clock
-    /// ([`select::deploy_on_clock`]).
     /// What the deploy policy says now of the release staged in `slot`, for `status`:
     /// `None` when nothing is staged there, when it is withheld (said apart), or when it
     /// may go ahead now.
@@ -1059,6 +1057,8 @@ impl Updater {
         }
     }
 
+    /// The deploy policy at `clock`, a reading of this updater's clock
+    /// ([`select::deploy_on_clock`]).
     fn deploy(&self, st: &State, critical: bool, clock: Timestamp) -> Deploy {
         select::deploy_on_clock(&self.config.deploy, critical, clock, st.newest_issued)
     }
