@@ -2883,3 +2883,40 @@ fn resumed_against_a_server_ignoring_range(server: &support::TestServer, board: 
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// A release staged in an image slot (its activation left to the host) has nothing left
+/// to download: its image is in the slot, and a download of it fetches nothing. The
+/// check's `download_bytes` says so, as on dir slots and as `update` says in words.
+#[test]
+fn an_image_staged_already_has_nothing_left_to_download() {
+    for loader in [Loader::Grub, Loader::UBoot] {
+        let (repo, server, board) = served_board(&format!("staged-bytes-{loader:?}"), loader);
+        assert_eq!(board.power_on(), Some(Slot::A));
+        board.dev.edit_config(|cfg| {
+            cfg["deploy"] = json!({"policy": "download_only"});
+        });
+        release_image(&repo, "2.0.0", MIB, 2);
+        let staged = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+        assert_eq!(staged["status"], "staged", "{staged}");
+        assert_eq!(board.dev.status()["slots"]["b"]["status"], "installed");
+
+        server.clear_log();
+        let check = json_out(&board.dev.expect("check", &["--json"], 10));
+        assert_eq!(check["version"], "2.0.0", "{check}");
+        let out = board.dev.expect("update", &["--yes"], 0);
+        assert!(out.contains("nothing to download"), "{out}");
+        let blobs = server
+            .log()
+            .iter()
+            .filter(|l| l.path.contains("blobs"))
+            .count();
+        assert_eq!(
+            blobs, 0,
+            "{loader:?}: `update` fetched the staged image again: {out}"
+        );
+        assert_eq!(
+            check["download_bytes"], 0,
+            "{loader:?}: {check}; `update` then fetched nothing: {out}"
+        );
+    }
+}
