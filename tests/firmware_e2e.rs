@@ -2920,3 +2920,37 @@ fn an_image_staged_already_has_nothing_left_to_download() {
         );
     }
 }
+
+/// An image streamed whole into its slot by `update --download-only` has nothing left to
+/// download either: the next `update` fetches none of it, and the check before says so in
+/// `download_bytes`, as for a release fetched by `update --download-only` on dir slots.
+#[test]
+fn an_image_downloaded_already_has_nothing_left_to_download() {
+    for loader in [Loader::Grub, Loader::UBoot] {
+        let (repo, server, board) = served_board(&format!("streamed-bytes-{loader:?}"), loader);
+        assert_eq!(board.power_on(), Some(Slot::A));
+        release_image(&repo, "2.0.0", MIB, 2);
+        let got = json_out(
+            &board
+                .dev
+                .expect("update", &["--yes", "--download-only", "--json"], 0),
+        );
+        assert_eq!(got["status"], "downloaded", "{got}");
+
+        server.clear_log();
+        let check = json_out(&board.dev.expect("check", &["--json"], 10));
+        assert_eq!(check["version"], "2.0.0", "{check}");
+        let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
+        assert_eq!(out["status"], "activated", "{out}");
+        let blobs = server
+            .log()
+            .iter()
+            .filter(|l| l.path.contains("blobs"))
+            .count();
+        assert_eq!(
+            blobs, 0,
+            "{loader:?}: `update` fetched the streamed image again"
+        );
+        assert_eq!(check["download_bytes"], 0, "{loader:?}: {check}");
+    }
+}
