@@ -618,8 +618,9 @@ bool evg_offer_critical(const struct evg_offer *offer);
 bool evg_offer_downgrade(const struct evg_offer *offer);
 
 /**
- * Bytes to download (added and modified components, and unchanged ones with no kept
- * download); 0 when `offer` is NULL.
+ * Bytes a download of the offer fetches: each artifact once, none there already (a kept
+ * download, or on image slots a release staged or an image streamed whole into its
+ * slot); 0 when `offer` is NULL.
  *
  * # Safety
  * `offer` is NULL or a live offer.

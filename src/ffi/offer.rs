@@ -194,8 +194,9 @@ pub unsafe extern "C" fn evg_offer_downgrade(offer: *const evg_offer) -> bool {
     unsafe { read("evg_offer_downgrade", offer, false, |o| o.offer.downgrade) }
 }
 
-/// Bytes to download (added and modified components, and unchanged ones with no kept
-/// download); 0 when `offer` is NULL.
+/// Bytes a download of the offer fetches: each artifact once, none there already (a kept
+/// download, or on image slots a release staged or an image streamed whole into its
+/// slot); 0 when `offer` is NULL.
 ///
 /// # Safety
 /// `offer` is NULL or a live offer.

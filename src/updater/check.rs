@@ -396,9 +396,8 @@ impl Updater {
             critical: choice.critical,
             security_version: release.security_version,
         };
-        let components = self.diff_against_primary(st, target);
-        Ok(Offer {
-            downloaded: self.already_downloaded(&components),
+        let mut offer = Offer {
+            downloaded: Vec::new(),
             version: release.version.clone(),
             current: st
                 .installed_version()
@@ -409,7 +408,7 @@ impl Updater {
             downgrade: choice.downgrade,
             notes: release.notes.clone(),
             security_version: release.security_version,
-            components,
+            components: self.diff_against_primary(st, target),
             deploy: self.deploy(st, choice.critical, clock),
             target: target.clone(),
             checked,
@@ -418,7 +417,9 @@ impl Updater {
             issuer: self.id,
             asked_for: false,
             manifest_sha256: manifest.payload_sha256().to_string(),
-        })
+        };
+        offer.downloaded = self.already_downloaded(st, &offer);
+        Ok(offer)
     }
 
     /// The device id for rollout buckets: configured, else the one kept in the state

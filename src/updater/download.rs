@@ -11,21 +11,36 @@ impl Updater {
         let st = self.load_state()?;
         let mut plan = offer.clone();
         plan.components = self.diff_against_primary(&st, &offer.target);
-        plan.downloaded = self.already_downloaded(&plan.components);
+        plan.downloaded = self.already_downloaded(&st, &plan);
         Ok(plan)
     }
 
-    /// The SHA-256s of the artifacts `changes` carry that are downloaded already, whole:
-    /// a download fetches none of them again. None on image slots, which keep no download.
-    pub(super) fn already_downloaded(&self, changes: &[ComponentChange]) -> Vec<String> {
+    /// The SHA-256s of the artifacts `plan`'s components carry that are downloaded
+    /// already, whole: a download fetches none of them again. On image slots, which keep
+    /// no download: all of them when `plan`'s release is staged in `st`, and an image its
+    /// record says was streamed whole into the slot an install takes, still `installing`
+    /// (`update --download-only`): the download fetches none of those.
+    pub(super) fn already_downloaded(&self, st: &State, plan: &Offer) -> Vec<String> {
         if !self.store.keeps_downloads() {
-            return Vec::new();
+            let slot = st.fallback();
+            let streamed = Streamed::read(&self.stream_record())
+                .filter(|_| st.slot(slot).status == SlotStatus::Installing);
+            let whole = |a: &Artifact| {
+                let key = Streamed::key(&a.sha256, a.compression.is_some());
+                streamed
+                    .as_ref()
+                    .is_some_and(|r| r.bytes_of(&key, slot) == a.size)
+            };
+            let staged = staged(st, plan).is_some();
+            return (plan.carried().filter(|(_, a)| staged || whole(a)))
+                .map(|(_, a)| a.sha256.clone())
+                .collect();
         }
         let dir = self.downloads_dir();
         let whole = |a: &Artifact| {
             std::fs::metadata(dir.join(&a.sha256)).is_ok_and(|m| m.is_file() && m.len() == a.size)
         };
-        (changes.iter().filter_map(|c| c.artifact.as_ref()))
+        (plan.components.iter().filter_map(|c| c.artifact.as_ref()))
             .filter(|a| whole(a))
             .map(|a| a.sha256.clone())
             .collect()

@@ -120,7 +120,8 @@ pub struct Offer {
     manifest_sha256: String,
     /// The SHA-256s of the artifacts the components carry that were downloaded already
     /// when the diff was made (a component renamed, one back to a kept artifact, a
-    /// release fetched before): the download fetches none of them again.
+    /// release fetched before), on image slots those of a release staged, or of an image
+    /// streamed whole into the slot: the download fetches none of them again.
     downloaded: Vec<String>,
 }
 
