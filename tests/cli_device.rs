@@ -3709,3 +3709,33 @@ fn a_current_version_named_after_the_first_check_is_the_first_updates_fallback()
         Path::new("slots/a")
     );
 }
+
+/// A download that fails while another process holds the state lock (stopped with Ctrl-Z,
+/// say) returns its error after a short wait to record it, not when that process lets go:
+/// the record of a failure is best effort.
+#[test]
+fn a_failure_is_not_held_back_by_a_stopped_holder_of_the_state_lock() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.heldlock");
+    publish(&repo, "1.0.1", "stable");
+    let build = || {
+        let config = evergreen::Config::from_file(&dev.config).unwrap();
+        evergreen::Updater::builder(config).build().unwrap()
+    };
+    let (checker, other) = (build(), build());
+    let evergreen::Check::Available(offer) = checker.check().unwrap() else {
+        panic!("expected 1.0.1 offered");
+    };
+    let held = std::fs::File::open(dev.state.join("lock")).unwrap();
+    held.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Another updater's offer: refused at once, before any lock.
+        let r = other.download(&offer, &mut |_, _| {}, &Default::default());
+        tx.send(r.map_err(|e| e.kind())).ok();
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the failed download to return while the state lock is held");
+    assert_eq!(r, Err(evergreen::ErrorKind::InvalidState));
+    drop(held);
+}

@@ -802,7 +802,15 @@ impl Updater {
             if e.kind() == ErrorKind::Cancelled {
                 return;
             }
-            let _ = self.lock().and_then(|_lock| {
+            // Not for long: a failure must not wait behind a process stopped while it
+            // holds the state lock (the startup step's rule, shorter).
+            let start = std::time::Instant::now();
+            let stop = || match start.elapsed() < std::time::Duration::from_secs(2) {
+                true => self.not_freed(),
+                false => Err(Error::invalid_state("state lock held")),
+            };
+            let lock = State::lock_or_stop(self.state_dir(), |_| {}, Some(&stop));
+            let _ = lock.and_then(|_lock| {
                 let mut st = self.load_state()?;
                 let event = format!("{operation}_failed");
                 let detail = format!("{version}: error[{}]: {}", e.kind().as_str(), e.message());
