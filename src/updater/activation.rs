@@ -32,25 +32,17 @@ impl Updater {
                     "expected the release staged in slot {slot} to activate, found {why} (removed by hand?); the slot is marked empty: `evergreen update` installs it again"
                 )));
             }
-            if let Some(staged_for) = record.target.as_ref().filter(|t| **t != self.config.target) {
+            if let Some(why) = self.other_target(&record) {
                 // Not even forced: its artifacts may not run here. A check that offers the
                 // same artifacts for this target lets it go (`follow_staged`).
                 let target = &self.config.target;
                 let reason = format!(
-                    "{version} in slot {slot} was staged for target {staged_for}, and this device's target is {target} now; a check that offers it for {target} lets it go, `evergreen update` installs the release for {target}"
+                    "{version} in slot {slot} was {why}; a check that offers it for {target} lets it go, `evergreen update` installs the release for {target}"
                 );
                 if force {
                     return Err(Error::new(ErrorKind::IncompatibleTarget, format!("expected a release staged for target {target}, found {reason}")));
                 }
-                self.emit(Event::Deferred {
-                    version: version.to_string(),
-                    until: None,
-                    reason: reason.clone(),
-                });
-                return Ok(Activation::Deferred {
-                    until: None,
-                    reason,
-                });
+                return Ok(self.deferred(&version, None, reason));
             }
             // The install checked the floor as it was then; a confirmation since (of a
             // stranded first trial) may have raised it past the staged release.
@@ -67,27 +59,11 @@ impl Updater {
                     "the newest check of channel {} no longer offers it ({why}); it goes ahead once a check offers it again",
                     channel.unwrap_or("-")
                 );
-                self.emit(Event::Deferred {
-                    version: version.to_string(),
-                    until: None,
-                    reason: reason.clone(),
-                });
-                return Ok(Activation::Deferred {
-                    until: None,
-                    reason,
-                });
+                return Ok(self.deferred(&version, None, reason));
             }
             if !force {
                 if let Deploy::Wait { until, reason } = self.deploy(&st, record.critical, (self.clock)()) {
-                    self.emit(Event::Deferred {
-                        version: version.to_string(),
-                        until: Some(until),
-                        reason: reason.clone(),
-                    });
-                    return Ok(Activation::Deferred {
-                        until: Some(until),
-                        reason,
-                    });
+                    return Ok(self.deferred(&version, Some(until), reason));
                 }
             }
             let tries = self.with_selector(|s| Ok(s.trial_tries(self.config.trial.tries)))?;
@@ -144,6 +120,17 @@ impl Updater {
             self.emit(Event::TrialStarted { slot, tries });
             Ok(Activation::Activated { slot, version })
         })
+    }
+
+    /// The deferral of `version`'s activation until `until` (none: until a check), said as
+    /// a `deferred` event too.
+    fn deferred(&self, version: &Version, until: Option<Timestamp>, reason: String) -> Activation {
+        self.emit(Event::Deferred {
+            version: version.to_string(),
+            until,
+            reason: reason.clone(),
+        });
+        Activation::Deferred { until, reason }
     }
 
     /// After an activation of `slot` that the selector failed: points a selector that

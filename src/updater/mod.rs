@@ -1044,13 +1044,10 @@ impl Updater {
         if record.status != SlotStatus::Installed || record.withheld.is_some() {
             return None;
         }
-        if let Some(t) = record.target.as_ref().filter(|t| **t != self.config.target) {
+        if let Some(why) = self.other_target(record) {
             return Some(Deferral {
                 until: None,
-                reason: format!(
-                    "it was staged for target {t}, and this device's target is {} now",
-                    self.config.target
-                ),
+                reason: format!("it was {why}"),
             });
         }
         match self.deploy(st, record.critical, (self.clock)()) {
@@ -1064,6 +1061,17 @@ impl Updater {
                 reason: "the deploy policy is download_only: it waits for an activate".into(),
             }),
         }
+    }
+
+    /// Why the release staged in `record` is not for this device now, as "staged for
+    /// target …, and …": it was staged for another target than the config's (changed since). `None` when it is for this one,
+    /// or the record predates targets.
+    fn other_target(&self, record: &SlotRecord) -> Option<String> {
+        let target = &self.config.target;
+        let staged_for = record.target.as_ref().filter(|t| *t != target)?;
+        Some(format!(
+            "staged for target {staged_for}, and this device's target is {target} now"
+        ))
     }
 
     /// The deploy policy at `clock`, a reading of this updater's clock
