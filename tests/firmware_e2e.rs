@@ -2905,11 +2905,7 @@ fn an_image_staged_already_has_nothing_left_to_download() {
         assert_eq!(check["version"], "2.0.0", "{check}");
         let out = board.dev.expect("update", &["--yes"], 0);
         assert!(out.contains("nothing to download"), "{out}");
-        let blobs = server
-            .log()
-            .iter()
-            .filter(|l| l.path.contains("blobs"))
-            .count();
+        let blobs = blob_requests(&server);
         assert_eq!(
             blobs, 0,
             "{loader:?}: `update` fetched the staged image again: {out}"
@@ -2942,11 +2938,7 @@ fn an_image_downloaded_already_has_nothing_left_to_download() {
         assert_eq!(check["version"], "2.0.0", "{check}");
         let out = json_out(&board.dev.expect("update", &["--yes", "--json"], 0));
         assert_eq!(out["status"], "activated", "{out}");
-        let blobs = server
-            .log()
-            .iter()
-            .filter(|l| l.path.contains("blobs"))
-            .count();
+        let blobs = blob_requests(&server);
         assert_eq!(
             blobs, 0,
             "{loader:?}: `update` fetched the streamed image again"
