@@ -804,12 +804,7 @@ impl Updater {
             }
             // Not for long: a failure must not wait behind a process stopped while it
             // holds the state lock (the startup step's rule, shorter).
-            let start = std::time::Instant::now();
-            let stop = || match start.elapsed() < std::time::Duration::from_secs(2) {
-                true => self.not_freed(),
-                false => Err(Error::invalid_state("state lock held")),
-            };
-            let lock = State::lock_or_stop(self.state_dir(), |_| {}, Some(&stop));
+            let lock = self.lock_within(std::time::Duration::from_secs(2), "not recorded");
             let _ = lock.and_then(|_lock| {
                 let mut st = self.load_state()?;
                 let event = format!("{operation}_failed");
@@ -836,7 +831,16 @@ impl Updater {
     /// launcher starts the current slot without counting the start
     /// (`examples/launcher.rs`); a C host's free ends the wait too.
     fn startup_lock(&self) -> Result<crate::state::StateLock> {
-        let patience = startup_lock_patience();
+        self.lock_within(startup_lock_patience(), "this start was not counted")
+    }
+
+    /// [`Updater::lock`], given up after `patience` (or when the host halts or frees this
+    /// updater) with an error that ends with `what` came of it.
+    fn lock_within(
+        &self,
+        patience: std::time::Duration,
+        what: &str,
+    ) -> Result<crate::state::StateLock> {
         let start = std::time::Instant::now();
         let stop = || {
             self.not_freed()?;
@@ -845,7 +849,7 @@ impl Updater {
                 false => Err(Error::new(
                     ErrorKind::Io,
                     format!(
-                        "{}: expected to take the state lock within {} ms, found another Evergreen process holding it all that time (one stopped, say with Ctrl-Z, or hung); this start was not counted",
+                        "{}: expected to take the state lock within {} ms, found another Evergreen process holding it all that time (one stopped, say with Ctrl-Z, or hung); {what}",
                         self.state_dir().display(),
                         // Not `Duration`'s `Debug`: 1.4 KB of the smallest library.
                         patience.as_millis() as u64,
