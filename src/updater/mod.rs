@@ -180,7 +180,7 @@ impl Offer {
     /// download), but for those downloaded already when the diff was made.
     pub fn downloads(&self) -> impl Iterator<Item = (&ComponentChange, &Artifact)> {
         self.carried()
-            .filter(|(_, a)| !self.downloaded.contains(&a.sha256))
+            .filter(|(_, a)| !self.was_downloaded(&a.sha256))
     }
 
     /// Each artifact the components carry, once, with the first component that carries
