@@ -47,8 +47,8 @@ impl Nginx {
     }
 
     /// Like [`serve`](Self::serve), over HTTPS when `tls` is given (each request's protocol
-    /// and cipher then go to `tls.log`), with `locations` (`location … { … }` blocks)
-    /// inside the server block.
+    /// and cipher then go to `tls.log`), with `locations` (`location … { … }` blocks, or
+    /// any directive of the server context) inside the server block.
     pub fn serve_with(root: &Path, tls: Option<Tls>, locations: &str) -> Option<Nginx> {
         let binary = find_on_path("nginx")?;
         let prefix = TempDir::new().unwrap();
