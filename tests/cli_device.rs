@@ -201,6 +201,32 @@ fn a_directory_as_the_config_is_a_config_error() {
     );
 }
 
+/// A `state_dir` that is a file (a path typed one level too deep, an image's leftover) is
+/// named as the config's `state_dir` with what was found, for every command, and the file
+/// is left as it is; the OS alone says "Not a directory" of a `state.json` inside it.
+#[test]
+fn a_file_as_the_state_dir_names_the_field() {
+    let repo = Repo::new("com.acme.cli");
+    let dev = repo.device("file-state", "http://127.0.0.1:9/", serde_json::json!({}));
+    std::fs::create_dir_all(dev.state.parent().unwrap()).unwrap();
+    std::fs::write(&dev.state, b"notes").unwrap();
+    for cmd in ["status", "check", "boot", "confirm"] {
+        let out = dev.run(cmd, &["--json"]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(out.stdout.is_empty(), "{cmd}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "error[config]: the state directory {} (the config's `state_dir`): expected a directory, found a regular file",
+                dev.state.display()
+            ),
+            "{cmd}"
+        );
+    }
+    assert_eq!(std::fs::read(&dev.state).unwrap(), b"notes");
+}
+
 /// A bad version in the config names its field wherever the key is, the last one in the
 /// file too (where a hand-edited config adds it): serde_json reports such an error past
 /// the object's closing brace, which used to leave the field unnamed
