@@ -380,6 +380,23 @@ impl State {
         }
     }
 
+    /// Refuses a state directory `dir` that exists as something else (`config`): a
+    /// `state_dir` typed one level too deep names a file, and of the state file inside it
+    /// the OS says only "Not a directory".
+    pub(crate) fn check_dir(dir: &Path) -> Result<()> {
+        match std::fs::metadata(dir) {
+            Ok(found) if !found.is_dir() => Err(Error::config(format!(
+                "the state directory {} (the config's `state_dir`): expected a directory, found {}",
+                dir.display(),
+                match found.is_file() {
+                    true => "a regular file",
+                    false => fsutil::file_type_name(found.file_type()),
+                }
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The path of the state file in `dir`.
     pub fn path(dir: &Path) -> PathBuf {
         dir.join(FILE_NAME)

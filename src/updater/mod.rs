@@ -586,6 +586,7 @@ impl UpdaterBuilder {
     pub fn build(self) -> Result<Updater> {
         let config = self.config;
         config.validate()?;
+        State::check_dir(&config.state_dir)?;
         let mut bases = vec![config.server.clone()];
         bases.extend(config.mirrors.iter().cloned());
         let options: FetchOptions = config.fetch_options();
