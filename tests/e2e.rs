@@ -1752,6 +1752,46 @@ fn a_changed_channel_on_a_local_mirror_with_the_server_down_says_it_waits_for_th
     );
 }
 
+/// A device served from a USB stick (its `server` a plain path) is told what went wrong
+/// with the file it read, not of an HTTP `GET` it never made: an older copy of the
+/// channel, and a blob cut short by a copy pulled out too early.
+#[test]
+fn errors_from_a_stick_say_read_not_get() {
+    let (repo, src) = repo_with_1_0_0("com.acme.stick.words");
+    let older = std::fs::read(repo.root.join("channels/stable.json")).unwrap();
+    publish_app(&repo, &src, "1.1.0", true);
+    let stick = repo.scratch("stick");
+    common::copy_dir(&repo.root, &stick);
+    let dev = repo.device("dev", &stick.display().to_string(), fast());
+    assert_eq!(check_json(&dev, 10)["version"], "1.1.0");
+
+    let manifest = stick.join("channels/stable.json");
+    let newer = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &older).unwrap();
+    let err = dev.fails("check", &[]);
+    assert!(
+        err.starts_with(&format!(
+            "error[metadata_rollback]: read {}: ",
+            manifest.display()
+        )),
+        "{err}"
+    );
+
+    std::fs::write(&manifest, &newer).unwrap();
+    let blobs = stick.join("blobs/sha256");
+    for blob in std::fs::read_dir(&blobs).unwrap() {
+        let path = blob.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    let err = dev.fails("update", &["--yes"]);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.contains(&format!("read {}/", blobs.display())) && !line.contains("GET"),
+        "{err}"
+    );
+}
+
 /// Mirrors lag: one that still serves a channel older than the device has seen is passed
 /// over for the next base, which has the current one, instead of failing the check as a
 /// rollback attack.
