@@ -1135,6 +1135,11 @@ impl Stream<'_, '_> {
         self.redirected_to.as_deref().unwrap_or(self.url)
     }
 
+    /// The fetch as messages name it: `GET` and the URL, or `read` and a file's.
+    fn asked(&self) -> String {
+        format!("{} {}", super::fetch_verb(self.source()), self.source())
+    }
+
     /// Receives the rest of the blob into the `.part`, hashing on another thread; returns
     /// the `.part` grown by what arrived.
     ///
@@ -1424,9 +1429,9 @@ impl Stream<'_, '_> {
         Err(Error::new(
             ErrorKind::HashMismatch,
             format!(
-                "GET {}: expected 200 with the whole blob ({} bytes), whose first {} bytes \
+                "{}: expected 200 with the whole blob ({} bytes), whose first {} bytes \
                  were taken from an earlier attempt, found other bytes there",
-                self.source(),
+                self.asked(),
                 self.total,
                 part.len
             ),
@@ -1478,10 +1483,10 @@ impl Stream<'_, '_> {
                 return Err(Error::new(
                     ErrorKind::HttpStatus,
                     format!(
-                        "GET {}: expected 200 with the whole blob ({} bytes), found a body of \
+                        "{}: expected 200 with the whole blob ({} bytes), found a body of \
                          {done} bytes that differs from the {} bytes kept from an earlier \
                          attempt at byte {at}; the kept bytes stay",
-                        self.source(),
+                        self.asked(),
                         self.total,
                         part.len
                     ),
@@ -1518,8 +1523,8 @@ impl Stream<'_, '_> {
         Error::new(
             ErrorKind::Network,
             format!(
-                "GET {}: expected {} bytes, found the body ended after {done}",
-                self.source(),
+                "{}: expected {} bytes, found the body ended after {done}",
+                self.asked(),
                 self.total
             ),
         )

@@ -372,7 +372,7 @@ impl Fetcher {
                     let encoding = response.content_encoding.clone();
                     let bytes = self.read_capped(url, response, max_bytes)?;
                     check(&bytes).map_err(|e| Failure {
-                        error: undecoded(e, encoding).context(format!("GET {url}")),
+                        error: undecoded(e, encoding).context(format!("{} {url}", fetch_verb(url))),
                         then: Then::Refused,
                         wait: Duration::ZERO,
                     })?;
@@ -867,7 +867,10 @@ fn retry_after(value: &str, date: Option<&str>, now: crate::Timestamp) -> Option
 fn too_large(url: &str, max: u64, found: &str) -> Error {
     Error::new(
         ErrorKind::TooLarge,
-        format!("GET {url}: expected at most {max} bytes, found {found}"),
+        format!(
+            "{} {url}: expected at most {max} bytes, found {found}",
+            fetch_verb(url)
+        ),
     )
 }
 
@@ -887,7 +890,10 @@ fn read_error(url: &str, done: u64, err: std::io::Error) -> Error {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => ErrorKind::Timeout,
         _ => ErrorKind::Network,
     };
-    let message = format!("GET {url}: expected more of the body after {done} bytes, found {err}");
+    let message = format!(
+        "{} {url}: expected more of the body after {done} bytes, found {err}",
+        fetch_verb(url)
+    );
     Error::new(kind, message).with_source(err)
 }
 
@@ -961,6 +967,15 @@ fn check_bases(bases: &[String]) -> Result<()> {
 /// itself. (A plain directory path may hold either character.)
 pub(crate) fn has_query_or_fragment(base: &str) -> bool {
     base.contains("://") && base.contains(['?', '#'])
+}
+
+/// How a message names the fetch of `url`: `read` for a file (a `file://` URL or a plain
+/// path, a USB stick's say), of which no HTTP request is made; `GET` for anything else.
+pub(crate) fn fetch_verb(url: &str) -> &'static str {
+    match transport::is_file_url(url) || !url.contains("://") {
+        true => "read",
+        false => "GET",
+    }
 }
 
 fn is_http(url: &str) -> bool {

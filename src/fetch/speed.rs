@@ -51,8 +51,9 @@ impl SpeedMeter {
                 return Err(Error::new(
                     ErrorKind::SlowRetrieval,
                     format!(
-                        "GET {url}: expected at least {} bytes/s, found {speed} bytes/s \
+                        "{} {url}: expected at least {} bytes/s, found {speed} bytes/s \
                          ({got} bytes in the last {})",
+                        super::fetch_verb(url),
                         self.min,
                         super::duration_words(elapsed)
                     ),
