@@ -3765,3 +3765,115 @@ fn a_failure_is_not_held_back_by_a_stopped_holder_of_the_state_lock() {
     assert_eq!(r, Err(evergreen::ErrorKind::InvalidState));
     drop(held);
 }
+
+/// SIGTERM (a service manager's stop) while a check is still receiving the manifest of the
+/// channel `update --channel` switches to: the check ends within the signal's grace and
+/// succeeds, and the command must stop there, `error[cancelled]`, the device on its own
+/// channel. It went on to save the switch, and only the download after it said
+/// `cancelled`: a stopped command had moved the device to another channel.
+#[test]
+fn a_sigterm_during_the_check_of_update_channel_keeps_the_channel() {
+    let (_repo, server, dev) = served_with_1_1_0("com.acme.sigterm.switch");
+    // About 1 s for the whole manifest: it ends well inside the 2 s grace of the signal,
+    // sent 200 ms into the request.
+    let slow = Fault::Trickle {
+        bytes: 256,
+        every: std::time::Duration::from_millis(150),
+    };
+    server.set_fault("channels/preview.json", slow);
+    let out = signalled_update(
+        &dev,
+        &server,
+        "channels/preview.json",
+        &["--channel", "preview"],
+        "-TERM",
+    );
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error[cancelled]: interrupted"),
+        "{stderr}"
+    );
+    assert_eq!(dev.status()["channel"], "stable", "{stderr}");
+}
+
+/// SIGTERM while `update` installs: the install is not cut (it ends within the signal's
+/// grace), and the command stops before the activation, `error[cancelled]`, the release
+/// left staged for the next `update`. It went on to activate the release and exit 0, as
+/// if no stop had been asked for. The command is held at the end of its install by its
+/// stderr, a pipe that is full (as a journal that does not keep up) until the signal is
+/// sent.
+#[test]
+fn a_sigterm_during_the_install_stops_before_the_activation() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let (_repo, _server, dev) = served_with_1_1_0("com.acme.sigterm.install");
+    dev.expect("update", &["--yes", "--download-only"], 0);
+    // What `update` says on stderr before its install ends: the offer's one line.
+    let before = dev.run("check", &[]).stderr.len();
+    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    // SAFETY: fcntl on a pipe this test owns.
+    let size = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096, "expected a one-page pipe");
+    writer.write_all(&vec![b'#'; 4096 - before]).unwrap();
+    let child = std::process::Command::new(common::bin())
+        .args(["update", "--yes", "--config", dev.config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    // The pipe is full once the offer's line is in: the line saying the release is staged
+    // waits, in the install, until it is read.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let state = dev.state_file();
+        assert_eq!(
+            state["primary"], "a",
+            "activated before the signal: {state}"
+        );
+        if state["b"]["status"] == "installed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected slot b installed within 60 s, found {state}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let drain = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        String::from_utf8_lossy(&all[4096 - before..]).into_owned()
+    });
+    let out = require::finish_within(child, std::time::Duration::from_secs(20));
+    let stderr = drain.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error[cancelled]: interrupted"),
+        "{stderr}"
+    );
+    let status = dev.status();
+    assert_eq!(status["primary"], "a", "{status}");
+    assert_eq!(
+        status["slots"]["b"],
+        serde_json::json!({"status": "installed", "version": "1.1.0"}),
+        "{status}"
+    );
+    // The next update activates what was staged, without installing it again.
+    let text = dev.expect("update", &["--yes"], 0);
+    assert!(
+        text.contains("1.1.0 is already installed in slot b"),
+        "{text}"
+    );
+    assert_eq!(dev.status()["primary"], "b");
+}
