@@ -522,6 +522,7 @@ fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Option<Check>> {
         false => Some(up.check_with(channel, version)?),
     };
     let Some(check) = check else { return Ok(None) };
+    crate::interrupt::stop_here("what follows the check")?;
     if let Some(channel) = &args.channel {
         if matches!(check, Check::Available(_)) && !args.yes && !args.download_only {
             terminal_to_ask();
@@ -622,7 +623,10 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             }
             slot
         }
-        None => up.install(&plan)?,
+        None => {
+            crate::interrupt::stop_here(&format!("installing {}", plan.version))?;
+            up.install(&plan)?
+        }
     };
     if plan.deploy == evergreen::select::Deploy::Manual {
         report("staged", json!({"slot": slot}));
@@ -631,6 +635,10 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    crate::interrupt::stop_here(&format!(
+        "activating {} (it stays installed in slot {slot} for the next update)",
+        plan.version
+    ))?;
     let act = up.activate(false)?;
     if !json {
         say_activation(&act, Some(&plan.version));
@@ -876,7 +884,12 @@ pub fn reinstall(config: &Path, json: bool) -> Result<i32> {
     let up = updater(config, json)?;
     let offer = up.reinstall_offer()?;
     download(&up, &offer, json)?;
-    up.install(&offer)?;
+    crate::interrupt::stop_here(&format!("installing {} again", offer.version))?;
+    let slot = up.install(&offer)?;
+    crate::interrupt::stop_here(&format!(
+        "activating {} (it stays installed in slot {slot})",
+        offer.version
+    ))?;
     let act = up.activate(true)?;
     if json {
         let slot = match act {

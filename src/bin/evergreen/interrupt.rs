@@ -7,7 +7,8 @@
 //! install, a signature) is stopped after [`GRACE`]: every step of Evergreen is safe to
 //! stop at any instant, as a power cut would (state saved by rename, slots marked before
 //! they are written, repository files written under temp names that the next change
-//! removes), so the next run carries on.
+//! removes), so the next run carries on. One that ends inside the grace starts no next
+//! step ([`stop_here`]).
 
 use evergreen::fetch::CancelToken;
 use std::sync::OnceLock;
@@ -20,6 +21,21 @@ const GRACE: Duration = Duration::from_secs(2);
 pub fn token() -> CancelToken {
     static TOKEN: OnceLock<CancelToken> = OnceLock::new();
     TOKEN.get_or_init(CancelToken::new).clone()
+}
+
+/// `cancelled` once Ctrl-C or SIGTERM came: asked between the steps of a command. A step
+/// that does not look at the cancel (a check, an install) runs on for up to [`GRACE`] and
+/// may end well inside it; what follows it (a channel switch, an activation) must not
+/// start then, or a stopped `update` would switch the device and exit 0.
+/// `next` names the step not started, for the error.
+pub fn stop_here(next: &str) -> evergreen::Result<()> {
+    match token().is_cancelled() {
+        false => Ok(()),
+        true => Err(evergreen::Error::new(
+            evergreen::ErrorKind::Cancelled,
+            format!("expected to go on to {next}, found a stop asked for: not started"),
+        )),
+    }
 }
 
 /// What a command stopped by the cancel leaves for the next run.
