@@ -3877,3 +3877,40 @@ fn a_sigterm_during_the_install_stops_before_the_activation() {
     );
     assert_eq!(dev.status()["primary"], "b");
 }
+
+/// `nohup evergreen update --yes &` (SIGHUP ignored), or an update a script started in the
+/// background (`evergreen update --yes &` in `sh`, which starts it with SIGINT ignored):
+/// the signal its starter chose to ignore does not stop it. Both stopped it with
+/// `error[cancelled]`: the handler for Ctrl-C and SIGTERM took over the ignored signals
+/// too, so the end of the login session (SIGHUP) cancelled the update `nohup` was for.
+#[test]
+fn signals_ignored_by_the_starter_stay_ignored() {
+    use std::os::unix::process::CommandExt;
+    for signal in ["-HUP", "-INT"] {
+        let (repo, server, dev) = served_with_1_1_0_of("com.acme.nohup", 64 * 1024);
+        let blob = format!("blobs/sha256/{}", names(&repo.root.join("blobs/sha256"))[0]);
+        // About 1.6 s: the signal comes 200 ms into it.
+        let slow = Fault::Trickle {
+            bytes: 8192,
+            every: std::time::Duration::from_millis(200),
+        };
+        server.set_fault(&blob, slow);
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["update", "--yes", "--config", dev.config.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: only async-signal-safe calls between fork and exec, as nohup and sh make.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let out = signal_once_requested(cmd.spawn().unwrap(), &server, &blob, signal);
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{signal}: {stderr}");
+        assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0", "{signal}");
+    }
+}
