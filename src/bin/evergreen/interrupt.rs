@@ -64,8 +64,34 @@ pub fn explain(e: evergreen::Error, kept: Kept) -> evergreen::Error {
 }
 
 /// Routes Ctrl-C and SIGTERM to [`token`]. Without a handler (one could not be set) the
-/// signals keep their default: the process stops at once, which is safe too.
+/// signals keep their default: the process stops at once, which is safe too. A signal
+/// the process was started with ignored stays ignored: `nohup` ignores SIGHUP, and `sh`
+/// SIGINT for a job it starts in the background, so that the end of the session or a
+/// Ctrl-C meant for the foreground does not stop it (the handler, which also takes
+/// SIGHUP, took them over and cancelled such an update).
 pub fn install() {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let ignored = signals.map(|signal| {
+        // SAFETY: reads the signal's disposition; a null new action changes nothing.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+        }
+    });
+    set_handler();
+    for (signal, ignored) in signals.into_iter().zip(ignored) {
+        if ignored {
+            // SAFETY: sets a standard signal's disposition back to "ignore".
+            unsafe {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+        }
+    }
+}
+
+/// The handler of [`install`]: cancels [`token`], then ends the process after [`GRACE`].
+fn set_handler() {
     let token = token();
     let _ = ctrlc::set_handler(move || {
         token.cancel();
