@@ -1995,7 +1995,7 @@ fn an_interrupted_download_is_cancelled_and_resumed_by_the_next_update() {
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.starts_with(
-            "error[cancelled]: interrupted (Ctrl-C or SIGTERM); what was received is kept"
+            "error[cancelled]: interrupted (Ctrl-C, SIGTERM or SIGHUP); what was received is kept"
         ),
         "{stderr}"
     );

@@ -55,10 +55,10 @@ pub fn explain(e: evergreen::Error, kept: Kept) -> evergreen::Error {
     }
     e.context(match kept {
         Kept::Received => {
-            "interrupted (Ctrl-C or SIGTERM); what was received is kept for the next run"
+            "interrupted (Ctrl-C, SIGTERM or SIGHUP); what was received is kept for the next run"
         }
         Kept::Nothing => {
-            "interrupted (Ctrl-C or SIGTERM); nothing was published and no partial copy is left"
+            "interrupted (Ctrl-C, SIGTERM or SIGHUP); nothing was published and no partial copy is left"
         }
     })
 }
@@ -98,7 +98,7 @@ fn set_handler() {
         std::thread::sleep(GRACE);
         crate::report(&evergreen::Error::new(
             evergreen::ErrorKind::Cancelled,
-            "interrupted (Ctrl-C or SIGTERM); stopped where it was, which is safe: run the command again to carry on",
+            "interrupted (Ctrl-C, SIGTERM or SIGHUP); stopped where it was, which is safe: run the command again to carry on",
         ));
         std::process::exit(1);
     });

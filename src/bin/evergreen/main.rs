@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage, 10 update available (`check`). A failure
 //! prints exactly one line, `error[<kind>]: <message>`, on stderr, where `<kind>` is the
-//! stable error name; Ctrl-C and SIGTERM are the failure `cancelled` ([`interrupt`]).
+//! stable error name; Ctrl-C, SIGTERM and SIGHUP are the failure `cancelled` ([`interrupt`]).
 
 /// Prints a line on stdout. A failed write must not stop the work a command is doing
 /// halfway, nor panic: a closed stdout (`evergreen init … | head -1`) is dropped, and any
@@ -35,7 +35,7 @@ use std::process::ExitCode;
 #[command(
     name = "evergreen",
     version,
-    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr; Ctrl-C and SIGTERM are error[cancelled]), 2 usage, 10 update available (check).\n\
+    after_help = "Exit codes: 0 success, 1 failure (one line `error[<kind>]: <message>` on stderr; Ctrl-C, SIGTERM and SIGHUP are error[cancelled]), 2 usage, 10 update available (check).\n\
                   Set EVERGREEN_NOW to an RFC 3339 time to run as if the clock read that time."
 )]
 struct Cli {
