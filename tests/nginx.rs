@@ -342,3 +342,45 @@ fn an_https_url_of_a_plain_http_server_is_named_as_such() {
         format!("GET {url}/channels/stable.json: expected an HTTP response, found an answer that is no TLS (received corrupt message of type InvalidContentType): is the server http://, not https://?")
     );
 }
+
+/// HTTPS through an HTTP `CONNECT` proxy: the certificate verified is the origin's,
+/// through the tunnel, by its name in the URL; an origin the roots do not vouch for is
+/// refused through the proxy as it is directly.
+#[test]
+#[cfg(feature = "tls")]
+fn https_through_a_connect_proxy_verifies_the_origin() {
+    #[path = "support/proxy.rs"]
+    #[allow(dead_code)]
+    mod tunnel;
+    let body = b"{\"sequence\": 9}";
+    let Some(https) = Https::serve("P-256", "ssl_protocols TLSv1.2 TLSv1.3;", body) else {
+        return;
+    };
+    let proxy = tunnel::TunnelProxy::start(tunnel::Tunnel::Connect { password: None });
+    let fetch = |trusting: bool| {
+        let options = FetchOptions {
+            ca_roots: trusting.then(|| https.pki.path().join("ca.pem")),
+            proxy: Some(proxy.url()),
+            ..options()
+        };
+        let fetcher = Fetcher::new(vec![https.nginx.url()], options).unwrap();
+        fetcher.metadata("channels/stable.json", None, 1 << 20)
+    };
+    let fetched = fetch(true).unwrap();
+    assert!(
+        matches!(&fetched, Metadata::Fetched { bytes, .. } if bytes == body),
+        "{fetched:?}"
+    );
+    let err = fetch(false).unwrap_err().to_string();
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer, through proxy http://127.0.0.1:"),
+        "{err}"
+    );
+    let tunnels = proxy.tunnels();
+    assert_eq!(tunnels.len(), 2, "{tunnels:?}");
+    let origin = https.nginx.url().replace("https://", "");
+    assert!(
+        tunnels.iter().all(|t| t.target == origin && t.opened),
+        "{tunnels:?}"
+    );
+}

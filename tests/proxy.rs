@@ -175,3 +175,63 @@ fn an_https_proxy_without_usable_ca_roots_is_an_error_not_a_crash() {
         "{err}"
     );
 }
+
+/// A proxy that refuses the tunnel (its policy: 403; the origin unreachable from it: 502):
+/// the error names the proxy and its status, not the origin as if it had answered.
+#[test]
+fn a_proxy_refusing_the_tunnel_is_named_with_its_status() {
+    for status in [403u16, 502] {
+        let proxy = TunnelProxy::start(Tunnel::Refuse(status));
+        let (_repo, server, dev) = setup("com.acme.refused", json!({"proxy": proxy.url()}));
+        let out = dev.run_env("check", &[], &env(&[]));
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with("error[network]: "), "{err}");
+        assert!(
+            err.contains(&format!("proxy server responded {status}"))
+                && err
+                    .trim_end()
+                    .ends_with(&format!(", through proxy {} (config proxy)", proxy.url())),
+            "{err}"
+        );
+        assert!(server.log().is_empty(), "a request passed a refusing proxy");
+        assert_eq!(proxy.tunnels()[0].target, address(&server));
+    }
+}
+
+/// A proxy that drops the download mid-body: the next attempt, through the proxy again,
+/// resumes after the bytes kept (a `Range` request), and the update completes.
+#[test]
+fn a_download_cut_by_the_proxy_resumes_through_it() {
+    let proxy = TunnelProxy::start(Tunnel::Cut { after: 600_000 });
+    let repo = Repo::new("com.acme.cutproxy");
+    let file = repo.scratch("src").join("payload.dat");
+    std::fs::write(&file, support::noise(2 << 20, 7)).unwrap();
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("payload", &file)],
+        &[],
+    );
+    let server = TestServer::serve(&repo.root);
+    let config = json!({
+        "current_version": "0.9.0",
+        "proxy": proxy.url(),
+        "limits": {"retries": 2, "retry_backoff_ms": 10},
+    });
+    let dev = repo.device("dev", &server.url(), config);
+    let out = dev.run_env("update", &["--yes"], &env(&[]));
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(proxy.was_cut(), "no tunnel was cut: {:?}", proxy.tunnels());
+    let blobs: Vec<_> = (server.log().into_iter())
+        .filter(|r| r.path.contains("blobs/"))
+        .collect();
+    assert!(
+        blobs
+            .iter()
+            .any(|r| r.range.as_deref().is_some_and(|r| r != "bytes=0-")),
+        "no resume: {blobs:?}"
+    );
+    assert_eq!(proxy.tunnels().len(), server.log().len());
+}

@@ -25,6 +25,12 @@ pub enum Tunnel {
     Connect { password: Option<String> },
     /// SOCKS5 without authentication.
     Socks5,
+    /// HTTP `CONNECT`, every request answered with this status (`403`, `502`) and no
+    /// tunnel.
+    Refuse(u16),
+    /// HTTP `CONNECT`, the first tunnel whose answer runs past `after` bytes closed
+    /// there, as a proxy that drops a long transfer does; the tunnels after it whole.
+    Cut { after: u64 },
 }
 
 /// One tunnel a client asked for.
@@ -44,6 +50,8 @@ pub struct TunnelProxy {
     kind: Tunnel,
     log: Arc<Mutex<Vec<Asked>>>,
     stop: Arc<AtomicBool>,
+    /// Whether a tunnel was cut ([`Tunnel::Cut`]).
+    cut: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -55,14 +63,17 @@ impl TunnelProxy {
         listener.set_nonblocking(true).expect("non-blocking");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let acceptor = {
             let (kind, log, stop) = (kind.clone(), Arc::clone(&log), Arc::clone(&stop));
+            let cut = Arc::clone(&cut);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((client, _)) => {
                             let (kind, log) = (kind.clone(), Arc::clone(&log));
-                            std::thread::spawn(move || serve(client, &kind, &log));
+                            let cut = Arc::clone(&cut);
+                            std::thread::spawn(move || serve(client, &kind, &log, &cut));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
@@ -74,6 +85,7 @@ impl TunnelProxy {
             kind,
             log,
             stop,
+            cut,
             acceptor: Some(acceptor),
         }
     }
@@ -87,12 +99,18 @@ impl TunnelProxy {
                 password: Some(pw), ..
             } => format!("http://user:{pw}@127.0.0.1:{}", self.port),
             Tunnel::Socks5 => format!("socks5://127.0.0.1:{}", self.port),
+            Tunnel::Refuse(_) | Tunnel::Cut { .. } => format!("http://127.0.0.1:{}", self.port),
         }
     }
 
     /// The tunnels asked for so far, oldest first.
     pub fn tunnels(&self) -> Vec<Asked> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether a tunnel was cut short ([`Tunnel::Cut`]).
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
     }
 }
 
@@ -105,20 +123,28 @@ impl Drop for TunnelProxy {
     }
 }
 
-fn serve(mut client: TcpStream, kind: &Tunnel, log: &Mutex<Vec<Asked>>) {
+fn serve(mut client: TcpStream, kind: &Tunnel, log: &Mutex<Vec<Asked>>, cut: &AtomicBool) {
     let _ = client.set_nonblocking(false);
     let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = client.set_write_timeout(Some(Duration::from_secs(5)));
     let asked = match kind {
         Tunnel::Connect { password } => connect_handshake(&mut client, password.as_deref()),
+        Tunnel::Cut { .. } => connect_handshake(&mut client, None),
         Tunnel::Socks5 => socks5_handshake(&mut client),
+        Tunnel::Refuse(status) => refuse(&mut client, *status),
     };
     let Ok((asked, upstream)) = asked else {
         return;
     };
     log.lock().unwrap_or_else(|e| e.into_inner()).push(asked);
+    let limit = match kind {
+        Tunnel::Cut { after } if !cut.load(Ordering::SeqCst) => Some(*after),
+        _ => None,
+    };
     if let Some(upstream) = upstream {
-        relay(client, upstream);
+        if relay(client, upstream, limit) {
+            cut.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -163,6 +189,25 @@ fn connect_handshake(
     client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
     asked.opened = true;
     Ok((asked, Some(upstream)))
+}
+
+/// Reads a request and answers it with `status` and a short page, as a proxy whose
+/// policy or upstream failed does.
+fn refuse(client: &mut TcpStream, status: u16) -> io::Result<(Asked, Option<TcpStream>)> {
+    let head = read_head(client)?;
+    let target = head.split(' ').nth(1).unwrap_or_default().to_owned();
+    let page = format!("<html><body>{status} from the proxy</body></html>");
+    let answer = format!(
+        "HTTP/1.1 {status} Refused\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+        page.len()
+    );
+    client.write_all(answer.as_bytes())?;
+    let asked = Asked {
+        target,
+        authorization: None,
+        opened: false,
+    };
+    Ok((asked, None))
 }
 
 /// RFC 1928 without authentication, `CONNECT` to an IPv4 address or a name.
@@ -221,14 +266,29 @@ fn loopback(target: &str) -> io::Result<TcpStream> {
     Ok(upstream)
 }
 
-/// Copies both ways until either side closes or stays silent for 5 s.
-fn relay(client: TcpStream, upstream: TcpStream) {
+/// Copies both ways until either side closes or stays silent for 5 s, or, with a
+/// `limit`, until that many bytes of the answer went through: then both connections are
+/// closed, and it returns true.
+fn relay(client: TcpStream, upstream: TcpStream, limit: Option<u64>) -> bool {
     let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
+        return false;
     };
     let up = std::thread::spawn(move || pipe(client2, upstream2));
-    pipe(upstream, client);
+    let cut = match limit {
+        None => {
+            pipe(upstream, client);
+            false
+        }
+        Some(limit) => {
+            let (mut from, mut to) = (upstream, client);
+            let copied = io::copy(&mut (&mut from).take(limit), &mut to).unwrap_or(0);
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+            copied == limit
+        }
+    };
     let _ = up.join();
+    cut
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
