@@ -235,3 +235,25 @@ fn a_download_cut_by_the_proxy_resumes_through_it() {
     );
     assert_eq!(proxy.tunnels().len(), server.log().len());
 }
+
+/// A proxy URL written without its scheme (`ops:pw@proxy:3128`, as `HTTPS_PROXY` is often
+/// set) is refused by the config's check, and the error, in every command that loads the
+/// config, shows its password as `***`, as for a URL with a scheme.
+#[test]
+fn a_proxy_url_without_a_scheme_is_refused_without_its_password() {
+    let (_repo, _server, dev) = setup(
+        "com.acme.schemeless",
+        json!({"proxy": "ops:s3cret@127.0.0.1:3128"}),
+    );
+    for (cmd, args) in [("check", &["--json"][..]), ("status", &["--json"][..])] {
+        let out = dev.run_env(cmd, args, &env(&[]));
+        let err = common::stderr(&out);
+        let all = format!("{err}{}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.starts_with("error[config]: "), "{cmd}: {err}");
+        assert!(!all.contains("s3cret"), "{cmd} printed the password: {all}");
+        assert!(
+            err.contains("found \"ops:***@127.0.0.1:3128\""),
+            "{cmd}: {err}"
+        );
+    }
+}
