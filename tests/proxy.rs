@@ -257,3 +257,77 @@ fn a_proxy_url_without_a_scheme_is_refused_without_its_password() {
         );
     }
 }
+
+/// tinyproxy, run in the foreground on 127.0.0.1 with `directives` added to its config;
+/// killed when dropped. `None` where tinyproxy is not installed.
+struct Tinyproxy {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    fn start(directives: &str) -> Option<Tinyproxy> {
+        let dir = tempfile::TempDir::new().unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let conf = dir.path().join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!("Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 10\n{directives}\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            require::missing("tinyproxy");
+            return None;
+        };
+        let proxy = Tinyproxy {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(proxy);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("tinyproxy did not listen on 127.0.0.1:{port} within 2 s");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `http://` server through a proxy that, as Squid's default configuration does
+/// (`http_access deny CONNECT !SSL_ports`), tunnels to port 443 only and forwards plain
+/// HTTP requests: curl, apt and browsers send `GET http://host/path` to it, which it
+/// serves. Evergreen (ureq 3) asks for a `CONNECT` tunnel for `http://` URLs too, which
+/// such a proxy refuses with 403, so the device never reaches its server.
+#[test]
+#[ignore = "ureq 3 has no forwarding (absolute-form) mode for http:// through an HTTP proxy"]
+fn an_http_server_is_reached_through_a_proxy_that_tunnels_only_to_443() {
+    let Some(proxy) = Tinyproxy::start("ConnectPort 443") else {
+        return;
+    };
+    let (_repo, server, dev) = setup("com.acme.squidlike", json!({"proxy": proxy.url()}));
+    let out = dev.run_env("check", &[], &env(&[]));
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    assert!(!server.log().is_empty());
+}
