@@ -331,3 +331,40 @@ fn an_http_server_is_reached_through_a_proxy_that_tunnels_only_to_443() {
     assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
     assert!(!server.log().is_empty());
 }
+
+/// The environment read as curl, Python, Go and apt read it: an `http://` server goes
+/// through `HTTP_PROXY` when it is set, whatever `HTTPS_PROXY` or `ALL_PROXY` say
+/// (`ALL_PROXY` only for a scheme without a variable of its own); a device that sets only
+/// the other scheme's variable still uses it.
+#[test]
+fn an_http_server_goes_through_http_proxy_before_https_proxy_and_all_proxy() {
+    let (_repo, server, dev) = setup("com.acme.envorder", json!({}));
+    let http = TunnelProxy::start(Tunnel::Connect { password: None });
+    let other = TunnelProxy::start(Tunnel::Connect { password: None });
+    let (http_url, other_url) = (http.url(), other.url());
+    let cases: [&[(&str, &str)]; 3] = [
+        &[("HTTPS_PROXY", &other_url), ("HTTP_PROXY", &http_url)],
+        &[("ALL_PROXY", &other_url), ("http_proxy", &http_url)],
+        &[
+            ("all_proxy", &other_url),
+            ("HTTPS_PROXY", &other_url),
+            ("HTTP_PROXY", &http_url),
+        ],
+    ];
+    for vars in cases {
+        let before = http.tunnels().len();
+        let out = dev.run_env("check", &[], &env(vars));
+        assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+        assert!(
+            http.tunnels().len() > before && other.tunnels().is_empty(),
+            "{vars:?}: HTTP_PROXY carried {} tunnel(s), the other {:?}",
+            http.tunnels().len() - before,
+            other.tunnels()
+        );
+    }
+    // Only HTTPS_PROXY set: it serves http:// too, as it always did.
+    let out = dev.run_env("check", &[], &env(&[("HTTPS_PROXY", &other_url)]));
+    assert_eq!(out.status.code(), Some(10), "{}", common::stderr(&out));
+    assert!(!other.tunnels().is_empty());
+    assert!(other.tunnels().iter().all(|t| t.target == address(&server)));
+}
