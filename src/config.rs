@@ -15,8 +15,9 @@
 //!   (`SSL_CERT_FILE`, else the distribution's usual file: `fetch::SYSTEM_ROOTS`) or, with
 //!   the `webpki-roots` feature, Mozilla's roots built into the library;
 //! - `proxy` — `null`: an `http://`, `https://`, `socks4://` or `socks5://` proxy URL for
-//!   every request; `null` takes the environment's (`ALL_PROXY`, `HTTPS_PROXY`,
-//!   `HTTP_PROXY`, with `NO_PROXY`: see [`FetchOptions::proxy`](crate::fetch::FetchOptions::proxy)).
+//!   every request; `null` takes the environment's (`HTTPS_PROXY` for `https://` URLs,
+//!   `HTTP_PROXY` for `http://` ones, else `ALL_PROXY`, else the other scheme's, with
+//!   `NO_PROXY`: see [`FetchOptions::proxy`](crate::fetch::FetchOptions::proxy)).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{is_channel_name, DEFAULT_MAX_METADATA_BYTES};

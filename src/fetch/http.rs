@@ -26,8 +26,9 @@ use std::time::Duration;
 /// the file or the paths tried.
 pub struct HttpTransport {
     options: FetchOptions,
-    /// The proxy requests go through, unless `NO_PROXY` lists their host.
-    via: Option<Via>,
+    /// The proxy `https://` requests go through, and the one `http://` requests go
+    /// through (the same for the config's), unless `NO_PROXY` lists their host.
+    via: [Option<Via>; 2],
     /// Read on the first request, once for both agents: the TLS configuration with its
     /// CA roots, or why there are no usable roots (only `https://` needs them).
     tls: OnceLock<Result<Tls>>,
@@ -44,12 +45,15 @@ impl std::fmt::Debug for HttpTransport {
 impl HttpTransport {
     /// A transport configured by `options`. Fails with [`ErrorKind::Config`] for a bad
     /// proxy URL; `ca_roots` is read by the first request. Without a configured proxy,
-    /// the environment's (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, and `NO_PROXY`) is
-    /// read here, once.
+    /// the environment's (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, and `NO_PROXY`: see
+    /// [`PROXY_VARIABLES`](super::PROXY_VARIABLES)) is read here, once.
     pub fn new(options: &FetchOptions) -> Result<HttpTransport> {
         let via = match &options.proxy {
-            Some(url) => Some(Via::configured(url)?),
-            None => Via::from_env(),
+            Some(url) => {
+                let via = Via::configured(url)?;
+                [Some(via.clone()), Some(via)]
+            }
+            None => [Via::from_env(true), Via::from_env(false)],
         };
         Ok(HttpTransport {
             options: options.clone(),
@@ -106,8 +110,9 @@ impl HttpTransport {
             // `get` follows redirects itself (with `follow_redirects`), hop by hop.
             .max_redirects(0)
             .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")))
-            // Never ureq's own reading of the environment: `via` is what errors name.
-            .proxy(self.via.as_ref().map(|via| via.proxy.clone()));
+            // Never ureq's own reading of the environment: each request sets `via_for` its
+            // URL, which is what errors name.
+            .proxy(None);
         #[cfg(feature = "tls")]
         let config = match self.tls() {
             Ok(tls) => config.tls_config(tls.clone()),
@@ -347,7 +352,9 @@ impl Transport for HttpTransport {
 impl HttpTransport {
     /// The proxy a request for `url` goes through, if any.
     fn via_for(&self, url: &str) -> Option<&Via> {
-        self.via.as_ref().filter(|via| via.serves(url))
+        self.via[usize::from(!is_https(url))]
+            .as_ref()
+            .filter(|via| via.serves(url))
     }
 
     /// One request, no redirect followed (ureq's `max_redirects` is 0).
@@ -361,9 +368,9 @@ impl HttpTransport {
                 .timeout_recv_body(Some(bounded(limit)))
                 .build();
         }
-        // A host `NO_PROXY` lists: the agent's proxy is off for this request only.
-        if self.via.as_ref().is_some_and(|via| !via.serves(url)) {
-            request = request.config().proxy(None).build();
+        // The proxy for this URL's scheme, none for a host `NO_PROXY` lists.
+        if let Some(via) = self.via_for(url) {
+            request = request.config().proxy(Some(via.proxy.clone())).build();
         }
         if let Some(from) = req.range_from {
             request = request.header("Range", format!("bytes={from}-"));

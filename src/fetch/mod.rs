@@ -85,9 +85,11 @@ pub struct FetchOptions {
     /// bundle (`system_roots`), or of Mozilla's roots built in with the `webpki-roots`
     /// feature (for a private CA). Needs the `tls` feature.
     pub ca_roots: Option<PathBuf>,
-    /// An HTTP(S) or SOCKS proxy URL for every request. `None` takes the first of
-    /// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` (or their lowercase names) set in the
-    /// environment, for every request but those to the hosts `NO_PROXY` lists (entries
+    /// An HTTP(S) or SOCKS proxy URL for every request. `None` takes the environment's,
+    /// as curl reads it: for an `https://` URL the first of `HTTPS_PROXY`, `ALL_PROXY`,
+    /// `HTTP_PROXY` (or their lowercase names) that is set, for an `http://` one the first
+    /// of `HTTP_PROXY`, `ALL_PROXY`, `HTTPS_PROXY` ([`PROXY_VARIABLES`]); for every request
+    /// but those to the hosts `NO_PROXY` lists (entries
     /// separated by commas or blanks: `example.com` also covers its subdomains, an address
     /// or a CIDR network (`10.0.0.0/8`) its addresses, `10.*` or `192.168.` what starts so,
     /// `*` everything). An error through a proxy names it (without its password) and where

@@ -1,5 +1,6 @@
 //! Which proxy an HTTP request goes through: the config's `proxy`, else the one the
-//! environment names, minus the hosts of `NO_PROXY`.
+//! environment names for the URL's scheme ([`PROXY_VARIABLES`]), minus the hosts of
+//! `NO_PROXY`.
 //!
 //! Evergreen reads the environment itself rather than leaving it to ureq, so that an error
 //! can name the proxy and the variable it came from (a device that cannot reach its server
@@ -12,16 +13,29 @@
 use crate::error::{Error, Result};
 use std::net::IpAddr;
 
-/// The environment variables naming a proxy, in the order they are tried (ureq's and the
-/// order the library always had): the first one set to a usable URL serves every request
-/// of an updater whose config names no `proxy`.
+/// The environment variables naming a proxy, in the order they are tried for an
+/// `https://` URL: the URL's scheme's own (`HTTPS_PROXY`), then `ALL_PROXY`, then the
+/// other scheme's, which the library once took for every URL (a device that sets only
+/// that one keeps it). An `http://` URL tries `HTTP_PROXY` first, then `ALL_PROXY`, then
+/// `HTTPS_PROXY`. The first one set to a usable URL serves the request, for an updater
+/// whose config names no `proxy`.
 pub const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
+
+/// [`PROXY_VARIABLES`] in the order an `http://` URL tries them.
+const HTTP_ORDER: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
     "ALL_PROXY",
     "all_proxy",
     "HTTPS_PROXY",
     "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
 ];
 
 /// The environment variables listing the hosts reached without the environment's proxy;
@@ -53,15 +67,18 @@ impl Via {
         })
     }
 
-    /// The proxy the process's environment names, if any.
-    pub(super) fn from_env() -> Option<Via> {
-        Via::from_vars(|name| std::env::var(name).ok())
+    /// The proxy the process's environment names for `https://` URLs (`https`) or
+    /// `http://` ones, if any.
+    pub(super) fn from_env(https: bool) -> Option<Via> {
+        Via::from_vars(https, |name| std::env::var(name).ok())
     }
 
-    /// The proxy `var` names: the first of [`PROXY_VARIABLES`] that holds a URL ureq can use
-    /// (one that cannot be used is passed over, as ureq did), with `NO_PROXY`'s hosts.
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Via> {
-        let (name, proxy) = PROXY_VARIABLES.iter().find_map(|name| {
+    /// The proxy `var` names for `https://` URLs (`https`) or `http://` ones: the first of
+    /// [`PROXY_VARIABLES`], in that scheme's order, that holds a URL ureq can use (one that
+    /// cannot be used is passed over, as ureq did), with `NO_PROXY`'s hosts.
+    fn from_vars(https: bool, var: impl Fn(&str) -> Option<String>) -> Option<Via> {
+        let order = if https { PROXY_VARIABLES } else { HTTP_ORDER };
+        let (name, proxy) = order.iter().find_map(|name| {
             let proxy = ureq::Proxy::new(var(name)?.trim()).ok()?;
             Some((name, proxy))
         })?;
@@ -252,31 +269,80 @@ mod tests {
 
     #[test]
     fn the_first_usable_variable_names_the_proxy_and_is_named_in_turn() {
-        assert!(Via::from_vars(env(&[])).is_none());
-        let via = Via::from_vars(env(&[
-            ("http_proxy", "http://low:1"),
-            ("HTTPS_PROXY", "http://u:secret@mid:3128"),
-        ]))
+        assert!(Via::from_vars(true, env(&[])).is_none());
+        let via = Via::from_vars(
+            true,
+            env(&[
+                ("http_proxy", "http://low:1"),
+                ("HTTPS_PROXY", "http://u:secret@mid:3128"),
+            ]),
+        )
         .unwrap();
         assert_eq!(via.name(), "http://u:***@mid:3128 (from HTTPS_PROXY)");
         // One that cannot be used is passed over, not an error of every request.
-        let via = Via::from_vars(env(&[
-            ("ALL_PROXY", "ftp://nope:21"),
-            ("http_proxy", "socks5://s:1080"),
-        ]))
+        let via = Via::from_vars(
+            true,
+            env(&[
+                ("ALL_PROXY", "ftp://nope:21"),
+                ("http_proxy", "socks5://s:1080"),
+            ]),
+        )
         .unwrap();
         assert_eq!(via.name(), "socks5://s:1080 (from http_proxy)");
     }
 
+    /// As curl, Python and Go read them: the URL's scheme's variable, else `ALL_PROXY`,
+    /// else (as the library always did) the other scheme's.
+    #[test]
+    fn each_scheme_takes_its_own_variable_then_all_proxy_then_the_other() {
+        let named = |https: bool, vars: &[(&str, &str)]| {
+            Via::from_vars(https, env(vars)).map(|via| via.name().to_owned())
+        };
+        let all = [
+            ("ALL_PROXY", "http://all:1"),
+            ("HTTPS_PROXY", "http://tls:2"),
+            ("HTTP_PROXY", "http://plain:3"),
+        ];
+        assert_eq!(
+            named(true, &all).unwrap(),
+            "http://tls:2 (from HTTPS_PROXY)"
+        );
+        assert_eq!(
+            named(false, &all).unwrap(),
+            "http://plain:3 (from HTTP_PROXY)"
+        );
+        let all_but_one = [
+            ("all_proxy", "http://all:1"),
+            ("https_proxy", "http://tls:2"),
+        ];
+        assert_eq!(
+            named(false, &all_but_one).unwrap(),
+            "http://all:1 (from all_proxy)"
+        );
+        let one = [("http_proxy", "http://plain:3")];
+        assert_eq!(
+            named(true, &one).unwrap(),
+            "http://plain:3 (from http_proxy)"
+        );
+        let one = [("HTTPS_PROXY", "http://tls:2")];
+        assert_eq!(
+            named(false, &one).unwrap(),
+            "http://tls:2 (from HTTPS_PROXY)"
+        );
+    }
+
     #[test]
     fn no_proxy_entries_are_trimmed_and_cover_their_subdomains() {
-        let via = Via::from_vars(env(&[
-            ("HTTP_PROXY", "http://p:3128"),
-            (
-                "NO_PROXY",
-                "localhost, 127.0.0.1 ,.internal.example,*.lan,[::1],,Example.ORG",
-            ),
-        ]))
+        let via = Via::from_vars(
+            true,
+            env(&[
+                ("HTTP_PROXY", "http://p:3128"),
+                (
+                    "NO_PROXY",
+                    "localhost, 127.0.0.1 ,.internal.example,*.lan,[::1],,Example.ORG",
+                ),
+            ]),
+        )
         .unwrap();
         let direct = [
             "http://localhost:8080/x",
@@ -308,7 +374,11 @@ mod tests {
     #[test]
     fn no_proxy_reads_networks_prefixes_and_blank_separated_lists() {
         let via = |list: &str| {
-            Via::from_vars(env(&[("HTTP_PROXY", "http://p:3128"), ("NO_PROXY", list)])).unwrap()
+            Via::from_vars(
+                true,
+                env(&[("HTTP_PROXY", "http://p:3128"), ("NO_PROXY", list)]),
+            )
+            .unwrap()
         };
         let cases: &[(&str, &str, bool)] = &[
             ("10.0.0.0/8", "http://10.1.2.3/", false),
@@ -343,19 +413,26 @@ mod tests {
     fn a_password_is_never_shown_however_the_url_is_written() {
         let via = Via::configured("http://ops:s3/cret@127.0.0.1:9").unwrap();
         assert!(!via.name().contains("cret"), "{}", via.name());
-        let via = Via::from_vars(env(&[("ALL_PROXY", "socks5://u:p%40ss@[::1]:1080")])).unwrap();
+        let via =
+            Via::from_vars(true, env(&[("ALL_PROXY", "socks5://u:p%40ss@[::1]:1080")])).unwrap();
         assert_eq!(via.name(), "socks5://u:***@[::1]:1080 (from ALL_PROXY)");
     }
 
     #[test]
     fn an_asterisk_sends_everything_direct_and_the_lowercase_list_counts_second() {
-        let via = Via::from_vars(env(&[("all_proxy", "http://p:1"), ("no_proxy", " * ")]));
+        let via = Via::from_vars(
+            true,
+            env(&[("all_proxy", "http://p:1"), ("no_proxy", " * ")]),
+        );
         assert!(!via.unwrap().serves("https://anything.example/"));
-        let via = Via::from_vars(env(&[
-            ("all_proxy", "http://p:1"),
-            ("NO_PROXY", "a.example"),
-            ("no_proxy", "*"),
-        ]));
+        let via = Via::from_vars(
+            true,
+            env(&[
+                ("all_proxy", "http://p:1"),
+                ("NO_PROXY", "a.example"),
+                ("no_proxy", "*"),
+            ]),
+        );
         assert!(via.unwrap().serves("https://b.example/"));
     }
 
