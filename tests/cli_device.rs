@@ -3259,6 +3259,40 @@ fn a_skipped_release_is_listed_and_can_be_offered_again() {
     );
 }
 
+/// A skip holds every build of its version, as checks compare versions: after `skip 1.0.0`,
+/// `check` names the build the channel lists (`1.0.0+b7`) as skipped, and `unskip` of
+/// that name takes the skip back, so the next check offers it again.
+#[test]
+fn unskip_of_the_build_a_check_names_takes_back_the_skip_of_its_version() {
+    let repo = Repo::new("com.acme.skipbuild");
+    publish(&repo, "1.0.0+b7", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "0.9.0"}),
+    );
+    dev.expect("skip", &["1.0.0"], 0);
+    let text = dev.expect("check", &[], 0);
+    assert!(
+        text.contains(
+            "note: 1.0.0+b7 is on the channel and not offered to this device: it was skipped"
+        ) && text.contains("`evergreen unskip 1.0.0+b7` offers it again"),
+        "{text}"
+    );
+
+    let undone = json(&dev.expect("unskip", &["1.0.0+b7", "--json"], 0));
+    assert_eq!(
+        undone,
+        serde_json::json!({"unskipped": "1.0.0+b7", "was_skipped": true})
+    );
+    assert_eq!(dev.status()["skipped"], serde_json::json!([]));
+    assert_eq!(
+        json(&dev.expect("check", &["--json"], 10))["version"],
+        "1.0.0+b7"
+    );
+}
+
 /// "up to date" while the channel has a newer release says which and why, in text and in
 /// `--json` (`held_back`), for `check` and `update` alike: a rollout that has not reached
 /// the device, then a skip (with how to undo it); `null` once nothing newer is held.
