@@ -861,7 +861,8 @@ enum evg_status evg_reinstall(struct evg_updater *updater, evg_progress_cb progr
 enum evg_status evg_set_channel(struct evg_updater *updater, const char *channel);
 
 /**
- * Skips `version` (e.g. `"1.4.2"`): checks no longer offer it, unless it is critical.
+ * Skips `version` (e.g. `"1.4.2"`): checks no longer offer it, unless it is critical, nor
+ * another build of it (`"1.4.2+b7"`: versions compare by semver precedence).
  *
  * # Safety
  * `updater` is NULL or a live handle; `version` is NULL or a NUL-terminated string.
@@ -869,7 +870,8 @@ enum evg_status evg_set_channel(struct evg_updater *updater, const char *channel
 enum evg_status evg_skip(struct evg_updater *updater, const char *version);
 
 /**
- * Takes back `evg_skip` of `version`: checks may offer it again. `*was_skipped` (may be
+ * Takes back `evg_skip` of `version`, or of another build of it (`"1.4.2"` for
+ * `"1.4.2+b7"`): checks may offer it again. `*was_skipped` (may be
  * NULL when not wanted) receives whether it was skipped; when it was not, nothing changes.
  * `evg_status_json` lists the skipped versions (`"skipped"`).
  *

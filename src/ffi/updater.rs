@@ -524,7 +524,8 @@ pub unsafe extern "C" fn evg_set_channel(
     })
 }
 
-/// Skips `version` (e.g. `"1.4.2"`): checks no longer offer it, unless it is critical.
+/// Skips `version` (e.g. `"1.4.2"`): checks no longer offer it, unless it is critical, nor
+/// another build of it (`"1.4.2+b7"`: versions compare by semver precedence).
 ///
 /// # Safety
 /// `updater` is NULL or a live handle; `version` is NULL or a NUL-terminated string.
@@ -537,7 +538,8 @@ pub unsafe extern "C" fn evg_skip(updater: *mut evg_updater, version: *const c_c
     })
 }
 
-/// Takes back `evg_skip` of `version`: checks may offer it again. `*was_skipped` (may be
+/// Takes back `evg_skip` of `version`, or of another build of it (`"1.4.2"` for
+/// `"1.4.2+b7"`): checks may offer it again. `*was_skipped` (may be
 /// NULL when not wanted) receives whether it was skipped; when it was not, nothing changes.
 /// `evg_status_json` lists the skipped versions (`"skipped"`).
 ///

@@ -299,19 +299,21 @@ impl Updater {
         })
     }
 
-    /// Skips `version`: checks no longer offer it (unless it is critical).
+    /// Skips `version`: checks no longer offer it (unless it is critical), nor another
+    /// build of it (`1.4.2+b7` for `1.4.2`: checks compare versions by semver precedence).
     /// [`Status::skipped`](crate::Status::skipped) lists it; [`Updater::unskip`] takes it back.
     pub fn skip(&self, version: &Version) -> Result<()> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
-        if !st.skipped.contains(version) {
+        if !st.skipped.iter().any(|v| v.cmp_precedence(version).is_eq()) {
             st.skipped.push(version.clone());
         }
         self.save(&st)
     }
 
-    /// Takes back [`Updater::skip`] of `version`: checks may offer it again. `false`, and
-    /// nothing saved, when it was not skipped.
+    /// Takes back [`Updater::skip`] of `version`, or of another build of it (the skip of
+    /// `1.4.2` for `1.4.2+b7`, as checks compare them): checks may offer it again. `false`,
+    /// and nothing saved, when it was not skipped.
     ///
     /// ```no_run
     /// # fn main() -> evergreen::Result<()> {
@@ -326,10 +328,11 @@ impl Updater {
     pub fn unskip(&self, version: &Version) -> Result<bool> {
         let _lock = self.lock()?;
         let mut st = self.load_state()?;
-        let Some(at) = st.skipped.iter().position(|v| v == version) else {
+        let before = st.skipped.len();
+        st.skipped.retain(|v| v.cmp_precedence(version).is_ne());
+        if st.skipped.len() == before {
             return Ok(false);
-        };
-        st.skipped.remove(at);
+        }
         self.save(&st).map(|()| true)
     }
 

@@ -695,7 +695,8 @@ fn say_held_back(up: &Updater, held: Option<&HeldBack>) -> Result<()> {
         h.version,
         h.reason
     );
-    if up.status()?.skipped.contains(&h.version) {
+    let skipped = up.status()?.skipped;
+    if skipped.iter().any(|v| v.cmp_precedence(&h.version).is_eq()) {
         out!("  `evergreen unskip {}` offers it again", h.version);
     }
     Ok(())
