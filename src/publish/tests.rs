@@ -585,6 +585,24 @@ fn another_build_of_a_listed_version_is_a_config_error() {
     assert_eq!(repo.verify(now()).unwrap().channels[0].sequence, 1);
 }
 
+/// A target built under other build metadata (`1.0.0+b`, from its own CI job) is added to
+/// the listed `1.0.0+a` under that name: the refusal says so, rather than only sending the
+/// operator to a higher version, and naming it as listed adds the target.
+#[test]
+fn a_target_under_another_build_is_told_to_name_the_listed_one() {
+    let (_dir, repo, key, file) = setup();
+    publish(&repo, &key, &file, "1.0.0+a", "x").unwrap();
+    let err = publish(&repo, &key, &file, "1.0.0+b", "y").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.to_string()
+            .contains("to add target y to it, give --version 1.0.0+a"),
+        "{err}"
+    );
+    let m = publish(&repo, &key, &file, "1.0.0+a", "y").unwrap();
+    assert!(m.releases[0].targets.contains_key("y"));
+}
+
 #[test]
 fn a_signer_outside_the_manifest_role_changes_nothing() {
     let (_dir, repo, _key, file) = setup();
