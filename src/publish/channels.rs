@@ -51,8 +51,17 @@ impl Repo {
                 // Devices order versions by precedence: another build of a listed version
                 // would be no update for them, and could stand in for one that failed.
                 if r.version != *version {
+                    // A target built apart (its own CI job, its own build number) joins
+                    // the listed release under the listed name.
+                    let add = match r.targets.contains_key(target) {
+                        true => String::new(),
+                        false => format!(
+                            "; to add target {target} to it, give --version {}",
+                            r.version
+                        ),
+                    };
                     return Err(Error::config(format!(
-                        "expected a new version, found {} already on channel {channel} (build metadata does not make {version} a new version); publish a higher version instead",
+                        "expected a new version, found {} already on channel {channel} (build metadata does not make {version} a new version); publish a higher version instead{add}",
                         r.version
                     )));
                 }
