@@ -564,6 +564,36 @@ fn a_manifest_devices_would_refuse_as_too_large_is_not_published() {
     assert_eq!(std::fs::read(&channel).unwrap(), before);
 }
 
+/// The refusal names the way out: pruning the channel, which shrinks it below the cap.
+#[test]
+fn a_channel_grown_past_the_device_cap_is_refused_naming_prune() {
+    let (_dir, repo, key, file) = setup();
+    let mut options = ReleaseOptions::new(now());
+    options.notes = "n".repeat(300 << 10);
+    let release = |v: &str| {
+        repo.release(
+            "nightly",
+            &v.parse().unwrap(),
+            "x",
+            &[("app", &file, ArtifactKind::File)],
+            &options,
+            &[&key],
+        )
+    };
+    release("1.0.0").unwrap();
+    release("1.1.0").unwrap();
+    let err = release("1.2.0").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+    assert!(
+        err.message()
+            .contains("evergreen prune REPO --channel nightly --keep N"),
+        "{err}"
+    );
+    repo.prune("nightly", 1, &Signing::new(&[&key], now()))
+        .unwrap();
+    release("1.2.0").unwrap();
+}
+
 #[test]
 fn the_same_version_and_target_twice_is_a_config_error() {
     let (_dir, repo, key, file) = setup();
