@@ -457,7 +457,8 @@ impl Repo {
     }
 
     /// Signs `m` with the manifest keys of `trusted`, then verifies the result exactly as
-    /// a client will, so the repository never holds a manifest clients would refuse.
+    /// a client will, so the repository never holds a manifest clients would refuse. One
+    /// over the devices' default size cap is refused with `too_large` naming `prune`.
     pub(super) fn seal_manifest(
         &self,
         trusted: &TrustedRoot,
@@ -478,7 +479,19 @@ impl Repo {
             now,
             max_bytes: DEFAULT_MAX_METADATA_BYTES,
         };
-        manifest::verify(&bytes, keys, &expect, &Freshness::default())?;
+        manifest::verify(&bytes, keys, &expect, &Freshness::default()).map_err(|e| {
+            if e.kind() != ErrorKind::TooLarge {
+                return e;
+            }
+            let channel = &m.channel;
+            Error::new(
+                e.kind(),
+                format!(
+                    "{}: devices refuse a channel manifest over that; remove old releases first (evergreen prune REPO --channel {channel} --keep N --sign KEY)",
+                    e.message()
+                ),
+            )
+        })?;
         Ok(bytes)
     }
 }
