@@ -2773,3 +2773,40 @@ fn a_component_the_repository_has_no_room_for_is_refused_before_it_is_copied() {
     assert!(remounted.success());
     ok(dir, &release);
 }
+
+/// `release` and `promote` warn on stderr when the channel they signed is past three
+/// quarters of the 1 MiB devices accept, naming `prune`, while they still publish; the
+/// channel stays under the cap until then and earlier releases are not warned about.
+#[test]
+fn release_and_promote_warn_of_a_channel_close_to_the_device_size_cap() {
+    let tmp = repo_with_app();
+    let dir = tmp.path();
+    // Each release adds 100,000 bytes of notes, 133,336 once base64-encoded in the
+    // envelope: the sixth takes the channel past 786,432 bytes.
+    let notes = "n".repeat(100_000);
+    for i in 1..=6 {
+        let v = format!("1.0.{i}");
+        let o = evergreen(
+            dir,
+            &release_args(&v, &["--component", "app=app.bin", "--notes", &notes]),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let warned = stderr(&o).contains("warning: channel nightly is ");
+        assert_eq!(warned, i == 6, "release {v}: {}", stderr(&o));
+        let o = evergreen(dir, &promote_to_stable(&v));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let warning = stderr(&o);
+        assert_eq!(
+            warning.contains("warning: channel stable is "),
+            i == 6,
+            "promote {v}: {warning}"
+        );
+        if i == 6 {
+            assert!(warning.contains("of the 1048576 bytes"), "{warning}");
+            assert!(
+                warning.contains("evergreen prune REPO --channel stable"),
+                "{warning}"
+            );
+        }
+    }
+}

@@ -594,6 +594,46 @@ fn a_channel_grown_past_the_device_cap_is_refused_naming_prune() {
     release("1.2.0").unwrap();
 }
 
+/// `verify` warns of a channel manifest past three quarters of the size devices accept by
+/// default, while it still publishes, naming the cap and `prune`; a small one is not
+/// warned about.
+#[test]
+fn verify_warns_of_a_channel_close_to_the_device_size_cap() {
+    let (_dir, repo, key, file) = setup();
+    publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+    let size_warnings = |repo: &Repo| -> Vec<String> {
+        let report = repo.verify(now()).unwrap();
+        report
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains("bytes"))
+            .collect()
+    };
+    assert_eq!(size_warnings(&repo), Vec::<String>::new());
+    let mut options = ReleaseOptions::new(now());
+    options.notes = "n".repeat(600 << 10);
+    repo.release(
+        "nightly",
+        &"1.1.0".parse().unwrap(),
+        "x",
+        &[("app", &file, ArtifactKind::File)],
+        &options,
+        &[&key],
+    )
+    .unwrap();
+    let warnings = size_warnings(&repo);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("channel nightly is "),
+        "{warnings:?}"
+    );
+    assert!(warnings[0].contains("of the 1048576 bytes"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("evergreen prune REPO --channel nightly"),
+        "{warnings:?}"
+    );
+}
+
 #[test]
 fn the_same_version_and_target_twice_is_a_config_error() {
     let (_dir, repo, key, file) = setup();
