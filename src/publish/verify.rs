@@ -48,6 +48,17 @@ impl Repo {
         Ok(warnings)
     }
 
+    /// A warning when `channel`'s manifest, as signed on disk, is past three quarters of
+    /// the size devices accept by default (`verify` gives the same one), naming `prune`;
+    /// `None` for a smaller one.
+    pub fn channel_size_warning(&self, channel: &str) -> Result<Option<String>> {
+        let path = self.channel_path(channel);
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| Error::io("read", &path, e))?
+            .len();
+        Ok(size_warning(channel, bytes))
+    }
+
     /// Checks the whole repository offline, as a client at `now` would: the root chain and
     /// the newest root's expiry, that every `root/N.json` is part of that chain, every
     /// channel manifest against the newest manifest keys, every referenced blob's size
@@ -111,6 +122,7 @@ impl Repo {
                     c.summary.expires
                 ));
             }
+            warnings.extend(size_warning(channel, c.bytes));
             channels.push(c.summary);
         }
         let problem = match problems.len() {
@@ -153,6 +165,7 @@ impl Repo {
         check_targets(&m).map_err(|e| e.context(path.display()))?;
         let c = VerifiedChannel {
             issued: m.issued,
+            bytes: bytes.len() as u64,
             summary: ChannelSummary {
                 channel: m.channel.clone(),
                 sequence: m.sequence,
@@ -334,7 +347,25 @@ impl Repo {
 /// A channel [`Repo::verify`] found sound, with when it was issued.
 struct VerifiedChannel {
     issued: Timestamp,
+    /// The signed manifest's length, as devices download it.
+    bytes: u64,
     summary: ChannelSummary,
+}
+
+/// Past this length a channel manifest is warned about: three quarters of the
+/// [`DEFAULT_MAX_METADATA_BYTES`] devices accept by default.
+const SIZE_WARNING_BYTES: u64 = DEFAULT_MAX_METADATA_BYTES / 4 * 3;
+
+/// A warning when the manifest of `channel`, `bytes` long as signed, is past
+/// [`SIZE_WARNING_BYTES`]: commands refuse to sign it past the cap (`too_large`), and the
+/// fix, `prune`, is best run before that day.
+pub(super) fn size_warning(channel: &str, bytes: u64) -> Option<String> {
+    (bytes > SIZE_WARNING_BYTES).then(|| {
+        format!(
+            "channel {channel} is {bytes} bytes as signed, {}% of the {DEFAULT_MAX_METADATA_BYTES} bytes devices accept by default: once past that, no command can publish to it; remove old releases (evergreen prune REPO --channel {channel} --keep N --sign KEY)",
+            bytes * 100 / DEFAULT_MAX_METADATA_BYTES
+        )
+    })
 }
 
 /// How soon a document still valid at `now` expires, in words, when that is less than

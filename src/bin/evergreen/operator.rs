@@ -320,7 +320,8 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
             let m = repo.promote(&a.version, &a.from, &a.to, a.rollout, &sign)?;
-            let warnings = published(repo.security_floor_warnings(&m, &a.version, None));
+            let mut warnings = published(repo.security_floor_warnings(&m, &a.version, None));
+            warnings.extend(published(size_warning(&repo, &a.to)));
             if json {
                 let mut out = channel_json(&m, sign.now);
                 out["warnings"] = json!(warnings);
@@ -518,6 +519,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         v,
         Some(&a.target),
     )));
+    later_warnings.extend(published(size_warning(&repo, &a.channel)));
     if json {
         let warnings: Vec<&String> = refusals
             .iter()
@@ -835,6 +837,11 @@ fn published(warnings: Result<Vec<String>>) -> Vec<String> {
             "published, but the other channels' security versions were not checked: {e}"
         )]
     })
+}
+
+/// [`Repo::channel_size_warning`] of `channel`, as a list for [`published`].
+fn size_warning(repo: &Repo, channel: &str) -> Result<Vec<String>> {
+    Ok(repo.channel_size_warning(channel)?.into_iter().collect())
 }
 
 /// A warning when no other release on the channel carries `target` while others carry
