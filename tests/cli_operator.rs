@@ -2810,3 +2810,59 @@ fn release_and_promote_warn_of_a_channel_close_to_the_device_size_cap() {
         }
     }
 }
+
+/// `prune-blobs` removes the blobs that no channel lists any more (`prune` leaves them in
+/// `blobs/`, and a nightly's add up to most of the repository within months), keeps a
+/// blob a pruned release shares with a release another channel still lists, and leaves
+/// a repository that verifies; `--dry-run` names the same blobs and removes none.
+#[test]
+fn prune_blobs_removes_only_the_blobs_no_channel_lists() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    let mut blobs = Vec::new();
+    for v in ["1.0.0", "1.1.0", "1.2.0"] {
+        let file = format!("app-{v}.bin");
+        std::fs::write(dir.join(&file), format!("app {v}")).unwrap();
+        release_version(dir, v, &["--component", &format!("app={file}")]);
+        let m = read_manifest(dir, "nightly");
+        let release = m["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .unwrap();
+        let sha = release["targets"]["x86_64-linux"]["components"]["app"]["artifact"]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        blobs.push(dir.join("repo/blobs/sha256").join(sha));
+    }
+    ok(dir, &promote_to_stable("1.0.0"));
+    ok(
+        dir,
+        &[
+            "prune",
+            "repo",
+            "--channel",
+            "nightly",
+            "--keep",
+            "1",
+            "--sign",
+            "release",
+        ],
+    );
+    // 1.0.0 and 1.1.0 left nightly; stable still lists 1.0.0.
+    assert!(blobs.iter().all(|b| b.exists()));
+    let unlisted = blobs[1].file_name().unwrap().to_str().unwrap().to_string();
+    let dry = ok(dir, &["prune-blobs", "repo", "--dry-run"]);
+    assert!(dry.contains(&unlisted), "{dry}");
+    assert!(blobs.iter().all(|b| b.exists()));
+    let out = ok(dir, &["prune-blobs", "repo"]);
+    assert!(out.contains(&unlisted), "{out}");
+    assert!(blobs[0].exists(), "stable's 1.0.0 blob must stay");
+    assert!(!blobs[1].exists(), "the blob no channel lists is removed");
+    assert!(blobs[2].exists(), "nightly's 1.2.0 blob must stay");
+    ok(dir, &["verify", "repo"]);
+    let again = ok(dir, &["prune-blobs", "repo"]);
+    assert!(!again.contains(&unlisted), "{again}");
+}
