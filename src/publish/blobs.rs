@@ -4,6 +4,57 @@
 use super::*;
 
 impl Repo {
+    /// Removes the blobs in `blobs/sha256/` that no channel lists (what `prune` leaves
+    /// behind: blobs are immutable, so a release pruned from every channel that listed it
+    /// keeps its blobs until this runs), or only names them when `dry_run`; returns each
+    /// one's name and size, in name order. Every channel is read and its signatures
+    /// checked first (expired ones too, which still list their blobs): a channel that does
+    /// not verify stops it before anything is removed, since its blobs cannot be told.
+    /// Files that are not named as blobs (64 lowercase hex digits) are left alone. Devices
+    /// that fetched a manifest before the one that dropped a release may still be
+    /// downloading its blobs: delete them from the server once the new manifests have been
+    /// served for a while (docs/operators.md, "Prune").
+    pub fn prune_blobs(&self, dry_run: bool) -> Result<Vec<(String, u64)>> {
+        let _lock = self.lock()?;
+        let trusted = self.trusted_root()?;
+        let mut listed = std::collections::HashSet::new();
+        for channel in self.channel_names()? {
+            if let Some(m) = self.load_channel(&trusted, &channel)? {
+                listed.extend(blobs_in_repo(&m).map(|(.., a)| a.sha256.clone()));
+            }
+        }
+        let dir = self.root.join("blobs").join("sha256");
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        let mut unlisted = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let is_blob = name.len() == 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !is_blob || listed.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+            if meta.is_file() {
+                unlisted.push((name, meta.len()));
+            }
+        }
+        unlisted.sort();
+        if !dry_run {
+            for (name, _) in &unlisted {
+                let path = dir.join(name);
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            }
+            fsutil::sync_dir(&dir)?;
+        }
+        Ok(unlisted)
+    }
+
     /// Copies `path` into `blobs/sha256/<hex>`, hashing the bytes as they are copied so the
     /// blob's name always matches its content, and describes it as an artifact.
     pub(super) fn add_blob(&self, path: &Path, kind: ArtifactKind, raw: bool) -> Result<Artifact> {

@@ -86,11 +86,25 @@ pub(crate) enum Command {
         release stays. A device may be inside or outside each rollout short of 100%:\n\
         a ramping stone stays for the devices inside it (and a halted one that may be\n\
         ramped again), and the stone at 100% below it for those outside. Blobs stay: they\n\
-        are immutable and other channels may list them. Devices verify and parse the whole\n\
+        are immutable and other channels may list them (`prune-blobs` removes those no\n\
+        channel lists any more). Devices verify and parse the whole\n\
         manifest on every change, and refuse one over 1 MiB: prune long-lived channels.\n\
         Waits while another command changes the same repository (it holds REPO/.lock)."
     )]
     Prune(PruneArgs),
+    /// Remove the blobs no channel lists any more (left behind by prune).
+    #[command(
+        name = "prune-blobs",
+        after_help = "Example:\n  evergreen prune-blobs repo --dry-run\n  evergreen prune-blobs repo\n\n\
+        Reads every channel (expired ones too) and removes each file in blobs/sha256 that\n\
+        none of them lists, printing its name and size; --dry-run only prints them. A channel\n\
+        that does not verify stops it before anything is removed. Needs no key: blobs are\n\
+        not signed. Devices that fetched a manifest from before a prune may still be\n\
+        downloading a blob it dropped: upload the pruned manifests first, and delete the\n\
+        blobs from the server (a sync with --delete) once they have been served for a day.\n\
+        Waits while another command changes the same repository (it holds REPO/.lock)."
+    )]
+    PruneBlobs(PruneBlobsArgs),
     /// Write the next trust root, signed by the current and the new root keys.
     #[command(
         after_help = "Example:\n  evergreen rotate repo --root-key keys/root2.pub --root-threshold 1 \\\n    \
@@ -259,6 +273,16 @@ pub(crate) struct PruneArgs {
     sign: SignArgs,
 }
 
+/// Arguments of `prune-blobs`.
+#[derive(Args)]
+pub(crate) struct PruneBlobsArgs {
+    /// The repository directory.
+    repo: PathBuf,
+    /// Only name the blobs no channel lists; remove none.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
+}
+
 /// Arguments of `resign`.
 #[derive(Args)]
 pub(crate) struct ResignArgs {
@@ -354,9 +378,36 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             print_channel(&m, "re-signed", sign.now, json)
         }
         Command::Prune(a) => prune(&a, json),
+        Command::PruneBlobs(a) => prune_blobs(&a, json),
         Command::Rotate(a) => rotate(&a, json),
         Command::Verify(a) => verify(&a, json),
     }
+}
+
+fn prune_blobs(a: &PruneBlobsArgs, json: bool) -> Result<()> {
+    let repo = open(&a.repo)?;
+    let unlisted = repo.prune_blobs(a.dry_run)?;
+    let bytes: u64 = unlisted.iter().map(|(_, size)| size).sum();
+    if json {
+        let blobs: Vec<_> = unlisted
+            .iter()
+            .map(|(name, size)| json!({"sha256": name, "size": size}))
+            .collect();
+        return print_json(&json!({
+            "dry_run": a.dry_run,
+            "blobs": blobs,
+            "bytes": bytes,
+        }));
+    }
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    for (name, size) in &unlisted {
+        out!("{verb} blobs/sha256/{name} ({size} bytes)");
+    }
+    out!(
+        "{verb} {} blob(s) no channel lists, {bytes} bytes",
+        unlisted.len()
+    );
+    Ok(())
 }
 
 fn prune(a: &PruneArgs, json: bool) -> Result<()> {
