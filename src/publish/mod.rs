@@ -269,7 +269,8 @@ pub struct ChannelSummary {
     pub expires: Timestamp,
     /// The versions it offers.
     pub versions: Vec<Version>,
-    /// How many artifact references were checked against their blobs.
+    /// How many distinct blobs its releases list were checked (a blob that several
+    /// releases, targets or components share counts once).
     pub blobs_checked: usize,
     /// Devices the channel offers nothing, though a newer release is listed for them
     /// (see [`stranded`]).

@@ -171,7 +171,10 @@ impl Repo {
                 sequence: m.sequence,
                 expires: m.expires,
                 versions: m.releases.iter().map(|r| r.version.clone()).collect(),
-                blobs_checked: blobs_in_repo(&m).count(),
+                blobs_checked: blobs_in_repo(&m)
+                    .map(|(.., a)| &a.sha256)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
                 stranded: stranded(&m, now),
             },
         };
