@@ -324,10 +324,9 @@ fn https_refuses_a_server_that_offers_only_chacha20() {
 fn an_https_url_of_a_plain_http_server_is_named_as_such() {
     let root = public_dir();
     write_public(root.path(), "channels/stable.json", b"{}");
-    // nginx closes straight after its `400`; a part of the handshake it has not read yet
-    // then makes the kernel answer with a reset, which can reach the client before the
-    // `400` is read and discard it (a CI run saw "Connection reset by peer"). Lingering,
-    // nginx reads on until the client closes, so the `400` is always what arrives.
+    // nginx closes straight after its `400`; were a part of the handshake still unread,
+    // the kernel would answer with a reset, which can reach the client before the `400`
+    // is read and discard it. Lingering, nginx reads on until the client closes.
     let Some(nginx) = Nginx::serve_with(root.path(), None, "lingering_close always;") else {
         return;
     };

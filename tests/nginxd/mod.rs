@@ -51,70 +51,69 @@ impl Nginx {
     /// any directive of the server context) inside the server block.
     pub fn serve_with(root: &Path, tls: Option<Tls>, locations: &str) -> Option<Nginx> {
         let binary = find_on_path("nginx")?;
-        let prefix = TempDir::new().unwrap();
-        let port = free_port();
-        let p = prefix.path().display();
-        let (scheme, listen) = match tls {
-            Some(tls) => (
-                "https",
-                format!(
-                    "127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; {} \
-                     access_log {p}/access.log; access_log {p}/tls.log tls;",
-                    tls.cert.display(),
-                    tls.key.display(),
-                    tls.directives
-                ),
-            ),
-            None => ("http", format!("127.0.0.1:{port};")),
-        };
-        // One process (no master), so killing the child stops everything; every path
-        // inside the temp dir so nothing on the machine is touched.
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
-             error_log {p}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
-             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             log_format tls '$ssl_protocol $ssl_cipher $status';\n\
-             server {{ listen {listen} root {root};\n{locations} }}\n}}\n",
-            root = root.display()
-        );
-        let conf_path = prefix.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut nginx = Nginx {
-            child,
-            port,
-            prefix,
-            scheme,
-        };
-        nginx.wait_until_listening();
-        Some(nginx)
+        // The port is free when asked for and may be taken before nginx binds it (another
+        // test's server, an outgoing connection's local port): nginx then exits, and
+        // another port is tried.
+        for _ in 0..5 {
+            let prefix = TempDir::new().unwrap();
+            let conf_path = prefix.path().join("nginx.conf");
+            let port = free_port();
+            let scheme = write_conf(
+                &conf_path,
+                prefix.path(),
+                port,
+                root,
+                tls.as_ref(),
+                locations,
+            );
+            let child = Command::new(&binary)
+                .arg("-p")
+                .arg(prefix.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(prefix.path().join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut nginx = Nginx {
+                child,
+                port,
+                prefix,
+                scheme,
+            };
+            if nginx.wait_until_listening() {
+                return Some(nginx);
+            }
+        }
+        panic!("nginx found no free loopback port in 5 tries");
     }
 
-    fn wait_until_listening(&mut self) {
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+    /// Whether nginx listens on its port: once it wrote its pid file, which it does only
+    /// after binding every port (a connection alone may reach another process that holds
+    /// the port meanwhile). `false` when it exited because the port was taken.
+    fn wait_until_listening(&mut self) -> bool {
+        let pid_file = self.prefix.path().join("nginx.pid");
+        for _ in 0..400 {
+            let written = std::fs::read_to_string(&pid_file)
+                .is_ok_and(|pid| pid.trim() == self.child.id().to_string());
+            if written && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("nginx exited with {status}: {}", self.log("error.log"));
+                let log = self.log("error.log");
+                assert!(
+                    log.contains("Address already in use"),
+                    "nginx exited with {status}: {log}"
+                );
+                return false;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!(
-            "nginx is not listening after 5 s: {}",
+            "nginx is not listening after 10 s: {}",
             self.log("error.log")
         );
     }
@@ -140,6 +139,45 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         require::missing(name);
     }
     found
+}
+
+/// Writes nginx's config for `port` into `conf_path`, everything inside `prefix` so
+/// nothing on the machine is touched; the scheme it serves.
+fn write_conf(
+    conf_path: &Path,
+    prefix: &Path,
+    port: u16,
+    root: &Path,
+    tls: Option<&Tls>,
+    locations: &str,
+) -> &'static str {
+    let p = prefix.display();
+    let (scheme, listen) = match tls {
+        Some(tls) => (
+            "https",
+            format!(
+                "127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; {} \
+                 access_log {p}/access.log; access_log {p}/tls.log tls;",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.directives
+            ),
+        ),
+        None => ("http", format!("127.0.0.1:{port};")),
+    };
+    // One process (no master), so killing the child stops everything.
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
+         error_log {p}/error.log;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
+         proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+         uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+         log_format tls '$ssl_protocol $ssl_cipher $status';\n\
+         server {{ listen {listen} root {root};\n{locations} }}\n}}\n",
+        root = root.display()
+    );
+    std::fs::write(conf_path, conf).unwrap();
+    scheme
 }
 
 fn free_port() -> u16 {
