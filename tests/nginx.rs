@@ -335,10 +335,19 @@ fn an_https_url_of_a_plain_http_server_is_named_as_such() {
     let err = fetcher
         .metadata("channels/stable.json", None, 1 << 20)
         .unwrap_err();
-    assert_eq!(err.kind(), evergreen::ErrorKind::Network, "{err}");
+    // nginx's own account, should another answer arrive.
+    let log = || nginx.log("error.log") + &nginx.log("access.log");
+    assert_eq!(
+        err.kind(),
+        evergreen::ErrorKind::Network,
+        "{err}\n{}",
+        log()
+    );
     assert_eq!(
         err.to_string(),
-        format!("GET {url}/channels/stable.json: expected an HTTP response, found an answer that is no TLS (received corrupt message of type InvalidContentType): is the server http://, not https://?")
+        format!("GET {url}/channels/stable.json: expected an HTTP response, found an answer that is no TLS (received corrupt message of type InvalidContentType): is the server http://, not https://?"),
+        "{}",
+        log()
     );
 }
 
