@@ -1924,6 +1924,35 @@ fn a_compressed_image_is_released_with_a_warning() {
     assert_eq!(released(dir, &raw), "");
 }
 
+/// A `file` component is placed on devices with mode 0644 (the manifest records no mode),
+/// so an executable published that way arrives without its executable bit and the app
+/// fails to start it after the update. `release` says so while the operator can still
+/// publish it in a zip, whose entries keep that bit; a file that is not executable passes
+/// without a warning.
+#[test]
+fn an_executable_file_component_is_released_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(dir.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("settings.json"), b"{}").unwrap();
+    let warning = "warning: component tool (tool) is executable, and devices place a `file` component with mode 0644: it arrives without its executable bit; publish it in a zip, whose entries keep that bit";
+
+    let err = released(dir, &release_args("1.0.0", &["--component", "tool=tool"]));
+    assert_eq!(err, warning);
+    let o = evergreen(
+        dir,
+        &release_args("1.1.0", &["--component", "tool=tool:file", "--json"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["warnings"][0], warning["warning: ".len()..], "{out}");
+
+    let plain = release_args("1.2.0", &["--component", "config=settings.json"]);
+    assert_eq!(released(dir, &plain), "");
+}
+
 /// An image read from a pipe is published byte for byte: nothing reads its head before
 /// the release copies it (the compression check looks only at regular files).
 #[test]
