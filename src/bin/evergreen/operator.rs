@@ -541,6 +541,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         .copied()
         .collect();
     let compressed = compressed_images(&sniffed)?;
+    let executables = executable_files(&components);
     let m = repo.release(
         &a.channel,
         v,
@@ -562,6 +563,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         }
     }
     let mut later_warnings = compressed;
+    later_warnings.extend(executables);
     let gzip = gzip_published(&m, v, &a.target, &components);
     later_warnings.extend(image_dropped(&m, v, &a.target, &components));
     later_warnings.extend(new_target(&m, v, &a.target));
@@ -948,6 +950,27 @@ fn image_dropped(
         "release {} of {target} on channel {} carries an image (component {name}) and {version} none: devices with image slots will be offered {version} and refuse to install it; was `:image` left off?",
         earlier.0.version, m.channel
     ))
+}
+
+/// A warning for each `file` component that is an executable regular file: devices place
+/// a file component with mode 0644 (the manifest records no mode), so it would arrive
+/// without its executable bit. A zip keeps that bit for each of its entries.
+fn executable_files(components: &[(&str, &Path, ArtifactKind)]) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    components
+        .iter()
+        .filter(|c| c.2 == ArtifactKind::File)
+        .filter(|c| {
+            c.1.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map(|(name, path, _)| {
+            format!(
+                "component {name} ({}) is executable, and devices place a `file` component with mode 0644: it arrives without its executable bit; publish it in a zip, whose entries keep that bit",
+                path.display()
+            )
+        })
+        .collect()
 }
 
 /// A warning for each image component that starts as compressed data in a format devices
