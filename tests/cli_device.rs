@@ -3839,6 +3839,7 @@ fn a_sigterm_during_the_check_of_update_channel_keeps_the_channel() {
 /// stderr, a pipe that is full (as a journal that does not keep up) until the signal is
 /// sent.
 #[test]
+#[cfg(target_os = "linux")] // F_SETPIPE_SZ
 fn a_sigterm_during_the_install_stops_before_the_activation() {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
