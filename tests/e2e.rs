@@ -1927,6 +1927,64 @@ fn a_download_already_done_reports_its_total() {
     assert_eq!(setup.server.requests("blobs/").len(), fetched);
 }
 
+/// A blob the plan found downloaded already and that is gone by the download (a confirmation
+/// in another process pruned it, say) is fetched again, but its bytes are not in the
+/// offer's download size: the host's progress must neither reach its total early nor go
+/// back when the next blob starts. Before, the blob fetched again took the progress to the
+/// total, and the next one's first chunk took it back to 262144.
+#[test]
+fn progress_moves_forward_when_a_blob_downloaded_already_is_fetched_again() {
+    let repo = Repo::new("com.acme.refetched");
+    let src = repo.scratch("src");
+    let zip = |name: &str, len: usize, seed: u64| {
+        let path = src.join(format!("{name}.zip"));
+        make_zip(&path, &[("data.bin", &support::noise(len, seed))]);
+        path
+    };
+    let (app, data) = (zip("app", 700_000, 1), zip("data", 600_000, 2));
+    repo.release(
+        "stable",
+        "1.0.0",
+        "x86_64-linux",
+        &[("app", &app), ("data", &data)],
+        &[],
+    );
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), fast());
+    let updater = updater_for(&dev);
+    let plan = updater.plan(&offer(&updater, "1.0.0")).unwrap();
+    download(&updater, &plan);
+    let blob = |name: &str| {
+        let c = plan.components.iter().find(|c| c.name == name).unwrap();
+        dev.state
+            .join("downloads")
+            .join(&c.artifact.as_ref().unwrap().sha256)
+    };
+    // The plan finds app's blob there and data's not; then app's goes too.
+    std::fs::remove_file(blob("data")).unwrap();
+    let plan = updater.plan(&plan).unwrap();
+    let total = plan.download_size();
+    std::fs::remove_file(blob("app")).unwrap();
+    let mut calls = Vec::new();
+    let cancel = evergreen::fetch::CancelToken::new();
+    updater
+        .download(&plan, &mut |done, total| calls.push((done, total)), &cancel)
+        .unwrap();
+    assert!(blob("app").is_file() && blob("data").is_file());
+    assert!(
+        calls.windows(2).all(|w| w[0].0 <= w[1].0),
+        "expected progress that never goes back, found {calls:?}"
+    );
+    assert!(calls.iter().all(|&(_, t)| t == total), "{calls:?}");
+    // The total comes once, at the end: data's last bytes.
+    let at_total = calls.iter().filter(|&&(done, _)| done == total).count();
+    assert_eq!(
+        (calls.last().copied(), at_total),
+        (Some((total, total)), 1),
+        "{calls:?}"
+    );
+}
+
 /// The requests `server` received since the `seen` first ones, as (path, status).
 fn new_requests(server: &TestServer, seen: &mut usize) -> Vec<(String, u16)> {
     let log = server.log();
