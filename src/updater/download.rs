@@ -263,10 +263,14 @@ impl Updater {
         for (c, a) in plan.carried() {
             let spec = spec_of(a);
             let mut last_event = 0u64;
+            // The total counts no blob downloaded already when the plan was made: one
+            // removed since is fetched again, its bytes not counted, or the progress would
+            // reach the total early and go back at the next blob.
+            let counted = !plan.was_downloaded(&a.sha256);
             fetch(&spec, &mut |done, _| {
-                // At most the total, which counts no blob downloaded already when the
-                // plan was made: one removed since is fetched again.
-                reported = before.saturating_add(done).min(total);
+                if counted {
+                    reported = before.saturating_add(done).min(total);
+                }
                 progress(reported, total);
                 // Events are for humans and logs: one per MiB is plenty.
                 if done == a.size || done >= last_event.saturating_add(1 << 20) {
@@ -278,7 +282,7 @@ impl Updater {
                     });
                 }
             })?;
-            if !plan.was_downloaded(&a.sha256) {
+            if counted {
                 before = before.saturating_add(a.size);
             }
             // A cancel from the last progress call of a blob (the only one a small blob
