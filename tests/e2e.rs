@@ -1985,6 +1985,54 @@ fn progress_moves_forward_when_a_blob_downloaded_already_is_fetched_again() {
     );
 }
 
+/// A blob whose bytes fail their hash at one base and that is fetched again from the next
+/// says its progress again in `downloading` events, one per MiB, as its first fetch did:
+/// a host logging events saw the first fetch end and then nothing until the second one
+/// ended, minutes on a large image.
+#[test]
+fn a_blob_fetched_again_after_a_mismatch_says_its_progress_again() {
+    let repo = Repo::new("com.acme.refetchevents");
+    let src = repo.scratch("src");
+    let zip = src.join("app.zip");
+    make_zip(&zip, &[("data.bin", &support::noise(3 << 20, 1))]);
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("app", &zip)], &[]);
+    let bad = TestServer::serve(&repo.root);
+    let good = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &bad.url(),
+        with_mirrors(serde_json::json!([good.url()])),
+    );
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&events);
+    let updater = evergreen::Updater::builder(evergreen::Config::from_file(&dev.config).unwrap())
+        .on_event(move |e| {
+            if let evergreen::Event::Downloading { done, .. } = e {
+                seen.lock().unwrap().push(*done);
+            }
+        })
+        .build()
+        .unwrap();
+    let plan = updater.plan(&offer(&updater, "1.0.0")).unwrap();
+    let size = plan.download_size();
+    bad.set_fault("blobs/", Fault::Replace(support::noise(size as usize, 9)));
+    download(&updater, &plan);
+    let from_mirror = good.log().iter().any(|l| l.path.starts_with("blobs/"));
+    assert!(from_mirror, "expected the mirror to serve the blob");
+    let done = events.lock().unwrap().clone();
+    // Where each event falls depends on how the bytes arrive; a second fetch must say at
+    // least as much as the first's "one per MiB" does of 3 MiB, before its end.
+    let end = done
+        .iter()
+        .position(|&d| d == size)
+        .expect("the first fetch ends");
+    let again = &done[end + 1..];
+    assert!(
+        again.len() >= 3 && again.windows(2).all(|w| w[0] < w[1]) && again.last() == Some(&size),
+        "expected the second fetch's own events, one per MiB up to {size}, found {done:?}"
+    );
+}
+
 /// The requests `server` received since the `seen` first ones, as (path, status).
 fn new_requests(server: &TestServer, seen: &mut usize) -> Vec<(String, u16)> {
     let log = server.log();
