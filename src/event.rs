@@ -48,7 +48,9 @@ pub enum Event {
         /// Why, e.g. `it was skipped`.
         reason: String,
     },
-    /// Download progress of one component's artifact.
+    /// Download progress of one component's artifact: about one per MiB received, and one
+    /// at its end. A blob fetched again from its start (its bytes failed their hash at one
+    /// base, and the next serves it) sends them again from there.
     Downloading {
         /// Component name.
         component: String,

@@ -272,7 +272,11 @@ impl Updater {
                     reported = before.saturating_add(done).min(total);
                 }
                 progress(reported, total);
-                // Events are for humans and logs: one per MiB is plenty.
+                // Events are for humans and logs: one per MiB is plenty. A blob fetched
+                // again from its start (its bytes failed their hash) says so again.
+                if done < last_event {
+                    last_event = 0;
+                }
                 if done == a.size || done >= last_event.saturating_add(1 << 20) {
                     last_event = done;
                     self.emit(Event::Downloading {
