@@ -523,6 +523,54 @@ fn reinstall_puts_the_same_version_into_the_other_slot() {
     dev.expect("confirm", &[], 0);
 }
 
+/// A repair of a release whose downloads are kept (dir slots keep the running release's)
+/// fetches nothing, and its offer says so: a download size of 0, progress that goes to
+/// that total at once, and no "downloading" line from the CLI. The offer counted the
+/// kept downloads (308 bytes here) and the CLI said it downloaded them.
+#[test]
+fn a_reinstall_from_kept_downloads_has_nothing_to_download() {
+    let Setup {
+        repo: _repo,
+        server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.repairkept");
+    install_and_confirm(&dev);
+    assert!(
+        !dev.downloads().is_empty(),
+        "the installed release's downloads are kept"
+    );
+    let blobs = |s: &TestServer| {
+        s.log()
+            .iter()
+            .filter(|l| l.path.starts_with("blobs/"))
+            .count()
+    };
+    let fetched = blobs(&server);
+
+    let updater = updater_for(&dev);
+    let repair = updater.reinstall_offer().unwrap();
+    let mut calls = Vec::new();
+    let cancel = evergreen::fetch::CancelToken::new();
+    updater
+        .download(
+            &repair,
+            &mut |done, total| calls.push((done, total)),
+            &cancel,
+        )
+        .unwrap();
+    assert_eq!((repair.download_size(), calls), (0, vec![(0, 0)]));
+
+    let out = dev.run("reinstall", &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    assert!(
+        !err.contains("downloading"),
+        "expected nothing to download, found {err}"
+    );
+    assert_eq!(blobs(&server), fetched, "nothing was fetched");
+}
+
 /// A `pin_version` in the config is asked at every check: a pinned release that rolled
 /// back on this device is not offered again (it would be installed, fail and roll back at
 /// every poll). Asking for that version in one call still may.
