@@ -418,6 +418,9 @@ impl Updater {
                     c.artifact = offer.target.components.get(&c.name).map(|t| t.artifact.clone());
                 }
             }
+            // Of the artifacts it now carries, those kept whole are not fetched again:
+            // the download size and the progress leave them out.
+            offer.downloaded = self.already_downloaded(&st, &offer);
             Ok(offer)
         })
     }
