@@ -145,7 +145,9 @@ impl Updater {
 
     /// Downloads and verifies the artifacts the plan carries (added and modified
     /// components, and unchanged ones with no kept download). `progress(done, total)`
-    /// covers all of them; `cancel` stops between chunks
+    /// covers all of them, and ends at `(total, total)`; `done` goes back only when
+    /// received bytes are thrown away (a blob that failed its hash and is fetched again, a
+    /// kept part the server would not resume); `cancel` stops between chunks
     /// (`cancelled`, also when set by the last progress call) and keeps partial and
     /// finished files for the next call to resume. The plan must come from this updater's
     /// own check (`invalid_state` otherwise), as for [`Updater::install`].
