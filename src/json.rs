@@ -16,6 +16,25 @@ pub(crate) fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, S
     serde_json::from_str(text).map_err(|e| found(text, &e))
 }
 
+/// What a reader of a signed document (a channel manifest, a root) adds after what
+/// [`from_bytes`] `found` when it is a field or a value this build has no name for
+/// (serde's `unknown field`, `unknown variant`): a newer Evergreen may have written it,
+/// and devices running this one refuse the document whole (DESIGN §4.3, §4.4). Empty
+/// for any other error.
+pub(crate) fn newer_writer(found: &str) -> &'static str {
+    if found.contains("unknown field `") || found.contains("unknown variant `") {
+        concat!(
+            "; Evergreen ",
+            env!("CARGO_PKG_VERSION"),
+            " does not know it (written by a newer Evergreen?): devices running this \
+             version refuse the whole document, so publish it only where every device \
+             runs an Evergreen that knows it"
+        )
+    } else {
+        ""
+    }
+}
+
 /// `bytes` as the text of a JSON object, or what they are instead. Not generic, as
 /// [`found`] is not: one copy in the library, not one per document type.
 fn object_text(bytes: &[u8]) -> Result<&str, String> {

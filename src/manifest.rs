@@ -557,7 +557,10 @@ pub fn verify(
     let manifest = parsed.map_err(|found| {
         Error::new(
             ErrorKind::WrongMetadata,
-            format!("expected a channel manifest, found: {found}"),
+            format!(
+                "expected a channel manifest, found: {found}{}",
+                crate::json::newer_writer(&found)
+            ),
         )
     })?;
     manifest.validate()?;

@@ -923,7 +923,10 @@ fn parse_root(payload: &[u8]) -> Result<Root> {
     let root: Root = crate::json::from_bytes(payload).map_err(|found| {
         Error::new(
             ErrorKind::WrongMetadata,
-            format!("expected a root document, found: {found}"),
+            format!(
+                "expected a root document, found: {found}{}",
+                crate::json::newer_writer(&found)
+            ),
         )
     })?;
     if root.doc_type != "root" {
