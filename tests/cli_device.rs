@@ -1845,7 +1845,7 @@ fn signalled_update(
     args: &[&str],
     signal: &str,
 ) -> std::process::Output {
-    let child = std::process::Command::new(common::bin())
+    let child = signals_at_their_default(std::process::Command::new(common::bin()))
         .args(["update", "--config", dev.config.to_str().unwrap(), "--yes"])
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -1853,6 +1853,25 @@ fn signalled_update(
         .spawn()
         .unwrap();
     signal_once_requested(child, server, path, signal)
+}
+
+/// `cmd`, started with SIGINT, SIGTERM and SIGHUP at their default action whatever the
+/// test process inherited: the command keeps a signal its starter ignored
+/// ([`signals_ignored_by_the_starter_stay_ignored`]), and a test run from a background
+/// job of a script (`cargo test &` in `sh` ignores SIGINT) or under `nohup` (SIGHUP) would
+/// otherwise send a signal the command rightly ignores.
+fn signals_at_their_default(mut cmd: std::process::Command) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// Sends `signal` to `child` once `server` has logged a request for `path`, and returns
@@ -1941,7 +1960,7 @@ fn ctrl_c_ends_a_command_whose_stderr_was_closed() {
         every: std::time::Duration::from_millis(500),
     };
     server.set_fault("channels/stable.json", slow);
-    let mut child = std::process::Command::new(common::bin())
+    let mut child = signals_at_their_default(std::process::Command::new(common::bin()))
         .args(["check", "--config", dev.config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -3852,7 +3871,7 @@ fn a_sigterm_during_the_install_stops_before_the_activation() {
     let size = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
     assert_eq!(size, 4096, "expected a one-page pipe");
     writer.write_all(&vec![b'#'; 4096 - before]).unwrap();
-    let child = std::process::Command::new(common::bin())
+    let child = signals_at_their_default(std::process::Command::new(common::bin()))
         .args(["update", "--yes", "--config", dev.config.to_str().unwrap()])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
