@@ -1892,12 +1892,24 @@ fn signal_once_requested(
         "no request for {path} in 20 s"
     );
     std::thread::sleep(Duration::from_millis(200)); // well inside the request
-    let kill = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send_signal(&child, signal);
     require::finish_within(child, Duration::from_secs(20))
+}
+
+/// Sends `signal` (`-INT`, `-TERM` or `-HUP`, as `kill` takes it) to `child` at once: a
+/// `kill` process, which a loaded machine may start late, could deliver it after the
+/// step it is meant to interrupt has ended.
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let number = match signal {
+        "-INT" => libc::SIGINT,
+        "-TERM" => libc::SIGTERM,
+        "-HUP" => libc::SIGHUP,
+        other => panic!("expected -INT, -TERM or -HUP, found {other}"),
+    };
+    // SAFETY: kill(2) of a child this test started and has not waited for.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, number) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(sent, 0, "kill {signal} {}: {err}", child.id());
 }
 
 /// A new device served over HTTP, offered 1.1.0 (a 256 KiB file) on stable and preview.
@@ -3897,11 +3909,7 @@ fn a_sigterm_during_the_install_stops_before_the_activation() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send_signal(&child, "-TERM");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let drain = std::thread::spawn(move || {
         let mut all = Vec::new();
