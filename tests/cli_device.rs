@@ -1896,15 +1896,16 @@ fn signal_once_requested(
     require::finish_within(child, Duration::from_secs(20))
 }
 
-/// Sends `signal` (`-INT`, `-TERM` or `-HUP`, as `kill` takes it) to `child` at once: a
-/// `kill` process, which a loaded machine may start late, could deliver it after the
-/// step it is meant to interrupt has ended.
+/// Sends `signal` (`-INT`, `-TERM`, `-HUP` or `-KILL`, as `kill` takes it) to `child` at
+/// once: a `kill` process, which a loaded machine may start late, could deliver it after
+/// the step it is meant to interrupt has ended.
 fn send_signal(child: &std::process::Child, signal: &str) {
     let number = match signal {
         "-INT" => libc::SIGINT,
         "-TERM" => libc::SIGTERM,
         "-HUP" => libc::SIGHUP,
-        other => panic!("expected -INT, -TERM or -HUP, found {other}"),
+        "-KILL" => libc::SIGKILL,
+        other => panic!("expected -INT, -TERM, -HUP or -KILL, found {other}"),
     };
     // SAFETY: kill(2) of a child this test started and has not waited for.
     let sent = unsafe { libc::kill(child.id() as libc::pid_t, number) };
