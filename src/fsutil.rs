@@ -446,10 +446,13 @@ pub fn open_regular(options: &mut OpenOptions, path: &Path, what: &str) -> Resul
     Ok(file)
 }
 
-/// What a path is, for a message: "a directory", "a character device", ….
+/// What a path is, for a message: "a regular file", "a directory", "a character
+/// device", ….
 pub fn file_type_name(t: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
         "a directory"
     } else if t.is_char_device() {
         "a character device"

@@ -388,10 +388,7 @@ impl State {
             Ok(found) if !found.is_dir() => Err(Error::config(format!(
                 "the state directory {} (the config's `state_dir`): expected a directory, found {}",
                 dir.display(),
-                match found.is_file() {
-                    true => "a regular file",
-                    false => fsutil::file_type_name(found.file_type()),
-                }
+                fsutil::file_type_name(found.file_type())
             ))),
             _ => Ok(()),
         }

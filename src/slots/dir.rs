@@ -196,7 +196,6 @@ impl BootSelector for SymlinkSelector {
             // Evergreen, which must move into slot a first.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 let found = match std::fs::symlink_metadata(&link) {
-                    Ok(m) if m.is_file() => "a regular file",
                     Ok(m) => fsutil::file_type_name(m.file_type()),
                     Err(_) => "no symlink",
                 };
