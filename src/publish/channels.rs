@@ -483,12 +483,12 @@ impl Repo {
             if e.kind() != ErrorKind::TooLarge {
                 return e;
             }
-            let channel = &m.channel;
             Error::new(
                 e.kind(),
                 format!(
-                    "{}: devices refuse a channel manifest over that; remove old releases first (evergreen prune REPO --channel {channel} --keep N --sign KEY)",
-                    e.message()
+                    "{}: devices refuse a channel manifest over that; remove old releases first ({})",
+                    e.message(),
+                    verify::prune_command(&m.channel)
                 ),
             )
         })?;

@@ -365,10 +365,17 @@ const SIZE_WARNING_BYTES: u64 = DEFAULT_MAX_METADATA_BYTES / 4 * 3;
 pub(super) fn size_warning(channel: &str, bytes: u64) -> Option<String> {
     (bytes > SIZE_WARNING_BYTES).then(|| {
         format!(
-            "channel {channel} is {bytes} bytes as signed, {}% of the {DEFAULT_MAX_METADATA_BYTES} bytes devices accept by default: once past that, no command can publish to it; remove old releases (evergreen prune REPO --channel {channel} --keep N --sign KEY)",
-            bytes * 100 / DEFAULT_MAX_METADATA_BYTES
+            "channel {channel} is {bytes} bytes as signed, {}% of the {DEFAULT_MAX_METADATA_BYTES} bytes devices accept by default: once past that, no command can publish to it; remove old releases ({})",
+            bytes * 100 / DEFAULT_MAX_METADATA_BYTES,
+            prune_command(channel)
         )
     })
+}
+
+/// The command that makes `channel`'s manifest smaller, for the size warning and the
+/// refusal past the cap.
+pub(super) fn prune_command(channel: &str) -> String {
+    format!("evergreen prune REPO --channel {channel} --keep N --sign KEY")
 }
 
 /// How soon a document still valid at `now` expires, in words, when that is less than
