@@ -1069,8 +1069,8 @@ impl Updater {
     }
 
     /// Why the release staged in `record` is not for this device now, as "staged for
-    /// target …, and …": it was staged for another target than the config's (changed since). `None` when it is for this one,
-    /// or the record predates targets.
+    /// target …, and …": it was staged for another target than the config's (changed
+    /// since). `None` when it is for this one, or the record predates targets.
     fn other_target(&self, record: &SlotRecord) -> Option<String> {
         let target = &self.config.target;
         let staged_for = record.target.as_ref().filter(|t| *t != target)?;
