@@ -1026,12 +1026,7 @@ fn check_proxy(proxy: &str) -> Result<()> {
             "http" | "https" | "socks4" | "socks4a" | "socks5"
         ) && !rest.is_empty()
     });
-    // Written without its scheme (`ops:pw@proxy:3128`, as `HTTPS_PROXY` often is), its
-    // password is hidden all the same: read as if after one.
-    let found = match proxy.contains("://") {
-        true => crate::fetch::without_passwords(proxy),
-        false => crate::fetch::without_passwords(&format!("://{proxy}"))[3..].to_owned(),
-    };
+    let found = crate::fetch::proxy_without_password(proxy);
     ensure(
         ok,
         "proxy",

@@ -258,6 +258,24 @@ fn a_proxy_url_without_a_scheme_is_refused_without_its_password() {
     }
 }
 
+/// A port past 65535 (a digit too many) is a config error naming it: ureq alone reads
+/// such a port as none and would have sent every request to the proxy's port 80.
+#[test]
+fn a_proxy_port_past_65535_is_a_config_error() {
+    let (_repo, _server, dev) = setup(
+        "com.acme.bigport",
+        json!({"proxy": "http://ops:s3cret@127.0.0.1:312800"}),
+    );
+    let out = dev.run_env("check", &["--json"], &env(&[]));
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error[config]: "), "{err}");
+    assert!(
+        err.contains("expected a port from 1 to 65535, found 312800") && !err.contains("s3cret"),
+        "{err}"
+    );
+}
+
 /// The environment read as curl, Python, Go and apt read it: an `http://` server goes
 /// through `HTTP_PROXY` when it is set, whatever `HTTPS_PROXY` or `ALL_PROXY` say
 /// (`ALL_PROXY` only for a scheme without a variable of its own); a device that sets only

@@ -122,7 +122,7 @@ impl std::fmt::Debug for FetchOptions {
             .field("retry_backoff", retry_backoff)
             .field("follow_redirects", follow_redirects)
             .field("ca_roots", ca_roots)
-            .field("proxy", &proxy.as_deref().map(without_passwords))
+            .field("proxy", &proxy.as_deref().map(proxy_without_password))
             .finish()
     }
 }
@@ -907,6 +907,15 @@ fn redacted(e: Error) -> Error {
     }
 }
 
+/// A proxy URL with its password shown as `***`, written with its scheme or without
+/// (`ops:pw@proxy:3128`, as `HTTPS_PROXY` often is and ureq takes it).
+pub(crate) fn proxy_without_password(proxy: &str) -> String {
+    match proxy.contains("://") {
+        true => without_passwords(proxy),
+        false => without_passwords(&format!("://{proxy}"))[3..].to_owned(),
+    }
+}
+
 /// `text` with the password of every URL's userinfo (`https://user:secret@host/…`)
 /// replaced by `***`. A base may carry credentials, which the HTTP stack sends as Basic
 /// auth; errors go on to events, logs and the CLI's stderr.
@@ -1119,6 +1128,16 @@ mod tests {
             proxy: Some("http://ops:pr0xy-pw@proxy.acme.com:3128".into()),
             ..FetchOptions::default()
         };
+        // Written without its scheme, as `HTTPS_PROXY` often is and ureq takes it.
+        let schemeless = FetchOptions {
+            proxy: Some("ops:pr0xy-pw@proxy.acme.com:3128".into()),
+            ..FetchOptions::default()
+        };
+        let shown = format!("{schemeless:?}");
+        assert!(
+            !shown.contains("pr0xy-pw") && shown.contains("\"ops:***@proxy.acme.com:3128\""),
+            "expected the scheme-less proxy without its password, found {shown}"
+        );
         for shown in [format!("{options:?}"), format!("{options:#?}")] {
             assert!(
                 !shown.contains("pr0xy-pw"),

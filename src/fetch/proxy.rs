@@ -56,9 +56,9 @@ impl Via {
     /// The config's `proxy` (no host bypasses it), or `config` error for a URL ureq
     /// cannot use.
     pub(super) fn configured(url: &str) -> Result<Via> {
-        let proxy = ureq::Proxy::new(url).map_err(|e| {
-            let found = super::without_passwords(url);
-            Error::config(format!("expected a proxy URL, found {found:?}: {e}"))
+        let proxy = usable(url).map_err(|why| {
+            let found = super::proxy_without_password(url);
+            Error::config(format!("expected a proxy URL, found {found:?}: {why}"))
         })?;
         Ok(Via {
             name: format!("{} (config proxy)", shown(&proxy)),
@@ -79,7 +79,7 @@ impl Via {
     fn from_vars(https: bool, var: impl Fn(&str) -> Option<String>) -> Option<Via> {
         let order = if https { PROXY_VARIABLES } else { HTTP_ORDER };
         let (name, proxy) = order.iter().find_map(|name| {
-            let proxy = ureq::Proxy::new(var(name)?.trim()).ok()?;
+            let proxy = usable(var(name)?.trim()).ok()?;
             Some((name, proxy))
         })?;
         let direct = NO_PROXY_VARIABLES
@@ -111,6 +111,26 @@ impl Via {
     /// The proxy as errors name it.
     pub(super) fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// `url` as ureq takes it, or why not; refused too where ureq would quietly go elsewhere:
+/// a port past 65535, which it reads as none (port 80).
+fn usable(url: &str) -> std::result::Result<ureq::Proxy, String> {
+    let proxy = ureq::Proxy::new(url).map_err(|e| e.to_string())?;
+    let authority = proxy.uri().authority().map_or("", |a| a.as_str());
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let port = host.rsplit_once(':').map(|(_, port)| port);
+    // Digits only: anything else is no port to ureq either (`ops:s3/cret@host` reads as
+    // host `ops`), left to fail as it does.
+    let digits = |port: &&str| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    match port.filter(digits) {
+        Some(port) if !port.parse::<u16>().is_ok_and(|port| port > 0) => {
+            Err(format!("expected a port from 1 to 65535, found {port}"))
+        }
+        _ => Ok(proxy),
     }
 }
 
@@ -410,6 +430,16 @@ mod tests {
     }
 
     #[test]
+    fn a_variable_with_a_port_past_65535_is_passed_over() {
+        let vars = [
+            ("HTTPS_PROXY", "http://p:99999"),
+            ("ALL_PROXY", "http://q:1"),
+        ];
+        let via = Via::from_vars(true, env(&vars)).unwrap();
+        assert_eq!(via.name(), "http://q:1 (from ALL_PROXY)");
+    }
+
+    #[test]
     fn a_password_is_never_shown_however_the_url_is_written() {
         let via = Via::configured("http://ops:s3/cret@127.0.0.1:9").unwrap();
         assert!(!via.name().contains("cret"), "{}", via.name());
@@ -441,6 +471,15 @@ mod tests {
         let via = Via::configured("http://ops:pw@proxy.lan:3128").unwrap();
         assert!(via.serves("http://127.0.0.1/"));
         assert_eq!(via.name(), "http://ops:***@proxy.lan:3128 (config proxy)");
+        // ureq reads a port past 65535 as none and goes to port 80: named instead.
+        let e = Via::configured("http://ops:pw@proxy.lan:312800").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .contains("a port from 1 to 65535, found 312800")
+                && !e.to_string().contains("pw@"),
+            "{e}"
+        );
         let e = Via::configured("ftp://proxy:21").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Config);
         assert!(e.to_string().contains("expected a proxy URL"), "{e}");
