@@ -165,8 +165,9 @@ def bucket(product, device_id, version):
     return int.from_bytes(h[:8], "big") % 10000
 
 def in_rollout(b, percent):
-    # "the device is in if b < percent x 100"
-    return b < percent * 100
+    # "b < percent x 100 in exact decimal arithmetic; in binary floating point compute it
+    # as b / 100 < percent"
+    return b / 100 < percent
 
 def percent_at(rel, now):
     ro = rel.get("rollout")
@@ -204,10 +205,52 @@ import functools, http.server, os, shutil, subprocess, tempfile, threading
 PRODUCT = "com.acme.independent"
 TARGET = "x86_64-linux"
 
+def worked_example():
+    """Checks the worked examples of docs/design.md (sections 4.1 and 5.2) with this
+    client's own code: the document's bytes, not the publisher's, are what it is built on."""
+    doc = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                            "design.md"), encoding="utf-8").read()
+    block = doc.split("Worked example, from a key", 1)[1].split("```\n", 2)[1]
+    ex = {}
+    for line in block.splitlines():
+        name, _, value = line.partition(":")
+        ex[name] = value.strip()
+    failures = []
+    pub, body = b64(ex["public"]), ex["body"].encode()
+    msg = pae(ex["payloadType"], body)
+    if keyid(pub) != ex["keyid"]:
+        failures.append(f"keyid: expected {ex['keyid']}, computed {keyid(pub)}")
+    if msg != ex["PAE"].encode():
+        failures.append(f"PAE: expected {ex['PAE']!r}, computed {msg!r}")
+    if b64(ex["payload"]) != body:
+        failures.append("payload: does not decode to body")
+    if not ed25519_verify(pub, msg, b64(ex["sig"])):
+        failures.append("sig: does not verify over the PAE with the public key")
+    env = json.dumps({"payloadType": ex["payloadType"], "payload": ex["payload"],
+                      "signatures": [{"keyid": ex["keyid"], "sig": ex["sig"]}]}).encode()
+    try:
+        if verify_envelope(env, MAN_T, [pub], 1) != body:
+            failures.append("the envelope does not open to body")
+    except Fail as e:
+        failures.append(f"the envelope: {e}")
+    b1 = bucket("com.acme.gateway", "device-1", "1.4.2")
+    b7 = bucket("com.acme.gateway", "device-24084", "1.4.2")
+    h = hashlib.sha256(b"evergreen-rollout\0com.acme.gateway\0device-1\0" + b"1.4.2")
+    claims = [(f"`device-1` hash to `{h.hexdigest()[:16]}…`" in doc, "device-1's hash"),
+              (f"mod 10000 = {b1}`: in at 55.21 %, out at 55.2 %" in doc, "device-1's bucket"),
+              (in_rollout(b1, 55.21) and not in_rollout(b1, 55.2), "device-1 at 55.2 %"),
+              (b7 == 7 and "`device-24084` has `b = 7`" in doc, "device-24084's bucket"),
+              (not in_rollout(b7, 0.07) and in_rollout(b7, 0.08), "device-24084 at 0.07 %")]
+    failures += [f"rollout example: {what}" for ok, what in claims if not ok]
+    return failures
+
 def main(evg):
+    failures = worked_example()
+    for f in failures:
+        print("WORKED EXAMPLE:", f)
     work = tempfile.mkdtemp(prefix="evg-independent-")
     try:
-        return compare(evg, work)
+        return compare(evg, work) or (1 if failures else 0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
