@@ -5,6 +5,10 @@ verifies the root chain and a channel manifest, selects the release for a device
 verifies its blobs, and every decision is compared with `evergreen check`'s. A
 disagreement means the documented format and the code have drifted apart.
 
+It also writes a repository of its own from the document, which `evergreen check` must
+accept and decide on alike, and manifests the document calls wrong_metadata, which it must
+refuse.
+
 Usage: independent_client.py EVERGREEN_BINARY. Standard library only (ed25519 per RFC 8032).
 Run by tests/independent_client.rs."""
 import base64, hashlib, json, sys, urllib.request, urllib.error, datetime
@@ -55,6 +59,26 @@ def ed25519_verify(pub, msg, sig):
     if s >= L: return False
     h = int.from_bytes(hashlib.sha512(sig[:32] + pub + msg).digest(), "little") % L
     return _eq(_mul(s, G), _add(R, _mul(h, A)))
+
+# Signing, for the repository this client writes itself (RFC 8032 section 5.1.6).
+def _compress(p):
+    x, y, z, _ = p
+    zi = pow(z, P - 2, P); x = x * zi % P; y = y * zi % P
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+def ed25519_public(seed):
+    h = hashlib.sha512(seed).digest()
+    a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    return _compress(_mul(a, G))
+
+def ed25519_sign(seed, msg):
+    h = hashlib.sha512(seed).digest()
+    a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    pub = _compress(_mul(a, G))
+    r = int.from_bytes(hashlib.sha512(h[32:] + msg).digest(), "little") % L
+    R = _compress(_mul(r, G))
+    k = int.from_bytes(hashlib.sha512(R + pub + msg).digest(), "little") % L
+    return R + ((r + k * a) % L).to_bytes(32, "little")
 
 # ---- envelope (section 4.1) ----
 def b64(s):
@@ -244,15 +268,128 @@ def worked_example():
     failures += [f"rollout example: {what}" for ok, what in claims if not ok]
     return failures
 
+def second_publisher(evg, work):
+    """Writes a repository from design.md alone, with the latitude the document gives
+    (unpadded URL-safe base64, no keyid, times with an offset and a fraction, optional
+    fields left out, unsorted rollout stages, a fractional percentage), and checks that
+    `evergreen check` accepts it and selects as this client does, and refuses the
+    manifests the document calls wrong_metadata."""
+    repo = work + "/second"
+    for d in ["root", "channels", "blobs/sha256"]:
+        os.makedirs(f"{repo}/{d}")
+    root_seed, man_seed = bytes([1]) * 32, bytes([2]) * 32
+    rpub, mpub = ed25519_public(root_seed), ed25519_public(man_seed)
+
+    def b64u(b):
+        return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+    def write_sealed(path, ptype, doc, seed):
+        body = json.dumps(doc, indent=1).encode()
+        env = {"payloadType": ptype, "payload": b64u(body),
+               "signatures": [{"sig": b64u(ed25519_sign(seed, pae(ptype, body)))}]}
+        with open(f"{repo}/{path}", "w") as f:
+            json.dump(env, f)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    plus2 = datetime.timezone(datetime.timedelta(hours=2))
+
+    def at(**delta):
+        return (now + datetime.timedelta(**delta)).astimezone(plus2).isoformat(
+            timespec="milliseconds")
+    product = "com.acme.second"
+    write_sealed("root/1.json", ROOT_T, {
+        "type": "root", "product": product, "version": 1, "expires": at(days=300),
+        "keys": {keyid(rpub): {"alg": "ed25519", "public": b64u(rpub)},
+                 keyid(mpub): {"alg": "ed25519", "public": b64u(mpub)}},
+        "roles": {"root": {"keyids": [keyid(rpub)], "threshold": 1},
+                  "manifest": {"keyids": [keyid(mpub)], "threshold": 1}}}, root_seed)
+
+    def release(version, name="app", file_name="app", **extra):
+        data = f"app {version}\n".encode()
+        sha = hashlib.sha256(data).hexdigest()
+        with open(f"{repo}/blobs/sha256/{sha}", "wb") as f:
+            f.write(data)
+        artifact = {"kind": "file", "sha256": sha, "size": len(data)}
+        if file_name is not None:
+            artifact["name"] = file_name
+        return dict(version=version, targets={TARGET: {"components": {
+            name: {"version": version, "artifact": artifact}}}}, **extra)
+
+    def manifest(channel, releases, issued=None, expires=None):
+        write_sealed(f"channels/{channel}.json", MAN_T, {
+            "type": "manifest", "product": product, "channel": channel, "sequence": 1,
+            "issued": issued or at(hours=-1), "expires": expires or at(days=10),
+            "releases": releases}, man_seed)
+    manifest("stable", [release("1.0.0"), release("1.1.0", rollout={"stages": [
+        {"at": at(days=1), "percent": 100}, {"at": at(hours=-1), "percent": 12.5}]})])
+    wrong = {"bad-expiry": dict(releases=[release("1.0.0")], issued=at(hours=-1),
+                                expires=at(hours=-1)),
+             "bad-twice": dict(releases=[release("1.0.0"), release("1.0.0+b1")]),
+             "bad-file": dict(releases=[release("1.0.0", file_name=None)]),
+             "bad-name": dict(releases=[release("1.0.0", name="a/b")])}
+    for channel, m in wrong.items():
+        manifest(channel, **m)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=repo))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    failures = []
+
+    def check(channel, dev):
+        cfg = f"{work}/second-dev/{channel}-{dev}"
+        os.makedirs(cfg + "/state")
+        os.makedirs(cfg + "/slots")
+        with open(cfg + ".json", "w") as f:
+            json.dump({"product": product, "server": base, "channel": channel,
+                       "target": TARGET, "trust": {"root": f"{repo}/root/1.json"},
+                       "state_dir": cfg + "/state",
+                       "slots": {"kind": "dir", "root": cfg + "/slots"},
+                       "current_version": "0.9.0", "device_id": dev}, f)
+        return subprocess.run([evg, "check", "--json", "--config", cfg + ".json"],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, EVERGREEN_NOW=now.strftime(
+                                  "%Y-%m-%dT%H:%M:%SZ")))
+    try:
+        root = load_root(base, open(f"{repo}/root/1.json", "rb").read(), now)
+        m = load_manifest(base, root, product, "stable", now)
+        devices = [f"device-{i}" for i in range(8)] + [
+            next(d for d in (f"edge-{i}" for i in range(10**6))
+                 if bucket(product, d, "1.1.0") == want) for want in (1249, 1250)]
+        for dev in devices:
+            mine = select(m, product, TARGET, dev, "0.9.0", now)
+            p = check("stable", dev)
+            if p.returncode not in (0, 10):
+                failures.append(f"stable {dev}: evergreen check refused the repository "
+                                f"written from the document: {p.stderr.strip()}")
+                continue
+            theirs = json.loads(p.stdout)["version"]
+            if (mine["version"] if mine else None) != theirs:
+                failures.append(f"second repository, {dev}: this client selects "
+                                f"{mine and mine['version']}, evergreen check {theirs}")
+        for channel in wrong:
+            p = check(channel, "device-0")
+            if "error[wrong_metadata]" not in p.stderr:
+                failures.append(f"{channel}: expected error[wrong_metadata], found exit "
+                                f"{p.returncode}: {p.stderr.strip()}")
+    finally:
+        server.shutdown()
+    return failures
+
 def main(evg):
-    failures = worked_example()
-    for f in failures:
-        print("WORKED EXAMPLE:", f)
+    failures = [f"worked example: {f}" for f in worked_example()]
     work = tempfile.mkdtemp(prefix="evg-independent-")
     try:
-        return compare(evg, work) or (1 if failures else 0)
+        failures += second_publisher(evg, work)
+        failures += compare(evg, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for f in failures:
+        print("DISAGREE:", f)
+    print(f"{len(failures)} disagreement(s)")
+    return 1 if failures else 0
 
 def compare(evg, work):
     def run(*args, ok=(0,), env=None):
@@ -364,10 +501,8 @@ def compare(evg, work):
                 failures.append(f"at {at}: this client says {ours}, evergreen check {theirs}")
     finally:
         server.shutdown()
-    for f in failures:
-        print("DISAGREE:", f)
-    print(f"{n} devices and 2 expiry checks compared, {len(failures)} disagreement(s)")
-    return 1 if failures else 0
+    print(f"{n} devices and 2 expiry checks compared")
+    return failures
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))

@@ -3,8 +3,11 @@
 //! it verifies the root chain (across a rotation), the channel manifests and the blobs,
 //! and selects a release for each of a set of devices (rollout buckets on either side of
 //! each rollout's edge, a fractional percentage, build metadata, a `min_version`, another
-//! target), and every decision must be `evergreen check`'s. The format a vendor's own
-//! client or mirror checker is written against cannot drift from the code unnoticed.
+//! target), and every decision must be `evergreen check`'s. It also writes a repository
+//! of its own from the document (its signing, its JSON, the latitude the document gives)
+//! that `evergreen check` must accept and decide on alike, and manifests the document calls
+//! `wrong_metadata` that it must refuse. The format a vendor's own client, publisher or
+//! mirror checker is written against cannot drift from the code unnoticed.
 
 mod require;
 
@@ -32,7 +35,7 @@ fn a_client_written_from_the_design_document_decides_as_evergreen_does() {
         out.status
     );
     assert!(
-        stdout.contains(" 0 disagreement(s)"),
+        stdout.contains("\n0 disagreement(s)"),
         "expected the comparison's summary, found:\n{stdout}{stderr}"
     );
 }
