@@ -11,7 +11,8 @@ refuse.
 
 Usage: independent_client.py EVERGREEN_BINARY. Standard library only (ed25519 per RFC 8032).
 Run by tests/independent_client.rs."""
-import base64, hashlib, json, sys, urllib.request, urllib.error, datetime
+import base64, datetime, functools, hashlib, http.server, json, os, shutil, subprocess, sys
+import tempfile, threading, urllib.error, urllib.request
 
 # ---- ed25519 verification (RFC 8032 section 5.1.7, cofactorless) ----
 P = 2**255 - 19
@@ -224,7 +225,6 @@ def verify_blob(base, art):
     return data
 
 # ---- the comparison with `evergreen check` ----
-import functools, http.server, os, shutil, subprocess, tempfile, threading
 
 PRODUCT = "com.acme.independent"
 TARGET = "x86_64-linux"
