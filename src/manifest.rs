@@ -411,9 +411,12 @@ impl Component {
         }
         match (a.kind, &a.name) {
             (ArtifactKind::File, Some(n)) if is_safe_name(n) => Ok(()),
-            (ArtifactKind::File, n) => Err(format!(
+            (ArtifactKind::File, Some(n)) => Err(format!(
                 "expected a file artifact to have a plain `name`, found {n:?}"
             )),
+            (ArtifactKind::File, None) => {
+                Err("expected a file artifact to have a plain `name`, found none".into())
+            }
             _ => Ok(()),
         }
     }
@@ -874,7 +877,7 @@ mod tests {
                 "app",
                 |c| c.artifact.kind = ArtifactKind::File,
                 same,
-                "expected a file artifact to have a plain `name`, found None",
+                "expected a file artifact to have a plain `name`, found none",
             ),
             (
                 "app",
@@ -883,7 +886,7 @@ mod tests {
                     c.artifact.name = Some("a/b".into());
                 },
                 same,
-                r#"found Some("a/b")"#,
+                r#"plain `name`, found "a/b""#,
             ),
             (
                 "app",
