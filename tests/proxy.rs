@@ -176,17 +176,30 @@ fn an_https_proxy_without_usable_ca_roots_is_an_error_not_a_crash() {
     );
 }
 
-/// A proxy that refuses the tunnel (its policy: 403; the origin unreachable from it: 502):
-/// the error names the proxy and its status, not the origin as if it had answered.
+/// A proxy that refuses the tunnel (its policy: 403; credentials: 407; the origin
+/// unreachable from it: 502): the error names the proxy and its status, not the origin as
+/// if it had answered. A refusal (4xx) is the proxy's answer, `http_status`, and asked
+/// once: retrying it only made every check wait out the backoff (about 7 s with the
+/// defaults). A 5xx is the network beyond the proxy, retried as a server's 5xx is.
 #[test]
 fn a_proxy_refusing_the_tunnel_is_named_with_its_status() {
-    for status in [403u16, 502] {
+    for (status, kind, asked) in [
+        (403u16, "http_status", 1),
+        (407, "http_status", 1),
+        (502, "network", 3),
+    ] {
         let proxy = TunnelProxy::start(Tunnel::Refuse(status));
-        let (_repo, server, dev) = setup("com.acme.refused", json!({"proxy": proxy.url()}));
+        let limits = json!({"retries": 2, "retry_backoff_ms": 10});
+        let config = json!({"proxy": proxy.url(), "limits": limits});
+        let (_repo, server, dev) = setup("com.acme.refused", config);
         let out = dev.run_env("check", &[], &env(&[]));
         let err = common::stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.starts_with("error[network]: "), "{err}");
+        assert!(
+            err.starts_with(&format!("error[{kind}]: ")),
+            "{status}: {err}"
+        );
+        assert_eq!(proxy.tunnels().len(), asked, "{status}: {err}");
         assert!(
             err.contains(&format!("proxy server responded {status}"))
                 && err

@@ -484,12 +484,19 @@ enum CallError {
 /// The kind of a failure to get an answer: a timeout; an answer that is no valid HTTP (a
 /// negative or doubled `Content-Length`, too many headers), which is the server's fault
 /// and the same on every try, so `http_status` and the next base; else the network.
-/// (ureq follows no redirect here, so its redirect errors do not occur.)
+/// A proxy refusing the tunnel with a 4xx (its policy, its credentials) answered, as a
+/// server's 4xx does: `http_status`, not retried; its 5xx (the origin unreachable from
+/// it) is the network's, retried. (ureq follows no redirect here, so its redirect errors
+/// do not occur.)
 fn transfer_kind(err: &ureq::Error) -> ErrorKind {
     match err {
         ureq::Error::Timeout(_) => ErrorKind::Timeout,
         ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => ErrorKind::Timeout,
         ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => ErrorKind::HttpStatus,
+        // ureq's words: "proxy server responded 407/407".
+        ureq::Error::ConnectProxyFailed(why) if why.contains(" responded 4") => {
+            ErrorKind::HttpStatus
+        }
         _ => ErrorKind::Network,
     }
 }
