@@ -1953,6 +1953,36 @@ fn an_executable_file_component_is_released_with_a_warning() {
     assert_eq!(released(dir, &plain), "");
 }
 
+/// A pre-release on `stable` reaches every device there as any release does (it is newer
+/// than the last release, and select takes it): `release` and `promote` say so, so a
+/// release candidate promoted to the wrong channel is noticed while it can be pulled. A
+/// pre-release on another channel, and a release on stable, pass without a word.
+#[test]
+fn a_pre_release_on_stable_is_published_with_a_warning() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("settings.json"), b"{}").unwrap();
+    let config = ["--component", "config=settings.json"];
+    let warning = |v: &str| {
+        format!("warning: {v} is a pre-release, and devices on stable install it as they would a release; pre-releases belong on preview or nightly")
+    };
+
+    assert_eq!(released(dir, &release_args("1.0.0-rc.1", &config)), "");
+    let o = evergreen(dir, &promote_to_stable("1.0.0-rc.1"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end(), warning("1.0.0-rc.1"));
+
+    let stable = ReleaseArgs::of("1.1.0-beta.2").channel("stable");
+    let o = evergreen(dir, &stable.then(&[&config[..], &["--json"]].concat()));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let expected = serde_json::json!([&warning("1.1.0-beta.2")["warning: ".len()..]]);
+    assert_eq!(out["warnings"], expected);
+
+    let plain = ReleaseArgs::of("1.1.0").channel("stable").then(&config);
+    assert_eq!(released(dir, &plain), "");
+}
+
 /// An image read from a pipe is published byte for byte: nothing reads its head before
 /// the release copies it (the compression check looks only at regular files).
 #[test]

@@ -344,7 +344,12 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let signers = refs(&signers);
             let sign = Signing::new(&signers, now()?).valid_for(a.expires_in);
             let m = repo.promote(&a.version, &a.from, &a.to, a.rollout, &sign)?;
-            let mut warnings = published(repo.security_floor_warnings(&m, &a.version, None));
+            let mut warnings: Vec<String> = pre_release_on_stable(&a.version, &a.to)
+                .into_iter()
+                .collect();
+            warnings.extend(published(
+                repo.security_floor_warnings(&m, &a.version, None),
+            ));
             warnings.extend(published(size_warning(&repo, &a.to)));
             if json {
                 let mut out = channel_json(&m, sign.now);
@@ -564,6 +569,7 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
     }
     let mut later_warnings = compressed;
     later_warnings.extend(executables);
+    later_warnings.extend(pre_release_on_stable(v, &a.channel));
     let gzip = gzip_published(&m, v, &a.target, &components);
     later_warnings.extend(image_dropped(&m, v, &a.target, &components));
     later_warnings.extend(new_target(&m, v, &a.target));
@@ -895,6 +901,17 @@ fn published(warnings: Result<Vec<String>>) -> Vec<String> {
 /// [`Repo::channel_size_warning`] of `channel`, as a list for [`published`].
 fn size_warning(repo: &Repo, channel: &str) -> Result<Vec<String>> {
     Ok(repo.channel_size_warning(channel)?.into_iter().collect())
+}
+
+/// A warning when a pre-release goes onto `stable`: devices there take it as any release
+/// newer than theirs (SemVer orders `1.2.0-rc.1` above 1.1.0), so a release candidate
+/// promoted one channel too far reaches the whole fleet, and nothing else would say so.
+fn pre_release_on_stable(version: &Version, channel: &str) -> Option<String> {
+    (channel == "stable" && !version.pre.is_empty()).then(|| {
+        format!(
+            "{version} is a pre-release, and devices on stable install it as they would a release; pre-releases belong on preview or nightly"
+        )
+    })
 }
 
 /// A warning when no other release on the channel carries `target` while others carry
