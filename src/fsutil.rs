@@ -761,6 +761,19 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 
 /// [`create_dir_all`] with `mode` (less the umask) for the directories it creates.
 pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
+    create_dirs(dir, mode, false)
+}
+
+/// [`create_dir_all`], the directories it creates made 0755 whatever the umask: the slot
+/// root and `slots/`, on the way of the app's user (maybe not this one) to its slot tree,
+/// which is 0755 too. A private umask (`UMask=0077`) made them 0700, and the app could
+/// not reach its release.
+pub fn create_open_dir_all(dir: &Path) -> Result<()> {
+    create_dirs(dir, 0o755, true)
+}
+
+/// Creates `dir` and its missing parents with `mode`, less the umask unless `exact`.
+fn create_dirs(dir: &Path, mode: u32, exact: bool) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
@@ -791,7 +804,7 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
     for d in created.iter().rev() {
         sync_parent(d)?;
     }
-    share_new_dirs(&created);
+    share_new_dirs(&created, exact.then_some(mode));
     Ok(())
 }
 
@@ -801,8 +814,10 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 /// descriptor of its parent, never by a path that user could redirect (a symlink flipped
 /// in place of a parent, a hard link in place of the new directory), and only a
 /// directory this process owns is shared (`O_DIRECTORY`: never a file linked in its
-/// place): no file outside is ever given away. Best effort.
-fn share_new_dirs(created: &[&Path]) {
+/// place): no file outside is ever given away. Each gets `mode` first, if given. Best
+/// effort.
+fn share_new_dirs(created: &[&Path], mode: Option<u32>) {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::io::{AsRawFd, FromRawFd};
     let Some(top) = created.last().and_then(|d| d.parent()) else {
         return;
@@ -829,6 +844,9 @@ fn share_new_dirs(created: &[&Path]) {
         let next = i.checked_sub(1).and_then(|j| created[j].file_name());
         match (parent.metadata(), new.metadata()) {
             (Ok(dir), Ok(made)) if is_mine(&made) && holds_only(&new, next) => {
+                if let Some(mode) = mode {
+                    let _ = new.set_permissions(fs::Permissions::from_mode(mode));
+                }
                 share_as_dir(&new, &dir)
             }
             _ => return,

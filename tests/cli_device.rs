@@ -1367,6 +1367,36 @@ fn directories_evergreen_creates_are_not_writable_by_others_whatever_the_umask()
     }
 }
 
+/// Under a private umask (`UMask=0077`, systemd's for many services) the slot root and
+/// `slots/` Evergreen creates are 0755 as the slot trees in them are: the app may run as
+/// another user, and a 0700 `slots/` left it no way to its release (seen: root and
+/// `slots/` 0700, `slots/b` 0755). The state directory stays as the umask makes it.
+#[test]
+fn the_slot_root_is_reachable_by_the_app_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::new("com.acme.umask");
+    let src = repo.scratch("src");
+    let app = src.join("app.zip");
+    common::make_zip(&app, &[("run.sh", b"#!/bin/sh\n")]);
+    repo.release("stable", "1.0.0", "x86_64-linux", &[("app", &app)], &[]);
+    let dev = repo.device("dev", repo.root.to_str().unwrap(), serde_json::json!({}));
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(common::bin())
+        .args(["update", "--yes", "--config", dev.config.to_str().unwrap()]);
+    let out = common::output_within(&mut sh, common::CLI_LIMIT);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let dirs = ["", "slots", "slots/b", "slots/b/app"];
+    let found: Vec<String> = dirs
+        .iter()
+        .map(|p| format!("/{p} {:o}", mode(&dev.root.join(p))))
+        .collect();
+    let expected: Vec<String> = dirs.iter().map(|p| format!("/{p} 755")).collect();
+    assert_eq!(found, expected);
+    assert_eq!(mode(&dev.state), 0o700, "the state directory");
+}
+
 /// 1.0.1: the same config file as 1.0.0 (an unchanged component) and a new app.
 fn release_same_config(repo: &Repo) {
     let src = repo.scratch("src");

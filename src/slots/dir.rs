@@ -61,7 +61,7 @@ impl DirSlots {
         use std::os::unix::fs::DirBuilderExt;
         let dir = self.slot_dir(slot);
         let slots = self.root.join("slots");
-        fsutil::create_dir_all(&slots)?;
+        fsutil::create_open_dir_all(&slots)?;
         let trash = self.trash_dir(slot);
         fsutil::remove_all(&trash)?;
         // Whatever is there, a symlink included (`exists` follows one, and a dangling
@@ -126,7 +126,7 @@ impl SymlinkSelector {
     /// temporary link and renaming it over `current`, so every such link is a leftover.
     pub fn point_at(&self, slot: Slot) -> Result<()> {
         let target = Path::new("slots").join(slot.as_str());
-        fsutil::create_dir_all(self.slots.root())?;
+        fsutil::create_open_dir_all(self.slots.root())?;
         let _owner = self.slots.act_as_owner();
         self.remove_cut_short_switches();
         fsutil::replace_symlink(&target, &self.slots.current_link()).map_err(|e| {

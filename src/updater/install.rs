@@ -176,7 +176,7 @@ impl Updater {
     /// is a switch's.
     pub(super) fn check_links_possible(&self) -> Result<()> {
         if let (Store::Dir(slots), true) = (&self.store, self.own_link) {
-            crate::fsutil::create_dir_all(slots.root())?;
+            crate::fsutil::create_open_dir_all(slots.root())?;
             crate::fsutil::check_symlinks_beside(&slots.current_link())?;
         }
         Ok(())
