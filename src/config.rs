@@ -1147,6 +1147,23 @@ mod tests {
         assert_eq!(parse(&v).unwrap().trial.tries, 10);
     }
 
+    /// `booted_from` beside a custom selector is refused showing what the config holds,
+    /// as JSON: the error is read by people editing that JSON (the CLI's `error[config]`
+    /// line, `evg_last_error_message`), not a Rust `Some(BootedFrom { .. })`.
+    #[test]
+    fn booted_from_with_a_custom_selector_is_shown_as_the_config_writes_it() {
+        let slots = json!({"kind": "image", "a": "/dev/x", "b": "/dev/y",
+            "selector": {"kind": "custom"},
+            "booted_from": {"cmdline": "/proc/cmdline", "key": "rauc.slot"}});
+        let err = parse(&with("slots", Some(slots))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.message()
+                .ends_with(r#"found {"cmdline": "/proc/cmdline", "key": "rauc.slot"}"#),
+            "{err}"
+        );
+    }
+
     /// A config file that is not UTF-8 was read: it is the config's fault (`config`,
     /// naming the byte and where), not the file system's (`io`).
     #[test]
