@@ -807,13 +807,14 @@ impl SlotsConfig {
                 ensure(a != b, "slots.b", "a different device than slots.a", b)?;
                 selector.validate()?;
                 // A custom selector is the host's code, which knows the booted slot itself:
-                // `booted_from` would be silently ignored.
-                ensure(
-                    booted_from.is_none() || !matches!(selector, SelectorConfig::Custom {}),
-                    "slots.booted_from",
-                    "no booted_from with a custom selector (the host's selector reports the booted slot)",
-                    booted_from,
-                )?;
+                // `booted_from` would be silently ignored. Shown as the config writes it.
+                if let (Some(b), SelectorConfig::Custom {}) = (booted_from, selector) {
+                    return Err(refused(
+                        "slots.booted_from",
+                        "no booted_from with a custom selector (the host's selector reports the booted slot)",
+                        &format_args!(r#"{{"cmdline": {:?}, "key": {:?}}}"#, b.cmdline, b.key),
+                    ));
+                }
                 booted_from.as_ref().map_or(Ok(()), validate_booted_from)
             }
         }
