@@ -255,6 +255,16 @@ pub enum Activation {
 }
 
 /// The device's status, as `evergreen status --json` prints it (DESIGN §7.2).
+///
+/// A host reads one from [`Updater::status`] and never builds one, so fields may be added
+/// in a minor release without breaking it: a `Status` cannot be built outside the crate,
+/// not even from another one.
+///
+/// ```compile_fail,E0639
+/// fn copy(status: evergreen::Status) -> evergreen::Status {
+///     evergreen::Status { ..status }
+/// }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// Primary slot.
@@ -304,7 +314,13 @@ pub struct TrialStatus {
     pub tries_left: u32,
 }
 
-/// One slot in [`Status`].
+/// One slot in [`Status`]. Fields may be added, as to [`Status`]:
+///
+/// ```compile_fail,E0639
+/// fn copy(view: evergreen::SlotStatusView) -> evergreen::SlotStatusView {
+///     evergreen::SlotStatusView { ..view }
+/// }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotStatusView {
     /// `empty`, `installing`, `installed`, `trial`, `good` or `bad`.
