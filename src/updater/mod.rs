@@ -265,6 +265,7 @@ pub enum Activation {
 ///     evergreen::Status { ..status }
 /// }
 /// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// Primary slot.
@@ -321,6 +322,7 @@ pub struct TrialStatus {
 ///     evergreen::SlotStatusView { ..view }
 /// }
 /// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotStatusView {
     /// `empty`, `installing`, `installed`, `trial`, `good` or `bad`.
