@@ -17,7 +17,7 @@ use std::time::Duration;
 /// bounds the wait for the response headers and *each* read of the body, so a large
 /// download is never cut for being large, only for going quiet.
 ///
-/// The CA roots (`ca_roots`, else the system's bundle: see [`system_roots`]) are read on
+/// The CA roots (`ca_roots`, else the system's bundle: see `system_roots`) are read on
 /// the first request, not when the transport is made: a device that only fetches `file://`
 /// or `http://` URLs needs none, and an updater is made, and its startup step, rollback and
 /// confirmation run, whatever became of the file (a release that moved the `ca_roots` it

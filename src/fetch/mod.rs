@@ -88,7 +88,7 @@ pub struct FetchOptions {
     /// An HTTP(S) or SOCKS proxy URL for every request. `None` takes the environment's,
     /// as curl reads it: for an `https://` URL the first of `HTTPS_PROXY`, `ALL_PROXY`,
     /// `HTTP_PROXY` (or their lowercase names) that is set, for an `http://` one the first
-    /// of `HTTP_PROXY`, `ALL_PROXY`, `HTTPS_PROXY` ([`PROXY_VARIABLES`]); for every request
+    /// of `HTTP_PROXY`, `ALL_PROXY`, `HTTPS_PROXY` (`PROXY_VARIABLES`); for every request
     /// but those to the hosts `NO_PROXY` lists (entries
     /// separated by commas or blanks: `example.com` also covers its subdomains, an address
     /// or a CIDR network (`10.0.0.0/8`) its addresses, `10.*` or `192.168.` what starts so,
