@@ -4007,3 +4007,47 @@ fn signals_ignored_by_the_starter_stay_ignored() {
         assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0", "{signal}");
     }
 }
+
+/// A host that runs its health check (`evergreen confirm`) from the startup step's event
+/// callback waits for the command, while the command waits for the state lock the step
+/// holds: neither ever ends. The command's `waiting` line names the process holding the
+/// lock and says that this command runs under it, so the hang explains itself.
+#[test]
+fn a_command_run_from_an_event_callback_names_its_parent_as_the_lock_holder() {
+    let repo = Repo::new("com.acme.cli");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    dev.expect("update", &["--yes"], 0);
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = said.clone();
+    let path = dev.config.clone();
+    let updater = evergreen::Updater::builder(config)
+        .on_event(move |e| {
+            if !matches!(e, evergreen::Event::TrialBoot { .. }) {
+                return;
+            }
+            let mut cmd = std::process::Command::new(common::bin());
+            cmd.args(["confirm", "--config"]).arg(&path);
+            let mut confirm = common::Watched::start(&mut cmd);
+            // What the health check says while it waits; then it is stopped, which is
+            // what the host's own time limit (if it has one) would do.
+            lines
+                .lock()
+                .unwrap()
+                .push(confirm.wait_for_line("waiting for"));
+            confirm.kill();
+        })
+        .build()
+        .unwrap();
+    updater.startup().unwrap();
+    let said = said.lock().unwrap();
+    let me = std::process::id();
+    assert!(
+        said.len() == 1
+            && said[0].contains(&format!("held by process {me} ("))
+            && said[0].contains("which this command runs under"),
+        "{said:?}"
+    );
+}

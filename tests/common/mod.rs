@@ -89,6 +89,13 @@ impl Watched {
         }
     }
 
+    /// Ends the run (SIGKILL) and waits for it: a run that would wait for ever.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+    }
+
     /// Waits (at most [`CLI_LIMIT`]) for the run to end: its output, with the stderr
     /// lines not yet taken by [`Watched::wait_for_line`].
     pub fn finish(self) -> Output {
