@@ -236,7 +236,9 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     }
     builder = builder.on_event(move |e| match e {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
-        evergreen::Event::Waiting { .. } => err!("evergreen: {e}"),
+        evergreen::Event::Waiting { path, .. } => {
+            err!("evergreen: {e}{}", crate::holder::note(path))
+        }
         evergreen::Event::NoReleaseForTarget { .. } if !json => err!("note: {e}"),
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.

@@ -23,6 +23,7 @@ macro_rules! err {
 }
 
 mod device;
+mod holder;
 mod interrupt;
 mod operator;
 
