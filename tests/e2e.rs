@@ -2962,3 +2962,57 @@ fn an_updater_and_its_builder_show_in_debug_without_passwords() {
     let refused = evergreen::Updater::builder(config).build().unwrap_err();
     assert_eq!(refused.kind(), evergreen::ErrorKind::Config, "{refused}");
 }
+
+/// `--entry` and `--component` name a path inside the slot: an absolute one (the
+/// service's old `ExecStart` path, say) would be joined as itself, and the launcher would
+/// start that program, not the slot's, after counting a start of the slot. Refused as a
+/// usage error before anything is counted.
+#[test]
+fn the_launcher_refuses_an_entry_or_component_outside_the_slot() {
+    let Setup {
+        repo,
+        src,
+        server: _server,
+        dev,
+    } = setup("com.acme.launcher-entry");
+    publish_app(&repo, &src, "1.0.0", true);
+    dev.expect("update", &["--yes"], 0);
+    let tries = dev.status()["trial"]["tries_left"].clone();
+    let ran = repo.scratch("outside").join("ran");
+    let outside = repo.scratch("outside").join("app.sh");
+    std::fs::write(&outside, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    std::fs::set_permissions(
+        &outside,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let outside = outside.to_str().unwrap();
+    for (component, entry) in [
+        ("app", outside),
+        ("app", "../../a/app/run.sh"),
+        (outside, "run.sh"),
+    ] {
+        let mut cmd = Command::new(launcher());
+        cmd.args(["--config", dev.config.to_str().unwrap()]).args([
+            "--component",
+            component,
+            "--entry",
+            entry,
+        ]);
+        let out = common::output_within(&mut cmd, common::CLI_LIMIT);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{component} {entry}: {err}");
+        assert!(
+            err.contains("expected")
+                && err.contains("inside the slot")
+                && err.contains(if component == "app" { entry } else { component }),
+            "{err}"
+        );
+        assert!(!ran.exists(), "the program outside the slot ran");
+    }
+    assert_eq!(
+        dev.status()["trial"]["tries_left"],
+        tries,
+        "a start was counted"
+    );
+}
