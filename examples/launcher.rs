@@ -10,6 +10,9 @@
 //! cargo run --example launcher -- --config /etc/evergreen/config.json \
 //!     --component app --entry bin/gateway -- --port 8080
 //! ```
+//! `--component` is a component's name and `--entry` a path inside its directory: one
+//! that is absolute or climbs out with `..` is refused (exit 2), as it would start a
+//! program that is not the slot's after counting a start of the slot.
 //! The app confirms itself once healthy with `evergreen confirm` (or `Updater::confirm`).
 //! When the startup step itself fails (say, a state file it cannot read), the launcher
 //! says so and starts the current slot all the same.
@@ -52,12 +55,43 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unexpected argument {a:?}; see --help")),
         }
     }
+    let component = component.ok_or("--component NAME is required")?;
+    let entry = entry.ok_or("--entry PATH is required")?;
+    inside_the_slot("--component", &component, "app", true)?;
+    inside_the_slot("--entry", &entry, "bin/app", false)?;
     Ok(Args {
         config: config.ok_or("--config FILE is required")?,
-        component: component.ok_or("--component NAME is required")?,
-        entry: entry.ok_or("--entry PATH is required")?,
+        component,
+        entry,
         rest,
     })
+}
+
+/// Refuses a `--component` (one name) or `--entry` (a relative path) that would lead out
+/// of the slot: the program is `<slot>/<component>/<entry>`, and a path joined to it
+/// replaces it when absolute, or leaves it through `..` (the other slot's program, or
+/// one of the system's), after the start was counted for the slot.
+fn inside_the_slot(
+    flag: &str,
+    value: &OsString,
+    example: &str,
+    one_name: bool,
+) -> Result<(), String> {
+    use std::path::Component;
+    let parts: Vec<Component> = Path::new(value).components().collect();
+    let inside = !parts.is_empty()
+        && parts
+            .iter()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && (!one_name || parts.len() == 1);
+    match inside {
+        true => Ok(()),
+        false => Err(format!(
+            "expected {flag} as a {} inside the slot (e.g. {example}; the launcher starts <slot>/<component>/<entry>), found {}",
+            if one_name { "name" } else { "relative path" },
+            Path::new(value).display()
+        )),
+    }
 }
 
 fn main() {
