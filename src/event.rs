@@ -7,6 +7,11 @@ use std::fmt;
 
 /// Something that happened. Serialises as JSON with an `event` tag (the C ABI passes that
 /// JSON to its event callback), e.g. `{"event":"confirmed","slot":"b","version":"1.1.0",…}`.
+///
+/// An event that reports a change of the state comes once the state is saved: a host
+/// that reads [`Updater::status`](crate::Updater::status) when told finds the check's
+/// time after `checked`, the new slot after `activated`, a download's or install's
+/// failure in the history after `failed`.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -839,6 +839,60 @@ fn calling_an_updater_from_inside_its_event_callback_is_refused_not_a_deadlock()
     );
 }
 
+/// An event says what the state already holds: a host that reads `status()` when told
+/// `checked` sees the check's time, and when told `failed` about a download, the failure
+/// in the history (a UI refreshing on events showed the state from before).
+#[test]
+fn status_read_from_an_event_callback_already_holds_what_the_event_says() {
+    let Setup {
+        repo,
+        server: _server,
+        dev,
+        ..
+    } = setup_with_1_0_0("com.acme.eventorder");
+    // The blob served is damaged: the download fails its hash.
+    for blob in std::fs::read_dir(repo.root.join("blobs/sha256")).unwrap() {
+        let path = blob.unwrap().path();
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![b'x'; len]).unwrap();
+    }
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let reader = evergreen::Updater::builder(config.clone()).build().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let updater = evergreen::Updater::builder(config)
+        .on_event(move |e| {
+            let status = reader.status().unwrap();
+            let line = match e {
+                evergreen::Event::Checked { .. } => {
+                    format!("checked: last_check set {}", status.last_check.is_some())
+                }
+                evergreen::Event::Failed { operation, .. } => format!(
+                    "failed {operation}: last history entry {:?}",
+                    status.history.last().map(|h| h.event.as_str())
+                ),
+                _ => return,
+            };
+            record.lock().unwrap().push(line);
+        })
+        .build()
+        .unwrap();
+    let offer = offer(&updater, "1.0.0");
+    let plan = updater.plan(&offer).unwrap();
+    let cancel = evergreen::fetch::CancelToken::new();
+    let err = updater
+        .download(&plan, &mut |_, _| {}, &cancel)
+        .unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::HashMismatch, "{err}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "checked: last_check set true",
+            "failed download: last history entry Some(\"download_failed\")",
+        ]
+    );
+}
+
 /// `evergreen channel` no longer waits for a running update; a switch made while the
 /// update's check is on the network stands after the update is activated.
 #[test]

@@ -373,14 +373,15 @@ impl Updater {
             // What the check learned (roots walked, keys recorded) is kept even when it
             // fails, as `check_with` keeps it.
             let clock = (self.clock)();
-            let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
-                Ok(m) => m,
+            let (manifest, checked) = match self.fetch_manifest(&mut st, &channel, clock) {
+                Ok(fetched) => fetched,
                 Err(e) => {
                     self.save_check(&st)?;
                     return Err(e);
                 }
             };
             let st = self.save_check(&st)?;
+            self.emit(checked);
             // The manifest just verified judges a release staged from it, as a check's
             // does: a halt it carries must not be dropped because a repair was asked for.
             let device_id = self.device_id()?;

@@ -73,8 +73,8 @@ impl Updater {
         // The host's clock, read once for the run (DESIGN §5.1 rule 4): the expiry the
         // manifest is judged by and the rollout it is selected by are the same moment.
         let clock = (self.clock)();
-        let manifest = match self.fetch_manifest(&mut st, &channel, clock) {
-            Ok(m) => m,
+        let (manifest, checked) = match self.fetch_manifest(&mut st, &channel, clock) {
+            Ok(fetched) => fetched,
             Err(e) => {
                 // Read again: a `Retry-After` counts from the answer, which may have
                 // taken the whole timeout to come, not from the start of the check.
@@ -112,6 +112,7 @@ impl Updater {
         // `channel_after_activation`, `begin_install`).
         let followed = (st.channel.clone(), st.channel_switches);
         let st = self.save_check(&st)?;
+        self.emit(checked);
         self.decide(&st, &manifest, version, clock, followed)
     }
 
@@ -471,13 +472,15 @@ impl Updater {
     /// envelope is verified again (expiry still applies). Only when the manifest changed is
     /// the root chain walked first, so an unchanged check is a single request.
     /// `clock` is the host's clock as the run read it; each rule pulls it up to the newest
-    /// `issued` seen under the manifest keys it checks with.
+    /// `issued` seen under the manifest keys it checks with. With the manifest comes its
+    /// `checked` event, for the caller to send once `st` is saved: a host reading
+    /// `status()` when told must find the check there.
     pub(super) fn fetch_manifest(
         &self,
         st: &mut State,
         channel: &str,
         clock: Timestamp,
-    ) -> Result<Verified<Manifest>> {
+    ) -> Result<(Verified<Manifest>, Event)> {
         self.of_this_state(st)?;
         let cache = self.manifest_cache(channel);
         let seen_etag = st
@@ -532,12 +535,12 @@ impl Updater {
             st.newest_issued
                 .map_or(verified.issued, |t| t.max(verified.issued)),
         );
-        self.emit(Event::Checked {
+        let checked = Event::Checked {
             channel: channel.to_string(),
             sequence: verified.sequence,
             not_modified,
-        });
-        Ok(verified)
+        };
+        Ok((verified, checked))
     }
 
     /// GETs `channel`'s manifest (conditionally on `etag`) and verifies each copy a base

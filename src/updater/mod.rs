@@ -797,19 +797,22 @@ impl Updater {
 
     /// Runs `op`, reporting a failure as a `failed` event.
     fn reported<T>(&self, operation: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
-        op().inspect_err(|e| {
-            self.emit(Event::Failed {
-                operation: operation.to_string(),
-                kind: e.kind().as_str().to_string(),
-                message: e.message().to_string(),
-            })
+        op().inspect_err(|e| self.emit_failed(operation, e))
+    }
+
+    fn emit_failed(&self, operation: &str, e: &Error) {
+        self.emit(Event::Failed {
+            operation: operation.to_string(),
+            kind: e.kind().as_str().to_string(),
+            message: e.message().to_string(),
         })
     }
 
     /// [`Updater::reported`] for the download or install of `version`, whose failure
     /// (other than a cancel) is also recorded in the history as `<operation>_failed`, with
     /// the version and the error line, where `status` shows it once the process that
-    /// failed is gone. A host or a timer retrying the same failure keeps one entry, the
+    /// failed is gone; recorded before the event, so a host reading `status()` when told
+    /// finds it. A host or a timer retrying the same failure keeps one entry, the
     /// newest. Best effort: the failure returned is the operation's, not the record's.
     fn recorded<T>(
         &self,
@@ -817,7 +820,7 @@ impl Updater {
         version: &Version,
         op: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        self.reported(operation, op).inspect_err(|e| {
+        let result = op().inspect_err(|e| {
             if e.kind() == ErrorKind::Cancelled {
                 return;
             }
@@ -831,7 +834,8 @@ impl Updater {
                 st.record_repeated((self.clock)(), &event, &format!("{version}: "), detail);
                 self.save(&st)
             });
-        })
+        });
+        result.inspect_err(|e| self.emit_failed(operation, e))
     }
 
     fn state_dir(&self) -> &Path {
