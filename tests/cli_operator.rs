@@ -1983,6 +1983,36 @@ fn a_pre_release_on_stable_is_published_with_a_warning() {
     assert_eq!(released(dir, &plain), "");
 }
 
+/// `verify`'s line for a channel names its releases in one line, however many there are:
+/// the oldest three and the newest three, with the count of those between (a channel of
+/// a year's daily releases made a line of thousands of characters); `--json` lists all.
+#[test]
+fn verify_names_a_long_channels_releases_in_short() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::write(dir.join("settings.json"), b"{}").unwrap();
+    for minor in 0..10 {
+        let version = format!("1.{minor}.0");
+        let args = release_args(&version, &["--component", "config=settings.json"]);
+        released(dir, &args);
+    }
+    let out = ok(dir, &["verify", "repo"]);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("nightly"))
+        .unwrap();
+    assert!(
+        line.contains("versions [1.0.0, 1.1.0, 1.2.0, … 4 more …, 1.7.0, 1.8.0, 1.9.0]"),
+        "{line}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["verify", "repo", "--json"])).unwrap();
+    assert_eq!(
+        report["channels"][0]["versions"].as_array().unwrap().len(),
+        10
+    );
+}
+
 /// An image read from a pipe is published byte for byte: nothing reads its head before
 /// the release copies it (the compression check looks only at regular files).
 #[test]

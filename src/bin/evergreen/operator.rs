@@ -723,18 +723,33 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
         report.root_expires
     );
     for c in &report.channels {
-        let versions: Vec<String> = c.versions.iter().map(Version::to_string).collect();
         out!(
             "  {:<10} sequence {:<4} expires {}  versions [{}]  {} blob(s) checked",
             c.channel,
             c.sequence,
             c.expires,
-            versions.join(", "),
+            in_short(&c.versions),
             c.blobs_checked
         );
         warn_stranded(&c.channel, &c.stranded);
     }
     Ok(())
+}
+
+/// `versions` for one line: all of up to eight, else the first three and the last three
+/// with the count between (a year of daily releases made a line of thousands of
+/// characters; `--json` lists every one).
+fn in_short(versions: &[Version]) -> String {
+    let shown = |vs: &[Version]| vs.iter().map(Version::to_string).collect::<Vec<_>>();
+    match versions.len() {
+        0..=8 => shown(versions).join(", "),
+        n => format!(
+            "{}, … {} more …, {}",
+            shown(&versions[..3]).join(", "),
+            n - 6,
+            shown(&versions[n - 3..]).join(", ")
+        ),
+    }
 }
 
 /// The channel a command changed, and the devices it now strands (see
