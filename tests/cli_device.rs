@@ -3581,12 +3581,8 @@ fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
 fn a_refused_connection_is_said_without_the_http_librarys_words() {
     let repo = Repo::new("com.acme.refused");
     publish(&repo, "1.0.0", "stable");
-    // Nothing listens on the port once the listener is dropped.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refusing = support::RefusingPort::bind();
+    let port = refusing.port;
     let server = format!("http://127.0.0.1:{port}");
     let dev = repo.device("dev", &server, serde_json::json!({}));
     let out = dev.run("check", &["--json"]);

@@ -847,11 +847,8 @@ fn silent_server_times_out() {
 #[test]
 fn refused_connection_is_a_network_error() {
     let repo = Repo::new(1000);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refusing = support::RefusingPort::bind();
+    let port = refusing.port;
     let downloads = TempDir::new().unwrap();
     let f = fetcher(&[format!("http://127.0.0.1:{port}")], options());
     let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();

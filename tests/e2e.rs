@@ -2952,11 +2952,10 @@ fn an_errors_chain_names_each_cause_once() {
     };
     let missing = dev.config.with_file_name("missing.json");
     let unreadable = evergreen::Config::from_file(&missing).unwrap_err();
-    // Nothing listens on the server's port once it is dropped.
-    let url = server.url();
     drop(server);
+    let refusing = support::RefusingPort::bind();
     let mut config = evergreen::Config::from_file(&dev.config).unwrap();
-    config.server = url;
+    config.server = format!("http://127.0.0.1:{}", refusing.port);
     let updater = evergreen::Updater::builder(config).build().unwrap();
     let refused = updater.check().unwrap_err();
     assert_eq!(refused.kind(), evergreen::ErrorKind::Network, "{refused}");

@@ -329,11 +329,8 @@ fn a_long_running_host_holds_no_more_after_many_rounds() {
     tampered[at] ^= 1;
     let server = TestServer::serve(&repo.root);
     // A mirror that refuses every connection: each failed request tries it too.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refusing = support::RefusingPort::bind();
+    let refused = refusing.port;
     let dev = repo.device(
         "dev",
         &server.url(),

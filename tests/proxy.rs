@@ -113,10 +113,8 @@ fn the_environments_proxy_is_used_unless_no_proxy_lists_the_host() {
 #[test]
 fn a_proxy_that_cannot_be_reached_is_named_in_the_error() {
     let (_repo, _server, dev) = setup("com.acme.deadproxy", json!({}));
-    // A port nothing listens on: bound, then closed.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
-    drop(dead);
+    let dead = support::RefusingPort::bind();
+    let url = format!("http://127.0.0.1:{}", dead.port);
     let out = dev.run_env("check", &[], &env(&[("HTTP_PROXY", &url)]));
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -572,3 +572,45 @@ fn send(
         }
     }
 }
+
+/// A loopback port that refuses every connection for as long as this lives: a socket is
+/// bound to it and never listens, so nothing else can take it. A port found free and let
+/// go could be bound by another test's server before the connection, which then reached
+/// that server instead of being refused.
+pub struct RefusingPort {
+    _socket: std::os::fd::OwnedFd,
+    /// The port.
+    pub port: u16,
+}
+
+impl RefusingPort {
+    /// Binds a new one on 127.0.0.1.
+    pub fn bind() -> RefusingPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor owned by the `OwnedFd` made of it at
+        // once; the address structures are zeroed, then filled, and sized as the calls
+        // expect.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let at = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(
+                libc::bind(fd, at, len),
+                0,
+                "bind: {}",
+                io::Error::last_os_error()
+            );
+            assert_eq!(libc::getsockname(fd, at, &mut len), 0);
+            RefusingPort {
+                _socket: socket,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+}
