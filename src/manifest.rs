@@ -39,6 +39,7 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct Release {
     /// Semver version.
+    #[serde(deserialize_with = "version")]
     pub version: Version,
     /// When it was first published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +48,11 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub notes: String,
     /// Devices below this version must first take a stepping stone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "min_version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_version: Option<Version>,
     /// A forced update: not skippable, not deferred except to the maintenance window.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -422,6 +427,45 @@ impl Component {
     }
 }
 
+/// A version as a manifest writes it, read as semver's own reader does (from the text in
+/// place, no copy: a channel may list a thousand), but refused naming what was found and
+/// the form expected; semver's words alone ("unexpected end of input while parsing minor
+/// version number") named neither.
+struct VersionText(Version);
+
+impl<'de> Deserialize<'de> for VersionText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = VersionText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a semver version like 1.2.3")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<VersionText, E> {
+                Version::parse(v).map(VersionText).map_err(|e| {
+                    E::custom(format_args!(
+                        "expected a semver version like 1.2.3, found {v:?} ({e})"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+fn version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Version, D::Error> {
+    VersionText::deserialize(d).map(|v| v.0)
+}
+
+fn min_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Version>, D::Error> {
+    Option::<VersionText>::deserialize(d).map(|v| v.map(|v| v.0))
+}
+
 // Defaults are left out of the signed bytes: every device downloads, hashes and parses
 // them, and a channel may list a thousand releases.
 fn is_false(b: &bool) -> bool {
@@ -694,6 +738,26 @@ mod tests {
         let envelope = trust::seal(MANIFEST_TYPE, &payload, &[&key]);
         let ok = verify(&envelope, &keys, &expect, &Freshness::default()).unwrap();
         assert_eq!(ok.releases[0].notes, "caf\u{e9} NOTUTF8");
+    }
+
+    /// A version a manifest made by hand (or by another tool) writes wrongly is named as
+    /// found, with the form expected: semver alone said "unexpected end of input while
+    /// parsing minor version number", and the publisher had to guess which of a thousand.
+    #[test]
+    fn a_bad_version_is_named_as_found() {
+        let (key, keys, expect) = signer(4);
+        let cases = [
+            (release("1.2", ""), "`releases[0].version`: expected a semver version like 1.2.3, found \"1.2\" (unexpected end of input while parsing minor version number)"),
+            (release("1.0.0", r#","min_version":"v1.0.0""#), "`releases[0].min_version`: expected a semver version like 1.2.3, found \"v1.0.0\""),
+            (release("1.0.0", r#","min_version":7"#), "`releases[0].min_version`: invalid type: integer `7`, expected a semver version like 1.2.3"),
+        ];
+        for (release, expected) in cases {
+            let payload = manifest_text(1, &[release]).into_bytes();
+            let envelope = trust::seal(MANIFEST_TYPE, &payload, &[&key]);
+            let err = verify(&envelope, &keys, &expect, &Freshness::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::WrongMetadata);
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     /// A large payload is hashed on a second thread while it is parsed; small and large
