@@ -5,8 +5,11 @@ use super::transport::{Request, Response, Transport};
 use super::FetchOptions;
 use crate::error::{Error, ErrorKind, Result};
 use std::io::{self, Read};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+/// The `User-Agent` of every request: the library and its version.
+const AGENT: &str = concat!("evergreen/", env!("CARGO_PKG_VERSION"));
 
 /// HTTP and HTTPS (with the `tls` feature: rustls with ring, trusting the system's CA
 /// bundle, [`FetchOptions::ca_roots`], or with the `webpki-roots` feature Mozilla's roots
@@ -34,6 +37,9 @@ pub struct HttpTransport {
     tls: OnceLock<Result<Tls>>,
     /// Made on the first request.
     agent: OnceLock<ureq::Agent>,
+    /// The `User-Agent` sent, once [`identify`](Self::identify) named the device's
+    /// product, version and target; [`AGENT`] alone before.
+    user_agent: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -60,6 +66,7 @@ impl HttpTransport {
             via,
             tls: OnceLock::new(),
             agent: OnceLock::new(),
+            user_agent: Mutex::new(None),
         })
     }
 
@@ -109,7 +116,7 @@ impl HttpTransport {
             .timeout_per_read(nonzero(options.read_timeout))
             // `get` follows redirects itself (with `follow_redirects`), hop by hop.
             .max_redirects(0)
-            .user_agent(concat!("evergreen/", env!("CARGO_PKG_VERSION")))
+            .user_agent(AGENT)
             // Never ureq's own reading of the environment: each request sets `via_for` its
             // URL, which is what errors name.
             .proxy(None);
@@ -350,6 +357,30 @@ impl Transport for HttpTransport {
 }
 
 impl HttpTransport {
+    /// From now on, each request's `User-Agent` names the device's `product`, the
+    /// `version` it runs (`-` for none) and its `target`, after the library's version:
+    /// `evergreen/0.1.0 (com.acme.gateway 1.2.0; x86_64-linux)`, so that a static
+    /// server's access log tells which versions the fleet runs (docs/fleet.md, "What the
+    /// access log tells"). Nothing that tells one device from another. A character that
+    /// is not printable ASCII, or would end a field (`(`, `)`, `;`, blanks), is sent as `_`.
+    pub(crate) fn identify(&self, product: &str, version: Option<&str>, target: &str) {
+        let field = |s: &str| -> String {
+            s.chars()
+                .map(|c| match c {
+                    '(' | ')' | ';' | '\\' | '"' => '_',
+                    c if c.is_ascii_graphic() => c,
+                    _ => '_',
+                })
+                .collect()
+        };
+        let version = field(version.unwrap_or("-"));
+        let agent = format!("{AGENT} ({} {version}; {})", field(product), field(target));
+        *self
+            .user_agent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(agent);
+    }
+
     /// The proxy a request for `url` goes through, if any.
     fn via_for(&self, url: &str) -> Option<&Via> {
         self.via[usize::from(!is_https(url))]
@@ -378,6 +409,14 @@ impl HttpTransport {
         if let Some(etag) = &req.if_none_match {
             request = request.header("If-None-Match", etag.as_str());
         }
+        let agent = self
+            .user_agent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(agent) = agent.as_deref() {
+            request = request.header("User-Agent", agent);
+        }
+        drop(agent);
         let response = request.call().map_err(CallError::Ureq)?;
         let header = |name: &str| {
             response
@@ -984,6 +1023,66 @@ mod resolve_tests {
         assert!(
             err.message().contains("within 1 s (connect timeout)"),
             "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// The `User-Agent` line of one request to `transport`, answered 404 by a loopback
+    /// server.
+    fn user_agent_sent(transport: &HttpTransport) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/channels/stable.json",
+            listener.local_addr().unwrap()
+        );
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            conn.write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let response = transport.get(&url, &Request::default()).unwrap();
+        assert_eq!(response.status, 404);
+        let head = server.join().unwrap();
+        let lines: Vec<&str> = head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("user-agent:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{head}");
+        lines[0]["user-agent:".len()..].trim().to_string()
+    }
+
+    /// The library alone until the device is named; then its product, version and
+    /// target, each one field of the log one-liner (docs/fleet.md) whatever the config
+    /// holds: what would end a field, or is no printable ASCII, is sent as `_`.
+    #[test]
+    fn the_user_agent_names_the_device_in_fields_a_log_can_split() {
+        let transport = HttpTransport::new(&FetchOptions::default()).unwrap();
+        assert_eq!(user_agent_sent(&transport), AGENT);
+        transport.identify("com.acme.gateway", Some("1.2.0-rc.1+b.5"), "x86_64-linux");
+        assert_eq!(
+            user_agent_sent(&transport),
+            format!("{AGENT} (com.acme.gateway 1.2.0-rc.1+b.5; x86_64-linux)")
+        );
+        transport.identify("acme(\"gw\")", None, "börd;2\\");
+        assert_eq!(
+            user_agent_sent(&transport),
+            format!("{AGENT} (acme__gw__ -; b_rd_2_)")
         );
     }
 }

@@ -440,6 +440,18 @@ impl Fetcher {
         }
     }
 
+    /// Names the device in the `User-Agent` of the HTTP(S) requests from now on: its
+    /// product, the version it runs and its target (see `HttpTransport::identify`). A
+    /// host's own transport and `file://` have no such header.
+    pub(crate) fn identify(&self, product: &str, version: Option<&str>, target: &str) {
+        #[cfg(feature = "http")]
+        if let Some(http) = &self.http {
+            http.identify(product, version, target);
+        }
+        #[cfg(not(feature = "http"))]
+        let _ = (product, version, target);
+    }
+
     fn urls(&self, path: &str) -> Result<Vec<String>> {
         check_bases(&self.bases)?;
         Ok(self.bases.iter().map(|b| join(b, path)).collect())

@@ -482,6 +482,10 @@ impl Updater {
         clock: Timestamp,
     ) -> Result<(Verified<Manifest>, Event)> {
         self.of_this_state(st)?;
+        self.identify(
+            st.installed_version()
+                .or(self.config.current_version.as_ref()),
+        );
         let cache = self.manifest_cache(channel);
         let seen_etag = st
             .manifests

@@ -258,6 +258,7 @@ impl Updater {
         cancel: &CancelToken,
         fetch: &mut FetchBlob<'_>,
     ) -> Result<()> {
+        self.identify(plan.current.as_ref());
         let total = plan.download_size();
         let mut before = 0u64;
         let mut reported = 0u64;

@@ -939,6 +939,15 @@ impl Updater {
         Ok(st)
     }
 
+    /// Names this device, running `version`, in the requests that follow: the product,
+    /// the version and the target in the `User-Agent`, which a static server's access log
+    /// keeps (docs/fleet.md, "What the access log tells").
+    fn identify(&self, version: Option<&semver::Version>) {
+        let version = version.map(ToString::to_string);
+        let config = &self.config;
+        (self.fetcher).identify(&config.product, version.as_deref(), &config.target);
+    }
+
     fn load_state(&self) -> Result<State> {
         if let Some(mut st) = State::load(self.state_dir())? {
             // Saved before the config named `current_version` (a check ran first), with
