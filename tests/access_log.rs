@@ -44,8 +44,9 @@ fn log_lines(nginx: &Nginx, n: usize) -> Vec<String> {
     nginx.log("access.log").lines().map(String::from).collect()
 }
 
-/// The adoption one-liner of docs/fleet.md, as documented, with `access.log` naming `log`.
-fn documented_one_liner() -> String {
+/// The first command of docs/fleet.md's "What the access log tells" that starts with
+/// `start` and contains `holding`, as documented.
+fn documented(start: &str, holding: &str) -> String {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet.md")).unwrap();
     let section = doc
@@ -55,9 +56,14 @@ fn documented_one_liner() -> String {
     section
         .lines()
         .map(str::trim)
-        .find(|l| l.starts_with("awk "))
-        .expect("the section has an awk one-liner")
+        .find(|l| l.starts_with(start) && l.contains(holding))
+        .unwrap_or_else(|| panic!("the section has a command {start}… with {holding}"))
         .to_string()
+}
+
+/// The adoption one-liner of docs/fleet.md.
+fn documented_one_liner() -> String {
+    documented("awk ", "channels")
 }
 
 /// Runs `line` (a shell command reading `access.log`) in the directory holding `log`.
@@ -161,4 +167,26 @@ fn the_documented_one_liner_counts_adoption_from_the_access_log() {
         .count();
     assert_eq!(from_1_0_0, 3, "{blob_requests:#?}");
     assert_eq!(blob_requests.len(), 7, "{blob_requests:#?}");
+
+    // Downloads per release, with the documented commands: the blobs the manifest lists,
+    // then the log's 200s for them. The device that rolled back counts for 1.1.0 (it
+    // took it), the one that did not take it does not.
+    if !jq_installed() {
+        return;
+    }
+    let dir = repo.scratch("downloads");
+    std::fs::create_dir_all(dir.join("channels")).unwrap();
+    let manifest = repo.root.join("channels/stable.json");
+    std::fs::copy(manifest, dir.join("channels/stable.json")).unwrap();
+    let log = dir.join("access.log");
+    std::fs::write(&log, all[..before].join("\n") + "\n").unwrap();
+    run_in_log_dir(&documented("jq ", "blobs.txt"), &log);
+    let downloads = run_in_log_dir(&documented("awk ", "blobs.txt"), &log);
+    assert_eq!(downloads, "1.0.0 4\n1.1.0 3\n", "{blob_requests:#?}");
+}
+
+/// Whether `jq` is installed (the documented mapping of blobs to releases uses it);
+/// says so when it is not.
+fn jq_installed() -> bool {
+    nginxd::find_on_path("jq").is_some()
 }
