@@ -268,6 +268,20 @@ def worked_example():
     failures += [f"rollout example: {what}" for ok, what in claims if not ok]
     return failures
 
+def device_config(at, product, base, channel, repo, current, dev):
+    """Writes the config of a device with its state and slots under `at`, trusting the
+    repository's first root; returns its path."""
+    os.makedirs(at + "/state")
+    os.makedirs(at + "/slots")
+    with open(at + ".json", "w") as f:
+        json.dump({"product": product, "server": base, "channel": channel,
+                   "target": TARGET, "trust": {"root": f"{repo}/root/1.json"},
+                   "state_dir": at + "/state",
+                   "slots": {"kind": "dir", "root": at + "/slots"},
+                   "current_version": current, "device_id": dev}, f)
+    return at + ".json"
+
+
 def second_publisher(evg, work):
     """Writes a repository from design.md alone, with the latitude the document gives
     (unpadded URL-safe base64, no keyid, times with an offset and a fraction, optional
@@ -339,16 +353,9 @@ def second_publisher(evg, work):
     failures = []
 
     def check(channel, dev):
-        cfg = f"{work}/second-dev/{channel}-{dev}"
-        os.makedirs(cfg + "/state")
-        os.makedirs(cfg + "/slots")
-        with open(cfg + ".json", "w") as f:
-            json.dump({"product": product, "server": base, "channel": channel,
-                       "target": TARGET, "trust": {"root": f"{repo}/root/1.json"},
-                       "state_dir": cfg + "/state",
-                       "slots": {"kind": "dir", "root": cfg + "/slots"},
-                       "current_version": "0.9.0", "device_id": dev}, f)
-        return subprocess.run([evg, "check", "--json", "--config", cfg + ".json"],
+        cfg = device_config(f"{work}/second-dev/{channel}-{dev}", product, base, channel,
+                            repo, "0.9.0", dev)
+        return subprocess.run([evg, "check", "--json", "--config", cfg],
                               capture_output=True, text=True, timeout=120,
                               env=dict(os.environ, EVERGREEN_NOW=now.strftime(
                                   "%Y-%m-%dT%H:%M:%SZ")))
@@ -460,16 +467,9 @@ def compare(evg, work):
                 n += 1
                 mine = select(m, PRODUCT, TARGET, dev, "1.0.0", now)
                 ours = mine["version"] if mine else None
-                cfg = f"{work}/dev/{channel}-{dev}"
-                os.makedirs(cfg + "/state")
-                os.makedirs(cfg + "/slots")
-                with open(cfg + ".json", "w") as f:
-                    json.dump({"product": PRODUCT, "server": base, "channel": channel,
-                               "target": TARGET, "trust": {"root": f"{repo}/root/1.json"},
-                               "state_dir": cfg + "/state",
-                               "slots": {"kind": "dir", "root": cfg + "/slots"},
-                               "current_version": "1.0.0", "device_id": dev}, f)
-                p = run("check", "--json", "--config", cfg + ".json", ok=(0, 10),
+                cfg = device_config(f"{work}/dev/{channel}-{dev}", PRODUCT, base, channel,
+                                    repo, "1.0.0", dev)
+                p = run("check", "--json", "--config", cfg, ok=(0, 10),
                         env={"EVERGREEN_NOW": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
                 theirs = json.loads(p.stdout)["version"]
                 if ours != theirs:
