@@ -2955,3 +2955,35 @@ fn prune_blobs_removes_only_the_blobs_no_channel_lists() {
     let again = ok(dir, &["prune-blobs", "repo"]);
     assert!(!again.contains(&unlisted), "{again}");
 }
+
+/// The key id of the public key in `dir/name.pub`.
+fn keyid_of(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
+    evergreen::trust::PublicKey::from_base64(&text)
+        .unwrap()
+        .keyid()
+}
+
+#[test]
+fn signing_with_a_key_the_root_does_not_list_names_it_and_the_roles_keys() {
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    let nightly = dir.join("repo/channels/nightly.json");
+    let before = std::fs::read(&nightly).unwrap();
+    // The root key where the manifest key belongs: the error names the key given and
+    // the keys the root lists for manifests, so the operator can tell which file is wrong.
+    let err = fails(dir, &resign_nightly("root1"));
+    assert!(err.starts_with("error[threshold]"), "{err}");
+    assert!(err.contains(&keyid_of(dir, "root1")), "{err}");
+    assert!(err.contains(&keyid_of(dir, "release")), "{err}");
+    // A CI secret that holds the public half (release.pub pasted into the secret store):
+    // the error says it is a listed key's public key, not its secret.
+    std::fs::copy(dir.join("release.pub"), dir.join("ci-key")).unwrap();
+    let err = fails(dir, &resign_nightly("ci-key"));
+    assert!(err.starts_with("error[threshold]"), "{err}");
+    assert!(
+        err.contains("public key") && err.contains(&keyid_of(dir, "release")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&nightly).unwrap(), before, "nothing written");
+}
