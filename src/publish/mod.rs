@@ -574,18 +574,42 @@ fn pick_signers<'a>(
         }
     }
     if picked.len() < keys.threshold() {
+        let listed: Vec<String> = keys.keys().iter().map(PublicKey::keyid).collect();
+        let given: Vec<String> = signers.iter().map(|s| given_key(s, keys)).collect();
         return Err(Error::new(
             ErrorKind::Threshold,
             format!(
-                "expected signing keys for {} of the {} {role} key(s), found {} among the {} given",
+                "expected signing keys for {} of the {} {role} key(s) listed ({}), found {} among the {} given ({})",
                 keys.threshold(),
                 keys.keys().len(),
+                listed.join(", "),
                 picked.len(),
-                signers.len()
+                signers.len(),
+                given.join(", ")
             ),
         ));
     }
     Ok(picked)
+}
+
+/// How a threshold error names a key given with `--sign`: its key id and whether `keys`
+/// lists it, or, for the public half of a listed key read as a secret seed (both are 32
+/// bytes of base64: a `.pub` file's content in a CI secret), which key's public half it is.
+fn given_key(signer: &SecretKey, keys: &KeySet) -> String {
+    let seed = signer.to_base64();
+    if let Some(key) = keys.keys().iter().find(|k| k.to_base64() == seed) {
+        return format!(
+            "the public key {} read as a secret key: give its secret key file instead",
+            key.keyid()
+        );
+    }
+    let public = signer.public();
+    let listed = if keys.keys().contains(&public) {
+        "listed"
+    } else {
+        "not listed"
+    };
+    format!("{} {listed}", public.keyid())
 }
 
 fn missing(channel: &str) -> Error {
