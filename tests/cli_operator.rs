@@ -2987,3 +2987,40 @@ fn signing_with_a_key_the_root_does_not_list_names_it_and_the_roles_keys() {
     );
     assert_eq!(std::fs::read(&nightly).unwrap(), before, "nothing written");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_secret_key_file_others_can_read_is_warned_about_with_its_mode_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    let secret = std::fs::read_to_string(dir.join("release")).unwrap();
+    // As a CI step writes a secret (`echo "$KEY" > ci-key`) under the usual umask 022.
+    std::fs::write(dir.join("ci-key"), &secret).unwrap();
+    std::fs::set_permissions(dir.join("ci-key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = evergreen(dir, &resign_nightly("ci-key"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("warning: ")
+            && err.contains("ci-key")
+            && err.contains("0644")
+            && err.contains("chmod 600 ci-key"),
+        "{err}"
+    );
+    assert!(!err.contains(secret.trim()), "{err}");
+    // The key as keygen wrote it (0600), and one read from a pipe, are not warned about.
+    let o = evergreen(dir, &resign_nightly("release"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    let mut piped = std::process::Command::new("sh");
+    piped
+        .current_dir(dir)
+        .env("EVERGREEN_NOW", NOW)
+        .arg("-c")
+        .arg(r#"cat ci-key | "$0" resign repo --channel nightly --sign /dev/stdin"#)
+        .arg(env!("CARGO_BIN_EXE_evergreen"));
+    let o = common::output_within(&mut piped, LIMIT);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}
