@@ -2979,6 +2979,13 @@ fn signing_with_a_key_the_root_does_not_list_names_it_and_the_roles_keys() {
     // A CI secret that holds the public half (release.pub pasted into the secret store):
     // the error says it is a listed key's public key, not its secret.
     std::fs::copy(dir.join("release.pub"), dir.join("ci-key")).unwrap();
+    #[cfg(unix)]
+    {
+        // 0600, as a CI step should write it: no warning about its mode beside the error.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(dir.join("ci-key"), mode).unwrap();
+    }
     let err = fails(dir, &resign_nightly("ci-key"));
     assert!(err.starts_with("error[threshold]"), "{err}");
     assert!(

@@ -104,6 +104,32 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
     SecretKey::from_base64(&text).map_err(|e| e.context(path.display()))
 }
 
+/// A warning when the secret key file at `path` is a regular file its group or others may
+/// read or write (mode bits 0o077), as one written by `echo "$KEY" > key` under the usual
+/// umask 022 is: anyone who can read it can sign. `None` for a file only its owner may use,
+/// for what is not a regular file (a pipe: `--sign /dev/stdin`, `--sign <(…)`), and off Unix.
+/// The warning names the file, its mode and the fix; never the key.
+pub fn secret_key_exposure(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.is_file() || mode & 0o077 == 0 {
+            return None;
+        }
+        let shown = path.display();
+        Some(format!(
+            "secret key file {shown} has mode {mode:04o}, expected 0600: its group or other users may read it, and whoever reads it can sign; run chmod 600 {shown} (in CI, write it under umask 077)"
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Reads a public key file (`KEYFILE.pub`). Only `.pub` files are accepted: a secret key
 /// file has the same shape, and taking it for a public key would publish the secret.
 pub fn read_public_key(path: &Path) -> Result<PublicKey> {

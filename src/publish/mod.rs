@@ -61,7 +61,9 @@ use blobs::{
     check_components, check_image_not_empty, check_zip_for_every_device, hash_reader, Probe,
 };
 pub use blobs::{default_limit_refusal, default_limit_refusals};
-pub use keys::{public_key_path, read_public_key, read_secret_key, write_keypair};
+pub use keys::{
+    public_key_path, read_public_key, read_secret_key, secret_key_exposure, write_keypair,
+};
 use rotate::root_document;
 pub use rules::stranded;
 use rules::{

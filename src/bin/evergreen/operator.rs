@@ -1062,10 +1062,17 @@ fn optional_keys(paths: &[PathBuf]) -> Result<Option<Vec<PublicKey>>> {
     public_keys(paths).map(Some)
 }
 
+/// The `--sign` keys, each read once; a warning on stderr for a key file others may read.
 fn secret_keys(args: &SignArgs) -> Result<Vec<SecretKey>> {
     args.sign
         .iter()
-        .map(|p| publish::read_secret_key(p))
+        .map(|p| {
+            let key = publish::read_secret_key(p)?;
+            if let Some(w) = publish::secret_key_exposure(p) {
+                err!("warning: {w}");
+            }
+            Ok(key)
+        })
         .collect()
 }
 
