@@ -3031,3 +3031,33 @@ fn a_secret_key_file_others_can_read_is_warned_about_with_its_mode_and_the_fix()
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_damaged_secret_key_file_says_what_it_found_and_never_echoes_it() {
+    let tmp = repo_with_nightly();
+    let dir = tmp.path();
+    let secret = std::fs::read_to_string(dir.join("release")).unwrap();
+    let secret = secret.trim();
+    // As CI secret stores paste keys: a CRLF and surrounding blanks are fine.
+    std::fs::write(dir.join("pasted"), format!("  {secret}\r\n\r\n")).unwrap();
+    ok(dir, &resign_nightly("pasted"));
+    let cases = [
+        ("truncated", secret[..20].to_string(), "found 15 bytes"),
+        ("junk", format!("{secret}!!"), "not base64"),
+        ("empty", String::new(), "found an empty file"),
+    ];
+    for (name, text, found) in cases {
+        std::fs::write(dir.join(name), &text).unwrap();
+        let err = fails(dir, &resign_nightly(name));
+        assert!(err.starts_with("error[config]"), "{name}: {err}");
+        assert!(
+            err.contains(name) && err.contains("32-byte"),
+            "{name}: {err}"
+        );
+        assert!(err.contains(found), "{name}: expected {found:?} in {err}");
+        assert!(
+            !err.contains(&secret[..12]),
+            "{name}: key material in {err}"
+        );
+    }
+}
