@@ -100,8 +100,45 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
-    SecretKey::from_base64(&text).map_err(|e| e.context(path.display()))
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?;
+    let seed = secret_seed(&bytes).map_err(|found| {
+        Error::config(format!(
+            "expected a base64 32-byte ed25519 secret key (one line, as keygen writes it), found {found}"
+        ))
+        .context(path.display())
+    })?;
+    Ok(SecretKey::from_seed(&seed))
+}
+
+/// The 32-byte seed a secret key file holds (base64, blanks and line ends around it
+/// ignored), or what the file holds instead, said without its bytes: an error ends up in
+/// CI logs, and a damaged key is still most of a key.
+fn secret_seed(bytes: &[u8]) -> std::result::Result<[u8; 32], String> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(format!("{} bytes that are not text", bytes.len()));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(if bytes.is_empty() {
+            "an empty file".to_string()
+        } else {
+            "a file of blanks only".to_string()
+        });
+    }
+    if text.starts_with("-----BEGIN") {
+        return Err("a PEM file, of another tool".to_string());
+    }
+    let Some(seed) = trust::decode_base64(text) else {
+        let lines = text.lines().count();
+        return Err(if lines > 1 {
+            format!("{lines} lines of text that are not base64")
+        } else {
+            format!("{} characters that are not base64", text.chars().count())
+        });
+    };
+    let len = seed.len();
+    seed.try_into()
+        .map_err(|_| format!("{len} bytes of base64 (a key cut short, or not a key)"))
 }
 
 /// A warning when the secret key file at `path` is a regular file its group or others may
