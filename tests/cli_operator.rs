@@ -3061,3 +3061,34 @@ fn a_damaged_secret_key_file_says_what_it_found_and_never_echoes_it() {
         );
     }
 }
+
+#[test]
+fn a_public_key_file_that_does_not_decode_never_echoes_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    keygen(dir, "root1");
+    keygen(dir, "release");
+    let secret = std::fs::read_to_string(dir.join("release")).unwrap();
+    let public = std::fs::read_to_string(dir.join("release.pub")).unwrap();
+    // A secret and its public half pasted together into the .pub file (a secret store
+    // entry holding both), and a secret of another tool's format named .pub.
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI{}\n-----END PRIVATE KEY-----\n",
+        secret.trim()
+    );
+    let cases = [
+        ("mixed.pub", format!("{secret}{public}"), "2 lines"),
+        ("pem.pub", pem, "PEM"),
+    ];
+    for (name, text, found) in cases {
+        std::fs::write(dir.join(name), &text).unwrap();
+        let err = fails(dir, &init_args("root1.pub", "1", name, "root1", &[]));
+        assert!(err.starts_with("error[config]"), "{name}: {err}");
+        assert!(err.contains(name) && err.contains(found), "{name}: {err}");
+        assert!(
+            !err.contains(&secret.trim()[..12]),
+            "{name}: key material in {err}"
+        );
+        assert!(!dir.join("repo").exists());
+    }
+}
