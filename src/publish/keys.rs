@@ -101,7 +101,7 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?;
-    let seed = secret_seed(&bytes).map_err(|found| {
+    let seed = key_bytes(&bytes).map_err(|found| {
         Error::config(format!(
             "expected a base64 32-byte ed25519 secret key (one line, as keygen writes it), found {found}"
         ))
@@ -110,10 +110,10 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
     Ok(SecretKey::from_seed(&seed))
 }
 
-/// The 32-byte seed a secret key file holds (base64, blanks and line ends around it
-/// ignored), or what the file holds instead, said without its bytes: an error ends up in
-/// CI logs, and a damaged key is still most of a key.
-fn secret_seed(bytes: &[u8]) -> std::result::Result<[u8; 32], String> {
+/// The 32 bytes a key file holds (base64, blanks and line ends around it ignored), or what
+/// the file holds instead, said without its bytes: an error ends up in CI logs, a damaged
+/// secret key is still most of a key, and a `.pub` file may hold a secret by mistake.
+fn key_bytes(bytes: &[u8]) -> std::result::Result<[u8; 32], String> {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(format!("{} bytes that are not text", bytes.len()));
     };
@@ -176,6 +176,12 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read key file", path, e))?;
-    PublicKey::from_base64(&text).map_err(|e| e.context(path.display()))
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?;
+    let raw = key_bytes(&bytes).map_err(|found| {
+        Error::config(format!(
+            "expected a base64 32-byte ed25519 public key (one line, as keygen writes KEYFILE.pub), found {found}"
+        ))
+        .context(path.display())
+    })?;
+    PublicKey::from_bytes(&raw).map_err(|e| e.context(path.display()))
 }
