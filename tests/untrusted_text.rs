@@ -55,3 +55,100 @@ fn a_huge_location_header_is_cut_in_the_error_line_and_the_history() {
         assert!(line.len() < 1024, "a line of {} bytes", line.len());
     }
 }
+
+/// Whether `text` holds a byte that drives a terminal (C0 controls but the newline, DEL)
+/// or the UTF-8 of a C1 control.
+fn has_control(text: &str) -> bool {
+    text.chars().any(|c| c != '\n' && c.is_control())
+}
+
+/// Release notes are the publisher's words, shown by `check`: a newline in them goes on
+/// a line of its own under the first, indented, so that none reads as an `error[` line of
+/// Evergreen's; ESC, BEL and CR are shown escaped rather than sent to the terminal (where
+/// `ESC ] 0 ;` sets the window title and `ESC [ 2 K` erases the line).
+#[test]
+fn release_notes_reach_the_terminal_escaped_and_indented() {
+    let repo = Repo::new("com.acme.notes");
+    let notes =
+        "Fixes the reconnect loop.\nerror[signature]: forged\x1b]0;title\x07\x1b[2K\rover\u{9b}31m";
+    publish(&repo, "1.0.0", "stable", notes);
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "0.9.0"}),
+    );
+
+    let text = dev.expect("check", &[], 10);
+    assert!(!has_control(&text), "{text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(&"  notes: Fixes the reconnect loop."),
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &r"         error[signature]: forged\u{1b}]0;title\u{7}\u{1b}[2K\rover\u{9b}31m"
+        ),
+        "{text}"
+    );
+    // The JSON output has the notes as they were signed.
+    let offer: serde_json::Value =
+        serde_json::from_str(&dev.expect("check", &["--json"], 10)).unwrap();
+    assert_eq!(offer["notes"], notes);
+}
+
+/// A config key is the config author's text, quoted back by serde in `error[config]`: its
+/// ESC and BEL are shown escaped on the one stderr line, not sent to the terminal.
+#[test]
+fn an_unknown_config_key_is_quoted_escaped() {
+    let repo = Repo::new("com.acme.badkey");
+    let dev = repo.device(
+        "dev",
+        "http://127.0.0.1:9",
+        serde_json::json!({"\u{1b}]0;title\u{7}\u{1b}[2Kforged": 1}),
+    );
+    let err = dev.fails("check", &[]);
+    assert!(err.starts_with("error[config]: "), "{err}");
+    assert!(!has_control(&err), "{err:?}");
+    assert!(
+        err.contains(r"unknown field `\u{1b}]0;title\u{7}\u{1b}[2Kforged`"),
+        "{err}"
+    );
+}
+
+/// The history keeps a failed check's error line as the library gave it, which may quote
+/// a server's or a publisher's text; `status` prints every entry on one line of its own,
+/// its control characters escaped.
+#[test]
+fn status_prints_each_history_entry_on_one_line_escaped() {
+    let repo = Repo::new("com.acme.history");
+    publish(&repo, "1.0.0", "stable", "n");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "0.9.0"}),
+    );
+    server.set_fault("channels/stable.json", Fault::Status(500));
+    dev.fails("check", &[]);
+    let mut state = dev.state_file();
+    let entry = state["history"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .rfind(|h| h["event"] == "check_failed")
+        .unwrap();
+    let detail = entry["detail"].as_str().unwrap().to_owned();
+    entry["detail"] = format!("{detail} \u{1b}[2K\r\nerror[forged]: x").into();
+    std::fs::write(
+        dev.state.join("state.json"),
+        serde_json::to_vec_pretty(&state).unwrap(),
+    )
+    .unwrap();
+
+    let text = dev.expect("status", &[], 0);
+    assert!(!has_control(&text), "{text:?}");
+    assert!(!text.lines().any(|l| l.starts_with("error[")), "{text}");
+    assert!(text.contains(r"\u{1b}[2K\r\nerror[forged]: x"), "{text}");
+}
