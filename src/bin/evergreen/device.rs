@@ -237,9 +237,15 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     builder = builder.on_event(move |e| match e {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
         evergreen::Event::Waiting { path, .. } => {
-            err!("evergreen: {e}{}", crate::holder::note(path))
+            err!(
+                "evergreen: {}{}",
+                crate::one_line(&e.to_string()),
+                crate::holder::note(path)
+            )
         }
-        evergreen::Event::NoReleaseForTarget { .. } if !json => err!("note: {e}"),
+        evergreen::Event::NoReleaseForTarget { .. } if !json => {
+            err!("note: {}", crate::one_line(&e.to_string()))
+        }
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.
         // Said on stdout after the "up to date" line, with what to do about a skip.
@@ -248,7 +254,7 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         | evergreen::Event::Installing { .. }
         | evergreen::Event::Checked { .. }
         | evergreen::Event::Failed { .. } => {}
-        other => err!("evergreen: {other}"),
+        other => err!("evergreen: {}", crate::one_line(&other.to_string())),
     });
     builder.build()
 }
@@ -271,8 +277,11 @@ fn print_offer(offer: &Offer, staged: Option<evergreen::slots::Slot>) {
         if offer.critical { " [critical]" } else { "" },
         if offer.downgrade { " [downgrade]" } else { "" },
     );
-    if !offer.notes.is_empty() {
-        out!("  notes: {}", offer.notes);
+    // The publisher's words: each of their lines on one of ours, indented under the
+    // first, with no control character let through to the terminal.
+    for (i, line) in offer.notes.lines().enumerate() {
+        let label = if i == 0 { "notes:" } else { "" };
+        out!("  {label:6} {}", crate::one_line(line));
     }
     for c in &offer.components {
         let op = serde_json::to_value(c.op).ok();
@@ -792,13 +801,15 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         out!(
             "{} failed check(s) in a row, the last at {at}: {}",
             s.check_failures,
-            s.history
-                .iter()
-                .rfind(|h| h.event == "check_failed")
-                .map_or("(its error is no longer in the history)", |h| h
-                    .detail
-                    .split_once(": ")
-                    .map_or(h.detail.as_str(), |(_, error)| error))
+            crate::one_line(
+                s.history
+                    .iter()
+                    .rfind(|h| h.event == "check_failed")
+                    .map_or("(its error is no longer in the history)", |h| h
+                        .detail
+                        .split_once(": ")
+                        .map_or(h.detail.as_str(), |(_, error)| error))
+            )
         );
     }
     // The newest few of the history (`--json` has all of it): what happened last, and
@@ -813,7 +824,7 @@ pub fn status(config: &Path, json: bool) -> Result<i32> {
         ),
     }
     for h in s.history.iter().skip(recent) {
-        out!("  {}  {}: {}", h.at, h.event, h.detail);
+        out!("  {}  {}: {}", h.at, h.event, crate::one_line(&h.detail));
     }
     Ok(0)
 }
