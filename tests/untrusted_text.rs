@@ -152,3 +152,54 @@ fn status_prints_each_history_entry_on_one_line_escaped() {
     assert!(!text.lines().any(|l| l.starts_with("error[")), "{text}");
     assert!(text.contains(r"\u{1b}[2K\r\nerror[forged]: x"), "{text}");
 }
+
+/// The process holding the work lock is named from its `/proc/<pid>/comm`, which any
+/// process that can open the lock file sets to what it likes (`prctl(PR_SET_NAME)`, 15
+/// bytes): a newline and ESC there are shown escaped in the `evergreen: waiting …` line,
+/// not a second line reading `error[…]`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_lock_holders_process_name_is_shown_escaped() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let repo = Repo::new("com.acme.holder");
+    publish(&repo, "1.0.0", "stable", "n");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    dev.expect("check", &[], 10);
+    let lock = dev.state.join("work.lock");
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes, fcntl, sys, time\n\
+             ctypes.CDLL(None).prctl(15, b'x\\nerror[f]\\x1b[2K', 0, 0, 0)\n\
+             f = open(sys.argv[1])\n\
+             fcntl.flock(f, fcntl.LOCK_EX)\n\
+             print('locked', flush=True)\n\
+             time.sleep(60)",
+        ])
+        .arg(&lock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let mut said = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(said, "locked\n");
+
+    let mut cmd = Command::new(common::bin());
+    cmd.args(["check", "--config"]).arg(&dev.config);
+    let mut check = common::Watched::start(&mut cmd);
+    let line = check.wait_for_line("waiting for");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = check.finish();
+    assert_eq!(out.status.code(), Some(10), "the check after the wait");
+    let rest = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        line.ends_with(r"(x\nerror[f]\u{1b}[2K)"),
+        "{line:?} then {rest:?}"
+    );
+    assert!(!rest.lines().any(|l| l.starts_with("error[")), "{rest:?}");
+}
