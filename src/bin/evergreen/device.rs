@@ -237,11 +237,8 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
     builder = builder.on_event(move |e| match e {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
         evergreen::Event::Waiting { path, .. } => {
-            err!(
-                "evergreen: {}{}",
-                crate::one_line(&e.to_string()),
-                crate::holder::note(path)
-            )
+            let note = crate::holder::note(path);
+            err!("evergreen: {}", crate::one_line(&format!("{e}{note}")))
         }
         evergreen::Event::NoReleaseForTarget { .. } if !json => {
             err!("note: {}", crate::one_line(&e.to_string()))

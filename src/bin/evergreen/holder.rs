@@ -4,7 +4,8 @@
 //! lock the host's operation holds, and neither ever ends. The line then says why.
 
 /// What to add to the `waiting` line for the lock file `path`: `; held by process N
-/// (name)`, and that this command runs under it when it does. Empty where the holder
+/// (name)`, and that this command runs under it when it does. The name is what the process
+/// chose (`prctl(PR_SET_NAME)`): the caller shows it escaped. Empty where the holder
 /// cannot be learnt (not Linux, no `/proc`, a lock another machine holds).
 pub fn note(path: &str) -> String {
     #[cfg(any(target_os = "linux", target_os = "android"))]
