@@ -600,7 +600,10 @@ fn check_content_range(url: &str, response: &Response, from: u64, size: u64) -> 
         ErrorKind::HttpStatus,
         format!(
             "GET {url}: expected 206 with Content-Range {expected:?}, found {}",
-            found.map_or("no Content-Range".to_owned(), |f| format!("{f:?}"))
+            found.map_or("no Content-Range".to_owned(), |f| format!(
+                "{:?}",
+                super::header_text(f)
+            ))
         ),
     ))
 }

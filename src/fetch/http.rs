@@ -478,7 +478,11 @@ impl HttpTransport {
             (CallError::Ours(e), Some(location)) => {
                 return Error::new(
                     ErrorKind::HttpStatus,
-                    format!("GET {url} redirected to {location}: {}", e.message()),
+                    format!(
+                        "GET {url} redirected to {}: {}",
+                        super::header_text(location),
+                        e.message()
+                    ),
                 )
                 .with_source(e)
             }
@@ -502,7 +506,8 @@ impl HttpTransport {
         let message = match redirected_to {
             None => format!("GET {url}: expected an HTTP response, found {found}"),
             Some(location) => format!(
-                "GET {url}: expected an HTTP response from the redirect to {location}, found {found}"
+                "GET {url}: expected an HTTP response from the redirect to {}, found {found}",
+                super::header_text(location)
             ),
         };
         // The system's error itself: ureq's `io: ` in front of it names ureq's variant.
@@ -628,6 +633,7 @@ fn redirect_target(current: &str, response: &Response) -> Result<Option<String>>
         return refuse("a Location with the redirect", "without one");
     };
     let target = resolve(current, location.trim());
+    let location = super::header_text(location);
     if !super::is_http(&target) {
         return refuse(
             "a redirect to an http:// or https:// URL",

@@ -687,7 +687,25 @@ const REDIRECTED_FROM: &str = " (redirected from ";
 /// or CDN node that gave it, not the origin that only redirected.
 pub(crate) fn answered_by(asked: &str, response: &Response) -> Option<String> {
     let to = response.final_url.as_deref()?;
-    Some(format!("{to}{REDIRECTED_FROM}{asked})"))
+    Some(format!("{}{REDIRECTED_FROM}{asked})", header_text(to)))
+}
+
+/// The most bytes of a server's header value (a `Location`, a `Content-Range`, a
+/// `Retry-After`) a message shows: the server picks its length, up to the 64 KiB of
+/// headers ureq reads, and a message is one line of a log and of the state's history.
+const MAX_HEADER_SHOWN: usize = 256;
+
+/// `value`, from a server's header, as a message shows it: whole up to
+/// [`MAX_HEADER_SHOWN`] bytes, else its start and how many bytes it had.
+pub(crate) fn header_text(value: &str) -> std::borrow::Cow<'_, str> {
+    let mut end = MAX_HEADER_SHOWN;
+    if value.len() <= end {
+        return value.into();
+    }
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &value[..end], value.len()).into()
 }
 
 /// The longest wait between two retry rounds. Without a cap, `retries: 10` and the
@@ -806,7 +824,8 @@ fn status_failure(url: &str, response: &Response, clock: &Clock) -> Failure {
     let mut message = format!("GET {url}: expected 200, found HTTP status {status}");
     if let Some(location) = &response.location {
         message.push_str(&format!(
-            " redirecting to {location} (redirects are not followed)"
+            " redirecting to {} (redirects are not followed)",
+            header_text(location)
         ));
     }
     if !is_transient(status) {
@@ -814,7 +833,7 @@ fn status_failure(url: &str, response: &Response, clock: &Clock) -> Failure {
     }
     let asked = response.retry_after.as_deref().and_then(|value| {
         let wait = retry_after(value, response.date.as_deref(), clock())?;
-        message.push_str(&format!(" (Retry-After: {value})"));
+        message.push_str(&format!(" (Retry-After: {})", header_text(value)));
         Some(wait)
     });
     match asked {
