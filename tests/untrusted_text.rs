@@ -203,3 +203,54 @@ fn the_lock_holders_process_name_is_shown_escaped() {
     );
     assert!(!rest.lines().any(|l| l.starts_with("error[")), "{rest:?}");
 }
+
+/// A loopback server answering every request (at most `n`, each within 5 s) with `reply`,
+/// bytes written by hand.
+fn answer_with(reply: Vec<u8>, n: usize) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let thread = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut served = 0;
+        while served < n && std::time::Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            };
+            served += 1;
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(&reply);
+        }
+    });
+    (url, thread)
+}
+
+/// A `Content-Encoding` of 60,000 bytes on an answer that is no envelope: the hint that
+/// names the coding shows its start and how long it was.
+#[test]
+fn a_huge_content_encoding_is_cut_in_the_error_line() {
+    let repo = Repo::new("com.acme.hugecoding");
+    let coding = "x".repeat(60_000);
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nJUNK"
+    );
+    let (url, server) = answer_with(reply.into_bytes(), 4);
+    let dev = repo.device("dev", &url, serde_json::json!({"current_version": "0.9.0"}));
+
+    let err = dev.fails("check", &[]);
+    assert!(err.starts_with("error["), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.len() < 1024, "a line of {} bytes", err.len());
+    assert!(err.contains("(60000 bytes in all)"), "{err}");
+    drop(server);
+}
