@@ -691,7 +691,7 @@ pub(crate) fn answered_by(asked: &str, response: &Response) -> Option<String> {
 }
 
 /// The most bytes of a server's header value (a `Location`, a `Content-Range`, a
-/// `Retry-After`) a message shows: the server picks its length, up to the 64 KiB of
+/// `Retry-After`, a `Content-Encoding`) a message shows: the server picks its length, up to the 64 KiB of
 /// headers ureq reads, and a message is one line of a log and of the state's history.
 const MAX_HEADER_SHOWN: usize = 256;
 
@@ -742,7 +742,8 @@ enum Then {
 fn undecoded(e: Error, coding: Option<String>) -> Error {
     match coding {
         Some(coding) => e.hint(format_args!(
-            "sent with Content-Encoding: {coding}, which Evergreen does not decode"
+            "sent with Content-Encoding: {}, which Evergreen does not decode",
+            header_text(&coding)
         )),
         None => e,
     }
