@@ -254,3 +254,29 @@ fn a_huge_content_encoding_is_cut_in_the_error_line() {
     assert!(err.contains("(60000 bytes in all)"), "{err}");
     drop(server);
 }
+
+/// A file name in the repository is whoever made the file's choice: `verify` names a
+/// stray temp file in a `warning:` line of its own, its newline and ESC shown escaped
+/// rather than starting an `error[` line or driving the terminal.
+#[test]
+fn verify_names_a_stray_temp_file_escaped() {
+    let repo = Repo::new("com.acme.straytemp");
+    publish(&repo, "1.0.0", "stable", "n");
+    std::fs::write(
+        repo.root
+            .join("channels")
+            .join("x\nerror[signature]: forged\x1b[2K.tmp-1"),
+        b"",
+    )
+    .unwrap();
+    let out = common::run(&["verify", repo.root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!has_control(&err), "{err:?}");
+    assert!(!err.lines().any(|l| l.starts_with("error[")), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains(r"x\nerror[signature]: forged\u{1b}[2K.tmp-1 is a temp file")),
+        "{err}"
+    );
+}
