@@ -357,7 +357,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 return print_json(&out);
             }
             for w in &warnings {
-                err!("warning: {w}");
+                err!("warning: {}", crate::one_line(w));
             }
             print_channel(
                 &m,
@@ -595,15 +595,16 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         }));
     }
     for r in &refusals {
+        let r = crate::one_line(r);
         err!(
             "warning: {r}; only devices whose config allows more (`archive` in the device config) can install this release"
         );
     }
     for c in &later_warnings {
-        err!("warning: {c}");
+        err!("warning: {}", crate::one_line(c));
     }
     for n in &gzip {
-        err!("note: {n}");
+        err!("note: {}", crate::one_line(n));
     }
     let what = format!("released {v} ({}) on", a.target);
     print_channel(&m, &what, opts.now, false)?;
@@ -704,11 +705,11 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
     for tmp in &report.stray_temps {
         err!(
             "warning: {} is a temp file, left by an interrupted command (the next change removes it) or one still running; do not upload it",
-            tmp.display()
+            crate::one_line(&tmp.display().to_string())
         );
     }
     for w in &report.warnings {
-        err!("warning: {w}");
+        err!("warning: {}", crate::one_line(w));
     }
     if let Some(problem) = problem {
         for c in &report.channels {
