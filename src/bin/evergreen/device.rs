@@ -238,11 +238,9 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         // A wait is said on stderr in JSON mode too: stdout stays the one JSON document.
         evergreen::Event::Waiting { path, .. } => {
             let note = crate::holder::note(path);
-            err!("evergreen: {}", crate::one_line(&format!("{e}{note}")))
+            crate::say("evergreen", &format!("{e}{note}"))
         }
-        evergreen::Event::NoReleaseForTarget { .. } if !json => {
-            err!("note: {}", crate::one_line(&e.to_string()))
-        }
+        evergreen::Event::NoReleaseForTarget { .. } if !json => crate::say("note", &e.to_string()),
         _ if json => {}
         // A failure is reported once, as the `error[<kind>]` line.
         // Said on stdout after the "up to date" line, with what to do about a skip.
@@ -251,7 +249,7 @@ pub fn updater(config: &Path, json: bool) -> Result<Updater> {
         | evergreen::Event::Installing { .. }
         | evergreen::Event::Checked { .. }
         | evergreen::Event::Failed { .. } => {}
-        other => err!("evergreen: {}", crate::one_line(&other.to_string())),
+        other => crate::say("evergreen", &other.to_string()),
     });
     builder.build()
 }

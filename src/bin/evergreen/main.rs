@@ -194,7 +194,13 @@ pub(crate) fn path_text(path: &std::path::Path) -> String {
 
 /// Prints `error[<kind>]: <message>` as one line, so scripts can match on the kind.
 fn report(e: &Error) {
-    err!("error[{}]: {}", e.kind().as_str(), one_line(e.message()));
+    say(&format!("error[{}]", e.kind().as_str()), e.message());
+}
+
+/// Prints `label: text` on stderr, `text` as [`one_line`] shows it: the warnings and
+/// notes of every command, whose words may come from outside (a path, a publisher's text).
+pub(crate) fn say(label: &str, text: &str) {
+    err!("{label}: {}", one_line(text));
 }
 
 /// `text`, which may hold words from outside Evergreen (a server's, a publisher's release

@@ -357,7 +357,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 return print_json(&out);
             }
             for w in &warnings {
-                err!("warning: {}", crate::one_line(w));
+                crate::say("warning", w);
             }
             print_channel(
                 &m,
@@ -601,10 +601,10 @@ fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
         );
     }
     for c in &later_warnings {
-        err!("warning: {}", crate::one_line(c));
+        crate::say("warning", c);
     }
     for n in &gzip {
-        err!("note: {}", crate::one_line(n));
+        crate::say("note", n);
     }
     let what = format!("released {v} ({}) on", a.target);
     print_channel(&m, &what, opts.now, false)?;
@@ -709,7 +709,7 @@ fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
         );
     }
     for w in &report.warnings {
-        err!("warning: {}", crate::one_line(w));
+        crate::say("warning", w);
     }
     if let Some(problem) = problem {
         for c in &report.channels {
@@ -1070,7 +1070,7 @@ fn secret_keys(args: &SignArgs) -> Result<Vec<SecretKey>> {
         .map(|p| {
             let key = publish::read_secret_key(p)?;
             if let Some(w) = publish::secret_key_exposure(p) {
-                err!("warning: {w}");
+                crate::say("warning", &w);
             }
             Ok(key)
         })
