@@ -100,14 +100,20 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
             path.display()
         )));
     }
+    let seed = read_key_file(path, "secret key (one line, as keygen writes it)")?;
+    Ok(SecretKey::from_seed(&seed))
+}
+
+/// The 32 bytes of the key file at `path` ([`key_bytes`]), or a `config` error naming
+/// the file, `what` was expected and what it holds instead.
+fn read_key_file(path: &Path, what: &str) -> Result<[u8; 32]> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?;
-    let seed = key_bytes(&bytes).map_err(|found| {
+    key_bytes(&bytes).map_err(|found| {
         Error::config(format!(
-            "expected a base64 32-byte ed25519 secret key (one line, as keygen writes it), found {found}"
+            "expected a base64 32-byte ed25519 {what}, found {found}"
         ))
         .context(path.display())
-    })?;
-    Ok(SecretKey::from_seed(&seed))
+    })
 }
 
 /// The 32 bytes a key file holds (base64, blanks and line ends around it ignored), or what
@@ -176,12 +182,6 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey> {
             path.display()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?;
-    let raw = key_bytes(&bytes).map_err(|found| {
-        Error::config(format!(
-            "expected a base64 32-byte ed25519 public key (one line, as keygen writes KEYFILE.pub), found {found}"
-        ))
-        .context(path.display())
-    })?;
+    let raw = read_key_file(path, "public key (one line, as keygen writes KEYFILE.pub)")?;
     PublicKey::from_bytes(&raw).map_err(|e| e.context(path.display()))
 }
