@@ -16,9 +16,7 @@ use std::process::Command;
 
 /// Publishes `version` of one file component to stable.
 fn publish(repo: &Repo, version: &str) {
-    let file = repo.scratch("src").join(format!("settings-{version}.json"));
-    std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
-    repo.release("stable", version, "x86_64-linux", &[("config", &file)], &[]);
+    repo.release_settings("stable", version, &[]);
 }
 
 /// Makes `dir` and everything under it readable by nginx's worker, whatever user it runs as.

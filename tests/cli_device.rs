@@ -12,16 +12,7 @@ use std::path::Path;
 use support::{Fault, TestServer};
 
 fn publish(repo: &Repo, version: &str, channel: &str) {
-    let src = repo.scratch("src");
-    let file = src.join(format!("settings-{version}.json"));
-    std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
-    repo.release(
-        channel,
-        version,
-        "x86_64-linux",
-        &[("config", &file)],
-        &["--notes", "Fixes things."],
-    );
+    repo.release_settings(channel, version, &["--notes", "Fixes things."]);
 }
 
 fn json(text: &str) -> serde_json::Value {

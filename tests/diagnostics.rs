@@ -11,10 +11,7 @@ use common::Repo;
 use support::TestServer;
 
 fn publish(repo: &Repo, version: &str) {
-    let src = repo.scratch("src");
-    let file = src.join(format!("settings-{version}.json"));
-    std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
-    repo.release("stable", version, "x86_64-linux", &[("config", &file)], &[]);
+    repo.release_settings("stable", version, &[]);
 }
 
 /// A device that took 1.0.0 from `server` and confirmed it.

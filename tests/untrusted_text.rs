@@ -10,16 +10,21 @@ use common::Repo;
 use support::{Fault, TestServer};
 
 fn publish(repo: &Repo, version: &str, channel: &str, notes: &str) {
-    let src = repo.scratch("src");
-    let file = src.join(format!("settings-{version}.json"));
-    std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
-    repo.release(
-        channel,
-        version,
-        "x86_64-linux",
-        &[("config", &file)],
-        &["--notes", notes],
+    repo.release_settings(channel, version, &["--notes", notes]);
+}
+
+/// A repository of `product` offering 1.0.0 on stable with `notes`, served on loopback,
+/// and a device at 0.9.0 checking it.
+fn served(product: &str, notes: &str) -> (Repo, TestServer, common::Device) {
+    let repo = Repo::new(product);
+    publish(&repo, "1.0.0", "stable", notes);
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device(
+        "dev",
+        &server.url(),
+        serde_json::json!({"current_version": "0.9.0"}),
     );
+    (repo, server, dev)
 }
 
 /// A server (not yet authenticated by any signature) answering with a `Location` of
@@ -29,14 +34,7 @@ fn publish(repo: &Repo, version: &str, channel: &str, notes: &str) {
 /// the state keeps.
 #[test]
 fn a_huge_location_header_is_cut_in_the_error_line_and_the_history() {
-    let repo = Repo::new("com.acme.hugelocation");
-    publish(&repo, "1.0.0", "stable", "n");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device(
-        "dev",
-        &server.url(),
-        serde_json::json!({"current_version": "0.9.0"}),
-    );
+    let (_repo, server, dev) = served("com.acme.hugelocation", "n");
     let location = format!("ftp://mirror/{}", "a".repeat(60_000));
     server.set_fault("channels/stable.json", Fault::Redirect(location.clone()));
 
@@ -68,16 +66,9 @@ fn has_control(text: &str) -> bool {
 /// `ESC ] 0 ;` sets the window title and `ESC [ 2 K` erases the line).
 #[test]
 fn release_notes_reach_the_terminal_escaped_and_indented() {
-    let repo = Repo::new("com.acme.notes");
     let notes =
         "Fixes the reconnect loop.\nerror[signature]: forged\x1b]0;title\x07\x1b[2K\rover\u{9b}31m";
-    publish(&repo, "1.0.0", "stable", notes);
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device(
-        "dev",
-        &server.url(),
-        serde_json::json!({"current_version": "0.9.0"}),
-    );
+    let (_repo, _server, dev) = served("com.acme.notes", notes);
 
     let text = dev.expect("check", &[], 10);
     assert!(!has_control(&text), "{text:?}");
@@ -122,14 +113,7 @@ fn an_unknown_config_key_is_quoted_escaped() {
 /// its control characters escaped.
 #[test]
 fn status_prints_each_history_entry_on_one_line_escaped() {
-    let repo = Repo::new("com.acme.history");
-    publish(&repo, "1.0.0", "stable", "n");
-    let server = TestServer::serve(&repo.root);
-    let dev = repo.device(
-        "dev",
-        &server.url(),
-        serde_json::json!({"current_version": "0.9.0"}),
-    );
+    let (_repo, server, dev) = served("com.acme.history", "n");
     server.set_fault("channels/stable.json", Fault::Status(500));
     dev.fails("check", &[]);
     let mut state = dev.state_file();

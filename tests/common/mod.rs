@@ -231,6 +231,21 @@ impl Repo {
         ]);
     }
 
+    /// Publishes `version` to `channel` for x86_64-linux with one file component,
+    /// `config`: a settings file that names the version (so each release's blob differs),
+    /// plus extra CLI flags.
+    pub fn release_settings(&self, channel: &str, version: &str, extra: &[&str]) -> String {
+        let file = self.scratch("src").join(format!("settings-{version}.json"));
+        std::fs::write(&file, format!("{{\"version\": \"{version}\"}}")).unwrap();
+        self.release(
+            channel,
+            version,
+            "x86_64-linux",
+            &[("config", &file)],
+            extra,
+        )
+    }
+
     /// Publishes `version` to `channel` for `target` with `components` (name → path,
     /// kind from the extension), plus extra CLI flags.
     pub fn release(
