@@ -268,6 +268,19 @@ def worked_example():
     failures += [f"rollout example: {what}" for ok, what in claims if not ok]
     return failures
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+def serve(repo):
+    """Serves `repo` on 127.0.0.1 from a thread; returns the server and its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=repo))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
 def device_config(at, product, base, channel, repo, current, dev):
     """Writes the config of a device with its state and slots under `at`, trusting the
     repository's first root; returns its path."""
@@ -343,13 +356,7 @@ def second_publisher(evg, work):
     for channel, m in wrong.items():
         manifest(channel, **m)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=repo))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    server, base = serve(repo)
     failures = []
 
     def check(channel, dev):
@@ -431,13 +438,7 @@ def compare(evg, work):
         "--manifest-key", f"{keys}/rel2.pub", "--sign", f"{keys}/root1",
         "--sign", f"{keys}/root2", "--sign", f"{keys}/rel2")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=repo))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    server, base = serve(repo)
     failures = []
     try:
         now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
