@@ -64,9 +64,28 @@ pub fn finish_within(mut child: std::process::Child, limit: std::time::Duration)
     };
     Output {
         status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
+        stdout: joined(stdout, deadline, limit),
+        stderr: joined(stderr, deadline, limit),
     }
+}
+
+/// What `reader` read, once its pipe closes by `deadline`: a process the child left
+/// running (a daemon it started) that keeps the pipe open fails the test by then
+/// instead of hanging it.
+fn joined(
+    reader: std::thread::JoinHandle<Vec<u8>>,
+    deadline: std::time::Instant,
+    limit: std::time::Duration,
+) -> Vec<u8> {
+    while !reader.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected the child's output to end within {limit:?}, found its pipe held open \
+             after it exited (by a process it left running)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    reader.join().unwrap()
 }
 
 /// Reads `pipe` to its end on a thread of its own.
