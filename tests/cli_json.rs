@@ -797,3 +797,54 @@ fn the_boot_help_one_liner_starts_the_slot_boot_names() {
         format!("app 1.0.0 from {}/app/bin/app", slot_dir(&first).display())
     );
 }
+
+/// The shell recipe of docs/operators.md ("Scripting") that tells an update, up to date
+/// and a failure apart by the exit code, reading the version from stdout with `jq` and the
+/// kind from the error line on stderr, run by `sh` as written against a device.
+#[test]
+fn the_documented_check_recipe_tells_available_up_to_date_and_failure_apart() {
+    if require::tool_output(std::process::Command::new("jq").arg("--version")).is_err() {
+        require::missing("jq");
+        return;
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operators.md")).unwrap();
+    let section = doc
+        .split("## Scripting")
+        .nth(1)
+        .expect("docs/operators.md has a Scripting section");
+    let recipe: String = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|s| s.split("  ```").next())
+        .expect("the Scripting section has a sh block")
+        .to_string();
+    assert!(recipe.contains("evergreen check --json"), "{recipe}");
+    let script = format!(
+        "{}\nprintf 'rc=%s version=%s kind=%s\\n' \"$rc\" \"$version\" \"$kind\"\n",
+        recipe.replace(
+            "evergreen check --json",
+            "\"$EVG\" check --config \"$CFG\" --json"
+        )
+    );
+    let repo = Repo::new("com.acme.json.recipe");
+    repo.release_settings("stable", "1.0.0", &[]);
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("dev", &server.url(), serde_json::json!({}));
+    let run = || {
+        let out = common::output_within(
+            std::process::Command::new("/bin/sh")
+                .args(["-c", &script])
+                .env("EVG", common::bin())
+                .env("CFG", &dev.config),
+            common::CLI_LIMIT,
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(), "rc=10 version=1.0.0 kind=");
+    dev.expect("update", &["--yes"], 0);
+    assert_eq!(run(), "rc=0 version= kind=");
+    drop(server);
+    assert_eq!(run(), "rc=1 version= kind=network");
+}
