@@ -374,7 +374,8 @@ impl Fetcher {
                     let encoding = response.content_encoding.clone();
                     let bytes = self.read_capped(url, response, max_bytes)?;
                     check(&bytes).map_err(|e| Failure {
-                        error: undecoded(e, encoding).context(format!("{} {url}", fetch_verb(url))),
+                        error: undecoded(cut_short(e, &bytes, &encoding), encoding)
+                            .context(format!("{} {url}", fetch_verb(url))),
                         then: Then::Refused,
                         wait: Duration::ZERO,
                     })?;
@@ -747,6 +748,22 @@ fn undecoded(e: Error, coding: Option<String>) -> Error {
         )),
         None => e,
     }
+}
+
+/// `e` about a document `bytes` that ends before its JSON does (nothing after the last
+/// white space, or no closing `}`), sent with no `coding`, saying so: a file uploaded in
+/// place (scp, `cp` into a docroot, `rsync --inplace`) is served as far as it is written,
+/// and a check then must name a copy under way, which the next check reads whole, not
+/// only the parser's "EOF".
+fn cut_short(e: Error, bytes: &[u8], coding: &Option<String>) -> Error {
+    let end = bytes.iter().rposition(|b| !b" \t\r\n".contains(b));
+    if coding.is_some() || end.is_some_and(|i| bytes[i] == b'}') {
+        return e;
+    }
+    e.hint(format_args!(
+        "the copy served ({} bytes) ends before its JSON does: a file cut short, or one read while an upload (scp, cp, rsync --inplace) was still writing it; the next check reads it again",
+        bytes.len()
+    ))
 }
 
 struct Failure {

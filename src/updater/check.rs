@@ -653,7 +653,7 @@ impl Updater {
             max_bytes: self.config.limits.max_metadata_bytes,
         };
         manifest::verify(bytes, anchor.manifest_keys(), &expect, &fresh)
-            .map_err(|e| walk_hint(keys_hint(e, anchor, bytes), anchored))
+            .map_err(|e| walk_hint(keys_hint(e, anchor, bytes), anchored, bytes))
     }
 
     /// The trust anchor: the configured keys, or the newest root (walking the chain on the
@@ -916,9 +916,12 @@ struct Anchored {
 
 /// `e`, a manifest's failed verification under `anchored`, with what may explain it: a
 /// walk of the root chain cut short by its step limit leaves the device on a root older
-/// than the manifest's signers.
-fn walk_hint(e: Error, anchored: &Anchored) -> Error {
-    if !matches!(e.kind(), ErrorKind::Signature | ErrorKind::Threshold) {
+/// than the manifest's signers. Said only of a well-formed `envelope`: one cut short (a
+/// copy still being uploaded) has no signers to blame on a rotation.
+fn walk_hint(e: Error, anchored: &Anchored, envelope: &[u8]) -> Error {
+    if !matches!(e.kind(), ErrorKind::Signature | ErrorKind::Threshold)
+        || !crate::trust::is_envelope(envelope)
+    {
         return e;
     }
     match (anchored.cut_at, &anchored.anchor) {
