@@ -136,3 +136,95 @@ fn a_channel_read_while_it_is_copied_in_place_is_said_to_be_cut_short() {
     assert_eq!(version(&dev), "1.1.0");
     assert!(changed(&served, &repo.root).is_empty());
 }
+
+/// A rotation of the manifest key uploaded in the documented order (blobs, then root,
+/// then channels): between the root and the channels, a device that fetches the channel
+/// anew (its copy is older than the server's) walks to the new root, which no longer
+/// lists the key the channel on the server is still signed with. Its check fails until
+/// the channels are there, and must say that: the channel is older than the root. It
+/// used to say the channel was signed "with keys rotated in after" the newest root and
+/// needed `root/3.json`, a file that will never exist. A device whose copy is current is
+/// answered 304 and stays as it is; after the last step both update without help.
+#[test]
+fn a_rotation_half_uploaded_names_the_channel_not_re_signed_yet() {
+    let repo = Repo::new("com.acme.sync");
+    repo.release_settings("stable", "1.0.0", &[]);
+    let served = repo.scratch("served");
+    copy_dir(&repo.root, &served);
+    let server = TestServer::serve(&served);
+    let current = repo.device("current", &server.url(), serde_json::json!({}));
+    let behind = repo.device("behind", &server.url(), serde_json::json!({}));
+    update_and_confirm(&current);
+    update_and_confirm(&behind);
+    // The weekly resign reaches `current`; `behind` was off line.
+    let manifest_key = repo.manifest_key.to_str().unwrap();
+    let root = repo.root.to_str().unwrap();
+    common::ok(&[
+        "resign",
+        root,
+        "--channel",
+        "stable",
+        "--sign",
+        manifest_key,
+    ]);
+    sync_dir(&repo.root, &served, "channels");
+    current.expect("check", &[], 0);
+    // The rotation, and a release signed with the new key.
+    let key2 = repo.scratch("keys2").join("release2");
+    let key2 = key2.to_str().unwrap();
+    common::ok(&["keygen", "--out", key2]);
+    let root_key = repo.root_key.to_str().unwrap();
+    let pub2 = format!("{key2}.pub");
+    common::ok(&[
+        "rotate",
+        root,
+        "--manifest-key",
+        &pub2,
+        "--sign",
+        root_key,
+        "--sign",
+        key2,
+    ]);
+    let settings = repo.scratch("src").join("settings-1.1.0.json");
+    std::fs::write(&settings, "{\"version\": \"1.1.0\"}").unwrap();
+    let component = format!("config={}", settings.display());
+    common::ok(&[
+        "release",
+        root,
+        "--channel",
+        "stable",
+        "--version",
+        "1.1.0",
+        "--target",
+        "x86_64-linux",
+        "--component",
+        &component,
+        "--sign",
+        key2,
+    ]);
+
+    sync_dir(&repo.root, &served, "blobs");
+    current.expect("check", &[], 0);
+    sync_dir(&repo.root, &served, "root");
+    current.expect("check", &[], 0);
+    let line = error_line(&behind, "check");
+    assert!(line.starts_with("error[signature]: "), "{line}");
+    assert!(
+        line.contains("signed only by manifest keys root version 1 listed")
+            && line.contains("channels/ not copied yet"),
+        "expected the channel named as one from before the rotation, found {line}"
+    );
+    assert!(
+        !line.contains("root/3.json") && !line.contains("rotated in after"),
+        "expected no root after version 2 asked for, found {line}"
+    );
+    assert_eq!(version(&behind), "1.0.0");
+
+    sync_dir(&repo.root, &served, "channels");
+    assert!(changed(&served, &repo.root).is_empty());
+    for dev in [&current, &behind] {
+        dev.expect("check", &[], 10);
+        update_and_confirm(dev);
+        assert_eq!(version(dev), "1.1.0");
+    }
+}
