@@ -674,6 +674,7 @@ impl Updater {
                     anchor: Anchor::Keys(keys),
                     cut_at: None,
                     walked: false,
+                    before: None,
                 });
             }
             TrustConfig::Root(root) => root,
@@ -740,6 +741,7 @@ impl Updater {
         let behind = st.root_version > Some(root.root().version);
         let from = root.root().version;
         let walked = walk || behind || root.check_unexpired(now).is_err();
+        let before = walked.then(|| (from, root.manifest_keys().clone()));
         let root = if walked {
             root.update(
                 // A copy that does not verify is passed over for the next base's: a
@@ -796,6 +798,7 @@ impl Updater {
         let cut_at =
             (version.saturating_sub(from) >= crate::trust::MAX_ROOT_STEPS).then_some(version);
         Ok(Anchored {
+            before: before.filter(|(v, _)| *v < version),
             anchor: Anchor::Root(root),
             cut_at,
             walked,
@@ -912,6 +915,10 @@ struct Anchored {
     /// Whether the root chain was walked on the server for it (the newest root found
     /// there), rather than the root kept taken as it is.
     walked: bool,
+    /// The version and manifest keys of the root the walk started from, when it went
+    /// past it: a channel they sign and the newest root no longer does is one its
+    /// rotation re-signed, not uploaded yet.
+    before: Option<(u64, KeySet)>,
 }
 
 /// `e`, a manifest's failed verification under `anchored`, with what may explain it: a
@@ -933,6 +940,16 @@ fn walk_hint(e: Error, anchored: &Anchored, envelope: &[u8]) -> Error {
         // synced in part, a USB stick) may lack the root that a key rotation published.
         (None, Anchor::Root(root)) if anchored.walked => {
             let (v, next) = (root.root().version, root.root().version + 1);
+            // Signed by the keys of the root this walk left: the rotation to it re-signed
+            // every channel, and the server has its root and not yet its channels.
+            let signed = |keys| {
+                crate::trust::open_signed(envelope, crate::trust::MANIFEST_TYPE, keys, u64::MAX)
+            };
+            if let Some((from, _)) = anchored.before.as_ref().filter(|(_, k)| signed(k).is_ok()) {
+                return e.hint(format!(
+                    "the channel is signed only by manifest keys root version {from} listed and version {v} does not: it is from before that rotation, which re-signed every channel (root/ uploaded, channels/ not copied yet?); the check after they are takes them"
+                ));
+            }
             e.hint(format!(
                 "the newest root found is version {v} (no root/{next}.json): a channel signed with keys rotated in after it needs root/{next}.json beside it"
             ))
