@@ -3092,3 +3092,100 @@ fn a_public_key_file_that_does_not_decode_never_echoes_what_it_holds() {
         assert!(!dir.join("repo").exists());
     }
 }
+
+/// A repository is served by a static server that runs as another user (nginx, Apache,
+/// lighttpd and busybox httpd drop to one), which must read every file and search every
+/// directory: under a private umask (`umask 077`, as CI jobs set for secret keys) the
+/// publisher made them 0600 and 0700, every device's check then found 403 or 404 (a 403
+/// taken as absent, a new root unseen) while `verify` said ok. Write bits stay the umask's.
+#[test]
+fn a_repository_published_under_a_private_umask_is_readable_by_a_server() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = |args: &[&str]| {
+        let mut cmd = command_at(dir.path(), NOW);
+        cmd.args(args);
+        // SAFETY: umask is async-signal-safe; nothing else runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        let out = common::output_within(&mut cmd, LIMIT);
+        assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
+    };
+    private(&["keygen", "--out", "root"]);
+    private(&["keygen", "--out", "release"]);
+    private(&[
+        "init",
+        "repo",
+        "--product",
+        "com.acme.gw",
+        "--root-key",
+        "root.pub",
+        "--root-threshold",
+        "1",
+        "--manifest-key",
+        "release.pub",
+        "--sign",
+        "root",
+    ]);
+    std::fs::write(dir.path().join("settings.json"), b"{\"level\": 3}").unwrap();
+    private(&[
+        "release",
+        "repo",
+        "--channel",
+        "stable",
+        "--version",
+        "1.0.0",
+        "--target",
+        "x86_64-linux",
+        "--component",
+        "config=settings.json:file",
+        "--sign",
+        "release",
+    ]);
+    private(&[
+        "rollout",
+        "repo",
+        "--channel",
+        "stable",
+        "--version",
+        "1.0.0",
+        "--percent",
+        "50",
+        "--sign",
+        "release",
+    ]);
+    // The secret keys stay the owner's.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("root")), 0o600);
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.path().join("repo")];
+    while let Some(d) = dirs.pop() {
+        found.push((d.clone(), mode(&d)));
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name() != Some(".lock".as_ref()) {
+                found.push((path.clone(), mode(&path)));
+            }
+        }
+    }
+    let shut: Vec<String> = found
+        .iter()
+        .filter(|(p, m)| {
+            let wanted = if p.is_dir() { 0o755 } else { 0o644 };
+            *m != wanted
+        })
+        .map(|(p, m)| format!("{} {m:04o}", p.display()))
+        .collect();
+    assert!(
+        shut.is_empty(),
+        "expected directories 0755 and files 0644 (readable by a server running as another user, written by the owner alone), found {shut:?}"
+    );
+    assert_eq!(found.len(), 8, "{found:?}");
+}
