@@ -335,6 +335,10 @@ pub(crate) struct VerifyArgs {
 
 /// Runs one operator command.
 pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
+    // Keys are written 0600 whatever the umask; what the other commands write is served.
+    if !matches!(cmd, Command::Keygen(_)) {
+        let_servers_read();
+    }
     match cmd {
         Command::Keygen(a) => keygen(&a, json),
         Command::Init(a) => init(&a, json),
@@ -386,6 +390,20 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::PruneBlobs(a) => prune_blobs(&a, json),
         Command::Rotate(a) => rotate(&a, json),
         Command::Verify(a) => verify(&a, json),
+    }
+}
+
+/// Lets a static server read what this command writes into the repository. It runs as
+/// another user (nginx, Apache httpd, lighttpd and busybox httpd drop to one), so a
+/// private umask (`umask 077`, as CI jobs set for secret keys) that made the files 0600
+/// and the directories 0700 had it answer 403 or 404 for each, which devices take as
+/// absent. Read and search for all are kept; who may write is still the umask's.
+fn let_servers_read() {
+    // SAFETY: umask only swaps the process's file mode mask, and no thread creates
+    // files yet.
+    unsafe {
+        let umask = libc::umask(0o022);
+        libc::umask(umask & 0o022);
     }
 }
 
