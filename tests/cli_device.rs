@@ -606,16 +606,45 @@ fn a_second_fix_installs_when_the_first_fix_used_up_its_trial_too() {
 }
 
 /// While a trial still has starts left, or has a slot to roll back to, installing another
-/// release is refused: it would overwrite the way back.
+/// release is refused: it would overwrite the way back. Refused before the download, which
+/// would only be thrown at the refusal (a release of many MiB over a metered link); a
+/// download alone (`--download-only`) still fetches it for after the confirm.
 #[test]
 fn installing_during_a_trial_with_starts_left_is_refused() {
     let (repo, dev) = first_install_on_trial("com.acme.notyet");
     dev.expect("boot", &[], 0);
     publish(&repo, "1.0.1", "stable");
+    let downloads = || {
+        let mut names: Vec<String> = std::fs::read_dir(dev.state.join("downloads"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let before = downloads();
     let out = dev.run("update", &["--yes"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(common::stderr(&out).contains("error[invalid_state]: slot b is on trial"));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("error[invalid_state]: slot b is on trial"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was downloaded"), "{err}");
     assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
+    assert_eq!(
+        downloads(),
+        before,
+        "expected no download for a refused install"
+    );
+    dev.expect("update", &["--download-only"], 0);
+    assert_ne!(
+        downloads(),
+        before,
+        "expected --download-only to fetch 1.0.1"
+    );
 }
 
 /// Whether a start of the trial was counted is judged against the starts the trial began

@@ -48,6 +48,16 @@ impl Updater {
         })
     }
 
+    /// Refuses now what [`Updater::install`] would refuse of `plan` for the device as it
+    /// is (a trial under way, a release below the security floor, artifacts the slot
+    /// store cannot take), touching nothing. Called before a download meant for an
+    /// install, it saves fetching a release only to have it refused at the end; a
+    /// download alone ([`Updater::download`]) is not refused for a trial, and fetches the
+    /// release for the install after the confirm.
+    pub fn check_install(&self, plan: &Offer) -> Result<()> {
+        self.check_installable(&self.load_state()?, plan)
+    }
+
     /// Refuses an offer another updater made (its trust root, product or state may not be
     /// this one's), and artifacts the slot store cannot take: dir slots take no image, and
     /// image slots take exactly one image component and nothing else. Before the download,

@@ -603,6 +603,12 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         Some(_) => offer,
         None => {
             let plan = up.plan(&offer)?;
+            if !args.download_only {
+                up.check_install(&plan).map_err(|e| {
+                    let text = format!("{}; nothing was downloaded (`evergreen update --download-only` fetches it for later)", e.message());
+                    Error::new(e.kind(), text)
+                })?;
+            }
             download(&up, &plan, json)?;
             plan
         }
