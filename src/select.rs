@@ -1215,3 +1215,28 @@ fn clamp_jitter(jitter: f64) -> f64 {
 fn unit(random: u64) -> f64 {
     (random >> 11) as f64 / (1u64 << 53) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// §5.2's worked example, pinned in the library's own tests so that a run on a
+    /// big-endian CPU (s390x under Miri, docs/design.md decision 34) checks it: the
+    /// digest's first 8 bytes are read big-endian whatever the CPU's byte order, so every
+    /// device computes the bucket the publisher's tools and other clients do.
+    #[test]
+    fn the_rollout_bucket_is_the_documented_one_on_every_byte_order() {
+        let v = Version::new(1, 4, 2);
+        let parts: [&[u8]; 6] = [
+            b"evergreen-rollout\0",
+            b"com.acme.gateway",
+            b"\0",
+            b"device-1",
+            b"\0",
+            b"1.4.2",
+        ];
+        assert_eq!(leading_u64(&parts), 15_935_804_439_112_595_520);
+        assert_eq!(rollout_bucket("com.acme.gateway", "device-1", &v), 5520);
+        assert_eq!(rollout_bucket("com.acme.gateway", "device-24084", &v), 7);
+    }
+}
