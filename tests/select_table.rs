@@ -354,6 +354,13 @@ fn selection_rows() -> Vec<Row> {
             ..row()
         },
         Row {
+            name: "a skipped stepping stone to an ordinary release stays skipped",
+            releases: vec![rel("1.5.0"), rel("2.0.0").min("1.5.0")],
+            skipped: &["1.5.0"],
+            expect: Ok(Decision::UpToDate),
+            ..row()
+        },
+        Row {
             name: "only the skips on the way to a critical release are undone",
             releases: vec![
                 rel("1.5.0"),
