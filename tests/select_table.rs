@@ -1258,6 +1258,20 @@ fn the_window_is_judged_on_the_host_clock_and_waits_while_it_is_wrong() {
             Some("2026-12-04T23:00:00Z"),
         ),
         (
+            "clock exactly an hour behind the publisher's: judged",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T22:30:00Z",
+            Some("2026-11-27T23:00:00Z"),
+        ),
+        (
+            "clock more than an hour behind: not judged",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T22:29:59Z",
+            Some("2026-12-04T23:00:00Z"),
+        ),
+        (
             "clock a day behind",
             FRIDAY_NIGHT,
             false,
@@ -1289,6 +1303,23 @@ fn the_window_is_judged_on_the_host_clock_and_waits_while_it_is_wrong() {
         unreachable!()
     };
     assert!(reason.contains("judged once the clock is set"), "{reason}");
+}
+
+/// A clock known wrong waits for the window's first opening strictly after the newest
+/// `issued` (`Window::next_start`), also when `issued` falls on an opening second: the
+/// wait names a time still ahead, never the moment the device already counts as now.
+#[test]
+fn a_wrong_clock_waits_for_an_opening_strictly_after_the_newest_issued() {
+    // Friday 23:00 UTC, the opening second of FRIDAY_NIGHT.
+    let issued = ts("2026-11-27T23:00:00Z");
+    let lost_power = ts("1970-01-01T00:00:00Z");
+    for critical in [false, true] {
+        let got = deploy_on_clock(&policy(FRIDAY_NIGHT), critical, lost_power, Some(issued));
+        let Deploy::Wait { until, .. } = got else {
+            panic!("critical {critical}: expected a wait, got {got:?}");
+        };
+        assert_eq!(until, ts("2026-12-04T23:00:00Z"), "critical {critical}");
+    }
 }
 
 #[test]
