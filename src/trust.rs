@@ -1115,6 +1115,42 @@ mod tests {
         }
     }
 
+    /// The documented bound on signature entries (DESIGN: at most 64): an envelope with 64
+    /// entries, the trusted signature last, opens; one with 65 is refused before any is
+    /// verified, however valid its signatures, and the error names the bound and the count.
+    #[test]
+    fn sixty_four_signature_entries_open_and_sixty_five_are_refused() {
+        let (trusted, foreign) = (keys(1), SecretKey::from_seed(&[66; 32]));
+        let payload = b"x";
+        let entry = |key: &SecretKey| EnvelopeSignature {
+            keyid: String::new(),
+            sig: encode_base64(&key.sign(&pae("t", payload))),
+        };
+        let envelope = |entries: usize| {
+            let mut signatures: Vec<EnvelopeSignature> =
+                (1..entries).map(|_| entry(&foreign)).collect();
+            signatures.push(entry(&trusted[0]));
+            let e = Envelope {
+                payload_type: "t".into(),
+                payload: encode_base64(payload),
+                signatures,
+            };
+            serde_json::to_vec(&e).unwrap()
+        };
+        let set = keyset(&trusted, 1);
+        let (_, r) = verifications(&envelope(MAX_SIGNATURES), &set);
+        assert_eq!(r.unwrap(), payload, "{MAX_SIGNATURES} entries");
+        let (n, r) = verifications(&envelope(MAX_SIGNATURES + 1), &set);
+        let err = r.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Signature, "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected at most 64 signatures, found 65"),
+            "{err}"
+        );
+        assert_eq!(n, 0, "verifications of a refused envelope");
+    }
+
     /// A signature by a key the device does not trust (the next key of a rotation), first
     /// and without a keyid, does not keep the trusted one after it from counting.
     #[test]
