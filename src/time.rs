@@ -504,6 +504,10 @@ mod tests {
             "2026-02-30T00:00:00Z",
             "2026-11-22T10:00:00",
             "2026-11-22T25:00:00Z",
+            // offsets beyond 23:59
+            "2026-11-22T10:00:00+24:00",
+            "2026-11-22T10:00:00-24:00",
+            "2026-11-22T10:00:00+01:60",
             "2026-11-22T10:00:00+1:00",
             "2026-11-22T10:00:00.Z",
             // a multi-byte character where the seconds end (a slice off a char boundary)
@@ -521,6 +525,14 @@ mod tests {
         for edge in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
             let t: Timestamp = edge.parse().unwrap();
             assert_eq!(t.to_string(), edge);
+        }
+        // the widest offsets there are, each way
+        for (at, utc) in [
+            ("2026-11-22T23:59:00+23:59", "2026-11-22T00:00:00Z"),
+            ("2026-11-22T00:00:00-23:59", "2026-11-22T23:59:00Z"),
+        ] {
+            let t: Timestamp = at.parse().unwrap();
+            assert_eq!(t.to_string(), utc, "{at}");
         }
         for leap in ["2016-12-31T23:59:60Z", "2016-12-31T15:59:60-08:00"] {
             let t: Timestamp = leap.parse().unwrap();
