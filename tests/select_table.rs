@@ -1168,6 +1168,20 @@ fn deploy_table() {
             Want::Now,
         ),
         (
+            "crossing midnight, at its opening second",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T23:00:00Z",
+            Want::Now,
+        ),
+        (
+            "crossing midnight, the second before it opens",
+            FRIDAY_NIGHT,
+            false,
+            "2026-11-27T22:59:59Z",
+            Want::Wait("2026-11-27T23:00:00Z"),
+        ),
+        (
             "crossing midnight, after midnight",
             FRIDAY_NIGHT,
             false,
