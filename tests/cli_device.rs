@@ -614,17 +614,7 @@ fn installing_during_a_trial_with_starts_left_is_refused() {
     let (repo, dev) = first_install_on_trial("com.acme.notyet");
     dev.expect("boot", &[], 0);
     publish(&repo, "1.0.1", "stable");
-    let downloads = || {
-        let mut names: Vec<String> = std::fs::read_dir(dev.state.join("downloads"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    };
-    let before = downloads();
+    let before = dev.downloads();
     let out = dev.run("update", &["--yes"]);
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr(&out);
@@ -635,13 +625,13 @@ fn installing_during_a_trial_with_starts_left_is_refused() {
     assert!(err.contains("nothing was downloaded"), "{err}");
     assert_eq!(dev.status()["slots"]["a"]["status"], "empty");
     assert_eq!(
-        downloads(),
+        dev.downloads(),
         before,
         "expected no download for a refused install"
     );
     dev.expect("update", &["--download-only"], 0);
     assert_ne!(
-        downloads(),
+        dev.downloads(),
         before,
         "expected --download-only to fetch 1.0.1"
     );
