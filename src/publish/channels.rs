@@ -410,7 +410,10 @@ impl Repo {
         }
         bump(&mut m, change.now, change.expires_in_days)?;
         let bytes = self.seal_manifest(trusted, &m, signers, change.now)?;
-        fsutil::write_atomic(&self.channel_path(change.channel), &bytes)?;
+        let path = self.channel_path(change.channel);
+        let replaced = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        fsutil::write_atomic(&path, &bytes)?;
+        later_second(&path, replaced)?;
         Ok(m)
     }
 
@@ -494,4 +497,29 @@ impl Repo {
         })?;
         Ok(bytes)
     }
+}
+
+/// Gives the channel at `path` a modification time in a later whole second than the copy
+/// it `replaced` had. nginx and busybox httpd tag a file by that time in seconds and its
+/// size: two changes within one second at the same size (two resigns, a rollout from 20
+/// to 50 %), copied with their times (`rsync -a`, `cp -p`), would keep one tag, and a
+/// device holding the first copy would be answered `304` for the second until the
+/// channel changed again.
+fn later_second(path: &Path, replaced: Option<std::time::SystemTime>) -> Result<()> {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let Some(old) = replaced.map(secs) else {
+        return Ok(());
+    };
+    let set = || -> std::io::Result<()> {
+        let file = std::fs::File::open(path)?;
+        if secs(file.metadata()?.modified()?) <= old {
+            let later = std::time::UNIX_EPOCH + std::time::Duration::from_secs(old + 1);
+            file.set_modified(later)?;
+        }
+        Ok(())
+    };
+    set().map_err(|e| Error::io("set the modification time of", path, e))
 }

@@ -2393,3 +2393,42 @@ fn an_accepted_min_version_strands_no_device_of_a_listed_release() {
     }
     assert!(accepted > 100, "{accepted}");
 }
+
+/// A channel rewritten is given a later modification time, in whole seconds, than the
+/// copy it replaces: nginx and busybox httpd tag a file by that time in seconds and its
+/// size, so two resigns within one second (the same size), copied with their times
+/// (`rsync -a`, `cp -p`), would keep one tag, and a device holding the first would be
+/// answered `304` for the second. The old copy is put in the future here so the test
+/// does not hang on the clock's second.
+#[test]
+fn a_channel_rewritten_gets_a_later_second_than_the_copy_it_replaces() {
+    let (_dir, repo, key, file) = setup();
+    publish(&repo, &key, &file, "1.0.0", "x").unwrap();
+    let path = repo.channel_path("nightly");
+    let secs = || {
+        let t = std::fs::metadata(&path).unwrap().modified().unwrap();
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    };
+    let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::open(&path)
+        .unwrap()
+        .set_modified(ahead)
+        .unwrap();
+    let before = secs();
+    let resign = || {
+        repo.resign("nightly", &Signing::new(&[&key], now()))
+            .unwrap()
+    };
+    resign();
+    assert_eq!(
+        secs(),
+        before + 1,
+        "expected the second after the old copy's"
+    );
+    resign();
+    assert_eq!(
+        secs(),
+        before + 2,
+        "expected the second after the old copy's"
+    );
+}
