@@ -349,17 +349,10 @@ fn every_device_command_prints_one_documented_json_object_in_every_state() {
     repo.release_settings("stable", "1.1.0", &["--rollout", "0"]);
     let held = check(&dev, 0);
     assert_eq!(held["held_back"]["version"], "1.1.0");
-    let v = device_doc(
-        &dev,
-        "update",
-        &["--yes"],
-        &["status", "target_released", "held_back"],
-    );
-    assert_eq!(v["status"], "up_to_date");
-    assert_eq!(
-        (&v["held_back"], &v["target_released"]),
-        (&held["held_back"], &held["target_released"])
-    );
+    // `update`'s "up to date" is `check`'s, key for key: a script reads `.current` from
+    // either.
+    let v = device_doc(&dev, "update", &["--yes"], CHECK_KEYS);
+    assert_eq!(v, held);
 
     // Deferred by a maintenance window, then activated by hand.
     repo.rollout("stable", "1.1.0", "100");

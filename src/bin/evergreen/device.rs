@@ -306,32 +306,8 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
             held_back,
             ..
         } => {
-            // As an offer's `current`: what Evergreen installed, else what the config says
-            // was installed by other means.
-            let current = up
-                .state()?
-                .installed_version()
-                .or(up.config().current_version.as_ref())
-                .cloned();
             let channel = args.channel.clone().unwrap_or(status.channel);
-            if json {
-                // Every key of an offer's (`Offer::to_json`), so a script can read them in
-                // either case: nothing to install, nothing forced, nothing to download.
-                print_json(&json!({"status": "up_to_date",
-                    "current": current.as_ref().map(ToString::to_string),
-                    "version": null, "channel": channel, "critical": false,
-                    "downgrade": false, "notes": "", "security_version": null,
-                    "download_bytes": 0, "components": [],
-                    "target_released": target_released,
-                    "held_back": held_json(held_back.as_ref())}));
-            } else {
-                out!(
-                    "up to date: {} on {channel}",
-                    current.map_or("(nothing installed)".to_string(), |v| v.to_string())
-                );
-                say_held_back(&up, held_back.as_ref())?;
-                say_withheld(&up)?;
-            }
+            say_up_to_date(&up, &channel, target_released, held_back.as_ref(), json)?;
             Ok(0)
         }
         Check::Available(offer) => {
@@ -348,6 +324,41 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
             Ok(EXIT_AVAILABLE)
         }
     }
+}
+
+/// Says that nothing is to be installed from `channel`: in JSON with every key of an
+/// offer's (`Offer::to_json`), so a script reads the same keys from `check` and `update`
+/// whether or not there is one (nothing to install, nothing forced, nothing to download).
+fn say_up_to_date(
+    up: &Updater,
+    channel: &str,
+    target_released: bool,
+    held_back: Option<&HeldBack>,
+    json: bool,
+) -> Result<()> {
+    // As an offer's `current`: what Evergreen installed, else what the config says was
+    // installed by other means.
+    let current = up
+        .state()?
+        .installed_version()
+        .or(up.config().current_version.as_ref())
+        .cloned();
+    if json {
+        print_json(&json!({"status": "up_to_date",
+            "current": current.as_ref().map(ToString::to_string),
+            "version": null, "channel": channel, "critical": false,
+            "downgrade": false, "notes": "", "security_version": null,
+            "download_bytes": 0, "components": [],
+            "target_released": target_released,
+            "held_back": held_json(held_back)}));
+        return Ok(());
+    }
+    out!(
+        "up to date: {} on {channel}",
+        current.map_or("(nothing installed)".to_string(), |v| v.to_string())
+    );
+    say_held_back(up, held_back)?;
+    say_withheld(up)
 }
 
 /// Refuses to go on without `--yes` when there is no terminal to ask on: a usage error
@@ -562,16 +573,11 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             held_back,
             ..
         } => {
-            if json {
-                print_json(
-                    &json!({"status": "up_to_date", "target_released": target_released,
-                    "held_back": held_json(held_back.as_ref())}),
-                );
-            } else {
-                out!("up to date");
-                say_held_back(&up, held_back.as_ref())?;
-                say_withheld(&up)?;
-            }
+            let channel = match &args.channel {
+                Some(c) => c.clone(),
+                None => up.status()?.channel,
+            };
+            say_up_to_date(&up, &channel, target_released, held_back.as_ref(), json)?;
             return Ok(0);
         }
         Check::Available(offer) => offer,
