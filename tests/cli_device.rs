@@ -2240,6 +2240,54 @@ fn the_partial_download_of_a_passed_over_release_is_removed_by_the_next_download
     assert_eq!(partials(), Vec::<String>::new());
 }
 
+/// A repair (`reinstall`) passes over no release: the partial download of the newer
+/// release the device was fetching stays, and the next `update` resumes it with a `Range`
+/// request instead of fetching the whole blob again over a metered link.
+#[test]
+fn a_reinstall_keeps_the_partial_download_of_the_release_still_offered() {
+    let repo = Repo::new("com.acme.reinstall.partial");
+    publish(&repo, "1.0.0", "stable");
+    let server = TestServer::serve(&repo.root);
+    let dev = repo.device("served", &server.url(), serde_json::json!({}));
+    for step in ["update", "boot", "confirm"] {
+        dev.expect(step, &["--yes"][..usize::from(step == "update")], 0);
+    }
+    let file = repo.scratch("src").join("data-1.1.0.bin");
+    std::fs::write(&file, support::noise(256 * 1024, 11)).unwrap();
+    repo.release("stable", "1.1.0", "x86_64-linux", &[("data", &file)], &[]);
+    let sha = evergreen::trust::sha256_hex(&std::fs::read(&file).unwrap());
+    let blob = format!("blobs/sha256/{sha}");
+    let slow = Fault::Trickle {
+        bytes: 8,
+        every: std::time::Duration::from_millis(20),
+    };
+    server.set_fault(&blob, slow);
+    let out = interrupted_update(&dev, &server, &blob, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    server.clear_faults();
+    let part = dev.state.join(format!("downloads/{sha}.part"));
+    let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(kept > 0, "expected a partial download of 1.1.0, found none");
+    for step in ["reinstall", "boot", "confirm"] {
+        dev.expect(step, &[], 0);
+    }
+    assert_eq!(
+        std::fs::metadata(&part).map(|m| m.len()).ok(),
+        Some(kept),
+        "expected the reinstall of 1.0.0 to keep the {kept} bytes of 1.1.0's partial download"
+    );
+    server.clear_log();
+    dev.expect("update", &["--yes"], 0);
+    let asked = server.requests(&blob);
+    assert_eq!(
+        asked.iter().map(|r| r.range.clone()).collect::<Vec<_>>(),
+        vec![Some(format!("bytes={kept}-"))],
+        "expected one request resuming after the {kept} bytes kept, found {asked:?}"
+    );
+    // The reinstall made slot a primary: 1.1.0 went into b.
+    assert_eq!(dev.status()["slots"]["b"]["version"], "1.1.0");
+}
+
 /// `next_check` is a time a host can wait for: a device that never checked is due now,
 /// and after a failed check the backoff counts from that check, not from whenever the
 /// host asks (a host asking every hour was told "later" for ever).
