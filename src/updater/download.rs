@@ -176,7 +176,12 @@ impl Updater {
             self.lock().and_then(|_lock| self.check_links_possible())?;
             let dir = self.downloads_dir();
             crate::fsutil::create_dir_all(&dir)?;
-            remove_other_partials(&dir, plan);
+            // A repair (the installed version again) passes over no release: the partials
+            // of the one pending stay for it, as its finished downloads do.
+            let st = self.load_state()?;
+            let repair =
+                (st.installed_version()).is_some_and(|v| v.cmp_precedence(&plan.version).is_eq());
+            remove_other_partials(&dir, plan, if repair { &st.pending_downloads } else { &[] });
             // Recorded before the first blob finishes: a confirmation, which may run during
             // the download (it takes no work lock), or after this process died, keeps every
             // blob that finished. An entry whose blob never came is harmless: the blob is
@@ -306,16 +311,18 @@ impl Updater {
     }
 }
 
-/// Removes the partial downloads (`<sha256>.part`) of blobs `plan` does not need: those of
-/// a release passed over before it finished downloading would otherwise stay for good, one
-/// per release, until the state's partition is full. Under the work lock, so no download
-/// is writing one. Best effort: a leftover costs only space.
-fn remove_other_partials(dir: &Path, plan: &Offer) {
+/// Removes the partial downloads (`<sha256>.part`) of blobs `plan` does not need, but for
+/// those of `keep`: those of a release passed over before it finished downloading would
+/// otherwise stay for good, one per release, until the state's partition is full. Under
+/// the work lock, so no download is writing one. Best effort: a leftover costs only space.
+fn remove_other_partials(dir: &Path, plan: &Offer, keep: &[String]) {
     let needed = |sha: &str| {
-        plan.components
-            .iter()
-            .filter_map(|c| c.artifact.as_ref())
-            .any(|a| a.sha256 == sha)
+        keep.iter().any(|k| k == sha)
+            || plan
+                .components
+                .iter()
+                .filter_map(|c| c.artifact.as_ref())
+                .any(|a| a.sha256 == sha)
     };
     for d in downloads_in(dir).into_iter().filter(|d| d.partial) {
         if !needed(&d.sha256) {
