@@ -610,9 +610,14 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         None => {
             let plan = up.plan(&offer)?;
             if !args.download_only {
-                up.check_install(&plan).map_err(|e| {
-                    let text = format!("{}; nothing was downloaded (`evergreen update --download-only` fetches it for later)", e.message());
-                    Error::new(e.kind(), text)
+                // A trial ends, and a download alone may fetch the release meanwhile; what
+                // else is refused (the store, the floor) is refused for a download too.
+                up.check_install(&plan).map_err(|e| match e.kind() {
+                    ErrorKind::InvalidState => {
+                        let text = format!("{}; nothing was downloaded (`evergreen update --download-only` fetches it for later)", e.message());
+                        Error::new(e.kind(), text)
+                    }
+                    _ => e,
                 })?;
             }
             download(&up, &plan, json)?;
