@@ -1205,6 +1205,50 @@ mod tests {
         assert_eq!(std::fs::read(&victim).unwrap(), b"private");
     }
 
+    /// Failed checks in a row keep one `check_failed` entry, the newest; another event
+    /// recorded between two of them stays, and the next failure comes after it. A run of
+    /// failures after a passing check (which records nothing and sets the count back to
+    /// 0) starts an entry of its own: the last run's error stays in the history.
+    #[test]
+    fn each_run_of_failed_checks_keeps_one_entry_of_its_own() {
+        let mut s = State::initial("stable", Some(Version::new(1, 0, 0)));
+        let at = Timestamp::from_unix;
+        let entries = |s: &State| {
+            s.history
+                .iter()
+                .map(|h| (h.at.unix(), h.event.clone(), h.detail.clone()))
+                .collect::<Vec<_>>()
+        };
+        let row = |t: i64, event: &str, detail: &str| (t, event.to_string(), detail.to_string());
+        for (count, t) in [(1, 10), (2, 20), (3, 30)] {
+            s.check_failures = count;
+            s.record_check_failure(at(t), "error[expired]: first run");
+        }
+        assert_eq!(
+            entries(&s),
+            [row(
+                30,
+                CHECK_FAILED,
+                "3 in a row: error[expired]: first run"
+            )]
+        );
+        s.record(at(35), "rolled_back", "slot b gave up");
+        s.check_failures = 4;
+        s.record_check_failure(at(40), "error[expired]: first run");
+        // A passing check set the count back to 0: this failure is the first of a new run.
+        s.check_failures = 1;
+        s.record_check_failure(at(50), "error[io]: second run");
+        assert_eq!(
+            entries(&s),
+            [
+                row(30, CHECK_FAILED, "3 in a row: error[expired]: first run"),
+                row(35, "rolled_back", "slot b gave up"),
+                row(40, CHECK_FAILED, "4 in a row: error[expired]: first run"),
+                row(50, CHECK_FAILED, "1 in a row: error[io]: second run"),
+            ]
+        );
+    }
+
     #[test]
     fn invariants_catch_an_installing_primary() {
         let mut s = State::initial("stable", None);
