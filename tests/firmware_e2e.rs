@@ -806,6 +806,15 @@ fn a_good_slot_the_bootloader_gave_up_on_mid_boot_leaves_the_fallback_primary() 
             json!({"status": "good", "version": "1.0.0"}),
             "{name}"
         );
+        // Both releases have security version 0, the floor is 0: the history names the
+        // fall-back and does not call the slot that runs below the floor.
+        let last = s["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["event"], "bootloader_fell_back", "{name}: {last}");
+        let detail = last["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("slot a is primary now") && !detail.contains("below"),
+            "{name}: expected no claim of a slot below the floor, found: {detail}"
+        );
         for _ in 0..3 {
             assert_eq!(
                 board.power_on(),
