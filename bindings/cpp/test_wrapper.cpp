@@ -8,6 +8,7 @@
 
 #include "evergreen.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -318,6 +319,59 @@ void a_launcher_counts_the_trial_after_an_activation_cut_short() {
     updater.confirm();
 }
 
+/// The entries of `dir`, or none when it does not exist.
+std::vector<std::string> entries(const std::string &dir) {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto &e : std::filesystem::directory_iterator(dir, ec)) {
+        names.push_back(e.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+/// check_install() before the download: during a trial (started, starts left) the install
+/// would be refused at the end, so it is refused now and nothing is downloaded; once the
+/// trial is confirmed the same offer passes, and downloads and installs.
+void check_install_refuses_an_install_during_a_trial() {
+    Repo repo("precheck");
+    repo.release("1.0.0", noise(100 * 1024, 9));
+    Device dev("precheck", repo, repo);
+    const std::string downloads = dev.base + "/state/downloads";
+    evergreen::Updater updater(dev.config);
+    auto first = updater.check();
+    EXPECT(first.has_value());
+    updater.check_install(*first);
+    updater.download(*first);
+    updater.install(*first);
+    updater.activate();
+    EXPECT(updater.startup().kind == evergreen::Startup::Kind::trial);
+
+    repo.release("1.1.0", noise(100 * 1024, 10));
+    auto second = updater.check();
+    EXPECT(second.has_value());
+    EXPECT_EQ(second->version(), "1.1.0");
+    const auto before = entries(downloads);
+    bool downloaded = false;
+    try {
+        updater.check_install(*second);
+        updater.download(*second);
+        downloaded = true;
+    } catch (const evergreen::Error &e) {
+        EXPECT_EQ(e.kind(), "invalid_state");
+        EXPECT(contains(e.what(), "is on trial; confirm or roll back"));
+    }
+    EXPECT(!downloaded);
+    EXPECT(entries(downloads) == before);
+
+    updater.confirm();
+    updater.check_install(*second);
+    updater.download(*second);
+    EXPECT(entries(downloads) != before);
+    updater.install(*second);
+    EXPECT(updater.activate().activated);
+}
+
 void bad_config_is_a_config_error() {
     for (const char *config : {"{not json", "{}", "{\"product\": 5}", ""}) {
         try {
@@ -491,6 +545,7 @@ void a_moved_from_offer_throws_on_use() {
     }));
     EXPECT(!progressed);
     EXPECT_LOGIC_ERROR("evergreen::Offer", updater.install(gone));
+    EXPECT_LOGIC_ERROR("evergreen::Offer", updater.check_install(gone));
 
     // The offer moved to is whole, and so is one move-assigned back.
     EXPECT_EQ(offer.version(), "1.0.0");
@@ -717,6 +772,8 @@ int main(int argc, char **argv) {
         {"rollback_returns_to_the_confirmed_slot", rollback_returns_to_the_confirmed_slot},
         {"a_launcher_counts_the_trial_after_an_activation_cut_short",
          a_launcher_counts_the_trial_after_an_activation_cut_short},
+        {"check_install_refuses_an_install_during_a_trial",
+         check_install_refuses_an_install_during_a_trial},
         {"bad_config_is_a_config_error", bad_config_is_a_config_error},
         {"a_nul_inside_an_argument_is_a_config_error", a_nul_inside_an_argument_is_a_config_error},
         {"a_skipped_release_can_be_offered_again", a_skipped_release_can_be_offered_again},

@@ -1179,6 +1179,40 @@ out:
     evg_updater_free(up);
 }
 
+/* A host asks before a download meant for an install: while the running release is on
+   trial (started, starts left) the install of the next one would be refused at its end,
+   so evg_check_install refuses it now with the trial's status and message, and the host
+   downloads nothing; once the trial is confirmed the same offer passes. `up` runs
+   CONFIG_PATH's device, whose running slot is on trial; it leaves it so. */
+static void test_check_install_during_a_trial(evg_updater *up, const char *config_path) {
+    char downloads[4096];
+    const char *slash = strrchr(config_path, '/');
+    evg_offer *offer = NULL;
+    int before;
+
+    CHECK(slash != NULL);
+    if (!slash) return;
+    snprintf(downloads, sizeof downloads, "%.*s/state/downloads", (int)(slash - config_path),
+             config_path);
+    CHECK_STATUS(evg_check_install(NULL, NULL), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "updater"));
+    CHECK_STATUS(evg_check_install(up, NULL), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "offer"));
+    CHECK_STATUS(evg_check_version(up, NULL, "1.1.0", &offer), EVG_OK);
+    CHECK(offer != NULL);
+    if (!offer) return;
+    before = count_entries(downloads);
+    CHECK(before > 2); /* the running release's own download is kept */
+    /* the host's sequence: ask, and download only when the install would go ahead */
+    if (evg_check_install(up, offer) == EVG_OK)
+        evg_download(up, offer, NULL, NULL);
+    CHECK_STATUS(evg_check_install(up, offer), EVG_INVALID_STATE);
+    CHECK(contains(evg_last_error_message(), "is on trial; confirm or roll back"));
+    CHECK(count_entries(downloads) == before); /* nothing downloaded */
+    CHECK_STATUS(evg_install(up, offer), EVG_INVALID_STATE); /* what it foretold */
+    evg_offer_free(offer);
+}
+
 /* Where `current` points, relative to the slots' root ("slots/a"), or "" when unreadable. */
 static void read_current(const char *current, char *out, size_t size) {
     ssize_t n = readlink(current, out, size - 1);
@@ -1213,14 +1247,16 @@ static void test_launcher_after_an_activation_cut_short(const char *config_path)
     CHECK_STATUS(evg_activate(up, 1, &act), EVG_OK);
     CHECK_STATUS(evg_startup_for_launcher(up, &start), EVG_OK);
     CHECK(start.kind == EVG_STARTUP_TRIAL);
-    CHECK_STATUS(evg_confirm(up), EVG_OK);
     evg_offer_free(offer);
     offer = NULL;
+    test_check_install_during_a_trial(up, config_path);
+    CHECK_STATUS(evg_confirm(up), EVG_OK);
     read_current(current, old, sizeof old);
 
     CHECK_STATUS(evg_check(up, &offer), EVG_OK);
     if (!offer) goto out;
     CHECK(strcmp(evg_offer_version(offer), "1.1.0") == 0);
+    CHECK_STATUS(evg_check_install(up, offer), EVG_OK); /* confirmed: no trial under way */
     CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_OK);
     CHECK_STATUS(evg_install(up, offer), EVG_OK);
     CHECK_STATUS(evg_activate(up, 1, &act), EVG_OK);

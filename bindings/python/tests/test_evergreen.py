@@ -1074,6 +1074,45 @@ def test_a_launcher_counts_the_trial_after_an_activation_cut_short(world) -> Non
         updater.confirm()
 
 
+def test_check_install_refuses_an_install_during_a_trial_before_the_download(world) -> None:
+    """`check_install` before the download: during a trial (started, starts left) the
+    install would be refused at its end, so it is refused now and nothing is downloaded;
+    once the trial is confirmed the same offer passes, downloads and installs."""
+    repo, src, settings, config = world
+    downloads = Path(config["state_dir"]) / "downloads"
+    with evergreen.Updater(config) as updater:
+        first = updater.check()
+        assert first is not None
+        updater.check_install(first)
+        updater.download(first)
+        updater.install(first)
+        updater.activate()
+        assert updater.startup().kind == "trial"
+        repo.release("1.1.0", {"app": app_zip(src, "1.1.0"), "settings": settings})
+        second = updater.check()
+        assert second is not None and second.version == "1.1.0"
+        before = sorted(p.name for p in downloads.iterdir())
+        downloaded = False
+        with pytest.raises(evergreen.InvalidStateError, match="is on trial; confirm or roll back") as err:
+            updater.check_install(second)
+            updater.download(second)
+            downloaded = True
+        assert err.value.kind == "invalid_state"
+        assert not downloaded
+        assert sorted(p.name for p in downloads.iterdir()) == before, "expected no download"
+
+        updater.confirm()
+        updater.check_install(second)
+        updater.download(second)
+        assert sorted(p.name for p in downloads.iterdir()) != before
+        updater.install(second)
+        assert updater.activate().activated
+        first.close()
+        second.close()
+        with pytest.raises(ValueError, match="closed"):
+            updater.check_install(second)
+
+
 def test_rollback_with_no_good_fallback_is_invalid_state(world) -> None:
     _, _, _, config = world
     with evergreen.Updater(config) as updater:
