@@ -785,6 +785,22 @@ enum evg_status evg_check(struct evg_updater *updater, struct evg_offer **out);
 enum evg_status evg_check_version(struct evg_updater *updater, const char *channel, const char *version, struct evg_offer **out);
 
 /**
+ * Refuses now what `evg_install` would refuse of `offer` for the device as it is — a
+ * trial under way (`EVG_INVALID_STATE`: confirm or roll back first), a release below the
+ * security floor (`EVG_SECURITY_FLOOR`), artifacts the slot store cannot take, an offer
+ * another updater's check made (`EVG_INVALID_STATE`) — and touches nothing: no download,
+ * no lock, no slot. Call it before `evg_download` when the download is meant for an
+ * install, so that a release is not fetched only to be refused at the end; `evg_download`
+ * alone is not refused for a trial, and fetches the release for the install after the
+ * confirm. `EVG_OK` says the install would go ahead now; the state may still change
+ * before `evg_install`, which checks again.
+ *
+ * # Safety
+ * `updater` and `offer` are NULL or live handles.
+ */
+enum evg_status evg_check_install(struct evg_updater *updater, const struct evg_offer *offer);
+
+/**
  * Downloads and verifies the artifacts `offer` needs (added and modified components, and
  * unchanged ones whose download is not kept; against the running slot as it is now).
  * `progress` (may be NULL) is called with `user` between chunks on this thread; a non-zero return cancels: `EVG_CANCELLED`, and the

@@ -126,7 +126,7 @@ struct Component {
 
 /// A release offered to this device (from Updater::check). Move-only; frees the C offer.
 /// A moved-from Offer holds no offer: every accessor, and passing it to
-/// Updater::download or Updater::install, throws std::logic_error, as a moved-from
+/// Updater::check_install, Updater::download or Updater::install, throws std::logic_error, as a moved-from
 /// Updater does (not an Error from the library about a NULL the host never wrote).
 class Offer {
 public:
@@ -367,6 +367,15 @@ public:
             return std::nullopt;
         }
         return Offer(o);
+    }
+
+    /// Throws now the Error install() would throw for `offer` with the device as it is (a
+    /// trial under way: "invalid_state"; below the security floor: "security_floor"),
+    /// touching nothing. Call it before download() when the download is meant for an
+    /// install, so that a release is not fetched only to be refused. A moved-from `offer`
+    /// throws std::logic_error.
+    void check_install(const Offer &offer) {
+        detail::check(evg_check_install(get(), offer.get()));
     }
 
     /// Downloads and verifies what `offer` needs. `progress` (may be empty) returning

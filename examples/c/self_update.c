@@ -102,7 +102,10 @@ static int update(evg_updater *up) {
         return 0;
     }
     print_offer(offer);
-    st = evg_download(up, offer, progress_bar, &last);
+    /* Refused now what the install would refuse at its end (a trial under way, a release
+       below the security floor): nothing is downloaded for it. */
+    st = evg_check_install(up, offer);
+    if (st == EVG_OK) st = evg_download(up, offer, progress_bar, &last);
     if (st == EVG_OK) st = evg_install(up, offer);
     evg_offer_free(offer); /* the _free functions leave the last error for fail() */
     if (st != EVG_OK) return fail("download and install", st);

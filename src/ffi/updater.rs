@@ -327,6 +327,31 @@ pub unsafe extern "C" fn evg_check_version(
     })
 }
 
+/// Refuses now what `evg_install` would refuse of `offer` for the device as it is — a
+/// trial under way (`EVG_INVALID_STATE`: confirm or roll back first), a release below the
+/// security floor (`EVG_SECURITY_FLOOR`), artifacts the slot store cannot take, an offer
+/// another updater's check made (`EVG_INVALID_STATE`) — and touches nothing: no download,
+/// no lock, no slot. Call it before `evg_download` when the download is meant for an
+/// install, so that a release is not fetched only to be refused at the end; `evg_download`
+/// alone is not refused for a trial, and fetches the release for the install after the
+/// confirm. `EVG_OK` says the install would go ahead now; the state may still change
+/// before `evg_install`, which checks again.
+///
+/// # Safety
+/// `updater` and `offer` are NULL or live handles.
+#[no_mangle]
+pub unsafe extern "C" fn evg_check_install(
+    updater: *mut evg_updater,
+    offer: *const evg_offer,
+) -> evg_status {
+    guard("evg_check_install", || {
+        let u = unsafe { lease(updater, "updater")? };
+        let o = unsafe { lease(offer, "offer")? };
+        let plan = u.updater.plan(&o.offer)?;
+        u.updater.check_install(&plan)
+    })
+}
+
 /// Downloads what `plan` needs, reporting to `progress`, which may cancel.
 fn download(
     u: &evg_updater,

@@ -636,6 +636,14 @@ class Updater:
             check(_lib.evg_check_version(h, ch, ver, ctypes.byref(out)))
         return Offer(out) if out else None
 
+    def check_install(self, offer: Offer) -> None:
+        """Raises now what `install(offer)` would raise with the device as it is (a trial
+        under way: `InvalidStateError`; below the security floor: `SecurityFloorError`),
+        touching nothing. Call it before `download` when the download is meant for an
+        install, so that a release is not fetched only to be refused."""
+        with self._h.use() as h, offer._h.use() as o:
+            check(_lib.evg_check_install(h, o))
+
     def download(self, offer: Offer, progress: Optional[Progress] = None) -> None:
         """Downloads and verifies what `offer` needs. `progress(done, total)` returning
         true cancels (`CancelledError`); the partial download is resumed next time. An
