@@ -1258,4 +1258,22 @@ mod tests {
             ErrorKind::InvalidState
         );
     }
+
+    /// A device that ran the app before Evergreen (`current_version`) starts with that
+    /// release good in slot `a`, the slot a first update's trial rolls back to; a device
+    /// with nothing installed starts with both slots empty.
+    #[test]
+    fn the_first_state_holds_the_release_installed_by_other_means() {
+        let adopted = State::initial("stable", Some(Version::new(0, 9, 0)));
+        assert_eq!(adopted.primary, Slot::A);
+        assert_eq!(adopted.a.status, SlotStatus::Good);
+        assert_eq!(adopted.a.version, Some(Version::new(0, 9, 0)));
+        assert_eq!(adopted.installed_version(), Some(&Version::new(0, 9, 0)));
+        let fresh = State::initial("stable", None);
+        assert_eq!(
+            (fresh.a.status, fresh.b.status),
+            (SlotStatus::Empty, SlotStatus::Empty)
+        );
+        assert_eq!(fresh.installed_version(), None);
+    }
 }
