@@ -297,7 +297,6 @@ fn print_offer(offer: &Offer, staged: Option<evergreen::slots::Slot>) {
 /// `evergreen check`: exit 0 when up to date, 10 when an update is available.
 pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     let up = updater(config, json)?;
-    let status = up.status()?;
     match up.check_with(args.channel.as_deref(), args.version.as_ref())? {
         // `target_released`: an "up to date" that is for good (a misspelt `target`) reads
         // apart from one with nothing newer yet.
@@ -306,8 +305,8 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
             held_back,
             ..
         } => {
-            let channel = args.channel.clone().unwrap_or(status.channel);
-            say_up_to_date(&up, &channel, target_released, held_back.as_ref(), json)?;
+            let channel = args.channel.as_deref();
+            say_up_to_date(&up, channel, target_released, held_back.as_ref(), json)?;
             Ok(0)
         }
         Check::Available(offer) => {
@@ -326,23 +325,23 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     }
 }
 
-/// Says that nothing is to be installed from `channel`: in JSON with every key of an
+/// Says that nothing is to be installed from `channel` (the device's own when `None`): in JSON with every key of an
 /// offer's (`Offer::to_json`), so a script reads the same keys from `check` and `update`
 /// whether or not there is one (nothing to install, nothing forced, nothing to download).
 fn say_up_to_date(
     up: &Updater,
-    channel: &str,
+    channel: Option<&str>,
     target_released: bool,
     held_back: Option<&HeldBack>,
     json: bool,
 ) -> Result<()> {
     // As an offer's `current`: what Evergreen installed, else what the config says was
     // installed by other means.
-    let current = up
-        .state()?
-        .installed_version()
+    let st = up.state()?;
+    let current = (st.installed_version())
         .or(up.config().current_version.as_ref())
         .cloned();
+    let channel = channel.unwrap_or(&st.channel);
     if json {
         print_json(&json!({"status": "up_to_date",
             "current": current.as_ref().map(ToString::to_string),
@@ -573,11 +572,8 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             held_back,
             ..
         } => {
-            let channel = match &args.channel {
-                Some(c) => c.clone(),
-                None => up.status()?.channel,
-            };
-            say_up_to_date(&up, &channel, target_released, held_back.as_ref(), json)?;
+            let channel = args.channel.as_deref();
+            say_up_to_date(&up, channel, target_released, held_back.as_ref(), json)?;
             return Ok(0);
         }
         Check::Available(offer) => offer,
