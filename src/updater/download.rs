@@ -127,7 +127,7 @@ impl Updater {
         // one left on a riskier channel stayed for good, one more set per such release.
         // A repair (the installed version again) passes over none: they stay for it.
         let same = |v: Option<&Version>| v.is_some_and(|v| v.cmp_precedence(version).is_eq());
-        let repair = same(st.installed_version()) && st.pending_for.is_some();
+        let repair = is_repair(&st, version) && st.pending_for.is_some();
         if !same(st.pending_for.as_ref()) && !repair {
             st.pending_downloads.clear();
             st.pending_for = Some(version.clone());
@@ -179,9 +179,11 @@ impl Updater {
             // A repair (the installed version again) passes over no release: the partials
             // of the one pending stay for it, as its finished downloads do.
             let st = self.load_state()?;
-            let repair =
-                (st.installed_version()).is_some_and(|v| v.cmp_precedence(&plan.version).is_eq());
-            remove_other_partials(&dir, plan, if repair { &st.pending_downloads } else { &[] });
+            let keep = match is_repair(&st, &plan.version) {
+                true => &st.pending_downloads[..],
+                false => &[],
+            };
+            remove_other_partials(&dir, plan, keep);
             // Recorded before the first blob finishes: a confirmation, which may run during
             // the download (it takes no work lock), or after this process died, keeps every
             // blob that finished. An entry whose blob never came is harmless: the blob is
@@ -309,6 +311,12 @@ impl Updater {
         }
         Ok(())
     }
+}
+
+/// Whether a download of `version` is a repair (the installed version again), which passes
+/// over no release: the downloads pending for the next one stay for it.
+fn is_repair(st: &State, version: &Version) -> bool {
+    (st.installed_version()).is_some_and(|v| v.cmp_precedence(version).is_eq())
 }
 
 /// Removes the partial downloads (`<sha256>.part`) of blobs `plan` does not need, but for
