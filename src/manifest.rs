@@ -878,7 +878,7 @@ mod tests {
         type EditManifest = fn(&mut Manifest);
         let keep: EditComponent = |_| {};
         let same: EditManifest = |_| {};
-        let cases: [(&str, EditComponent, EditManifest, &str); 15] = [
+        let cases: [(&str, EditComponent, EditManifest, &str); 17] = [
             (
                 "app",
                 |c| c.artifact.compression = Some(Compression::Gzip),
@@ -962,6 +962,18 @@ mod tests {
                     });
                 },
                 "release 1.0.0: expected a rollout percent in 0..=100, found 100.5",
+            ),
+            (
+                "app",
+                keep,
+                |m| m.expires = m.issued,
+                "expected expires after issued, found issued 2026-01-01T00:00:00Z and expires 2026-01-01T00:00:00Z",
+            ),
+            (
+                "app",
+                keep,
+                |m| m.expires = "2025-12-31T23:59:59Z".parse().unwrap(),
+                "expected expires after issued, found issued 2026-01-01T00:00:00Z and expires 2025-12-31T23:59:59Z",
             ),
             (
                 "app",
