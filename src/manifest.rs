@@ -878,7 +878,7 @@ mod tests {
         type EditManifest = fn(&mut Manifest);
         let keep: EditComponent = |_| {};
         let same: EditManifest = |_| {};
-        let cases: [(&str, EditComponent, EditManifest, &str); 17] = [
+        let cases: [(&str, EditComponent, EditManifest, &str); 18] = [
             (
                 "app",
                 |c| c.artifact.compression = Some(Compression::Gzip),
@@ -913,6 +913,17 @@ mod tests {
                 },
                 same,
                 r#"component "rootfs": expected installed_sha256 only on a compressed image"#,
+            ),
+            (
+                "rootfs",
+                |c| {
+                    c.artifact.kind = ArtifactKind::Image;
+                    c.artifact.compression = Some(Compression::Gzip);
+                    c.artifact.installed_size = Some(30);
+                    c.artifact.installed_sha256 = Some("CD".repeat(32));
+                },
+                same,
+                r#"component "rootfs": expected 64 lowercase hex digits of installed_sha256, found "CDCD"#,
             ),
             (
                 "app",
