@@ -184,6 +184,50 @@ fn this_build_writes_back_every_field_an_older_build_wrote() {
     }
 }
 
+/// A device with dir slots a and b, `current` naming a, and the state `file` an older
+/// build wrote (a trial of 2.0.0 in slot a, 1.0.0 good in slot b).
+fn device_on_trial_from(file: &str) -> (common::Repo, common::Device) {
+    let repo = common::Repo::new("com.acme.compat");
+    let dev = repo.device(
+        "dev",
+        "http://127.0.0.1:9/",
+        serde_json::json!({"trial": {"tries": 3}}),
+    );
+    for slot in ["a", "b"] {
+        let d = dev.root.join("slots").join(slot);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("app.txt"), slot).unwrap();
+    }
+    std::os::unix::fs::symlink("slots/a", dev.root.join("current")).unwrap();
+    std::fs::create_dir_all(&dev.state).unwrap();
+    std::fs::copy(fixture(file), State::path(&dev.state)).unwrap();
+    (repo, dev)
+}
+
+/// A rollback by hand of a trial the oldest build began, which did not record the starts
+/// a trial began with: whether the release ever ran cannot be told from its count, so it
+/// is taken to run. `status` names its slot as the one running, and installs keep out of
+/// it, until the restart into the primary. Taken for a release that never ran, the slot
+/// the app may still run from would be handed to the next install.
+#[test]
+fn a_rollback_of_a_trial_an_older_build_began_keeps_its_slot_until_the_restart() {
+    let (_repo, dev) = device_on_trial_from("642a65f-trial.json");
+    dev.expect("rollback", &[], 0);
+    let running = |booted: &str| {
+        let s = dev.status();
+        assert_eq!(
+            (&s["primary"], &s["booted"]),
+            (&Value::from("b"), &Value::from(booted)),
+            "{s}"
+        );
+    };
+    running("a");
+    assert_eq!(dev.state_file()["left_running"], "a");
+    dev.expect("boot", &[], 0);
+    running("b");
+    assert_eq!(dev.state_file()["left_running"], Value::Null);
+}
+
 /// The startup step of this build counts the starts of a trial an older build began, and
 /// rolls it back when they are used up (the trial's own count of starts not recorded by
 /// the oldest build: the config's is used).
@@ -194,20 +238,7 @@ fn this_build_counts_and_rolls_back_a_trial_an_older_build_began() {
         "180f500-trial.json",
         "579dc18-trial.json",
     ] {
-        let repo = common::Repo::new("com.acme.compat");
-        let dev = repo.device(
-            "dev",
-            "http://127.0.0.1:9/",
-            serde_json::json!({"trial": {"tries": 3}}),
-        );
-        for slot in ["a", "b"] {
-            let d = dev.root.join("slots").join(slot);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("app.txt"), slot).unwrap();
-        }
-        std::os::unix::fs::symlink("slots/a", dev.root.join("current")).unwrap();
-        std::fs::create_dir_all(&dev.state).unwrap();
-        std::fs::copy(fixture(file), State::path(&dev.state)).unwrap();
+        let (_repo, dev) = device_on_trial_from(file);
         for left in [1, 0] {
             let out: Value = serde_json::from_str(&dev.expect("boot", &["--json"], 0)).unwrap();
             assert_eq!(out["status"], "trial", "{file}: {out}");
