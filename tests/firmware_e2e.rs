@@ -563,6 +563,15 @@ fn a_power_cut_before_the_bootloader_learns_of_an_activation_resumes_it() {
         );
 
         assert_eq!(board.power_on(), Some(Slot::A), "{name}");
+        // Until the bootloader knows of the trial, its starts are the state's, not what
+        // is left of the slot the bootloader prefers (the running one, which this boot
+        // spent an attempt of).
+        let tries = board.dev.state_file()["trial"]["tries"].clone();
+        assert_eq!(
+            board.dev.status()["trial"],
+            json!({"slot": "b", "tries_left": tries}),
+            "{name}"
+        );
         assert_eq!(board.boot(), json!({"status": "normal"}), "{name}");
         assert_eq!(
             board.preferred(),
