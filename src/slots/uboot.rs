@@ -872,12 +872,17 @@ mod tests {
             "a 0 ++10\n",
             "a 0 0x+10\n",
             "a 0 10 +-1\n",
+            // 6 bytes is the smallest copy: 5 would hold a redundant header and no data.
+            "a 0 5\n",
         ] {
             let err = FwEnvConfig::parse(text, "cfg".as_ref()).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Bootloader, "{text:?}");
         }
         let cfg = FwEnvConfig::parse("d 010 20 1000 2\n", "cfg".as_ref()).unwrap();
         assert_eq!((cfg.copies[0].offset, cfg.copies[0].size), (8, 0x20));
+        // Decimal without a leading 0, the smallest size taken.
+        let cfg = FwEnvConfig::parse("d 16 6\n", "cfg".as_ref()).unwrap();
+        assert_eq!((cfg.copies[0].offset, cfg.copies[0].size), (16, 6));
         // One sign, as strtoll and strtoul take it.
         let cfg = FwEnvConfig::parse("d -010 +0x20 +1\nd +0x10 +20\n", "cfg".as_ref()).unwrap();
         let copies: Vec<(i64, usize)> = cfg.copies.iter().map(|c| (c.offset, c.size)).collect();
@@ -1284,6 +1289,44 @@ mod tests {
         env.set_vars(&[("BOOT_ORDER", Some("b a"))]).unwrap();
         env.apply(fall_back).unwrap();
         assert_eq!(env.get("BOOT_ORDER").unwrap().as_deref(), Some("A b a B"));
+    }
+
+    /// What RAUC's boot script does next, as the startup step reads it to tell a trial
+    /// the bootloader gave up on (the preferred slot spent, another one next) from one
+    /// it has not reached yet.
+    #[test]
+    fn boot_plan_is_the_first_slot_of_the_order_with_tries_left() {
+        use crate::slots::{BootPlan, BootSelector};
+        let dir = tempfile::tempdir().unwrap();
+        // (BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT) -> (preferred, next, spent, left)
+        for (order, a, b, plan) in [
+            ("B A", "3", "0", (Slot::B, Some(Slot::A), true, 0)),
+            ("B A", "3", "2", (Slot::B, Some(Slot::B), false, 2)),
+            ("B A", "0", "0", (Slot::B, None, true, 0)),
+            ("A B", "1", "0", (Slot::A, Some(Slot::A), false, 1)),
+            ("A B", "0", "a", (Slot::A, Some(Slot::B), true, 0)),
+        ] {
+            let env = env_with(
+                dir.path(),
+                &[
+                    ("BOOT_ORDER", order),
+                    ("BOOT_A_LEFT", a),
+                    ("BOOT_B_LEFT", b),
+                ],
+            );
+            let (preferred, next, preferred_spent, preferred_left) = plan;
+            let expected = BootPlan {
+                preferred,
+                next,
+                preferred_spent,
+                preferred_left,
+            };
+            assert_eq!(
+                env.boot_plan().unwrap(),
+                Some(expected),
+                "BOOT_ORDER={order:?} BOOT_A_LEFT={a} BOOT_B_LEFT={b}"
+            );
+        }
     }
 
     #[test]
