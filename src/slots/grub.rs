@@ -804,6 +804,103 @@ mod tests {
         assert_eq!(steps, [(h + 8, b'A'), (h + 6, b'B'), (h + 30, b'1')]);
     }
 
+    /// What RAUC's `grub.cfg` does next, as the startup step reads it: `X_TRY` on a slot
+    /// with `X_OK=1` is a start spent; with `X_OK=0` (an activation cut short) the slot
+    /// was never started.
+    #[test]
+    fn boot_plan_reads_order_ok_and_try_as_grub_cfg_does() {
+        use crate::slots::BootPlan;
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = GrubEnv::init(dir.path().join("env")).unwrap();
+        // (ORDER, A_OK, A_TRY, B_OK, B_TRY) -> (preferred, next, spent, left)
+        for (vars, plan) in [
+            (
+                ["B A", "1", "0", "1", "1"],
+                (Slot::B, Some(Slot::A), true, 0),
+            ),
+            (
+                ["B A", "1", "0", "0", "1"],
+                (Slot::B, Some(Slot::A), false, 0),
+            ),
+            (
+                ["B A", "1", "0", "1", "0"],
+                (Slot::B, Some(Slot::B), false, 1),
+            ),
+            (["A B", "1", "1", "1", "1"], (Slot::A, None, true, 0)),
+            (
+                ["A B", "0", "0", "1", "0"],
+                (Slot::A, Some(Slot::B), false, 0),
+            ),
+        ] {
+            let names = ["ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"];
+            let set: Vec<(&str, &str)> = names.into_iter().zip(vars).collect();
+            env.set_vars(&set).unwrap();
+            let (preferred, next, preferred_spent, preferred_left) = plan;
+            let expected = BootPlan {
+                preferred,
+                next,
+                preferred_spent,
+                preferred_left,
+            };
+            assert_eq!(env.boot_plan().unwrap(), Some(expected), "{set:?}");
+        }
+    }
+
+    /// A block of `MAX_SIZE` bytes is read; one byte more is refused as no block.
+    #[test]
+    fn a_block_of_the_largest_size_is_read_and_a_larger_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        let body = b"ORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\n";
+        let block = pad_block(&path, body, MAX_SIZE as usize).unwrap();
+        std::fs::write(&path, &block).unwrap();
+        let env = GrubEnv::new(&path);
+        assert_eq!(env.get("ORDER").unwrap().as_deref(), Some("A B"));
+        let block = pad_block(&path, body, MAX_SIZE as usize + 1).unwrap();
+        std::fs::write(&path, &block).unwrap();
+        let err = env.get("ORDER").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+        assert!(
+            err.message()
+                .contains("expected a block of at most 1048576 bytes, found 1048577"),
+            "{err}"
+        );
+    }
+
+    /// Only a block whose fixed-width lines are the only slot variables is changed byte by
+    /// byte. A slot variable repeated further on (the one `load_env` uses) or lines in
+    /// another order (as `grub-editenv` leaves them) take one rewrite of the whole block,
+    /// and the change then holds as GRUB reads it.
+    #[test]
+    fn a_block_not_in_the_fixed_layout_is_rewritten_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        for body in [
+            &b"ORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\nB_OK=1\n"[..],
+            &b"A_OK=1\nA_TRY=0\nB_OK=1\nB_TRY=0\nORDER=A B\n"[..],
+        ] {
+            std::fs::write(&path, pad_block(&path, body, DEFAULT_SIZE).unwrap()).unwrap();
+            let mut env = GrubEnv::new(&path);
+            let writes = env.plan(BootChange::Disable(Slot::B)).unwrap();
+            let whole: Vec<(u64, usize)> =
+                writes.iter().map(|w| (w.offset, w.data.len())).collect();
+            assert_eq!(whole, [(0, DEFAULT_SIZE)], "{}", text(body));
+            env.apply(BootChange::Disable(Slot::B)).unwrap();
+            let vars = env.raw_vars().unwrap();
+            assert_eq!(last_raw(&vars, "B_OK"), Some(&b"0"[..]), "{}", text(body));
+            assert_eq!(
+                RAUC_NAMES.map(|n| vars.iter().filter(|(v, _)| v == n.as_bytes()).count()),
+                [1; 5],
+                "{}",
+                text(body)
+            );
+            assert_eq!(
+                env.boot_plan().unwrap().map(|p| p.next),
+                Some(Some(Slot::A))
+            );
+        }
+    }
+
     #[test]
     fn escaping_round_trips_like_grub_editenv() {
         let dir = tempfile::tempdir().unwrap();
