@@ -867,6 +867,33 @@ mod tests {
         );
     }
 
+    /// Variables that fill the block to its last byte, with no `#` left to pad it, are a
+    /// valid block (`grub-editenv list` reads one); one byte more is refused, nothing written.
+    #[test]
+    fn variables_filling_the_block_exactly_fit_and_one_byte_more_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        let room = DEFAULT_SIZE - HEADER.len();
+        let body = |len: usize| [b"X=".as_slice(), &vec![b'v'; len - 3], b"\n"].concat();
+        let block = pad_block(&path, &body(room), DEFAULT_SIZE).unwrap();
+        assert_eq!(block.len(), DEFAULT_SIZE);
+        assert!(!block[HEADER.len()..].contains(&b'#'), "no padding left");
+        std::fs::write(&path, &block).unwrap();
+        assert_eq!(
+            GrubEnv::new(&path).get("X").unwrap().map(|v| v.len()),
+            Some(room - 3)
+        );
+        let err = pad_block(&path, &body(room + 1), DEFAULT_SIZE).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Bootloader);
+        assert!(
+            err.message().contains(&format!(
+                "the variables need {} bytes, the block has {DEFAULT_SIZE}",
+                DEFAULT_SIZE + 1
+            )),
+            "{err}"
+        );
+    }
+
     /// Only a block whose fixed-width lines are the only slot variables is changed byte by
     /// byte. A slot variable repeated further on (the one `load_env` uses) or lines in
     /// another order (as `grub-editenv` leaves them) take one rewrite of the whole block,
