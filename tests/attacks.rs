@@ -885,6 +885,34 @@ fn a_check_of_the_channel_left_does_not_lift_the_mark() {
     }
 }
 
+/// A pinned check of the channel the device left (`check_with(Some("stable"), Some(v))`
+/// for the release staged from it) asks for that release: the host chose it, whatever
+/// channel the device follows now, so the mark for leaving stable is lifted and the
+/// release goes at its time. A routine check of stable does not lift it
+/// ([`a_check_of_the_channel_left_does_not_lift_the_mark`]).
+#[test]
+fn a_pinned_check_of_the_channel_left_lets_its_staged_release_go() {
+    let (_w, dev, later) = staged_with_preview_behind();
+    dev.updater.set_channel("preview").unwrap();
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    let staged = dev.primary().other();
+    assert_eq!(shown_withheld(&dev, staged).as_deref(), Some(LEFT_STABLE));
+    let version: semver::Version = "1.1.0".parse().unwrap();
+    assert!(matches!(
+        dev.updater
+            .check_with(Some("stable"), Some(&version))
+            .unwrap(),
+        Check::Available(_)
+    ));
+    assert_eq!(dev.updater.status().unwrap().channel, "preview");
+    assert_eq!(shown_withheld(&dev, staged), None);
+    dev.set_clock(later.plus_days(1));
+    activates(&dev);
+}
+
 /// A forced activation of a withheld release clears the mark: the slot runs, and
 /// `status` does not show the running release as withheld.
 #[test]
