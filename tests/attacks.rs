@@ -475,6 +475,27 @@ fn a_pinned_request_for_a_staged_release_sticks() {
     activates(&dev);
 }
 
+/// A pinned check (`update --version 1.1.0`) of a staged release nothing withholds yet
+/// asks for it too: a halt published after it does not hold it back, as it would a
+/// release only a routine check offered.
+#[test]
+fn a_pinned_request_before_a_halt_sticks() {
+    let (w, dev, later) = staged_until_later();
+    let version: semver::Version = "1.1.0".parse().unwrap();
+    assert!(matches!(
+        dev.updater.check_with(None, Some(&version)).unwrap(),
+        Check::Available(_)
+    ));
+    set_rollout(&w, "1.1.0", 0.0, t0().plus_days(1));
+    assert!(matches!(
+        dev.updater.check().unwrap(),
+        Check::UpToDate { .. }
+    ));
+    assert_eq!(shown_withheld(&dev, dev.primary().other()), None);
+    dev.set_clock(later.plus_days(1));
+    activates(&dev);
+}
+
 /// A release asked for (through a pin) is still held to the bytes its channel lists
 /// under its version: listed again with others, it is withheld.
 #[test]
