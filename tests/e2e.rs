@@ -1556,6 +1556,47 @@ fn an_activation_whose_directory_sync_fails_changes_nothing() {
     }
 }
 
+/// A first activation whose switch of `current` fails before the link is made leaves no
+/// link, as before it: the caller hears that nothing changed, and the slot the state still
+/// names primary holds nothing to start. The release stays staged and activates later.
+#[test]
+fn a_first_activation_whose_switch_fails_leaves_no_current_link() {
+    let setup = setup_with_1_0_0("com.acme.first-switch-fails");
+    let dev = &setup.dev;
+    dev.edit_config(|c| c["deploy"] = serde_json::json!({"policy": "download_only"}));
+    dev.expect("update", &["--yes"], 0);
+    let link = dev.root.join("current");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "current exists before the first activation"
+    );
+    let up = updater_for(dev);
+    let staged = up.state().unwrap().fallback();
+    let out = dev.run_env(
+        "activate",
+        &["--now"],
+        &[("EVERGREEN_FAIL_AT", "symlink:1")],
+    );
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed on purpose"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "current -> {:?} after a first activation that failed",
+        std::fs::read_link(&link)
+    );
+    let st = up.state().unwrap();
+    assert_eq!(
+        (st.trial, st.slot(staged).status),
+        (None, evergreen::state::SlotStatus::Installed)
+    );
+    assert!(matches!(
+        up.activate(true).unwrap(),
+        evergreen::Activation::Activated { .. }
+    ));
+    assert_eq!(current(dev), Path::new("slots").join(staged.as_str()));
+}
+
 /// A counting selector that fails to name the running slot at the rollback does not know
 /// it either: the rollback goes through, and the slot given up is kept from installs.
 #[test]
