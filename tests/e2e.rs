@@ -550,6 +550,17 @@ fn a_reinstall_from_kept_downloads_has_nothing_to_download() {
 
     let updater = updater_for(&dev);
     let repair = updater.reinstall_offer().unwrap();
+    // Every component is installed again from its artifact (kept here), and the offer
+    // says so, as `reinstall --json` prints it: none is `unchanged`.
+    let ops: Vec<_> = repair
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.op, c.artifact.is_some()))
+        .collect();
+    assert_eq!(
+        ops,
+        vec![("app", evergreen::stage::ComponentOp::Modified, true)]
+    );
     let mut calls = Vec::new();
     let cancel = evergreen::fetch::CancelToken::new();
     updater
