@@ -1276,4 +1276,83 @@ mod tests {
         );
         assert_eq!(fresh.installed_version(), None);
     }
+
+    /// A trial record no operation saves (a hand edit, a restore from another device) is
+    /// refused at the load, naming what was expected and what was found: acted upon, the
+    /// startup step would count starts of, or roll back from, a slot that is not running.
+    /// A trial as operations save it (just begun, counted down, or begun by a build that
+    /// did not record `tries`) loads as it is.
+    #[test]
+    fn a_trial_record_no_operation_saves_is_refused_at_the_load() {
+        // Slot b on trial with 1.1.0 after 1.0.0 was good in slot a.
+        let on_trial = |tries_left: u32, tries: u32| {
+            let mut s = State::initial("stable", Some(Version::new(1, 0, 0)));
+            s.primary = Slot::B;
+            s.b.status = SlotStatus::Trial;
+            s.b.version = Some(Version::new(1, 1, 0));
+            s.trial = Some(Trial {
+                slot: Slot::B,
+                tries_left,
+                tries,
+            });
+            s
+        };
+        let moved = |mut s: State| {
+            s.trial.as_mut().unwrap().slot = Slot::A;
+            s
+        };
+        let status = |mut s: State, status: SlotStatus| {
+            s.b.status = status;
+            s
+        };
+        let without_record = |mut s: State| {
+            s.trial = None;
+            s
+        };
+        // (what, state, `None` when it loads, else what the error names)
+        let rows: [(&str, State, Option<&str>); 8] = [
+            ("just begun", on_trial(3, 3), None),
+            ("counted down", on_trial(1, 3), None),
+            ("begun by an older build", on_trial(3, 0), None),
+            ("confirmed", status(without_record(on_trial(3, 3)), SlotStatus::Good), None),
+            (
+                "more starts left than it began with",
+                on_trial(4, 3),
+                Some("at most the 3 starts the trial of slot b began with left (`trial.tries_left`), found 4"),
+            ),
+            (
+                "the trial of the fallback",
+                moved(on_trial(3, 3)),
+                Some("the trial (`trial.slot`) on the primary slot b, found it on slot a"),
+            ),
+            (
+                "a trial of a good slot",
+                status(on_trial(3, 3), SlotStatus::Good),
+                Some("the primary slot b, which has a trial, to have status trial, found good"),
+            ),
+            (
+                "status trial with no trial",
+                without_record(on_trial(3, 3)),
+                Some("a trial record (`trial`) for the primary slot b, which has status trial, found none"),
+            ),
+        ];
+        for (what, state, refused) in rows {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(State::path(dir.path()), serde_json::to_vec(&state).unwrap()).unwrap();
+            match (State::load(dir.path()), refused) {
+                (Ok(back), None) => assert_eq!(back, Some(state), "{what}"),
+                (Err(e), Some(found)) => {
+                    assert_eq!(e.kind(), ErrorKind::InvalidState, "{what}: {e}");
+                    assert!(
+                        e.message().contains(&format!("expected {found}")),
+                        "{what}: {e}"
+                    );
+                }
+                (Ok(_), Some(found)) => {
+                    panic!("{what}: expected the load refused ({found}), found it loaded")
+                }
+                (Err(e), None) => panic!("{what}: expected the state loaded, found {e}"),
+            }
+        }
+    }
 }
