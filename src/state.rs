@@ -1355,4 +1355,51 @@ mod tests {
             }
         }
     }
+
+    /// A check made under other manifest keys, or on another chain of roots, started its
+    /// freshness afresh: the newest `issued`, the last check and the root version the state
+    /// held under the old ones are replaced by the check's, or an `issued` a revoked key
+    /// signed far ahead would still bind its successor. Under the same keys, the newest of
+    /// both stays (another process may have checked meanwhile).
+    #[test]
+    fn a_check_under_other_keys_replaces_the_freshness_held_under_the_old_ones() {
+        let mut now = State::initial("stable", None);
+        (now.manifest_keys, now.root_keys) = ("k1".into(), " r1".into());
+        now.newest_issued = Some(Timestamp::from_unix(900));
+        now.last_check = Some(Timestamp::from_unix(900));
+        now.root_version = Some(3);
+        let checked_under = |manifest_keys: &str, root_keys: &str| {
+            let mut c = now.clone();
+            (c.manifest_keys, c.root_keys) = (manifest_keys.into(), root_keys.into());
+            c.newest_issued = Some(Timestamp::from_unix(100));
+            c.last_check = Some(Timestamp::from_unix(100));
+            c.root_version = Some(1);
+            c
+        };
+        // (what, the check's manifest keys and root keys, the freshness adopted)
+        let rows = [
+            ("the same keys", "k1", " r1", (900, 900, 3)),
+            ("other manifest keys", "k2", " r1", (100, 100, 1)),
+            ("another chain of roots", "k1", " r2", (100, 100, 1)),
+            ("both", "k2", " r2", (100, 100, 1)),
+        ];
+        for (what, manifest_keys, root_keys, (issued, checked, root)) in rows {
+            let mut st = now.clone();
+            st.adopt_check(&checked_under(manifest_keys, root_keys));
+            assert_eq!(
+                (st.newest_issued, st.last_check, st.root_version),
+                (
+                    Some(Timestamp::from_unix(issued)),
+                    Some(Timestamp::from_unix(checked)),
+                    Some(root)
+                ),
+                "{what}"
+            );
+            assert_eq!(
+                (st.manifest_keys.as_str(), st.root_keys.as_str()),
+                (manifest_keys, root_keys),
+                "{what}"
+            );
+        }
+    }
 }
