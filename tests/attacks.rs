@@ -715,6 +715,28 @@ fn a_standing_pin_to_another_version_withholds_the_staged_release() {
     );
 }
 
+/// A device the config pins (`pin_version`) to the very release it staged keeps it ready:
+/// a repair's check (which offers no update) does not withhold it as "pinned to another
+/// version", and the deploy policy's time activates it.
+#[test]
+fn a_standing_pin_to_the_staged_version_withholds_nothing_on_a_repair() {
+    let (_w, dev, later) = staged_until_later();
+    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
+    config.pin_version = Some("1.1.0".parse().unwrap());
+    let due = later.plus_days(1);
+    let pinned = evergreen::Updater::builder(config)
+        .clock(move || due)
+        .build()
+        .unwrap();
+    pinned.reinstall_offer().unwrap();
+    assert_eq!(shown_withheld(&dev, dev.primary().other()), None);
+    let act = pinned.activate(false).unwrap();
+    assert!(
+        matches!(act, evergreen::Activation::Activated { .. }),
+        "{act:?}"
+    );
+}
+
 /// A look at another channel (`check --channel`) says nothing of the channel a release
 /// was staged from: it does not withhold it.
 #[test]
