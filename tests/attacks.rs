@@ -688,18 +688,22 @@ fn a_repairs_check_withholds_a_halted_staged_release() {
     assert!(reason.contains("rollout"), "{reason}");
 }
 
+/// An updater of `dev` whose config pins (`pin_version`) `version`, its clock at `now`.
+fn pinned_to(dev: &Dev, version: &str, now: evergreen::Timestamp) -> evergreen::Updater {
+    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
+    config.pin_version = Some(version.parse().unwrap());
+    evergreen::Updater::builder(config)
+        .clock(move || now)
+        .build()
+        .unwrap()
+}
+
 /// A device the config pins (`pin_version`) to another version than the one it staged
 /// runs the pinned one: the staged release is withheld, whatever its rollout.
 #[test]
 fn a_standing_pin_to_another_version_withholds_the_staged_release() {
     let (_w, dev, later) = staged_until_later();
-    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
-    config.pin_version = Some("1.0.0".parse().unwrap());
-    let due = later.plus_days(1);
-    let pinned = evergreen::Updater::builder(config)
-        .clock(move || due)
-        .build()
-        .unwrap();
+    let pinned = pinned_to(&dev, "1.0.0", later.plus_days(1));
     pinned.check().unwrap();
     let act = pinned.activate(false).unwrap();
     let evergreen::Activation::Deferred {
@@ -721,13 +725,7 @@ fn a_standing_pin_to_another_version_withholds_the_staged_release() {
 #[test]
 fn a_standing_pin_to_the_staged_version_withholds_nothing_on_a_repair() {
     let (_w, dev, later) = staged_until_later();
-    let mut config = evergreen::Config::from_file(&dev.config).unwrap();
-    config.pin_version = Some("1.1.0".parse().unwrap());
-    let due = later.plus_days(1);
-    let pinned = evergreen::Updater::builder(config)
-        .clock(move || due)
-        .build()
-        .unwrap();
+    let pinned = pinned_to(&dev, "1.1.0", later.plus_days(1));
     pinned.reinstall_offer().unwrap();
     assert_eq!(shown_withheld(&dev, dev.primary().other()), None);
     let act = pinned.activate(false).unwrap();
