@@ -835,13 +835,7 @@ mod tests {
             let names = ["ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"];
             let set: Vec<(&str, &str)> = names.into_iter().zip(vars).collect();
             env.set_vars(&set).unwrap();
-            let (preferred, next, preferred_spent, preferred_left) = plan;
-            let expected = BootPlan {
-                preferred,
-                next,
-                preferred_spent,
-                preferred_left,
-            };
+            let expected = BootPlan::of(plan);
             assert_eq!(env.boot_plan().unwrap(), Some(expected), "{set:?}");
         }
     }
@@ -868,7 +862,7 @@ mod tests {
     }
 
     /// Variables that fill the block to its last byte, with no `#` left to pad it, are a
-    /// valid block (`grub-editenv list` reads one); one byte more is refused, nothing written.
+    /// valid block (`grub-editenv list` reads one); one byte more is refused.
     #[test]
     fn variables_filling_the_block_exactly_fit_and_one_byte_more_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -128,6 +128,21 @@ pub struct BootPlan {
     pub preferred_left: u32,
 }
 
+#[cfg(test)]
+impl BootPlan {
+    /// A plan from a table row's `(preferred, next, preferred_spent, preferred_left)`.
+    pub(crate) fn of(
+        (preferred, next, preferred_spent, preferred_left): (Slot, Option<Slot>, bool, u32),
+    ) -> BootPlan {
+        BootPlan {
+            preferred,
+            next,
+            preferred_spent,
+            preferred_left,
+        }
+    }
+}
+
 /// A bootloader environment (GRUB, U-Boot) that applies RAUC-style boot changes and learns
 /// the running slot from the kernel command line; it is a [`BootSelector`] by that alone.
 pub trait EnvSelector: Send {

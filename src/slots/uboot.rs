@@ -1314,13 +1314,7 @@ mod tests {
                     ("BOOT_B_LEFT", b),
                 ],
             );
-            let (preferred, next, preferred_spent, preferred_left) = plan;
-            let expected = BootPlan {
-                preferred,
-                next,
-                preferred_spent,
-                preferred_left,
-            };
+            let expected = BootPlan::of(plan);
             assert_eq!(
                 env.boot_plan().unwrap(),
                 Some(expected),
