@@ -2565,6 +2565,40 @@ fn a_release_the_slots_cannot_hold_is_refused_before_it_is_downloaded() {
     assert_eq!(dev.status()["slots"]["b"]["status"], "empty");
 }
 
+/// What is downloaded already, in part or whole, takes no more room on the file system:
+/// the room check before a download counts only the bytes still to fetch. Counted again,
+/// a release that fits was refused for want of the room its own download holds (a part
+/// left by a cut link, a release fetched with `update --download-only`).
+#[test]
+fn what_is_downloaded_already_is_not_counted_again_by_the_room_check() {
+    const KIB: usize = 1024;
+    let repo = Repo::new("com.acme.downloaded");
+    let small = repo.scratch("small");
+    // 1 MiB to download and 1 MiB unpacked with the 1 MiB reserve fit in 3.5 MiB; counting
+    // the 0.6 MiB part, or the whole download, a second time does not.
+    let Some(_fs) = Mounted::tmpfs(&small, 3584) else {
+        return;
+    };
+    let state = small.join("state");
+    let dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": small.join("app")}}),
+    );
+    publish_big(&repo, "1.0.0", 1000 * KIB, 6);
+    let sha = names(&repo.root.join("blobs/sha256"))[0].clone();
+    let blob = std::fs::read(repo.root.join("blobs/sha256").join(&sha)).unwrap();
+    let downloads = state.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(downloads.join(format!("{sha}.part")), &blob[..600 * KIB]).unwrap();
+
+    dev.expect("update", &["--download-only"], 0);
+    assert_eq!(names(&downloads), [sha]);
+    dev.expect("update", &["--yes"], 0);
+    let s = dev.status();
+    assert_eq!(s["slots"]["b"]["version"], "1.0.0", "{s}");
+}
+
 /// A device whose state directory is on an SD card's exFAT (no hard links, no symlinks,
 /// no `RENAME_NOREPLACE`, no `RENAME_EXCHANGE`): installed, started, confirmed and updated
 /// again. A repository cannot be made there (`init` creates files that must never replace
