@@ -2511,6 +2511,24 @@ fn a_release_whose_blobs_together_have_no_room_is_refused_before_the_first_is_fe
     assert_eq!(s["slots"][slot]["version"], "1.0.0", "{s}");
 }
 
+/// A device whose state, downloads and slots share one tmpfs of `kib` KiB, under a new
+/// repository of `product`; `None` where no tmpfs can be mounted (the test is skipped).
+/// Bound in this order, the file system is unmounted before the repository's directory,
+/// which holds its mount point, is removed.
+fn device_on_one_small_fs(product: &str, kib: u64) -> Option<(Repo, common::Device, Mounted)> {
+    let repo = Repo::new(product);
+    let small = repo.scratch("small");
+    let fs = Mounted::tmpfs(&small, kib)?;
+    let mut dev = repo.device(
+        "dev",
+        repo.root.to_str().unwrap(),
+        serde_json::json!({"state_dir": small.join("state"), "slots": {"kind": "dir", "root": small.join("app")}}),
+    );
+    dev.state = small.join("state");
+    dev.root = small.join("app");
+    Some((repo, dev, fs))
+}
+
 /// A release that unpacks to more than the slots' file system can hold, even once the idle
 /// slot is emptied, is refused before a byte of it is downloaded: the signed manifest gives
 /// each zip's `installed_size`, as it gives an image's size, which image slots check before
@@ -2519,18 +2537,9 @@ fn a_release_whose_blobs_together_have_no_room_is_refused_before_the_first_is_fe
 #[test]
 fn a_release_the_slots_cannot_hold_is_refused_before_it_is_downloaded() {
     const KIB: usize = 1024;
-    let repo = Repo::new("com.acme.unpacked");
-    let small = repo.scratch("small");
-    let Some(_fs) = Mounted::tmpfs(&small, 4 * 1024) else {
+    let Some((repo, dev, _fs)) = device_on_one_small_fs("com.acme.unpacked", 4 * 1024) else {
         return;
     };
-    // The state, the downloads and the slots on one small file system.
-    let state = small.join("state");
-    let dev = repo.device(
-        "dev",
-        repo.root.to_str().unwrap(),
-        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": small.join("app")}}),
-    );
     // 1.2 MiB to download, which fits; 3 MiB unpacked, which with the 1 MiB reserve does not.
     let mut data = support::noise(1200 * KIB, 5);
     data.resize(3000 * KIB, 0);
@@ -2551,13 +2560,13 @@ fn a_release_the_slots_cannot_hold_is_refused_before_it_is_downloaded() {
         line.starts_with("error[io]: downloading 1.0.0 for slot b: expected room for ")
             && line.contains(&format!(
                 " bytes in {}, found ",
-                small.join("app/slots").display()
+                dev.root.join("slots").display()
             ))
             && line.contains(" more that emptying slot b would give back (the release unpacks to at least 3072000 bytes")
             && line.ends_with("; nothing was downloaded: free space and update again"),
         "{err}"
     );
-    let fetched = names_in(&state.join("downloads"));
+    let fetched = names_in(&dev.state.join("downloads"));
     assert!(
         fetched.is_empty(),
         "downloaded before the refusal: {fetched:?}"
@@ -2572,23 +2581,15 @@ fn a_release_the_slots_cannot_hold_is_refused_before_it_is_downloaded() {
 #[test]
 fn what_is_downloaded_already_is_not_counted_again_by_the_room_check() {
     const KIB: usize = 1024;
-    let repo = Repo::new("com.acme.downloaded");
-    let small = repo.scratch("small");
     // 1 MiB to download and 1 MiB unpacked with the 1 MiB reserve fit in 3.5 MiB; counting
     // the 0.6 MiB part, or the whole download, a second time does not.
-    let Some(_fs) = Mounted::tmpfs(&small, 3584) else {
+    let Some((repo, dev, _fs)) = device_on_one_small_fs("com.acme.downloaded", 3584) else {
         return;
     };
-    let state = small.join("state");
-    let dev = repo.device(
-        "dev",
-        repo.root.to_str().unwrap(),
-        serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": small.join("app")}}),
-    );
     publish_big(&repo, "1.0.0", 1000 * KIB, 6);
     let sha = names(&repo.root.join("blobs/sha256"))[0].clone();
     let blob = std::fs::read(repo.root.join("blobs/sha256").join(&sha)).unwrap();
-    let downloads = state.join("downloads");
+    let downloads = dev.state.join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     std::fs::write(downloads.join(format!("{sha}.part")), &blob[..600 * KIB]).unwrap();
 
