@@ -200,6 +200,26 @@ fn wrong_content_range_is_refused_and_the_whole_blob_asked_for_instead() {
     assert_eq!((log[1].range.as_deref(), log[1].status), (None, 200));
 }
 
+/// A 206 whose `Content-Length` declares more than the blob has left after the kept bytes
+/// (its `Content-Range` right) is refused as `too_large` before a byte of its body is
+/// taken, naming the length declared; the kept half stays as it was.
+#[test]
+fn a_206_declaring_more_than_the_blob_has_left_is_refused_before_its_body() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    server.set_fault(&repo.blob_path(), Fault::LongRange(4096));
+    let downloads = TempDir::new().unwrap();
+    let part = keep_first_half(downloads.path(), &repo);
+    let f = fetcher(&[server.url()], options());
+
+    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+    let declared = format!("{} bytes declared", SIZE - SIZE / 2 + 4096);
+    assert!(err.message().contains(&declared), "{err}");
+    assert_eq!(std::fs::read(&part).unwrap(), repo.blob[..SIZE / 2]);
+    assert_eq!(statuses(&server, &repo), [206]);
+}
+
 /// A 206 with the wrong offsets must not cost the bytes kept: when the base cannot serve
 /// the whole blob either, the `.part` is left as it was for the next attempt.
 #[test]

@@ -38,6 +38,10 @@ pub enum Fault {
     /// Answer a `Range` request with the requested bytes, but a 206 whose `Content-Range`
     /// claims they start at 0.
     WrongContentRange,
+    /// Answer a `Range` request with the requested bytes and their `Content-Range`,
+    /// followed by `n` junk bytes that `Content-Length` counts too: a 206 longer than the
+    /// range it names.
+    LongRange(u64),
     /// Send the body `bytes` at a time, sleeping `every` between pieces.
     Trickle {
         /// Bytes per piece.
@@ -427,7 +431,13 @@ fn reply(shared: &Shared, head: &Head, fault: Option<&Fault>) -> Reply {
             .map(|e| ("ETag", e))
             .chain([("Content-Range", format!("bytes {claimed_from}-{to}/{len}"))])
             .collect(),
-        body: content[from as usize..=to as usize].to_vec(),
+        body: {
+            let mut body = content[from as usize..=to as usize].to_vec();
+            if let Some(Fault::LongRange(n)) = fault {
+                body.resize(body.len() + *n as usize, b'J');
+            }
+            body
+        },
     }
 }
 
