@@ -2519,11 +2519,8 @@ fn device_on_one_small_fs(product: &str, kib: u64) -> Option<(Repo, common::Devi
     let repo = Repo::new(product);
     let small = repo.scratch("small");
     let fs = Mounted::tmpfs(&small, kib)?;
-    let (state, root) = (small.join("state"), small.join("app"));
-    let config = serde_json::json!({"state_dir": state, "slots": {"kind": "dir", "root": root}});
+    let config = serde_json::json!({"state_dir": small.join("state"), "slots": {"kind": "dir", "root": small.join("app")}});
     let dev = repo.device("dev", repo.root.to_str().unwrap(), config);
-    // `Repo::device` names the default paths, not those `config` moves them to.
-    let dev = common::Device { state, root, ..dev };
     Some((repo, dev, fs))
 }
 

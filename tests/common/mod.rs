@@ -304,7 +304,8 @@ impl Repo {
         self.root.join("root/1.json")
     }
 
-    /// Writes a device config (dir slots) for `server` and returns its path.
+    /// Writes a device config (dir slots) for `server`, with `extra`'s keys over the
+    /// defaults, and returns its paths.
     pub fn device(&self, name: &str, server: &str, extra: serde_json::Value) -> Device {
         let base = self.scratch(name);
         let mut cfg = serde_json::json!({
@@ -325,10 +326,13 @@ impl Repo {
         }
         let config = base.join("config.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        // The paths the config gives, `extra`'s where it moves them (image slots have no root).
+        let path =
+            |v: &serde_json::Value, default: PathBuf| v.as_str().map_or(default, PathBuf::from);
         Device {
             config,
-            root: base.join("app"),
-            state: base.join("state"),
+            root: path(&cfg["slots"]["root"], base.join("app")),
+            state: path(&cfg["state_dir"], base.join("state")),
         }
     }
 }
