@@ -539,7 +539,9 @@ enum evg_status evg_set_event_callback(struct evg_updater *updater, evg_event_cb
 
 /**
  * The message of the last failed `evg_` call on the calling thread, or NULL when it
- * succeeded. Borrowed: valid until the next `evg_` call on this thread; do not free it.
+ * succeeded: one line of UTF-8, any control character in it (from a server, a publisher,
+ * a file name) shown escaped (`\n`, `\u{1b}`), so it can be logged as it is.
+ * Borrowed: valid until the next `evg_` call on this thread; do not free it.
  * The `_free` functions leave it as it is, so a host may clean up, then report.
  */
 const char *evg_last_error_message(void);

@@ -2,8 +2,10 @@
 //!
 //! Every failure carries a stable [`ErrorKind`] whose name (`kind().as_str()`) is the
 //! same in Rust, in the C ABI (`EVG_<NAME>`) and in the CLI's `error[<name>]` line, and a
-//! message that says what was expected and what was found.
+//! message that says what was expected and what was found. A message is always one line
+//! of text that a terminal or a log shows as it is: see [`one_line`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -135,6 +137,10 @@ impl fmt::Display for ErrorKind {
 /// An Evergreen error: a stable [`ErrorKind`] plus a message naming what was expected and
 /// what was found.
 ///
+/// The message is one line without control characters ([`one_line`]): it may quote
+/// words from outside (a server's, a publisher's, a file's), and hosts print it to
+/// terminals and logs as it is.
+///
 /// ```
 /// use evergreen::{Error, ErrorKind};
 /// let e = Error::new(ErrorKind::HashMismatch, "blob abc: expected sha256 00.., found 11..");
@@ -175,7 +181,7 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error(Box::new(Inner {
             kind,
-            message: message.into(),
+            message: shown(message.into()),
             source: None,
             retry_after: None,
         }))
@@ -235,19 +241,19 @@ impl Error {
 
     /// The same error with `context: ` put in front of its message.
     pub fn context(mut self, context: impl fmt::Display) -> Error {
-        self.0.message = format!("{context}: {}", self.0.message);
+        self.0.message = shown(format!("{context}: {}", self.0.message));
         self
     }
 
     /// The same error with its message rewritten by `f` (kind, source and wait kept).
     pub(crate) fn map_message(mut self, f: impl FnOnce(&str) -> String) -> Error {
-        self.0.message = f(&self.0.message);
+        self.0.message = shown(f(&self.0.message));
         self
     }
 
     /// The same error with ` (hint)` after its message: what the user may have got wrong.
     pub(crate) fn hint(mut self, hint: impl fmt::Display) -> Error {
-        self.0.message = format!("{} ({hint})", self.0.message);
+        self.0.message = shown(format!("{} ({hint})", self.0.message));
         self
     }
 }
@@ -266,6 +272,49 @@ impl std::error::Error for Error {
         let cause = self.0.source.as_deref()?;
         (!self.0.message.contains(cause.to_string().as_str()))
             .then_some(cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// `text`, which may hold words from outside Evergreen (a server's, a publisher's, a
+/// file's), as part of one line for a terminal or a log: each control character (a
+/// newline, CR, ESC, BEL, backspace, NUL, DEL, the C1 controls) is shown escaped as Rust
+/// writes it (`\n`, `\u{1b}`), and so is each line or paragraph separator and
+/// bidirectional override (`\u{202e}`), so that the text can neither start a line that
+/// reads as another (`error[…]`) nor drive the terminal. Every [`Error`]'s message is
+/// made so; text without such characters comes back borrowed, unchanged.
+///
+/// ```
+/// use evergreen::error::one_line;
+/// assert_eq!(one_line("1.0.0\n\u{1b}[2Jerror[ok]"), r"1.0.0\n\u{1b}[2Jerror[ok]");
+/// assert_eq!(one_line("naïve: C:\\tmp"), "naïve: C:\\tmp");
+/// ```
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if c.is_control() => shown.extend(c.escape_debug()),
+            c if needs_escape(c) => shown.extend(c.escape_unicode()),
+            c => shown.push(c),
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Whether [`one_line`] shows `c` escaped.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `message` as an [`Error`] keeps it: as [`one_line`] shows it, the same `String` when
+/// nothing in it needs escaping.
+fn shown(message: String) -> String {
+    match one_line(&message) {
+        Cow::Borrowed(_) => message,
+        Cow::Owned(escaped) => escaped,
     }
 }
 
@@ -301,6 +350,34 @@ mod tests {
             format!("{e:?}"),
             r#"Error { kind: Io, message: "disk on fire", source: None, retry_after: Some(5s) }"#
         );
+    }
+
+    /// Whatever makes or extends a message (`new`, `io`, `context`, `hint`,
+    /// `map_message`), what it quotes from outside ends on one line with its controls,
+    /// separators and overrides escaped; a message without them is kept as it is.
+    #[test]
+    fn every_message_is_one_line_without_controls() {
+        let outside = "a\nb\r\u{1b}[2K\u{7}\0\u{7f}\u{9b}\u{2028}\u{202e}\u{2066}\t";
+        let escaped = r"a\nb\r\u{1b}[2K\u{7}\0\u{7f}\u{9b}\u{2028}\u{202e}\u{2066}\t";
+        let made = [
+            Error::new(ErrorKind::Io, outside),
+            Error::io(
+                "open",
+                Path::new(outside),
+                std::io::ErrorKind::NotFound.into(),
+            ),
+            Error::new(ErrorKind::Io, "x").context(outside),
+            Error::new(ErrorKind::Io, "x").hint(outside),
+            Error::new(ErrorKind::Io, "x").map_message(|m| format!("{m} {outside}")),
+        ];
+        for e in made {
+            assert!(!e.message().contains(char::is_control), "{e:?}");
+            assert!(e.message().contains(escaped), "{e:?}");
+            assert_eq!(e.to_string(), e.message());
+        }
+        let plain = "naïve path C:\\x, quoted \"ok\" \u{1F600}";
+        assert_eq!(Error::config(plain).message(), plain);
+        assert!(matches!(one_line(plain), Cow::Borrowed(_)));
     }
 
     #[test]

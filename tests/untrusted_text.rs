@@ -108,6 +108,46 @@ fn an_unknown_config_key_is_quoted_escaped() {
     );
 }
 
+/// `channel`'s manifest signed again with a field named `field` added, as a newer or a
+/// careless publisher's tool could write it, with the next sequence.
+fn resign_with_field(repo: &Repo, channel: &str, field: &str) {
+    use evergreen::trust;
+    let path = repo.root.join(format!("channels/{channel}.json"));
+    let key = trust::SecretKey::from_base64(&std::fs::read_to_string(&repo.manifest_key).unwrap())
+        .unwrap();
+    let keys = trust::KeySet::new(vec![key.public()], 1).unwrap();
+    let envelope = std::fs::read(&path).unwrap();
+    let payload = trust::open(&envelope, trust::MANIFEST_TYPE, &keys, 1 << 20).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    manifest[field] = 1.into();
+    manifest["sequence"] = (manifest["sequence"].as_u64().unwrap() + 1).into();
+    let payload = serde_json::to_vec(&manifest).unwrap();
+    std::fs::write(&path, trust::seal(trust::MANIFEST_TYPE, &payload, &[&key])).unwrap();
+}
+
+/// A field name in a signed manifest is the publisher's text, which serde quotes back when
+/// this build has no such field: a host linking the library gets the error's message (a C
+/// host from `evg_last_error_message`, to log as it is) on one line, its newline, ESC and
+/// BEL escaped, as the CLI's `error[…]` line shows it.
+#[test]
+fn an_unknown_manifest_field_reaches_a_library_host_escaped() {
+    let (repo, _server, dev) = served("com.acme.fieldname", "n");
+    resign_with_field(&repo, "stable", "\u{1b}]0;title\u{7}\nerror[forged]: x");
+    let quoted = r"unknown field `\u{1b}]0;title\u{7}\nerror[forged]: x`";
+
+    let config = evergreen::Config::from_file(&dev.config).unwrap();
+    let updater = evergreen::Updater::builder(config).build().unwrap();
+    let err = updater.check().unwrap_err();
+    assert_eq!(err.kind(), evergreen::ErrorKind::WrongMetadata, "{err}");
+    assert!(!err.message().contains(char::is_control), "{err:?}");
+    assert!(err.message().contains(quoted), "{err}");
+
+    let line = dev.fails("check", &[]);
+    assert!(line.starts_with("error[wrong_metadata]: "), "{line}");
+    assert!(!has_control(&line), "{line:?}");
+    assert!(line.contains(quoted), "{line}");
+}
+
 /// The history keeps a failed check's error line as the library gave it, which may quote
 /// a server's or a publisher's text; `status` prints every entry on one line of its own,
 /// its control characters escaped.

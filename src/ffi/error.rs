@@ -165,9 +165,10 @@ thread_local! {
 // function that cannot unwind, and abort the process. Without the slot there is simply
 // no message.
 
-/// Records `message` as this thread's last error.
+/// Records `message` as this thread's last error, on one line as every `Error`'s is: a
+/// panic's message has not been through one.
 pub(crate) fn set_last_error(message: &str) {
-    let text = super::handle::to_c_string(message.to_owned());
+    let text = super::handle::to_c_string(crate::error::one_line(message).into_owned());
     let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = Some(text));
 }
 
@@ -190,7 +191,9 @@ pub(crate) fn fail(err: &Error) -> evg_status {
 }
 
 /// The message of the last failed `evg_` call on the calling thread, or NULL when it
-/// succeeded. Borrowed: valid until the next `evg_` call on this thread; do not free it.
+/// succeeded: one line of UTF-8, any control character in it (from a server, a publisher,
+/// a file name) shown escaped (`\n`, `\u{1b}`), so it can be logged as it is.
+/// Borrowed: valid until the next `evg_` call on this thread; do not free it.
 /// The `_free` functions leave it as it is, so a host may clean up, then report.
 #[no_mangle]
 pub extern "C" fn evg_last_error_message() -> *const c_char {

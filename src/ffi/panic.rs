@@ -109,6 +109,18 @@ mod tests {
         );
     }
 
+    /// A panic's message has not been through an `Error`: it comes back on one line too.
+    #[test]
+    fn a_panics_message_comes_back_on_one_line() {
+        let status = guard("evg_test", || panic!("line one\nerror[ok]: \u{1b}[2K"));
+        assert_eq!(status, evg_status::EVG_PANIC);
+        assert!(
+            last().ends_with(r"line one\nerror[ok]: \u{1b}[2K"),
+            "{}",
+            last()
+        );
+    }
+
     #[test]
     fn an_error_is_its_kind_and_success_clears_the_message() {
         let status = guard("evg_test", || {

@@ -203,25 +203,9 @@ pub(crate) fn say(label: &str, text: &str) {
     err!("{label}: {}", one_line(text));
 }
 
-/// `text`, which may hold words from outside Evergreen (a server's, a publisher's release
-/// notes, a config's key), as part of one line for a terminal or a log: each control
-/// character (a newline, CR, ESC, BEL, backspace, NUL, DEL, the C1 controls), line and
-/// paragraph separator and bidirectional override is shown escaped as Rust writes it
-/// (`\n`, `\u{1b}`), so that the text can neither start a line that reads as
-/// Evergreen's own (`error[…]`) nor drive the terminal.
-pub(crate) fn one_line(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
-                shown.extend(c.escape_unicode())
-            }
-            c if c.is_control() => shown.extend(c.escape_debug()),
-            c => shown.push(c),
-        }
-    }
-    shown
-}
+/// Text from outside Evergreen (a server's, a publisher's release notes, a config's key)
+/// as part of one line, its control characters escaped: as every error message is.
+pub(crate) use evergreen::error::one_line;
 
 /// The clock of this run: `EVERGREEN_NOW` (RFC 3339) when set, for tests and demos that
 /// need a fixed time; the system clock otherwise.
