@@ -787,6 +787,34 @@ enum evg_status evg_check(struct evg_updater *updater, struct evg_offer **out);
 enum evg_status evg_check_version(struct evg_updater *updater, const char *channel, const char *version, struct evg_offer **out);
 
 /**
+ * Checks the device's channel as `evg_check` does when the check is due
+ * (`evg_next_check`: the poll interval with this device's jitter, a failed check's
+ * backoff, a server's `Retry-After`), else asks the server nothing. The call for a host's
+ * timer, which may call it as often as it likes: the schedule keeps a fleet's polls
+ * spread. Judged once the call has its turn, so that a check another thread or process
+ * made meanwhile is not made again. On success `*out` is the offer (free it with
+ * `evg_offer_free`), or NULL when up to date or not due; `*checked` (optional: NULL when
+ * not wanted) says whether the server was asked.
+ *
+ * # Safety
+ * `updater` is NULL or a live handle; `out` is NULL or writable; `checked` is NULL or
+ * writable.
+ */
+enum evg_status evg_check_if_due(struct evg_updater *updater, struct evg_offer **out, bool *checked);
+
+/**
+ * When the device's next check is due, in seconds since the Unix epoch (UTC): the last
+ * check plus the poll interval with this device's jitter, later after failed checks or
+ * when a server asked with `Retry-After`; now or earlier when the device never checked.
+ * The same answer on every call until a check or a failure moves it: a host may sleep
+ * until it, then call `evg_check_if_due`.
+ *
+ * # Safety
+ * `updater` is NULL or a live handle; `out` is NULL or writable.
+ */
+enum evg_status evg_next_check(struct evg_updater *updater, int64_t *out);
+
+/**
  * Refuses now what `evg_install` would refuse of `offer` for the device as it is — a
  * trial under way (`EVG_INVALID_STATE`: confirm or roll back first), a release below the
  * security floor (`EVG_SECURITY_FLOOR`), artifacts the slot store cannot take, an offer

@@ -369,6 +369,30 @@ public:
         return Offer(o);
     }
 
+    /// check() when the device's poll schedule says a check is due, else nothing and no
+    /// request: the call for a host's timer, which may call it as often as it likes (the
+    /// schedule keeps a fleet's polls spread). Nothing also when the check found no update;
+    /// `checked` (may be null) says whether the server was asked. next_check() says when
+    /// to call again.
+    std::optional<Offer> check_if_due(bool *checked = nullptr) {
+        evg_offer *o = nullptr;
+        detail::check(evg_check_if_due(get(), &o, checked));
+        if (o == nullptr) {
+            return std::nullopt;
+        }
+        return Offer(o);
+    }
+
+    /// When the next check is due, in seconds since the Unix epoch: the last check plus the
+    /// poll interval with this device's jitter, later after failed checks or when a server
+    /// asked (Retry-After); now or earlier when the device never checked. The same on every
+    /// call until a check or a failure moves it.
+    std::int64_t next_check() {
+        std::int64_t when = 0;
+        detail::check(evg_next_check(get(), &when));
+        return when;
+    }
+
     /// Throws now the Error install() would throw for `offer` with the device as it is (a
     /// trial under way: "invalid_state"; below the security floor: "security_floor"),
     /// touching nothing. Call it before download() when the download is meant for an

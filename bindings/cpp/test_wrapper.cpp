@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -416,6 +417,36 @@ void a_skipped_release_can_be_offered_again() {
     EXPECT_ERROR("config", updater.unskip("1.0"));
 }
 
+/// A host's timer: the first call checks (the device never did), the next ones ask nothing
+/// until the schedule's time (the channel moved away would fail a request); a failed check
+/// puts the next one off too.
+void check_if_due_asks_only_when_the_schedule_says() {
+    Repo repo("due");
+    repo.release("1.0.0", noise(1024, 6));
+    Device dev("due", repo, repo);
+    evergreen::Updater updater(dev.config);
+    const auto now = static_cast<std::int64_t>(std::time(nullptr));
+    EXPECT(updater.next_check() <= static_cast<std::int64_t>(std::time(nullptr)));
+    bool checked = false;
+    auto offer = updater.check_if_due(&checked);
+    EXPECT(checked && offer.has_value() && offer->version() == "1.0.0");
+    const auto due = updater.next_check();
+    EXPECT(due >= now + 4 * 3600 && due <= now + 8 * 3600 + 60);
+    sh("mv '" + repo.repo + "/channels/stable.json' '" + repo.repo + "/channels/stable.away'");
+    EXPECT(!updater.check_if_due(&checked).has_value() && !checked);
+    EXPECT(!updater.check_if_due().has_value());
+    EXPECT(updater.next_check() == due);
+    EXPECT_ERROR("not_found", updater.check());
+
+    Repo impostor("due-impostor");
+    impostor.release("6.6.6", noise(1024, 7));
+    Device stranger("due-stranger", repo, impostor);
+    evergreen::Updater refused(stranger.config);
+    EXPECT_ERROR("signature", refused.check_if_due());
+    EXPECT(refused.next_check() > static_cast<std::int64_t>(std::time(nullptr)));
+    EXPECT(!refused.check_if_due(&checked).has_value() && !checked);
+}
+
 void untrusted_signer_is_a_signature_error() {
     Repo trusted("trusted");
     Repo impostor("impostor");
@@ -777,6 +808,8 @@ int main(int argc, char **argv) {
         {"bad_config_is_a_config_error", bad_config_is_a_config_error},
         {"a_nul_inside_an_argument_is_a_config_error", a_nul_inside_an_argument_is_a_config_error},
         {"a_skipped_release_can_be_offered_again", a_skipped_release_can_be_offered_again},
+        {"check_if_due_asks_only_when_the_schedule_says",
+         check_if_due_asks_only_when_the_schedule_says},
         {"untrusted_signer_is_a_signature_error", untrusted_signer_is_a_signature_error},
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},

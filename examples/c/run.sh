@@ -86,6 +86,7 @@ config hooks "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
 config powercut "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
 config launcher "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
 config rounds "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
+config due "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
 
 # The device runs 1.0.0, installed, started and confirmed with the CLI.
 "$evg" update --config "$work/device/config.json" --version 1.0.0 --yes >/dev/null
@@ -112,7 +113,8 @@ run "$work/bin/self_update" "$work/device/config.json"
 
 step "test_ffi (C test) under valgrind"
 run "$work/bin/test_ffi" "$work/badsig/config.json" "$work/hooks/config.json" \
-  "$work/powercut/config.json" "$work/launcher/config.json" "$work/rounds/config.json"
+  "$work/powercut/config.json" "$work/launcher/config.json" "$work/rounds/config.json" \
+  "$work/due/config.json"
 
 step "test_ffi against the smallest library (file transport only, std without backtraces)"
 # scripts/build-small-lib needs nightly with rust-src; the panic test in test_ffi shows that
@@ -132,9 +134,10 @@ if small="$(EVG_SMALL_TARGET_DIR="$target/small" scripts/build-small-lib \
   config powercut-small "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
   config launcher-small "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
   config rounds-small "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
+  config due-small "$work/repo" "{\"root\": \"$work/repo/root/1.json\"}"
   run "$work/small-bin/test_ffi" "$work/badsig/config.json" "$work/hooks-small/config.json" \
     "$work/powercut-small/config.json" "$work/launcher-small/config.json" \
-    "$work/rounds-small/config.json"
+    "$work/rounds-small/config.json" "$work/due-small/config.json"
 elif grep -q "^build-small-lib: needs" "$work/small.log"; then
   echo "skipped: $(grep "^build-small-lib: needs" "$work/small.log")"
 else

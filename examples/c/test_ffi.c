@@ -1286,6 +1286,72 @@ out:
     evg_updater_free(up);
 }
 
+/* The host timer's calls: a device that never checked is due, and checks (the server asked,
+   an offer); right after, it is not due (the poll interval, 6 h ± 25 % by default): no
+   request, no offer, `checked` false; a failed check moves the schedule too (badsig). */
+static void test_check_if_due(const char *config_path, const char *badsig_path) {
+    char *config = read_file(config_path);
+    struct transport t = {0, 0, 0, 0, 0};
+    evg_transport transport = {sizeof(evg_transport), NULL, t_get, t_read, t_close};
+    evg_hooks hooks;
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL, *none = (evg_offer *)&failures;
+    bool checked = false;
+    int64_t due = -1, again = -1;
+    int gets;
+    time_t now = time(NULL);
+
+    CHECK(config != NULL);
+    if (!config) return;
+    transport.user = &t;
+    set_hooks(&hooks, &transport, NULL);
+    CHECK_STATUS(evg_updater_new_with_hooks(config, &hooks, &up), EVG_OK);
+    free(config);
+    if (!up) return;
+
+    CHECK_STATUS(evg_next_check(up, &due), EVG_OK);
+    CHECK(due <= (int64_t)time(NULL)); /* never checked: due now */
+    CHECK_STATUS(evg_check_if_due(up, &offer, &checked), EVG_OK);
+    CHECK(checked && t.gets >= 2 && offer != NULL);
+    CHECK(offer && strcmp(evg_offer_version(offer), "1.1.0") == 0);
+    evg_offer_free(offer);
+
+    CHECK_STATUS(evg_next_check(up, &due), EVG_OK);
+    CHECK(due >= (int64_t)now + 4 * 3600 && due <= (int64_t)time(NULL) + 8 * 3600);
+    gets = t.gets;
+    offer = (evg_offer *)&failures;
+    CHECK_STATUS(evg_check_if_due(up, &offer, &checked), EVG_OK);
+    CHECK(!checked && offer == NULL && t.gets == gets); /* not due: nothing asked */
+    CHECK_STATUS(evg_check_if_due(up, &offer, NULL), EVG_OK); /* `checked` is optional */
+    CHECK(offer == NULL && t.gets == gets);
+    CHECK_STATUS(evg_next_check(up, &again), EVG_OK);
+    CHECK(again == due); /* the same answer until a check moves it */
+
+    /* arguments */
+    CHECK_STATUS(evg_check_if_due(NULL, &none, NULL), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "updater"));
+    CHECK_STATUS(evg_check_if_due(up, NULL, &checked), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "out"));
+    CHECK_STATUS(evg_next_check(up, NULL), EVG_CONFIG);
+    CHECK_STATUS(evg_next_check(NULL, &due), EVG_CONFIG);
+    CHECK(none == (evg_offer *)&failures && t.gets == gets);
+    evg_updater_free(up);
+
+    /* A check that failed (a stranger's signature, test_bad_signature) backs off. */
+    config = read_file(badsig_path);
+    CHECK(config != NULL);
+    if (!config) return;
+    up = NULL;
+    CHECK_STATUS(evg_updater_new(config, &up), EVG_OK);
+    free(config);
+    CHECK_STATUS(evg_next_check(up, &due), EVG_OK);
+    CHECK(due > (int64_t)time(NULL));
+    checked = true;
+    CHECK_STATUS(evg_check_if_due(up, &none, &checked), EVG_OK);
+    CHECK(!checked && none == NULL);
+    evg_updater_free(up);
+}
+
 static void test_panic(void) {
     CHECK_STATUS(evg_debug_panic("deliberate panic"), EVG_PANIC);
     CHECK(contains(evg_last_error_message(), "deliberate panic"));
@@ -1321,10 +1387,10 @@ static void test_calls_at_exit(const char *config_path) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
+    if (argc != 7) {
         fprintf(stderr,
                 "usage: %s BAD_SIGNATURE_CONFIG.json HOOKS_CONFIG.json POWER_CUT_CONFIG.json "
-                "LAUNCHER_CONFIG.json ROUNDS_CONFIG.json\n",
+                "LAUNCHER_CONFIG.json ROUNDS_CONFIG.json DUE_CONFIG.json\n",
                 argv[0]);
         return 2;
     }
@@ -1332,6 +1398,7 @@ int main(int argc, char **argv) {
     test_bad_config();
     test_null_arguments();
     test_bad_signature(argv[1]);
+    test_check_if_due(argv[6], argv[1]);
     test_update_through_hooks(argv[2]);
     test_power_cut_before_the_bootloader_learns(argv[3]);
     test_launcher_after_an_activation_cut_short(argv[4]);

@@ -318,11 +318,64 @@ pub unsafe extern "C" fn evg_check_version(
             .map(|v| parse_version(v, "version"))
             .transpose()?;
         let out = out_arg(out, "out")?;
-        let offer = match u.updater.check_with(channel, version.as_ref())? {
-            Check::UpToDate { .. } => std::ptr::null_mut(),
-            Check::Available(offer) => Box::into_raw(Box::new(evg_offer::new(offer))),
-        };
-        write_out(out, offer);
+        let check = u.updater.check_with(channel, version.as_ref())?;
+        write_out(out, offer_of(check));
+        Ok(())
+    })
+}
+
+/// What `evg_check` gives the host of `check`: the offer it owns, or NULL when up to date.
+fn offer_of(check: Check) -> *mut evg_offer {
+    match check {
+        Check::UpToDate { .. } => std::ptr::null_mut(),
+        Check::Available(offer) => Box::into_raw(Box::new(evg_offer::new(offer))),
+    }
+}
+
+/// Checks the device's channel as `evg_check` does when the check is due
+/// (`evg_next_check`: the poll interval with this device's jitter, a failed check's
+/// backoff, a server's `Retry-After`), else asks the server nothing. The call for a host's
+/// timer, which may call it as often as it likes: the schedule keeps a fleet's polls
+/// spread. Judged once the call has its turn, so that a check another thread or process
+/// made meanwhile is not made again. On success `*out` is the offer (free it with
+/// `evg_offer_free`), or NULL when up to date or not due; `*checked` (optional: NULL when
+/// not wanted) says whether the server was asked.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable; `checked` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_check_if_due(
+    updater: *mut evg_updater,
+    out: *mut *mut evg_offer,
+    checked: *mut bool,
+) -> evg_status {
+    guard("evg_check_if_due", || {
+        let u = unsafe { lease(updater, "updater")? };
+        let out = out_arg(out, "out")?;
+        let check = u.updater.check_if_due(None, None)?;
+        if !checked.is_null() {
+            write_out(checked, check.is_some());
+        }
+        write_out(out, check.map_or(std::ptr::null_mut(), offer_of));
+        Ok(())
+    })
+}
+
+/// When the device's next check is due, in seconds since the Unix epoch (UTC): the last
+/// check plus the poll interval with this device's jitter, later after failed checks or
+/// when a server asked with `Retry-After`; now or earlier when the device never checked.
+/// The same answer on every call until a check or a failure moves it: a host may sleep
+/// until it, then call `evg_check_if_due`.
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_next_check(updater: *mut evg_updater, out: *mut i64) -> evg_status {
+    guard("evg_next_check", || {
+        let u = unsafe { lease(updater, "updater")? };
+        let out = out_arg(out, "out")?;
+        write_out(out, u.updater.next_check()?.unix());
         Ok(())
     })
 }

@@ -636,6 +636,27 @@ class Updater:
             check(_lib.evg_check_version(h, ch, ver, ctypes.byref(out)))
         return Offer(out) if out else None
 
+    def check_if_due(self) -> Optional[Offer]:
+        """`check()` when the device's poll schedule says a check is due, else None without
+        asking the server: the call for a background loop, which may call it as often as
+        it likes (the schedule keeps a fleet's polls spread). None also when the check
+        found nothing newer; `next_check()` says when to call again."""
+        out = ctypes.POINTER(_ffi.evg_offer)()
+        with self._h.use() as h:
+            check(_lib.evg_check_if_due(h, ctypes.byref(out), None))
+        return Offer(out) if out else None
+
+    def next_check(self) -> int:
+        """When the next check is due, in seconds since the Unix epoch: the last check plus
+        the poll interval with this device's jitter, later after failed checks or when a
+        server asked for it (`Retry-After`); now or earlier when the device never checked.
+        The same on every call until a check or a failure moves it:
+        `time.sleep(max(0, up.next_check() - time.time()))`, then `check_if_due()`."""
+        when = ctypes.c_int64(0)
+        with self._h.use() as h:
+            check(_lib.evg_next_check(h, ctypes.byref(when)))
+        return int(when.value)
+
     def check_install(self, offer: Offer) -> None:
         """Raises now what `install(offer)` would raise with the device as it is (a trial
         under way: `InvalidStateError`; below the security floor: `SecurityFloorError`),

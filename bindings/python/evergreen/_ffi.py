@@ -90,6 +90,8 @@ _PROTOTYPES = {
     "evg_startup": (_S, [_U, ctypes.POINTER(evg_startup_result)]),
     "evg_startup_for_launcher": (_S, [_U, ctypes.POINTER(evg_startup_result)]),
     "evg_check_version": (_S, [_U, _STR, _STR, ctypes.POINTER(_O)]),
+    "evg_check_if_due": (_S, [_U, ctypes.POINTER(_O), ctypes.POINTER(ctypes.c_bool)]),
+    "evg_next_check": (_S, [_U, ctypes.POINTER(ctypes.c_int64)]),
     "evg_check_install": (_S, [_U, _O]),
     "evg_download": (_S, [_U, _O, PROGRESS_CB, ctypes.c_void_p]),
     "evg_install": (_S, [_U, _O]),

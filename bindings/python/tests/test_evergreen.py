@@ -433,6 +433,42 @@ def test_a_skipped_release_is_listed_and_can_be_offered_again(world) -> None:
             updater.unskip("1.0")
 
 
+def test_check_if_due_checks_once_then_waits_for_the_schedule(world) -> None:
+    repo, _, _, config = world
+    with evergreen.Updater(config) as updater:
+        assert updater.next_check() <= time.time(), "never checked: due now"
+        offer = updater.check_if_due()
+        assert offer is not None and offer.version == "1.0.0"
+        due = updater.next_check()
+        # The poll interval, 6 h ± 25 % by default.
+        assert time.time() + 4 * 3600 <= due <= time.time() + 8 * 3600
+        # Not due: the server is not asked (a request for the channel, moved away, would
+        # fail), and the schedule stays where it was.
+        channel = repo.path / "channels" / "stable.json"
+        channel.rename(channel.with_suffix(".away"))
+        assert updater.check_if_due() is None
+        assert updater.next_check() == due
+        with pytest.raises(evergreen.NotFoundError):
+            updater.check()
+
+
+def test_a_failed_check_puts_the_next_due_one_off(
+    served: Tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = served
+    trusted = Repo(tmp_path / "trusted")
+    impostor = Repo(root / "impostor")
+    src = tmp_path / "src"
+    src.mkdir()
+    impostor.release("6.6.6", {"app": app_zip(src, "6.6.6")})
+    config = device_config(tmp_path / "device", f"{url}/impostor/repo/", trusted)
+    with evergreen.Updater(config) as updater:
+        with pytest.raises(evergreen.SignatureError):
+            updater.check_if_due()
+        assert updater.next_check() > time.time()
+        assert updater.check_if_due() is None
+
+
 def test_config_with_unknown_slot_kind_is_a_config_error(world) -> None:
     _, _, _, config = world
     config["slots"] = {"kind": "floppy"}
