@@ -136,11 +136,11 @@ fn range_resume_against_nginx() {
     assert_eq!(nginx.statuses_after(1), [206]);
 }
 
-/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 that it signed
-/// (`server.pem`, `server.key`), made with the openssl tool with `key` keys (`P-256` or
-/// `RSA`), or `None` without it.
+/// A test CA (`ca.pem`) and a server certificate for `san` (`IP:127.0.0.1`) that it
+/// signed (`server.pem`, `server.key`), made with the openssl tool with `key` keys
+/// (`P-256` or `RSA`), or `None` without it.
 #[cfg(feature = "tls")]
-fn test_pki(dir: &Path, key: &str) -> Option<()> {
+fn test_pki(dir: &Path, key: &str, san: &str) -> Option<()> {
     let openssl = find_on_path("openssl")?;
     let run = |args: &[&str]| {
         let out = require::tool_output(Command::new(&openssl).args(args).current_dir(dir)).unwrap();
@@ -175,12 +175,15 @@ fn test_pki(dir: &Path, key: &str) -> Option<()> {
         &["req"][..],
         &ec,
         &["-keyout", "server.key", "-out", "server.csr"],
-        &["-subj", "/CN=127.0.0.1"],
+        &[
+            "-subj",
+            &format!("/CN={}", san.split_once(':').map_or(san, |(_, name)| name)),
+        ],
     ]
     .concat());
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     run(&[
@@ -206,9 +209,9 @@ fn test_pki(dir: &Path, key: &str) -> Option<()> {
     Some(())
 }
 
-/// nginx over HTTPS, serving `channels/stable.json` (`body`) with a certificate from a
-/// test CA (`key`: `P-256` or `RSA`) and the further `directives`; `None` without nginx
-/// or openssl.
+/// nginx over HTTPS on 127.0.0.1, serving `channels/stable.json` (`body`) with a
+/// certificate for `san` from a test CA (`key`: `P-256` or `RSA`) and the further
+/// `directives`; `None` without nginx or openssl.
 #[cfg(feature = "tls")]
 struct Https {
     nginx: Nginx,
@@ -219,10 +222,14 @@ struct Https {
 #[cfg(feature = "tls")]
 impl Https {
     fn serve(key: &str, directives: &str, body: &[u8]) -> Option<Https> {
+        Https::serve_for("IP:127.0.0.1", key, directives, body)
+    }
+
+    fn serve_for(san: &str, key: &str, directives: &str, body: &[u8]) -> Option<Https> {
         let root = public_dir();
         write_public(root.path(), "channels/stable.json", body);
         let pki = public_dir();
-        test_pki(pki.path(), key)?;
+        test_pki(pki.path(), key, san)?;
         let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
         let tls = Tls {
             cert: &cert,
@@ -279,6 +286,29 @@ fn https_with_ca_roots_and_not_without_them() {
         err.to_string().contains("UnknownIssuer") || err.kind() == evergreen::ErrorKind::Config,
         "{err}"
     );
+}
+
+/// Trusting a CA is not trusting every name it signed for: a certificate from the test
+/// CA for another server (here 127.0.0.2, or a DNS name), presented by the server at
+/// 127.0.0.1, fails the handshake (`network`, naming the name), and nothing is requested.
+#[test]
+#[cfg(feature = "tls")]
+fn https_refuses_a_certificate_the_trusted_ca_signed_for_another_name() {
+    for san in ["IP:127.0.0.2", "DNS:updates.example.com"] {
+        let body = b"{\"sequence\": 9}";
+        let Some(https) = Https::serve_for(san, "P-256", "ssl_protocols TLSv1.2 TLSv1.3;", body)
+        else {
+            return;
+        };
+        let err = https.fetch(true).unwrap_err();
+        assert_eq!(err.kind(), evergreen::ErrorKind::Network, "{san}: {err}");
+        assert!(
+            err.to_string()
+                .contains(r#"certificate not valid for name "127.0.0.1""#),
+            "{san}: {err}"
+        );
+        assert_eq!(https.nginx.tls_log_after(0), Vec::<String>::new(), "{san}");
+    }
 }
 
 /// TLS 1.2 with an RSA certificate, as older servers and object stores serve: the
