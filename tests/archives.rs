@@ -293,6 +293,15 @@ fn names_longer_than_path_max_or_components_longer_than_name_max_are_refused() {
         assert!(msg.contains(rule), "{msg}");
         assert!(msg.len() < 600, "the message shows a short name: {msg}");
     }
+    // PATH_MAX's 4,095 bytes exactly pass the archive's check (where it is extracted to
+    // decides whether they fit: `check_fits`); one byte more is refused.
+    let longest = format!("{}f", "a/".repeat(2047));
+    assert_eq!(longest.len(), 4095);
+    let case = Case::new(&build(&[File(&longest, b"1", 0o644)]));
+    let archive = fs::File::open(case.tmp.path().join("archive.zip")).unwrap();
+    CheckedZip::check(&archive, None, &limits()).unwrap();
+    let msg = refused_name(&format!("{longest}f"), Path::new("/nonexistent"));
+    assert!(msg.contains("4095 bytes"), "{msg}");
     // Within them, both extract.
     let deep = format!("{}f", "a/".repeat(1023));
     let wide = format!("dir/{}", "x".repeat(255));
@@ -560,6 +569,42 @@ fn more_than_the_configured_cap_is_refused() {
     };
     let msg = Case::new(&bytes).refused(None, &capped, &[]);
     assert!(msg.contains("cap of 199999"), "{msg}");
+    // The exact cap is fine.
+    let exact = ArchiveLimits {
+        max_installed_bytes: 200_000,
+        ..limits()
+    };
+    Case::new(&bytes).extract(None, &exact).unwrap();
+}
+
+/// The whole archive's ratio: two entries of zeros, each within the 64 KiB an entry may
+/// reach whatever its ratio, that together inflate to exactly the 64 KiB an archive may
+/// reach are fine; one byte more is refused by the plan, from the sizes declared, before
+/// anything is written ("times its size": the archive's rule, not an entry's).
+#[test]
+fn the_archive_ratio_allows_its_grace_exactly_and_not_a_byte_more() {
+    let strict = ArchiveLimits {
+        max_ratio: 1,
+        ..limits()
+    };
+    let half = evergreen::stage::RATIO_GRACE_BYTES as usize / 2;
+    let zeros = |a: usize, b: usize| {
+        build(&[
+            File("a.bin", &vec![0u8; a], 0o644),
+            File("b.bin", &vec![0u8; b], 0o644),
+        ])
+    };
+    Case::new(&zeros(half, half))
+        .extract(None, &strict)
+        .unwrap();
+    let msg = Case::new(&zeros(half, half + 1)).refused(None, &strict, &[]);
+    assert!(
+        msg.contains(&format!(
+            "more than 1 times its size (more than {} bytes)",
+            2 * half
+        )),
+        "{msg}"
+    );
 }
 
 #[test]
