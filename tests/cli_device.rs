@@ -1018,6 +1018,46 @@ fn update_if_due_checks_only_once_the_schedule_says_so() {
     );
 }
 
+/// `check --if-due`, for a notifier that wakes more often than the poll interval: before
+/// the device's `next_check` it asks nothing (the channel, moved away, would fail a
+/// check) and records nothing, saying when the next check is; once due it checks as
+/// `check` does, exit 10 with the offer.
+#[test]
+fn check_if_due_asks_only_once_the_schedule_says_so() {
+    let (repo, dev) = confirmed_1_0_0("com.acme.checkdue");
+    publish(&repo, "1.1.0", "stable");
+    let status = dev.json_at(&evergreen::Timestamp::now().to_string(), "status", &[], 0);
+    let next: evergreen::Timestamp = status["next_check"].as_str().unwrap().parse().unwrap();
+    let early = next.plus_secs(-60).to_string();
+
+    let channel = repo.root.join("channels/stable.json");
+    let away = repo.root.join("channels/stable.away");
+    std::fs::rename(&channel, &away).unwrap();
+    let out = dev.json_at(&early, "check", &["--if-due"], 0);
+    assert_eq!(
+        out,
+        serde_json::json!({"status": "not_due", "next_check": next})
+    );
+    let text = dev.run_env("check", &["--if-due"], &[("EVERGREEN_NOW", &early)]);
+    assert_eq!(text.status.code(), Some(0), "{text:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout),
+        format!("not due: next check at {next}\n")
+    );
+    let after = dev.json_at(&early, "status", &[], 0);
+    assert_eq!(after["last_check"], status["last_check"]);
+    assert_eq!(after["check_failures"], status["check_failures"]);
+
+    std::fs::rename(&away, &channel).unwrap();
+    let out = dev.json_at(&next.to_string(), "check", &["--if-due"], 10);
+    assert_eq!(out["version"], "1.1.0", "{out}");
+    let after = dev.json_at(&next.to_string(), "status", &[], 0);
+    assert_ne!(
+        after["last_check"], status["last_check"],
+        "checked once due"
+    );
+}
+
 /// `update --if-due` judges whether the check is due once it has its turn: one that
 /// waited for another process's check (a timer's and the app's own at once) finds the
 /// schedule that check left, asks the server nothing and installs nothing.

@@ -38,6 +38,11 @@ pub struct CheckArgs {
     /// Ask for exactly this version (newer or older; never below the security floor).
     #[arg(long, value_name = "V", value_parser = crate::parse_version)]
     pub version: Option<Version>,
+    /// Check only when the device's schedule says a check is due, as `update --if-due`
+    /// does; before that, print `not due: next check at T` and exit 0 without a request.
+    /// For a notifier that wakes more often than the poll interval.
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 /// Options of `update`.
@@ -297,7 +302,12 @@ fn print_offer(offer: &Offer, staged: Option<evergreen::slots::Slot>) {
 /// `evergreen check`: exit 0 when up to date, 10 when an update is available.
 pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
     let up = updater(config, json)?;
-    match up.check_with(args.channel.as_deref(), args.version.as_ref())? {
+    let channel = args.channel.as_deref();
+    let Some(check) = check_if(&up, args.if_due, channel, args.version.as_ref())? else {
+        say_not_due(&up, json)?;
+        return Ok(0);
+    };
+    match check {
         // `target_released`: an "up to date" that is for good (a misspelt `target`) reads
         // apart from one with nothing newer yet.
         Check::UpToDate {
@@ -305,7 +315,6 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
             held_back,
             ..
         } => {
-            let channel = args.channel.as_deref();
             say_up_to_date(&up, channel, target_released, held_back.as_ref(), json)?;
             Ok(0)
         }
@@ -323,6 +332,31 @@ pub fn check(config: &Path, json: bool, args: &CheckArgs) -> Result<i32> {
             Ok(EXIT_AVAILABLE)
         }
     }
+}
+
+/// The check of `channel` for `version`; with `if_due`, `None` when the device's schedule
+/// says it is not due (judged once no other check runs).
+fn check_if(
+    up: &Updater,
+    if_due: bool,
+    channel: Option<&str>,
+    version: Option<&Version>,
+) -> Result<Option<Check>> {
+    match if_due {
+        true => up.check_if_due(channel, version),
+        false => up.check_with(channel, version).map(Some),
+    }
+}
+
+/// Says that the check is not due (`--if-due`), and when it will be.
+fn say_not_due(up: &Updater, json: bool) -> Result<()> {
+    let next = up.next_check()?;
+    if json {
+        print_json(&json!({"status": "not_due", "next_check": next}));
+    } else {
+        out!("not due: next check at {next}");
+    }
+    Ok(())
 }
 
 /// Says that nothing is to be installed from `channel` (the device's own when `None`): in JSON with every key of an
@@ -533,11 +567,9 @@ impl<'a> Milestones<'a> {
 /// With `--if-due`, `None` when the check is not due (judged once no other check runs).
 fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Option<Check>> {
     let (channel, version) = (args.channel.as_deref(), args.version.as_ref());
-    let check = match args.if_due {
-        true => up.check_if_due(channel, version)?,
-        false => Some(up.check_with(channel, version)?),
+    let Some(check) = check_if(up, args.if_due, channel, version)? else {
+        return Ok(None);
     };
-    let Some(check) = check else { return Ok(None) };
     crate::interrupt::stop_here("what follows the check")?;
     if let Some(channel) = &args.channel {
         if matches!(check, Check::Available(_)) && !args.yes && !args.download_only {
@@ -558,12 +590,7 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
             print_activation(Activation::Activated { slot, version }, None, json);
             return Ok(0);
         }
-        let next = up.next_check()?;
-        if json {
-            print_json(&json!({"status": "not_due", "next_check": next}));
-        } else {
-            out!("not due: next check at {next}");
-        }
+        say_not_due(&up, json)?;
         return Ok(0);
     };
     let offer = match check {
