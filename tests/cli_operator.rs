@@ -3189,3 +3189,53 @@ fn a_repository_published_under_a_private_umask_is_readable_by_a_server() {
     );
     assert_eq!(found.len(), 8, "{found:?}");
 }
+
+/// Off a terminal (a CI log), `release` says when it starts hashing a component of 64 MiB
+/// or more, naming it and its length, and `verify` the same of its blob: a command
+/// hashing gigabytes is not silent for minutes. Nothing is said of a small file, and
+/// nothing with `--json` (stderr is then the error line alone).
+#[test]
+fn hashing_a_large_file_is_said_off_a_terminal() {
+    let tmp = init_repo();
+    let dir = tmp.path();
+    // Sparse: 64 MiB to read, hash and copy, nothing to write first.
+    std::fs::File::create(dir.join("rootfs.img"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    std::fs::write(dir.join("small.bin"), b"small").unwrap();
+
+    let o = evergreen(
+        dir,
+        &release_args("1.0.0", &["--component", "app=small.bin:file"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "a small file is read without a word");
+
+    let o = evergreen(
+        dir,
+        &release_args("2.0.0", &["--component", "os=rootfs.img:image"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "evergreen: hashing rootfs.img (67108864 bytes)\n",
+        "named as it was given"
+    );
+
+    let o = evergreen(dir, &["verify", "repo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let nightly = read_manifest(dir, "nightly");
+    let release = (nightly["releases"].as_array().unwrap().iter())
+        .find(|r| r["version"] == "2.0.0")
+        .unwrap();
+    let os = &release["targets"]["x86_64-linux"]["components"]["os"]["artifact"];
+    let blob = Path::new("repo/blobs/sha256").join(os["sha256"].as_str().unwrap());
+    assert_eq!(
+        stderr(&o),
+        format!("evergreen: hashing {} (67108864 bytes)\n", blob.display())
+    );
+
+    let o = evergreen(dir, &["verify", "repo", "--json"]);
+    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+}

@@ -72,9 +72,7 @@ impl Repo {
             ArtifactKind::Image if !raw => Probe::Undecided(Vec::new()),
             _ => Probe::Raw,
         };
-        let copied = copy_hashed(&mut src, path, &tmp, &self.cancel, &mut |chunk| {
-            probe.feed(chunk, path)
-        });
+        let copied = self.copy_hashed(&mut src, path, &tmp, &mut |chunk| probe.feed(chunk, path));
         let result = copied.and_then(|(file, size, sha256)| {
             let (installed_size, compression, installed_sha256) = match (kind, probe.finish(path)?)
             {
@@ -194,49 +192,63 @@ pub(super) fn check_image_not_empty(artifact: &Artifact, source: &Path) -> Resul
     )))
 }
 
-/// Copies `src` into a new temp file at `tmp`, returning it with the size and SHA-256 of
-/// exactly the bytes written; stops at `cancel` between chunks.
-fn copy_hashed(
-    src: &mut File,
-    src_path: &Path,
-    tmp: &Path,
-    cancel: &CancelToken,
-    also: &mut dyn FnMut(&[u8]) -> Result<()>,
-) -> Result<(File, u64, String)> {
-    let mut out = fsutil::create_temp(tmp)?;
-    let (size, sha256) = hash_reader(src, src_path, cancel, |chunk| {
-        also(chunk)?;
-        out.write_all(chunk).map_err(|e| Error::io("write", tmp, e))
-    })?;
-    Ok((out, size, sha256))
-}
-
-/// Size and SHA-256 of everything `src` yields, handing each chunk to `sink` as well;
-/// stops at `cancel` between chunks.
-pub(super) fn hash_reader(
-    src: &mut impl Read,
-    src_path: &Path,
-    cancel: &CancelToken,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read", src_path, e)),
-        };
-        hasher.update(&buf[..n]);
-        sink(&buf[..n])?;
-        size += n as u64;
-        // A component may be gigabytes: an interrupted command must not wait for the
-        // whole copy, nor be killed during it, which would leave the copy behind.
-        cancel.check()?;
+impl Repo {
+    /// Copies `src` into a new temp file at `tmp`, returning it with the size and SHA-256
+    /// of exactly the bytes written; stops at the repository's cancel token between chunks.
+    fn copy_hashed(
+        &self,
+        src: &mut File,
+        src_path: &Path,
+        tmp: &Path,
+        also: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<(File, u64, String)> {
+        let mut out = fsutil::create_temp(tmp)?;
+        let (size, sha256) = self.hash_file(src, src_path, |chunk| {
+            also(chunk)?;
+            out.write_all(chunk).map_err(|e| Error::io("write", tmp, e))
+        })?;
+        Ok((out, size, sha256))
     }
-    Ok((size, trust::hex(&hasher.finalize())))
+
+    /// Size and SHA-256 of everything `src` (the file at `src_path`) yields, handing each
+    /// chunk to `sink` as well and telling the repository's progress function how far it
+    /// is; stops at the repository's cancel token between chunks.
+    pub(super) fn hash_file(
+        &self,
+        src: &mut File,
+        src_path: &Path,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<(u64, String)> {
+        let progress = self.on_progress.0.as_deref();
+        let len = match progress {
+            Some(_) => src.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()),
+            None => None,
+        };
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        if let Some(p) = progress {
+            p(src_path, 0, len);
+        }
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", src_path, e)),
+            };
+            hasher.update(&buf[..n]);
+            sink(&buf[..n])?;
+            size += n as u64;
+            if let Some(p) = progress {
+                p(src_path, size, len);
+            }
+            // A component may be gigabytes: an interrupted command must not wait for the
+            // whole copy, nor be killed during it, which would leave the copy behind.
+            self.cancel.check()?;
+        }
+        Ok((size, trust::hex(&hasher.finalize())))
+    }
 }
 
 /// Whether an image being read is gzip data, and if so what it inflates to: decided by

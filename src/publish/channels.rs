@@ -451,7 +451,7 @@ impl Repo {
                 return Ok(false);
             }
             let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-            let (size, sha256) = hash_reader(&mut file, path, &self.cancel, |_| Ok(()))?;
+            let (size, sha256) = self.hash_file(&mut file, path, |_| Ok(()))?;
             if (size, sha256.as_str()) != (a.size, a.sha256.as_str()) {
                 return Ok(false);
             }

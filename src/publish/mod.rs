@@ -57,9 +57,7 @@ mod rotate;
 mod rules;
 mod verify;
 
-use blobs::{
-    check_components, check_image_not_empty, check_zip_for_every_device, hash_reader, Probe,
-};
+use blobs::{check_components, check_image_not_empty, check_zip_for_every_device, Probe};
 pub use blobs::{default_limit_refusal, default_limit_refusals};
 pub use keys::{
     public_key_path, read_public_key, read_secret_key, secret_key_exposure, write_keypair,
@@ -92,6 +90,21 @@ pub struct Repo {
     root: PathBuf,
     cancel: CancelToken,
     on_wait: WaitNotice,
+    on_progress: FileProgress,
+}
+
+/// What a command calls as it reads a file to copy or hash it: the file, the bytes read
+/// so far and its length (`None` for one that is not a regular file).
+type ProgressFn = dyn Fn(&Path, u64, Option<u64>) + Send + Sync;
+
+/// The [`ProgressFn`] a repository's commands call, if any.
+#[derive(Clone, Default)]
+struct FileProgress(Option<std::sync::Arc<ProgressFn>>);
+
+impl std::fmt::Debug for FileProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 /// What a command calls, with the lock file's path, before it waits for another command
@@ -402,11 +415,51 @@ impl Repo {
         }
     }
 
+    /// The same repository, its commands calling `progress(path, done, len)` as they read
+    /// a file to copy it in or to hash it (a release's components, `verify`'s blobs):
+    /// with 0 before the first byte, then after each 64 KiB read, the last call with
+    /// `done` the bytes the file held. `len` is the file's length, `None` when it is not
+    /// a regular file (a pipe). A component of gigabytes takes a while: the CLI shows it.
+    ///
+    /// ```
+    /// # use evergreen::publish::{Repo, ReleaseOptions};
+    /// # use evergreen::manifest::ArtifactKind;
+    /// # use evergreen::trust::{KeySet, SecretKey};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let key = SecretKey::generate()?;
+    /// # let keys = KeySet::new(vec![key.public()], 1)?;
+    /// # let now = evergreen::Timestamp::now();
+    /// # Repo::init(dir.path().join("repo"), "com.acme.app", &keys, &keys, &[&key], 365, now)?;
+    /// # let app = dir.path().join("app.bin");
+    /// # std::fs::write(&app, vec![7u8; 200_000])?;
+    /// use std::sync::{Arc, Mutex};
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let repo = Repo::open(dir.path().join("repo"))?
+    ///     .with_progress(move |_path, done, len| log.lock().unwrap().push((done, len)));
+    /// repo.release("stable", &"1.0.0".parse().unwrap(), "x86_64-linux",
+    ///     &[("app", app.as_path(), ArtifactKind::File)], &ReleaseOptions::new(now), &[&key])?;
+    /// let seen = seen.lock().unwrap();
+    /// assert_eq!(seen.first(), Some(&(0, Some(200_000))));
+    /// assert_eq!(seen.last(), Some(&(200_000, Some(200_000))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_progress(
+        self,
+        progress: impl Fn(&Path, u64, Option<u64>) + Send + Sync + 'static,
+    ) -> Repo {
+        Repo {
+            on_progress: FileProgress(Some(std::sync::Arc::new(progress))),
+            ..self
+        }
+    }
+
     fn at(root: &Path) -> Repo {
         Repo {
             root: root.to_path_buf(),
             cancel: CancelToken::new(),
             on_wait: WaitNotice::default(),
+            on_progress: FileProgress::default(),
         }
     }
 

@@ -2432,3 +2432,49 @@ fn a_channel_rewritten_gets_a_later_second_than_the_copy_it_replaces() {
         "expected the second after the old copy's"
     );
 }
+
+/// A release tells the progress function how far it read its component, chunk by chunk
+/// from 0 to the file's length, and `verify` how far it hashed the blob.
+#[test]
+fn commands_tell_how_far_they_read_each_file() {
+    use std::sync::{Arc, Mutex};
+    let (dir, repo, key, _) = setup();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![5u8; 200_000]).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let repo = repo.with_progress(move |path, done, len| {
+        log.lock().unwrap().push((path.to_path_buf(), done, len));
+    });
+    publish(&repo, &key, &big, "1.0.0", "x86_64-linux").unwrap();
+    let calls: Vec<(u64, Option<u64>)> = seen
+        .lock()
+        .unwrap()
+        .drain(..)
+        .filter(|(p, ..)| *p == big)
+        .map(|(_, done, len)| (done, len))
+        .collect();
+    let len = Some(200_000);
+    assert_eq!(
+        calls,
+        [
+            (0, len),
+            (65_536, len),
+            (131_072, len),
+            (196_608, len),
+            (200_000, len)
+        ]
+    );
+
+    let (_, problem) = repo.verify_all(now()).unwrap();
+    assert!(problem.is_none(), "{problem:?}");
+    let blobs = repo.path().join("blobs/sha256");
+    let calls = seen.lock().unwrap();
+    let of_blob: Vec<u64> = (calls.iter())
+        .filter(|(p, _, l)| p.starts_with(&blobs) && *l == len)
+        .map(|(_, done, _)| *done)
+        .collect();
+    assert_eq!(of_blob.first(), Some(&0));
+    assert_eq!(of_blob.last(), Some(&200_000));
+    assert!(of_blob.windows(2).all(|w| w[0] < w[1]), "{of_blob:?}");
+}

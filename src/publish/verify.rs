@@ -286,7 +286,7 @@ impl Repo {
         // Judged only once the hash matched: a damaged blob is `hash_mismatch`, which a
         // release of the same file repairs, whatever its bytes inflate to.
         let mut bad = None;
-        let (size, sha256) = hash_reader(&mut file, &path, &self.cancel, |chunk| {
+        let (size, sha256) = self.hash_file(&mut file, &path, |chunk| {
             if bad.is_none() {
                 bad = probe.feed(chunk, &path).err();
             }

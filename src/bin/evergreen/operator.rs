@@ -533,7 +533,7 @@ fn init(a: &InitArgs, json: bool) -> Result<()> {
 }
 
 fn release(a: &ReleaseArgs, json: bool) -> Result<()> {
-    let repo = open(&a.repo)?;
+    let repo = showing_progress(open(&a.repo)?, json);
     let signers = secret_keys(&a.sign)?;
     let parsed = a
         .component
@@ -706,7 +706,7 @@ fn rotate(a: &RotateArgs, json: bool) -> Result<()> {
 /// must still hear that a channel or the root expires soon. Then the problem is the
 /// command's error (exit 1).
 fn verify(a: &VerifyArgs, json: bool) -> Result<()> {
-    let (report, problem) = open(&a.repo)?.verify_all(now()?)?;
+    let (report, problem) = showing_progress(open(&a.repo)?, json).verify_all(now()?)?;
     if json {
         // The report of a failed verify lists only what verified: `ok` and `problem` say
         // it failed to a script that reads stdout alone.
@@ -823,6 +823,104 @@ fn open(path: &Path) -> Result<Repo> {
                 lock.display()
             )
         }))
+}
+
+/// `repo` showing how far its commands have read the large files they copy in or hash (a
+/// release's components, `verify`'s blobs): hashing 4 GiB takes seconds, or minutes on a
+/// network share, and silence meanwhile looks like a hang. On a terminal a bar; off one
+/// (a CI log) a line when such a file starts (a pipe, whose length is unknown: none) and
+/// one at most every ten seconds after; nothing with `--json`, whose stderr is the error
+/// line alone.
+fn showing_progress(repo: Repo, json: bool) -> Repo {
+    if json {
+        return repo;
+    }
+    let shown = std::sync::Mutex::new(FileShown::default());
+    repo.with_progress(move |path, done, len| {
+        if let Ok(mut shown) = shown.lock() {
+            shown.at(path, done, len);
+        }
+    })
+}
+
+/// What `showing_progress` has shown of the file being read.
+#[derive(Default)]
+struct FileShown {
+    bar: Option<indicatif::ProgressBar>,
+    /// Off a terminal: when the last line about the file was said, `None` for a file too
+    /// small to speak of.
+    said_at: Option<std::time::Instant>,
+}
+
+impl FileShown {
+    /// Files smaller than this are read in well under a second: nothing is shown.
+    const LARGE: u64 = 64 << 20;
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn at(&mut self, path: &Path, done: u64, len: Option<u64>) {
+        if done == 0 {
+            self.start(path, len);
+        } else if Some(done) == len {
+            // Read whole: what the command says next must not sit under a bar.
+            self.finish();
+        } else if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        } else if self.said_at.is_some_and(|at| at.elapsed() >= Self::EVERY) {
+            let of = len.map_or(String::new(), |len| format!(" of {len}"));
+            err!("evergreen: hashing {}: {done}{of} bytes", shown_path(path));
+            self.said_at = Some(std::time::Instant::now());
+        }
+    }
+
+    fn start(&mut self, path: &Path, len: Option<u64>) {
+        self.finish();
+        if len.is_some_and(|len| len < Self::LARGE) {
+            return;
+        }
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // A pipe of unknown length is spoken of only once it has taken a while.
+            if let Some(len) = len {
+                err!("evergreen: hashing {} ({len} bytes)", shown_path(path));
+            }
+            self.said_at = Some(std::time::Instant::now());
+            return;
+        }
+        let bar = match len {
+            Some(len) => indicatif::ProgressBar::new(len),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let template = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        let name = path.file_name().map_or(path.as_os_str(), |n| n);
+        bar.set_message(format!(
+            "hashing {}",
+            crate::one_line(&name.to_string_lossy())
+        ));
+        self.bar = Some(bar);
+    }
+
+    /// Clears the bar of the last file, whose lines must not stay under the command's.
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.said_at = None;
+    }
+}
+
+impl Drop for FileShown {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `path` for a line of stderr, its control characters escaped.
+fn shown_path(path: &Path) -> String {
+    crate::one_line(&path.to_string_lossy()).into_owned()
 }
 
 /// `NAME=PATH[:zip|file|image|image-raw]`; without a kind, `.zip` files are zips and
