@@ -3239,3 +3239,41 @@ fn hashing_a_large_file_is_said_off_a_terminal() {
     let o = evergreen(dir, &["verify", "repo", "--json"]);
     assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
 }
+
+/// On a terminal (`script` gives the command one), hashing a large component draws a bar
+/// naming it, cleared once the file is read, and no plain progress line.
+#[test]
+fn hashing_a_large_file_draws_a_bar_on_a_terminal() {
+    if require::tool_output(Command::new("script").arg("--version")).is_err() {
+        require::missing("script (util-linux)");
+        return;
+    }
+    let tmp = init_repo();
+    let dir = tmp.path();
+    std::fs::File::create(dir.join("rootfs.img"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let args = release_args("2.0.0", &["--component", "os=rootfs.img:image"]);
+    let command = format!(
+        "EVERGREEN_NOW={NOW} '{}' {}",
+        env!("CARGO_BIN_EXE_evergreen"),
+        args.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let typescript = dir.join("typescript");
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &command])
+        .arg(&typescript)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null());
+    let o = common::output_within(&mut script, LIMIT);
+    assert!(o.status.success(), "{o:?}");
+    let shown = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert!(shown.contains("hashing rootfs.img ["), "{shown:?}");
+    assert!(!shown.contains("evergreen: hashing"), "{shown:?}");
+    assert!(shown.contains("2.0.0"), "{shown:?}");
+}
