@@ -1584,6 +1584,62 @@ fn hash_chunks(
 mod tests {
     use super::*;
 
+    /// An image the record says is whole in its slot is not fetched again: a second
+    /// download of it (the install after `update --download-only`, an update run again)
+    /// asks nothing, reports no progress and leaves the slot's bytes as they are, with
+    /// the blob gone from the server meanwhile.
+    #[test]
+    fn an_image_recorded_whole_in_its_slot_is_not_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let blobs = repo.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sha256 = hex(&Sha256::digest(&image));
+        fs::write(blobs.join(&sha256), &image).unwrap();
+        let slot_b = dir.path().join("b");
+        let images = ImageSlots::new(dir.path().join("a"), &slot_b);
+        let record = dir.path().join("image-stream");
+        let into = SlotDest {
+            images: &images,
+            slot: Slot::B,
+            record: &record,
+            recorded: Rc::new(RefCell::new(None)),
+            inflate_to: None,
+        };
+        let spec = super::super::BlobSpec {
+            sha256: sha256.clone(),
+            size: image.len() as u64,
+            url: None,
+        };
+        let fetcher = Fetcher::new(vec![repo.display().to_string()], Default::default()).unwrap();
+        let mut calls = 0;
+        stream(
+            &fetcher,
+            &spec,
+            &into,
+            &mut |_, _| calls += 1,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert!(calls > 0);
+        assert_eq!(fs::read(&slot_b).unwrap()[..image.len()], image[..]);
+
+        let asked = fetcher.stats().requests;
+        fs::remove_file(blobs.join(&sha256)).unwrap();
+        let mut calls = 0;
+        stream(
+            &fetcher,
+            &spec,
+            &into,
+            &mut |_, _| calls += 1,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!((fetcher.stats().requests, calls), (asked, 0));
+        assert_eq!(fs::read(&slot_b).unwrap()[..image.len()], image[..]);
+    }
+
     /// Bringing the record down (a server's 200 that differs from the kept bytes) only
     /// writes the record: the slot is not synced first, so one whose sync fails (here
     /// `/dev/null`, which refuses `fdatasync`) does not fail it.
