@@ -424,6 +424,20 @@ public:
         return Activation{a.activated, static_cast<Slot>(a.slot), a.deferred_until};
     }
 
+    /// activate() of a release staged in the inactive slot, which goes ahead once the deploy
+    /// policy lets it (a maintenance window, an `at` time): for a host's timer beside
+    /// check_if_due(). Nothing when no release is staged, and under `download_only`, which
+    /// waits for the host's own activate().
+    std::optional<Activation> activate_if_due() {
+        evg_activation a{};
+        bool staged = false;
+        detail::check(evg_activate_if_due(get(), &a, &staged));
+        if (!staged) {
+            return std::nullopt;
+        }
+        return Activation{a.activated, static_cast<Slot>(a.slot), a.deferred_until};
+    }
+
     /// Marks the slot on trial good (and raises the security floor).
     void confirm() { detail::check(evg_confirm(get())); }
 

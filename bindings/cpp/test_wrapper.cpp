@@ -447,6 +447,31 @@ void check_if_due_asks_only_when_the_schedule_says() {
     EXPECT(!refused.check_if_due(&checked).has_value() && !checked);
 }
 
+/// A host's timer activates a staged release once the deploy policy lets it go: nothing
+/// when nothing is staged; deferred under an `at` time years away; at once without it.
+void activate_if_due_waits_for_the_deploy_policy() {
+    Repo repo("activate-due");
+    repo.release("1.0.0", noise(1024, 8));
+    Device dev("activate-due", repo, repo);
+    std::string later = dev.config;
+    later.insert(later.rfind('}'), ",\"deploy\":{\"policy\":\"at\",\"at\":\"2099-01-01T00:00:00Z\"}");
+    {
+        evergreen::Updater updater(later);
+        EXPECT(!updater.activate_if_due().has_value());
+        auto offer = updater.check();
+        EXPECT(offer.has_value());
+        updater.download(*offer);
+        updater.install(*offer);
+        auto deferred = updater.activate_if_due();
+        EXPECT(deferred.has_value() && !deferred->activated &&
+               deferred->deferred_until == 4070908800);
+    }
+    evergreen::Updater updater(dev.config);
+    auto done = updater.activate_if_due();
+    EXPECT(done.has_value() && done->activated && done->slot != evergreen::Slot::none);
+    EXPECT(!updater.activate_if_due().has_value());
+}
+
 void untrusted_signer_is_a_signature_error() {
     Repo trusted("trusted");
     Repo impostor("impostor");
@@ -810,6 +835,8 @@ int main(int argc, char **argv) {
         {"a_skipped_release_can_be_offered_again", a_skipped_release_can_be_offered_again},
         {"check_if_due_asks_only_when_the_schedule_says",
          check_if_due_asks_only_when_the_schedule_says},
+        {"activate_if_due_waits_for_the_deploy_policy",
+         activate_if_due_waits_for_the_deploy_policy},
         {"untrusted_signer_is_a_signature_error", untrusted_signer_is_a_signature_error},
         {"cancelled_download_then_a_second_completes", cancelled_download_then_a_second_completes},
         {"exceptions_never_cross_into_c", exceptions_never_cross_into_c},

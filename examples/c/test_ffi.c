@@ -1352,6 +1352,62 @@ static void test_check_if_due(const char *config_path, const char *badsig_path) 
     evg_updater_free(up);
 }
 
+/* `config` (a JSON object's text) with `extra` (`"key": value`) added as its last member;
+   freed by the caller. */
+static char *with_member(const char *config, const char *extra) {
+    const char *end = strrchr(config, '}');
+    size_t head = end ? (size_t)(end - config) : 0;
+    char *out = end ? malloc(head + strlen(extra) + 4) : NULL;
+    if (out) {
+        memcpy(out, config, head);
+        sprintf(out + head, ",%s}", extra);
+    }
+    return out;
+}
+
+/* A host timer's activation: nothing staged, nothing done; a release staged under an `at`
+   time years away is deferred until it; under the default policy it goes ahead, once. */
+static void test_activate_if_due(const char *config_path) {
+    char *config = read_file(config_path), *later = NULL;
+    evg_updater *up = NULL;
+    evg_offer *offer = NULL;
+    evg_activation act;
+    bool staged = true;
+
+    CHECK(config != NULL);
+    if (!config) return;
+    later = with_member(config, "\"deploy\": {\"policy\": \"at\", \"at\": \"2099-01-01T00:00:00Z\"}");
+    CHECK(later != NULL);
+    if (!later) goto out;
+    CHECK_STATUS(evg_updater_new(later, &up), EVG_OK);
+    if (!up) goto out;
+    CHECK_STATUS(evg_activate_if_due(up, &act, &staged), EVG_OK);
+    CHECK(!staged && !act.activated && act.slot == EVG_SLOT_NONE && act.deferred_until == -1);
+    CHECK_STATUS(evg_check(up, &offer), EVG_OK);
+    CHECK(offer != NULL);
+    if (!offer) goto out;
+    CHECK_STATUS(evg_download(up, offer, NULL, NULL), EVG_OK);
+    CHECK_STATUS(evg_install(up, offer), EVG_OK);
+    CHECK_STATUS(evg_activate_if_due(up, &act, &staged), EVG_OK);
+    CHECK(staged && !act.activated && act.deferred_until == 4070908800); /* 2099-01-01 */
+    CHECK_STATUS(evg_activate_if_due(up, NULL, NULL), EVG_CONFIG);
+    CHECK(contains(evg_last_error_message(), "out"));
+    evg_updater_free(up);
+
+    up = NULL;
+    CHECK_STATUS(evg_updater_new(config, &up), EVG_OK);
+    if (!up) goto out;
+    CHECK_STATUS(evg_activate_if_due(up, &act, NULL), EVG_OK);
+    CHECK(act.activated && act.slot != EVG_SLOT_NONE && act.deferred_until == 0);
+    CHECK_STATUS(evg_activate_if_due(up, &act, &staged), EVG_OK);
+    CHECK(!staged && !act.activated); /* activated once: nothing staged now */
+out:
+    evg_offer_free(offer);
+    evg_updater_free(up);
+    free(later);
+    free(config);
+}
+
 static void test_panic(void) {
     CHECK_STATUS(evg_debug_panic("deliberate panic"), EVG_PANIC);
     CHECK(contains(evg_last_error_message(), "deliberate panic"));
@@ -1399,6 +1455,7 @@ int main(int argc, char **argv) {
     test_null_arguments();
     test_bad_signature(argv[1]);
     test_check_if_due(argv[6], argv[1]);
+    test_activate_if_due(argv[6]);
     test_update_through_hooks(argv[2]);
     test_power_cut_before_the_bootloader_learns(argv[3]);
     test_launcher_after_an_activation_cut_short(argv[4]);

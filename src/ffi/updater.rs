@@ -534,6 +534,41 @@ pub unsafe extern "C" fn evg_activate(
     })
 }
 
+/// Activates the release staged in the inactive slot once the deploy policy lets it go, as
+/// `evg_activate(updater, 0, out)` does: for a host's timer, beside `evg_check_if_due`, so
+/// that a release staged for a maintenance window or an `at` time goes ahead once that
+/// time has come, not at the next due check. `*staged` (optional: NULL when not wanted)
+/// says whether a release was staged: false when the inactive slot holds none (or one the
+/// newest check withheld) and under the `download_only` policy, which waits for the
+/// host's own `evg_activate`; `*out` then says nothing was activated (`activated` false,
+/// `slot` `EVG_SLOT_NONE`, `deferred_until` -1).
+///
+/// # Safety
+/// `updater` is NULL or a live handle; `out` is NULL or writable; `staged` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn evg_activate_if_due(
+    updater: *mut evg_updater,
+    out: *mut evg_activation,
+    staged: *mut bool,
+) -> evg_status {
+    guard("evg_activate_if_due", || {
+        let u = unsafe { lease(updater, "updater")? };
+        let out = out_arg(out, "out")?;
+        let activation = u.updater.activate_if_due()?;
+        if !staged.is_null() {
+            write_out(staged, activation.is_some());
+        }
+        let none = evg_activation {
+            activated: false,
+            slot: evg_slot::EVG_SLOT_NONE,
+            deferred_until: -1,
+        };
+        write_out(out, activation.map_or(none, Into::into));
+        Ok(())
+    })
+}
+
 /// Marks the slot on trial good (and raises the security floor). Confirming a slot that is
 /// already good does nothing; one that has not started yet (no `evg_startup` counted) is
 /// `EVG_INVALID_STATE`.

@@ -4,6 +4,36 @@
 use super::*;
 
 impl Updater {
+    /// Activates the release staged in the inactive slot once the deploy policy lets it
+    /// go, as [`Updater::activate`] without `force` does: for a host's timer, beside
+    /// [`Updater::check_if_due`], so that a release staged for a maintenance window or an
+    /// `at` time goes ahead once that time has come, not at the next due check (the poll
+    /// interval later, a day after failures). `evergreen update --if-due` does the same
+    /// between due checks. `None` when nothing is staged (the inactive slot holds no
+    /// installed release, or the newest check withheld the one it holds), and under
+    /// `download_only`, which waits for the host's own `activate`.
+    ///
+    /// ```no_run
+    /// # fn main() -> evergreen::Result<()> {
+    /// # let up = evergreen::Updater::builder(evergreen::Config::from_file("/etc/evergreen.json")?).build()?;
+    /// if let Some(evergreen::Activation::Activated { version, .. }) = up.activate_if_due()? {
+    ///     println!("{version} is on trial: restart into it");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn activate_if_due(&self) -> Result<Option<Activation>> {
+        if matches!(self.config.deploy, select::DeployPolicy::DownloadOnly) {
+            return Ok(None);
+        }
+        let st = self.load_state()?;
+        let staged = st.slot(st.fallback());
+        if staged.status != SlotStatus::Installed || staged.withheld.is_some() {
+            return Ok(None);
+        }
+        self.activate(false).map(Some)
+    }
+
     /// Makes the installed slot primary, on trial — if the deploy policy allows it now
     /// (`force` overrides the window and `at`; `download_only` never blocks an explicit
     /// call). A slot below the security floor is `security_floor`, forced or not. The state

@@ -692,6 +692,20 @@ class Updater:
         deferred = None if a.activated or a.deferred_until < 0 else int(a.deferred_until)
         return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
 
+    def activate_if_due(self) -> Optional[Activation]:
+        """`activate()` of a release staged in the inactive slot, which goes ahead once the
+        deploy policy lets it (a maintenance window, an `at` time): for a background loop
+        beside `check_if_due()`. None when nothing is staged, and under `download_only`,
+        which waits for the host's own `activate()`."""
+        a = _ffi.evg_activation()
+        staged = ctypes.c_bool(False)
+        with self._h.use() as h:
+            check(_lib.evg_activate_if_due(h, ctypes.byref(a), ctypes.byref(staged)))
+        if not staged.value:
+            return None
+        deferred = None if a.activated or a.deferred_until < 0 else int(a.deferred_until)
+        return Activation(bool(a.activated), _SLOTS.get(a.slot), deferred)
+
     def confirm(self) -> None:
         """Marks the slot on trial good (and raises the security floor).
 

@@ -96,6 +96,10 @@ _PROTOTYPES = {
     "evg_download": (_S, [_U, _O, PROGRESS_CB, ctypes.c_void_p]),
     "evg_install": (_S, [_U, _O]),
     "evg_activate": (_S, [_U, ctypes.c_int, ctypes.POINTER(evg_activation)]),
+    "evg_activate_if_due": (
+        _S,
+        [_U, ctypes.POINTER(evg_activation), ctypes.POINTER(ctypes.c_bool)],
+    ),
     "evg_confirm": (_S, [_U]),
     "evg_rollback": (_S, [_U, ctypes.POINTER(ctypes.c_int)]),
     "evg_reinstall": (_S, [_U, PROGRESS_CB, ctypes.c_void_p]),

@@ -452,6 +452,22 @@ def test_check_if_due_checks_once_then_waits_for_the_schedule(world) -> None:
             updater.check()
 
 
+def test_activate_if_due_waits_for_the_deploy_policy_then_goes_ahead_once(world) -> None:
+    _, _, _, config = world
+    later = dict(config, deploy={"policy": "at", "at": "2099-01-01T00:00:00Z"})
+    with evergreen.Updater(later) as updater:
+        assert updater.activate_if_due() is None, "nothing staged"
+        offer = updater.check()
+        assert offer is not None
+        updater.download(offer)
+        updater.install(offer)
+        assert updater.activate_if_due() == evergreen.Activation(False, None, 4070908800)
+    with evergreen.Updater(config) as updater:
+        done = updater.activate_if_due()
+        assert done is not None and done.activated and done.slot in ("a", "b")
+        assert updater.activate_if_due() is None, "activated once: nothing staged"
+
+
 def test_a_failed_check_puts_the_next_due_one_off(
     served: Tuple[Path, str], tmp_path: Path
 ) -> None:

@@ -708,19 +708,9 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
 /// `at` time (or the activation after the install cut off): it used to wait for the next
 /// due check. `download_only` waits for the host. `None` when nothing was activated.
 fn activate_in_time(up: &Updater) -> Result<Option<(evergreen::slots::Slot, Version)>> {
-    use evergreen::select::DeployPolicy;
-    if matches!(up.config().deploy, DeployPolicy::DownloadOnly) {
-        return Ok(None);
-    }
-    let s = up.status()?;
-    let staged =
-        (s.slots.get(&s.fallback)).is_some_and(|v| v.status == "installed" && v.withheld.is_none());
-    if !staged {
-        return Ok(None);
-    }
-    Ok(match up.activate(false)? {
-        Activation::Activated { slot, version } => Some((slot, version)),
-        Activation::Deferred { .. } => None,
+    Ok(match up.activate_if_due()? {
+        Some(Activation::Activated { slot, version }) => Some((slot, version)),
+        Some(Activation::Deferred { .. }) | None => None,
     })
 }
 
