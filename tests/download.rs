@@ -722,31 +722,62 @@ fn corrupt_part_from_an_earlier_run_is_fetched_again_within_one_call() {
     }
 }
 
+/// A `.part` longer than the blob (a copy made by hand, a file system's junk after a
+/// crash) cannot be the start of it: it is emptied and the blob fetched whole, once, with
+/// no `Range`, even when its first bytes are the blob's.
+#[test]
+fn a_part_longer_than_the_blob_is_started_over() {
+    let repo = Repo::new(SIZE);
+    let server = TestServer::serve(repo.path());
+    let downloads = TempDir::new().unwrap();
+    let mut longer = repo.blob.clone();
+    longer.extend_from_slice(b"junk after the blob");
+    std::fs::write(part_path(downloads.path(), &repo), &longer).unwrap();
+    let f = fetcher(&[server.url()], options());
+    assert_downloads_the_blob(&f, &repo, downloads.path());
+    let ranges: Vec<Option<String>> = (server.requests(&repo.blob_path()).into_iter())
+        .map(|l| l.range)
+        .collect();
+    assert_eq!(ranges, [None]);
+    assert_eq!(f.stats().bytes_received, SIZE as u64);
+}
+
+/// The error of a fresh start that fails too says what the kept bytes were, in words that
+/// tell a resume (half kept, the rest fetched) from a part already whole (nothing fetched):
+/// neither reads as the server's fault alone.
 #[test]
 fn server_sending_wrong_bytes_after_a_corrupt_part_is_still_hash_mismatch() {
     let repo = Repo::new(SIZE);
-    let server = TestServer::serve(repo.path());
     let mut other = repo.blob.clone();
     other[0] ^= 1;
-    server.set_fault(&repo.blob_path(), Fault::Replace(other));
-    let downloads = TempDir::new().unwrap();
-    std::fs::write(part_path(downloads.path(), &repo), garbage(SIZE / 2)).unwrap();
-    let f = fetcher(&[server.url()], retrying(2));
+    let half = SIZE / 2;
+    for (kept, note, asked) in [
+        (
+            half,
+            format!("the download resumed after {half} bytes kept from an earlier attempt did not match; fetched again from the start: "),
+            "one resume, one fresh start, then the server is given up",
+        ),
+        (
+            SIZE,
+            format!("the partial download kept from an earlier attempt ({SIZE} bytes, none fetched now) did not match; fetched again from the start: "),
+            "nothing left to resume: one fresh start",
+        ),
+    ] {
+        let server = TestServer::serve(repo.path());
+        server.set_fault(&repo.blob_path(), Fault::Replace(other.clone()));
+        let downloads = TempDir::new().unwrap();
+        std::fs::write(part_path(downloads.path(), &repo), garbage(kept)).unwrap();
+        let f = fetcher(&[server.url()], retrying(2));
 
-    let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
-    assert!(err.message().contains(&repo.sha256), "{err}");
-    assert!(
-        err.message().contains("fetched again from the start"),
-        "{err}"
-    );
-    assert_eq!(
-        server.requests(&repo.blob_path()).len(),
-        2,
-        "one resume, one fresh start, then the server is given up"
-    );
-    assert!(!part_path(downloads.path(), &repo).exists());
-    assert_no_completed_file(downloads.path(), &repo);
+        let err = download(&f, &repo.spec(), downloads.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::HashMismatch, "{err}");
+        assert!(err.message().contains(&repo.sha256), "{err}");
+        assert!(err.message().starts_with(&note), "{err}");
+        let requests = server.requests(&repo.blob_path()).len();
+        assert_eq!(requests, if kept < SIZE { 2 } else { 1 }, "{asked}");
+        assert!(!part_path(downloads.path(), &repo).exists());
+        assert_no_completed_file(downloads.path(), &repo);
+    }
 }
 
 /// A 200 that replaced every kept byte (it differed from the first) and then fails its
