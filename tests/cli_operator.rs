@@ -3190,19 +3190,25 @@ fn a_repository_published_under_a_private_umask_is_readable_by_a_server() {
     assert_eq!(found.len(), 8, "{found:?}");
 }
 
+/// [`init_repo`] and `rootfs.img` beside it: 64 MiB, sparse (to read, hash and copy,
+/// nothing to write first), the size from which commands show how far they have read.
+fn repo_and_a_large_image() -> tempfile::TempDir {
+    let tmp = init_repo();
+    std::fs::File::create(tmp.path().join("rootfs.img"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    tmp
+}
+
 /// Off a terminal (a CI log), `release` says when it starts hashing a component of 64 MiB
 /// or more, naming it and its length, and `verify` the same of its blob: a command
 /// hashing gigabytes is not silent for minutes. Nothing is said of a small file, and
 /// nothing with `--json` (stderr is then the error line alone).
 #[test]
 fn hashing_a_large_file_is_said_off_a_terminal() {
-    let tmp = init_repo();
+    let tmp = repo_and_a_large_image();
     let dir = tmp.path();
-    // Sparse: 64 MiB to read, hash and copy, nothing to write first.
-    std::fs::File::create(dir.join("rootfs.img"))
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
     std::fs::write(dir.join("small.bin"), b"small").unwrap();
 
     let o = evergreen(
@@ -3248,12 +3254,8 @@ fn hashing_a_large_file_draws_a_bar_on_a_terminal() {
         require::missing("script (util-linux)");
         return;
     }
-    let tmp = init_repo();
+    let tmp = repo_and_a_large_image();
     let dir = tmp.path();
-    std::fs::File::create(dir.join("rootfs.img"))
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
     let args = release_args("2.0.0", &["--component", "os=rootfs.img:image"]);
     let command = format!(
         "EVERGREEN_NOW={NOW} '{}' {}",

@@ -468,17 +468,22 @@ def test_activate_if_due_waits_for_the_deploy_policy_then_goes_ahead_once(world)
         assert updater.activate_if_due() is None, "activated once: nothing staged"
 
 
-def test_a_failed_check_puts_the_next_due_one_off(
-    served: Tuple[Path, str], tmp_path: Path
-) -> None:
+def impostor_config(served: Tuple[Path, str], tmp_path: Path) -> dict:
+    """A device config that trusts one repository and is served another, whose 6.6.6 is
+    signed by keys the device does not know."""
     root, url = served
     trusted = Repo(tmp_path / "trusted")
     impostor = Repo(root / "impostor")
     src = tmp_path / "src"
     src.mkdir()
     impostor.release("6.6.6", {"app": app_zip(src, "6.6.6")})
-    config = device_config(tmp_path / "device", f"{url}/impostor/repo/", trusted)
-    with evergreen.Updater(config) as updater:
+    return device_config(tmp_path / "device", f"{url}/impostor/repo/", trusted)
+
+
+def test_a_failed_check_puts_the_next_due_one_off(
+    served: Tuple[Path, str], tmp_path: Path
+) -> None:
+    with evergreen.Updater(impostor_config(served, tmp_path)) as updater:
         with pytest.raises(evergreen.SignatureError):
             updater.check_if_due()
         assert updater.next_check() > time.time()
@@ -515,14 +520,7 @@ def test_a_nul_inside_an_argument_is_a_config_error(world) -> None:
 def test_repository_signed_by_an_untrusted_key_raises_signature_error(
     served: Tuple[Path, str], tmp_path: Path
 ) -> None:
-    root, url = served
-    trusted = Repo(tmp_path / "trusted")
-    impostor = Repo(root / "impostor")
-    src = tmp_path / "src"
-    src.mkdir()
-    impostor.release("6.6.6", {"app": app_zip(src, "6.6.6")})
-    config = device_config(tmp_path / "device", f"{url}/impostor/repo/", trusted)
-    with evergreen.Updater(config) as updater:
+    with evergreen.Updater(impostor_config(served, tmp_path)) as updater:
         with pytest.raises(evergreen.SignatureError) as err:
             updater.check()
         assert err.value.kind == "signature" and err.value.code == 8
