@@ -191,7 +191,10 @@ impl PublicKey {
     /// ```
     pub fn from_base64(s: &str) -> Result<PublicKey> {
         let bytes = decode_base64(s).ok_or_else(|| {
-            Error::config(format!("expected a base64 ed25519 public key, found {s:?}"))
+            Error::config(format!(
+                "expected a base64 ed25519 public key, found {}",
+                not_a_key(s)
+            ))
         })?;
         PublicKey::from_bytes(&bytes)
     }
@@ -286,6 +289,22 @@ impl SecretKey {
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.key.sign(msg).to_bytes()
     }
+}
+
+/// Characters of a text that is not a key that an error quotes: enough to tell a key with
+/// a typo, a path or a PEM block from one another, not a private key pasted where the
+/// public one goes (a PEM block of 119 characters), which the error would put in a log.
+const KEY_TEXT_SHOWN: usize = 12;
+
+/// `text`, which is not a base64 key, as an error quotes it: whole when short, else its
+/// first [`KEY_TEXT_SHOWN`] characters and how many it has.
+fn not_a_key(text: &str) -> String {
+    let count = text.chars().count();
+    if count <= KEY_TEXT_SHOWN {
+        return format!("{text:?}, not base64");
+    }
+    let head: String = text.chars().take(KEY_TEXT_SHOWN).collect();
+    format!("{head:?}... ({count} characters), not base64")
 }
 
 /// A set of distinct trusted keys and how many of them must sign.
@@ -960,6 +979,27 @@ impl Anchor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A text that is not a key is quoted by its start and its length, not whole: a
+    /// private key in PEM pasted into `trust.keys` or `--root-key` must not reach a log.
+    #[test]
+    fn a_text_that_is_no_key_is_quoted_by_its_start() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKkmnW0Tn0GzGEnjfT4AhQcV+uW6\n-----END PRIVATE KEY-----";
+        let err = PublicKey::from_base64(pem).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(
+            err.message(),
+            format!(
+                r#"expected a base64 ed25519 public key, found "-----BEGIN P"... ({} characters), not base64"#,
+                pem.chars().count()
+            )
+        );
+        let err = PublicKey::from_base64("k1.pub").unwrap_err();
+        assert_eq!(
+            err.message(),
+            r#"expected a base64 ed25519 public key, found "k1.pub", not base64"#
+        );
+    }
 
     /// The verifications `open` makes of `envelope` under `keys`, and its result.
     fn verifications(envelope: &[u8], keys: &KeySet) -> (usize, Result<Vec<u8>>) {
