@@ -219,7 +219,7 @@ impl Repo {
         src_path: &Path,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<(u64, String)> {
-        let progress = self.on_progress.0.as_deref();
+        let progress = self.on_progress.get();
         let len = match progress {
             Some(_) => src.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()),
             None => None,

@@ -93,15 +93,30 @@ pub struct Repo {
     on_progress: FileProgress,
 }
 
-/// What a command calls as it reads a file to copy or hash it: the file, the bytes read
-/// so far and its length (`None` for one that is not a regular file).
-type ProgressFn = dyn Fn(&Path, u64, Option<u64>) + Send + Sync;
+/// A function the host gave a repository's commands to call, if any: one type for each
+/// kind of hook, sharing what a hook needs (cheap clones, a `Debug` that shows whether
+/// one is set).
+struct Hook<F: ?Sized>(Option<std::sync::Arc<F>>);
 
-/// The [`ProgressFn`] a repository's commands call, if any.
-#[derive(Clone, Default)]
-struct FileProgress(Option<std::sync::Arc<ProgressFn>>);
+impl<F: ?Sized> Hook<F> {
+    fn get(&self) -> Option<&F> {
+        self.0.as_deref()
+    }
+}
 
-impl std::fmt::Debug for FileProgress {
+impl<F: ?Sized> Clone for Hook<F> {
+    fn clone(&self) -> Self {
+        Hook(self.0.clone())
+    }
+}
+
+impl<F: ?Sized> Default for Hook<F> {
+    fn default() -> Self {
+        Hook(None)
+    }
+}
+
+impl<F: ?Sized> std::fmt::Debug for Hook<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
     }
@@ -109,17 +124,11 @@ impl std::fmt::Debug for FileProgress {
 
 /// What a command calls, with the lock file's path, before it waits for another command
 /// that holds the repository lock.
-#[derive(Clone, Default)]
-struct WaitNotice(Option<std::sync::Arc<NoticeFn>>);
+type WaitNotice = Hook<dyn Fn(&Path) + Send + Sync>;
 
-/// The function of a [`WaitNotice`].
-type NoticeFn = dyn Fn(&Path) + Send + Sync;
-
-impl std::fmt::Debug for WaitNotice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
-    }
-}
+/// What a command calls as it reads a file to copy or hash it: the file, the bytes read
+/// so far and its length (`None` for one that is not a regular file).
+type FileProgress = Hook<dyn Fn(&Path, u64, Option<u64>) + Send + Sync>;
 
 /// What a release carries besides its components.
 #[derive(Debug, Clone)]
@@ -410,7 +419,7 @@ impl Repo {
     /// not a silent stop.
     pub fn with_wait_notice(self, notice: impl Fn(&Path) + Send + Sync + 'static) -> Repo {
         Repo {
-            on_wait: WaitNotice(Some(std::sync::Arc::new(notice))),
+            on_wait: Hook(Some(std::sync::Arc::new(notice))),
             ..self
         }
     }
@@ -449,7 +458,7 @@ impl Repo {
         progress: impl Fn(&Path, u64, Option<u64>) + Send + Sync + 'static,
     ) -> Repo {
         Repo {
-            on_progress: FileProgress(Some(std::sync::Arc::new(progress))),
+            on_progress: Hook(Some(std::sync::Arc::new(progress))),
             ..self
         }
     }
@@ -513,7 +522,7 @@ impl Repo {
         let path = self.root.join(LOCK_FILE);
         // Its mode as found: operators who share a repository share its lock.
         let lock = fsutil::lock_exclusive_or_wait(&path, fsutil::LockAccess::AsFound, || {
-            if let Some(notice) = &self.on_wait.0 {
+            if let Some(notice) = self.on_wait.get() {
                 notice(&path);
             }
         })?;
