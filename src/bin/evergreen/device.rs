@@ -584,11 +584,16 @@ fn check_on(up: &Updater, args: &UpdateArgs) -> Result<Option<Check>> {
 pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
     let up = updater(config, json)?;
     let Some(check) = check_on(&up, args)? else {
-        // Not for a download only, nor a look at another channel or version.
+        // Before the check is due, a release staged for a window or an `at` time goes
+        // ahead once its time has come (`Updater::activate_if_due`): the timer running
+        // `update --if-due` is all many devices run, and a daily check may never fall in
+        // the window. Not for a download only, nor a look at another channel or version.
         let plain = !args.download_only && args.channel.is_none() && args.version.is_none();
-        if let Some((slot, version)) = plain.then(|| activate_in_time(&up)).transpose()?.flatten() {
-            print_activation(Activation::Activated { slot, version }, None, json);
-            return Ok(0);
+        if plain {
+            if let Some(done @ Activation::Activated { .. }) = up.activate_if_due()? {
+                print_activation(done, None, json);
+                return Ok(0);
+            }
         }
         say_not_due(&up, json)?;
         return Ok(0);
@@ -697,21 +702,6 @@ pub fn update(config: &Path, json: bool, args: &UpdateArgs) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// For `update --if-due` before the check is due: a release staged for a maintenance
-/// window or an `at` time goes ahead once its time has come, as `evergreen activate` would
-/// (offline, on what the newest check said: one it withheld stays staged). The timer that
-/// runs `update --if-due` is the only thing many devices run: it activated a staged release
-/// only after a due check, which a daily poll that falls before the window never made in
-/// it. So does one staged under `immediate`, the policy edited since from a window or an
-/// `at` time (or the activation after the install cut off): it used to wait for the next
-/// due check. `download_only` waits for the host. `None` when nothing was activated.
-fn activate_in_time(up: &Updater) -> Result<Option<(evergreen::slots::Slot, Version)>> {
-    Ok(match up.activate_if_due()? {
-        Some(Activation::Activated { slot, version }) => Some((slot, version)),
-        Some(Activation::Deferred { .. }) | None => None,
-    })
 }
 
 /// The `held_back` of an "up to date" in `--json`: `{"version", "reason"}`, or null.
